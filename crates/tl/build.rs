@@ -1,0 +1,804 @@
+//! Generates the Rust types of the Cocoon TL scheme (`schema/*.tl`) into `$OUT_DIR`:
+//! `generated.rs` (types, enums, functions, constructor table) and `arbitrary.rs`
+//! (proptest strategies and round-trip tests for every constructor).
+
+#[path = "src/schema.rs"]
+#[allow(dead_code)]
+mod schema;
+
+use schema::{Declaration, FieldKind, Type};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+
+const RUST_KEYWORDS: &[&str] = &[
+    "as", "break", "const", "continue", "crate", "else", "enum", "extern", "false", "fn", "for",
+    "if", "impl", "in", "let", "loop", "match", "mod", "move", "mut", "pub", "ref", "return",
+    "self", "Self", "static", "struct", "super", "trait", "true", "type", "unsafe", "use", "where",
+    "while", "async", "await", "dyn", "abstract", "become", "box", "do", "final", "macro",
+    "override", "priv", "typeof", "unsized", "virtual", "yield", "try", "gen",
+];
+
+fn main() {
+    println!("cargo:rerun-if-changed=schema/cocoon_api.tl");
+    println!("cargo:rerun-if-changed=schema/cocoon_ext.tl");
+    println!("cargo:rerun-if-changed=src/schema.rs");
+    let decls = schema::cocoon_schema().unwrap_or_else(|e| panic!("bad TL scheme: {e}"));
+    let generator = Generator::new(&decls);
+    generator.validate();
+    let out_dir = std::env::var("OUT_DIR").expect("OUT_DIR");
+    std::fs::write(format!("{out_dir}/generated.rs"), generator.generated())
+        .expect("write generated");
+    std::fs::write(format!("{out_dir}/arbitrary.rs"), generator.arbitrary())
+        .expect("write arbitrary");
+}
+
+fn upper_camel(name: &str) -> String {
+    let mut chars = name.chars();
+    match chars.next() {
+        Some(c) => c.to_ascii_uppercase().to_string() + chars.as_str(),
+        None => String::new(),
+    }
+}
+
+fn snake(name: &str) -> String {
+    let mut out = String::new();
+    for c in name.chars() {
+        if c.is_ascii_uppercase() {
+            if !out.is_empty() {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn ident(name: &str) -> String {
+    if RUST_KEYWORDS.contains(&name) {
+        format!("r#{name}")
+    } else {
+        name.to_string()
+    }
+}
+
+fn split(full: &str) -> (&str, &str) {
+    full.rsplit_once('.').unwrap_or(("", full))
+}
+
+/// `a.b.c` namespace to a module path such as `root_config::`.
+fn module_path(ns: &str) -> String {
+    if ns.is_empty() {
+        String::new()
+    } else {
+        ns.split('.').map(snake).collect::<Vec<_>>().join("::") + "::"
+    }
+}
+
+fn is_binary_string(field: &str) -> bool {
+    // Contract code cells travel in TL strings; they are bytes, not text.
+    field.ends_with("_sc_code")
+}
+
+struct Generator<'a> {
+    decls: &'a [Declaration],
+    by_name: HashMap<&'a str, &'a Declaration>,
+    /// Result type -> constructors (types only).
+    by_result: BTreeMap<&'a str, Vec<&'a Declaration>>,
+}
+
+impl<'a> Generator<'a> {
+    fn new(decls: &'a [Declaration]) -> Self {
+        let mut by_name = HashMap::new();
+        let mut by_result: BTreeMap<&str, Vec<&Declaration>> = BTreeMap::new();
+        for d in decls {
+            by_name.insert(d.name.as_str(), d);
+            if !d.is_function {
+                by_result.entry(d.result.as_str()).or_default().push(d);
+            }
+        }
+        Generator {
+            decls,
+            by_name,
+            by_result,
+        }
+    }
+
+    fn validate(&self) {
+        let mut ids = HashMap::new();
+        for d in self.decls {
+            if let Some(other) = ids.insert(d.id, &d.name) {
+                panic!(
+                    "constructor id {:08x} of {} collides with {other}",
+                    d.id, d.name
+                );
+            }
+            for f in &d.fields {
+                if let Some(ty) = f.value_type() {
+                    self.check_type(&d.name, ty);
+                }
+            }
+            // Fields sharing a flag bit must be primitive (they get default values when a
+            // sibling is present and they are not).
+            let mut bits: HashMap<(String, u32), usize> = HashMap::new();
+            for f in &d.fields {
+                if let FieldKind::Conditional { flags, bit, .. } = &f.kind {
+                    *bits.entry((flags.clone(), *bit)).or_default() += 1;
+                }
+            }
+            for f in &d.fields {
+                if let FieldKind::Conditional { flags, bit, ty } = &f.kind {
+                    if bits[&(flags.clone(), *bit)] > 1 && self.default_write(ty).is_none() {
+                        panic!(
+                            "{}.{}: shared flag bit on a non-primitive field",
+                            d.name, f.name
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn check_type(&self, ctx: &str, ty: &Type) {
+        match ty {
+            Type::Vector(inner) => {
+                self.check_type(ctx, inner);
+                if self.min_size(inner) == 0 {
+                    panic!("{ctx}: vector of zero-size elements");
+                }
+            }
+            Type::Bare(name) => match self.by_name.get(name.as_str()) {
+                Some(d) if !d.is_function => {}
+                _ => panic!("{ctx}: unknown bare constructor {name}"),
+            },
+            Type::Boxed(name) => {
+                if !self.by_result.contains_key(name.as_str()) {
+                    panic!("{ctx}: unknown boxed type {name}");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn min_size(&self, ty: &Type) -> usize {
+        match ty {
+            Type::Int | Type::String | Type::Bytes | Type::Bool | Type::Vector(_) => 4,
+            Type::Long | Type::Double => 8,
+            Type::Int128 => 16,
+            Type::Int256 => 32,
+            Type::Bare(name) => self.decl_min_size(self.by_name[name.as_str()]),
+            Type::Boxed(_) => 4,
+        }
+    }
+
+    fn decl_min_size(&self, d: &Declaration) -> usize {
+        d.fields
+            .iter()
+            .map(|f| match &f.kind {
+                FieldKind::Flags => 4,
+                FieldKind::Plain(ty) => self.min_size(ty),
+                FieldKind::Conditional { .. } => 0,
+            })
+            .sum()
+    }
+
+    fn struct_path(&self, d: &Declaration) -> String {
+        let root = if d.is_function { "functions" } else { "types" };
+        format!(
+            "crate::{root}::{}{}",
+            module_path(d.namespace()),
+            upper_camel(d.short_name())
+        )
+    }
+
+    fn enum_path(&self, ty: &str) -> String {
+        let (ns, name) = split(ty);
+        format!("crate::enums::{}{}", module_path(ns), upper_camel(name))
+    }
+
+    fn rust_type(&self, field: &str, ty: &Type) -> String {
+        match ty {
+            Type::Int => "i32".into(),
+            Type::Long => "i64".into(),
+            Type::Double => "f64".into(),
+            Type::String if is_binary_string(field) => "Vec<u8>".into(),
+            Type::String => "String".into(),
+            Type::Bytes => "Vec<u8>".into(),
+            Type::Int128 => "[u8; 16]".into(),
+            Type::Int256 => "[u8; 32]".into(),
+            Type::Bool => "bool".into(),
+            Type::Vector(inner) => format!("Vec<{}>", self.rust_type(field, inner)),
+            Type::Bare(name) => self.struct_path(self.by_name[name.as_str()]),
+            Type::Boxed(name) => self.enum_path(name),
+        }
+    }
+
+    fn read_expr(&self, field: &str, ty: &Type) -> String {
+        match ty {
+            Type::Int => "r.read_i32()?".into(),
+            Type::Long => "r.read_i64()?".into(),
+            Type::Double => "r.read_f64()?".into(),
+            Type::String if is_binary_string(field) => "r.read_bytes()?".into(),
+            Type::String => "r.read_string()?".into(),
+            Type::Bytes => "r.read_bytes()?".into(),
+            Type::Int128 => "r.read_int128()?".into(),
+            Type::Int256 => "r.read_int256()?".into(),
+            Type::Bool => "r.read_bool()?".into(),
+            Type::Vector(inner) => format!(
+                "r.read_vector({}, |r| Ok({}))?",
+                self.min_size(inner),
+                self.read_expr(field, inner)
+            ),
+            Type::Bare(name) => format!(
+                "<{} as crate::BareRead>::read_bare(r)?",
+                self.struct_path(self.by_name[name.as_str()])
+            ),
+            Type::Boxed(name) => {
+                format!("<{} as crate::TlRead>::read_from(r)?", self.enum_path(name))
+            }
+        }
+    }
+
+    /// Statement writing the value referenced by `v` (an expression of reference type).
+    fn write_stmt(&self, field: &str, ty: &Type, v: &str) -> String {
+        match ty {
+            Type::Int => format!("crate::write::i32(out, *{v});"),
+            Type::Long => format!("crate::write::i64(out, *{v});"),
+            Type::Double => format!("crate::write::f64(out, *{v});"),
+            Type::String if is_binary_string(field) => format!("crate::write::bytes(out, {v});"),
+            Type::String => format!("crate::write::bytes(out, {v}.as_bytes());"),
+            Type::Bytes => format!("crate::write::bytes(out, {v});"),
+            Type::Int128 | Type::Int256 => format!("crate::write::raw(out, {v});"),
+            Type::Bool => format!("crate::write::bool(out, *{v});"),
+            Type::Vector(inner) => format!(
+                "crate::write::vector_len(out, {v}.len()); for e in {v}.iter() {{ {} }}",
+                self.write_stmt(field, inner, "e")
+            ),
+            Type::Bare(_) => format!("crate::BareWrite::write_bare({v}, out);"),
+            Type::Boxed(_) => format!("crate::TlWrite::write_to({v}, out);"),
+        }
+    }
+
+    /// Encoding of the zero value, for a conditional field absent while its bit is set.
+    fn default_write(&self, ty: &Type) -> Option<&'static str> {
+        Some(match ty {
+            Type::Int => "crate::write::i32(out, 0);",
+            Type::Long => "crate::write::i64(out, 0);",
+            Type::Double => "crate::write::f64(out, 0.0);",
+            Type::String | Type::Bytes => "crate::write::bytes(out, &[]);",
+            Type::Bool => "crate::write::bool(out, false);",
+            Type::Vector(_) => "crate::write::vector_len(out, 0);",
+            _ => return None,
+        })
+    }
+
+    fn gen_struct(&self, d: &Declaration, out: &mut String) {
+        let name = upper_camel(d.short_name());
+        let full = &d.name;
+        let _ = writeln!(out, "/// `{}` (id `{:08x}`)", d.canonical(), d.id);
+        if d.since_proto > 2 {
+            let _ = writeln!(
+                out,
+                "///\n/// Introduced in protocol version {}.",
+                d.since_proto
+            );
+        }
+        let _ = writeln!(out, "#[derive(Debug, Clone, PartialEq, Default)]");
+        let _ = writeln!(out, "pub struct {name} {{");
+        for f in &d.fields {
+            match &f.kind {
+                FieldKind::Flags => {}
+                FieldKind::Plain(ty) => {
+                    let _ = writeln!(
+                        out,
+                        "    pub {}: {},",
+                        ident(&f.name),
+                        self.rust_type(&f.name, ty)
+                    );
+                }
+                FieldKind::Conditional { flags, bit, ty } => {
+                    let _ = writeln!(out, "    /// Present iff bit {bit} of `{flags}` is set.");
+                    let _ = writeln!(
+                        out,
+                        "    pub {}: Option<{}>,",
+                        ident(&f.name),
+                        self.rust_type(&f.name, ty)
+                    );
+                }
+            }
+        }
+        let _ = writeln!(out, "}}\n");
+        let _ = writeln!(
+            out,
+            "impl crate::Identifiable for {name} {{ const CONSTRUCTOR_ID: u32 = 0x{:08x}; const NAME: &'static str = \"{full}\"; }}\n",
+            d.id
+        );
+
+        // BareWrite.
+        let _ = writeln!(out, "impl crate::BareWrite for {name} {{");
+        let _ = writeln!(
+            out,
+            "    #[allow(unused_variables)]\n    fn write_bare(&self, out: &mut Vec<u8>) {{"
+        );
+        for f in &d.fields {
+            match &f.kind {
+                FieldKind::Flags => {
+                    let _ = writeln!(out, "        let mut {}: u32 = 0;", ident(&f.name));
+                    for g in &d.fields {
+                        if let FieldKind::Conditional { flags, bit, .. } = &g.kind {
+                            if flags == &f.name {
+                                let _ = writeln!(
+                                    out,
+                                    "        if self.{}.is_some() {{ {} |= 1 << {bit}; }}",
+                                    ident(&g.name),
+                                    ident(flags)
+                                );
+                            }
+                        }
+                    }
+                    let _ = writeln!(out, "        crate::write::u32(out, {});", ident(&f.name));
+                }
+                FieldKind::Plain(ty) => {
+                    let _ = writeln!(
+                        out,
+                        "        {{ let v = &self.{}; {} }}",
+                        ident(&f.name),
+                        self.write_stmt(&f.name, ty, "v")
+                    );
+                }
+                FieldKind::Conditional { flags, bit, ty } => {
+                    let default = self.default_write(ty).unwrap_or("");
+                    let _ = writeln!(
+                        out,
+                        "        match &self.{} {{ Some(v) => {{ {} }} None => if {} & (1 << {bit}) != 0 {{ {default} }} }}",
+                        ident(&f.name),
+                        self.write_stmt(&f.name, ty, "v"),
+                        ident(flags)
+                    );
+                }
+            }
+        }
+        let _ = writeln!(out, "    }}\n}}\n");
+
+        // BareRead.
+        let _ = writeln!(out, "impl crate::BareRead for {name} {{");
+        let _ = writeln!(
+            out,
+            "    #[allow(unused_variables, clippy::redundant_closure_call)]\n    fn read_bare(r: &mut crate::Reader<'_>) -> crate::Result<Self> {{"
+        );
+        for f in &d.fields {
+            let fname = ident(&f.name);
+            let raw = &f.name;
+            match &f.kind {
+                FieldKind::Flags => {
+                    let mask: u32 = d
+                        .fields
+                        .iter()
+                        .filter_map(|g| match &g.kind {
+                            FieldKind::Conditional { flags, bit, .. } if flags == &f.name => {
+                                Some(1u32 << bit)
+                            }
+                            _ => None,
+                        })
+                        .fold(0, |a, b| a | b);
+                    let _ = writeln!(
+                        out,
+                        "        let flags_offset = r.offset();\n        let {fname} = r.read_u32().map_err(|e| e.in_field(\"{full}\", \"{raw}\"))?;"
+                    );
+                    let _ = writeln!(
+                        out,
+                        "        if {fname} & !0x{mask:x}u32 != 0 {{ return Err(crate::Error::new(crate::ErrorKind::Invalid {{ what: format!(\"unknown bits {{:#x}} in flags\", {fname} & !0x{mask:x}u32) }}, flags_offset).in_field(\"{full}\", \"{raw}\")); }}"
+                    );
+                }
+                FieldKind::Plain(ty) => {
+                    let _ = writeln!(
+                        out,
+                        "        let {fname} = (|r: &mut crate::Reader<'_>| -> crate::Result<_> {{ Ok({}) }})(r).map_err(|e| e.in_field(\"{full}\", \"{raw}\"))?;",
+                        self.read_expr(&f.name, ty)
+                    );
+                }
+                FieldKind::Conditional { flags, bit, ty } => {
+                    let _ = writeln!(
+                        out,
+                        "        let {fname} = if {} & (1 << {bit}) != 0 {{ Some((|r: &mut crate::Reader<'_>| -> crate::Result<_> {{ Ok({}) }})(r).map_err(|e| e.in_field(\"{full}\", \"{raw}\"))?) }} else {{ None }};",
+                        ident(flags),
+                        self.read_expr(&f.name, ty)
+                    );
+                }
+            }
+        }
+        let names: Vec<String> = d
+            .fields
+            .iter()
+            .filter(|f| !matches!(f.kind, FieldKind::Flags))
+            .map(|f| ident(&f.name))
+            .collect();
+        let _ = writeln!(out, "        Ok({name} {{ {} }})", names.join(", "));
+        let _ = writeln!(out, "    }}\n}}\n");
+
+        // Boxed encoding.
+        let _ = writeln!(
+            out,
+            "impl crate::TlWrite for {name} {{ fn write_to(&self, out: &mut Vec<u8>) {{ crate::write::u32(out, 0x{:08x}); crate::BareWrite::write_bare(self, out); }} }}\n",
+            d.id
+        );
+        let _ = writeln!(
+            out,
+            "impl crate::TlRead for {name} {{ fn read_from(r: &mut crate::Reader<'_>) -> crate::Result<Self> {{ let start = r.offset(); let id = r.read_u32()?; if id != 0x{:08x} {{ return Err(crate::Error::new(crate::ErrorKind::UnknownConstructor {{ id, expected: \"{full}\" }}, start)); }} crate::BareRead::read_bare(r) }} }}\n",
+            d.id
+        );
+        if d.is_function {
+            let _ = writeln!(
+                out,
+                "impl crate::TlFunction for {name} {{ type Return = {}; }}\n",
+                self.enum_path(&d.result)
+            );
+        }
+    }
+
+    fn gen_enum(&self, ty: &str, ctors: &[&Declaration], out: &mut String) {
+        let (_, short) = split(ty);
+        let name = upper_camel(short);
+        let _ = writeln!(out, "/// Boxed type `{ty}`.");
+        let _ = writeln!(out, "#[derive(Debug, Clone, PartialEq)]");
+        let _ = writeln!(out, "pub enum {name} {{");
+        for c in ctors {
+            let _ = writeln!(
+                out,
+                "    {}({}),",
+                upper_camel(c.short_name()),
+                self.struct_path(c)
+            );
+        }
+        let _ = writeln!(out, "}}\n");
+        let _ = writeln!(out, "impl {name} {{");
+        let _ = writeln!(
+            out,
+            "    /// Constructor id of the variant.\n    pub fn constructor_id(&self) -> u32 {{ match self {{"
+        );
+        for c in ctors {
+            let _ = writeln!(
+                out,
+                "        Self::{}(_) => 0x{:08x},",
+                upper_camel(c.short_name()),
+                c.id
+            );
+        }
+        let _ = writeln!(out, "    }} }}");
+        let _ = writeln!(
+            out,
+            "    /// TL name of the variant.\n    pub fn constructor_name(&self) -> &'static str {{ match self {{"
+        );
+        for c in ctors {
+            let _ = writeln!(
+                out,
+                "        Self::{}(_) => \"{}\",",
+                upper_camel(c.short_name()),
+                c.name
+            );
+        }
+        let _ = writeln!(out, "    }} }}\n}}\n");
+        let _ = writeln!(
+            out,
+            "impl crate::TlWrite for {name} {{ fn write_to(&self, out: &mut Vec<u8>) {{ match self {{"
+        );
+        for c in ctors {
+            let _ = writeln!(
+                out,
+                "    Self::{}(v) => crate::TlWrite::write_to(v, out),",
+                upper_camel(c.short_name())
+            );
+        }
+        let _ = writeln!(out, "}} }} }}\n");
+        let _ = writeln!(
+            out,
+            "impl crate::TlRead for {name} {{ fn read_from(r: &mut crate::Reader<'_>) -> crate::Result<Self> {{ let start = r.offset(); match r.read_u32()? {{"
+        );
+        for c in ctors {
+            let _ = writeln!(
+                out,
+                "    0x{:08x} => Ok(Self::{}(crate::BareRead::read_bare(r)?)),",
+                c.id,
+                upper_camel(c.short_name())
+            );
+        }
+        let _ = writeln!(
+            out,
+            "    id => Err(crate::Error::new(crate::ErrorKind::UnknownConstructor {{ id, expected: \"{ty}\" }}, start)),\n}} }} }}\n"
+        );
+        // Default: the constructor with the fewest fields (`proxy.signedPaymentEmpty`).
+        if let Some(c) = ctors.iter().min_by_key(|c| c.fields.len()) {
+            let _ = writeln!(
+                out,
+                "impl Default for {name} {{ fn default() -> Self {{ Self::{}(Default::default()) }} }}",
+                upper_camel(c.short_name())
+            );
+        }
+        for c in ctors {
+            let _ = writeln!(
+                out,
+                "impl From<{}> for {name} {{ fn from(v: {}) -> Self {{ Self::{}(v) }} }}",
+                self.struct_path(c),
+                self.struct_path(c),
+                upper_camel(c.short_name())
+            );
+        }
+        out.push('\n');
+    }
+
+    fn gen_function_enum(&self, ns: &str, funcs: &[&Declaration], out: &mut String) {
+        let _ = writeln!(
+            out,
+            "/// Any `{ns}.*` function, for dispatching incoming queries."
+        );
+        let _ = writeln!(out, "#[derive(Debug, Clone, PartialEq)]\npub enum Any {{");
+        for f in funcs {
+            let _ = writeln!(
+                out,
+                "    {}({}),",
+                upper_camel(f.short_name()),
+                self.struct_path(f)
+            );
+        }
+        let _ = writeln!(out, "}}\n");
+        let _ = writeln!(
+            out,
+            "impl crate::TlWrite for Any {{ fn write_to(&self, out: &mut Vec<u8>) {{ match self {{"
+        );
+        for f in funcs {
+            let _ = writeln!(
+                out,
+                "    Self::{}(v) => crate::TlWrite::write_to(v, out),",
+                upper_camel(f.short_name())
+            );
+        }
+        let _ = writeln!(out, "}} }} }}\n");
+        let _ = writeln!(
+            out,
+            "impl crate::TlRead for Any {{ fn read_from(r: &mut crate::Reader<'_>) -> crate::Result<Self> {{ let start = r.offset(); match r.read_u32()? {{"
+        );
+        for f in funcs {
+            let _ = writeln!(
+                out,
+                "    0x{:08x} => Ok(Self::{}(crate::BareRead::read_bare(r)?)),",
+                f.id,
+                upper_camel(f.short_name())
+            );
+        }
+        let _ = writeln!(
+            out,
+            "    id => Err(crate::Error::new(crate::ErrorKind::UnknownConstructor {{ id, expected: \"{ns} function\" }}, start)),\n}} }} }}\n"
+        );
+    }
+
+    /// Emit `items` (namespace -> code) as nested modules.
+    fn emit_modules(items: BTreeMap<String, String>, out: &mut String) {
+        for (ns, code) in items {
+            if ns.is_empty() {
+                out.push_str(&code);
+                continue;
+            }
+            let parts: Vec<String> = ns.split('.').map(snake).collect();
+            for p in &parts {
+                let _ = writeln!(out, "pub mod {p} {{");
+            }
+            out.push_str(&code);
+            for _ in &parts {
+                out.push_str("}\n");
+            }
+        }
+    }
+
+    fn generated(&self) -> String {
+        let mut out = String::new();
+        out.push_str("// @generated by crates/tl/build.rs from schema/*.tl. Do not edit.\n\n");
+
+        let mut types: BTreeMap<String, String> = BTreeMap::new();
+        let mut funcs: BTreeMap<String, String> = BTreeMap::new();
+        let mut func_lists: BTreeMap<String, Vec<&Declaration>> = BTreeMap::new();
+        for d in self.decls {
+            let target = if d.is_function {
+                &mut funcs
+            } else {
+                &mut types
+            };
+            self.gen_struct(d, target.entry(d.namespace().to_string()).or_default());
+            if d.is_function {
+                func_lists
+                    .entry(d.namespace().to_string())
+                    .or_default()
+                    .push(d);
+            }
+        }
+        for (ns, list) in &func_lists {
+            self.gen_function_enum(ns, list, funcs.entry(ns.clone()).or_default());
+        }
+        let mut enums: BTreeMap<String, String> = BTreeMap::new();
+        for (ty, ctors) in &self.by_result {
+            let (ns, _) = split(ty);
+            self.gen_enum(ty, ctors, enums.entry(ns.to_string()).or_default());
+        }
+
+        out.push_str(
+            "/// Constructors (bare and boxed structs) of every TL type.\npub mod types {\n",
+        );
+        Self::emit_modules(types, &mut out);
+        out.push_str("}\n\n/// Boxed types: one enum per TL type, one variant per constructor.\npub mod enums {\n");
+        Self::emit_modules(enums, &mut out);
+        out.push_str("}\n\n/// TL functions (queries); `TlFunction::Return` is the answer type.\npub mod functions {\n");
+        Self::emit_modules(funcs, &mut out);
+        out.push_str("}\n\n");
+
+        out.push_str("/// Every declaration of the scheme.\npub static CONSTRUCTORS: &[crate::ConstructorInfo] = &[\n");
+        for d in self.decls {
+            let _ = writeln!(
+                out,
+                "    crate::ConstructorInfo {{ name: \"{}\", id: 0x{:08x}, canonical: {:?}, explicit_id: {}, is_function: {}, result: \"{}\", since_proto: {} }},",
+                d.name,
+                d.id,
+                d.canonical(),
+                d.explicit_id,
+                d.is_function,
+                d.result,
+                d.since_proto
+            );
+        }
+        out.push_str("];\n\n");
+
+        out.push_str(
+            "/// Decode a boxed object of any constructor with its typed decoder and encode it again.\n\
+             /// `None` when the constructor id is unknown.\n\
+             pub fn roundtrip_boxed(bytes: &[u8]) -> Option<crate::Result<Vec<u8>>> {\n\
+             \x20   let id = crate::peek_constructor(bytes)?;\n\
+             \x20   Some(match id {\n",
+        );
+        for d in self.decls {
+            let _ = writeln!(
+                out,
+                "        0x{:08x} => <{} as crate::TlRead>::from_bytes(bytes).map(|v| crate::TlWrite::to_bytes(&v)),",
+                d.id,
+                self.struct_path(d)
+            );
+        }
+        out.push_str("        _ => return None,\n    })\n}\n");
+        out
+    }
+
+    fn strategy(&self, field: &str, ty: &Type) -> String {
+        match ty {
+            Type::Int => "any::<i32>().boxed()".into(),
+            Type::Long => "any::<i64>().boxed()".into(),
+            Type::Double => "(-1.0e15f64..1.0e15f64).boxed()".into(),
+            Type::String if is_binary_string(field) => {
+                "proptest::collection::vec(any::<u8>(), 0..300).boxed()".into()
+            }
+            Type::String => "\".{0,40}\".boxed()".into(),
+            Type::Bytes => "proptest::collection::vec(any::<u8>(), 0..300).boxed()".into(),
+            Type::Int128 => "any::<[u8; 16]>().boxed()".into(),
+            Type::Int256 => "any::<[u8; 32]>().boxed()".into(),
+            Type::Bool => "any::<bool>().boxed()".into(),
+            Type::Vector(inner) => format!(
+                "proptest::collection::vec({}, 0..4).boxed()",
+                self.strategy(field, inner)
+            ),
+            Type::Bare(name) => format!("{}()", strategy_fn(name)),
+            Type::Boxed(name) => {
+                let ctors = &self.by_result[name.as_str()];
+                let arms: Vec<String> = ctors
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{}().prop_map({}::{}).boxed()",
+                            strategy_fn(&c.name),
+                            self.enum_path(name),
+                            upper_camel(c.short_name())
+                        )
+                    })
+                    .collect();
+                format!(
+                    "proptest::strategy::Union::new(vec![{}]).boxed()",
+                    arms.join(", ")
+                )
+            }
+        }
+    }
+
+    fn arbitrary(&self) -> String {
+        let mut out = String::new();
+        out.push_str(
+            "// @generated by crates/tl/build.rs. Proptest strategies for every constructor.\n",
+        );
+        out.push_str("use proptest::prelude::*;\n\n");
+        for d in self.decls {
+            // Slots: one per plain field, one per (flags, bit) group of conditional fields.
+            let mut slots: Vec<(String, Vec<String>)> = Vec::new(); // (strategy, field names)
+            let mut groups: BTreeMap<(String, u32), usize> = BTreeMap::new();
+            for f in &d.fields {
+                match &f.kind {
+                    FieldKind::Flags => {}
+                    FieldKind::Plain(ty) => {
+                        slots.push((self.strategy(&f.name, ty), vec![f.name.clone()]))
+                    }
+                    FieldKind::Conditional { flags, bit, ty } => {
+                        let key = (flags.clone(), *bit);
+                        match groups.get(&key) {
+                            Some(&i) => {
+                                let (s, names) = &mut slots[i];
+                                s.push_str(&format!(", {}", self.strategy(&f.name, ty)));
+                                names.push(f.name.clone());
+                            }
+                            None => {
+                                groups.insert(key, slots.len());
+                                slots.push((
+                                    format!("@opt{}", self.strategy(&f.name, ty)),
+                                    vec![f.name.clone()],
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+            let path = self.struct_path(d);
+            let _ = writeln!(
+                out,
+                "pub fn {}() -> BoxedStrategy<{path}> {{",
+                strategy_fn(&d.name)
+            );
+            if slots.is_empty() {
+                let _ = writeln!(out, "    Just({path}::default()).boxed()\n}}\n");
+                continue;
+            }
+            // Each slot becomes one strategy; nest in tuples of at most 8.
+            let mut exprs = Vec::new();
+            let mut binds = Vec::new();
+            let mut assigns = Vec::new();
+            for (i, (s, names)) in slots.iter().enumerate() {
+                if let Some(inner) = s.strip_prefix("@opt") {
+                    exprs.push(format!("proptest::option::of(({inner},)).boxed()"));
+                    binds.push(format!("s{i}"));
+                    for (k, n) in names.iter().enumerate() {
+                        assigns.push(format!("{}: s{i}.clone().map(|t| t.{k})", ident(n)));
+                    }
+                } else {
+                    exprs.push(s.clone());
+                    binds.push(format!("s{i}"));
+                    assigns.push(format!("{}: s{i}", ident(&names[0])));
+                }
+            }
+            let chunks_e: Vec<String> = exprs
+                .chunks(8)
+                .map(|c| format!("({},)", c.join(", ")))
+                .collect();
+            let chunks_b: Vec<String> = binds
+                .chunks(8)
+                .map(|c| format!("({},)", c.join(", ")))
+                .collect();
+            let _ = writeln!(
+                out,
+                "    ({},).prop_map(|({},)| {{ #[allow(clippy::redundant_clone)] let v = {path} {{ {} }}; v }}).boxed()\n}}\n",
+                chunks_e.join(", "),
+                chunks_b.join(", "),
+                assigns.join(", ")
+            );
+        }
+        out.push_str("#[cfg(test)]\nmod roundtrip {\n    use super::*;\n    proptest! {\n        #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]\n");
+        for d in self.decls {
+            let _ = writeln!(
+                out,
+                "        #[test] fn {}(v in {}()) {{ crate::arbitrary::check_roundtrip(&v)?; }}",
+                strategy_fn(&d.name).trim_start_matches("any_"),
+                strategy_fn(&d.name)
+            );
+        }
+        out.push_str("    }\n}\n");
+        out
+    }
+}
+
+fn strategy_fn(name: &str) -> String {
+    format!(
+        "any_{}",
+        name.split('.').map(snake).collect::<Vec<_>>().join("_")
+    )
+}

@@ -661,7 +661,28 @@ impl<'a> Generator<'a> {
                 self.struct_path(d)
             );
         }
-        out.push_str("        _ => return None,\n    })\n}\n");
+        out.push_str("        _ => return None,\n    })\n}\n\n");
+
+        out.push_str(
+            "/// For every boxed type: its name and a function that decodes bytes as that type\n\
+             /// (exactly) and encodes the value again. Used by fuzzing and tests.\n\
+             pub static BOXED_TYPES: &[(&str, fn(&[u8]) -> crate::Result<Vec<u8>>)] = &[\n",
+        );
+        for ty in self.by_result.keys() {
+            let _ = writeln!(
+                out,
+                "    (\"{ty}\", |b| <{} as crate::TlRead>::from_bytes(b).map(|v| crate::TlWrite::to_bytes(&v))),",
+                self.enum_path(ty)
+            );
+        }
+        for (ns, _) in self.decls.iter().filter(|d| d.is_function).map(|d| (d.namespace(), ())).collect::<BTreeMap<_, _>>() {
+            let _ = writeln!(
+                out,
+                "    (\"{ns} functions\", |b| <crate::functions::{}Any as crate::TlRead>::from_bytes(b).map(|v| crate::TlWrite::to_bytes(&v))),",
+                module_path(ns)
+            );
+        }
+        out.push_str("];\n");
         out
     }
 

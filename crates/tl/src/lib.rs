@@ -49,7 +49,7 @@ pub fn constructor_by_name(name: &str) -> Option<&'static ConstructorInfo> {
 mod generated {
     include!(concat!(env!("OUT_DIR"), "/generated.rs"));
 }
-pub use generated::{CONSTRUCTORS, enums, functions, roundtrip_boxed, types};
+pub use generated::{BOXED_TYPES, CONSTRUCTORS, enums, functions, roundtrip_boxed, types};
 
 /// Proptest strategies for every constructor (`any_client_run_query_ex()` and so on).
 #[cfg(any(test, feature = "arbitrary"))]

@@ -637,3 +637,62 @@ mod tests {
         assert!(!dec.has_partial());
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any split of a stream of valid frames decodes to the same frames.
+        #[test]
+        fn frame_any_split_decodes_identically(
+            payloads in prop::collection::vec(prop::collection::vec(any::<u8>(), 4..600), 0..12),
+            first_seqno in any::<i32>(),
+            mut cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..40),
+        ) {
+            let mut enc = FrameEncoder::with_seqno(first_seqno);
+            let mut bytes = Vec::new();
+            for p in &payloads {
+                enc.encode(p, &mut bytes).unwrap();
+            }
+            let mut points: Vec<usize> =
+                cuts.drain(..).map(|i| i.index(bytes.len() + 1)).collect();
+            points.sort_unstable();
+            let mut dec = FrameDecoder::with_seqno(first_seqno);
+            let mut frames = Vec::new();
+            let mut prev = 0;
+            for cut in points.into_iter().chain(std::iter::once(bytes.len())) {
+                frames.extend(dec.decode_all(&bytes[prev..cut]).unwrap());
+                prop_assert!(dec.buffered_len() <= FRAME_HEADER_LEN + 600);
+                prev = cut;
+            }
+            prop_assert!(!dec.has_partial());
+            prop_assert_eq!(frames.len(), payloads.len());
+            for (i, (f, p)) in frames.iter().zip(&payloads).enumerate() {
+                prop_assert_eq!(f.seqno, first_seqno.wrapping_add(i as i32));
+                prop_assert_eq!(&f.payload, p);
+            }
+        }
+
+        /// Arbitrary bytes never panic the decoder, and once failed it stays failed.
+        #[test]
+        fn frame_decoder_never_panics(
+            chunks in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..64), 0..16),
+        ) {
+            let mut dec = FrameDecoder::new();
+            let mut failed: Option<FrameError> = None;
+            for c in &chunks {
+                match dec.decode_all(c) {
+                    Ok(_) => prop_assert!(failed.is_none()),
+                    Err(e) => {
+                        if let Some(prev) = &failed {
+                            prop_assert_eq!(prev, &e);
+                        }
+                        failed = Some(e);
+                    }
+                }
+            }
+        }
+    }
+}

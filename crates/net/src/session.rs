@@ -1,0 +1,716 @@
+//! Sans-I/O COCOON session state machine.
+//!
+//! A [`Session`] owns one direction pair of a COCOON connection: framing, the
+//! `tcp.connect`/`tcp.connected` opening, pings, idle timeout, and query bookkeeping. It does no
+//! I/O and never reads a clock: raw bytes are fed in with [`Session::handle_bytes`], time is
+//! passed in as [`Instant`]s, framed bytes to write come out of [`Session::poll_transmit`] and
+//! application events out of [`Session::poll_event`]. [`Session::poll_timeout`] says when
+//! [`Session::handle_timeout`] must be called next.
+//!
+//! Guarantees:
+//! * every query sent with [`Session::send_query`] completes with exactly one
+//!   [`Event::QueryAnswer`] or [`Event::QueryFailed`] (remote error, local timeout, or session
+//!   close);
+//! * inbound data is never buffered beyond one partial frame;
+//! * nothing the peer sends can make the session panic: protocol violations close it with
+//!   [`CloseReason::ProtocolError`] (code 621).
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use cocoon_tl::codes::ErrorCode;
+use cocoon_tl::enums::tcp::Packet;
+use cocoon_tl::frame::{FrameDecoder, FrameEncoder, MAX_FRAME_LEN};
+use cocoon_tl::types::tcp as t;
+use cocoon_tl::{TlRead, TlWrite, bytes_len};
+
+/// Identifier of a query (ours or the peer's).
+pub type QueryId = i64;
+
+/// Default idle timeout of the connecting side.
+pub const INITIATOR_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Default idle timeout of the accepting side.
+pub const ACCEPTOR_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Which side of the connection this session is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Connecting side: sends `tcp.connect`, pings when idle.
+    Initiator,
+    /// Accepting side: answers `tcp.connect` with `tcp.connected`.
+    Acceptor,
+}
+
+/// Timing parameters of a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// The session fails with [`CloseReason::IdleTimeout`] when nothing was received for this
+    /// long.
+    pub idle_timeout: Duration,
+    /// Send a `tcp.ping` after `idle_timeout / 2` of receive silence (once, until something is
+    /// received). COCOON enables this on the initiator only.
+    pub ping: bool,
+    /// Fail with [`CloseReason::HandshakeTimeout`] if not ready this long after creation.
+    /// `None`: only the idle timeout applies.
+    pub handshake_timeout: Option<Duration>,
+}
+
+impl SessionConfig {
+    /// COCOON defaults for `role`: initiator 20 s idle with pings, acceptor 60 s without.
+    pub fn for_role(role: Role) -> Self {
+        match role {
+            Role::Initiator => SessionConfig {
+                idle_timeout: INITIATOR_IDLE_TIMEOUT,
+                ping: true,
+                handshake_timeout: None,
+            },
+            Role::Acceptor => SessionConfig {
+                idle_timeout: ACCEPTOR_IDLE_TIMEOUT,
+                ping: false,
+                handshake_timeout: None,
+            },
+        }
+    }
+}
+
+/// Why a session closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Closed by the local application.
+    Local,
+    /// The peer closed the connection (EOF).
+    PeerClosed,
+    /// The peer violated the protocol; the message says how.
+    ProtocolError(String),
+    /// Nothing was received for the idle timeout.
+    IdleTimeout,
+    /// The opening handshake did not complete in time.
+    HandshakeTimeout,
+    /// A transport error.
+    Io(String),
+}
+
+impl CloseReason {
+    /// TON error code describing this reason.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            CloseReason::Local => ErrorCode::Cancelled,
+            CloseReason::PeerClosed | CloseReason::Io(_) => ErrorCode::NotReady,
+            CloseReason::ProtocolError(_) => ErrorCode::ProtoViolation,
+            CloseReason::IdleTimeout | CloseReason::HandshakeTimeout => ErrorCode::Timeout,
+        }
+    }
+
+    /// Code with which queries still pending at close fail: cancelled (653) on a local close,
+    /// notready (651) otherwise.
+    pub fn pending_query_code(&self) -> ErrorCode {
+        match self {
+            CloseReason::Local => ErrorCode::Cancelled,
+            _ => ErrorCode::NotReady,
+        }
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::Local => f.write_str("closed locally"),
+            CloseReason::PeerClosed => f.write_str("connection closed by peer"),
+            CloseReason::ProtocolError(msg) => write!(f, "protocol violation: {msg}"),
+            CloseReason::IdleTimeout => f.write_str("idle timeout"),
+            CloseReason::HandshakeTimeout => f.write_str("handshake timeout"),
+            CloseReason::Io(msg) => write!(f, "i/o error: {msg}"),
+        }
+    }
+}
+
+/// Something the application must know about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The opening handshake completed.
+    Ready,
+    /// The peer sent a query; answer it with [`Session::answer_query`] or
+    /// [`Session::answer_query_error`].
+    Query {
+        /// The peer's query id.
+        id: QueryId,
+        /// Query body.
+        data: Vec<u8>,
+    },
+    /// The peer sent a one-way message (`tcp.packet`).
+    Message {
+        /// Message body.
+        data: Vec<u8>,
+    },
+    /// One of our queries was answered.
+    QueryAnswer {
+        /// Our query id.
+        id: QueryId,
+        /// Answer body.
+        data: Vec<u8>,
+    },
+    /// One of our queries failed: remote `tcp.queryError`, local timeout (652), or session
+    /// close (651/653).
+    QueryFailed {
+        /// Our query id.
+        id: QueryId,
+        /// TON error code.
+        code: i32,
+        /// Human-readable message.
+        message: String,
+    },
+    /// The session closed; no further events follow.
+    Closed {
+        /// Why.
+        reason: CloseReason,
+    },
+}
+
+/// Why something could not be sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The session is closed.
+    #[error("session closed")]
+    Closed,
+    /// The encoded packet would exceed the maximum frame length.
+    #[error("packet too large: {len} bytes (maximum {max})", max = MAX_FRAME_LEN)]
+    TooLarge {
+        /// Encoded packet length.
+        len: usize,
+    },
+}
+
+/// Traffic counters. Outbound counters count frames when they are produced (queued for
+/// transmission); inbound ones count every byte fed in and every complete frame.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Complete frames received.
+    pub frames_in: u64,
+    /// Frames produced for transmission.
+    pub frames_out: u64,
+    /// Raw bytes received.
+    pub bytes_in: u64,
+    /// Raw bytes produced for transmission (headers included).
+    pub bytes_out: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Handshaking,
+    Ready,
+    Closed,
+}
+
+/// Encoded size of a boxed `tcp.Packet`.
+fn packet_size(p: &Packet) -> usize {
+    4 + match p {
+        Packet::Ping(_) | Packet::Pong(_) | Packet::Connect(_) | Packet::Connected(_) => 8,
+        Packet::Packet(x) => bytes_len(x.data.len()),
+        Packet::Query(x) => 8 + bytes_len(x.data.len()),
+        Packet::QueryAnswer(x) => 8 + bytes_len(x.data.len()),
+        Packet::QueryError(x) => 8 + 4 + bytes_len(x.message.len()),
+    }
+}
+
+/// The session state machine. See the [module docs](self).
+#[derive(Debug)]
+pub struct Session {
+    role: Role,
+    config: SessionConfig,
+    state: State,
+    /// Initiator: the id sent in `tcp.connect`.
+    connect_id: i64,
+    created: Instant,
+    last_recv: Instant,
+    ping_sent: bool,
+    next_ping_id: i64,
+    next_query_id: QueryId,
+    encoder: FrameEncoder,
+    decoder: FrameDecoder,
+    /// Framed bytes ready to be written, in order.
+    transmit: VecDeque<Vec<u8>>,
+    transmit_bytes: usize,
+    /// Packets queued before the session became ready.
+    held: VecDeque<Packet>,
+    held_bytes: usize,
+    events: VecDeque<Event>,
+    /// Our pending queries and their deadlines.
+    pending: HashMap<QueryId, Option<Instant>>,
+    deadlines: BTreeSet<(Instant, QueryId)>,
+    close_reason: Option<CloseReason>,
+    stats: SessionStats,
+}
+
+impl Session {
+    /// A connecting session with COCOON default timing; `connect_id` should be random.
+    /// The `tcp.connect` frame is queued immediately.
+    pub fn initiator(now: Instant, connect_id: i64) -> Self {
+        Self::new(
+            Role::Initiator,
+            now,
+            connect_id,
+            SessionConfig::for_role(Role::Initiator),
+        )
+    }
+
+    /// An accepting session with COCOON default timing.
+    pub fn acceptor(now: Instant) -> Self {
+        Self::new(
+            Role::Acceptor,
+            now,
+            0,
+            SessionConfig::for_role(Role::Acceptor),
+        )
+    }
+
+    /// A session with explicit configuration (`connect_id` is ignored for acceptors).
+    pub fn new(role: Role, now: Instant, connect_id: i64, config: SessionConfig) -> Self {
+        let mut session = Session {
+            role,
+            config,
+            state: State::Handshaking,
+            connect_id,
+            created: now,
+            last_recv: now,
+            ping_sent: false,
+            next_ping_id: 1,
+            next_query_id: 1,
+            encoder: FrameEncoder::new(),
+            decoder: FrameDecoder::new(),
+            transmit: VecDeque::new(),
+            transmit_bytes: 0,
+            held: VecDeque::new(),
+            held_bytes: 0,
+            events: VecDeque::new(),
+            pending: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            close_reason: None,
+            stats: SessionStats::default(),
+        };
+        if role == Role::Initiator {
+            session.transmit_packet(&Packet::Connect(t::Connect { id: connect_id }));
+        }
+        session
+    }
+
+    /// This session's role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
+    /// Whether the opening handshake completed and the session is not closed.
+    pub fn is_ready(&self) -> bool {
+        self.state == State::Ready
+    }
+
+    /// Whether the session is closed.
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// Why the session closed, once it has.
+    pub fn close_reason(&self) -> Option<&CloseReason> {
+        self.close_reason.as_ref()
+    }
+
+    /// Number of our queries awaiting an answer.
+    pub fn pending_queries(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Traffic counters.
+    pub fn stats(&self) -> SessionStats {
+        self.stats
+    }
+
+    /// Bytes waiting to be written: framed bytes not yet taken with
+    /// [`Session::poll_transmit`] plus packets held until the handshake completes.
+    pub fn pending_transmit_bytes(&self) -> usize {
+        self.transmit_bytes + self.held_bytes
+    }
+
+    /// Bytes of a partial inbound frame held by the decoder (at most one frame).
+    pub fn buffered_inbound_bytes(&self) -> usize {
+        self.decoder.buffered_len()
+    }
+
+    /// Next chunk of framed bytes to write to the peer (one frame per call).
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        let chunk = self.transmit.pop_front()?;
+        self.transmit_bytes -= chunk.len();
+        Some(chunk)
+    }
+
+    /// Length of the chunk the next [`Session::poll_transmit`] call returns.
+    pub fn next_transmit_len(&self) -> Option<usize> {
+        self.transmit.front().map(Vec::len)
+    }
+
+    /// Next application event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Earliest instant at which [`Session::handle_timeout`] must be called, if any.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.state == State::Closed {
+            return None;
+        }
+        let mut earliest = self.last_recv.checked_add(self.config.idle_timeout);
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                earliest = Some(earliest.map_or(t, |e| e.min(t)));
+            }
+        };
+        if self.state == State::Handshaking {
+            consider(self.handshake_deadline());
+        }
+        consider(self.ping_deadline());
+        consider(self.deadlines.first().map(|(t, _)| *t));
+        earliest
+    }
+
+    fn handshake_deadline(&self) -> Option<Instant> {
+        self.config
+            .handshake_timeout
+            .and_then(|d| self.created.checked_add(d))
+    }
+
+    fn ping_deadline(&self) -> Option<Instant> {
+        if self.config.ping && self.state == State::Ready && !self.ping_sent {
+            self.last_recv.checked_add(self.config.idle_timeout / 2)
+        } else {
+            None
+        }
+    }
+
+    /// Processes expired deadlines: query timeouts (652), ping, idle and handshake timeouts.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.state == State::Closed {
+            return;
+        }
+        while let Some(&(deadline, id)) = self.deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            self.pending.remove(&id);
+            tracing::debug!(query_id = id, "query timed out");
+            self.events.push_back(Event::QueryFailed {
+                id,
+                code: ErrorCode::Timeout.as_i32(),
+                message: "query timed out".to_owned(),
+            });
+        }
+        if self.state == State::Handshaking && self.handshake_deadline().is_some_and(|d| now >= d) {
+            self.close(CloseReason::HandshakeTimeout);
+            return;
+        }
+        if self
+            .last_recv
+            .checked_add(self.config.idle_timeout)
+            .is_some_and(|d| now >= d)
+        {
+            self.close(CloseReason::IdleTimeout);
+            return;
+        }
+        if self.ping_deadline().is_some_and(|d| now >= d) {
+            let id = self.next_ping_id;
+            self.next_ping_id = self.next_ping_id.wrapping_add(1);
+            self.ping_sent = true;
+            tracing::trace!(ping_id = id, "sending ping");
+            self.transmit_packet(&Packet::Ping(t::Ping { id }));
+        }
+    }
+
+    /// Feeds raw bytes received from the peer (any chunking).
+    pub fn handle_bytes(&mut self, now: Instant, bytes: &[u8]) {
+        let mut input = bytes;
+        while self.state != State::Closed {
+            let before = input.len();
+            let res = self.decoder.decode(&mut input);
+            self.stats.bytes_in += (before - input.len()) as u64;
+            match res {
+                Ok(None) => break,
+                Ok(Some(frame)) => {
+                    self.stats.frames_in += 1;
+                    self.last_recv = now;
+                    self.ping_sent = false;
+                    self.handle_payload(&frame.payload);
+                }
+                Err(err) => {
+                    self.protocol_error(format!("framing: {err}"));
+                }
+            }
+        }
+    }
+
+    fn protocol_error(&mut self, message: String) {
+        tracing::debug!(%message, "protocol violation, closing session");
+        self.close(CloseReason::ProtocolError(message));
+    }
+
+    fn handle_payload(&mut self, payload: &[u8]) {
+        let packet = match Packet::from_bytes(payload) {
+            Ok(p) => p,
+            Err(err) => {
+                self.protocol_error(format!("malformed tcp.Packet: {err}"));
+                return;
+            }
+        };
+        match self.state {
+            State::Closed => {}
+            State::Handshaking => match (self.role, packet) {
+                (Role::Acceptor, Packet::Connect(c)) => {
+                    tracing::debug!("received tcp.connect, session ready");
+                    self.transmit_packet(&Packet::Connected(t::Connected { id: c.id }));
+                    self.become_ready();
+                }
+                (Role::Initiator, Packet::Connected(c)) if c.id == self.connect_id => {
+                    tracing::debug!("received tcp.connected, session ready");
+                    self.become_ready();
+                }
+                (Role::Initiator, Packet::Connected(_)) => {
+                    self.protocol_error("tcp.connected with a wrong id".to_owned());
+                }
+                (role, other) => {
+                    let expected = match role {
+                        Role::Acceptor => "tcp.connect",
+                        Role::Initiator => "tcp.connected",
+                    };
+                    self.protocol_error(format!(
+                        "expected {expected} as first packet, got {}",
+                        other.constructor_name()
+                    ));
+                }
+            },
+            State::Ready => self.handle_ready_packet(packet),
+        }
+    }
+
+    fn handle_ready_packet(&mut self, packet: Packet) {
+        match packet {
+            Packet::Ping(p) => {
+                self.transmit_packet(&Packet::Pong(t::Pong { id: p.id }));
+            }
+            Packet::Pong(_) => {}
+            Packet::Packet(p) => {
+                tracing::trace!(len = p.data.len(), "received message");
+                self.events.push_back(Event::Message { data: p.data });
+            }
+            Packet::Query(q) => {
+                tracing::trace!(query_id = q.id, len = q.data.len(), "received query");
+                self.events.push_back(Event::Query {
+                    id: q.id,
+                    data: q.data,
+                });
+            }
+            Packet::QueryAnswer(a) => {
+                if self.take_pending(a.id) {
+                    tracing::trace!(query_id = a.id, len = a.data.len(), "query answered");
+                    self.events.push_back(Event::QueryAnswer {
+                        id: a.id,
+                        data: a.data,
+                    });
+                } else {
+                    tracing::debug!(query_id = a.id, "answer to unknown query ignored");
+                }
+            }
+            Packet::QueryError(e) => {
+                if self.take_pending(e.id) {
+                    tracing::debug!(query_id = e.id, code = e.code, "query failed remotely");
+                    self.events.push_back(Event::QueryFailed {
+                        id: e.id,
+                        code: e.code,
+                        message: e.message,
+                    });
+                } else {
+                    tracing::debug!(query_id = e.id, "error for unknown query ignored");
+                }
+            }
+            Packet::Connect(_) | Packet::Connected(_) => {
+                tracing::debug!("stray handshake packet after init ignored");
+            }
+        }
+    }
+
+    fn take_pending(&mut self, id: QueryId) -> bool {
+        match self.pending.remove(&id) {
+            Some(deadline) => {
+                if let Some(d) = deadline {
+                    self.deadlines.remove(&(d, id));
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn become_ready(&mut self) {
+        self.state = State::Ready;
+        self.events.push_back(Event::Ready);
+        while let Some(packet) = self.held.pop_front() {
+            self.transmit_packet(&packet);
+        }
+        self.held_bytes = 0;
+    }
+
+    /// Frames `packet` into the transmit queue. Size must have been checked.
+    fn transmit_packet(&mut self, packet: &Packet) {
+        let mut buf = Vec::with_capacity(8 + packet_size(packet));
+        match self
+            .encoder
+            .encode_with(&mut buf, |out| packet.write_to(out))
+        {
+            Ok(()) => {
+                self.stats.frames_out += 1;
+                self.stats.bytes_out += buf.len() as u64;
+                self.transmit_bytes += buf.len();
+                self.transmit.push_back(buf);
+            }
+            Err(err) => {
+                // Unreachable when callers check sizes first; never panic on it.
+                tracing::error!(%err, "dropping unframeable packet");
+            }
+        }
+    }
+
+    /// Sends `packet` now if ready, holds it until ready while handshaking.
+    fn send_packet(&mut self, packet: Packet) -> Result<(), SendError> {
+        let len = packet_size(&packet);
+        if len > MAX_FRAME_LEN {
+            return Err(SendError::TooLarge { len });
+        }
+        match self.state {
+            State::Closed => Err(SendError::Closed),
+            State::Ready => {
+                self.transmit_packet(&packet);
+                Ok(())
+            }
+            State::Handshaking => {
+                self.held_bytes += 8 + len;
+                self.held.push_back(packet);
+                Ok(())
+            }
+        }
+    }
+
+    /// Sends a query. Always returns a fresh id; the outcome arrives as exactly one
+    /// [`Event::QueryAnswer`] or [`Event::QueryFailed`] (immediately, if the session is closed or
+    /// the query is too large). Queries made before the handshake completes are sent once it
+    /// does; their timeout runs from now.
+    pub fn send_query(&mut self, now: Instant, data: Vec<u8>, timeout: Duration) -> QueryId {
+        let id = self.next_query_id;
+        self.next_query_id += 1;
+        let len = data.len();
+        match self.send_packet(Packet::Query(t::Query { id, data })) {
+            Ok(()) => {
+                let deadline = now.checked_add(timeout);
+                if let Some(d) = deadline {
+                    self.deadlines.insert((d, id));
+                }
+                self.pending.insert(id, deadline);
+                tracing::trace!(query_id = id, len, "query sent");
+            }
+            Err(err) => {
+                let code = match err {
+                    SendError::Closed => ErrorCode::NotReady,
+                    SendError::TooLarge { .. } => ErrorCode::Error,
+                };
+                self.events.push_back(Event::QueryFailed {
+                    id,
+                    code: code.as_i32(),
+                    message: err.to_string(),
+                });
+            }
+        }
+        id
+    }
+
+    /// Sends a one-way message (`tcp.packet`).
+    pub fn send_message(&mut self, data: Vec<u8>) -> Result<(), SendError> {
+        self.send_packet(Packet::Packet(t::Packet { data }))
+    }
+
+    /// Answers the peer's query `id`. If the answer is too large, the peer gets a
+    /// `tcp.queryError` (602) instead and `TooLarge` is returned.
+    pub fn answer_query(&mut self, id: QueryId, data: Vec<u8>) -> Result<(), SendError> {
+        match self.send_packet(Packet::QueryAnswer(t::QueryAnswer { id, data })) {
+            Err(SendError::TooLarge { len }) => {
+                tracing::warn!(
+                    query_id = id,
+                    len,
+                    "answer too large, sending error instead"
+                );
+                self.answer_query_error(
+                    id,
+                    ErrorCode::Error.as_i32(),
+                    format!("answer too large: {len} bytes"),
+                )?;
+                Err(SendError::TooLarge { len })
+            }
+            other => other,
+        }
+    }
+
+    /// Answers the peer's query `id` with an error. Overlong messages are truncated.
+    pub fn answer_query_error(
+        &mut self,
+        id: QueryId,
+        code: i32,
+        message: impl Into<String>,
+    ) -> Result<(), SendError> {
+        let mut message = message.into();
+        const MAX_MESSAGE: usize = 64 * 1024;
+        if message.len() > MAX_MESSAGE {
+            let mut cut = MAX_MESSAGE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        self.send_packet(Packet::QueryError(t::QueryError { id, code, message }))
+    }
+
+    /// Closes the session: every pending query fails (653 on a local close, 651 otherwise),
+    /// held packets are dropped, and [`Event::Closed`] is emitted. Frames already queued for
+    /// transmission stay available from [`Session::poll_transmit`] so they can be flushed.
+    /// Closing twice is a no-op.
+    pub fn close(&mut self, reason: CloseReason) {
+        if self.state == State::Closed {
+            return;
+        }
+        tracing::debug!(%reason, pending = self.pending.len(), "session closed");
+        self.state = State::Closed;
+        self.held.clear();
+        self.held_bytes = 0;
+        let code = reason.pending_query_code().as_i32();
+        let mut ids: Vec<QueryId> = self.pending.drain().map(|(id, _)| id).collect();
+        ids.sort_unstable();
+        self.deadlines.clear();
+        for id in ids {
+            self.events.push_back(Event::QueryFailed {
+                id,
+                code,
+                message: format!("session closed: {reason}"),
+            });
+        }
+        self.close_reason = Some(reason.clone());
+        self.events.push_back(Event::Closed { reason });
+    }
+
+    /// Drops any frames still queued for transmission (e.g. after a transport error).
+    pub fn discard_transmit(&mut self) {
+        self.transmit.clear();
+        self.transmit_bytes = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests;

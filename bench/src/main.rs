@@ -1,1 +1,267 @@
-fn main() {}
+//! Throughput benchmarks of the protocol layers. Run in release:
+//!
+//! ```sh
+//! cargo run --release -p cocoon-bench -- [codec|session|all]
+//! ```
+//!
+//! `codec`: frames encoded and decoded per second (frame codec + TL codec, in memory).
+//! `session`: one-way messages and query round trips per second between two sessions over a
+//! loopback TCP connection (driver, session state machine, codec and the kernel's TCP).
+#![forbid(unsafe_code)]
+
+use cocoon_net::driver::{Config, Incoming};
+use cocoon_net::tcp::{Listener, connect_tcp};
+use cocoon_tl::frame::{FrameDecoder, FrameEncoder};
+use cocoon_tl::types::{proxy, tcp};
+use cocoon_tl::{Identifiable, TlRead, TlWrite, enums};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+fn main() {
+    let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
+    if !matches!(what.as_str(), "codec" | "session" | "all") {
+        eprintln!("usage: cocoon-bench [codec|session|all]");
+        std::process::exit(64);
+    }
+    println!(
+        "cocoon-bench {} ({} cpus)",
+        env!("CARGO_PKG_VERSION"),
+        cpus()
+    );
+    if what == "codec" || what == "all" {
+        codec();
+    }
+    if what == "session" || what == "all" {
+        session();
+    }
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// An answer part as a worker streams it: `chunk` bytes of SSE text inside
+/// `proxy.queryAnswerPartEx`, inside `tcp.packet`. Built from scratch each call, as a sender
+/// does for every part.
+fn answer_part_payload(chunk: &[u8]) -> Vec<u8> {
+    let part = proxy::QueryAnswerPartEx {
+        request_id: [7; 32],
+        answer: chunk.to_vec(),
+        final_info: None,
+    };
+    tcp::Packet {
+        data: part.to_bytes(),
+    }
+    .to_bytes()
+}
+
+/// A client request: `body` (a chat completion) inside `http.request`, inside
+/// `client.runQueryEx`, inside `tcp.packet`.
+fn request_payload(body: &[u8]) -> Vec<u8> {
+    let http = cocoon_tl::functions::http::Request {
+        method: "POST".into(),
+        url: "/v1/chat/completions".into(),
+        http_version: "HTTP/1.1".into(),
+        headers: vec![cocoon_tl::types::http::Header {
+            name: "Content-Type".into(),
+            value: "application/json".into(),
+        }],
+        payload: body.to_vec(),
+    };
+    let run = cocoon_tl::functions::client::RunQueryEx {
+        model_name: "SmolLM2-135M-Instruct".into(),
+        query: http.to_bytes(),
+        max_coefficient: 4000,
+        max_tokens: 1000,
+        timeout: 114.0,
+        request_id: [1; 32],
+        min_config_version: 1,
+        enable_debug: None,
+    };
+    tcp::Packet {
+        data: run.to_bytes(),
+    }
+    .to_bytes()
+}
+
+fn chat_body() -> Vec<u8> {
+    format!(
+        "{{\"model\":\"SmolLM2-135M-Instruct\",\"messages\":[{{\"role\":\"user\",\"content\":\"{}\"}}]}}",
+        "y".repeat(2000)
+    )
+    .into_bytes()
+}
+
+fn report(name: &str, count: usize, bytes: usize, elapsed: Duration) {
+    let secs = elapsed.as_secs_f64();
+    println!(
+        "  {name:<44} {:>12.0} /s  {:>8.1} MiB/s  ({count} in {:.2} s)",
+        count as f64 / secs,
+        bytes as f64 / secs / (1 << 20) as f64,
+        secs
+    );
+}
+
+/// Builds one frame payload from scratch.
+type PayloadBuilder<'a> = Box<dyn Fn() -> Vec<u8> + 'a>;
+
+fn codec() {
+    println!("codec (single thread, in memory)");
+    let chunk = vec![b'x'; 128];
+    let body = chat_body();
+    let cases: [(&str, PayloadBuilder<'_>, usize); 2] = [
+        (
+            "answer part 128 B",
+            Box::new(|| answer_part_payload(black_box(&chunk))),
+            3_000_000,
+        ),
+        (
+            "request 2 KiB (runQueryEx + http.request)",
+            Box::new(|| request_payload(black_box(&body))),
+            500_000,
+        ),
+    ];
+    for (name, build, n) in cases {
+        // Encode: build the TL objects, serialise them and frame them, as a sender does.
+        let start = Instant::now();
+        let mut enc = FrameEncoder::new();
+        let mut out = Vec::new();
+        let mut total = 0;
+        for _ in 0..n {
+            out.clear();
+            enc.encode(&build(), &mut out).expect("frame");
+            total += out.len();
+            black_box(&out);
+        }
+        report(
+            &format!("encode TL + frame, {name}"),
+            n,
+            total,
+            start.elapsed(),
+        );
+
+        // Decode: a stream of frames read in 64 KiB pieces, each payload decoded down to the
+        // innermost object.
+        let payload = build();
+        let mut stream = Vec::new();
+        let mut enc = FrameEncoder::new();
+        for _ in 0..n {
+            enc.encode(&payload, &mut stream).expect("frame");
+        }
+        let start = Instant::now();
+        let mut dec = FrameDecoder::new();
+        let mut decoded = 0;
+        for piece in stream.chunks(64 * 1024) {
+            let mut input = piece;
+            while let Some(frame) = dec.decode(&mut input).expect("decode") {
+                let packet = enums::tcp::Packet::from_bytes(&frame.payload).expect("tcp.Packet");
+                let enums::tcp::Packet::Packet(p) = packet else {
+                    panic!("not tcp.packet")
+                };
+                if cocoon_tl::peek_constructor(&p.data)
+                    == Some(<proxy::QueryAnswerPartEx as Identifiable>::CONSTRUCTOR_ID)
+                {
+                    black_box(proxy::QueryAnswerPartEx::from_bytes(&p.data).expect("part"));
+                } else {
+                    let run =
+                        cocoon_tl::functions::client::RunQueryEx::from_bytes(&p.data).expect("run");
+                    black_box(
+                        cocoon_tl::functions::http::Request::from_bytes(&run.query).expect("http"),
+                    );
+                }
+                decoded += 1;
+            }
+        }
+        assert_eq!(decoded, n);
+        report(
+            &format!("decode frame + TL, {name}"),
+            n,
+            stream.len(),
+            start.elapsed(),
+        );
+    }
+}
+
+fn session() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        println!(
+            "session (two sessions over loopback TCP, {} tokio workers)",
+            cpus()
+        );
+        let listener = Listener::bind("127.0.0.1:0", Config::default())
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        // Server: counts messages, answers queries with their own body.
+        let server = tokio::spawn(async move {
+            let (_handle, mut incoming, _peer) = listener.accept().await.expect("accept");
+            let mut messages = 0usize;
+            while let Some(item) = incoming.recv().await {
+                match item {
+                    Incoming::Message { .. } => messages += 1,
+                    Incoming::Query { data, responder } => {
+                        let _ = responder.answer(data);
+                    }
+                }
+            }
+            messages
+        });
+        let (client, _incoming) = connect_tcp(addr, &Config::default())
+            .await
+            .expect("connect");
+
+        for size in [128usize, 4096] {
+            let n = if size == 128 { 300_000 } else { 50_000 };
+            let body = answer_part_payload(&vec![b'x'; size]);
+            let start = Instant::now();
+            for _ in 0..n {
+                client.send_message(body.clone()).await.expect("send");
+            }
+            // A query after the messages returns once all of them were read by the server.
+            client
+                .query(vec![1, 2, 3, 4], Duration::from_secs(60))
+                .await
+                .expect("sync");
+            report(
+                &format!("one-way messages, {size} B chunk"),
+                n,
+                n * body.len(),
+                start.elapsed(),
+            );
+        }
+
+        for concurrency in [1usize, 32] {
+            let n = 40_000;
+            let start = Instant::now();
+            let mut tasks = Vec::new();
+            for _ in 0..concurrency {
+                let client = client.clone();
+                tasks.push(tokio::spawn(async move {
+                    for _ in 0..n / concurrency {
+                        client
+                            .query(vec![0; 64], Duration::from_secs(60))
+                            .await
+                            .expect("query");
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.expect("task");
+            }
+            report(
+                &format!("query round trips, {concurrency} in flight"),
+                n,
+                n * 64,
+                start.elapsed(),
+            );
+        }
+        client.close();
+        let _ = server.await;
+    });
+}

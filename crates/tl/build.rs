@@ -128,13 +128,14 @@ impl<'a> Generator<'a> {
                 }
             }
             for f in &d.fields {
-                if let FieldKind::Conditional { flags, bit, ty } = &f.kind {
-                    if bits[&(flags.clone(), *bit)] > 1 && self.default_write(ty).is_none() {
-                        panic!(
-                            "{}.{}: shared flag bit on a non-primitive field",
-                            d.name, f.name
-                        );
-                    }
+                if let FieldKind::Conditional { flags, bit, ty } = &f.kind
+                    && bits[&(flags.clone(), *bit)] > 1
+                    && self.default_write(ty).is_none()
+                {
+                    panic!(
+                        "{}.{}: shared flag bit on a non-primitive field",
+                        d.name, f.name
+                    );
                 }
             }
         }
@@ -152,10 +153,8 @@ impl<'a> Generator<'a> {
                 Some(d) if !d.is_function => {}
                 _ => panic!("{ctx}: unknown bare constructor {name}"),
             },
-            Type::Boxed(name) => {
-                if !self.by_result.contains_key(name.as_str()) {
-                    panic!("{ctx}: unknown boxed type {name}");
-                }
+            Type::Boxed(name) if !self.by_result.contains_key(name.as_str()) => {
+                panic!("{ctx}: unknown boxed type {name}");
             }
             _ => {}
         }
@@ -326,15 +325,15 @@ impl<'a> Generator<'a> {
                 FieldKind::Flags => {
                     let _ = writeln!(out, "        let mut {}: u32 = 0;", ident(&f.name));
                     for g in &d.fields {
-                        if let FieldKind::Conditional { flags, bit, .. } = &g.kind {
-                            if flags == &f.name {
-                                let _ = writeln!(
-                                    out,
-                                    "        if self.{}.is_some() {{ {} |= 1 << {bit}; }}",
-                                    ident(&g.name),
-                                    ident(flags)
-                                );
-                            }
+                        if let FieldKind::Conditional { flags, bit, .. } = &g.kind
+                            && flags == &f.name
+                        {
+                            let _ = writeln!(
+                                out,
+                                "        if self.{}.is_some() {{ {} |= 1 << {bit}; }}",
+                                ident(&g.name),
+                                ident(flags)
+                            );
                         }
                     }
                     let _ = writeln!(out, "        crate::write::u32(out, {});", ident(&f.name));
@@ -675,7 +674,13 @@ impl<'a> Generator<'a> {
                 self.enum_path(ty)
             );
         }
-        for (ns, _) in self.decls.iter().filter(|d| d.is_function).map(|d| (d.namespace(), ())).collect::<BTreeMap<_, _>>() {
+        for (ns, _) in self
+            .decls
+            .iter()
+            .filter(|d| d.is_function)
+            .map(|d| (d.namespace(), ()))
+            .collect::<BTreeMap<_, _>>()
+        {
             let _ = writeln!(
                 out,
                 "    (\"{ns} functions\", |b| <crate::functions::{}Any as crate::TlRead>::from_bytes(b).map(|v| crate::TlWrite::to_bytes(&v))),",

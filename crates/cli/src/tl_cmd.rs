@@ -28,7 +28,10 @@ pub fn run(command: TlCommand) -> Result<(), String> {
             let text = read_input(input)?;
             let bytes = parse_hex(&text)?;
             let value = decode(&bytes)?;
-            println!("{}", serde_json::to_string_pretty(&value).map_err(|e| e.to_string())?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&value).map_err(|e| e.to_string())?
+            );
             Ok(())
         }
         TlCommand::Encode { input } => {
@@ -41,7 +44,10 @@ pub fn run(command: TlCommand) -> Result<(), String> {
         TlCommand::Ids => {
             for c in cocoon_tl::CONSTRUCTORS {
                 let kind = if c.is_function { "function" } else { "type" };
-                println!("{:08x}  v{}  {kind:8}  {}", c.id, c.since_proto, c.canonical);
+                println!(
+                    "{:08x}  v{}  {kind:8}  {}",
+                    c.id, c.since_proto, c.canonical
+                );
             }
             Ok(())
         }
@@ -69,10 +75,16 @@ fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
         return Err("empty input".into());
     }
     if let Some(pos) = digits.find(|c: char| !c.is_ascii_hexdigit()) {
-        return Err(format!("input is not hex: character {:?} at hex digit {pos}", &digits[pos..=pos]));
+        return Err(format!(
+            "input is not hex: character {:?} at hex digit {pos}",
+            &digits[pos..=pos]
+        ));
     }
-    if digits.len() % 2 != 0 {
-        return Err(format!("input is not hex: odd number of hex digits ({})", digits.len()));
+    if !digits.len().is_multiple_of(2) {
+        return Err(format!(
+            "input is not hex: odd number of hex digits ({})",
+            digits.len()
+        ));
     }
     hex::decode(&digits).map_err(|e| format!("input is not hex: {e}"))
 }
@@ -98,13 +110,17 @@ fn decode(bytes: &[u8]) -> Result<Value, String> {
         return json::decode_boxed(bytes).map_err(|e| locate(&e, 0));
     }
     // A capture may start at any seqno; after the first, each must follow by exactly one.
-    let first_seqno = frame::parse_frame_header(bytes).map(|(_, s)| s).unwrap_or(0);
+    let first_seqno = frame::parse_frame_header(bytes)
+        .map(|(_, s)| s)
+        .unwrap_or(0);
     let mut decoder = FrameDecoder::with_seqno(first_seqno);
     let mut input = bytes;
     let mut frames = Vec::new();
     while !input.is_empty() {
         let start = bytes.len() - input.len();
-        let decoded = decoder.decode(&mut input).map_err(|e| format!("at offset {start}: {e}"))?;
+        let decoded = decoder
+            .decode(&mut input)
+            .map_err(|e| format!("at offset {start}: {e}"))?;
         let Some(f) = decoded else {
             return Err(format!(
                 "at offset {start}: frame is truncated ({} bytes left, header says {})",
@@ -114,14 +130,18 @@ fn decode(bytes: &[u8]) -> Result<Value, String> {
                     .unwrap_or_else(|| "more".into())
             ));
         };
-        let payload = json::decode_boxed(&f.payload)
-            .map_err(|e| locate(&e, start + FRAME_HEADER_LEN))?;
+        let payload =
+            json::decode_boxed(&f.payload).map_err(|e| locate(&e, start + FRAME_HEADER_LEN))?;
         frames.push(json!({
             "frame": { "len": f.payload.len(), "seqno": f.seqno },
             "payload": payload,
         }));
     }
-    Ok(if frames.len() == 1 { frames.remove(0) } else { Value::Array(frames) })
+    Ok(if frames.len() == 1 {
+        frames.remove(0)
+    } else {
+        Value::Array(frames)
+    })
 }
 
 /// One line: where in the whole input, and what.
@@ -155,7 +175,8 @@ fn encode_frame(value: &Value) -> Result<Vec<u8>, String> {
         .and_then(|s| i32::try_from(s).ok())
         .ok_or("$.frame.seqno: expected a 32-bit integer")?;
     let payload = value.get("payload").ok_or("$.payload: missing")?;
-    let payload = json::encode_boxed(payload).map_err(|e| e.to_string().replacen('$', "$.payload", 1))?;
+    let payload =
+        json::encode_boxed(payload).map_err(|e| e.to_string().replacen('$', "$.payload", 1))?;
     frame::encode_frame(seqno, &payload).map_err(|e| e.to_string())
 }
 
@@ -166,8 +187,14 @@ mod tests {
     #[test]
     fn hex_errors_are_precise() {
         assert_eq!(parse_hex("0x0a0B 0c").unwrap(), [10, 11, 12]);
-        assert_eq!(parse_hex("abz1").unwrap_err(), "input is not hex: character \"z\" at hex digit 2");
-        assert_eq!(parse_hex("abc").unwrap_err(), "input is not hex: odd number of hex digits (3)");
+        assert_eq!(
+            parse_hex("abz1").unwrap_err(),
+            "input is not hex: character \"z\" at hex digit 2"
+        );
+        assert_eq!(
+            parse_hex("abc").unwrap_err(),
+            "input is not hex: odd number of hex digits (3)"
+        );
         assert_eq!(parse_hex("  ").unwrap_err(), "empty input");
     }
 
@@ -198,7 +225,8 @@ mod tests {
         assert!(err.starts_with("at offset 20: "), "{err}");
         assert!(err.contains("seqno"), "{err}");
         // Truncated payload inside a frame: offset counts the header.
-        let err = decode(&parse_hex("0c000000000000007c62e9bb01000000000000").unwrap()).unwrap_err();
+        let err =
+            decode(&parse_hex("0c000000000000007c62e9bb01000000000000").unwrap()).unwrap_err();
         assert!(err.contains("truncated"), "{err}");
         // Payload with trailing garbage inside an exact frame.
         let err = decode(&parse_hex("10000000000000007c62e9bb0100000000000000ffffffff").unwrap())

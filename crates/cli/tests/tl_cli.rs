@@ -12,7 +12,12 @@ fn cocoon(args: &[&str], stdin: Option<&str>) -> Output {
         .spawn()
         .expect("start cocoon");
     if let Some(text) = stdin {
-        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
     }
     drop(child.stdin.take());
     child.wait_with_output().expect("wait for cocoon")
@@ -30,7 +35,10 @@ fn stderr(o: &Output) -> String {
 fn version() {
     let o = cocoon(&["--version"], None);
     assert!(o.status.success());
-    assert_eq!(stdout(&o).trim(), format!("cocoon {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        stdout(&o).trim(),
+        format!("cocoon {}", env!("CARGO_PKG_VERSION"))
+    );
 }
 
 /// `tcp.queryError id=9 code=652 message="timeout"` in a frame with seqno 1, laid out by hand
@@ -40,8 +48,8 @@ const QUERY_ERROR_FRAME: &str = concat!(
     "01000000", // seqno = 1
     "02f6d24c", // tcp.queryError
     "0900000000000000",
-    "8c020000", // 652
-    "0774696d656f7574" // "timeout": length 7, 7 bytes, no padding needed
+    "8c020000",         // 652
+    "0774696d656f7574"  // "timeout": length 7, 7 bytes, no padding needed
 );
 
 #[test]
@@ -70,7 +78,10 @@ fn decode_errors_are_one_line_with_offset_and_exit_1() {
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.starts_with("error: at offset 0: frame is truncated"), "{err}");
+    assert!(
+        err.starts_with("error: at offset 0: frame is truncated"),
+        "{err}"
+    );
 
     // A known constructor with a bad Bool inside (client.proxyHandshakeComplete is_disabled).
     let o = cocoon(&["tl", "decode", "66b043f801020304"], None);
@@ -92,12 +103,22 @@ fn decode_errors_are_one_line_with_offset_and_exit_1() {
 
 #[test]
 fn decodes_every_handmade_golden_vector() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testvectors/tl/handmade.txt");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../testvectors/tl/handmade.txt"
+    );
     let text = std::fs::read_to_string(path).expect("testvectors/tl/handmade.txt");
     let mut count = 0;
-    for line in text.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')) {
+    for line in text
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+    {
         let mut parts = line.split('\t');
-        let (name, _kind, hex) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+        let (name, _kind, hex) = (
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+        );
         let o = cocoon(&["tl", "decode", hex], None);
         assert!(o.status.success(), "{name}: {}", stderr(&o));
         let o = cocoon(&["tl", "encode", "-"], Some(&stdout(&o)));

@@ -249,13 +249,13 @@ fn write_boxed(
         .get(name)
         .map(|i| &s.decls[*i])
         .ok_or_else(|| enc_err(path, format!("unknown constructor `{name}`")))?;
-    if let Some(t) = expected {
-        if d.is_function || d.result != t {
-            return Err(enc_err(
-                path,
-                format!("`{name}` is not a constructor of {t}"),
-            ));
-        }
+    if let Some(t) = expected
+        && (d.is_function || d.result != t)
+    {
+        return Err(enc_err(
+            path,
+            format!("`{name}` is not a constructor of {t}"),
+        ));
     }
     write::u32(out, d.id);
     write_fields(out, value, d, path)
@@ -270,13 +270,13 @@ fn write_fields(
     let obj = value
         .as_object()
         .ok_or_else(|| enc_err(path, format!("expected an object for {}", d.name)))?;
-    if let Some(t) = obj.get("@type") {
-        if t.as_str() != Some(d.name.as_str()) {
-            return Err(enc_err(
-                path,
-                format!("\"@type\" must be `{}` here", d.name),
-            ));
-        }
+    if let Some(t) = obj.get("@type")
+        && t.as_str() != Some(d.name.as_str())
+    {
+        return Err(enc_err(
+            path,
+            format!("\"@type\" must be `{}` here", d.name),
+        ));
     }
     for key in obj.keys() {
         if key != "@type" && !d.fields.iter().any(|f| &f.name == key) {
@@ -294,10 +294,11 @@ fn write_fields(
                         .map_err(|_| enc_err(&fpath, "flags must fit in 32 unsigned bits"))?,
                 };
                 for g in &d.fields {
-                    if let FieldKind::Conditional { flags, bit, .. } = &g.kind {
-                        if *flags == f.name && obj.contains_key(&g.name) {
-                            v |= 1 << bit;
-                        }
+                    if let FieldKind::Conditional { flags, bit, .. } = &g.kind
+                        && *flags == f.name
+                        && obj.contains_key(&g.name)
+                    {
+                        v |= 1 << bit;
                     }
                 }
                 flag_values.insert(&f.name, v);

@@ -77,8 +77,7 @@ fn module_path(ns: &str) -> String {
 }
 
 fn is_binary_string(field: &str) -> bool {
-    // Contract code cells travel in TL strings; they are bytes, not text.
-    field.ends_with("_sc_code")
+    schema::string_kind(field) == schema::StringKind::Binary
 }
 
 struct Generator<'a> {
@@ -161,25 +160,7 @@ impl<'a> Generator<'a> {
     }
 
     fn min_size(&self, ty: &Type) -> usize {
-        match ty {
-            Type::Int | Type::String | Type::Bytes | Type::Bool | Type::Vector(_) => 4,
-            Type::Long | Type::Double => 8,
-            Type::Int128 => 16,
-            Type::Int256 => 32,
-            Type::Bare(name) => self.decl_min_size(self.by_name[name.as_str()]),
-            Type::Boxed(_) => 4,
-        }
-    }
-
-    fn decl_min_size(&self, d: &Declaration) -> usize {
-        d.fields
-            .iter()
-            .map(|f| match &f.kind {
-                FieldKind::Flags => 4,
-                FieldKind::Plain(ty) => self.min_size(ty),
-                FieldKind::Conditional { .. } => 0,
-            })
-            .sum()
+        ty.min_size(&|name: &str| self.by_name.get(name).copied())
     }
 
     fn struct_path(&self, d: &Declaration) -> String {
@@ -219,6 +200,9 @@ impl<'a> Generator<'a> {
             Type::Long => "r.read_i64()?".into(),
             Type::Double => "r.read_f64()?".into(),
             Type::String if is_binary_string(field) => "r.read_bytes()?".into(),
+            Type::String if schema::string_kind(field) == schema::StringKind::LossyText => {
+                "r.read_string_lossy()?".into()
+            }
             Type::String => "r.read_string()?".into(),
             Type::Bytes => "r.read_bytes()?".into(),
             Type::Int128 => "r.read_int128()?".into(),
@@ -261,6 +245,9 @@ impl<'a> Generator<'a> {
 
     /// Encoding of the zero value, for a conditional field absent while its bit is set.
     fn default_write(&self, ty: &Type) -> Option<&'static str> {
+        if !ty.has_zero_value() {
+            return None;
+        }
         Some(match ty {
             Type::Int => "crate::write::i32(out, 0);",
             Type::Long => "crate::write::i64(out, 0);",
@@ -283,7 +270,7 @@ impl<'a> Generator<'a> {
                 d.since_proto
             );
         }
-        let _ = writeln!(out, "#[derive(Debug, Clone, PartialEq, Default)]");
+        let _ = writeln!(out, "#[derive(Clone, PartialEq, Default)]");
         let _ = writeln!(out, "pub struct {name} {{");
         for f in &d.fields {
             match &f.kind {
@@ -298,6 +285,15 @@ impl<'a> Generator<'a> {
                 }
                 FieldKind::Conditional { flags, bit, ty } => {
                     let _ = writeln!(out, "    /// Present iff bit {bit} of `{flags}` is set.");
+                    let siblings: Vec<String> =
+                        d.bit_siblings(f).map(|g| format!("`{}`", g.name)).collect();
+                    if !siblings.is_empty() {
+                        let _ = writeln!(
+                            out,
+                            "    /// Shares the bit with {}: set them together (a missing one is sent as zero).",
+                            siblings.join(", ")
+                        );
+                    }
                     let _ = writeln!(
                         out,
                         "    pub {}: Option<{}>,",
@@ -313,6 +309,8 @@ impl<'a> Generator<'a> {
             "impl crate::Identifiable for {name} {{ const CONSTRUCTOR_ID: u32 = 0x{:08x}; const NAME: &'static str = \"{full}\"; }}\n",
             d.id
         );
+
+        self.gen_debug(d, &name, out);
 
         // BareWrite.
         let _ = writeln!(out, "impl crate::BareWrite for {name} {{");
@@ -364,23 +362,14 @@ impl<'a> Generator<'a> {
         let _ = writeln!(out, "impl crate::BareRead for {name} {{");
         let _ = writeln!(
             out,
-            "    #[allow(unused_variables, clippy::redundant_closure_call)]\n    fn read_bare(r: &mut crate::Reader<'_>) -> crate::Result<Self> {{"
+            "    #[allow(unused_variables)]\n    fn read_bare(r: &mut crate::Reader<'_>) -> crate::Result<Self> {{"
         );
         for f in &d.fields {
             let fname = ident(&f.name);
             let raw = &f.name;
             match &f.kind {
                 FieldKind::Flags => {
-                    let mask: u32 = d
-                        .fields
-                        .iter()
-                        .filter_map(|g| match &g.kind {
-                            FieldKind::Conditional { flags, bit, .. } if flags == &f.name => {
-                                Some(1u32 << bit)
-                            }
-                            _ => None,
-                        })
-                        .fold(0, |a, b| a | b);
+                    let mask = d.flag_mask(&f.name);
                     let _ = writeln!(
                         out,
                         "        let flags_offset = r.offset();\n        let {fname} = r.read_u32().map_err(|e| e.in_field(\"{full}\", \"{raw}\"))?;"
@@ -393,14 +382,14 @@ impl<'a> Generator<'a> {
                 FieldKind::Plain(ty) => {
                     let _ = writeln!(
                         out,
-                        "        let {fname} = (|r: &mut crate::Reader<'_>| -> crate::Result<_> {{ Ok({}) }})(r).map_err(|e| e.in_field(\"{full}\", \"{raw}\"))?;",
+                        "        let {fname} = r.field(\"{full}\", \"{raw}\", |r| Ok({}))?;",
                         self.read_expr(&f.name, ty)
                     );
                 }
                 FieldKind::Conditional { flags, bit, ty } => {
                     let _ = writeln!(
                         out,
-                        "        let {fname} = if {} & (1 << {bit}) != 0 {{ Some((|r: &mut crate::Reader<'_>| -> crate::Result<_> {{ Ok({}) }})(r).map_err(|e| e.in_field(\"{full}\", \"{raw}\"))?) }} else {{ None }};",
+                        "        let {fname} = if {} & (1 << {bit}) != 0 {{ Some(r.field(\"{full}\", \"{raw}\", |r| Ok({}))?) }} else {{ None }};",
                         ident(flags),
                         self.read_expr(&f.name, ty)
                     );
@@ -424,7 +413,7 @@ impl<'a> Generator<'a> {
         );
         let _ = writeln!(
             out,
-            "impl crate::TlRead for {name} {{ fn read_from(r: &mut crate::Reader<'_>) -> crate::Result<Self> {{ let start = r.offset(); let id = r.read_u32()?; if id != 0x{:08x} {{ return Err(crate::Error::new(crate::ErrorKind::UnknownConstructor {{ id, expected: \"{full}\" }}, start)); }} crate::BareRead::read_bare(r) }} }}\n",
+            "impl crate::TlRead for {name} {{ const TYPE_NAME: &'static str = \"{full}\"; fn read_from(r: &mut crate::Reader<'_>) -> crate::Result<Self> {{ let start = r.offset(); let id = r.read_u32().map_err(|e| e.in_type(\"{full}\"))?; if id != 0x{:08x} {{ return Err(crate::Error::new(crate::ErrorKind::UnknownConstructor {{ id, expected: \"{full}\" }}, start)); }} crate::BareRead::read_bare(r) }} }}\n",
             d.id
         );
         if d.is_function {
@@ -434,6 +423,34 @@ impl<'a> Generator<'a> {
                 self.enum_path(&d.result)
             );
         }
+    }
+
+    /// `Debug` that never prints payload bytes or secrets: `bytes` fields and binary strings
+    /// show their length, keys and secrets `<redacted>`.
+    fn gen_debug(&self, d: &Declaration, name: &str, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "impl std::fmt::Debug for {name} {{ fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {{ f.debug_struct(\"{name}\")"
+        );
+        for fd in &d.fields {
+            let Some(ty) = fd.value_type() else { continue };
+            let id = ident(&fd.name);
+            let raw = &fd.name;
+            let opt = matches!(fd.kind, FieldKind::Conditional { .. });
+            let value = if schema::is_secret(&d.name, &fd.name) {
+                "&\"<redacted>\"".to_string()
+            } else if *ty == Type::Bytes || (*ty == Type::String && is_binary_string(&fd.name)) {
+                if opt {
+                    format!("&self.{id}.as_ref().map(|v| crate::ByteLen(v.len()))")
+                } else {
+                    format!("&crate::ByteLen(self.{id}.len())")
+                }
+            } else {
+                format!("&self.{id}")
+            };
+            let _ = writeln!(out, "    .field(\"{raw}\", {value})");
+        }
+        let _ = writeln!(out, "    .finish() }} }}\n");
     }
 
     fn gen_enum(&self, ty: &str, ctors: &[&Declaration], out: &mut String) {
@@ -492,7 +509,7 @@ impl<'a> Generator<'a> {
         let _ = writeln!(out, "}} }} }}\n");
         let _ = writeln!(
             out,
-            "impl crate::TlRead for {name} {{ fn read_from(r: &mut crate::Reader<'_>) -> crate::Result<Self> {{ let start = r.offset(); match r.read_u32()? {{"
+            "impl crate::TlRead for {name} {{ const TYPE_NAME: &'static str = \"{ty}\"; fn read_from(r: &mut crate::Reader<'_>) -> crate::Result<Self> {{ let start = r.offset(); match r.read_u32().map_err(|e| e.in_type(\"{ty}\"))? {{"
         );
         for c in ctors {
             let _ = writeln!(
@@ -555,7 +572,7 @@ impl<'a> Generator<'a> {
         let _ = writeln!(out, "}} }} }}\n");
         let _ = writeln!(
             out,
-            "impl crate::TlRead for Any {{ fn read_from(r: &mut crate::Reader<'_>) -> crate::Result<Self> {{ let start = r.offset(); match r.read_u32()? {{"
+            "impl crate::TlRead for Any {{ const TYPE_NAME: &'static str = \"{ns} function\"; fn read_from(r: &mut crate::Reader<'_>) -> crate::Result<Self> {{ let start = r.offset(); match r.read_u32().map_err(|e| e.in_type(\"{ns} function\"))? {{"
         );
         for f in funcs {
             let _ = writeln!(

@@ -31,14 +31,25 @@ pub enum ErrorKind {
     Invalid { what: String },
 }
 
+/// One step of the path to where a decoding error happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// Inside `field` of `constructor` (e.g. `client.runQueryEx`, `timeout`).
+    Field(&'static str, &'static str),
+    /// Inside element `index` of a vector.
+    Index(usize),
+    /// While decoding a value of this type (e.g. `tcp.Packet`), before its constructor was known.
+    Type(&'static str),
+}
+
 /// A decoding error: what, at which byte offset, and inside which constructor and field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Error {
     pub kind: ErrorKind,
     /// Byte offset in the input where the problem was found.
     pub offset: usize,
-    /// Innermost first: (constructor, field) pairs the decoder was in.
-    pub context: Vec<(&'static str, &'static str)>,
+    /// Innermost first: where the decoder was.
+    pub context: Vec<Location>,
 }
 
 impl Error {
@@ -53,25 +64,55 @@ impl Error {
     /// Record that the error happened while decoding `field` of `constructor`.
     #[must_use]
     pub fn in_field(mut self, constructor: &'static str, field: &'static str) -> Error {
-        self.context.push((constructor, field));
+        self.context.push(Location::Field(constructor, field));
         self
     }
 
-    /// The innermost constructor the error happened in, if any.
-    pub fn constructor(&self) -> Option<&'static str> {
-        self.context.first().map(|(c, _)| *c)
+    /// Record that the error happened in element `index` of a vector.
+    #[must_use]
+    pub fn in_element(mut self, index: usize) -> Error {
+        self.context.push(Location::Index(index));
+        self
     }
 
-    /// The path of constructor fields, outermost first, e.g. `tcp.query.data`.
+    /// Record the type being decoded, when nothing names the place yet.
+    #[must_use]
+    pub fn in_type(mut self, type_name: &'static str) -> Error {
+        if self.context.is_empty() {
+            self.context.push(Location::Type(type_name));
+        }
+        self
+    }
+
+    /// The innermost constructor (or type) the error happened in, if any.
+    pub fn constructor(&self) -> Option<&'static str> {
+        self.context.iter().find_map(|l| match l {
+            Location::Field(c, _) | Location::Type(c) => Some(*c),
+            Location::Index(_) => None,
+        })
+    }
+
+    /// The path, outermost first, e.g. `http.response.headers[2] > http.header.value`.
     pub fn path(&self) -> String {
         let mut out = String::new();
-        for (i, (ctor, field)) in self.context.iter().rev().enumerate() {
-            if i > 0 {
-                out.push_str(" > ");
+        for loc in self.context.iter().rev() {
+            match loc {
+                Location::Field(ctor, field) => {
+                    if !out.is_empty() {
+                        out.push_str(" > ");
+                    }
+                    out.push_str(ctor);
+                    out.push('.');
+                    out.push_str(field);
+                }
+                Location::Index(i) => out.push_str(&format!("[{i}]")),
+                Location::Type(t) => {
+                    if !out.is_empty() {
+                        out.push_str(" > ");
+                    }
+                    out.push_str(t);
+                }
             }
-            out.push_str(ctor);
-            out.push('.');
-            out.push_str(field);
         }
         out
     }
@@ -225,7 +266,7 @@ impl<'a> Reader<'a> {
     /// A TL `bytes`/`string` value: length prefix, data, zero padding to 4 bytes.
     pub fn read_bytes_ref(&mut self) -> Result<&'a [u8]> {
         let start = self.pos;
-        let first = *self.read_raw(1)?.first().unwrap_or(&0);
+        let [first] = self.read_array::<1>()?;
         let (len, header) = match first {
             0..=253 => (first as u64, 1usize),
             254 => {
@@ -295,6 +336,12 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// A `string` holding human-readable text from a peer (error messages, debug output):
+    /// invalid UTF-8 is replaced rather than rejected, as COCOON peers may send any bytes.
+    pub fn read_string_lossy(&mut self) -> Result<String> {
+        Ok(String::from_utf8_lossy(self.read_bytes_ref()?).into_owned())
+    }
+
     /// A vector length, bounded so that `len * min_element_size` fits in the input.
     pub fn read_vector_len(&mut self, min_element_size: usize) -> Result<usize> {
         let start = self.pos;
@@ -316,6 +363,16 @@ impl<'a> Reader<'a> {
         Ok(len)
     }
 
+    /// Run `read` for `field` of `constructor`, adding that place to any error.
+    pub fn field<T>(
+        &mut self,
+        constructor: &'static str,
+        field: &'static str,
+        read: impl FnOnce(&mut Reader<'a>) -> Result<T>,
+    ) -> Result<T> {
+        read(self).map_err(|e| e.in_field(constructor, field))
+    }
+
     pub fn read_vector<T>(
         &mut self,
         min_element_size: usize,
@@ -323,8 +380,8 @@ impl<'a> Reader<'a> {
     ) -> Result<Vec<T>> {
         let len = self.read_vector_len(min_element_size)?;
         let mut out = Vec::with_capacity(len);
-        for _ in 0..len {
-            out.push(read(self)?);
+        for i in 0..len {
+            out.push(read(self).map_err(|e| e.in_element(i))?);
         }
         Ok(out)
     }
@@ -426,13 +483,16 @@ pub trait TlWrite {
 
 /// Boxed decoding.
 pub trait TlRead: Sized {
+    /// TL name of the type (`tcp.Packet`) or constructor (`tcp.query`), for error messages.
+    const TYPE_NAME: &'static str;
+
     fn read_from(r: &mut Reader<'_>) -> Result<Self>;
 
     /// Decode a value that must fill `bytes` exactly.
     fn from_bytes(bytes: &[u8]) -> Result<Self> {
         let mut r = Reader::new(bytes);
         let value = Self::read_from(&mut r)?;
-        r.finish()?;
+        r.finish().map_err(|e| e.in_type(Self::TYPE_NAME))?;
         Ok(value)
     }
 }
@@ -547,5 +607,18 @@ mod tests {
              input (need 8 bytes, 3 left) at offset 40"
         );
         assert_eq!(err.constructor(), Some("tokensUsed"));
+        let err = Error::new(ErrorKind::InvalidUtf8, 9)
+            .in_field("http.header", "value")
+            .in_element(2)
+            .in_field("http.response", "headers");
+        assert_eq!(
+            err.to_string(),
+            "http.response.headers[2] > http.header.value: string is not valid UTF-8 at offset 9"
+        );
+        let err = Error::new(ErrorKind::TrailingBytes { count: 4 }, 12).in_type("tcp.Packet");
+        assert_eq!(
+            err.to_string(),
+            "tcp.Packet: 4 trailing bytes after value at offset 12"
+        );
     }
 }

@@ -90,16 +90,7 @@ fn read_fields(r: &mut Reader<'_>, d: &'static Declaration, depth: usize) -> Res
             FieldKind::Flags => {
                 let at = r.offset();
                 let v = r.read_u32().map_err(in_field)?;
-                let known = d
-                    .fields
-                    .iter()
-                    .filter_map(|g| match &g.kind {
-                        FieldKind::Conditional { flags, bit, .. } if *flags == f.name => {
-                            Some(1u32 << bit)
-                        }
-                        _ => None,
-                    })
-                    .fold(0, |a, b| a | b);
+                let known = d.flag_mask(&f.name);
                 if v & !known != 0 {
                     let what = format!("unknown bits {:#x} in flags", v & !known);
                     return Err(in_field(Error::new(ErrorKind::Invalid { what }, at)));
@@ -126,18 +117,7 @@ fn read_value(r: &mut Reader<'_>, ty: &'static Type, depth: usize) -> Result<Val
     Ok(match ty {
         Type::Int => json!(r.read_i32()?),
         Type::Long => json!(r.read_i64()?),
-        Type::Double => {
-            let v = r.read_f64()?;
-            if v.is_finite() {
-                json!(v)
-            } else if v.is_nan() {
-                json!("NaN")
-            } else if v > 0.0 {
-                json!("inf")
-            } else {
-                json!("-inf")
-            }
-        }
+        Type::Double => double_to_json(r.read_f64()?),
         Type::String => {
             let raw = r.read_bytes_ref()?;
             match std::str::from_utf8(raw) {
@@ -180,24 +160,41 @@ fn nested_tl(raw: &[u8], depth: usize) -> Option<Value> {
 }
 
 fn min_size(ty: &Type) -> usize {
-    match ty {
-        Type::Long | Type::Double => 8,
-        Type::Int128 => 16,
-        Type::Int256 => 32,
-        Type::Bare(name) => {
-            let s = schema();
-            s.decls[s.by_name[name.as_str()]]
-                .fields
-                .iter()
-                .map(|f| match &f.kind {
-                    FieldKind::Flags => 4,
-                    FieldKind::Plain(t) => min_size(t),
-                    FieldKind::Conditional { .. } => 0,
-                })
-                .sum::<usize>()
-                .max(1)
-        }
-        _ => 4,
+    let s = schema();
+    ty.min_size(&|name: &str| s.by_name.get(name).map(|i| &s.decls[*i]))
+}
+
+/// Finite doubles are JSON numbers (printed so that they parse back to the same bits);
+/// infinities and the canonical NaN are strings; any other NaN keeps its bits.
+fn double_to_json(v: f64) -> Value {
+    if v.is_finite() {
+        json!(v)
+    } else if v == f64::INFINITY {
+        json!("inf")
+    } else if v == f64::NEG_INFINITY {
+        json!("-inf")
+    } else if v.to_bits() == f64::NAN.to_bits() {
+        json!("NaN")
+    } else {
+        json!({ "f64_bits": format!("{:016x}", v.to_bits()) })
+    }
+}
+
+fn double_from_json(v: &Value, path: &str) -> Result<f64, EncodeError> {
+    match v {
+        Value::Number(n) => n.as_f64().ok_or_else(|| enc_err(path, "bad number")),
+        Value::String(s) if s == "NaN" => Ok(f64::NAN),
+        Value::String(s) if s == "inf" => Ok(f64::INFINITY),
+        Value::String(s) if s == "-inf" => Ok(f64::NEG_INFINITY),
+        Value::Object(o) if o.len() == 1 && o.contains_key("f64_bits") => o["f64_bits"]
+            .as_str()
+            .and_then(|h| u64::from_str_radix(h, 16).ok())
+            .map(f64::from_bits)
+            .ok_or_else(|| enc_err(path, "f64_bits must be 16 hex digits")),
+        _ => Err(enc_err(
+            path,
+            "expected a number, \"NaN\", \"inf\", \"-inf\" or {\"f64_bits\": ...}",
+        )),
     }
 }
 
@@ -293,6 +290,13 @@ fn write_fields(
                     Some(x) => u32::try_from(as_i64(x, &fpath)?)
                         .map_err(|_| enc_err(&fpath, "flags must fit in 32 unsigned bits"))?,
                 };
+                let unknown = v & !d.flag_mask(&f.name);
+                if unknown != 0 {
+                    return Err(enc_err(
+                        &fpath,
+                        format!("unknown bits {unknown:#x} in flags"),
+                    ));
+                }
                 for g in &d.fields {
                     if let FieldKind::Conditional { flags, bit, .. } = &g.kind
                         && *flags == f.name
@@ -325,14 +329,15 @@ fn write_fields(
 }
 
 fn write_default(out: &mut Vec<u8>, ty: &Type, path: &str) -> Result<(), EncodeError> {
+    if !ty.has_zero_value() {
+        return Err(enc_err(path, "missing field (its flag bit is set)"));
+    }
     match ty {
         Type::Int => write::i32(out, 0),
-        Type::Long => write::i64(out, 0),
-        Type::Double => write::f64(out, 0.0),
-        Type::String | Type::Bytes => write::bytes(out, &[]),
-        Type::Bool => write::bool(out, false),
+        Type::Long | Type::Double => write::i64(out, 0),
         Type::Vector(_) => write::vector_len(out, 0),
-        _ => return Err(enc_err(path, "missing field (its flag bit is set)")),
+        Type::Bool => write::bool(out, false),
+        _ => write::bytes(out, &[]),
     }
     Ok(())
 }
@@ -367,16 +372,7 @@ fn write_value(out: &mut Vec<u8>, v: &Value, ty: &Type, path: &str) -> Result<()
             );
         }
         Type::Long => write::i64(out, as_i64(v, path)?),
-        Type::Double => {
-            let x = match v {
-                Value::Number(n) => n.as_f64().ok_or_else(|| enc_err(path, "bad number"))?,
-                Value::String(s) if s == "NaN" => f64::NAN,
-                Value::String(s) if s == "inf" => f64::INFINITY,
-                Value::String(s) if s == "-inf" => f64::NEG_INFINITY,
-                _ => return Err(enc_err(path, "expected a number")),
-            };
-            write::f64(out, x);
-        }
+        Type::Double => write::f64(out, double_from_json(v, path)?),
         Type::String => match v {
             Value::String(s) => write::bytes(out, s.as_bytes()),
             Value::Object(o) if o.len() == 1 && o.contains_key("hex") => {
@@ -477,6 +473,43 @@ mod tests {
         assert!(
             err.to_string().contains("flags") || err.to_string().contains("missing field"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn doubles_keep_their_bits_through_json_text() {
+        let odd_nan = f64::from_bits(0xfff8_0000_0000_0000);
+        for v in [
+            1700017284.3586025,
+            0.1,
+            -0.0,
+            1e300,
+            5e-324,
+            f64::INFINITY,
+            f64::NAN,
+            odd_nan,
+        ] {
+            let mut bytes = Vec::new();
+            write::u32(&mut bytes, 0xe794_e6fc); // proxy.queryFinalInfo
+            write::u32(&mut bytes, 2); // timings
+            for x in [1i64, 2, 3, 4, 5] {
+                write::i64(&mut bytes, x);
+            }
+            write::f64(&mut bytes, v);
+            write::f64(&mut bytes, v);
+            let text = decode_boxed(&bytes).unwrap().to_string();
+            let back: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(encode_boxed(&back).unwrap(), bytes, "{v:e} via {text}");
+        }
+    }
+
+    #[test]
+    fn unknown_flag_bits_are_refused_both_ways() {
+        let v = json!({"@type": "client.workerInstanceV2", "flags": 4, "coefficient": 1,
+            "active_requests": 0, "max_active_requests": 1});
+        assert_eq!(
+            encode_boxed(&v).unwrap_err().to_string(),
+            "$.flags: unknown bits 0x4 in flags"
         );
     }
 

@@ -15,8 +15,8 @@ pub mod json;
 pub mod schema;
 
 pub use codec::{
-    BOOL_FALSE, BOOL_TRUE, BareRead, BareWrite, Error, ErrorKind, Identifiable, Reader, Result,
-    TlFunction, TlRead, TlWrite, bytes_len, peek_constructor, write,
+    BOOL_FALSE, BOOL_TRUE, BareRead, BareWrite, Error, ErrorKind, Identifiable, Location, Reader,
+    Result, TlFunction, TlRead, TlWrite, bytes_len, peek_constructor, write,
 };
 
 /// One declaration of the scheme, as compiled in.
@@ -76,5 +76,15 @@ pub mod arbitrary {
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(typed, bytes);
         Ok(())
+    }
+}
+
+/// Shown by `Debug` instead of the contents of a `bytes` field, which may hold a prompt.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ByteLen(pub usize);
+
+impl std::fmt::Debug for ByteLen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{} bytes>", self.0)
     }
 }

@@ -161,6 +161,106 @@ impl Declaration {
     }
 }
 
+impl Declaration {
+    /// Bits of `flags_field` that some conditional field of this declaration uses.
+    pub fn flag_mask(&self, flags_field: &str) -> u32 {
+        self.fields
+            .iter()
+            .filter_map(|f| match &f.kind {
+                FieldKind::Conditional { flags, bit, .. } if flags == flags_field => {
+                    Some(1u32 << bit)
+                }
+                _ => None,
+            })
+            .fold(0, |a, b| a | b)
+    }
+
+    /// Other conditional fields that share `field`'s flag bit.
+    pub fn bit_siblings<'a>(&'a self, field: &'a Field) -> impl Iterator<Item = &'a Field> + 'a {
+        let key = match &field.kind {
+            FieldKind::Conditional { flags, bit, .. } => Some((flags.as_str(), *bit)),
+            _ => None,
+        };
+        self.fields.iter().filter(move |g| {
+            g.name != field.name
+                && matches!((&g.kind, key), (FieldKind::Conditional { flags, bit, .. }, Some((kf, kb))) if flags == kf && *bit == kb)
+        })
+    }
+
+    /// Smallest encoded size of the fields, given a lookup of bare constructors by name.
+    pub fn min_size<'d>(&self, lookup: &impl Fn(&str) -> Option<&'d Declaration>) -> usize {
+        self.fields
+            .iter()
+            .map(|f| match &f.kind {
+                FieldKind::Flags => 4,
+                FieldKind::Plain(ty) => ty.min_size(lookup),
+                FieldKind::Conditional { .. } => 0,
+            })
+            .sum()
+    }
+}
+
+impl Type {
+    /// Smallest encoded size of a value of this type.
+    pub fn min_size<'d>(&self, lookup: &impl Fn(&str) -> Option<&'d Declaration>) -> usize {
+        match self {
+            Type::Int | Type::String | Type::Bytes | Type::Bool | Type::Vector(_) => 4,
+            Type::Long | Type::Double => 8,
+            Type::Int128 => 16,
+            Type::Int256 => 32,
+            Type::Bare(name) => lookup(name).map(|d| d.min_size(lookup)).unwrap_or(0),
+            Type::Boxed(_) => 4,
+        }
+    }
+
+    /// Types whose zero value is sent for a conditional field that is absent while a field
+    /// sharing its flag bit is present.
+    pub fn has_zero_value(&self) -> bool {
+        matches!(
+            self,
+            Type::Int
+                | Type::Long
+                | Type::Double
+                | Type::String
+                | Type::Bytes
+                | Type::Bool
+                | Type::Vector(_)
+        )
+    }
+}
+
+/// How a TL `string` field is represented in Rust.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StringKind {
+    /// UTF-8 text; anything else is a decoding error.
+    Text,
+    /// Free text from a peer (error messages, debug output): invalid UTF-8 is replaced, as
+    /// COCOON peers may send any bytes there and failing the whole message would lose it.
+    LossyText,
+    /// Not text at all (contract code cells): `Vec<u8>`.
+    Binary,
+}
+
+pub fn string_kind(field: &str) -> StringKind {
+    if field.ends_with("_sc_code") {
+        StringKind::Binary
+    } else if matches!(field, "message" | "error" | "worker_debug" | "proxy_debug") {
+        StringKind::LossyText
+    } else {
+        StringKind::Text
+    }
+}
+
+/// Fields whose value must never be printed (keys, secrets, HTTP header values that may
+/// carry credentials); their `Debug` shows `<redacted>`.
+pub fn is_secret(constructor: &str, field: &str) -> bool {
+    field.contains("private_key")
+        || field == "node_wallet_key"
+        || field.starts_with("secret")
+        || field == "http_access_hash"
+        || (constructor == "http.header" && field == "value")
+}
+
 /// CRC-32 (IEEE 802.3, reflected, polynomial 0xEDB88320), as TL uses for constructor ids.
 pub const fn crc32(data: &[u8]) -> u32 {
     let mut crc = 0xFFFF_FFFFu32;

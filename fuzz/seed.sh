@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Writes seed inputs for every fuzz target from the golden vectors in testvectors/tl/ into
+# fuzz/corpus/<target>/ (git-ignored). Safe to run again: it only adds/overwrites seed-* files.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+exec python3 - "$here" <<'PY'
+import os, sys, struct
+
+fuzz = sys.argv[1]
+vectors = os.path.join(fuzz, "..", "testvectors", "tl")
+
+def load(name, cols):
+    out = []
+    for line in open(os.path.join(vectors, name)):
+        line = line.rstrip("\n")
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split("\t")
+        assert len(parts) == cols, (name, line[:60])
+        out.append((parts[0], parts[1], bytes.fromhex(parts[-1])))
+    return out
+
+valid = load("handmade.txt", 3) + load("encoded.txt", 3)
+invalid = load("invalid.txt", 4)
+
+def clean(name):
+    return "".join(c if c.isalnum() or c in "-._" else "_" for c in name)
+
+counts = {}
+def write(target, name, data):
+    d = os.path.join(fuzz, "corpus", target)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "seed-" + clean(name)), "wb") as f:
+        f.write(data)
+    counts[target] = counts.get(target, 0) + 1
+
+# Streams: frames of one direction, in file order.
+streams = {}
+for name, kind, data in valid:
+    if kind == "frame":
+        streams.setdefault(name.split("/", 1)[0], []).append(data)
+
+# tl_boxed: every object, every frame payload, and the nested data of tcp.query /
+# tcp.queryAnswer / tcp.packet.
+def tl_bytes(buf, at):
+    n = buf[at]
+    if n < 254:
+        start, length = at + 1, n
+    else:
+        start, length = at + 4, int.from_bytes(buf[at + 1:at + 4], "little")
+    return buf[start:start + length]
+
+WITH_DATA = {0x3AF51908: 12, 0xC048C311: 12, 0x9C17BAF8: 4}  # id -> offset of `data`
+for name, kind, data in valid + invalid:
+    payload = data[8:] if kind == "frame" else data
+    write("tl_boxed", name, payload)
+    if len(payload) >= 4:
+        off = WITH_DATA.get(struct.unpack("<I", payload[:4])[0])
+        if off is not None and len(payload) > off:
+            write("tl_boxed", name + "-data", tl_bytes(payload, off))
+
+# frame_decoder: whole streams, single frames, invalid frames; header byte 0 = 1-byte chunks,
+# 3 = chunks cycling through the next 3 sizes.
+for s, frames in streams.items():
+    write("frame_decoder", "stream-" + s, b"\x00" + b"".join(frames))
+    write("frame_decoder", "stream-chunked-" + s, b"\x03\x06\x00\xff" + b"".join(frames))
+for name, kind, data in valid:
+    if kind == "frame":
+        write("frame_decoder", name, b"\x00" + data)
+for name, kind, data in invalid:
+    if kind == "frame":
+        write("frame_decoder", name, b"\x02\x07\x01" + data)
+
+# session: the client->proxy or worker->proxy stream fed to an acceptor, and the
+# proxy->client or proxy->worker stream to an initiator whose connect id matches.
+# Layout (see fuzz_targets/session.rs): cfg byte, [connect id], ops; op 0 + len 0 = feed
+# all the rest; op 0 + len n = feed n bytes; op 3 = send_query; op 9 + 0 = flush.
+for s, frames in streams.items():
+    stream = b"".join(frames)
+    initiator = s.startswith("proxy-")
+    head = b"\x01" + frames[0][12:20] if initiator else b"\x00"
+    write("session", s, head + b"\x00\x00" + stream)
+    # Chunked, with a query sent and time passing in between, and flushes.
+    ops = b"\x03\x04ping\x10\x27"
+    for i in range(0, len(stream), 200):
+        chunk = stream[i:i + 200]
+        ops += b"\x00" + bytes([len(chunk)]) + chunk + b"\x09\x00" + b"\x01\xe8\x03"
+    write("session", s + "-chunked", head + ops + b"\x02")
+for name, kind, data in invalid:
+    if kind == "frame":
+        write("session", name, b"\x00\x00\x00" + data)
+
+for t in sorted(counts):
+    print(f"{t}: {counts[t]} seeds in fuzz/corpus/{t}/")
+PY

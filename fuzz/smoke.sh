@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Builds and runs every fuzz target for SECONDS (default 30) each, one after the other, and
+# prints the number of executions per target. Exits non-zero if a target crashes (the
+# crashing input is left in fuzz/artifacts/<target>/).
+#
+#   fuzz/smoke.sh [SECONDS]
+#
+# Needs the nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz --locked`).
+# Override the command with CARGO_FUZZ (default: "cargo +nightly fuzz").
+set -uo pipefail
+secs="${1:-30}"
+here="$(cd "$(dirname "$0")" && pwd)"
+cd "$here"
+fuzz_cmd=(${CARGO_FUZZ:-cargo +nightly fuzz})
+export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
+targets=(frame_decoder tl_boxed session)
+
+# Build once, then run the binaries directly, so that every target runs the same build.
+"${fuzz_cmd[@]}" build || { echo "smoke: build failed" >&2; exit 2; }
+triple="$(rustc +nightly -vV 2>/dev/null | sed -n 's/^host: //p')"
+bin_dir="target/${triple:-x86_64-unknown-linux-gnu}/release"
+[ -d corpus ] || ./seed.sh
+
+mkdir -p target/smoke
+status=0
+summary=()
+for t in "${targets[@]}"; do
+    log="target/smoke/$t.log"
+    mkdir -p "corpus/$t" "artifacts/$t"
+    echo "== $t: ${secs}s (log: fuzz/$log)"
+    "$bin_dir/$t" "corpus/$t" -artifact_prefix="artifacts/$t/" \
+        -max_total_time="$secs" -print_final_stats=1 -timeout=10 >"$log" 2>&1
+    rc=$?
+    execs="$(grep -oE 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -oE '[0-9]+$' | tail -1)"
+    [ -n "$execs" ] || execs="$(grep -oE '^#[0-9]+[[:space:]]+DONE' "$log" | grep -oE '[0-9]+' | tail -1)"
+    [ -n "$execs" ] || execs="$(grep -oE '^#[0-9]+' "$log" | tr -d '#' | tail -1)"
+    cov="$(grep -oE '^#[0-9]+.*cov: [0-9]+' "$log" | grep -oE 'cov: [0-9]+' | tail -1)"
+    if [ "$rc" -ne 0 ]; then
+        status=1
+        crash="$(grep -oE 'Test unit written to [^ ]+' "$log" | tail -1)"
+        summary+=("$t: CRASH after ${execs:-?} executions (exit $rc) ${crash}")
+        grep -m3 -E "panicked at|ERROR: libFuzzer|SUMMARY" "$log" | sed 's/^/    /'
+    else
+        summary+=("$t: ${execs:-?} executions in ${secs}s, ${cov:-cov: ?}, no crash")
+    fi
+done
+echo
+echo "== smoke summary ($(date -u +%Y-%m-%dT%H:%MZ), ${secs}s per target)"
+printf '%s\n' "${summary[@]}"
+exit "$status"

@@ -4,25 +4,50 @@
 //! it through a cloneable [`SessionHandle`] (queries, messages, close) and receive the peer's
 //! queries and messages as [`Incoming`] items on a bounded channel.
 //!
-//! Memory stays bounded in both directions:
-//! * inbound: the driver reads from the stream only while the [`Incoming`] channel has room
-//!   and the outbound buffer is below its high-water mark, so a flooding peer is pushed back by
-//!   transport flow control;
-//! * outbound: [`SessionHandle::send_message`] and [`SessionHandle::query`] wait for room in a
-//!   byte budget ([`Config::outbound_queue_bytes`]) and the driver takes new work only while
-//!   the session's unwritten bytes are below [`Config::write_buffer_bytes`], so a peer that
-//!   does not read makes senders wait instead of making us buffer.
+//! # Memory bounds
+//!
+//! Everything the driver holds is bounded by [`Config`] values, whatever the peer does:
+//!
+//! * inbound: one read buffer ([`Config::read_buffer_bytes`]) plus one partial frame (at most
+//!   [`MAX_FRAME_LEN`]) plus [`Config::incoming_capacity`] + 1 items. The driver hands the
+//!   session one frame at a time and stops (leaving the rest of the read buffer unconsumed,
+//!   and the socket unread) while the [`Incoming`] channel is full or while
+//!   [`Config::max_incoming_queries`] of the peer's queries are open, so a flooding peer is
+//!   pushed back by transport flow control;
+//! * outbound, our own traffic: [`SessionHandle::send_message`] and [`SessionHandle::query`]
+//!   wait for room in a byte budget ([`Config::outbound_queue_bytes`], or one item if larger),
+//!   and the driver takes new commands only while the session's unwritten bytes are below
+//!   [`Config::write_buffer_bytes`];
+//! * outbound, answers to the peer's queries: at most [`Config::max_incoming_queries`] queries
+//!   are open (delivered and not yet answered, or answered and not yet handed to the session),
+//!   so at most that many answers wait in the driver's answer channel; they are handed to the
+//!   session only while its unwritten bytes are below [`Config::write_buffer_bytes`]. Answer
+//!   memory is thus at most `max_incoming_queries` × the largest answer the application gives;
+//! * unwritten bytes in the session: [`Config::write_buffer_bytes`] + one frame (each command
+//!   or answer is taken while below the mark) + one `tcp.pong` (the session never queues a
+//!   second one, so the driver can keep reading above the mark without queueing pongs).
+//!
+//! Reading stops only for local reasons (the application is not draining [`Incoming`] or not
+//! answering queries); while it does, the session's idle timeout and ping are paused
+//! ([`Session::pause_idle`]) so that an active peer is not mistaken for a silent one. When
+//! the open queries are answered but their answers wait for the peer to read, the idle clock
+//! keeps running: a peer that neither reads nor is heard from times out as usual.
+//!
+//! A query's timeout covers the whole [`SessionHandle::query`] call: waiting for budget, for
+//! the driver, and for the answer. Dropping a query future forgets the query in the driver.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cocoon_tl::codes::ErrorCode;
-use cocoon_tl::frame::MAX_FRAME_LEN;
+use cocoon_tl::frame::{FRAME_HEADER_LEN, MAX_FRAME_LEN};
 use cocoon_tl::{TlRead, TlWrite};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tokio::time::Instant as TokioInstant;
 
 use crate::session::{
     ACCEPTOR_IDLE_TIMEOUT, CloseReason, Event, INITIATOR_IDLE_TIMEOUT, QueryId, Role, SendError,
@@ -36,7 +61,15 @@ pub const MAX_DATA_LEN: usize = MAX_FRAME_LEN - 32;
 /// Size of the driver's write coalescing buffer.
 const WRITE_CHUNK: usize = 64 * 1024;
 
-/// Driver configuration. `Default` gives COCOON's timing.
+/// Most commands (or answers) the driver takes from its channels per wake-up.
+const BATCH: usize = 64;
+
+/// Largest channel capacity tokio accepts.
+const MAX_CHANNEL: usize = Semaphore::MAX_PERMITS;
+
+/// Driver configuration. `Default` gives COCOON's timing. Out-of-range values are clamped
+/// (zero capacities to one, and so on) rather than rejected; durations too large to add to
+/// the current time mean "never".
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Idle timeout of the connecting side (COCOON: 20 s). It pings after half of it.
@@ -48,14 +81,20 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Capacity of the [`Incoming`] channel (items). When it is full the driver stops reading.
     pub incoming_capacity: usize,
+    /// Most queries from the peer open at once: delivered as [`Incoming::Query`] (or waiting
+    /// to be) and not yet answered, or answered and waiting to be written into the session.
+    /// At this many the driver stops reading. Bounds the memory of unsent answers (see the
+    /// [module docs](self)).
+    pub max_incoming_queries: usize,
     /// Capacity of the command channel from handles to the driver (items).
     pub command_capacity: usize,
     /// Byte budget of queries/messages accepted by handles but not yet taken by the driver.
     pub outbound_queue_bytes: usize,
     /// High-water mark of framed bytes not yet written to the stream. Above it the driver
-    /// takes no new commands and reads nothing (the peer's pings would need answers).
+    /// takes no new commands and no new answers (it keeps reading: what the peer sends cannot
+    /// make it queue more than one `tcp.pong`).
     pub write_buffer_bytes: usize,
-    /// Size of the read buffer.
+    /// Size of the read buffer (at most one maximal frame is useful).
     pub read_buffer_bytes: usize,
     /// Bound on the graceful shutdown: flushing queued frames, shutting down the write side,
     /// and waiting for the peer's EOF.
@@ -71,6 +110,7 @@ impl Default for Config {
             acceptor_idle_timeout: ACCEPTOR_IDLE_TIMEOUT,
             handshake_timeout: Duration::from_secs(10),
             incoming_capacity: 256,
+            max_incoming_queries: 256,
             command_capacity: 1024,
             outbound_queue_bytes: 4 << 20,
             write_buffer_bytes: 1 << 20,
@@ -92,6 +132,34 @@ impl Config {
         cfg.handshake_timeout = Some(self.handshake_timeout);
         cfg
     }
+
+    /// Capacity of the [`Incoming`] channel actually used.
+    pub(crate) fn incoming_channel_capacity(&self) -> usize {
+        self.incoming_capacity.clamp(1, MAX_CHANNEL)
+    }
+
+    /// A copy with every size clamped to what the driver can use.
+    fn clamped(&self) -> Config {
+        Config {
+            incoming_capacity: self.incoming_channel_capacity(),
+            max_incoming_queries: self.max_incoming_queries.max(1),
+            command_capacity: self.command_capacity.clamp(1, MAX_CHANNEL),
+            outbound_queue_bytes: self.outbound_queue_bytes.clamp(1, u32::MAX as usize),
+            write_buffer_bytes: self.write_buffer_bytes.max(1),
+            read_buffer_bytes: self
+                .read_buffer_bytes
+                .clamp(1, MAX_FRAME_LEN + FRAME_HEADER_LEN),
+            ..self.clone()
+        }
+    }
+}
+
+/// `now + d`, or about 30 years from now if that overflows (tokio's "far future").
+pub(crate) fn deadline_after(d: Duration) -> TokioInstant {
+    let now = TokioInstant::now();
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(86_400 * 365 * 30)))
+        .unwrap_or(now)
 }
 
 /// A failed query: a TON error code and message (remote `tcp.queryError`, local timeout 652,
@@ -136,8 +204,7 @@ pub enum SessionState {
     Closed(CloseReason),
 }
 
-/// Something the peer sent us.
-#[derive(Debug)]
+/// Something the peer sent us. `Debug` shows ids and body lengths, never bodies.
 pub enum Incoming {
     /// A query; answer it through `responder` (dropping it answers error 602).
     Query {
@@ -153,7 +220,21 @@ pub enum Incoming {
     },
 }
 
-#[derive(Debug)]
+impl std::fmt::Debug for Incoming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Incoming::Query { data, responder } => f
+                .debug_struct("Query")
+                .field("id", &responder.id)
+                .field("len", &data.len())
+                .finish(),
+            Incoming::Message { data } => {
+                f.debug_struct("Message").field("len", &data.len()).finish()
+            }
+        }
+    }
+}
+
 enum Response {
     Answer {
         id: QueryId,
@@ -169,9 +250,10 @@ enum Response {
 /// Answers one incoming query. If dropped unanswered, the peer gets error 602
 /// `"query dropped"`.
 ///
-/// Answers travel to the driver on an unbounded channel (they must be sendable from `Drop`);
-/// their number is bounded by the number of queries delivered.
-#[derive(Debug)]
+/// Answers travel to the driver on a channel that never blocks (they must be sendable from
+/// `Drop`); it holds at most [`Config::max_incoming_queries`] answers, since the driver stops
+/// reading while that many queries are open. The driver writes answers into the session only
+/// while its write buffer is below [`Config::write_buffer_bytes`].
 pub struct Responder {
     id: QueryId,
     tx: Option<mpsc::UnboundedSender<Response>>,
@@ -211,6 +293,15 @@ impl Responder {
     }
 }
 
+impl std::fmt::Debug for Responder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Responder")
+            .field("id", &self.id)
+            .field("answered", &self.tx.is_none())
+            .finish()
+    }
+}
+
 impl Drop for Responder {
     fn drop(&mut self) {
         if let Some(tx) = self.tx.take() {
@@ -225,11 +316,15 @@ impl Drop for Responder {
 }
 
 type QueryReply = oneshot::Sender<Result<Vec<u8>, QueryError>>;
+type QueryReplyRx = oneshot::Receiver<Result<Vec<u8>, QueryError>>;
 
 enum Command {
     Query {
         data: Vec<u8>,
-        timeout: Duration,
+        /// `None`: no timeout.
+        deadline: Option<TokioInstant>,
+        /// Names the query in [`Shared::cancel_tx`] messages.
+        token: u64,
         reply: QueryReply,
         _permit: OwnedSemaphorePermit,
     },
@@ -239,13 +334,27 @@ enum Command {
     },
 }
 
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Query { data, .. } => write!(f, "Query({} bytes)", data.len()),
+            Command::Message { data, .. } => write!(f, "Message({} bytes)", data.len()),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Shared {
-    close_requested: AtomicBool,
     close_notify: Notify,
     stats: Mutex<SessionStats>,
+    /// The session's pending queries, as of the driver's last wake-up.
+    pending_queries: AtomicUsize,
     budget: Arc<Semaphore>,
     budget_total: usize,
+    next_token: AtomicU64,
+    /// Tokens of query futures dropped before completion (sent from `Drop`; one per dropped
+    /// future, drained by the driver on every wake-up).
+    cancel_tx: mpsc::UnboundedSender<u64>,
 }
 
 /// Cloneable handle to a running session.
@@ -256,11 +365,37 @@ pub struct SessionHandle {
     state_rx: watch::Receiver<SessionState>,
 }
 
-impl std::fmt::Debug for Command {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Command::Query { data, .. } => write!(f, "Query({} bytes)", data.len()),
-            Command::Message { data, .. } => write!(f, "Message({} bytes)", data.len()),
+fn timed_out() -> QueryError {
+    QueryError::new(ErrorCode::Timeout, "query timed out")
+}
+
+fn session_closed() -> QueryError {
+    QueryError::new(ErrorCode::NotReady, "session closed")
+}
+
+/// A query handed to the driver. Dropped before its answer arrived (the caller's future was
+/// dropped, or its deadline passed), it tells the driver to forget the query.
+struct PendingQuery<'a> {
+    shared: &'a Shared,
+    token: u64,
+    rx: QueryReplyRx,
+    done: bool,
+}
+
+impl PendingQuery<'_> {
+    async fn wait(&mut self) -> Result<Vec<u8>, QueryError> {
+        let res = (&mut self.rx).await;
+        self.done = true;
+        res.unwrap_or_else(|_| Err(session_closed()))
+    }
+}
+
+impl Drop for PendingQuery<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            // Closing first makes the driver skip the command if it has not taken it yet.
+            self.rx.close();
+            let _ = self.shared.cancel_tx.send(self.token);
         }
     }
 }
@@ -285,31 +420,57 @@ impl SessionHandle {
             .map_err(|_| SendError::Closed)
     }
 
-    /// Sends a query and waits for its answer, at most `timeout` (then error 652). Waits for
-    /// room in the outbound queue first. Never hangs past the timeout or the session's end.
+    /// Sends a query and waits for its answer. `timeout` runs from this call and covers all of
+    /// it: waiting for room in the outbound queue, for the driver, and for the answer; when it
+    /// expires the query fails with error 652 and is forgotten (a late answer is ignored). A
+    /// timeout too large to represent means none. Never hangs past the timeout or the
+    /// session's end. Dropping the returned future also forgets the query.
     pub async fn query(&self, data: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, QueryError> {
-        let closed = |e: SendError| match e {
-            SendError::Closed => QueryError::new(ErrorCode::NotReady, "session closed"),
+        let deadline = TokioInstant::now().checked_add(timeout);
+        let call = async {
+            let (token, rx) = self.submit_query(data, deadline).await?;
+            let mut pending = PendingQuery {
+                shared: &self.shared,
+                token,
+                rx,
+                done: false,
+            };
+            pending.wait().await
+        };
+        // The driver may not take the command for a while (its write buffer is full), so the
+        // deadline is enforced here for the whole call; the session enforces it too once it
+        // has the query.
+        match deadline {
+            Some(d) => tokio::time::timeout_at(d, call)
+                .await
+                .unwrap_or_else(|_| Err(timed_out())),
+            None => call.await,
+        }
+    }
+
+    /// Hands a query to the driver: waits for budget and room in the command channel.
+    async fn submit_query(
+        &self,
+        data: Vec<u8>,
+        deadline: Option<TokioInstant>,
+    ) -> Result<(u64, QueryReplyRx), QueryError> {
+        let permit = self.reserve(data.len()).await.map_err(|e| match e {
+            SendError::Closed => session_closed(),
             SendError::TooLarge { len } => {
                 QueryError::new(ErrorCode::Error, format!("query too large: {len} bytes"))
             }
-        };
-        let permit = self.reserve(data.len()).await.map_err(closed)?;
+        })?;
         let (reply, rx) = oneshot::channel();
+        let token = self.shared.next_token.fetch_add(1, Ordering::Relaxed);
         let cmd = Command::Query {
             data,
-            timeout,
+            deadline,
+            token,
             reply,
             _permit: permit,
         };
-        self.cmd_tx
-            .send(cmd)
-            .await
-            .map_err(|_| closed(SendError::Closed))?;
-        match rx.await {
-            Ok(res) => res,
-            Err(_) => Err(QueryError::new(ErrorCode::NotReady, "session closed")),
-        }
+        self.cmd_tx.send(cmd).await.map_err(|_| session_closed())?;
+        Ok((token, rx))
     }
 
     /// Sends a TL query and decodes the answer as `R`; an undecodable answer is error 621.
@@ -343,7 +504,7 @@ impl SessionHandle {
     /// Requests a graceful close: queued outbound frames are flushed, the write side is shut
     /// down, pending queries fail with 653 and the [`Incoming`] receiver ends.
     pub fn close(&self) {
-        self.shared.close_requested.store(true, Ordering::SeqCst);
+        // `notify_one` stores a permit if the driver is not waiting right now.
         self.shared.close_notify.notify_one();
     }
 
@@ -395,6 +556,13 @@ impl SessionHandle {
         *self.shared.stats.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Our queries sent and awaiting an answer (updated by the driver as it goes; queries
+    /// still waiting for the driver are not counted). Queries whose callers gave up are
+    /// forgotten, so this does not grow with abandoned queries.
+    pub fn pending_queries(&self) -> usize {
+        self.shared.pending_queries.load(Ordering::Relaxed)
+    }
+
     /// Bytes of queued commands not yet taken by the driver (bounded by
     /// [`Config::outbound_queue_bytes`], or one item if larger).
     pub fn queued_outbound_bytes(&self) -> usize {
@@ -414,31 +582,37 @@ pub fn spawn_session<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let now = tokio::time::Instant::now().into_std();
-    let session = Session::new(role, now, rand::random(), config.session_config(role));
-    let budget_total = config.outbound_queue_bytes.clamp(1, u32::MAX as usize);
+    let config = config.clamped();
+    let session = Session::new(role, now(), rand::random(), config.session_config(role));
+    let budget_total = config.outbound_queue_bytes;
+    let (cancel_tx, cancel_rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
-        close_requested: AtomicBool::new(false),
         close_notify: Notify::new(),
         stats: Mutex::new(session.stats()),
+        pending_queries: AtomicUsize::new(0),
         budget: Arc::new(Semaphore::new(budget_total)),
         budget_total,
+        next_token: AtomicU64::new(0),
+        cancel_tx,
     });
-    let (cmd_tx, cmd_rx) = mpsc::channel(config.command_capacity.max(1));
-    let (incoming_tx, incoming_rx) = mpsc::channel(config.incoming_capacity.max(1));
+    let (cmd_tx, cmd_rx) = mpsc::channel(config.command_capacity);
+    let (incoming_tx, incoming_rx) = mpsc::channel(config.incoming_capacity);
     let (resp_tx, resp_rx) = mpsc::unbounded_channel();
     let (state_tx, state_rx) = watch::channel(SessionState::Handshaking);
     let driver = Driver {
         session,
-        config: config.clone(),
+        config,
         shared: shared.clone(),
         cmd_rx,
         cmd_closed: false,
+        cancel_rx,
         resp_tx,
         resp_rx,
+        open_incoming: 0,
         incoming_tx: Some(incoming_tx),
         pending_in: VecDeque::new(),
         waiters: HashMap::new(),
+        tokens: HashMap::new(),
         state_tx,
     };
     tokio::spawn(driver.run(stream));
@@ -454,22 +628,31 @@ where
 
 struct Driver {
     session: Session,
+    /// Clamped.
     config: Config,
     shared: Arc<Shared>,
     cmd_rx: mpsc::Receiver<Command>,
     cmd_closed: bool,
+    cancel_rx: mpsc::UnboundedReceiver<u64>,
     resp_tx: mpsc::UnboundedSender<Response>,
     resp_rx: mpsc::UnboundedReceiver<Response>,
+    /// The peer's queries open: responders made minus responses applied (each responder sends
+    /// exactly one response, also when dropped).
+    open_incoming: usize,
     /// `None` once the application dropped the receiver or the session closed.
     incoming_tx: Option<mpsc::Sender<Incoming>>,
-    /// Incoming items waiting for room in the channel (at most one read's worth).
+    /// Incoming items waiting for room in the channel (at most one frame's worth: feeding
+    /// stops while it is not empty).
     pending_in: VecDeque<Incoming>,
-    waiters: HashMap<QueryId, QueryReply>,
+    /// Our queries in flight: reply channel and token, by query id.
+    waiters: HashMap<QueryId, (u64, QueryReply)>,
+    /// Query id by token, for cancellation.
+    tokens: HashMap<u64, QueryId>,
     state_tx: watch::Sender<SessionState>,
 }
 
 fn now() -> std::time::Instant {
-    tokio::time::Instant::now().into_std()
+    TokioInstant::now().into_std()
 }
 
 enum Step {
@@ -483,7 +666,9 @@ impl Driver {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (mut reader, mut writer) = tokio::io::split(stream);
-        let mut rbuf = vec![0u8; self.config.read_buffer_bytes.max(1)];
+        let mut rbuf = vec![0u8; self.config.read_buffer_bytes];
+        // Bytes read but not yet fed to the session: `rbuf[rpos..rlen]`.
+        let (mut rpos, mut rlen) = (0usize, 0usize);
         let mut wbuf: Vec<u8> = Vec::new();
         let mut wpos = 0usize;
         let sleep = tokio::time::sleep(Duration::from_secs(3600));
@@ -492,6 +677,12 @@ impl Driver {
         let mut read_eof = false;
 
         loop {
+            self.drain_cancels();
+            if rpos < rlen {
+                let mut input = &rbuf[rpos..rlen];
+                self.feed(&mut input);
+                rpos = rlen - input.len();
+            }
             self.process_events();
             self.publish_stats();
             if self.session.is_closed() {
@@ -502,12 +693,23 @@ impl Driver {
                 wpos = 0;
                 fill_write_buffer(&mut self.session, &mut wbuf);
             }
-            let below_hwm = self.session.pending_transmit_bytes() < self.config.write_buffer_bytes;
-            let can_read = below_hwm && self.pending_in.is_empty();
+            let below_hwm = self.below_hwm();
+            let input_allowed = self.input_allowed();
+            // Paused for a local reason: the application is not draining `Incoming`, or holds
+            // too many unanswered queries. (Answers waiting for the peer to read are not a
+            // local reason.)
+            let local_pause = !self.pending_in.is_empty()
+                || (below_hwm && self.open_incoming >= self.config.max_incoming_queries);
+            if local_pause {
+                self.session.pause_idle();
+            } else if self.session.is_idle_paused() {
+                self.session.resume_idle(now());
+            }
+            let can_read = input_allowed && rpos == rlen && !read_eof;
             let deadline = self.session.poll_timeout();
             if deadline != armed {
                 if let Some(d) = deadline {
-                    sleep.as_mut().reset(tokio::time::Instant::from_std(d));
+                    sleep.as_mut().reset(TokioInstant::from_std(d));
                 }
                 armed = deadline;
             }
@@ -531,8 +733,21 @@ impl Driver {
                         Step::Continue
                     }
                 },
-                Some(resp) = self.resp_rx.recv() => {
+                Some(token) = self.cancel_rx.recv() => {
+                    self.cancel(token);
+                    Step::Continue
+                }
+                Some(resp) = self.resp_rx.recv(), if below_hwm => {
                     self.apply_response(resp);
+                    for _ in 1..BATCH {
+                        if !self.below_hwm() {
+                            break;
+                        }
+                        match self.resp_rx.try_recv() {
+                            Ok(resp) => self.apply_response(resp),
+                            Err(_) => break,
+                        }
+                    }
                     Step::Continue
                 }
                 permit = reserve(&incoming_tx), if has_pending_in => {
@@ -541,6 +756,7 @@ impl Driver {
                             if let Some(item) = self.pending_in.pop_front() {
                                 permit.send(item);
                             }
+                            self.flush_incoming();
                         }
                         None => self.incoming_gone(),
                     }
@@ -548,7 +764,19 @@ impl Driver {
                 }
                 cmd = self.cmd_rx.recv(), if below_hwm && !self.cmd_closed => {
                     match cmd {
-                        Some(cmd) => self.apply_command(cmd),
+                        Some(cmd) => {
+                            self.apply_command(cmd);
+                            // Take what else is queued in the same wake-up.
+                            for _ in 1..BATCH {
+                                if !self.below_hwm() {
+                                    break;
+                                }
+                                match self.cmd_rx.try_recv() {
+                                    Ok(cmd) => self.apply_command(cmd),
+                                    Err(_) => break,
+                                }
+                            }
+                        }
                         None => {
                             tracing::debug!("all session handles dropped");
                             self.cmd_closed = true;
@@ -561,13 +789,13 @@ impl Driver {
                     self.incoming_gone();
                     Step::Continue
                 }
-                res = reader.read(&mut rbuf), if can_read && !read_eof => {
+                res = reader.read(&mut rbuf), if can_read => {
                     match res {
                         Ok(0) => {
                             read_eof = true;
                             self.session.close(CloseReason::PeerClosed);
                         }
-                        Ok(n) => self.session.handle_bytes(now(), &rbuf[..n]),
+                        Ok(n) => (rpos, rlen) = (0, n),
                         Err(e) => self.io_error(format!("read: {e}")),
                     }
                     Step::Continue
@@ -595,7 +823,7 @@ impl Driver {
             .cloned()
             .unwrap_or(CloseReason::Local);
         if !matches!(reason, CloseReason::Io(_)) {
-            let deadline = tokio::time::Instant::now() + self.config.shutdown_timeout;
+            let deadline = deadline_after(self.config.shutdown_timeout);
             let flush = async {
                 loop {
                     if wpos < wbuf.len() {
@@ -635,8 +863,31 @@ impl Driver {
         tracing::debug!(%reason, "session driver finished");
     }
 
+    fn below_hwm(&self) -> bool {
+        self.session.pending_transmit_bytes() < self.config.write_buffer_bytes
+    }
+
+    /// Whether the session may be fed another frame.
+    fn input_allowed(&self) -> bool {
+        self.pending_in.is_empty() && self.open_incoming < self.config.max_incoming_queries
+    }
+
+    /// Feeds buffered input to the session frame by frame while allowed, delivering what each
+    /// frame produces before taking the next.
+    fn feed(&mut self, input: &mut &[u8]) {
+        let now = now();
+        while !input.is_empty() && self.input_allowed() && !self.session.is_closed() {
+            self.session.handle_next_frame(now, input);
+            self.process_events();
+            self.flush_incoming();
+        }
+    }
+
     fn publish_stats(&self) {
         *self.shared.stats.lock().unwrap_or_else(|e| e.into_inner()) = self.session.stats();
+        self.shared
+            .pending_queries
+            .store(self.session.pending_queries(), Ordering::Relaxed);
     }
 
     fn io_error(&mut self, message: String) {
@@ -647,28 +898,56 @@ impl Driver {
 
     fn local_close(&mut self) {
         // Commands queued before close() are still sent (bounded by the channel capacity).
-        for _ in 0..self.config.command_capacity.max(1) {
+        for _ in 0..self.config.command_capacity {
             match self.cmd_rx.try_recv() {
                 Ok(cmd) => self.apply_command(cmd),
                 Err(_) => break,
             }
         }
+        // At most `max_incoming_queries` answers.
         while let Ok(resp) = self.resp_rx.try_recv() {
             self.apply_response(resp);
         }
         self.session.close(CloseReason::Local);
     }
 
+    fn drain_cancels(&mut self) {
+        while let Ok(token) = self.cancel_rx.try_recv() {
+            self.cancel(token);
+        }
+    }
+
+    /// The caller of query `token` lost interest: forget it.
+    fn cancel(&mut self, token: u64) {
+        if let Some(id) = self.tokens.remove(&token) {
+            self.waiters.remove(&id);
+            self.session.forget_query(id);
+        }
+    }
+
     fn apply_command(&mut self, cmd: Command) {
         match cmd {
             Command::Query {
                 data,
-                timeout,
+                deadline,
+                token,
                 reply,
                 _permit,
             } => {
-                let id = self.session.send_query(now(), data, timeout);
-                self.waiters.insert(id, reply);
+                if reply.is_closed() {
+                    // The caller gave up (timed out or dropped) before we got here.
+                    tracing::trace!(len = data.len(), "query abandoned before sending");
+                    return;
+                }
+                if deadline.is_some_and(|d| d <= TokioInstant::now()) {
+                    let _ = reply.send(Err(timed_out()));
+                    return;
+                }
+                let id = self
+                    .session
+                    .send_query_until(data, deadline.map(TokioInstant::into_std));
+                self.waiters.insert(id, (token, reply));
+                self.tokens.insert(token, id);
             }
             Command::Message { data, _permit } => {
                 let len = data.len();
@@ -680,6 +959,7 @@ impl Driver {
     }
 
     fn apply_response(&mut self, resp: Response) {
+        self.open_incoming = self.open_incoming.saturating_sub(1);
         let res = match resp {
             Response::Answer { id, data } => self.session.answer_query(id, data),
             Response::Error { id, code, message } => {
@@ -691,6 +971,13 @@ impl Driver {
         }
     }
 
+    fn complete(&mut self, id: QueryId, res: Result<Vec<u8>, QueryError>) {
+        if let Some((token, reply)) = self.waiters.remove(&id) {
+            self.tokens.remove(&token);
+            let _ = reply.send(res);
+        }
+    }
+
     fn process_events(&mut self) {
         while let Some(event) = self.session.poll_event() {
             match event {
@@ -698,6 +985,7 @@ impl Driver {
                     self.state_tx.send_replace(SessionState::Ready);
                 }
                 Event::Query { id, data } => {
+                    self.open_incoming += 1;
                     let responder = Responder {
                         id,
                         tx: Some(self.resp_tx.clone()),
@@ -717,18 +1005,33 @@ impl Driver {
                         tracing::debug!(len = data.len(), "message dropped: nobody listens");
                     }
                 }
-                Event::QueryAnswer { id, data } => {
-                    if let Some(w) = self.waiters.remove(&id) {
-                        let _ = w.send(Ok(data));
-                    }
-                }
+                Event::QueryAnswer { id, data } => self.complete(id, Ok(data)),
                 Event::QueryFailed { id, code, message } => {
-                    if let Some(w) = self.waiters.remove(&id) {
-                        let _ = w.send(Err(QueryError { code, message }));
-                    }
+                    self.complete(id, Err(QueryError { code, message }))
                 }
                 Event::Closed { reason } => {
                     self.state_tx.send_replace(SessionState::Closed(reason));
+                }
+            }
+        }
+    }
+
+    /// Moves pending incoming items into the channel while it has room.
+    fn flush_incoming(&mut self) {
+        let Some(tx) = &self.incoming_tx else {
+            self.pending_in.clear();
+            return;
+        };
+        while let Some(item) = self.pending_in.pop_front() {
+            match tx.try_send(item) {
+                Ok(()) => {}
+                Err(TrySendError::Full(item)) => {
+                    self.pending_in.push_front(item);
+                    return;
+                }
+                Err(TrySendError::Closed(_)) => {
+                    self.incoming_gone();
+                    return;
                 }
             }
         }
@@ -768,7 +1071,8 @@ impl Driver {
                 let _ = reply.send(Err(err.clone()));
             }
         }
-        for (_, w) in self.waiters.drain() {
+        self.tokens.clear();
+        for (_, (_, w)) in self.waiters.drain() {
             let _ = w.send(Err(err.clone()));
         }
     }
@@ -785,16 +1089,26 @@ impl Driver {
     }
 }
 
-/// Moves queued frames into `wbuf`, coalescing small ones up to [`WRITE_CHUNK`].
-/// Large frames are moved, not copied.
+/// Moves queued frames into the (empty) `wbuf`, coalescing small ones up to [`WRITE_CHUNK`].
+/// Large frames are moved, not copied. `wbuf` keeps at most a coalescing buffer's capacity
+/// between calls.
 fn fill_write_buffer(session: &mut Session, wbuf: &mut Vec<u8>) {
+    if wbuf.capacity() > WRITE_CHUNK {
+        // It held a large frame: do not keep that much memory around.
+        *wbuf = Vec::new();
+    }
     while let Some(len) = session.next_transmit_len() {
         if !wbuf.is_empty() && wbuf.len() + len > WRITE_CHUNK {
             break;
         }
         match session.poll_transmit() {
-            Some(chunk) if wbuf.is_empty() => *wbuf = chunk,
-            Some(chunk) => wbuf.extend_from_slice(&chunk),
+            Some(chunk) if wbuf.is_empty() && chunk.len() > WRITE_CHUNK / 2 => *wbuf = chunk,
+            Some(chunk) => {
+                if wbuf.capacity() == 0 {
+                    wbuf.reserve_exact(WRITE_CHUNK);
+                }
+                wbuf.extend_from_slice(&chunk);
+            }
             None => break,
         }
     }

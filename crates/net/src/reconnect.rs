@@ -22,7 +22,7 @@ pub struct BackoffConfig {
     /// Upper bound of the delay (before jitter).
     pub max: Duration,
     /// Fraction (0..=1) of each delay that is randomized away: the actual delay lies in
-    /// `[d * (1 - jitter), d]`.
+    /// `[d * (1 - jitter), d]`. Values outside `[0, 1]` are clamped; NaN means 0.
     pub jitter: f64,
     /// A session that stayed ready at least this long resets the backoff.
     pub reset_after: Duration,
@@ -73,9 +73,14 @@ impl Backoff {
             .unwrap_or(self.config.max)
             .min(self.config.max);
         self.attempt = self.attempt.saturating_add(1);
-        let jitter = self.config.jitter.clamp(0.0, 1.0) * random.clamp(0.0, 1.0);
+        let jitter = unit(self.config.jitter) * unit(random);
         raw.mul_f64(1.0 - jitter)
     }
+}
+
+/// `x` clamped to `[0, 1]`, NaN as 0.
+fn unit(x: f64) -> f64 {
+    if x.is_nan() { 0.0 } else { x.clamp(0.0, 1.0) }
 }
 
 /// What a [`Reconnector`] is doing.
@@ -130,7 +135,7 @@ impl Reconnector {
     {
         let (state_tx, state_rx) = watch::channel(ReconnectState::Connecting { attempt: 0 });
         let (session_tx, session_rx) = watch::channel(None);
-        let (incoming_tx, incoming_rx) = mpsc::channel(config.incoming_capacity.max(1));
+        let (incoming_tx, incoming_rx) = mpsc::channel(config.incoming_channel_capacity());
         let stop = Arc::new(Notify::new());
         let connect_boxed = move || -> BoxFuture<io::Result<S>> { Box::pin(connect()) };
         let task = tokio::spawn(run(
@@ -347,6 +352,39 @@ mod tests {
         );
         let d = Backoff::new(cfg).next_delay(0.5);
         assert_eq!(d, Duration::from_millis(750));
+    }
+
+    #[test]
+    fn backoff_bad_jitter_and_random_do_not_panic() {
+        let cfg = |jitter| BackoffConfig {
+            base: Duration::from_millis(1000),
+            max: Duration::from_secs(10),
+            jitter,
+            reset_after: Duration::from_secs(1),
+        };
+        // NaN jitter means none.
+        assert_eq!(
+            Backoff::new(cfg(f64::NAN)).next_delay(0.5),
+            Duration::from_millis(1000)
+        );
+        // Out-of-range jitter is clamped to [0, 1].
+        assert_eq!(
+            Backoff::new(cfg(7.0)).next_delay(0.5),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            Backoff::new(cfg(-1.0)).next_delay(0.5),
+            Duration::from_millis(1000)
+        );
+        assert_eq!(
+            Backoff::new(cfg(f64::INFINITY)).next_delay(1.0),
+            Duration::ZERO
+        );
+        // So is the random input.
+        for random in [f64::NAN, f64::INFINITY, -3.0, 2.0] {
+            let d = Backoff::new(cfg(0.5)).next_delay(random);
+            assert!(d <= Duration::from_millis(1000), "{random}: {d:?}");
+        }
     }
 
     #[test]

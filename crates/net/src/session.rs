@@ -5,13 +5,20 @@
 //! I/O and never reads a clock: raw bytes are fed in with [`Session::handle_bytes`], time is
 //! passed in as [`Instant`]s, framed bytes to write come out of [`Session::poll_transmit`] and
 //! application events out of [`Session::poll_event`]. [`Session::poll_timeout`] says when
-//! [`Session::handle_timeout`] must be called next.
+//! [`Session::handle_timeout`] must be called next. A caller that wants to stop reading part
+//! way through its input feeds it frame by frame with [`Session::handle_next_frame`].
+//!
+//! A caller that stops reading for its own reasons (its consumer is slow) calls
+//! [`Session::pause_idle`] so that the idle timeout and pings do not fire against a peer whose
+//! frames are merely unread, and [`Session::resume_idle`] when it reads again.
 //!
 //! Guarantees:
 //! * every query sent with [`Session::send_query`] completes with exactly one
 //!   [`Event::QueryAnswer`] or [`Event::QueryFailed`] (remote error, local timeout, or session
-//!   close);
+//!   close), unless the caller forgets it with [`Session::forget_query`];
 //! * inbound data is never buffered beyond one partial frame;
+//! * answering the peer's pings cannot grow the transmit queue: at most one `tcp.pong` waits in
+//!   it at any time (a ping arriving while one does is not answered separately);
 //! * nothing the peer sends can make the session panic: protocol violations close it with
 //!   [`CloseReason::ProtocolError`] (code 621).
 
@@ -21,9 +28,9 @@ use std::time::{Duration, Instant};
 
 use cocoon_tl::codes::ErrorCode;
 use cocoon_tl::enums::tcp::Packet;
-use cocoon_tl::frame::{FrameDecoder, FrameEncoder, MAX_FRAME_LEN};
+use cocoon_tl::frame::{FRAME_HEADER_LEN, FrameDecoder, FrameEncoder, FrameError, MAX_FRAME_LEN};
 use cocoon_tl::types::tcp as t;
-use cocoon_tl::{TlRead, TlWrite, bytes_len};
+use cocoon_tl::{TlRead, TlWrite};
 
 /// Identifier of a query (ours or the peer's).
 pub type QueryId = i64;
@@ -125,8 +132,9 @@ impl fmt::Display for CloseReason {
     }
 }
 
-/// Something the application must know about.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Something the application must know about. `Debug` shows ids and body lengths, never
+/// bodies.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Event {
     /// The opening handshake completed.
     Ready,
@@ -167,6 +175,32 @@ pub enum Event {
     },
 }
 
+impl fmt::Debug for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Event::Ready => f.write_str("Ready"),
+            Event::Query { id, data } => f
+                .debug_struct("Query")
+                .field("id", id)
+                .field("len", &data.len())
+                .finish(),
+            Event::Message { data } => f.debug_struct("Message").field("len", &data.len()).finish(),
+            Event::QueryAnswer { id, data } => f
+                .debug_struct("QueryAnswer")
+                .field("id", id)
+                .field("len", &data.len())
+                .finish(),
+            Event::QueryFailed { id, code, message } => f
+                .debug_struct("QueryFailed")
+                .field("id", id)
+                .field("code", code)
+                .field("message", message)
+                .finish(),
+            Event::Closed { reason } => f.debug_struct("Closed").field("reason", reason).finish(),
+        }
+    }
+}
+
 /// Why something could not be sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
@@ -202,19 +236,23 @@ enum State {
     Closed,
 }
 
-/// Encoded size of a boxed `tcp.Packet`.
-fn packet_size(p: &Packet) -> usize {
-    4 + match p {
-        Packet::Ping(_) | Packet::Pong(_) | Packet::Connect(_) | Packet::Connected(_) => 8,
-        Packet::Packet(x) => bytes_len(x.data.len()),
-        Packet::Query(x) => 8 + bytes_len(x.data.len()),
-        Packet::QueryAnswer(x) => 8 + bytes_len(x.data.len()),
-        Packet::QueryError(x) => 8 + 4 + bytes_len(x.message.len()),
-    }
+/// Capacity to reserve for the frame of `p`: an upper bound of its encoded size (the frame
+/// length itself is checked by the encoder).
+fn frame_capacity(p: &Packet) -> usize {
+    // Header, constructor, id, code, length prefix and padding take at most 32 bytes.
+    FRAME_HEADER_LEN
+        + 32
+        + match p {
+            Packet::Packet(x) => x.data.len(),
+            Packet::Query(x) => x.data.len(),
+            Packet::QueryAnswer(x) => x.data.len(),
+            Packet::QueryError(x) => x.message.len(),
+            Packet::Ping(_) | Packet::Pong(_) | Packet::Connect(_) | Packet::Connected(_) => 0,
+        }
 }
 
-/// The session state machine. See the [module docs](self).
-#[derive(Debug)]
+/// The session state machine. See the [module docs](self). `Debug` shows state and sizes,
+/// never payloads.
 pub struct Session {
     role: Role,
     config: SessionConfig,
@@ -223,6 +261,8 @@ pub struct Session {
     connect_id: i64,
     created: Instant,
     last_recv: Instant,
+    /// The caller stopped reading for local reasons: no idle timeout, no pings.
+    idle_paused: bool,
     ping_sent: bool,
     next_ping_id: i64,
     next_query_id: QueryId,
@@ -231,8 +271,13 @@ pub struct Session {
     /// Framed bytes ready to be written, in order.
     transmit: VecDeque<Vec<u8>>,
     transmit_bytes: usize,
-    /// Packets queued before the session became ready.
-    held: VecDeque<Packet>,
+    /// Frames taken from `transmit` (or discarded) so far; `stats.frames_out` counts those
+    /// put in.
+    frames_taken: u64,
+    /// Position (in `stats.frames_out` numbering) of the last `tcp.pong` queued.
+    last_pong: Option<u64>,
+    /// Encoded packets (unframed) queued before the session became ready.
+    held: VecDeque<Vec<u8>>,
     held_bytes: usize,
     events: VecDeque<Event>,
     /// Our pending queries and their deadlines.
@@ -273,6 +318,7 @@ impl Session {
             connect_id,
             created: now,
             last_recv: now,
+            idle_paused: false,
             ping_sent: false,
             next_ping_id: 1,
             next_query_id: 1,
@@ -280,6 +326,8 @@ impl Session {
             decoder: FrameDecoder::new(),
             transmit: VecDeque::new(),
             transmit_bytes: 0,
+            frames_taken: 0,
+            last_pong: None,
             held: VecDeque::new(),
             held_bytes: 0,
             events: VecDeque::new(),
@@ -289,7 +337,7 @@ impl Session {
             stats: SessionStats::default(),
         };
         if role == Role::Initiator {
-            session.transmit_packet(&Packet::Connect(t::Connect { id: connect_id }));
+            session.transmit_control(&Packet::Connect(t::Connect { id: connect_id }));
         }
         session
     }
@@ -344,6 +392,7 @@ impl Session {
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         let chunk = self.transmit.pop_front()?;
         self.transmit_bytes -= chunk.len();
+        self.frames_taken += 1;
         Some(chunk)
     }
 
@@ -362,7 +411,7 @@ impl Session {
         if self.state == State::Closed {
             return None;
         }
-        let mut earliest = self.last_recv.checked_add(self.config.idle_timeout);
+        let mut earliest = self.idle_deadline();
         let mut consider = |t: Option<Instant>| {
             if let Some(t) = t {
                 earliest = Some(earliest.map_or(t, |e| e.min(t)));
@@ -382,8 +431,15 @@ impl Session {
             .and_then(|d| self.created.checked_add(d))
     }
 
+    fn idle_deadline(&self) -> Option<Instant> {
+        if self.idle_paused {
+            return None;
+        }
+        self.last_recv.checked_add(self.config.idle_timeout)
+    }
+
     fn ping_deadline(&self) -> Option<Instant> {
-        if self.config.ping && self.state == State::Ready && !self.ping_sent {
+        if self.config.ping && self.state == State::Ready && !self.ping_sent && !self.idle_paused {
             self.last_recv.checked_add(self.config.idle_timeout / 2)
         } else {
             None
@@ -412,11 +468,7 @@ impl Session {
             self.close(CloseReason::HandshakeTimeout);
             return;
         }
-        if self
-            .last_recv
-            .checked_add(self.config.idle_timeout)
-            .is_some_and(|d| now >= d)
-        {
+        if self.idle_deadline().is_some_and(|d| now >= d) {
             self.close(CloseReason::IdleTimeout);
             return;
         }
@@ -425,30 +477,67 @@ impl Session {
             self.next_ping_id = self.next_ping_id.wrapping_add(1);
             self.ping_sent = true;
             tracing::trace!(ping_id = id, "sending ping");
-            self.transmit_packet(&Packet::Ping(t::Ping { id }));
+            self.transmit_control(&Packet::Ping(t::Ping { id }));
         }
     }
 
     /// Feeds raw bytes received from the peer (any chunking).
     pub fn handle_bytes(&mut self, now: Instant, bytes: &[u8]) {
         let mut input = bytes;
-        while self.state != State::Closed {
-            let before = input.len();
-            let res = self.decoder.decode(&mut input);
-            self.stats.bytes_in += (before - input.len()) as u64;
-            match res {
-                Ok(None) => break,
-                Ok(Some(frame)) => {
-                    self.stats.frames_in += 1;
-                    self.last_recv = now;
-                    self.ping_sent = false;
-                    self.handle_payload(&frame.payload);
-                }
-                Err(err) => {
-                    self.protocol_error(format!("framing: {err}"));
-                }
+        while !input.is_empty() && self.state != State::Closed {
+            self.handle_next_frame(now, &mut input);
+        }
+    }
+
+    /// Consumes bytes from the front of `input` until one frame is complete and handled, or
+    /// `input` is exhausted (the partial frame is kept). Returns whether a frame was handled.
+    /// Unconsumed bytes stay in `input`, so a caller can stop between frames (e.g. while its
+    /// consumer is full) and feed the rest later. A closed session consumes all input.
+    pub fn handle_next_frame(&mut self, now: Instant, input: &mut &[u8]) -> bool {
+        if self.state == State::Closed {
+            *input = &[];
+            return false;
+        }
+        let before = input.len();
+        let res = self.decoder.decode(input);
+        self.stats.bytes_in += (before - input.len()) as u64;
+        match res {
+            Ok(None) => false,
+            Ok(Some(frame)) => {
+                self.stats.frames_in += 1;
+                self.last_recv = now;
+                self.ping_sent = false;
+                self.handle_payload(&frame.payload);
+                true
+            }
+            Err(err) => {
+                self.protocol_error(format!("framing: {err}"));
+                *input = &[];
+                false
             }
         }
+    }
+
+    /// The caller stopped reading for a local reason (its consumer is not keeping up): until
+    /// [`Session::resume_idle`], neither the idle timeout nor the ping fires, since the peer's
+    /// silence cannot be observed. The handshake and query timeouts still apply.
+    pub fn pause_idle(&mut self) {
+        self.idle_paused = true;
+    }
+
+    /// The caller reads again: the idle clock restarts at `now` (and the ping is re-armed).
+    /// No-op unless paused.
+    pub fn resume_idle(&mut self, now: Instant) {
+        if self.idle_paused {
+            self.idle_paused = false;
+            self.last_recv = self.last_recv.max(now);
+            self.ping_sent = false;
+        }
+    }
+
+    /// Whether [`Session::pause_idle`] is in effect.
+    pub fn is_idle_paused(&self) -> bool {
+        self.idle_paused
     }
 
     fn protocol_error(&mut self, message: String) {
@@ -469,7 +558,7 @@ impl Session {
             State::Handshaking => match (self.role, packet) {
                 (Role::Acceptor, Packet::Connect(c)) => {
                     tracing::debug!("received tcp.connect, session ready");
-                    self.transmit_packet(&Packet::Connected(t::Connected { id: c.id }));
+                    self.transmit_control(&Packet::Connected(t::Connected { id: c.id }));
                     self.become_ready();
                 }
                 (Role::Initiator, Packet::Connected(c)) if c.id == self.connect_id => {
@@ -497,7 +586,14 @@ impl Session {
     fn handle_ready_packet(&mut self, packet: Packet) {
         match packet {
             Packet::Ping(p) => {
-                self.transmit_packet(&Packet::Pong(t::Pong { id: p.id }));
+                // At most one pong waits in the transmit queue: a peer flooding pings without
+                // reading cannot make us queue pongs.
+                if self.last_pong.is_some_and(|n| n >= self.frames_taken) {
+                    tracing::trace!(ping_id = p.id, "pong already queued, ping not answered");
+                } else {
+                    self.last_pong = Some(self.stats.frames_out);
+                    self.transmit_control(&Packet::Pong(t::Pong { id: p.id }));
+                }
             }
             Packet::Pong(_) => {}
             Packet::Packet(p) => {
@@ -555,47 +651,54 @@ impl Session {
     fn become_ready(&mut self) {
         self.state = State::Ready;
         self.events.push_back(Event::Ready);
-        while let Some(packet) = self.held.pop_front() {
-            self.transmit_packet(&packet);
+        while let Some(payload) = self.held.pop_front() {
+            let mut buf = Vec::with_capacity(FRAME_HEADER_LEN + payload.len());
+            match self.encoder.encode(&payload, &mut buf) {
+                Ok(()) => self.push_frame(buf),
+                // Unreachable: the length was checked when the packet was held.
+                Err(err) => tracing::error!(%err, "dropping unframeable packet"),
+            }
         }
         self.held_bytes = 0;
     }
 
-    /// Frames `packet` into the transmit queue. Size must have been checked.
-    fn transmit_packet(&mut self, packet: &Packet) {
-        let mut buf = Vec::with_capacity(8 + packet_size(packet));
-        match self
-            .encoder
+    fn push_frame(&mut self, frame: Vec<u8>) {
+        self.stats.frames_out += 1;
+        self.stats.bytes_out += frame.len() as u64;
+        self.transmit_bytes += frame.len();
+        self.transmit.push_back(frame);
+    }
+
+    /// Frames `packet` into the transmit queue; the encoder checks the frame length.
+    fn transmit_packet(&mut self, packet: &Packet) -> Result<(), SendError> {
+        let mut buf = Vec::with_capacity(frame_capacity(packet));
+        self.encoder
             .encode_with(&mut buf, |out| packet.write_to(out))
-        {
-            Ok(()) => {
-                self.stats.frames_out += 1;
-                self.stats.bytes_out += buf.len() as u64;
-                self.transmit_bytes += buf.len();
-                self.transmit.push_back(buf);
-            }
-            Err(err) => {
-                // Unreachable when callers check sizes first; never panic on it.
-                tracing::error!(%err, "dropping unframeable packet");
-            }
+            .map_err(too_large)?;
+        self.push_frame(buf);
+        Ok(())
+    }
+
+    /// Queues a small control packet (connect, connected, ping, pong), which always fits.
+    fn transmit_control(&mut self, packet: &Packet) {
+        if let Err(err) = self.transmit_packet(packet) {
+            // Unreachable: control packets are 12 bytes. Never panic on it.
+            tracing::error!(%err, "dropping unframeable packet");
         }
     }
 
     /// Sends `packet` now if ready, holds it until ready while handshaking.
     fn send_packet(&mut self, packet: Packet) -> Result<(), SendError> {
-        let len = packet_size(&packet);
-        if len > MAX_FRAME_LEN {
-            return Err(SendError::TooLarge { len });
-        }
         match self.state {
             State::Closed => Err(SendError::Closed),
-            State::Ready => {
-                self.transmit_packet(&packet);
-                Ok(())
-            }
+            State::Ready => self.transmit_packet(&packet),
             State::Handshaking => {
-                self.held_bytes += 8 + len;
-                self.held.push_back(packet);
+                let payload = packet.to_bytes();
+                if payload.len() > MAX_FRAME_LEN {
+                    return Err(SendError::TooLarge { len: payload.len() });
+                }
+                self.held_bytes += FRAME_HEADER_LEN + payload.len();
+                self.held.push_back(payload);
                 Ok(())
             }
         }
@@ -603,15 +706,21 @@ impl Session {
 
     /// Sends a query. Always returns a fresh id; the outcome arrives as exactly one
     /// [`Event::QueryAnswer`] or [`Event::QueryFailed`] (immediately, if the session is closed or
-    /// the query is too large). Queries made before the handshake completes are sent once it
-    /// does; their timeout runs from now.
+    /// the query is too large), unless the query is forgotten with [`Session::forget_query`].
+    /// Queries made before the handshake completes are sent once it does; their timeout runs
+    /// from now. A timeout too large to represent means no timeout.
     pub fn send_query(&mut self, now: Instant, data: Vec<u8>, timeout: Duration) -> QueryId {
+        self.send_query_until(data, now.checked_add(timeout))
+    }
+
+    /// Like [`Session::send_query`] with an absolute deadline (`None`: no timeout). A deadline
+    /// already past fails the query (652) at the next [`Session::handle_timeout`].
+    pub fn send_query_until(&mut self, data: Vec<u8>, deadline: Option<Instant>) -> QueryId {
         let id = self.next_query_id;
         self.next_query_id += 1;
         let len = data.len();
         match self.send_packet(Packet::Query(t::Query { id, data })) {
             Ok(()) => {
-                let deadline = now.checked_add(timeout);
                 if let Some(d) = deadline {
                     self.deadlines.insert((d, id));
                 }
@@ -631,6 +740,16 @@ impl Session {
             }
         }
         id
+    }
+
+    /// Stops tracking our pending query `id` (its caller lost interest): no event will be
+    /// emitted for it and a late answer is ignored. Returns whether it was pending.
+    pub fn forget_query(&mut self, id: QueryId) -> bool {
+        let was_pending = self.take_pending(id);
+        if was_pending {
+            tracing::trace!(query_id = id, "query forgotten");
+        }
+        was_pending
     }
 
     /// Sends a one-way message (`tcp.packet`).
@@ -709,6 +828,31 @@ impl Session {
     pub fn discard_transmit(&mut self) {
         self.transmit.clear();
         self.transmit_bytes = 0;
+        self.frames_taken = self.stats.frames_out;
+    }
+}
+
+fn too_large(err: FrameError) -> SendError {
+    match err {
+        FrameError::TooLong { len } | FrameError::TooShort { len } => SendError::TooLarge { len },
+        // The encoder does not check seqnos.
+        FrameError::BadSeqno { .. } => SendError::TooLarge { len: 0 },
+    }
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("role", &self.role)
+            .field("state", &self.state)
+            .field("pending_queries", &self.pending.len())
+            .field("pending_transmit_bytes", &self.pending_transmit_bytes())
+            .field("buffered_inbound_bytes", &self.buffered_inbound_bytes())
+            .field("queued_events", &self.events.len())
+            .field("idle_paused", &self.idle_paused)
+            .field("close_reason", &self.close_reason)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
     }
 }
 

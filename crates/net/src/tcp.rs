@@ -36,7 +36,8 @@ where
 {
     let (handle, incoming) = spawn_session(stream, Role::Initiator, config);
     // The session enforces the handshake timeout itself; the outer bound is a safety net.
-    let wait = tokio::time::timeout(config.handshake_timeout * 2, handle.ready()).await;
+    let wait =
+        tokio::time::timeout(config.handshake_timeout.saturating_mul(2), handle.ready()).await;
     match wait {
         Ok(Ok(())) => Ok((handle, incoming)),
         Ok(Err(CloseReason::HandshakeTimeout)) | Err(_) => {

@@ -86,8 +86,8 @@ pub fn check_frame_len(len: usize) -> Result<(), FrameError> {
     }
 }
 
-/// A decoded frame.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A decoded frame. `Debug` shows the seqno and the payload length, never the payload.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Frame {
     /// Sequence number carried by the frame.
     pub seqno: i32,
@@ -95,14 +95,26 @@ pub struct Frame {
     pub payload: Vec<u8>,
 }
 
+impl fmt::Debug for Frame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Frame")
+            .field("seqno", &self.seqno)
+            .field("len", &self.payload.len())
+            .finish()
+    }
+}
+
 /// Parses a frame header from the first [`FRAME_HEADER_LEN`] bytes of `bytes`.
 ///
 /// Returns `(len, seqno)` without validating either, or `None` if fewer than 8 bytes are given.
 pub fn parse_frame_header(bytes: &[u8]) -> Option<(u32, i32)> {
-    let header = bytes.get(..FRAME_HEADER_LEN)?;
+    bytes.first_chunk().map(header_fields)
+}
+
+fn header_fields(header: &[u8; FRAME_HEADER_LEN]) -> (u32, i32) {
     let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
     let seqno = i32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-    Some((len, seqno))
+    (len, seqno)
 }
 
 /// Appends one frame to `out` (stateless). `out` is left untouched on error.
@@ -184,7 +196,7 @@ impl FrameEncoder {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 enum DecodeState {
     /// Collecting the 8 header bytes.
     Header {
@@ -199,17 +211,35 @@ enum DecodeState {
     },
 }
 
+const EMPTY_HEADER: DecodeState = DecodeState::Header {
+    buf: [0; FRAME_HEADER_LEN],
+    have: 0,
+};
+
 /// Incremental frame decoder.
 ///
 /// Feed it with [`FrameDecoder::decode`]: it consumes bytes from the front of the given slice
 /// until one frame is complete (returned) or the slice is exhausted (`Ok(None)`). It buffers at
-/// most one partial frame. After an error the decoder stays failed and returns the same error
-/// forever.
-#[derive(Debug, Clone)]
+/// most one partial frame, and its buffer grows only as body bytes arrive and never beyond the
+/// frame's length (a frame whose body arrives at once is copied once, into an exact
+/// allocation). After an error the decoder stays failed and returns the same error forever.
+///
+/// `Debug` shows the decoder's position and sizes, never buffered bytes.
+#[derive(Clone)]
 pub struct FrameDecoder {
     state: DecodeState,
     expected_seqno: i32,
     error: Option<FrameError>,
+}
+
+impl fmt::Debug for FrameDecoder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FrameDecoder")
+            .field("expected_seqno", &self.expected_seqno)
+            .field("buffered_len", &self.buffered_len())
+            .field("error", &self.error)
+            .finish()
+    }
 }
 
 impl Default for FrameDecoder {
@@ -227,10 +257,7 @@ impl FrameDecoder {
     /// A decoder expecting the first frame to carry `seqno`.
     pub fn with_seqno(seqno: i32) -> Self {
         Self {
-            state: DecodeState::Header {
-                buf: [0; FRAME_HEADER_LEN],
-                have: 0,
-            },
+            state: EMPTY_HEADER,
             expected_seqno: seqno,
             error: None,
         }
@@ -264,15 +291,6 @@ impl FrameDecoder {
         }
     }
 
-    fn fail(&mut self, err: FrameError) -> FrameError {
-        self.state = DecodeState::Header {
-            buf: [0; FRAME_HEADER_LEN],
-            have: 0,
-        };
-        self.error = Some(err.clone());
-        err
-    }
-
     /// Consumes bytes from the front of `input` and returns the next complete frame, or
     /// `Ok(None)` once `input` is exhausted without completing one. Bytes after a returned
     /// frame are left in `input`; call again to continue.
@@ -283,38 +301,30 @@ impl FrameDecoder {
         loop {
             match &mut self.state {
                 DecodeState::Header { buf, have } => {
-                    if *have == 0 && input.len() >= FRAME_HEADER_LEN {
-                        // Fast path: whole header (and perhaps the whole frame) in `input`.
-                        let (len, seqno) =
-                            parse_frame_header(input).expect("at least FRAME_HEADER_LEN bytes");
-                        let len = len as usize;
-                        self.check_header(len, seqno)?;
-                        *input = &input[FRAME_HEADER_LEN..];
-                        if input.len() >= len {
-                            let payload = input[..len].to_vec();
-                            *input = &input[len..];
-                            return Ok(Some(self.finish(seqno, payload)));
+                    let header = if *have == 0
+                        && let Some((header, rest)) = input.split_first_chunk()
+                    {
+                        // Fast path: the whole header is in `input`.
+                        *input = rest;
+                        *header
+                    } else {
+                        let take = (FRAME_HEADER_LEN - *have).min(input.len());
+                        buf[*have..*have + take].copy_from_slice(&input[..take]);
+                        *have += take;
+                        *input = &input[take..];
+                        if *have < FRAME_HEADER_LEN {
+                            return Ok(None);
                         }
-                        let mut body = Vec::with_capacity(input.len().min(len));
-                        body.extend_from_slice(input);
-                        *input = &[];
-                        self.state = DecodeState::Body {
-                            seqno,
-                            len,
-                            buf: body,
-                        };
-                        return Ok(None);
-                    }
-                    let take = (FRAME_HEADER_LEN - *have).min(input.len());
-                    buf[*have..*have + take].copy_from_slice(&input[..take]);
-                    *have += take;
-                    *input = &input[take..];
-                    if *have < FRAME_HEADER_LEN {
-                        return Ok(None);
-                    }
-                    let (len, seqno) = parse_frame_header(&buf[..]).expect("full header");
+                        *buf
+                    };
+                    let (len, seqno) = header_fields(&header);
+                    // Validated before any body byte is buffered.
                     let len = len as usize;
-                    self.check_header(len, seqno)?;
+                    if let Err(err) = self.check_header(len, seqno) {
+                        self.state = EMPTY_HEADER;
+                        self.error = Some(err.clone());
+                        return Err(err);
+                    }
                     self.state = DecodeState::Body {
                         seqno,
                         len,
@@ -322,49 +332,45 @@ impl FrameDecoder {
                     };
                 }
                 DecodeState::Body { seqno, len, buf } => {
-                    let take = (*len - buf.len()).min(input.len());
-                    if buf.is_empty() && take == *len {
-                        // Whole body available at once: a single exact allocation.
-                        buf.reserve_exact(take);
-                    }
-                    buf.extend_from_slice(&input[..take]);
-                    *input = &input[take..];
-                    if buf.len() < *len {
-                        return Ok(None);
-                    }
-                    let seqno = *seqno;
-                    let payload = std::mem::take(buf);
-                    self.state = DecodeState::Header {
-                        buf: [0; FRAME_HEADER_LEN],
-                        have: 0,
+                    let (seqno, len) = (*seqno, *len);
+                    let payload = if buf.is_empty() && input.len() >= len {
+                        // Whole body in `input`: one exact copy.
+                        let (body, rest) = input.split_at(len);
+                        *input = rest;
+                        body.to_vec()
+                    } else {
+                        let take = (len - buf.len()).min(input.len());
+                        let needed = buf.len() + take;
+                        if needed > buf.capacity() {
+                            // Grow geometrically (amortized copying), but only for bytes that
+                            // arrived and never beyond the frame length.
+                            let target = needed.max(buf.capacity().saturating_mul(2)).min(len);
+                            buf.reserve_exact(target - buf.len());
+                        }
+                        buf.extend_from_slice(&input[..take]);
+                        *input = &input[take..];
+                        if buf.len() < len {
+                            return Ok(None);
+                        }
+                        std::mem::take(buf)
                     };
-                    return Ok(Some(self.finish(seqno, payload)));
+                    self.state = EMPTY_HEADER;
+                    self.expected_seqno = self.expected_seqno.wrapping_add(1);
+                    return Ok(Some(Frame { seqno, payload }));
                 }
             }
         }
     }
 
-    fn check_header(&mut self, len: usize, seqno: i32) -> Result<(), FrameError> {
-        if let Err(err) = check_frame_len(len) {
-            return Err(self.fail(err));
-        }
+    fn check_header(&self, len: usize, seqno: i32) -> Result<(), FrameError> {
+        check_frame_len(len)?;
         if seqno != self.expected_seqno {
-            let err = FrameError::BadSeqno {
+            return Err(FrameError::BadSeqno {
                 expected: self.expected_seqno,
                 got: seqno,
-            };
-            return Err(self.fail(err));
+            });
         }
         Ok(())
-    }
-
-    fn finish(&mut self, seqno: i32, payload: Vec<u8>) -> Frame {
-        self.state = DecodeState::Header {
-            buf: [0; FRAME_HEADER_LEN],
-            have: 0,
-        };
-        self.expected_seqno = self.expected_seqno.wrapping_add(1);
-        Frame { seqno, payload }
     }
 
     /// Decodes every complete frame in `input`; a trailing partial frame stays buffered.
@@ -623,6 +629,85 @@ mod tests {
         let frames = dec.decode_all(&out).unwrap();
         assert_eq!(frames[0].seqno, i32::MAX);
         assert_eq!(frames[1].seqno, i32::MIN);
+    }
+
+    /// Capacity of the decoder's body buffer, if it is collecting a body.
+    fn body_capacity(dec: &FrameDecoder) -> Option<usize> {
+        match &dec.state {
+            DecodeState::Body { buf, .. } => Some(buf.capacity()),
+            DecodeState::Header { .. } => None,
+        }
+    }
+
+    #[test]
+    fn frame_body_buffer_never_exceeds_frame_len() {
+        let len = MAX_FRAME_LEN;
+        let mut bytes = Vec::with_capacity(FRAME_HEADER_LEN + len);
+        bytes.extend_from_slice(&(len as u32).to_le_bytes());
+        bytes.extend_from_slice(&0i32.to_le_bytes());
+        bytes.resize(FRAME_HEADER_LEN + len, 0xA5);
+        let mut dec = FrameDecoder::new();
+        // A header alone reserves nothing for the announced 16 MiB.
+        assert!(
+            dec.decode_all(&bytes[..FRAME_HEADER_LEN])
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(body_capacity(&dec), Some(0));
+        // One body byte: no 16 MiB allocation either.
+        let mut pos = FRAME_HEADER_LEN;
+        assert!(dec.decode_all(&bytes[pos..pos + 1]).unwrap().is_empty());
+        pos += 1;
+        assert!(body_capacity(&dec).unwrap() < 1024);
+        // The rest in 64 KiB reads, as a socket delivers it.
+        let mut frame = None;
+        while pos < bytes.len() {
+            let end = (pos + 65536).min(bytes.len());
+            let mut input = &bytes[pos..end];
+            frame = dec.decode(&mut input).unwrap();
+            assert!(input.is_empty());
+            pos = end;
+            if let Some(cap) = body_capacity(&dec) {
+                assert!(cap <= len, "buffer capacity {cap} > frame length {len}");
+            }
+        }
+        let frame = frame.expect("complete frame");
+        assert_eq!(frame.payload.len(), len);
+        assert!(frame.payload.capacity() <= len);
+        assert!(frame.payload.iter().all(|&b| b == 0xA5));
+        assert!(!dec.has_partial());
+    }
+
+    #[test]
+    fn frame_whole_body_copied_once_exactly() {
+        let bytes = encode_frame(0, &[3; 1000]).unwrap();
+        let frames = FrameDecoder::new().decode_all(&bytes).unwrap();
+        assert_eq!(frames[0].payload.capacity(), 1000);
+        // Header first, then the whole body in one piece.
+        let mut dec = FrameDecoder::new();
+        assert!(
+            dec.decode_all(&bytes[..FRAME_HEADER_LEN])
+                .unwrap()
+                .is_empty()
+        );
+        let frames = dec.decode_all(&bytes[FRAME_HEADER_LEN..]).unwrap();
+        assert_eq!(frames[0].payload.capacity(), 1000);
+    }
+
+    #[test]
+    fn frame_debug_hides_payload() {
+        let frame = Frame {
+            seqno: 3,
+            payload: b"secret prompt".to_vec(),
+        };
+        let text = format!("{frame:?}");
+        assert_eq!(text, "Frame { seqno: 3, len: 13 }");
+        let mut dec = FrameDecoder::new();
+        let bytes = encode_frame(0, b"secret prompt").unwrap();
+        dec.decode_all(&bytes[..12]).unwrap();
+        let text = format!("{dec:?}");
+        assert!(!text.contains("115"), "{text}"); // b's' == 115
+        assert!(text.contains("buffered_len: 12"), "{text}");
     }
 
     #[test]

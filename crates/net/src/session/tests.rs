@@ -708,6 +708,260 @@ fn stats_count_frames_and_bytes() {
     assert_eq!(st.bytes_out, 40);
 }
 
+#[test]
+fn paused_idle_neither_times_out_nor_pings() {
+    let t0 = Instant::now();
+    let (mut s, mut p) = ready_initiator(t0);
+    let q = s.send_query(t0, vec![1], 30 * S);
+    p.recv(&mut s);
+    s.pause_idle();
+    assert!(s.is_idle_paused());
+    // Only the query deadline remains.
+    assert_eq!(s.poll_timeout(), Some(t0 + 30 * S));
+    s.handle_timeout(t0 + 25 * S);
+    assert!(s.is_ready());
+    assert!(p.recv(&mut s).is_empty(), "no ping while paused");
+    // Query timeouts still apply.
+    s.handle_timeout(t0 + 30 * S);
+    assert!(matches!(
+        events(&mut s)[..],
+        [Event::QueryFailed { id, code: 652, .. }] if id == q
+    ));
+    assert_eq!(s.poll_timeout(), None);
+    s.handle_timeout(t0 + 1000 * S);
+    assert!(s.is_ready());
+    // Resuming restarts the idle clock: ping after 10 s, idle timeout after 20 s.
+    s.resume_idle(t0 + 1000 * S);
+    assert!(!s.is_idle_paused());
+    assert_eq!(s.poll_timeout(), Some(t0 + 1010 * S));
+    s.handle_timeout(t0 + 1010 * S);
+    assert!(matches!(p.recv(&mut s)[..], [Packet::Ping(_)]));
+    s.handle_timeout(t0 + 1020 * S - Duration::from_millis(1));
+    assert!(s.is_ready());
+    s.handle_timeout(t0 + 1020 * S);
+    assert_eq!(s.close_reason(), Some(&CloseReason::IdleTimeout));
+}
+
+#[test]
+fn resume_idle_without_pause_changes_nothing() {
+    let t0 = Instant::now();
+    let (mut s, _p) = ready_acceptor(t0);
+    s.resume_idle(t0 + 30 * S);
+    assert_eq!(s.poll_timeout(), Some(t0 + 60 * S));
+}
+
+#[test]
+fn paused_idle_keeps_handshake_timeout() {
+    let t0 = Instant::now();
+    let mut cfg = SessionConfig::for_role(Role::Acceptor);
+    cfg.handshake_timeout = Some(5 * S);
+    let mut s = Session::new(Role::Acceptor, t0, 0, cfg);
+    s.pause_idle();
+    assert_eq!(s.poll_timeout(), Some(t0 + 5 * S));
+    s.handle_timeout(t0 + 5 * S);
+    assert_eq!(s.close_reason(), Some(&CloseReason::HandshakeTimeout));
+}
+
+#[test]
+fn handle_next_frame_stops_after_one_frame() {
+    let t0 = Instant::now();
+    let (mut s, mut p) = ready_acceptor(t0);
+    let mut bytes = Vec::new();
+    for i in 0..3u8 {
+        bytes.extend(
+            p.enc
+                .encode_to_vec(&Packet::Packet(t::Packet { data: vec![i; 5] }).to_bytes())
+                .unwrap(),
+        );
+    }
+    let frame_len = bytes.len() / 3;
+    let mut input = &bytes[..];
+    assert!(s.handle_next_frame(t0, &mut input));
+    assert_eq!(input.len(), 2 * frame_len);
+    assert_eq!(events(&mut s), [Event::Message { data: vec![0; 5] }]);
+    // A partial frame is consumed and kept.
+    let mut partial = &input[..frame_len - 1];
+    assert!(!s.handle_next_frame(t0, &mut partial));
+    assert!(partial.is_empty());
+    let mut rest = &input[frame_len - 1..];
+    assert!(s.handle_next_frame(t0, &mut rest));
+    assert!(s.handle_next_frame(t0, &mut rest));
+    assert!(rest.is_empty());
+    assert_eq!(
+        events(&mut s),
+        [
+            Event::Message { data: vec![1; 5] },
+            Event::Message { data: vec![2; 5] }
+        ]
+    );
+    // A closed session swallows its input.
+    s.close(CloseReason::Local);
+    let mut more = &bytes[..];
+    assert!(!s.handle_next_frame(t0, &mut more));
+    assert!(more.is_empty());
+}
+
+#[test]
+fn at_most_one_pong_is_queued() {
+    let t0 = Instant::now();
+    let (mut s, mut p) = ready_acceptor(t0);
+    for id in 0..1000 {
+        p.send(&mut s, t0, Packet::Ping(t::Ping { id }));
+    }
+    assert_eq!(s.stats().frames_in, 1001);
+    assert_eq!(p.recv(&mut s), [Packet::Pong(t::Pong { id: 0 })]);
+    // Once the pong is taken, the next ping is answered again.
+    p.send(&mut s, t0, Packet::Ping(t::Ping { id: 5000 }));
+    assert_eq!(p.recv(&mut s), [Packet::Pong(t::Pong { id: 5000 })]);
+    // Also when other frames are queued in front of it.
+    s.send_message(vec![1; 10]).unwrap();
+    p.send(&mut s, t0, Packet::Ping(t::Ping { id: 6000 }));
+    p.send(&mut s, t0, Packet::Ping(t::Ping { id: 6001 }));
+    s.send_message(vec![2; 10]).unwrap();
+    assert_eq!(
+        p.recv(&mut s),
+        [
+            Packet::Packet(t::Packet { data: vec![1; 10] }),
+            Packet::Pong(t::Pong { id: 6000 }),
+            Packet::Packet(t::Packet { data: vec![2; 10] }),
+        ]
+    );
+    // Discarded frames do not count as queued.
+    p.send(&mut s, t0, Packet::Ping(t::Ping { id: 7000 }));
+    s.discard_transmit();
+    p.send(&mut s, t0, Packet::Ping(t::Ping { id: 7001 }));
+    assert_eq!(s.next_transmit_len(), Some(20));
+}
+
+#[test]
+fn forgotten_query_is_silent_and_late_answer_ignored() {
+    let t0 = Instant::now();
+    let (mut s, mut p) = ready_initiator(t0);
+    let a = s.send_query(t0, vec![1], 5 * S);
+    let b = s.send_query_until(vec![2], None);
+    assert_eq!(s.pending_queries(), 2);
+    p.recv(&mut s);
+    assert!(s.forget_query(a));
+    assert!(!s.forget_query(a));
+    assert!(s.forget_query(b));
+    assert_eq!(s.pending_queries(), 0);
+    // No deadline left for it: only the ping.
+    assert_eq!(s.poll_timeout(), Some(t0 + 10 * S));
+    s.handle_timeout(t0 + 5 * S);
+    assert!(events(&mut s).is_empty());
+    p.send(
+        &mut s,
+        t0 + 6 * S,
+        Packet::QueryAnswer(t::QueryAnswer {
+            id: a,
+            data: vec![9],
+        }),
+    );
+    assert!(events(&mut s).is_empty());
+    assert!(s.is_ready());
+    // Forgotten queries do not fail at close either.
+    s.close(CloseReason::Local);
+    assert_eq!(
+        events(&mut s),
+        [Event::Closed {
+            reason: CloseReason::Local
+        }]
+    );
+}
+
+#[test]
+fn query_deadline_in_the_past_fails_at_next_timeout() {
+    let t0 = Instant::now();
+    let (mut s, _p) = ready_initiator(t0);
+    let id = s.send_query_until(vec![1], Some(t0));
+    assert_eq!(s.poll_timeout(), Some(t0));
+    s.handle_timeout(t0);
+    assert!(matches!(
+        events(&mut s)[..],
+        [Event::QueryFailed { id: i, code: 652, .. }] if i == id
+    ));
+}
+
+#[test]
+fn query_error_with_invalid_utf8_fails_only_that_query() {
+    use cocoon_tl::{Identifiable, write};
+    let t0 = Instant::now();
+    let (mut s, mut p) = ready_initiator(t0);
+    let a = s.send_query(t0, b"a".to_vec(), 30 * S);
+    let b = s.send_query(t0, b"b".to_vec(), 30 * S);
+    p.recv(&mut s);
+    let mut payload = Vec::new();
+    write::u32(&mut payload, t::QueryError::CONSTRUCTOR_ID);
+    write::i64(&mut payload, a);
+    write::i32(&mut payload, 602);
+    write::bytes(&mut payload, b"bad \xe2\x82"); // truncated UTF-8 sequence
+    p.send_raw_payload(&mut s, t0, &payload);
+    assert!(s.is_ready(), "{:?}", s.close_reason());
+    match &events(&mut s)[..] {
+        [Event::QueryFailed { id, code, message }] => {
+            assert_eq!((*id, *code), (a, 602));
+            assert!(message.starts_with("bad "), "{message:?}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // The other query is unaffected.
+    assert_eq!(s.pending_queries(), 1);
+    p.send(
+        &mut s,
+        t0,
+        Packet::QueryAnswer(t::QueryAnswer {
+            id: b,
+            data: vec![7],
+        }),
+    );
+    assert_eq!(
+        events(&mut s),
+        [Event::QueryAnswer {
+            id: b,
+            data: vec![7]
+        }]
+    );
+}
+
+#[test]
+fn debug_output_hides_payloads() {
+    let secret = b"my secret prompt".to_vec();
+    for e in [
+        Event::Query {
+            id: 5,
+            data: secret.clone(),
+        },
+        Event::Message {
+            data: secret.clone(),
+        },
+        Event::QueryAnswer {
+            id: 6,
+            data: secret.clone(),
+        },
+    ] {
+        let text = format!("{e:?}");
+        assert!(text.contains("len: 16"), "{text}");
+        assert!(!text.contains("109, 121"), "payload bytes in {text}"); // "my"
+    }
+    let t0 = Instant::now();
+    let (mut s, mut p) = ready_acceptor(t0);
+    s.send_message(secret.clone()).unwrap();
+    let mut bytes = p
+        .enc
+        .encode_to_vec(
+            &Packet::Packet(t::Packet {
+                data: secret.clone(),
+            })
+            .to_bytes(),
+        )
+        .unwrap();
+    bytes.truncate(bytes.len() - 2);
+    s.handle_bytes(t0, &bytes);
+    let text = format!("{s:?}");
+    assert!(text.contains("pending_transmit_bytes"), "{text}");
+    assert!(!text.contains("109, 121"), "payload bytes in {text}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Two sessions against each other through random chunkings.
 

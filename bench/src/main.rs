@@ -217,7 +217,7 @@ fn session() {
             .expect("connect");
 
         for size in [128usize, 4096] {
-            let n = if size == 128 { 300_000 } else { 50_000 };
+            let n = if size == 128 { 2_000_000 } else { 300_000 };
             let body = answer_part_payload(&vec![b'x'; size]);
             let start = Instant::now();
             for _ in 0..n {
@@ -237,7 +237,7 @@ fn session() {
         }
 
         for concurrency in [1usize, 32] {
-            let n = 40_000;
+            let n = if concurrency == 1 { 40_000 } else { 320_000 };
             let start = Instant::now();
             let mut tasks = Vec::new();
             for _ in 0..concurrency {

@@ -453,10 +453,17 @@ impl<'a> Generator<'a> {
         let _ = writeln!(out, "    .finish() }} }}\n");
     }
 
-    fn gen_enum(&self, ty: &str, ctors: &[&Declaration], out: &mut String) {
-        let (_, short) = split(ty);
-        let name = upper_camel(short);
-        let _ = writeln!(out, "/// Boxed type `{ty}`.");
+    /// An enum with one variant per declaration in `ctors`, with boxed encoding and decoding
+    /// that dispatches on the constructor id. `ty` names it in errors.
+    fn gen_dispatch(
+        &self,
+        name: &str,
+        ty: &str,
+        doc: &str,
+        ctors: &[&Declaration],
+        out: &mut String,
+    ) {
+        let _ = writeln!(out, "/// {doc}");
         let _ = writeln!(out, "#[derive(Debug, Clone, PartialEq)]");
         let _ = writeln!(out, "pub enum {name} {{");
         for c in ctors {
@@ -543,49 +550,14 @@ impl<'a> Generator<'a> {
         out.push('\n');
     }
 
+    fn gen_enum(&self, ty: &str, ctors: &[&Declaration], out: &mut String) {
+        let name = upper_camel(split(ty).1);
+        self.gen_dispatch(&name, ty, &format!("Boxed type `{ty}`."), ctors, out);
+    }
+
     fn gen_function_enum(&self, ns: &str, funcs: &[&Declaration], out: &mut String) {
-        let _ = writeln!(
-            out,
-            "/// Any `{ns}.*` function, for dispatching incoming queries."
-        );
-        let _ = writeln!(out, "#[derive(Debug, Clone, PartialEq)]\npub enum Any {{");
-        for f in funcs {
-            let _ = writeln!(
-                out,
-                "    {}({}),",
-                upper_camel(f.short_name()),
-                self.struct_path(f)
-            );
-        }
-        let _ = writeln!(out, "}}\n");
-        let _ = writeln!(
-            out,
-            "impl crate::TlWrite for Any {{ fn write_to(&self, out: &mut Vec<u8>) {{ match self {{"
-        );
-        for f in funcs {
-            let _ = writeln!(
-                out,
-                "    Self::{}(v) => crate::TlWrite::write_to(v, out),",
-                upper_camel(f.short_name())
-            );
-        }
-        let _ = writeln!(out, "}} }} }}\n");
-        let _ = writeln!(
-            out,
-            "impl crate::TlRead for Any {{ const TYPE_NAME: &'static str = \"{ns} function\"; fn read_from(r: &mut crate::Reader<'_>) -> crate::Result<Self> {{ let start = r.offset(); match r.read_u32().map_err(|e| e.in_type(\"{ns} function\"))? {{"
-        );
-        for f in funcs {
-            let _ = writeln!(
-                out,
-                "    0x{:08x} => Ok(Self::{}(crate::BareRead::read_bare(r)?)),",
-                f.id,
-                upper_camel(f.short_name())
-            );
-        }
-        let _ = writeln!(
-            out,
-            "    id => Err(crate::Error::new(crate::ErrorKind::UnknownConstructor {{ id, expected: \"{ns} function\" }}, start)),\n}} }} }}\n"
-        );
+        let doc = format!("Any `{ns}.*` function, for dispatching incoming queries.");
+        self.gen_dispatch("Any", &format!("{ns} function"), &doc, funcs, out);
     }
 
     /// Emit `items` (namespace -> code) as nested modules.

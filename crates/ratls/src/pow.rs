@@ -133,13 +133,7 @@ impl Challenge {
     /// Parses a 24-byte challenge, checking the magic and that the
     /// difficulty is within `0..=64`.
     pub fn parse(bytes: &[u8; CHALLENGE_LEN]) -> Result<Self, PowError> {
-        let magic = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-        if magic != CHALLENGE_MAGIC {
-            return Err(PowError::BadMagic {
-                expected: CHALLENGE_MAGIC,
-                got: magic,
-            });
-        }
+        check_magic(bytes, CHALLENGE_MAGIC)?;
         let difficulty = i32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
         let difficulty_bits = check_difficulty(i64::from(difficulty))?;
         let mut salt = [0u8; SALT_LEN];
@@ -153,6 +147,16 @@ impl Challenge {
     /// Checks a nonce. Constant work: exactly one SHA-256 computation.
     pub fn verify(&self, nonce: i64) -> bool {
         leading_zero_bits(&self.salt, nonce) >= self.difficulty_bits
+    }
+}
+
+/// Checks the little-endian magic in the first four bytes of a PoW message.
+fn check_magic(bytes: &[u8], expected: u32) -> Result<(), PowError> {
+    let got = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    if got == expected {
+        Ok(())
+    } else {
+        Err(PowError::BadMagic { expected, got })
     }
 }
 
@@ -174,13 +178,7 @@ impl Response {
 
     /// Parses a 12-byte response, checking the magic.
     pub fn parse(bytes: &[u8; RESPONSE_LEN]) -> Result<Self, PowError> {
-        let magic = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-        if magic != RESPONSE_MAGIC {
-            return Err(PowError::BadMagic {
-                expected: RESPONSE_MAGIC,
-                got: magic,
-            });
-        }
+        check_magic(bytes, RESPONSE_MAGIC)?;
         let mut nonce = [0u8; 8];
         nonce.copy_from_slice(&bytes[4..12]);
         Ok(Self {

@@ -1,0 +1,20 @@
+//! Attestation for Cocoon (ARCHITECTURE D4): TDX quotes verified with `dcap-qvl`
+//! (ring backend, Intel root key pinned), simulated evidence for test networks, quote
+//! generation through Linux configfs-tsm, and one policy entry point,
+//! [`Policy::evaluate`], whose [`VerifiedPeer`] is the only way verified facts reach
+//! other crates.
+#![forbid(unsafe_code)]
+
+mod error;
+mod model;
+mod policy;
+pub mod sev;
+pub mod sim;
+pub mod tdx;
+pub mod tsm;
+
+pub use error::AttestError;
+pub use model::{Backend, Measurements, TcbStatus, TdxMeasurements, VerifiedPeer};
+pub use policy::{Evidence, Policy, report_data_for_public_key};
+pub use sim::SimKey;
+pub use tdx::{CollateralStore, TdxCollateral};

@@ -1,0 +1,124 @@
+//! The verified-facts model shared with the rest of Cocoon.
+
+use serde::{Deserialize, Serialize};
+
+/// Which kind of trusted execution environment produced the evidence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Backend {
+    /// Intel TDX (DCAP quote).
+    Tdx,
+    /// AMD SEV-SNP (attestation report).
+    SevSnp,
+    /// Software-simulated evidence for development and test networks only.
+    Sim,
+}
+
+/// Intel TCB status. The derived order goes from worst to best, so that
+/// `status >= minimum` means "at least as good as `minimum`":
+///
+/// `Revoked < OutOfDateConfigurationNeeded < OutOfDate < ConfigurationAndSWHardeningNeeded
+///  < ConfigurationNeeded < SWHardeningNeeded < UpToDate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum TcbStatus {
+    Revoked,
+    OutOfDateConfigurationNeeded,
+    OutOfDate,
+    ConfigurationAndSWHardeningNeeded,
+    ConfigurationNeeded,
+    SWHardeningNeeded,
+    UpToDate,
+}
+
+impl TcbStatus {
+    /// Map dcap-qvl's status. The TD 1.5 "relaunch advised" statuses are treated
+    /// conservatively as their out-of-date counterparts.
+    pub(crate) fn from_dcap(s: dcap_qvl::TcbStatus) -> Self {
+        use dcap_qvl::TcbStatus as D;
+        match s {
+            D::UpToDate => Self::UpToDate,
+            D::SWHardeningNeeded => Self::SWHardeningNeeded,
+            D::ConfigurationNeeded => Self::ConfigurationNeeded,
+            D::ConfigurationAndSWHardeningNeeded => Self::ConfigurationAndSWHardeningNeeded,
+            D::OutOfDate | D::TDRelaunchAdvised => Self::OutOfDate,
+            D::OutOfDateConfigurationNeeded | D::TDRelaunchAdvisedConfigurationNeeded => {
+                Self::OutOfDateConfigurationNeeded
+            }
+            D::Revoked => Self::Revoked,
+        }
+    }
+}
+
+/// TDX measurement registers (all 48-byte SHA-384 values) and attributes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TdxMeasurements {
+    pub mrtd: [u8; 48],
+    pub rtmr: [[u8; 48]; 4],
+    pub mr_config_id: [u8; 48],
+    pub mr_owner: [u8; 48],
+    pub mr_owner_config: [u8; 48],
+    pub td_attributes: [u8; 8],
+    pub xfam: [u8; 8],
+}
+
+/// Measurements of the peer's image, per backend.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Measurements {
+    Tdx(Box<TdxMeasurements>),
+    SevSnp {
+        measurement: [u8; 48],
+        host_data: [u8; 32],
+    },
+    /// Simulated evidence: the reserved measurement [`crate::sim::SIM_MEASUREMENT`]
+    /// (every byte 0xFF), which no production allowlist contains.
+    Sim {
+        measurement: [u8; 48],
+    },
+}
+
+/// Facts established by verifying attestation evidence against a [`crate::Policy`].
+///
+/// Fields are private and there is no public constructor: a `VerifiedPeer` can only be
+/// produced by this crate's verification functions, so holding one means the checks ran.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedPeer {
+    pub(crate) backend: Backend,
+    pub(crate) measurements: Measurements,
+    pub(crate) image_hash: [u8; 32],
+    pub(crate) tcb_status: TcbStatus,
+    pub(crate) advisory_ids: Vec<String>,
+    pub(crate) report_data: [u8; 64],
+    pub(crate) public_key: Option<[u8; 32]>,
+    pub(crate) valid_until: u64,
+}
+
+impl VerifiedPeer {
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+    pub fn measurements(&self) -> &Measurements {
+        &self.measurements
+    }
+    /// The 32-byte image hash that allowlists (and the root contract) refer to.
+    pub fn image_hash(&self) -> &[u8; 32] {
+        &self.image_hash
+    }
+    pub fn tcb_status(&self) -> TcbStatus {
+        self.tcb_status
+    }
+    pub fn advisory_ids(&self) -> &[String] {
+        &self.advisory_ids
+    }
+    pub fn report_data(&self) -> &[u8; 64] {
+        &self.report_data
+    }
+    /// The Ed25519 key bound through `report_data = SHA-512(public_key)`, when the
+    /// evidence was verified with [`crate::Policy::evaluate_bound`].
+    pub fn public_key(&self) -> Option<&[u8; 32]> {
+        self.public_key.as_ref()
+    }
+    /// Unix time after which these facts must be re-established (earliest collateral
+    /// expiry, capped by the policy's `max_validity_secs`).
+    pub fn valid_until(&self) -> u64 {
+        self.valid_until
+    }
+}

@@ -1,0 +1,291 @@
+//! Attestation policy: which evidence is acceptable, and the single entry point that
+//! turns evidence into a [`VerifiedPeer`].
+
+use sha2::{Digest, Sha512};
+
+use crate::error::AttestError;
+use crate::model::{Backend, Measurements, TcbStatus, VerifiedPeer};
+use crate::sev::{self, SevPolicy};
+use crate::sim;
+use crate::tdx::{self, TdxCollateral};
+
+/// Evidence presented by a peer.
+#[derive(Debug, Clone, Copy)]
+pub enum Evidence<'a> {
+    /// A raw TDX quote with the DCAP collateral for its platform (FMSPC).
+    Tdx {
+        quote: &'a [u8],
+        collateral: &'a TdxCollateral,
+    },
+    /// A raw SEV-SNP attestation report with its VCEK (DER) and ASK/ARK chain (PEM).
+    SevSnp {
+        report: &'a [u8],
+        vcek_der: &'a [u8],
+        chain_pem: &'a [u8],
+    },
+    /// Simulated evidence produced by [`crate::SimKey::evidence`].
+    Sim(&'a [u8]),
+}
+
+impl Evidence<'_> {
+    pub fn backend(&self) -> Backend {
+        match self {
+            Evidence::Tdx { .. } => Backend::Tdx,
+            Evidence::SevSnp { .. } => Backend::SevSnp,
+            Evidence::Sim(_) => Backend::Sim,
+        }
+    }
+}
+
+/// COCOON's binding of a TLS key to evidence: `report_data = SHA-512(public_key)`.
+pub fn report_data_for_public_key(public_key: &[u8; 32]) -> [u8; 64] {
+    Sha512::digest(public_key).into()
+}
+
+/// Policy for accepting attestation evidence. Empty allowlists mean "any", except
+/// `allowed_root_key_ids`, where empty means "none" (fail closed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub allowed_backends: Vec<Backend>,
+    /// Image hashes (COCOON's, see [`tdx::image_hash`]); empty = any.
+    pub allowed_image_hashes: Vec<[u8; 32]>,
+    /// TDX MRTD values; empty = any.
+    pub allowed_mrtds: Vec<[u8; 48]>,
+    /// TDX RTMR0..3 sets; empty = any.
+    pub allowed_rtmrs: Vec<[[u8; 48]; 4]>,
+    /// Minimum acceptable TCB status (see the order on [`TcbStatus`]).
+    pub min_tcb_status: TcbStatus,
+    /// Advisory ids that make evidence unacceptable whatever the status.
+    pub denied_advisories: Vec<String>,
+    /// When set, every advisory reported must be in this list.
+    pub allowed_advisories: Option<Vec<String>>,
+    /// Maximum age in seconds of the TCB info / QE identity at `now`.
+    pub max_collateral_age: Option<u64>,
+    /// Intel root key ids (SHA-384 of the root CA public key) accepted. Empty = none.
+    pub allowed_root_key_ids: Vec<[u8; 48]>,
+    /// Sim signer keys accepted; empty = any (sim is test-only anyway).
+    pub allowed_sim_signers: Vec<[u8; 32]>,
+    /// Whether this policy serves a network marked as test; sim evidence needs it.
+    pub is_test_network: bool,
+    /// SEV-SNP checks beyond signatures (minimum TCB, debug, migration agent, VMPL 0).
+    pub sev: SevPolicy,
+    /// Upper bound on [`VerifiedPeer::valid_until`] − `now`.
+    pub max_validity_secs: u64,
+}
+
+impl Policy {
+    /// Production TDX policy, as strict as COCOON's `tdx` policy: only `UpToDate`,
+    /// Intel root key pinned to COCOON's value, debug TDs rejected, sim rejected.
+    /// Image/MRTD/RTMR allowlists start empty: fill them from the root contract.
+    pub fn tdx_default() -> Self {
+        Self {
+            allowed_backends: vec![Backend::Tdx],
+            allowed_image_hashes: Vec::new(),
+            allowed_mrtds: Vec::new(),
+            allowed_rtmrs: Vec::new(),
+            min_tcb_status: TcbStatus::UpToDate,
+            denied_advisories: Vec::new(),
+            allowed_advisories: None,
+            max_collateral_age: None,
+            allowed_root_key_ids: vec![tdx::INTEL_ROOT_KEY_ID],
+            allowed_sim_signers: Vec::new(),
+            is_test_network: false,
+            sev: SevPolicy::default(),
+            max_validity_secs: 86_400,
+        }
+    }
+
+    /// Production SEV-SNP policy: debug and migration agents refused, VMPL 0 required,
+    /// sim rejected. Set `sev.min_tcb` and the image-hash allowlist for the deployment.
+    pub fn sev_default() -> Self {
+        Self {
+            allowed_backends: vec![Backend::SevSnp],
+            ..Self::tdx_default()
+        }
+    }
+
+    /// Test-network policy that accepts simulated evidence (and TDX as `tdx_default`).
+    pub fn sim_test() -> Self {
+        Self {
+            allowed_backends: vec![Backend::Sim, Backend::Tdx],
+            is_test_network: true,
+            ..Self::tdx_default()
+        }
+    }
+
+    /// Verify `evidence` and check that it binds `report_data_expected`.
+    pub fn evaluate(
+        &self,
+        evidence: &Evidence<'_>,
+        report_data_expected: &[u8; 64],
+        now: u64,
+    ) -> Result<VerifiedPeer, AttestError> {
+        let backend = evidence.backend();
+        if !self.allowed_backends.contains(&backend) {
+            return Err(if backend == Backend::Sim {
+                AttestError::SimNotAllowed
+            } else {
+                AttestError::BackendNotAllowed { backend }
+            });
+        }
+        let peer = match evidence {
+            Evidence::Tdx { quote, collateral } => self.evaluate_tdx(quote, collateral, now)?,
+            Evidence::SevSnp {
+                report,
+                vcek_der,
+                chain_pem,
+            } => self.evaluate_sev(report, vcek_der, chain_pem, now)?,
+            Evidence::Sim(ev) => self.evaluate_sim(ev, now)?,
+        };
+        if &peer.report_data != report_data_expected {
+            return Err(AttestError::ReportDataMismatch);
+        }
+        self.check_image_hash(&peer.image_hash)?;
+        Ok(peer)
+    }
+
+    /// Like [`Self::evaluate`] with `report_data = SHA-512(public_key)` (COCOON's RA-TLS
+    /// binding); the returned peer carries `public_key`.
+    pub fn evaluate_bound(
+        &self,
+        evidence: &Evidence<'_>,
+        public_key: &[u8; 32],
+        now: u64,
+    ) -> Result<VerifiedPeer, AttestError> {
+        let mut peer = self.evaluate(evidence, &report_data_for_public_key(public_key), now)?;
+        peer.public_key = Some(*public_key);
+        Ok(peer)
+    }
+
+    fn check_image_hash(&self, image_hash: &[u8; 32]) -> Result<(), AttestError> {
+        if !self.allowed_image_hashes.is_empty() && !self.allowed_image_hashes.contains(image_hash)
+        {
+            return Err(AttestError::ImageHashNotAllowed {
+                image_hash: *image_hash,
+            });
+        }
+        Ok(())
+    }
+
+    fn evaluate_tdx(
+        &self,
+        quote: &[u8],
+        collateral: &TdxCollateral,
+        now: u64,
+    ) -> Result<VerifiedPeer, AttestError> {
+        // Structural checks first, so that the error names the real problem.
+        let parsed = tdx::parse_quote(quote)?;
+        tdx::check_td_attributes(&parsed.measurements.td_attributes)?;
+        collateral.check_window(now, self.max_collateral_age)?;
+
+        let out = tdx::dcap_verify(quote, collateral, now)?;
+        if out.collateral_expires < now {
+            return Err(AttestError::CollateralExpired {
+                what: "collateral (earliest expiry of CRLs, certificates, TCB info, QE identity)"
+                    .into(),
+                not_after: out.collateral_expires,
+                now,
+            });
+        }
+        if !self
+            .allowed_root_key_ids
+            .iter()
+            .any(|k| k[..] == out.root_key_id[..])
+        {
+            return Err(AttestError::RootKeyNotPinned {
+                root_key_id: out.root_key_id,
+            });
+        }
+        tdx::check_td_attributes(&out.measurements.td_attributes)?;
+        let status = TcbStatus::from_dcap(out.status);
+        if status < self.min_tcb_status {
+            return Err(AttestError::TcbStatusTooLow {
+                status,
+                minimum: self.min_tcb_status,
+            });
+        }
+        for a in &out.advisory_ids {
+            let denied = self.denied_advisories.contains(a);
+            let unlisted = self
+                .allowed_advisories
+                .as_ref()
+                .is_some_and(|allowed| !allowed.contains(a));
+            if denied || unlisted {
+                return Err(AttestError::AdvisoryNotAllowed {
+                    advisory_id: a.clone(),
+                });
+            }
+        }
+        let m = out.measurements;
+        if !self.allowed_mrtds.is_empty() && !self.allowed_mrtds.contains(&m.mrtd) {
+            return Err(AttestError::MrtdNotAllowed { mrtd: m.mrtd });
+        }
+        if !self.allowed_rtmrs.is_empty() && !self.allowed_rtmrs.contains(&m.rtmr) {
+            return Err(AttestError::RtmrsNotAllowed {
+                rtmrs: Box::new(m.rtmr),
+            });
+        }
+        Ok(VerifiedPeer {
+            backend: Backend::Tdx,
+            image_hash: tdx::image_hash(&m),
+            measurements: Measurements::Tdx(Box::new(m)),
+            tcb_status: status,
+            advisory_ids: out.advisory_ids,
+            report_data: out.report_data,
+            public_key: None,
+            valid_until: out
+                .collateral_expires
+                .min(now.saturating_add(self.max_validity_secs)),
+        })
+    }
+
+    /// SEV-SNP: signatures, the ARK pinned to AMD's roots, certificate validity at `now`,
+    /// chip id / TCB binding to the VCEK and [`SevPolicy`] are checked by
+    /// [`sev::verify_report_at`]. AMD's CRLs are not checked (that needs the network); the TCB
+    /// status is reported as `UpToDate` once the minimum TCB is met.
+    fn evaluate_sev(
+        &self,
+        report: &[u8],
+        vcek_der: &[u8],
+        chain_pem: &[u8],
+        now: u64,
+    ) -> Result<VerifiedPeer, AttestError> {
+        let now_unix = i64::try_from(now).unwrap_or(i64::MAX);
+        let info = sev::verify_report_at(report, vcek_der, chain_pem, &self.sev, now_unix)?;
+        Ok(VerifiedPeer {
+            backend: Backend::SevSnp,
+            image_hash: sev::image_hash(&info),
+            measurements: Measurements::SevSnp {
+                measurement: info.measurement,
+                host_data: info.host_data,
+            },
+            tcb_status: TcbStatus::UpToDate,
+            advisory_ids: Vec::new(),
+            report_data: info.report_data,
+            public_key: None,
+            valid_until: now.saturating_add(self.max_validity_secs),
+        })
+    }
+
+    fn evaluate_sim(&self, evidence: &[u8], now: u64) -> Result<VerifiedPeer, AttestError> {
+        if !self.is_test_network {
+            return Err(AttestError::SimNotAllowed);
+        }
+        let v = sim::verify_evidence(evidence)?;
+        if !self.allowed_sim_signers.is_empty() && !self.allowed_sim_signers.contains(&v.signer) {
+            return Err(AttestError::SimSignerNotAllowed { signer: v.signer });
+        }
+        Ok(VerifiedPeer {
+            backend: Backend::Sim,
+            measurements: Measurements::Sim {
+                measurement: sim::SIM_MEASUREMENT,
+            },
+            image_hash: sim::sim_image_hash(),
+            tcb_status: TcbStatus::UpToDate,
+            advisory_ids: Vec::new(),
+            report_data: v.report_data,
+            public_key: None,
+            valid_until: now.saturating_add(self.max_validity_secs),
+        })
+    }
+}

@@ -1,5 +1,19 @@
 #![forbid(unsafe_code)]
-//! RA-TLS for COCOON. For now this crate only holds the pre-TLS proof-of-work
-//! exchange ([`pow`]).
+//! RA-TLS for COCOON.
+//!
+//! * [`pow`]: the pre-TLS proof-of-work exchange (COCOON wire format).
+//! * [`cert`]: COCOON-format attested certificates ([`cert::Identity`]): fresh Ed25519
+//!   key, claims = the raw public key, evidence binding `SHA-512(claims)` in critical
+//!   extension `1.3.6.1.4.1.12345.1` (TDX raw; SEV-SNP and sim in a documented envelope).
+//! * [`verifier`]: [`verifier::RatlsVerifier`], rustls' server *and* client certificate
+//!   verifier, ending in `cocoon_attest::Policy::evaluate_bound`, with a verdict cache.
+//! * [`config`]: rustls configurations (TLS 1.3, AES-GCM, ring, no resumption) and a
+//!   swappable certificate resolver with a periodic refresher.
+//! * [`net`]: TCP → PoW → RA-TLS → `cocoon_net` session, connecting and accepting, with
+//!   the peer's `VerifiedPeer` returned alongside each session.
 
+pub mod cert;
+pub mod config;
+pub mod net;
 pub mod pow;
+pub mod verifier;

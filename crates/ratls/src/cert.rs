@@ -1,0 +1,521 @@
+//! COCOON-format RA-TLS certificates.
+//!
+//! A certificate is self-signed by a fresh Ed25519 key. Its *claims* are the 32 raw
+//! public-key bytes; the attestation evidence binds `report_data = SHA-512(claims)`.
+//! Two **critical** extensions carry the attestation, as raw bytes inside the
+//! extnValue OCTET STRING (COCOON's encoding):
+//!
+//! * [`OID_EVIDENCE`] `1.3.6.1.4.1.12345.1`: the evidence envelope (below);
+//! * [`OID_CLAIMS`] `1.3.6.1.4.1.12345.2`: the claims (32-byte Ed25519 public key).
+//!
+//! # Evidence envelope
+//!
+//! COCOON only knows TDX, so a TDX quote is stored raw (wire-compatible with COCOON).
+//! Other evidence kinds start with an 8-byte magic that no TDX quote can start with
+//! (a quote starts with its `u16` version, 4 or 5):
+//!
+//! ```text
+//! TDX:      quote                                           (raw, COCOON-compatible)
+//! SEV-SNP:  "CCN-SEV1" ‖ u32le len ‖ report ‖ u32le len ‖ vcek_der ‖ u32le len ‖ chain_pem
+//! Sim:      "CCN-SIM1" ‖ sim evidence (cocoon_attest::sim format)
+//! ```
+//!
+//! Any other content starting with `"CCN-"` is rejected. Parsing is bounded: the whole
+//! extension is capped at [`MAX_EVIDENCE_LEN`], lengths are checked before slicing, and
+//! trailing bytes are an error.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+use cocoon_attest::tsm::{Tsm, TsmFs, TsmProvider};
+use cocoon_attest::{AttestError, SimKey, report_data_for_public_key};
+use rcgen::{
+    CertificateParams, CustomExtension, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, PKCS_ED25519, SanType, SerialNumber,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::sign::CertifiedKey;
+
+/// OID arcs of the evidence extension (`1.3.6.1.4.1.12345.1`, COCOON's `TDX_QUOTE`).
+pub const OID_EVIDENCE: &[u64] = &[1, 3, 6, 1, 4, 1, 12345, 1];
+/// OID arcs of the claims extension (`1.3.6.1.4.1.12345.2`).
+pub const OID_CLAIMS: &[u64] = &[1, 3, 6, 1, 4, 1, 12345, 2];
+/// Dotted form of [`OID_EVIDENCE`].
+pub const OID_EVIDENCE_STR: &str = "1.3.6.1.4.1.12345.1";
+/// Dotted form of [`OID_CLAIMS`].
+pub const OID_CLAIMS_STR: &str = "1.3.6.1.4.1.12345.2";
+/// Largest evidence extension accepted or produced (rustls caps a handshake message at
+/// 64 KiB, and the certificate must fit with the rest of the flight).
+pub const MAX_EVIDENCE_LEN: usize = 48 * 1024;
+/// Certificate lifetime (COCOON: one day).
+pub const CERT_VALIDITY_SECS: u64 = 86_400;
+/// Magic of the SEV-SNP envelope.
+pub const SEV_MAGIC: &[u8; 8] = b"CCN-SEV1";
+/// Magic of the simulated-evidence envelope.
+pub const SIM_MAGIC: &[u8; 8] = b"CCN-SIM1";
+/// Prefix reserved for non-TDX envelopes.
+const RESERVED_PREFIX: &[u8; 4] = b"CCN-";
+
+/// Why a certificate could not be generated.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CertError {
+    #[error("certificate generation: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("evidence: {0}")]
+    Evidence(#[from] AttestError),
+    #[error("evidence source: {0}")]
+    Source(String),
+    #[error("evidence is {len} bytes, limit is {MAX_EVIDENCE_LEN}")]
+    EvidenceTooLarge { len: usize },
+    #[error("time {0} is out of range")]
+    BadTime(u64),
+    #[error("rustls rejected the key: {0}")]
+    Key(#[from] rustls::Error),
+}
+
+/// Evidence as carried in the certificate, decoded from the envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvidenceEnvelope<'a> {
+    Tdx(&'a [u8]),
+    SevSnp {
+        report: &'a [u8],
+        vcek_der: &'a [u8],
+        chain_pem: &'a [u8],
+    },
+    Sim(&'a [u8]),
+}
+
+impl<'a> EvidenceEnvelope<'a> {
+    /// Encode into the extension bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            EvidenceEnvelope::Tdx(q) => q.to_vec(),
+            EvidenceEnvelope::Sim(s) => [SIM_MAGIC.as_slice(), s].concat(),
+            EvidenceEnvelope::SevSnp {
+                report,
+                vcek_der,
+                chain_pem,
+            } => {
+                let mut out = SEV_MAGIC.to_vec();
+                for part in [report, vcek_der, chain_pem] {
+                    // Parts above u32::MAX cannot occur within MAX_EVIDENCE_LEN; saturate.
+                    let len = u32::try_from(part.len()).unwrap_or(u32::MAX);
+                    out.extend_from_slice(&len.to_le_bytes());
+                    out.extend_from_slice(part);
+                }
+                out
+            }
+        }
+    }
+
+    /// Decode extension bytes. Bounded, never panics.
+    pub fn decode(bytes: &'a [u8]) -> Result<Self, String> {
+        if bytes.len() > MAX_EVIDENCE_LEN {
+            return Err(format!(
+                "evidence is {} bytes, limit is {MAX_EVIDENCE_LEN}",
+                bytes.len()
+            ));
+        }
+        if bytes.is_empty() {
+            return Err("evidence is empty".into());
+        }
+        if let Some(rest) = bytes.strip_prefix(SIM_MAGIC.as_slice()) {
+            return Ok(EvidenceEnvelope::Sim(rest));
+        }
+        if let Some(mut rest) = bytes.strip_prefix(SEV_MAGIC.as_slice()) {
+            let mut take = || -> Result<&'a [u8], String> {
+                let (len, tail) = rest
+                    .split_first_chunk::<4>()
+                    .ok_or("SEV envelope truncated (length)")?;
+                let len = u32::from_le_bytes(*len) as usize;
+                if len > tail.len() {
+                    return Err("SEV envelope truncated (part)".into());
+                }
+                let (part, tail) = tail.split_at(len);
+                rest = tail;
+                Ok(part)
+            };
+            let report = take()?;
+            let vcek_der = take()?;
+            let chain_pem = take()?;
+            if !rest.is_empty() {
+                return Err("SEV envelope has trailing bytes".into());
+            }
+            return Ok(EvidenceEnvelope::SevSnp {
+                report,
+                vcek_der,
+                chain_pem,
+            });
+        }
+        if bytes.starts_with(RESERVED_PREFIX) {
+            return Err("unknown evidence envelope magic".into());
+        }
+        Ok(EvidenceEnvelope::Tdx(bytes))
+    }
+}
+
+/// Produces evidence binding a 64-byte report data, already wrapped in the envelope.
+pub trait EvidenceSource: Send + Sync {
+    fn evidence(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, CertError>;
+}
+
+/// Simulated evidence (test networks only).
+#[derive(Debug)]
+pub struct SimSource(pub SimKey);
+
+impl EvidenceSource for SimSource {
+    fn evidence(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, CertError> {
+        Ok(EvidenceEnvelope::Sim(&self.0.evidence(report_data)).encode())
+    }
+}
+
+/// Raw bytes used as the evidence extension whatever the report data (tests, and
+/// replaying a pre-generated quote).
+#[derive(Debug, Clone)]
+pub struct FixedSource(pub Vec<u8>);
+
+impl EvidenceSource for FixedSource {
+    fn evidence(&self, _report_data: &[u8; 64]) -> Result<Vec<u8>, CertError> {
+        Ok(self.0.clone())
+    }
+}
+
+/// TDX quotes from Linux configfs-tsm (`/sys/kernel/config/tsm/report`). The quote is
+/// stored raw, as COCOON does. (SEV-SNP through configfs-tsm needs the VCEK from the
+/// auxblob certificate table, not implemented yet.)
+pub struct TsmTdxSource<F: TsmFs>(pub Tsm<F>);
+
+impl TsmTdxSource<cocoon_attest::tsm::StdFs> {
+    /// The default configfs-tsm root with the `tdx_guest` provider.
+    pub fn system() -> Self {
+        TsmTdxSource(Tsm::new(TsmProvider::TdxGuest))
+    }
+}
+
+impl<F: TsmFs> EvidenceSource for TsmTdxSource<F> {
+    fn evidence(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, CertError> {
+        let r = self
+            .0
+            .get_report(report_data)
+            .map_err(|e| CertError::Source(e.to_string()))?;
+        Ok(EvidenceEnvelope::Tdx(&r.outblob).encode())
+    }
+}
+
+/// Extra knobs for tests: each one produces a certificate our verifier must reject.
+#[derive(Debug, Clone, Default)]
+pub struct CertOptions {
+    /// Omit the evidence extension.
+    pub omit_evidence: bool,
+    /// Put these bytes as claims instead of the certificate key.
+    pub claims_override: Option<Vec<u8>>,
+    /// Add an extra extension `(oid, critical, content)`.
+    pub extra_extension: Option<(Vec<u64>, bool, Vec<u8>)>,
+    /// Skip the evidence-size check (to test the verifier's and rustls' limits).
+    pub allow_oversized_evidence: bool,
+    /// Validity in seconds (default [`CERT_VALIDITY_SECS`]).
+    pub validity_secs: Option<u64>,
+}
+
+/// A certificate with its private key.
+#[derive(Clone)]
+pub struct Identity {
+    cert_der: CertificateDer<'static>,
+    key_pkcs8: Arc<Vec<u8>>,
+    public_key: [u8; 32],
+    not_before: u64,
+    not_after: u64,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("public_key", &hex::encode(self.public_key))
+            .field("not_before", &self.not_before)
+            .field("not_after", &self.not_after)
+            .field("cert_len", &self.cert_der.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Identity {
+    /// Generate a COCOON certificate valid for `[now, now + 86400]`.
+    pub fn generate(source: &dyn EvidenceSource, now: u64) -> Result<Self, CertError> {
+        Self::generate_with(source, now, &CertOptions::default())
+    }
+
+    /// [`Self::generate`] with test options.
+    pub fn generate_with(
+        source: &dyn EvidenceSource,
+        now: u64,
+        opts: &CertOptions,
+    ) -> Result<Self, CertError> {
+        let key = KeyPair::generate_for(&PKCS_ED25519)?;
+        let mut public_key = [0u8; 32];
+        let raw = key.public_key_raw();
+        if raw.len() != 32 {
+            return Err(CertError::Source("Ed25519 key is not 32 bytes".into()));
+        }
+        public_key.copy_from_slice(raw);
+        let report_data = report_data_for_public_key(&public_key);
+        let evidence = source.evidence(&report_data)?;
+        if evidence.len() > MAX_EVIDENCE_LEN && !opts.allow_oversized_evidence {
+            return Err(CertError::EvidenceTooLarge {
+                len: evidence.len(),
+            });
+        }
+
+        let validity = opts.validity_secs.unwrap_or(CERT_VALIDITY_SECS);
+        let not_after = now.checked_add(validity).ok_or(CertError::BadTime(now))?;
+        let to_time = |t: u64| {
+            i64::try_from(t)
+                .ok()
+                .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
+                .ok_or(CertError::BadTime(t))
+        };
+
+        let mut params = CertificateParams::default();
+        params.not_before = to_time(now)?;
+        params.not_after = to_time(not_after)?;
+        let mut serial: [u8; 16] = rand::random();
+        serial[0] = (serial[0] & 0x7f) | 0x01; // positive, 16 significant bytes
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::CountryName, "AE");
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "Cocoon");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "localhost");
+        params.subject_alt_names = vec![
+            SanType::DnsName("localhost".try_into()?),
+            SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            SanType::IpAddress(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+        ];
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        if !opts.omit_evidence {
+            let mut ext = CustomExtension::from_oid_content(OID_EVIDENCE, evidence);
+            ext.set_criticality(true);
+            params.custom_extensions.push(ext);
+        }
+        let claims = opts
+            .claims_override
+            .clone()
+            .unwrap_or_else(|| public_key.to_vec());
+        let mut ext = CustomExtension::from_oid_content(OID_CLAIMS, claims);
+        ext.set_criticality(true);
+        params.custom_extensions.push(ext);
+        if let Some((oid, critical, content)) = &opts.extra_extension {
+            let mut ext = CustomExtension::from_oid_content(oid, content.clone());
+            ext.set_criticality(*critical);
+            params.custom_extensions.push(ext);
+        }
+
+        let cert = params.self_signed(&key)?;
+        Ok(Identity {
+            cert_der: cert.der().clone(),
+            key_pkcs8: Arc::new(key.serialize_der()),
+            public_key,
+            not_before: now,
+            not_after,
+        })
+    }
+
+    pub fn cert_der(&self) -> &CertificateDer<'static> {
+        &self.cert_der
+    }
+    /// The raw Ed25519 public key (= the claims).
+    pub fn public_key(&self) -> &[u8; 32] {
+        &self.public_key
+    }
+    pub fn not_before(&self) -> u64 {
+        self.not_before
+    }
+    pub fn not_after(&self) -> u64 {
+        self.not_after
+    }
+    /// PKCS#8 private key (sensitive).
+    pub fn key_pkcs8(&self) -> &[u8] {
+        &self.key_pkcs8
+    }
+
+    /// The rustls form, with `chain` (normally empty) appended after our certificate.
+    /// Built with [`CertifiedKey::new`], not `with_single_cert`, which rejects our
+    /// critical extensions (deps-tee.md §5 pitfall 1).
+    pub fn certified_key_with_chain(
+        &self,
+        chain: &[CertificateDer<'static>],
+    ) -> Result<Arc<CertifiedKey>, CertError> {
+        let provider = rustls::crypto::ring::default_provider();
+        let key = provider
+            .key_provider
+            .load_private_key(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+                self.key_pkcs8.to_vec(),
+            )))?;
+        let mut certs = vec![self.cert_der.clone()];
+        certs.extend_from_slice(chain);
+        Ok(Arc::new(CertifiedKey::new(certs, key)))
+    }
+
+    /// The rustls form of this identity.
+    pub fn certified_key(&self) -> Result<Arc<CertifiedKey>, CertError> {
+        self.certified_key_with_chain(&[])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use x509_parser::extensions::{GeneralName, ParsedExtension};
+    use x509_parser::prelude::FromDer;
+
+    use super::*;
+
+    #[test]
+    fn envelope_roundtrip_and_bounds() {
+        let sev = EvidenceEnvelope::SevSnp {
+            report: b"r",
+            vcek_der: b"vv",
+            chain_pem: b"",
+        };
+        let enc = sev.encode();
+        assert_eq!(EvidenceEnvelope::decode(&enc), Ok(sev));
+        for cut in 0..enc.len() {
+            let _ = EvidenceEnvelope::decode(&enc[..cut]);
+        }
+        let mut trailing = enc.clone();
+        trailing.push(0);
+        assert!(EvidenceEnvelope::decode(&trailing).is_err());
+        let mut huge = SEV_MAGIC.to_vec();
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(EvidenceEnvelope::decode(&huge).is_err());
+        assert_eq!(
+            EvidenceEnvelope::decode(b"CCN-SIM1ab"),
+            Ok(EvidenceEnvelope::Sim(b"ab"))
+        );
+        assert!(EvidenceEnvelope::decode(b"CCN-XXXX").is_err());
+        assert!(EvidenceEnvelope::decode(b"").is_err());
+        assert_eq!(
+            EvidenceEnvelope::decode(&[4, 0, 2, 0]),
+            Ok(EvidenceEnvelope::Tdx(&[4, 0, 2, 0]))
+        );
+        assert!(EvidenceEnvelope::decode(&vec![1u8; MAX_EVIDENCE_LEN + 1]).is_err());
+    }
+
+    #[test]
+    fn certificate_has_cocoon_layout() {
+        let sim = SimKey::generate().unwrap();
+        let now = 1_772_707_833;
+        let id = Identity::generate(&SimSource(sim), now).unwrap();
+        let (rest, cert) =
+            x509_parser::certificate::X509Certificate::from_der(id.cert_der()).unwrap();
+        assert!(rest.is_empty());
+        assert_eq!(cert.version(), x509_parser::x509::X509Version::V3);
+        assert_eq!(cert.raw_serial().len(), 16);
+        assert_eq!(cert.validity().not_before.timestamp(), now as i64);
+        assert_eq!(cert.validity().not_after.timestamp(), (now + 86_400) as i64);
+        assert_eq!(cert.subject(), cert.issuer());
+        let mut seen = Vec::new();
+        for ext in cert.extensions() {
+            let oid = ext.oid.to_id_string();
+            match ext.parsed_extension() {
+                ParsedExtension::BasicConstraints(bc) => {
+                    assert!(ext.critical && !bc.ca);
+                    seen.push("bc");
+                }
+                ParsedExtension::KeyUsage(ku) => {
+                    assert!(ext.critical && ku.digital_signature());
+                    seen.push("ku");
+                }
+                ParsedExtension::ExtendedKeyUsage(eku) => {
+                    assert!(eku.server_auth && eku.client_auth);
+                    seen.push("eku");
+                }
+                ParsedExtension::SubjectAlternativeName(san) => {
+                    let names: Vec<String> = san
+                        .general_names
+                        .iter()
+                        .map(|g| match g {
+                            GeneralName::DNSName(d) => d.to_string(),
+                            GeneralName::IPAddress(ip) => format!("{ip:?}"),
+                            other => format!("{other:?}"),
+                        })
+                        .collect();
+                    assert_eq!(names.len(), 3, "{names:?}");
+                    assert_eq!(names[0], "localhost");
+                    seen.push("san");
+                }
+                _ if oid == OID_EVIDENCE_STR => {
+                    assert!(ext.critical);
+                    assert!(ext.value.starts_with(SIM_MAGIC));
+                    seen.push("evidence");
+                }
+                _ if oid == OID_CLAIMS_STR => {
+                    assert!(ext.critical);
+                    assert_eq!(ext.value, id.public_key());
+                    seen.push("claims");
+                }
+                _ => {}
+            }
+        }
+        seen.sort();
+        assert_eq!(seen, ["bc", "claims", "eku", "evidence", "ku", "san"]);
+    }
+
+    /// configfs-tsm stand-in: the "quote" is `4, 0` (a v4 header start) ‖ inblob.
+    #[derive(Default)]
+    struct FakeTsm {
+        inblob: std::sync::Mutex<Vec<u8>>,
+        generation: std::sync::atomic::AtomicU64,
+    }
+
+    impl TsmFs for FakeTsm {
+        fn create_dir(&self, _: &std::path::Path) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn read(&self, path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+            let g = self.generation.load(std::sync::atomic::Ordering::SeqCst);
+            Ok(match path.file_name().and_then(|n| n.to_str()) {
+                Some("provider") => b"tdx_guest\n".to_vec(),
+                Some("generation") => format!("{g}\n").into_bytes(),
+                Some("outblob") => [&[4u8, 0][..], &self.inblob.lock().unwrap()].concat(),
+                _ => return Err(std::io::ErrorKind::NotFound.into()),
+            })
+        }
+        fn write(&self, _: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+            *self.inblob.lock().unwrap() = data.to_vec();
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
+        fn remove_dir(&self, _: &std::path::Path) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn tsm_source_stores_the_raw_quote() {
+        let src = TsmTdxSource(Tsm::with_fs(
+            "/nonexistent",
+            TsmProvider::TdxGuest,
+            FakeTsm::default(),
+        ));
+        let id = Identity::generate(&src, 1_772_707_833).unwrap();
+        let (_, cert) = x509_parser::certificate::X509Certificate::from_der(id.cert_der()).unwrap();
+        let ev = cert
+            .extensions()
+            .iter()
+            .find(|e| e.oid.to_id_string() == OID_EVIDENCE_STR)
+            .unwrap()
+            .value;
+        let rd = report_data_for_public_key(id.public_key());
+        assert_eq!(EvidenceEnvelope::decode(ev), Ok(EvidenceEnvelope::Tdx(ev)));
+        assert_eq!(&ev[2..], &rd[..]);
+    }
+}

@@ -1,0 +1,357 @@
+//! The COCOON connection pipeline: TCP → proof-of-work → RA-TLS → `tcp.*` session
+//! ([`cocoon_net`]). Every phase has its own timeout; the peer's [`VerifiedPeer`] comes
+//! with each session.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cocoon_attest::VerifiedPeer;
+use cocoon_net::{ConnectError, Incoming, SessionHandle};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use crate::config::{CertResolver, client_config, server_config};
+use crate::pow::{self, PowError};
+use crate::verifier::{RatlsVerifier, VerifyError};
+
+/// Name sent as SNI and ignored by the verifier (COCOON certificates all say localhost).
+const SERVER_NAME: &str = "localhost";
+
+/// Which phase of the pipeline failed or timed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    TcpConnect,
+    Pow,
+    Tls,
+    Session,
+}
+
+/// Per-phase time limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub tcp_connect: Duration,
+    /// Covers sending/solving/checking the challenge.
+    pub pow: Duration,
+    pub tls: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            tcp_connect: Duration::from_secs(10),
+            pow: Duration::from_secs(30),
+            tls: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a connection could not be established.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RatlsError {
+    #[error("{0:?} timed out")]
+    Timeout(Phase),
+    #[error("tcp: {0}")]
+    Io(#[from] io::Error),
+    #[error("proof of work: {0}")]
+    Pow(#[from] PowError),
+    /// The TLS handshake failed; [`RatlsError::verify_error`] tells whether our verifier
+    /// rejected the peer's certificate, and why.
+    #[error("tls handshake: {0}")]
+    Tls(#[source] io::Error),
+    #[error("peer presented no certificate")]
+    NoPeerCertificate,
+    #[error("peer certificate: {0}")]
+    Verify(#[from] VerifyError),
+    #[error("session: {0}")]
+    Session(#[from] ConnectError),
+    #[error("configuration: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+impl RatlsError {
+    /// The verifier's reason when the peer's certificate was rejected on this side.
+    pub fn verify_error(&self) -> Option<&VerifyError> {
+        match self {
+            RatlsError::Verify(v) => Some(v),
+            RatlsError::Tls(e) => VerifyError::find(e),
+            _ => None,
+        }
+    }
+}
+
+fn pow_error(e: PowError) -> RatlsError {
+    match e {
+        PowError::Timeout => RatlsError::Timeout(Phase::Pow),
+        e => RatlsError::Pow(e),
+    }
+}
+
+fn peer_of(
+    verifier: &RatlsVerifier,
+    conn: &rustls::CommonState,
+) -> Result<VerifiedPeer, RatlsError> {
+    let certs = conn
+        .peer_certificates()
+        .ok_or(RatlsError::NoPeerCertificate)?;
+    let (ee, rest) = certs.split_first().ok_or(RatlsError::NoPeerCertificate)?;
+    Ok(verifier.verify_cert(ee, rest)?)
+}
+
+async fn timed<T, E>(
+    phase: Phase,
+    limit: Duration,
+    f: impl Future<Output = Result<T, E>>,
+) -> Result<T, RatlsError>
+where
+    RatlsError: From<E>,
+{
+    match tokio::time::timeout(limit, f).await {
+        Ok(r) => r.map_err(RatlsError::from),
+        Err(_) => Err(RatlsError::Timeout(phase)),
+    }
+}
+
+/// The connecting side.
+#[derive(Clone)]
+pub struct RatlsConnector {
+    tls: TlsConnector,
+    verifier: Arc<RatlsVerifier>,
+    /// Highest PoW difficulty we agree to solve (COCOON clients: 28).
+    pub pow_max_difficulty: u32,
+    pub timeouts: Timeouts,
+    pub net: cocoon_net::Config,
+}
+
+impl RatlsConnector {
+    pub fn new(
+        certs: Arc<CertResolver>,
+        verifier: Arc<RatlsVerifier>,
+        pow_max_difficulty: u32,
+        net: cocoon_net::Config,
+    ) -> Result<Self, rustls::Error> {
+        let cfg = client_config(certs, Arc::clone(&verifier))?;
+        Ok(Self::from_client_config(
+            Arc::new(cfg),
+            verifier,
+            pow_max_difficulty,
+            net,
+        ))
+    }
+
+    /// With a caller-built rustls config (its verifier should be `verifier`).
+    pub fn from_client_config(
+        cfg: Arc<rustls::ClientConfig>,
+        verifier: Arc<RatlsVerifier>,
+        pow_max_difficulty: u32,
+        net: cocoon_net::Config,
+    ) -> Self {
+        RatlsConnector {
+            tls: TlsConnector::from(cfg),
+            verifier,
+            pow_max_difficulty,
+            timeouts: Timeouts::default(),
+            net,
+        }
+    }
+
+    pub fn verifier(&self) -> &Arc<RatlsVerifier> {
+        &self.verifier
+    }
+
+    /// TCP → PoW → TLS; returns the TLS stream and the server's verified facts.
+    pub async fn connect_tls(
+        &self,
+        addr: impl ToSocketAddrs,
+    ) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, VerifiedPeer), RatlsError> {
+        let mut tcp = timed(
+            Phase::TcpConnect,
+            self.timeouts.tcp_connect,
+            TcpStream::connect(addr),
+        )
+        .await?;
+        if self.net.tcp_nodelay {
+            tcp.set_nodelay(true)?;
+        }
+        // client_handshake applies its own timeout (reported as PowError::Timeout).
+        pow::client_handshake(&mut tcp, self.pow_max_difficulty, self.timeouts.pow)
+            .await
+            .map_err(pow_error)?;
+        self.tls_over(tcp).await
+    }
+
+    async fn tls_over<S>(
+        &self,
+        stream: S,
+    ) -> Result<(tokio_rustls::client::TlsStream<S>, VerifiedPeer), RatlsError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let name = ServerName::try_from(SERVER_NAME)
+            .map_err(|e| RatlsError::Config(rustls::Error::General(format!("server name: {e}"))))?;
+        let tls =
+            match tokio::time::timeout(self.timeouts.tls, self.tls.connect(name, stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Err(RatlsError::Tls(e)),
+                Err(_) => return Err(RatlsError::Timeout(Phase::Tls)),
+            };
+        let peer = peer_of(&self.verifier, tls.get_ref().1)?;
+        Ok((tls, peer))
+    }
+
+    /// TCP → PoW → TLS → `tcp.connect` session.
+    pub async fn connect(
+        &self,
+        addr: impl ToSocketAddrs,
+    ) -> Result<(SessionHandle, mpsc::Receiver<Incoming>, VerifiedPeer), RatlsError> {
+        let (tls, peer) = self.connect_tls(addr).await?;
+        let (handle, incoming) = cocoon_net::connect_stream(tls, &self.net)
+            .await
+            .map_err(|e| match e {
+                ConnectError::Timeout => RatlsError::Timeout(Phase::Session),
+                e => RatlsError::Session(e),
+            })?;
+        Ok((handle, incoming, peer))
+    }
+}
+
+/// One-shot convenience: [`RatlsConnector::new`] + [`RatlsConnector::connect`].
+pub async fn connect(
+    addr: impl ToSocketAddrs,
+    certs: Arc<CertResolver>,
+    verifier: Arc<RatlsVerifier>,
+    pow_max_difficulty: u32,
+    net: cocoon_net::Config,
+) -> Result<(SessionHandle, mpsc::Receiver<Incoming>, VerifiedPeer), RatlsError> {
+    RatlsConnector::new(certs, verifier, pow_max_difficulty, net)?
+        .connect(addr)
+        .await
+}
+
+/// A session accepted by [`RatlsAcceptor::spawn_listener`].
+pub struct Accepted {
+    pub handle: SessionHandle,
+    pub incoming: mpsc::Receiver<Incoming>,
+    pub peer: VerifiedPeer,
+    pub addr: SocketAddr,
+}
+
+/// The accepting side.
+#[derive(Clone)]
+pub struct RatlsAcceptor {
+    tls: TlsAcceptor,
+    verifier: Arc<RatlsVerifier>,
+    /// PoW difficulty demanded from clients (COCOON default 20).
+    pub pow_difficulty: u32,
+    pub timeouts: Timeouts,
+    pub net: cocoon_net::Config,
+}
+
+impl RatlsAcceptor {
+    pub fn new(
+        certs: Arc<CertResolver>,
+        verifier: Arc<RatlsVerifier>,
+        pow_difficulty: u32,
+        net: cocoon_net::Config,
+    ) -> Result<Self, rustls::Error> {
+        let cfg = server_config(certs, Arc::clone(&verifier))?;
+        Ok(RatlsAcceptor {
+            tls: TlsAcceptor::from(Arc::new(cfg)),
+            verifier,
+            pow_difficulty,
+            timeouts: Timeouts::default(),
+            net,
+        })
+    }
+
+    pub fn verifier(&self) -> &Arc<RatlsVerifier> {
+        &self.verifier
+    }
+
+    /// PoW → TLS on an accepted TCP stream.
+    pub async fn accept_tls(
+        &self,
+        mut tcp: TcpStream,
+    ) -> Result<(tokio_rustls::server::TlsStream<TcpStream>, VerifiedPeer), RatlsError> {
+        if self.net.tcp_nodelay {
+            let _ = tcp.set_nodelay(true);
+        }
+        pow::server_handshake(&mut tcp, self.pow_difficulty, self.timeouts.pow)
+            .await
+            .map_err(pow_error)?;
+        let tls = match tokio::time::timeout(self.timeouts.tls, self.tls.accept(tcp)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(RatlsError::Tls(e)),
+            Err(_) => return Err(RatlsError::Timeout(Phase::Tls)),
+        };
+        let peer = peer_of(&self.verifier, tls.get_ref().1)?;
+        Ok((tls, peer))
+    }
+
+    /// PoW → TLS → acceptor session (ready once the peer's `tcp.connect` arrives).
+    pub async fn accept(
+        &self,
+        tcp: TcpStream,
+    ) -> Result<(SessionHandle, mpsc::Receiver<Incoming>, VerifiedPeer), RatlsError> {
+        let (tls, peer) = self.accept_tls(tcp).await?;
+        let (handle, incoming) = cocoon_net::accept_stream(tls, &self.net);
+        Ok((handle, incoming, peer))
+    }
+
+    /// Accept forever on `listener`, running at most `max_handshakes` handshakes at once;
+    /// established sessions are sent on the returned channel (failures are logged).
+    /// Abort the handle to stop.
+    pub fn spawn_listener(
+        self,
+        listener: TcpListener,
+        max_handshakes: usize,
+    ) -> (JoinHandle<()>, mpsc::Receiver<Accepted>) {
+        let (tx, rx) = mpsc::channel(max_handshakes.max(1));
+        let this = Arc::new(self);
+        let permits = Arc::new(Semaphore::new(max_handshakes.max(1)));
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                    return;
+                };
+                let (tcp, addr) = match listener.accept().await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let this = Arc::clone(&this);
+                let sink = tx.clone();
+                tokio::spawn(async move {
+                    let res = this.accept(tcp).await;
+                    drop(permit);
+                    match res {
+                        Ok((handle, incoming, peer)) => {
+                            let _ = sink
+                                .send(Accepted {
+                                    handle,
+                                    incoming,
+                                    peer,
+                                    addr,
+                                })
+                                .await;
+                        }
+                        Err(e) => tracing::debug!(%addr, error = %e, "ra-tls accept failed"),
+                    }
+                });
+                if tx.is_closed() {
+                    return;
+                }
+            }
+        });
+        (task, rx)
+    }
+}

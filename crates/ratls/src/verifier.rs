@@ -1,0 +1,629 @@
+//! The RA-TLS certificate verifier: one type implementing both rustls'
+//! [`ServerCertVerifier`] and [`ClientCertVerifier`].
+//!
+//! Checks, in order: no intermediates; size limits; X.509 parse with no trailing bytes;
+//! validity at the injected clock's `now`; Ed25519 key and signature algorithm; valid
+//! self-signature; not a CA; every critical extension known, the two COCOON extensions
+//! present exactly once; claims == certificate key; then
+//! [`Policy::evaluate_bound`] on the evidence. Successful verdicts are cached by
+//! SHA-256(public key ‖ evidence) until `min(now + cache TTL, VerifiedPeer::valid_until)`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use cocoon_attest::{AttestError, CollateralStore, Evidence, Policy, TdxCollateral, VerifiedPeer};
+use ring::signature::{ED25519, UnparsedPublicKey};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls13_signature_with_raw_key};
+use rustls::pki_types::{CertificateDer, ServerName, SubjectPublicKeyInfoDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme,
+};
+use sha2::{Digest, Sha256};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::prelude::FromDer;
+
+use crate::cert::{EvidenceEnvelope, MAX_EVIDENCE_LEN, OID_CLAIMS_STR, OID_EVIDENCE_STR};
+
+/// Largest certificate accepted (rustls' handshake message cap).
+pub const MAX_CERT_LEN: usize = 64 * 1024;
+/// Ed25519 (RFC 8410).
+const OID_ED25519: &str = "1.3.101.112";
+/// Standard extensions we understand and accept as critical.
+const KNOWN_CRITICAL: &[&str] = &[
+    "2.5.29.15", // keyUsage
+    "2.5.29.17", // subjectAltName
+    "2.5.29.19", // basicConstraints
+    "2.5.29.37", // extKeyUsage
+    OID_EVIDENCE_STR,
+    OID_CLAIMS_STR,
+];
+
+/// Seconds since the Unix epoch; injectable for tests.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    })
+}
+
+/// A clock stuck at `t`.
+pub fn fixed_clock(t: u64) -> Clock {
+    Arc::new(move || t)
+}
+
+/// Why a peer certificate was rejected. Reaches rustls as
+/// `Error::InvalidCertificate(CertificateError::Other(..))`; see [`VerifyError::find`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    #[error("certificate chains are not accepted ({intermediates} intermediates)")]
+    ChainNotAllowed { intermediates: usize },
+    #[error("certificate is {len} bytes, limit {MAX_CERT_LEN}")]
+    CertTooLarge { len: usize },
+    #[error("certificate does not parse: {0}")]
+    Parse(String),
+    #[error("certificate expired: not after {not_after}, now {now}")]
+    Expired { not_after: i64, now: u64 },
+    #[error("certificate not yet valid: not before {not_before}, now {now}")]
+    NotYetValid { not_before: i64, now: u64 },
+    #[error("certificate key or signature is not Ed25519")]
+    NotEd25519,
+    #[error("certificate self-signature is invalid")]
+    BadSelfSignature,
+    #[error("CA certificates are not accepted")]
+    IsCa,
+    #[error("unknown critical extension {0}")]
+    UnknownCriticalExtension(String),
+    #[error("extension {0} appears more than once")]
+    DuplicateExtension(String),
+    #[error("missing evidence extension {OID_EVIDENCE_STR}")]
+    MissingEvidence,
+    #[error("missing claims extension {OID_CLAIMS_STR}")]
+    MissingClaims,
+    #[error("evidence is {len} bytes, limit {MAX_EVIDENCE_LEN}")]
+    EvidenceTooLarge { len: usize },
+    #[error("malformed evidence envelope: {0}")]
+    Envelope(String),
+    #[error("claims are not the certificate's public key")]
+    ClaimsKeyMismatch,
+    #[error("attestation rejected: {0}")]
+    Attest(#[from] AttestError),
+}
+
+impl VerifyError {
+    /// Find a `VerifyError` inside a rustls error (or an I/O error wrapping one).
+    pub fn find<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a VerifyError> {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+        while let Some(e) = cur {
+            if let Some(v) = e.downcast_ref::<VerifyError>() {
+                return Some(v);
+            }
+            if let Some(rustls::Error::InvalidCertificate(CertificateError::Other(o))) =
+                e.downcast_ref::<rustls::Error>()
+            {
+                return o.0.downcast_ref::<VerifyError>();
+            }
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                if let Some(inner) = io.get_ref() {
+                    cur = Some(inner);
+                    continue;
+                }
+                return None;
+            }
+            cur = e.source();
+        }
+        None
+    }
+}
+
+fn to_rustls(e: VerifyError) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
+}
+
+/// Supplies DCAP collateral for a TDX quote.
+pub trait CollateralSource: Send + Sync {
+    fn collateral_for(&self, quote: &[u8], now: u64) -> Result<TdxCollateral, AttestError>;
+}
+
+impl CollateralSource for CollateralStore {
+    fn collateral_for(&self, quote: &[u8], now: u64) -> Result<TdxCollateral, AttestError> {
+        self.load_for_quote(quote, now)
+    }
+}
+
+/// One fixed collateral for every quote (tests, single-platform deployments).
+impl CollateralSource for TdxCollateral {
+    fn collateral_for(&self, _quote: &[u8], _now: u64) -> Result<TdxCollateral, AttestError> {
+        Ok(self.clone())
+    }
+}
+
+/// No collateral: every TDX quote is rejected with `MissingCollateral`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoCollateral;
+
+impl CollateralSource for NoCollateral {
+    fn collateral_for(&self, _quote: &[u8], _now: u64) -> Result<TdxCollateral, AttestError> {
+        Err(AttestError::MissingCollateral {
+            what: "no TDX collateral source configured".into(),
+        })
+    }
+}
+
+/// Verifier settings.
+#[derive(Clone)]
+pub struct VerifierConfig {
+    pub policy: Policy,
+    pub collateral: Arc<dyn CollateralSource>,
+    pub clock: Clock,
+    /// Verdict cache TTL in seconds (0 disables the cache).
+    pub cache_ttl_secs: u64,
+    /// Most cached verdicts.
+    pub cache_capacity: usize,
+}
+
+impl VerifierConfig {
+    /// System clock, no TDX collateral, 1 h cache of at most 10 000 verdicts.
+    pub fn new(policy: Policy) -> Self {
+        VerifierConfig {
+            policy,
+            collateral: Arc::new(NoCollateral),
+            clock: system_clock(),
+            cache_ttl_secs: 3600,
+            cache_capacity: 10_000,
+        }
+    }
+}
+
+struct CacheEntry {
+    peer: VerifiedPeer,
+    expires: u64,
+}
+
+/// The RA-TLS verifier (see the module docs).
+pub struct RatlsVerifier {
+    cfg: VerifierConfig,
+    algs: WebPkiSupportedAlgorithms,
+    cache: Mutex<HashMap<[u8; 32], CacheEntry>>,
+    invocations: AtomicU64,
+    attest_runs: AtomicU64,
+}
+
+impl std::fmt::Debug for RatlsVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RatlsVerifier")
+            .field("policy", &self.cfg.policy)
+            .field("invocations", &self.invocations())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RatlsVerifier {
+    pub fn new(cfg: VerifierConfig) -> Arc<Self> {
+        Arc::new(RatlsVerifier {
+            cfg,
+            algs: rustls::crypto::ring::default_provider().signature_verification_algorithms,
+            cache: Mutex::new(HashMap::new()),
+            invocations: AtomicU64::new(0),
+            attest_runs: AtomicU64::new(0),
+        })
+    }
+
+    /// Times rustls asked this verifier to check a certificate.
+    pub fn invocations(&self) -> u64 {
+        self.invocations.load(Ordering::Relaxed)
+    }
+
+    /// Times the attestation policy actually ran (cache misses).
+    pub fn attestation_runs(&self) -> u64 {
+        self.attest_runs.load(Ordering::Relaxed)
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.cfg.policy
+    }
+
+    /// Full verification of an end-entity certificate at the clock's `now`.
+    ///
+    /// After a handshake, call this on the peer's certificate to obtain its
+    /// [`VerifiedPeer`]: the verdict cache makes it cheap, and no state is shared between
+    /// connections.
+    pub fn verify_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+    ) -> Result<VerifiedPeer, VerifyError> {
+        if !intermediates.is_empty() {
+            return Err(VerifyError::ChainNotAllowed {
+                intermediates: intermediates.len(),
+            });
+        }
+        let now = (self.cfg.clock)();
+        let checked = check_certificate(end_entity, now)?;
+        self.evaluate(&checked.evidence, &checked.public_key, now)
+    }
+
+    fn evaluate(
+        &self,
+        evidence: &[u8],
+        public_key: &[u8; 32],
+        now: u64,
+    ) -> Result<VerifiedPeer, VerifyError> {
+        let key: [u8; 32] = {
+            let mut h = Sha256::new();
+            h.update(public_key);
+            h.update(evidence);
+            h.finalize().into()
+        };
+        if self.cfg.cache_ttl_secs > 0 {
+            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(e) = cache.get(&key)
+                && now < e.expires
+            {
+                return Ok(e.peer.clone());
+            }
+        }
+        self.attest_runs.fetch_add(1, Ordering::Relaxed);
+        let env = EvidenceEnvelope::decode(evidence).map_err(VerifyError::Envelope)?;
+        let policy = &self.cfg.policy;
+        let peer = match env {
+            EvidenceEnvelope::Tdx(quote) => {
+                // Check the backend before loading collateral, so that a TDX quote under
+                // a policy without TDX fails with the right error.
+                let collateral = if policy
+                    .allowed_backends
+                    .contains(&cocoon_attest::Backend::Tdx)
+                {
+                    self.cfg.collateral.collateral_for(quote, now)?
+                } else {
+                    return Err(AttestError::BackendNotAllowed {
+                        backend: cocoon_attest::Backend::Tdx,
+                    }
+                    .into());
+                };
+                policy.evaluate_bound(
+                    &Evidence::Tdx {
+                        quote,
+                        collateral: &collateral,
+                    },
+                    public_key,
+                    now,
+                )?
+            }
+            EvidenceEnvelope::SevSnp {
+                report,
+                vcek_der,
+                chain_pem,
+            } => policy.evaluate_bound(
+                &Evidence::SevSnp {
+                    report,
+                    vcek_der,
+                    chain_pem,
+                },
+                public_key,
+                now,
+            )?,
+            EvidenceEnvelope::Sim(s) => {
+                policy.evaluate_bound(&Evidence::Sim(s), public_key, now)?
+            }
+        };
+        if self.cfg.cache_ttl_secs > 0 && self.cfg.cache_capacity > 0 {
+            let expires = now
+                .saturating_add(self.cfg.cache_ttl_secs)
+                .min(peer.valid_until());
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            if cache.len() >= self.cfg.cache_capacity {
+                cache.retain(|_, e| now < e.expires);
+            }
+            if cache.len() >= self.cfg.cache_capacity {
+                // Still full of live entries: drop the one expiring first.
+                if let Some(k) = cache.iter().min_by_key(|(_, e)| e.expires).map(|(k, _)| *k) {
+                    cache.remove(&k);
+                }
+            }
+            cache.insert(
+                key,
+                CacheEntry {
+                    peer: peer.clone(),
+                    expires,
+                },
+            );
+        }
+        Ok(peer)
+    }
+
+    fn verify_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        if dss.scheme != SignatureScheme::ED25519 {
+            return Err(rustls::Error::PeerMisbehaved(
+                rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme,
+            ));
+        }
+        let (_, x509) = X509Certificate::from_der(cert.as_ref())
+            .map_err(|e| to_rustls(VerifyError::Parse(e.to_string())))?;
+        let spki = SubjectPublicKeyInfoDer::from(x509.public_key().raw);
+        verify_tls13_signature_with_raw_key(message, &spki, dss, &self.algs)
+    }
+}
+
+/// What [`check_certificate`] extracts.
+struct Checked {
+    public_key: [u8; 32],
+    evidence: Vec<u8>,
+}
+
+/// Structural checks of a COCOON certificate (everything but the attestation).
+fn check_certificate(der: &CertificateDer<'_>, now: u64) -> Result<Checked, VerifyError> {
+    if der.len() > MAX_CERT_LEN {
+        return Err(VerifyError::CertTooLarge { len: der.len() });
+    }
+    let (rest, cert) =
+        X509Certificate::from_der(der.as_ref()).map_err(|e| VerifyError::Parse(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(VerifyError::Parse(
+            "trailing bytes after certificate".into(),
+        ));
+    }
+    let validity = cert.validity();
+    let nb = validity.not_before.timestamp();
+    let na = validity.not_after.timestamp();
+    let now_i = i64::try_from(now).unwrap_or(i64::MAX);
+    if now_i < nb {
+        return Err(VerifyError::NotYetValid {
+            not_before: nb,
+            now,
+        });
+    }
+    if now_i > na {
+        return Err(VerifyError::Expired { not_after: na, now });
+    }
+    let spki = cert.public_key();
+    if spki.algorithm.algorithm.to_id_string() != OID_ED25519
+        || cert.signature_algorithm.algorithm.to_id_string() != OID_ED25519
+    {
+        return Err(VerifyError::NotEd25519);
+    }
+    let key_bytes: &[u8] = &spki.subject_public_key.data;
+    let public_key: [u8; 32] = key_bytes.try_into().map_err(|_| VerifyError::NotEd25519)?;
+    UnparsedPublicKey::new(&ED25519, &public_key)
+        .verify(cert.tbs_certificate.as_ref(), &cert.signature_value.data)
+        .map_err(|_| VerifyError::BadSelfSignature)?;
+    if cert.is_ca() {
+        return Err(VerifyError::IsCa);
+    }
+
+    let mut evidence = None;
+    let mut claims = None;
+    for ext in cert.extensions() {
+        let oid = ext.oid.to_id_string();
+        if ext.critical && !KNOWN_CRITICAL.contains(&oid.as_str()) {
+            return Err(VerifyError::UnknownCriticalExtension(oid));
+        }
+        let slot = if oid == OID_EVIDENCE_STR {
+            &mut evidence
+        } else if oid == OID_CLAIMS_STR {
+            &mut claims
+        } else {
+            continue;
+        };
+        if slot.replace(ext.value).is_some() {
+            return Err(VerifyError::DuplicateExtension(oid));
+        }
+    }
+    let evidence = evidence.ok_or(VerifyError::MissingEvidence)?;
+    let claims = claims.ok_or(VerifyError::MissingClaims)?;
+    if evidence.len() > MAX_EVIDENCE_LEN {
+        return Err(VerifyError::EvidenceTooLarge {
+            len: evidence.len(),
+        });
+    }
+    if claims != public_key {
+        return Err(VerifyError::ClaimsKeyMismatch);
+    }
+    Ok(Checked {
+        public_key,
+        evidence: evidence.to_vec(),
+    })
+}
+
+impl ServerCertVerifier for RatlsVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.invocations.fetch_add(1, Ordering::Relaxed);
+        self.verify_cert(end_entity, intermediates)
+            .map(|_| ServerCertVerified::assertion())
+            .map_err(to_rustls)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("RA-TLS requires TLS 1.3".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verify_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
+}
+
+impl ClientCertVerifier for RatlsVerifier {
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.invocations.fetch_add(1, Ordering::Relaxed);
+        self.verify_cert(end_entity, intermediates)
+            .map(|_| ClientCertVerified::assertion())
+            .map_err(to_rustls)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("RA-TLS requires TLS 1.3".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verify_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+
+    use cocoon_attest::SimKey;
+    use rcgen::{CertificateParams, CustomExtension, IsCa, KeyPair, PKCS_ECDSA_P256_SHA256};
+
+    use super::*;
+    use crate::cert::{Identity, OID_CLAIMS, OID_EVIDENCE, SimSource};
+
+    const NOW: u64 = 1_772_707_833;
+
+    fn sim_identity() -> Identity {
+        Identity::generate(&SimSource(SimKey::generate().unwrap()), NOW - 10).unwrap()
+    }
+
+    fn verifier(clock: Clock) -> Arc<RatlsVerifier> {
+        let mut cfg = VerifierConfig::new(Policy::sim_test());
+        cfg.clock = clock;
+        RatlsVerifier::new(cfg)
+    }
+
+    fn check(der: &[u8]) -> Result<VerifiedPeer, VerifyError> {
+        verifier(fixed_clock(NOW)).verify_cert(&CertificateDer::from(der), &[])
+    }
+
+    /// A certificate with both COCOON extensions built by hand (to vary key type / CA).
+    fn custom(key: &KeyPair, is_ca: IsCa) -> Vec<u8> {
+        let mut p = CertificateParams::default();
+        p.is_ca = is_ca;
+        for (oid, content) in [
+            (OID_EVIDENCE, b"CCN-SIM1".to_vec()),
+            (OID_CLAIMS, vec![0; 32]),
+        ] {
+            let mut e = CustomExtension::from_oid_content(oid, content);
+            e.set_criticality(true);
+            p.custom_extensions.push(e);
+        }
+        p.self_signed(key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn good_certificate_verifies() {
+        let id = sim_identity();
+        let peer = check(id.cert_der()).unwrap();
+        assert_eq!(peer.public_key(), Some(id.public_key()));
+    }
+
+    #[test]
+    fn non_ed25519_is_rejected() {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        assert!(matches!(
+            check(&custom(&key, IsCa::ExplicitNoCa)),
+            Err(VerifyError::NotEd25519)
+        ));
+    }
+
+    #[test]
+    fn ca_certificate_is_rejected() {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let der = custom(&key, IsCa::Ca(rcgen::BasicConstraints::Unconstrained));
+        assert!(matches!(check(&der), Err(VerifyError::IsCa)));
+    }
+
+    #[test]
+    fn tampered_or_garbage_certificates_are_rejected() {
+        let id = sim_identity();
+        let mut der = id.cert_der().to_vec();
+        let last = der.len() - 1;
+        der[last] ^= 1; // inside the signature
+        assert!(matches!(check(&der), Err(VerifyError::BadSelfSignature)));
+        let mut trailing = id.cert_der().to_vec();
+        trailing.push(0);
+        assert!(matches!(check(&trailing), Err(VerifyError::Parse(_))));
+        for len in [0, 1, 10, 100, 400] {
+            let cut = &id.cert_der()[..len.min(id.cert_der().len() - 1)];
+            assert!(check(cut).is_err());
+        }
+        assert!(matches!(
+            check(&vec![0x30; MAX_CERT_LEN + 1]),
+            Err(VerifyError::CertTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn verdict_cache_hits_and_expires() {
+        let t = Arc::new(AtomicU64::new(NOW));
+        let t2 = Arc::clone(&t);
+        let mut cfg = VerifierConfig::new(Policy::sim_test());
+        cfg.clock = Arc::new(move || t2.load(Ordering::Relaxed));
+        cfg.cache_ttl_secs = 100;
+        cfg.cache_capacity = 2;
+        let v = RatlsVerifier::new(cfg);
+        let id = sim_identity();
+        v.verify_cert(id.cert_der(), &[]).unwrap();
+        v.verify_cert(id.cert_der(), &[]).unwrap();
+        assert_eq!(v.attestation_runs(), 1);
+        t.store(NOW + 101, Ordering::Relaxed);
+        v.verify_cert(id.cert_der(), &[]).unwrap();
+        assert_eq!(v.attestation_runs(), 2);
+        // Bounded: more certificates than capacity.
+        for _ in 0..5 {
+            v.verify_cert(sim_identity().cert_der(), &[]).unwrap();
+        }
+        assert!(v.cache.lock().unwrap().len() <= 2);
+    }
+}

@@ -5,6 +5,7 @@
 //! other crates.
 #![forbid(unsafe_code)]
 
+pub mod cache;
 mod error;
 mod model;
 mod policy;

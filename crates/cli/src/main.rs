@@ -2,6 +2,7 @@
 //! `devnet`, ...) arrive with their crates; today it carries the protocol tools.
 #![forbid(unsafe_code)]
 
+mod attest_cmd;
 mod tl_cmd;
 
 use clap::{Parser, Subcommand};
@@ -21,12 +22,18 @@ enum Command {
         #[command(subcommand)]
         command: tl_cmd::TlCommand,
     },
+    /// Verify TDX quotes and SEV-SNP reports; show this machine's TEE.
+    Attest {
+        #[command(subcommand)]
+        command: attest_cmd::AttestCommand,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Tl { command } => tl_cmd::run(command),
+        Command::Attest { command } => attest_cmd::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,504 @@
+//! `cocoon attest verify|show`: check TDX quotes and SEV-SNP reports offline against the
+//! default policies of `cocoon-attest`, and report which TEE this machine offers.
+//!
+//! The evidence's own `report_data` is taken as the expected value (the CLI has no key to
+//! bind it to), so "valid" means: signatures, certificate chains, collateral, TCB status,
+//! debug and root-key checks all pass under the policy.
+
+use clap::{ArgGroup, Args, Subcommand};
+use cocoon_attest::sev::{self, SevReportInfo};
+use cocoon_attest::tdx::{self, ParsedTdQuote};
+use cocoon_attest::{Evidence, Measurements, Policy, TcbStatus, TdxCollateral, VerifiedPeer};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+
+#[derive(Subcommand)]
+pub enum AttestCommand {
+    /// Verify a TDX quote (`--quote`) or an SEV-SNP report (`--sev-report`, `--vcek`, `--chain`).
+    Verify(VerifyArgs),
+    /// Show which TEE interfaces this machine offers.
+    Show {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+#[command(group(ArgGroup::new("evidence").required(true).args(["quote", "sev_report"])))]
+pub struct VerifyArgs {
+    /// TDX quote, raw binary or hex text.
+    #[arg(long, value_name = "FILE")]
+    quote: Option<PathBuf>,
+    /// DCAP collateral for the quote (`QuoteCollateralV3` JSON).
+    #[arg(long, value_name = "FILE", requires = "quote")]
+    collateral: Option<PathBuf>,
+    /// Extra TCB statuses to accept besides `UpToDate` (e.g. `SWHardeningNeeded`); the
+    /// policy then accepts every status at least as good as the worst one named.
+    #[arg(long = "allow-status", value_name = "S", num_args = 1.., requires = "quote")]
+    allow_status: Vec<String>,
+    /// SEV-SNP attestation report, raw binary or hex text.
+    #[arg(long, value_name = "FILE", requires_all = ["vcek", "chain"])]
+    sev_report: Option<PathBuf>,
+    /// VCEK certificate (DER) for the SEV-SNP report.
+    #[arg(long, value_name = "FILE", requires = "sev_report")]
+    vcek: Option<PathBuf>,
+    /// ASK and ARK certificates (PEM) for the SEV-SNP report.
+    #[arg(long, value_name = "FILE", requires = "sev_report")]
+    chain: Option<PathBuf>,
+    /// Verification time (Unix seconds); defaults to now.
+    #[arg(long, value_name = "UNIX")]
+    now: Option<u64>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(command: AttestCommand) -> Result<(), String> {
+    match command {
+        AttestCommand::Verify(args) => verify(args),
+        AttestCommand::Show { json } => show(json),
+    }
+}
+
+fn verify(args: VerifyArgs) -> Result<(), String> {
+    let now = match args.now {
+        Some(n) => n,
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|e| format!("system clock before 1970: {e}"))?
+            .as_secs(),
+    };
+    if let Some(quote) = &args.quote {
+        let statuses = args
+            .allow_status
+            .iter()
+            .map(|s| parse_status(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        verify_tdx(quote, args.collateral.as_deref(), &statuses, now, args.json)
+    } else if let (Some(report), Some(vcek), Some(chain)) =
+        (&args.sev_report, &args.vcek, &args.chain)
+    {
+        verify_sev(report, vcek, chain, now, args.json)
+    } else {
+        Err("give --quote FILE, or --sev-report FILE --vcek FILE --chain FILE".into())
+    }
+}
+
+const STATUSES: [(&str, TcbStatus); 7] = [
+    ("Revoked", TcbStatus::Revoked),
+    (
+        "OutOfDateConfigurationNeeded",
+        TcbStatus::OutOfDateConfigurationNeeded,
+    ),
+    ("OutOfDate", TcbStatus::OutOfDate),
+    (
+        "ConfigurationAndSWHardeningNeeded",
+        TcbStatus::ConfigurationAndSWHardeningNeeded,
+    ),
+    ("ConfigurationNeeded", TcbStatus::ConfigurationNeeded),
+    ("SWHardeningNeeded", TcbStatus::SWHardeningNeeded),
+    ("UpToDate", TcbStatus::UpToDate),
+];
+
+fn parse_status(s: &str) -> Result<TcbStatus, String> {
+    STATUSES
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(s))
+        .map(|(_, st)| *st)
+        .ok_or_else(|| {
+            let names: Vec<&str> = STATUSES.iter().map(|(n, _)| *n).collect();
+            format!("unknown TCB status {s:?} (one of: {})", names.join(", "))
+        })
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+/// Raw bytes, or hex text (ASCII hex digits, whitespace, optional `0x`) decoded.
+fn binary_or_hex(bytes: Vec<u8>) -> Vec<u8> {
+    let text = bytes.trim_ascii();
+    let text = text.strip_prefix(b"0x").unwrap_or(text);
+    let digits: Vec<u8> = text
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    let is_hex = !digits.is_empty()
+        && digits.len().is_multiple_of(2)
+        && text
+            .iter()
+            .all(|b| b.is_ascii_hexdigit() || b.is_ascii_whitespace());
+    match is_hex.then(|| hex::decode(&digits)) {
+        Some(Ok(decoded)) => decoded,
+        _ => bytes,
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` for Unix seconds.
+fn utc(t: u64) -> String {
+    let days = t / 86_400;
+    let secs = t % 86_400;
+    // Civil-from-days (Howard Hinnant), for days since 1970-01-01.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+fn print_json(value: &Value) -> Result<(), String> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}
+
+fn verdict(result: &Result<VerifiedPeer, String>) -> Value {
+    match result {
+        Ok(peer) => json!({
+            "valid": true,
+            "error": null,
+            "tcb_status": format!("{:?}", peer.tcb_status()),
+            "advisory_ids": peer.advisory_ids(),
+            "image_hash": hex::encode(peer.image_hash()),
+            "valid_until": peer.valid_until(),
+        }),
+        Err(e) => json!({ "valid": false, "error": e }),
+    }
+}
+
+fn verify_tdx(
+    quote_path: &Path,
+    collateral_path: Option<&Path>,
+    allow: &[TcbStatus],
+    now: u64,
+    as_json: bool,
+) -> Result<(), String> {
+    let quote = binary_or_hex(read_file(quote_path)?);
+    let collateral = match collateral_path {
+        Some(p) => Some(
+            TdxCollateral::from_json(&read_file(p)?)
+                .map_err(|e| format!("{}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
+    let mut policy = Policy::tdx_default();
+    policy.min_tcb_status = allow
+        .iter()
+        .copied()
+        .fold(policy.min_tcb_status, TcbStatus::min);
+
+    let parsed = tdx::parse_quote(&quote);
+    let result: Result<VerifiedPeer, String> = match (&parsed, &collateral) {
+        (Err(e), _) => Err(e.to_string()),
+        (Ok(_), None) => Err("no collateral given (--collateral FILE)".into()),
+        (Ok(p), Some(c)) => policy
+            .evaluate(
+                &Evidence::Tdx {
+                    quote: &quote,
+                    collateral: c,
+                },
+                &p.report_data,
+                now,
+            )
+            .map_err(|e| e.to_string()),
+    };
+
+    if as_json {
+        let mut out = verdict(&result);
+        out["backend"] = json!("tdx");
+        out["now"] = json!(now);
+        out["min_tcb_status"] = json!(format!("{:?}", policy.min_tcb_status));
+        if let Ok(p) = &parsed {
+            out["quote"] = tdx_quote_json(p);
+            if result.is_err() {
+                out["image_hash_unverified"] = json!(hex::encode(tdx::image_hash(&p.measurements)));
+            }
+        }
+        if let Some(c) = &collateral {
+            out["collateral"] = collateral_json(c);
+        }
+        print_json(&out)?;
+    } else {
+        match &result {
+            Ok(peer) => {
+                println!("status:         valid");
+                println!("tcb status:     {:?}", peer.tcb_status());
+                println!("advisories:     {}", advisories(peer.advisory_ids()));
+                println!("image hash:     {}", hex::encode(peer.image_hash()));
+                println!(
+                    "valid until:    {} ({})",
+                    peer.valid_until(),
+                    utc(peer.valid_until())
+                );
+                if let Measurements::Tdx(m) = peer.measurements() {
+                    print_tdx_measurements(&m.mrtd, &m.rtmr, &m.td_attributes);
+                }
+                println!("report data:    {}", hex::encode(peer.report_data()));
+            }
+            Err(e) => {
+                println!("status:         invalid: {e}");
+                if let Ok(p) = &parsed {
+                    println!("(the values below are parsed from the quote, NOT verified)");
+                    println!(
+                        "image hash:     {}",
+                        hex::encode(tdx::image_hash(&p.measurements))
+                    );
+                    let m = &p.measurements;
+                    print_tdx_measurements(&m.mrtd, &m.rtmr, &m.td_attributes);
+                    println!("report data:    {}", hex::encode(p.report_data));
+                }
+            }
+        }
+        if let Ok(p) = &parsed {
+            println!("quote version:  {}", p.version);
+            println!(
+                "fmspc:          {}",
+                p.fmspc.map_or("unknown".into(), hex::encode)
+            );
+        }
+        if let Some(c) = &collateral {
+            println!(
+                "collateral:     TCB info {} .. {}, QE identity {} .. {} (fmspc {}); now {}",
+                utc(c.tcb_info_issue),
+                utc(c.tcb_info_next_update),
+                utc(c.qe_identity_issue),
+                utc(c.qe_identity_next_update),
+                c.fmspc,
+                utc(now)
+            );
+        }
+    }
+    result.map(|_| ())
+}
+
+fn advisories(ids: &[String]) -> String {
+    if ids.is_empty() {
+        "none".into()
+    } else {
+        ids.join(", ")
+    }
+}
+
+fn print_tdx_measurements(mrtd: &[u8; 48], rtmr: &[[u8; 48]; 4], attrs: &[u8; 8]) {
+    println!("mrtd:           {}", hex::encode(mrtd));
+    for (i, r) in rtmr.iter().enumerate() {
+        println!("rtmr{i}:          {}", hex::encode(r));
+    }
+    println!("td attributes:  {}", hex::encode(attrs));
+}
+
+fn tdx_quote_json(p: &ParsedTdQuote) -> Value {
+    let m = &p.measurements;
+    json!({
+        "version": p.version,
+        "fmspc": p.fmspc.map(hex::encode),
+        "mrtd": hex::encode(m.mrtd),
+        "rtmr": m.rtmr.iter().map(hex::encode).collect::<Vec<_>>(),
+        "mr_config_id": hex::encode(m.mr_config_id),
+        "mr_owner": hex::encode(m.mr_owner),
+        "mr_owner_config": hex::encode(m.mr_owner_config),
+        "td_attributes": hex::encode(m.td_attributes),
+        "xfam": hex::encode(m.xfam),
+        "report_data": hex::encode(p.report_data),
+    })
+}
+
+fn collateral_json(c: &TdxCollateral) -> Value {
+    json!({
+        "fmspc": c.fmspc,
+        "tcb_info_issue": c.tcb_info_issue,
+        "tcb_info_next_update": c.tcb_info_next_update,
+        "qe_identity_issue": c.qe_identity_issue,
+        "qe_identity_next_update": c.qe_identity_next_update,
+        "not_before": c.tcb_info_issue.max(c.qe_identity_issue),
+        "not_after": c.tcb_info_next_update.min(c.qe_identity_next_update),
+    })
+}
+
+fn verify_sev(
+    report_path: &Path,
+    vcek_path: &Path,
+    chain_path: &Path,
+    now: u64,
+    as_json: bool,
+) -> Result<(), String> {
+    let report = binary_or_hex(read_file(report_path)?);
+    let vcek = read_file(vcek_path)?;
+    let chain = read_file(chain_path)?;
+    let policy = Policy::sev_default();
+    let parsed = sev::parse_report(&report);
+    let result: Result<VerifiedPeer, String> = match &parsed {
+        Err(e) => Err(e.to_string()),
+        Ok(info) => policy
+            .evaluate(
+                &Evidence::SevSnp {
+                    report: &report,
+                    vcek_der: &vcek,
+                    chain_pem: &chain,
+                },
+                &info.report_data,
+                now,
+            )
+            .map_err(|e| e.to_string()),
+    };
+    if as_json {
+        let mut out = verdict(&result);
+        out["backend"] = json!("sev-snp");
+        out["now"] = json!(now);
+        if let Ok(info) = &parsed {
+            out["report"] = sev_report_json(info);
+            if result.is_err() {
+                out["image_hash_unverified"] = json!(hex::encode(sev::image_hash(info)));
+            }
+        }
+        print_json(&out)?;
+    } else {
+        match &result {
+            Ok(peer) => {
+                println!("status:         valid");
+                println!("tcb status:     {:?}", peer.tcb_status());
+                println!("image hash:     {}", hex::encode(peer.image_hash()));
+                println!(
+                    "valid until:    {} ({})",
+                    peer.valid_until(),
+                    utc(peer.valid_until())
+                );
+            }
+            Err(e) => {
+                println!("status:         invalid: {e}");
+                if parsed.is_ok() {
+                    println!("(the values below are parsed from the report, NOT verified)");
+                }
+            }
+        }
+        if let Ok(info) = &parsed {
+            if result.is_err() {
+                println!("image hash:     {}", hex::encode(sev::image_hash(info)));
+            }
+            let t = info.reported_tcb;
+            println!("version:        {}", info.version);
+            println!("measurement:    {}", hex::encode(info.measurement));
+            println!("host data:      {}", hex::encode(info.host_data));
+            println!("report data:    {}", hex::encode(info.report_data));
+            println!(
+                "reported tcb:   bootloader {} tee {} snp {} microcode {}",
+                t.bootloader, t.tee, t.snp, t.microcode
+            );
+            println!("chip id:        {}", hex::encode(info.chip_id));
+            println!(
+                "vmpl:           {} (debug {}, migration agent {})",
+                info.vmpl, info.debug_allowed, info.migrate_ma_allowed
+            );
+        }
+    }
+    result.map(|_| ())
+}
+
+fn sev_report_json(info: &SevReportInfo) -> Value {
+    let t = info.reported_tcb;
+    json!({
+        "version": info.version,
+        "measurement": hex::encode(info.measurement),
+        "host_data": hex::encode(info.host_data),
+        "report_data": hex::encode(info.report_data),
+        "chip_id": hex::encode(info.chip_id),
+        "reported_tcb": {
+            "bootloader": t.bootloader, "tee": t.tee, "snp": t.snp, "microcode": t.microcode,
+        },
+        "vmpl": info.vmpl,
+        "debug_allowed": info.debug_allowed,
+        "migrate_ma_allowed": info.migrate_ma_allowed,
+    })
+}
+
+fn show(as_json: bool) -> Result<(), String> {
+    let tsm_root = Path::new(cocoon_attest::tsm::DEFAULT_ROOT);
+    let tsm_present = tsm_root.is_dir();
+    // Providers of report entries that already exist (creating one to ask would have side
+    // effects, so none is created here).
+    let mut providers: Vec<String> = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(tsm_root) {
+        for e in entries.flatten() {
+            if let Ok(p) = std::fs::read_to_string(e.path().join("provider")) {
+                let p = p.trim().to_string();
+                if !p.is_empty() && !providers.contains(&p) {
+                    providers.push(p);
+                }
+            }
+        }
+    }
+    let tdx_dev = Path::new("/dev/tdx_guest").exists();
+    let sev_dev = Path::new("/dev/sev-guest").exists();
+    let tee = if tdx_dev || providers.iter().any(|p| p.starts_with("tdx")) {
+        Some("tdx")
+    } else if sev_dev || providers.iter().any(|p| p.starts_with("sev")) {
+        Some("sev-snp")
+    } else {
+        None
+    };
+    if as_json {
+        return print_json(&json!({
+            "tee": tee,
+            "configfs_tsm": { "path": tsm_root, "present": tsm_present, "providers": providers },
+            "tdx_guest_device": tdx_dev,
+            "sev_guest_device": sev_dev,
+        }));
+    }
+    match tee {
+        Some(t) => println!("TEE:            {t}"),
+        None => println!("no TEE detected"),
+    }
+    println!(
+        "configfs-tsm:   {} ({}{})",
+        tsm_root.display(),
+        if tsm_present { "present" } else { "absent" },
+        if providers.is_empty() {
+            String::new()
+        } else {
+            format!(", provider {}", providers.join(", "))
+        }
+    );
+    let yn = |b: bool| if b { "present" } else { "absent" };
+    println!("/dev/tdx_guest: {}", yn(tdx_dev));
+    println!("/dev/sev-guest: {}", yn(sev_dev));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_formats() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(1_772_707_833), "2026-03-05T10:50:33Z");
+        assert_eq!(utc(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn hex_detection() {
+        assert_eq!(binary_or_hex(b"0x0a0B\n".to_vec()), vec![0x0a, 0x0b]);
+        assert_eq!(binary_or_hex(b"abc".to_vec()), b"abc".to_vec());
+        assert_eq!(binary_or_hex(vec![4, 0, 2]), vec![4, 0, 2]);
+    }
+
+    #[test]
+    fn statuses_parse() {
+        assert_eq!(parse_status("uptodate").unwrap(), TcbStatus::UpToDate);
+        assert!(parse_status("bogus").is_err());
+    }
+}

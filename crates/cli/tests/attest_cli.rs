@@ -1,0 +1,256 @@
+//! Runs the real `cocoon attest` on the evidence in `testvectors/attest/`.
+
+use serde_json::Value;
+use std::process::{Command, Output};
+
+const COCOON_NOW: &str = "1772707833"; // 2026-03-05, inside the 90c06f collateral window
+const SAMPLE_NOW: &str = "1751630400"; // 2025-07-04
+const SEV_NOW: &str = "1767225600"; // 2026-01-01
+const COCOON_IMAGE_HASH: &str = "04b3afd931d28680af91a15b09d672c40ad6b141f7f9089a8d67d595220f7436";
+
+fn tv(name: &str) -> String {
+    format!(
+        "{}/../../testvectors/attest/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+fn cocoon(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cocoon"))
+        .args(args)
+        .output()
+        .expect("run cocoon")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn one_line_error(o: &Output) -> String {
+    assert_eq!(o.status.code(), Some(1), "stdout: {}", stdout(o));
+    let err = stderr(o);
+    assert_eq!(err.lines().count(), 1, "stderr: {err}");
+    assert!(err.starts_with("error: "), "stderr: {err}");
+    err
+}
+
+fn cocoon_quote(now: &str, extra: &[&str]) -> Output {
+    let (q, c) = (
+        tv("cocoon_quote.dat"),
+        tv("cocoon_quote_collateral_90c06f.json"),
+    );
+    let mut args = vec![
+        "attest",
+        "verify",
+        "--quote",
+        &q,
+        "--collateral",
+        &c,
+        "--now",
+        now,
+    ];
+    args.extend_from_slice(extra);
+    cocoon(&args)
+}
+
+#[test]
+fn cocoon_quote_verifies_up_to_date() {
+    let o = cocoon_quote(COCOON_NOW, &[]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
+    assert!(out.contains("status:         valid"), "{out}");
+    assert!(out.contains("tcb status:     UpToDate"), "{out}");
+    assert!(out.contains(COCOON_IMAGE_HASH), "{out}");
+    for field in ["mrtd:", "rtmr0:", "rtmr3:", "report data:", "collateral:"] {
+        assert!(out.contains(field), "{field} missing: {out}");
+    }
+}
+
+#[test]
+fn cocoon_quote_json_parses() {
+    let o = cocoon_quote(COCOON_NOW, &["--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["valid"], true);
+    assert_eq!(v["tcb_status"], "UpToDate");
+    assert_eq!(v["image_hash"], COCOON_IMAGE_HASH);
+    assert_eq!(v["quote"]["rtmr"].as_array().map(Vec::len), Some(4));
+    assert_eq!(v["quote"]["mrtd"].as_str().map(str::len), Some(96));
+    assert!(v["collateral"]["not_after"].as_u64().unwrap() > 1_772_707_833);
+}
+
+#[test]
+fn cocoon_quote_refused_outside_collateral_window() {
+    // After the window (2026-03-20): expired.
+    let o = cocoon_quote("1780000000", &[]);
+    let err = one_line_error(&o);
+    assert!(err.contains("collateral expired"), "{err}");
+    assert!(stdout(&o).contains("status:         invalid"));
+    // Before the window (2026-02-18): not yet valid.
+    let o = cocoon_quote("1770000000", &[]);
+    let err = one_line_error(&o);
+    assert!(err.contains("collateral not yet valid"), "{err}");
+    // JSON form of a refusal still parses and says why.
+    let o = cocoon_quote("1780000000", &["--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["valid"], false);
+    assert!(v["error"].as_str().unwrap().contains("expired"));
+    assert_eq!(v["image_hash_unverified"], COCOON_IMAGE_HASH);
+}
+
+#[test]
+fn sgx_quote_refused_as_not_a_td() {
+    let (q, c) = (tv("sgx_quote"), tv("sgx_quote_collateral.json"));
+    let o = cocoon(&[
+        "attest",
+        "verify",
+        "--quote",
+        &q,
+        "--collateral",
+        &c,
+        "--now",
+        SAMPLE_NOW,
+    ]);
+    let err = one_line_error(&o);
+    assert!(err.contains("not a TD quote"), "{err}");
+}
+
+#[test]
+fn sample_tdx_quote_up_to_date() {
+    let (q, c) = (tv("tdx_quote"), tv("tdx_quote_collateral.json"));
+    let o = cocoon(&[
+        "attest",
+        "verify",
+        "--quote",
+        &q,
+        "--collateral",
+        &c,
+        "--now",
+        SAMPLE_NOW,
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["tcb_status"], "UpToDate");
+}
+
+#[test]
+fn hex_quote_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = std::fs::read(tv("cocoon_quote.dat")).unwrap();
+    let path = dir.path().join("quote.hex");
+    std::fs::write(&path, format!("{}\n", hex::encode(raw))).unwrap();
+    let c = tv("cocoon_quote_collateral_90c06f.json");
+    let o = cocoon(&[
+        "attest",
+        "verify",
+        "--quote",
+        path.to_str().unwrap(),
+        "--collateral",
+        &c,
+        "--now",
+        COCOON_NOW,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains(COCOON_IMAGE_HASH));
+}
+
+#[test]
+fn quote_without_collateral_is_refused() {
+    let q = tv("cocoon_quote.dat");
+    let o = cocoon(&["attest", "verify", "--quote", &q, "--now", COCOON_NOW]);
+    let err = one_line_error(&o);
+    assert!(err.contains("collateral"), "{err}");
+}
+
+#[test]
+fn allow_status_parses_and_rejects_unknown() {
+    let o = cocoon_quote(COCOON_NOW, &["--allow-status", "SWHardeningNeeded"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = cocoon_quote(COCOON_NOW, &["--allow-status", "Bogus"]);
+    let err = one_line_error(&o);
+    assert!(err.contains("unknown TCB status"), "{err}");
+}
+
+fn sev(now: &str, json: bool) -> Output {
+    let (r, v, c) = (
+        tv("sev/report_milan.hex"),
+        tv("sev/vcek_milan.der"),
+        tv("sev/cert_chain_milan"),
+    );
+    let mut args = vec![
+        "attest",
+        "verify",
+        "--sev-report",
+        &r,
+        "--vcek",
+        &v,
+        "--chain",
+        &c,
+        "--now",
+        now,
+    ];
+    if json {
+        args.push("--json");
+    }
+    cocoon(&args)
+}
+
+#[test]
+fn sev_milan_report_verifies() {
+    let o = sev(SEV_NOW, false);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
+    for field in [
+        "status:         valid",
+        "measurement:",
+        "host data:",
+        "report data:",
+        "reported tcb:",
+        "chip id:",
+        "image hash:",
+    ] {
+        assert!(out.contains(field), "{field} missing: {out}");
+    }
+    let o = sev(SEV_NOW, true);
+    assert_eq!(o.status.code(), Some(0));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["valid"], true);
+    assert_eq!(v["backend"], "sev-snp");
+    assert_eq!(v["report"]["chip_id"].as_str().map(str::len), Some(128));
+}
+
+#[test]
+fn sev_report_refused_when_certificates_not_yet_valid() {
+    let o = sev("1000000000", false); // 2001: before the VCEK was issued
+    one_line_error(&o);
+}
+
+#[test]
+fn missing_file_is_a_one_line_error() {
+    let o = cocoon(&["attest", "verify", "--quote", "/nonexistent/quote.dat"]);
+    let err = one_line_error(&o);
+    assert!(err.contains("/nonexistent/quote.dat"), "{err}");
+    assert!(o.stdout.is_empty());
+}
+
+#[test]
+fn show_runs_and_json_parses() {
+    let o = cocoon(&["attest", "show"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("configfs-tsm:"), "{out}");
+    let o = cocoon(&["attest", "show", "--json"]);
+    assert_eq!(o.status.code(), Some(0));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert!(v.get("tee").is_some());
+    // Without a TEE device or configfs-tsm, the text form says so.
+    if v["tee"].is_null() {
+        assert!(out.contains("no TEE detected"), "{out}");
+    }
+}

@@ -9,6 +9,8 @@
 //! loopback TCP connection (driver, session state machine, codec and the kernel's TCP).
 //! `attest`: attestation evidence verified per second: TDX quotes cold (full
 //! `Policy::evaluate`) and through `VerificationCache`, SEV-SNP reports, sim evidence.
+//! `ratls`: sequential RA-TLS connections per second over loopback (new TCP + PoW + mutual
+//! TLS 1.3 + session ready + one query), sim evidence, PoW difficulty 0 and 20.
 #![forbid(unsafe_code)]
 
 use cocoon_net::driver::{Config, Incoming};
@@ -21,8 +23,11 @@ use std::time::{Duration, Instant};
 
 fn main() {
     let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
-    if !matches!(what.as_str(), "codec" | "session" | "attest" | "all") {
-        eprintln!("usage: cocoon-bench [codec|session|attest|all]");
+    if !matches!(
+        what.as_str(),
+        "codec" | "session" | "attest" | "ratls" | "all"
+    ) {
+        eprintln!("usage: cocoon-bench [codec|session|attest|ratls|all]");
         std::process::exit(64);
     }
     println!(
@@ -38,6 +43,9 @@ fn main() {
     }
     if what == "attest" || what == "all" {
         attest();
+    }
+    if what == "ratls" || what == "all" {
+        ratls();
     }
 }
 
@@ -409,4 +417,112 @@ fn attest() {
             .expect("verify");
         },
     );
+}
+
+/// Sequential RA-TLS connections over loopback, as `crates/ratls/examples/handshake_rate.rs`:
+/// each one is a new TCP connection, the PoW exchange, mutual TLS 1.3 with sim-evidence
+/// certificates, the `cocoon-net` session handshake and one query round trip.
+fn ratls() {
+    use cocoon_attest::{Policy, SimKey};
+    use cocoon_ratls::cert::{Identity, SimSource};
+    use cocoon_ratls::config::CertResolver;
+    use cocoon_ratls::net::{RatlsAcceptor, RatlsConnector};
+    use cocoon_ratls::verifier::{RatlsVerifier, VerifierConfig};
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    println!(
+        "ratls (sequential connections over loopback: TCP + PoW + mutual TLS 1.3 + session + \
+         1 query; sim evidence; {} tokio workers)",
+        cpus()
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let identity = || Identity::generate(&SimSource(SimKey::generate().expect("sim key")), now);
+    let n_certs = 200;
+    let start = Instant::now();
+    for _ in 0..n_certs {
+        black_box(identity().expect("cert"));
+    }
+    let el = start.elapsed().as_secs_f64();
+    println!(
+        "  {:<52} {:>8.0} /s  ({:.3} ms each, {n_certs} in {el:.2} s)",
+        "certificate generation (sim)",
+        n_certs as f64 / el,
+        el * 1e3 / n_certs as f64
+    );
+    let sid = identity().expect("cert");
+    let cid = identity().expect("cert");
+    // (difficulty, verdict cache on, connections)
+    for (difficulty, cache, count) in [(0u32, true, 2000usize), (0, false, 1000), (20, true, 60)] {
+        let cfg = || {
+            let mut c = VerifierConfig::new(Policy::sim_test());
+            if !cache {
+                c.cache_ttl_secs = 0;
+            }
+            c
+        };
+        let sv = RatlsVerifier::new(cfg());
+        let cv = RatlsVerifier::new(cfg());
+        rt.block_on(async {
+            let acceptor = RatlsAcceptor::new(
+                CertResolver::new(&sid).expect("resolver"),
+                sv.clone(),
+                difficulty,
+                Config::default(),
+            )
+            .expect("acceptor");
+            let connector = RatlsConnector::new(
+                CertResolver::new(&cid).expect("resolver"),
+                cv.clone(),
+                28,
+                Config::default(),
+            )
+            .expect("connector");
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let (task, mut accepted) = acceptor.spawn_listener(listener, 64);
+            let server = tokio::spawn(async move {
+                while let Some(mut acc) = accepted.recv().await {
+                    tokio::spawn(async move {
+                        let _h = acc.handle;
+                        while let Some(Incoming::Query { data, responder }) =
+                            acc.incoming.recv().await
+                        {
+                            let _ = responder.answer(data);
+                        }
+                    });
+                }
+            });
+            let start = Instant::now();
+            for _ in 0..count {
+                let (h, _rx, _peer) = connector.connect(addr).await.expect("connect");
+                h.query(b"ping".to_vec(), Duration::from_secs(10))
+                    .await
+                    .expect("query");
+                h.close();
+            }
+            let el = start.elapsed().as_secs_f64();
+            let name = format!(
+                "connections, pow difficulty {difficulty}, verdict cache {}",
+                if cache { "on" } else { "off" }
+            );
+            println!(
+                "  {name:<52} {:>8.0} /s  ({:.3} ms each, {count} in {el:.2} s; \
+                 attestation runs: client {}, server {})",
+                count as f64 / el,
+                el * 1e3 / count as f64,
+                cv.attestation_runs(),
+                sv.attestation_runs()
+            );
+            task.abort();
+            server.abort();
+        });
+    }
 }

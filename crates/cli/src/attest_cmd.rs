@@ -1,5 +1,6 @@
-//! `cocoon attest verify|show`: check TDX quotes and SEV-SNP reports offline against the
-//! default policies of `cocoon-attest`, and report which TEE this machine offers.
+//! `cocoon attest verify|show|gen-cert|verify-cert`: check TDX quotes and SEV-SNP reports
+//! offline against the default policies of `cocoon-attest`, report which TEE this machine
+//! offers, and generate / verify RA-TLS certificates (`cocoon-ratls`).
 //!
 //! The evidence's own `report_data` is taken as the expected value (the CLI has no key to
 //! bind it to), so "valid" means: signatures, certificate chains, collateral, TCB status,
@@ -16,6 +17,10 @@ use std::path::{Path, PathBuf};
 pub enum AttestCommand {
     /// Verify a TDX quote (`--quote`) or an SEV-SNP report (`--sev-report`, `--vcek`, `--chain`).
     Verify(VerifyArgs),
+    /// Generate an RA-TLS certificate and key (`DIR/cert.pem`, `DIR/key.pem`).
+    GenCert(GenCertArgs),
+    /// Verify an RA-TLS certificate (PEM) as the RA-TLS verifier does.
+    VerifyCert(VerifyCertArgs),
     /// Show which TEE interfaces this machine offers.
     Show {
         /// Print JSON instead of text.
@@ -58,6 +63,53 @@ pub fn run(command: AttestCommand) -> Result<(), String> {
     match command {
         AttestCommand::Verify(args) => verify(args),
         AttestCommand::Show { json } => show(json),
+        AttestCommand::GenCert(args) => ratls::gen_cert(args),
+        AttestCommand::VerifyCert(args) => ratls::verify_cert(args),
+    }
+}
+
+#[derive(Args)]
+pub struct GenCertArgs {
+    /// Evidence source: `sim`, `tdx` (configfs-tsm) or `sev-snp`.
+    #[arg(long, value_name = "TEE")]
+    tee: String,
+    /// Output directory (created if missing).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Simulated-TEE signing key (PKCS#8), created if missing; default `DIR/sim-key.pk8`.
+    #[arg(long, value_name = "FILE")]
+    sim_key: Option<PathBuf>,
+    /// Start of validity (Unix seconds); defaults to now.
+    #[arg(long, value_name = "UNIX")]
+    now: Option<u64>,
+}
+
+#[derive(Args)]
+pub struct VerifyCertArgs {
+    /// RA-TLS certificate, PEM (or DER).
+    #[arg(value_name = "CERT")]
+    cert: PathBuf,
+    /// Policy: `sim` (test networks), `tdx` or `sev-snp`.
+    #[arg(long, value_name = "P", default_value = "tdx")]
+    policy: String,
+    /// DCAP collateral directory (`CollateralStore`) for TDX quotes.
+    #[arg(long, value_name = "DIR")]
+    collateral_dir: Option<PathBuf>,
+    /// Verification time (Unix seconds); defaults to now.
+    #[arg(long, value_name = "UNIX")]
+    now: Option<u64>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn now_or(now: Option<u64>) -> Result<u64, String> {
+    match now {
+        Some(n) => Ok(n),
+        None => Ok(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|e| format!("system clock before 1970: {e}"))?
+            .as_secs()),
     }
 }
 
@@ -478,6 +530,219 @@ fn show(as_json: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// `gen-cert` and `verify-cert`: RA-TLS certificates (`cocoon-ratls`).
+mod ratls {
+    use super::{GenCertArgs, VerifyCertArgs, now_or, print_json, read_file, utc};
+    use cocoon_attest::{Backend, CollateralStore, Policy, SimKey, VerifiedPeer};
+    use cocoon_ratls::cert::{EvidenceSource, Identity, SimSource, TsmTdxSource};
+    use cocoon_ratls::verifier::{RatlsVerifier, VerifierConfig, fixed_clock};
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    use serde_json::json;
+    use std::io::Write;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    pub(super) fn pem(label: &str, der: &[u8]) -> String {
+        let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+        pem::encode_config(&pem::Pem::new(label, der), config)
+    }
+
+    fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), String> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let err = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(path)
+            .map_err(err)?;
+        // An existing file keeps its mode through `open`; set it explicitly.
+        f.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(err)?;
+        f.write_all(data).map_err(err)
+    }
+
+    pub fn gen_cert(args: GenCertArgs) -> Result<(), String> {
+        let now = now_or(args.now)?;
+        let (source, kind): (Box<dyn EvidenceSource>, &str) = match args.tee.as_str() {
+            "sim" => {
+                std::fs::create_dir_all(&args.out)
+                    .map_err(|e| format!("cannot create {}: {e}", args.out.display()))?;
+                let path = args
+                    .sim_key
+                    .clone()
+                    .unwrap_or_else(|| args.out.join("sim-key.pk8"));
+                let key = SimKey::load_or_create(&path).map_err(|e| e.to_string())?;
+                (Box::new(SimSource(key)), "sim")
+            }
+            "tdx" => {
+                let root = Path::new(cocoon_attest::tsm::DEFAULT_ROOT);
+                if !root.is_dir() {
+                    return Err(format!("no TEE: {} not found", root.display()));
+                }
+                (Box::new(TsmTdxSource::system()), "tdx")
+            }
+            "sev-snp" => {
+                return Err(
+                    "--tee sev-snp is not supported yet (configfs-tsm SEV-SNP evidence needs the \
+                     VCEK from the auxblob, not implemented in cocoon-ratls)"
+                        .into(),
+                );
+            }
+            other => return Err(format!("unknown TEE {other:?} (one of: sim, tdx, sev-snp)")),
+        };
+        let id = Identity::generate(source.as_ref(), now).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&args.out)
+            .map_err(|e| format!("cannot create {}: {e}", args.out.display()))?;
+        let cert_path = args.out.join("cert.pem");
+        let key_path = args.out.join("key.pem");
+        write_file(
+            &key_path,
+            pem("PRIVATE KEY", id.key_pkcs8()).as_bytes(),
+            0o600,
+        )?;
+        write_file(
+            &cert_path,
+            pem("CERTIFICATE", id.cert_der()).as_bytes(),
+            0o644,
+        )?;
+        // Image hash as the verifier would report it (sim: accepted under the sim policy).
+        let image_hash = {
+            let mut policy = Policy::sim_test();
+            policy.allowed_backends = vec![Backend::Sim, Backend::Tdx, Backend::SevSnp];
+            let mut cfg = VerifierConfig::new(policy);
+            cfg.clock = fixed_clock(now);
+            cfg.cache_ttl_secs = 0;
+            RatlsVerifier::new(cfg)
+                .verify_cert(id.cert_der(), &[])
+                .map(|p| hex::encode(p.image_hash()))
+                .unwrap_or_else(|e| format!("unknown ({e})"))
+        };
+        println!("certificate:    {}", cert_path.display());
+        println!("key:            {} (mode 0600)", key_path.display());
+        println!("public key:     {}", hex::encode(id.public_key()));
+        println!("evidence:       {kind}");
+        println!("image hash:     {image_hash}");
+        println!(
+            "validity:       {} .. {}",
+            utc(id.not_before()),
+            utc(id.not_after())
+        );
+        Ok(())
+    }
+
+    fn backend_name(b: Backend) -> &'static str {
+        match b {
+            Backend::Tdx => "tdx",
+            Backend::SevSnp => "sev-snp",
+            Backend::Sim => "sim",
+        }
+    }
+
+    pub fn verify_cert(args: VerifyCertArgs) -> Result<(), String> {
+        let now = now_or(args.now)?;
+        let policy = match args.policy.as_str() {
+            "sim" => {
+                let mut p = Policy::sim_test();
+                p.allowed_backends = vec![Backend::Sim];
+                p
+            }
+            "tdx" => Policy::tdx_default(),
+            "sev-snp" => Policy::sev_default(),
+            other => {
+                return Err(format!(
+                    "unknown policy {other:?} (one of: sim, tdx, sev-snp)"
+                ));
+            }
+        };
+        let raw = read_file(&args.cert)?;
+        let der: CertificateDer<'static> = if raw.trim_ascii_start().starts_with(b"-----BEGIN") {
+            CertificateDer::from_pem_slice(&raw)
+                .map_err(|e| format!("{}: no PEM certificate: {e:?}", args.cert.display()))?
+        } else {
+            CertificateDer::from(raw)
+        };
+        let mut cfg = VerifierConfig::new(policy);
+        cfg.clock = fixed_clock(now);
+        cfg.cache_ttl_secs = 0;
+        if let Some(dir) = &args.collateral_dir {
+            cfg.collateral = Arc::new(CollateralStore::new(dir.clone()));
+        }
+        let result: Result<VerifiedPeer, String> = RatlsVerifier::new(cfg)
+            .verify_cert(&der, &[])
+            .map_err(|e| e.to_string());
+        // Unverified facts from the certificate itself, for display.
+        use x509_parser::prelude::FromDer;
+        let parsed = x509_parser::certificate::X509Certificate::from_der(&der)
+            .ok()
+            .map(|(_, c)| {
+                (
+                    c.validity().not_before.timestamp(),
+                    c.validity().not_after.timestamp(),
+                    hex::encode(c.public_key().subject_public_key.data.as_ref()),
+                )
+            });
+        if args.json {
+            let mut out = match &result {
+                Ok(peer) => json!({
+                    "valid": true,
+                    "error": null,
+                    "backend": backend_name(peer.backend()),
+                    "tcb_status": format!("{:?}", peer.tcb_status()),
+                    "image_hash": hex::encode(peer.image_hash()),
+                    "public_key": peer.public_key().map(hex::encode),
+                    "valid_until": peer.valid_until(),
+                }),
+                Err(e) => json!({ "valid": false, "error": e }),
+            };
+            out["policy"] = json!(args.policy);
+            out["now"] = json!(now);
+            if let Some((nb, na, pk)) = &parsed {
+                out["not_before"] = json!(nb);
+                out["not_after"] = json!(na);
+                if result.is_err() {
+                    out["public_key_unverified"] = json!(pk);
+                }
+            }
+            print_json(&out)?;
+        } else {
+            match &result {
+                Ok(peer) => {
+                    println!("status:         accepted (policy {})", args.policy);
+                    println!("backend:        {}", backend_name(peer.backend()));
+                    println!("tcb status:     {:?}", peer.tcb_status());
+                    println!("image hash:     {}", hex::encode(peer.image_hash()));
+                    println!(
+                        "public key:     {}",
+                        peer.public_key().map_or("none".into(), hex::encode)
+                    );
+                    println!(
+                        "evidence until: {} ({})",
+                        peer.valid_until(),
+                        utc(peer.valid_until())
+                    );
+                }
+                Err(e) => {
+                    println!("status:         rejected (policy {}): {e}", args.policy);
+                    if let Some((_, _, pk)) = &parsed {
+                        println!(
+                            "(the values below are parsed from the certificate, NOT verified)"
+                        );
+                        println!("public key:     {pk}");
+                    }
+                }
+            }
+            if let Some((nb, na, _)) = parsed {
+                let t = |x: i64| u64::try_from(x).map_or(x.to_string(), utc);
+                println!("validity:       {} .. {}; now {}", t(nb), t(na), utc(now));
+            }
+        }
+        result.map(|_| ())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -494,6 +759,15 @@ mod tests {
         assert_eq!(binary_or_hex(b"0x0a0B\n".to_vec()), vec![0x0a, 0x0b]);
         assert_eq!(binary_or_hex(b"abc".to_vec()), b"abc".to_vec());
         assert_eq!(binary_or_hex(vec![4, 0, 2]), vec![4, 0, 2]);
+    }
+
+    #[test]
+    fn pem_base64() {
+        assert_eq!(
+            ratls::pem("X", b"foobar!"),
+            "-----BEGIN X-----\nZm9vYmFyIQ==\n-----END X-----\n"
+        );
+        assert!(ratls::pem("X", b"fo").contains("\nZm8=\n"));
     }
 
     #[test]

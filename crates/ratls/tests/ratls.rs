@@ -659,3 +659,100 @@ async fn silent_clients_time_out_per_phase() {
     .await
     .expect("no hang");
 }
+
+/// The attestation failures of a TDX peer, each over a real connection: COCOON's quote in a
+/// certificate, presented to a verifier whose policy or collateral makes it fail before the
+/// key binding is even looked at.
+#[tokio::test]
+async fn tdx_evidence_failures_are_rejected_over_tcp() {
+    let quote = vector("cocoon_quote.dat");
+    let own = TdxCollateral::from_json(&vector("cocoon_quote_collateral_90c06f.json")).unwrap();
+    let other_platform = TdxCollateral::from_json(&vector("tdx_quote_collateral.json")).unwrap();
+    // TD report body offsets (after the 48-byte quote header): td_attributes at 120,
+    // MRTD at 136; the signature data follows the 584-byte body and its length field.
+    let flip = |offset: usize, mask: u8| {
+        let mut q = quote.clone();
+        q[offset] ^= mask;
+        q
+    };
+    let body_flipped = flip(48 + 136 + 5, 0x01);
+    let signature_flipped = flip(48 + 584 + 4 + 10, 0x80);
+    let debug_td = flip(48 + 120, 0x01);
+    let mut wrong_root = Policy::tdx_default();
+    wrong_root.allowed_root_key_ids = vec![[0x11; 48]];
+
+    let cases: Vec<(&str, Vec<u8>, TdxCollateral, Policy, u64, &str)> = vec![
+        (
+            "flipped bit in the quote body",
+            body_flipped,
+            own.clone(),
+            Policy::tdx_default(),
+            NOW,
+            "Dcap",
+        ),
+        (
+            "flipped bit in the signature",
+            signature_flipped,
+            own.clone(),
+            Policy::tdx_default(),
+            NOW,
+            "Dcap",
+        ),
+        (
+            "debug TD",
+            debug_td,
+            own.clone(),
+            Policy::tdx_default(),
+            NOW,
+            "DebugTd",
+        ),
+        (
+            "collateral of another platform",
+            quote.clone(),
+            other_platform,
+            Policy::tdx_default(),
+            NOW,
+            "",
+        ),
+        (
+            "expired collateral",
+            quote.clone(),
+            own.clone(),
+            Policy::tdx_default(),
+            NOW + 60 * 86_400,
+            "Collateral",
+        ),
+        (
+            "wrong Intel root",
+            quote.clone(),
+            own,
+            wrong_root,
+            NOW,
+            "RootKeyNotPinned",
+        ),
+    ];
+    for (name, evidence, collateral, policy, now, expected) in cases {
+        // The certificate itself is fresh at `now`; only the evidence is at fault.
+        let bad =
+            Identity::generate_with(&FixedSource(evidence), now - 60, &CertOptions::default())
+                .unwrap();
+        let mut cfg = VerifierConfig::new(policy);
+        cfg.clock = fixed_clock(now);
+        cfg.collateral = Arc::new(collateral);
+        let (c, _s) = run(
+            connector(&ident(NOW - 60), RatlsVerifier::new(cfg)),
+            acceptor(&bad, verifier()),
+        )
+        .await;
+        let reason = format!("{:?}", rejected_by(&c));
+        assert!(reason.contains("Attest"), "{name}: {reason}");
+        assert!(
+            !reason.contains("ReportDataMismatch"),
+            "{name}: got past attestation: {reason}"
+        );
+        assert!(
+            reason.contains(expected),
+            "{name}: expected {expected}, got {reason}"
+        );
+    }
+}

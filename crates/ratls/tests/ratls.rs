@@ -681,7 +681,16 @@ async fn tdx_evidence_failures_are_rejected_over_tcp() {
     let mut wrong_root = Policy::tdx_default();
     wrong_root.allowed_root_key_ids = vec![[0x11; 48]];
 
-    let cases: Vec<(&str, Vec<u8>, TdxCollateral, Policy, u64, &str)> = vec![
+    /// (name, evidence, collateral, policy, verifier time, expected error).
+    type Case = (
+        &'static str,
+        Vec<u8>,
+        TdxCollateral,
+        Policy,
+        u64,
+        &'static str,
+    );
+    let cases: Vec<Case> = vec![
         (
             "flipped bit in the quote body",
             body_flipped,

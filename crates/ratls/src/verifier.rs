@@ -8,10 +8,10 @@
 //! [`Policy::evaluate_bound`] on the evidence. Successful verdicts are cached by
 //! SHA-256(public key ‖ evidence) until `min(now + cache TTL, VerifiedPeer::valid_until)`.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
+use cocoon_attest::cache::VerificationCache;
 use cocoon_attest::{AttestError, CollateralStore, Evidence, Policy, TdxCollateral, VerifiedPeer};
 use ring::signature::{ED25519, UnparsedPublicKey};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -21,7 +21,6 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme,
 };
-use sha2::{Digest, Sha256};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 
@@ -183,16 +182,12 @@ impl VerifierConfig {
     }
 }
 
-struct CacheEntry {
-    peer: VerifiedPeer,
-    expires: u64,
-}
-
 /// The RA-TLS verifier (see the module docs).
 pub struct RatlsVerifier {
     cfg: VerifierConfig,
     algs: WebPkiSupportedAlgorithms,
-    cache: Mutex<HashMap<[u8; 32], CacheEntry>>,
+    /// Verdicts by (public key, evidence); `None` when caching is off.
+    cache: Option<VerificationCache>,
     invocations: AtomicU64,
     attest_runs: AtomicU64,
 }
@@ -208,10 +203,12 @@ impl std::fmt::Debug for RatlsVerifier {
 
 impl RatlsVerifier {
     pub fn new(cfg: VerifierConfig) -> Arc<Self> {
+        let cache = (cfg.cache_ttl_secs > 0 && cfg.cache_capacity > 0)
+            .then(|| VerificationCache::new(&cfg.policy, cfg.cache_ttl_secs, cfg.cache_capacity));
         Arc::new(RatlsVerifier {
             cfg,
             algs: rustls::crypto::ring::default_provider().signature_verification_algorithms,
-            cache: Mutex::new(HashMap::new()),
+            cache,
             invocations: AtomicU64::new(0),
             attest_runs: AtomicU64::new(0),
         })
@@ -257,38 +254,39 @@ impl RatlsVerifier {
         public_key: &[u8; 32],
         now: u64,
     ) -> Result<VerifiedPeer, VerifyError> {
-        let key: [u8; 32] = {
-            let mut h = Sha256::new();
-            h.update(public_key);
-            h.update(evidence);
-            h.finalize().into()
-        };
-        if self.cfg.cache_ttl_secs > 0 {
-            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(e) = cache.get(&key)
-                && now < e.expires
-            {
-                return Ok(e.peer.clone());
-            }
-        }
-        self.attest_runs.fetch_add(1, Ordering::Relaxed);
         let env = EvidenceEnvelope::decode(evidence).map_err(VerifyError::Envelope)?;
+        let run = || {
+            self.attest_runs.fetch_add(1, Ordering::Relaxed);
+            self.attest(&env, public_key, now)
+        };
+        let peer = match &self.cache {
+            Some(cache) => cache.get_or_verify(&[public_key, evidence], now, run)?,
+            None => run()?,
+        };
+        Ok(peer)
+    }
+
+    /// Runs the attestation policy on decoded evidence (no cache).
+    fn attest(
+        &self,
+        env: &EvidenceEnvelope<'_>,
+        public_key: &[u8; 32],
+        now: u64,
+    ) -> Result<VerifiedPeer, AttestError> {
         let policy = &self.cfg.policy;
-        let peer = match env {
+        match *env {
             EvidenceEnvelope::Tdx(quote) => {
                 // Check the backend before loading collateral, so that a TDX quote under
                 // a policy without TDX fails with the right error.
-                let collateral = if policy
+                if !policy
                     .allowed_backends
                     .contains(&cocoon_attest::Backend::Tdx)
                 {
-                    self.cfg.collateral.collateral_for(quote, now)?
-                } else {
                     return Err(AttestError::BackendNotAllowed {
                         backend: cocoon_attest::Backend::Tdx,
-                    }
-                    .into());
-                };
+                    });
+                }
+                let collateral = self.cfg.collateral.collateral_for(quote, now)?;
                 policy.evaluate_bound(
                     &Evidence::Tdx {
                         quote,
@@ -296,7 +294,7 @@ impl RatlsVerifier {
                     },
                     public_key,
                     now,
-                )?
+                )
             }
             EvidenceEnvelope::SevSnp {
                 report,
@@ -310,34 +308,11 @@ impl RatlsVerifier {
                 },
                 public_key,
                 now,
-            )?,
-            EvidenceEnvelope::Sim(s) => {
-                policy.evaluate_bound(&Evidence::Sim(s), public_key, now)?
+            ),
+            EvidenceEnvelope::Sim(sim) => {
+                policy.evaluate_bound(&Evidence::Sim(sim), public_key, now)
             }
-        };
-        if self.cfg.cache_ttl_secs > 0 && self.cfg.cache_capacity > 0 {
-            let expires = now
-                .saturating_add(self.cfg.cache_ttl_secs)
-                .min(peer.valid_until());
-            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            if cache.len() >= self.cfg.cache_capacity {
-                cache.retain(|_, e| now < e.expires);
-            }
-            if cache.len() >= self.cfg.cache_capacity {
-                // Still full of live entries: drop the one expiring first.
-                if let Some(k) = cache.iter().min_by_key(|(_, e)| e.expires).map(|(k, _)| *k) {
-                    cache.remove(&k);
-                }
-            }
-            cache.insert(
-                key,
-                CacheEntry {
-                    peer: peer.clone(),
-                    expires,
-                },
-            );
         }
-        Ok(peer)
     }
 
     fn verify_signature(
@@ -624,6 +599,6 @@ mod tests {
         for _ in 0..5 {
             v.verify_cert(sim_identity().cert_der(), &[]).unwrap();
         }
-        assert!(v.cache.lock().unwrap().len() <= 2);
+        assert!(v.cache.as_ref().unwrap().len() <= 2);
     }
 }

@@ -1,0 +1,28 @@
+//! OpenAI-compatible API surface shared by Cocoon's client, proxy and worker.
+//!
+//! Everything here is pure: no sockets, no clocks, no allocation that is not bounded by the
+//! input. The worker uses it to validate requests before they reach an engine and to count the
+//! tokens of a response whatever shape it arrives in (plain JSON or Server-Sent Events); the
+//! client uses it to read COCOON's body extensions and to produce OpenAI-style error bodies; the
+//! proxy and the ledger use the price arithmetic.
+//!
+//! - [`validate`]: the field allowlist for `/v1/chat/completions` and `/v1/completions`, with
+//!   typed checks, duplicate-key rejection and the `stream_options.include_usage` rewrite.
+//! - [`sse`]: an incremental Server-Sent Events parser that gives the same events for any
+//!   chunking of the byte stream.
+//! - [`usage`]: OpenAI usage objects, a tracker that finds usage in JSON or SSE bodies (COCOON's
+//!   worker counts streamed answers as zero tokens; this one does not), and the price formula in
+//!   integer arithmetic.
+//! - [`error`]: OpenAI error bodies with the HTTP status each kind maps to.
+//! - [`types`]: response and chunk types for engines that produce answers themselves.
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod sse;
+pub mod types;
+pub mod usage;
+pub mod validate;
+
+pub use error::{ApiError, ErrorKind};
+pub use usage::{Multipliers, PriceTable, TokenCategories, Usage, UsageTracker};
+pub use validate::{CocoonExtensions, Endpoint, ValidatedRequest, validate_request};

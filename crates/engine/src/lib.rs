@@ -1,10 +1,19 @@
 //! Inference engines for the Cocoon worker.
 //!
+//! - [`engine`]: the [`Engine`] trait the worker drives, with body events that carry usage.
+//! - [`http`]: OpenAI-compatible HTTP engines (vLLM, SGLang, llama.cpp server, Ollama).
 //! - [`store`]: the model store — pinned downloads (`cocoon model pull`), SHA-256 verification,
 //!   and the `Name@revision:sha256` identities that the root contract allowlists.
 #![forbid(unsafe_code)]
 
+pub mod engine;
+pub mod http;
 pub mod store;
+
+pub use engine::{
+    BodyEvent, Engine, EngineError, EngineRequest, EngineResponse, Health, ModelInfo, Tokenizer,
+};
+pub use http::{BackendKind, HttpEngine, HttpEngineConfig};
 
 /// A reqwest client that uses rustls with the ring provider (the only provider this project
 /// links) and the bundled WebPKI roots.

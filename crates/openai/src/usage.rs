@@ -277,6 +277,7 @@ pub struct UsageTracker {
     events: u64,
     broken: Option<String>,
     done: bool,
+    text: Option<String>,
 }
 
 impl Default for UsageTracker {
@@ -302,7 +303,21 @@ impl UsageTracker {
             events: 0,
             broken: None,
             done: false,
+            text: None,
         }
+    }
+
+    /// Also collects the generated text (`choices[].delta.content`, `choices[].message.content`,
+    /// `choices[].text`), up to the tracker's limit, so that usage can be counted locally when an
+    /// engine does not report it.
+    pub fn collecting_text(mut self) -> Self {
+        self.text = Some(String::new());
+        self
+    }
+
+    /// The generated text seen so far, when collecting.
+    pub fn text(&self) -> Option<&str> {
+        self.text.as_deref()
     }
 
     /// Feeds the next body chunk.
@@ -383,6 +398,24 @@ impl UsageTracker {
     }
 
     fn observe(&mut self, v: &Value) {
+        if let (Some(text), Some(choices)) = (
+            self.text.as_mut(),
+            v.get("choices").and_then(Value::as_array),
+        ) {
+            for c in choices {
+                let piece = c
+                    .get("delta")
+                    .and_then(|d| d.get("content"))
+                    .or_else(|| c.get("message").and_then(|m| m.get("content")))
+                    .or_else(|| c.get("text"))
+                    .and_then(Value::as_str);
+                if let Some(p) = piece
+                    && text.len() + p.len() <= self.limit
+                {
+                    text.push_str(p);
+                }
+            }
+        }
         if let Some(u) = v.get("usage").and_then(Usage::from_json) {
             self.usage = Some(match self.usage {
                 Some(prev) => prev.max(u),
@@ -530,6 +563,17 @@ data: [DONE]\n\n";
         t.push(b"\"completion_tokens\":4}}\n");
         assert_eq!(t.usage(), Some(Usage::new(1, 4)));
         assert_eq!(t.values_seen(), 2);
+    }
+
+    #[test]
+    fn collects_text_for_local_counting() {
+        let mut t = UsageTracker::new().collecting_text();
+        t.push(SSE.as_bytes());
+        assert_eq!(t.text(), Some("Hi"));
+        let mut t = UsageTracker::new().collecting_text();
+        t.push(br#"{"choices":[{"message":{"role":"assistant","content":"Hello there"}}]}"#);
+        assert_eq!(t.text(), Some("Hello there"));
+        assert_eq!(UsageTracker::new().text(), None);
     }
 
     #[test]

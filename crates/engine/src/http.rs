@@ -1,0 +1,376 @@
+//! OpenAI-compatible HTTP engines: vLLM, SGLang, llama.cpp's server, Ollama, or anything else
+//! that speaks `POST /v1/chat/completions`.
+//!
+//! The body is relayed byte for byte. Usage is read from the engine's own answer (the final SSE
+//! chunk, which the validator always asks for with `stream_options.include_usage`, or the
+//! `usage` object of a JSON answer) by [`UsageTracker`], which understands SSE — COCOON's worker
+//! does not, and bills streamed answers as zero tokens. When an engine reports no usage at all,
+//! and a [`Tokenizer`] for the model is configured, prompt and completion are counted locally and
+//! the result is marked as such.
+
+use crate::engine::{
+    BodyEvent, Engine, EngineError, EngineRequest, EngineResponse, Health, ModelInfo, Tokenizer,
+};
+use cocoon_openai::{Endpoint, Usage, UsageTracker};
+use futures::future::BoxFuture;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// Which server is behind the URL. It changes only labels and the health probe's expectations;
+/// all of them are driven through the same OpenAI API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    /// vLLM (`vllm serve`, start it with `--enable-prompt-tokens-details` for cached counts).
+    Vllm,
+    /// SGLang (`--enable-cache-report` for cached counts).
+    Sglang,
+    /// llama.cpp's `llama-server` (start it with `--jinja`).
+    LlamaServer,
+    /// Ollama's OpenAI-compatible endpoint.
+    Ollama,
+    /// Any other OpenAI-compatible server.
+    OpenAi,
+}
+
+impl BackendKind {
+    /// Parses `vllm`, `sglang`, `llama-server` (or `llamacpp`), `ollama`, `openai`.
+    pub fn parse(s: &str) -> Option<BackendKind> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "vllm" => BackendKind::Vllm,
+            "sglang" => BackendKind::Sglang,
+            "llama-server" | "llamacpp" | "llama.cpp" => BackendKind::LlamaServer,
+            "ollama" => BackendKind::Ollama,
+            "openai" | "generic" => BackendKind::OpenAi,
+            _ => return None,
+        })
+    }
+
+    /// Lower-case label.
+    pub fn label(self) -> &'static str {
+        match self {
+            BackendKind::Vllm => "vllm",
+            BackendKind::Sglang => "sglang",
+            BackendKind::LlamaServer => "llama-server",
+            BackendKind::Ollama => "ollama",
+            BackendKind::OpenAi => "openai",
+        }
+    }
+}
+
+/// Configuration of an HTTP engine.
+#[derive(Clone)]
+pub struct HttpEngineConfig {
+    /// Base URL without `/v1` (e.g. `http://127.0.0.1:8000`).
+    pub base_url: String,
+    /// Server kind.
+    pub kind: BackendKind,
+    /// The model name on the network (what clients send).
+    pub model: String,
+    /// The name the backend serves it under, if different (the `model` field is rewritten).
+    pub served_model: Option<String>,
+    /// Bearer token for the backend, if it wants one. Never logged.
+    pub api_key: Option<String>,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Requests the backend is allowed to run at once.
+    pub max_concurrency: u32,
+    /// Context length, if known.
+    pub context_length: Option<u32>,
+}
+
+impl std::fmt::Debug for HttpEngineConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpEngineConfig")
+            .field("base_url", &self.base_url)
+            .field("kind", &self.kind)
+            .field("model", &self.model)
+            .field("served_model", &self.served_model)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("max_concurrency", &self.max_concurrency)
+            .finish()
+    }
+}
+
+impl HttpEngineConfig {
+    /// A configuration with defaults: 5 s connect timeout, 64 concurrent requests.
+    pub fn new(base_url: impl Into<String>, kind: BackendKind, model: impl Into<String>) -> Self {
+        HttpEngineConfig {
+            base_url: base_url.into().trim_end_matches('/').to_owned(),
+            kind,
+            model: model.into(),
+            served_model: None,
+            api_key: None,
+            connect_timeout: Duration::from_secs(5),
+            max_concurrency: 64,
+            context_length: None,
+        }
+    }
+}
+
+/// An engine behind an OpenAI-compatible HTTP API.
+pub struct HttpEngine {
+    cfg: HttpEngineConfig,
+    client: reqwest::Client,
+    tokenizer: Option<Arc<dyn Tokenizer>>,
+}
+
+/// Largest error body read from a backend.
+const MAX_ERROR_BODY: usize = 64 << 10;
+/// Channel depth between the reader task and the worker: bounds buffered body chunks.
+const BODY_CHANNEL: usize = 32;
+
+impl HttpEngine {
+    /// Creates the engine (no request is sent until [`Engine::submit`] or [`Engine::health`]).
+    pub fn new(cfg: HttpEngineConfig) -> Result<Self, EngineError> {
+        let client = crate::http_client(cfg.connect_timeout)
+            .map_err(|e| EngineError::Unreachable(format!("HTTP client: {e}")))?;
+        Ok(HttpEngine {
+            cfg,
+            client,
+            tokenizer: None,
+        })
+    }
+
+    /// Uses `tokenizer` to count usage when the backend reports none.
+    pub fn with_tokenizer(mut self, tokenizer: Arc<dyn Tokenizer>) -> Self {
+        self.tokenizer = Some(tokenizer);
+        self
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let mut rb = self
+            .client
+            .request(method, format!("{}{}", self.cfg.base_url, path));
+        if let Some(k) = &self.cfg.api_key {
+            rb = rb.bearer_auth(k);
+        }
+        rb
+    }
+
+    async fn submit_inner(&self, req: EngineRequest) -> Result<EngineResponse, EngineError> {
+        let deadline = Instant::now() + req.timeout;
+        let mut body = req.body;
+        if let Some(served) = &self.cfg.served_model {
+            body.insert("model".into(), Value::String(served.clone()));
+        }
+        let prompt_text = self
+            .tokenizer
+            .as_ref()
+            .map(|_| prompt_text(req.endpoint, &body));
+        let send = self
+            .request(reqwest::Method::POST, req.endpoint.path())
+            .json(&body)
+            .send();
+        let resp = match tokio::time::timeout_at(deadline, send).await {
+            Err(_) => return Err(EngineError::Timeout(req.timeout)),
+            Ok(Err(e)) if e.is_connect() => return Err(EngineError::Unreachable(e.to_string())),
+            Ok(Err(e)) => return Err(EngineError::Protocol(e.to_string())),
+            Ok(Ok(r)) => r,
+        };
+        let status = resp.status().as_u16();
+        let content_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(if req.stream {
+                "text/event-stream"
+            } else {
+                "application/json"
+            })
+            .to_owned();
+        if !resp.status().is_success() {
+            let message = read_error(resp, deadline).await;
+            return Err(if status == 429 || status == 503 {
+                EngineError::Busy(message)
+            } else {
+                EngineError::Status { status, message }
+            });
+        }
+        let (tx, rx) = mpsc::channel(BODY_CHANNEL);
+        let tokenizer = self.tokenizer.clone();
+        let timeout = req.timeout;
+        tokio::spawn(relay(resp, tx, deadline, timeout, tokenizer, prompt_text));
+        Ok(EngineResponse {
+            status,
+            content_type,
+            body: rx,
+        })
+    }
+}
+
+/// Prompt text for local counting: message contents (chat) or the prompt (completions).
+fn prompt_text(endpoint: Endpoint, body: &serde_json::Map<String, Value>) -> String {
+    let mut out = String::new();
+    match endpoint {
+        Endpoint::ChatCompletions => {
+            for m in body
+                .get("messages")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                match m.get("content") {
+                    Some(Value::String(s)) => out.push_str(s),
+                    Some(Value::Array(parts)) => {
+                        for p in parts {
+                            if let Some(t) = p.get("text").and_then(Value::as_str) {
+                                out.push_str(t);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+                out.push('\n');
+            }
+        }
+        Endpoint::Completions => match body.get("prompt") {
+            Some(Value::String(s)) => out.push_str(s),
+            Some(Value::Array(a)) => {
+                for p in a.iter().filter_map(Value::as_str) {
+                    out.push_str(p);
+                }
+            }
+            _ => {}
+        },
+    }
+    out
+}
+
+async fn read_error(mut resp: reqwest::Response, deadline: Instant) -> String {
+    let mut buf = Vec::new();
+    while buf.len() < MAX_ERROR_BODY {
+        match tokio::time::timeout_at(deadline, resp.chunk()).await {
+            Ok(Ok(Some(c))) => buf.extend_from_slice(&c),
+            _ => break,
+        }
+    }
+    let msg = serde_json::from_slice::<Value>(&buf)
+        .ok()
+        .and_then(|v| {
+            v.get("error")
+                .and_then(|e| e.get("message").or(Some(e)))
+                .and_then(Value::as_str)
+                .or_else(|| v.get("message").and_then(Value::as_str))
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| String::from_utf8_lossy(&buf).into_owned());
+    let mut msg: String = msg.chars().filter(|c| !c.is_control()).take(300).collect();
+    if msg.is_empty() {
+        msg = "no error message".into();
+    }
+    msg
+}
+
+async fn relay(
+    mut resp: reqwest::Response,
+    tx: mpsc::Sender<BodyEvent>,
+    deadline: Instant,
+    timeout: Duration,
+    tokenizer: Option<Arc<dyn Tokenizer>>,
+    prompt_text: Option<String>,
+) {
+    let mut tracker = if tokenizer.is_some() {
+        UsageTracker::new().collecting_text()
+    } else {
+        UsageTracker::new()
+    };
+    let local = |tracker: &UsageTracker| -> Option<Usage> {
+        let tok = tokenizer.as_ref()?;
+        let prompt = tok.count(prompt_text.as_deref().unwrap_or("")).ok()?;
+        let completion = tok.count(tracker.text().unwrap_or("")).ok()?;
+        Some(Usage::new(prompt, completion))
+    };
+    loop {
+        let next = tokio::select! {
+            r = tokio::time::timeout_at(deadline, resp.chunk()) => r,
+            () = tx.closed() => {
+                tracing::debug!("engine request cancelled by the caller");
+                return; // dropping `resp` closes the connection: the backend stops generating
+            }
+        };
+        let failure = match next {
+            Ok(Ok(Some(chunk))) => {
+                tracker.push(&chunk);
+                if tx.send(BodyEvent::Data(chunk.to_vec())).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Ok(Ok(None)) => None,
+            Ok(Err(e)) => Some(EngineError::Protocol(format!("body broke off: {e}"))),
+            Err(_) => Some(EngineError::Timeout(timeout)),
+        };
+        let reported = tracker.usage();
+        let (usage, counted_locally) = match reported {
+            Some(u) => (u, false),
+            None => match local(&tracker) {
+                Some(u) => (u, true),
+                None => (Usage::default(), false),
+            },
+        };
+        let ev = match failure {
+            None => BodyEvent::End {
+                usage,
+                counted_locally,
+            },
+            Some(error) => BodyEvent::Failed { error, usage },
+        };
+        let _ = tx.send(ev).await;
+        return;
+    }
+}
+
+impl Engine for HttpEngine {
+    fn submit(&self, req: EngineRequest) -> BoxFuture<'_, Result<EngineResponse, EngineError>> {
+        Box::pin(self.submit_inner(req))
+    }
+
+    fn health(&self) -> BoxFuture<'_, Health> {
+        Box::pin(async move {
+            let down = |reason: String| Health {
+                up: false,
+                reason: Some(reason),
+            };
+            let probe = self.request(reqwest::Method::GET, "/v1/models").send();
+            let resp = match tokio::time::timeout(Duration::from_secs(10), probe).await {
+                Err(_) => return down("GET /v1/models timed out".into()),
+                Ok(Err(e)) => return down(format!("GET /v1/models: {e}")),
+                Ok(Ok(r)) => r,
+            };
+            if !resp.status().is_success() {
+                return down(format!("GET /v1/models: HTTP {}", resp.status()));
+            }
+            let Ok(v) = resp.json::<Value>().await else {
+                return down("GET /v1/models: not JSON".into());
+            };
+            let want = self.cfg.served_model.as_deref().unwrap_or(&self.cfg.model);
+            let served = v
+                .get("data")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|m| m.get("id").and_then(Value::as_str))
+                .any(|id| id == want);
+            if served {
+                Health {
+                    up: true,
+                    reason: None,
+                }
+            } else {
+                down(format!("backend does not serve model '{want}'"))
+            }
+        })
+    }
+
+    fn model_info(&self) -> ModelInfo {
+        ModelInfo {
+            name: self.cfg.model.clone(),
+            engine: self.cfg.kind.label().into(),
+            context_length: self.cfg.context_length,
+            max_concurrency: self.cfg.max_concurrency,
+        }
+    }
+}

@@ -1,0 +1,402 @@
+//! `HttpEngine` against an OpenAI-compatible server on loopback.
+//!
+//! The server replays `data/vllm_chat_stream.sse`, a chat stream in the exact shape vLLM's
+//! OpenAI server emits with `stream_options.include_usage` (role chunk, content chunks,
+//! finish chunk, a usage chunk with empty `choices`, `[DONE]`), cut into chunks at adversarial
+//! places: every byte, inside the UTF-8 of "ç" and "—", and at random offsets.
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use cocoon_engine::{
+    BackendKind, BodyEvent, Engine, EngineError, EngineRequest, HttpEngine, HttpEngineConfig,
+    Tokenizer,
+};
+use cocoon_openai::{Endpoint, Usage};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+const TRANSCRIPT: &str = include_str!("data/vllm_chat_stream.sse");
+
+#[derive(Clone, Default)]
+struct Shared {
+    cancelled: Arc<AtomicBool>,
+    last_model: Arc<std::sync::Mutex<String>>,
+    requests: Arc<AtomicUsize>,
+}
+
+fn split(bytes: &[u8], mode: &str) -> Vec<Vec<u8>> {
+    match mode {
+        "bytes" => bytes.iter().map(|b| vec![*b]).collect(),
+        "utf8" => {
+            // Cut in the middle of every multi-byte character.
+            let mut out = Vec::new();
+            let mut start = 0;
+            for (i, b) in bytes.iter().enumerate() {
+                if *b >= 0xC0 {
+                    out.push(bytes[start..=i].to_vec());
+                    start = i + 1;
+                }
+            }
+            out.push(bytes[start..].to_vec());
+            out
+        }
+        m => {
+            let seed: usize = m.trim_start_matches("rand").parse().unwrap_or(1);
+            let mut out = Vec::new();
+            let mut start = 0;
+            let mut x = seed.wrapping_mul(2654435761) | 1;
+            while start < bytes.len() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let n = 1 + x % 23;
+                let end = (start + n).min(bytes.len());
+                out.push(bytes[start..end].to_vec());
+                start = end;
+            }
+            out
+        }
+    }
+}
+
+async fn chat(
+    State(s): State<Shared>,
+    Path(mode): Path<String>,
+    body: axum::Json<Value>,
+) -> Response {
+    s.requests.fetch_add(1, Ordering::SeqCst);
+    *s.last_model.lock().unwrap() = body["model"].as_str().unwrap_or("").to_owned();
+    match mode.as_str() {
+        "error400" => (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"object":"error","message":"max_tokens is too large","type":"BadRequestError","code":400})),
+        )
+            .into_response(),
+        "busy" => (StatusCode::TOO_MANY_REQUESTS, "slow down").into_response(),
+        "json" => axum::Json(json!({
+            "id": "cmpl-1", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello there friend"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 12, "completion_tokens": 4, "total_tokens": 16}
+        }))
+        .into_response(),
+        "nousage" => {
+            let s = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"one two\"}}]}\n\n\
+                     data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\" three\"}}]}\n\ndata: [DONE]\n\n";
+            ([("content-type", "text/event-stream")], s).into_response()
+        }
+        "dropmid" => {
+            let first = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"alpha beta\"}}]}\n\n";
+            let stream = futures::stream::unfold(0u8, move |n| async move {
+                match n {
+                    0 => Some((Ok(first.as_bytes().to_vec()), 1)),
+                    1 => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Some((Err(std::io::Error::other("backend crashed")), 2))
+                    }
+                    _ => None,
+                }
+            });
+            ([("content-type", "text/event-stream")], Body::from_stream(stream)).into_response()
+        }
+        "stall" | "endless" => {
+            let cancelled = s.cancelled.clone();
+            let endless = mode == "endless";
+            let stream = async_stream(cancelled, endless);
+            ([("content-type", "text/event-stream")], Body::from_stream(stream)).into_response()
+        }
+        m => {
+            let parts = split(TRANSCRIPT.as_bytes(), m);
+            let stream = futures::stream::iter(parts.into_iter().map(Ok::<_, std::io::Error>));
+            ([("content-type", "text/event-stream")], Body::from_stream(stream)).into_response()
+        }
+    }
+}
+
+/// Emits a chunk every 20 ms (`endless`) or one chunk and then nothing (`stall`); records being
+/// dropped, which is how the server sees a client that went away.
+fn async_stream(
+    cancelled: Arc<AtomicBool>,
+    endless: bool,
+) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    struct Guard(Arc<AtomicBool>);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let guard = Guard(cancelled);
+    futures::stream::unfold((guard, 0u32), move |(g, n)| async move {
+        if n > 0 {
+            let wait = if endless { 20 } else { 60_000 };
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
+        let chunk = format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"t{n} \"}}}}]}}\n\n");
+        Some((Ok(chunk.into_bytes()), (g, n + 1)))
+    })
+}
+
+async fn server() -> (String, Shared) {
+    let shared = Shared::default();
+    let app = Router::new()
+        .route("/{mode}/v1/chat/completions", post(chat))
+        .route(
+            "/{mode}/v1/models",
+            get(|Path(mode): Path<String>| async move {
+                if mode == "down" {
+                    return (StatusCode::SERVICE_UNAVAILABLE, "loading").into_response();
+                }
+                axum::Json(json!({"object":"list","data":[{"id":"smol-served","object":"model"}]}))
+                    .into_response()
+            }),
+        )
+        .with_state(shared.clone());
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    (format!("http://{addr}"), shared)
+}
+
+fn engine(base: &str, mode: &str) -> HttpEngine {
+    let mut cfg = HttpEngineConfig::new(
+        format!("{base}/{mode}"),
+        BackendKind::Vllm,
+        "SmolLM2-135M-Instruct",
+    );
+    cfg.served_model = Some("smol-served".into());
+    HttpEngine::new(cfg).unwrap()
+}
+
+fn request(stream: bool, timeout: Duration) -> EngineRequest {
+    let body = json!({
+        "model": "SmolLM2-135M-Instruct",
+        "messages": [{"role": "user", "content": "Translate to French: hello world"}],
+        "stream": stream,
+    });
+    EngineRequest {
+        endpoint: Endpoint::ChatCompletions,
+        body: body.as_object().unwrap().clone(),
+        stream,
+        timeout,
+    }
+}
+
+async fn collect(mut rx: tokio::sync::mpsc::Receiver<BodyEvent>) -> (Vec<u8>, BodyEvent) {
+    let mut body = Vec::new();
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            BodyEvent::Data(d) => body.extend(d),
+            end => return (body, end),
+        }
+    }
+    panic!("body channel closed without an end event");
+}
+
+/// Counts whitespace-separated words: a real tokenizer for a toy vocabulary.
+struct Words;
+impl Tokenizer for Words {
+    fn count(&self, text: &str) -> Result<u64, String> {
+        Ok(text.split_whitespace().count() as u64)
+    }
+}
+
+#[tokio::test]
+async fn streamed_usage_survives_adversarial_chunking_and_body_is_relayed_exactly() {
+    let (base, shared) = server().await;
+    for mode in ["bytes", "utf8", "rand1", "rand2", "rand3", "whole"] {
+        let e = engine(&base, mode);
+        let resp = e
+            .submit(request(true, Duration::from_secs(10)))
+            .await
+            .unwrap();
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.content_type, "text/event-stream");
+        let (body, end) = collect(resp.body).await;
+        assert_eq!(
+            body,
+            TRANSCRIPT.as_bytes(),
+            "{mode}: body must be byte-identical"
+        );
+        let mut want = Usage::new(31, 9);
+        want.prompt_tokens_details =
+            Some(cocoon_openai::usage::PromptTokensDetails { cached_tokens: 16 });
+        assert_eq!(
+            end,
+            BodyEvent::End {
+                usage: want,
+                counted_locally: false
+            },
+            "{mode}"
+        );
+    }
+    assert_eq!(
+        *shared.last_model.lock().unwrap(),
+        "smol-served",
+        "model name is rewritten"
+    );
+}
+
+#[tokio::test]
+async fn non_streamed_json_usage() {
+    let (base, _) = server().await;
+    let resp = engine(&base, "json")
+        .submit(request(false, Duration::from_secs(10)))
+        .await
+        .unwrap();
+    let (body, end) = collect(resp.body).await;
+    assert!(serde_json::from_slice::<Value>(&body).is_ok());
+    assert_eq!(
+        end,
+        BodyEvent::End {
+            usage: Usage::new(12, 4),
+            counted_locally: false
+        }
+    );
+}
+
+#[tokio::test]
+async fn missing_usage_is_counted_with_the_tokenizer() {
+    let (base, _) = server().await;
+    let e = engine(&base, "nousage").with_tokenizer(Arc::new(Words));
+    let resp = e
+        .submit(request(true, Duration::from_secs(10)))
+        .await
+        .unwrap();
+    let (_, end) = collect(resp.body).await;
+    // prompt "Translate to French: hello world" = 5 words; completion "one two three" = 3.
+    assert_eq!(
+        end,
+        BodyEvent::End {
+            usage: Usage::new(5, 3),
+            counted_locally: true
+        }
+    );
+    // Without a tokenizer the usage is honestly zero and not marked as counted.
+    let resp = engine(&base, "nousage")
+        .submit(request(true, Duration::from_secs(10)))
+        .await
+        .unwrap();
+    let (_, end) = collect(resp.body).await;
+    assert_eq!(
+        end,
+        BodyEvent::End {
+            usage: Usage::default(),
+            counted_locally: false
+        }
+    );
+}
+
+#[tokio::test]
+async fn failure_mid_stream_reports_usage_so_far_once() {
+    let (base, _) = server().await;
+    let e = engine(&base, "dropmid").with_tokenizer(Arc::new(Words));
+    let resp = e
+        .submit(request(true, Duration::from_secs(10)))
+        .await
+        .unwrap();
+    let (body, end) = collect(resp.body).await;
+    assert!(String::from_utf8_lossy(&body).contains("alpha beta"));
+    match end {
+        BodyEvent::Failed {
+            error: EngineError::Protocol(_),
+            usage,
+        } => {
+            assert_eq!(usage, Usage::new(5, 2));
+        }
+        other => panic!("expected a protocol failure, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn error_statuses_timeouts_and_unreachable() {
+    let (base, _) = server().await;
+    let err = engine(&base, "error400")
+        .submit(request(false, Duration::from_secs(5)))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        EngineError::Status {
+            status: 400,
+            message: "max_tokens is too large".into()
+        }
+    );
+    let err = engine(&base, "busy")
+        .submit(request(false, Duration::from_secs(5)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, EngineError::Busy(ref m) if m == "slow down"),
+        "{err:?}"
+    );
+
+    let resp = engine(&base, "stall")
+        .submit(request(true, Duration::from_millis(300)))
+        .await
+        .unwrap();
+    let (_, end) = collect(resp.body).await;
+    assert!(
+        matches!(
+            end,
+            BodyEvent::Failed {
+                error: EngineError::Timeout(_),
+                ..
+            }
+        ),
+        "{end:?}"
+    );
+
+    // Nothing listens on port 9 of loopback.
+    let cfg = HttpEngineConfig::new("http://127.0.0.1:9", BackendKind::LlamaServer, "m");
+    let err = HttpEngine::new(cfg)
+        .unwrap()
+        .submit(request(false, Duration::from_secs(5)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::Unreachable(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn dropping_the_receiver_cancels_the_backend_request() {
+    let (base, shared) = server().await;
+    let resp = engine(&base, "endless")
+        .submit(request(true, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let mut rx = resp.body;
+    assert!(matches!(rx.recv().await, Some(BodyEvent::Data(_))));
+    drop(rx);
+    for _ in 0..100 {
+        if shared.cancelled.load(Ordering::SeqCst) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the backend never saw the request go away");
+}
+
+#[tokio::test]
+async fn health_probe() {
+    let (base, _) = server().await;
+    let up = engine(&base, "whole").health().await;
+    assert!(up.up, "{up:?}");
+    let down = engine(&base, "down").health().await;
+    assert!(!down.up && down.reason.unwrap().contains("503"));
+    let mut cfg =
+        HttpEngineConfig::new(format!("{base}/whole"), BackendKind::Ollama, "other-model");
+    cfg.api_key = Some("secret-key".into());
+    assert!(!format!("{cfg:?}").contains("secret-key"));
+    let e = HttpEngine::new(cfg).unwrap();
+    let h = e.health().await;
+    assert!(
+        h.reason
+            .unwrap()
+            .contains("does not serve model 'other-model'")
+    );
+    assert_eq!(e.model_info().engine, "ollama");
+}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Writes seed inputs for every fuzz target from the golden vectors in testvectors/tl/ into
-# fuzz/corpus/<target>/ (git-ignored). Safe to run again: it only adds/overwrites seed-* files.
+# Writes seed inputs for every fuzz target from the golden vectors in testvectors/tl/ and
+# the attestation evidence in testvectors/attest/ into fuzz/corpus/<target>/ (git-ignored).
+# Safe to run again: it only adds/overwrites seed-* files.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 exec python3 - "$here" <<'PY'
@@ -89,6 +90,68 @@ for s, frames in streams.items():
 for name, kind, data in invalid:
     if kind == "frame":
         write("session", name, b"\x00\x00\x00" + data)
+
+# --- Attestation targets, from testvectors/attest/ (layouts: see each target's docs). ---
+attest = os.path.join(fuzz, "..", "testvectors", "attest")
+
+def read(*parts):
+    with open(os.path.join(attest, *parts), "rb") as f:
+        return f.read()
+
+quotes = {
+    "tdx-v4": read("tdx_quote"),
+    "cocoon-v4": read("cocoon_quote.dat"),
+    "tdx-v5": read("tdx_quote_v5_outdated"),
+    "sgx-v3": read("sgx_quote"),
+}
+collaterals = {
+    "sample": read("tdx_quote_collateral.json"),
+    "cocoon-90c06f": read("cocoon_quote_collateral_90c06f.json"),
+}
+# tdx_quote: mode 0 = quote vs the sample collateral, 1 = vs the 90c06f collateral,
+# 2 = collateral JSON, 3 = quote under a lax policy.
+for name, q in quotes.items():
+    for mode in (0, 1, 3):
+        write("tdx_quote", f"{name}-{mode}", bytes([mode]) + q)
+    # The header alone and a truncated body reach the length checks.
+    write("tdx_quote", f"{name}-header", b"\x01" + q[:48])
+    write("tdx_quote", f"{name}-truncated", b"\x01" + q[: len(q) // 2])
+for name, c in collaterals.items():
+    write("tdx_quote", f"collateral-{name}", b"\x02" + c)
+
+# sev_report: mode 0 = raw report, 1 = hex text, 2 = VCEK (DER), 3 = ASK/ARK chain (PEM).
+report_hex = read("sev", "report_milan.hex")
+report = bytes.fromhex("".join(report_hex.decode().split()))
+write("sev_report", "milan-raw", b"\x00" + report)
+write("sev_report", "milan-hex", b"\x01" + report_hex)
+write("sev_report", "milan-truncated", b"\x00" + report[:0x2A0])
+for gen in ("milan", "turin"):
+    write("sev_report", f"vcek-{gen}", b"\x02" + read("sev", f"vcek_{gen}.der"))
+    write("sev_report", f"chain-{gen}", b"\x03" + read("sev", f"cert_chain_{gen}"))
+
+# ratls_cert: mode 0 = evidence-extension contents (envelopes), 1 = a certificate (DER),
+# 2 = XOR mutation of a generated sim certificate (2-byte offset, then the flips).
+def sev_envelope(*parts):
+    out = b"CCN-SEV1"
+    for p in parts:
+        out += struct.pack("<I", len(p)) + p
+    return out
+
+write("ratls_cert", "env-tdx-cocoon", b"\x00" + quotes["cocoon-v4"])
+write("ratls_cert", "env-tdx-sample", b"\x00" + quotes["tdx-v4"])
+write("ratls_cert", "env-sev-milan",
+      b"\x00" + sev_envelope(report, read("sev", "vcek_milan.der"), read("sev", "cert_chain_milan")))
+write("ratls_cert", "env-sev-truncated",
+      b"\x00" + sev_envelope(report, read("sev", "vcek_milan.der"))[:-10])
+write("ratls_cert", "env-sim-empty", b"\x00" + b"CCN-SIM1")
+write("ratls_cert", "env-reserved-magic", b"\x00" + b"CCN-XYZ1" + bytes(32))
+# The certificates embedded in the evidence (PCK chain PEMs, VCEK) as whole-certificate
+# inputs: real DER the X.509 parser accepts, rejected later by the RA-TLS checks.
+write("ratls_cert", "der-vcek-milan", b"\x01" + read("sev", "vcek_milan.der"))
+write("ratls_cert", "der-vcek-turin", b"\x01" + read("sev", "vcek_turin.der"))
+for i, off in enumerate((0, 4, 200, 300, 400, 600)):
+    write("ratls_cert", f"flip-{i}", b"\x02" + struct.pack("<H", off) + b"\x00\x01\x80\xff")
+write("ratls_cert", "flip-none", b"\x02\x00\x00")
 
 for t in sorted(counts):
     print(f"{t}: {counts[t]} seeds in fuzz/corpus/{t}/")

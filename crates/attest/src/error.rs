@@ -27,6 +27,17 @@ pub enum AttestError {
     Dcap(String),
     #[error("missing collateral: {what}")]
     MissingCollateral { what: String },
+    #[error("cannot fetch {item} for FMSPC {fmspc} from {url}: {reason}")]
+    CollateralFetch {
+        fmspc: String,
+        item: String,
+        url: String,
+        reason: String,
+    },
+    #[error("invalid policy: {0}")]
+    InvalidPolicy(String),
+    #[error("PCCS client: {0}")]
+    PccsConfig(String),
     #[error("invalid collateral ({what}): {reason}")]
     InvalidCollateral { what: String, reason: String },
     #[error("collateral expired: {what} not after {not_after}, now {now}")]

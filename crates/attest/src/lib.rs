@@ -8,6 +8,7 @@
 pub mod cache;
 mod error;
 mod model;
+pub mod pccs;
 mod policy;
 pub mod sev;
 pub mod sim;
@@ -16,6 +17,7 @@ pub mod tsm;
 
 pub use error::AttestError;
 pub use model::{Backend, Measurements, TcbStatus, TdxMeasurements, VerifiedPeer};
+pub use pccs::{CollateralFetcher, PccsClient};
 pub use policy::{Evidence, Policy, report_data_for_public_key};
 pub use sim::SimKey;
-pub use tdx::{CollateralStore, TdxCollateral};
+pub use tdx::{CollateralStore, PckCa, TdxCollateral};

@@ -73,7 +73,150 @@ pub struct Policy {
     pub max_validity_secs: u64,
 }
 
+/// The JSON policy file (`cocoon attest verify-cert --policy FILE`; format in
+/// docs/ra-tls.md). Hex values may be upper or lower case.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    backends: Vec<String>,
+    #[serde(default)]
+    image_hashes: Vec<String>,
+    #[serde(default)]
+    mrtds: Vec<String>,
+    #[serde(default)]
+    rtmrs: Vec<[String; 4]>,
+    #[serde(default)]
+    min_tcb_status: Option<TcbStatus>,
+    #[serde(default)]
+    denied_advisories: Vec<String>,
+    #[serde(default)]
+    allowed_advisories: Option<Vec<String>>,
+    #[serde(default)]
+    max_collateral_age_secs: Option<u64>,
+    #[serde(default)]
+    root_key_ids: Option<Vec<String>>,
+    #[serde(default)]
+    sim_signers: Vec<String>,
+    #[serde(default)]
+    test_network: bool,
+    #[serde(default)]
+    sev: Option<SevPolicyFile>,
+    #[serde(default)]
+    max_validity_secs: Option<u64>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SevPolicyFile {
+    #[serde(default)]
+    min_tcb: Option<SevTcbFile>,
+    #[serde(default)]
+    allow_debug: bool,
+    #[serde(default)]
+    allow_migration_agent: bool,
+    #[serde(default)]
+    require_vmpl0: Option<bool>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SevTcbFile {
+    bootloader: u8,
+    tee: u8,
+    snp: u8,
+    microcode: u8,
+}
+
+fn hex_n<const N: usize>(field: &str, s: &str) -> Result<[u8; N], AttestError> {
+    let mut out = [0u8; N];
+    hex::decode_to_slice(s.trim(), &mut out).map_err(|_| {
+        AttestError::InvalidPolicy(format!("{field}: {s:?} is not {N} bytes of hex"))
+    })?;
+    Ok(out)
+}
+
+fn hex_list<const N: usize>(field: &str, v: &[String]) -> Result<Vec<[u8; N]>, AttestError> {
+    v.iter().map(|s| hex_n::<N>(field, s)).collect()
+}
+
 impl Policy {
+    /// Parse a JSON policy file (format in docs/ra-tls.md). Unknown fields are errors;
+    /// omitted fields take the values of [`Policy::tdx_default`]. `sim` in `backends`
+    /// requires `"test_network": true`.
+    pub fn from_json(json: &[u8]) -> Result<Self, AttestError> {
+        let f: PolicyFile =
+            serde_json::from_slice(json).map_err(|e| AttestError::InvalidPolicy(e.to_string()))?;
+        let mut p = Self::tdx_default();
+        p.allowed_backends.clear();
+        for b in &f.backends {
+            let backend = match b.as_str() {
+                "tdx" => Backend::Tdx,
+                "sev-snp" => Backend::SevSnp,
+                "sim" => Backend::Sim,
+                other => {
+                    return Err(AttestError::InvalidPolicy(format!(
+                        "backends: unknown backend {other:?} (one of: tdx, sev-snp, sim)"
+                    )));
+                }
+            };
+            if !p.allowed_backends.contains(&backend) {
+                p.allowed_backends.push(backend);
+            }
+        }
+        if p.allowed_backends.is_empty() {
+            return Err(AttestError::InvalidPolicy("backends: empty".into()));
+        }
+        if p.allowed_backends.contains(&Backend::Sim) && !f.test_network {
+            return Err(AttestError::InvalidPolicy(
+                "backends: \"sim\" requires \"test_network\": true".into(),
+            ));
+        }
+        p.allowed_image_hashes = hex_list("image_hashes", &f.image_hashes)?;
+        p.allowed_mrtds = hex_list("mrtds", &f.mrtds)?;
+        p.allowed_rtmrs = f
+            .rtmrs
+            .iter()
+            .map(|set| {
+                Ok([
+                    hex_n("rtmrs", &set[0])?,
+                    hex_n("rtmrs", &set[1])?,
+                    hex_n("rtmrs", &set[2])?,
+                    hex_n("rtmrs", &set[3])?,
+                ])
+            })
+            .collect::<Result<_, AttestError>>()?;
+        if let Some(s) = f.min_tcb_status {
+            p.min_tcb_status = s;
+        }
+        p.denied_advisories = f.denied_advisories;
+        p.allowed_advisories = f.allowed_advisories;
+        p.max_collateral_age = f.max_collateral_age_secs;
+        if let Some(ids) = &f.root_key_ids {
+            p.allowed_root_key_ids = hex_list("root_key_ids", ids)?;
+        }
+        p.allowed_sim_signers = hex_list("sim_signers", &f.sim_signers)?;
+        p.is_test_network = f.test_network;
+        if let Some(sev) = f.sev {
+            if let Some(t) = sev.min_tcb {
+                p.sev.min_tcb = sev::SevTcb {
+                    bootloader: t.bootloader,
+                    tee: t.tee,
+                    snp: t.snp,
+                    microcode: t.microcode,
+                };
+            }
+            p.sev.allow_debug = sev.allow_debug;
+            p.sev.allow_migration_agent = sev.allow_migration_agent;
+            if let Some(v) = sev.require_vmpl0 {
+                p.sev.require_vmpl0 = v;
+            }
+        }
+        if let Some(v) = f.max_validity_secs {
+            p.max_validity_secs = v;
+        }
+        Ok(p)
+    }
+
     /// Production TDX policy, as strict as COCOON's `tdx` policy: only `UpToDate`,
     /// Intel root key pinned to COCOON's value, debug TDs rejected, sim rejected.
     /// Image/MRTD/RTMR allowlists start empty: fill them from the root contract.
@@ -242,7 +385,8 @@ impl Policy {
     /// SEV-SNP: signatures, the ARK pinned to AMD's roots, certificate validity at `now`,
     /// chip id / TCB binding to the VCEK and [`SevPolicy`] are checked by
     /// [`sev::verify_report_at`]. AMD's CRLs are not checked (that needs the network); the TCB
-    /// status is reported as `UpToDate` once the minimum TCB is met.
+    /// status is reported as `UpToDate` once the minimum TCB is met. `valid_until` is capped
+    /// by the earliest `notAfter` of the VCEK, ASK and ARK.
     fn evaluate_sev(
         &self,
         report: &[u8],
@@ -252,6 +396,7 @@ impl Policy {
     ) -> Result<VerifiedPeer, AttestError> {
         let now_unix = i64::try_from(now).unwrap_or(i64::MAX);
         let info = sev::verify_report_at(report, vcek_der, chain_pem, &self.sev, now_unix)?;
+        let certs_expire = sev::certs_not_after(vcek_der, chain_pem)?;
         Ok(VerifiedPeer {
             backend: Backend::SevSnp,
             image_hash: sev::image_hash(&info),
@@ -263,7 +408,7 @@ impl Policy {
             advisory_ids: Vec::new(),
             report_data: info.report_data,
             public_key: None,
-            valid_until: now.saturating_add(self.max_validity_secs),
+            valid_until: certs_expire.min(now.saturating_add(self.max_validity_secs)),
         })
     }
 

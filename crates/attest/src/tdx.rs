@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use dcap_qvl::QuoteCollateralV3;
 use dcap_qvl::quote::{Quote, Report, TDReport10};
 use sha2::{Digest, Sha256};
+use x509_parser::prelude::FromDer;
 
 use crate::error::AttestError;
 use crate::model::TdxMeasurements;
@@ -104,8 +105,83 @@ pub fn parse_quote(quote: &[u8]) -> Result<ParsedTdQuote, AttestError> {
     })
 }
 
+/// Which Intel PCK CA issued a platform's PCK certificate; it selects the PCK CRL
+/// (`/sgx/certification/v4/pckcrl?ca=processor|platform`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PckCa {
+    Processor,
+    Platform,
+}
+
+impl PckCa {
+    /// The PCS query value: `processor` or `platform`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            PckCa::Processor => "processor",
+            PckCa::Platform => "platform",
+        }
+    }
+
+    /// From an issuer common name ("Intel SGX PCK Platform CA" / "... Processor CA").
+    pub(crate) fn from_issuer_cn(cn: &str) -> Option<Self> {
+        if cn.contains("PCK Platform CA") {
+            Some(PckCa::Platform)
+        } else if cn.contains("PCK Processor CA") {
+            Some(PckCa::Processor)
+        } else {
+            None
+        }
+    }
+}
+
+impl std::fmt::Display for PckCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The PCK CA that issued the PCK certificate embedded in a TD quote (unverified; used
+/// only to choose which collateral to fetch).
+pub fn quote_pck_ca(quote: &[u8]) -> Result<PckCa, AttestError> {
+    let q = Quote::parse(quote).map_err(|e| AttestError::Malformed(format!("TDX quote: {e:#}")))?;
+    let chain = dcap_qvl::intel::extract_cert_chain(&q)
+        .map_err(|e| AttestError::Malformed(format!("TDX quote PCK chain: {e:#}")))?;
+    let leaf = chain
+        .first()
+        .ok_or_else(|| AttestError::Malformed("TDX quote has an empty PCK chain".into()))?;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(leaf)
+        .map_err(|e| AttestError::Malformed(format!("TDX quote PCK certificate: {e}")))?;
+    let cn = first_cn(cert.issuer());
+    PckCa::from_issuer_cn(&cn).ok_or_else(|| {
+        AttestError::Malformed(format!("PCK certificate issued by unknown CA {cn:?}"))
+    })
+}
+
+fn first_cn(name: &x509_parser::x509::X509Name<'_>) -> String {
+    name.iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// `thisUpdate`, `nextUpdate` and issuer CN of a DER CRL.
+pub(crate) fn crl_window(der: &[u8]) -> Result<(u64, u64, String), String> {
+    use x509_parser::revocation_list::CertificateRevocationList;
+    let (rest, crl) = CertificateRevocationList::from_der(der).map_err(|e| e.to_string())?;
+    if !rest.is_empty() {
+        return Err(format!("{} trailing bytes", rest.len()));
+    }
+    let this = u64::try_from(crl.last_update().timestamp()).map_err(|e| e.to_string())?;
+    let next = crl
+        .next_update()
+        .ok_or("no nextUpdate")
+        .and_then(|t| u64::try_from(t.timestamp()).map_err(|_| "nextUpdate before 1970"))?;
+    Ok((this, next, first_cn(crl.issuer())))
+}
+
 /// DCAP collateral (`QuoteCollateralV3`, JSON form as served by PCCS tools and dcap-qvl)
-/// plus the validity dates of its TCB info and QE identity.
+/// plus the validity dates of its TCB info, QE identity and CRLs.
 #[derive(Debug, Clone)]
 pub struct TdxCollateral {
     pub(crate) inner: QuoteCollateralV3,
@@ -115,17 +191,38 @@ pub struct TdxCollateral {
     pub tcb_info_next_update: u64,
     pub qe_identity_issue: u64,
     pub qe_identity_next_update: u64,
+    /// `thisUpdate` / `nextUpdate` of the PCK CRL.
+    pub pck_crl_issue: u64,
+    pub pck_crl_next_update: u64,
+    /// `thisUpdate` / `nextUpdate` of the Intel root CA CRL.
+    pub root_ca_crl_issue: u64,
+    pub root_ca_crl_next_update: u64,
+    /// The PCK CA whose CRL this collateral carries.
+    pub pck_ca: PckCa,
 }
 
 impl TdxCollateral {
     /// Parse the JSON form of `QuoteCollateralV3`.
     pub fn from_json(json: &[u8]) -> Result<Self, AttestError> {
+        let inner: QuoteCollateralV3 =
+            serde_json::from_slice(json).map_err(|e| AttestError::InvalidCollateral {
+                what: "QuoteCollateralV3 JSON".into(),
+                reason: e.to_string(),
+            })?;
+        Self::from_inner(inner)
+    }
+
+    /// The JSON form of `QuoteCollateralV3` (what [`Self::from_json`] reads).
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serializing strings and byte vectors cannot fail.
+        serde_json::to_vec_pretty(&self.inner).unwrap_or_default()
+    }
+
+    pub(crate) fn from_inner(inner: QuoteCollateralV3) -> Result<Self, AttestError> {
         let invalid = |reason: String| AttestError::InvalidCollateral {
-            what: "QuoteCollateralV3 JSON".into(),
+            what: "QuoteCollateralV3".into(),
             reason,
         };
-        let inner: QuoteCollateralV3 =
-            serde_json::from_slice(json).map_err(|e| invalid(e.to_string()))?;
         let tcb: serde_json::Value =
             serde_json::from_str(&inner.tcb_info).map_err(|e| invalid(format!("tcb_info: {e}")))?;
         let qe: serde_json::Value = serde_json::from_str(&inner.qe_identity)
@@ -137,6 +234,12 @@ impl TdxCollateral {
                 .ok_or_else(|| invalid(format!("{what}.{key} missing")))?;
             parse_rfc3339(s).ok_or_else(|| invalid(format!("{what}.{key} = {s:?} not RFC 3339")))
         };
+        let (pck_crl_issue, pck_crl_next_update, pck_issuer) =
+            crl_window(&inner.pck_crl).map_err(|e| invalid(format!("pck_crl: {e}")))?;
+        let pck_ca = PckCa::from_issuer_cn(&pck_issuer)
+            .ok_or_else(|| invalid(format!("pck_crl issued by unknown CA {pck_issuer:?}")))?;
+        let (root_ca_crl_issue, root_ca_crl_next_update, _) =
+            crl_window(&inner.root_ca_crl).map_err(|e| invalid(format!("root_ca_crl: {e}")))?;
         Ok(Self {
             fmspc: tcb
                 .get("fmspc")
@@ -147,41 +250,76 @@ impl TdxCollateral {
             tcb_info_next_update: date(&tcb, "tcb_info", "nextUpdate")?,
             qe_identity_issue: date(&qe, "qe_identity", "issueDate")?,
             qe_identity_next_update: date(&qe, "qe_identity", "nextUpdate")?,
+            pck_crl_issue,
+            pck_crl_next_update,
+            root_ca_crl_issue,
+            root_ca_crl_next_update,
+            pck_ca,
             inner,
         })
     }
 
-    /// Check the TCB info and QE identity validity windows at `now`, and their age
-    /// against `max_age` seconds when given. (CRL and certificate windows are checked by
-    /// the DCAP verification itself.)
+    /// The first second after which some item (TCB info, QE identity, a CRL) has expired.
+    pub fn expires_at(&self) -> u64 {
+        self.tcb_info_next_update
+            .min(self.qe_identity_next_update)
+            .min(self.pck_crl_next_update)
+            .min(self.root_ca_crl_next_update)
+    }
+
+    /// Check the TCB info, QE identity and CRL validity windows at `now`, and the age of
+    /// the TCB info / QE identity against `max_age` seconds when given. (Certificate
+    /// windows are checked by the DCAP verification itself.) Errors name the item and
+    /// the FMSPC.
     pub fn check_window(&self, now: u64, max_age: Option<u64>) -> Result<(), AttestError> {
-        for (what, issued, next) in [
-            ("TCB info", self.tcb_info_issue, self.tcb_info_next_update),
+        let items = [
+            (
+                "TCB info",
+                self.tcb_info_issue,
+                self.tcb_info_next_update,
+                true,
+            ),
             (
                 "QE identity",
                 self.qe_identity_issue,
                 self.qe_identity_next_update,
+                true,
             ),
-        ] {
+            (
+                "PCK CRL",
+                self.pck_crl_issue,
+                self.pck_crl_next_update,
+                false,
+            ),
+            (
+                "root CA CRL",
+                self.root_ca_crl_issue,
+                self.root_ca_crl_next_update,
+                false,
+            ),
+        ];
+        for (item, issued, next, aged) in items {
+            let what = || format!("{item} for FMSPC {}", self.fmspc);
             if now < issued {
                 return Err(AttestError::CollateralNotYetValid {
-                    what: what.into(),
+                    what: what(),
                     not_before: issued,
                     now,
                 });
             }
             if now > next {
                 return Err(AttestError::CollateralExpired {
-                    what: what.into(),
+                    what: what(),
                     not_after: next,
                     now,
                 });
             }
             if let Some(max_age) = max_age
+                && aged
                 && now - issued > max_age
             {
                 return Err(AttestError::CollateralTooOld {
-                    what: what.into(),
+                    what: what(),
                     issued,
                     now,
                     max_age,
@@ -218,8 +356,9 @@ pub(crate) fn parse_rfc3339(s: &str) -> Option<u64> {
     Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
 }
 
-/// Reads collateral from `<dir>/<fmspc>.json` (lower-case hex FMSPC). Fetching from a
-/// PCCS is not implemented here; an operator or a separate refresher fills the directory.
+/// Collateral cache directory: `<dir>/<fmspc>.json` (lower-case hex FMSPC), the JSON
+/// form of `QuoteCollateralV3`. An operator can fill it by hand;
+/// [`crate::pccs::CollateralFetcher`] fills and refreshes it from a PCCS / Intel PCS.
 #[derive(Debug, Clone)]
 pub struct CollateralStore {
     dir: PathBuf,
@@ -240,6 +379,14 @@ impl CollateralStore {
 
     /// Load the collateral for `fmspc` and check that it is valid at `now`.
     pub fn load(&self, fmspc: &[u8; 6], now: u64) -> Result<TdxCollateral, AttestError> {
+        let c = self.load_unchecked(fmspc)?;
+        c.check_window(now, None)?;
+        Ok(c)
+    }
+
+    /// Load the collateral for `fmspc` without checking its validity window (it still
+    /// has to parse and name `fmspc`).
+    pub fn load_unchecked(&self, fmspc: &[u8; 6]) -> Result<TdxCollateral, AttestError> {
         let path = self.path_for(fmspc);
         let json = match std::fs::read(&path) {
             Ok(j) => j,
@@ -259,15 +406,77 @@ impl CollateralStore {
                 });
             }
         };
-        let c = TdxCollateral::from_json(&json)?;
+        let c = TdxCollateral::from_json(&json).map_err(|e| match e {
+            AttestError::InvalidCollateral { reason, .. } => AttestError::InvalidCollateral {
+                what: path.display().to_string(),
+                reason,
+            },
+            e => e,
+        })?;
         if !c.fmspc.eq_ignore_ascii_case(&hex::encode(fmspc)) {
             return Err(AttestError::InvalidCollateral {
                 what: path.display().to_string(),
                 reason: format!("TCB info is for FMSPC {}", c.fmspc),
             });
         }
-        c.check_window(now, None)?;
         Ok(c)
+    }
+
+    /// Write `collateral` as `<dir>/<fmspc>.json` atomically: a temporary file in the
+    /// same directory, synced, then renamed over the old one. Readers see the old or the
+    /// new file, never a partial one.
+    pub fn save(&self, collateral: &TdxCollateral) -> Result<PathBuf, AttestError> {
+        use std::io::Write;
+        let fmspc =
+            parse_fmspc(&collateral.fmspc).ok_or_else(|| AttestError::InvalidCollateral {
+                what: "collateral to save".into(),
+                reason: format!("FMSPC {:?} is not 6 hex bytes", collateral.fmspc),
+            })?;
+        let path = self.path_for(&fmspc);
+        let io = |p: &Path| {
+            let p = p.display().to_string();
+            move |source| AttestError::Io { path: p, source }
+        };
+        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let tmp = self.dir.join(format!(
+            ".{}.json.tmp-{}-{}",
+            hex::encode(fmspc),
+            std::process::id(),
+            SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&collateral.to_json())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            // Persist the rename (best effort: not every filesystem syncs directories).
+            if let Ok(d) = std::fs::File::open(&self.dir) {
+                let _ = d.sync_all();
+            }
+            Ok(())
+        };
+        write().map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            io(&path)(e)
+        })?;
+        Ok(path)
+    }
+
+    /// FMSPCs with a file in the directory (`<12 hex digits>.json`).
+    pub fn list(&self) -> Vec<[u8; 6]> {
+        let mut out = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let Some(name) = name.to_str() else { continue };
+                if let Some(f) = name.strip_suffix(".json").and_then(parse_fmspc) {
+                    out.push(f);
+                }
+            }
+        }
+        out.sort_unstable();
+        out
     }
 
     /// Load the collateral matching the FMSPC in the quote's PCK certificate.
@@ -278,6 +487,16 @@ impl CollateralStore {
         })?;
         self.load(&fmspc, now)
     }
+}
+
+/// 12 hex digits (either case) → FMSPC bytes.
+pub fn parse_fmspc(s: &str) -> Option<[u8; 6]> {
+    if s.len() != 12 {
+        return None;
+    }
+    let mut out = [0u8; 6];
+    hex::decode_to_slice(s, &mut out).ok()?;
+    Some(out)
 }
 
 /// Result of the DCAP step, before our policy checks.

@@ -43,6 +43,19 @@ fn milan_report_through_policy() {
         }
     );
 
+    assert_eq!(peer.valid_until(), NOW + policy.max_validity_secs);
+    // Close to the VCEK's notAfter (2030-04-03T19:23:43Z), the verdict ends with it.
+    let vcek_not_after = 1_901_474_623;
+    assert_eq!(sev::certs_not_after(&vcek, &chain).unwrap(), vcek_not_after);
+    let late = policy
+        .evaluate(&ev, &info.report_data, vcek_not_after - 100)
+        .expect("accepted just before the VCEK expires");
+    assert_eq!(late.valid_until(), vcek_not_after);
+    assert!(matches!(
+        policy.evaluate(&ev, &info.report_data, vcek_not_after + 1),
+        Err(AttestError::Sev(_))
+    ));
+
     // A TDX-only policy refuses SEV evidence.
     assert!(matches!(
         Policy::tdx_default().evaluate(&ev, &info.report_data, NOW),

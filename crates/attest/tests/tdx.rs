@@ -87,7 +87,7 @@ fn sample_tdx_quote_outside_window() {
             not_after,
             now,
         }) => {
-            assert_eq!(what, "TCB info");
+            assert_eq!(what, "TCB info for FMSPC B0C06F000000");
             assert_eq!(not_after, 1_752_920_163); // 2025-07-19T10:16:03Z
             assert_eq!(now, 1_754_006_400);
         }

@@ -7,9 +7,13 @@
 //! debug and root-key checks all pass under the policy.
 
 use clap::{ArgGroup, Args, Subcommand};
+use cocoon_attest::pccs::{self, CollateralFetcher, PccsClient};
 use cocoon_attest::sev::{self, SevReportInfo};
 use cocoon_attest::tdx::{self, ParsedTdQuote};
-use cocoon_attest::{Evidence, Measurements, Policy, TcbStatus, TdxCollateral, VerifiedPeer};
+use cocoon_attest::{
+    AttestError, CollateralStore, Evidence, Measurements, Policy, TcbStatus, TdxCollateral,
+    VerifiedPeer,
+};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 
@@ -38,6 +42,24 @@ pub struct VerifyArgs {
     /// DCAP collateral for the quote (`QuoteCollateralV3` JSON).
     #[arg(long, value_name = "FILE", requires = "quote")]
     collateral: Option<PathBuf>,
+    /// Fetch the collateral for the quote's FMSPC from this PCCS or Intel PCS base URL
+    /// (e.g. `https://api.trustedservices.intel.com`).
+    #[arg(
+        long,
+        value_name = "URL",
+        requires = "quote",
+        conflicts_with = "collateral"
+    )]
+    pccs: Option<String>,
+    /// Collateral cache directory (`<fmspc>.json`): used when valid at `--now`, otherwise
+    /// (with `--pccs`) refreshed there atomically.
+    #[arg(
+        long,
+        value_name = "DIR",
+        requires = "quote",
+        conflicts_with = "collateral"
+    )]
+    collateral_dir: Option<PathBuf>,
     /// Extra TCB statuses to accept besides `UpToDate` (e.g. `SWHardeningNeeded`); the
     /// policy then accepts every status at least as good as the worst one named.
     #[arg(long = "allow-status", value_name = "S", num_args = 1.., requires = "quote")]
@@ -89,12 +111,20 @@ pub struct VerifyCertArgs {
     /// RA-TLS certificate, PEM (or DER).
     #[arg(value_name = "CERT")]
     cert: PathBuf,
-    /// Policy: `sim` (test networks), `tdx` or `sev-snp`.
-    #[arg(long, value_name = "P", default_value = "tdx")]
+    /// Policy: `tdx`, `sev-snp`, `any` (any real TEE whose evidence verifies), `sim`
+    /// (test networks), or a JSON policy file (format in docs/ra-tls.md).
+    #[arg(long, value_name = "P|FILE", default_value = "tdx")]
     policy: String,
-    /// DCAP collateral directory (`CollateralStore`) for TDX quotes.
+    /// Also accept simulated evidence (test networks only).
+    #[arg(long)]
+    allow_sim: bool,
+    /// DCAP collateral directory (`<fmspc>.json`) for TDX quotes.
     #[arg(long, value_name = "DIR")]
     collateral_dir: Option<PathBuf>,
+    /// Fetch missing or expired TDX collateral from this PCCS / Intel PCS base URL (into
+    /// `--collateral-dir` when given).
+    #[arg(long, value_name = "URL")]
+    pccs: Option<String>,
     /// Verification time (Unix seconds); defaults to now.
     #[arg(long, value_name = "UNIX")]
     now: Option<u64>,
@@ -127,7 +157,12 @@ fn verify(args: VerifyArgs) -> Result<(), String> {
             .iter()
             .map(|s| parse_status(s))
             .collect::<Result<Vec<_>, _>>()?;
-        verify_tdx(quote, args.collateral.as_deref(), &statuses, now, args.json)
+        let source = CollateralArgs {
+            file: args.collateral.as_deref(),
+            pccs: args.pccs.as_deref(),
+            dir: args.collateral_dir.as_deref(),
+        };
+        verify_tdx(quote, &source, &statuses, now, args.json)
     } else if let (Some(report), Some(vcek), Some(chain)) =
         (&args.sev_report, &args.vcek, &args.chain)
     {
@@ -232,20 +267,58 @@ fn verdict(result: &Result<VerifiedPeer, String>) -> Value {
     }
 }
 
+/// Where `verify --quote` takes its collateral from.
+struct CollateralArgs<'a> {
+    file: Option<&'a Path>,
+    pccs: Option<&'a str>,
+    dir: Option<&'a Path>,
+}
+
+/// Collateral for `quote` from a cache directory (if valid at `now`) or a PCCS (stored
+/// into the directory when one is given). `Err` is the verdict's error.
+fn collateral_from(
+    quote: &[u8],
+    pccs: Option<&str>,
+    dir: Option<&Path>,
+    now: u64,
+) -> Result<TdxCollateral, AttestError> {
+    let (fmspc, ca) = pccs::quote_platform(quote)?;
+    let store = dir.map(CollateralStore::new);
+    let cached = store.as_ref().map(|s| s.load(&fmspc, now));
+    let Some(url) = pccs else {
+        return match cached {
+            Some(r) => r,
+            None => Err(AttestError::MissingCollateral {
+                what: "no collateral given (--collateral FILE, --collateral-dir DIR or --pccs \
+                       URL)"
+                    .into(),
+            }),
+        };
+    };
+    if let Some(Ok(c)) = cached {
+        return Ok(c);
+    }
+    let client = PccsClient::new(url)?;
+    match store {
+        Some(store) => CollateralFetcher::new(client, store)
+            .refresh_blocking(&fmspc, ca, now)
+            .map(|c| (*c).clone()),
+        None => client.fetch_blocking(&fmspc, ca),
+    }
+}
+
 fn verify_tdx(
     quote_path: &Path,
-    collateral_path: Option<&Path>,
+    source: &CollateralArgs<'_>,
     allow: &[TcbStatus],
     now: u64,
     as_json: bool,
 ) -> Result<(), String> {
     let quote = binary_or_hex(read_file(quote_path)?);
-    let collateral = match collateral_path {
-        Some(p) => Some(
-            TdxCollateral::from_json(&read_file(p)?)
-                .map_err(|e| format!("{}: {e}", p.display()))?,
-        ),
-        None => None,
+    let collateral: Result<TdxCollateral, String> = match source.file {
+        Some(p) => Ok(TdxCollateral::from_json(&read_file(p)?)
+            .map_err(|e| format!("{}: {e}", p.display()))?),
+        None => collateral_from(&quote, source.pccs, source.dir, now).map_err(|e| e.to_string()),
     };
     let mut policy = Policy::tdx_default();
     policy.min_tcb_status = allow
@@ -256,8 +329,8 @@ fn verify_tdx(
     let parsed = tdx::parse_quote(&quote);
     let result: Result<VerifiedPeer, String> = match (&parsed, &collateral) {
         (Err(e), _) => Err(e.to_string()),
-        (Ok(_), None) => Err("no collateral given (--collateral FILE)".into()),
-        (Ok(p), Some(c)) => policy
+        (Ok(_), Err(e)) => Err(e.clone()),
+        (Ok(p), Ok(c)) => policy
             .evaluate(
                 &Evidence::Tdx {
                     quote: &quote,
@@ -280,7 +353,7 @@ fn verify_tdx(
                 out["image_hash_unverified"] = json!(hex::encode(tdx::image_hash(&p.measurements)));
             }
         }
-        if let Some(c) = &collateral {
+        if let Ok(c) = &collateral {
             out["collateral"] = collateral_json(c);
         }
         print_json(&out)?;
@@ -322,7 +395,7 @@ fn verify_tdx(
                 p.fmspc.map_or("unknown".into(), hex::encode)
             );
         }
-        if let Some(c) = &collateral {
+        if let Ok(c) = &collateral {
             println!(
                 "collateral:     TCB info {} .. {}, QE identity {} .. {} (fmspc {}); now {}",
                 utc(c.tcb_info_issue),
@@ -376,8 +449,15 @@ fn collateral_json(c: &TdxCollateral) -> Value {
         "tcb_info_next_update": c.tcb_info_next_update,
         "qe_identity_issue": c.qe_identity_issue,
         "qe_identity_next_update": c.qe_identity_next_update,
-        "not_before": c.tcb_info_issue.max(c.qe_identity_issue),
-        "not_after": c.tcb_info_next_update.min(c.qe_identity_next_update),
+        "pck_ca": c.pck_ca.as_str(),
+        "pck_crl_next_update": c.pck_crl_next_update,
+        "root_ca_crl_next_update": c.root_ca_crl_next_update,
+        "not_before": c
+            .tcb_info_issue
+            .max(c.qe_identity_issue)
+            .max(c.pck_crl_issue)
+            .max(c.root_ca_crl_issue),
+        "not_after": c.expires_at(),
     })
 }
 
@@ -533,14 +613,18 @@ fn show(as_json: bool) -> Result<(), String> {
 /// `gen-cert` and `verify-cert`: RA-TLS certificates (`cocoon-ratls`).
 mod ratls {
     use super::{GenCertArgs, VerifyCertArgs, now_or, print_json, read_file, utc};
-    use cocoon_attest::{Backend, CollateralStore, Policy, SimKey, VerifiedPeer};
-    use cocoon_ratls::cert::{EvidenceSource, Identity, SimSource, TsmTdxSource};
-    use cocoon_ratls::verifier::{RatlsVerifier, VerifierConfig, fixed_clock};
+    use cocoon_attest::{
+        AttestError, Backend, CollateralStore, Policy, SimKey, TdxCollateral, VerifiedPeer,
+    };
+    use cocoon_ratls::cert::{
+        EvidenceEnvelope, EvidenceSource, Identity, SimSource, TsmSevSource, TsmTdxSource,
+    };
+    use cocoon_ratls::verifier::{CollateralSource, RatlsVerifier, VerifierConfig, fixed_clock};
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     use serde_json::json;
     use std::io::Write;
-    use std::path::Path;
+    use std::path::{Path, PathBuf};
     use std::sync::Arc;
 
     pub(super) fn pem(label: &str, der: &[u8]) -> String {
@@ -585,11 +669,11 @@ mod ratls {
                 (Box::new(TsmTdxSource::system()), "tdx")
             }
             "sev-snp" => {
-                return Err(
-                    "--tee sev-snp is not supported yet (configfs-tsm SEV-SNP evidence needs the \
-                     VCEK from the auxblob, not implemented in cocoon-ratls)"
-                        .into(),
-                );
+                let root = Path::new(cocoon_attest::tsm::DEFAULT_ROOT);
+                if !root.is_dir() {
+                    return Err(format!("no TEE: {} not found", root.display()));
+                }
+                (Box::new(TsmSevSource::system()), "sev-snp")
             }
             other => return Err(format!("unknown TEE {other:?} (one of: sim, tdx, sev-snp)")),
         };
@@ -608,18 +692,7 @@ mod ratls {
             pem("CERTIFICATE", id.cert_der()).as_bytes(),
             0o644,
         )?;
-        // Image hash as the verifier would report it (sim: accepted under the sim policy).
-        let image_hash = {
-            let mut policy = Policy::sim_test();
-            policy.allowed_backends = vec![Backend::Sim, Backend::Tdx, Backend::SevSnp];
-            let mut cfg = VerifierConfig::new(policy);
-            cfg.clock = fixed_clock(now);
-            cfg.cache_ttl_secs = 0;
-            RatlsVerifier::new(cfg)
-                .verify_cert(id.cert_der(), &[])
-                .map(|p| hex::encode(p.image_hash()))
-                .unwrap_or_else(|e| format!("unknown ({e})"))
-        };
+        let image_hash = image_hash_line(&id, now);
         println!("certificate:    {}", cert_path.display());
         println!("key:            {} (mode 0600)", key_path.display());
         println!("public key:     {}", hex::encode(id.public_key()));
@@ -633,6 +706,83 @@ mod ratls {
         Ok(())
     }
 
+    /// `verify-cert --pccs`: cached collateral when valid, else fetched now (blocking; the
+    /// CLI runs outside any async runtime).
+    struct CliCollateral {
+        pccs: Option<String>,
+        dir: Option<PathBuf>,
+    }
+
+    impl CollateralSource for CliCollateral {
+        fn collateral_for(&self, quote: &[u8], now: u64) -> Result<TdxCollateral, AttestError> {
+            super::collateral_from(quote, self.pccs.as_deref(), self.dir.as_deref(), now)
+        }
+    }
+
+    /// `--policy NAME|FILE` (+ `--allow-sim`) → policy.
+    pub(super) fn cert_policy(spec: &str, allow_sim: bool) -> Result<Policy, String> {
+        let mut p = match spec {
+            "sim" => {
+                let mut p = Policy::sim_test();
+                p.allowed_backends = vec![Backend::Sim];
+                p
+            }
+            "tdx" => Policy::tdx_default(),
+            "sev-snp" => Policy::sev_default(),
+            "any" => {
+                let mut p = Policy::tdx_default();
+                p.allowed_backends = vec![Backend::Tdx, Backend::SevSnp];
+                p
+            }
+            file => {
+                let path = Path::new(file);
+                if !path.is_file() {
+                    return Err(format!(
+                        "unknown policy {file:?} (one of: tdx, sev-snp, any, sim, or a JSON \
+                         policy file)"
+                    ));
+                }
+                Policy::from_json(&read_file(path)?)
+                    .map_err(|e| format!("{}: {e}", path.display()))?
+            }
+        };
+        if allow_sim {
+            if !p.allowed_backends.contains(&Backend::Sim) {
+                p.allowed_backends.push(Backend::Sim);
+            }
+            p.is_test_network = true;
+        }
+        Ok(p)
+    }
+
+    /// The image hash to print after `gen-cert`: for sim, as the verifier reports it; for
+    /// TDX and SEV-SNP, computed from the quote/report body (no collateral needed), marked
+    /// unverified.
+    pub(super) fn image_hash_line(id: &Identity, now: u64) -> String {
+        let env = match EvidenceEnvelope::decode(id.evidence()) {
+            Ok(env) => env,
+            Err(e) => return format!("unknown ({e})"),
+        };
+        if let EvidenceEnvelope::Sim(_) = env {
+            let mut policy = Policy::sim_test();
+            policy.allowed_backends = vec![Backend::Sim];
+            let mut cfg = VerifierConfig::new(policy);
+            cfg.clock = fixed_clock(now);
+            cfg.cache_ttl_secs = 0;
+            return RatlsVerifier::new(cfg)
+                .verify_cert(id.cert_der(), &[])
+                .map(|p| hex::encode(p.image_hash()))
+                .unwrap_or_else(|e| format!("unknown ({e})"));
+        }
+        match env.unverified_image_hash() {
+            Ok(h) => format!(
+                "{} (computed from the evidence; not verified)",
+                hex::encode(h)
+            ),
+            Err(e) => format!("unknown ({e})"),
+        }
+    }
+
     fn backend_name(b: Backend) -> &'static str {
         match b {
             Backend::Tdx => "tdx",
@@ -643,20 +793,7 @@ mod ratls {
 
     pub fn verify_cert(args: VerifyCertArgs) -> Result<(), String> {
         let now = now_or(args.now)?;
-        let policy = match args.policy.as_str() {
-            "sim" => {
-                let mut p = Policy::sim_test();
-                p.allowed_backends = vec![Backend::Sim];
-                p
-            }
-            "tdx" => Policy::tdx_default(),
-            "sev-snp" => Policy::sev_default(),
-            other => {
-                return Err(format!(
-                    "unknown policy {other:?} (one of: sim, tdx, sev-snp)"
-                ));
-            }
-        };
+        let policy = cert_policy(&args.policy, args.allow_sim)?;
         let raw = read_file(&args.cert)?;
         let der: CertificateDer<'static> = if raw.trim_ascii_start().starts_with(b"-----BEGIN") {
             CertificateDer::from_pem_slice(&raw)
@@ -667,7 +804,12 @@ mod ratls {
         let mut cfg = VerifierConfig::new(policy);
         cfg.clock = fixed_clock(now);
         cfg.cache_ttl_secs = 0;
-        if let Some(dir) = &args.collateral_dir {
+        if args.pccs.is_some() {
+            cfg.collateral = Arc::new(CliCollateral {
+                pccs: args.pccs.clone(),
+                dir: args.collateral_dir.clone(),
+            });
+        } else if let Some(dir) = &args.collateral_dir {
             cfg.collateral = Arc::new(CollateralStore::new(dir.clone()));
         }
         let result: Result<VerifiedPeer, String> = RatlsVerifier::new(cfg)
@@ -768,6 +910,30 @@ mod tests {
             "-----BEGIN X-----\nZm9vYmFyIQ==\n-----END X-----\n"
         );
         assert!(ratls::pem("X", b"fo").contains("\nZm8=\n"));
+    }
+
+    #[test]
+    fn gen_cert_image_hash_from_quote_without_collateral() {
+        use cocoon_ratls::cert::{FixedSource, Identity, SimSource};
+        let quote = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../testvectors/attest/cocoon_quote.dat"
+        ))
+        .unwrap();
+        let id = Identity::generate(&FixedSource(quote), 1_772_707_833).unwrap();
+        assert_eq!(
+            ratls::image_hash_line(&id, 1_772_707_833),
+            "04b3afd931d28680af91a15b09d672c40ad6b141f7f9089a8d67d595220f7436 \
+             (computed from the evidence; not verified)"
+        );
+        let sim = SimSource(cocoon_attest::SimKey::generate().unwrap());
+        let id = Identity::generate(&sim, 1_772_707_833).unwrap();
+        assert_eq!(
+            ratls::image_hash_line(&id, 1_772_707_833),
+            hex::encode(cocoon_attest::sim::sim_image_hash())
+        );
+        let id = Identity::generate(&FixedSource(b"junk".to_vec()), 1_772_707_833).unwrap();
+        assert!(ratls::image_hash_line(&id, 1_772_707_833).starts_with("unknown ("));
     }
 
     #[test]

@@ -347,6 +347,207 @@ fn verify_cert_refuses_expired_certificate() {
     assert!(o.status.success(), "stderr: {}", stderr(&o));
 }
 
+/// (path and query, optional issuer-chain header, body).
+type Route = (String, Option<(String, String)>, Vec<u8>);
+
+/// A minimal PCCS (HTTP/1.1 over loopback TCP, one request per connection) serving the
+/// real 90c06f collateral split into v4 endpoint responses with its issuer-chain headers.
+/// `fail` answers every request with HTTP 500.
+fn start_pccs(fail: bool) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let c: Value =
+        serde_json::from_slice(&std::fs::read(tv("cocoon_quote_collateral_90c06f.json")).unwrap())
+            .unwrap();
+    let f = |k: &str| c[k].as_str().unwrap().to_string();
+    let enc = |s: &str| -> String {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    let routes: Vec<Route> = vec![
+        (
+            "/sgx/certification/v4/pckcrl?ca=platform&encoding=der".into(),
+            Some((
+                "SGX-PCK-CRL-Issuer-Chain".into(),
+                enc(&f("pck_crl_issuer_chain")),
+            )),
+            hex::decode(f("pck_crl")).unwrap(),
+        ),
+        (
+            "/tdx/certification/v4/tcb?fmspc=90C06F000000".into(),
+            Some((
+                "TCB-Info-Issuer-Chain".into(),
+                enc(&f("tcb_info_issuer_chain")),
+            )),
+            format!(
+                r#"{{"tcbInfo":{},"signature":"{}"}}"#,
+                f("tcb_info"),
+                f("tcb_info_signature")
+            )
+            .into_bytes(),
+        ),
+        (
+            "/tdx/certification/v4/qe/identity".into(),
+            Some((
+                "SGX-Enclave-Identity-Issuer-Chain".into(),
+                enc(&f("qe_identity_issuer_chain")),
+            )),
+            format!(
+                r#"{{"enclaveIdentity":{},"signature":"{}"}}"#,
+                f("qe_identity"),
+                f("qe_identity_signature")
+            )
+            .into_bytes(),
+        ),
+        (
+            "/sgx/certification/v4/rootcacrl".into(),
+            None,
+            f("root_ca_crl").into_bytes(),
+        ),
+    ];
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            if reader.read_line(&mut request_line).is_err() {
+                continue;
+            }
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+            }
+            let path = request_line.split(' ').nth(1).unwrap_or("").to_string();
+            let route = routes.iter().find(|(p, _, _)| *p == path);
+            let (status, header, body) = match route {
+                _ if fail => ("500 Internal Server Error", None, b"oops".to_vec()),
+                Some((_, h, b)) => ("200 OK", h.clone(), b.clone()),
+                None => ("404 Not Found", None, Vec::new()),
+            };
+            let mut resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
+                body.len()
+            );
+            if let Some((k, v)) = header {
+                resp.push_str(&format!("{k}: {v}\r\n"));
+            }
+            resp.push_str("\r\n");
+            let _ = stream.write_all(resp.as_bytes());
+            let _ = stream.write_all(&body);
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[test]
+fn verify_with_collateral_from_pccs_and_cache() {
+    let url = start_pccs(false);
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().to_str().unwrap();
+    let q = tv("cocoon_quote.dat");
+    let verify = |extra: &[&str]| {
+        let mut args = vec!["attest", "verify", "--quote", &q];
+        args.extend_from_slice(extra);
+        cocoon(&args)
+    };
+    let o = verify(&[
+        "--pccs",
+        &url,
+        "--collateral-dir",
+        cache,
+        "--now",
+        COCOON_NOW,
+    ]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
+    assert!(out.contains("tcb status:     UpToDate"), "{out}");
+    assert!(out.contains(COCOON_IMAGE_HASH), "{out}");
+    assert!(dir.path().join("90c06f000000.json").is_file());
+    // Served from the cache directory with no PCCS at all.
+    let o = verify(&["--collateral-dir", cache, "--now", COCOON_NOW, "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["tcb_status"], "UpToDate");
+    assert_eq!(v["collateral"]["pck_ca"], "platform");
+    // Without a cache directory, straight from the PCCS.
+    let o = verify(&["--pccs", &url, "--now", COCOON_NOW]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // Outside the collateral window: the cached one is stale and the PCCS has nothing
+    // newer; the error names the FMSPC and the item.
+    let o = verify(&[
+        "--pccs",
+        &url,
+        "--collateral-dir",
+        cache,
+        "--now",
+        "1790000000",
+    ]);
+    let err = one_line_error(&o);
+    assert!(stdout(&o).contains("90C06F000000"), "{}", stdout(&o));
+    assert!(err.contains("expired"), "{err}");
+    // A failing PCCS: a typed error naming FMSPC and item.
+    let bad = start_pccs(true);
+    let o = verify(&["--pccs", &bad, "--now", COCOON_NOW]);
+    let err = one_line_error(&o);
+    assert!(
+        err.contains("PCK CRL") && err.contains("90C06F000000"),
+        "{err}"
+    );
+    assert!(err.contains("500"), "{err}");
+    // --pccs and --collateral together are refused by the argument parser.
+    let c = tv("cocoon_quote_collateral_90c06f.json");
+    let o = verify(&["--pccs", &url, "--collateral", &c]);
+    assert!(!o.status.success());
+}
+
+#[test]
+fn verify_cert_policy_any_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = gen_sim_cert(dir.path(), &[]);
+    let vc = |extra: &[&str]| {
+        let mut args = vec!["attest", "verify-cert", &cert];
+        args.extend_from_slice(extra);
+        cocoon(&args)
+    };
+    // `any` means any real TEE: sim is refused unless --allow-sim.
+    let err = one_line_error(&vc(&["--policy", "any"]));
+    assert!(err.to_lowercase().contains("sim"), "{err}");
+    let o = vc(&["--policy", "any", "--allow-sim"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("backend:        sim"));
+    // Policy files.
+    let file = dir.path().join("policy.json");
+    let write = |json: &str| std::fs::write(&file, json).unwrap();
+    let path = file.to_str().unwrap();
+    write(r#"{"backends": ["sim"], "test_network": true}"#);
+    let o = vc(&["--policy", path]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    write(r#"{"backends": ["tdx", "sev-snp"]}"#);
+    let err = one_line_error(&vc(&["--policy", path]));
+    assert!(err.to_lowercase().contains("sim"), "{err}");
+    // The sim image hash is not in this allowlist.
+    write(&format!(
+        r#"{{"backends": ["sim"], "test_network": true, "image_hashes": ["{}"]}}"#,
+        "ab".repeat(32)
+    ));
+    let err = one_line_error(&vc(&["--policy", path]));
+    assert!(err.contains("image hash"), "{err}");
+    write(r#"{"backends": ["sim"]}"#);
+    let err = one_line_error(&vc(&["--policy", path]));
+    assert!(err.contains("test_network"), "{err}");
+    let err = one_line_error(&vc(&["--policy", "/nonexistent/policy.json"]));
+    assert!(err.contains("unknown policy"), "{err}");
+}
+
 #[test]
 fn gen_cert_tdx_and_sev_fail_cleanly_without_tee() {
     if std::path::Path::new("/sys/kernel/config/tsm/report").exists() {
@@ -360,7 +561,7 @@ fn gen_cert_tdx_and_sev_fail_cleanly_without_tee() {
     assert!(!dir.path().join("cert.pem").exists());
     let o = cocoon(&["attest", "gen-cert", "--tee", "sev-snp", "--out", out]);
     let err = one_line_error(&o);
-    assert!(err.contains("not supported yet"), "{err}");
+    assert!(err.contains("no TEE"), "{err}");
     let o = cocoon(&[
         "attest",
         "verify-cert",

@@ -27,6 +27,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
+use cocoon_attest::sev;
 use cocoon_attest::tsm::{Tsm, TsmFs, TsmProvider};
 use cocoon_attest::{AttestError, SimKey, report_data_for_public_key};
 use rcgen::{
@@ -109,6 +110,22 @@ impl<'a> EvidenceEnvelope<'a> {
         }
     }
 
+    /// The image hash computed from the evidence alone, **unverified** (no signature,
+    /// chain or collateral check): for display, e.g. right after generating a certificate
+    /// on a machine without DCAP collateral. TDX: COCOON's hash over the quote body's
+    /// registers; SEV-SNP: over measurement and host data; sim: the reserved sim hash.
+    pub fn unverified_image_hash(&self) -> Result<[u8; 32], AttestError> {
+        match self {
+            EvidenceEnvelope::Tdx(quote) => Ok(cocoon_attest::tdx::image_hash(
+                &cocoon_attest::tdx::parse_quote(quote)?.measurements,
+            )),
+            EvidenceEnvelope::SevSnp { report, .. } => {
+                Ok(sev::image_hash(&sev::parse_report(report)?))
+            }
+            EvidenceEnvelope::Sim(_) => Ok(cocoon_attest::sim::sim_image_hash()),
+        }
+    }
+
     /// Decode extension bytes. Bounded, never panics.
     pub fn decode(bytes: &'a [u8]) -> Result<Self, String> {
         if bytes.len() > MAX_EVIDENCE_LEN {
@@ -182,8 +199,7 @@ impl EvidenceSource for FixedSource {
 }
 
 /// TDX quotes from Linux configfs-tsm (`/sys/kernel/config/tsm/report`). The quote is
-/// stored raw, as COCOON does. (SEV-SNP through configfs-tsm needs the VCEK from the
-/// auxblob certificate table, not implemented yet.)
+/// stored raw, as COCOON does.
 pub struct TsmTdxSource<F: TsmFs>(pub Tsm<F>);
 
 impl TsmTdxSource<cocoon_attest::tsm::StdFs> {
@@ -200,6 +216,74 @@ impl<F: TsmFs> EvidenceSource for TsmTdxSource<F> {
             .get_report(report_data)
             .map_err(|e| CertError::Source(e.to_string()))?;
         Ok(EvidenceEnvelope::Tdx(&r.outblob).encode())
+    }
+}
+
+/// SEV-SNP reports from Linux configfs-tsm (provider `sev_guest`). The `auxblob` is the
+/// host's certificate table: the VCEK is required; the ASK/ARK come from the table when
+/// present, else from the AMD chain built into `sev` that signs the VCEK. Stored in the
+/// SEV envelope (report, VCEK DER, ASK+ARK PEM).
+pub struct TsmSevSource<F: TsmFs>(pub Tsm<F>);
+
+impl TsmSevSource<cocoon_attest::tsm::StdFs> {
+    /// The default configfs-tsm root with the `sev_guest` provider.
+    pub fn system() -> Self {
+        TsmSevSource(Tsm::new(TsmProvider::SevGuest))
+    }
+}
+
+fn pem_block(label: &str, der: &[u8]) -> String {
+    let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    pem::encode_config(&pem::Pem::new(label, der), config)
+}
+
+impl<F: TsmFs> EvidenceSource for TsmSevSource<F> {
+    fn evidence(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, CertError> {
+        let r = self
+            .0
+            .get_report(report_data)
+            .map_err(|e| CertError::Source(e.to_string()))?;
+        let aux = r.auxblob.ok_or_else(|| {
+            CertError::Source(
+                "configfs-tsm returned no auxblob: the host provides no SEV-SNP certificate \
+                 table (VCEK)"
+                    .into(),
+            )
+        })?;
+        let table = sev::parse_cert_table(&aux).map_err(|e| CertError::Source(e.to_string()))?;
+        let vcek = match (table.vcek, table.vlek) {
+            (Some(v), _) => v,
+            (None, Some(_)) => {
+                return Err(CertError::Source(
+                    "the SEV-SNP certificate table holds a VLEK, not a VCEK (VLEK-signed \
+                     reports are not supported)"
+                        .into(),
+                ));
+            }
+            (None, None) => {
+                return Err(CertError::Source(
+                    "the SEV-SNP certificate table holds no VCEK".into(),
+                ));
+            }
+        };
+        let chain = match (table.ask, table.ark) {
+            (Some(ask), Some(ark)) => {
+                (pem_block("CERTIFICATE", &ask) + &pem_block("CERTIFICATE", &ark)).into_bytes()
+            }
+            _ => sev::builtin_chain_for(&vcek).ok_or_else(|| {
+                CertError::Source(
+                    "the SEV-SNP certificate table has no ASK/ARK and no built-in AMD chain \
+                     signs its VCEK"
+                        .into(),
+                )
+            })?,
+        };
+        Ok(EvidenceEnvelope::SevSnp {
+            report: &r.outblob,
+            vcek_der: &vcek,
+            chain_pem: &chain,
+        }
+        .encode())
     }
 }
 
@@ -226,6 +310,8 @@ pub struct Identity {
     public_key: [u8; 32],
     not_before: u64,
     not_after: u64,
+    /// The evidence extension's content (the envelope).
+    evidence: Arc<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -301,7 +387,7 @@ impl Identity {
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         if !opts.omit_evidence {
-            let mut ext = CustomExtension::from_oid_content(OID_EVIDENCE, evidence);
+            let mut ext = CustomExtension::from_oid_content(OID_EVIDENCE, evidence.clone());
             ext.set_criticality(true);
             params.custom_extensions.push(ext);
         }
@@ -325,6 +411,7 @@ impl Identity {
             public_key,
             not_before: now,
             not_after,
+            evidence: Arc::new(evidence),
         })
     }
 
@@ -335,6 +422,11 @@ impl Identity {
     pub fn public_key(&self) -> &[u8; 32] {
         &self.public_key
     }
+    /// The evidence envelope carried in the certificate (see [`EvidenceEnvelope::decode`]).
+    pub fn evidence(&self) -> &[u8] {
+        &self.evidence
+    }
+
     pub fn not_before(&self) -> u64 {
         self.not_before
     }

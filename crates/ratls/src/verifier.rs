@@ -138,6 +138,16 @@ impl CollateralSource for CollateralStore {
     }
 }
 
+/// Collateral from a PCCS / Intel PCS, cached on disk and refreshed in the background
+/// (run [`cocoon_attest::CollateralFetcher::spawn_refresher`]). A missing collateral is
+/// requested from the refresher and the handshake fails with `MissingCollateral` naming
+/// the FMSPC; verification never waits on the network.
+impl CollateralSource for cocoon_attest::CollateralFetcher {
+    fn collateral_for(&self, quote: &[u8], now: u64) -> Result<TdxCollateral, AttestError> {
+        self.collateral_for_quote(quote, now)
+    }
+}
+
 /// One fixed collateral for every quote (tests, single-platform deployments).
 impl CollateralSource for TdxCollateral {
     fn collateral_for(&self, _quote: &[u8], _now: u64) -> Result<TdxCollateral, AttestError> {

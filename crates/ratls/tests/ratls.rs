@@ -498,6 +498,62 @@ async fn real_tdx_quote_in_fresh_cert_fails_binding() {
     );
 }
 
+/// `CollateralFetcher` as the verifier's collateral source: with nothing cached and the
+/// PCCS unreachable the handshake fails naming the FMSPC; with the collateral in its cache
+/// directory the real quote passes DCAP and fails only on its binding to another key.
+#[tokio::test]
+async fn pccs_fetcher_as_collateral_source() {
+    use cocoon_attest::{CollateralFetcher, CollateralStore, PccsClient};
+    let quote = vector("cocoon_quote.dat");
+    let bad = ident_with(&FixedSource(quote), CertOptions::default());
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let dir = std::env::temp_dir().join(format!("ratls-pccs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let fetcher = || {
+        let client = PccsClient::with_timeout(&format!("http://{dead}"), LIMIT).unwrap();
+        Arc::new(CollateralFetcher::new(client, CollateralStore::new(&dir)))
+    };
+    let verify_with = |f: Arc<CollateralFetcher>| {
+        let mut cfg = VerifierConfig::new(Policy::tdx_default());
+        cfg.clock = fixed_clock(NOW);
+        cfg.collateral = f;
+        RatlsVerifier::new(cfg)
+    };
+    let (c, _s) = run(
+        connector(&ident(NOW - 60), verify_with(fetcher())),
+        acceptor(&bad, verifier()),
+    )
+    .await;
+    match rejected_by(&c) {
+        VerifyError::Attest(AttestError::MissingCollateral { what }) => {
+            assert!(what.contains("90C06F000000"), "{what}")
+        }
+        e => panic!("expected MissingCollateral, got {e:?}"),
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("90c06f000000.json"),
+        vector("cocoon_quote_collateral_90c06f.json"),
+    )
+    .unwrap();
+    let (c, _s) = run(
+        connector(&ident(NOW - 60), verify_with(fetcher())),
+        acceptor(&bad, verifier()),
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        matches!(
+            rejected_by(&c),
+            VerifyError::Attest(AttestError::ReportDataMismatch)
+        ),
+        "{c:?}"
+    );
+}
+
 /// Swapping the certificate affects new handshakes only; live sessions keep working.
 #[tokio::test]
 async fn certificate_refresh_keeps_live_sessions() {

@@ -1,0 +1,416 @@
+//! `cocoon root`: read the network configuration from the root contract and, as its owner,
+//! change it (image and model whitelists, registered proxies, prices).
+//!
+//! Owner operations are ordinary internal messages from the owner's wallet; this command
+//! builds the body with `cocoon-ton`, sends it through the wallet, waits for the wallet to
+//! accept it, then reads the root again and reports whether its `version` moved (the root
+//! bumps it on every accepted change), so a refused operation is reported as an error.
+
+use std::time::Duration;
+
+use clap::{Args, Subcommand, ValueEnum};
+use cocoon_ton::chain::load_root_config;
+use cocoon_ton::codec::{Coins, Layout};
+use cocoon_ton::messages::{
+    AddModelType, AddProxyType, AddWorkerType, ChangePrice, DelModelType, DelProxyType,
+    DelWorkerType, ProxyEndpoint, RegisterProxy, UnregisterProxy,
+};
+use cocoon_ton::root::{RootConfig, model_hash};
+use cocoon_ton::toncenter::{Devnet, Toncenter};
+use cocoon_ton::wallet::OutMsg;
+use cocoon_ton::{
+    Cell, HashBytes, StdAddr, format_ton, friendly_address, parse_address, parse_ton,
+};
+
+use crate::wallet_cmd::{ChainOpts, WalletOpts, send_and_wait};
+
+/// Which image whitelist.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ImageKind {
+    /// Worker image hashes.
+    Worker,
+    /// Proxy image hashes.
+    Proxy,
+}
+
+/// Options shared by owner operations.
+#[derive(Debug, Args)]
+pub struct OwnerOpts {
+    #[command(flatten)]
+    wallet: WalletOpts,
+    /// Root contract address (default: the devnet's, from /_devnet/info).
+    #[arg(long)]
+    root: Option<String>,
+    /// TON attached for gas (the excess comes back).
+    #[arg(long, default_value = "0.1")]
+    value: String,
+    /// Seconds to wait for confirmation.
+    #[arg(long, default_value_t = 60)]
+    wait: u64,
+    #[command(flatten)]
+    chain: ChainOpts,
+}
+
+/// `cocoon root` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum RootCommand {
+    /// Print the root configuration.
+    Show {
+        /// Root contract address (default: the devnet's).
+        #[arg(long)]
+        root: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        chain: ChainOpts,
+    },
+    /// Whitelist a worker or proxy image hash (64 hex digits).
+    AddImage {
+        /// worker or proxy.
+        #[arg(long, value_enum, default_value = "worker")]
+        kind: ImageKind,
+        /// Image hash.
+        hash: String,
+        #[command(flatten)]
+        owner: OwnerOpts,
+    },
+    /// Remove a worker or proxy image hash.
+    DelImage {
+        /// worker or proxy.
+        #[arg(long, value_enum, default_value = "worker")]
+        kind: ImageKind,
+        /// Image hash.
+        hash: String,
+        #[command(flatten)]
+        owner: OwnerOpts,
+    },
+    /// Whitelist a model: a full model id (`Name@rev:hash`, hashed with SHA-256) or a hash.
+    AddModel {
+        /// Model id or 64-hex-digit hash.
+        model: String,
+        #[command(flatten)]
+        owner: OwnerOpts,
+    },
+    /// Remove a model.
+    DelModel {
+        /// Model id or 64-hex-digit hash.
+        model: String,
+        #[command(flatten)]
+        owner: OwnerOpts,
+    },
+    /// Register a proxy endpoint: "ip:port" or "ip_workers:port ip_clients:port".
+    AddProxy {
+        /// Endpoint text.
+        endpoint: String,
+        #[command(flatten)]
+        owner: OwnerOpts,
+    },
+    /// Unregister the proxy with this seqno.
+    DelProxy {
+        /// Seqno shown by `cocoon root show`.
+        seqno: u32,
+        #[command(flatten)]
+        owner: OwnerOpts,
+    },
+    /// Change the price per token and the worker fee per token (nanoTON); this bumps
+    /// params_version, so every proxy/client/worker contract address changes.
+    SetPrice {
+        /// Client price per adjusted token, nanoTON.
+        #[arg(long)]
+        price: u64,
+        /// Worker fee per adjusted token, nanoTON.
+        #[arg(long)]
+        worker_fee: u64,
+        #[command(flatten)]
+        owner: OwnerOpts,
+    },
+}
+
+fn parse_hash(s: &str) -> Result<HashBytes, String> {
+    let s = s.trim().trim_start_matches("0x");
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(s, &mut out).map_err(|_| format!("{s:?} is not 64 hex digits"))?;
+    Ok(HashBytes(out))
+}
+
+fn model_to_hash(m: &str) -> HashBytes {
+    parse_hash(m).unwrap_or_else(|_| model_hash(m))
+}
+
+async fn root_address(c: &Toncenter, given: Option<&str>) -> Result<StdAddr, String> {
+    if let Some(a) = given {
+        return parse_address(a).map_err(|e| e.to_string());
+    }
+    let info = c
+        .devnet_info()
+        .await
+        .map_err(|e| format!("no --root given and the endpoint is not a Cocoon devnet ({e})"))?;
+    let a = info
+        .get("root_address")
+        .and_then(|v| v.as_str())
+        .ok_or("the devnet has no root contract; pass --root")?;
+    parse_address(a).map_err(|e| e.to_string())
+}
+
+fn config_json(root: &StdAddr, c: &RootConfig) -> serde_json::Value {
+    let hx = |v: &[HashBytes]| v.iter().map(|h| h.to_string()).collect::<Vec<_>>();
+    let code = |c: &Option<Cell>| c.as_ref().map(|c| c.repr_hash().to_string());
+    let p = &c.params;
+    serde_json::json!({
+        "root_address": root.to_string(),
+        "owner": c.owner.to_string(),
+        "version": c.version,
+        "proxy_hashes": hx(&c.proxy_hashes),
+        "registered_proxies": c.registered_proxies.iter().map(|r| serde_json::json!({"seqno": r.seqno, "address": r.endpoint.0})).collect::<Vec<_>>(),
+        "last_proxy_seqno": c.last_proxy_seqno,
+        "worker_hashes": hx(&c.worker_hashes),
+        "model_hashes": hx(&c.model_hashes),
+        "struct_version": p.struct_version,
+        "params_version": p.params_version,
+        "unique_id": p.unique_id,
+        "is_test": p.is_test,
+        "price_per_token": p.price_per_token,
+        "worker_fee_per_token": p.worker_fee_per_token,
+        "prompt_tokens_price_multiplier": p.prompt_tokens_price_multiplier,
+        "cached_tokens_price_multiplier": p.cached_tokens_price_multiplier,
+        "completion_tokens_price_multiplier": p.completion_tokens_price_multiplier,
+        "reasoning_tokens_price_multiplier": p.reasoning_tokens_price_multiplier,
+        "proxy_delay_before_close": p.proxy_delay_before_close,
+        "client_delay_before_close": p.client_delay_before_close,
+        "min_proxy_stake": p.min_proxy_stake,
+        "min_client_stake": p.min_client_stake,
+        "proxy_code_hash": code(&p.proxy_code),
+        "worker_code_hash": code(&p.worker_code),
+        "client_code_hash": code(&p.client_code),
+    })
+}
+
+fn print_config(root: &StdAddr, c: &RootConfig) {
+    let p = &c.params;
+    println!("root: {} ({root})", friendly_address(root, true, false));
+    println!("owner: {}", c.owner);
+    println!(
+        "version: {}  params_version: {}  struct_version: {}",
+        c.version, p.params_version, p.struct_version
+    );
+    println!("unique_id: {}  is_test: {}", p.unique_id, p.is_test);
+    println!(
+        "price_per_token: {} nanoTON  worker_fee_per_token: {} nanoTON",
+        p.price_per_token, p.worker_fee_per_token
+    );
+    println!(
+        "multipliers (x/10000): prompt {} cached {} completion {} reasoning {}",
+        p.prompt_tokens_price_multiplier,
+        p.cached_tokens_price_multiplier,
+        p.completion_tokens_price_multiplier,
+        p.reasoning_tokens_price_multiplier
+    );
+    println!(
+        "close delays: proxy {} s, client {} s",
+        p.proxy_delay_before_close, p.client_delay_before_close
+    );
+    println!(
+        "min stakes: proxy {} TON, client {} TON",
+        format_ton(p.min_proxy_stake as u128),
+        format_ton(p.min_client_stake as u128)
+    );
+    let list = |name: &str, v: &[HashBytes]| {
+        println!("{name}: {}", v.len());
+        for h in v {
+            println!("  {h}");
+        }
+    };
+    list("proxy image hashes", &c.proxy_hashes);
+    list("worker image hashes", &c.worker_hashes);
+    list("model hashes", &c.model_hashes);
+    println!(
+        "registered proxies: {} (last seqno {})",
+        c.registered_proxies.len(),
+        c.last_proxy_seqno
+    );
+    for r in &c.registered_proxies {
+        println!("  #{} {}", r.seqno, r.endpoint.0);
+    }
+}
+
+fn owner_op(owner: OwnerOpts, body: Cell) -> Result<(), String> {
+    let (key, wallet) = owner.wallet.load()?;
+    let value = parse_ton(&owner.value).map_err(|e| e.to_string())?;
+    let c = owner.chain.client()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    rt.block_on(async move {
+        let root = root_address(&c, owner.root.as_deref()).await?;
+        let before = load_root_config(&c, &root).await.map_err(|e| e.to_string())?;
+        let me = wallet.address().map_err(|e| e.to_string())?;
+        if before.owner != me {
+            return Err(format!(
+                "wallet {me} is not the root owner ({}); use the owner's key (devnet: root_owner_key in /_devnet/info)",
+                before.owner
+            ));
+        }
+        let msg = OutMsg::new(root.clone(), value, Some(body));
+        send_and_wait(c.clone(), wallet, key, vec![msg], Duration::from_secs(owner.wait)).await?;
+        // the root processes the internal message after the wallet's transaction
+        for _ in 0..50 {
+            let after = load_root_config(&c, &root).await.map_err(|e| e.to_string())?;
+            if after.version > before.version {
+                println!("root version {} -> {}", before.version, after.version);
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Err("the root did not accept the operation (version unchanged)".into())
+    })
+}
+
+/// Runs a `cocoon root` subcommand.
+pub fn run(cmd: RootCommand) -> Result<(), String> {
+    let qid = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+    };
+    let cell = |r: Result<Cell, cocoon_ton::codec::LayoutError>| r.map_err(|e| e.to_string());
+    match cmd {
+        RootCommand::Show { root, json, chain } => {
+            let c = chain.client()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("tokio runtime: {e}"))?;
+            let (addr, cfg) = rt.block_on(async {
+                let addr = root_address(&c, root.as_deref()).await?;
+                let cfg = load_root_config(&c, &addr)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>((addr, cfg))
+            })?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&config_json(&addr, &cfg))
+                        .map_err(|e| e.to_string())?
+                );
+            } else {
+                print_config(&addr, &cfg);
+            }
+            Ok(())
+        }
+        RootCommand::AddImage { kind, hash, owner } => {
+            let hash = parse_hash(&hash)?;
+            let body = match kind {
+                ImageKind::Worker => cell(
+                    AddWorkerType {
+                        query_id: qid(),
+                        hash,
+                    }
+                    .to_cell(),
+                )?,
+                ImageKind::Proxy => cell(
+                    AddProxyType {
+                        query_id: qid(),
+                        hash,
+                    }
+                    .to_cell(),
+                )?,
+            };
+            owner_op(owner, body)
+        }
+        RootCommand::DelImage { kind, hash, owner } => {
+            let hash = parse_hash(&hash)?;
+            let body = match kind {
+                ImageKind::Worker => cell(
+                    DelWorkerType {
+                        query_id: qid(),
+                        hash,
+                    }
+                    .to_cell(),
+                )?,
+                ImageKind::Proxy => cell(
+                    DelProxyType {
+                        query_id: qid(),
+                        hash,
+                    }
+                    .to_cell(),
+                )?,
+            };
+            owner_op(owner, body)
+        }
+        RootCommand::AddModel { model, owner } => {
+            let hash = model_to_hash(&model);
+            println!("model hash: {hash}");
+            owner_op(
+                owner,
+                cell(
+                    AddModelType {
+                        query_id: qid(),
+                        hash,
+                    }
+                    .to_cell(),
+                )?,
+            )
+        }
+        RootCommand::DelModel { model, owner } => {
+            let hash = model_to_hash(&model);
+            owner_op(
+                owner,
+                cell(
+                    DelModelType {
+                        query_id: qid(),
+                        hash,
+                    }
+                    .to_cell(),
+                )?,
+            )
+        }
+        RootCommand::AddProxy { endpoint, owner } => {
+            let e = ProxyEndpoint(endpoint);
+            if e.socket_addrs().is_none() {
+                return Err(format!(
+                    "{:?} is not \"ip:port\" or \"ip:port ip:port\" (IPv4, as COCOON's runners parse it)",
+                    e.0
+                ));
+            }
+            owner_op(
+                owner,
+                cell(
+                    RegisterProxy {
+                        query_id: qid(),
+                        endpoint: e,
+                    }
+                    .to_cell(),
+                )?,
+            )
+        }
+        RootCommand::DelProxy { seqno, owner } => owner_op(
+            owner,
+            cell(
+                UnregisterProxy {
+                    query_id: qid(),
+                    seqno,
+                }
+                .to_cell(),
+            )?,
+        ),
+        RootCommand::SetPrice {
+            price,
+            worker_fee,
+            owner,
+        } => {
+            if worker_fee > price {
+                return Err(format!("worker fee {worker_fee} exceeds price {price}"));
+            }
+            let body = ChangePrice {
+                query_id: qid(),
+                price_per_token: Coins(price),
+                worker_fee_per_token: Coins(worker_fee),
+            };
+            owner_op(owner, cell(body.to_cell())?)
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! `cocoon wallet`: a standard TON wallet (v4r2 or v5r1) driven from a key file.
+//!
+//! Operators need a wallet to fund client stakes, proxy stakes and root operations; this is
+//! the smallest one that works against any toncenter-v2 endpoint, the devnet included. The key
+//! never leaves its file (mode 0600); the address is derived from it.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::{Args, Subcommand};
+use cocoon_ton::chain::{AccountStatus, Chain};
+use cocoon_ton::keys::SigningKey;
+use cocoon_ton::toncenter::{Toncenter, ToncenterConfig};
+use cocoon_ton::wallet::{
+    MAINNET_GLOBAL_ID, OutMsg, SenderEvent, TESTNET_GLOBAL_ID, Wallet, WalletSender, WalletVersion,
+};
+use cocoon_ton::{StdAddr, format_ton, friendly_address, parse_address, parse_ton};
+
+/// Where the chain is and which wallet to use.
+#[derive(Debug, Clone, Args)]
+pub struct ChainOpts {
+    /// toncenter v2 base URL (the devnet by default).
+    #[arg(long = "ton", default_value = "http://127.0.0.1:8081", global = true)]
+    pub ton: String,
+    /// File holding the toncenter API key (sent as X-API-Key).
+    #[arg(long, global = true)]
+    pub api_key_file: Option<PathBuf>,
+}
+
+impl ChainOpts {
+    /// A client for `--ton`.
+    pub fn client(&self) -> Result<Toncenter, String> {
+        let mut cfg = ToncenterConfig::new(self.ton.clone());
+        if let Some(p) = &self.api_key_file {
+            let k = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            cfg.api_key = Some(k.trim().to_owned());
+        }
+        Toncenter::new(cfg).map_err(|e| e.to_string())
+    }
+}
+
+/// Which wallet contract a key controls.
+#[derive(Debug, Clone, Args)]
+pub struct WalletOpts {
+    /// Ed25519 seed file (32 raw bytes or 64 hex digits, mode 0600).
+    #[arg(long)]
+    pub key: PathBuf,
+    /// Wallet contract: v4r2 or v5r1.
+    #[arg(long = "wallet-version", default_value = "v4r2")]
+    pub version: WalletVersion,
+    /// Testnet ids and address flags.
+    #[arg(long)]
+    pub testnet: bool,
+}
+
+impl WalletOpts {
+    /// Loads the key and the wallet it controls.
+    pub fn load(&self) -> Result<(SigningKey, Wallet), String> {
+        let key = SigningKey::from_file(&self.key).map_err(|e| e.to_string())?;
+        let wallet = self.wallet(key.public_key());
+        Ok((key, wallet))
+    }
+
+    fn wallet(&self, pk: [u8; 32]) -> Wallet {
+        match self.version {
+            WalletVersion::V4R2 => Wallet::v4r2(pk, 0),
+            WalletVersion::V5R1 => Wallet::v5r1(
+                pk,
+                0,
+                if self.testnet {
+                    TESTNET_GLOBAL_ID
+                } else {
+                    MAINNET_GLOBAL_ID
+                },
+                0,
+            ),
+        }
+    }
+}
+
+/// `cocoon wallet` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum WalletCommand {
+    /// Create a new key file (mode 0600) and print the wallet address.
+    New {
+        #[command(flatten)]
+        wallet: WalletOpts,
+    },
+    /// Print the wallet address and public key.
+    Show {
+        #[command(flatten)]
+        wallet: WalletOpts,
+    },
+    /// Print the balance, status and seqno of a wallet (or of any --address).
+    Balance {
+        /// Key file of the wallet (or use --address).
+        #[arg(long, conflicts_with = "address")]
+        key: Option<PathBuf>,
+        /// Wallet contract: v4r2 or v5r1.
+        #[arg(long = "wallet-version", default_value = "v4r2")]
+        version: WalletVersion,
+        /// Testnet ids.
+        #[arg(long)]
+        testnet: bool,
+        /// Any address instead of a key's wallet.
+        #[arg(long)]
+        address: Option<String>,
+        #[command(flatten)]
+        chain: ChainOpts,
+    },
+    /// Send TON and wait until the wallet's seqno advances.
+    Send {
+        #[command(flatten)]
+        wallet: WalletOpts,
+        /// Destination address (raw or user-friendly).
+        #[arg(long)]
+        to: String,
+        /// Amount in TON (e.g. 1.5).
+        #[arg(long)]
+        amount: String,
+        /// Text comment.
+        #[arg(long)]
+        comment: Option<String>,
+        /// Send non-bounceable (for uninitialised destinations).
+        #[arg(long)]
+        no_bounce: bool,
+        /// Seconds to wait for confirmation.
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+        #[command(flatten)]
+        chain: ChainOpts,
+    },
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))
+}
+
+fn print_address(label: &str, a: &StdAddr, testnet: bool) {
+    println!("{label}: {}", friendly_address(a, false, testnet));
+    println!("{label} (raw): {a}");
+    println!(
+        "{label} (bounceable): {}",
+        friendly_address(a, true, testnet)
+    );
+}
+
+/// Sends `msgs` from the wallet and waits until they are confirmed (seqno advanced).
+pub async fn send_and_wait<C: Chain>(
+    chain: C,
+    wallet: Wallet,
+    key: SigningKey,
+    msgs: Vec<OutMsg>,
+    wait: Duration,
+) -> Result<u32, String> {
+    let mut sender = WalletSender::new(chain, wallet, key).map_err(|e| e.to_string())?;
+    sender.resend_every = Duration::from_secs(10);
+    for m in msgs {
+        sender.enqueue(m);
+    }
+    let deadline = Instant::now() + wait;
+    loop {
+        for ev in sender.tick(unix_now()).await.map_err(|e| e.to_string())? {
+            match ev {
+                SenderEvent::Confirmed { seqno, .. } => return Ok(seqno),
+                SenderEvent::Expired { seqno } => {
+                    return Err(format!(
+                        "message with seqno {seqno} expired before it was accepted"
+                    ));
+                }
+                SenderEvent::Sent { seqno, messages } => {
+                    eprintln!("sent external message seqno={seqno} carrying {messages} message(s)");
+                }
+                SenderEvent::Resent { seqno } => eprintln!("resent seqno={seqno}"),
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "not confirmed within {}s (is the wallet funded? check `cocoon wallet balance`)",
+                wait.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Runs a `cocoon wallet` subcommand.
+pub fn run(cmd: WalletCommand) -> Result<(), String> {
+    match cmd {
+        WalletCommand::New { wallet } => {
+            let key = SigningKey::generate().map_err(|e| e.to_string())?;
+            key.write_new_file(&wallet.key).map_err(|e| e.to_string())?;
+            let w = wallet.wallet(key.public_key());
+            println!("key written to {} (mode 0600)", wallet.key.display());
+            print_address(
+                "address",
+                &w.address().map_err(|e| e.to_string())?,
+                wallet.testnet,
+            );
+            Ok(())
+        }
+        WalletCommand::Show { wallet } => {
+            let (key, w) = wallet.load()?;
+            print_address(
+                "address",
+                &w.address().map_err(|e| e.to_string())?,
+                wallet.testnet,
+            );
+            println!("public key: {}", hex::encode(key.public_key()));
+            println!("wallet: {:?} wallet_id={}", w.version, w.wallet_id);
+            Ok(())
+        }
+        WalletCommand::Balance {
+            key,
+            version,
+            testnet,
+            address,
+            chain,
+        } => {
+            let (addr, wallet) = match (key, address) {
+                (Some(key), None) => {
+                    let opts = WalletOpts {
+                        key,
+                        version,
+                        testnet,
+                    };
+                    let (_, w) = opts.load()?;
+                    (w.address().map_err(|e| e.to_string())?, Some(w))
+                }
+                (None, Some(a)) => (parse_address(&a).map_err(|e| e.to_string())?, None),
+                _ => return Err("give --key FILE or --address ADDR".into()),
+            };
+            let c = chain.client()?;
+            let st = runtime()?
+                .block_on(c.account_state(&addr))
+                .map_err(|e| e.to_string())?;
+            println!(
+                "address: {}",
+                friendly_address(&addr, wallet.is_none(), testnet)
+            );
+            println!(
+                "balance: {} TON ({} nanoton)",
+                format_ton(st.balance),
+                st.balance
+            );
+            println!("status: {:?}", st.status);
+            if let (Some(w), Some(d), AccountStatus::Active) = (&wallet, &st.data, st.status) {
+                println!(
+                    "seqno: {}",
+                    w.seqno_from_data(d).map_err(|e| e.to_string())?
+                );
+            }
+            Ok(())
+        }
+        WalletCommand::Send {
+            wallet,
+            to,
+            amount,
+            comment,
+            no_bounce,
+            wait,
+            chain,
+        } => {
+            let (key, w) = wallet.load()?;
+            let to = parse_address(&to).map_err(|e| e.to_string())?;
+            let value = parse_ton(&amount).map_err(|e| e.to_string())?;
+            let body = comment
+                .map(|c| cocoon_ton::wallet::text_comment(&c))
+                .transpose()
+                .map_err(|e| e.to_string())?;
+            let mut msg = OutMsg::new(to.clone(), value, body);
+            msg.bounce = !no_bounce;
+            let c = chain.client()?;
+            let seqno = runtime()?.block_on(send_and_wait(
+                c,
+                w,
+                key,
+                vec![msg],
+                Duration::from_secs(wait),
+            ))?;
+            println!(
+                "sent {} TON to {to} (wallet seqno {seqno} accepted)",
+                format_ton(value as u128)
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! `cocoon wallet` and `cocoon root` driven end to end against an in-process devnet (the real
+//! compiled contracts and wallet codes on the pure-Rust TVM, over the toncenter v2 API).
+
+use std::path::Path;
+use std::process::Command;
+
+use cocoon_devnet::run::{RunOptions, start};
+use cocoon_ton::chain::Chain;
+use cocoon_ton::toncenter::{Devnet, Toncenter};
+
+fn cocoon(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cocoon"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn ok(args: &[&str]) -> String {
+    let (rc, out, err) = cocoon(args);
+    assert_eq!(rc, 0, "cocoon {args:?} failed: {err}{out}");
+    out
+}
+
+fn raw_address(show_output: &str) -> String {
+    show_output
+        .lines()
+        .find_map(|l| l.strip_prefix("address (raw): "))
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn wallet_and_root_commands_against_devnet() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let started = start(&RunOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        dir: Some(dir.path().join("devnet")),
+        now: Some(1_800_000_000),
+        deploy_root: true,
+    })
+    .unwrap();
+    let owner_key = started.root.as_ref().unwrap().owner_key_path.clone();
+    let (addr, _task) = rt
+        .block_on(cocoon_devnet::api::spawn(
+            "127.0.0.1:0".parse().unwrap(),
+            started.state,
+        ))
+        .unwrap();
+    let url = format!("http://{addr}");
+    let ton = ["--ton", url.as_str()];
+    let client = Toncenter::with_url(&url).unwrap();
+
+    // a new v5r1 wallet: key file is private, address derives from it
+    let key = dir.path().join("w.key");
+    let key_s = key.to_str().unwrap();
+    let new_out = ok(&["wallet", "new", "--key", key_s, "--wallet-version", "v5r1"]);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let show = ok(&["wallet", "show", "--key", key_s, "--wallet-version", "v5r1"]);
+    let me = raw_address(&show);
+    assert_eq!(me, raw_address(&new_out));
+
+    // fund it, send 1.25 TON to a fresh address, check both balances
+    let me_addr = cocoon_ton::parse_address(&me).unwrap();
+    rt.block_on(client.faucet(&me_addr, 5_000_000_000)).unwrap();
+    let bal = ok(&[
+        "wallet",
+        "balance",
+        "--key",
+        key_s,
+        "--wallet-version",
+        "v5r1",
+        ton[0],
+        ton[1],
+    ]);
+    assert!(bal.contains("balance: 5 TON"), "{bal}");
+    let dest = "0:00000000000000000000000000000000000000000000000000000000000000aa";
+    let sent = ok(&[
+        "wallet",
+        "send",
+        "--key",
+        key_s,
+        "--wallet-version",
+        "v5r1",
+        "--to",
+        dest,
+        "--amount",
+        "1.25",
+        "--comment",
+        "hello",
+        "--no-bounce",
+        "--wait",
+        "20",
+        ton[0],
+        ton[1],
+    ]);
+    assert!(sent.contains("seqno 0 accepted"), "{sent}");
+    let dest_bal = ok(&["wallet", "balance", "--address", dest, ton[0], ton[1]]);
+    assert!(dest_bal.contains("balance: 1.25 TON"), "{dest_bal}");
+    let bal = ok(&[
+        "wallet",
+        "balance",
+        "--key",
+        key_s,
+        "--wallet-version",
+        "v5r1",
+        ton[0],
+        ton[1],
+    ]);
+    assert!(
+        bal.contains("seqno: 1") && bal.contains("status: Active"),
+        "{bal}"
+    );
+
+    // the wallet's transactions through the same client: faucet credit, then the send
+    let txs = rt
+        .block_on(client.transactions_since(&me_addr, None, 10))
+        .unwrap();
+    assert_eq!(txs.len(), 2, "{txs:?}");
+    let credit = txs[0].outcome().unwrap().unwrap();
+    assert_eq!(
+        credit.exit_code, None,
+        "compute skipped on the uninitialised wallet"
+    );
+    assert!(!credit.failed());
+    let spend = txs[1].outcome().unwrap().unwrap();
+    assert_eq!(
+        (spend.aborted, spend.exit_code, spend.action_result_code),
+        (false, Some(0), Some(0))
+    );
+    assert!(
+        txs[1].in_msg.as_ref().unwrap().source.is_none(),
+        "external inbound message"
+    );
+    assert_eq!(txs[1].out_msgs.len(), 1);
+    assert_eq!(txs[1].out_msgs[0].value, 1_250_000_000);
+    let newer = rt
+        .block_on(client.transactions_since(&me_addr, Some(&txs[0].id), 10))
+        .unwrap();
+    assert_eq!(
+        newer.iter().map(|t| t.id.clone()).collect::<Vec<_>>(),
+        vec![txs[1].id.clone()]
+    );
+    let st = rt.block_on(client.account_state(&me_addr)).unwrap();
+    assert_eq!(st.last_tx.as_ref(), Some(&txs[1].id));
+
+    // root: read, then owner operations through the devnet's root-owner wallet (v4r2)
+    let owner = owner_key.to_str().unwrap();
+    let show0: serde_json::Value =
+        serde_json::from_str(&ok(&["root", "show", "--json", ton[0], ton[1]])).unwrap();
+    let v0 = show0["version"].as_u64().unwrap();
+    let hash = "ab".repeat(32);
+    ok(&[
+        "root",
+        "add-image",
+        "--kind",
+        "worker",
+        &hash,
+        "--key",
+        owner,
+        ton[0],
+        ton[1],
+    ]);
+    ok(&[
+        "root",
+        "add-image",
+        "--kind",
+        "proxy",
+        &"cd".repeat(32),
+        "--key",
+        owner,
+        ton[0],
+        ton[1],
+    ]);
+    let model_out = ok(&[
+        "root",
+        "add-model",
+        "Qwen/Qwen3-8B@abc:def",
+        "--key",
+        owner,
+        ton[0],
+        ton[1],
+    ]);
+    ok(&[
+        "root",
+        "add-proxy",
+        "127.0.0.1:8801 127.0.0.1:8802",
+        "--key",
+        owner,
+        ton[0],
+        ton[1],
+    ]);
+    ok(&[
+        "root",
+        "set-price",
+        "--price",
+        "30",
+        "--worker-fee",
+        "20",
+        "--key",
+        owner,
+        ton[0],
+        ton[1],
+    ]);
+    let show1: serde_json::Value =
+        serde_json::from_str(&ok(&["root", "show", "--json", ton[0], ton[1]])).unwrap();
+    assert_eq!(show1["version"].as_u64().unwrap(), v0 + 5);
+    assert_eq!(show1["worker_hashes"][0], hash);
+    assert_eq!(show1["proxy_hashes"][0], "cd".repeat(32));
+    let mh = cocoon_ton::root::model_hash("Qwen/Qwen3-8B@abc:def").to_string();
+    assert!(model_out.contains(&mh));
+    assert_eq!(show1["model_hashes"][0], mh);
+    assert_eq!(
+        show1["registered_proxies"][0]["address"],
+        "127.0.0.1:8801 127.0.0.1:8802"
+    );
+    assert_eq!(show1["price_per_token"], 30);
+    assert_eq!(
+        show1["params_version"].as_u64().unwrap(),
+        show0["params_version"].as_u64().unwrap() + 1
+    );
+    let seqno = show1["registered_proxies"][0]["seqno"]
+        .as_u64()
+        .unwrap()
+        .to_string();
+    ok(&["root", "del-proxy", &seqno, "--key", owner, ton[0], ton[1]]);
+    ok(&[
+        "root",
+        "del-image",
+        "--kind",
+        "worker",
+        &hash,
+        "--key",
+        owner,
+        ton[0],
+        ton[1],
+    ]);
+    ok(&["root", "del-model", &mh, "--key", owner, ton[0], ton[1]]);
+    let show2: serde_json::Value =
+        serde_json::from_str(&ok(&["root", "show", "--json", ton[0], ton[1]])).unwrap();
+    assert!(show2["registered_proxies"].as_array().unwrap().is_empty());
+    assert!(show2["worker_hashes"].as_array().unwrap().is_empty());
+    assert!(show2["model_hashes"].as_array().unwrap().is_empty());
+
+    // refusals: a non-owner key, a bad endpoint, a group-readable key file
+    let (rc, _, err) = cocoon(&[
+        "root",
+        "add-model",
+        "x",
+        "--key",
+        key_s,
+        "--wallet-version",
+        "v5r1",
+        ton[0],
+        ton[1],
+    ]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("not the root owner"), "{err}");
+    let (rc, _, err) = cocoon(&[
+        "root",
+        "add-proxy",
+        "example.com:80",
+        "--key",
+        owner,
+        ton[0],
+        ton[1],
+    ]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("ip:port"), "{err}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let loose = dir.path().join("loose.key");
+        std::fs::copy(&key, &loose).unwrap();
+        std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let (rc, _, err) = cocoon(&["wallet", "show", "--key", loose.to_str().unwrap()]);
+        assert_eq!(rc, 1);
+        assert!(err.contains("chmod 600"), "{err}");
+    }
+    assert!(Path::new(&owner_key).exists());
+}

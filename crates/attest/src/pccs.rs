@@ -85,6 +85,18 @@ impl PccsClient {
         }
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        // The machine's CA bundle too: a local PCCS usually has a private CA, and egress proxies
+        // that inspect TLS present their own.
+        let bundle = std::env::var_os("SSL_CERT_FILE")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| "/etc/ssl/certs/ca-certificates.crt".into());
+        if let Ok(data) = std::fs::read(&bundle) {
+            let ders = x509_parser::pem::Pem::iter_from_buffer(&data)
+                .filter_map(Result::ok)
+                .filter(|p| p.label == "CERTIFICATE")
+                .map(|p| rustls::pki_types::CertificateDer::from(p.contents));
+            roots.add_parsable_certificates(ders);
+        }
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))

@@ -16,14 +16,26 @@ pub use engine::{
 pub use http::{BackendKind, HttpEngine, HttpEngineConfig};
 
 /// A reqwest client that uses rustls with the ring provider (the only provider this project
-/// links) and the bundled WebPKI roots.
+/// links), the bundled WebPKI roots and the machine's own CA bundle (`SSL_CERT_FILE`, else
+/// `/etc/ssl/certs/ca-certificates.crt`), so that private CAs and TLS-inspecting egress proxies
+/// the machine trusts work too.
 pub fn http_client(
     connect_timeout: std::time::Duration,
 ) -> Result<reqwest::Client, reqwest::Error> {
     // Installing twice is harmless: the second call reports the provider already present.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .connect_timeout(connect_timeout)
-        .user_agent(concat!("cocoon/", env!("CARGO_PKG_VERSION")))
-        .build()
+        .user_agent(concat!("cocoon/", env!("CARGO_PKG_VERSION")));
+    let bundle = std::env::var_os("SSL_CERT_FILE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/etc/ssl/certs/ca-certificates.crt".into());
+    if let Ok(pem) = std::fs::read(&bundle)
+        && let Ok(certs) = reqwest::Certificate::from_pem_bundle(&pem)
+    {
+        for c in certs {
+            builder = builder.add_root_certificate(c);
+        }
+    }
+    builder.build()
 }

@@ -1,0 +1,771 @@
+//! The embedded engine: one llama.cpp context, several requests decoded in one batch.
+//!
+//! llama.cpp contexts are not safe to create or drive from several threads, so one dedicated
+//! thread owns the context and runs the scheduler; requests reach it through a bounded queue and
+//! answers leave through per-request channels. Each step the scheduler builds one batch: first
+//! the next token of every sequence that is generating (so running answers never wait behind a
+//! long prompt), then as much prompt prefill as the batch has room for. One `decode` serves all
+//! sequences; each sequence samples from its own logits with its own sampler and seed.
+//!
+//! A request whose receiver is dropped is cancelled at the next step and its KV cells freed.
+
+use crate::output::{AnswerWriter, StopScanner, Utf8Buf};
+use crate::template::{ChatTemplate, messages_from_json};
+use cocoon_engine::{
+    BodyEvent, Engine, EngineError, EngineRequest, EngineResponse, Health, ModelInfo, Tokenizer,
+};
+use cocoon_openai::{Endpoint, Usage};
+use futures::future::BoxFuture;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+use serde_json::Value;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, mpsc as std_mpsc};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+
+/// Engine settings.
+#[derive(Clone, Debug)]
+pub struct LlamaConfig {
+    /// GGUF file.
+    pub model_path: PathBuf,
+    /// Model name on the network (what requests put in `model`).
+    pub model_name: String,
+    /// Sequences decoded together (requests served at once).
+    pub slots: u32,
+    /// Context length of each sequence, in tokens (prompt + answer).
+    pub ctx_per_slot: u32,
+    /// Tokens per decode call.
+    pub batch_tokens: u32,
+    /// CPU threads.
+    pub threads: u32,
+    /// Layers offloaded to a GPU (needs a `cuda`/`vulkan`/`metal` build).
+    pub gpu_layers: u32,
+    /// Requests that may wait for a free slot before new ones are refused as busy.
+    pub max_queue: usize,
+}
+
+impl LlamaConfig {
+    /// Defaults: 4 slots of 4096 tokens, 512-token batches, all cores, no GPU, 64 queued.
+    pub fn new(model_path: impl Into<PathBuf>, model_name: impl Into<String>) -> Self {
+        LlamaConfig {
+            model_path: model_path.into(),
+            model_name: model_name.into(),
+            slots: 4,
+            ctx_per_slot: 4096,
+            batch_tokens: 512,
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get() as u32),
+            gpu_layers: 0,
+            max_queue: 64,
+        }
+    }
+}
+
+/// Loading failures.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// llama.cpp could not be initialised.
+    #[error("llama.cpp backend: {0}")]
+    Backend(String),
+    /// The GGUF could not be loaded.
+    #[error("{path}: cannot load model: {message}")]
+    Model {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// The context could not be created (usually too little memory for slots × ctx).
+    #[error("cannot create context: {0}")]
+    Context(String),
+    /// The chat template does not compile.
+    #[error("chat template: {0}")]
+    Template(String),
+    /// A setting is out of range.
+    #[error("invalid engine setting: {0}")]
+    Config(String),
+}
+
+fn backend() -> Result<&'static LlamaBackend, LoadError> {
+    static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            // llama.cpp's own logging goes to `tracing` (it never logs prompt text at info).
+            llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+            LlamaBackend::init().map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| LoadError::Backend(e.clone()))
+}
+
+struct Shared {
+    model: LlamaModel,
+    template: ChatTemplate,
+}
+
+/// The embedded llama.cpp engine.
+pub struct LlamaEngine {
+    cfg: LlamaConfig,
+    shared: Arc<Shared>,
+    jobs: std_mpsc::SyncSender<Job>,
+    alive: Arc<AtomicBool>,
+    context_length: Option<u32>,
+}
+
+/// Sampling settings of one request.
+#[derive(Clone, Debug, PartialEq)]
+struct Sampling {
+    temperature: f32,
+    top_p: f32,
+    frequency_penalty: f32,
+    presence_penalty: f32,
+    seed: u32,
+}
+
+struct Job {
+    endpoint: Endpoint,
+    stream: bool,
+    id: String,
+    created: u64,
+    model: String,
+    prompt: Vec<LlamaToken>,
+    max_tokens: u32,
+    stops: Vec<String>,
+    sampling: Sampling,
+    deadline: Instant,
+    timeout: Duration,
+    out: mpsc::Sender<BodyEvent>,
+}
+
+fn f32_field(body: &serde_json::Map<String, Value>, key: &str, default: f32) -> f32 {
+    body.get(key)
+        .and_then(Value::as_f64)
+        .map_or(default, |v| v as f32)
+}
+
+fn next_seed() -> u32 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let x = t ^ COUNTER.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+    (x ^ (x >> 32)) as u32
+}
+
+impl LlamaEngine {
+    /// Loads the model and starts the scheduler thread.
+    pub fn load(cfg: LlamaConfig) -> Result<Self, LoadError> {
+        if cfg.slots == 0 || cfg.ctx_per_slot < 16 || cfg.batch_tokens == 0 || cfg.threads == 0 {
+            return Err(LoadError::Config(format!(
+                "slots={}, ctx_per_slot={}, batch_tokens={}, threads={}",
+                cfg.slots, cfg.ctx_per_slot, cfg.batch_tokens, cfg.threads
+            )));
+        }
+        let backend = backend()?;
+        let params = LlamaModelParams::default().with_n_gpu_layers(cfg.gpu_layers);
+        if !cfg.model_path.is_file() {
+            return Err(LoadError::Model {
+                path: cfg.model_path.clone(),
+                message: "no such file".into(),
+            });
+        }
+        let model = LlamaModel::load_from_file(backend, &cfg.model_path, &params).map_err(|e| {
+            LoadError::Model {
+                path: cfg.model_path.clone(),
+                message: e.to_string(),
+            }
+        })?;
+        let source = model.meta_val_str("tokenizer.chat_template").ok();
+        let piece = |t: LlamaToken| {
+            String::from_utf8_lossy(&model.vocab().token_to_piece(t, true, None)).into_owned()
+        };
+        let (bos, eos) = (piece(model.vocab().bos()), piece(model.vocab().eos()));
+        let template = ChatTemplate::new(source.as_deref(), &bos, &eos)
+            .map_err(|e| LoadError::Template(e.to_string()))?;
+        let ctx_train = model.n_ctx_train();
+        let ctx_per_slot = if ctx_train > 0 {
+            cfg.ctx_per_slot.min(ctx_train)
+        } else {
+            cfg.ctx_per_slot
+        };
+        let shared = Arc::new(Shared { model, template });
+
+        let (jobs_tx, jobs_rx) = std_mpsc::sync_channel::<Job>(cfg.max_queue);
+        let (ready_tx, ready_rx) = std_mpsc::channel::<Result<(), String>>();
+        let alive = Arc::new(AtomicBool::new(true));
+        let thread_shared = shared.clone();
+        let thread_alive = alive.clone();
+        let thread_cfg = LlamaConfig {
+            ctx_per_slot,
+            ..cfg.clone()
+        };
+        std::thread::Builder::new()
+            .name("cocoon-llama".into())
+            .spawn(move || {
+                let model = &thread_shared.model;
+                let n_ctx = thread_cfg.slots.saturating_mul(thread_cfg.ctx_per_slot);
+                let cparams = LlamaContextParams::default()
+                    .with_n_ctx(NonZeroU32::new(n_ctx))
+                    .with_n_batch(thread_cfg.batch_tokens)
+                    .with_n_ubatch(thread_cfg.batch_tokens)
+                    .with_n_seq_max(thread_cfg.slots)
+                    .with_n_threads(thread_cfg.threads as i32)
+                    .with_n_threads_batch(thread_cfg.threads as i32);
+                match model.new_context(backend, cparams) {
+                    Ok(ctx) => {
+                        let _ = ready_tx.send(Ok(()));
+                        Scheduler::new(model, ctx, &thread_cfg).run(jobs_rx);
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                    }
+                }
+                thread_alive.store(false, Ordering::SeqCst);
+            })
+            .map_err(|e| LoadError::Context(e.to_string()))?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(LoadError::Context(e)),
+            Err(_) => return Err(LoadError::Context("engine thread exited".into())),
+        }
+        tracing::info!(
+            model = %cfg.model_name,
+            slots = cfg.slots,
+            ctx_per_slot,
+            threads = cfg.threads,
+            "embedded llama.cpp engine ready"
+        );
+        Ok(LlamaEngine {
+            cfg,
+            shared,
+            jobs: jobs_tx,
+            alive,
+            context_length: Some(ctx_per_slot),
+        })
+    }
+
+    /// A tokenizer that counts exactly as this model does.
+    pub fn tokenizer(&self) -> Arc<dyn Tokenizer> {
+        Arc::new(LlamaTokenizer(self.shared.clone()))
+    }
+
+    /// The prompt text a request renders to (chat template applied).
+    pub fn render_prompt(
+        &self,
+        endpoint: Endpoint,
+        body: &serde_json::Map<String, Value>,
+    ) -> Result<String, EngineError> {
+        render(&self.shared, endpoint, body)
+    }
+
+    /// Tokens of a rendered prompt, as the engine feeds them.
+    pub fn prompt_tokens(&self, prompt: &str) -> usize {
+        tokenize_prompt(&self.shared.model, prompt).len()
+    }
+}
+
+fn prepare(
+    shared: &Shared,
+    model_name: String,
+    context_length: Option<u32>,
+    req: EngineRequest,
+) -> Result<(Job, mpsc::Receiver<BodyEvent>), EngineError> {
+    let body = &req.body;
+    for (field, unsupported) in [
+        (
+            "tools",
+            body.get("tools")
+                .is_some_and(|v| v.as_array().is_some_and(|a| !a.is_empty())),
+        ),
+        (
+            "tool_choice",
+            body.get("tool_choice")
+                .is_some_and(|v| !v.is_null() && v != "none" && v != "auto"),
+        ),
+        (
+            "logprobs",
+            body.get("logprobs")
+                .is_some_and(|v| v == &Value::Bool(true) || v.as_u64().is_some_and(|n| n > 0)),
+        ),
+        (
+            "n",
+            body.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1),
+        ),
+        (
+            "best_of",
+            body.get("best_of")
+                .and_then(Value::as_u64)
+                .is_some_and(|n| n > 1),
+        ),
+        ("echo", body.get("echo") == Some(&Value::Bool(true))),
+        (
+            "response_format",
+            body.get("response_format")
+                .and_then(|r| r.get("type"))
+                .is_some_and(|t| t != "text"),
+        ),
+    ] {
+        if unsupported {
+            return Err(EngineError::Unsupported(format!(
+                "'{field}' is not supported by the embedded engine; use an external engine"
+            )));
+        }
+    }
+    let prompt_text = render(shared, req.endpoint, body)?;
+    let prompt = tokenize_prompt(&shared.model, &prompt_text);
+    let ctx = context_length.unwrap_or(u32::MAX) as usize;
+    if prompt.is_empty() {
+        return Err(EngineError::Unsupported("the prompt is empty".into()));
+    }
+    if prompt.len() >= ctx {
+        return Err(EngineError::Unsupported(format!(
+            "the prompt is {} tokens; this engine's context is {ctx} tokens",
+            prompt.len()
+        )));
+    }
+    let room = (ctx - prompt.len()) as u64;
+    let asked = body
+        .get("max_completion_tokens")
+        .or_else(|| body.get("max_tokens"))
+        .and_then(Value::as_u64);
+    let max_tokens = match asked {
+        Some(n) if n > room => {
+            return Err(EngineError::Unsupported(format!(
+                "prompt ({} tokens) + max_tokens ({n}) exceeds the context of {ctx} tokens",
+                prompt.len()
+            )));
+        }
+        Some(n) => n,
+        None => room,
+    } as u32;
+    let stops = match body.get("stop") {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    };
+    let sampling = Sampling {
+        temperature: f32_field(body, "temperature", 1.0),
+        top_p: f32_field(body, "top_p", 1.0),
+        frequency_penalty: f32_field(body, "frequency_penalty", 0.0),
+        presence_penalty: f32_field(body, "presence_penalty", 0.0),
+        seed: body
+            .get("seed")
+            .and_then(Value::as_i64)
+            .map_or_else(next_seed, |s| s as u32),
+    };
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let prefix = match req.endpoint {
+        Endpoint::ChatCompletions => "chatcmpl",
+        Endpoint::Completions => "cmpl",
+    };
+    let (tx, rx) = mpsc::channel(max_tokens as usize + 8);
+    let job = Job {
+        endpoint: req.endpoint,
+        stream: req.stream,
+        id: format!(
+            "{prefix}-{:016x}",
+            u64::from(next_seed()) << 32 | u64::from(next_seed())
+        ),
+        created,
+        model: model_name,
+        prompt,
+        max_tokens,
+        stops,
+        sampling,
+        deadline: Instant::now() + req.timeout,
+        timeout: req.timeout,
+        out: tx,
+    };
+    Ok((job, rx))
+}
+
+fn tokenize_prompt(model: &LlamaModel, prompt: &str) -> Vec<LlamaToken> {
+    // As llama-server does for a rendered template: special tokens in the text are parsed,
+    // and BOS is added when the vocabulary asks for it.
+    model.vocab().tokenize(prompt.as_bytes(), true, true)
+}
+
+fn render(
+    shared: &Shared,
+    endpoint: Endpoint,
+    body: &serde_json::Map<String, Value>,
+) -> Result<String, EngineError> {
+    match endpoint {
+        Endpoint::ChatCompletions => {
+            let msgs = messages_from_json(body.get("messages").unwrap_or(&Value::Null));
+            shared
+                .template
+                .render(&msgs)
+                .map_err(|e| EngineError::Unsupported(format!("chat template: {e}")))
+        }
+        Endpoint::Completions => match body.get("prompt") {
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
+                Ok(a[0].as_str().unwrap_or_default().to_owned())
+            }
+            _ => Err(EngineError::Unsupported(
+                "the embedded engine takes one prompt string per request".into(),
+            )),
+        },
+    }
+}
+
+struct LlamaTokenizer(Arc<Shared>);
+
+impl Tokenizer for LlamaTokenizer {
+    fn count(&self, text: &str) -> Result<u64, String> {
+        Ok(self
+            .0
+            .model
+            .vocab()
+            .tokenize(text.as_bytes(), false, false)
+            .len() as u64)
+    }
+}
+
+impl Engine for LlamaEngine {
+    fn submit(&self, req: EngineRequest) -> BoxFuture<'_, Result<EngineResponse, EngineError>> {
+        Box::pin(async move {
+            if !self.alive.load(Ordering::SeqCst) {
+                return Err(EngineError::Unreachable(
+                    "the engine thread has stopped".into(),
+                ));
+            }
+            let stream = req.stream;
+            // Rendering and tokenizing a long prompt takes milliseconds: keep it off the runtime.
+            let (shared, name, ctx) = (
+                self.shared.clone(),
+                self.cfg.model_name.clone(),
+                self.context_length,
+            );
+            let (job, rx) = tokio::task::spawn_blocking(move || prepare(&shared, name, ctx, req))
+                .await
+                .map_err(|e| EngineError::Unreachable(format!("prepare task: {e}")))??;
+            self.jobs.try_send(job).map_err(|e| match e {
+                std_mpsc::TrySendError::Full(_) => EngineError::Busy(format!(
+                    "{} requests are already waiting for a free slot",
+                    self.cfg.max_queue
+                )),
+                std_mpsc::TrySendError::Disconnected(_) => {
+                    EngineError::Unreachable("the engine thread has stopped".into())
+                }
+            })?;
+            let content_type = if stream {
+                "text/event-stream"
+            } else {
+                "application/json"
+            };
+            Ok(EngineResponse {
+                status: 200,
+                content_type: content_type.into(),
+                body: rx,
+            })
+        })
+    }
+
+    fn health(&self) -> BoxFuture<'_, Health> {
+        Box::pin(async move {
+            if self.alive.load(Ordering::SeqCst) {
+                Health {
+                    up: true,
+                    reason: None,
+                }
+            } else {
+                Health {
+                    up: false,
+                    reason: Some("the engine thread has stopped".into()),
+                }
+            }
+        })
+    }
+
+    fn model_info(&self) -> ModelInfo {
+        ModelInfo {
+            name: self.cfg.model_name.clone(),
+            engine: "llama.cpp (embedded)".into(),
+            context_length: self.context_length,
+            max_concurrency: self.cfg.slots,
+        }
+    }
+}
+
+/// One sequence being served.
+struct Slot {
+    seq: i32,
+    job: Job,
+    sampler: LlamaSampler,
+    fed: usize,
+    pos: i32,
+    next_input: Option<LlamaToken>,
+    batch_idx: Option<i32>,
+    generated: u32,
+    utf8: Utf8Buf,
+    stop: StopScanner,
+    writer: AnswerWriter,
+}
+
+impl Slot {
+    fn usage(&self) -> Usage {
+        Usage::new(self.job.prompt.len() as u64, u64::from(self.generated))
+    }
+
+    /// Sends an event; false when the caller went away.
+    fn send(&self, ev: BodyEvent) -> bool {
+        self.job.out.try_send(ev).is_ok()
+    }
+}
+
+struct Scheduler<'m> {
+    model: &'m LlamaModel,
+    ctx: LlamaContext<'m>,
+    slots: Vec<Option<Slot>>,
+    batch: LlamaBatch<'static>,
+    batch_tokens: usize,
+}
+
+enum Outcome {
+    Continue,
+    Finished(&'static str),
+    Gone,
+}
+
+impl<'m> Scheduler<'m> {
+    fn new(model: &'m LlamaModel, ctx: LlamaContext<'m>, cfg: &LlamaConfig) -> Self {
+        Scheduler {
+            model,
+            ctx,
+            slots: (0..cfg.slots).map(|_| None).collect(),
+            batch: LlamaBatch::new(cfg.batch_tokens as usize, cfg.slots as i32),
+            batch_tokens: cfg.batch_tokens as usize,
+        }
+    }
+
+    fn run(mut self, jobs: std_mpsc::Receiver<Job>) {
+        loop {
+            if self.slots.iter().all(Option::is_none) {
+                match jobs.recv() {
+                    Ok(job) => self.place(job),
+                    Err(_) => return,
+                }
+            }
+            while self.slots.iter().any(Option::is_none) {
+                match jobs.try_recv() {
+                    Ok(job) => self.place(job),
+                    Err(_) => break,
+                }
+            }
+            self.housekeeping();
+            self.step();
+        }
+    }
+
+    fn sampler(&self, s: &Sampling) -> LlamaSampler {
+        let mut chain = Vec::new();
+        if s.frequency_penalty != 0.0 || s.presence_penalty != 0.0 {
+            chain.push(LlamaSampler::penalties(
+                self.model.n_vocab(),
+                64,
+                1.0,
+                s.frequency_penalty,
+                s.presence_penalty,
+            ));
+        }
+        if s.temperature <= 0.0 {
+            chain.push(LlamaSampler::greedy());
+        } else {
+            if s.top_p < 1.0 {
+                chain.push(LlamaSampler::top_p(s.top_p, 1));
+            }
+            chain.push(LlamaSampler::temp(s.temperature));
+            chain.push(LlamaSampler::dist(s.seed));
+        }
+        LlamaSampler::chain_simple(chain)
+    }
+
+    fn place(&mut self, job: Job) {
+        let Some(i) = self.slots.iter().position(Option::is_none) else {
+            return;
+        };
+        let sampler = self.sampler(&job.sampling);
+        let writer = AnswerWriter::new(
+            job.endpoint,
+            job.stream,
+            job.id.clone(),
+            job.created,
+            job.model.clone(),
+        );
+        let seq = i as i32;
+        let _ = self.ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
+        self.slots[i] = Some(Slot {
+            seq,
+            stop: StopScanner::new(job.stops.clone()),
+            job,
+            sampler,
+            fed: 0,
+            pos: 0,
+            next_input: None,
+            batch_idx: None,
+            generated: 0,
+            utf8: Utf8Buf::default(),
+            writer,
+        });
+    }
+
+    fn free(&mut self, i: usize) {
+        if let Some(s) = self.slots[i].take() {
+            let _ = self.ctx.clear_kv_cache_seq(Some(s.seq as u32), None, None);
+        }
+    }
+
+    fn fail(&mut self, i: usize, error: EngineError) {
+        if let Some(s) = &self.slots[i] {
+            let usage = s.usage();
+            s.send(BodyEvent::Failed { error, usage });
+        }
+        self.free(i);
+    }
+
+    fn housekeeping(&mut self) {
+        let now = Instant::now();
+        for i in 0..self.slots.len() {
+            let Some(s) = &self.slots[i] else { continue };
+            if s.job.out.is_closed() {
+                tracing::debug!(seq = s.seq, "request cancelled by the caller");
+                self.free(i);
+            } else if now >= s.job.deadline {
+                let t = s.job.timeout;
+                self.fail(i, EngineError::Timeout(t));
+            }
+        }
+    }
+
+    fn step(&mut self) {
+        self.batch.clear();
+        let mut budget = self.batch_tokens;
+        // Generating sequences first: one token each.
+        for s in self.slots.iter_mut().flatten() {
+            s.batch_idx = None;
+            if let Some(t) = s.next_input.take() {
+                if budget == 0 || self.batch.add(t, s.pos, &[s.seq], true).is_err() {
+                    s.next_input = Some(t);
+                    continue;
+                }
+                s.batch_idx = Some(self.batch.n_tokens() - 1);
+                s.pos += 1;
+                budget -= 1;
+            }
+        }
+        // Then prompt prefill with the remaining room.
+        for s in self.slots.iter_mut().flatten() {
+            while s.fed < s.job.prompt.len() && budget > 0 {
+                let last = s.fed + 1 == s.job.prompt.len();
+                if self
+                    .batch
+                    .add(s.job.prompt[s.fed], s.pos, &[s.seq], last)
+                    .is_err()
+                {
+                    break;
+                }
+                if last {
+                    s.batch_idx = Some(self.batch.n_tokens() - 1);
+                }
+                s.fed += 1;
+                s.pos += 1;
+                budget -= 1;
+            }
+        }
+        if self.batch.n_tokens() == 0 {
+            return;
+        }
+        if let Err(e) = self.ctx.decode(&mut self.batch) {
+            tracing::warn!(error = %e, "llama.cpp decode failed; failing the requests in this batch");
+            for i in 0..self.slots.len() {
+                if self.slots[i].is_some() {
+                    self.fail(i, EngineError::Busy(format!("decode failed: {e}")));
+                }
+            }
+            return;
+        }
+        for i in 0..self.slots.len() {
+            let outcome = match &mut self.slots[i] {
+                Some(s) => match s.batch_idx {
+                    Some(idx) => {
+                        let tok = s.sampler.sample(&self.ctx, idx);
+                        Self::accept(self.model, s, tok)
+                    }
+                    None => Outcome::Continue,
+                },
+                None => continue,
+            };
+            match outcome {
+                Outcome::Continue => {}
+                Outcome::Gone => self.free(i),
+                Outcome::Finished(reason) => {
+                    if let Some(s) = &mut self.slots[i] {
+                        let mut tail = s.utf8.finish();
+                        if reason != "stop_string" {
+                            tail = s.stop.push(&tail).0 + &s.stop.finish();
+                        }
+                        if !tail.is_empty()
+                            && let Some(b) = s.writer.delta(&tail)
+                        {
+                            s.send(BodyEvent::Data(b));
+                        }
+                        let usage = s.usage();
+                        let r = if reason == "stop_string" {
+                            "stop"
+                        } else {
+                            reason
+                        };
+                        let bytes = s.writer.finish(r, usage);
+                        s.send(BodyEvent::Data(bytes));
+                        s.send(BodyEvent::End {
+                            usage,
+                            counted_locally: false,
+                        });
+                    }
+                    self.free(i);
+                }
+            }
+        }
+    }
+
+    fn accept(model: &LlamaModel, s: &mut Slot, tok: LlamaToken) -> Outcome {
+        let vocab = model.vocab();
+        if vocab.is_eog(tok) {
+            return Outcome::Finished("stop");
+        }
+        s.generated += 1;
+        let piece = vocab.token_to_piece(tok, false, None);
+        let text = s.utf8.push(&piece);
+        let (emit, stopped) = s.stop.push(&text);
+        if !emit.is_empty()
+            && let Some(b) = s.writer.delta(&emit)
+            && !s.send(BodyEvent::Data(b))
+        {
+            return Outcome::Gone;
+        }
+        if stopped {
+            return Outcome::Finished("stop_string");
+        }
+        if s.generated >= s.job.max_tokens {
+            return Outcome::Finished("length");
+        }
+        s.next_input = Some(tok);
+        Outcome::Continue
+    }
+}

@@ -1,0 +1,12 @@
+//! Cocoon's embedded inference engine: llama.cpp through `llama-cpp-2`.
+//!
+//! It lives in its own crate because llama.cpp takes minutes to compile; nothing else in the
+//! workspace depends on it except the binary. See [`engine`] for the scheduler, [`template`] for
+//! chat templates and [`output`] for the OpenAI answer format.
+#![forbid(unsafe_code)]
+
+pub mod engine;
+pub mod output;
+pub mod template;
+
+pub use engine::{LlamaConfig, LlamaEngine, LoadError};

@@ -1,0 +1,327 @@
+//! Turning generated tokens into OpenAI answers: UTF-8 reassembly, stop strings, and the
+//! chunk / completion JSON in the shapes OpenAI SDKs parse.
+
+use cocoon_openai::Endpoint;
+use cocoon_openai::types::{
+    AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChunkChoice, Completion,
+    CompletionChoice, Delta, SSE_DONE, sse_event,
+};
+use cocoon_openai::usage::Usage;
+
+/// Reassembles UTF-8 from token pieces, which may split a character.
+#[derive(Debug, Default)]
+pub struct Utf8Buf {
+    pending: Vec<u8>,
+}
+
+impl Utf8Buf {
+    /// Appends bytes and returns the complete characters available.
+    pub fn push(&mut self, bytes: &[u8]) -> String {
+        self.pending.extend_from_slice(bytes);
+        match std::str::from_utf8(&self.pending) {
+            Ok(s) => {
+                let s = s.to_owned();
+                self.pending.clear();
+                s
+            }
+            Err(e) => {
+                let valid = e.valid_up_to();
+                // An invalid sequence (not just an incomplete tail) is replaced, never stalls.
+                let cut = if e.error_len().is_some() {
+                    self.pending.len()
+                } else {
+                    valid
+                };
+                let out = String::from_utf8_lossy(&self.pending[..cut]).into_owned();
+                self.pending.drain(..cut);
+                out
+            }
+        }
+    }
+
+    /// Whatever is left at the end, lossily.
+    pub fn finish(&mut self) -> String {
+        let out = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending.clear();
+        out
+    }
+}
+
+/// Holds back text that might be the start of a stop string; cuts at the first stop string.
+#[derive(Debug, Default)]
+pub struct StopScanner {
+    stops: Vec<String>,
+    held: String,
+}
+
+impl StopScanner {
+    /// A scanner for `stops` (empty strings are ignored).
+    pub fn new(stops: Vec<String>) -> Self {
+        StopScanner {
+            stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
+            held: String::new(),
+        }
+    }
+
+    /// Feeds text; returns the text safe to emit and whether a stop string was reached.
+    pub fn push(&mut self, text: &str) -> (String, bool) {
+        self.held.push_str(text);
+        if let Some(pos) = self
+            .stops
+            .iter()
+            .filter_map(|s| self.held.find(s.as_str()))
+            .min()
+        {
+            let out = self.held[..pos].to_owned();
+            self.held.clear();
+            return (out, true);
+        }
+        // Keep the longest suffix that is a proper prefix of some stop string.
+        let mut keep = 0;
+        for s in &self.stops {
+            for (i, _) in s.char_indices().skip(1) {
+                if self.held.ends_with(&s[..i]) {
+                    keep = keep.max(i);
+                }
+            }
+        }
+        let cut = self.held.len() - keep;
+        let out = self.held[..cut].to_owned();
+        self.held.drain(..cut);
+        (out, false)
+    }
+
+    /// Releases held text at the end of generation.
+    pub fn finish(&mut self) -> String {
+        std::mem::take(&mut self.held)
+    }
+}
+
+/// Produces the answer body for one request.
+#[derive(Debug)]
+pub struct AnswerWriter {
+    endpoint: Endpoint,
+    stream: bool,
+    id: String,
+    created: u64,
+    model: String,
+    text: String,
+    started: bool,
+}
+
+impl AnswerWriter {
+    /// A writer for one answer.
+    pub fn new(endpoint: Endpoint, stream: bool, id: String, created: u64, model: String) -> Self {
+        AnswerWriter {
+            endpoint,
+            stream,
+            id,
+            created,
+            model,
+            text: String::new(),
+            started: false,
+        }
+    }
+
+    fn chat_chunk(&self, choices: Vec<ChunkChoice>, usage: Option<Usage>) -> Vec<u8> {
+        sse_event(&ChatCompletionChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk".into(),
+            created: self.created,
+            model: self.model.clone(),
+            choices,
+            usage,
+        })
+    }
+
+    fn text_chunk(&self, choices: Vec<CompletionChoice>, usage: Option<Usage>) -> Vec<u8> {
+        sse_event(&Completion {
+            id: self.id.clone(),
+            object: "text_completion".into(),
+            created: self.created,
+            model: self.model.clone(),
+            choices,
+            usage,
+        })
+    }
+
+    /// Bytes to send for new text (nothing when not streaming: text is kept for the end).
+    pub fn delta(&mut self, text: &str) -> Option<Vec<u8>> {
+        if !self.stream {
+            self.text.push_str(text);
+            return None;
+        }
+        let mut out = Vec::new();
+        if !self.started && self.endpoint == Endpoint::ChatCompletions {
+            out.extend(self.chat_chunk(
+                vec![ChunkChoice {
+                    index: 0,
+                    delta: Delta {
+                        role: Some("assistant".into()),
+                        content: Some(String::new()),
+                    },
+                    finish_reason: None,
+                }],
+                None,
+            ));
+        }
+        self.started = true;
+        if !text.is_empty() {
+            out.extend(match self.endpoint {
+                Endpoint::ChatCompletions => self.chat_chunk(
+                    vec![ChunkChoice {
+                        index: 0,
+                        delta: Delta {
+                            role: None,
+                            content: Some(text.to_owned()),
+                        },
+                        finish_reason: None,
+                    }],
+                    None,
+                ),
+                Endpoint::Completions => self.text_chunk(
+                    vec![CompletionChoice {
+                        index: 0,
+                        text: text.to_owned(),
+                        finish_reason: None,
+                    }],
+                    None,
+                ),
+            });
+        }
+        (!out.is_empty()).then_some(out)
+    }
+
+    /// The closing bytes: finish chunk, usage chunk and `[DONE]`, or the whole JSON answer.
+    pub fn finish(&mut self, finish_reason: &str, usage: Usage) -> Vec<u8> {
+        let reason = Some(finish_reason.to_owned());
+        if !self.stream {
+            let v = match self.endpoint {
+                Endpoint::ChatCompletions => serde_json::to_vec(&ChatCompletion {
+                    id: self.id.clone(),
+                    object: "chat.completion".into(),
+                    created: self.created,
+                    model: self.model.clone(),
+                    choices: vec![ChatChoice {
+                        index: 0,
+                        message: AssistantMessage {
+                            role: "assistant".into(),
+                            content: std::mem::take(&mut self.text),
+                        },
+                        finish_reason: reason,
+                    }],
+                    usage,
+                }),
+                Endpoint::Completions => serde_json::to_vec(&Completion {
+                    id: self.id.clone(),
+                    object: "text_completion".into(),
+                    created: self.created,
+                    model: self.model.clone(),
+                    choices: vec![CompletionChoice {
+                        index: 0,
+                        text: std::mem::take(&mut self.text),
+                        finish_reason: reason,
+                    }],
+                    usage: Some(usage),
+                }),
+            };
+            return v.unwrap_or_default();
+        }
+        let mut out = self.delta("").unwrap_or_default();
+        match self.endpoint {
+            Endpoint::ChatCompletions => {
+                out.extend(self.chat_chunk(
+                    vec![ChunkChoice {
+                        index: 0,
+                        delta: Delta::default(),
+                        finish_reason: reason,
+                    }],
+                    None,
+                ));
+                out.extend(self.chat_chunk(vec![], Some(usage)));
+            }
+            Endpoint::Completions => {
+                out.extend(self.text_chunk(
+                    vec![CompletionChoice {
+                        index: 0,
+                        text: String::new(),
+                        finish_reason: reason,
+                    }],
+                    None,
+                ));
+                out.extend(self.text_chunk(vec![], Some(usage)));
+            }
+        }
+        out.extend_from_slice(SSE_DONE);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cocoon_openai::UsageTracker;
+
+    #[test]
+    fn utf8_split_and_invalid() {
+        let mut b = Utf8Buf::default();
+        let e = "é".as_bytes();
+        assert_eq!(b.push(&e[..1]), "");
+        assert_eq!(b.push(&e[1..]), "é");
+        assert_eq!(b.push(&[0xff, b'a']), "\u{fffd}a");
+        assert_eq!(b.push(&e[..1]), "");
+        assert_eq!(b.finish(), "\u{fffd}");
+    }
+
+    #[test]
+    fn stop_strings_are_cut_and_never_leak() {
+        let mut s = StopScanner::new(vec!["</end>".into(), String::new()]);
+        assert_eq!(s.push("Hello </"), ("Hello ".into(), false));
+        assert_eq!(s.push("e"), (String::new(), false));
+        assert_eq!(s.push("x"), ("</ex".into(), false));
+        assert_eq!(s.push(" done</end> tail"), (" done".into(), true));
+        let mut s = StopScanner::new(vec!["ab".into()]);
+        assert_eq!(s.push("xa"), ("x".into(), false));
+        assert_eq!(s.finish(), "a");
+        let mut s = StopScanner::new(vec![]);
+        assert_eq!(s.push("anything"), ("anything".into(), false));
+    }
+
+    #[test]
+    fn streamed_chat_is_openai_shaped_and_counted() {
+        let mut w = AnswerWriter::new(Endpoint::ChatCompletions, true, "c1".into(), 5, "m".into());
+        let mut body = w.delta("Hel").unwrap();
+        body.extend(w.delta("lo").unwrap());
+        body.extend(w.finish("stop", Usage::new(7, 2)));
+        let text = String::from_utf8(body.clone()).unwrap();
+        assert!(text.starts_with("data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\""));
+        assert!(text.contains("\"role\":\"assistant\""));
+        assert!(text.contains("\"finish_reason\":\"stop\""));
+        assert!(text.ends_with("data: [DONE]\n\n"));
+        let mut t = UsageTracker::new().collecting_text();
+        t.push(&body);
+        assert_eq!(t.usage(), Some(Usage::new(7, 2)));
+        assert_eq!(t.text(), Some("Hello"));
+    }
+
+    #[test]
+    fn whole_answers() {
+        let mut w = AnswerWriter::new(Endpoint::ChatCompletions, false, "c".into(), 1, "m".into());
+        assert!(w.delta("Hi").is_none());
+        let v: serde_json::Value =
+            serde_json::from_slice(&w.finish("length", Usage::new(3, 1))).unwrap();
+        assert_eq!(v["choices"][0]["message"]["content"], "Hi");
+        assert_eq!(v["choices"][0]["finish_reason"], "length");
+        assert_eq!(v["usage"]["total_tokens"], 4);
+        let mut w = AnswerWriter::new(Endpoint::Completions, false, "c".into(), 1, "m".into());
+        w.delta("x");
+        let v: serde_json::Value =
+            serde_json::from_slice(&w.finish("stop", Usage::new(1, 1))).unwrap();
+        assert_eq!(v["object"], "text_completion");
+        assert_eq!(v["choices"][0]["text"], "x");
+        // An empty stream still has a role chunk, a finish chunk, usage and [DONE].
+        let mut w = AnswerWriter::new(Endpoint::ChatCompletions, true, "c".into(), 1, "m".into());
+        let s = String::from_utf8(w.finish("stop", Usage::new(1, 0))).unwrap();
+        assert_eq!(s.matches("data: ").count(), 4);
+    }
+}

@@ -1,0 +1,235 @@
+//! Worker configuration.
+//!
+//! The worker is configured by its caller (the `cocoon worker` command builds this from the
+//! TOML file, env and flags). Everything a peer could influence is validated elsewhere; this
+//! module only checks that the operator's own settings make sense, so that a bad setting
+//! fails at start with one clear message instead of at the first request.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cocoon_engine::{Engine, Tokenizer};
+use cocoon_net::BackoffConfig;
+use cocoon_openai::PriceTable;
+use cocoon_ratls::net::RatlsConnector;
+
+use crate::payout::PayoutSink;
+
+/// Lowest protocol version the worker speaks (COCOON workers: 1).
+pub const MIN_PROTO_VERSION: i32 = 1;
+/// Highest protocol version the worker speaks: COCOON's 2 plus our version 3 additions.
+pub const MAX_PROTO_VERSION: i32 = 3;
+/// Largest coefficient the proxies accept (`0 ≤ coefficient < 1e9`).
+pub const MAX_COEFFICIENT: u32 = 999_999_999;
+
+/// Everything the worker needs to run.
+pub struct WorkerConfig {
+    /// Proxy worker-facing endpoints (`host:port`), one connection each.
+    pub proxies: Vec<String>,
+    /// The TON address that owns this worker's earnings.
+    pub owner_address: String,
+    /// Full model id `Name@revision:sha256`; clients address the model by `Name`.
+    pub model: String,
+    /// Price coefficient in thousandths (1000 = 1.0×).
+    pub coefficient: u32,
+    /// Requests served at once, over all proxies.
+    pub max_active_requests: u32,
+    /// Test network (must match the proxy's and the root contract's flag).
+    pub is_test: bool,
+    /// Network prices: the category multipliers adjust token counts; `worker_fee_per_token`
+    /// turns them into nanoTON for the payout threshold.
+    pub prices: PriceTable,
+    /// Submit a payout once the unpaid signed earnings reach this many nanoTON.
+    pub min_payout_nanoton: u128,
+    /// Where the best signed payment per proxy is kept (`payments.json`).
+    pub state_dir: PathBuf,
+    /// The inference engine.
+    pub engine: Arc<dyn Engine>,
+    /// RA-TLS connector (our certificate, the proxy attestation policy, PoW limit).
+    pub connector: RatlsConnector,
+    /// HTTP admin server, if any.
+    pub admin: Option<AdminConfig>,
+    /// Counts tokens of an answer cut short (cancelled, session lost, timed out) when the
+    /// engine reported no usage for it; without one such answers bill only reported usage.
+    pub tokenizer: Option<Arc<dyn Tokenizer>>,
+    /// Where payouts go (the worker contract through a wallet); `None` keeps receipts only.
+    pub payout_sink: Option<Arc<dyn PayoutSink>>,
+    /// The root contract's child-contract params (with the worker code). When given, the
+    /// worker contract address a proxy names in the handshake must be the one derived from
+    /// them, our owner, the proxy contract and the proxy key; receipts bound to any other
+    /// contract would pay someone else. `None` trusts the proxy's word (test networks).
+    pub contract_params: Option<cocoon_ton::root::CocoonParams>,
+    /// Intervals and timeouts.
+    pub timings: Timings,
+}
+
+impl std::fmt::Debug for WorkerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerConfig")
+            .field("proxies", &self.proxies)
+            .field("owner_address", &self.owner_address)
+            .field("model", &self.model)
+            .field("coefficient", &self.coefficient)
+            .field("max_active_requests", &self.max_active_requests)
+            .field("is_test", &self.is_test)
+            .field("state_dir", &self.state_dir)
+            .field("admin", &self.admin)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The HTTP admin server.
+#[derive(Clone, Debug)]
+pub struct AdminConfig {
+    /// Listen address (port 0 picks one; see `WorkerHandle::admin_addr`).
+    pub bind: SocketAddr,
+    /// File holding the bearer token for POST controls; without it controls are refused.
+    pub token_file: Option<PathBuf>,
+}
+
+/// Intervals and timeouts.
+#[derive(Clone, Debug)]
+pub struct Timings {
+    /// `worker.updatePaymentStatus` is sent at a random moment in this range (COCOON: 10–20 s).
+    pub payment_status_interval: (Duration, Duration),
+    /// Engine health probe period (COCOON: 1–2 s after each result).
+    pub health_interval: Duration,
+    /// Timeout of each handshake query (COCOON: 30 s).
+    pub handshake_timeout: Duration,
+    /// Timeout of a payment status query (COCOON: 60 s).
+    pub payment_status_timeout: Duration,
+    /// Reconnect backoff.
+    pub backoff: BackoffConfig,
+    /// On shutdown, how long running requests may finish before their sessions close.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Timings {
+            payment_status_interval: (Duration::from_secs(10), Duration::from_secs(20)),
+            health_interval: Duration::from_secs(2),
+            handshake_timeout: Duration::from_secs(30),
+            payment_status_timeout: Duration::from_secs(60),
+            backoff: BackoffConfig::default(),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A setting that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Which setting and why.
+    #[error("invalid worker setting `{field}`: {reason}")]
+    Invalid {
+        /// The setting.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+impl WorkerConfig {
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.proxies.is_empty() {
+            return Err(invalid("proxies", "at least one proxy is needed"));
+        }
+        if self.proxies.len() > i32::MAX as usize {
+            return Err(invalid("proxies", "too many"));
+        }
+        cocoon_ton::parse_address(&self.owner_address)
+            .map_err(|e| invalid("owner_address", e.to_string()))?;
+        model_base_name(&self.model).ok_or_else(|| {
+            invalid(
+                "model",
+                "expected `Name@revision:sha256` (or a bare `Name`)",
+            )
+        })?;
+        if self.coefficient > MAX_COEFFICIENT {
+            return Err(invalid(
+                "coefficient",
+                format!("must be at most {MAX_COEFFICIENT}"),
+            ));
+        }
+        if self.max_active_requests == 0 || self.max_active_requests > i32::MAX as u32 {
+            return Err(invalid(
+                "max_active_requests",
+                "must be between 1 and 2^31-1",
+            ));
+        }
+        let (lo, hi) = self.timings.payment_status_interval;
+        if lo.is_zero() || hi < lo {
+            return Err(invalid(
+                "timings.payment_status_interval",
+                "needs 0 < min ≤ max",
+            ));
+        }
+        if let Some(p) = &self.contract_params
+            && p.worker_code.is_none()
+        {
+            return Err(invalid(
+                "contract_params",
+                "worker contract code is missing",
+            ));
+        }
+        if self.timings.health_interval.is_zero() {
+            return Err(invalid("timings.health_interval", "must be positive"));
+        }
+        Ok(())
+    }
+
+    /// The name clients use for the model (the part before `@`).
+    pub fn model_base_name(&self) -> &str {
+        model_base_name(&self.model).unwrap_or(&self.model)
+    }
+}
+
+/// `Name` of `Name@revision:sha256`; `None` if the id is malformed.
+pub fn model_base_name(model: &str) -> Option<&str> {
+    let (name, rest) = match model.split_once('@') {
+        Some((n, r)) => (n, Some(r)),
+        None => (model, None),
+    };
+    if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return None;
+    }
+    if let Some(rest) = rest {
+        let (rev, hash) = rest.split_once(':')?;
+        if rev.is_empty()
+            || hash.len() != 64
+            || !hash.bytes().all(|b| b.is_ascii_hexdigit())
+            || rev.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return None;
+        }
+    }
+    Some(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_ids() {
+        let h = "ab".repeat(32);
+        assert_eq!(model_base_name(&format!("Smol@v1:{h}")), Some("Smol"));
+        assert_eq!(model_base_name("Smol"), Some("Smol"));
+        assert_eq!(model_base_name(&format!("@v1:{h}")), None);
+        assert_eq!(model_base_name("Smol@v1:abc"), None);
+        assert_eq!(model_base_name("Smol@v1"), None);
+        assert_eq!(model_base_name(&format!("Smol@:{h}")), None);
+        assert_eq!(model_base_name("Sm ol"), None);
+    }
+}

@@ -1,0 +1,555 @@
+#![forbid(unsafe_code)]
+//! `cocoon-worker`: the worker role.
+//!
+//! A worker owns an inference engine and sells its tokens through proxies. It dials each
+//! configured proxy over RA-TLS (outbound only: a worker needs no open port), registers its
+//! model, price coefficient and capacity, compares balances so that a proxy that lost or
+//! rolled back state is refused, and then serves `proxy.runQueryEx` by validating the
+//! OpenAI request, forwarding it to the engine and relaying the answer **as the engine
+//! produces it**, ending with the exact adjusted token counts (COCOON's worker buffers SSE
+//! answers and bills them as zero tokens). Proxy-signed payout receipts are verified, the
+//! best one per proxy is kept durably, and a payout is submitted once it is worth a
+//! threshold in nanoTON.
+//!
+//! - [`config`]: [`WorkerConfig`] and its checks;
+//! - [`store`]: the durable per-proxy payment state (atomically written JSON);
+//! - [`payout`]: the payout threshold and the [`PayoutSink`] that submits receipts;
+//! - [`chain_sink`]: a [`PayoutSink`] that sends them from a TON wallet via cocoon-ton;
+//! - [`stats`]: counters for the admin endpoints;
+//! - `proxy` (private): one task per proxy — connect, handshake, serve, reconnect;
+//! - `request` (private): one task per request — validate, run, relay, bill;
+//! - `admin` (private): `/stats`, `/jsonstats`, `/metrics` and the POST controls.
+//!
+//! Start with [`Worker::start`]; stop with [`WorkerHandle::shutdown`].
+
+pub mod chain_sink;
+pub mod config;
+pub mod payout;
+pub mod stats;
+pub mod store;
+
+mod admin;
+mod proxy;
+mod request;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cocoon_engine::Engine;
+use cocoon_openai::PriceTable;
+use cocoon_ratls::net::RatlsConnector;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use config::{AdminConfig, ConfigError, Timings, WorkerConfig};
+pub use payout::PayoutSink;
+pub use stats::CountersSnapshot;
+pub use store::{PaymentStore, ProxyRecord, StoreError};
+
+/// Switches the proxies are told about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Control {
+    /// Disabled by the operator.
+    pub force_disabled: bool,
+    /// The engine answered its last health probe.
+    pub uplink_ok: bool,
+    /// Current coefficient.
+    pub coefficient: u32,
+    /// Shutting down: finish running requests, take no new ones.
+    pub draining: bool,
+}
+
+impl Control {
+    /// What the proxies see: disabled unless every switch allows work.
+    pub fn disabled(&self) -> bool {
+        self.force_disabled || !self.uplink_ok || self.draining
+    }
+}
+
+/// State of one proxy connection.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnState {
+    /// Dialling or waiting to redial.
+    Connecting,
+    /// Handshake in progress.
+    Handshaking,
+    /// Serving requests.
+    Ready,
+    /// Stopped (shutdown).
+    Stopped,
+}
+
+/// What the admin pages show about one proxy connection.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConnStatus {
+    /// Configured endpoint.
+    pub address: String,
+    /// Current state.
+    pub state: ConnState,
+    /// Negotiated protocol version.
+    pub proto_version: Option<i32>,
+    /// The proxy contract, once known.
+    pub proxy_sc_address: Option<String>,
+    /// Completed handshakes.
+    pub handshakes: u64,
+    /// Why the last session ended (no secrets: error kinds and public values only).
+    pub last_error: Option<String>,
+}
+
+pub(crate) struct Shared {
+    pub model: String,
+    pub model_base: String,
+    pub owner_address: String,
+    pub owner: cocoon_ton::StdAddr,
+    pub contract_params: std::sync::RwLock<Option<cocoon_ton::root::CocoonParams>>,
+    pub is_test: bool,
+    pub max_active: u32,
+    pub proxy_cnt: u32,
+    pub prices: std::sync::RwLock<PriceTable>,
+    /// Bumped to make every proxy session reconnect (new contracts after a params change).
+    pub generation: watch::Sender<u64>,
+    pub min_payout_nanoton: u128,
+    pub engine: Arc<dyn Engine>,
+    pub tokenizer: Option<Arc<dyn cocoon_engine::Tokenizer>>,
+    pub connector: RatlsConnector,
+    pub timings: Timings,
+    pub store: PaymentStore,
+    pub counters: stats::Counters,
+    pub active: AtomicUsize,
+    pub control: watch::Sender<Control>,
+    pub conns: Mutex<Vec<ConnStatus>>,
+    pub payout_sink: Option<Arc<dyn PayoutSink>>,
+    pub payouts_in_flight: Mutex<HashSet<String>>,
+}
+
+impl Shared {
+    pub fn control(&self) -> Control {
+        *self.control.borrow()
+    }
+
+    pub fn prices(&self) -> PriceTable {
+        *self.prices.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn contract_params(&self) -> Option<cocoon_ton::root::CocoonParams> {
+        self.contract_params
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn update_conn(&self, idx: usize, f: impl FnOnce(&mut ConnStatus)) {
+        let mut c = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = c.get_mut(idx) {
+            f(s);
+        }
+    }
+
+    /// Starts a payout for `proxy_sc` if one is due (or `force`d) and none is running.
+    /// Returns whether one was started.
+    pub fn maybe_payout(self: &Arc<Self>, proxy_sc: &str, force: bool) -> bool {
+        let Some(sink) = self.payout_sink.clone() else {
+            return false;
+        };
+        let Some(rec) = self.store.get(proxy_sc) else {
+            return false;
+        };
+        let ready = rec.ready_tokens();
+        let due = payout::payout_due(
+            ready,
+            self.prices().worker_fee_per_token,
+            self.min_payout_nanoton,
+        );
+        if ready == 0 || !(due || force) {
+            return false;
+        }
+        let Some(boc) = rec
+            .signed_payment_boc
+            .as_deref()
+            .and_then(|h| hex::decode(h).ok())
+        else {
+            return false;
+        };
+        {
+            let mut inflight = self
+                .payouts_in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if !inflight.insert(proxy_sc.to_owned()) {
+                return false;
+            }
+        }
+        let this = Arc::clone(self);
+        let proxy_sc = proxy_sc.to_owned();
+        let tokens = rec.signed_tokens;
+        tokio::spawn(async move {
+            match sink.submit(&proxy_sc, boc, tokens).await {
+                Ok(()) => {
+                    if let Err(e) = this.store.mark_paid(&proxy_sc, tokens) {
+                        tracing::error!(proxy = %proxy_sc, error = %e, "cannot record payout");
+                    } else {
+                        tracing::info!(proxy = %proxy_sc, tokens, "payout submitted");
+                    }
+                }
+                Err(e) => tracing::warn!(proxy = %proxy_sc, error = %e, "payout failed"),
+            }
+            this.payouts_in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&proxy_sc);
+        });
+        true
+    }
+
+    pub fn stats(&self) -> WorkerStats {
+        let c = self.control();
+        let payments = self
+            .store
+            .snapshot()
+            .into_iter()
+            .map(|(proxy_sc, r)| PaymentView {
+                ready_tokens: r.ready_tokens(),
+                ready_nanoton: payout::ready_nanoton(
+                    r.ready_tokens(),
+                    self.prices().worker_fee_per_token,
+                )
+                .to_string(),
+                proxy_sc_address: proxy_sc,
+                signed_tokens: r.signed_tokens,
+                db_tokens: r.db_tokens,
+                max_tokens: r.max_tokens,
+                paid_out_tokens: r.paid_out_tokens,
+            })
+            .collect();
+        WorkerStats {
+            model: self.model.clone(),
+            owner_address: self.owner_address.clone(),
+            coefficient: c.coefficient,
+            enabled: !c.disabled(),
+            force_disabled: c.force_disabled,
+            uplink_ok: c.uplink_ok,
+            draining: c.draining,
+            active_requests: self.active.load(Ordering::SeqCst),
+            max_active_requests: self.max_active,
+            counters: self.counters.snapshot(),
+            proxies: self.conns.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            payments,
+        }
+    }
+}
+
+/// Earnings held for one proxy contract.
+#[derive(Clone, Debug, Serialize)]
+pub struct PaymentView {
+    /// Proxy contract.
+    pub proxy_sc_address: String,
+    /// Tokens of the best signed payout held.
+    pub signed_tokens: u64,
+    /// Tokens the proxy committed to its database.
+    pub db_tokens: u64,
+    /// Highest total the proxy reported.
+    pub max_tokens: u64,
+    /// Tokens already paid out.
+    pub paid_out_tokens: u64,
+    /// Signed but unpaid tokens.
+    pub ready_tokens: u64,
+    /// Their worth in nanoTON (decimal string: it may exceed 2^53).
+    pub ready_nanoton: String,
+}
+
+/// Everything `/jsonstats` shows.
+#[derive(Clone, Debug, Serialize)]
+pub struct WorkerStats {
+    /// Full model id.
+    pub model: String,
+    /// Earnings owner.
+    pub owner_address: String,
+    /// Current coefficient.
+    pub coefficient: u32,
+    /// Whether proxies may route to this worker.
+    pub enabled: bool,
+    /// Disabled by the operator.
+    pub force_disabled: bool,
+    /// Engine health.
+    pub uplink_ok: bool,
+    /// Shutting down.
+    pub draining: bool,
+    /// Requests running now.
+    pub active_requests: usize,
+    /// Limit.
+    pub max_active_requests: u32,
+    /// Counters.
+    pub counters: CountersSnapshot,
+    /// Proxy connections.
+    pub proxies: Vec<ConnStatus>,
+    /// Earnings per proxy.
+    pub payments: Vec<PaymentView>,
+}
+
+/// Why the worker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// Bad settings.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The payment state could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The admin server could not start.
+    #[error("admin server: {0}")]
+    Admin(String),
+}
+
+/// The worker role.
+pub struct Worker;
+
+impl Worker {
+    /// Validates `config`, opens the payment state, probes the engine once, starts the admin
+    /// server, the engine health monitor and one connection task per proxy.
+    pub async fn start(config: WorkerConfig) -> Result<WorkerHandle, WorkerError> {
+        config.validate()?;
+        let store = PaymentStore::open(&config.state_dir)?;
+        let token = match config.admin.as_ref().and_then(|a| a.token_file.as_ref()) {
+            Some(path) => Some(admin::read_token(path).map_err(WorkerError::Admin)?),
+            None => None,
+        };
+        let probe = tokio::time::timeout(Duration::from_secs(10), config.engine.health()).await;
+        let uplink_ok = matches!(probe, Ok(h) if h.up);
+        let (control, _) = watch::channel(Control {
+            force_disabled: false,
+            uplink_ok,
+            coefficient: config.coefficient,
+            draining: false,
+        });
+        let conns = config
+            .proxies
+            .iter()
+            .map(|a| ConnStatus {
+                address: a.clone(),
+                state: ConnState::Connecting,
+                proto_version: None,
+                proxy_sc_address: None,
+                handshakes: 0,
+                last_error: None,
+            })
+            .collect();
+        let shared = Arc::new(Shared {
+            model_base: config.model_base_name().to_owned(),
+            model: config.model.clone(),
+            owner_address: config.owner_address.clone(),
+            owner: cocoon_ton::parse_address(&config.owner_address).map_err(|e| {
+                ConfigError::Invalid {
+                    field: "owner_address",
+                    reason: e.to_string(),
+                }
+            })?,
+            contract_params: std::sync::RwLock::new(config.contract_params.clone()),
+            is_test: config.is_test,
+            max_active: config.max_active_requests,
+            proxy_cnt: config.proxies.len() as u32,
+            prices: std::sync::RwLock::new(config.prices),
+            generation: watch::channel(0).0,
+            min_payout_nanoton: config.min_payout_nanoton,
+            engine: Arc::clone(&config.engine),
+            tokenizer: config.tokenizer.clone(),
+            connector: config.connector.clone(),
+            timings: config.timings.clone(),
+            store,
+            counters: stats::Counters::default(),
+            active: AtomicUsize::new(0),
+            control,
+            conns: Mutex::new(conns),
+            payout_sink: config.payout_sink.clone(),
+            payouts_in_flight: Mutex::new(HashSet::new()),
+        });
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let mut admin_addr = None;
+        if let Some(a) = &config.admin {
+            let (addr, task) = admin::spawn(Arc::clone(&shared), a.bind, token, stop_rx.clone())
+                .await
+                .map_err(WorkerError::Admin)?;
+            admin_addr = Some(addr);
+            tasks.push(task);
+        }
+        tasks.push(tokio::spawn(health_monitor(
+            Arc::clone(&shared),
+            stop_rx.clone(),
+        )));
+        for (idx, addr) in config.proxies.iter().enumerate() {
+            tasks.push(tokio::spawn(proxy::run(
+                Arc::clone(&shared),
+                idx,
+                addr.clone(),
+                stop_rx.clone(),
+            )));
+        }
+        tracing::info!(
+            model = %shared.model,
+            proxies = shared.proxy_cnt,
+            uplink_ok,
+            "worker started"
+        );
+        Ok(WorkerHandle {
+            shared,
+            stop: stop_tx,
+            tasks,
+            admin_addr,
+        })
+    }
+}
+
+/// A running worker.
+pub struct WorkerHandle {
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    admin_addr: Option<SocketAddr>,
+}
+
+impl WorkerHandle {
+    /// The admin server's address, if one runs.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Everything `/jsonstats` shows.
+    pub fn stats(&self) -> WorkerStats {
+        self.shared.stats()
+    }
+
+    /// Proxy connections that completed the handshake and serve requests.
+    pub fn ready_proxies(&self) -> usize {
+        self.shared
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|c| c.state == ConnState::Ready)
+            .count()
+    }
+
+    /// Operator switch: enable or disable the worker on every proxy.
+    pub fn set_enabled(&self, enabled: bool) {
+        self.shared
+            .control
+            .send_modify(|c| c.force_disabled = !enabled);
+    }
+
+    /// Changes the coefficient; every proxy is told.
+    pub fn set_coefficient(&self, coefficient: u32) -> Result<(), ConfigError> {
+        set_coefficient(&self.shared, coefficient)
+    }
+
+    /// Applies a root configuration update: new prices (multipliers and worker fee) take
+    /// effect for requests that start from now on. When the contract params changed
+    /// (`params_version` increased: every child contract address changes), pass them as
+    /// `new_contract_params`; every proxy session is then closed and redialled so that the
+    /// handshake runs under the new contracts (running requests are cancelled).
+    pub fn update_root_config(
+        &self,
+        prices: PriceTable,
+        new_contract_params: Option<cocoon_ton::root::CocoonParams>,
+    ) -> Result<(), ConfigError> {
+        if let Some(p) = &new_contract_params
+            && p.worker_code.is_none()
+        {
+            return Err(ConfigError::Invalid {
+                field: "contract_params",
+                reason: "worker contract code is missing".into(),
+            });
+        }
+        *self
+            .shared
+            .prices
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = prices;
+        if let Some(p) = new_contract_params {
+            *self
+                .shared
+                .contract_params
+                .write()
+                .unwrap_or_else(|p| p.into_inner()) = Some(p);
+            self.reconnect_all();
+        }
+        Ok(())
+    }
+
+    /// Closes every proxy session; each is redialled at once and handshakes again.
+    pub fn reconnect_all(&self) {
+        self.shared.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Submits payouts for every proxy with unpaid signed tokens, regardless of the threshold.
+    /// Returns how many were started.
+    pub fn payout_now(&self) -> usize {
+        payout_all(&self.shared)
+    }
+
+    /// Graceful shutdown: proxies are told the worker is disabled, running requests get up to
+    /// `Timings::drain_timeout` to finish, then sessions close and all tasks end.
+    pub async fn shutdown(self) {
+        self.shared.control.send_modify(|c| c.draining = true);
+        let _ = self.stop.send(true);
+        let limit = self.shared.timings.drain_timeout + Duration::from_secs(5);
+        for t in self.tasks {
+            let abort = t.abort_handle();
+            if tokio::time::timeout(limit, t).await.is_err() {
+                abort.abort();
+            }
+        }
+    }
+}
+
+pub(crate) fn set_coefficient(shared: &Shared, coefficient: u32) -> Result<(), ConfigError> {
+    if coefficient > config::MAX_COEFFICIENT {
+        return Err(ConfigError::Invalid {
+            field: "coefficient",
+            reason: format!("must be at most {}", config::MAX_COEFFICIENT),
+        });
+    }
+    shared.control.send_modify(|c| c.coefficient = coefficient);
+    Ok(())
+}
+
+pub(crate) fn payout_all(shared: &Arc<Shared>) -> usize {
+    shared
+        .store
+        .snapshot()
+        .into_iter()
+        .filter(|(sc, _)| shared.maybe_payout(sc, true))
+        .count()
+}
+
+/// Probes the engine every `health_interval`; a change flips `uplink_ok`, which every proxy
+/// connection turns into `worker.enabledDisabled`.
+async fn health_monitor(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let every = shared.timings.health_interval;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let probe = tokio::select! {
+            _ = stop.changed() => return,
+            r = tokio::time::timeout(Duration::from_secs(10).max(every), shared.engine.health()) => r,
+        };
+        let up = matches!(&probe, Ok(h) if h.up);
+        let changed = shared.control.send_if_modified(|c| {
+            if c.uplink_ok != up {
+                c.uplink_ok = up;
+                true
+            } else {
+                false
+            }
+        });
+        if changed {
+            tracing::info!(up, "engine health changed");
+        }
+    }
+}

@@ -1,0 +1,535 @@
+//! One task per proxy: dial over RA-TLS, handshake, serve, redial with backoff.
+//!
+//! Handshake (as COCOON's proxy expects it, §3.3 of the inventory):
+//! 1. `worker.connectToProxy(worker.params flags=3 …)` → `worker.connectedToProxy` with the
+//!    proxy's signing key, its contract, our worker contract and the negotiated version;
+//! 2. `worker.compareBalanceWithProxy(signed, db, max)` with what we hold durably → the
+//!    proxy's signed payout and totals; any value lower than ours means the proxy lost or
+//!    rolled back state, and the connection is refused;
+//! 3. (`worker.extendedCompareBalanceWithProxy` when the proxy reports a mismatch);
+//! 4. `worker.proxyHandshakeComplete(is_disabled)`.
+//!
+//! Then the session carries `proxy.runQuery(Ex)` (one task each), payment messages
+//! (verified, kept durably, a lower or invalid one closes the session so that the next
+//! handshake compares again), `proxy.cancelQuery` (v3), and periodic
+//! `worker.updatePaymentStatus`. When the session ends every running request of it is
+//! cancelled, which cancels its engine request.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cocoon_net::{Backoff, ErrorCode, Incoming, SessionHandle};
+use cocoon_tl::functions::{proxy as fproxy, worker as fworker};
+use cocoon_tl::types::{proxy as tproxy, worker as tworker};
+use cocoon_tl::{Identifiable, TlRead, TlWrite, enums, peek_constructor};
+use cocoon_ton::StdAddr;
+use cocoon_ton::payments::{SignedOp, SignedPayment};
+use rand::Rng;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::{MAX_PROTO_VERSION, MIN_PROTO_VERSION};
+use crate::request::{self, RunRequest};
+use crate::store::Observed;
+use crate::{ConnState, Control, Shared};
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SessionError {
+    #[error("connect: {0}")]
+    Connect(String),
+    #[error("handshake: {0}")]
+    Handshake(String),
+    #[error("payment inconsistency: {0}")]
+    Payment(String),
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    #[error("session closed")]
+    Closed,
+    #[error("reconnecting after a root configuration change")]
+    Reconnect,
+}
+
+/// The proxy as learned in the handshake.
+pub(crate) struct Link {
+    pub proxy_sc: String,
+    pub worker_sc: StdAddr,
+    pub proxy_key: [u8; 32],
+    pub proto: i32,
+}
+
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    idx: usize,
+    addr: String,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = Backoff::new(shared.timings.backoff.clone());
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        shared.update_conn(idx, |c| c.state = ConnState::Connecting);
+        let started = Instant::now();
+        let res = session(&shared, idx, &addr, &mut stop).await;
+        if let Err(e) = &res {
+            tracing::warn!(proxy = %addr, error = %e, "proxy session ended");
+            let msg = e.to_string();
+            shared.update_conn(idx, |c| c.last_error = Some(msg));
+        }
+        if *stop.borrow() {
+            break;
+        }
+        if started.elapsed() >= shared.timings.backoff.reset_after {
+            backoff.reset();
+        }
+        let delay = backoff.next_delay(rand::rng().random::<f64>());
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+    shared.update_conn(idx, |c| {
+        c.state = ConnState::Stopped;
+        c.proto_version = None;
+    });
+}
+
+fn hs_err(what: &str) -> impl FnOnce(cocoon_net::QueryError) -> SessionError + '_ {
+    move |e| SessionError::Handshake(format!("{what}: {} {}", e.code, e.message))
+}
+
+fn parse_addr(field: &str, s: &str) -> Result<StdAddr, SessionError> {
+    cocoon_ton::parse_address(s)
+        .map_err(|e| SessionError::Handshake(format!("bad {field} in proxy params: {e}")))
+}
+
+fn non_negative(field: &str, v: i64) -> Result<u64, SessionError> {
+    u64::try_from(v).map_err(|_| SessionError::Protocol(format!("negative {field} {v}")))
+}
+
+async fn handshake(shared: &Arc<Shared>, s: &SessionHandle) -> Result<Link, SessionError> {
+    let t = shared.timings.handshake_timeout;
+    let control = shared.control();
+    let params = tworker::Params {
+        worker_owner_address: shared.owner_address.clone(),
+        model: shared.model.clone(),
+        coefficient: control.coefficient as i32,
+        is_test: Some(shared.is_test),
+        proxy_cnt: Some(shared.proxy_cnt as i32),
+        max_active_requests: Some(shared.max_active as i32),
+        min_proto_version: Some(MIN_PROTO_VERSION),
+        max_proto_version: Some(MAX_PROTO_VERSION),
+    };
+    let ans: tworker::ConnectedToProxy = s
+        .query_tl(&fworker::ConnectToProxy { params }, t)
+        .await
+        .map_err(hs_err("connectToProxy"))?;
+    let p = &ans.params;
+    if p.is_test.is_none() && p.proto_version.is_none() {
+        return Err(SessionError::Handshake("proxy is too old".into()));
+    }
+    if p.is_test.unwrap_or(false) != shared.is_test {
+        return Err(SessionError::Handshake("test mode mismatch".into()));
+    }
+    let proto = p.proto_version.unwrap_or(0);
+    if !(MIN_PROTO_VERSION..=MAX_PROTO_VERSION).contains(&proto) {
+        return Err(SessionError::Handshake(format!(
+            "proxy chose protocol version {proto}, we speak {MIN_PROTO_VERSION}..={MAX_PROTO_VERSION}"
+        )));
+    }
+    parse_addr("proxy_owner_address", &p.proxy_owner_address)?;
+    let proxy_sc_addr = parse_addr("proxy_sc_address", &p.proxy_sc_address)?;
+    let worker_sc = parse_addr("worker_sc_address", &ans.worker_sc_address)?;
+    if let Some(params) = &shared.contract_params() {
+        let derived = cocoon_ton::contracts::worker_contract(
+            params,
+            &shared.owner,
+            &proxy_sc_addr,
+            &cocoon_ton::HashBytes(p.proxy_public_key),
+        )
+        .map_err(|e| SessionError::Handshake(format!("cannot derive worker contract: {e}")))?
+        .address;
+        if derived != worker_sc {
+            return Err(SessionError::Handshake(format!(
+                "worker contract address is unexpected: proxy says {worker_sc}, derived {derived}"
+            )));
+        }
+    }
+    let proxy_sc = proxy_sc_addr.to_string();
+    let rec = shared
+        .store
+        .register(&proxy_sc, &p.proxy_public_key, &worker_sc.to_string())
+        .map_err(|e| SessionError::Handshake(format!("cannot register proxy: {e}")))?;
+    let link = Link {
+        proxy_sc,
+        worker_sc,
+        proxy_key: p.proxy_public_key,
+        proto,
+    };
+
+    let cmp: tworker::CompareBalanceWithProxyResult = s
+        .query_tl(
+            &fworker::CompareBalanceWithProxy {
+                tokens_committed_to_blockchain: clamp_i64(rec.signed_tokens),
+                tokens_committed_to_db: clamp_i64(rec.db_tokens),
+                max_tokens: clamp_i64(rec.max_tokens),
+            },
+            t,
+        )
+        .await
+        .map_err(hs_err("compareBalanceWithProxy"))?;
+    let obs = Observed {
+        signed: Some(verify_payment(&link, &cmp.signed_payment)?),
+        db_tokens: Some(non_negative(
+            "tokens_committed_to_db",
+            cmp.tokens_committed_to_db,
+        )?),
+        max_tokens: Some(non_negative("max_tokens", cmp.max_tokens)?),
+        strict_max: false,
+    };
+    let held = shared
+        .store
+        .apply(&link.proxy_sc, &obs)
+        .map_err(|e| SessionError::Payment(format!("balance comparison refused: {e}")))?;
+    if cmp.error_code != 0 {
+        let ext: tworker::ExtendedCompareBalanceWithProxyResult = s
+            .query_tl(
+                &fworker::ExtendedCompareBalanceWithProxy {
+                    tokens_committed_to_db: clamp_i64(held.db_tokens),
+                    other: Vec::new(),
+                },
+                t,
+            )
+            .await
+            .map_err(hs_err("extendedCompareBalanceWithProxy"))?;
+        if ext.error_code != 0 {
+            return Err(SessionError::Payment(format!(
+                "cannot reconcile payment information: proxy error {}",
+                ext.error_code
+            )));
+        }
+    }
+    let _: tworker::ProxyHandshakeCompleted = s
+        .query_tl(
+            &fworker::ProxyHandshakeComplete {
+                is_disabled: shared.control().disabled(),
+            },
+            t,
+        )
+        .await
+        .map_err(hs_err("proxyHandshakeComplete"))?;
+    shared.maybe_payout(&link.proxy_sc, false);
+    Ok(link)
+}
+
+fn clamp_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Verifies a proxy-signed payout for our worker contract; an empty payment is 0 tokens.
+fn verify_payment(
+    link: &Link,
+    p: &enums::proxy::SignedPayment,
+) -> Result<(u64, Vec<u8>), SessionError> {
+    match p {
+        enums::proxy::SignedPayment::SignedPaymentEmpty(_) => Ok((0, Vec::new())),
+        enums::proxy::SignedPayment::SignedPayment(sp) => verify_boc(link, &sp.data),
+    }
+}
+
+fn verify_boc(link: &Link, boc: &[u8]) -> Result<(u64, Vec<u8>), SessionError> {
+    let bad = |e: String| SessionError::Payment(format!("bad signed payment: {e}"));
+    let sp = SignedPayment::from_boc(boc).map_err(|e| bad(e.to_string()))?;
+    let payload = sp
+        .verify(SignedOp::WorkerPayout, &link.worker_sc, &link.proxy_key)
+        .map_err(|e| bad(e.to_string()))?;
+    let tokens = payload
+        .tokens
+        .ok_or_else(|| bad("payout without tokens".into()))?;
+    Ok((tokens, boc.to_vec()))
+}
+
+/// Applies a payment report; any inconsistency ends the session. The state file is written
+/// (with fsync) on a blocking thread, and the session waits for it: nothing after this
+/// message is handled before the new value is durable.
+async fn apply_payment(
+    shared: &Arc<Shared>,
+    link: &Link,
+    obs: Observed,
+) -> Result<(), SessionError> {
+    let before = shared.store.get(&link.proxy_sc).map(|r| r.signed_tokens);
+    let sh = Arc::clone(shared);
+    let sc = link.proxy_sc.clone();
+    let rec = tokio::task::spawn_blocking(move || sh.store.apply(&sc, &obs))
+        .await
+        .map_err(|e| SessionError::Payment(format!("payment state task failed: {e}")))?
+        .map_err(|e| SessionError::Payment(e.to_string()))?;
+    if before != Some(rec.signed_tokens) {
+        tracing::debug!(proxy = %link.proxy_sc, tokens = rec.signed_tokens, "new signed payout held");
+        shared.maybe_payout(&link.proxy_sc, false);
+    }
+    Ok(())
+}
+
+/// Status of the periodic payment query, reported back to the session loop.
+type StatusResult = Result<tworker::PaymentStatus, String>;
+
+async fn session(
+    shared: &Arc<Shared>,
+    idx: usize,
+    addr: &str,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), SessionError> {
+    let (s, mut incoming, _peer) = tokio::select! {
+        r = shared.connector.connect(addr) => r.map_err(|e| SessionError::Connect(e.to_string()))?,
+        _ = stop.changed() => return Ok(()),
+    };
+    shared.update_conn(idx, |c| c.state = ConnState::Handshaking);
+    let link = tokio::select! {
+        r = handshake(shared, &s) => r,
+        _ = stop.changed() => { s.close(); return Ok(()); }
+    };
+    let link = match link {
+        Ok(l) => l,
+        Err(e) => {
+            s.close();
+            return Err(e);
+        }
+    };
+    shared.update_conn(idx, |c| {
+        c.state = ConnState::Ready;
+        c.proto_version = Some(link.proto);
+        c.proxy_sc_address = Some(link.proxy_sc.clone());
+        c.handshakes += 1;
+    });
+    tracing::info!(proxy = %addr, proto = link.proto, "proxy handshake complete");
+    let res = serve(shared, &s, &mut incoming, &link, stop).await;
+    s.close();
+    res
+}
+
+async fn serve(
+    shared: &Arc<Shared>,
+    s: &SessionHandle,
+    incoming: &mut mpsc::Receiver<Incoming>,
+    link: &Link,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), SessionError> {
+    let mut control_rx = shared.control.subscribe();
+    let mut generation = shared.generation.subscribe();
+    generation.mark_unchanged();
+    let mut last_sent: Control = *control_rx.borrow_and_update();
+    let mut running: HashMap<[u8; 32], watch::Sender<bool>> = HashMap::new();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<[u8; 32]>();
+    let (status_tx, mut status_rx) = mpsc::channel::<StatusResult>(1);
+    let mut next_status = tokio::time::Instant::now() + status_delay(shared);
+    let mut status_running = false;
+    let mut drain_deadline: Option<tokio::time::Instant> = None;
+    loop {
+        if let Some(d) = drain_deadline
+            && (running.is_empty() || tokio::time::Instant::now() >= d)
+        {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = stop.changed(), if drain_deadline.is_none() => {
+                drain_deadline = Some(tokio::time::Instant::now() + shared.timings.drain_timeout);
+            }
+            _ = tokio::time::sleep_until(drain_deadline.unwrap_or_else(tokio::time::Instant::now)), if drain_deadline.is_some() => {}
+            msg = incoming.recv() => {
+                let Some(msg) = msg else { return Err(SessionError::Closed) };
+                match msg {
+                    Incoming::Message { data } => {
+                        handle_message(shared, s, link, &data, &mut running, &done_tx, drain_deadline.is_some()).await?;
+                    }
+                    Incoming::Query { responder, .. } => {
+                        let _ = responder.error(ErrorCode::ProtoViolation as i32, "worker answers no queries");
+                    }
+                }
+            }
+            Some(id) = done_rx.recv() => { running.remove(&id); }
+            _ = generation.changed() => return Err(SessionError::Reconnect),
+            r = control_rx.changed() => {
+                if r.is_err() { return Err(SessionError::Closed); }
+                let now = *control_rx.borrow_and_update();
+                if now.disabled() != last_sent.disabled() {
+                    let m = tworker::EnabledDisabled { disabled: i32::from(now.disabled()) };
+                    s.send_message(m.to_bytes()).await.map_err(|_| SessionError::Closed)?;
+                }
+                if now.coefficient != last_sent.coefficient {
+                    let m = tworker::NewCoefficient { new_coefficient: now.coefficient as i32 };
+                    s.send_message(m.to_bytes()).await.map_err(|_| SessionError::Closed)?;
+                }
+                last_sent = now;
+            }
+            _ = tokio::time::sleep_until(next_status), if !status_running => {
+                status_running = true;
+                let s2 = s.clone();
+                let tx = status_tx.clone();
+                let timeout = shared.timings.payment_status_timeout;
+                tokio::spawn(async move {
+                    let r = s2.query_tl::<_, tworker::PaymentStatus>(&fworker::UpdatePaymentStatus {}, timeout)
+                        .await
+                        .map_err(|e| format!("{} {}", e.code, e.message));
+                    let _ = tx.send(r).await;
+                });
+            }
+            Some(r) = status_rx.recv() => {
+                status_running = false;
+                next_status = tokio::time::Instant::now() + status_delay(shared);
+                match r {
+                    Ok(st) => {
+                        let obs = Observed {
+                            signed: Some(verify_payment(link, &st.signed_payment)?),
+                            db_tokens: Some(non_negative("db_tokens", st.db_tokens)?),
+                            max_tokens: Some(non_negative("max_tokens", st.max_tokens)?),
+                            strict_max: true,
+                        };
+                        apply_payment(shared, link, obs).await?;
+                    }
+                    Err(e) => tracing::debug!(proxy = %link.proxy_sc, error = %e, "payment status query failed"),
+                }
+            }
+        }
+    }
+}
+
+fn status_delay(shared: &Shared) -> Duration {
+    let (lo, hi) = shared.timings.payment_status_interval;
+    if hi <= lo {
+        return lo;
+    }
+    lo + (hi - lo).mul_f64(rand::rng().random::<f64>())
+}
+
+async fn handle_message(
+    shared: &Arc<Shared>,
+    s: &SessionHandle,
+    link: &Link,
+    data: &[u8],
+    running: &mut HashMap<[u8; 32], watch::Sender<bool>>,
+    done_tx: &mpsc::UnboundedSender<[u8; 32]>,
+    draining: bool,
+) -> Result<(), SessionError> {
+    let malformed =
+        |what: &str, e: cocoon_tl::Error| SessionError::Protocol(format!("malformed {what}: {e}"));
+    let Some(id) = peek_constructor(data) else {
+        return Err(SessionError::Protocol(
+            "message shorter than a constructor id".into(),
+        ));
+    };
+    match id {
+        fproxy::RunQueryEx::CONSTRUCTOR_ID => {
+            let q = fproxy::RunQueryEx::from_bytes(data)
+                .map_err(|e| malformed("proxy.runQueryEx", e))?;
+            start_request(shared, s, link, q, running, done_tx, draining).await
+        }
+        fproxy::RunQuery::CONSTRUCTOR_ID => {
+            let q =
+                fproxy::RunQuery::from_bytes(data).map_err(|e| malformed("proxy.runQuery", e))?;
+            let q = fproxy::RunQueryEx {
+                query: q.query,
+                signed_payment: q.signed_payment,
+                coefficient: q.coefficient,
+                timeout: q.timeout,
+                request_id: q.request_id,
+                enable_debug: None,
+            };
+            start_request(shared, s, link, q, running, done_tx, draining).await
+        }
+        tproxy::WorkerRequestPayment::CONSTRUCTOR_ID => {
+            let m = tproxy::WorkerRequestPayment::from_bytes(data)
+                .map_err(|e| malformed("proxy.workerRequestPayment", e))?;
+            let obs = Observed {
+                signed: Some(verify_payment(link, &m.signed_payment)?),
+                db_tokens: Some(non_negative("db_tokens", m.db_tokens)?),
+                max_tokens: Some(non_negative("max_tokens", m.max_tokens)?),
+                strict_max: true,
+            };
+            apply_payment(shared, link, obs).await
+        }
+        tproxy::SignedPayment::CONSTRUCTOR_ID => {
+            let m = tproxy::SignedPayment::from_bytes(data)
+                .map_err(|e| malformed("proxy.signedPayment", e))?;
+            let obs = Observed {
+                signed: Some(verify_boc(link, &m.data)?),
+                ..Observed::default()
+            };
+            apply_payment(shared, link, obs).await
+        }
+        tproxy::SignedPaymentEmpty::CONSTRUCTOR_ID => Ok(()),
+        tproxy::CancelQuery::CONSTRUCTOR_ID => {
+            let m = tproxy::CancelQuery::from_bytes(data)
+                .map_err(|e| malformed("proxy.cancelQuery", e))?;
+            if let Some(tx) = running.get(&m.request_id) {
+                let _ = tx.send(true);
+            }
+            Ok(())
+        }
+        other => {
+            tracing::debug!(
+                id = format_args!("{other:08x}"),
+                "ignoring unknown message from proxy"
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn start_request(
+    shared: &Arc<Shared>,
+    s: &SessionHandle,
+    link: &Link,
+    q: fproxy::RunQueryEx,
+    running: &mut HashMap<[u8; 32], watch::Sender<bool>>,
+    done_tx: &mpsc::UnboundedSender<[u8; 32]>,
+    draining: bool,
+) -> Result<(), SessionError> {
+    use crate::stats::Counters;
+    Counters::add(&shared.counters.requests_received, 1);
+    Counters::add(&shared.counters.request_bytes, q.query.len() as u64);
+    // The latest signed payout rides along with every request.
+    if let enums::proxy::SignedPayment::SignedPayment(sp) = &q.signed_payment {
+        let obs = Observed {
+            signed: Some(verify_boc(link, &sp.data)?),
+            ..Observed::default()
+        };
+        apply_payment(shared, link, obs).await?;
+    }
+    let reject = |code: ErrorCode, msg: &str| {
+        Counters::add(&shared.counters.requests_rejected, 1);
+        request::send_rejection(s, link.proto, q.request_id, code, msg);
+    };
+    if draining {
+        reject(ErrorCode::NotReady, "worker is shutting down");
+        return Ok(());
+    }
+    if running.contains_key(&q.request_id) {
+        reject(ErrorCode::ProtoViolation, "duplicate request id");
+        return Ok(());
+    }
+    let Some(guard) = request::ActiveGuard::try_new(shared) else {
+        reject(ErrorCode::Error, "too many active queries");
+        return Ok(());
+    };
+    let (cancel_tx, cancel_rx) = watch::channel(false);
+    running.insert(q.request_id, cancel_tx);
+    let req = RunRequest {
+        request_id: q.request_id,
+        query: q.query,
+        timeout: q.timeout,
+        proxy_coefficient: q.coefficient,
+        enable_debug: q.enable_debug.unwrap_or(false),
+        proto: link.proto,
+    };
+    tokio::spawn(request::serve(
+        Arc::clone(shared),
+        s.clone(),
+        req,
+        cancel_rx,
+        guard,
+        done_tx.clone(),
+    ));
+    Ok(())
+}

@@ -1,0 +1,543 @@
+//! One task per request: unpack, validate, run on the engine, relay, bill.
+//!
+//! The answer is relayed as the engine produces it: `proxy.queryAnswerEx` with the HTTP
+//! head (status, content type, `X-Cocoon-Worker-Start/End`), one `proxy.queryAnswerPartEx`
+//! per body chunk, and a final empty part carrying `proxy.queryFinalInfo` with the usage
+//! split into the four categories and adjusted by the worker's coefficient and the root
+//! multipliers. The usage comes from the engine's final event, so streamed answers are
+//! billed exactly (COCOON bills them as zero). A failure after the head ends the answer with
+//! `proxy.queryAnswerErrorEx` carrying the usage delivered so far — one final message per
+//! request, so nothing is billed twice. Cancellation (a `proxy.cancelQuery`, or the session
+//! going away) drops the engine's body channel, which stops generation.
+//!
+//! Logs carry the request id, sizes, times and token counts; never bodies.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use cocoon_engine::{BodyEvent, EngineError, EngineRequest};
+use cocoon_net::{ErrorCode, SessionHandle};
+use cocoon_openai::validate::ValidateOptions;
+use cocoon_openai::{Endpoint, PriceTable, Usage, UsageTracker, validate_request};
+use cocoon_tl::TlRead;
+use cocoon_tl::TlWrite;
+use cocoon_tl::types::{TokensUsed, http as thttp, proxy as tproxy};
+use tokio::sync::{mpsc, watch};
+
+use crate::Shared;
+use crate::stats::Counters;
+
+/// Longest time a request may be given, whatever the proxy asks.
+const MAX_TIMEOUT_SECS: f64 = 3600.0;
+
+/// A request as the proxy sent it.
+pub(crate) struct RunRequest {
+    pub request_id: [u8; 32],
+    pub query: Vec<u8>,
+    pub timeout: f64,
+    pub proxy_coefficient: i64,
+    pub enable_debug: bool,
+    pub proto: i32,
+}
+
+/// Counts a running request against `max_active_requests`.
+pub(crate) struct ActiveGuard(Arc<Shared>);
+
+impl ActiveGuard {
+    /// Takes a slot, or `None` when all are in use.
+    pub fn try_new(shared: &Arc<Shared>) -> Option<Self> {
+        let max = shared.max_active as usize;
+        let mut cur = shared.active.load(Ordering::SeqCst);
+        loop {
+            if cur >= max {
+                return None;
+            }
+            match shared
+                .active
+                .compare_exchange(cur, cur + 1, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => return Some(ActiveGuard(Arc::clone(shared))),
+                Err(now) => cur = now,
+            }
+        }
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn now_unix() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+fn saturating_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn tokens_used(prices: &PriceTable, usage: &Usage, coefficient: u32) -> TokensUsed {
+    let a = prices.adjust(usage, u64::from(coefficient));
+    TokensUsed {
+        prompt_tokens_used: saturating_i64(a.categories.prompt),
+        cached_tokens_used: saturating_i64(a.categories.cached),
+        completion_tokens_used: saturating_i64(a.categories.completion),
+        reasoning_tokens_used: saturating_i64(a.categories.reasoning),
+        total_tokens_used: saturating_i64(a.total),
+    }
+}
+
+fn final_info(
+    proto: i32,
+    tokens: TokensUsed,
+    debug: Option<String>,
+    start: f64,
+) -> tproxy::QueryFinalInfo {
+    let timed = proto >= 2;
+    tproxy::QueryFinalInfo {
+        tokens_used: tokens,
+        worker_debug: debug,
+        worker_start_time: timed.then_some(start),
+        worker_end_time: timed.then(now_unix),
+    }
+}
+
+fn error_ex(
+    request_id: [u8; 32],
+    code: ErrorCode,
+    msg: &str,
+    info: tproxy::QueryFinalInfo,
+) -> Vec<u8> {
+    tproxy::QueryAnswerErrorEx {
+        request_id,
+        error_code: code as i32,
+        error: msg.to_owned(),
+        final_info: Some(info),
+    }
+    .to_bytes()
+}
+
+/// Refuses a request before it starts (zero tokens), without blocking the session loop.
+pub(crate) fn send_rejection(
+    s: &SessionHandle,
+    proto: i32,
+    request_id: [u8; 32],
+    code: ErrorCode,
+    msg: &str,
+) {
+    tracing::info!(request = %hex::encode(&request_id[..8]), reason = msg, "request rejected");
+    let info = final_info(proto, TokensUsed::default(), None, now_unix());
+    let bytes = error_ex(request_id, code, msg, info);
+    let s = s.clone();
+    tokio::spawn(async move {
+        let _ = s.send_message(bytes).await;
+    });
+}
+
+/// How a request ended.
+enum Outcome {
+    Success(Usage),
+    Failed {
+        code: ErrorCode,
+        message: String,
+        usage: Usage,
+    },
+    Cancelled(Usage),
+    /// The session is gone: nobody to answer.
+    SessionGone(Usage),
+}
+
+async fn wait_cancel(rx: &mut watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            return; // the session loop ended: cancel
+        }
+    }
+}
+
+fn engine_error_code(e: &EngineError) -> ErrorCode {
+    match e {
+        EngineError::Timeout(_) => ErrorCode::Timeout,
+        EngineError::Unreachable(_) | EngineError::Busy(_) => ErrorCode::NotReady,
+        EngineError::Status { .. } | EngineError::Unsupported(_) => ErrorCode::Error,
+        EngineError::Protocol(_) => ErrorCode::Failure,
+    }
+}
+
+fn fail(code: ErrorCode, message: impl Into<String>) -> Outcome {
+    Outcome::Failed {
+        code,
+        message: message.into(),
+        usage: Usage::default(),
+    }
+}
+
+/// The text a tokenizer counts as the prompt: message contents (chat) or the prompt.
+fn prompt_text(endpoint: Endpoint, body: &serde_json::Map<String, serde_json::Value>) -> String {
+    use serde_json::Value;
+    let mut out = String::new();
+    match endpoint {
+        Endpoint::ChatCompletions => {
+            for m in body
+                .get("messages")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                match m.get("content") {
+                    Some(Value::String(s)) => out.push_str(s),
+                    Some(Value::Array(parts)) => {
+                        for p in parts {
+                            if let Some(t) = p.get("text").and_then(Value::as_str) {
+                                out.push_str(t);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+                out.push('\n');
+            }
+        }
+        Endpoint::Completions => match body.get("prompt") {
+            Some(Value::String(s)) => out.push_str(s),
+            Some(Value::Array(a)) => {
+                for p in a.iter().filter_map(Value::as_str) {
+                    out.push_str(p);
+                }
+            }
+            _ => {}
+        },
+    }
+    out
+}
+
+/// Usage of an answer cut short: what the engine reported in the body, else a local count.
+fn cut_short_usage(shared: &Shared, tracker: &UsageTracker, prompt: Option<&str>) -> Usage {
+    if let Some(u) = tracker.usage() {
+        return u;
+    }
+    let (Some(tok), Some(prompt)) = (shared.tokenizer.as_ref(), prompt) else {
+        return Usage::default();
+    };
+    match (tok.count(prompt), tok.count(tracker.text().unwrap_or(""))) {
+        (Ok(p), Ok(c)) => Usage::new(p, c),
+        _ => Usage::default(),
+    }
+}
+
+/// The request path, without a query string or an absolute-form scheme and host.
+fn request_path(url: &str) -> &str {
+    let mut u = url;
+    for scheme in ["http://", "https://"] {
+        if let Some(rest) = u.strip_prefix(scheme) {
+            u = rest.find('/').map_or("/", |i| &rest[i..]);
+        }
+    }
+    u.split(['?', '#']).next().unwrap_or(u)
+}
+
+struct Ctx<'a> {
+    shared: &'a Shared,
+    s: &'a SessionHandle,
+    req: &'a RunRequest,
+    start: f64,
+    coefficient: u32,
+    prices: PriceTable,
+    head_sent: bool,
+}
+
+impl Ctx<'_> {
+    fn debug(&self) -> Option<String> {
+        self.req.enable_debug.then(|| {
+            serde_json::json!({
+                "type": "worker_stats",
+                "start_time": self.start,
+                "end_time": now_unix(),
+            })
+            .to_string()
+        })
+    }
+
+    fn info(&self, usage: &Usage) -> tproxy::QueryFinalInfo {
+        final_info(
+            self.req.proto,
+            tokens_used(&self.prices, usage, self.coefficient),
+            self.debug(),
+            self.start,
+        )
+    }
+
+    async fn send(&self, bytes: Vec<u8>) -> bool {
+        self.s.send_message(bytes).await.is_ok()
+    }
+}
+
+async fn run(cx: &mut Ctx<'_>, cancel: &mut watch::Receiver<bool>) -> Outcome {
+    let shared = cx.shared;
+    let http = match cocoon_tl::functions::http::Request::from_bytes(&cx.req.query) {
+        Ok(r) => r,
+        Err(e) => {
+            return fail(
+                ErrorCode::Error,
+                format!("worker: invalid http request: {e}"),
+            );
+        }
+    };
+    if !http.method.eq_ignore_ascii_case("POST") {
+        return fail(ErrorCode::Error, "worker: unsupported method");
+    }
+    let Some(endpoint) = Endpoint::from_path(request_path(&http.url)) else {
+        return fail(ErrorCode::Error, "worker: unsupported method");
+    };
+    let opts = ValidateOptions {
+        take_extensions: false,
+        max_tokens_cap: None,
+    };
+    let v = match validate_request(endpoint, &http.payload, &opts) {
+        Ok(v) => v,
+        Err(e) => {
+            let field = e
+                .param
+                .as_deref()
+                .map(|p| format!(" ({p})"))
+                .unwrap_or_default();
+            return fail(
+                ErrorCode::Error,
+                format!("worker: invalid request: {}{field}", e.message),
+            );
+        }
+    };
+    if v.model != shared.model_base {
+        return fail(ErrorCode::ProtoViolation, "model name mismatch");
+    }
+    let t = cx.req.timeout;
+    if !(t.is_finite() && t > 0.0) {
+        return fail(ErrorCode::Error, "worker: invalid timeout");
+    }
+    let timeout = Duration::from_secs_f64((t * 0.95).min(MAX_TIMEOUT_SECS));
+    let deadline = tokio::time::Instant::now() + timeout;
+    let prompt = shared
+        .tokenizer
+        .as_ref()
+        .map(|_| prompt_text(endpoint, &v.body));
+    let engine_req = EngineRequest {
+        endpoint,
+        body: v.body,
+        stream: v.stream,
+        timeout,
+    };
+    let submitted = tokio::select! {
+        r = tokio::time::timeout_at(deadline, shared.engine.submit(engine_req)) => r,
+        _ = wait_cancel(cancel) => return Outcome::Cancelled(Usage::default()),
+    };
+    let resp = match submitted {
+        Err(_) => return fail(ErrorCode::Timeout, "worker: timeout"),
+        Ok(Err(e)) => return fail(engine_error_code(&e), format!("worker: engine: {e}")),
+        Ok(Ok(r)) => r,
+    };
+    let reason = axum::http::StatusCode::from_u16(resp.status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("")
+        .to_owned();
+    let header = |n: &str, v: String| thttp::Header {
+        name: n.to_owned(),
+        value: v,
+    };
+    let head = thttp::Response {
+        http_version: "HTTP/1.1".into(),
+        status_code: i32::from(resp.status),
+        reason,
+        headers: vec![
+            header("Content-Type", resp.content_type.clone()),
+            header("X-Cocoon-Worker-Start", format!("{:.6}", cx.start)),
+            header("X-Cocoon-Worker-End", format!("{:.6}", now_unix())),
+            header("Transfer-Encoding", "chunked".into()),
+        ],
+        payload: Vec::new(),
+    };
+    let answer = tproxy::QueryAnswerEx {
+        request_id: cx.req.request_id,
+        answer: head.to_bytes(),
+        final_info: None,
+    };
+    if !cx.send(answer.to_bytes()).await {
+        return Outcome::SessionGone(Usage::default());
+    }
+    cx.head_sent = true;
+    let mut body = resp.body;
+    let mut tracker = if shared.tokenizer.is_some() {
+        UsageTracker::new().collecting_text()
+    } else {
+        UsageTracker::new()
+    };
+    let cut = |t: &UsageTracker| cut_short_usage(shared, t, prompt.as_deref());
+    loop {
+        let ev = tokio::select! {
+            ev = body.recv() => ev,
+            _ = wait_cancel(cancel) => {
+                drop(body);
+                return Outcome::Cancelled(cut(&tracker));
+            }
+            _ = tokio::time::sleep_until(deadline + Duration::from_secs(1)) => {
+                drop(body);
+                return Outcome::Failed {
+                    code: ErrorCode::Timeout,
+                    message: "worker: timeout".into(),
+                    usage: cut(&tracker),
+                };
+            }
+        };
+        match ev {
+            Some(BodyEvent::Data(d)) => {
+                tracker.push(&d);
+                Counters::add(&shared.counters.answer_bytes, d.len() as u64);
+                let part = tproxy::QueryAnswerPartEx {
+                    request_id: cx.req.request_id,
+                    answer: d,
+                    final_info: None,
+                };
+                if !cx.send(part.to_bytes()).await {
+                    drop(body);
+                    return Outcome::SessionGone(cut(&tracker));
+                }
+            }
+            Some(BodyEvent::End { usage, .. }) => return Outcome::Success(usage),
+            Some(BodyEvent::Failed { error, usage }) => {
+                return Outcome::Failed {
+                    code: engine_error_code(&error),
+                    message: format!("worker: engine: {error}"),
+                    usage,
+                };
+            }
+            None => {
+                return Outcome::Failed {
+                    code: ErrorCode::Failure,
+                    message: "worker: engine ended the answer without a result".into(),
+                    usage: cut(&tracker),
+                };
+            }
+        }
+    }
+}
+
+/// Serves one request to the end and reports its id on `done`.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    s: SessionHandle,
+    req: RunRequest,
+    mut cancel: watch::Receiver<bool>,
+    guard: ActiveGuard,
+    done: mpsc::UnboundedSender<[u8; 32]>,
+) {
+    let t0 = Instant::now();
+    let coefficient = shared.control().coefficient;
+    if req.proxy_coefficient != i64::from(coefficient) {
+        tracing::debug!(
+            proxy = req.proxy_coefficient,
+            own = coefficient,
+            "proxy quoted another coefficient; billing at our own"
+        );
+    }
+    let mut cx = Ctx {
+        shared: &shared,
+        s: &s,
+        req: &req,
+        start: now_unix(),
+        coefficient,
+        prices: shared.prices(),
+        head_sent: false,
+    };
+    let outcome = run(&mut cx, &mut cancel).await;
+    let c = &shared.counters;
+    let (usage, label) = match &outcome {
+        Outcome::Success(u) => (*u, "success"),
+        Outcome::Failed { usage, .. } => (*usage, "failed"),
+        Outcome::Cancelled(u) => (*u, "cancelled"),
+        Outcome::SessionGone(u) => (*u, "session gone"),
+    };
+    let final_msg = match &outcome {
+        Outcome::Success(u) => Some(
+            tproxy::QueryAnswerPartEx {
+                request_id: req.request_id,
+                answer: Vec::new(),
+                final_info: Some(cx.info(u)),
+            }
+            .to_bytes(),
+        ),
+        Outcome::Failed {
+            code,
+            message,
+            usage,
+        } => Some(error_ex(req.request_id, *code, message, cx.info(usage))),
+        Outcome::Cancelled(u) => Some(error_ex(
+            req.request_id,
+            ErrorCode::Cancelled,
+            "worker: cancelled",
+            cx.info(u),
+        )),
+        Outcome::SessionGone(_) => None,
+    };
+    // The slot is free once the final message is on its way: the proxy may reuse it at once.
+    drop(guard);
+    let delivered = match final_msg {
+        Some(m) => cx.send(m).await,
+        None => false,
+    };
+    // Bill once, what the final message reported (or would have, had the session lived).
+    let t = tokens_used(&cx.prices, &usage, coefficient);
+    if delivered {
+        Counters::add(&c.prompt_tokens, t.prompt_tokens_used as u64);
+        Counters::add(&c.cached_tokens, t.cached_tokens_used as u64);
+        Counters::add(&c.completion_tokens, t.completion_tokens_used as u64);
+        Counters::add(&c.reasoning_tokens, t.reasoning_tokens_used as u64);
+        Counters::add(&c.total_tokens, t.total_tokens_used as u64);
+    }
+    match &outcome {
+        Outcome::Success(_) => Counters::add(&c.requests_success, 1),
+        Outcome::Cancelled(_) | Outcome::SessionGone(_) => {
+            Counters::add(&c.requests_cancelled, 1);
+            Counters::add(&c.requests_failed, 1);
+        }
+        Outcome::Failed { .. } => Counters::add(&c.requests_failed, 1),
+    }
+    let ms = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX);
+    Counters::add(&c.request_time_ms, ms);
+    tracing::info!(
+        request = %hex::encode(&req.request_id[..8]),
+        outcome = label,
+        head_sent = cx.head_sent,
+        ms,
+        prompt = t.prompt_tokens_used,
+        cached = t.cached_tokens_used,
+        completion = t.completion_tokens_used,
+        reasoning = t.reasoning_tokens_used,
+        total = t.total_tokens_used,
+        "request finished"
+    );
+    let _ = done.send(req.request_id);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::request_path;
+
+    #[test]
+    fn paths() {
+        assert_eq!(request_path("/v1/chat/completions"), "/v1/chat/completions");
+        assert_eq!(request_path("/v1/completions?x=1"), "/v1/completions");
+        assert_eq!(
+            request_path("http://127.0.0.1:8000/v1/chat/completions"),
+            "/v1/chat/completions"
+        );
+        assert_eq!(request_path("http://host"), "/");
+    }
+}

@@ -1,0 +1,385 @@
+//! The worker's durable payment state: per proxy, the best proxy-signed payout it holds.
+//!
+//! COCOON's worker keeps its earnings in memory only, so a restart forgets the receipts it
+//! was given and the balance comparison on reconnect has nothing to compare. Here the state
+//! is a small JSON file in the worker's state directory, rewritten atomically (temporary
+//! file, fsync, rename, fsync of the directory) *before* the new value is relied on: a
+//! receipt is never acknowledged, compared or paid out unless it is on disk.
+//!
+//! Every counter is monotonic. A proxy that reports a lower signed total, a lower database
+//! total or a lower maximum than the worker holds has lost or rolled back state; the caller
+//! closes the connection so that the next handshake compares balances again.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+/// File name inside the state directory.
+pub const STATE_FILE: &str = "payments.json";
+const FORMAT_VERSION: u32 = 1;
+
+/// What the worker holds for one proxy contract.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyRecord {
+    /// Proxy signing key (hex), pinned at first contact.
+    pub proxy_public_key: String,
+    /// This worker's contract for that proxy (raw form), pinned at first contact.
+    pub worker_sc_address: String,
+    /// Tokens of the best verified signed payout.
+    pub signed_tokens: u64,
+    /// That payout as BOC (hex); `None` until one arrived.
+    pub signed_payment_boc: Option<String>,
+    /// Tokens the proxy says are committed to its database.
+    pub db_tokens: u64,
+    /// The highest token total the proxy reported.
+    pub max_tokens: u64,
+    /// Tokens already paid out through the worker contract.
+    pub paid_out_tokens: u64,
+}
+
+impl ProxyRecord {
+    /// Signed tokens not yet paid out.
+    pub fn ready_tokens(&self) -> u64 {
+        self.signed_tokens.saturating_sub(self.paid_out_tokens)
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct StateFile {
+    version: u32,
+    proxies: BTreeMap<String, ProxyRecord>,
+}
+
+/// Why an update was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The state file could not be read or written.
+    #[error("payment state {path}: {reason}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+    /// The proxy reported less than the worker already holds.
+    #[error("{what} went down: proxy reports {got}, worker holds {held}")]
+    Lower {
+        /// Which counter.
+        what: &'static str,
+        /// Reported value.
+        got: u64,
+        /// Held value.
+        held: u64,
+    },
+    /// A known proxy contract came back with another key or worker contract.
+    #[error("{what} changed for a known proxy contract")]
+    IdentityChanged {
+        /// Which part.
+        what: &'static str,
+    },
+    /// The proxy is not registered (handshake not done).
+    #[error("unknown proxy contract")]
+    UnknownProxy,
+}
+
+/// What a proxy reported in one message.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    /// A verified signed payout: (tokens, BOC). `Some((0, empty))` for an empty payment.
+    pub signed: Option<(u64, Vec<u8>)>,
+    /// Its database total.
+    pub db_tokens: Option<u64>,
+    /// Its maximum total.
+    pub max_tokens: Option<u64>,
+    /// Whether a lower maximum is an inconsistency (it is, except in the balance comparison,
+    /// where the proxy's own error code reports it).
+    pub strict_max: bool,
+}
+
+/// The state file and its in-memory copy.
+#[derive(Debug)]
+pub struct PaymentStore {
+    path: PathBuf,
+    state: Mutex<StateFile>,
+}
+
+fn io_err(path: &Path, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Io {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    }
+}
+
+impl PaymentStore {
+    /// Opens (or creates) the state in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        let path = dir.join(STATE_FILE);
+        let state = match std::fs::read(&path) {
+            Ok(bytes) => {
+                let s: StateFile = serde_json::from_slice(&bytes).map_err(|e| io_err(&path, e))?;
+                if s.version != FORMAT_VERSION {
+                    return Err(io_err(
+                        &path,
+                        format!("unknown format version {}", s.version),
+                    ));
+                }
+                s
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => StateFile {
+                version: FORMAT_VERSION,
+                proxies: BTreeMap::new(),
+            },
+            Err(e) => return Err(io_err(&path, e)),
+        };
+        Ok(PaymentStore {
+            path,
+            state: Mutex::new(state),
+        })
+    }
+
+    /// The state file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, StateFile> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn persist(&self, state: &StateFile) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec_pretty(state).map_err(|e| io_err(&self.path, e))?;
+        let tmp = self.path.with_extension("json.tmp");
+        let mut f = std::fs::File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
+        f.write_all(&bytes).map_err(|e| io_err(&tmp, e))?;
+        f.sync_all().map_err(|e| io_err(&tmp, e))?;
+        drop(f);
+        std::fs::rename(&tmp, &self.path).map_err(|e| io_err(&self.path, e))?;
+        if let Some(dir) = self.path.parent()
+            && let Ok(d) = std::fs::File::open(dir)
+        {
+            // Makes the rename itself durable; not supported everywhere, hence best effort.
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+
+    /// The record for `proxy_sc`.
+    pub fn get(&self, proxy_sc: &str) -> Option<ProxyRecord> {
+        self.lock().proxies.get(proxy_sc).cloned()
+    }
+
+    /// All records.
+    pub fn snapshot(&self) -> Vec<(String, ProxyRecord)> {
+        self.lock()
+            .proxies
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Records first contact with a proxy contract, or checks that its key and our worker
+    /// contract are the ones seen before.
+    pub fn register(
+        &self,
+        proxy_sc: &str,
+        proxy_public_key: &[u8; 32],
+        worker_sc: &str,
+    ) -> Result<ProxyRecord, StoreError> {
+        let key = hex::encode(proxy_public_key);
+        let mut st = self.lock();
+        if let Some(r) = st.proxies.get(proxy_sc) {
+            if r.proxy_public_key != key {
+                return Err(StoreError::IdentityChanged {
+                    what: "proxy public key",
+                });
+            }
+            if r.worker_sc_address != worker_sc {
+                return Err(StoreError::IdentityChanged {
+                    what: "worker contract address",
+                });
+            }
+            return Ok(r.clone());
+        }
+        let rec = ProxyRecord {
+            proxy_public_key: key,
+            worker_sc_address: worker_sc.to_owned(),
+            ..ProxyRecord::default()
+        };
+        st.proxies.insert(proxy_sc.to_owned(), rec.clone());
+        if let Err(e) = self.persist(&st) {
+            st.proxies.remove(proxy_sc);
+            return Err(e);
+        }
+        Ok(rec)
+    }
+
+    /// Applies what a proxy reported. Refuses (changing nothing) if any counter is lower than
+    /// the one held; otherwise raises the held values and persists them before returning.
+    /// Returns the record as now held.
+    pub fn apply(&self, proxy_sc: &str, obs: &Observed) -> Result<ProxyRecord, StoreError> {
+        let mut st = self.lock();
+        let cur = st
+            .proxies
+            .get(proxy_sc)
+            .cloned()
+            .ok_or(StoreError::UnknownProxy)?;
+        let mut next = cur.clone();
+        if let Some((tokens, boc)) = &obs.signed {
+            if *tokens < cur.signed_tokens {
+                return Err(StoreError::Lower {
+                    what: "signed payment",
+                    got: *tokens,
+                    held: cur.signed_tokens,
+                });
+            }
+            if *tokens > cur.signed_tokens {
+                next.signed_tokens = *tokens;
+                next.signed_payment_boc = Some(hex::encode(boc));
+            }
+        }
+        if let Some(db) = obs.db_tokens {
+            if db < cur.db_tokens {
+                return Err(StoreError::Lower {
+                    what: "tokens committed to the proxy database",
+                    got: db,
+                    held: cur.db_tokens,
+                });
+            }
+            next.db_tokens = db;
+        }
+        if let Some(max) = obs.max_tokens {
+            if obs.strict_max && max < cur.max_tokens {
+                return Err(StoreError::Lower {
+                    what: "maximum known tokens",
+                    got: max,
+                    held: cur.max_tokens,
+                });
+            }
+            next.max_tokens = next.max_tokens.max(max);
+        }
+        next.max_tokens = next.max_tokens.max(next.db_tokens).max(next.signed_tokens);
+        if next != cur {
+            st.proxies.insert(proxy_sc.to_owned(), next.clone());
+            if let Err(e) = self.persist(&st) {
+                st.proxies.insert(proxy_sc.to_owned(), cur);
+                return Err(e);
+            }
+        }
+        Ok(next)
+    }
+
+    /// Records that signed tokens up to `tokens` were paid out.
+    pub fn mark_paid(&self, proxy_sc: &str, tokens: u64) -> Result<(), StoreError> {
+        let mut st = self.lock();
+        let cur = st
+            .proxies
+            .get(proxy_sc)
+            .cloned()
+            .ok_or(StoreError::UnknownProxy)?;
+        if tokens <= cur.paid_out_tokens {
+            return Ok(());
+        }
+        let mut next = cur.clone();
+        next.paid_out_tokens = tokens.min(cur.signed_tokens);
+        st.proxies.insert(proxy_sc.to_owned(), next);
+        if let Err(e) = self.persist(&st) {
+            st.proxies.insert(proxy_sc.to_owned(), cur);
+            return Err(e);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signed(t: u64) -> Observed {
+        Observed {
+            signed: Some((t, vec![t as u8])),
+            ..Observed::default()
+        }
+    }
+
+    #[test]
+    fn monotonic_and_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = PaymentStore::open(dir.path()).unwrap();
+        assert!(matches!(
+            s.apply("p", &signed(1)),
+            Err(StoreError::UnknownProxy)
+        ));
+        s.register("p", &[1; 32], "0:aa").unwrap();
+        assert_eq!(s.apply("p", &signed(10)).unwrap().signed_tokens, 10);
+        assert!(matches!(
+            s.apply("p", &signed(9)),
+            Err(StoreError::Lower {
+                got: 9,
+                held: 10,
+                ..
+            })
+        ));
+        // Equal is consistent and changes nothing.
+        assert_eq!(s.apply("p", &signed(10)).unwrap().signed_tokens, 10);
+        let db = Observed {
+            db_tokens: Some(20),
+            max_tokens: Some(25),
+            strict_max: true,
+            ..Observed::default()
+        };
+        s.apply("p", &db).unwrap();
+        let lower_db = Observed {
+            db_tokens: Some(19),
+            ..Observed::default()
+        };
+        assert!(s.apply("p", &lower_db).is_err());
+        let lower_max = Observed {
+            max_tokens: Some(24),
+            strict_max: true,
+            ..Observed::default()
+        };
+        assert!(s.apply("p", &lower_max).is_err());
+        let lax_max = Observed {
+            max_tokens: Some(24),
+            ..Observed::default()
+        };
+        assert_eq!(s.apply("p", &lax_max).unwrap().max_tokens, 25);
+        s.mark_paid("p", 10).unwrap();
+        assert!(matches!(
+            s.register("p", &[2; 32], "0:aa"),
+            Err(StoreError::IdentityChanged { .. })
+        ));
+        assert!(matches!(
+            s.register("p", &[1; 32], "0:bb"),
+            Err(StoreError::IdentityChanged { .. })
+        ));
+        drop(s);
+        let again = PaymentStore::open(dir.path()).unwrap();
+        let r = again.get("p").unwrap();
+        assert_eq!(
+            (
+                r.signed_tokens,
+                r.db_tokens,
+                r.max_tokens,
+                r.paid_out_tokens
+            ),
+            (10, 20, 25, 10)
+        );
+        assert_eq!(r.signed_payment_boc.as_deref(), Some("0a"));
+        assert_eq!(r.ready_tokens(), 0);
+    }
+
+    #[test]
+    fn corrupt_file_is_an_error_not_a_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(STATE_FILE), b"{not json").unwrap();
+        assert!(matches!(
+            PaymentStore::open(dir.path()),
+            Err(StoreError::Io { .. })
+        ));
+    }
+}

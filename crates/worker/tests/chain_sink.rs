@@ -1,0 +1,114 @@
+//! `ChainPayoutSink`: a receipt becomes a wallet message to the worker contract.
+
+use std::sync::{Arc, Mutex};
+
+use cocoon_ton::chain::{
+    AccountState, AccountStatus, Chain, ChainError, GetMethodResult, StackValue, Transaction, TxId,
+};
+use cocoon_ton::keys::SigningKey;
+use cocoon_ton::payments::{PaymentPayload, SignedOp, SignedPayment};
+use cocoon_ton::wallet::{OutMsg, Wallet, WalletSender};
+use cocoon_ton::{Cell, HashBytes, StdAddr};
+use cocoon_worker::PayoutSink;
+use cocoon_worker::chain_sink::{ChainPayoutSink, DEFAULT_ATTACH_NANOTON};
+
+#[derive(Clone, Default)]
+struct FakeChain {
+    sent: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl Chain for FakeChain {
+    async fn send_boc(&self, boc: &[u8]) -> Result<(), ChainError> {
+        self.sent.lock().unwrap().push(boc.to_vec());
+        Ok(())
+    }
+    async fn run_get_method(
+        &self,
+        _address: &StdAddr,
+        _method: &str,
+        _stack: &[StackValue],
+    ) -> Result<GetMethodResult, ChainError> {
+        Err(ChainError::Transport("not supported by the fake".into()))
+    }
+    async fn account_state(&self, _address: &StdAddr) -> Result<AccountState, ChainError> {
+        Ok(AccountState {
+            balance: 10_000_000_000,
+            status: AccountStatus::Uninit,
+            code: None,
+            data: None,
+            last_tx: None,
+            sync_utime: None,
+        })
+    }
+    async fn transactions_since(
+        &self,
+        _address: &StdAddr,
+        _after: Option<&TxId>,
+        _limit: usize,
+    ) -> Result<Vec<Transaction>, ChainError> {
+        Ok(Vec::new())
+    }
+    async fn masterchain_seqno(&self) -> Result<u32, ChainError> {
+        Ok(1)
+    }
+}
+
+fn contains(c: &Cell, h: &HashBytes) -> bool {
+    c.repr_hash() == h
+        || (0..c.reference_count()).any(|i| c.reference_cloned(i).is_some_and(|r| contains(&r, h)))
+}
+
+#[tokio::test]
+async fn receipt_is_repacked_and_sent_to_the_worker_contract() {
+    let chain = FakeChain::default();
+    let wallet_key = SigningKey::from_seed(&[3; 32]).unwrap();
+    let wallet = Wallet::v4r2(wallet_key.public_key(), 0);
+    let sender = WalletSender::new(chain.clone(), wallet, wallet_key).unwrap();
+    let wallet_addr = sender.address().clone();
+    let sink = ChainPayoutSink::new(sender, DEFAULT_ATTACH_NANOTON);
+
+    let proxy_key = SigningKey::from_seed(&[7; 32]).unwrap();
+    let worker_sc = cocoon_ton::parse_address(&format!("0:{}", "22".repeat(32))).unwrap();
+    let proxy_excess = cocoon_ton::parse_address(&format!("0:{}", "11".repeat(32))).unwrap();
+    let receipt = PaymentPayload {
+        op: SignedOp::WorkerPayout,
+        query_id: 1,
+        tokens: Some(1000),
+        contract: worker_sc.clone(),
+    }
+    .sign(&proxy_key, &proxy_excess)
+    .unwrap();
+    sink.submit("0:11", receipt.to_boc().unwrap(), 1000)
+        .await
+        .unwrap();
+
+    let sent = chain.sent.lock().unwrap().clone();
+    assert_eq!(sent.len(), 1, "one external message");
+    let ext = cocoon_ton::codec::decode_boc(&sent[0]).unwrap();
+    // The internal message: to the worker contract, 0.5 TON, body = the receipt with our
+    // wallet as the excess address, still verifying under the proxy key.
+    let body = receipt.repack(&wallet_addr);
+    let again = SignedPayment::from_cell(&body.to_cell().unwrap()).unwrap();
+    assert_eq!(
+        again
+            .verify(SignedOp::WorkerPayout, &worker_sc, &proxy_key.public_key())
+            .unwrap()
+            .tokens,
+        Some(1000)
+    );
+    let msg = OutMsg::new(
+        worker_sc,
+        DEFAULT_ATTACH_NANOTON,
+        Some(body.to_cell().unwrap()),
+    )
+    .to_cell()
+    .unwrap();
+    assert!(
+        contains(&ext, msg.repr_hash()),
+        "the payout message is in the wallet message"
+    );
+
+    // A malformed receipt is an error, nothing is sent.
+    assert!(sink.submit("0:11", vec![1, 2, 3], 5).await.is_err());
+    assert_eq!(chain.sent.lock().unwrap().len(), 1);
+}

@@ -1,0 +1,923 @@
+//! The worker through its real path: RA-TLS (sim attestation) to a test proxy on loopback,
+//! the proxy side of the handshake, `proxy.runQueryEx`, and an `HttpEngine` against a fake
+//! OpenAI-compatible engine streaming SSE.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use cocoon_tl::enums;
+use cocoon_tl::types::proxy as tproxy;
+use cocoon_worker::Worker;
+use common::*;
+
+fn header<'a>(r: &'a cocoon_tl::types::http::Response, name: &str) -> Option<&'a str> {
+    r.headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value.as_str())
+}
+
+fn tokens(info: &Option<tproxy::QueryFinalInfo>) -> [i64; 5] {
+    let t = &info.as_ref().expect("final info").tokens_used;
+    [
+        t.prompt_tokens_used,
+        t.cached_tokens_used,
+        t.completion_tokens_used,
+        t.reasoning_tokens_used,
+        t.total_tokens_used,
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_streaming_relay_and_exact_final_tokens() {
+    let (base, eng) = fake_engine().await;
+    let mut proxy = TestProxy::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let w = Worker::start(worker_config(&proxy.addr, &base, dir.path()))
+        .await
+        .unwrap();
+    let mut c = proxy.next_conn().await;
+    // worker.params flags=3 with everything COCOON's proxy checks.
+    let p = &c.params;
+    assert_eq!(p.model, MODEL);
+    assert_eq!(p.coefficient, 1500);
+    assert_eq!(p.is_test, Some(true));
+    assert_eq!(p.proxy_cnt, Some(1));
+    assert_eq!(p.max_active_requests, Some(4));
+    assert_eq!(
+        (p.min_proto_version, p.max_proto_version),
+        (Some(1), Some(3))
+    );
+    assert_eq!(p.worker_owner_address, addr(0x44).to_string());
+    assert_eq!(
+        (
+            c.compare.tokens_committed_to_blockchain,
+            c.compare.tokens_committed_to_db,
+            c.compare.max_tokens
+        ),
+        (0, 0, 0)
+    );
+    assert!(!c.is_disabled, "engine is up: enabled at handshake");
+    eventually("ready", || w.ready_proxies() == 1).await;
+
+    // Streamed: the head and the first chunks arrive while the engine is still held.
+    c.run(1, "/v1/chat/completions", &chat_body("gated", true))
+        .await;
+    let Answer::Head(h, resp) = c.next().await else {
+        panic!("head first")
+    };
+    assert_eq!(h.request_id, [1; 32]);
+    assert!(h.final_info.is_none());
+    assert_eq!(resp.status_code, 200);
+    assert_eq!(header(&resp, "content-type"), Some("text/event-stream"));
+    let start: f64 = header(&resp, "X-Cocoon-Worker-Start")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let end: f64 = header(&resp, "X-Cocoon-Worker-End")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(start > 1.7e9 && end >= start);
+    let chunks = transcript();
+    let mut body = Vec::new();
+    while body.len() < chunks[0].len() + chunks[1].len() {
+        let Answer::Part(part) = c.next().await else {
+            panic!("part")
+        };
+        assert!(part.final_info.is_none(), "no final info before the end");
+        body.extend(part.answer);
+    }
+    assert_eq!(body, (chunks[0].clone() + &chunks[1]).into_bytes());
+    // Nothing more until the engine goes on.
+    assert!(c.next_within(Duration::from_millis(200)).await.is_none());
+    eng.gate.add_permits(1);
+    let info = loop {
+        match c.next().await {
+            Answer::Part(p) if p.final_info.is_some() => {
+                body.extend(p.answer);
+                break p.final_info;
+            }
+            Answer::Part(p) => body.extend(p.answer),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(body, chunks.concat().into_bytes(), "body relayed unchanged");
+    // usage 31 prompt (16 cached) + 9 completion, coefficient 1.5, multipliers 1/0.5/2/1:
+    // prompt 15×1.5=22, cached 16×1.5×0.5=12, completion 9×1.5×2=27.
+    assert_eq!(tokens(&info), [22, 12, 27, 0, 61]);
+    let info = info.unwrap();
+    assert!(info.worker_start_time.is_some() && info.worker_end_time.is_some());
+    let debug: serde_json::Value =
+        serde_json::from_str(info.worker_debug.as_deref().unwrap()).unwrap();
+    assert_eq!(debug["type"], "worker_stats");
+    // The engine got the validated body with usage forced on.
+    let sent = eng.bodies.lock().unwrap()[0].clone();
+    assert_eq!(sent["stream_options"]["include_usage"], true);
+
+    // Non-streamed JSON.
+    c.run(2, "/v1/chat/completions", &chat_body("json", false))
+        .await;
+    let Answer::Head(_, resp) = c.next().await else {
+        panic!("head")
+    };
+    assert_eq!(header(&resp, "content-type"), Some("application/json"));
+    let mut json = Vec::new();
+    let info = loop {
+        let Answer::Part(p) = c.next().await else {
+            panic!("part")
+        };
+        json.extend(p.answer);
+        if p.final_info.is_some() {
+            break p.final_info;
+        }
+    };
+    let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "Hi");
+    assert_eq!(tokens(&info), [18, 0, 12, 0, 30]);
+    let st = w.stats();
+    assert_eq!(st.counters.requests_success, 2);
+    assert_eq!(st.counters.total_tokens, 91);
+    w.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_requests_get_errors_with_zero_tokens() {
+    let (base, eng) = fake_engine().await;
+    let mut proxy = TestProxy::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let w = Worker::start(worker_config(&proxy.addr, &base, dir.path()))
+        .await
+        .unwrap();
+    let mut c = proxy.next_conn().await;
+    let unknown =
+        br#"{"model":"Smol","messages":[{"role":"user","content":"json"}],"frobnicate":1}"#;
+    let wrong_model = br#"{"model":"Other","messages":[{"role":"user","content":"json"}]}"#;
+    let cases: Vec<(u8, Vec<u8>, i32, &str)> = vec![
+        (
+            1,
+            http_request("/v1/chat/completions", unknown),
+            602,
+            "frobnicate",
+        ),
+        (
+            2,
+            http_request("/v1/embeddings", &chat_body("json", false)),
+            602,
+            "unsupported method",
+        ),
+        (
+            3,
+            http_request("/v1/chat/completions", wrong_model),
+            621,
+            "model name mismatch",
+        ),
+        (4, b"\x01\x02\x03".to_vec(), 602, "invalid http request"),
+        (
+            5,
+            http_request("/v1/chat/completions", b"{not json"),
+            602,
+            "invalid request",
+        ),
+    ];
+    for (id, query, code, needle) in cases {
+        c.run_raw(id, query).await;
+        let Answer::Error(e) = c.next().await else {
+            panic!("error answer for case {id}")
+        };
+        assert_eq!(e.request_id, [id; 32]);
+        assert_eq!(e.error_code, code, "case {id}: {}", e.error);
+        assert!(e.error.contains(needle), "case {id}: {}", e.error);
+        assert_eq!(tokens(&e.final_info), [0; 5]);
+    }
+    assert_eq!(
+        eng.requests.load(Ordering::SeqCst),
+        0,
+        "nothing reached the engine"
+    );
+    assert_eq!(w.stats().counters.requests_failed, 5);
+    w.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_active_queries() {
+    let (base, eng) = fake_engine().await;
+    let mut proxy = TestProxy::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = worker_config(&proxy.addr, &base, dir.path());
+    cfg.max_active_requests = 1;
+    let w = Worker::start(cfg).await.unwrap();
+    let mut c = proxy.next_conn().await;
+    c.run(1, "/v1/chat/completions", &chat_body("gated", true))
+        .await;
+    assert!(matches!(c.next().await, Answer::Head(..)));
+    c.run(2, "/v1/chat/completions", &chat_body("json", false))
+        .await;
+    let e = loop {
+        match c.next().await {
+            Answer::Error(e) => break e,
+            Answer::Part(p) => assert_eq!(p.request_id, [1; 32]),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(e.request_id, [2; 32]);
+    assert_eq!(e.error, "too many active queries");
+    assert_eq!(tokens(&e.final_info), [0; 5]);
+    eng.gate.add_permits(1);
+    loop {
+        if let Answer::Part(p) = c.next().await
+            && p.final_info.is_some()
+        {
+            break;
+        }
+    }
+    // The slot is free again.
+    c.run(3, "/v1/chat/completions", &chat_body("json", false))
+        .await;
+    assert!(matches!(c.next().await, Answer::Head(h, _) if h.request_id == [3; 32]));
+    assert_eq!(w.stats().counters.requests_rejected, 1);
+    w.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_failure_mid_stream_bills_usage_so_far_once() {
+    let (base, _eng) = fake_engine().await;
+    let mut proxy = TestProxy::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let w = Worker::start(worker_config(&proxy.addr, &base, dir.path()))
+        .await
+        .unwrap();
+    let mut c = proxy.next_conn().await;
+    c.run(1, "/v1/chat/completions", &chat_body("fail", true))
+        .await;
+    assert!(matches!(c.next().await, Answer::Head(..)));
+    let mut finals = Vec::new();
+    let mut data = 0;
+    loop {
+        match c.next_within(Duration::from_millis(500)).await {
+            Some(Answer::Part(p)) => {
+                assert!(p.final_info.is_none());
+                data += p.answer.len();
+            }
+            Some(Answer::Error(e)) => finals.push(e),
+            None => break,
+            Some(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(data > 0, "chunks before the failure were relayed");
+    assert_eq!(finals.len(), 1, "exactly one final message");
+    let e = &finals[0];
+    assert!(e.error.contains("engine"), "{}", e.error);
+    // Counted locally (no usage chunk): prompt "fail" = 1 word, completion "one two three" =
+    // 3 words; ×1.5, completion ×2.
+    assert_eq!(tokens(&e.final_info), [1, 0, 9, 0, 10]);
+    let st = w.stats();
+    assert_eq!(st.counters.total_tokens, 10, "billed once");
+    assert_eq!(st.counters.requests_failed, 1);
+    w.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancellation_reaches_the_engine() {
+    let (base, eng) = fake_engine().await;
+    let mut proxy = TestProxy::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = worker_config(&proxy.addr, &base, dir.path());
+    cfg.tokenizer = Some(Arc::new(Words));
+    let w = Worker::start(cfg).await.unwrap();
+    let mut c = proxy.next_conn().await;
+    // proxy.cancelQuery (v3).
+    c.run(1, "/v1/chat/completions", &chat_body("endless", true))
+        .await;
+    assert!(matches!(c.next().await, Answer::Head(..)));
+    assert!(matches!(c.next().await, Answer::Part(_)));
+    c.send(&tproxy::CancelQuery {
+        request_id: [1; 32],
+        reason: "client went away".into(),
+    })
+    .await;
+    let e = loop {
+        match c.next().await {
+            Answer::Error(e) => break e,
+            Answer::Part(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(e.error_code, 653);
+    // What was streamed is billed (counted locally: the engine reports usage only at the
+    // end): prompt "endless" = 1 word ×1.5; n streamed words ×1.5×2.
+    let [prompt, cached, completion, reasoning, total] = tokens(&e.final_info);
+    assert_eq!((prompt, cached, reasoning), (1, 0, 0));
+    assert!(completion >= 3 && completion % 3 == 0, "{completion}");
+    assert_eq!(total, prompt + completion);
+    eventually("billed once", || {
+        w.stats().counters.total_tokens == total as u64
+    })
+    .await;
+    eventually("engine stream dropped after cancel", || {
+        eng.dropped.load(Ordering::SeqCst)
+    })
+    .await;
+    // A dropped session cancels too.
+    c.run(2, "/v1/chat/completions", &chat_body("endless", true))
+        .await;
+    assert!(matches!(c.next().await, Answer::Head(..)));
+    assert!(!eng.dropped.load(Ordering::SeqCst));
+    c.handle.close();
+    eventually("engine stream dropped after session loss", || {
+        eng.dropped.load(Ordering::SeqCst)
+    })
+    .await;
+    eventually("no active requests", || w.stats().active_requests == 0).await;
+    // The worker reconnects.
+    let _c2 = proxy.next_conn().await;
+    w.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_are_verified_kept_durably_and_compared_on_reconnect() {
+    let (base, _eng) = fake_engine().await;
+    let mut proxy = TestProxy::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Arc::new(RecordingSink::default());
+    let mut cfg = worker_config(&proxy.addr, &base, dir.path());
+    cfg.payout_sink = Some(sink.clone());
+    // 10 nanoTON per token, threshold 1000 nanoTON = 100 tokens.
+    let w = Worker::start(cfg).await.unwrap();
+    let c = proxy.next_conn().await;
+    assert!(matches!(
+        proxy.next_event().await,
+        HandshakeEvent::Compare(_)
+    ));
+    assert!(matches!(
+        proxy.next_event().await,
+        HandshakeEvent::Completed
+    ));
+    let pay = |tokens: u64| tproxy::WorkerRequestPayment {
+        request_id: [9; 32],
+        signed_payment: enums::proxy::SignedPayment::SignedPayment(tproxy::SignedPayment {
+            data: proxy.payment(tokens),
+        }),
+        db_tokens: tokens as i64,
+        max_tokens: tokens as i64,
+        request_tokens: 5,
+        request_client_owner: String::new(),
+    };
+    proxy.set(|b| {
+        b.signed = 60;
+        b.db = 60;
+        b.max = 60;
+    });
+    c.send(&pay(60)).await;
+    eventually("60 held", || {
+        w.stats().payments.first().map(|p| p.signed_tokens) == Some(60)
+    })
+    .await;
+    assert!(
+        sink.submitted.lock().unwrap().is_empty(),
+        "600 nanoTON < threshold"
+    );
+    proxy.set(|b| {
+        b.signed = 120;
+        b.db = 120;
+        b.max = 120;
+    });
+    c.send(&pay(120)).await;
+    eventually("payout submitted at 1200 nanoTON", || {
+        sink.submitted.lock().unwrap().len() == 1
+    })
+    .await;
+    let (sc, boc, t) = sink.submitted.lock().unwrap()[0].clone();
+    assert_eq!((sc, t), (proxy.proxy_sc.to_string(), 120));
+    assert_eq!(boc, proxy.payment(120));
+    eventually("paid out recorded", || {
+        w.stats().payments[0].paid_out_tokens == 120
+    })
+    .await;
+
+    // A lower signed payment closes the session; the worker comes back and compares.
+    c.send(&tproxy::SignedPayment {
+        data: proxy.payment(90),
+    })
+    .await;
+    c.closed().await;
+    let c = proxy.next_conn().await;
+    assert_eq!(c.compare.tokens_committed_to_blockchain, 120);
+    // A payment signed by another key closes it too.
+    let other = cocoon_ton::keys::SigningKey::from_seed(&[9; 32]).unwrap();
+    c.send(&tproxy::SignedPayment {
+        data: sign_payment(&other, &proxy.worker_sc, 500),
+    })
+    .await;
+    c.closed().await;
+    let _c = proxy.next_conn().await;
+    w.shutdown().await;
+
+    // Restart: the best payment survived; the proxy has lost state (signed 100 < 120).
+    while proxy.events.try_recv().is_ok() {}
+    proxy.set(|b| {
+        b.signed = 100;
+        b.db = 100;
+        b.max = 100;
+    });
+    let w = Worker::start(worker_config(&proxy.addr, &base, dir.path()))
+        .await
+        .unwrap();
+    let HandshakeEvent::Compare(cmp) = proxy.next_event().await else {
+        panic!("compare first")
+    };
+    assert_eq!(
+        (
+            cmp.tokens_committed_to_blockchain,
+            cmp.tokens_committed_to_db,
+            cmp.max_tokens
+        ),
+        (120, 120, 120),
+        "state restored from disk"
+    );
+    eventually("refusal recorded", || {
+        w.stats().proxies[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("balance comparison refused"))
+    })
+    .await;
+    // It retries, and is refused every time: the handshake never completes.
+    let HandshakeEvent::Compare(_) = proxy.next_event().await else {
+        panic!("a refused handshake does not complete")
+    };
+    assert_eq!(w.ready_proxies(), 0);
+    // Once the proxy reports consistent values, it works again; status queries are applied.
+    proxy.set(|b| {
+        b.signed = 150;
+        b.db = 150;
+        b.max = 150;
+    });
+    let _c = proxy.next_conn().await;
+    eventually("150 held after compare", || {
+        w.stats().payments[0].signed_tokens == 150
+    })
+    .await;
+    w.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_payment_status_is_applied() {
+    let (base, _eng) = fake_engine().await;
+    let mut proxy = TestProxy::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = worker_config(&proxy.addr, &base, dir.path());
+    cfg.timings.payment_status_interval = (Duration::from_millis(50), Duration::from_millis(100));
+    let w = Worker::start(cfg).await.unwrap();
+    let c = proxy.next_conn().await;
+    proxy.set(|b| {
+        b.signed = 42;
+        b.db = 50;
+        b.max = 55;
+    });
+    eventually("status applied", || {
+        w.stats()
+            .payments
+            .first()
+            .is_some_and(|p| (p.signed_tokens, p.db_tokens, p.max_tokens) == (42, 50, 55))
+    })
+    .await;
+    // A status lower than what is held closes the session.
+    proxy.set(|b| {
+        b.signed = 41;
+    });
+    c.closed().await;
+    w.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uplink_and_admin_controls() {
+    let (base, eng) = fake_engine().await;
+    let mut proxy = TestProxy::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    let sink = Arc::new(RecordingSink::default());
+    let mut cfg = worker_config(&proxy.addr, &base, &dir.path().join("state"));
+    cfg.admin = Some(admin_config(Some(token_file)));
+    cfg.payout_sink = Some(sink.clone());
+    cfg.min_payout_nanoton = u128::MAX; // only forced payouts
+    let w = Worker::start(cfg).await.unwrap();
+    let mut c = proxy.next_conn().await;
+    let admin = format!("http://{}", w.admin_addr().unwrap());
+    let http = reqwest::Client::new();
+
+    // Engine health → worker.enabledDisabled.
+    eng.up.store(false, Ordering::SeqCst);
+    assert!(matches!(c.next().await, Answer::EnabledDisabled(1)));
+    eng.up.store(true, Ordering::SeqCst);
+    assert!(matches!(c.next().await, Answer::EnabledDisabled(0)));
+
+    // Controls need the token.
+    let post = |path: &str, token: Option<&str>| {
+        let mut r = http.post(format!("{admin}{path}"));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    assert_eq!(post("/request/disable", None).await.unwrap().status(), 401);
+    assert_eq!(
+        post("/request/disable", Some("wrong"))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        http.get(format!("{admin}/request/disable"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        405,
+        "GET does not change anything"
+    );
+    assert!(w.stats().enabled);
+    assert_eq!(
+        post("/request/disable", Some("s3cret-token"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert!(matches!(c.next().await, Answer::EnabledDisabled(1)));
+    assert_eq!(
+        post("/request/enable", Some("s3cret-token"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert!(matches!(c.next().await, Answer::EnabledDisabled(0)));
+    assert_eq!(
+        post("/request/coefficient?value=2000", Some("s3cret-token"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert!(matches!(c.next().await, Answer::NewCoefficient(2000)));
+    assert_eq!(
+        post("/request/coefficient?value=abc", Some("s3cret-token"))
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    assert_eq!(
+        post(
+            "/request/coefficient?value=2000000000",
+            Some("s3cret-token")
+        )
+        .await
+        .unwrap()
+        .status(),
+        400
+    );
+    // New coefficient applies to billing.
+    c.run(1, "/v1/chat/completions", &chat_body("json", false))
+        .await;
+    let info = loop {
+        if let Answer::Part(p) = c.next().await
+            && p.final_info.is_some()
+        {
+            break p.final_info;
+        }
+    };
+    assert_eq!(tokens(&info), [24, 0, 16, 0, 40]);
+
+    // Forced payout.
+    c.send(&tproxy::SignedPayment {
+        data: proxy.payment(7),
+    })
+    .await;
+    eventually("7 held", || {
+        w.stats().payments.first().map(|p| p.signed_tokens) == Some(7)
+    })
+    .await;
+    assert_eq!(post("/request/payout", None).await.unwrap().status(), 401);
+    assert_eq!(
+        post("/request/payout", Some("s3cret-token"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    eventually("forced payout", || {
+        sink.submitted.lock().unwrap().len() == 1
+    })
+    .await;
+
+    // Read-only pages: counters and public identifiers, never bodies.
+    let html = http
+        .get(format!("{admin}/stats"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("cocoon worker") && html.contains(MODEL));
+    let json: serde_json::Value = http
+        .get(format!("{admin}/jsonstats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(json["coefficient"], 2000);
+    assert_eq!(json["counters"]["requests_success"], 1);
+    assert_eq!(json["enabled"], true);
+    let metrics = http
+        .get(format!("{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("cocoon_worker_requests_total{outcome=\"success\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("cocoon_worker_adjusted_tokens_total{category=\"total\"} 40"));
+    for page in [&html, &metrics, &json.to_string()] {
+        assert!(!page.contains("s3cret-token"));
+        assert!(!page.contains("\"Hi\""), "no completion text");
+    }
+    w.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controls_refused_without_token_file_and_handshake_mismatch() {
+    let (base, _eng) = fake_engine().await;
+    let mut proxy = TestProxy::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = worker_config(&proxy.addr, &base, dir.path());
+    cfg.admin = Some(admin_config(None));
+    proxy.set(|b| b.is_test = false);
+    let w = Worker::start(cfg).await.unwrap();
+    let admin = format!("http://{}", w.admin_addr().unwrap());
+    let r = reqwest::Client::new()
+        .post(format!("{admin}/request/disable"))
+        .bearer_auth("anything")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    eventually("test mode mismatch refused", || {
+        w.stats().proxies[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("test mode mismatch"))
+    })
+    .await;
+    proxy.set(|b| {
+        b.is_test = true;
+        b.proto = 7;
+    });
+    eventually("unsupported protocol refused", || {
+        w.stats().proxies[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("protocol version 7"))
+    })
+    .await;
+    proxy.set(|b| b.proto = 2);
+    let c = proxy.next_conn().await;
+    drop(c);
+    eventually("ready at v2", || {
+        w.stats().proxies[0].proto_version == Some(2)
+    })
+    .await;
+    w.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_contract_address_is_derived_not_trusted() {
+    use cocoon_ton::{CellBuilder, HashBytes};
+    let (base, _eng) = fake_engine().await;
+    let mut code = CellBuilder::new();
+    code.store_u32(0xC0C0_0001).unwrap();
+    let params = cocoon_ton::root::CocoonParams {
+        worker_code: Some(code.build().unwrap()),
+        ..cocoon_ton::root::CocoonParams::default()
+    };
+    let proxy_key = cocoon_ton::keys::SigningKey::from_seed(&PROXY_SEED)
+        .unwrap()
+        .public_key();
+    let derived = cocoon_ton::contracts::worker_contract(
+        &params,
+        &addr(0x44),
+        &addr(0x11),
+        &HashBytes(proxy_key),
+    )
+    .unwrap()
+    .address;
+    assert_ne!(derived, addr(0x22));
+
+    // A proxy naming another contract is refused.
+    let liar = TestProxy::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = worker_config(&liar.addr, &base, dir.path());
+    cfg.contract_params = Some(params.clone());
+    let w = Worker::start(cfg).await.unwrap();
+    eventually("liar refused", || {
+        w.stats().proxies[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("worker contract address is unexpected"))
+    })
+    .await;
+    assert_eq!(w.ready_proxies(), 0);
+    w.shutdown().await;
+
+    // The derived one is accepted.
+    let mut honest = TestProxy::start_with(derived.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = worker_config(&honest.addr, &base, dir.path());
+    cfg.contract_params = Some(params);
+    let w = Worker::start(cfg).await.unwrap();
+    let _c = honest.next_conn().await;
+    eventually("ready", || w.ready_proxies() == 1).await;
+    w.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_run_query_is_served() {
+    let (base, _eng) = fake_engine().await;
+    let mut proxy = TestProxy::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let w = Worker::start(worker_config(&proxy.addr, &base, dir.path()))
+        .await
+        .unwrap();
+    let mut c = proxy.next_conn().await;
+    c.send(&cocoon_tl::functions::proxy::RunQuery {
+        query: http_request("/v1/chat/completions", &chat_body("json", false)),
+        signed_payment: enums::proxy::SignedPayment::SignedPaymentEmpty(
+            tproxy::SignedPaymentEmpty {},
+        ),
+        coefficient: 1500,
+        timeout: 30.0,
+        request_id: [5; 32],
+    })
+    .await;
+    assert!(matches!(c.next().await, Answer::Head(h, _) if h.request_id == [5; 32]));
+    let info = loop {
+        if let Answer::Part(p) = c.next().await
+            && p.final_info.is_some()
+        {
+            break p.final_info;
+        }
+    };
+    assert_eq!(tokens(&info), [18, 0, 12, 0, 30]);
+    assert!(
+        info.unwrap().worker_debug.is_none(),
+        "no debug unless asked"
+    );
+    w.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_drains_running_requests() {
+    let (base, eng) = fake_engine().await;
+    let mut proxy = TestProxy::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let w = Worker::start(worker_config(&proxy.addr, &base, dir.path()))
+        .await
+        .unwrap();
+    let mut c = proxy.next_conn().await;
+    c.run(1, "/v1/chat/completions", &chat_body("gated", true))
+        .await;
+    assert!(matches!(c.next().await, Answer::Head(..)));
+    let stopping = tokio::spawn(w.shutdown());
+    // The proxy is told first, and new requests are refused while the old one finishes.
+    loop {
+        match c.next().await {
+            Answer::EnabledDisabled(1) => break,
+            Answer::Part(p) => assert!(p.final_info.is_none()),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    c.run(2, "/v1/chat/completions", &chat_body("json", false))
+        .await;
+    loop {
+        match c.next().await {
+            Answer::Error(e) => {
+                assert_eq!(e.request_id, [2; 32]);
+                assert_eq!(e.error, "worker is shutting down");
+                break;
+            }
+            Answer::Part(p) => assert!(p.final_info.is_none()),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    eng.gate.add_permits(1);
+    let info = loop {
+        if let Answer::Part(p) = c.next().await
+            && p.final_info.is_some()
+        {
+            break p.final_info;
+        }
+    };
+    assert_eq!(tokens(&info), [22, 12, 27, 0, 61], "finished and billed");
+    c.closed().await;
+    tokio::time::timeout(LIMIT, stopping)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_proxy_messages_close_the_session_not_the_worker() {
+    use cocoon_tl::Identifiable;
+    let (base, _eng) = fake_engine().await;
+    let mut proxy = TestProxy::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let w = Worker::start(worker_config(&proxy.addr, &base, dir.path()))
+        .await
+        .unwrap();
+    let truncated_run = cocoon_tl::functions::proxy::RunQueryEx::CONSTRUCTOR_ID
+        .to_le_bytes()
+        .to_vec();
+    let mut bad_payment = tproxy::WorkerRequestPayment::CONSTRUCTOR_ID
+        .to_le_bytes()
+        .to_vec();
+    bad_payment.extend([0xFF; 40]);
+    for garbage in [vec![1u8, 2], truncated_run, bad_payment] {
+        let c = proxy.next_conn().await;
+        c.handle.send_message(garbage).await.unwrap();
+        c.closed().await;
+    }
+    // Unknown constructors are ignored: the session stays and serves.
+    let mut c = proxy.next_conn().await;
+    c.handle
+        .send_message(0xDEAD_BEEFu32.to_le_bytes().to_vec())
+        .await
+        .unwrap();
+    c.run(1, "/v1/chat/completions", &chat_body("json", false))
+        .await;
+    assert!(matches!(c.next().await, Answer::Head(..)));
+    assert_eq!(w.stats().proxies[0].handshakes, 4);
+    w.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_config_update_changes_prices_and_redials() {
+    let (base, _eng) = fake_engine().await;
+    let mut proxy = TestProxy::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let w = Worker::start(worker_config(&proxy.addr, &base, dir.path()))
+        .await
+        .unwrap();
+    let mut c = proxy.next_conn().await;
+    let mut p = prices();
+    p.multipliers.prompt = 20_000;
+    p.multipliers.completion = 10_000;
+    w.update_root_config(p, None).unwrap();
+    c.run(1, "/v1/chat/completions", &chat_body("json", false))
+        .await;
+    let info = loop {
+        if let Answer::Part(p) = c.next().await
+            && p.final_info.is_some()
+        {
+            break p.final_info;
+        }
+    };
+    // 12 prompt ×1.5×2 = 36, 4 completion ×1.5×1 = 6.
+    assert_eq!(tokens(&info), [36, 0, 6, 0, 42]);
+
+    // New contract params: sessions are redialled, and the new derivation applies (this
+    // proxy names a contract that does not match it, so it is now refused).
+    let mut code = cocoon_ton::CellBuilder::new();
+    code.store_u32(0xC0C0_0002).unwrap();
+    let params = cocoon_ton::root::CocoonParams {
+        worker_code: Some(code.build().unwrap()),
+        ..cocoon_ton::root::CocoonParams::default()
+    };
+    assert!(
+        w.update_root_config(p, Some(cocoon_ton::root::CocoonParams::default()))
+            .is_err(),
+        "params without worker code are refused"
+    );
+    w.update_root_config(p, Some(params)).unwrap();
+    c.closed().await;
+    eventually("refused under the new params", || {
+        w.stats().proxies[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("worker contract address is unexpected"))
+    })
+    .await;
+    w.shutdown().await;
+}

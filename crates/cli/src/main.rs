@@ -3,7 +3,11 @@
 #![forbid(unsafe_code)]
 
 mod attest_cmd;
+mod devnet_cmd;
+mod model_cmd;
+mod root_cmd;
 mod tl_cmd;
+mod wallet_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -27,6 +31,20 @@ enum Command {
         #[command(subcommand)]
         command: attest_cmd::AttestCommand,
     },
+    /// Manage the worker's model store (pull, list, verify).
+    Model(model_cmd::ModelArgs),
+    /// Run the embedded local TON chain (toncenter v2 API, Cocoon root deployed).
+    Devnet(devnet_cmd::DevnetArgs),
+    /// A standard TON wallet (v4r2/v5r1) from a key file: new, show, balance, send.
+    Wallet {
+        #[command(subcommand)]
+        command: wallet_cmd::WalletCommand,
+    },
+    /// Read the root contract's configuration; as its owner, change it.
+    Root {
+        #[command(subcommand)]
+        command: root_cmd::RootCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -34,6 +52,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Tl { command } => tl_cmd::run(command),
         Command::Attest { command } => attest_cmd::run(command),
+        Command::Devnet(args) => devnet_cmd::run(args),
+        Command::Model(args) => model_cmd::run(args),
+        Command::Wallet { command } => wallet_cmd::run(command),
+        Command::Root { command } => root_cmd::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

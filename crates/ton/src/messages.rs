@@ -315,10 +315,10 @@ layout! {
 layout! {
     /// Owner starts closing the proxy contract.
     ///
-    /// Disagreement: COCOON's `ProxyContract::create_start_close_message` writes no query id
-    /// (`op ‖ send_excesses_to`); the public contract copy expects `op ‖ qid ‖ address`. The
-    /// runner wins here, so this body has no query id.
-    OwnerProxyClose = op::OWNER_PROXY_CLOSE { send_excesses_to: StdAddr }
+    /// COCOON's runner has a builder for this body without a query id
+    /// (`ProxyContract::create_start_close_message`), but never calls it; the contract (ours, and
+    /// the public copy of COCOON's) reads `op ‖ qid ‖ address`, so that is what we build.
+    OwnerProxyClose = op::OWNER_PROXY_CLOSE { query_id: u64, send_excesses_to: StdAddr }
 }
 
 // ---------------------------------------------------------------- worker contract
@@ -563,6 +563,7 @@ mod tests {
             send_excesses_to: addr(6),
         });
         rt(OwnerProxyClose {
+            query_id: 16,
             send_excesses_to: addr(6),
         });
         rt(OwnerWorkerRegister {

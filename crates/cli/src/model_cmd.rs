@@ -117,7 +117,14 @@ pub fn run(args: ModelArgs) -> Result<(), String> {
     let dir = args.dir.unwrap_or_else(default_dir);
     let store = ModelStore::open(&dir).map_err(|e| e.to_string())?;
     match args.command {
-        ModelCommand::Pull { source, name, rev, sha256, mirror, quiet } => {
+        ModelCommand::Pull {
+            source,
+            name,
+            rev,
+            sha256,
+            mirror,
+            quiet,
+        } => {
             let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
             let mut progress = progress_printer(quiet);
             let rec = if let Some(known) = store::known(&source) {
@@ -147,7 +154,10 @@ pub fn run(args: ModelArgs) -> Result<(), String> {
                 println!("  file   {}", store.path_of(&rec).display());
                 println!("  size   {} bytes", rec.size);
                 println!("  source {}", rec.source);
-                println!("  hash of id (root contract model hash) {}", hex::encode(rec.id_hash()));
+                println!(
+                    "  hash of id (root contract model hash) {}",
+                    hex::encode(rec.id_hash())
+                );
             }
             Ok(())
         }
@@ -164,9 +174,15 @@ pub fn run(args: ModelArgs) -> Result<(), String> {
                         })
                     })
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?
+                );
             } else if all.is_empty() {
-                println!("no models in {} (try `cocoon model pull smollm2-135m`)", dir.display());
+                println!(
+                    "no models in {} (try `cocoon model pull smollm2-135m`)",
+                    dir.display()
+                );
             } else {
                 for r in all {
                     println!("{}  {} bytes  {}", r.id(), r.size, r.source);
@@ -177,7 +193,12 @@ pub fn run(args: ModelArgs) -> Result<(), String> {
         ModelCommand::Verify { name } => {
             let names: Vec<String> = match name {
                 Some(n) => vec![n],
-                None => store.list().map_err(|e| e.to_string())?.into_iter().map(|r| r.id()).collect(),
+                None => store
+                    .list()
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .map(|r| r.id())
+                    .collect(),
             };
             let mut bad = 0;
             for n in &names {
@@ -186,10 +207,18 @@ pub fn run(args: ModelArgs) -> Result<(), String> {
                     println!("ok       {}", rep.record.id());
                 } else {
                     bad += 1;
-                    println!("MISMATCH {} (file hashes to {})", rep.record.id(), rep.actual_sha256);
+                    println!(
+                        "MISMATCH {} (file hashes to {})",
+                        rep.record.id(),
+                        rep.actual_sha256
+                    );
                 }
             }
-            if bad > 0 { Err(format!("{bad} model file(s) do not match their pins")) } else { Ok(()) }
+            if bad > 0 {
+                Err(format!("{bad} model file(s) do not match their pins"))
+            } else {
+                Ok(())
+            }
         }
     }
 }

@@ -293,13 +293,21 @@ fn runaway_message_loops_are_cut_off_and_kept() {
     chain.set_batch_limit(40);
     let before = (chain.tx_count(), chain.last_block().seqno);
     let err = chain
-        .deploy(code, tycho_types::cell::CellBuilder::new().build().unwrap(), 1_000 * TON)
+        .deploy(
+            code,
+            tycho_types::cell::CellBuilder::new().build().unwrap(),
+            1_000 * TON,
+        )
         .unwrap_err();
     assert!(
         matches!(err, DevnetError::RunawayBatch { limit: 40, left: 1 }),
         "{err:?}"
     );
-    assert_eq!(chain.tx_count(), before.0 + 40, "what ran stays on the chain");
+    assert_eq!(
+        chain.tx_count(),
+        before.0 + 40,
+        "what ran stays on the chain"
+    );
     assert_eq!(chain.last_block().seqno, before.1 + 1);
     // The chain keeps working.
     chain.faucet(&addr(9), TON).unwrap();

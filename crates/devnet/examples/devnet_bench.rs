@@ -69,6 +69,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         f64::from(n) / el
     );
 
+    // 2b. The same with a state directory (state.json replaced + log appended, fsync'd, per
+    // batch).
+    let pdir = std::env::temp_dir().join(format!("devnet-bench-p-{}", std::process::id()));
+    let mut pchain = Devnet::open(&pdir, T0)?;
+    pchain.faucet(&wa, 1_000_000 * 1_000_000_000)?;
+    let pn = bocs.len().min(200);
+    let t = Instant::now();
+    let mut ptxs = 0usize;
+    for boc in &bocs[..pn] {
+        ptxs += pchain.send_external(boc)?.len();
+    }
+    let el = t.elapsed().as_secs_f64();
+    println!(
+        "transfers, persistent: {pn} externals -> {ptxs} transactions in {el:.2} s = {:.0} tx/s",
+        ptxs as f64 / el
+    );
+    drop(pchain);
+    let _ = std::fs::remove_dir_all(&pdir);
+
     // 3. Get-methods in process.
     let iters = 2000;
     let t = Instant::now();

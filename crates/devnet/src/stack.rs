@@ -30,7 +30,9 @@ use tycho_vm::{OwnedCellSlice, RcStackValue, Stack, StackValueType};
 /// The most stack entries a request may carry.
 pub const MAX_ARGS: usize = 255;
 /// Cells nested deeper than this are rendered without the `object` tree.
-const MAX_OBJECT_DEPTH: u16 = 32;
+pub const MAX_OBJECT_DEPTH: u16 = 32;
+/// Expanded `object` trees larger than this are left out.
+pub const MAX_OBJECT_NODES: usize = 4096;
 
 /// Parses toncenter's argument stack (bottom first).
 pub fn parse_stack(value: &Value) -> Result<Vec<RcStackValue>, String> {
@@ -211,25 +213,35 @@ pub fn boc64(cell: &Cell) -> String {
     Boc::encode_base64(cell)
 }
 
-/// toncenter's `{"bytes": ..., "object": ...}` rendering of a cell.
+/// toncenter's `{"bytes": ..., "object": ...}` rendering of a cell. The `object` tree is
+/// left out for cells deeper than [`MAX_OBJECT_DEPTH`] or with more than
+/// [`MAX_OBJECT_NODES`] nodes once expanded (a BOC shares repeated subtrees, so a small
+/// cell can expand into an exponential tree).
 pub fn cell_json(cell: &Cell) -> Value {
     let mut out = json!({"bytes": boc64(cell)});
-    if cell.repr_depth() <= MAX_OBJECT_DEPTH {
-        out["object"] = cell_object(cell.as_ref());
+    let mut budget = MAX_OBJECT_NODES;
+    if cell.repr_depth() <= MAX_OBJECT_DEPTH
+        && let Some(object) = cell_object(cell.as_ref(), &mut budget)
+    {
+        out["object"] = object;
     }
     out
 }
 
-fn cell_object(cell: &DynCell) -> Value {
+fn cell_object(cell: &DynCell, budget: &mut usize) -> Option<Value> {
+    *budget = budget.checked_sub(1)?;
     let bits = cell.bit_len();
     let data = cell.data();
     let bytes = &data[..usize::from(bits).div_ceil(8).min(data.len())];
-    let refs: Vec<Value> = cell.references().map(cell_object).collect();
-    json!({
+    let refs = cell
+        .references()
+        .map(|r| cell_object(r, budget))
+        .collect::<Option<Vec<Value>>>()?;
+    Some(json!({
         "data": {"b64": B64.encode(bytes), "len": bits},
         "refs": refs,
         "special": cell.is_exotic(),
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -287,6 +299,32 @@ mod tests {
         assert_eq!(rendered[0][1]["elements"][0]["number"]["number"], "-5");
         assert_eq!(rendered[0][1]["elements"][1]["@type"], "tvm.stackEntryList");
         assert_eq!(rendered[1], json!(["null", null]));
+    }
+
+    #[test]
+    fn shared_subtrees_do_not_explode_the_object_tree() {
+        // 30 levels, each cell referencing the one below twice: 2^30 nodes as a tree.
+        let mut cell = Cell::empty_cell();
+        for _ in 0..30 {
+            let mut b = CellBuilder::new();
+            b.store_reference(cell.clone()).unwrap();
+            b.store_reference(cell).unwrap();
+            cell = b.build().unwrap();
+        }
+        let j = cell_json(&cell);
+        assert!(j.get("object").is_none());
+        assert_eq!(j["bytes"], json!(boc64(&cell)));
+        // A small tree keeps its object.
+        let mut b = CellBuilder::new();
+        b.store_reference(Cell::empty_cell()).unwrap();
+        let small = b.build().unwrap();
+        assert_eq!(
+            cell_json(&small)["object"]["refs"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[test]

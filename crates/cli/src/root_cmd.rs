@@ -54,6 +54,38 @@ pub struct OwnerOpts {
 /// `cocoon root` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum RootCommand {
+    /// Deploy a new root contract owned by this wallet, with Cocoon's contract code and the
+    /// given prices (the devnet deploys its own root on start; use this for other chains).
+    Deploy {
+        #[command(flatten)]
+        wallet: WalletOpts,
+        /// A production network (is_test = false: sim attestation is refused everywhere).
+        #[arg(long)]
+        production: bool,
+        /// Client price per adjusted token, nanoTON.
+        #[arg(long, default_value_t = 20)]
+        price: u64,
+        /// Worker fee per adjusted token, nanoTON (at most the price).
+        #[arg(long, default_value_t = 16)]
+        worker_fee: u64,
+        /// Network id that separates this network's contracts from others with equal params.
+        #[arg(long, default_value_t = 0)]
+        unique_id: u32,
+        /// Seconds a proxy contract waits between close request and close.
+        #[arg(long, default_value_t = 600)]
+        proxy_delay: u32,
+        /// Seconds a client contract waits between refund request and forced refund.
+        #[arg(long, default_value_t = 300)]
+        client_delay: u32,
+        /// TON sent with the deployment (the root's balance for storage and gas).
+        #[arg(long, default_value = "1")]
+        value: String,
+        /// Seconds to wait for confirmation.
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+        #[command(flatten)]
+        chain: ChainOpts,
+    },
     /// Print the root configuration.
     Show {
         /// Root contract address (default: the devnet's).
@@ -267,6 +299,97 @@ fn owner_op(owner: OwnerOpts, body: Cell) -> Result<(), String> {
     })
 }
 
+struct DeployArgs {
+    wallet: WalletOpts,
+    production: bool,
+    price: u64,
+    worker_fee: u64,
+    unique_id: u32,
+    proxy_delay: u32,
+    client_delay: u32,
+    value: String,
+    wait: u64,
+    chain: ChainOpts,
+}
+
+fn deploy(a: DeployArgs) -> Result<(), String> {
+    use cocoon_devnet::root::{CLIENT_CODE, PROXY_CODE, ROOT_CODE, WORKER_CODE};
+    use cocoon_ton::chain::{AccountStatus, Chain};
+    if a.worker_fee > a.price {
+        return Err(format!(
+            "--worker-fee ({}) must not exceed --price ({})",
+            a.worker_fee, a.price
+        ));
+    }
+    let code =
+        |b: &[u8]| cocoon_ton::codec::decode_boc(b).map_err(|e| format!("embedded code: {e}"));
+    let (key, wallet) = a.wallet.load()?;
+    let owner = wallet.address().map_err(|e| e.to_string())?;
+    let params = cocoon_ton::root::CocoonParams {
+        is_test: !a.production,
+        unique_id: a.unique_id,
+        price_per_token: a.price,
+        worker_fee_per_token: a.worker_fee,
+        proxy_delay_before_close: a.proxy_delay,
+        client_delay_before_close: a.client_delay,
+        proxy_code: Some(code(PROXY_CODE)?),
+        worker_code: Some(code(WORKER_CODE)?),
+        client_code: Some(code(CLIENT_CODE)?),
+        ..Default::default()
+    };
+    let config = RootConfig {
+        owner,
+        version: 0,
+        proxy_hashes: Vec::new(),
+        registered_proxies: Vec::new(),
+        last_proxy_seqno: 0,
+        worker_hashes: Vec::new(),
+        model_hashes: Vec::new(),
+        params,
+    };
+    let root_code = code(ROOT_CODE)?;
+    let data = config.to_storage_cell().map_err(|e| e.to_string())?;
+    let addr =
+        cocoon_ton::contracts::contract_address(&root_code, &data).map_err(|e| e.to_string())?;
+    let init = cocoon_ton::contracts::state_init(&root_code, &data).map_err(|e| e.to_string())?;
+    let value = parse_ton(&a.value).map_err(|e| e.to_string())?;
+    let c = a.chain.client()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    rt.block_on(async move {
+        let st = c.account_state(&addr).await.map_err(|e| e.to_string())?;
+        if st.status == AccountStatus::Active {
+            return Err(format!(
+                "a root with this configuration is already deployed at {addr}"
+            ));
+        }
+        let msg = OutMsg::deploy(addr.clone(), value, init, None);
+        send_and_wait(
+            c.clone(),
+            wallet,
+            key,
+            vec![msg],
+            Duration::from_secs(a.wait),
+        )
+        .await?;
+        for _ in 0..50 {
+            if let Ok(got) = load_root_config(&c, &addr).await {
+                println!("root deployed at {addr}");
+                println!("  friendly  {}", friendly_address(&addr, true, false));
+                println!("  owner     {}", got.owner);
+                println!("  is_test   {}", got.params.is_test);
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Err(format!(
+            "the deployment of {addr} was sent but the root is not active"
+        ))
+    })
+}
+
 /// Runs a `cocoon root` subcommand.
 pub fn run(cmd: RootCommand) -> Result<(), String> {
     let qid = || {
@@ -277,6 +400,29 @@ pub fn run(cmd: RootCommand) -> Result<(), String> {
     };
     let cell = |r: Result<Cell, cocoon_ton::codec::LayoutError>| r.map_err(|e| e.to_string());
     match cmd {
+        RootCommand::Deploy {
+            wallet,
+            production,
+            price,
+            worker_fee,
+            unique_id,
+            proxy_delay,
+            client_delay,
+            value,
+            wait,
+            chain,
+        } => deploy(DeployArgs {
+            wallet,
+            production,
+            price,
+            worker_fee,
+            unique_id,
+            proxy_delay,
+            client_delay,
+            value,
+            wait,
+            chain,
+        }),
         RootCommand::Show { root, json, chain } => {
             let c = chain.client()?;
             let rt = tokio::runtime::Builder::new_current_thread()

@@ -11,7 +11,7 @@
 use crate::engine::{
     BodyEvent, Engine, EngineError, EngineRequest, EngineResponse, Health, ModelInfo, Tokenizer,
 };
-use cocoon_openai::{Endpoint, Usage, UsageTracker};
+use cocoon_openai::{Usage, UsageTracker, prompt_text};
 use futures::future::BoxFuture;
 use serde_json::Value;
 use std::sync::Arc;
@@ -199,44 +199,6 @@ impl HttpEngine {
             body: rx,
         })
     }
-}
-
-/// Prompt text for local counting: message contents (chat) or the prompt (completions).
-fn prompt_text(endpoint: Endpoint, body: &serde_json::Map<String, Value>) -> String {
-    let mut out = String::new();
-    match endpoint {
-        Endpoint::ChatCompletions => {
-            for m in body
-                .get("messages")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                match m.get("content") {
-                    Some(Value::String(s)) => out.push_str(s),
-                    Some(Value::Array(parts)) => {
-                        for p in parts {
-                            if let Some(t) = p.get("text").and_then(Value::as_str) {
-                                out.push_str(t);
-                            }
-                        }
-                    }
-                    _ => {}
-                }
-                out.push('\n');
-            }
-        }
-        Endpoint::Completions => match body.get("prompt") {
-            Some(Value::String(s)) => out.push_str(s),
-            Some(Value::Array(a)) => {
-                for p in a.iter().filter_map(Value::as_str) {
-                    out.push_str(p);
-                }
-            }
-            _ => {}
-        },
-    }
-    out
 }
 
 async fn read_error(mut resp: reqwest::Response, deadline: Instant) -> String {

@@ -25,4 +25,4 @@ pub mod validate;
 
 pub use error::{ApiError, ErrorKind};
 pub use usage::{Multipliers, PriceTable, TokenCategories, Usage, UsageTracker};
-pub use validate::{CocoonExtensions, Endpoint, ValidatedRequest, validate_request};
+pub use validate::{CocoonExtensions, Endpoint, ValidatedRequest, prompt_text, validate_request};

@@ -205,6 +205,46 @@ pub fn validate_request(
     })
 }
 
+/// The text of a request's prompt, for counting tokens locally when an engine reports no
+/// usage: message contents joined by newlines (chat; text parts of array contents), or the
+/// prompt string(s) (completions). Chat templates add tokens this text does not contain.
+pub fn prompt_text(endpoint: Endpoint, body: &Map<String, Value>) -> String {
+    let mut out = String::new();
+    match endpoint {
+        Endpoint::ChatCompletions => {
+            for m in body
+                .get("messages")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                match m.get("content") {
+                    Some(Value::String(s)) => out.push_str(s),
+                    Some(Value::Array(parts)) => {
+                        for p in parts {
+                            if let Some(t) = p.get("text").and_then(Value::as_str) {
+                                out.push_str(t);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+                out.push('\n');
+            }
+        }
+        Endpoint::Completions => match body.get("prompt") {
+            Some(Value::String(s)) => out.push_str(s),
+            Some(Value::Array(a)) => {
+                for p in a.iter().filter_map(Value::as_str) {
+                    out.push_str(p);
+                }
+            }
+            _ => {}
+        },
+    }
+    out
+}
+
 fn take_extensions(map: &mut Map<String, Value>) -> Result<CocoonExtensions, ApiError> {
     let mut ext = CocoonExtensions::default();
     if let Some(v) = map.remove("max_coefficient") {
@@ -806,6 +846,20 @@ mod tests {
                 .unwrap_err()
                 .code,
             Some("unknown_field")
+        );
+    }
+
+    #[test]
+    fn prompt_text_for_local_counting() {
+        let b = json!({"messages": [{"role": "system", "content": "a"}, {"role": "user", "content": [{"type": "text", "text": "b"}, {"type": "image_url"}]}]});
+        assert_eq!(
+            prompt_text(Endpoint::ChatCompletions, b.as_object().unwrap()),
+            "a\nb\n"
+        );
+        let b = json!({"prompt": ["x", "y"]});
+        assert_eq!(
+            prompt_text(Endpoint::Completions, b.as_object().unwrap()),
+            "xy"
         );
     }
 

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use cocoon_engine::{BodyEvent, EngineError, EngineRequest};
 use cocoon_net::{ErrorCode, SessionHandle};
 use cocoon_openai::validate::ValidateOptions;
-use cocoon_openai::{Endpoint, PriceTable, Usage, UsageTracker, validate_request};
+use cocoon_openai::{Endpoint, PriceTable, Usage, UsageTracker, prompt_text, validate_request};
 use cocoon_tl::TlRead;
 use cocoon_tl::TlWrite;
 use cocoon_tl::types::{TokensUsed, http as thttp, proxy as tproxy};
@@ -178,45 +178,6 @@ fn fail(code: ErrorCode, message: impl Into<String>) -> Outcome {
         message: message.into(),
         usage: Usage::default(),
     }
-}
-
-/// The text a tokenizer counts as the prompt: message contents (chat) or the prompt.
-fn prompt_text(endpoint: Endpoint, body: &serde_json::Map<String, serde_json::Value>) -> String {
-    use serde_json::Value;
-    let mut out = String::new();
-    match endpoint {
-        Endpoint::ChatCompletions => {
-            for m in body
-                .get("messages")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                match m.get("content") {
-                    Some(Value::String(s)) => out.push_str(s),
-                    Some(Value::Array(parts)) => {
-                        for p in parts {
-                            if let Some(t) = p.get("text").and_then(Value::as_str) {
-                                out.push_str(t);
-                            }
-                        }
-                    }
-                    _ => {}
-                }
-                out.push('\n');
-            }
-        }
-        Endpoint::Completions => match body.get("prompt") {
-            Some(Value::String(s)) => out.push_str(s),
-            Some(Value::Array(a)) => {
-                for p in a.iter().filter_map(Value::as_str) {
-                    out.push_str(p);
-                }
-            }
-            _ => {}
-        },
-    }
-    out
 }
 
 /// Usage of an answer cut short: what the engine reported in the body, else a local count.

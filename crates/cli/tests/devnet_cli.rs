@@ -8,23 +8,8 @@ use std::time::{Duration, Instant};
 
 use cocoon_ton::toncenter::{Devnet, Toncenter, ToncenterConfig};
 
-fn cocoon(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_cocoon"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn ok(args: &[&str]) -> String {
-    let (rc, out, err) = cocoon(args);
-    assert_eq!(rc, 0, "cocoon {args:?} failed: {err}{out}");
-    out
-}
+mod common;
+use common::{cocoon, ok};
 
 /// Starts `cocoon devnet` and returns the child, its base URL, its stdout lines so far and
 /// the channel with the rest.

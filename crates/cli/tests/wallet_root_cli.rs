@@ -2,29 +2,13 @@
 //! compiled contracts and wallet codes on the pure-Rust TVM, over the toncenter v2 API).
 
 use std::path::Path;
-use std::process::Command;
 
 use cocoon_devnet::run::{RunOptions, start};
 use cocoon_ton::chain::Chain;
 use cocoon_ton::toncenter::{Devnet, Toncenter};
 
-fn cocoon(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_cocoon"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn ok(args: &[&str]) -> String {
-    let (rc, out, err) = cocoon(args);
-    assert_eq!(rc, 0, "cocoon {args:?} failed: {err}{out}");
-    out
-}
+mod common;
+use common::{cocoon, ok};
 
 fn raw_address(show_output: &str) -> String {
     show_output

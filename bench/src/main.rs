@@ -11,7 +11,11 @@
 //! `Policy::evaluate`) and through `VerificationCache`, SEV-SNP reports, sim evidence.
 //! `ratls`: sequential RA-TLS connections per second over loopback (new TCP + PoW + mutual
 //! TLS 1.3 + session ready + one query), sim evidence, PoW difficulty 0 and 20.
+//! `engine`: the embedded inference engine against llama.cpp itself (see `engine.rs` and
+//! `bench/README.md`); not part of `all`, since it needs the model and the reference build.
 #![forbid(unsafe_code)]
+
+mod engine;
 
 use cocoon_net::driver::{Config, Incoming};
 use cocoon_net::tcp::{Listener, connect_tcp};
@@ -23,11 +27,21 @@ use std::time::{Duration, Instant};
 
 fn main() {
     let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
+    if what == "engine" {
+        println!(
+            "cocoon-bench {} ({} cpus)",
+            env!("CARGO_PKG_VERSION"),
+            cpus()
+        );
+        let rest: Vec<String> = std::env::args().skip(2).collect();
+        engine::run(&rest);
+        return;
+    }
     if !matches!(
         what.as_str(),
         "codec" | "session" | "attest" | "ratls" | "all"
     ) {
-        eprintln!("usage: cocoon-bench [codec|session|attest|ratls|all]");
+        eprintln!("usage: cocoon-bench [codec|session|attest|ratls|all] | engine [--help]");
         std::process::exit(64);
     }
     println!(

@@ -26,7 +26,8 @@ pub const MAX_COEFFICIENT: u32 = 999_999_999;
 
 /// Everything the worker needs to run.
 pub struct WorkerConfig {
-    /// Proxy worker-facing endpoints (`host:port`), one connection each.
+    /// Proxy worker-facing endpoints (`host:port`), one connection each. May start empty:
+    /// `WorkerHandle::set_proxies` and `WorkerHandle::apply_root_config` change the set later.
     pub proxies: Vec<String>,
     /// The TON address that owns this worker's earnings.
     pub owner_address: String,
@@ -142,8 +143,8 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
 impl WorkerConfig {
     /// Checks the settings.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.proxies.is_empty() {
-            return Err(invalid("proxies", "at least one proxy is needed"));
+        if self.proxies.iter().any(|p| p.trim().is_empty()) {
+            return Err(invalid("proxies", "an empty address"));
         }
         if self.proxies.len() > i32::MAX as usize {
             return Err(invalid("proxies", "too many"));

@@ -25,6 +25,7 @@
 pub mod chain_sink;
 pub mod config;
 pub mod payout;
+pub mod root;
 pub mod stats;
 pub mod store;
 
@@ -32,9 +33,9 @@ mod admin;
 mod proxy;
 mod request;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -47,6 +48,7 @@ use tokio::task::JoinHandle;
 
 pub use config::{AdminConfig, ConfigError, Timings, WorkerConfig};
 pub use payout::PayoutSink;
+pub use root::RootUpdate;
 pub use stats::CountersSnapshot;
 pub use store::{PaymentStore, ProxyRecord, StoreError};
 
@@ -61,12 +63,14 @@ pub(crate) struct Control {
     pub coefficient: u32,
     /// Shutting down: finish running requests, take no new ones.
     pub draining: bool,
+    /// The root contract's last configuration does not list this worker's model hash.
+    pub model_not_listed: bool,
 }
 
 impl Control {
     /// What the proxies see: disabled unless every switch allows work.
     pub fn disabled(&self) -> bool {
-        self.force_disabled || !self.uplink_ok || self.draining
+        self.force_disabled || !self.uplink_ok || self.draining || self.model_not_listed
     }
 }
 
@@ -87,6 +91,9 @@ pub enum ConnState {
 /// What the admin pages show about one proxy connection.
 #[derive(Clone, Debug, Serialize)]
 pub struct ConnStatus {
+    /// Connection task id (unique for the life of the worker; an address may come back).
+    #[serde(skip)]
+    pub(crate) id: u64,
     /// Configured endpoint.
     pub address: String,
     /// Current state.
@@ -101,6 +108,13 @@ pub struct ConnStatus {
     pub last_error: Option<String>,
 }
 
+/// A running proxy connection task and its stop switch.
+pub(crate) struct ProxyTask {
+    id: u64,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
 pub(crate) struct Shared {
     pub model: String,
     pub model_base: String,
@@ -109,7 +123,8 @@ pub(crate) struct Shared {
     pub contract_params: std::sync::RwLock<Option<cocoon_ton::root::CocoonParams>>,
     pub is_test: bool,
     pub max_active: u32,
-    pub proxy_cnt: u32,
+    /// Proxies configured now (sent in the handshake as `proxy_cnt`).
+    pub proxy_cnt: AtomicU32,
     pub prices: std::sync::RwLock<PriceTable>,
     /// Bumped to make every proxy session reconnect (new contracts after a params change).
     pub generation: watch::Sender<u64>,
@@ -123,6 +138,11 @@ pub(crate) struct Shared {
     pub active: AtomicUsize,
     pub control: watch::Sender<Control>,
     pub conns: Mutex<Vec<ConnStatus>>,
+    /// One connection task per configured proxy address.
+    pub proxy_tasks: Mutex<HashMap<String, ProxyTask>>,
+    pub next_conn_id: AtomicU64,
+    /// Highest root config version applied (`apply_root_config` ignores older ones).
+    pub root_version: Mutex<Option<u32>>,
     pub payout_sink: Option<Arc<dyn PayoutSink>>,
     pub payouts_in_flight: Mutex<HashSet<String>>,
 }
@@ -143,11 +163,85 @@ impl Shared {
             .clone()
     }
 
-    pub fn update_conn(&self, idx: usize, f: impl FnOnce(&mut ConnStatus)) {
+    pub fn update_conn(&self, id: u64, f: impl FnOnce(&mut ConnStatus)) {
         let mut c = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = c.get_mut(idx) {
+        if let Some(s) = c.iter_mut().find(|s| s.id == id) {
             f(s);
         }
+    }
+
+    /// Starts a connection task for `addr` unless one runs.
+    fn add_proxy(self: &Arc<Self>, addr: &str) {
+        let mut tasks = self.proxy_tasks.lock().unwrap_or_else(|p| p.into_inner());
+        if tasks.contains_key(addr) {
+            return;
+        }
+        let id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(ConnStatus {
+                id,
+                address: addr.to_owned(),
+                state: ConnState::Connecting,
+                proto_version: None,
+                proxy_sc_address: None,
+                handshakes: 0,
+                last_error: None,
+            });
+        let (stop, stop_rx) = watch::channel(false);
+        let shared = Arc::clone(self);
+        let address = addr.to_owned();
+        let task = tokio::spawn(async move {
+            proxy::run(Arc::clone(&shared), id, address.clone(), stop_rx).await;
+            // A proxy removed from the configuration leaves the admin pages when its task ends.
+            let still = shared
+                .proxy_tasks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&address)
+                .is_some_and(|t| t.id == id);
+            if !still {
+                shared
+                    .conns
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .retain(|c| c.id != id);
+            }
+        });
+        tasks.insert(addr.to_owned(), ProxyTask { id, stop, task });
+        self.proxy_cnt.store(tasks.len() as u32, Ordering::Relaxed);
+    }
+
+    /// Makes the set of proxy connections equal `addrs`: new addresses are dialled, removed
+    /// ones finish their running requests (up to the drain timeout) and close.
+    pub fn set_proxies(self: &Arc<Self>, addrs: &[String]) -> Vec<JoinHandle<()>> {
+        let removed: Vec<ProxyTask> = {
+            let mut tasks = self.proxy_tasks.lock().unwrap_or_else(|p| p.into_inner());
+            let gone: Vec<String> = tasks
+                .keys()
+                .filter(|a| !addrs.contains(a))
+                .cloned()
+                .collect();
+            gone.iter().filter_map(|a| tasks.remove(a)).collect()
+        };
+        for a in addrs {
+            self.add_proxy(a);
+        }
+        self.proxy_cnt.store(
+            self.proxy_tasks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .len() as u32,
+            Ordering::Relaxed,
+        );
+        removed
+            .into_iter()
+            .map(|t| {
+                let _ = t.stop.send(true);
+                t.task
+            })
+            .collect()
     }
 
     /// Starts a payout for `proxy_sc` if one is due (or `force`d) and none is running.
@@ -234,6 +328,8 @@ impl Shared {
             force_disabled: c.force_disabled,
             uplink_ok: c.uplink_ok,
             draining: c.draining,
+            model_not_listed: c.model_not_listed,
+            root_version: *self.root_version.lock().unwrap_or_else(|p| p.into_inner()),
             active_requests: self.active.load(Ordering::SeqCst),
             max_active_requests: self.max_active,
             counters: self.counters.snapshot(),
@@ -279,6 +375,10 @@ pub struct WorkerStats {
     pub uplink_ok: bool,
     /// Shutting down.
     pub draining: bool,
+    /// The root contract's configuration does not list this worker's model hash.
+    pub model_not_listed: bool,
+    /// Version of the last root configuration applied.
+    pub root_version: Option<u32>,
     /// Requests running now.
     pub active_requests: usize,
     /// Limit.
@@ -325,19 +425,8 @@ impl Worker {
             uplink_ok,
             coefficient: config.coefficient,
             draining: false,
+            model_not_listed: false,
         });
-        let conns = config
-            .proxies
-            .iter()
-            .map(|a| ConnStatus {
-                address: a.clone(),
-                state: ConnState::Connecting,
-                proto_version: None,
-                proxy_sc_address: None,
-                handshakes: 0,
-                last_error: None,
-            })
-            .collect();
         let shared = Arc::new(Shared {
             model_base: config.model_base_name().to_owned(),
             model: config.model.clone(),
@@ -351,7 +440,7 @@ impl Worker {
             contract_params: std::sync::RwLock::new(config.contract_params.clone()),
             is_test: config.is_test,
             max_active: config.max_active_requests,
-            proxy_cnt: config.proxies.len() as u32,
+            proxy_cnt: AtomicU32::new(0),
             prices: std::sync::RwLock::new(config.prices),
             generation: watch::channel(0).0,
             min_payout_nanoton: config.min_payout_nanoton,
@@ -363,7 +452,10 @@ impl Worker {
             counters: stats::Counters::default(),
             active: AtomicUsize::new(0),
             control,
-            conns: Mutex::new(conns),
+            conns: Mutex::new(Vec::new()),
+            proxy_tasks: Mutex::new(HashMap::new()),
+            next_conn_id: AtomicU64::new(0),
+            root_version: Mutex::new(None),
             payout_sink: config.payout_sink.clone(),
             payouts_in_flight: Mutex::new(HashSet::new()),
         });
@@ -381,17 +473,10 @@ impl Worker {
             Arc::clone(&shared),
             stop_rx.clone(),
         )));
-        for (idx, addr) in config.proxies.iter().enumerate() {
-            tasks.push(tokio::spawn(proxy::run(
-                Arc::clone(&shared),
-                idx,
-                addr.clone(),
-                stop_rx.clone(),
-            )));
-        }
+        shared.set_proxies(&config.proxies);
         tracing::info!(
             model = %shared.model,
-            proxies = shared.proxy_cnt,
+            proxies = config.proxies.len(),
             uplink_ok,
             "worker started"
         );
@@ -491,13 +576,21 @@ impl WorkerHandle {
         payout_all(&self.shared)
     }
 
+    /// Replaces the set of proxies: new addresses are dialled, connections to removed ones
+    /// finish their running requests (up to the drain timeout) and close.
+    pub fn set_proxies(&self, addrs: &[String]) {
+        drop(self.shared.set_proxies(addrs));
+    }
+
     /// Graceful shutdown: proxies are told the worker is disabled, running requests get up to
     /// `Timings::drain_timeout` to finish, then sessions close and all tasks end.
     pub async fn shutdown(self) {
         self.shared.control.send_modify(|c| c.draining = true);
         let _ = self.stop.send(true);
+        let mut all = self.shared.set_proxies(&[]);
+        all.extend(self.tasks);
         let limit = self.shared.timings.drain_timeout + Duration::from_secs(5);
-        for t in self.tasks {
+        for t in all {
             let abort = t.abort_handle();
             if tokio::time::timeout(limit, t).await.is_err() {
                 abort.abort();

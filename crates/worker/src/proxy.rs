@@ -56,11 +56,15 @@ pub(crate) struct Link {
     pub worker_sc: StdAddr,
     pub proxy_key: [u8; 32],
     pub proto: i32,
+    /// The switches as the proxy was told them during the handshake (coefficient in
+    /// `connectToProxy`, disabled in `proxyHandshakeComplete`); a change made while the
+    /// handshake ran is sent as soon as the session serves.
+    pub told: Control,
 }
 
 pub(crate) async fn run(
     shared: Arc<Shared>,
-    idx: usize,
+    idx: u64,
     addr: String,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -116,7 +120,12 @@ async fn handshake(shared: &Arc<Shared>, s: &SessionHandle) -> Result<Link, Sess
         model: shared.model.clone(),
         coefficient: control.coefficient as i32,
         is_test: Some(shared.is_test),
-        proxy_cnt: Some(shared.proxy_cnt as i32),
+        proxy_cnt: Some(
+            shared
+                .proxy_cnt
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .max(1) as i32,
+        ),
         max_active_requests: Some(shared.max_active as i32),
         min_proto_version: Some(MIN_PROTO_VERSION),
         max_proto_version: Some(MAX_PROTO_VERSION),
@@ -161,11 +170,12 @@ async fn handshake(shared: &Arc<Shared>, s: &SessionHandle) -> Result<Link, Sess
         .store
         .register(&proxy_sc, &p.proxy_public_key, &worker_sc.to_string())
         .map_err(|e| SessionError::Handshake(format!("cannot register proxy: {e}")))?;
-    let link = Link {
+    let mut link = Link {
         proxy_sc,
         worker_sc,
         proxy_key: p.proxy_public_key,
         proto,
+        told: control,
     };
 
     let cmp: tworker::CompareBalanceWithProxyResult = s
@@ -210,10 +220,13 @@ async fn handshake(shared: &Arc<Shared>, s: &SessionHandle) -> Result<Link, Sess
             )));
         }
     }
+    let mut told = shared.control();
+    told.coefficient = control.coefficient;
+    link.told = told;
     let _: tworker::ProxyHandshakeCompleted = s
         .query_tl(
             &fworker::ProxyHandshakeComplete {
-                is_disabled: shared.control().disabled(),
+                is_disabled: told.disabled(),
             },
             t,
         )
@@ -277,7 +290,7 @@ type StatusResult = Result<tworker::PaymentStatus, String>;
 
 async fn session(
     shared: &Arc<Shared>,
-    idx: usize,
+    idx: u64,
     addr: &str,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), SessionError> {
@@ -319,7 +332,9 @@ async fn serve(
     let mut control_rx = shared.control.subscribe();
     let mut generation = shared.generation.subscribe();
     generation.mark_unchanged();
-    let mut last_sent: Control = *control_rx.borrow_and_update();
+    // Whatever changed since the handshake told the proxy is sent on the first turn.
+    let mut last_sent: Control = link.told;
+    control_rx.mark_changed();
     let mut running: HashMap<[u8; 32], watch::Sender<bool>> = HashMap::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<[u8; 32]>();
     let (status_tx, mut status_rx) = mpsc::channel::<StatusResult>(1);

@@ -921,3 +921,122 @@ async fn root_config_update_changes_prices_and_redials() {
     .await;
     w.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_config_sets_proxies_prices_and_model_whitelist() {
+    use cocoon_ton::messages::ProxyEndpoint;
+    use cocoon_ton::root::{CocoonParams, RegisteredProxy, RootConfig, model_hash};
+    use cocoon_worker::RootUpdate;
+
+    let (base, _eng) = fake_engine().await;
+    let mut a = TestProxy::start().await;
+    let mut b = TestProxy::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = worker_config(&a.addr, &base, dir.path());
+    cfg.proxies.clear();
+    let w = Worker::start(cfg).await.unwrap();
+    assert!(
+        w.stats().proxies.is_empty(),
+        "no proxy until the root names one"
+    );
+
+    let root = |version: u32, endpoints: &[String], listed: bool| RootConfig {
+        owner: addr(0x01),
+        version,
+        proxy_hashes: vec![],
+        registered_proxies: endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| RegisteredProxy {
+                seqno: i as u32,
+                endpoint: ProxyEndpoint(e.clone()),
+            })
+            .collect(),
+        last_proxy_seqno: endpoints.len() as u32,
+        worker_hashes: vec![],
+        model_hashes: if listed {
+            vec![model_hash(MODEL)]
+        } else {
+            vec![]
+        },
+        params: CocoonParams {
+            price_per_token: 30,
+            worker_fee_per_token: 25,
+            completion_tokens_price_multiplier: 20_000,
+            ..CocoonParams::default()
+        },
+    };
+
+    // v5 registers A as "workers clients" (two endpoints): the worker dials the first.
+    let two = format!("{} 127.0.0.1:1", a.addr);
+    let up = w.apply_root_config(&root(5, &[two], true), &[]).unwrap();
+    assert_eq!(
+        up,
+        RootUpdate::Applied {
+            version: 5,
+            proxies: vec![a.addr.clone()],
+            params_changed: false,
+            model_allowed: true
+        }
+    );
+    let mut ca = a.next_conn().await;
+    assert_eq!(ca.params.proxy_cnt, Some(1));
+    assert!(!ca.is_disabled);
+    eventually("ready on A", || w.ready_proxies() == 1).await;
+    // The root's prices apply: 4 completion tokens ×1.5 (coefficient) ×2 = 12.
+    ca.run(1, "/v1/chat/completions", &chat_body("json", false))
+        .await;
+    let info = loop {
+        if let Answer::Part(p) = ca.next().await
+            && p.final_info.is_some()
+        {
+            break p.final_info;
+        }
+    };
+    assert_eq!(tokens(&info), [18, 0, 12, 0, 30]);
+
+    // Same or older version: ignored.
+    assert_eq!(
+        w.apply_root_config(&root(5, std::slice::from_ref(&b.addr), true), &[])
+            .unwrap(),
+        RootUpdate::Stale { applied: 5 }
+    );
+    // A test worker refuses a production root.
+    let mut prod = root(9, &[], true);
+    prod.params.is_test = false;
+    assert!(w.apply_root_config(&prod, &[]).is_err());
+
+    // v6 moves the network to B: A's session closes, B is dialled, A leaves the stats.
+    w.apply_root_config(&root(6, std::slice::from_ref(&b.addr), true), &[])
+        .unwrap();
+    ca.closed().await;
+    let mut cb = b.next_conn().await;
+    eventually("only B listed", || {
+        let s = w.stats().proxies;
+        s.len() == 1 && s[0].address == b.addr
+    })
+    .await;
+
+    // v7 drops the model from the whitelist: B is told the worker is disabled; v8 lists it
+    // again and B is told it is enabled.
+    w.apply_root_config(&root(7, std::slice::from_ref(&b.addr), false), &[])
+        .unwrap();
+    loop {
+        if let Answer::EnabledDisabled(d) = cb.next().await {
+            assert_eq!(d, 1);
+            break;
+        }
+    }
+    assert!(w.stats().model_not_listed);
+    assert!(!w.stats().enabled);
+    w.apply_root_config(&root(8, std::slice::from_ref(&b.addr), true), &[])
+        .unwrap();
+    loop {
+        if let Answer::EnabledDisabled(d) = cb.next().await {
+            assert_eq!(d, 0);
+            break;
+        }
+    }
+    assert_eq!(w.stats().root_version, Some(8));
+    w.shutdown().await;
+}

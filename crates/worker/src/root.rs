@@ -1,0 +1,191 @@
+//! Following the root contract.
+//!
+//! The root contract is the network's registry: which proxies exist (and where), which model
+//! hashes are allowed, and the params (prices, multipliers, child contract codes). A worker
+//! that follows it needs no proxy list of its own and picks up price and params changes. The
+//! caller fetches the configuration (`cocoon_ton::chain::load_root_config`) and hands it to
+//! [`WorkerHandle::apply_root_config`]; as in COCOON, only a configuration whose `version`
+//! is higher than the last one applied is taken.
+
+use std::sync::atomic::Ordering;
+
+use cocoon_openai::{Multipliers, PriceTable};
+use cocoon_ton::root::{CocoonParams, RootConfig, model_hash};
+
+use crate::{ConfigError, WorkerHandle};
+
+/// Prices of a root configuration's params.
+pub fn price_table(p: &CocoonParams) -> PriceTable {
+    PriceTable {
+        price_per_token: p.price_per_token,
+        worker_fee_per_token: p.worker_fee_per_token,
+        multipliers: Multipliers {
+            prompt: p.prompt_tokens_price_multiplier,
+            cached: p.cached_tokens_price_multiplier,
+            completion: p.completion_tokens_price_multiplier,
+            reasoning: p.reasoning_tokens_price_multiplier,
+        },
+    }
+}
+
+/// Worker-facing endpoints of the registered proxies, in seqno order. A registered endpoint
+/// is `"host:port"` (one port for everyone) or `"host_workers:port host_clients:port"`.
+pub fn worker_endpoints(cfg: &RootConfig) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for p in &cfg.registered_proxies {
+        if let Some(e) = p.endpoint.0.split_whitespace().next()
+            && !out.iter().any(|x| x == e)
+        {
+            out.push(e.to_owned());
+        }
+    }
+    out
+}
+
+/// What [`WorkerHandle::apply_root_config`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RootUpdate {
+    /// Not newer than the configuration already applied: nothing changed.
+    Stale {
+        /// The version applied before.
+        applied: u32,
+    },
+    /// Applied.
+    Applied {
+        /// The configuration's version.
+        version: u32,
+        /// Proxies connected to from now on.
+        proxies: Vec<String>,
+        /// The contract params changed (`params_version`): every session was redialled.
+        params_changed: bool,
+        /// The root lists this worker's model hash. When it does not, the worker reports
+        /// itself disabled (proxies would refuse it anyway) until a configuration lists it.
+        model_allowed: bool,
+    },
+}
+
+impl WorkerHandle {
+    /// Applies a root configuration: the proxies it registers (plus `extra_proxies`, the
+    /// operator's own list) become the proxy set; its prices apply to requests starting from
+    /// now; a new `params_version` makes every session reconnect under the new contracts;
+    /// a model missing from its whitelist disables the worker.
+    ///
+    /// A configuration for the other kind of network (`is_test`) is refused.
+    pub fn apply_root_config(
+        &self,
+        cfg: &RootConfig,
+        extra_proxies: &[String],
+    ) -> Result<RootUpdate, ConfigError> {
+        let shared = &self.shared;
+        if cfg.params.is_test != shared.is_test {
+            return Err(ConfigError::Invalid {
+                field: "is_test",
+                reason: format!(
+                    "the root contract says is_test = {}, this worker is configured with {}",
+                    cfg.params.is_test, shared.is_test
+                ),
+            });
+        }
+        {
+            let mut applied = shared
+                .root_version
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(v) = *applied
+                && cfg.version <= v
+            {
+                return Ok(RootUpdate::Stale { applied: v });
+            }
+            *applied = Some(cfg.version);
+        }
+        let old = shared.contract_params();
+        let params_changed = old
+            .as_ref()
+            .is_some_and(|o| o.params_version != cfg.params.params_version);
+        // Contract addresses are checked against the params from now on when the root
+        // carries the worker code (it does on every network deployed with Cocoon's root).
+        let new_params = if cfg.params.worker_code.is_some() && (old.is_none() || params_changed) {
+            Some(cfg.params.clone())
+        } else {
+            None
+        };
+        let had_params = old.is_some();
+        self.update_root_config(price_table(&cfg.params), new_params.clone())?;
+        if new_params.is_some() && !had_params {
+            // First params: sessions opened without address checks are redialled so that the
+            // worker contract every proxy names is verified.
+            self.reconnect_all();
+        }
+        let model_allowed = cfg.has_model_hash(&model_hash(&shared.model));
+        shared.control.send_if_modified(|c| {
+            std::mem::replace(&mut c.model_not_listed, !model_allowed) != !model_allowed
+        });
+        if !model_allowed {
+            tracing::warn!(model = %shared.model, version = cfg.version, "the root contract does not list this worker's model hash; reporting disabled");
+        }
+        let mut proxies = worker_endpoints(cfg);
+        for p in extra_proxies {
+            if !proxies.contains(p) {
+                proxies.push(p.clone());
+            }
+        }
+        self.set_proxies(&proxies);
+        tracing::info!(
+            version = cfg.version,
+            proxies = proxies.len(),
+            params_version = cfg.params.params_version,
+            params_changed,
+            model_allowed,
+            "root configuration applied"
+        );
+        debug_assert_eq!(
+            shared.proxy_cnt.load(Ordering::Relaxed) as usize,
+            proxies.len()
+        );
+        Ok(RootUpdate::Applied {
+            version: cfg.version,
+            proxies,
+            params_changed,
+            model_allowed,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cocoon_ton::messages::ProxyEndpoint;
+    use cocoon_ton::root::RegisteredProxy;
+
+    #[test]
+    fn endpoints_take_the_worker_half_once() {
+        let mut cfg = RootConfig {
+            owner: cocoon_ton::parse_address(&format!("0:{}", "00".repeat(32))).unwrap(),
+            version: 1,
+            proxy_hashes: vec![],
+            registered_proxies: vec![],
+            last_proxy_seqno: 0,
+            worker_hashes: vec![],
+            model_hashes: vec![],
+            params: CocoonParams::default(),
+        };
+        for (i, e) in [
+            "10.0.0.1:5000 10.0.0.1:6000",
+            "10.0.0.2:5000",
+            "10.0.0.1:5000",
+        ]
+        .iter()
+        .enumerate()
+        {
+            cfg.registered_proxies.push(RegisteredProxy {
+                seqno: i as u32,
+                endpoint: ProxyEndpoint((*e).to_owned()),
+            });
+        }
+        assert_eq!(worker_endpoints(&cfg), ["10.0.0.1:5000", "10.0.0.2:5000"]);
+        let p = price_table(&cfg.params);
+        assert_eq!(p.price_per_token, 20);
+        assert_eq!(p.worker_fee_per_token, 16);
+        assert_eq!(p.multipliers.completion, 10_000);
+    }
+}

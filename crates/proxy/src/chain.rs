@@ -1,0 +1,180 @@
+//! What client authorisation needs from the chain, behind a small trait.
+//!
+//! COCOON's proxy reads the client contract (stored `secret_hash`, balance, stake, tokens
+//! already charged, state) to pick short or long authorisation, and completes a long one
+//! when it sees the client contract forward `client_proxy_register{nonce}` to the proxy
+//! contract. The network code only needs these two questions answered; a toncenter-backed
+//! implementation belongs with the settlement code. [`MemoryChain`] answers them from
+//! memory (development and tests).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use cocoon_ton::StdAddr;
+use futures::future::BoxFuture;
+use tokio::sync::watch;
+
+/// The client contract as the proxy needs it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientContractState {
+    /// SHA-256 of the client's secret string, when the client set one.
+    pub secret_hash: Option<[u8; 32]>,
+    /// Balance in nanoTON.
+    pub balance: u64,
+    /// Stake in nanoTON.
+    pub stake: u64,
+    /// Tokens already charged on-chain.
+    pub tokens_used: u64,
+    /// The contract is closing: no new requests.
+    pub closing: bool,
+}
+
+impl ClientContractState {
+    /// Credit in tokens: COCOON's `min(paid-up, charged + stake)` at `price_per_token`.
+    pub fn credit_tokens(&self, price_per_token: u64) -> u64 {
+        let p = price_per_token.max(1);
+        let paid_up = self.tokens_used.saturating_add(self.balance / p);
+        let staked = self.tokens_used.saturating_add(self.stake / p);
+        paid_up.min(staked)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    #[error("chain unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Chain access for client authorisation.
+pub trait ClientChain: Send + Sync + 'static {
+    /// The client contract's state; `None` when it is not deployed.
+    fn client_state<'a>(
+        &'a self,
+        client_sc: &'a StdAddr,
+    ) -> BoxFuture<'a, Result<Option<ClientContractState>, ChainError>>;
+
+    /// Resolves once the client contract registered `nonce` with the proxy contract (long
+    /// authorisation). The caller bounds the wait.
+    fn wait_register<'a>(
+        &'a self,
+        client_sc: &'a StdAddr,
+        nonce: u64,
+    ) -> BoxFuture<'a, Result<(), ChainError>>;
+}
+
+/// Contracts and registrations held in memory.
+#[derive(Debug)]
+pub struct MemoryChain {
+    clients: Mutex<HashMap<StdAddr, ClientContractState>>,
+    registered: Mutex<HashSet<(StdAddr, u64)>>,
+    tick: watch::Sender<u64>,
+}
+
+impl Default for MemoryChain {
+    fn default() -> Self {
+        MemoryChain {
+            clients: Mutex::default(),
+            registered: Mutex::default(),
+            tick: watch::channel(0).0,
+        }
+    }
+}
+
+impl MemoryChain {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Deploys or replaces a client contract.
+    pub fn set_client(&self, client_sc: StdAddr, state: ClientContractState) {
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(client_sc, state);
+    }
+
+    /// Records the on-chain registration of `nonce` by `client_sc` (the long-auth message).
+    pub fn register(&self, client_sc: StdAddr, nonce: u64) {
+        self.registered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((client_sc, nonce));
+        self.tick.send_modify(|t| *t += 1);
+    }
+
+    fn is_registered(&self, client_sc: &StdAddr, nonce: u64) -> bool {
+        self.registered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&(client_sc.clone(), nonce))
+    }
+}
+
+impl ClientChain for MemoryChain {
+    fn client_state<'a>(
+        &'a self,
+        client_sc: &'a StdAddr,
+    ) -> BoxFuture<'a, Result<Option<ClientContractState>, ChainError>> {
+        let s = self
+            .clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(client_sc)
+            .cloned();
+        Box::pin(async move { Ok(s) })
+    }
+
+    fn wait_register<'a>(
+        &'a self,
+        client_sc: &'a StdAddr,
+        nonce: u64,
+    ) -> BoxFuture<'a, Result<(), ChainError>> {
+        let mut rx = self.tick.subscribe();
+        Box::pin(async move {
+            loop {
+                if self.is_registered(client_sc, nonce) {
+                    return Ok(());
+                }
+                if rx.changed().await.is_err() {
+                    return Err(ChainError::Unavailable("chain dropped".into()));
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credit_is_bounded_by_balance_and_stake() {
+        let s = ClientContractState {
+            balance: 1_000,
+            stake: 400,
+            tokens_used: 7,
+            ..Default::default()
+        };
+        assert_eq!(s.credit_tokens(10), 7 + 40);
+        let s = ClientContractState {
+            balance: 100,
+            stake: 400,
+            tokens_used: 0,
+            ..Default::default()
+        };
+        assert_eq!(s.credit_tokens(10), 10);
+        assert_eq!(s.credit_tokens(0), 100);
+    }
+
+    #[tokio::test]
+    async fn registration_wakes_the_waiter() {
+        let c = std::sync::Arc::new(MemoryChain::new());
+        let a = StdAddr::new(0, cocoon_ton::HashBytes([1; 32]));
+        let c2 = c.clone();
+        let a2 = a.clone();
+        let w = tokio::spawn(async move { c2.wait_register(&a2, 5).await });
+        c.register(a.clone(), 4);
+        c.register(a, 5);
+        w.await.unwrap().unwrap();
+    }
+}

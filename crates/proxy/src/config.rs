@@ -1,0 +1,104 @@
+//! What a proxy is started with.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cocoon_ratls::config::CertResolver;
+use cocoon_ratls::verifier::RatlsVerifier;
+use cocoon_ton::StdAddr;
+use cocoon_ton::keys::SigningKey;
+use cocoon_ton::root::RootConfig;
+
+use crate::chain::ClientChain;
+use crate::meter::Meter;
+use crate::router::RouterConfig;
+
+/// Timeouts and limits of the network side.
+#[derive(Debug, Clone)]
+pub struct Timings {
+    /// Each handshake query (COCOON: 30 s).
+    pub handshake_timeout: Duration,
+    /// How long a long (on-chain) authorisation may take (COCOON: 300 s).
+    pub long_auth_timeout: Duration,
+    /// After a cancel or deadline, how long to wait for the worker's final usage report.
+    pub cancel_grace: Duration,
+    /// Longest request deadline accepted, whatever the client asks.
+    pub max_request_timeout: Duration,
+    /// Most concurrent TLS handshakes per listener.
+    pub max_handshakes: usize,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Timings {
+            handshake_timeout: Duration::from_secs(30),
+            long_auth_timeout: Duration::from_secs(300),
+            cancel_grace: Duration::from_secs(5),
+            max_request_timeout: Duration::from_secs(3600),
+            max_handshakes: 64,
+        }
+    }
+}
+
+/// HTTP admin server settings.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub bind: SocketAddr,
+    /// File holding the bearer token for POST controls; without one controls are refused.
+    pub token_file: Option<PathBuf>,
+}
+
+/// Everything [`crate::Proxy::start`] needs.
+pub struct ProxyConfig {
+    /// Where workers connect (`127.0.0.1:0` picks a port; see the handle).
+    pub worker_listen: SocketAddr,
+    /// Where clients connect.
+    pub client_listen: SocketAddr,
+    /// The proxy's RA-TLS certificate.
+    pub certs: Arc<CertResolver>,
+    /// Verifies workers' attestation.
+    pub worker_verifier: Arc<RatlsVerifier>,
+    /// Verifies clients' certificates (clients need no TEE; COCOON accepts any certificate).
+    pub client_verifier: Arc<RatlsVerifier>,
+    /// Proof-of-work difficulty demanded before TLS (COCOON: 20 bits).
+    pub pow_difficulty: u32,
+    /// A test network proxy; simulated attestation is accepted only then.
+    pub is_test: bool,
+    /// The root configuration at start (see `ProxyHandle::update_root`).
+    pub root: RootConfig,
+    /// Signs receipts; its public key is announced in the handshakes.
+    pub signing_key: Arc<SigningKey>,
+    /// The proxy owner's address.
+    pub owner_address: StdAddr,
+    /// The proxy contract.
+    pub proxy_sc: StdAddr,
+    /// The books.
+    pub meter: Arc<dyn Meter>,
+    /// Client contract reads for authorisation.
+    pub chain: Arc<dyn ClientChain>,
+    /// Admin HTTP server, if any.
+    pub admin: Option<AdminConfig>,
+    pub router: RouterConfig,
+    pub timings: Timings,
+    pub net: cocoon_net::Config,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "the {0} verifier accepts simulated attestation but the proxy is not on a test network"
+    )]
+    SimOnProduction(&'static str),
+    #[error("the root configuration is for a test network but the proxy is not (or the reverse)")]
+    TestMismatch,
+    #[error("the root configuration has no {0} code: contract addresses cannot be derived")]
+    MissingCode(&'static str),
+    #[error("bind {addr}: {reason}")]
+    Bind { addr: SocketAddr, reason: String },
+    #[error("admin: {0}")]
+    Admin(String),
+    #[error("tls: {0}")]
+    Tls(String),
+}

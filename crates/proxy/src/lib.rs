@@ -1,0 +1,455 @@
+//! `cocoon-proxy`: the network side of the proxy role.
+//!
+//! Two RA-TLS listeners (proof-of-work before TLS): workers connect to one, clients to the
+//! other. Workers are admitted against the root configuration ([`admission`]) and kept in a
+//! registry with their load and health ([`registry`], [`router`]); clients authorise through
+//! their client contract ([`chain`], [`ton_chain`]) and send `client.runQueryEx` messages,
+//! which are reserved against the client's credit ([`meter`]), routed to a worker, relayed
+//! back part by part as they arrive, retried once on another worker if the first failed
+//! before any byte reached the client, and settled once (`forward`). An HTTP admin server
+//! shows workers and clients and takes POST controls with a bearer token ([`admin`]).
+//!
+//! Start one with [`Proxy::start`] and a [`ProxyConfig`]; the [`ProxyHandle`] gives the bound
+//! addresses, stats, root configuration updates (`update_root`, versions only increase; a
+//! `params_version` change closes every session so peers re-derive their contracts) and
+//! shutdown.
+//!
+//! Where the rest plugs in:
+//! - the durable ledger implements [`Meter`] (`settle` must be durable when it returns: the
+//!   client's final info and both payment messages are sent only afterwards);
+//! - chain reads for authorisation go through [`ClientChain`] ([`TonClientChain`] over any
+//!   `cocoon_ton::chain::Chain`, [`MemoryChain`] for tests);
+//! - signed receipts: handshakes and payment messages carry `proxy.signedPaymentEmpty`
+//!   until a ledger confirms on-chain checkpoints (COCOON signs only checkpointed usage).
+//!
+//! Not here: checkpoints and on-chain settlement, protocol version 0 peers.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod admission;
+pub mod chain;
+mod client_side;
+pub mod config;
+mod forward;
+pub mod meter;
+pub mod registry;
+pub mod router;
+pub mod ton_chain;
+mod worker_side;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use cocoon_ratls::net::RatlsAcceptor;
+use cocoon_ton::StdAddr;
+use cocoon_ton::root::RootConfig;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use chain::{ClientChain, ClientContractState, MemoryChain};
+pub use config::{AdminConfig, ConfigError, ProxyConfig, Timings};
+pub use meter::{MemoryMeter, Meter, MeterError};
+pub use registry::WorkerStat;
+pub use router::RouterConfig;
+pub use ton_chain::TonClientChain;
+
+use crate::meter::Totals;
+use crate::registry::Registry;
+
+/// Request counters (monotone).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub requests_received: AtomicU64,
+    pub requests_success: AtomicU64,
+    pub requests_failed: AtomicU64,
+    pub requests_rejected: AtomicU64,
+    pub requests_cancelled: AtomicU64,
+    pub retries: AtomicU64,
+    pub tokens_total: AtomicU64,
+    pub workers_refused: AtomicU64,
+    pub clients_refused: AtomicU64,
+}
+
+impl Counters {
+    pub fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Counter snapshot.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct CounterStats {
+    pub requests_received: u64,
+    pub requests_success: u64,
+    pub requests_failed: u64,
+    pub requests_rejected: u64,
+    pub requests_cancelled: u64,
+    pub retries: u64,
+    pub adjusted_tokens_total: u64,
+    pub workers_refused: u64,
+    pub clients_refused: u64,
+}
+
+/// A refused handshake, kept for the admin page.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RefusalStat {
+    /// Unix seconds.
+    pub at: u64,
+    /// `worker` or `client`.
+    pub kind: &'static str,
+    pub peer: String,
+    pub reason: String,
+}
+
+/// A connected client session.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClientStat {
+    pub session: u64,
+    pub owner: String,
+    pub client_sc: String,
+    pub authorized: bool,
+    pub running: u32,
+    pub totals: Totals,
+}
+
+/// Everything the admin pages show.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProxyStats {
+    pub enabled: bool,
+    pub is_test: bool,
+    pub proxy_sc: String,
+    pub root_version: u32,
+    pub counters: CounterStats,
+    pub workers: Vec<WorkerStat>,
+    pub clients: Vec<ClientStat>,
+    pub refusals: Vec<RefusalStat>,
+}
+
+const MAX_REFUSALS: usize = 50;
+
+/// State shared by every task of one proxy.
+pub(crate) struct Shared {
+    pub is_test: bool,
+    pub proxy_sc: StdAddr,
+    pub owner_address: StdAddr,
+    pub public_key: [u8; 32],
+    pub router: RouterConfig,
+    pub timings: Timings,
+    pub root: watch::Sender<RootConfig>,
+    pub meter: Arc<dyn Meter>,
+    pub chain: Arc<dyn ClientChain>,
+    pub registry: Arc<Registry>,
+    pub clients: Mutex<HashMap<u64, ClientStat>>,
+    pub refusals: Mutex<VecDeque<RefusalStat>>,
+    pub counters: Counters,
+    pub enabled: AtomicBool,
+    next_id: AtomicU64,
+}
+
+pub(crate) fn now_unix() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+impl Shared {
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub fn root(&self) -> RootConfig {
+        self.root.borrow().clone()
+    }
+
+    pub fn refused(&self, kind: &'static str, peer: &str, reason: &str) {
+        tracing::warn!(kind, peer, reason, "handshake refused");
+        let c = if kind == "worker" {
+            &self.counters.workers_refused
+        } else {
+            &self.counters.clients_refused
+        };
+        Counters::inc(c);
+        let mut r = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        if r.len() >= MAX_REFUSALS {
+            r.pop_front();
+        }
+        r.push_back(RefusalStat {
+            at: now_unix() as u64,
+            kind,
+            peer: peer.to_owned(),
+            reason: reason.to_owned(),
+        });
+    }
+
+    pub fn update_client(&self, id: u64, f: impl FnOnce(&mut ClientStat)) {
+        if let Some(c) = self
+            .clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&id)
+        {
+            f(c);
+        }
+    }
+
+    pub fn stats(&self) -> ProxyStats {
+        let c = &self.counters;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut clients: Vec<ClientStat> = self
+            .clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        clients.sort_by_key(|c| c.session);
+        for cl in &mut clients {
+            if !cl.client_sc.is_empty() {
+                cl.totals = self.meter.client_totals(&cl.client_sc);
+            }
+        }
+        ProxyStats {
+            enabled: self.enabled.load(Ordering::SeqCst),
+            is_test: self.is_test,
+            proxy_sc: self.proxy_sc.to_string(),
+            root_version: self.root.borrow().version,
+            counters: CounterStats {
+                requests_received: l(&c.requests_received),
+                requests_success: l(&c.requests_success),
+                requests_failed: l(&c.requests_failed),
+                requests_rejected: l(&c.requests_rejected),
+                requests_cancelled: l(&c.requests_cancelled),
+                retries: l(&c.retries),
+                adjusted_tokens_total: l(&c.tokens_total),
+                workers_refused: l(&c.workers_refused),
+                clients_refused: l(&c.clients_refused),
+            },
+            workers: self.registry.stats(&self.router, Instant::now()),
+            clients,
+            refusals: self
+                .refusals
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
+/// Starts proxies.
+pub struct Proxy;
+
+/// A running proxy.
+pub struct ProxyHandle {
+    shared: Arc<Shared>,
+    worker_addr: SocketAddr,
+    client_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Why a root configuration update was not applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RootUpdateError {
+    #[error("root configuration version {got} is not newer than {have}")]
+    NotNewer { got: u32, have: u32 },
+    #[error("root configuration switches is_test")]
+    TestMismatch,
+}
+
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ConfigError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| ConfigError::Bind {
+            addr,
+            reason: e.to_string(),
+        })
+}
+
+impl Proxy {
+    /// Checks the configuration, binds both listeners (and the admin server) and serves.
+    pub async fn start(cfg: ProxyConfig) -> Result<ProxyHandle, ConfigError> {
+        use cocoon_attest::Backend;
+        // Workers must be attested for real on a production network. Clients need no
+        // attestation at all (COCOON's router accepts any client certificate), so the
+        // client verifier is not restricted here.
+        if !cfg.is_test
+            && cfg
+                .worker_verifier
+                .policy()
+                .allowed_backends
+                .contains(&Backend::Sim)
+        {
+            return Err(ConfigError::SimOnProduction("worker"));
+        }
+        if cfg.root.params.is_test != cfg.is_test {
+            return Err(ConfigError::TestMismatch);
+        }
+        if cfg.root.params.worker_code.is_none() {
+            return Err(ConfigError::MissingCode("worker"));
+        }
+        if cfg.root.params.client_code.is_none() {
+            return Err(ConfigError::MissingCode("client"));
+        }
+        let token = match cfg.admin.as_ref().and_then(|a| a.token_file.as_ref()) {
+            Some(p) => Some(admin::read_token(p).map_err(ConfigError::Admin)?),
+            None => None,
+        };
+        let wl = bind(cfg.worker_listen).await?;
+        let cl = bind(cfg.client_listen).await?;
+        let worker_addr = wl.local_addr().map_err(|e| ConfigError::Bind {
+            addr: cfg.worker_listen,
+            reason: e.to_string(),
+        })?;
+        let client_addr = cl.local_addr().map_err(|e| ConfigError::Bind {
+            addr: cfg.client_listen,
+            reason: e.to_string(),
+        })?;
+        let wacc = RatlsAcceptor::new(
+            Arc::clone(&cfg.certs),
+            Arc::clone(&cfg.worker_verifier),
+            cfg.pow_difficulty,
+            cfg.net.clone(),
+        )
+        .map_err(|e| ConfigError::Tls(e.to_string()))?;
+        let cacc = RatlsAcceptor::new(
+            Arc::clone(&cfg.certs),
+            Arc::clone(&cfg.client_verifier),
+            cfg.pow_difficulty,
+            cfg.net.clone(),
+        )
+        .map_err(|e| ConfigError::Tls(e.to_string()))?;
+        let shared = Arc::new(Shared {
+            is_test: cfg.is_test,
+            proxy_sc: cfg.proxy_sc,
+            owner_address: cfg.owner_address,
+            public_key: cfg.signing_key.public_key(),
+            router: cfg.router,
+            timings: cfg.timings.clone(),
+            root: watch::channel(cfg.root).0,
+            meter: cfg.meter,
+            chain: cfg.chain,
+            registry: Arc::new(Registry::default()),
+            clients: Mutex::default(),
+            refusals: Mutex::default(),
+            counters: Counters::default(),
+            enabled: AtomicBool::new(true),
+            next_id: AtomicU64::new(0),
+        });
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let (wtask, mut wrx) = wacc.spawn_listener(wl, cfg.timings.max_handshakes);
+        let (ctask, mut crx) = cacc.spawn_listener(cl, cfg.timings.max_handshakes);
+        tasks.push(wtask);
+        tasks.push(ctask);
+        {
+            let shared = Arc::clone(&shared);
+            let stop = stop_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                while let Some(a) = wrx.recv().await {
+                    tokio::spawn(worker_side::run(Arc::clone(&shared), a, stop.clone()));
+                }
+            }));
+        }
+        {
+            let shared = Arc::clone(&shared);
+            let stop = stop_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                while let Some(a) = crx.recv().await {
+                    tokio::spawn(client_side::run(Arc::clone(&shared), a, stop.clone()));
+                }
+            }));
+        }
+        let mut admin_addr = None;
+        if let Some(a) = &cfg.admin {
+            let (addr, task) = admin::spawn(Arc::clone(&shared), a.bind, token, stop_rx.clone())
+                .await
+                .map_err(ConfigError::Admin)?;
+            admin_addr = Some(addr);
+            tasks.push(task);
+        }
+        tracing::info!(%worker_addr, %client_addr, "proxy listening");
+        Ok(ProxyHandle {
+            shared,
+            worker_addr,
+            client_addr,
+            admin_addr,
+            stop,
+            tasks,
+        })
+    }
+}
+
+impl ProxyHandle {
+    /// Where workers connect.
+    pub fn worker_addr(&self) -> SocketAddr {
+        self.worker_addr
+    }
+
+    /// Where clients connect.
+    pub fn client_addr(&self) -> SocketAddr {
+        self.client_addr
+    }
+
+    /// The admin server, when configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// The proxy's public signing key.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.shared.public_key
+    }
+
+    pub fn stats(&self) -> ProxyStats {
+        self.shared.stats()
+    }
+
+    /// Workers that completed the handshake.
+    pub fn ready_workers(&self) -> usize {
+        self.shared.registry.ids().len()
+    }
+
+    /// Applies a newer root configuration. Connected workers whose image or model is no
+    /// longer allowed are disconnected.
+    pub fn update_root(&self, cfg: RootConfig) -> Result<(), RootUpdateError> {
+        if cfg.params.is_test != self.shared.is_test {
+            return Err(RootUpdateError::TestMismatch);
+        }
+        let mut res = Ok(());
+        self.shared.root.send_if_modified(|cur| {
+            if cfg.version <= cur.version {
+                res = Err(RootUpdateError::NotNewer {
+                    got: cfg.version,
+                    have: cur.version,
+                });
+                return false;
+            }
+            *cur = cfg;
+            true
+        });
+        res
+    }
+
+    /// Takes part in routing (or stops: new requests and registrations are refused).
+    pub fn set_enabled(&self, enabled: bool) {
+        self.shared.enabled.store(enabled, Ordering::SeqCst);
+    }
+
+    /// Stops listening and closes every session.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in &self.tasks {
+            t.abort();
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}

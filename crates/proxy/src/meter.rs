@@ -1,0 +1,353 @@
+//! Token metering behind a narrow trait.
+//!
+//! The proxy talks to its books only through [`Meter`]: open a client's credit after it
+//! authorised, reserve before a request is routed, check each reported usage against the
+//! reservation, settle once when the request ends, cancel when it never ran. Units are
+//! COCOON's *adjusted tokens* (tokens × coefficient × category multiplier, as the worker
+//! reports them in `tokensUsed.total_tokens_used`); money is `price_per_token` × tokens.
+//!
+//! `settle` must be durable before it returns: the proxy tells the client and the worker
+//! about the new totals only afterwards. [`MemoryMeter`] keeps everything in memory (tests
+//! and development); the SQLite ledger plugs in behind the same trait.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use futures::future::BoxFuture;
+
+/// A request's id as the proxy knows it (the client's `request_id`).
+pub type RequestId = [u8; 32];
+
+/// COCOON's three counters for one client or worker, in adjusted tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Totals {
+    /// Covered by a confirmed on-chain checkpoint (what a signed receipt may carry).
+    pub committed_to_blockchain: u64,
+    /// Durable in the proxy's database.
+    pub committed_to_db: u64,
+    /// Everything known, including what is not durable yet.
+    pub max: u64,
+}
+
+/// Usage of one request by category (adjusted tokens, as the worker reports them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Charge {
+    pub prompt: u64,
+    pub cached: u64,
+    pub completion: u64,
+    pub reasoning: u64,
+    pub total: u64,
+}
+
+/// What `settle` books: who pays, who earns, how much, at which coefficient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settlement {
+    /// The client's contract address.
+    pub client: String,
+    /// The worker's contract address.
+    pub worker: String,
+    /// The usage to book.
+    pub usage: Charge,
+    /// The worker's coefficient (thousandths) the usage was adjusted with.
+    pub coefficient: i32,
+}
+
+/// Totals after a settlement.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Settled {
+    pub client: Totals,
+    pub worker: Totals,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MeterError {
+    #[error("client balance is too low: {available} tokens available, {needed} needed")]
+    OutOfFunds { available: u64, needed: u64 },
+    #[error("reserved_tokens depleted: {used} used of {reserved} reserved")]
+    ReservationExceeded { used: u64, reserved: u64 },
+    #[error("unknown client {0}")]
+    UnknownClient(String),
+    #[error("unknown request")]
+    UnknownRequest,
+    #[error("duplicate request id")]
+    DuplicateRequest,
+    #[error("account {0} is frozen")]
+    Frozen(String),
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+/// The proxy's books, as the network code sees them.
+pub trait Meter: Send + Sync + 'static {
+    /// Records that `client` authorised with `credit_tokens` of credit in total (what its
+    /// contract's balance and stake allow, cumulative); returns its totals.
+    fn open_client<'a>(
+        &'a self,
+        client: &'a str,
+        credit_tokens: u64,
+    ) -> BoxFuture<'a, Result<Totals, MeterError>>;
+
+    /// Reserves `max_tokens` of the client's credit for a request.
+    fn reserve<'a>(
+        &'a self,
+        client: &'a str,
+        request_id: RequestId,
+        max_tokens: u64,
+    ) -> BoxFuture<'a, Result<(), MeterError>>;
+
+    /// Checks a usage report against the reservation (hot path: synchronous, no I/O).
+    fn check_part(&self, request_id: &RequestId, used_so_far: u64) -> Result<(), MeterError>;
+
+    /// Books the request's usage and releases its reservation; durable before it returns.
+    fn settle<'a>(
+        &'a self,
+        request_id: RequestId,
+        settlement: Settlement,
+    ) -> BoxFuture<'a, Result<Settled, MeterError>>;
+
+    /// Releases a reservation without booking anything (the request never ran).
+    fn cancel<'a>(&'a self, request_id: RequestId) -> BoxFuture<'a, Result<(), MeterError>>;
+
+    /// A client's totals (zero when unknown).
+    fn client_totals(&self, client: &str) -> Totals;
+
+    /// A worker's totals (zero when unknown).
+    fn worker_totals(&self, worker: &str) -> Totals;
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+struct ClientAccount {
+    credit: u64,
+    reserved: u64,
+    used: u64,
+}
+
+#[derive(Debug, Default)]
+struct Books {
+    clients: HashMap<String, ClientAccount>,
+    workers: HashMap<String, u64>,
+    reservations: HashMap<RequestId, (String, u64)>,
+}
+
+/// Everything in memory: nothing survives a restart, nothing is committed on-chain.
+#[derive(Debug, Default)]
+pub struct MemoryMeter {
+    books: Mutex<Books>,
+}
+
+/// A client account as [`MemoryMeter`] holds it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ClientView {
+    pub credit: u64,
+    pub reserved: u64,
+    pub used: u64,
+}
+
+impl MemoryMeter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Books> {
+        self.books.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A client's account, if known.
+    pub fn client(&self, client: &str) -> Option<ClientView> {
+        self.lock().clients.get(client).map(|a| ClientView {
+            credit: a.credit,
+            reserved: a.reserved,
+            used: a.used,
+        })
+    }
+
+    /// Tokens a worker earned.
+    pub fn worker_earned(&self, worker: &str) -> u64 {
+        self.lock().workers.get(worker).copied().unwrap_or(0)
+    }
+
+    /// Open reservations.
+    pub fn open_reservations(&self) -> usize {
+        self.lock().reservations.len()
+    }
+
+    fn totals(v: u64) -> Totals {
+        Totals {
+            committed_to_blockchain: 0,
+            committed_to_db: v,
+            max: v,
+        }
+    }
+}
+
+impl Meter for MemoryMeter {
+    fn open_client<'a>(
+        &'a self,
+        client: &'a str,
+        credit_tokens: u64,
+    ) -> BoxFuture<'a, Result<Totals, MeterError>> {
+        let mut b = self.lock();
+        let a = b.clients.entry(client.to_owned()).or_default();
+        a.credit = credit_tokens;
+        let t = Self::totals(a.used);
+        Box::pin(async move { Ok(t) })
+    }
+
+    fn reserve<'a>(
+        &'a self,
+        client: &'a str,
+        request_id: RequestId,
+        max_tokens: u64,
+    ) -> BoxFuture<'a, Result<(), MeterError>> {
+        let r = (|| {
+            let mut b = self.lock();
+            if b.reservations.contains_key(&request_id) {
+                return Err(MeterError::DuplicateRequest);
+            }
+            let a = b
+                .clients
+                .get_mut(client)
+                .ok_or_else(|| MeterError::UnknownClient(client.to_owned()))?;
+            let available = a.credit.saturating_sub(a.used).saturating_sub(a.reserved);
+            if max_tokens > available {
+                return Err(MeterError::OutOfFunds {
+                    available,
+                    needed: max_tokens,
+                });
+            }
+            a.reserved += max_tokens;
+            b.reservations
+                .insert(request_id, (client.to_owned(), max_tokens));
+            Ok(())
+        })();
+        Box::pin(async move { r })
+    }
+
+    fn check_part(&self, request_id: &RequestId, used_so_far: u64) -> Result<(), MeterError> {
+        let b = self.lock();
+        let (_, reserved) = b
+            .reservations
+            .get(request_id)
+            .ok_or(MeterError::UnknownRequest)?;
+        if used_so_far > *reserved {
+            return Err(MeterError::ReservationExceeded {
+                used: used_so_far,
+                reserved: *reserved,
+            });
+        }
+        Ok(())
+    }
+
+    fn settle<'a>(
+        &'a self,
+        request_id: RequestId,
+        s: Settlement,
+    ) -> BoxFuture<'a, Result<Settled, MeterError>> {
+        let r = (|| {
+            let mut b = self.lock();
+            let (client, reserved) = b
+                .reservations
+                .remove(&request_id)
+                .ok_or(MeterError::UnknownRequest)?;
+            let a = b.clients.entry(client).or_default();
+            a.reserved = a.reserved.saturating_sub(reserved);
+            a.used = a.used.saturating_add(s.usage.total);
+            let client = Self::totals(a.used);
+            let w = b.workers.entry(s.worker).or_default();
+            *w = w.saturating_add(s.usage.total);
+            Ok(Settled {
+                client,
+                worker: Self::totals(*w),
+            })
+        })();
+        Box::pin(async move { r })
+    }
+
+    fn cancel<'a>(&'a self, request_id: RequestId) -> BoxFuture<'a, Result<(), MeterError>> {
+        let mut b = self.lock();
+        if let Some((client, reserved)) = b.reservations.remove(&request_id)
+            && let Some(a) = b.clients.get_mut(&client)
+        {
+            a.reserved = a.reserved.saturating_sub(reserved);
+        }
+        Box::pin(async { Ok(()) })
+    }
+
+    fn client_totals(&self, client: &str) -> Totals {
+        Self::totals(self.lock().clients.get(client).map_or(0, |a| a.used))
+    }
+
+    fn worker_totals(&self, worker: &str) -> Totals {
+        Self::totals(self.lock().workers.get(worker).copied().unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block<T>(f: BoxFuture<'_, T>) -> T {
+        futures::executor::block_on(f)
+    }
+
+    fn settlement(total: u64) -> Settlement {
+        Settlement {
+            client: "c".into(),
+            worker: "w".into(),
+            usage: Charge {
+                total,
+                ..Charge::default()
+            },
+            coefficient: 1000,
+        }
+    }
+
+    #[test]
+    fn reserve_check_settle_cancel() {
+        let m = MemoryMeter::new();
+        assert_eq!(
+            block(m.reserve("c", [1; 32], 10)),
+            Err(MeterError::UnknownClient("c".into()))
+        );
+        block(m.open_client("c", 100)).unwrap();
+        block(m.reserve("c", [1; 32], 60)).unwrap();
+        assert_eq!(
+            block(m.reserve("c", [1; 32], 1)),
+            Err(MeterError::DuplicateRequest)
+        );
+        assert_eq!(
+            block(m.reserve("c", [2; 32], 41)),
+            Err(MeterError::OutOfFunds {
+                available: 40,
+                needed: 41
+            })
+        );
+        m.check_part(&[1; 32], 60).unwrap();
+        assert!(matches!(
+            m.check_part(&[1; 32], 61),
+            Err(MeterError::ReservationExceeded { .. })
+        ));
+        let s = block(m.settle([1; 32], settlement(25))).unwrap();
+        assert_eq!(s.client.max, 25);
+        assert_eq!(s.worker.max, 25);
+        assert_eq!(m.worker_earned("w"), 25);
+        assert_eq!(
+            m.client("c"),
+            Some(ClientView {
+                credit: 100,
+                reserved: 0,
+                used: 25
+            })
+        );
+        // Settling twice is refused: each request is booked once.
+        assert_eq!(
+            block(m.settle([1; 32], settlement(25))),
+            Err(MeterError::UnknownRequest)
+        );
+        block(m.reserve("c", [3; 32], 75)).unwrap();
+        block(m.cancel([3; 32])).unwrap();
+        assert_eq!(m.client("c").unwrap().reserved, 0);
+        assert_eq!(m.open_reservations(), 0);
+        assert_eq!(m.client_totals("c").max, 25);
+    }
+}

@@ -1,0 +1,271 @@
+//! Connected workers: what each registered, its load, its health, and the requests it is
+//! answering (by the proxy-side request id sent in `proxy.runQueryEx`).
+//!
+//! A request holds a `Lease` on its worker for as long as it runs: the lease counts
+//! against the worker's load and receives the worker's answers. Dropping the lease (the
+//! request ended, however) frees the slot; removing a worker (its session ended) drops the
+//! answer senders, which every request on it sees as "worker gone".
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cocoon_net::SessionHandle;
+use cocoon_tl::types::proxy as tproxy;
+use tokio::sync::mpsc;
+
+use crate::router::{self, Candidate, Health, Pick, RouteError, RouterConfig};
+
+/// An answer message from a worker for one request.
+#[derive(Debug)]
+pub(crate) enum WorkerEvent {
+    Head(tproxy::QueryAnswerEx),
+    Part(tproxy::QueryAnswerPartEx),
+    Error(tproxy::QueryAnswerErrorEx),
+}
+
+/// One connected, admitted worker.
+pub(crate) struct WorkerEntry {
+    pub id: u64,
+    pub handle: SessionHandle,
+    pub proto: i32,
+    pub model: String,
+    pub model_base: String,
+    pub owner: String,
+    pub worker_sc: String,
+    pub coefficient: i32,
+    pub max_active: u32,
+    pub running: u32,
+    pub disabled: bool,
+    pub health: Health,
+    pub pending: HashMap<[u8; 32], mpsc::UnboundedSender<WorkerEvent>>,
+    /// Orders payment reports to this worker session (totals must never go down).
+    pub pay_lock: PayLock,
+    pub served: u64,
+    pub failed: u64,
+    pub image_hash: [u8; 32],
+}
+
+/// Held while a payment report is read and queued, so reports to a peer never decrease.
+pub(crate) type PayLock = Arc<tokio::sync::Mutex<()>>;
+
+/// All workers.
+#[derive(Default)]
+pub(crate) struct Registry {
+    inner: Mutex<HashMap<u64, WorkerEntry>>,
+}
+
+/// A worker as shown on the admin pages.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WorkerStat {
+    pub id: u64,
+    pub model: String,
+    pub owner: String,
+    pub worker_sc: String,
+    pub proto: i32,
+    pub coefficient: i32,
+    pub running: u32,
+    pub max_active: u32,
+    pub enabled: bool,
+    pub avg_latency_ms: u64,
+    pub reputation: f64,
+    pub window_successes: usize,
+    pub window_attempts: usize,
+    pub served: u64,
+    pub failed: u64,
+    pub image_hash: String,
+}
+
+/// Enabled workers of one model: `(coefficient, running, max_active)` each.
+pub(crate) type ModelWorkers = (String, Vec<(i32, u32, u32)>);
+
+/// A request's hold on a worker.
+pub(crate) struct Lease {
+    registry: Arc<Registry>,
+    pub worker: u64,
+    pub proxy_request_id: [u8; 32],
+    pub handle: SessionHandle,
+    pub proto: i32,
+    pub coefficient: i32,
+    pub worker_sc: String,
+    pub pay_lock: PayLock,
+    pub probe: bool,
+    pub events: mpsc::UnboundedReceiver<WorkerEvent>,
+    released: bool,
+}
+
+/// How an attempt on a worker ended, for its health.
+pub(crate) enum AttemptOutcome {
+    Success {
+        latency: Duration,
+        ttft: Duration,
+    },
+    Failure {
+        ttft: Option<Duration>,
+    },
+    /// Cancelled by the client or the proxy: says nothing about the worker.
+    Neutral,
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, WorkerEntry>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn insert(&self, e: WorkerEntry) {
+        self.lock().insert(e.id, e);
+    }
+
+    /// Removes a worker; its running requests see their answer channel close.
+    pub fn remove(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    pub fn update(&self, id: u64, f: impl FnOnce(&mut WorkerEntry)) {
+        if let Some(e) = self.lock().get_mut(&id) {
+            f(e);
+        }
+    }
+
+    /// Delivers an answer message to the request it belongs to; `false` when unknown.
+    pub fn deliver(&self, worker: u64, request_id: &[u8; 32], ev: WorkerEvent) -> bool {
+        let g = self.lock();
+        match g.get(&worker).and_then(|e| e.pending.get(request_id)) {
+            Some(tx) => tx.send(ev).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Picks a worker for `model_base` and takes a slot on it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn lease(
+        self: &Arc<Self>,
+        cfg: &RouterConfig,
+        model_base: &str,
+        max_coefficient: i32,
+        exclude: &[u64],
+        roll: f64,
+        now: Instant,
+        proxy_request_id: [u8; 32],
+    ) -> Result<Lease, RouteError> {
+        let mut g = self.lock();
+        let cands: Vec<Candidate> = g
+            .values()
+            .filter(|e| e.model_base == model_base)
+            .map(|e| Candidate {
+                id: e.id,
+                enabled: !e.disabled,
+                coefficient: e.coefficient,
+                running: e.running,
+                max_active: e.max_active,
+                avg_latency: e.health.avg_latency(cfg),
+                reputation: e.health.reputation(cfg, now),
+            })
+            .collect();
+        let Pick { id, probe } = router::choose(cfg, &cands, max_coefficient, exclude, roll)?;
+        let e = g.get_mut(&id).ok_or(RouteError::NoWorkers)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        e.pending.insert(proxy_request_id, tx);
+        e.running += 1;
+        Ok(Lease {
+            registry: Arc::clone(self),
+            worker: id,
+            proxy_request_id,
+            handle: e.handle.clone(),
+            proto: e.proto,
+            coefficient: e.coefficient,
+            worker_sc: e.worker_sc.clone(),
+            pay_lock: Arc::clone(&e.pay_lock),
+            probe,
+            events: rx,
+            released: false,
+        })
+    }
+
+    pub fn stats(&self, cfg: &RouterConfig, now: Instant) -> Vec<WorkerStat> {
+        let g = self.lock();
+        let mut v: Vec<WorkerStat> = g
+            .values()
+            .map(|e| {
+                let (s, n) = e.health.counts(cfg, now);
+                WorkerStat {
+                    id: e.id,
+                    model: e.model.clone(),
+                    owner: e.owner.clone(),
+                    worker_sc: e.worker_sc.clone(),
+                    proto: e.proto,
+                    coefficient: e.coefficient,
+                    running: e.running,
+                    max_active: e.max_active,
+                    enabled: !e.disabled,
+                    avg_latency_ms: (e.health.avg_latency(cfg) * 1000.0) as u64,
+                    reputation: e.health.reputation(cfg, now),
+                    window_successes: s,
+                    window_attempts: n,
+                    served: e.served,
+                    failed: e.failed,
+                    image_hash: hex::encode(e.image_hash),
+                }
+            })
+            .collect();
+        v.sort_by_key(|w| w.id);
+        v
+    }
+
+    /// Enabled workers per model base.
+    pub fn types(&self) -> Vec<ModelWorkers> {
+        let g = self.lock();
+        let mut by: HashMap<String, Vec<(i32, u32, u32)>> = HashMap::new();
+        for e in g.values().filter(|e| !e.disabled) {
+            by.entry(e.model_base.clone()).or_default().push((
+                e.coefficient,
+                e.running,
+                e.max_active,
+            ));
+        }
+        let mut v: Vec<_> = by.into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Every worker's session (for shutdown and root-config re-checks).
+    pub fn ids(&self) -> Vec<u64> {
+        self.lock().keys().copied().collect()
+    }
+}
+
+impl Lease {
+    /// Frees the slot and records the outcome in the worker's health.
+    pub fn finish(mut self, cfg: &RouterConfig, now: Instant, outcome: AttemptOutcome) {
+        self.release(Some((cfg, now, outcome)));
+    }
+
+    fn release(&mut self, outcome: Option<(&RouterConfig, Instant, AttemptOutcome)>) {
+        if self.released {
+            return;
+        }
+        self.released = true;
+        let id = self.proxy_request_id;
+        self.registry.update(self.worker, |e| {
+            e.running = e.running.saturating_sub(1);
+            e.pending.remove(&id);
+            match outcome {
+                Some((cfg, now, AttemptOutcome::Success { latency, ttft })) => {
+                    e.served += 1;
+                    e.health.success(cfg, now, latency, ttft);
+                }
+                Some((cfg, now, AttemptOutcome::Failure { ttft })) => {
+                    e.failed += 1;
+                    e.health.failure(cfg, now, ttft);
+                }
+                Some((_, _, AttemptOutcome::Neutral)) | None => {}
+            }
+        });
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.release(None);
+    }
+}

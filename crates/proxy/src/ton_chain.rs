@@ -1,0 +1,356 @@
+//! [`ClientChain`] over a TON node (`cocoon_ton::chain::Chain`: toncenter or the devnet).
+//!
+//! - The client contract's state is its storage (`ClientStorage`): state, balance, stake,
+//!   tokens charged and the secret hash (zero = none set).
+//! - Long authorisation: the client's wallet sends `owner_client_register{nonce}` to its
+//!   client contract, which forwards `client_proxy_request{owner, ^state, payload =
+//!   client_proxy_register{nonce}}` to the proxy contract. The proxy contract's
+//!   transactions are scanned from a cursor taken when this object was created (a nonce is
+//!   only issued later, so nothing relevant is older); every registration seen is
+//!   remembered, so a registration that landed before the client asked is still found.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use cocoon_ton::StdAddr;
+use cocoon_ton::chain::{AccountStatus, Chain, TxId};
+use cocoon_ton::codec::Layout;
+use cocoon_ton::contracts::ClientStorage;
+use cocoon_ton::messages::{ClientProxyRegister, ClientProxyRequest};
+use futures::future::BoxFuture;
+
+use crate::chain::{ChainError, ClientChain, ClientContractState};
+
+/// Most transactions read per poll.
+const PAGE: usize = 100;
+
+struct Scan {
+    cursor: Option<TxId>,
+    registered: HashSet<(StdAddr, u64)>,
+}
+
+/// Client contract reads and registration polling through a TON node.
+pub struct TonClientChain<C> {
+    chain: C,
+    proxy_sc: StdAddr,
+    poll: Duration,
+    scan: tokio::sync::Mutex<Scan>,
+    errors: Mutex<u64>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> ChainError {
+    ChainError::Unavailable(e.to_string())
+}
+
+impl<C: Chain + 'static> TonClientChain<C> {
+    /// Starts watching `proxy_sc` from its latest transaction.
+    pub async fn new(chain: C, proxy_sc: StdAddr, poll: Duration) -> Result<Self, ChainError> {
+        let st = chain.account_state(&proxy_sc).await.map_err(unavailable)?;
+        Ok(TonClientChain {
+            chain,
+            proxy_sc,
+            poll,
+            scan: tokio::sync::Mutex::new(Scan {
+                cursor: st.last_tx,
+                registered: HashSet::new(),
+            }),
+            errors: Mutex::new(0),
+        })
+    }
+
+    /// Poll failures so far (shown to the operator; polling goes on).
+    pub fn poll_errors(&self) -> u64 {
+        *self.errors.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads new proxy-contract transactions and records the registrations among them.
+    async fn scan_once(&self) -> Result<(), ChainError> {
+        let mut s = self.scan.lock().await;
+        loop {
+            let txs = self
+                .chain
+                .transactions_since(&self.proxy_sc, s.cursor.as_ref(), PAGE)
+                .await
+                .map_err(unavailable)?;
+            let n = txs.len();
+            for tx in txs {
+                if let Some((from, nonce)) = registration(&tx) {
+                    s.registered.insert((from, nonce));
+                }
+                s.cursor = Some(tx.id);
+            }
+            if n < PAGE {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The `(client contract, nonce)` a transaction registers, if it is a registration.
+fn registration(tx: &cocoon_ton::chain::Transaction) -> Option<(StdAddr, u64)> {
+    if tx.outcome().ok().flatten().is_some_and(|o| o.failed()) {
+        return None;
+    }
+    let msg = tx.in_msg.as_ref()?;
+    let from = msg.source.clone()?;
+    let body = msg.body.as_ref()?;
+    let req = ClientProxyRequest::from_cell(body).ok()?;
+    let payload = req.payload?;
+    let reg = ClientProxyRegister::from_cell(&payload).ok()?;
+    Some((from, reg.nonce))
+}
+
+impl<C: Chain + 'static> ClientChain for TonClientChain<C> {
+    fn client_state<'a>(
+        &'a self,
+        client_sc: &'a StdAddr,
+    ) -> BoxFuture<'a, Result<Option<ClientContractState>, ChainError>> {
+        Box::pin(async move {
+            let st = self
+                .chain
+                .account_state(client_sc)
+                .await
+                .map_err(unavailable)?;
+            if st.status != AccountStatus::Active {
+                return Ok(None);
+            }
+            let Some(data) = st.data else {
+                return Ok(None);
+            };
+            let s = ClientStorage::from_cell(&data)
+                .map_err(|e| unavailable(format!("client contract storage: {e}")))?;
+            Ok(Some(ClientContractState {
+                secret_hash: (s.secret_hash != cocoon_ton::HashBytes::ZERO)
+                    .then_some(s.secret_hash.0),
+                balance: s.balance.0,
+                stake: s.stake.0,
+                tokens_used: s.tokens_used,
+                closing: s.state.0 != 0,
+            }))
+        })
+    }
+
+    fn wait_register<'a>(
+        &'a self,
+        client_sc: &'a StdAddr,
+        nonce: u64,
+    ) -> BoxFuture<'a, Result<(), ChainError>> {
+        Box::pin(async move {
+            let key = (client_sc.clone(), nonce);
+            loop {
+                match self.scan_once().await {
+                    Ok(()) => {}
+                    Err(e) => {
+                        *self.errors.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+                        tracing::warn!(error = %e, "polling the proxy contract failed");
+                    }
+                }
+                if self.scan.lock().await.registered.contains(&key) {
+                    return Ok(());
+                }
+                tokio::time::sleep(self.poll).await;
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use cocoon_ton::HashBytes;
+    use cocoon_ton::chain::{AccountState, GetMethodResult, StackValue, Transaction, TxMessage};
+    use cocoon_ton::codec::{Coins, State2};
+    use cocoon_ton::messages::ClientStateData;
+    use cocoon_ton::root::CocoonParams;
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Inner {
+        accounts: HashMap<StdAddr, AccountState>,
+        txs: Vec<Transaction>,
+        fail: bool,
+    }
+
+    /// A node holding accounts and the proxy contract's transactions.
+    #[derive(Clone, Default)]
+    struct FakeNode(Arc<std::sync::Mutex<Inner>>);
+
+    impl Chain for FakeNode {
+        async fn send_boc(&self, _boc: &[u8]) -> Result<(), cocoon_ton::chain::ChainError> {
+            Ok(())
+        }
+        async fn run_get_method(
+            &self,
+            _a: &StdAddr,
+            _m: &str,
+            _s: &[StackValue],
+        ) -> Result<GetMethodResult, cocoon_ton::chain::ChainError> {
+            Err(cocoon_ton::chain::ChainError::Decode("unused".into()))
+        }
+        async fn account_state(
+            &self,
+            a: &StdAddr,
+        ) -> Result<AccountState, cocoon_ton::chain::ChainError> {
+            let g = self.0.lock().unwrap();
+            if g.fail {
+                return Err(cocoon_ton::chain::ChainError::Transport("down".into()));
+            }
+            Ok(g.accounts.get(a).cloned().unwrap_or(AccountState {
+                balance: 0,
+                status: AccountStatus::Nonexist,
+                code: None,
+                data: None,
+                last_tx: g.txs.last().map(|t| t.id.clone()),
+                sync_utime: None,
+            }))
+        }
+        async fn transactions_since(
+            &self,
+            _a: &StdAddr,
+            after: Option<&TxId>,
+            limit: usize,
+        ) -> Result<Vec<Transaction>, cocoon_ton::chain::ChainError> {
+            let g = self.0.lock().unwrap();
+            if g.fail {
+                return Err(cocoon_ton::chain::ChainError::Transport("down".into()));
+            }
+            let from = after.map_or(0, |a| a.lt);
+            Ok(g.txs
+                .iter()
+                .filter(|t| t.id.lt > from)
+                .take(limit)
+                .cloned()
+                .collect())
+        }
+        async fn masterchain_seqno(&self) -> Result<u32, cocoon_ton::chain::ChainError> {
+            Ok(1)
+        }
+    }
+
+    fn a(n: u8) -> StdAddr {
+        StdAddr::new(0, HashBytes([n; 32]))
+    }
+
+    impl FakeNode {
+        fn push_tx(&self, from: StdAddr, body: cocoon_ton::Cell) {
+            let mut g = self.0.lock().unwrap();
+            let lt = g.txs.len() as u64 + 1;
+            g.txs.push(Transaction {
+                id: TxId {
+                    lt,
+                    hash: [lt as u8; 32],
+                },
+                utime: 0,
+                fee: 0,
+                in_msg: Some(TxMessage {
+                    source: Some(from),
+                    destination: Some(a(0x11)),
+                    value: 1,
+                    body: Some(body),
+                }),
+                out_msgs: vec![],
+                raw: None,
+            });
+        }
+    }
+
+    fn register_body(nonce: Option<u64>) -> cocoon_ton::Cell {
+        ClientProxyRequest {
+            query_id: 1,
+            owner: a(0x51),
+            state: cocoon_ton::codec::InRef(ClientStateData {
+                state: State2(0),
+                balance: Coins(5),
+                stake: Coins(5),
+                tokens_used: 0,
+                secret_hash: HashBytes::ZERO,
+            }),
+            payload: nonce.map(|n| ClientProxyRegister { nonce: n }.to_cell().unwrap()),
+        }
+        .to_cell()
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn reads_client_storage() {
+        let node = FakeNode::default();
+        let params = CocoonParams::default();
+        let data = cocoon_ton::contracts::client_init_data(
+            &params,
+            &a(0x51),
+            &a(0x11),
+            &HashBytes([7; 32]),
+        )
+        .unwrap();
+        let mut s = ClientStorage::from_cell(&data).unwrap();
+        s.balance = Coins(1000);
+        s.stake = Coins(400);
+        s.tokens_used = 3;
+        s.secret_hash = HashBytes([9; 32]);
+        node.0.lock().unwrap().accounts.insert(
+            a(0x61),
+            AccountState {
+                balance: 1,
+                status: AccountStatus::Active,
+                code: None,
+                data: Some(s.to_cell().unwrap()),
+                last_tx: None,
+                sync_utime: None,
+            },
+        );
+        let c = TonClientChain::new(node.clone(), a(0x11), Duration::from_millis(5))
+            .await
+            .unwrap();
+        let st = c.client_state(&a(0x61)).await.unwrap().unwrap();
+        assert_eq!(
+            st,
+            ClientContractState {
+                secret_hash: Some([9; 32]),
+                balance: 1000,
+                stake: 400,
+                tokens_used: 3,
+                closing: false
+            }
+        );
+        assert_eq!(c.client_state(&a(0x62)).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn finds_registrations_before_and_after_the_wait() {
+        let node = FakeNode::default();
+        // History before the proxy started is not scanned.
+        node.push_tx(a(0x61), register_body(Some(1)));
+        let c = Arc::new(
+            TonClientChain::new(node.clone(), a(0x11), Duration::from_millis(5))
+                .await
+                .unwrap(),
+        );
+        // Landed before the client asked.
+        node.push_tx(a(0x61), register_body(Some(2)));
+        // Not registrations: no payload, another sender's nonce.
+        node.push_tx(a(0x61), register_body(None));
+        node.push_tx(a(0x62), register_body(Some(3)));
+        c.wait_register(&a(0x61), 2).await.unwrap();
+        let c2 = c.clone();
+        let waiting = tokio::spawn(async move { c2.wait_register(&a(0x61), 3).await });
+        let old =
+            tokio::time::timeout(Duration::from_millis(50), c.wait_register(&a(0x61), 1)).await;
+        assert!(
+            old.is_err(),
+            "registrations older than the proxy are ignored"
+        );
+        // A node failure is counted and polling goes on.
+        node.0.lock().unwrap().fail = true;
+        let down =
+            tokio::time::timeout(Duration::from_millis(50), c.wait_register(&a(0x61), 9)).await;
+        assert!(down.is_err());
+        assert!(c.poll_errors() > 0);
+        node.0.lock().unwrap().fail = false;
+        node.push_tx(a(0x61), register_body(Some(3)));
+        waiting.await.unwrap().unwrap();
+    }
+}

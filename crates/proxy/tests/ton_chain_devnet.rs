@@ -1,0 +1,335 @@
+//! `TonClientChain` against the devnet: the real client and proxy contracts in a TVM, the
+//! real toncenter client. A client contract is deployed by its owner's top-up, its storage
+//! is read back, the owner sets a secret hash (short authentication), and the owner's
+//! `owner_client_register{nonce}` reaches the proxy contract, which is what completes a
+//! long authorisation. The second test runs the proxy itself on this chain and authorises
+//! one client each way over RA-TLS.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cocoon_devnet::api;
+use cocoon_devnet::run::{RunOptions, start};
+use cocoon_proxy::{ClientChain, TonClientChain};
+use cocoon_ton::chain::Chain;
+use cocoon_ton::codec::{Coins, Layout, encode_boc};
+use cocoon_ton::contracts::{client_contract, proxy_contract};
+use cocoon_ton::keys::SigningKey;
+use cocoon_ton::messages::{
+    ExtClientTopUp, ExtProxyIncreaseStake, OwnerClientChangeSecretHash, OwnerClientRegister,
+};
+use cocoon_ton::toncenter::{Devnet as _, Toncenter};
+use cocoon_ton::wallet::{OutMsg, Wallet};
+use cocoon_ton::{Cell, HashBytes, StdAddr};
+
+const T0: u32 = 1_750_000_000;
+const TON: u128 = 1_000_000_000;
+
+struct Party {
+    key: SigningKey,
+    wallet: Wallet,
+    address: StdAddr,
+    seqno: u32,
+}
+
+impl Party {
+    fn new(seed: u8) -> Self {
+        let key = SigningKey::from_seed(&[seed; 32]).unwrap();
+        let wallet = Wallet::v4r2(key.public_key(), 0);
+        let address = wallet.address().unwrap();
+        Party {
+            key,
+            wallet,
+            address,
+            seqno: 0,
+        }
+    }
+
+    async fn send(
+        &mut self,
+        tc: &Toncenter,
+        to: &StdAddr,
+        value: u128,
+        body: Cell,
+        init: Option<Cell>,
+    ) {
+        let now = tc.clock().await.unwrap() as u32;
+        let mut msg = OutMsg::new(to.clone(), value as u64, Some(body));
+        msg.state_init = init;
+        let ext = self
+            .wallet
+            .external_transfer(&self.key, self.seqno, now + 600, &[msg], self.seqno == 0)
+            .unwrap();
+        tc.send_boc(&encode_boc(&ext)).await.unwrap();
+        self.seqno += 1;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_contract_state_and_registration_on_the_devnet() {
+    let net = chainnet().await;
+    let tc = &net.tc;
+    let chain = TonClientChain::new(
+        tc.clone(),
+        net.proxy.address.clone(),
+        Duration::from_millis(50),
+    )
+    .await
+    .unwrap();
+    let pk = HashBytes(SigningKey::from_seed(&net.proxy_key).unwrap().public_key());
+    let owner = Party::new(2).address;
+    let predicted = client_contract(&net.params, &owner, &net.proxy.address, &pk).unwrap();
+    assert_eq!(
+        chain.client_state(&predicted.address).await.unwrap(),
+        None,
+        "not deployed yet"
+    );
+
+    // The owner's top-up deploys the client contract.
+    let (mut client_owner, client_sc) = net.client(2, None).await;
+    assert_eq!(client_sc, predicted.address);
+    let st = chain
+        .client_state(&client_sc)
+        .await
+        .unwrap()
+        .expect("deployed");
+    assert_eq!(st.balance, 5 * TON as u64);
+    assert_eq!(st.stake, net.params.min_client_stake);
+    assert_eq!(
+        (st.tokens_used, st.secret_hash, st.closing),
+        (0, None, false)
+    );
+
+    // Short authentication material: the owner stores SHA-256 of its secret.
+    let hash = [0x5a; 32];
+    let body = OwnerClientChangeSecretHash {
+        query_id: 3,
+        secret_hash: HashBytes(hash),
+        send_excesses_to: client_owner.address.clone(),
+    }
+    .to_cell()
+    .unwrap();
+    client_owner.send(tc, &client_sc, TON / 2, body, None).await;
+    let st = chain.client_state(&client_sc).await.unwrap().unwrap();
+    assert_eq!(st.secret_hash, Some(hash));
+
+    // Long authentication: the nonce the proxy handed out comes back through the contracts.
+    let nonce = 0x1234_5678_9abc_def0u64;
+    let body = OwnerClientRegister {
+        query_id: 4,
+        nonce,
+        send_excesses_to: client_owner.address.clone(),
+    }
+    .to_cell()
+    .unwrap();
+    client_owner.send(tc, &client_sc, TON, body, None).await;
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        chain.wait_register(&client_sc, nonce),
+    )
+    .await
+    .expect("registration seen on the proxy contract")
+    .unwrap();
+    // Another nonce, or the right nonce from another contract, is not a registration.
+    assert!(
+        tokio::time::timeout(
+            Duration::from_millis(300),
+            chain.wait_register(&client_sc, nonce + 1)
+        )
+        .await
+        .is_err()
+    );
+    assert!(
+        tokio::time::timeout(
+            Duration::from_millis(300),
+            chain.wait_register(&net.proxy.address, nonce)
+        )
+        .await
+        .is_err()
+    );
+}
+
+/// A devnet with the root deployed and a staked proxy contract.
+struct Chainnet {
+    tc: Toncenter,
+    params: cocoon_ton::root::CocoonParams,
+    root: StdAddr,
+    proxy_key: [u8; 32],
+    proxy_owner: Party,
+    proxy: cocoon_ton::contracts::Deployable,
+    _dir: tempfile::TempDir,
+    _server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+async fn chainnet() -> Chainnet {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = RunOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        dir: Some(dir.path().to_path_buf()),
+        now: Some(T0),
+        deploy_root: true,
+    };
+    let started = tokio::task::spawn_blocking(move || start(&opts))
+        .await
+        .unwrap()
+        .unwrap();
+    let root = started.root.clone().unwrap().address;
+    let (srv, server) = api::spawn("127.0.0.1:0".parse().unwrap(), started.state)
+        .await
+        .unwrap();
+    let tc = Toncenter::with_url(&format!("http://{srv}")).unwrap();
+    let params = cocoon_devnet::root::test_params().unwrap();
+    let proxy_seed = [0x50; 32];
+    let proxy_pk = HashBytes(SigningKey::from_seed(&proxy_seed).unwrap().public_key());
+    let mut proxy_owner = Party::new(1);
+    let proxy = proxy_contract(&params, &proxy_owner.address, &proxy_pk, &root).unwrap();
+    tc.faucet(&proxy_owner.address, 100 * TON).await.unwrap();
+    let body = ExtProxyIncreaseStake {
+        query_id: 1,
+        amount: Coins(10 * TON as u64),
+        send_excesses_to: proxy_owner.address.clone(),
+    }
+    .to_cell()
+    .unwrap();
+    proxy_owner
+        .send(
+            &tc,
+            &proxy.address,
+            10 * TON + TON / 10,
+            body,
+            Some(proxy.state_init().unwrap()),
+        )
+        .await;
+    Chainnet {
+        tc,
+        params,
+        root,
+        proxy_key: proxy_seed,
+        proxy_owner,
+        proxy,
+        _dir: dir,
+        _server: server,
+    }
+}
+
+impl Chainnet {
+    /// A client owner whose top-up deploys its client contract (and sets `secret_hash`).
+    async fn client(&self, seed: u8, secret_hash: Option<[u8; 32]>) -> (Party, StdAddr) {
+        let mut owner = Party::new(seed);
+        self.tc.faucet(&owner.address, 100 * TON).await.unwrap();
+        let pk = HashBytes(SigningKey::from_seed(&self.proxy_key).unwrap().public_key());
+        let client =
+            client_contract(&self.params, &owner.address, &self.proxy.address, &pk).unwrap();
+        let body = ExtClientTopUp {
+            query_id: 2,
+            amount: Coins(5 * TON as u64),
+            send_excesses_to: owner.address.clone(),
+        }
+        .to_cell()
+        .unwrap();
+        owner
+            .send(
+                &self.tc,
+                &client.address,
+                5 * TON + TON / 10,
+                body,
+                Some(client.state_init().unwrap()),
+            )
+            .await;
+        if let Some(h) = secret_hash {
+            let body = OwnerClientChangeSecretHash {
+                query_id: 3,
+                secret_hash: HashBytes(h),
+                send_excesses_to: owner.address.clone(),
+            }
+            .to_cell()
+            .unwrap();
+            owner
+                .send(&self.tc, &client.address, TON / 2, body, None)
+                .await;
+        }
+        (owner, client.address)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_authorises_clients_through_the_devnet_contracts() {
+    use cocoon_tl::enums::client::{AuthorizationWithProxy as Auth, ProxyConnectionAuth as Conn};
+    use cocoon_tl::functions::client as fclient;
+    let net_chain = chainnet().await;
+    let chain = Arc::new(
+        TonClientChain::new(
+            net_chain.tc.clone(),
+            net_chain.proxy.address.clone(),
+            Duration::from_millis(50),
+        )
+        .await
+        .unwrap(),
+    );
+    let root_cfg = cocoon_ton::chain::load_root_config(&net_chain.tc, &net_chain.root)
+        .await
+        .unwrap();
+    let proxy_sc = net_chain.proxy.address.clone();
+    let owner_addr = net_chain.proxy_owner.address.clone();
+    let key = SigningKey::from_seed(&net_chain.proxy_key).unwrap();
+    let net = common::start_proxy_with(root_cfg, |c| {
+        c.chain = chain.clone();
+        c.signing_key = Arc::new(key);
+        c.proxy_sc = proxy_sc;
+        c.owner_address = owner_addr;
+    })
+    .await;
+
+    // Short: the contract holds SHA-256 of the client's secret.
+    let hash: [u8; 32] = {
+        use sha2::Digest;
+        sha2::Sha256::digest(common::SECRET).into()
+    };
+    let (alice, alice_sc) = net_chain.client(2, Some(hash)).await;
+    let c = common::TestClient::connect(&net, &alice.address).await;
+    assert_eq!(c.connected.client_sc_address, alice_sc.to_string());
+    assert!(
+        matches!(&c.connected.auth, Conn::ProxyConnectionAuthShort(s) if s.secret_hash == hash)
+    );
+    let a: Auth = c
+        .handle
+        .query_tl(
+            &fclient::AuthorizeWithProxyShort {
+                data: common::SECRET.to_vec(),
+            },
+            common::LIMIT,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(a, Auth::AuthorizationWithProxySuccess(_)), "{a:?}");
+    // Credit as the contract's balance and stake allow.
+    let st = chain.client_state(&alice_sc).await.unwrap().unwrap();
+    let credit = net.meter.client(&alice_sc.to_string()).unwrap().credit;
+    assert_eq!(credit, st.credit_tokens(net_chain.params.price_per_token));
+    assert!(credit > 0);
+
+    // Long: no secret on the contract; the owner registers the nonce on-chain.
+    let (mut bob, bob_sc) = net_chain.client(3, None).await;
+    let c = common::TestClient::connect(&net, &bob.address).await;
+    let Conn::ProxyConnectionAuthLong(long) = c.connected.auth.clone() else {
+        panic!("long auth expected: {:?}", c.connected.auth)
+    };
+    let h = c.handle.clone();
+    let pending = tokio::spawn(async move {
+        h.query_tl::<_, Auth>(&fclient::AuthorizeWithProxyLong {}, common::LIMIT)
+            .await
+    });
+    let body = OwnerClientRegister {
+        query_id: 4,
+        nonce: long.nonce as u64,
+        send_excesses_to: bob.address.clone(),
+    }
+    .to_cell()
+    .unwrap();
+    bob.send(&net_chain.tc, &bob_sc, TON, body, None).await;
+    let a = pending.await.unwrap().unwrap();
+    assert!(matches!(a, Auth::AuthorizationWithProxySuccess(_)), "{a:?}");
+    assert!(net.meter.client(&bob_sc.to_string()).unwrap().credit > 0);
+}

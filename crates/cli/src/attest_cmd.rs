@@ -611,7 +611,7 @@ fn show(as_json: bool) -> Result<(), String> {
 }
 
 /// `gen-cert` and `verify-cert`: RA-TLS certificates (`cocoon-ratls`).
-mod ratls {
+pub(crate) mod ratls {
     use super::{GenCertArgs, VerifyCertArgs, now_or, print_json, read_file, utc};
     use cocoon_attest::{
         AttestError, Backend, CollateralStore, Policy, SimKey, TdxCollateral, VerifiedPeer,
@@ -720,7 +720,7 @@ mod ratls {
     }
 
     /// `--policy NAME|FILE` (+ `--allow-sim`) → policy.
-    pub(super) fn cert_policy(spec: &str, allow_sim: bool) -> Result<Policy, String> {
+    pub(crate) fn cert_policy(spec: &str, allow_sim: bool) -> Result<Policy, String> {
         let mut p = match spec {
             "sim" => {
                 let mut p = Policy::sim_test();

@@ -1,13 +1,17 @@
-//! `cocoon`: the one binary of the Cocoon network. Roles (`up`, `client`, `proxy`, `worker`,
-//! `devnet`, ...) arrive with their crates; today it carries the protocol tools.
+//! `cocoon`: the one binary of the Cocoon network: the roles (`worker`, `devnet`; `proxy`,
+//! `client` and `up` arrive with their crates) and the tools (`tl`, `attest`, `model`,
+//! `wallet`, `root`).
 #![forbid(unsafe_code)]
 
 mod attest_cmd;
+mod config;
 mod devnet_cmd;
 mod model_cmd;
+mod role;
 mod root_cmd;
 mod tl_cmd;
 mod wallet_cmd;
+mod worker_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -45,6 +49,9 @@ enum Command {
         #[command(subcommand)]
         command: root_cmd::RootCommand,
     },
+    /// Serve a model to the network's proxies (embedded llama.cpp or an OpenAI-compatible
+    /// server) and earn for every token.
+    Worker(Box<worker_cmd::WorkerArgs>),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +63,7 @@ fn main() -> ExitCode {
         Command::Model(args) => model_cmd::run(args),
         Command::Wallet { command } => wallet_cmd::run(command),
         Command::Root { command } => root_cmd::run(command),
+        Command::Worker(args) => return worker_cmd::main(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -62,7 +62,7 @@ pub fn default_dir() -> PathBuf {
     data.join("cocoon/models")
 }
 
-fn progress_printer(quiet: bool) -> impl FnMut(Progress) + Send {
+pub fn progress_printer(quiet: bool) -> impl FnMut(Progress) + Send {
     let tty = std::io::stderr().is_terminal();
     let mut last_pct: Option<(u8, u64)> = None;
     move |p| {

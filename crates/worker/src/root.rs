@@ -117,8 +117,11 @@ impl WorkerHandle {
             self.reconnect_all();
         }
         let model_allowed = cfg.has_model_hash(&model_hash(&shared.model));
+        let not_listed = !model_allowed;
         shared.control.send_if_modified(|c| {
-            std::mem::replace(&mut c.model_not_listed, !model_allowed) != !model_allowed
+            let changed = c.model_not_listed != not_listed;
+            c.model_not_listed = not_listed;
+            changed
         });
         if !model_allowed {
             tracing::warn!(model = %shared.model, version = cfg.version, "the root contract does not list this worker's model hash; reporting disabled");

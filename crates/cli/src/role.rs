@@ -1,0 +1,173 @@
+//! What every long-running role (`worker`, and later `proxy` and `client`) sets up the same
+//! way: logging, its state directory, its RA-TLS identity from this machine's TEE, the policy
+//! its peers are verified with, and the stop signal.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cocoon_attest::{Backend, CollateralFetcher, CollateralStore, PccsClient, SimKey};
+use cocoon_ratls::cert::{EvidenceSource, Identity, SimSource, TsmSevSource, TsmTdxSource};
+use cocoon_ratls::config::CertResolver;
+use cocoon_ratls::verifier::{RatlsVerifier, VerifierConfig, system_clock};
+
+/// `~/.local/share/cocoon/<role>` (or `$XDG_DATA_HOME/cocoon/<role>`).
+pub fn default_state_dir(role: &str) -> PathBuf {
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("cocoon")
+        .join(role)
+}
+
+/// Logs to stderr; `RUST_LOG` overrides `filter`.
+pub fn init_logging(filter: &str) {
+    let env = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(env)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// The TEE this machine offers through configfs-tsm: `tdx`, `sev-snp`, or none.
+pub fn detect_tee() -> Option<&'static str> {
+    if !Path::new(cocoon_attest::tsm::DEFAULT_ROOT).is_dir() {
+        return None;
+    }
+    if Path::new("/dev/tdx_guest").exists() {
+        Some("tdx")
+    } else if Path::new("/dev/sev-guest").exists() {
+        Some("sev-snp")
+    } else {
+        None
+    }
+}
+
+/// A role's RA-TLS identity: the certificate resolver, where fresh evidence comes from, and
+/// which TEE that is (`tdx`, `sev-snp`, `sim`).
+pub struct RoleIdentity {
+    pub resolver: Arc<CertResolver>,
+    pub source: Arc<dyn EvidenceSource>,
+    pub tee: &'static str,
+}
+
+/// Our RA-TLS identity: evidence from `tee` (`auto`, `tdx`, `sev-snp`, `sim`), refreshed
+/// hourly. Sim evidence is refused unless the network is a test network.
+pub fn identity(tee: &str, is_test: bool, state_dir: &Path) -> Result<RoleIdentity, String> {
+    let tee = match tee {
+        "auto" => detect_tee().ok_or_else(|| {
+            format!(
+                "no TEE found ({} and /dev/tdx_guest or /dev/sev-guest); on a test network set \
+                 tee = \"sim\"",
+                cocoon_attest::tsm::DEFAULT_ROOT
+            )
+        })?,
+        "tdx" => "tdx",
+        "sev-snp" => "sev-snp",
+        "sim" => "sim",
+        other => return Err(format!("unknown tee {other:?} (auto, tdx, sev-snp, sim)")),
+    };
+    let source: Arc<dyn EvidenceSource> = match tee {
+        "sim" => {
+            if !is_test {
+                return Err("sim attestation is for test networks only (is_test = true)".into());
+            }
+            let key = SimKey::load_or_create(&state_dir.join("sim-key.pk8"))
+                .map_err(|e| format!("sim key: {e}"))?;
+            Arc::new(SimSource(key))
+        }
+        "tdx" => Arc::new(TsmTdxSource::system()),
+        _ => Arc::new(TsmSevSource::system()),
+    };
+    let now = (system_clock())();
+    let id = Identity::generate(source.as_ref(), now)
+        .map_err(|e| format!("cannot produce {tee} evidence for the RA-TLS certificate: {e}"))?;
+    let resolver = CertResolver::new(&id).map_err(|e| e.to_string())?;
+    Ok(RoleIdentity {
+        resolver,
+        source,
+        tee,
+    })
+}
+
+/// Regenerates the certificate hourly (COCOON does the same).
+pub fn spawn_identity_refresh(
+    resolver: &Arc<CertResolver>,
+    source: Arc<dyn EvidenceSource>,
+) -> tokio::task::JoinHandle<()> {
+    cocoon_ratls::config::spawn_refresh(
+        Arc::clone(resolver),
+        source,
+        system_clock(),
+        Duration::from_secs(3600),
+    )
+}
+
+/// The verifier for peers: `policy` is `any`, `tdx`, `sev-snp`, `sim` or a JSON policy file;
+/// on a test network sim peers are accepted too. TDX collateral comes from
+/// `<state_dir>/collateral`, fetched from `pccs_url` when one is given (then refreshed in the
+/// background before it expires).
+pub fn peer_verifier(
+    policy: &str,
+    is_test: bool,
+    pccs_url: &str,
+    state_dir: &Path,
+) -> Result<Arc<RatlsVerifier>, String> {
+    let mut p = crate::attest_cmd::ratls::cert_policy(policy, is_test)?;
+    if !is_test && p.allowed_backends.contains(&Backend::Sim) {
+        return Err("a sim peer policy needs a test network (is_test = true)".into());
+    }
+    p.is_test_network = is_test;
+    let mut cfg = VerifierConfig::new(p);
+    let dir = state_dir.join("collateral");
+    if pccs_url.is_empty() {
+        cfg.collateral = Arc::new(CollateralStore::new(dir));
+    } else {
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let client = PccsClient::new(pccs_url).map_err(|e| format!("pccs_url: {e}"))?;
+        let fetcher = Arc::new(CollateralFetcher::new(client, CollateralStore::new(dir)));
+        fetcher.spawn_refresher(system_clock(), Duration::from_secs(3600));
+        cfg.collateral = fetcher;
+    }
+    Ok(RatlsVerifier::new(cfg))
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Reads a bearer token file, creating it (mode 0600, 32 random bytes in hex) if missing.
+pub fn ensure_token_file(path: &Path) -> Result<(), String> {
+    if path.exists() {
+        return Ok(());
+    }
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+    }
+    let mut bytes = [0u8; 32];
+    rand::fill(&mut bytes);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    writeln!(f, "{}", hex::encode(bytes)).map_err(|e| format!("{}: {e}", path.display()))
+}

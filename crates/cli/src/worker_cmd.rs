@@ -1,0 +1,464 @@
+//! `cocoon worker`: serve a model to the network's proxies and earn for every token.
+//!
+//! Configuration is layered (see `config.rs`; the keys and their defaults are in
+//! `defaults/worker.toml`, `cocoon worker --print-defaults`). The engine is the embedded
+//! llama.cpp with a model from the model store (pulled if it is a known alias and missing)
+//! or an OpenAI-compatible server (`--backend URL`). With a root contract (`--root`), the
+//! worker connects to the proxies it registers and follows its prices, params and model
+//! whitelist, reading it every `root_poll_seconds`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use cocoon_engine::store::{self, ModelStore};
+use cocoon_engine::{BackendKind, Engine, HttpEngine, HttpEngineConfig, Tokenizer};
+use cocoon_openai::{Multipliers, PriceTable};
+use cocoon_ratls::net::RatlsConnector;
+use cocoon_ton::toncenter::{Toncenter, ToncenterConfig};
+use cocoon_worker::{AdminConfig, PayoutSink, Timings, Worker, WorkerConfig};
+use serde::Deserialize;
+
+use crate::config::{ConfigError, EXIT_CONFIG, Layers};
+use crate::role;
+
+/// The embedded defaults: every key `cocoon worker` knows.
+pub const DEFAULTS: &str = include_str!("defaults/worker.toml");
+
+#[derive(Args)]
+pub struct WorkerArgs {
+    /// TOML configuration file (keys under [worker]).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Set any key: --set key=value (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// Model store alias/name/id or GGUF path (embedded), or the full model id (--backend).
+    #[arg(long)]
+    model: Option<String>,
+    /// OpenAI-compatible inference server instead of the embedded engine.
+    #[arg(long)]
+    backend: Option<String>,
+    /// Proxy address host:port (repeatable).
+    #[arg(long = "proxy")]
+    proxies: Vec<String>,
+    /// Root contract address to follow.
+    #[arg(long)]
+    root: Option<String>,
+    /// toncenter v2 API URL.
+    #[arg(long)]
+    ton: Option<String>,
+    /// Earnings owner address.
+    #[arg(long)]
+    owner: Option<String>,
+    /// auto, tdx, sev-snp or sim.
+    #[arg(long)]
+    tee: Option<String>,
+    /// Test network.
+    #[arg(long)]
+    test: bool,
+    /// State directory.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Admin HTTP listen address ("" for none).
+    #[arg(long)]
+    admin: Option<String>,
+    /// Print the effective configuration (with where each value came from) and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Print the documented defaults file and exit.
+    #[arg(long)]
+    print_defaults: bool,
+}
+
+/// The worker's settings, as the defaults file declares them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    pub model: String,
+    pub backend_url: String,
+    pub backend_kind: String,
+    pub backend_model: String,
+    pub models_dir: String,
+    pub slots: u32,
+    pub ctx_per_slot: u32,
+    pub threads: u32,
+    pub gpu_layers: u32,
+    pub proxies: Vec<String>,
+    pub root_address: String,
+    pub ton_url: String,
+    pub ton_api_key_file: String,
+    pub root_poll_seconds: u64,
+    pub owner_address: String,
+    pub coefficient: u32,
+    pub max_active_requests: u32,
+    pub is_test: bool,
+    pub tee: String,
+    pub proxy_policy: String,
+    pub pccs_url: String,
+    pub pow_max_difficulty: u32,
+    pub state_dir: String,
+    pub admin_listen: String,
+    pub admin_token_file: String,
+    pub price_per_token: u64,
+    pub worker_fee_per_token: u64,
+    pub min_payout_ton: String,
+    pub wallet_key_file: String,
+    pub wallet_version: String,
+    pub log: String,
+}
+
+/// Defaults, file, `COCOON_WORKER_*`, then flags.
+pub fn layers(args: &WorkerArgs, env: Vec<(String, String)>) -> Result<Layers, ConfigError> {
+    let mut l = Layers::new("worker", DEFAULTS);
+    if let Some(p) = &args.config {
+        l.file(p)?;
+    }
+    l.env(env)?;
+    l.sets(&args.sets)?;
+    let flags: [(&str, Option<String>, &str); 8] = [
+        ("model", args.model.clone(), "--model"),
+        ("backend_url", args.backend.clone(), "--backend"),
+        ("root_address", args.root.clone(), "--root"),
+        ("ton_url", args.ton.clone(), "--ton"),
+        ("owner_address", args.owner.clone(), "--owner"),
+        ("tee", args.tee.clone(), "--tee"),
+        (
+            "state_dir",
+            args.state_dir.as_ref().map(|p| p.display().to_string()),
+            "--state-dir",
+        ),
+        ("admin_listen", args.admin.clone(), "--admin"),
+    ];
+    for (key, v, flag) in flags {
+        if let Some(v) = v {
+            l.set(key, &v, flag)?;
+        }
+    }
+    if !args.proxies.is_empty() {
+        l.set("proxies", &args.proxies.join(","), "--proxy")?;
+    }
+    if args.test {
+        l.set("is_test", "true", "--test")?;
+    }
+    Ok(l)
+}
+
+/// Checks what the types alone cannot, naming the key.
+fn check(s: &WorkerSettings, l: &Layers) -> Result<(), ConfigError> {
+    if s.owner_address.is_empty() {
+        return Err(l.invalid(
+            "owner_address",
+            "required: the TON address that owns this worker's earnings",
+        ));
+    }
+    cocoon_ton::parse_address(&s.owner_address).map_err(|e| l.invalid("owner_address", e))?;
+    if !s.root_address.is_empty() {
+        cocoon_ton::parse_address(&s.root_address).map_err(|e| l.invalid("root_address", e))?;
+    }
+    if !s.backend_url.is_empty() {
+        if !(s.backend_url.starts_with("http://") || s.backend_url.starts_with("https://")) {
+            return Err(l.invalid("backend_url", "expected an http:// or https:// URL"));
+        }
+        if BackendKind::parse(&s.backend_kind).is_none() {
+            return Err(l.invalid(
+                "backend_kind",
+                "one of vllm, sglang, llama-server, ollama, openai",
+            ));
+        }
+        if cocoon_worker::config::model_base_name(&s.model).is_none() {
+            return Err(l.invalid("model", "expected the full model id Name@revision:sha256"));
+        }
+    }
+    if s.root_address.is_empty() && s.proxies.is_empty() {
+        return Err(l.invalid(
+            "proxies",
+            "no proxy to connect to: give --proxy host:port or --root ADDRESS",
+        ));
+    }
+    if !s.admin_listen.is_empty() && s.admin_listen.parse::<std::net::SocketAddr>().is_err() {
+        return Err(l.invalid("admin_listen", "expected ip:port"));
+    }
+    if s.root_poll_seconds == 0 {
+        return Err(l.invalid("root_poll_seconds", "must be positive"));
+    }
+    if s.worker_fee_per_token > s.price_per_token {
+        return Err(l.invalid("worker_fee_per_token", "must not exceed price_per_token"));
+    }
+    cocoon_ton::parse_ton(&s.min_payout_ton).map_err(|e| l.invalid("min_payout_ton", e))?;
+    if s.wallet_version
+        .parse::<cocoon_ton::wallet::WalletVersion>()
+        .is_err()
+    {
+        return Err(l.invalid("wallet_version", "v4r2 or v5r1"));
+    }
+    Ok(())
+}
+
+pub fn main(args: WorkerArgs) -> ExitCode {
+    if args.print_defaults {
+        print!("{DEFAULTS}");
+        return ExitCode::SUCCESS;
+    }
+    let layered = layers(&args, std::env::vars().collect()).and_then(|l| {
+        let s: WorkerSettings = l.build()?;
+        check(&s, &l)?;
+        Ok((l, s))
+    });
+    let (l, s) = match layered {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if args.print_config {
+        print!("{}", l.render());
+        return ExitCode::SUCCESS;
+    }
+    role::init_logging(&s.log);
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: tokio runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(s)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn models_dir(s: &WorkerSettings) -> PathBuf {
+    if s.models_dir.is_empty() {
+        crate::model_cmd::default_dir()
+    } else {
+        PathBuf::from(&s.models_dir)
+    }
+}
+
+/// The engine, the model id announced to proxies, and a tokenizer for cut-short answers.
+async fn engine(
+    s: &WorkerSettings,
+) -> Result<(Arc<dyn Engine>, String, Option<Arc<dyn Tokenizer>>), String> {
+    if !s.backend_url.is_empty() {
+        let kind = BackendKind::parse(&s.backend_kind).unwrap_or(BackendKind::OpenAi);
+        let name = if s.backend_model.is_empty() {
+            cocoon_worker::config::model_base_name(&s.model)
+                .unwrap_or(&s.model)
+                .to_owned()
+        } else {
+            s.backend_model.clone()
+        };
+        let e = HttpEngine::new(HttpEngineConfig::new(&s.backend_url, kind, name))
+            .map_err(|e| format!("backend: {e}"))?;
+        return Ok((Arc::new(e), s.model.clone(), None));
+    }
+    let (path, id, name) = if Path::new(&s.model).is_file() {
+        let dir = models_dir(s);
+        let st = ModelStore::open(&dir).map_err(|e| e.to_string())?;
+        let stem = Path::new(&s.model)
+            .file_stem()
+            .and_then(|x| x.to_str())
+            .unwrap_or("model")
+            .to_owned();
+        // A file the store already holds (its blob) keeps its recorded identity.
+        let given = std::fs::canonicalize(&s.model).map_err(|e| format!("{}: {e}", s.model))?;
+        let known = st
+            .list()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .find(|r| std::fs::canonicalize(st.path_of(r)).is_ok_and(|p| p == given));
+        let rec = match known {
+            Some(r) => r,
+            None => st
+                .add_file(Path::new(&s.model), &stem, "local", None)
+                .map_err(|e| e.to_string())?,
+        };
+        (st.path_of(&rec), rec.id(), rec.name)
+    } else {
+        let dir = models_dir(s);
+        let st = ModelStore::open(&dir).map_err(|e| e.to_string())?;
+        let rec = match st.get(&s.model) {
+            Ok(r) => r,
+            Err(e) => match store::known(&s.model) {
+                Some(k) => {
+                    eprintln!("model {} is not in {}; pulling it", s.model, dir.display());
+                    let mut progress = crate::model_cmd::progress_printer(false);
+                    st.pull_known(k, None, &mut progress)
+                        .await
+                        .map_err(|e| e.to_string())?
+                }
+                None => return Err(e.to_string()),
+            },
+        };
+        (st.path_of(&rec), rec.id(), rec.name)
+    };
+    let mut cfg = cocoon_llama::LlamaConfig::new(&path, &name);
+    cfg.slots = s.slots.max(1);
+    cfg.ctx_per_slot = s.ctx_per_slot;
+    if s.threads > 0 {
+        cfg.threads = s.threads;
+    }
+    cfg.gpu_layers = s.gpu_layers;
+    let e = tokio::task::spawn_blocking(move || cocoon_llama::LlamaEngine::load(cfg))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("cannot load {}: {e}", path.display()))?;
+    let tok = e.tokenizer();
+    Ok((Arc::new(e), id, Some(tok)))
+}
+
+fn toncenter(s: &WorkerSettings) -> Result<Toncenter, String> {
+    let mut cfg = ToncenterConfig::new(s.ton_url.clone());
+    if !s.ton_api_key_file.is_empty() {
+        let k = std::fs::read_to_string(&s.ton_api_key_file)
+            .map_err(|e| format!("{}: {e}", s.ton_api_key_file))?;
+        cfg.api_key = Some(k.trim().to_owned());
+    }
+    Toncenter::new(cfg).map_err(|e| e.to_string())
+}
+
+async fn run(s: WorkerSettings) -> Result<(), String> {
+    let state_dir = if s.state_dir.is_empty() {
+        role::default_state_dir("worker")
+    } else {
+        PathBuf::from(&s.state_dir)
+    };
+    std::fs::create_dir_all(&state_dir).map_err(|e| format!("{}: {e}", state_dir.display()))?;
+    let role::RoleIdentity {
+        resolver,
+        source,
+        tee,
+    } = role::identity(&s.tee, s.is_test, &state_dir)?;
+    let _refresh = role::spawn_identity_refresh(&resolver, source);
+    let verifier = role::peer_verifier(&s.proxy_policy, s.is_test, &s.pccs_url, &state_dir)?;
+    let connector = RatlsConnector::new(
+        resolver,
+        verifier,
+        s.pow_max_difficulty,
+        cocoon_net::Config::default(),
+    )
+    .map_err(|e| e.to_string())?;
+
+    let (engine, model_id, tokenizer) = engine(&s).await?;
+    let chain = toncenter(&s)?;
+    let payout_sink: Option<Arc<dyn PayoutSink>> = if s.wallet_key_file.is_empty() {
+        None
+    } else {
+        let key = cocoon_ton::keys::SigningKey::from_file(Path::new(&s.wallet_key_file))
+            .map_err(|e| format!("wallet_key_file: {e}"))?;
+        let version = s
+            .wallet_version
+            .parse::<cocoon_ton::wallet::WalletVersion>()
+            .map_err(|e| e.to_string())?;
+        let wallet = cocoon_ton::wallet::Wallet::new(version, key.public_key());
+        let sender = cocoon_ton::wallet::WalletSender::new(chain.clone(), wallet, key)
+            .map_err(|e| e.to_string())?;
+        let sink = Arc::new(cocoon_worker::chain_sink::ChainPayoutSink::new(
+            sender,
+            cocoon_worker::chain_sink::DEFAULT_ATTACH_NANOTON,
+        ));
+        sink.spawn_ticker(Duration::from_secs(5));
+        Some(sink)
+    };
+    let admin = if s.admin_listen.is_empty() {
+        None
+    } else {
+        let token_file = if s.admin_token_file.is_empty() {
+            state_dir.join("admin-token")
+        } else {
+            PathBuf::from(&s.admin_token_file)
+        };
+        role::ensure_token_file(&token_file)?;
+        Some(AdminConfig {
+            bind: s.admin_listen.parse().map_err(|_| "admin_listen")?,
+            token_file: Some(token_file),
+        })
+    };
+    let min_payout = cocoon_ton::parse_ton(&s.min_payout_ton).map_err(|e| e.to_string())?;
+    let root = if s.root_address.is_empty() {
+        None
+    } else {
+        Some(cocoon_ton::parse_address(&s.root_address).map_err(|e| e.to_string())?)
+    };
+    // With a root, its configuration is read first: proxies, prices and params come from it.
+    let first_root = match &root {
+        Some(r) => Some(
+            cocoon_ton::chain::load_root_config(&chain, r)
+                .await
+                .map_err(|e| format!("cannot read the root contract {r}: {e}"))?,
+        ),
+        None => None,
+    };
+    let prices = match &first_root {
+        Some(c) => cocoon_worker::root::price_table(&c.params),
+        None => PriceTable {
+            price_per_token: s.price_per_token,
+            worker_fee_per_token: s.worker_fee_per_token,
+            multipliers: Multipliers::default(),
+        },
+    };
+    let cfg = WorkerConfig {
+        proxies: s.proxies.clone(),
+        owner_address: s.owner_address.clone(),
+        model: model_id.clone(),
+        coefficient: s.coefficient,
+        max_active_requests: s.max_active_requests,
+        is_test: s.is_test,
+        prices,
+        min_payout_nanoton: u128::from(min_payout),
+        state_dir: state_dir.clone(),
+        engine,
+        connector,
+        admin,
+        tokenizer,
+        payout_sink,
+        contract_params: None,
+        timings: Timings::default(),
+    };
+    let handle = Worker::start(cfg).await.map_err(|e| e.to_string())?;
+    eprintln!(
+        "worker: model {model_id} (root model hash {}), tee {tee}, state {}",
+        hex::encode(cocoon_ton::root::model_hash(&model_id).0),
+        state_dir.display()
+    );
+    if let Some(a) = handle.admin_addr() {
+        eprintln!("worker: admin http://{a}/stats");
+    }
+    if let Some(c) = &first_root {
+        handle
+            .apply_root_config(c, &s.proxies)
+            .map_err(|e| e.to_string())?;
+    }
+    let poll = async {
+        let Some(r) = &root else {
+            return std::future::pending::<()>().await;
+        };
+        let every = Duration::from_secs(s.root_poll_seconds);
+        loop {
+            tokio::time::sleep(every).await;
+            match cocoon_ton::chain::load_root_config(&chain, r).await {
+                Ok(c) => {
+                    if let Err(e) = handle.apply_root_config(&c, &s.proxies) {
+                        tracing::error!(error = %e, "root configuration refused");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read the root contract"),
+            }
+        }
+    };
+    tokio::select! {
+        _ = role::stop_signal() => {}
+        _ = poll => {}
+    }
+    eprintln!("worker: stopping (running requests may finish)");
+    handle.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,314 @@
+//! The real `cocoon worker` process: layered configuration with clear errors (exit 64), and
+//! a worker with the embedded engine and the default model that follows a root contract on
+//! the real `cocoon devnet` process: it dials the proxies the root registers, picks up a new
+//! one at run time, reports the model whitelist, and stops cleanly on SIGTERM.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cocoon_ton::toncenter::{Devnet, Toncenter, ToncenterConfig};
+
+mod common;
+use common::{ok, start_devnet, stop_devnet};
+
+const OWNER: &str = "0:4444444444444444444444444444444444444444444444444444444444444444";
+
+fn worker_cmd(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cocoon"));
+    c.arg("worker").args(args);
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    let out = c.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_configuration_is_one_line_and_exit_64() {
+    let tmp = tempfile::tempdir().unwrap();
+    /// Arguments, environment, the start of the expected error line.
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            vec!["--proxy", "127.0.0.1:1"],
+            vec![],
+            "error: config: worker.owner_address (from default): required",
+        ),
+        (
+            vec!["--owner", OWNER],
+            vec![],
+            "error: config: worker.proxies (from default): no proxy to connect to",
+        ),
+        (
+            vec!["--owner", OWNER, "--proxy", "127.0.0.1:1"],
+            vec![("COCOON_WORKER_COEFFICIENT", "cheap")],
+            "error: config: worker.coefficient (from COCOON_WORKER_COEFFICIENT): expected an integer, got \"cheap\"",
+        ),
+        (
+            vec![
+                "--owner",
+                OWNER,
+                "--proxy",
+                "127.0.0.1:1",
+                "--set",
+                "colour=red",
+            ],
+            vec![],
+            "error: config: worker.colour (from --set): unknown key",
+        ),
+        (
+            vec!["--owner", "nowhere", "--proxy", "127.0.0.1:1"],
+            vec![],
+            "error: config: worker.owner_address (from --owner): ",
+        ),
+        (
+            vec!["--owner", OWNER, "--proxy", "h:1", "--backend", "ftp://x"],
+            vec![],
+            "error: config: worker.backend_url (from --backend): expected an http",
+        ),
+    ];
+    for (args, envs, want) in cases {
+        let (rc, out, err) = worker_cmd(&args, &envs);
+        assert_eq!(rc, 64, "{args:?}: {err}{out}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(err.starts_with(want), "{args:?}: {err}");
+    }
+    // A file with an unknown key names the file.
+    let f = tmp.path().join("w.toml");
+    std::fs::write(&f, "[worker]\nowner = \"x\"\n").unwrap();
+    let (rc, _, err) = worker_cmd(&["--config", f.to_str().unwrap()], &[]);
+    assert_eq!(rc, 64);
+    assert!(
+        err.starts_with(&format!(
+            "error: config: worker.owner (from {}): unknown key",
+            f.display()
+        )),
+        "{err}"
+    );
+    // The effective configuration shows where each value came from.
+    std::fs::write(
+        &f,
+        "[worker]\ncoefficient = 1200\nproxies = [\"10.0.0.1:5000\"]\n",
+    )
+    .unwrap();
+    let (rc, out, err) = worker_cmd(
+        &[
+            "--config",
+            f.to_str().unwrap(),
+            "--owner",
+            OWNER,
+            "--print-config",
+        ],
+        &[("COCOON_WORKER_MAX_ACTIVE_REQUESTS", "3")],
+    );
+    assert_eq!(rc, 0, "{err}");
+    assert!(
+        out.contains(&format!("coefficient = 1200  # {}", f.display())),
+        "{out}"
+    );
+    assert!(
+        out.contains("max_active_requests = 3  # COCOON_WORKER_MAX_ACTIVE_REQUESTS"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("owner_address = \"{OWNER}\"  # --owner")),
+        "{out}"
+    );
+    assert!(out.contains("slots = 4  # default"), "{out}");
+    let (rc, out, _) = worker_cmd(&["--print-defaults"], &[]);
+    assert_eq!(rc, 0);
+    assert!(out.starts_with("# `cocoon worker` defaults."), "{out}");
+}
+
+fn get_json(url: &str) -> serde_json::Value {
+    // A tiny HTTP/1.0 GET (no client dependency in this crate's tests).
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    write!(s, "GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    let json = body.split_once("\r\n\r\n").unwrap().1;
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}"))
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(90);
+    while !f() {
+        assert!(Instant::now() < end, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Kills the child if the test fails before stopping it properly.
+struct Killed(Option<Child>);
+impl Killed {
+    fn take(&mut self) -> Child {
+        self.0.take().unwrap()
+    }
+}
+impl Drop for Killed {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn worker_process_follows_the_root_on_devnet() {
+    // The default model must be in the default model store (scripts/test pulls it and
+    // exports its path).
+    let Ok(_model) = std::env::var("COCOON_TEST_MODEL") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "COCOON_TEST_MODEL must be set in CI (scripts/test pulls the default model)"
+        );
+        eprintln!("skipped: COCOON_TEST_MODEL is not set");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (devnet, url, _lines, rx) = start_devnet(&tmp.path().join("devnet"));
+    let mut devnet = Killed(Some(devnet));
+
+    // A root owned by a fresh wallet: one registered proxy, nobody listening there yet.
+    let key = tmp.path().join("owner.key");
+    let key_s = key.to_str().unwrap();
+    ok(&["wallet", "new", "--key", key_s]);
+    let raw = ok(&["wallet", "show", "--key", key_s])
+        .lines()
+        .find_map(|l| l.strip_prefix("address (raw): ").map(str::to_owned))
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let chain = Toncenter::new(ToncenterConfig::new(url.clone())).unwrap();
+    rt.block_on(chain.faucet(&cocoon_ton::parse_address(&raw).unwrap(), 5_000_000_000))
+        .unwrap();
+    let out = ok(&[
+        "root",
+        "deploy",
+        "--key",
+        key_s,
+        "--ton",
+        &url,
+        "--unique-id",
+        "7",
+    ]);
+    let root = out
+        .lines()
+        .find_map(|l| l.strip_prefix("root deployed at ").map(str::to_owned))
+        .unwrap();
+    let owner = |op: &[&str]| {
+        let mut a: Vec<&str> = vec!["root"];
+        a.extend_from_slice(op);
+        a.extend_from_slice(&["--key", key_s, "--ton", &url, "--root", &root]);
+        ok(&a);
+    };
+    let p1 = format!("127.0.0.1:{}", free_port());
+    owner(&["add-proxy", &format!("{p1} 127.0.0.1:1")]);
+
+    // The worker: embedded engine with the default model from the model store, sim TEE.
+    let admin = format!("127.0.0.1:{}", free_port());
+    let state = tmp.path().join("worker");
+    let child = Command::new(env!("CARGO_BIN_EXE_cocoon"))
+        .args([
+            "worker",
+            "--test",
+            "--tee",
+            "sim",
+            "--owner",
+            OWNER,
+            "--root",
+            &root,
+            "--ton",
+            &url,
+            "--model",
+            "smollm2-135m",
+            "--admin",
+            &admin,
+            "--set",
+            "root_poll_seconds=1",
+            "--set",
+            "slots=1",
+            "--set",
+            "ctx_per_slot=512",
+            "--set",
+            "threads=1",
+        ])
+        .arg("--state-dir")
+        .arg(&state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut child = Killed(Some(child));
+    let stats_url = format!("http://{admin}/jsonstats");
+    let stats = || -> Option<serde_json::Value> {
+        std::net::TcpStream::connect(&admin).ok()?;
+        Some(get_json(&stats_url))
+    };
+    wait_for("the worker's admin server", || stats().is_some());
+    let s = stats().unwrap();
+    let model_id = s["model"].as_str().unwrap().to_owned();
+    assert!(model_id.starts_with("SmolLM2-135M-Instruct"), "{s}");
+    assert!(
+        s["uplink_ok"].as_bool().unwrap(),
+        "embedded engine is up: {s}"
+    );
+    // The registered proxy (its worker half) is dialled; the model is not whitelisted yet.
+    wait_for("the root's proxy dialled", || {
+        let s = stats().unwrap();
+        s["proxies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["address"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+            == [p1.clone()]
+    });
+    assert!(stats().unwrap()["model_not_listed"].as_bool().unwrap());
+
+    // The owner whitelists the model and registers a second proxy: both reach the worker
+    // through its polling.
+    owner(&["add-model", &model_id]);
+    let p2 = format!("127.0.0.1:{}", free_port());
+    owner(&["add-proxy", &p2]);
+    wait_for("whitelist and second proxy applied", || {
+        let s = stats().unwrap();
+        let n = s["proxies"].as_array().unwrap().len();
+        !s["model_not_listed"].as_bool().unwrap() && n == 2
+    });
+    let s = stats().unwrap();
+    assert!(s["enabled"].as_bool().unwrap(), "{s}");
+    assert!(s["root_version"].as_u64().unwrap() >= 3, "{s}");
+
+    // SIGTERM: a clean stop.
+    let mut child = child.take();
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = child.wait().unwrap();
+    assert!(status.success(), "worker exit status {status}");
+    stop_devnet(devnet.take(), rx);
+}

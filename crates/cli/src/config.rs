@@ -59,14 +59,18 @@ impl Layers {
         ConfigError(format!("config: {}.{key} (from {from}): {what}", self.role))
     }
 
+    fn unknown(&self, key: &str, from: &str) -> ConfigError {
+        let known: Vec<&str> = self.values.keys().map(String::as_str).collect();
+        self.err(
+            key,
+            from,
+            format!("unknown key (known: {})", known.join(", ")),
+        )
+    }
+
     fn set_value(&mut self, key: &str, v: Value, from: &str) -> Result<(), ConfigError> {
         let Some(default) = self.values.get(key) else {
-            let known: Vec<&str> = self.values.keys().map(String::as_str).collect();
-            return Err(self.err(
-                key,
-                from,
-                format!("unknown key (known: {})", known.join(", ")),
-            ));
+            return Err(self.unknown(key, from));
         };
         if std::mem::discriminant(default) != std::mem::discriminant(&v) {
             return Err(self.err(
@@ -83,7 +87,7 @@ impl Layers {
     /// Parses `raw` as the type of `key`'s default (env and flag values are text).
     fn typed(&self, key: &str, raw: &str, from: &str) -> Result<Value, ConfigError> {
         let Some(default) = self.values.get(key) else {
-            return Err(self.err(key, from, "unknown key"));
+            return Err(self.unknown(key, from));
         };
         Ok(match default {
             Value::String(_) => Value::String(raw.to_owned()),

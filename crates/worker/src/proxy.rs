@@ -356,7 +356,11 @@ async fn serve(
                 let Some(msg) = msg else { return Err(SessionError::Closed) };
                 match msg {
                     Incoming::Message { data } => {
-                        handle_message(shared, s, link, &data, &mut running, &done_tx, drain_deadline.is_some()).await?;
+                        // Draining once this session was told to stop, or as soon as the worker
+                        // shuts down (the proxy was told "disabled" then; the stop signal may
+                        // not have reached this loop yet).
+                        let draining = drain_deadline.is_some() || shared.control().draining;
+                        handle_message(shared, s, link, &data, &mut running, &done_tx, draining).await?;
                     }
                     Incoming::Query { responder, .. } => {
                         let _ = responder.error(ErrorCode::ProtoViolation as i32, "worker answers no queries");

@@ -346,7 +346,16 @@ impl Ledger {
             .reservations
             .get(&request)
             .ok_or(LedgerError::UnknownRequest(request))?;
-        let used = r.prices.adjust(usage, coefficient).total;
+        self.check_tokens(request, r.prices.adjust(usage, coefficient).total)
+    }
+
+    /// [`Self::check_part`] for usage already in adjusted tokens (what a worker reports in
+    /// `tokensUsed.total_tokens_used`); returns `used` when it fits.
+    pub fn check_tokens(&self, request: RequestId, used: u64) -> Result<u64, LedgerError> {
+        let r = self
+            .reservations
+            .get(&request)
+            .ok_or(LedgerError::UnknownRequest(request))?;
         if used > r.tokens {
             return Err(LedgerError::ReservationExceeded {
                 reserved: r.tokens,
@@ -376,6 +385,23 @@ impl Ledger {
         usage: &Usage,
         coefficient: u64,
     ) -> Result<Pending<Settlement>, LedgerError> {
+        let tokens = self
+            .reservations
+            .get(&request)
+            .ok_or(LedgerError::UnknownRequest(request))?
+            .prices
+            .adjust(usage, coefficient)
+            .total;
+        self.settle_tokens(request, worker, tokens)
+    }
+
+    /// [`Self::settle`] for usage already in adjusted tokens (the worker's reported total).
+    pub fn settle_tokens(
+        &mut self,
+        request: RequestId,
+        worker: &StdAddr,
+        tokens: u64,
+    ) -> Result<Pending<Settlement>, LedgerError> {
         let r = self
             .reservations
             .get(&request)
@@ -390,7 +416,6 @@ impl Ledger {
             });
         }
         let prices = r.prices;
-        let tokens = prices.adjust(usage, coefficient).total;
         let client_nanoton = prices.client_cost(tokens);
         let worker_nanoton = prices.worker_earning(tokens);
         let commission_nanoton = prices.commission(tokens);

@@ -1,14 +1,21 @@
-//! What client authorisation needs from the chain, behind a small trait.
+//! What the proxy needs from the chain, behind two small traits.
 //!
-//! COCOON's proxy reads the client contract (stored `secret_hash`, balance, stake, tokens
-//! already charged, state) to pick short or long authorisation, and completes a long one
-//! when it sees the client contract forward `client_proxy_register{nonce}` to the proxy
-//! contract. The network code only needs these two questions answered; a toncenter-backed
-//! implementation belongs with the settlement code. [`MemoryChain`] answers them from
-//! memory (development and tests).
+//! [`ClientChain`], for authorisation: COCOON's proxy reads the client contract (stored
+//! `secret_hash`, balance, stake, tokens already charged, state) to pick short or long
+//! authorisation, and completes a long one when it sees the client contract forward
+//! `client_proxy_register{nonce}` to the proxy contract.
+//!
+//! [`CheckpointChain`], for settlement: `save_state` checkpoints sent to and read back from
+//! the proxy contract, and signed charges/payouts submitted to client and worker contracts.
+//!
+//! `ton_chain` implements them over any `cocoon_ton::chain::Chain`; [`MemoryChain`] answers
+//! both from memory (development and tests).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use cocoon_ledger::ChainCheckpoint;
 
 use cocoon_ton::StdAddr;
 use futures::future::BoxFuture;
@@ -62,12 +69,37 @@ pub trait ClientChain: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), ChainError>>;
 }
 
-/// Contracts and registrations held in memory.
+/// What settlement needs from the chain: the proxy contract's `save_state` records and a
+/// way to submit signed charges and payouts.
+pub trait CheckpointChain: Send + Sync + 'static {
+    /// Sends `save_state(seqno, hash)` to our proxy contract (a self-transaction; the record
+    /// is the checkpoint).
+    fn send_checkpoint(&self, c: ChainCheckpoint) -> BoxFuture<'_, Result<(), ChainError>>;
+
+    /// `save_state` records on our proxy contract with a seqno above `after`, in chain order.
+    fn checkpoints_since(
+        &self,
+        after: u32,
+    ) -> BoxFuture<'_, Result<Vec<ChainCheckpoint>, ChainError>>;
+
+    /// Submits a signed receipt (BoC) to the client or worker contract it names.
+    fn submit_receipt<'a>(
+        &'a self,
+        contract: &'a StdAddr,
+        boc: Vec<u8>,
+    ) -> BoxFuture<'a, Result<(), ChainError>>;
+}
+
+/// Contracts, registrations, checkpoints and submitted receipts held in memory.
 #[derive(Debug)]
 pub struct MemoryChain {
     clients: Mutex<HashMap<StdAddr, ClientContractState>>,
     registered: Mutex<HashSet<(StdAddr, u64)>>,
     tick: watch::Sender<u64>,
+    checkpoints: Mutex<Vec<ChainCheckpoint>>,
+    receipts: Mutex<Vec<(StdAddr, Vec<u8>)>>,
+    /// While set, checkpoints sent are dropped (a chain that does not include them).
+    drop_checkpoints: AtomicBool,
 }
 
 impl Default for MemoryChain {
@@ -76,6 +108,9 @@ impl Default for MemoryChain {
             clients: Mutex::default(),
             registered: Mutex::default(),
             tick: watch::channel(0).0,
+            checkpoints: Mutex::default(),
+            receipts: Mutex::default(),
+            drop_checkpoints: AtomicBool::new(false),
         }
     }
 }
@@ -100,6 +135,26 @@ impl MemoryChain {
             .unwrap_or_else(|p| p.into_inner())
             .insert((client_sc, nonce));
         self.tick.send_modify(|t| *t += 1);
+    }
+
+    /// Checkpoints on chain, oldest first.
+    pub fn checkpoints(&self) -> Vec<ChainCheckpoint> {
+        lock(&self.checkpoints).clone()
+    }
+
+    /// Records a checkpoint as if some proxy had sent it (a forged or forked one, in tests).
+    pub fn push_checkpoint(&self, c: ChainCheckpoint) {
+        lock(&self.checkpoints).push(c);
+    }
+
+    /// Makes the chain drop (`true`) or include (`false`) checkpoints sent from now on.
+    pub fn set_drop_checkpoints(&self, drop: bool) {
+        self.drop_checkpoints.store(drop, Ordering::Relaxed);
+    }
+
+    /// Receipts submitted so far: `(contract, BoC)`.
+    pub fn receipts(&self) -> Vec<(StdAddr, Vec<u8>)> {
+        lock(&self.receipts).clone()
     }
 
     fn is_registered(&self, client_sc: &StdAddr, nonce: u64) -> bool {
@@ -140,6 +195,40 @@ impl ClientChain for MemoryChain {
                 }
             }
         })
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl CheckpointChain for MemoryChain {
+    fn send_checkpoint(&self, c: ChainCheckpoint) -> BoxFuture<'_, Result<(), ChainError>> {
+        if !self.drop_checkpoints.load(Ordering::Relaxed) {
+            self.push_checkpoint(c);
+        }
+        Box::pin(async { Ok(()) })
+    }
+
+    fn checkpoints_since(
+        &self,
+        after: u32,
+    ) -> BoxFuture<'_, Result<Vec<ChainCheckpoint>, ChainError>> {
+        let v = lock(&self.checkpoints)
+            .iter()
+            .filter(|c| c.seqno > after)
+            .copied()
+            .collect();
+        Box::pin(async move { Ok(v) })
+    }
+
+    fn submit_receipt<'a>(
+        &'a self,
+        contract: &'a StdAddr,
+        boc: Vec<u8>,
+    ) -> BoxFuture<'a, Result<(), ChainError>> {
+        lock(&self.receipts).push((contract.clone(), boc));
+        Box::pin(async { Ok(()) })
     }
 }
 

@@ -28,7 +28,8 @@ use tokio::sync::watch;
 
 use crate::admission;
 use crate::forward::{self, CancelReason, ClientCtx};
-use crate::worker_side::{clamp_i64, empty_payment};
+use crate::meter::Party;
+use crate::worker_side::{clamp_i64, payment};
 use crate::{ClientStat, Shared};
 
 #[derive(Debug, Clone)]
@@ -188,11 +189,7 @@ async fn authorize(
     }
     let price = shared.root.borrow().params.price_per_token;
     let sc = client_sc.to_string();
-    let totals = match shared
-        .meter
-        .open_client(&sc, state.credit_tokens(price))
-        .await
-    {
+    let totals = match shared.meter.open_client(&sc, &state, price).await {
         Ok(t) => t,
         Err(e) => return failed(ErrorCode::Error, e.to_string()),
     };
@@ -201,6 +198,7 @@ async fn authorize(
         client_sc,
         proto,
     });
+    let sc_for_payment = sc.clone();
     shared.update_client(sess.id, |c| {
         c.authorized = true;
         c.owner = owner;
@@ -208,7 +206,7 @@ async fn authorize(
     });
     enums::client::AuthorizationWithProxy::AuthorizationWithProxySuccess(
         tclient::AuthorizationWithProxySuccess {
-            signed_payment: empty_payment(),
+            signed_payment: payment(&*shared.meter, Party::Client, &sc_for_payment),
             tokens_committed_to_db: clamp_i64(totals.committed_to_db),
             max_tokens: clamp_i64(totals.max),
         },
@@ -354,7 +352,7 @@ async fn on_query(
                 },
                 client_sc_address: client_sc.to_string(),
                 auth,
-                signed_payment: empty_payment(),
+                signed_payment: payment(&*shared.meter, Party::Client, &client_sc.to_string()),
             };
             let _ = responder.answer_tl(&ans);
             true
@@ -457,9 +455,10 @@ async fn on_query(
                 return true;
             };
             let _g = sess.pay_lock.lock().await;
-            let t = shared.meter.client_totals(&client_sc.to_string());
+            let sc = client_sc.to_string();
+            let t = shared.meter.client_totals(&sc);
             let _ = responder.answer_tl(&tclient::PaymentStatus {
-                signed_payment: empty_payment(),
+                signed_payment: payment(&*shared.meter, Party::Client, &sc),
                 db_tokens: clamp_i64(t.committed_to_db),
                 max_tokens: clamp_i64(t.max),
             });

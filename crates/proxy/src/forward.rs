@@ -29,9 +29,9 @@ use cocoon_ton::root::CocoonParams;
 use rand::Rng;
 use tokio::sync::watch;
 
-use crate::meter::{Charge, Settlement};
+use crate::meter::{Charge, Party, Settlement};
 use crate::registry::{AttemptOutcome, Lease, PayLock, WorkerEvent};
-use crate::worker_side::{clamp_i64, empty_payment};
+use crate::worker_side::{clamp_i64, payment};
 use crate::{Counters, Shared, admission, now_unix};
 
 /// Why a running request is being stopped from the client side.
@@ -310,7 +310,7 @@ pub(crate) async fn run(
             .as_secs_f64();
         let msg = fproxy::RunQueryEx {
             query: q.query.clone(),
-            signed_payment: empty_payment(),
+            signed_payment: payment(&*shared.meter, Party::Worker, &lease.worker_sc),
             coefficient: i64::from(lease.coefficient),
             timeout: remaining,
             request_id: proxy_rid,
@@ -814,7 +814,7 @@ impl PendingNotify {
             let t = m.client_totals(&sc);
             let p = tproxy::ClientRequestPayment {
                 request_id: rid,
-                signed_payment: empty_payment(),
+                signed_payment: payment(&*m, Party::Client, &sc),
                 db_tokens: clamp_i64(t.committed_to_db),
                 max_tokens: clamp_i64(t.max),
                 request_tokens: clamp_i64(tokens),
@@ -833,7 +833,7 @@ impl PendingNotify {
             let t = m.worker_totals(&sc);
             let p = tproxy::WorkerRequestPayment {
                 request_id: rid,
-                signed_payment: empty_payment(),
+                signed_payment: payment(&*m, Party::Worker, &sc),
                 db_tokens: clamp_i64(t.committed_to_db),
                 max_tokens: clamp_i64(t.max),
                 request_tokens: clamp_i64(tokens),

@@ -31,6 +31,7 @@ pub mod chain;
 mod client_side;
 pub mod config;
 mod forward;
+pub mod ledger_meter;
 pub mod meter;
 pub mod registry;
 pub mod router;
@@ -49,9 +50,10 @@ use cocoon_ton::root::RootConfig;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use chain::{ClientChain, ClientContractState, MemoryChain};
+pub use chain::{CheckpointChain, ClientChain, ClientContractState, MemoryChain};
 pub use config::{AdminConfig, ConfigError, ProxyConfig, Timings};
-pub use meter::{MemoryMeter, Meter, MeterError};
+pub use ledger_meter::{LedgerMeter, LedgerStats, SettlementConfig};
+pub use meter::{MemoryMeter, Meter, MeterError, Party};
 pub use registry::WorkerStat;
 pub use router::RouterConfig;
 pub use ton_chain::TonClientChain;
@@ -126,6 +128,8 @@ pub struct ProxyStats {
     pub workers: Vec<WorkerStat>,
     pub clients: Vec<ClientStat>,
     pub refusals: Vec<RefusalStat>,
+    /// The durable ledger, when the meter has one.
+    pub ledger: Option<LedgerStats>,
 }
 
 const MAX_REFUSALS: usize = 50;
@@ -237,6 +241,7 @@ impl Shared {
                 .iter()
                 .cloned()
                 .collect(),
+            ledger: self.meter.ledger_stats(),
         }
     }
 }

@@ -15,6 +15,8 @@ use std::sync::Mutex;
 
 use futures::future::BoxFuture;
 
+use crate::chain::ClientContractState;
+
 /// A request's id as the proxy knows it (the client's `request_id`).
 pub type RequestId = [u8; 32];
 
@@ -75,16 +77,26 @@ pub enum MeterError {
     Frozen(String),
     #[error("storage: {0}")]
     Storage(String),
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Which side of a request an account belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Party {
+    Client,
+    Worker,
 }
 
 /// The proxy's books, as the network code sees them.
 pub trait Meter: Send + Sync + 'static {
-    /// Records that `client` authorised with `credit_tokens` of credit in total (what its
-    /// contract's balance and stake allow, cumulative); returns its totals.
+    /// Records that `client` authorised, with its contract as the chain shows it (balance,
+    /// stake and tokens already charged set its credit); returns its totals.
     fn open_client<'a>(
         &'a self,
         client: &'a str,
-        credit_tokens: u64,
+        state: &'a ClientContractState,
+        price_per_token: u64,
     ) -> BoxFuture<'a, Result<Totals, MeterError>>;
 
     /// Reserves `max_tokens` of the client's credit for a request.
@@ -113,6 +125,17 @@ pub trait Meter: Send + Sync + 'static {
 
     /// A worker's totals (zero when unknown).
     fn worker_totals(&self, worker: &str) -> Totals;
+
+    /// The latest signed receipt for an account (BoC of the signed payment), covering only
+    /// checkpointed usage; `None` sends `proxy.signedPaymentEmpty`.
+    fn receipt(&self, _party: Party, _address: &str) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// Ledger figures for the admin pages, when the meter has a ledger.
+    fn ledger_stats(&self) -> Option<crate::ledger_meter::LedgerStats> {
+        None
+    }
 }
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -184,11 +207,12 @@ impl Meter for MemoryMeter {
     fn open_client<'a>(
         &'a self,
         client: &'a str,
-        credit_tokens: u64,
+        state: &'a ClientContractState,
+        price_per_token: u64,
     ) -> BoxFuture<'a, Result<Totals, MeterError>> {
         let mut b = self.lock();
         let a = b.clients.entry(client.to_owned()).or_default();
-        a.credit = credit_tokens;
+        a.credit = state.credit_tokens(price_per_token);
         let t = Self::totals(a.used);
         Box::pin(async move { Ok(t) })
     }
@@ -309,7 +333,12 @@ mod tests {
             block(m.reserve("c", [1; 32], 10)),
             Err(MeterError::UnknownClient("c".into()))
         );
-        block(m.open_client("c", 100)).unwrap();
+        let state = ClientContractState {
+            balance: 100,
+            stake: 1000,
+            ..ClientContractState::default()
+        };
+        block(m.open_client("c", &state, 1)).unwrap();
         block(m.reserve("c", [1; 32], 60)).unwrap();
         assert_eq!(
             block(m.reserve("c", [1; 32], 1)),

@@ -26,10 +26,24 @@ use tokio::sync::watch;
 
 use crate::Shared;
 use crate::admission::{self, MAX_COEFFICIENT, PeerFacts, Refusal, WorkerParams};
+use crate::meter::Party;
 use crate::registry::{WorkerEntry, WorkerEvent};
 
-pub(crate) fn empty_payment() -> enums::proxy::SignedPayment {
+fn empty_payment() -> enums::proxy::SignedPayment {
     enums::proxy::SignedPayment::SignedPaymentEmpty(tproxy::SignedPaymentEmpty {})
+}
+
+/// The meter's latest receipt for an account as a TL signed payment (empty when nothing is
+/// checkpointed yet).
+pub(crate) fn payment(
+    meter: &dyn crate::meter::Meter,
+    party: crate::meter::Party,
+    address: &str,
+) -> enums::proxy::SignedPayment {
+    match meter.receipt(party, address) {
+        Some(data) => enums::proxy::SignedPayment::SignedPayment(tproxy::SignedPayment { data }),
+        None => empty_payment(),
+    }
 }
 
 pub(crate) fn clamp_i64(v: u64) -> i64 {
@@ -287,7 +301,7 @@ async fn on_query(
                 );
             }
             let _ = responder.answer_tl(&tworker::CompareBalanceWithProxyResult {
-                signed_payment: empty_payment(),
+                signed_payment: payment(&*shared.meter, Party::Worker, &p.worker_sc),
                 tokens_committed_to_db: clamp_i64(ours.committed_to_db),
                 max_tokens: clamp_i64(ours.max),
                 error_code: i32::from(worker_knows_more),
@@ -383,7 +397,7 @@ async fn on_query(
             let _g = lock.lock().await;
             let t = shared.meter.worker_totals(&sc);
             let _ = responder.answer_tl(&tworker::PaymentStatus {
-                signed_payment: empty_payment(),
+                signed_payment: payment(&*shared.meter, Party::Worker, &sc),
                 db_tokens: clamp_i64(t.committed_to_db),
                 max_tokens: clamp_i64(t.max),
             });

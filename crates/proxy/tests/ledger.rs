@@ -1,0 +1,261 @@
+//! The proxy on its durable ledger: settlements in SQLite, checkpoints on chain, signed
+//! receipts only for checkpointed usage, restart with nothing lost, rollback refused.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use cocoon_ledger::{OpenError, SqliteStore};
+use cocoon_proxy::meter::{Charge, Settlement};
+use cocoon_proxy::{
+    ClientContractState, LedgerMeter, MemoryChain, Meter, MeterError, SettlementConfig,
+};
+use cocoon_tl::enums;
+use cocoon_ton::keys::SigningKey;
+use cocoon_ton::payments::{SignedOp, SignedPayment};
+use common::*;
+
+fn key() -> Arc<SigningKey> {
+    Arc::new(SigningKey::from_seed(&PROXY_SEED).unwrap())
+}
+
+async fn open(path: &Path, chain: &MemoryChain) -> Result<Arc<LedgerMeter>, OpenError> {
+    let store = SqliteStore::open(path).unwrap();
+    LedgerMeter::open_for_root(store, key(), addr(0x33), &root(1, true, true), chain).await
+}
+
+fn receipt_tokens(p: &enums::proxy::SignedPayment, contract: &cocoon_ton::StdAddr) -> u64 {
+    match p {
+        enums::proxy::SignedPayment::SignedPaymentEmpty(_) => 0,
+        enums::proxy::SignedPayment::SignedPayment(s) => {
+            let pk = key().public_key();
+            SignedPayment::from_boc(&s.data)
+                .unwrap()
+                .verify(SignedOp::ClientCharge, contract, &pk)
+                .unwrap()
+                .tokens
+                .unwrap()
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settlements_are_durable_and_receipts_follow_confirmed_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ledger.sqlite");
+    let meter = open(&db, &MemoryChain::new()).await.unwrap();
+    let m = meter.clone();
+    let net = start_proxy_with(root(1, true, true), move |cfg| cfg.meter = m).await;
+    let chain = net.chain.clone();
+    let _w = start_worker(&net, 0x41).await;
+    net.wait_workers(1).await;
+    let owner = addr(0x51);
+    let sc = net.fund_client(&owner, 100_000_000, true);
+    let mut c = TestClient::authorized(&net, &owner).await;
+
+    // Nothing checkpointed yet: payments carry the empty receipt, totals are durable.
+    for id in 1..=3u8 {
+        c.run(id, "json", 100, 30.0).await;
+        let got = c.collect().await;
+        assert_eq!(got.error, None);
+        assert_eq!(got.tokens.unwrap()[4], 30);
+    }
+    let p = loop {
+        if let Answer::Payment(p) = c.next().await
+            && p.max_tokens == 90
+        {
+            break p;
+        }
+    };
+    assert_eq!(
+        p.db_tokens, 90,
+        "settled tokens are committed before the client hears"
+    );
+    assert_eq!(receipt_tokens(&p.signed_payment, &sc), 0);
+
+    // Checkpoint: the first pass prepares and sends it, the second sees it on chain.
+    let cfg = SettlementConfig {
+        min_client_charge: 1_000,
+        min_worker_payout: u128::MAX,
+        ..SettlementConfig::default()
+    };
+    let mut last = None;
+    meter.settle_once(&*chain, &cfg, &mut last).await.unwrap();
+    assert_eq!(chain.checkpoints().len(), 1);
+    assert_eq!(meter.stats().confirmed_checkpoint, None);
+    meter.settle_once(&*chain, &cfg, &mut last).await.unwrap();
+    assert_eq!(meter.stats().confirmed_checkpoint, Some(1));
+    assert_eq!(
+        meter.client_totals(&sc.to_string()).committed_to_blockchain,
+        90
+    );
+    // 90 tokens × 20 nanoTON ≥ 1000: the client's charge was submitted, signed for 90.
+    let subs = chain.receipts();
+    assert_eq!(subs.len(), 1, "{subs:?}");
+    assert_eq!(subs[0].0, sc);
+    let r = SignedPayment::from_boc(&subs[0].1).unwrap();
+    let payload = r
+        .verify(SignedOp::ClientCharge, &sc, &key().public_key())
+        .unwrap();
+    assert_eq!(payload.tokens, Some(90));
+
+    // The next request's payment carries a receipt for the checkpointed 90, not more.
+    c.run(4, "json", 100, 30.0).await;
+    let got = c.collect().await;
+    assert_eq!(got.tokens.unwrap()[4], 30);
+    let p = loop {
+        if let Answer::Payment(p) = c.next().await {
+            break p;
+        }
+    };
+    assert_eq!((p.db_tokens, p.max_tokens), (120, 120));
+    assert_eq!(receipt_tokens(&p.signed_payment, &sc), 90);
+
+    // Conservation: the client paid what the worker earned plus the commission.
+    let t = meter.totals();
+    assert_eq!(t.client_tokens, 120);
+    assert_eq!(t.worker_tokens, 120);
+    assert_eq!(t.client_nanoton, 120 * 20);
+    assert_eq!(t.worker_nanoton, 120 * 10);
+    assert_eq!(t.commission_nanoton, 120 * 10);
+    assert!(meter.audit().is_empty(), "{:?}", meter.audit());
+    let stats: serde_json::Value = reqwest::get(format!("{}/jsonstats", net.admin()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["ledger"]["confirmed_checkpoint"], 1);
+
+    // Restart on the same file: nothing lost, the checkpoint still confirmed.
+    net.proxy.shutdown().await;
+    drop(c);
+    drop(net.dir);
+    drop(meter);
+    let meter = open(&db, &chain).await.unwrap();
+    let t = meter.client_totals(&sc.to_string());
+    assert_eq!((t.committed_to_db, t.max), (120, 120));
+    assert_eq!(t.committed_to_blockchain, 90);
+    assert!(meter.audit().is_empty());
+}
+
+/// Books `n` requests of `tokens` each for `client` through the [`Meter`] trait.
+async fn book(m: &LedgerMeter, client: &str, worker: &str, first: u8, n: u8, tokens: u64) {
+    for i in 0..n {
+        let id = [first + i; 32];
+        m.reserve(client, id, 1_000).await.unwrap();
+        m.settle(
+            id,
+            Settlement {
+                client: client.into(),
+                worker: worker.into(),
+                usage: Charge {
+                    total: tokens,
+                    ..Charge::default()
+                },
+                coefficient: 1000,
+            },
+        )
+        .await
+        .unwrap();
+    }
+}
+
+fn copy_db(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_old_database_is_refused_and_corruption_freezes_only_one_account() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("live");
+    std::fs::create_dir_all(&live).unwrap();
+    let db = live.join("ledger.sqlite");
+    let chain = MemoryChain::new();
+    let cfg = SettlementConfig::default();
+    let (client, worker) = (addr(0x61).to_string(), addr(0x62).to_string());
+    let funded = ClientContractState {
+        balance: 1_000_000_000,
+        stake: 1_000_000_000,
+        ..ClientContractState::default()
+    };
+
+    let m = open(&db, &chain).await.unwrap();
+    m.open_client(&client, &funded, 20).await.unwrap();
+    book(&m, &client, &worker, 1, 5, 40).await;
+    let mut last = None;
+    m.settle_once(&chain, &cfg, &mut last).await.unwrap();
+    m.settle_once(&chain, &cfg, &mut last).await.unwrap();
+    assert_eq!(m.stats().confirmed_checkpoint, Some(1));
+    drop(m);
+    // The operator's "backup".
+    copy_db(&live, &dir.path().join("backup"));
+
+    let m = open(&db, &chain).await.unwrap();
+    assert_eq!(m.client_totals(&client).max, 200);
+    book(&m, &client, &worker, 10, 5, 40).await;
+    let mut last = None;
+    m.settle_once(&chain, &cfg, &mut last).await.unwrap();
+    m.settle_once(&chain, &cfg, &mut last).await.unwrap();
+    assert_eq!(m.client_totals(&client).committed_to_blockchain, 400);
+    drop(m);
+
+    // Restoring the backup would forget 200 tokens the chain has a checkpoint for.
+    std::fs::remove_dir_all(&live).unwrap();
+    copy_db(&dir.path().join("backup"), &live);
+    match open(&db, &chain).await {
+        Err(OpenError::RolledBack { chain: c, .. }) => assert!(c.seqno >= 2),
+        other => panic!("a rolled-back database was opened: {other:?}"),
+    }
+
+    // A checkpoint on chain that this database never made (another proxy with our key)
+    // halts the ledger: no new reservations, the process keeps running.
+    std::fs::remove_dir_all(&live).unwrap();
+    std::fs::create_dir_all(&live).unwrap();
+    let fresh = MemoryChain::new();
+    let m = open(&db, &fresh).await.unwrap();
+    m.open_client(&client, &funded, 20).await.unwrap();
+    fresh.push_checkpoint(cocoon_ledger::ChainCheckpoint {
+        seqno: 77,
+        hash: [9; 32],
+    });
+    m.settle_once(&fresh, &cfg, &mut None).await.unwrap();
+    assert!(m.stats().halted.is_some());
+    assert!(matches!(
+        m.reserve(&client, [1; 32], 10).await,
+        Err(MeterError::Refused(_))
+    ));
+    drop(m);
+
+    // A tampered row freezes that account only; the other client keeps working.
+    std::fs::remove_dir_all(&live).unwrap();
+    std::fs::create_dir_all(&live).unwrap();
+    let other = addr(0x63).to_string();
+    // A deleted database is refused too while the chain shows checkpoints.
+    let e = open(&db, &chain).await.unwrap_err();
+    assert!(matches!(e, OpenError::RolledBack { .. }), "{e}");
+    let empty = MemoryChain::new();
+    let m = open(&db, &empty).await.unwrap();
+    m.open_client(&client, &funded, 20).await.unwrap();
+    m.open_client(&other, &funded, 20).await.unwrap();
+    book(&m, &client, &worker, 30, 2, 40).await;
+    book(&m, &other, &worker, 40, 2, 40).await;
+    drop(m);
+    let row = cocoon_ledger::AccountKey::client(1, addr(0x61)).row_key();
+    SqliteStore::open(&db)
+        .unwrap()
+        .set_raw(&row, b"tampered")
+        .unwrap();
+    let m = open(&db, &empty).await.unwrap();
+    assert!(matches!(
+        m.reserve(&client, [50; 32], 10).await,
+        Err(MeterError::Frozen(_))
+    ));
+    m.reserve(&other, [51; 32], 10).await.unwrap();
+    assert_eq!(m.stats().frozen.len(), 1);
+}

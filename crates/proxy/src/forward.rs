@@ -308,6 +308,9 @@ pub(crate) async fn run(
         let remaining = deadline
             .saturating_duration_since(tokio::time::Instant::now())
             .as_secs_f64();
+        // The receipt riding along is read and sent under the worker's payment lock, like
+        // the payment reports: a worker never sees its receipts go down.
+        let pay_guard = lease.pay_lock.clone().lock_owned().await;
         let msg = fproxy::RunQueryEx {
             query: q.query.clone(),
             signed_payment: payment(&*shared.meter, Party::Worker, &lease.worker_sc),
@@ -323,7 +326,9 @@ pub(crate) async fn run(
             probe = lease.probe,
             "request routed"
         );
-        if lease.handle.send_message(msg.to_bytes()).await.is_err() {
+        let sent = lease.handle.send_message(msg.to_bytes()).await;
+        drop(pay_guard);
+        if sent.is_err() {
             lease.finish(
                 &shared.router,
                 Instant::now(),

@@ -297,18 +297,25 @@ impl LedgerMeter {
         self.durable(p).await
     }
 
+    /// The latest receipt for `key`. While a new confirmation is not durable yet (or the
+    /// account is frozen), the last receipt already issued is sent again: peers must never
+    /// see a receipt lower than one they hold, and an empty one counts as zero.
     fn signed(&self, key: &AccountKey) -> Option<Vec<u8>> {
         let tokens = self.ledger().account(key)?.chain_tokens;
-        if let Some((t, boc)) = lock(&self.receipts).get(key)
+        let cached = lock(&self.receipts).get(key).cloned();
+        if let Some((t, boc)) = &cached
             && *t == tokens
         {
             return Some(boc.clone());
         }
-        let r = self
-            .ledger()
-            .receipt(key, 0, &self.excess_to, &self.key)
-            .ok()??;
-        let boc = r.payment.to_boc().ok()?;
+        let fresh = self.ledger().receipt(key, 0, &self.excess_to, &self.key);
+        let r = match fresh {
+            Ok(Some(r)) => r,
+            Ok(None) | Err(_) => return cached.map(|(_, boc)| boc),
+        };
+        let Ok(boc) = r.payment.to_boc() else {
+            return cached.map(|(_, boc)| boc);
+        };
         lock(&self.receipts).insert(key.clone(), (r.tokens, boc.clone()));
         Some(boc)
     }
@@ -346,8 +353,11 @@ impl LedgerMeter {
             let l = self.ledger();
             (l.last_seq(), l.pending_checkpoints())
         };
+        // A prepared checkpoint not on chain yet is sent again after `resend_after`, or at
+        // once when this process never sent it (a crash between commit and send).
         let resend = match (last_sent.as_ref(), pending.last()) {
-            (Some((s, _, at)), Some(p)) => *s == p.seqno && at.elapsed() >= cfg.resend_after,
+            (Some((s, _, at)), Some(p)) => *s != p.seqno || at.elapsed() >= cfg.resend_after,
+            (None, Some(_)) => true,
             _ => false,
         };
         let changed = last_sent

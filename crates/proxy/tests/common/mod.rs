@@ -130,6 +130,22 @@ async fn chat(
             });
             (sse, Body::from_stream(stream)).into_response()
         }
+        "stream" => {
+            // 20 one-word chunks 5 ms apart, then the usage (the benchmark's shape, small).
+            let stream = futures::stream::unfold(0u32, |n| async move {
+                let c = match n {
+                    0..20 => {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"w{n} \"}}}}]}}\n\n")
+                    }
+                    20 => "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":20,\"total_tokens\":32}}\n\n".to_owned(),
+                    21 => "data: [DONE]\n\n".to_owned(),
+                    _ => return None,
+                };
+                Some((Ok::<_, std::io::Error>(c.into_bytes()), n + 1))
+            });
+            (sse, Body::from_stream(stream)).into_response()
+        }
         "fail" => {
             // Two content chunks (three words), then the backend dies.
             let stream = futures::stream::unfold(0u8, |n| async move {
@@ -561,10 +577,12 @@ pub fn chat_body(mode: &str, stream: bool) -> Vec<u8> {
 impl TestClient {
     /// Connects and sends `client.connectToProxy`.
     pub async fn connect(net: &Net, owner: &StdAddr) -> TestClient {
-        let (handle, incoming, _peer) = connector()
-            .connect(&net.proxy.client_addr().to_string())
-            .await
-            .unwrap();
+        Self::connect_to(&net.proxy.client_addr().to_string(), owner).await
+    }
+
+    /// Connects to the proxy's client port at `addr`.
+    pub async fn connect_to(addr: &str, owner: &StdAddr) -> TestClient {
+        let (handle, incoming, _peer) = connector().connect(addr).await.unwrap();
         let connected: tclient::ConnectedToProxy = handle
             .query_tl(
                 &fclient::ConnectToProxy {
@@ -589,7 +607,17 @@ impl TestClient {
 
     /// Connects and authorises with the short (secret) path.
     pub async fn authorized(net: &Net, owner: &StdAddr) -> TestClient {
-        let c = Self::connect(net, owner).await;
+        Self::authorized_at(&net.proxy.client_addr().to_string(), owner)
+            .await
+            .0
+    }
+
+    /// Connects to `addr` and authorises; returns the client and the success answer.
+    pub async fn authorized_at(
+        addr: &str,
+        owner: &StdAddr,
+    ) -> (TestClient, tclient::AuthorizationWithProxySuccess) {
+        let c = Self::connect_to(addr, owner).await;
         let a: enums::client::AuthorizationWithProxy = c
             .handle
             .query_tl(
@@ -600,24 +628,24 @@ impl TestClient {
             )
             .await
             .unwrap();
-        assert!(
-            matches!(
-                a,
-                enums::client::AuthorizationWithProxy::AuthorizationWithProxySuccess(_)
-            ),
-            "{a:?}"
-        );
-        c
+        match a {
+            enums::client::AuthorizationWithProxy::AuthorizationWithProxySuccess(ok) => (c, ok),
+            other => panic!("authorisation failed: {other:?}"),
+        }
     }
 
     pub async fn run(&self, id: u8, mode: &str, max_tokens: i32, timeout: f64) {
+        self.run_id([id; 32], mode, max_tokens, timeout).await;
+    }
+
+    pub async fn run_id(&self, request_id: [u8; 32], mode: &str, max_tokens: i32, timeout: f64) {
         let q = fclient::RunQueryEx {
             model_name: "Smol".into(),
             query: http_request(&chat_body(mode, true)),
             max_coefficient: 4000,
             max_tokens,
             timeout,
-            request_id: [id; 32],
+            request_id,
             min_config_version: 0,
             enable_debug: None,
         };

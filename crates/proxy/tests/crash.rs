@@ -1,0 +1,413 @@
+//! Crash consistency of the whole proxy process: a proxy (with its worker and fake engine)
+//! on its SQLite ledger serves concurrent streams and is killed with SIGKILL at a random
+//! moment, then restarted on the same files, again and again. Afterwards:
+//!
+//! - every request whose final usage reached the client is in the ledger, once: the ledger
+//!   holds a whole number of requests, at least all the answered ones and at most those plus
+//!   the ones cut off by a kill (which may have been committed just before it);
+//! - the totals a client was told (`db_tokens`) never exceed what the ledger holds, also
+//!   after a restart (authorisation reports them again);
+//! - the signed receipts the client received verify and never decrease, across restarts, and
+//!   never exceed what a confirmed checkpoint covers;
+//! - clients and workers balance (conservation), and no account is frozen.
+//!
+//! The child process is this test binary again, running `crash_child` (which does nothing
+//! unless `COCOON_CRASH_DIR` is set). The "chain" of checkpoints is an append-only file, so
+//! it survives the kills as a blockchain would.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cocoon_ledger::{ChainCheckpoint, SqliteStore};
+use cocoon_net::Incoming;
+use cocoon_proxy::chain::ChainError;
+use cocoon_proxy::{CheckpointChain, LedgerMeter, Meter, SettlementConfig};
+use cocoon_tl::enums;
+use cocoon_ton::StdAddr;
+use cocoon_ton::keys::SigningKey;
+use cocoon_ton::payments::{SignedOp, SignedPayment};
+use common::*;
+use futures::future::BoxFuture;
+use rand::{Rng, SeedableRng};
+
+const CYCLES: usize = 50;
+const STREAMS: usize = 4;
+
+/// `save_state` records in an append-only file, fsynced: the chain outlives the process.
+struct FileChain(PathBuf);
+
+impl FileChain {
+    fn read(&self) -> Vec<ChainCheckpoint> {
+        let text = std::fs::read_to_string(&self.0).unwrap_or_default();
+        // A line cut by a kill is a transaction that never made it.
+        text.lines()
+            .filter_map(|l| {
+                let (s, h) = l.split_once(' ')?;
+                let hash: [u8; 32] = hex::decode(h).ok()?.try_into().ok()?;
+                Some(ChainCheckpoint {
+                    seqno: s.parse().ok()?,
+                    hash,
+                })
+            })
+            .collect()
+    }
+}
+
+impl CheckpointChain for FileChain {
+    fn send_checkpoint(&self, c: ChainCheckpoint) -> BoxFuture<'_, Result<(), ChainError>> {
+        let r = (|| {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.0)?;
+            writeln!(f, "{} {}", c.seqno, hex::encode(c.hash))?;
+            f.sync_all()
+        })()
+        .map_err(|e| ChainError::Unavailable(e.to_string()));
+        Box::pin(async move { r })
+    }
+
+    fn checkpoints_since(
+        &self,
+        after: u32,
+    ) -> BoxFuture<'_, Result<Vec<ChainCheckpoint>, ChainError>> {
+        let v = self
+            .read()
+            .into_iter()
+            .filter(|c| c.seqno > after)
+            .collect();
+        Box::pin(async move { Ok(v) })
+    }
+
+    fn submit_receipt<'a>(
+        &'a self,
+        _contract: &'a StdAddr,
+        _boc: Vec<u8>,
+    ) -> BoxFuture<'a, Result<(), ChainError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+fn proxy_key() -> Arc<SigningKey> {
+    Arc::new(SigningKey::from_seed(&PROXY_SEED).unwrap())
+}
+
+async fn open_meter(dir: &Path, chain: &FileChain) -> Arc<LedgerMeter> {
+    let store = SqliteStore::open(&dir.join("ledger.sqlite")).unwrap();
+    LedgerMeter::open_for_root(store, proxy_key(), addr(0x33), &root(1, true, true), chain)
+        .await
+        .expect("the ledger reopens after a kill")
+}
+
+/// The child: proxy + worker + fake engine on the ledger in `COCOON_CRASH_DIR`, until killed.
+#[test]
+fn crash_child() {
+    let Ok(dir) = std::env::var("COCOON_CRASH_DIR") else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    // Warnings and errors go to the child's log file (kept when COCOON_CRASH_KEEP is set).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .with_writer(std::io::stderr)
+        .try_init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let chain = Arc::new(FileChain(dir.join("chain.txt")));
+        let meter = open_meter(&dir, &chain).await;
+        let cfg = SettlementConfig {
+            interval: Duration::from_millis(25),
+            resend_after: Duration::from_millis(200),
+            min_client_charge: u128::MAX,
+            min_worker_payout: u128::MAX,
+        };
+        tokio::spawn(meter.clone().run_settlement(chain, cfg));
+        let m = meter.clone();
+        let net = start_proxy_with(root(1, true, true), move |c| c.meter = m).await;
+        let _worker = start_worker(&net, 0x41).await;
+        net.wait_workers(1).await;
+        net.fund_client(&addr(0x51), 1_000_000_000_000, true);
+        let tmp = dir.join("ready.tmp");
+        std::fs::write(&tmp, net.proxy.client_addr().to_string()).unwrap();
+        std::fs::rename(&tmp, dir.join("ready")).unwrap();
+        futures::future::pending::<()>().await;
+    });
+}
+
+fn spawn_child(dir: &Path, cycle: usize) -> Child {
+    let log = std::fs::File::create(dir.join(format!("child-{cycle}.log"))).unwrap();
+    Command::new(std::env::current_exe().unwrap())
+        .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
+        .env("COCOON_CRASH_DIR", dir)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+fn wait_ready(dir: &Path, child: &mut Child) -> String {
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(a) = std::fs::read_to_string(dir.join("ready")) {
+            std::fs::remove_file(dir.join("ready")).unwrap();
+            return a;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the proxy child exited during start-up: {status}");
+        }
+        assert!(Instant::now() < end, "the proxy child did not start");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// What the client learned over the whole run.
+#[derive(Default)]
+struct Told {
+    /// Requests whose final usage reached the client, and their adjusted tokens.
+    answered: Vec<u64>,
+    /// Requests sent that never got a final answer (cut by a kill).
+    cut: usize,
+    /// Highest `db_tokens` the client was told.
+    max_db: u64,
+    /// Errors the client got (code, message, tokens).
+    errors: Vec<(i32, String, u64)>,
+    /// Receipts' tokens in arrival order.
+    receipts: Vec<u64>,
+    cycles_mid_stream: usize,
+}
+
+fn receipt(p: &enums::proxy::SignedPayment, sc: &StdAddr) -> Option<u64> {
+    match p {
+        enums::proxy::SignedPayment::SignedPaymentEmpty(_) => None,
+        enums::proxy::SignedPayment::SignedPayment(s) => Some(
+            SignedPayment::from_boc(&s.data)
+                .expect("receipt parses")
+                .verify(SignedOp::ClientCharge, sc, &proxy_key().public_key())
+                .expect("receipt verifies")
+                .tokens
+                .unwrap(),
+        ),
+    }
+}
+
+/// One cycle's client side: authorise, start streams, read until the session dies.
+async fn load(
+    addr: &str,
+    sc: &StdAddr,
+    told: &mut Told,
+    next_id: &mut u64,
+    kill_after: Duration,
+    kill: impl FnOnce(),
+) {
+    let owner = common::addr(0x51);
+    let (mut c, auth) = TestClient::authorized_at(addr, &owner).await;
+    let db = u64::try_from(auth.tokens_committed_to_db).unwrap();
+    assert!(
+        db >= told.max_db,
+        "after a restart the proxy reports {db} tokens committed, but it had told the client {}",
+        told.max_db
+    );
+    told.max_db = db;
+    if let Some(r) = receipt(&auth.signed_payment, sc) {
+        told.receipts.push(r);
+    }
+    let mut open = std::collections::HashSet::new();
+    let rid_of = |id: u64| {
+        let mut rid = [0u8; 32];
+        rid[..8].copy_from_slice(&id.to_be_bytes());
+        rid
+    };
+    for _ in 0..STREAMS {
+        *next_id += 1;
+        let rid = rid_of(*next_id);
+        c.run_id(rid, "stream", 200, 30.0).await;
+        open.insert(rid);
+    }
+    let deadline = tokio::time::Instant::now() + kill_after;
+    let mut kill = Some(kill);
+    loop {
+        let m = if kill.is_some() {
+            match tokio::time::timeout_at(deadline, c.incoming.recv()).await {
+                Ok(m) => m,
+                Err(_) => {
+                    if !open.is_empty() {
+                        told.cycles_mid_stream += 1;
+                    }
+                    (kill.take().unwrap())();
+                    continue;
+                }
+            }
+        } else {
+            tokio::time::timeout(LIMIT, c.incoming.recv())
+                .await
+                .expect("the session ends after the kill")
+        };
+        let Some(m) = m else { break };
+        let Incoming::Message { data } = m else {
+            continue;
+        };
+        let (rid, fi) = match decode(&data) {
+            Answer::Head(h, _) => (h.request_id, h.final_info),
+            Answer::Part(p) => (p.request_id, p.final_info),
+            Answer::Error(e) => {
+                let Some(fi) = &e.final_info else {
+                    panic!("errors carry usage: {e:?}");
+                };
+                let t = u64::try_from(fi.tokens_used.total_tokens_used).unwrap();
+                told.errors.push((e.error_code, e.error.clone(), t));
+                (e.request_id, e.final_info)
+            }
+            Answer::Payment(p) => {
+                let db = u64::try_from(p.db_tokens).unwrap();
+                assert!(
+                    db >= told.max_db,
+                    "db_tokens went down: {db} < {}",
+                    told.max_db
+                );
+                told.max_db = told.max_db.max(db);
+                if let Some(r) = receipt(&p.signed_payment, sc) {
+                    told.receipts.push(r);
+                }
+                continue;
+            }
+        };
+        let Some(fi) = fi else { continue };
+        assert!(open.remove(&rid), "one final answer per request");
+        told.answered
+            .push(u64::try_from(fi.tokens_used.total_tokens_used).unwrap());
+        if kill.is_some() {
+            *next_id += 1;
+            let rid = rid_of(*next_id);
+            c.run_id(rid, "stream", 200, 30.0).await;
+            open.insert(rid);
+        }
+    }
+    told.cut += open.len();
+}
+
+#[test]
+fn sigkill_at_random_points_loses_and_doubles_nothing() {
+    if std::env::var("COCOON_CRASH_DIR").is_ok() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = match std::env::var("COCOON_CRASH_KEEP") {
+        Ok(d) => PathBuf::from(d),
+        Err(_) => tmp.path().to_owned(),
+    };
+    std::fs::create_dir_all(&dir).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let seed: u64 = std::env::var("COCOON_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("seed {seed} (COCOON_CRASH_SEED reproduces the kill times)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    // The client contract the child's proxy (contract `addr(0x11)`) derives for our owner.
+    let sc = cocoon_ton::contracts::client_contract(
+        &root(1, true, true).params,
+        &addr(0x51),
+        &addr(0x11),
+        &cocoon_ton::HashBytes(proxy_key().public_key()),
+    )
+    .unwrap()
+    .address;
+    let mut told = Told::default();
+    let mut next_id = 0u64;
+    let started = Instant::now();
+    for cycle in 0..CYCLES {
+        let mut child = spawn_child(&dir, cycle);
+        let addr = wait_ready(&dir, &mut child);
+        let kill_after = Duration::from_millis(rng.random_range(20..400));
+        rt.block_on(load(
+            &addr,
+            &sc,
+            &mut told,
+            &mut next_id,
+            kill_after,
+            || {
+                // SIGKILL (what `Child::kill` sends on Unix): no destructor, no flush, no goodbye.
+                child.kill().unwrap();
+            },
+        ));
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "cycle {cycle}: the child was not killed");
+    }
+    let elapsed = started.elapsed();
+
+    // Reopen the ledger as the next proxy start would, and check everything.
+    let chain = FileChain(dir.join("chain.txt"));
+    let meter = rt.block_on(open_meter(&dir, &chain));
+    let ledger = meter.client_totals(&sc.to_string());
+    let per = told.answered[0];
+    assert!(per > 0);
+    // A request refused before it ran (the worker's slots were all busy for a moment) is
+    // answered with zero tokens; every request that ran was booked in full.
+    assert!(
+        told.answered.iter().all(|t| *t == per || *t == 0),
+        "{:?} errors {:?}",
+        told.answered,
+        told.errors
+    );
+    assert!(
+        told.errors.iter().all(|e| e.2 == 0),
+        "errors with usage: {:?}",
+        told.errors
+    );
+    let answered = told.answered.iter().filter(|t| **t > 0).count() as u64;
+    if let Some(e) = told.errors.first() {
+        println!("first refusal: {e:?}");
+    }
+    println!(
+        "{CYCLES} kills in {elapsed:?}: {answered} answered, {} refused, {} cut, {} kills mid-stream, ledger {} tokens ({per} per request), {} receipts up to {:?}",
+        told.errors.len(),
+        told.cut,
+        told.cycles_mid_stream,
+        ledger.max,
+        told.receipts.len(),
+        told.receipts.last()
+    );
+    assert_eq!(ledger.max % per, 0, "the ledger holds a part of a request");
+    let booked = ledger.max / per;
+    assert!(
+        booked >= answered,
+        "lost: the client was told about {answered} requests, the ledger has {booked}"
+    );
+    assert!(
+        booked <= answered + told.cut as u64,
+        "doubled: {booked} requests booked, only {answered} answered and {} cut",
+        told.cut
+    );
+    assert!(ledger.max >= told.max_db);
+    assert!(
+        told.receipts.windows(2).all(|w| w[0] <= w[1]),
+        "receipts went down: {:?}",
+        told.receipts
+    );
+    assert!(told.receipts.last().copied().unwrap_or(0) <= ledger.committed_to_blockchain);
+    assert!(
+        !told.receipts.is_empty(),
+        "checkpoints were confirmed during the run"
+    );
+    assert!(
+        told.cycles_mid_stream >= CYCLES / 2,
+        "most kills hit running streams"
+    );
+    assert!(meter.audit().is_empty(), "{:?}", meter.audit());
+    assert!(meter.stats().frozen.is_empty());
+    let t = meter.totals();
+    assert_eq!(t.client_tokens, t.worker_tokens);
+}

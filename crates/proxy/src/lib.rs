@@ -56,7 +56,7 @@ pub use ledger_meter::{LedgerMeter, LedgerStats, SettlementConfig};
 pub use meter::{MemoryMeter, Meter, MeterError, Party};
 pub use registry::WorkerStat;
 pub use router::RouterConfig;
-pub use ton_chain::TonClientChain;
+pub use ton_chain::{TonCheckpointChain, TonClientChain};
 
 use crate::meter::Totals;
 use crate::registry::Registry;

@@ -1,4 +1,5 @@
-//! [`ClientChain`] over a TON node (`cocoon_ton::chain::Chain`: toncenter or the devnet).
+//! [`ClientChain`] and [`CheckpointChain`] over a TON node (`cocoon_ton::chain::Chain`:
+//! toncenter or the devnet).
 //!
 //! - The client contract's state is its storage (`ClientStorage`): state, balance, stake,
 //!   tokens charged and the secret hash (zero = none set).
@@ -13,14 +14,17 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use cocoon_ledger::ChainCheckpoint;
 use cocoon_ton::StdAddr;
 use cocoon_ton::chain::{AccountStatus, Chain, TxId};
 use cocoon_ton::codec::Layout;
 use cocoon_ton::contracts::ClientStorage;
-use cocoon_ton::messages::{ClientProxyRegister, ClientProxyRequest};
+use cocoon_ton::messages::{ClientProxyRegister, ClientProxyRequest, SaveState};
+use cocoon_ton::payments::SignedPayment;
+use cocoon_ton::wallet::{OutMsg, WalletSender};
 use futures::future::BoxFuture;
 
-use crate::chain::{ChainError, ClientChain, ClientContractState};
+use crate::chain::{ChainError, CheckpointChain, ClientChain, ClientContractState};
 
 /// Most transactions read per poll.
 const PAGE: usize = 100;
@@ -153,6 +157,146 @@ impl<C: Chain + 'static> ClientChain for TonClientChain<C> {
             }
         })
     }
+}
+
+/// Value sent with a `save_state` (COCOON: 1 nanoTON; the contract ignores the message and
+/// the transaction is the record).
+pub const SAVE_STATE_NANOTON: u64 = 1;
+/// Value attached to a submitted charge or payout (the excess returns to the sender).
+pub const RECEIPT_ATTACH_NANOTON: u64 = 50_000_000;
+
+struct CheckpointScan {
+    cursor: Option<TxId>,
+    seen: Vec<ChainCheckpoint>,
+}
+
+/// [`CheckpointChain`] through a TON node and the proxy operator's wallet: checkpoints are
+/// `save_state` messages from that wallet to the proxy contract, read back from the
+/// contract's transactions (only those whose sender is our wallet count); receipts are
+/// sent to their contract with the excess returned to the wallet.
+pub struct TonCheckpointChain<C: Chain> {
+    sender: tokio::sync::Mutex<WalletSender<C>>,
+    proxy_sc: StdAddr,
+    scan: tokio::sync::Mutex<CheckpointScan>,
+}
+
+impl<C: Chain + 'static> TonCheckpointChain<C> {
+    /// Checkpoints of `proxy_sc` sent by `sender`'s wallet.
+    pub fn new(sender: WalletSender<C>, proxy_sc: StdAddr) -> Self {
+        TonCheckpointChain {
+            sender: tokio::sync::Mutex::new(sender),
+            proxy_sc,
+            scan: tokio::sync::Mutex::new(CheckpointScan {
+                cursor: None,
+                seen: Vec::new(),
+            }),
+        }
+    }
+
+    /// Sends queued wallet messages (and settles the one in flight); call periodically.
+    pub async fn tick(&self) -> Result<(), ChainError> {
+        let mut s = self.sender.lock().await;
+        if s.pending() == 0 {
+            return Ok(());
+        }
+        s.tick(crate::now_unix() as u64)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn enqueue(&self, msg: OutMsg) -> Result<(), ChainError> {
+        let mut s = self.sender.lock().await;
+        s.enqueue(msg);
+        s.tick(crate::now_unix() as u64)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+impl<C: Chain + 'static> CheckpointChain for TonCheckpointChain<C> {
+    fn send_checkpoint(&self, c: ChainCheckpoint) -> BoxFuture<'_, Result<(), ChainError>> {
+        Box::pin(async move {
+            let seqno = i32::try_from(c.seqno).map_err(unavailable)?;
+            let body = SaveState::new(u64::from(c.seqno), seqno, cocoon_ton::HashBytes(c.hash))
+                .to_cell()
+                .map_err(unavailable)?;
+            self.enqueue(OutMsg::new(
+                self.proxy_sc.clone(),
+                SAVE_STATE_NANOTON,
+                Some(body),
+            ))
+            .await
+        })
+    }
+
+    fn checkpoints_since(
+        &self,
+        after: u32,
+    ) -> BoxFuture<'_, Result<Vec<ChainCheckpoint>, ChainError>> {
+        Box::pin(async move {
+            let ours = self.sender.lock().await.address().clone();
+            let found = {
+                let s = self.sender.lock().await;
+                let mut scan = self.scan.lock().await;
+                loop {
+                    let txs = s
+                        .chain()
+                        .transactions_since(&self.proxy_sc, scan.cursor.as_ref(), PAGE)
+                        .await
+                        .map_err(unavailable)?;
+                    let n = txs.len();
+                    for tx in txs {
+                        if let Some(c) = save_state(&tx, &ours) {
+                            scan.seen.push(c);
+                        }
+                        scan.cursor = Some(tx.id);
+                    }
+                    if n < PAGE {
+                        break;
+                    }
+                }
+                scan.seen
+                    .iter()
+                    .filter(|c| c.seqno > after)
+                    .copied()
+                    .collect()
+            };
+            Ok(found)
+        })
+    }
+
+    fn submit_receipt<'a>(
+        &'a self,
+        contract: &'a StdAddr,
+        boc: Vec<u8>,
+    ) -> BoxFuture<'a, Result<(), ChainError>> {
+        Box::pin(async move {
+            let sp = SignedPayment::from_boc(&boc).map_err(unavailable)?;
+            let me = self.sender.lock().await.address().clone();
+            let body = sp.repack(&me).to_cell().map_err(unavailable)?;
+            self.enqueue(OutMsg::new(
+                contract.clone(),
+                RECEIPT_ATTACH_NANOTON,
+                Some(body),
+            ))
+            .await
+        })
+    }
+}
+
+/// The checkpoint a transaction records, if it is a `save_state` from `ours`.
+fn save_state(tx: &cocoon_ton::chain::Transaction, ours: &StdAddr) -> Option<ChainCheckpoint> {
+    let msg = tx.in_msg.as_ref()?;
+    if msg.source.as_ref() != Some(ours) {
+        return None;
+    }
+    let s = SaveState::parse(msg.body.as_ref()?).ok()?;
+    Some(ChainCheckpoint {
+        seqno: u32::try_from(s.seqno).ok()?,
+        hash: s.session_hash.0,
+    })
 }
 
 #[cfg(test)]

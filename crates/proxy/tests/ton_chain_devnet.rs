@@ -333,3 +333,108 @@ async fn proxy_authorises_clients_through_the_devnet_contracts() {
     assert!(matches!(a, Auth::AuthorizationWithProxySuccess(_)), "{a:?}");
     assert!(net.meter.client(&bob_sc.to_string()).unwrap().credit > 0);
 }
+
+/// Settlement on the devnet: the ledger's checkpoint goes out as a `save_state` from the
+/// proxy operator's wallet, is read back from the proxy contract's transactions and
+/// confirmed, and the client's signed charge is accepted by the real client contract, whose
+/// `tokens_used` then equals what the ledger booked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_and_client_charges_settle_on_the_devnet() {
+    use cocoon_proxy::meter::{Charge, Settlement};
+    use cocoon_proxy::{CheckpointChain, LedgerMeter, Meter, SettlementConfig, TonCheckpointChain};
+
+    let net_chain = chainnet().await;
+    let tc = net_chain.tc.clone();
+    let root_cfg = cocoon_ton::chain::load_root_config(&tc, &net_chain.root)
+        .await
+        .unwrap();
+    let (_alice, alice_sc) = net_chain.client(2, None).await;
+    let clients = TonClientChain::new(
+        tc.clone(),
+        net_chain.proxy.address.clone(),
+        Duration::from_millis(50),
+    )
+    .await
+    .unwrap();
+    // The operator's wallet (already deployed by the stake top-up) sends the checkpoints.
+    let owner_key = SigningKey::from_seed(&[1; 32]).unwrap();
+    let sender = cocoon_ton::wallet::WalletSender::new(
+        tc.clone(),
+        Wallet::v4r2(owner_key.public_key(), 0),
+        owner_key,
+    )
+    .unwrap();
+    let chain = TonCheckpointChain::new(sender, net_chain.proxy.address.clone());
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = cocoon_ledger::SqliteStore::open(&dir.path().join("ledger.sqlite")).unwrap();
+    let key = Arc::new(SigningKey::from_seed(&net_chain.proxy_key).unwrap());
+    let owner = net_chain.proxy_owner.address.clone();
+    let meter = LedgerMeter::open_for_root(store, key.clone(), owner.clone(), &root_cfg, &chain)
+        .await
+        .unwrap();
+    let price = root_cfg.params.price_per_token;
+    let state = clients.client_state(&alice_sc).await.unwrap().unwrap();
+    let client = alice_sc.to_string();
+    meter.open_client(&client, &state, price).await.unwrap();
+    let worker = common::addr(0x77).to_string();
+    meter.reserve(&client, [1; 32], 5_000).await.unwrap();
+    meter
+        .settle(
+            [1; 32],
+            Settlement {
+                client: client.clone(),
+                worker,
+                usage: Charge {
+                    total: 1_234,
+                    ..Charge::default()
+                },
+                coefficient: 1000,
+            },
+        )
+        .await
+        .unwrap();
+
+    let cfg = SettlementConfig {
+        min_client_charge: 1,
+        min_worker_payout: u128::MAX,
+        ..SettlementConfig::default()
+    };
+    let mut last = None;
+    meter.settle_once(&chain, &cfg, &mut last).await.unwrap();
+    let on_chain = chain.checkpoints_since(0).await.unwrap();
+    assert_eq!(on_chain.len(), 1, "the save_state is on the proxy contract");
+    meter.settle_once(&chain, &cfg, &mut last).await.unwrap();
+    assert_eq!(meter.stats().confirmed_checkpoint, Some(on_chain[0].seqno));
+    assert_eq!(meter.stats().charges_submitted, 1);
+    // The wallet may need a tick or two to get the charge out; then the contract has it.
+    let mut charged = 0;
+    for _ in 0..50 {
+        chain.tick().await.unwrap();
+        charged = clients
+            .client_state(&alice_sc)
+            .await
+            .unwrap()
+            .unwrap()
+            .tokens_used;
+        if charged > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        charged, 1_234,
+        "the client contract accepted the signed charge"
+    );
+    // The ledger learns it from the chain: nothing is due any more.
+    let state = clients.client_state(&alice_sc).await.unwrap().unwrap();
+    meter.open_client(&client, &state, price).await.unwrap();
+    assert_eq!(
+        meter
+            .account(cocoon_proxy::Party::Client, &client)
+            .unwrap()
+            .on_chain_tokens,
+        1_234
+    );
+    assert!(meter.audit().is_empty());
+}

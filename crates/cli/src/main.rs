@@ -1,4 +1,4 @@
-//! `cocoon`: the one binary of the Cocoon network: the roles (`worker`, `devnet`; `proxy`,
+//! `cocoon`: the one binary of the Cocoon network: the roles (`worker`, `proxy`, `devnet`;
 //! `client` and `up` arrive with their crates) and the tools (`tl`, `attest`, `model`,
 //! `wallet`, `root`).
 #![forbid(unsafe_code)]
@@ -7,6 +7,7 @@ mod attest_cmd;
 mod config;
 mod devnet_cmd;
 mod model_cmd;
+mod proxy_cmd;
 mod role;
 mod root_cmd;
 mod tl_cmd;
@@ -52,6 +53,8 @@ enum Command {
     /// Serve a model to the network's proxies (embedded llama.cpp or an OpenAI-compatible
     /// server) and earn for every token.
     Worker(Box<worker_cmd::WorkerArgs>),
+    /// Admit attested workers, route and meter clients' requests, settle on chain.
+    Proxy(Box<proxy_cmd::ProxyArgs>),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
         Command::Wallet { command } => wallet_cmd::run(command),
         Command::Root { command } => root_cmd::run(command),
         Command::Worker(args) => return worker_cmd::main(*args),
+        Command::Proxy(args) => return proxy_cmd::main(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -171,3 +171,111 @@ pub fn ensure_token_file(path: &Path) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", path.display()))?;
     writeln!(f, "{}", hex::encode(bytes)).map_err(|e| format!("{}: {e}", path.display()))
 }
+
+/// The common life of a role command: print the defaults or the layered configuration if
+/// asked, build and check the settings (config errors exit 64 with one line), start
+/// logging, run `run` on a tokio runtime, and turn its error into exit code 1.
+pub fn main_with<S, F>(
+    defaults: &str,
+    print_defaults: bool,
+    print_config: bool,
+    layers: Result<crate::config::Layers, crate::config::ConfigError>,
+    check: impl FnOnce(&S, &crate::config::Layers) -> Result<(), crate::config::ConfigError>,
+    log: impl FnOnce(&S) -> String,
+    run: impl FnOnce(S) -> F,
+) -> std::process::ExitCode
+where
+    S: serde::de::DeserializeOwned,
+    F: std::future::Future<Output = Result<(), String>>,
+{
+    use std::process::ExitCode;
+    if print_defaults {
+        print!("{defaults}");
+        return ExitCode::SUCCESS;
+    }
+    let layered = layers.and_then(|l| {
+        let s: S = l.build()?;
+        check(&s, &l)?;
+        Ok((l, s))
+    });
+    let (l, s) = match layered {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(crate::config::EXIT_CONFIG);
+        }
+    };
+    if print_config {
+        print!("{}", l.render());
+        return ExitCode::SUCCESS;
+    }
+    init_logging(&log(&s));
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: tokio runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(s)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// A toncenter client for `url`, with the API key read from `key_file` when one is named.
+pub fn toncenter(url: &str, key_file: &str) -> Result<cocoon_ton::toncenter::Toncenter, String> {
+    let mut cfg = cocoon_ton::toncenter::ToncenterConfig::new(url.to_owned());
+    if !key_file.is_empty() {
+        let k = std::fs::read_to_string(key_file).map_err(|e| format!("{key_file}: {e}"))?;
+        cfg.api_key = Some(k.trim().to_owned());
+    }
+    cocoon_ton::toncenter::Toncenter::new(cfg).map_err(|e| e.to_string())
+}
+
+/// The state directory `configured`, or the role's default; created if missing.
+pub fn state_dir(configured: &str, role: &str) -> Result<PathBuf, String> {
+    let d = if configured.is_empty() {
+        default_state_dir(role)
+    } else {
+        PathBuf::from(configured)
+    };
+    std::fs::create_dir_all(&d).map_err(|e| format!("{}: {e}", d.display()))?;
+    Ok(d)
+}
+
+/// The admin token file: `configured`, or `<state_dir>/admin-token`; created if missing.
+pub fn admin_token_file(configured: &str, state_dir: &Path) -> Result<PathBuf, String> {
+    let p = if configured.is_empty() {
+        state_dir.join("admin-token")
+    } else {
+        PathBuf::from(configured)
+    };
+    ensure_token_file(&p)?;
+    Ok(p)
+}
+
+/// Reads the root contract's configuration, retrying for up to `patience` while the chain
+/// is not reachable yet (a devnet still starting).
+pub async fn load_root_patiently(
+    chain: &cocoon_ton::toncenter::Toncenter,
+    root: &cocoon_ton::StdAddr,
+    patience: Duration,
+) -> Result<cocoon_ton::root::RootConfig, String> {
+    let end = tokio::time::Instant::now() + patience;
+    loop {
+        match cocoon_ton::chain::load_root_config(chain, root).await {
+            Ok(c) => return Ok(c),
+            Err(e) if tokio::time::Instant::now() >= end => {
+                return Err(format!("cannot read the root contract {root}: {e}"));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "root contract not readable yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}

@@ -17,11 +17,10 @@ use cocoon_engine::store::{self, ModelStore};
 use cocoon_engine::{BackendKind, Engine, HttpEngine, HttpEngineConfig, Tokenizer};
 use cocoon_openai::{Multipliers, PriceTable};
 use cocoon_ratls::net::RatlsConnector;
-use cocoon_ton::toncenter::{Toncenter, ToncenterConfig};
 use cocoon_worker::{AdminConfig, PayoutSink, Timings, Worker, WorkerConfig};
 use serde::Deserialize;
 
-use crate::config::{ConfigError, EXIT_CONFIG, Layers};
+use crate::config::{ConfigError, Layers};
 use crate::role;
 
 /// The embedded defaults: every key `cocoon worker` knows.
@@ -198,41 +197,16 @@ fn check(s: &WorkerSettings, l: &Layers) -> Result<(), ConfigError> {
 }
 
 pub fn main(args: WorkerArgs) -> ExitCode {
-    if args.print_defaults {
-        print!("{DEFAULTS}");
-        return ExitCode::SUCCESS;
-    }
-    let layered = layers(&args, std::env::vars().collect()).and_then(|l| {
-        let s: WorkerSettings = l.build()?;
-        check(&s, &l)?;
-        Ok((l, s))
-    });
-    let (l, s) = match layered {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    if args.print_config {
-        print!("{}", l.render());
-        return ExitCode::SUCCESS;
-    }
-    role::init_logging(&s.log);
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: tokio runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    match rt.block_on(run(s)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(1)
-        }
-    }
+    let layers = layers(&args, std::env::vars().collect());
+    role::main_with(
+        DEFAULTS,
+        args.print_defaults,
+        args.print_config,
+        layers,
+        check,
+        |s: &WorkerSettings| s.log.clone(),
+        run,
+    )
 }
 
 fn models_dir(s: &WorkerSettings) -> PathBuf {
@@ -315,23 +289,8 @@ async fn engine(
     Ok((Arc::new(e), id, Some(tok)))
 }
 
-fn toncenter(s: &WorkerSettings) -> Result<Toncenter, String> {
-    let mut cfg = ToncenterConfig::new(s.ton_url.clone());
-    if !s.ton_api_key_file.is_empty() {
-        let k = std::fs::read_to_string(&s.ton_api_key_file)
-            .map_err(|e| format!("{}: {e}", s.ton_api_key_file))?;
-        cfg.api_key = Some(k.trim().to_owned());
-    }
-    Toncenter::new(cfg).map_err(|e| e.to_string())
-}
-
 async fn run(s: WorkerSettings) -> Result<(), String> {
-    let state_dir = if s.state_dir.is_empty() {
-        role::default_state_dir("worker")
-    } else {
-        PathBuf::from(&s.state_dir)
-    };
-    std::fs::create_dir_all(&state_dir).map_err(|e| format!("{}: {e}", state_dir.display()))?;
+    let state_dir = role::state_dir(&s.state_dir, "worker")?;
     let role::RoleIdentity {
         resolver,
         source,
@@ -348,7 +307,7 @@ async fn run(s: WorkerSettings) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
 
     let (engine, model_id, tokenizer) = engine(&s).await?;
-    let chain = toncenter(&s)?;
+    let chain = role::toncenter(&s.ton_url, &s.ton_api_key_file)?;
     let payout_sink: Option<Arc<dyn PayoutSink>> = if s.wallet_key_file.is_empty() {
         None
     } else {
@@ -371,12 +330,7 @@ async fn run(s: WorkerSettings) -> Result<(), String> {
     let admin = if s.admin_listen.is_empty() {
         None
     } else {
-        let token_file = if s.admin_token_file.is_empty() {
-            state_dir.join("admin-token")
-        } else {
-            PathBuf::from(&s.admin_token_file)
-        };
-        role::ensure_token_file(&token_file)?;
+        let token_file = role::admin_token_file(&s.admin_token_file, &state_dir)?;
         Some(AdminConfig {
             bind: s.admin_listen.parse().map_err(|_| "admin_listen")?,
             token_file: Some(token_file),
@@ -390,11 +344,7 @@ async fn run(s: WorkerSettings) -> Result<(), String> {
     };
     // With a root, its configuration is read first: proxies, prices and params come from it.
     let first_root = match &root {
-        Some(r) => Some(
-            cocoon_ton::chain::load_root_config(&chain, r)
-                .await
-                .map_err(|e| format!("cannot read the root contract {r}: {e}"))?,
-        ),
+        Some(r) => Some(role::load_root_patiently(&chain, r, Duration::from_secs(30)).await?),
         None => None,
     };
     let prices = match &first_root {

@@ -283,6 +283,24 @@ impl LedgerMeter {
         }
     }
 
+    /// Moves the ledger to `root`'s params version and prices when it is newer (accounts of
+    /// the older contracts close; see `Ledger::change_params`); durable when it returns.
+    pub async fn change_params(
+        &self,
+        root: &cocoon_ton::root::RootConfig,
+    ) -> Result<(), MeterError> {
+        let version = root.params.params_version;
+        let p = {
+            let mut l = self.ledger();
+            if version <= l.params_version() {
+                return Ok(());
+            }
+            l.change_params(version, crate::forward::price_table(&root.params))
+                .map_err(meter_error)?
+        };
+        self.durable(p).await
+    }
+
     /// Freezes an account (operator action); durable when it returns.
     pub async fn freeze(&self, kind: Party, address: &str, reason: &str) -> Result<(), MeterError> {
         let a = addr(address)?;

@@ -1,0 +1,296 @@
+//! `cocoon proxy` as a real process: configuration errors, and on the devnet a proxy that
+//! deploys its contract from the operator's wallet, checkpoints its ledger on chain, admits a
+//! real `cocoon worker` (embedded default model, sim TEE on a test root), stops on SIGTERM and
+//! restarts on the same ledger.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cocoon_ton::toncenter::{Devnet, Toncenter, ToncenterConfig};
+
+mod common;
+use common::{ok, start_devnet, stop_devnet};
+
+const OWNER: &str = "0:4444444444444444444444444444444444444444444444444444444444444444";
+const ROOT: &str = "0:5555555555555555555555555555555555555555555555555555555555555555";
+
+fn proxy_cmd(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cocoon"));
+    c.arg("proxy").args(args);
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    let out = c.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_proxy_configuration_is_one_line_and_exit_64() {
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            vec!["--root", ROOT],
+            vec![],
+            "error: config: proxy.owner_address (from default): required",
+        ),
+        (
+            vec!["--owner", OWNER],
+            vec![],
+            "error: config: proxy.root_address (from default): required",
+        ),
+        (
+            vec!["--owner", OWNER, "--root", ROOT],
+            vec![],
+            "error: config: proxy.wallet_key_file (from default): required outside test networks",
+        ),
+        (
+            vec![
+                "--owner",
+                OWNER,
+                "--root",
+                ROOT,
+                "--test",
+                "--worker-listen",
+                "nowhere",
+            ],
+            vec![],
+            "error: config: proxy.worker_listen (from --worker-listen): expected ip:port",
+        ),
+        (
+            vec!["--owner", OWNER, "--root", ROOT, "--test"],
+            vec![("COCOON_PROXY_MIN_CLIENT_CHARGE_TON", "lots")],
+            "error: config: proxy.min_client_charge_ton (from COCOON_PROXY_MIN_CLIENT_CHARGE_TON): ",
+        ),
+    ];
+    for (args, envs, want) in cases {
+        let (rc, out, err) = proxy_cmd(&args, &envs);
+        assert_eq!(rc, 64, "{args:?}: {err}{out}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(err.starts_with(want), "{args:?}: {err}");
+    }
+    let (rc, out, _) = proxy_cmd(&["--print-defaults"], &[]);
+    assert_eq!(rc, 0);
+    assert!(out.starts_with("# `cocoon proxy` defaults."), "{out}");
+}
+
+fn get_json(url: &str) -> Option<serde_json::Value> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut s = std::net::TcpStream::connect(host).ok()?;
+    write!(s, "GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    serde_json::from_str(body.split_once("\r\n\r\n")?.1).ok()
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(90);
+    while !f() {
+        assert!(Instant::now() < end, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Killed(Option<Child>);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn sigterm(k: &mut Killed) -> std::process::ExitStatus {
+    let mut child = k.0.take().unwrap();
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    child.wait().unwrap()
+}
+
+#[test]
+fn proxy_process_checkpoints_on_devnet_and_admits_a_worker_process() {
+    let Ok(_model) = std::env::var("COCOON_TEST_MODEL") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "COCOON_TEST_MODEL must be set in CI (scripts/test pulls the default model)"
+        );
+        eprintln!("skipped: COCOON_TEST_MODEL is not set");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (devnet, url, _lines, rx) = start_devnet(&tmp.path().join("devnet"));
+    let mut devnet = Killed(Some(devnet));
+
+    // One wallet owns the root and operates the proxy.
+    let key = tmp.path().join("owner.key");
+    let key_s = key.to_str().unwrap();
+    ok(&["wallet", "new", "--key", key_s]);
+    let raw = ok(&["wallet", "show", "--key", key_s])
+        .lines()
+        .find_map(|l| l.strip_prefix("address (raw): ").map(str::to_owned))
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let chain = Toncenter::new(ToncenterConfig::new(url.clone())).unwrap();
+    rt.block_on(chain.faucet(&cocoon_ton::parse_address(&raw).unwrap(), 50_000_000_000))
+        .unwrap();
+    let out = ok(&[
+        "root",
+        "deploy",
+        "--key",
+        key_s,
+        "--ton",
+        &url,
+        "--unique-id",
+        "8",
+    ]);
+    let root = out
+        .lines()
+        .find_map(|l| l.strip_prefix("root deployed at ").map(str::to_owned))
+        .unwrap();
+    let owner_op = |op: &[&str]| {
+        let mut a: Vec<&str> = vec!["root"];
+        a.extend_from_slice(op);
+        a.extend_from_slice(&["--key", key_s, "--ton", &url, "--root", &root]);
+        ok(&a);
+    };
+    let sim = hex::encode(cocoon_attest::sim::sim_image_hash());
+    owner_op(&["add-image", &sim]);
+    let (pw, pc) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    owner_op(&["add-proxy", &format!("{pw} {pc}")]);
+
+    let admin = format!("127.0.0.1:{}", free_port());
+    let state = tmp.path().join("proxy");
+    let start_proxy = || {
+        Command::new(env!("CARGO_BIN_EXE_cocoon"))
+            .args([
+                "proxy",
+                "--test",
+                "--tee",
+                "sim",
+                "--owner",
+                &raw,
+                "--root",
+                &root,
+                "--ton",
+                &url,
+                "--worker-listen",
+                &pw,
+                "--client-listen",
+                &pc,
+                "--admin",
+                &admin,
+                "--set",
+                &format!("wallet_key_file={key_s}"),
+                "--set",
+                "stake_ton=1",
+                "--set",
+                "checkpoint_seconds=1",
+                "--set",
+                "root_poll_seconds=1",
+                "--set",
+                "pow_difficulty=4",
+            ])
+            .arg("--state-dir")
+            .arg(&state)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap()
+    };
+    let mut proxy = Killed(Some(start_proxy()));
+    let stats_url = format!("http://{admin}/jsonstats");
+    let stats = || get_json(&stats_url);
+    // The contract is deployed with its stake, and the first checkpoint is confirmed.
+    wait_for("a confirmed checkpoint", || {
+        stats().is_some_and(|s| s["ledger"]["confirmed_checkpoint"].as_u64() >= Some(1))
+    });
+    let s = stats().unwrap();
+    assert!(s["is_test"].as_bool().unwrap(), "{s}");
+    assert!(s["ledger"]["halted"].is_null(), "{s}");
+
+    // A worker with the embedded default model, following the same root.
+    let worker_admin = format!("127.0.0.1:{}", free_port());
+    let worker = Command::new(env!("CARGO_BIN_EXE_cocoon"))
+        .args([
+            "worker",
+            "--test",
+            "--tee",
+            "sim",
+            "--owner",
+            OWNER,
+            "--root",
+            &root,
+            "--ton",
+            &url,
+            "--model",
+            "smollm2-135m",
+            "--admin",
+            &worker_admin,
+            "--set",
+            "root_poll_seconds=1",
+            "--set",
+            "slots=1",
+            "--set",
+            "ctx_per_slot=512",
+            "--set",
+            "threads=1",
+        ])
+        .arg("--state-dir")
+        .arg(tmp.path().join("worker"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut worker = Killed(Some(worker));
+    let wstats = || get_json(&format!("http://{worker_admin}/jsonstats"));
+    wait_for("the worker's model id", || wstats().is_some());
+    let model = wstats().unwrap()["model"].as_str().unwrap().to_owned();
+    owner_op(&["add-model", &model]);
+    wait_for("the worker admitted by the proxy", || {
+        stats().is_some_and(|s| {
+            s["workers"]
+                .as_array()
+                .is_some_and(|w| w.len() == 1 && w[0]["model"].as_str() == Some(&model))
+        })
+    });
+
+    // SIGTERM stops the proxy cleanly; it restarts on the same ledger (no rollback alarm).
+    let confirmed = stats().unwrap()["ledger"]["confirmed_checkpoint"]
+        .as_u64()
+        .unwrap();
+    let status = sigterm(&mut proxy);
+    assert!(status.success(), "proxy exit status {status}");
+    let mut proxy = Killed(Some(start_proxy()));
+    wait_for("the restarted proxy checkpoints again", || {
+        stats().is_some_and(|s| s["ledger"]["confirmed_checkpoint"].as_u64() > Some(confirmed))
+    });
+    assert!(sigterm(&mut proxy).success());
+    assert!(sigterm(&mut worker).success());
+    stop_devnet(devnet.0.take().unwrap(), rx);
+}

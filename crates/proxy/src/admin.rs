@@ -1,5 +1,7 @@
 //! HTTP admin server: `/stats` (HTML), `/jsonstats`, `/metrics` (Prometheus text) and POST
-//! controls `/control/disable`, `/control/enable` behind a bearer token read from a file.
+//! controls behind a bearer token read from a file: `/control/disable`, `/control/enable`,
+//! and on the ledger's settlement `/control/checkpoint`, `/control/charge`,
+//! `/control/payout`, `/control/withdraw`.
 //!
 //! COCOON's proxy takes its controls on an unauthenticated port; here they need the token,
 //! and without a token file they are refused. Pages show counters and public identifiers
@@ -54,6 +56,7 @@ pub(crate) async fn spawn(
         .route("/metrics", get(metrics))
         .route("/control/enable", post(enable))
         .route("/control/disable", post(disable))
+        .route("/control/{action}", post(settlement_control))
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(bind)
         .await
@@ -123,6 +126,26 @@ async fn disable(State(st): State<AppState>, headers: HeaderMap) -> Response {
     st.shared.enabled.store(false, Ordering::SeqCst);
     tracing::info!("proxy disabled by operator");
     "disabled\n".into_response()
+}
+
+async fn settlement_control(
+    State(st): State<AppState>,
+    axum::extract::Path(action): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = refuse(&st, &headers) {
+        return r;
+    }
+    if !matches!(
+        action.as_str(),
+        "checkpoint" | "charge" | "payout" | "withdraw"
+    ) {
+        return (StatusCode::NOT_FOUND, "unknown control\n").into_response();
+    }
+    match st.shared.meter.control(&action).await {
+        Ok(msg) => msg.into_response(),
+        Err(e) => (StatusCode::CONFLICT, format!("{e}\n")).into_response(),
+    }
 }
 
 async fn stats_json(State(st): State<AppState>) -> Response {
@@ -199,6 +222,50 @@ async fn stats_html(State(st): State<AppState>) -> Response {
             cl.totals.committed_to_db,
             cl.totals.max,
         );
+    }
+    if let Some(l) = &s.ledger {
+        h.push_str("</table>\n<h2>ledger</h2>\n<table>\n");
+        let mut row = |k: &str, v: String| {
+            let _ = writeln!(h, "<tr><td>{}</td><td>{}</td></tr>", esc(k), esc(&v));
+        };
+        row("params version", l.params_version.to_string());
+        row(
+            "committed / last update",
+            format!("{} / {}", l.committed_seq, l.last_seq),
+        );
+        row("commit failures", l.commit_failures.to_string());
+        row(
+            "confirmed checkpoint",
+            format!("{:?}", l.confirmed_checkpoint),
+        );
+        row(
+            "pending checkpoints",
+            format!("{:?}", l.pending_checkpoints),
+        );
+        row("commission (nanoTON)", l.commission_nanoton.to_string());
+        row("reservations", l.reservations.to_string());
+        row(
+            "charges / payouts submitted",
+            format!("{} / {}", l.charges_submitted, l.payouts_submitted),
+        );
+        row("halted", l.halted.clone().unwrap_or_else(|| "no".into()));
+        row("frozen accounts", l.frozen.len().to_string());
+        h.push_str("</table>\n<h2>accounts</h2>\n<table>\n<tr><th>account</th><th>tokens</th><th>in db</th><th>checkpointed</th><th>settled on chain</th><th>reserved</th><th>nanoTON</th><th>status</th><th>frozen</th></tr>\n");
+        for a in st.shared.meter.accounts() {
+            let _ = writeln!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:?}</td><td>{}</td></tr>",
+                esc(&a.key.to_string()),
+                a.tokens,
+                a.db_tokens,
+                a.chain_tokens,
+                a.on_chain_tokens,
+                a.reserved,
+                a.nanoton,
+                a.status,
+                esc(a.frozen.as_deref().unwrap_or("")),
+            );
+        }
     }
     h.push_str("</table>\n<h2>refused handshakes</h2>\n<table>\n<tr><th>at</th><th>kind</th><th>peer</th><th>reason</th></tr>\n");
     for r in s.refusals.iter().rev() {
@@ -298,6 +365,47 @@ async fn metrics(State(st): State<AppState>) -> Response {
         "Decayed average latency per worker connection.",
         &per_worker(&|w| w.avg_latency_ms.to_string()),
     );
+    if let Some(l) = &s.ledger {
+        metric(
+            "cocoon_proxy_ledger_committed_seq",
+            "counter",
+            "Last ledger update durably committed.",
+            &[(String::new(), n(l.committed_seq))],
+        );
+        metric(
+            "cocoon_proxy_ledger_commit_failures_total",
+            "counter",
+            "Failed ledger commits.",
+            &[(String::new(), n(l.commit_failures))],
+        );
+        metric(
+            "cocoon_proxy_ledger_confirmed_checkpoint",
+            "gauge",
+            "Seqno of the last checkpoint confirmed on chain (0: none).",
+            &[(
+                String::new(),
+                n(u64::from(l.confirmed_checkpoint.unwrap_or(0))),
+            )],
+        );
+        metric(
+            "cocoon_proxy_ledger_commission_nanoton",
+            "counter",
+            "Commission earned, nanoTON.",
+            &[(String::new(), l.commission_nanoton.to_string())],
+        );
+        metric(
+            "cocoon_proxy_ledger_frozen_accounts",
+            "gauge",
+            "Accounts frozen for the operator to look at.",
+            &[(String::new(), l.frozen.len().to_string())],
+        );
+        metric(
+            "cocoon_proxy_ledger_halted",
+            "gauge",
+            "1 when the ledger halted (unknown checkpoint on chain).",
+            &[(String::new(), n(u64::from(l.halted.is_some())))],
+        );
+    }
     metric(
         "cocoon_proxy_clients",
         "gauge",

@@ -94,6 +94,10 @@ pub struct LedgerMeter {
     /// Latest signed receipt per account (tokens, BoC), so unchanged totals are not re-signed.
     receipts: Mutex<HashMap<AccountKey, (u64, Vec<u8>)>>,
     submitted: Mutex<(u64, u64)>,
+    /// The last checkpoint sent: (seqno, ledger seq then, when). One pass at a time.
+    last_sent: tokio::sync::Mutex<Option<(u32, u64, std::time::Instant)>>,
+    /// The chain and thresholds of the running settlement loop (for operator controls).
+    settlement: std::sync::OnceLock<(Arc<dyn CheckpointChain>, SettlementConfig)>,
 }
 
 impl std::fmt::Debug for LedgerMeter {
@@ -172,6 +176,8 @@ impl LedgerMeter {
             commits,
             receipts: Mutex::default(),
             submitted: Mutex::default(),
+            last_sent: tokio::sync::Mutex::new(None),
+            settlement: std::sync::OnceLock::new(),
         }))
     }
 
@@ -345,8 +351,8 @@ impl LedgerMeter {
         &self,
         chain: &dyn CheckpointChain,
         cfg: &SettlementConfig,
-        last_sent: &mut Option<(u32, u64, std::time::Instant)>,
     ) -> Result<(), ChainError> {
+        let mut last_sent = self.last_sent.lock().await;
         // 1. Confirm what the chain shows, in chain order.
         let after = self.ledger().confirmed_checkpoint().map_or(0, |c| c.seqno);
         for c in chain.checkpoints_since(after).await? {
@@ -427,15 +433,48 @@ impl LedgerMeter {
         chain: Arc<dyn CheckpointChain>,
         cfg: SettlementConfig,
     ) {
-        let mut last_sent = None;
+        let _ = self.settlement.set((Arc::clone(&chain), cfg.clone()));
         let mut tick = tokio::time::interval(cfg.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(e) = self.settle_once(&*chain, &cfg, &mut last_sent).await {
+            if let Err(e) = self.settle_once(&*chain, &cfg).await {
                 tracing::warn!(error = %e, "settlement pass failed; retrying next interval");
             }
         }
+    }
+
+    /// An operator control: `checkpoint` (a settlement pass now), `charge` / `payout` (submit
+    /// every client's charge / worker's payout with anything checkpointed and unsettled,
+    /// whatever the thresholds), `withdraw` (the commission to the owner).
+    pub async fn control(&self, action: &str) -> Result<String, String> {
+        let Some((chain, cfg)) = self.settlement.get() else {
+            return Err("no settlement chain (the proxy runs without a wallet)".into());
+        };
+        let mut cfg = cfg.clone();
+        match action {
+            "checkpoint" => {}
+            "charge" => cfg.min_client_charge = 1,
+            "payout" => cfg.min_worker_payout = 1,
+            "withdraw" => {
+                chain.withdraw().await.map_err(|e| e.to_string())?;
+                tracing::info!("commission withdrawal sent by operator");
+                return Ok("withdrawal sent\n".into());
+            }
+            other => return Err(format!("unknown control {other:?}")),
+        }
+        let before = *lock(&self.submitted);
+        self.settle_once(&**chain, &cfg)
+            .await
+            .map_err(|e| e.to_string())?;
+        let after = *lock(&self.submitted);
+        tracing::info!(action, "settlement pass run by operator");
+        Ok(format!(
+            "{action}: {} charges, {} payouts submitted; confirmed checkpoint {:?}\n",
+            after.0 - before.0,
+            after.1 - before.1,
+            self.ledger().confirmed_checkpoint().map(|c| c.seqno)
+        ))
     }
 
     /// The last checkpoint on chain, as [`OpenOptions::chain`] wants it for `params_version`.
@@ -607,5 +646,13 @@ impl Meter for LedgerMeter {
 
     fn ledger_stats(&self) -> Option<LedgerStats> {
         Some(self.stats())
+    }
+
+    fn accounts(&self) -> Vec<AccountView> {
+        LedgerMeter::accounts(self)
+    }
+
+    fn control<'a>(&'a self, action: &'a str) -> BoxFuture<'a, Result<String, String>> {
+        Box::pin(LedgerMeter::control(self, action))
     }
 }

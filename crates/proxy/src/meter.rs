@@ -136,6 +136,17 @@ pub trait Meter: Send + Sync + 'static {
     fn ledger_stats(&self) -> Option<crate::ledger_meter::LedgerStats> {
         None
     }
+
+    /// Every ledger account (the admin pages' balances), when the meter has a ledger.
+    fn accounts(&self) -> Vec<cocoon_ledger::AccountView> {
+        Vec::new()
+    }
+
+    /// An operator control on the settlement (`checkpoint`, `charge`, `payout`,
+    /// `withdraw`); meters without a chain refuse.
+    fn control<'a>(&'a self, action: &'a str) -> BoxFuture<'a, Result<String, String>> {
+        Box::pin(async move { Err(format!("{action}: this meter has no on-chain settlement")) })
+    }
 }
 
 #[derive(Debug, Default, Clone, serde::Serialize)]

@@ -284,7 +284,28 @@ impl<C: Chain + 'static> CheckpointChain for TonCheckpointChain<C> {
             .await
         })
     }
+
+    fn withdraw(&self) -> BoxFuture<'_, Result<(), ChainError>> {
+        Box::pin(async move {
+            let me = self.sender.lock().await.address().clone();
+            let body = cocoon_ton::messages::ExtProxyPayoutRequest {
+                query_id: crate::now_unix() as u64,
+                send_excesses_to: me,
+            }
+            .to_cell()
+            .map_err(unavailable)?;
+            self.enqueue(OutMsg::new(
+                self.proxy_sc.clone(),
+                WITHDRAW_ATTACH_NANOTON,
+                Some(body),
+            ))
+            .await
+        })
+    }
 }
+
+/// Value sent with a commission withdrawal request (the excess returns).
+pub const WITHDRAW_ATTACH_NANOTON: u64 = 50_000_000;
 
 /// The checkpoint a transaction records, if it is a `save_state` from `ours`.
 fn save_state(tx: &cocoon_ton::chain::Transaction, ours: &StdAddr) -> Option<ChainCheckpoint> {

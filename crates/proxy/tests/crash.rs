@@ -91,6 +91,10 @@ impl CheckpointChain for FileChain {
     ) -> BoxFuture<'a, Result<(), ChainError>> {
         Box::pin(async { Ok(()) })
     }
+
+    fn withdraw(&self) -> BoxFuture<'_, Result<(), ChainError>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 fn proxy_key() -> Arc<SigningKey> {

@@ -80,11 +80,10 @@ async fn settlements_are_durable_and_receipts_follow_confirmed_checkpoints() {
         min_worker_payout: u128::MAX,
         ..SettlementConfig::default()
     };
-    let mut last = None;
-    meter.settle_once(&*chain, &cfg, &mut last).await.unwrap();
+    meter.settle_once(&*chain, &cfg).await.unwrap();
     assert_eq!(chain.checkpoints().len(), 1);
     assert_eq!(meter.stats().confirmed_checkpoint, None);
-    meter.settle_once(&*chain, &cfg, &mut last).await.unwrap();
+    meter.settle_once(&*chain, &cfg).await.unwrap();
     assert_eq!(meter.stats().confirmed_checkpoint, Some(1));
     assert_eq!(
         meter.client_totals(&sc.to_string()).committed_to_blockchain,
@@ -128,6 +127,67 @@ async fn settlements_are_durable_and_receipts_follow_confirmed_checkpoints() {
         .unwrap();
     assert_eq!(stats["ledger"]["confirmed_checkpoint"], 1);
 
+    // Operator controls on the settlement, behind the admin token.
+    tokio::spawn(meter.clone().run_settlement(
+        chain.clone(),
+        SettlementConfig {
+            interval: std::time::Duration::from_secs(3600),
+            ..cfg.clone()
+        },
+    ));
+    let http = reqwest::Client::new();
+    let post = |action: &str, token: &str| {
+        http.post(format!("{}/control/{action}", net.admin()))
+            .bearer_auth(token)
+            .send()
+    };
+    assert_eq!(post("payout", "wrong").await.unwrap().status(), 401);
+    for _ in 0..5 {
+        let r = post("checkpoint", TOKEN).await.unwrap();
+        assert_eq!(r.status(), 200);
+        if meter.client_totals(&sc.to_string()).committed_to_blockchain == 120 {
+            break;
+        }
+    }
+    assert_eq!(
+        meter.client_totals(&sc.to_string()).committed_to_blockchain,
+        120
+    );
+    let r = post("payout", TOKEN).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("1 payouts"));
+    let worker_sc = _w.worker_sc(&net);
+    let (to, boc) = chain.receipts().last().cloned().unwrap();
+    assert_eq!(to.to_string(), worker_sc);
+    let payout = SignedPayment::from_boc(&boc)
+        .unwrap()
+        .verify(SignedOp::WorkerPayout, &to, &key().public_key())
+        .unwrap();
+    assert_eq!(payout.tokens, Some(120));
+    assert_eq!(post("withdraw", TOKEN).await.unwrap().status(), 200);
+    assert_eq!(chain.withdrawals(), 1);
+    assert_eq!(post("teleport", TOKEN).await.unwrap().status(), 404);
+    let html = reqwest::get(format!("{}/stats", net.admin()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        html.contains("<h2>accounts</h2>") && html.contains(&worker_sc[2..]),
+        "{html}"
+    );
+    let metrics = reqwest::get(format!("{}/metrics", net.admin()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("cocoon_proxy_ledger_commission_nanoton 1200"),
+        "{metrics}"
+    );
+
     // Restart on the same file: nothing lost, the checkpoint still confirmed.
     net.proxy.shutdown().await;
     drop(c);
@@ -136,7 +196,7 @@ async fn settlements_are_durable_and_receipts_follow_confirmed_checkpoints() {
     let meter = open(&db, &chain).await.unwrap();
     let t = meter.client_totals(&sc.to_string());
     assert_eq!((t.committed_to_db, t.max), (120, 120));
-    assert_eq!(t.committed_to_blockchain, 90);
+    assert_eq!(t.committed_to_blockchain, 120);
     assert!(meter.audit().is_empty());
 }
 
@@ -188,9 +248,8 @@ async fn a_restored_old_database_is_refused_and_corruption_freezes_only_one_acco
     let m = open(&db, &chain).await.unwrap();
     m.open_client(&client, &funded, 20).await.unwrap();
     book(&m, &client, &worker, 1, 5, 40).await;
-    let mut last = None;
-    m.settle_once(&chain, &cfg, &mut last).await.unwrap();
-    m.settle_once(&chain, &cfg, &mut last).await.unwrap();
+    m.settle_once(&chain, &cfg).await.unwrap();
+    m.settle_once(&chain, &cfg).await.unwrap();
     assert_eq!(m.stats().confirmed_checkpoint, Some(1));
     drop(m);
     // The operator's "backup".
@@ -199,9 +258,8 @@ async fn a_restored_old_database_is_refused_and_corruption_freezes_only_one_acco
     let m = open(&db, &chain).await.unwrap();
     assert_eq!(m.client_totals(&client).max, 200);
     book(&m, &client, &worker, 10, 5, 40).await;
-    let mut last = None;
-    m.settle_once(&chain, &cfg, &mut last).await.unwrap();
-    m.settle_once(&chain, &cfg, &mut last).await.unwrap();
+    m.settle_once(&chain, &cfg).await.unwrap();
+    m.settle_once(&chain, &cfg).await.unwrap();
     assert_eq!(m.client_totals(&client).committed_to_blockchain, 400);
     drop(m);
 
@@ -224,7 +282,7 @@ async fn a_restored_old_database_is_refused_and_corruption_freezes_only_one_acco
         seqno: 77,
         hash: [9; 32],
     });
-    m.settle_once(&fresh, &cfg, &mut None).await.unwrap();
+    m.settle_once(&fresh, &cfg).await.unwrap();
     assert!(m.stats().halted.is_some());
     assert!(matches!(
         m.reserve(&client, [1; 32], 10).await,

@@ -400,11 +400,10 @@ async fn checkpoints_and_client_charges_settle_on_the_devnet() {
         min_worker_payout: u128::MAX,
         ..SettlementConfig::default()
     };
-    let mut last = None;
-    meter.settle_once(&chain, &cfg, &mut last).await.unwrap();
+    meter.settle_once(&chain, &cfg).await.unwrap();
     let on_chain = chain.checkpoints_since(0).await.unwrap();
     assert_eq!(on_chain.len(), 1, "the save_state is on the proxy contract");
-    meter.settle_once(&chain, &cfg, &mut last).await.unwrap();
+    meter.settle_once(&chain, &cfg).await.unwrap();
     assert_eq!(meter.stats().confirmed_checkpoint, Some(on_chain[0].seqno));
     assert_eq!(meter.stats().charges_submitted, 1);
     // The wallet may need a tick or two to get the charge out; then the contract has it.

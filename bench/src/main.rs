@@ -11,15 +11,11 @@
 //! `Policy::evaluate`) and through `VerificationCache`, SEV-SNP reports, sim evidence.
 //! `ratls`: sequential RA-TLS connections per second over loopback (new TCP + PoW + mutual
 //! TLS 1.3 + session ready + one query), sim evidence, PoW difficulty 0 and 20.
-//! `proxy`: what the proxy adds to a stream (COCOON's benchmark shape, direct vs through
-//! client → proxy → worker, p50/p99) and its memory per idle worker connection and per open
-//! stream (see `proxy_bench.rs`); not part of `all`.
 //! `engine`: the embedded inference engine against llama.cpp itself (see `engine.rs` and
 //! `bench/README.md`); not part of `all`, since it needs the model and the reference build.
 #![forbid(unsafe_code)]
 
 mod engine;
-mod proxy_bench;
 
 use cocoon_net::driver::{Config, Incoming};
 use cocoon_net::tcp::{Listener, connect_tcp};
@@ -31,21 +27,6 @@ use std::time::{Duration, Instant};
 
 fn main() {
     let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
-    if what == "proxy-node" {
-        let dir = std::env::args().nth(2).expect("proxy-node DIR");
-        proxy_bench::node(std::path::Path::new(&dir));
-        return;
-    }
-    if what == "proxy" {
-        println!(
-            "cocoon-bench {} ({} cpus)",
-            env!("CARGO_PKG_VERSION"),
-            cpus()
-        );
-        let rest: Vec<String> = std::env::args().skip(2).collect();
-        proxy_bench::run(&rest);
-        return;
-    }
     if what == "engine" {
         println!(
             "cocoon-bench {} ({} cpus)",
@@ -60,9 +41,7 @@ fn main() {
         what.as_str(),
         "codec" | "session" | "attest" | "ratls" | "all"
     ) {
-        eprintln!(
-            "usage: cocoon-bench [codec|session|attest|ratls|all] | engine [--help] | proxy [--streams N --requests N --idle-workers N --open-streams N]"
-        );
+        eprintln!("usage: cocoon-bench [codec|session|attest|ratls|all] | engine [--help]");
         std::process::exit(64);
     }
     println!(

@@ -32,12 +32,8 @@ pub const DEFAULTS: &str = include_str!("defaults/proxy.toml");
 
 #[derive(Args)]
 pub struct ProxyArgs {
-    /// TOML configuration file (keys under [proxy]).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Set any key: --set key=value (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    sets: Vec<String>,
+    #[command(flatten)]
+    common: role::CommonArgs,
     /// Where workers connect (ip:port).
     #[arg(long)]
     worker_listen: Option<String>,
@@ -53,24 +49,6 @@ pub struct ProxyArgs {
     /// Owner address of the proxy (its contract and commission).
     #[arg(long)]
     owner: Option<String>,
-    /// auto, tdx, sev-snp or sim.
-    #[arg(long)]
-    tee: Option<String>,
-    /// Test network.
-    #[arg(long)]
-    test: bool,
-    /// State directory.
-    #[arg(long)]
-    state_dir: Option<PathBuf>,
-    /// Admin HTTP listen address ("" for none).
-    #[arg(long)]
-    admin: Option<String>,
-    /// Print the effective configuration (with where each value came from) and exit.
-    #[arg(long)]
-    print_config: bool,
-    /// Print the documented defaults file and exit.
-    #[arg(long)]
-    print_defaults: bool,
 }
 
 /// The proxy's settings, as the defaults file declares them.
@@ -105,13 +83,7 @@ pub struct ProxySettings {
 
 /// Defaults, file, `COCOON_PROXY_*`, then flags.
 pub fn layers(args: &ProxyArgs, env: Vec<(String, String)>) -> Result<Layers, ConfigError> {
-    let mut l = Layers::new("proxy", DEFAULTS);
-    if let Some(p) = &args.config {
-        l.file(p)?;
-    }
-    l.env(env)?;
-    l.sets(&args.sets)?;
-    let flags: [(&str, Option<String>, &str); 8] = [
+    let flags = vec![
         (
             "worker_listen",
             args.worker_listen.clone(),
@@ -125,23 +97,8 @@ pub fn layers(args: &ProxyArgs, env: Vec<(String, String)>) -> Result<Layers, Co
         ("root_address", args.root.clone(), "--root"),
         ("ton_url", args.ton.clone(), "--ton"),
         ("owner_address", args.owner.clone(), "--owner"),
-        ("tee", args.tee.clone(), "--tee"),
-        (
-            "state_dir",
-            args.state_dir.as_ref().map(|p| p.display().to_string()),
-            "--state-dir",
-        ),
-        ("admin_listen", args.admin.clone(), "--admin"),
     ];
-    for (key, v, flag) in flags {
-        if let Some(v) = v {
-            l.set(key, &v, flag)?;
-        }
-    }
-    if args.test {
-        l.set("is_test", "true", "--test")?;
-    }
-    Ok(l)
+    args.common.layers("proxy", DEFAULTS, env, flags)
 }
 
 /// Checks what the types alone cannot, naming the key.
@@ -205,8 +162,8 @@ pub fn main(args: ProxyArgs) -> ExitCode {
     let layers = layers(&args, std::env::vars().collect());
     role::main_with(
         DEFAULTS,
-        args.print_defaults,
-        args.print_config,
+        args.common.print_defaults,
+        args.common.print_config,
         layers,
         check,
         |s: &ProxySettings| s.log.clone(),

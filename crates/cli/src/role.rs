@@ -279,3 +279,69 @@ pub async fn load_root_patiently(
         }
     }
 }
+
+/// Flags every role command takes.
+#[derive(clap::Args)]
+pub struct CommonArgs {
+    /// TOML configuration file (keys under the role's table, e.g. [worker]).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Set any key: --set key=value (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// auto, tdx, sev-snp or sim.
+    #[arg(long)]
+    pub tee: Option<String>,
+    /// Test network.
+    #[arg(long)]
+    pub test: bool,
+    /// State directory.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Admin HTTP listen address ("" for none).
+    #[arg(long)]
+    pub admin: Option<String>,
+    /// Print the effective configuration (with where each value came from) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// Print the documented defaults file and exit.
+    #[arg(long)]
+    pub print_defaults: bool,
+}
+
+impl CommonArgs {
+    /// Defaults, the file, `COCOON_<ROLE>_*`, `--set`, the common flags, then `flags`
+    /// (`(key, value, flag name)`, applied when given).
+    pub fn layers(
+        &self,
+        role: &'static str,
+        defaults: &str,
+        env: Vec<(String, String)>,
+        flags: Vec<(&'static str, Option<String>, &'static str)>,
+    ) -> Result<crate::config::Layers, crate::config::ConfigError> {
+        let mut l = crate::config::Layers::new(role, defaults);
+        if let Some(p) = &self.config {
+            l.file(p)?;
+        }
+        l.env(env)?;
+        l.sets(&self.sets)?;
+        let common = [
+            ("tee", self.tee.clone(), "--tee"),
+            (
+                "state_dir",
+                self.state_dir.as_ref().map(|p| p.display().to_string()),
+                "--state-dir",
+            ),
+            ("admin_listen", self.admin.clone(), "--admin"),
+        ];
+        for (key, v, flag) in common.into_iter().chain(flags) {
+            if let Some(v) = v {
+                l.set(key, &v, flag)?;
+            }
+        }
+        if self.test {
+            l.set("is_test", "true", "--test")?;
+        }
+        Ok(l)
+    }
+}

@@ -28,12 +28,8 @@ pub const DEFAULTS: &str = include_str!("defaults/worker.toml");
 
 #[derive(Args)]
 pub struct WorkerArgs {
-    /// TOML configuration file (keys under [worker]).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Set any key: --set key=value (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    sets: Vec<String>,
+    #[command(flatten)]
+    common: role::CommonArgs,
     /// Model store alias/name/id or GGUF path (embedded), or the full model id (--backend).
     #[arg(long)]
     model: Option<String>,
@@ -52,24 +48,6 @@ pub struct WorkerArgs {
     /// Earnings owner address.
     #[arg(long)]
     owner: Option<String>,
-    /// auto, tdx, sev-snp or sim.
-    #[arg(long)]
-    tee: Option<String>,
-    /// Test network.
-    #[arg(long)]
-    test: bool,
-    /// State directory.
-    #[arg(long)]
-    state_dir: Option<PathBuf>,
-    /// Admin HTTP listen address ("" for none).
-    #[arg(long)]
-    admin: Option<String>,
-    /// Print the effective configuration (with where each value came from) and exit.
-    #[arg(long)]
-    print_config: bool,
-    /// Print the documented defaults file and exit.
-    #[arg(long)]
-    print_defaults: bool,
 }
 
 /// The worker's settings, as the defaults file declares them.
@@ -111,38 +89,16 @@ pub struct WorkerSettings {
 
 /// Defaults, file, `COCOON_WORKER_*`, then flags.
 pub fn layers(args: &WorkerArgs, env: Vec<(String, String)>) -> Result<Layers, ConfigError> {
-    let mut l = Layers::new("worker", DEFAULTS);
-    if let Some(p) = &args.config {
-        l.file(p)?;
-    }
-    l.env(env)?;
-    l.sets(&args.sets)?;
-    let flags: [(&str, Option<String>, &str); 8] = [
+    let proxies = (!args.proxies.is_empty()).then(|| args.proxies.join(","));
+    let flags = vec![
         ("model", args.model.clone(), "--model"),
         ("backend_url", args.backend.clone(), "--backend"),
         ("root_address", args.root.clone(), "--root"),
         ("ton_url", args.ton.clone(), "--ton"),
         ("owner_address", args.owner.clone(), "--owner"),
-        ("tee", args.tee.clone(), "--tee"),
-        (
-            "state_dir",
-            args.state_dir.as_ref().map(|p| p.display().to_string()),
-            "--state-dir",
-        ),
-        ("admin_listen", args.admin.clone(), "--admin"),
+        ("proxies", proxies, "--proxy"),
     ];
-    for (key, v, flag) in flags {
-        if let Some(v) = v {
-            l.set(key, &v, flag)?;
-        }
-    }
-    if !args.proxies.is_empty() {
-        l.set("proxies", &args.proxies.join(","), "--proxy")?;
-    }
-    if args.test {
-        l.set("is_test", "true", "--test")?;
-    }
-    Ok(l)
+    args.common.layers("worker", DEFAULTS, env, flags)
 }
 
 /// Checks what the types alone cannot, naming the key.
@@ -200,8 +156,8 @@ pub fn main(args: WorkerArgs) -> ExitCode {
     let layers = layers(&args, std::env::vars().collect());
     role::main_with(
         DEFAULTS,
-        args.print_defaults,
-        args.print_config,
+        args.common.print_defaults,
+        args.common.print_config,
         layers,
         check,
         |s: &WorkerSettings| s.log.clone(),

@@ -3,13 +3,12 @@
 //! real `cocoon worker` (embedded default model, sim TEE on a test root), stops on SIGTERM and
 //! restarts on the same ledger.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-use cocoon_ton::toncenter::{Devnet, Toncenter, ToncenterConfig};
+use std::process::{Command, Stdio};
 
 mod common;
-use common::{ok, start_devnet, stop_devnet};
+use common::{
+    Killed, free_port, get_json, own_root, root_op, sigterm, start_devnet, stop_devnet, wait_for,
+};
 
 const OWNER: &str = "0:4444444444444444444444444444444444444444444444444444444444444444";
 const ROOT: &str = "0:5555555555555555555555555555555555555555555555555555555555555555";
@@ -77,56 +76,6 @@ fn bad_proxy_configuration_is_one_line_and_exit_64() {
     assert!(out.starts_with("# `cocoon proxy` defaults."), "{out}");
 }
 
-fn get_json(url: &str) -> Option<serde_json::Value> {
-    use std::io::{Read, Write};
-    let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest.split_once('/').unwrap();
-    let mut s = std::net::TcpStream::connect(host).ok()?;
-    write!(s, "GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    serde_json::from_str(body.split_once("\r\n\r\n")?.1).ok()
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(90);
-    while !f() {
-        assert!(Instant::now() < end, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Killed(Option<Child>);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        if let Some(c) = self.0.as_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn sigterm(k: &mut Killed) -> std::process::ExitStatus {
-    let mut child = k.0.take().unwrap();
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    child.wait().unwrap()
-}
-
 #[test]
 fn proxy_process_checkpoints_on_devnet_and_admits_a_worker_process() {
     let Ok(_model) = std::env::var("COCOON_TEST_MODEL") else {
@@ -139,43 +88,12 @@ fn proxy_process_checkpoints_on_devnet_and_admits_a_worker_process() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let (devnet, url, _lines, rx) = start_devnet(&tmp.path().join("devnet"));
-    let mut devnet = Killed(Some(devnet));
+    let mut devnet = Killed::new(devnet);
 
     // One wallet owns the root and operates the proxy.
-    let key = tmp.path().join("owner.key");
-    let key_s = key.to_str().unwrap();
-    ok(&["wallet", "new", "--key", key_s]);
-    let raw = ok(&["wallet", "show", "--key", key_s])
-        .lines()
-        .find_map(|l| l.strip_prefix("address (raw): ").map(str::to_owned))
-        .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let chain = Toncenter::new(ToncenterConfig::new(url.clone())).unwrap();
-    rt.block_on(chain.faucet(&cocoon_ton::parse_address(&raw).unwrap(), 50_000_000_000))
-        .unwrap();
-    let out = ok(&[
-        "root",
-        "deploy",
-        "--key",
-        key_s,
-        "--ton",
-        &url,
-        "--unique-id",
-        "8",
-    ]);
-    let root = out
-        .lines()
-        .find_map(|l| l.strip_prefix("root deployed at ").map(str::to_owned))
-        .unwrap();
-    let owner_op = |op: &[&str]| {
-        let mut a: Vec<&str> = vec!["root"];
-        a.extend_from_slice(op);
-        a.extend_from_slice(&["--key", key_s, "--ton", &url, "--root", &root]);
-        ok(&a);
-    };
+    let (key_s, raw, root) = own_root(tmp.path(), &url, "8", 50_000_000_000);
+    let key_s = key_s.as_str();
+    let owner_op = |op: &[&str]| root_op(op, key_s, &url, &root);
     let sim = hex::encode(cocoon_attest::sim::sim_image_hash());
     owner_op(&["add-image", &sim]);
     let (pw, pc) = (
@@ -223,7 +141,7 @@ fn proxy_process_checkpoints_on_devnet_and_admits_a_worker_process() {
             .spawn()
             .unwrap()
     };
-    let mut proxy = Killed(Some(start_proxy()));
+    let mut proxy = Killed::new(start_proxy());
     let stats_url = format!("http://{admin}/jsonstats");
     let stats = || get_json(&stats_url);
     // The contract is deployed with its stake, and the first checkpoint is confirmed.
@@ -267,7 +185,7 @@ fn proxy_process_checkpoints_on_devnet_and_admits_a_worker_process() {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let mut worker = Killed(Some(worker));
+    let mut worker = Killed::new(worker);
     let wstats = || get_json(&format!("http://{worker_admin}/jsonstats"));
     wait_for("the worker's model id", || wstats().is_some());
     let model = wstats().unwrap()["model"].as_str().unwrap().to_owned();
@@ -284,13 +202,13 @@ fn proxy_process_checkpoints_on_devnet_and_admits_a_worker_process() {
     let confirmed = stats().unwrap()["ledger"]["confirmed_checkpoint"]
         .as_u64()
         .unwrap();
-    let status = sigterm(&mut proxy);
+    let status = sigterm(proxy.take());
     assert!(status.success(), "proxy exit status {status}");
-    let mut proxy = Killed(Some(start_proxy()));
+    let mut proxy = Killed::new(start_proxy());
     wait_for("the restarted proxy checkpoints again", || {
         stats().is_some_and(|s| s["ledger"]["confirmed_checkpoint"].as_u64() > Some(confirmed))
     });
-    assert!(sigterm(&mut proxy).success());
-    assert!(sigterm(&mut worker).success());
-    stop_devnet(devnet.0.take().unwrap(), rx);
+    assert!(sigterm(proxy.take()).success());
+    assert!(sigterm(worker.take()).success());
+    stop_devnet(devnet.take(), rx);
 }

@@ -3,13 +3,12 @@
 //! the real `cocoon devnet` process: it dials the proxies the root registers, picks up a new
 //! one at run time, reports the model whitelist, and stops cleanly on SIGTERM.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-use cocoon_ton::toncenter::{Devnet, Toncenter, ToncenterConfig};
+use std::process::{Command, Stdio};
 
 mod common;
-use common::{ok, start_devnet, stop_devnet};
+use common::{
+    Killed, free_port, get_json, own_root, root_op, sigterm, start_devnet, stop_devnet, wait_for,
+};
 
 const OWNER: &str = "0:4444444444444444444444444444444444444444444444444444444444444444";
 
@@ -124,51 +123,6 @@ fn bad_configuration_is_one_line_and_exit_64() {
     assert!(out.starts_with("# `cocoon worker` defaults."), "{out}");
 }
 
-fn get_json(url: &str) -> serde_json::Value {
-    // A tiny HTTP/1.0 GET (no client dependency in this crate's tests).
-    use std::io::{Read, Write};
-    let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest.split_once('/').unwrap();
-    let mut s = std::net::TcpStream::connect(host).unwrap();
-    write!(s, "GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    let json = body.split_once("\r\n\r\n").unwrap().1;
-    serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}"))
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(90);
-    while !f() {
-        assert!(Instant::now() < end, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Kills the child if the test fails before stopping it properly.
-struct Killed(Option<Child>);
-impl Killed {
-    fn take(&mut self) -> Child {
-        self.0.take().unwrap()
-    }
-}
-impl Drop for Killed {
-    fn drop(&mut self) {
-        if let Some(c) = self.0.as_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 #[test]
 fn worker_process_follows_the_root_on_devnet() {
     // The default model must be in the default model store (scripts/test pulls it and
@@ -183,43 +137,11 @@ fn worker_process_follows_the_root_on_devnet() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let (devnet, url, _lines, rx) = start_devnet(&tmp.path().join("devnet"));
-    let mut devnet = Killed(Some(devnet));
+    let mut devnet = Killed::new(devnet);
 
     // A root owned by a fresh wallet: one registered proxy, nobody listening there yet.
-    let key = tmp.path().join("owner.key");
-    let key_s = key.to_str().unwrap();
-    ok(&["wallet", "new", "--key", key_s]);
-    let raw = ok(&["wallet", "show", "--key", key_s])
-        .lines()
-        .find_map(|l| l.strip_prefix("address (raw): ").map(str::to_owned))
-        .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let chain = Toncenter::new(ToncenterConfig::new(url.clone())).unwrap();
-    rt.block_on(chain.faucet(&cocoon_ton::parse_address(&raw).unwrap(), 5_000_000_000))
-        .unwrap();
-    let out = ok(&[
-        "root",
-        "deploy",
-        "--key",
-        key_s,
-        "--ton",
-        &url,
-        "--unique-id",
-        "7",
-    ]);
-    let root = out
-        .lines()
-        .find_map(|l| l.strip_prefix("root deployed at ").map(str::to_owned))
-        .unwrap();
-    let owner = |op: &[&str]| {
-        let mut a: Vec<&str> = vec!["root"];
-        a.extend_from_slice(op);
-        a.extend_from_slice(&["--key", key_s, "--ton", &url, "--root", &root]);
-        ok(&a);
-    };
+    let (key_s, _raw, root) = own_root(tmp.path(), &url, "7", 5_000_000_000);
+    let owner = |op: &[&str]| root_op(op, &key_s, &url, &root);
     let p1 = format!("127.0.0.1:{}", free_port());
     owner(&["add-proxy", &format!("{p1} 127.0.0.1:1")]);
 
@@ -257,12 +179,9 @@ fn worker_process_follows_the_root_on_devnet() {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let mut child = Killed(Some(child));
+    let mut child = Killed::new(child);
     let stats_url = format!("http://{admin}/jsonstats");
-    let stats = || -> Option<serde_json::Value> {
-        std::net::TcpStream::connect(&admin).ok()?;
-        Some(get_json(&stats_url))
-    };
+    let stats = || get_json(&stats_url);
     wait_for("the worker's admin server", || stats().is_some());
     let s = stats().unwrap();
     let model_id = s["model"].as_str().unwrap().to_owned();
@@ -299,16 +218,7 @@ fn worker_process_follows_the_root_on_devnet() {
     assert!(s["root_version"].as_u64().unwrap() >= 3, "{s}");
 
     // SIGTERM: a clean stop.
-    let mut child = child.take();
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = child.wait().unwrap();
+    let status = sigterm(child.take());
     assert!(status.success(), "worker exit status {status}");
     stop_devnet(devnet.take(), rx);
 }

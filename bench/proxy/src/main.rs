@@ -1,4 +1,9 @@
-//! `cocoon-bench proxy`: what the proxy adds, measured on COCOON's benchmark shape.
+//! `cocoon-bench-proxy`: what the proxy adds, measured on COCOON's benchmark shape.
+//!
+//! ```sh
+//! cargo run --release -p cocoon-bench-proxy -- [--streams 30] [--requests 3000] \
+//!     [--idle-workers 1000] [--open-streams 10000]
+//! ```
 //!
 //! A fake engine streams 50 SSE chunks of 128 bytes (then the usage and `[DONE]`). The same
 //! workload (30 concurrent streams, many requests) runs
@@ -9,8 +14,10 @@
 //! add. Then memory: the proxy's resident set (read from `/proc/<pid>/status`) before and
 //! after 1,000 idle worker connections, and with 10,000 concurrent streams open.
 //!
-//! The proxy runs as `cocoon-bench proxy-node DIR` (a child process) so that its memory is
+//! The proxy runs as `cocoon-bench-proxy node DIR` (a child process) so that its memory is
 //! its own; it prints its worker and client ports and serves until killed.
+
+#![forbid(unsafe_code)]
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -64,7 +71,7 @@ fn now() -> u64 {
 
 fn code(name: &str) -> cocoon_ton::Cell {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../contracts/build")
+        .join("../../contracts/build")
         .join(format!("{name}.code.boc"));
     cocoon_ton::codec::decode_boc(&std::fs::read(&p).expect("contract code")).expect("boc")
 }
@@ -112,9 +119,9 @@ fn connector() -> RatlsConnector {
 
 // ------------------------------------------------------------------ the proxy node (child)
 
-/// `cocoon-bench proxy-node DIR`: the proxy on a SQLite ledger in DIR, clients funded in
+/// `cocoon-bench-proxy node DIR`: the proxy on a SQLite ledger in DIR, clients funded in
 /// memory; prints `ports <worker> <client>` and serves until killed.
-pub fn node(dir: &Path) {
+fn node(dir: &Path) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -186,6 +193,38 @@ pub fn node(dir: &Path) {
     });
 }
 
+/// Runs this binary with `args`; returns the child and the first line it printed. Its
+/// stdout stays open (read in the background) so that it never writes into a closed pipe.
+fn spawn_self(args: &[&str]) -> (Child, String) {
+    let mut child = Command::new(std::env::current_exe().expect("exe"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn");
+    let out = child.stdout.take().expect("stdout");
+    let mut r = std::io::BufReader::new(out);
+    let mut line = String::new();
+    r.read_line(&mut line).expect("first line");
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        while r.read_line(&mut sink).is_ok_and(|n| n > 0) {
+            sink.clear();
+        }
+    });
+    (child, line)
+}
+
+/// A child process killed when dropped.
+struct Kid(Child);
+
+impl Drop for Kid {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 struct Node {
     child: Child,
     worker_addr: String,
@@ -196,18 +235,7 @@ struct Node {
 impl Node {
     fn start(dir: PathBuf) -> Node {
         std::fs::create_dir_all(&dir).expect("dir");
-        let mut child = Command::new(std::env::current_exe().expect("exe"))
-            .arg("proxy-node")
-            .arg(&dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn proxy node");
-        let out = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        std::io::BufReader::new(out)
-            .read_line(&mut line)
-            .expect("ports line");
+        let (child, line) = spawn_self(&["node", &dir.display().to_string()]);
         let mut it = line.split_whitespace().skip(1);
         let worker_addr = it.next().expect("worker port").to_owned();
         let client_addr = it.next().expect("client port").to_owned();
@@ -219,8 +247,11 @@ impl Node {
         }
     }
 
-    /// Resident set of the proxy process, KiB.
-    fn rss_kib(&self) -> u64 {
+    /// Resident set of the proxy process, KiB; panics if the proxy died.
+    fn rss_kib(&mut self) -> u64 {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("the proxy process died: {status}");
+        }
         let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();
         s.lines()
@@ -285,6 +316,13 @@ async fn fake_engine(delay: Duration) -> String {
                 ([("content-type", "text/event-stream")], Body::from_stream(stream))
                     .into_response()
             }
+        }),
+    );
+    // The worker's health check lists the models.
+    let app = app.route(
+        "/v1/models",
+        axum::routing::get(|| async {
+            axum::Json(serde_json::json!({"object": "list", "data": [{"id": "Bench"}]}))
         }),
     );
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -493,6 +531,7 @@ struct Lat {
     ttfb: Vec<f64>,
     total: Vec<f64>,
     errors: usize,
+    first_error: Option<String>,
 }
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
@@ -516,6 +555,9 @@ fn print_lat(name: &str, l: &mut Lat, wall: f64) {
         pct(&mut l.total, 0.99),
         l.errors,
     );
+    if let Some(e) = &l.first_error {
+        println!("    first error: {e}");
+    }
 }
 
 async fn direct(url: &str, streams: usize, total: usize) -> (Lat, f64) {
@@ -588,7 +630,10 @@ async fn through(clients: &[Arc<Client>], streams: usize, total: usize) -> (Lat,
                 l.ttfb.push((f - s).as_secs_f64() * 1e3);
                 l.total.push((e - s).as_secs_f64() * 1e3);
             }
-            Err(_) => l.errors += 1,
+            Err(e) => {
+                l.errors += 1;
+                l.first_error.get_or_insert(e);
+            }
         }
     }
     (l, start.elapsed().as_secs_f64())
@@ -602,7 +647,42 @@ fn arg(args: &[String], name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-pub fn run(args: &[String]) {
+fn main() {
+    // Warnings to stderr (RUST_LOG overrides), so a failed run says why.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("node") {
+        node(Path::new(args.get(1).expect("node DIR")));
+        return;
+    }
+    if args.first().map(String::as_str) == Some("engine") {
+        // A fake engine in its own process (10,000 streams are 20,000 sockets).
+        let ms: u64 = args.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            println!("url {}", fake_engine(Duration::from_millis(ms)).await);
+            std::future::pending::<()>().await;
+        });
+        return;
+    }
+    println!(
+        "cocoon-bench-proxy {} ({} cpus)",
+        env!("CARGO_PKG_VERSION"),
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    run(&args);
+}
+
+fn run(args: &[String]) {
     let streams = arg(args, "--streams", 30);
     let requests = arg(args, "--requests", 3000);
     let idle = arg(args, "--idle-workers", 1000);
@@ -617,7 +697,7 @@ pub fn run(args: &[String]) {
             "proxy (fake engine: {CHUNKS} chunks x {CHUNK_BYTES} B per answer; {streams} concurrent streams; {requests} requests each way)"
         );
         let fast = fake_engine(Duration::ZERO).await;
-        let node = Node::start(tmp.join("node1"));
+        let mut node = Node::start(tmp.join("node1"));
         let w = start_worker(&node.worker_addr, &fast, 64, &tmp.join("w0")).await;
         while w.stats().proxies.iter().all(|p| p.state != cocoon_worker::ConnState::Ready) {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -643,13 +723,16 @@ pub fn run(args: &[String]) {
             pct(&mut p.total, 0.5) - pct(&mut d.total, 0.5),
             pct(&mut p.total, 0.99) - pct(&mut d.total, 0.99),
         );
+        if let Some(e) = w.stats().proxies.iter().find_map(|p| p.last_error.clone()) {
+            println!("    worker's last session error: {e}");
+        }
         println!("  proxy RSS after the run: {} KiB", node.rss_kib());
         w.shutdown().await;
         drop(clients);
         drop(node);
 
         // Memory: idle worker connections.
-        let node = Node::start(tmp.join("node2"));
+        let mut node = Node::start(tmp.join("node2"));
         tokio::time::sleep(Duration::from_millis(300)).await;
         let base = node.rss_kib();
         let mut workers = Vec::new();
@@ -679,8 +762,10 @@ pub fn run(args: &[String]) {
         drop(node);
 
         // Memory: many concurrent streams (slow engine: 50 chunks over ~25 s).
-        let slow = fake_engine(Duration::from_millis(500)).await;
-        let node = Node::start(tmp.join("node3"));
+        let (engine, line) = spawn_self(&["engine", "500"]);
+        let _engine = Kid(engine);
+        let slow = line.trim().strip_prefix("url ").expect("engine url").to_owned();
+        let mut node = Node::start(tmp.join("node3"));
         let per_worker = 250u32;
         let n_workers = open.div_ceil(per_worker as usize);
         let mut workers = Vec::new();

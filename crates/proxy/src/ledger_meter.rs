@@ -94,6 +94,8 @@ pub struct LedgerMeter {
     /// Latest signed receipt per account (tokens, BoC), so unchanged totals are not re-signed.
     receipts: Mutex<HashMap<AccountKey, (u64, Vec<u8>)>>,
     submitted: Mutex<(u64, u64)>,
+    /// Tokens of the last receipt submitted on chain per account (this process).
+    sent_receipts: Mutex<HashMap<AccountKey, u64>>,
     /// The last checkpoint sent: (seqno, ledger seq then, when). One pass at a time.
     last_sent: tokio::sync::Mutex<Option<(u32, u64, std::time::Instant)>>,
     /// The chain and thresholds of the running settlement loop (for operator controls).
@@ -176,6 +178,7 @@ impl LedgerMeter {
             commits,
             receipts: Mutex::default(),
             submitted: Mutex::default(),
+            sent_receipts: Mutex::default(),
             last_sent: tokio::sync::Mutex::new(None),
             settlement: std::sync::OnceLock::new(),
         }))
@@ -411,10 +414,21 @@ impl LedgerMeter {
             .ledger()
             .due(cfg.min_client_charge, cfg.min_worker_payout);
         for key in due {
+            // The chain's view of an account is refreshed only now and then (clients at
+            // authorisation): a receipt already submitted is not sent again until the
+            // account has more checkpointed tokens (the contract would refuse it anyway).
+            let tokens = self.ledger().account(&key).map_or(0, |a| a.chain_tokens);
+            if lock(&self.sent_receipts)
+                .get(&key)
+                .is_some_and(|t| *t >= tokens)
+            {
+                continue;
+            }
             let Some(boc) = self.signed(&key) else {
                 continue;
             };
             chain.submit_receipt(&key.address, boc).await?;
+            lock(&self.sent_receipts).insert(key.clone(), tokens);
             let mut s = lock(&self.submitted);
             match key.kind {
                 Kind::Client => s.0 += 1,

@@ -156,6 +156,9 @@ async fn settlements_are_durable_and_receipts_follow_confirmed_checkpoints() {
     let r = post("payout", TOKEN).await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.text().await.unwrap().contains("1 payouts"));
+    // Nothing new since: the same payout is not submitted twice.
+    let r = post("payout", TOKEN).await.unwrap();
+    assert!(r.text().await.unwrap().contains("0 payouts"));
     let worker_sc = _w.worker_sc(&net);
     let (to, boc) = chain.receipts().last().cloned().unwrap();
     assert_eq!(to.to_string(), worker_sc);

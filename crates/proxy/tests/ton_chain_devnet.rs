@@ -425,6 +425,9 @@ async fn checkpoints_and_client_charges_settle_on_the_devnet() {
         charged, 1_234,
         "the client contract accepted the signed charge"
     );
+    // The next pass does not send the same charge again.
+    meter.settle_once(&chain, &cfg).await.unwrap();
+    assert_eq!(meter.stats().charges_submitted, 1);
     // The ledger learns it from the chain: nothing is due any more.
     let state = clients.client_state(&alice_sc).await.unwrap().unwrap();
     meter.open_client(&client, &state, price).await.unwrap();

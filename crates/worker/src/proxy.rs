@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use cocoon_net::{Backoff, ErrorCode, Incoming, SessionHandle};
@@ -60,6 +61,57 @@ pub(crate) struct Link {
     /// `connectToProxy`, disabled in `proxyHandshakeComplete`); a change made while the
     /// handshake ran is sent as soon as the session serves.
     pub told: Control,
+    /// What the proxy reported in this session's ordered messages (the handshake's balance
+    /// comparison, then payment messages): each report must not go below it.
+    pub floor: Floor,
+}
+
+/// The highest values a proxy reported in a session's ordered messages.
+#[derive(Debug, Default)]
+pub(crate) struct Floor {
+    signed: AtomicU64,
+    db: AtomicU64,
+    max: AtomicU64,
+}
+
+impl Floor {
+    /// Checks an ordered report against the floor (a lower value means the proxy lost
+    /// state), then raises the floor.
+    fn check(&self, obs: &Observed) -> Result<(), SessionError> {
+        let fields = [
+            (
+                "signed payment",
+                &self.signed,
+                obs.signed.as_ref().map(|s| s.0),
+            ),
+            (
+                "tokens committed to the proxy database",
+                &self.db,
+                obs.db_tokens,
+            ),
+            (
+                "maximum known tokens",
+                &self.max,
+                obs.max_tokens.filter(|_| obs.strict_max),
+            ),
+        ];
+        for (what, floor, got) in &fields {
+            let held = floor.load(Ordering::Relaxed);
+            if let Some(got) = got
+                && *got < held
+            {
+                return Err(SessionError::Payment(format!(
+                    "payment inconsistency: {what} went down: proxy reports {got}, it reported {held}"
+                )));
+            }
+        }
+        for (_, floor, got) in fields {
+            if let Some(got) = got {
+                floor.fetch_max(got, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
 }
 
 pub(crate) async fn run(
@@ -176,6 +228,7 @@ async fn handshake(shared: &Arc<Shared>, s: &SessionHandle) -> Result<Link, Sess
         proxy_key: p.proxy_public_key,
         proto,
         told: control,
+        floor: Floor::default(),
     };
 
     let cmp: tworker::CompareBalanceWithProxyResult = s
@@ -202,6 +255,7 @@ async fn handshake(shared: &Arc<Shared>, s: &SessionHandle) -> Result<Link, Sess
         .store
         .apply(&link.proxy_sc, &obs)
         .map_err(|e| SessionError::Payment(format!("balance comparison refused: {e}")))?;
+    link.floor.check(&obs)?;
     if cmp.error_code != 0 {
         let ext: tworker::ExtendedCompareBalanceWithProxyResult = s
             .query_tl(
@@ -283,6 +337,18 @@ async fn apply_payment(
         shared.maybe_payout(&link.proxy_sc, false);
     }
     Ok(())
+}
+
+/// `obs` without the values below what is held: reports that arrive out of order (a
+/// status answer and the payment messages around it) raise what is held, never fail.
+fn raise_only(shared: &Shared, link: &Link, mut obs: Observed) -> Observed {
+    let Some(held) = shared.store.get(&link.proxy_sc) else {
+        return obs;
+    };
+    obs.signed = obs.signed.filter(|s| s.0 >= held.signed_tokens);
+    obs.db_tokens = obs.db_tokens.filter(|d| *d >= held.db_tokens);
+    obs.max_tokens = obs.max_tokens.filter(|m| *m >= held.max_tokens);
+    obs
 }
 
 /// Status of the periodic payment query, reported back to the session loop.
@@ -399,12 +465,16 @@ async fn serve(
                 next_status = tokio::time::Instant::now() + status_delay(shared);
                 match r {
                     Ok(st) => {
+                        // The answer travels through its own task, so it may be applied
+                        // before or after payment messages sent around it: it only raises
+                        // what is held (ordered messages are checked against the floor).
                         let obs = Observed {
                             signed: Some(verify_payment(link, &st.signed_payment)?),
                             db_tokens: Some(non_negative("db_tokens", st.db_tokens)?),
                             max_tokens: Some(non_negative("max_tokens", st.max_tokens)?),
                             strict_max: true,
                         };
+                        let obs = raise_only(shared, link, obs);
                         apply_payment(shared, link, obs).await?;
                     }
                     Err(e) => tracing::debug!(proxy = %link.proxy_sc, error = %e, "payment status query failed"),
@@ -466,7 +536,8 @@ async fn handle_message(
                 max_tokens: Some(non_negative("max_tokens", m.max_tokens)?),
                 strict_max: true,
             };
-            apply_payment(shared, link, obs).await
+            link.floor.check(&obs)?;
+            apply_payment(shared, link, raise_only(shared, link, obs)).await
         }
         tproxy::SignedPayment::CONSTRUCTOR_ID => {
             let m = tproxy::SignedPayment::from_bytes(data)
@@ -475,7 +546,8 @@ async fn handle_message(
                 signed: Some(verify_boc(link, &m.data)?),
                 ..Observed::default()
             };
-            apply_payment(shared, link, obs).await
+            link.floor.check(&obs)?;
+            apply_payment(shared, link, raise_only(shared, link, obs)).await
         }
         tproxy::SignedPaymentEmpty::CONSTRUCTOR_ID => Ok(()),
         tproxy::CancelQuery::CONSTRUCTOR_ID => {
@@ -551,4 +623,32 @@ async fn start_request(
         done_tx.clone(),
     ));
     Ok(())
+}
+
+#[cfg(test)]
+mod floor_tests {
+    use super::*;
+
+    fn obs(signed: u64, db: u64, max: u64, strict_max: bool) -> Observed {
+        Observed {
+            signed: Some((signed, Vec::new())),
+            db_tokens: Some(db),
+            max_tokens: Some(max),
+            strict_max,
+        }
+    }
+
+    #[test]
+    fn ordered_reports_may_not_go_down_in_a_session() {
+        let f = Floor::default();
+        f.check(&obs(10, 20, 30, true)).unwrap();
+        f.check(&obs(10, 25, 30, true)).unwrap();
+        let e = f.check(&obs(10, 24, 40, true)).unwrap_err();
+        assert!(e.to_string().contains("went down"), "{e}");
+        // A refused report changes nothing.
+        f.check(&obs(10, 25, 30, true)).unwrap();
+        assert!(f.check(&obs(9, 30, 40, true)).is_err());
+        // The balance comparison's maximum may be lower (the proxy says so itself).
+        f.check(&obs(10, 25, 1, false)).unwrap();
+    }
 }

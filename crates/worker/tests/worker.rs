@@ -485,11 +485,28 @@ async fn periodic_payment_status_is_applied() {
             .is_some_and(|p| (p.signed_tokens, p.db_tokens, p.max_tokens) == (42, 50, 55))
     })
     .await;
-    // A status lower than what is held closes the session.
+    // A status answer lower than what is held is stale (payment messages sent after it can
+    // overtake it): ignored, the session stays, nothing held goes down.
     proxy.set(|b| {
         b.signed = 41;
+        b.db = 49;
+        b.max = 54;
     });
-    c.closed().await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let p = w.stats().payments[0].clone();
+    assert_eq!((p.signed_tokens, p.db_tokens, p.max_tokens), (42, 50, 55));
+    assert_eq!(w.stats().proxies[0].handshakes, 1, "the session stayed");
+    // Higher values are still taken.
+    proxy.set(|b| {
+        b.signed = 60;
+        b.db = 60;
+        b.max = 60;
+    });
+    eventually("newer status applied", || {
+        w.stats().payments[0].max_tokens == 60
+    })
+    .await;
+    drop(c);
     w.shutdown().await;
 }
 

@@ -158,7 +158,7 @@ fn spawn_child(dir: &Path, cycle: usize) -> Child {
         .unwrap()
 }
 
-fn wait_ready(dir: &Path, child: &mut Child) -> String {
+fn wait_ready(dir: &Path, child: &mut Child, cycle: usize) -> String {
     let end = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(a) = std::fs::read_to_string(dir.join("ready")) {
@@ -166,7 +166,13 @@ fn wait_ready(dir: &Path, child: &mut Child) -> String {
             return a;
         }
         if let Ok(Some(status)) = child.try_wait() {
-            panic!("the proxy child exited during start-up: {status}");
+            let log =
+                std::fs::read_to_string(dir.join(format!("child-{cycle}.log"))).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            panic!(
+                "the proxy child exited during start-up (cycle {cycle}): {status}\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
         }
         assert!(Instant::now() < end, "the proxy child did not start");
         std::thread::sleep(Duration::from_millis(5));
@@ -334,7 +340,7 @@ fn sigkill_at_random_points_loses_and_doubles_nothing() {
     let started = Instant::now();
     for cycle in 0..CYCLES {
         let mut child = spawn_child(&dir, cycle);
-        let addr = wait_ready(&dir, &mut child);
+        let addr = wait_ready(&dir, &mut child, cycle);
         let kill_after = Duration::from_millis(rng.random_range(20..400));
         rt.block_on(load(
             &addr,

@@ -200,3 +200,16 @@ pub fn root_op(op: &[&str], key: &str, url: &str, root: &str) {
     a.extend_from_slice(&["--key", key, "--ton", url, "--root", root]);
     ok(&a);
 }
+
+/// Whether the default model is available (`COCOON_TEST_MODEL`); in CI it must be.
+pub fn have_test_model() -> bool {
+    if std::env::var_os("COCOON_TEST_MODEL").is_some() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "COCOON_TEST_MODEL must be set in CI (scripts/test pulls the default model)"
+    );
+    eprintln!("skipped: COCOON_TEST_MODEL is not set");
+    false
+}

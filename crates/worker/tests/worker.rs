@@ -492,7 +492,13 @@ async fn periodic_payment_status_is_applied() {
         b.db = 49;
         b.max = 54;
     });
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Two answers with the lower values have been given (and, with the next status due
+    // only after the first is handled, the first of them applied).
+    let asked = proxy.behavior.lock().unwrap().status_answers;
+    eventually("two stale status answers", || {
+        proxy.behavior.lock().unwrap().status_answers >= asked + 2
+    })
+    .await;
     let p = w.stats().payments[0].clone();
     assert_eq!((p.signed_tokens, p.db_tokens, p.max_tokens), (42, 50, 55));
     assert_eq!(w.stats().proxies[0].handshakes, 1, "the session stayed");

@@ -219,6 +219,8 @@ pub struct Behavior {
     pub proto: i32,
     /// `is_test` the proxy reports.
     pub is_test: bool,
+    /// `worker.updatePaymentStatus` queries answered so far.
+    pub status_answers: u64,
 }
 
 impl Default for Behavior {
@@ -227,6 +229,7 @@ impl Default for Behavior {
             signed: 0,
             db: 0,
             max: 0,
+            status_answers: 0,
             compare_error: 0,
             proto: 3,
             is_test: true,
@@ -454,6 +457,7 @@ async fn proxy_session(
                             db_tokens: b.db,
                             max_tokens: b.max,
                         });
+                        ctx.behavior.lock().unwrap().status_answers += 1;
                     }
                     _ => {
                         let _ = responder.error(621, "unexpected query");

@@ -1,0 +1,111 @@
+//! What a gateway is started with.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cocoon_net::BackoffConfig;
+use cocoon_ratls::net::RatlsConnector;
+use cocoon_ton::StdAddr;
+use cocoon_ton::root::RootConfig;
+
+use crate::payments::{AutoPay, ChannelOps};
+
+/// Highest protocol version this client speaks (COCOON's client: 2; 3 adds cancel).
+pub const MAX_PROTO_VERSION: i32 = 3;
+/// Lowest protocol version this client speaks.
+pub const MIN_PROTO_VERSION: i32 = 1;
+
+/// Everything [`crate::Client::start`] needs.
+pub struct ClientConfig {
+    /// The OpenAI-compatible HTTP API (and `/stats`, `/jsonstats`, `/metrics`); `None`: no
+    /// HTTP server, library use only.
+    pub api_listen: Option<SocketAddr>,
+    /// Proxy client addresses (`ip:port`) to use; empty: the root's registered proxies.
+    pub proxies: Vec<String>,
+    /// How many proxies to keep sessions with (failover needs two or more).
+    pub connections: usize,
+    /// The root contract configuration (whitelists, params, registered proxies).
+    pub root: RootConfig,
+    /// The root contract's address: when known, each proxy's contract address is checked
+    /// against the one derived from its key and owner.
+    pub root_address: Option<StdAddr>,
+    /// Owner of this client's contracts (the wallet address when `channels` is set).
+    pub owner_address: StdAddr,
+    /// Secret whose SHA-256 the client contracts hold (short authorisation).
+    pub secret: Vec<u8>,
+    /// Test network (must match the proxies).
+    pub is_test: bool,
+    /// RA-TLS connector (our certificate, the proxy verifier and its policy).
+    pub connector: RatlsConnector,
+    /// Refuse proxies whose image hash is not in the root's `proxy_hashes`.
+    pub check_proxy_hashes: bool,
+    /// SQLite file for receipts, key spending and totals; `None`: in memory.
+    pub state_path: Option<PathBuf>,
+    /// File of API keys (`sha256-hex limit-ton name` per line); `None`: no key needed.
+    pub api_keys_file: Option<PathBuf>,
+    /// File with the bearer token for `POST /control/*`; `None`: controls disabled.
+    pub admin_token_file: Option<PathBuf>,
+    /// The chain side of the payment channels; `None`: contracts are managed elsewhere and
+    /// only short authorisation works.
+    pub channels: Option<Arc<dyn ChannelOps>>,
+    /// Automatic top-ups and charges.
+    pub auto_pay: AutoPay,
+    /// Limits and intervals.
+    pub timings: Timings,
+}
+
+/// Limits and intervals.
+#[derive(Debug, Clone)]
+pub struct Timings {
+    /// Deadline of a request that names none (COCOON: 120 s).
+    pub default_timeout: Duration,
+    /// The longest deadline a request may ask for.
+    pub max_timeout: Duration,
+    /// Connect + attestation + handshake + authorisation (short).
+    pub connect_timeout: Duration,
+    /// Waiting for a long (on-chain) authorisation.
+    pub long_auth_timeout: Duration,
+    /// Between `client.updatePaymentStatus` queries (and automatic payments).
+    pub payment_status_interval: Duration,
+    /// A proxy not ready this long is replaced by another registered one, if any.
+    pub replace_after: Duration,
+    /// Reconnect backoff.
+    pub backoff: BackoffConfig,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// `GET /v1/models` per-proxy query timeout.
+    pub models_timeout: Duration,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Timings {
+            default_timeout: Duration::from_secs(120),
+            max_timeout: Duration::from_secs(3600),
+            connect_timeout: Duration::from_secs(30),
+            long_auth_timeout: Duration::from_secs(300),
+            payment_status_interval: Duration::from_secs(30),
+            replace_after: Duration::from_secs(300),
+            backoff: BackoffConfig::default(),
+            max_body_bytes: 8 << 20,
+            models_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a gateway did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("no proxies: none configured and the root contract registers none")]
+    NoProxies,
+    #[error("state database {path}: {error}")]
+    State { path: String, error: String },
+    #[error("API keys file {path}: {error}")]
+    Keys { path: String, error: String },
+    #[error("admin token file {path}: {error}")]
+    Token { path: String, error: String },
+    #[error("HTTP API on {addr}: {error}")]
+    Listen { addr: SocketAddr, error: String },
+}

@@ -1,0 +1,577 @@
+//! The HTTP API: OpenAI's endpoints, stats and controls, CORS on everything.
+//!
+//! - `POST /v1/chat/completions`, `POST /v1/completions`: the engine's answer byte for byte
+//!   (SSE streamed as it arrives, usage in the final chunk), with `X-Cocoon-Proxy`,
+//!   `X-Cocoon-Attempts` and `X-Cocoon-Time-To-Head-Ms` headers; a non-streamed answer also
+//!   carries `X-Cocoon-Tokens`, `X-Cocoon-Cost-Nanoton`, `X-Cocoon-Proxy-Seconds` and
+//!   `X-Cocoon-Worker-Seconds`. Errors are OpenAI error bodies: 400 bad request, 401 bad
+//!   key, 402 out of funds (channel or key limit), 404 unknown model, 413 body too large,
+//!   429 no capacity, 502 upstream failure, 503 no proxy, 504 deadline.
+//! - `GET /v1/models`, `GET /v1/models/{id}`: the models the proxies' workers serve, OpenAI's
+//!   list shape plus COCOON's per-worker `workers` array and the proxies offering each.
+//! - `GET /stats` (HTML), `/jsonstats`, `/metrics` (Prometheus text): proxies with their
+//!   attestation facts, channels, receipts, requests and spending; never request contents.
+//! - `POST /control/{topup,charge,withdraw,close}?proxy=<address>[&amount=<TON>]`: channel
+//!   operations, behind the bearer token of `admin_token_file`.
+//! - `OPTIONS` anything: 204 with CORS headers, so browser apps can call the API.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use cocoon_openai::{ApiError, Endpoint, ErrorKind};
+use cocoon_tl::enums;
+use cocoon_tl::functions::client as fclient;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::Shared;
+use crate::request::Request;
+
+/// Reads the control token (first line, trimmed); an empty file is an error.
+pub fn read_token(path: &Path) -> Result<String, String> {
+    let raw = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let t = raw.lines().next().unwrap_or("").trim().to_owned();
+    if t.is_empty() {
+        return Err("the file is empty".into());
+    }
+    Ok(t)
+}
+
+type St = State<Arc<Shared>>;
+
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(SocketAddr, JoinHandle<()>), String> {
+    let app = Router::new()
+        .route(
+            "/v1/chat/completions",
+            post(|st: St, h: HeaderMap, b: Body| complete(st, h, b, Endpoint::ChatCompletions)),
+        )
+        .route(
+            "/v1/completions",
+            post(|st: St, h: HeaderMap, b: Body| complete(st, h, b, Endpoint::Completions)),
+        )
+        .route("/v1/models", get(models))
+        .route("/v1/models/{*id}", get(model))
+        .route("/stats", get(stats_html))
+        .route("/jsonstats", get(stats_json))
+        .route("/metrics", get(metrics))
+        .route("/control/{action}", post(control))
+        .fallback(fallback)
+        .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn(preflight))
+        .layer(axum::middleware::map_response(cors))
+        .with_state(shared);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    let task = tokio::spawn(async move {
+        let r = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "HTTP API stopped");
+        }
+    });
+    Ok((bound, task))
+}
+
+async fn cors(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, OPTIONS"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("authorization, content-type, openai-organization, openai-project, x-stainless-os, x-stainless-lang, x-stainless-package-version, x-stainless-runtime, x-stainless-runtime-version, x-stainless-arch, x-stainless-retry-count, x-stainless-timeout"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("x-cocoon-proxy, x-cocoon-attempts, x-cocoon-time-to-head-ms, x-cocoon-tokens, x-cocoon-cost-nanoton"),
+    );
+    r
+}
+
+/// Answers every CORS preflight, whatever the path's methods.
+async fn preflight(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if req.method() == Method::OPTIONS {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    next.run(req).await
+}
+
+async fn fallback(method: Method) -> Response {
+    if method == Method::OPTIONS {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    error(ApiError::new(ErrorKind::NotFound, "unknown path"))
+}
+
+fn error(e: ApiError) -> Response {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        e.to_body(),
+    )
+        .into_response()
+}
+
+fn bearer(h: &HeaderMap) -> Option<String> {
+    if let Some(v) = h.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        let v = v.trim();
+        let t = v
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+            .unwrap_or(v);
+        return Some(t.trim().to_owned());
+    }
+    h.get("api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.trim().to_owned())
+}
+
+fn set(h: &mut HeaderMap, name: &'static str, v: impl ToString) {
+    if let Ok(v) = HeaderValue::from_str(&v.to_string()) {
+        h.insert(HeaderName::from_static(name), v);
+    }
+}
+
+async fn complete(
+    State(shared): St,
+    headers: HeaderMap,
+    body: Body,
+    endpoint: Endpoint,
+) -> Response {
+    let limit = shared.timings.max_body_bytes;
+    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
+        return error(ApiError::new(
+            ErrorKind::PayloadTooLarge,
+            format!("request body over {limit} bytes (or unreadable)"),
+        ));
+    };
+    let req = Request {
+        endpoint,
+        body: bytes.to_vec(),
+        api_key: bearer(&headers),
+    };
+    let mut answer = match shared.start_request(req).await {
+        Ok(a) => a,
+        Err(e) => return error(e),
+    };
+    let mut h = HeaderMap::new();
+    for (n, v) in &answer.headers {
+        if let (Ok(n), Ok(v)) = (HeaderName::try_from(n.as_str()), HeaderValue::from_str(v)) {
+            h.append(n, v);
+        }
+    }
+    set(&mut h, "x-cocoon-proxy", &answer.proxy);
+    set(&mut h, "x-cocoon-attempts", answer.attempts);
+    set(
+        &mut h,
+        "x-cocoon-time-to-head-ms",
+        answer.time_to_head.as_millis(),
+    );
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    if answer.stream {
+        let stream = futures::stream::unfold((answer, false), |(mut a, ended)| async move {
+            if ended {
+                return None;
+            }
+            match a.next_chunk().await {
+                None => None,
+                Some(Ok(b)) => Some((Ok::<_, std::io::Error>(b), (a, false))),
+                Some(Err(e)) => {
+                    // The head is gone; the error travels as a last SSE event.
+                    let ev = format!("data: {}\n\n", e.to_json());
+                    Some((Ok(bytes::Bytes::from(ev)), (a, true)))
+                }
+            }
+        });
+        let mut r = Response::new(Body::from_stream(stream));
+        *r.status_mut() = status;
+        *r.headers_mut() = h;
+        return r;
+    }
+    let mut body = Vec::new();
+    while let Some(c) = answer.next_chunk().await {
+        match c {
+            Ok(b) => body.extend_from_slice(&b),
+            Err(e) => return error(e),
+        }
+    }
+    if let Some(u) = answer.usage() {
+        set(&mut h, "x-cocoon-tokens", u.total_tokens);
+        set(&mut h, "x-cocoon-cost-nanoton", u.cost_nanoton);
+        if let Some(s) = u.proxy_seconds {
+            set(&mut h, "x-cocoon-proxy-seconds", format!("{s:.3}"));
+        }
+        if let Some(s) = u.worker_seconds {
+            set(&mut h, "x-cocoon-worker-seconds", format!("{s:.3}"));
+        }
+    }
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = status;
+    *r.headers_mut() = h;
+    r
+}
+
+/// Models from every ready proxy, merged by name.
+pub(crate) async fn model_list(shared: &Shared) -> Vec<Value> {
+    let mut by_name: BTreeMap<String, (Vec<Value>, Vec<String>)> = BTreeMap::new();
+    let queries = shared.slots().into_iter().filter_map(|s| {
+        let link = s.ready()?;
+        let timeout = shared.timings.models_timeout;
+        Some(async move {
+            let r: Result<enums::client::WorkerTypesV2, _> = link
+                .handle
+                .query_tl(&fclient::GetWorkerTypesV2 {}, timeout)
+                .await;
+            (s.address.clone(), r)
+        })
+    });
+    for (addr, r) in futures::future::join_all(queries).await {
+        let Ok(enums::client::WorkerTypesV2::WorkerTypesV2(t)) = r else {
+            continue;
+        };
+        for ty in t.types {
+            let e = by_name.entry(ty.name).or_default();
+            for w in ty.workers {
+                e.0.push(json!({
+                    "coefficient": w.coefficient,
+                    "running_requests": w.active_requests,
+                    "max_running_requests": w.max_active_requests,
+                    "proxy": addr,
+                }));
+            }
+            e.1.push(addr.clone());
+        }
+    }
+    by_name
+        .into_iter()
+        .map(|(id, (mut workers, proxies))| {
+            workers.sort_by_key(|w| w["coefficient"].as_i64().unwrap_or(0));
+            json!({
+                "id": id,
+                "object": "model",
+                "created": 0,
+                "owned_by": "cocoon",
+                "workers": workers,
+                "proxies": proxies,
+            })
+        })
+        .collect()
+}
+
+async fn models(State(shared): St) -> Response {
+    if shared.slots().iter().all(|s| s.ready().is_none()) {
+        return error(ApiError::new(
+            ErrorKind::Unavailable,
+            "no working proxy connections",
+        ));
+    }
+    axum::Json(json!({"object": "list", "data": model_list(&shared).await})).into_response()
+}
+
+async fn model(State(shared): St, UrlPath(id): UrlPath<String>) -> Response {
+    match model_list(&shared)
+        .await
+        .into_iter()
+        .find(|m| m["id"].as_str() == Some(id.as_str()))
+    {
+        Some(m) => axum::Json(m).into_response(),
+        None => error(ApiError::new(
+            ErrorKind::NotFound,
+            format!("model {id:?} is not served by any connected proxy"),
+        )),
+    }
+}
+
+/// The `/jsonstats` document.
+pub(crate) fn json_stats(shared: &Shared) -> Value {
+    let root = shared.root();
+    let proxies: Vec<Value> = shared
+        .slots()
+        .iter()
+        .map(|s| {
+            let mut v = serde_json::to_value(s.info()).unwrap_or(Value::Null);
+            v["running"] = json!(s.inflight.load(std::sync::atomic::Ordering::Relaxed));
+            v
+        })
+        .collect();
+    let ready = shared
+        .slots()
+        .iter()
+        .filter(|s| s.ready().is_some())
+        .count();
+    json!({
+        "status": if ready > 0 { "ok" } else { "no proxy" },
+        "uptime_seconds": shared.started.elapsed().as_secs(),
+        "owner_address": shared.owner_address.to_string(),
+        "is_test": shared.is_test,
+        "wallet": shared.channels.is_some(),
+        "root": {
+            "version": root.version,
+            "params_version": root.params.params_version,
+            "price_per_token": root.params.price_per_token,
+            "registered_proxies": root.registered_proxies.len(),
+        },
+        "proxies_ready": ready,
+        "proxies": proxies,
+        "stats": shared.stats.snapshot(),
+        "totals": shared.store.totals().unwrap_or_default().into_iter().collect::<BTreeMap<_, _>>(),
+        "keys": shared.keys.as_ref().map(|k| k.stats()),
+    })
+}
+
+async fn stats_json(State(shared): St) -> Response {
+    axum::Json(json_stats(&shared)).into_response()
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn ton(nano: u64) -> String {
+    cocoon_ton::format_ton(u128::from(nano))
+}
+
+async fn stats_html(State(shared): St) -> Response {
+    let s = shared.stats.snapshot();
+    let mut h = String::from(
+        "<!doctype html><html><head><meta charset=utf-8><title>Cocoon client</title>\
+         <style>body{font-family:sans-serif}td,th{padding:2px 8px;text-align:left}\
+         .ok{color:#070}.bad{color:#a00}</style></head><body><h1>Cocoon client</h1>",
+    );
+    let _ = write!(
+        h,
+        "<p>owner {} · uptime {} s · requests {} received, {} succeeded, {} failed, {} refused · \
+         {} tokens · {} TON spent</p>",
+        esc(&shared.owner_address.to_string()),
+        shared.started.elapsed().as_secs(),
+        s.received,
+        s.succeeded,
+        s.failed,
+        s.refused,
+        s.tokens,
+        ton(s.spent_nanoton)
+    );
+    h.push_str(
+        "<h2>Proxies</h2><table><tr><th>address</th><th>state</th><th>TEE</th><th>image</th>\
+         <th>TCB</th><th>proxy contract</th><th>auth</th><th>requests</th><th>receipt tokens</th>\
+         <th>channel balance</th><th>stake</th><th>last error</th></tr>",
+    );
+    for slot in shared.slots() {
+        let i = slot.info();
+        let class = if i.state == "ready" { "ok" } else { "bad" };
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td class={class}>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&i.address),
+            esc(&i.state),
+            esc(i.tee.as_deref().unwrap_or("")),
+            esc(&i
+                .image_hash
+                .as_deref()
+                .unwrap_or("")
+                .chars()
+                .take(16)
+                .collect::<String>()),
+            esc(i.tcb_status.as_deref().unwrap_or("")),
+            esc(i.proxy_sc.as_deref().unwrap_or("")),
+            esc(i.auth.as_deref().unwrap_or("")),
+            i.requests,
+            i.receipt_tokens,
+            i.channel
+                .as_ref()
+                .map(|c| ton(c.balance))
+                .unwrap_or_default(),
+            i.channel.as_ref().map(|c| ton(c.stake)).unwrap_or_default(),
+            esc(i.last_error.as_deref().unwrap_or("")),
+        );
+    }
+    h.push_str("</table>");
+    if let Some(k) = &shared.keys {
+        h.push_str("<h2>API keys</h2><table><tr><th>name</th><th>hash</th><th>limit</th><th>spent</th><th>reserved</th><th>requests</th><th>refused</th></tr>");
+        for k in k.stats() {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}…</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&k.name),
+                k.hash_prefix,
+                k.limit_nanoton.map(ton).unwrap_or_else(|| "none".into()),
+                ton(k.spent_nanoton),
+                ton(k.reserved_nanoton),
+                k.requests,
+                k.refused
+            );
+        }
+        h.push_str("</table>");
+    }
+    h.push_str("</body></html>");
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], h).into_response()
+}
+
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+async fn metrics(State(shared): St) -> Response {
+    let s = shared.stats.snapshot();
+    let mut m = String::new();
+    let _ = writeln!(m, "# TYPE cocoon_client_requests_total counter");
+    for (outcome, v) in [
+        ("succeeded", s.succeeded),
+        ("failed", s.failed),
+        ("refused", s.refused),
+    ] {
+        let _ = writeln!(
+            m,
+            "cocoon_client_requests_total{{outcome=\"{outcome}\"}} {v}"
+        );
+    }
+    let _ = writeln!(m, "# TYPE cocoon_client_tokens_total counter");
+    let _ = writeln!(m, "cocoon_client_tokens_total {}", s.tokens);
+    let _ = writeln!(m, "# TYPE cocoon_client_spent_nanoton_total counter");
+    let _ = writeln!(m, "cocoon_client_spent_nanoton_total {}", s.spent_nanoton);
+    let _ = writeln!(m, "# TYPE cocoon_client_proxy_ready gauge");
+    for slot in shared.slots() {
+        let i = slot.info();
+        let a = label(&i.address);
+        let _ = writeln!(
+            m,
+            "cocoon_client_proxy_ready{{proxy=\"{a}\"}} {}",
+            u8::from(slot.ready().is_some())
+        );
+        let _ = writeln!(
+            m,
+            "cocoon_client_proxy_running{{proxy=\"{a}\"}} {}",
+            slot.inflight.load(std::sync::atomic::Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            m,
+            "cocoon_client_receipt_tokens{{proxy=\"{a}\"}} {}",
+            i.receipt_tokens
+        );
+        if let Some(c) = &i.channel {
+            let _ = writeln!(
+                m,
+                "cocoon_client_channel_balance_nanoton{{proxy=\"{a}\"}} {}",
+                c.balance
+            );
+        }
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], m).into_response()
+}
+
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn control(
+    State(shared): St,
+    UrlPath(action): UrlPath<String>,
+    Query(q): Query<BTreeMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let deny = |code: StatusCode, msg: &str| {
+        (code, axum::Json(json!({"ok": false, "error": msg}))).into_response()
+    };
+    let Some(file) = &shared.admin_token_file else {
+        return deny(
+            StatusCode::FORBIDDEN,
+            "controls are disabled (no admin token file)",
+        );
+    };
+    let token = match read_token(file) {
+        Ok(t) => t,
+        Err(e) => {
+            return deny(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("admin token: {e}"),
+            );
+        }
+    };
+    if !bearer(&headers).is_some_and(|b| same(b.as_bytes(), token.as_bytes())) {
+        return deny(StatusCode::UNAUTHORIZED, "wrong or missing bearer token");
+    }
+    let Some(ch) = shared.channels.clone() else {
+        return deny(StatusCode::CONFLICT, "no wallet is configured");
+    };
+    let slots = shared.slots();
+    let slot = match q.get("proxy") {
+        Some(p) => slots.iter().find(|s| {
+            let i = s.info();
+            s.address == *p || i.proxy_sc.as_deref() == Some(p.as_str())
+        }),
+        None if slots.len() == 1 => slots.first(),
+        None => return deny(StatusCode::BAD_REQUEST, "name the proxy: ?proxy=<address>"),
+    };
+    let Some(slot) = slot else {
+        return deny(StatusCode::NOT_FOUND, "no such proxy");
+    };
+    let Some(contract) = slot
+        .info()
+        .client_sc
+        .and_then(|c| cocoon_ton::parse_address(&c).ok())
+    else {
+        return deny(
+            StatusCode::CONFLICT,
+            "this proxy has not told us our contract yet",
+        );
+    };
+    let res: Result<(), String> = match action.as_str() {
+        "topup" => {
+            let amount = match q.get("amount").map(|a| cocoon_ton::parse_ton(a)) {
+                Some(Ok(a)) => a,
+                Some(Err(e)) => return deny(StatusCode::BAD_REQUEST, &format!("amount: {e}")),
+                None => shared.root().params.min_client_stake,
+            };
+            ch.top_up(&contract, amount)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        "charge" => shared.charge(&contract).await,
+        "withdraw" => ch.withdraw(&contract).await.map_err(|e| e.to_string()),
+        "close" => ch
+            .request_refund(&contract)
+            .await
+            .map_err(|e| e.to_string()),
+        _ => return deny(StatusCode::NOT_FOUND, "unknown control"),
+    };
+    let state = ch.state(&contract).await.ok().flatten();
+    slot.update(|i| i.channel = state.clone());
+    match res {
+        Ok(()) => axum::Json(json!({"ok": true, "contract": contract.to_string(), "state": state}))
+            .into_response(),
+        Err(e) => (
+            StatusCode::BAD_GATEWAY,
+            axum::Json(json!({"ok": false, "error": e, "state": state})),
+        )
+            .into_response(),
+    }
+}

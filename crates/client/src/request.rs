@@ -1,0 +1,722 @@
+//! One request: validate, reserve against the API key, pick a proxy, fail over, stream.
+//!
+//! A request goes to the ready proxy with the fewest requests in flight. If that proxy
+//! fails before the first byte of an answer (its connection closes, it has no worker or no
+//! capacity, our channel with it is short of funds), the request is sent to the next proxy
+//! not yet tried; once bytes flowed it is never repeated (the caller saw them). Every
+//! request has a deadline (the body's `timeout`, else the configured default): the proxy is
+//! told 95% of what remains, and the client itself gives up at the deadline, cancelling the
+//! request at the proxy (protocol 3) and answering 504.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cocoon_net::ErrorCode;
+use cocoon_openai::validate::ValidateOptions;
+use cocoon_openai::{ApiError, Endpoint, ErrorKind, validate_request};
+use cocoon_tl::TlWrite;
+use cocoon_tl::functions::{client as fclient, http as fhttp};
+use cocoon_tl::types::{client as tclient, http as thttp};
+use tokio::sync::mpsc;
+
+use crate::Shared;
+use crate::keys::{KeyError, Reservation};
+use crate::proxy::{Event, Link, Slot};
+
+/// COCOON's defaults for fields a request leaves out.
+pub const DEFAULT_MAX_TOKENS: u64 = 1000;
+/// Highest worker coefficient accepted when the request names none (1000 = 1.0).
+pub const DEFAULT_MAX_COEFFICIENT: u64 = 4000;
+
+/// A request as the library takes it (the HTTP API builds the same).
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Which endpoint.
+    pub endpoint: Endpoint,
+    /// The OpenAI body, with COCOON's extensions if wanted (`max_coefficient`, `timeout`,
+    /// `request_guid`, `enable_debug`).
+    pub body: Vec<u8>,
+    /// The API key, when keys are configured.
+    pub api_key: Option<String>,
+}
+
+impl Request {
+    /// A chat completion request from a JSON body.
+    pub fn chat(body: &serde_json::Value) -> Request {
+        Request {
+            endpoint: Endpoint::ChatCompletions,
+            body: serde_json::to_vec(body).unwrap_or_default(),
+            api_key: None,
+        }
+    }
+
+    /// A completion request from a JSON body.
+    pub fn completion(body: &serde_json::Value) -> Request {
+        Request {
+            endpoint: Endpoint::Completions,
+            body: serde_json::to_vec(body).unwrap_or_default(),
+            api_key: None,
+        }
+    }
+
+    /// With an API key.
+    pub fn with_key(mut self, key: impl Into<String>) -> Request {
+        self.api_key = Some(key.into());
+        self
+    }
+}
+
+/// What a finished request used and cost.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub cached_tokens: u64,
+    pub completion_tokens: u64,
+    pub reasoning_tokens: u64,
+    /// Billed (adjusted) tokens.
+    pub total_tokens: u64,
+    /// `total_tokens × price_per_token`.
+    pub cost_nanoton: u64,
+    /// Time the proxy and the worker held the request (protocol 2+), seconds.
+    pub proxy_seconds: Option<f64>,
+    pub worker_seconds: Option<f64>,
+    pub worker_debug: Option<String>,
+    pub proxy_debug: Option<String>,
+}
+
+/// An answer whose head arrived; read the body with [`Answer::next_chunk`].
+pub struct Answer {
+    /// HTTP status the engine answered with.
+    pub status: u16,
+    /// Its headers (hop-by-hop ones removed).
+    pub headers: Vec<(String, String)>,
+    /// Which proxy served it.
+    pub proxy: String,
+    /// Proxies tried (1 when the first one answered).
+    pub attempts: u32,
+    /// From the request's start to the answer's head.
+    pub time_to_head: Duration,
+    /// Whether the body is relayed as an SSE stream (the request asked for one and the
+    /// engine sent one).
+    pub stream: bool,
+    first: Option<Bytes>,
+    rx: mpsc::UnboundedReceiver<Event>,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+    tracker: Tracker,
+    finished: bool,
+    usage: Option<Usage>,
+}
+
+/// The request's bookkeeping: the proxy slot's in-flight count, the key reservation, the
+/// link to cancel on. Settled exactly once (finish or drop).
+struct Tracker {
+    shared: Arc<Shared>,
+    slot: Arc<Slot>,
+    link: Arc<Link>,
+    id: [u8; 32],
+    reservation: Option<Reservation>,
+    worst_case: u64,
+    started: Instant,
+    request_bytes: u64,
+    answer_bytes: u64,
+    done: bool,
+}
+
+impl Tracker {
+    /// Books the request: `usage` known (success or a final error), `None` when the answer
+    /// was cut off without a final count (the worst case is charged to the key).
+    fn finish(&mut self, usage: Option<&Usage>, ok: bool) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        self.link.forget(&self.id);
+        self.slot
+            .inflight
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        let cost = usage.map(|u| u.cost_nanoton).unwrap_or(self.worst_case);
+        if let (Some(keys), Some(r)) = (&self.shared.keys, self.reservation.take()) {
+            let hash = r.key_hash().to_owned();
+            keys.settle(r, cost);
+            if let Err(e) = self.shared.store.add_key_spend(&hash, cost) {
+                tracing::error!(error = %e, "could not store a key's spending");
+            }
+        }
+        self.shared.stats.finish(
+            ok,
+            self.started.elapsed(),
+            self.request_bytes,
+            self.answer_bytes,
+            usage,
+        );
+        let tokens = usage.map(|u| u.total_tokens).unwrap_or(0);
+        if let Err(e) = self.shared.store.add_totals(&[
+            ("requests", 1),
+            (if ok { "succeeded" } else { "failed" }, 1),
+            ("tokens", tokens),
+            ("spent_nanoton", usage.map(|u| u.cost_nanoton).unwrap_or(0)),
+        ]) {
+            tracing::error!(error = %e, "could not store totals");
+        }
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        if !self.done {
+            // The caller left mid-answer: tell the proxy (v3) and book the worst case.
+            if self.link.proto >= 3 {
+                let m = tclient::CancelQuery {
+                    request_id: self.id,
+                    reason: "client went away".into(),
+                };
+                let handle = self.link.handle.clone();
+                tokio::spawn(async move {
+                    let _ = handle.send_message(m.to_bytes()).await;
+                });
+            }
+            self.finish(None, false);
+        }
+    }
+}
+
+fn usage_of(shared: &Shared, f: &tclient::QueryFinalInfo) -> Usage {
+    let t = &f.tokens_used;
+    let u = |v: i64| v.max(0) as u64;
+    let total = u(t.total_tokens_used);
+    let price = shared.root().params.price_per_token;
+    let span = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b >= a && a > 0.0 => Some(b - a),
+        _ => None,
+    };
+    Usage {
+        prompt_tokens: u(t.prompt_tokens_used),
+        cached_tokens: u(t.cached_tokens_used),
+        completion_tokens: u(t.completion_tokens_used),
+        reasoning_tokens: u(t.reasoning_tokens_used),
+        total_tokens: total,
+        cost_nanoton: total.saturating_mul(price),
+        proxy_seconds: span(f.proxy_start_time, f.proxy_end_time),
+        worker_seconds: span(f.worker_start_time, f.worker_end_time),
+        worker_debug: f.worker_debug.clone().filter(|s| !s.is_empty()),
+        proxy_debug: f.proxy_debug.clone().filter(|s| !s.is_empty()),
+    }
+}
+
+/// Maps a proxy's error to the HTTP-facing kind, and whether another proxy may do better.
+pub(crate) fn classify(code: i32, msg: &str) -> (ErrorKind, bool) {
+    let m = msg.to_ascii_lowercase();
+    match ErrorCode::from_i32(code) {
+        Some(ErrorCode::Timeout) => (ErrorKind::Timeout, false),
+        Some(ErrorCode::Cancelled) => (ErrorKind::Upstream, false),
+        _ if m.contains("balance is too low") || m.contains("out of funds") => {
+            (ErrorKind::InsufficientFunds, true)
+        }
+        _ if m.contains("unknown model") => (ErrorKind::NotFound, true),
+        _ if m.contains("no worker")
+            || m.contains("too many active")
+            || m.contains("coefficient")
+            || m.contains("capacity") =>
+        {
+            (ErrorKind::NoCapacity, true)
+        }
+        Some(ErrorCode::NotReady | ErrorCode::Failure) => (ErrorKind::Upstream, true),
+        _ => (ErrorKind::Upstream, false),
+    }
+}
+
+fn strip_hop_by_hop(headers: Vec<(String, String)>) -> Vec<(String, String)> {
+    headers
+        .into_iter()
+        .filter(|(n, _)| {
+            !matches!(
+                n.to_ascii_lowercase().as_str(),
+                "content-length" | "transfer-encoding" | "connection" | "keep-alive"
+            )
+        })
+        .collect()
+}
+
+/// The most a request can cost: every body byte and every allowed completion token billed
+/// at the highest multiplier and at `max_coefficient`.
+pub fn worst_case_cost(
+    params: &cocoon_ton::root::CocoonParams,
+    max_tokens: u64,
+    body_bytes: u64,
+    max_coefficient: u64,
+) -> u64 {
+    let m = [
+        params.prompt_tokens_price_multiplier,
+        params.cached_tokens_price_multiplier,
+        params.completion_tokens_price_multiplier,
+        params.reasoning_tokens_price_multiplier,
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or(10_000)
+    .max(1);
+    let tokens = u128::from(max_tokens.saturating_add(body_bytes));
+    let adjusted = (tokens * u128::from(max_coefficient) * u128::from(m)).div_ceil(1000 * 10_000);
+    u64::try_from(adjusted.saturating_mul(u128::from(params.price_per_token))).unwrap_or(u64::MAX)
+}
+
+fn key_error(e: KeyError) -> ApiError {
+    match e {
+        KeyError::Missing | KeyError::Unknown => {
+            ApiError::new(ErrorKind::Authentication, e.to_string())
+        }
+        KeyError::Limit { .. } => ApiError::new(ErrorKind::InsufficientFunds, e.to_string()),
+    }
+}
+
+impl Shared {
+    /// The ready proxy with the fewest requests in flight, not among `tried`.
+    fn pick(&self, tried: &[String]) -> Option<(Arc<Slot>, Arc<Link>)> {
+        let slots = self.slots();
+        let mut best: Option<(u64, Arc<Slot>, Arc<Link>)> = None;
+        for s in slots {
+            if tried.contains(&s.address) {
+                continue;
+            }
+            let Some(l) = s.ready() else { continue };
+            let load = s.inflight.load(std::sync::atomic::Ordering::Relaxed);
+            if best.as_ref().is_none_or(|(b, _, _)| load < *b) {
+                best = Some((load, s, l));
+            }
+        }
+        best.map(|(_, s, l)| (s, l))
+    }
+
+    /// Why no proxy is usable, naming each.
+    fn no_proxy_reason(&self) -> String {
+        let parts: Vec<String> = self
+            .slots()
+            .iter()
+            .map(|s| {
+                let i = s.info();
+                format!(
+                    "{}: {}",
+                    s.address,
+                    i.last_error.unwrap_or_else(|| i.state.clone())
+                )
+            })
+            .collect();
+        if parts.is_empty() {
+            "no working proxy connections".into()
+        } else {
+            format!("no working proxy connections ({})", parts.join("; "))
+        }
+    }
+
+    /// Runs a request up to its answer's head.
+    pub(crate) async fn start_request(self: &Arc<Self>, req: Request) -> Result<Answer, ApiError> {
+        let started = Instant::now();
+        self.stats.received(req.body.len() as u64);
+        let fail = |e: ApiError| {
+            self.stats.refused();
+            e
+        };
+        if req.body.len() > self.timings.max_body_bytes {
+            return Err(fail(ApiError::new(
+                ErrorKind::PayloadTooLarge,
+                format!("request body over {} bytes", self.timings.max_body_bytes),
+            )));
+        }
+        let v =
+            validate_request(req.endpoint, &req.body, &ValidateOptions::default()).map_err(fail)?;
+        let ext = &v.extensions;
+        let timeout = match ext.timeout {
+            Some(t) if !(t.is_finite() && t > 0.0) => {
+                return Err(fail(ApiError::invalid(
+                    "timeout",
+                    "invalid_value",
+                    "timeout must be a positive number of seconds",
+                )));
+            }
+            Some(t) => Duration::from_secs_f64(t.min(self.timings.max_timeout.as_secs_f64())),
+            None => self.timings.default_timeout,
+        };
+        let max_coefficient = ext.max_coefficient.unwrap_or(DEFAULT_MAX_COEFFICIENT);
+        let max_tokens = v.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
+        let body = v.body_bytes();
+        let root = self.root();
+        let worst_case =
+            worst_case_cost(&root.params, max_tokens, body.len() as u64, max_coefficient);
+        let reservation = match &self.keys {
+            Some(k) => Some(
+                k.reserve(req.api_key.as_deref(), worst_case)
+                    .map_err(|e| fail(key_error(e)))?,
+            ),
+            None => None,
+        };
+        let mut reservation = reservation;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let query = fhttp::Request {
+            method: "POST".into(),
+            url: req.endpoint.path().into(),
+            http_version: "HTTP/1.1".into(),
+            headers: vec![thttp::Header {
+                name: "Content-Type".into(),
+                value: "application/json".into(),
+            }],
+            payload: body.clone(),
+        }
+        .to_bytes();
+        let mut tried: Vec<String> = Vec::new();
+        let mut last: Option<ApiError> = None;
+        loop {
+            let picked = match self.pick(&tried) {
+                Some(p) => Some(p),
+                None if tried.is_empty() => {
+                    // Starting up or reconnecting: wait a little for a proxy.
+                    let wait =
+                        deadline.min(tokio::time::Instant::now() + self.timings.connect_timeout);
+                    self.wait_ready(wait).await;
+                    self.pick(&tried)
+                }
+                None => None,
+            };
+            let Some((slot, link)) = picked else { break };
+            tried.push(slot.address.clone());
+            let id: [u8; 32] = rand::random();
+            let Some(mut rx) = link.register(id) else {
+                continue;
+            };
+            slot.inflight
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            slot.update(|i| i.requests += 1);
+            let mut tracker = Tracker {
+                shared: self.clone(),
+                slot: slot.clone(),
+                link: link.clone(),
+                id,
+                reservation: reservation.take(),
+                worst_case,
+                started,
+                request_bytes: req.body.len() as u64,
+                answer_bytes: 0,
+                done: false,
+            };
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let q = fclient::RunQueryEx {
+                model_name: v.model.clone(),
+                query: query.clone(),
+                max_coefficient: i32::try_from(max_coefficient).unwrap_or(i32::MAX),
+                max_tokens: i32::try_from(max_tokens).unwrap_or(i32::MAX),
+                timeout: remaining.as_secs_f64() * 0.95,
+                request_id: id,
+                min_config_version: root.version as i32,
+                enable_debug: ext.enable_debug.then_some(true),
+            };
+            if link.handle.send_message(q.to_bytes()).await.is_err() {
+                tracker.done = true;
+                tracker.link.forget(&id);
+                slot.inflight
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                reservation = tracker.reservation.take();
+                last = Some(ApiError::new(
+                    ErrorKind::Upstream,
+                    format!("proxy {}: connection closed", slot.address),
+                ));
+                continue;
+            }
+            let first = match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Err(_) => {
+                    // Tracker's drop cancels at the proxy; nothing reached the caller.
+                    tracker.finish(None, false);
+                    tracker.cancel();
+                    return Err(ApiError::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "no answer within the request's deadline of {:.1} s (proxy {})",
+                            timeout.as_secs_f64(),
+                            slot.address
+                        ),
+                    ));
+                }
+                Ok(None) => Event::Closed("proxy connection closed".into()),
+                Ok(Some(ev)) => ev,
+            };
+            match first {
+                Event::Head {
+                    status,
+                    headers,
+                    body,
+                    done,
+                } => {
+                    // A request that asked for one JSON answer gets one (buffered, so that a
+                    // late failure can still change the status); a streamed one is relayed.
+                    let stream = v.stream
+                        && headers.iter().any(|(n, v)| {
+                            n.eq_ignore_ascii_case("content-type")
+                                && v.contains("text/event-stream")
+                        });
+                    tracker.answer_bytes += body.len() as u64;
+                    let mut a = Answer {
+                        status,
+                        headers: strip_hop_by_hop(headers),
+                        proxy: slot.address.clone(),
+                        attempts: tried.len() as u32,
+                        time_to_head: started.elapsed(),
+                        stream,
+                        first: (!body.is_empty()).then_some(body),
+                        rx,
+                        deadline,
+                        timeout,
+                        tracker,
+                        finished: false,
+                        usage: None,
+                    };
+                    if let Some(f) = done {
+                        a.complete(&f, status < 400);
+                    }
+                    return Ok(a);
+                }
+                Event::Error {
+                    code,
+                    message,
+                    done,
+                } => {
+                    let usage = done.as_ref().map(|f| usage_of(self, f));
+                    let (kind, retry) = classify(code, &message);
+                    let paid = usage.as_ref().is_some_and(|u| u.total_tokens > 0);
+                    tracker.finish(usage.as_ref().or(Some(&Usage::default())), false);
+                    let err = ApiError::new(kind, format!("proxy {}: {message}", slot.address));
+                    if !retry || paid {
+                        return Err(err);
+                    }
+                    tracing::info!(proxy = %slot.address, code, "request failed before its answer; trying another proxy");
+                    last = Some(err);
+                }
+                Event::Closed(why) => {
+                    tracker.finish(Some(&Usage::default()), false);
+                    last = Some(ApiError::new(
+                        ErrorKind::Upstream,
+                        format!("proxy {}: {why}", slot.address),
+                    ));
+                }
+                Event::Part { .. } => {
+                    tracker.finish(None, false);
+                    return Err(ApiError::new(
+                        ErrorKind::Upstream,
+                        format!("proxy {}: answer part before its head", slot.address),
+                    ));
+                }
+            }
+            if let Some(k) = &self.keys {
+                // The next attempt reserves again.
+                match k.reserve(req.api_key.as_deref(), worst_case) {
+                    Ok(r) => reservation = Some(r),
+                    Err(e) => return Err(key_error(e)),
+                }
+            }
+        }
+        if let (Some(k), Some(r)) = (&self.keys, reservation.take()) {
+            k.settle(r, 0);
+        }
+        self.stats.refused();
+        Err(last.unwrap_or_else(|| ApiError::new(ErrorKind::Unavailable, self.no_proxy_reason())))
+    }
+}
+
+impl Tracker {
+    /// Tells the proxy (protocol 3) that we gave up on this request.
+    fn cancel(&self) {
+        if self.link.proto >= 3 {
+            let m = tclient::CancelQuery {
+                request_id: self.id,
+                reason: "client deadline".into(),
+            };
+            let handle = self.link.handle.clone();
+            tokio::spawn(async move {
+                let _ = handle.send_message(m.to_bytes()).await;
+            });
+        }
+    }
+}
+
+impl Answer {
+    fn complete(&mut self, f: &tclient::QueryFinalInfo, ok: bool) {
+        let u = usage_of(&self.tracker.shared, f);
+        self.tracker.finish(Some(&u), ok);
+        self.usage = Some(u);
+        self.finished = true;
+    }
+
+    /// The next body bytes; `None` at the end. An error ends the body early (the proxy
+    /// connection closed, the worker failed, or the deadline passed).
+    pub async fn next_chunk(&mut self) -> Option<Result<Bytes, ApiError>> {
+        if let Some(b) = self.first.take() {
+            return Some(Ok(b));
+        }
+        if self.finished {
+            return None;
+        }
+        let ev = match tokio::time::timeout_at(self.deadline, self.rx.recv()).await {
+            Err(_) => {
+                self.finished = true;
+                self.tracker.cancel();
+                self.tracker.finish(None, false);
+                return Some(Err(ApiError::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "the answer did not end within the request's deadline of {:.1} s",
+                        self.timeout.as_secs_f64()
+                    ),
+                )));
+            }
+            Ok(None) => Event::Closed("proxy connection closed".into()),
+            Ok(Some(ev)) => ev,
+        };
+        match ev {
+            Event::Part { body, done } => {
+                self.tracker.answer_bytes += body.len() as u64;
+                if let Some(f) = done {
+                    let ok = self.status < 400;
+                    self.complete(&f, ok);
+                }
+                if body.is_empty() {
+                    if self.finished {
+                        return None;
+                    }
+                    return Some(Ok(body));
+                }
+                Some(Ok(body))
+            }
+            Event::Error {
+                code,
+                message,
+                done,
+            } => {
+                match done {
+                    Some(f) => self.complete(&f, false),
+                    None => {
+                        self.finished = true;
+                        self.tracker.finish(None, false);
+                    }
+                }
+                let (kind, _) = classify(code, &message);
+                Some(Err(ApiError::new(
+                    kind,
+                    format!("proxy {}: {message}", self.proxy),
+                )))
+            }
+            Event::Closed(why) => {
+                self.finished = true;
+                self.tracker.finish(None, false);
+                Some(Err(ApiError::new(
+                    ErrorKind::Upstream,
+                    format!("proxy {}: {why}", self.proxy),
+                )))
+            }
+            Event::Head { .. } => {
+                self.finished = true;
+                self.tracker.finish(None, false);
+                Some(Err(ApiError::new(
+                    ErrorKind::Upstream,
+                    format!("proxy {}: a second answer head", self.proxy),
+                )))
+            }
+        }
+    }
+
+    /// What the request used; known once the body ended.
+    pub fn usage(&self) -> Option<&Usage> {
+        self.usage.as_ref()
+    }
+
+    /// Reads the whole body.
+    pub async fn collect(mut self) -> Result<Collected, ApiError> {
+        let mut body = Vec::new();
+        while let Some(c) = self.next_chunk().await {
+            body.extend_from_slice(&c?);
+        }
+        Ok(Collected {
+            status: self.status,
+            headers: std::mem::take(&mut self.headers),
+            proxy: self.proxy.clone(),
+            body,
+            usage: self.usage.clone().unwrap_or_default(),
+        })
+    }
+}
+
+/// A whole answer.
+#[derive(Debug, Clone)]
+pub struct Collected {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub proxy: String,
+    pub body: Vec<u8>,
+    pub usage: Usage,
+}
+
+impl Collected {
+    /// The body as JSON (non-streamed answers).
+    pub fn json(&self) -> Result<serde_json::Value, serde_json::Error> {
+        serde_json::from_slice(&self.body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_map_to_http_kinds_and_retry() {
+        let c = |code: ErrorCode, m: &str| classify(code as i32, m);
+        assert_eq!(
+            c(ErrorCode::Timeout, "timeout in proxy"),
+            (ErrorKind::Timeout, false)
+        );
+        assert_eq!(
+            c(
+                ErrorCode::NotReady,
+                "client balance is too low: 3 tokens available, 9 needed"
+            ),
+            (ErrorKind::InsufficientFunds, true)
+        );
+        assert_eq!(
+            c(ErrorCode::NotReady, "no workers for model X"),
+            (ErrorKind::NoCapacity, true)
+        );
+        assert_eq!(
+            c(ErrorCode::NotReady, "worker connection lost"),
+            (ErrorKind::Upstream, true)
+        );
+        assert_eq!(
+            c(ErrorCode::Error, "invalid timeout"),
+            (ErrorKind::Upstream, false)
+        );
+        assert_eq!(c(ErrorCode::Cancelled, "x"), (ErrorKind::Upstream, false));
+    }
+
+    #[test]
+    fn worst_case_bounds_the_price_formula() {
+        let p = cocoon_ton::root::CocoonParams {
+            price_per_token: 20,
+            prompt_tokens_price_multiplier: 10_000,
+            cached_tokens_price_multiplier: 5_000,
+            completion_tokens_price_multiplier: 20_000,
+            reasoning_tokens_price_multiplier: 10_000,
+            ..cocoon_ton::root::CocoonParams::default()
+        };
+        // (100 + 50) tokens × 4.0 × 2.0 × 20 nanoTON.
+        assert_eq!(worst_case_cost(&p, 100, 50, 4000), 150 * 8 * 20);
+        let prices = cocoon_openai::PriceTable {
+            price_per_token: 20,
+            worker_fee_per_token: 10,
+            multipliers: cocoon_openai::Multipliers {
+                prompt: 10_000,
+                cached: 5_000,
+                completion: 20_000,
+                reasoning: 10_000,
+            },
+        };
+        let usage = cocoon_openai::Usage::new(50, 100);
+        let billed = prices.client_cost(prices.adjust(&usage, 4000).total);
+        assert!(billed <= u128::from(worst_case_cost(&p, 100, 50, 4000)));
+    }
+}

@@ -1,0 +1,568 @@
+//! The gateway over real sessions: a real proxy (or two) with real workers whose engines are
+//! fake OpenAI servers on loopback, RA-TLS with sim attestation, and the client's HTTP API
+//! called with reqwest like any OpenAI SDK would.
+
+#[path = "../../proxy/tests/common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cocoon_attest::Policy;
+use cocoon_client::{Client, ClientConfig, ClientHandle, Request, Timings};
+use cocoon_ratls::cert::{Identity, SimSource};
+use cocoon_ratls::config::CertResolver;
+use cocoon_ratls::net::RatlsConnector;
+use cocoon_ratls::verifier::{RatlsVerifier, VerifierConfig};
+use cocoon_ton::HashBytes;
+use cocoon_ton::root::RootConfig;
+use common::{Net, SECRET, addr, root, start_proxy, start_worker};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+/// The test root, with the sim image allowed for proxies too.
+fn test_root() -> RootConfig {
+    let mut r = root(1, true, true);
+    r.proxy_hashes = vec![HashBytes(cocoon_attest::sim::sim_image_hash())];
+    r
+}
+
+fn timings() -> Timings {
+    let mut t = Timings {
+        connect_timeout: Duration::from_secs(5),
+        payment_status_interval: Duration::from_millis(200),
+        ..Timings::default()
+    };
+    t.backoff.base = Duration::from_millis(50);
+    t.backoff.max = Duration::from_millis(300);
+    t
+}
+
+fn config(proxies: Vec<String>, root: RootConfig) -> ClientConfig {
+    ClientConfig {
+        api_listen: Some("127.0.0.1:0".parse().unwrap()),
+        proxies,
+        connections: 2,
+        root,
+        root_address: None,
+        owner_address: addr(0x42),
+        secret: SECRET.to_vec(),
+        is_test: true,
+        connector: common::connector(),
+        check_proxy_hashes: true,
+        state_path: None,
+        api_keys_file: None,
+        admin_token_file: None,
+        channels: None,
+        auto_pay: Default::default(),
+        timings: timings(),
+    }
+}
+
+/// A proxy with one worker and our client contract funded (10 TON, secret set).
+async fn network() -> (Net, common::TestWorker) {
+    let net = start_proxy(test_root()).await;
+    net.fund_client(&addr(0x42), 10_000_000_000, true);
+    let w = start_worker(&net, 0x61).await;
+    net.wait_workers(1).await;
+    (net, w)
+}
+
+async fn client(cfg: ClientConfig, ready: usize) -> (ClientHandle, String) {
+    let c = Client::start(cfg).await.unwrap();
+    let end = Instant::now() + common::LIMIT;
+    while c.ready_proxies() < ready {
+        assert!(Instant::now() < end, "proxies not ready: {:?}", c.proxies());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let base = format!("http://{}", c.api_addr().unwrap());
+    (c, base)
+}
+
+fn chat(mode: &str, stream: bool) -> Value {
+    json!({
+        "model": "Smol",
+        "messages": [{"role": "user", "content": mode}],
+        "stream": stream,
+        "max_tokens": 50,
+    })
+}
+
+async fn post(base: &str, body: &Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{base}/v1/chat/completions"))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_requests_through_client_proxy_and_worker() {
+    let (net, w) = network().await;
+    let (c, base) = client(
+        config(vec![net.proxy.client_addr().to_string()], test_root()),
+        1,
+    )
+    .await;
+
+    // Not streamed: the engine's JSON byte for byte, with usage and the cost headers.
+    let r = post(&base, &chat("json", false)).await;
+    assert_eq!(r.status(), 200);
+    let h = r.headers().clone();
+    assert_eq!(
+        h["x-cocoon-proxy"],
+        net.proxy.client_addr().to_string().as_str()
+    );
+    assert_eq!(h["x-cocoon-attempts"], "1");
+    assert_eq!(h["access-control-allow-origin"], "*");
+    let tokens: u64 = h["x-cocoon-tokens"].to_str().unwrap().parse().unwrap();
+    let cost: u64 = h["x-cocoon-cost-nanoton"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(tokens > 0);
+    assert_eq!(cost, tokens * net.root.params.price_per_token);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "Hi");
+    assert_eq!(v["usage"]["total_tokens"], 16);
+
+    // Streamed: chunks arrive as the engine produces them (20 chunks, 5 ms apart).
+    let started = Instant::now();
+    let r = post(&base, &chat("stream", true)).await;
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .contains("text/event-stream")
+    );
+    let mut body = r.bytes_stream();
+    let mut first = None;
+    let mut all = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.unwrap();
+        if first.is_none() && !chunk.is_empty() {
+            first = Some(started.elapsed());
+        }
+        all.extend_from_slice(&chunk);
+    }
+    let total = started.elapsed();
+    let first = first.unwrap();
+    assert!(
+        first * 2 < total,
+        "first chunk after {first:?}, whole answer after {total:?}"
+    );
+    let text = String::from_utf8(all).unwrap();
+    assert!(text.contains("w0 ") && text.contains("w19 "));
+    assert!(text.contains("\"usage\""), "usage in the final chunk");
+    assert!(text.trim_end().ends_with("data: [DONE]"));
+
+    // The same through the library, without HTTP.
+    let a = c
+        .request(Request::chat(&chat("json", false)))
+        .await
+        .unwrap();
+    let got = a.collect().await.unwrap();
+    assert_eq!(got.status, 200);
+    assert_eq!(
+        got.json().unwrap()["choices"][0]["message"]["content"],
+        "Hi"
+    );
+    assert_eq!(got.usage.cost_nanoton, cost);
+
+    // Models: OpenAI's list plus the workers behind each.
+    let http = reqwest::Client::new();
+    let m: Value = http
+        .get(format!("{base}/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(m["object"], "list");
+    assert_eq!(m["data"][0]["id"], "Smol");
+    assert_eq!(m["data"][0]["workers"].as_array().unwrap().len(), 1);
+    assert_eq!(m["data"][0]["workers"][0]["coefficient"], 1500);
+    let one = http
+        .get(format!("{base}/v1/models/Smol"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(one.status(), 200);
+    let none = http
+        .get(format!("{base}/v1/models/Big"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(none.status(), 404);
+
+    // Bad requests: OpenAI errors naming the field, nothing sent upstream.
+    let before = w.engine.requests();
+    let r = post(
+        &base,
+        &json!({"model": "Smol", "messages": [], "temperature": "hot"}),
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["type"], "invalid_request_error");
+    let r = http
+        .post(format!("{base}/v1/chat/completions"))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(w.engine.requests(), before);
+
+    // CORS preflight.
+    let r = http
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{base}/v1/chat/completions"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert!(
+        r.headers()["access-control-allow-headers"]
+            .to_str()
+            .unwrap()
+            .contains("authorization")
+    );
+
+    // Stats: the proxy's attestation facts, requests and spending; metrics.
+    let s: Value = http
+        .get(format!("{base}/jsonstats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(s["status"], "ok");
+    let p = &s["proxies"][0];
+    assert_eq!(p["state"], "ready");
+    assert_eq!(p["tee"], "Sim");
+    assert_eq!(p["auth"], "short");
+    assert_eq!(p["proto"], 3);
+    assert_eq!(s["stats"]["succeeded"], 3);
+    assert_eq!(s["stats"]["refused"], 2);
+    assert_eq!(s["totals"]["requests"], 3);
+    let html = http
+        .get(format!("{base}/stats"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("Sim") && html.contains("ready"));
+    assert!(!html.contains("Bonjour") && !html.contains("json"));
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("cocoon_client_requests_total{outcome=\"succeeded\"} 3"));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_fails_over_before_its_first_byte_and_never_hangs_on_a_dead_proxy() {
+    // Proxy A has no worker; proxy B has one. Whichever the client tries first, every
+    // request is answered by B.
+    let a = start_proxy(test_root()).await;
+    a.fund_client(&addr(0x42), 10_000_000_000, true);
+    let (b, wb) = network().await;
+    let addrs = vec![
+        a.proxy.client_addr().to_string(),
+        b.proxy.client_addr().to_string(),
+    ];
+    let (c, base) = client(config(addrs, test_root()), 2).await;
+    let mut attempts = 0;
+    for _ in 0..6 {
+        let r = post(&base, &chat("json", false)).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.headers()["x-cocoon-proxy"],
+            b.proxy.client_addr().to_string().as_str()
+        );
+        attempts += r.headers()["x-cocoon-attempts"]
+            .to_str()
+            .unwrap()
+            .parse::<u32>()
+            .unwrap();
+    }
+    assert!(attempts >= 6);
+
+    // A worker for A too; then A dies with a request streaming through it.
+    let wa = start_worker(&a, 0x62).await;
+    a.wait_workers(1).await;
+    // Hold one stream on each proxy (least loaded first spreads them).
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let r = post(&base, &chat("gated", true)).await;
+        assert_eq!(r.status(), 200);
+        let via = r.headers()["x-cocoon-proxy"].to_str().unwrap().to_owned();
+        held.push((via, r));
+    }
+    assert_ne!(held[0].0, held[1].0, "one stream per proxy");
+    let a_addr = a.proxy.client_addr().to_string();
+    let killed = Instant::now();
+    a.proxy.shutdown().await;
+    for (via, r) in held {
+        if via == a_addr {
+            // The stream through A ends at once with an error event, not at its deadline.
+            let text = tokio::time::timeout(Duration::from_secs(5), r.text())
+                .await
+                .expect("the stream through the dead proxy ended")
+                .unwrap_or_default();
+            assert!(text.contains("error"), "{text}");
+            assert!(killed.elapsed() < Duration::from_secs(5));
+        } else {
+            wb.engine.gate.add_permits(1);
+            let text = r.text().await.unwrap();
+            assert!(text.contains("Bonjour"));
+        }
+    }
+    let _ = wa;
+    // New requests go to B only, all succeed.
+    for _ in 0..4 {
+        let r = post(&base, &chat("json", false)).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.headers()["x-cocoon-proxy"],
+            b.proxy.client_addr().to_string().as_str()
+        );
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_answers_504_and_cancels_the_request() {
+    let (net, w) = network().await;
+    let (c, base) = client(
+        config(vec![net.proxy.client_addr().to_string()], test_root()),
+        1,
+    )
+    .await;
+    let mut body = chat("endless", false);
+    body["timeout"] = json!(1.0);
+    let started = Instant::now();
+    let r = post(&base, &body).await;
+    let took = started.elapsed();
+    assert_eq!(r.status(), 504);
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    let e: Value = r.json().await.unwrap();
+    let msg = e["error"]["message"].as_str().unwrap();
+    // The worker gives up first (it is told 95% of the time left), or the client does.
+    assert!(
+        msg.contains("deadline") || msg.contains("timed out"),
+        "{msg}"
+    );
+    // The engine's stream was dropped: the cancel reached the worker.
+    common::eventually("engine stream dropped", || {
+        w.engine.dropped.load(std::sync::atomic::Ordering::SeqCst)
+    })
+    .await;
+    // A bad timeout is the caller's error.
+    let mut bad = chat("json", false);
+    bad["timeout"] = json!(-1);
+    assert_eq!(post(&base, &bad).await.status(), 400);
+    c.shutdown().await;
+}
+
+fn connector_with(policy: Policy) -> RatlsConnector {
+    let id = Identity::generate(
+        &SimSource(cocoon_attest::SimKey::generate().unwrap()),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            - 60,
+    )
+    .unwrap();
+    RatlsConnector::new(
+        CertResolver::new(&id).unwrap(),
+        RatlsVerifier::new(VerifierConfig::new(policy)),
+        16,
+        cocoon_net::Config::default(),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_failing_attestation_or_image_checks_are_refused_with_the_reason() {
+    let (net, w) = network().await;
+    let proxy = net.proxy.client_addr().to_string();
+
+    // The root does not list the proxy's image.
+    let mut other = test_root();
+    other.proxy_hashes = vec![HashBytes([0xAB; 32])];
+    let c = Client::start(config(vec![proxy.clone()], other))
+        .await
+        .unwrap();
+    let base = format!("http://{}", c.api_addr().unwrap());
+    common::eventually("image refused", || {
+        c.proxies()[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("image"))
+    })
+    .await;
+    let err = c.proxies()[0].last_error.clone().unwrap();
+    assert!(
+        err.contains(&hex::encode(cocoon_attest::sim::sim_image_hash()))
+            && err.contains("not in the root contract's proxy list"),
+        "{err}"
+    );
+    let r = post(&base, &chat("json", false)).await;
+    assert_eq!(r.status(), 503);
+    let e: Value = r.json().await.unwrap();
+    let msg = e["error"]["message"].as_str().unwrap();
+    assert!(msg.contains(&proxy) && msg.contains("image"), "{msg}");
+    c.shutdown().await;
+
+    // Our policy wants TDX: the sim evidence fails attestation.
+    let mut cfg = config(vec![proxy.clone()], test_root());
+    cfg.connector = connector_with(Policy::tdx_default());
+    let c = Client::start(cfg).await.unwrap();
+    common::eventually("attestation refused", || {
+        c.proxies()[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("attestation refused"))
+    })
+    .await;
+    assert_eq!(c.ready_proxies(), 0);
+    c.shutdown().await;
+    assert_eq!(w.engine.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_key_limits_hold_under_50_concurrent_requests() {
+    let (net, w) = network().await;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let state = dir.path().join("client.sqlite");
+    let body = chat("gated", true);
+    // What the gateway reserves for this body (it strips nothing here and adds
+    // stream_options.include_usage).
+    let forwarded = cocoon_openai::validate_request(
+        cocoon_openai::Endpoint::ChatCompletions,
+        &serde_json::to_vec(&body).unwrap(),
+        &Default::default(),
+    )
+    .unwrap()
+    .body_bytes();
+    let worst = cocoon_client::request::worst_case_cost(
+        &net.root.params,
+        50,
+        forwarded.len() as u64,
+        cocoon_client::request::DEFAULT_MAX_COEFFICIENT,
+    );
+    // Room for exactly three requests at their worst case.
+    let limit = 3 * worst + worst / 2;
+    std::fs::write(
+        &keys,
+        format!(
+            "{} {} app\n{} - ops\n",
+            cocoon_client::keys::key_hash("sk-app"),
+            cocoon_ton::format_ton(u128::from(limit)),
+            cocoon_client::keys::key_hash("sk-ops"),
+        ),
+    )
+    .unwrap();
+    let mut cfg = config(vec![net.proxy.client_addr().to_string()], test_root());
+    cfg.api_keys_file = Some(keys.clone());
+    cfg.state_path = Some(state.clone());
+    let (c, base) = client(cfg, 1).await;
+    let http = reqwest::Client::new();
+    let send = |key: Option<&'static str>| {
+        let (http, base, body) = (http.clone(), base.clone(), body.clone());
+        async move {
+            let mut r = http.post(format!("{base}/v1/chat/completions")).json(&body);
+            if let Some(k) = key {
+                r = r.bearer_auth(k);
+            }
+            let r = r.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r)
+        }
+    };
+    assert_eq!(send(None).await.0, 401);
+    assert_eq!(send(Some("sk-nope")).await.0, 401);
+
+    // 50 at once; the engine holds every admitted stream until we open the gate.
+    let all = futures::future::join_all((0..50).map(|_| send(Some("sk-app")))).await;
+    let admitted: Vec<_> = all.iter().filter(|(s, _)| *s == 200).collect();
+    let refused = all.iter().filter(|(s, _)| *s == 402).count();
+    assert_eq!(
+        admitted.len(),
+        3,
+        "statuses: {:?}",
+        all.iter().map(|x| x.0).collect::<Vec<_>>()
+    );
+    assert_eq!(refused, 47);
+    w.engine.gate.add_permits(3);
+    let mut spent = 0u64;
+    for (_, r) in all.into_iter().filter(|(s, _)| *s == 200) {
+        let text = r.text().await.unwrap();
+        assert!(text.contains("Bonjour"));
+    }
+    let s: Value = http
+        .get(format!("{base}/jsonstats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for k in s["keys"].as_array().unwrap() {
+        if k["name"] == "app" {
+            spent = k["spent_nanoton"].as_u64().unwrap();
+            assert_eq!(k["requests"], 3);
+            assert_eq!(k["reserved_nanoton"], 0);
+            assert_eq!(k["refused"], 47);
+        }
+    }
+    assert!(spent > 0 && spent <= limit, "spent {spent} of {limit}");
+    // The other key has no limit.
+    assert_eq!(send(Some("sk-ops")).await.0, 200);
+    c.shutdown().await;
+
+    // Spending survives a restart.
+    let mut cfg = config(vec![net.proxy.client_addr().to_string()], test_root());
+    cfg.api_keys_file = Some(keys);
+    cfg.state_path = Some(state);
+    let (c, base) = client(cfg, 1).await;
+    let s: Value = http
+        .get(format!("{base}/jsonstats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let app = s["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "app")
+        .unwrap()
+        .clone();
+    assert_eq!(app["spent_nanoton"].as_u64().unwrap(), spent);
+    c.shutdown().await;
+    let _ = Arc::new(w);
+}

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod attest_cmd;
+mod client_cmd;
 mod config;
 mod devnet_cmd;
 mod model_cmd;
@@ -55,6 +56,9 @@ enum Command {
     Worker(Box<worker_cmd::WorkerArgs>),
     /// Admit attested workers, route and meter clients' requests, settle on chain.
     Proxy(Box<proxy_cmd::ProxyArgs>),
+    /// The local OpenAI-compatible gateway (verifies proxies, fails over, pays per token);
+    /// `status|topup|withdraw|charge|close` operate a running one, `key` creates API keys.
+    Client(Box<client_cmd::ClientArgs>),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +72,7 @@ fn main() -> ExitCode {
         Command::Root { command } => root_cmd::run(command),
         Command::Worker(args) => return worker_cmd::main(*args),
         Command::Proxy(args) => return proxy_cmd::main(*args),
+        Command::Client(args) => return client_cmd::main(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

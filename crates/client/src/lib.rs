@@ -23,7 +23,7 @@ mod proxy;
 pub mod request;
 pub mod stats;
 pub mod store;
-// mod ton_channels;
+mod ton_channels;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,7 +38,7 @@ pub use config::{ClientConfig, StartError, Timings};
 pub use payments::{AutoPay, ChannelError, ChannelOps, ChannelState};
 pub use proxy::ProxyInfo;
 pub use request::{Answer, Collected, Request, Usage};
-// pub use ton_channels::TonChannels;
+pub use ton_channels::TonChannels;
 
 use keys::Keys;
 use proxy::Slot;

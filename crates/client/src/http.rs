@@ -13,6 +13,8 @@
 //!   attestation facts, channels, receipts, requests and spending; never request contents.
 //! - `POST /control/{topup,charge,withdraw,close}?proxy=<address>[&amount=<TON>]`: channel
 //!   operations, behind the bearer token of `admin_token_file`.
+//! - `GET /request/debuglogentry?request_guid=…`: outcome, usage, timings and debug JSON of a
+//!   recent request that named that `request_guid` (COCOON's endpoint).
 //! - `OPTIONS` anything: 204 with CORS headers, so browser apps can call the API.
 
 use std::collections::BTreeMap;
@@ -69,6 +71,7 @@ pub(crate) async fn serve(
         .route("/jsonstats", get(stats_json))
         .route("/metrics", get(metrics))
         .route("/control/{action}", post(control))
+        .route("/request/debuglogentry", get(debug_entry))
         .fallback(fallback)
         .layer(DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn(preflight))
@@ -486,6 +489,21 @@ async fn metrics(State(shared): St) -> Response {
         }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], m).into_response()
+}
+
+/// The stored outcome of the request that named `request_guid` (`{}` if none; COCOON's
+/// shape).
+async fn debug_entry(State(shared): St, Query(q): Query<BTreeMap<String, String>>) -> Response {
+    use sha2::Digest;
+    let Some(guid) = q.get("request_guid") else {
+        return error(ApiError::invalid(
+            "request_guid",
+            "missing",
+            "request_guid query parameter required",
+        ));
+    };
+    let h: [u8; 32] = sha2::Sha256::digest(guid.as_bytes()).into();
+    axum::Json(shared.debug_log.get(&h).unwrap_or_else(|| json!({}))).into_response()
 }
 
 fn same(a: &[u8], b: &[u8]) -> bool {

@@ -38,7 +38,7 @@ pub use config::{ClientConfig, StartError, Timings};
 pub use payments::{AutoPay, ChannelError, ChannelOps, ChannelState};
 pub use proxy::ProxyInfo;
 pub use request::{Answer, Collected, Request, Usage};
-pub use ton_channels::TonChannels;
+pub use ton_channels::{Fees, TonChannels};
 
 use keys::Keys;
 use proxy::Slot;
@@ -65,6 +65,7 @@ pub(crate) struct Shared {
     auto_pay: AutoPay,
     timings: Timings,
     stats: Stats,
+    debug_log: stats::DebugLog,
     started: std::time::Instant,
 }
 
@@ -164,6 +165,7 @@ impl Client {
             auto_pay: cfg.auto_pay,
             timings: cfg.timings,
             stats: Stats::default(),
+            debug_log: Default::default(),
             started: std::time::Instant::now(),
         });
         let mut candidates = shared.candidates();

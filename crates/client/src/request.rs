@@ -18,6 +18,7 @@ use cocoon_openai::{ApiError, Endpoint, ErrorKind, validate_request};
 use cocoon_tl::TlWrite;
 use cocoon_tl::functions::{client as fclient, http as fhttp};
 use cocoon_tl::types::{client as tclient, http as thttp};
+use sha2::Digest;
 use tokio::sync::mpsc;
 
 use crate::Shared;
@@ -121,6 +122,8 @@ struct Tracker {
     started: Instant,
     request_bytes: u64,
     answer_bytes: u64,
+    /// SHA-256 of the request's `request_guid`, when it named one.
+    guid: Option<[u8; 32]>,
     done: bool,
 }
 
@@ -151,6 +154,11 @@ impl Tracker {
             self.answer_bytes,
             usage,
         );
+        if let Some(g) = self.guid {
+            self.shared
+                .debug_log
+                .record(g, ok, usage, &self.slot.address);
+        }
         let tokens = usage.map(|u| u.total_tokens).unwrap_or(0);
         if let Err(e) = self.shared.store.add_totals(&[
             ("requests", 1),
@@ -397,6 +405,10 @@ impl Shared {
                 started,
                 request_bytes: req.body.len() as u64,
                 answer_bytes: 0,
+                guid: ext
+                    .request_guid
+                    .as_ref()
+                    .map(|g| sha2::Sha256::digest(g.as_bytes()).into()),
                 done: false,
             };
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());

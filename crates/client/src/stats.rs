@@ -1,5 +1,7 @@
 //! Request counters since start (the durable totals are in the state database).
 
+use std::collections::VecDeque;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -82,5 +84,44 @@ impl Stats {
             tokens: l(&self.tokens),
             spent_nanoton: l(&self.spent_nanoton),
         }
+    }
+}
+
+/// The last requests that named a `request_guid`: their outcome, usage, timings and (with
+/// `enable_debug`) the proxy's and worker's debug JSON, looked up by the guid at
+/// `GET /request/debuglogentry?request_guid=…` (COCOON keeps only the last one).
+#[derive(Default)]
+pub struct DebugLog {
+    entries: Mutex<VecDeque<([u8; 32], serde_json::Value)>>,
+}
+
+impl DebugLog {
+    /// Entries kept.
+    pub const CAPACITY: usize = 1024;
+
+    pub(crate) fn record(&self, guid: [u8; 32], ok: bool, usage: Option<&Usage>, proxy: &str) {
+        let v = serde_json::json!({
+            "ok": ok,
+            "proxy": proxy,
+            "usage": usage,
+            "worker_debug": usage.and_then(|u| u.worker_debug.as_deref()).and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok()),
+            "proxy_debug": usage.and_then(|u| u.proxy_debug.as_deref()).and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok()),
+        });
+        let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        e.retain(|(g, _)| *g != guid);
+        if e.len() >= Self::CAPACITY {
+            e.pop_front();
+        }
+        e.push_back((guid, v));
+    }
+
+    /// The entry for SHA-256 `guid`.
+    pub fn get(&self, guid: &[u8; 32]) -> Option<serde_json::Value> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(g, _)| g == guid)
+            .map(|(_, v)| v.clone())
     }
 }

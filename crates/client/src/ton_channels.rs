@@ -16,8 +16,9 @@
 //!    step 1 are scanned for the message from our wallet with our opcode and query id. A
 //!    failed transaction is [`ChannelError::Rejected`] with the contract's error code in
 //!    words (the value bounces back to the wallet, less fees). Where the contract forwarded
-//!    coins to the proxy contract (top-ups, withdrawals, refunds), the proxy contract's
-//!    transaction for it is found and checked the same way.
+//!    a payload to the proxy contract (coins for top-ups, withdrawals and refunds, or a
+//!    registration), the proxy contract's transaction for it is found and checked the same
+//!    way.
 //! 4. **Check the result.** The state our transaction produced (the contract reports it to
 //!    the proxy contract in `client_proxy_request`, so concurrent transactions by others do
 //!    not blur it) must show the expected change, else [`ChannelError::Rejected`].
@@ -68,8 +69,10 @@ const PAGE: usize = 100;
 ///
 /// Measured on the devnet (the real contracts in a TVM, `tests/payments_devnet.rs`): a whole
 /// operation — the wallet's transaction, the client contract, the proxy contract and the
-/// returning `excesses` — costs the wallet 4 to 12 mTON, so each default covers several
-/// times its cost; what is not used comes back.
+/// returning `excesses` — costs the wallet 10 to 14 mTON (5 mTON when the client contract
+/// refuses it; 38 mTON for a first deploy with its secret hash, which also deploys the
+/// wallet and carries the contract's code). Each default covers several times that; what is
+/// not used comes back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fees {
     /// Attached to owner operations (secret hash, register, withdraw, refund) and to charges.
@@ -174,6 +177,17 @@ fn channel_state(s: &ClientStorage) -> ChannelState {
     }
 }
 
+/// The part of the storage a client contract reports to its proxy contract.
+fn state_data(s: &ClientStorage) -> ClientStateData {
+    ClientStateData {
+        state: s.state,
+        balance: s.balance,
+        stake: s.stake,
+        tokens_used: s.tokens_used,
+        secret_hash: s.secret_hash,
+    }
+}
+
 /// The owner check every owner operation makes.
 fn owned_by(s: &ClientStorage, owner: &StdAddr, contract: &StdAddr) -> Result<(), ChannelError> {
     if &s.consts.0.owner != owner {
@@ -233,7 +247,8 @@ fn failure(tx: &Transaction) -> Option<String> {
 }
 
 /// The `client_proxy_request` a client-contract transaction sent to `proxy`: the state the
-/// transaction produced and whether it carries a payload (coins for the proxy to move).
+/// transaction produced and whether it carries a payload (coins for the proxy contract to
+/// move, or a registration).
 fn forwarded(tx: &Transaction, proxy: &StdAddr) -> Option<(ClientStateData, bool)> {
     tx.out_msgs
         .iter()
@@ -303,9 +318,10 @@ impl<C: Chain + 'static> TonChannels<C> {
             .await
             .map_err(|e| unavailable(format!("client contract {contract}: {e}")))?;
         let storage = match (st.status, &st.data) {
-            (AccountStatus::Active, Some(data)) => Some(ClientStorage::from_cell(data).map_err(
-                |e| unavailable(format!("client contract {contract} storage: {e}")),
-            )?),
+            (AccountStatus::Active, Some(data)) => Some(
+                ClientStorage::from_cell(data)
+                    .map_err(|e| unavailable(format!("client contract {contract} storage: {e}")))?,
+            ),
             _ => None,
         };
         Ok(Snapshot {
@@ -316,7 +332,7 @@ impl<C: Chain + 'static> TonChannels<C> {
     }
 
     /// Runs one operation (the caller holds the wallet): balance check, send, find each
-    /// message's transaction on `contract` (and, where it forwarded coins, on `proxy`).
+    /// message's transaction on `contract` (and, where it forwarded a payload, on `proxy`).
     /// Returns one [`Done`] per message, in order.
     async fn run(
         &self,
@@ -339,8 +355,12 @@ impl<C: Chain + 'static> TonChannels<C> {
             .map_err(|e| unavailable(format!("proxy contract {proxy}: {e}")))?
             .last_tx;
         let deadline = Instant::now() + self.confirm_timeout;
-        self.deliver(sender, sent.iter().map(|s| s.msg.clone()).collect(), deadline)
-            .await?;
+        self.deliver(
+            sender,
+            sent.iter().map(|s| s.msg.clone()).collect(),
+            deadline,
+        )
+        .await?;
 
         let mut client = Scan::new(contract.clone(), cursor);
         let mut pool = Scan::new(proxy.clone(), proxy_cursor);
@@ -361,8 +381,10 @@ impl<C: Chain + 'static> TonChannels<C> {
                     s.what
                 )));
             }
+            // A payload (coins to move, or a registration) is acted on by the proxy contract:
+            // check that it was.
             let fwd = forwarded(&tx, proxy);
-            if fwd.as_ref().is_some_and(|(_, coins)| *coins) {
+            if fwd.as_ref().is_some_and(|(_, payload)| *payload) {
                 let ptx = pool
                     .find(self, deadline, s.what, |tx| {
                         tx.in_msg.as_ref().is_some_and(|m| {
@@ -449,34 +471,50 @@ impl<C: Chain + 'static> TonChannels<C> {
         OutMsg::new(contract.clone(), value, Some(body))
     }
 
-    /// Runs an owner operation with one message and returns the state it produced.
+    /// Runs an operation of one message on a deployed contract: `check` sees its storage and
+    /// the chain's time first and may refuse. Returns the storage before and the state the
+    /// message's transaction produced.
     async fn owner_op(
         &self,
         contract: &StdAddr,
         check: impl FnOnce(&ClientStorage, Option<u64>) -> Result<(), ChannelError>,
-        body: impl FnOnce(u64) -> Result<cocoon_ton::Cell, cocoon_ton::codec::LayoutError>,
-        op: u32,
-        what: &'static str,
-        value: u64,
+        sent: Sent,
     ) -> Result<(ClientStorage, ClientStateData), ChannelError> {
         let mut sender = self.sender.lock().await;
         let snap = self.snapshot(contract).await?;
         let before = snap.deployed(contract)?;
         check(before, snap.now)?;
+        let proxy = before.consts.0.proxy_sc.clone();
+        let done = self
+            .run(
+                &mut sender,
+                contract,
+                &proxy,
+                snap.last_tx.clone(),
+                vec![sent],
+            )
+            .await?;
+        let after = self.produced(contract, done).await?;
+        Ok((before.clone(), after))
+    }
+
+    /// An owner-side message to `contract` whose body takes a fresh query id.
+    fn sent(
+        &self,
+        contract: &StdAddr,
+        op: u32,
+        what: &'static str,
+        value: u64,
+        body: impl FnOnce(u64) -> Result<cocoon_ton::Cell, cocoon_ton::codec::LayoutError>,
+    ) -> Result<Sent, ChannelError> {
         let query_id = self.query_id();
         let body = body(query_id).map_err(unavailable)?;
-        let sent = vec![Sent {
+        Ok(Sent {
             msg: self.message(contract, value, body),
             op,
             query_id,
             what,
-        }];
-        let proxy = before.consts.0.proxy_sc.clone();
-        let done = self
-            .run(&mut sender, contract, &proxy, snap.last_tx.clone(), sent)
-            .await?;
-        let after = self.produced(contract, done).await?;
-        Ok((before.clone(), after))
+        })
     }
 
     /// The state the (last) transaction produced: from its report to the proxy contract, else
@@ -495,13 +533,7 @@ impl<C: Chain + 'static> TonChannels<C> {
                 "client contract {contract} is not active after the operation"
             ))
         })?;
-        Ok(ClientStateData {
-            state: s.state,
-            balance: s.balance,
-            stake: s.stake,
-            tokens_used: s.tokens_used,
-            secret_hash: s.secret_hash,
-        })
+        Ok(state_data(&s))
     }
 }
 
@@ -635,49 +667,46 @@ impl<C: Chain + 'static> ChannelOps for TonChannels<C> {
             // What the contract will hold once deployed (or holds already).
             let initial = ClientStorage::from_cell(&contract.data)
                 .map_err(|e| unavailable(format!("client contract {addr} initial data: {e}")))?;
-            let before = snap.storage.clone().unwrap_or_else(|| initial.clone());
+            let before = snap.storage.clone().unwrap_or(initial);
             not_closed(&before, addr, "top-ups")?;
             if secret_hash.is_some() {
                 owned_by(&before, &self.owner, addr)?;
             }
-            let state_init = contract.state_init().map_err(unavailable)?;
-            let qid = self.query_id();
-            let body = ExtClientTopUp {
-                query_id: qid,
-                amount: cocoon_ton::codec::Coins(amount),
-                send_excesses_to: self.owner.clone(),
-            }
-            .to_cell()
-            .map_err(unavailable)?;
-            let mut msg = self.message(
+            // The deploying top-up also leaves the new contract its reserve.
+            let value = amount
+                .saturating_add(self.fees.top_up_fee)
+                .saturating_add(CHILD_MIN_BALANCE);
+            let mut top_up = self.sent(
                 addr,
-                amount
-                    .saturating_add(self.fees.top_up_fee)
-                    .saturating_add(CHILD_MIN_BALANCE),
-                body,
-            );
-            msg.state_init = Some(state_init);
-            let mut sent = vec![Sent {
-                msg,
-                op: op::EXT_CLIENT_TOP_UP,
-                query_id: qid,
-                what: "deploying top-up",
-            }];
+                op::EXT_CLIENT_TOP_UP,
+                "deploying top-up",
+                value,
+                |query_id| {
+                    ExtClientTopUp {
+                        query_id,
+                        amount: cocoon_ton::codec::Coins(amount),
+                        send_excesses_to: self.owner.clone(),
+                    }
+                    .to_cell()
+                },
+            )?;
+            top_up.msg.state_init = Some(contract.state_init().map_err(unavailable)?);
+            let mut sent = vec![top_up];
             if let Some(h) = secret_hash {
-                let qid = self.query_id();
-                let body = OwnerClientChangeSecretHash {
-                    query_id: qid,
-                    secret_hash: HashBytes(h),
-                    send_excesses_to: self.owner.clone(),
-                }
-                .to_cell()
-                .map_err(unavailable)?;
-                sent.push(Sent {
-                    msg: self.message(addr, self.fees.op_value, body),
-                    op: op::OWNER_CLIENT_CHANGE_SECRET_HASH,
-                    query_id: qid,
-                    what: "secret hash change",
-                });
+                sent.push(self.sent(
+                    addr,
+                    op::OWNER_CLIENT_CHANGE_SECRET_HASH,
+                    "secret hash change",
+                    self.fees.op_value,
+                    |query_id| {
+                        OwnerClientChangeSecretHash {
+                            query_id,
+                            secret_hash: HashBytes(h),
+                            send_excesses_to: self.owner.clone(),
+                        }
+                        .to_cell()
+                    },
+                )?);
             }
             let proxy = before.consts.0.proxy_sc.clone();
             let done = self
@@ -691,16 +720,13 @@ impl<C: Chain + 'static> ChannelOps for TonChannels<C> {
                     "client contract {addr} is not active after its deploying top-up"
                 )));
             };
-            let topped = topped.unwrap_or(ClientStateData {
-                state: active.state,
-                balance: active.balance,
-                stake: active.stake,
-                tokens_used: active.tokens_used,
-                secret_hash: active.secret_hash,
-            });
+            let topped = topped.unwrap_or_else(|| state_data(&active));
             check_top_up(addr, &before, &topped, amount)?;
             if let Some(h) = secret_hash {
-                let after = states.next().flatten().map_or(active.secret_hash, |s| s.secret_hash);
+                let after = states
+                    .next()
+                    .flatten()
+                    .map_or(active.secret_hash, |s| s.secret_hash);
                 if after != HashBytes(h) {
                     return Err(rejected(format!(
                         "client contract {addr} accepted the secret hash change but does not \
@@ -718,27 +744,26 @@ impl<C: Chain + 'static> ChannelOps for TonChannels<C> {
         secret_hash: [u8; 32],
     ) -> BoxFuture<'a, Result<(), ChannelError>> {
         Box::pin(async move {
-            let owner = self.owner.clone();
-            let (_, after) = self
-                .owner_op(
-                    contract,
-                    |s, _| {
-                        owned_by(s, &owner, contract)?;
-                        not_closed(s, contract, "secret hash changes")
-                    },
-                    |query_id| {
-                        OwnerClientChangeSecretHash {
-                            query_id,
-                            secret_hash: HashBytes(secret_hash),
-                            send_excesses_to: owner.clone(),
-                        }
-                        .to_cell()
-                    },
-                    op::OWNER_CLIENT_CHANGE_SECRET_HASH,
-                    "secret hash change",
-                    self.fees.op_value,
-                )
-                .await?;
+            let owner = &self.owner;
+            let sent = self.sent(
+                contract,
+                op::OWNER_CLIENT_CHANGE_SECRET_HASH,
+                "secret hash change",
+                self.fees.op_value,
+                |query_id| {
+                    OwnerClientChangeSecretHash {
+                        query_id,
+                        secret_hash: HashBytes(secret_hash),
+                        send_excesses_to: owner.clone(),
+                    }
+                    .to_cell()
+                },
+            )?;
+            let check = |s: &ClientStorage, _| {
+                owned_by(s, owner, contract)?;
+                not_closed(s, contract, "secret hash changes")
+            };
+            let (_, after) = self.owner_op(contract, check, sent).await?;
             if after.secret_hash != HashBytes(secret_hash) {
                 return Err(rejected(format!(
                     "client contract {contract} accepted the secret hash change but does not \
@@ -755,13 +780,12 @@ impl<C: Chain + 'static> ChannelOps for TonChannels<C> {
         nonce: u64,
     ) -> BoxFuture<'a, Result<(), ChannelError>> {
         Box::pin(async move {
-            let owner = self.owner.clone();
-            self.owner_op(
+            let owner = &self.owner;
+            let sent = self.sent(
                 contract,
-                |s, _| {
-                    owned_by(s, &owner, contract)?;
-                    not_closed(s, contract, "registrations")
-                },
+                op::OWNER_CLIENT_REGISTER,
+                "registration",
+                self.fees.op_value,
                 |query_id| {
                     OwnerClientRegister {
                         query_id,
@@ -770,11 +794,13 @@ impl<C: Chain + 'static> ChannelOps for TonChannels<C> {
                     }
                     .to_cell()
                 },
-                op::OWNER_CLIENT_REGISTER,
-                "registration",
-                self.fees.op_value,
-            )
-            .await?;
+            )?;
+            let check = |s: &ClientStorage, _| {
+                owned_by(s, owner, contract)?;
+                not_closed(s, contract, "registrations")
+            };
+            // Success is the transaction itself (and the proxy contract's, checked in `run`).
+            self.owner_op(contract, check, sent).await?;
             Ok(())
         })
     }
@@ -785,24 +811,23 @@ impl<C: Chain + 'static> ChannelOps for TonChannels<C> {
         amount: u64,
     ) -> BoxFuture<'a, Result<(), ChannelError>> {
         Box::pin(async move {
-            let owner = self.owner.clone();
-            let (before, after) = self
-                .owner_op(
-                    contract,
-                    |s, _| not_closed(s, contract, "top-ups"),
-                    |query_id| {
-                        ExtClientTopUp {
-                            query_id,
-                            amount: cocoon_ton::codec::Coins(amount),
-                            send_excesses_to: owner.clone(),
-                        }
-                        .to_cell()
-                    },
-                    op::EXT_CLIENT_TOP_UP,
-                    "top-up",
-                    amount.saturating_add(self.fees.top_up_fee),
-                )
-                .await?;
+            let sent = self.sent(
+                contract,
+                op::EXT_CLIENT_TOP_UP,
+                "top-up",
+                amount.saturating_add(self.fees.top_up_fee),
+                |query_id| {
+                    ExtClientTopUp {
+                        query_id,
+                        amount: cocoon_ton::codec::Coins(amount),
+                        send_excesses_to: self.owner.clone(),
+                    }
+                    .to_cell()
+                },
+            )?;
+            // Anyone may top up: no owner check.
+            let check = |s: &ClientStorage, _| not_closed(s, contract, "top-ups");
+            let (before, after) = self.owner_op(contract, check, sent).await?;
             check_top_up(contract, &before, &after, amount)
         })
     }
@@ -813,44 +838,39 @@ impl<C: Chain + 'static> ChannelOps for TonChannels<C> {
         receipt: &'a SignedPayment,
     ) -> BoxFuture<'a, Result<(), ChannelError>> {
         Box::pin(async move {
-            let owner = self.owner.clone();
-            let body = receipt.repack(&owner).to_cell().map_err(unavailable)?;
+            // The query id is the receipt's own (it is signed); only the excess address changes.
+            let body = receipt.repack(&self.owner).to_cell().map_err(unavailable)?;
+            let sent = Sent {
+                msg: self.message(contract, self.fees.op_value, body),
+                op: op::EXT_CLIENT_CHARGE_SIGNED,
+                query_id: receipt.query_id,
+                what: "charge",
+            };
             let mut tokens = 0;
-            let (_, after) = self
-                .owner_op(
-                    contract,
-                    |s, _| {
-                        not_closed(s, contract, "charges")?;
-                        let p = receipt
-                            .verify(
-                                SignedOp::ClientCharge,
-                                contract,
-                                &s.consts.0.proxy_public_key.0,
-                            )
-                            .map_err(|e| {
-                                rejected(format!(
-                                    "the charge receipt is not valid for client contract \
-                                     {contract}: {e}"
-                                ))
-                            })?;
-                        tokens = p.tokens.unwrap_or(0);
-                        if tokens <= s.tokens_used {
-                            return Err(rejected(format!(
-                                "client contract {contract} has {} tokens charged already; a \
-                                 receipt for {tokens} is not newer",
-                                s.tokens_used
-                            )));
-                        }
-                        Ok(())
-                    },
-                    // The query id is the receipt's own (it is signed).
-                    |_| Ok(body),
-                    op::EXT_CLIENT_CHARGE_SIGNED,
-                    "charge",
-                    self.fees.op_value,
-                )
-                .await
-                .map_err(|e| e)?;
+            let check = |s: &ClientStorage, _| {
+                not_closed(s, contract, "charges")?;
+                let p = receipt
+                    .verify(
+                        SignedOp::ClientCharge,
+                        contract,
+                        &s.consts.0.proxy_public_key.0,
+                    )
+                    .map_err(|e| {
+                        rejected(format!(
+                            "the charge receipt is not valid for client contract {contract}: {e}"
+                        ))
+                    })?;
+                tokens = p.tokens.unwrap_or(0);
+                if tokens <= s.tokens_used {
+                    return Err(rejected(format!(
+                        "client contract {contract} has {} tokens charged already; a receipt \
+                         for {tokens} is not newer",
+                        s.tokens_used
+                    )));
+                }
+                Ok(())
+            };
+            let (_, after) = self.owner_op(contract, check, sent).await?;
             if after.tokens_used < tokens {
                 return Err(rejected(format!(
                     "client contract {contract} accepted the charge but shows {} tokens charged \
@@ -864,40 +884,39 @@ impl<C: Chain + 'static> ChannelOps for TonChannels<C> {
 
     fn withdraw<'a>(&'a self, contract: &'a StdAddr) -> BoxFuture<'a, Result<(), ChannelError>> {
         Box::pin(async move {
-            let owner = self.owner.clone();
-            let (_, after) = self
-                .owner_op(
-                    contract,
-                    |s, _| {
-                        owned_by(s, &owner, contract)?;
-                        if s.state.0 != NORMAL {
-                            return Err(rejected(format!(
-                                "client contract {contract} is closing or closed: withdrawals \
-                                 are only possible while it is open"
-                            )));
-                        }
-                        if s.balance.0 <= s.stake.0 {
-                            return Err(rejected(format!(
-                                "nothing to withdraw: client contract {contract} holds {}, not \
-                                 more than its stake {}",
-                                ton(s.balance.0),
-                                ton(s.stake.0)
-                            )));
-                        }
-                        Ok(())
-                    },
-                    |query_id| {
-                        OwnerClientWithdraw {
-                            query_id,
-                            send_excesses_to: owner.clone(),
-                        }
-                        .to_cell()
-                    },
-                    op::OWNER_CLIENT_WITHDRAW,
-                    "withdrawal",
-                    self.fees.op_value,
-                )
-                .await?;
+            let owner = &self.owner;
+            let sent = self.sent(
+                contract,
+                op::OWNER_CLIENT_WITHDRAW,
+                "withdrawal",
+                self.fees.op_value,
+                |query_id| {
+                    OwnerClientWithdraw {
+                        query_id,
+                        send_excesses_to: owner.clone(),
+                    }
+                    .to_cell()
+                },
+            )?;
+            let check = |s: &ClientStorage, _| {
+                owned_by(s, owner, contract)?;
+                if s.state.0 != NORMAL {
+                    return Err(rejected(format!(
+                        "client contract {contract} is closing or closed: withdrawals are only \
+                         possible while it is open"
+                    )));
+                }
+                if s.balance.0 <= s.stake.0 {
+                    return Err(rejected(format!(
+                        "nothing to withdraw: client contract {contract} holds {}, not more \
+                         than its stake {}",
+                        ton(s.balance.0),
+                        ton(s.stake.0)
+                    )));
+                }
+                Ok(())
+            };
+            let (_, after) = self.owner_op(contract, check, sent).await?;
             if after.balance.0 != after.stake.0 {
                 return Err(rejected(format!(
                     "client contract {contract} accepted the withdrawal but holds {} instead of \
@@ -915,46 +934,43 @@ impl<C: Chain + 'static> ChannelOps for TonChannels<C> {
         contract: &'a StdAddr,
     ) -> BoxFuture<'a, Result<(), ChannelError>> {
         Box::pin(async move {
-            let owner = self.owner.clone();
+            let owner = &self.owner;
+            let sent = self.sent(
+                contract,
+                op::OWNER_CLIENT_REQUEST_REFUND,
+                "refund request",
+                self.fees.op_value,
+                |query_id| {
+                    OwnerClientRequestRefund {
+                        query_id,
+                        send_excesses_to: owner.clone(),
+                    }
+                    .to_cell()
+                },
+            )?;
             let mut phase = NORMAL;
-            let (_, after) = self
-                .owner_op(
-                    contract,
-                    |s, now| {
-                        owned_by(s, &owner, contract)?;
-                        phase = s.state.0;
-                        match phase {
-                            NORMAL => Ok(()),
-                            CLOSING => match now {
-                                Some(now) if now < u64::from(s.unlock_ts) => Err(rejected(
-                                    format!(
-                                        "client contract {contract} is closing and unlocks at \
-                                         {} ({} s from now): the refund of the rest can be \
-                                         requested then",
-                                        s.unlock_ts,
-                                        u64::from(s.unlock_ts) - now
-                                    ),
-                                )),
-                                _ => Ok(()),
-                            },
-                            _ => Err(rejected(format!(
-                                "client contract {contract} is closed already"
-                            ))),
-                        }
+            let check = |s: &ClientStorage, now: Option<u64>| {
+                owned_by(s, owner, contract)?;
+                phase = s.state.0;
+                match phase {
+                    NORMAL => Ok(()),
+                    CLOSING => match now {
+                        Some(now) if now < u64::from(s.unlock_ts) => Err(rejected(format!(
+                            "client contract {contract} is closing and unlocks at {} ({} s from \
+                             now): the refund of the rest can be requested then",
+                            s.unlock_ts,
+                            u64::from(s.unlock_ts) - now
+                        ))),
+                        _ => Ok(()),
                     },
-                    |query_id| {
-                        OwnerClientRequestRefund {
-                            query_id,
-                            send_excesses_to: owner.clone(),
-                        }
-                        .to_cell()
-                    },
-                    op::OWNER_CLIENT_REQUEST_REFUND,
-                    "refund request",
-                    self.fees.op_value,
-                )
-                .await?;
+                    _ => Err(rejected(format!(
+                        "client contract {contract} is closed already"
+                    ))),
+                }
+            };
+            let (_, after) = self.owner_op(contract, check, sent).await?;
             if phase == NORMAL {
+                // Phase one: closing, unlock_ts set, the part above the stake refunded.
                 let unlock = self
                     .snapshot(contract)
                     .await?
@@ -971,6 +987,7 @@ impl<C: Chain + 'static> ChannelOps for TonChannels<C> {
                     )));
                 }
             } else if after.state.0 != CLOSED || after.balance.0 != 0 {
+                // Phase two: closed, the rest refunded.
                 return Err(rejected(format!(
                     "client contract {contract} accepted the final refund request but is not \
                      closed and empty (state {}, balance {})",

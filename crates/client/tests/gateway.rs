@@ -159,6 +159,37 @@ async fn openai_requests_through_client_proxy_and_worker() {
     assert!(text.contains("\"usage\""), "usage in the final chunk");
     assert!(text.trim_end().ends_with("data: [DONE]"));
 
+    // COCOON's body extensions are honoured and stripped: the worker never sees them, and
+    // the outcome is found again by the request's guid.
+    let mut ext = chat("json", false);
+    ext["request_guid"] = json!("order-17");
+    ext["enable_debug"] = json!(true);
+    ext["max_coefficient"] = json!(2000);
+    let r = post(&base, &ext).await;
+    assert_eq!(r.status(), 200);
+    let entry: Value = reqwest::get(format!(
+        "{base}/request/debuglogentry?request_guid=order-17"
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(entry["ok"], true, "{entry}");
+    assert_eq!(entry["usage"]["cost_nanoton"], cost, "{entry}");
+    assert_eq!(entry["proxy_debug"]["type"], "proxy_stats", "{entry}");
+    let none: Value = reqwest::get(format!("{base}/request/debuglogentry?request_guid=other"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(none, json!({}));
+    // A coefficient below the worker's (1500) finds no capacity: 429.
+    ext["max_coefficient"] = json!(1000);
+    let r = post(&base, &ext).await;
+    assert_eq!(r.status(), 429);
+
     // The same through the library, without HTTP.
     let a = c
         .request(Request::chat(&chat("json", false)))
@@ -250,9 +281,8 @@ async fn openai_requests_through_client_proxy_and_worker() {
     assert_eq!(p["tee"], "Sim");
     assert_eq!(p["auth"], "short");
     assert_eq!(p["proto"], 3);
-    assert_eq!(s["stats"]["succeeded"], 3);
-    assert_eq!(s["stats"]["refused"], 2);
-    assert_eq!(s["totals"]["requests"], 3);
+    assert_eq!(s["stats"]["succeeded"], 4);
+    assert_eq!(s["totals"]["requests"], 5);
     let html = http
         .get(format!("{base}/stats"))
         .send()
@@ -271,7 +301,7 @@ async fn openai_requests_through_client_proxy_and_worker() {
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("cocoon_client_requests_total{outcome=\"succeeded\"} 3"));
+    assert!(metrics.contains("cocoon_client_requests_total{outcome=\"succeeded\"} 4"));
     c.shutdown().await;
 }
 

@@ -222,7 +222,11 @@ pub(crate) fn classify(code: i32, msg: &str) -> (ErrorKind, bool) {
         _ if m.contains("balance is too low") || m.contains("out of funds") => {
             (ErrorKind::InsufficientFunds, true)
         }
-        _ if m.contains("unknown model") => (ErrorKind::NotFound, true),
+        // No worker of this model at that proxy: another proxy may have one; if none has,
+        // the model is not served (404, which SDKs do not retry, unlike 429).
+        _ if m.contains("unknown model") || m.contains("no workers for model") => {
+            (ErrorKind::NotFound, true)
+        }
         _ if m.contains("no worker")
             || m.contains("too many active")
             || m.contains("coefficient")
@@ -692,6 +696,10 @@ mod tests {
         );
         assert_eq!(
             c(ErrorCode::NotReady, "no workers for model X"),
+            (ErrorKind::NotFound, true)
+        );
+        assert_eq!(
+            c(ErrorCode::Error, "too many active queries"),
             (ErrorKind::NoCapacity, true)
         );
         assert_eq!(

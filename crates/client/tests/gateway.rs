@@ -189,6 +189,18 @@ async fn openai_requests_through_client_proxy_and_worker() {
     ext["max_coefficient"] = json!(1000);
     let r = post(&base, &ext).await;
     assert_eq!(r.status(), 429);
+    // A model nobody serves: 404, which SDKs do not retry.
+    let r = post(
+        &base,
+        &json!({"model": "Big", "messages": [{"role": "user", "content": "json"}]}),
+    )
+    .await;
+    assert_eq!(r.status(), 404);
+    let e: Value = r.json().await.unwrap();
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("Big"),
+        "{e}"
+    );
 
     // The same through the library, without HTTP.
     let a = c
@@ -282,7 +294,7 @@ async fn openai_requests_through_client_proxy_and_worker() {
     assert_eq!(p["auth"], "short");
     assert_eq!(p["proto"], 3);
     assert_eq!(s["stats"]["succeeded"], 4);
-    assert_eq!(s["totals"]["requests"], 5);
+    assert_eq!(s["totals"]["requests"], 6);
     let html = http
         .get(format!("{base}/stats"))
         .send()

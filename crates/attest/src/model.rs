@@ -11,6 +11,9 @@ pub enum Backend {
     SevSnp,
     /// Software-simulated evidence for development and test networks only.
     Sim,
+    /// No evidence at all: a plain self-signed certificate, accepted only where a verifier
+    /// is told to (a proxy's clients, whose trust rests on their payment channel).
+    Unattested,
 }
 
 /// Intel TCB status. The derived order goes from worst to best, so that
@@ -73,12 +76,16 @@ pub enum Measurements {
     Sim {
         measurement: [u8; 48],
     },
+    /// No evidence, nothing measured.
+    Unattested,
 }
 
 /// Facts established by verifying attestation evidence against a [`crate::Policy`].
 ///
-/// Fields are private and there is no public constructor: a `VerifiedPeer` can only be
-/// produced by this crate's verification functions, so holding one means the checks ran.
+/// Fields are private: a `VerifiedPeer` is produced by this crate's verification functions,
+/// so holding one means the checks ran — or, for [`VerifiedPeer::unattested`], says plainly
+/// that there was nothing to check ([`Backend::Unattested`], zero image hash, TCB status
+/// `Revoked` so that no TCB minimum passes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedPeer {
     pub(crate) backend: Backend,
@@ -92,6 +99,20 @@ pub struct VerifiedPeer {
 }
 
 impl VerifiedPeer {
+    /// A peer that presented no evidence, identified only by its certificate key.
+    pub fn unattested(public_key: [u8; 32], valid_until: u64) -> Self {
+        VerifiedPeer {
+            backend: Backend::Unattested,
+            measurements: Measurements::Unattested,
+            image_hash: [0; 32],
+            tcb_status: TcbStatus::Revoked,
+            advisory_ids: Vec::new(),
+            report_data: [0; 64],
+            public_key: Some(public_key),
+            valid_until,
+        }
+    }
+
     pub fn backend(&self) -> Backend {
         self.backend
     }

@@ -788,6 +788,7 @@ pub(crate) mod ratls {
             Backend::Tdx => "tdx",
             Backend::SevSnp => "sev-snp",
             Backend::Sim => "sim",
+            Backend::Unattested => "unattested",
         }
     }
 

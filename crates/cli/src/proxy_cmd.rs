@@ -70,6 +70,7 @@ pub struct ProxySettings {
     pub tee: String,
     pub worker_policy: String,
     pub client_policy: String,
+    pub allow_unattested_clients: bool,
     pub pccs_url: String,
     pub pow_difficulty: u32,
     pub checkpoint_seconds: u64,
@@ -130,6 +131,9 @@ fn check(s: &ProxySettings, l: &Layers) -> Result<(), ConfigError> {
     }
     if s.checkpoint_seconds == 0 {
         return Err(l.invalid("checkpoint_seconds", "must be positive"));
+    }
+    if s.tee == "none" {
+        return Err(l.invalid("tee", "a proxy must be attested (auto, tdx, sev-snp, sim)"));
     }
     if s.pow_difficulty > 40 {
         return Err(l.invalid("pow_difficulty", "at most 40 bits"));
@@ -268,8 +272,13 @@ async fn run(s: ProxySettings) -> Result<(), String> {
     let _refresh = role::spawn_identity_refresh(&resolver, source);
     let worker_verifier =
         role::peer_verifier(&s.worker_policy, s.is_test, &s.pccs_url, &state_dir)?;
-    let client_verifier =
-        role::peer_verifier(&s.client_policy, s.is_test, &s.pccs_url, &state_dir)?;
+    let client_verifier = role::peer_verifier_with(
+        &s.client_policy,
+        s.is_test,
+        &s.pccs_url,
+        &state_dir,
+        s.allow_unattested_clients,
+    )?;
     let chain = role::toncenter(&s.ton_url, &s.ton_api_key_file)?;
     let root_addr = cocoon_ton::parse_address(&s.root_address).map_err(|e| e.to_string())?;
     let owner = cocoon_ton::parse_address(&s.owner_address).map_err(|e| e.to_string())?;

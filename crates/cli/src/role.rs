@@ -54,8 +54,9 @@ pub struct RoleIdentity {
     pub tee: &'static str,
 }
 
-/// Our RA-TLS identity: evidence from `tee` (`auto`, `tdx`, `sev-snp`, `sim`), refreshed
-/// hourly. Sim evidence is refused unless the network is a test network.
+/// Our RA-TLS identity: evidence from `tee` (`auto`, `tdx`, `sev-snp`, `sim`, or `none` for
+/// a plain certificate, which only a client may use), refreshed hourly. Sim evidence is
+/// refused unless the network is a test network.
 pub fn identity(tee: &str, is_test: bool, state_dir: &Path) -> Result<RoleIdentity, String> {
     let tee = match tee {
         "auto" => detect_tee().ok_or_else(|| {
@@ -68,7 +69,12 @@ pub fn identity(tee: &str, is_test: bool, state_dir: &Path) -> Result<RoleIdenti
         "tdx" => "tdx",
         "sev-snp" => "sev-snp",
         "sim" => "sim",
-        other => return Err(format!("unknown tee {other:?} (auto, tdx, sev-snp, sim)")),
+        "none" => "none",
+        other => {
+            return Err(format!(
+                "unknown tee {other:?} (auto, tdx, sev-snp, sim, none)"
+            ));
+        }
     };
     let source: Arc<dyn EvidenceSource> = match tee {
         "sim" => {
@@ -79,6 +85,7 @@ pub fn identity(tee: &str, is_test: bool, state_dir: &Path) -> Result<RoleIdenti
                 .map_err(|e| format!("sim key: {e}"))?;
             Arc::new(SimSource(key))
         }
+        "none" => Arc::new(cocoon_ratls::cert::Unattested),
         "tdx" => Arc::new(TsmTdxSource::system()),
         _ => Arc::new(TsmSevSource::system()),
     };
@@ -116,12 +123,24 @@ pub fn peer_verifier(
     pccs_url: &str,
     state_dir: &Path,
 ) -> Result<Arc<RatlsVerifier>, String> {
+    peer_verifier_with(policy, is_test, pccs_url, state_dir, false)
+}
+
+/// [`peer_verifier`], optionally also accepting peers without evidence (a proxy's clients).
+pub fn peer_verifier_with(
+    policy: &str,
+    is_test: bool,
+    pccs_url: &str,
+    state_dir: &Path,
+    allow_unattested: bool,
+) -> Result<Arc<RatlsVerifier>, String> {
     let mut p = crate::attest_cmd::ratls::cert_policy(policy, is_test)?;
     if !is_test && p.allowed_backends.contains(&Backend::Sim) {
         return Err("a sim peer policy needs a test network (is_test = true)".into());
     }
     p.is_test_network = is_test;
     let mut cfg = VerifierConfig::new(p);
+    cfg.allow_unattested = allow_unattested;
     let dir = state_dir.join("collateral");
     if pccs_url.is_empty() {
         cfg.collateral = Arc::new(CollateralStore::new(dir));

@@ -103,6 +103,9 @@ pub fn layers(args: &WorkerArgs, env: Vec<(String, String)>) -> Result<Layers, C
 
 /// Checks what the types alone cannot, naming the key.
 fn check(s: &WorkerSettings, l: &Layers) -> Result<(), ConfigError> {
+    if s.tee == "none" {
+        return Err(l.invalid("tee", "a worker must be attested (auto, tdx, sev-snp, sim)"));
+    }
     if s.owner_address.is_empty() {
         return Err(l.invalid(
             "owner_address",

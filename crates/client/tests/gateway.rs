@@ -426,8 +426,15 @@ async fn the_deadline_answers_504_and_cancels_the_request() {
 }
 
 fn connector_with(policy: Policy) -> RatlsConnector {
-    let id = Identity::generate(
+    connector_as(
         &SimSource(cocoon_attest::SimKey::generate().unwrap()),
+        policy,
+    )
+}
+
+fn connector_as(source: &dyn cocoon_ratls::cert::EvidenceSource, policy: Policy) -> RatlsConnector {
+    let id = Identity::generate(
+        source,
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -607,4 +614,34 @@ async fn api_key_limits_hold_under_50_concurrent_requests() {
     assert_eq!(app["spent_nanoton"].as_u64().unwrap(), spent);
     c.shutdown().await;
     let _ = Arc::new(w);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_a_tee_is_served_where_proxies_allow_it() {
+    let plain = || connector_as(&cocoon_ratls::cert::Unattested, Policy::sim_test());
+    // A proxy that accepts unattested clients (the CLI's default).
+    let net = common::start_proxy_with(test_root(), |cfg| {
+        let mut v = VerifierConfig::new(Policy::sim_test());
+        v.allow_unattested = true;
+        cfg.client_verifier = RatlsVerifier::new(v);
+    })
+    .await;
+    net.fund_client(&addr(0x42), 10_000_000_000, true);
+    let _w = start_worker(&net, 0x63).await;
+    net.wait_workers(1).await;
+    let mut cfg = config(vec![net.proxy.client_addr().to_string()], test_root());
+    cfg.connector = plain();
+    let (c, base) = client(cfg, 1).await;
+    let r = post(&base, &chat("json", false)).await;
+    assert_eq!(r.status(), 200);
+    c.shutdown().await;
+
+    // A proxy that wants attested clients refuses the same client at the TLS handshake.
+    let (strict, _w2) = network().await;
+    let mut cfg = config(vec![strict.proxy.client_addr().to_string()], test_root());
+    cfg.connector = plain();
+    let c = Client::start(cfg).await.unwrap();
+    common::eventually("refused", || c.proxies()[0].failures > 0).await;
+    assert_eq!(c.ready_proxies(), 0);
+    c.shutdown().await;
 }

@@ -175,6 +175,25 @@ impl<'a> EvidenceEnvelope<'a> {
 /// Produces evidence binding a 64-byte report data, already wrapped in the envelope.
 pub trait EvidenceSource: Send + Sync {
     fn evidence(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, CertError>;
+    /// Whether this source produces no evidence at all ([`Unattested`]).
+    fn is_unattested(&self) -> bool {
+        false
+    }
+}
+
+/// No evidence: certificates from [`Identity::generate`] with this source carry no
+/// evidence extension. Only verifiers with `allow_unattested` accept them (a proxy's
+/// clients); every other peer refuses them with "missing evidence".
+#[derive(Debug, Clone, Copy)]
+pub struct Unattested;
+
+impl EvidenceSource for Unattested {
+    fn evidence(&self, _report_data: &[u8; 64]) -> Result<Vec<u8>, CertError> {
+        Ok(Vec::new())
+    }
+    fn is_unattested(&self) -> bool {
+        true
+    }
 }
 
 /// Simulated evidence (test networks only).
@@ -386,7 +405,7 @@ impl Identity {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
-        if !opts.omit_evidence {
+        if !opts.omit_evidence && !source.is_unattested() {
             let mut ext = CustomExtension::from_oid_content(OID_EVIDENCE, evidence.clone());
             ext.set_criticality(true);
             params.custom_extensions.push(ext);

@@ -177,6 +177,10 @@ pub struct VerifierConfig {
     pub cache_ttl_secs: u64,
     /// Most cached verdicts.
     pub cache_capacity: usize,
+    /// Accept certificates without evidence as [`VerifiedPeer::unattested`] (a proxy's
+    /// clients: their trust rests on their payment channel, not on their machine). A
+    /// certificate that does carry evidence is still verified against the policy.
+    pub allow_unattested: bool,
 }
 
 impl VerifierConfig {
@@ -188,6 +192,7 @@ impl VerifierConfig {
             clock: system_clock(),
             cache_ttl_secs: 3600,
             cache_capacity: 10_000,
+            allow_unattested: false,
         }
     }
 }
@@ -255,7 +260,14 @@ impl RatlsVerifier {
         }
         let now = (self.cfg.clock)();
         let checked = check_certificate(end_entity, now)?;
-        self.evaluate(&checked.evidence, &checked.public_key, now)
+        match &checked.evidence {
+            Some(evidence) => self.evaluate(evidence, &checked.public_key, now),
+            None if self.cfg.allow_unattested => Ok(VerifiedPeer::unattested(
+                checked.public_key,
+                checked.not_after,
+            )),
+            None => Err(VerifyError::MissingEvidence),
+        }
     }
 
     fn evaluate(
@@ -346,7 +358,9 @@ impl RatlsVerifier {
 /// What [`check_certificate`] extracts.
 struct Checked {
     public_key: [u8; 32],
-    evidence: Vec<u8>,
+    /// `None`: the certificate carries no evidence extension.
+    evidence: Option<Vec<u8>>,
+    not_after: u64,
 }
 
 /// Structural checks of a COCOON certificate (everything but the attestation).
@@ -407,9 +421,10 @@ fn check_certificate(der: &CertificateDer<'_>, now: u64) -> Result<Checked, Veri
             return Err(VerifyError::DuplicateExtension(oid));
         }
     }
-    let evidence = evidence.ok_or(VerifyError::MissingEvidence)?;
     let claims = claims.ok_or(VerifyError::MissingClaims)?;
-    if evidence.len() > MAX_EVIDENCE_LEN {
+    if let Some(evidence) = evidence
+        && evidence.len() > MAX_EVIDENCE_LEN
+    {
         return Err(VerifyError::EvidenceTooLarge {
             len: evidence.len(),
         });
@@ -419,7 +434,8 @@ fn check_certificate(der: &CertificateDer<'_>, now: u64) -> Result<Checked, Veri
     }
     Ok(Checked {
         public_key,
-        evidence: evidence.to_vec(),
+        evidence: evidence.map(<[u8]>::to_vec),
+        not_after: u64::try_from(na).unwrap_or(0),
     })
 }
 

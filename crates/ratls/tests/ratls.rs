@@ -7,7 +7,7 @@ use cocoon_attest::{AttestError, Backend, Policy, SimKey, TdxCollateral, Verifie
 use cocoon_net::Incoming;
 use cocoon_ratls::cert::{
     CertOptions, EvidenceEnvelope, EvidenceSource, FixedSource, Identity, MAX_EVIDENCE_LEN,
-    SimSource,
+    SimSource, Unattested,
 };
 use cocoon_ratls::config::{CertResolver, client_config, provider};
 use cocoon_ratls::net::{RatlsAcceptor, RatlsConnector, RatlsError};
@@ -217,6 +217,51 @@ async fn certificate_without_evidence_is_rejected_both_ways() {
     let (c, _s) = run(
         connector(&ident(NOW - 60), verifier()),
         acceptor(&bad, verifier()),
+    )
+    .await;
+    assert!(matches!(rejected_by(&c), VerifyError::MissingEvidence));
+}
+
+#[tokio::test]
+async fn unattested_clients_pass_only_where_allowed() {
+    let plain = Identity::generate(&Unattested, NOW - 60).unwrap();
+    assert!(plain.evidence().is_empty());
+    // A default verifier refuses it, as any certificate without evidence.
+    let r = server_rejects(&plain, Policy::sim_test(), NOW).await;
+    assert!(r.contains("MissingEvidence"), "{r:?}");
+
+    // A server that allows unattested peers: the session works, and the peer is labelled.
+    let mut cfg = VerifierConfig::new(Policy::sim_test());
+    cfg.clock = fixed_clock(NOW);
+    cfg.allow_unattested = true;
+    let lenient = RatlsVerifier::new(cfg);
+    let (c, s) = run(
+        connector(&plain, verifier()),
+        acceptor(&ident(NOW - 60), lenient.clone()),
+    )
+    .await;
+    c.unwrap();
+    let peer = s.unwrap();
+    assert_eq!(peer.backend(), Backend::Unattested);
+    assert_eq!(peer.public_key(), Some(plain.public_key()));
+    assert_eq!(peer.image_hash(), &[0; 32]);
+
+    // Evidence that is present is still checked under that verifier: a TDX-only policy
+    // refuses sim evidence even though unattested peers are allowed.
+    let mut cfg = VerifierConfig::new(Policy::tdx_default());
+    cfg.clock = fixed_clock(NOW);
+    cfg.allow_unattested = true;
+    let (_c, s) = run(
+        connector(&ident(NOW - 60), verifier()),
+        acceptor(&ident(NOW - 60), RatlsVerifier::new(cfg)),
+    )
+    .await;
+    assert!(s.is_err(), "sim evidence under a TDX policy");
+
+    // A client never accepts an unattested server (its verifier does not allow it).
+    let (c, _s) = run(
+        connector(&ident(NOW - 60), verifier()),
+        acceptor(&plain, lenient),
     )
     .await;
     assert!(matches!(rejected_by(&c), VerifyError::MissingEvidence));

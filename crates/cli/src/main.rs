@@ -1,5 +1,5 @@
-//! `cocoon`: the one binary of the Cocoon network: the roles (`worker`, `proxy`, `devnet`;
-//! `client` and `up` arrive with their crates) and the tools (`tl`, `attest`, `model`,
+//! `cocoon`: the one binary of the Cocoon network: `up` (the whole network on one machine),
+//! the roles (`worker`, `proxy`, `client`, `devnet`) and the tools (`tl`, `attest`, `model`,
 //! `wallet`, `root`).
 #![forbid(unsafe_code)]
 
@@ -12,6 +12,7 @@ mod proxy_cmd;
 mod role;
 mod root_cmd;
 mod tl_cmd;
+mod up_cmd;
 mod wallet_cmd;
 mod worker_cmd;
 
@@ -59,6 +60,9 @@ enum Command {
     /// The local OpenAI-compatible gateway (verifies proxies, fails over, pays per token);
     /// `status|topup|withdraw|charge|close` operate a running one, `key` creates API keys.
     Client(Box<client_cmd::ClientArgs>),
+    /// The whole network on this machine: devnet, proxy, workers and the client's
+    /// OpenAI-compatible API on 127.0.0.1:10000; Ctrl-C stops it, a rerun resumes it.
+    Up(up_cmd::UpArgs),
 }
 
 fn main() -> ExitCode {
@@ -73,6 +77,7 @@ fn main() -> ExitCode {
         Command::Worker(args) => return worker_cmd::main(*args),
         Command::Proxy(args) => return proxy_cmd::main(*args),
         Command::Client(args) => return client_cmd::main(*args),
+        Command::Up(args) => return up_cmd::main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,7 @@
 //! `cocoon up`: the whole network on one machine in one command.
 //!
-//! It runs `cocoon devnet` (chain state in `<dir>/devnet`), makes an owner wallet and a
+//! It runs `cocoon devnet` (chain state in `<dir>/devnet`), makes an owner wallet, a wallet key
+//! for the workers' earnings (`worker-owner.key`, never needs funds) and a
 //! client wallet and funds them from the devnet faucet, deploys a test root contract that
 //! allows the simulated TEE image for workers and proxies, registers the proxy and the
 //! model, then runs `cocoon proxy`, `--workers N` × `cocoon worker` (the embedded engine with
@@ -54,6 +55,10 @@ const OWNER_LOW: u128 = 20_000_000_000;
 const OWNER_GRANT: u128 = 100_000_000_000;
 const CLIENT_LOW: u128 = 10_000_000_000;
 const CLIENT_GRANT: u128 = 50_000_000_000;
+const WORKER_LOW: u128 = 1_000_000_000;
+const WORKER_GRANT: u128 = 2_000_000_000;
+/// What the workers' owner sends to deploy its worker contract (COCOON: 0.3 TON).
+const WORKER_DEPLOY: u64 = 300_000_000;
 /// How long start-up may take once the roles run (an embedded model loads in that time).
 const READY_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long a child may take to stop after SIGTERM before it is killed.
@@ -100,6 +105,9 @@ struct Saved {
     owner_address: String,
     client_key_file: String,
     client_address: String,
+    /// Where the workers' earnings go (a wallet key made for it; never needs funds).
+    worker_owner_key_file: String,
+    worker_owner_address: String,
     model: String,
     devnet_port: u16,
     proxy_worker_port: u16,
@@ -451,12 +459,23 @@ impl Up {
         let client_key = dir.join("client.key");
         let owner = ensure_wallet(&owner_key)?;
         let client = ensure_wallet(&client_key)?;
+        let worker_owner_key = dir.join("worker-owner.key");
+        let worker_owner = ensure_wallet(&worker_owner_key)?;
+        saved.worker_owner_key_file = path_str(&worker_owner_key);
+        saved.worker_owner_address = worker_owner.to_string();
         saved.owner_key_file = path_str(&owner_key);
         saved.owner_address = owner.to_string();
         saved.client_key_file = path_str(&client_key);
         saved.client_address = client.to_string();
         self.fund(&chain, &owner, OWNER_LOW, OWNER_GRANT, "owner")?;
         self.fund(&chain, &client, CLIENT_LOW, CLIENT_GRANT, "client")?;
+        self.fund(
+            &chain,
+            &worker_owner,
+            WORKER_LOW,
+            WORKER_GRANT,
+            "workers' owner",
+        )?;
 
         // The root contract: deployed once, then configured for this network.
         let root = self.ensure_root(&chain, &saved, &url)?;
@@ -475,6 +494,7 @@ impl Up {
 
         // The roles. Root operations are done: from here on the proxy owns the owner wallet.
         let owner_raw = owner.to_string();
+        let worker_owner_raw = worker_owner.to_string();
         let root_s = root.to_string();
         let padmin = format!("127.0.0.1:{}", saved.proxy_admin_port);
         let state = |name: &str| path_str(&dir.join(name));
@@ -511,7 +531,7 @@ impl Up {
             let mut a = argv(
                 "worker --test --tee sim --set root_poll_seconds=2",
                 &[
-                    ("--owner", &owner_raw),
+                    ("--owner", &worker_owner_raw),
                     ("--root", &root_s),
                     ("--ton", &url),
                     ("--model", &model),
@@ -561,6 +581,7 @@ impl Up {
             let s = up.get_json(&format!("http://{padmin}/jsonstats"))?;
             (s["workers"].as_array()?.len() >= n).then_some(())
         })?;
+        self.deploy_worker_contract(&chain, &root, &owner, &worker_owner_key, &worker_owner)?;
         self.wait_until("the client's session with the proxy", |up| {
             let s = up.get_json(&format!("{api}/jsonstats"))?;
             (s["proxies_ready"].as_u64()? >= 1).then_some(())
@@ -938,6 +959,86 @@ impl Up {
             format_ton(grant)
         ));
         Ok(())
+    }
+
+    /// Deploys the workers' contract with this proxy (one per owner and proxy) from the
+    /// workers' owner wallet, as a worker operator does before the first payout: payouts the
+    /// proxy submits go to that contract, which pays the owner. Nothing when it exists.
+    fn deploy_worker_contract(
+        &self,
+        chain: &Toncenter,
+        root_addr: &StdAddr,
+        proxy_owner: &StdAddr,
+        key_file: &Path,
+        worker_owner: &StdAddr,
+    ) -> Result<(), Fail> {
+        use cocoon_ton::chain::AccountStatus;
+        use cocoon_ton::wallet::{OutMsg, SenderEvent, WalletSender};
+        let root = self
+            .rt
+            .block_on(load_root_config(chain, root_addr))
+            .map_err(|e| format!("cannot read the root contract: {e}"))?;
+        let proxy_key = SigningKey::from_file(&self.dir.join("proxy/proxy-key"))
+            .map_err(|e| format!("the proxy's key: {e}"))?;
+        let pk = HashBytes(proxy_key.public_key());
+        let proxy =
+            cocoon_ton::contracts::proxy_contract(&root.params, proxy_owner, &pk, root_addr)
+                .map_err(|e| format!("the proxy contract: {e}"))?;
+        let contract =
+            cocoon_ton::contracts::worker_contract(&root.params, worker_owner, &proxy.address, &pk)
+                .map_err(|e| format!("the worker contract: {e}"))?;
+        let active = |up: &Self| -> Result<bool, Fail> {
+            Ok(up
+                .rt
+                .block_on(chain.account_state(&contract.address))
+                .map_err(|e| format!("cannot read the worker contract: {e}"))?
+                .status
+                == AccountStatus::Active)
+        };
+        if active(self)? {
+            return Ok(());
+        }
+        let key =
+            SigningKey::from_file(key_file).map_err(|e| format!("{}: {e}", key_file.display()))?;
+        let wallet = Wallet::v4r2(key.public_key(), 0);
+        let init = contract
+            .state_init()
+            .map_err(|e| format!("the worker contract: {e}"))?;
+        let mut sender = WalletSender::new(chain.clone(), wallet, key)
+            .map_err(|e| format!("the workers' owner wallet: {e}"))?;
+        sender.enqueue(OutMsg::deploy(
+            contract.address.clone(),
+            WORKER_DEPLOY,
+            init,
+            None,
+        ));
+        let end = Instant::now() + Duration::from_secs(60);
+        loop {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let events = self
+                .rt
+                .block_on(sender.tick(now))
+                .map_err(|e| format!("deploying the worker contract: {e}"))?;
+            if events
+                .iter()
+                .any(|e| matches!(e, SenderEvent::Confirmed { .. }))
+                && active(self)?
+            {
+                say(&format!(
+                    "worker contract {} deployed (pays the workers' owner {worker_owner})",
+                    contract.address
+                ));
+                return Ok(());
+            }
+            if Instant::now() > end {
+                return Err(Fail::Error(
+                    "the worker contract did not become active within 60 s".into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// The root from `up.json` if it is on chain, otherwise a new one (`cocoon root deploy`).

@@ -476,3 +476,181 @@ fn up_with_an_external_backend_and_two_workers() {
     let (rc, rest) = up.stop("TERM", Duration::from_secs(60));
     assert_eq!(rc, 0, "{rest:?}");
 }
+
+/// Chain figures the test follows: (client contract balance, tokens charged), the proxy
+/// contract's commission balance, the workers' owner's account balance.
+async fn money(
+    tc: &cocoon_ton::toncenter::Toncenter,
+    client_sc: &cocoon_ton::StdAddr,
+    proxy_sc: &cocoon_ton::StdAddr,
+    worker_owner: &cocoon_ton::StdAddr,
+) -> (u128, u64, u128, u128) {
+    use cocoon_ton::chain::Chain;
+    use cocoon_ton::codec::Layout;
+    let data = |st: cocoon_ton::chain::AccountState| st.data.expect("an active contract");
+    let c = cocoon_ton::contracts::ClientStorage::from_cell(&data(
+        tc.account_state(client_sc).await.unwrap(),
+    ))
+    .unwrap();
+    let p = cocoon_ton::contracts::ProxyStorage::from_cell(&data(
+        tc.account_state(proxy_sc).await.unwrap(),
+    ))
+    .unwrap();
+    let w = tc.account_state(worker_owner).await.unwrap().balance;
+    (c.balance.0 as u128, c.tokens_used, p.balance.0 as u128, w)
+}
+
+fn post_control(admin: &str, token: &str, action: &str) {
+    let out = Command::new("curl")
+        .args(["-sf", "-X", "POST", "-H"])
+        .arg(format!("Authorization: Bearer {token}"))
+        .arg(format!("{admin}/control/{action}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "control {action}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn usage_earnings_commission_and_chain_balances_agree() {
+    if !have_test_model() {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("up");
+    let port = free_port();
+    let api = format!("http://127.0.0.1:{port}");
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (mut up, _) = Up::start(&dir, port);
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("up.json")).unwrap()).unwrap();
+    let padmin = format!("http://127.0.0.1:{}", saved["proxy_admin_port"]);
+    let wadmin = format!("http://127.0.0.1:{}", saved["worker_admin_ports"][0]);
+    let tc = cocoon_ton::toncenter::Toncenter::with_url(&format!(
+        "http://127.0.0.1:{}",
+        saved["devnet_port"]
+    ))
+    .unwrap();
+    let addr = |v: &serde_json::Value| cocoon_ton::parse_address(v.as_str().unwrap()).unwrap();
+    let root = rt
+        .block_on(cocoon_ton::chain::load_root_config(
+            &tc,
+            &addr(&saved["root_address"]),
+        ))
+        .unwrap();
+    let (price, fee) = (
+        u128::from(root.params.price_per_token),
+        u128::from(root.params.worker_fee_per_token),
+    );
+    assert!(price > fee && fee > 0, "test prices {price}/{fee}");
+    let client = get_json(&format!("{api}/jsonstats")).unwrap();
+    let client_sc = addr(&client["proxies"][0]["client_sc"]);
+    let proxy_sc = addr(&get_json(&format!("{padmin}/jsonstats")).unwrap()["proxy_sc"]);
+    let worker_owner = addr(&saved["worker_owner_address"]);
+    let before = rt.block_on(money(&tc, &client_sc, &proxy_sc, &worker_owner));
+
+    // Three requests, streamed and not; what each was billed comes back by its guid.
+    let model = rt.block_on(listed_model(&api));
+    let mut billed = 0u64;
+    for (i, stream) in [true, false, true].into_iter().enumerate() {
+        let guid = format!("e2e-{i}");
+        let body = serde_json::json!({
+            "model": model, "stream": stream, "max_tokens": 16, "request_guid": guid,
+            "messages": [{"role": "user", "content": format!("Count to {}.", i + 3)}],
+        });
+        let out = Command::new("curl")
+            .args(["-sfN", "-H", "Content-Type: application/json", "-d"])
+            .arg(body.to_string())
+            .arg(format!("{api}/v1/chat/completions"))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("\"usage\""), "{text}");
+        let entry = get_json(&format!("{api}/request/debuglogentry?request_guid={guid}")).unwrap();
+        assert_eq!(entry["ok"], true, "{entry}");
+        let t = entry["usage"]["total_tokens"].as_u64().unwrap();
+        assert!(t > 0);
+        assert_eq!(
+            u128::from(entry["usage"]["cost_nanoton"].as_u64().unwrap()),
+            u128::from(t) * price
+        );
+        billed += t;
+    }
+    let billed128 = u128::from(billed);
+
+    // Books: the client spent, the worker earned, the proxy kept the difference.
+    let c = get_json(&format!("{api}/jsonstats")).unwrap();
+    assert_eq!(c["totals"]["tokens"].as_u64(), Some(billed), "{c}");
+    assert_eq!(
+        u128::from(c["totals"]["spent_nanoton"].as_u64().unwrap()),
+        billed128 * price
+    );
+    let w = get_json(&format!("{wadmin}/jsonstats")).unwrap();
+    assert_eq!(w["payments"][0]["db_tokens"].as_u64(), Some(billed), "{w}");
+    let p = get_json(&format!("{padmin}/jsonstats")).unwrap();
+    assert_eq!(
+        p["ledger"]["commission_nanoton"].as_u64().map(u128::from),
+        Some(billed128 * (price - fee)),
+        "{p}"
+    );
+
+    // A settlement cycle: a checkpoint covering all of it, then the charge and the payout.
+    let token = std::fs::read_to_string(dir.join("proxy/admin-token")).unwrap();
+    let token = token.trim();
+    let confirmed = p["ledger"]["confirmed_checkpoint"].as_u64().unwrap_or(0);
+    post_control(&padmin, token, "checkpoint");
+    let end = Instant::now() + Duration::from_secs(60);
+    while get_json(&format!("{padmin}/jsonstats")).unwrap()["ledger"]["confirmed_checkpoint"]
+        .as_u64()
+        .unwrap_or(0)
+        <= confirmed
+    {
+        assert!(Instant::now() < end, "no checkpoint confirmed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    post_control(&padmin, token, "charge");
+    post_control(&padmin, token, "payout");
+    let end = Instant::now() + Duration::from_secs(60);
+    let after = loop {
+        let m = rt.block_on(money(&tc, &client_sc, &proxy_sc, &worker_owner));
+        if m.1 == billed && m.3 > before.3 {
+            break m;
+        }
+        assert!(
+            Instant::now() < end,
+            "not settled: {m:?} (before {before:?})"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    eprintln!(
+        "billed {billed} tokens at {price}/{fee} nanoTON: before {before:?}, after {after:?}"
+    );
+    assert_eq!(before.1, 0);
+    assert_eq!(
+        before.0 - after.0,
+        billed128 * price,
+        "client contract balance"
+    );
+    assert_eq!(
+        after.3 - before.3,
+        billed128 * fee,
+        "worker owner's balance"
+    );
+    assert_eq!(
+        after.2 - before.2,
+        billed128 * (price - fee),
+        "proxy commission"
+    );
+    let (code, _) = up.stop("INT", Duration::from_secs(30));
+    assert_eq!(code, 0);
+}

@@ -81,6 +81,11 @@ pub(crate) async fn serve(
         .await
         .map_err(|e| e.to_string())?;
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    // Streamed answers are many small writes: without TCP_NODELAY each one waits for the
+    // reader's delayed ACK (about 40 ms per answer on a keep-alive connection).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |s| {
+        let _ = s.set_nodelay(true);
+    });
     let task = tokio::spawn(async move {
         let r = axum::serve(listener, app)
             .with_graceful_shutdown(async move {

@@ -37,7 +37,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::Shared;
-use crate::request::Request;
+use crate::request::{MAX_ANSWER_BYTES, Request};
 
 /// Reads the control token (first line, trimmed); an empty file is an error.
 pub fn read_token(path: &Path) -> Result<String, String> {
@@ -172,11 +172,23 @@ async fn complete(
     endpoint: Endpoint,
 ) -> Response {
     let limit = shared.timings.max_body_bytes;
-    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
-        return error(ApiError::new(
-            ErrorKind::PayloadTooLarge,
-            format!("request body over {limit} bytes (or unreadable)"),
-        ));
+    let bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(e) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            return error(if too_large {
+                ApiError::new(
+                    ErrorKind::PayloadTooLarge,
+                    format!("request body over {limit} bytes"),
+                )
+            } else {
+                ApiError::new(
+                    ErrorKind::InvalidRequest,
+                    format!("unreadable request body: {e}"),
+                )
+            });
+        }
     };
     let req = Request {
         endpoint,
@@ -200,7 +212,11 @@ async fn complete(
         "x-cocoon-time-to-head-ms",
         answer.time_to_head.as_millis(),
     );
-    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    // A final answer is 2xx–5xx; anything else from upstream is a bad gateway.
+    let status = StatusCode::from_u16(answer.status)
+        .ok()
+        .filter(|s| (200..=599).contains(&s.as_u16()))
+        .unwrap_or(StatusCode::BAD_GATEWAY);
     if answer.stream {
         let stream = futures::stream::unfold((answer, false), |(mut a, ended)| async move {
             if ended {
@@ -224,6 +240,13 @@ async fn complete(
     let mut body = Vec::new();
     while let Some(c) = answer.next_chunk().await {
         match c {
+            Ok(b) if body.len() + b.len() > MAX_ANSWER_BYTES => {
+                // Dropping the answer cancels the request at the proxy.
+                return error(ApiError::new(
+                    ErrorKind::Upstream,
+                    format!("the answer is over {MAX_ANSWER_BYTES} bytes; ask for a stream"),
+                ));
+            }
             Ok(b) => body.extend_from_slice(&b),
             Err(e) => return error(e),
         }
@@ -302,6 +325,12 @@ async fn models(State(shared): St) -> Response {
 }
 
 async fn model(State(shared): St, UrlPath(id): UrlPath<String>) -> Response {
+    if shared.slots().iter().all(|s| s.ready().is_none()) {
+        return error(ApiError::new(
+            ErrorKind::Unavailable,
+            "no working proxy connections",
+        ));
+    }
     match model_list(&shared)
         .await
         .into_iter()

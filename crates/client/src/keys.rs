@@ -181,7 +181,7 @@ impl Keys {
                 needed: worst_case,
             });
         }
-        a.reserved += worst_case;
+        a.reserved = a.reserved.saturating_add(worst_case);
         Ok(Reservation {
             hash,
             amount: worst_case,

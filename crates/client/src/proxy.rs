@@ -37,6 +37,10 @@ use crate::config::{MAX_PROTO_VERSION, MIN_PROTO_VERSION};
 use crate::payments::{Step, plan};
 use crate::store::StoredReceipt;
 
+/// Answer messages a request may have queued before its reader takes them; past this the
+/// request is cut off (a proxy cannot make the client buffer without bound).
+const ANSWER_QUEUE: usize = 4096;
+
 /// What a request hears from its proxy.
 #[derive(Debug)]
 pub(crate) enum Event {
@@ -69,24 +73,22 @@ pub(crate) struct Link {
     pub proxy_sc: StdAddr,
     pub client_sc: StdAddr,
     pub proxy_key: [u8; 32],
-    pending: Mutex<HashMap<[u8; 32], mpsc::UnboundedSender<Event>>>,
+    pending: Mutex<HashMap<[u8; 32], mpsc::Sender<Event>>>,
     closed: AtomicBool,
 }
 
 impl Link {
-    fn pending(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], mpsc::UnboundedSender<Event>>> {
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], mpsc::Sender<Event>>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Registers a request; `None` when the session already ended.
-    pub fn register(&self, id: [u8; 32]) -> Option<mpsc::UnboundedReceiver<Event>> {
+    pub fn register(&self, id: [u8; 32]) -> Option<mpsc::Receiver<Event>> {
         let mut p = self.pending();
         if self.closed.load(Ordering::SeqCst) {
             return None;
         }
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(ANSWER_QUEUE);
         p.insert(id, tx);
         Some(rx)
     }
@@ -98,8 +100,13 @@ impl Link {
 
     fn route(&self, id: &[u8; 32], ev: Event, last: bool) {
         let mut p = self.pending();
-        if let Some(tx) = p.get(id) {
-            let _ = tx.send(ev);
+        if let Some(tx) = p.get(id)
+            && tx.try_send(ev).is_err()
+        {
+            // The caller reads slower than the proxy sends (or left): the request is cut
+            // off here rather than buffered without bound; its reader sees the end.
+            p.remove(id);
+            return;
         }
         if last {
             p.remove(id);
@@ -110,7 +117,7 @@ impl Link {
         let mut p = self.pending();
         self.closed.store(true, Ordering::SeqCst);
         for (_, tx) in p.drain() {
-            let _ = tx.send(Event::Closed(why.to_owned()));
+            let _ = tx.try_send(Event::Closed(why.to_owned()));
         }
     }
 }
@@ -576,6 +583,12 @@ fn take_receipt(
         }
     };
     let tokens = payload.tokens.unwrap_or(0);
+    if i64::try_from(tokens).is_err() {
+        slot.update(|i| i.bad_receipts += 1);
+        return Err(SessionError::Receipt(format!(
+            "{tokens} tokens is beyond any real usage"
+        )));
+    }
     let saved = shared.store.save_receipt(&StoredReceipt {
         client_sc: link.client_sc.to_string(),
         proxy_sc: link.proxy_sc.to_string(),

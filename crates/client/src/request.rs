@@ -27,6 +27,9 @@ use crate::proxy::{Event, Link, Slot};
 
 /// COCOON's defaults for fields a request leaves out.
 pub const DEFAULT_MAX_TOKENS: u64 = 1000;
+/// The largest answer buffered for a request that is not streamed (HTTP or
+/// [`Answer::collect`]); past it the request fails with 502 and is cancelled.
+pub const MAX_ANSWER_BYTES: usize = 64 << 20;
 /// Highest worker coefficient accepted when the request names none (1000 = 1.0).
 pub const DEFAULT_MAX_COEFFICIENT: u64 = 4000;
 
@@ -102,7 +105,7 @@ pub struct Answer {
     /// engine sent one).
     pub stream: bool,
     first: Option<Bytes>,
-    rx: mpsc::UnboundedReceiver<Event>,
+    rx: mpsc::Receiver<Event>,
     deadline: tokio::time::Instant,
     timeout: Duration,
     tracker: Tracker,
@@ -129,7 +132,9 @@ struct Tracker {
 
 impl Tracker {
     /// Books the request: `usage` known (success or a final error), `None` when the answer
-    /// was cut off without a final count (the worst case is charged to the key).
+    /// was cut off without a final count (the worst case is charged to the key). A failure
+    /// before the answer's head without a final count is booked at 0 by the caller: the
+    /// proxy releases the reservation of a request nothing of which reached the client.
     fn finish(&mut self, usage: Option<&Usage>, ok: bool) {
         if self.done {
             return;
@@ -139,7 +144,12 @@ impl Tracker {
         self.slot
             .inflight
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        let cost = usage.map(|u| u.cost_nanoton).unwrap_or(self.worst_case);
+        // A key is never booked more than it reserved: the reservation is the bound a
+        // limit is checked against, whatever a proxy reports.
+        let cost = usage
+            .map(|u| u.cost_nanoton)
+            .unwrap_or(self.worst_case)
+            .min(self.worst_case);
         if let (Some(keys), Some(r)) = (&self.shared.keys, self.reservation.take()) {
             let hash = r.key_hash().to_owned();
             keys.settle(r, cost);
@@ -350,8 +360,15 @@ impl Shared {
             Some(t) => Duration::from_secs_f64(t.min(self.timings.max_timeout.as_secs_f64())),
             None => self.timings.default_timeout,
         };
-        let max_coefficient = ext.max_coefficient.unwrap_or(DEFAULT_MAX_COEFFICIENT);
-        let max_tokens = v.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
+        // Both travel as TL ints: clamp before the worst case is computed from them.
+        let max_coefficient = ext
+            .max_coefficient
+            .unwrap_or(DEFAULT_MAX_COEFFICIENT)
+            .min(i32::MAX as u64);
+        let max_tokens = v
+            .max_tokens
+            .unwrap_or(DEFAULT_MAX_TOKENS)
+            .min(i32::MAX as u64);
         let body = v.body_bytes();
         let root = self.root();
         let worst_case =
@@ -390,7 +407,19 @@ impl Shared {
                 }
                 None => None,
             };
-            let Some((slot, link)) = picked else { break };
+            let Some((slot, link)) = picked else {
+                if tried.is_empty() && tokio::time::Instant::now() >= deadline {
+                    last = Some(ApiError::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "no proxy became ready within the request's deadline of {:.1} s ({})",
+                            timeout.as_secs_f64(),
+                            self.no_proxy_reason()
+                        ),
+                    ));
+                }
+                break;
+            };
             tried.push(slot.address.clone());
             let id: [u8; 32] = rand::random();
             let Some(mut rx) = link.register(id) else {
@@ -647,7 +676,14 @@ impl Answer {
     pub async fn collect(mut self) -> Result<Collected, ApiError> {
         let mut body = Vec::new();
         while let Some(c) = self.next_chunk().await {
-            body.extend_from_slice(&c?);
+            let c = c?;
+            if body.len() + c.len() > MAX_ANSWER_BYTES {
+                return Err(ApiError::new(
+                    ErrorKind::Upstream,
+                    format!("the answer is over {MAX_ANSWER_BYTES} bytes; read it as a stream"),
+                ));
+            }
+            body.extend_from_slice(&c);
         }
         Ok(Collected {
             status: self.status,

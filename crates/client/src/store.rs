@@ -27,6 +27,11 @@ pub struct Store {
     conn: Mutex<Connection>,
 }
 
+/// SQLite integers are signed: larger values are stored as `i64::MAX`, never wrapped.
+fn clamp(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
 fn err(e: rusqlite::Error) -> String {
     e.to_string()
 }
@@ -81,7 +86,7 @@ impl Store {
                  ON CONFLICT(client_sc) DO UPDATE SET proxy_sc = excluded.proxy_sc,
                      tokens = excluded.tokens, boc = excluded.boc
                  WHERE excluded.tokens > receipts.tokens",
-                params![r.client_sc, r.proxy_sc, r.tokens as i64, r.boc],
+                params![r.client_sc, r.proxy_sc, clamp(r.tokens), r.boc],
             )
             .map_err(err)?;
         Ok(n > 0)
@@ -113,7 +118,7 @@ impl Store {
                 "INSERT INTO key_spend (key_hash, spent, requests) VALUES (?1, ?2, 1)
                  ON CONFLICT(key_hash) DO UPDATE SET spent = spent + excluded.spent,
                      requests = requests + 1",
-                params![key_hash, nanoton as i64],
+                params![key_hash, clamp(nanoton)],
             )
             .map_err(err)?;
         Ok(())
@@ -145,7 +150,7 @@ impl Store {
             tx.execute(
                 "INSERT INTO totals (name, value) VALUES (?1, ?2)
                  ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
-                params![name, *v as i64],
+                params![name, clamp(*v)],
             )
             .map_err(err)?;
         }

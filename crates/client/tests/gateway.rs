@@ -88,6 +88,17 @@ fn chat(mode: &str, stream: bool) -> Value {
     })
 }
 
+async fn post_with(http: &reqwest::Client, base: &str, key: &str) -> u16 {
+    http.post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(&chat("json", false))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 async fn post(base: &str, body: &Value) -> reqwest::Response {
     reqwest::Client::new()
         .post(format!("{base}/v1/chat/completions"))
@@ -481,6 +492,10 @@ async fn proxies_failing_attestation_or_image_checks_are_refused_with_the_reason
     let e: Value = r.json().await.unwrap();
     let msg = e["error"]["message"].as_str().unwrap();
     assert!(msg.contains(&proxy) && msg.contains("image"), "{msg}");
+    for path in ["/v1/models", "/v1/models/Smol"] {
+        let r = reqwest::get(format!("{base}{path}")).await.unwrap();
+        assert_eq!(r.status(), 503, "{path}");
+    }
     c.shutdown().await;
 
     // Our policy wants TDX: the sim evidence fails attestation.
@@ -587,8 +602,22 @@ async fn api_key_limits_hold_under_50_concurrent_requests() {
         }
     }
     assert!(spent > 0 && spent <= limit, "spent {spent} of {limit}");
-    // The other key has no limit.
+    // The other key has no limit; absurd extensions are clamped, not overflowed (the
+    // proxy then finds the channel cannot cover such a reservation: 402), twice at once.
     assert_eq!(send(Some("sk-ops")).await.0, 200);
+    for _ in 0..2 {
+        let mut huge = chat("json", false);
+        huge["max_coefficient"] = json!(u64::MAX);
+        let r = http
+            .post(format!("{base}/v1/chat/completions"))
+            .bearer_auth("sk-ops")
+            .json(&huge)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 402);
+    }
+    assert_eq!(post_with(&http, &base, "sk-ops").await, 200);
     c.shutdown().await;
 
     // Spending survives a restart.

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use cocoon_client::{AutoPay, ChannelOps, Client, ClientConfig, Timings, TonChannels};
-use cocoon_ratls::net::RatlsConnector;
 use cocoon_ton::keys::SigningKey;
 use cocoon_ton::wallet::{Wallet, WalletVersion};
 use serde::Deserialize;
@@ -237,20 +236,18 @@ fn secret(configured: &str, state_dir: &Path) -> Result<Vec<u8>, String> {
 
 async fn run(s: ClientSettings) -> Result<(), String> {
     let state_dir = role::state_dir(&s.state_dir, "client")?;
-    let role::RoleIdentity {
-        resolver,
-        source,
+    let role::ProxyDialer {
+        connector,
         tee,
-    } = role::identity(&s.tee, s.is_test, &state_dir)?;
-    let _refresh = role::spawn_identity_refresh(&resolver, source);
-    let verifier = role::peer_verifier(&s.proxy_policy, s.is_test, &s.pccs_url, &state_dir)?;
-    let connector = RatlsConnector::new(
-        resolver,
-        verifier,
+        refresh: _refresh,
+    } = role::proxy_dialer(
+        &s.tee,
+        &s.proxy_policy,
+        s.is_test,
+        &s.pccs_url,
         s.pow_max_difficulty,
-        cocoon_net::Config::default(),
-    )
-    .map_err(|e| e.to_string())?;
+        &state_dir,
+    )?;
     let chain = role::toncenter(&s.ton_url, &s.ton_api_key_file)?;
     let root_addr = cocoon_ton::parse_address(&s.root_address).map_err(|e| e.to_string())?;
     let root = role::load_root_patiently(&chain, &root_addr, Duration::from_secs(30)).await?;

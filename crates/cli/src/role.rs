@@ -1,5 +1,4 @@
-//! What every long-running role (`worker`, and later `proxy` and `client`) sets up the same
-//! way: logging, its state directory, its RA-TLS identity from this machine's TEE, the policy
+//! What every long-running role (`worker`, `proxy`, `client`) sets up the same way: logging, its state directory, its RA-TLS identity from this machine's TEE, the policy
 //! its peers are verified with, and the stop signal.
 
 use std::path::{Path, PathBuf};
@@ -9,6 +8,7 @@ use std::time::Duration;
 use cocoon_attest::{Backend, CollateralFetcher, CollateralStore, PccsClient, SimKey};
 use cocoon_ratls::cert::{EvidenceSource, Identity, SimSource, TsmSevSource, TsmTdxSource};
 use cocoon_ratls::config::CertResolver;
+use cocoon_ratls::net::RatlsConnector;
 use cocoon_ratls::verifier::{RatlsVerifier, VerifierConfig, system_clock};
 
 /// `~/.local/share/cocoon/<role>` (or `$XDG_DATA_HOME/cocoon/<role>`).
@@ -152,6 +152,43 @@ pub fn peer_verifier_with(
         cfg.collateral = fetcher;
     }
     Ok(RatlsVerifier::new(cfg))
+}
+
+/// What a role that dials proxies (a worker, a client) connects with: its identity from `tee`,
+/// refreshed hourly by `refresh`, and proxies verified under `proxy_policy`.
+pub struct ProxyDialer {
+    pub connector: RatlsConnector,
+    pub tee: &'static str,
+    pub refresh: tokio::task::JoinHandle<()>,
+}
+
+pub fn proxy_dialer(
+    tee: &str,
+    proxy_policy: &str,
+    is_test: bool,
+    pccs_url: &str,
+    pow_max_difficulty: u32,
+    state_dir: &Path,
+) -> Result<ProxyDialer, String> {
+    let RoleIdentity {
+        resolver,
+        source,
+        tee,
+    } = identity(tee, is_test, state_dir)?;
+    let refresh = spawn_identity_refresh(&resolver, source);
+    let verifier = peer_verifier(proxy_policy, is_test, pccs_url, state_dir)?;
+    let connector = RatlsConnector::new(
+        resolver,
+        verifier,
+        pow_max_difficulty,
+        cocoon_net::Config::default(),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(ProxyDialer {
+        connector,
+        tee,
+        refresh,
+    })
 }
 
 /// Resolves on SIGINT or SIGTERM.

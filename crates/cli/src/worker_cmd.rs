@@ -16,7 +16,6 @@ use clap::Args;
 use cocoon_engine::store::{self, ModelStore};
 use cocoon_engine::{BackendKind, Engine, HttpEngine, HttpEngineConfig, Tokenizer};
 use cocoon_openai::{Multipliers, PriceTable};
-use cocoon_ratls::net::RatlsConnector;
 use cocoon_worker::{AdminConfig, PayoutSink, Timings, Worker, WorkerConfig};
 use serde::Deserialize;
 
@@ -250,20 +249,18 @@ async fn engine(
 
 async fn run(s: WorkerSettings) -> Result<(), String> {
     let state_dir = role::state_dir(&s.state_dir, "worker")?;
-    let role::RoleIdentity {
-        resolver,
-        source,
+    let role::ProxyDialer {
+        connector,
         tee,
-    } = role::identity(&s.tee, s.is_test, &state_dir)?;
-    let _refresh = role::spawn_identity_refresh(&resolver, source);
-    let verifier = role::peer_verifier(&s.proxy_policy, s.is_test, &s.pccs_url, &state_dir)?;
-    let connector = RatlsConnector::new(
-        resolver,
-        verifier,
+        refresh: _refresh,
+    } = role::proxy_dialer(
+        &s.tee,
+        &s.proxy_policy,
+        s.is_test,
+        &s.pccs_url,
         s.pow_max_difficulty,
-        cocoon_net::Config::default(),
-    )
-    .map_err(|e| e.to_string())?;
+        &state_dir,
+    )?;
 
     let (engine, model_id, tokenizer) = engine(&s).await?;
     let chain = role::toncenter(&s.ton_url, &s.ton_api_key_file)?;

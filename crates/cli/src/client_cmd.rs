@@ -236,11 +236,7 @@ fn secret(configured: &str, state_dir: &Path) -> Result<Vec<u8>, String> {
 
 async fn run(s: ClientSettings) -> Result<(), String> {
     let state_dir = role::state_dir(&s.state_dir, "client")?;
-    let role::ProxyDialer {
-        connector,
-        tee,
-        refresh: _refresh,
-    } = role::proxy_dialer(
+    let role::ProxyDialer { connector, tee } = role::proxy_dialer(
         &s.tee,
         &s.proxy_policy,
         s.is_test,

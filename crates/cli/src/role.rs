@@ -1,5 +1,6 @@
-//! What every long-running role (`worker`, `proxy`, `client`) sets up the same way: logging, its state directory, its RA-TLS identity from this machine's TEE, the policy
-//! its peers are verified with, and the stop signal.
+//! What every long-running role (`worker`, `proxy`, `client`) sets up the same way: logging,
+//! its state directory, its RA-TLS identity from this machine's TEE, the policy its peers are
+//! verified with, and the stop signal.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -154,12 +155,12 @@ pub fn peer_verifier_with(
     Ok(RatlsVerifier::new(cfg))
 }
 
-/// What a role that dials proxies (a worker, a client) connects with: its identity from `tee`,
-/// refreshed hourly by `refresh`, and proxies verified under `proxy_policy`.
+/// What a role that dials proxies (a worker, a client) connects with: its identity from `tee`
+/// (which TEE that resolved to), refreshed hourly in the background, and proxies verified
+/// under `proxy_policy`.
 pub struct ProxyDialer {
     pub connector: RatlsConnector,
     pub tee: &'static str,
-    pub refresh: tokio::task::JoinHandle<()>,
 }
 
 pub fn proxy_dialer(
@@ -175,7 +176,7 @@ pub fn proxy_dialer(
         source,
         tee,
     } = identity(tee, is_test, state_dir)?;
-    let refresh = spawn_identity_refresh(&resolver, source);
+    spawn_identity_refresh(&resolver, source);
     let verifier = peer_verifier(proxy_policy, is_test, pccs_url, state_dir)?;
     let connector = RatlsConnector::new(
         resolver,
@@ -184,11 +185,7 @@ pub fn proxy_dialer(
         cocoon_net::Config::default(),
     )
     .map_err(|e| e.to_string())?;
-    Ok(ProxyDialer {
-        connector,
-        tee,
-        refresh,
-    })
+    Ok(ProxyDialer { connector, tee })
 }
 
 /// Resolves on SIGINT or SIGTERM.

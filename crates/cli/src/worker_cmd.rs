@@ -249,11 +249,7 @@ async fn engine(
 
 async fn run(s: WorkerSettings) -> Result<(), String> {
     let state_dir = role::state_dir(&s.state_dir, "worker")?;
-    let role::ProxyDialer {
-        connector,
-        tee,
-        refresh: _refresh,
-    } = role::proxy_dialer(
+    let role::ProxyDialer { connector, tee } = role::proxy_dialer(
         &s.tee,
         &s.proxy_policy,
         s.is_test,

@@ -56,6 +56,31 @@ pub enum ChainError {
         /// The last error.
         last: Box<ChainError>,
     },
+    /// Fewer than `quorum` independently configured endpoints gave the same answer (or two
+    /// different answers both reached it), so no answer is returned: the caller keeps what
+    /// it had. Answers are named by a short hash, never by their content.
+    #[error(
+        "no quorum of {quorum} for {what}: {}",
+        answers.iter().map(|a| format!("{} said {}", a.endpoint, a.said)).collect::<Vec<_>>().join(", ")
+    )]
+    NoQuorum {
+        /// The read, e.g. `account 0:ab..`.
+        what: String,
+        /// Endpoints that had to agree.
+        quorum: usize,
+        /// What each endpoint said in the last round.
+        answers: Vec<EndpointAnswer>,
+    },
+}
+
+/// One endpoint's part in a failed quorum read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointAnswer {
+    /// The endpoint (its URL without credentials, query or fragment).
+    pub endpoint: String,
+    /// `answer <first 8 bytes of the answer's SHA-256 in hex>`, `error: <reason>`, or
+    /// `no answer` when the read was decided without it.
+    pub said: String,
 }
 
 impl ChainError {
@@ -64,6 +89,24 @@ impl ChainError {
         match self {
             ChainError::Transport(_) => true,
             ChainError::Http { status, .. } => *status == 429 || *status >= 500,
+            _ => false,
+        }
+    }
+
+    /// Whether this is a [`ChainError::NoQuorum`] in which endpoints gave different answers
+    /// (rather than too few answering at all): a lie or a lag the rounds did not resolve.
+    pub fn is_disagreement(&self) -> bool {
+        match self {
+            ChainError::NoQuorum { answers, .. } => {
+                let mut seen: Vec<&str> = answers
+                    .iter()
+                    .filter(|a| a.said.starts_with("answer "))
+                    .map(|a| a.said.as_str())
+                    .collect();
+                seen.sort_unstable();
+                seen.dedup();
+                seen.len() >= 2
+            }
             _ => false,
         }
     }
@@ -350,6 +393,13 @@ pub trait Chain: Send + Sync {
 
     /// The latest masterchain seqno (a liveness probe).
     fn masterchain_seqno(&self) -> impl Future<Output = Result<u32, ChainError>> + Send;
+
+    /// Reads refused so far because the configured endpoints gave different answers
+    /// ([`crate::quorum::QuorumChain`] counts them; a single backend has none). Roles show it
+    /// to the operator.
+    fn quorum_disagreements(&self) -> u64 {
+        0
+    }
 }
 
 /// Reads and parses the root contract's storage (what every runner does to learn the network

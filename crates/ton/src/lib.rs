@@ -12,7 +12,8 @@
 //! - [`keys`]: Ed25519 keys from files;
 //! - [`wallet`]: standard wallets v4r2/v5r1 and a resending sender;
 //! - [`chain`], [`toncenter`]: the `Chain` trait and its toncenter-v2 HTTP client
-//!   (with the devnet's faucet/clock extension).
+//!   (with the devnet's faucet/clock extension);
+//! - [`quorum`]: a `Chain` over several endpoints whose reads need a quorum.
 //!
 //! Cells are `tycho-types` cells, the same type the devnet's TVM executes.
 #![forbid(unsafe_code)]
@@ -24,6 +25,7 @@ pub mod keys;
 pub mod messages;
 pub mod opcodes;
 pub mod payments;
+pub mod quorum;
 pub mod root;
 pub mod toncenter;
 pub mod vectors;

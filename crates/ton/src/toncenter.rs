@@ -10,6 +10,10 @@
 //! exponential backoff, moving to the next endpoint each time (failover); other 4xx and
 //! `ok: false` answers are returned at once. The API key goes in the `X-API-Key` header and
 //! never into logs or `Debug`.
+//!
+//! Trust: HTTPS endpoints are checked against the bundled WebPKI roots plus the certificates
+//! in [`ToncenterConfig::extra_roots`], and nothing else: the machine's CA bundle and
+//! `SSL_CERT_FILE` are not read, because inside a TEE the host controls both.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -40,6 +44,9 @@ pub struct ToncenterConfig {
     pub max_attempts: u32,
     /// First backoff delay; doubled per retry, capped at 2 s.
     pub backoff: Duration,
+    /// CA certificates trusted besides the WebPKI roots (an explicit setting, e.g. for a
+    /// private endpoint or a TLS-inspecting egress proxy).
+    pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 impl std::fmt::Debug for ToncenterConfig {
@@ -50,6 +57,7 @@ impl std::fmt::Debug for ToncenterConfig {
             .field("timeout", &self.timeout)
             .field("max_attempts", &self.max_attempts)
             .field("backoff", &self.backoff)
+            .field("extra_roots", &self.extra_roots.len())
             .finish()
     }
 }
@@ -63,6 +71,7 @@ impl ToncenterConfig {
             timeout: Duration::from_secs(10),
             max_attempts: 4,
             backoff: Duration::from_millis(200),
+            extra_roots: Vec::new(),
         }
     }
 }
@@ -101,17 +110,11 @@ impl Toncenter {
         let mut builder = reqwest::Client::builder()
             .timeout(cfg.timeout)
             .connect_timeout(cfg.timeout);
-        // The machine's CA bundle as well as the bundled WebPKI roots: private endpoints and
-        // TLS-inspecting egress proxies the machine trusts must work.
-        let bundle = std::env::var_os("SSL_CERT_FILE")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| "/etc/ssl/certs/ca-certificates.crt".into());
-        if let Ok(pem) = std::fs::read(&bundle)
-            && let Ok(certs) = reqwest::Certificate::from_pem_bundle(&pem)
-        {
-            for c in certs {
-                builder = builder.add_root_certificate(c);
-            }
+        // The bundled WebPKI roots, plus only what the configuration names explicitly.
+        for der in &cfg.extra_roots {
+            let c = reqwest::Certificate::from_der(der)
+                .map_err(|e| ChainError::Decode(format!("extra CA certificate: {e}")))?;
+            builder = builder.add_root_certificate(c);
         }
         let http = builder
             .build()

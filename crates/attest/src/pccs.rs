@@ -72,6 +72,16 @@ impl PccsClient {
 
     /// [`Self::new`] with a per-request timeout.
     pub fn with_timeout(base_url: &str, timeout: Duration) -> Result<Self, AttestError> {
+        Self::with_roots(base_url, timeout, &[])
+    }
+
+    /// [`Self::with_timeout`], also trusting `extra_roots` for HTTPS (an explicit setting,
+    /// e.g. a local PCCS's own CA; the environment's `SSL_CERT_FILE` is not read).
+    pub fn with_roots(
+        base_url: &str,
+        timeout: Duration,
+        extra_roots: &[rustls::pki_types::CertificateDer<'static>],
+    ) -> Result<Self, AttestError> {
         let bad = |r: String| AttestError::PccsConfig(r);
         let mut base = base_url.trim().trim_end_matches('/');
         for suffix in ["/sgx/certification/v4", "/tdx/certification/v4"] {
@@ -85,18 +95,9 @@ impl PccsClient {
         }
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        // The machine's CA bundle too: a local PCCS usually has a private CA, and egress proxies
-        // that inspect TLS present their own.
-        let bundle = std::env::var_os("SSL_CERT_FILE")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| "/etc/ssl/certs/ca-certificates.crt".into());
-        if let Ok(data) = std::fs::read(&bundle) {
-            let ders = x509_parser::pem::Pem::iter_from_buffer(&data)
-                .filter_map(Result::ok)
-                .filter(|p| p.label == "CERTIFICATE")
-                .map(|p| rustls::pki_types::CertificateDer::from(p.contents));
-            roots.add_parsable_certificates(ders);
-        }
+        // Only CAs named by the configuration besides WebPKI (collateral is signature-checked
+        // up to Intel's pinned root anyway; this is about reaching the server).
+        roots.add_parsable_certificates(extra_roots.iter().cloned());
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))

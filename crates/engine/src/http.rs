@@ -79,6 +79,8 @@ pub struct HttpEngineConfig {
     pub max_concurrency: u32,
     /// Context length, if known.
     pub context_length: Option<u32>,
+    /// CA certificates trusted besides the WebPKI roots for an `https://` backend.
+    pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 impl std::fmt::Debug for HttpEngineConfig {
@@ -106,6 +108,7 @@ impl HttpEngineConfig {
             connect_timeout: Duration::from_secs(5),
             max_concurrency: 64,
             context_length: None,
+            extra_roots: Vec::new(),
         }
     }
 }
@@ -125,7 +128,7 @@ const BODY_CHANNEL: usize = 32;
 impl HttpEngine {
     /// Creates the engine (no request is sent until [`Engine::submit`] or [`Engine::health`]).
     pub fn new(cfg: HttpEngineConfig) -> Result<Self, EngineError> {
-        let client = crate::http_client(cfg.connect_timeout)
+        let client = crate::http_client(cfg.connect_timeout, &cfg.extra_roots)
             .map_err(|e| EngineError::Unreachable(format!("HTTP client: {e}")))?;
         Ok(HttpEngine {
             cfg,

@@ -531,7 +531,9 @@ pub async fn download(
         url: url.to_owned(),
         message,
     };
-    let client = crate::http_client(Duration::from_secs(30)).map_err(|e| http(e.to_string()))?;
+    // Pinned content: the machine's own bundle is trusted here (see `os_ca_bundle`).
+    let client = crate::http_client(Duration::from_secs(30), &crate::os_ca_bundle())
+        .map_err(|e| http(e.to_string()))?;
     let mut resp = client
         .get(url)
         .send()

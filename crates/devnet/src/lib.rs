@@ -15,11 +15,13 @@
 //! - [`api`]: the axum server (toncenter v2 subset + `/_devnet/*` controls).
 //! - [`root`]: deploys Cocoon's root contract at start-up.
 //! - [`run`]: start-up and serving (what `cocoon devnet` runs).
+//! - [`fake`]: extra endpoints over the same chain whose answers tests rewrite (lying nodes).
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod chain;
 pub mod config;
+pub mod fake;
 pub mod root;
 pub mod run;
 pub mod stack;

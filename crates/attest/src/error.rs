@@ -34,6 +34,15 @@ pub enum AttestError {
         url: String,
         reason: String,
     },
+    #[error("cannot fetch {item} for {product} from {url}: {reason}")]
+    KdsFetch {
+        product: String,
+        item: String,
+        url: String,
+        reason: String,
+    },
+    #[error("AMD KDS client: {0}")]
+    KdsConfig(String),
     #[error("invalid policy: {0}")]
     InvalidPolicy(String),
     #[error("PCCS client: {0}")]

@@ -4,6 +4,7 @@
 use sha2::{Digest, Sha512};
 
 use crate::error::AttestError;
+use crate::kds::{self, SevCollateral};
 use crate::model::{Backend, Measurements, TcbStatus, VerifiedPeer};
 use crate::sev::{self, SevPolicy};
 use crate::sim;
@@ -67,8 +68,12 @@ pub struct Policy {
     pub allowed_sim_signers: Vec<[u8; 32]>,
     /// Whether this policy serves a network marked as test; sim evidence needs it.
     pub is_test_network: bool,
-    /// SEV-SNP checks beyond signatures (minimum TCB, debug, migration agent, VMPL 0).
+    /// SEV-SNP checks beyond signatures (minimum TCB, debug, migration agent, VMPL 0, CRL).
     pub sev: SevPolicy,
+    /// Where SEV-SNP verification reads AMD's CRLs (a [`crate::KdsFetcher`] or
+    /// [`crate::VcekStore`]; never the network). `None` with `sev.require_crl` refuses
+    /// every SEV-SNP report.
+    pub sev_collateral: Option<SevCollateral>,
     /// Upper bound on [`VerifiedPeer::valid_until`] − `now`.
     pub max_validity_secs: u64,
 }
@@ -109,13 +114,37 @@ struct PolicyFile {
 #[serde(deny_unknown_fields)]
 struct SevPolicyFile {
     #[serde(default)]
-    min_tcb: Option<SevTcbFile>,
+    min_tcb: Option<SevMinTcbFile>,
     #[serde(default)]
     allow_debug: bool,
     #[serde(default)]
     allow_migration_agent: bool,
     #[serde(default)]
     require_vmpl0: Option<bool>,
+    #[serde(default)]
+    require_crl: Option<bool>,
+    #[serde(default)]
+    crl_grace_secs: Option<u64>,
+}
+
+/// `min_tcb`: one TCB for every product, or per product (omitted products keep the
+/// default floor).
+#[derive(Debug, serde::Deserialize)]
+#[serde(untagged)]
+enum SevMinTcbFile {
+    All(SevTcbFile),
+    PerProduct(SevPerProductFile),
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SevPerProductFile {
+    #[serde(default)]
+    milan: Option<SevTcbFile>,
+    #[serde(default)]
+    genoa: Option<SevTcbFile>,
+    #[serde(default)]
+    turin: Option<SevTcbFile>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -125,6 +154,20 @@ struct SevTcbFile {
     tee: u8,
     snp: u8,
     microcode: u8,
+    #[serde(default)]
+    fmc: u8,
+}
+
+impl SevTcbFile {
+    fn tcb(&self) -> sev::SevTcb {
+        sev::SevTcb {
+            bootloader: self.bootloader,
+            tee: self.tee,
+            snp: self.snp,
+            microcode: self.microcode,
+            fmc: self.fmc,
+        }
+    }
 }
 
 fn hex_n<const N: usize>(field: &str, s: &str) -> Result<[u8; N], AttestError> {
@@ -197,18 +240,31 @@ impl Policy {
         p.allowed_sim_signers = hex_list("sim_signers", &f.sim_signers)?;
         p.is_test_network = f.test_network;
         if let Some(sev) = f.sev {
-            if let Some(t) = sev.min_tcb {
-                p.sev.min_tcb = sev::SevTcb {
-                    bootloader: t.bootloader,
-                    tee: t.tee,
-                    snp: t.snp,
-                    microcode: t.microcode,
-                };
+            match sev.min_tcb {
+                None => {}
+                Some(SevMinTcbFile::All(t)) => p.sev.min_tcb = sev::SevMinTcb::uniform(t.tcb()),
+                Some(SevMinTcbFile::PerProduct(per)) => {
+                    for (slot, t) in [
+                        (&mut p.sev.min_tcb.milan, per.milan),
+                        (&mut p.sev.min_tcb.genoa, per.genoa),
+                        (&mut p.sev.min_tcb.turin, per.turin),
+                    ] {
+                        if let Some(t) = t {
+                            *slot = t.tcb();
+                        }
+                    }
+                }
             }
             p.sev.allow_debug = sev.allow_debug;
             p.sev.allow_migration_agent = sev.allow_migration_agent;
             if let Some(v) = sev.require_vmpl0 {
                 p.sev.require_vmpl0 = v;
+            }
+            if let Some(v) = sev.require_crl {
+                p.sev.require_crl = v;
+            }
+            if let Some(v) = sev.crl_grace_secs {
+                p.sev.crl_grace_secs = v;
             }
         }
         if let Some(v) = f.max_validity_secs {
@@ -234,12 +290,15 @@ impl Policy {
             allowed_sim_signers: Vec::new(),
             is_test_network: false,
             sev: SevPolicy::default(),
+            sev_collateral: None,
             max_validity_secs: 86_400,
         }
     }
 
     /// Production SEV-SNP policy: debug and migration agents refused, VMPL 0 required,
-    /// sim rejected. Set `sev.min_tcb` and the image-hash allowlist for the deployment.
+    /// AMD's bulletin TCB floors ([`sev::SevMinTcb::AMD_BULLETINS`]), a fresh ARK-signed CRL
+    /// required (attach `sev_collateral`, e.g. a [`crate::KdsFetcher`]), sim rejected. Set
+    /// the image-hash allowlist for the deployment.
     pub fn sev_default() -> Self {
         Self {
             allowed_backends: vec![Backend::SevSnp],
@@ -383,10 +442,12 @@ impl Policy {
     }
 
     /// SEV-SNP: signatures, the ARK pinned to AMD's roots, certificate validity at `now`,
-    /// chip id / TCB binding to the VCEK and [`SevPolicy`] are checked by
-    /// [`sev::verify_report_at`]. AMD's CRLs are not checked (that needs the network); the TCB
-    /// status is reported as `UpToDate` once the minimum TCB is met. `valid_until` is capped
-    /// by the earliest `notAfter` of the VCEK, ASK and ARK.
+    /// chip id / TCB binding to the VCEK and [`SevPolicy`] (per-product TCB floor) are
+    /// checked by [`sev::verify_report_full_at`]; then the product's CRL from
+    /// `sev_collateral` by [`kds::check_revocation`]: a listed ASK or VCEK is refused; a
+    /// missing or stale CRL is refused when `sev.require_crl`. The TCB status is reported as
+    /// `UpToDate` once all that passes. `valid_until` is capped by the earliest `notAfter` of
+    /// the VCEK, ASK and ARK and, with a fresh CRL, by its `nextUpdate` + grace.
     fn evaluate_sev(
         &self,
         report: &[u8],
@@ -395,8 +456,24 @@ impl Policy {
         now: u64,
     ) -> Result<VerifiedPeer, AttestError> {
         let now_unix = i64::try_from(now).unwrap_or(i64::MAX);
-        let info = sev::verify_report_at(report, vcek_der, chain_pem, &self.sev, now_unix)?;
+        let v = sev::verify_report_full_at(report, vcek_der, chain_pem, &self.sev, now_unix)?;
+        let crl = match &self.sev_collateral {
+            Some(source) => source.source().crl(v.generation, now),
+            None => Err(AttestError::MissingCollateral {
+                what: format!(
+                    "AMD {} CRL: no AMD KDS cache is configured (kds_url, or --kds / \
+                     --kds-dir)",
+                    v.generation
+                ),
+            }),
+        };
+        let crl_fresh_until = match crl {
+            Ok(crl) => kds::check_revocation(&v, &crl, &self.sev, now)?,
+            Err(e) if self.sev.require_crl => return Err(e),
+            Err(_) => None,
+        };
         let certs_expire = sev::certs_not_after(vcek_der, chain_pem)?;
+        let info = v.info;
         Ok(VerifiedPeer {
             backend: Backend::SevSnp,
             image_hash: sev::image_hash(&info),
@@ -408,7 +485,9 @@ impl Policy {
             advisory_ids: Vec::new(),
             report_data: info.report_data,
             public_key: None,
-            valid_until: certs_expire.min(now.saturating_add(self.max_validity_secs)),
+            valid_until: certs_expire
+                .min(crl_fresh_until.unwrap_or(u64::MAX))
+                .min(now.saturating_add(self.max_validity_secs)),
         })
     }
 

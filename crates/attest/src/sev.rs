@@ -12,12 +12,14 @@
 //! * the report's `CHIP_ID` must equal the VCEK's hwID extension (`1.3.6.1.4.1.3704.1.4`);
 //! * the report must be signed by the VCEK (`KEY_INFO.SIGNING_KEY == 0`), with
 //!   `SIGNATURE_ALGO == 1` (ECDSA P-384 with SHA-384);
-//! * a [`SevPolicy`]: debug, migration agent, VMPL 0, minimum TCB.
+//! * a [`SevPolicy`]: debug, migration agent, VMPL 0, and a minimum TCB per product
+//!   ([`SevMinTcb`], by default [`SevMinTcb::AMD_BULLETINS`]; FMC included on Turin).
 //!
 //! * the ARK, ASK and VCEK must be within their validity periods (system clock in
 //!   [`verify_report`], an explicit time in [`verify_report_at`]).
 //!
-//! Not checked here: AMD KDS CRLs (no network in this module) and VLEK-signed reports.
+//! Not checked here: AMD's CRLs (see [`crate::kds`]: [`crate::Policy`] checks the VCEK and
+//! ASK against the cached, ARK-signed CRL of the product) and VLEK-signed reports (refused).
 //!
 //! Report layout: AMD SEV-SNP ABI specification, `ATTESTATION_REPORT` structure (0x4A0 bytes).
 
@@ -38,7 +40,7 @@ const OFF_KEY_INFO: usize = 0x48;
 const OFF_REPORT_DATA: usize = 0x50;
 const OFF_MEASUREMENT: usize = 0x90;
 const OFF_HOST_DATA: usize = 0xC0;
-const OFF_REPORTED_TCB: usize = 0x180;
+pub(crate) const OFF_REPORTED_TCB: usize = 0x180;
 const OFF_CPUID_FAM: usize = 0x188;
 const OFF_CHIP_ID: usize = 0x1A0;
 const OFF_SIG_R: usize = 0x2A0;
@@ -62,12 +64,125 @@ const OID_TCB_FMC: &str = "1.3.6.1.4.1.3704.1.3.9";
 const OID_HWID: &str = "1.3.6.1.4.1.3704.1.4";
 
 /// A TCB version (security version numbers of the firmware components).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
 pub struct SevTcb {
     pub bootloader: u8,
     pub tee: u8,
     pub snp: u8,
     pub microcode: u8,
+    /// Turin's FMC (firmware mask ROM) SVN. Milan and Genoa have no FMC: 0 there, and a
+    /// minimum set here is ignored for them.
+    pub fmc: u8,
+}
+
+impl SevTcb {
+    /// `fmc-bl-tee-snp-ucode` as ten hex digits, e.g. `0003000873` (VCEK cache file names).
+    pub fn key(&self) -> String {
+        hex::encode([
+            self.fmc,
+            self.bootloader,
+            self.tee,
+            self.snp,
+            self.microcode,
+        ])
+    }
+}
+
+impl std::fmt::Display for SevTcb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "bootloader {} tee {} snp {} microcode {} fmc {}",
+            self.bootloader, self.tee, self.snp, self.microcode, self.fmc
+        )
+    }
+}
+
+/// The minimum TCB per AMD product. TCB numbers are not comparable across products (Turin
+/// counts its SVNs from scratch and adds the FMC), so each product has its own floor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SevMinTcb {
+    pub milan: SevTcb,
+    pub genoa: SevTcb,
+    pub turin: SevTcb,
+}
+
+impl SevMinTcb {
+    /// Cocoon's default floors, from AMD's product security bulletins as of 2026-12 (the
+    /// bulletins name the SNP firmware SPL and the microcode SPL, which is the low byte of
+    /// the patch level; bootloader, TEE and FMC floors are not named there and stay 0):
+    ///
+    /// * Milan (EPYC 7003, family 19h model 01h stepping 1): AMD-SB-3019 (2025-02-03,
+    ///   CVE-2024-56161, microcode signature bypass "EntrySign"): SNP SPL 0x16 = 22,
+    ///   microcode 0x0A0011DB = 219. The Milan values of AMD-SB-3020 and AMD-SB-3027 are not
+    ///   in this table; a deployment raises them in its policy file.
+    /// * Genoa (EPYC 9004, family 19h model 11h stepping 1): AMD-SB-3020 (2025-10,
+    ///   CVE-2025-0033, RMP initialisation race): SNP SPL 0x1B = 27 with microcode
+    ///   0x0A101156; AMD-SB-3027 (CVE-2025-29943, "StackWarp"): microcode SPL >= 0x56 = 86.
+    ///   Both are above AMD-SB-3019's 0x17 / 0x54.
+    /// * Turin (EPYC 9005, family 1Ah model 02h stepping 1): AMD-SB-3020: SNP SPL 0x04;
+    ///   AMD-SB-3027: microcode SPL >= 0x51 = 81.
+    ///
+    /// Milan-X, Genoa-X and Bergamo/Siena run their own microcode patch lines whose numbers
+    /// are lower (e.g. Genoa-X 0x51 under AMD-SB-3027): these floors refuse them (fail
+    /// closed) unless a policy file lowers that product's microcode floor. AMD has no
+    /// "UpToDate" verdict like Intel's: these floors must follow AMD's bulletins.
+    pub const AMD_BULLETINS: SevMinTcb = SevMinTcb {
+        milan: SevTcb {
+            bootloader: 0,
+            tee: 0,
+            snp: 22,
+            microcode: 219,
+            fmc: 0,
+        },
+        genoa: SevTcb {
+            bootloader: 0,
+            tee: 0,
+            snp: 27,
+            microcode: 86,
+            fmc: 0,
+        },
+        turin: SevTcb {
+            bootloader: 0,
+            tee: 0,
+            snp: 4,
+            microcode: 81,
+            fmc: 0,
+        },
+    };
+
+    /// No floor at all (tests on old sample reports only).
+    pub const NONE: SevMinTcb = SevMinTcb::uniform(SevTcb {
+        bootloader: 0,
+        tee: 0,
+        snp: 0,
+        microcode: 0,
+        fmc: 0,
+    });
+
+    /// The same floor for every product.
+    pub const fn uniform(tcb: SevTcb) -> Self {
+        SevMinTcb {
+            milan: tcb,
+            genoa: tcb,
+            turin: tcb,
+        }
+    }
+
+    /// The floor for `generation`.
+    pub fn for_generation(&self, generation: SevGeneration) -> SevTcb {
+        match generation {
+            SevGeneration::Milan => self.milan,
+            SevGeneration::Genoa => self.genoa,
+            SevGeneration::Turin => self.turin,
+        }
+    }
+}
+
+impl Default for SevMinTcb {
+    fn default() -> Self {
+        Self::AMD_BULLETINS
+    }
 }
 
 /// The fields of an SEV-SNP attestation report that Cocoon uses.
@@ -84,36 +199,88 @@ pub struct SevReportInfo {
     pub migrate_ma_allowed: bool,
 }
 
+/// Default grace after a CRL's `nextUpdate` during which it still counts as fresh: AMD or
+/// its KDS may publish late, and a week-long outage should not stop every SEV-SNP peer.
+pub const DEFAULT_CRL_GRACE_SECS: u64 = 7 * 86_400;
+
 /// What a verified report must satisfy beyond its signatures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SevPolicy {
-    /// Each reported TCB component must be at least this.
-    pub min_tcb: SevTcb,
+    /// Each reported TCB component must be at least the floor of the report's product.
+    pub min_tcb: SevMinTcb,
     /// Accept guests whose policy allows debugging (host can read guest memory).
     pub allow_debug: bool,
     /// Accept guests whose policy allows a migration agent.
     pub allow_migration_agent: bool,
     /// Require the report to have been requested at VMPL 0.
     pub require_vmpl0: bool,
+    /// Require a fresh, ARK-signed CRL of the product ([`crate::kds`]) and refuse when none
+    /// is cached or it is stale (fail closed). When false, a cached CRL is still applied
+    /// (revocations are permanent, even in a stale CRL) but its absence is accepted.
+    pub require_crl: bool,
+    /// Seconds after a CRL's `nextUpdate` during which it still counts as fresh.
+    pub crl_grace_secs: u64,
 }
 
 impl Default for SevPolicy {
     fn default() -> Self {
         Self {
-            min_tcb: SevTcb::default(),
+            min_tcb: SevMinTcb::default(),
             allow_debug: false,
             allow_migration_agent: false,
             require_vmpl0: true,
+            require_crl: true,
+            crl_grace_secs: DEFAULT_CRL_GRACE_SECS,
         }
     }
 }
 
 /// AMD product generation, identified by which built-in ARK signed the chain.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SevGeneration {
     Milan,
     Genoa,
     Turin,
+}
+
+impl SevGeneration {
+    /// Every product Cocoon knows the AMD root of.
+    pub const ALL: [SevGeneration; 3] = [
+        SevGeneration::Milan,
+        SevGeneration::Genoa,
+        SevGeneration::Turin,
+    ];
+
+    /// The product name as the AMD KDS spells it in URLs (`Milan`, `Genoa`, `Turin`).
+    pub fn name(self) -> &'static str {
+        match self {
+            SevGeneration::Milan => "Milan",
+            SevGeneration::Genoa => "Genoa",
+            SevGeneration::Turin => "Turin",
+        }
+    }
+
+    /// The inverse of [`Self::name`] (case-insensitive).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|g| g.name().eq_ignore_ascii_case(name))
+    }
+
+    /// Length of the VCEK hwID (and of the chip id's significant prefix): 64 bytes on
+    /// Milan and Genoa, 8 on Turin.
+    pub fn hwid_len(self) -> usize {
+        match self {
+            SevGeneration::Turin => 8,
+            _ => 64,
+        }
+    }
+}
+
+impl std::fmt::Display for SevGeneration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// Why an SEV-SNP report was refused. Each variant names the check and the value.
@@ -182,12 +349,44 @@ pub enum SevError {
     MigrationAgentAllowed,
     #[error("SEV-SNP policy: report VMPL is {0}, VMPL 0 required")]
     VmplNotZero(u32),
-    #[error("SEV-SNP policy: reported TCB {component} = {reported} is below the minimum {min}")]
+    #[error(
+        "SEV-SNP policy: reported TCB {component} = {reported} is below the {product} minimum {min}"
+    )]
     TcbTooLow {
+        product: SevGeneration,
         component: &'static str,
         reported: u8,
         min: u8,
     },
+    #[error("SEV-SNP {which} certificate (serial {serial}) is revoked by AMD's {product} CRL")]
+    Revoked {
+        which: &'static str,
+        product: SevGeneration,
+        serial: String,
+    },
+    #[error(
+        "SEV-SNP {product} CRL is stale: nextUpdate {next_update} + grace {grace}s < now {now} \
+         (unix seconds); the policy requires a fresh CRL"
+    )]
+    CrlStale {
+        product: SevGeneration,
+        next_update: u64,
+        grace: u64,
+        now: u64,
+    },
+    #[error("SEV-SNP {product} CRL not yet valid: thisUpdate {this_update} > now {now}")]
+    CrlNotYetValid {
+        product: SevGeneration,
+        this_update: u64,
+        now: u64,
+    },
+    #[error("SEV-SNP CRL is for {crl}, the certificate chain is {chain}")]
+    CrlProductMismatch {
+        crl: SevGeneration,
+        chain: SevGeneration,
+    },
+    #[error("SEV-SNP {product} CRL issuer is not the issuer of the ASK")]
+    CrlIssuerMismatch { product: SevGeneration },
 }
 
 fn read_u32(b: &[u8], off: usize) -> u32 {
@@ -210,27 +409,23 @@ fn read_arr<const N: usize>(b: &[u8], off: usize) -> [u8; N] {
 
 /// Raw TCB_VERSION decoding. Milan/Genoa: `[bl, tee, 0, 0, 0, 0, snp, ucode]`;
 /// Turin: `[fmc, bl, tee, snp, 0, 0, 0, ucode]`.
-fn decode_tcb(raw: [u8; 8], turin: bool) -> (SevTcb, Option<u8>) {
+pub(crate) fn decode_tcb(raw: [u8; 8], turin: bool) -> SevTcb {
     if turin {
-        (
-            SevTcb {
-                bootloader: raw[1],
-                tee: raw[2],
-                snp: raw[3],
-                microcode: raw[7],
-            },
-            Some(raw[0]),
-        )
+        SevTcb {
+            bootloader: raw[1],
+            tee: raw[2],
+            snp: raw[3],
+            microcode: raw[7],
+            fmc: raw[0],
+        }
     } else {
-        (
-            SevTcb {
-                bootloader: raw[0],
-                tee: raw[1],
-                snp: raw[6],
-                microcode: raw[7],
-            },
-            None,
-        )
+        SevTcb {
+            bootloader: raw[0],
+            tee: raw[1],
+            snp: raw[6],
+            microcode: raw[7],
+            fmc: 0,
+        }
     }
 }
 
@@ -249,7 +444,6 @@ fn guess_turin(report: &[u8], version: u32, chip_id: &[u8; 64]) -> bool {
 struct ParsedReport {
     info: SevReportInfo,
     raw_tcb: [u8; 8],
-    guessed_turin: bool,
 }
 
 fn parse_inner(report: &[u8]) -> Result<ParsedReport, SevError> {
@@ -267,7 +461,7 @@ fn parse_inner(report: &[u8]) -> Result<ParsedReport, SevError> {
     let chip_id: [u8; 64] = read_arr(report, OFF_CHIP_ID);
     let raw_tcb: [u8; 8] = read_arr(report, OFF_REPORTED_TCB);
     let guessed_turin = guess_turin(report, version, &chip_id);
-    let (reported_tcb, _) = decode_tcb(raw_tcb, guessed_turin);
+    let reported_tcb = decode_tcb(raw_tcb, guessed_turin);
     Ok(ParsedReport {
         info: SevReportInfo {
             version,
@@ -281,7 +475,6 @@ fn parse_inner(report: &[u8]) -> Result<ParsedReport, SevError> {
             migrate_ma_allowed: policy & POLICY_MIGRATE_MA != 0,
         },
         raw_tcb,
-        guessed_turin,
     })
 }
 
@@ -316,8 +509,13 @@ pub fn image_hash(info: &SevReportInfo) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// Checks a parsed report against a policy (no signature checks).
-pub fn check_policy(info: &SevReportInfo, policy: &SevPolicy) -> Result<(), SevError> {
+/// Checks a parsed report from a `generation` platform against a policy (no signature
+/// checks). The FMC floor applies to Turin only.
+pub fn check_policy(
+    info: &SevReportInfo,
+    policy: &SevPolicy,
+    generation: SevGeneration,
+) -> Result<(), SevError> {
     if info.debug_allowed && !policy.allow_debug {
         return Err(SevError::DebugAllowed);
     }
@@ -328,8 +526,14 @@ pub fn check_policy(info: &SevReportInfo, policy: &SevPolicy) -> Result<(), SevE
         return Err(SevError::VmplNotZero(info.vmpl));
     }
     let r = info.reported_tcb;
-    let m = policy.min_tcb;
+    let m = policy.min_tcb.for_generation(generation);
+    let fmc_min = if generation == SevGeneration::Turin {
+        m.fmc
+    } else {
+        0
+    };
     for (component, reported, min) in [
+        ("fmc", r.fmc, fmc_min),
         ("bootloader", r.bootloader, m.bootloader),
         ("tee", r.tee, m.tee),
         ("snp", r.snp, m.snp),
@@ -337,6 +541,7 @@ pub fn check_policy(info: &SevReportInfo, policy: &SevPolicy) -> Result<(), SevE
     ] {
         if reported < min {
             return Err(SevError::TcbTooLow {
+                product: generation,
                 component,
                 reported,
                 min,
@@ -347,7 +552,7 @@ pub fn check_policy(info: &SevReportInfo, policy: &SevPolicy) -> Result<(), SevE
 }
 
 /// Splits a PEM bundle into DER certificates.
-fn pem_certs(chain_pem: &[u8]) -> Result<Vec<Vec<u8>>, SevError> {
+pub(crate) fn pem_certs(chain_pem: &[u8]) -> Result<Vec<Vec<u8>>, SevError> {
     let mut out = Vec::new();
     for pem in x509_parser::pem::Pem::iter_from_buffer(chain_pem) {
         let pem = pem.map_err(|e| SevError::ChainPem(e.to_string()))?;
@@ -362,7 +567,10 @@ fn pem_certs(chain_pem: &[u8]) -> Result<Vec<Vec<u8>>, SevError> {
     Ok(out)
 }
 
-fn parse_x509<'a>(which: &'static str, der: &'a [u8]) -> Result<X509Certificate<'a>, SevError> {
+pub(crate) fn parse_x509<'a>(
+    which: &'static str,
+    der: &'a [u8],
+) -> Result<X509Certificate<'a>, SevError> {
     match X509Certificate::from_der(der) {
         Ok(([], cert)) => Ok(cert),
         Ok(_) => Err(SevError::CertParse {
@@ -376,14 +584,17 @@ fn parse_x509<'a>(which: &'static str, der: &'a [u8]) -> Result<X509Certificate<
     }
 }
 
-fn sev_cert(which: &'static str, der: &[u8]) -> Result<sev::certs::snp::Certificate, SevError> {
+pub(crate) fn sev_cert(
+    which: &'static str,
+    der: &[u8],
+) -> Result<sev::certs::snp::Certificate, SevError> {
     sev::certs::snp::Certificate::from_der(der).map_err(|e| SevError::CertParse {
         which,
         reason: e.to_string(),
     })
 }
 
-fn cert_verify(
+pub(crate) fn cert_verify(
     signer: (&'static str, &sev::certs::snp::Certificate),
     signee: (&'static str, &sev::certs::snp::Certificate),
 ) -> Result<(), SevError> {
@@ -397,21 +608,26 @@ fn cert_verify(
         })
 }
 
+/// The AMD root key certificate (ARK, DER) of `generation` built into the `sev` crate.
+pub fn builtin_ark_der(generation: SevGeneration) -> Vec<u8> {
+    use sev::certs::snp::{Certificate, builtin};
+    let pem = match generation {
+        SevGeneration::Milan => builtin::milan::ARK,
+        SevGeneration::Genoa => builtin::genoa::ARK,
+        SevGeneration::Turin => builtin::turin::ARK,
+    };
+    // The built-in PEM is a constant of the `sev` crate, tested to parse
+    // (`builtin_arks_parse`); an empty result matches no certificate.
+    Certificate::from_pem(pem)
+        .and_then(|c| c.to_der())
+        .unwrap_or_default()
+}
+
 /// Which built-in AMD root (if any) has exactly this DER encoding.
 fn builtin_generation(ark_der: &[u8]) -> Option<SevGeneration> {
-    use sev::certs::snp::{Certificate, builtin};
-    [
-        (SevGeneration::Milan, builtin::milan::ARK),
-        (SevGeneration::Genoa, builtin::genoa::ARK),
-        (SevGeneration::Turin, builtin::turin::ARK),
-    ]
-    .into_iter()
-    .find(|(_, pem)| {
-        Certificate::from_pem(pem)
-            .and_then(|c| c.to_der())
-            .is_ok_and(|der| der == ark_der)
-    })
-    .map(|(g, _)| g)
+    SevGeneration::ALL
+        .into_iter()
+        .find(|g| builtin_ark_der(*g) == ark_der)
 }
 
 /// Parses a VCEK TCB extension value: a DER INTEGER in 0..=255.
@@ -433,13 +649,15 @@ fn ext_u8(oid: &'static str, value: &[u8]) -> Result<u8, SevError> {
     }
 }
 
-struct VcekFields {
-    tcb: SevTcb,
-    fmc: Option<u8>,
-    hwid: Vec<u8>,
+/// The TCB and hwID extensions of a VCEK certificate.
+pub(crate) struct VcekFields {
+    /// `fmc` is the FMC extension's value, or 0 when absent (Milan, Genoa).
+    pub tcb: SevTcb,
+    pub fmc: Option<u8>,
+    pub hwid: Vec<u8>,
 }
 
-fn vcek_fields(vcek: &X509Certificate<'_>) -> Result<VcekFields, SevError> {
+pub(crate) fn vcek_fields(vcek: &X509Certificate<'_>) -> Result<VcekFields, SevError> {
     let mut bl = None;
     let mut tee = None;
     let mut snp = None;
@@ -488,6 +706,7 @@ fn vcek_fields(vcek: &X509Certificate<'_>) -> Result<VcekFields, SevError> {
             tee: need(tee, OID_TCB_TEE)?,
             snp: need(snp, OID_TCB_SNP)?,
             microcode: need(ucode, OID_TCB_MICROCODE)?,
+            fmc: fmc.unwrap_or(0),
         },
         fmc,
         hwid,
@@ -525,7 +744,11 @@ fn compare_tcb(reported: SevTcb, vcek: SevTcb) -> Result<(), SevError> {
     Ok(())
 }
 
-fn check_validity(which: &'static str, der: &[u8], now_unix: i64) -> Result<(), SevError> {
+pub(crate) fn check_validity(
+    which: &'static str,
+    der: &[u8],
+    now_unix: i64,
+) -> Result<(), SevError> {
     let cert = parse_x509(which, der)?;
     let v = cert.validity();
     let (not_before, not_after) = (v.not_before.timestamp(), v.not_after.timestamp());
@@ -548,6 +771,31 @@ pub fn verify_vcek_chain(
     chain_pem: &[u8],
     now_unix: i64,
 ) -> Result<SevGeneration, SevError> {
+    verify_vcek_chain_inner(vcek_der, chain_pem, now_unix).map(|(g, _)| g)
+}
+
+/// [`verify_vcek_chain`], also returning the ASK (DER).
+fn verify_vcek_chain_inner(
+    vcek_der: &[u8],
+    chain_pem: &[u8],
+    now_unix: i64,
+) -> Result<(SevGeneration, Vec<u8>), SevError> {
+    let (generation, ask_der, ark_der) = split_chain(chain_pem)?;
+    let ark = sev_cert("ARK", &ark_der)?;
+    let ask = sev_cert("ASK", &ask_der)?;
+    let vcek = sev_cert("VCEK", vcek_der)?;
+    cert_verify(("ARK", &ark), ("ARK", &ark))?;
+    cert_verify(("ARK", &ark), ("ASK", &ask))?;
+    cert_verify(("ASK", &ask), ("VCEK", &vcek))?;
+    check_validity("ARK", &ark_der, now_unix)?;
+    check_validity("ASK", &ask_der, now_unix)?;
+    check_validity("VCEK", vcek_der, now_unix)?;
+    Ok((generation, ask_der))
+}
+
+/// Splits an ASK/ARK PEM bundle (either order) into (product of the pinned ARK, ASK DER,
+/// ARK DER). The ARK must be byte-identical to one of the AMD roots built in.
+pub(crate) fn split_chain(chain_pem: &[u8]) -> Result<(SevGeneration, Vec<u8>, Vec<u8>), SevError> {
     let ders = pem_certs(chain_pem)?;
     if ders.len() != 2 {
         return Err(SevError::ChainCertCount(ders.len()));
@@ -562,16 +810,7 @@ pub fn verify_vcek_chain(
         _ => return Err(SevError::ChainNoArk),
     };
     let generation = builtin_generation(ark_der).ok_or(SevError::UnknownArk)?;
-    let ark = sev_cert("ARK", ark_der)?;
-    let ask = sev_cert("ASK", ask_der)?;
-    let vcek = sev_cert("VCEK", vcek_der)?;
-    cert_verify(("ARK", &ark), ("ARK", &ark))?;
-    cert_verify(("ARK", &ark), ("ASK", &ask))?;
-    cert_verify(("ASK", &ask), ("VCEK", &vcek))?;
-    check_validity("ARK", ark_der, now_unix)?;
-    check_validity("ASK", ask_der, now_unix)?;
-    check_validity("VCEK", vcek_der, now_unix)?;
-    Ok(generation)
+    Ok((generation, ask_der.clone(), ark_der.clone()))
 }
 
 /// GUIDs of the SEV-SNP extended-report certificate table (RFC 4122 byte order, as the
@@ -726,6 +965,31 @@ pub fn verify_report_at(
     policy: &SevPolicy,
     now_unix: i64,
 ) -> Result<SevReportInfo, SevError> {
+    verify_report_full_at(report, vcek_der, chain_pem, policy, now_unix).map(|v| v.info)
+}
+
+/// A report that passed [`verify_report_full_at`], with what revocation checks need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SevVerified {
+    pub info: SevReportInfo,
+    /// The product of the pinned AMD root that signed the chain.
+    pub generation: SevGeneration,
+    /// Serial numbers as unsigned big-endian bytes without leading zeros (`[0]` for 0).
+    pub ask_serial: Vec<u8>,
+    pub vcek_serial: Vec<u8>,
+    /// The ASK's issuer name (DER): the ARK's subject, which must also issue the CRL.
+    pub ask_issuer: Vec<u8>,
+}
+
+/// [`verify_report_at`], also returning the product and the serials of the ASK and VCEK
+/// (for the CRL check in [`crate::kds::check_revocation`]).
+pub fn verify_report_full_at(
+    report: &[u8],
+    vcek_der: &[u8],
+    chain_pem: &[u8],
+    policy: &SevPolicy,
+    now_unix: i64,
+) -> Result<SevVerified, SevError> {
     let parsed = parse_inner(report)?;
 
     let sig_algo = read_u32(report, OFF_SIG_ALGO);
@@ -741,7 +1005,7 @@ pub fn verify_report_at(
         return Err(SevError::SigningKeyNotVcek(signing_key));
     }
 
-    let generation = verify_vcek_chain(vcek_der, chain_pem, now_unix)?;
+    let (generation, ask_der) = verify_vcek_chain_inner(vcek_der, chain_pem, now_unix)?;
 
     // Report signature over the raw signed bytes.
     let r = sig_component(report, OFF_SIG_R, "r")?;
@@ -762,13 +1026,10 @@ pub fn verify_report_at(
         .map_err(|_| SevError::ReportSignature)?;
 
     // Bindings the `sev` crate leaves to us.
+    // The TCB layout follows the product of the pinned root, not the report's own hints.
     let turin = generation == SevGeneration::Turin;
     let mut info = parsed.info;
-    let (reported_tcb, reported_fmc) = if turin == parsed.guessed_turin {
-        (info.reported_tcb, decode_tcb(parsed.raw_tcb, turin).1)
-    } else {
-        decode_tcb(parsed.raw_tcb, turin)
-    };
+    let reported_tcb = decode_tcb(parsed.raw_tcb, turin);
     info.reported_tcb = reported_tcb;
     let fields = vcek_fields(&vcek_x509)?;
     compare_tcb(reported_tcb, fields.tcb)?;
@@ -777,11 +1038,10 @@ pub fn verify_report_at(
             oid: OID_TCB_FMC,
             reason: "missing on a Turin VCEK".into(),
         })?;
-        let rep_fmc = reported_fmc.unwrap_or(0);
-        if rep_fmc != vcek_fmc {
+        if reported_tcb.fmc != vcek_fmc {
             return Err(SevError::TcbMismatch {
                 component: "fmc",
-                reported: rep_fmc,
+                reported: reported_tcb.fmc,
                 vcek: vcek_fmc,
             });
         }
@@ -799,8 +1059,24 @@ pub fn verify_report_at(
         });
     }
 
-    check_policy(&info, policy)?;
-    Ok(info)
+    check_policy(&info, policy, generation)?;
+    let ask = parse_x509("ASK", &ask_der)?;
+    Ok(SevVerified {
+        info,
+        generation,
+        ask_serial: normalize_serial(ask.raw_serial()),
+        vcek_serial: normalize_serial(vcek_x509.raw_serial()),
+        ask_issuer: ask.issuer().as_raw().to_vec(),
+    })
+}
+
+/// A DER INTEGER's content bytes as an unsigned big-endian number without leading zeros
+/// (`[0]` for zero), so serials compare as numbers.
+pub(crate) fn normalize_serial(raw: &[u8]) -> Vec<u8> {
+    match raw.iter().position(|&b| b != 0) {
+        Some(i) => raw[i..].to_vec(),
+        None => vec![0],
+    }
 }
 
 #[cfg(test)]
@@ -844,7 +1120,7 @@ mod tests {
             "{err}"
         );
         // System clock: valid until the VCEK expires in 2030.
-        match verify_report(&report, &vcek, &chain, &policy) {
+        match verify_report(&report, &vcek, &chain, &lenient()) {
             Ok(_) | Err(SevError::CertNotValidAt { .. }) => {}
             Err(e) => panic!("unexpected: {e}"),
         }
@@ -854,8 +1130,14 @@ mod tests {
         decode_report_hex(&vector("report_milan.hex")).unwrap()
     }
 
+    /// The public sample report is from 2022 (bootloader 3, tee 0, snp 8, microcode 115),
+    /// far below AMD's current floors ([`SevMinTcb::AMD_BULLETINS`] refuses it, see
+    /// `default_floor_refuses_the_2022_sample`): tests of the other checks drop the floor.
     fn lenient() -> SevPolicy {
-        SevPolicy::default()
+        SevPolicy {
+            min_tcb: SevMinTcb::NONE,
+            ..SevPolicy::default()
+        }
     }
 
     fn verify_milan(report: &[u8], policy: &SevPolicy) -> Result<SevReportInfo, SevError> {
@@ -880,7 +1162,8 @@ mod tests {
                 bootloader: 3,
                 tee: 0,
                 snp: 8,
-                microcode: 115
+                microcode: 115,
+                fmc: 0,
             }
         );
         assert!(!info.debug_allowed);
@@ -1136,7 +1419,7 @@ mod tests {
             ),
         ] {
             let policy = SevPolicy {
-                min_tcb,
+                min_tcb: SevMinTcb::uniform(min_tcb),
                 ..SevPolicy::default()
             };
             let err = verify_milan(&report, &policy).unwrap_err();
@@ -1147,29 +1430,133 @@ mod tests {
             assert!(err.to_string().contains(component));
         }
         let exact = SevPolicy {
-            min_tcb: SevTcb {
+            min_tcb: SevMinTcb::uniform(SevTcb {
                 bootloader: 3,
                 tee: 0,
                 snp: 8,
                 microcode: 115,
-            },
+                // No FMC on Milan: a floor here does not apply to it.
+                fmc: 9,
+            }),
             ..SevPolicy::default()
         };
         verify_milan(&report, &exact).unwrap();
+        // Only the Milan floor applies to a Milan report.
+        let other_products = SevPolicy {
+            min_tcb: SevMinTcb {
+                milan: SevTcb::default(),
+                ..SevMinTcb::uniform(SevTcb {
+                    microcode: 255,
+                    ..SevTcb::default()
+                })
+            },
+            ..SevPolicy::default()
+        };
+        verify_milan(&report, &other_products).unwrap();
+    }
+
+    #[test]
+    fn default_floor_refuses_the_2022_sample() {
+        // The sample (snp 8, microcode 115) predates AMD-SB-3019 (snp 22, microcode 219):
+        // the default policy refuses it, naming the product and the first low component.
+        let err = verify_milan(&milan_report(), &SevPolicy::default()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SevError::TcbTooLow {
+                    product: SevGeneration::Milan,
+                    component: "snp",
+                    reported: 8,
+                    min: 22
+                }
+            ),
+            "{err}"
+        );
+        // A report at the floor passes the TCB check; one microcode step below does not.
+        let mut info = parse_report(&milan_report()).unwrap();
+        info.reported_tcb = SevMinTcb::AMD_BULLETINS.milan;
+        check_policy(&info, &SevPolicy::default(), SevGeneration::Milan).unwrap();
+        info.reported_tcb.microcode -= 1;
+        assert!(matches!(
+            check_policy(&info, &SevPolicy::default(), SevGeneration::Milan),
+            Err(SevError::TcbTooLow {
+                component: "microcode",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn turin_tcb_layout_and_fmc_floor() {
+        // Turin TCB_VERSION: [fmc, bl, tee, snp, 0, 0, 0, ucode]; Milan/Genoa:
+        // [bl, tee, 0, 0, 0, 0, snp, ucode].
+        let raw = [2, 3, 1, 5, 0, 0, 0, 0x61];
+        let turin = decode_tcb(raw, true);
+        assert_eq!(
+            turin,
+            SevTcb {
+                fmc: 2,
+                bootloader: 3,
+                tee: 1,
+                snp: 5,
+                microcode: 0x61
+            }
+        );
+        let milan = decode_tcb([3, 0, 0, 0, 0, 0, 8, 115], false);
+        assert_eq!((milan.bootloader, milan.snp, milan.fmc), (3, 8, 0));
+
+        // The default Turin floor (snp 4, microcode 0x51) accepts this TCB; an FMC floor
+        // above the reported FMC refuses it, on Turin only.
+        let mut info = parse_report(&milan_report()).unwrap();
+        info.reported_tcb = turin;
+        check_policy(&info, &SevPolicy::default(), SevGeneration::Turin).unwrap();
+        let fmc3 = SevPolicy {
+            min_tcb: SevMinTcb {
+                turin: SevTcb {
+                    fmc: 3,
+                    ..SevMinTcb::AMD_BULLETINS.turin
+                },
+                ..SevMinTcb::AMD_BULLETINS
+            },
+            ..SevPolicy::default()
+        };
+        assert!(matches!(
+            check_policy(&info, &fmc3, SevGeneration::Turin),
+            Err(SevError::TcbTooLow {
+                product: SevGeneration::Turin,
+                component: "fmc",
+                reported: 2,
+                min: 3
+            })
+        ));
+        // Below the Turin microcode floor of AMD-SB-3027.
+        info.reported_tcb.microcode = 0x50;
+        assert!(matches!(
+            check_policy(&info, &SevPolicy::default(), SevGeneration::Turin),
+            Err(SevError::TcbTooLow {
+                component: "microcode",
+                ..
+            })
+        ));
+        // The real Turin VCEK's TCB extensions carry the FMC (0 here) and decode with it.
+        let vcek = vector("vcek_turin.der");
+        let f = vcek_fields(&parse_x509("VCEK", &vcek).unwrap()).unwrap();
+        assert_eq!((f.fmc, f.tcb.fmc), (Some(0), 0));
     }
 
     #[test]
     fn policy_checks_on_parsed_values() {
         let base = parse_report(&milan_report()).unwrap();
-        let policy = SevPolicy::default();
-        check_policy(&base, &policy).unwrap();
+        let policy = lenient();
+        let m = SevGeneration::Milan;
+        check_policy(&base, &policy, m).unwrap();
 
         let debug = SevReportInfo {
             debug_allowed: true,
             ..base.clone()
         };
         assert!(matches!(
-            check_policy(&debug, &policy),
+            check_policy(&debug, &policy, m),
             Err(SevError::DebugAllowed)
         ));
         check_policy(
@@ -1178,6 +1565,7 @@ mod tests {
                 allow_debug: true,
                 ..policy
             },
+            m,
         )
         .unwrap();
 
@@ -1186,7 +1574,7 @@ mod tests {
             ..base.clone()
         };
         assert!(matches!(
-            check_policy(&ma, &policy),
+            check_policy(&ma, &policy, m),
             Err(SevError::MigrationAgentAllowed)
         ));
         check_policy(
@@ -1195,6 +1583,7 @@ mod tests {
                 allow_migration_agent: true,
                 ..policy
             },
+            m,
         )
         .unwrap();
 
@@ -1203,7 +1592,7 @@ mod tests {
             ..base.clone()
         };
         assert!(matches!(
-            check_policy(&vmpl2, &policy),
+            check_policy(&vmpl2, &policy, m),
             Err(SevError::VmplNotZero(2))
         ));
         check_policy(
@@ -1212,6 +1601,7 @@ mod tests {
                 require_vmpl0: false,
                 ..policy
             },
+            m,
         )
         .unwrap();
 
@@ -1236,6 +1626,7 @@ mod tests {
             tee: 0,
             snp: 8,
             microcode: 115,
+            fmc: 0,
         };
         compare_tcb(vcek, vcek).unwrap();
         let err = compare_tcb(SevTcb { snp: 7, ..vcek }, vcek).unwrap_err();

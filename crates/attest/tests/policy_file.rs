@@ -57,7 +57,15 @@ fn full_policy_file_parses_and_applies() {
     let p = Policy::from_json(json.as_bytes()).expect("parses");
     assert_eq!(p.allowed_backends, vec![Backend::Tdx, Backend::SevSnp]);
     assert_eq!(p.min_tcb_status, TcbStatus::SWHardeningNeeded);
-    assert_eq!(p.sev.min_tcb.microcode, 115);
+    // One TCB object is the floor of every product.
+    let tcb = cocoon_attest::sev::SevTcb {
+        bootloader: 3,
+        tee: 0,
+        snp: 8,
+        microcode: 115,
+        fmc: 0,
+    };
+    assert_eq!(p.sev.min_tcb, cocoon_attest::sev::SevMinTcb::uniform(tcb));
     assert!(!p.is_test_network);
     // Intel's root stays pinned when the file does not name roots.
     assert_eq!(
@@ -145,4 +153,53 @@ fn bad_policy_files_are_refused() {
     }
     let p = Policy::from_json(br#"{"backends":["sim","tdx"],"test_network":true}"#).unwrap();
     assert!(p.is_test_network && p.allowed_backends.contains(&Backend::Sim));
+}
+
+#[test]
+fn sev_policy_file_floors_and_crl_settings() {
+    use cocoon_attest::sev::{DEFAULT_CRL_GRACE_SECS, SevMinTcb, SevTcb};
+    // Defaults: AMD's bulletin floors, a fresh CRL required, a week of grace.
+    let p = Policy::from_json(br#"{"backends":["sev-snp"]}"#).unwrap();
+    assert_eq!(p.sev.min_tcb, SevMinTcb::AMD_BULLETINS);
+    assert!(p.sev.require_crl);
+    assert_eq!(p.sev.crl_grace_secs, DEFAULT_CRL_GRACE_SECS);
+    assert_eq!(p.sev_collateral, None);
+
+    // Per product: named products change, the others keep the default floor.
+    let p = Policy::from_json(
+        br#"{"backends":["sev-snp"],
+             "sev":{"min_tcb":{"turin":{"fmc":1,"bootloader":1,"tee":1,"snp":5,"microcode":97}},
+                    "require_crl":false,"crl_grace_secs":0}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        p.sev.min_tcb.turin,
+        SevTcb {
+            fmc: 1,
+            bootloader: 1,
+            tee: 1,
+            snp: 5,
+            microcode: 97
+        }
+    );
+    assert_eq!(p.sev.min_tcb.milan, SevMinTcb::AMD_BULLETINS.milan);
+    assert_eq!(p.sev.min_tcb.genoa, SevMinTcb::AMD_BULLETINS.genoa);
+    assert!(!p.sev.require_crl);
+    assert_eq!(p.sev.crl_grace_secs, 0);
+
+    // Unknown products, unknown TCB fields and out-of-range values are errors.
+    for bad in [
+        r#"{"backends":["sev-snp"],"sev":{"min_tcb":{"rome":{"bootloader":1,"tee":0,"snp":1,"microcode":1}}}}"#,
+        r#"{"backends":["sev-snp"],"sev":{"min_tcb":{"bootloader":1,"tee":0,"snp":1,"microcode":1,"x":1}}}"#,
+        r#"{"backends":["sev-snp"],"sev":{"min_tcb":{"bootloader":1,"tee":0,"snp":1,"microcode":256}}}"#,
+        r#"{"backends":["sev-snp"],"sev":{"require_crl":"yes"}}"#,
+    ] {
+        assert!(
+            matches!(
+                Policy::from_json(bad.as_bytes()),
+                Err(AttestError::InvalidPolicy(_))
+            ),
+            "{bad}"
+        );
+    }
 }

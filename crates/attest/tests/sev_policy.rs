@@ -24,12 +24,29 @@ fn milan_report_through_policy() {
         vcek_der: &vcek,
         chain_pem: &chain,
     };
+    // The default refuses this 2022 sample: its TCB (snp 8, microcode 115) is below AMD's
+    // floors for Milan (AMD-SB-3019: snp 22, microcode 219).
+    assert!(matches!(
+        Policy::sev_default().evaluate(&ev, &info.report_data, NOW),
+        Err(AttestError::Sev(sev::SevError::TcbTooLow {
+            component: "snp",
+            ..
+        }))
+    ));
     // The sample guest may allow debug or not run at VMPL 0; relax only what it needs
-    // so the test exercises the mapping, and check the strict default separately.
+    // so the test exercises the mapping, and check the strict default separately. Its TCB
+    // floor is dropped explicitly, and no AMD CRL is available offline (the CRL path is
+    // tested in `kds::tests` with a local KDS): without one the default fails closed.
     let mut policy = Policy::sev_default();
+    policy.sev.min_tcb = sev::SevMinTcb::NONE;
     policy.sev.allow_debug = info.debug_allowed;
     policy.sev.allow_migration_agent = info.migrate_ma_allowed;
     policy.sev.require_vmpl0 = info.vmpl == 0;
+    assert!(matches!(
+        policy.evaluate(&ev, &info.report_data, NOW),
+        Err(AttestError::MissingCollateral { .. })
+    ));
+    policy.sev.require_crl = false;
     let peer = policy
         .evaluate(&ev, &info.report_data, NOW)
         .expect("accepted");

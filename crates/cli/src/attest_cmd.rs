@@ -7,15 +7,17 @@
 //! debug and root-key checks all pass under the policy.
 
 use clap::{ArgGroup, Args, Subcommand};
+use cocoon_attest::kds::{SevCollateralSource, SevCrl};
 use cocoon_attest::pccs::{self, CollateralFetcher, PccsClient};
-use cocoon_attest::sev::{self, SevReportInfo};
+use cocoon_attest::sev::{self, SevGeneration, SevReportInfo};
 use cocoon_attest::tdx::{self, ParsedTdQuote};
 use cocoon_attest::{
-    AttestError, CollateralStore, Evidence, Measurements, Policy, TcbStatus, TdxCollateral,
-    VerifiedPeer,
+    AttestError, CollateralStore, Evidence, KdsClient, KdsFetcher, Measurements, Policy,
+    SevCollateral, TcbStatus, TdxCollateral, VcekStore, VerifiedPeer,
 };
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 #[derive(Subcommand)]
 pub enum AttestCommand {
@@ -73,6 +75,23 @@ pub struct VerifyArgs {
     /// ASK and ARK certificates (PEM) for the SEV-SNP report.
     #[arg(long, value_name = "FILE", requires = "sev_report")]
     chain: Option<PathBuf>,
+    /// SEV-SNP policy: `sev-snp` (AMD's bulletin TCB floors, a fresh AMD CRL required) or a
+    /// JSON policy file (docs/ra-tls.md).
+    #[arg(
+        long,
+        value_name = "P|FILE",
+        requires = "sev_report",
+        default_value = "sev-snp"
+    )]
+    policy: String,
+    /// Fetch AMD's CRL for the report's product from this AMD KDS base URL (e.g.
+    /// `https://kdsintf.amd.com`; into `--kds-dir` when given).
+    #[arg(long, value_name = "URL", requires = "sev_report")]
+    kds: Option<String>,
+    /// AMD KDS cache directory (`<Product>/crl.der`, …): its CRL is used when fresh at
+    /// `--now`, otherwise (with `--kds`) refreshed there.
+    #[arg(long, value_name = "DIR", requires = "sev_report")]
+    kds_dir: Option<PathBuf>,
     /// Verification time (Unix seconds); defaults to now.
     #[arg(long, value_name = "UNIX")]
     now: Option<u64>,
@@ -125,6 +144,13 @@ pub struct VerifyCertArgs {
     /// `--collateral-dir` when given).
     #[arg(long, value_name = "URL")]
     pccs: Option<String>,
+    /// Fetch AMD's CRLs for SEV-SNP evidence from this AMD KDS base URL (into `--kds-dir`
+    /// when given).
+    #[arg(long, value_name = "URL")]
+    kds: Option<String>,
+    /// AMD KDS cache directory for SEV-SNP evidence (`<Product>/crl.der`, …).
+    #[arg(long, value_name = "DIR")]
+    kds_dir: Option<PathBuf>,
     /// Verification time (Unix seconds); defaults to now.
     #[arg(long, value_name = "UNIX")]
     now: Option<u64>,
@@ -166,7 +192,9 @@ fn verify(args: VerifyArgs) -> Result<(), String> {
     } else if let (Some(report), Some(vcek), Some(chain)) =
         (&args.sev_report, &args.vcek, &args.chain)
     {
-        verify_sev(report, vcek, chain, now, args.json)
+        let mut policy = ratls::cert_policy(&args.policy, false)?;
+        policy.sev_collateral = kds_source(args.kds.as_deref(), args.kds_dir.as_deref())?;
+        verify_sev(report, vcek, chain, &policy, now, args.json)
     } else {
         Err("give --quote FILE, or --sev-report FILE --vcek FILE --chain FILE".into())
     }
@@ -305,6 +333,63 @@ fn collateral_from(
             .map(|c| (*c).clone()),
         None => client.fetch_blocking(&fmspc, ca),
     }
+}
+
+/// `--kds URL` / `--kds-dir DIR`: where SEV-SNP verification in the CLI takes AMD's CRLs
+/// from. The directory's CRL (verified against AMD's ARK on every read) is used while
+/// fresh at `now`; otherwise, with a URL, the CRL is fetched now (blocking; the CLI runs
+/// outside any async runtime) and stored into the directory when one is given.
+struct CliKds {
+    client: Option<KdsClient>,
+    store: Option<VcekStore>,
+}
+
+impl SevCollateralSource for CliKds {
+    fn crl(&self, product: SevGeneration, now: u64) -> Result<Arc<SevCrl>, AttestError> {
+        let cached = self.store.as_ref().map(|s| s.load_crl(product));
+        let Some(client) = &self.client else {
+            return match cached {
+                Some(r) => r.map(Arc::new),
+                None => Err(AttestError::MissingCollateral {
+                    what: format!("AMD {product} CRL: give --kds URL or --kds-dir DIR"),
+                }),
+            };
+        };
+        if let Some(Ok(c)) = &cached
+            && now <= c.next_update()
+        {
+            return Ok(Arc::new(c.clone()));
+        }
+        match &self.store {
+            Some(store) => KdsFetcher::new(client.clone(), store.clone(), now)
+                .refresh_blocking(product, None, now)
+                .map(|(c, _)| c),
+            None => client.fetch_crl_blocking(product).map(Arc::new),
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "cli kds {:?} dir {:?}",
+            self.client.as_ref().map(KdsClient::base_url),
+            self.store.as_ref().map(VcekStore::dir)
+        )
+    }
+}
+
+/// The CRL source for `--kds` / `--kds-dir`, if either is given.
+fn kds_source(url: Option<&str>, dir: Option<&Path>) -> Result<Option<SevCollateral>, String> {
+    if url.is_none() && dir.is_none() {
+        return Ok(None);
+    }
+    let client = url
+        .map(KdsClient::new)
+        .transpose()
+        .map_err(|e| format!("--kds: {e}"))?;
+    Ok(Some(SevCollateral::new(Arc::new(CliKds {
+        client,
+        store: dir.map(VcekStore::new),
+    }))))
 }
 
 fn verify_tdx(
@@ -465,13 +550,13 @@ fn verify_sev(
     report_path: &Path,
     vcek_path: &Path,
     chain_path: &Path,
+    policy: &Policy,
     now: u64,
     as_json: bool,
 ) -> Result<(), String> {
     let report = binary_or_hex(read_file(report_path)?);
     let vcek = read_file(vcek_path)?;
     let chain = read_file(chain_path)?;
-    let policy = Policy::sev_default();
     let parsed = sev::parse_report(&report);
     let result: Result<VerifiedPeer, String> = match &parsed {
         Err(e) => Err(e.to_string()),
@@ -794,7 +879,8 @@ pub(crate) mod ratls {
 
     pub fn verify_cert(args: VerifyCertArgs) -> Result<(), String> {
         let now = now_or(args.now)?;
-        let policy = cert_policy(&args.policy, args.allow_sim)?;
+        let mut policy = cert_policy(&args.policy, args.allow_sim)?;
+        policy.sev_collateral = super::kds_source(args.kds.as_deref(), args.kds_dir.as_deref())?;
         let raw = read_file(&args.cert)?;
         let der: CertificateDer<'static> = if raw.trim_ascii_start().starts_with(b"-----BEGIN") {
             CertificateDer::from_pem_slice(&raw)

@@ -178,6 +178,10 @@ fn allow_status_parses_and_rejects_unknown() {
 }
 
 fn sev(now: &str, json: bool) -> Output {
+    sev_with(now, json, &[])
+}
+
+fn sev_with(now: &str, json: bool, extra: &[&str]) -> Output {
     let (r, v, c) = (
         tv("sev/report_milan.hex"),
         tv("sev/vcek_milan.der"),
@@ -198,12 +202,29 @@ fn sev(now: &str, json: bool) -> Output {
     if json {
         args.push("--json");
     }
+    args.extend_from_slice(extra);
     cocoon(&args)
+}
+
+/// A policy for the public 2022 sample: its TCB is below AMD's current floors and no AMD
+/// CRL is available offline, so both are dropped explicitly.
+fn sample_sev_policy(dir: &std::path::Path) -> String {
+    let path = dir.join("sev-sample.json");
+    std::fs::write(
+        &path,
+        r#"{"backends": ["sev-snp"],
+            "sev": {"min_tcb": {"bootloader": 0, "tee": 0, "snp": 0, "microcode": 0},
+                    "require_crl": false}}"#,
+    )
+    .unwrap();
+    path.to_str().unwrap().to_string()
 }
 
 #[test]
 fn sev_milan_report_verifies() {
-    let o = sev(SEV_NOW, false);
+    let dir = tempfile::tempdir().unwrap();
+    let policy = sample_sev_policy(dir.path());
+    let o = sev_with(SEV_NOW, false, &["--policy", &policy]);
     let out = stdout(&o);
     assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
     for field in [
@@ -217,12 +238,55 @@ fn sev_milan_report_verifies() {
     ] {
         assert!(out.contains(field), "{field} missing: {out}");
     }
-    let o = sev(SEV_NOW, true);
+    let o = sev_with(SEV_NOW, true, &["--policy", &policy]);
     assert_eq!(o.status.code(), Some(0));
     let v: Value = serde_json::from_slice(&o.stdout).expect("JSON");
     assert_eq!(v["valid"], true);
     assert_eq!(v["backend"], "sev-snp");
     assert_eq!(v["report"]["chip_id"].as_str().map(str::len), Some(128));
+}
+
+#[test]
+fn sev_default_policy_refuses_old_tcb_and_missing_crl() {
+    // The default policy refuses the 2022 sample: its TCB is below AMD-SB-3019's Milan floor.
+    let err = one_line_error(&sev(SEV_NOW, false));
+    assert!(err.contains("below the Milan minimum"), "{err}");
+    // With the floor dropped, a CRL is still required: none given, none cached, a cache
+    // with a corrupt CRL, a KDS that does not answer: each refused with a one-line reason.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("no-floor.json");
+    std::fs::write(
+        &file,
+        r#"{"backends": ["sev-snp"],
+            "sev": {"min_tcb": {"bootloader": 0, "tee": 0, "snp": 0, "microcode": 0}}}"#,
+    )
+    .unwrap();
+    let no_floor = file.to_str().unwrap();
+    let err = one_line_error(&sev_with(SEV_NOW, false, &["--policy", no_floor]));
+    assert!(err.contains("Milan CRL"), "{err}");
+    let cache = dir.path().join("kds");
+    std::fs::create_dir_all(cache.join("Milan")).unwrap();
+    std::fs::write(cache.join("Milan/crl.der"), b"not a CRL").unwrap();
+    let cache = cache.to_str().unwrap();
+    let err = one_line_error(&sev_with(
+        SEV_NOW,
+        false,
+        &["--policy", no_floor, "--kds-dir", cache],
+    ));
+    assert!(err.contains("Milan/crl.der"), "{err}");
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let err = one_line_error(&sev_with(
+        SEV_NOW,
+        false,
+        &["--policy", no_floor, "--kds", &closed],
+    ));
+    assert!(
+        err.contains("CRL for Milan") && err.contains(&closed),
+        "{err}"
+    );
 }
 
 #[test]

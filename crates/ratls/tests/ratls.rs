@@ -674,6 +674,10 @@ async fn real_sev_report_in_fresh_cert_fails_binding() {
     .encode();
     let bad = ident_with(&FixedSource(ev), CertOptions::default());
     let mut policy = Policy::sev_default();
+    // The 2022 sample is below AMD's current TCB floors and no AMD CRL is available
+    // offline (both are tested in cocoon-attest): drop them explicitly for this sample.
+    policy.sev.min_tcb = cocoon_attest::sev::SevMinTcb::NONE;
+    policy.sev.require_crl = false;
     policy.sev.allow_debug = info.debug_allowed;
     policy.sev.allow_migration_agent = info.migrate_ma_allowed;
     policy.sev.require_vmpl0 = info.vmpl == 0;

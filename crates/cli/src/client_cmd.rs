@@ -119,6 +119,7 @@ pub struct ClientSettings {
     pub proxy_policy: String,
     pub check_proxy_hashes: bool,
     pub pccs_url: String,
+    pub kds_url: String,
     pub pow_max_difficulty: u32,
     pub top_up_ton: String,
     pub auto_top_up: bool,
@@ -241,6 +242,7 @@ async fn run(s: ClientSettings) -> Result<(), String> {
         &s.proxy_policy,
         s.is_test,
         &s.pccs_url,
+        &s.kds_url,
         s.pow_max_difficulty,
         &state_dir,
     )?;

@@ -72,6 +72,7 @@ pub struct ProxySettings {
     pub client_policy: String,
     pub allow_unattested_clients: bool,
     pub pccs_url: String,
+    pub kds_url: String,
     pub pow_difficulty: u32,
     pub checkpoint_seconds: u64,
     pub min_client_charge_ton: String,
@@ -271,11 +272,18 @@ async fn run(s: ProxySettings) -> Result<(), String> {
     } = role::identity(&s.tee, s.is_test, &state_dir)?;
     let _refresh = role::spawn_identity_refresh(&resolver, source);
     let worker_verifier =
-        role::peer_verifier(&s.worker_policy, s.is_test, &s.pccs_url, &state_dir)?;
+        role::peer_verifier(
+            &s.worker_policy,
+            s.is_test,
+            &s.pccs_url,
+            &s.kds_url,
+            &state_dir,
+        )?;
     let client_verifier = role::peer_verifier_with(
         &s.client_policy,
         s.is_test,
         &s.pccs_url,
+        &s.kds_url,
         &state_dir,
         s.allow_unattested_clients,
     )?;

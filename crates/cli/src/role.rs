@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cocoon_attest::{Backend, CollateralFetcher, CollateralStore, PccsClient, SimKey};
+use cocoon_attest::{
+    Backend, CollateralFetcher, CollateralStore, KdsClient, KdsFetcher, PccsClient, SevCollateral,
+    SimKey, VcekStore,
+};
 use cocoon_ratls::cert::{EvidenceSource, Identity, SimSource, TsmSevSource, TsmTdxSource};
 use cocoon_ratls::config::CertResolver;
 use cocoon_ratls::net::RatlsConnector;
@@ -117,14 +120,17 @@ pub fn spawn_identity_refresh(
 /// The verifier for peers: `policy` is `any`, `tdx`, `sev-snp`, `sim` or a JSON policy file;
 /// on a test network sim peers are accepted too. TDX collateral comes from
 /// `<state_dir>/collateral`, fetched from `pccs_url` when one is given (then refreshed in the
-/// background before it expires).
+/// background before it expires). AMD's CRLs for SEV-SNP peers come from `<state_dir>/kds`,
+/// fetched from `kds_url` when one is given (only once an SEV-SNP peer needs them; then
+/// refreshed in the background); handshakes never wait on either.
 pub fn peer_verifier(
     policy: &str,
     is_test: bool,
     pccs_url: &str,
+    kds_url: &str,
     state_dir: &Path,
 ) -> Result<Arc<RatlsVerifier>, String> {
-    peer_verifier_with(policy, is_test, pccs_url, state_dir, false)
+    peer_verifier_with(policy, is_test, pccs_url, kds_url, state_dir, false)
 }
 
 /// [`peer_verifier`], optionally also accepting peers without evidence (a proxy's clients).
@@ -132,6 +138,7 @@ pub fn peer_verifier_with(
     policy: &str,
     is_test: bool,
     pccs_url: &str,
+    kds_url: &str,
     state_dir: &Path,
     allow_unattested: bool,
 ) -> Result<Arc<RatlsVerifier>, String> {
@@ -140,6 +147,9 @@ pub fn peer_verifier_with(
         return Err("a sim peer policy needs a test network (is_test = true)".into());
     }
     p.is_test_network = is_test;
+    if p.allowed_backends.contains(&Backend::SevSnp) {
+        p.sev_collateral = Some(sev_collateral(kds_url, &state_dir.join("kds"))?);
+    }
     let mut cfg = VerifierConfig::new(p);
     cfg.allow_unattested = allow_unattested;
     let dir = state_dir.join("collateral");
@@ -155,6 +165,20 @@ pub fn peer_verifier_with(
     Ok(RatlsVerifier::new(cfg))
 }
 
+/// AMD's CRLs for SEV-SNP peers: the directory alone when `kds_url` is empty (filled by an
+/// operator), else a [`KdsFetcher`] on it that fetches from `kds_url` in the background.
+fn sev_collateral(kds_url: &str, dir: &Path) -> Result<SevCollateral, String> {
+    if kds_url.is_empty() {
+        return Ok(SevCollateral::new(Arc::new(VcekStore::new(dir))));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let client = KdsClient::new(kds_url).map_err(|e| format!("kds_url: {e}"))?;
+    let clock = system_clock();
+    let fetcher = Arc::new(KdsFetcher::new(client, VcekStore::new(dir), clock()));
+    fetcher.spawn_refresher(clock, Duration::from_secs(3600));
+    Ok(SevCollateral::new(fetcher))
+}
+
 /// What a role that dials proxies (a worker, a client) connects with: its identity from `tee`
 /// (which TEE that resolved to), refreshed hourly in the background, and proxies verified
 /// under `proxy_policy`.
@@ -168,6 +192,7 @@ pub fn proxy_dialer(
     proxy_policy: &str,
     is_test: bool,
     pccs_url: &str,
+    kds_url: &str,
     pow_max_difficulty: u32,
     state_dir: &Path,
 ) -> Result<ProxyDialer, String> {
@@ -177,7 +202,7 @@ pub fn proxy_dialer(
         tee,
     } = identity(tee, is_test, state_dir)?;
     spawn_identity_refresh(&resolver, source);
-    let verifier = peer_verifier(proxy_policy, is_test, pccs_url, state_dir)?;
+    let verifier = peer_verifier(proxy_policy, is_test, pccs_url, kds_url, state_dir)?;
     let connector = RatlsConnector::new(
         resolver,
         verifier,

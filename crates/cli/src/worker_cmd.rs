@@ -74,6 +74,7 @@ pub struct WorkerSettings {
     pub tee: String,
     pub proxy_policy: String,
     pub pccs_url: String,
+    pub kds_url: String,
     pub pow_max_difficulty: u32,
     pub state_dir: String,
     pub admin_listen: String,
@@ -254,6 +255,7 @@ async fn run(s: WorkerSettings) -> Result<(), String> {
         &s.proxy_policy,
         s.is_test,
         &s.pccs_url,
+        &s.kds_url,
         s.pow_max_difficulty,
         &state_dir,
     )?;

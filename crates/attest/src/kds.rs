@@ -53,6 +53,8 @@ pub const DEFAULT_CRL_MAX_AGE_SECS: u64 = 86_400;
 pub const DEFAULT_RETRY_SECS: u64 = 600;
 /// Tolerated clock skew for a CRL's `thisUpdate` in the future.
 pub const CLOCK_SKEW_SECS: u64 = 300;
+/// Most VCEK files read from one product's cache directory (the host controls the disk).
+pub const MAX_LISTED_VCEKS: usize = 4096;
 
 const OID_RSASSA_PSS: &str = "1.2.840.113549.1.1.10";
 const OID_ECDSA_SHA384: &str = "1.2.840.10045.4.3.3";
@@ -959,13 +961,14 @@ impl VcekStore {
     }
 
     /// The VCEK keys named by the files under `<dir>/<product>/vcek` (names only; loading
-    /// verifies the contents).
+    /// verifies the contents), at most [`MAX_LISTED_VCEKS`] entries.
     pub fn list_vceks(&self, product: SevGeneration) -> Vec<VcekKey> {
         let dir = self.dir.join(product.name()).join("vcek");
         let Ok(entries) = std::fs::read_dir(&dir) else {
             return Vec::new();
         };
         let mut out: Vec<VcekKey> = entries
+            .take(MAX_LISTED_VCEKS)
             .filter_map(Result::ok)
             .filter_map(|e| {
                 let name = e.file_name().into_string().ok()?;

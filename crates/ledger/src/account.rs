@@ -18,7 +18,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::types::{AccountKey, ClientFunds, Kind, Status};
+use crate::types::{AccountKey, ClientFunds, Kind, Status, Submitted};
 
 /// An account's full state. Durable fields are written to the store; `db_tokens`, `reserved`,
 /// `last_receipt` and `corrupt` live only in memory.
@@ -39,6 +39,10 @@ pub(crate) struct Account {
     pub(crate) funds: Option<ClientFunds>,
     pub(crate) status: Status,
     pub(crate) frozen: Option<String>,
+    /// Tokens of the last receipt submitted on chain for this account, and when (unix
+    /// seconds); a final (closing) receipt is marked too. Kept so that a restarted proxy does
+    /// not pay gas to submit the same receipt again.
+    pub(crate) submitted: Submitted,
     // --- volatile ---
     /// The stored row failed its integrity check: this is a placeholder, never written back.
     pub(crate) corrupt: bool,
@@ -61,6 +65,7 @@ impl Account {
             funds: None,
             status: Status::Open,
             frozen: None,
+            submitted: Submitted::default(),
             corrupt: false,
             db_tokens: 0,
             reserved: 0,
@@ -110,6 +115,7 @@ impl Account {
             status: self.status,
             frozen: self.frozen.clone(),
             last_receipt: self.last_receipt,
+            submitted: self.submitted,
         }
     }
 }
@@ -141,4 +147,6 @@ pub struct AccountView {
     pub frozen: Option<String>,
     /// Tokens in the last receipt issued since this process started.
     pub last_receipt: u64,
+    /// The last receipt submitted on chain (durable).
+    pub submitted: Submitted,
 }

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::account::Account;
 use crate::state::Meta;
-use crate::types::{AccountKey, ChainCheckpoint, ClientFunds, Status};
+use crate::types::{AccountKey, ChainCheckpoint, ClientFunds, Status, Submitted};
 
 /// The store key of the metadata row.
 pub const META_KEY: &str = "meta";
@@ -60,6 +60,9 @@ struct AccountRow {
     funds: Option<ClientFunds>,
     status: Status,
     frozen: Option<String>,
+    /// Absent in rows written before receipts were remembered.
+    #[serde(default)]
+    submitted: Submitted,
 }
 
 fn hash_from_hex(s: &str) -> Result<[u8; 32], String> {
@@ -164,6 +167,7 @@ impl RowCodec {
             funds: a.funds,
             status: a.status,
             frozen: a.frozen.clone(),
+            submitted: a.submitted,
         };
         self.seal(
             &a.key.row_key(),
@@ -184,6 +188,7 @@ impl RowCodec {
         a.funds = r.funds;
         a.status = r.status;
         a.frozen = r.frozen;
+        a.submitted = r.submitted;
         a.db_tokens = a.tokens;
         Ok(a)
     }

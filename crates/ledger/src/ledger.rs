@@ -49,10 +49,12 @@ pub struct Settlement {
     pub client: AccountKey,
     /// The worker credited.
     pub worker: AccountKey,
-    /// Adjusted tokens charged.
+    /// Adjusted tokens charged (never more than `reserved`).
     pub tokens: u64,
-    /// Tokens that had been reserved (`tokens` may exceed it: see [`Ledger::settle`]).
+    /// Tokens that had been reserved.
     pub reserved: u64,
+    /// Tokens the caller asked to book; above `reserved` the request was cut to it.
+    pub reported: u64,
     /// nanoTON charged to the client.
     pub client_nanoton: u128,
     /// nanoTON credited to the worker.
@@ -246,6 +248,18 @@ impl Ledger {
         status: Status,
     ) -> Result<Pending<()>, LedgerError> {
         let key = self.client_key(address);
+        self.observe_client_key(key, funds, charged, status)
+    }
+
+    /// [`Self::observe_client`] for an account of any params version (see
+    /// [`Self::find_client`]).
+    pub fn observe_client_key(
+        &mut self,
+        key: AccountKey,
+        funds: ClientFunds,
+        charged: u64,
+        status: Status,
+    ) -> Result<Pending<()>, LedgerError> {
         if let Some(a) = self.state.accounts.get(&key) {
             if a.corrupt {
                 return Err(LedgerError::Frozen {
@@ -374,10 +388,9 @@ impl Ledger {
     /// prices of the params version the request was reserved under), credits
     /// `worker` (created on first credit), adds the commission and releases the reservation.
     ///
-    /// Usage above the reservation is charged in full, as COCOON does for a final answer part:
-    /// the tokens were produced and relayed, and the credit limit is the client's stake, which
-    /// backs the overrun. [`Settlement::reserved`] tells the proxy by how much it overran;
-    /// [`Self::check_part`] is how it keeps the overrun to one part.
+    /// Usage above the reservation is booked at the reservation (COCOON books it in full): the
+    /// client reserved, and its credit covers, no more; [`Settlement::reported`] keeps what was
+    /// asked so the proxy can tell. [`Self::check_part`] is how it stops a stream before.
     pub fn settle(
         &mut self,
         request: RequestId,
@@ -408,6 +421,8 @@ impl Ledger {
             .ok_or(LedgerError::UnknownRequest(request))?
             .clone();
         let worker = AccountKey::worker(r.client.params_version, worker.clone());
+        let reported = tokens;
+        let tokens = tokens.min(r.tokens);
         self.usable(&r.client)?;
         if let Some(w) = self.state.accounts.get(&worker).filter(|w| w.corrupt) {
             return Err(LedgerError::Frozen {
@@ -445,6 +460,7 @@ impl Ledger {
             worker,
             tokens,
             reserved: r.tokens,
+            reported,
             client_nanoton,
             worker_nanoton,
             commission_nanoton,
@@ -581,23 +597,147 @@ impl Ledger {
         Ok(Pending { seq, value: () })
     }
 
-    /// Accounts with enough confirmed, unsettled tokens to be worth an on-chain transaction:
-    /// clients whose `(chain − charged) × price ≥ min_client_charge` nanoTON (COCOON: 1 TON),
-    /// workers whose `(chain − paid) × fee ≥ min_worker_payout` (COCOON: 10 TON).
-    pub fn due(&self, min_client_charge: u128, min_worker_payout: u128) -> Vec<AccountKey> {
-        let p = self.state.meta.prices;
+    /// Records that a receipt for `key` carrying `tokens` was submitted at `now` (unix
+    /// seconds); `last` for a final one. Durable, so that it is not sent again after a restart.
+    pub fn receipt_submitted(
+        &mut self,
+        key: &AccountKey,
+        tokens: u64,
+        now: u64,
+        last: bool,
+    ) -> Result<Pending<()>, LedgerError> {
+        self.usable(key)?;
+        let seq = self.push(UpdateKind::ReceiptSubmitted {
+            key: key.clone(),
+            submitted: crate::types::Submitted {
+                tokens,
+                at: now,
+                last,
+            },
+        });
+        Ok(Pending { seq, value: () })
+    }
+
+    /// The account of the client contract at `address`, under whichever params version it
+    /// was opened (contract addresses differ between versions).
+    pub fn find_client(&self, address: &StdAddr) -> Option<AccountKey> {
+        let current = self.client_key(address);
+        if self.state.accounts.contains_key(&current) {
+            return Some(current);
+        }
+        self.state
+            .accounts
+            .keys()
+            .rev()
+            .find(|k| k.kind == Kind::Client && k.address == *address)
+            .cloned()
+    }
+
+    /// Client contracts whose on-chain state the proxy must follow: every client account not
+    /// closed with usage the contract has not been charged for, or that is closing.
+    pub fn clients_to_watch(&self) -> Vec<AccountKey> {
         self.state
             .accounts
             .values()
-            .filter(|a| !a.corrupt && a.frozen.is_none() && a.status == Status::Open)
-            .filter(|a| {
-                let delta = a.chain_tokens.saturating_sub(a.on_chain_tokens);
-                match a.key.kind {
-                    Kind::Client => delta > 0 && p.client_cost(delta) >= min_client_charge,
-                    Kind::Worker => delta > 0 && p.worker_earning(delta) >= min_worker_payout,
-                }
-            })
+            .filter(|a| a.key.kind == Kind::Client && !a.corrupt && a.status != Status::Closed)
+            .filter(|a| a.tokens > a.on_chain_tokens || a.status == Status::Closing)
             .map(|a| a.key.clone())
             .collect()
     }
+
+    /// Whether a closing client still owes usage that no submitted receipt covers: the
+    /// settlement should run often until its charge is out (the client's refund can complete
+    /// after `client_delay_before_close`).
+    pub fn urgent(&self) -> bool {
+        self.state.accounts.values().any(|a| {
+            a.key.kind == Kind::Client
+                && a.status == Status::Closing
+                && !a.corrupt
+                && a.frozen.is_none()
+                && a.tokens > a.on_chain_tokens.max(a.submitted.tokens)
+        })
+    }
+
+    /// Receipts worth submitting now (see [`DuePolicy`]), each with whether it is final.
+    pub fn due(&self, policy: &DuePolicy, now: u64) -> Vec<Due> {
+        let p = self.state.meta.prices;
+        let current = self.state.meta.params_version;
+        let committed = self.committed_seq;
+        let mut out = Vec::new();
+        for a in self.state.accounts.values() {
+            if a.corrupt || a.frozen.is_some() || a.status == Status::Closed {
+                continue;
+            }
+            // A final receipt closes the contract: for an account of older params (the proxy
+            // retires it), and for a client that asked to close (the cooperative refund: the
+            // client is charged everything and gets the rest at once).
+            let closable = a.status == Status::Closing
+                && a.reserved == 0
+                && a.chain_tokens == a.tokens
+                && a.last_update <= committed
+                && self.confirm_seq <= committed;
+            let recent = now.saturating_sub(a.submitted.at) < policy.resend_after_secs;
+            // (A worker that earned nothing has no contract to close.)
+            if closable && (a.key.kind == Kind::Client || a.tokens > 0) {
+                if !(a.submitted.last && recent) {
+                    out.push(Due {
+                        key: a.key.clone(),
+                        tokens: a.tokens,
+                        last: true,
+                    });
+                }
+                continue;
+            }
+            let delta = a.chain_tokens.saturating_sub(a.on_chain_tokens);
+            if delta == 0 {
+                continue;
+            }
+            let worth = match (a.key.kind, a.status) {
+                // A closing client is charged whatever it owes, before its refund completes.
+                (Kind::Client, Status::Closing) => true,
+                (Kind::Client, _) => {
+                    // Charged before its unsettled usage reaches half its stake, so the
+                    // credit (bounded by the stake beyond what was charged) never runs out.
+                    let half_stake = a.funds.map_or(u128::MAX, |f| u128::from(f.stake / 2));
+                    p.client_cost(delta) >= policy.min_client_charge.min(half_stake.max(1))
+                }
+                (Kind::Worker, _) => {
+                    a.key.params_version == current
+                        && p.worker_earning(delta) >= policy.min_worker_payout
+                }
+            };
+            let already = a.submitted.tokens >= a.chain_tokens && recent;
+            if worth && !already {
+                out.push(Due {
+                    key: a.key.clone(),
+                    tokens: a.chain_tokens,
+                    last: false,
+                });
+            }
+        }
+        out
+    }
+}
+
+/// When receipts are worth an on-chain transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DuePolicy {
+    /// nanoTON of checkpointed, uncharged usage before an open client is charged (COCOON:
+    /// 1 TON); lowered to half the client's stake when that is less.
+    pub min_client_charge: u128,
+    /// nanoTON of checkpointed, unpaid earnings before a worker is paid (COCOON: 10 TON).
+    pub min_worker_payout: u128,
+    /// A receipt submitted this long ago that the chain does not show yet is sent again.
+    pub resend_after_secs: u64,
+}
+
+/// A receipt to submit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Due {
+    /// The account.
+    pub key: AccountKey,
+    /// Its cumulative tokens.
+    pub tokens: u64,
+    /// Final: client grant-refund or worker last payout (closes the contract).
+    pub last: bool,
 }

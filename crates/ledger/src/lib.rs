@@ -94,10 +94,13 @@ pub use batch::Batch;
 pub use codec::META_KEY;
 pub use db::LedgerDb;
 pub use error::{LedgerError, OpenError, StoreError};
+pub use ledger::{Due, DuePolicy};
 pub use ledger::{Ledger, Pending, Settlement};
 pub use open::OpenOptions;
 pub use receipt::Receipt;
 pub use sqlite::SqliteStore;
 pub use store::{MemStore, Store};
-pub use types::{AccountKey, ChainCheckpoint, ClientFunds, Kind, LedgerEvent, RequestId, Status};
+pub use types::{
+    AccountKey, ChainCheckpoint, ClientFunds, Kind, LedgerEvent, RequestId, Status, Submitted,
+};
 pub use update::{Update, UpdateKind};

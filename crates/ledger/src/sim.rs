@@ -509,11 +509,13 @@ impl Sim {
         }
         let s = self.ledger.take_committed(p).expect("committed");
         let prices = prices(s.client.params_version);
-        assert_eq!(s.tokens, prices.adjust(usage, coefficient).total);
+        let asked = prices.adjust(usage, coefficient).total;
+        assert_eq!(s.reported, asked);
+        assert_eq!(s.tokens, asked.min(s.reserved));
         assert_eq!(s.client_nanoton, prices.client_cost(s.tokens));
         assert_eq!(s.worker_nanoton, prices.worker_earning(s.tokens));
         assert_eq!(s.client_nanoton, s.worker_nanoton + s.commission_nanoton);
-        assert_eq!(exceeded, s.tokens > s.reserved);
+        assert_eq!(exceeded, asked > s.reserved);
         self.stats.settled += 1;
     }
 

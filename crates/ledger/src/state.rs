@@ -96,10 +96,11 @@ impl State {
                 if self.accounts.get(key).is_some_and(|a| a.corrupt) {
                     return out;
                 }
+                let current = key.params_version == self.meta.params_version;
                 let a = self.account(key);
                 a.funds = Some(*funds);
                 a.on_chain_tokens = a.on_chain_tokens.max(*charged);
-                a.status = later_status(a.status, *status);
+                a.status = observed_status(a.status, *status, current);
                 if a.on_chain_tokens > a.tokens {
                     let msg = format!(
                         "chain says {} tokens charged, ledger knows only {}",
@@ -221,6 +222,12 @@ impl State {
                     out.touched.push(key.clone());
                 }
             }
+            UpdateKind::ReceiptSubmitted { key, submitted } => {
+                if let Some(a) = self.accounts.get_mut(key).filter(|a| !a.corrupt) {
+                    a.submitted = *submitted;
+                    out.touched.push(key.clone());
+                }
+            }
         }
         out
     }
@@ -277,14 +284,15 @@ impl State {
     }
 }
 
-/// Contract status only moves forward: open → closing → closed.
-fn later_status(a: Status, b: Status) -> Status {
-    let rank = |s| match s {
-        Status::Open => 0,
-        Status::Closing => 1,
-        Status::Closed => 2,
-    };
-    if rank(b) > rank(a) { b } else { a }
+/// The status after observing the contract in `seen`: closed is final; a client of the
+/// current params that tops up and reopens (closing → normal on chain) is open again; an
+/// account of older params stays closing whatever its contract says (the proxy closes it).
+fn observed_status(was: Status, seen: Status, current_params: bool) -> Status {
+    match (was, seen) {
+        (Status::Closed, _) | (_, Status::Closed) => Status::Closed,
+        (Status::Closing, Status::Open) if !current_params => Status::Closing,
+        (_, seen) => seen,
+    }
 }
 
 #[cfg(test)]
@@ -362,8 +370,15 @@ mod tests {
             },
         };
         s.apply(&observe(0, Status::Closing));
-        s.apply(&observe(0, Status::Open));
         assert_eq!(s.accounts[&c].status, Status::Closing);
+        // A client that tops up and reopens is open again ...
+        s.apply(&observe(0, Status::Open));
+        assert_eq!(s.accounts[&c].status, Status::Open);
+        s.apply(&observe(0, Status::Closing));
+        // ... but closed is final.
+        s.apply(&observe(0, Status::Closed));
+        s.apply(&observe(0, Status::Open));
+        assert_eq!(s.accounts[&c].status, Status::Closed);
         assert!(s.accounts[&c].frozen.is_none());
         let out = s.apply(&observe(5, Status::Closing));
         assert!(s.accounts[&c].frozen.is_some());

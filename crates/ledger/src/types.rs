@@ -183,3 +183,15 @@ mod tests {
         }
     }
 }
+
+/// The last receipt the proxy submitted on chain for an account.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Submitted {
+    /// Cumulative tokens it carried.
+    pub tokens: u64,
+    /// Unix seconds it was sent.
+    pub at: u64,
+    /// It was the final one (client grant-refund, worker last payout).
+    #[serde(default)]
+    pub last: bool,
+}

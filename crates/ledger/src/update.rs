@@ -8,7 +8,7 @@
 
 use cocoon_openai::usage::PriceTable;
 
-use crate::types::{AccountKey, ChainCheckpoint, ClientFunds, RequestId, Status};
+use crate::types::{AccountKey, ChainCheckpoint, ClientFunds, RequestId, Status, Submitted};
 
 /// One numbered change to the durable state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,5 +86,12 @@ pub enum UpdateKind {
     Closed {
         /// The account.
         key: AccountKey,
+    },
+    /// A signed receipt for the account was submitted on chain.
+    ReceiptSubmitted {
+        /// The account.
+        key: AccountKey,
+        /// What was sent.
+        submitted: Submitted,
     },
 }

@@ -205,7 +205,7 @@ fn reservations_respect_balance_and_stake() {
 }
 
 #[test]
-fn parts_are_checked_and_overrun_is_charged_in_full() {
+fn parts_are_checked_and_overrun_is_booked_at_the_reservation() {
     let store = MemStore::new();
     let mut db = funded(&store, 1_000_000, 1_000_000);
     let req = RequestId::from_u64(1);
@@ -221,12 +221,16 @@ fn parts_are_checked_and_overrun_is_charged_in_full() {
         })
     );
     assert!(db.would_exceed(RequestId::from_u64(2), &Usage::new(0, 0), 1000));
-    // The final usage exceeds the reservation: charged in full, overrun visible.
+    // The final usage exceeds the reservation: booked at the reservation, overrun visible.
     let p = db
         .settle(req, &addr(WORKER), &Usage::new(40, 31), 1000)
         .unwrap();
     let s = db.durable(p).unwrap();
-    assert_eq!((s.tokens, s.reserved), (102, 100));
+    assert_eq!((s.tokens, s.reserved, s.reported), (100, 100, 102));
+    assert_eq!(
+        db.account(&db.client_key(&addr(CLIENT))).unwrap().tokens,
+        100
+    );
     assert!(db.audit().is_empty());
 }
 
@@ -320,19 +324,39 @@ fn receipts_only_after_a_confirmed_checkpoint_and_only_increase() {
     assert_eq!((v.tokens, v.db_tokens, v.chain_tokens), (23, 23, 23));
 }
 
+fn due(
+    db: &LedgerDb<MemStore>,
+    client: u128,
+    worker: u128,
+    now: u64,
+) -> Vec<(AccountKey, u64, bool)> {
+    let policy = cocoon_ledger::DuePolicy {
+        min_client_charge: client,
+        min_worker_payout: worker,
+        resend_after_secs: 3600,
+    };
+    db.due(&policy, now)
+        .into_iter()
+        .map(|d| (d.key, d.tokens, d.last))
+        .collect()
+}
+
 #[test]
 fn settlements_due_follow_the_thresholds() {
     let store = MemStore::new();
     let mut db = funded(&store, 1_000_000, 1_000_000);
     serve(&mut db, 1, CLIENT, &Usage::new(100, 0), 1000);
-    assert!(db.due(1, 1).is_empty()); // nothing confirmed yet
+    assert!(due(&db, 1, 1, 0).is_empty()); // nothing confirmed yet
     checkpoint_and_confirm(&mut db);
     let ck = db.client_key(&addr(CLIENT));
     let wk = db.worker_key(&addr(WORKER));
     // 100 tokens: client 2000 nanoTON, worker 1600 nanoTON.
-    assert_eq!(db.due(2000, 1600), vec![ck.clone(), wk.clone()]);
-    assert_eq!(db.due(2001, 1600), vec![wk.clone()]);
-    assert!(db.due(2001, 1601).is_empty());
+    assert_eq!(
+        due(&db, 2000, 1600, 0),
+        vec![(ck.clone(), 100, false), (wk.clone(), 100, false)]
+    );
+    assert_eq!(due(&db, 2001, 1600, 0), vec![(wk.clone(), 100, false)]);
+    assert!(due(&db, 2001, 1601, 0).is_empty());
     // Once the chain shows them settled, nothing is due.
     let p = db
         .observe_client(
@@ -348,7 +372,103 @@ fn settlements_due_follow_the_thresholds() {
     db.durable(p).unwrap();
     let p = db.observe_worker(&addr(WORKER), 100).unwrap();
     db.durable(p).unwrap();
-    assert!(db.due(1, 1).is_empty());
+    assert!(due(&db, 1, 1, 0).is_empty());
+}
+
+#[test]
+fn a_small_stake_lowers_the_charge_threshold() {
+    // Stake 3000 nanoTON: the client is charged once 1500 are owed, far below 1 TON, so its
+    // credit (the stake beyond what was charged) does not run out.
+    let store = MemStore::new();
+    let mut db = funded(&store, 1_000_000, 3_000);
+    let req = RequestId::from_u64(1);
+    db.reserve(&addr(CLIENT), req, 100).unwrap();
+    let p = db
+        .settle(req, &addr(WORKER), &Usage::new(75, 0), 1000) // 1500 nanoTON
+        .unwrap();
+    db.durable(p).unwrap();
+    checkpoint_and_confirm(&mut db);
+    let ck = db.client_key(&addr(CLIENT));
+    assert_eq!(due(&db, 1_000_000_000, u128::MAX, 0), vec![(ck, 75, false)]);
+}
+
+#[test]
+fn submitted_receipts_are_remembered_across_restarts_and_resent_only_late() {
+    let store = MemStore::new();
+    let mut db = funded(&store, 1_000_000, 1_000_000);
+    serve(&mut db, 1, CLIENT, &Usage::new(100, 0), 1000);
+    let c = checkpoint_and_confirm(&mut db);
+    let ck = db.client_key(&addr(CLIENT));
+    assert_eq!(due(&db, 1, u128::MAX, 1000), vec![(ck.clone(), 100, false)]);
+    let p = db.receipt_submitted(&ck, 100, 1000, false).unwrap();
+    db.durable(p).unwrap();
+    assert!(due(&db, 1, u128::MAX, 1001).is_empty());
+    drop(db);
+    let db = open(&store, &[(1, c)]);
+    assert_eq!(
+        db.account(&ck).unwrap().submitted,
+        cocoon_ledger::Submitted {
+            tokens: 100,
+            at: 1000,
+            last: false
+        }
+    );
+    assert!(
+        due(&db, 1, u128::MAX, 1001).is_empty(),
+        "not sent again after a restart"
+    );
+    // Still not on chain an hour later: sent again.
+    assert_eq!(due(&db, 1, u128::MAX, 4600), vec![(ck, 100, false)]);
+}
+
+#[test]
+fn a_closing_client_owes_everything_at_once_and_then_gets_its_final_receipt() {
+    let store = MemStore::new();
+    let mut db = funded(&store, 1_000_000, 1_000_000);
+    serve(&mut db, 1, CLIENT, &Usage::new(3, 0), 1000); // 60 nanoTON, far below any threshold
+    checkpoint_and_confirm(&mut db);
+    let ck = db.client_key(&addr(CLIENT));
+    assert!(due(&db, 1_000_000_000, u128::MAX, 0).is_empty());
+    assert!(!db.urgent());
+    // The client asks for its refund: the contract is closing.
+    let funds = ClientFunds {
+        balance: 1_000_000,
+        stake: 1_000_000,
+    };
+    let p = db
+        .observe_client(&addr(CLIENT), funds, 0, Status::Closing)
+        .unwrap();
+    db.durable(p).unwrap();
+    assert!(db.urgent());
+    assert!(
+        db.reserve(&addr(CLIENT), RequestId::from_u64(9), 1)
+            .is_err()
+    );
+    // Nothing is running and everything is checkpointed: the final (grant-refund) receipt.
+    assert_eq!(
+        due(&db, 1_000_000_000, u128::MAX, 0),
+        vec![(ck.clone(), 3, true)]
+    );
+    let r = db.final_receipt(&ck, 0, &addr(WORKER), &key()).unwrap();
+    assert_eq!(r.tokens, 3);
+    let p = db.receipt_submitted(&ck, 3, 10, true).unwrap();
+    db.durable(p).unwrap();
+    assert!(!db.urgent());
+    assert!(due(&db, 1_000_000_000, u128::MAX, 20).is_empty());
+    // Usage not yet checkpointed: a plain charge of what is covered, no final receipt yet.
+    let mut db2 = funded(&MemStore::new(), 1_000_000, 1_000_000);
+    serve(&mut db2, 1, CLIENT, &Usage::new(3, 0), 1000);
+    checkpoint_and_confirm(&mut db2);
+    serve(&mut db2, 2, CLIENT, &Usage::new(4, 0), 1000);
+    let p = db2
+        .observe_client(&addr(CLIENT), funds, 0, Status::Closing)
+        .unwrap();
+    db2.durable(p).unwrap();
+    assert_eq!(
+        due(&db2, 1_000_000_000, u128::MAX, 0),
+        vec![(db2.client_key(&addr(CLIENT)), 3, false)]
+    );
+    assert_eq!(db2.clients_to_watch(), vec![db2.client_key(&addr(CLIENT))]);
 }
 
 #[test]

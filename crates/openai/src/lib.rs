@@ -8,6 +8,8 @@
 //!
 //! - [`validate`]: the field allowlist for `/v1/chat/completions` and `/v1/completions`, with
 //!   typed checks, duplicate-key rejection and the `stream_options.include_usage` rewrite.
+//! - [`limit`]: the completion-token limit a request carries from the client's reservation to
+//!   the engine (written into the body, read back by the worker).
 //! - [`sse`]: an incremental Server-Sent Events parser that gives the same events for any
 //!   chunking of the byte stream.
 //! - [`usage`]: OpenAI usage objects, a tracker that finds usage in JSON or SSE bodies (COCOON's
@@ -18,11 +20,13 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod limit;
 pub mod sse;
 pub mod types;
 pub mod usage;
 pub mod validate;
 
 pub use error::{ApiError, ErrorKind};
+pub use limit::{CompletionLimit, cap_completion_tokens, completion_limit};
 pub use usage::{Multipliers, PriceTable, TokenCategories, Usage, UsageTracker};
 pub use validate::{CocoonExtensions, Endpoint, ValidatedRequest, prompt_text, validate_request};

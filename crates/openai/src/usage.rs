@@ -255,6 +255,22 @@ impl PriceTable {
     }
 }
 
+/// Whether a streamed choice carries generated output (text, reasoning or a tool call).
+fn generated_piece(choice: &Value) -> bool {
+    let nonempty = |v: Option<&Value>| match v {
+        Some(Value::String(s)) => !s.is_empty(),
+        Some(Value::Array(a)) => !a.is_empty(),
+        _ => false,
+    };
+    let delta = choice.get("delta");
+    let field = |k: &str| nonempty(delta.and_then(|d| d.get(k)));
+    field("content")
+        || field("reasoning_content")
+        || field("reasoning")
+        || field("tool_calls")
+        || nonempty(choice.get("text"))
+}
+
 /// What the tracker decided the body is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Shape {
@@ -278,6 +294,7 @@ pub struct UsageTracker {
     broken: Option<String>,
     done: bool,
     text: Option<String>,
+    generated: u64,
 }
 
 impl Default for UsageTracker {
@@ -304,6 +321,7 @@ impl UsageTracker {
             broken: None,
             done: false,
             text: None,
+            generated: 0,
         }
     }
 
@@ -398,6 +416,12 @@ impl UsageTracker {
     }
 
     fn observe(&mut self, v: &Value) {
+        if self.shape == Shape::Sse
+            && let Some(choices) = v.get("choices").and_then(Value::as_array)
+        {
+            let pieces = choices.iter().filter(|c| generated_piece(c)).count();
+            self.generated = self.generated.saturating_add(pieces as u64);
+        }
         if let (Some(text), Some(choices)) = (
             self.text.as_mut(),
             v.get("choices").and_then(Value::as_array),
@@ -427,6 +451,14 @@ impl UsageTracker {
     /// The largest usage seen so far, if any chunk carried one.
     pub fn usage(&self) -> Option<Usage> {
         self.usage
+    }
+
+    /// Streamed pieces of generated output seen: one per choice per SSE event that carries
+    /// text, reasoning or a tool-call fragment. Engines send every generated token at most
+    /// once, so this never exceeds the completion tokens generated: more pieces than a
+    /// request's limit prove the engine went past it.
+    pub fn generated_pieces(&self) -> u64 {
+        self.generated
     }
 
     /// Number of JSON values (or SSE data events) seen.
@@ -574,6 +606,30 @@ data: [DONE]\n\n";
         t.push(br#"{"choices":[{"message":{"role":"assistant","content":"Hello there"}}]}"#);
         assert_eq!(t.text(), Some("Hello there"));
         assert_eq!(UsageTracker::new().text(), None);
+    }
+
+    #[test]
+    fn counts_generated_pieces_per_choice() {
+        let mut t = UsageTracker::new();
+        t.push(SSE.as_bytes());
+        // "Hi"; the usage-only chunk carries no output.
+        assert_eq!(t.generated_pieces(), 1);
+        let mut t = UsageTracker::new();
+        t.push(
+            concat!(
+                "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}},",
+                "{\"index\":1,\"delta\":{\"reasoning_content\":\"b\"}}]}\n\n",
+                "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0}]}},",
+                "{\"index\":1,\"delta\":{\"content\":\"\"}}]}\n\n",
+                "data: {\"choices\":[{\"index\":0,\"text\":\"c\"}]}\n\n",
+            )
+            .as_bytes(),
+        );
+        assert_eq!(t.generated_pieces(), 4);
+        // A whole JSON answer is not a stream of pieces.
+        let mut t = UsageTracker::new();
+        t.push(br#"{"choices":[{"message":{"content":"Hello"}}]}"#);
+        assert_eq!(t.generated_pieces(), 0);
     }
 
     #[test]

@@ -517,7 +517,7 @@ fn check_field(endpoint: Endpoint, key: &str, v: &Value) -> Result<(), ApiError>
     match (endpoint, key) {
         (_, "model") => string(key, v),
         (_, "frequency_penalty" | "presence_penalty") => number_in(key, v, -2.0, 2.0),
-        (_, "max_tokens") => uint_in(key, v, 0, u32::MAX.into()),
+        (_, "max_tokens") => uint_in(key, v, 1, u32::MAX.into()),
         (_, "n") => uint_in(key, v, 1, 128),
         (_, "seed") => match v {
             Value::Null => Ok(()),
@@ -531,7 +531,7 @@ fn check_field(endpoint: Endpoint, key: &str, v: &Value) -> Result<(), ApiError>
         (_, "top_p") => number_in(key, v, 0.0, 1.0),
         (_, "user") => string(key, v),
         (ChatCompletions, "messages") => messages(v),
-        (ChatCompletions, "max_completion_tokens") => uint_in(key, v, 0, u32::MAX.into()),
+        (ChatCompletions, "max_completion_tokens") => uint_in(key, v, 1, u32::MAX.into()),
         (ChatCompletions, "parallel_tool_calls" | "logprobs") => boolean(key, v),
         (ChatCompletions, "prediction") => {
             if v.is_object() || v.is_null() {

@@ -534,6 +534,19 @@ impl Ledger {
         Ok(Pending { seq, value: () })
     }
 
+    /// Checkpoints on chain with a seqno up to this one are already accounted for: the
+    /// confirmed one, or, after a params change (which forgets the old contract's
+    /// confirmation), everything before the next seqno this ledger hands out. Seqnos only grow
+    /// across versions, so an old contract's checkpoints never look unknown.
+    pub fn checkpoint_cursor(&self) -> u32 {
+        let m = &self.state.meta;
+        match (m.confirmed, m.pending.keys().next()) {
+            (Some(c), _) => c.seqno,
+            (None, Some(first)) => first.saturating_sub(1),
+            (None, None) => m.next_checkpoint.saturating_sub(1),
+        }
+    }
+
     /// Prepared checkpoints not yet seen on chain.
     pub fn pending_checkpoints(&self) -> Vec<ChainCheckpoint> {
         self.state

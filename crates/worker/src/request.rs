@@ -213,6 +213,24 @@ struct Ctx<'a> {
     coefficient: u32,
     prices: PriceTable,
     head_sent: bool,
+    /// Completion tokens (all sequences) the request's body allows, once read.
+    limit: Option<u64>,
+}
+
+/// `usage` with its generated tokens cut to `limit`: a request is never billed for more
+/// completion tokens than it allowed, whatever the engine did.
+fn within_limit(usage: Usage, limit: Option<u64>) -> Usage {
+    let Some(limit) = limit else { return usage };
+    if usage.completion_tokens <= limit {
+        return usage;
+    }
+    let mut u = usage;
+    u.completion_tokens = limit;
+    if let Some(d) = u.completion_tokens_details.as_mut() {
+        d.reasoning_tokens = d.reasoning_tokens.min(limit);
+    }
+    u.total_tokens = u.prompt_tokens.saturating_add(limit);
+    u
 }
 
 impl Ctx<'_> {
@@ -230,7 +248,11 @@ impl Ctx<'_> {
     fn info(&self, usage: &Usage) -> tproxy::QueryFinalInfo {
         final_info(
             self.req.proto,
-            tokens_used(&self.prices, usage, self.coefficient),
+            tokens_used(
+                &self.prices,
+                &within_limit(*usage, self.limit),
+                self.coefficient,
+            ),
             self.debug(),
             self.start,
         )
@@ -279,6 +301,8 @@ async fn run(cx: &mut Ctx<'_>, cancel: &mut watch::Receiver<bool>) -> Outcome {
     if v.model != shared.model_base {
         return fail(ErrorCode::ProtoViolation, "model name mismatch");
     }
+    // The limit the proxy reserved for and wrote into the body (a COCOON proxy may send none).
+    cx.limit = cocoon_openai::completion_limit(endpoint, &v.body).total();
     let t = cx.req.timeout;
     if !(t.is_finite() && t > 0.0) {
         return fail(ErrorCode::Error, "worker: invalid timeout");
@@ -360,6 +384,24 @@ async fn run(cx: &mut Ctx<'_>, cancel: &mut watch::Receiver<bool>) -> Outcome {
         match ev {
             Some(BodyEvent::Data(d)) => {
                 tracker.push(&d);
+                // A hard stop: an engine that streams past the request's limit (more generated
+                // pieces than allowed tokens, or usage saying so) is cut off here.
+                if let Some(limit) = cx.limit
+                    && (tracker.generated_pieces() > limit
+                        || tracker.usage().is_some_and(|u| u.completion_tokens > limit))
+                {
+                    drop(body);
+                    Counters::add(&shared.counters.limit_cuts, 1);
+                    let mut usage = cut(&tracker);
+                    usage.completion_tokens = usage.completion_tokens.max(limit);
+                    return Outcome::Failed {
+                        code: ErrorCode::Error,
+                        message: format!(
+                            "worker: the engine generated past the request's limit of {limit} tokens; answer cut"
+                        ),
+                        usage,
+                    };
+                }
                 Counters::add(&shared.counters.answer_bytes, d.len() as u64);
                 let part = tproxy::QueryAnswerPartEx {
                     request_id: cx.req.request_id,
@@ -400,13 +442,22 @@ pub(crate) async fn serve(
     done: mpsc::UnboundedSender<[u8; 32]>,
 ) {
     let t0 = Instant::now();
-    let coefficient = shared.control().coefficient;
-    if req.proxy_coefficient != i64::from(coefficient) {
-        tracing::debug!(
-            proxy = req.proxy_coefficient,
-            own = coefficient,
-            "proxy quoted another coefficient; billing at our own"
-        );
+    // The request is billed at the coefficient the proxy quoted when it routed it (a change
+    // made since applies to later requests); the proxy audits the report at that quote.
+    let own = shared.control().coefficient;
+    let coefficient = match u32::try_from(req.proxy_coefficient) {
+        Ok(c) if c <= crate::config::MAX_COEFFICIENT => c,
+        _ => {
+            tracing::warn!(
+                proxy = req.proxy_coefficient,
+                own,
+                "proxy quoted a coefficient out of range; billing at our own"
+            );
+            own
+        }
+    };
+    if coefficient != own {
+        tracing::debug!(quoted = coefficient, own, "billing at the proxy's quote");
     }
     let mut cx = Ctx {
         shared: &shared,
@@ -416,6 +467,7 @@ pub(crate) async fn serve(
         coefficient,
         prices: shared.prices(),
         head_sent: false,
+        limit: None,
     };
     let outcome = run(&mut cx, &mut cancel).await;
     let c = &shared.counters;
@@ -454,7 +506,7 @@ pub(crate) async fn serve(
         None => false,
     };
     // Bill once, what the final message reported (or would have, had the session lived).
-    let t = tokens_used(&cx.prices, &usage, coefficient);
+    let t = tokens_used(&cx.prices, &within_limit(usage, cx.limit), coefficient);
     if delivered {
         Counters::add(&c.prompt_tokens, t.prompt_tokens_used as u64);
         Counters::add(&c.cached_tokens, t.cached_tokens_used as u64);

@@ -35,6 +35,8 @@ pub struct Counters {
     pub total_tokens: AtomicU64,
     /// Sum of request durations in milliseconds.
     pub request_time_ms: AtomicU64,
+    /// Streamed answers cut because the engine went past the request's token limit.
+    pub limit_cuts: AtomicU64,
 }
 
 /// A point-in-time copy of the counters.
@@ -66,6 +68,8 @@ pub struct CountersSnapshot {
     pub total_tokens: u64,
     /// See [`Counters`].
     pub request_time_ms: u64,
+    /// See [`Counters`].
+    pub limit_cuts: u64,
 }
 
 impl Counters {
@@ -91,6 +95,7 @@ impl Counters {
             reasoning_tokens: g(&self.reasoning_tokens),
             total_tokens: g(&self.total_tokens),
             request_time_ms: g(&self.request_time_ms),
+            limit_cuts: g(&self.limit_cuts),
         }
     }
 }

@@ -71,6 +71,8 @@ fn gateway(proxy: &str) {
         root.proxy_hashes = vec![HashBytes(cocoon_attest::sim::sim_image_hash())];
         let cfg = ClientConfig {
             api_listen: Some("127.0.0.1:0".parse().expect("addr")),
+            allowed_origins: vec![],
+            allowed_hosts: vec![],
             proxies: vec![proxy.to_owned()],
             connections: 1,
             root,

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use cocoon_client::{AutoPay, ChannelOps, Client, ClientConfig, Timings, TonChannels};
+use cocoon_service::browser::beyond_loopback;
 use cocoon_ton::keys::SigningKey;
 use cocoon_ton::wallet::{Wallet, WalletVersion};
 use serde::Deserialize;
@@ -104,6 +105,8 @@ struct CtlArgs {
 #[serde(deny_unknown_fields)]
 pub struct ClientSettings {
     pub api_listen: String,
+    pub allowed_origins: Vec<String>,
+    pub allowed_hosts: Vec<String>,
     pub proxies: Vec<String>,
     pub connections: usize,
     pub root_address: String,
@@ -160,9 +163,20 @@ fn check(s: &ClientSettings, l: &Layers) -> Result<(), ConfigError> {
             "required unless owner_address names an owner whose contracts are funded elsewhere",
         ));
     }
-    if s.api_listen.parse::<std::net::SocketAddr>().is_err() {
+    let Ok(listen) = s.api_listen.parse::<std::net::SocketAddr>() else {
         return Err(l.invalid("api_listen", "expected ip:port"));
+    };
+    if s.api_keys_file.is_empty() && beyond_loopback(&listen) {
+        return Err(l.invalid(
+            "api_listen",
+            format!(
+                "{listen} is reachable beyond this machine but api_keys_file is empty, so \
+                 anyone who reaches it could spend the channel; set api_keys_file (`cocoon \
+                 client key`) or listen on 127.0.0.1"
+            ),
+        ));
     }
+    role::check_browser_allowlist(l, &s.allowed_origins, &s.allowed_hosts, "")?;
     for p in &s.proxies {
         if p.rsplit_once(':')
             .is_none_or(|(_, port)| port.parse::<u16>().is_err())
@@ -291,6 +305,8 @@ async fn run(s: ClientSettings) -> Result<(), String> {
     };
     let cfg = ClientConfig {
         api_listen: Some(s.api_listen.parse().map_err(|_| "api_listen")?),
+        allowed_origins: s.allowed_origins.clone(),
+        allowed_hosts: s.allowed_hosts.clone(),
         proxies: s.proxies.clone(),
         connections: s.connections,
         root,

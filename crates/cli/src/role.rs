@@ -15,6 +15,26 @@ use cocoon_ratls::config::CertResolver;
 use cocoon_ratls::net::RatlsConnector;
 use cocoon_ratls::verifier::{RatlsVerifier, VerifierConfig, system_clock};
 
+/// Checks the browser guard's allowlists, naming the key at fault (`<prefix>allowed_origins`
+/// or `<prefix>allowed_hosts`).
+pub fn check_browser_allowlist(
+    l: &crate::config::Layers,
+    origins: &[String],
+    hosts: &[String],
+    prefix: &str,
+) -> Result<(), crate::config::ConfigError> {
+    use cocoon_service::browser::{Allowlist, AllowlistError};
+    match Allowlist::new(origins, hosts) {
+        Ok(_) => Ok(()),
+        Err(e @ AllowlistError::Origin { .. }) => {
+            Err(l.invalid(&format!("{prefix}allowed_origins"), e))
+        }
+        Err(e @ AllowlistError::Host { .. }) => {
+            Err(l.invalid(&format!("{prefix}allowed_hosts"), e))
+        }
+    }
+}
+
 /// `~/.local/share/cocoon/<role>` (or `$XDG_DATA_HOME/cocoon/<role>`).
 pub fn default_state_dir(role: &str) -> PathBuf {
     std::env::var_os("XDG_DATA_HOME")

@@ -58,6 +58,35 @@ fn bad_client_configuration_is_one_line_and_exit_64() {
             vec!["--root", ROOT, "--owner", OWNER, "--listen", "10000"],
             "error: config: client.api_listen (from --listen): expected ip:port",
         ),
+        // Listening beyond loopback without API keys: refused before any network use.
+        (
+            vec![
+                "--root",
+                ROOT,
+                "--owner",
+                OWNER,
+                "--listen",
+                "0.0.0.0:10000",
+            ],
+            "error: config: client.api_listen (from --listen): 0.0.0.0:10000 is reachable \
+             beyond this machine but api_keys_file is empty",
+        ),
+        (
+            vec!["--root", ROOT, "--owner", OWNER, "--listen", "[::]:10000"],
+            "error: config: client.api_listen (from --listen): [::]:10000 is reachable",
+        ),
+        (
+            vec![
+                "--root",
+                ROOT,
+                "--owner",
+                OWNER,
+                "--set",
+                "allowed_hosts=cocoon.lan:80",
+            ],
+            "error: config: client.allowed_hosts (from --set): \"cocoon.lan:80\" is not a host \
+             name or address: give the name without a port",
+        ),
     ];
     for (args, want) in cases {
         let (rc, out, err) = client_cmd(&args);
@@ -65,6 +94,24 @@ fn bad_client_configuration_is_one_line_and_exit_64() {
         assert_eq!(err.lines().count(), 1, "one line: {err}");
         assert!(err.starts_with(want), "{args:?}: {err}");
     }
+    // Allowed origins from the environment, comma-separated; the bad entry is named.
+    let out = Command::new(env!("CARGO_BIN_EXE_cocoon"))
+        .args(["client", "--root", ROOT, "--owner", OWNER])
+        .env(
+            "COCOON_CLIENT_ALLOWED_ORIGINS",
+            "http://localhost:3000, null",
+        )
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(
+        err.starts_with(
+            "error: config: client.allowed_origins (from COCOON_CLIENT_ALLOWED_ORIGINS): \
+             \"null\" is not an origin"
+        ),
+        "{err}"
+    );
     let (rc, out, _) = client_cmd(&["--print-defaults"]);
     assert_eq!(rc, 0);
     assert!(out.starts_with("# `cocoon client` defaults."), "{out}");

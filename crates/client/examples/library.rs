@@ -55,6 +55,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let handle = Client::start(ClientConfig {
         api_listen: None,
+        allowed_origins: vec![],
+        allowed_hosts: vec![],
         proxies: vec![],
         connections: 2,
         root,

@@ -20,8 +20,14 @@ pub const MIN_PROTO_VERSION: i32 = 1;
 /// Everything [`crate::Client::start`] needs.
 pub struct ClientConfig {
     /// The OpenAI-compatible HTTP API (and `/stats`, `/jsonstats`, `/metrics`); `None`: no
-    /// HTTP server, library use only.
+    /// HTTP server, library use only. An address beyond loopback needs `api_keys_file`.
     pub api_listen: Option<SocketAddr>,
+    /// Web origins (`scheme://host[:port]`) whose pages may call the API from a browser;
+    /// every other origin is refused (`cocoon_service::browser`).
+    pub allowed_origins: Vec<String>,
+    /// Host names the API answers to besides loopback ones and the address it is bound to
+    /// (requests naming any other `Host` are refused against DNS rebinding).
+    pub allowed_hosts: Vec<String>,
     /// Proxy client addresses (`ip:port`) to use; empty: the root's registered proxies.
     pub proxies: Vec<String>,
     /// How many proxies to keep sessions with (failover needs two or more).
@@ -108,4 +114,11 @@ pub enum StartError {
     Token { path: String, error: String },
     #[error("HTTP API on {addr}: {error}")]
     Listen { addr: SocketAddr, error: String },
+    #[error(
+        "the API would listen on {0}, beyond this machine, without API keys: anyone who reaches \
+         it could spend the channel; set api_keys_file or listen on 127.0.0.1"
+    )]
+    Exposed(SocketAddr),
+    #[error("browser allowlist: {0}")]
+    Browser(#[from] cocoon_service::browser::AllowlistError),
 }

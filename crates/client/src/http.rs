@@ -1,4 +1,4 @@
-//! The HTTP API: OpenAI's endpoints, stats and controls, CORS on everything.
+//! The HTTP API: OpenAI's endpoints, stats and controls, all behind the browser guard.
 //!
 //! - `POST /v1/chat/completions`, `POST /v1/completions`: the engine's answer byte for byte
 //!   (SSE streamed as it arrives, usage in the final chunk), with `X-Cocoon-Proxy`,
@@ -15,7 +15,13 @@
 //!   operations, behind the bearer token of `admin_token_file`.
 //! - `GET /request/debuglogentry?request_guid=…`: outcome, usage, timings and debug JSON of a
 //!   recent request that named that `request_guid` (COCOON's endpoint).
-//! - `OPTIONS` anything: 204 with CORS headers, so browser apps can call the API.
+//!
+//! Every route is behind [`cocoon_service::browser::Guard`]: a `Host` that is not loopback,
+//! the bound address or in `allowed_hosts` is refused (DNS rebinding), so is an `Origin` not
+//! our own nor in `allowed_origins` (preflights from it get no CORS grant), and a body not
+//! declared `application/json` is 415; refusals are OpenAI error bodies. Only allowed
+//! origins get CORS headers, with their own origin (never `*`), so a web page the user opens
+//! can neither spend the channel nor read an answer, the stats or the debug log.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -26,10 +32,11 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use cocoon_openai::{ApiError, Endpoint, ErrorKind};
+use cocoon_service::browser::{Allowlist, Guard, Refusal};
 use cocoon_tl::enums;
 use cocoon_tl::functions::client as fclient;
 use serde_json::{Value, json};
@@ -51,12 +58,22 @@ pub fn read_token(path: &Path) -> Result<String, String> {
 
 type St = State<Arc<Shared>>;
 
+/// Response headers an allowed origin's page may read.
+const EXPOSED: &str = "x-cocoon-proxy, x-cocoon-attempts, x-cocoon-time-to-head-ms, \
+                       x-cocoon-tokens, x-cocoon-cost-nanoton, x-cocoon-proxy-seconds, \
+                       x-cocoon-worker-seconds";
+
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     addr: SocketAddr,
+    browser: Allowlist,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(SocketAddr, JoinHandle<()>), String> {
-    let app = Router::new()
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    let routes = Router::new()
         .route(
             "/v1/chat/completions",
             post(|st: St, h: HeaderMap, b: Body| complete(st, h, b, Endpoint::ChatCompletions)),
@@ -73,14 +90,11 @@ pub(crate) async fn serve(
         .route("/control/{action}", post(control))
         .route("/request/debuglogentry", get(debug_entry))
         .fallback(fallback)
-        .layer(DefaultBodyLimit::disable())
-        .layer(axum::middleware::from_fn(preflight))
-        .layer(axum::middleware::map_response(cors))
+        .layer(DefaultBodyLimit::disable());
+    let app = Guard::new(browser, bound, refused)
+        .expose_headers(EXPOSED)
+        .apply(routes)
         .with_state(shared);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let bound = listener.local_addr().map_err(|e| e.to_string())?;
     // Streamed answers are many small writes: without TCP_NODELAY each one waits for the
     // reader's delayed ACK (about 40 ms per answer on a keep-alive connection).
     let listener = axum::serve::ListenerExt::tap_io(listener, |s| {
@@ -99,39 +113,27 @@ pub(crate) async fn serve(
     Ok((bound, task))
 }
 
-async fn cors(mut r: Response) -> Response {
-    let h = r.headers_mut();
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("GET, POST, OPTIONS"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("authorization, content-type, openai-organization, openai-project, x-stainless-os, x-stainless-lang, x-stainless-package-version, x-stainless-runtime, x-stainless-runtime-version, x-stainless-arch, x-stainless-retry-count, x-stainless-timeout"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static("x-cocoon-proxy, x-cocoon-attempts, x-cocoon-time-to-head-ms, x-cocoon-tokens, x-cocoon-cost-nanoton"),
-    );
-    r
+/// A refusal of the browser guard as an OpenAI error body.
+fn refused(r: &Refusal) -> Response {
+    let kind = match r {
+        Refusal::NotJson(_) | Refusal::NoHost => "invalid_request_error",
+        Refusal::ForeignHost(_) | Refusal::ForeignOrigin(_) => "permission_error",
+    };
+    let body = json!({"error": {
+        "message": r.to_string(),
+        "type": kind,
+        "param": null,
+        "code": r.code(),
+    }});
+    (
+        r.status(),
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
-/// Answers every CORS preflight, whatever the path's methods.
-async fn preflight(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    if req.method() == Method::OPTIONS {
-        return StatusCode::NO_CONTENT.into_response();
-    }
-    next.run(req).await
-}
-
-async fn fallback(method: Method) -> Response {
-    if method == Method::OPTIONS {
-        return StatusCode::NO_CONTENT.into_response();
-    }
+async fn fallback() -> Response {
     error(ApiError::new(ErrorKind::NotFound, "unknown path"))
 }
 

@@ -118,6 +118,15 @@ impl Client {
     /// Opens the state, starts one task per proxy (up to `connections`), the supervisor that
     /// replaces proxies that stay down, and the HTTP API if `api_listen` is set.
     pub async fn start(cfg: ClientConfig) -> Result<ClientHandle, StartError> {
+        // Checked first: a misconfigured gateway must not come up even briefly.
+        if let Some(addr) = cfg.api_listen
+            && cfg.api_keys_file.is_none()
+            && cocoon_service::browser::beyond_loopback(&addr)
+        {
+            return Err(StartError::Exposed(addr));
+        }
+        let browser =
+            cocoon_service::browser::Allowlist::new(&cfg.allowed_origins, &cfg.allowed_hosts)?;
         let store = Store::open(cfg.state_path.as_deref()).map_err(|error| StartError::State {
             path: cfg
                 .state_path
@@ -181,7 +190,7 @@ impl Client {
         tasks.push(tokio::spawn(supervise(shared.clone(), stop.subscribe())));
         let mut api_addr = None;
         if let Some(addr) = cfg.api_listen {
-            let (bound, task) = http::serve(shared.clone(), addr, stop.subscribe())
+            let (bound, task) = http::serve(shared.clone(), addr, browser, stop.subscribe())
                 .await
                 .map_err(|error| StartError::Listen { addr, error })?;
             api_addr = Some(bound);

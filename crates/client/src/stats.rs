@@ -90,38 +90,159 @@ impl Stats {
 /// The last requests that named a `request_guid`: their outcome, usage, timings and (with
 /// `enable_debug`) the proxy's and worker's debug JSON, looked up by the guid at
 /// `GET /request/debuglogentry?request_guid=…` (COCOON keeps only the last one).
+///
+/// Bounded in count ([`DebugLog::CAPACITY`]) and in bytes ([`DebugLog::MAX_BYTES`], the
+/// oldest entries go first): a debug JSON over [`DebugLog::MAX_DEBUG_BYTES`] is replaced by
+/// a note of its size, and entries are kept as JSON text, so what a proxy or worker sends
+/// cannot make the gateway hold more than that.
 #[derive(Default)]
 pub struct DebugLog {
-    entries: Mutex<VecDeque<([u8; 32], serde_json::Value)>>,
+    inner: Mutex<DebugEntries>,
+}
+
+#[derive(Default)]
+struct DebugEntries {
+    /// SHA-256 of the guid, and the entry as JSON text.
+    entries: VecDeque<([u8; 32], Box<str>)>,
+    /// Sum of the entries' text lengths.
+    bytes: usize,
+}
+
+/// A peer's debug JSON as stored: parsed when it is small enough, else a note of its size.
+fn debug_json(d: Option<&str>) -> serde_json::Value {
+    match d {
+        None => serde_json::Value::Null,
+        Some(d) if d.len() > DebugLog::MAX_DEBUG_BYTES => serde_json::json!({
+            "omitted": format!(
+                "{} bytes of debug JSON, over the {}-byte limit",
+                d.len(),
+                DebugLog::MAX_DEBUG_BYTES
+            ),
+        }),
+        Some(d) => serde_json::from_str(d).unwrap_or(serde_json::Value::Null),
+    }
 }
 
 impl DebugLog {
     /// Entries kept.
     pub const CAPACITY: usize = 1024;
+    /// Bytes of JSON text kept, all entries together.
+    pub const MAX_BYTES: usize = 8 << 20;
+    /// Largest debug JSON kept from the worker or the proxy, each.
+    pub const MAX_DEBUG_BYTES: usize = 64 << 10;
 
     pub(crate) fn record(&self, guid: [u8; 32], ok: bool, usage: Option<&Usage>, proxy: &str) {
+        // The usage's figures; its debug texts are shown once, parsed, beside it.
+        let mut figures = serde_json::to_value(usage).unwrap_or_default();
+        if let Some(o) = figures.as_object_mut() {
+            o.remove("worker_debug");
+            o.remove("proxy_debug");
+        }
         let v = serde_json::json!({
             "ok": ok,
             "proxy": proxy,
-            "usage": usage,
-            "worker_debug": usage.and_then(|u| u.worker_debug.as_deref()).and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok()),
-            "proxy_debug": usage.and_then(|u| u.proxy_debug.as_deref()).and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok()),
+            "usage": figures,
+            "worker_debug": debug_json(usage.and_then(|u| u.worker_debug.as_deref())),
+            "proxy_debug": debug_json(usage.and_then(|u| u.proxy_debug.as_deref())),
         });
-        let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        e.retain(|(g, _)| *g != guid);
-        if e.len() >= Self::CAPACITY {
-            e.pop_front();
+        let text: Box<str> = v.to_string().into();
+        let mut e = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = e.entries.iter().position(|(g, _)| *g == guid)
+            && let Some((_, old)) = e.entries.remove(i)
+        {
+            e.bytes -= old.len();
         }
-        e.push_back((guid, v));
+        while e.entries.len() >= Self::CAPACITY || e.bytes + text.len() > Self::MAX_BYTES {
+            let Some((_, old)) = e.entries.pop_front() else {
+                break;
+            };
+            e.bytes -= old.len();
+        }
+        e.bytes += text.len();
+        e.entries.push_back((guid, text));
     }
 
     /// The entry for SHA-256 `guid`.
     pub fn get(&self, guid: &[u8; 32]) -> Option<serde_json::Value> {
-        self.entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .find(|(g, _)| g == guid)
-            .map(|(_, v)| v.clone())
+        let e = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let (_, text) = e.entries.iter().find(|(g, _)| g == guid)?;
+        serde_json::from_str(text).ok()
+    }
+
+    /// Entries kept, and the bytes of JSON text they hold.
+    pub fn size(&self) -> (usize, usize) {
+        let e = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        (e.entries.len(), e.bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(debug: Option<String>) -> Usage {
+        Usage {
+            total_tokens: 7,
+            cost_nanoton: 70,
+            worker_debug: debug.clone(),
+            proxy_debug: debug,
+            ..Usage::default()
+        }
+    }
+
+    fn guid(i: usize) -> [u8; 32] {
+        let mut g = [0u8; 32];
+        g[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        g
+    }
+
+    #[test]
+    fn huge_debug_json_is_replaced_by_a_note_of_its_size() {
+        let log = DebugLog::default();
+        let huge = format!("{{\"pad\":\"{}\"}}", "x".repeat(8 << 20));
+        log.record(guid(1), true, Some(&usage(Some(huge))), "p");
+        let e = log.get(&guid(1)).unwrap();
+        assert_eq!(e["usage"]["cost_nanoton"], 70);
+        assert!(e["usage"].get("worker_debug").is_none(), "{e}");
+        let note = e["worker_debug"]["omitted"].as_str().unwrap();
+        assert!(note.starts_with("8388618 bytes of debug JSON"), "{note}");
+        assert!(log.size().1 < 1024, "{:?}", log.size());
+        // A small one is kept, parsed.
+        log.record(
+            guid(2),
+            true,
+            Some(&usage(Some("{\"type\":\"t\"}".into()))),
+            "p",
+        );
+        assert_eq!(log.get(&guid(2)).unwrap()["proxy_debug"]["type"], "t");
+    }
+
+    #[test]
+    fn the_log_is_bounded_in_bytes_and_count_and_keeps_the_newest() {
+        let log = DebugLog::default();
+        // Debug JSON just under the per-field limit, from both peers, on every request.
+        let big = format!(
+            "{{\"pad\":\"{}\"}}",
+            "y".repeat(DebugLog::MAX_DEBUG_BYTES - 20)
+        );
+        let n = DebugLog::CAPACITY;
+        for i in 0..n {
+            log.record(guid(i), true, Some(&usage(Some(big.clone()))), "p");
+            assert!(log.size().1 <= DebugLog::MAX_BYTES, "{:?}", log.size());
+        }
+        let (count, bytes) = log.size();
+        assert!(count < n / 4, "{count} entries of ~128 KiB kept");
+        assert!(bytes > DebugLog::MAX_BYTES - 2 * big.len(), "{bytes}");
+        assert!(log.get(&guid(n - 1)).is_some(), "the newest is kept");
+        assert!(log.get(&guid(0)).is_none(), "the oldest went first");
+        // Small entries: the count bound holds too.
+        for i in 0..n + 10 {
+            log.record(guid(10_000 + i), false, None, "p");
+        }
+        assert_eq!(log.size().0, DebugLog::CAPACITY);
+        // Recording a guid again replaces its entry.
+        log.record(guid(10_000 + n + 9), true, Some(&usage(None)), "q");
+        assert_eq!(log.size().0, DebugLog::CAPACITY);
+        assert_eq!(log.get(&guid(10_000 + n + 9)).unwrap()["proxy"], "q");
     }
 }

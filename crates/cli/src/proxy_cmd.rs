@@ -80,6 +80,8 @@ pub struct ProxySettings {
     pub state_dir: String,
     pub admin_listen: String,
     pub admin_token_file: String,
+    pub admin_allowed_origins: Vec<String>,
+    pub admin_allowed_hosts: Vec<String>,
     pub log: String,
 }
 
@@ -127,6 +129,12 @@ fn check(s: &ProxySettings, l: &Layers) -> Result<(), ConfigError> {
     if !s.admin_listen.is_empty() && s.admin_listen.parse::<std::net::SocketAddr>().is_err() {
         return Err(l.invalid("admin_listen", "expected ip:port"));
     }
+    role::check_browser_allowlist(
+        l,
+        &s.admin_allowed_origins,
+        &s.admin_allowed_hosts,
+        "admin_",
+    )?;
     if s.root_poll_seconds == 0 {
         return Err(l.invalid("root_poll_seconds", "must be positive"));
     }
@@ -340,6 +348,8 @@ async fn run(s: ProxySettings) -> Result<(), String> {
         Some(AdminConfig {
             bind: s.admin_listen.parse().map_err(|_| "admin_listen")?,
             token_file: Some(role::admin_token_file(&s.admin_token_file, &state_dir)?),
+            allowed_origins: s.admin_allowed_origins.clone(),
+            allowed_hosts: s.admin_allowed_hosts.clone(),
         })
     };
     let cfg = ProxyConfig {

@@ -79,6 +79,8 @@ pub struct WorkerSettings {
     pub state_dir: String,
     pub admin_listen: String,
     pub admin_token_file: String,
+    pub admin_allowed_origins: Vec<String>,
+    pub admin_allowed_hosts: Vec<String>,
     pub price_per_token: u64,
     pub worker_fee_per_token: u64,
     pub min_payout_ton: String,
@@ -139,6 +141,12 @@ fn check(s: &WorkerSettings, l: &Layers) -> Result<(), ConfigError> {
     if !s.admin_listen.is_empty() && s.admin_listen.parse::<std::net::SocketAddr>().is_err() {
         return Err(l.invalid("admin_listen", "expected ip:port"));
     }
+    role::check_browser_allowlist(
+        l,
+        &s.admin_allowed_origins,
+        &s.admin_allowed_hosts,
+        "admin_",
+    )?;
     if s.root_poll_seconds == 0 {
         return Err(l.invalid("root_poll_seconds", "must be positive"));
     }
@@ -288,6 +296,8 @@ async fn run(s: WorkerSettings) -> Result<(), String> {
         Some(AdminConfig {
             bind: s.admin_listen.parse().map_err(|_| "admin_listen")?,
             token_file: Some(token_file),
+            allowed_origins: s.admin_allowed_origins.clone(),
+            allowed_hosts: s.admin_allowed_hosts.clone(),
         })
     };
     let min_payout = cocoon_ton::parse_ton(&s.min_payout_ton).map_err(|e| e.to_string())?;

@@ -65,6 +65,12 @@ fn bad_proxy_configuration_is_one_line_and_exit_64() {
             vec![("COCOON_PROXY_MIN_CLIENT_CHARGE_TON", "lots")],
             "error: config: proxy.min_client_charge_ton (from COCOON_PROXY_MIN_CLIENT_CHARGE_TON): ",
         ),
+        (
+            vec!["--owner", OWNER, "--root", ROOT, "--test"],
+            vec![("COCOON_PROXY_ADMIN_ALLOWED_ORIGINS", "*")],
+            "error: config: proxy.admin_allowed_origins (from COCOON_PROXY_ADMIN_ALLOWED_ORIGINS): \
+             \"*\" is not an origin: a wildcard",
+        ),
     ];
     for (args, envs, want) in cases {
         let (rc, out, err) = proxy_cmd(&args, &envs);

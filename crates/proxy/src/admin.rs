@@ -5,7 +5,9 @@
 //!
 //! COCOON's proxy takes its controls on an unauthenticated port; here they need the token,
 //! and without a token file they are refused. Pages show counters and public identifiers
-//! only (addresses, hashes), never request contents.
+//! only (addresses, hashes), never request contents. Everything is behind the browser guard
+//! (`cocoon_service::browser`): a foreign `Host` or `Origin` is refused and a POST body must
+//! be JSON, so a web page the operator opens can neither read the pages nor use a control.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -21,7 +23,10 @@ use axum::routing::{get, post};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use cocoon_service::browser::{Allowlist, Guard, plain_text};
+
 use crate::Shared;
+use crate::config::AdminConfig;
 
 /// Reads the control token (first line, trimmed); an empty file is an error.
 pub fn read_token(path: &Path) -> Result<String, String> {
@@ -42,10 +47,13 @@ struct AppState {
 
 pub(crate) async fn spawn(
     shared: Arc<Shared>,
-    bind: SocketAddr,
+    cfg: &AdminConfig,
     token: Option<String>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(SocketAddr, JoinHandle<()>), String> {
+    let allow = Allowlist::new(&cfg.allowed_origins, &cfg.allowed_hosts)
+        .map_err(|e| format!("allowed origins or hosts: {e}"))?;
+    let bind = cfg.bind;
     let state = AppState {
         shared,
         token: token.map(Arc::from),
@@ -62,6 +70,8 @@ pub(crate) async fn spawn(
         .await
         .map_err(|e| format!("bind {bind}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    // Every page and control behind the browser guard (Host, Origin, JSON bodies).
+    let app = Guard::new(allow, addr, plain_text).apply(app);
     let task = tokio::spawn(async move {
         let shutdown = async move {
             let _ = stop.changed().await;

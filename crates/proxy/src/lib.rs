@@ -373,7 +373,7 @@ impl Proxy {
         }
         let mut admin_addr = None;
         if let Some(a) = &cfg.admin {
-            let (addr, task) = admin::spawn(Arc::clone(&shared), a.bind, token, stop_rx.clone())
+            let (addr, task) = admin::spawn(Arc::clone(&shared), a, token, stop_rx.clone())
                 .await
                 .map_err(ConfigError::Admin)?;
             admin_addr = Some(addr);

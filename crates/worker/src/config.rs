@@ -88,6 +88,11 @@ pub struct AdminConfig {
     pub bind: SocketAddr,
     /// File holding the bearer token for POST controls; without it controls are refused.
     pub token_file: Option<PathBuf>,
+    /// Web origins whose pages may call the admin server from a browser (none by default:
+    /// every other origin is refused, see `cocoon_service::browser`).
+    pub allowed_origins: Vec<String>,
+    /// Host names it answers to besides loopback ones and the address it is bound to.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// Intervals and timeouts.

@@ -463,7 +463,7 @@ impl Worker {
         let mut tasks = Vec::new();
         let mut admin_addr = None;
         if let Some(a) = &config.admin {
-            let (addr, task) = admin::spawn(Arc::clone(&shared), a.bind, token, stop_rx.clone())
+            let (addr, task) = admin::spawn(Arc::clone(&shared), a, token, stop_rx.clone())
                 .await
                 .map_err(WorkerError::Admin)?;
             admin_addr = Some(addr);

@@ -358,6 +358,8 @@ pub async fn start_proxy_result(
         admin: Some(AdminConfig {
             bind: "127.0.0.1:0".parse().unwrap(),
             token_file: Some(token_file),
+            allowed_origins: vec![],
+            allowed_hosts: vec![],
         }),
         router: RouterConfig {
             probe_rate: 0.0,

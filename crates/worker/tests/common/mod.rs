@@ -644,6 +644,8 @@ pub fn admin_config(token_file: Option<std::path::PathBuf>) -> AdminConfig {
     AdminConfig {
         bind: "127.0.0.1:0".parse().unwrap(),
         token_file,
+        allowed_origins: vec![],
+        allowed_hosts: vec![],
     }
 }
 

@@ -48,7 +48,8 @@ pub struct QuorumConfig {
     pub rounds: u32,
     /// Pause before the second round; doubled for each further round.
     pub retry_delay: Duration,
-    /// Once `quorum` endpoints answered a transaction list, how long the others still get.
+    /// Once `quorum` endpoints answered (differently, or a transaction list), how long the
+    /// others still get before the read is decided without them.
     pub straggler_wait: Duration,
 }
 
@@ -350,8 +351,22 @@ impl<C: Chain + Clone + 'static> QuorumChain<C> {
             let mut groups: Vec<Group<T>> = Vec::new();
             let mut answers: Vec<Option<EndpointAnswer>> = vec![None; n];
             let mut outstanding = n;
-            let mut decision = Decision::Pending;
-            while let Some((i, r)) = pending.next().await {
+            // Once `quorum` endpoints answered without a decision (they differ), the others
+            // get `straggler_wait`, so one dead endpoint cannot hold a round for its whole
+            // retry cycle.
+            let mut deadline: Option<tokio::time::Instant> = None;
+            let decision = loop {
+                let next = match deadline {
+                    Some(d) => tokio::time::timeout_at(d, pending.next())
+                        .await
+                        .unwrap_or(None),
+                    None => pending.next().await,
+                };
+                let Some((i, r)) = next else {
+                    // Everyone answered, or the stragglers' time is up.
+                    let counts: Vec<usize> = groups.iter().map(|g| g.1.len()).collect();
+                    break decide(&counts, 0, k);
+                };
                 outstanding -= 1;
                 match fingerprint(&r) {
                     Some(fp) => {
@@ -372,11 +387,14 @@ impl<C: Chain + Clone + 'static> QuorumChain<C> {
                     }
                 }
                 let counts: Vec<usize> = groups.iter().map(|g| g.1.len()).collect();
-                decision = decide(&counts, outstanding, k);
+                let decision = decide(&counts, outstanding, k);
                 if decision != Decision::Pending {
-                    break;
+                    break decision;
                 }
-            }
+                if deadline.is_none() && counts.iter().sum::<usize>() >= k {
+                    deadline = Some(tokio::time::Instant::now() + self.inner.cfg.straggler_wait);
+                }
+            };
             drop(pending);
             if let Decision::Agreed(g) = decision {
                 let (_, _, values) = groups.swap_remove(g);
@@ -1273,6 +1291,23 @@ mod tests {
             .expect("decided by the first two")
             .unwrap();
         assert_eq!(got.data, Some(cell(1)));
+    }
+
+    #[tokio::test]
+    async fn a_dead_node_does_not_stall_a_round_in_which_the_others_differ() {
+        let dead = FakeNode::with_state(state(1, 10));
+        dead.0.lock().unwrap().delay = Duration::from_secs(60);
+        let nodes = [
+            FakeNode::answering(vec![Ok(state(1, 10)), Ok(state(2, 11))]),
+            FakeNode::with_state(state(2, 11)),
+            dead,
+        ];
+        let q = quorum(&nodes, 2);
+        let got = tokio::time::timeout(Duration::from_secs(5), q.account_state(&addr(9)))
+            .await
+            .expect("the second round decides without the dead node")
+            .unwrap();
+        assert_eq!(got.data, Some(cell(2)));
     }
 
     #[tokio::test]

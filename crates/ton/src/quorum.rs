@@ -82,12 +82,13 @@ pub enum QuorumConfigError {
         /// Endpoints configured.
         endpoints: usize,
     },
-    /// The same endpoint twice would count one source as two.
+    /// The same server twice would count one source as two.
     #[error("endpoint {0} is configured twice")]
     Duplicate(String),
 }
 
-/// Checks an endpoint list and quorum; endpoints are compared by [`endpoint_label`].
+/// Checks an endpoint list and quorum; endpoints are compared by [`endpoint_label`] (scheme,
+/// host and port), case-insensitively.
 pub fn check_quorum(urls: &[String], quorum: usize) -> Result<(), QuorumConfigError> {
     if urls.is_empty() {
         return Err(QuorumConfigError::NoEndpoints);
@@ -112,24 +113,20 @@ pub fn check_quorum(urls: &[String], quorum: usize) -> Result<(), QuorumConfigEr
     Ok(())
 }
 
-/// How an endpoint is named in logs and errors: its URL without user info, query or
-/// fragment (which may carry keys), and without a trailing slash.
+/// How an endpoint is named in logs and errors, and what makes two endpoints the same: the
+/// scheme, host and port of its URL. User info, path and query are left out because some
+/// providers carry the API key there; two URLs on one server are one source anyway.
 pub fn endpoint_label(url: &str) -> String {
     let url = url.trim();
     let (scheme, rest) = match url.split_once("://") {
         Some((s, r)) => (Some(s), r),
         None => (None, url),
     };
-    let rest = rest.split(['?', '#']).next().unwrap_or("");
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     let host = authority.rsplit('@').next().unwrap_or(authority);
-    let path = path.trim_end_matches('/');
     match scheme {
-        Some(s) => format!("{s}://{host}{path}"),
-        None => format!("{host}{path}"),
+        Some(s) => format!("{s}://{host}"),
+        None => host.to_owned(),
     }
 }
 
@@ -1175,7 +1172,19 @@ mod tests {
         check_quorum(&u(&["https://a.example", "https://b.example"]), 2).unwrap();
         assert_eq!(
             endpoint_label("https://user:secret@host.example:8443/base/?api_key=k#f"),
-            "https://host.example:8443/base"
+            "https://host.example:8443"
+        );
+        assert_eq!(
+            endpoint_label("https://go.provider.example/SECRET-KEY/"),
+            "https://go.provider.example"
+        );
+        // Two paths on one server are one source.
+        assert_eq!(
+            check_quorum(
+                &u(&["https://p.example/key-1/", "https://p.example/key-2/"]),
+                2
+            ),
+            Err(QuorumConfigError::Duplicate("https://p.example".into()))
         );
         assert_eq!(endpoint_label("127.0.0.1:8081"), "127.0.0.1:8081");
     }

@@ -199,6 +199,10 @@ async fn stats_html(State(st): State<AppState>) -> Response {
     row("adjusted tokens", c.adjusted_tokens_total.to_string());
     row("workers refused", c.workers_refused.to_string());
     row("clients refused", c.clients_refused.to_string());
+    row(
+        "TON endpoint disagreements",
+        c.ton_disagreements.to_string(),
+    );
     h.push_str("</table>\n<h2>workers</h2>\n<table>\n<tr><th>id</th><th>model</th><th>owner</th><th>coefficient</th><th>load</th><th>enabled</th><th>avg latency (ms)</th><th>reputation</th><th>window ok/all</th><th>served</th><th>failed</th></tr>\n");
     for w in &s.workers {
         let _ = writeln!(
@@ -339,6 +343,12 @@ async fn metrics(State(st): State<AppState>) -> Response {
             ("{kind=\"worker\"}".into(), n(c.workers_refused)),
             ("{kind=\"client\"}".into(), n(c.clients_refused)),
         ],
+    );
+    metric(
+        "cocoon_proxy_ton_disagreements_total",
+        "counter",
+        "Chain reads refused because the configured TON endpoints disagreed.",
+        &[(String::new(), n(c.ton_disagreements))],
     );
     metric(
         "cocoon_proxy_enabled",

@@ -67,6 +67,12 @@ pub trait ClientChain: Send + Sync + 'static {
         client_sc: &'a StdAddr,
         nonce: u64,
     ) -> BoxFuture<'a, Result<(), ChainError>>;
+
+    /// Chain reads refused so far because the configured TON endpoints disagreed (see
+    /// `cocoon_ton::quorum`); shown to the operator.
+    fn ton_disagreements(&self) -> u64 {
+        0
+    }
 }
 
 /// What settlement needs from the chain: the proxy contract's `save_state` records and a

@@ -93,6 +93,8 @@ pub struct CounterStats {
     pub adjusted_tokens_total: u64,
     pub workers_refused: u64,
     pub clients_refused: u64,
+    /// Chain reads refused because the configured TON endpoints disagreed.
+    pub ton_disagreements: u64,
 }
 
 /// A refused handshake, kept for the admin page.
@@ -231,6 +233,7 @@ impl Shared {
                 adjusted_tokens_total: l(&c.tokens_total),
                 workers_refused: l(&c.workers_refused),
                 clients_refused: l(&c.clients_refused),
+                ton_disagreements: self.chain.ton_disagreements(),
             },
             workers: self.registry.stats(&self.router, Instant::now()),
             clients,

@@ -10,7 +10,7 @@
 //!   only issued later, so nothing relevant is older); every registration seen is
 //!   remembered, so a registration that landed before the client asked is still found.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -34,6 +34,9 @@ struct Scan {
     registered: HashSet<(StdAddr, u64)>,
 }
 
+/// Client contract states kept as the last agreed value (bounded; see `client_state`).
+const MAX_AGREED: usize = 10_000;
+
 /// Client contract reads and registration polling through a TON node.
 pub struct TonClientChain<C> {
     chain: C,
@@ -41,6 +44,8 @@ pub struct TonClientChain<C> {
     poll: Duration,
     scan: tokio::sync::Mutex<Scan>,
     errors: Mutex<u64>,
+    /// The last state of each client contract that the chain endpoints agreed on.
+    agreed: Mutex<HashMap<StdAddr, ClientContractState>>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> ChainError {
@@ -60,12 +65,56 @@ impl<C: Chain + 'static> TonClientChain<C> {
                 registered: HashSet::new(),
             }),
             errors: Mutex::new(0),
+            agreed: Mutex::new(HashMap::new()),
         })
     }
 
     /// Poll failures so far (shown to the operator; polling goes on).
     pub fn poll_errors(&self) -> u64 {
         *self.errors.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Remembers an agreed state (at most `MAX_AGREED` contracts; beyond that an arbitrary
+    /// one is forgotten, which only means no kept value for it).
+    fn remember(&self, client_sc: &StdAddr, st: &ClientContractState) {
+        let mut m = self.agreed.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() >= MAX_AGREED
+            && !m.contains_key(client_sc)
+            && let Some(k) = m.keys().next().cloned()
+        {
+            m.remove(&k);
+        }
+        m.insert(client_sc.clone(), st.clone());
+    }
+
+    /// A read failed. When the endpoints did not reach a quorum the last agreed state stays
+    /// in use (an operator event, not a refusal); otherwise, or with no agreed state yet,
+    /// the read fails as before. A disagreement never yields a minority answer.
+    fn kept_or_failed(
+        &self,
+        client_sc: &StdAddr,
+        e: cocoon_ton::chain::ChainError,
+    ) -> Result<Option<ClientContractState>, ChainError> {
+        if !matches!(e, cocoon_ton::chain::ChainError::NoQuorum { .. }) {
+            return Err(unavailable(e));
+        }
+        let kept = self
+            .agreed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(client_sc)
+            .cloned();
+        match kept {
+            Some(st) => {
+                tracing::error!(
+                    client_sc = %client_sc,
+                    error = %e,
+                    "ton_no_quorum: keeping the last agreed client contract state"
+                );
+                Ok(Some(st))
+            }
+            None => Err(unavailable(e)),
+        }
     }
 
     /// Reads new proxy-contract transactions and records the registrations among them.
@@ -91,6 +140,27 @@ impl<C: Chain + 'static> TonClientChain<C> {
     }
 }
 
+/// The client contract as the proxy needs it, from its account state (`None`: not deployed).
+fn client_contract_state(
+    st: cocoon_ton::chain::AccountState,
+) -> Result<Option<ClientContractState>, ChainError> {
+    if st.status != AccountStatus::Active {
+        return Ok(None);
+    }
+    let Some(data) = st.data else {
+        return Ok(None);
+    };
+    let s = ClientStorage::from_cell(&data)
+        .map_err(|e| unavailable(format!("client contract storage: {e}")))?;
+    Ok(Some(ClientContractState {
+        secret_hash: (s.secret_hash != cocoon_ton::HashBytes::ZERO).then_some(s.secret_hash.0),
+        balance: s.balance.0,
+        stake: s.stake.0,
+        tokens_used: s.tokens_used,
+        closing: s.state.0 != 0,
+    }))
+}
+
 /// The `(client contract, nonce)` a transaction registers, if it is a registration.
 fn registration(tx: &cocoon_ton::chain::Transaction) -> Option<(StdAddr, u64)> {
     if tx.outcome().ok().flatten().is_some_and(|o| o.failed()) {
@@ -111,28 +181,20 @@ impl<C: Chain + 'static> ClientChain for TonClientChain<C> {
         client_sc: &'a StdAddr,
     ) -> BoxFuture<'a, Result<Option<ClientContractState>, ChainError>> {
         Box::pin(async move {
-            let st = self
-                .chain
-                .account_state(client_sc)
-                .await
-                .map_err(unavailable)?;
-            if st.status != AccountStatus::Active {
-                return Ok(None);
-            }
-            let Some(data) = st.data else {
-                return Ok(None);
+            let st = match self.chain.account_state(client_sc).await {
+                Ok(st) => st,
+                Err(e) => return self.kept_or_failed(client_sc, e),
             };
-            let s = ClientStorage::from_cell(&data)
-                .map_err(|e| unavailable(format!("client contract storage: {e}")))?;
-            Ok(Some(ClientContractState {
-                secret_hash: (s.secret_hash != cocoon_ton::HashBytes::ZERO)
-                    .then_some(s.secret_hash.0),
-                balance: s.balance.0,
-                stake: s.stake.0,
-                tokens_used: s.tokens_used,
-                closing: s.state.0 != 0,
-            }))
+            let read = client_contract_state(st);
+            if let Ok(Some(s)) = &read {
+                self.remember(client_sc, s);
+            }
+            read
         })
+    }
+
+    fn ton_disagreements(&self) -> u64 {
+        self.chain.quorum_disagreements()
     }
 
     fn wait_register<'a>(

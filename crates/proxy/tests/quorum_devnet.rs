@@ -1,0 +1,250 @@
+//! The proxy's client contract reads (`TonClientChain`) through a quorum of toncenter
+//! endpoints over the devnet, with the real client and proxy contracts in a TVM. Three
+//! endpoints serve the same chain; the test makes some of them lie about a client contract's
+//! balance (its storage cell rewritten in the `getAddressInformation` answer, as a host on
+//! the path could do):
+//!
+//! - one liar among three with quorum 2: the proxy reads the true balance; the same liar as
+//!   the only endpoint (the old configuration) makes the proxy believe the forged balance;
+//! - all three disagreeing: the proxy keeps the last agreed state (not the liars' balances,
+//!   not the honest endpoint's newer one either), counts the disagreement, and refuses a
+//!   client it never had an agreed state for;
+//! - liars honest again: the real, newer balance is read.
+
+use std::time::Duration;
+
+use cocoon_devnet::fake::FakeEndpoint;
+use cocoon_devnet::run::{RunOptions, start};
+use cocoon_proxy::{ClientChain, TonClientChain};
+use cocoon_ton::chain::Chain;
+use cocoon_ton::codec::{Coins, Layout, decode_boc_base64, encode_boc, encode_boc_base64};
+use cocoon_ton::contracts::{ClientStorage, client_contract, proxy_contract};
+use cocoon_ton::keys::SigningKey;
+use cocoon_ton::messages::{ExtClientTopUp, ExtProxyIncreaseStake};
+use cocoon_ton::quorum::{QuorumChain, QuorumConfig};
+use cocoon_ton::toncenter::{Devnet as _, Toncenter, ToncenterConfig};
+use cocoon_ton::wallet::{OutMsg, Wallet};
+use cocoon_ton::{Cell, HashBytes, StdAddr};
+
+const T0: u32 = 1_750_000_000;
+const TON: u128 = 1_000_000_000;
+
+struct Party {
+    key: SigningKey,
+    wallet: Wallet,
+    address: StdAddr,
+    seqno: u32,
+}
+
+impl Party {
+    fn new(seed: u8) -> Self {
+        let key = SigningKey::from_seed(&[seed; 32]).unwrap();
+        let wallet = Wallet::v4r2(key.public_key(), 0);
+        let address = wallet.address().unwrap();
+        Party {
+            key,
+            wallet,
+            address,
+            seqno: 0,
+        }
+    }
+
+    async fn send(&mut self, tc: &Toncenter, to: &StdAddr, value: u128, body: Cell) {
+        self.transfer(tc, OutMsg::new(to.clone(), value as u64, Some(body)))
+            .await;
+    }
+
+    async fn deploy(&mut self, tc: &Toncenter, to: &StdAddr, value: u128, body: Cell, init: Cell) {
+        let mut msg = OutMsg::new(to.clone(), value as u64, Some(body));
+        msg.state_init = Some(init);
+        self.transfer(tc, msg).await;
+    }
+
+    async fn transfer(&mut self, tc: &Toncenter, msg: OutMsg) {
+        let now = tc.clock().await.unwrap() as u32;
+        let ext = self
+            .wallet
+            .external_transfer(&self.key, self.seqno, now + 600, &[msg], self.seqno == 0)
+            .unwrap();
+        tc.send_boc(&encode_boc(&ext)).await.unwrap();
+        self.seqno += 1;
+    }
+}
+
+fn top_up(owner: &StdAddr, ton: u128) -> Cell {
+    ExtClientTopUp {
+        query_id: 2,
+        amount: Coins(ton as u64),
+        send_excesses_to: owner.clone(),
+    }
+    .to_cell()
+    .unwrap()
+}
+
+/// Makes `e` answer `getAddressInformation` for `account` with its storage's balance set to
+/// `balance` (everything else as on chain).
+fn lie_about_balance(e: &FakeEndpoint, account: &StdAddr, balance: u64) {
+    let account = account.clone();
+    e.lie(move |asked, result| {
+        if asked.method != "getAddressInformation"
+            || asked
+                .param("address")
+                .and_then(|a| cocoon_ton::parse_address(a).ok())
+                .as_ref()
+                != Some(&account)
+        {
+            return;
+        }
+        let Some(data) = result["data"].as_str() else {
+            return;
+        };
+        let mut s = ClientStorage::from_cell(&decode_boc_base64(data).unwrap()).unwrap();
+        s.balance = Coins(balance);
+        result["data"] = encode_boc_base64(&s.to_cell().unwrap()).into();
+    });
+}
+
+fn client_chain_config(url: &str) -> ToncenterConfig {
+    let mut c = ToncenterConfig::new(url);
+    c.max_attempts = 1;
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_balance_lies_are_outvoted_and_a_disagreement_keeps_the_last_agreed_state() {
+    // The devnet with the root, served by three endpoints over one chain.
+    let dir = tempfile::tempdir().unwrap();
+    let opts = RunOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        dir: Some(dir.path().to_path_buf()),
+        now: Some(T0),
+        deploy_root: true,
+    };
+    let started = tokio::task::spawn_blocking(move || start(&opts))
+        .await
+        .unwrap()
+        .unwrap();
+    let root = started.root.clone().unwrap().address;
+    let e: Vec<FakeEndpoint> = vec![
+        FakeEndpoint::spawn(started.state.clone()).await.unwrap(),
+        FakeEndpoint::spawn(started.state.clone()).await.unwrap(),
+        FakeEndpoint::spawn(started.state.clone()).await.unwrap(),
+    ];
+    let tc = Toncenter::with_url(&e[0].url()).unwrap();
+
+    // A staked proxy contract and two client contracts with 5 TON each.
+    let params = cocoon_devnet::root::test_params().unwrap();
+    let proxy_seed = [0x50; 32];
+    let proxy_pk = HashBytes(SigningKey::from_seed(&proxy_seed).unwrap().public_key());
+    let mut proxy_owner = Party::new(1);
+    let proxy = proxy_contract(&params, &proxy_owner.address, &proxy_pk, &root).unwrap();
+    tc.faucet(&proxy_owner.address, 100 * TON).await.unwrap();
+    let stake = ExtProxyIncreaseStake {
+        query_id: 1,
+        amount: Coins(10 * TON as u64),
+        send_excesses_to: proxy_owner.address.clone(),
+    }
+    .to_cell()
+    .unwrap();
+    proxy_owner
+        .deploy(
+            &tc,
+            &proxy.address,
+            10 * TON + TON / 10,
+            stake,
+            proxy.state_init().unwrap(),
+        )
+        .await;
+    let mut owners = Vec::new();
+    let mut clients = Vec::new();
+    for seed in [2u8, 3] {
+        let mut owner = Party::new(seed);
+        tc.faucet(&owner.address, 100 * TON).await.unwrap();
+        let c = client_contract(&params, &owner.address, &proxy.address, &proxy_pk).unwrap();
+        let body = top_up(&owner.address, 5 * TON);
+        owner
+            .deploy(
+                &tc,
+                &c.address,
+                5 * TON + TON / 10,
+                body,
+                c.state_init().unwrap(),
+            )
+            .await;
+        owners.push(owner);
+        clients.push(c.address);
+    }
+    let (alice_sc, bob_sc) = (clients[0].clone(), clients[1].clone());
+
+    // Quorum 2 of 3; the second endpoint says Alice has 1000 TON.
+    let mut q = QuorumConfig::new(2);
+    q.retry_delay = Duration::from_millis(20);
+    let quorum =
+        QuorumChain::toncenter(e.iter().map(|x| client_chain_config(&x.url())).collect(), q)
+            .unwrap();
+    let chain = TonClientChain::new(
+        quorum.clone(),
+        proxy.address.clone(),
+        Duration::from_millis(50),
+    )
+    .await
+    .unwrap();
+    lie_about_balance(&e[1], &alice_sc, 1000 * TON as u64);
+    let st = chain.client_state(&alice_sc).await.unwrap().unwrap();
+    assert_eq!(st.balance, 5 * TON as u64, "the lie is outvoted");
+    assert_eq!(chain.ton_disagreements(), 0);
+
+    // The same liar as the only endpoint: the proxy believes it (the old behaviour).
+    let single =
+        QuorumChain::toncenter(vec![client_chain_config(&e[1].url())], QuorumConfig::new(1))
+            .unwrap();
+    let alone = TonClientChain::new(single, proxy.address.clone(), Duration::from_millis(50))
+        .await
+        .unwrap();
+    let st = alone.client_state(&alice_sc).await.unwrap().unwrap();
+    assert_eq!(
+        st.balance,
+        1000 * TON as u64,
+        "one endpoint: the attack works"
+    );
+
+    // All three disagree: Alice tops up 2 TON for real (the honest endpoint shows 7), while
+    // the two liars show 1000 and 2000 TON. The last agreed state (5 TON) stays in use.
+    lie_about_balance(&e[2], &alice_sc, 2000 * TON as u64);
+    let body = top_up(&owners[0].address, 2 * TON);
+    owners[0]
+        .send(&tc, &alice_sc, 2 * TON + TON / 10, body)
+        .await;
+    let honest = Toncenter::with_url(&e[0].url()).unwrap();
+    let real =
+        ClientStorage::from_cell(&honest.account_state(&alice_sc).await.unwrap().data.unwrap())
+            .unwrap()
+            .balance
+            .0;
+    assert_eq!(real, 7 * TON as u64);
+    let st = chain.client_state(&alice_sc).await.unwrap().unwrap();
+    assert_eq!(st.balance, 5 * TON as u64, "the last agreed state is kept");
+    assert_eq!(
+        chain.ton_disagreements(),
+        1,
+        "and the disagreement is counted"
+    );
+    let stats = quorum.stats();
+    assert_eq!(stats.disagreements, 1);
+
+    // Bob was never read while the endpoints agreed: with no agreed state he is refused
+    // rather than given a minority answer.
+    lie_about_balance(&e[1], &bob_sc, 1000 * TON as u64);
+    lie_about_balance(&e[2], &bob_sc, 2000 * TON as u64);
+    let refused = chain.client_state(&bob_sc).await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert_eq!(chain.ton_disagreements(), 2);
+
+    // The liars turn honest: the real, newer balance is read.
+    e[1].honest();
+    e[2].honest();
+    let st = chain.client_state(&alice_sc).await.unwrap().unwrap();
+    assert_eq!(st.balance, 7 * TON as u64);
+    let st = chain.client_state(&bob_sc).await.unwrap().unwrap();
+    assert_eq!(st.balance, 5 * TON as u64);
+}

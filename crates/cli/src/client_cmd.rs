@@ -19,6 +19,7 @@ use cocoon_ton::wallet::{Wallet, WalletVersion};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::chain_cfg::{self, RootRead, TonSettings};
 use crate::config::{ConfigError, Layers};
 use crate::role;
 
@@ -111,7 +112,12 @@ pub struct ClientSettings {
     pub connections: usize,
     pub root_address: String,
     pub ton_url: String,
+    pub ton_urls: Vec<String>,
     pub ton_api_key_file: String,
+    pub ton_api_key_files: Vec<String>,
+    pub ton_quorum: u32,
+    pub extra_ca_file: String,
+    pub extra_ca_in_tee: bool,
     pub root_poll_seconds: u64,
     pub wallet_key_file: String,
     pub wallet_version: String,
@@ -148,8 +154,21 @@ pub fn layers(args: &RunArgs, env: Vec<(String, String)>) -> Result<Layers, Conf
     args.common.layers("client", DEFAULTS, env, flags)
 }
 
+/// The chain endpoint settings.
+fn ton_endpoints(s: &ClientSettings) -> TonSettings<'_> {
+    TonSettings {
+        url: &s.ton_url,
+        urls: &s.ton_urls,
+        key_file: &s.ton_api_key_file,
+        key_files: &s.ton_api_key_files,
+        quorum: s.ton_quorum,
+    }
+}
+
 /// Checks what the types alone cannot, naming the key.
 fn check(s: &ClientSettings, l: &Layers) -> Result<(), ConfigError> {
+    ton_endpoints(s).check(l)?;
+    chain_cfg::check_extra_ca(l, &s.extra_ca_file, s.extra_ca_in_tee, &s.tee)?;
     if s.root_address.is_empty() {
         return Err(l.invalid("root_address", "required"));
     }
@@ -251,18 +270,22 @@ fn secret(configured: &str, state_dir: &Path) -> Result<Vec<u8>, String> {
 
 async fn run(s: ClientSettings) -> Result<(), String> {
     let state_dir = role::state_dir(&s.state_dir, "client")?;
+    let extra_roots = chain_cfg::extra_roots(&s.extra_ca_file)?;
     let role::ProxyDialer { connector, tee } = role::proxy_dialer(
         &s.tee,
         &s.proxy_policy,
         s.is_test,
-        &s.pccs_url,
+        role::Pccs {
+            url: &s.pccs_url,
+            extra_roots: &extra_roots,
+        },
         &s.kds_url,
         s.pow_max_difficulty,
         &state_dir,
     )?;
-    let chain = role::toncenter(&s.ton_url, &s.ton_api_key_file)?;
+    let chain = ton_endpoints(&s).chain(&extra_roots)?;
     let root_addr = cocoon_ton::parse_address(&s.root_address).map_err(|e| e.to_string())?;
-    let root = role::load_root_patiently(&chain, &root_addr, Duration::from_secs(30)).await?;
+    let root = chain_cfg::load_root_patiently(&chain, &root_addr, Duration::from_secs(30)).await?;
 
     let channels: Option<Arc<dyn ChannelOps>> = if s.wallet_key_file.is_empty() {
         None
@@ -338,13 +361,12 @@ async fn run(s: ClientSettings) -> Result<(), String> {
         let mut version = handle.stats()["root"]["version"].as_u64().unwrap_or(0);
         loop {
             tokio::time::sleep(every).await;
-            match cocoon_ton::chain::load_root_config(&chain, &root_addr).await {
-                Ok(c) if u64::from(c.version) > version => {
-                    version = u64::from(c.version);
-                    handle.update_root(c);
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "cannot read the root contract"),
+            // Without agreement of the chain endpoints the configuration in use stays.
+            if let RootRead::Agreed(c) = chain_cfg::poll_root(&chain, &root_addr).await
+                && u64::from(c.version) > version
+            {
+                version = u64::from(c.version);
+                handle.update_root(*c);
             }
         }
     };

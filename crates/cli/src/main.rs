@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod attest_cmd;
+mod chain_cfg;
 mod client_cmd;
 mod config;
 mod devnet_cmd;

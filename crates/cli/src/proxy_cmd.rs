@@ -19,11 +19,11 @@ use cocoon_proxy::{
     Timings, TonCheckpointChain, TonClientChain,
 };
 use cocoon_ton::keys::SigningKey;
-use cocoon_ton::toncenter::Toncenter;
 use cocoon_ton::wallet::{OutMsg, Wallet, WalletSender, WalletVersion};
 use cocoon_ton::{HashBytes, StdAddr};
 use serde::Deserialize;
 
+use crate::chain_cfg::{self, RootRead, Ton, TonSettings};
 use crate::config::{ConfigError, Layers};
 use crate::role;
 
@@ -59,7 +59,12 @@ pub struct ProxySettings {
     pub client_listen: String,
     pub root_address: String,
     pub ton_url: String,
+    pub ton_urls: Vec<String>,
     pub ton_api_key_file: String,
+    pub ton_api_key_files: Vec<String>,
+    pub ton_quorum: u32,
+    pub extra_ca_file: String,
+    pub extra_ca_in_tee: bool,
     pub root_poll_seconds: u64,
     pub owner_address: String,
     pub proxy_key_file: String,
@@ -105,8 +110,21 @@ pub fn layers(args: &ProxyArgs, env: Vec<(String, String)>) -> Result<Layers, Co
     args.common.layers("proxy", DEFAULTS, env, flags)
 }
 
+/// The chain endpoint settings.
+fn ton(s: &ProxySettings) -> TonSettings<'_> {
+    TonSettings {
+        url: &s.ton_url,
+        urls: &s.ton_urls,
+        key_file: &s.ton_api_key_file,
+        key_files: &s.ton_api_key_files,
+        quorum: s.ton_quorum,
+    }
+}
+
 /// Checks what the types alone cannot, naming the key.
 fn check(s: &ProxySettings, l: &Layers) -> Result<(), ConfigError> {
+    ton(s).check(l)?;
+    chain_cfg::check_extra_ca(l, &s.extra_ca_file, s.extra_ca_in_tee, &s.tee)?;
     for key in ["owner_address", "root_address"] {
         let v = if key == "owner_address" {
             &s.owner_address
@@ -200,7 +218,7 @@ fn proxy_key(configured: &str, state_dir: &Path) -> Result<SigningKey, String> {
     SigningKey::from_file(&path).map_err(|e| format!("proxy_key_file {}: {e}", path.display()))
 }
 
-fn wallet_sender(s: &ProxySettings, chain: &Toncenter) -> Result<WalletSender<Toncenter>, String> {
+fn wallet_sender(s: &ProxySettings, chain: &Ton) -> Result<WalletSender<Ton>, String> {
     let key = SigningKey::from_file(Path::new(&s.wallet_key_file))
         .map_err(|e| format!("wallet_key_file: {e}"))?;
     let version = s
@@ -214,7 +232,7 @@ fn wallet_sender(s: &ProxySettings, chain: &Toncenter) -> Result<WalletSender<To
 /// Deploys the proxy contract with its stake when it is not active yet.
 async fn ensure_deployed(
     s: &ProxySettings,
-    sender: &mut WalletSender<Toncenter>,
+    sender: &mut WalletSender<Ton>,
     contract: &cocoon_ton::contracts::Deployable,
 ) -> Result<(), String> {
     use cocoon_ton::chain::{AccountStatus, Chain};
@@ -273,32 +291,38 @@ fn now_unix() -> u64 {
 
 async fn run(s: ProxySettings) -> Result<(), String> {
     let state_dir = role::state_dir(&s.state_dir, "proxy")?;
+    let extra_roots = chain_cfg::extra_roots(&s.extra_ca_file)?;
     let role::RoleIdentity {
         resolver,
         source,
         tee,
     } = role::identity(&s.tee, s.is_test, &state_dir)?;
     let _refresh = role::spawn_identity_refresh(&resolver, source);
-    let worker_verifier =
-        role::peer_verifier(
-            &s.worker_policy,
-            s.is_test,
-            &s.pccs_url,
-            &s.kds_url,
-            &state_dir,
-        )?;
+    let worker_verifier = role::peer_verifier(
+        &s.worker_policy,
+        s.is_test,
+        role::Pccs {
+            url: &s.pccs_url,
+            extra_roots: &extra_roots,
+        },
+        &s.kds_url,
+        &state_dir,
+    )?;
     let client_verifier = role::peer_verifier_with(
         &s.client_policy,
         s.is_test,
-        &s.pccs_url,
+        role::Pccs {
+            url: &s.pccs_url,
+            extra_roots: &extra_roots,
+        },
         &s.kds_url,
         &state_dir,
         s.allow_unattested_clients,
     )?;
-    let chain = role::toncenter(&s.ton_url, &s.ton_api_key_file)?;
+    let chain = ton(&s).chain(&extra_roots)?;
     let root_addr = cocoon_ton::parse_address(&s.root_address).map_err(|e| e.to_string())?;
     let owner = cocoon_ton::parse_address(&s.owner_address).map_err(|e| e.to_string())?;
-    let root = role::load_root_patiently(&chain, &root_addr, Duration::from_secs(30)).await?;
+    let root = chain_cfg::load_root_patiently(&chain, &root_addr, Duration::from_secs(30)).await?;
     let key = Arc::new(proxy_key(&s.proxy_key_file, &state_dir)?);
     let contract = cocoon_ton::contracts::proxy_contract(
         &root.params,
@@ -310,7 +334,7 @@ async fn run(s: ProxySettings) -> Result<(), String> {
     let proxy_sc: StdAddr = contract.address.clone();
 
     // Settlement chain: the operator's wallet, or none (test networks only).
-    let checkpoints: Option<Arc<TonCheckpointChain<Toncenter>>> = if s.wallet_key_file.is_empty() {
+    let checkpoints: Option<Arc<TonCheckpointChain<Ton>>> = if s.wallet_key_file.is_empty() {
         eprintln!(
             "proxy: no wallet_key_file: no checkpoints, receipts stay empty (test network only)"
         );
@@ -414,8 +438,12 @@ async fn run(s: ProxySettings) -> Result<(), String> {
         let every = Duration::from_secs(s.root_poll_seconds);
         loop {
             tokio::time::sleep(every).await;
-            match cocoon_ton::chain::load_root_config(&chain, &root_addr).await {
-                Ok(c) if c.version > handle.stats().root_version => {
+            // A disagreement of the chain endpoints keeps the configuration in use (an operator
+            // event, logged by `poll_root` and counted in the stats' `ton_disagreements`); only
+            // an agreed, newer one is applied.
+            match chain_cfg::poll_root(&chain, &root_addr).await {
+                RootRead::Agreed(c) if c.version > handle.stats().root_version => {
+                    let c = *c;
                     // New params: the ledger closes the old contracts' accounts first.
                     if let Err(e) = meter.change_params(&c).await {
                         tracing::error!(error = %e, "ledger refused the new params");
@@ -425,8 +453,7 @@ async fn run(s: ProxySettings) -> Result<(), String> {
                         tracing::error!(error = %e, "root configuration refused");
                     }
                 }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "cannot read the root contract"),
+                RootRead::Agreed(_) | RootRead::NoQuorum | RootRead::Failed => {}
             }
         }
     };

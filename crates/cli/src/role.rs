@@ -14,6 +14,7 @@ use cocoon_ratls::cert::{EvidenceSource, Identity, SimSource, TsmSevSource, TsmT
 use cocoon_ratls::config::CertResolver;
 use cocoon_ratls::net::RatlsConnector;
 use cocoon_ratls::verifier::{RatlsVerifier, VerifierConfig, system_clock};
+use rustls::pki_types::CertificateDer;
 
 /// Checks the browser guard's allowlists, naming the key at fault (`<prefix>allowed_origins`
 /// or `<prefix>allowed_hosts`).
@@ -137,6 +138,15 @@ pub fn spawn_identity_refresh(
     )
 }
 
+/// Where TDX collateral comes from: `pccs_url` (empty: none) and the CAs besides WebPKI that
+/// its HTTPS is checked with (`extra_ca_file`; collateral itself is signature-checked up to
+/// Intel's pinned root either way).
+#[derive(Clone, Copy)]
+pub struct Pccs<'a> {
+    pub url: &'a str,
+    pub extra_roots: &'a [CertificateDer<'static>],
+}
+
 /// The verifier for peers: `policy` is `any`, `tdx`, `sev-snp`, `sim` or a JSON policy file;
 /// on a test network sim peers are accepted too. TDX collateral comes from
 /// `<state_dir>/collateral`, fetched from `pccs_url` when one is given (then refreshed in the
@@ -146,18 +156,18 @@ pub fn spawn_identity_refresh(
 pub fn peer_verifier(
     policy: &str,
     is_test: bool,
-    pccs_url: &str,
+    pccs: Pccs<'_>,
     kds_url: &str,
     state_dir: &Path,
 ) -> Result<Arc<RatlsVerifier>, String> {
-    peer_verifier_with(policy, is_test, pccs_url, kds_url, state_dir, false)
+    peer_verifier_with(policy, is_test, pccs, kds_url, state_dir, false)
 }
 
 /// [`peer_verifier`], optionally also accepting peers without evidence (a proxy's clients).
 pub fn peer_verifier_with(
     policy: &str,
     is_test: bool,
-    pccs_url: &str,
+    pccs: Pccs<'_>,
     kds_url: &str,
     state_dir: &Path,
     allow_unattested: bool,
@@ -173,11 +183,16 @@ pub fn peer_verifier_with(
     let mut cfg = VerifierConfig::new(p);
     cfg.allow_unattested = allow_unattested;
     let dir = state_dir.join("collateral");
-    if pccs_url.is_empty() {
+    if pccs.url.is_empty() {
         cfg.collateral = Arc::new(CollateralStore::new(dir));
     } else {
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let client = PccsClient::new(pccs_url).map_err(|e| format!("pccs_url: {e}"))?;
+        let client = PccsClient::with_roots(
+            pccs.url,
+            cocoon_attest::pccs::DEFAULT_TIMEOUT,
+            pccs.extra_roots,
+        )
+        .map_err(|e| format!("pccs_url: {e}"))?;
         let fetcher = Arc::new(CollateralFetcher::new(client, CollateralStore::new(dir)));
         fetcher.spawn_refresher(system_clock(), Duration::from_secs(3600));
         cfg.collateral = fetcher;
@@ -211,7 +226,7 @@ pub fn proxy_dialer(
     tee: &str,
     proxy_policy: &str,
     is_test: bool,
-    pccs_url: &str,
+    pccs: Pccs<'_>,
     kds_url: &str,
     pow_max_difficulty: u32,
     state_dir: &Path,
@@ -222,7 +237,7 @@ pub fn proxy_dialer(
         tee,
     } = identity(tee, is_test, state_dir)?;
     spawn_identity_refresh(&resolver, source);
-    let verifier = peer_verifier(proxy_policy, is_test, pccs_url, kds_url, state_dir)?;
+    let verifier = peer_verifier(proxy_policy, is_test, pccs, kds_url, state_dir)?;
     let connector = RatlsConnector::new(
         resolver,
         verifier,
@@ -324,16 +339,6 @@ where
     }
 }
 
-/// A toncenter client for `url`, with the API key read from `key_file` when one is named.
-pub fn toncenter(url: &str, key_file: &str) -> Result<cocoon_ton::toncenter::Toncenter, String> {
-    let mut cfg = cocoon_ton::toncenter::ToncenterConfig::new(url.to_owned());
-    if !key_file.is_empty() {
-        let k = std::fs::read_to_string(key_file).map_err(|e| format!("{key_file}: {e}"))?;
-        cfg.api_key = Some(k.trim().to_owned());
-    }
-    cocoon_ton::toncenter::Toncenter::new(cfg).map_err(|e| e.to_string())
-}
-
 /// The state directory `configured`, or the role's default; created if missing.
 pub fn state_dir(configured: &str, role: &str) -> Result<PathBuf, String> {
     let d = if configured.is_empty() {
@@ -354,28 +359,6 @@ pub fn admin_token_file(configured: &str, state_dir: &Path) -> Result<PathBuf, S
     };
     ensure_token_file(&p)?;
     Ok(p)
-}
-
-/// Reads the root contract's configuration, retrying for up to `patience` while the chain
-/// is not reachable yet (a devnet still starting).
-pub async fn load_root_patiently(
-    chain: &cocoon_ton::toncenter::Toncenter,
-    root: &cocoon_ton::StdAddr,
-    patience: Duration,
-) -> Result<cocoon_ton::root::RootConfig, String> {
-    let end = tokio::time::Instant::now() + patience;
-    loop {
-        match cocoon_ton::chain::load_root_config(chain, root).await {
-            Ok(c) => return Ok(c),
-            Err(e) if tokio::time::Instant::now() >= end => {
-                return Err(format!("cannot read the root contract {root}: {e}"));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "root contract not readable yet; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    }
 }
 
 /// Flags every role command takes.

@@ -25,6 +25,10 @@ pub struct ChainOpts {
     /// File holding the toncenter API key (sent as X-API-Key).
     #[arg(long, global = true)]
     pub api_key_file: Option<PathBuf>,
+    /// PEM bundle of CA certificates to trust besides the WebPKI roots (SSL_CERT_FILE is not
+    /// read).
+    #[arg(long, global = true)]
+    pub extra_ca_file: Option<PathBuf>,
 }
 
 impl ChainOpts {
@@ -34,6 +38,9 @@ impl ChainOpts {
         if let Some(p) = &self.api_key_file {
             let k = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
             cfg.api_key = Some(k.trim().to_owned());
+        }
+        if let Some(p) = &self.extra_ca_file {
+            cfg.extra_roots = crate::chain_cfg::load_ca_bundle(p)?;
         }
         Toncenter::new(cfg).map_err(|e| e.to_string())
     }

@@ -19,6 +19,7 @@ use cocoon_openai::{Multipliers, PriceTable};
 use cocoon_worker::{AdminConfig, PayoutSink, Timings, Worker, WorkerConfig};
 use serde::Deserialize;
 
+use crate::chain_cfg::{self, RootRead, TonSettings};
 use crate::config::{ConfigError, Layers};
 use crate::role;
 
@@ -65,7 +66,12 @@ pub struct WorkerSettings {
     pub proxies: Vec<String>,
     pub root_address: String,
     pub ton_url: String,
+    pub ton_urls: Vec<String>,
     pub ton_api_key_file: String,
+    pub ton_api_key_files: Vec<String>,
+    pub ton_quorum: u32,
+    pub extra_ca_file: String,
+    pub extra_ca_in_tee: bool,
     pub root_poll_seconds: u64,
     pub owner_address: String,
     pub coefficient: u32,
@@ -103,8 +109,21 @@ pub fn layers(args: &WorkerArgs, env: Vec<(String, String)>) -> Result<Layers, C
     args.common.layers("worker", DEFAULTS, env, flags)
 }
 
+/// The chain endpoint settings.
+fn ton(s: &WorkerSettings) -> TonSettings<'_> {
+    TonSettings {
+        url: &s.ton_url,
+        urls: &s.ton_urls,
+        key_file: &s.ton_api_key_file,
+        key_files: &s.ton_api_key_files,
+        quorum: s.ton_quorum,
+    }
+}
+
 /// Checks what the types alone cannot, naming the key.
 fn check(s: &WorkerSettings, l: &Layers) -> Result<(), ConfigError> {
+    ton(s).check(l)?;
+    chain_cfg::check_extra_ca(l, &s.extra_ca_file, s.extra_ca_in_tee, &s.tee)?;
     if s.tee == "none" {
         return Err(l.invalid("tee", "a worker must be attested (auto, tdx, sev-snp, sim)"));
     }
@@ -197,8 +216,9 @@ async fn engine(
         } else {
             s.backend_model.clone()
         };
-        let e = HttpEngine::new(HttpEngineConfig::new(&s.backend_url, kind, name))
-            .map_err(|e| format!("backend: {e}"))?;
+        let mut cfg = HttpEngineConfig::new(&s.backend_url, kind, name);
+        cfg.extra_roots = chain_cfg::extra_roots(&s.extra_ca_file)?;
+        let e = HttpEngine::new(cfg).map_err(|e| format!("backend: {e}"))?;
         return Ok((Arc::new(e), s.model.clone(), None));
     }
     let (path, id, name) = if Path::new(&s.model).is_file() {
@@ -258,18 +278,22 @@ async fn engine(
 
 async fn run(s: WorkerSettings) -> Result<(), String> {
     let state_dir = role::state_dir(&s.state_dir, "worker")?;
+    let extra_roots = chain_cfg::extra_roots(&s.extra_ca_file)?;
     let role::ProxyDialer { connector, tee } = role::proxy_dialer(
         &s.tee,
         &s.proxy_policy,
         s.is_test,
-        &s.pccs_url,
+        role::Pccs {
+            url: &s.pccs_url,
+            extra_roots: &extra_roots,
+        },
         &s.kds_url,
         s.pow_max_difficulty,
         &state_dir,
     )?;
 
     let (engine, model_id, tokenizer) = engine(&s).await?;
-    let chain = role::toncenter(&s.ton_url, &s.ton_api_key_file)?;
+    let chain = ton(&s).chain(&extra_roots)?;
     let payout_sink: Option<Arc<dyn PayoutSink>> = if s.wallet_key_file.is_empty() {
         None
     } else {
@@ -308,7 +332,7 @@ async fn run(s: WorkerSettings) -> Result<(), String> {
     };
     // With a root, its configuration is read first: proxies, prices and params come from it.
     let first_root = match &root {
-        Some(r) => Some(role::load_root_patiently(&chain, r, Duration::from_secs(30)).await?),
+        Some(r) => Some(chain_cfg::load_root_patiently(&chain, r, Duration::from_secs(30)).await?),
         None => None,
     };
     let prices = match &first_root {
@@ -358,13 +382,11 @@ async fn run(s: WorkerSettings) -> Result<(), String> {
         let every = Duration::from_secs(s.root_poll_seconds);
         loop {
             tokio::time::sleep(every).await;
-            match cocoon_ton::chain::load_root_config(&chain, r).await {
-                Ok(c) => {
-                    if let Err(e) = handle.apply_root_config(&c, &s.proxies) {
-                        tracing::error!(error = %e, "root configuration refused");
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot read the root contract"),
+            // Without agreement of the chain endpoints the configuration in use stays.
+            if let RootRead::Agreed(c) = chain_cfg::poll_root(&chain, r).await
+                && let Err(e) = handle.apply_root_config(&c, &s.proxies)
+            {
+                tracing::error!(error = %e, "root configuration refused");
             }
         }
     };

@@ -165,6 +165,12 @@ impl RatlsConnector {
         &self.verifier
     }
 
+    /// When a session with `peer` (as this connector verified it) must end: see
+    /// [`verdict_deadline`].
+    pub fn verdict_deadline(&self, peer: &VerifiedPeer) -> tokio::time::Instant {
+        verdict_deadline(&self.verifier, peer)
+    }
+
     /// TCP → PoW → TLS; returns the TLS stream and the server's verified facts.
     pub async fn connect_tls(
         &self,
@@ -234,12 +240,24 @@ pub async fn connect(
         .await
 }
 
+/// The moment a session admitted under `peer` must end, on tokio's clock: the peer's
+/// `valid_until` judged by `verifier`'s clock (the one that made the verdict), capped by its
+/// policy's `max_validity_secs` ([`crate::verifier::verdict_remaining`]). Seconds are whole,
+/// so the deadline may fall up to a second after `valid_until`. Sessions select on
+/// `tokio::time::sleep_until(deadline)` and close when it fires; the dialer then redials,
+/// which verifies the peer's evidence again.
+pub fn verdict_deadline(verifier: &RatlsVerifier, peer: &VerifiedPeer) -> tokio::time::Instant {
+    tokio::time::Instant::now() + verifier.verdict_remaining(peer)
+}
+
 /// A session accepted by [`RatlsAcceptor::spawn_listener`].
 pub struct Accepted {
     pub handle: SessionHandle,
     pub incoming: mpsc::Receiver<Incoming>,
     pub peer: VerifiedPeer,
     pub addr: SocketAddr,
+    /// When the session must end because `peer`'s verdict expires ([`verdict_deadline`]).
+    pub verdict_deadline: tokio::time::Instant,
 }
 
 /// The accepting side.
@@ -272,6 +290,12 @@ impl RatlsAcceptor {
 
     pub fn verifier(&self) -> &Arc<RatlsVerifier> {
         &self.verifier
+    }
+
+    /// When a session with `peer` (as this acceptor verified it) must end: see
+    /// [`verdict_deadline`].
+    pub fn verdict_deadline(&self, peer: &VerifiedPeer) -> tokio::time::Instant {
+        verdict_deadline(&self.verifier, peer)
     }
 
     /// PoW → TLS on an accepted TCP stream.
@@ -335,12 +359,14 @@ impl RatlsAcceptor {
                     drop(permit);
                     match res {
                         Ok((handle, incoming, peer)) => {
+                            let verdict_deadline = this.verdict_deadline(&peer);
                             let _ = sink
                                 .send(Accepted {
                                     handle,
                                     incoming,
                                     peer,
                                     addr,
+                                    verdict_deadline,
                                 })
                                 .await;
                         }

@@ -197,6 +197,29 @@ impl VerifierConfig {
     }
 }
 
+/// Longest session lifetime [`verdict_remaining`] gives, whatever the policy says (about ten
+/// years: a deadline this far is never reached, and adding it to a monotonic clock cannot
+/// overflow).
+pub const MAX_SESSION_LIFETIME_SECS: u64 = 10 * 366 * 86_400;
+
+/// How long a session admitted under a verdict valid until `valid_until` (Unix seconds) may
+/// still run at `now`: until the verdict expires, and never longer than `max_validity_secs`
+/// from now. The cap matters for unattested peers, whose `valid_until` is their own
+/// certificate's `notAfter` (they choose it); attested verdicts are already capped by the
+/// policy when they are made. Zero once the verdict has expired (a verdict holds while
+/// `now < valid_until`, as in the verdict cache).
+pub fn verdict_remaining(
+    valid_until: u64,
+    now: u64,
+    max_validity_secs: u64,
+) -> std::time::Duration {
+    let secs = valid_until
+        .saturating_sub(now)
+        .min(max_validity_secs)
+        .min(MAX_SESSION_LIFETIME_SECS);
+    std::time::Duration::from_secs(secs)
+}
+
 /// The RA-TLS verifier (see the module docs).
 pub struct RatlsVerifier {
     cfg: VerifierConfig,
@@ -241,6 +264,21 @@ impl RatlsVerifier {
 
     pub fn policy(&self) -> &Policy {
         &self.cfg.policy
+    }
+
+    /// The verifier's clock (Unix seconds): the time verdicts are judged against.
+    pub fn now(&self) -> u64 {
+        (self.cfg.clock)()
+    }
+
+    /// How long a session admitted under `peer` may still run, judged by this verifier's
+    /// clock (see [`verdict_remaining`]).
+    pub fn verdict_remaining(&self, peer: &VerifiedPeer) -> std::time::Duration {
+        verdict_remaining(
+            peer.valid_until(),
+            self.now(),
+            self.cfg.policy.max_validity_secs,
+        )
     }
 
     /// Full verification of an end-entity certificate at the clock's `now`.
@@ -567,6 +605,45 @@ mod tests {
         let id = sim_identity();
         let peer = check(id.cert_der()).unwrap();
         assert_eq!(peer.public_key(), Some(id.public_key()));
+    }
+
+    #[test]
+    fn sessions_last_until_the_verdict_expires_at_most() {
+        use std::time::Duration;
+        assert_eq!(verdict_remaining(110, 100, 3600), Duration::from_secs(10));
+        // Expired, or expiring now: no time left.
+        assert_eq!(verdict_remaining(100, 100, 3600), Duration::ZERO);
+        assert_eq!(verdict_remaining(90, 100, 3600), Duration::ZERO);
+        // A far notAfter (an unattested peer chooses its own) is capped by the policy, and
+        // any cap by MAX_SESSION_LIFETIME_SECS.
+        assert_eq!(
+            verdict_remaining(u64::MAX, 100, 60),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            verdict_remaining(u64::MAX, 0, u64::MAX),
+            Duration::from_secs(MAX_SESSION_LIFETIME_SECS)
+        );
+
+        // Through the verifier: a sim verdict holds max_validity_secs on the verifier's clock.
+        let mut cfg = VerifierConfig::new(Policy {
+            max_validity_secs: 5,
+            ..Policy::sim_test()
+        });
+        cfg.clock = fixed_clock(NOW);
+        let v = RatlsVerifier::new(cfg);
+        let peer = v
+            .verify_cert(
+                &CertificateDer::from(sim_identity().cert_der().to_vec()),
+                &[],
+            )
+            .unwrap();
+        assert_eq!(peer.valid_until(), NOW + 5);
+        assert_eq!(v.now(), NOW);
+        assert_eq!(v.verdict_remaining(&peer), Duration::from_secs(5));
+        // An unattested peer's certificate says one day; the policy caps the session.
+        let unattested = VerifiedPeer::unattested([1; 32], NOW + 86_400);
+        assert_eq!(v.verdict_remaining(&unattested), Duration::from_secs(5));
     }
 
     #[test]

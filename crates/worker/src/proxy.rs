@@ -9,6 +9,13 @@
 //! 3. (`worker.extendedCompareBalanceWithProxy` when the proxy reports a mismatch);
 //! 4. `worker.proxyHandshakeComplete(is_disabled)`.
 //!
+//! Before step 1 the proxy's attested image must be in the root's `proxy_hashes`, and after
+//! it the proxy's contract must derive from the root's params, its owner and key and the
+//! root address (when the worker follows a root, `proxy_check`); the worker contract is then
+//! derived from that contract. Every root update re-runs these checks on open sessions, and
+//! a session ends when the proxy's attestation verdict expires (`VerifiedPeer::
+//! valid_until`); the redial attests the proxy again.
+//!
 //! Then the session carries `proxy.runQuery(Ex)` (one task each), payment messages
 //! (verified, kept durably, a lower or invalid one closes the session so that the next
 //! handshake compares again), `proxy.cancelQuery` (v3), and periodic
@@ -26,10 +33,12 @@ use cocoon_tl::types::{proxy as tproxy, worker as tworker};
 use cocoon_tl::{Identifiable, TlRead, TlWrite, enums, peek_constructor};
 use cocoon_ton::StdAddr;
 use cocoon_ton::payments::{SignedOp, SignedPayment};
+use cocoon_ton::root::RootConfig;
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{MAX_PROTO_VERSION, MIN_PROTO_VERSION};
+use crate::proxy_check::{self, ProxyFacts, ProxyRefusal};
 use crate::request::{self, RunRequest};
 use crate::store::Observed;
 use crate::{ConnState, Control, Shared};
@@ -39,6 +48,18 @@ use crate::{ConnState, Control, Shared};
 pub(crate) enum SessionError {
     #[error("connect: {0}")]
     Connect(String),
+    #[error(
+        "no root configuration applied within {0:?}; this worker follows a root and serves no proxy before it knows the root's allowlists"
+    )]
+    NoRoot(Duration),
+    #[error("proxy refused: {0}")]
+    Refused(#[from] ProxyRefusal),
+    #[error("proxy dropped: root configuration v{version} no longer allows it: {reason}")]
+    RootChanged { version: u32, reason: ProxyRefusal },
+    #[error(
+        "the proxy's attestation verdict expired (valid until {valid_until}); redialling to attest it again"
+    )]
+    VerdictExpired { valid_until: u64 },
     #[error("handshake: {0}")]
     Handshake(String),
     #[error("payment inconsistency: {0}")]
@@ -54,6 +75,8 @@ pub(crate) enum SessionError {
 /// The proxy as learned in the handshake.
 pub(crate) struct Link {
     pub proxy_sc: String,
+    /// What the proxy proved and claimed, re-checked on every root update.
+    pub facts: ProxyFacts,
     pub worker_sc: StdAddr,
     pub proxy_key: [u8; 32],
     pub proto: i32,
@@ -128,10 +151,20 @@ pub(crate) async fn run(
         shared.update_conn(idx, |c| c.state = ConnState::Connecting);
         let started = Instant::now();
         let res = session(&shared, idx, &addr, &mut stop).await;
+        // Not ready while waiting to redial (the session is gone).
+        shared.update_conn(idx, |c| c.state = ConnState::Connecting);
         if let Err(e) = &res {
-            tracing::warn!(proxy = %addr, error = %e, "proxy session ended");
+            let expired = matches!(e, SessionError::VerdictExpired { .. });
+            if expired {
+                tracing::info!(proxy = %addr, reason = %e, "proxy session ended");
+            } else {
+                tracing::warn!(proxy = %addr, error = %e, "proxy session ended");
+            }
             let msg = e.to_string();
-            shared.update_conn(idx, |c| c.last_error = Some(msg));
+            shared.update_conn(idx, |c| {
+                c.last_error = Some(msg);
+                c.verdict_expiries += u64::from(expired);
+            });
         }
         if *stop.borrow() {
             break;
@@ -164,7 +197,14 @@ fn non_negative(field: &str, v: i64) -> Result<u64, SessionError> {
     u64::try_from(v).map_err(|_| SessionError::Protocol(format!("negative {field} {v}")))
 }
 
-async fn handshake(shared: &Arc<Shared>, s: &SessionHandle) -> Result<Link, SessionError> {
+/// The handshake with a proxy whose attestation passed (`image_hash`), under `root` (the
+/// root configuration applied last, if any).
+async fn handshake(
+    shared: &Arc<Shared>,
+    s: &SessionHandle,
+    root: Option<&RootConfig>,
+    image_hash: [u8; 32],
+) -> Result<Link, SessionError> {
     let t = shared.timings.handshake_timeout;
     let control = shared.control();
     let params = tworker::Params {
@@ -199,9 +239,25 @@ async fn handshake(shared: &Arc<Shared>, s: &SessionHandle) -> Result<Link, Sess
             "proxy chose protocol version {proto}, we speak {MIN_PROTO_VERSION}..={MAX_PROTO_VERSION}"
         )));
     }
-    parse_addr("proxy_owner_address", &p.proxy_owner_address)?;
+    let proxy_owner = parse_addr("proxy_owner_address", &p.proxy_owner_address)?;
     let proxy_sc_addr = parse_addr("proxy_sc_address", &p.proxy_sc_address)?;
     let worker_sc = parse_addr("worker_sc_address", &ans.worker_sc_address)?;
+    let facts = ProxyFacts {
+        image_hash,
+        owner: proxy_owner,
+        key: p.proxy_public_key,
+        proxy_sc: proxy_sc_addr.clone(),
+    };
+    // The proxy contract is derived, not taken from the proxy (with a root to derive it
+    // from); the worker contract below is derived from it.
+    if let Some(root) = root {
+        proxy_check::allowed(
+            root,
+            shared.root_address.as_ref(),
+            shared.check_proxy_hashes,
+            &facts,
+        )?;
+    }
     if let Some(params) = &shared.contract_params() {
         let derived = cocoon_ton::contracts::worker_contract(
             params,
@@ -224,6 +280,7 @@ async fn handshake(shared: &Arc<Shared>, s: &SessionHandle) -> Result<Link, Sess
         .map_err(|e| SessionError::Handshake(format!("cannot register proxy: {e}")))?;
     let mut link = Link {
         proxy_sc,
+        facts,
         worker_sc,
         proxy_key: p.proxy_public_key,
         proto,
@@ -360,13 +417,33 @@ async fn session(
     addr: &str,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), SessionError> {
-    let (s, mut incoming, _peer) = tokio::select! {
+    // Subscribed before the root is read: no update between the checks and the session's
+    // re-checks can be missed.
+    let mut root_rx = shared.root.subscribe();
+    let (s, mut incoming, peer) = tokio::select! {
         r = shared.connector.connect(addr) => r.map_err(|e| SessionError::Connect(e.to_string()))?,
         _ = stop.changed() => return Ok(()),
     };
-    shared.update_conn(idx, |c| c.state = ConnState::Handshaking);
+    let verdict = Verdict {
+        deadline: shared.connector.verdict_deadline(&peer),
+        valid_until: peer.valid_until(),
+    };
+    let image_hash = *peer.image_hash();
+    shared.update_conn(idx, |c| {
+        c.state = ConnState::Handshaking;
+        c.image_hash = Some(hex::encode(image_hash));
+        c.verdict_valid_until = Some(verdict.valid_until);
+    });
     let link = tokio::select! {
-        r = handshake(shared, &s) => r,
+        r = async {
+            let root = current_root(shared, &mut root_rx).await?;
+            // Checked before the proxy learns anything about this worker.
+            if let Some(root) = &root {
+                proxy_check::image_allowed(root, shared.check_proxy_hashes, &image_hash)?;
+            }
+            handshake(shared, &s, root.as_deref(), image_hash).await
+        } => r,
+        _ = tokio::time::sleep_until(verdict.deadline) => Err(verdict.expired()),
         _ = stop.changed() => { s.close(); return Ok(()); }
     };
     let link = match link {
@@ -383,9 +460,44 @@ async fn session(
         c.handshakes += 1;
     });
     tracing::info!(proxy = %addr, proto = link.proto, "proxy handshake complete");
-    let res = serve(shared, &s, &mut incoming, &link, stop).await;
+    let res = serve(shared, &s, &mut incoming, &link, stop, root_rx, verdict).await;
     s.close();
     res
+}
+
+/// The proxy's attestation verdict of this session.
+#[derive(Clone, Copy)]
+struct Verdict {
+    /// When the session must end (`cocoon_ratls::net::verdict_deadline`).
+    deadline: tokio::time::Instant,
+    /// The verdict's `valid_until` (Unix seconds), for the error.
+    valid_until: u64,
+}
+
+impl Verdict {
+    fn expired(&self) -> SessionError {
+        SessionError::VerdictExpired {
+            valid_until: self.valid_until,
+        }
+    }
+}
+
+/// The root configuration to check a proxy against: the last one applied. A worker that
+/// follows a root (`root_address`) waits for the first one (up to the handshake timeout);
+/// one that does not goes on without (no image or contract checks, as COCOON's worker).
+async fn current_root(
+    shared: &Shared,
+    root_rx: &mut watch::Receiver<Option<Arc<RootConfig>>>,
+) -> Result<Option<Arc<RootConfig>>, SessionError> {
+    if shared.root_address.is_none() {
+        return Ok(root_rx.borrow_and_update().clone());
+    }
+    let t = shared.timings.handshake_timeout;
+    match tokio::time::timeout(t, root_rx.wait_for(Option::is_some)).await {
+        Ok(Ok(r)) => Ok(r.clone()),
+        Ok(Err(_)) => Err(SessionError::Closed),
+        Err(_) => Err(SessionError::NoRoot(t)),
+    }
 }
 
 async fn serve(
@@ -394,6 +506,8 @@ async fn serve(
     incoming: &mut mpsc::Receiver<Incoming>,
     link: &Link,
     stop: &mut watch::Receiver<bool>,
+    mut root_rx: watch::Receiver<Option<Arc<RootConfig>>>,
+    verdict: Verdict,
 ) -> Result<(), SessionError> {
     let mut control_rx = shared.control.subscribe();
     let mut generation = shared.generation.subscribe();
@@ -435,6 +549,22 @@ async fn serve(
             }
             Some(id) = done_rx.recv() => { running.remove(&id); }
             _ = generation.changed() => return Err(SessionError::Reconnect),
+            // Returning ends the session, which cancels every request still running on it.
+            _ = tokio::time::sleep_until(verdict.deadline) => return Err(verdict.expired()),
+            r = root_rx.changed() => {
+                if r.is_err() { return Err(SessionError::Closed); }
+                let root = root_rx.borrow_and_update().clone();
+                if let Some(root) = root
+                    && let Err(reason) = proxy_check::allowed(
+                        &root,
+                        shared.root_address.as_ref(),
+                        shared.check_proxy_hashes,
+                        &link.facts,
+                    )
+                {
+                    return Err(SessionError::RootChanged { version: root.version, reason });
+                }
+            }
             r = control_rx.changed() => {
                 if r.is_err() { return Err(SessionError::Closed); }
                 let now = *control_rx.borrow_and_update();

@@ -5,7 +5,9 @@
 //! that follows it needs no proxy list of its own and picks up price and params changes. The
 //! caller fetches the configuration (`cocoon_ton::chain::load_root_config`) and hands it to
 //! [`WorkerHandle::apply_root_config`]; as in COCOON, only a configuration whose `version`
-//! is higher than the last one applied is taken.
+//! is higher than the last one applied is taken. Proxy sessions check the proxy against the
+//! configuration applied last: its attested image must be in `proxy_hashes`, and with a
+//! root address its contract must derive from the root's params.
 
 use std::sync::atomic::Ordering;
 
@@ -68,7 +70,9 @@ impl WorkerHandle {
     /// Applies a root configuration: the proxies it registers (plus `extra_proxies`, the
     /// operator's own list) become the proxy set; its prices apply to requests starting from
     /// now; a new `params_version` makes every session reconnect under the new contracts;
-    /// a model missing from its whitelist disables the worker.
+    /// a model missing from its whitelist disables the worker; a proxy whose image is no
+    /// longer in `proxy_hashes` (with `check_proxy_hashes`) is dropped at once, its running
+    /// requests cancelled, and refused when it is redialled.
     ///
     /// A configuration for the other kind of network (`is_test`) is refused.
     pub fn apply_root_config(
@@ -111,6 +115,12 @@ impl WorkerHandle {
         };
         let had_params = old.is_some();
         self.update_root_config(price_table(&cfg.params), new_params.clone())?;
+        // Every open session re-checks its proxy against this configuration (image allowed,
+        // contract derived) and closes at once if it no longer passes; handshakes waiting
+        // for a first configuration go on.
+        shared
+            .root
+            .send_replace(Some(std::sync::Arc::new(cfg.clone())));
         if new_params.is_some() && !had_params {
             // First params: sessions opened without address checks are redialled so that the
             // worker contract every proxy names is verified.

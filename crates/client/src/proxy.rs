@@ -15,6 +15,12 @@
 //! `client.updatePaymentStatus` answer are verified (a receipt must be signed by the proxy
 //! key for our client contract) and the best receipt is kept durably. When the session ends
 //! every request waiting on it fails at once (COCOON's client waits for its timeout here).
+//!
+//! A session ends when the proxy's attestation verdict expires (`VerifiedPeer::
+//! valid_until`; the redial attests the proxy again) and when a root update no longer allows
+//! it: its image removed from `proxy_hashes`, its contract no longer derived, or `is_test`
+//! switched. Requests waiting on it fail (before their first byte they fail over to another
+//! proxy), and no new request is sent to it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,6 +35,7 @@ use cocoon_tl::{Identifiable, TlRead, enums, peek_constructor};
 use cocoon_ton::HashBytes;
 use cocoon_ton::StdAddr;
 use cocoon_ton::payments::{SignedOp, SignedPayment};
+use cocoon_ton::root::RootConfig;
 use sha2::Digest;
 use tokio::sync::{mpsc, watch};
 
@@ -137,6 +144,11 @@ pub struct ProxyInfo {
     pub proxy_sc: Option<String>,
     pub client_sc: Option<String>,
     pub proto: Option<i32>,
+    /// Unix time until which the proxy's attestation verdict holds (current or last
+    /// session); the session is closed then and redialled, which attests again.
+    pub valid_until: Option<u64>,
+    /// Sessions closed because the proxy's verdict expired.
+    pub verdict_expiries: u64,
     /// `short` or `long`.
     pub auth: Option<String>,
     /// Tokens the best receipt held covers.
@@ -231,6 +243,79 @@ pub(crate) enum SessionError {
     Closed(String),
     #[error("root params changed; reconnecting")]
     Params,
+    #[error(
+        "test mode mismatch: the root configuration says is_test = {root}, this client is configured with is_test = {ours}"
+    )]
+    TestMismatch { root: bool, ours: bool },
+    #[error("proxy dropped: root configuration v{version} no longer allows it: {reason}")]
+    RootChanged { version: u32, reason: String },
+    #[error(
+        "the proxy's attestation verdict expired (valid until {valid_until}); redialling to attest it again"
+    )]
+    VerdictExpired { valid_until: u64 },
+}
+
+/// What a session learned about its proxy, re-checked against every root configuration.
+struct ProxyFacts {
+    image_hash: [u8; 32],
+    owner: StdAddr,
+    key: [u8; 32],
+    proxy_sc: StdAddr,
+}
+
+/// The root's `is_test` must be ours.
+fn same_network(shared: &Shared, root: &RootConfig) -> Result<(), SessionError> {
+    if root.params.is_test != shared.is_test {
+        return Err(SessionError::TestMismatch {
+            root: root.params.is_test,
+            ours: shared.is_test,
+        });
+    }
+    Ok(())
+}
+
+/// The proxy's attested image must be in the root's `proxy_hashes` (with
+/// `check_proxy_hashes`).
+fn image_allowed(shared: &Shared, root: &RootConfig, image: &[u8; 32]) -> Result<(), SessionError> {
+    if shared.check_proxy_hashes && !root.proxy_hashes.iter().any(|h| h.0 == *image) {
+        return Err(SessionError::Image(format!(
+            "the proxy's image hash {} is not in the root contract's proxy list ({} allowed)",
+            hex::encode(image),
+            root.proxy_hashes.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The proxy's contract must derive from the root's params, its owner and key and the root
+/// address (when the root address is known).
+fn contract_derived(
+    shared: &Shared,
+    root: &RootConfig,
+    p: &ProxyFacts,
+) -> Result<(), SessionError> {
+    let Some(root_addr) = &shared.root_address else {
+        return Ok(());
+    };
+    let derived =
+        cocoon_ton::contracts::proxy_contract(&root.params, &p.owner, &HashBytes(p.key), root_addr)
+            .map_err(|e| {
+                SessionError::Handshake(format!("cannot derive the proxy contract: {e}"))
+            })?;
+    if derived.address != p.proxy_sc {
+        return Err(SessionError::Handshake(format!(
+            "the proxy says its contract is {}, its key and owner give {}",
+            p.proxy_sc, derived.address
+        )));
+    }
+    Ok(())
+}
+
+/// Every check a root configuration makes on an open session.
+fn still_allowed(shared: &Shared, root: &RootConfig, p: &ProxyFacts) -> Result<(), SessionError> {
+    same_network(shared, root)?;
+    image_allowed(shared, root, &p.image_hash)?;
+    contract_derived(shared, root, p)
 }
 
 fn now_unix() -> u64 {
@@ -267,15 +352,21 @@ pub(crate) async fn run(shared: Arc<Shared>, slot: Arc<Slot>) {
         if *stop.borrow() {
             break;
         }
+        let expired = matches!(res, Err(SessionError::VerdictExpired { .. }));
         let err = match res {
             Ok(()) => "session closed by the proxy".to_owned(),
             Err(e) => e.to_string(),
         };
-        tracing::warn!(proxy = %slot.address, error = %err, "proxy session ended");
+        if expired {
+            tracing::info!(proxy = %slot.address, reason = %err, "proxy session ended");
+        } else {
+            tracing::warn!(proxy = %slot.address, error = %err, "proxy session ended");
+        }
         slot.update(|i| {
             i.state = "failed".into();
             i.last_error = Some(err);
-            i.failures += 1;
+            i.failures += u64::from(!expired);
+            i.verdict_expiries += u64::from(expired);
             i.ready_since = None;
         });
         if started.elapsed() >= shared.timings.backoff.reset_after {
@@ -315,19 +406,17 @@ async fn session(
         Ok(Ok(x)) => x,
     };
     let image = *peer.image_hash();
+    let verdict_deadline = shared.connector.verdict_deadline(&peer);
+    let valid_until = peer.valid_until();
     slot.update(|i| {
         i.tee = Some(format!("{:?}", peer.backend()));
         i.image_hash = Some(hex::encode(image));
         i.tcb_status = Some(format!("{:?}", peer.tcb_status()));
+        i.valid_until = Some(valid_until);
     });
     let closer = CloseOnDrop(handle.clone());
-    if shared.check_proxy_hashes && !root.proxy_hashes.iter().any(|h| h.0 == image) {
-        return Err(SessionError::Image(format!(
-            "the proxy's image hash {} is not in the root contract's proxy list ({} allowed)",
-            hex::encode(image),
-            root.proxy_hashes.len()
-        )));
-    }
+    same_network(shared, &root)?;
+    image_allowed(shared, &root, &image)?;
 
     // connectToProxy
     let q = fclient::ConnectToProxy {
@@ -361,21 +450,13 @@ async fn session(
         .map_err(|e| SessionError::Handshake(format!("bad proxy contract address: {e}")))?;
     let proxy_owner = cocoon_ton::parse_address(&p.proxy_owner_address)
         .map_err(|e| SessionError::Handshake(format!("bad proxy owner address: {e}")))?;
-    if let Some(root_addr) = &shared.root_address {
-        let derived = cocoon_ton::contracts::proxy_contract(
-            &root.params,
-            &proxy_owner,
-            &HashBytes(proxy_key),
-            root_addr,
-        )
-        .map_err(|e| SessionError::Handshake(format!("cannot derive the proxy contract: {e}")))?;
-        if derived.address != proxy_sc {
-            return Err(SessionError::Handshake(format!(
-                "the proxy says its contract is {proxy_sc}, its key and owner give {}",
-                derived.address
-            )));
-        }
-    }
+    let facts = ProxyFacts {
+        image_hash: image,
+        owner: proxy_owner,
+        key: proxy_key,
+        proxy_sc: proxy_sc.clone(),
+    };
+    contract_derived(shared, &root, &facts)?;
     let client = cocoon_ton::contracts::client_contract(
         &root.params,
         &shared.owner_address,
@@ -501,6 +582,10 @@ async fn session(
         i.db_tokens = i.db_tokens.max(ok.tokens_committed_to_db.max(0) as u64);
         i.max_tokens = i.max_tokens.max(ok.max_tokens.max(0) as u64);
     });
+    // A long authorisation may outlast a short verdict: the link is never published then.
+    if tokio::time::Instant::now() >= verdict_deadline {
+        return Err(SessionError::VerdictExpired { valid_until });
+    }
     *slot.last_ready.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
     tracing::info!(proxy = %slot.address, contract = %proxy_sc, proto, auth = kind, "proxy session ready");
     slot.link.send_replace(Some(link.clone()));
@@ -527,9 +612,20 @@ async fn session(
                 }
             }
             r = root_rx.changed() => {
-                if r.is_err() || root_rx.borrow_and_update().params.params_version != params_version {
+                if r.is_err() {
+                    break Err(SessionError::Closed("the gateway is stopping".into()));
+                }
+                let root = root_rx.borrow_and_update().clone();
+                if root.params.params_version != params_version {
                     break Err(SessionError::Params);
                 }
+                // A proxy the new configuration no longer allows gets no more requests.
+                if let Err(e) = still_allowed(shared, &root, &facts) {
+                    break Err(SessionError::RootChanged { version: root.version, reason: e.to_string() });
+                }
+            }
+            _ = tokio::time::sleep_until(verdict_deadline) => {
+                break Err(SessionError::VerdictExpired { valid_until });
             }
             _ = status_tick.tick() => {
                 // Status and automatic payments run beside the demultiplexer; one at a time.

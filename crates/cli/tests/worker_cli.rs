@@ -70,6 +70,11 @@ fn bad_configuration_is_one_line_and_exit_64() {
             vec![],
             "error: config: worker.backend_url (from --backend): expected an http",
         ),
+        (
+            vec!["--owner", OWNER, "--proxy", "127.0.0.1:1"],
+            vec![("COCOON_WORKER_CHECK_PROXY_HASHES", "false")],
+            "error: config: worker.check_proxy_hashes (from COCOON_WORKER_CHECK_PROXY_HASHES): may be turned off on test networks only",
+        ),
     ];
     for (args, envs, want) in cases {
         let (rc, out, err) = worker_cmd(&args, &envs);

@@ -204,6 +204,7 @@ fn node(dir: &Path) {
                     stake: 1 << 60,
                     tokens_used: 0,
                     closing: false,
+                    closed: false,
                 },
             );
         }
@@ -480,6 +481,8 @@ pub async fn start_worker(
         tokenizer: None,
         payout_sink: None,
         contract_params: Some(root().params),
+        root_address: None,
+        check_proxy_hashes: true,
         timings: cocoon_worker::Timings::default(),
     };
     cocoon_worker::Worker::start(cfg).await.expect("worker")

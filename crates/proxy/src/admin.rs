@@ -203,11 +203,11 @@ async fn stats_html(State(st): State<AppState>) -> Response {
         "TON endpoint disagreements",
         c.ton_disagreements.to_string(),
     );
-    h.push_str("</table>\n<h2>workers</h2>\n<table>\n<tr><th>id</th><th>model</th><th>owner</th><th>coefficient</th><th>load</th><th>enabled</th><th>avg latency (ms)</th><th>reputation</th><th>window ok/all</th><th>served</th><th>failed</th></tr>\n");
+    h.push_str("</table>\n<h2>workers</h2>\n<table>\n<tr><th>id</th><th>model</th><th>owner</th><th>coefficient</th><th>load</th><th>enabled</th><th>avg latency (ms)</th><th>reputation</th><th>window ok/all</th><th>served</th><th>failed</th><th>usage reports refused or lowered</th></tr>\n");
     for w in &s.workers {
         let _ = writeln!(
             h,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}/{}</td><td>{}</td><td>{}</td><td>{:.3}</td><td>{}/{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}/{}</td><td>{}</td><td>{}</td><td>{:.3}</td><td>{}/{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             w.id,
             esc(&w.model),
             esc(&w.owner),
@@ -221,6 +221,7 @@ async fn stats_html(State(st): State<AppState>) -> Response {
             w.window_attempts,
             w.served,
             w.failed,
+            w.bad_reports,
         );
     }
     h.push_str("</table>\n<h2>clients</h2>\n<table>\n<tr><th>session</th><th>owner</th><th>contract</th><th>authorised</th><th>running</th><th>tokens (db/max)</th></tr>\n");
@@ -280,6 +281,17 @@ async fn stats_html(State(st): State<AppState>) -> Response {
                 esc(a.frozen.as_deref().unwrap_or("")),
             );
         }
+    }
+    h.push_str("</table>\n<h2>operator events</h2>\n<table>\n<tr><th>at</th><th>kind</th><th>subject</th><th>detail</th></tr>\n");
+    for e in s.events.iter().rev() {
+        let _ = writeln!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            e.at,
+            e.kind,
+            esc(&e.subject),
+            esc(&e.detail)
+        );
     }
     h.push_str("</table>\n<h2>refused handshakes</h2>\n<table>\n<tr><th>at</th><th>kind</th><th>peer</th><th>reason</th></tr>\n");
     for r in s.refusals.iter().rev() {
@@ -349,6 +361,15 @@ async fn metrics(State(st): State<AppState>) -> Response {
         "counter",
         "Chain reads refused because the configured TON endpoints disagreed.",
         &[(String::new(), n(c.ton_disagreements))],
+    );
+    metric(
+        "cocoon_proxy_operator_events_total",
+        "counter",
+        "Operator events by kind (usage_violation, usage_mismatch, usage_capped, client_closing, verdict_expired, ton_no_quorum, ...).",
+        &s.event_counts
+            .iter()
+            .map(|(k, v)| (format!("{{kind=\"{}\"}}", label(k)), n(*v)))
+            .collect::<Vec<_>>(),
     );
     metric(
         "cocoon_proxy_enabled",

@@ -34,6 +34,8 @@ pub struct ClientContractState {
     pub tokens_used: u64,
     /// The contract is closing: no new requests.
     pub closing: bool,
+    /// The contract is closed (refunded).
+    pub closed: bool,
 }
 
 impl ClientContractState {
@@ -137,6 +139,11 @@ impl MemoryChain {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(client_sc, state);
+    }
+
+    /// A client contract as it stands now.
+    pub fn client(&self, client_sc: &StdAddr) -> Option<ClientContractState> {
+        lock(&self.clients).get(client_sc).cloned()
     }
 
     /// Records the on-chain registration of `nonce` by `client_sc` (the long-auth message).

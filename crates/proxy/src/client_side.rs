@@ -11,6 +11,12 @@
 //! Requests are messages: `client.runQueryEx` (one task each, see `forward`),
 //! `client.cancelQuery` (v3). Queries: `client.updatePaymentStatus`,
 //! `client.getWorkerTypes(V2)`. When the session ends, every request of it is cancelled.
+//!
+//! The session ends when the client's verdict expires (`VerifiedPeer::valid_until`; for a
+//! client without evidence, its certificate's notAfter capped by the client policy's
+//! `max_validity_secs`). Client images are not restricted by the root contract (it lists
+//! proxy and worker images only), so a root update re-checks nothing about a client
+//! beyond the params version.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -51,6 +57,7 @@ enum Auth {
 
 pub(crate) struct ClientSession {
     id: u64,
+    ip: std::net::IpAddr,
     handle: SessionHandle,
     auth: Mutex<Auth>,
     pay_lock: crate::registry::PayLock,
@@ -78,11 +85,13 @@ pub(crate) async fn run(shared: Arc<Shared>, a: Accepted, mut stop: watch::Recei
         handle,
         mut incoming,
         addr,
-        ..
+        peer: verified,
+        verdict_deadline,
     } = a;
     let peer = addr.to_string();
     let sess = Arc::new(ClientSession {
         id: shared.next_id(),
+        ip: addr.ip(),
         handle: handle.clone(),
         auth: Mutex::new(Auth::None),
         pay_lock: Default::default(),
@@ -123,6 +132,20 @@ pub(crate) async fn run(shared: Arc<Shared>, a: Accepted, mut stop: watch::Recei
             }
             _ = tokio::time::sleep_until(auth_deadline), if !authorized => {
                 shared.refused("client", &peer, "not authorised in time");
+                break;
+            }
+            // The verdict the session was admitted under (for an unattested client: its
+            // certificate's notAfter, capped by the client policy's max_validity_secs).
+            _ = tokio::time::sleep_until(verdict_deadline) => {
+                shared.event(
+                    "verdict_expired",
+                    &peer,
+                    &format!(
+                        "the client's {:?} verdict expired (valid until {}); session closed, the client reconnects",
+                        verified.backend(),
+                        verified.valid_until()
+                    ),
+                );
                 break;
             }
             msg = incoming.recv() => {
@@ -184,7 +207,7 @@ async fn authorize(
         Ok(s) => s.unwrap_or_default(),
         Err(e) => return failed(ErrorCode::NotReady, e.to_string()),
     };
-    if state.closing {
+    if state.closing || state.closed {
         return failed(ErrorCode::Error, "client is closing".into());
     }
     let price = shared.root.borrow().params.price_per_token;
@@ -314,7 +337,12 @@ async fn on_query(
                     return true;
                 }
             };
-            let secret_hash = match shared.chain.client_state(&client_sc).await {
+            // Nobody is authenticated yet: the read is cached and rate-limited per address.
+            let secret_hash = match shared
+                .lookups
+                .client_state(&*shared.chain, sess.ip, &client_sc)
+                .await
+            {
                 Ok(s) => s.and_then(|s| s.secret_hash),
                 Err(e) => {
                     refuse(responder, ErrorCode::NotReady, &e.to_string());
@@ -550,6 +578,20 @@ fn on_message(shared: &Arc<Shared>, sess: &Arc<ClientSession>, data: &[u8]) -> R
                         q.request_id,
                         ErrorCode::ProtoViolation,
                         "duplicate request id",
+                    );
+                    return Ok(());
+                }
+                if running.len() >= shared.timings.max_session_requests {
+                    forward::reject(
+                        shared,
+                        &sess.handle,
+                        proto,
+                        q.request_id,
+                        ErrorCode::Error,
+                        &format!(
+                            "too many active queries on this connection (at most {})",
+                            shared.timings.max_session_requests
+                        ),
                     );
                     return Ok(());
                 }

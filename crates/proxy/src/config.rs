@@ -28,6 +28,19 @@ pub struct Timings {
     pub max_request_timeout: Duration,
     /// Most concurrent TLS handshakes per listener.
     pub max_handshakes: usize,
+    /// Most requests one client session may have running at once; more are refused (each
+    /// holds a task, a reservation and a worker slot).
+    pub max_session_requests: usize,
+    /// Answer bytes one request may have waiting for a slow client before it is stopped.
+    pub request_buffer_bytes: usize,
+    /// How often the contracts of authorised clients and of clients with unsettled usage are
+    /// read again (credit, closing); `None` never (COCOON's behaviour: read at authorisation).
+    pub client_watch_interval: Option<Duration>,
+    /// A client contract read for a handshake is reused this long.
+    pub lookup_ttl: Duration,
+    /// Contract reads one peer address may cause by handshakes, per minute and at once.
+    pub lookups_per_minute: u32,
+    pub lookup_burst: u32,
 }
 
 impl Default for Timings {
@@ -38,6 +51,12 @@ impl Default for Timings {
             cancel_grace: Duration::from_secs(5),
             max_request_timeout: Duration::from_secs(3600),
             max_handshakes: 64,
+            max_session_requests: 256,
+            request_buffer_bytes: crate::registry::REQUEST_BUFFER_BYTES,
+            client_watch_interval: Some(Duration::from_secs(30)),
+            lookup_ttl: Duration::from_secs(10),
+            lookups_per_minute: 30,
+            lookup_burst: 10,
         }
     }
 }

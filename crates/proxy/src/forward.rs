@@ -21,7 +21,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use cocoon_net::{ErrorCode, SessionHandle};
-use cocoon_openai::{Multipliers, PriceTable, UsageTracker};
+use cocoon_openai::{Endpoint, Multipliers, PriceTable, Usage, UsageTracker};
 use cocoon_tl::functions::{client as fclient, proxy as fproxy};
 use cocoon_tl::types::{TokensUsed, client as tclient, http as thttp, proxy as tproxy};
 use cocoon_tl::{TlRead, TlWrite};
@@ -31,6 +31,7 @@ use tokio::sync::watch;
 
 use crate::meter::{Charge, Party, Settlement};
 use crate::registry::{AttemptOutcome, Lease, PayLock, WorkerEvent};
+use crate::usage_audit::{self, Quote};
 use crate::worker_side::{clamp_i64, payment};
 use crate::{Counters, Shared, admission, now_unix};
 
@@ -63,6 +64,8 @@ enum Stop {
     Deadline,
     /// The usage reported mid-stream outgrew the reservation.
     Depleted,
+    /// The client stopped reading: its answer buffer at the proxy is full.
+    ClientSlow,
 }
 
 fn send_detached(h: &SessionHandle, bytes: Vec<u8>) {
@@ -82,16 +85,28 @@ fn tokens(c: &Charge) -> TokensUsed {
     }
 }
 
-/// The worker's report as a charge; negative counts (a broken worker) count as zero.
-fn charge_of(t: &TokensUsed) -> Charge {
-    let u = |v: i64| u64::try_from(v).unwrap_or(0);
-    Charge {
-        prompt: u(t.prompt_tokens_used),
-        cached: u(t.cached_tokens_used),
-        completion: u(t.completion_tokens_used),
-        reasoning: u(t.reasoning_tokens_used),
-        total: u(t.total_tokens_used),
-    }
+/// The request body with its completion tokens capped to `max_tokens` (all sequences
+/// together; see `cocoon_openai::limit`), and the limit written into it. The client's body is
+/// otherwise passed on as it came; one with duplicate keys, or that is not a JSON object for a
+/// known endpoint, is refused here (an engine could read it differently from us).
+pub(crate) fn cap_query(query: &[u8], max_tokens: u64) -> Result<(Vec<u8>, u64), String> {
+    let mut http = cocoon_tl::functions::http::Request::from_bytes(query)
+        .map_err(|e| format!("invalid http request: {e}"))?;
+    let path = http.url.split(['?', '#']).next().unwrap_or("");
+    let Some(endpoint) = Endpoint::from_path(path) else {
+        return Err("unsupported method".into());
+    };
+    let body = cocoon_openai::validate::parse_strict(&http.payload).map_err(|e| e.message)?;
+    let serde_json::Value::Object(mut body) = body else {
+        return Err("request body must be a JSON object".into());
+    };
+    let limit = cocoon_openai::cap_completion_tokens(endpoint, &mut body, max_tokens)
+        .map_err(|e| e.message)?;
+    http.payload = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
+    // The body's length changed: a length header from the client would now be wrong.
+    http.headers
+        .retain(|h| !h.name.eq_ignore_ascii_case("content-length"));
+    Ok((http.to_bytes(), limit.total().unwrap_or(max_tokens)))
 }
 
 /// Adjusted tokens to reserve for a request.
@@ -259,6 +274,13 @@ pub(crate) async fn run(
             .min(shared.timings.max_request_timeout.as_secs_f64()),
     );
     let deadline = tokio::time::Instant::now() + timeout;
+    // The worker gets the body with the completion limit that is reserved now: a body asking
+    // for more than the client's `max_tokens` is cut down to it.
+    let (query, completion_limit) =
+        match cap_query(&q.query, u64::try_from(q.max_tokens).unwrap_or(0)) {
+            Ok(x) => x,
+            Err(e) => return rej(ErrorCode::Error, &format!("invalid request: {e}")),
+        };
     let reserve = reservation(q.max_tokens, q.query.len(), q.max_coefficient, &root.params);
     if let Err(e) = shared.meter.reserve(&ctx.client_sc, rid, reserve).await {
         return rej(ErrorCode::NotReady, &e.to_string());
@@ -312,7 +334,7 @@ pub(crate) async fn run(
         // the payment reports: a worker never sees its receipts go down.
         let pay_guard = lease.pay_lock.clone().lock_owned().await;
         let msg = fproxy::RunQueryEx {
-            query: q.query.clone(),
+            query: query.clone(),
             signed_payment: payment(&*shared.meter, Party::Worker, &lease.worker_sc),
             coefficient: i64::from(lease.coefficient),
             timeout: remaining,
@@ -338,6 +360,12 @@ pub(crate) async fn run(
             continue;
         }
         let can_retry = attempt == 0;
+        let quote = Quote {
+            coefficient: lease.coefficient,
+            prices,
+            reserved: reserve,
+            completion_limit,
+        };
         match relay(
             &shared,
             &ctx,
@@ -347,7 +375,7 @@ pub(crate) async fn run(
             &mut cancel,
             can_retry,
             start,
-            &prices,
+            &quote,
         )
         .await
         {
@@ -388,15 +416,75 @@ pub(crate) async fn run(
     send_detached(&ctx.handle, m.to_bytes());
 }
 
-/// Sends to the client, but never past the request's deadline (a client that stops reading
-/// must not hold the relay, and with it the cancel and deadline handling, forever).
-async fn send_until(h: &SessionHandle, bytes: Vec<u8>, deadline: tokio::time::Instant) {
-    if tokio::time::timeout_at(deadline, h.send_message(bytes))
-        .await
-        .is_err()
-    {
-        tracing::debug!("client not reading; part dropped at the deadline");
+/// Sends to the client, but never past the request's deadline, and not after the client fell
+/// a whole answer buffer behind (a client that stops reading must not hold the relay, and
+/// with it the cancel and deadline handling, nor make the proxy buffer the answer).
+async fn send_until(
+    h: &SessionHandle,
+    bytes: Vec<u8>,
+    deadline: tokio::time::Instant,
+    overflow: &mut watch::Receiver<bool>,
+) {
+    tokio::select! {
+        r = tokio::time::timeout_at(deadline, h.send_message(bytes)) => {
+            if r.is_err() {
+                tracing::debug!("client not reading; part dropped at the deadline");
+            }
+        }
+        _ = overflowed(overflow) => {
+            tracing::debug!("client not reading; its answer buffer is full");
+        }
     }
+}
+
+/// Resolves once the request's answer buffer overflowed (never, if its inbox is gone).
+async fn overflowed(rx: &mut watch::Receiver<bool>) {
+    if rx.wait_for(|o| *o).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// What to book for the worker's final report, audited against the quote and (for a
+/// completed answer) the usage the proxy saw; findings go to the operator and the worker's
+/// record, and a report that cannot be true ends the worker's session.
+fn booked(
+    shared: &Shared,
+    lease: &Lease,
+    quote: &Quote,
+    reported: &TokensUsed,
+    own: Option<Usage>,
+) -> (Charge, bool) {
+    let a = usage_audit::audit(reported, own.as_ref(), quote);
+    let mut honest = true;
+    if let Some(v) = &a.violation {
+        honest = false;
+        shared.event("usage_violation", &lease.worker_sc, v);
+        shared.registry.update(lease.worker, |e| e.bad_reports += 1);
+        // A protocol violation: the worker's session ends (its other requests fail over).
+        lease.handle.close();
+    } else if let Some(m) = &a.mismatch {
+        honest = false;
+        shared.event("usage_mismatch", &lease.worker_sc, m);
+        shared.registry.update(lease.worker, |e| e.bad_reports += 1);
+    }
+    if a.capped {
+        shared.event(
+            "usage_capped",
+            &lease.worker_sc,
+            &format!(
+                "booked at the reservation of {} adjusted tokens",
+                quote.reserved
+            ),
+        );
+    }
+    (a.book, honest)
+}
+
+/// Usage the proxy counted itself (from the answer), bounded by the reservation.
+fn seen(tracker: &UsageTracker, quote: &Quote) -> Charge {
+    let c = tracked(tracker, &quote.prices, quote.coefficient);
+    let (c, _) = usage_audit::cap(c, quote.reserved);
+    c
 }
 
 /// Relays one attempt; returns how it ended and what it says about the worker.
@@ -410,11 +498,13 @@ async fn relay(
     cancel: &mut watch::Receiver<Option<CancelReason>>,
     can_retry: bool,
     start: f64,
-    prices: &PriceTable,
+    quote: &Quote,
 ) -> (Attempt, AttemptOutcome) {
+    let mut overflow = lease.overflow.clone();
     let sent = Instant::now();
     // Usage the engine reports mid-stream (some engines send it with every chunk) is checked
-    // against the reservation as the parts go by.
+    // against the reservation as the parts go by; the final usage in the answer is the
+    // proxy's own count that the worker's report is audited against.
     let mut tracker = UsageTracker::with_limit(TRACKER_LIMIT);
     let mut first_byte: Option<Duration> = None;
     let mut stopped: Option<Stop> = None;
@@ -422,13 +512,19 @@ async fn relay(
     let rid = q.request_id;
     loop {
         let ev = tokio::select! {
-            ev = lease.events.recv() => ev,
+            ev = lease.recv() => ev,
             r = cancel.changed(), if stopped.is_none() => {
                 let reason = if r.is_err() { Some(CancelReason::ClientGone) } else { *cancel.borrow_and_update() };
                 if let Some(reason) = reason {
                     stopped = Some(Stop::Client(reason));
                     grace = cancel_worker(shared, lease, "client cancelled").await;
                 }
+                continue;
+            }
+            _ = overflowed(&mut overflow), if stopped.is_none() => {
+                tracing::info!(request = %hex::encode(&rid[..8]), "client not reading; stopping the request");
+                stopped = Some(Stop::ClientSlow);
+                grace = cancel_worker(shared, lease, "client not reading").await;
                 continue;
             }
             _ = tokio::time::sleep_until(deadline), if stopped.is_none() => {
@@ -439,8 +535,7 @@ async fn relay(
             _ = tokio::time::sleep_until(grace), if stopped.is_some() => {
                 tracing::warn!(request = %hex::encode(&rid[..8]), "worker sent no final usage after cancel; billing the usage seen in the stream");
                 let stop = stopped.unwrap_or(Stop::Deadline);
-                let seen = tracked(&tracker, prices, lease.coefficient);
-                let out = finish_stopped(shared, ctx, q, lease, stop, seen, None, start).await;
+                let out = finish_stopped(shared, ctx, q, lease, stop, seen(&tracker, quote), None, start).await;
                 return (Attempt::Done(Box::new(out)), stop_outcome(stop, first_byte));
             }
         };
@@ -454,7 +549,7 @@ async fn relay(
                     q,
                     lease,
                     stop,
-                    tracked(&tracker, prices, lease.coefficient),
+                    seen(&tracker, quote),
                     None,
                     start,
                 )
@@ -471,7 +566,6 @@ async fn relay(
                     outcome,
                 );
             }
-            let seen = tracked(&tracker, prices, lease.coefficient);
             let out = finish_error(
                 shared,
                 ctx,
@@ -479,7 +573,7 @@ async fn relay(
                 lease,
                 ErrorCode::NotReady as i32,
                 msg,
-                seen,
+                seen(&tracker, quote),
                 None,
                 start,
             )
@@ -490,17 +584,10 @@ async fn relay(
             WorkerEvent::Head(a) => {
                 if let Some(stop) = stopped {
                     if let Some(fi) = &a.final_info {
-                        let out = finish_stopped(
-                            shared,
-                            ctx,
-                            q,
-                            lease,
-                            stop,
-                            charge_of(&fi.tokens_used),
-                            Some(fi),
-                            start,
-                        )
-                        .await;
+                        let (usage, _) = booked(shared, lease, quote, &fi.tokens_used, None);
+                        let out =
+                            finish_stopped(shared, ctx, q, lease, stop, usage, Some(fi), start)
+                                .await;
                         return (Attempt::Done(Box::new(out)), stop_outcome(stop, first_byte));
                     }
                     continue;
@@ -513,13 +600,14 @@ async fn relay(
                 let answer = with_proxy_header(a.answer, start);
                 if let Some(fi) = a.final_info {
                     // A complete answer in one message.
-                    let usage = charge_of(&fi.tokens_used);
+                    let (usage, honest) =
+                        booked(shared, lease, quote, &fi.tokens_used, tracker.usage());
                     let (out, ok) =
                         finish_success(shared, ctx, q, lease, answer, true, usage, &fi, start)
                             .await;
                     return (
                         Attempt::Done(Box::new(out)),
-                        success_outcome(ok, sent, ttft),
+                        judged_outcome(ok, honest, sent, ttft),
                     );
                 }
                 let m = tclient::QueryAnswerEx {
@@ -527,24 +615,27 @@ async fn relay(
                     answer,
                     final_info: None,
                 };
-                send_until(&ctx.handle, m.to_bytes(), deadline).await;
+                send_until(&ctx.handle, m.to_bytes(), deadline, &mut overflow).await;
             }
             WorkerEvent::Part(p) => {
                 if let Some(fi) = &p.final_info {
-                    let usage = charge_of(&fi.tokens_used);
                     if let Some(stop) = stopped {
+                        let (usage, _) = booked(shared, lease, quote, &fi.tokens_used, None);
                         let out =
                             finish_stopped(shared, ctx, q, lease, stop, usage, Some(fi), start)
                                 .await;
                         return (Attempt::Done(Box::new(out)), stop_outcome(stop, first_byte));
                     }
+                    tracker.push(&p.answer);
+                    let (usage, honest) =
+                        booked(shared, lease, quote, &fi.tokens_used, tracker.usage());
                     let ttft = *first_byte.get_or_insert(sent.elapsed());
                     let (out, ok) =
                         finish_success(shared, ctx, q, lease, p.answer, false, usage, fi, start)
                             .await;
                     return (
                         Attempt::Done(Box::new(out)),
-                        success_outcome(ok, sent, ttft),
+                        judged_outcome(ok, honest, sent, ttft),
                     );
                 }
                 if stopped.is_some() {
@@ -553,7 +644,8 @@ async fn relay(
                 first_byte.get_or_insert(sent.elapsed());
                 tracker.push(&p.answer);
                 if let Some(u) = tracker.usage() {
-                    let used = prices
+                    let used = quote
+                        .prices
                         .adjust(&u, u64::try_from(lease.coefficient).unwrap_or(0))
                         .total;
                     if let Err(e) = shared.meter.check_part(&rid, used) {
@@ -568,14 +660,13 @@ async fn relay(
                     answer: p.answer,
                     final_info: None,
                 };
-                send_until(&ctx.handle, m.to_bytes(), deadline).await;
+                send_until(&ctx.handle, m.to_bytes(), deadline, &mut overflow).await;
             }
             WorkerEvent::Error(e) => {
-                let usage = e
-                    .final_info
-                    .as_ref()
-                    .map(|f| charge_of(&f.tokens_used))
-                    .unwrap_or_default();
+                let usage = match &e.final_info {
+                    Some(f) => booked(shared, lease, quote, &f.tokens_used, None).0,
+                    None => Charge::default(),
+                };
                 if let Some(stop) = stopped {
                     let out = finish_stopped(
                         shared,
@@ -624,6 +715,15 @@ async fn relay(
     }
 }
 
+/// A delivered answer whose usage report was refused or lowered counts against the worker.
+fn judged_outcome(delivered: bool, honest: bool, sent: Instant, ttft: Duration) -> AttemptOutcome {
+    if honest {
+        success_outcome(delivered, sent, ttft)
+    } else {
+        AttemptOutcome::Failure { ttft: Some(ttft) }
+    }
+}
+
 fn success_outcome(delivered: bool, sent: Instant, ttft: Duration) -> AttemptOutcome {
     if delivered {
         AttemptOutcome::Success {
@@ -637,7 +737,7 @@ fn success_outcome(delivered: bool, sent: Instant, ttft: Duration) -> AttemptOut
 
 fn stop_outcome(stop: Stop, first_byte: Option<Duration>) -> AttemptOutcome {
     match stop {
-        Stop::Client(_) | Stop::Depleted => AttemptOutcome::Neutral,
+        Stop::Client(_) | Stop::Depleted | Stop::ClientSlow => AttemptOutcome::Neutral,
         Stop::Deadline => AttemptOutcome::Failure { ttft: first_byte },
     }
 }
@@ -773,9 +873,6 @@ impl PendingNotify {
         lease: &Lease,
         usage: Charge,
     ) -> Result<Self, String> {
-        if let Err(e) = shared.meter.check_part(&q.request_id, usage.total) {
-            tracing::warn!(request = %hex::encode(&q.request_id[..8]), error = %e, "final usage exceeds the reservation");
-        }
         shared
             .meter
             .settle(
@@ -904,6 +1001,10 @@ async fn finish_stopped(
         Stop::Depleted => {
             Counters::inc(&shared.counters.requests_failed);
             (ErrorCode::Error, "reserved_tokens depleted")
+        }
+        Stop::ClientSlow => {
+            Counters::inc(&shared.counters.requests_failed);
+            (ErrorCode::Error, "client not reading; answer cut")
         }
     };
     let rid = q.request_id;

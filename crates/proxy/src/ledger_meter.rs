@@ -20,8 +20,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use cocoon_ledger::{
-    AccountKey, AccountView, ChainCheckpoint, ClientFunds, Kind, Ledger, LedgerDb, LedgerError,
-    LedgerEvent, OpenError, OpenOptions, Pending, RequestId as LedgerRequestId, Status, Store,
+    AccountKey, AccountView, ChainCheckpoint, ClientFunds, DuePolicy, Kind, Ledger, LedgerDb,
+    LedgerError, LedgerEvent, OpenError, OpenOptions, Pending, RequestId as LedgerRequestId,
+    Status, Store,
 };
 use cocoon_ton::StdAddr;
 use cocoon_ton::keys::SigningKey;
@@ -52,6 +53,11 @@ pub struct SettlementConfig {
     pub min_client_charge: u128,
     /// Submit a worker's payout at this many nanoTON (COCOON: 10 TON).
     pub min_worker_payout: u128,
+    /// A submitted receipt the chain does not show after this long is submitted again.
+    pub receipt_resend_after: Duration,
+    /// How often to run while a closing client still owes usage (its refund completes after
+    /// `client_delay_before_close`; the charge must land first).
+    pub urgent_interval: Duration,
 }
 
 impl Default for SettlementConfig {
@@ -61,8 +67,16 @@ impl Default for SettlementConfig {
             resend_after: Duration::from_secs(120),
             min_client_charge: 1_000_000_000,
             min_worker_payout: 10_000_000_000,
+            receipt_resend_after: Duration::from_secs(3600),
+            urgent_interval: Duration::from_secs(2),
         }
     }
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// What the admin pages show about the ledger.
@@ -94,8 +108,8 @@ pub struct LedgerMeter {
     /// Latest signed receipt per account (tokens, BoC), so unchanged totals are not re-signed.
     receipts: Mutex<HashMap<AccountKey, (u64, Vec<u8>)>>,
     submitted: Mutex<(u64, u64)>,
-    /// Tokens of the last receipt submitted on chain per account (this process).
-    sent_receipts: Mutex<HashMap<AccountKey, u64>>,
+    /// Wakes the settlement loop early.
+    kick: tokio::sync::Notify,
     /// The last checkpoint sent: (seqno, ledger seq then, when). One pass at a time.
     last_sent: tokio::sync::Mutex<Option<(u32, u64, std::time::Instant)>>,
     /// The chain and thresholds of the running settlement loop (for operator controls).
@@ -132,7 +146,25 @@ fn meter_error(e: LedgerError) -> MeterError {
         LedgerError::UnknownRequest(_) => MeterError::UnknownRequest,
         LedgerError::DuplicateRequest(_) => MeterError::DuplicateRequest,
         LedgerError::Frozen { key, reason } => MeterError::Frozen(format!("{key}: {reason}")),
+        LedgerError::NotOpen(_) => MeterError::Closing,
         other => MeterError::Refused(other.to_string()),
+    }
+}
+
+fn funds_of(state: &ClientContractState) -> ClientFunds {
+    ClientFunds {
+        balance: state.balance,
+        stake: state.stake,
+    }
+}
+
+fn status_of(state: &ClientContractState) -> Status {
+    if state.closed {
+        Status::Closed
+    } else if state.closing {
+        Status::Closing
+    } else {
+        Status::Open
     }
 }
 
@@ -178,7 +210,7 @@ impl LedgerMeter {
             commits,
             receipts: Mutex::default(),
             submitted: Mutex::default(),
-            sent_receipts: Mutex::default(),
+            kick: tokio::sync::Notify::new(),
             last_sent: tokio::sync::Mutex::new(None),
             settlement: std::sync::OnceLock::new(),
         }))
@@ -357,7 +389,7 @@ impl LedgerMeter {
     ) -> Result<(), ChainError> {
         let mut last_sent = self.last_sent.lock().await;
         // 1. Confirm what the chain shows, in chain order.
-        let after = self.ledger().confirmed_checkpoint().map_or(0, |c| c.seqno);
+        let after = self.ledger().checkpoint_cursor();
         for c in chain.checkpoints_since(after).await? {
             let r = self.ledger().confirm_checkpoint(c);
             match r {
@@ -409,28 +441,50 @@ impl LedgerMeter {
                 Err(e) => tracing::warn!(error = %e, "no checkpoint prepared"),
             }
         }
-        // 3. Charges and payouts that are due.
-        let due = self
-            .ledger()
-            .due(cfg.min_client_charge, cfg.min_worker_payout);
-        for key in due {
-            // The chain's view of an account is refreshed only now and then (clients at
-            // authorisation): a receipt already submitted is not sent again until the
-            // account has more checkpointed tokens (the contract would refuse it anyway).
-            let tokens = self.ledger().account(&key).map_or(0, |a| a.chain_tokens);
-            if lock(&self.sent_receipts)
-                .get(&key)
-                .is_some_and(|t| *t >= tokens)
-            {
-                continue;
-            }
-            let Some(boc) = self.signed(&key) else {
-                continue;
+        // 3. Charges and payouts that are due, and final receipts of closing accounts. What
+        // was submitted is recorded durably: a receipt is not paid for twice, across
+        // restarts too, unless the chain still does not show it after a while.
+        let now = now_unix();
+        let policy = DuePolicy {
+            min_client_charge: cfg.min_client_charge,
+            min_worker_payout: cfg.min_worker_payout,
+            resend_after_secs: cfg.receipt_resend_after.as_secs(),
+        };
+        let due = self.ledger().due(&policy, now);
+        for d in due {
+            let boc = if d.last {
+                let r = self
+                    .ledger()
+                    .final_receipt(&d.key, 0, &self.excess_to, &self.key);
+                match r.map(|r| (r.tokens, r.payment.to_boc())) {
+                    Ok((tokens, Ok(boc))) if tokens == d.tokens => boc,
+                    Ok(_) => continue,
+                    Err(e) => {
+                        tracing::debug!(account = %d.key, error = %e, "final receipt not ready");
+                        continue;
+                    }
+                }
+            } else {
+                match self.signed(&d.key) {
+                    Some(boc) => boc,
+                    None => continue,
+                }
             };
-            chain.submit_receipt(&key.address, boc).await?;
-            lock(&self.sent_receipts).insert(key.clone(), tokens);
+            chain.submit_receipt(&d.key.address, boc).await?;
+            let p = self
+                .ledger()
+                .receipt_submitted(&d.key, d.tokens, now, d.last);
+            match p {
+                Ok(p) => {
+                    if let Err(e) = self.durable(p).await {
+                        tracing::warn!(error = %e, "submitted receipt not recorded yet");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "submitted receipt not recorded"),
+            }
+            tracing::info!(account = %d.key, tokens = d.tokens, last = d.last, "receipt submitted");
             let mut s = lock(&self.submitted);
-            match key.kind {
+            match d.key.kind {
                 Kind::Client => s.0 += 1,
                 Kind::Worker => s.1 += 1,
             }
@@ -448,12 +502,19 @@ impl LedgerMeter {
         cfg: SettlementConfig,
     ) {
         let _ = self.settlement.set((Arc::clone(&chain), cfg.clone()));
-        let mut tick = tokio::time::interval(cfg.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
             if let Err(e) = self.settle_once(&*chain, &cfg).await {
                 tracing::warn!(error = %e, "settlement pass failed; retrying next interval");
+            }
+            // A closing client that still owes usage: run often until its charge is out.
+            let next = if self.ledger().urgent() {
+                cfg.interval.min(cfg.urgent_interval)
+            } else {
+                cfg.interval
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(next) => {}
+                _ = self.kick.notified() => {}
             }
         }
     }
@@ -575,22 +636,47 @@ impl Meter for LedgerMeter {
     ) -> BoxFuture<'a, Result<Totals, MeterError>> {
         Box::pin(async move {
             let a = addr(client)?;
-            let funds = ClientFunds {
-                balance: state.balance,
-                stake: state.stake,
+            let p = {
+                let mut l = self.ledger();
+                let key = l.client_key(&a);
+                l.observe_client_key(key, funds_of(state), state.tokens_used, status_of(state))
+                    .map_err(meter_error)?
             };
-            let status = if state.closing {
-                Status::Closing
-            } else {
-                Status::Open
-            };
-            let p = self
-                .ledger()
-                .observe_client(&a, funds, state.tokens_used, status)
-                .map_err(meter_error)?;
             self.durable(p).await?;
             Ok(self.client_totals(client))
         })
+    }
+
+    fn observe_client<'a>(
+        &'a self,
+        client: &'a str,
+        state: &'a ClientContractState,
+        _price_per_token: u64,
+    ) -> BoxFuture<'a, Result<(), MeterError>> {
+        Box::pin(async move {
+            let a = addr(client)?;
+            let p = {
+                let mut l = self.ledger();
+                let Some(key) = l.find_client(&a) else {
+                    return Ok(());
+                };
+                l.observe_client_key(key, funds_of(state), state.tokens_used, status_of(state))
+                    .map_err(meter_error)?
+            };
+            self.durable(p).await
+        })
+    }
+
+    fn clients_to_watch(&self) -> Vec<String> {
+        self.ledger()
+            .clients_to_watch()
+            .into_iter()
+            .map(|k| k.address.to_string())
+            .collect()
+    }
+
+    fn kick(&self) {
+        self.kick.notify_one();
     }
 
     fn reserve<'a>(

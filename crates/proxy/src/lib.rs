@@ -29,6 +29,7 @@ pub mod admin;
 pub mod admission;
 pub mod chain;
 mod client_side;
+mod client_watch;
 pub mod config;
 mod forward;
 pub mod ledger_meter;
@@ -36,6 +37,7 @@ pub mod meter;
 pub mod registry;
 pub mod router;
 pub mod ton_chain;
+mod usage_audit;
 mod worker_side;
 
 use std::collections::{HashMap, VecDeque};
@@ -54,6 +56,7 @@ pub use chain::{CheckpointChain, ClientChain, ClientContractState, MemoryChain};
 pub use config::{AdminConfig, ConfigError, ProxyConfig, Timings};
 pub use ledger_meter::{LedgerMeter, LedgerStats, SettlementConfig};
 pub use meter::{MemoryMeter, Meter, MeterError, Party};
+pub use registry::REQUEST_BUFFER_BYTES;
 pub use registry::WorkerStat;
 pub use router::RouterConfig;
 pub use ton_chain::{TonCheckpointChain, TonClientChain};
@@ -73,6 +76,8 @@ pub(crate) struct Counters {
     pub tokens_total: AtomicU64,
     pub workers_refused: AtomicU64,
     pub clients_refused: AtomicU64,
+    /// Client contract reads of the watcher that failed.
+    pub watch_errors: AtomicU64,
 }
 
 impl Counters {
@@ -93,6 +98,9 @@ pub struct CounterStats {
     pub adjusted_tokens_total: u64,
     pub workers_refused: u64,
     pub clients_refused: u64,
+    pub watch_errors: u64,
+    /// Client contract reads caused by (unauthenticated) handshakes.
+    pub handshake_lookups: u64,
     /// Chain reads refused because the configured TON endpoints disagreed.
     pub ton_disagreements: u64,
 }
@@ -106,6 +114,19 @@ pub struct RefusalStat {
     pub kind: &'static str,
     pub peer: String,
     pub reason: String,
+}
+
+/// Something the operator should look at (a worker's usage report refused or lowered, a
+/// client contract starting to close, ...), kept for the admin pages.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OperatorEvent {
+    /// Unix seconds.
+    pub at: u64,
+    /// A stable name: `usage_violation`, `usage_mismatch`, `usage_capped`, ...
+    pub kind: &'static str,
+    /// Whom it concerns (a worker contract, a client contract).
+    pub subject: String,
+    pub detail: String,
 }
 
 /// A connected client session.
@@ -130,11 +151,16 @@ pub struct ProxyStats {
     pub workers: Vec<WorkerStat>,
     pub clients: Vec<ClientStat>,
     pub refusals: Vec<RefusalStat>,
+    /// Operator events, newest last.
+    pub events: Vec<OperatorEvent>,
+    /// Operator events since start, by kind.
+    pub event_counts: std::collections::BTreeMap<&'static str, u64>,
     /// The durable ledger, when the meter has one.
     pub ledger: Option<LedgerStats>,
 }
 
 const MAX_REFUSALS: usize = 50;
+const MAX_EVENTS: usize = 100;
 
 /// State shared by every task of one proxy.
 pub(crate) struct Shared {
@@ -147,9 +173,14 @@ pub(crate) struct Shared {
     pub root: watch::Sender<RootConfig>,
     pub meter: Arc<dyn Meter>,
     pub chain: Arc<dyn ClientChain>,
+    pub lookups: client_watch::Lookups,
     pub registry: Arc<Registry>,
     pub clients: Mutex<HashMap<u64, ClientStat>>,
     pub refusals: Mutex<VecDeque<RefusalStat>>,
+    pub events: Mutex<(
+        VecDeque<OperatorEvent>,
+        std::collections::BTreeMap<&'static str, u64>,
+    )>,
     pub counters: Counters,
     pub enabled: AtomicBool,
     next_id: AtomicU64,
@@ -191,6 +222,22 @@ impl Shared {
         });
     }
 
+    /// Records an operator event (logged, counted, kept for the admin pages).
+    pub fn event(&self, kind: &'static str, subject: &str, detail: &str) {
+        tracing::warn!(kind, subject, detail, "operator event");
+        let mut e = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        if e.0.len() >= MAX_EVENTS {
+            e.0.pop_front();
+        }
+        e.0.push_back(OperatorEvent {
+            at: now_unix() as u64,
+            kind,
+            subject: subject.to_owned(),
+            detail: detail.to_owned(),
+        });
+        *e.1.entry(kind).or_default() += 1;
+    }
+
     pub fn update_client(&self, id: u64, f: impl FnOnce(&mut ClientStat)) {
         if let Some(c) = self
             .clients
@@ -218,6 +265,10 @@ impl Shared {
                 cl.totals = self.meter.client_totals(&cl.client_sc);
             }
         }
+        let (events, event_counts) = {
+            let e = self.events.lock().unwrap_or_else(|p| p.into_inner());
+            (e.0.iter().cloned().collect(), e.1.clone())
+        };
         ProxyStats {
             enabled: self.enabled.load(Ordering::SeqCst),
             is_test: self.is_test,
@@ -233,6 +284,8 @@ impl Shared {
                 adjusted_tokens_total: l(&c.tokens_total),
                 workers_refused: l(&c.workers_refused),
                 clients_refused: l(&c.clients_refused),
+                watch_errors: l(&c.watch_errors),
+                handshake_lookups: l(&self.lookups.reads),
                 ton_disagreements: self.chain.ton_disagreements(),
             },
             workers: self.registry.stats(&self.router, Instant::now()),
@@ -244,6 +297,8 @@ impl Shared {
                 .iter()
                 .cloned()
                 .collect(),
+            events,
+            event_counts,
             ledger: self.meter.ledger_stats(),
         }
     }
@@ -343,9 +398,15 @@ impl Proxy {
             root: watch::channel(cfg.root).0,
             meter: cfg.meter,
             chain: cfg.chain,
-            registry: Arc::new(Registry::default()),
+            lookups: client_watch::Lookups::new(
+                cfg.timings.lookup_ttl,
+                cfg.timings.lookups_per_minute,
+                cfg.timings.lookup_burst,
+            ),
+            registry: Arc::new(Registry::with_buffer(cfg.timings.request_buffer_bytes)),
             clients: Mutex::default(),
             refusals: Mutex::default(),
+            events: Mutex::default(),
             counters: Counters::default(),
             enabled: AtomicBool::new(true),
             next_id: AtomicU64::new(0),
@@ -373,6 +434,13 @@ impl Proxy {
                     tokio::spawn(client_side::run(Arc::clone(&shared), a, stop.clone()));
                 }
             }));
+        }
+        if let Some(every) = cfg.timings.client_watch_interval {
+            tasks.push(tokio::spawn(client_watch::run(
+                Arc::clone(&shared),
+                every,
+                stop_rx.clone(),
+            )));
         }
         let mut admin_addr = None;
         if let Some(a) = &cfg.admin {
@@ -443,6 +511,11 @@ impl ProxyHandle {
             true
         });
         res
+    }
+
+    /// Records an operator event (shown on the admin pages, counted on `/metrics`).
+    pub fn operator_event(&self, kind: &'static str, subject: &str, detail: &str) {
+        self.shared.event(kind, subject, detail);
     }
 
     /// Takes part in routing (or stops: new requests and registrations are refused).

@@ -75,6 +75,8 @@ pub enum MeterError {
     DuplicateRequest,
     #[error("account {0} is frozen")]
     Frozen(String),
+    #[error("client is closing")]
+    Closing,
     #[error("storage: {0}")]
     Storage(String),
     #[error("{0}")]
@@ -98,6 +100,24 @@ pub trait Meter: Send + Sync + 'static {
         state: &'a ClientContractState,
         price_per_token: u64,
     ) -> BoxFuture<'a, Result<Totals, MeterError>>;
+
+    /// Records a fresh read of a client contract (balance and stake set the credit; tokens
+    /// charged; closing stops new requests), for the account under whichever params version
+    /// it belongs to. Unknown contracts are ignored.
+    fn observe_client<'a>(
+        &'a self,
+        client: &'a str,
+        state: &'a ClientContractState,
+        price_per_token: u64,
+    ) -> BoxFuture<'a, Result<(), MeterError>>;
+
+    /// Client contracts whose state the proxy must keep reading: unsettled usage, or closing.
+    fn clients_to_watch(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Asks the settlement loop (if any) for a pass now (a client started closing).
+    fn kick(&self) {}
 
     /// Reserves `max_tokens` of the client's credit for a request.
     fn reserve<'a>(
@@ -154,6 +174,7 @@ struct ClientAccount {
     credit: u64,
     reserved: u64,
     used: u64,
+    closing: bool,
 }
 
 #[derive(Debug, Default)]
@@ -224,8 +245,27 @@ impl Meter for MemoryMeter {
         let mut b = self.lock();
         let a = b.clients.entry(client.to_owned()).or_default();
         a.credit = state.credit_tokens(price_per_token);
+        a.closing = state.closing || state.closed;
         let t = Self::totals(a.used);
         Box::pin(async move { Ok(t) })
+    }
+
+    fn observe_client<'a>(
+        &'a self,
+        client: &'a str,
+        state: &'a ClientContractState,
+        price_per_token: u64,
+    ) -> BoxFuture<'a, Result<(), MeterError>> {
+        let mut b = self.lock();
+        if let Some(a) = b.clients.get_mut(client) {
+            a.credit = state.credit_tokens(price_per_token);
+            a.closing = state.closing || state.closed;
+        }
+        Box::pin(async { Ok(()) })
+    }
+
+    fn clients_to_watch(&self) -> Vec<String> {
+        self.lock().clients.keys().cloned().collect()
     }
 
     fn reserve<'a>(
@@ -243,6 +283,9 @@ impl Meter for MemoryMeter {
                 .clients
                 .get_mut(client)
                 .ok_or_else(|| MeterError::UnknownClient(client.to_owned()))?;
+            if a.closing {
+                return Err(MeterError::Closing);
+            }
             let available = a.credit.saturating_sub(a.used).saturating_sub(a.reserved);
             if max_tokens > available {
                 return Err(MeterError::OutOfFunds {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use cocoon_net::SessionHandle;
 use cocoon_tl::types::proxy as tproxy;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::router::{self, Candidate, Health, Pick, RouteError, RouterConfig};
 
@@ -22,6 +22,70 @@ pub(crate) enum WorkerEvent {
     Head(tproxy::QueryAnswerEx),
     Part(tproxy::QueryAnswerPartEx),
     Error(tproxy::QueryAnswerErrorEx),
+}
+
+impl WorkerEvent {
+    /// Answer bytes it carries (what waits in memory until the client takes it).
+    fn size(&self) -> usize {
+        match self {
+            WorkerEvent::Head(h) => h.answer.len(),
+            WorkerEvent::Part(p) => p.answer.len(),
+            WorkerEvent::Error(e) => e.error.len(),
+        }
+    }
+
+    /// Whether it ends the request (the worker's final usage rides on it).
+    fn is_final(&self) -> bool {
+        match self {
+            WorkerEvent::Head(h) => h.final_info.is_some(),
+            WorkerEvent::Part(p) => p.final_info.is_some(),
+            WorkerEvent::Error(_) => true,
+        }
+    }
+}
+
+/// Answer bytes one request may have waiting between the worker and its client. A client
+/// that stops reading fills it; the request is then stopped (the worker is told to cancel)
+/// instead of the proxy buffering the rest of the answer.
+pub const REQUEST_BUFFER_BYTES: usize = 4 << 20;
+
+/// The answers waiting for one request, bounded in bytes.
+#[derive(Debug)]
+pub(crate) struct Inbox {
+    tx: mpsc::UnboundedSender<WorkerEvent>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+    overflow: watch::Sender<bool>,
+    limit: usize,
+}
+
+impl Inbox {
+    /// Queues an event; `false` when the request is gone. Past the byte limit, answer parts
+    /// are dropped and the overflow is signalled; the final event always gets through
+    /// (without its bytes once the client fell behind), so the usage is still settled.
+    fn deliver(&self, ev: WorkerEvent) -> bool {
+        use std::sync::atomic::Ordering;
+        let size = ev.size();
+        let overflowed = *self.overflow.borrow();
+        let ev = if overflowed || self.queued.load(Ordering::SeqCst) + size > self.limit {
+            if !overflowed {
+                self.overflow.send_replace(true);
+            }
+            if !ev.is_final() {
+                return true;
+            }
+            match ev {
+                WorkerEvent::Part(mut p) => {
+                    p.answer = Vec::new();
+                    WorkerEvent::Part(p)
+                }
+                other => other,
+            }
+        } else {
+            ev
+        };
+        self.queued.fetch_add(ev.size(), Ordering::SeqCst);
+        self.tx.send(ev).is_ok()
+    }
 }
 
 /// One connected, admitted worker.
@@ -38,11 +102,13 @@ pub(crate) struct WorkerEntry {
     pub running: u32,
     pub disabled: bool,
     pub health: Health,
-    pub pending: HashMap<[u8; 32], mpsc::UnboundedSender<WorkerEvent>>,
+    pub pending: HashMap<[u8; 32], Inbox>,
     /// Orders payment reports to this worker session (totals must never go down).
     pub pay_lock: PayLock,
     pub served: u64,
     pub failed: u64,
+    /// Usage reports refused or lowered (see `usage_audit`).
+    pub bad_reports: u64,
     pub image_hash: [u8; 32],
 }
 
@@ -53,6 +119,8 @@ pub(crate) type PayLock = Arc<tokio::sync::Mutex<()>>;
 #[derive(Default)]
 pub(crate) struct Registry {
     inner: Mutex<HashMap<u64, WorkerEntry>>,
+    /// Per-request answer buffer in bytes; 0 means [`REQUEST_BUFFER_BYTES`].
+    buffer_bytes: std::sync::atomic::AtomicUsize,
 }
 
 /// A worker as shown on the admin pages.
@@ -73,6 +141,7 @@ pub struct WorkerStat {
     pub window_attempts: usize,
     pub served: u64,
     pub failed: u64,
+    pub bad_reports: u64,
     pub image_hash: String,
 }
 
@@ -90,7 +159,10 @@ pub(crate) struct Lease {
     pub worker_sc: String,
     pub pay_lock: PayLock,
     pub probe: bool,
-    pub events: mpsc::UnboundedReceiver<WorkerEvent>,
+    events: mpsc::UnboundedReceiver<WorkerEvent>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+    /// Becomes true when the client fell more than [`REQUEST_BUFFER_BYTES`] behind.
+    pub overflow: watch::Receiver<bool>,
     released: bool,
 }
 
@@ -108,6 +180,21 @@ pub(crate) enum AttemptOutcome {
 }
 
 impl Registry {
+    /// A registry whose requests buffer at most `bytes` of answer each.
+    pub fn with_buffer(bytes: usize) -> Self {
+        let r = Registry::default();
+        r.buffer_bytes
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
+        r
+    }
+
+    fn buffer_limit(&self) -> usize {
+        match self.buffer_bytes.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => REQUEST_BUFFER_BYTES,
+            n => n,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, WorkerEntry>> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -131,7 +218,7 @@ impl Registry {
     pub fn deliver(&self, worker: u64, request_id: &[u8; 32], ev: WorkerEvent) -> bool {
         let g = self.lock();
         match g.get(&worker).and_then(|e| e.pending.get(request_id)) {
-            Some(tx) => tx.send(ev).is_ok(),
+            Some(inbox) => inbox.deliver(ev),
             None => false,
         }
     }
@@ -165,7 +252,17 @@ impl Registry {
         let Pick { id, probe } = router::choose(cfg, &cands, max_coefficient, exclude, roll)?;
         let e = g.get_mut(&id).ok_or(RouteError::NoWorkers)?;
         let (tx, rx) = mpsc::unbounded_channel();
-        e.pending.insert(proxy_request_id, tx);
+        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (overflow, overflow_rx) = watch::channel(false);
+        e.pending.insert(
+            proxy_request_id,
+            Inbox {
+                tx,
+                queued: Arc::clone(&queued),
+                overflow,
+                limit: self.buffer_limit(),
+            },
+        );
         e.running += 1;
         Ok(Lease {
             registry: Arc::clone(self),
@@ -178,6 +275,8 @@ impl Registry {
             pay_lock: Arc::clone(&e.pay_lock),
             probe,
             events: rx,
+            queued,
+            overflow: overflow_rx,
             released: false,
         })
     }
@@ -204,6 +303,7 @@ impl Registry {
                     window_attempts: n,
                     served: e.served,
                     failed: e.failed,
+                    bad_reports: e.bad_reports,
                     image_hash: hex::encode(e.image_hash),
                 }
             })
@@ -235,6 +335,14 @@ impl Registry {
 }
 
 impl Lease {
+    /// The next answer message for this request; `None` when the worker's session ended.
+    pub async fn recv(&mut self) -> Option<WorkerEvent> {
+        let ev = self.events.recv().await?;
+        self.queued
+            .fetch_sub(ev.size(), std::sync::atomic::Ordering::SeqCst);
+        Some(ev)
+    }
+
     /// Frees the slot and records the outcome in the worker's health.
     pub fn finish(mut self, cfg: &RouterConfig, now: Instant, outcome: AttemptOutcome) {
         self.release(Some((cfg, now, outcome)));

@@ -157,7 +157,8 @@ fn client_contract_state(
         balance: s.balance.0,
         stake: s.stake.0,
         tokens_used: s.tokens_used,
-        closing: s.state.0 != 0,
+        closing: s.state.0 == 1,
+        closed: s.state.0 >= 2,
     }))
 }
 
@@ -540,7 +541,8 @@ mod tests {
                 balance: 1000,
                 stake: 400,
                 tokens_used: 3,
-                closing: false
+                closing: false,
+                closed: false
             }
         );
         assert_eq!(c.client_state(&a(0x62)).await.unwrap(), None);

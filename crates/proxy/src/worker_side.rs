@@ -13,6 +13,10 @@
 //! Afterwards: `proxy.queryAnswer{,Part,Error}Ex` go to the request they answer,
 //! `worker.enabledDisabled` / `worker.newCoefficient` update the registry, and
 //! `worker.updatePaymentStatus` is answered with our totals.
+//!
+//! The session ends when the worker's attestation verdict expires (`VerifiedPeer::
+//! valid_until`, operator event `verdict_expired`) and when a root update no longer allows
+//! its image or model; the worker then redials and is verified and admitted again.
 
 use std::sync::Arc;
 
@@ -73,6 +77,7 @@ pub(crate) async fn run(shared: Arc<Shared>, a: Accepted, mut stop: watch::Recei
         mut incoming,
         peer,
         addr,
+        verdict_deadline,
     } = a;
     let facts = PeerFacts {
         backend: peer.backend(),
@@ -93,6 +98,19 @@ pub(crate) async fn run(shared: Arc<Shared>, a: Accepted, mut stop: watch::Recei
             _ = stop.changed() => break,
             _ = tokio::time::sleep_until(hs_deadline), if !registered => {
                 shared.refused("worker", &peer_name, "handshake not completed in time");
+                break;
+            }
+            // The attestation verdict the session was admitted under holds until then; the
+            // worker redials and is verified again.
+            _ = tokio::time::sleep_until(verdict_deadline) => {
+                shared.event(
+                    "verdict_expired",
+                    &peer_name,
+                    &format!(
+                        "the worker's attestation verdict expired (valid until {}); session closed, the worker reconnects and attests again",
+                        peer.valid_until()
+                    ),
+                );
                 break;
             }
             r = root_rx.changed() => {
@@ -369,6 +387,7 @@ async fn on_query(
                 pay_lock: Default::default(),
                 served: 0,
                 failed: 0,
+                bad_reports: 0,
                 image_hash: facts.image_hash,
             });
             *registered = true;

@@ -133,6 +133,7 @@ fn crash_child() {
             resend_after: Duration::from_millis(200),
             min_client_charge: u128::MAX,
             min_worker_payout: u128::MAX,
+            ..SettlementConfig::default()
         };
         tokio::spawn(meter.clone().run_settlement(chain, cfg));
         let m = meter.clone();

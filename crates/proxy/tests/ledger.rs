@@ -320,3 +320,57 @@ async fn a_restored_old_database_is_refused_and_corruption_freezes_only_one_acco
     m.reserve(&other, [51; 32], 10).await.unwrap();
     assert_eq!(m.stats().frozen.len(), 1);
 }
+
+/// Issue 16 §4: a receipt submitted once is not paid for again after a restart, and a params
+/// change ends with every old account's final receipt on chain (a grant-refund that charges
+/// the client's last tokens, a last payout for the worker) instead of unsettled usage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_are_submitted_once_across_restarts_and_old_accounts_get_final_receipts() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ledger.sqlite");
+    let chain = MemoryChain::new();
+    let cfg = SettlementConfig {
+        min_client_charge: 1,
+        min_worker_payout: 1,
+        ..SettlementConfig::default()
+    };
+    let (client, worker) = (addr(0x61).to_string(), addr(0x62).to_string());
+    let funded = ClientContractState {
+        balance: 1_000_000_000,
+        stake: 1_000_000_000,
+        ..ClientContractState::default()
+    };
+    let m = open(&db, &chain).await.unwrap();
+    m.open_client(&client, &funded, 20).await.unwrap();
+    book(&m, &client, &worker, 1, 2, 40).await;
+    m.settle_once(&chain, &cfg).await.unwrap(); // checkpoint sent
+    m.settle_once(&chain, &cfg).await.unwrap(); // confirmed; charge and payout submitted
+    assert_eq!(chain.receipts().len(), 2);
+    drop(m);
+    // The chain has not executed them yet when the proxy restarts: nothing is sent again.
+    let m = open(&db, &chain).await.unwrap();
+    m.settle_once(&chain, &cfg).await.unwrap();
+    m.settle_once(&chain, &cfg).await.unwrap();
+    assert_eq!(
+        chain.receipts().len(),
+        2,
+        "no second submission after a restart"
+    );
+
+    // New params: the accounts of version 1 are closed with their final receipts once a
+    // checkpoint covers them (it does) and nothing runs on them.
+    let mut next = root(2, true, true);
+    next.params.params_version = 2;
+    m.change_params(&next).await.unwrap();
+    m.settle_once(&chain, &cfg).await.unwrap();
+    let finals: Vec<SignedOp> = chain.receipts()[2..]
+        .iter()
+        .filter_map(|(_, boc)| SignedOp::from_opcode(SignedPayment::from_boc(boc).unwrap().op))
+        .collect();
+    assert!(finals.contains(&SignedOp::ClientGrantRefund), "{finals:?}");
+    assert!(finals.contains(&SignedOp::WorkerLastPayout), "{finals:?}");
+    let n = chain.receipts().len();
+    m.settle_once(&chain, &cfg).await.unwrap();
+    assert_eq!(chain.receipts().len(), n, "each final receipt is sent once");
+    assert!(m.audit().is_empty());
+}

@@ -440,3 +440,216 @@ async fn checkpoints_and_client_charges_settle_on_the_devnet() {
     );
     assert!(meter.audit().is_empty());
 }
+
+const PAYOUT_OP: u32 = 0xc59a7cd3;
+
+/// Payouts (`payout` op) `to` received from `from`, in chain order, to the nanoton.
+async fn payouts(tc: &Toncenter, to: &StdAddr, from: &StdAddr) -> Vec<u128> {
+    tc.transactions_since(to, None, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|t| t.in_msg)
+        .filter(|m| m.source.as_ref() == Some(from))
+        .filter(|m| {
+            m.body
+                .as_ref()
+                .and_then(|b| b.as_slice().ok().and_then(|mut s| s.load_u32().ok()))
+                == Some(PAYOUT_OP)
+        })
+        .map(|m| m.value)
+        .collect()
+}
+
+async fn proxy_stake(tc: &Toncenter, proxy: &StdAddr) -> u64 {
+    let data = tc.account_state(proxy).await.unwrap().data.unwrap();
+    cocoon_ton::contracts::ProxyStorage::from_cell(&data)
+        .unwrap()
+        .stake
+        .0
+}
+
+/// What the refund attack left behind.
+struct RefundOutcome {
+    /// Tokens the proxy served the client (its ledger).
+    served: u64,
+    /// Tokens the client contract was charged.
+    charged: u64,
+    /// What the client's owner got back from the proxy contract, in order.
+    refunds: Vec<u128>,
+    stake_before: u64,
+    stake_after: u64,
+    price: u64,
+}
+
+/// Issue 16 §4, the attack run for real: a client funded with 5 TON (stake 1 TON) uses the
+/// proxy for less than the charge threshold, asks for its refund (the part above the stake
+/// comes back at once), and after `client_delay_before_close` asks again, which forces the
+/// rest out of the proxy's stake. `watch` runs the proxy with its client watcher on or off
+/// (off is how COCOON's proxy, and ours before, behaved).
+async fn refund_attack(watch: bool) -> RefundOutcome {
+    use cocoon_proxy::{LedgerMeter, SettlementConfig, TonCheckpointChain};
+    use cocoon_ton::messages::OwnerClientRequestRefund;
+    let net_chain = chainnet().await;
+    let tc = net_chain.tc.clone();
+    let mut root_cfg = cocoon_ton::chain::load_root_config(&tc, &net_chain.root)
+        .await
+        .unwrap();
+    // Admit the sim worker and the test model (the devnet root lists none).
+    root_cfg.worker_hashes = vec![HashBytes(cocoon_attest::sim::sim_image_hash())];
+    root_cfg.model_hashes = vec![cocoon_ton::root::model_hash(common::MODEL)];
+    let hash: [u8; 32] = {
+        use sha2::Digest;
+        sha2::Sha256::digest(common::SECRET).into()
+    };
+    let (mut alice, alice_sc) = net_chain.client(2, Some(hash)).await;
+    let clients = Arc::new(
+        TonClientChain::new(
+            tc.clone(),
+            net_chain.proxy.address.clone(),
+            Duration::from_millis(50),
+        )
+        .await
+        .unwrap(),
+    );
+    let owner_key = SigningKey::from_seed(&[1; 32]).unwrap();
+    let sender = cocoon_ton::wallet::WalletSender::new(
+        tc.clone(),
+        Wallet::v4r2(owner_key.public_key(), 0),
+        owner_key,
+    )
+    .unwrap();
+    let checkpoints = Arc::new(TonCheckpointChain::new(
+        sender,
+        net_chain.proxy.address.clone(),
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let store = cocoon_ledger::SqliteStore::open(&dir.path().join("ledger.sqlite")).unwrap();
+    let key = Arc::new(SigningKey::from_seed(&net_chain.proxy_key).unwrap());
+    let proxy_owner = net_chain.proxy_owner.address.clone();
+    let meter = LedgerMeter::open_for_root(
+        store,
+        key.clone(),
+        proxy_owner.clone(),
+        &root_cfg,
+        &*checkpoints,
+    )
+    .await
+    .unwrap();
+    // COCOON's thresholds: nothing under 1 TON is charged in the normal course.
+    let cfg = SettlementConfig {
+        interval: Duration::from_millis(200),
+        urgent_interval: Duration::from_millis(100),
+        ..SettlementConfig::default()
+    };
+    let settle = tokio::spawn(meter.clone().run_settlement(checkpoints.clone(), cfg));
+    let c2 = checkpoints.clone();
+    let ticker = tokio::spawn(async move {
+        loop {
+            let _ = c2.tick().await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let proxy_sc = net_chain.proxy.address.clone();
+    let m = meter.clone();
+    let net = common::start_proxy_with(root_cfg, |c| {
+        c.chain = clients.clone();
+        c.meter = m;
+        c.signing_key = key.clone();
+        c.proxy_sc = proxy_sc;
+        c.owner_address = proxy_owner;
+        c.timings.client_watch_interval = watch.then_some(Duration::from_millis(200));
+    })
+    .await;
+    let _worker = common::start_worker(&net, 0x41).await;
+    net.wait_workers(1).await;
+    let stake_before = proxy_stake(&tc, &net_chain.proxy.address).await;
+
+    // The client uses the proxy: three answers, far below 1 TON.
+    let mut c = common::TestClient::authorized(&net, &alice.address).await;
+    for id in 1..=3 {
+        c.run(id, "json", 100, 30.0).await;
+        let r = c.collect().await;
+        assert!(r.error.is_none(), "{:?}", r.error);
+    }
+    let served = meter
+        .account(cocoon_proxy::Party::Client, &alice_sc.to_string())
+        .unwrap()
+        .tokens;
+    assert!(served > 0);
+    // The settlement checkpoints the usage (the client can already be paid for by a receipt).
+    common::eventually("usage checkpointed", || {
+        meter
+            .account(cocoon_proxy::Party::Client, &alice_sc.to_string())
+            .is_some_and(|a| a.chain_tokens == served)
+    })
+    .await;
+
+    // Phase 1 of the refund: the balance above the stake comes back at once.
+    let refund = |q| {
+        OwnerClientRequestRefund {
+            query_id: q,
+            send_excesses_to: alice.address.clone(),
+        }
+        .to_cell()
+        .unwrap()
+    };
+    let (b1, b2) = (refund(11), refund(12));
+    alice.send(&tc, &alice_sc, TON / 5, b1, None).await;
+    // The proxy has until `client_delay_before_close` (wall time here: a few seconds of it).
+    let chain_state = |tc: Toncenter, sc: StdAddr| async move {
+        let data = tc.account_state(&sc).await.unwrap().data.unwrap();
+        cocoon_ton::contracts::ClientStorage::from_cell(&data).unwrap()
+    };
+    for _ in 0..if watch { 150 } else { 10 } {
+        let s = chain_state(tc.clone(), alice_sc.clone()).await;
+        if s.state.0 == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Phase 2 after the delay (refused by a contract the proxy already closed).
+    tc.advance_clock(u64::from(net_chain.params.client_delay_before_close))
+        .await
+        .unwrap();
+    alice.send(&tc, &alice_sc, TON / 5, b2, None).await;
+    let s = chain_state(tc.clone(), alice_sc.clone()).await;
+    assert_eq!(s.state.0, 2, "closed either way");
+    let outcome = RefundOutcome {
+        served,
+        charged: s.tokens_used,
+        refunds: payouts(&tc, &alice.address, &net_chain.proxy.address).await,
+        stake_before,
+        stake_after: proxy_stake(&tc, &net_chain.proxy.address).await,
+        price: net_chain.params.price_per_token,
+    };
+    settle.abort();
+    ticker.abort();
+    net.proxy.shutdown().await;
+    outcome
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_use_the_proxy_and_take_its_whole_deposit_back() {
+    let stake = u128::from(cocoon_devnet::root::test_params().unwrap().min_client_stake);
+    // Without the watcher (the old behaviour) the attack works: nothing was charged, and the
+    // forced refund of the whole stake came out of the proxy's own stake.
+    let old = refund_attack(false).await;
+    assert_eq!(old.charged, 0);
+    assert_eq!(old.refunds, vec![5 * TON - stake, stake]);
+    assert_eq!(u128::from(old.stake_before - old.stake_after), stake);
+    // With it, the closing client is charged every token it used before the close
+    // completes, cooperatively (grant-refund), so the proxy's stake is untouched.
+    let new = refund_attack(true).await;
+    assert_eq!(new.charged, new.served, "every token used was charged");
+    let cost = u128::from(new.served) * u128::from(new.price);
+    assert_eq!(
+        new.refunds,
+        vec![5 * TON - stake, stake - cost],
+        "refunds to the nanoton: the usage stayed with the proxy"
+    );
+    assert_eq!(
+        new.stake_after, new.stake_before,
+        "the proxy's stake is untouched"
+    );
+}

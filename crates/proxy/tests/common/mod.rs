@@ -63,6 +63,8 @@ pub struct EngineState {
     pub requests: Arc<AtomicUsize>,
     /// Endless streams started.
     pub endless_started: Arc<tokio::sync::Notify>,
+    /// Every chat request body received, in order.
+    pub bodies: Arc<std::sync::Mutex<Vec<Value>>>,
 }
 
 impl EngineState {
@@ -94,6 +96,10 @@ async fn chat(
     body: axum::Json<Value>,
 ) -> Response {
     st.requests.fetch_add(1, Ordering::SeqCst);
+    st.bodies
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(body.0.clone());
     if st.busy.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "overloaded").into_response();
     }
@@ -183,8 +189,9 @@ async fn chat(
             (sse, Body::from_stream(stream)).into_response()
         }
         "metered" => {
-            // Usage with every chunk (as some engines report it), growing by 100 completion
-            // tokens a chunk.
+            // Usage with every chunk (as some engines report it): one completion token a
+            // chunk, and a prompt count growing by 1000 a chunk (an engine reporting more
+            // than the request could cost).
             st.dropped.store(false, Ordering::SeqCst);
             let flag = DropFlag(st.dropped.clone());
             let stream = futures::stream::unfold((flag, 1u64), |(f, n)| async move {
@@ -195,9 +202,10 @@ async fn chat(
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 let c = format!(
-                    "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"w \"}}}}],\"usage\":{{\"prompt_tokens\":10,\"completion_tokens\":{},\"total_tokens\":{}}}}}\n\n",
-                    n * 100,
-                    10 + n * 100
+                    "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"w \"}}}}],\"usage\":{{\"prompt_tokens\":{},\"completion_tokens\":{},\"total_tokens\":{}}}}}\n\n",
+                    n * 1000,
+                    n,
+                    n * 1000 + n
                 );
                 Some((Ok::<_, std::io::Error>(c.into_bytes()), (f, n + 1)))
             });
@@ -215,6 +223,7 @@ pub async fn fake_engine() -> (String, EngineState) {
         busy: Arc::new(AtomicBool::new(false)),
         requests: Arc::new(AtomicUsize::new(0)),
         endless_started: Arc::new(tokio::sync::Notify::new()),
+        bodies: Arc::default(),
     };
     let app = Router::new()
         .route("/v1/chat/completions", post(chat))
@@ -373,6 +382,8 @@ pub async fn start_proxy_result(
     };
     tweak(&mut cfg);
     let root = cfg.root.clone();
+    // A tweak may give the proxy another contract (e.g. the one its root derives).
+    let proxy_sc = cfg.proxy_sc.clone();
     let proxy = Proxy::start(cfg).await?;
     Ok(Net {
         proxy,
@@ -414,6 +425,7 @@ impl Net {
                 stake: balance,
                 tokens_used: 0,
                 closing: false,
+                closed: false,
             },
         );
         sc
@@ -463,6 +475,15 @@ pub struct TestWorker {
 
 /// A real worker with its own fake engine, dialling `net`'s proxy.
 pub async fn start_worker(net: &Net, owner_byte: u8) -> TestWorker {
+    start_worker_with(net, owner_byte, |_| {}).await
+}
+
+/// [`start_worker`] with the configuration changed by `tweak` before the worker starts.
+pub async fn start_worker_with(
+    net: &Net,
+    owner_byte: u8,
+    tweak: impl FnOnce(&mut WorkerConfig),
+) -> TestWorker {
     let (base, engine_state) = fake_engine().await;
     let dir = tempfile::tempdir().unwrap();
     let mut timings = cocoon_worker::Timings {
@@ -474,7 +495,7 @@ pub async fn start_worker(net: &Net, owner_byte: u8) -> TestWorker {
     timings.backoff.base = Duration::from_millis(50);
     timings.backoff.max = Duration::from_millis(300);
     let owner = addr(owner_byte);
-    let cfg = WorkerConfig {
+    let mut cfg = WorkerConfig {
         proxies: vec![net.proxy.worker_addr().to_string()],
         owner_address: owner.to_string(),
         model: MODEL.into(),
@@ -489,9 +510,12 @@ pub async fn start_worker(net: &Net, owner_byte: u8) -> TestWorker {
         admin: None,
         payout_sink: None,
         contract_params: Some(net.root.params.clone()),
+        root_address: None,
+        check_proxy_hashes: true,
         tokenizer: Some(Arc::new(Words)),
         timings,
     };
+    tweak(&mut cfg);
     let handle = Worker::start(cfg).await.unwrap();
     TestWorker {
         handle,

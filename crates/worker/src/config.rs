@@ -62,6 +62,18 @@ pub struct WorkerConfig {
     /// them, our owner, the proxy contract and the proxy key; receipts bound to any other
     /// contract would pay someone else. `None` trusts the proxy's word (test networks).
     pub contract_params: Option<cocoon_ton::root::CocoonParams>,
+    /// The root contract this worker follows. When given, the worker serves no proxy before
+    /// a root configuration is applied (`WorkerHandle::apply_root_config`), derives each
+    /// proxy's contract address from the root's params, the proxy's owner and key and this
+    /// address (refusing a proxy that names another one), and derives its own worker
+    /// contract from that. `None` (library use without a root): the proxy's contract is
+    /// taken from its word, as COCOON's worker does.
+    pub root_address: Option<cocoon_ton::StdAddr>,
+    /// Refuse proxies whose attested image hash is not in the root configuration's
+    /// `proxy_hashes` (checked in every handshake and again on every root update). Applies
+    /// once a root configuration is applied; without one only the connector's attestation
+    /// policy judges the proxy.
+    pub check_proxy_hashes: bool,
     /// Intervals and timeouts.
     pub timings: Timings,
 }
@@ -75,6 +87,8 @@ impl std::fmt::Debug for WorkerConfig {
             .field("coefficient", &self.coefficient)
             .field("max_active_requests", &self.max_active_requests)
             .field("is_test", &self.is_test)
+            .field("root_address", &self.root_address)
+            .field("check_proxy_hashes", &self.check_proxy_hashes)
             .field("state_dir", &self.state_dir)
             .field("admin", &self.admin)
             .finish_non_exhaustive()

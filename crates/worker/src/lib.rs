@@ -2,7 +2,9 @@
 //! `cocoon-worker`: the worker role.
 //!
 //! A worker owns an inference engine and sells its tokens through proxies. It dials each
-//! configured proxy over RA-TLS (outbound only: a worker needs no open port), registers its
+//! configured proxy over RA-TLS (outbound only: a worker needs no open port), checks the
+//! proxy's attested image against the root's `proxy_hashes` and derives the proxy's and its
+//! own contract (when it follows a root), registers its
 //! model, price coefficient and capacity, compares balances so that a proxy that lost or
 //! rolled back state is refused, and then serves `proxy.runQueryEx` by validating the
 //! OpenAI request, forwarding it to the engine and relaying the answer **as the engine
@@ -31,6 +33,7 @@ pub mod store;
 
 mod admin;
 mod proxy;
+mod proxy_check;
 mod request;
 
 use std::collections::{HashMap, HashSet};
@@ -106,6 +109,13 @@ pub struct ConnStatus {
     pub handshakes: u64,
     /// Why the last session ended (no secrets: error kinds and public values only).
     pub last_error: Option<String>,
+    /// The proxy's attested image hash (hex) in the current or last session.
+    pub image_hash: Option<String>,
+    /// Unix time until which the proxy's attestation verdict holds (current or last
+    /// session); the session is closed then and redialled, which attests again.
+    pub verdict_valid_until: Option<u64>,
+    /// Sessions closed because the proxy's verdict expired.
+    pub verdict_expiries: u64,
 }
 
 /// A running proxy connection task and its stop switch.
@@ -121,6 +131,13 @@ pub(crate) struct Shared {
     pub owner_address: String,
     pub owner: cocoon_ton::StdAddr,
     pub contract_params: std::sync::RwLock<Option<cocoon_ton::root::CocoonParams>>,
+    /// The root contract followed (`WorkerConfig::root_address`).
+    pub root_address: Option<cocoon_ton::StdAddr>,
+    /// Proxies' images must be in the root's `proxy_hashes`.
+    pub check_proxy_hashes: bool,
+    /// The last root configuration applied (`None` until one is); sessions re-check their
+    /// proxy against every new one.
+    pub root: watch::Sender<Option<Arc<cocoon_ton::root::RootConfig>>>,
     pub is_test: bool,
     pub max_active: u32,
     /// Proxies configured now (sent in the handshake as `proxy_cnt`).
@@ -188,6 +205,9 @@ impl Shared {
                 proxy_sc_address: None,
                 handshakes: 0,
                 last_error: None,
+                image_hash: None,
+                verdict_valid_until: None,
+                verdict_expiries: 0,
             });
         let (stop, stop_rx) = watch::channel(false);
         let shared = Arc::clone(self);
@@ -438,6 +458,9 @@ impl Worker {
                 }
             })?,
             contract_params: std::sync::RwLock::new(config.contract_params.clone()),
+            root_address: config.root_address.clone(),
+            check_proxy_hashes: config.check_proxy_hashes,
+            root: watch::channel(None).0,
             is_test: config.is_test,
             max_active: config.max_active_requests,
             proxy_cnt: AtomicU32::new(0),

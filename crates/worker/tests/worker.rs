@@ -606,9 +606,14 @@ async fn uplink_and_admin_controls() {
         .status(),
         400
     );
-    // New coefficient applies to billing.
-    c.run(1, "/v1/chat/completions", &chat_body("json", false))
-        .await;
+    // The new coefficient applies to requests the proxy routes at it (a request is billed at
+    // the coefficient the proxy quoted).
+    c.run_quoted(
+        1,
+        http_request("/v1/chat/completions", &chat_body("json", false)),
+        2000,
+    )
+    .await;
     let info = loop {
         if let Answer::Part(p) = c.next().await
             && p.final_info.is_some()
@@ -966,7 +971,8 @@ async fn root_config_sets_proxies_prices_and_model_whitelist() {
     let root = |version: u32, endpoints: &[String], listed: bool| RootConfig {
         owner: addr(0x01),
         version,
-        proxy_hashes: vec![],
+        // The test proxies' sim image is allowed.
+        proxy_hashes: vec![cocoon_ton::HashBytes(cocoon_attest::sim::sim_image_hash())],
         registered_proxies: endpoints
             .iter()
             .enumerate()

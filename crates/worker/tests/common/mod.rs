@@ -278,6 +278,12 @@ impl TestProxy {
 
     /// A proxy that names `worker_sc` as the worker's contract.
     pub async fn start_with(worker_sc: StdAddr) -> TestProxy {
+        Self::start_as(addr(0x11), worker_sc).await
+    }
+
+    /// A proxy that names `proxy_sc` as its own contract and `worker_sc` as the worker's
+    /// (its owner is `addr(0x33)`, its key `PROXY_SEED`'s).
+    pub async fn start_as(proxy_sc: StdAddr, worker_sc: StdAddr) -> TestProxy {
         let acceptor = RatlsAcceptor::new(
             CertResolver::new(&sim_identity()).unwrap(),
             sim_verifier(),
@@ -290,7 +296,6 @@ impl TestProxy {
         let behavior = Arc::new(Mutex::new(Behavior::default()));
         let (conn_tx, conns) = mpsc::unbounded_channel();
         let (ev_tx, events) = mpsc::unbounded_channel();
-        let proxy_sc = addr(0x11);
         let key = SigningKey::from_seed(&PROXY_SEED).unwrap();
         let ctx = Arc::new(ProxyCtx {
             key: SigningKey::from_seed(&PROXY_SEED).unwrap(),
@@ -533,12 +538,17 @@ impl ProxyConn {
     }
 
     pub async fn run_raw(&self, id: u8, query: Vec<u8>) {
+        self.run_quoted(id, query, 1500).await;
+    }
+
+    /// `proxy.runQueryEx` quoting `coefficient` (what the proxy routed the request at).
+    pub async fn run_quoted(&self, id: u8, query: Vec<u8>, coefficient: i64) {
         self.send(&fproxy::RunQueryEx {
             query,
             signed_payment: enums::proxy::SignedPayment::SignedPaymentEmpty(
                 tproxy::SignedPaymentEmpty {},
             ),
-            coefficient: 1500,
+            coefficient,
             timeout: 30.0,
             request_id: [id; 32],
             enable_debug: Some(true),
@@ -635,6 +645,8 @@ pub fn worker_config(proxy: &str, engine_base: &str, state_dir: &std::path::Path
         admin: None,
         payout_sink: None,
         contract_params: None,
+        root_address: None,
+        check_proxy_hashes: true,
         tokenizer: None,
         timings,
     }

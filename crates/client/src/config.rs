@@ -41,7 +41,7 @@ pub struct ClientConfig {
     pub owner_address: StdAddr,
     /// Secret whose SHA-256 the client contracts hold (short authorisation).
     pub secret: Vec<u8>,
-    /// Test network (must match the proxies).
+    /// Test network (must match the root contract's `is_test` and the proxies').
     pub is_test: bool,
     /// RA-TLS connector (our certificate, the proxy verifier and its policy).
     pub connector: RatlsConnector,
@@ -121,4 +121,8 @@ pub enum StartError {
     Exposed(SocketAddr),
     #[error("browser allowlist: {0}")]
     Browser(#[from] cocoon_service::browser::AllowlistError),
+    #[error(
+        "test mode mismatch: the root contract says is_test = {root}, this client is configured with is_test = {ours}"
+    )]
+    TestMismatch { root: bool, ours: bool },
 }

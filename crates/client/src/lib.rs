@@ -127,6 +127,14 @@ impl Client {
         }
         let browser =
             cocoon_service::browser::Allowlist::new(&cfg.allowed_origins, &cfg.allowed_hosts)?;
+        // A gateway of one network must not talk to the other's proxies (sim attestation
+        // and test prices on one side, real money on the other).
+        if cfg.root.params.is_test != cfg.is_test {
+            return Err(StartError::TestMismatch {
+                root: cfg.root.params.is_test,
+                ours: cfg.is_test,
+            });
+        }
         let store = Store::open(cfg.state_path.as_deref()).map_err(|error| StartError::State {
             path: cfg
                 .state_path
@@ -299,8 +307,19 @@ impl ClientHandle {
     }
 
     /// Takes a new root configuration (a `params_version` change reconnects every proxy so
-    /// that contracts are derived again).
+    /// that contracts are derived again). Every open session is checked against it at once:
+    /// a proxy whose image it no longer lists (or whose contract no longer derives) is
+    /// dropped, and a configuration whose `is_test` is not ours drops every session and
+    /// refuses new ones until a matching configuration arrives.
     pub fn update_root(&self, root: RootConfig) {
+        if root.params.is_test != self.shared.is_test {
+            tracing::error!(
+                version = root.version,
+                root_is_test = root.params.is_test,
+                is_test = self.shared.is_test,
+                "the root configuration switched is_test; every proxy session is dropped"
+            );
+        }
         self.shared.root_tx.send_replace(root);
     }
 

@@ -229,6 +229,10 @@ pub(crate) fn classify(code: i32, msg: &str) -> (ErrorKind, bool) {
     match ErrorCode::from_i32(code) {
         Some(ErrorCode::Timeout) => (ErrorKind::Timeout, false),
         Some(ErrorCode::Cancelled) => (ErrorKind::Upstream, false),
+        // The proxy or the worker refused the request itself: another proxy would too.
+        _ if m.starts_with("invalid request") || m.starts_with("worker: invalid request") => {
+            (ErrorKind::InvalidRequest, false)
+        }
         _ if m.contains("balance is too low") || m.contains("out of funds") => {
             (ErrorKind::InsufficientFunds, true)
         }
@@ -346,9 +350,9 @@ impl Shared {
                 format!("request body over {} bytes", self.timings.max_body_bytes),
             )));
         }
-        let v =
+        let mut v =
             validate_request(req.endpoint, &req.body, &ValidateOptions::default()).map_err(fail)?;
-        let ext = &v.extensions;
+        let ext = v.extensions.clone();
         let timeout = match ext.timeout {
             Some(t) if !(t.is_finite() && t > 0.0) => {
                 return Err(fail(ApiError::invalid(
@@ -365,10 +369,18 @@ impl Shared {
             .max_coefficient
             .unwrap_or(DEFAULT_MAX_COEFFICIENT)
             .min(i32::MAX as u64);
+        // One limit for the whole request: every sequence's completion tokens together, as
+        // reserved here (the key's worst case), at the proxy (the TL `max_tokens`) and in the
+        // body the engine reads (written now, so that an engine never runs past what was
+        // reserved when the caller named no limit).
+        let sequences = cocoon_openai::limit::sequences(req.endpoint, &v.body);
         let max_tokens = v
             .max_tokens
             .unwrap_or(DEFAULT_MAX_TOKENS)
+            .saturating_mul(sequences)
             .min(i32::MAX as u64);
+        cocoon_openai::cap_completion_tokens(req.endpoint, &mut v.body, max_tokens)
+            .map_err(fail)?;
         let body = v.body_bytes();
         let root = self.root();
         let worst_case =

@@ -678,3 +678,45 @@ async fn a_client_without_a_tee_is_served_where_proxies_allow_it() {
     assert_eq!(c.ready_proxies(), 0);
     c.shutdown().await;
 }
+
+/// Issue 16 §2 at the gateway: the limit the gateway reserved (and booked an API key's worst
+/// case at) is the limit the engine gets, also when the caller named none; an engine's body
+/// never asks for more than the proxy reserved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_gets_the_completion_limit_that_was_reserved() {
+    let (net, w) = network().await;
+    let (c, base) = client(
+        config(vec![net.proxy.client_addr().to_string()], test_root()),
+        1,
+    )
+    .await;
+    let body = |extra: Value| {
+        let mut b = json!({"model": "Smol", "messages": [{"role": "user", "content": "json"}]});
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        b
+    };
+    // No limit named: COCOON's default of 1000, written into the body.
+    assert_eq!(post(&base, &body(json!({}))).await.status(), 200);
+    // max_completion_tokens is kept, and max_tokens (which every engine reads) set with it.
+    assert_eq!(
+        post(&base, &body(json!({"max_completion_tokens": 7})))
+            .await
+            .status(),
+        200
+    );
+    // Zero leaves no room for an answer.
+    let r = post(&base, &body(json!({"max_tokens": 0}))).await;
+    assert_eq!(r.status(), 400);
+    let bodies = w.engine.bodies.lock().unwrap().clone();
+    assert_eq!(
+        bodies.len(),
+        2,
+        "the refused request never reached the engine"
+    );
+    assert_eq!(bodies[0]["max_tokens"], json!(1000));
+    assert_eq!(bodies[1]["max_tokens"], json!(7));
+    assert_eq!(bodies[1]["max_completion_tokens"], json!(7));
+    c.shutdown().await;
+}

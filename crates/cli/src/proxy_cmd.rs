@@ -80,6 +80,8 @@ pub struct ProxySettings {
     pub kds_url: String,
     pub pow_difficulty: u32,
     pub checkpoint_seconds: u64,
+    pub client_watch_seconds: u64,
+    pub max_requests_per_session: usize,
     pub min_client_charge_ton: String,
     pub min_worker_payout_ton: String,
     pub state_dir: String,
@@ -158,6 +160,12 @@ fn check(s: &ProxySettings, l: &Layers) -> Result<(), ConfigError> {
     }
     if s.checkpoint_seconds == 0 {
         return Err(l.invalid("checkpoint_seconds", "must be positive"));
+    }
+    if s.client_watch_seconds == 0 {
+        return Err(l.invalid("client_watch_seconds", "must be positive"));
+    }
+    if s.max_requests_per_session == 0 {
+        return Err(l.invalid("max_requests_per_session", "must be positive"));
     }
     if s.tee == "none" {
         return Err(l.invalid("tee", "a proxy must be attested (auto, tdx, sev-snp, sim)"));
@@ -392,7 +400,11 @@ async fn run(s: ProxySettings) -> Result<(), String> {
         chain: clients,
         admin,
         router: RouterConfig::default(),
-        timings: Timings::default(),
+        timings: Timings {
+            client_watch_interval: Some(Duration::from_secs(s.client_watch_seconds)),
+            max_session_requests: s.max_requests_per_session,
+            ..Timings::default()
+        },
         net: cocoon_net::Config::default(),
     };
     let handle = Proxy::start(cfg).await.map_err(|e| e.to_string())?;
@@ -416,6 +428,7 @@ async fn run(s: ProxySettings) -> Result<(), String> {
                 min_worker_payout: u128::from(
                     cocoon_ton::parse_ton(&s.min_worker_payout_ton).map_err(|e| e.to_string())?,
                 ),
+                ..SettlementConfig::default()
             };
             let c2 = Arc::clone(c);
             let ticker = tokio::spawn(async move {
@@ -453,7 +466,12 @@ async fn run(s: ProxySettings) -> Result<(), String> {
                         tracing::error!(error = %e, "root configuration refused");
                     }
                 }
-                RootRead::Agreed(_) | RootRead::NoQuorum | RootRead::Failed => {}
+                RootRead::NoQuorum => handle.operator_event(
+                    "ton_no_quorum",
+                    &root_addr.to_string(),
+                    "the chain endpoints do not agree on the root configuration; keeping the last agreed one",
+                ),
+                RootRead::Agreed(_) | RootRead::Failed => {}
             }
         }
     };

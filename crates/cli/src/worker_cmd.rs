@@ -79,6 +79,7 @@ pub struct WorkerSettings {
     pub is_test: bool,
     pub tee: String,
     pub proxy_policy: String,
+    pub check_proxy_hashes: bool,
     pub pccs_url: String,
     pub kds_url: String,
     pub pow_max_difficulty: u32,
@@ -168,6 +169,12 @@ fn check(s: &WorkerSettings, l: &Layers) -> Result<(), ConfigError> {
     )?;
     if s.root_poll_seconds == 0 {
         return Err(l.invalid("root_poll_seconds", "must be positive"));
+    }
+    if !s.is_test && !s.check_proxy_hashes {
+        return Err(l.invalid(
+            "check_proxy_hashes",
+            "may be turned off on test networks only",
+        ));
     }
     if s.worker_fee_per_token > s.price_per_token {
         return Err(l.invalid("worker_fee_per_token", "must not exceed price_per_token"));
@@ -359,6 +366,9 @@ async fn run(s: WorkerSettings) -> Result<(), String> {
         tokenizer,
         payout_sink,
         contract_params: None,
+        // With a root, proxies are checked against it: image allowed, contract derived.
+        root_address: root.clone(),
+        check_proxy_hashes: s.check_proxy_hashes,
         timings: Timings::default(),
     };
     let handle = Worker::start(cfg).await.map_err(|e| e.to_string())?;

@@ -98,6 +98,8 @@ fn proxy_process_checkpoints_on_devnet_and_admits_a_worker_process() {
     let owner_op = |op: &[&str]| root_op(op, key_s, &url, &root);
     let sim = hex::encode(cocoon_attest::sim::sim_image_hash());
     owner_op(&["add-image", &sim]);
+    // Workers serve only proxies whose image the root lists.
+    owner_op(&["add-image", "--kind", "proxy", &sim]);
     let (pw, pc) = (
         format!("127.0.0.1:{}", free_port()),
         format!("127.0.0.1:{}", free_port()),

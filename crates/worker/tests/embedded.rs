@@ -46,10 +46,11 @@ async fn run(
     id: u8,
     body: &Value,
 ) -> (i32, Vec<u8>, tproxy::QueryFinalInfo, usize) {
-    c.run(
+    // Routed at the worker's own coefficient of 1.0 (requests are billed at the quote).
+    c.run_quoted(
         id,
-        "/v1/chat/completions",
-        &serde_json::to_vec(body).unwrap(),
+        http_request("/v1/chat/completions", &serde_json::to_vec(body).unwrap()),
+        1000,
     )
     .await;
     let mut bytes = Vec::new();

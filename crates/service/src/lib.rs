@@ -1,6 +1,21 @@
-//! `cocoon-service`: what Cocoon's long-running services share. For now the browser guard
-//! that every local HTTP server (the client's OpenAI API, the proxy's and the worker's admin
-//! pages) puts in front of its routes ([`browser`]).
+//! `cocoon-service`: what Cocoon's long-running roles share, between the command line (which
+//! parses arguments and layered settings) and the role crates (which own their processes):
+//!
+//! - [`browser`]: the browser guard every local HTTP server puts in front of its routes;
+//! - [`admin`]: admin servers' bearer token, Prometheus writer, stats pages and serving;
+//! - [`identity`]: a role's RA-TLS identity from this machine's TEE and its peer verifiers;
+//! - [`tee`]: which TEE this machine offers (one detection for every command);
+//! - [`chain`]: the chain endpoints and trust settings, and the [`chain::RootWatcher`];
+//! - [`process`]: state directories, token files, logging, the stop signal;
+//! - [`setting`]: a refused setting, named by its key.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod browser;
+pub mod chain;
+pub mod identity;
+pub mod process;
+pub mod setting;
+pub mod tee;
+
+pub use setting::SettingError;

@@ -1,0 +1,290 @@
+//! What every role's admin HTTP server shares: the bearer token of its POST controls
+//! (compared in constant time), the Prometheus text writer, the HTML of the stats pages, and
+//! serving a router behind the browser guard with a graceful stop.
+//!
+//! The roles keep their own routes and pages (what a worker or a proxy shows differs); this
+//! module is the plumbing they were each writing themselves.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::browser::{Allowlist, Guard, plain_text};
+
+/// An admin server's settings.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub bind: SocketAddr,
+    /// File holding the bearer token for POST controls; without one controls are refused.
+    pub token_file: Option<PathBuf>,
+    /// Web origins whose pages may call the server from a browser (none by default: every
+    /// other origin is refused, see [`crate::browser`]).
+    pub allowed_origins: Vec<String>,
+    /// Host names it answers to besides loopback ones and the address it is bound to.
+    pub allowed_hosts: Vec<String>,
+}
+
+/// The controls' bearer token (or none: controls refused).
+#[derive(Clone, Default)]
+pub struct Token(Option<Arc<str>>);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Token(<redacted>)"
+        } else {
+            "Token(none)"
+        })
+    }
+}
+
+/// Reads the control token (first line, trimmed); an empty file is an error.
+pub fn read_token(path: &Path) -> Result<String, String> {
+    crate::process::read_first_line(path).map_err(|e| format!("token file {e}"))
+}
+
+impl Token {
+    /// The token of `file`, or none.
+    pub fn from_file(file: Option<&Path>) -> Result<Token, String> {
+        match file {
+            Some(p) => Ok(Token(Some(Arc::from(read_token(p)?)))),
+            None => Ok(Token(None)),
+        }
+    }
+
+    /// `None` when the request carries the right `Authorization: Bearer` token; otherwise
+    /// the refusal to send (403 without a token configured, 401 for a missing or wrong one).
+    pub fn refuse(&self, headers: &HeaderMap) -> Option<Response> {
+        let Some(want) = &self.0 else {
+            return Some(
+                (
+                    StatusCode::FORBIDDEN,
+                    "controls are disabled: no token file configured\n",
+                )
+                    .into_response(),
+            );
+        };
+        let got = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        match got {
+            Some(t) if constant_time_eq(t.as_bytes(), want.as_bytes()) => None,
+            _ => Some(
+                (
+                    StatusCode::UNAUTHORIZED,
+                    [(header::WWW_AUTHENTICATE, "Bearer")],
+                    "missing or wrong bearer token\n",
+                )
+                    .into_response(),
+            ),
+        }
+    }
+}
+
+/// Constant-time comparison of equal-length byte strings (lengths are not secret).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Prometheus text exposition, one metric family at a time.
+#[derive(Debug, Default)]
+pub struct Prometheus(String);
+
+impl Prometheus {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A family: `# HELP`, `# TYPE`, then one sample per `(labels, value)` (`labels` is
+    /// `{k="v",...}` or empty).
+    pub fn metric(&mut self, name: &str, kind: &str, help: &str, samples: &[(String, String)]) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(self.0, "{name}{labels} {v}");
+        }
+    }
+
+    /// A family with one unlabelled sample.
+    pub fn single(&mut self, name: &str, kind: &str, help: &str, value: impl ToString) {
+        self.metric(name, kind, help, &[(String::new(), value.to_string())]);
+    }
+
+    /// The text.
+    pub fn text(&self) -> &str {
+        &self.0
+    }
+}
+
+impl IntoResponse for Prometheus {
+    fn into_response(self) -> Response {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            self.0,
+        )
+            .into_response()
+    }
+}
+
+/// A Prometheus label value with the characters that would end it replaced.
+pub fn label(v: &str) -> String {
+    v.replace(['"', '\\', '\n'], "_")
+}
+
+/// HTML-escapes `s` for text and attribute values.
+pub fn esc(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '&' => o.push_str("&amp;"),
+            '"' => o.push_str("&quot;"),
+            '\'' => o.push_str("&#39;"),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+/// A plain stats page: a title, a key/value table, then titled tables. Every value is
+/// escaped here.
+#[derive(Debug)]
+pub struct Page(String);
+
+impl Page {
+    /// Starts the page and its first (key/value) table.
+    pub fn new(title: &str) -> Self {
+        let t = esc(title);
+        Page(format!(
+            "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t}</title></head><body>\n<h1>{t}</h1>\n<table>\n"
+        ))
+    }
+
+    /// A key/value row.
+    pub fn row(&mut self, key: &str, value: impl AsRef<str>) -> &mut Self {
+        let _ = writeln!(
+            self.0,
+            "<tr><td>{}</td><td>{}</td></tr>",
+            esc(key),
+            esc(value.as_ref())
+        );
+        self
+    }
+
+    /// Ends the current table and starts one titled `title` with these column headers.
+    pub fn table(&mut self, title: &str, headers: &[&str]) -> &mut Self {
+        let _ = write!(self.0, "</table>\n<h2>{}</h2>\n<table>\n<tr>", esc(title));
+        for h in headers {
+            let _ = write!(self.0, "<th>{}</th>", esc(h));
+        }
+        self.0.push_str("</tr>\n");
+        self
+    }
+
+    /// A row of cells.
+    pub fn cells<S: AsRef<str>>(&mut self, cells: &[S]) -> &mut Self {
+        self.0.push_str("<tr>");
+        for c in cells {
+            let _ = write!(self.0, "<td>{}</td>", esc(c.as_ref()));
+        }
+        self.0.push_str("</tr>\n");
+        self
+    }
+
+    /// The finished page as an HTML response.
+    pub fn finish(mut self) -> Response {
+        self.0.push_str("</table>\n</body></html>\n");
+        (
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            self.0,
+        )
+            .into_response()
+    }
+}
+
+/// Serves `app` on `bind` behind the browser guard (foreign Host or Origin refused, bodies
+/// must be JSON) until `stop` changes; returns the bound address.
+pub async fn serve(
+    app: Router,
+    bind: SocketAddr,
+    allowed_origins: &[String],
+    allowed_hosts: &[String],
+    mut stop: watch::Receiver<bool>,
+) -> Result<(SocketAddr, JoinHandle<()>), String> {
+    let allow = Allowlist::new(allowed_origins, allowed_hosts)
+        .map_err(|e| format!("allowed origins or hosts: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .map_err(|e| format!("bind {bind}: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let app = Guard::new(allow, addr, plain_text).apply(app);
+    let task = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stop.changed().await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "admin server failed");
+        }
+    });
+    Ok((addr, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_exactly_and_say_why_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("t");
+        std::fs::write(&f, "s3cret\n").unwrap();
+        let t = Token::from_file(Some(&f)).unwrap();
+        let mut h = HeaderMap::new();
+        assert_eq!(t.refuse(&h).unwrap().status(), StatusCode::UNAUTHORIZED);
+        h.insert(header::AUTHORIZATION, "Bearer s3cre".parse().unwrap());
+        assert!(t.refuse(&h).is_some());
+        h.insert(header::AUTHORIZATION, "Bearer s3cret".parse().unwrap());
+        assert!(t.refuse(&h).is_none());
+        assert_eq!(
+            Token::default().refuse(&h).unwrap().status(),
+            StatusCode::FORBIDDEN
+        );
+        assert!(!format!("{t:?}").contains("s3cret"));
+        assert!(constant_time_eq(b"ab", b"ab") && !constant_time_eq(b"ab", b"ac"));
+    }
+
+    #[test]
+    fn pages_and_metrics_escape_what_they_show() {
+        let mut p = Page::new("cocoon <x>");
+        p.row("k", "<script>").table("t", &["a", "b"]).cells(&["1", "\"2\""]);
+        let html = format!("{:?}", p);
+        assert!(html.contains("&lt;script&gt;") && html.contains("&quot;2&quot;"));
+        let mut m = Prometheus::new();
+        m.single("x_total", "counter", "X.", 3);
+        m.metric(
+            "y",
+            "gauge",
+            "Y.",
+            &[(format!("{{m=\"{}\"}}", label("a\"b")), "1".into())],
+        );
+        assert_eq!(
+            m.text(),
+            "# HELP x_total X.\n# TYPE x_total counter\nx_total 3\n# HELP y Y.\n# TYPE y gauge\ny{m=\"a_b\"} 1\n"
+        );
+    }
+}

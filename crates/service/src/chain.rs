@@ -1,0 +1,527 @@
+//! The chain and trust settings every role that reads TON shares (proxy, worker, client):
+//! which toncenter endpoints confirm a read and how many must agree (`ton_url`/`ton_urls`,
+//! `ton_api_key_file`/`ton_api_key_files`, `ton_quorum`), which extra CA bundle HTTPS
+//! clients trust (`extra_ca_file`, `extra_ca_in_tee`), and the [`RootWatcher`] that follows
+//! the root contract, keeping the last agreed configuration when the endpoints disagree.
+//!
+//! Inside a TEE the host controls the disk, the network and the environment, so nothing
+//! from the environment extends the trust store (`SSL_CERT_FILE` is not read), an extra
+//! bundle inside a real TEE needs `extra_ca_in_tee = true` as well, and security-relevant
+//! reads go through [`QuorumChain`].
+
+use std::path::Path;
+use std::time::Duration;
+
+use cocoon_ton::StdAddr;
+use cocoon_ton::chain::{Chain, ChainError, load_root_config};
+use cocoon_ton::quorum::{QuorumChain, QuorumConfig, QuorumConfigError, check_quorum};
+use cocoon_ton::root::RootConfig;
+use cocoon_ton::toncenter::ToncenterConfig;
+use futures::future::BoxFuture;
+use rustls::pki_types::CertificateDer;
+
+use crate::identity::TeeChoice;
+use crate::setting::SettingError;
+
+/// The chain client of a role: one endpoint (quorum 1) behaves as a plain toncenter client.
+pub type Ton = QuorumChain;
+
+/// A role's endpoint settings, as its defaults file declares them.
+pub struct TonSettings<'a> {
+    /// `ton_url`: the one endpoint when `ton_urls` is empty.
+    pub url: &'a str,
+    /// Whether `ton_url` was set by the operator (not left at its default).
+    pub url_given: bool,
+    /// `ton_urls`: independently operated endpoints.
+    pub urls: &'a [String],
+    /// `ton_api_key_file`: the key for `ton_url` (or for every endpoint of `ton_urls`).
+    pub key_file: &'a str,
+    /// `ton_api_key_files`: one per `ton_urls` entry, `-` for none.
+    pub key_files: &'a [String],
+    /// `ton_quorum`: endpoints that must give the same answer.
+    pub quorum: u32,
+}
+
+impl TonSettings<'_> {
+    /// The endpoints in use.
+    pub fn endpoints(&self) -> Vec<String> {
+        if self.urls.is_empty() {
+            vec![self.url.to_owned()]
+        } else {
+            self.urls.to_vec()
+        }
+    }
+
+    /// Refuses what cannot confirm a read, naming the key.
+    pub fn check(&self) -> Result<(), SettingError> {
+        if !self.urls.is_empty() && self.url_given {
+            return Err(SettingError::new(
+                "ton_url",
+                "set ton_url or ton_urls, not both",
+            ));
+        }
+        let urls = self.endpoints();
+        let key = if self.urls.is_empty() {
+            "ton_url"
+        } else {
+            "ton_urls"
+        };
+        for u in &urls {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return Err(SettingError::new(
+                    key,
+                    format!("{u:?} is not an http(s):// URL"),
+                ));
+            }
+        }
+        check_quorum(&urls, self.quorum as usize).map_err(|e| match e {
+            QuorumConfigError::NoEndpoints => SettingError::new("ton_url", "required"),
+            QuorumConfigError::ZeroQuorum => SettingError::new("ton_quorum", "must be at least 1"),
+            QuorumConfigError::QuorumAboveEndpoints { quorum, endpoints } => SettingError::new(
+                "ton_quorum",
+                format!(
+                    "{quorum} endpoints cannot agree when only {endpoints} are configured \
+                     (ton_url/ton_urls)"
+                ),
+            ),
+            QuorumConfigError::Duplicate(u) => SettingError::new(
+                key,
+                format!(
+                    "{u} is listed twice (same scheme, host and port); one server cannot count \
+                     as two"
+                ),
+            ),
+        })?;
+        if !self.key_files.is_empty() {
+            if self.urls.is_empty() {
+                return Err(SettingError::new(
+                    "ton_api_key_files",
+                    "goes with ton_urls (ton_url takes ton_api_key_file)",
+                ));
+            }
+            if !self.key_file.is_empty() {
+                return Err(SettingError::new(
+                    "ton_api_key_file",
+                    "set ton_api_key_file or ton_api_key_files, not both",
+                ));
+            }
+            if self.key_files.len() != self.urls.len() {
+                return Err(SettingError::new(
+                    "ton_api_key_files",
+                    format!(
+                        "{} entries for {} ton_urls (one each, \"-\" for none)",
+                        self.key_files.len(),
+                        self.urls.len()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The API key file of endpoint `i`, if any.
+    fn key_file_of(&self, i: usize) -> Option<&str> {
+        let f = match self.key_files.get(i) {
+            Some(f) => f.as_str(),
+            None => self.key_file,
+        };
+        (!f.is_empty() && f != "-").then_some(f)
+    }
+
+    /// The chain client: one toncenter client per endpoint, each with its own key and
+    /// `extra_roots`, confirmed by `ton_quorum`.
+    pub fn chain(&self, extra_roots: &[CertificateDer<'static>]) -> Result<Ton, String> {
+        let mut endpoints = Vec::new();
+        for (i, url) in self.endpoints().into_iter().enumerate() {
+            let mut cfg = ToncenterConfig::new(url);
+            if let Some(f) = self.key_file_of(i) {
+                let k = std::fs::read_to_string(f).map_err(|e| format!("{f}: {e}"))?;
+                cfg.api_key = Some(k.trim().to_owned());
+            }
+            cfg.extra_roots = extra_roots.to_vec();
+            endpoints.push(cfg);
+        }
+        QuorumChain::toncenter(endpoints, QuorumConfig::new(self.quorum as usize))
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Reads a PEM bundle of CA certificates (at least one).
+pub fn load_ca_bundle(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no PEM certificate in it", path.display()));
+    }
+    Ok(certs)
+}
+
+/// Checks `extra_ca_file`: readable, and inside a real TEE (`tee` is `tdx`, `sev-snp`, or
+/// `auto` finding one) only with `extra_ca_in_tee`, since there the host controls the disk.
+pub fn check_extra_ca(
+    extra_ca_file: &str,
+    extra_ca_in_tee: bool,
+    tee: TeeChoice,
+) -> Result<(), SettingError> {
+    if extra_ca_file.is_empty() {
+        return Ok(());
+    }
+    if let Ok(b @ (cocoon_attest::Backend::Tdx | cocoon_attest::Backend::SevSnp)) = tee.resolve()
+        && !extra_ca_in_tee
+    {
+        return Err(SettingError::new(
+            "extra_ca_file",
+            format!(
+                "refused inside a TEE ({}): the host controls the disk, so an extra CA lets it \
+                 impersonate any server; set extra_ca_in_tee = true to trust it anyway",
+                crate::tee::name(b)
+            ),
+        ));
+    }
+    load_ca_bundle(Path::new(extra_ca_file))
+        .map(|_| ())
+        .map_err(|e| SettingError::new("extra_ca_file", e))
+}
+
+/// The certificates of `extra_ca_file` (none when empty).
+pub fn extra_roots(extra_ca_file: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    if extra_ca_file.is_empty() {
+        return Ok(Vec::new());
+    }
+    load_ca_bundle(Path::new(extra_ca_file)).map_err(|e| format!("extra_ca_file {e}"))
+}
+
+/// Reads the root contract's configuration, retrying for up to `patience` while the chain
+/// is not reachable yet (a devnet still starting) or its endpoints do not agree yet.
+pub async fn load_root_patiently<C: Chain>(
+    chain: &C,
+    root: &StdAddr,
+    patience: Duration,
+) -> Result<RootConfig, String> {
+    let end = tokio::time::Instant::now() + patience;
+    loop {
+        match load_root_config(chain, root).await {
+            Ok(c) => return Ok(c),
+            Err(e) if tokio::time::Instant::now() >= end => {
+                return Err(format!("cannot read the root contract {root}: {e}"));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "root contract not readable yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// One periodic read of the root configuration.
+#[derive(Debug)]
+pub enum RootRead {
+    /// The endpoints agreed on this configuration.
+    Agreed(Box<RootConfig>),
+    /// They did not: the caller keeps its last agreed configuration. Logged as the operator
+    /// event `ton_no_quorum` (with endpoints and answer hashes, never payloads).
+    NoQuorum,
+    /// The read failed otherwise (endpoint down, contract unreadable): kept as well.
+    Failed,
+}
+
+/// Reads the root configuration for a role's poll; see [`RootRead`].
+pub async fn poll_root<C: Chain>(chain: &C, root: &StdAddr) -> RootRead {
+    match load_root_config(chain, root).await {
+        Ok(c) => RootRead::Agreed(Box::new(c)),
+        Err(e @ ChainError::NoQuorum { .. }) => {
+            tracing::error!(
+                root = %root,
+                error = %e,
+                "ton_no_quorum: the chain endpoints do not agree on the root configuration; \
+                 keeping the last agreed one"
+            );
+            RootRead::NoQuorum
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the root contract; keeping the last one");
+            RootRead::Failed
+        }
+    }
+}
+
+/// One step a role takes when the root configuration moves to a newer version.
+pub type RootHook<'a> =
+    Box<dyn for<'c> FnMut(&'c RootConfig) -> BoxFuture<'c, Result<(), String>> + Send + 'a>;
+
+/// What one poll of a [`RootWatcher`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Polled {
+    /// A newer version was applied by every hook.
+    Applied(u32),
+    /// Nothing newer (or the read failed, or the endpoints disagreed).
+    Unchanged,
+    /// A hook refused the newer version; it is tried again at the next poll.
+    Refused { version: u32, error: String },
+    /// The endpoints did not agree: the last agreed configuration stays.
+    NoQuorum,
+}
+
+/// Follows the root contract: every `every`, reads its configuration and, when it is newer
+/// than the last applied one, runs the role's hooks in order (e.g. the proxy's ledger moves
+/// to the new params before the network side learns them). A hook that fails stops the
+/// rest and leaves the version unapplied, so the next poll runs them all again.
+pub struct RootWatcher<C> {
+    chain: C,
+    root: StdAddr,
+    every: Duration,
+    applied: u32,
+}
+
+impl<C: Chain> RootWatcher<C> {
+    /// Watches `root` on `chain`; `applied` is the version the role started with.
+    pub fn new(chain: C, root: StdAddr, every: Duration, applied: u32) -> Self {
+        RootWatcher {
+            chain,
+            root,
+            every,
+            applied,
+        }
+    }
+
+    /// The last version every hook applied.
+    pub fn applied(&self) -> u32 {
+        self.applied
+    }
+
+    /// One read and, if newer, the hooks.
+    pub async fn poll_once(&mut self, hooks: &mut [RootHook<'_>]) -> Polled {
+        match poll_root(&self.chain, &self.root).await {
+            RootRead::Agreed(c) if c.version > self.applied => {
+                for h in hooks.iter_mut() {
+                    if let Err(error) = h(&c).await {
+                        tracing::error!(version = c.version, %error, "root configuration refused");
+                        return Polled::Refused {
+                            version: c.version,
+                            error,
+                        };
+                    }
+                }
+                self.applied = c.version;
+                Polled::Applied(c.version)
+            }
+            RootRead::NoQuorum => Polled::NoQuorum,
+            RootRead::Agreed(_) | RootRead::Failed => Polled::Unchanged,
+        }
+    }
+
+    /// Polls forever (until the future is dropped); `on_no_quorum` is called each time the
+    /// endpoints disagree (the proxy records an operator event).
+    pub async fn run(mut self, mut hooks: Vec<RootHook<'_>>, mut on_no_quorum: impl FnMut()) {
+        loop {
+            tokio::time::sleep(self.every).await;
+            if self.poll_once(&mut hooks).await == Polled::NoQuorum {
+                on_no_quorum();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use cocoon_ton::chain::{AccountState, AccountStatus, GetMethodResult, StackValue, Transaction, TxId};
+
+    use super::*;
+
+    /// A chain whose root contract holds whatever configuration the test put there (or none:
+    /// the endpoints disagree).
+    #[derive(Clone, Default)]
+    struct FakeRoot(Arc<Mutex<Option<RootConfig>>>);
+
+    impl Chain for FakeRoot {
+        async fn send_boc(&self, _: &[u8]) -> Result<(), ChainError> {
+            Ok(())
+        }
+        async fn run_get_method(
+            &self,
+            _: &StdAddr,
+            _: &str,
+            _: &[StackValue],
+        ) -> Result<GetMethodResult, ChainError> {
+            Err(ChainError::Decode("no get-methods here".into()))
+        }
+        async fn account_state(&self, _: &StdAddr) -> Result<AccountState, ChainError> {
+            let Some(c) = self.0.lock().unwrap().clone() else {
+                return Err(ChainError::NoQuorum {
+                    what: "root".into(),
+                    quorum: 2,
+                    answers: Vec::new(),
+                });
+            };
+            Ok(AccountState {
+                balance: 1,
+                status: AccountStatus::Active,
+                code: None,
+                data: Some(c.to_storage_cell().unwrap()),
+                last_tx: None,
+                sync_utime: None,
+            })
+        }
+        async fn transactions_since(
+            &self,
+            _: &StdAddr,
+            _: Option<&TxId>,
+            _: usize,
+        ) -> Result<Vec<Transaction>, ChainError> {
+            Ok(Vec::new())
+        }
+        async fn masterchain_seqno(&self) -> Result<u32, ChainError> {
+            Ok(1)
+        }
+    }
+
+    fn config(version: u32) -> RootConfig {
+        let owner = StdAddr::new(0, cocoon_ton::HashBytes([1; 32]));
+        RootConfig {
+            owner,
+            version,
+            proxy_hashes: Vec::new(),
+            registered_proxies: Vec::new(),
+            last_proxy_seqno: 0,
+            worker_hashes: Vec::new(),
+            model_hashes: Vec::new(),
+            params: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn hooks_run_in_order_once_per_newer_version_and_a_refusal_is_retried() {
+        let chain = FakeRoot::default();
+        let root = StdAddr::new(0, cocoon_ton::HashBytes([2; 32]));
+        let mut w = RootWatcher::new(chain.clone(), root, Duration::from_secs(1), 1);
+        let log = Arc::new(Mutex::new(Vec::<String>::new()));
+        let refuse = Arc::new(Mutex::new(true));
+        let (l1, l2, r) = (log.clone(), log.clone(), refuse.clone());
+        let mut hooks: Vec<RootHook<'_>> = vec![
+            Box::new(move |c: &RootConfig| {
+                let (l, r, v) = (l1.clone(), r.clone(), c.version);
+                Box::pin(async move {
+                    l.lock().unwrap().push(format!("first {v}"));
+                    if *r.lock().unwrap() {
+                        return Err("not yet".to_owned());
+                    }
+                    Ok(())
+                })
+            }),
+            Box::new(move |c: &RootConfig| {
+                let (l, v) = (l2.clone(), c.version);
+                Box::pin(async move {
+                    l.lock().unwrap().push(format!("second {v}"));
+                    Ok(())
+                })
+            }),
+        ];
+        // The endpoints disagree: nothing runs, the caller is told.
+        assert_eq!(w.poll_once(&mut hooks).await, Polled::NoQuorum);
+        // Not newer than what the role started with.
+        *chain.0.lock().unwrap() = Some(config(1));
+        assert_eq!(w.poll_once(&mut hooks).await, Polled::Unchanged);
+        // Newer, but the first hook refuses: the second never runs, the version stays.
+        *chain.0.lock().unwrap() = Some(config(2));
+        assert!(matches!(
+            w.poll_once(&mut hooks).await,
+            Polled::Refused { version: 2, .. }
+        ));
+        assert_eq!(w.applied(), 1);
+        *refuse.lock().unwrap() = false;
+        assert_eq!(w.poll_once(&mut hooks).await, Polled::Applied(2));
+        assert_eq!(w.poll_once(&mut hooks).await, Polled::Unchanged);
+        assert_eq!(
+            *log.lock().unwrap(),
+            vec!["first 2", "first 2", "second 2"]
+        );
+    }
+
+    #[test]
+    fn endpoint_settings_are_checked_naming_the_key() {
+        let urls2 = vec!["https://a.example".to_owned(), "https://b.example".to_owned()];
+        let t = |urls: &[String], quorum, url_given| {
+            TonSettings {
+                url: "http://127.0.0.1:8081",
+                url_given,
+                urls,
+                key_file: "",
+                key_files: &[],
+                quorum,
+            }
+            .check()
+        };
+        assert!(t(&[], 1, false).is_ok());
+        assert!(t(&urls2, 2, false).is_ok());
+        assert_eq!(t(&[], 0, false).unwrap_err().key, "ton_quorum");
+        assert!(
+            t(&urls2, 3, false)
+                .unwrap_err()
+                .reason
+                .starts_with("3 endpoints cannot agree")
+        );
+        assert_eq!(t(&urls2, 1, true).unwrap_err().key, "ton_url");
+        let dup = vec!["https://a.example".to_owned(), "https://A.example/".to_owned()];
+        assert!(t(&dup, 1, false).unwrap_err().reason.contains("listed twice"));
+        let ftp = vec!["ftp://a.example".to_owned()];
+        assert!(t(&ftp, 1, false).unwrap_err().reason.contains("not an http(s)://"));
+    }
+
+    #[test]
+    fn per_endpoint_keys_and_ca_bundles() {
+        let dir = tempfile::tempdir().unwrap();
+        let k1 = dir.path().join("k1");
+        std::fs::write(&k1, "secret-one\n").unwrap();
+        let urls = vec!["http://a.example".to_owned(), "http://b.example".to_owned()];
+        let files = vec![k1.display().to_string(), "-".to_owned()];
+        let t = TonSettings {
+            url: "",
+            url_given: false,
+            urls: &urls,
+            key_file: "",
+            key_files: &files,
+            quorum: 2,
+        };
+        assert_eq!(t.key_file_of(0), Some(k1.to_str().unwrap()));
+        assert_eq!(t.key_file_of(1), None);
+        let q = t.chain(&[]).unwrap();
+        assert!(!format!("{q:?}").contains("secret"), "{q:?}");
+        let short = vec!["/k1".to_owned()];
+        let e = TonSettings {
+            key_files: &short,
+            ..t
+        }
+        .check()
+        .unwrap_err();
+        assert_eq!(e.key, "ton_api_key_files");
+        // A bundle without certificates, or no file, is refused; a real one loads.
+        let bad = dir.path().join("bad.pem");
+        std::fs::write(&bad, "not a certificate").unwrap();
+        assert!(
+            load_ca_bundle(&bad)
+                .unwrap_err()
+                .contains("no PEM certificate")
+        );
+        assert!(load_ca_bundle(&dir.path().join("missing.pem")).is_err());
+        let good = dir.path().join("ca.pem");
+        let ca = rcgen::generate_simple_self_signed(vec!["ca.example".to_owned()]).unwrap();
+        std::fs::write(&good, ca.cert.pem()).unwrap();
+        assert_eq!(load_ca_bundle(&good).unwrap().len(), 1);
+        // Inside a TEE the bundle needs the second key.
+        use cocoon_attest::Backend;
+        let g = good.to_str().unwrap();
+        let e = check_extra_ca(g, false, TeeChoice::Fixed(Backend::Tdx)).unwrap_err();
+        assert!(e.reason.contains("refused inside a TEE (tdx)"), "{e}");
+        check_extra_ca(g, true, TeeChoice::Fixed(Backend::SevSnp)).unwrap();
+        check_extra_ca(g, false, TeeChoice::Fixed(Backend::Sim)).unwrap();
+        check_extra_ca("", false, TeeChoice::Fixed(Backend::Tdx)).unwrap();
+        assert!(
+            check_extra_ca(bad.to_str().unwrap(), false, TeeChoice::Fixed(Backend::Sim)).is_err()
+        );
+    }
+}

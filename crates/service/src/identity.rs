@@ -1,0 +1,312 @@
+//! A role's RA-TLS identity and how it verifies its peers: evidence from this machine's TEE
+//! (or sim evidence on test networks), refreshed hourly; peer policies by name or from a file;
+//! TDX collateral and AMD CRL caches fetched in the background, never inside a handshake.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cocoon_attest::{
+    Backend, CollateralFetcher, CollateralStore, KdsClient, KdsFetcher, PccsClient, Policy,
+    SevCollateral, SimKey, VcekStore,
+};
+use cocoon_ratls::cert::{EvidenceSource, Identity, SimSource, TsmSevSource, TsmTdxSource};
+use cocoon_ratls::config::CertResolver;
+use cocoon_ratls::net::RatlsConnector;
+use cocoon_ratls::verifier::{RatlsVerifier, VerifierConfig, system_clock};
+use rustls::pki_types::CertificateDer;
+
+/// Which evidence a role presents: the `tee` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TeeChoice {
+    /// Whatever [`crate::tee::detect`] finds.
+    Auto,
+    /// This backend (`Unattested`: a plain certificate, for clients only).
+    Fixed(Backend),
+}
+
+impl std::str::FromStr for TeeChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "auto" => TeeChoice::Auto,
+            "tdx" => TeeChoice::Fixed(Backend::Tdx),
+            "sev-snp" => TeeChoice::Fixed(Backend::SevSnp),
+            "sim" => TeeChoice::Fixed(Backend::Sim),
+            "none" => TeeChoice::Fixed(Backend::Unattested),
+            other => {
+                return Err(format!(
+                    "unknown tee {other:?} (auto, tdx, sev-snp, sim, none)"
+                ));
+            }
+        })
+    }
+}
+
+impl TeeChoice {
+    /// The backend this choice means on this machine (`Auto` resolved by detection).
+    pub fn resolve(self) -> Result<Backend, String> {
+        match self {
+            TeeChoice::Fixed(b) => Ok(b),
+            TeeChoice::Auto => crate::tee::detect().backend.ok_or_else(|| {
+                format!(
+                    "no TEE found ({} and /dev/tdx_guest or /dev/sev-guest); on a test network \
+                     set tee = \"sim\"",
+                    cocoon_attest::tsm::DEFAULT_ROOT
+                )
+            }),
+        }
+    }
+
+    /// Whether this is (or, for `Auto`, resolves to) a hardware TEE.
+    pub fn is_hardware(self) -> bool {
+        matches!(
+            self.resolve(),
+            Ok(Backend::Tdx) | Ok(Backend::SevSnp)
+        )
+    }
+}
+
+/// A role's RA-TLS identity: the certificate resolver, where fresh evidence comes from, and
+/// which TEE that is.
+pub struct RoleIdentity {
+    pub resolver: Arc<CertResolver>,
+    pub source: Arc<dyn EvidenceSource>,
+    pub tee: Backend,
+}
+
+/// Our RA-TLS identity from `tee`. Sim evidence is refused unless the network is a test
+/// network; its key is kept in `<state_dir>/sim-key.pk8`.
+pub fn identity(tee: TeeChoice, is_test: bool, state_dir: &Path) -> Result<RoleIdentity, String> {
+    let tee = tee.resolve()?;
+    let source: Arc<dyn EvidenceSource> = match tee {
+        Backend::Sim => {
+            if !is_test {
+                return Err("sim attestation is for test networks only (is_test = true)".into());
+            }
+            let key = SimKey::load_or_create(&state_dir.join("sim-key.pk8"))
+                .map_err(|e| format!("sim key: {e}"))?;
+            Arc::new(SimSource(key))
+        }
+        Backend::Unattested => Arc::new(cocoon_ratls::cert::Unattested),
+        Backend::Tdx => Arc::new(TsmTdxSource::system()),
+        Backend::SevSnp => Arc::new(TsmSevSource::system()),
+    };
+    let now = (system_clock())();
+    let id = Identity::generate(source.as_ref(), now).map_err(|e| {
+        format!(
+            "cannot produce {} evidence for the RA-TLS certificate: {e}",
+            crate::tee::name(tee)
+        )
+    })?;
+    let resolver = CertResolver::new(&id).map_err(|e| e.to_string())?;
+    Ok(RoleIdentity {
+        resolver,
+        source,
+        tee,
+    })
+}
+
+/// Regenerates the certificate hourly (COCOON does the same).
+pub fn spawn_identity_refresh(
+    resolver: &Arc<CertResolver>,
+    source: Arc<dyn EvidenceSource>,
+) -> tokio::task::JoinHandle<()> {
+    cocoon_ratls::config::spawn_refresh(
+        Arc::clone(resolver),
+        source,
+        system_clock(),
+        Duration::from_secs(3600),
+    )
+}
+
+/// A peer policy by name (`any`, `tdx`, `sev-snp`, `sim`) or from a JSON policy file; with
+/// `allow_sim`, sim evidence is accepted too and the policy is for a test network.
+pub fn peer_policy(spec: &str, allow_sim: bool) -> Result<Policy, String> {
+    let mut p = match spec {
+        "sim" => {
+            let mut p = Policy::sim_test();
+            p.allowed_backends = vec![Backend::Sim];
+            p
+        }
+        "tdx" => Policy::tdx_default(),
+        "sev-snp" => Policy::sev_default(),
+        "any" => {
+            let mut p = Policy::tdx_default();
+            p.allowed_backends = vec![Backend::Tdx, Backend::SevSnp];
+            p
+        }
+        file => {
+            let path = Path::new(file);
+            if !path.is_file() {
+                return Err(format!(
+                    "unknown policy {file:?} (one of: tdx, sev-snp, any, sim, or a JSON policy \
+                     file)"
+                ));
+            }
+            let bytes = std::fs::read(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            Policy::from_json(&bytes).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+    };
+    if allow_sim {
+        if !p.allowed_backends.contains(&Backend::Sim) {
+            p.allowed_backends.push(Backend::Sim);
+        }
+        p.is_test_network = true;
+    }
+    Ok(p)
+}
+
+/// Where TDX collateral comes from: `pccs_url` (empty: none) and the CAs besides WebPKI that
+/// its HTTPS is checked with (`extra_ca_file`; collateral itself is signature-checked up to
+/// Intel's pinned root either way).
+#[derive(Clone, Copy)]
+pub struct Pccs<'a> {
+    pub url: &'a str,
+    pub extra_roots: &'a [CertificateDer<'static>],
+}
+
+/// How a role verifies its peers.
+#[derive(Clone, Copy)]
+pub struct PeerVerification<'a> {
+    /// `any`, `tdx`, `sev-snp`, `sim` or a JSON policy file; on a test network sim peers are
+    /// accepted too.
+    pub policy: &'a str,
+    pub is_test: bool,
+    pub pccs: Pccs<'a>,
+    /// AMD KDS base URL (empty: only `<state_dir>/kds`).
+    pub kds_url: &'a str,
+    /// `<state_dir>`: collateral and CRL caches live below it.
+    pub state_dir: &'a Path,
+    /// Also accept peers without evidence (a proxy's clients).
+    pub allow_unattested: bool,
+}
+
+/// The verifier for peers. TDX collateral comes from `<state_dir>/collateral`, fetched from
+/// `pccs_url` when one is given (then refreshed in the background before it expires). AMD's
+/// CRLs for SEV-SNP peers come from `<state_dir>/kds`, fetched from `kds_url` when one is
+/// given (only once an SEV-SNP peer needs them; then refreshed in the background);
+/// handshakes never wait on either.
+pub fn peer_verifier(v: PeerVerification<'_>) -> Result<Arc<RatlsVerifier>, String> {
+    let mut p = peer_policy(v.policy, v.is_test)?;
+    if !v.is_test && p.allowed_backends.contains(&Backend::Sim) {
+        return Err("a sim peer policy needs a test network (is_test = true)".into());
+    }
+    p.is_test_network = v.is_test;
+    if p.allowed_backends.contains(&Backend::SevSnp) {
+        p.sev_collateral = Some(sev_collateral(v.kds_url, &v.state_dir.join("kds"))?);
+    }
+    let mut cfg = VerifierConfig::new(p);
+    cfg.allow_unattested = v.allow_unattested;
+    let dir = v.state_dir.join("collateral");
+    if v.pccs.url.is_empty() {
+        cfg.collateral = Arc::new(CollateralStore::new(dir));
+    } else {
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let client = PccsClient::with_roots(
+            v.pccs.url,
+            cocoon_attest::pccs::DEFAULT_TIMEOUT,
+            v.pccs.extra_roots,
+        )
+        .map_err(|e| format!("pccs_url: {e}"))?;
+        let fetcher = Arc::new(CollateralFetcher::new(client, CollateralStore::new(dir)));
+        fetcher.spawn_refresher(system_clock(), Duration::from_secs(3600));
+        cfg.collateral = fetcher;
+    }
+    Ok(RatlsVerifier::new(cfg))
+}
+
+/// AMD's CRLs for SEV-SNP peers: the directory alone when `kds_url` is empty (filled by an
+/// operator), else a [`KdsFetcher`] on it that fetches from `kds_url` in the background.
+fn sev_collateral(kds_url: &str, dir: &Path) -> Result<SevCollateral, String> {
+    if kds_url.is_empty() {
+        return Ok(SevCollateral::new(Arc::new(VcekStore::new(dir))));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let client = KdsClient::new(kds_url).map_err(|e| format!("kds_url: {e}"))?;
+    let clock = system_clock();
+    let fetcher = Arc::new(KdsFetcher::new(client, VcekStore::new(dir), clock()));
+    fetcher.spawn_refresher(clock, Duration::from_secs(3600));
+    Ok(SevCollateral::new(fetcher))
+}
+
+/// What a role that dials proxies (a worker, a client) connects with: its identity from `tee`
+/// (which TEE that resolved to), refreshed hourly in the background, and proxies verified as
+/// `verification` says.
+pub struct ProxyDialer {
+    pub connector: RatlsConnector,
+    pub tee: Backend,
+}
+
+/// Builds a [`ProxyDialer`].
+pub fn proxy_dialer(
+    tee: TeeChoice,
+    verification: PeerVerification<'_>,
+    pow_max_difficulty: u32,
+) -> Result<ProxyDialer, String> {
+    let RoleIdentity {
+        resolver,
+        source,
+        tee,
+    } = identity(tee, verification.is_test, verification.state_dir)?;
+    spawn_identity_refresh(&resolver, source);
+    let verifier = peer_verifier(verification)?;
+    let connector = RatlsConnector::new(
+        resolver,
+        verifier,
+        pow_max_difficulty,
+        cocoon_net::Config::default(),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(ProxyDialer { connector, tee })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tee_choices_and_policies_by_name() {
+        assert_eq!("auto".parse::<TeeChoice>(), Ok(TeeChoice::Auto));
+        assert_eq!(
+            "none".parse::<TeeChoice>(),
+            Ok(TeeChoice::Fixed(Backend::Unattested))
+        );
+        assert!("sgx".parse::<TeeChoice>().unwrap_err().contains("unknown tee"));
+        let any = peer_policy("any", false).unwrap();
+        assert_eq!(any.allowed_backends, vec![Backend::Tdx, Backend::SevSnp]);
+        let test = peer_policy("tdx", true).unwrap();
+        assert!(test.allowed_backends.contains(&Backend::Sim) && test.is_test_network);
+        assert!(peer_policy("/nonexistent", false).unwrap_err().contains("unknown policy"));
+    }
+
+    #[test]
+    fn sim_identities_only_on_test_networks() {
+        let d = tempfile::tempdir().unwrap();
+        let sim = TeeChoice::Fixed(Backend::Sim);
+        assert!(identity(sim, false, d.path()).is_err());
+        let id = identity(sim, true, d.path()).unwrap();
+        assert_eq!(id.tee, Backend::Sim);
+        let v = PeerVerification {
+            policy: "sim",
+            is_test: false,
+            pccs: Pccs {
+                url: "",
+                extra_roots: &[],
+            },
+            kds_url: "",
+            state_dir: d.path(),
+            allow_unattested: false,
+        };
+        assert!(peer_verifier(v).is_err(), "sim peers need a test network");
+        assert!(
+            peer_verifier(PeerVerification {
+                is_test: true,
+                ..v
+            })
+            .is_ok()
+        );
+    }
+}

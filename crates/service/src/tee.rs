@@ -1,0 +1,101 @@
+//! Which TEE this machine offers, decided once for every command (`cocoon attest show` and the
+//! roles' `tee = "auto"`).
+//!
+//! Our evidence sources read reports through configfs-tsm, so a TEE counts only when its
+//! directory exists; which TEE it is comes from the guest device (`/dev/tdx_guest`,
+//! `/dev/sev-guest`) or, when the device node is not visible, from the provider name of an
+//! existing report entry (`tdx_guest`, `sev_guest`).
+
+use std::path::{Path, PathBuf};
+
+use cocoon_attest::Backend;
+
+/// What was looked at, and the verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TeeInfo {
+    /// The configfs-tsm report directory.
+    pub tsm_root: PathBuf,
+    pub tsm_present: bool,
+    /// Providers of report entries that already exist (none is created to ask).
+    pub providers: Vec<String>,
+    pub tdx_device: bool,
+    pub sev_device: bool,
+    /// The TEE found, if any.
+    pub backend: Option<Backend>,
+}
+
+/// Looks at this machine.
+pub fn detect() -> TeeInfo {
+    detect_at(Path::new(cocoon_attest::tsm::DEFAULT_ROOT), Path::new("/dev"))
+}
+
+/// Looks under `tsm_root` and `dev` (tests point them at a temporary directory).
+pub fn detect_at(tsm_root: &Path, dev: &Path) -> TeeInfo {
+    let tsm_present = tsm_root.is_dir();
+    let mut providers: Vec<String> = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(tsm_root) {
+        for e in entries.flatten().take(64) {
+            if let Ok(p) = std::fs::read_to_string(e.path().join("provider")) {
+                let p = p.trim().to_owned();
+                if !p.is_empty() && !providers.contains(&p) {
+                    providers.push(p);
+                }
+            }
+        }
+    }
+    let tdx_device = dev.join("tdx_guest").exists();
+    let sev_device = dev.join("sev-guest").exists();
+    let backend = if !tsm_present {
+        None
+    } else if tdx_device || providers.iter().any(|p| p.starts_with("tdx")) {
+        Some(Backend::Tdx)
+    } else if sev_device || providers.iter().any(|p| p.starts_with("sev")) {
+        Some(Backend::SevSnp)
+    } else {
+        None
+    };
+    TeeInfo {
+        tsm_root: tsm_root.to_owned(),
+        tsm_present,
+        providers,
+        tdx_device,
+        sev_device,
+        backend,
+    }
+}
+
+/// The settings' name of a backend (`tdx`, `sev-snp`, `sim`, `none`).
+pub fn name(b: Backend) -> &'static str {
+    match b {
+        Backend::Tdx => "tdx",
+        Backend::SevSnp => "sev-snp",
+        Backend::Sim => "sim",
+        Backend::Unattested => "none",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tsm_directory_and_a_device_or_provider_decide() {
+        let d = tempfile::tempdir().unwrap();
+        let (tsm, dev) = (d.path().join("tsm"), d.path().join("dev"));
+        std::fs::create_dir_all(&dev).unwrap();
+        // A device without configfs-tsm: our sources could not read a report.
+        std::fs::write(dev.join("tdx_guest"), "").unwrap();
+        assert_eq!(detect_at(&tsm, &dev).backend, None);
+        std::fs::create_dir_all(&tsm).unwrap();
+        assert_eq!(detect_at(&tsm, &dev).backend, Some(Backend::Tdx));
+        // No device node visible, but a report entry names its provider.
+        std::fs::remove_file(dev.join("tdx_guest")).unwrap();
+        assert_eq!(detect_at(&tsm, &dev).backend, None);
+        std::fs::create_dir_all(tsm.join("r1")).unwrap();
+        std::fs::write(tsm.join("r1/provider"), "sev_guest\n").unwrap();
+        let info = detect_at(&tsm, &dev);
+        assert_eq!(info.backend, Some(Backend::SevSnp));
+        assert_eq!(info.providers, vec!["sev_guest".to_owned()]);
+        assert_eq!(name(Backend::SevSnp), "sev-snp");
+    }
+}

@@ -1,12 +1,12 @@
 //! Generates the Rust types of the Cocoon TL scheme (`schema/*.tl`) into `$OUT_DIR`:
-//! `generated.rs` (types, enums, functions, constructor table) and `arbitrary.rs`
-//! (proptest strategies and round-trip tests for every constructor).
+//! `generated.rs` (types, enums, functions, message sets, constructor table) and
+//! `arbitrary.rs` (proptest strategies and round-trip tests for every constructor and set).
 
 #[path = "src/schema.rs"]
 #[allow(dead_code)]
 mod schema;
 
-use schema::{Declaration, FieldKind, Type};
+use schema::{Declaration, FieldKind, MessageSet, Type};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
@@ -21,9 +21,11 @@ const RUST_KEYWORDS: &[&str] = &[
 fn main() {
     println!("cargo:rerun-if-changed=schema/cocoon_api.tl");
     println!("cargo:rerun-if-changed=schema/cocoon_ext.tl");
+    println!("cargo:rerun-if-changed=schema/messages.tl");
     println!("cargo:rerun-if-changed=src/schema.rs");
     let decls = schema::cocoon_schema().unwrap_or_else(|e| panic!("bad TL scheme: {e}"));
-    let generator = Generator::new(&decls);
+    let sets = schema::message_sets().unwrap_or_else(|e| panic!("bad message sets: {e}"));
+    let generator = Generator::new(&decls, &sets);
     generator.validate();
     let out_dir = std::env::var("OUT_DIR").expect("OUT_DIR");
     std::fs::write(format!("{out_dir}/generated.rs"), generator.generated())
@@ -82,13 +84,14 @@ fn is_binary_string(field: &str) -> bool {
 
 struct Generator<'a> {
     decls: &'a [Declaration],
+    sets: &'a [MessageSet],
     by_name: HashMap<&'a str, &'a Declaration>,
     /// Result type -> constructors (types only).
     by_result: BTreeMap<&'a str, Vec<&'a Declaration>>,
 }
 
 impl<'a> Generator<'a> {
-    fn new(decls: &'a [Declaration]) -> Self {
+    fn new(decls: &'a [Declaration], sets: &'a [MessageSet]) -> Self {
         let mut by_name = HashMap::new();
         let mut by_result: BTreeMap<&str, Vec<&Declaration>> = BTreeMap::new();
         for d in decls {
@@ -99,12 +102,24 @@ impl<'a> Generator<'a> {
         }
         Generator {
             decls,
+            sets,
             by_name,
             by_result,
         }
     }
 
     fn validate(&self) {
+        for set in self.sets {
+            let mut variants = HashMap::new();
+            for m in self.members(set) {
+                if let Some(other) = variants.insert(upper_camel(m.short_name()), &m.name) {
+                    panic!(
+                        "{}: {} and {other} give the same variant name",
+                        set.name, m.name
+                    );
+                }
+            }
+        }
         let mut ids = HashMap::new();
         for d in self.decls {
             if let Some(other) = ids.insert(d.id, &d.name) {
@@ -138,6 +153,17 @@ impl<'a> Generator<'a> {
                 }
             }
         }
+    }
+
+    /// The declarations a message set names (panics on a name the scheme lacks).
+    fn members(&self, set: &MessageSet) -> Vec<&'a Declaration> {
+        set.members
+            .iter()
+            .map(|m| match self.by_name.get(m.as_str()) {
+                Some(d) => *d,
+                None => panic!("{}: unknown member {m}", set.name),
+            })
+            .collect()
     }
 
     fn check_type(&self, ctx: &str, ty: &Type) {
@@ -461,6 +487,7 @@ impl<'a> Generator<'a> {
         ty: &str,
         doc: &str,
         ctors: &[&Declaration],
+        with_default: bool,
         out: &mut String,
     ) {
         let _ = writeln!(out, "/// {doc}");
@@ -501,7 +528,9 @@ impl<'a> Generator<'a> {
                 c.name
             );
         }
-        let _ = writeln!(out, "    }} }}\n}}\n");
+        let _ = writeln!(out, "    }} }}");
+        self.gen_decode(ty, ctors, out);
+        let _ = writeln!(out, "}}\n");
         let _ = writeln!(
             out,
             "impl crate::TlWrite for {name} {{ fn write_to(&self, out: &mut Vec<u8>) {{ match self {{"
@@ -531,7 +560,11 @@ impl<'a> Generator<'a> {
             "    id => Err(crate::Error::new(crate::ErrorKind::UnknownConstructor {{ id, expected: \"{ty}\" }}, start)),\n}} }} }}\n"
         );
         // Default: the constructor with the fewest fields (`proxy.signedPaymentEmpty`).
-        if let Some(c) = ctors.iter().min_by_key(|c| c.fields.len()) {
+        if let Some(c) = ctors
+            .iter()
+            .min_by_key(|c| c.fields.len())
+            .filter(|_| with_default)
+        {
             let _ = writeln!(
                 out,
                 "impl Default for {name} {{ fn default() -> Self {{ Self::{}(Default::default()) }} }}",
@@ -550,14 +583,48 @@ impl<'a> Generator<'a> {
         out.push('\n');
     }
 
+    /// `decode`: the whole input as one of `ctors`, chosen by its constructor id and decoded
+    /// with that constructor's own `from_bytes` (so its errors read as the constructor's).
+    fn gen_decode(&self, set: &str, ctors: &[&Declaration], out: &mut String) {
+        let _ = writeln!(
+            out,
+            "    /// Decodes `data` (exactly, no trailing bytes) as the member its constructor id names.\n    pub fn decode(data: &[u8]) -> std::result::Result<Self, crate::DispatchError> {{\n        let id = crate::peek_constructor(data).ok_or(crate::DispatchError::TooShort {{ len: data.len() }})?;\n        match id {{"
+        );
+        for c in ctors {
+            let _ = writeln!(
+                out,
+                "            0x{:08x} => <{} as crate::TlRead>::from_bytes(data).map(Self::{}).map_err(|error| crate::DispatchError::Malformed {{ id, name: \"{}\", error }}),",
+                c.id,
+                self.struct_path(c),
+                upper_camel(c.short_name()),
+                c.name
+            );
+        }
+        let _ = writeln!(
+            out,
+            "            id => Err(crate::DispatchError::Unknown {{ id, expected: \"{set}\" }}),\n        }}\n    }}"
+        );
+    }
+
     fn gen_enum(&self, ty: &str, ctors: &[&Declaration], out: &mut String) {
         let name = upper_camel(split(ty).1);
-        self.gen_dispatch(&name, ty, &format!("Boxed type `{ty}`."), ctors, out);
+        self.gen_dispatch(&name, ty, &format!("Boxed type `{ty}`."), ctors, true, out);
     }
 
     fn gen_function_enum(&self, ns: &str, funcs: &[&Declaration], out: &mut String) {
         let doc = format!("Any `{ns}.*` function, for dispatching incoming queries.");
-        self.gen_dispatch("Any", &format!("{ns} function"), &doc, funcs, out);
+        self.gen_dispatch("Any", &format!("{ns} function"), &doc, funcs, true, out);
+    }
+
+    fn gen_message_set(&self, set: &MessageSet, out: &mut String) {
+        let members: Vec<String> = set.members.iter().map(|m| format!("`{m}`")).collect();
+        let doc = format!(
+            "Message set `{}` (`schema/messages.tl`): {}.",
+            set.name,
+            members.join(", ")
+        );
+        let ctors = self.members(set);
+        self.gen_dispatch(set.short_name(), &set.name, &doc, &ctors, false, out);
     }
 
     /// Emit `items` (namespace -> code) as nested modules.
@@ -607,6 +674,10 @@ impl<'a> Generator<'a> {
             let (ns, _) = split(ty);
             self.gen_enum(ty, ctors, enums.entry(ns.to_string()).or_default());
         }
+        let mut sets: BTreeMap<String, String> = BTreeMap::new();
+        for set in self.sets {
+            self.gen_message_set(set, sets.entry(set.namespace().to_string()).or_default());
+        }
 
         out.push_str(
             "/// Constructors (bare and boxed structs) of every TL type.\npub mod types {\n",
@@ -616,6 +687,8 @@ impl<'a> Generator<'a> {
         Self::emit_modules(enums, &mut out);
         out.push_str("}\n\n/// TL functions (queries); `TlFunction::Return` is the answer type.\npub mod functions {\n");
         Self::emit_modules(funcs, &mut out);
+        out.push_str("}\n\n/// Message sets (`schema/messages.tl`): what one peer may send another, for dispatch.\npub mod messages {\n");
+        Self::emit_modules(sets, &mut out);
         out.push_str("}\n\n");
 
         out.push_str("/// Every declaration of the scheme.\npub static CONSTRUCTORS: &[crate::ConstructorInfo] = &[\n");
@@ -805,6 +878,27 @@ impl<'a> Generator<'a> {
                 strategy_fn(&d.name).trim_start_matches("any_"),
                 strategy_fn(&d.name)
             );
+        }
+        out.push_str("    }\n}\n\n");
+        // Every member of every set decodes through the set's `decode` to its own variant.
+        out.push_str("#[cfg(test)]\nmod set_decode {\n    use super::*;\n    proptest! {\n        #![proptest_config(ProptestConfig { cases: 16, .. ProptestConfig::default() })]\n");
+        for set in self.sets {
+            let set_path = format!(
+                "crate::messages::{}{}",
+                module_path(set.namespace()),
+                set.short_name()
+            );
+            for m in self.members(set) {
+                let _ = writeln!(
+                    out,
+                    "        #[test] fn {}_{}(v in {}()) {{ let bytes = crate::TlWrite::to_bytes(&v); let d = {set_path}::decode(&bytes).map_err(|e| TestCaseError::fail(e.to_string()))?; prop_assert_eq!(d.constructor_id(), 0x{:08x}); prop_assert_eq!(crate::TlWrite::to_bytes(&d), bytes); prop_assert_eq!(d, {set_path}::{}(v)); }}",
+                    set.name.split('.').map(snake).collect::<Vec<_>>().join("_"),
+                    strategy_fn(&m.name).trim_start_matches("any_"),
+                    strategy_fn(&m.name),
+                    m.id,
+                    upper_camel(m.short_name())
+                );
+            }
         }
         out.push_str("    }\n}\n");
         out

@@ -4,12 +4,15 @@
 //! - [`types`]: one struct per constructor (bare encoding: fields only; boxed: id + fields);
 //! - [`enums`]: one enum per boxed type, one variant per constructor;
 //! - [`functions`]: queries, each with `TlFunction::Return`, plus a per-namespace `Any` enum;
+//! - [`messages`]: message sets (`schema/messages.tl`), what one peer may send another; every
+//!   enum here and in `enums`/`functions` has a `decode` with a typed [`DispatchError`];
 //! - [`frame`]: the `len ‖ seqno ‖ payload` framing of a session;
 //! - [`json`]: schema-driven decoding to JSON and back, for tools and tests.
 #![forbid(unsafe_code)]
 
 pub mod codec;
 pub mod codes;
+mod dispatch;
 pub mod frame;
 pub mod json;
 pub mod schema;
@@ -18,6 +21,7 @@ pub use codec::{
     BOOL_FALSE, BOOL_TRUE, BareRead, BareWrite, Error, ErrorKind, Identifiable, Location, Reader,
     Result, TlFunction, TlRead, TlWrite, bytes_len, peek_constructor, write,
 };
+pub use dispatch::DispatchError;
 
 /// One declaration of the scheme, as compiled in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +53,9 @@ pub fn constructor_by_name(name: &str) -> Option<&'static ConstructorInfo> {
 mod generated {
     include!(concat!(env!("OUT_DIR"), "/generated.rs"));
 }
-pub use generated::{BOXED_TYPES, CONSTRUCTORS, enums, functions, roundtrip_boxed, types};
+pub use generated::{
+    BOXED_TYPES, CONSTRUCTORS, enums, functions, messages, roundtrip_boxed, types,
+};
 
 /// Proptest strategies for every constructor (`any_client_run_query_ex()` and so on).
 #[cfg(any(test, feature = "arbitrary"))]

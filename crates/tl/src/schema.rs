@@ -428,6 +428,97 @@ fn parse_declaration(text: &str, is_function: bool, proto: u32) -> Result<Declar
     Ok(decl)
 }
 
+/// A message set of `schema/messages.tl`: the constructors one peer may send another,
+/// grouped for dispatch (no new constructor, no id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageSet {
+    /// Full name with namespace, e.g. `client.ToProxy`.
+    pub name: String,
+    /// Full names of the member declarations, in the order written.
+    pub members: Vec<String>,
+}
+
+impl MessageSet {
+    /// Namespace (`client` for `client.ToProxy`).
+    pub fn namespace(&self) -> &str {
+        self.name.rsplit_once('.').map(|(ns, _)| ns).unwrap_or("")
+    }
+
+    /// Name without namespace.
+    pub fn short_name(&self) -> &str {
+        self.name
+            .rsplit_once('.')
+            .map(|(_, n)| n)
+            .unwrap_or(&self.name)
+    }
+}
+
+/// Parse a message-set file: `ns.Name = member member ...;` statements, `//` comments.
+pub fn parse_message_sets(text: &str) -> Result<Vec<MessageSet>, String> {
+    let mut sets: Vec<MessageSet> = Vec::new();
+    let mut pending = String::new();
+    for (lineno, raw) in text.lines().enumerate() {
+        let line = match raw.find("//") {
+            Some(pos) => &raw[..pos],
+            None => raw,
+        };
+        pending.push(' ');
+        pending.push_str(line.trim());
+        while let Some(pos) = pending.find(';') {
+            let stmt = pending[..pos].to_string();
+            pending = pending[pos + 1..].to_string();
+            let set = parse_message_set(&stmt).map_err(|e| format!("line {}: {e}", lineno + 1))?;
+            if sets.iter().any(|s| s.name == set.name) {
+                return Err(format!(
+                    "line {}: set {} declared twice",
+                    lineno + 1,
+                    set.name
+                ));
+            }
+            sets.push(set);
+        }
+    }
+    if !pending.trim().is_empty() {
+        return Err("unterminated message set at end of file".into());
+    }
+    Ok(sets)
+}
+
+fn parse_message_set(stmt: &str) -> Result<MessageSet, String> {
+    let (name, members) = stmt
+        .split_once('=')
+        .ok_or_else(|| format!("`{}`: missing ` = members`", stmt.trim()))?;
+    let name = name.trim();
+    let (_, short) = name
+        .rsplit_once('.')
+        .ok_or_else(|| format!("set `{name}` has no namespace"))?;
+    if !short.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_')
+    {
+        return Err(format!("bad set name `{name}`"));
+    }
+    let members: Vec<String> = members.split_whitespace().map(str::to_string).collect();
+    if members.is_empty() {
+        return Err(format!("set {name} has no members"));
+    }
+    for (i, m) in members.iter().enumerate() {
+        if members[..i].contains(m) {
+            return Err(format!("set {name} lists {m} twice"));
+        }
+    }
+    Ok(MessageSet {
+        name: name.to_string(),
+        members,
+    })
+}
+
+/// The message sets of `schema/messages.tl`.
+pub fn message_sets() -> Result<Vec<MessageSet>, String> {
+    parse_message_sets(COCOON_MESSAGES_TL)
+}
+
 /// Both scheme files, parsed.
 pub fn cocoon_schema() -> Result<Vec<Declaration>, String> {
     let mut decls = parse(COCOON_API_TL, 2)?;
@@ -439,3 +530,5 @@ pub fn cocoon_schema() -> Result<Vec<Declaration>, String> {
 pub const COCOON_API_TL: &str = include_str!("../schema/cocoon_api.tl");
 /// Our protocol version 3 additions.
 pub const COCOON_EXT_TL: &str = include_str!("../schema/cocoon_ext.tl");
+/// Message sets (who sends what), for dispatch.
+pub const COCOON_MESSAGES_TL: &str = include_str!("../schema/messages.tl");

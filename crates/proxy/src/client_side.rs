@@ -35,7 +35,7 @@ use tokio::sync::watch;
 use crate::admission;
 use crate::forward::{self, CancelReason, ClientCtx};
 use crate::meter::Party;
-use crate::worker_side::{clamp_i64, payment};
+use crate::receipts::{clamp_i64, payment};
 use crate::{ClientStat, Shared};
 
 #[derive(Debug, Clone)]

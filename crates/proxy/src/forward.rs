@@ -21,18 +21,18 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use cocoon_net::{ErrorCode, SessionHandle};
-use cocoon_openai::{Endpoint, Multipliers, PriceTable, Usage, UsageTracker};
+use cocoon_openai::{Endpoint, PriceTable, Usage, UsageTracker};
 use cocoon_tl::functions::{client as fclient, proxy as fproxy};
 use cocoon_tl::types::{TokensUsed, client as tclient, http as thttp, proxy as tproxy};
 use cocoon_tl::{TlRead, TlWrite};
-use cocoon_ton::root::CocoonParams;
 use rand::Rng;
 use tokio::sync::watch;
 
 use crate::meter::{Charge, Party, Settlement};
+use crate::prices::{price_table, reservation};
+use crate::receipts::{clamp_i64, payment};
 use crate::registry::{AttemptOutcome, Lease, PayLock, WorkerEvent};
 use crate::usage_audit::{self, Quote};
-use crate::worker_side::{clamp_i64, payment};
 use crate::{Counters, Shared, admission, now_unix};
 
 /// Why a running request is being stopped from the client side.
@@ -107,42 +107,6 @@ pub(crate) fn cap_query(query: &[u8], max_tokens: u64) -> Result<(Vec<u8>, u64),
     http.headers
         .retain(|h| !h.name.eq_ignore_ascii_case("content-length"));
     Ok((http.to_bytes(), limit.total().unwrap_or(max_tokens)))
-}
-
-/// Adjusted tokens to reserve for a request.
-pub(crate) fn reservation(
-    max_tokens: i32,
-    query_len: usize,
-    max_coefficient: i32,
-    p: &CocoonParams,
-) -> u64 {
-    let mult = [
-        p.prompt_tokens_price_multiplier,
-        p.cached_tokens_price_multiplier,
-        p.completion_tokens_price_multiplier,
-        p.reasoning_tokens_price_multiplier,
-    ]
-    .into_iter()
-    .max()
-    .unwrap_or(10_000);
-    let base = u128::try_from(max_tokens.max(0)).unwrap_or(0) + query_len as u128;
-    let coef = u128::try_from(max_coefficient.max(0)).unwrap_or(0);
-    let v = base * coef * u128::from(mult) / (1000 * 10_000);
-    u64::try_from(v).unwrap_or(u64::MAX)
-}
-
-/// The network's price table (what the worker adjusts its usage with).
-pub(crate) fn price_table(p: &CocoonParams) -> PriceTable {
-    PriceTable {
-        price_per_token: p.price_per_token,
-        worker_fee_per_token: p.worker_fee_per_token,
-        multipliers: Multipliers {
-            prompt: p.prompt_tokens_price_multiplier,
-            cached: p.cached_tokens_price_multiplier,
-            completion: p.completion_tokens_price_multiplier,
-            reasoning: p.reasoning_tokens_price_multiplier,
-        },
-    }
 }
 
 /// The adjusted usage seen in the stream so far (zero when the engine reported none).
@@ -1026,16 +990,6 @@ async fn finish_stopped(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reservation_covers_the_highest_multiplier() {
-        let mut p = CocoonParams::default();
-        assert_eq!(reservation(1000, 200, 4000, &p), 4800);
-        p.completion_tokens_price_multiplier = 20_000;
-        assert_eq!(reservation(1000, 200, 4000, &p), 9600);
-        assert_eq!(reservation(-5, 0, 4000, &p), 0);
-        assert_eq!(reservation(i32::MAX, usize::MAX, i32::MAX, &p), u64::MAX);
-    }
 
     #[test]
     fn retry_rules() {

@@ -30,7 +30,9 @@ use futures::future::BoxFuture;
 use tokio::sync::watch;
 
 use crate::chain::{ChainError, CheckpointChain, ClientContractState};
+pub use crate::meter::LedgerStats;
 use crate::meter::{Meter, MeterError, Party, RequestId, Settled, Settlement, Totals};
+use crate::prices::price_table;
 
 /// Commit progress, published by the committer thread.
 #[derive(Debug, Clone, Default)]
@@ -77,24 +79,6 @@ fn now_unix() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// What the admin pages show about the ledger.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct LedgerStats {
-    pub params_version: u32,
-    pub committed_seq: u64,
-    pub last_seq: u64,
-    pub commit_failures: u64,
-    pub last_commit_error: String,
-    pub confirmed_checkpoint: Option<u32>,
-    pub pending_checkpoints: Vec<u32>,
-    pub commission_nanoton: u128,
-    pub reservations: usize,
-    pub halted: Option<String>,
-    pub frozen: Vec<(String, String)>,
-    pub charges_submitted: u64,
-    pub payouts_submitted: u64,
 }
 
 /// `cocoon-ledger` as the proxy's [`Meter`].
@@ -231,7 +215,7 @@ impl LedgerMeter {
             .map_err(|e| OpenError::Store(cocoon_ledger::StoreError::Backend(e.to_string())))?;
         let options = OpenOptions {
             params_version: version,
-            prices: crate::forward::price_table(&root.params),
+            prices: price_table(&root.params),
             chain: checkpoints,
             session: rand::random(),
         };
@@ -336,7 +320,7 @@ impl LedgerMeter {
             if version <= l.params_version() {
                 return Ok(());
             }
-            l.change_params(version, crate::forward::price_table(&root.params))
+            l.change_params(version, price_table(&root.params))
                 .map_err(meter_error)?
         };
         self.durable(p).await

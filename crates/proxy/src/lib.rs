@@ -34,6 +34,8 @@ pub mod config;
 mod forward;
 pub mod ledger_meter;
 pub mod meter;
+mod prices;
+mod receipts;
 pub mod registry;
 pub mod router;
 pub mod ton_chain;

@@ -153,7 +153,7 @@ pub trait Meter: Send + Sync + 'static {
     }
 
     /// Ledger figures for the admin pages, when the meter has a ledger.
-    fn ledger_stats(&self) -> Option<crate::ledger_meter::LedgerStats> {
+    fn ledger_stats(&self) -> Option<LedgerStats> {
         None
     }
 
@@ -167,6 +167,24 @@ pub trait Meter: Send + Sync + 'static {
     fn control<'a>(&'a self, action: &'a str) -> BoxFuture<'a, Result<String, String>> {
         Box::pin(async move { Err(format!("{action}: this meter has no on-chain settlement")) })
     }
+}
+
+/// What the admin pages show about the ledger.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct LedgerStats {
+    pub params_version: u32,
+    pub committed_seq: u64,
+    pub last_seq: u64,
+    pub commit_failures: u64,
+    pub last_commit_error: String,
+    pub confirmed_checkpoint: Option<u32>,
+    pub pending_checkpoints: Vec<u32>,
+    pub commission_nanoton: u128,
+    pub reservations: usize,
+    pub halted: Option<String>,
+    pub frozen: Vec<(String, String)>,
+    pub charges_submitted: u64,
+    pub payouts_submitted: u64,
 }
 
 #[derive(Debug, Default, Clone, serde::Serialize)]

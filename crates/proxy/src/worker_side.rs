@@ -24,35 +24,15 @@ use cocoon_net::{ErrorCode, Incoming, Responder, SessionHandle};
 use cocoon_ratls::net::Accepted;
 use cocoon_tl::functions::worker as fworker;
 use cocoon_tl::types::{proxy as tproxy, worker as tworker};
-use cocoon_tl::{Identifiable, TlRead, enums, peek_constructor};
+use cocoon_tl::{Identifiable, TlRead, peek_constructor};
 use cocoon_ton::HashBytes;
 use tokio::sync::watch;
 
 use crate::Shared;
 use crate::admission::{self, MAX_COEFFICIENT, PeerFacts, Refusal, WorkerParams};
 use crate::meter::Party;
+use crate::receipts::{clamp_i64, payment};
 use crate::registry::{WorkerEntry, WorkerEvent};
-
-fn empty_payment() -> enums::proxy::SignedPayment {
-    enums::proxy::SignedPayment::SignedPaymentEmpty(tproxy::SignedPaymentEmpty {})
-}
-
-/// The meter's latest receipt for an account as a TL signed payment (empty when nothing is
-/// checkpointed yet).
-pub(crate) fn payment(
-    meter: &dyn crate::meter::Meter,
-    party: crate::meter::Party,
-    address: &str,
-) -> enums::proxy::SignedPayment {
-    match meter.receipt(party, address) {
-        Some(data) => enums::proxy::SignedPayment::SignedPayment(tproxy::SignedPayment { data }),
-        None => empty_payment(),
-    }
-}
-
-pub(crate) fn clamp_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
 
 /// What the handshake learned before the worker is registered.
 struct Pending {

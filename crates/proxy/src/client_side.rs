@@ -25,8 +25,9 @@ use std::sync::{Arc, Mutex};
 use cocoon_net::{ErrorCode, Incoming, Responder, SessionHandle};
 use cocoon_ratls::net::Accepted;
 use cocoon_tl::functions::client as fclient;
+use cocoon_tl::messages::client::{ToProxy, ToProxyQuery};
 use cocoon_tl::types::{client as tclient, proxy as tproxy};
-use cocoon_tl::{Identifiable, TlRead, TlWrite, enums, peek_constructor};
+use cocoon_tl::{DispatchError, TlWrite, enums};
 use cocoon_ton::{HashBytes, StdAddr};
 use rand::Rng;
 use sha2::Digest;
@@ -56,7 +57,10 @@ enum Auth {
 }
 
 pub(crate) struct ClientSession {
+    shared: Arc<Shared>,
     id: u64,
+    /// The peer's address, for logs and refusals.
+    peer: String,
     ip: std::net::IpAddr,
     handle: SessionHandle,
     auth: Mutex<Auth>,
@@ -90,7 +94,9 @@ pub(crate) async fn run(shared: Arc<Shared>, a: Accepted, mut stop: watch::Recei
     } = a;
     let peer = addr.to_string();
     let sess = Arc::new(ClientSession {
+        shared: Arc::clone(&shared),
         id: shared.next_id(),
+        peer: peer.clone(),
         ip: addr.ip(),
         handle: handle.clone(),
         auth: Mutex::new(Auth::None),
@@ -152,12 +158,12 @@ pub(crate) async fn run(shared: Arc<Shared>, a: Accepted, mut stop: watch::Recei
                 let Some(msg) = msg else { break };
                 match msg {
                     Incoming::Query { data, responder } => {
-                        if !on_query(&shared, &sess, &peer, &data, responder).await {
+                        if !sess.on_query(&data, responder).await {
                             break;
                         }
                     }
                     Incoming::Message { data } => {
-                        if let Err(e) = on_message(&shared, &sess, &data) {
+                        if let Err(e) = sess.on_message(&data) {
                             tracing::warn!(peer = %peer, error = %e, "client protocol violation; closing");
                             break;
                         }
@@ -187,51 +193,11 @@ fn sha256(data: &[u8]) -> [u8; 32] {
     sha2::Sha256::digest(data).into()
 }
 
-/// Opens the client's credit in the meter and answers the authorisation query.
-async fn authorize(
-    shared: &Arc<Shared>,
-    sess: &Arc<ClientSession>,
-    owner: String,
-    client_sc: StdAddr,
-    proto: i32,
-) -> enums::client::AuthorizationWithProxy {
-    let failed = |code: ErrorCode, error: String| {
-        enums::client::AuthorizationWithProxy::AuthorizationWithProxyFailed(
-            tclient::AuthorizationWithProxyFailed {
-                error_code: code as i32,
-                error,
-            },
-        )
-    };
-    let state = match shared.chain.client_state(&client_sc).await {
-        Ok(s) => s.unwrap_or_default(),
-        Err(e) => return failed(ErrorCode::NotReady, e.to_string()),
-    };
-    if state.closing || state.closed {
-        return failed(ErrorCode::Error, "client is closing".into());
-    }
-    let price = shared.root.borrow().params.price_per_token;
-    let sc = client_sc.to_string();
-    let totals = match shared.meter.open_client(&sc, &state, price).await {
-        Ok(t) => t,
-        Err(e) => return failed(ErrorCode::Error, e.to_string()),
-    };
-    sess.set_auth(Auth::Authorized {
-        owner: owner.clone(),
-        client_sc,
-        proto,
-    });
-    let sc_for_payment = sc.clone();
-    shared.update_client(sess.id, |c| {
-        c.authorized = true;
-        c.owner = owner;
-        c.client_sc = sc;
-    });
-    enums::client::AuthorizationWithProxy::AuthorizationWithProxySuccess(
-        tclient::AuthorizationWithProxySuccess {
-            signed_payment: payment(&*shared.meter, Party::Client, &sc_for_payment),
-            tokens_committed_to_db: clamp_i64(totals.committed_to_db),
-            max_tokens: clamp_i64(totals.max),
+fn auth_failed(code: ErrorCode, error: String) -> enums::client::AuthorizationWithProxy {
+    enums::client::AuthorizationWithProxy::AuthorizationWithProxyFailed(
+        tclient::AuthorizationWithProxyFailed {
+            error_code: code as i32,
+            error,
         },
     )
 }
@@ -240,408 +206,458 @@ fn answer_auth(responder: Responder, a: &enums::client::AuthorizationWithProxy) 
     let _ = responder.answer(a.to_bytes());
 }
 
-/// Handles one client query; `false` ends the session.
-async fn on_query(
-    shared: &Arc<Shared>,
-    sess: &Arc<ClientSession>,
-    peer: &str,
-    data: &[u8],
-    responder: Responder,
-) -> bool {
-    let Some(cid) = peek_constructor(data) else {
-        let _ = responder.error(ErrorCode::ProtoViolation as i32, "query too short");
-        return false;
-    };
-    let refuse = |responder: Responder, code: ErrorCode, reason: &str| {
-        shared.refused("client", peer, reason);
+/// Queries: each handler answers through the responder and returns `false` to end the
+/// session.
+impl ClientSession {
+    /// Refuses a query, counted as a refusal of this client.
+    fn refuse(&self, responder: Responder, code: ErrorCode, reason: &str) {
+        self.shared.refused("client", &self.peer, reason);
         let _ = responder.error(code as i32, reason.to_owned());
-    };
-    match cid {
-        fclient::ConnectToProxy::CONSTRUCTOR_ID => {
-            let q = match fclient::ConnectToProxy::from_bytes(data) {
-                Ok(q) => q,
-                Err(e) => {
-                    refuse(
-                        responder,
-                        ErrorCode::ProtoViolation,
-                        &format!("malformed client.connectToProxy: {e}"),
-                    );
-                    return false;
-                }
-            };
-            if !matches!(sess.auth(), Auth::None) {
-                refuse(
-                    responder,
-                    ErrorCode::ProtoViolation,
-                    "repeated client.connectToProxy",
+    }
+
+    async fn on_query(self: &Arc<Self>, data: &[u8], responder: Responder) -> bool {
+        let q = match ToProxyQuery::decode(data) {
+            Ok(q) => q,
+            Err(DispatchError::Unknown { id, .. }) => {
+                let _ = responder.error(
+                    ErrorCode::ProtoViolation as i32,
+                    format!("unexpected query {id:08x} from a client"),
                 );
+                return true;
+            }
+            Err(e @ DispatchError::Malformed { .. }) => {
+                self.refuse(responder, ErrorCode::ProtoViolation, &e.to_string());
                 return false;
             }
-            if !shared.enabled.load(Ordering::SeqCst) {
-                refuse(
-                    responder,
-                    ErrorCode::NotReady,
-                    "proxy is not participating in this iteration",
-                );
-                return true;
-            }
-            let p = &q.params;
-            let Some(is_test) = p.is_test else {
-                refuse(responder, ErrorCode::Error, "too old client");
-                return true;
-            };
-            if is_test != shared.is_test {
-                refuse(responder, ErrorCode::Error, "test mode mismatch");
-                return true;
-            }
-            let proto = match admission::negotiate(p.min_proto_version, p.max_proto_version) {
-                Ok(v) => v,
-                Err(e) => {
-                    refuse(responder, ErrorCode::Error, &e.to_string());
-                    return true;
-                }
-            };
-            let root = shared.root();
-            if i64::from(q.min_config_version) > i64::from(root.version) {
-                refuse(
-                    responder,
-                    ErrorCode::NotReady,
-                    "active config version is too low",
-                );
-                return true;
-            }
-            let owner = match cocoon_ton::parse_address(&p.client_owner_address) {
-                Ok(a) => a,
-                Err(e) => {
-                    refuse(
-                        responder,
-                        ErrorCode::Error,
-                        &format!("bad client owner address: {e}"),
-                    );
-                    return true;
-                }
-            };
-            let client_sc = match cocoon_ton::contracts::client_contract(
-                &root.params,
-                &owner,
-                &shared.proxy_sc,
-                &HashBytes(shared.public_key),
-            ) {
-                Ok(d) => d.address,
-                Err(e) => {
-                    refuse(
-                        responder,
-                        ErrorCode::Failure,
-                        &format!("cannot derive client contract: {e}"),
-                    );
-                    return true;
-                }
-            };
-            // Nobody is authenticated yet: the read is cached and rate-limited per address.
-            let secret_hash = match shared
-                .lookups
-                .client_state(&*shared.chain, sess.ip, &client_sc)
-                .await
-            {
-                Ok(s) => s.and_then(|s| s.secret_hash),
-                Err(e) => {
-                    refuse(responder, ErrorCode::NotReady, &e.to_string());
-                    return true;
-                }
-            };
-            let nonce: u64 = rand::rng().random();
-            let auth = match secret_hash {
-                Some(h) => enums::client::ProxyConnectionAuth::ProxyConnectionAuthShort(
-                    tclient::ProxyConnectionAuthShort {
-                        secret_hash: h,
-                        nonce: nonce as i64,
-                    },
-                ),
-                None => enums::client::ProxyConnectionAuth::ProxyConnectionAuthLong(
-                    tclient::ProxyConnectionAuthLong {
-                        nonce: nonce as i64,
-                    },
-                ),
-            };
-            sess.set_auth(Auth::Pending {
-                owner: owner.to_string(),
-                client_sc: client_sc.clone(),
-                proto,
-                nonce,
-                secret_hash,
-            });
-            let ans = tclient::ConnectedToProxy {
-                params: tproxy::Params {
-                    proxy_public_key: shared.public_key,
-                    proxy_owner_address: shared.owner_address.to_string(),
-                    proxy_sc_address: shared.proxy_sc.to_string(),
-                    is_test: Some(shared.is_test),
-                    proto_version: Some(proto),
-                },
-                client_sc_address: client_sc.to_string(),
-                auth,
-                signed_payment: payment(&*shared.meter, Party::Client, &client_sc.to_string()),
-            };
-            let _ = responder.answer_tl(&ans);
-            true
-        }
-        fclient::AuthorizeWithProxyShort::CONSTRUCTOR_ID => {
-            let q = match fclient::AuthorizeWithProxyShort::from_bytes(data) {
-                Ok(q) => q,
-                Err(e) => {
-                    refuse(
-                        responder,
-                        ErrorCode::ProtoViolation,
-                        &format!("malformed authorizeWithProxyShort: {e}"),
-                    );
-                    return false;
-                }
-            };
-            let Auth::Pending {
-                owner,
-                client_sc,
-                proto,
-                secret_hash,
-                ..
-            } = sess.auth()
-            else {
-                refuse(
-                    responder,
-                    ErrorCode::ProtoViolation,
-                    "authorisation without a pending handshake",
-                );
+            Err(_) => {
+                let _ = responder.error(ErrorCode::ProtoViolation as i32, "query too short");
                 return false;
-            };
-            match secret_hash {
-                Some(h) if h == sha256(&q.data) => {
-                    let a = authorize(shared, sess, owner, client_sc, proto).await;
-                    answer_auth(responder, &a);
-                }
-                _ => {
-                    shared.refused("client", peer, "short authorisation: secret does not match");
-                    answer_auth(
-                        responder,
-                        &enums::client::AuthorizationWithProxy::AuthorizationWithProxyFailed(
-                            tclient::AuthorizationWithProxyFailed {
-                                error_code: ErrorCode::Error as i32,
-                                error: "secret does not match the client contract".into(),
-                            },
-                        ),
-                    );
-                }
             }
-            true
+        };
+        match q {
+            ToProxyQuery::ConnectToProxy(q) => self.on_connect(q, responder).await,
+            ToProxyQuery::AuthorizeWithProxyShort(q) => self.on_authorize_short(q, responder).await,
+            ToProxyQuery::AuthorizeWithProxyLong(_) => self.on_authorize_long(responder),
+            ToProxyQuery::UpdatePaymentStatus(_) => self.on_payment_status(responder).await,
+            ToProxyQuery::GetWorkerTypesV2(_) => self.on_worker_types_v2(responder),
+            ToProxyQuery::GetWorkerTypes(_) => self.on_worker_types(responder),
         }
-        fclient::AuthorizeWithProxyLong::CONSTRUCTOR_ID => {
-            let Auth::Pending {
-                owner,
-                client_sc,
-                proto,
-                nonce,
-                ..
-            } = sess.auth()
-            else {
-                refuse(
-                    responder,
-                    ErrorCode::ProtoViolation,
-                    "authorisation without a pending handshake",
-                );
-                return false;
-            };
-            let shared = Arc::clone(shared);
-            let sess = Arc::clone(sess);
-            tokio::spawn(async move {
-                let waited = tokio::time::timeout(
-                    shared.timings.long_auth_timeout,
-                    shared.chain.wait_register(&client_sc, nonce),
-                )
-                .await;
-                let a = match waited {
-                    Ok(Ok(())) => authorize(&shared, &sess, owner, client_sc, proto).await,
-                    Ok(Err(e)) => {
-                        enums::client::AuthorizationWithProxy::AuthorizationWithProxyFailed(
-                            tclient::AuthorizationWithProxyFailed {
-                                error_code: ErrorCode::NotReady as i32,
-                                error: e.to_string(),
-                            },
-                        )
-                    }
-                    Err(_) => enums::client::AuthorizationWithProxy::AuthorizationWithProxyFailed(
-                        tclient::AuthorizationWithProxyFailed {
-                            error_code: ErrorCode::Timeout as i32,
-                            error: "no registration seen on-chain in time".into(),
-                        },
-                    ),
-                };
-                answer_auth(responder, &a);
-            });
-            true
-        }
-        fclient::UpdatePaymentStatus::CONSTRUCTOR_ID => {
-            let Auth::Authorized { client_sc, .. } = sess.auth() else {
-                let _ = responder.error(ErrorCode::NotReady as i32, "not authorised");
-                return true;
-            };
-            let _g = sess.pay_lock.lock().await;
-            let sc = client_sc.to_string();
-            let t = shared.meter.client_totals(&sc);
-            let _ = responder.answer_tl(&tclient::PaymentStatus {
-                signed_payment: payment(&*shared.meter, Party::Client, &sc),
-                db_tokens: clamp_i64(t.committed_to_db),
-                max_tokens: clamp_i64(t.max),
-            });
-            true
-        }
-        fclient::GetWorkerTypesV2::CONSTRUCTOR_ID => {
-            let types = shared
-                .registry
-                .types()
-                .into_iter()
-                .map(|(name, ws)| tclient::WorkerTypeV2 {
-                    name,
-                    workers: ws
-                        .into_iter()
-                        .map(|(c, r, m)| tclient::WorkerInstanceV2 {
-                            coefficient: c,
-                            active_requests: i32::try_from(r).unwrap_or(i32::MAX),
-                            max_active_requests: i32::try_from(m).unwrap_or(i32::MAX),
-                        })
-                        .collect(),
-                })
-                .collect();
-            let _ = responder.answer_tl(&tclient::WorkerTypesV2 { types });
-            true
-        }
-        fclient::GetWorkerTypes::CONSTRUCTOR_ID => {
-            let types = shared
-                .registry
-                .types()
-                .into_iter()
-                .map(|(name, ws)| {
-                    let mut c: Vec<i32> = ws.iter().map(|w| w.0).collect();
-                    c.sort_unstable();
-                    tclient::WorkerType {
-                        name,
-                        active_workers: i32::try_from(c.len()).unwrap_or(i32::MAX),
-                        coefficient_min: c.first().copied().unwrap_or(0),
-                        coefficient_bucket50: c.get(c.len() / 2).copied().unwrap_or(0),
-                        coefficient_max: c.last().copied().unwrap_or(0),
-                    }
-                })
-                .collect();
-            let _ = responder.answer_tl(&tclient::WorkerTypes { types });
-            true
-        }
-        other => {
-            let _ = responder.error(
-                ErrorCode::ProtoViolation as i32,
-                format!("unexpected query {other:08x} from a client"),
+    }
+
+    /// `client.connectToProxy`: checks the client's params, derives its contract, and
+    /// answers with the proxy's params and the authorisation the contract calls for.
+    async fn on_connect(&self, q: fclient::ConnectToProxy, responder: Responder) -> bool {
+        let shared = &self.shared;
+        if !matches!(self.auth(), Auth::None) {
+            self.refuse(
+                responder,
+                ErrorCode::ProtoViolation,
+                "repeated client.connectToProxy",
             );
-            true
+            return false;
         }
+        if !shared.enabled.load(Ordering::SeqCst) {
+            self.refuse(
+                responder,
+                ErrorCode::NotReady,
+                "proxy is not participating in this iteration",
+            );
+            return true;
+        }
+        let p = &q.params;
+        let Some(is_test) = p.is_test else {
+            self.refuse(responder, ErrorCode::Error, "too old client");
+            return true;
+        };
+        if is_test != shared.is_test {
+            self.refuse(responder, ErrorCode::Error, "test mode mismatch");
+            return true;
+        }
+        let proto = match admission::negotiate(p.min_proto_version, p.max_proto_version) {
+            Ok(v) => v,
+            Err(e) => {
+                self.refuse(responder, ErrorCode::Error, &e.to_string());
+                return true;
+            }
+        };
+        let root = shared.root();
+        if i64::from(q.min_config_version) > i64::from(root.version) {
+            self.refuse(
+                responder,
+                ErrorCode::NotReady,
+                "active config version is too low",
+            );
+            return true;
+        }
+        let owner = match cocoon_ton::parse_address(&p.client_owner_address) {
+            Ok(a) => a,
+            Err(e) => {
+                self.refuse(
+                    responder,
+                    ErrorCode::Error,
+                    &format!("bad client owner address: {e}"),
+                );
+                return true;
+            }
+        };
+        let client_sc = match cocoon_ton::contracts::client_contract(
+            &root.params,
+            &owner,
+            &shared.proxy_sc,
+            &HashBytes(shared.public_key),
+        ) {
+            Ok(d) => d.address,
+            Err(e) => {
+                self.refuse(
+                    responder,
+                    ErrorCode::Failure,
+                    &format!("cannot derive client contract: {e}"),
+                );
+                return true;
+            }
+        };
+        // Nobody is authenticated yet: the read is cached and rate-limited per address.
+        let secret_hash = match shared
+            .lookups
+            .client_state(&*shared.chain, self.ip, &client_sc)
+            .await
+        {
+            Ok(s) => s.and_then(|s| s.secret_hash),
+            Err(e) => {
+                self.refuse(responder, ErrorCode::NotReady, &e.to_string());
+                return true;
+            }
+        };
+        let nonce: u64 = rand::rng().random();
+        let auth = match secret_hash {
+            Some(h) => enums::client::ProxyConnectionAuth::ProxyConnectionAuthShort(
+                tclient::ProxyConnectionAuthShort {
+                    secret_hash: h,
+                    nonce: nonce as i64,
+                },
+            ),
+            None => enums::client::ProxyConnectionAuth::ProxyConnectionAuthLong(
+                tclient::ProxyConnectionAuthLong {
+                    nonce: nonce as i64,
+                },
+            ),
+        };
+        self.set_auth(Auth::Pending {
+            owner: owner.to_string(),
+            client_sc: client_sc.clone(),
+            proto,
+            nonce,
+            secret_hash,
+        });
+        let ans = tclient::ConnectedToProxy {
+            params: tproxy::Params {
+                proxy_public_key: shared.public_key,
+                proxy_owner_address: shared.owner_address.to_string(),
+                proxy_sc_address: shared.proxy_sc.to_string(),
+                is_test: Some(shared.is_test),
+                proto_version: Some(proto),
+            },
+            client_sc_address: client_sc.to_string(),
+            auth,
+            signed_payment: payment(&*shared.meter, Party::Client, &client_sc.to_string()),
+        };
+        let _ = responder.answer_tl(&ans);
+        true
+    }
+
+    /// `client.authorizeWithProxyShort(secret)`: succeeds when SHA-256 of the secret is the
+    /// contract's secret hash.
+    async fn on_authorize_short(
+        &self,
+        q: fclient::AuthorizeWithProxyShort,
+        responder: Responder,
+    ) -> bool {
+        let Auth::Pending {
+            owner,
+            client_sc,
+            proto,
+            secret_hash,
+            ..
+        } = self.auth()
+        else {
+            self.refuse(
+                responder,
+                ErrorCode::ProtoViolation,
+                "authorisation without a pending handshake",
+            );
+            return false;
+        };
+        match secret_hash {
+            Some(h) if h == sha256(&q.data) => {
+                let a = self.authorize(owner, client_sc, proto).await;
+                answer_auth(responder, &a);
+            }
+            _ => {
+                self.shared.refused(
+                    "client",
+                    &self.peer,
+                    "short authorisation: secret does not match",
+                );
+                answer_auth(
+                    responder,
+                    &auth_failed(
+                        ErrorCode::Error,
+                        "secret does not match the client contract".into(),
+                    ),
+                );
+            }
+        }
+        true
+    }
+
+    /// `client.authorizeWithProxyLong`: answered (from its own task) once the chain shows
+    /// the client contract registering the nonce, or when the wait times out.
+    fn on_authorize_long(self: &Arc<Self>, responder: Responder) -> bool {
+        let Auth::Pending {
+            owner,
+            client_sc,
+            proto,
+            nonce,
+            ..
+        } = self.auth()
+        else {
+            self.refuse(
+                responder,
+                ErrorCode::ProtoViolation,
+                "authorisation without a pending handshake",
+            );
+            return false;
+        };
+        let sess = Arc::clone(self);
+        tokio::spawn(async move {
+            let waited = tokio::time::timeout(
+                sess.shared.timings.long_auth_timeout,
+                sess.shared.chain.wait_register(&client_sc, nonce),
+            )
+            .await;
+            let a = match waited {
+                Ok(Ok(())) => sess.authorize(owner, client_sc, proto).await,
+                Ok(Err(e)) => auth_failed(ErrorCode::NotReady, e.to_string()),
+                Err(_) => auth_failed(
+                    ErrorCode::Timeout,
+                    "no registration seen on-chain in time".into(),
+                ),
+            };
+            answer_auth(responder, &a);
+        });
+        true
+    }
+
+    /// Opens the client's credit in the meter and builds the authorisation answer.
+    async fn authorize(
+        &self,
+        owner: String,
+        client_sc: StdAddr,
+        proto: i32,
+    ) -> enums::client::AuthorizationWithProxy {
+        let shared = &self.shared;
+        let state = match shared.chain.client_state(&client_sc).await {
+            Ok(s) => s.unwrap_or_default(),
+            Err(e) => return auth_failed(ErrorCode::NotReady, e.to_string()),
+        };
+        if state.closing || state.closed {
+            return auth_failed(ErrorCode::Error, "client is closing".into());
+        }
+        let price = shared.root.borrow().params.price_per_token;
+        let sc = client_sc.to_string();
+        let totals = match shared.meter.open_client(&sc, &state, price).await {
+            Ok(t) => t,
+            Err(e) => return auth_failed(ErrorCode::Error, e.to_string()),
+        };
+        self.set_auth(Auth::Authorized {
+            owner: owner.clone(),
+            client_sc,
+            proto,
+        });
+        let sc_for_payment = sc.clone();
+        shared.update_client(self.id, |c| {
+            c.authorized = true;
+            c.owner = owner;
+            c.client_sc = sc;
+        });
+        enums::client::AuthorizationWithProxy::AuthorizationWithProxySuccess(
+            tclient::AuthorizationWithProxySuccess {
+                signed_payment: payment(&*shared.meter, Party::Client, &sc_for_payment),
+                tokens_committed_to_db: clamp_i64(totals.committed_to_db),
+                max_tokens: clamp_i64(totals.max),
+            },
+        )
+    }
+
+    /// `client.updatePaymentStatus`: the latest receipt and totals, under the session's
+    /// payment lock.
+    async fn on_payment_status(&self, responder: Responder) -> bool {
+        let Auth::Authorized { client_sc, .. } = self.auth() else {
+            let _ = responder.error(ErrorCode::NotReady as i32, "not authorised");
+            return true;
+        };
+        let _g = self.pay_lock.lock().await;
+        let sc = client_sc.to_string();
+        let meter = &*self.shared.meter;
+        let t = meter.client_totals(&sc);
+        let _ = responder.answer_tl(&tclient::PaymentStatus {
+            signed_payment: payment(meter, Party::Client, &sc),
+            db_tokens: clamp_i64(t.committed_to_db),
+            max_tokens: clamp_i64(t.max),
+        });
+        true
+    }
+
+    /// `client.getWorkerTypesV2`: every model with each worker's coefficient and load.
+    fn on_worker_types_v2(&self, responder: Responder) -> bool {
+        let types = self
+            .shared
+            .registry
+            .types()
+            .into_iter()
+            .map(|(name, ws)| tclient::WorkerTypeV2 {
+                name,
+                workers: ws
+                    .into_iter()
+                    .map(|(c, r, m)| tclient::WorkerInstanceV2 {
+                        coefficient: c,
+                        active_requests: i32::try_from(r).unwrap_or(i32::MAX),
+                        max_active_requests: i32::try_from(m).unwrap_or(i32::MAX),
+                    })
+                    .collect(),
+            })
+            .collect();
+        let _ = responder.answer_tl(&tclient::WorkerTypesV2 { types });
+        true
+    }
+
+    /// `client.getWorkerTypes`: every model with its worker count and coefficient spread.
+    fn on_worker_types(&self, responder: Responder) -> bool {
+        let types = self
+            .shared
+            .registry
+            .types()
+            .into_iter()
+            .map(|(name, ws)| {
+                let mut c: Vec<i32> = ws.iter().map(|w| w.0).collect();
+                c.sort_unstable();
+                tclient::WorkerType {
+                    name,
+                    active_workers: i32::try_from(c.len()).unwrap_or(i32::MAX),
+                    coefficient_min: c.first().copied().unwrap_or(0),
+                    coefficient_bucket50: c.get(c.len() / 2).copied().unwrap_or(0),
+                    coefficient_max: c.last().copied().unwrap_or(0),
+                }
+            })
+            .collect();
+        let _ = responder.answer_tl(&tclient::WorkerTypes { types });
+        true
     }
 }
 
-/// Handles one client message; an error ends the session.
-fn on_message(shared: &Arc<Shared>, sess: &Arc<ClientSession>, data: &[u8]) -> Result<(), String> {
-    let Some(cid) = peek_constructor(data) else {
-        return Err("message shorter than a constructor id".into());
-    };
-    match cid {
-        fclient::RunQueryEx::CONSTRUCTOR_ID => {
-            let q = fclient::RunQueryEx::from_bytes(data)
-                .map_err(|e| format!("malformed client.runQueryEx: {e}"))?;
-            let Auth::Authorized {
-                owner,
-                client_sc,
-                proto,
-            } = sess.auth()
-            else {
-                forward::reject(
-                    shared,
-                    &sess.handle,
-                    1,
-                    q.request_id,
-                    ErrorCode::NotReady,
-                    "not authorised",
+/// Messages: an error ends the session; an unknown message is ignored.
+impl ClientSession {
+    fn on_message(self: &Arc<Self>, data: &[u8]) -> Result<(), String> {
+        let m = match ToProxy::decode(data) {
+            Ok(m) => m,
+            Err(DispatchError::Unknown { id, .. }) => {
+                tracing::debug!(
+                    id = format_args!("{id:08x}"),
+                    "unknown client message ignored"
                 );
                 return Ok(());
-            };
-            let (tx, rx) = watch::channel(None);
-            {
-                let mut running = sess.running();
-                if running.contains_key(&q.request_id) {
-                    forward::reject(
-                        shared,
-                        &sess.handle,
-                        proto,
-                        q.request_id,
-                        ErrorCode::ProtoViolation,
-                        "duplicate request id",
-                    );
-                    return Ok(());
-                }
-                if running.len() >= shared.timings.max_session_requests {
-                    forward::reject(
-                        shared,
-                        &sess.handle,
-                        proto,
-                        q.request_id,
-                        ErrorCode::Error,
-                        &format!(
-                            "too many active queries on this connection (at most {})",
-                            shared.timings.max_session_requests
-                        ),
-                    );
-                    return Ok(());
-                }
-                running.insert(q.request_id, tx);
-                let n = running.len() as u32;
-                shared.update_client(sess.id, |c| c.running = n);
             }
-            let ctx = ClientCtx {
-                handle: sess.handle.clone(),
-                pay_lock: Arc::clone(&sess.pay_lock),
-                proto,
-                client_sc: client_sc.to_string(),
-                owner,
-            };
-            let shared = Arc::clone(shared);
-            let sess = Arc::clone(sess);
-            tokio::spawn(async move {
-                let rid = q.request_id;
-                forward::run(Arc::clone(&shared), ctx, q, rx).await;
-                let mut running = sess.running();
-                running.remove(&rid);
-                let n = running.len() as u32;
-                shared.update_client(sess.id, |c| c.running = n);
-            });
-        }
-        fclient::RunQuery::CONSTRUCTOR_ID => {
-            let q = fclient::RunQuery::from_bytes(data)
-                .map_err(|e| format!("malformed client.runQuery: {e}"))?;
-            forward::reject(
-                shared,
-                &sess.handle,
+            Err(DispatchError::TooShort { .. }) => {
+                return Err("message shorter than a constructor id".into());
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        match m {
+            ToProxy::RunQueryEx(q) => self.on_run_query(q),
+            ToProxy::RunQuery(q) => forward::reject(
+                &self.shared,
+                &self.handle,
                 1,
                 q.request_id,
                 ErrorCode::ProtoViolation,
                 "client.runQuery (protocol 0) is not supported; use client.runQueryEx",
-            );
-        }
-        tclient::CancelQuery::CONSTRUCTOR_ID => {
-            let m = tclient::CancelQuery::from_bytes(data)
-                .map_err(|e| format!("malformed client.cancelQuery: {e}"))?;
-            if let Some(tx) = sess.running().get(&m.request_id) {
-                let _ = tx.send(Some(CancelReason::ClientCancel));
+            ),
+            ToProxy::CancelQuery(m) => {
+                if let Some(tx) = self.running().get(&m.request_id) {
+                    let _ = tx.send(Some(CancelReason::ClientCancel));
+                }
             }
         }
-        other => {
-            tracing::debug!(
-                id = format_args!("{other:08x}"),
-                "unknown client message ignored"
-            );
-        }
+        Ok(())
     }
-    Ok(())
+
+    /// `client.runQueryEx`: one task per request (`forward`), at most
+    /// `max_session_requests` at a time, request ids unique among the running ones.
+    fn on_run_query(self: &Arc<Self>, q: fclient::RunQueryEx) {
+        let shared = &self.shared;
+        let Auth::Authorized {
+            owner,
+            client_sc,
+            proto,
+        } = self.auth()
+        else {
+            forward::reject(
+                shared,
+                &self.handle,
+                1,
+                q.request_id,
+                ErrorCode::NotReady,
+                "not authorised",
+            );
+            return;
+        };
+        let (tx, rx) = watch::channel(None);
+        {
+            let mut running = self.running();
+            if running.contains_key(&q.request_id) {
+                forward::reject(
+                    shared,
+                    &self.handle,
+                    proto,
+                    q.request_id,
+                    ErrorCode::ProtoViolation,
+                    "duplicate request id",
+                );
+                return;
+            }
+            if running.len() >= shared.timings.max_session_requests {
+                forward::reject(
+                    shared,
+                    &self.handle,
+                    proto,
+                    q.request_id,
+                    ErrorCode::Error,
+                    &format!(
+                        "too many active queries on this connection (at most {})",
+                        shared.timings.max_session_requests
+                    ),
+                );
+                return;
+            }
+            running.insert(q.request_id, tx);
+            let n = running.len() as u32;
+            shared.update_client(self.id, |c| c.running = n);
+        }
+        let ctx = ClientCtx {
+            handle: self.handle.clone(),
+            pay_lock: Arc::clone(&self.pay_lock),
+            proto,
+            client_sc: client_sc.to_string(),
+            owner,
+        };
+        let sess = Arc::clone(self);
+        tokio::spawn(async move {
+            let rid = q.request_id;
+            forward::run(Arc::clone(&sess.shared), ctx, q, rx).await;
+            let mut running = sess.running();
+            running.remove(&rid);
+            let n = running.len() as u32;
+            sess.shared.update_client(sess.id, |c| c.running = n);
+        });
+    }
 }

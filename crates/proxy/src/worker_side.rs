@@ -22,9 +22,10 @@ use std::sync::Arc;
 
 use cocoon_net::{ErrorCode, Incoming, Responder, SessionHandle};
 use cocoon_ratls::net::Accepted;
+use cocoon_tl::DispatchError;
 use cocoon_tl::functions::worker as fworker;
+use cocoon_tl::messages::worker::ToProxy;
 use cocoon_tl::types::{proxy as tproxy, worker as tworker};
-use cocoon_tl::{Identifiable, TlRead, peek_constructor};
 use cocoon_ton::HashBytes;
 use tokio::sync::watch;
 
@@ -51,6 +52,22 @@ fn proxy_params(shared: &Shared, proto: i32) -> tproxy::Params {
     }
 }
 
+/// One worker session's state, owned by its task.
+struct WorkerSession {
+    shared: Arc<Shared>,
+    handle: SessionHandle,
+    /// The worker's id in the registry.
+    id: u64,
+    facts: PeerFacts,
+    /// The peer's address, for logs and refusals.
+    peer: String,
+    /// What the handshake learned, until `worker.proxyHandshakeComplete`.
+    pending: Option<Pending>,
+    /// In the registry (the handshake completed).
+    registered: bool,
+    model: String,
+}
+
 pub(crate) async fn run(shared: Arc<Shared>, a: Accepted, mut stop: watch::Receiver<bool>) {
     let Accepted {
         handle,
@@ -59,15 +76,20 @@ pub(crate) async fn run(shared: Arc<Shared>, a: Accepted, mut stop: watch::Recei
         addr,
         verdict_deadline,
     } = a;
-    let facts = PeerFacts {
-        backend: peer.backend(),
-        image_hash: *peer.image_hash(),
+    let mut sess = WorkerSession {
+        shared: Arc::clone(&shared),
+        handle: handle.clone(),
+        id: shared.next_id(),
+        facts: PeerFacts {
+            backend: peer.backend(),
+            image_hash: *peer.image_hash(),
+        },
+        peer: addr.to_string(),
+        pending: None,
+        registered: false,
+        model: String::new(),
     };
-    let peer_name = addr.to_string();
-    let id = shared.next_id();
-    let mut pending: Option<Pending> = None;
-    let mut registered = false;
-    let mut model = String::new();
+    let peer_name = sess.peer.clone();
     let mut root_rx = shared.root.subscribe();
     // Contract addresses depend on the params: a params change ends the session so that
     // the worker reconnects and learns its new worker contract.
@@ -76,7 +98,7 @@ pub(crate) async fn run(shared: Arc<Shared>, a: Accepted, mut stop: watch::Recei
     loop {
         tokio::select! {
             _ = stop.changed() => break,
-            _ = tokio::time::sleep_until(hs_deadline), if !registered => {
+            _ = tokio::time::sleep_until(hs_deadline), if !sess.registered => {
                 shared.refused("worker", &peer_name, "handshake not completed in time");
                 break;
             }
@@ -100,8 +122,8 @@ pub(crate) async fn run(shared: Arc<Shared>, a: Accepted, mut stop: watch::Recei
                     tracing::info!(peer = %peer_name, "root params changed; closing the session");
                     break;
                 }
-                if registered
-                    && let Err(e) = admission::still_allowed(&root, shared.is_test, &facts, &model)
+                if sess.registered
+                    && let Err(e) = admission::still_allowed(&root, shared.is_test, &sess.facts, &sess.model)
                 {
                     shared.refused("worker", &peer_name, &format!("dropped after root update: {e}"));
                     break;
@@ -111,15 +133,14 @@ pub(crate) async fn run(shared: Arc<Shared>, a: Accepted, mut stop: watch::Recei
                 let Some(msg) = msg else { break };
                 match msg {
                     Incoming::Query { data, responder } => {
-                        let keep = on_query(&shared, &handle, id, &facts, &peer_name, &data, responder, &mut pending, &mut registered, &mut model).await;
-                        if !keep { break; }
+                        if !sess.on_query(&data, responder).await { break; }
                     }
                     Incoming::Message { data } => {
-                        if !registered {
+                        if !sess.registered {
                             tracing::debug!(peer = %peer_name, "message before handshake end, ignored");
                             continue;
                         }
-                        if let Err(e) = on_message(&shared, id, &data) {
+                        if let Err(e) = sess.on_message(&data) {
                             tracing::warn!(peer = %peer_name, error = %e, "worker protocol violation; closing");
                             break;
                         }
@@ -128,352 +149,324 @@ pub(crate) async fn run(shared: Arc<Shared>, a: Accepted, mut stop: watch::Recei
             }
         }
     }
-    shared.registry.remove(id);
+    shared.registry.remove(sess.id);
     handle.close();
-    tracing::info!(peer = %peer_name, worker = id, "worker session ended");
+    tracing::info!(peer = %peer_name, worker = sess.id, "worker session ended");
 }
 
-fn refuse(shared: &Shared, peer: &str, responder: Responder, code: ErrorCode, reason: &str) {
-    shared.refused("worker", peer, reason);
-    let _ = responder.error(code as i32, reason.to_owned());
-}
+/// Queries (the handshake and payment status): each handler answers through the responder
+/// and returns `false` to end the session.
+impl WorkerSession {
+    /// Refuses a query, counted as a refusal of this worker.
+    fn refuse(&self, responder: Responder, code: ErrorCode, reason: &str) {
+        self.shared.refused("worker", &self.peer, reason);
+        let _ = responder.error(code as i32, reason.to_owned());
+    }
 
-/// Handles one worker query; `false` ends the session.
-#[allow(clippy::too_many_arguments)]
-async fn on_query(
-    shared: &Arc<Shared>,
-    handle: &SessionHandle,
-    id: u64,
-    facts: &PeerFacts,
-    peer: &str,
-    data: &[u8],
-    responder: Responder,
-    pending: &mut Option<Pending>,
-    registered: &mut bool,
-    model: &mut String,
-) -> bool {
-    let Some(cid) = peek_constructor(data) else {
-        let _ = responder.error(ErrorCode::ProtoViolation as i32, "query too short");
-        return false;
-    };
-    match cid {
-        fworker::ConnectToProxy::CONSTRUCTOR_ID => {
-            let q = match fworker::ConnectToProxy::from_bytes(data) {
-                Ok(q) => q,
-                Err(e) => {
-                    refuse(
-                        shared,
-                        peer,
-                        responder,
-                        ErrorCode::ProtoViolation,
-                        &format!("malformed worker.connectToProxy: {e}"),
-                    );
-                    return false;
-                }
-            };
-            if pending.is_some() || *registered {
-                refuse(
-                    shared,
-                    peer,
-                    responder,
-                    ErrorCode::ProtoViolation,
-                    "repeated worker.connectToProxy",
-                );
-                return false;
-            }
-            if !shared.enabled.load(std::sync::atomic::Ordering::SeqCst) {
-                refuse(
-                    shared,
-                    peer,
-                    responder,
-                    ErrorCode::NotReady,
-                    &Refusal::Disabled.to_string(),
+    async fn on_query(&mut self, data: &[u8], responder: Responder) -> bool {
+        let q = match fworker::Any::decode(data) {
+            Ok(q) => q,
+            Err(DispatchError::Unknown { id, .. }) => {
+                let _ = responder.error(
+                    ErrorCode::ProtoViolation as i32,
+                    format!("unexpected query {id:08x} from a worker"),
                 );
                 return true;
             }
-            let p = &q.params;
-            let wp = WorkerParams {
-                model: p.model.clone(),
-                coefficient: p.coefficient,
-                is_test: p.is_test,
-                proxy_cnt: p.proxy_cnt,
-                max_active_requests: p.max_active_requests,
-                min_proto: p.min_proto_version,
-                max_proto: p.max_proto_version,
-            };
-            let root = shared.root();
-            let admitted = match admission::admit_worker(&root, shared.is_test, facts, &wp) {
-                Ok(a) => a,
-                Err(e) => {
-                    refuse(
-                        shared,
-                        peer,
-                        responder,
-                        ErrorCode::Error,
-                        &format!("worker refused: {e}"),
-                    );
-                    return true;
-                }
-            };
-            let owner = match cocoon_ton::parse_address(&p.worker_owner_address) {
-                Ok(a) => a,
-                Err(e) => {
-                    refuse(
-                        shared,
-                        peer,
-                        responder,
-                        ErrorCode::Error,
-                        &format!("worker refused: bad owner address: {e}"),
-                    );
-                    return true;
-                }
-            };
-            let worker_sc = match cocoon_ton::contracts::worker_contract(
-                &root.params,
-                &owner,
-                &shared.proxy_sc,
-                &HashBytes(shared.public_key),
-            ) {
-                Ok(d) => d.address.to_string(),
-                Err(e) => {
-                    refuse(
-                        shared,
-                        peer,
-                        responder,
-                        ErrorCode::Failure,
-                        &format!("cannot derive worker contract: {e}"),
-                    );
-                    return true;
-                }
-            };
-            let ans = tworker::ConnectedToProxy {
-                params: proxy_params(shared, admitted.proto),
-                worker_sc_address: worker_sc.clone(),
-            };
-            let _ = responder.answer_tl(&ans);
-            *pending = Some(Pending {
-                params: q.params,
-                admitted,
-                worker_sc,
-            });
-            true
-        }
-        fworker::CompareBalanceWithProxy::CONSTRUCTOR_ID => {
-            let Some(p) = pending.as_ref() else {
-                refuse(
-                    shared,
-                    peer,
-                    responder,
-                    ErrorCode::ProtoViolation,
-                    "balance comparison before connectToProxy",
-                );
-                return false;
-            };
-            let q = match fworker::CompareBalanceWithProxy::from_bytes(data) {
-                Ok(q) => q,
-                Err(e) => {
-                    refuse(
-                        shared,
-                        peer,
-                        responder,
-                        ErrorCode::ProtoViolation,
-                        &format!("malformed compareBalanceWithProxy: {e}"),
-                    );
-                    return false;
-                }
-            };
-            let ours = shared.meter.worker_totals(&p.worker_sc);
-            let worker_knows_more = q.tokens_committed_to_blockchain
-                > clamp_i64(ours.committed_to_blockchain)
-                || q.tokens_committed_to_db > clamp_i64(ours.committed_to_db)
-                || q.max_tokens > clamp_i64(ours.max);
-            if worker_knows_more {
-                tracing::error!(
-                    worker_sc = %p.worker_sc,
-                    worker_signed = q.tokens_committed_to_blockchain,
-                    worker_db = q.tokens_committed_to_db,
-                    worker_max = q.max_tokens,
-                    ours_db = ours.committed_to_db,
-                    ours_max = ours.max,
-                    "worker knows more tokens than the proxy: proxy state was lost or rolled back"
-                );
-            }
-            let _ = responder.answer_tl(&tworker::CompareBalanceWithProxyResult {
-                signed_payment: payment(&*shared.meter, Party::Worker, &p.worker_sc),
-                tokens_committed_to_db: clamp_i64(ours.committed_to_db),
-                max_tokens: clamp_i64(ours.max),
-                error_code: i32::from(worker_knows_more),
-            });
-            true
-        }
-        fworker::ExtendedCompareBalanceWithProxy::CONSTRUCTOR_ID => {
-            if pending.is_none() {
-                refuse(
-                    shared,
-                    peer,
-                    responder,
-                    ErrorCode::ProtoViolation,
-                    "extended comparison before connectToProxy",
-                );
+            Err(e @ DispatchError::Malformed { .. }) => {
+                self.refuse(responder, ErrorCode::ProtoViolation, &e.to_string());
                 return false;
             }
-            tracing::warn!(
-                peer,
-                "extended balance comparison requested; not implemented, accepted as COCOON does"
-            );
-            let _ = responder
-                .answer_tl(&tworker::ExtendedCompareBalanceWithProxyResult { error_code: 0 });
-            true
-        }
-        fworker::ProxyHandshakeComplete::CONSTRUCTOR_ID => {
-            let q = match fworker::ProxyHandshakeComplete::from_bytes(data) {
-                Ok(q) => q,
-                Err(e) => {
-                    refuse(
-                        shared,
-                        peer,
-                        responder,
-                        ErrorCode::ProtoViolation,
-                        &format!("malformed proxyHandshakeComplete: {e}"),
-                    );
-                    return false;
-                }
-            };
-            let Some(p) = pending.take() else {
-                refuse(
-                    shared,
-                    peer,
-                    responder,
-                    ErrorCode::ProtoViolation,
-                    "handshake completed before connectToProxy",
-                );
+            Err(_) => {
+                let _ = responder.error(ErrorCode::ProtoViolation as i32, "query too short");
                 return false;
-            };
-            *model = p.params.model.clone();
-            shared.registry.insert(WorkerEntry {
-                id,
-                handle: handle.clone(),
-                proto: p.admitted.proto,
-                model: p.params.model.clone(),
-                model_base: p.admitted.model_base.clone(),
-                owner: p.params.worker_owner_address.clone(),
-                worker_sc: p.worker_sc.clone(),
-                coefficient: p.params.coefficient,
-                max_active: p.admitted.max_active,
-                running: 0,
-                disabled: q.is_disabled,
-                health: Default::default(),
-                pending: Default::default(),
-                pay_lock: Default::default(),
-                served: 0,
-                failed: 0,
-                bad_reports: 0,
-                image_hash: facts.image_hash,
-            });
-            *registered = true;
-            let _ = responder.answer_tl(&tworker::ProxyHandshakeCompleted {});
-            tracing::info!(
-                peer,
-                worker = id,
-                model = %p.params.model,
-                coefficient = p.params.coefficient,
-                max_active = p.admitted.max_active,
-                proto = p.admitted.proto,
-                disabled = q.is_disabled,
-                "worker registered"
-            );
-            true
+            }
+        };
+        match q {
+            fworker::Any::ConnectToProxy(q) => self.on_connect(q, responder),
+            fworker::Any::CompareBalanceWithProxy(q) => self.on_compare_balance(&q, responder),
+            fworker::Any::ExtendedCompareBalanceWithProxy(_) => self.on_extended_compare(responder),
+            fworker::Any::ProxyHandshakeComplete(q) => self.on_handshake_complete(&q, responder),
+            fworker::Any::UpdatePaymentStatus(_) => self.on_payment_status(responder).await,
         }
-        fworker::UpdatePaymentStatus::CONSTRUCTOR_ID => {
-            let mut found = None;
-            shared.registry.update(id, |e| {
-                found = Some((e.worker_sc.clone(), Arc::clone(&e.pay_lock)))
-            });
-            let Some((sc, lock)) = found else {
-                let _ = responder.error(ErrorCode::NotReady as i32, "handshake not complete");
+    }
+
+    /// `worker.connectToProxy(params)`: admission against the root, then the proxy's params
+    /// and the derived worker contract.
+    fn on_connect(&mut self, q: fworker::ConnectToProxy, responder: Responder) -> bool {
+        let shared = &self.shared;
+        if self.pending.is_some() || self.registered {
+            self.refuse(
+                responder,
+                ErrorCode::ProtoViolation,
+                "repeated worker.connectToProxy",
+            );
+            return false;
+        }
+        if !shared.enabled.load(std::sync::atomic::Ordering::SeqCst) {
+            self.refuse(
+                responder,
+                ErrorCode::NotReady,
+                &Refusal::Disabled.to_string(),
+            );
+            return true;
+        }
+        let p = &q.params;
+        let wp = WorkerParams {
+            model: p.model.clone(),
+            coefficient: p.coefficient,
+            is_test: p.is_test,
+            proxy_cnt: p.proxy_cnt,
+            max_active_requests: p.max_active_requests,
+            min_proto: p.min_proto_version,
+            max_proto: p.max_proto_version,
+        };
+        let root = shared.root();
+        let admitted = match admission::admit_worker(&root, shared.is_test, &self.facts, &wp) {
+            Ok(a) => a,
+            Err(e) => {
+                self.refuse(responder, ErrorCode::Error, &format!("worker refused: {e}"));
                 return true;
-            };
-            let _g = lock.lock().await;
-            let t = shared.meter.worker_totals(&sc);
-            let _ = responder.answer_tl(&tworker::PaymentStatus {
-                signed_payment: payment(&*shared.meter, Party::Worker, &sc),
-                db_tokens: clamp_i64(t.committed_to_db),
-                max_tokens: clamp_i64(t.max),
-            });
-            true
-        }
-        other => {
-            let _ = responder.error(
-                ErrorCode::ProtoViolation as i32,
-                format!("unexpected query {other:08x} from a worker"),
+            }
+        };
+        let owner = match cocoon_ton::parse_address(&p.worker_owner_address) {
+            Ok(a) => a,
+            Err(e) => {
+                self.refuse(
+                    responder,
+                    ErrorCode::Error,
+                    &format!("worker refused: bad owner address: {e}"),
+                );
+                return true;
+            }
+        };
+        let worker_sc = match cocoon_ton::contracts::worker_contract(
+            &root.params,
+            &owner,
+            &shared.proxy_sc,
+            &HashBytes(shared.public_key),
+        ) {
+            Ok(d) => d.address.to_string(),
+            Err(e) => {
+                self.refuse(
+                    responder,
+                    ErrorCode::Failure,
+                    &format!("cannot derive worker contract: {e}"),
+                );
+                return true;
+            }
+        };
+        let ans = tworker::ConnectedToProxy {
+            params: proxy_params(shared, admitted.proto),
+            worker_sc_address: worker_sc.clone(),
+        };
+        let _ = responder.answer_tl(&ans);
+        self.pending = Some(Pending {
+            params: q.params,
+            admitted,
+            worker_sc,
+        });
+        true
+    }
+
+    /// `worker.compareBalanceWithProxy`: our totals for the worker's contract; a worker that
+    /// knows more than the proxy gets `error_code = 1` and the operator an error log.
+    fn on_compare_balance(
+        &self,
+        q: &fworker::CompareBalanceWithProxy,
+        responder: Responder,
+    ) -> bool {
+        let Some(p) = self.pending.as_ref() else {
+            self.refuse(
+                responder,
+                ErrorCode::ProtoViolation,
+                "balance comparison before connectToProxy",
             );
-            true
+            return false;
+        };
+        let meter = &*self.shared.meter;
+        let ours = meter.worker_totals(&p.worker_sc);
+        let worker_knows_more = q.tokens_committed_to_blockchain
+            > clamp_i64(ours.committed_to_blockchain)
+            || q.tokens_committed_to_db > clamp_i64(ours.committed_to_db)
+            || q.max_tokens > clamp_i64(ours.max);
+        if worker_knows_more {
+            tracing::error!(
+                worker_sc = %p.worker_sc,
+                worker_signed = q.tokens_committed_to_blockchain,
+                worker_db = q.tokens_committed_to_db,
+                worker_max = q.max_tokens,
+                ours_db = ours.committed_to_db,
+                ours_max = ours.max,
+                "worker knows more tokens than the proxy: proxy state was lost or rolled back"
+            );
         }
+        let _ = responder.answer_tl(&tworker::CompareBalanceWithProxyResult {
+            signed_payment: payment(meter, Party::Worker, &p.worker_sc),
+            tokens_committed_to_db: clamp_i64(ours.committed_to_db),
+            max_tokens: clamp_i64(ours.max),
+            error_code: i32::from(worker_knows_more),
+        });
+        true
+    }
+
+    /// `worker.extendedCompareBalanceWithProxy`: logged and accepted (`error_code = 0`).
+    fn on_extended_compare(&self, responder: Responder) -> bool {
+        if self.pending.is_none() {
+            self.refuse(
+                responder,
+                ErrorCode::ProtoViolation,
+                "extended comparison before connectToProxy",
+            );
+            return false;
+        }
+        tracing::warn!(
+            peer = %self.peer,
+            "extended balance comparison requested; not implemented, accepted as COCOON does"
+        );
+        let _ =
+            responder.answer_tl(&tworker::ExtendedCompareBalanceWithProxyResult { error_code: 0 });
+        true
+    }
+
+    /// `worker.proxyHandshakeComplete(is_disabled)`: the worker joins the registry.
+    fn on_handshake_complete(
+        &mut self,
+        q: &fworker::ProxyHandshakeComplete,
+        responder: Responder,
+    ) -> bool {
+        let Some(p) = self.pending.take() else {
+            self.refuse(
+                responder,
+                ErrorCode::ProtoViolation,
+                "handshake completed before connectToProxy",
+            );
+            return false;
+        };
+        self.model = p.params.model.clone();
+        self.shared.registry.insert(WorkerEntry {
+            id: self.id,
+            handle: self.handle.clone(),
+            proto: p.admitted.proto,
+            model: p.params.model.clone(),
+            model_base: p.admitted.model_base.clone(),
+            owner: p.params.worker_owner_address.clone(),
+            worker_sc: p.worker_sc.clone(),
+            coefficient: p.params.coefficient,
+            max_active: p.admitted.max_active,
+            running: 0,
+            disabled: q.is_disabled,
+            health: Default::default(),
+            pending: Default::default(),
+            pay_lock: Default::default(),
+            served: 0,
+            failed: 0,
+            bad_reports: 0,
+            image_hash: self.facts.image_hash,
+        });
+        self.registered = true;
+        let _ = responder.answer_tl(&tworker::ProxyHandshakeCompleted {});
+        tracing::info!(
+            peer = %self.peer,
+            worker = self.id,
+            model = %p.params.model,
+            coefficient = p.params.coefficient,
+            max_active = p.admitted.max_active,
+            proto = p.admitted.proto,
+            disabled = q.is_disabled,
+            "worker registered"
+        );
+        true
+    }
+
+    /// `worker.updatePaymentStatus`: the latest receipt and totals, under the worker's
+    /// payment lock.
+    async fn on_payment_status(&self, responder: Responder) -> bool {
+        let mut found = None;
+        self.shared.registry.update(self.id, |e| {
+            found = Some((e.worker_sc.clone(), Arc::clone(&e.pay_lock)))
+        });
+        let Some((sc, lock)) = found else {
+            let _ = responder.error(ErrorCode::NotReady as i32, "handshake not complete");
+            return true;
+        };
+        let _g = lock.lock().await;
+        let meter = &*self.shared.meter;
+        let t = meter.worker_totals(&sc);
+        let _ = responder.answer_tl(&tworker::PaymentStatus {
+            signed_payment: payment(meter, Party::Worker, &sc),
+            db_tokens: clamp_i64(t.committed_to_db),
+            max_tokens: clamp_i64(t.max),
+        });
+        true
     }
 }
 
-/// Handles one worker message; an error ends the session.
-fn on_message(shared: &Shared, id: u64, data: &[u8]) -> Result<(), String> {
-    let Some(cid) = peek_constructor(data) else {
-        return Err("message shorter than a constructor id".into());
-    };
-    let bad = |what: &str, e: cocoon_tl::Error| format!("malformed {what}: {e}");
-    match cid {
-        tproxy::QueryAnswerEx::CONSTRUCTOR_ID => {
-            let m = tproxy::QueryAnswerEx::from_bytes(data).map_err(|e| bad("queryAnswerEx", e))?;
-            let rid = m.request_id;
-            if !shared.registry.deliver(id, &rid, WorkerEvent::Head(m)) {
-                tracing::debug!(worker = id, "answer for an unknown request dropped");
+/// Messages (answers and state changes): an error ends the session; an unknown message is
+/// ignored.
+impl WorkerSession {
+    fn on_message(&self, data: &[u8]) -> Result<(), String> {
+        let m = match ToProxy::decode(data) {
+            Ok(m) => m,
+            Err(DispatchError::Unknown { id, .. }) => {
+                tracing::debug!(
+                    worker = self.id,
+                    id = format_args!("{id:08x}"),
+                    "unknown worker message ignored"
+                );
+                return Ok(());
             }
-        }
-        tproxy::QueryAnswerPartEx::CONSTRUCTOR_ID => {
-            let m = tproxy::QueryAnswerPartEx::from_bytes(data)
-                .map_err(|e| bad("queryAnswerPartEx", e))?;
-            let rid = m.request_id;
-            if !shared.registry.deliver(id, &rid, WorkerEvent::Part(m)) {
-                tracing::debug!(worker = id, "answer part for an unknown request dropped");
+            Err(DispatchError::TooShort { .. }) => {
+                return Err("message shorter than a constructor id".into());
             }
-        }
-        tproxy::QueryAnswerErrorEx::CONSTRUCTOR_ID => {
-            let m = tproxy::QueryAnswerErrorEx::from_bytes(data)
-                .map_err(|e| bad("queryAnswerErrorEx", e))?;
-            let rid = m.request_id;
-            if !shared.registry.deliver(id, &rid, WorkerEvent::Error(m)) {
-                tracing::debug!(worker = id, "answer error for an unknown request dropped");
+            Err(e) => return Err(e.to_string()),
+        };
+        match m {
+            ToProxy::QueryAnswerEx(m) => self.deliver(m.request_id, WorkerEvent::Head(m), "answer"),
+            ToProxy::QueryAnswerPartEx(m) => {
+                self.deliver(m.request_id, WorkerEvent::Part(m), "answer part")
             }
-        }
-        tworker::EnabledDisabled::CONSTRUCTOR_ID => {
-            let m = tworker::EnabledDisabled::from_bytes(data)
-                .map_err(|e| bad("enabledDisabled", e))?;
-            shared.registry.update(id, |e| e.disabled = m.disabled != 0);
-            tracing::info!(
-                worker = id,
-                disabled = m.disabled != 0,
-                "worker state changed"
-            );
-        }
-        tworker::NewCoefficient::CONSTRUCTOR_ID => {
-            let m =
-                tworker::NewCoefficient::from_bytes(data).map_err(|e| bad("newCoefficient", e))?;
-            if !(0..=MAX_COEFFICIENT).contains(&m.new_coefficient) {
-                return Err(format!("coefficient {} out of range", m.new_coefficient));
+            ToProxy::QueryAnswerErrorEx(m) => {
+                self.deliver(m.request_id, WorkerEvent::Error(m), "answer error")
             }
-            shared
-                .registry
-                .update(id, |e| e.coefficient = m.new_coefficient);
-            tracing::info!(
-                worker = id,
-                coefficient = m.new_coefficient,
-                "worker coefficient changed"
-            );
+            ToProxy::EnabledDisabled(m) => self.on_enabled_disabled(&m),
+            ToProxy::NewCoefficient(m) => return self.on_new_coefficient(&m),
         }
-        other => {
-            tracing::debug!(
-                worker = id,
-                id = format_args!("{other:08x}"),
-                "unknown worker message ignored"
-            );
+        Ok(())
+    }
+
+    /// Hands an answer message to the request it names (dropped when none runs).
+    fn deliver(&self, request_id: [u8; 32], ev: WorkerEvent, what: &str) {
+        if !self.shared.registry.deliver(self.id, &request_id, ev) {
+            tracing::debug!(worker = self.id, "{what} for an unknown request dropped");
         }
     }
-    Ok(())
+
+    /// `worker.enabledDisabled`: a disabled worker gets no new requests.
+    fn on_enabled_disabled(&self, m: &tworker::EnabledDisabled) {
+        self.shared
+            .registry
+            .update(self.id, |e| e.disabled = m.disabled != 0);
+        tracing::info!(
+            worker = self.id,
+            disabled = m.disabled != 0,
+            "worker state changed"
+        );
+    }
+
+    /// `worker.newCoefficient`: a coefficient out of range is a protocol violation.
+    fn on_new_coefficient(&self, m: &tworker::NewCoefficient) -> Result<(), String> {
+        if !(0..=MAX_COEFFICIENT).contains(&m.new_coefficient) {
+            return Err(format!("coefficient {} out of range", m.new_coefficient));
+        }
+        self.shared
+            .registry
+            .update(self.id, |e| e.coefficient = m.new_coefficient);
+        tracing::info!(
+            worker = self.id,
+            coefficient = m.new_coefficient,
+            "worker coefficient changed"
+        );
+        Ok(())
+    }
 }

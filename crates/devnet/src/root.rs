@@ -2,8 +2,8 @@
 //!
 //! Every Cocoon role starts from the root contract (prices, delays, stakes, the child contract
 //! codes, registered proxies), so a devnet is only useful with one in place. The compiled
-//! codes from `contracts/build/` are embedded with `include_bytes!`, so the `cocoon` binary
-//! needs no files next to it.
+//! codes from `contracts/build/` are embedded in `cocoon-ton` ([`cocoon_ton::code`]), so the
+//! `cocoon` binary needs no files next to it.
 //!
 //! The root is owned by a standard wallet v4r2 whose key is fresh per state directory:
 //! `<dir>/root-owner.key` (64 hex digits, mode 0600; `cocoon-ton`'s key format). The owner
@@ -25,18 +25,12 @@ use cocoon_ton::keys::SigningKey;
 use cocoon_ton::root::{CocoonParams, RootConfig};
 use cocoon_ton::wallet::Wallet;
 use tycho_types::models::StdAddr;
-use tycho_types::prelude::*;
 
 use crate::chain::{AccountStatus, Devnet, DevnetError};
 
-/// Root contract code (`contracts/build/root.code.boc`).
-pub const ROOT_CODE: &[u8] = include_bytes!("../../../contracts/build/root.code.boc");
-/// Proxy contract code.
-pub const PROXY_CODE: &[u8] = include_bytes!("../../../contracts/build/proxy.code.boc");
-/// Worker contract code.
-pub const WORKER_CODE: &[u8] = include_bytes!("../../../contracts/build/worker.code.boc");
-/// Client contract code.
-pub const CLIENT_CODE: &[u8] = include_bytes!("../../../contracts/build/client.code.boc");
+/// The compiled contract codes live in `cocoon-ton` (production tools deploy roots too);
+/// re-exported for the devnet's callers.
+pub use cocoon_ton::code::{CLIENT_CODE, PROXY_CODE, ROOT_CODE, WORKER_CODE};
 
 /// What the root is deployed with (nanoton).
 pub const ROOT_FUNDS: u128 = 10_000_000_000;
@@ -72,33 +66,22 @@ pub enum RootError {
     Layout(String),
 }
 
-fn code(bytes: &[u8]) -> Result<Cell, RootError> {
-    Boc::decode(bytes).map_err(|e| RootError::Layout(format!("embedded code BOC: {e}")))
+fn layout(e: cocoon_ton::codec::LayoutError) -> RootError {
+    RootError::Layout(format!("embedded code BOC: {e}"))
 }
 
 /// The default test parameters, with all three child codes.
 pub fn test_params() -> Result<CocoonParams, RootError> {
-    Ok(CocoonParams {
+    cocoon_ton::code::with_child_codes(CocoonParams {
         is_test: true,
-        proxy_code: Some(code(PROXY_CODE)?),
-        worker_code: Some(code(WORKER_CODE)?),
-        client_code: Some(code(CLIENT_CODE)?),
         ..CocoonParams::default()
     })
+    .map_err(layout)
 }
 
 /// The root's initial configuration for `owner`.
 pub fn initial_config(owner: StdAddr) -> Result<RootConfig, RootError> {
-    Ok(RootConfig {
-        owner,
-        version: 0,
-        proxy_hashes: Vec::new(),
-        registered_proxies: Vec::new(),
-        last_proxy_seqno: 0,
-        worker_hashes: Vec::new(),
-        model_hashes: Vec::new(),
-        params: test_params()?,
-    })
+    Ok(cocoon_ton::code::initial_root_config(owner, test_params()?))
 }
 
 /// Loads `<key_dir>/root-owner.key`, or creates it (mode 0600), and makes sure the owner
@@ -121,7 +104,7 @@ pub fn ensure_root(chain: &mut Devnet, key_dir: &Path) -> Result<RootDeployment,
     let data = config
         .to_storage_cell()
         .map_err(|e| RootError::Layout(e.to_string()))?;
-    let root_code = code(ROOT_CODE)?;
+    let root_code = cocoon_ton::code::root_code().map_err(layout)?;
     let expected = StdAddr::new(
         0,
         *cocoon_ton::contracts::state_init(&root_code, &data)

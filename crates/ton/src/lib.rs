@@ -7,23 +7,28 @@
 //! - [`codec`]: primitives (addresses, coins, BOC) with the runners' strictness;
 //! - [`opcodes`], [`messages`]: every message body as a typed struct;
 //! - [`root`]: the root contract storage and the typed network configuration;
+//! - [`code`]: the compiled code of the four contracts, attached to a root's params;
 //! - [`contracts`]: proxy/client/worker storage and address derivation;
 //! - [`payments`]: proxy-signed cumulative receipts;
 //! - [`keys`]: Ed25519 keys from files;
 //! - [`wallet`]: standard wallets v4r2/v5r1 and a resending sender;
 //! - [`chain`], [`toncenter`]: the `Chain` trait and its toncenter-v2 HTTP client
 //!   (with the devnet's faucet/clock extension);
-//! - [`quorum`]: a `Chain` over several endpoints whose reads need a quorum.
+//! - [`quorum`]: a `Chain` over several endpoints whose reads need a quorum;
+//! - [`ops`]: root and wallet operations (deploy, owner operations, transfers, funding)
+//!   sent through a wallet and checked against the contracts' own transactions.
 //!
 //! Cells are `tycho-types` cells, the same type the devnet's TVM executes.
 #![forbid(unsafe_code)]
 
 pub mod chain;
+pub mod code;
 pub mod codec;
 pub mod contracts;
 pub mod keys;
 pub mod messages;
 pub mod opcodes;
+pub mod ops;
 pub mod payments;
 pub mod quorum;
 pub mod root;

@@ -1,0 +1,283 @@
+//! The root contract: deployment and owner operations.
+//!
+//! An owner operation is an internal message from the owner's wallet. It is refused before
+//! anything is sent when the wallet is not the owner or the arguments would make the root
+//! throw; otherwise the root's transaction for it is checked and the root read again: every
+//! accepted change bumps its `version`.
+
+use tycho_types::cell::{Cell, HashBytes};
+use tycho_types::models::StdAddr;
+
+use super::{OpsError, WalletOps};
+use crate::chain::{AccountStatus, Chain, load_root_config};
+use crate::code;
+use crate::codec::{Coins, Layout, LayoutError};
+use crate::messages::{
+    AddModelType, AddProxyType, AddWorkerType, ChangeMultipliers, ChangeParams, ChangePrice,
+    DelModelType, DelProxyType, DelWorkerType, ProxyEndpoint, RegisterProxy, UnregisterProxy,
+    UpdateProxy,
+};
+use crate::root::{CocoonParams, RootConfig};
+use crate::wallet::OutMsg;
+
+/// An owner operation on the root contract.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RootOp {
+    /// Whitelist a worker image hash.
+    AddWorkerImage(HashBytes),
+    /// Remove a worker image hash.
+    DelWorkerImage(HashBytes),
+    /// Whitelist a proxy image hash.
+    AddProxyImage(HashBytes),
+    /// Remove a proxy image hash.
+    DelProxyImage(HashBytes),
+    /// Whitelist a model hash ([`crate::root::model_hash`] of a model id).
+    AddModel(HashBytes),
+    /// Remove a model hash.
+    DelModel(HashBytes),
+    /// Register a proxy endpoint (`"ip:port"` or `"ip_workers:port ip_clients:port"`).
+    RegisterProxy(ProxyEndpoint),
+    /// Replace the endpoint of the registered proxy with this seqno.
+    UpdateProxy {
+        /// Seqno the root assigned.
+        seqno: u32,
+        /// The new endpoint.
+        endpoint: ProxyEndpoint,
+    },
+    /// Unregister the proxy with this seqno.
+    UnregisterProxy(u32),
+    /// Change the price and the worker fee per token (bumps `params_version`).
+    SetPrice {
+        /// Client price per adjusted token, nanoTON.
+        price_per_token: u64,
+        /// Worker fee per adjusted token, nanoTON (at most the price).
+        worker_fee_per_token: u64,
+    },
+    /// Change prices, close delays and minimum stakes (bumps `params_version`).
+    SetParams {
+        /// Client price per adjusted token, nanoTON.
+        price_per_token: u64,
+        /// Worker fee per adjusted token, nanoTON (at most the price).
+        worker_fee_per_token: u64,
+        /// Seconds a proxy contract waits between close request and close.
+        proxy_delay_before_close: u32,
+        /// Seconds a client contract waits between refund request and forced refund.
+        client_delay_before_close: u32,
+        /// Minimum proxy stake, nanoTON.
+        min_proxy_stake: u64,
+        /// Minimum client stake, nanoTON.
+        min_client_stake: u64,
+    },
+    /// Change the four price multipliers, ten-thousandths (bumps `params_version`).
+    SetMultipliers {
+        /// Prompt tokens.
+        prompt: u32,
+        /// Cached prompt tokens.
+        cached: u32,
+        /// Completion tokens.
+        completion: u32,
+        /// Reasoning tokens.
+        reasoning: u32,
+    },
+}
+
+impl RootOp {
+    /// A short name for messages, as the `cocoon root` subcommand calls it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RootOp::AddWorkerImage(_) | RootOp::AddProxyImage(_) => "add-image",
+            RootOp::DelWorkerImage(_) | RootOp::DelProxyImage(_) => "del-image",
+            RootOp::AddModel(_) => "add-model",
+            RootOp::DelModel(_) => "del-model",
+            RootOp::RegisterProxy(_) => "add-proxy",
+            RootOp::UpdateProxy { .. } => "update-proxy",
+            RootOp::UnregisterProxy(_) => "del-proxy",
+            RootOp::SetPrice { .. } => "set-price",
+            RootOp::SetParams { .. } => "set-params",
+            RootOp::SetMultipliers { .. } => "set-multipliers",
+        }
+    }
+
+    /// Refuses what the root would throw on: a fee above the price, an endpoint the
+    /// runners cannot parse.
+    pub fn check(&self) -> Result<(), OpsError> {
+        let fee = |price: u64, worker_fee: u64| {
+            if worker_fee > price {
+                return Err(OpsError::FeeAbovePrice { price, worker_fee });
+            }
+            Ok(())
+        };
+        match self {
+            RootOp::RegisterProxy(e) | RootOp::UpdateProxy { endpoint: e, .. } => {
+                if e.socket_addrs().is_none() {
+                    return Err(OpsError::BadEndpoint(e.0.clone()));
+                }
+                Ok(())
+            }
+            RootOp::SetPrice {
+                price_per_token,
+                worker_fee_per_token,
+            }
+            | RootOp::SetParams {
+                price_per_token,
+                worker_fee_per_token,
+                ..
+            } => fee(*price_per_token, *worker_fee_per_token),
+            _ => Ok(()),
+        }
+    }
+
+    /// The message body with `query_id`.
+    pub fn body(&self, query_id: u64) -> Result<Cell, LayoutError> {
+        match self.clone() {
+            RootOp::AddWorkerImage(hash) => AddWorkerType { query_id, hash }.to_cell(),
+            RootOp::DelWorkerImage(hash) => DelWorkerType { query_id, hash }.to_cell(),
+            RootOp::AddProxyImage(hash) => AddProxyType { query_id, hash }.to_cell(),
+            RootOp::DelProxyImage(hash) => DelProxyType { query_id, hash }.to_cell(),
+            RootOp::AddModel(hash) => AddModelType { query_id, hash }.to_cell(),
+            RootOp::DelModel(hash) => DelModelType { query_id, hash }.to_cell(),
+            RootOp::RegisterProxy(endpoint) => RegisterProxy { query_id, endpoint }.to_cell(),
+            RootOp::UpdateProxy { seqno, endpoint } => UpdateProxy {
+                query_id,
+                seqno,
+                endpoint,
+            }
+            .to_cell(),
+            RootOp::UnregisterProxy(seqno) => UnregisterProxy { query_id, seqno }.to_cell(),
+            RootOp::SetPrice {
+                price_per_token,
+                worker_fee_per_token,
+            } => ChangePrice {
+                query_id,
+                price_per_token: Coins(price_per_token),
+                worker_fee_per_token: Coins(worker_fee_per_token),
+            }
+            .to_cell(),
+            RootOp::SetParams {
+                price_per_token,
+                worker_fee_per_token,
+                proxy_delay_before_close,
+                client_delay_before_close,
+                min_proxy_stake,
+                min_client_stake,
+            } => ChangeParams {
+                query_id,
+                price_per_token: Coins(price_per_token),
+                worker_fee_per_token: Coins(worker_fee_per_token),
+                proxy_delay_before_close,
+                client_delay_before_close,
+                min_proxy_stake: Coins(min_proxy_stake),
+                min_client_stake: Coins(min_client_stake),
+            }
+            .to_cell(),
+            RootOp::SetMultipliers {
+                prompt,
+                cached,
+                completion,
+                reasoning,
+            } => ChangeMultipliers {
+                query_id,
+                prompt,
+                cached,
+                completion,
+                reasoning,
+            }
+            .to_cell(),
+        }
+    }
+}
+
+/// A root that [`deploy_root`] put on the chain.
+#[derive(Debug, Clone)]
+pub struct DeployedRoot {
+    /// Its address.
+    pub address: StdAddr,
+    /// Its configuration as read back from the chain.
+    pub config: RootConfig,
+}
+
+/// What an accepted owner operation changed.
+#[derive(Debug, Clone)]
+pub struct RootChange {
+    /// The root's version before the operation.
+    pub version_before: u32,
+    /// The configuration after it (its `version` is higher).
+    pub config: RootConfig,
+}
+
+/// Deploys a root owned by `ops`'s wallet with `params` (the embedded child codes filling
+/// in any that are missing), attaching `value` nanoTON for its balance. The same owner and
+/// params give the same address, so a second deployment is [`OpsError::AlreadyDeployed`].
+pub async fn deploy_root<C: Chain>(
+    ops: &mut WalletOps<C>,
+    params: CocoonParams,
+    value: u64,
+) -> Result<DeployedRoot, OpsError> {
+    if params.worker_fee_per_token > params.price_per_token {
+        return Err(OpsError::FeeAbovePrice {
+            price: params.price_per_token,
+            worker_fee: params.worker_fee_per_token,
+        });
+    }
+    let codes = code::with_child_codes(CocoonParams::default())?;
+    let params = CocoonParams {
+        proxy_code: params.proxy_code.or(codes.proxy_code),
+        worker_code: params.worker_code.or(codes.worker_code),
+        client_code: params.client_code.or(codes.client_code),
+        ..params
+    };
+    let config = code::initial_root_config(ops.address().clone(), params);
+    let root = code::root_contract(&config)?;
+    let address = root.address.clone();
+    if ops.chain().account_state(&address).await?.status == AccountStatus::Active {
+        return Err(OpsError::AlreadyDeployed(address));
+    }
+    let msg = OutMsg::deploy(address.clone(), value, root.state_init()?, None);
+    ops.send_checked(msg, "root deployment").await?;
+    let got = ops
+        .settle(|| async { Ok(load_root_config(ops.chain(), &address).await.ok()) })
+        .await?;
+    match got {
+        Some(config) => Ok(DeployedRoot { address, config }),
+        None => Err(OpsError::NotApplied(format!(
+            "the deployment of {address} was sent but the root is not active"
+        ))),
+    }
+}
+
+/// Sends the owner operation `op` to `root` from `ops`'s wallet with `value` nanoTON for
+/// gas (the excess comes back) and waits until the root's version moved.
+pub async fn root_op<C: Chain>(
+    ops: &mut WalletOps<C>,
+    root: &StdAddr,
+    op: &RootOp,
+    value: u64,
+) -> Result<RootChange, OpsError> {
+    op.check()?;
+    let before = load_root_config(ops.chain(), root).await?;
+    if before.owner != *ops.address() {
+        return Err(OpsError::NotOwner {
+            wallet: ops.address().clone(),
+            owner: before.owner,
+        });
+    }
+    let body = op.body(ops.query_id())?;
+    ops.send_checked(OutMsg::new(root.clone(), value, Some(body)), op.name())
+        .await?;
+    let after = ops
+        .settle(|| async {
+            let c = load_root_config(ops.chain(), root).await?;
+            Ok((c.version > before.version).then_some(c))
+        })
+        .await?;
+    match after {
+        Some(config) => Ok(RootChange {
+            version_before: before.version,
+            config,
+        }),
+        None => Err(OpsError::NotApplied(
+            "the root did not accept the operation (version unchanged)".into(),
+        )),
+    }
+}

@@ -1,28 +1,22 @@
 //! `cocoon root`: read the network configuration from the root contract and, as its owner,
 //! change it (image and model whitelists, registered proxies, prices).
 //!
-//! Owner operations are ordinary internal messages from the owner's wallet; this command
-//! builds the body with `cocoon-ton`, sends it through the wallet, waits for the wallet to
-//! accept it, then reads the root again and reports whether its `version` moved (the root
-//! bumps it on every accepted change), so a refused operation is reported as an error.
-
-use std::time::Duration;
+//! Owner operations are `cocoon_ton::ops` functions: the body goes out through the owner's
+//! wallet, the root's transaction for it is checked, and the root is read again to report
+//! how its `version` moved (the root bumps it on every accepted change), so a refused
+//! operation is reported as an error.
 
 use clap::{Args, Subcommand, ValueEnum};
 use cocoon_ton::chain::load_root_config;
-use cocoon_ton::codec::{Coins, Layout};
-use cocoon_ton::messages::{
-    AddModelType, AddProxyType, AddWorkerType, ChangePrice, DelModelType, DelProxyType,
-    DelWorkerType, ProxyEndpoint, RegisterProxy, UnregisterProxy,
-};
-use cocoon_ton::root::{RootConfig, model_hash};
+use cocoon_ton::messages::ProxyEndpoint;
+use cocoon_ton::ops::{self, RootOp};
+use cocoon_ton::root::{CocoonParams, RootConfig, model_hash};
 use cocoon_ton::toncenter::{Devnet, Toncenter};
-use cocoon_ton::wallet::OutMsg;
 use cocoon_ton::{
     Cell, HashBytes, StdAddr, format_ton, friendly_address, parse_address, parse_ton,
 };
 
-use crate::wallet_cmd::{ChainOpts, WalletOpts, send_and_wait};
+use crate::wallet_cmd::{ChainOpts, WalletOpts, runtime};
 
 /// Which image whitelist.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -266,36 +260,21 @@ fn print_config(root: &StdAddr, c: &RootConfig) {
     }
 }
 
-fn owner_op(owner: OwnerOpts, body: Cell) -> Result<(), String> {
-    let (key, wallet) = owner.wallet.load()?;
+fn owner_op(owner: OwnerOpts, op: RootOp) -> Result<(), String> {
+    op.check().map_err(|e| e.to_string())?;
     let value = parse_ton(&owner.value).map_err(|e| e.to_string())?;
     let c = owner.chain.client()?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("tokio runtime: {e}"))?;
-    rt.block_on(async move {
+    let mut wallet = owner.wallet.ops(c.clone(), owner.wait)?;
+    runtime()?.block_on(async move {
         let root = root_address(&c, owner.root.as_deref()).await?;
-        let before = load_root_config(&c, &root).await.map_err(|e| e.to_string())?;
-        let me = wallet.address().map_err(|e| e.to_string())?;
-        if before.owner != me {
-            return Err(format!(
-                "wallet {me} is not the root owner ({}); use the owner's key (devnet: root_owner_key in /_devnet/info)",
-                before.owner
-            ));
-        }
-        let msg = OutMsg::new(root.clone(), value, Some(body));
-        send_and_wait(c.clone(), wallet, key, vec![msg], Duration::from_secs(owner.wait)).await?;
-        // the root processes the internal message after the wallet's transaction
-        for _ in 0..50 {
-            let after = load_root_config(&c, &root).await.map_err(|e| e.to_string())?;
-            if after.version > before.version {
-                println!("root version {} -> {}", before.version, after.version);
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        Err("the root did not accept the operation (version unchanged)".into())
+        let change = ops::root_op(&mut wallet, &root, &op, value)
+            .await
+            .map_err(|e| e.to_string())?;
+        println!(
+            "root version {} -> {}",
+            change.version_before, change.config.version
+        );
+        Ok(())
     })
 }
 
@@ -313,92 +292,36 @@ struct DeployArgs {
 }
 
 fn deploy(a: DeployArgs) -> Result<(), String> {
-    use cocoon_devnet::root::{CLIENT_CODE, PROXY_CODE, ROOT_CODE, WORKER_CODE};
-    use cocoon_ton::chain::{AccountStatus, Chain};
     if a.worker_fee > a.price {
         return Err(format!(
             "--worker-fee ({}) must not exceed --price ({})",
             a.worker_fee, a.price
         ));
     }
-    let code =
-        |b: &[u8]| cocoon_ton::codec::decode_boc(b).map_err(|e| format!("embedded code: {e}"));
-    let (key, wallet) = a.wallet.load()?;
-    let owner = wallet.address().map_err(|e| e.to_string())?;
-    let params = cocoon_ton::root::CocoonParams {
+    let params = CocoonParams {
         is_test: !a.production,
         unique_id: a.unique_id,
         price_per_token: a.price,
         worker_fee_per_token: a.worker_fee,
         proxy_delay_before_close: a.proxy_delay,
         client_delay_before_close: a.client_delay,
-        proxy_code: Some(code(PROXY_CODE)?),
-        worker_code: Some(code(WORKER_CODE)?),
-        client_code: Some(code(CLIENT_CODE)?),
         ..Default::default()
     };
-    let config = RootConfig {
-        owner,
-        version: 0,
-        proxy_hashes: Vec::new(),
-        registered_proxies: Vec::new(),
-        last_proxy_seqno: 0,
-        worker_hashes: Vec::new(),
-        model_hashes: Vec::new(),
-        params,
-    };
-    let root_code = code(ROOT_CODE)?;
-    let data = config.to_storage_cell().map_err(|e| e.to_string())?;
-    let addr =
-        cocoon_ton::contracts::contract_address(&root_code, &data).map_err(|e| e.to_string())?;
-    let init = cocoon_ton::contracts::state_init(&root_code, &data).map_err(|e| e.to_string())?;
     let value = parse_ton(&a.value).map_err(|e| e.to_string())?;
-    let c = a.chain.client()?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("tokio runtime: {e}"))?;
-    rt.block_on(async move {
-        let st = c.account_state(&addr).await.map_err(|e| e.to_string())?;
-        if st.status == AccountStatus::Active {
-            return Err(format!(
-                "a root with this configuration is already deployed at {addr}"
-            ));
-        }
-        let msg = OutMsg::deploy(addr.clone(), value, init, None);
-        send_and_wait(
-            c.clone(),
-            wallet,
-            key,
-            vec![msg],
-            Duration::from_secs(a.wait),
-        )
-        .await?;
-        for _ in 0..50 {
-            if let Ok(got) = load_root_config(&c, &addr).await {
-                println!("root deployed at {addr}");
-                println!("  friendly  {}", friendly_address(&addr, true, false));
-                println!("  owner     {}", got.owner);
-                println!("  is_test   {}", got.params.is_test);
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        Err(format!(
-            "the deployment of {addr} was sent but the root is not active"
-        ))
-    })
+    let mut wallet = a.wallet.ops(a.chain.client()?, a.wait)?;
+    let root = runtime()?
+        .block_on(ops::deploy_root(&mut wallet, params, value))
+        .map_err(|e| e.to_string())?;
+    let addr = &root.address;
+    println!("root deployed at {addr}");
+    println!("  friendly  {}", friendly_address(addr, true, false));
+    println!("  owner     {}", root.config.owner);
+    println!("  is_test   {}", root.config.params.is_test);
+    Ok(())
 }
 
 /// Runs a `cocoon root` subcommand.
 pub fn run(cmd: RootCommand) -> Result<(), String> {
-    let qid = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0)
-    };
-    let cell = |r: Result<Cell, cocoon_ton::codec::LayoutError>| r.map_err(|e| e.to_string());
     match cmd {
         RootCommand::Deploy {
             wallet,
@@ -425,11 +348,7 @@ pub fn run(cmd: RootCommand) -> Result<(), String> {
         }),
         RootCommand::Show { root, json, chain } => {
             let c = chain.client()?;
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| format!("tokio runtime: {e}"))?;
-            let (addr, cfg) = rt.block_on(async {
+            let (addr, cfg) = runtime()?.block_on(async {
                 let addr = root_address(&c, root.as_deref()).await?;
                 let cfg = load_root_config(&c, &addr)
                     .await
@@ -449,114 +368,42 @@ pub fn run(cmd: RootCommand) -> Result<(), String> {
         }
         RootCommand::AddImage { kind, hash, owner } => {
             let hash = parse_hash(&hash)?;
-            let body = match kind {
-                ImageKind::Worker => cell(
-                    AddWorkerType {
-                        query_id: qid(),
-                        hash,
-                    }
-                    .to_cell(),
-                )?,
-                ImageKind::Proxy => cell(
-                    AddProxyType {
-                        query_id: qid(),
-                        hash,
-                    }
-                    .to_cell(),
-                )?,
+            let op = match kind {
+                ImageKind::Worker => RootOp::AddWorkerImage(hash),
+                ImageKind::Proxy => RootOp::AddProxyImage(hash),
             };
-            owner_op(owner, body)
+            owner_op(owner, op)
         }
         RootCommand::DelImage { kind, hash, owner } => {
             let hash = parse_hash(&hash)?;
-            let body = match kind {
-                ImageKind::Worker => cell(
-                    DelWorkerType {
-                        query_id: qid(),
-                        hash,
-                    }
-                    .to_cell(),
-                )?,
-                ImageKind::Proxy => cell(
-                    DelProxyType {
-                        query_id: qid(),
-                        hash,
-                    }
-                    .to_cell(),
-                )?,
+            let op = match kind {
+                ImageKind::Worker => RootOp::DelWorkerImage(hash),
+                ImageKind::Proxy => RootOp::DelProxyImage(hash),
             };
-            owner_op(owner, body)
+            owner_op(owner, op)
         }
         RootCommand::AddModel { model, owner } => {
             let hash = model_to_hash(&model);
             println!("model hash: {hash}");
-            owner_op(
-                owner,
-                cell(
-                    AddModelType {
-                        query_id: qid(),
-                        hash,
-                    }
-                    .to_cell(),
-                )?,
-            )
+            owner_op(owner, RootOp::AddModel(hash))
         }
         RootCommand::DelModel { model, owner } => {
-            let hash = model_to_hash(&model);
-            owner_op(
-                owner,
-                cell(
-                    DelModelType {
-                        query_id: qid(),
-                        hash,
-                    }
-                    .to_cell(),
-                )?,
-            )
+            owner_op(owner, RootOp::DelModel(model_to_hash(&model)))
         }
         RootCommand::AddProxy { endpoint, owner } => {
-            let e = ProxyEndpoint(endpoint);
-            if e.socket_addrs().is_none() {
-                return Err(format!(
-                    "{:?} is not \"ip:port\" or \"ip:port ip:port\" (IPv4, as COCOON's runners parse it)",
-                    e.0
-                ));
-            }
-            owner_op(
-                owner,
-                cell(
-                    RegisterProxy {
-                        query_id: qid(),
-                        endpoint: e,
-                    }
-                    .to_cell(),
-                )?,
-            )
+            owner_op(owner, RootOp::RegisterProxy(ProxyEndpoint(endpoint)))
         }
-        RootCommand::DelProxy { seqno, owner } => owner_op(
-            owner,
-            cell(
-                UnregisterProxy {
-                    query_id: qid(),
-                    seqno,
-                }
-                .to_cell(),
-            )?,
-        ),
+        RootCommand::DelProxy { seqno, owner } => owner_op(owner, RootOp::UnregisterProxy(seqno)),
         RootCommand::SetPrice {
             price,
             worker_fee,
             owner,
-        } => {
-            if worker_fee > price {
-                return Err(format!("worker fee {worker_fee} exceeds price {price}"));
-            }
-            let body = ChangePrice {
-                query_id: qid(),
-                price_per_token: Coins(price),
-                worker_fee_per_token: Coins(worker_fee),
-            };
-            owner_op(owner, cell(body.to_cell())?)
-        }
+        } => owner_op(
+            owner,
+            RootOp::SetPrice {
+                price_per_token: price,
+                worker_fee_per_token: worker_fee,
+            },
+        ),
     }
 }

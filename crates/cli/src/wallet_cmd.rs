@@ -5,14 +5,14 @@
 //! never leaves its file (mode 0600); the address is derived from it.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use cocoon_ton::chain::{AccountStatus, Chain};
 use cocoon_ton::keys::SigningKey;
+use cocoon_ton::ops::{self, WalletOps};
 use cocoon_ton::toncenter::{Toncenter, ToncenterConfig};
 use cocoon_ton::wallet::{
-    MAINNET_GLOBAL_ID, OutMsg, SenderEvent, TESTNET_GLOBAL_ID, Wallet, WalletSender, WalletVersion,
+    MAINNET_GLOBAL_ID, SenderEvent, TESTNET_GLOBAL_ID, Wallet, WalletVersion,
 };
 use cocoon_ton::{StdAddr, format_ton, friendly_address, parse_address, parse_ton};
 
@@ -40,7 +40,7 @@ impl ChainOpts {
             cfg.api_key = Some(k.trim().to_owned());
         }
         if let Some(p) = &self.extra_ca_file {
-            cfg.extra_roots = crate::chain_cfg::load_ca_bundle(p)?;
+            cfg.extra_roots = cocoon_service::chain::load_ca_bundle(p)?;
         }
         Toncenter::new(cfg).map_err(|e| e.to_string())
     }
@@ -66,6 +66,22 @@ impl WalletOpts {
         let key = SigningKey::from_file(&self.key).map_err(|e| e.to_string())?;
         let wallet = self.wallet(key.public_key());
         Ok((key, wallet))
+    }
+
+    /// The wallet sending through `chain`, waiting at most `wait` seconds for each message to
+    /// be accepted; what it sends is reported on stderr.
+    pub fn ops(&self, chain: Toncenter, wait: u64) -> Result<WalletOps<Toncenter>, String> {
+        let (key, wallet) = self.load()?;
+        let mut ops = WalletOps::new(chain, wallet, key).map_err(|e| e.to_string())?;
+        ops.confirm_timeout = Duration::from_secs(wait);
+        ops.on_event(|ev| match ev {
+            SenderEvent::Sent { seqno, messages } => {
+                eprintln!("sent external message seqno={seqno} carrying {messages} message(s)")
+            }
+            SenderEvent::Resent { seqno } => eprintln!("resent seqno={seqno}"),
+            SenderEvent::Confirmed { .. } | SenderEvent::Expired { .. } => {}
+        });
+        Ok(ops)
     }
 
     fn wallet(&self, pk: [u8; 32]) -> Wallet {
@@ -139,14 +155,8 @@ pub enum WalletCommand {
     },
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
+/// A single-threaded tokio runtime for one command.
+pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -162,47 +172,9 @@ fn print_address(label: &str, a: &StdAddr, testnet: bool) {
     );
 }
 
-/// Sends `msgs` from the wallet and waits until they are confirmed (seqno advanced).
-pub async fn send_and_wait<C: Chain>(
-    chain: C,
-    wallet: Wallet,
-    key: SigningKey,
-    msgs: Vec<OutMsg>,
-    wait: Duration,
-) -> Result<u32, String> {
-    let mut sender = WalletSender::new(chain, wallet, key).map_err(|e| e.to_string())?;
-    sender.resend_every = Duration::from_secs(10);
-    for m in msgs {
-        sender.enqueue(m);
-    }
-    let deadline = Instant::now() + wait;
-    loop {
-        for ev in sender.tick(unix_now()).await.map_err(|e| e.to_string())? {
-            match ev {
-                SenderEvent::Confirmed { seqno, .. } => return Ok(seqno),
-                SenderEvent::Expired { seqno } => {
-                    return Err(format!(
-                        "message with seqno {seqno} expired before it was accepted"
-                    ));
-                }
-                SenderEvent::Sent { seqno, messages } => {
-                    eprintln!("sent external message seqno={seqno} carrying {messages} message(s)");
-                }
-                SenderEvent::Resent { seqno } => eprintln!("resent seqno={seqno}"),
-            }
-        }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "not confirmed within {}s (is the wallet funded? check `cocoon wallet balance`)",
-                wait.as_secs()
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
-
 /// Runs a `cocoon wallet` subcommand.
 pub fn run(cmd: WalletCommand) -> Result<(), String> {
+    let err = |e: ops::OpsError| e.to_string();
     match cmd {
         WalletCommand::New { wallet } => {
             let key = SigningKey::generate().map_err(|e| e.to_string())?;
@@ -248,24 +220,21 @@ pub fn run(cmd: WalletCommand) -> Result<(), String> {
                 _ => return Err("give --key FILE or --address ADDR".into()),
             };
             let c = chain.client()?;
-            let st = runtime()?
-                .block_on(c.account_state(&addr))
-                .map_err(|e| e.to_string())?;
+            let b = runtime()?
+                .block_on(ops::balance(&c, &addr, wallet.as_ref()))
+                .map_err(err)?;
             println!(
                 "address: {}",
                 friendly_address(&addr, wallet.is_none(), testnet)
             );
             println!(
                 "balance: {} TON ({} nanoton)",
-                format_ton(st.balance),
-                st.balance
+                format_ton(b.balance),
+                b.balance
             );
-            println!("status: {:?}", st.status);
-            if let (Some(w), Some(d), AccountStatus::Active) = (&wallet, &st.data, st.status) {
-                println!(
-                    "seqno: {}",
-                    w.seqno_from_data(d).map_err(|e| e.to_string())?
-                );
+            println!("status: {:?}", b.status);
+            if let Some(seqno) = b.seqno {
+                println!("seqno: {seqno}");
             }
             Ok(())
         }
@@ -278,23 +247,18 @@ pub fn run(cmd: WalletCommand) -> Result<(), String> {
             wait,
             chain,
         } => {
-            let (key, w) = wallet.load()?;
             let to = parse_address(&to).map_err(|e| e.to_string())?;
             let value = parse_ton(&amount).map_err(|e| e.to_string())?;
-            let body = comment
-                .map(|c| cocoon_ton::wallet::text_comment(&c))
-                .transpose()
-                .map_err(|e| e.to_string())?;
-            let mut msg = OutMsg::new(to.clone(), value, body);
-            msg.bounce = !no_bounce;
-            let c = chain.client()?;
-            let seqno = runtime()?.block_on(send_and_wait(
-                c,
-                w,
-                key,
-                vec![msg],
-                Duration::from_secs(wait),
-            ))?;
+            let mut ops = wallet.ops(chain.client()?, wait)?;
+            let seqno = runtime()?
+                .block_on(ops::transfer(
+                    &mut ops,
+                    &to,
+                    value,
+                    comment.as_deref(),
+                    !no_bounce,
+                ))
+                .map_err(err)?;
             println!(
                 "sent {} TON to {to} (wallet seqno {seqno} accepted)",
                 format_ton(value as u128)

@@ -45,41 +45,45 @@ pub struct OwnerOpts {
     chain: ChainOpts,
 }
 
+/// `cocoon root deploy`'s options.
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    #[command(flatten)]
+    wallet: WalletOpts,
+    /// A production network (is_test = false: sim attestation is refused everywhere).
+    #[arg(long)]
+    production: bool,
+    /// Client price per adjusted token, nanoTON.
+    #[arg(long, default_value_t = 20)]
+    price: u64,
+    /// Worker fee per adjusted token, nanoTON (at most the price).
+    #[arg(long, default_value_t = 16)]
+    worker_fee: u64,
+    /// Network id that separates this network's contracts from others with equal params.
+    #[arg(long, default_value_t = 0)]
+    unique_id: u32,
+    /// Seconds a proxy contract waits between close request and close.
+    #[arg(long, default_value_t = 600)]
+    proxy_delay: u32,
+    /// Seconds a client contract waits between refund request and forced refund.
+    #[arg(long, default_value_t = 300)]
+    client_delay: u32,
+    /// TON sent with the deployment (the root's balance for storage and gas).
+    #[arg(long, default_value = "1")]
+    value: String,
+    /// Seconds to wait for confirmation.
+    #[arg(long, default_value_t = 60)]
+    wait: u64,
+    #[command(flatten)]
+    chain: ChainOpts,
+}
+
 /// `cocoon root` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum RootCommand {
     /// Deploy a new root contract owned by this wallet, with Cocoon's contract code and the
     /// given prices (the devnet deploys its own root on start; use this for other chains).
-    Deploy {
-        #[command(flatten)]
-        wallet: WalletOpts,
-        /// A production network (is_test = false: sim attestation is refused everywhere).
-        #[arg(long)]
-        production: bool,
-        /// Client price per adjusted token, nanoTON.
-        #[arg(long, default_value_t = 20)]
-        price: u64,
-        /// Worker fee per adjusted token, nanoTON (at most the price).
-        #[arg(long, default_value_t = 16)]
-        worker_fee: u64,
-        /// Network id that separates this network's contracts from others with equal params.
-        #[arg(long, default_value_t = 0)]
-        unique_id: u32,
-        /// Seconds a proxy contract waits between close request and close.
-        #[arg(long, default_value_t = 600)]
-        proxy_delay: u32,
-        /// Seconds a client contract waits between refund request and forced refund.
-        #[arg(long, default_value_t = 300)]
-        client_delay: u32,
-        /// TON sent with the deployment (the root's balance for storage and gas).
-        #[arg(long, default_value = "1")]
-        value: String,
-        /// Seconds to wait for confirmation.
-        #[arg(long, default_value_t = 60)]
-        wait: u64,
-        #[command(flatten)]
-        chain: ChainOpts,
-    },
+    Deploy(DeployArgs),
     /// Print the root configuration.
     Show {
         /// Root contract address (default: the devnet's).
@@ -278,19 +282,6 @@ fn owner_op(owner: OwnerOpts, op: RootOp) -> Result<(), String> {
     })
 }
 
-struct DeployArgs {
-    wallet: WalletOpts,
-    production: bool,
-    price: u64,
-    worker_fee: u64,
-    unique_id: u32,
-    proxy_delay: u32,
-    client_delay: u32,
-    value: String,
-    wait: u64,
-    chain: ChainOpts,
-}
-
 fn deploy(a: DeployArgs) -> Result<(), String> {
     if a.worker_fee > a.price {
         return Err(format!(
@@ -323,29 +314,7 @@ fn deploy(a: DeployArgs) -> Result<(), String> {
 /// Runs a `cocoon root` subcommand.
 pub fn run(cmd: RootCommand) -> Result<(), String> {
     match cmd {
-        RootCommand::Deploy {
-            wallet,
-            production,
-            price,
-            worker_fee,
-            unique_id,
-            proxy_delay,
-            client_delay,
-            value,
-            wait,
-            chain,
-        } => deploy(DeployArgs {
-            wallet,
-            production,
-            price,
-            worker_fee,
-            unique_id,
-            proxy_delay,
-            client_delay,
-            value,
-            wait,
-            chain,
-        }),
+        RootCommand::Deploy(args) => deploy(args),
         RootCommand::Show { root, json, chain } => {
             let c = chain.client()?;
             let (addr, cfg) = runtime()?.block_on(async {

@@ -192,7 +192,7 @@ fn verify(args: VerifyArgs) -> Result<(), String> {
     } else if let (Some(report), Some(vcek), Some(chain)) =
         (&args.sev_report, &args.vcek, &args.chain)
     {
-        let mut policy = ratls::cert_policy(&args.policy, false)?;
+        let mut policy = cocoon_service::identity::peer_policy(&args.policy, false)?;
         policy.sev_collateral = kds_source(args.kds.as_deref(), args.kds_dir.as_deref())?;
         verify_sev(report, vcek, chain, &policy, now, args.json)
     } else {
@@ -643,30 +643,12 @@ fn sev_report_json(info: &SevReportInfo) -> Value {
 }
 
 fn show(as_json: bool) -> Result<(), String> {
-    let tsm_root = Path::new(cocoon_attest::tsm::DEFAULT_ROOT);
-    let tsm_present = tsm_root.is_dir();
-    // Providers of report entries that already exist (creating one to ask would have side
-    // effects, so none is created here).
-    let mut providers: Vec<String> = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(tsm_root) {
-        for e in entries.flatten() {
-            if let Ok(p) = std::fs::read_to_string(e.path().join("provider")) {
-                let p = p.trim().to_string();
-                if !p.is_empty() && !providers.contains(&p) {
-                    providers.push(p);
-                }
-            }
-        }
-    }
-    let tdx_dev = Path::new("/dev/tdx_guest").exists();
-    let sev_dev = Path::new("/dev/sev-guest").exists();
-    let tee = if tdx_dev || providers.iter().any(|p| p.starts_with("tdx")) {
-        Some("tdx")
-    } else if sev_dev || providers.iter().any(|p| p.starts_with("sev")) {
-        Some("sev-snp")
-    } else {
-        None
-    };
+    let info = cocoon_service::tee::detect();
+    let tsm_root = info.tsm_root.as_path();
+    let tsm_present = info.tsm_present;
+    let providers = &info.providers;
+    let (tdx_dev, sev_dev) = (info.tdx_device, info.sev_device);
+    let tee = info.backend.map(cocoon_service::tee::name);
     if as_json {
         return print_json(&json!({
             "tee": tee,
@@ -804,42 +786,6 @@ pub(crate) mod ratls {
         }
     }
 
-    /// `--policy NAME|FILE` (+ `--allow-sim`) → policy.
-    pub(crate) fn cert_policy(spec: &str, allow_sim: bool) -> Result<Policy, String> {
-        let mut p = match spec {
-            "sim" => {
-                let mut p = Policy::sim_test();
-                p.allowed_backends = vec![Backend::Sim];
-                p
-            }
-            "tdx" => Policy::tdx_default(),
-            "sev-snp" => Policy::sev_default(),
-            "any" => {
-                let mut p = Policy::tdx_default();
-                p.allowed_backends = vec![Backend::Tdx, Backend::SevSnp];
-                p
-            }
-            file => {
-                let path = Path::new(file);
-                if !path.is_file() {
-                    return Err(format!(
-                        "unknown policy {file:?} (one of: tdx, sev-snp, any, sim, or a JSON \
-                         policy file)"
-                    ));
-                }
-                Policy::from_json(&read_file(path)?)
-                    .map_err(|e| format!("{}: {e}", path.display()))?
-            }
-        };
-        if allow_sim {
-            if !p.allowed_backends.contains(&Backend::Sim) {
-                p.allowed_backends.push(Backend::Sim);
-            }
-            p.is_test_network = true;
-        }
-        Ok(p)
-    }
-
     /// The image hash to print after `gen-cert`: for sim, as the verifier reports it; for
     /// TDX and SEV-SNP, computed from the quote/report body (no collateral needed), marked
     /// unverified.
@@ -879,7 +825,7 @@ pub(crate) mod ratls {
 
     pub fn verify_cert(args: VerifyCertArgs) -> Result<(), String> {
         let now = now_or(args.now)?;
-        let mut policy = cert_policy(&args.policy, args.allow_sim)?;
+        let mut policy = cocoon_service::identity::peer_policy(&args.policy, args.allow_sim)?;
         policy.sev_collateral = super::kds_source(args.kds.as_deref(), args.kds_dir.as_deref())?;
         let raw = read_file(&args.cert)?;
         let der: CertificateDer<'static> = if raw.trim_ascii_start().starts_with(b"-----BEGIN") {

@@ -1,6 +1,6 @@
 //! Role configuration: an embedded defaults file, then the operator's TOML file, then
 //! `COCOON_<ROLE>_<KEY>` environment variables, then `--set key=value` and named flags
-//! (later wins). Every key a role knows is in its defaults file (`src/defaults/<role>.toml`,
+//! (later wins). Every key a role knows is in its defaults file (`crates/<role>/src/defaults.toml`,
 //! printed by `cocoon <role> --print-defaults`), so an unknown key anywhere is an error that
 //! names it, and a value is parsed as the type its default has. Secrets are never values:
 //! keys ending in `_file` point at files.

@@ -4,7 +4,6 @@
 #![forbid(unsafe_code)]
 
 mod attest_cmd;
-mod chain_cfg;
 mod client_cmd;
 mod config;
 mod devnet_cmd;

@@ -1,8 +1,7 @@
 //! `cocoon model`: the worker's model store (pull, list, verify).
 
 use clap::{Args, Subcommand};
-use cocoon_engine::store::{self, ModelStore, Progress};
-use std::io::{IsTerminal, Write};
+use cocoon_engine::store::{self, ModelStore, default_dir, progress_printer};
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -51,68 +50,6 @@ enum ModelCommand {
 }
 
 /// The default store directory.
-pub fn default_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("COCOON_MODELS_DIR") {
-        return PathBuf::from(d);
-    }
-    let data = std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .unwrap_or_else(|| PathBuf::from("."));
-    data.join("cocoon/models")
-}
-
-pub fn progress_printer(quiet: bool) -> impl FnMut(Progress) + Send {
-    let tty = std::io::stderr().is_terminal();
-    let mut last_pct: Option<(u8, u64)> = None;
-    move |p| {
-        if quiet {
-            return;
-        }
-        let (stage, done, total) = match p {
-            Progress::Download { done, total } => (0u8, done, total),
-            Progress::Extract { done, total } => (1u8, done, Some(total)),
-        };
-        let label = if stage == 0 { "download" } else { "extract " };
-        let pct = total.filter(|t| *t > 0).map(|t| done * 100 / t);
-        let key = (stage, pct.unwrap_or(done >> 24));
-        let step = if tty { 1 } else { 10 };
-        if let Some((s, v)) = last_pct
-            && s == stage
-            && key.1 < v + step
-            && pct != Some(100)
-        {
-            return;
-        }
-        if last_pct == Some(key) {
-            return;
-        }
-        last_pct = Some(key);
-        let mb = done as f64 / 1e6;
-        let line = match (pct, total) {
-            (Some(pct), Some(t)) => {
-                let filled = (pct / 5) as usize;
-                format!(
-                    "{label} [{}{}] {pct:>3}% {mb:.1}/{:.1} MB",
-                    "#".repeat(filled),
-                    " ".repeat(20 - filled),
-                    t as f64 / 1e6
-                )
-            }
-            _ => format!("{label} {mb:.1} MB"),
-        };
-        let mut err = std::io::stderr();
-        if tty {
-            let _ = write!(err, "\r{line}");
-            if pct == Some(100) {
-                let _ = writeln!(err);
-            }
-        } else {
-            let _ = writeln!(err, "{line}");
-        }
-    }
-}
-
 pub fn run(args: ModelArgs) -> Result<(), String> {
     let dir = args.dir.unwrap_or_else(default_dir);
     let store = ModelStore::open(&dir).map_err(|e| e.to_string())?;

@@ -19,8 +19,10 @@ pub mod config;
 pub mod http;
 pub mod keys;
 pub mod payments;
+pub mod process;
 mod proxy;
 pub mod request;
+pub mod settings;
 pub mod stats;
 pub mod store;
 mod ton_channels;
@@ -36,8 +38,10 @@ use tokio::sync::{Notify, watch};
 
 pub use config::{ClientConfig, StartError, Timings};
 pub use payments::{AutoPay, ChannelError, ChannelOps, ChannelState};
+pub use process::run;
 pub use proxy::ProxyInfo;
 pub use request::{Answer, Collected, Request, Usage};
+pub use settings::Settings;
 pub use ton_channels::{Fees, TonChannels};
 
 use keys::Keys;

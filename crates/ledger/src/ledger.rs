@@ -574,6 +574,8 @@ impl Ledger {
         version: u32,
         prices: PriceTable,
     ) -> Result<Pending<()>, LedgerError> {
+        // A halted ledger (a checkpoint it never made is on chain) moves nowhere.
+        self.check_halted()?;
         let current = self.state.meta.params_version;
         if version <= current {
             return Err(LedgerError::ParamsNotNewer {

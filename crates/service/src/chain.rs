@@ -248,9 +248,10 @@ pub async fn poll_root<C: Chain>(chain: &C, root: &StdAddr) -> RootRead {
     }
 }
 
-/// One step a role takes when the root configuration moves to a newer version.
+/// One step a role takes when the root configuration moves to a newer version (it gets its
+/// own copy of the configuration).
 pub type RootHook<'a> =
-    Box<dyn for<'c> FnMut(&'c RootConfig) -> BoxFuture<'c, Result<(), String>> + Send + 'a>;
+    Box<dyn FnMut(RootConfig) -> BoxFuture<'a, Result<(), String>> + Send + 'a>;
 
 /// What one poll of a [`RootWatcher`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -297,7 +298,7 @@ impl<C: Chain> RootWatcher<C> {
         match poll_root(&self.chain, &self.root).await {
             RootRead::Agreed(c) if c.version > self.applied => {
                 for h in hooks.iter_mut() {
-                    if let Err(error) = h(&c).await {
+                    if let Err(error) = h(c.as_ref().clone()).await {
                         tracing::error!(version = c.version, %error, "root configuration refused");
                         return Polled::Refused {
                             version: c.version,
@@ -403,7 +404,7 @@ mod tests {
         let refuse = Arc::new(Mutex::new(true));
         let (l1, l2, r) = (log.clone(), log.clone(), refuse.clone());
         let mut hooks: Vec<RootHook<'_>> = vec![
-            Box::new(move |c: &RootConfig| {
+            Box::new(move |c: RootConfig| {
                 let (l, r, v) = (l1.clone(), r.clone(), c.version);
                 Box::pin(async move {
                     l.lock().unwrap().push(format!("first {v}"));
@@ -413,7 +414,7 @@ mod tests {
                     Ok(())
                 })
             }),
-            Box::new(move |c: &RootConfig| {
+            Box::new(move |c: RootConfig| {
                 let (l, v) = (l2.clone(), c.version);
                 Box::pin(async move {
                     l.lock().unwrap().push(format!("second {v}"));

@@ -22,3 +22,23 @@ impl SettingError {
         }
     }
 }
+
+/// Checks a browser guard's allowlists, naming the key at fault (`<prefix>allowed_origins`
+/// or `<prefix>allowed_hosts`).
+pub fn check_allowlist(
+    origins: &[String],
+    hosts: &[String],
+    prefix: &str,
+) -> Result<(), SettingError> {
+    use crate::browser::{Allowlist, AllowlistError};
+    match Allowlist::new(origins, hosts) {
+        Ok(_) => Ok(()),
+        Err(e @ AllowlistError::Origin { .. }) => Err(SettingError::new(
+            format!("{prefix}allowed_origins"),
+            e,
+        )),
+        Err(e @ AllowlistError::Host { .. }) => {
+            Err(SettingError::new(format!("{prefix}allowed_hosts"), e))
+        }
+    }
+}

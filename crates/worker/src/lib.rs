@@ -27,7 +27,9 @@
 pub mod chain_sink;
 pub mod config;
 pub mod payout;
+pub mod process;
 pub mod root;
+pub mod settings;
 pub mod stats;
 pub mod store;
 
@@ -51,6 +53,8 @@ use tokio::task::JoinHandle;
 
 pub use config::{AdminConfig, ConfigError, Timings, WorkerConfig};
 pub use payout::PayoutSink;
+pub use process::run;
+pub use settings::Settings;
 pub use root::RootUpdate;
 pub use stats::CountersSnapshot;
 pub use store::{PaymentStore, ProxyRecord, StoreError};

@@ -36,6 +36,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use cocoon_openai::{ApiError, Endpoint, ErrorKind};
+use cocoon_service::admin::{Prometheus, constant_time_eq, esc, label};
 use cocoon_service::browser::{Allowlist, Guard, Refusal};
 use cocoon_tl::enums;
 use cocoon_tl::functions::client as fclient;
@@ -48,12 +49,7 @@ use crate::request::{MAX_ANSWER_BYTES, Request};
 
 /// Reads the control token (first line, trimmed); an empty file is an error.
 pub fn read_token(path: &Path) -> Result<String, String> {
-    let raw = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-    let t = raw.lines().next().unwrap_or("").trim().to_owned();
-    if t.is_empty() {
-        return Err("the file is empty".into());
-    }
-    Ok(t)
+    cocoon_service::admin::read_token(path)
 }
 
 type St = State<Arc<Shared>>;
@@ -387,13 +383,6 @@ async fn stats_json(State(shared): St) -> Response {
     axum::Json(json_stats(&shared)).into_response()
 }
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
 fn ton(nano: u64) -> String {
     cocoon_ton::format_ton(u128::from(nano))
 }
@@ -475,56 +464,72 @@ async fn stats_html(State(shared): St) -> Response {
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], h).into_response()
 }
 
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"")
-}
-
 async fn metrics(State(shared): St) -> Response {
     let s = shared.stats.snapshot();
-    let mut m = String::new();
-    let _ = writeln!(m, "# TYPE cocoon_client_requests_total counter");
-    for (outcome, v) in [
-        ("succeeded", s.succeeded),
-        ("failed", s.failed),
-        ("refused", s.refused),
-    ] {
-        let _ = writeln!(
-            m,
-            "cocoon_client_requests_total{{outcome=\"{outcome}\"}} {v}"
-        );
-    }
-    let _ = writeln!(m, "# TYPE cocoon_client_tokens_total counter");
-    let _ = writeln!(m, "cocoon_client_tokens_total {}", s.tokens);
-    let _ = writeln!(m, "# TYPE cocoon_client_spent_nanoton_total counter");
-    let _ = writeln!(m, "cocoon_client_spent_nanoton_total {}", s.spent_nanoton);
-    let _ = writeln!(m, "# TYPE cocoon_client_proxy_ready gauge");
-    for slot in shared.slots() {
-        let i = slot.info();
-        let a = label(&i.address);
-        let _ = writeln!(
-            m,
-            "cocoon_client_proxy_ready{{proxy=\"{a}\"}} {}",
-            u8::from(slot.ready().is_some())
-        );
-        let _ = writeln!(
-            m,
-            "cocoon_client_proxy_running{{proxy=\"{a}\"}} {}",
-            slot.inflight.load(std::sync::atomic::Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            m,
-            "cocoon_client_receipt_tokens{{proxy=\"{a}\"}} {}",
-            i.receipt_tokens
-        );
-        if let Some(c) = &i.channel {
-            let _ = writeln!(
-                m,
-                "cocoon_client_channel_balance_nanoton{{proxy=\"{a}\"}} {}",
-                c.balance
-            );
-        }
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], m).into_response()
+    let mut m = Prometheus::new();
+    m.metric(
+        "cocoon_client_requests_total",
+        "counter",
+        "Requests by outcome.",
+        &[
+            ("{outcome=\"succeeded\"}".into(), s.succeeded.to_string()),
+            ("{outcome=\"failed\"}".into(), s.failed.to_string()),
+            ("{outcome=\"refused\"}".into(), s.refused.to_string()),
+        ],
+    );
+    m.single(
+        "cocoon_client_tokens_total",
+        "counter",
+        "Adjusted tokens billed.",
+        s.tokens,
+    );
+    m.single(
+        "cocoon_client_spent_nanoton_total",
+        "counter",
+        "nanoTON spent.",
+        s.spent_nanoton,
+    );
+    let slots = shared.slots();
+    let per_proxy = |f: &dyn Fn(&crate::proxy::Slot, &crate::ProxyInfo) -> Option<String>| {
+        slots
+            .iter()
+            .filter_map(|slot| {
+                let i = slot.info();
+                f(slot, &i).map(|v| (format!("{{proxy=\"{}\"}}", label(&i.address)), v))
+            })
+            .collect::<Vec<_>>()
+    };
+    m.metric(
+        "cocoon_client_proxy_ready",
+        "gauge",
+        "1 while the session with the proxy is ready.",
+        &per_proxy(&|slot, _| Some(u8::from(slot.ready().is_some()).to_string())),
+    );
+    m.metric(
+        "cocoon_client_proxy_running",
+        "gauge",
+        "Requests in flight per proxy.",
+        &per_proxy(&|slot, _| {
+            Some(
+                slot.inflight
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    .to_string(),
+            )
+        }),
+    );
+    m.metric(
+        "cocoon_client_receipt_tokens",
+        "gauge",
+        "Tokens the best receipt held covers, per proxy.",
+        &per_proxy(&|_, i| Some(i.receipt_tokens.to_string())),
+    );
+    m.metric(
+        "cocoon_client_channel_balance_nanoton",
+        "gauge",
+        "The payment channel's balance per proxy, nanoTON.",
+        &per_proxy(&|_, i| i.channel.as_ref().map(|c| c.balance.to_string())),
+    );
+    m.into_response()
 }
 
 /// The stored outcome of the request that named `request_guid` (`{}` if none; COCOON's
@@ -540,10 +545,6 @@ async fn debug_entry(State(shared): St, Query(q): Query<BTreeMap<String, String>
     };
     let h: [u8; 32] = sha2::Sha256::digest(guid.as_bytes()).into();
     axum::Json(shared.debug_log.get(&h).unwrap_or_else(|| json!({}))).into_response()
-}
-
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn control(
@@ -570,7 +571,7 @@ async fn control(
             );
         }
     };
-    if !bearer(&headers).is_some_and(|b| same(b.as_bytes(), token.as_bytes())) {
+    if !bearer(&headers).is_some_and(|b| constant_time_eq(b.as_bytes(), token.as_bytes())) {
         return deny(StatusCode::UNAUTHORIZED, "wrong or missing bearer token");
     }
     let Some(ch) = shared.channels.clone() else {

@@ -137,9 +137,11 @@ impl IntoResponse for Prometheus {
     }
 }
 
-/// A Prometheus label value with the characters that would end it replaced.
+/// A Prometheus label value, escaped as the text format asks (`\\`, `\"`, `\n`).
 pub fn label(v: &str) -> String {
-    v.replace(['"', '\\', '\n'], "_")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// HTML-escapes `s` for text and attribute values.
@@ -206,11 +208,7 @@ impl Page {
     /// The finished page as an HTML response.
     pub fn finish(mut self) -> Response {
         self.0.push_str("</table>\n</body></html>\n");
-        (
-            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-            self.0,
-        )
-            .into_response()
+        ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], self.0).into_response()
     }
 }
 
@@ -271,7 +269,9 @@ mod tests {
     #[test]
     fn pages_and_metrics_escape_what_they_show() {
         let mut p = Page::new("cocoon <x>");
-        p.row("k", "<script>").table("t", &["a", "b"]).cells(&["1", "\"2\""]);
+        p.row("k", "<script>")
+            .table("t", &["a", "b"])
+            .cells(&["1", "\"2\""]);
         let html = format!("{:?}", p);
         assert!(html.contains("&lt;script&gt;") && html.contains("&quot;2&quot;"));
         let mut m = Prometheus::new();
@@ -280,11 +280,11 @@ mod tests {
             "y",
             "gauge",
             "Y.",
-            &[(format!("{{m=\"{}\"}}", label("a\"b")), "1".into())],
+            &[(format!("{{m=\"{}\"}}", label("a\"b\\c")), "1".into())],
         );
         assert_eq!(
             m.text(),
-            "# HELP x_total X.\n# TYPE x_total counter\nx_total 3\n# HELP y Y.\n# TYPE y gauge\ny{m=\"a_b\"} 1\n"
+            "# HELP x_total X.\n# TYPE x_total counter\nx_total 3\n# HELP y Y.\n# TYPE y gauge\ny{m=\"a\\\"b\\\\c\"} 1\n"
         );
     }
 }

@@ -5,7 +5,6 @@
 //! module only checks that the operator's own settings make sense, so that a bad setting
 //! fails at start with one clear message instead of at the first request.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,19 +94,8 @@ impl std::fmt::Debug for WorkerConfig {
     }
 }
 
-/// The HTTP admin server.
-#[derive(Clone, Debug)]
-pub struct AdminConfig {
-    /// Listen address (port 0 picks one; see `WorkerHandle::admin_addr`).
-    pub bind: SocketAddr,
-    /// File holding the bearer token for POST controls; without it controls are refused.
-    pub token_file: Option<PathBuf>,
-    /// Web origins whose pages may call the admin server from a browser (none by default:
-    /// every other origin is refused, see `cocoon_service::browser`).
-    pub allowed_origins: Vec<String>,
-    /// Host names it answers to besides loopback ones and the address it is bound to.
-    pub allowed_hosts: Vec<String>,
-}
+/// The HTTP admin server's settings.
+pub use cocoon_service::admin::AdminConfig;
 
 /// Intervals and timeouts.
 #[derive(Clone, Debug)]

@@ -54,8 +54,8 @@ use tokio::task::JoinHandle;
 pub use config::{AdminConfig, ConfigError, Timings, WorkerConfig};
 pub use payout::PayoutSink;
 pub use process::run;
-pub use settings::Settings;
 pub use root::RootUpdate;
+pub use settings::Settings;
 pub use stats::CountersSnapshot;
 pub use store::{PaymentStore, ProxyRecord, StoreError};
 
@@ -438,10 +438,10 @@ impl Worker {
     pub async fn start(config: WorkerConfig) -> Result<WorkerHandle, WorkerError> {
         config.validate()?;
         let store = PaymentStore::open(&config.state_dir)?;
-        let token = match config.admin.as_ref().and_then(|a| a.token_file.as_ref()) {
-            Some(path) => Some(admin::read_token(path).map_err(WorkerError::Admin)?),
-            None => None,
-        };
+        let token = cocoon_service::admin::Token::from_file(
+            config.admin.as_ref().and_then(|a| a.token_file.as_deref()),
+        )
+        .map_err(WorkerError::Admin)?;
         let probe = tokio::time::timeout(Duration::from_secs(10), config.engine.health()).await;
         let uplink_ok = matches!(probe, Ok(h) if h.up);
         let (control, _) = watch::channel(Control {

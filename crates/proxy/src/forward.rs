@@ -15,10 +15,16 @@
 //!    bill that.
 //! 5. `Meter::settle` completes before the client sees the final info and before either
 //!    side gets its payment message.
+//!
+//! A request is one `Forwarding` (its context: shared state, the client, the query, what was
+//! reserved, the start time, the cancel signal) and each attempt one `Relay` (the lease, the
+//! quote, what the stream showed so far). Time is `Instant`/`SystemTime`/`Duration` inside;
+//! seconds as `f64` exist only in the TL fields (the client's timeout, the worker's, the final
+//! info's timings).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use cocoon_net::{ErrorCode, SessionHandle};
 use cocoon_openai::{Endpoint, PriceTable, Usage, UsageTracker};
@@ -28,12 +34,16 @@ use cocoon_tl::{TlRead, TlWrite};
 use rand::Rng;
 use tokio::sync::watch;
 
-use crate::meter::{Charge, Party, Settlement};
+mod settle;
+
+pub(crate) use self::settle::reject;
+use self::settle::{Last, Outgoing, unix_secs};
+use crate::meter::{Charge, Party};
 use crate::prices::{price_table, reservation};
-use crate::receipts::{clamp_i64, payment};
-use crate::registry::{AttemptOutcome, Lease, PayLock, WorkerEvent};
+use crate::receipts::payment;
+use crate::registry::{AttemptOutcome, Lease, LeaseRequest, PayLock, WorkerEvent};
 use crate::usage_audit::{self, Quote};
-use crate::{Counters, Shared, admission, now_unix};
+use crate::{Counters, Shared, admission};
 
 /// Why a running request is being stopped from the client side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,23 +76,6 @@ enum Stop {
     Depleted,
     /// The client stopped reading: its answer buffer at the proxy is full.
     ClientSlow,
-}
-
-fn send_detached(h: &SessionHandle, bytes: Vec<u8>) {
-    let h = h.clone();
-    tokio::spawn(async move {
-        let _ = h.send_message(bytes).await;
-    });
-}
-
-fn tokens(c: &Charge) -> TokensUsed {
-    TokensUsed {
-        prompt_tokens_used: clamp_i64(c.prompt),
-        cached_tokens_used: clamp_i64(c.cached),
-        completion_tokens_used: clamp_i64(c.completion),
-        reasoning_tokens_used: clamp_i64(c.reasoning),
-        total_tokens_used: clamp_i64(c.total),
-    }
 }
 
 /// The request body with its completion tokens capped to `max_tokens` (all sequences
@@ -136,64 +129,13 @@ fn retryable(code: i32, msg: &str) -> bool {
     }
 }
 
-/// Refuses a request before it ran (zero tokens).
-pub(crate) fn reject(
-    shared: &Shared,
-    h: &SessionHandle,
-    proto: i32,
-    request_id: [u8; 32],
-    code: ErrorCode,
-    msg: &str,
-) {
-    Counters::inc(&shared.counters.requests_rejected);
-    tracing::info!(request = %hex::encode(&request_id[..8]), reason = msg, "request rejected");
-    let m = tclient::QueryAnswerErrorEx {
-        request_id,
-        error_code: code as i32,
-        error: msg.to_owned(),
-        final_info: Some(client_final(proto, &Charge::default(), None, None, None)),
-    };
-    send_detached(h, m.to_bytes());
-}
-
-fn client_final(
-    proto: i32,
-    usage: &Charge,
-    worker: Option<&tproxy::QueryFinalInfo>,
-    proxy_start: Option<f64>,
-    debug: Option<bool>,
-) -> tclient::QueryFinalInfo {
-    let timed = proto >= 2;
-    let with_debug = debug.unwrap_or(false);
-    tclient::QueryFinalInfo {
-        tokens_used: tokens(usage),
-        worker_debug: with_debug.then(|| {
-            worker
-                .and_then(|w| w.worker_debug.clone())
-                .unwrap_or_default()
-        }),
-        proxy_debug: with_debug.then(|| {
-            serde_json::json!({
-                "type": "proxy_stats",
-                "start_time": proxy_start,
-                "end_time": now_unix(),
-            })
-            .to_string()
-        }),
-        proxy_start_time: timed.then(|| proxy_start.unwrap_or_else(now_unix)),
-        proxy_end_time: timed.then(now_unix),
-        worker_start_time: timed.then(|| worker.and_then(|w| w.worker_start_time).unwrap_or(0.0)),
-        worker_end_time: timed.then(|| worker.and_then(|w| w.worker_end_time).unwrap_or(0.0)),
-    }
-}
-
 /// Adds the proxy's timing header to the worker's HTTP head.
-fn with_proxy_header(answer: Vec<u8>, start: f64) -> Vec<u8> {
+fn with_proxy_header(answer: Vec<u8>, start: SystemTime) -> Vec<u8> {
     match thttp::Response::from_bytes(&answer) {
         Ok(mut r) => {
             r.headers.push(thttp::Header {
                 name: "X-Cocoon-Proxy-Start".into(),
-                value: format!("{start:.6}"),
+                value: format!("{:.6}", unix_secs(start)),
             });
             r.to_bytes()
         }
@@ -209,29 +151,48 @@ enum Attempt {
     Done(Box<Outgoing>),
 }
 
-pub(crate) async fn run(
-    shared: Arc<Shared>,
-    ctx: ClientCtx,
-    q: fclient::RunQueryEx,
-    mut cancel: watch::Receiver<Option<CancelReason>>,
-) {
-    let c = &shared.counters;
-    Counters::inc(&c.requests_received);
-    let start = now_unix();
-    let rid = q.request_id;
-    let rej = |code: ErrorCode, msg: &str| reject(&shared, &ctx.handle, ctx.proto, rid, code, msg);
+/// How an attempt ended and what it says about the worker.
+type Ended = (Attempt, AttemptOutcome);
+
+/// What a request was admitted with: checked, capped and reserved.
+struct Plan {
+    /// When the request must be over (the client's timeout, capped by ours).
+    deadline: tokio::time::Instant,
+    /// The body the worker gets (completion tokens capped to the reservation).
+    query: Vec<u8>,
+    /// Completion tokens the body allows.
+    completion_limit: u64,
+    /// Adjusted tokens reserved in the meter.
+    reserved: u64,
+    prices: PriceTable,
+    model_base: String,
+}
+
+/// The checks before a request runs, its body capped and its tokens reserved; the error is
+/// what the client is told (nothing was reserved then).
+async fn prepare(
+    shared: &Shared,
+    ctx: &ClientCtx,
+    q: &fclient::RunQueryEx,
+) -> Result<Plan, (ErrorCode, String)> {
     if !shared.enabled.load(Ordering::SeqCst) {
-        return rej(ErrorCode::NotReady, "proxy is disabled");
+        return Err((ErrorCode::NotReady, "proxy is disabled".into()));
     }
     let root = shared.root();
     if i64::from(q.min_config_version) > i64::from(root.version) {
-        return rej(ErrorCode::NotReady, "active config version is too low");
+        return Err((
+            ErrorCode::NotReady,
+            "active config version is too low".into(),
+        ));
     }
     if !(q.timeout.is_finite() && q.timeout > 0.0) {
-        return rej(ErrorCode::Error, "invalid timeout");
+        return Err((ErrorCode::Error, "invalid timeout".into()));
     }
     if q.max_tokens < 0 || q.max_coefficient < 0 {
-        return rej(ErrorCode::Error, "negative max_tokens or max_coefficient");
+        return Err((
+            ErrorCode::Error,
+            "negative max_tokens or max_coefficient".into(),
+        ));
     }
     let timeout = Duration::from_secs_f64(
         q.timeout
@@ -241,163 +202,438 @@ pub(crate) async fn run(
     // The worker gets the body with the completion limit that is reserved now: a body asking
     // for more than the client's `max_tokens` is cut down to it.
     let (query, completion_limit) =
-        match cap_query(&q.query, u64::try_from(q.max_tokens).unwrap_or(0)) {
-            Ok(x) => x,
-            Err(e) => return rej(ErrorCode::Error, &format!("invalid request: {e}")),
-        };
-    let reserve = reservation(q.max_tokens, q.query.len(), q.max_coefficient, &root.params);
-    if let Err(e) = shared.meter.reserve(&ctx.client_sc, rid, reserve).await {
-        return rej(ErrorCode::NotReady, &e.to_string());
-    }
-    let model_base = admission::model_base(&q.model_name).to_owned();
-    let prices = price_table(&root.params);
-    let mut tried: Vec<u64> = Vec::new();
-    let mut last: Option<(i32, String)> = None;
-    for attempt in 0..2 {
-        if cancel.borrow().is_some() {
-            last = Some((
-                ErrorCode::Cancelled as i32,
-                "cancelled by the client".into(),
-            ));
-            break;
+        cap_query(&q.query, u64::try_from(q.max_tokens).unwrap_or(0))
+            .map_err(|e| (ErrorCode::Error, format!("invalid request: {e}")))?;
+    let reserved = reservation(q.max_tokens, q.query.len(), q.max_coefficient, &root.params);
+    shared
+        .meter
+        .reserve(&ctx.client_sc, q.request_id, reserved)
+        .await
+        .map_err(|e| (ErrorCode::NotReady, e.to_string()))?;
+    Ok(Plan {
+        deadline,
+        query,
+        completion_limit,
+        reserved,
+        prices: price_table(&root.params),
+        model_base: admission::model_base(&q.model_name).to_owned(),
+    })
+}
+
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    ctx: ClientCtx,
+    q: fclient::RunQueryEx,
+    cancel: watch::Receiver<Option<CancelReason>>,
+) {
+    Counters::inc(&shared.counters.requests_received);
+    let start = SystemTime::now();
+    let plan = match prepare(&shared, &ctx, &q).await {
+        Ok(p) => p,
+        Err((code, msg)) => {
+            return reject(&shared, &ctx.handle, ctx.proto, q.request_id, code, &msg);
         }
-        let proxy_rid: [u8; 32] = rand::rng().random();
-        let roll: f64 = rand::rng().random();
-        let lease = shared.registry.lease(
-            &shared.router,
-            &model_base,
-            q.max_coefficient,
-            &tried,
-            roll,
-            Instant::now(),
-            proxy_rid,
-        );
-        let mut lease = match lease {
-            Ok(l) => l,
-            Err(e) => {
-                if last.is_none() {
-                    let msg = match e {
-                        crate::router::RouteError::NoWorkers => {
-                            format!("no workers for model {model_base}")
-                        }
-                        other => other.to_string(),
-                    };
-                    last = Some((ErrorCode::NotReady as i32, msg));
-                }
+    };
+    let mut f = Forwarding {
+        shared,
+        ctx,
+        q,
+        plan,
+        start,
+        cancel,
+    };
+    f.forward().await;
+}
+
+/// One client request on its way through the proxy: who asked, what, what was reserved,
+/// and the clock it runs on.
+struct Forwarding {
+    shared: Arc<Shared>,
+    ctx: ClientCtx,
+    q: fclient::RunQueryEx,
+    plan: Plan,
+    /// When the proxy took the request (the timings in the final info and the HTTP head).
+    start: SystemTime,
+    /// The client's cancel (`client.cancelQuery`, its session ending, shutdown).
+    cancel: watch::Receiver<Option<CancelReason>>,
+}
+
+/// One attempt on one worker: the lease, what was quoted, and what the relay saw so far.
+struct Relay {
+    lease: Lease,
+    quote: Quote,
+    /// Another worker may be tried if this one fails before the first byte.
+    can_retry: bool,
+    /// When the request went to the worker.
+    sent: Instant,
+    /// The usage the answer carries (the proxy's own count). Usage the engine reports
+    /// mid-stream (some engines send it with every chunk) is checked against the
+    /// reservation as the parts go by.
+    tracker: UsageTracker,
+    first_byte: Option<Duration>,
+    stopped: Option<Stop>,
+    /// How long a stopped attempt waits for the worker's final usage.
+    grace: tokio::time::Instant,
+    /// Set when the client fell a whole answer buffer behind.
+    overflow: watch::Receiver<bool>,
+}
+
+impl Relay {
+    fn new(lease: Lease, quote: Quote, can_retry: bool) -> Relay {
+        Relay {
+            overflow: lease.overflow.clone(),
+            lease,
+            quote,
+            can_retry,
+            sent: Instant::now(),
+            tracker: UsageTracker::with_limit(TRACKER_LIMIT),
+            first_byte: None,
+            stopped: None,
+            grace: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Usage the proxy counted itself (from the answer), bounded by the reservation.
+    fn seen(&self) -> Charge {
+        let c = tracked(&self.tracker, &self.quote.prices, self.quote.coefficient);
+        let (c, _) = usage_audit::cap(c, self.quote.reserved);
+        c
+    }
+}
+
+impl Forwarding {
+    /// Routes the request, at most twice (the second try only when the first worker failed
+    /// before the first byte), and tells the client how it ended.
+    async fn forward(&mut self) {
+        let shared = Arc::clone(&self.shared);
+        let rid = self.q.request_id;
+        let mut tried: Vec<u64> = Vec::new();
+        let mut last: Option<(i32, String)> = None;
+        for attempt in 0..2 {
+            if self.cancel.borrow().is_some() {
+                last = Some((
+                    ErrorCode::Cancelled as i32,
+                    "cancelled by the client".into(),
+                ));
                 break;
             }
-        };
-        tried.push(lease.worker);
-        if attempt > 0 {
-            Counters::inc(&c.retries);
+            let request = LeaseRequest {
+                model_base: &self.plan.model_base,
+                max_coefficient: self.q.max_coefficient,
+                exclude: &tried,
+                roll: rand::rng().random(),
+                proxy_request_id: rand::rng().random(),
+            };
+            let lease = match shared
+                .registry
+                .lease(&shared.router, &request, Instant::now())
+            {
+                Ok(l) => l,
+                Err(e) => {
+                    if last.is_none() {
+                        let msg = match e {
+                            crate::router::RouteError::NoWorkers => {
+                                format!("no workers for model {}", self.plan.model_base)
+                            }
+                            other => other.to_string(),
+                        };
+                        last = Some((ErrorCode::NotReady as i32, msg));
+                    }
+                    break;
+                }
+            };
+            tried.push(lease.worker);
+            if attempt > 0 {
+                Counters::inc(&shared.counters.retries);
+            }
+            tracing::debug!(
+                request = %hex::encode(&rid[..8]),
+                worker = lease.worker,
+                attempt,
+                probe = lease.probe,
+                "request routed"
+            );
+            if !self.send_to_worker(&lease).await {
+                lease.finish(
+                    &shared.router,
+                    Instant::now(),
+                    AttemptOutcome::Failure { ttft: None },
+                );
+                last = Some((ErrorCode::NotReady as i32, "worker connection lost".into()));
+                continue;
+            }
+            let quote = Quote {
+                coefficient: lease.coefficient,
+                prices: self.plan.prices,
+                reserved: self.plan.reserved,
+                completion_limit: self.plan.completion_limit,
+            };
+            let mut relay = Relay::new(lease, quote, attempt == 0);
+            let (ended, outcome) = self.relay(&mut relay).await;
+            // Books, counters and the worker's health first; then the peers are told.
+            relay.lease.finish(&shared.router, Instant::now(), outcome);
+            match ended {
+                Attempt::Done(out) => {
+                    out.send(&shared, &self.ctx).await;
+                    return;
+                }
+                Attempt::Retry { code, msg } => {
+                    tracing::info!(
+                        request = %hex::encode(&rid[..8]),
+                        code,
+                        reason = %msg,
+                        "worker failed before the first byte; trying another"
+                    );
+                    last = Some((code, msg));
+                }
+            }
         }
-        let remaining = deadline
-            .saturating_duration_since(tokio::time::Instant::now())
-            .as_secs_f64();
+        self.fail(last).await;
+    }
+
+    /// Sends `proxy.runQueryEx` to the leased worker; `false` when its session is gone.
+    async fn send_to_worker(&self, lease: &Lease) -> bool {
+        let remaining = self
+            .plan
+            .deadline
+            .saturating_duration_since(tokio::time::Instant::now());
         // The receipt riding along is read and sent under the worker's payment lock, like
         // the payment reports: a worker never sees its receipts go down.
         let pay_guard = lease.pay_lock.clone().lock_owned().await;
         let msg = fproxy::RunQueryEx {
-            query: query.clone(),
-            signed_payment: payment(&*shared.meter, Party::Worker, &lease.worker_sc),
+            query: self.plan.query.clone(),
+            signed_payment: payment(&*self.shared.meter, Party::Worker, &lease.worker_sc),
             coefficient: i64::from(lease.coefficient),
-            timeout: remaining,
-            request_id: proxy_rid,
-            enable_debug: q.enable_debug,
+            timeout: remaining.as_secs_f64(),
+            request_id: lease.proxy_request_id,
+            enable_debug: self.q.enable_debug,
         };
-        tracing::debug!(
-            request = %hex::encode(&rid[..8]),
-            worker = lease.worker,
-            attempt,
-            probe = lease.probe,
-            "request routed"
-        );
         let sent = lease.handle.send_message(msg.to_bytes()).await;
         drop(pay_guard);
-        if sent.is_err() {
-            lease.finish(
-                &shared.router,
-                Instant::now(),
-                AttemptOutcome::Failure { ttft: None },
-            );
-            last = Some((ErrorCode::NotReady as i32, "worker connection lost".into()));
-            continue;
-        }
-        let can_retry = attempt == 0;
-        let quote = Quote {
-            coefficient: lease.coefficient,
-            prices,
-            reserved: reserve,
-            completion_limit,
-        };
-        match relay(
-            &shared,
-            &ctx,
-            &q,
-            &mut lease,
-            deadline,
-            &mut cancel,
-            can_retry,
-            start,
-            &quote,
-        )
-        .await
-        {
-            (Attempt::Done(out), outcome) => {
-                // Books, counters and the worker's health first; then the peers are told.
-                lease.finish(&shared.router, Instant::now(), outcome);
-                out.send(&shared, &ctx).await;
-                return;
-            }
-            (Attempt::Retry { code, msg }, outcome) => {
-                lease.finish(&shared.router, Instant::now(), outcome);
-                tracing::info!(
-                    request = %hex::encode(&rid[..8]),
-                    code,
-                    reason = %msg,
-                    "worker failed before the first byte; trying another"
-                );
-                last = Some((code, msg));
+        sent.is_ok()
+    }
+
+    /// Relays one attempt until it ends.
+    async fn relay(&mut self, r: &mut Relay) -> Ended {
+        let rid = self.q.request_id;
+        loop {
+            let ev = tokio::select! {
+                ev = r.lease.recv() => ev,
+                c = self.cancel.changed(), if r.stopped.is_none() => {
+                    let reason = if c.is_err() { Some(CancelReason::ClientGone) } else { *self.cancel.borrow_and_update() };
+                    if let Some(reason) = reason {
+                        self.stop(r, Stop::Client(reason), "client cancelled").await;
+                    }
+                    continue;
+                }
+                _ = overflowed(&mut r.overflow), if r.stopped.is_none() => {
+                    tracing::info!(request = %hex::encode(&rid[..8]), "client not reading; stopping the request");
+                    self.stop(r, Stop::ClientSlow, "client not reading").await;
+                    continue;
+                }
+                _ = tokio::time::sleep_until(self.plan.deadline), if r.stopped.is_none() => {
+                    self.stop(r, Stop::Deadline, "deadline").await;
+                    continue;
+                }
+                _ = tokio::time::sleep_until(r.grace), if r.stopped.is_some() => {
+                    tracing::warn!(request = %hex::encode(&rid[..8]), "worker sent no final usage after cancel; billing the usage seen in the stream");
+                    let stop = r.stopped.unwrap_or(Stop::Deadline);
+                    return self.stopped(r, stop, r.seen(), None).await;
+                }
+            };
+            let ended = match ev {
+                None => Some(self.on_worker_gone(r).await),
+                Some(WorkerEvent::Head(a)) => self.on_head(r, a).await,
+                Some(WorkerEvent::Part(p)) => self.on_part(r, p).await,
+                Some(WorkerEvent::Error(e)) => self.on_error(r, e).await,
+            };
+            if let Some(ended) = ended {
+                return ended;
             }
         }
     }
-    // Nothing reached the client: release the reservation and report the last failure.
-    let _ = shared.meter.cancel(rid).await;
-    Counters::inc(&c.requests_failed);
-    let (code, msg) = last.unwrap_or((ErrorCode::NotReady as i32, "no worker available".into()));
-    let m = tclient::QueryAnswerErrorEx {
-        request_id: rid,
-        error_code: code,
-        error: msg,
-        final_info: Some(client_final(
-            ctx.proto,
-            &Charge::default(),
-            None,
-            Some(start),
-            q.enable_debug,
-        )),
-    };
-    send_detached(&ctx.handle, m.to_bytes());
-}
 
-/// Sends to the client, but never past the request's deadline, and not after the client fell
-/// a whole answer buffer behind (a client that stops reading must not hold the relay, and
-/// with it the cancel and deadline handling, nor make the proxy buffer the answer).
-async fn send_until(
-    h: &SessionHandle,
-    bytes: Vec<u8>,
-    deadline: tokio::time::Instant,
-    overflow: &mut watch::Receiver<bool>,
-) {
-    tokio::select! {
-        r = tokio::time::timeout_at(deadline, h.send_message(bytes)) => {
-            if r.is_err() {
-                tracing::debug!("client not reading; part dropped at the deadline");
+    /// Stops the attempt: a v3 worker is told to cancel, and its final usage is awaited for
+    /// a grace period.
+    async fn stop(&self, r: &mut Relay, stop: Stop, reason: &str) {
+        r.stopped = Some(stop);
+        r.grace = cancel_worker(&self.shared, &r.lease, reason).await;
+    }
+
+    /// The worker's session ended under the request.
+    async fn on_worker_gone(&self, r: &Relay) -> Ended {
+        let msg = "worker connection lost";
+        if let Some(stop) = r.stopped {
+            return self.stopped(r, stop, r.seen(), None).await;
+        }
+        let outcome = AttemptOutcome::Failure { ttft: r.first_byte };
+        if r.first_byte.is_none() && r.can_retry {
+            let retry = Attempt::Retry {
+                code: ErrorCode::NotReady as i32,
+                msg: msg.into(),
+            };
+            return (retry, outcome);
+        }
+        let out = self
+            .finish_error(&r.lease, ErrorCode::NotReady as i32, msg, r.seen(), None)
+            .await;
+        (Attempt::Done(Box::new(out)), outcome)
+    }
+
+    /// `proxy.queryAnswerEx`: the HTTP head (with the whole answer when it is final).
+    async fn on_head(&self, r: &mut Relay, a: tproxy::QueryAnswerEx) -> Option<Ended> {
+        if let Some(stop) = r.stopped {
+            let fi = a.final_info.as_ref()?;
+            let (usage, _) = self.booked(r, &fi.tokens_used, None);
+            return Some(self.stopped(r, stop, usage, Some(fi)).await);
+        }
+        let ttft = r.sent.elapsed();
+        r.first_byte.get_or_insert(ttft);
+        if let Ok(resp) = thttp::Response::from_bytes(&a.answer) {
+            r.tracker.push(&resp.payload);
+        }
+        let answer = with_proxy_header(a.answer, self.start);
+        if let Some(fi) = a.final_info {
+            // A complete answer in one message.
+            let (usage, honest) = self.booked(r, &fi.tokens_used, r.tracker.usage());
+            let (out, ok) = self
+                .finish_success(&r.lease, Last::Head(answer), usage, &fi)
+                .await;
+            let outcome = judged_outcome(ok, honest, r.sent, ttft);
+            return Some((Attempt::Done(Box::new(out)), outcome));
+        }
+        let m = tclient::QueryAnswerEx {
+            request_id: self.q.request_id,
+            answer,
+            final_info: None,
+        };
+        self.send_until(m.to_bytes(), &mut r.overflow).await;
+        None
+    }
+
+    /// `proxy.queryAnswerPartEx`: a part of the body (the last one carries the usage).
+    async fn on_part(&self, r: &mut Relay, p: tproxy::QueryAnswerPartEx) -> Option<Ended> {
+        if let Some(fi) = &p.final_info {
+            if let Some(stop) = r.stopped {
+                let (usage, _) = self.booked(r, &fi.tokens_used, None);
+                return Some(self.stopped(r, stop, usage, Some(fi)).await);
+            }
+            r.tracker.push(&p.answer);
+            let (usage, honest) = self.booked(r, &fi.tokens_used, r.tracker.usage());
+            let ttft = *r.first_byte.get_or_insert(r.sent.elapsed());
+            let (out, ok) = self
+                .finish_success(&r.lease, Last::Part(p.answer), usage, fi)
+                .await;
+            let outcome = judged_outcome(ok, honest, r.sent, ttft);
+            return Some((Attempt::Done(Box::new(out)), outcome));
+        }
+        if r.stopped.is_some() {
+            return None;
+        }
+        r.first_byte.get_or_insert(r.sent.elapsed());
+        r.tracker.push(&p.answer);
+        if let Some(u) = r.tracker.usage() {
+            let coefficient = u64::try_from(r.lease.coefficient).unwrap_or(0);
+            let used = r.quote.prices.adjust(&u, coefficient).total;
+            let rid = self.q.request_id;
+            if let Err(e) = self.shared.meter.check_part(&rid, used) {
+                tracing::info!(request = %hex::encode(&rid[..8]), error = %e, "stopping the request");
+                self.stop(r, Stop::Depleted, "reserved tokens depleted")
+                    .await;
+                return None;
             }
         }
-        _ = overflowed(overflow) => {
-            tracing::debug!("client not reading; its answer buffer is full");
+        let m = tclient::QueryAnswerPartEx {
+            request_id: self.q.request_id,
+            answer: p.answer,
+            final_info: None,
+        };
+        self.send_until(m.to_bytes(), &mut r.overflow).await;
+        None
+    }
+
+    /// `proxy.queryAnswerErrorEx`: the worker failed; retried on another worker when
+    /// nothing reached the client yet and the error is worth it.
+    async fn on_error(&self, r: &Relay, e: tproxy::QueryAnswerErrorEx) -> Option<Ended> {
+        let usage = match &e.final_info {
+            Some(f) => self.booked(r, &f.tokens_used, None).0,
+            None => Charge::default(),
+        };
+        if let Some(stop) = r.stopped {
+            return Some(self.stopped(r, stop, usage, e.final_info.as_ref()).await);
         }
+        let outcome = AttemptOutcome::Failure { ttft: r.first_byte };
+        if r.first_byte.is_none() && r.can_retry && retryable(e.error_code, &e.error) {
+            if usage.total > 0 {
+                tracing::info!(
+                    tokens = usage.total,
+                    "usage of a failed attempt before the first byte is not billed"
+                );
+            }
+            let retry = Attempt::Retry {
+                code: e.error_code,
+                msg: e.error,
+            };
+            return Some((retry, outcome));
+        }
+        let out = self
+            .finish_error(
+                &r.lease,
+                e.error_code,
+                &e.error,
+                usage,
+                e.final_info.as_ref(),
+            )
+            .await;
+        Some((Attempt::Done(Box::new(out)), outcome))
+    }
+
+    /// Sends to the client, but never past the request's deadline, and not after the client
+    /// fell a whole answer buffer behind (a client that stops reading must not hold the
+    /// relay, and with it the cancel and deadline handling, nor make the proxy buffer the
+    /// answer).
+    async fn send_until(&self, bytes: Vec<u8>, overflow: &mut watch::Receiver<bool>) {
+        tokio::select! {
+            r = tokio::time::timeout_at(self.plan.deadline, self.ctx.handle.send_message(bytes)) => {
+                if r.is_err() {
+                    tracing::debug!("client not reading; part dropped at the deadline");
+                }
+            }
+            _ = overflowed(overflow) => {
+                tracing::debug!("client not reading; its answer buffer is full");
+            }
+        }
+    }
+
+    /// What to book for the worker's final report, audited against the quote and (for a
+    /// completed answer) the usage the proxy saw; findings go to the operator and the
+    /// worker's record, and a report that cannot be true ends the worker's session.
+    fn booked(&self, r: &Relay, reported: &TokensUsed, own: Option<Usage>) -> (Charge, bool) {
+        let (shared, lease, quote) = (&self.shared, &r.lease, &r.quote);
+        let a = usage_audit::audit(reported, own.as_ref(), quote);
+        let mut honest = true;
+        if let Some(v) = &a.violation {
+            honest = false;
+            shared.event("usage_violation", &lease.worker_sc, v);
+            shared.registry.update(lease.worker, |e| e.bad_reports += 1);
+            // A protocol violation: the worker's session ends (its other requests fail over).
+            lease.handle.close();
+        } else if let Some(m) = &a.mismatch {
+            honest = false;
+            shared.event("usage_mismatch", &lease.worker_sc, m);
+            shared.registry.update(lease.worker, |e| e.bad_reports += 1);
+        }
+        if a.capped {
+            shared.event(
+                "usage_capped",
+                &lease.worker_sc,
+                &format!(
+                    "booked at the reservation of {} adjusted tokens",
+                    quote.reserved
+                ),
+            );
+        }
+        (a.book, honest)
     }
 }
 
@@ -405,277 +641,6 @@ async fn send_until(
 async fn overflowed(rx: &mut watch::Receiver<bool>) {
     if rx.wait_for(|o| *o).await.is_err() {
         std::future::pending::<()>().await;
-    }
-}
-
-/// What to book for the worker's final report, audited against the quote and (for a
-/// completed answer) the usage the proxy saw; findings go to the operator and the worker's
-/// record, and a report that cannot be true ends the worker's session.
-fn booked(
-    shared: &Shared,
-    lease: &Lease,
-    quote: &Quote,
-    reported: &TokensUsed,
-    own: Option<Usage>,
-) -> (Charge, bool) {
-    let a = usage_audit::audit(reported, own.as_ref(), quote);
-    let mut honest = true;
-    if let Some(v) = &a.violation {
-        honest = false;
-        shared.event("usage_violation", &lease.worker_sc, v);
-        shared.registry.update(lease.worker, |e| e.bad_reports += 1);
-        // A protocol violation: the worker's session ends (its other requests fail over).
-        lease.handle.close();
-    } else if let Some(m) = &a.mismatch {
-        honest = false;
-        shared.event("usage_mismatch", &lease.worker_sc, m);
-        shared.registry.update(lease.worker, |e| e.bad_reports += 1);
-    }
-    if a.capped {
-        shared.event(
-            "usage_capped",
-            &lease.worker_sc,
-            &format!(
-                "booked at the reservation of {} adjusted tokens",
-                quote.reserved
-            ),
-        );
-    }
-    (a.book, honest)
-}
-
-/// Usage the proxy counted itself (from the answer), bounded by the reservation.
-fn seen(tracker: &UsageTracker, quote: &Quote) -> Charge {
-    let c = tracked(tracker, &quote.prices, quote.coefficient);
-    let (c, _) = usage_audit::cap(c, quote.reserved);
-    c
-}
-
-/// Relays one attempt; returns how it ended and what it says about the worker.
-#[allow(clippy::too_many_arguments)]
-async fn relay(
-    shared: &Arc<Shared>,
-    ctx: &ClientCtx,
-    q: &fclient::RunQueryEx,
-    lease: &mut Lease,
-    deadline: tokio::time::Instant,
-    cancel: &mut watch::Receiver<Option<CancelReason>>,
-    can_retry: bool,
-    start: f64,
-    quote: &Quote,
-) -> (Attempt, AttemptOutcome) {
-    let mut overflow = lease.overflow.clone();
-    let sent = Instant::now();
-    // Usage the engine reports mid-stream (some engines send it with every chunk) is checked
-    // against the reservation as the parts go by; the final usage in the answer is the
-    // proxy's own count that the worker's report is audited against.
-    let mut tracker = UsageTracker::with_limit(TRACKER_LIMIT);
-    let mut first_byte: Option<Duration> = None;
-    let mut stopped: Option<Stop> = None;
-    let mut grace = tokio::time::Instant::now();
-    let rid = q.request_id;
-    loop {
-        let ev = tokio::select! {
-            ev = lease.recv() => ev,
-            r = cancel.changed(), if stopped.is_none() => {
-                let reason = if r.is_err() { Some(CancelReason::ClientGone) } else { *cancel.borrow_and_update() };
-                if let Some(reason) = reason {
-                    stopped = Some(Stop::Client(reason));
-                    grace = cancel_worker(shared, lease, "client cancelled").await;
-                }
-                continue;
-            }
-            _ = overflowed(&mut overflow), if stopped.is_none() => {
-                tracing::info!(request = %hex::encode(&rid[..8]), "client not reading; stopping the request");
-                stopped = Some(Stop::ClientSlow);
-                grace = cancel_worker(shared, lease, "client not reading").await;
-                continue;
-            }
-            _ = tokio::time::sleep_until(deadline), if stopped.is_none() => {
-                stopped = Some(Stop::Deadline);
-                grace = cancel_worker(shared, lease, "deadline").await;
-                continue;
-            }
-            _ = tokio::time::sleep_until(grace), if stopped.is_some() => {
-                tracing::warn!(request = %hex::encode(&rid[..8]), "worker sent no final usage after cancel; billing the usage seen in the stream");
-                let stop = stopped.unwrap_or(Stop::Deadline);
-                let out = finish_stopped(shared, ctx, q, lease, stop, seen(&tracker, quote), None, start).await;
-                return (Attempt::Done(Box::new(out)), stop_outcome(stop, first_byte));
-            }
-        };
-        let Some(ev) = ev else {
-            // The worker's session ended under this request.
-            let msg = "worker connection lost";
-            if let Some(stop) = stopped {
-                let out = finish_stopped(
-                    shared,
-                    ctx,
-                    q,
-                    lease,
-                    stop,
-                    seen(&tracker, quote),
-                    None,
-                    start,
-                )
-                .await;
-                return (Attempt::Done(Box::new(out)), stop_outcome(stop, first_byte));
-            }
-            let outcome = AttemptOutcome::Failure { ttft: first_byte };
-            if first_byte.is_none() && can_retry {
-                return (
-                    Attempt::Retry {
-                        code: ErrorCode::NotReady as i32,
-                        msg: msg.into(),
-                    },
-                    outcome,
-                );
-            }
-            let out = finish_error(
-                shared,
-                ctx,
-                q,
-                lease,
-                ErrorCode::NotReady as i32,
-                msg,
-                seen(&tracker, quote),
-                None,
-                start,
-            )
-            .await;
-            return (Attempt::Done(Box::new(out)), outcome);
-        };
-        match ev {
-            WorkerEvent::Head(a) => {
-                if let Some(stop) = stopped {
-                    if let Some(fi) = &a.final_info {
-                        let (usage, _) = booked(shared, lease, quote, &fi.tokens_used, None);
-                        let out =
-                            finish_stopped(shared, ctx, q, lease, stop, usage, Some(fi), start)
-                                .await;
-                        return (Attempt::Done(Box::new(out)), stop_outcome(stop, first_byte));
-                    }
-                    continue;
-                }
-                let ttft = sent.elapsed();
-                first_byte.get_or_insert(ttft);
-                if let Ok(r) = thttp::Response::from_bytes(&a.answer) {
-                    tracker.push(&r.payload);
-                }
-                let answer = with_proxy_header(a.answer, start);
-                if let Some(fi) = a.final_info {
-                    // A complete answer in one message.
-                    let (usage, honest) =
-                        booked(shared, lease, quote, &fi.tokens_used, tracker.usage());
-                    let (out, ok) =
-                        finish_success(shared, ctx, q, lease, answer, true, usage, &fi, start)
-                            .await;
-                    return (
-                        Attempt::Done(Box::new(out)),
-                        judged_outcome(ok, honest, sent, ttft),
-                    );
-                }
-                let m = tclient::QueryAnswerEx {
-                    request_id: rid,
-                    answer,
-                    final_info: None,
-                };
-                send_until(&ctx.handle, m.to_bytes(), deadline, &mut overflow).await;
-            }
-            WorkerEvent::Part(p) => {
-                if let Some(fi) = &p.final_info {
-                    if let Some(stop) = stopped {
-                        let (usage, _) = booked(shared, lease, quote, &fi.tokens_used, None);
-                        let out =
-                            finish_stopped(shared, ctx, q, lease, stop, usage, Some(fi), start)
-                                .await;
-                        return (Attempt::Done(Box::new(out)), stop_outcome(stop, first_byte));
-                    }
-                    tracker.push(&p.answer);
-                    let (usage, honest) =
-                        booked(shared, lease, quote, &fi.tokens_used, tracker.usage());
-                    let ttft = *first_byte.get_or_insert(sent.elapsed());
-                    let (out, ok) =
-                        finish_success(shared, ctx, q, lease, p.answer, false, usage, fi, start)
-                            .await;
-                    return (
-                        Attempt::Done(Box::new(out)),
-                        judged_outcome(ok, honest, sent, ttft),
-                    );
-                }
-                if stopped.is_some() {
-                    continue;
-                }
-                first_byte.get_or_insert(sent.elapsed());
-                tracker.push(&p.answer);
-                if let Some(u) = tracker.usage() {
-                    let used = quote
-                        .prices
-                        .adjust(&u, u64::try_from(lease.coefficient).unwrap_or(0))
-                        .total;
-                    if let Err(e) = shared.meter.check_part(&rid, used) {
-                        tracing::info!(request = %hex::encode(&rid[..8]), error = %e, "stopping the request");
-                        stopped = Some(Stop::Depleted);
-                        grace = cancel_worker(shared, lease, "reserved tokens depleted").await;
-                        continue;
-                    }
-                }
-                let m = tclient::QueryAnswerPartEx {
-                    request_id: rid,
-                    answer: p.answer,
-                    final_info: None,
-                };
-                send_until(&ctx.handle, m.to_bytes(), deadline, &mut overflow).await;
-            }
-            WorkerEvent::Error(e) => {
-                let usage = match &e.final_info {
-                    Some(f) => booked(shared, lease, quote, &f.tokens_used, None).0,
-                    None => Charge::default(),
-                };
-                if let Some(stop) = stopped {
-                    let out = finish_stopped(
-                        shared,
-                        ctx,
-                        q,
-                        lease,
-                        stop,
-                        usage,
-                        e.final_info.as_ref(),
-                        start,
-                    )
-                    .await;
-                    return (Attempt::Done(Box::new(out)), stop_outcome(stop, first_byte));
-                }
-                let outcome = AttemptOutcome::Failure { ttft: first_byte };
-                if first_byte.is_none() && can_retry && retryable(e.error_code, &e.error) {
-                    if usage.total > 0 {
-                        tracing::info!(
-                            tokens = usage.total,
-                            "usage of a failed attempt before the first byte is not billed"
-                        );
-                    }
-                    return (
-                        Attempt::Retry {
-                            code: e.error_code,
-                            msg: e.error,
-                        },
-                        outcome,
-                    );
-                }
-                let out = finish_error(
-                    shared,
-                    ctx,
-                    q,
-                    lease,
-                    e.error_code,
-                    &e.error,
-                    usage,
-                    e.final_info.as_ref(),
-                    start,
-                )
-                .await;
-                return (Attempt::Done(Box::new(out)), outcome);
-            }
-        }
     }
 }
 
@@ -716,275 +681,6 @@ async fn cancel_worker(shared: &Shared, lease: &Lease, reason: &str) -> tokio::t
         let _ = lease.handle.send_message(m.to_bytes()).await;
     }
     tokio::time::Instant::now() + shared.timings.cancel_grace
-}
-
-/// What to tell the peers once the books and the worker's health have the outcome.
-pub(crate) struct Outgoing {
-    client: Vec<u8>,
-    notify: Option<PendingNotify>,
-}
-
-impl Outgoing {
-    async fn send(self, shared: &Shared, ctx: &ClientCtx) {
-        let limit = shared.timings.handshake_timeout;
-        let _ = tokio::time::timeout(limit, ctx.handle.send_message(self.client)).await;
-        if let Some(n) = self.notify {
-            n.send(&shared.meter, ctx);
-        }
-    }
-}
-
-/// Settles and prepares the client's final message built by `msg` and the payment
-/// messages; on a settlement failure the client gets an error (with the usage) instead.
-#[allow(clippy::too_many_arguments)]
-async fn settle_then(
-    shared: &Shared,
-    ctx: &ClientCtx,
-    q: &fclient::RunQueryEx,
-    lease: &Lease,
-    usage: Charge,
-    msg: impl FnOnce(tclient::QueryFinalInfo) -> Vec<u8>,
-    fi: Option<&tproxy::QueryFinalInfo>,
-    start: f64,
-) -> Result<Outgoing, Outgoing> {
-    let final_info = client_final(ctx.proto, &usage, fi, Some(start), q.enable_debug);
-    match PendingNotify::settle(shared, ctx, q, lease, usage).await {
-        Ok(n) => Ok(Outgoing {
-            client: msg(final_info),
-            notify: Some(n),
-        }),
-        Err(e) => {
-            tracing::error!(request = %hex::encode(&q.request_id[..8]), error = %e, "settlement failed");
-            Err(Outgoing {
-                client: tclient::QueryAnswerErrorEx {
-                    request_id: q.request_id,
-                    error_code: ErrorCode::Failure as i32,
-                    error: format!("proxy: accounting failed: {e}"),
-                    final_info: Some(final_info),
-                }
-                .to_bytes(),
-                notify: None,
-            })
-        }
-    }
-}
-
-/// The worker's final message arrived: settle, then the client gets the last bytes with
-/// the final info. Returns whether the settlement succeeded.
-#[allow(clippy::too_many_arguments)]
-async fn finish_success(
-    shared: &Shared,
-    ctx: &ClientCtx,
-    q: &fclient::RunQueryEx,
-    lease: &Lease,
-    answer: Vec<u8>,
-    as_head: bool,
-    usage: Charge,
-    fi: &tproxy::QueryFinalInfo,
-    start: f64,
-) -> (Outgoing, bool) {
-    let rid = q.request_id;
-    let build = |final_info| {
-        if as_head {
-            tclient::QueryAnswerEx {
-                request_id: rid,
-                answer,
-                final_info: Some(final_info),
-            }
-            .to_bytes()
-        } else {
-            tclient::QueryAnswerPartEx {
-                request_id: rid,
-                answer,
-                final_info: Some(final_info),
-            }
-            .to_bytes()
-        }
-    };
-    match settle_then(shared, ctx, q, lease, usage, build, Some(fi), start).await {
-        Ok(out) => {
-            Counters::inc(&shared.counters.requests_success);
-            (out, true)
-        }
-        Err(out) => {
-            Counters::inc(&shared.counters.requests_failed);
-            (out, false)
-        }
-    }
-}
-
-/// Payment reports owed after a settlement, sent after the final answer.
-///
-/// Peers refuse totals that go down, and reports for different requests are produced by
-/// different tasks; so each report is sent under its peer's lock and carries the totals read
-/// at that moment (never lower than the settled ones): reports to one peer never decrease.
-struct PendingNotify {
-    request_id: [u8; 32],
-    worker_request_id: [u8; 32],
-    request_tokens: u64,
-    client_sc: String,
-    worker_sc: String,
-    client_lock: PayLock,
-    worker_lock: PayLock,
-    worker_handle: SessionHandle,
-}
-
-impl PendingNotify {
-    async fn settle(
-        shared: &Shared,
-        ctx: &ClientCtx,
-        q: &fclient::RunQueryEx,
-        lease: &Lease,
-        usage: Charge,
-    ) -> Result<Self, String> {
-        shared
-            .meter
-            .settle(
-                q.request_id,
-                Settlement {
-                    client: ctx.client_sc.clone(),
-                    worker: lease.worker_sc.clone(),
-                    usage,
-                    coefficient: lease.coefficient,
-                },
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        shared
-            .counters
-            .tokens_total
-            .fetch_add(usage.total, Ordering::Relaxed);
-        Ok(PendingNotify {
-            request_id: q.request_id,
-            worker_request_id: lease.proxy_request_id,
-            request_tokens: usage.total,
-            client_sc: ctx.client_sc.clone(),
-            worker_sc: lease.worker_sc.clone(),
-            client_lock: Arc::clone(&ctx.pay_lock),
-            worker_lock: Arc::clone(&lease.pay_lock),
-            worker_handle: lease.handle.clone(),
-        })
-    }
-
-    fn send(self, meter: &Arc<dyn crate::meter::Meter>, ctx: &ClientCtx) {
-        let m = Arc::clone(meter);
-        let h = ctx.handle.clone();
-        let (rid, tokens, sc, lock) = (
-            self.request_id,
-            self.request_tokens,
-            self.client_sc,
-            self.client_lock,
-        );
-        tokio::spawn(async move {
-            let _g = lock.lock().await;
-            let t = m.client_totals(&sc);
-            let p = tproxy::ClientRequestPayment {
-                request_id: rid,
-                signed_payment: payment(&*m, Party::Client, &sc),
-                db_tokens: clamp_i64(t.committed_to_db),
-                max_tokens: clamp_i64(t.max),
-                request_tokens: clamp_i64(tokens),
-            };
-            let _ = h.send_message(p.to_bytes()).await;
-        });
-        let m = Arc::clone(meter);
-        let (h, rid, sc, lock) = (
-            self.worker_handle,
-            self.worker_request_id,
-            self.worker_sc,
-            self.worker_lock,
-        );
-        tokio::spawn(async move {
-            let _g = lock.lock().await;
-            let t = m.worker_totals(&sc);
-            let p = tproxy::WorkerRequestPayment {
-                request_id: rid,
-                signed_payment: payment(&*m, Party::Worker, &sc),
-                db_tokens: clamp_i64(t.committed_to_db),
-                max_tokens: clamp_i64(t.max),
-                request_tokens: clamp_i64(tokens),
-                // The worker need not know who pays (COCOON sends the client's wallet here).
-                request_client_owner: String::new(),
-            };
-            let _ = h.send_message(p.to_bytes()).await;
-        });
-    }
-}
-
-/// The worker failed (after the first byte, or in a way another worker would not fix):
-/// bill what it reported and tell the client.
-#[allow(clippy::too_many_arguments)]
-async fn finish_error(
-    shared: &Shared,
-    ctx: &ClientCtx,
-    q: &fclient::RunQueryEx,
-    lease: &Lease,
-    code: i32,
-    msg: &str,
-    usage: Charge,
-    fi: Option<&tproxy::QueryFinalInfo>,
-    start: f64,
-) -> Outgoing {
-    Counters::inc(&shared.counters.requests_failed);
-    let rid = q.request_id;
-    let build = |final_info| {
-        tclient::QueryAnswerErrorEx {
-            request_id: rid,
-            error_code: code,
-            error: msg.to_owned(),
-            final_info: Some(final_info),
-        }
-        .to_bytes()
-    };
-    settle_then(shared, ctx, q, lease, usage, build, fi, start)
-        .await
-        .unwrap_or_else(|e| e)
-}
-
-/// The client or the deadline stopped the request; bill what the worker reported.
-#[allow(clippy::too_many_arguments)]
-async fn finish_stopped(
-    shared: &Shared,
-    ctx: &ClientCtx,
-    q: &fclient::RunQueryEx,
-    lease: &Lease,
-    stop: Stop,
-    usage: Charge,
-    fi: Option<&tproxy::QueryFinalInfo>,
-    start: f64,
-) -> Outgoing {
-    let (code, msg) = match stop {
-        Stop::Deadline => {
-            Counters::inc(&shared.counters.requests_failed);
-            (ErrorCode::Timeout, "timeout in proxy")
-        }
-        Stop::Client(_) => {
-            Counters::inc(&shared.counters.requests_cancelled);
-            (ErrorCode::Cancelled, "cancelled by the client")
-        }
-        Stop::Depleted => {
-            Counters::inc(&shared.counters.requests_failed);
-            (ErrorCode::Error, "reserved_tokens depleted")
-        }
-        Stop::ClientSlow => {
-            Counters::inc(&shared.counters.requests_failed);
-            (ErrorCode::Error, "client not reading; answer cut")
-        }
-    };
-    let rid = q.request_id;
-    tracing::info!(request = %hex::encode(&rid[..8]), reason = ?stop, tokens = usage.total, "request stopped");
-    let build = |final_info| {
-        tclient::QueryAnswerErrorEx {
-            request_id: rid,
-            error_code: code as i32,
-            error: msg.to_owned(),
-            final_info: Some(final_info),
-        }
-        .to_bytes()
-    };
-    settle_then(shared, ctx, q, lease, usage, build, fi, start)
-        .await
-        .unwrap_or_else(|e| e)
 }
 
 #[cfg(test)]

@@ -115,6 +115,20 @@ pub(crate) struct WorkerEntry {
 /// Held while a payment report is read and queued, so reports to a peer never decrease.
 pub(crate) type PayLock = Arc<tokio::sync::Mutex<()>>;
 
+/// What one attempt of a request asks of the registry.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LeaseRequest<'a> {
+    /// The model without its revision (`admission::model_base`).
+    pub model_base: &'a str,
+    pub max_coefficient: i32,
+    /// Workers this request already tried.
+    pub exclude: &'a [u64],
+    /// A uniform draw in `[0, 1)` for the router.
+    pub roll: f64,
+    /// The id the worker sees for this request (its answers carry it).
+    pub proxy_request_id: [u8; 32],
+}
+
 /// All workers.
 #[derive(Default)]
 pub(crate) struct Registry {
@@ -223,18 +237,20 @@ impl Registry {
         }
     }
 
-    /// Picks a worker for `model_base` and takes a slot on it.
-    #[allow(clippy::too_many_arguments)]
+    /// Picks a worker for the request and takes a slot on it.
     pub fn lease(
         self: &Arc<Self>,
         cfg: &RouterConfig,
-        model_base: &str,
-        max_coefficient: i32,
-        exclude: &[u64],
-        roll: f64,
+        req: &LeaseRequest<'_>,
         now: Instant,
-        proxy_request_id: [u8; 32],
     ) -> Result<Lease, RouteError> {
+        let LeaseRequest {
+            model_base,
+            max_coefficient,
+            exclude,
+            roll,
+            proxy_request_id,
+        } = *req;
         let mut g = self.lock();
         let cands: Vec<Candidate> = g
             .values()

@@ -146,14 +146,11 @@ async fn settlement_control(
     if let Some(r) = refuse(&st, &headers) {
         return r;
     }
-    if !matches!(
-        action.as_str(),
-        "checkpoint" | "charge" | "payout" | "withdraw"
-    ) {
+    let Ok(action) = action.parse::<crate::meter::SettlementAction>() else {
         return (StatusCode::NOT_FOUND, "unknown control\n").into_response();
-    }
-    match st.shared.meter.control(&action).await {
-        Ok(msg) => msg.into_response(),
+    };
+    match st.shared.meter.control(action).await {
+        Ok(done) => format!("{done}\n").into_response(),
         Err(e) => (StatusCode::CONFLICT, format!("{e}\n")).into_response(),
     }
 }

@@ -31,7 +31,10 @@ use tokio::sync::watch;
 
 use crate::chain::{ChainError, CheckpointChain, ClientContractState};
 pub use crate::meter::LedgerStats;
-use crate::meter::{Meter, MeterError, Party, RequestId, Settled, Settlement, Totals};
+use crate::meter::{
+    ControlError, ControlOutcome, Meter, MeterError, Party, RequestId, Settled, Settlement,
+    SettlementAction, Totals,
+};
 use crate::prices::price_table;
 
 /// Commit progress, published by the committer thread.
@@ -503,37 +506,34 @@ impl LedgerMeter {
         }
     }
 
-    /// An operator control: `checkpoint` (a settlement pass now), `charge` / `payout` (submit
-    /// every client's charge / worker's payout with anything checkpointed and unsettled,
-    /// whatever the thresholds), `withdraw` (the commission to the owner).
-    pub async fn control(&self, action: &str) -> Result<String, String> {
+    /// An operator action: `Checkpoint` (a settlement pass now), `Charge` / `Payout` (a pass
+    /// that submits every client's charge / worker's payout with anything checkpointed and
+    /// unsettled, whatever the thresholds), `Withdraw` (the commission to the owner).
+    pub async fn control(&self, action: SettlementAction) -> Result<ControlOutcome, ControlError> {
         let Some((chain, cfg)) = self.settlement.get() else {
-            return Err("no settlement chain (the proxy runs without a wallet)".into());
+            return Err(ControlError::NoChain);
         };
         let mut cfg = cfg.clone();
         match action {
-            "checkpoint" => {}
-            "charge" => cfg.min_client_charge = 1,
-            "payout" => cfg.min_worker_payout = 1,
-            "withdraw" => {
-                chain.withdraw().await.map_err(|e| e.to_string())?;
+            SettlementAction::Checkpoint => {}
+            SettlementAction::Charge => cfg.min_client_charge = 1,
+            SettlementAction::Payout => cfg.min_worker_payout = 1,
+            SettlementAction::Withdraw => {
+                chain.withdraw().await?;
                 tracing::info!("commission withdrawal sent by operator");
-                return Ok("withdrawal sent\n".into());
+                return Ok(ControlOutcome::WithdrawalSent);
             }
-            other => return Err(format!("unknown control {other:?}")),
         }
         let before = *lock(&self.submitted);
-        self.settle_once(&**chain, &cfg)
-            .await
-            .map_err(|e| e.to_string())?;
+        self.settle_once(&**chain, &cfg).await?;
         let after = *lock(&self.submitted);
-        tracing::info!(action, "settlement pass run by operator");
-        Ok(format!(
-            "{action}: {} charges, {} payouts submitted; confirmed checkpoint {:?}\n",
-            after.0 - before.0,
-            after.1 - before.1,
-            self.ledger().confirmed_checkpoint().map(|c| c.seqno)
-        ))
+        tracing::info!(action = %action, "settlement pass run by operator");
+        Ok(ControlOutcome::Pass {
+            action,
+            charges: after.0 - before.0,
+            payouts: after.1 - before.1,
+            confirmed_checkpoint: self.ledger().confirmed_checkpoint().map(|c| c.seqno),
+        })
     }
 
     /// The last checkpoint on chain, as [`OpenOptions::chain`] wants it for `params_version`.
@@ -736,7 +736,10 @@ impl Meter for LedgerMeter {
         LedgerMeter::accounts(self)
     }
 
-    fn control<'a>(&'a self, action: &'a str) -> BoxFuture<'a, Result<String, String>> {
+    fn control(
+        &self,
+        action: SettlementAction,
+    ) -> BoxFuture<'_, Result<ControlOutcome, ControlError>> {
         Box::pin(LedgerMeter::control(self, action))
     }
 }

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 
 use futures::future::BoxFuture;
 
-use crate::chain::ClientContractState;
+use crate::chain::{ChainError, ClientContractState};
 
 /// A request's id as the proxy knows it (the client's `request_id`).
 pub type RequestId = [u8; 32];
@@ -162,11 +162,111 @@ pub trait Meter: Send + Sync + 'static {
         Vec::new()
     }
 
-    /// An operator control on the settlement (`checkpoint`, `charge`, `payout`,
-    /// `withdraw`); meters without a chain refuse.
-    fn control<'a>(&'a self, action: &'a str) -> BoxFuture<'a, Result<String, String>> {
-        Box::pin(async move { Err(format!("{action}: this meter has no on-chain settlement")) })
+    /// An operator action on the settlement; meters without a chain refuse.
+    fn control(
+        &self,
+        action: SettlementAction,
+    ) -> BoxFuture<'_, Result<ControlOutcome, ControlError>> {
+        Box::pin(async move { Err(ControlError::NoSettlement(action)) })
     }
+}
+
+/// An operator action on the settlement (`POST /control/<action>` on the admin server).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettlementAction {
+    /// A settlement pass now.
+    Checkpoint,
+    /// A pass that submits every client's charge with anything checkpointed and unsettled,
+    /// whatever the thresholds.
+    Charge,
+    /// The same for every worker's payout.
+    Payout,
+    /// The proxy's commission to its owner.
+    Withdraw,
+}
+
+impl SettlementAction {
+    /// The name in the control's path.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SettlementAction::Checkpoint => "checkpoint",
+            SettlementAction::Charge => "charge",
+            SettlementAction::Payout => "payout",
+            SettlementAction::Withdraw => "withdraw",
+        }
+    }
+}
+
+impl std::fmt::Display for SettlementAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A control name that is not a [`SettlementAction`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown control {0:?}")]
+pub struct UnknownAction(pub String);
+
+impl std::str::FromStr for SettlementAction {
+    type Err = UnknownAction;
+
+    fn from_str(s: &str) -> Result<Self, UnknownAction> {
+        Ok(match s {
+            "checkpoint" => SettlementAction::Checkpoint,
+            "charge" => SettlementAction::Charge,
+            "payout" => SettlementAction::Payout,
+            "withdraw" => SettlementAction::Withdraw,
+            other => return Err(UnknownAction(other.to_owned())),
+        })
+    }
+}
+
+/// What a settlement action did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlOutcome {
+    /// The commission withdrawal was sent.
+    WithdrawalSent,
+    /// A settlement pass ran.
+    Pass {
+        action: SettlementAction,
+        charges: u64,
+        payouts: u64,
+        /// The last checkpoint the chain confirmed, after the pass.
+        confirmed_checkpoint: Option<u32>,
+    },
+}
+
+impl std::fmt::Display for ControlOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ControlOutcome::WithdrawalSent => f.write_str("withdrawal sent"),
+            ControlOutcome::Pass {
+                action,
+                charges,
+                payouts,
+                confirmed_checkpoint,
+            } => write!(
+                f,
+                "{action}: {charges} charges, {payouts} payouts submitted; confirmed checkpoint {confirmed_checkpoint:?}"
+            ),
+        }
+    }
+}
+
+/// Why a settlement action failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// The meter keeps no books on chain (`MemoryMeter`).
+    #[error("{0}: this meter has no on-chain settlement")]
+    NoSettlement(SettlementAction),
+    /// The ledger runs without a settlement loop (no wallet).
+    #[error("no settlement chain (the proxy runs without a wallet)")]
+    NoChain,
+    /// The chain refused or failed (the withdrawal, or the pass).
+    #[error("{0}")]
+    Chain(#[from] ChainError),
 }
 
 /// What the admin pages show about the ledger.
@@ -450,5 +550,50 @@ mod tests {
         assert_eq!(m.client("c").unwrap().reserved, 0);
         assert_eq!(m.open_reservations(), 0);
         assert_eq!(m.client_totals("c").max, 25);
+    }
+
+    #[test]
+    fn settlement_actions_parse_and_print_their_path_names() {
+        for a in [
+            SettlementAction::Checkpoint,
+            SettlementAction::Charge,
+            SettlementAction::Payout,
+            SettlementAction::Withdraw,
+        ] {
+            assert_eq!(a.as_str().parse::<SettlementAction>(), Ok(a));
+            assert_eq!(a.to_string(), a.as_str());
+        }
+        let e = "enable".parse::<SettlementAction>().unwrap_err();
+        assert_eq!(e.to_string(), "unknown control \"enable\"");
+        assert!("Checkpoint".parse::<SettlementAction>().is_err());
+    }
+
+    #[test]
+    fn control_outcomes_and_errors_read_as_the_admin_server_sends_them() {
+        let pass = ControlOutcome::Pass {
+            action: SettlementAction::Charge,
+            charges: 2,
+            payouts: 0,
+            confirmed_checkpoint: Some(7),
+        };
+        assert_eq!(
+            pass.to_string(),
+            "charge: 2 charges, 0 payouts submitted; confirmed checkpoint Some(7)"
+        );
+        assert_eq!(
+            ControlOutcome::WithdrawalSent.to_string(),
+            "withdrawal sent"
+        );
+        let m = MemoryMeter::new();
+        let e = block(m.control(SettlementAction::Payout)).unwrap_err();
+        assert_eq!(e, ControlError::NoSettlement(SettlementAction::Payout));
+        assert_eq!(
+            e.to_string(),
+            "payout: this meter has no on-chain settlement"
+        );
+        assert_eq!(
+            ControlError::NoChain.to_string(),
+            "no settlement chain (the proxy runs without a wallet)"
+        );
     }
 }

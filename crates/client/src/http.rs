@@ -343,40 +343,76 @@ async fn model(State(shared): St, UrlPath(id): UrlPath<String>) -> Response {
 }
 
 /// The `/jsonstats` document.
-pub(crate) fn json_stats(shared: &Shared) -> Value {
+/// What `/jsonstats` shows (and `Client::stats` returns): never request contents.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClientStats {
+    /// `ok` with at least one ready proxy, else `no proxy`.
+    pub status: &'static str,
+    pub uptime_seconds: u64,
+    pub owner_address: String,
+    pub is_test: bool,
+    /// A wallet funds the channels.
+    pub wallet: bool,
+    pub root: RootView,
+    pub proxies_ready: usize,
+    pub proxies: Vec<ProxyView>,
+    pub stats: crate::stats::Snapshot,
+    /// Durable totals (requests, tokens, spent nanoTON...).
+    pub totals: BTreeMap<String, u64>,
+    pub keys: Option<Vec<crate::keys::KeyStat>>,
+}
+
+/// The root configuration in use.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RootView {
+    pub version: u32,
+    pub params_version: u32,
+    pub price_per_token: u64,
+    pub registered_proxies: usize,
+}
+
+/// A proxy slot and the requests in flight on it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProxyView {
+    #[serde(flatten)]
+    pub info: crate::ProxyInfo,
+    pub running: u64,
+}
+
+pub(crate) fn json_stats(shared: &Shared) -> ClientStats {
     let root = shared.root();
-    let proxies: Vec<Value> = shared
-        .slots()
+    let slots = shared.slots();
+    let proxies: Vec<ProxyView> = slots
         .iter()
-        .map(|s| {
-            let mut v = serde_json::to_value(s.info()).unwrap_or(Value::Null);
-            v["running"] = json!(s.inflight.load(std::sync::atomic::Ordering::Relaxed));
-            v
+        .map(|s| ProxyView {
+            info: s.info(),
+            running: s.inflight.load(std::sync::atomic::Ordering::Relaxed),
         })
         .collect();
-    let ready = shared
-        .slots()
-        .iter()
-        .filter(|s| s.ready().is_some())
-        .count();
-    json!({
-        "status": if ready > 0 { "ok" } else { "no proxy" },
-        "uptime_seconds": shared.started.elapsed().as_secs(),
-        "owner_address": shared.owner_address.to_string(),
-        "is_test": shared.is_test,
-        "wallet": shared.channels.is_some(),
-        "root": {
-            "version": root.version,
-            "params_version": root.params.params_version,
-            "price_per_token": root.params.price_per_token,
-            "registered_proxies": root.registered_proxies.len(),
+    let ready = slots.iter().filter(|s| s.ready().is_some()).count();
+    ClientStats {
+        status: if ready > 0 { "ok" } else { "no proxy" },
+        uptime_seconds: shared.started.elapsed().as_secs(),
+        owner_address: shared.owner_address.to_string(),
+        is_test: shared.is_test,
+        wallet: shared.channels.is_some(),
+        root: RootView {
+            version: root.version,
+            params_version: root.params.params_version,
+            price_per_token: root.params.price_per_token,
+            registered_proxies: root.registered_proxies.len(),
         },
-        "proxies_ready": ready,
-        "proxies": proxies,
-        "stats": shared.stats.snapshot(),
-        "totals": shared.store.totals().unwrap_or_default().into_iter().collect::<BTreeMap<_, _>>(),
-        "keys": shared.keys.as_ref().map(|k| k.stats()),
-    })
+        proxies_ready: ready,
+        proxies,
+        stats: shared.stats.snapshot(),
+        totals: shared
+            .store
+            .totals()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+        keys: shared.keys.as_ref().map(|k| k.stats()),
+    }
 }
 
 async fn stats_json(State(shared): St) -> Response {

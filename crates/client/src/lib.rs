@@ -37,6 +37,7 @@ use cocoon_ton::root::RootConfig;
 use tokio::sync::{Notify, watch};
 
 pub use config::{ClientConfig, StartError, Timings};
+pub use http::{ClientStats, ProxyView, RootView};
 pub use payments::{AutoPay, ChannelError, ChannelOps, ChannelState};
 pub use process::run;
 pub use proxy::ProxyInfo;
@@ -306,7 +307,7 @@ impl ClientHandle {
     }
 
     /// The figures `/jsonstats` shows.
-    pub fn stats(&self) -> serde_json::Value {
+    pub fn stats(&self) -> http::ClientStats {
         http::json_stats(&self.shared)
     }
 

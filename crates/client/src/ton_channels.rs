@@ -44,6 +44,7 @@ use cocoon_ton::messages::{
     OwnerClientRegister, OwnerClientRequestRefund, OwnerClientWithdraw, op_and_query_id,
 };
 use cocoon_ton::opcodes as op;
+use cocoon_ton::ops::failure;
 use cocoon_ton::payments::{SignedOp, SignedPayment};
 use cocoon_ton::root::CocoonParams;
 use cocoon_ton::wallet::{OutMsg, SenderEvent, Wallet, WalletError, WalletSender};
@@ -206,44 +207,6 @@ fn not_closed(s: &ClientStorage, contract: &StdAddr, what: &str) -> Result<(), C
         )));
     }
     Ok(())
-}
-
-/// A contract error code in words (the codes of `contracts/src/common.tolk`).
-fn exit_meaning(code: i32) -> &'static str {
-    match code {
-        1001 => "the sender is not the contract's owner",
-        1002 => "the proxy's signature does not verify",
-        1003 => "the signed receipt's inner op or query id differ from the outer ones",
-        1004 => "the signed receipt names another contract",
-        1005 => "the receipt's token count does not exceed the one already charged",
-        1006 => "not allowed in the contract's current state (closing or closed)",
-        1007 => "the close delay has not passed yet",
-        1008 => "the attached value does not cover the operation and its gas",
-        1009 => "the proxy contract cannot pay without touching coins it must keep",
-        1010 => "the sender is not the expected child contract",
-        1011 => "the new stake is too low",
-        1012 => "the balance does not exceed the stake: nothing to withdraw",
-        1016 => "the proxy's params carry no client code",
-        0xFFFF => "unknown operation",
-        9 => "malformed message body",
-        13 => "out of gas",
-        _ => "unexpected error",
-    }
-}
-
-/// Why a transaction failed, in words; `None` when it did not (or the node did not say).
-fn failure(tx: &Transaction) -> Option<String> {
-    let o = tx.outcome().ok().flatten()?;
-    if !o.failed() {
-        return None;
-    }
-    Some(match o.exit_code {
-        Some(c) if c != 0 && c != 1 => format!("exit code {c}: {}", exit_meaning(c)),
-        _ => format!(
-            "its action phase failed with result code {}",
-            o.action_result_code.unwrap_or(-1)
-        ),
-    })
 }
 
 /// The `client_proxy_request` a client-contract transaction sent to `proxy`: the state the

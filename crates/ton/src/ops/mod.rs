@@ -148,6 +148,14 @@ impl OpsError {
     }
 }
 
+/// Why a transaction failed, in words (its exit code and what the contracts mean by it);
+/// `None` when it did not fail or the node did not send the raw transaction.
+pub fn failure(tx: &Transaction) -> Option<String> {
+    let o = tx.outcome().ok().flatten()?;
+    o.failed()
+        .then(|| refusal(o.exit_code, o.action_result_code))
+}
+
 fn refusal(exit_code: Option<i32>, action_result_code: Option<i32>) -> String {
     match exit_code {
         Some(c) if c != 0 && c != 1 => format!("exit code {c}: {}", exit_meaning(c)),

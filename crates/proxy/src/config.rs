@@ -1,7 +1,6 @@
 //! What a proxy is started with.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,18 +60,8 @@ impl Default for Timings {
     }
 }
 
-/// HTTP admin server settings.
-#[derive(Debug, Clone)]
-pub struct AdminConfig {
-    pub bind: SocketAddr,
-    /// File holding the bearer token for POST controls; without one controls are refused.
-    pub token_file: Option<PathBuf>,
-    /// Web origins whose pages may call the admin server from a browser (none by default:
-    /// every other origin is refused, see `cocoon_service::browser`).
-    pub allowed_origins: Vec<String>,
-    /// Host names it answers to besides loopback ones and the address it is bound to.
-    pub allowed_hosts: Vec<String>,
-}
+/// The admin HTTP server's settings.
+pub use cocoon_service::admin::AdminConfig;
 
 /// Everything [`crate::Proxy::start`] needs.
 pub struct ProxyConfig {

@@ -366,10 +366,10 @@ impl Proxy {
         if cfg.root.params.client_code.is_none() {
             return Err(ConfigError::MissingCode("client"));
         }
-        let token = match cfg.admin.as_ref().and_then(|a| a.token_file.as_ref()) {
-            Some(p) => Some(admin::read_token(p).map_err(ConfigError::Admin)?),
-            None => None,
-        };
+        let token = cocoon_service::admin::Token::from_file(
+            cfg.admin.as_ref().and_then(|a| a.token_file.as_deref()),
+        )
+        .map_err(ConfigError::Admin)?;
         let wl = bind(cfg.worker_listen).await?;
         let cl = bind(cfg.client_listen).await?;
         let worker_addr = wl.local_addr().map_err(|e| ConfigError::Bind {

@@ -185,6 +185,12 @@ impl Page {
         self
     }
 
+    /// Ends the current table and starts a key/value one titled `title`.
+    pub fn section(&mut self, title: &str) -> &mut Self {
+        let _ = write!(self.0, "</table>\n<h2>{}</h2>\n<table>\n", esc(title));
+        self
+    }
+
     /// Ends the current table and starts one titled `title` with these column headers.
     pub fn table(&mut self, title: &str, headers: &[&str]) -> &mut Self {
         let _ = write!(self.0, "</table>\n<h2>{}</h2>\n<table>\n<tr>", esc(title));

@@ -250,8 +250,7 @@ pub async fn poll_root<C: Chain>(chain: &C, root: &StdAddr) -> RootRead {
 
 /// One step a role takes when the root configuration moves to a newer version (it gets its
 /// own copy of the configuration).
-pub type RootHook<'a> =
-    Box<dyn FnMut(RootConfig) -> BoxFuture<'a, Result<(), String>> + Send + 'a>;
+pub type RootHook<'a> = Box<dyn FnMut(RootConfig) -> BoxFuture<'a, Result<(), String>> + Send + 'a>;
 
 /// What one poll of a [`RootWatcher`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -330,7 +329,9 @@ impl<C: Chain> RootWatcher<C> {
 mod tests {
     use std::sync::{Arc, Mutex};
 
-    use cocoon_ton::chain::{AccountState, AccountStatus, GetMethodResult, StackValue, Transaction, TxId};
+    use cocoon_ton::chain::{
+        AccountState, AccountStatus, GetMethodResult, StackValue, Transaction, TxId,
+    };
 
     use super::*;
 
@@ -437,15 +438,15 @@ mod tests {
         *refuse.lock().unwrap() = false;
         assert_eq!(w.poll_once(&mut hooks).await, Polled::Applied(2));
         assert_eq!(w.poll_once(&mut hooks).await, Polled::Unchanged);
-        assert_eq!(
-            *log.lock().unwrap(),
-            vec!["first 2", "first 2", "second 2"]
-        );
+        assert_eq!(*log.lock().unwrap(), vec!["first 2", "first 2", "second 2"]);
     }
 
     #[test]
     fn endpoint_settings_are_checked_naming_the_key() {
-        let urls2 = vec!["https://a.example".to_owned(), "https://b.example".to_owned()];
+        let urls2 = vec![
+            "https://a.example".to_owned(),
+            "https://b.example".to_owned(),
+        ];
         let t = |urls: &[String], quorum, url_given| {
             TonSettings {
                 url: "http://127.0.0.1:8081",
@@ -467,10 +468,23 @@ mod tests {
                 .starts_with("3 endpoints cannot agree")
         );
         assert_eq!(t(&urls2, 1, true).unwrap_err().key, "ton_url");
-        let dup = vec!["https://a.example".to_owned(), "https://A.example/".to_owned()];
-        assert!(t(&dup, 1, false).unwrap_err().reason.contains("listed twice"));
+        let dup = vec![
+            "https://a.example".to_owned(),
+            "https://A.example/".to_owned(),
+        ];
+        assert!(
+            t(&dup, 1, false)
+                .unwrap_err()
+                .reason
+                .contains("listed twice")
+        );
         let ftp = vec!["ftp://a.example".to_owned()];
-        assert!(t(&ftp, 1, false).unwrap_err().reason.contains("not an http(s)://"));
+        assert!(
+            t(&ftp, 1, false)
+                .unwrap_err()
+                .reason
+                .contains("not an http(s)://")
+        );
     }
 
     #[test]

@@ -61,10 +61,7 @@ impl TeeChoice {
 
     /// Whether this is (or, for `Auto`, resolves to) a hardware TEE.
     pub fn is_hardware(self) -> bool {
-        matches!(
-            self.resolve(),
-            Ok(Backend::Tdx) | Ok(Backend::SevSnp)
-        )
+        matches!(self.resolve(), Ok(Backend::Tdx) | Ok(Backend::SevSnp))
     }
 }
 
@@ -145,8 +142,8 @@ pub fn peer_policy(spec: &str, allow_sim: bool) -> Result<Policy, String> {
                      file)"
                 ));
             }
-            let bytes = std::fs::read(path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let bytes =
+                std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             Policy::from_json(&bytes).map_err(|e| format!("{}: {e}", path.display()))?
         }
     };
@@ -274,12 +271,21 @@ mod tests {
             "none".parse::<TeeChoice>(),
             Ok(TeeChoice::Fixed(Backend::Unattested))
         );
-        assert!("sgx".parse::<TeeChoice>().unwrap_err().contains("unknown tee"));
+        assert!(
+            "sgx"
+                .parse::<TeeChoice>()
+                .unwrap_err()
+                .contains("unknown tee")
+        );
         let any = peer_policy("any", false).unwrap();
         assert_eq!(any.allowed_backends, vec![Backend::Tdx, Backend::SevSnp]);
         let test = peer_policy("tdx", true).unwrap();
         assert!(test.allowed_backends.contains(&Backend::Sim) && test.is_test_network);
-        assert!(peer_policy("/nonexistent", false).unwrap_err().contains("unknown policy"));
+        assert!(
+            peer_policy("/nonexistent", false)
+                .unwrap_err()
+                .contains("unknown policy")
+        );
     }
 
     #[test]
@@ -301,12 +307,6 @@ mod tests {
             allow_unattested: false,
         };
         assert!(peer_verifier(v).is_err(), "sim peers need a test network");
-        assert!(
-            peer_verifier(PeerVerification {
-                is_test: true,
-                ..v
-            })
-            .is_ok()
-        );
+        assert!(peer_verifier(PeerVerification { is_test: true, ..v }).is_ok());
     }
 }

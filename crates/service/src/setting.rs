@@ -33,10 +33,9 @@ pub fn check_allowlist(
     use crate::browser::{Allowlist, AllowlistError};
     match Allowlist::new(origins, hosts) {
         Ok(_) => Ok(()),
-        Err(e @ AllowlistError::Origin { .. }) => Err(SettingError::new(
-            format!("{prefix}allowed_origins"),
-            e,
-        )),
+        Err(e @ AllowlistError::Origin { .. }) => {
+            Err(SettingError::new(format!("{prefix}allowed_origins"), e))
+        }
         Err(e @ AllowlistError::Host { .. }) => {
             Err(SettingError::new(format!("{prefix}allowed_hosts"), e))
         }

@@ -26,7 +26,10 @@ pub struct TeeInfo {
 
 /// Looks at this machine.
 pub fn detect() -> TeeInfo {
-    detect_at(Path::new(cocoon_attest::tsm::DEFAULT_ROOT), Path::new("/dev"))
+    detect_at(
+        Path::new(cocoon_attest::tsm::DEFAULT_ROOT),
+        Path::new("/dev"),
+    )
 }
 
 /// Looks under `tsm_root` and `dev` (tests point them at a temporary directory).

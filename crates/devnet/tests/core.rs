@@ -5,7 +5,7 @@ mod common;
 
 use cocoon_devnet::chain::{AccountStatus, faucet_address};
 use cocoon_devnet::{Devnet, DevnetError, GetMethodId};
-use common::{TON, Wallet, addr};
+use common::{TON, Transfer, Wallet, addr};
 use num_bigint::BigInt;
 
 const T0: u32 = 1_750_000_000;
@@ -36,7 +36,7 @@ fn wallet_deploys_and_pays_to_the_nanoton() {
     let mut chain = Devnet::new(T0).unwrap();
     let w = funded_wallet(&mut chain);
     let bob = addr(0xb0);
-    let boc = w.transfer(&w.key, 0, T0 + 600, &bob, TON, false, true);
+    let boc = w.transfer(&w.key, Transfer::new(0, T0 + 600, &bob, TON).with_init());
     let txs = chain.send_external(&boc).unwrap();
     assert_eq!(txs.len(), 2, "wallet tx + bob tx");
     let (wtx, btx) = (&txs[0], &txs[1]);
@@ -90,12 +90,15 @@ fn bounceable_value_to_nobody_bounces_back() {
     let mut chain = Devnet::new(T0).unwrap();
     let w = funded_wallet(&mut chain);
     chain
-        .send_external(&w.transfer(&w.key, 0, T0 + 600, &addr(0xb0), TON, false, true))
+        .send_external(&w.transfer(
+            &w.key,
+            Transfer::new(0, T0 + 600, &addr(0xb0), TON).with_init(),
+        ))
         .unwrap();
     let before = chain.account(&w.address).unwrap().balance;
     let carol = addr(0xca);
     let txs = chain
-        .send_external(&w.transfer(&w.key, 1, T0 + 600, &carol, TON / 2, true, false))
+        .send_external(&w.transfer(&w.key, Transfer::new(1, T0 + 600, &carol, TON / 2).bounce()))
         .unwrap();
     assert_eq!(txs.len(), 3, "wallet -> carol (bounce) -> wallet");
     let (send, at_carol, back) = (&txs[0], &txs[1], &txs[2]);
@@ -123,7 +126,10 @@ fn rejected_externals_leave_no_trace() {
     let mut chain = Devnet::new(T0).unwrap();
     let w = funded_wallet(&mut chain);
     chain
-        .send_external(&w.transfer(&w.key, 0, T0 + 600, &addr(0xb0), TON, false, true))
+        .send_external(&w.transfer(
+            &w.key,
+            Transfer::new(0, T0 + 600, &addr(0xb0), TON).with_init(),
+        ))
         .unwrap();
     let (lt, count, bal) = (
         chain.lt(),
@@ -133,16 +139,16 @@ fn rejected_externals_leave_no_trace() {
     let stranger = Wallet::from_seed(0x22);
     let cases = [
         (
-            w.transfer(&stranger.key, 1, T0 + 600, &addr(0xb0), TON, false, false),
+            w.transfer(&stranger.key, Transfer::new(1, T0 + 600, &addr(0xb0), TON)),
             35,
         ),
         (
-            w.transfer(&w.key, 0, T0 + 600, &addr(0xb0), TON, false, false),
+            w.transfer(&w.key, Transfer::new(0, T0 + 600, &addr(0xb0), TON)),
             33,
         ),
         // Expired (valid_until <= now): wallet v3r2 throws 35 before looking at the seqno.
         (
-            w.transfer(&w.key, 1, T0 - 1, &addr(0xb0), TON, false, false),
+            w.transfer(&w.key, Transfer::new(1, T0 - 1, &addr(0xb0), TON)),
             35,
         ),
     ];
@@ -157,7 +163,7 @@ fn rejected_externals_leave_no_trace() {
     // External to an address with neither account nor state init.
     let ghost = Wallet::from_seed(0x33);
     assert!(matches!(
-        chain.send_external(&ghost.transfer(&ghost.key, 0, T0 + 600, &addr(1), 1, false, false)),
+        chain.send_external(&ghost.transfer(&ghost.key, Transfer::new(0, T0 + 600, &addr(1), 1))),
         Err(DevnetError::NotAccepted { .. })
     ));
     // Garbage and wrong message kinds are typed errors.
@@ -172,7 +178,10 @@ fn time_only_moves_forward_and_storage_is_charged() {
     let mut chain = Devnet::new(T0).unwrap();
     let w = funded_wallet(&mut chain);
     chain
-        .send_external(&w.transfer(&w.key, 0, T0 + 600, &addr(0xb0), TON, false, true))
+        .send_external(&w.transfer(
+            &w.key,
+            Transfer::new(0, T0 + 600, &addr(0xb0), TON).with_init(),
+        ))
         .unwrap();
     assert!(matches!(
         chain.set_now(u64::from(T0) - 1),
@@ -181,14 +190,14 @@ fn time_only_moves_forward_and_storage_is_charged() {
     assert_eq!(chain.advance(30 * 86_400).unwrap(), T0 + 30 * 86_400);
     // A message valid until T0+600 has expired now (wallet v3r2 exit 35).
     assert!(matches!(
-        chain.send_external(&w.transfer(&w.key, 1, T0 + 600, &addr(0xb0), 1, false, false)),
+        chain.send_external(&w.transfer(&w.key, Transfer::new(1, T0 + 600, &addr(0xb0), 1))),
         Err(DevnetError::NotAccepted {
             exit_code: Some(35)
         })
     ));
     let now = chain.now();
     let txs = chain
-        .send_external(&w.transfer(&w.key, 1, now + 600, &addr(0xb0), TON / 10, false, false))
+        .send_external(&w.transfer(&w.key, Transfer::new(1, now + 600, &addr(0xb0), TON / 10)))
         .unwrap();
     assert!(txs[0].storage_fees > 0, "30 days of storage are paid");
     assert_eq!(txs[0].now, now);
@@ -205,7 +214,10 @@ fn getters_report_exit_codes_and_reject_missing_code() {
         Err(DevnetError::NotActive(_))
     ));
     chain
-        .send_external(&w.transfer(&w.key, 0, T0 + 600, &addr(0xb0), TON, false, true))
+        .send_external(&w.transfer(
+            &w.key,
+            Transfer::new(0, T0 + 600, &addr(0xb0), TON).with_init(),
+        ))
         .unwrap();
     let out = chain
         .run_get_method(
@@ -230,7 +242,14 @@ fn same_inputs_give_the_same_chain() {
         let mut chain = Devnet::new(T0).unwrap();
         let w = funded_wallet(&mut chain);
         chain
-            .send_external(&w.transfer(&w.key, 0, T0 + 600, &addr(0xca), TON, true, true))
+            .send_external(
+                &w.transfer(
+                    &w.key,
+                    Transfer::new(0, T0 + 600, &addr(0xca), TON)
+                        .bounce()
+                        .with_init(),
+                ),
+            )
             .unwrap()
             .iter()
             .map(|t| (t.lt, t.hash))
@@ -247,7 +266,10 @@ fn persistence_round_trip() {
         let mut chain = Devnet::open(dir.path(), T0).unwrap();
         chain.faucet(&w.address, 10 * TON).unwrap();
         chain
-            .send_external(&w.transfer(&w.key, 0, T0 + 600, &addr(0xb0), TON, false, true))
+            .send_external(&w.transfer(
+                &w.key,
+                Transfer::new(0, T0 + 600, &addr(0xb0), TON).with_init(),
+            ))
             .unwrap();
         chain.advance(100).unwrap();
         let hashes: Vec<_> = chain
@@ -279,7 +301,7 @@ fn persistence_round_trip() {
     assert_eq!(reopened.tx_count(), 3);
     // And it keeps working: the next transfer uses seqno 1.
     let txs = reopened
-        .send_external(&w.transfer(&w.key, 1, now + 600, &addr(0xb0), TON, false, false))
+        .send_external(&w.transfer(&w.key, Transfer::new(1, now + 600, &addr(0xb0), TON)))
         .unwrap();
     assert_eq!(txs[0].exit_code, Some(0));
     assert_eq!(txs[0].prev_hash, hashes[0]);

@@ -7,7 +7,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use cocoon_devnet::Devnet;
 use cocoon_devnet::api::{self, ApiState, DevnetInfo};
 use cocoon_devnet::run::{RunOptions, start};
-use common::{TON, Wallet, addr};
+use common::{TON, Transfer, Wallet, addr};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -95,7 +95,7 @@ async fn wallet_flow_over_toncenter_api() {
 
     // Deploy + pay bob through sendBocReturnHash (user-friendly address in the query too).
     let bob = addr(0xb0);
-    let boc = w.transfer(&w.key, 0, T0 + 600, &bob, TON, false, true);
+    let boc = w.transfer(&w.key, Transfer::new(0, T0 + 600, &bob, TON).with_init());
     let msg_hash = *Boc::decode(&boc).unwrap().repr_hash();
     let sent = ok(
         srv,
@@ -159,7 +159,7 @@ async fn wallet_flow_over_toncenter_api() {
     assert_eq!(rpc["result"]["stack"], json!([["num", "0x1"]]));
 
     // Second transfer, then history with paging.
-    let boc = w.transfer(&w.key, 1, T0 + 600, &bob, TON, false, false);
+    let boc = w.transfer(&w.key, Transfer::new(1, T0 + 600, &bob, TON));
     ok(
         srv,
         "POST",
@@ -237,7 +237,7 @@ async fn wallet_flow_over_toncenter_api() {
     assert_eq!(mc["init"]["seqno"], 0);
 
     // A rejected external: toncenter's 500 with the lite-server wording; no state change.
-    let replay = w.transfer(&w.key, 1, T0 + 600, &bob, TON, false, false);
+    let replay = w.transfer(&w.key, Transfer::new(1, T0 + 600, &bob, TON));
     let (code, msg) = err(
         srv,
         "POST",

@@ -23,6 +23,48 @@ pub fn wallet_v3r2_code() -> Cell {
 
 pub const SUBWALLET: u32 = 698_983_191;
 
+/// One wallet request. Every field is its own so tests can corrupt each one.
+pub struct Transfer<'a> {
+    pub seqno: u32,
+    pub valid_until: u32,
+    pub to: &'a StdAddr,
+    pub value: u128,
+    pub bounce: bool,
+    /// Carry the wallet's state init (its first message deploys it).
+    pub with_init: bool,
+}
+
+impl<'a> Transfer<'a> {
+    /// `value` to `to` as the wallet's message `seqno`, valid until `valid_until`; not
+    /// bounceable, without the state init.
+    pub fn new(seqno: u32, valid_until: u32, to: &'a StdAddr, value: u128) -> Self {
+        Transfer {
+            seqno,
+            valid_until,
+            to,
+            value,
+            bounce: false,
+            with_init: false,
+        }
+    }
+
+    /// Bounceable.
+    pub fn bounce(self) -> Self {
+        Transfer {
+            bounce: true,
+            ..self
+        }
+    }
+
+    /// With the wallet's state init.
+    pub fn with_init(self) -> Self {
+        Transfer {
+            with_init: true,
+            ..self
+        }
+    }
+}
+
 pub struct Wallet {
     pub key: Ed25519KeyPair,
     pub init: StateInit,
@@ -51,19 +93,17 @@ impl Wallet {
         }
     }
 
-    /// A signed external message carrying one internal transfer (send mode 3). Every
-    /// field of the wallet request is a separate argument so tests can corrupt each one.
-    #[allow(clippy::too_many_arguments)]
-    pub fn transfer(
-        &self,
-        signer: &Ed25519KeyPair,
-        seqno: u32,
-        valid_until: u32,
-        to: &StdAddr,
-        value: u128,
-        bounce: bool,
-        with_init: bool,
-    ) -> Vec<u8> {
+    /// A signed external message carrying one internal transfer (send mode 3), signed by
+    /// `signer` (tests pass a stranger's key too).
+    pub fn transfer(&self, signer: &Ed25519KeyPair, t: Transfer<'_>) -> Vec<u8> {
+        let Transfer {
+            seqno,
+            valid_until,
+            to,
+            value,
+            bounce,
+            with_init,
+        } = t;
         let internal = OwnedMessage {
             info: MsgInfo::Int(IntMsgInfo {
                 ihr_disabled: true,

@@ -30,8 +30,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use cocoon_net::{Backoff, ErrorCode, Incoming, SessionHandle};
 use cocoon_tl::functions::client as fclient;
+use cocoon_tl::messages::proxy::ToClient;
 use cocoon_tl::types::{client as tclient, proxy as tproxy};
-use cocoon_tl::{Identifiable, TlRead, enums, peek_constructor};
+use cocoon_tl::{DispatchError, TlRead, enums};
 use cocoon_ton::HashBytes;
 use cocoon_ton::StdAddr;
 use cocoon_ton::payments::{SignedOp, SignedPayment};
@@ -698,34 +699,27 @@ fn take_receipt(
     Ok(())
 }
 
+/// One message from the proxy; an error ends the session, an unknown message is ignored.
 fn on_message(
     shared: &Arc<Shared>,
     slot: &Arc<Slot>,
     link: &Arc<Link>,
     data: &[u8],
 ) -> Result<(), SessionError> {
-    let bad = |e: cocoon_tl::codec::Error| SessionError::Protocol(e.to_string());
-    match peek_constructor(data) {
-        Some(tclient::QueryAnswerEx::CONSTRUCTOR_ID) => {
-            let a = tclient::QueryAnswerEx::from_bytes(data).map_err(bad)?;
-            let last = a.final_info.is_some();
-            let ev = match cocoon_tl::types::http::Response::from_bytes(&a.answer) {
-                Ok(r) => Event::Head {
-                    status: u16::try_from(r.status_code).unwrap_or(502),
-                    headers: r.headers.into_iter().map(|h| (h.name, h.value)).collect(),
-                    body: Bytes::from(r.payload),
-                    done: a.final_info,
-                },
-                Err(e) => Event::Error {
-                    code: ErrorCode::ProtoViolation as i32,
-                    message: format!("malformed HTTP answer from the proxy: {e}"),
-                    done: a.final_info,
-                },
-            };
-            link.route(&a.request_id, ev, last);
+    let m = match ToClient::decode(data) {
+        Ok(m) => m,
+        Err(DispatchError::Unknown { id, .. }) => {
+            tracing::debug!(proxy = %slot.address, constructor = format!("{id:08x}"), "ignoring an unknown message");
+            return Ok(());
         }
-        Some(tclient::QueryAnswerPartEx::CONSTRUCTOR_ID) => {
-            let a = tclient::QueryAnswerPartEx::from_bytes(data).map_err(bad)?;
+        Err(DispatchError::Malformed { error, .. }) => {
+            return Err(SessionError::Protocol(error.to_string()));
+        }
+        Err(_) => return Err(SessionError::Protocol("message too short".into())),
+    };
+    match m {
+        ToClient::QueryAnswerEx(a) => on_answer_head(link, a),
+        ToClient::QueryAnswerPartEx(a) => {
             let last = a.final_info.is_some();
             link.route(
                 &a.request_id,
@@ -736,8 +730,7 @@ fn on_message(
                 last,
             );
         }
-        Some(tclient::QueryAnswerErrorEx::CONSTRUCTOR_ID) => {
-            let a = tclient::QueryAnswerErrorEx::from_bytes(data).map_err(bad)?;
+        ToClient::QueryAnswerErrorEx(a) => {
             link.route(
                 &a.request_id,
                 Event::Error {
@@ -748,20 +741,35 @@ fn on_message(
                 true,
             );
         }
-        Some(tproxy::ClientRequestPayment::CONSTRUCTOR_ID) => {
-            let p = tproxy::ClientRequestPayment::from_bytes(data).map_err(bad)?;
+        ToClient::ClientRequestPayment(p) => {
             take_receipt(shared, slot, link, &p.signed_payment)?;
             slot.update(|i| {
                 i.db_tokens = i.db_tokens.max(p.db_tokens.max(0) as u64);
                 i.max_tokens = i.max_tokens.max(p.max_tokens.max(0) as u64);
             });
         }
-        Some(id) => {
-            tracing::debug!(proxy = %slot.address, constructor = format!("{id:08x}"), "ignoring an unknown message");
-        }
-        None => return Err(SessionError::Protocol("message too short".into())),
     }
     Ok(())
+}
+
+/// `client.queryAnswerEx`: the HTTP head of an answer (the whole answer when final); a head
+/// that is no HTTP response fails the request.
+fn on_answer_head(link: &Link, a: tclient::QueryAnswerEx) {
+    let last = a.final_info.is_some();
+    let ev = match cocoon_tl::types::http::Response::from_bytes(&a.answer) {
+        Ok(r) => Event::Head {
+            status: u16::try_from(r.status_code).unwrap_or(502),
+            headers: r.headers.into_iter().map(|h| (h.name, h.value)).collect(),
+            body: Bytes::from(r.payload),
+            done: a.final_info,
+        },
+        Err(e) => Event::Error {
+            code: ErrorCode::ProtoViolation as i32,
+            message: format!("malformed HTTP answer from the proxy: {e}"),
+            done: a.final_info,
+        },
+    };
+    link.route(&a.request_id, ev, last);
 }
 
 /// `client.updatePaymentStatus`, then the automatic top-up or charge if one is due.

@@ -189,6 +189,11 @@ pub fn validate_request(
         let opts = map
             .entry("stream_options")
             .or_insert_with(|| Value::Object(Map::new()));
+        // `stream_options: null` passes the field check as "no options"; it must still ask
+        // for usage.
+        if !opts.is_object() {
+            *opts = Value::Object(Map::new());
+        }
         if let Value::Object(o) = opts {
             o.insert("include_usage".into(), Value::Bool(true));
         }
@@ -790,6 +795,12 @@ mod tests {
         assert_eq!(r.body["stream_options"]["include_usage"], true);
         let r = chat(with("stream", json!(false))).unwrap();
         assert!(r.body.get("stream_options").is_none());
+        // Found by fuzz/openai_validate: a null stream_options was forwarded as null, so a
+        // streamed request did not ask for usage.
+        let mut b = with("stream", json!(true));
+        b["stream_options"] = Value::Null;
+        let r = chat(b).unwrap();
+        assert_eq!(r.body["stream_options"], json!({"include_usage": true}));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Writes seed inputs for every fuzz target from the golden vectors in testvectors/tl/ and
-# the attestation evidence in testvectors/attest/ into fuzz/corpus/<target>/ (git-ignored).
+# Writes seed inputs for every fuzz target from the golden vectors in testvectors/tl/, the
+# attestation evidence in testvectors/attest/ and the OpenAI bodies in fuzz/seeds/ into
+# fuzz/corpus/<target>/ (git-ignored).
 # Safe to run again: it only adds/overwrites seed-* files.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -152,6 +153,29 @@ write("ratls_cert", "der-vcek-turin", b"\x01" + read("sev", "vcek_turin.der"))
 for i, off in enumerate((0, 4, 200, 300, 400, 600)):
     write("ratls_cert", f"flip-{i}", b"\x02" + struct.pack("<H", off) + b"\x00\x01\x80\xff")
 write("ratls_cert", "flip-none", b"\x02\x00\x00")
+
+# --- OpenAI targets, from the committed bodies in fuzz/seeds/ and the engine's recorded vLLM
+# stream (layouts: see each target's docs). ---
+def seeds(target):
+    d = os.path.join(fuzz, "seeds", target)
+    for name in sorted(os.listdir(d)):
+        with open(os.path.join(d, name), "rb") as f:
+            yield name, f.read()
+
+# openai_validate: flags (bit 0 completions, bit 1 take extensions, bit 2 cap), total u32 LE.
+for name, body in seeds("openai_validate"):
+    completions = 1 if name.startswith("completions") else 0
+    for flags, total in ((0, 1000), (2, 7), (6, 64), (2, 0xFFFFFFFF), (0, 1)):
+        write("openai_validate", f"{name}-{flags}-{total}",
+              bytes([flags | completions]) + struct.pack("<I", total) + body)
+
+# openai_usage: flags (bit 0 collect text, bits 1-2 limit, rest coefficient / 250), then the
+# chunk-size count and sizes: whole, 1-byte chunks, and chunks of 2, 17 and 64 bytes.
+with open(os.path.join(fuzz, "..", "crates", "engine", "tests", "data", "vllm_chat_stream.sse"), "rb") as f:
+    answers = [("vllm_chat_stream.sse", f.read())] + list(seeds("openai_usage"))
+for name, body in answers:
+    for head in (b"\x21\x00", b"\x20\x01\x00", b"\x31\x03\x01\x10\x3f", b"\x07\x02\x05\x00"):
+        write("openai_usage", f"{name}-{head.hex()}", head + body)
 
 for t in sorted(counts):
     print(f"{t}: {counts[t]} seeds in fuzz/corpus/{t}/")

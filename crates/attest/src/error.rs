@@ -1,10 +1,24 @@
-//! Errors: each variant names the check that failed and the value it failed on.
+//! Errors: each variant names the check that failed and the value it failed on, and
+//! [`AttestError::fault`] tells whose fault it is: the peer's evidence, or something on our
+//! side (as rustls tells a peer's misbehaviour from local failures).
 
 use crate::model::{Backend, TcbStatus};
 
 /// Hex helper for error messages.
 fn h(bytes: &[u8]) -> String {
     hex::encode(bytes)
+}
+
+/// Whose fault a refusal is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Fault {
+    /// The peer's evidence is malformed, forged or not allowed by the policy: the same
+    /// evidence is refused again, whatever we fix on our side.
+    Peer,
+    /// Something on our side: collateral or CRLs missing, expired or not fetchable, a bad
+    /// policy or setting, I/O. The same evidence may verify once that is fixed.
+    Local,
 }
 
 /// Why evidence was not accepted (or could not be produced).
@@ -99,4 +113,41 @@ pub enum AttestError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl AttestError {
+    /// Whether the peer's evidence or our side is at fault.
+    pub fn fault(&self) -> Fault {
+        use AttestError as E;
+        match self {
+            E::BackendNotAllowed { .. }
+            | E::SimNotAllowed
+            | E::Malformed(_)
+            | E::NotATdQuote
+            | E::DebugTd { .. }
+            | E::Dcap(_)
+            | E::RootKeyNotPinned { .. }
+            | E::TcbStatusTooLow { .. }
+            | E::AdvisoryNotAllowed { .. }
+            | E::ReportDataMismatch
+            | E::MrtdNotAllowed { .. }
+            | E::RtmrsNotAllowed { .. }
+            | E::ImageHashNotAllowed { .. }
+            | E::SimSignerNotAllowed { .. }
+            | E::SimBadSignature => Fault::Peer,
+            E::Sev(e) => e.fault(),
+            E::MissingCollateral { .. }
+            | E::CollateralFetch { .. }
+            | E::KdsFetch { .. }
+            | E::KdsConfig(_)
+            | E::InvalidPolicy(_)
+            | E::PccsConfig(_)
+            | E::InvalidCollateral { .. }
+            | E::CollateralExpired { .. }
+            | E::CollateralNotYetValid { .. }
+            | E::CollateralTooOld { .. }
+            | E::SimKey { .. }
+            | E::Io { .. } => Fault::Local,
+        }
+    }
 }

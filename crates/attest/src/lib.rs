@@ -4,23 +4,37 @@
 //! generation through Linux configfs-tsm, and one policy entry point,
 //! [`Policy::evaluate`], whose [`VerifiedPeer`] is the only way verified facts reach
 //! other crates.
+//!
+//! Verification is pure: time is always an argument and collateral comes from a
+//! [`CollateralSource`] or [`SevCollateral`] that never waits on the network. Fetching it
+//! (the PCCS client and [`CollateralFetcher`] in [`pccs`], the KDS client and
+//! [`KdsFetcher`] in [`kds`]) is behind the default `fetch` feature, the only part of the
+//! crate on tokio and reqwest. [`inspect`] describes verdicts for `cocoon attest`.
 #![forbid(unsafe_code)]
 
 pub mod cache;
 mod error;
+mod fs;
+pub mod inspect;
 pub mod kds;
 mod model;
 pub mod pccs;
 mod policy;
+#[cfg(feature = "fetch")]
+mod refresh;
 pub mod sev;
 pub mod sim;
 pub mod tdx;
 pub mod tsm;
 
-pub use error::AttestError;
-pub use kds::{KdsClient, KdsFetcher, SevCollateral, VcekStore};
+pub use error::{AttestError, Fault};
+#[cfg(feature = "fetch")]
+pub use kds::{KdsClient, KdsFetcher};
+pub use kds::{SevCollateral, VcekStore};
 pub use model::{Backend, Measurements, TcbStatus, TdxMeasurements, VerifiedPeer};
+pub use pccs::Clock;
+#[cfg(feature = "fetch")]
 pub use pccs::{CollateralFetcher, PccsClient};
 pub use policy::{Evidence, Policy, report_data_for_public_key};
 pub use sim::SimKey;
-pub use tdx::{CollateralStore, PckCa, TdxCollateral};
+pub use tdx::{CollateralSource, CollateralStore, NoCollateral, PckCa, TdxCollateral};

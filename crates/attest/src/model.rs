@@ -16,6 +16,41 @@ pub enum Backend {
     Unattested,
 }
 
+impl Backend {
+    /// The settings' name: `tdx`, `sev-snp`, `sim`, `none` (unattested).
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Tdx => "tdx",
+            Backend::SevSnp => "sev-snp",
+            Backend::Sim => "sim",
+            Backend::Unattested => "none",
+        }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A backend by its [`Backend::name`].
+impl std::str::FromStr for Backend {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        [
+            Backend::Tdx,
+            Backend::SevSnp,
+            Backend::Sim,
+            Backend::Unattested,
+        ]
+        .into_iter()
+        .find(|b| b.name() == s)
+        .ok_or_else(|| format!("unknown TEE {s:?} (one of: tdx, sev-snp, sim, none)"))
+    }
+}
+
 /// Intel TCB status. The derived order goes from worst to best, so that
 /// `status >= minimum` means "at least as good as `minimum`":
 ///
@@ -33,6 +68,17 @@ pub enum TcbStatus {
 }
 
 impl TcbStatus {
+    /// Every status, worst first.
+    pub const ALL: [TcbStatus; 7] = [
+        TcbStatus::Revoked,
+        TcbStatus::OutOfDateConfigurationNeeded,
+        TcbStatus::OutOfDate,
+        TcbStatus::ConfigurationAndSWHardeningNeeded,
+        TcbStatus::ConfigurationNeeded,
+        TcbStatus::SWHardeningNeeded,
+        TcbStatus::UpToDate,
+    ];
+
     /// Map dcap-qvl's status. The TD 1.5 "relaunch advised" statuses are treated
     /// conservatively as their out-of-date counterparts.
     pub(crate) fn from_dcap(s: dcap_qvl::TcbStatus) -> Self {
@@ -48,6 +94,23 @@ impl TcbStatus {
             }
             D::Revoked => Self::Revoked,
         }
+    }
+}
+
+/// A status by Intel's name (`UpToDate`, `SWHardeningNeeded`, ...; any case).
+impl std::str::FromStr for TcbStatus {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let name = |st: &TcbStatus| format!("{st:?}");
+        Self::ALL
+            .iter()
+            .find(|st| name(st).eq_ignore_ascii_case(s))
+            .copied()
+            .ok_or_else(|| {
+                let names: Vec<String> = Self::ALL.iter().map(name).collect();
+                format!("unknown TCB status {s:?} (one of: {})", names.join(", "))
+            })
     }
 }
 
@@ -141,5 +204,39 @@ impl VerifiedPeer {
     /// expiry, capped by the policy's `max_validity_secs`).
     pub fn valid_until(&self) -> u64 {
         self.valid_until
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_back() {
+        for b in [
+            Backend::Tdx,
+            Backend::SevSnp,
+            Backend::Sim,
+            Backend::Unattested,
+        ] {
+            assert_eq!(b.name().parse::<Backend>(), Ok(b));
+        }
+        assert!(
+            "sgx"
+                .parse::<Backend>()
+                .unwrap_err()
+                .contains("unknown TEE")
+        );
+        assert_eq!("uptodate".parse::<TcbStatus>(), Ok(TcbStatus::UpToDate));
+        assert_eq!(
+            "SWHardeningNeeded".parse::<TcbStatus>(),
+            Ok(TcbStatus::SWHardeningNeeded)
+        );
+        let err = "bogus".parse::<TcbStatus>().unwrap_err();
+        assert!(
+            err.starts_with("unknown TCB status \"bogus\" (one of: Revoked,"),
+            "{err}"
+        );
+        assert!(TcbStatus::ALL.windows(2).all(|w| w[0] < w[1]));
     }
 }

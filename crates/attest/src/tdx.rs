@@ -426,40 +426,13 @@ impl CollateralStore {
     /// same directory, synced, then renamed over the old one. Readers see the old or the
     /// new file, never a partial one.
     pub fn save(&self, collateral: &TdxCollateral) -> Result<PathBuf, AttestError> {
-        use std::io::Write;
         let fmspc =
             parse_fmspc(&collateral.fmspc).ok_or_else(|| AttestError::InvalidCollateral {
                 what: "collateral to save".into(),
                 reason: format!("FMSPC {:?} is not 6 hex bytes", collateral.fmspc),
             })?;
         let path = self.path_for(&fmspc);
-        let io = |p: &Path| {
-            let p = p.display().to_string();
-            move |source| AttestError::Io { path: p, source }
-        };
-        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
-        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let tmp = self.dir.join(format!(
-            ".{}.json.tmp-{}-{}",
-            hex::encode(fmspc),
-            std::process::id(),
-            SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&collateral.to_json())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            // Persist the rename (best effort: not every filesystem syncs directories).
-            if let Ok(d) = std::fs::File::open(&self.dir) {
-                let _ = d.sync_all();
-            }
-            Ok(())
-        };
-        write().map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            io(&path)(e)
-        })?;
+        crate::fs::write_atomic(&path, &collateral.to_json())?;
         Ok(path)
     }
 
@@ -486,6 +459,39 @@ impl CollateralStore {
             AttestError::Malformed("cannot read FMSPC from the quote's PCK certificate".into())
         })?;
         self.load(&fmspc, now)
+    }
+}
+
+/// Supplies DCAP collateral for a TDX quote during verification. Implementations never wait
+/// on the network: they serve what they hold and may ask a background task to fetch
+/// ([`crate::CollateralFetcher`], feature `fetch`).
+pub trait CollateralSource: Send + Sync {
+    fn collateral_for(&self, quote: &[u8], now: u64) -> Result<TdxCollateral, AttestError>;
+}
+
+/// The directory alone (an operator fills it).
+impl CollateralSource for CollateralStore {
+    fn collateral_for(&self, quote: &[u8], now: u64) -> Result<TdxCollateral, AttestError> {
+        self.load_for_quote(quote, now)
+    }
+}
+
+/// One fixed collateral for every quote (tests, single-platform deployments).
+impl CollateralSource for TdxCollateral {
+    fn collateral_for(&self, _quote: &[u8], _now: u64) -> Result<TdxCollateral, AttestError> {
+        Ok(self.clone())
+    }
+}
+
+/// No collateral: every TDX quote is refused with `MissingCollateral`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoCollateral;
+
+impl CollateralSource for NoCollateral {
+    fn collateral_for(&self, _quote: &[u8], _now: u64) -> Result<TdxCollateral, AttestError> {
+        Err(AttestError::MissingCollateral {
+            what: "no TDX collateral source configured".into(),
+        })
     }
 }
 

@@ -117,3 +117,22 @@ fn sev_policy_rejects_sim() {
         Err(AttestError::SimNotAllowed)
     ));
 }
+
+/// The certificates of the Milan sample verify at the system clock until the VCEK expires in
+/// 2030 (the time is the caller's: `cocoon-attest` reads no clock).
+#[test]
+fn certificate_validity_at_the_system_clock() {
+    let report = sev::decode_report_hex(&vector("report_milan.hex")).unwrap();
+    let (vcek, chain) = (vector("vcek_milan.der"), vector("cert_chain_milan"));
+    let lenient = sev::SevPolicy {
+        min_tcb: sev::SevMinTcb::NONE,
+        ..sev::SevPolicy::default()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    match sev::verify_report_at(&report, &vcek, &chain, &lenient, now) {
+        Ok(_) | Err(sev::SevError::CertNotValidAt { .. }) => {}
+        Err(e) => panic!("unexpected: {e}"),
+    }
+}

@@ -12,8 +12,10 @@ use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, ServerConfig, SignatureScheme};
 
-use crate::cert::{CertError, EvidenceSource, Identity};
-use crate::verifier::{Clock, RatlsVerifier};
+use crate::cert::{CertError, Identity};
+use crate::verifier::RatlsVerifier;
+#[cfg(feature = "net")]
+use crate::{cert::EvidenceSource, verifier::Clock};
 
 /// The ring provider restricted to COCOON's cipher suites.
 pub fn provider() -> Arc<CryptoProvider> {
@@ -115,6 +117,7 @@ pub fn client_config(
 /// it into `resolver`. Generation runs on the blocking pool (configfs-tsm is file I/O);
 /// a failed refresh is logged and retried at the next tick, the old certificate staying
 /// in use. Abort the handle to stop.
+#[cfg(feature = "net")]
 pub fn spawn_refresh(
     resolver: Arc<CertResolver>,
     source: Arc<dyn EvidenceSource>,

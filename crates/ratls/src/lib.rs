@@ -8,12 +8,18 @@
 //! * [`verifier`]: [`verifier::RatlsVerifier`], rustls' server *and* client certificate
 //!   verifier, ending in `cocoon_attest::Policy::evaluate_bound`, with a verdict cache.
 //! * [`config`]: rustls configurations (TLS 1.3, AES-GCM, ring, no resumption) and a
-//!   swappable certificate resolver with a periodic refresher.
-//! * [`net`]: TCP → PoW → RA-TLS → `cocoon_net` session, connecting and accepting, with
-//!   the peer's `VerifiedPeer` returned alongside each session.
+//!   swappable certificate resolver (with, under `net`, a periodic refresher).
+//! * [`inspect`]: what `cocoon attest gen-cert|verify-cert` write and report.
+//! * `net` (feature `net`): TCP → PoW → RA-TLS → `cocoon_net` session, connecting and
+//!   accepting, with the peer's `VerifiedPeer` returned alongside each session.
+//!
+//! Without the `net` feature the crate does no I/O on sockets and pulls in neither tokio
+//! nor `cocoon-net`; the roles turn it on.
 
 pub mod cert;
 pub mod config;
+pub mod inspect;
+#[cfg(feature = "net")]
 pub mod net;
 pub mod pow;
 pub mod verifier;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use cocoon_attest::cache::VerificationCache;
-use cocoon_attest::{AttestError, CollateralStore, Evidence, Policy, TdxCollateral, VerifiedPeer};
+use cocoon_attest::{AttestError, Evidence, Fault, Policy, VerifiedPeer};
 use ring::signature::{ED25519, UnparsedPublicKey};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls13_signature_with_raw_key};
@@ -123,49 +123,22 @@ impl VerifyError {
     }
 }
 
+impl VerifyError {
+    /// Whose fault the refusal is: everything about the certificate is the peer's; an
+    /// attestation refusal is as [`AttestError::fault`] says.
+    pub fn fault(&self) -> Fault {
+        match self {
+            VerifyError::Attest(e) => e.fault(),
+            _ => Fault::Peer,
+        }
+    }
+}
+
 fn to_rustls(e: VerifyError) -> rustls::Error {
     rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
 }
 
-/// Supplies DCAP collateral for a TDX quote.
-pub trait CollateralSource: Send + Sync {
-    fn collateral_for(&self, quote: &[u8], now: u64) -> Result<TdxCollateral, AttestError>;
-}
-
-impl CollateralSource for CollateralStore {
-    fn collateral_for(&self, quote: &[u8], now: u64) -> Result<TdxCollateral, AttestError> {
-        self.load_for_quote(quote, now)
-    }
-}
-
-/// Collateral from a PCCS / Intel PCS, cached on disk and refreshed in the background
-/// (run [`cocoon_attest::CollateralFetcher::spawn_refresher`]). A missing collateral is
-/// requested from the refresher and the handshake fails with `MissingCollateral` naming
-/// the FMSPC; verification never waits on the network.
-impl CollateralSource for cocoon_attest::CollateralFetcher {
-    fn collateral_for(&self, quote: &[u8], now: u64) -> Result<TdxCollateral, AttestError> {
-        self.collateral_for_quote(quote, now)
-    }
-}
-
-/// One fixed collateral for every quote (tests, single-platform deployments).
-impl CollateralSource for TdxCollateral {
-    fn collateral_for(&self, _quote: &[u8], _now: u64) -> Result<TdxCollateral, AttestError> {
-        Ok(self.clone())
-    }
-}
-
-/// No collateral: every TDX quote is rejected with `MissingCollateral`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NoCollateral;
-
-impl CollateralSource for NoCollateral {
-    fn collateral_for(&self, _quote: &[u8], _now: u64) -> Result<TdxCollateral, AttestError> {
-        Err(AttestError::MissingCollateral {
-            what: "no TDX collateral source configured".into(),
-        })
-    }
-}
+pub use cocoon_attest::{CollateralSource, NoCollateral};
 
 /// Verifier settings.
 #[derive(Clone)]

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cocoon_attest::{
-    Backend, CollateralFetcher, CollateralStore, KdsClient, KdsFetcher, PccsClient, Policy,
-    SevCollateral, SimKey, VcekStore,
+    AttestError, Backend, CollateralFetcher, CollateralStore, KdsClient, KdsFetcher, PccsClient,
+    Policy, SevCollateral, SimKey, VcekStore,
 };
 use cocoon_ratls::cert::{EvidenceSource, Identity, SimSource, TsmSevSource, TsmTdxSource};
 use cocoon_ratls::config::CertResolver;
@@ -29,18 +29,13 @@ impl std::str::FromStr for TeeChoice {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "auto" => TeeChoice::Auto,
-            "tdx" => TeeChoice::Fixed(Backend::Tdx),
-            "sev-snp" => TeeChoice::Fixed(Backend::SevSnp),
-            "sim" => TeeChoice::Fixed(Backend::Sim),
-            "none" => TeeChoice::Fixed(Backend::Unattested),
-            other => {
-                return Err(format!(
-                    "unknown tee {other:?} (auto, tdx, sev-snp, sim, none)"
-                ));
-            }
-        })
+        match s {
+            "auto" => Ok(TeeChoice::Auto),
+            other => other
+                .parse()
+                .map(TeeChoice::Fixed)
+                .map_err(|_| format!("unknown tee {other:?} (auto, tdx, sev-snp, sim, none)")),
+        }
     }
 }
 
@@ -77,31 +72,34 @@ pub struct RoleIdentity {
 /// network; its key is kept in `<state_dir>/sim-key.pk8`.
 pub fn identity(tee: TeeChoice, is_test: bool, state_dir: &Path) -> Result<RoleIdentity, String> {
     let tee = tee.resolve()?;
-    let source: Arc<dyn EvidenceSource> = match tee {
-        Backend::Sim => {
-            if !is_test {
-                return Err("sim attestation is for test networks only (is_test = true)".into());
-            }
-            let key = SimKey::load_or_create(&state_dir.join("sim-key.pk8"))
-                .map_err(|e| format!("sim key: {e}"))?;
-            Arc::new(SimSource(key))
-        }
-        Backend::Unattested => Arc::new(cocoon_ratls::cert::Unattested),
-        Backend::Tdx => Arc::new(TsmTdxSource::system()),
-        Backend::SevSnp => Arc::new(TsmSevSource::system()),
-    };
+    if tee == Backend::Sim && !is_test {
+        return Err("sim attestation is for test networks only (is_test = true)".into());
+    }
+    let source = evidence_source(tee, &state_dir.join("sim-key.pk8"))
+        .map_err(|e| format!("sim key: {e}"))?;
     let now = (system_clock())();
-    let id = Identity::generate(source.as_ref(), now).map_err(|e| {
-        format!(
-            "cannot produce {} evidence for the RA-TLS certificate: {e}",
-            crate::tee::name(tee)
-        )
-    })?;
+    let id = Identity::generate(source.as_ref(), now)
+        .map_err(|e| format!("cannot produce {tee} evidence for the RA-TLS certificate: {e}"))?;
     let resolver = CertResolver::new(&id).map_err(|e| e.to_string())?;
     Ok(RoleIdentity {
         resolver,
         source,
         tee,
+    })
+}
+
+/// Where `tee` evidence comes from: configfs-tsm for TDX and SEV-SNP (read when a
+/// certificate is made), a simulated signer whose key is kept in `sim_key` (created if
+/// missing; the only step that can fail), or none for an unattested certificate.
+pub fn evidence_source(
+    tee: Backend,
+    sim_key: &Path,
+) -> Result<Arc<dyn EvidenceSource>, AttestError> {
+    Ok(match tee {
+        Backend::Sim => Arc::new(SimSource(SimKey::load_or_create(sim_key)?)),
+        Backend::Unattested => Arc::new(cocoon_ratls::cert::Unattested),
+        Backend::Tdx => Arc::new(TsmTdxSource::system()),
+        Backend::SevSnp => Arc::new(TsmSevSource::system()),
     })
 }
 

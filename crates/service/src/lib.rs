@@ -7,7 +7,9 @@
 //! - [`tee`]: which TEE this machine offers (one detection for every command);
 //! - [`chain`]: the chain endpoints and trust settings, and the [`chain::RootWatcher`];
 //! - [`process`]: state directories, token files, logging, the stop signal;
-//! - [`setting`]: a refused setting, named by its key.
+//! - [`setting`]: a refused setting, named by its key;
+//! - [`http`]: the one outbound HTTP client builder (`cocoon-http`, re-exported; it sits
+//!   below `cocoon-ton` and `cocoon-attest`, which build their clients with it too).
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -18,4 +20,5 @@ pub mod process;
 pub mod setting;
 pub mod tee;
 
+pub use cocoon_http as http;
 pub use setting::SettingError;

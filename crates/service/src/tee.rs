@@ -67,14 +67,48 @@ pub fn detect_at(tsm_root: &Path, dev: &Path) -> TeeInfo {
     }
 }
 
-/// The settings' name of a backend (`tdx`, `sev-snp`, `sim`, `none`).
-pub fn name(b: Backend) -> &'static str {
-    match b {
-        Backend::Tdx => "tdx",
-        Backend::SevSnp => "sev-snp",
-        Backend::Sim => "sim",
-        Backend::Unattested => "none",
+impl TeeInfo {
+    /// The detection as `cocoon attest show --json` prints it.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "tee": self.backend.map(Backend::name),
+            "configfs_tsm": {
+                "path": self.tsm_root,
+                "present": self.tsm_present,
+                "providers": self.providers,
+            },
+            "tdx_guest_device": self.tdx_device,
+            "sev_guest_device": self.sev_device,
+        })
     }
+
+    /// The detection as `cocoon attest show` prints it, one line each.
+    pub fn lines(&self) -> Vec<String> {
+        let yn = |b: bool| if b { "present" } else { "absent" };
+        let providers = if self.providers.is_empty() {
+            String::new()
+        } else {
+            format!(", provider {}", self.providers.join(", "))
+        };
+        vec![
+            match self.backend {
+                Some(b) => format!("TEE:            {b}"),
+                None => "no TEE detected".to_string(),
+            },
+            format!(
+                "configfs-tsm:   {} ({}{providers})",
+                self.tsm_root.display(),
+                yn(self.tsm_present)
+            ),
+            format!("/dev/tdx_guest: {}", yn(self.tdx_device)),
+            format!("/dev/sev-guest: {}", yn(self.sev_device)),
+        ]
+    }
+}
+
+/// The settings' name of a backend (`tdx`, `sev-snp`, `sim`, `none`): [`Backend::name`].
+pub fn name(b: Backend) -> &'static str {
+    b.name()
 }
 
 #[cfg(test)]
@@ -100,5 +134,7 @@ mod tests {
         assert_eq!(info.backend, Some(Backend::SevSnp));
         assert_eq!(info.providers, vec!["sev_guest".to_owned()]);
         assert_eq!(name(Backend::SevSnp), "sev-snp");
+        assert_eq!(info.to_json()["tee"], "sev-snp");
+        assert_eq!(info.lines()[0], "TEE:            sev-snp");
     }
 }

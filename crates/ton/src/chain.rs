@@ -14,6 +14,7 @@ use crate::codec::LayoutError;
 
 /// Errors from a chain backend.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ChainError {
     /// Connection failure or timeout (retryable).
     #[error("transport: {0}")]
@@ -418,6 +419,32 @@ pub async fn load_root_config<C: Chain>(
         }
     };
     Ok(crate::root::RootConfig::from_storage_cell(&data)?)
+}
+
+/// The devnet's test controls (`cocoon devnet` only; a real toncenter answers 404).
+pub trait Devnet {
+    /// Mints `amount` nanoTON to `address` (`POST /_devnet/faucet`).
+    fn faucet(
+        &self,
+        address: &StdAddr,
+        amount: u128,
+    ) -> impl std::future::Future<Output = Result<(), ChainError>> + Send;
+    /// The devnet clock (unix seconds, `GET /_devnet/clock`).
+    fn clock(&self) -> impl std::future::Future<Output = Result<u64, ChainError>> + Send;
+    /// Moves the clock forward; returns the new time.
+    fn advance_clock(
+        &self,
+        secs: u64,
+    ) -> impl std::future::Future<Output = Result<u64, ChainError>> + Send;
+    /// Sets the clock; returns the new time.
+    fn set_clock(
+        &self,
+        unix: u64,
+    ) -> impl std::future::Future<Output = Result<u64, ChainError>> + Send;
+    /// `GET /_devnet/info`: chain facts, including `root_address` and `root_owner_key`.
+    fn devnet_info(
+        &self,
+    ) -> impl std::future::Future<Output = Result<serde_json::Value, ChainError>> + Send;
 }
 
 #[cfg(test)]

@@ -11,14 +11,18 @@
 //! - [`contracts`]: proxy/client/worker storage and address derivation;
 //! - [`payments`]: proxy-signed cumulative receipts;
 //! - [`keys`]: Ed25519 keys from files;
-//! - [`wallet`]: standard wallets v4r2/v5r1 and a resending sender;
-//! - [`chain`], [`toncenter`]: the `Chain` trait and its toncenter-v2 HTTP client
-//!   (with the devnet's faucet/clock extension);
-//! - [`quorum`]: a `Chain` over several endpoints whose reads need a quorum;
-//! - [`ops`]: root and wallet operations (deploy, owner operations, transfers, funding)
-//!   sent through a wallet and checked against the contracts' own transactions.
+//! - [`wallet`]: standard wallets v4r2/v5r1 and (feature `wallet-sender`) a resending sender;
+//! - [`chain`]: the `Chain` trait (and the devnet's faucet/clock extension);
+//! - `toncenter` (feature `toncenter`): the toncenter-v2 HTTP client;
+//! - `quorum` (feature `toncenter`): a `Chain` over several endpoints whose reads need a
+//!   quorum;
+//! - `ops` (feature `wallet-sender`): root and wallet operations (deploy, owner operations,
+//!   transfers, funding) sent through a wallet and checked against the contracts' own
+//!   transactions.
 //!
-//! Cells are `tycho-types` cells, the same type the devnet's TVM executes.
+//! Cells are `tycho-types` cells, the same type the devnet's TVM executes. Without its
+//! default features (`toncenter`, `wallet-sender`) the crate does no I/O and pulls in
+//! neither tokio nor reqwest: the ledger uses it that way.
 #![forbid(unsafe_code)]
 
 pub mod chain;
@@ -28,10 +32,13 @@ pub mod contracts;
 pub mod keys;
 pub mod messages;
 pub mod opcodes;
+#[cfg(feature = "wallet-sender")]
 pub mod ops;
 pub mod payments;
+#[cfg(feature = "toncenter")]
 pub mod quorum;
 pub mod root;
+#[cfg(feature = "toncenter")]
 pub mod toncenter;
 pub mod vectors;
 pub mod wallet;

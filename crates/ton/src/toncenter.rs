@@ -24,6 +24,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
 use tycho_types::models::StdAddr;
 
+pub use crate::chain::Devnet;
 use crate::chain::{
     AccountState, AccountStatus, Chain, ChainError, GetMethodResult, StackValue, Transaction,
     TvmInt, TxId, TxMessage,
@@ -92,12 +93,6 @@ impl std::fmt::Debug for Toncenter {
     }
 }
 
-/// Installs ring as rustls' process-wide provider (reqwest is built without one, and the
-/// workspace does not use aws-lc-rs). Safe to call repeatedly.
-fn ensure_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 impl Toncenter {
     /// Builds a client.
     pub fn new(cfg: ToncenterConfig) -> Result<Self, ChainError> {
@@ -106,19 +101,16 @@ impl Toncenter {
                 "no toncenter endpoints configured".into(),
             ));
         }
-        ensure_crypto_provider();
-        let mut builder = reqwest::Client::builder()
-            .timeout(cfg.timeout)
-            .connect_timeout(cfg.timeout);
         // The bundled WebPKI roots, plus only what the configuration names explicitly.
-        for der in &cfg.extra_roots {
-            let c = reqwest::Certificate::from_der(der)
-                .map_err(|e| ChainError::Decode(format!("extra CA certificate: {e}")))?;
-            builder = builder.add_root_certificate(c);
-        }
-        let http = builder
+        let http = cocoon_http::ClientBuilder::new()
+            .timeout(cfg.timeout)
+            .connect_timeout(cfg.timeout)
+            .extra_roots(&cfg.extra_roots)
             .build()
-            .map_err(|e| ChainError::Transport(e.to_string()))?;
+            .map_err(|e| match e {
+                cocoon_http::HttpError::BadRoot(_) => ChainError::Decode(e.to_string()),
+                e => ChainError::Transport(e.to_string()),
+            })?;
         Ok(Self {
             http,
             cfg: Arc::new(cfg),
@@ -597,30 +589,6 @@ impl Chain for Toncenter {
             .map(|s| s as u32)
             .ok_or_else(|| dec("last.seqno"))
     }
-}
-
-/// The devnet's test controls (`cocoon devnet` only; a real toncenter answers 404).
-pub trait Devnet {
-    /// Mints `amount` nanoTON to `address` (`POST /_devnet/faucet`).
-    fn faucet(
-        &self,
-        address: &StdAddr,
-        amount: u128,
-    ) -> impl std::future::Future<Output = Result<(), ChainError>> + Send;
-    /// The devnet clock (unix seconds, `GET /_devnet/clock`).
-    fn clock(&self) -> impl std::future::Future<Output = Result<u64, ChainError>> + Send;
-    /// Moves the clock forward; returns the new time.
-    fn advance_clock(
-        &self,
-        secs: u64,
-    ) -> impl std::future::Future<Output = Result<u64, ChainError>> + Send;
-    /// Sets the clock; returns the new time.
-    fn set_clock(
-        &self,
-        unix: u64,
-    ) -> impl std::future::Future<Output = Result<u64, ChainError>> + Send;
-    /// `GET /_devnet/info`: chain facts, including `root_address` and `root_owner_key`.
-    fn devnet_info(&self) -> impl std::future::Future<Output = Result<Value, ChainError>> + Send;
 }
 
 fn clock_value(v: &Value) -> Result<u64, ChainError> {

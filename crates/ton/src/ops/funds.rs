@@ -5,6 +5,7 @@ use tycho_types::models::StdAddr;
 use super::{OpsError, WalletOps};
 use crate::chain::{AccountStatus, Chain};
 use crate::contracts::Deployable;
+#[cfg(feature = "toncenter")]
 use crate::toncenter::Devnet;
 use crate::wallet::{OutMsg, Wallet, text_comment};
 
@@ -54,7 +55,9 @@ pub async fn transfer<C: Chain>(
 }
 
 /// Tops `address` up with `grant` nanoTON from the devnet faucet when it holds less than
-/// `low`; returns what was minted (`None` when it had enough).
+/// `low`; returns what was minted (`None` when it had enough). The faucet is an extension of
+/// the devnet's toncenter API, hence feature `toncenter`.
+#[cfg(feature = "toncenter")]
 pub async fn faucet_top_up<C: Chain + Devnet>(
     chain: &C,
     address: &StdAddr,

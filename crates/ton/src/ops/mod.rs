@@ -16,7 +16,8 @@
 //!
 //! - [`root`](self::root): deploy a root, owner operations (image and model hashes, proxies,
 //!   prices and params);
-//! - [`funds`]: balances, transfers, devnet faucet top-ups, contract deployments.
+//! - [`funds`]: balances, transfers, devnet faucet top-ups (with feature `toncenter`),
+//!   contract deployments.
 
 pub mod funds;
 pub mod root;
@@ -33,7 +34,9 @@ use crate::keys::SigningKey;
 use crate::messages::op_and_query_id;
 use crate::wallet::{OutMsg, SenderEvent, Wallet, WalletError, WalletSender};
 
-pub use funds::{Balance, balance, deploy_contract, faucet_top_up, transfer};
+#[cfg(feature = "toncenter")]
+pub use funds::faucet_top_up;
+pub use funds::{Balance, balance, deploy_contract, transfer};
 pub use root::{DeployedRoot, RootChange, RootOp, deploy_root, root_op};
 
 /// Transactions read per page while looking for ours.

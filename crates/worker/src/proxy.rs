@@ -29,8 +29,9 @@ use std::time::{Duration, Instant};
 
 use cocoon_net::{Backoff, ErrorCode, Incoming, SessionHandle};
 use cocoon_tl::functions::{proxy as fproxy, worker as fworker};
+use cocoon_tl::messages::proxy::ToWorker;
 use cocoon_tl::types::{proxy as tproxy, worker as tworker};
-use cocoon_tl::{Identifiable, TlRead, TlWrite, enums, peek_constructor};
+use cocoon_tl::{DispatchError, TlWrite, enums};
 use cocoon_ton::StdAddr;
 use cocoon_ton::payments::{SignedOp, SignedPayment};
 use cocoon_ton::root::RootConfig;
@@ -515,15 +516,18 @@ async fn serve(
     // Whatever changed since the handshake told the proxy is sent on the first turn.
     let mut last_sent: Control = link.told;
     control_rx.mark_changed();
-    let mut running: HashMap<[u8; 32], watch::Sender<bool>> = HashMap::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<[u8; 32]>();
+    let mut running = Running {
+        cancels: HashMap::new(),
+        done_tx,
+    };
     let (status_tx, mut status_rx) = mpsc::channel::<StatusResult>(1);
     let mut next_status = tokio::time::Instant::now() + status_delay(shared);
     let mut status_running = false;
     let mut drain_deadline: Option<tokio::time::Instant> = None;
     loop {
         if let Some(d) = drain_deadline
-            && (running.is_empty() || tokio::time::Instant::now() >= d)
+            && (running.cancels.is_empty() || tokio::time::Instant::now() >= d)
         {
             return Ok(());
         }
@@ -540,14 +544,14 @@ async fn serve(
                         // shuts down (the proxy was told "disabled" then; the stop signal may
                         // not have reached this loop yet).
                         let draining = drain_deadline.is_some() || shared.control().draining;
-                        handle_message(shared, s, link, &data, &mut running, &done_tx, draining).await?;
+                        handle_message(shared, s, link, &data, &mut running, draining).await?;
                     }
                     Incoming::Query { responder, .. } => {
                         let _ = responder.error(ErrorCode::ProtoViolation as i32, "worker answers no queries");
                     }
                 }
             }
-            Some(id) = done_rx.recv() => { running.remove(&id); }
+            Some(id) = done_rx.recv() => { running.cancels.remove(&id); }
             _ = generation.changed() => return Err(SessionError::Reconnect),
             // Returning ends the session, which cancels every request still running on it.
             _ = tokio::time::sleep_until(verdict.deadline) => return Err(verdict.expired()),
@@ -622,31 +626,41 @@ fn status_delay(shared: &Shared) -> Duration {
     lo + (hi - lo).mul_f64(rand::rng().random::<f64>())
 }
 
+/// The requests running on one session, each with its cancel switch; a request reports its
+/// id on `done_tx` when it ends. Dropping this cancels every request still running.
+struct Running {
+    cancels: HashMap<[u8; 32], watch::Sender<bool>>,
+    done_tx: mpsc::UnboundedSender<[u8; 32]>,
+}
+
+/// One message from the proxy; an error ends the session, an unknown message is ignored.
 async fn handle_message(
     shared: &Arc<Shared>,
     s: &SessionHandle,
     link: &Link,
     data: &[u8],
-    running: &mut HashMap<[u8; 32], watch::Sender<bool>>,
-    done_tx: &mpsc::UnboundedSender<[u8; 32]>,
+    running: &mut Running,
     draining: bool,
 ) -> Result<(), SessionError> {
-    let malformed =
-        |what: &str, e: cocoon_tl::Error| SessionError::Protocol(format!("malformed {what}: {e}"));
-    let Some(id) = peek_constructor(data) else {
-        return Err(SessionError::Protocol(
-            "message shorter than a constructor id".into(),
-        ));
-    };
-    match id {
-        fproxy::RunQueryEx::CONSTRUCTOR_ID => {
-            let q = fproxy::RunQueryEx::from_bytes(data)
-                .map_err(|e| malformed("proxy.runQueryEx", e))?;
-            start_request(shared, s, link, q, running, done_tx, draining).await
+    let m = match ToWorker::decode(data) {
+        Ok(m) => m,
+        Err(DispatchError::Unknown { id, .. }) => {
+            tracing::debug!(
+                id = format_args!("{id:08x}"),
+                "ignoring unknown message from proxy"
+            );
+            return Ok(());
         }
-        fproxy::RunQuery::CONSTRUCTOR_ID => {
-            let q =
-                fproxy::RunQuery::from_bytes(data).map_err(|e| malformed("proxy.runQuery", e))?;
+        Err(DispatchError::TooShort { .. }) => {
+            return Err(SessionError::Protocol(
+                "message shorter than a constructor id".into(),
+            ));
+        }
+        Err(e) => return Err(SessionError::Protocol(e.to_string())),
+    };
+    match m {
+        ToWorker::RunQueryEx(q) => start_request(shared, s, link, q, running, draining).await,
+        ToWorker::RunQuery(q) => {
             let q = fproxy::RunQueryEx {
                 query: q.query,
                 signed_payment: q.signed_payment,
@@ -655,56 +669,59 @@ async fn handle_message(
                 request_id: q.request_id,
                 enable_debug: None,
             };
-            start_request(shared, s, link, q, running, done_tx, draining).await
+            start_request(shared, s, link, q, running, draining).await
         }
-        tproxy::WorkerRequestPayment::CONSTRUCTOR_ID => {
-            let m = tproxy::WorkerRequestPayment::from_bytes(data)
-                .map_err(|e| malformed("proxy.workerRequestPayment", e))?;
-            let obs = Observed {
-                signed: Some(verify_payment(link, &m.signed_payment)?),
-                db_tokens: Some(non_negative("db_tokens", m.db_tokens)?),
-                max_tokens: Some(non_negative("max_tokens", m.max_tokens)?),
-                strict_max: true,
-            };
-            link.floor.check(&obs)?;
-            apply_payment(shared, link, raise_only(shared, link, obs)).await
-        }
-        tproxy::SignedPayment::CONSTRUCTOR_ID => {
-            let m = tproxy::SignedPayment::from_bytes(data)
-                .map_err(|e| malformed("proxy.signedPayment", e))?;
-            let obs = Observed {
-                signed: Some(verify_boc(link, &m.data)?),
-                ..Observed::default()
-            };
-            link.floor.check(&obs)?;
-            apply_payment(shared, link, raise_only(shared, link, obs)).await
-        }
-        tproxy::SignedPaymentEmpty::CONSTRUCTOR_ID => Ok(()),
-        tproxy::CancelQuery::CONSTRUCTOR_ID => {
-            let m = tproxy::CancelQuery::from_bytes(data)
-                .map_err(|e| malformed("proxy.cancelQuery", e))?;
-            if let Some(tx) = running.get(&m.request_id) {
+        ToWorker::WorkerRequestPayment(m) => on_request_payment(shared, link, &m).await,
+        ToWorker::SignedPayment(m) => on_signed_payment(shared, link, &m).await,
+        ToWorker::SignedPaymentEmpty(_) => Ok(()),
+        ToWorker::CancelQuery(m) => {
+            if let Some(tx) = running.cancels.get(&m.request_id) {
                 let _ = tx.send(true);
             }
-            Ok(())
-        }
-        other => {
-            tracing::debug!(
-                id = format_args!("{other:08x}"),
-                "ignoring unknown message from proxy"
-            );
             Ok(())
         }
     }
 }
 
+/// `proxy.workerRequestPayment`: the payment report after a request, an ordered message
+/// (checked against the session's floor).
+async fn on_request_payment(
+    shared: &Arc<Shared>,
+    link: &Link,
+    m: &tproxy::WorkerRequestPayment,
+) -> Result<(), SessionError> {
+    let obs = Observed {
+        signed: Some(verify_payment(link, &m.signed_payment)?),
+        db_tokens: Some(non_negative("db_tokens", m.db_tokens)?),
+        max_tokens: Some(non_negative("max_tokens", m.max_tokens)?),
+        strict_max: true,
+    };
+    link.floor.check(&obs)?;
+    apply_payment(shared, link, raise_only(shared, link, obs)).await
+}
+
+/// `proxy.signedPayment`: a receipt on its own, an ordered message.
+async fn on_signed_payment(
+    shared: &Arc<Shared>,
+    link: &Link,
+    m: &tproxy::SignedPayment,
+) -> Result<(), SessionError> {
+    let obs = Observed {
+        signed: Some(verify_boc(link, &m.data)?),
+        ..Observed::default()
+    };
+    link.floor.check(&obs)?;
+    apply_payment(shared, link, raise_only(shared, link, obs)).await
+}
+
+/// `proxy.runQuery(Ex)`: one task per request, unless the worker is draining, the id is
+/// already running or every slot is taken (then the proxy gets a rejection).
 async fn start_request(
     shared: &Arc<Shared>,
     s: &SessionHandle,
     link: &Link,
     q: fproxy::RunQueryEx,
-    running: &mut HashMap<[u8; 32], watch::Sender<bool>>,
-    done_tx: &mpsc::UnboundedSender<[u8; 32]>,
+    running: &mut Running,
     draining: bool,
 ) -> Result<(), SessionError> {
     use crate::stats::Counters;
@@ -726,7 +743,7 @@ async fn start_request(
         reject(ErrorCode::NotReady, "worker is shutting down");
         return Ok(());
     }
-    if running.contains_key(&q.request_id) {
+    if running.cancels.contains_key(&q.request_id) {
         reject(ErrorCode::ProtoViolation, "duplicate request id");
         return Ok(());
     }
@@ -735,7 +752,7 @@ async fn start_request(
         return Ok(());
     };
     let (cancel_tx, cancel_rx) = watch::channel(false);
-    running.insert(q.request_id, cancel_tx);
+    running.cancels.insert(q.request_id, cancel_tx);
     let req = RunRequest {
         request_id: q.request_id,
         query: q.query,
@@ -750,7 +767,7 @@ async fn start_request(
         req,
         cancel_rx,
         guard,
-        done_tx.clone(),
+        running.done_tx.clone(),
     ));
     Ok(())
 }

@@ -39,10 +39,18 @@ fn one_line_error(o: &Output) -> String {
 }
 
 fn cocoon_quote(now: &str, extra: &[&str]) -> Output {
-    let (q, c) = (
-        tv("cocoon_quote.dat"),
-        tv("cocoon_quote_collateral_90c06f.json"),
-    );
+    verify_quote(
+        "cocoon_quote.dat",
+        "cocoon_quote_collateral_90c06f.json",
+        now,
+        extra,
+    )
+}
+
+/// `cocoon attest verify` of the test vector `quote` with the collateral `collateral` at
+/// `now`, with `extra` arguments.
+fn verify_quote(quote: &str, collateral: &str, now: &str, extra: &[&str]) -> Output {
+    let (q, c) = (tv(quote), tv(collateral));
     let mut args = vec![
         "attest",
         "verify",
@@ -105,35 +113,19 @@ fn cocoon_quote_refused_outside_collateral_window() {
 
 #[test]
 fn sgx_quote_refused_as_not_a_td() {
-    let (q, c) = (tv("sgx_quote"), tv("sgx_quote_collateral.json"));
-    let o = cocoon(&[
-        "attest",
-        "verify",
-        "--quote",
-        &q,
-        "--collateral",
-        &c,
-        "--now",
-        SAMPLE_NOW,
-    ]);
+    let o = verify_quote("sgx_quote", "sgx_quote_collateral.json", SAMPLE_NOW, &[]);
     let err = one_line_error(&o);
     assert!(err.contains("not a TD quote"), "{err}");
 }
 
 #[test]
 fn sample_tdx_quote_up_to_date() {
-    let (q, c) = (tv("tdx_quote"), tv("tdx_quote_collateral.json"));
-    let o = cocoon(&[
-        "attest",
-        "verify",
-        "--quote",
-        &q,
-        "--collateral",
-        &c,
-        "--now",
+    let o = verify_quote(
+        "tdx_quote",
+        "tdx_quote_collateral.json",
         SAMPLE_NOW,
-        "--json",
-    ]);
+        &["--json"],
+    );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let v: Value = serde_json::from_slice(&o.stdout).expect("JSON");
     assert_eq!(v["tcb_status"], "UpToDate");
@@ -523,14 +515,10 @@ fn verify_with_collateral_from_pccs_and_cache() {
         args.extend_from_slice(extra);
         cocoon(&args)
     };
-    let o = verify(&[
-        "--pccs",
-        &url,
-        "--collateral-dir",
-        cache,
-        "--now",
-        COCOON_NOW,
-    ]);
+    // From the PCCS through the cache directory.
+    let through_cache =
+        |now: &str| verify(&["--pccs", &url, "--collateral-dir", cache, "--now", now]);
+    let o = through_cache(COCOON_NOW);
     let out = stdout(&o);
     assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
     assert!(out.contains("tcb status:     UpToDate"), "{out}");
@@ -547,14 +535,7 @@ fn verify_with_collateral_from_pccs_and_cache() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     // Outside the collateral window: the cached one is stale and the PCCS has nothing
     // newer; the error names the FMSPC and the item.
-    let o = verify(&[
-        "--pccs",
-        &url,
-        "--collateral-dir",
-        cache,
-        "--now",
-        "1790000000",
-    ]);
+    let o = through_cache("1790000000");
     let err = one_line_error(&o);
     assert!(stdout(&o).contains("90C06F000000"), "{}", stdout(&o));
     assert!(err.contains("expired"), "{err}");

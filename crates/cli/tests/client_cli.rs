@@ -3,29 +3,22 @@
 //! whose wallet deploys its channel and registers with the proxy on chain — answering an
 //! OpenAI request streamed and not, operated with `cocoon client status|topup`.
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
 mod common;
 use common::{
-    Killed, free_port, get_json, have_test_model, ok, own_root, root_op, sigterm, start_devnet,
-    stop_devnet, wait_for,
+    Killed, SimRoot, chat, cocoon, cocoon_env, faucet, free_port, get_json, have_test_model,
+    models, new_wallet, sigterm, spawn_role, start_devnet, stop_devnet, wait_for, worker_process,
 };
 
 const ROOT: &str = "0:5555555555555555555555555555555555555555555555555555555555555555";
 const OWNER: &str = "0:4444444444444444444444444444444444444444444444444444444444444444";
 
 fn client_cmd(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_cocoon"))
-        .arg("client")
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    cocoon(&[&["client"], args].concat())
+}
+
+/// `--root ROOT --owner OWNER --set KV`.
+fn with_set(kv: &str) -> Vec<&str> {
+    vec!["--root", ROOT, "--owner", OWNER, "--set", kv]
 }
 
 #[test]
@@ -44,14 +37,7 @@ fn bad_client_configuration_is_one_line_and_exit_64() {
             "error: config: client.proxies (from --proxy): \"nowhere\" is not host:port",
         ),
         (
-            vec![
-                "--root",
-                ROOT,
-                "--owner",
-                OWNER,
-                "--set",
-                "check_proxy_hashes=false",
-            ],
+            with_set("check_proxy_hashes=false"),
             "error: config: client.check_proxy_hashes (from --set): may be turned off on test networks only",
         ),
         (
@@ -76,14 +62,7 @@ fn bad_client_configuration_is_one_line_and_exit_64() {
             "error: config: client.api_listen (from --listen): [::]:10000 is reachable",
         ),
         (
-            vec![
-                "--root",
-                ROOT,
-                "--owner",
-                OWNER,
-                "--set",
-                "allowed_hosts=cocoon.lan:80",
-            ],
+            with_set("allowed_hosts=cocoon.lan:80"),
             "error: config: client.allowed_hosts (from --set): \"cocoon.lan:80\" is not a host \
              name or address: give the name without a port",
         ),
@@ -95,16 +74,14 @@ fn bad_client_configuration_is_one_line_and_exit_64() {
         assert!(err.starts_with(want), "{args:?}: {err}");
     }
     // Allowed origins from the environment, comma-separated; the bad entry is named.
-    let out = Command::new(env!("CARGO_BIN_EXE_cocoon"))
-        .args(["client", "--root", ROOT, "--owner", OWNER])
-        .env(
+    let (rc, _, err) = cocoon_env(
+        &["client", "--root", ROOT, "--owner", OWNER],
+        &[(
             "COCOON_CLIENT_ALLOWED_ORIGINS",
             "http://localhost:3000, null",
-        )
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(64), "{err}");
+        )],
+    );
+    assert_eq!(rc, 64, "{err}");
     assert!(
         err.starts_with(
             "error: config: client.allowed_origins (from COCOON_CLIENT_ALLOWED_ORIGINS): \
@@ -143,40 +120,6 @@ fn bad_client_configuration_is_one_line_and_exit_64() {
     assert!(text.trim_end().ends_with("2.5 app"), "{text}");
 }
 
-/// POST a chat request; returns (status, body, seconds to the first body byte, total).
-async fn chat(api: &str, model: &str, stream: bool) -> (u16, String, Duration, Duration) {
-    use futures::StreamExt;
-    let started = Instant::now();
-    let r = reqwest::Client::new()
-        .post(format!("{api}/v1/chat/completions"))
-        .json(&serde_json::json!({
-            "model": model,
-            "messages": [{"role": "user", "content": "Name three colours."}],
-            "max_tokens": 24,
-            "stream": stream,
-        }))
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let mut first = None;
-    let mut body = Vec::new();
-    let mut s = r.bytes_stream();
-    while let Some(c) = s.next().await {
-        let c = c.unwrap();
-        if first.is_none() && !c.is_empty() {
-            first = Some(started.elapsed());
-        }
-        body.extend_from_slice(&c);
-    }
-    (
-        status,
-        String::from_utf8(body).unwrap(),
-        first.unwrap_or_default(),
-        started.elapsed(),
-    )
-}
-
 #[test]
 fn client_process_streams_the_default_model_through_proxy_and_worker_on_devnet() {
     if !have_test_model() {
@@ -185,87 +128,13 @@ fn client_process_streams_the_default_model_through_proxy_and_worker_on_devnet()
     let tmp = tempfile::tempdir().unwrap();
     let (devnet, url, _lines, rx) = start_devnet(&tmp.path().join("devnet"));
     let mut devnet = Killed::new(devnet);
-    let (key_s, raw, root) = own_root(tmp.path(), &url, "9", 50_000_000_000);
-    let key_s = key_s.as_str();
-    let owner_op = |op: &[&str]| root_op(op, key_s, &url, &root);
-    let sim = hex::encode(cocoon_attest::sim::sim_image_hash());
-    owner_op(&["add-image", &sim]);
-    owner_op(&["add-image", "--kind", "proxy", &sim]);
-    let (pw, pc) = (
-        format!("127.0.0.1:{}", free_port()),
-        format!("127.0.0.1:{}", free_port()),
-    );
-    owner_op(&["add-proxy", &format!("{pw} {pc}")]);
-
+    let net = SimRoot::deploy(tmp.path(), &url, "9");
+    let root = net.root.clone();
     let padmin = format!("127.0.0.1:{}", free_port());
-    let proxy = Command::new(env!("CARGO_BIN_EXE_cocoon"))
-        .args([
-            "proxy",
-            "--test",
-            "--tee",
-            "sim",
-            "--owner",
-            &raw,
-            "--root",
-            &root,
-            "--ton",
-            &url,
-            "--worker-listen",
-            &pw,
-            "--client-listen",
-            &pc,
-            "--admin",
-            &padmin,
-            "--set",
-            &format!("wallet_key_file={key_s}"),
-            "--set",
-            "stake_ton=1",
-            "--set",
-            "checkpoint_seconds=1",
-            "--set",
-            "root_poll_seconds=1",
-            "--set",
-            "pow_difficulty=4",
-        ])
-        .arg("--state-dir")
-        .arg(tmp.path().join("proxy"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let proxy = net.proxy(&padmin, &tmp.path().join("proxy"));
     let mut proxy = Killed::new(proxy);
     let wadmin = format!("127.0.0.1:{}", free_port());
-    let worker = Command::new(env!("CARGO_BIN_EXE_cocoon"))
-        .args([
-            "worker",
-            "--test",
-            "--tee",
-            "sim",
-            "--owner",
-            OWNER,
-            "--root",
-            &root,
-            "--ton",
-            &url,
-            "--model",
-            "smollm2-135m",
-            "--admin",
-            &wadmin,
-            "--set",
-            "root_poll_seconds=1",
-            "--set",
-            "slots=2",
-            "--set",
-            "ctx_per_slot=512",
-            "--set",
-            "threads=1",
-        ])
-        .arg("--state-dir")
-        .arg(tmp.path().join("worker"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let worker = worker_process(&root, &url, &wadmin, "2", &tmp.path().join("worker"));
     let mut worker = Killed::new(worker);
     wait_for("the worker's model id", || {
         get_json(&format!("http://{wadmin}/jsonstats")).is_some()
@@ -274,7 +143,7 @@ fn client_process_streams_the_default_model_through_proxy_and_worker_on_devnet()
         .as_str()
         .unwrap()
         .to_owned();
-    owner_op(&["add-model", &model]);
+    net.op(&["add-model", &model]);
     wait_for("the worker admitted", || {
         get_json(&format!("http://{padmin}/jsonstats"))
             .and_then(|s| s["workers"].as_array().map(|w| w.len() == 1))
@@ -284,31 +153,20 @@ fn client_process_streams_the_default_model_through_proxy_and_worker_on_devnet()
     // The client's own wallet, funded from the faucet.
     let ckey = tmp.path().join("client.key");
     let ckey_s = ckey.to_str().unwrap();
-    ok(&["wallet", "new", "--key", ckey_s]);
-    let craw = ok(&["wallet", "show", "--key", ckey_s])
-        .lines()
-        .find_map(|l| l.strip_prefix("address (raw): ").map(str::to_owned))
-        .unwrap();
+    let craw = new_wallet(&ckey);
+    faucet(&url, &craw, 30_000_000_000);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    {
-        use cocoon_ton::toncenter::{Devnet, Toncenter};
-        let tc = Toncenter::with_url(&url).unwrap();
-        rt.block_on(tc.faucet(&cocoon_ton::parse_address(&craw).unwrap(), 30_000_000_000))
-            .unwrap();
-    }
     let listen = format!("127.0.0.1:{}", free_port());
     let api = format!("http://{listen}");
     let cstate = tmp.path().join("client");
-    let client = Command::new(env!("CARGO_BIN_EXE_cocoon"))
-        .args([
+    let wallet = format!("wallet_key_file={ckey_s}");
+    let client = spawn_role(
+        &[
             "client",
-            "--test",
-            "--tee",
-            "sim",
             "--root",
             &root,
             "--ton",
@@ -316,20 +174,16 @@ fn client_process_streams_the_default_model_through_proxy_and_worker_on_devnet()
             "--listen",
             &listen,
             "--set",
-            &format!("wallet_key_file={ckey_s}"),
+            &wallet,
             "--set",
             "top_up_ton=5",
             "--set",
             "payment_status_seconds=1",
             "--set",
             "root_poll_seconds=1",
-        ])
-        .arg("--state-dir")
-        .arg(&cstate)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+        ],
+        &cstate,
+    );
     let mut client = Killed::new(client);
     let stats = || get_json(&format!("{api}/jsonstats"));
     // The wallet deploys the channel with 5 TON, registers on chain (long authorisation).
@@ -341,22 +195,19 @@ fn client_process_streams_the_default_model_through_proxy_and_worker_on_devnet()
     assert_eq!(s["proxies"][0]["tee"], "Sim", "{s}");
 
     rt.block_on(async {
-        let m: serde_json::Value = reqwest::get(format!("{api}/v1/models"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let m = models(&api).await;
         assert_eq!(m["data"][0]["workers"].as_array().unwrap().len(), 1, "{m}");
         let name = m["data"][0]["id"].as_str().unwrap().to_owned();
         assert!(model.starts_with(&name), "{name} for {model}");
-        let (status, body, first, total) = chat(&api, &name, true).await;
+        let c = chat(&api, &name, true).await;
+        let (status, body, first, total) = (c.status, c.body(), c.first, c.total);
         assert_eq!(status, 200, "{body}");
         assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
         assert!(body.contains("\"usage\""), "{body}");
         assert!(body.matches("data: ").count() > 5, "{body}");
         assert!(first < total, "first byte {first:?}, all {total:?}");
-        let (status, body, _, _) = chat(&api, &name, false).await;
+        let c = chat(&api, &name, false).await;
+        let (status, body) = (c.status, c.body());
         assert_eq!(status, 200, "{body}");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert!(

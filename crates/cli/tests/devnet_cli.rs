@@ -1,10 +1,8 @@
 //! The real `cocoon devnet` process: start, serve the root, accept a second root deployed by
 //! `cocoon root deploy`, stop cleanly on SIGTERM, and come back with the same state.
 
-use cocoon_ton::toncenter::{Devnet, Toncenter, ToncenterConfig};
-
 mod common;
-use common::{cocoon, ok, start_devnet as start, stop_devnet as stop};
+use common::{cocoon, faucet, new_wallet, ok, start_devnet as start, stop_devnet as stop};
 
 #[test]
 fn devnet_process_root_show_deploy_and_restart() {
@@ -25,34 +23,15 @@ fn devnet_process_root_show_deploy_and_restart() {
     // A second root, deployed by a fresh wallet with its own prices.
     let key = tmp.path().join("deployer.key");
     let key_s = key.to_str().unwrap();
-    ok(&["wallet", "new", "--key", key_s]);
-    let show_w = ok(&["wallet", "show", "--key", key_s]);
-    let raw = show_w
-        .lines()
-        .find_map(|l| l.strip_prefix("address (raw): "))
-        .unwrap()
-        .to_owned();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let client = Toncenter::new(ToncenterConfig::new(url.clone())).unwrap();
-    let addr = cocoon_ton::parse_address(&raw).unwrap();
-    rt.block_on(client.faucet(&addr, 5_000_000_000)).unwrap();
+    let raw = new_wallet(&key);
+    faucet(&url, &raw, 5_000_000_000);
 
-    let args = [
-        "root",
-        "deploy",
-        "--key",
-        key_s,
-        "--ton",
-        &url,
-        "--price",
-        "30",
-        "--worker-fee",
-        "21",
-    ];
-    let out = ok(&args);
+    let deploy = |price: &str, fee: &str| {
+        let args = ["root", "deploy", "--key", key_s, "--ton", &url];
+        cocoon(&[&args[..], &["--price", price, "--worker-fee", fee]].concat())
+    };
+    let (rc, out, err) = deploy("30", "21");
+    assert_eq!(rc, 0, "{err}{out}");
     let deployed = out
         .lines()
         .find_map(|l| l.strip_prefix("root deployed at "))
@@ -64,21 +43,10 @@ fn devnet_process_root_show_deploy_and_restart() {
     assert_eq!(v["worker_fee_per_token"].as_u64(), Some(21), "{json}");
     assert_eq!(v["owner"].as_str(), Some(raw.as_str()), "{json}");
     // The same configuration cannot be deployed twice; a fee above the price is refused.
-    let (rc, _, err) = cocoon(&args);
+    let (rc, _, err) = deploy("30", "21");
     assert_ne!(rc, 0);
     assert!(err.contains("already deployed"), "{err}");
-    let (rc, _, err) = cocoon(&[
-        "root",
-        "deploy",
-        "--key",
-        key_s,
-        "--ton",
-        &url,
-        "--price",
-        "1",
-        "--worker-fee",
-        "2",
-    ]);
+    let (rc, _, err) = deploy("1", "2");
     assert_ne!(rc, 0);
     assert!(err.contains("must not exceed"), "{err}");
 

@@ -3,29 +3,17 @@
 //! real `cocoon worker` (embedded default model, sim TEE on a test root), stops on SIGTERM and
 //! restarts on the same ledger.
 
-use std::process::{Command, Stdio};
-
 mod common;
 use common::{
-    Killed, free_port, get_json, have_test_model, own_root, root_op, sigterm, start_devnet,
-    stop_devnet, wait_for,
+    Killed, SimRoot, cocoon_env, free_port, get_json, have_test_model, sigterm, start_devnet,
+    stop_devnet, wait_for, worker_process,
 };
 
 const OWNER: &str = "0:4444444444444444444444444444444444444444444444444444444444444444";
 const ROOT: &str = "0:5555555555555555555555555555555555555555555555555555555555555555";
 
 fn proxy_cmd(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_cocoon"));
-    c.arg("proxy").args(args);
-    for (k, v) in envs {
-        c.env(k, v);
-    }
-    let out = c.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    cocoon_env(&[&["proxy"], args].concat(), envs)
 }
 
 #[test]
@@ -93,58 +81,10 @@ fn proxy_process_checkpoints_on_devnet_and_admits_a_worker_process() {
     let mut devnet = Killed::new(devnet);
 
     // One wallet owns the root and operates the proxy.
-    let (key_s, raw, root) = own_root(tmp.path(), &url, "8", 50_000_000_000);
-    let key_s = key_s.as_str();
-    let owner_op = |op: &[&str]| root_op(op, key_s, &url, &root);
-    let sim = hex::encode(cocoon_attest::sim::sim_image_hash());
-    owner_op(&["add-image", &sim]);
-    // Workers serve only proxies whose image the root lists.
-    owner_op(&["add-image", "--kind", "proxy", &sim]);
-    let (pw, pc) = (
-        format!("127.0.0.1:{}", free_port()),
-        format!("127.0.0.1:{}", free_port()),
-    );
-    owner_op(&["add-proxy", &format!("{pw} {pc}")]);
-
+    let net = SimRoot::deploy(tmp.path(), &url, "8");
     let admin = format!("127.0.0.1:{}", free_port());
     let state = tmp.path().join("proxy");
-    let start_proxy = || {
-        Command::new(env!("CARGO_BIN_EXE_cocoon"))
-            .args([
-                "proxy",
-                "--test",
-                "--tee",
-                "sim",
-                "--owner",
-                &raw,
-                "--root",
-                &root,
-                "--ton",
-                &url,
-                "--worker-listen",
-                &pw,
-                "--client-listen",
-                &pc,
-                "--admin",
-                &admin,
-                "--set",
-                &format!("wallet_key_file={key_s}"),
-                "--set",
-                "stake_ton=1",
-                "--set",
-                "checkpoint_seconds=1",
-                "--set",
-                "root_poll_seconds=1",
-                "--set",
-                "pow_difficulty=4",
-            ])
-            .arg("--state-dir")
-            .arg(&state)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap()
-    };
+    let start_proxy = || net.proxy(&admin, &state);
     let mut proxy = Killed::new(start_proxy());
     let stats_url = format!("http://{admin}/jsonstats");
     let stats = || get_json(&stats_url);
@@ -158,42 +98,18 @@ fn proxy_process_checkpoints_on_devnet_and_admits_a_worker_process() {
 
     // A worker with the embedded default model, following the same root.
     let worker_admin = format!("127.0.0.1:{}", free_port());
-    let worker = Command::new(env!("CARGO_BIN_EXE_cocoon"))
-        .args([
-            "worker",
-            "--test",
-            "--tee",
-            "sim",
-            "--owner",
-            OWNER,
-            "--root",
-            &root,
-            "--ton",
-            &url,
-            "--model",
-            "smollm2-135m",
-            "--admin",
-            &worker_admin,
-            "--set",
-            "root_poll_seconds=1",
-            "--set",
-            "slots=1",
-            "--set",
-            "ctx_per_slot=512",
-            "--set",
-            "threads=1",
-        ])
-        .arg("--state-dir")
-        .arg(tmp.path().join("worker"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let worker = worker_process(
+        &net.root,
+        &url,
+        &worker_admin,
+        "1",
+        &tmp.path().join("worker"),
+    );
     let mut worker = Killed::new(worker);
     let wstats = || get_json(&format!("http://{worker_admin}/jsonstats"));
     wait_for("the worker's model id", || wstats().is_some());
     let model = wstats().unwrap()["model"].as_str().unwrap().to_owned();
-    owner_op(&["add-model", &model]);
+    net.op(&["add-model", &model]);
     wait_for("the worker admitted by the proxy", || {
         stats().is_some_and(|s| {
             s["workers"]

@@ -151,38 +151,17 @@ fn alive(pid: u32) -> bool {
 
 /// POST a chat request; returns (status, the body chunks).
 async fn chat(api: &str, model: &str, stream: bool) -> (u16, Vec<String>) {
-    use futures::StreamExt;
-    let r = reqwest::Client::new()
-        .post(format!("{api}/v1/chat/completions"))
-        .json(&serde_json::json!({
-            "model": model,
-            "messages": [{"role": "user", "content": "Name three colours."}],
-            "max_tokens": 24,
-            "stream": stream,
-        }))
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let mut chunks = Vec::new();
-    let mut s = r.bytes_stream();
-    while let Some(c) = s.next().await {
-        let c = c.unwrap();
-        if !c.is_empty() {
-            chunks.push(String::from_utf8_lossy(&c).into_owned());
-        }
-    }
-    (status, chunks)
+    let c = common::chat(api, model, stream).await;
+    let chunks = c
+        .chunks
+        .iter()
+        .map(|b| String::from_utf8_lossy(b).into_owned());
+    (c.status, chunks.collect())
 }
 
 /// The model the client lists.
 async fn listed_model(api: &str) -> String {
-    let m: serde_json::Value = reqwest::get(format!("{api}/v1/models"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let m = common::models(api).await;
     m["data"][0]["id"]
         .as_str()
         .unwrap_or_else(|| panic!("no model listed: {m}"))
@@ -251,22 +230,34 @@ fn bad_up_flags_are_one_line() {
 /// One `cocoon up` at a time: two starting together could pick the same free ports.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-#[test]
-fn up_runs_the_whole_network_and_resumes_it() {
-    if !have_test_model() {
-        return;
-    }
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+/// What a `cocoon up` test holds: its turn, a temporary directory, the API port and a
+/// runtime for its HTTP calls.
+fn up_test() -> (
+    std::sync::MutexGuard<'static, ()>,
+    tempfile::TempDir,
+    u16,
+    tokio::runtime::Runtime,
+) {
+    let one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("up");
     let port = free_port();
-    let api = format!("http://127.0.0.1:{port}");
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
+    (one, tmp, port, rt)
+}
+
+#[test]
+fn up_runs_the_whole_network_and_resumes_it() {
+    if !have_test_model() {
+        return;
+    }
+    let (_one, tmp, port, rt) = up_test();
+    let dir = tmp.path().join("up");
+    let api = format!("http://127.0.0.1:{port}");
 
     // First run: everything is created.
     let started = Instant::now();
@@ -459,12 +450,7 @@ fn up_with_an_external_backend_and_two_workers() {
         .build()
         .unwrap()
         .block_on(async {
-            let m: serde_json::Value = reqwest::get(format!("{api}/v1/models"))
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let m = common::models(&api).await;
             assert_eq!(m["data"][0]["id"], "mockmodel", "{m}");
             assert_eq!(m["data"][0]["workers"].as_array().unwrap().len(), 2, "{m}");
             let (status, chunks) = chat(&api, "mockmodel", true).await;
@@ -519,17 +505,9 @@ fn usage_earnings_commission_and_chain_balances_agree() {
     if !have_test_model() {
         return;
     }
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let tmp = tempfile::tempdir().unwrap();
+    let (_one, tmp, port, rt) = up_test();
     let dir = tmp.path().join("up");
-    let port = free_port();
     let api = format!("http://127.0.0.1:{port}");
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
     let (mut up, _) = Up::start(&dir, port);
     let saved: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("up.json")).unwrap()).unwrap();

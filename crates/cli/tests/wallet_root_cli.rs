@@ -60,53 +60,36 @@ fn wallet_and_root_commands_against_devnet() {
     let me = raw_address(&show);
     assert_eq!(me, raw_address(&new_out));
 
+    // `cocoon wallet OP --key K --wallet-version v5r1 EXTRA --ton URL`
+    let wallet = |op: &str, extra: &[&str]| {
+        let key = ["--key", key_s, "--wallet-version", "v5r1"];
+        ok(&[&["wallet", op][..], &key, extra, &ton].concat())
+    };
+
     // fund it, send 1.25 TON to a fresh address, check both balances
     let me_addr = cocoon_ton::parse_address(&me).unwrap();
     rt.block_on(client.faucet(&me_addr, 5_000_000_000)).unwrap();
-    let bal = ok(&[
-        "wallet",
-        "balance",
-        "--key",
-        key_s,
-        "--wallet-version",
-        "v5r1",
-        ton[0],
-        ton[1],
-    ]);
+    let bal = wallet("balance", &[]);
     assert!(bal.contains("balance: 5 TON"), "{bal}");
     let dest = "0:00000000000000000000000000000000000000000000000000000000000000aa";
-    let sent = ok(&[
-        "wallet",
+    let sent = wallet(
         "send",
-        "--key",
-        key_s,
-        "--wallet-version",
-        "v5r1",
-        "--to",
-        dest,
-        "--amount",
-        "1.25",
-        "--comment",
-        "hello",
-        "--no-bounce",
-        "--wait",
-        "20",
-        ton[0],
-        ton[1],
-    ]);
+        &[
+            "--to",
+            dest,
+            "--amount",
+            "1.25",
+            "--comment",
+            "hello",
+            "--no-bounce",
+            "--wait",
+            "20",
+        ],
+    );
     assert!(sent.contains("seqno 0 accepted"), "{sent}");
     let dest_bal = ok(&["wallet", "balance", "--address", dest, ton[0], ton[1]]);
     assert!(dest_bal.contains("balance: 1.25 TON"), "{dest_bal}");
-    let bal = ok(&[
-        "wallet",
-        "balance",
-        "--key",
-        key_s,
-        "--wallet-version",
-        "v5r1",
-        ton[0],
-        ton[1],
-    ]);
+    let bal = wallet("balance", &[]);
     assert!(
         bal.contains("seqno: 1") && bal.contains("status: Active"),
         "{bal}"
@@ -146,64 +129,20 @@ fn wallet_and_root_commands_against_devnet() {
 
     // root: read, then owner operations through the devnet's root-owner wallet (v4r2)
     let owner = owner_key.to_str().unwrap();
-    let show0: serde_json::Value =
-        serde_json::from_str(&ok(&["root", "show", "--json", ton[0], ton[1]])).unwrap();
+    // `cocoon root OP --key OWNER --ton URL`, and the registry as JSON
+    let root = |op: &[&str]| ok(&[&["root"], op, &["--key", owner], &ton].concat());
+    let show = || -> serde_json::Value {
+        serde_json::from_str(&ok(&["root", "show", "--json", ton[0], ton[1]])).unwrap()
+    };
+    let show0 = show();
     let v0 = show0["version"].as_u64().unwrap();
     let hash = "ab".repeat(32);
-    ok(&[
-        "root",
-        "add-image",
-        "--kind",
-        "worker",
-        &hash,
-        "--key",
-        owner,
-        ton[0],
-        ton[1],
-    ]);
-    ok(&[
-        "root",
-        "add-image",
-        "--kind",
-        "proxy",
-        &"cd".repeat(32),
-        "--key",
-        owner,
-        ton[0],
-        ton[1],
-    ]);
-    let model_out = ok(&[
-        "root",
-        "add-model",
-        "Qwen/Qwen3-8B@abc:def",
-        "--key",
-        owner,
-        ton[0],
-        ton[1],
-    ]);
-    ok(&[
-        "root",
-        "add-proxy",
-        "127.0.0.1:8801 127.0.0.1:8802",
-        "--key",
-        owner,
-        ton[0],
-        ton[1],
-    ]);
-    ok(&[
-        "root",
-        "set-price",
-        "--price",
-        "30",
-        "--worker-fee",
-        "20",
-        "--key",
-        owner,
-        ton[0],
-        ton[1],
-    ]);
-    let show1: serde_json::Value =
-        serde_json::from_str(&ok(&["root", "show", "--json", ton[0], ton[1]])).unwrap();
+    root(&["add-image", "--kind", "worker", &hash]);
+    root(&["add-image", "--kind", "proxy", &"cd".repeat(32)]);
+    let model_out = root(&["add-model", "Qwen/Qwen3-8B@abc:def"]);
+    root(&["add-proxy", "127.0.0.1:8801 127.0.0.1:8802"]);
+    root(&["set-price", "--price", "30", "--worker-fee", "20"]);
+    let show1 = show();
     assert_eq!(show1["version"].as_u64().unwrap(), v0 + 5);
     assert_eq!(show1["worker_hashes"][0], hash);
     assert_eq!(show1["proxy_hashes"][0], "cd".repeat(32));
@@ -223,21 +162,10 @@ fn wallet_and_root_commands_against_devnet() {
         .as_u64()
         .unwrap()
         .to_string();
-    ok(&["root", "del-proxy", &seqno, "--key", owner, ton[0], ton[1]]);
-    ok(&[
-        "root",
-        "del-image",
-        "--kind",
-        "worker",
-        &hash,
-        "--key",
-        owner,
-        ton[0],
-        ton[1],
-    ]);
-    ok(&["root", "del-model", &mh, "--key", owner, ton[0], ton[1]]);
-    let show2: serde_json::Value =
-        serde_json::from_str(&ok(&["root", "show", "--json", ton[0], ton[1]])).unwrap();
+    root(&["del-proxy", &seqno]);
+    root(&["del-image", "--kind", "worker", &hash]);
+    root(&["del-model", &mh]);
+    let show2 = show();
     assert!(show2["registered_proxies"].as_array().unwrap().is_empty());
     assert!(show2["worker_hashes"].as_array().unwrap().is_empty());
     assert!(show2["model_hashes"].as_array().unwrap().is_empty());

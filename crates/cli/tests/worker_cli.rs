@@ -3,28 +3,16 @@
 //! the real `cocoon devnet` process: it dials the proxies the root registers, picks up a new
 //! one at run time, reports the model whitelist, and stops cleanly on SIGTERM.
 
-use std::process::{Command, Stdio};
-
 mod common;
 use common::{
-    Killed, free_port, get_json, have_test_model, own_root, root_op, sigterm, start_devnet,
-    stop_devnet, wait_for,
+    Killed, cocoon_env, free_port, get_json, have_test_model, own_root, root_op, sigterm,
+    start_devnet, stop_devnet, wait_for, worker_process,
 };
 
 const OWNER: &str = "0:4444444444444444444444444444444444444444444444444444444444444444";
 
 fn worker_cmd(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_cocoon"));
-    c.arg("worker").args(args);
-    for (k, v) in envs {
-        c.env(k, v);
-    }
-    let out = c.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    cocoon_env(&[&["worker"], args].concat(), envs)
 }
 
 #[test]
@@ -149,37 +137,7 @@ fn worker_process_follows_the_root_on_devnet() {
     // The worker: embedded engine with the default model from the model store, sim TEE.
     let admin = format!("127.0.0.1:{}", free_port());
     let state = tmp.path().join("worker");
-    let child = Command::new(env!("CARGO_BIN_EXE_cocoon"))
-        .args([
-            "worker",
-            "--test",
-            "--tee",
-            "sim",
-            "--owner",
-            OWNER,
-            "--root",
-            &root,
-            "--ton",
-            &url,
-            "--model",
-            "smollm2-135m",
-            "--admin",
-            &admin,
-            "--set",
-            "root_poll_seconds=1",
-            "--set",
-            "slots=1",
-            "--set",
-            "ctx_per_slot=512",
-            "--set",
-            "threads=1",
-        ])
-        .arg("--state-dir")
-        .arg(&state)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let child = worker_process(&root, &url, &admin, "1", &state);
     let mut child = Killed::new(child);
     let stats_url = format!("http://{admin}/jsonstats");
     let stats = || get_json(&stats_url);

@@ -4,9 +4,6 @@
 //! channel and read the answers, the stats and the debug log. A page from an origin in
 //! `allowed_origins` is the positive control: it can, so the attack test can fail.
 
-#[path = "../../proxy/tests/common/mod.rs"]
-mod common;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -14,56 +11,39 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cocoon_client::{Client, ClientConfig, ClientHandle, Timings};
-use cocoon_ton::HashBytes;
+use cocoon_testkit::client::gateway_config;
+use cocoon_testkit::fixtures::root_with_proxy_image;
+use cocoon_testkit::http::{RawResponse, raw_request};
+use cocoon_testkit::prelude::*;
+use cocoon_testkit::proxy::network;
 use cocoon_ton::root::RootConfig;
-use common::{Net, SECRET, addr, root, start_proxy, start_worker};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn test_root() -> RootConfig {
-    let mut r = root(1, true, true);
-    r.proxy_hashes = vec![HashBytes(cocoon_attest::sim::sim_image_hash())];
-    r
+    root_with_proxy_image(1, true)
 }
 
 fn config(proxy: String, allowed_origins: Vec<String>) -> ClientConfig {
+    let mut cfg = gateway_config(vec![proxy], test_root());
+    cfg.allowed_origins = allowed_origins;
+    cfg.allowed_hosts = vec!["cocoon.lan".into()];
+    cfg.connections = 1;
     let mut timings = Timings {
         connect_timeout: Duration::from_secs(5),
         ..Timings::default()
     };
     timings.backoff.base = Duration::from_millis(50);
-    ClientConfig {
-        api_listen: Some("127.0.0.1:0".parse().unwrap()),
-        allowed_origins,
-        allowed_hosts: vec!["cocoon.lan".into()],
-        proxies: vec![proxy],
-        connections: 1,
-        root: test_root(),
-        root_address: None,
-        owner_address: addr(0x42),
-        secret: SECRET.to_vec(),
-        is_test: true,
-        connector: common::connector(),
-        check_proxy_hashes: true,
-        state_path: None,
-        api_keys_file: None,
-        admin_token_file: None,
-        channels: None,
-        auto_pay: Default::default(),
-        timings,
-    }
+    cfg.timings = timings;
+    cfg
 }
 
 /// A proxy, one worker, our contract funded, and the gateway with `allowed_origins`.
-async fn gateway(allowed_origins: Vec<String>) -> (Net, common::TestWorker, ClientHandle) {
-    let net = start_proxy(test_root()).await;
-    net.fund_client(&addr(0x42), 10_000_000_000, true);
-    let w = start_worker(&net, 0x61).await;
-    net.wait_workers(1).await;
+async fn gateway(allowed_origins: Vec<String>) -> (Net, TestWorker, ClientHandle) {
+    let (net, w) = network(test_root()).await;
     let c = Client::start(config(net.proxy.client_addr().to_string(), allowed_origins))
         .await
         .unwrap();
-    assert!(c.wait_ready(common::LIMIT).await, "{:?}", c.proxies());
+    assert!(c.wait_ready(LIMIT).await, "{:?}", c.proxies());
     (net, w, c)
 }
 
@@ -76,34 +56,6 @@ fn chat_body() -> String {
     .to_string()
 }
 
-/// A response read off the wire.
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn cors(&self) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.starts_with("access-control-"))
-            .map(|(n, _)| n.as_str())
-            .collect()
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or(Value::Null)
-    }
-}
-
 /// One HTTP/1.1 request over raw TCP, so Host and every other header are what we say.
 async fn send(
     addr: SocketAddr,
@@ -111,45 +63,12 @@ async fn send(
     path: &str,
     headers: &[(&str, &str)],
     body: &str,
-) -> Resp {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\n");
+) -> RawResponse {
+    let mut head = format!("{method} {path} HTTP/1.1");
     for (n, v) in headers {
-        req.push_str(&format!("{n}: {v}\r\n"));
+        head.push_str(&format!("\r\n{n}: {v}"));
     }
-    req.push_str(&format!(
-        "Connection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    ));
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    if tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut raw))
-        .await
-        .is_err()
-    {
-        panic!("{method} {path}: no whole answer within 5 s");
-    }
-    let raw = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    // Bodies here are small and not chunked except streamed answers, which we do not ask for.
-    Resp {
-        status,
-        headers,
-        body: body.to_owned(),
-    }
+    raw_request(addr, &head, body).await
 }
 
 /// Every route the gateway serves, with a request that route accepts.
@@ -306,7 +225,7 @@ async fn the_api_refuses_foreign_hosts_origins_and_bodies_that_are_not_json() {
 
     // Nothing of the above was billed or reached the proxy.
     assert_eq!(w.engine.requests(), billed);
-    assert_eq!(c.stats()["stats"]["received"], 1);
+    assert_eq!(c.stats().stats.received, 1);
 
     // The allowed origin: preflight granted with its own origin (never `*`), the answer
     // readable with the cost headers exposed.
@@ -569,7 +488,7 @@ async fn a_web_page_in_chromium_can_neither_spend_the_channel_nor_read_anything(
         .unwrap();
     assert_eq!(r.status(), 200);
     let billed = w.engine.requests();
-    let spent = c.stats()["stats"]["spent_nanoton"].clone();
+    let spent = c.stats().stats.spent_nanoton;
 
     // The attacker: a page on another origin (another port of 127.0.0.1).
     let evil = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -584,8 +503,8 @@ async fn a_web_page_in_chromium_can_neither_spend_the_channel_nor_read_anything(
         0,
         "the page's requests reached the engine: {got}"
     );
-    assert_eq!(c.stats()["stats"]["spent_nanoton"], spent);
-    assert_eq!(c.stats()["stats"]["received"], 1);
+    assert_eq!(c.stats().stats.spent_nanoton, spent);
+    assert_eq!(c.stats().stats.received, 1);
     // And nothing was readable.
     for (what, v) in got.as_object().unwrap() {
         // Either the fetch failed (no CORS grant) or the answer is opaque (no-cors): status

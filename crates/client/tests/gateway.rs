@@ -2,83 +2,25 @@
 //! fake OpenAI servers on loopback, RA-TLS with sim attestation, and the client's HTTP API
 //! called with reqwest like any OpenAI SDK would.
 
-#[path = "../../proxy/tests/common/mod.rs"]
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cocoon_attest::Policy;
-use cocoon_client::{Client, ClientConfig, ClientHandle, Request, Timings};
-use cocoon_ratls::cert::{Identity, SimSource};
-use cocoon_ratls::config::CertResolver;
-use cocoon_ratls::net::RatlsConnector;
+use cocoon_client::{Client, Request};
 use cocoon_ratls::verifier::{RatlsVerifier, VerifierConfig};
+use cocoon_testkit::client::{gateway_config, start_gateway};
+use cocoon_testkit::fixtures::root_with_proxy_image;
+use cocoon_testkit::identity::{connector_as, connector_with};
+use cocoon_testkit::prelude::*;
+use cocoon_testkit::proxy::network;
 use cocoon_ton::HashBytes;
 use cocoon_ton::root::RootConfig;
-use common::{Net, SECRET, addr, root, start_proxy, start_worker};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
 /// The test root, with the sim image allowed for proxies too.
 fn test_root() -> RootConfig {
-    let mut r = root(1, true, true);
-    r.proxy_hashes = vec![HashBytes(cocoon_attest::sim::sim_image_hash())];
-    r
-}
-
-fn timings() -> Timings {
-    let mut t = Timings {
-        connect_timeout: Duration::from_secs(5),
-        payment_status_interval: Duration::from_millis(200),
-        ..Timings::default()
-    };
-    t.backoff.base = Duration::from_millis(50);
-    t.backoff.max = Duration::from_millis(300);
-    t
-}
-
-fn config(proxies: Vec<String>, root: RootConfig) -> ClientConfig {
-    ClientConfig {
-        api_listen: Some("127.0.0.1:0".parse().unwrap()),
-        allowed_origins: vec![],
-        allowed_hosts: vec![],
-        proxies,
-        connections: 2,
-        root,
-        root_address: None,
-        owner_address: addr(0x42),
-        secret: SECRET.to_vec(),
-        is_test: true,
-        connector: common::connector(),
-        check_proxy_hashes: true,
-        state_path: None,
-        api_keys_file: None,
-        admin_token_file: None,
-        channels: None,
-        auto_pay: Default::default(),
-        timings: timings(),
-    }
-}
-
-/// A proxy with one worker and our client contract funded (10 TON, secret set).
-async fn network() -> (Net, common::TestWorker) {
-    let net = start_proxy(test_root()).await;
-    net.fund_client(&addr(0x42), 10_000_000_000, true);
-    let w = start_worker(&net, 0x61).await;
-    net.wait_workers(1).await;
-    (net, w)
-}
-
-async fn client(cfg: ClientConfig, ready: usize) -> (ClientHandle, String) {
-    let c = Client::start(cfg).await.unwrap();
-    let end = Instant::now() + common::LIMIT;
-    while c.ready_proxies() < ready {
-        assert!(Instant::now() < end, "proxies not ready: {:?}", c.proxies());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let base = format!("http://{}", c.api_addr().unwrap());
-    (c, base)
+    root_with_proxy_image(1, true)
 }
 
 fn chat(mode: &str, stream: bool) -> Value {
@@ -112,9 +54,9 @@ async fn post(base: &str, body: &Value) -> reqwest::Response {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_requests_through_client_proxy_and_worker() {
-    let (net, w) = network().await;
-    let (c, base) = client(
-        config(vec![net.proxy.client_addr().to_string()], test_root()),
+    let (net, w) = network(test_root()).await;
+    let (c, base) = start_gateway(
+        gateway_config(vec![net.proxy.client_addr().to_string()], test_root()),
         1,
     )
     .await;
@@ -183,23 +125,19 @@ async fn openai_requests_through_client_proxy_and_worker() {
     ext["max_coefficient"] = json!(2000);
     let r = post(&base, &ext).await;
     assert_eq!(r.status(), 200);
-    let entry: Value = reqwest::get(format!(
-        "{base}/request/debuglogentry?request_guid=order-17"
-    ))
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    let entry: Value = get_json(
+        &reqwest::Client::new(),
+        &format!("{base}/request/debuglogentry?request_guid=order-17"),
+    )
+    .await;
     assert_eq!(entry["ok"], true, "{entry}");
     assert_eq!(entry["usage"]["cost_nanoton"], cost, "{entry}");
     assert_eq!(entry["proxy_debug"]["type"], "proxy_stats", "{entry}");
-    let none: Value = reqwest::get(format!("{base}/request/debuglogentry?request_guid=other"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let none: Value = get_json(
+        &reqwest::Client::new(),
+        &format!("{base}/request/debuglogentry?request_guid=other"),
+    )
+    .await;
     assert_eq!(none, json!({}));
     // A coefficient below the worker's (1500) finds no capacity: 429.
     ext["max_coefficient"] = json!(1000);
@@ -233,14 +171,7 @@ async fn openai_requests_through_client_proxy_and_worker() {
 
     // Models: OpenAI's list plus the workers behind each.
     let http = reqwest::Client::new();
-    let m: Value = http
-        .get(format!("{base}/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let m: Value = get_json(&http, &format!("{base}/v1/models")).await;
     assert_eq!(m["object"], "list");
     assert_eq!(m["data"][0]["id"], "Smol");
     assert_eq!(m["data"][0]["workers"].as_array().unwrap().len(), 1);
@@ -294,14 +225,7 @@ async fn openai_requests_through_client_proxy_and_worker() {
     assert!(r.headers().get("access-control-allow-origin").is_none());
 
     // Stats: the proxy's attestation facts, requests and spending; metrics.
-    let s: Value = http
-        .get(format!("{base}/jsonstats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let s: Value = get_json(&http, &format!("{base}/jsonstats")).await;
     assert_eq!(s["status"], "ok");
     let p = &s["proxies"][0];
     assert_eq!(p["state"], "ready");
@@ -310,24 +234,10 @@ async fn openai_requests_through_client_proxy_and_worker() {
     assert_eq!(p["proto"], 3);
     assert_eq!(s["stats"]["succeeded"], 4);
     assert_eq!(s["totals"]["requests"], 6);
-    let html = http
-        .get(format!("{base}/stats"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let html = get_text(&http, &format!("{base}/stats")).await;
     assert!(html.contains("Sim") && html.contains("ready"));
     assert!(!html.contains("Bonjour") && !html.contains("json"));
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&http, &format!("{base}/metrics")).await;
     assert!(metrics.contains("cocoon_client_requests_total{outcome=\"succeeded\"} 4"));
     c.shutdown().await;
 }
@@ -338,12 +248,12 @@ async fn a_request_fails_over_before_its_first_byte_and_never_hangs_on_a_dead_pr
     // request is answered by B.
     let a = start_proxy(test_root()).await;
     a.fund_client(&addr(0x42), 10_000_000_000, true);
-    let (b, wb) = network().await;
+    let (b, wb) = network(test_root()).await;
     let addrs = vec![
         a.proxy.client_addr().to_string(),
         b.proxy.client_addr().to_string(),
     ];
-    let (c, base) = client(config(addrs, test_root()), 2).await;
+    let (c, base) = start_gateway(gateway_config(addrs, test_root()), 2).await;
     let mut attempts = 0;
     for _ in 0..6 {
         let r = post(&base, &chat("json", false)).await;
@@ -405,9 +315,9 @@ async fn a_request_fails_over_before_its_first_byte_and_never_hangs_on_a_dead_pr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_deadline_answers_504_and_cancels_the_request() {
-    let (net, w) = network().await;
-    let (c, base) = client(
-        config(vec![net.proxy.client_addr().to_string()], test_root()),
+    let (net, w) = network(test_root()).await;
+    let (c, base) = start_gateway(
+        gateway_config(vec![net.proxy.client_addr().to_string()], test_root()),
         1,
     )
     .await;
@@ -429,7 +339,7 @@ async fn the_deadline_answers_504_and_cancels_the_request() {
         "{msg}"
     );
     // The engine's stream was dropped: the cancel reached the worker.
-    common::eventually("engine stream dropped", || {
+    eventually("engine stream dropped", || {
         w.engine.dropped.load(std::sync::atomic::Ordering::SeqCst)
     })
     .await;
@@ -440,45 +350,19 @@ async fn the_deadline_answers_504_and_cancels_the_request() {
     c.shutdown().await;
 }
 
-fn connector_with(policy: Policy) -> RatlsConnector {
-    connector_as(
-        &SimSource(cocoon_attest::SimKey::generate().unwrap()),
-        policy,
-    )
-}
-
-fn connector_as(source: &dyn cocoon_ratls::cert::EvidenceSource, policy: Policy) -> RatlsConnector {
-    let id = Identity::generate(
-        source,
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            - 60,
-    )
-    .unwrap();
-    RatlsConnector::new(
-        CertResolver::new(&id).unwrap(),
-        RatlsVerifier::new(VerifierConfig::new(policy)),
-        16,
-        cocoon_net::Config::default(),
-    )
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxies_failing_attestation_or_image_checks_are_refused_with_the_reason() {
-    let (net, w) = network().await;
+    let (net, w) = network(test_root()).await;
     let proxy = net.proxy.client_addr().to_string();
 
     // The root does not list the proxy's image.
     let mut other = test_root();
     other.proxy_hashes = vec![HashBytes([0xAB; 32])];
-    let c = Client::start(config(vec![proxy.clone()], other))
+    let c = Client::start(gateway_config(vec![proxy.clone()], other))
         .await
         .unwrap();
     let base = format!("http://{}", c.api_addr().unwrap());
-    common::eventually("image refused", || {
+    eventually("image refused", || {
         c.proxies()[0]
             .last_error
             .as_deref()
@@ -503,10 +387,10 @@ async fn proxies_failing_attestation_or_image_checks_are_refused_with_the_reason
     c.shutdown().await;
 
     // Our policy wants TDX: the sim evidence fails attestation.
-    let mut cfg = config(vec![proxy.clone()], test_root());
+    let mut cfg = gateway_config(vec![proxy.clone()], test_root());
     cfg.connector = connector_with(Policy::tdx_default());
     let c = Client::start(cfg).await.unwrap();
-    common::eventually("attestation refused", || {
+    eventually("attestation refused", || {
         c.proxies()[0]
             .last_error
             .as_deref()
@@ -520,7 +404,7 @@ async fn proxies_failing_attestation_or_image_checks_are_refused_with_the_reason
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_key_limits_hold_under_50_concurrent_requests() {
-    let (net, w) = network().await;
+    let (net, w) = network(test_root()).await;
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys");
     let state = dir.path().join("client.sqlite");
@@ -552,10 +436,10 @@ async fn api_key_limits_hold_under_50_concurrent_requests() {
         ),
     )
     .unwrap();
-    let mut cfg = config(vec![net.proxy.client_addr().to_string()], test_root());
+    let mut cfg = gateway_config(vec![net.proxy.client_addr().to_string()], test_root());
     cfg.api_keys_file = Some(keys.clone());
     cfg.state_path = Some(state.clone());
-    let (c, base) = client(cfg, 1).await;
+    let (c, base) = start_gateway(cfg, 1).await;
     let http = reqwest::Client::new();
     let send = |key: Option<&'static str>| {
         let (http, base, body) = (http.clone(), base.clone(), body.clone());
@@ -589,14 +473,7 @@ async fn api_key_limits_hold_under_50_concurrent_requests() {
         let text = r.text().await.unwrap();
         assert!(text.contains("Bonjour"));
     }
-    let s: Value = http
-        .get(format!("{base}/jsonstats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let s: Value = get_json(&http, &format!("{base}/jsonstats")).await;
     for k in s["keys"].as_array().unwrap() {
         if k["name"] == "app" {
             spent = k["spent_nanoton"].as_u64().unwrap();
@@ -625,18 +502,11 @@ async fn api_key_limits_hold_under_50_concurrent_requests() {
     c.shutdown().await;
 
     // Spending survives a restart.
-    let mut cfg = config(vec![net.proxy.client_addr().to_string()], test_root());
+    let mut cfg = gateway_config(vec![net.proxy.client_addr().to_string()], test_root());
     cfg.api_keys_file = Some(keys);
     cfg.state_path = Some(state);
-    let (c, base) = client(cfg, 1).await;
-    let s: Value = http
-        .get(format!("{base}/jsonstats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (c, base) = start_gateway(cfg, 1).await;
+    let s: Value = get_json(&http, &format!("{base}/jsonstats")).await;
     let app = s["keys"]
         .as_array()
         .unwrap()
@@ -653,7 +523,7 @@ async fn api_key_limits_hold_under_50_concurrent_requests() {
 async fn a_client_without_a_tee_is_served_where_proxies_allow_it() {
     let plain = || connector_as(&cocoon_ratls::cert::Unattested, Policy::sim_test());
     // A proxy that accepts unattested clients (the CLI's default).
-    let net = common::start_proxy_with(test_root(), |cfg| {
+    let net = start_proxy_with(test_root(), |cfg| {
         let mut v = VerifierConfig::new(Policy::sim_test());
         v.allow_unattested = true;
         cfg.client_verifier = RatlsVerifier::new(v);
@@ -662,19 +532,19 @@ async fn a_client_without_a_tee_is_served_where_proxies_allow_it() {
     net.fund_client(&addr(0x42), 10_000_000_000, true);
     let _w = start_worker(&net, 0x63).await;
     net.wait_workers(1).await;
-    let mut cfg = config(vec![net.proxy.client_addr().to_string()], test_root());
+    let mut cfg = gateway_config(vec![net.proxy.client_addr().to_string()], test_root());
     cfg.connector = plain();
-    let (c, base) = client(cfg, 1).await;
+    let (c, base) = start_gateway(cfg, 1).await;
     let r = post(&base, &chat("json", false)).await;
     assert_eq!(r.status(), 200);
     c.shutdown().await;
 
     // A proxy that wants attested clients refuses the same client at the TLS handshake.
-    let (strict, _w2) = network().await;
-    let mut cfg = config(vec![strict.proxy.client_addr().to_string()], test_root());
+    let (strict, _w2) = network(test_root()).await;
+    let mut cfg = gateway_config(vec![strict.proxy.client_addr().to_string()], test_root());
     cfg.connector = plain();
     let c = Client::start(cfg).await.unwrap();
-    common::eventually("refused", || c.proxies()[0].failures > 0).await;
+    eventually("refused", || c.proxies()[0].failures > 0).await;
     assert_eq!(c.ready_proxies(), 0);
     c.shutdown().await;
 }
@@ -684,9 +554,9 @@ async fn a_client_without_a_tee_is_served_where_proxies_allow_it() {
 /// never asks for more than the proxy reserved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_engine_gets_the_completion_limit_that_was_reserved() {
-    let (net, w) = network().await;
-    let (c, base) = client(
-        config(vec![net.proxy.client_addr().to_string()], test_root()),
+    let (net, w) = network(test_root()).await;
+    let (c, base) = start_gateway(
+        gateway_config(vec![net.proxy.client_addr().to_string()], test_root()),
         1,
     )
     .await;

@@ -12,20 +12,16 @@
 use std::time::Duration;
 
 use cocoon_client::{ChannelError, ChannelOps, ChannelState, TonChannels};
-use cocoon_devnet::api;
-use cocoon_devnet::run::{RunOptions, start};
 use cocoon_proxy::{ClientChain, TonClientChain};
+use cocoon_testkit::devnet::{Chainnet, chainnet};
 use cocoon_ton::chain::{Chain, TxId};
-use cocoon_ton::codec::{Coins, Layout, encode_boc};
-use cocoon_ton::contracts::{Deployable, client_contract, proxy_contract};
+use cocoon_ton::contracts::{Deployable, client_contract};
 use cocoon_ton::keys::SigningKey;
-use cocoon_ton::messages::ExtProxyIncreaseStake;
 use cocoon_ton::payments::{PaymentPayload, SignedOp, SignedPayment};
 use cocoon_ton::toncenter::{Devnet as _, Toncenter};
-use cocoon_ton::wallet::{OutMsg, Wallet};
+use cocoon_ton::wallet::Wallet;
 use cocoon_ton::{HashBytes, StdAddr};
 
-const T0: u32 = 1_750_000_000;
 const TON: u64 = 1_000_000_000;
 
 /// The most one operation may cost the wallet beyond the coins it moves: its own
@@ -38,108 +34,47 @@ const FEE_BOUND: u64 = 25_000_000;
 /// The reserve a newly deployed client contract keeps (`CHILD_MIN_BALANCE`).
 const CHILD_MIN_BALANCE: u64 = 50_000_000;
 
-/// A devnet with the root deployed and a proxy contract staked with 10 TON.
-struct Chainnet {
-    tc: Toncenter,
-    params: cocoon_ton::root::CocoonParams,
-    proxy_key: SigningKey,
-    proxy_owner: StdAddr,
-    proxy: Deployable,
-    _dir: tempfile::TempDir,
-    _server: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-async fn chainnet() -> Chainnet {
-    let dir = tempfile::tempdir().unwrap();
-    let opts = RunOptions {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        dir: Some(dir.path().to_path_buf()),
-        now: Some(T0),
-        deploy_root: true,
-    };
-    let started = tokio::task::spawn_blocking(move || start(&opts))
-        .await
-        .unwrap()
-        .unwrap();
-    let root = started.root.clone().unwrap().address;
-    let (srv, server) = api::spawn("127.0.0.1:0".parse().unwrap(), started.state)
-        .await
-        .unwrap();
-    let tc = Toncenter::with_url(&format!("http://{srv}")).unwrap();
-    let params = cocoon_devnet::root::test_params().unwrap();
-    let proxy_key = SigningKey::from_seed(&[0x50; 32]).unwrap();
-    let proxy_pk = HashBytes(proxy_key.public_key());
-    // The proxy owner's wallet deploys the proxy contract with its stake.
-    let owner_key = SigningKey::from_seed(&[1; 32]).unwrap();
-    let owner_wallet = Wallet::v4r2(owner_key.public_key(), 0);
-    let proxy_owner = owner_wallet.address().unwrap();
-    let proxy = proxy_contract(&params, &proxy_owner, &proxy_pk, &root).unwrap();
-    tc.faucet(&proxy_owner, u128::from(100 * TON))
-        .await
-        .unwrap();
-    let body = ExtProxyIncreaseStake {
-        query_id: 1,
-        amount: Coins(10 * TON),
-        send_excesses_to: proxy_owner.clone(),
-    }
-    .to_cell()
+/// Channels of a client owner's wallet (seed `seed`) funded with `funds`, and that
+/// owner's client contract with our proxy.
+async fn channels(net: &Chainnet, seed: u8, funds: u64) -> (TonChannels<Toncenter>, Deployable) {
+    let key = SigningKey::from_seed(&[seed; 32]).unwrap();
+    let wallet = Wallet::v4r2(key.public_key(), 0);
+    let owner = wallet.address().unwrap();
+    net.tc.faucet(&owner, u128::from(funds)).await.unwrap();
+    let mut ch = TonChannels::new(net.tc.clone(), wallet, key).unwrap();
+    ch.poll = Duration::from_millis(20);
+    ch.confirm_timeout = Duration::from_secs(20);
+    let contract = client_contract(
+        &net.params,
+        &owner,
+        &net.proxy.address,
+        &HashBytes(net.proxy_key().public_key()),
+    )
     .unwrap();
-    let mut msg = OutMsg::new(proxy.address.clone(), 10 * TON + TON / 10, Some(body));
-    msg.state_init = Some(proxy.state_init().unwrap());
-    let now = tc.clock().await.unwrap() as u32;
-    let ext = owner_wallet
-        .external_transfer(&owner_key, 0, now + 600, &[msg], true)
-        .unwrap();
-    tc.send_boc(&encode_boc(&ext)).await.unwrap();
-    Chainnet {
-        tc,
-        params,
-        proxy_key,
-        proxy_owner,
-        proxy,
-        _dir: dir,
-        _server: server,
-    }
+    (ch, contract)
 }
 
-impl Chainnet {
-    /// Channels of a client owner's wallet (seed `seed`) funded with `funds`, and that
-    /// owner's client contract with our proxy.
-    async fn channels(&self, seed: u8, funds: u64) -> (TonChannels<Toncenter>, Deployable) {
-        let key = SigningKey::from_seed(&[seed; 32]).unwrap();
-        let wallet = Wallet::v4r2(key.public_key(), 0);
-        let owner = wallet.address().unwrap();
-        self.tc.faucet(&owner, u128::from(funds)).await.unwrap();
-        let mut ch = TonChannels::new(self.tc.clone(), wallet, key).unwrap();
-        ch.poll = Duration::from_millis(20);
-        ch.confirm_timeout = Duration::from_secs(20);
-        let contract = client_contract(
-            &self.params,
-            &owner,
-            &self.proxy.address,
-            &HashBytes(self.proxy_key.public_key()),
-        )
-        .unwrap();
-        (ch, contract)
-    }
+/// The latest transaction of `a` (to show that nothing was sent).
+async fn last_tx(net: &Chainnet, a: &StdAddr) -> Option<TxId> {
+    net.tc.account_state(a).await.unwrap().last_tx
+}
 
-    /// The latest transaction of `a` (to show that nothing was sent).
-    async fn last_tx(&self, a: &StdAddr) -> Option<TxId> {
-        self.tc.account_state(a).await.unwrap().last_tx
+/// A charge receipt the proxy signs for `tokens` (its excess address is the proxy
+/// owner's; `TonChannels` re-packs it with the wallet's).
+fn charge_receipt(
+    net: &Chainnet,
+    contract: &StdAddr,
+    tokens: u64,
+    key: &SigningKey,
+) -> SignedPayment {
+    PaymentPayload {
+        op: SignedOp::ClientCharge,
+        query_id: 0x00c0_ffee + tokens,
+        tokens: Some(tokens),
+        contract: contract.clone(),
     }
-
-    /// A charge receipt the proxy signs for `tokens` (its excess address is the proxy
-    /// owner's; `TonChannels` re-packs it with the wallet's).
-    fn receipt(&self, contract: &StdAddr, tokens: u64, key: &SigningKey) -> SignedPayment {
-        PaymentPayload {
-            op: SignedOp::ClientCharge,
-            query_id: 0x00c0_ffee + tokens,
-            tokens: Some(tokens),
-            contract: contract.clone(),
-        }
-        .sign(key, &self.proxy_owner)
-        .unwrap()
-    }
+    .sign(key, &net.proxy_owner.address)
+    .unwrap()
 }
 
 /// What an operation cost the wallet beyond `moved` (negative `moved`: coins out of the
@@ -169,7 +104,7 @@ fn rejected(r: Result<(), ChannelError>) -> String {
 async fn a_channel_lives_and_closes_on_the_devnet() {
     let net = chainnet().await;
     let tc = &net.tc;
-    let (ch, contract) = net.channels(2, 100 * TON).await;
+    let (ch, contract) = channels(&net, 2, 100 * TON).await;
     let sc = contract.address.clone();
     let owner = ch.owner();
     let price = net.params.price_per_token;
@@ -241,7 +176,7 @@ async fn a_channel_lives_and_closes_on_the_devnet() {
     // A proxy-signed charge: tokens_used becomes the receipt's, the balance drops by exactly
     // tokens × price.
     let tokens = 1_234_567;
-    let receipt = net.receipt(&sc, tokens, &net.proxy_key);
+    let receipt = charge_receipt(&net, &sc, tokens, &net.proxy_key());
     let w = ch.wallet_balance().await.unwrap();
     ch.charge(&sc, &receipt).await.unwrap();
     let st = ch.state(&sc).await.unwrap().unwrap();
@@ -250,13 +185,18 @@ async fn a_channel_lives_and_closes_on_the_devnet() {
     let w2 = ch.wallet_balance().await.unwrap();
     fee("charge", w, w2, 0, FEE_BOUND);
     // The same receipt again, or one signed by another key: refused, nothing sent.
-    let last = net.last_tx(&owner).await;
+    let last = last_tx(&net, &owner).await;
     let why = rejected(ch.charge(&sc, &receipt).await);
     assert!(why.contains("not newer"), "{why}");
-    let forged = net.receipt(&sc, 2 * tokens, &SigningKey::from_seed(&[9; 32]).unwrap());
+    let forged = charge_receipt(
+        &net,
+        &sc,
+        2 * tokens,
+        &SigningKey::from_seed(&[9; 32]).unwrap(),
+    );
     let why = rejected(ch.charge(&sc, &forged).await);
     assert!(why.contains("bad signature"), "{why}");
-    assert_eq!(net.last_tx(&owner).await, last, "nothing was sent");
+    assert_eq!(last_tx(&net, &owner).await, last, "nothing was sent");
     assert_eq!(ch.state(&sc).await.unwrap().unwrap(), st);
 
     // Withdrawal: everything above the stake comes back to the wallet.
@@ -267,10 +207,10 @@ async fn a_channel_lives_and_closes_on_the_devnet() {
     assert_eq!((st.state, st.balance, st.stake), (0, stake, stake));
     let w2 = ch.wallet_balance().await.unwrap();
     fee("withdraw", w, w2, i128::from(above), FEE_BOUND);
-    let last = net.last_tx(&owner).await;
+    let last = last_tx(&net, &owner).await;
     let why = rejected(ch.withdraw(&sc).await);
     assert!(why.contains("nothing to withdraw"), "{why}");
-    assert_eq!(net.last_tx(&owner).await, last, "nothing was sent");
+    assert_eq!(last_tx(&net, &owner).await, last, "nothing was sent");
 
     // Close, phase one: closing, unlock_ts set, and what is above the stake comes back.
     ch.top_up(&sc, 2 * TON).await.unwrap();
@@ -286,12 +226,12 @@ async fn a_channel_lives_and_closes_on_the_devnet() {
     let w2 = ch.wallet_balance().await.unwrap();
     fee("close, phase one", w, w2, i128::from(2 * TON), FEE_BOUND);
     // Closing: no withdrawal, and no second phase before unlock_ts; nothing sent.
-    let last = net.last_tx(&owner).await;
+    let last = last_tx(&net, &owner).await;
     let why = rejected(ch.withdraw(&sc).await);
     assert!(why.contains("closing"), "{why}");
     let why = rejected(ch.request_refund(&sc).await);
     assert!(why.contains("unlocks at"), "{why}");
-    assert_eq!(net.last_tx(&owner).await, last, "nothing was sent");
+    assert_eq!(last_tx(&net, &owner).await, last, "nothing was sent");
 
     // Close, phase two after the delay: closed, and the rest (the stake) comes back.
     tc.set_clock(unlock).await.unwrap();
@@ -309,9 +249,9 @@ async fn a_channel_lives_and_closes_on_the_devnet() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poor_wallet_sends_nothing() {
     let net = chainnet().await;
-    let (ch, contract) = net.channels(3, TON).await;
+    let (ch, contract) = channels(&net, 3, TON).await;
     let owner = ch.owner();
-    let last = net.last_tx(&owner).await;
+    let last = last_tx(&net, &owner).await;
     // 5 TON do not fit into 1 TON.
     match ch.deploy(&contract, 5 * TON, None).await {
         Err(ChannelError::WalletTooLow { have, need }) => {
@@ -323,7 +263,7 @@ async fn a_poor_wallet_sends_nothing() {
         }
         other => panic!("expected WalletTooLow, got {other:?}"),
     }
-    assert_eq!(net.last_tx(&owner).await, last, "nothing was sent");
+    assert_eq!(last_tx(&net, &owner).await, last, "nothing was sent");
     assert_eq!(ch.state(&contract.address).await.unwrap(), None);
     assert_eq!(ch.wallet_balance().await.unwrap(), TON);
 
@@ -334,14 +274,14 @@ async fn a_poor_wallet_sends_nothing() {
         ch.state(&contract.address).await.unwrap().unwrap().balance,
         TON / 2
     );
-    let last = net.last_tx(&owner).await;
+    let last = last_tx(&net, &owner).await;
     let r = ch.set_secret_hash(&contract.address, [1; 32]).await;
     let want = ch.fees.op_value + ch.fees.wallet_margin;
     assert!(
         matches!(r, Err(ChannelError::WalletTooLow { need, .. }) if need == want),
         "{r:?}"
     );
-    assert_eq!(net.last_tx(&owner).await, last, "nothing was sent");
+    assert_eq!(last_tx(&net, &owner).await, last, "nothing was sent");
 }
 
 /// Refusals only the contracts see are reported with their error in words: a deploying
@@ -351,7 +291,7 @@ async fn a_poor_wallet_sends_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_by_the_contracts_are_explained() {
     let net = chainnet().await;
-    let (mut ch, contract) = net.channels(4, 100 * TON).await;
+    let (mut ch, contract) = channels(&net, 4, 100 * TON).await;
     let sc = contract.address.clone();
 
     // No gas on top of the amount: the client contract keeps its reserve out of the amount

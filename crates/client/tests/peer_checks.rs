@@ -9,20 +9,16 @@
 //! - `is_test`: a gateway refuses to start on a root of the other network, and a root
 //!   update that switches it drops every session.
 
-#[path = "../../proxy/tests/common/mod.rs"]
-mod common;
+use std::time::Duration;
 
-use std::time::{Duration, Instant};
-
-use cocoon_attest::{Policy, SimKey};
+use cocoon_attest::Policy;
 use cocoon_client::{Client, ClientConfig, ClientHandle, StartError, Timings};
-use cocoon_ratls::cert::{Identity, SimSource};
-use cocoon_ratls::config::CertResolver;
-use cocoon_ratls::net::RatlsConnector;
-use cocoon_ratls::verifier::{RatlsVerifier, VerifierConfig};
+use cocoon_testkit::client::{gateway_config, start_gateway};
+use cocoon_testkit::fixtures::{self, root_with_proxy_image, slow_redial};
+use cocoon_testkit::identity::connector_with;
+use cocoon_testkit::prelude::*;
+use cocoon_ton::StdAddr;
 use cocoon_ton::root::RootConfig;
-use cocoon_ton::{HashBytes, StdAddr};
-use common::{Net, PROXY_SEED, SECRET, addr, root, start_proxy_with, start_worker_with};
 use serde_json::{Value, json};
 
 /// The root contract's address in these tests.
@@ -32,34 +28,18 @@ fn root_address() -> StdAddr {
 
 /// The test root (version `version`), allowing the sim image for proxies (or not).
 fn test_root(version: u32, proxy_image_ok: bool) -> RootConfig {
-    let mut r = root(version, true, true);
-    r.proxy_hashes = vec![if proxy_image_ok {
-        HashBytes(cocoon_attest::sim::sim_image_hash())
-    } else {
-        HashBytes([0xAB; 32])
-    }];
-    r
+    root_with_proxy_image(version, proxy_image_ok)
 }
 
 /// The proxy contract the root gives the test proxy (owner `addr(0x33)`, key of
 /// `PROXY_SEED`).
 fn derived_proxy_sc() -> StdAddr {
-    let key = cocoon_ton::keys::SigningKey::from_seed(&PROXY_SEED)
-        .unwrap()
-        .public_key();
-    cocoon_ton::contracts::proxy_contract(
-        &test_root(1, true).params,
-        &addr(0x33),
-        &HashBytes(key),
-        &root_address(),
-    )
-    .unwrap()
-    .address
+    fixtures::derived_proxy_sc(&test_root(1, true).params, &root_address())
 }
 
 /// A proxy with the contract its root derives, our client contract funded, and one worker
 /// that follows the root.
-async fn network() -> (Net, common::TestWorker) {
+async fn network() -> (Net, TestWorker) {
     let net = start_proxy_with(test_root(1, true), |cfg| cfg.proxy_sc = derived_proxy_sc()).await;
     net.fund_client(&addr(0x42), 10_000_000_000, true);
     let w = start_worker_with(&net, 0x61, |cfg| {
@@ -75,70 +55,17 @@ async fn network() -> (Net, common::TestWorker) {
     (net, w)
 }
 
-fn sim_connector(policy: Policy) -> RatlsConnector {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let id = Identity::generate(&SimSource(SimKey::generate().unwrap()), now - 60).unwrap();
-    RatlsConnector::new(
-        CertResolver::new(&id).unwrap(),
-        RatlsVerifier::new(VerifierConfig::new(policy)),
-        16,
-        cocoon_net::Config::default(),
-    )
-    .unwrap()
-}
-
-/// Redials a second after a session ends, so that the reason it ended stays readable (the
-/// refused redial overwrites it).
-fn slow_redial() -> cocoon_net::BackoffConfig {
-    cocoon_net::BackoffConfig {
-        base: Duration::from_secs(1),
-        max: Duration::from_secs(1),
-        jitter: 0.0,
-        ..cocoon_net::BackoffConfig::default()
-    }
-}
-
 fn config(net: &Net, root: RootConfig) -> ClientConfig {
-    let timings = Timings {
+    let mut cfg = gateway_config(vec![net.proxy.client_addr().to_string()], root);
+    cfg.connections = 1;
+    cfg.root_address = Some(root_address());
+    cfg.timings = Timings {
         connect_timeout: Duration::from_secs(5),
         payment_status_interval: Duration::from_secs(60),
         backoff: slow_redial(),
         ..Timings::default()
     };
-    ClientConfig {
-        api_listen: Some("127.0.0.1:0".parse().unwrap()),
-        allowed_origins: vec![],
-        allowed_hosts: vec![],
-        proxies: vec![net.proxy.client_addr().to_string()],
-        connections: 1,
-        root,
-        root_address: Some(root_address()),
-        owner_address: addr(0x42),
-        secret: SECRET.to_vec(),
-        is_test: true,
-        connector: sim_connector(Policy::sim_test()),
-        check_proxy_hashes: true,
-        state_path: None,
-        api_keys_file: None,
-        admin_token_file: None,
-        channels: None,
-        auto_pay: Default::default(),
-        timings,
-    }
-}
-
-async fn ready(cfg: ClientConfig) -> (ClientHandle, String) {
-    let c = Client::start(cfg).await.unwrap();
-    let end = Instant::now() + common::LIMIT;
-    while c.ready_proxies() < 1 {
-        assert!(Instant::now() < end, "proxy not ready: {:?}", c.proxies());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let base = format!("http://{}", c.api_addr().unwrap());
-    (c, base)
+    cfg
 }
 
 async fn post(base: &str, mode: &str, stream: bool) -> reqwest::Response {
@@ -159,7 +86,7 @@ fn client_error(c: &ClientHandle) -> String {
     c.proxies()[0].last_error.clone().unwrap_or_default()
 }
 
-fn worker_error(w: &common::TestWorker) -> String {
+fn worker_error(w: &TestWorker) -> String {
     w.handle.stats().proxies[0]
         .last_error
         .clone()
@@ -169,7 +96,7 @@ fn worker_error(w: &common::TestWorker) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_image_removed_from_the_root_gets_no_more_prompts() {
     let (net, w) = network().await;
-    let (c, base) = ready(config(&net, test_root(1, true))).await;
+    let (c, base) = start_gateway(config(&net, test_root(1, true)), 1).await;
 
     // Honest use: the derived proxy contract passes the client's and the worker's checks.
     let r = post(&base, "json", false).await;
@@ -186,16 +113,16 @@ async fn a_proxy_image_removed_from_the_root_gets_no_more_prompts() {
     w.handle
         .apply_root_config(&test_root(2, false), &[net.proxy.worker_addr().to_string()])
         .unwrap();
-    common::eventually("worker drops the proxy", || {
+    eventually("worker drops the proxy", || {
         w.handle.ready_proxies() == 0
             && worker_error(&w).contains("root configuration v2 no longer allows it")
     })
     .await;
-    common::eventually("engine stream cancelled", || {
+    eventually("engine stream cancelled", || {
         w.engine.dropped.load(std::sync::atomic::Ordering::SeqCst)
     })
     .await;
-    tokio::time::timeout(common::LIMIT, streaming.text())
+    tokio::time::timeout(LIMIT, streaming.text())
         .await
         .expect("the stream through the dropped worker ends")
         .ok();
@@ -204,7 +131,7 @@ async fn a_proxy_image_removed_from_the_root_gets_no_more_prompts() {
 
     // The client drops it too as soon as it sees the new root: nothing more is sent to it.
     c.update_root(test_root(2, false));
-    common::eventually("client drops the proxy", || {
+    eventually("client drops the proxy", || {
         c.ready_proxies() == 0
             && client_error(&c).contains("root configuration v2 no longer allows it")
     })
@@ -217,7 +144,7 @@ async fn a_proxy_image_removed_from_the_root_gets_no_more_prompts() {
         "{e}"
     );
     // Redials are refused on the image before any handshake.
-    common::eventually("refused on redial", || {
+    eventually("refused on redial", || {
         client_error(&c).starts_with("image not allowed")
     })
     .await;
@@ -235,17 +162,17 @@ async fn a_proxy_image_removed_from_the_root_gets_no_more_prompts() {
 async fn the_client_redials_a_proxy_whose_verdict_expired() {
     let (net, _w) = network().await;
     let mut cfg = config(&net, test_root(1, true));
-    cfg.connector = sim_connector(Policy {
+    cfg.connector = connector_with(Policy {
         max_validity_secs: 2,
         ..Policy::sim_test()
     });
     let verifier = std::sync::Arc::clone(cfg.connector.verifier());
-    let (c, base) = ready(cfg).await;
+    let (c, base) = start_gateway(cfg, 1).await;
     let first = c.proxies()[0].clone();
     let runs = verifier.attestation_runs();
 
     // The verdict holds 2 s: the session is closed then, and the redial attests again.
-    common::eventually("second session", || {
+    eventually("second session", || {
         let p = &c.proxies()[0];
         p.sessions >= 2 && p.state == "ready"
     })
@@ -276,11 +203,11 @@ async fn the_client_follows_the_roots_is_test() {
     }
 
     // A root update that switches is_test drops every session and refuses new ones.
-    let (c, base) = ready(config(&net, test_root(1, true))).await;
+    let (c, base) = start_gateway(config(&net, test_root(1, true)), 1).await;
     assert_eq!(post(&base, "json", false).await.status(), 200);
     prod.version = 2;
     c.update_root(prod);
-    common::eventually("dropped", || {
+    eventually("dropped", || {
         c.ready_proxies() == 0 && client_error(&c).contains("test mode mismatch")
     })
     .await;
@@ -289,7 +216,7 @@ async fn the_client_follows_the_roots_is_test() {
     // root is not newer than its own).
     net.proxy.update_root(test_root(3, true)).unwrap();
     c.update_root(test_root(3, true));
-    common::eventually("ready again", || c.ready_proxies() == 1).await;
+    eventually("ready again", || c.ready_proxies() == 1).await;
     assert_eq!(post(&base, "json", false).await.status(), 200);
     c.shutdown().await;
 }

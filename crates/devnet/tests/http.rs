@@ -6,7 +6,6 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use cocoon_devnet::Devnet;
 use cocoon_devnet::api::{self, ApiState, DevnetInfo};
-use cocoon_devnet::run::{RunOptions, start};
 use common::{TON, Transfer, Wallet, addr};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
@@ -451,21 +450,8 @@ async fn bad_input_is_a_clear_4xx() {
 
 #[tokio::test]
 async fn started_devnet_serves_its_root() {
-    let dir = tempfile::tempdir().unwrap();
-    let opts = RunOptions {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        dir: Some(dir.path().to_path_buf()),
-        now: Some(T0),
-        deploy_root: true,
-    };
-    let started = tokio::task::spawn_blocking(move || start(&opts))
-        .await
-        .unwrap()
-        .unwrap();
-    let root = started.root.clone().unwrap();
-    let (srv, _task) = api::spawn("127.0.0.1:0".parse().unwrap(), started.state)
-        .await
-        .unwrap();
+    let net = cocoon_testkit::devnet::devnet().await;
+    let (srv, root, dir) = (net.addr, &net.root, &net.dir);
     let info = ok(srv, "GET", "/_devnet/info", None).await;
     assert_eq!(info["root_address"], root.address.to_string());
     assert_eq!(info["persistent"], true);

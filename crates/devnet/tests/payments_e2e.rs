@@ -9,8 +9,7 @@
 //! `minted = Σ Δbalance + Σ fees + Σ forwarding fees of internal messages`.
 
 use cocoon_devnet::TxRecord;
-use cocoon_devnet::api;
-use cocoon_devnet::run::{RunOptions, start};
+use cocoon_testkit::devnet::{PAYOUT_OP, Party, T0, TON, devnet};
 use cocoon_ton::chain::{Chain, StackValue, TxId};
 use cocoon_ton::codec::{Coins, Layout};
 use cocoon_ton::contracts::{client_contract, proxy_contract, worker_contract};
@@ -18,54 +17,8 @@ use cocoon_ton::keys::SigningKey;
 use cocoon_ton::messages::{ExtClientTopUp, ExtProxyIncreaseStake, OwnerClientRequestRefund};
 use cocoon_ton::payments::{PaymentPayload, SignedOp};
 use cocoon_ton::toncenter::{Devnet as _, Toncenter};
-use cocoon_ton::wallet::{OutMsg, Wallet};
 use tycho_types::models::StdAddr;
 use tycho_types::prelude::*;
-
-const T0: u32 = 1_750_000_000;
-const TON: u128 = 1_000_000_000;
-const PAYOUT_OP: u32 = 0xc59a7cd3;
-
-struct Party {
-    key: SigningKey,
-    wallet: Wallet,
-    address: StdAddr,
-    seqno: u32,
-}
-
-impl Party {
-    fn new(seed: u8) -> Self {
-        let key = SigningKey::from_seed(&[seed; 32]).unwrap();
-        let wallet = Wallet::v4r2(key.public_key(), 0);
-        let address = wallet.address().unwrap();
-        Self {
-            key,
-            wallet,
-            address,
-            seqno: 0,
-        }
-    }
-
-    /// Sends one internal message from this wallet through `sendBoc`.
-    async fn send(
-        &mut self,
-        tc: &Toncenter,
-        to: &StdAddr,
-        value: u128,
-        body: Cell,
-        init: Option<Cell>,
-    ) {
-        let now = tc.clock().await.unwrap() as u32;
-        let mut msg = OutMsg::new(to.clone(), value as u64, Some(body));
-        msg.state_init = init;
-        let ext = self
-            .wallet
-            .external_transfer(&self.key, self.seqno, now + 600, &[msg], self.seqno == 0)
-            .unwrap();
-        tc.send_boc(&Boc::encode(ext)).await.unwrap();
-        self.seqno += 1;
-    }
-}
 
 async fn ints(tc: &Toncenter, addr: &StdAddr, method: &str) -> Vec<Option<i128>> {
     let r = tc.run_get_method(addr, method, &[]).await.unwrap();
@@ -93,22 +46,9 @@ fn payouts(txs: &[TxRecord], from: &StdAddr) -> Vec<u128> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_client_worker_lifecycle_to_the_nanoton() {
-    let keys = tempfile::tempdir().unwrap();
-    let opts = RunOptions {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        dir: Some(keys.path().to_path_buf()),
-        now: Some(T0),
-        deploy_root: true,
-    };
-    let started = tokio::task::spawn_blocking(move || start(&opts))
-        .await
-        .unwrap()
-        .unwrap();
-    let root = started.root.clone().unwrap().address;
-    let (srv, _server) = api::spawn("127.0.0.1:0".parse().unwrap(), started.state)
-        .await
-        .unwrap();
-    let tc = Toncenter::with_url(&format!("http://{srv}")).unwrap();
+    let net = devnet().await;
+    let tc = net.tc.clone();
+    let root = net.root.address.clone();
     assert!(tc.masterchain_seqno().await.unwrap() >= 1);
 
     let params = cocoon_devnet::root::test_params().unwrap();

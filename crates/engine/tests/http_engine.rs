@@ -186,6 +186,15 @@ fn request(stream: bool, timeout: Duration) -> EngineRequest {
     }
 }
 
+/// A streamed request through `e`, read to its end: (body bytes, last event).
+async fn stream_through(e: &HttpEngine) -> (Vec<u8>, BodyEvent) {
+    let resp = e
+        .submit(request(true, Duration::from_secs(10)))
+        .await
+        .unwrap();
+    collect(resp.body).await
+}
+
 async fn collect(mut rx: tokio::sync::mpsc::Receiver<BodyEvent>) -> (Vec<u8>, BodyEvent) {
     let mut body = Vec::new();
     while let Some(ev) = rx.recv().await {
@@ -263,11 +272,7 @@ async fn non_streamed_json_usage() {
 async fn missing_usage_is_counted_with_the_tokenizer() {
     let (base, _) = server().await;
     let e = engine(&base, "nousage").with_tokenizer(Arc::new(Words));
-    let resp = e
-        .submit(request(true, Duration::from_secs(10)))
-        .await
-        .unwrap();
-    let (_, end) = collect(resp.body).await;
+    let (_, end) = stream_through(&e).await;
     // prompt "Translate to French: hello world" = 5 words; completion "one two three" = 3.
     assert_eq!(
         end,
@@ -277,11 +282,7 @@ async fn missing_usage_is_counted_with_the_tokenizer() {
         }
     );
     // Without a tokenizer the usage is honestly zero and not marked as counted.
-    let resp = engine(&base, "nousage")
-        .submit(request(true, Duration::from_secs(10)))
-        .await
-        .unwrap();
-    let (_, end) = collect(resp.body).await;
+    let (_, end) = stream_through(&engine(&base, "nousage")).await;
     assert_eq!(
         end,
         BodyEvent::End {
@@ -295,11 +296,7 @@ async fn missing_usage_is_counted_with_the_tokenizer() {
 async fn failure_mid_stream_reports_usage_so_far_once() {
     let (base, _) = server().await;
     let e = engine(&base, "dropmid").with_tokenizer(Arc::new(Words));
-    let resp = e
-        .submit(request(true, Duration::from_secs(10)))
-        .await
-        .unwrap();
-    let (body, end) = collect(resp.body).await;
+    let (body, end) = stream_through(&e).await;
     assert!(String::from_utf8_lossy(&body).contains("alpha beta"));
     match end {
         BodyEvent::Failed {

@@ -7,7 +7,7 @@ use cocoon_ledger::{
     AccountKey, ChainCheckpoint, ClientFunds, Ledger, LedgerDb, LedgerError, LedgerEvent, META_KEY,
     MemStore, OpenError, OpenOptions, RequestId, Status,
 };
-use cocoon_openai::usage::{Multipliers, PriceTable, Usage};
+use cocoon_openai::usage::{PriceTable, Usage};
 use cocoon_ton::keys::SigningKey;
 use cocoon_ton::payments::SignedOp;
 use cocoon_ton::{HashBytes, StdAddr};
@@ -16,17 +16,9 @@ fn key() -> SigningKey {
     SigningKey::from_seed(&[0x11; 32]).unwrap()
 }
 
+/// The simulation's prices of params version 0 (20 nanoTON a token, 16 to the worker).
 fn prices() -> PriceTable {
-    PriceTable {
-        price_per_token: 20,
-        worker_fee_per_token: 16,
-        multipliers: Multipliers {
-            prompt: 10_000,
-            cached: 1_000,
-            completion: 20_000,
-            reasoning: 15_000,
-        },
-    }
+    cocoon_ledger::sim::prices(0)
 }
 
 fn addr(n: u8) -> StdAddr {

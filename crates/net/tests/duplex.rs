@@ -11,7 +11,7 @@ use cocoon_net::{
 };
 use cocoon_tl::enums::tcp::Packet;
 use cocoon_tl::types::tcp as t;
-use common::{RawConn, within};
+use common::{RawConn, opened_initiator, within};
 
 const Q: Duration = Duration::from_secs(30);
 
@@ -414,11 +414,7 @@ async fn answers_to_a_peer_that_does_not_read_are_bounded() {
 
 #[tokio::test(start_paused = true)]
 async fn slow_consumer_does_not_idle_timeout_an_active_peer() {
-    let (a, b) = tokio::io::duplex(1 << 20);
-    let (client, mut incoming) = spawn_session(b, Role::Initiator, &Config::default());
-    let mut raw = RawConn::new(a);
-    raw.accept_handshake().await;
-    within(client.ready()).await.unwrap();
+    let (client, mut incoming, mut raw) = opened_initiator(1 << 20, &Config::default()).await;
     // More messages than the incoming channel holds, then a ping every 5 s for 60 s.
     for i in 0..600u32 {
         raw.send(Packet::Packet(t::Packet {
@@ -453,11 +449,7 @@ async fn slow_consumer_does_not_idle_timeout_an_active_peer() {
 async fn peer_that_sends_but_does_not_read_is_not_idle() {
     // Our write buffer is above its high-water mark because the peer does not read, but the
     // peer keeps sending: we keep reading, so it is not taken for silent.
-    let (a, b) = tokio::io::duplex(64 * 1024);
-    let (client, _incoming) = spawn_session(b, Role::Initiator, &Config::default());
-    let mut raw = RawConn::new(a);
-    raw.accept_handshake().await;
-    within(client.ready()).await.unwrap();
+    let (client, _incoming, mut raw) = opened_initiator(64 * 1024, &Config::default()).await;
     let sender = tokio::spawn({
         let c = client.clone();
         async move {
@@ -488,15 +480,11 @@ async fn peer_that_sends_but_does_not_read_is_not_idle() {
 async fn query_timeout_covers_waiting_for_the_driver() {
     // The peer does not read: our write buffer goes above its mark and the driver stops
     // taking commands. A query queued behind the messages still fails at its deadline.
-    let (a, b) = tokio::io::duplex(4096);
     let config = Config {
         outbound_queue_bytes: 64 << 20,
         ..Config::default()
     };
-    let (client, _incoming) = spawn_session(b, Role::Initiator, &config);
-    let mut raw = RawConn::new(a);
-    raw.accept_handshake().await;
-    within(client.ready()).await.unwrap();
+    let (client, _incoming, mut raw) = opened_initiator(4096, &config).await;
     for i in 0..3u8 {
         client.send_message(vec![i; 1 << 20]).await.unwrap();
     }
@@ -535,15 +523,11 @@ async fn query_timeout_covers_waiting_for_the_driver() {
 
 #[tokio::test(start_paused = true)]
 async fn query_timeout_covers_waiting_for_budget() {
-    let (a, b) = tokio::io::duplex(4096);
     let config = Config {
         outbound_queue_bytes: 1 << 20,
         ..Config::default()
     };
-    let (client, _incoming) = spawn_session(b, Role::Initiator, &config);
-    let mut raw = RawConn::new(a);
-    raw.accept_handshake().await;
-    within(client.ready()).await.unwrap();
+    let (client, _incoming, raw) = opened_initiator(4096, &config).await;
     let sender = tokio::spawn({
         let c = client.clone();
         async move {
@@ -568,11 +552,7 @@ async fn query_timeout_covers_waiting_for_budget() {
 
 #[tokio::test(start_paused = true)]
 async fn dropped_query_futures_are_forgotten() {
-    let (a, b) = tokio::io::duplex(64 * 1024);
-    let (client, _incoming) = spawn_session(b, Role::Initiator, &Config::default());
-    let mut raw = RawConn::new(a);
-    raw.accept_handshake().await;
-    within(client.ready()).await.unwrap();
+    let (client, _incoming, mut raw) = opened_initiator(64 * 1024, &Config::default()).await;
     // One query without a deadline (the timeout overflows), one with a long one.
     let q1 = tokio::spawn({
         let c = client.clone();

@@ -12,7 +12,7 @@ use cocoon_net::{
 };
 use cocoon_tl::enums::tcp::Packet;
 use cocoon_tl::types::tcp as t;
-use common::{RawConn, TestServer, within};
+use common::{RawConn, TestServer, tcp_pair, within};
 use tokio::net::TcpListener;
 
 const Q: Duration = Duration::from_secs(30);
@@ -250,14 +250,7 @@ async fn garbage_from_peer_closes_with_protoviolation() {
 
 #[tokio::test]
 async fn graceful_close_flushes_queued_messages() {
-    let listener = Listener::bind("127.0.0.1:0", Config::default())
-        .await
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let cfg = Config::default();
-    let (client, server) = tokio::join!(connect_tcp(addr, &cfg), listener.accept());
-    let (client, _ci) = client.unwrap();
-    let (server_side, mut incoming, _) = server.unwrap();
+    let (client, _ci, server_side, mut incoming) = tcp_pair().await;
     let pending = tokio::spawn({
         let c = client.clone();
         async move { c.query(b"never answered".to_vec(), Q).await }
@@ -289,14 +282,7 @@ async fn graceful_close_flushes_queued_messages() {
 
 #[tokio::test]
 async fn dropping_everything_closes_the_session() {
-    let listener = Listener::bind("127.0.0.1:0", Config::default())
-        .await
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let cfg = Config::default();
-    let (client, server) = tokio::join!(connect_tcp(addr, &cfg), listener.accept());
-    let (client, incoming) = client.unwrap();
-    let (server_side, _si, _) = server.unwrap();
+    let (client, incoming, server_side, _si) = tcp_pair().await;
     drop(client);
     drop(incoming);
     assert_eq!(within(server_side.closed()).await, CloseReason::PeerClosed);

@@ -15,8 +15,6 @@
 //! unless `COCOON_CRASH_DIR` is set). The "chain" of checkpoints is an append-only file, so
 //! it survives the kills as a blockchain would.
 
-mod common;
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -27,11 +25,11 @@ use cocoon_ledger::{ChainCheckpoint, SqliteStore};
 use cocoon_net::Incoming;
 use cocoon_proxy::chain::ChainError;
 use cocoon_proxy::{CheckpointChain, LedgerMeter, Meter, SettlementConfig};
+use cocoon_testkit::prelude::*;
 use cocoon_tl::enums;
 use cocoon_ton::StdAddr;
 use cocoon_ton::keys::SigningKey;
 use cocoon_ton::payments::{SignedOp, SignedPayment};
-use common::*;
 use futures::future::BoxFuture;
 use rand::{Rng, SeedableRng};
 
@@ -219,7 +217,7 @@ async fn load(
     kill_after: Duration,
     kill: impl FnOnce(),
 ) {
-    let owner = common::addr(0x51);
+    let owner = cocoon_testkit::fixtures::addr(0x51);
     let (mut c, auth) = TestClient::authorized_at(addr, &owner).await;
     let db = u64::try_from(auth.tokens_committed_to_db).unwrap();
     assert!(
@@ -266,10 +264,10 @@ async fn load(
         let Incoming::Message { data } = m else {
             continue;
         };
-        let (rid, fi) = match decode(&data) {
-            Answer::Head(h, _) => (h.request_id, h.final_info),
-            Answer::Part(p) => (p.request_id, p.final_info),
-            Answer::Error(e) => {
+        let (rid, fi) = match from_proxy(&data) {
+            FromProxy::Head(h, _) => (h.request_id, h.final_info),
+            FromProxy::Part(p) => (p.request_id, p.final_info),
+            FromProxy::Error(e) => {
                 let Some(fi) = &e.final_info else {
                     panic!("errors carry usage: {e:?}");
                 };
@@ -277,7 +275,7 @@ async fn load(
                 told.errors.push((e.error_code, e.error.clone(), t));
                 (e.request_id, e.final_info)
             }
-            Answer::Payment(p) => {
+            FromProxy::Payment(p) => {
                 let db = u64::try_from(p.db_tokens).unwrap();
                 assert!(
                     db >= told.max_db,

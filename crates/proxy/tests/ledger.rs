@@ -1,8 +1,6 @@
 //! The proxy on its durable ledger: settlements in SQLite, checkpoints on chain, signed
 //! receipts only for checkpointed usage, restart with nothing lost, rollback refused.
 
-mod common;
-
 use std::path::Path;
 use std::sync::Arc;
 
@@ -11,10 +9,10 @@ use cocoon_proxy::meter::{Charge, Settlement};
 use cocoon_proxy::{
     ClientContractState, LedgerMeter, MemoryChain, Meter, MeterError, SettlementConfig,
 };
+use cocoon_testkit::prelude::*;
 use cocoon_tl::enums;
 use cocoon_ton::keys::SigningKey;
 use cocoon_ton::payments::{SignedOp, SignedPayment};
-use common::*;
 
 fn key() -> Arc<SigningKey> {
     Arc::new(SigningKey::from_seed(&PROXY_SEED).unwrap())
@@ -62,7 +60,7 @@ async fn settlements_are_durable_and_receipts_follow_confirmed_checkpoints() {
         assert_eq!(got.tokens.unwrap()[4], 30);
     }
     let p = loop {
-        if let Answer::Payment(p) = c.next().await
+        if let FromProxy::Payment(p) = c.next().await
             && p.max_tokens == 90
         {
             break p;
@@ -104,7 +102,7 @@ async fn settlements_are_durable_and_receipts_follow_confirmed_checkpoints() {
     let got = c.collect().await;
     assert_eq!(got.tokens.unwrap()[4], 30);
     let p = loop {
-        if let Answer::Payment(p) = c.next().await {
+        if let FromProxy::Payment(p) = c.next().await {
             break p;
         }
     };
@@ -119,12 +117,11 @@ async fn settlements_are_durable_and_receipts_follow_confirmed_checkpoints() {
     assert_eq!(t.worker_nanoton, 120 * 10);
     assert_eq!(t.commission_nanoton, 120 * 10);
     assert!(meter.audit().is_empty(), "{:?}", meter.audit());
-    let stats: serde_json::Value = reqwest::get(format!("{}/jsonstats", net.admin()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats: serde_json::Value = get_json(
+        &reqwest::Client::new(),
+        &format!("{}/jsonstats", net.admin()),
+    )
+    .await;
     assert_eq!(stats["ledger"]["confirmed_checkpoint"], 1);
 
     // Operator controls on the settlement, behind the admin token.
@@ -170,22 +167,12 @@ async fn settlements_are_durable_and_receipts_follow_confirmed_checkpoints() {
     assert_eq!(post("withdraw", TOKEN).await.unwrap().status(), 200);
     assert_eq!(chain.withdrawals(), 1);
     assert_eq!(post("teleport", TOKEN).await.unwrap().status(), 404);
-    let html = reqwest::get(format!("{}/stats", net.admin()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let html = get_text(&reqwest::Client::new(), &format!("{}/stats", net.admin())).await;
     assert!(
         html.contains("<h2>accounts</h2>") && html.contains(&worker_sc[2..]),
         "{html}"
     );
-    let metrics = reqwest::get(format!("{}/metrics", net.admin()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&reqwest::Client::new(), &format!("{}/metrics", net.admin())).await;
     assert!(
         metrics.contains("cocoon_proxy_ledger_commission_nanoton 1200"),
         "{metrics}"
@@ -225,6 +212,16 @@ async fn book(m: &LedgerMeter, client: &str, worker: &str, first: u8, n: u8, tok
     }
 }
 
+/// The client (its contract funded with 1 TON, the stake alike) and the worker of these tests.
+fn parties() -> (String, String, ClientContractState) {
+    let funded = ClientContractState {
+        balance: 1_000_000_000,
+        stake: 1_000_000_000,
+        ..ClientContractState::default()
+    };
+    (addr(0x61).to_string(), addr(0x62).to_string(), funded)
+}
+
 fn copy_db(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
@@ -241,12 +238,7 @@ async fn a_restored_old_database_is_refused_and_corruption_freezes_only_one_acco
     let db = live.join("ledger.sqlite");
     let chain = MemoryChain::new();
     let cfg = SettlementConfig::default();
-    let (client, worker) = (addr(0x61).to_string(), addr(0x62).to_string());
-    let funded = ClientContractState {
-        balance: 1_000_000_000,
-        stake: 1_000_000_000,
-        ..ClientContractState::default()
-    };
+    let (client, worker, funded) = parties();
 
     let m = open(&db, &chain).await.unwrap();
     m.open_client(&client, &funded, 20).await.unwrap();
@@ -334,12 +326,7 @@ async fn receipts_are_submitted_once_across_restarts_and_old_accounts_get_final_
         min_worker_payout: 1,
         ..SettlementConfig::default()
     };
-    let (client, worker) = (addr(0x61).to_string(), addr(0x62).to_string());
-    let funded = ClientContractState {
-        balance: 1_000_000_000,
-        stake: 1_000_000_000,
-        ..ClientContractState::default()
-    };
+    let (client, worker, funded) = parties();
     let m = open(&db, &chain).await.unwrap();
     m.open_client(&client, &funded, 20).await.unwrap();
     book(&m, &client, &worker, 1, 2, 40).await;

@@ -11,15 +11,16 @@
 //! The scripted worker speaks the worker protocol by hand (`worker.connectToProxy` ... and
 //! `proxy.queryAnswer*Ex` frames), so it can lie the way a modified worker would.
 
-mod common;
-
 use std::time::Duration;
 
 use cocoon_net::{ErrorCode, Incoming, SessionHandle};
-use cocoon_tl::functions::{client as fclient, proxy as fproxy, worker as fworker};
+use cocoon_testkit::client::{connect_query, run_query};
+use cocoon_testkit::decode::tokens_used;
+use cocoon_testkit::prelude::*;
+use cocoon_testkit::proxy::{finish_handshake, raw_worker};
+use cocoon_tl::functions::proxy as fproxy;
 use cocoon_tl::types::{TokensUsed, http as thttp, proxy as tproxy, worker as tworker};
 use cocoon_tl::{Identifiable, TlRead, TlWrite, peek_constructor};
-use common::*;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -31,46 +32,8 @@ struct ScriptedWorker {
 
 impl ScriptedWorker {
     async fn start(net: &Net, coefficient: i32, max_active: i32) -> ScriptedWorker {
-        let (handle, incoming, _peer) = connector()
-            .connect(&net.proxy.worker_addr().to_string())
-            .await
-            .unwrap();
-        let _: tworker::ConnectedToProxy = handle
-            .query_tl(
-                &fworker::ConnectToProxy {
-                    params: tworker::Params {
-                        worker_owner_address: addr(0x49).to_string(),
-                        model: MODEL.into(),
-                        coefficient,
-                        is_test: Some(true),
-                        proxy_cnt: Some(1),
-                        max_active_requests: Some(max_active),
-                        min_proto_version: Some(1),
-                        max_proto_version: Some(3),
-                    },
-                },
-                LIMIT,
-            )
-            .await
-            .unwrap();
-        let _: tworker::CompareBalanceWithProxyResult = handle
-            .query_tl(
-                &fworker::CompareBalanceWithProxy {
-                    tokens_committed_to_blockchain: 0,
-                    tokens_committed_to_db: 0,
-                    max_tokens: 0,
-                },
-                LIMIT,
-            )
-            .await
-            .unwrap();
-        let _: tworker::ProxyHandshakeCompleted = handle
-            .query_tl(
-                &fworker::ProxyHandshakeComplete { is_disabled: false },
-                LIMIT,
-            )
-            .await
-            .unwrap();
+        let (handle, incoming, _) = raw_worker(net, coefficient, max_active, 3).await;
+        finish_handshake(&handle, 0).await;
         net.wait_workers(1).await;
         ScriptedWorker { handle, incoming }
     }
@@ -162,14 +125,9 @@ fn body_of(run: &fproxy::RunQueryEx) -> Value {
 
 /// `tokensUsed` for raw usage at `coefficient` with the test network's multipliers.
 fn adjusted(prompt: u64, completion: u64, coefficient: u64) -> TokensUsed {
-    let a = worker_prices().adjust(&cocoon_openai::Usage::new(prompt, completion), coefficient);
-    TokensUsed {
-        prompt_tokens_used: a.categories.prompt as i64,
-        cached_tokens_used: a.categories.cached as i64,
-        completion_tokens_used: a.categories.completion as i64,
-        reasoning_tokens_used: a.categories.reasoning as i64,
-        total_tokens_used: a.total as i64,
-    }
+    let a = prices().adjust(&cocoon_openai::Usage::new(prompt, completion), coefficient);
+    let c = a.categories;
+    tokens_used([c.prompt, c.cached, c.completion, c.reasoning, a.total].map(|t| t as i64))
 }
 
 /// An SSE answer with `words` content chunks and the usage the engine reported.
@@ -189,26 +147,17 @@ fn sse(words: u64, prompt: u64) -> Vec<u8> {
 
 /// Sends `client.runQueryEx` with a hand-made body.
 async fn run_body(c: &TestClient, id: u8, body: &Value, max_tokens: i32) {
-    let q = fclient::RunQueryEx {
-        model_name: "Smol".into(),
-        query: http_request(&serde_json::to_vec(body).unwrap()),
-        max_coefficient: 4000,
+    let q = run_query(
+        [id; 32],
+        &serde_json::to_vec(body).unwrap(),
         max_tokens,
-        timeout: 30.0,
-        request_id: [id; 32],
-        min_config_version: 0,
-        enable_debug: None,
-    };
-    c.handle.send_message(q.to_bytes()).await.unwrap();
+        30.0,
+    );
+    c.handle.send_message(q).await.unwrap();
 }
 
 fn chat(extra: Value) -> Value {
-    let mut b =
-        json!({"model": "Smol", "messages": [{"role": "user", "content": "hi"}], "stream": true});
-    for (k, v) in extra.as_object().unwrap() {
-        b[k] = v.clone();
-    }
-    b
+    chat_with("hi", true, extra)
 }
 
 /// §2: the limit the client reserved is the limit the worker gets.
@@ -504,20 +453,8 @@ async fn unauthenticated_handshakes_cause_few_chain_reads() {
             .connect(&net.proxy.client_addr().to_string())
             .await
             .unwrap();
-        let r: Result<cocoon_tl::types::client::ConnectedToProxy, _> = h
-            .query_tl(
-                &fclient::ConnectToProxy {
-                    params: cocoon_tl::types::client::Params {
-                        client_owner_address: addr(0x80 + i).to_string(),
-                        is_test: Some(true),
-                        min_proto_version: Some(1),
-                        max_proto_version: Some(3),
-                    },
-                    min_config_version: 0,
-                },
-                LIMIT,
-            )
-            .await;
+        let r: Result<cocoon_tl::types::client::ConnectedToProxy, _> =
+            h.query_tl(&connect_query(&addr(0x80 + i)), LIMIT).await;
         if let Err(e) = r {
             assert!(e.message.contains("too many contract lookups"), "{e:?}");
             refused += 1;

@@ -2,82 +2,32 @@
 //! the proxy over RA-TLS (sim attestation, proof-of-work), a test client speaks TL over
 //! RA-TLS to the client listener, and requests flow end to end on loopback.
 
-mod common;
-
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
+use cocoon_testkit::client::{collect, run_query};
+use cocoon_testkit::prelude::*;
+use cocoon_testkit::proxy::{finish_handshake, raw_worker};
+use cocoon_tl::enums;
 use cocoon_tl::functions::client as fclient;
 use cocoon_tl::types::client as tclient;
-use cocoon_tl::{TlWrite, enums};
-use common::*;
 
 const GATED_TOKENS: [i64; 5] = [22, 12, 27, 0, 61];
 const JSON_TOKENS: [i64; 5] = [18, 0, 12, 0, 30];
 const FAIL_TOKENS: [i64; 5] = [1, 0, 9, 0, 10];
-
-fn header<'a>(h: &'a [cocoon_tl::types::http::Header], name: &str) -> Option<&'a str> {
-    h.iter()
-        .find(|h| h.name.eq_ignore_ascii_case(name))
-        .map(|h| h.value.as_str())
-}
-
-/// Reads messages until every request in `ids` ended (and got its payment message when
-/// `payments`); returns what each request received.
-async fn collect(c: &mut TestClient, ids: &[u8], payments: bool) -> HashMap<u8, Collected> {
-    let mut out: HashMap<u8, Collected> = ids.iter().map(|i| (*i, Collected::default())).collect();
-    let done = |out: &HashMap<u8, Collected>| {
-        out.values().all(|c| {
-            (c.tokens.is_some() || c.error.is_some()) && (!payments || !c.payments.is_empty())
-        })
-    };
-    while !done(&out) {
-        match c.next().await {
-            Answer::Head(h, r) => {
-                let e = out.get_mut(&h.request_id[0]).expect("known request");
-                e.status = Some(r.status_code);
-                e.headers = r.headers;
-                e.body.extend_from_slice(&r.payload);
-                if let Some(fi) = h.final_info {
-                    e.tokens = Some(tokens5(&fi.tokens_used));
-                }
-            }
-            Answer::Part(p) => {
-                let e = out.get_mut(&p.request_id[0]).expect("known request");
-                e.body.extend_from_slice(&p.answer);
-                if let Some(fi) = p.final_info {
-                    e.tokens = Some(tokens5(&fi.tokens_used));
-                }
-            }
-            Answer::Error(er) => {
-                let e = out.get_mut(&er.request_id[0]).expect("known request");
-                e.tokens = er.final_info.as_ref().map(|f| tokens5(&f.tokens_used));
-                e.error = Some((er.error_code, er.error));
-            }
-            Answer::Payment(p) => {
-                out.get_mut(&p.request_id[0])
-                    .expect("known request")
-                    .payments
-                    .push(p);
-            }
-        }
-    }
-    out
-}
 
 /// Reads request `id`'s head and parts until the body holds `want` (the engine is held).
 async fn read_until(c: &mut TestClient, id: u8, want: &str) -> Collected {
     let mut got = Collected::default();
     while !String::from_utf8_lossy(&got.body).contains(want) {
         match c.next().await {
-            Answer::Head(h, r) => {
+            FromProxy::Head(h, r) => {
                 assert_eq!(h.request_id, [id; 32]);
                 assert!(h.final_info.is_none());
                 got.status = Some(r.status_code);
                 got.headers = r.headers;
                 got.body.extend_from_slice(&r.payload);
             }
-            Answer::Part(p) => {
+            FromProxy::Part(p) => {
                 assert_eq!(p.request_id, [id; 32]);
                 assert!(p.final_info.is_none(), "answer still held by the engine");
                 got.body.extend_from_slice(&p.answer);
@@ -103,16 +53,7 @@ async fn streams_end_to_end_with_exact_usage_least_loaded_routing_and_admin() {
         c.connected.auth,
         enums::client::ProxyConnectionAuth::ProxyConnectionAuthShort(_)
     ));
-    let a: enums::client::AuthorizationWithProxy = c
-        .handle
-        .query_tl(
-            &fclient::AuthorizeWithProxyShort {
-                data: SECRET.to_vec(),
-            },
-            LIMIT,
-        )
-        .await
-        .unwrap();
+    let a = c.authorize_short().await;
     assert!(matches!(
         a,
         enums::client::AuthorizationWithProxy::AuthorizationWithProxySuccess(_)
@@ -174,14 +115,7 @@ async fn streams_end_to_end_with_exact_usage_least_loaded_routing_and_admin() {
 
     // Admin: stats, metrics, controls behind the token.
     let http = reqwest::Client::new();
-    let js: serde_json::Value = http
-        .get(format!("{}/jsonstats", net.admin()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let js: serde_json::Value = get_json(&http, &format!("{}/jsonstats", net.admin())).await;
     assert_eq!(js["workers"].as_array().unwrap().len(), 2);
     assert!(
         js["workers"]
@@ -191,48 +125,36 @@ async fn streams_end_to_end_with_exact_usage_least_loaded_routing_and_admin() {
             .all(|w| w["served"] == 1 && w["running"] == 0)
     );
     assert_eq!(js["counters"]["requests_success"], 2);
-    let html = http
-        .get(format!("{}/stats", net.admin()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let html = get_text(&http, &format!("{}/stats", net.admin())).await;
     assert!(html.contains(MODEL) && html.contains("reputation"));
-    let metrics = http
-        .get(format!("{}/metrics", net.admin()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&http, &format!("{}/metrics", net.admin())).await;
     assert!(
         metrics.contains("cocoon_proxy_requests_total{outcome=\"success\"} 2"),
         "{metrics}"
     );
     assert!(metrics.contains("cocoon_proxy_adjusted_tokens_total 122"));
-    let r = http
-        .post(format!("{}/control/disable", net.admin()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
-    let r = http
-        .post(format!("{}/control/disable", net.admin()))
-        .bearer_auth("wrong")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
-    let r = http
-        .post(format!("{}/control/disable", net.admin()))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(
+        post_status(&http, &format!("{}/control/disable", net.admin()), None).await,
+        401
+    );
+    assert_eq!(
+        post_status(
+            &http,
+            &format!("{}/control/disable", net.admin()),
+            Some("wrong")
+        )
+        .await,
+        401
+    );
+    assert_eq!(
+        post_status(
+            &http,
+            &format!("{}/control/disable", net.admin()),
+            Some(TOKEN)
+        )
+        .await,
+        200
+    );
     c.run(3, "json", 100, 30.0).await;
     let r = collect(&mut c, &[3], false).await;
     assert_eq!(
@@ -240,13 +162,15 @@ async fn streams_end_to_end_with_exact_usage_least_loaded_routing_and_admin() {
         Some("proxy is disabled")
     );
     assert_eq!(r[&3].tokens, Some([0; 5]));
-    let r = http
-        .post(format!("{}/control/enable", net.admin()))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(
+        post_status(
+            &http,
+            &format!("{}/control/enable", net.admin()),
+            Some(TOKEN)
+        )
+        .await,
+        200
+    );
     c.run(4, "json", 100, 30.0).await;
     let r = collect(&mut c, &[4], true).await;
     assert_eq!(r[&4].error, None);
@@ -329,9 +253,7 @@ async fn failing_worker_is_retried_before_the_first_byte_and_then_avoided() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_retry_after_the_first_byte_and_the_error_carries_the_usage() {
-    let net = start_proxy(root(1, true, true)).await;
-    let first = start_worker(&net, 0x41).await;
-    net.wait_workers(1).await;
+    let (net, first) = proxy_with_worker(0x41).await;
     let other = start_worker(&net, 0x42).await;
     net.wait_workers(2).await;
     let owner = addr(0x51);
@@ -355,9 +277,7 @@ async fn no_retry_after_the_first_byte_and_the_error_carries_the_usage() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_disconnect_and_deadline_stop_the_worker_stream() {
-    let net = start_proxy(root(1, true, true)).await;
-    let w = start_worker(&net, 0x41).await;
-    net.wait_workers(1).await;
+    let (net, w) = proxy_with_worker(0x41).await;
     let owner = addr(0x51);
     let sc = net.fund_client(&owner, 100_000_000, true);
 
@@ -456,9 +376,7 @@ async fn workers_outside_the_root_config_are_refused_and_dropped_on_update() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_funds_is_refused_and_long_auth_completes_on_chain() {
-    let net = start_proxy(root(1, true, true)).await;
-    let w = start_worker(&net, 0x41).await;
-    net.wait_workers(1).await;
+    let (net, w) = proxy_with_worker(0x41).await;
 
     // 2000 nanoTON at 20 per token: 100 tokens of credit, far below the reservation.
     let poor = addr(0x51);
@@ -475,16 +393,7 @@ async fn out_of_funds_is_refused_and_long_auth_completes_on_chain() {
 
     // A wrong secret is refused.
     let c2 = TestClient::connect(&net, &poor).await;
-    let a: enums::client::AuthorizationWithProxy = c2
-        .handle
-        .query_tl(
-            &fclient::AuthorizeWithProxyShort {
-                data: b"wrong".to_vec(),
-            },
-            LIMIT,
-        )
-        .await
-        .unwrap();
+    let a = c2.authorize_with(b"wrong").await;
     assert!(matches!(
         a,
         enums::client::AuthorizationWithProxy::AuthorizationWithProxyFailed(_)
@@ -556,9 +465,7 @@ async fn unsafe_configurations_do_not_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_lost_mid_stream_is_not_retried_and_shutdown_closes_sessions() {
-    let net = start_proxy(root(1, true, true)).await;
-    let w1 = start_worker(&net, 0x41).await;
-    net.wait_workers(1).await;
+    let (net, w1) = proxy_with_worker(0x41).await;
     let w2 = start_worker(&net, 0x42).await;
     net.wait_workers(2).await;
     let owner = addr(0x51);
@@ -603,9 +510,7 @@ async fn worker_lost_mid_stream_is_not_retried_and_shutdown_closes_sessions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_client_input_closes_that_session_only() {
-    let net = start_proxy(root(1, true, true)).await;
-    let _w = start_worker(&net, 0x41).await;
-    net.wait_workers(1).await;
+    let (net, _w) = proxy_with_worker(0x41).await;
     let owner = addr(0x51);
     net.fund_client(&owner, 100_000_000, true);
 
@@ -630,17 +535,7 @@ async fn bad_client_input_closes_that_session_only() {
     eventually("bad session closed", || bad.handle.is_closed()).await;
     // A truncated request (right constructor, missing fields) likewise.
     let bad2 = TestClient::authorized(&net, &owner).await;
-    let mut q = fclient::RunQueryEx {
-        model_name: "Smol".into(),
-        query: http_request(&chat_body("json", false)),
-        max_coefficient: 4000,
-        max_tokens: 100,
-        timeout: 30.0,
-        request_id: [9; 32],
-        min_config_version: 0,
-        enable_debug: None,
-    }
-    .to_bytes();
+    let mut q = run_query([9; 32], &chat_body("json", false), 100, 30.0);
     q.truncate(q.len() / 2);
     bad2.handle.send_message(q).await.unwrap();
     eventually("truncated session closed", || bad2.handle.is_closed()).await;
@@ -679,53 +574,16 @@ async fn bad_client_input_closes_that_session_only() {
     assert_eq!(net.proxy.stats().workers.len(), 1);
 }
 
-/// A hand-driven worker speaking the wire protocol directly.
-async fn raw_worker(
-    net: &Net,
-    max_proto: i32,
-) -> (
-    cocoon_net::SessionHandle,
-    tokio::sync::mpsc::Receiver<cocoon_net::Incoming>,
-    cocoon_tl::types::worker::ConnectedToProxy,
-) {
-    use cocoon_tl::functions::worker as fworker;
-    use cocoon_tl::types::worker as tworker;
-    let (h, incoming, _peer) = connector()
-        .connect(&net.proxy.worker_addr().to_string())
-        .await
-        .unwrap();
-    let connected: tworker::ConnectedToProxy = h
-        .query_tl(
-            &fworker::ConnectToProxy {
-                params: tworker::Params {
-                    worker_owner_address: addr(0x49).to_string(),
-                    model: MODEL.into(),
-                    coefficient: 1000,
-                    is_test: Some(true),
-                    proxy_cnt: Some(1),
-                    max_active_requests: Some(2),
-                    min_proto_version: Some(1),
-                    max_proto_version: Some(max_proto),
-                },
-            },
-            LIMIT,
-        )
-        .await
-        .unwrap();
-    (h, incoming, connected)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wire_level_worker_handshake_deadline_and_violations() {
-    use cocoon_tl::functions::worker as fworker;
-    use cocoon_tl::types::{proxy as tproxy, worker as tworker};
+    use cocoon_tl::types::proxy as tproxy;
     use cocoon_tl::{Identifiable, TlRead};
     let net = start_proxy_with(root(1, true, true), |c| {
         c.timings.cancel_grace = std::time::Duration::from_millis(200)
     })
     .await;
     // A version-2 worker: the proxy picks 2 and names the derived worker contract.
-    let (h, mut incoming, connected) = raw_worker(&net, 2).await;
+    let (h, mut incoming, connected) = raw_worker(&net, 1000, 2, 2).await;
     assert_eq!(connected.params.proto_version, Some(2));
     assert_eq!(connected.params.is_test, Some(true));
     assert_eq!(connected.params.proxy_public_key, net.proxy.public_key());
@@ -739,25 +597,8 @@ async fn wire_level_worker_handshake_deadline_and_violations() {
     .address;
     assert_eq!(connected.worker_sc_address, expected_sc.to_string());
     // The worker claims more than the proxy knows: reported, not fatal.
-    let cmp: tworker::CompareBalanceWithProxyResult = h
-        .query_tl(
-            &fworker::CompareBalanceWithProxy {
-                tokens_committed_to_blockchain: 0,
-                tokens_committed_to_db: 0,
-                max_tokens: 500,
-            },
-            LIMIT,
-        )
-        .await
-        .unwrap();
+    let cmp = finish_handshake(&h, 500).await;
     assert_eq!((cmp.error_code, cmp.max_tokens), (1, 0));
-    let _: tworker::ProxyHandshakeCompleted = h
-        .query_tl(
-            &fworker::ProxyHandshakeComplete { is_disabled: false },
-            LIMIT,
-        )
-        .await
-        .unwrap();
     net.wait_workers(1).await;
 
     // A request the worker never answers: the proxy's own deadline ends it.
@@ -828,9 +669,7 @@ fn fproxy_run(data: &[u8]) -> cocoon_tl::functions::proxy::RunQueryEx {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_reported_beyond_the_reservation_stops_the_request() {
-    let net = start_proxy(root(1, true, true)).await;
-    let w = start_worker(&net, 0x41).await;
-    net.wait_workers(1).await;
+    let (net, w) = proxy_with_worker(0x41).await;
     let owner = addr(0x51);
     let sc = net.fund_client(&owner, 100_000_000, true);
     let mut c = TestClient::authorized(&net, &owner).await;
@@ -844,7 +683,7 @@ async fn usage_reported_beyond_the_reservation_stops_the_request() {
         ))
     );
     // (max_tokens + request bytes) × max_coefficient 4.0 × highest multiplier 2.0
-    let query_len = http_request(&chat_body("metered", true)).len() as i64;
+    let query_len = http_request(CHAT, &chat_body("metered", true)).len() as i64;
     let reserved = (10 + query_len) * 8;
     // The worker's final report is over the reservation: booked at the reservation.
     let billed = r[&1].tokens.unwrap()[4];
@@ -862,9 +701,7 @@ async fn usage_reported_beyond_the_reservation_stops_the_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_get_payment_reports_that_never_decrease() {
-    let net = start_proxy(root(1, true, true)).await;
-    let w = start_worker(&net, 0x41).await;
-    net.wait_workers(1).await;
+    let (net, w) = proxy_with_worker(0x41).await;
     let owner = addr(0x51);
     let sc = net.fund_client(&owner, 100_000_000, true);
     let mut c = TestClient::authorized(&net, &owner).await;
@@ -878,11 +715,11 @@ async fn concurrent_requests_get_payment_reports_that_never_decrease() {
         let mut done = 0;
         while done < ids.len() {
             match c.next().await {
-                Answer::Payment(p) => {
+                FromProxy::Payment(p) => {
                     maxes.push(p.max_tokens);
                     done += 1;
                 }
-                Answer::Error(e) => panic!("request failed: {e:?}"),
+                FromProxy::Error(e) => panic!("request failed: {e:?}"),
                 _ => {}
             }
         }

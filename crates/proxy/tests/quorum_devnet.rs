@@ -14,72 +14,14 @@
 use std::time::Duration;
 
 use cocoon_devnet::fake::FakeEndpoint;
-use cocoon_devnet::run::{RunOptions, start};
 use cocoon_proxy::{ClientChain, TonClientChain};
+use cocoon_testkit::devnet::{TON, deploy_client, stake_proxy, start_chain, top_up};
+use cocoon_ton::StdAddr;
 use cocoon_ton::chain::Chain;
-use cocoon_ton::codec::{Coins, Layout, decode_boc_base64, encode_boc, encode_boc_base64};
-use cocoon_ton::contracts::{ClientStorage, client_contract, proxy_contract};
-use cocoon_ton::keys::SigningKey;
-use cocoon_ton::messages::{ExtClientTopUp, ExtProxyIncreaseStake};
+use cocoon_ton::codec::{Coins, Layout, decode_boc_base64, encode_boc_base64};
+use cocoon_ton::contracts::ClientStorage;
 use cocoon_ton::quorum::{QuorumChain, QuorumConfig};
-use cocoon_ton::toncenter::{Devnet as _, Toncenter, ToncenterConfig};
-use cocoon_ton::wallet::{OutMsg, Wallet};
-use cocoon_ton::{Cell, HashBytes, StdAddr};
-
-const T0: u32 = 1_750_000_000;
-const TON: u128 = 1_000_000_000;
-
-struct Party {
-    key: SigningKey,
-    wallet: Wallet,
-    address: StdAddr,
-    seqno: u32,
-}
-
-impl Party {
-    fn new(seed: u8) -> Self {
-        let key = SigningKey::from_seed(&[seed; 32]).unwrap();
-        let wallet = Wallet::v4r2(key.public_key(), 0);
-        let address = wallet.address().unwrap();
-        Party {
-            key,
-            wallet,
-            address,
-            seqno: 0,
-        }
-    }
-
-    async fn send(&mut self, tc: &Toncenter, to: &StdAddr, value: u128, body: Cell) {
-        self.transfer(tc, OutMsg::new(to.clone(), value as u64, Some(body)))
-            .await;
-    }
-
-    async fn deploy(&mut self, tc: &Toncenter, to: &StdAddr, value: u128, body: Cell, init: Cell) {
-        let mut msg = OutMsg::new(to.clone(), value as u64, Some(body));
-        msg.state_init = Some(init);
-        self.transfer(tc, msg).await;
-    }
-
-    async fn transfer(&mut self, tc: &Toncenter, msg: OutMsg) {
-        let now = tc.clock().await.unwrap() as u32;
-        let ext = self
-            .wallet
-            .external_transfer(&self.key, self.seqno, now + 600, &[msg], self.seqno == 0)
-            .unwrap();
-        tc.send_boc(&encode_boc(&ext)).await.unwrap();
-        self.seqno += 1;
-    }
-}
-
-fn top_up(owner: &StdAddr, ton: u128) -> Cell {
-    ExtClientTopUp {
-        query_id: 2,
-        amount: Coins(ton as u64),
-        send_excesses_to: owner.clone(),
-    }
-    .to_cell()
-    .unwrap()
-}
+use cocoon_ton::toncenter::{Toncenter, ToncenterConfig};
 
 /// Makes `e` answer `getAddressInformation` for `account` with its storage's balance set to
 /// `balance` (everything else as on chain).
@@ -113,17 +55,7 @@ fn client_chain_config(url: &str) -> ToncenterConfig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_balance_lies_are_outvoted_and_a_disagreement_keeps_the_last_agreed_state() {
     // The devnet with the root, served by three endpoints over one chain.
-    let dir = tempfile::tempdir().unwrap();
-    let opts = RunOptions {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        dir: Some(dir.path().to_path_buf()),
-        now: Some(T0),
-        deploy_root: true,
-    };
-    let started = tokio::task::spawn_blocking(move || start(&opts))
-        .await
-        .unwrap()
-        .unwrap();
+    let (started, _dir) = start_chain().await;
     let root = started.root.clone().unwrap().address;
     let e: Vec<FakeEndpoint> = vec![
         FakeEndpoint::spawn(started.state.clone()).await.unwrap(),
@@ -134,45 +66,13 @@ async fn client_balance_lies_are_outvoted_and_a_disagreement_keeps_the_last_agre
 
     // A staked proxy contract and two client contracts with 5 TON each.
     let params = cocoon_devnet::root::test_params().unwrap();
-    let proxy_seed = [0x50; 32];
-    let proxy_pk = HashBytes(SigningKey::from_seed(&proxy_seed).unwrap().public_key());
-    let mut proxy_owner = Party::new(1);
-    let proxy = proxy_contract(&params, &proxy_owner.address, &proxy_pk, &root).unwrap();
-    tc.faucet(&proxy_owner.address, 100 * TON).await.unwrap();
-    let stake = ExtProxyIncreaseStake {
-        query_id: 1,
-        amount: Coins(10 * TON as u64),
-        send_excesses_to: proxy_owner.address.clone(),
-    }
-    .to_cell()
-    .unwrap();
-    proxy_owner
-        .deploy(
-            &tc,
-            &proxy.address,
-            10 * TON + TON / 10,
-            stake,
-            proxy.state_init().unwrap(),
-        )
-        .await;
+    let (_proxy_owner, proxy) = stake_proxy(&tc, &params, &root).await;
     let mut owners = Vec::new();
     let mut clients = Vec::new();
     for seed in [2u8, 3] {
-        let mut owner = Party::new(seed);
-        tc.faucet(&owner.address, 100 * TON).await.unwrap();
-        let c = client_contract(&params, &owner.address, &proxy.address, &proxy_pk).unwrap();
-        let body = top_up(&owner.address, 5 * TON);
-        owner
-            .deploy(
-                &tc,
-                &c.address,
-                5 * TON + TON / 10,
-                body,
-                c.state_init().unwrap(),
-            )
-            .await;
+        let (owner, c) = deploy_client(&tc, &params, &proxy.address, seed).await;
         owners.push(owner);
-        clients.push(c.address);
+        clients.push(c);
     }
     let (alice_sc, bob_sc) = (clients[0].clone(), clients[1].clone());
 
@@ -213,7 +113,7 @@ async fn client_balance_lies_are_outvoted_and_a_disagreement_keeps_the_last_agre
     lie_about_balance(&e[2], &alice_sc, 2000 * TON as u64);
     let body = top_up(&owners[0].address, 2 * TON);
     owners[0]
-        .send(&tc, &alice_sc, 2 * TON + TON / 10, body)
+        .send(&tc, &alice_sc, 2 * TON + TON / 10, body, None)
         .await;
     let honest = Toncenter::with_url(&e[0].url()).unwrap();
     let real =

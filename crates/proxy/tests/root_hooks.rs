@@ -9,14 +9,13 @@ use std::time::Duration;
 use cocoon_ledger::SqliteStore;
 use cocoon_proxy::{LedgerMeter, MemoryChain, root_hooks};
 use cocoon_service::chain::{Polled, RootWatcher};
+use cocoon_testkit::prelude::*;
 use cocoon_ton::StdAddr;
 use cocoon_ton::chain::{
-    AccountState, AccountStatus, Chain, ChainError, GetMethodResult, StackValue, Transaction,
-    TxId,
+    AccountState, AccountStatus, Chain, ChainError, GetMethodResult, StackValue, Transaction, TxId,
 };
 use cocoon_ton::keys::SigningKey;
 use cocoon_ton::root::RootConfig;
-use cocoon_testkit::prelude::*;
 
 /// A chain whose root contract holds the configuration the test put there.
 #[derive(Clone, Default)]
@@ -35,7 +34,12 @@ impl Chain for Root {
         Err(ChainError::Decode("none".into()))
     }
     async fn account_state(&self, _: &StdAddr) -> Result<AccountState, ChainError> {
-        let c = self.0.lock().unwrap().clone().expect("a root configuration");
+        let c = self
+            .0
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("a root configuration");
         Ok(AccountState {
             balance: 1,
             status: AccountStatus::Active,
@@ -119,5 +123,9 @@ async fn the_ledger_moves_to_new_params_before_the_network_and_a_refusal_holds_b
         w.poll_once(&mut hooks).await,
         Polled::Refused { version: 5, .. }
     ));
-    assert_eq!(net.proxy.stats().root_version, 3, "the network did not move");
+    assert_eq!(
+        net.proxy.stats().root_version,
+        3,
+        "the network did not move"
+    );
 }

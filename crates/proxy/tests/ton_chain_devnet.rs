@@ -5,80 +5,26 @@
 //! long authorisation. The second test runs the proxy itself on this chain and authorises
 //! one client each way over RA-TLS.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use cocoon_devnet::api;
-use cocoon_devnet::run::{RunOptions, start};
-use cocoon_proxy::{ClientChain, TonClientChain};
+use cocoon_proxy::ClientChain;
+use cocoon_testkit::devnet::{PAYOUT_OP, Party, TON, chainnet, proxy_pk};
+use cocoon_testkit::prelude::*;
+use cocoon_testkit::proxy::secret_hash;
 use cocoon_ton::chain::Chain;
-use cocoon_ton::codec::{Coins, Layout, encode_boc};
-use cocoon_ton::contracts::{client_contract, proxy_contract};
-use cocoon_ton::keys::SigningKey;
-use cocoon_ton::messages::{
-    ExtClientTopUp, ExtProxyIncreaseStake, OwnerClientChangeSecretHash, OwnerClientRegister,
-};
+use cocoon_ton::codec::Layout;
+use cocoon_ton::contracts::client_contract;
+use cocoon_ton::messages::{OwnerClientChangeSecretHash, OwnerClientRegister};
 use cocoon_ton::toncenter::{Devnet as _, Toncenter};
-use cocoon_ton::wallet::{OutMsg, Wallet};
-use cocoon_ton::{Cell, HashBytes, StdAddr};
-
-const T0: u32 = 1_750_000_000;
-const TON: u128 = 1_000_000_000;
-
-struct Party {
-    key: SigningKey,
-    wallet: Wallet,
-    address: StdAddr,
-    seqno: u32,
-}
-
-impl Party {
-    fn new(seed: u8) -> Self {
-        let key = SigningKey::from_seed(&[seed; 32]).unwrap();
-        let wallet = Wallet::v4r2(key.public_key(), 0);
-        let address = wallet.address().unwrap();
-        Party {
-            key,
-            wallet,
-            address,
-            seqno: 0,
-        }
-    }
-
-    async fn send(
-        &mut self,
-        tc: &Toncenter,
-        to: &StdAddr,
-        value: u128,
-        body: Cell,
-        init: Option<Cell>,
-    ) {
-        let now = tc.clock().await.unwrap() as u32;
-        let mut msg = OutMsg::new(to.clone(), value as u64, Some(body));
-        msg.state_init = init;
-        let ext = self
-            .wallet
-            .external_transfer(&self.key, self.seqno, now + 600, &[msg], self.seqno == 0)
-            .unwrap();
-        tc.send_boc(&encode_boc(&ext)).await.unwrap();
-        self.seqno += 1;
-    }
-}
+use cocoon_ton::{HashBytes, StdAddr};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_contract_state_and_registration_on_the_devnet() {
     let net = chainnet().await;
     let tc = &net.tc;
-    let chain = TonClientChain::new(
-        tc.clone(),
-        net.proxy.address.clone(),
-        Duration::from_millis(50),
-    )
-    .await
-    .unwrap();
-    let pk = HashBytes(SigningKey::from_seed(&net.proxy_key).unwrap().public_key());
+    let chain = net.client_chain().await;
+    let pk = proxy_pk();
     let owner = Party::new(2).address;
     let predicted = client_contract(&net.params, &owner, &net.proxy.address, &pk).unwrap();
     assert_eq!(
@@ -151,130 +97,19 @@ async fn client_contract_state_and_registration_on_the_devnet() {
     );
 }
 
-/// A devnet with the root deployed and a staked proxy contract.
-struct Chainnet {
-    tc: Toncenter,
-    params: cocoon_ton::root::CocoonParams,
-    root: StdAddr,
-    proxy_key: [u8; 32],
-    proxy_owner: Party,
-    proxy: cocoon_ton::contracts::Deployable,
-    _dir: tempfile::TempDir,
-    _server: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-async fn chainnet() -> Chainnet {
-    let dir = tempfile::tempdir().unwrap();
-    let opts = RunOptions {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        dir: Some(dir.path().to_path_buf()),
-        now: Some(T0),
-        deploy_root: true,
-    };
-    let started = tokio::task::spawn_blocking(move || start(&opts))
-        .await
-        .unwrap()
-        .unwrap();
-    let root = started.root.clone().unwrap().address;
-    let (srv, server) = api::spawn("127.0.0.1:0".parse().unwrap(), started.state)
-        .await
-        .unwrap();
-    let tc = Toncenter::with_url(&format!("http://{srv}")).unwrap();
-    let params = cocoon_devnet::root::test_params().unwrap();
-    let proxy_seed = [0x50; 32];
-    let proxy_pk = HashBytes(SigningKey::from_seed(&proxy_seed).unwrap().public_key());
-    let mut proxy_owner = Party::new(1);
-    let proxy = proxy_contract(&params, &proxy_owner.address, &proxy_pk, &root).unwrap();
-    tc.faucet(&proxy_owner.address, 100 * TON).await.unwrap();
-    let body = ExtProxyIncreaseStake {
-        query_id: 1,
-        amount: Coins(10 * TON as u64),
-        send_excesses_to: proxy_owner.address.clone(),
-    }
-    .to_cell()
-    .unwrap();
-    proxy_owner
-        .send(
-            &tc,
-            &proxy.address,
-            10 * TON + TON / 10,
-            body,
-            Some(proxy.state_init().unwrap()),
-        )
-        .await;
-    Chainnet {
-        tc,
-        params,
-        root,
-        proxy_key: proxy_seed,
-        proxy_owner,
-        proxy,
-        _dir: dir,
-        _server: server,
-    }
-}
-
-impl Chainnet {
-    /// A client owner whose top-up deploys its client contract (and sets `secret_hash`).
-    async fn client(&self, seed: u8, secret_hash: Option<[u8; 32]>) -> (Party, StdAddr) {
-        let mut owner = Party::new(seed);
-        self.tc.faucet(&owner.address, 100 * TON).await.unwrap();
-        let pk = HashBytes(SigningKey::from_seed(&self.proxy_key).unwrap().public_key());
-        let client =
-            client_contract(&self.params, &owner.address, &self.proxy.address, &pk).unwrap();
-        let body = ExtClientTopUp {
-            query_id: 2,
-            amount: Coins(5 * TON as u64),
-            send_excesses_to: owner.address.clone(),
-        }
-        .to_cell()
-        .unwrap();
-        owner
-            .send(
-                &self.tc,
-                &client.address,
-                5 * TON + TON / 10,
-                body,
-                Some(client.state_init().unwrap()),
-            )
-            .await;
-        if let Some(h) = secret_hash {
-            let body = OwnerClientChangeSecretHash {
-                query_id: 3,
-                secret_hash: HashBytes(h),
-                send_excesses_to: owner.address.clone(),
-            }
-            .to_cell()
-            .unwrap();
-            owner
-                .send(&self.tc, &client.address, TON / 2, body, None)
-                .await;
-        }
-        (owner, client.address)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_authorises_clients_through_the_devnet_contracts() {
     use cocoon_tl::enums::client::{AuthorizationWithProxy as Auth, ProxyConnectionAuth as Conn};
     use cocoon_tl::functions::client as fclient;
     let net_chain = chainnet().await;
-    let chain = Arc::new(
-        TonClientChain::new(
-            net_chain.tc.clone(),
-            net_chain.proxy.address.clone(),
-            Duration::from_millis(50),
-        )
-        .await
-        .unwrap(),
-    );
+    let chain = Arc::new(net_chain.client_chain().await);
     let root_cfg = cocoon_ton::chain::load_root_config(&net_chain.tc, &net_chain.root)
         .await
         .unwrap();
     let proxy_sc = net_chain.proxy.address.clone();
     let owner_addr = net_chain.proxy_owner.address.clone();
-    let key = SigningKey::from_seed(&net_chain.proxy_key).unwrap();
-    let net = common::start_proxy_with(root_cfg, |c| {
+    let key = net_chain.proxy_key();
+    let net = start_proxy_with(root_cfg, |c| {
         c.chain = chain.clone();
         c.signing_key = Arc::new(key);
         c.proxy_sc = proxy_sc;
@@ -283,26 +118,14 @@ async fn proxy_authorises_clients_through_the_devnet_contracts() {
     .await;
 
     // Short: the contract holds SHA-256 of the client's secret.
-    let hash: [u8; 32] = {
-        use sha2::Digest;
-        sha2::Sha256::digest(common::SECRET).into()
-    };
+    let hash = secret_hash();
     let (alice, alice_sc) = net_chain.client(2, Some(hash)).await;
-    let c = common::TestClient::connect(&net, &alice.address).await;
+    let c = TestClient::connect(&net, &alice.address).await;
     assert_eq!(c.connected.client_sc_address, alice_sc.to_string());
     assert!(
         matches!(&c.connected.auth, Conn::ProxyConnectionAuthShort(s) if s.secret_hash == hash)
     );
-    let a: Auth = c
-        .handle
-        .query_tl(
-            &fclient::AuthorizeWithProxyShort {
-                data: common::SECRET.to_vec(),
-            },
-            common::LIMIT,
-        )
-        .await
-        .unwrap();
+    let a = c.authorize_short().await;
     assert!(matches!(a, Auth::AuthorizationWithProxySuccess(_)), "{a:?}");
     // Credit as the contract's balance and stake allow.
     let st = chain.client_state(&alice_sc).await.unwrap().unwrap();
@@ -312,13 +135,13 @@ async fn proxy_authorises_clients_through_the_devnet_contracts() {
 
     // Long: no secret on the contract; the owner registers the nonce on-chain.
     let (mut bob, bob_sc) = net_chain.client(3, None).await;
-    let c = common::TestClient::connect(&net, &bob.address).await;
+    let c = TestClient::connect(&net, &bob.address).await;
     let Conn::ProxyConnectionAuthLong(long) = c.connected.auth.clone() else {
         panic!("long auth expected: {:?}", c.connected.auth)
     };
     let h = c.handle.clone();
     let pending = tokio::spawn(async move {
-        h.query_tl::<_, Auth>(&fclient::AuthorizeWithProxyLong {}, common::LIMIT)
+        h.query_tl::<_, Auth>(&fclient::AuthorizeWithProxyLong {}, LIMIT)
             .await
     });
     let body = OwnerClientRegister {
@@ -341,7 +164,7 @@ async fn proxy_authorises_clients_through_the_devnet_contracts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoints_and_client_charges_settle_on_the_devnet() {
     use cocoon_proxy::meter::{Charge, Settlement};
-    use cocoon_proxy::{CheckpointChain, LedgerMeter, Meter, SettlementConfig, TonCheckpointChain};
+    use cocoon_proxy::{CheckpointChain, LedgerMeter, Meter, SettlementConfig};
 
     let net_chain = chainnet().await;
     let tc = net_chain.tc.clone();
@@ -349,26 +172,13 @@ async fn checkpoints_and_client_charges_settle_on_the_devnet() {
         .await
         .unwrap();
     let (_alice, alice_sc) = net_chain.client(2, None).await;
-    let clients = TonClientChain::new(
-        tc.clone(),
-        net_chain.proxy.address.clone(),
-        Duration::from_millis(50),
-    )
-    .await
-    .unwrap();
+    let clients = net_chain.client_chain().await;
     // The operator's wallet (already deployed by the stake top-up) sends the checkpoints.
-    let owner_key = SigningKey::from_seed(&[1; 32]).unwrap();
-    let sender = cocoon_ton::wallet::WalletSender::new(
-        tc.clone(),
-        Wallet::v4r2(owner_key.public_key(), 0),
-        owner_key,
-    )
-    .unwrap();
-    let chain = TonCheckpointChain::new(sender, net_chain.proxy.address.clone());
+    let chain = net_chain.checkpoint_chain();
 
     let dir = tempfile::tempdir().unwrap();
     let store = cocoon_ledger::SqliteStore::open(&dir.path().join("ledger.sqlite")).unwrap();
-    let key = Arc::new(SigningKey::from_seed(&net_chain.proxy_key).unwrap());
+    let key = Arc::new(net_chain.proxy_key());
     let owner = net_chain.proxy_owner.address.clone();
     let meter = LedgerMeter::open_for_root(store, key.clone(), owner.clone(), &root_cfg, &chain)
         .await
@@ -377,7 +187,7 @@ async fn checkpoints_and_client_charges_settle_on_the_devnet() {
     let state = clients.client_state(&alice_sc).await.unwrap().unwrap();
     let client = alice_sc.to_string();
     meter.open_client(&client, &state, price).await.unwrap();
-    let worker = common::addr(0x77).to_string();
+    let worker = addr(0x77).to_string();
     meter.reserve(&client, [1; 32], 5_000).await.unwrap();
     meter
         .settle(
@@ -441,8 +251,6 @@ async fn checkpoints_and_client_charges_settle_on_the_devnet() {
     assert!(meter.audit().is_empty());
 }
 
-const PAYOUT_OP: u32 = 0xc59a7cd3;
-
 /// Payouts (`payout` op) `to` received from `from`, in chain order, to the nanoton.
 async fn payouts(tc: &Toncenter, to: &StdAddr, from: &StdAddr) -> Vec<u128> {
     tc.transactions_since(to, None, 1000)
@@ -488,7 +296,7 @@ struct RefundOutcome {
 /// rest out of the proxy's stake. `watch` runs the proxy with its client watcher on or off
 /// (off is how COCOON's proxy, and ours before, behaved).
 async fn refund_attack(watch: bool) -> RefundOutcome {
-    use cocoon_proxy::{LedgerMeter, SettlementConfig, TonCheckpointChain};
+    use cocoon_proxy::{LedgerMeter, SettlementConfig};
     use cocoon_ton::messages::OwnerClientRequestRefund;
     let net_chain = chainnet().await;
     let tc = net_chain.tc.clone();
@@ -497,35 +305,14 @@ async fn refund_attack(watch: bool) -> RefundOutcome {
         .unwrap();
     // Admit the sim worker and the test model (the devnet root lists none).
     root_cfg.worker_hashes = vec![HashBytes(cocoon_attest::sim::sim_image_hash())];
-    root_cfg.model_hashes = vec![cocoon_ton::root::model_hash(common::MODEL)];
-    let hash: [u8; 32] = {
-        use sha2::Digest;
-        sha2::Sha256::digest(common::SECRET).into()
-    };
+    root_cfg.model_hashes = vec![cocoon_ton::root::model_hash(MODEL)];
+    let hash = secret_hash();
     let (mut alice, alice_sc) = net_chain.client(2, Some(hash)).await;
-    let clients = Arc::new(
-        TonClientChain::new(
-            tc.clone(),
-            net_chain.proxy.address.clone(),
-            Duration::from_millis(50),
-        )
-        .await
-        .unwrap(),
-    );
-    let owner_key = SigningKey::from_seed(&[1; 32]).unwrap();
-    let sender = cocoon_ton::wallet::WalletSender::new(
-        tc.clone(),
-        Wallet::v4r2(owner_key.public_key(), 0),
-        owner_key,
-    )
-    .unwrap();
-    let checkpoints = Arc::new(TonCheckpointChain::new(
-        sender,
-        net_chain.proxy.address.clone(),
-    ));
+    let clients = Arc::new(net_chain.client_chain().await);
+    let checkpoints = Arc::new(net_chain.checkpoint_chain());
     let dir = tempfile::tempdir().unwrap();
     let store = cocoon_ledger::SqliteStore::open(&dir.path().join("ledger.sqlite")).unwrap();
-    let key = Arc::new(SigningKey::from_seed(&net_chain.proxy_key).unwrap());
+    let key = Arc::new(net_chain.proxy_key());
     let proxy_owner = net_chain.proxy_owner.address.clone();
     let meter = LedgerMeter::open_for_root(
         store,
@@ -552,7 +339,7 @@ async fn refund_attack(watch: bool) -> RefundOutcome {
     });
     let proxy_sc = net_chain.proxy.address.clone();
     let m = meter.clone();
-    let net = common::start_proxy_with(root_cfg, |c| {
+    let net = start_proxy_with(root_cfg, |c| {
         c.chain = clients.clone();
         c.meter = m;
         c.signing_key = key.clone();
@@ -561,12 +348,12 @@ async fn refund_attack(watch: bool) -> RefundOutcome {
         c.timings.client_watch_interval = watch.then_some(Duration::from_millis(200));
     })
     .await;
-    let _worker = common::start_worker(&net, 0x41).await;
+    let _worker = start_worker(&net, 0x41).await;
     net.wait_workers(1).await;
     let stake_before = proxy_stake(&tc, &net_chain.proxy.address).await;
 
     // The client uses the proxy: three answers, far below 1 TON.
-    let mut c = common::TestClient::authorized(&net, &alice.address).await;
+    let mut c = TestClient::authorized(&net, &alice.address).await;
     for id in 1..=3 {
         c.run(id, "json", 100, 30.0).await;
         let r = c.collect().await;
@@ -578,7 +365,7 @@ async fn refund_attack(watch: bool) -> RefundOutcome {
         .tokens;
     assert!(served > 0);
     // The settlement checkpoints the usage (the client can already be paid for by a receipt).
-    common::eventually("usage checkpointed", || {
+    eventually("usage checkpointed", || {
         meter
             .account(cocoon_proxy::Party::Client, &alice_sc.to_string())
             .is_some_and(|a| a.chain_tokens == served)

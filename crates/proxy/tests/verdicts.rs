@@ -4,44 +4,12 @@
 //! (whose certificate's notAfter it chooses itself) is held to the client policy's
 //! `max_validity_secs` the same way.
 
-mod common;
-
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use cocoon_attest::Policy;
-use cocoon_ratls::cert::{EvidenceSource, Identity, Unattested};
-use cocoon_ratls::config::CertResolver;
-use cocoon_ratls::net::RatlsConnector;
-use cocoon_ratls::verifier::{RatlsVerifier, VerifierConfig};
-use common::*;
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-/// A sim verifier whose verdicts hold `secs`.
-fn short_lived(secs: u64, allow_unattested: bool) -> std::sync::Arc<RatlsVerifier> {
-    let mut v = VerifierConfig::new(Policy {
-        max_validity_secs: secs,
-        ..Policy::sim_test()
-    });
-    v.allow_unattested = allow_unattested;
-    RatlsVerifier::new(v)
-}
-
-fn connector_as(source: &dyn EvidenceSource) -> RatlsConnector {
-    let id = Identity::generate(source, now() - 60).unwrap();
-    RatlsConnector::new(
-        CertResolver::new(&id).unwrap(),
-        RatlsVerifier::new(VerifierConfig::new(Policy::sim_test())),
-        16,
-        cocoon_net::Config::default(),
-    )
-    .unwrap()
-}
+use cocoon_ratls::cert::Unattested;
+use cocoon_testkit::identity::{connector_as, short_lived_verifier};
+use cocoon_testkit::prelude::*;
 
 fn expiries(net: &Net) -> u64 {
     net.proxy
@@ -55,7 +23,7 @@ fn expiries(net: &Net) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workers_session_ends_when_its_verdict_expires_and_the_worker_attests_again() {
     let net = start_proxy_with(root(1, true, true), |cfg| {
-        cfg.worker_verifier = short_lived(2, false);
+        cfg.worker_verifier = short_lived_verifier(2, false);
     })
     .await;
     let w = start_worker(&net, 0x61).await;
@@ -99,7 +67,7 @@ async fn a_workers_session_ends_when_its_verdict_expires_and_the_worker_attests_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clients_session_ends_when_its_verdict_expires_attested_or_not() {
     let net = start_proxy_with(root(1, true, true), |cfg| {
-        cfg.client_verifier = short_lived(2, true);
+        cfg.client_verifier = short_lived_verifier(2, true);
     })
     .await;
     let owner = addr(0x42);
@@ -120,7 +88,7 @@ async fn a_clients_session_ends_when_its_verdict_expires_attested_or_not() {
 
     // A client without evidence: its certificate says one day, the policy caps it at 2 s.
     let started = Instant::now();
-    let (h, _incoming, peer) = connector_as(&Unattested)
+    let (h, _incoming, peer) = connector_as(&Unattested, Policy::sim_test())
         .connect(net.proxy.client_addr().to_string())
         .await
         .unwrap();

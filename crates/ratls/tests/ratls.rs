@@ -1,5 +1,7 @@
 //! RA-TLS over real loopback TCP: PoW → TLS 1.3 with attested certificates → session.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -104,6 +106,24 @@ async fn run(client: RatlsConnector, server: RatlsAcceptor) -> (Outcome, Outcome
     })
     .await
     .expect("no hang")
+}
+
+/// A sim client verifying under `v` against a server presenting `bad`: the client's outcome.
+async fn client_against(bad: &Identity, v: Arc<RatlsVerifier>) -> Outcome {
+    run(connector(&ident(NOW - 60), v), acceptor(bad, verifier()))
+        .await
+        .0
+}
+
+/// The client refused the server's evidence for not being bound to its key.
+fn assert_binding_rejected(c: &Outcome) {
+    assert!(
+        matches!(
+            rejected_by(c),
+            VerifyError::Attest(AttestError::ReportDataMismatch)
+        ),
+        "{c:?}"
+    );
 }
 
 fn rejected_by(outcome: &Outcome) -> &VerifyError {
@@ -214,11 +234,7 @@ async fn certificate_without_evidence_is_rejected_both_ways() {
     assert!(r.contains("MissingEvidence"), "{r:?}");
 
     // The server presents it: the client rejects.
-    let (c, _s) = run(
-        connector(&ident(NOW - 60), verifier()),
-        acceptor(&bad, verifier()),
-    )
-    .await;
+    let c = client_against(&bad, verifier()).await;
     assert!(matches!(rejected_by(&c), VerifyError::MissingEvidence));
 }
 
@@ -276,11 +292,7 @@ async fn unknown_critical_extension_is_rejected() {
             ..Default::default()
         },
     );
-    let (c, _s) = run(
-        connector(&ident(NOW - 60), verifier()),
-        acceptor(&bad, verifier()),
-    )
-    .await;
+    let c = client_against(&bad, verifier()).await;
     match rejected_by(&c) {
         VerifyError::UnknownCriticalExtension(oid) => assert_eq!(oid, "1.3.6.1.4.1.99999.7"),
         other => panic!("{other:?}"),
@@ -315,11 +327,7 @@ async fn claims_of_another_key_are_rejected() {
             ..Default::default()
         },
     );
-    let (c, _s) = run(
-        connector(&ident(NOW - 60), verifier()),
-        acceptor(&bad, verifier()),
-    )
-    .await;
+    let c = client_against(&bad, verifier()).await;
     assert!(matches!(rejected_by(&c), VerifyError::ClaimsKeyMismatch));
 }
 
@@ -345,11 +353,7 @@ async fn report_data_of_another_claims_blob_is_rejected() {
     let key = SimKey::generate().unwrap();
     let ev = EvidenceEnvelope::Sim(&key.evidence(&rd)).encode();
     let bad = ident_with(&FixedSource(ev), CertOptions::default());
-    let (c, _s) = run(
-        connector(&ident(NOW - 60), verifier()),
-        acceptor(&bad, verifier()),
-    )
-    .await;
+    let c = client_against(&bad, verifier()).await;
     assert!(matches!(
         rejected_by(&c),
         VerifyError::Attest(AttestError::ReportDataMismatch)
@@ -485,11 +489,7 @@ async fn oversized_evidence_is_rejected() {
         ..Default::default()
     };
     let bad = ident_with(&FixedSource(ev), opts.clone());
-    let (c, _s) = run(
-        connector(&ident(NOW - 60), verifier()),
-        acceptor(&bad, verifier()),
-    )
-    .await;
+    let c = client_against(&bad, verifier()).await;
     assert!(matches!(
         rejected_by(&c),
         VerifyError::EvidenceTooLarge { .. }
@@ -529,18 +529,8 @@ async fn real_tdx_quote_in_fresh_cert_fails_binding() {
     let mut cfg = VerifierConfig::new(Policy::tdx_default());
     cfg.clock = fixed_clock(NOW);
     cfg.collateral = Arc::new(collateral);
-    let (c, _s) = run(
-        connector(&ident(NOW - 60), RatlsVerifier::new(cfg)),
-        acceptor(&bad, verifier()),
-    )
-    .await;
-    assert!(
-        matches!(
-            rejected_by(&c),
-            VerifyError::Attest(AttestError::ReportDataMismatch)
-        ),
-        "{c:?}"
-    );
+    let c = client_against(&bad, RatlsVerifier::new(cfg)).await;
+    assert_binding_rejected(&c);
 }
 
 /// `CollateralFetcher` as the verifier's collateral source: with nothing cached and the
@@ -567,11 +557,7 @@ async fn pccs_fetcher_as_collateral_source() {
         cfg.collateral = f;
         RatlsVerifier::new(cfg)
     };
-    let (c, _s) = run(
-        connector(&ident(NOW - 60), verify_with(fetcher())),
-        acceptor(&bad, verifier()),
-    )
-    .await;
+    let c = client_against(&bad, verify_with(fetcher())).await;
     match rejected_by(&c) {
         VerifyError::Attest(AttestError::MissingCollateral { what }) => {
             assert!(what.contains("90C06F000000"), "{what}")
@@ -584,19 +570,9 @@ async fn pccs_fetcher_as_collateral_source() {
         vector("cocoon_quote_collateral_90c06f.json"),
     )
     .unwrap();
-    let (c, _s) = run(
-        connector(&ident(NOW - 60), verify_with(fetcher())),
-        acceptor(&bad, verifier()),
-    )
-    .await;
+    let c = client_against(&bad, verify_with(fetcher())).await;
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(
-        matches!(
-            rejected_by(&c),
-            VerifyError::Attest(AttestError::ReportDataMismatch)
-        ),
-        "{c:?}"
-    );
+    assert_binding_rejected(&c);
 }
 
 /// Swapping the certificate affects new handshakes only; live sessions keep working.
@@ -673,31 +649,10 @@ async fn real_sev_report_in_fresh_cert_fails_binding() {
     }
     .encode();
     let bad = ident_with(&FixedSource(ev), CertOptions::default());
-    let mut policy = Policy::sev_default();
-    // The 2022 sample is below AMD's current TCB floors and no AMD CRL is available
-    // offline (both are tested in cocoon-attest): drop them explicitly for this sample.
-    policy.sev.min_tcb = cocoon_attest::sev::SevMinTcb::NONE;
-    policy.sev.require_crl = false;
-    policy.sev.allow_debug = info.debug_allowed;
-    policy.sev.allow_migration_agent = info.migrate_ma_allowed;
-    policy.sev.require_vmpl0 = info.vmpl == 0;
-    let (c, _s) = run(
-        connector(&ident(NOW - 60), verifier_at(policy, NOW)),
-        acceptor(&bad, verifier()),
-    )
-    .await;
-    assert!(
-        matches!(
-            rejected_by(&c),
-            VerifyError::Attest(AttestError::ReportDataMismatch)
-        ),
-        "{c:?}"
-    );
-    let (c, _s) = run(
-        connector(&ident(NOW - 60), verifier_at(Policy::tdx_default(), NOW)),
-        acceptor(&bad, verifier()),
-    )
-    .await;
+    let policy = common::sample_sev_policy(&info);
+    let c = client_against(&bad, verifier_at(policy, NOW)).await;
+    assert_binding_rejected(&c);
+    let c = client_against(&bad, verifier_at(Policy::tdx_default(), NOW)).await;
     assert!(matches!(
         rejected_by(&c),
         VerifyError::Attest(AttestError::BackendNotAllowed {
@@ -853,11 +808,7 @@ async fn tdx_evidence_failures_are_rejected_over_tcp() {
         let mut cfg = VerifierConfig::new(policy);
         cfg.clock = fixed_clock(now);
         cfg.collateral = Arc::new(collateral);
-        let (c, _s) = run(
-            connector(&ident(NOW - 60), RatlsVerifier::new(cfg)),
-            acceptor(&bad, verifier()),
-        )
-        .await;
+        let c = client_against(&bad, RatlsVerifier::new(cfg)).await;
         let reason = format!("{:?}", rejected_by(&c));
         assert!(reason.contains("Attest"), "{name}: {reason}");
         assert!(

@@ -1,6 +1,8 @@
 //! `TsmSevSource`: SEV-SNP evidence through configfs-tsm, against a fake kernel that
 //! answers with the real Milan report and an `auxblob` certificate table.
 
+mod common;
+
 use std::io;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -94,14 +96,7 @@ fn source(
 fn sev_verifier() -> Arc<RatlsVerifier> {
     let report = sev::decode_report_hex(&vector("report_milan.hex")).unwrap();
     let info = sev::parse_report(&report).unwrap();
-    let mut policy = Policy::sev_default();
-    // The 2022 sample is below AMD's current TCB floors and no AMD CRL is available
-    // offline (both are tested in cocoon-attest): drop them explicitly for this sample.
-    policy.sev.min_tcb = cocoon_attest::sev::SevMinTcb::NONE;
-    policy.sev.require_crl = false;
-    policy.sev.allow_debug = info.debug_allowed;
-    policy.sev.allow_migration_agent = info.migrate_ma_allowed;
-    policy.sev.require_vmpl0 = info.vmpl == 0;
+    let policy = common::sample_sev_policy(&info);
     let mut cfg = VerifierConfig::new(policy);
     cfg.clock = fixed_clock(NOW);
     cfg.cache_ttl_secs = 0;

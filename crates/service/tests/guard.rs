@@ -8,62 +8,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use cocoon_service::browser::{Allowlist, Guard, plain_text};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A response: status, lower-case header names with values, body.
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn cors(&self) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.starts_with("access-control-"))
-            .map(|(n, _)| n.as_str())
-            .collect()
-    }
-}
-
-async fn send(addr: SocketAddr, head: &str, body: &str) -> Resp {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!(
-        "{head}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    let raw = String::from_utf8(raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    Resp {
-        status,
-        headers,
-        body: body.to_owned(),
-    }
-}
+use cocoon_testkit::http::raw_request;
 
 async fn server(origins: &[&str], hosts: &[&str]) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -96,7 +41,7 @@ async fn the_guard_refuses_foreign_hosts_origins_and_bodies_and_grants_only_allo
         format!("localhost:{port}"),
         "cocoon.lan".into(),
     ] {
-        let r = send(a, &format!("GET /data HTTP/1.1\r\nHost: {host}"), "").await;
+        let r = raw_request(a, &format!("GET /data HTTP/1.1\r\nHost: {host}"), "").await;
         assert_eq!(r.status, 200, "{host}");
         assert_eq!(r.body, "secret");
         assert!(r.cors().is_empty(), "{:?}", r.headers);
@@ -105,7 +50,7 @@ async fn the_guard_refuses_foreign_hosts_origins_and_bodies_and_grants_only_allo
 
     // DNS rebinding: the attacker's name in Host (and Origin, same-origin to the browser).
     for path in ["/data", "/no-such-page"] {
-        let r = send(
+        let r = raw_request(
             a,
             &format!(
                 "GET {path} HTTP/1.1\r\nHost: rebind.evil.example:{port}\r\nOrigin: http://rebind.evil.example:{port}"
@@ -117,12 +62,12 @@ async fn the_guard_refuses_foreign_hosts_origins_and_bodies_and_grants_only_allo
         assert!(r.body.starts_with("refused: Host "), "{}", r.body);
         assert!(r.cors().is_empty());
     }
-    let r = send(a, "GET /data HTTP/1.0", "").await;
+    let r = raw_request(a, "GET /data HTTP/1.0", "").await;
     assert_eq!(r.status, 400, "no Host: {}", r.body);
 
     // A foreign origin: refused, and its preflight gets no grant.
     let host = format!("Host: 127.0.0.1:{port}");
-    let r = send(
+    let r = raw_request(
         a,
         &format!("GET /data HTTP/1.1\r\n{host}\r\nOrigin: http://127.0.0.1:9"),
         "",
@@ -131,7 +76,7 @@ async fn the_guard_refuses_foreign_hosts_origins_and_bodies_and_grants_only_allo
     assert_eq!(r.status, 403);
     assert!(!r.body.contains("secret"));
     assert!(r.cors().is_empty());
-    let r = send(
+    let r = raw_request(
         a,
         &format!(
             "OPTIONS /echo HTTP/1.1\r\n{host}\r\nOrigin: https://evil.example\r\n\
@@ -145,7 +90,7 @@ async fn the_guard_refuses_foreign_hosts_origins_and_bodies_and_grants_only_allo
 
     // The allowed origin: its preflight is granted (its own origin, never `*`), and so is
     // the request, with the exposed headers.
-    let r = send(
+    let r = raw_request(
         a,
         &format!(
             "OPTIONS /echo HTTP/1.1\r\n{host}\r\nOrigin: http://localhost:3000\r\n\
@@ -170,7 +115,7 @@ async fn the_guard_refuses_foreign_hosts_origins_and_bodies_and_grants_only_allo
         Some("true")
     );
     assert!(r.header("vary").unwrap().contains("Origin"));
-    let r = send(
+    let r = raw_request(
         a,
         &format!(
             "POST /echo HTTP/1.1\r\n{host}\r\nOrigin: http://localhost:3000\r\n\
@@ -192,7 +137,7 @@ async fn the_guard_refuses_foreign_hosts_origins_and_bodies_and_grants_only_allo
         "text/plain;charset=UTF-8",
         "application/x-www-form-urlencoded",
     ] {
-        let r = send(
+        let r = raw_request(
             a,
             &format!("POST /echo HTTP/1.1\r\n{host}\r\nContent-Type: {ct}"),
             "{\"a\":1}",
@@ -202,6 +147,6 @@ async fn the_guard_refuses_foreign_hosts_origins_and_bodies_and_grants_only_allo
         assert!(r.body.contains("application/json"), "{}", r.body);
     }
     // No body, no type (an operator's `curl -X POST`): served.
-    let r = send(a, &format!("POST /echo HTTP/1.1\r\n{host}"), "").await;
+    let r = raw_request(a, &format!("POST /echo HTTP/1.1\r\n{host}"), "").await;
     assert_eq!(r.status, 200);
 }

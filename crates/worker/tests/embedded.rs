@@ -5,40 +5,13 @@
 //! those counts equal the engine's usage and its tokenizer's count of the answer. Outside CI,
 //! without the model, the test says so and returns; under `CI` it fails.
 
-mod common;
-
 use std::sync::Arc;
 
 use cocoon_llama::{LlamaConfig, LlamaEngine};
+use cocoon_testkit::prelude::*;
 use cocoon_tl::types::proxy as tproxy;
 use cocoon_worker::Worker;
-use common::*;
 use serde_json::{Value, json};
-
-fn model() -> Option<std::path::PathBuf> {
-    match std::env::var_os("COCOON_TEST_MODEL") {
-        Some(p) => Some(p.into()),
-        None => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "COCOON_TEST_MODEL must be set in CI (scripts/test pulls the default model)"
-            );
-            eprintln!("skipped: COCOON_TEST_MODEL is not set");
-            None
-        }
-    }
-}
-
-fn tokens(info: &tproxy::QueryFinalInfo) -> [i64; 5] {
-    let t = &info.tokens_used;
-    [
-        t.prompt_tokens_used,
-        t.cached_tokens_used,
-        t.completion_tokens_used,
-        t.reasoning_tokens_used,
-        t.total_tokens_used,
-    ]
-}
 
 /// Sends one request and collects (status, body bytes, final info, parts after the head).
 async fn run(
@@ -49,7 +22,7 @@ async fn run(
     // Routed at the worker's own coefficient of 1.0 (requests are billed at the quote).
     c.run_quoted(
         id,
-        http_request("/v1/chat/completions", &serde_json::to_vec(body).unwrap()),
+        http_request(CHAT, &serde_json::to_vec(body).unwrap()),
         1000,
     )
     .await;
@@ -58,21 +31,21 @@ async fn run(
     let mut parts = 0;
     loop {
         match c.next().await {
-            Answer::Head(h, r) => {
+            FromWorker::Head(h, r) => {
                 status = r.status_code;
                 bytes.extend_from_slice(&r.payload);
                 if let Some(f) = h.final_info {
                     return (status, bytes, f, parts);
                 }
             }
-            Answer::Part(p) => {
+            FromWorker::Part(p) => {
                 parts += 1;
                 bytes.extend_from_slice(&p.answer);
                 if let Some(f) = p.final_info {
                     return (status, bytes, f, parts);
                 }
             }
-            Answer::Error(e) => panic!("error answer: {e:?}"),
+            FromWorker::Error(e) => panic!("error answer: {e:?}"),
             _ => {}
         }
     }
@@ -80,7 +53,9 @@ async fn run(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamed_and_unstreamed_usage_agree_with_the_real_model() {
-    let Some(path) = model() else { return };
+    let Some(path) = cocoon_testkit::fixtures::test_model() else {
+        return;
+    };
     let mut cfg = LlamaConfig::new(&path, "Smol");
     cfg.slots = 2;
     cfg.ctx_per_slot = 1024;
@@ -119,7 +94,7 @@ async fn streamed_and_unstreamed_usage_agree_with_the_real_model() {
     assert!(!text.is_empty());
     // The worker bills what the engine reported, and that is the tokenizer's count.
     assert_eq!(
-        tokens(&info_plain),
+        tokens5(&info_plain.tokens_used),
         [
             usage["prompt_tokens"].as_i64().unwrap(),
             0,
@@ -163,7 +138,10 @@ async fn streamed_and_unstreamed_usage_agree_with_the_real_model() {
         }
     }
     assert_eq!(streamed, text, "same seed, same answer");
-    assert_eq!(tokens(&info_stream), tokens(&info_plain));
+    assert_eq!(
+        tokens5(&info_stream.tokens_used),
+        tokens5(&info_plain.tokens_used)
+    );
     assert_eq!(sse_usage.as_ref(), Some(usage), "usage in the last chunk");
     w.shutdown().await;
 }

@@ -4,30 +4,23 @@
 //! not give under the root is refused; a session ends when the proxy's attestation verdict
 //! expires, and the redial attests the proxy again.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cocoon_attest::{Policy, SimKey};
-use cocoon_ratls::cert::{Identity, SimSource};
-use cocoon_ratls::config::CertResolver;
+use cocoon_attest::Policy;
 use cocoon_ratls::net::RatlsConnector;
-use cocoon_ratls::verifier::{RatlsVerifier, VerifierConfig};
+use cocoon_testkit::fixtures::{derived_proxy_sc, derived_worker_sc, sim_image, slow_redial};
+use cocoon_testkit::identity::connector_with;
+use cocoon_testkit::prelude::*;
 use cocoon_ton::messages::ProxyEndpoint;
 use cocoon_ton::root::{CocoonParams, RegisteredProxy, RootConfig, model_hash};
 use cocoon_ton::{CellBuilder, HashBytes, StdAddr};
 use cocoon_worker::{ConnState, Worker};
-use common::*;
 
 /// The root the worker follows.
 fn root_address() -> StdAddr {
     addr(0x01)
-}
-
-fn sim_image() -> HashBytes {
-    HashBytes(cocoon_attest::sim::sim_image_hash())
 }
 
 /// Params with (fake) proxy and worker code: enough to derive contract addresses.
@@ -73,38 +66,17 @@ fn root_without_code(version: u32, proxy: &str, proxy_hashes: Vec<HashBytes>) ->
 /// The proxy contract the root gives the test proxy (owner `addr(0x33)`, key of
 /// `PROXY_SEED`), and the worker contract the worker (owner `addr(0x44)`) has with it.
 fn derived_contracts(p: &CocoonParams, root_address: &StdAddr) -> (StdAddr, StdAddr) {
-    let key = HashBytes(
-        cocoon_ton::keys::SigningKey::from_seed(&PROXY_SEED)
-            .unwrap()
-            .public_key(),
-    );
-    let proxy_sc = cocoon_ton::contracts::proxy_contract(p, &addr(0x33), &key, root_address)
-        .unwrap()
-        .address;
-    let worker_sc = cocoon_ton::contracts::worker_contract(p, &addr(0x44), &proxy_sc, &key)
-        .unwrap()
-        .address;
+    let proxy_sc = derived_proxy_sc(p, root_address);
+    let worker_sc = derived_worker_sc(p, &addr(0x44), &proxy_sc);
     (proxy_sc, worker_sc)
 }
 
 /// A sim connector whose verdicts hold `validity_secs`.
 fn short_lived_connector(validity_secs: u64) -> RatlsConnector {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let id = Identity::generate(&SimSource(SimKey::generate().unwrap()), now - 60).unwrap();
-    let policy = Policy {
+    connector_with(Policy {
         max_validity_secs: validity_secs,
         ..Policy::sim_test()
-    };
-    RatlsConnector::new(
-        CertResolver::new(&id).unwrap(),
-        RatlsVerifier::new(VerifierConfig::new(policy)),
-        16,
-        cocoon_net::Config::default(),
-    )
-    .unwrap()
+    })
 }
 
 fn last_error(w: &cocoon_worker::WorkerHandle) -> String {
@@ -117,19 +89,12 @@ fn last_error(w: &cocoon_worker::WorkerHandle) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_whose_image_the_root_does_not_list_gets_no_prompts() {
-    let (base, eng) = fake_engine().await;
-    let mut proxy = TestProxy::start().await;
-    let dir = tempfile::tempdir().unwrap();
+    let (base, eng, mut proxy, dir) = worker_rig().await;
     let mut cfg = worker_config(&proxy.addr, &base, dir.path());
     cfg.proxies.clear();
     // Redials a second after a session ends, so that the reason it ended stays readable
     // (the refused redial overwrites it).
-    cfg.timings.backoff = cocoon_net::BackoffConfig {
-        base: Duration::from_secs(1),
-        max: Duration::from_secs(1),
-        jitter: 0.0,
-        ..cocoon_net::BackoffConfig::default()
-    };
+    cfg.timings.backoff = slow_redial();
     let w = Worker::start(cfg).await.unwrap();
 
     // Attack: an attested proxy (genuine sim evidence) running an image the root does not
@@ -166,9 +131,8 @@ async fn a_proxy_whose_image_the_root_does_not_list_gets_no_prompts() {
         w.stats().proxies[0].image_hash.as_deref(),
         Some(hex::encode(sim_image().0).as_str())
     );
-    c.run(1, "/v1/chat/completions", &chat_body("endless", true))
-        .await;
-    assert!(matches!(c.next().await, Answer::Head(..)));
+    c.run_chat(1, "endless", true).await;
+    assert!(matches!(c.next().await, FromWorker::Head(..)));
     assert!(!eng.dropped.load(Ordering::SeqCst));
 
     // The root removes the image: the open session is dropped at once, its running request
@@ -210,14 +174,7 @@ async fn a_proxy_naming_a_contract_the_root_does_not_give_is_refused() {
     // Attack: an attested, allowed proxy names a contract of its choosing (here addr(0x11))
     // and, consistently, the worker contract that goes with it: receipts for it would be
     // bound to a contract the root never deployed.
-    let key = HashBytes(
-        cocoon_ton::keys::SigningKey::from_seed(&PROXY_SEED)
-            .unwrap()
-            .public_key(),
-    );
-    let fake_worker_sc = cocoon_ton::contracts::worker_contract(&p, &addr(0x44), &addr(0x11), &key)
-        .unwrap()
-        .address;
+    let fake_worker_sc = derived_worker_sc(&p, &addr(0x44), &addr(0x11));
     let liar = TestProxy::start_as(addr(0x11), fake_worker_sc).await;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = worker_config(&liar.addr, &base, dir.path());
@@ -281,9 +238,7 @@ async fn a_worker_that_follows_a_root_serves_no_proxy_before_it_knows_the_root()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_ends_when_the_proxys_verdict_expires_and_the_redial_attests_again() {
-    let (base, eng) = fake_engine().await;
-    let mut proxy = TestProxy::start().await;
-    let dir = tempfile::tempdir().unwrap();
+    let (base, eng, mut proxy, dir) = worker_rig().await;
     let mut cfg = worker_config(&proxy.addr, &base, dir.path());
     let connector = short_lived_connector(2);
     let verifier = Arc::clone(connector.verifier());
@@ -294,10 +249,8 @@ async fn a_session_ends_when_the_proxys_verdict_expires_and_the_redial_attests_a
     eventually("ready", || w.ready_proxies() == 1).await;
     let valid_until = w.stats().proxies[0].verdict_valid_until.unwrap();
     let runs = verifier.attestation_runs();
-    first
-        .run(1, "/v1/chat/completions", &chat_body("endless", true))
-        .await;
-    assert!(matches!(first.next().await, Answer::Head(..)));
+    first.run_chat(1, "endless", true).await;
+    assert!(matches!(first.next().await, FromWorker::Head(..)));
 
     // The verdict holds 2 s: the worker closes the session then (its running request is
     // cancelled), redials, verifies the proxy's evidence again and handshakes again.

@@ -2,43 +2,19 @@
 //! the proxy side of the handshake, `proxy.runQueryEx`, and an `HttpEngine` against a fake
 //! OpenAI-compatible engine streaming SSE.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use cocoon_testkit::prelude::*;
 use cocoon_tl::enums;
 use cocoon_tl::types::proxy as tproxy;
 use cocoon_worker::Worker;
-use common::*;
-
-fn header<'a>(r: &'a cocoon_tl::types::http::Response, name: &str) -> Option<&'a str> {
-    r.headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case(name))
-        .map(|h| h.value.as_str())
-}
-
-fn tokens(info: &Option<tproxy::QueryFinalInfo>) -> [i64; 5] {
-    let t = &info.as_ref().expect("final info").tokens_used;
-    [
-        t.prompt_tokens_used,
-        t.cached_tokens_used,
-        t.completion_tokens_used,
-        t.reasoning_tokens_used,
-        t.total_tokens_used,
-    ]
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshake_streaming_relay_and_exact_final_tokens() {
-    let (base, eng) = fake_engine().await;
-    let mut proxy = TestProxy::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let w = Worker::start(worker_config(&proxy.addr, &base, dir.path()))
-        .await
-        .unwrap();
+    let (base, eng, mut proxy, dir) = worker_rig().await;
+    let w = start_worker_at(&proxy, &base, dir.path(), |_| {}).await;
     let mut c = proxy.next_conn().await;
     // worker.params flags=3 with everything COCOON's proxy checks.
     let p = &c.params;
@@ -64,20 +40,22 @@ async fn handshake_streaming_relay_and_exact_final_tokens() {
     eventually("ready", || w.ready_proxies() == 1).await;
 
     // Streamed: the head and the first chunks arrive while the engine is still held.
-    c.run(1, "/v1/chat/completions", &chat_body("gated", true))
-        .await;
-    let Answer::Head(h, resp) = c.next().await else {
+    c.run_chat(1, "gated", true).await;
+    let FromWorker::Head(h, resp) = c.next().await else {
         panic!("head first")
     };
     assert_eq!(h.request_id, [1; 32]);
     assert!(h.final_info.is_none());
     assert_eq!(resp.status_code, 200);
-    assert_eq!(header(&resp, "content-type"), Some("text/event-stream"));
-    let start: f64 = header(&resp, "X-Cocoon-Worker-Start")
+    assert_eq!(
+        header(&resp.headers, "content-type"),
+        Some("text/event-stream")
+    );
+    let start: f64 = header(&resp.headers, "X-Cocoon-Worker-Start")
         .unwrap()
         .parse()
         .unwrap();
-    let end: f64 = header(&resp, "X-Cocoon-Worker-End")
+    let end: f64 = header(&resp.headers, "X-Cocoon-Worker-End")
         .unwrap()
         .parse()
         .unwrap();
@@ -85,7 +63,7 @@ async fn handshake_streaming_relay_and_exact_final_tokens() {
     let chunks = transcript();
     let mut body = Vec::new();
     while body.len() < chunks[0].len() + chunks[1].len() {
-        let Answer::Part(part) = c.next().await else {
+        let FromWorker::Part(part) = c.next().await else {
             panic!("part")
         };
         assert!(part.final_info.is_none(), "no final info before the end");
@@ -97,18 +75,18 @@ async fn handshake_streaming_relay_and_exact_final_tokens() {
     eng.gate.add_permits(1);
     let info = loop {
         match c.next().await {
-            Answer::Part(p) if p.final_info.is_some() => {
+            FromWorker::Part(p) if p.final_info.is_some() => {
                 body.extend(p.answer);
                 break p.final_info;
             }
-            Answer::Part(p) => body.extend(p.answer),
+            FromWorker::Part(p) => body.extend(p.answer),
             other => panic!("unexpected {other:?}"),
         }
     };
     assert_eq!(body, chunks.concat().into_bytes(), "body relayed unchanged");
     // usage 31 prompt (16 cached) + 9 completion, coefficient 1.5, multipliers 1/0.5/2/1:
     // prompt 15×1.5=22, cached 16×1.5×0.5=12, completion 9×1.5×2=27.
-    assert_eq!(tokens(&info), [22, 12, 27, 0, 61]);
+    assert_eq!(final_tokens(&info), [22, 12, 27, 0, 61]);
     let info = info.unwrap();
     assert!(info.worker_start_time.is_some() && info.worker_end_time.is_some());
     let debug: serde_json::Value =
@@ -119,15 +97,17 @@ async fn handshake_streaming_relay_and_exact_final_tokens() {
     assert_eq!(sent["stream_options"]["include_usage"], true);
 
     // Non-streamed JSON.
-    c.run(2, "/v1/chat/completions", &chat_body("json", false))
-        .await;
-    let Answer::Head(_, resp) = c.next().await else {
+    c.run_chat(2, "json", false).await;
+    let FromWorker::Head(_, resp) = c.next().await else {
         panic!("head")
     };
-    assert_eq!(header(&resp, "content-type"), Some("application/json"));
+    assert_eq!(
+        header(&resp.headers, "content-type"),
+        Some("application/json")
+    );
     let mut json = Vec::new();
     let info = loop {
-        let Answer::Part(p) = c.next().await else {
+        let FromWorker::Part(p) = c.next().await else {
             panic!("part")
         };
         json.extend(p.answer);
@@ -137,7 +117,7 @@ async fn handshake_streaming_relay_and_exact_final_tokens() {
     };
     let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
     assert_eq!(v["choices"][0]["message"]["content"], "Hi");
-    assert_eq!(tokens(&info), [18, 0, 12, 0, 30]);
+    assert_eq!(final_tokens(&info), [18, 0, 12, 0, 30]);
     let st = w.stats();
     assert_eq!(st.counters.requests_success, 2);
     assert_eq!(st.counters.total_tokens, 91);
@@ -146,23 +126,14 @@ async fn handshake_streaming_relay_and_exact_final_tokens() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_requests_get_errors_with_zero_tokens() {
-    let (base, eng) = fake_engine().await;
-    let mut proxy = TestProxy::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let w = Worker::start(worker_config(&proxy.addr, &base, dir.path()))
-        .await
-        .unwrap();
+    let (base, eng, mut proxy, dir) = worker_rig().await;
+    let w = start_worker_at(&proxy, &base, dir.path(), |_| {}).await;
     let mut c = proxy.next_conn().await;
     let unknown =
         br#"{"model":"Smol","messages":[{"role":"user","content":"json"}],"frobnicate":1}"#;
     let wrong_model = br#"{"model":"Other","messages":[{"role":"user","content":"json"}]}"#;
     let cases: Vec<(u8, Vec<u8>, i32, &str)> = vec![
-        (
-            1,
-            http_request("/v1/chat/completions", unknown),
-            602,
-            "frobnicate",
-        ),
+        (1, http_request(CHAT, unknown), 602, "frobnicate"),
         (
             2,
             http_request("/v1/embeddings", &chat_body("json", false)),
@@ -171,27 +142,22 @@ async fn invalid_requests_get_errors_with_zero_tokens() {
         ),
         (
             3,
-            http_request("/v1/chat/completions", wrong_model),
+            http_request(CHAT, wrong_model),
             621,
             "model name mismatch",
         ),
         (4, b"\x01\x02\x03".to_vec(), 602, "invalid http request"),
-        (
-            5,
-            http_request("/v1/chat/completions", b"{not json"),
-            602,
-            "invalid request",
-        ),
+        (5, http_request(CHAT, b"{not json"), 602, "invalid request"),
     ];
     for (id, query, code, needle) in cases {
         c.run_raw(id, query).await;
-        let Answer::Error(e) = c.next().await else {
+        let FromWorker::Error(e) = c.next().await else {
             panic!("error answer for case {id}")
         };
         assert_eq!(e.request_id, [id; 32]);
         assert_eq!(e.error_code, code, "case {id}: {}", e.error);
         assert!(e.error.contains(needle), "case {id}: {}", e.error);
-        assert_eq!(tokens(&e.final_info), [0; 5]);
+        assert_eq!(final_tokens(&e.final_info), [0; 5]);
     }
     assert_eq!(
         eng.requests.load(Ordering::SeqCst),
@@ -204,65 +170,55 @@ async fn invalid_requests_get_errors_with_zero_tokens() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_many_active_queries() {
-    let (base, eng) = fake_engine().await;
-    let mut proxy = TestProxy::start().await;
-    let dir = tempfile::tempdir().unwrap();
+    let (base, eng, mut proxy, dir) = worker_rig().await;
     let mut cfg = worker_config(&proxy.addr, &base, dir.path());
     cfg.max_active_requests = 1;
     let w = Worker::start(cfg).await.unwrap();
     let mut c = proxy.next_conn().await;
-    c.run(1, "/v1/chat/completions", &chat_body("gated", true))
-        .await;
-    assert!(matches!(c.next().await, Answer::Head(..)));
-    c.run(2, "/v1/chat/completions", &chat_body("json", false))
-        .await;
+    c.run_chat(1, "gated", true).await;
+    assert!(matches!(c.next().await, FromWorker::Head(..)));
+    c.run_chat(2, "json", false).await;
     let e = loop {
         match c.next().await {
-            Answer::Error(e) => break e,
-            Answer::Part(p) => assert_eq!(p.request_id, [1; 32]),
+            FromWorker::Error(e) => break e,
+            FromWorker::Part(p) => assert_eq!(p.request_id, [1; 32]),
             other => panic!("unexpected {other:?}"),
         }
     };
     assert_eq!(e.request_id, [2; 32]);
     assert_eq!(e.error, "too many active queries");
-    assert_eq!(tokens(&e.final_info), [0; 5]);
+    assert_eq!(final_tokens(&e.final_info), [0; 5]);
     eng.gate.add_permits(1);
     loop {
-        if let Answer::Part(p) = c.next().await
+        if let FromWorker::Part(p) = c.next().await
             && p.final_info.is_some()
         {
             break;
         }
     }
     // The slot is free again.
-    c.run(3, "/v1/chat/completions", &chat_body("json", false))
-        .await;
-    assert!(matches!(c.next().await, Answer::Head(h, _) if h.request_id == [3; 32]));
+    c.run_chat(3, "json", false).await;
+    assert!(matches!(c.next().await, FromWorker::Head(h, _) if h.request_id == [3; 32]));
     assert_eq!(w.stats().counters.requests_rejected, 1);
     w.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engine_failure_mid_stream_bills_usage_so_far_once() {
-    let (base, _eng) = fake_engine().await;
-    let mut proxy = TestProxy::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let w = Worker::start(worker_config(&proxy.addr, &base, dir.path()))
-        .await
-        .unwrap();
+    let (base, _eng, mut proxy, dir) = worker_rig().await;
+    let w = start_worker_at(&proxy, &base, dir.path(), |_| {}).await;
     let mut c = proxy.next_conn().await;
-    c.run(1, "/v1/chat/completions", &chat_body("fail", true))
-        .await;
-    assert!(matches!(c.next().await, Answer::Head(..)));
+    c.run_chat(1, "fail", true).await;
+    assert!(matches!(c.next().await, FromWorker::Head(..)));
     let mut finals = Vec::new();
     let mut data = 0;
     loop {
         match c.next_within(Duration::from_millis(500)).await {
-            Some(Answer::Part(p)) => {
+            Some(FromWorker::Part(p)) => {
                 assert!(p.final_info.is_none());
                 data += p.answer.len();
             }
-            Some(Answer::Error(e)) => finals.push(e),
+            Some(FromWorker::Error(e)) => finals.push(e),
             None => break,
             Some(other) => panic!("unexpected {other:?}"),
         }
@@ -273,7 +229,7 @@ async fn engine_failure_mid_stream_bills_usage_so_far_once() {
     assert!(e.error.contains("engine"), "{}", e.error);
     // Counted locally (no usage chunk): prompt "fail" = 1 word, completion "one two three" =
     // 3 words; ×1.5, completion ×2.
-    assert_eq!(tokens(&e.final_info), [1, 0, 9, 0, 10]);
+    assert_eq!(final_tokens(&e.final_info), [1, 0, 9, 0, 10]);
     let st = w.stats();
     assert_eq!(st.counters.total_tokens, 10, "billed once");
     assert_eq!(st.counters.requests_failed, 1);
@@ -282,18 +238,16 @@ async fn engine_failure_mid_stream_bills_usage_so_far_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancellation_reaches_the_engine() {
-    let (base, eng) = fake_engine().await;
-    let mut proxy = TestProxy::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = worker_config(&proxy.addr, &base, dir.path());
-    cfg.tokenizer = Some(Arc::new(Words));
-    let w = Worker::start(cfg).await.unwrap();
+    let (base, eng, mut proxy, dir) = worker_rig().await;
+    let w = start_worker_at(&proxy, &base, dir.path(), |cfg| {
+        cfg.tokenizer = Some(Arc::new(Words));
+    })
+    .await;
     let mut c = proxy.next_conn().await;
     // proxy.cancelQuery (v3).
-    c.run(1, "/v1/chat/completions", &chat_body("endless", true))
-        .await;
-    assert!(matches!(c.next().await, Answer::Head(..)));
-    assert!(matches!(c.next().await, Answer::Part(_)));
+    c.run_chat(1, "endless", true).await;
+    assert!(matches!(c.next().await, FromWorker::Head(..)));
+    assert!(matches!(c.next().await, FromWorker::Part(_)));
     c.send(&tproxy::CancelQuery {
         request_id: [1; 32],
         reason: "client went away".into(),
@@ -301,15 +255,15 @@ async fn cancellation_reaches_the_engine() {
     .await;
     let e = loop {
         match c.next().await {
-            Answer::Error(e) => break e,
-            Answer::Part(_) => {}
+            FromWorker::Error(e) => break e,
+            FromWorker::Part(_) => {}
             other => panic!("unexpected {other:?}"),
         }
     };
     assert_eq!(e.error_code, 653);
     // What was streamed is billed (counted locally: the engine reports usage only at the
     // end): prompt "endless" = 1 word ×1.5; n streamed words ×1.5×2.
-    let [prompt, cached, completion, reasoning, total] = tokens(&e.final_info);
+    let [prompt, cached, completion, reasoning, total] = final_tokens(&e.final_info);
     assert_eq!((prompt, cached, reasoning), (1, 0, 0));
     assert!(completion >= 3 && completion % 3 == 0, "{completion}");
     assert_eq!(total, prompt + completion);
@@ -322,9 +276,8 @@ async fn cancellation_reaches_the_engine() {
     })
     .await;
     // A dropped session cancels too.
-    c.run(2, "/v1/chat/completions", &chat_body("endless", true))
-        .await;
-    assert!(matches!(c.next().await, Answer::Head(..)));
+    c.run_chat(2, "endless", true).await;
+    assert!(matches!(c.next().await, FromWorker::Head(..)));
     assert!(!eng.dropped.load(Ordering::SeqCst));
     c.handle.close();
     eventually("engine stream dropped after session loss", || {
@@ -339,9 +292,7 @@ async fn cancellation_reaches_the_engine() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payments_are_verified_kept_durably_and_compared_on_reconnect() {
-    let (base, _eng) = fake_engine().await;
-    let mut proxy = TestProxy::start().await;
-    let dir = tempfile::tempdir().unwrap();
+    let (base, _eng, mut proxy, dir) = worker_rig().await;
     let sink = Arc::new(RecordingSink::default());
     let mut cfg = worker_config(&proxy.addr, &base, dir.path());
     cfg.payout_sink = Some(sink.clone());
@@ -366,11 +317,7 @@ async fn payments_are_verified_kept_durably_and_compared_on_reconnect() {
         request_tokens: 5,
         request_client_owner: String::new(),
     };
-    proxy.set(|b| {
-        b.signed = 60;
-        b.db = 60;
-        b.max = 60;
-    });
+    proxy.set_totals(60);
     c.send(&pay(60)).await;
     eventually("60 held", || {
         w.stats().payments.first().map(|p| p.signed_tokens) == Some(60)
@@ -380,11 +327,7 @@ async fn payments_are_verified_kept_durably_and_compared_on_reconnect() {
         sink.submitted.lock().unwrap().is_empty(),
         "600 nanoTON < threshold"
     );
-    proxy.set(|b| {
-        b.signed = 120;
-        b.db = 120;
-        b.max = 120;
-    });
+    proxy.set_totals(120);
     c.send(&pay(120)).await;
     eventually("payout submitted at 1200 nanoTON", || {
         sink.submitted.lock().unwrap().len() == 1
@@ -418,14 +361,8 @@ async fn payments_are_verified_kept_durably_and_compared_on_reconnect() {
 
     // Restart: the best payment survived; the proxy has lost state (signed 100 < 120).
     while proxy.events.try_recv().is_ok() {}
-    proxy.set(|b| {
-        b.signed = 100;
-        b.db = 100;
-        b.max = 100;
-    });
-    let w = Worker::start(worker_config(&proxy.addr, &base, dir.path()))
-        .await
-        .unwrap();
+    proxy.set_totals(100);
+    let w = start_worker_at(&proxy, &base, dir.path(), |_| {}).await;
     let HandshakeEvent::Compare(cmp) = proxy.next_event().await else {
         panic!("compare first")
     };
@@ -451,11 +388,7 @@ async fn payments_are_verified_kept_durably_and_compared_on_reconnect() {
     };
     assert_eq!(w.ready_proxies(), 0);
     // Once the proxy reports consistent values, it works again; status queries are applied.
-    proxy.set(|b| {
-        b.signed = 150;
-        b.db = 150;
-        b.max = 150;
-    });
+    proxy.set_totals(150);
     let _c = proxy.next_conn().await;
     eventually("150 held after compare", || {
         w.stats().payments[0].signed_tokens == 150
@@ -466,9 +399,7 @@ async fn payments_are_verified_kept_durably_and_compared_on_reconnect() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn periodic_payment_status_is_applied() {
-    let (base, _eng) = fake_engine().await;
-    let mut proxy = TestProxy::start().await;
-    let dir = tempfile::tempdir().unwrap();
+    let (base, _eng, mut proxy, dir) = worker_rig().await;
     let mut cfg = worker_config(&proxy.addr, &base, dir.path());
     cfg.timings.payment_status_interval = (Duration::from_millis(50), Duration::from_millis(100));
     let w = Worker::start(cfg).await.unwrap();
@@ -503,11 +434,7 @@ async fn periodic_payment_status_is_applied() {
     assert_eq!((p.signed_tokens, p.db_tokens, p.max_tokens), (42, 50, 55));
     assert_eq!(w.stats().proxies[0].handshakes, 1, "the session stayed");
     // Higher values are still taken.
-    proxy.set(|b| {
-        b.signed = 60;
-        b.db = 60;
-        b.max = 60;
-    });
+    proxy.set_totals(60);
     eventually("newer status applied", || {
         w.stats().payments[0].max_tokens == 60
     })
@@ -518,9 +445,7 @@ async fn periodic_payment_status_is_applied() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uplink_and_admin_controls() {
-    let (base, eng) = fake_engine().await;
-    let mut proxy = TestProxy::start().await;
-    let dir = tempfile::tempdir().unwrap();
+    let (base, eng, mut proxy, dir) = worker_rig().await;
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "s3cret-token\n").unwrap();
     let sink = Arc::new(RecordingSink::default());
@@ -535,26 +460,17 @@ async fn uplink_and_admin_controls() {
 
     // Engine health → worker.enabledDisabled.
     eng.up.store(false, Ordering::SeqCst);
-    assert!(matches!(c.next().await, Answer::EnabledDisabled(1)));
+    assert!(matches!(c.next().await, FromWorker::EnabledDisabled(1)));
     eng.up.store(true, Ordering::SeqCst);
-    assert!(matches!(c.next().await, Answer::EnabledDisabled(0)));
+    assert!(matches!(c.next().await, FromWorker::EnabledDisabled(0)));
 
     // Controls need the token.
-    let post = |path: &str, token: Option<&str>| {
-        let mut r = http.post(format!("{admin}{path}"));
-        if let Some(t) = token {
-            r = r.bearer_auth(t);
-        }
-        r.send()
+    let post = async |path: &str, token: Option<&str>| {
+        post_status(&http, &format!("{admin}{path}"), token).await
     };
-    assert_eq!(post("/request/disable", None).await.unwrap().status(), 401);
-    assert_eq!(
-        post("/request/disable", Some("wrong"))
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
+    let operator = Some("s3cret-token");
+    assert_eq!(post("/request/disable", None).await, 401);
+    assert_eq!(post("/request/disable", Some("wrong")).await, 401);
     assert_eq!(
         http.get(format!("{admin}/request/disable"))
             .send()
@@ -565,63 +481,23 @@ async fn uplink_and_admin_controls() {
         "GET does not change anything"
     );
     assert!(w.stats().enabled);
+    assert_eq!(post("/request/disable", operator).await, 200);
+    assert!(matches!(c.next().await, FromWorker::EnabledDisabled(1)));
+    assert_eq!(post("/request/enable", operator).await, 200);
+    assert!(matches!(c.next().await, FromWorker::EnabledDisabled(0)));
+    assert_eq!(post("/request/coefficient?value=2000", operator).await, 200);
+    assert!(matches!(c.next().await, FromWorker::NewCoefficient(2000)));
+    assert_eq!(post("/request/coefficient?value=abc", operator).await, 400);
     assert_eq!(
-        post("/request/disable", Some("s3cret-token"))
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert!(matches!(c.next().await, Answer::EnabledDisabled(1)));
-    assert_eq!(
-        post("/request/enable", Some("s3cret-token"))
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert!(matches!(c.next().await, Answer::EnabledDisabled(0)));
-    assert_eq!(
-        post("/request/coefficient?value=2000", Some("s3cret-token"))
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert!(matches!(c.next().await, Answer::NewCoefficient(2000)));
-    assert_eq!(
-        post("/request/coefficient?value=abc", Some("s3cret-token"))
-            .await
-            .unwrap()
-            .status(),
-        400
-    );
-    assert_eq!(
-        post(
-            "/request/coefficient?value=2000000000",
-            Some("s3cret-token")
-        )
-        .await
-        .unwrap()
-        .status(),
+        post("/request/coefficient?value=2000000000", operator).await,
         400
     );
     // The new coefficient applies to requests the proxy routes at it (a request is billed at
     // the coefficient the proxy quoted).
-    c.run_quoted(
-        1,
-        http_request("/v1/chat/completions", &chat_body("json", false)),
-        2000,
-    )
-    .await;
-    let info = loop {
-        if let Answer::Part(p) = c.next().await
-            && p.final_info.is_some()
-        {
-            break p.final_info;
-        }
-    };
-    assert_eq!(tokens(&info), [24, 0, 16, 0, 40]);
+    c.run_quoted(1, http_request(CHAT, &chat_body("json", false)), 2000)
+        .await;
+    let info = c.final_info().await;
+    assert_eq!(final_tokens(&info), [24, 0, 16, 0, 40]);
 
     // Forced payout.
     c.send(&tproxy::SignedPayment {
@@ -632,48 +508,21 @@ async fn uplink_and_admin_controls() {
         w.stats().payments.first().map(|p| p.signed_tokens) == Some(7)
     })
     .await;
-    assert_eq!(post("/request/payout", None).await.unwrap().status(), 401);
-    assert_eq!(
-        post("/request/payout", Some("s3cret-token"))
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(post("/request/payout", None).await, 401);
+    assert_eq!(post("/request/payout", operator).await, 200);
     eventually("forced payout", || {
         sink.submitted.lock().unwrap().len() == 1
     })
     .await;
 
     // Read-only pages: counters and public identifiers, never bodies.
-    let html = http
-        .get(format!("{admin}/stats"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let html = get_text(&http, &format!("{admin}/stats")).await;
     assert!(html.contains("cocoon worker") && html.contains(MODEL));
-    let json: serde_json::Value = http
-        .get(format!("{admin}/jsonstats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let json: serde_json::Value = get_json(&http, &format!("{admin}/jsonstats")).await;
     assert_eq!(json["coefficient"], 2000);
     assert_eq!(json["counters"]["requests_success"], 1);
     assert_eq!(json["enabled"], true);
-    let metrics = http
-        .get(format!("{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&http, &format!("{admin}/metrics")).await;
     assert!(
         metrics.contains("cocoon_worker_requests_total{outcome=\"success\"} 1"),
         "{metrics}"
@@ -688,9 +537,7 @@ async fn uplink_and_admin_controls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controls_refused_without_token_file_and_handshake_mismatch() {
-    let (base, _eng) = fake_engine().await;
-    let mut proxy = TestProxy::start().await;
-    let dir = tempfile::tempdir().unwrap();
+    let (base, _eng, mut proxy, dir) = worker_rig().await;
     let mut cfg = worker_config(&proxy.addr, &base, dir.path());
     cfg.admin = Some(admin_config(None));
     proxy.set(|b| b.is_test = false);
@@ -733,7 +580,7 @@ async fn controls_refused_without_token_file_and_handshake_mismatch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_contract_address_is_derived_not_trusted() {
-    use cocoon_ton::{CellBuilder, HashBytes};
+    use cocoon_ton::CellBuilder;
     let (base, _eng) = fake_engine().await;
     let mut code = CellBuilder::new();
     code.store_u32(0xC0C0_0001).unwrap();
@@ -741,17 +588,7 @@ async fn worker_contract_address_is_derived_not_trusted() {
         worker_code: Some(code.build().unwrap()),
         ..cocoon_ton::root::CocoonParams::default()
     };
-    let proxy_key = cocoon_ton::keys::SigningKey::from_seed(&PROXY_SEED)
-        .unwrap()
-        .public_key();
-    let derived = cocoon_ton::contracts::worker_contract(
-        &params,
-        &addr(0x44),
-        &addr(0x11),
-        &HashBytes(proxy_key),
-    )
-    .unwrap()
-    .address;
+    let derived = cocoon_testkit::fixtures::derived_worker_sc(&params, &addr(0x44), &addr(0x11));
     assert_ne!(derived, addr(0x22));
 
     // A proxy naming another contract is refused.
@@ -783,15 +620,11 @@ async fn worker_contract_address_is_derived_not_trusted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn legacy_run_query_is_served() {
-    let (base, _eng) = fake_engine().await;
-    let mut proxy = TestProxy::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let w = Worker::start(worker_config(&proxy.addr, &base, dir.path()))
-        .await
-        .unwrap();
+    let (base, _eng, mut proxy, dir) = worker_rig().await;
+    let w = start_worker_at(&proxy, &base, dir.path(), |_| {}).await;
     let mut c = proxy.next_conn().await;
     c.send(&cocoon_tl::functions::proxy::RunQuery {
-        query: http_request("/v1/chat/completions", &chat_body("json", false)),
+        query: http_request(CHAT, &chat_body("json", false)),
         signed_payment: enums::proxy::SignedPayment::SignedPaymentEmpty(
             tproxy::SignedPaymentEmpty {},
         ),
@@ -800,15 +633,9 @@ async fn legacy_run_query_is_served() {
         request_id: [5; 32],
     })
     .await;
-    assert!(matches!(c.next().await, Answer::Head(h, _) if h.request_id == [5; 32]));
-    let info = loop {
-        if let Answer::Part(p) = c.next().await
-            && p.final_info.is_some()
-        {
-            break p.final_info;
-        }
-    };
-    assert_eq!(tokens(&info), [18, 0, 12, 0, 30]);
+    assert!(matches!(c.next().await, FromWorker::Head(h, _) if h.request_id == [5; 32]));
+    let info = c.final_info().await;
+    assert_eq!(final_tokens(&info), [18, 0, 12, 0, 30]);
     assert!(
         info.unwrap().worker_debug.is_none(),
         "no debug unless asked"
@@ -818,47 +645,39 @@ async fn legacy_run_query_is_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_drains_running_requests() {
-    let (base, eng) = fake_engine().await;
-    let mut proxy = TestProxy::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let w = Worker::start(worker_config(&proxy.addr, &base, dir.path()))
-        .await
-        .unwrap();
+    let (base, eng, mut proxy, dir) = worker_rig().await;
+    let w = start_worker_at(&proxy, &base, dir.path(), |_| {}).await;
     let mut c = proxy.next_conn().await;
-    c.run(1, "/v1/chat/completions", &chat_body("gated", true))
-        .await;
-    assert!(matches!(c.next().await, Answer::Head(..)));
+    c.run_chat(1, "gated", true).await;
+    assert!(matches!(c.next().await, FromWorker::Head(..)));
     let stopping = tokio::spawn(w.shutdown());
     // The proxy is told first, and new requests are refused while the old one finishes.
     loop {
         match c.next().await {
-            Answer::EnabledDisabled(1) => break,
-            Answer::Part(p) => assert!(p.final_info.is_none()),
+            FromWorker::EnabledDisabled(1) => break,
+            FromWorker::Part(p) => assert!(p.final_info.is_none()),
             other => panic!("unexpected {other:?}"),
         }
     }
-    c.run(2, "/v1/chat/completions", &chat_body("json", false))
-        .await;
+    c.run_chat(2, "json", false).await;
     loop {
         match c.next().await {
-            Answer::Error(e) => {
+            FromWorker::Error(e) => {
                 assert_eq!(e.request_id, [2; 32]);
                 assert_eq!(e.error, "worker is shutting down");
                 break;
             }
-            Answer::Part(p) => assert!(p.final_info.is_none()),
+            FromWorker::Part(p) => assert!(p.final_info.is_none()),
             other => panic!("unexpected {other:?}"),
         }
     }
     eng.gate.add_permits(1);
-    let info = loop {
-        if let Answer::Part(p) = c.next().await
-            && p.final_info.is_some()
-        {
-            break p.final_info;
-        }
-    };
-    assert_eq!(tokens(&info), [22, 12, 27, 0, 61], "finished and billed");
+    let info = c.final_info().await;
+    assert_eq!(
+        final_tokens(&info),
+        [22, 12, 27, 0, 61],
+        "finished and billed"
+    );
     c.closed().await;
     tokio::time::timeout(LIMIT, stopping)
         .await
@@ -869,12 +688,8 @@ async fn graceful_shutdown_drains_running_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_proxy_messages_close_the_session_not_the_worker() {
     use cocoon_tl::Identifiable;
-    let (base, _eng) = fake_engine().await;
-    let mut proxy = TestProxy::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let w = Worker::start(worker_config(&proxy.addr, &base, dir.path()))
-        .await
-        .unwrap();
+    let (base, _eng, mut proxy, dir) = worker_rig().await;
+    let w = start_worker_at(&proxy, &base, dir.path(), |_| {}).await;
     let truncated_run = cocoon_tl::functions::proxy::RunQueryEx::CONSTRUCTOR_ID
         .to_le_bytes()
         .to_vec();
@@ -893,37 +708,25 @@ async fn malformed_proxy_messages_close_the_session_not_the_worker() {
         .send_message(0xDEAD_BEEFu32.to_le_bytes().to_vec())
         .await
         .unwrap();
-    c.run(1, "/v1/chat/completions", &chat_body("json", false))
-        .await;
-    assert!(matches!(c.next().await, Answer::Head(..)));
+    c.run_chat(1, "json", false).await;
+    assert!(matches!(c.next().await, FromWorker::Head(..)));
     assert_eq!(w.stats().proxies[0].handshakes, 4);
     w.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn root_config_update_changes_prices_and_redials() {
-    let (base, _eng) = fake_engine().await;
-    let mut proxy = TestProxy::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let w = Worker::start(worker_config(&proxy.addr, &base, dir.path()))
-        .await
-        .unwrap();
+    let (base, _eng, mut proxy, dir) = worker_rig().await;
+    let w = start_worker_at(&proxy, &base, dir.path(), |_| {}).await;
     let mut c = proxy.next_conn().await;
     let mut p = prices();
     p.multipliers.prompt = 20_000;
     p.multipliers.completion = 10_000;
     w.update_root_config(p, None).unwrap();
-    c.run(1, "/v1/chat/completions", &chat_body("json", false))
-        .await;
-    let info = loop {
-        if let Answer::Part(p) = c.next().await
-            && p.final_info.is_some()
-        {
-            break p.final_info;
-        }
-    };
+    c.run_chat(1, "json", false).await;
+    let info = c.final_info().await;
     // 12 prompt ×1.5×2 = 36, 4 completion ×1.5×1 = 6.
-    assert_eq!(tokens(&info), [36, 0, 6, 0, 42]);
+    assert_eq!(final_tokens(&info), [36, 0, 6, 0, 42]);
 
     // New contract params: sessions are redialled, and the new derivation applies (this
     // proxy names a contract that does not match it, so it is now refused).
@@ -1013,16 +816,9 @@ async fn root_config_sets_proxies_prices_and_model_whitelist() {
     assert!(!ca.is_disabled);
     eventually("ready on A", || w.ready_proxies() == 1).await;
     // The root's prices apply: 4 completion tokens ×1.5 (coefficient) ×2 = 12.
-    ca.run(1, "/v1/chat/completions", &chat_body("json", false))
-        .await;
-    let info = loop {
-        if let Answer::Part(p) = ca.next().await
-            && p.final_info.is_some()
-        {
-            break p.final_info;
-        }
-    };
-    assert_eq!(tokens(&info), [18, 0, 12, 0, 30]);
+    ca.run_chat(1, "json", false).await;
+    let info = ca.final_info().await;
+    assert_eq!(final_tokens(&info), [18, 0, 12, 0, 30]);
 
     // Same or older version: ignored.
     assert_eq!(
@@ -1051,7 +847,7 @@ async fn root_config_sets_proxies_prices_and_model_whitelist() {
     w.apply_root_config(&root(7, std::slice::from_ref(&b.addr), false), &[])
         .unwrap();
     loop {
-        if let Answer::EnabledDisabled(d) = cb.next().await {
+        if let FromWorker::EnabledDisabled(d) = cb.next().await {
             assert_eq!(d, 1);
             break;
         }
@@ -1061,7 +857,7 @@ async fn root_config_sets_proxies_prices_and_model_whitelist() {
     w.apply_root_config(&root(8, std::slice::from_ref(&b.addr), true), &[])
         .unwrap();
     loop {
-        if let Answer::EnabledDisabled(d) = cb.next().await {
+        if let FromWorker::EnabledDisabled(d) = cb.next().await {
             assert_eq!(d, 0);
             break;
         }

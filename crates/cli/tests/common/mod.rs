@@ -2,14 +2,21 @@
 #![allow(dead_code)] // each test file uses its own part
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// Runs `cocoon ARGS`: exit code, stdout, stderr.
 pub fn cocoon(args: &[&str]) -> (i32, String, String) {
+    cocoon_env(args, &[])
+}
+
+/// Runs `cocoon ARGS` with `envs` set: exit code, stdout, stderr.
+pub fn cocoon_env(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_cocoon"))
         .args(args)
+        .envs(envs.iter().copied())
         .output()
         .unwrap();
     (
@@ -28,7 +35,7 @@ pub fn ok(args: &[&str]) -> String {
 
 /// Starts `cocoon devnet` and returns the child, its base URL, its stdout lines so far and
 /// the channel with the rest.
-pub fn start_devnet(dir: &std::path::Path) -> (Child, String, Vec<String>, mpsc::Receiver<String>) {
+pub fn start_devnet(dir: &Path) -> (Child, String, Vec<String>, mpsc::Receiver<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cocoon"))
         .args([
             "devnet",
@@ -150,32 +157,38 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A devnet wallet funded with `nanoton` that deployed its own root contract: (key file,
-/// raw wallet address, root address).
-pub fn own_root(
-    dir: &std::path::Path,
-    url: &str,
-    unique_id: &str,
-    nanoton: u64,
-) -> (String, String, String) {
-    use cocoon_ton::toncenter::{Devnet, Toncenter, ToncenterConfig};
-    let key = dir.join("owner.key");
-    let key_s = key.to_str().unwrap().to_owned();
-    ok(&["wallet", "new", "--key", &key_s]);
-    let raw = ok(&["wallet", "show", "--key", &key_s])
+/// A new wallet key file at `key`; returns the wallet's raw address.
+pub fn new_wallet(key: &Path) -> String {
+    let key_s = key.to_str().unwrap();
+    ok(&["wallet", "new", "--key", key_s]);
+    ok(&["wallet", "show", "--key", key_s])
         .lines()
         .find_map(|l| l.strip_prefix("address (raw): ").map(str::to_owned))
-        .unwrap();
+        .unwrap()
+}
+
+/// Gives the wallet at `raw` `nanoton` from the faucet of the devnet at `url`.
+pub fn faucet(url: &str, raw: &str, nanoton: u64) {
+    use cocoon_ton::toncenter::{Devnet, Toncenter, ToncenterConfig};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let chain = Toncenter::new(ToncenterConfig::new(url.to_owned())).unwrap();
     rt.block_on(chain.faucet(
-        &cocoon_ton::parse_address(&raw).unwrap(),
+        &cocoon_ton::parse_address(raw).unwrap(),
         u128::from(nanoton),
     ))
     .unwrap();
+}
+
+/// A devnet wallet funded with `nanoton` that deployed its own root contract: (key file,
+/// raw wallet address, root address).
+pub fn own_root(dir: &Path, url: &str, unique_id: &str, nanoton: u64) -> (String, String, String) {
+    let key = dir.join("owner.key");
+    let key_s = key.to_str().unwrap().to_owned();
+    let raw = new_wallet(&key);
+    faucet(url, &raw, nanoton);
     let out = ok(&[
         "root",
         "deploy",
@@ -191,6 +204,193 @@ pub fn own_root(
         .find_map(|l| l.strip_prefix("root deployed at ").map(str::to_owned))
         .unwrap();
     (key_s, raw, root)
+}
+
+/// A root of its own on the devnet at `url` (50 TON to its owner's wallet) listing the sim
+/// image for workers and proxies and one proxy, whose worker and client ports are free now.
+pub struct SimRoot {
+    pub url: String,
+    /// The owner's key file.
+    pub key: String,
+    /// The owner's raw address (it operates the proxy too).
+    pub raw: String,
+    pub root: String,
+    /// The proxy's worker port.
+    pub pw: String,
+    /// The proxy's client port.
+    pub pc: String,
+}
+
+impl SimRoot {
+    pub fn deploy(dir: &Path, url: &str, unique_id: &str) -> Self {
+        let (key, raw, root) = own_root(dir, url, unique_id, 50_000_000_000);
+        let (pw, pc) = (
+            format!("127.0.0.1:{}", free_port()),
+            format!("127.0.0.1:{}", free_port()),
+        );
+        let r = SimRoot {
+            url: url.to_owned(),
+            key,
+            raw,
+            root,
+            pw,
+            pc,
+        };
+        let sim = hex::encode(cocoon_attest::sim::sim_image_hash());
+        r.op(&["add-image", &sim]);
+        // Workers serve only proxies whose image the root lists.
+        r.op(&["add-image", "--kind", "proxy", &sim]);
+        r.op(&["add-proxy", &format!("{} {}", r.pw, r.pc)]);
+        r
+    }
+
+    /// Runs `cocoon root OP...` as the owner.
+    pub fn op(&self, op: &[&str]) {
+        root_op(op, &self.key, &self.url, &self.root);
+    }
+
+    /// `cocoon proxy` (test network, sim TEE) at the registered ports, its wallet the owner's,
+    /// checkpointing every second; admin server at `admin`, state in `state`.
+    pub fn proxy(&self, admin: &str, state: &Path) -> Child {
+        let wallet = format!("wallet_key_file={}", self.key);
+        spawn_role(
+            &[
+                "proxy",
+                "--owner",
+                &self.raw,
+                "--root",
+                &self.root,
+                "--ton",
+                &self.url,
+                "--worker-listen",
+                &self.pw,
+                "--client-listen",
+                &self.pc,
+                "--admin",
+                admin,
+                "--set",
+                &wallet,
+                "--set",
+                "stake_ton=1",
+                "--set",
+                "checkpoint_seconds=1",
+                "--set",
+                "root_poll_seconds=1",
+                "--set",
+                "pow_difficulty=4",
+            ],
+            state,
+        )
+    }
+}
+
+/// The owner address of the test workers.
+pub const WORKER_OWNER: &str = "0:4444444444444444444444444444444444444444444444444444444444444444";
+
+/// `cocoon worker` (test network, sim TEE) with the embedded default model in `slots` slots,
+/// following `root` on the devnet at `url`; admin server at `admin`, state in `state`.
+pub fn worker_process(root: &str, url: &str, admin: &str, slots: &str, state: &Path) -> Child {
+    let slots = format!("slots={slots}");
+    spawn_role(
+        &[
+            "worker",
+            "--owner",
+            WORKER_OWNER,
+            "--root",
+            root,
+            "--ton",
+            url,
+            "--model",
+            "smollm2-135m",
+            "--admin",
+            admin,
+            "--set",
+            "root_poll_seconds=1",
+            "--set",
+            &slots,
+            "--set",
+            "ctx_per_slot=512",
+            "--set",
+            "threads=1",
+        ],
+        state,
+    )
+}
+
+/// Starts `cocoon ROLE --test --tee sim ARGS... --state-dir STATE` (stdout dropped, stderr
+/// shown).
+pub fn spawn_role(args: &[&str], state: &Path) -> Child {
+    let (role, rest) = args.split_first().unwrap();
+    Command::new(env!("CARGO_BIN_EXE_cocoon"))
+        .args([*role, "--test", "--tee", "sim"])
+        .args(rest)
+        .arg("--state-dir")
+        .arg(state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+/// The models the OpenAI API at `api` lists (`GET /v1/models`).
+pub async fn models(api: &str) -> serde_json::Value {
+    reqwest::get(format!("{api}/v1/models"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// A chat answer read off the wire.
+pub struct Chat {
+    pub status: u16,
+    /// The body's non-empty chunks as they came.
+    pub chunks: Vec<Vec<u8>>,
+    /// Time to the first body byte.
+    pub first: Duration,
+    pub total: Duration,
+}
+
+impl Chat {
+    /// The whole body as text.
+    pub fn body(&self) -> String {
+        String::from_utf8(self.chunks.concat()).unwrap()
+    }
+}
+
+/// POSTs a chat request for `model` to the OpenAI API at `api` and reads the answer.
+pub async fn chat(api: &str, model: &str, stream: bool) -> Chat {
+    use futures::StreamExt;
+    let started = Instant::now();
+    let r = reqwest::Client::new()
+        .post(format!("{api}/v1/chat/completions"))
+        .json(&serde_json::json!({
+            "model": model,
+            "messages": [{"role": "user", "content": "Name three colours."}],
+            "max_tokens": 24,
+            "stream": stream,
+        }))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let mut first = None;
+    let mut chunks = Vec::new();
+    let mut s = r.bytes_stream();
+    while let Some(c) = s.next().await {
+        let c = c.unwrap();
+        if !c.is_empty() {
+            first.get_or_insert_with(|| started.elapsed());
+            chunks.push(c.to_vec());
+        }
+    }
+    Chat {
+        status,
+        chunks,
+        first: first.unwrap_or_default(),
+        total: started.elapsed(),
+    }
 }
 
 /// Runs `cocoon root OP... --key K --ton URL --root R` as the root's owner.

@@ -22,6 +22,43 @@ pub async fn within<F: std::future::Future>(f: F) -> F::Output {
         .expect("test step hung (safety timeout)")
 }
 
+/// An initiator session over an in-memory pipe of `capacity` bytes whose peer is a
+/// [`RawConn`] that answered the opening; returns once the session is ready.
+pub async fn opened_initiator(
+    capacity: usize,
+    config: &Config,
+) -> (
+    SessionHandle,
+    mpsc::Receiver<Incoming>,
+    RawConn<tokio::io::DuplexStream>,
+) {
+    let (a, b) = tokio::io::duplex(capacity);
+    let (client, incoming) = cocoon_net::spawn_session(b, cocoon_net::Role::Initiator, config);
+    let mut raw = RawConn::new(a);
+    raw.accept_handshake().await;
+    within(client.ready()).await.unwrap();
+    (client, incoming, raw)
+}
+
+/// A session over loopback TCP with default settings: the client's handle and incoming,
+/// then the server's.
+pub async fn tcp_pair() -> (
+    SessionHandle,
+    mpsc::Receiver<Incoming>,
+    SessionHandle,
+    mpsc::Receiver<Incoming>,
+) {
+    let listener = Listener::bind("127.0.0.1:0", Config::default())
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cfg = Config::default();
+    let (client, server) = tokio::join!(cocoon_net::connect_tcp(addr, &cfg), listener.accept());
+    let (client, client_in) = client.unwrap();
+    let (server, server_in, _) = server.unwrap();
+    (client, client_in, server, server_in)
+}
+
 /// A peer speaking raw frames, for protocol-level control in tests.
 pub struct RawConn<S> {
     pub stream: S,

@@ -49,7 +49,7 @@ async fn network() -> (Net, TestWorker) {
     })
     .await;
     w.handle
-        .apply_root_config(&test_root(1, true), &[net.proxy.worker_addr().to_string()])
+        .update_root(&test_root(1, true), &[net.proxy.worker_addr().to_string()])
         .unwrap();
     net.wait_workers(1).await;
     (net, w)
@@ -111,7 +111,7 @@ async fn a_proxy_image_removed_from_the_root_gets_no_more_prompts() {
     let streaming = post(&base, "endless", true).await;
     assert_eq!(streaming.status(), 200);
     w.handle
-        .apply_root_config(&test_root(2, false), &[net.proxy.worker_addr().to_string()])
+        .update_root(&test_root(2, false), &[net.proxy.worker_addr().to_string()])
         .unwrap();
     eventually("worker drops the proxy", || {
         w.handle.ready_proxies() == 0

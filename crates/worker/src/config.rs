@@ -26,7 +26,7 @@ pub const MAX_COEFFICIENT: u32 = 999_999_999;
 /// Everything the worker needs to run.
 pub struct WorkerConfig {
     /// Proxy worker-facing endpoints (`host:port`), one connection each. May start empty:
-    /// `WorkerHandle::set_proxies` and `WorkerHandle::apply_root_config` change the set later.
+    /// `WorkerHandle::set_proxies` and `WorkerHandle::update_root` change the set later.
     pub proxies: Vec<String>,
     /// The TON address that owns this worker's earnings.
     pub owner_address: String,
@@ -62,7 +62,7 @@ pub struct WorkerConfig {
     /// contract would pay someone else. `None` trusts the proxy's word (test networks).
     pub contract_params: Option<cocoon_ton::root::CocoonParams>,
     /// The root contract this worker follows. When given, the worker serves no proxy before
-    /// a root configuration is applied (`WorkerHandle::apply_root_config`), derives each
+    /// a root configuration is applied (`WorkerHandle::update_root`), derives each
     /// proxy's contract address from the root's params, the proxy's owner and key and this
     /// address (refusing a proxy that names another one), and derives its own worker
     /// contract from that. `None` (library use without a root): the proxy's contract is

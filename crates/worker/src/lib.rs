@@ -162,7 +162,7 @@ pub(crate) struct Shared {
     /// One connection task per configured proxy address.
     pub proxy_tasks: Mutex<HashMap<String, ProxyTask>>,
     pub next_conn_id: AtomicU64,
-    /// Highest root config version applied (`apply_root_config` ignores older ones).
+    /// Highest root config version applied (`update_root` ignores older ones).
     pub root_version: Mutex<Option<u32>>,
     pub payout_sink: Option<Arc<dyn PayoutSink>>,
     pub payouts_in_flight: Mutex<HashSet<String>>,
@@ -563,7 +563,7 @@ impl WorkerHandle {
     /// (`params_version` increased: every child contract address changes), pass them as
     /// `new_contract_params`; every proxy session is then closed and redialled so that the
     /// handshake runs under the new contracts (running requests are cancelled).
-    pub fn update_root_config(
+    pub fn set_prices_and_params(
         &self,
         prices: PriceTable,
         new_contract_params: Option<cocoon_ton::root::CocoonParams>,

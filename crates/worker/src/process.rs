@@ -115,12 +115,12 @@ async fn embedded(s: &Settings) -> Result<LoadedEngine, String> {
 }
 
 /// The worker's step on a newer root configuration: proxies, prices, params and the model
-/// whitelist follow it (see [`WorkerHandle::apply_root_config`]).
+/// whitelist follow it (see [`WorkerHandle::update_root`]).
 pub fn root_hooks<'a>(handle: &'a WorkerHandle, proxies: &'a [String]) -> Vec<RootHook<'a>> {
     vec![Box::new(move |c: RootConfig| {
         Box::pin(async move {
             handle
-                .apply_root_config(&c, proxies)
+                .update_root(&c, proxies)
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         })
@@ -230,7 +230,7 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
     }
     if let Some(c) = &first_root {
         handle
-            .apply_root_config(c, &s.proxies)
+            .update_root(c, &s.proxies)
             .map_err(|e| e.to_string())?;
     }
     let watch = async {

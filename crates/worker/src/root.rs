@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use cocoon_openai::{Multipliers, PriceTable};
 use cocoon_ton::root::{CocoonParams, RootConfig, model_hash};
 
-use crate::{ConfigError, WorkerHandle};
+use crate::{WorkerConfigError, WorkerHandle};
 
 /// Prices of a root configuration's params.
 pub fn price_table(p: &CocoonParams) -> PriceTable {
@@ -79,10 +79,10 @@ impl WorkerHandle {
         &self,
         cfg: &RootConfig,
         extra_proxies: &[String],
-    ) -> Result<RootUpdate, ConfigError> {
+    ) -> Result<RootUpdate, WorkerConfigError> {
         let shared = &self.shared;
         if cfg.params.is_test != shared.is_test {
-            return Err(ConfigError::Invalid {
+            return Err(WorkerConfigError::Invalid {
                 field: "is_test",
                 reason: format!(
                     "the root contract says is_test = {}, this worker is configured with {}",

@@ -55,7 +55,7 @@ struct StateFile {
 
 /// Why an update was refused.
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub enum PaymentStoreError {
     /// The state file could not be read or written.
     #[error("payment state {path}: {reason}")]
     Io {
@@ -106,8 +106,8 @@ pub struct PaymentStore {
     state: Mutex<StateFile>,
 }
 
-fn io_err(path: &Path, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Io {
+fn io_err(path: &Path, e: impl std::fmt::Display) -> PaymentStoreError {
+    PaymentStoreError::Io {
         path: path.to_owned(),
         reason: e.to_string(),
     }
@@ -115,7 +115,7 @@ fn io_err(path: &Path, e: impl std::fmt::Display) -> StoreError {
 
 impl PaymentStore {
     /// Opens (or creates) the state in `dir`.
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+    pub fn open(dir: &Path) -> Result<Self, PaymentStoreError> {
         std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
         let path = dir.join(STATE_FILE);
         let state = match std::fs::read(&path) {
@@ -150,7 +150,7 @@ impl PaymentStore {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn persist(&self, state: &StateFile) -> Result<(), StoreError> {
+    fn persist(&self, state: &StateFile) -> Result<(), PaymentStoreError> {
         let bytes = serde_json::to_vec_pretty(state).map_err(|e| io_err(&self.path, e))?;
         let tmp = self.path.with_extension("json.tmp");
         let mut f = std::fs::File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
@@ -188,17 +188,17 @@ impl PaymentStore {
         proxy_sc: &str,
         proxy_public_key: &[u8; 32],
         worker_sc: &str,
-    ) -> Result<ProxyRecord, StoreError> {
+    ) -> Result<ProxyRecord, PaymentStoreError> {
         let key = hex::encode(proxy_public_key);
         let mut st = self.lock();
         if let Some(r) = st.proxies.get(proxy_sc) {
             if r.proxy_public_key != key {
-                return Err(StoreError::IdentityChanged {
+                return Err(PaymentStoreError::IdentityChanged {
                     what: "proxy public key",
                 });
             }
             if r.worker_sc_address != worker_sc {
-                return Err(StoreError::IdentityChanged {
+                return Err(PaymentStoreError::IdentityChanged {
                     what: "worker contract address",
                 });
             }
@@ -220,17 +220,17 @@ impl PaymentStore {
     /// Applies what a proxy reported. Refuses (changing nothing) if any counter is lower than
     /// the one held; otherwise raises the held values and persists them before returning.
     /// Returns the record as now held.
-    pub fn apply(&self, proxy_sc: &str, obs: &Observed) -> Result<ProxyRecord, StoreError> {
+    pub fn apply(&self, proxy_sc: &str, obs: &Observed) -> Result<ProxyRecord, PaymentStoreError> {
         let mut st = self.lock();
         let cur = st
             .proxies
             .get(proxy_sc)
             .cloned()
-            .ok_or(StoreError::UnknownProxy)?;
+            .ok_or(PaymentStoreError::UnknownProxy)?;
         let mut next = cur.clone();
         if let Some((tokens, boc)) = &obs.signed {
             if *tokens < cur.signed_tokens {
-                return Err(StoreError::Lower {
+                return Err(PaymentStoreError::Lower {
                     what: "signed payment",
                     got: *tokens,
                     held: cur.signed_tokens,
@@ -243,7 +243,7 @@ impl PaymentStore {
         }
         if let Some(db) = obs.db_tokens {
             if db < cur.db_tokens {
-                return Err(StoreError::Lower {
+                return Err(PaymentStoreError::Lower {
                     what: "tokens committed to the proxy database",
                     got: db,
                     held: cur.db_tokens,
@@ -253,7 +253,7 @@ impl PaymentStore {
         }
         if let Some(max) = obs.max_tokens {
             if obs.strict_max && max < cur.max_tokens {
-                return Err(StoreError::Lower {
+                return Err(PaymentStoreError::Lower {
                     what: "maximum known tokens",
                     got: max,
                     held: cur.max_tokens,
@@ -273,13 +273,13 @@ impl PaymentStore {
     }
 
     /// Records that signed tokens up to `tokens` were paid out.
-    pub fn mark_paid(&self, proxy_sc: &str, tokens: u64) -> Result<(), StoreError> {
+    pub fn mark_paid(&self, proxy_sc: &str, tokens: u64) -> Result<(), PaymentStoreError> {
         let mut st = self.lock();
         let cur = st
             .proxies
             .get(proxy_sc)
             .cloned()
-            .ok_or(StoreError::UnknownProxy)?;
+            .ok_or(PaymentStoreError::UnknownProxy)?;
         if tokens <= cur.paid_out_tokens {
             return Ok(());
         }
@@ -311,13 +311,13 @@ mod tests {
         let s = PaymentStore::open(dir.path()).unwrap();
         assert!(matches!(
             s.apply("p", &signed(1)),
-            Err(StoreError::UnknownProxy)
+            Err(PaymentStoreError::UnknownProxy)
         ));
         s.register("p", &[1; 32], "0:aa").unwrap();
         assert_eq!(s.apply("p", &signed(10)).unwrap().signed_tokens, 10);
         assert!(matches!(
             s.apply("p", &signed(9)),
-            Err(StoreError::Lower {
+            Err(PaymentStoreError::Lower {
                 got: 9,
                 held: 10,
                 ..
@@ -351,11 +351,11 @@ mod tests {
         s.mark_paid("p", 10).unwrap();
         assert!(matches!(
             s.register("p", &[2; 32], "0:aa"),
-            Err(StoreError::IdentityChanged { .. })
+            Err(PaymentStoreError::IdentityChanged { .. })
         ));
         assert!(matches!(
             s.register("p", &[1; 32], "0:bb"),
-            Err(StoreError::IdentityChanged { .. })
+            Err(PaymentStoreError::IdentityChanged { .. })
         ));
         drop(s);
         let again = PaymentStore::open(dir.path()).unwrap();
@@ -379,7 +379,7 @@ mod tests {
         std::fs::write(dir.path().join(STATE_FILE), b"{not json").unwrap();
         assert!(matches!(
             PaymentStore::open(dir.path()),
-            Err(StoreError::Io { .. })
+            Err(PaymentStoreError::Io { .. })
         ));
     }
 }

@@ -49,7 +49,7 @@ impl ClientContractState {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ChainError {
+pub enum ProxyChainError {
     #[error("chain unavailable: {0}")]
     Unavailable(String),
 }
@@ -60,7 +60,7 @@ pub trait ClientChain: Send + Sync + 'static {
     fn client_state<'a>(
         &'a self,
         client_sc: &'a StdAddr,
-    ) -> BoxFuture<'a, Result<Option<ClientContractState>, ChainError>>;
+    ) -> BoxFuture<'a, Result<Option<ClientContractState>, ProxyChainError>>;
 
     /// Resolves once the client contract registered `nonce` with the proxy contract (long
     /// authorisation). The caller bounds the wait.
@@ -68,7 +68,7 @@ pub trait ClientChain: Send + Sync + 'static {
         &'a self,
         client_sc: &'a StdAddr,
         nonce: u64,
-    ) -> BoxFuture<'a, Result<(), ChainError>>;
+    ) -> BoxFuture<'a, Result<(), ProxyChainError>>;
 
     /// Chain reads refused so far because the configured TON endpoints disagreed (see
     /// `cocoon_ton::quorum`); shown to the operator.
@@ -82,23 +82,23 @@ pub trait ClientChain: Send + Sync + 'static {
 pub trait CheckpointChain: Send + Sync + 'static {
     /// Sends `save_state(seqno, hash)` to our proxy contract (a self-transaction; the record
     /// is the checkpoint).
-    fn send_checkpoint(&self, c: ChainCheckpoint) -> BoxFuture<'_, Result<(), ChainError>>;
+    fn send_checkpoint(&self, c: ChainCheckpoint) -> BoxFuture<'_, Result<(), ProxyChainError>>;
 
     /// `save_state` records on our proxy contract with a seqno above `after`, in chain order.
     fn checkpoints_since(
         &self,
         after: u32,
-    ) -> BoxFuture<'_, Result<Vec<ChainCheckpoint>, ChainError>>;
+    ) -> BoxFuture<'_, Result<Vec<ChainCheckpoint>, ProxyChainError>>;
 
     /// Submits a signed receipt (BoC) to the client or worker contract it names.
     fn submit_receipt<'a>(
         &'a self,
         contract: &'a StdAddr,
         boc: Vec<u8>,
-    ) -> BoxFuture<'a, Result<(), ChainError>>;
+    ) -> BoxFuture<'a, Result<(), ProxyChainError>>;
 
     /// Asks the proxy contract to pay the accumulated commission to its owner.
-    fn withdraw(&self) -> BoxFuture<'_, Result<(), ChainError>>;
+    fn withdraw(&self) -> BoxFuture<'_, Result<(), ProxyChainError>>;
 }
 
 /// Contracts, registrations, checkpoints and submitted receipts held in memory.
@@ -192,7 +192,7 @@ impl ClientChain for MemoryChain {
     fn client_state<'a>(
         &'a self,
         client_sc: &'a StdAddr,
-    ) -> BoxFuture<'a, Result<Option<ClientContractState>, ChainError>> {
+    ) -> BoxFuture<'a, Result<Option<ClientContractState>, ProxyChainError>> {
         let s = self
             .clients
             .lock()
@@ -206,7 +206,7 @@ impl ClientChain for MemoryChain {
         &'a self,
         client_sc: &'a StdAddr,
         nonce: u64,
-    ) -> BoxFuture<'a, Result<(), ChainError>> {
+    ) -> BoxFuture<'a, Result<(), ProxyChainError>> {
         let mut rx = self.tick.subscribe();
         Box::pin(async move {
             loop {
@@ -214,7 +214,7 @@ impl ClientChain for MemoryChain {
                     return Ok(());
                 }
                 if rx.changed().await.is_err() {
-                    return Err(ChainError::Unavailable("chain dropped".into()));
+                    return Err(ProxyChainError::Unavailable("chain dropped".into()));
                 }
             }
         })
@@ -226,7 +226,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl CheckpointChain for MemoryChain {
-    fn send_checkpoint(&self, c: ChainCheckpoint) -> BoxFuture<'_, Result<(), ChainError>> {
+    fn send_checkpoint(&self, c: ChainCheckpoint) -> BoxFuture<'_, Result<(), ProxyChainError>> {
         if !self.drop_checkpoints.load(Ordering::Relaxed) {
             self.push_checkpoint(c);
         }
@@ -236,7 +236,7 @@ impl CheckpointChain for MemoryChain {
     fn checkpoints_since(
         &self,
         after: u32,
-    ) -> BoxFuture<'_, Result<Vec<ChainCheckpoint>, ChainError>> {
+    ) -> BoxFuture<'_, Result<Vec<ChainCheckpoint>, ProxyChainError>> {
         let v = lock(&self.checkpoints)
             .iter()
             .filter(|c| c.seqno > after)
@@ -249,12 +249,12 @@ impl CheckpointChain for MemoryChain {
         &'a self,
         contract: &'a StdAddr,
         boc: Vec<u8>,
-    ) -> BoxFuture<'a, Result<(), ChainError>> {
+    ) -> BoxFuture<'a, Result<(), ProxyChainError>> {
         lock(&self.receipts).push((contract.clone(), boc));
         Box::pin(async { Ok(()) })
     }
 
-    fn withdraw(&self) -> BoxFuture<'_, Result<(), ChainError>> {
+    fn withdraw(&self) -> BoxFuture<'_, Result<(), ProxyChainError>> {
         self.withdrawals.fetch_add(1, Ordering::Relaxed);
         Box::pin(async { Ok(()) })
     }

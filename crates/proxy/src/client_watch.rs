@@ -25,7 +25,7 @@ use cocoon_ton::StdAddr;
 use tokio::sync::watch;
 
 use crate::Shared;
-use crate::chain::{ChainError, ClientChain, ClientContractState};
+use crate::chain::{ClientChain, ClientContractState, ProxyChainError};
 
 /// Watches client contracts until `stop`.
 pub(crate) async fn run(shared: Arc<Shared>, every: Duration, mut stop: watch::Receiver<bool>) {
@@ -98,7 +98,7 @@ pub(crate) enum LookupError {
     #[error("too many contract lookups from this address; retry later")]
     RateLimited,
     #[error(transparent)]
-    Chain(#[from] ChainError),
+    Chain(#[from] ProxyChainError),
 }
 
 /// Chain reads made for unauthenticated handshakes, cached and rate-limited.

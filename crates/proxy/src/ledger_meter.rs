@@ -29,7 +29,7 @@ use cocoon_ton::keys::SigningKey;
 use futures::future::BoxFuture;
 use tokio::sync::watch;
 
-use crate::chain::{ChainError, CheckpointChain, ClientContractState};
+use crate::chain::{CheckpointChain, ClientContractState, ProxyChainError};
 pub use crate::meter::LedgerStats;
 use crate::meter::{
     ControlError, ControlOutcome, Meter, MeterError, Party, RequestId, Settled, Settlement,
@@ -373,7 +373,7 @@ impl LedgerMeter {
         &self,
         chain: &dyn CheckpointChain,
         cfg: &SettlementConfig,
-    ) -> Result<(), ChainError> {
+    ) -> Result<(), ProxyChainError> {
         let mut last_sent = self.last_sent.lock().await;
         // 1. Confirm what the chain shows, in chain order.
         let after = self.ledger().checkpoint_cursor();
@@ -540,7 +540,7 @@ impl LedgerMeter {
     pub async fn chain_checkpoints(
         chain: &dyn CheckpointChain,
         params_version: u32,
-    ) -> Result<BTreeMap<u32, ChainCheckpoint>, ChainError> {
+    ) -> Result<BTreeMap<u32, ChainCheckpoint>, ProxyChainError> {
         let all = chain.checkpoints_since(0).await?;
         Ok(all
             .into_iter()

@@ -57,7 +57,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use chain::{CheckpointChain, ClientChain, ClientContractState, MemoryChain};
-pub use config::{AdminConfig, ConfigError, ProxyConfig, Timings};
+pub use config::{AdminConfig, ProxyConfig, ProxyStartError, Timings};
 pub use ledger_meter::{LedgerMeter, LedgerStats, SettlementConfig};
 pub use meter::{MemoryMeter, Meter, MeterError, Party};
 pub use process::{root_hooks, run};
@@ -332,10 +332,10 @@ pub enum RootUpdateError {
     TestMismatch,
 }
 
-async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ConfigError> {
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ProxyStartError> {
     tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| ConfigError::Bind {
+        .map_err(|e| ProxyStartError::Bind {
             addr,
             reason: e.to_string(),
         })
@@ -343,7 +343,7 @@ async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ConfigError> 
 
 impl Proxy {
     /// Checks the configuration, binds both listeners (and the admin server) and serves.
-    pub async fn start(cfg: ProxyConfig) -> Result<ProxyHandle, ConfigError> {
+    pub async fn start(cfg: ProxyConfig) -> Result<ProxyHandle, ProxyStartError> {
         use cocoon_attest::Backend;
         // Workers must be attested for real on a production network. Clients need no
         // attestation at all (COCOON's router accepts any client certificate), so the
@@ -355,28 +355,28 @@ impl Proxy {
                 .allowed_backends
                 .contains(&Backend::Sim)
         {
-            return Err(ConfigError::SimOnProduction("worker"));
+            return Err(ProxyStartError::SimOnProduction("worker"));
         }
         if cfg.root.params.is_test != cfg.is_test {
-            return Err(ConfigError::TestMismatch);
+            return Err(ProxyStartError::TestMismatch);
         }
         if cfg.root.params.worker_code.is_none() {
-            return Err(ConfigError::MissingCode("worker"));
+            return Err(ProxyStartError::MissingCode("worker"));
         }
         if cfg.root.params.client_code.is_none() {
-            return Err(ConfigError::MissingCode("client"));
+            return Err(ProxyStartError::MissingCode("client"));
         }
         let token = cocoon_service::admin::Token::from_file(
             cfg.admin.as_ref().and_then(|a| a.token_file.as_deref()),
         )
-        .map_err(ConfigError::Admin)?;
+        .map_err(ProxyStartError::Admin)?;
         let wl = bind(cfg.worker_listen).await?;
         let cl = bind(cfg.client_listen).await?;
-        let worker_addr = wl.local_addr().map_err(|e| ConfigError::Bind {
+        let worker_addr = wl.local_addr().map_err(|e| ProxyStartError::Bind {
             addr: cfg.worker_listen,
             reason: e.to_string(),
         })?;
-        let client_addr = cl.local_addr().map_err(|e| ConfigError::Bind {
+        let client_addr = cl.local_addr().map_err(|e| ProxyStartError::Bind {
             addr: cfg.client_listen,
             reason: e.to_string(),
         })?;
@@ -386,14 +386,14 @@ impl Proxy {
             cfg.pow_difficulty,
             cfg.net.clone(),
         )
-        .map_err(|e| ConfigError::Tls(e.to_string()))?;
+        .map_err(|e| ProxyStartError::Tls(e.to_string()))?;
         let cacc = RatlsAcceptor::new(
             Arc::clone(&cfg.certs),
             Arc::clone(&cfg.client_verifier),
             cfg.pow_difficulty,
             cfg.net.clone(),
         )
-        .map_err(|e| ConfigError::Tls(e.to_string()))?;
+        .map_err(|e| ProxyStartError::Tls(e.to_string()))?;
         let shared = Arc::new(Shared {
             is_test: cfg.is_test,
             proxy_sc: cfg.proxy_sc,
@@ -452,7 +452,7 @@ impl Proxy {
         if let Some(a) = &cfg.admin {
             let (addr, task) = admin::spawn(Arc::clone(&shared), a, token, stop_rx.clone())
                 .await
-                .map_err(ConfigError::Admin)?;
+                .map_err(ProxyStartError::Admin)?;
             admin_addr = Some(addr);
             tasks.push(task);
         }

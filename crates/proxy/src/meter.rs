@@ -15,7 +15,7 @@ use std::sync::Mutex;
 
 use futures::future::BoxFuture;
 
-use crate::chain::{ChainError, ClientContractState};
+use crate::chain::{ClientContractState, ProxyChainError};
 
 /// A request's id as the proxy knows it (the client's `request_id`).
 pub type RequestId = [u8; 32];
@@ -266,7 +266,7 @@ pub enum ControlError {
     NoChain,
     /// The chain refused or failed (the withdrawal, or the pass).
     #[error("{0}")]
-    Chain(#[from] ChainError),
+    Chain(#[from] ProxyChainError),
 }
 
 /// What the admin pages show about the ledger.

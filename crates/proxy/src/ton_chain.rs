@@ -24,7 +24,7 @@ use cocoon_ton::payments::SignedPayment;
 use cocoon_ton::wallet::{OutMsg, WalletSender};
 use futures::future::BoxFuture;
 
-use crate::chain::{ChainError, CheckpointChain, ClientChain, ClientContractState};
+use crate::chain::{CheckpointChain, ClientChain, ClientContractState, ProxyChainError};
 
 /// Most transactions read per poll.
 const PAGE: usize = 100;
@@ -48,13 +48,13 @@ pub struct TonClientChain<C> {
     agreed: Mutex<HashMap<StdAddr, ClientContractState>>,
 }
 
-fn unavailable(e: impl std::fmt::Display) -> ChainError {
-    ChainError::Unavailable(e.to_string())
+fn unavailable(e: impl std::fmt::Display) -> ProxyChainError {
+    ProxyChainError::Unavailable(e.to_string())
 }
 
 impl<C: Chain + 'static> TonClientChain<C> {
     /// Starts watching `proxy_sc` from its latest transaction.
-    pub async fn new(chain: C, proxy_sc: StdAddr, poll: Duration) -> Result<Self, ChainError> {
+    pub async fn new(chain: C, proxy_sc: StdAddr, poll: Duration) -> Result<Self, ProxyChainError> {
         let st = chain.account_state(&proxy_sc).await.map_err(unavailable)?;
         Ok(TonClientChain {
             chain,
@@ -94,7 +94,7 @@ impl<C: Chain + 'static> TonClientChain<C> {
         &self,
         client_sc: &StdAddr,
         e: cocoon_ton::chain::ChainError,
-    ) -> Result<Option<ClientContractState>, ChainError> {
+    ) -> Result<Option<ClientContractState>, ProxyChainError> {
         if !matches!(e, cocoon_ton::chain::ChainError::NoQuorum { .. }) {
             return Err(unavailable(e));
         }
@@ -118,7 +118,7 @@ impl<C: Chain + 'static> TonClientChain<C> {
     }
 
     /// Reads new proxy-contract transactions and records the registrations among them.
-    async fn scan_once(&self) -> Result<(), ChainError> {
+    async fn scan_once(&self) -> Result<(), ProxyChainError> {
         let mut s = self.scan.lock().await;
         loop {
             let txs = self
@@ -143,7 +143,7 @@ impl<C: Chain + 'static> TonClientChain<C> {
 /// The client contract as the proxy needs it, from its account state (`None`: not deployed).
 fn client_contract_state(
     st: cocoon_ton::chain::AccountState,
-) -> Result<Option<ClientContractState>, ChainError> {
+) -> Result<Option<ClientContractState>, ProxyChainError> {
     if st.status != AccountStatus::Active {
         return Ok(None);
     }
@@ -180,7 +180,7 @@ impl<C: Chain + 'static> ClientChain for TonClientChain<C> {
     fn client_state<'a>(
         &'a self,
         client_sc: &'a StdAddr,
-    ) -> BoxFuture<'a, Result<Option<ClientContractState>, ChainError>> {
+    ) -> BoxFuture<'a, Result<Option<ClientContractState>, ProxyChainError>> {
         Box::pin(async move {
             let st = match self.chain.account_state(client_sc).await {
                 Ok(st) => st,
@@ -202,7 +202,7 @@ impl<C: Chain + 'static> ClientChain for TonClientChain<C> {
         &'a self,
         client_sc: &'a StdAddr,
         nonce: u64,
-    ) -> BoxFuture<'a, Result<(), ChainError>> {
+    ) -> BoxFuture<'a, Result<(), ProxyChainError>> {
         Box::pin(async move {
             let key = (client_sc.clone(), nonce);
             loop {
@@ -257,7 +257,7 @@ impl<C: Chain + 'static> TonCheckpointChain<C> {
     }
 
     /// Sends queued wallet messages (and settles the one in flight); call periodically.
-    pub async fn tick(&self) -> Result<(), ChainError> {
+    pub async fn tick(&self) -> Result<(), ProxyChainError> {
         let mut s = self.sender.lock().await;
         if s.pending() == 0 {
             return Ok(());
@@ -268,7 +268,7 @@ impl<C: Chain + 'static> TonCheckpointChain<C> {
         Ok(())
     }
 
-    async fn enqueue(&self, msg: OutMsg) -> Result<(), ChainError> {
+    async fn enqueue(&self, msg: OutMsg) -> Result<(), ProxyChainError> {
         let mut s = self.sender.lock().await;
         s.enqueue(msg);
         s.tick(crate::now_unix() as u64)
@@ -279,7 +279,7 @@ impl<C: Chain + 'static> TonCheckpointChain<C> {
 }
 
 impl<C: Chain + 'static> CheckpointChain for TonCheckpointChain<C> {
-    fn send_checkpoint(&self, c: ChainCheckpoint) -> BoxFuture<'_, Result<(), ChainError>> {
+    fn send_checkpoint(&self, c: ChainCheckpoint) -> BoxFuture<'_, Result<(), ProxyChainError>> {
         Box::pin(async move {
             let seqno = i32::try_from(c.seqno).map_err(unavailable)?;
             let body = SaveState::new(u64::from(c.seqno), seqno, cocoon_ton::HashBytes(c.hash))
@@ -297,7 +297,7 @@ impl<C: Chain + 'static> CheckpointChain for TonCheckpointChain<C> {
     fn checkpoints_since(
         &self,
         after: u32,
-    ) -> BoxFuture<'_, Result<Vec<ChainCheckpoint>, ChainError>> {
+    ) -> BoxFuture<'_, Result<Vec<ChainCheckpoint>, ProxyChainError>> {
         Box::pin(async move {
             let ours = self.sender.lock().await.address().clone();
             let found = {
@@ -334,7 +334,7 @@ impl<C: Chain + 'static> CheckpointChain for TonCheckpointChain<C> {
         &'a self,
         contract: &'a StdAddr,
         boc: Vec<u8>,
-    ) -> BoxFuture<'a, Result<(), ChainError>> {
+    ) -> BoxFuture<'a, Result<(), ProxyChainError>> {
         Box::pin(async move {
             let sp = SignedPayment::from_boc(&boc).map_err(unavailable)?;
             let me = self.sender.lock().await.address().clone();
@@ -348,7 +348,7 @@ impl<C: Chain + 'static> CheckpointChain for TonCheckpointChain<C> {
         })
     }
 
-    fn withdraw(&self) -> BoxFuture<'_, Result<(), ChainError>> {
+    fn withdraw(&self) -> BoxFuture<'_, Result<(), ProxyChainError>> {
         Box::pin(async move {
             let me = self.sender.lock().await.address().clone();
             let body = cocoon_ton::messages::ExtProxyPayoutRequest {

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use cocoon_ledger::{ChainCheckpoint, SqliteStore};
 use cocoon_net::Incoming;
-use cocoon_proxy::chain::ChainError;
+use cocoon_proxy::chain::ProxyChainError;
 use cocoon_proxy::{CheckpointChain, LedgerMeter, Meter, SettlementConfig};
 use cocoon_testkit::prelude::*;
 use cocoon_tl::enums;
@@ -57,7 +57,7 @@ impl FileChain {
 }
 
 impl CheckpointChain for FileChain {
-    fn send_checkpoint(&self, c: ChainCheckpoint) -> BoxFuture<'_, Result<(), ChainError>> {
+    fn send_checkpoint(&self, c: ChainCheckpoint) -> BoxFuture<'_, Result<(), ProxyChainError>> {
         let r = (|| {
             let mut f = std::fs::OpenOptions::new()
                 .create(true)
@@ -66,14 +66,14 @@ impl CheckpointChain for FileChain {
             writeln!(f, "{} {}", c.seqno, hex::encode(c.hash))?;
             f.sync_all()
         })()
-        .map_err(|e| ChainError::Unavailable(e.to_string()));
+        .map_err(|e| ProxyChainError::Unavailable(e.to_string()));
         Box::pin(async move { r })
     }
 
     fn checkpoints_since(
         &self,
         after: u32,
-    ) -> BoxFuture<'_, Result<Vec<ChainCheckpoint>, ChainError>> {
+    ) -> BoxFuture<'_, Result<Vec<ChainCheckpoint>, ProxyChainError>> {
         let v = self
             .read()
             .into_iter()
@@ -86,11 +86,11 @@ impl CheckpointChain for FileChain {
         &'a self,
         _contract: &'a StdAddr,
         _boc: Vec<u8>,
-    ) -> BoxFuture<'a, Result<(), ChainError>> {
+    ) -> BoxFuture<'a, Result<(), ProxyChainError>> {
         Box::pin(async { Ok(()) })
     }
 
-    fn withdraw(&self) -> BoxFuture<'_, Result<(), ChainError>> {
+    fn withdraw(&self) -> BoxFuture<'_, Result<(), ProxyChainError>> {
         Box::pin(async { Ok(()) })
     }
 }

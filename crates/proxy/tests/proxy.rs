@@ -442,7 +442,10 @@ async fn unsafe_configurations_do_not_start() {
     prod.params.is_test = false;
     let err = start_err(prod, |c| c.is_test = false).await;
     assert!(
-        matches!(err, cocoon_proxy::ConfigError::SimOnProduction("worker")),
+        matches!(
+            err,
+            cocoon_proxy::ProxyStartError::SimOnProduction("worker")
+        ),
         "{err}"
     );
     // A root for another network.
@@ -450,7 +453,7 @@ async fn unsafe_configurations_do_not_start() {
     prod.params.is_test = false;
     let err = start_err(root(1, true, true), |c| c.root = prod).await;
     assert!(
-        matches!(err, cocoon_proxy::ConfigError::TestMismatch),
+        matches!(err, cocoon_proxy::ProxyStartError::TestMismatch),
         "{err}"
     );
     // No contract code: client and worker contracts could not be derived.
@@ -458,7 +461,7 @@ async fn unsafe_configurations_do_not_start() {
     bare.params.worker_code = None;
     let err = start_err(bare, |_| {}).await;
     assert!(
-        matches!(err, cocoon_proxy::ConfigError::MissingCode("worker")),
+        matches!(err, cocoon_proxy::ProxyStartError::MissingCode("worker")),
         "{err}"
     );
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use cocoon_net::{Incoming, SessionHandle};
 use cocoon_proxy::{
-    AdminConfig, ClientContractState, ConfigError, MemoryChain, MemoryMeter, Proxy, ProxyConfig,
-    ProxyHandle, RouterConfig, Timings,
+    AdminConfig, ClientContractState, MemoryChain, MemoryMeter, Proxy, ProxyConfig, ProxyHandle,
+    ProxyStartError, RouterConfig, Timings,
 };
 use cocoon_ratls::config::CertResolver;
 use cocoon_tl::functions::worker as fworker;
@@ -47,7 +47,7 @@ pub async fn start_proxy_with(root: RootConfig, tweak: impl FnOnce(&mut ProxyCon
 pub async fn start_proxy_result(
     root: RootConfig,
     tweak: impl FnOnce(&mut ProxyConfig),
-) -> Result<Net, ConfigError> {
+) -> Result<Net, ProxyStartError> {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
@@ -99,7 +99,7 @@ pub async fn start_proxy_result(
 }
 
 /// Starting the proxy must fail; returns why.
-pub async fn start_err(root: RootConfig, tweak: impl FnOnce(&mut ProxyConfig)) -> ConfigError {
+pub async fn start_err(root: RootConfig, tweak: impl FnOnce(&mut ProxyConfig)) -> ProxyStartError {
     match start_proxy_result(root, tweak).await {
         Ok(_) => panic!("the proxy started with an unsafe configuration"),
         Err(e) => e,

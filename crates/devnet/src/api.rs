@@ -104,14 +104,14 @@ impl ApiState {
 
 /// An API error: HTTP status = toncenter `code`.
 #[derive(Debug)]
-pub struct ApiError {
+pub struct DevnetApiError {
     /// HTTP status and envelope code.
     pub status: StatusCode,
     /// Message for the `error` field.
     pub message: String,
 }
 
-impl ApiError {
+impl DevnetApiError {
     fn invalid(message: impl Into<String>) -> Self {
         Self {
             status: StatusCode::UNPROCESSABLE_ENTITY,
@@ -120,7 +120,7 @@ impl ApiError {
     }
 }
 
-impl From<DevnetError> for ApiError {
+impl From<DevnetError> for DevnetApiError {
     fn from(e: DevnetError) -> Self {
         let status = match &e {
             DevnetError::BadBoc(_)
@@ -144,7 +144,7 @@ impl From<DevnetError> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
+impl IntoResponse for DevnetApiError {
     fn into_response(self) -> Response {
         let body = json!({"ok": false, "error": self.message, "code": self.status.as_u16()});
         (self.status, axum::Json(body)).into_response()
@@ -164,7 +164,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/_devnet/clock", get(clock_get).post(clock_set))
         .route("/_devnet/info", get(info))
         .fallback(|| async {
-            ApiError {
+            DevnetApiError {
                 status: StatusCode::NOT_FOUND,
                 message: "no such endpoint".into(),
             }
@@ -202,41 +202,42 @@ impl Params {
     fn from_request(
         query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
         body: &Bytes,
-    ) -> Result<Self, ApiError> {
+    ) -> Result<Self, DevnetApiError> {
         let mut map = Map::new();
-        let Query(q) = query.map_err(|e| ApiError::invalid(format!("bad query string: {e}")))?;
+        let Query(q) =
+            query.map_err(|e| DevnetApiError::invalid(format!("bad query string: {e}")))?;
         for (k, v) in q {
             map.insert(k, Value::String(v));
         }
         if !body.iter().all(u8::is_ascii_whitespace) {
             let v: Value = serde_json::from_slice(body)
-                .map_err(|e| ApiError::invalid(format!("body is not JSON: {e}")))?;
+                .map_err(|e| DevnetApiError::invalid(format!("body is not JSON: {e}")))?;
             let Value::Object(o) = v else {
-                return Err(ApiError::invalid("body must be a JSON object"));
+                return Err(DevnetApiError::invalid("body must be a JSON object"));
             };
             map.extend(o);
         }
         Ok(Self(map))
     }
 
-    fn str(&self, key: &str) -> Result<Option<&str>, ApiError> {
+    fn str(&self, key: &str) -> Result<Option<&str>, DevnetApiError> {
         match self.0.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
-            Some(_) => Err(ApiError::invalid(format!("{key} must be a string"))),
+            Some(_) => Err(DevnetApiError::invalid(format!("{key} must be a string"))),
         }
     }
 
-    fn required(&self, key: &str) -> Result<&str, ApiError> {
+    fn required(&self, key: &str) -> Result<&str, DevnetApiError> {
         match self.str(key)? {
             Some(s) if !s.trim().is_empty() => Ok(s),
-            _ => Err(ApiError::invalid(format!("empty {key}"))),
+            _ => Err(DevnetApiError::invalid(format!("empty {key}"))),
         }
     }
 
     /// An unsigned integer given as a JSON number or a decimal string.
-    fn uint(&self, key: &str) -> Result<Option<u128>, ApiError> {
-        let bad = || ApiError::invalid(format!("{key} must be a non-negative integer"));
+    fn uint(&self, key: &str) -> Result<Option<u128>, DevnetApiError> {
+        let bad = || DevnetApiError::invalid(format!("{key} must be a non-negative integer"));
         match self.0.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Number(n)) => n.as_u64().map(|v| Some(u128::from(v))).ok_or_else(bad),
@@ -246,13 +247,13 @@ impl Params {
         }
     }
 
-    fn address(&self, key: &str) -> Result<StdAddr, ApiError> {
+    fn address(&self, key: &str) -> Result<StdAddr, DevnetApiError> {
         parse_address(self.required(key)?)
     }
 }
 
 /// Parses an address in raw or user-friendly form.
-pub fn parse_address(s: &str) -> Result<StdAddr, ApiError> {
+pub fn parse_address(s: &str) -> Result<StdAddr, DevnetApiError> {
     StdAddr::from_str_ext(s.trim(), StdAddrFormat::any())
         .map(|(a, _)| a)
         .map_err(|_| DevnetError::BadAddress(s.to_string()).into())
@@ -277,16 +278,16 @@ async fn v2_method(
 async fn json_rpc(State(state): State<ApiState>, body: Bytes) -> Response {
     let req: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
-        Err(e) => return ApiError::invalid(format!("body is not JSON: {e}")).into_response(),
+        Err(e) => return DevnetApiError::invalid(format!("body is not JSON: {e}")).into_response(),
     };
     let id = req.get("id").cloned().unwrap_or(Value::Null);
     let Some(method) = req.get("method").and_then(Value::as_str).map(str::to_owned) else {
-        return ApiError::invalid("jsonRPC needs a \"method\" string").into_response();
+        return DevnetApiError::invalid("jsonRPC needs a \"method\" string").into_response();
     };
     let params = match req.get("params") {
         None | Some(Value::Null) => Params(Map::new()),
         Some(Value::Object(o)) => Params(o.clone()),
-        Some(_) => return ApiError::invalid("params must be an object").into_response(),
+        Some(_) => return DevnetApiError::invalid("params must be an object").into_response(),
     };
     let (status, mut body) =
         match run_blocking(state, move |st| dispatch(st, &method, &params)).await {
@@ -302,21 +303,21 @@ async fn json_rpc(State(state): State<ApiState>, body: Bytes) -> Response {
 }
 
 /// Runs chain work off the async workers (TVM execution is CPU-bound).
-async fn run_blocking<F>(state: ApiState, f: F) -> Result<Value, ApiError>
+async fn run_blocking<F>(state: ApiState, f: F) -> Result<Value, DevnetApiError>
 where
-    F: FnOnce(&ApiState) -> Result<Value, ApiError> + Send + 'static,
+    F: FnOnce(&ApiState) -> Result<Value, DevnetApiError> + Send + 'static,
 {
     tokio::task::spawn_blocking(move || f(&state))
         .await
         .unwrap_or_else(|e| {
-            Err(ApiError {
+            Err(DevnetApiError {
                 status: StatusCode::INTERNAL_SERVER_ERROR,
                 message: format!("request task failed: {e}"),
             })
         })
 }
 
-fn dispatch(state: &ApiState, method: &str, p: &Params) -> Result<Value, ApiError> {
+fn dispatch(state: &ApiState, method: &str, p: &Params) -> Result<Value, DevnetApiError> {
     match method {
         "sendBoc" => send_boc(state, p).map(|_| json!({"@type": "ok"})),
         "sendBocReturnHash" => {
@@ -355,7 +356,7 @@ fn dispatch(state: &ApiState, method: &str, p: &Params) -> Result<Value, ApiErro
                 "init": block_json(&init),
             }))
         }
-        other => Err(ApiError {
+        other => Err(DevnetApiError {
             status: StatusCode::NOT_FOUND,
             message: format!("method {other:?} is not served by the devnet"),
         }),
@@ -385,16 +386,16 @@ fn tx_id(lt: u64, hash: &HashBytes) -> Value {
     json!({"@type": "internal.transactionId", "lt": lt.to_string(), "hash": b64(hash)})
 }
 
-fn decode_boc_param(p: &Params) -> Result<Vec<u8>, ApiError> {
+fn decode_boc_param(p: &Params) -> Result<Vec<u8>, DevnetApiError> {
     let boc = p
         .required("boc")
-        .map_err(|_| ApiError::invalid("empty boc"))?;
+        .map_err(|_| DevnetApiError::invalid("empty boc"))?;
     B64.decode(boc.trim())
-        .map_err(|e| ApiError::invalid(format!("boc is not base64: {e}")))
+        .map_err(|e| DevnetApiError::invalid(format!("boc is not base64: {e}")))
 }
 
 /// Returns the message hash and its TEP-467 normalised hash.
-fn send_boc(state: &ApiState, p: &Params) -> Result<(HashBytes, HashBytes), ApiError> {
+fn send_boc(state: &ApiState, p: &Params) -> Result<(HashBytes, HashBytes), DevnetApiError> {
     let bytes = decode_boc_param(p)?;
     let cell = Boc::decode(&bytes).map_err(|e| DevnetError::BadBoc(e.to_string()))?;
     let norm = normalized_hash(&cell)?;
@@ -406,7 +407,7 @@ fn send_boc(state: &ApiState, p: &Params) -> Result<(HashBytes, HashBytes), ApiE
 
 /// TEP-467: the hash of `ext_in_msg_info$10 src:addr_none dest import_fee:0 init:nothing
 /// body:^Cell`.
-fn normalized_hash(cell: &Cell) -> Result<HashBytes, ApiError> {
+fn normalized_hash(cell: &Cell) -> Result<HashBytes, DevnetApiError> {
     let msg = cell
         .parse::<OwnedMessage>()
         .map_err(|e| DevnetError::BadBoc(format!("not a message: {e}")))?;
@@ -434,36 +435,37 @@ fn normalized_hash(cell: &Cell) -> Result<HashBytes, ApiError> {
     Ok(*cell.repr_hash())
 }
 
-fn run_get_method(state: &ApiState, p: &Params) -> Result<Value, ApiError> {
+fn run_get_method(state: &ApiState, p: &Params) -> Result<Value, DevnetApiError> {
     let addr = p.address("address")?;
-    let method = match p.0.get("method") {
-        Some(Value::Number(n)) => GetMethodId::Id(
-            n.as_u64()
-                .and_then(|v| u32::try_from(v).ok())
-                .ok_or_else(|| ApiError::invalid("method id must be a 32-bit unsigned integer"))?,
-        ),
-        Some(Value::String(s)) if !s.trim().is_empty() => match s.trim().parse::<u32>() {
-            Ok(id) => GetMethodId::Id(id),
-            Err(_) => GetMethodId::Name(s.trim().to_string()),
-        },
-        _ => return Err(ApiError::invalid("empty method")),
-    };
+    let method =
+        match p.0.get("method") {
+            Some(Value::Number(n)) => {
+                GetMethodId::Id(n.as_u64().and_then(|v| u32::try_from(v).ok()).ok_or_else(
+                    || DevnetApiError::invalid("method id must be a 32-bit unsigned integer"),
+                )?)
+            }
+            Some(Value::String(s)) if !s.trim().is_empty() => match s.trim().parse::<u32>() {
+                Ok(id) => GetMethodId::Id(id),
+                Err(_) => GetMethodId::Name(s.trim().to_string()),
+            },
+            _ => return Err(DevnetApiError::invalid("empty method")),
+        };
     let args = match p.0.get("stack") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(s)) => {
             // GET callers pass the stack as a JSON string.
-            let v: Value =
-                serde_json::from_str(s).map_err(|_| ApiError::invalid("Stack should be array"))?;
-            stack::parse_stack(&v).map_err(ApiError::invalid)?
+            let v: Value = serde_json::from_str(s)
+                .map_err(|_| DevnetApiError::invalid("Stack should be array"))?;
+            stack::parse_stack(&v).map_err(DevnetApiError::invalid)?
         }
-        Some(v) => stack::parse_stack(v).map_err(ApiError::invalid)?,
+        Some(v) => stack::parse_stack(v).map_err(DevnetApiError::invalid)?,
     };
     let chain = state.lock();
     let last = chain.last_block();
     let info = chain.account(&addr)?;
     let (exit_code, gas_used, stack) = match chain.run_get_method(&addr, &method, args) {
         Ok(out) => {
-            let rendered = stack::render_stack(&out.stack).map_err(|e| ApiError {
+            let rendered = stack::render_stack(&out.stack).map_err(|e| DevnetApiError {
                 status: StatusCode::INTERNAL_SERVER_ERROR,
                 message: format!("Unsupported stack entry type: {e}"),
             })?;
@@ -483,7 +485,7 @@ fn run_get_method(state: &ApiState, p: &Params) -> Result<Value, ApiError> {
     }))
 }
 
-fn address_information(chain: &Devnet, addr: &StdAddr) -> Result<Value, ApiError> {
+fn address_information(chain: &Devnet, addr: &StdAddr) -> Result<Value, DevnetApiError> {
     let info = chain.account(addr)?;
     let boc_or_empty = |c: &Option<Cell>| c.as_ref().map(stack::boc64).unwrap_or_default();
     Ok(json!({
@@ -527,7 +529,7 @@ enum WalletLayout {
     FlagSeqnoId,
 }
 
-fn wallet_information(chain: &Devnet, addr: &StdAddr) -> Result<Value, ApiError> {
+fn wallet_information(chain: &Devnet, addr: &StdAddr) -> Result<Value, DevnetApiError> {
     let info = chain.account(addr)?;
     let mut out = json!({
         "@type": "ext.accounts.walletInformation",
@@ -551,7 +553,7 @@ fn wallet_information(chain: &Devnet, addr: &StdAddr) -> Result<Value, ApiError>
         };
         Ok((allowed, s.load_u32()?, s.load_u32()?))
     };
-    let (allowed, seqno, wallet_id) = parse().map_err(|e| ApiError {
+    let (allowed, seqno, wallet_id) = parse().map_err(|e| DevnetApiError {
         status: StatusCode::INTERNAL_SERVER_ERROR,
         message: format!("wallet data does not parse: {e}"),
     })?;
@@ -566,7 +568,7 @@ fn wallet_information(chain: &Devnet, addr: &StdAddr) -> Result<Value, ApiError>
 }
 
 /// Accepts a transaction hash in base64 (standard or URL-safe) or hex.
-fn parse_hash(s: &str) -> Result<HashBytes, ApiError> {
+fn parse_hash(s: &str) -> Result<HashBytes, DevnetApiError> {
     let s = s.trim();
     let bytes = if s.len() == 64 {
         hex::decode(s).ok()
@@ -578,21 +580,23 @@ fn parse_hash(s: &str) -> Result<HashBytes, ApiError> {
     bytes
         .and_then(|b| <[u8; 32]>::try_from(b).ok())
         .map(HashBytes)
-        .ok_or_else(|| ApiError::invalid(format!("hash {s:?} is not 32 bytes of base64 or hex")))
+        .ok_or_else(|| {
+            DevnetApiError::invalid(format!("hash {s:?} is not 32 bytes of base64 or hex"))
+        })
 }
 
-fn get_transactions(state: &ApiState, p: &Params) -> Result<Value, ApiError> {
+fn get_transactions(state: &ApiState, p: &Params) -> Result<Value, DevnetApiError> {
     let addr = p.address("address")?;
     let limit = p.uint("limit")?.unwrap_or(10);
     if !(1..=1000).contains(&limit) {
-        return Err(ApiError::invalid("limit must be between 1 and 1000"));
+        return Err(DevnetApiError::invalid("limit must be between 1 and 1000"));
     }
     let lt = p
         .uint("lt")?
-        .map(|v| u64::try_from(v).map_err(|_| ApiError::invalid("lt out of range")))
+        .map(|v| u64::try_from(v).map_err(|_| DevnetApiError::invalid("lt out of range")))
         .transpose()?;
     let to_lt = u64::try_from(p.uint("to_lt")?.unwrap_or(0))
-        .map_err(|_| ApiError::invalid("to_lt out of range"))?;
+        .map_err(|_| DevnetApiError::invalid("to_lt out of range"))?;
     let hash = p
         .str("hash")?
         .filter(|h| !h.is_empty())
@@ -601,10 +605,10 @@ fn get_transactions(state: &ApiState, p: &Params) -> Result<Value, ApiError> {
     let chain = state.lock();
     if let Some(hash) = &hash {
         let Some(lt) = lt else {
-            return Err(ApiError::invalid("hash needs lt"));
+            return Err(DevnetApiError::invalid("hash needs lt"));
         };
         if chain.transaction(&addr, lt, hash).is_none() {
-            return Err(ApiError {
+            return Err(DevnetApiError {
                 status: StatusCode::NOT_FOUND,
                 message: format!(
                     "transaction lt={lt} hash={} not found for this account",
@@ -678,11 +682,11 @@ async fn faucet(State(state): State<ApiState>, body: Bytes) -> Response {
         let addr = params.address("address")?;
         let amount = params
             .uint("amount")?
-            .ok_or_else(|| ApiError::invalid("empty amount"))?;
+            .ok_or_else(|| DevnetApiError::invalid("empty amount"))?;
         let mut chain = st.lock();
         let txs = chain.faucet(&addr, amount)?;
         let info = chain.account(&addr)?;
-        let tx = txs.first().ok_or_else(|| ApiError {
+        let tx = txs.first().ok_or_else(|| DevnetApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             message: "faucet produced no transaction".into(),
         })?;
@@ -720,15 +724,17 @@ async fn clock_set(State(state): State<ApiState>, body: Bytes) -> Response {
         let mut chain = state.lock();
         match (advance, set) {
             (Some(s), None) => {
-                let s = u64::try_from(s).map_err(|_| ApiError::invalid("advance out of range"))?;
+                let s = u64::try_from(s)
+                    .map_err(|_| DevnetApiError::invalid("advance out of range"))?;
                 chain.advance(s)?;
             }
             (None, Some(t)) => {
-                let t = u64::try_from(t).map_err(|_| ApiError::invalid("set out of range"))?;
+                let t =
+                    u64::try_from(t).map_err(|_| DevnetApiError::invalid("set out of range"))?;
                 chain.set_now(t)?;
             }
             _ => {
-                return Err(ApiError::invalid(
+                return Err(DevnetApiError::invalid(
                     "give exactly one of {\"advance\": seconds} or {\"set\": unix}",
                 ));
             }

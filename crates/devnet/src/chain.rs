@@ -40,7 +40,7 @@ use tycho_types::num::Tokens;
 use tycho_types::prelude::*;
 use tycho_vm::{GasParams, RcStackValue, VmCaller, VmGetterArgs, VmGetterError};
 
-use crate::config::{ChainConfig, ConfigError};
+use crate::config::{ChainConfig, ChainConfigError};
 
 /// Logical time added before every transaction (as `@ton/sandbox` does).
 pub const LT_STEP: u64 = 1_000_000;
@@ -106,7 +106,7 @@ pub enum DevnetError {
     },
     /// The configuration failed to load.
     #[error(transparent)]
-    Config(#[from] ConfigError),
+    Config(#[from] ChainConfigError),
     /// Reading or writing the state directory failed.
     #[error("state directory {path}: {message}")]
     Storage {

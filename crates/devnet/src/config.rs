@@ -29,7 +29,7 @@ pub const MAINNET_CONFIG_BOC: &[u8] = include_bytes!("../config/mainnet-config.b
 
 /// Errors while loading a blockchain configuration.
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub enum ChainConfigError {
     /// The BOC does not decode into a cell.
     #[error("config BOC does not decode: {0}")]
     Boc(String),
@@ -56,35 +56,35 @@ pub struct ChainConfig {
 
 impl ChainConfig {
     /// Loads the bundled TON mainnet configuration.
-    pub fn mainnet() -> Result<Self, ConfigError> {
+    pub fn mainnet() -> Result<Self, ChainConfigError> {
         Self::from_boc(MAINNET_CONFIG_BOC)
     }
 
     /// Loads a configuration dictionary BOC (the root is the `Hashmap 32 ^Cell` of params).
-    pub fn from_boc(boc: &[u8]) -> Result<Self, ConfigError> {
-        let root = Boc::decode(boc).map_err(|e| ConfigError::Boc(e.to_string()))?;
+    pub fn from_boc(boc: &[u8]) -> Result<Self, ChainConfigError> {
+        let root = Boc::decode(boc).map_err(|e| ChainConfigError::Boc(e.to_string()))?;
         let mut params = BlockchainConfigParams::from_raw(root);
         fix_workchains(&mut params)?;
         let address = params
             .get_raw(0)
-            .map_err(|source| ConfigError::Param { param: 0, source })?
-            .ok_or(ConfigError::Param {
+            .map_err(|source| ChainConfigError::Param { param: 0, source })?
+            .ok_or(ChainConfigError::Param {
                 param: 0,
                 source: CellError::CellUnderflow,
             })?
             .load_u256()
-            .map_err(|source| ConfigError::Param { param: 0, source })?;
+            .map_err(|source| ChainConfigError::Param { param: 0, source })?;
         Ok(Self { params, address })
     }
 
     /// Parses the configuration for the executor at unix time `now` (storage prices are
     /// time-dependent).
-    pub fn parsed(&self, now: u32) -> Result<ParsedConfig, ConfigError> {
+    pub fn parsed(&self, now: u32) -> Result<ParsedConfig, ChainConfigError> {
         let config = BlockchainConfig {
             address: self.address,
             params: self.params.clone(),
         };
-        ParsedConfig::parse(config, now).map_err(ConfigError::Parse)
+        ParsedConfig::parse(config, now).map_err(ChainConfigError::Parse)
     }
 }
 
@@ -141,8 +141,8 @@ impl<'a> Load<'a> for TonWorkchainDescr {
 }
 
 /// Rewrites config param 12 into the `#a6` form `tycho-types` reads, keeping every value.
-pub fn fix_workchains(params: &mut BlockchainConfigParams) -> Result<(), ConfigError> {
-    let err = |source| ConfigError::Param { param: 12, source };
+pub fn fix_workchains(params: &mut BlockchainConfigParams) -> Result<(), ChainConfigError> {
+    let err = |source| ChainConfigError::Param { param: 12, source };
     let mut slice = params
         .get_raw(12)
         .map_err(err)?
@@ -191,7 +191,7 @@ mod tests {
     fn garbage_config_is_an_error() {
         assert!(matches!(
             ChainConfig::from_boc(b"not a boc"),
-            Err(ConfigError::Boc(_))
+            Err(ChainConfigError::Boc(_))
         ));
     }
 }

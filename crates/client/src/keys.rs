@@ -82,7 +82,7 @@ struct Account {
 
 /// Why a key was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum KeyError {
+pub enum ApiKeyError {
     #[error("missing API key (send Authorization: Bearer <key>)")]
     Missing,
     #[error("unknown API key")]
@@ -161,11 +161,11 @@ impl Keys {
     }
 
     /// Checks `key` and reserves `worst_case` nanoTON against its limit.
-    pub fn reserve(&self, key: Option<&str>, worst_case: u64) -> Result<Reservation, KeyError> {
-        let key = key.ok_or(KeyError::Missing)?;
+    pub fn reserve(&self, key: Option<&str>, worst_case: u64) -> Result<Reservation, ApiKeyError> {
+        let key = key.ok_or(ApiKeyError::Missing)?;
         let hash = key_hash(key);
         let mut accounts = self.lock();
-        let a = accounts.get_mut(&hash).ok_or(KeyError::Unknown)?;
+        let a = accounts.get_mut(&hash).ok_or(ApiKeyError::Unknown)?;
         if let Some(limit) = a.spec.limit
             && a.spent
                 .saturating_add(a.reserved)
@@ -173,7 +173,7 @@ impl Keys {
                 > limit
         {
             a.refused += 1;
-            return Err(KeyError::Limit {
+            return Err(ApiKeyError::Limit {
                 name: a.spec.name.clone(),
                 limit,
                 spent: a.spent,
@@ -242,14 +242,17 @@ mod tests {
             parse(&format!("{} 0.000001 app", key_hash("k"))).unwrap(),
             &[(key_hash("k"), 100, 1)],
         );
-        assert_eq!(keys.reserve(None, 1).unwrap_err(), KeyError::Missing);
-        assert_eq!(keys.reserve(Some("x"), 1).unwrap_err(), KeyError::Unknown);
+        assert_eq!(keys.reserve(None, 1).unwrap_err(), ApiKeyError::Missing);
+        assert_eq!(
+            keys.reserve(Some("x"), 1).unwrap_err(),
+            ApiKeyError::Unknown
+        );
         // limit 1000, spent 100: two reservations of 400 fit, a third does not.
         let a = keys.reserve(Some("k"), 400).unwrap();
         let b = keys.reserve(Some("k"), 400).unwrap();
         assert!(matches!(
             keys.reserve(Some("k"), 400),
-            Err(KeyError::Limit { reserved: 800, .. })
+            Err(ApiKeyError::Limit { reserved: 800, .. })
         ));
         keys.settle(a, 50);
         keys.settle(b, 60);

@@ -22,7 +22,7 @@ use sha2::Digest;
 use tokio::sync::mpsc;
 
 use crate::Shared;
-use crate::keys::{KeyError, Reservation};
+use crate::keys::{ApiKeyError, Reservation};
 use crate::proxy::{Event, Link, Slot};
 
 /// COCOON's defaults for fields a request leaves out.
@@ -288,12 +288,12 @@ pub fn worst_case_cost(
     u64::try_from(adjusted.saturating_mul(u128::from(params.price_per_token))).unwrap_or(u64::MAX)
 }
 
-fn key_error(e: KeyError) -> ApiError {
+fn key_error(e: ApiKeyError) -> ApiError {
     match e {
-        KeyError::Missing | KeyError::Unknown => {
+        ApiKeyError::Missing | ApiKeyError::Unknown => {
             ApiError::new(ErrorKind::Authentication, e.to_string())
         }
-        KeyError::Limit { .. } => ApiError::new(ErrorKind::InsufficientFunds, e.to_string()),
+        ApiKeyError::Limit { .. } => ApiError::new(ErrorKind::InsufficientFunds, e.to_string()),
     }
 }
 

@@ -118,6 +118,21 @@ where
     }
 }
 
+/// `verifier()` and `verdict_deadline(peer)`, alike on both sides.
+macro_rules! verifier_accessors {
+    ($side:literal) => {
+        pub fn verifier(&self) -> &Arc<RatlsVerifier> {
+            &self.verifier
+        }
+
+        #[doc = concat!("When a session with `peer` (as this ", $side, " verified it) must end: see")]
+        /// [`verdict_deadline`].
+        pub fn verdict_deadline(&self, peer: &VerifiedPeer) -> tokio::time::Instant {
+            verdict_deadline(&self.verifier, peer)
+        }
+    };
+}
+
 /// The connecting side.
 #[derive(Clone)]
 pub struct RatlsConnector {
@@ -161,15 +176,7 @@ impl RatlsConnector {
         }
     }
 
-    pub fn verifier(&self) -> &Arc<RatlsVerifier> {
-        &self.verifier
-    }
-
-    /// When a session with `peer` (as this connector verified it) must end: see
-    /// [`verdict_deadline`].
-    pub fn verdict_deadline(&self, peer: &VerifiedPeer) -> tokio::time::Instant {
-        verdict_deadline(&self.verifier, peer)
-    }
+    verifier_accessors!("connector");
 
     /// TCP → PoW → TLS; returns the TLS stream and the server's verified facts.
     pub async fn connect_tls(
@@ -201,12 +208,13 @@ impl RatlsConnector {
     {
         let name = ServerName::try_from(SERVER_NAME)
             .map_err(|e| RatlsError::Config(rustls::Error::General(format!("server name: {e}"))))?;
-        let tls =
-            match tokio::time::timeout(self.timeouts.tls, self.tls.connect(name, stream)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return Err(RatlsError::Tls(e)),
-                Err(_) => return Err(RatlsError::Timeout(Phase::Tls)),
-            };
+        let tls = timed(Phase::Tls, self.timeouts.tls, async {
+            self.tls
+                .connect(name, stream)
+                .await
+                .map_err(RatlsError::Tls)
+        })
+        .await?;
         let peer = peer_of(&self.verifier, tls.get_ref().1)?;
         Ok((tls, peer))
     }
@@ -288,15 +296,7 @@ impl RatlsAcceptor {
         })
     }
 
-    pub fn verifier(&self) -> &Arc<RatlsVerifier> {
-        &self.verifier
-    }
-
-    /// When a session with `peer` (as this acceptor verified it) must end: see
-    /// [`verdict_deadline`].
-    pub fn verdict_deadline(&self, peer: &VerifiedPeer) -> tokio::time::Instant {
-        verdict_deadline(&self.verifier, peer)
-    }
+    verifier_accessors!("acceptor");
 
     /// PoW → TLS on an accepted TCP stream.
     pub async fn accept_tls(
@@ -309,11 +309,10 @@ impl RatlsAcceptor {
         pow::server_handshake(&mut tcp, self.pow_difficulty, self.timeouts.pow)
             .await
             .map_err(pow_error)?;
-        let tls = match tokio::time::timeout(self.timeouts.tls, self.tls.accept(tcp)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(RatlsError::Tls(e)),
-            Err(_) => return Err(RatlsError::Timeout(Phase::Tls)),
-        };
+        let tls = timed(Phase::Tls, self.timeouts.tls, async {
+            self.tls.accept(tcp).await.map_err(RatlsError::Tls)
+        })
+        .await?;
         let peer = peer_of(&self.verifier, tls.get_ref().1)?;
         Ok((tls, peer))
     }

@@ -101,7 +101,12 @@ mod tests {
     use super::super::tests::{hex, kat_challenge};
     use super::super::*;
     use super::*;
-    use tokio::io::duplex;
+    use tokio::io::{DuplexStream, duplex};
+
+    /// The client side with the client's maximum difficulty and a 30-second timeout.
+    async fn client_answers(client_io: &mut DuplexStream) -> Result<i64, PowError> {
+        client_handshake(client_io, CLIENT_MAX_DIFFICULTY, Duration::from_secs(30)).await
+    }
 
     #[test]
     fn cancel_guard_sets_flag_on_drop() {
@@ -178,13 +183,7 @@ mod tests {
         let mut out = kat_challenge(8).to_bytes().to_vec();
         out.extend_from_slice(b"after");
         server_io.write_all(&out).await.unwrap();
-        let nonce = client_handshake(
-            &mut client_io,
-            CLIENT_MAX_DIFFICULTY,
-            Duration::from_secs(30),
-        )
-        .await
-        .unwrap();
+        let nonce = client_answers(&mut client_io).await.unwrap();
         assert_eq!(nonce, 480);
         let mut rest = [0u8; 5];
         client_io.read_exact(&mut rest).await.unwrap();
@@ -201,13 +200,7 @@ mod tests {
             .write_all(&kat_challenge(29).to_bytes())
             .await
             .unwrap();
-        let err = client_handshake(
-            &mut client_io,
-            CLIENT_MAX_DIFFICULTY,
-            Duration::from_secs(30),
-        )
-        .await
-        .unwrap_err();
+        let err = client_answers(&mut client_io).await.unwrap_err();
         assert!(matches!(
             err,
             PowError::DifficultyTooHigh {
@@ -232,13 +225,7 @@ mod tests {
         let mut bytes = kat_challenge(8).to_bytes();
         bytes[3] = 0;
         server_io.write_all(&bytes).await.unwrap();
-        let err = client_handshake(
-            &mut client_io,
-            CLIENT_MAX_DIFFICULTY,
-            Duration::from_secs(30),
-        )
-        .await
-        .unwrap_err();
+        let err = client_answers(&mut client_io).await.unwrap_err();
         assert!(matches!(err, PowError::BadMagic { .. }), "{err:?}");
     }
 

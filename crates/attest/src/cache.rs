@@ -6,7 +6,7 @@
 //! evidence is every input that decides the verdict (quote, collateral, expected report
 //! data, ...; see [`VerificationCache::get_or_verify`]).
 //!
-//! Unlike COCOON's cache, every entry expires: at `min(inserted + ttl, peer.valid_until())`,
+//! Every entry expires: at `min(inserted + ttl, peer.valid_until())`,
 //! so a cached verdict never outlives the collateral it was established with, and changes
 //! to Intel's TCB status reach peers within `ttl`.
 //!

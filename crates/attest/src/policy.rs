@@ -38,7 +38,7 @@ impl Evidence<'_> {
     }
 }
 
-/// COCOON's binding of a TLS key to evidence: `report_data = SHA-512(public_key)`.
+/// The binding of a TLS key to evidence: `report_data = SHA-512(public_key)`.
 pub fn report_data_for_public_key(public_key: &[u8; 32]) -> [u8; 64] {
     Sha512::digest(public_key).into()
 }
@@ -48,7 +48,7 @@ pub fn report_data_for_public_key(public_key: &[u8; 32]) -> [u8; 64] {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     pub allowed_backends: Vec<Backend>,
-    /// Image hashes (COCOON's, see [`tdx::image_hash`]); empty = any.
+    /// Image hashes (see [`tdx::image_hash`]); empty = any.
     pub allowed_image_hashes: Vec<[u8; 32]>,
     /// TDX MRTD values; empty = any.
     pub allowed_mrtds: Vec<[u8; 48]>,
@@ -273,8 +273,8 @@ impl Policy {
         Ok(p)
     }
 
-    /// Production TDX policy, as strict as COCOON's `tdx` policy: only `UpToDate`,
-    /// Intel root key pinned to COCOON's value, debug TDs rejected, sim rejected.
+    /// Production TDX policy: only `UpToDate`, Intel root key pinned
+    /// ([`tdx::INTEL_ROOT_KEY_ID`]), debug TDs rejected, sim rejected.
     /// Image/MRTD/RTMR allowlists start empty: fill them from the root contract.
     pub fn tdx_default() -> Self {
         Self {
@@ -346,7 +346,7 @@ impl Policy {
         Ok(peer)
     }
 
-    /// Like [`Self::evaluate`] with `report_data = SHA-512(public_key)` (COCOON's RA-TLS
+    /// Like [`Self::evaluate`] with `report_data = SHA-512(public_key)` (the RA-TLS
     /// binding); the returned peer carries `public_key`.
     pub fn evaluate_bound(
         &self,

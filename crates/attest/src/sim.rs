@@ -5,7 +5,7 @@
 //! Ed25519 signature (64) over magic ‖ report_data ‖ public key`.
 //!
 //! The measurement is the reserved value [`SIM_MEASUREMENT`] (all 0xFF), and the image
-//! hash is COCOON's TDX image hash computed with every register set to it, so it can
+//! hash is the TDX image hash computed with every register set to it, so it can
 //! never collide with a real image and no production allowlist contains it.
 
 use std::io::Write;

@@ -1,4 +1,4 @@
-//! Intel TDX: quote parsing, COCOON's image hash, collateral handling and DCAP
+//! Intel TDX: quote parsing, the image hash, collateral handling and DCAP
 //! verification with `dcap-qvl` (ring backend).
 
 use std::path::{Path, PathBuf};
@@ -11,7 +11,7 @@ use x509_parser::prelude::FromDer;
 use crate::error::AttestError;
 use crate::model::TdxMeasurements;
 
-/// Intel SGX/TDX root key id pinned by COCOON's router: SHA-384 of the uncompressed
+/// Intel SGX/TDX root key id, pinned: SHA-384 of the uncompressed
 /// P-256 public key (0x04 ‖ X ‖ Y) of "Intel SGX Root CA".
 pub const INTEL_ROOT_KEY_ID: [u8; 48] = [
     0x46, 0xe4, 0x03, 0xbd, 0x34, 0xf0, 0x5a, 0x3f, 0x28, 0x17, 0xab, 0x9b, 0xad, 0xca, 0xac, 0xc7,
@@ -22,9 +22,9 @@ pub const INTEL_ROOT_KEY_ID: [u8; 48] = [
 /// Bit 0 of TDATTRIBUTES (the TUD byte): the TD is under debug.
 pub const TD_ATTRIBUTES_DEBUG: u64 = 1;
 
-/// COCOON's image hash: `SHA-256(MRTD ‖ MRCONFIGID ‖ MROWNER ‖ MROWNERCONFIG ‖ RTMR0 ‖
-/// RTMR1 ‖ RTMR2 ‖ RTMR3 ‖ 64 zero bytes)` — the `td::serialize` layout of
-/// `TdxAttestationData` with report data zeroed.
+/// The image hash the root contract allowlists (COCOON-compatible, see
+/// docs/cocoon-compat.md): `SHA-256(MRTD ‖ MRCONFIGID ‖ MROWNER ‖ MROWNERCONFIG ‖ RTMR0 ‖
+/// RTMR1 ‖ RTMR2 ‖ RTMR3 ‖ 64 zero bytes)`.
 pub fn image_hash(m: &TdxMeasurements) -> [u8; 32] {
     image_hash_of(
         &m.mrtd,

@@ -3,8 +3,8 @@
 //!
 //! The body is relayed byte for byte. Usage is read from the engine's own answer (the final SSE
 //! chunk, which the validator always asks for with `stream_options.include_usage`, or the
-//! `usage` object of a JSON answer) by [`UsageTracker`], which understands SSE — COCOON's worker
-//! does not, and bills streamed answers as zero tokens. When an engine reports no usage at all,
+//! `usage` object of a JSON answer) by [`UsageTracker`], which understands SSE, so streamed
+//! answers are billed exactly. When an engine reports no usage at all,
 //! and a [`Tokenizer`] for the model is configured, prompt and completion are counted locally and
 //! the result is marked as such.
 

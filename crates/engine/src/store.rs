@@ -1,6 +1,6 @@
 //! The model store: where a worker's model files live and how they got there.
 //!
-//! A model is identified the way COCOON identifies it: `Name@revision:sha256`, where the hash is
+//! A model is identified as `Name@revision:sha256`, where the hash is
 //! of the exact weights file. The root contract allowlists SHA-256 of that string, so the store
 //! never records a file it has not hashed, and `verify` re-hashes on demand.
 //!
@@ -88,7 +88,7 @@ pub struct ModelRecord {
 }
 
 impl ModelRecord {
-    /// `Name@revision:sha256`, the identity COCOON and the root contract use.
+    /// `Name@revision:sha256`, the identity the root contract uses.
     pub fn id(&self) -> String {
         format!("{}@{}:{}", self.name, self.rev, self.sha256)
     }

@@ -63,14 +63,14 @@ pub const MAX_DATA_LEN: usize = MAX_FRAME_LEN - 32;
 /// Largest channel capacity tokio accepts.
 const MAX_CHANNEL: usize = Semaphore::MAX_PERMITS;
 
-/// Driver configuration. `Default` gives COCOON's timing. Out-of-range values are clamped
-/// (zero capacities to one, and so on) rather than rejected; durations too large to add to
-/// the current time mean "never".
+/// Driver configuration; `Default` is COCOON-compatible (see docs/cocoon-compat.md).
+/// Out-of-range values are clamped (zero capacities to one, and so on) rather than rejected;
+/// durations too large to add to the current time mean "never".
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Idle timeout of the connecting side (COCOON: 20 s). It pings after half of it.
+    /// Idle timeout of the connecting side (default 20 s). It pings after half of it.
     pub initiator_idle_timeout: Duration,
-    /// Idle timeout of the accepting side (COCOON: 60 s).
+    /// Idle timeout of the accepting side (default 60 s).
     pub acceptor_idle_timeout: Duration,
     /// Time allowed for the TCP connect (in [`crate::connect_tcp`]) and, separately, for the
     /// `tcp.connect`/`tcp.connected` exchange.

@@ -1,5 +1,5 @@
 #![forbid(unsafe_code)]
-//! COCOON session layer: the `tcp.*` packet protocol over a framed byte stream.
+//! Session layer: the `tcp.*` packet protocol over a framed byte stream.
 //!
 //! * [`session`]: sans-I/O state machine ([`Session`]): framing, `tcp.connect` opening, pings,
 //!   idle timeout, queries with per-query timeouts.

@@ -1,6 +1,6 @@
-//! Sans-I/O COCOON session state machine.
+//! Sans-I/O session state machine.
 //!
-//! A [`Session`] owns one direction pair of a COCOON connection: framing, the
+//! A [`Session`] owns one direction pair of a connection: framing, the
 //! `tcp.connect`/`tcp.connected` opening, pings, idle timeout, and query bookkeeping. It does no
 //! I/O and never reads a clock: raw bytes are fed in with [`Session::handle_bytes`], time is
 //! passed in as [`Instant`]s, framed bytes to write come out of [`Session::poll_transmit`] and
@@ -56,7 +56,7 @@ pub struct SessionConfig {
     /// long.
     pub idle_timeout: Duration,
     /// Send a `tcp.ping` after `idle_timeout / 2` of receive silence (once, until something is
-    /// received). COCOON enables this on the initiator only.
+    /// received). On by default on the initiator only.
     pub ping: bool,
     /// Fail with [`CloseReason::HandshakeTimeout`] if not ready this long after creation.
     /// `None`: only the idle timeout applies.
@@ -64,7 +64,8 @@ pub struct SessionConfig {
 }
 
 impl SessionConfig {
-    /// COCOON defaults for `role`: initiator 20 s idle with pings, acceptor 60 s without.
+    /// Defaults for `role` (COCOON-compatible, see docs/cocoon-compat.md): initiator 20 s
+    /// idle with pings, acceptor 60 s without.
     pub fn for_role(role: Role) -> Self {
         match role {
             Role::Initiator => SessionConfig {
@@ -288,7 +289,7 @@ pub struct Session {
 }
 
 impl Session {
-    /// A connecting session with COCOON default timing; `connect_id` should be random.
+    /// A connecting session with default timing; `connect_id` should be random.
     /// The `tcp.connect` frame is queued immediately.
     pub fn initiator(now: Instant, connect_id: i64) -> Self {
         Self::new(
@@ -299,7 +300,7 @@ impl Session {
         )
     }
 
-    /// An accepting session with COCOON default timing.
+    /// An accepting session with default timing.
     pub fn acceptor(now: Instant) -> Self {
         Self::new(
             Role::Acceptor,

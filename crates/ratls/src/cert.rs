@@ -1,21 +1,21 @@
-//! COCOON-format RA-TLS certificates.
+//! RA-TLS certificates (COCOON-compatible, see docs/cocoon-compat.md).
 //!
 //! A certificate is self-signed by a fresh Ed25519 key. Its *claims* are the 32 raw
 //! public-key bytes; the attestation evidence binds `report_data = SHA-512(claims)`.
 //! Two **critical** extensions carry the attestation, as raw bytes inside the
-//! extnValue OCTET STRING (COCOON's encoding):
+//! extnValue OCTET STRING:
 //!
 //! * [`OID_EVIDENCE`] `1.3.6.1.4.1.12345.1`: the evidence envelope (below);
 //! * [`OID_CLAIMS`] `1.3.6.1.4.1.12345.2`: the claims (32-byte Ed25519 public key).
 //!
 //! # Evidence envelope
 //!
-//! COCOON only knows TDX, so a TDX quote is stored raw (wire-compatible with COCOON).
-//! Other evidence kinds start with an 8-byte magic that no TDX quote can start with
+//! A TDX quote is stored raw, as peers that only know TDX expect it. Other evidence
+//! kinds start with an 8-byte magic that no TDX quote can start with
 //! (a quote starts with its `u16` version, 4 or 5):
 //!
 //! ```text
-//! TDX:      quote                                           (raw, COCOON-compatible)
+//! TDX:      quote                                           (raw)
 //! SEV-SNP:  "CCN-SEV1" ‖ u32le len ‖ report ‖ u32le len ‖ vcek_der ‖ u32le len ‖ chain_pem
 //! Sim:      "CCN-SIM1" ‖ sim evidence (cocoon_attest::sim format)
 //! ```
@@ -37,7 +37,7 @@ use rcgen::{
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::sign::CertifiedKey;
 
-/// OID arcs of the evidence extension (`1.3.6.1.4.1.12345.1`, COCOON's `TDX_QUOTE`).
+/// OID arcs of the evidence extension (`1.3.6.1.4.1.12345.1`).
 pub const OID_EVIDENCE: &[u64] = &[1, 3, 6, 1, 4, 1, 12345, 1];
 /// OID arcs of the claims extension (`1.3.6.1.4.1.12345.2`).
 pub const OID_CLAIMS: &[u64] = &[1, 3, 6, 1, 4, 1, 12345, 2];
@@ -48,7 +48,7 @@ pub const OID_CLAIMS_STR: &str = "1.3.6.1.4.1.12345.2";
 /// Largest evidence extension accepted or produced (rustls caps a handshake message at
 /// 64 KiB, and the certificate must fit with the rest of the flight).
 pub const MAX_EVIDENCE_LEN: usize = 48 * 1024;
-/// Certificate lifetime (COCOON: one day).
+/// Certificate lifetime: one day.
 pub const CERT_VALIDITY_SECS: u64 = 86_400;
 /// Magic of the SEV-SNP envelope.
 pub const SEV_MAGIC: &[u8; 8] = b"CCN-SEV1";
@@ -112,7 +112,7 @@ impl<'a> EvidenceEnvelope<'a> {
 
     /// The image hash computed from the evidence alone, **unverified** (no signature,
     /// chain or collateral check): for display, e.g. right after generating a certificate
-    /// on a machine without DCAP collateral. TDX: COCOON's hash over the quote body's
+    /// on a machine without DCAP collateral. TDX: the image hash over the quote body's
     /// registers; SEV-SNP: over measurement and host data; sim: the reserved sim hash.
     pub fn unverified_image_hash(&self) -> Result<[u8; 32], AttestError> {
         match self {
@@ -218,7 +218,7 @@ impl EvidenceSource for FixedSource {
 }
 
 /// TDX quotes from Linux configfs-tsm (`/sys/kernel/config/tsm/report`). The quote is
-/// stored raw, as COCOON does.
+/// stored raw.
 pub struct TsmTdxSource<F: TsmFs>(pub Tsm<F>);
 
 impl TsmTdxSource<cocoon_attest::tsm::StdFs> {
@@ -345,7 +345,7 @@ impl std::fmt::Debug for Identity {
 }
 
 impl Identity {
-    /// Generate a COCOON certificate valid for `[now, now + 86400]`.
+    /// Generate a certificate valid for `[now, now + 86400]`.
     pub fn generate(source: &dyn EvidenceSource, now: u64) -> Result<Self, CertError> {
         Self::generate_with(source, now, &CertOptions::default())
     }
@@ -459,7 +459,7 @@ impl Identity {
 
     /// The rustls form, with `chain` (normally empty) appended after our certificate.
     /// Built with [`CertifiedKey::new`], not `with_single_cert`, which rejects our
-    /// critical extensions (deps-tee.md §5 pitfall 1).
+    /// critical extensions.
     pub fn certified_key_with_chain(
         &self,
         chain: &[CertificateDer<'static>],

@@ -1,7 +1,7 @@
-//! rustls configurations for RA-TLS, matching COCOON's `create_ssl_ctx`: TLS 1.3 only,
+//! rustls configurations for RA-TLS: TLS 1.3 only,
 //! `TLS_AES_128_GCM_SHA256` and `TLS_AES_256_GCM_SHA384` only, ring provider, mutual
 //! authentication with [`RatlsVerifier`] on both sides, and **no resumption or tickets**
-//! (a resumed session would skip attestation, deps-tee.md §5 pitfall 4).
+//! (a resumed session would skip attestation).
 
 use std::sync::{Arc, RwLock};
 
@@ -17,7 +17,7 @@ use crate::verifier::RatlsVerifier;
 #[cfg(feature = "net")]
 use crate::{cert::EvidenceSource, verifier::Clock};
 
-/// The ring provider restricted to COCOON's cipher suites.
+/// The ring provider restricted to the two AES-GCM suites of TLS 1.3.
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(CryptoProvider {
         cipher_suites: vec![TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384],
@@ -113,7 +113,7 @@ pub fn client_config(
     Ok(cfg)
 }
 
-/// Regenerate the certificate every `every` (COCOON: hourly) with fresh evidence and swap
+/// Regenerate the certificate every `every` with fresh evidence and swap
 /// it into `resolver`. Generation runs on the blocking pool (configfs-tsm is file I/O);
 /// a failed refresh is logged and retried at the next tick, the old certificate staying
 /// in use. Abort the handle to stop.

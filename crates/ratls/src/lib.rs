@@ -1,8 +1,8 @@
 #![forbid(unsafe_code)]
-//! RA-TLS for COCOON.
+//! RA-TLS (COCOON-compatible, see docs/cocoon-compat.md).
 //!
-//! * [`pow`]: the pre-TLS proof-of-work exchange (COCOON wire format).
-//! * [`cert`]: COCOON-format attested certificates ([`cert::Identity`]): fresh Ed25519
+//! * [`pow`]: the pre-TLS proof-of-work exchange.
+//! * [`cert`]: attested certificates ([`cert::Identity`]): fresh Ed25519
 //!   key, claims = the raw public key, evidence binding `SHA-512(claims)` in critical
 //!   extension `1.3.6.1.4.1.12345.1` (TDX raw; SEV-SNP and sim in a documented envelope).
 //! * [`verifier`]: [`verifier::RatlsVerifier`], rustls' server *and* client certificate

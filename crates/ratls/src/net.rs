@@ -1,4 +1,4 @@
-//! The COCOON connection pipeline: TCP → proof-of-work → RA-TLS → `tcp.*` session
+//! The connection pipeline: TCP → proof-of-work → RA-TLS → `tcp.*` session
 //! ([`cocoon_net`]). Every phase has its own timeout; the peer's [`VerifiedPeer`] comes
 //! with each session.
 
@@ -20,7 +20,7 @@ use crate::config::{CertResolver, client_config, server_config};
 use crate::pow::{self, PowError};
 use crate::verifier::{RatlsVerifier, VerifyError};
 
-/// Name sent as SNI and ignored by the verifier (COCOON certificates all say localhost).
+/// Name sent as SNI and ignored by the verifier (every RA-TLS certificate says localhost).
 const SERVER_NAME: &str = "localhost";
 
 /// Which phase of the pipeline failed or timed out.
@@ -138,7 +138,7 @@ macro_rules! verifier_accessors {
 pub struct RatlsConnector {
     tls: TlsConnector,
     verifier: Arc<RatlsVerifier>,
-    /// Highest PoW difficulty we agree to solve (COCOON clients: 28).
+    /// Highest PoW difficulty we agree to solve (usually [`pow::CLIENT_MAX_DIFFICULTY`]).
     pub pow_max_difficulty: u32,
     pub timeouts: Timeouts,
     pub net: cocoon_net::Config,
@@ -273,7 +273,7 @@ pub struct Accepted {
 pub struct RatlsAcceptor {
     tls: TlsAcceptor,
     verifier: Arc<RatlsVerifier>,
-    /// PoW difficulty demanded from clients (COCOON default 20).
+    /// PoW difficulty demanded from clients (usually [`pow::DEFAULT_DIFFICULTY`]).
     pub pow_difficulty: u32,
     pub timeouts: Timeouts,
     pub net: cocoon_net::Config,

@@ -1,9 +1,9 @@
-//! COCOON-compatible proof-of-work (PoW), exchanged on the raw TCP stream
+//! Proof-of-work (PoW), exchanged on the raw TCP stream
 //! *before* the TLS handshake, so that a server only spends TLS/attestation
 //! work on clients that have burnt some CPU first.
 //!
-//! Wire format (all integers little-endian), wire-compatible with Telegram's
-//! COCOON (`cocoon.powSimple` / `cocoon.powSimpleResponse`):
+//! Wire format (all integers little-endian), `cocoon.powSimple` /
+//! `cocoon.powSimpleResponse` (COCOON-compatible, see docs/cocoon-compat.md):
 //!
 //! ```text
 //! server -> client, 24 bytes: magic:u32 = 0x418e1291 | difficulty_bits:i32 | salt:[u8; 16]
@@ -19,7 +19,7 @@
 //!
 //! The client tries nonces `0, 1, 2, ...` in slices of [`SOLVE_SLICE`] hashes
 //! and refuses challenges above its maximum difficulty
-//! ([`CLIENT_MAX_DIFFICULTY`] in COCOON clients).
+//! ([`CLIENT_MAX_DIFFICULTY`] by default).
 //!
 //! The exchange on a stream (`client_handshake`, `server_handshake`) is tokio I/O, behind
 //! the `net` feature; the rest is pure.
@@ -44,14 +44,13 @@ pub const CHALLENGE_LEN: usize = 24;
 pub const RESPONSE_LEN: usize = 12;
 /// Length of the challenge salt in bytes.
 pub const SALT_LEN: usize = 16;
-/// Difficulty (leading zero bits) a COCOON server asks for by default.
+/// Difficulty (leading zero bits) a server asks for by default.
 pub const DEFAULT_DIFFICULTY: u32 = 20;
-/// Highest difficulty a COCOON client agrees to solve.
+/// Highest difficulty a client agrees to solve by default.
 pub const CLIENT_MAX_DIFFICULTY: u32 = 28;
 /// Highest difficulty that is meaningful at all (only 64 bits are inspected).
 pub const MAX_DIFFICULTY: u32 = 64;
-/// Number of hashes the solver tries between cancellation checks (COCOON
-/// yields to its scheduler after this many).
+/// Number of hashes the solver tries between cancellation checks.
 pub const SOLVE_SLICE: u64 = 100_000;
 
 /// Errors of the PoW exchange.
@@ -192,7 +191,7 @@ impl Response {
     }
 }
 
-/// The COCOON work measure: `h = SHA-256(salt ‖ nonce.to_le_bytes())`, then
+/// The work measure: `h = SHA-256(salt ‖ nonce.to_le_bytes())`, then
 /// the leading zero bits of `h[0..8]` read as a little-endian `u64`
 /// (`0..=64`).
 pub fn leading_zero_bits(salt: &[u8; SALT_LEN], nonce: i64) -> u32 {

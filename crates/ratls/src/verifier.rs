@@ -3,7 +3,7 @@
 //!
 //! Checks, in order: no intermediates; size limits; X.509 parse with no trailing bytes;
 //! validity at the injected clock's `now`; Ed25519 key and signature algorithm; valid
-//! self-signature; not a CA; every critical extension known, the two COCOON extensions
+//! self-signature; not a CA; every critical extension known, the two RA-TLS extensions
 //! present exactly once; claims == certificate key; then
 //! [`Policy::evaluate_bound`] on the evidence. Successful verdicts are cached by
 //! SHA-256(public key ‖ evidence) until `min(now + cache TTL, VerifiedPeer::valid_until)`.
@@ -374,7 +374,7 @@ struct Checked {
     not_after: u64,
 }
 
-/// Structural checks of a COCOON certificate (everything but the attestation).
+/// Structural checks of an RA-TLS certificate (everything but the attestation).
 fn check_certificate(der: &CertificateDer<'_>, now: u64) -> Result<Checked, VerifyError> {
     if der.len() > MAX_CERT_LEN {
         return Err(VerifyError::CertTooLarge { len: der.len() });
@@ -546,7 +546,7 @@ mod tests {
         verifier(fixed_clock(NOW)).verify_cert(&CertificateDer::from(der), &[])
     }
 
-    /// A certificate with both COCOON extensions built by hand (to vary key type / CA).
+    /// A certificate with both RA-TLS extensions built by hand (to vary key type / CA).
     fn custom(key: &KeyPair, is_ca: IsCa) -> Vec<u8> {
         let mut p = CertificateParams::default();
         p.is_ca = is_ca;

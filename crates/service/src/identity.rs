@@ -103,7 +103,7 @@ pub fn evidence_source(
     })
 }
 
-/// Regenerates the certificate hourly (COCOON does the same).
+/// Regenerates the certificate hourly.
 pub fn spawn_identity_refresh(
     resolver: &Arc<CertResolver>,
     source: Arc<dyn EvidenceSource>,

@@ -337,7 +337,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A `string` holding human-readable text from a peer (error messages, debug output):
-    /// invalid UTF-8 is replaced rather than rejected, as COCOON peers may send any bytes.
+    /// invalid UTF-8 is replaced rather than rejected, as peers may send any bytes there.
     pub fn read_string_lossy(&mut self) -> Result<String> {
         Ok(String::from_utf8_lossy(self.read_bytes_ref()?).into_owned())
     }

@@ -1,4 +1,4 @@
-//! TON/COCOON error codes carried in `tcp.queryError` and used for local failures.
+//! The protocol's error codes (TON's), carried in `tcp.queryError` and used for local failures.
 
 use std::fmt;
 

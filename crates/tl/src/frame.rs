@@ -1,4 +1,4 @@
-//! COCOON stream framing (pure, no I/O).
+//! Stream framing (pure, no I/O).
 //!
 //! Every frame on the wire is
 //!
@@ -91,7 +91,7 @@ pub fn check_frame_len(len: usize) -> Result<(), FrameError> {
 pub struct Frame {
     /// Sequence number carried by the frame.
     pub seqno: i32,
-    /// Frame payload (a boxed TL `tcp.Packet` in COCOON).
+    /// Frame payload (a boxed TL `tcp.Packet`).
     pub payload: Vec<u8>,
 }
 

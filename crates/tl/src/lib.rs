@@ -1,5 +1,5 @@
-//! `cocoon-tl`: the TL binary codec and the types of the Cocoon (COCOON protocol v2) API
-//! scheme, generated from `schema/*.tl` by `build.rs`. Pure: no I/O, no clocks.
+//! `cocoon-tl`: the TL binary codec and the types of the Cocoon API scheme (protocol
+//! versions 2 and 3), generated from `schema/*.tl` by `build.rs`. Pure: no I/O, no clocks.
 //!
 //! - [`types`]: one struct per constructor (bare encoding: fields only; boxed: id + fields);
 //! - [`enums`]: one enum per boxed type, one variant per constructor;

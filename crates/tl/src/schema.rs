@@ -122,7 +122,7 @@ pub struct Declaration {
     /// Result type, e.g. `client.QueryAnswerEx`.
     pub result: String,
     pub is_function: bool,
-    /// Protocol version that introduced the declaration (2 for the COCOON scheme).
+    /// Protocol version that introduced the declaration (2 for `cocoon_api.tl`).
     pub since_proto: u32,
 }
 
@@ -235,7 +235,7 @@ pub enum StringKind {
     /// UTF-8 text; anything else is a decoding error.
     Text,
     /// Free text from a peer (error messages, debug output): invalid UTF-8 is replaced, as
-    /// COCOON peers may send any bytes there and failing the whole message would lose it.
+    /// peers may send any bytes there and failing the whole message would lose it.
     LossyText,
     /// Not text at all (contract code cells): `Vec<u8>`.
     Binary,
@@ -526,7 +526,7 @@ pub fn cocoon_schema() -> Result<Vec<Declaration>, String> {
     Ok(decls)
 }
 
-/// The COCOON protocol version 2 scheme.
+/// The protocol version 2 scheme (COCOON-compatible, see docs/cocoon-compat.md).
 pub const COCOON_API_TL: &str = include_str!("../schema/cocoon_api.tl");
 /// Our protocol version 3 additions.
 pub const COCOON_EXT_TL: &str = include_str!("../schema/cocoon_ext.tl");

@@ -1,7 +1,7 @@
 //! AMD SEV-SNP attestation report parsing and verification.
 //!
-//! COCOON upstream is TDX-centric; this SEV-SNP path is our own. Signature checks on the
-//! certificate chain use the `sev` crate (pure Rust, `crypto_nossl`); the report signature is
+//! Signature checks on the certificate chain use the `sev` crate (pure Rust,
+//! `crypto_nossl`); the report signature is
 //! verified with `ring` over the *raw* report bytes (not a re-encoding). On top of the
 //! signature checks we enforce what the `sev` crate leaves to callers:
 //!

@@ -103,6 +103,7 @@ impl Default for Timings {
 
 /// Why a gateway did not start.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StartError {
     #[error("no proxies: none configured and the root contract registers none")]
     NoProxies,

@@ -82,6 +82,7 @@ struct Account {
 
 /// Why a key was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ApiKeyError {
     #[error("missing API key (send Authorization: Bearer <key>)")]
     Missing,

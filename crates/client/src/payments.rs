@@ -40,6 +40,7 @@ pub struct ChannelState {
 
 /// Why a chain operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum ChannelError {
     /// The chain API could not be reached or answered garbage.
     #[error("chain unavailable: {0}")]

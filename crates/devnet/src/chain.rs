@@ -60,6 +60,7 @@ pub fn faucet_address() -> StdAddr {
 
 /// Errors of the chain core. Each says what was wrong with the input or the state.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum DevnetError {
     /// The bytes are not a BOC, or the root cell is not a message.
     #[error("bad message BOC: {0}")]

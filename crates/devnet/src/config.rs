@@ -29,6 +29,7 @@ pub const MAINNET_CONFIG_BOC: &[u8] = include_bytes!("../config/mainnet-config.b
 
 /// Errors while loading a blockchain configuration.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ChainConfigError {
     /// The BOC does not decode into a cell.
     #[error("config BOC does not decode: {0}")]

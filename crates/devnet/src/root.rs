@@ -54,6 +54,7 @@ pub struct RootDeployment {
 
 /// Errors while deploying the root.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RootError {
     /// A chain operation failed.
     #[error(transparent)]

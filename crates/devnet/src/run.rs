@@ -27,6 +27,7 @@ pub struct RunOptions {
 
 /// Errors while starting.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RunError {
     /// The chain could not be opened.
     #[error(transparent)]

@@ -61,6 +61,7 @@ pub struct EngineResponse {
 
 /// Engine failures. Messages never contain prompt or completion text.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum EngineError {
     /// The engine could not be reached.
     #[error("engine unreachable: {0}")]

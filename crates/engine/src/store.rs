@@ -120,6 +120,7 @@ pub enum Progress {
 
 /// Store errors. Each names the file, URL or model involved.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ModelStoreError {
     /// Filesystem error.
     #[error("{path}: {source}")]

@@ -71,6 +71,7 @@ impl LlamaConfig {
 
 /// Loading failures.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LoadError {
     /// llama.cpp could not be initialised.
     #[error("llama.cpp backend: {0}")]

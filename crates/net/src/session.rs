@@ -204,6 +204,7 @@ impl fmt::Debug for Event {
 
 /// Why something could not be sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SendError {
     /// The session is closed.
     #[error("session closed")]
@@ -836,8 +837,8 @@ impl Session {
 fn too_large(err: FrameError) -> SendError {
     match err {
         FrameError::TooLong { len } | FrameError::TooShort { len } => SendError::TooLarge { len },
-        // The encoder does not check seqnos.
-        FrameError::BadSeqno { .. } => SendError::TooLarge { len: 0 },
+        // The encoder checks only lengths (not seqnos).
+        _ => SendError::TooLarge { len: 0 },
     }
 }
 

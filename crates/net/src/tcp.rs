@@ -13,6 +13,7 @@ use crate::session::{CloseReason, Role};
 
 /// Why establishing a session failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConnectError {
     /// The transport connection could not be made.
     #[error("connect failed: {0}")]

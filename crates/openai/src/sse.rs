@@ -28,6 +28,7 @@ impl Event {
 
 /// The stream broke a limit.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SseError {
     /// A single line exceeded the limit.
     #[error("SSE line longer than {limit} bytes")]

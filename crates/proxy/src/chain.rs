@@ -49,6 +49,7 @@ impl ClientContractState {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ProxyChainError {
     #[error("chain unavailable: {0}")]
     Unavailable(String),

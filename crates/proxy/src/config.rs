@@ -99,6 +99,7 @@ pub struct ProxyConfig {
 }
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ProxyStartError {
     #[error(
         "the {0} verifier accepts simulated attestation but the proxy is not on a test network"

@@ -325,6 +325,7 @@ pub struct ProxyHandle {
 
 /// Why a root configuration update was not applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RootUpdateError {
     #[error("root configuration version {got} is not newer than {have}")]
     NotNewer { got: u32, have: u32 },

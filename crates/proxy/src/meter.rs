@@ -62,6 +62,7 @@ pub struct Settled {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum MeterError {
     #[error("client balance is too low: {available} tokens available, {needed} needed")]
     OutOfFunds { available: u64, needed: u64 },

@@ -172,6 +172,7 @@ pub struct Candidate {
 
 /// Why nobody was picked.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RouteError {
     #[error("no workers for model")]
     NoWorkers,

@@ -172,6 +172,7 @@ impl fmt::Display for WebOrigin {
 
 /// A bad `allowed_origins` or `allowed_hosts` entry.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum AllowlistError {
     #[error("{value:?} is not an origin: {why}")]
     Origin { value: String, why: &'static str },

@@ -91,6 +91,7 @@ impl TonSettings<'_> {
                      as two"
                 ),
             ),
+            other => SettingError::new(key, other.to_string()),
         })?;
         if !self.key_files.is_empty() {
             if self.urls.is_empty() {

@@ -30,6 +30,7 @@ const PROTOVIOLATION: i32 = 621;
 
 /// A framing error. Every variant is a protocol violation (code 621).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum FrameError {
     /// The frame length is below [`MIN_FRAME_LEN`].
     TooShort {

@@ -14,6 +14,7 @@ use tycho_types::models::StdAddr;
 
 /// A layout error: the cell does not have the shape the COCOON runners expect.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LayoutError {
     /// The cell ran out of bits/refs or overflowed while building.
     #[error("cell: {0}")]

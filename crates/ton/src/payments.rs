@@ -72,6 +72,7 @@ impl SignedOp {
 
 /// Why a signed payment was refused.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PaymentError {
     /// The cells do not have the signed-payment shape.
     #[error("malformed signed payment: {0}")]

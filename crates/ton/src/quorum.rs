@@ -67,6 +67,7 @@ impl QuorumConfig {
 
 /// A configuration that cannot confirm anything.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum QuorumConfigError {
     /// No endpoint at all.
     #[error("no chain endpoint configured")]

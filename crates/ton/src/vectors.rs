@@ -48,6 +48,7 @@ pub mod exit {
 
 /// Errors while generating or reading vectors.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum VectorError {
     /// A file could not be read.
     #[error("{path}: {source}")]

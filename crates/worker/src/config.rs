@@ -129,6 +129,7 @@ impl Default for Timings {
 
 /// A setting that cannot work.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WorkerConfigError {
     /// Which setting and why.
     #[error("invalid worker setting `{field}`: {reason}")]

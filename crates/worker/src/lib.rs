@@ -417,6 +417,7 @@ pub struct WorkerStats {
 
 /// Why the worker could not start.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WorkerError {
     /// Bad settings.
     #[error(transparent)]

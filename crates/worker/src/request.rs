@@ -169,6 +169,7 @@ fn engine_error_code(e: &EngineError) -> ErrorCode {
         EngineError::Unreachable(_) | EngineError::Busy(_) => ErrorCode::NotReady,
         EngineError::Status { .. } | EngineError::Unsupported(_) => ErrorCode::Error,
         EngineError::Protocol(_) => ErrorCode::Failure,
+        _ => ErrorCode::Error,
     }
 }
 

@@ -55,6 +55,7 @@ struct StateFile {
 
 /// Why an update was refused.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PaymentStoreError {
     /// The state file could not be read or written.
     #[error("payment state {path}: {reason}")]

@@ -1,4 +1,4 @@
-//! One account's counters, following COCOON's `ProxySignedPayments` / `ProxyClientInfo`.
+//! One account's counters (COCOON-compatible, see docs/cocoon-compat.md).
 //!
 //! All token counts are *adjusted* tokens (usage scaled by the worker coefficient and the
 //! category multipliers, see `cocoon_openai::usage`): the unit receipts carry and contracts
@@ -6,7 +6,7 @@
 //!
 //! Per account the counters only grow, in this order:
 //! `on_chain_tokens ≤ chain_tokens ≤ db_tokens ≤ tokens`, where
-//! - `tokens`: everything the ledger knows (COCOON `tokens_max`), committed or not;
+//! - `tokens`: everything the ledger knows, committed or not;
 //! - `db_tokens`: what the store has durably committed;
 //! - `chain_tokens`: covered by a checkpoint confirmed on chain — the only amount receipts are
 //!   signed for;
@@ -83,7 +83,7 @@ impl Account {
             .unwrap_or(self.chain_tokens)
     }
 
-    /// COCOON's `tokens_available`: `min(paid, stake + charged_on_chain) − reserved − used`,
+    /// Tokens available: `min(paid, stake + charged_on_chain) − reserved − used`,
     /// where `paid = balance/price + charged_on_chain` and `stake` is in tokens. The credit is
     /// bounded by the stake beyond what the contract has already been charged, so an honest
     /// proxy can always collect what it served. Zero for workers; saturates at zero.
@@ -127,7 +127,7 @@ pub struct AccountView {
     pub key: AccountKey,
     /// Client: tokens used. Worker: tokens earned. Includes uncommitted updates.
     pub tokens: u64,
-    /// Part of `tokens` that is durably committed (COCOON `db_tokens`).
+    /// Part of `tokens` that is durably committed.
     pub db_tokens: u64,
     /// Part covered by a confirmed on-chain checkpoint: what receipts are signed for.
     pub chain_tokens: u64,

@@ -1,8 +1,8 @@
 //! Row encoding and integrity protection.
 //!
-//! COCOON appends an Ed25519 signature by the proxy key to every database value and checks it
-//! on load (inventory §3.8). We do the equivalent with HMAC-SHA256, which is cheaper to check
-//! on every row: the MAC key is `SHA-256(Ed25519-sign(proxy key, "cocoon-ledger/row-mac/v1"))`.
+//! Every database value carries an HMAC-SHA256 that is checked on load (cheaper to check on
+//! every row than a signature): the MAC key is
+//! `SHA-256(Ed25519-sign(proxy key, "cocoon-ledger/row-mac/v1"))`.
 //! Ed25519 signatures are deterministic, so the same proxy key always yields the same MAC key,
 //! and nobody without the private key can compute it. The MAC covers the row key and the
 //! value, so a row cannot be moved to another account either.

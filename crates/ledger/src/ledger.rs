@@ -61,7 +61,7 @@ pub struct Settlement {
     pub worker_nanoton: u128,
     /// nanoTON kept by the proxy.
     pub commission_nanoton: u128,
-    /// The client's cumulative tokens after this request (COCOON `max_tokens`).
+    /// The client's cumulative tokens after this request.
     pub client_tokens: u64,
     /// The worker's cumulative tokens after this request.
     pub worker_tokens: u64,
@@ -238,8 +238,8 @@ impl Ledger {
     // === chain observations ===
 
     /// Records a client contract's on-chain state (creates the account on first sight).
-    /// An observation older than the last one (fewer tokens charged) is ignored, as COCOON
-    /// does. If the chain shows more charged than the ledger knows, the account is frozen.
+    /// An observation older than the last one (fewer tokens charged) is ignored. If the
+    /// chain shows more charged than the ledger knows, the account is frozen.
     pub fn observe_client(
         &mut self,
         address: &StdAddr,
@@ -388,7 +388,7 @@ impl Ledger {
     /// prices of the params version the request was reserved under), credits
     /// `worker` (created on first credit), adds the commission and releases the reservation.
     ///
-    /// Usage above the reservation is booked at the reservation (COCOON books it in full): the
+    /// Usage above the reservation is booked at the reservation: the
     /// client reserved, and its credit covers, no more; [`Settlement::reported`] keeps what was
     /// asked so the proxy can tell. [`Self::check_part`] is how it stops a stream before.
     pub fn settle(
@@ -562,7 +562,7 @@ impl Ledger {
 
     // === params and operator ===
 
-    /// Root params moved to `version` (inventory §3.11): every open account of an older
+    /// Root params moved to `version`: every open account of an older
     /// version becomes `Closing` (no new requests; running ones still settle into it);
     /// prepared checkpoints of the old contract are dropped. Once the requests are done and a
     /// checkpoint of the new contract covering them is confirmed, issue, per old account,
@@ -737,10 +737,11 @@ impl Ledger {
 /// When receipts are worth an on-chain transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DuePolicy {
-    /// nanoTON of checkpointed, uncharged usage before an open client is charged (COCOON:
-    /// 1 TON); lowered to half the client's stake when that is less.
+    /// nanoTON of checkpointed, uncharged usage before an open client is charged (the
+    /// proxy's default: 1 TON); lowered to half the client's stake when that is less.
     pub min_client_charge: u128,
-    /// nanoTON of checkpointed, unpaid earnings before a worker is paid (COCOON: 10 TON).
+    /// nanoTON of checkpointed, unpaid earnings before a worker is paid (the proxy's default:
+    /// 10 TON).
     pub min_worker_payout: u128,
     /// A receipt submitted this long ago that the chain does not show yet is sent again.
     pub resend_after_secs: u64,

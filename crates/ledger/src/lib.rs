@@ -5,7 +5,7 @@
 //! never lost or counted twice, even on `kill -9`:
 //!
 //! - **Pure logic** ([`Ledger`]): accounts per client and worker contract and params version
-//!   ([`AccountKey`]), COCOON's counters (tokens used/earned, committed to the database,
+//!   ([`AccountKey`]), counters (tokens used/earned, committed to the database,
 //!   covered by a confirmed checkpoint, charged/paid on chain), reservations, settlement at the
 //!   price formula of `cocoon_openai::usage`, commission. No I/O, no clock: keys and
 //!   randomness are passed in.

@@ -26,8 +26,8 @@ pub struct OpenOptions {
     /// prepared; a checkpoint on the contract of a newer version than the database's means
     /// the database never saw that contract. Both mean it was rolled back.
     pub chain: BTreeMap<u32, ChainCheckpoint>,
-    /// 32 random bytes for this process (mixed into checkpoint hashes, like COCOON's
-    /// `session_unique_hash`). Randomness is the caller's, to keep this crate pure.
+    /// 32 random bytes for this process, mixed into checkpoint hashes. Randomness is the
+    /// caller's, to keep this crate pure.
     pub session: [u8; 32],
 }
 

@@ -1,4 +1,4 @@
-//! Signed cumulative receipts (inventory §3.7), issued only from durable, chain-confirmed
+//! Signed cumulative receipts, issued only from durable, chain-confirmed
 //! state.
 //!
 //! A receipt is a [`SignedPayment`] for the account's cumulative tokens, bound to its contract
@@ -81,8 +81,9 @@ impl Ledger {
     }
 
     /// The current receipt for `key`: a client charge or worker payout for the tokens covered
-    /// by the last confirmed checkpoint. `Ok(None)` when nothing is covered yet (COCOON's
-    /// `signedPaymentEmpty`). [`LedgerError::NotDurable`] until the confirmation is committed.
+    /// by the last confirmed checkpoint. `Ok(None)` when nothing is covered yet (sent as
+    /// `proxy.signedPaymentEmpty`). [`LedgerError::NotDurable`] until the confirmation is
+    /// committed.
     pub fn receipt(
         &mut self,
         key: &AccountKey,
@@ -113,7 +114,7 @@ impl Ledger {
     }
 
     /// The final receipt that closes a `Closing` account: client grant-refund or worker last
-    /// payout for all its tokens (COCOON's old-contract close and client refund). Needs no
+    /// payout for all its tokens. Needs no
     /// running request on it, its last update durable, and all its usage covered by a
     /// confirmed checkpoint — also for accounts of older params versions, which later
     /// checkpoints keep covering: requests running across a params change may still add to

@@ -18,7 +18,7 @@ pub enum Kind {
 ///
 /// Contract addresses are derived from the root params, so a params change gives every
 /// participant a new contract: the version is part of the key and accounts of older versions
-/// are closed (inventory §3.11). The address is the contract's, the one receipts are bound to.
+/// are closed. The address is the contract's, the one receipts are bound to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AccountKey {
     /// Client or worker.
@@ -90,7 +90,7 @@ impl fmt::Display for AccountKey {
     }
 }
 
-/// A request's id, as the proxy chooses it (COCOON uses 32 random bytes).
+/// A request's id, as the proxy chooses it (32 random bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RequestId(pub [u8; 32]);
 

@@ -1,10 +1,9 @@
 //! Low-level cell codec shared by every layout in this crate.
 //!
-//! COCOON's runners read and write cells with a handful of primitives
-//! (`cocoon-tl-utils/parsers.cpp`): addresses are always `addr_std` without anycast
-//! (`0b100`, 8-bit workchain, 256-bit account), coins are `VarUInteger 16` but values above
-//! 8 bytes are refused. We mirror exactly those rules here so a cell we accept is one the
-//! runners accept, and a cell we build is bit-identical to theirs.
+//! Addresses are always `addr_std` without anycast (`0b100`, 8-bit workchain, 256-bit
+//! account); coins are `VarUInteger 16` but values above 8 bytes are refused. These are the
+//! rules of COCOON's runners, so a cell we accept is one they accept and a cell we build is
+//! bit-identical to theirs (see docs/cocoon-compat.md).
 //!
 //! [`Field`] is implemented for each primitive so that the message and storage structs in
 //! [`crate::messages`] can be declared as plain field lists by a macro.
@@ -12,7 +11,7 @@
 use tycho_types::cell::{Cell, CellBuilder, CellFamily, CellSlice, HashBytes};
 use tycho_types::models::StdAddr;
 
-/// A layout error: the cell does not have the shape the COCOON runners expect.
+/// A layout error: the cell does not have the expected shape.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LayoutError {
@@ -59,7 +58,7 @@ pub enum LayoutError {
 /// Result alias for layout operations.
 pub type Result<T, E = LayoutError> = std::result::Result<T, E>;
 
-/// Stores an address the way COCOON's `store_address` does: `0b10`, no anycast, i8 workchain,
+/// Stores an address: `0b10`, no anycast, i8 workchain,
 /// 256-bit account id.
 pub fn store_addr(b: &mut CellBuilder, a: &StdAddr) -> Result<()> {
     if a.anycast.is_some() {
@@ -71,7 +70,7 @@ pub fn store_addr(b: &mut CellBuilder, a: &StdAddr) -> Result<()> {
     Ok(())
 }
 
-/// Loads an address the way COCOON's `fetch_address` does: the first 3 bits must be `0b100`.
+/// Loads an address: the first 3 bits must be `0b100`.
 pub fn load_addr(s: &mut CellSlice<'_>) -> Result<StdAddr> {
     let tag = s.load_small_uint(3)?;
     if tag != 0b100 {
@@ -126,8 +125,7 @@ pub fn decode_boc_base64(s: &str) -> Result<Cell> {
     tycho_types::boc::Boc::decode_base64(s.trim()).map_err(|e| LayoutError::Boc(e.to_string()))
 }
 
-/// Encodes a cell as a standard BOC (no CRC, no index) — the form COCOON's
-/// `std_boc_serialize` produces.
+/// Encodes a cell as a standard BOC (no CRC, no index).
 pub fn encode_boc(cell: &Cell) -> Vec<u8> {
     tycho_types::boc::Boc::encode(cell)
 }

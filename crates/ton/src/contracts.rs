@@ -3,8 +3,7 @@
 //! A child contract's address is the hash of its `StateInit` (code + initial data), and the
 //! initial data embeds the root params cell. Every party recomputes these addresses and
 //! rejects a counterpart whose address does not match, so the initial data must be
-//! bit-identical to what COCOON's runners build (`ProxyContract::init_data_cell`,
-//! `ClientContract::init_data_cell`, `WorkerContract::init_data_cell`).
+//! bit-identical to what COCOON's runners build (see docs/cocoon-compat.md).
 
 use tycho_types::cell::{Cell, CellBuilder, HashBytes};
 use tycho_types::models::StdAddr;

@@ -1,10 +1,8 @@
-//! Typed message bodies of the COCOON contracts.
+//! Typed message bodies of the contracts.
 //!
-//! Layouts follow what COCOON's runners build and parse (`runners/smartcontracts/*.cpp`,
-//! `runners/proxy/*.cpp`). Where a body is only built by the contracts (root owner ops,
-//! payloads the contracts send to the proxy), the public contract copy
-//! (`1IxI1/cocoon-contracts`, `messages.tolk`) is followed. Known disagreements between the
-//! two sources are documented on the affected struct; the runner wins.
+//! Layouts follow what COCOON's runners build and parse; a body only the contracts build
+//! (root owner ops, payloads the contracts send to the proxy) follows the public contract
+//! copy. Where the two disagree, docs/cocoon-compat.md says which one we follow and why.
 //!
 //! Every struct implements [`Layout`]: `to_cell` writes `op:32` followed by the fields,
 //! `from_cell` checks the opcode and refuses trailing data.
@@ -234,9 +232,7 @@ layout! {
 layout! {
     /// Payload of [`WorkerProxyRequest`] for a payout, as the contract copy sends it.
     ///
-    /// Disagreement: COCOON's `ProxyContract::on_transaction` reads a `tokens:uint64` right
-    /// after this opcode instead (and only logs it); the contracts send coins. We follow the
-    /// contracts because they are what produces this body.
+    /// The contracts produce this body, so theirs is the layout (see docs/cocoon-compat.md).
     WorkerProxyPayoutRequest = op::WORKER_PROXY_PAYOUT_REQUEST {
         worker_part: Coins,
         proxy_part: Coins,
@@ -315,9 +311,8 @@ layout! {
 layout! {
     /// Owner starts closing the proxy contract.
     ///
-    /// COCOON's runner has a builder for this body without a query id
-    /// (`ProxyContract::create_start_close_message`), but never calls it; the contract (ours, and
-    /// the public copy of COCOON's) reads `op ‖ qid ‖ address`, so that is what we build.
+    /// The contracts read `op ‖ qid ‖ address`, so that is what we build (see
+    /// docs/cocoon-compat.md).
     OwnerProxyClose = op::OWNER_PROXY_CLOSE { query_id: u64, send_excesses_to: StdAddr }
 }
 
@@ -381,8 +376,7 @@ layout! {
 layout! {
     /// Owner increases the stake.
     ///
-    /// Disagreement: COCOON's `create_increase_stake_message` forgets the stake value (a known
-    /// defect, and unused); we write it, as the contract copy reads it.
+    /// The stake value is written, as the contracts read it (see docs/cocoon-compat.md).
     OwnerClientIncreaseStake = op::OWNER_CLIENT_INCREASE_STAKE {
         query_id: u64,
         new_stake: Coins,

@@ -1,7 +1,7 @@
-//! Operation codes of the COCOON contracts (32-bit, big-endian at the start of a body).
+//! Operation codes of the contracts (32-bit, big-endian at the start of a body).
 //!
-//! The values are the ones the COCOON runners use (`runners/smartcontracts/Opcodes.hpp`);
-//! the four root owner operations that only exist in the public contract copy
+//! The values are COCOON-compatible (see docs/cocoon-compat.md); the four root owner
+//! operations that only exist in the public contract copy
 //! (`add/del_model_type`, `change_params`, `change_owner`) are marked as such. Every
 //! constant here is referenced by a typed body in [`crate::messages`] or
 //! [`crate::payments`], so a typo shows up as a failing round-trip test.
@@ -39,8 +39,7 @@ pub const ROOT_UPDATE_PROXY: u32 = 0x9c79_24ba;
 pub const ROOT_CHANGE_PRICE: u32 = 0xc52e_d8d4;
 /// Root owner: change prices, close delays and minimum stakes (public contract copy).
 pub const ROOT_CHANGE_PARAMS: u32 = 0x022f_a189;
-/// Root owner: change the four price multipliers (Cocoon extension, not in COCOON; see
-/// `contracts/LAYOUTS.md`).
+/// Root owner: change the four price multipliers (our extension; see `contracts/LAYOUTS.md`).
 pub const ROOT_CHANGE_MULTIPLIERS: u32 = 0x8b3e_41d7;
 /// Root owner: replace the proxy/worker/client codes.
 pub const ROOT_UPGRADE_CONTRACTS: u32 = 0xa237_0f61;

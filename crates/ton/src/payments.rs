@@ -4,11 +4,11 @@
 //! `op:32 ‖ qid:64 ‖ tokens:64 ‖ expected_contract:MsgAddress` (close requests carry no
 //! tokens). What travels is the outer cell `op:32 ‖ qid:64 ‖ send_excesses_to:MsgAddress ‖
 //! signature:512 ‖ ^inner`. Anyone holding it may submit it to the contract and may swap the
-//! excess address (COCOON's `repack_signed_pay_message`), since the excess address is not
+//! excess address, since the excess address is not
 //! signed. Tokens are cumulative, so only the latest receipt matters.
 //!
-//! [`SignedPayment::verify`] applies the checks of COCOON's `check_signed_pay_message` in the
-//! same order: outer op, inner op/qid equal to the outer ones, target contract, signature.
+//! [`SignedPayment::verify`] applies the target contract's checks in the same order: outer
+//! op, inner op/qid equal to the outer ones, target contract, signature.
 
 use tycho_types::cell::{Cell, CellBuilder};
 use tycho_types::models::StdAddr;
@@ -248,7 +248,7 @@ impl SignedPayment {
         Self::from_cell(&codec::decode_boc(bytes)?)
     }
 
-    /// Checks the receipt as the target contract and COCOON's runners do, and returns its
+    /// Checks the receipt as the target contract does, and returns its
     /// payload: op is `expected`, inner op/qid match, the contract is `contract`, and the
     /// signature verifies under `proxy_public_key`.
     pub fn verify(

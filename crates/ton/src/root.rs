@@ -1,10 +1,10 @@
 //! The root contract's storage and the typed network configuration (`RootConfig`).
 //!
 //! The root contract is the network's single source of truth: whitelisted image and model
-//! hashes, registered proxies, prices and the child contract codes. COCOON's runners parse its
-//! storage in `RootContractConfig::load_from_state`; [`RootConfig::from_storage_cell`] accepts
-//! exactly that layout and [`RootConfig::to_storage_cell`] writes it back, so the devnet can
-//! deploy a root from a typed config and every runner reads the same values.
+//! hashes, registered proxies, prices and the child contract codes.
+//! [`RootConfig::from_storage_cell`] reads its storage layout (COCOON-compatible, see
+//! docs/cocoon-compat.md) and [`RootConfig::to_storage_cell`] writes it back, so the devnet
+//! can deploy a root from a typed config and every runner reads the same values.
 //!
 //! Storage: `owner:MsgAddress ‖ version:uint32`, refs `[^data, ^params]`.
 //! Data: `Maybe ^dict256 proxy_hashes ‖ Maybe ^dict32 registered_proxies ‖
@@ -25,7 +25,7 @@ pub const DEFAULT_MULTIPLIER: u32 = 10_000;
 /// Highest params `struct_version` the runners understand.
 pub const MAX_STRUCT_VERSION: u8 = 3;
 
-/// Which child codes a params cell carries (COCOON's `serialize_params_cell(mask)`).
+/// Which child codes a params cell carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CodeMask(pub u8);
 
@@ -212,7 +212,7 @@ pub struct RegisteredProxy {
     pub endpoint: ProxyEndpoint,
 }
 
-/// The typed root configuration: every field of COCOON's `rootConfig.configV5`.
+/// The typed root configuration: every field of `rootConfig.configV5`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RootConfig {
     /// Root owner (may send owner operations).

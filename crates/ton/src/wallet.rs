@@ -7,7 +7,7 @@
 //! External messages carry `seqno` and `valid_until`; the wallet accepts one message per
 //! seqno, so resending the *same* BOC is safe. [`WalletSender`] batches up to four internal
 //! messages per external message, resends it until the seqno advances, and gives the
-//! messages back to the queue if `valid_until` passes first (as COCOON's wallet does); it
+//! messages back to the queue if `valid_until` passes first; it
 //! is behind the `wallet-sender` feature, since it drives a [`Chain`](crate::chain::Chain).
 
 use tycho_types::cell::{Cell, CellBuilder, HashBytes};

@@ -57,9 +57,9 @@ pub struct WalletSender<C: Chain> {
     address: StdAddr,
     queue: VecDeque<OutMsg>,
     in_flight: Option<InFlight>,
-    /// How long a message stays valid (seconds). COCOON uses 3600.
+    /// How long a message stays valid (seconds; default 3600).
     pub ttl_secs: u32,
-    /// Resend interval for an unconfirmed message. COCOON uses 30 s.
+    /// Resend interval for an unconfirmed message (default 30 s).
     pub resend_every: Duration,
 }
 

@@ -3,8 +3,8 @@
 //! and on the ledger's settlement `/control/checkpoint`, `/control/charge`,
 //! `/control/payout`, `/control/withdraw`.
 //!
-//! COCOON's proxy takes its controls on an unauthenticated port; here they need the token,
-//! and without a token file they are refused. Pages show counters and public identifiers
+//! Controls need the token, and without a token file they are refused. Pages show counters
+//! and public identifiers
 //! only (addresses, hashes), never request contents. Everything is behind the browser guard
 //! (`cocoon_service::browser`): a foreign `Host` or `Origin` is refused and a POST body must
 //! be JSON, so a web page the operator opens can neither read the pages nor use a control.

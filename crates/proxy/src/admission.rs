@@ -1,8 +1,8 @@
 //! Worker and client admission: pure checks of handshake parameters against the root
 //! configuration and the peer's verified attestation.
 //!
-//! COCOON checks these in `ProxyInboundWorkerConnection`; the same rules apply here, with
-//! one addition: simulated attestation is accepted only on a test network (the root's
+//! The rules are COCOON-compatible (see docs/cocoon-compat.md), with one addition:
+//! simulated attestation is accepted only on a test network (the root's
 //! `is_test` *and* the proxy's own), so a misconfigured production proxy cannot admit a
 //! software-"attested" worker.
 
@@ -14,7 +14,7 @@ use cocoon_ton::root::{RootConfig, model_hash};
 pub const MIN_PROTO_VERSION: i32 = 1;
 pub const MAX_PROTO_VERSION: i32 = 3;
 
-/// Largest coefficient accepted (COCOON: `[0, 1e9)`).
+/// Largest coefficient accepted (coefficients are in `[0, 1e9)`).
 pub const MAX_COEFFICIENT: i32 = 999_999_999;
 
 /// Why a peer was refused; the message goes back to the peer and to the admin page.

@@ -1,6 +1,6 @@
 //! What the proxy needs from the chain, behind two small traits.
 //!
-//! [`ClientChain`], for authorisation: COCOON's proxy reads the client contract (stored
+//! [`ClientChain`], for authorisation: the proxy reads the client contract (stored
 //! `secret_hash`, balance, stake, tokens already charged, state) to pick short or long
 //! authorisation, and completes a long one when it sees the client contract forward
 //! `client_proxy_register{nonce}` to the proxy contract.
@@ -39,7 +39,7 @@ pub struct ClientContractState {
 }
 
 impl ClientContractState {
-    /// Credit in tokens: COCOON's `min(paid-up, charged + stake)` at `price_per_token`.
+    /// Credit in tokens: `min(paid-up, charged + stake)` at `price_per_token`.
     pub fn credit_tokens(&self, price_per_token: u64) -> u64 {
         let p = price_per_token.max(1);
         let paid_up = self.tokens_used.saturating_add(self.balance / p);

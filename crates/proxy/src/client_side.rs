@@ -1,6 +1,6 @@
 //! One task per client session: handshake, authorisation, then requests.
 //!
-//! Handshake (inventory §2.5): `client.connectToProxy(params, min_config_version)` →
+//! Handshake: `client.connectToProxy(params, min_config_version)` →
 //! `client.connectedToProxy(proxy.params, client_sc_address, auth, signed_payment)` where
 //! `auth` is `authShort(secret_hash, nonce)` when the client contract holds a secret hash
 //! and `authLong(nonce)` otherwise. `client.authorizeWithProxyShort(secret)` succeeds when

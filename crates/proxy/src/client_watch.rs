@@ -1,7 +1,7 @@
 //! Following clients' contracts while they use the proxy, and the lookups strangers cause.
 //!
-//! COCOON's proxy reads a client contract when the client authorises and then trusts what it
-//! read. But the contract changes under a session: top-ups and charges move the credit, and
+//! A client contract read when the client authorises does not stay true, because the
+//! contract changes under a session: top-ups and charges move the credit, and
 //! the owner can ask for a refund at any time. Usage the proxy has not charged yet is backed
 //! only by the client's stake, and after `client_delay_before_close` the refund of that
 //! stake completes, paid out of the proxy's own stake. So:

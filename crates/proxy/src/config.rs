@@ -17,9 +17,9 @@ use crate::router::RouterConfig;
 /// Timeouts and limits of the network side.
 #[derive(Debug, Clone)]
 pub struct Timings {
-    /// Each handshake query (COCOON: 30 s).
+    /// Each handshake query (default 30 s).
     pub handshake_timeout: Duration,
-    /// How long a long (on-chain) authorisation may take (COCOON: 300 s).
+    /// How long a long (on-chain) authorisation may take (default 300 s).
     pub long_auth_timeout: Duration,
     /// After a cancel or deadline, how long to wait for the worker's final usage report.
     pub cancel_grace: Duration,
@@ -33,7 +33,7 @@ pub struct Timings {
     /// Answer bytes one request may have waiting for a slow client before it is stopped.
     pub request_buffer_bytes: usize,
     /// How often the contracts of authorised clients and of clients with unsettled usage are
-    /// read again (credit, closing); `None` never (COCOON's behaviour: read at authorisation).
+    /// read again (credit, closing); `None` never (read at authorisation only).
     pub client_watch_interval: Option<Duration>,
     /// A client contract read for a handshake is reused this long.
     pub lookup_ttl: Duration,
@@ -73,9 +73,9 @@ pub struct ProxyConfig {
     pub certs: Arc<CertResolver>,
     /// Verifies workers' attestation.
     pub worker_verifier: Arc<RatlsVerifier>,
-    /// Verifies clients' certificates (clients need no TEE; COCOON accepts any certificate).
+    /// Verifies clients' certificates (clients need no TEE).
     pub client_verifier: Arc<RatlsVerifier>,
-    /// Proof-of-work difficulty demanded before TLS (COCOON: 20 bits).
+    /// Proof-of-work difficulty demanded before TLS (in bits).
     pub pow_difficulty: u32,
     /// A test network proxy; simulated attestation is accepted only then.
     pub is_test: bool,

@@ -2,8 +2,8 @@
 //!
 //! 1. Checks (proxy enabled, config version, timeout, sizes) and a reservation of
 //!    `(max_tokens + request bytes) × max_coefficient/1000 × highest multiplier/10000`
-//!    adjusted tokens (COCOON reserves without the multiplier, so a completion-heavy answer
-//!    could outrun its reservation).
+//!    adjusted tokens (with the multiplier, so a completion-heavy answer cannot outrun its
+//!    reservation).
 //! 2. A worker is leased from the registry (see `router`) and sent `proxy.runQueryEx` with a
 //!    fresh proxy-side request id (the client's id never reaches the worker).
 //! 3. The worker's head and parts are relayed to the client as they arrive. If the worker

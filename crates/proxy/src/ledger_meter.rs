@@ -49,14 +49,14 @@ struct CommitState {
 /// When the settlement loop acts.
 #[derive(Debug, Clone)]
 pub struct SettlementConfig {
-    /// How often to look at the chain and prepare a checkpoint (COCOON: 30–60 s).
+    /// How often to look at the chain and prepare a checkpoint (default 30 s).
     pub interval: Duration,
     /// A checkpoint not seen on chain after this long is sent again.
     pub resend_after: Duration,
     /// Submit a client's charge once its unsettled, checkpointed usage is worth this many
-    /// nanoTON (COCOON: 1 TON).
+    /// nanoTON (default 1 TON).
     pub min_client_charge: u128,
-    /// Submit a worker's payout at this many nanoTON (COCOON: 10 TON).
+    /// Submit a worker's payout at this many nanoTON (default 10 TON).
     pub min_worker_payout: u128,
     /// A submitted receipt the chain does not show after this long is submitted again.
     pub receipt_resend_after: Duration,

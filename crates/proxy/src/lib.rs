@@ -20,9 +20,13 @@
 //! - chain reads for authorisation go through [`ClientChain`] ([`TonClientChain`] over any
 //!   `cocoon_ton::chain::Chain`, [`MemoryChain`] for tests);
 //! - signed receipts: handshakes and payment messages carry `proxy.signedPaymentEmpty`
-//!   until a ledger confirms on-chain checkpoints (COCOON signs only checkpointed usage).
+//!   until a ledger confirms on-chain checkpoints, so no receipt covers usage the chain
+//!   does not prove;
+//! - checkpoints and on-chain settlement: [`LedgerMeter::run_settlement`] sends `save_state`
+//!   checkpoints through a [`CheckpointChain`], confirms the ones the chain shows and submits
+//!   the client charges and worker payouts that are due ([`SettlementConfig`]).
 //!
-//! Not here: checkpoints and on-chain settlement, protocol version 0 peers.
+//! Not here: protocol version 0 peers.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -347,7 +351,7 @@ impl Proxy {
     pub async fn start(cfg: ProxyConfig) -> Result<ProxyHandle, ProxyStartError> {
         use cocoon_attest::Backend;
         // Workers must be attested for real on a production network. Clients need no
-        // attestation at all (COCOON's router accepts any client certificate), so the
+        // attestation at all (their trust rests on their funded contract), so the
         // client verifier is not restricted here.
         if !cfg.is_test
             && cfg

@@ -3,7 +3,7 @@
 //! The proxy talks to its books only through [`Meter`]: open a client's credit after it
 //! authorised, reserve before a request is routed, check each reported usage against the
 //! reservation, settle once when the request ends, cancel when it never ran. Units are
-//! COCOON's *adjusted tokens* (tokens × coefficient × category multiplier, as the worker
+//! *adjusted tokens* (tokens × coefficient × category multiplier, as the worker
 //! reports them in `tokensUsed.total_tokens_used`); money is `price_per_token` × tokens.
 //!
 //! `settle` must be durable before it returns: the proxy tells the client and the worker
@@ -20,7 +20,7 @@ use crate::chain::{ClientContractState, ProxyChainError};
 /// A request's id as the proxy knows it (the client's `request_id`).
 pub type RequestId = [u8; 32];
 
-/// COCOON's three counters for one client or worker, in adjusted tokens.
+/// The three counters for one client or worker, in adjusted tokens.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Totals {
     /// Covered by a confirmed on-chain checkpoint (what a signed receipt may carry).

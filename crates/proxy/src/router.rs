@@ -1,7 +1,7 @@
 //! Worker selection: pure, with time and randomness passed in.
 //!
-//! COCOON picks the candidate with the lowest `running × average query time` and ignores
-//! whether the worker actually answers. Here each worker also carries a [`Health`]: a
+//! Load alone (`running × average query time`) ignores whether the worker actually
+//! answers, so each worker also carries a [`Health`]: a
 //! time-decayed average latency and a sliding window of outcomes (success, time to first
 //! token). Its *reputation* is the smoothed success rate times a time-to-first-token factor,
 //! and the routing score is the expected latency divided by it:

@@ -222,8 +222,8 @@ impl<C: Chain + 'static> ClientChain for TonClientChain<C> {
     }
 }
 
-/// Value sent with a `save_state` (COCOON: 1 nanoTON; the contract ignores the message and
-/// the transaction is the record).
+/// Value sent with a `save_state` (the contract ignores the message and the transaction is
+/// the record).
 pub const SAVE_STATE_NANOTON: u64 = 1;
 /// Value attached to a submitted charge or payout (the excess returns to the sender).
 pub const RECEIPT_ATTACH_NANOTON: u64 = 50_000_000;

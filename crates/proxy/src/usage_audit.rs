@@ -1,9 +1,9 @@
 //! Checking a worker's usage report before it is booked.
 //!
 //! The worker reports the tokens of a request in adjusted units (`tokensUsed`: four categories
-//! and their total, already scaled by its coefficient and the price multipliers). COCOON's proxy
-//! books that report as it comes; a worker that inflates it is paid for tokens nobody received.
-//! Here the report is audited against what the proxy knows on its own (pure function, the
+//! and their total, already scaled by its coefficient and the price multipliers). Booked as
+//! it comes, an inflated report would pay the worker for tokens nobody received, so the
+//! report is audited against what the proxy knows on its own (pure function, the
 //! caller decides what to do with the verdict):
 //!
 //! 1. **Impossible values** are a protocol violation and are never booked: a negative count, a
@@ -138,7 +138,7 @@ pub(crate) fn audit(reported: &TokensUsed, own: Option<&Usage>, q: &Quote) -> Au
     let completion_mult = u64::from(m.completion.max(m.reasoning));
     let allowed = adjust_tokens(q.completion_limit, coefficient, completion_mult);
     let generated = c.completion.saturating_add(c.reasoning);
-    // COCOON's workers adjust in floating point: a category may come out one higher.
+    // Workers may adjust in floating point: a category may come out one higher.
     if generated > allowed.saturating_add(2) {
         return refused(format!(
             "{generated} adjusted completion tokens reported; the request allowed {} tokens \

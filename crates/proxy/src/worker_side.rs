@@ -1,13 +1,14 @@
 //! One task per worker session: the proxy side of the worker handshake, then the worker's
 //! answer messages and state updates.
 //!
-//! Handshake (what `cocoon-worker` and COCOON's workers send, inventory §3.3):
+//! Handshake (what workers send):
 //! 1. `worker.connectToProxy(params)` → admission; `worker.connectedToProxy(proxy.params,
 //!    worker_sc_address)` with the negotiated version and the derived worker contract;
 //! 2. `worker.compareBalanceWithProxy` → our totals for that contract; a worker that knows
-//!    more than the proxy gets `error_code = 1` and the operator a warning (COCOON aborts
-//!    the process here; an inconsistency must not take the whole proxy down);
-//! 3. `worker.extendedCompareBalanceWithProxy` → logged, `error_code = 0` (as COCOON);
+//!    more than the proxy gets `error_code = 1` and the operator a warning (an
+//!    inconsistency must not take the whole proxy down);
+//! 3. `worker.extendedCompareBalanceWithProxy` → logged, `error_code = 0`
+//!    (COCOON-compatible, see docs/cocoon-compat.md);
 //! 4. `worker.proxyHandshakeComplete(is_disabled)` → registered for routing.
 //!
 //! Afterwards: `proxy.queryAnswer{,Part,Error}Ex` go to the request they answer,

@@ -294,7 +294,7 @@ struct RefundOutcome {
 /// proxy for less than the charge threshold, asks for its refund (the part above the stake
 /// comes back at once), and after `client_delay_before_close` asks again, which forces the
 /// rest out of the proxy's stake. `watch` runs the proxy with its client watcher on or off
-/// (off is how COCOON's proxy, and ours before, behaved).
+/// (off: the contract is read at authorisation only).
 async fn refund_attack(watch: bool) -> RefundOutcome {
     use cocoon_proxy::{LedgerMeter, SettlementConfig};
     use cocoon_ton::messages::OwnerClientRequestRefund;
@@ -323,7 +323,7 @@ async fn refund_attack(watch: bool) -> RefundOutcome {
     )
     .await
     .unwrap();
-    // COCOON's thresholds: nothing under 1 TON is charged in the normal course.
+    // The default thresholds: nothing under 1 TON is charged in the normal course.
     let cfg = SettlementConfig {
         interval: Duration::from_millis(200),
         urgent_interval: Duration::from_millis(100),

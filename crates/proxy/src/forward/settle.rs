@@ -377,7 +377,7 @@ impl PendingNotify {
                 db_tokens: clamp_i64(t.committed_to_db),
                 max_tokens: clamp_i64(t.max),
                 request_tokens: clamp_i64(tokens),
-                // The worker need not know who pays (COCOON sends the client's wallet here).
+                // The worker need not know who pays.
                 request_client_owner: String::new(),
             };
             let _ = h.send_message(p.to_bytes()).await;

@@ -480,6 +480,47 @@ impl<C: Chain + 'static> TonChannels<C> {
         })
     }
 
+    /// A top-up of `amount` carrying `value` (the amount, fees and, when deploying, the
+    /// reserve); the excess returns to the owner.
+    fn top_up_sent(
+        &self,
+        contract: &StdAddr,
+        what: &'static str,
+        amount: u64,
+        value: u64,
+    ) -> Result<Sent, ChannelError> {
+        self.sent(contract, op::EXT_CLIENT_TOP_UP, what, value, |query_id| {
+            ExtClientTopUp {
+                query_id,
+                amount: cocoon_ton::codec::Coins(amount),
+                send_excesses_to: self.owner.clone(),
+            }
+            .to_cell()
+        })
+    }
+
+    /// The owner's change of the secret hash to `secret_hash`.
+    fn secret_hash_sent(
+        &self,
+        contract: &StdAddr,
+        secret_hash: [u8; 32],
+    ) -> Result<Sent, ChannelError> {
+        self.sent(
+            contract,
+            op::OWNER_CLIENT_CHANGE_SECRET_HASH,
+            "secret hash change",
+            self.fees.op_value,
+            |query_id| {
+                OwnerClientChangeSecretHash {
+                    query_id,
+                    secret_hash: HashBytes(secret_hash),
+                    send_excesses_to: self.owner.clone(),
+                }
+                .to_cell()
+            },
+        )
+    }
+
     /// The state the (last) transaction produced: from its report to the proxy contract, else
     /// read back.
     async fn produced(
@@ -601,6 +642,21 @@ fn check_top_up(
     Ok(())
 }
 
+/// The secret hash check after a change: the contract holds `expected` now.
+fn holds_secret_hash(
+    contract: &StdAddr,
+    got: HashBytes,
+    expected: [u8; 32],
+) -> Result<(), ChannelError> {
+    if got != HashBytes(expected) {
+        return Err(rejected(format!(
+            "client contract {contract} accepted the secret hash change but does not hold the \
+             new hash"
+        )));
+    }
+    Ok(())
+}
+
 impl<C: Chain + 'static> ChannelOps for TonChannels<C> {
     fn owner(&self) -> StdAddr {
         self.owner.clone()
@@ -639,37 +695,11 @@ impl<C: Chain + 'static> ChannelOps for TonChannels<C> {
             let value = amount
                 .saturating_add(self.fees.top_up_fee)
                 .saturating_add(CHILD_MIN_BALANCE);
-            let mut top_up = self.sent(
-                addr,
-                op::EXT_CLIENT_TOP_UP,
-                "deploying top-up",
-                value,
-                |query_id| {
-                    ExtClientTopUp {
-                        query_id,
-                        amount: cocoon_ton::codec::Coins(amount),
-                        send_excesses_to: self.owner.clone(),
-                    }
-                    .to_cell()
-                },
-            )?;
+            let mut top_up = self.top_up_sent(addr, "deploying top-up", amount, value)?;
             top_up.msg.state_init = Some(contract.state_init().map_err(unavailable)?);
             let mut sent = vec![top_up];
             if let Some(h) = secret_hash {
-                sent.push(self.sent(
-                    addr,
-                    op::OWNER_CLIENT_CHANGE_SECRET_HASH,
-                    "secret hash change",
-                    self.fees.op_value,
-                    |query_id| {
-                        OwnerClientChangeSecretHash {
-                            query_id,
-                            secret_hash: HashBytes(h),
-                            send_excesses_to: self.owner.clone(),
-                        }
-                        .to_cell()
-                    },
-                )?);
+                sent.push(self.secret_hash_sent(addr, h)?);
             }
             let proxy = before.consts.0.proxy_sc.clone();
             let done = self
@@ -690,12 +720,7 @@ impl<C: Chain + 'static> ChannelOps for TonChannels<C> {
                     .next()
                     .flatten()
                     .map_or(active.secret_hash, |s| s.secret_hash);
-                if after != HashBytes(h) {
-                    return Err(rejected(format!(
-                        "client contract {addr} accepted the secret hash change but does not \
-                         hold the new hash"
-                    )));
-                }
+                holds_secret_hash(addr, after, h)?;
             }
             Ok(())
         })
@@ -708,32 +733,13 @@ impl<C: Chain + 'static> ChannelOps for TonChannels<C> {
     ) -> BoxFuture<'a, Result<(), ChannelError>> {
         Box::pin(async move {
             let owner = &self.owner;
-            let sent = self.sent(
-                contract,
-                op::OWNER_CLIENT_CHANGE_SECRET_HASH,
-                "secret hash change",
-                self.fees.op_value,
-                |query_id| {
-                    OwnerClientChangeSecretHash {
-                        query_id,
-                        secret_hash: HashBytes(secret_hash),
-                        send_excesses_to: owner.clone(),
-                    }
-                    .to_cell()
-                },
-            )?;
+            let sent = self.secret_hash_sent(contract, secret_hash)?;
             let check = |s: &ClientStorage, _| {
                 owned_by(s, owner, contract)?;
                 not_closed(s, contract, "secret hash changes")
             };
             let (_, after) = self.owner_op(contract, check, sent).await?;
-            if after.secret_hash != HashBytes(secret_hash) {
-                return Err(rejected(format!(
-                    "client contract {contract} accepted the secret hash change but does not \
-                     hold the new hash"
-                )));
-            }
-            Ok(())
+            holds_secret_hash(contract, after.secret_hash, secret_hash)
         })
     }
 
@@ -774,19 +780,11 @@ impl<C: Chain + 'static> ChannelOps for TonChannels<C> {
         amount: u64,
     ) -> BoxFuture<'a, Result<(), ChannelError>> {
         Box::pin(async move {
-            let sent = self.sent(
+            let sent = self.top_up_sent(
                 contract,
-                op::EXT_CLIENT_TOP_UP,
                 "top-up",
+                amount,
                 amount.saturating_add(self.fees.top_up_fee),
-                |query_id| {
-                    ExtClientTopUp {
-                        query_id,
-                        amount: cocoon_ton::codec::Coins(amount),
-                        send_excesses_to: self.owner.clone(),
-                    }
-                    .to_cell()
-                },
             )?;
             // Anyone may top up: no owner check.
             let check = |s: &ClientStorage, _| not_closed(s, contract, "top-ups");

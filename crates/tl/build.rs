@@ -3,7 +3,7 @@
 //! `arbitrary.rs` (proptest strategies and round-trip tests for every constructor and set).
 
 #[path = "src/schema.rs"]
-#[allow(dead_code)]
+#[allow(dead_code, unreachable_pub)] // shared with the library, which uses the rest
 mod schema;
 
 use schema::{Declaration, FieldKind, MessageSet, Type};
@@ -302,6 +302,7 @@ impl<'a> Generator<'a> {
             match &f.kind {
                 FieldKind::Flags => {}
                 FieldKind::Plain(ty) => {
+                    let _ = writeln!(out, "    /// TL field `{}`.", f.name);
                     let _ = writeln!(
                         out,
                         "    pub {}: {},",
@@ -310,6 +311,8 @@ impl<'a> Generator<'a> {
                     );
                 }
                 FieldKind::Conditional { flags, bit, ty } => {
+                    let _ = writeln!(out, "    /// TL field `{}`.", f.name);
+                    let _ = writeln!(out, "    ///");
                     let _ = writeln!(out, "    /// Present iff bit {bit} of `{flags}` is set.");
                     let siblings: Vec<String> =
                         d.bit_siblings(f).map(|g| format!("`{}`", g.name)).collect();
@@ -494,6 +497,7 @@ impl<'a> Generator<'a> {
         let _ = writeln!(out, "#[derive(Debug, Clone, PartialEq)]");
         let _ = writeln!(out, "pub enum {name} {{");
         for c in ctors {
+            let _ = writeln!(out, "    /// `{}`.", c.name);
             let _ = writeln!(
                 out,
                 "    {}({}),",
@@ -634,8 +638,9 @@ impl<'a> Generator<'a> {
                 out.push_str(&code);
                 continue;
             }
-            let parts: Vec<String> = ns.split('.').map(snake).collect();
-            for p in &parts {
+            let parts: Vec<(&str, String)> = ns.split('.').map(|p| (p, snake(p))).collect();
+            for (tl, p) in &parts {
+                let _ = writeln!(out, "/// TL namespace `{tl}`.");
                 let _ = writeln!(out, "pub mod {p} {{");
             }
             out.push_str(&code);
@@ -828,6 +833,7 @@ impl<'a> Generator<'a> {
                 }
             }
             let path = self.struct_path(d);
+            let _ = writeln!(out, "/// Any value of `{}`.", d.name);
             let _ = writeln!(
                 out,
                 "pub fn {}() -> BoxedStrategy<{path}> {{",

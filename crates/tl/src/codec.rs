@@ -12,23 +12,53 @@ pub const BOOL_FALSE: u32 = 0xbc79_9737;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ErrorKind {
     /// The input ended before a value was complete.
-    UnexpectedEnd { needed: usize, remaining: usize },
+    UnexpectedEnd {
+        /// Bytes the value needed.
+        needed: usize,
+        /// Bytes that were left.
+        remaining: usize,
+    },
     /// A constructor id that the expected type does not have.
-    UnknownConstructor { id: u32, expected: &'static str },
+    UnknownConstructor {
+        /// The id found.
+        id: u32,
+        /// The type expected.
+        expected: &'static str,
+    },
     /// A `Bool` that is neither `boolTrue` nor `boolFalse`.
-    InvalidBool { id: u32 },
+    InvalidBool {
+        /// The id found.
+        id: u32,
+    },
     /// A string field that is not UTF-8.
     InvalidUtf8,
     /// A string or vector length larger than the remaining input allows.
-    LengthTooLarge { len: u64, remaining: usize },
+    LengthTooLarge {
+        /// The declared length.
+        len: u64,
+        /// Bytes that were left.
+        remaining: usize,
+    },
     /// A negative vector length.
-    NegativeLength { len: i32 },
+    NegativeLength {
+        /// The declared length.
+        len: i32,
+    },
     /// A string length written in a longer form than needed, or non-zero padding.
-    NonCanonical { what: &'static str },
+    NonCanonical {
+        /// Which encoding was not canonical.
+        what: &'static str,
+    },
     /// Bytes left after a value that must fill its input exactly.
-    TrailingBytes { count: usize },
+    TrailingBytes {
+        /// How many bytes were left.
+        count: usize,
+    },
     /// A value that violates a rule of the schema (e.g. nesting too deep).
-    Invalid { what: String },
+    Invalid {
+        /// The rule broken.
+        what: String,
+    },
 }
 
 /// One step of the path to where a decoding error happened.
@@ -45,6 +75,7 @@ pub enum Location {
 /// A decoding error: what, at which byte offset, and inside which constructor and field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Error {
+    /// What went wrong.
     pub kind: ErrorKind,
     /// Byte offset in the input where the problem was found.
     pub offset: usize,
@@ -53,6 +84,7 @@ pub struct Error {
 }
 
 impl Error {
+    /// An error of `kind` at byte `offset`, with no context yet.
     pub fn new(kind: ErrorKind, offset: usize) -> Error {
         Error {
             kind,
@@ -166,6 +198,7 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// Result of decoding.
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// A cursor over TL-encoded input.
@@ -176,6 +209,7 @@ pub struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    /// A reader at the start of `buf`.
     pub fn new(buf: &'a [u8]) -> Reader<'a> {
         Reader { buf, pos: 0 }
     }
@@ -185,10 +219,12 @@ impl<'a> Reader<'a> {
         self.pos
     }
 
+    /// Bytes not consumed yet.
     pub fn remaining(&self) -> usize {
         self.buf.len() - self.pos
     }
 
+    /// Whether the whole input was consumed.
     pub fn is_empty(&self) -> bool {
         self.remaining() == 0
     }
@@ -201,10 +237,12 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// An error of `kind` at the current offset.
     pub fn err(&self, kind: ErrorKind) -> Error {
         Error::new(kind, self.pos)
     }
 
+    /// The next `n` bytes as they are.
     pub fn read_raw(&mut self, n: usize) -> Result<&'a [u8]> {
         if self.remaining() < n {
             return Err(self.err(ErrorKind::UnexpectedEnd {
@@ -224,26 +262,32 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
+    /// A little-endian `int`.
     pub fn read_i32(&mut self) -> Result<i32> {
         Ok(i32::from_le_bytes(self.read_array()?))
     }
 
+    /// A little-endian `int` read as unsigned (constructor ids, `#` flags).
     pub fn read_u32(&mut self) -> Result<u32> {
         Ok(u32::from_le_bytes(self.read_array()?))
     }
 
+    /// A little-endian `long`.
     pub fn read_i64(&mut self) -> Result<i64> {
         Ok(i64::from_le_bytes(self.read_array()?))
     }
 
+    /// A little-endian `double`.
     pub fn read_f64(&mut self) -> Result<f64> {
         Ok(f64::from_le_bytes(self.read_array()?))
     }
 
+    /// An `int128`, as raw bytes.
     pub fn read_int128(&mut self) -> Result<[u8; 16]> {
         self.read_array()
     }
 
+    /// An `int256`, as raw bytes.
     pub fn read_int256(&mut self) -> Result<[u8; 32]> {
         self.read_array()
     }
@@ -254,6 +298,7 @@ impl<'a> Reader<'a> {
         Some(u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]))
     }
 
+    /// A boxed `Bool`.
     pub fn read_bool(&mut self) -> Result<bool> {
         let start = self.pos;
         match self.read_u32()? {
@@ -323,10 +368,12 @@ impl<'a> Reader<'a> {
         Ok(data)
     }
 
+    /// A TL `bytes` value, copied.
     pub fn read_bytes(&mut self) -> Result<Vec<u8>> {
         Ok(self.read_bytes_ref()?.to_vec())
     }
 
+    /// A TL `string` that must be UTF-8.
     pub fn read_string(&mut self) -> Result<String> {
         let start = self.pos;
         let raw = self.read_bytes_ref()?;
@@ -373,6 +420,8 @@ impl<'a> Reader<'a> {
         read(self).map_err(|e| e.in_field(constructor, field))
     }
 
+    /// A bare vector whose elements take at least `min_element_size` bytes each (bounds the
+    /// length by the input left), each read by `read`.
     pub fn read_vector<T>(
         &mut self,
         min_element_size: usize,
@@ -391,26 +440,32 @@ impl<'a> Reader<'a> {
 pub mod write {
     use super::{BOOL_FALSE, BOOL_TRUE};
 
+    /// Writes an `int`.
     pub fn i32(out: &mut Vec<u8>, v: i32) {
         out.extend_from_slice(&v.to_le_bytes());
     }
 
+    /// Writes an unsigned 32-bit word (constructor ids, `#` flags).
     pub fn u32(out: &mut Vec<u8>, v: u32) {
         out.extend_from_slice(&v.to_le_bytes());
     }
 
+    /// Writes a `long`.
     pub fn i64(out: &mut Vec<u8>, v: i64) {
         out.extend_from_slice(&v.to_le_bytes());
     }
 
+    /// Writes a `double`.
     pub fn f64(out: &mut Vec<u8>, v: f64) {
         out.extend_from_slice(&v.to_le_bytes());
     }
 
+    /// Writes `v` as it is.
     pub fn raw(out: &mut Vec<u8>, v: &[u8]) {
         out.extend_from_slice(v);
     }
 
+    /// Writes a boxed `Bool`.
     pub fn bool(out: &mut Vec<u8>, v: bool) {
         u32(out, if v { BOOL_TRUE } else { BOOL_FALSE });
     }
@@ -435,6 +490,7 @@ pub mod write {
         out.extend(std::iter::repeat_n(0u8, pad));
     }
 
+    /// Writes a vector's element count.
     pub fn vector_len(out: &mut Vec<u8>, len: usize) {
         // Frames are at most 16 MiB, so a vector that is sent never has 2^31 elements.
         i32(out, i32::try_from(len).unwrap_or(i32::MAX));
@@ -455,6 +511,7 @@ pub fn bytes_len(len: usize) -> usize {
 
 /// A constructor with a fixed id and name.
 pub trait Identifiable {
+    /// The constructor id.
     const CONSTRUCTOR_ID: u32;
     /// Full TL name, e.g. `client.runQueryEx`.
     const NAME: &'static str;
@@ -462,18 +519,22 @@ pub trait Identifiable {
 
 /// Encoding of a bare constructor: its fields only.
 pub trait BareWrite {
+    /// Appends the fields.
     fn write_bare(&self, out: &mut Vec<u8>);
 }
 
 /// Decoding of a bare constructor.
 pub trait BareRead: Sized {
+    /// Reads the fields.
     fn read_bare(r: &mut Reader<'_>) -> Result<Self>;
 }
 
 /// Boxed encoding: constructor id, then fields.
 pub trait TlWrite {
+    /// Appends the constructor id and fields.
     fn write_to(&self, out: &mut Vec<u8>);
 
+    /// The boxed encoding as a new vector.
     fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::new();
         self.write_to(&mut out);
@@ -486,6 +547,7 @@ pub trait TlRead: Sized {
     /// TL name of the type (`tcp.Packet`) or constructor (`tcp.query`), for error messages.
     const TYPE_NAME: &'static str;
 
+    /// Reads the constructor id and fields.
     fn read_from(r: &mut Reader<'_>) -> Result<Self>;
 
     /// Decode a value that must fill `bytes` exactly.
@@ -499,6 +561,7 @@ pub trait TlRead: Sized {
 
 /// A TL function: its boxed encoding is the query, `Return` the answer.
 pub trait TlFunction: TlWrite {
+    /// The answer's type.
     type Return: TlRead;
 }
 

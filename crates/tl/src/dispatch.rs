@@ -11,17 +11,27 @@
 pub enum DispatchError {
     /// Fewer than the four bytes of a constructor id.
     #[error("{len} bytes, shorter than a constructor id")]
-    TooShort { len: usize },
+    TooShort {
+        /// Input length.
+        len: usize,
+    },
     /// A constructor id outside the set (`expected` names the set or type).
     #[error("unknown constructor id {id:08x} for {expected}")]
-    Unknown { id: u32, expected: &'static str },
+    Unknown {
+        /// The id found.
+        id: u32,
+        /// The set or type expected.
+        expected: &'static str,
+    },
     /// A member of the set whose body does not decode; `error` is what the member's own
     /// `TlRead::from_bytes` says.
     #[error("malformed {name}: {error}")]
     Malformed {
+        /// The member's constructor id.
         id: u32,
         /// Full TL name of the member, e.g. `client.runQueryEx`.
         name: &'static str,
+        /// The member's decoding error.
         error: crate::Error,
     },
 }

@@ -202,7 +202,9 @@ fn double_from_json(v: &Value, path: &str) -> Result<f64, EncodeError> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{path}: {message}")]
 pub struct EncodeError {
+    /// Where in the JSON (e.g. `$.query.timeout`).
     pub path: String,
+    /// What is wrong there.
     pub message: String,
 }
 

@@ -9,6 +9,7 @@
 //! - [`frame`]: the `len ‖ seqno ‖ payload` framing of a session;
 //! - [`json`]: schema-driven decoding to JSON and back, for tools and tests.
 #![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub, clippy::unwrap_used)]
 
 pub mod codec;
 pub mod codes;
@@ -28,10 +29,13 @@ pub use dispatch::DispatchError;
 pub struct ConstructorInfo {
     /// Full TL name, e.g. `client.runQueryEx`.
     pub name: &'static str,
+    /// Constructor id.
     pub id: u32,
     /// The text whose CRC-32 is the id (unless `explicit_id`).
     pub canonical: &'static str,
+    /// True when the id is given explicitly in the scheme.
     pub explicit_id: bool,
+    /// True for a function (query) declaration.
     pub is_function: bool,
     /// The boxed type it belongs to (for functions: the answer type).
     pub result: &'static str,

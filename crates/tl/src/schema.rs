@@ -8,13 +8,21 @@ use std::fmt;
 /// A field or vector element type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Type {
+    /// `int`.
     Int,
+    /// `long`.
     Long,
+    /// `double`.
     Double,
+    /// `string`.
     String,
+    /// `bytes`.
     Bytes,
+    /// `int128`.
     Int128,
+    /// `int256`.
     Int256,
+    /// `Bool`.
     Bool,
     /// `(vector T)`: a bare vector (element count, then the elements).
     Vector(Box<Type>),
@@ -90,12 +98,22 @@ pub enum FieldKind {
     /// `name:T`.
     Plain(Type),
     /// `name:flags.N?T`: present iff bit `bit` of the flags field `flags` is set.
-    Conditional { flags: String, bit: u32, ty: Type },
+    Conditional {
+        /// Name of the flags field.
+        flags: String,
+        /// The bit number.
+        bit: u32,
+        /// The value type.
+        ty: Type,
+    },
 }
 
+/// One declared field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Field {
+    /// Field name as declared.
     pub name: String,
+    /// Plain, conditional or a flags word.
     pub kind: FieldKind,
 }
 
@@ -118,9 +136,11 @@ pub struct Declaration {
     pub id: u32,
     /// True when the id was given explicitly with `#xxxxxxxx`.
     pub explicit_id: bool,
+    /// Fields in wire order.
     pub fields: Vec<Field>,
     /// Result type, e.g. `client.QueryAnswerEx`.
     pub result: String,
+    /// True for a function (query) declaration.
     pub is_function: bool,
     /// Protocol version that introduced the declaration (2 for `cocoon_api.tl`).
     pub since_proto: u32,
@@ -241,6 +261,7 @@ pub enum StringKind {
     Binary,
 }
 
+/// How a `string` field named `field` is represented in Rust.
 pub fn string_kind(field: &str) -> StringKind {
     if field.ends_with("_sc_code") {
         StringKind::Binary

@@ -1,7 +1,7 @@
 //! `cocoon-bench engine`: the embedded engine (`cocoon-llama`) against llama.cpp itself.
 //!
-//! Same GGUF (the default model from the model store), same prompt shape as
-//! `reference/inference.md` §7: a chat-templated "Summarize …" prompt of about 407 tokens
+//! Same GGUF (the default model from the model store), same prompt shape as the team's
+//! inference notes (not in the repo): a chat-templated "Summarize …" prompt of about 407 tokens
 //! (`bench/engine/summarize.txt`), then 128 generated tokens, greedy, 2 threads.
 //!
 //! The embedded engine is driven through its public `Engine` trait, as the worker drives it:

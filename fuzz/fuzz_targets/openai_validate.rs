@@ -3,7 +3,7 @@
 //! client, and what a client sends a proxy and a proxy a worker.
 //!
 //! Input: a flags byte (bit 0: `/v1/completions` instead of `/v1/chat/completions`; bit 1:
-//! take COCOON's extensions, as the client does; bit 2: a `max_tokens_cap`), then a `u32` LE
+//! take the body extensions, as the client does; bit 2: a `max_tokens_cap`), then a `u32` LE
 //! token total (the cap, and the limit written by `cap_completion_tokens`), then the body.
 //!
 //! Checked: no panic. An accepted request names a non-empty model and its endpoint's required

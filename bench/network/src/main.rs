@@ -1,4 +1,4 @@
-//! `cocoon-bench-network`: COCOON's benchmark workload over three paths in one run.
+//! `cocoon-bench-network`: the benchmark workload over three paths in one run.
 //!
 //! ```sh
 //! bench/network/setup-litellm          # once, for path (c): target/litellm-venv

@@ -1,4 +1,4 @@
-//! What `cocoon-bench-proxy` and `cocoon-bench-network` share: COCOON's benchmark workload
+//! What `cocoon-bench-proxy` and `cocoon-bench-network` share: the benchmark workload
 //! (a fake OpenAI engine streaming 50 SSE chunks of 128 bytes, then the usage and `[DONE]`),
 //! the proxy node run as a child process on a SQLite ledger, `cocoon-worker` start-up, a TL
 //! client session, the HTTP and TL load runners and the latency statistics.

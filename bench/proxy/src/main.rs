@@ -1,4 +1,4 @@
-//! `cocoon-bench-proxy`: what the proxy adds, measured on COCOON's benchmark shape.
+//! `cocoon-bench-proxy`: what the proxy adds, measured on the benchmark workload.
 //!
 //! ```sh
 //! cargo run --release -p cocoon-bench-proxy -- [--streams 30] [--requests 3000] \

@@ -12,7 +12,7 @@ use cocoon_ton::root::RootConfig;
 
 use crate::payments::{AutoPay, ChannelOps};
 
-/// Highest protocol version this client speaks (COCOON's client: 2; 3 adds cancel).
+/// Highest protocol version this client speaks (3 adds cancel).
 pub const MAX_PROTO_VERSION: i32 = 3;
 /// Lowest protocol version this client speaks.
 pub const MIN_PROTO_VERSION: i32 = 1;
@@ -65,7 +65,7 @@ pub struct ClientConfig {
 /// Limits and intervals.
 #[derive(Debug, Clone)]
 pub struct Timings {
-    /// Deadline of a request that names none (COCOON: 120 s).
+    /// Deadline of a request that names none (default 120 s).
     pub default_timeout: Duration,
     /// The longest deadline a request may ask for.
     pub max_timeout: Duration,

@@ -8,13 +8,13 @@
 //!   key, 402 out of funds (channel or key limit), 404 unknown model, 413 body too large,
 //!   429 no capacity, 502 upstream failure, 503 no proxy, 504 deadline.
 //! - `GET /v1/models`, `GET /v1/models/{id}`: the models the proxies' workers serve, OpenAI's
-//!   list shape plus COCOON's per-worker `workers` array and the proxies offering each.
+//!   list shape plus a per-worker `workers` array and the proxies offering each.
 //! - `GET /stats` (HTML), `/jsonstats`, `/metrics` (Prometheus text): proxies with their
 //!   attestation facts, channels, receipts, requests and spending; never request contents.
 //! - `POST /control/{topup,charge,withdraw,close}?proxy=<address>[&amount=<TON>]`: channel
 //!   operations, behind the bearer token of `admin_token_file`.
 //! - `GET /request/debuglogentry?request_guid=…`: outcome, usage, timings and debug JSON of a
-//!   recent request that named that `request_guid` (COCOON's endpoint).
+//!   recent request that named that `request_guid`.
 //!
 //! Every route is behind [`cocoon_service::browser::Guard`]: a `Host` that is not loopback,
 //! the bound address or in `allowed_hosts` is refused (DNS rebinding), so is an `Origin` not
@@ -568,8 +568,7 @@ async fn metrics(State(shared): St) -> Response {
     m.into_response()
 }
 
-/// The stored outcome of the request that named `request_guid` (`{}` if none; COCOON's
-/// shape).
+/// The stored outcome of the request that named `request_guid` (`{}` if none).
 async fn debug_entry(State(shared): St, Query(q): Query<BTreeMap<String, String>>) -> Response {
     use sha2::Digest;
     let Some(guid) = q.get("request_guid") else {

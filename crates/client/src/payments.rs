@@ -1,6 +1,6 @@
 //! The client's side of its payment channels: one client contract per proxy.
 //!
-//! A client contract (inventory §7.3/§7.4) holds the client's prepaid balance and stake for
+//! A client contract holds the client's prepaid balance and stake for
 //! one proxy; its coins sit in the proxy contract. The owner (the client's wallet) deploys it
 //! with a top-up, keeps `secret_hash` equal to SHA-256 of the client's secret so that
 //! reconnections authorise without a transaction, registers a nonce when the proxy asks for
@@ -9,8 +9,8 @@
 //! `client_delay_before_close`).
 //!
 //! [`ChannelOps`] is what the gateway needs from the chain; [`crate::TonChannels`] implements
-//! it with a wallet through toncenter. [`plan`] is the automatic policy (COCOON's
-//! `ClientProxyInfo`): top up when the paid-up tokens run low, charge when enough usage is
+//! it with a wallet through toncenter. [`plan`] is the automatic policy:
+//! top up when the paid-up tokens run low, charge when enough usage is
 //! waiting, both configurable.
 
 use cocoon_ton::StdAddr;
@@ -142,7 +142,7 @@ pub enum Step {
     Charge(u64),
 }
 
-/// COCOON's rule, made explicit: with `price` nanoTON per token, the paid-up tokens are
+/// With `price` nanoTON per token, the paid-up tokens are
 /// `tokens_used + balance/price`; top up when fewer than half the stake's worth of tokens
 /// remain above what the proxy reported using (`max_tokens`), and charge when the proxy's
 /// reported usage runs ahead of the chain by more than half the stake and a receipt beyond

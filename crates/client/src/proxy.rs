@@ -1,7 +1,7 @@
 //! One task per proxy: dial over RA-TLS, check the proxy's TEE and image, handshake,
 //! authorise, then demultiplex answers and keep the payment channel in order.
 //!
-//! Handshake (inventory §2.5): `client.connectToProxy(client.params …)` →
+//! Handshake: `client.connectToProxy(client.params …)` →
 //! `client.connectedToProxy(proxy.params, client_sc_address, auth, signed_payment)`. The
 //! proxy's contract (when the root address is known) and our client contract are derived
 //! again here and must match what the proxy says; the proxy's key must not change between
@@ -14,7 +14,7 @@
 //! payment reports (`proxy.clientRequestPayment`) and the periodic
 //! `client.updatePaymentStatus` answer are verified (a receipt must be signed by the proxy
 //! key for our client contract) and the best receipt is kept durably. When the session ends
-//! every request waiting on it fails at once (COCOON's client waits for its timeout here).
+//! every request waiting on it fails at once, rather than waiting for its timeout.
 //!
 //! A session ends when the proxy's attestation verdict expires (`VerifiedPeer::
 //! valid_until`; the redial attests the proxy again) and when a root update no longer allows

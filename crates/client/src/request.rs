@@ -25,7 +25,7 @@ use crate::Shared;
 use crate::keys::{ApiKeyError, Reservation};
 use crate::proxy::{Event, Link, Slot};
 
-/// COCOON's defaults for fields a request leaves out.
+/// The completion limit of a request that names none.
 pub const DEFAULT_MAX_TOKENS: u64 = 1000;
 /// The largest answer buffered for a request that is not streamed (HTTP or
 /// [`Answer::collect`]); past it the request fails with 502 and is cancelled.
@@ -38,7 +38,7 @@ pub const DEFAULT_MAX_COEFFICIENT: u64 = 4000;
 pub struct Request {
     /// Which endpoint.
     pub endpoint: Endpoint,
-    /// The OpenAI body, with COCOON's extensions if wanted (`max_coefficient`, `timeout`,
+    /// The OpenAI body, with the body extensions if wanted (`max_coefficient`, `timeout`,
     /// `request_guid`, `enable_debug`).
     pub body: Vec<u8>,
     /// The API key, when keys are configured.

@@ -89,7 +89,7 @@ impl Stats {
 
 /// The last requests that named a `request_guid`: their outcome, usage, timings and (with
 /// `enable_debug`) the proxy's and worker's debug JSON, looked up by the guid at
-/// `GET /request/debuglogentry?request_guid=…` (COCOON keeps only the last one).
+/// `GET /request/debuglogentry?request_guid=…`.
 ///
 /// Bounded in count ([`DebugLog::CAPACITY`]) and in bytes ([`DebugLog::MAX_BYTES`], the
 /// oldest entries go first): a debug JSON over [`DebugLog::MAX_DEBUG_BYTES`] is replaced by

@@ -77,7 +77,7 @@ const PAGE: usize = 100;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fees {
     /// Attached to owner operations (secret hash, register, withdraw, refund) and to charges.
-    /// COCOON's runners attach 0.7 TON; the contracts accept anything from 0.05 TON plus gas.
+    /// Default 0.7 TON; the contracts accept anything from 0.05 TON plus gas.
     pub op_value: u64,
     /// Added to a top-up's amount for gas (the contracts require amount + 0.05 TON; a deploy
     /// adds [`CHILD_MIN_BALANCE`] on top).

@@ -117,7 +117,7 @@ async fn openai_requests_through_client_proxy_and_worker() {
     assert!(text.contains("\"usage\""), "usage in the final chunk");
     assert!(text.trim_end().ends_with("data: [DONE]"));
 
-    // COCOON's body extensions are honoured and stripped: the worker never sees them, and
+    // The body extensions are honoured and stripped: the worker never sees them, and
     // the outcome is found again by the request's guid.
     let mut ext = chat("json", false);
     ext["request_guid"] = json!("order-17");
@@ -567,7 +567,7 @@ async fn the_engine_gets_the_completion_limit_that_was_reserved() {
         }
         b
     };
-    // No limit named: COCOON's default of 1000, written into the body.
+    // No limit named: the default of 1000, written into the body.
     assert_eq!(post(&base, &body(json!({}))).await.status(), 200);
     // max_completion_tokens is kept, and max_tokens (which every engine reads) set with it.
     assert_eq!(

@@ -3,7 +3,7 @@
 //! Everything here is pure: no sockets, no clocks, no allocation that is not bounded by the
 //! input. The worker uses it to validate requests before they reach an engine and to count the
 //! tokens of a response whatever shape it arrives in (plain JSON or Server-Sent Events); the
-//! client uses it to read COCOON's body extensions and to produce OpenAI-style error bodies; the
+//! client uses it to read the body extensions and to produce OpenAI-style error bodies; the
 //! proxy and the ledger use the price arithmetic.
 //!
 //! - [`validate`]: the field allowlist for `/v1/chat/completions` and `/v1/completions`, with
@@ -12,9 +12,8 @@
 //!   the engine (written into the body, read back by the worker).
 //! - [`sse`]: an incremental Server-Sent Events parser that gives the same events for any
 //!   chunking of the byte stream.
-//! - [`usage`]: OpenAI usage objects, a tracker that finds usage in JSON or SSE bodies (COCOON's
-//!   worker counts streamed answers as zero tokens; this one does not), and the price formula in
-//!   integer arithmetic.
+//! - [`usage`]: OpenAI usage objects, a tracker that finds usage in JSON or SSE bodies (so
+//!   streamed answers are billed too), and the price formula in integer arithmetic.
 //! - [`error`]: OpenAI error bodies with the HTTP status each kind maps to.
 //! - [`types`]: response and chunk types for engines that produce answers themselves.
 #![forbid(unsafe_code)]

@@ -1,14 +1,14 @@
 //! The completion-token limit of a request, end to end.
 //!
-//! A client reserves credit for `max_tokens` completion tokens (COCOON's `client.runQueryEx`
+//! A client reserves credit for `max_tokens` completion tokens (`client.runQueryEx`
 //! carries the number beside the body), but the body an engine reads has its own
 //! `max_tokens` / `max_completion_tokens` — or none, which lets most engines generate to the end
 //! of their context. If the two disagree, a client with little credit reserves for a few tokens
 //! and has thousands generated and billed. So one limit travels with the request:
 //!
 //! - the client writes the limit it reserved into the body ([`cap_completion_tokens`]);
-//! - the proxy caps the body to what it reserved (the same function, so a COCOON worker, which
-//!   only reads the body, obeys it too);
+//! - the proxy caps the body to what it reserved (the same function, so a worker that only
+//!   reads the body obeys it too);
 //! - the worker reads the limit back ([`completion_limit`]) and stops the generation when the
 //!   engine goes past it.
 //!

@@ -1,15 +1,15 @@
 //! Token usage: reading it from engine answers, and the price arithmetic.
 //!
-//! COCOON counts tokens in the worker by parsing the engine's answer as a sequence of bare JSON
-//! values, which fails on Server-Sent Events: streamed answers are billed as zero tokens. The
+//! Parsing the engine's answer as a sequence of bare JSON values fails on Server-Sent Events
+//! (a streamed answer would be billed as zero tokens), so the
 //! [`UsageTracker`] here accepts both shapes — a JSON body (or newline-delimited JSON) and an SSE
 //! stream — incrementally, keeps the largest value seen for every counter, and never buffers
 //! more than its limit.
 //!
-//! Prices follow COCOON's formula (`cocoon-inventory.md` §3.6): usage is split into four
+//! Prices (COCOON-compatible, see docs/cocoon-compat.md): usage is split into four
 //! categories, each category is scaled by the worker's coefficient (1000 = 1.0) and by its price
-//! multiplier (10000 = 1.0), truncated, and summed. COCOON does this in `double`; we do it in
-//! `u128` integers so that two parties computing the same bill always agree to the token.
+//! multiplier (10000 = 1.0), truncated, and summed, in `u128` integers so that two parties
+//! computing the same bill always agree to the token.
 
 use crate::sse::SseParser;
 use serde::{Deserialize, Serialize};

@@ -1,14 +1,14 @@
 //! Request validation for `/v1/chat/completions` and `/v1/completions`.
 //!
-//! The base is COCOON's worker allowlist (`cocoon-inventory.md` §4.3): every key is known and
+//! The base is COCOON's worker allowlist (see docs/cocoon-compat.md): every key is known and
 //! type-checked, duplicate keys are refused (two parsers disagreeing on which duplicate wins is a
 //! classic smuggling trick), and a streamed request always asks for usage in its final chunk so
 //! that it can be billed. We extend the list with fields the engines we support implement
 //! (`seed`, `tools`, `tool_choice`, `response_format`, `logprobs`, `top_logprobs`, `stop`, `user`)
-//! and fix COCOON's mistyped ones (`prediction` is an object, completions' `suffix` a string).
+//! and type `prediction` as an object and completions' `suffix` as a string.
 //! Errors are OpenAI-style 400s naming the field.
 //!
-//! COCOON's body extensions (`max_coefficient`, `timeout`, `request_guid`, `enable_debug`) are
+//! The body extensions (`max_coefficient`, `timeout`, `request_guid`, `enable_debug`) are
 //! read by the client and removed before the request leaves it ([`CocoonExtensions`]).
 
 use crate::error::{ApiError, ErrorKind};
@@ -45,12 +45,12 @@ impl Endpoint {
     }
 }
 
-/// COCOON's request-body extensions, read by the client.
+/// The request-body extensions, read by the client.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct CocoonExtensions {
-    /// Highest worker coefficient the client accepts (1000 = 1.0); COCOON's default is 4000.
+    /// Highest worker coefficient the client accepts (1000 = 1.0); the client's default is 4000.
     pub max_coefficient: Option<u64>,
-    /// Request deadline in seconds; COCOON's default is 120.
+    /// Request deadline in seconds; the client's default is 120.
     pub timeout: Option<f64>,
     /// Client-chosen id for debug lookups.
     pub request_guid: Option<String>,
@@ -61,7 +61,7 @@ pub struct CocoonExtensions {
 /// Knobs for [`validate_request`].
 #[derive(Clone, Debug)]
 pub struct ValidateOptions {
-    /// Remove and return COCOON's body extensions (the client does; workers never see them).
+    /// Remove and return the body extensions (the client does; workers never see them).
     pub take_extensions: bool,
     /// The largest `max_tokens` a request may ask for, if any.
     pub max_tokens_cap: Option<u64>,
@@ -87,7 +87,7 @@ pub struct ValidatedRequest {
     pub stream: bool,
     /// `max_completion_tokens` or `max_tokens`, when given.
     pub max_tokens: Option<u64>,
-    /// COCOON extensions, when `take_extensions` was set.
+    /// The body extensions, when `take_extensions` was set.
     pub extensions: CocoonExtensions,
     /// The body to forward (extensions removed, `stream_options.include_usage` forced).
     pub body: Map<String, Value>,

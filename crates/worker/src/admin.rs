@@ -2,9 +2,9 @@
 //! (Prometheus text) and POST controls `/request/enable`, `/request/disable`,
 //! `/request/coefficient?value=N`, `/request/payout` behind a bearer token read from a file.
 //!
-//! COCOON's worker takes plain GETs for its controls, so anyone who can reach the port (the
-//! host, by design) can change the price or switch the worker off. Here controls are POST
-//! only and need the token; without a token file they are refused. Pages show counters and
+//! Controls are POST only and need the token, since anyone who can reach the port (the
+//! host, by design) could otherwise change the price or switch the worker off; without a
+//! token file they are refused. Pages show counters and
 //! public identifiers only. Everything is behind the browser guard
 //! (`cocoon_service::browser`): a foreign `Host` or `Origin` is refused and a POST body must
 //! be JSON, so a web page the operator opens can neither read the pages nor use a control.

@@ -3,7 +3,7 @@
 //! The latest proxy-signed payout is repacked with the wallet as the excess address (the
 //! excess address is not signed, so the receipt stays valid) and sent as the body of an
 //! internal message from the wallet to the worker contract named inside the receipt, with
-//! `attach_nanoton` for fees (COCOON attaches 0.5 TON; the contract returns the excess).
+//! `attach_nanoton` for fees (the contract returns the excess).
 //! The wallet message goes through cocoon-ton's `WalletSender`, which resends until the
 //! wallet's seqno moves; call [`ChainPayoutSink::tick`] periodically (or use
 //! [`ChainPayoutSink::spawn_ticker`]) so that unconfirmed messages are resent.
@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 
 use crate::payout::PayoutSink;
 
-/// nanoTON COCOON's worker attaches to a payout message.
+/// nanoTON attached to a payout message by default.
 pub const DEFAULT_ATTACH_NANOTON: u64 = 500_000_000;
 
 /// Submits payouts from a wallet through a [`Chain`].

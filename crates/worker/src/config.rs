@@ -16,9 +16,9 @@ use cocoon_ratls::net::RatlsConnector;
 
 use crate::payout::PayoutSink;
 
-/// Lowest protocol version the worker speaks (COCOON workers: 1).
+/// Lowest protocol version the worker speaks.
 pub const MIN_PROTO_VERSION: i32 = 1;
-/// Highest protocol version the worker speaks: COCOON's 2 plus our version 3 additions.
+/// Highest protocol version the worker speaks: version 2 plus our version 3 additions.
 pub const MAX_PROTO_VERSION: i32 = 3;
 /// Largest coefficient the proxies accept (`0 ≤ coefficient < 1e9`).
 pub const MAX_COEFFICIENT: u32 = 999_999_999;
@@ -66,7 +66,7 @@ pub struct WorkerConfig {
     /// proxy's contract address from the root's params, the proxy's owner and key and this
     /// address (refusing a proxy that names another one), and derives its own worker
     /// contract from that. `None` (library use without a root): the proxy's contract is
-    /// taken from its word, as COCOON's worker does.
+    /// taken from its word.
     pub root_address: Option<cocoon_ton::StdAddr>,
     /// Refuse proxies whose attested image hash is not in the root configuration's
     /// `proxy_hashes` (checked in every handshake and again on every root update). Applies
@@ -100,13 +100,13 @@ pub use cocoon_service::admin::AdminConfig;
 /// Intervals and timeouts.
 #[derive(Clone, Debug)]
 pub struct Timings {
-    /// `worker.updatePaymentStatus` is sent at a random moment in this range (COCOON: 10–20 s).
+    /// `worker.updatePaymentStatus` is sent at a random moment in this range (default 10–20 s).
     pub payment_status_interval: (Duration, Duration),
-    /// Engine health probe period (COCOON: 1–2 s after each result).
+    /// Engine health probe period (default 2 s).
     pub health_interval: Duration,
-    /// Timeout of each handshake query (COCOON: 30 s).
+    /// Timeout of each handshake query (default 30 s).
     pub handshake_timeout: Duration,
-    /// Timeout of a payment status query (COCOON: 60 s).
+    /// Timeout of a payment status query (default 60 s).
     pub payment_status_timeout: Duration,
     /// Reconnect backoff.
     pub backoff: BackoffConfig,

@@ -8,8 +8,8 @@
 //! model, price coefficient and capacity, compares balances so that a proxy that lost or
 //! rolled back state is refused, and then serves `proxy.runQueryEx` by validating the
 //! OpenAI request, forwarding it to the engine and relaying the answer **as the engine
-//! produces it**, ending with the exact adjusted token counts (COCOON's worker buffers SSE
-//! answers and bills them as zero tokens). Proxy-signed payout receipts are verified, the
+//! produces it**, ending with the exact adjusted token counts, streamed or not.
+//! Proxy-signed payout receipts are verified, the
 //! best one per proxy is kept durably, and a payout is submitted once it is worth a
 //! threshold in nanoTON.
 //!

@@ -2,8 +2,8 @@
 //!
 //! A signed payout is cumulative: submitting the latest one to the worker contract pays
 //! `Δtokens × worker_fee_per_token`. Each submission costs fees, so the worker waits until
-//! the unpaid part is worth at least a threshold **in nanoTON**. (COCOON compares the token
-//! count itself with nanoTON constants, so its threshold is off by the fee per token.)
+//! the unpaid part is worth at least a threshold **in nanoTON** (a threshold on the token
+//! count would be off by the fee per token).
 //!
 //! The submission itself goes through a [`PayoutSink`]: the component that owns the wallet
 //! and the chain client. The worker decides *when* and *what*; the sink decides *how*.
@@ -41,7 +41,7 @@ mod tests {
         const TEN_TON: u128 = 10_000_000_000;
         // 1e9 tokens at 10 nanoTON each = 10 TON: due.
         assert!(payout_due(1_000_000_000, 10, TEN_TON));
-        // COCOON's comparison would need 1e10 tokens; 5e8 tokens at 10 nanoTON is 5 TON.
+        // 5e8 tokens at 10 nanoTON is 5 TON: not due.
         assert!(!payout_due(500_000_000, 10, TEN_TON));
         // Nothing to pay is never due, even with a zero threshold.
         assert!(!payout_due(0, 10, 0));

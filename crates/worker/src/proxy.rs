@@ -1,6 +1,6 @@
 //! One task per proxy: dial over RA-TLS, handshake, serve, redial with backoff.
 //!
-//! Handshake (as COCOON's proxy expects it, §3.3 of the inventory):
+//! Handshake (COCOON-compatible, see docs/cocoon-compat.md):
 //! 1. `worker.connectToProxy(worker.params flags=3 …)` → `worker.connectedToProxy` with the
 //!    proxy's signing key, its contract, our worker contract and the negotiated version;
 //! 2. `worker.compareBalanceWithProxy(signed, db, max)` with what we hold durably → the
@@ -485,7 +485,7 @@ impl Verdict {
 
 /// The root configuration to check a proxy against: the last one applied. A worker that
 /// follows a root (`root_address`) waits for the first one (up to the handshake timeout);
-/// one that does not goes on without (no image or contract checks, as COCOON's worker).
+/// one that does not goes on without (no image or contract checks).
 async fn current_root(
     shared: &Shared,
     root_rx: &mut watch::Receiver<Option<Arc<RootConfig>>>,

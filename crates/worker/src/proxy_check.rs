@@ -185,8 +185,8 @@ mod tests {
                 Err(ProxyRefusal::ContractMismatch { .. })
             ));
         }
-        // Without a root address only the image is checked (COCOON's worker trusts the
-        // proxy's word for its contract).
+        // Without a root address only the image is checked (the proxy's word is taken for
+        // its contract).
         let mut q = p.clone();
         q.proxy_sc = addr(0x11);
         assert!(allowed(&r, None, true, &q).is_ok());

@@ -5,7 +5,7 @@
 //! per body chunk, and a final empty part carrying `proxy.queryFinalInfo` with the usage
 //! split into the four categories and adjusted by the worker's coefficient and the root
 //! multipliers. The usage comes from the engine's final event, so streamed answers are
-//! billed exactly (COCOON bills them as zero). A failure after the head ends the answer with
+//! billed exactly. A failure after the head ends the answer with
 //! `proxy.queryAnswerErrorEx` carrying the usage delivered so far — one final message per
 //! request, so nothing is billed twice. Cancellation (a `proxy.cancelQuery`, or the session
 //! going away) drops the engine's body channel, which stops generation.
@@ -302,7 +302,7 @@ async fn run(cx: &mut Ctx<'_>, cancel: &mut watch::Receiver<bool>) -> Outcome {
     if v.model != shared.model_base {
         return fail(ErrorCode::ProtoViolation, "model name mismatch");
     }
-    // The limit the proxy reserved for and wrote into the body (a COCOON proxy may send none).
+    // The limit the proxy reserved for and wrote into the body (a proxy may send none).
     cx.limit = cocoon_openai::completion_limit(endpoint, &v.body).total();
     let t = cx.req.timeout;
     if !(t.is_finite() && t > 0.0) {

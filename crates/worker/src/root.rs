@@ -4,7 +4,7 @@
 //! hashes are allowed, and the params (prices, multipliers, child contract codes). A worker
 //! that follows it needs no proxy list of its own and picks up price and params changes. The
 //! caller fetches the configuration (`cocoon_ton::chain::load_root_config`) and hands it to
-//! [`WorkerHandle::update_root`]; as in COCOON, only a configuration whose `version`
+//! [`WorkerHandle::update_root`]; only a configuration whose `version`
 //! is higher than the last one applied is taken. Proxy sessions check the proxy against the
 //! configuration applied last: its attested image must be in `proxy_hashes`, and with a
 //! root address its contract must derive from the root's params.

@@ -1,7 +1,7 @@
 //! The worker's durable payment state: per proxy, the best proxy-signed payout it holds.
 //!
-//! COCOON's worker keeps its earnings in memory only, so a restart forgets the receipts it
-//! was given and the balance comparison on reconnect has nothing to compare. Here the state
+//! Kept in memory only, the receipts a worker was given would be lost on a restart and the
+//! balance comparison on reconnect would have nothing to compare, so the state
 //! is a small JSON file in the worker's state directory, rewritten atomically (temporary
 //! file, fsync, rename, fsync of the directory) *before* the new value is relied on: a
 //! receipt is never acknowledged, compared or paid out unless it is on disk.

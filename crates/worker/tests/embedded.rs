@@ -116,7 +116,7 @@ async fn streamed_and_unstreamed_usage_agree_with_the_real_model() {
     );
 
     // Streamed: the same text, assembled from SSE deltas relayed part by part, and the same
-    // tokens — COCOON's worker bills a streamed answer as zero.
+    // tokens.
     let (status, sse, info_stream, parts) = run(&mut c, 2, &body(true)).await;
     assert_eq!(status, 200);
     assert!(parts > 3, "streamed in parts as produced, got {parts}");

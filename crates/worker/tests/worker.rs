@@ -16,7 +16,7 @@ async fn handshake_streaming_relay_and_exact_final_tokens() {
     let (base, eng, mut proxy, dir) = worker_rig().await;
     let w = start_worker_at(&proxy, &base, dir.path(), |_| {}).await;
     let mut c = proxy.next_conn().await;
-    // worker.params flags=3 with everything COCOON's proxy checks.
+    // worker.params flags=3 with everything a proxy checks.
     let p = &c.params;
     assert_eq!(p.model, MODEL);
     assert_eq!(p.coefficient, 1500);

@@ -2,7 +2,7 @@
 # Builds the reference llama.cpp that `cocoon-bench engine` compares the embedded engine with.
 #
 # Source: the full llama.cpp tree vendored in the `llama-cpp-python==0.3.36` sdist
-# (`vendor/llama.cpp`, build 0c1e570, ggml 0.25.3), as in docs reference/inference.md §5:
+# (`vendor/llama.cpp`, build 0c1e570, ggml 0.25.3), as in the team's inference notes (not in the repo):
 # the `llama-cpp-sys-2` crate ships no `tools/` sources, so llama-bench cannot be built from it.
 # Everything goes to target/bench-engine/ (ignored by git; nothing here is committed).
 #

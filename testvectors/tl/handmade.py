@@ -171,8 +171,8 @@ for _line in DECLARATIONS.strip().splitlines():
     assert _d.name not in DECLS, _d.name
     DECLS[_d.name] = _d
 
-# Sanity checks of the CRC rule against ids published for COCOON (docs/protocol.md and the
-# inventory): if one of these fails, the declaration text above is wrong.
+# Sanity checks of the CRC rule against ids published for COCOON (docs/protocol.md and team
+# notes, not in the repo): if one of these fails, the declaration text above is wrong.
 for _name, _id in [
     ("tcp.ping", 0xBBE9627C),
     ("tcp.query", 0x3AF51908),

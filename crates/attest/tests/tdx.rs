@@ -15,7 +15,7 @@ fn vector(name: &str) -> Vec<u8> {
 
 /// 2025-07-04T12:00:00Z, inside the dcap-qvl sample collateral window.
 const NOW_2025: u64 = 1_751_630_400;
-/// 2026-03-05, inside the FMSPC 90c06f000000 collateral window (deps-tee.md §1).
+/// 2026-03-05, inside the FMSPC 90c06f000000 collateral window (COCOON's sample).
 const NOW_2026: u64 = 1_772_707_833;
 
 /// Image hash of `cocoon_quote.dat`, computed independently of this crate:

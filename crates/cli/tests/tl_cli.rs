@@ -42,7 +42,7 @@ fn version() {
 }
 
 /// `tcp.queryError id=9 code=652 message="timeout"` in a frame with seqno 1, laid out by hand
-/// from the inventory: len, seqno, id 4cd2f602, long, int, string with padding.
+/// from the layout in docs/protocol.md: len, seqno, id 4cd2f602, long, int, string with padding.
 const QUERY_ERROR_FRAME: &str = concat!(
     "18000000", // len = 24
     "01000000", // seqno = 1

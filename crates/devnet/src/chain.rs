@@ -12,7 +12,7 @@
 //!
 //! What the executor does is what TON does: value sent to an address without an account
 //! creates an uninitialised account (compute phase skipped, `aborted = true`: that is *not* a
-//! failure, see `reference/ton.md` §7); a bounceable message that fails bounces back; an
+//! failure); a bounceable message that fails bounces back; an
 //! external message that the contract does not accept is rejected and leaves no trace.
 //!
 //! Time only moves when asked to ([`Devnet::advance`], [`Devnet::set_now`]), so tests of
@@ -306,7 +306,7 @@ impl TxRecord {
         Ok(rec)
     }
 
-    /// A failure in the sense of `reference/ton.md` §7: aborted with a compute phase that ran,
+    /// A failure: aborted with a compute phase that ran,
     /// or an action phase that failed. Value landing on an uninitialised account is not one.
     pub fn failed(&self) -> bool {
         (self.aborted && !self.compute_skipped) || self.action_result_code.is_some_and(|c| c != 0)

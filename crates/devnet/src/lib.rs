@@ -1,7 +1,7 @@
 //! `cocoon-devnet`: an embedded local TON chain for development and tests.
 //!
 //! There is no local TON network to run here (no lite-server or validator builds without
-//! GitHub; see `reference/ton.md` §7), so the devnet is the Anvil/Hardhat pattern: the real
+//! GitHub), so the devnet is the Anvil/Hardhat pattern: the real
 //! compiled contracts run in a pure-Rust TVM (`tycho-vm` + `tycho-executor`, which matched
 //! `@ton/sandbox` gas exactly on every transaction we compared) under the real TON mainnet
 //! configuration, and the chain is served over the same toncenter v2 HTTP API that production

@@ -1,5 +1,5 @@
-//! Every constructor id of the `cocoon_api.tlo` that COCOON ships (listed in the team's
-//! COCOON inventory, team notes not in the repo), checked against the ids our scheme produces.
+//! Every constructor id of the `cocoon_api.tlo` that COCOON ships (listed in team notes, not
+//! in the repo), checked against the ids our scheme produces.
 
 use cocoon_tl::{CONSTRUCTORS, constructor_by_name, schema};
 

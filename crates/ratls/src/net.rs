@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cocoon_attest::VerifiedPeer;
-use cocoon_net::{ConnectError, Incoming, SessionHandle};
+use cocoon_attest::{Fault, VerifiedPeer};
+use cocoon_net::{CloseReason, ConnectError, Incoming, SessionHandle};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
@@ -83,6 +83,47 @@ impl RatlsError {
             RatlsError::Tls(e) => VerifyError::find(e),
             _ => None,
         }
+    }
+
+    /// Whose fault the failure is. The peer's: its certificate or attestation refused for a
+    /// reason of its own (see [`VerifyError::fault`]), no certificate, a failed
+    /// proof-of-work exchange ([`PowError::fault`]), TLS messages that break the protocol, a
+    /// protocol violation while the session opens. Ours ([`Fault::Local`], reported and
+    /// retried): our configuration, local attestation faults (collateral, CRLs), transport
+    /// errors, timeouts, and the peer closing or refusing the connection.
+    pub fn fault(&self) -> Fault {
+        if let Some(v) = self.verify_error() {
+            return v.fault();
+        }
+        match self {
+            RatlsError::NoPeerCertificate => Fault::Peer,
+            RatlsError::Pow(e) => e.fault(),
+            RatlsError::Tls(e) => e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                .map_or(Fault::Local, tls_fault),
+            RatlsError::Session(ConnectError::Closed(CloseReason::ProtocolError(_))) => Fault::Peer,
+            _ => Fault::Local,
+        }
+    }
+}
+
+/// Whose fault a TLS handshake error is: messages that break TLS and certificates refused
+/// are the peer's; alerts it sent (it refused us), our own configuration and the rest are
+/// ours.
+fn tls_fault(e: &rustls::Error) -> Fault {
+    use rustls::Error as E;
+    match e {
+        E::InappropriateMessage { .. }
+        | E::InappropriateHandshakeMessage { .. }
+        | E::InvalidMessage(_)
+        | E::NoCertificatesPresented
+        | E::DecryptError
+        | E::PeerIncompatible(_)
+        | E::PeerMisbehaved(_)
+        | E::PeerSentOversizedRecord
+        | E::InvalidCertificate(_) => Fault::Peer,
+        _ => Fault::Local,
     }
 }
 

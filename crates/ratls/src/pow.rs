@@ -31,6 +31,7 @@ pub use exchange::{client_handshake, server_handshake};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use cocoon_attest::Fault;
 use rand::CryptoRng;
 use sha2::{Digest, Sha256};
 
@@ -84,6 +85,23 @@ pub enum PowError {
     /// for sane difficulties).
     #[error("pow nonce space exhausted without a solution")]
     Exhausted,
+}
+
+impl PowError {
+    /// Whose fault the failure is: a wrong magic, an unmet or out-of-range difficulty and a
+    /// nonce that does not solve the challenge are the peer's; transport errors, timeouts and
+    /// our own cancelling or giving up are reported and retried ([`Fault::Local`]).
+    pub fn fault(&self) -> Fault {
+        match self {
+            PowError::BadMagic { .. }
+            | PowError::DifficultyTooHigh { .. }
+            | PowError::InvalidDifficulty { .. }
+            | PowError::VerificationFailed => Fault::Peer,
+            PowError::Timeout | PowError::Io(_) | PowError::Cancelled | PowError::Exhausted => {
+                Fault::Local
+            }
+        }
+    }
 }
 
 fn check_difficulty(difficulty: i64) -> Result<u32, PowError> {
@@ -484,5 +502,33 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         cancel.store(true, Ordering::Relaxed);
         assert!(matches!(worker.join().unwrap(), Err(PowError::Cancelled)));
+    }
+
+    #[test]
+    fn fault_separates_the_peer_from_us() {
+        let peer = [
+            PowError::BadMagic {
+                expected: CHALLENGE_MAGIC,
+                got: 0,
+            },
+            PowError::DifficultyTooHigh {
+                requested: 40,
+                max: 28,
+            },
+            PowError::InvalidDifficulty { difficulty: 65 },
+            PowError::VerificationFailed,
+        ];
+        for e in &peer {
+            assert_eq!(e.fault(), Fault::Peer, "{e}");
+        }
+        let local = [
+            PowError::Timeout,
+            PowError::Io(std::io::ErrorKind::ConnectionReset.into()),
+            PowError::Cancelled,
+            PowError::Exhausted,
+        ];
+        for e in &local {
+            assert_eq!(e.fault(), Fault::Local, "{e}");
+        }
     }
 }

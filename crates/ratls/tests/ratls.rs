@@ -633,6 +633,59 @@ async fn pow_difficulty_above_client_maximum_fails_fast() {
     assert!(s.is_err());
 }
 
+/// `RatlsError::fault` over real connections: what the peer sent is the peer's fault; its
+/// refusing us, a silent peer and our own limits are ours.
+#[tokio::test]
+async fn faults_name_the_peer_or_us() {
+    use cocoon_attest::Fault;
+    // Evidence bound to another key: the client refuses the server.
+    let other = ident(NOW - 60);
+    let key = SimKey::generate().unwrap();
+    let ev = EvidenceEnvelope::Sim(&key.evidence(&cocoon_attest::report_data_for_public_key(
+        other.public_key(),
+    )))
+    .encode();
+    let bad = ident_with(&FixedSource(ev), CertOptions::default());
+    let c = client_against(&bad, verifier()).await;
+    assert_eq!(c.as_ref().unwrap_err().fault(), Fault::Peer, "{c:?}");
+
+    // A client without a certificate: the server blames it; the client, refused by alert,
+    // blames nobody but itself.
+    let sid = ident(NOW - 60);
+    let cv = verifier();
+    let cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(cv.clone())
+        .with_no_client_auth();
+    let client =
+        RatlsConnector::from_client_config(Arc::new(cfg), cv, POW, cocoon_net::Config::default());
+    let (c, s) = run(client, acceptor(&sid, verifier())).await;
+    assert_eq!(s.as_ref().unwrap_err().fault(), Fault::Peer, "{s:?}");
+    assert_eq!(c.as_ref().unwrap_err().fault(), Fault::Local, "{c:?}");
+
+    // A server asking for more work than the client allows.
+    let mut server = acceptor(&sid, verifier());
+    server.pow_difficulty = 40;
+    let mut client = connector(&ident(NOW - 60), verifier());
+    client.pow_max_difficulty = 28;
+    let (c, _) = run(client, server).await;
+    assert_eq!(c.as_ref().unwrap_err().fault(), Fault::Peer, "{c:?}");
+
+    // A silent client: a timeout is not held against it.
+    let mut server = acceptor(&sid, verifier());
+    server.timeouts.pow = Duration::from_millis(200);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (tcp, _) = listener.accept().await.unwrap();
+    let r = tokio::time::timeout(LIMIT, server.accept(tcp))
+        .await
+        .expect("no hang");
+    assert_eq!(r.as_ref().unwrap_err().fault(), Fault::Local, "{r:?}");
+}
+
 /// A real SEV-SNP report in the `CCN-SEV1` envelope: routed to the SEV verifier, which
 /// checks signatures and the VCEK chain, then rejects the binding (the report's data is
 /// not SHA-512 of this certificate's key). Under a TDX policy it is refused by backend.

@@ -15,7 +15,7 @@ use cocoon_testkit::client::gateway_config;
 use cocoon_testkit::fixtures::root_with_proxy_image;
 use cocoon_testkit::http::{RawResponse, raw_request};
 use cocoon_testkit::prelude::*;
-use cocoon_testkit::proxy::network;
+use cocoon_testkit::worker::network;
 use cocoon_ton::root::RootConfig;
 use serde_json::{Value, json};
 

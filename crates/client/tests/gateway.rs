@@ -12,7 +12,7 @@ use cocoon_testkit::client::{gateway_config, start_gateway};
 use cocoon_testkit::fixtures::root_with_proxy_image;
 use cocoon_testkit::identity::{connector_as, connector_with};
 use cocoon_testkit::prelude::*;
-use cocoon_testkit::proxy::network;
+use cocoon_testkit::worker::network;
 use cocoon_ton::HashBytes;
 use cocoon_ton::root::RootConfig;
 use futures::StreamExt;

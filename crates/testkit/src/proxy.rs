@@ -18,10 +18,9 @@ use cocoon_ton::root::{CocoonParams, RootConfig};
 use cocoon_ton::{HashBytes, StdAddr};
 use tokio::sync::mpsc;
 
-use crate::fixtures::{LIMIT, MODEL, POW, PROXY_SEED, SECRET, TOKEN, addr, root};
+use crate::fixtures::{LIMIT, MODEL, POW, PROXY_SEED, SECRET, TOKEN, addr};
 use crate::identity::{connector, sim_identity, sim_verifier};
 use crate::wait::eventually;
-use crate::worker::{TestWorker, start_worker};
 
 /// A running proxy and what it was given.
 pub struct Net {
@@ -104,25 +103,6 @@ pub async fn start_err(root: RootConfig, tweak: impl FnOnce(&mut ProxyConfig)) -
         Ok(_) => panic!("the proxy started with an unsafe configuration"),
         Err(e) => e,
     }
-}
-
-/// A proxy under `root` with our client contract (`addr(0x42)`, 10 TON, secret set) and
-/// one worker (owner `addr(0x61)`) registered.
-pub async fn network(root: RootConfig) -> (Net, TestWorker) {
-    let net = start_proxy(root).await;
-    net.fund_client(&addr(0x42), 10_000_000_000, true);
-    let w = start_worker(&net, 0x61).await;
-    net.wait_workers(1).await;
-    (net, w)
-}
-
-/// A proxy under [`root`]`(1, true, true)` with one worker (owner `addr(owner_byte)`)
-/// registered.
-pub async fn proxy_with_worker(owner_byte: u8) -> (Net, TestWorker) {
-    let net = start_proxy(root(1, true, true)).await;
-    let w = start_worker(&net, owner_byte).await;
-    net.wait_workers(1).await;
-    (net, w)
 }
 
 /// SHA-256 of [`SECRET`], as a client contract stores it.

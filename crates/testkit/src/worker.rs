@@ -6,14 +6,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cocoon_ton::StdAddr;
+use cocoon_ton::root::RootConfig;
 use cocoon_worker::{AdminConfig, PayoutSink, Timings, Worker, WorkerConfig, WorkerHandle};
 use futures::future::BoxFuture;
 
 use crate::engine::{EngineState, Words, engine, fake_engine};
 use crate::fake_proxy::TestProxy;
-use crate::fixtures::{MODEL, addr, prices};
+use crate::fixtures::{MODEL, addr, prices, root};
 use crate::identity::connector;
-use crate::proxy::Net;
+use crate::proxy::{Net, start_proxy};
 
 /// A worker (owner `addr(0x44)`, coefficient 1.5, 4 slots) for `proxy`, with the engine at
 /// `engine_base` and its state in `state_dir`; fast health checks and redials.
@@ -135,4 +136,23 @@ pub async fn start_worker_at(
     let mut cfg = worker_config(&proxy.addr, engine_base, state_dir);
     tweak(&mut cfg);
     Worker::start(cfg).await.unwrap()
+}
+
+/// A proxy under `root` with our client contract (`addr(0x42)`, 10 TON, secret set) and
+/// one worker (owner `addr(0x61)`) registered.
+pub async fn network(root: RootConfig) -> (Net, TestWorker) {
+    let net = start_proxy(root).await;
+    net.fund_client(&addr(0x42), 10_000_000_000, true);
+    let w = start_worker(&net, 0x61).await;
+    net.wait_workers(1).await;
+    (net, w)
+}
+
+/// A proxy under [`root`]`(1, true, true)` with one worker (owner `addr(owner_byte)`)
+/// registered.
+pub async fn proxy_with_worker(owner_byte: u8) -> (Net, TestWorker) {
+    let net = start_proxy(root(1, true, true)).await;
+    let w = start_worker(&net, owner_byte).await;
+    net.wait_workers(1).await;
+    (net, w)
 }

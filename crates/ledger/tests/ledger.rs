@@ -1,5 +1,6 @@
 //! Directed tests of the ledger over the in-memory store: arithmetic, funds, receipts,
 //! checkpoints, rollback detection, integrity, params change, store failures.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::collections::BTreeMap;
 

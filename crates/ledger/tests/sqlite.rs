@@ -1,5 +1,6 @@
 //! The SQLite store: real files, reopen, tampering, file copies taken mid-run, restored old
 //! copies, and a child process killed with SIGKILL in the middle of a workload.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};

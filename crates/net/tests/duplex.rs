@@ -1,4 +1,5 @@
 //! Driver tests over in-memory streams, with paused (virtual) time where timing matters.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

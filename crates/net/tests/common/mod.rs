@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -14,9 +15,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 /// Safety net so that a broken test fails instead of hanging CI. Not a performance bound.
-pub const SAFETY: Duration = Duration::from_secs(60);
+pub(crate) const SAFETY: Duration = Duration::from_secs(60);
 
-pub async fn within<F: std::future::Future>(f: F) -> F::Output {
+pub(crate) async fn within<F: std::future::Future>(f: F) -> F::Output {
     tokio::time::timeout(SAFETY, f)
         .await
         .expect("test step hung (safety timeout)")
@@ -24,7 +25,7 @@ pub async fn within<F: std::future::Future>(f: F) -> F::Output {
 
 /// An initiator session over an in-memory pipe of `capacity` bytes whose peer is a
 /// [`RawConn`] that answered the opening; returns once the session is ready.
-pub async fn opened_initiator(
+pub(crate) async fn opened_initiator(
     capacity: usize,
     config: &Config,
 ) -> (
@@ -42,7 +43,7 @@ pub async fn opened_initiator(
 
 /// A session over loopback TCP with default settings: the client's handle and incoming,
 /// then the server's.
-pub async fn tcp_pair() -> (
+pub(crate) async fn tcp_pair() -> (
     SessionHandle,
     mpsc::Receiver<Incoming>,
     SessionHandle,
@@ -60,7 +61,7 @@ pub async fn tcp_pair() -> (
 }
 
 /// A peer speaking raw frames, for protocol-level control in tests.
-pub struct RawConn<S> {
+pub(crate) struct RawConn<S> {
     pub stream: S,
     enc: FrameEncoder,
     dec: FrameDecoder,
@@ -69,7 +70,7 @@ pub struct RawConn<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> RawConn<S> {
-    pub fn new(stream: S) -> Self {
+    pub(crate) fn new(stream: S) -> Self {
         RawConn {
             stream,
             enc: FrameEncoder::new(),
@@ -79,17 +80,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawConn<S> {
         }
     }
 
-    pub fn encode(&mut self, p: &Packet) -> Vec<u8> {
+    pub(crate) fn encode(&mut self, p: &Packet) -> Vec<u8> {
         self.enc.encode_to_vec(&p.to_bytes()).unwrap()
     }
 
-    pub async fn send(&mut self, p: Packet) {
+    pub(crate) async fn send(&mut self, p: Packet) {
         let bytes = self.encode(&p);
         self.stream.write_all(&bytes).await.unwrap();
     }
 
     /// Next packet, or `None` at EOF.
-    pub async fn recv(&mut self) -> Option<Packet> {
+    pub(crate) async fn recv(&mut self) -> Option<Packet> {
         loop {
             let mut input = &self.buf[self.pos..];
             let before = input.len();
@@ -110,7 +111,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawConn<S> {
     }
 
     /// Next packet that is not a ping (pings are answered).
-    pub async fn recv_non_ping(&mut self) -> Option<Packet> {
+    pub(crate) async fn recv_non_ping(&mut self) -> Option<Packet> {
         loop {
             match self.recv().await? {
                 Packet::Ping(p) => {
@@ -123,7 +124,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawConn<S> {
     }
 
     /// Acceptor side of the opening.
-    pub async fn accept_handshake(&mut self) {
+    pub(crate) async fn accept_handshake(&mut self) {
         match self.recv().await {
             Some(Packet::Connect(c)) => {
                 self.send(Packet::Connected(cocoon_tl::types::tcp::Connected {
@@ -136,7 +137,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawConn<S> {
     }
 
     /// Initiator side of the opening.
-    pub async fn connect_handshake(&mut self, id: i64) {
+    pub(crate) async fn connect_handshake(&mut self, id: i64) {
         self.send(Packet::Connect(cocoon_tl::types::tcp::Connect { id }))
             .await;
         match self.recv().await {
@@ -150,7 +151,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawConn<S> {
 /// `sleep:<ms>` answers after a delay, `error` answers error 603, `drop` drops the responder,
 /// `hold` never answers (the responder is kept), anything else is echoed. Messages are echoed
 /// back as messages.
-pub async fn serve(handle: SessionHandle, mut incoming: mpsc::Receiver<Incoming>, held: Held) {
+pub(crate) async fn serve(
+    handle: SessionHandle,
+    mut incoming: mpsc::Receiver<Incoming>,
+    held: Held,
+) {
     while let Some(item) = incoming.recv().await {
         match item {
             Incoming::Query { data, responder } => {
@@ -177,9 +182,9 @@ pub async fn serve(handle: SessionHandle, mut incoming: mpsc::Receiver<Incoming>
     }
 }
 
-pub type Held = Arc<Mutex<Vec<Responder>>>;
+pub(crate) type Held = Arc<Mutex<Vec<Responder>>>;
 
-pub struct TestServer {
+pub(crate) struct TestServer {
     pub addr: SocketAddr,
     pub task: JoinHandle<()>,
     pub sessions: Arc<Mutex<Vec<SessionHandle>>>,
@@ -187,11 +192,11 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    pub async fn start(config: Config) -> TestServer {
+    pub(crate) async fn start(config: Config) -> TestServer {
         Self::start_at("127.0.0.1:0".parse().unwrap(), config).await
     }
 
-    pub async fn start_at(addr: SocketAddr, config: Config) -> TestServer {
+    pub(crate) async fn start_at(addr: SocketAddr, config: Config) -> TestServer {
         let listener = Listener::bind(addr, config).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let sessions: Arc<Mutex<Vec<SessionHandle>>> = Arc::default();
@@ -210,7 +215,7 @@ impl TestServer {
     }
 
     /// Stops accepting and closes every session.
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.task.abort();
         let _ = self.task.await;
         let sessions: Vec<SessionHandle> = self.sessions.lock().unwrap().drain(..).collect();

@@ -172,6 +172,17 @@ impl Deployable {
         })
     }
 
+    /// A child contract: its code `which` from the root params (an error if they carry none),
+    /// then the initial data `data` builds.
+    fn from_params(
+        code_in_params: &Option<Cell>,
+        which: &'static str,
+        data: impl FnOnce() -> Result<Cell>,
+    ) -> Result<Self> {
+        let code = code(code_in_params, which)?.clone();
+        Self::new(code, data()?)
+    }
+
     /// The `StateInit` cell to attach to the deploying message.
     pub fn state_init(&self) -> Result<Cell> {
         state_init(&self.code, &self.data)
@@ -186,10 +197,9 @@ pub fn proxy_contract(
     public_key: &HashBytes,
     root: &StdAddr,
 ) -> Result<Deployable> {
-    Deployable::new(
-        code(&params.proxy_code, "proxy_code")?.clone(),
-        proxy_init_data(params, owner, public_key, root)?,
-    )
+    Deployable::from_params(&params.proxy_code, "proxy_code", || {
+        proxy_init_data(params, owner, public_key, root)
+    })
 }
 
 /// The client contract of `owner` with this proxy.
@@ -199,10 +209,9 @@ pub fn client_contract(
     proxy_sc: &StdAddr,
     proxy_public_key: &HashBytes,
 ) -> Result<Deployable> {
-    Deployable::new(
-        code(&params.client_code, "client_code")?.clone(),
-        client_init_data(params, owner, proxy_sc, proxy_public_key)?,
-    )
+    Deployable::from_params(&params.client_code, "client_code", || {
+        client_init_data(params, owner, proxy_sc, proxy_public_key)
+    })
 }
 
 /// The worker contract of `owner` with this proxy.
@@ -212,10 +221,9 @@ pub fn worker_contract(
     proxy_sc: &StdAddr,
     proxy_public_key: &HashBytes,
 ) -> Result<Deployable> {
-    Deployable::new(
-        code(&params.worker_code, "worker_code")?.clone(),
-        worker_init_data(params, owner, proxy_sc, proxy_public_key)?,
-    )
+    Deployable::from_params(&params.worker_code, "worker_code", || {
+        worker_init_data(params, owner, proxy_sc, proxy_public_key)
+    })
 }
 
 #[cfg(test)]

@@ -317,6 +317,26 @@ impl<C: Chain + Clone + 'static> QuorumChain<C> {
         }
     }
 
+    /// Asks every endpoint at once with `ask`; the answers come as they arrive, each with
+    /// its endpoint's index.
+    fn ask_all<'a, T, Fut>(
+        &'a self,
+        ask: impl Fn(&'a C) -> Fut,
+    ) -> FuturesUnordered<impl Future<Output = (usize, T)>>
+    where
+        Fut: Future<Output = T>,
+    {
+        self.inner
+            .members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let f = ask(&m.chain);
+                async move { (i, f.await) }
+            })
+            .collect()
+    }
+
     /// Asks every endpoint with `ask` and returns the answer `quorum` of them gave
     /// identically (by `fingerprint`; answers without one are failures, not votes), merging
     /// the agreeing answers with `merge`. Rounds repeat while answers differ.
@@ -335,16 +355,7 @@ impl<C: Chain + Clone + 'static> QuorumChain<C> {
         let n = self.inner.members.len();
         let mut round = 0u32;
         loop {
-            let mut pending: FuturesUnordered<_> = self
-                .inner
-                .members
-                .iter()
-                .enumerate()
-                .map(|(i, m)| {
-                    let f = ask(&m.chain);
-                    async move { (i, f.await) }
-                })
-                .collect();
+            let mut pending = self.ask_all(&ask);
             // Groups of identical answers: fingerprint, who gave it, the answers.
             let mut groups: Vec<Group<T>> = Vec::new();
             let mut answers: Vec<Option<EndpointAnswer>> = vec![None; n];
@@ -354,13 +365,7 @@ impl<C: Chain + Clone + 'static> QuorumChain<C> {
             // retry cycle.
             let mut deadline: Option<tokio::time::Instant> = None;
             let decision = loop {
-                let next = match deadline {
-                    Some(d) => tokio::time::timeout_at(d, pending.next())
-                        .await
-                        .unwrap_or(None),
-                    None => pending.next().await,
-                };
-                let Some((i, r)) = next else {
+                let Some((i, r)) = next_before(&mut pending, deadline).await else {
                     // Everyone answered, or the stragglers' time is up.
                     let counts: Vec<usize> = groups.iter().map(|g| g.1.len()).collect();
                     break decide(&counts, 0, k);
@@ -449,28 +454,14 @@ impl<C: Chain + Clone + 'static> QuorumChain<C> {
         let what = format!("transactions of {address}");
         let mut round = 0u32;
         loop {
-            let mut pending: FuturesUnordered<_> = self
-                .inner
-                .members
-                .iter()
-                .enumerate()
-                .map(|(i, m)| {
-                    let f = m.chain.transactions_since(address, after, limit);
-                    async move { (i, f.await) }
-                })
-                .collect();
+            let mut pending = self.ask_all(|c| c.transactions_since(address, after, limit));
             let mut lists: Vec<(usize, Vec<Transaction>)> = Vec::new();
             let mut answers: Vec<Option<EndpointAnswer>> = vec![None; n];
             let mut deadline: Option<tokio::time::Instant> = None;
             loop {
-                let next = match deadline {
-                    Some(d) => match tokio::time::timeout_at(d, pending.next()).await {
-                        Ok(x) => x,
-                        Err(_) => break,
-                    },
-                    None => pending.next().await,
+                let Some((i, r)) = next_before(&mut pending, deadline).await else {
+                    break;
                 };
-                let Some((i, r)) = next else { break };
                 match r {
                     Ok(list) => {
                         answers[i] = Some(self.said(i, &fp_list(&list)));
@@ -505,6 +496,19 @@ impl<C: Chain + Clone + 'static> QuorumChain<C> {
                 }
             }
         }
+    }
+}
+
+/// The next answer in `pending`; `None` once all answered or `deadline` (if any) passed.
+async fn next_before<S: futures::Stream + Unpin>(
+    pending: &mut S,
+    deadline: Option<tokio::time::Instant>,
+) -> Option<S::Item> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d, pending.next())
+            .await
+            .unwrap_or(None),
+        None => pending.next().await,
     }
 }
 

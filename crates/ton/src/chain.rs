@@ -464,13 +464,13 @@ pub(crate) mod mock {
 
     /// Records sent BOCs; accounts are set by the test.
     #[derive(Clone, Default)]
-    pub struct MockChain(Arc<Mutex<Inner>>);
+    pub(crate) struct MockChain(Arc<Mutex<Inner>>);
 
     impl MockChain {
-        pub fn sent(&self) -> Vec<Vec<u8>> {
+        pub(crate) fn sent(&self) -> Vec<Vec<u8>> {
             self.0.lock().unwrap().sent.clone()
         }
-        pub fn set_wallet(&self, a: &StdAddr, data: Cell) {
+        pub(crate) fn set_wallet(&self, a: &StdAddr, data: Cell) {
             let mut g = self.0.lock().unwrap();
             g.accounts.insert(
                 a.clone(),
@@ -484,10 +484,10 @@ pub(crate) mod mock {
                 },
             );
         }
-        pub fn set_utime(&self, t: u64) {
+        pub(crate) fn set_utime(&self, t: u64) {
             self.0.lock().unwrap().utime = Some(t);
         }
-        pub fn fail_sends(&self, v: bool) {
+        pub(crate) fn fail_sends(&self, v: bool) {
             self.0.lock().unwrap().fail_sends = v;
         }
     }

@@ -364,7 +364,11 @@ macro_rules! layout {
         $(#[$meta])*
         #[derive(Debug, Clone, PartialEq, Eq)]
         pub struct $name {
-            $( $(#[$fmeta])* pub $field: $ty, )*
+            $(
+                #[doc = concat!("Layout field `", stringify!($field), "`, stored in declaration order.")]
+                #[doc = ""]
+                $(#[$fmeta])* pub $field: $ty,
+            )*
         }
 
         impl $crate::codec::Layout for $name {

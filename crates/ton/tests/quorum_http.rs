@@ -7,6 +7,7 @@
 //! - An HTTPS toncenter fake with a private CA: refused with the WebPKI roots only, accepted
 //!   with the CA in `ToncenterConfig::extra_roots`, and still refused when the CA is offered
 //!   only through `SSL_CERT_FILE` (checked in a child process, which gets that environment).
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -6,6 +6,7 @@
 //! exceeded"}`), and tonlib's `smc.runResult` / `raw.transactions` objects that toncenter
 //! forwards (`runGetMethod`, `getTransactions`). Values are illustrative but the field names,
 //! nesting and string-vs-number encodings are those of the real API.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};

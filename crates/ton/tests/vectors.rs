@@ -1,5 +1,6 @@
 //! Cross-language vectors: the committed Rust vectors are current, they are consistent with
 //! our own verifier, and the JS (sandbox) vectors agree with our layouts and signatures.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::path::{Path, PathBuf};
 

@@ -1,6 +1,6 @@
-//! Process supervision for `cocoon up`: the children (each `cocoon <role>` in its own process
+//! Process supervision: the children (each `cocoon <role>` in its own process
 //! group, logging to `logs/<role>.log`), `<dir>/pids`, waiting for readiness while watching
-//! signals and children, reporting a child that exits with the end of its log, and the clean
+//! for a stop and the children, reporting a child that exits with the end of its log, and the clean
 //! stop in reverse start order.
 
 use std::fs::{self, File};
@@ -13,7 +13,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use cocoon_service::http::reqwest;
 use serde_json::Value;
+
+use crate::UpError;
 
 /// How long start-up may take once the roles run (an embedded model loads in that time).
 const READY_TIMEOUT: Duration = Duration::from_secs(600);
@@ -23,58 +26,86 @@ const STOP_GRACE: Duration = Duration::from_secs(20);
 const TAIL_LINES: usize = 20;
 
 /// Why start-up or supervision ended.
-pub(super) enum Fail {
-    /// A signal asked us to stop.
+pub(crate) enum Fail {
+    /// A stop was requested.
     Stopped,
-    /// Something went wrong; one sentence (possibly followed by a log tail).
-    Error(String),
+    /// Something went wrong.
+    Error(UpError),
 }
 
+impl From<UpError> for Fail {
+    fn from(e: UpError) -> Self {
+        Fail::Error(e)
+    }
+}
+
+/// A file, port or child process that could not be had.
 impl From<String> for Fail {
     fn from(e: String) -> Self {
-        Fail::Error(e)
+        Fail::Error(UpError::Process(e))
     }
 }
 
 impl From<&str> for Fail {
     fn from(e: &str) -> Self {
-        Fail::Error(e.to_owned())
+        Fail::from(e.to_owned())
     }
 }
 
-pub(super) fn say(msg: &str) {
+/// A chain step that failed.
+pub(crate) fn chain_fail(e: String) -> Fail {
+    Fail::Error(UpError::Chain(e))
+}
+
+/// A model that could not be had.
+pub(crate) fn model_fail(e: String) -> Fail {
+    Fail::Error(UpError::Model(e))
+}
+
+pub(crate) fn say(msg: &str) {
     eprintln!("cocoon up: {msg}");
 }
 
-/// The signals received so far (SIGINT, SIGTERM, SIGHUP).
-#[derive(Clone)]
-pub(super) struct Signals(Arc<AtomicU32>);
+/// Stop requests: the first stops the network; one more while it stops kills the children
+/// that are still running.
+#[derive(Debug, Clone, Default)]
+pub struct Stop(Arc<AtomicU32>);
 
-impl Signals {
-    pub(super) fn install(rt: &tokio::runtime::Runtime) -> Result<Self, String> {
+impl Stop {
+    /// No request yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Each SIGINT, SIGTERM or SIGHUP is a request. Call it inside a tokio runtime.
+    pub fn on_signals() -> Result<Self, UpError> {
         use tokio::signal::unix::{SignalKind, signal};
-        let count = Arc::new(AtomicU32::new(0));
-        let streams = rt.block_on(async {
+        let streams = (|| {
             Ok::<_, std::io::Error>((
                 signal(SignalKind::interrupt())?,
                 signal(SignalKind::terminate())?,
                 signal(SignalKind::hangup())?,
             ))
-        });
-        let (mut int, mut term, mut hup) =
-            streams.map_err(|e| format!("cannot install the signal handlers: {e}"))?;
-        let c = Arc::clone(&count);
-        rt.spawn(async move {
+        })();
+        let (mut int, mut term, mut hup) = streams.map_err(UpError::Signals)?;
+        let stop = Stop::new();
+        let s = stop.clone();
+        tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = int.recv() => {}
                     _ = term.recv() => {}
                     _ = hup.recv() => {}
                 }
-                c.fetch_add(1, Ordering::SeqCst);
+                s.request();
             }
         });
-        Ok(Signals(count))
+        Ok(stop)
+    }
+
+    /// Asks the network to stop (again: to stop at once).
+    pub fn request(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
     }
 
     fn count(&self) -> u32 {
@@ -85,7 +116,7 @@ impl Signals {
         self.count() > 0
     }
 
-    /// Resolves once a signal arrived.
+    /// Resolves once a stop is requested.
     async fn wait(&self) {
         while !self.stopping() {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -100,12 +131,11 @@ struct Proc {
     log: PathBuf,
 }
 
-/// The children of one `cocoon up` and the state directory they share.
-pub(super) struct Supervisor {
-    pub(super) dir: PathBuf,
+/// The children of one run and the state directory they share.
+pub(crate) struct Supervisor {
+    pub(crate) dir: PathBuf,
     exe: PathBuf,
-    rt: tokio::runtime::Runtime,
-    signals: Signals,
+    stop: Stop,
     /// In start order; stopped in reverse.
     procs: Vec<Proc>,
     http: reqwest::Client,
@@ -114,41 +144,38 @@ pub(super) struct Supervisor {
 }
 
 impl Supervisor {
-    pub(super) fn new(dir: PathBuf, rt: tokio::runtime::Runtime, signals: Signals) -> Self {
-        Supervisor {
+    pub(crate) fn new(dir: PathBuf, exe: PathBuf, stop: Stop) -> Result<Self, UpError> {
+        let http = cocoon_service::http::ClientBuilder::new()
+            .build()
+            .map_err(|e| UpError::Process(e.to_string()))?;
+        Ok(Supervisor {
             dir,
-            exe: PathBuf::new(),
-            rt,
-            signals,
+            exe,
+            stop,
             procs: Vec::new(),
-            http: reqwest::Client::new(),
+            http,
             locked: false,
-        }
+        })
     }
 
-    /// Finds this binary (the children run it) and creates `<dir>/logs`.
-    pub(super) fn prepare(&mut self) -> Result<(), Fail> {
-        self.exe = std::env::current_exe()
-            .map_err(|e| format!("cannot find the cocoon binary itself: {e}"))?;
+    /// Creates `<dir>/logs`.
+    pub(crate) fn prepare(&mut self) -> Result<(), Fail> {
         let logs = self.dir.join("logs");
         fs::create_dir_all(&logs).map_err(|e| format!("cannot create {}: {e}", logs.display()))?;
         Ok(())
     }
 
-    /// Runs `fut` to completion on the runtime, or gives up with [`Fail::Stopped`] when a
-    /// signal arrives first.
-    pub(super) fn block_on<T>(&self, fut: impl Future<Output = T>) -> Result<T, Fail> {
-        let signals = self.signals.clone();
-        self.rt.block_on(async {
-            tokio::select! {
-                v = fut => Ok(v),
-                _ = signals.wait() => Err(Fail::Stopped),
-            }
-        })
+    /// Runs `fut` to completion, or gives up with [`Fail::Stopped`] when a stop is requested
+    /// first.
+    pub(crate) async fn or_stop<T>(&self, fut: impl Future<Output = T>) -> Result<T, Fail> {
+        tokio::select! {
+            v = fut => Ok(v),
+            _ = self.stop.wait() => Err(Fail::Stopped),
+        }
     }
 
     /// Appends a line to `logs/setup.log` (what the bootstrap did on the chain).
-    pub(super) fn setup_log(&self, line: &str) {
+    pub(crate) fn setup_log(&self, line: &str) {
         let log = self.dir.join("logs/setup.log");
         if let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(&log) {
             let _ = writeln!(f, "{line}");
@@ -157,7 +184,7 @@ impl Supervisor {
 
     /// Refuses a second `cocoon up` on the same directory and stops children an earlier,
     /// killed one left behind; then claims the directory.
-    pub(super) fn lock(&mut self) -> Result<(), Fail> {
+    pub(crate) async fn lock(&mut self) -> Result<(), Fail> {
         let text = fs::read_to_string(self.dir.join("pids")).unwrap_or_default();
         let live: Vec<(&str, u32, Vec<String>)> = text
             .lines()
@@ -175,10 +202,11 @@ impl Supervisor {
                 && cmd.iter().any(|a| a == "up")
                 && cmd.iter().any(|a| a.contains("cocoon"))
             {
-                return Err(Fail::Error(format!(
-                    "`cocoon up` is already running on {} (pid {pid})",
-                    self.dir.display()
-                )));
+                return Err(UpError::AlreadyRunning {
+                    dir: self.dir.display().to_string(),
+                    pid: *pid,
+                }
+                .into());
             }
         }
         // Newest first: the client before the devnet, as a normal stop does.
@@ -193,7 +221,7 @@ impl Supervisor {
             kill(*pid, "TERM");
             let end = Instant::now() + Duration::from_secs(10);
             while cmdline(*pid).is_some() && Instant::now() < end {
-                std::thread::sleep(Duration::from_millis(100));
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
             if cmdline(*pid).is_some() {
                 kill(*pid, "KILL");
@@ -208,11 +236,11 @@ impl Supervisor {
         for p in &self.procs {
             text.push_str(&format!("{} {}\n", p.role, p.child.id()));
         }
-        write_atomic(&self.dir.join("pids"), text.as_bytes()).map_err(Fail::Error)
+        write_atomic(&self.dir.join("pids"), text.as_bytes()).map_err(Fail::from)
     }
 
     /// Starts `cocoon devnet` with its state in `<dir>/devnet`; returns its base URL.
-    pub(super) fn start_devnet(&mut self, port: u16) -> Result<String, Fail> {
+    pub(crate) async fn start_devnet(&mut self, port: u16) -> Result<String, Fail> {
         let log = self.dir.join("logs/devnet.log");
         let file = File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
         let err = file
@@ -250,7 +278,7 @@ impl Supervisor {
             }
         });
         let mut url = None;
-        self.wait_until("the devnet", |_| {
+        self.wait_until("the devnet", async |_: &Self| {
             while let Ok(line) = rx.try_recv() {
                 if let Some(u) = line
                     .strip_prefix("cocoon devnet: toncenter v2 API at ")
@@ -264,11 +292,12 @@ impl Supervisor {
             }
             None
         })
+        .await
         .inspect(|u| say(&format!("devnet at {u} (logs/devnet.log)")))
     }
 
     /// Starts `cocoon ARGS` as the child `role`, logging to `logs/<role>.log`.
-    pub(super) fn spawn(&mut self, role: &str, args: &[String]) -> Result<(), Fail> {
+    pub(crate) fn spawn(&mut self, role: &str, args: &[String]) -> Result<(), Fail> {
         let log = self.dir.join(format!("logs/{role}.log"));
         let file = File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
         let err = file
@@ -292,30 +321,31 @@ impl Supervisor {
         self.write_pids()
     }
 
-    /// Polls `probe` every 250 ms until it gives a value, while watching the signals and
+    /// Polls `probe` every 250 ms until it gives a value, while watching for a stop and
     /// the children.
-    pub(super) fn wait_until<T>(
+    pub(crate) async fn wait_until<T>(
         &mut self,
         what: &str,
-        mut probe: impl FnMut(&Self) -> Option<T>,
+        mut probe: impl AsyncFnMut(&Self) -> Option<T>,
     ) -> Result<T, Fail> {
         let start = Instant::now();
         let mut next_note = start + Duration::from_secs(30);
         loop {
-            if self.signals.stopping() {
+            if self.stop.stopping() {
                 return Err(Fail::Stopped);
             }
             self.check_children()?;
-            if let Some(v) = probe(self) {
+            if let Some(v) = probe(self).await {
                 return Ok(v);
             }
             let now = Instant::now();
             if now >= start + READY_TIMEOUT {
-                return Err(Fail::Error(format!(
-                    "{what} was not ready after {} s; see the logs in {}",
-                    READY_TIMEOUT.as_secs(),
-                    self.dir.join("logs").display()
-                )));
+                return Err(UpError::NotReady {
+                    what: what.to_owned(),
+                    secs: READY_TIMEOUT.as_secs(),
+                    logs: self.dir.join("logs").display().to_string(),
+                }
+                .into());
             }
             if now >= next_note {
                 say(&format!(
@@ -324,61 +354,59 @@ impl Supervisor {
                 ));
                 next_note = now + Duration::from_secs(30);
             }
-            std::thread::sleep(Duration::from_millis(250));
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 
     /// GET `url` as JSON; `None` while it is not up or not JSON.
-    pub(super) fn get_json(&self, url: &str) -> Option<Value> {
-        self.rt.block_on(async {
-            let r = self
-                .http
-                .get(url)
-                .timeout(Duration::from_secs(3))
-                .send()
-                .await
-                .ok()?;
-            if !r.status().is_success() {
-                return None;
-            }
-            r.json::<Value>().await.ok()
-        })
+    pub(crate) async fn get_json(&self, url: &str) -> Option<Value> {
+        let r = self
+            .http
+            .get(url)
+            .timeout(Duration::from_secs(3))
+            .send()
+            .await
+            .ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        r.json::<Value>().await.ok()
     }
 
     /// An error naming the first child that has exited, with the end of its log.
     fn check_children(&mut self) -> Result<(), Fail> {
         for p in &mut self.procs {
             if let Ok(Some(status)) = p.child.try_wait() {
-                return Err(Fail::Error(format!(
-                    "the {} exited on its own ({}); the last lines of {}:\n{}",
-                    p.role,
-                    describe(status),
-                    p.log.display(),
-                    tail(&p.log, TAIL_LINES)
-                )));
+                return Err(UpError::RoleExited {
+                    role: p.role.clone(),
+                    status: describe(status),
+                    log: p.log.display().to_string(),
+                    tail: tail(&p.log, TAIL_LINES),
+                }
+                .into());
             }
         }
         Ok(())
     }
 
-    /// Watches the children until a signal (`Stopped`) or one of them exits (`Error`).
-    pub(super) fn supervise(&mut self) -> Fail {
+    /// Watches the children until a stop request (`Stopped`) or one of them exits (`Error`).
+    pub(crate) async fn supervise(&mut self) -> Fail {
         loop {
-            if self.signals.stopping() {
+            if self.stop.stopping() {
                 return Fail::Stopped;
             }
             if let Err(f) = self.check_children() {
                 return f;
             }
-            std::thread::sleep(Duration::from_millis(200));
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
     /// SIGTERM to each child, newest first (client, workers, proxy, devnet), waiting for
     /// each; a child still running after the grace period, or after a second signal, is
     /// killed.
-    pub(super) fn stop_all(&mut self) {
-        let signals_at_start = self.signals.count();
+    pub(crate) async fn stop_all(&mut self) {
+        let signals_at_start = self.stop.count();
         while let Some(mut p) = self.procs.pop() {
             if let Ok(Some(_)) = p.child.try_wait() {
                 continue;
@@ -392,13 +420,13 @@ impl Supervisor {
                     Ok(None) => {}
                     Err(_) => break None,
                 }
-                let again = self.signals.count() > signals_at_start;
+                let again = self.stop.count() > signals_at_start;
                 if Instant::now() >= end || again {
                     say(&format!("killing the {}", p.role));
                     let _ = p.child.kill();
                     break p.child.wait().ok();
                 }
-                std::thread::sleep(Duration::from_millis(100));
+                tokio::time::sleep(Duration::from_millis(100)).await;
             };
             if let Some(s) = status
                 && !s.success()
@@ -414,7 +442,7 @@ impl Supervisor {
     }
 }
 
-pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
     let tmp = path.with_extension("tmp");
     fs::write(&tmp, bytes)
         .and_then(|()| fs::rename(&tmp, path))

@@ -1,4 +1,4 @@
-//! Network bootstrap for `cocoon up`: the model, the ports, the devnet, the wallets and their
+//! Network bootstrap: the model, the ports, the devnet, the wallets and their
 //! faucet funding, the root contract (deployed once, then made to allow the simulated TEE
 //! image, list the model and register exactly this proxy), the workers' contract, and the
 //! command lines of the roles. Chain operations are `cocoon_ton::ops` calls, run in this
@@ -18,8 +18,8 @@ use cocoon_ton::wallet::Wallet;
 use cocoon_ton::{HashBytes, StdAddr, format_ton, parse_address};
 use serde::{Deserialize, Serialize};
 
-use super::Plan;
-use super::supervise::{Fail, Supervisor, say, write_atomic};
+use crate::Plan;
+use crate::supervise::{Fail, Supervisor, chain_fail, model_fail, say, write_atomic};
 
 /// Preferred ports (the roles' defaults); a busy one is replaced by a free one.
 const DEVNET_PORT: u16 = 8081;
@@ -38,14 +38,14 @@ const WORKER_GRANT: u128 = 2_000_000_000;
 const ROOT_VALUE: u64 = 1_000_000_000;
 /// What each owner operation attaches for gas (`cocoon root`'s default, 0.1 TON).
 const OP_VALUE: u64 = 100_000_000;
-/// What the workers' owner sends to deploy its worker contract (COCOON: 0.3 TON).
+/// What the workers' owner sends to deploy its worker contract.
 const WORKER_DEPLOY: u64 = 300_000_000;
 
 /// What a run created, kept in `<dir>/up.json` for the next run.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 #[serde(default)]
-pub(super) struct Saved {
-    pub(super) root_address: String,
+pub(crate) struct Saved {
+    pub(crate) root_address: String,
     owner_key_file: String,
     owner_address: String,
     client_key_file: String,
@@ -55,36 +55,36 @@ pub(super) struct Saved {
     worker_owner_address: String,
     model: String,
     devnet_port: u16,
-    pub(super) proxy_worker_port: u16,
-    pub(super) proxy_client_port: u16,
-    pub(super) proxy_admin_port: u16,
-    pub(super) worker_admin_ports: Vec<u16>,
+    pub(crate) proxy_worker_port: u16,
+    pub(crate) proxy_client_port: u16,
+    pub(crate) proxy_admin_port: u16,
+    pub(crate) worker_admin_ports: Vec<u16>,
     api_port: u16,
 }
 
 impl Saved {
-    pub(super) fn load(dir: &Path) -> Result<Self, Fail> {
+    pub(crate) fn load(dir: &Path) -> Result<Self, Fail> {
         let path = dir.join("up.json");
         match fs::read_to_string(&path) {
             Ok(text) => serde_json::from_str(&text).map_err(|e| {
-                Fail::Error(format!(
+                Fail::from(format!(
                     "{} is not a `cocoon up` state file ({e}); move it away to start over",
                     path.display()
                 ))
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Saved::default()),
-            Err(e) => Err(Fail::Error(format!("{}: {e}", path.display()))),
+            Err(e) => Err(Fail::from(format!("{}: {e}", path.display()))),
         }
     }
 
     fn save(&self, dir: &Path) -> Result<(), Fail> {
         let text = serde_json::to_string_pretty(self).map_err(|e| e.to_string())?;
-        write_atomic(&dir.join("up.json"), format!("{text}\n").as_bytes()).map_err(Fail::Error)
+        write_atomic(&dir.join("up.json"), format!("{text}\n").as_bytes()).map_err(Fail::from)
     }
 
     /// The ports of this run: the saved ones where still free, else the defaults, else any
     /// free one; `api_port` is taken as given.
-    pub(super) fn pick_ports(&mut self, api_port: u16, workers: u32) -> Result<(), Fail> {
+    pub(crate) fn pick_ports(&mut self, api_port: u16, workers: u32) -> Result<(), Fail> {
         let mut taken = vec![api_port];
         self.devnet_port = pick_port(self.devnet_port, DEVNET_PORT, &mut taken)?;
         self.proxy_worker_port = pick_port(self.proxy_worker_port, PROXY_WORKER_PORT, &mut taken)?;
@@ -103,11 +103,11 @@ impl Saved {
 }
 
 /// The chain side of the network, once bootstrapped.
-pub(super) struct Network {
+pub(crate) struct Network {
     /// The devnet's base URL.
-    pub(super) url: String,
+    pub(crate) url: String,
     chain: Toncenter,
-    pub(super) root: StdAddr,
+    pub(crate) root: StdAddr,
     owner: StdAddr,
     owner_key: PathBuf,
     client_key: PathBuf,
@@ -117,15 +117,15 @@ pub(super) struct Network {
 
 /// Starts the devnet, makes and funds the wallets, deploys (or finds) the root and
 /// configures it for `model` and this proxy; `saved` is updated and written.
-pub(super) fn network(
+pub(crate) async fn network(
     sup: &mut Supervisor,
     saved: &mut Saved,
     model: &str,
 ) -> Result<Network, Fail> {
     let dir = sup.dir.clone();
     saved.model = model.to_owned();
-    let url = sup.start_devnet(saved.devnet_port)?;
-    let chain = Toncenter::with_url(&url).map_err(|e| format!("devnet client: {e}"))?;
+    let url = sup.start_devnet(saved.devnet_port).await?;
+    let chain = Toncenter::with_url(&url).map_err(|e| chain_fail(format!("devnet client: {e}")))?;
 
     // Wallets, funded from the faucet.
     let owner_key = dir.join("owner.key");
@@ -145,19 +145,19 @@ pub(super) fn network(
         (&client, CLIENT_LOW, CLIENT_GRANT, "client"),
         (&worker_owner, WORKER_LOW, WORKER_GRANT, "workers' owner"),
     ] {
-        fund(sup, &chain, addr, low, grant, who)?;
+        fund(sup, &chain, addr, low, grant, who).await?;
     }
 
     // The root contract: deployed once, then configured for this network.
     let mut ops = wallet_ops(&chain, &owner_key)?;
-    let root = ensure_root(sup, &mut ops, saved)?;
+    let root = ensure_root(sup, &mut ops, saved).await?;
     saved.root_address = root.to_string();
     saved.save(&dir)?;
     let endpoint = format!(
         "127.0.0.1:{} 127.0.0.1:{}",
         saved.proxy_worker_port, saved.proxy_client_port
     );
-    configure_root(sup, &mut ops, &root, &endpoint, model)?;
+    configure_root(sup, &mut ops, &root, &endpoint, model).await?;
     Ok(Network {
         url,
         chain,
@@ -172,14 +172,15 @@ pub(super) fn network(
 
 /// The wallet (v4r2) of the key in `path`, sending through `chain`.
 fn wallet_ops(chain: &Toncenter, path: &Path) -> Result<WalletOps<Toncenter>, Fail> {
-    let key = SigningKey::from_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let key =
+        SigningKey::from_file(path).map_err(|e| chain_fail(format!("{}: {e}", path.display())))?;
     let wallet = Wallet::v4r2(key.public_key(), 0);
     WalletOps::new(chain.clone(), wallet, key)
-        .map_err(|e| Fail::Error(format!("{}: {e}", path.display())))
+        .map_err(|e| chain_fail(format!("{}: {e}", path.display())))
 }
 
 /// Tops a wallet up from the faucet when it runs low.
-fn fund(
+async fn fund(
     sup: &Supervisor,
     chain: &Toncenter,
     addr: &StdAddr,
@@ -187,7 +188,10 @@ fn fund(
     grant: u128,
     who: &str,
 ) -> Result<(), Fail> {
-    match sup.block_on(ops::faucet_top_up(chain, addr, low, grant))? {
+    match sup
+        .or_stop(ops::faucet_top_up(chain, addr, low, grant))
+        .await?
+    {
         Ok(None) => Ok(()),
         Ok(Some(got)) => {
             say(&format!(
@@ -196,10 +200,10 @@ fn fund(
             ));
             Ok(())
         }
-        Err(OpsError::Faucet(e)) => Err(Fail::Error(format!(
+        Err(OpsError::Faucet(e)) => Err(chain_fail(format!(
             "the devnet faucet refused the {who} wallet: {e}"
         ))),
-        Err(e) => Err(Fail::Error(format!(
+        Err(e) => Err(chain_fail(format!(
             "cannot read the {who} wallet's balance: {e}"
         ))),
     }
@@ -207,15 +211,23 @@ fn fund(
 
 /// The root from `up.json` if it is on chain, otherwise a new one with the test params
 /// (the same owner and params give the same address, so one deployed before is reused).
-fn ensure_root(
+async fn ensure_root(
     sup: &Supervisor,
     ops: &mut WalletOps<Toncenter>,
     saved: &Saved,
 ) -> Result<StdAddr, Fail> {
     if !saved.root_address.is_empty() {
-        let addr = parse_address(&saved.root_address)
-            .map_err(|e| format!("up.json: root_address {:?}: {e}", saved.root_address))?;
-        if sup.block_on(load_root_config(ops.chain(), &addr))?.is_ok() {
+        let addr = parse_address(&saved.root_address).map_err(|e| {
+            chain_fail(format!(
+                "up.json: root_address {:?}: {e}",
+                saved.root_address
+            ))
+        })?;
+        if sup
+            .or_stop(load_root_config(ops.chain(), &addr))
+            .await?
+            .is_ok()
+        {
             say(&format!("root contract {addr} (reused)"));
             return Ok(addr);
         }
@@ -227,7 +239,10 @@ fn ensure_root(
         is_test: true,
         ..CocoonParams::default()
     };
-    match sup.block_on(ops::deploy_root(ops, params, ROOT_VALUE))? {
+    match sup
+        .or_stop(ops::deploy_root(ops, params, ROOT_VALUE))
+        .await?
+    {
         Ok(root) => {
             sup.setup_log(&format!("root deployed at {}", root.address));
             say(&format!("root contract {} deployed", root.address));
@@ -237,13 +252,13 @@ fn ensure_root(
             say(&format!("root contract {addr} (reused)"));
             Ok(addr)
         }
-        Err(e) => Err(Fail::Error(format!("cannot deploy the root contract: {e}"))),
+        Err(e) => Err(chain_fail(format!("cannot deploy the root contract: {e}"))),
     }
 }
 
 /// Makes the root allow the sim image for workers and proxies, list `model`, and register
 /// exactly this proxy.
-fn configure_root(
+async fn configure_root(
     sup: &Supervisor,
     ops: &mut WalletOps<Toncenter>,
     root: &StdAddr,
@@ -251,8 +266,9 @@ fn configure_root(
     model: &str,
 ) -> Result<(), Fail> {
     let cfg = sup
-        .block_on(load_root_config(ops.chain(), root))?
-        .map_err(|e| format!("cannot read the root contract {root}: {e}"))?;
+        .or_stop(load_root_config(ops.chain(), root))
+        .await?
+        .map_err(|e| chain_fail(format!("cannot read the root contract {root}: {e}")))?;
     let sim = HashBytes(cocoon_attest::sim::sim_image_hash());
     let mut todo = Vec::new();
     if !cfg.worker_hashes.contains(&sim) {
@@ -278,8 +294,9 @@ fn configure_root(
     }
     for op in todo {
         let change = sup
-            .block_on(ops::root_op(ops, root, &op, OP_VALUE))?
-            .map_err(|e| format!("the root operation {} failed: {e}", op.name()))?;
+            .or_stop(ops::root_op(ops, root, &op, OP_VALUE))
+            .await?
+            .map_err(|e| chain_fail(format!("the root operation {} failed: {e}", op.name())))?;
         sup.setup_log(&format!(
             "root {op:?}: version {} -> {}",
             change.version_before, change.config.version
@@ -296,27 +313,29 @@ fn configure_root(
 /// Deploys the workers' contract with this proxy (one per owner and proxy) from the workers'
 /// owner wallet, as a worker operator does before the first payout: payouts the proxy
 /// submits go to that contract, which pays the owner. Nothing when it exists.
-pub(super) fn deploy_worker_contract(sup: &Supervisor, net: &Network) -> Result<(), Fail> {
+pub(crate) async fn deploy_worker_contract(sup: &Supervisor, net: &Network) -> Result<(), Fail> {
     let root = sup
-        .block_on(load_root_config(&net.chain, &net.root))?
-        .map_err(|e| format!("cannot read the root contract: {e}"))?;
+        .or_stop(load_root_config(&net.chain, &net.root))
+        .await?
+        .map_err(|e| chain_fail(format!("cannot read the root contract: {e}")))?;
     let proxy_key = SigningKey::from_file(&sup.dir.join("proxy/proxy-key"))
-        .map_err(|e| format!("the proxy's key: {e}"))?;
+        .map_err(|e| chain_fail(format!("the proxy's key: {e}")))?;
     let pk = HashBytes(proxy_key.public_key());
     let proxy = cocoon_ton::contracts::proxy_contract(&root.params, &net.owner, &pk, &net.root)
-        .map_err(|e| format!("the proxy contract: {e}"))?;
+        .map_err(|e| chain_fail(format!("the proxy contract: {e}")))?;
     let contract = cocoon_ton::contracts::worker_contract(
         &root.params,
         &net.worker_owner,
         &proxy.address,
         &pk,
     )
-    .map_err(|e| format!("the worker contract: {e}"))?;
+    .map_err(|e| chain_fail(format!("the worker contract: {e}")))?;
     let mut ops = wallet_ops(&net.chain, &net.worker_owner_key)?;
     let deploy = ops::deploy_contract(&mut ops, &contract, WORKER_DEPLOY, "worker contract");
     if sup
-        .block_on(deploy)?
-        .map_err(|e| format!("cannot deploy the worker contract: {e}"))?
+        .or_stop(deploy)
+        .await?
+        .map_err(|e| chain_fail(format!("cannot deploy the worker contract: {e}")))?
     {
         say(&format!(
             "worker contract {} deployed (pays the workers' owner {})",
@@ -328,16 +347,18 @@ pub(super) fn deploy_worker_contract(sup: &Supervisor, net: &Network) -> Result<
 
 /// The full model id the workers will announce; an embedded model missing from the store is
 /// pulled here, with its progress on the terminal.
-pub(super) fn resolve_model(sup: &Supervisor, plan: &Plan) -> Result<String, Fail> {
+pub(crate) async fn resolve_model(sup: &Supervisor, plan: &Plan) -> Result<String, Fail> {
     if plan.backend.is_some() {
         return Ok(plan.model.clone());
     }
     let dir = store::default_dir();
-    let st = ModelStore::open(&dir).map_err(|e| format!("model store {}: {e}", dir.display()))?;
+    let st = ModelStore::open(&dir)
+        .map_err(|e| model_fail(format!("model store {}: {e}", dir.display())))?;
     let path = Path::new(&plan.model);
     if path.is_file() {
         // A GGUF file: into the store (as the worker would), then named by its id.
-        let given = fs::canonicalize(path).map_err(|e| format!("{}: {e}", plan.model))?;
+        let given =
+            fs::canonicalize(path).map_err(|e| model_fail(format!("{}: {e}", plan.model)))?;
         let list = st.list().map_err(|e| e.to_string())?;
         if let Some(r) = list
             .iter()
@@ -351,9 +372,9 @@ pub(super) fn resolve_model(sup: &Supervisor, plan: &Plan) -> Result<String, Fai
             .unwrap_or("model")
             .to_owned();
         say(&format!("adding {} to the model store", plan.model));
-        let rec = st
-            .add_file(path, &stem, "local", None)
-            .map_err(|e| format!("cannot add {} to the model store: {e}", plan.model))?;
+        let rec = st.add_file(path, &stem, "local", None).map_err(|e| {
+            model_fail(format!("cannot add {} to the model store: {e}", plan.model))
+        })?;
         return Ok(rec.id());
     }
     if let Ok(r) = st.get(&plan.model) {
@@ -361,7 +382,7 @@ pub(super) fn resolve_model(sup: &Supervisor, plan: &Plan) -> Result<String, Fai
     }
     let Some(known) = store::known(&plan.model) else {
         let aliases: Vec<&str> = store::KNOWN_MODELS.iter().map(|m| m.alias).collect();
-        return Err(Fail::Error(format!(
+        return Err(model_fail(format!(
             "model {:?} is not in the model store {} and is not a known model ({}) or a file",
             plan.model,
             dir.display(),
@@ -375,14 +396,15 @@ pub(super) fn resolve_model(sup: &Supervisor, plan: &Plan) -> Result<String, Fai
     ));
     let mut progress = store::progress_printer(false);
     let rec = sup
-        .block_on(st.pull_known(known, None, &mut progress))?
-        .map_err(|e| format!("cannot pull {}: {e}", plan.model))?;
+        .or_stop(st.pull_known(known, None, &mut progress))
+        .await?
+        .map_err(|e| model_fail(format!("cannot pull {}: {e}", plan.model)))?;
     Ok(rec.id())
 }
 
 /// `cocoon proxy`'s command line: test network, sim TEE, the owner wallet for its stake
 /// and checkpoints (root operations are done by now), fast polling for a local network.
-pub(super) fn proxy_args(net: &Network, saved: &Saved, dir: &Path) -> Vec<String> {
+pub(crate) fn proxy_args(net: &Network, saved: &Saved, dir: &Path) -> Vec<String> {
     argv(
         "proxy --test --tee sim --set stake_ton=1 --set checkpoint_seconds=2 \
          --set root_poll_seconds=2 --set pow_difficulty=4",
@@ -410,7 +432,7 @@ pub(super) fn proxy_args(net: &Network, saved: &Saved, dir: &Path) -> Vec<String
 
 /// `cocoon worker`'s command line for worker `n` (from 1) with its admin on `admin`;
 /// `threads` splits the CPU between embedded workers (0: the worker's default).
-pub(super) fn worker_args(
+pub(crate) fn worker_args(
     net: &Network,
     plan: &Plan,
     model: &str,
@@ -446,7 +468,7 @@ pub(super) fn worker_args(
 }
 
 /// `cocoon client`'s command line: the API on `listen`, the client wallet for its stake.
-pub(super) fn client_args(net: &Network, listen: &str, dir: &Path) -> Vec<String> {
+pub(crate) fn client_args(net: &Network, listen: &str, dir: &Path) -> Vec<String> {
     argv(
         "client --test --tee sim --set top_up_ton=5 --set payment_status_seconds=2 \
          --set root_poll_seconds=2",
@@ -466,16 +488,17 @@ pub(super) fn client_args(net: &Network, listen: &str, dir: &Path) -> Vec<String
 /// The wallet (v4r2) of the key in `path`, creating the key (mode 0600) if missing.
 fn ensure_wallet(path: &Path) -> Result<StdAddr, Fail> {
     let key = if path.exists() {
-        SigningKey::from_file(path).map_err(|e| format!("{}: {e}", path.display()))?
+        SigningKey::from_file(path).map_err(|e| chain_fail(format!("{}: {e}", path.display())))?
     } else {
-        let k = SigningKey::generate().map_err(|e| format!("cannot generate a key: {e}"))?;
+        let k = SigningKey::generate()
+            .map_err(|e| chain_fail(format!("cannot generate a key: {e}")))?;
         k.write_new_file(path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(|e| chain_fail(format!("{}: {e}", path.display())))?;
         k
     };
     Wallet::v4r2(key.public_key(), 0)
         .address()
-        .map_err(|e| Fail::Error(format!("wallet address: {e}")))
+        .map_err(|e| chain_fail(format!("wallet address: {e}")))
 }
 
 /// `saved` if it can be bound, else `default`, else any free port; never one in `taken`.

@@ -13,23 +13,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use cocoon_service::admin::{Page, Prometheus, Token, label, serve};
+use axum::routing::post;
+use cocoon_service::admin::{self, Admin, Page, Prometheus, StatsPages, Switch, Token, label};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::Shared;
 use crate::config::AdminConfig;
-
-#[derive(Clone)]
-struct AppState {
-    shared: Arc<Shared>,
-    token: Token,
-}
 
 pub(crate) async fn spawn(
     shared: Arc<Shared>,
@@ -37,45 +30,31 @@ pub(crate) async fn spawn(
     token: Token,
     stop: watch::Receiver<bool>,
 ) -> Result<(SocketAddr, JoinHandle<()>), String> {
-    let app = Router::new()
-        .route("/stats", get(stats_html))
-        .route("/jsonstats", get(stats_json))
-        .route("/metrics", get(metrics))
-        .route("/control/enable", post(enable))
-        .route("/control/disable", post(disable))
-        .route("/control/{action}", post(settlement_control))
-        .with_state(AppState { shared, token });
+    let routes =
+        admin::router::<Shared>("/control").route("/control/{action}", post(settlement_control));
     // Every page and control behind the browser guard (Host, Origin, JSON bodies).
-    serve(
-        app,
-        cfg.bind,
-        &cfg.allowed_origins,
-        &cfg.allowed_hosts,
+    admin::spawn(
+        routes,
+        Admin {
+            role: shared,
+            token,
+        },
+        cfg,
         stop,
     )
     .await
 }
 
-async fn enable(State(st): State<AppState>, headers: HeaderMap) -> Response {
-    if let Some(r) = st.token.refuse(&headers) {
-        return r;
-    }
-    st.shared.enabled.store(true, Ordering::SeqCst);
-    tracing::info!("proxy enabled by operator");
-    "enabled\n".into_response()
-}
+impl Switch for Shared {
+    const NAME: &'static str = "proxy";
 
-async fn disable(State(st): State<AppState>, headers: HeaderMap) -> Response {
-    if let Some(r) = st.token.refuse(&headers) {
-        return r;
+    fn set_enabled(&self, on: bool) {
+        self.enabled.store(on, Ordering::SeqCst);
     }
-    st.shared.enabled.store(false, Ordering::SeqCst);
-    tracing::info!("proxy disabled by operator");
-    "disabled\n".into_response()
 }
 
 async fn settlement_control(
-    State(st): State<AppState>,
+    State(st): State<Admin<Shared>>,
     axum::extract::Path(action): axum::extract::Path<String>,
     headers: HeaderMap,
 ) -> Response {
@@ -85,18 +64,28 @@ async fn settlement_control(
     let Ok(action) = action.parse::<crate::meter::SettlementAction>() else {
         return (StatusCode::NOT_FOUND, "unknown control\n").into_response();
     };
-    match st.shared.meter.control(action).await {
+    match st.role.meter.control(action).await {
         Ok(done) => format!("{done}\n").into_response(),
         Err(e) => (StatusCode::CONFLICT, format!("{e}\n")).into_response(),
     }
 }
 
-async fn stats_json(State(st): State<AppState>) -> Response {
-    axum::Json(st.shared.stats()).into_response()
+impl StatsPages for Shared {
+    fn json(&self) -> Response {
+        axum::Json(self.stats()).into_response()
+    }
+
+    fn page(&self) -> Response {
+        stats_html(self)
+    }
+
+    fn metrics(&self) -> Prometheus {
+        metrics(self)
+    }
 }
 
-async fn stats_html(State(st): State<AppState>) -> Response {
-    let s = st.shared.stats();
+fn stats_html(shared: &Shared) -> Response {
+    let s = shared.stats();
     let c = &s.counters;
     let mut p = Page::new("cocoon proxy");
     p.row("enabled", s.enabled.to_string())
@@ -208,7 +197,7 @@ async fn stats_html(State(st): State<AppState>) -> Response {
                 "frozen",
             ],
         );
-        for a in st.shared.meter.accounts() {
+        for a in shared.meter.accounts() {
             p.cells(&[
                 a.key.to_string(),
                 a.tokens.to_string(),
@@ -243,8 +232,8 @@ async fn stats_html(State(st): State<AppState>) -> Response {
     p.finish()
 }
 
-async fn metrics(State(st): State<AppState>) -> Response {
-    let s = st.shared.stats();
+fn metrics(shared: &Shared) -> Prometheus {
+    let s = shared.stats();
     let c = &s.counters;
     let mut m = Prometheus::new();
     let mut metric = |name: &str, kind: &str, help: &str, lines: &[(String, String)]| {
@@ -381,5 +370,5 @@ async fn metrics(State(st): State<AppState>) -> Response {
         "Connected client sessions.",
         &[(String::new(), s.clients.len().to_string())],
     );
-    m.into_response()
+    m
 }

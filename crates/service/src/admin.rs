@@ -2,8 +2,9 @@
 //! (compared in constant time), the Prometheus text writer, the HTML of the stats pages, and
 //! serving a router behind the browser guard with a graceful stop.
 //!
-//! The roles keep their own routes and pages (what a worker or a proxy shows differs); this
-//! module is the plumbing they were each writing themselves.
+//! A role implements [`StatsPages`] (what its pages show) and [`Switch`] (its operator
+//! switch); [`router`] gives the stats routes and the `enable`/`disable` controls, the role
+//! adds its own controls and [`spawn`] serves them.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -11,8 +12,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::{FromRef, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -218,6 +221,113 @@ impl Page {
     }
 }
 
+/// What a role shows on `/stats`, `/jsonstats` and `/metrics` (counters and public
+/// identifiers only).
+pub trait StatsPages: Send + Sync + 'static {
+    /// `/jsonstats`: the role's stats as JSON.
+    fn json(&self) -> Response;
+    /// `/stats`: the stats page.
+    fn page(&self) -> Response;
+    /// `/metrics`: the Prometheus text.
+    fn metrics(&self) -> Prometheus;
+}
+
+/// A role whose admin server switches it off and on (`enable` and `disable` controls).
+pub trait Switch: StatsPages {
+    /// The role's name in log lines.
+    const NAME: &'static str;
+    /// Takes work (`true`) or refuses it, by the operator's word.
+    fn set_enabled(&self, on: bool);
+}
+
+/// The state an admin server's handlers share: the role and the controls' token.
+pub struct Admin<R> {
+    /// The role's shared state.
+    pub role: Arc<R>,
+    /// The bearer token of the controls.
+    pub token: Token,
+}
+
+impl<R> Clone for Admin<R> {
+    fn clone(&self) -> Self {
+        Admin {
+            role: Arc::clone(&self.role),
+            token: self.token.clone(),
+        }
+    }
+}
+
+impl<R> FromRef<Admin<R>> for Arc<R> {
+    fn from_ref(a: &Admin<R>) -> Arc<R> {
+        Arc::clone(&a.role)
+    }
+}
+
+/// `/stats`, `/jsonstats` and `/metrics` of `R`, for any router whose state holds an
+/// `Arc<R>`.
+pub fn stats_routes<R: StatsPages, S>() -> Router<S>
+where
+    Arc<R>: FromRef<S>,
+    S: Clone + Send + Sync + 'static,
+{
+    Router::new()
+        .route(
+            "/stats",
+            get(|State(r): State<Arc<R>>| async move { r.page() }),
+        )
+        .route(
+            "/jsonstats",
+            get(|State(r): State<Arc<R>>| async move { r.json() }),
+        )
+        .route(
+            "/metrics",
+            get(|State(r): State<Arc<R>>| async move { r.metrics().into_response() }),
+        )
+}
+
+/// An admin server's routes: the stats pages and the POST switches `{controls}/enable` and
+/// `{controls}/disable` behind the token. The role adds its other controls, whose handlers
+/// check [`Admin::token`] first.
+pub fn router<R: Switch>(controls: &str) -> Router<Admin<R>> {
+    stats_routes::<R, Admin<R>>()
+        .route(
+            &format!("{controls}/enable"),
+            post(|State(a): State<Admin<R>>, h: HeaderMap| async move { switch(&a, &h, true) }),
+        )
+        .route(
+            &format!("{controls}/disable"),
+            post(|State(a): State<Admin<R>>, h: HeaderMap| async move { switch(&a, &h, false) }),
+        )
+}
+
+fn switch<R: Switch>(a: &Admin<R>, headers: &HeaderMap, on: bool) -> Response {
+    if let Some(r) = a.token.refuse(headers) {
+        return r;
+    }
+    a.role.set_enabled(on);
+    let word = if on { "enabled" } else { "disabled" };
+    tracing::info!("{} {word} by operator", R::NAME);
+    format!("{word}\n").into_response()
+}
+
+/// Serves an admin server's `routes` for `admin` as `cfg` says, until `stop` changes;
+/// returns the bound address.
+pub async fn spawn<R: Switch>(
+    routes: Router<Admin<R>>,
+    admin: Admin<R>,
+    cfg: &AdminConfig,
+    stop: watch::Receiver<bool>,
+) -> Result<(SocketAddr, JoinHandle<()>), String> {
+    serve(
+        routes.with_state(admin),
+        cfg.bind,
+        &cfg.allowed_origins,
+        &cfg.allowed_hosts,
+        stop,
+    )
+    .await
+}
+
 /// Serves `app` on `bind` behind the browser guard (foreign Host or Origin refused, bodies
 /// must be JSON) until `stop` changes; returns the bound address.
 pub async fn serve(
@@ -270,6 +380,49 @@ mod tests {
         );
         assert!(!format!("{t:?}").contains("s3cret"));
         assert!(constant_time_eq(b"ab", b"ab") && !constant_time_eq(b"ab", b"ac"));
+    }
+
+    struct Fake(std::sync::atomic::AtomicBool);
+
+    impl StatsPages for Fake {
+        fn json(&self) -> Response {
+            "{}".into_response()
+        }
+        fn page(&self) -> Response {
+            Page::new("fake").finish()
+        }
+        fn metrics(&self) -> Prometheus {
+            Prometheus::new()
+        }
+    }
+
+    impl Switch for Fake {
+        const NAME: &'static str = "fake";
+        fn set_enabled(&self, on: bool) {
+            self.0.store(on, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn the_switch_needs_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("t");
+        std::fs::write(&f, "s3cret\n").unwrap();
+        let a = Admin {
+            role: Arc::new(Fake(std::sync::atomic::AtomicBool::new(true))),
+            token: Token::from_file(Some(&f)).unwrap(),
+        };
+        let on = |a: &Admin<Fake>| a.role.0.load(std::sync::atomic::Ordering::SeqCst);
+        let mut h = HeaderMap::new();
+        assert_eq!(switch(&a, &h, false).status(), StatusCode::UNAUTHORIZED);
+        assert!(on(&a));
+        h.insert(header::AUTHORIZATION, "Bearer s3cret".parse().unwrap());
+        assert_eq!(switch(&a, &h, false).status(), StatusCode::OK);
+        assert!(!on(&a));
+        switch(&a, &h, true);
+        assert!(on(&a));
+        // The routes build (paths are valid and distinct).
+        let _: Router = router::<Fake>("/control").with_state(a);
     }
 
     #[test]

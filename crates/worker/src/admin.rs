@@ -13,23 +13,16 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use cocoon_service::admin::{Page, Prometheus, Token, label, serve};
+use axum::routing::post;
+use cocoon_service::admin::{self, Admin, Page, Prometheus, StatsPages, Switch, Token, label};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::Shared;
 use crate::config::AdminConfig;
-
-#[derive(Clone)]
-struct AppState {
-    shared: Arc<Shared>,
-    token: Token,
-}
 
 pub(crate) async fn spawn(
     shared: Arc<Shared>,
@@ -37,45 +30,31 @@ pub(crate) async fn spawn(
     token: Token,
     stop: watch::Receiver<bool>,
 ) -> Result<(SocketAddr, JoinHandle<()>), String> {
-    let app = Router::new()
-        .route("/stats", get(stats_html))
-        .route("/jsonstats", get(stats_json))
-        .route("/metrics", get(metrics))
-        .route("/request/enable", post(enable))
-        .route("/request/disable", post(disable))
+    let routes = admin::router::<Shared>("/request")
         .route("/request/coefficient", post(coefficient))
-        .route("/request/payout", post(payout))
-        .with_state(AppState { shared, token });
-    serve(
-        app,
-        cfg.bind,
-        &cfg.allowed_origins,
-        &cfg.allowed_hosts,
+        .route("/request/payout", post(payout));
+    admin::spawn(
+        routes,
+        Admin {
+            role: shared,
+            token,
+        },
+        cfg,
         stop,
     )
     .await
 }
 
-async fn enable(State(st): State<AppState>, headers: HeaderMap) -> Response {
-    if let Some(r) = st.token.refuse(&headers) {
-        return r;
-    }
-    st.shared.control.send_modify(|c| c.force_disabled = false);
-    tracing::info!("worker enabled by operator");
-    "enabled\n".into_response()
-}
+impl Switch for Shared {
+    const NAME: &'static str = "worker";
 
-async fn disable(State(st): State<AppState>, headers: HeaderMap) -> Response {
-    if let Some(r) = st.token.refuse(&headers) {
-        return r;
+    fn set_enabled(&self, on: bool) {
+        self.control.send_modify(|c| c.force_disabled = !on);
     }
-    st.shared.control.send_modify(|c| c.force_disabled = true);
-    tracing::info!("worker disabled by operator");
-    "disabled\n".into_response()
 }
 
 async fn coefficient(
-    State(st): State<AppState>,
+    State(st): State<Admin<Shared>>,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
@@ -89,7 +68,7 @@ async fn coefficient(
         )
             .into_response();
     };
-    match crate::set_coefficient(&st.shared, v) {
+    match crate::set_coefficient(&st.role, v) {
         Ok(()) => {
             tracing::info!(coefficient = v, "coefficient changed by operator");
             format!("coefficient {v}\n").into_response()
@@ -98,27 +77,37 @@ async fn coefficient(
     }
 }
 
-async fn payout(State(st): State<AppState>, headers: HeaderMap) -> Response {
+async fn payout(State(st): State<Admin<Shared>>, headers: HeaderMap) -> Response {
     if let Some(r) = st.token.refuse(&headers) {
         return r;
     }
-    if st.shared.payout_sink.is_none() {
+    if st.role.payout_sink.is_none() {
         return (
             StatusCode::CONFLICT,
             "no payout sink configured: receipts are kept, not submitted\n",
         )
             .into_response();
     }
-    let n = crate::payout_all(&st.shared);
+    let n = crate::payout_all(&st.role);
     format!("payouts started: {n}\n").into_response()
 }
 
-async fn stats_json(State(st): State<AppState>) -> Response {
-    axum::Json(st.shared.stats()).into_response()
+impl StatsPages for Shared {
+    fn json(&self) -> Response {
+        axum::Json(self.stats()).into_response()
+    }
+
+    fn page(&self) -> Response {
+        stats_html(self)
+    }
+
+    fn metrics(&self) -> Prometheus {
+        metrics(self)
+    }
 }
 
-async fn stats_html(State(st): State<AppState>) -> Response {
-    let s = st.shared.stats();
+fn stats_html(shared: &Shared) -> Response {
+    let s = shared.stats();
     let c = &s.counters;
     let mut p = Page::new("cocoon worker");
     p.row("model", &s.model)
@@ -192,8 +181,8 @@ async fn stats_html(State(st): State<AppState>) -> Response {
     p.finish()
 }
 
-async fn metrics(State(st): State<AppState>) -> Response {
-    let s = st.shared.stats();
+fn metrics(shared: &Shared) -> Prometheus {
+    let s = shared.stats();
     let c = &s.counters;
     let mut m = Prometheus::new();
     let n = |v: u64| v.to_string();
@@ -286,5 +275,5 @@ async fn metrics(State(st): State<AppState>) -> Response {
         "Tokens of the best signed payout held, per proxy contract.",
         &signed,
     );
-    m.into_response()
+    m
 }

@@ -5,7 +5,7 @@
 
 use serde_json::{Value, json};
 
-use crate::model::{Measurements, TcbStatus, VerifiedPeer};
+use crate::model::{Backend, Measurements, TcbStatus, VerifiedPeer};
 use crate::policy::{Evidence, Policy};
 use crate::sev::{self, SevReportInfo};
 use crate::tdx::{self, ParsedTdQuote, TdxCollateral};
@@ -63,9 +63,9 @@ pub fn utc(t: u64) -> String {
     )
 }
 
-/// `valid`, `error` and, when valid, the verified facts.
-fn verdict(result: &Result<VerifiedPeer, String>) -> Value {
-    match result {
+/// `valid`, `error` and, when valid, the verified facts; then `backend` and `now`.
+fn verdict(result: &Result<VerifiedPeer, String>, backend: Backend, now: u64) -> Value {
+    let mut out = match result {
         Ok(peer) => json!({
             "valid": true,
             "error": null,
@@ -75,7 +75,32 @@ fn verdict(result: &Result<VerifiedPeer, String>) -> Value {
             "valid_until": peer.valid_until(),
         }),
         Err(e) => json!({ "valid": false, "error": e }),
+    };
+    out["backend"] = json!(backend.name());
+    out["now"] = json!(now);
+    out
+}
+
+/// The text lines of a valid verdict: status, TCB status, the advisories (when
+/// `with_advisories`: TDX), image hash and expiry.
+fn valid_lines(t: &mut Vec<String>, peer: &VerifiedPeer, with_advisories: bool) {
+    t.push("status:         valid".to_string());
+    t.push(format!("tcb status:     {:?}", peer.tcb_status()));
+    if with_advisories {
+        t.push(format!(
+            "advisories:     {}",
+            advisories(peer.advisory_ids())
+        ));
     }
+    t.push(format!(
+        "image hash:     {}",
+        hex::encode(peer.image_hash())
+    ));
+    t.push(format!(
+        "valid until:    {} ({})",
+        peer.valid_until(),
+        utc(peer.valid_until())
+    ));
 }
 
 /// Verifies a TDX quote with `collateral` (or why there is none) under `policy` at `now`.
@@ -100,9 +125,7 @@ pub fn inspect_tdx_quote(
             )
             .map_err(|e| e.to_string()),
     };
-    let mut out = verdict(&result);
-    out["backend"] = json!("tdx");
-    out["now"] = json!(now);
+    let mut out = verdict(&result, Backend::Tdx, now);
     out["min_tcb_status"] = json!(format!("{:?}", policy.min_tcb_status));
     if let Ok(p) = &parsed {
         out["quote"] = tdx_quote_json(p);
@@ -130,21 +153,7 @@ fn tdx_text(
     let mut t = Vec::new();
     match result {
         Ok(peer) => {
-            t.push("status:         valid".to_string());
-            t.push(format!("tcb status:     {:?}", peer.tcb_status()));
-            t.push(format!(
-                "advisories:     {}",
-                advisories(peer.advisory_ids())
-            ));
-            t.push(format!(
-                "image hash:     {}",
-                hex::encode(peer.image_hash())
-            ));
-            t.push(format!(
-                "valid until:    {} ({})",
-                peer.valid_until(),
-                utc(peer.valid_until())
-            ));
+            valid_lines(&mut t, peer, true);
             if let Measurements::Tdx(m) = peer.measurements() {
                 tdx_measurements(&mut t, &m.mrtd, &m.rtmr, &m.td_attributes);
             }
@@ -263,9 +272,7 @@ pub fn inspect_sev_report(
             )
             .map_err(|e| e.to_string()),
     };
-    let mut out = verdict(&result);
-    out["backend"] = json!("sev-snp");
-    out["now"] = json!(now);
+    let mut out = verdict(&result, Backend::SevSnp, now);
     if let Ok(info) = &parsed {
         out["report"] = sev_report_json(info);
         if result.is_err() {
@@ -283,19 +290,7 @@ pub fn inspect_sev_report(
 fn sev_text(result: &Result<VerifiedPeer, String>, parsed: Option<&SevReportInfo>) -> Vec<String> {
     let mut t = Vec::new();
     match result {
-        Ok(peer) => {
-            t.push("status:         valid".to_string());
-            t.push(format!("tcb status:     {:?}", peer.tcb_status()));
-            t.push(format!(
-                "image hash:     {}",
-                hex::encode(peer.image_hash())
-            ));
-            t.push(format!(
-                "valid until:    {} ({})",
-                peer.valid_until(),
-                utc(peer.valid_until())
-            ));
-        }
+        Ok(peer) => valid_lines(&mut t, peer, false),
         Err(e) => {
             t.push(format!("status:         invalid: {e}"));
             if parsed.is_some() {

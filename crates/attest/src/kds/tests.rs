@@ -213,6 +213,32 @@ fn fetcher(url: &str, store: VcekStore) -> Arc<KdsFetcher> {
     Arc::new(KdsFetcher::new(KdsClient::new(url).unwrap(), store, NOW))
 }
 
+/// A fetcher of `url` with its store in `dir` (rooted in `ark`), fetching the Milan CRL.
+fn milan_fetcher(url: &str, dir: &std::path::Path, ark: &TestArk) -> KdsFetcher {
+    KdsFetcher::new(
+        KdsClient::new(url).unwrap(),
+        VcekStore::with_roots(dir, test_roots(ark)),
+        NOW,
+    )
+    .with_products(&[SevGeneration::Milan])
+}
+
+/// The local KDS answers the Milan CRL request with `body`.
+fn set_milan_crl(kds: &LocalKds, body: Vec<u8>) {
+    kds.set("/vcek/v1/Milan/crl", 200, body);
+}
+
+/// `policy` without its CRL requirement.
+fn crl_optional(policy: &Policy) -> Policy {
+    Policy {
+        sev: SevPolicy {
+            require_crl: false,
+            ..policy.sev
+        },
+        ..policy.clone()
+    }
+}
+
 #[test]
 fn ring_checks_amd_rsa_pss_signatures_as_the_crl_path_does() {
     // AMD signs CRLs like certificates: RSASSA-PSS, SHA-384, with the ARK. Check the real
@@ -390,11 +416,7 @@ async fn tampered_cache_files_are_refused() {
     let kds = Arc::new(LocalKds::default());
     let key = serve_real_milan(&kds);
     let ark = test_ark();
-    kds.set(
-        "/vcek/v1/Milan/crl",
-        200,
-        make_crl(&ark, NOW - DAY, NOW + 30 * DAY, 1, &[]),
-    );
+    set_milan_crl(&kds, make_crl(&ark, NOW - DAY, NOW + 30 * DAY, 1, &[]));
     let url = serve(Arc::clone(&kds)).await;
     let dir = tempfile::tempdir().unwrap();
     // Chain and VCEK checked against AMD's roots.
@@ -487,7 +509,7 @@ async fn crl_with_a_bad_signature_is_refused_and_the_good_one_kept() {
     let ark = test_ark();
     let kds = Arc::new(LocalKds::default());
     let good = make_crl(&ark, NOW - DAY, NOW + 30 * DAY, 1, &[]);
-    kds.set("/vcek/v1/Milan/crl", 200, good.clone());
+    set_milan_crl(&kds, good.clone());
     let url = serve(Arc::clone(&kds)).await;
     let dir = tempfile::tempdir().unwrap();
     let store = VcekStore::with_roots(dir.path(), test_roots(&ark));
@@ -497,11 +519,7 @@ async fn crl_with_a_bad_signature_is_refused_and_the_good_one_kept() {
     // Same issuer name, newer, but signed by another key (a forged CRL that would drop a
     // revocation): refused, nothing written, the verified CRL stays in use.
     let forger = test_ark();
-    kds.set(
-        "/vcek/v1/Milan/crl",
-        200,
-        make_crl(&forger, NOW, NOW + 30 * DAY, 2, &[]),
-    );
+    set_milan_crl(&kds, make_crl(&forger, NOW, NOW + 30 * DAY, 2, &[]));
     let err = f.refresh_crl(SevGeneration::Milan, NOW).await.unwrap_err();
     assert!(
         matches!(&err, AttestError::KdsFetch { item, reason, .. } if item == "CRL" && reason.contains("signature")),
@@ -521,12 +539,12 @@ async fn crl_with_a_bad_signature_is_refused_and_the_good_one_kept() {
         Err(AttestError::InvalidCollateral { .. })
     ));
     // Garbage and an oversized body are refused with typed errors.
-    kds.set("/vcek/v1/Milan/crl", 200, b"<html>busy</html>".to_vec());
+    set_milan_crl(&kds, b"<html>busy</html>".to_vec());
     assert!(matches!(
         f.refresh_crl(SevGeneration::Milan, NOW).await,
         Err(AttestError::KdsFetch { .. })
     ));
-    kds.set("/vcek/v1/Milan/crl", 200, vec![0x30; MAX_RESPONSE_LEN + 1]);
+    set_milan_crl(&kds, vec![0x30; MAX_RESPONSE_LEN + 1]);
     let err = f.refresh_crl(SevGeneration::Milan, NOW).await.unwrap_err();
     assert!(err.to_string().contains("larger than"), "{err}");
     assert_eq!(f.crl(SevGeneration::Milan, NOW).unwrap().der(), &good[..]);
@@ -537,17 +555,13 @@ async fn older_crl_is_a_rollback_and_refused() {
     let ark = test_ark();
     let kds = Arc::new(LocalKds::default());
     let current = make_crl(&ark, NOW - DAY, NOW + 30 * DAY, 5, &[&MILAN_ASK_SERIAL]);
-    kds.set("/vcek/v1/Milan/crl", 200, current.clone());
+    set_milan_crl(&kds, current.clone());
     let url = serve(Arc::clone(&kds)).await;
     let dir = tempfile::tempdir().unwrap();
     let f = fetcher(&url, VcekStore::with_roots(dir.path(), test_roots(&ark)));
     f.refresh_crl(SevGeneration::Milan, NOW).await.unwrap();
     // An older, genuinely signed CRL that does not list the ASK yet.
-    kds.set(
-        "/vcek/v1/Milan/crl",
-        200,
-        make_crl(&ark, NOW - 10 * DAY, NOW + 30 * DAY, 4, &[]),
-    );
+    set_milan_crl(&kds, make_crl(&ark, NOW - 10 * DAY, NOW + 30 * DAY, 4, &[]));
     let err = f.refresh_crl(SevGeneration::Milan, NOW).await.unwrap_err();
     assert!(err.to_string().contains("older"), "{err}");
     assert_eq!(
@@ -560,9 +574,8 @@ async fn older_crl_is_a_rollback_and_refused() {
 async fn revoked_ask_and_vcek_are_refused() {
     let ark = test_ark();
     let kds = Arc::new(LocalKds::default());
-    kds.set(
-        "/vcek/v1/Milan/crl",
-        200,
+    set_milan_crl(
+        &kds,
         make_crl(&ark, NOW - DAY, NOW + 30 * DAY, 1, &[&[0x42]]),
     );
     let url = serve(Arc::clone(&kds)).await;
@@ -575,9 +588,8 @@ async fn revoked_ask_and_vcek_are_refused() {
     assert_eq!(peer.valid_until(), NOW + policy.max_validity_secs);
 
     // AMD revokes the Milan ASK: the real report under it is refused.
-    kds.set(
-        "/vcek/v1/Milan/crl",
-        200,
+    set_milan_crl(
+        &kds,
         make_crl(&ark, NOW, NOW + 30 * DAY, 2, &[&[0x42], &MILAN_ASK_SERIAL]),
     );
     f.refresh_crl(SevGeneration::Milan, NOW).await.unwrap();
@@ -594,24 +606,14 @@ async fn revoked_ask_and_vcek_are_refused() {
         "{err}"
     );
     // Revocation is refused even by a policy that does not require a CRL.
-    let optional = Policy {
-        sev: SevPolicy {
-            require_crl: false,
-            ..policy.sev
-        },
-        ..policy.clone()
-    };
+    let optional = crl_optional(&policy);
     assert!(matches!(
         evaluate(&optional, NOW),
         Err(AttestError::Sev(SevError::Revoked { which: "ASK", .. }))
     ));
 
     // A listed VCEK serial (AMD VCEKs all have serial 0): refused.
-    kds.set(
-        "/vcek/v1/Milan/crl",
-        200,
-        make_crl(&ark, NOW + 1, NOW + 30 * DAY, 3, &[&[0x00]]),
-    );
+    set_milan_crl(&kds, make_crl(&ark, NOW + 1, NOW + 30 * DAY, 3, &[&[0x00]]));
     f.refresh_crl(SevGeneration::Milan, NOW + 1).await.unwrap();
     let err = evaluate(&policy, NOW + 1).unwrap_err();
     assert!(
@@ -692,13 +694,7 @@ fn stale_crl_fails_closed_when_required() {
         "{err}"
     );
     // ... accepted when it does not, and then the verdict is not capped by the CRL.
-    let optional = Policy {
-        sev: SevPolicy {
-            require_crl: false,
-            ..policy.sev
-        },
-        ..policy.clone()
-    };
+    let optional = crl_optional(&policy);
     let peer = evaluate(&optional, NOW).unwrap();
     assert_eq!(peer.valid_until(), NOW + optional.max_validity_secs);
     // A CRL from the future (clock or issuer wrong) is not fresh either.
@@ -726,13 +722,7 @@ fn no_crl_source_fails_closed_unless_optional() {
         matches!(&err, AttestError::MissingCollateral { what } if what.contains("Milan CRL")),
         "{err}"
     );
-    let optional = Policy {
-        sev: SevPolicy {
-            require_crl: false,
-            ..policy.sev
-        },
-        ..policy
-    };
+    let optional = crl_optional(&policy);
     evaluate(&optional, NOW).expect("no CRL required");
 }
 
@@ -740,11 +730,7 @@ fn no_crl_source_fails_closed_unless_optional() {
 async fn handshake_path_never_fetches_and_the_refresher_fills_the_cache() {
     let ark = test_ark();
     let kds = Arc::new(LocalKds::default());
-    kds.set(
-        "/vcek/v1/Milan/crl",
-        200,
-        make_crl(&ark, NOW - DAY, NOW + 30 * DAY, 1, &[]),
-    );
+    set_milan_crl(&kds, make_crl(&ark, NOW - DAY, NOW + 30 * DAY, 1, &[]));
     let url = serve(Arc::clone(&kds)).await;
     let dir = tempfile::tempdir().unwrap();
     let f = fetcher(&url, VcekStore::with_roots(dir.path(), test_roots(&ark)));
@@ -781,15 +767,7 @@ async fn failed_fetches_wait_for_the_retry_interval() {
     let url = serve(Arc::clone(&kds)).await;
     let dir = tempfile::tempdir().unwrap();
     let ark = test_ark();
-    let f = Arc::new(
-        KdsFetcher::new(
-            KdsClient::new(&url).unwrap(),
-            VcekStore::with_roots(dir.path(), test_roots(&ark)),
-            NOW,
-        )
-        .with_products(&[SevGeneration::Milan])
-        .with_retry_interval(600),
-    );
+    let f = Arc::new(milan_fetcher(&url, dir.path(), &ark).with_retry_interval(600));
     assert_eq!(f.due(NOW), vec![KdsItem::Crl(SevGeneration::Milan)]);
     let out = f.refresh_due(NOW).await;
     let err = out[0].result.as_ref().unwrap_err();
@@ -811,22 +789,13 @@ async fn crls_are_refreshed_daily_and_before_next_update() {
     let ark = test_ark();
     let kds = Arc::new(LocalKds::default());
     let next = NOW + 30 * DAY;
-    kds.set(
-        "/vcek/v1/Milan/crl",
-        200,
-        make_crl(&ark, NOW - DAY, next, 1, &[]),
-    );
+    set_milan_crl(&kds, make_crl(&ark, NOW - DAY, next, 1, &[]));
     let url = serve(Arc::clone(&kds)).await;
     let dir = tempfile::tempdir().unwrap();
     let f = Arc::new(
-        KdsFetcher::new(
-            KdsClient::new(&url).unwrap(),
-            VcekStore::with_roots(dir.path(), test_roots(&ark)),
-            NOW,
-        )
-        .with_products(&[SevGeneration::Milan])
-        .with_crl_max_age(DAY)
-        .with_refresh_margin(3 * DAY),
+        milan_fetcher(&url, dir.path(), &ark)
+            .with_crl_max_age(DAY)
+            .with_refresh_margin(3 * DAY),
     );
     f.refresh_due(NOW).await;
     assert!(f.due(NOW + DAY - 1).is_empty());

@@ -316,7 +316,7 @@ fn testvector(name: &str) -> Vec<u8> {
 }
 
 fn attest() {
-    use cocoon_attest::cache::VerificationCache;
+    use cocoon_attest::VerificationCache;
     use cocoon_attest::{Evidence, Policy, SimKey, TdxCollateral, sev, tdx};
     use sha2::{Digest, Sha256};
 

@@ -24,14 +24,14 @@ use crate::model::VerifiedPeer;
 use crate::policy::Policy;
 
 /// Default number of verdicts kept.
-pub const DEFAULT_CAPACITY: usize = 10_000;
+pub(crate) const DEFAULT_CAPACITY: usize = 10_000;
 /// Default time to live of a verdict, in seconds.
-pub const DEFAULT_TTL_SECS: u64 = 3_600;
+pub(crate) const DEFAULT_TTL_SECS: u64 = 3_600;
 
 /// A stable identity of a [`Policy`]: SHA-256 over a tag and the policy's complete debug
 /// form (every field, allowlists included), so two caches' keys agree exactly when their
 /// policies are equal.
-pub fn policy_identity(policy: &Policy) -> [u8; 32] {
+pub(crate) fn policy_identity(policy: &Policy) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(b"cocoon-attest policy identity v1\0");
     h.update(format!("{policy:?}").as_bytes());
@@ -61,8 +61,11 @@ struct Inner {
 /// Counters of a [`VerificationCache`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheStats {
+    /// Verdicts held.
     pub entries: usize,
+    /// Lookups that found a live verdict.
     pub hits: u64,
+    /// Lookups that did not.
     pub misses: u64,
 }
 
@@ -88,7 +91,7 @@ impl VerificationCache {
         }
     }
 
-    /// [`Self::new`] with [`DEFAULT_TTL_SECS`] and [`DEFAULT_CAPACITY`].
+    /// [`Self::new`] with a TTL of one hour and room for 10 000 verdicts.
     pub fn with_defaults(policy: &Policy) -> Self {
         Self::new(policy, DEFAULT_TTL_SECS, DEFAULT_CAPACITY)
     }
@@ -195,22 +198,27 @@ impl VerificationCache {
         self.lock().map.clear();
     }
 
+    /// Verdicts held (expired ones included until purged).
     pub fn len(&self) -> usize {
         self.lock().map.len()
     }
 
+    /// Whether no verdict is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// The most verdicts held.
     pub fn capacity(&self) -> usize {
         self.capacity
     }
 
+    /// How long a verdict is kept, seconds.
     pub fn ttl_secs(&self) -> u64 {
         self.ttl
     }
 
+    /// Entry and hit/miss counters.
     pub fn stats(&self) -> CacheStats {
         let inner = self.lock();
         CacheStats {

@@ -11,8 +11,9 @@
 //! [`KdsFetcher`] in [`kds`]) is behind the default `fetch` feature, the only part of the
 //! crate on tokio and reqwest. [`inspect`] describes verdicts for `cocoon attest`.
 #![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub, clippy::unwrap_used)]
 
-pub mod cache;
+mod cache;
 mod error;
 mod fs;
 pub mod inspect;
@@ -27,6 +28,7 @@ pub mod sim;
 pub mod tdx;
 pub mod tsm;
 
+pub use cache::{CacheStats, VerificationCache};
 pub use error::{AttestError, Fault};
 #[cfg(feature = "fetch")]
 pub use kds::{KdsClient, KdsFetcher};

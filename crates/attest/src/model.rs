@@ -58,12 +58,19 @@ impl std::str::FromStr for Backend {
 ///  < ConfigurationNeeded < SWHardeningNeeded < UpToDate`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum TcbStatus {
+    /// Platform keys revoked.
     Revoked,
+    /// Out of date, and a configuration change is needed too.
     OutOfDateConfigurationNeeded,
+    /// TCB level out of date.
     OutOfDate,
+    /// Up to date once configuration and software hardening are applied.
     ConfigurationAndSWHardeningNeeded,
+    /// Up to date once a configuration change is applied.
     ConfigurationNeeded,
+    /// Up to date once software hardening is applied.
     SWHardeningNeeded,
+    /// Up to date.
     UpToDate,
 }
 
@@ -117,26 +124,38 @@ impl std::str::FromStr for TcbStatus {
 /// TDX measurement registers (all 48-byte SHA-384 values) and attributes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TdxMeasurements {
+    /// Measurement of the initial TD contents (firmware).
     pub mrtd: [u8; 48],
+    /// Runtime measurement registers 0-3.
     pub rtmr: [[u8; 48]; 4],
+    /// Software-defined id of the TD's configuration.
     pub mr_config_id: [u8; 48],
+    /// Software-defined id of the TD's owner.
     pub mr_owner: [u8; 48],
+    /// Software-defined id of the owner's configuration.
     pub mr_owner_config: [u8; 48],
+    /// TD attributes (bit 0: debug).
     pub td_attributes: [u8; 8],
+    /// Extended features the TD may use.
     pub xfam: [u8; 8],
 }
 
 /// Measurements of the peer's image, per backend.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Measurements {
+    /// A TDX quote's registers.
     Tdx(Box<TdxMeasurements>),
+    /// An SEV-SNP report's launch measurement and host data.
     SevSnp {
+        /// Launch measurement.
         measurement: [u8; 48],
+        /// Data the host supplied at launch.
         host_data: [u8; 32],
     },
     /// Simulated evidence: the reserved measurement [`crate::sim::SIM_MEASUREMENT`]
     /// (every byte 0xFF), which no production allowlist contains.
     Sim {
+        /// Always the reserved value.
         measurement: [u8; 48],
     },
     /// No evidence, nothing measured.
@@ -176,9 +195,11 @@ impl VerifiedPeer {
         }
     }
 
+    /// Which TEE produced the evidence.
     pub fn backend(&self) -> Backend {
         self.backend
     }
+    /// The measured registers.
     pub fn measurements(&self) -> &Measurements {
         &self.measurements
     }
@@ -186,12 +207,15 @@ impl VerifiedPeer {
     pub fn image_hash(&self) -> &[u8; 32] {
         &self.image_hash
     }
+    /// The platform's TCB status.
     pub fn tcb_status(&self) -> TcbStatus {
         self.tcb_status
     }
+    /// Security advisories that apply to the platform (and the policy accepted).
     pub fn advisory_ids(&self) -> &[String] {
         &self.advisory_ids
     }
+    /// The 64 bytes of report data in the evidence.
     pub fn report_data(&self) -> &[u8; 64] {
         &self.report_data
     }

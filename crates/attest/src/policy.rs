@@ -15,13 +15,18 @@ use crate::tdx::{self, TdxCollateral};
 pub enum Evidence<'a> {
     /// A raw TDX quote with the DCAP collateral for its platform (FMSPC).
     Tdx {
+        /// The quote.
         quote: &'a [u8],
+        /// Collateral for the quote's platform.
         collateral: &'a TdxCollateral,
     },
     /// A raw SEV-SNP attestation report with its VCEK (DER) and ASK/ARK chain (PEM).
     SevSnp {
+        /// The report.
         report: &'a [u8],
+        /// The VCEK certificate, DER.
         vcek_der: &'a [u8],
+        /// The ASK and ARK, PEM.
         chain_pem: &'a [u8],
     },
     /// Simulated evidence produced by [`crate::SimKey::evidence`].
@@ -29,6 +34,7 @@ pub enum Evidence<'a> {
 }
 
 impl Evidence<'_> {
+    /// The backend that produced this evidence.
     pub fn backend(&self) -> Backend {
         match self {
             Evidence::Tdx { .. } => Backend::Tdx,
@@ -47,6 +53,7 @@ pub fn report_data_for_public_key(public_key: &[u8; 32]) -> [u8; 64] {
 /// `allowed_root_key_ids`, where empty means "none" (fail closed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
+    /// Backends accepted.
     pub allowed_backends: Vec<Backend>,
     /// Image hashes (see [`tdx::image_hash`]); empty = any.
     pub allowed_image_hashes: Vec<[u8; 32]>,

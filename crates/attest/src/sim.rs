@@ -16,7 +16,9 @@ use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 
 use crate::error::AttestError;
 
+/// First bytes of simulated evidence.
 pub const SIM_MAGIC: &[u8; 12] = b"COCOON-SIM-1";
+/// Length of simulated evidence: magic, report data, public key, signature.
 pub const SIM_EVIDENCE_LEN: usize = 12 + 64 + 32 + 64;
 /// Reserved measurement of simulated evidence.
 pub const SIM_MEASUREMENT: [u8; 48] = [0xFF; 48];
@@ -82,6 +84,7 @@ impl SimKey {
         }
     }
 
+    /// The Ed25519 public key that signs the evidence.
     pub fn public_key(&self) -> [u8; 32] {
         let mut pk = [0u8; 32];
         pk.copy_from_slice(self.pair.public_key().as_ref());

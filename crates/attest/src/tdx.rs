@@ -70,7 +70,9 @@ pub fn check_td_attributes(td_attributes: &[u8; 8]) -> Result<(), AttestError> {
 pub struct ParsedTdQuote {
     /// Quote format version (4 or 5).
     pub version: u16,
+    /// The TD's registers and attributes.
     pub measurements: TdxMeasurements,
+    /// The 64 bytes of report data.
     pub report_data: [u8; 64],
     /// FMSPC from the PCK certificate embedded in the quote, if it could be read.
     pub fmspc: Option<[u8; 6]>,
@@ -109,7 +111,9 @@ pub fn parse_quote(quote: &[u8]) -> Result<ParsedTdQuote, AttestError> {
 /// (`/sgx/certification/v4/pckcrl?ca=processor|platform`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PckCa {
+    /// `ca=processor`.
     Processor,
+    /// `ca=platform`.
     Platform,
 }
 
@@ -187,15 +191,21 @@ pub struct TdxCollateral {
     pub(crate) inner: QuoteCollateralV3,
     /// FMSPC named by the TCB info (upper-case hex as Intel writes it).
     pub fmspc: String,
+    /// `issueDate` of the TCB info, Unix seconds.
     pub tcb_info_issue: u64,
+    /// `nextUpdate` of the TCB info, Unix seconds.
     pub tcb_info_next_update: u64,
+    /// `issueDate` of the QE identity, Unix seconds.
     pub qe_identity_issue: u64,
+    /// `nextUpdate` of the QE identity, Unix seconds.
     pub qe_identity_next_update: u64,
     /// `thisUpdate` / `nextUpdate` of the PCK CRL.
     pub pck_crl_issue: u64,
+    /// `nextUpdate` of the PCK CRL, Unix seconds.
     pub pck_crl_next_update: u64,
     /// `thisUpdate` / `nextUpdate` of the Intel root CA CRL.
     pub root_ca_crl_issue: u64,
+    /// `nextUpdate` of the Intel root CA CRL, Unix seconds.
     pub root_ca_crl_next_update: u64,
     /// The PCK CA whose CRL this collateral carries.
     pub pck_ca: PckCa,
@@ -365,14 +375,17 @@ pub struct CollateralStore {
 }
 
 impl CollateralStore {
+    /// A store in `dir`.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self { dir: dir.into() }
     }
 
+    /// The store's directory.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
+    /// Where the collateral of platform `fmspc` is stored.
     pub fn path_for(&self, fmspc: &[u8; 6]) -> PathBuf {
         self.dir.join(format!("{}.json", hex::encode(fmspc)))
     }
@@ -466,6 +479,7 @@ impl CollateralStore {
 /// on the network: they serve what they hold and may ask a background task to fetch
 /// ([`crate::CollateralFetcher`], feature `fetch`).
 pub trait CollateralSource: Send + Sync {
+    /// Collateral for the platform that produced `quote`, valid at `now` (Unix seconds).
     fn collateral_for(&self, quote: &[u8], now: u64) -> Result<TdxCollateral, AttestError>;
 }
 

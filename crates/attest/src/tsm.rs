@@ -13,11 +13,14 @@ pub const DEFAULT_ROOT: &str = "/sys/kernel/config/tsm/report";
 /// Which kernel provider must serve the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TsmProvider {
+    /// Intel TDX (`tdx_guest`).
     TdxGuest,
+    /// AMD SEV-SNP (`sev_guest`).
     SevGuest,
 }
 
 impl TsmProvider {
+    /// The provider's name as configfs-tsm reports it.
     pub fn name(self) -> &'static str {
         match self {
             TsmProvider::TdxGuest => "tdx_guest",
@@ -26,27 +29,48 @@ impl TsmProvider {
     }
 }
 
+/// Why a configfs-tsm report could not be produced.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TsmError {
+    /// A file operation failed.
     #[error("configfs-tsm: {op} {path}: {source}")]
     Io {
+        /// The operation.
         op: &'static str,
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: io::Error,
     },
+    /// The kernel's provider is not the one asked for.
     #[error("configfs-tsm provider is {found:?}, expected {expected:?}")]
     WrongProvider {
+        /// The provider asked for.
         expected: &'static str,
+        /// The provider found.
         found: String,
     },
+    /// A generation file that does not hold a number.
     #[error("configfs-tsm generation {path}: not a number: {value:?}")]
-    BadGeneration { path: PathBuf, value: String },
+    BadGeneration {
+        /// The generation file.
+        path: PathBuf,
+        /// What it held.
+        value: String,
+    },
+    /// Another writer used the report directory at the same time.
     #[error(
         "configfs-tsm generation went from {before} to {after} (expected +1): concurrent writer"
     )]
-    GenerationRace { before: u64, after: u64 },
+    GenerationRace {
+        /// Generation before the request.
+        before: u64,
+        /// Generation after it.
+        after: u64,
+    },
+    /// The kernel returned no evidence.
     #[error("configfs-tsm returned an empty outblob")]
     EmptyOutblob,
 }
@@ -54,9 +78,13 @@ pub enum TsmError {
 /// File operations used by [`Tsm`]; [`StdFs`] is the real one. Tests substitute a fake
 /// kernel that reacts to writes.
 pub trait TsmFs: Send + Sync {
+    /// Creates a directory.
     fn create_dir(&self, path: &Path) -> io::Result<()>;
+    /// Reads a whole file.
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Writes a whole file.
     fn write(&self, path: &Path, data: &[u8]) -> io::Result<()>;
+    /// Removes a directory.
     fn remove_dir(&self, path: &Path) -> io::Result<()>;
 }
 
@@ -82,6 +110,7 @@ impl TsmFs for StdFs {
 /// Evidence returned by the kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TsmReport {
+    /// The provider that produced it.
     pub provider: TsmProvider,
     /// The TDX quote or SEV-SNP attestation report.
     pub outblob: Vec<u8>,
@@ -102,6 +131,7 @@ impl Tsm<StdFs> {
         Self::with_root(DEFAULT_ROOT, provider)
     }
 
+    /// Client for `provider` under `root`.
     pub fn with_root(root: impl Into<PathBuf>, provider: TsmProvider) -> Self {
         Self::with_fs(root, provider, StdFs)
     }
@@ -118,6 +148,7 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Tsm
 }
 
 impl<F: TsmFs> Tsm<F> {
+    /// Client for `provider` under `root`, through `fs`.
     pub fn with_fs(root: impl Into<PathBuf>, provider: TsmProvider, fs: F) -> Self {
         Self {
             root: root.into(),
@@ -126,6 +157,7 @@ impl<F: TsmFs> Tsm<F> {
         }
     }
 
+    /// The report directory.
     pub fn root(&self) -> &Path {
         &self.root
     }

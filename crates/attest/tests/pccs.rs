@@ -2,6 +2,7 @@
 //! `testvectors/attest/` split into PCCS v4 endpoint responses (with the real
 //! issuer-chain headers), cached on disk, refreshed with an injected clock, and a server
 //! that fails or returns garbage.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

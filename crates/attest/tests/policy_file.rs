@@ -1,4 +1,5 @@
 //! JSON policy files (`Policy::from_json`), evaluated on real evidence.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use cocoon_attest::{AttestError, Backend, Evidence, Policy, TcbStatus, TdxCollateral};
 

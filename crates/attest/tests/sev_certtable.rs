@@ -1,4 +1,5 @@
 //! The SEV-SNP certificate table (configfs-tsm `auxblob`) on the real Milan certificates.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use cocoon_attest::sev::{
     self, GUID_ARK, GUID_ASK, GUID_VCEK, GUID_VLEK, SevError, build_cert_table, parse_cert_table,

@@ -1,4 +1,5 @@
 //! TDX verification against real quotes and collateral in `testvectors/attest/`.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use cocoon_attest::tdx::{self, INTEL_ROOT_KEY_ID};
 use cocoon_attest::{

@@ -1,4 +1,5 @@
 //! configfs-tsm protocol against a fake kernel backed by a temporary directory.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::io;
 use std::path::Path;

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use cocoon_attest::cache::VerificationCache;
+use cocoon_attest::VerificationCache;
 use cocoon_attest::{AttestError, Evidence, Fault, Policy, VerifiedPeer};
 use ring::signature::{ED25519, UnparsedPublicKey};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};

@@ -68,10 +68,12 @@ impl KdsClient {
         &self.base
     }
 
+    /// URL of the generation's ASK/ARK chain.
     pub fn cert_chain_url(&self, product: SevGeneration) -> String {
         format!("{}/vcek/v1/{product}/cert_chain", self.base)
     }
 
+    /// URL of the generation's CRL.
     pub fn crl_url(&self, product: SevGeneration) -> String {
         format!("{}/vcek/v1/{product}/crl", self.base)
     }

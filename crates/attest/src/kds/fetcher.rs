@@ -76,8 +76,11 @@ struct State {
 /// What a background pass may fetch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KdsItem {
+    /// A generation's certificate chain.
     CertChain(SevGeneration),
+    /// A generation's CRL.
     Crl(SevGeneration),
+    /// One chip's VCEK at one TCB.
     Vcek(VcekKey),
 }
 
@@ -95,7 +98,9 @@ impl std::fmt::Display for KdsItem {
 /// not (the previous value, if any, stays in use).
 #[derive(Debug)]
 pub struct KdsRefreshOutcome {
+    /// What was fetched.
     pub item: KdsItem,
+    /// Whether it was verified and stored.
     pub result: Result<(), AttestError>,
 }
 
@@ -188,10 +193,12 @@ impl KdsFetcher {
         self
     }
 
+    /// The KDS client it fetches with.
     pub fn client(&self) -> &KdsClient {
         &self.client
     }
 
+    /// The on-disk store it saves to.
     pub fn store(&self) -> &VcekStore {
         &self.store
     }

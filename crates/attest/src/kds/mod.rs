@@ -210,6 +210,7 @@ impl SevCertChain {
         })
     }
 
+    /// The generation whose ARK signs the chain.
     pub fn product(&self) -> SevGeneration {
         self.product
     }
@@ -219,6 +220,7 @@ impl SevCertChain {
         &self.pem
     }
 
+    /// The ASK certificate, DER.
     pub fn ask_der(&self) -> &[u8] {
         &self.ask_der
     }
@@ -304,18 +306,22 @@ impl SevCrl {
         })
     }
 
+    /// The generation whose ARK signed the CRL.
     pub fn product(&self) -> SevGeneration {
         self.product
     }
 
+    /// The CRL as served, DER.
     pub fn der(&self) -> &[u8] {
         &self.der
     }
 
+    /// The CRL's thisUpdate, Unix seconds.
     pub fn this_update(&self) -> u64 {
         self.this_update
     }
 
+    /// The CRL's nextUpdate, Unix seconds.
     pub fn next_update(&self) -> u64 {
         self.next_update
     }
@@ -351,8 +357,11 @@ pub struct Vcek {
 /// Which VCEK: product, chip (hwID: 64 bytes on Milan and Genoa, 8 on Turin) and TCB.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct VcekKey {
+    /// Processor generation.
     pub product: SevGeneration,
+    /// Chip hardware id.
     pub hwid: Vec<u8>,
+    /// TCB the VCEK was derived for.
     pub tcb: SevTcb,
 }
 
@@ -445,14 +454,17 @@ impl Vcek {
         })
     }
 
+    /// Which VCEK this is.
     pub fn key(&self) -> &VcekKey {
         &self.key
     }
 
+    /// The certificate, DER.
     pub fn der(&self) -> &[u8] {
         &self.der
     }
 
+    /// End of its validity, Unix seconds.
     pub fn not_after(&self) -> u64 {
         self.not_after
     }
@@ -534,10 +546,12 @@ pub trait SevCollateralSource: Send + Sync {
 pub struct SevCollateral(Arc<dyn SevCollateralSource>);
 
 impl SevCollateral {
+    /// Shares `source`.
     pub fn new(source: Arc<dyn SevCollateralSource>) -> Self {
         Self(source)
     }
 
+    /// The shared source.
     pub fn source(&self) -> &dyn SevCollateralSource {
         &*self.0
     }
@@ -593,5 +607,6 @@ fn fetch_error(product: SevGeneration, item: &str, url: &str, reason: String) ->
     }
 }
 
-#[cfg(all(test, feature = "fetch"))]
+#[cfg(test)]
+#[cfg(feature = "fetch")]
 mod tests;

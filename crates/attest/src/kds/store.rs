@@ -34,22 +34,27 @@ impl VcekStore {
         }
     }
 
+    /// The store's directory.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
+    /// The AMD roots that stored data is verified against.
     pub fn roots(&self) -> &KdsRoots {
         &self.roots
     }
 
+    /// Where a generation's chain is stored.
     pub fn chain_path(&self, product: SevGeneration) -> PathBuf {
         self.dir.join(product.name()).join("cert_chain.pem")
     }
 
+    /// Where a generation's CRL is stored.
     pub fn crl_path(&self, product: SevGeneration) -> PathBuf {
         self.dir.join(product.name()).join("crl.der")
     }
 
+    /// Where a VCEK is stored.
     pub fn vcek_path(&self, key: &VcekKey) -> PathBuf {
         self.dir.join(key.product.name()).join("vcek").join(format!(
             "{}-{}.der",
@@ -116,18 +121,21 @@ impl VcekStore {
         Vcek::verify(&der, chain, Some(key), now).map_err(|r| Self::invalid(&path, r))
     }
 
+    /// Writes the chain atomically; returns its path.
     pub fn save_chain(&self, chain: &SevCertChain) -> Result<PathBuf, AttestError> {
         let path = self.chain_path(chain.product);
         write_atomic(&path, &chain.pem)?;
         Ok(path)
     }
 
+    /// Writes the CRL atomically; returns its path.
     pub fn save_crl(&self, crl: &SevCrl) -> Result<PathBuf, AttestError> {
         let path = self.crl_path(crl.product);
         write_atomic(&path, &crl.der)?;
         Ok(path)
     }
 
+    /// Writes the VCEK atomically; returns its path.
     pub fn save_vcek(&self, vcek: &Vcek) -> Result<PathBuf, AttestError> {
         let path = self.vcek_path(&vcek.key);
         write_atomic(&path, &vcek.der)?;

@@ -22,6 +22,7 @@ struct Tracked {
 /// What one refresh did.
 #[derive(Debug)]
 pub struct RefreshOutcome {
+    /// The platform refreshed.
     pub fmspc: [u8; 6],
     /// `Ok(expires_at)` of the stored collateral, or why the fetch failed (the previous
     /// collateral, if any, stays in use).
@@ -93,10 +94,12 @@ impl CollateralFetcher {
         self
     }
 
+    /// The PCCS client it fetches with.
     pub fn client(&self) -> &PccsClient {
         &self.client
     }
 
+    /// The on-disk store it saves to.
     pub fn store(&self) -> &CollateralStore {
         &self.store
     }

@@ -54,9 +54,13 @@ use crate::error::Fault;
 /// A TCB version (security version numbers of the firmware components).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
 pub struct SevTcb {
+    /// Bootloader SVN.
     pub bootloader: u8,
+    /// PSP OS (TEE) SVN.
     pub tee: u8,
+    /// SNP firmware SVN.
     pub snp: u8,
+    /// Microcode patch level.
     pub microcode: u8,
     /// Turin's FMC (firmware mask ROM) SVN. Milan and Genoa have no FMC: 0 there, and a
     /// minimum set here is ignored for them.
@@ -89,8 +93,11 @@ impl std::fmt::Display for SevTcb {
 /// AMD product generation, identified by which built-in ARK signed the chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SevGeneration {
+    /// Zen 3 (EPYC 7003).
     Milan,
+    /// Zen 4 (EPYC 9004).
     Genoa,
+    /// Zen 5 (EPYC 9005).
     Turin,
 }
 
@@ -138,107 +145,188 @@ impl std::fmt::Display for SevGeneration {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SevError {
+    /// A report of the wrong length.
     #[error("SEV-SNP report: wrong length {len} bytes, expected {expected}")]
-    ReportLength { len: usize, expected: usize },
+    ReportLength {
+        /// The length received.
+        len: usize,
+        /// The report length.
+        expected: usize,
+    },
+    /// A certificate table that does not parse.
     #[error("SEV-SNP certificate table: {0}")]
     CertTable(String),
+    /// A hex report that does not decode.
     #[error("SEV-SNP report hex: {0}")]
     ReportHex(String),
+    /// A report version older than 2.
     #[error("SEV-SNP report: unsupported version {0} (need >= 2)")]
     UnsupportedVersion(u32),
+    /// A signature algorithm other than ECDSA P-384/SHA-384.
     #[error("SEV-SNP report: unsupported signature algorithm {0} (need 1 = ECDSA P-384/SHA-384)")]
     UnsupportedSignatureAlgorithm(u32),
+    /// A report signed by a key other than the VCEK.
     #[error("SEV-SNP report: signing key {0} is not the VCEK (KEY_INFO.SIGNING_KEY must be 0)")]
     SigningKeyNotVcek(u32),
+    /// A report with its chip id masked.
     #[error("SEV-SNP report: chip id is masked (MASK_CHIP_ID set); cannot bind to the VCEK")]
     ChipIdMasked,
+    /// A signature component that does not fit P-384.
     #[error("SEV-SNP report: signature {component} has non-zero high bytes")]
-    SignatureEncoding { component: &'static str },
+    SignatureEncoding {
+        /// `r` or `s`.
+        component: &'static str,
+    },
+    /// A report signature that does not verify.
     #[error("SEV-SNP report signature does not verify with the VCEK")]
     ReportSignature,
+    /// A certificate chain PEM that does not parse.
     #[error("SEV-SNP cert chain PEM: {0}")]
     ChainPem(String),
+    /// A chain with other than two certificates.
     #[error("SEV-SNP cert chain: expected 2 certificates (ASK, ARK), found {0}")]
     ChainCertCount(usize),
+    /// A chain without a self-issued ARK.
     #[error("SEV-SNP cert chain: no self-issued ARK among the certificates")]
     ChainNoArk,
+    /// A certificate that does not parse.
     #[error("SEV-SNP {which} certificate: cannot parse: {reason}")]
-    CertParse { which: &'static str, reason: String },
-    #[error("SEV-SNP ARK is not one of the AMD roots built in (Milan, Genoa, Turin)")]
-    UnknownArk,
-    #[error("SEV-SNP cert chain: {signer} does not sign {signee}: {reason}")]
-    CertSignature {
-        signer: &'static str,
-        signee: &'static str,
+    CertParse {
+        /// Which certificate.
+        which: &'static str,
+        /// Why it does not parse.
         reason: String,
     },
+    /// An ARK that is none of AMD's built-in roots.
+    #[error("SEV-SNP ARK is not one of the AMD roots built in (Milan, Genoa, Turin)")]
+    UnknownArk,
+    /// A certificate not signed by its issuer.
+    #[error("SEV-SNP cert chain: {signer} does not sign {signee}: {reason}")]
+    CertSignature {
+        /// The issuing certificate.
+        signer: &'static str,
+        /// The signed certificate.
+        signee: &'static str,
+        /// Why the signature does not verify.
+        reason: String,
+    },
+    /// A certificate outside its validity period.
     #[error(
         "SEV-SNP {which} certificate not valid at {now_unix} (valid {not_before}..={not_after}, unix seconds)"
     )]
     CertNotValidAt {
+        /// Which certificate.
         which: &'static str,
+        /// The verification time, Unix seconds.
         now_unix: i64,
+        /// Start of validity, Unix seconds.
         not_before: i64,
+        /// End of validity, Unix seconds.
         not_after: i64,
     },
+    /// A VCEK whose public key is not a P-384 point.
     #[error("SEV-SNP VCEK: public key is not a P-384 point: {0}")]
     VcekKey(String),
+    /// A VCEK extension that is missing or malformed.
     #[error("SEV-SNP VCEK extension {oid}: {reason}")]
-    VcekExtension { oid: &'static str, reason: String },
+    VcekExtension {
+        /// The extension's OID.
+        oid: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A reported TCB component that differs from the VCEK's.
     #[error("SEV-SNP reported TCB {component} = {reported} differs from VCEK TCB {vcek}")]
     TcbMismatch {
+        /// The TCB component.
         component: &'static str,
+        /// Its value in the report.
         reported: u8,
+        /// Its value in the VCEK.
         vcek: u8,
     },
+    /// A report chip id that differs from the VCEK's hardware id.
     #[error("SEV-SNP report chip id {report} differs from VCEK hwID {vcek}")]
-    ChipIdMismatch { report: String, vcek: String },
+    ChipIdMismatch {
+        /// Chip id in the report, hex.
+        report: String,
+        /// Hardware id in the VCEK, hex.
+        vcek: String,
+    },
+    /// A guest policy that allows debugging.
     #[error("SEV-SNP policy: guest allows debugging (policy bit 19 set) and debug is not allowed")]
     DebugAllowed,
+    /// A guest policy that allows a migration agent.
     #[error(
         "SEV-SNP policy: guest allows a migration agent (policy bit 18 set) and it is not allowed"
     )]
     MigrationAgentAllowed,
+    /// A report from a VMPL other than 0.
     #[error("SEV-SNP policy: report VMPL is {0}, VMPL 0 required")]
     VmplNotZero(u32),
+    /// A reported TCB component below the policy's minimum.
     #[error(
         "SEV-SNP policy: reported TCB {component} = {reported} is below the {product} minimum {min}"
     )]
     TcbTooLow {
+        /// The processor generation.
         product: SevGeneration,
+        /// The TCB component.
         component: &'static str,
+        /// Its reported value.
         reported: u8,
+        /// The policy's minimum.
         min: u8,
     },
+    /// A certificate that AMD's CRL revokes.
     #[error("SEV-SNP {which} certificate (serial {serial}) is revoked by AMD's {product} CRL")]
     Revoked {
+        /// Which certificate.
         which: &'static str,
+        /// The processor generation.
         product: SevGeneration,
+        /// Its serial number, hex.
         serial: String,
     },
+    /// A CRL past its next update plus the grace period.
     #[error(
         "SEV-SNP {product} CRL is stale: nextUpdate {next_update} + grace {grace}s < now {now} \
          (unix seconds); the policy requires a fresh CRL"
     )]
     CrlStale {
+        /// The processor generation.
         product: SevGeneration,
+        /// The CRL's nextUpdate, Unix seconds.
         next_update: u64,
+        /// The grace period, seconds.
         grace: u64,
+        /// The verification time, Unix seconds.
         now: u64,
     },
+    /// A CRL whose thisUpdate is in the future.
     #[error("SEV-SNP {product} CRL not yet valid: thisUpdate {this_update} > now {now}")]
     CrlNotYetValid {
+        /// The processor generation.
         product: SevGeneration,
+        /// The CRL's thisUpdate, Unix seconds.
         this_update: u64,
+        /// The verification time, Unix seconds.
         now: u64,
     },
+    /// A CRL for another generation than the chain.
     #[error("SEV-SNP CRL is for {crl}, the certificate chain is {chain}")]
     CrlProductMismatch {
+        /// The CRL's generation.
         crl: SevGeneration,
+        /// The chain's generation.
         chain: SevGeneration,
     },
+    /// A CRL not issued by the ASK's issuer.
     #[error("SEV-SNP {product} CRL issuer is not the issuer of the ASK")]
-    CrlIssuerMismatch { product: SevGeneration },
+    CrlIssuerMismatch {
+        /// The processor generation.
+        product: SevGeneration,
+    },
 }
 
 #[cfg(test)]

@@ -7,8 +7,11 @@ use super::{SevError, SevGeneration, SevReportInfo, SevTcb};
 /// counts its SVNs from scratch and adds the FMC), so each product has its own floor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SevMinTcb {
+    /// Milan's minimum.
     pub milan: SevTcb,
+    /// Genoa's minimum.
     pub genoa: SevTcb,
+    /// Turin's minimum.
     pub turin: SevTcb,
 }
 

@@ -38,14 +38,23 @@ const POLICY_DEBUG: u64 = 1 << 19;
 /// The fields of an SEV-SNP attestation report that Cocoon uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SevReportInfo {
+    /// Report format version.
     pub version: u32,
+    /// Launch measurement.
     pub measurement: [u8; 48],
+    /// Data the host supplied at launch.
     pub host_data: [u8; 32],
+    /// Data the guest supplied with the request.
     pub report_data: [u8; 64],
+    /// The chip's unique id.
     pub chip_id: [u8; 64],
+    /// TCB the report claims the platform runs.
     pub reported_tcb: SevTcb,
+    /// VMPL the request came from.
     pub vmpl: u32,
+    /// Guest policy bit 19: debugging allowed.
     pub debug_allowed: bool,
+    /// Guest policy bit 18: a migration agent allowed.
     pub migrate_ma_allowed: bool,
 }
 

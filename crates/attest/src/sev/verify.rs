@@ -30,11 +30,13 @@ pub fn verify_report_at(
 /// A report that passed [`verify_report_full_at`], with what revocation checks need.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SevVerified {
+    /// The report's fields.
     pub info: SevReportInfo,
     /// The product of the pinned AMD root that signed the chain.
     pub generation: SevGeneration,
     /// Serial numbers as unsigned big-endian bytes without leading zeros (`[0]` for 0).
     pub ask_serial: Vec<u8>,
+    /// The VCEK's serial number.
     pub vcek_serial: Vec<u8>,
     /// The ASK's issuer name (DER): the ARK's subject, which must also issue the CRL.
     pub ask_issuer: Vec<u8>,

@@ -8,11 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cocoon_service::chain::{RootHook, RootWatcher, extra_roots, load_root_patiently};
-use cocoon_service::identity::{self, Pccs, PeerVerification, ProxyDialer};
+use cocoon_service::identity::{self, ProxyDialer};
 use cocoon_service::process;
-use cocoon_ton::keys::SigningKey;
 use cocoon_ton::root::RootConfig;
-use cocoon_ton::wallet::{Wallet, WalletVersion};
 
 use crate::settings::Settings;
 use crate::{AutoPay, ChannelOps, Client, ClientConfig, ClientHandle, Timings, TonChannels};
@@ -42,42 +40,25 @@ pub fn root_hooks(handle: &ClientHandle) -> Vec<RootHook<'_>> {
 
 /// Runs a client until `shutdown` resolves.
 pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), String> {
-    let state_dir = process::state_dir(&s.state_dir, "client")?;
-    let extra_roots = extra_roots(&s.extra_ca_file)?;
+    let c = &s.common;
+    let state_dir = process::state_dir(&c.state_dir, "client")?;
+    let extra_roots = extra_roots(&c.extra_ca_file)?;
     let ProxyDialer { connector, tee } = identity::proxy_dialer(
-        s.tee().map_err(|e| e.to_string())?,
-        PeerVerification {
-            policy: &s.proxy_policy,
-            is_test: s.is_test,
-            pccs: Pccs {
-                url: &s.pccs_url,
-                extra_roots: &extra_roots,
-            },
-            kds_url: &s.kds_url,
-            state_dir: &state_dir,
-            allow_unattested: false,
-        },
+        c.tee().map_err(|e| e.to_string())?,
+        c.verification(&s.proxy_policy, &state_dir, &extra_roots),
         s.pow_max_difficulty,
     )?;
-    let chain = s.ton(false).chain(&extra_roots)?;
-    let root_addr = cocoon_ton::parse_address(&s.root_address).map_err(|e| e.to_string())?;
+    let chain = c.ton(false).chain(&extra_roots)?;
+    let root_addr = cocoon_ton::parse_address(&c.root_address).map_err(|e| e.to_string())?;
     let root = load_root_patiently(&chain, &root_addr, Duration::from_secs(30)).await?;
 
-    let channels: Option<Arc<dyn ChannelOps>> = if s.wallet_key_file.is_empty() {
-        None
-    } else {
-        let key = SigningKey::from_file(Path::new(&s.wallet_key_file))
-            .map_err(|e| format!("wallet_key_file: {e}"))?;
-        let version = s
-            .wallet_version
-            .parse::<WalletVersion>()
-            .map_err(|e| e.to_string())?;
-        let wallet = Wallet::new(version, key.public_key());
-        Some(Arc::new(
+    let channels: Option<Arc<dyn ChannelOps>> = match c.wallet()? {
+        None => None,
+        Some((wallet, key)) => Some(Arc::new(
             TonChannels::new(chain.clone(), wallet, key).map_err(|e| e.to_string())?,
-        ))
+        )),
     };
-    let owner = match (&channels, s.owner_address.as_str()) {
+    let owner = match (&channels, c.owner_address.as_str()) {
         (Some(ch), "") => ch.owner(),
         (Some(ch), o) => {
             let o = cocoon_ton::parse_address(o).map_err(|e| e.to_string())?;
@@ -113,7 +94,7 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
         root_address: Some(root_addr.clone()),
         owner_address: owner.clone(),
         secret: secret(&s.secret_file, &state_dir)?,
-        is_test: s.is_test,
+        is_test: c.is_test,
         connector,
         check_proxy_hashes: s.check_proxy_hashes,
         state_path: Some(state_dir.join("client.sqlite")),
@@ -131,13 +112,13 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
     let api = handle.api_addr().map(|a| a.to_string()).unwrap_or_default();
     eprintln!(
         "client: OpenAI API on http://{api}/v1, stats http://{api}/stats; owner {owner}, tee {}, state {}",
-        cocoon_service::tee::name(tee),
+        tee.name(),
         state_dir.display()
     );
     let watcher = RootWatcher::new(
         chain.clone(),
         root_addr,
-        Duration::from_secs(s.root_poll_seconds),
+        Duration::from_secs(c.root_poll_seconds),
         version,
     );
     tokio::select! {

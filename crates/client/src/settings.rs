@@ -3,9 +3,7 @@
 
 use cocoon_service::SettingError;
 use cocoon_service::browser::beyond_loopback;
-use cocoon_service::chain::TonSettings;
-use cocoon_service::identity::TeeChoice;
-use cocoon_ton::wallet::WalletVersion;
+use cocoon_service::setting::{Common, check_proxy_hashes};
 use serde::Deserialize;
 
 /// The documented defaults: every key the client knows.
@@ -15,30 +13,17 @@ pub const DEFAULTS: &str = include_str!("defaults.toml");
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
+    /// The keys every role has (root, chain, TEE, wallet, state directory).
+    #[serde(flatten)]
+    pub common: Common,
     pub api_listen: String,
     pub allowed_origins: Vec<String>,
     pub allowed_hosts: Vec<String>,
     pub proxies: Vec<String>,
     pub connections: usize,
-    pub root_address: String,
-    pub ton_url: String,
-    pub ton_urls: Vec<String>,
-    pub ton_api_key_file: String,
-    pub ton_api_key_files: Vec<String>,
-    pub ton_quorum: u32,
-    pub extra_ca_file: String,
-    pub extra_ca_in_tee: bool,
-    pub root_poll_seconds: u64,
-    pub wallet_key_file: String,
-    pub wallet_version: String,
-    pub owner_address: String,
     pub secret_file: String,
-    pub is_test: bool,
-    pub tee: String,
     pub proxy_policy: String,
     pub check_proxy_hashes: bool,
-    pub pccs_url: String,
-    pub kds_url: String,
     pub pow_max_difficulty: u32,
     pub top_up_ton: String,
     pub auto_top_up: bool,
@@ -46,7 +31,6 @@ pub struct Settings {
     pub payment_status_seconds: u64,
     pub request_timeout_seconds: u64,
     pub api_keys_file: String,
-    pub state_dir: String,
     pub admin_token_file: String,
     pub log: String,
 }
@@ -56,41 +40,19 @@ fn invalid(key: &str, reason: impl std::fmt::Display) -> SettingError {
 }
 
 impl Settings {
-    /// The chain endpoint settings; `ton_url_given` says whether `ton_url` was set.
-    pub fn ton(&self, ton_url_given: bool) -> TonSettings<'_> {
-        TonSettings {
-            url: &self.ton_url,
-            url_given: ton_url_given,
-            urls: &self.ton_urls,
-            key_file: &self.ton_api_key_file,
-            key_files: &self.ton_api_key_files,
-            quorum: self.ton_quorum,
-        }
-    }
-
-    /// The `tee` setting.
-    pub fn tee(&self) -> Result<TeeChoice, SettingError> {
-        self.tee.parse().map_err(|e| invalid("tee", e))
-    }
-
     /// Checks what the types alone cannot, naming the key; `given(key)` says whether a key
     /// was set by the operator rather than left at its default.
     pub fn check(&self, given: impl Fn(&str) -> bool) -> Result<(), SettingError> {
-        self.ton(given("ton_url")).check()?;
-        cocoon_service::chain::check_extra_ca(
-            &self.extra_ca_file,
-            self.extra_ca_in_tee,
-            self.tee()?,
-        )?;
-        if self.root_address.is_empty() {
+        let c = &self.common;
+        c.check_chain_and_tee(given)?;
+        if c.root_address.is_empty() {
             return Err(invalid("root_address", "required"));
         }
-        cocoon_ton::parse_address(&self.root_address).map_err(|e| invalid("root_address", e))?;
-        if !self.owner_address.is_empty() {
-            cocoon_ton::parse_address(&self.owner_address)
-                .map_err(|e| invalid("owner_address", e))?;
+        cocoon_ton::parse_address(&c.root_address).map_err(|e| invalid("root_address", e))?;
+        if !c.owner_address.is_empty() {
+            cocoon_ton::parse_address(&c.owner_address).map_err(|e| invalid("owner_address", e))?;
         }
-        if self.wallet_key_file.is_empty() && self.owner_address.is_empty() {
+        if c.wallet_key_file.is_empty() && c.owner_address.is_empty() {
             return Err(invalid(
                 "wallet_key_file",
                 "required unless owner_address names an owner whose contracts are funded elsewhere",
@@ -121,7 +83,7 @@ impl Settings {
             return Err(invalid("connections", "must be positive"));
         }
         for (key, v) in [
-            ("root_poll_seconds", self.root_poll_seconds),
+            ("root_poll_seconds", c.root_poll_seconds),
             ("payment_status_seconds", self.payment_status_seconds),
             ("request_timeout_seconds", self.request_timeout_seconds),
         ] {
@@ -132,15 +94,8 @@ impl Settings {
         if !self.top_up_ton.is_empty() {
             cocoon_ton::parse_ton(&self.top_up_ton).map_err(|e| invalid("top_up_ton", e))?;
         }
-        if self.wallet_version.parse::<WalletVersion>().is_err() {
-            return Err(invalid("wallet_version", "v4r2 or v5r1"));
-        }
-        if !self.is_test && !self.check_proxy_hashes {
-            return Err(invalid(
-                "check_proxy_hashes",
-                "may be turned off on test networks only",
-            ));
-        }
+        c.check_wallet_version()?;
+        check_proxy_hashes(c.is_test, self.check_proxy_hashes)?;
         Ok(())
     }
 }

@@ -11,17 +11,17 @@ use std::time::Duration;
 
 use cocoon_ledger::{OpenError, SqliteStore};
 use cocoon_service::chain::{RootHook, RootWatcher, Ton, extra_roots, load_root_patiently};
-use cocoon_service::identity::{self, Pccs, PeerVerification, RoleIdentity};
+use cocoon_service::identity::{self, PeerVerification, RoleIdentity};
 use cocoon_service::process;
 use cocoon_ton::keys::SigningKey;
 use cocoon_ton::root::RootConfig;
-use cocoon_ton::wallet::{OutMsg, Wallet, WalletSender, WalletVersion};
+use cocoon_ton::wallet::{OutMsg, WalletSender};
 use cocoon_ton::{HashBytes, StdAddr};
 
 use crate::settings::Settings;
 use crate::{
-    AdminConfig, CheckpointChain, LedgerMeter, MemoryChain, Proxy, ProxyConfig, ProxyHandle,
-    RouterConfig, SettlementConfig, Timings, TonCheckpointChain, TonClientChain,
+    CheckpointChain, LedgerMeter, MemoryChain, Proxy, ProxyConfig, ProxyHandle, RouterConfig,
+    SettlementConfig, Timings, TonCheckpointChain, TonClientChain,
 };
 
 /// The proxy key: read, or created (0600) when missing.
@@ -38,17 +38,6 @@ fn proxy_key(configured: &str, state_dir: &Path) -> Result<SigningKey, String> {
         eprintln!("proxy: new proxy key in {}", path.display());
     }
     SigningKey::from_file(&path).map_err(|e| format!("proxy_key_file {}: {e}", path.display()))
-}
-
-fn wallet_sender(s: &Settings, chain: &Ton) -> Result<WalletSender<Ton>, String> {
-    let key = SigningKey::from_file(Path::new(&s.wallet_key_file))
-        .map_err(|e| format!("wallet_key_file: {e}"))?;
-    let version = s
-        .wallet_version
-        .parse::<WalletVersion>()
-        .map_err(|e| e.to_string())?;
-    let wallet = Wallet::new(version, key.public_key());
-    WalletSender::new(chain.clone(), wallet, key).map_err(|e| e.to_string())
 }
 
 fn now_unix() -> u64 {
@@ -134,25 +123,16 @@ pub fn root_hooks<'a>(meter: &'a LedgerMeter, handle: &'a ProxyHandle) -> Vec<Ro
 
 /// Runs a proxy until `shutdown` resolves.
 pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), String> {
-    let state_dir = process::state_dir(&s.state_dir, "proxy")?;
-    let extra_roots = extra_roots(&s.extra_ca_file)?;
+    let c = &s.common;
+    let state_dir = process::state_dir(&c.state_dir, "proxy")?;
+    let extra_roots = extra_roots(&c.extra_ca_file)?;
     let RoleIdentity {
         resolver,
         source,
         tee,
-    } = identity::identity(s.tee().map_err(|e| e.to_string())?, s.is_test, &state_dir)?;
+    } = identity::identity(c.tee().map_err(|e| e.to_string())?, c.is_test, &state_dir)?;
     let _refresh = identity::spawn_identity_refresh(&resolver, source);
-    let workers = PeerVerification {
-        policy: &s.worker_policy,
-        is_test: s.is_test,
-        pccs: Pccs {
-            url: &s.pccs_url,
-            extra_roots: &extra_roots,
-        },
-        kds_url: &s.kds_url,
-        state_dir: &state_dir,
-        allow_unattested: false,
-    };
+    let workers = c.verification(&s.worker_policy, &state_dir, &extra_roots);
     let worker_verifier = identity::peer_verifier(workers)?;
     let client_verifier = identity::peer_verifier(PeerVerification {
         policy: &s.client_policy,
@@ -160,9 +140,9 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
         ..workers
     })?;
     // The endpoints were checked with the settings; here only their clients are built.
-    let chain = s.ton(false).chain(&extra_roots)?;
-    let root_addr = cocoon_ton::parse_address(&s.root_address).map_err(|e| e.to_string())?;
-    let owner = cocoon_ton::parse_address(&s.owner_address).map_err(|e| e.to_string())?;
+    let chain = c.ton(false).chain(&extra_roots)?;
+    let root_addr = cocoon_ton::parse_address(&c.root_address).map_err(|e| e.to_string())?;
+    let owner = cocoon_ton::parse_address(&c.owner_address).map_err(|e| e.to_string())?;
     let root = load_root_patiently(&chain, &root_addr, Duration::from_secs(30)).await?;
     let key = Arc::new(proxy_key(&s.proxy_key_file, &state_dir)?);
     let contract = cocoon_ton::contracts::proxy_contract(
@@ -175,15 +155,19 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
     let proxy_sc: StdAddr = contract.address.clone();
 
     // Settlement chain: the operator's wallet, or none (test networks only).
-    let checkpoints: Option<Arc<TonCheckpointChain<Ton>>> = if s.wallet_key_file.is_empty() {
-        eprintln!(
-            "proxy: no wallet_key_file: no checkpoints, receipts stay empty (test network only)"
-        );
-        None
-    } else {
-        let mut sender = wallet_sender(&s, &chain)?;
-        ensure_deployed(&s.stake_ton, &mut sender, &contract).await?;
-        Some(Arc::new(TonCheckpointChain::new(sender, proxy_sc.clone())))
+    let checkpoints: Option<Arc<TonCheckpointChain<Ton>>> = match c.wallet()? {
+        None => {
+            eprintln!(
+                "proxy: no wallet_key_file: no checkpoints, receipts stay empty (test network only)"
+            );
+            None
+        }
+        Some((wallet, key)) => {
+            let mut sender =
+                WalletSender::new(chain.clone(), wallet, key).map_err(|e| e.to_string())?;
+            ensure_deployed(&s.stake_ton, &mut sender, &contract).await?;
+            Some(Arc::new(TonCheckpointChain::new(sender, proxy_sc.clone())))
+        }
     };
     let store =
         SqliteStore::open(&state_dir.join("ledger.sqlite")).map_err(|e| format!("ledger: {e}"))?;
@@ -207,16 +191,7 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
             .await
             .map_err(|e| e.to_string())?,
     );
-    let admin = if s.admin_listen.is_empty() {
-        None
-    } else {
-        Some(AdminConfig {
-            bind: s.admin_listen.parse().map_err(|_| "admin_listen")?,
-            token_file: Some(process::admin_token_file(&s.admin_token_file, &state_dir)?),
-            allowed_origins: s.admin_allowed_origins.clone(),
-            allowed_hosts: s.admin_allowed_hosts.clone(),
-        })
-    };
+    let admin = s.admin.config(&state_dir)?;
     let cfg = ProxyConfig {
         worker_listen: s.worker_listen.parse().map_err(|_| "worker_listen")?,
         client_listen: s.client_listen.parse().map_err(|_| "client_listen")?,
@@ -224,7 +199,7 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
         worker_verifier,
         client_verifier,
         pow_difficulty: s.pow_difficulty,
-        is_test: s.is_test,
+        is_test: c.is_test,
         root: root.clone(),
         signing_key: key.clone(),
         owner_address: owner,
@@ -245,7 +220,7 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
         "proxy: contract {proxy_sc}, workers on {}, clients on {}, tee {}, state {}",
         handle.worker_addr(),
         handle.client_addr(),
-        cocoon_service::tee::name(tee),
+        tee.name(),
         state_dir.display()
     );
     if let Some(a) = handle.admin_addr() {
@@ -279,7 +254,7 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
     let watcher = RootWatcher::new(
         chain.clone(),
         root_addr.clone(),
-        Duration::from_secs(s.root_poll_seconds),
+        Duration::from_secs(c.root_poll_seconds),
         root.version,
     );
     let root_name = root_addr.to_string();

@@ -1,7 +1,19 @@
 //! A setting that cannot work, named by its key (the command line turns it into exit code 64
-//! with one line saying which key and where its value came from).
+//! with one line saying which key and where its value came from), and the settings every
+//! role shares ([`Common`]) or every admin server has ([`AdminSettings`]), with their checks.
 
 use std::fmt::Display;
+use std::path::Path;
+
+use cocoon_ton::keys::SigningKey;
+use cocoon_ton::wallet::{Wallet, WalletVersion};
+use rustls::pki_types::CertificateDer;
+use serde::Deserialize;
+
+use crate::admin::AdminConfig;
+use crate::chain::{TonSettings, check_extra_ca};
+use crate::identity::{Pccs, PeerVerification, TeeChoice};
+use crate::process::admin_token_file;
 
 /// A setting's key and why its value is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -39,5 +51,248 @@ pub fn check_allowlist(
         Err(e @ AllowlistError::Host { .. }) => {
             Err(SettingError::new(format!("{prefix}allowed_hosts"), e))
         }
+    }
+}
+
+/// The keys every role has: the root and the chain endpoints, the TEE and its verification
+/// services, the wallet and the state directory. Each role's `Settings` embeds it with
+/// `#[serde(flatten)]`, so the keys stay flat in the role's defaults file.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Common {
+    pub root_address: String,
+    pub ton_url: String,
+    pub ton_urls: Vec<String>,
+    pub ton_api_key_file: String,
+    pub ton_api_key_files: Vec<String>,
+    pub ton_quorum: u32,
+    pub extra_ca_file: String,
+    pub extra_ca_in_tee: bool,
+    pub root_poll_seconds: u64,
+    pub owner_address: String,
+    pub wallet_key_file: String,
+    pub wallet_version: String,
+    pub is_test: bool,
+    pub tee: String,
+    pub pccs_url: String,
+    pub kds_url: String,
+    pub state_dir: String,
+}
+
+impl Common {
+    /// The chain endpoint settings; `ton_url_given` says whether `ton_url` was set (not left
+    /// at its default).
+    pub fn ton(&self, ton_url_given: bool) -> TonSettings<'_> {
+        TonSettings {
+            url: &self.ton_url,
+            url_given: ton_url_given,
+            urls: &self.ton_urls,
+            key_file: &self.ton_api_key_file,
+            key_files: &self.ton_api_key_files,
+            quorum: self.ton_quorum,
+        }
+    }
+
+    /// The `tee` setting.
+    pub fn tee(&self) -> Result<TeeChoice, SettingError> {
+        self.tee.parse().map_err(|e| SettingError::new("tee", e))
+    }
+
+    /// The first checks of every role: the chain endpoints, the `tee` setting and the extra
+    /// CA bundle it allows; returns the TEE choice. `given(key)` says whether a key was set
+    /// by the operator rather than left at its default.
+    pub fn check_chain_and_tee(
+        &self,
+        given: impl Fn(&str) -> bool,
+    ) -> Result<TeeChoice, SettingError> {
+        self.ton(given("ton_url")).check()?;
+        let tee = self.tee()?;
+        check_extra_ca(&self.extra_ca_file, self.extra_ca_in_tee, tee)?;
+        Ok(tee)
+    }
+
+    /// Refuses running unattested (`tee = "none"`) for a role (`"proxy"`, `"worker"`) that
+    /// must be attested.
+    pub fn check_attested(tee: TeeChoice, role: &str) -> Result<(), SettingError> {
+        if tee == TeeChoice::Fixed(cocoon_attest::Backend::Unattested) {
+            return Err(SettingError::new(
+                "tee",
+                format!("a {role} must be attested (auto, tdx, sev-snp, sim)"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The `wallet_version` setting.
+    pub fn check_wallet_version(&self) -> Result<(), SettingError> {
+        if self.wallet_version.parse::<WalletVersion>().is_err() {
+            return Err(SettingError::new("wallet_version", "v4r2 or v5r1"));
+        }
+        Ok(())
+    }
+
+    /// How peers are verified under `policy` (their attestation; never unattested ones).
+    pub fn verification<'a>(
+        &'a self,
+        policy: &'a str,
+        state_dir: &'a Path,
+        extra_roots: &'a [CertificateDer<'static>],
+    ) -> PeerVerification<'a> {
+        PeerVerification {
+            policy,
+            is_test: self.is_test,
+            pccs: Pccs {
+                url: &self.pccs_url,
+                extra_roots,
+            },
+            kds_url: &self.kds_url,
+            state_dir,
+            allow_unattested: false,
+        }
+    }
+
+    /// The wallet of `wallet_key_file` (none when it is empty) and its key.
+    pub fn wallet(&self) -> Result<Option<(Wallet, SigningKey)>, String> {
+        if self.wallet_key_file.is_empty() {
+            return Ok(None);
+        }
+        let key = SigningKey::from_file(Path::new(&self.wallet_key_file))
+            .map_err(|e| format!("wallet_key_file: {e}"))?;
+        let version = self
+            .wallet_version
+            .parse::<WalletVersion>()
+            .map_err(|e| e.to_string())?;
+        Ok(Some((Wallet::new(version, key.public_key()), key)))
+    }
+}
+
+/// The keys of an admin server (proxy, worker), flattened into the role's `Settings`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AdminSettings {
+    /// `ip:port`, or empty for no admin server.
+    pub admin_listen: String,
+    pub admin_token_file: String,
+    pub admin_allowed_origins: Vec<String>,
+    pub admin_allowed_hosts: Vec<String>,
+}
+
+impl AdminSettings {
+    /// Checks the address and the browser allowlists, naming the key.
+    pub fn check(&self) -> Result<(), SettingError> {
+        if !self.admin_listen.is_empty()
+            && self.admin_listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(SettingError::new("admin_listen", "expected ip:port"));
+        }
+        check_allowlist(
+            &self.admin_allowed_origins,
+            &self.admin_allowed_hosts,
+            "admin_",
+        )
+    }
+
+    /// The admin server's configuration (none without `admin_listen`); the token file is
+    /// created in `state_dir` when none is configured.
+    pub fn config(&self, state_dir: &Path) -> Result<Option<AdminConfig>, String> {
+        if self.admin_listen.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(AdminConfig {
+            bind: self.admin_listen.parse().map_err(|_| "admin_listen")?,
+            token_file: Some(admin_token_file(&self.admin_token_file, state_dir)?),
+            allowed_origins: self.admin_allowed_origins.clone(),
+            allowed_hosts: self.admin_allowed_hosts.clone(),
+        }))
+    }
+}
+
+/// Proxy hash checks (`check_proxy_hashes`) may be off on test networks only.
+pub fn check_proxy_hashes(is_test: bool, check: bool) -> Result<(), SettingError> {
+    if !is_test && !check {
+        return Err(SettingError::new(
+            "check_proxy_hashes",
+            "may be turned off on test networks only",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A role's settings as the roles declare them: shared parts flattened, own keys beside.
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Role {
+        #[serde(flatten)]
+        common: Common,
+        #[serde(flatten)]
+        admin: AdminSettings,
+        own: u32,
+    }
+
+    const ROLE: &str = r#"
+root_address = "0:0101010101010101010101010101010101010101010101010101010101010101"
+ton_url = "http://127.0.0.1:8081"
+ton_urls = []
+ton_api_key_file = ""
+ton_api_key_files = []
+ton_quorum = 1
+extra_ca_file = ""
+extra_ca_in_tee = false
+root_poll_seconds = 5
+owner_address = ""
+wallet_key_file = ""
+wallet_version = "v4r2"
+is_test = true
+tee = "sim"
+pccs_url = ""
+kds_url = ""
+state_dir = ""
+admin_listen = ""
+admin_token_file = ""
+admin_allowed_origins = []
+admin_allowed_hosts = []
+own = 7
+"#;
+
+    #[test]
+    fn shared_keys_stay_flat_and_unknown_ones_are_refused() {
+        let v: toml::Value = toml::from_str(ROLE).unwrap();
+        let r: Role = v.clone().try_into().unwrap();
+        assert_eq!((r.own, r.common.ton_quorum), (7, 1));
+        assert_eq!(
+            r.common.check_chain_and_tee(|_| false).unwrap(),
+            r.common.tee().unwrap()
+        );
+        r.common.check_wallet_version().unwrap();
+        r.admin.check().unwrap();
+        assert!(r.admin.config(Path::new("/nonexistent")).unwrap().is_none());
+        assert!(r.common.wallet().unwrap().is_none());
+        let mut extra = v.as_table().unwrap().clone();
+        extra.insert("colour".into(), toml::Value::String("red".into()));
+        let e = toml::Value::Table(extra).try_into::<Role>().unwrap_err();
+        assert!(e.to_string().contains("colour"), "{e}");
+        let mut bad = r.admin.clone();
+        bad.admin_listen = "nowhere".into();
+        assert_eq!(bad.check().unwrap_err().key, "admin_listen");
+        let mut bad = r.common.clone();
+        bad.wallet_version = "v9".into();
+        assert_eq!(
+            bad.check_wallet_version().unwrap_err().key,
+            "wallet_version"
+        );
+        assert_eq!(
+            Common::check_attested(
+                TeeChoice::Fixed(cocoon_attest::Backend::Unattested),
+                "proxy"
+            )
+            .unwrap_err()
+            .reason,
+            "a proxy must be attested (auto, tdx, sev-snp, sim)"
+        );
+        assert!(
+            check_proxy_hashes(false, false).is_err() && check_proxy_hashes(true, false).is_ok()
+        );
     }
 }

@@ -4,21 +4,20 @@
 //! line only parses settings and calls [`run`].
 
 use std::future::Future;
-use std::path::Path;
 #[cfg(feature = "embedded")]
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use cocoon_engine::{BackendKind, Engine, HttpEngine, HttpEngineConfig, Tokenizer};
 use cocoon_openai::{Multipliers, PriceTable};
 use cocoon_service::chain::{RootHook, RootWatcher, extra_roots, load_root_patiently};
-use cocoon_service::identity::{self, Pccs, PeerVerification, ProxyDialer};
+use cocoon_service::identity::{self, ProxyDialer};
 use cocoon_service::process;
 use cocoon_ton::root::RootConfig;
 
 use crate::settings::Settings;
-use crate::{AdminConfig, PayoutSink, Timings, Worker, WorkerConfig, WorkerHandle};
+use crate::{PayoutSink, Timings, Worker, WorkerConfig, WorkerHandle};
 
 /// An engine ready to serve: the engine, the model id announced to proxies, and a tokenizer
 /// for answers cut short (embedded engine only).
@@ -38,7 +37,7 @@ pub async fn engine(s: &Settings) -> Result<LoadedEngine, String> {
             s.backend_model.clone()
         };
         let mut cfg = HttpEngineConfig::new(&s.backend_url, kind, name);
-        cfg.extra_roots = extra_roots(&s.extra_ca_file)?;
+        cfg.extra_roots = extra_roots(&s.common.extra_ca_file)?;
         let e = HttpEngine::new(cfg).map_err(|e| format!("backend: {e}"))?;
         return Ok((Arc::new(e), s.model.clone(), None));
     }
@@ -129,60 +128,35 @@ pub fn root_hooks<'a>(handle: &'a WorkerHandle, proxies: &'a [String]) -> Vec<Ro
 
 /// Runs a worker until `shutdown` resolves.
 pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), String> {
-    let state_dir = process::state_dir(&s.state_dir, "worker")?;
-    let extra_roots = extra_roots(&s.extra_ca_file)?;
+    let c = &s.common;
+    let state_dir = process::state_dir(&c.state_dir, "worker")?;
+    let extra_roots = extra_roots(&c.extra_ca_file)?;
     let ProxyDialer { connector, tee } = identity::proxy_dialer(
-        s.tee().map_err(|e| e.to_string())?,
-        PeerVerification {
-            policy: &s.proxy_policy,
-            is_test: s.is_test,
-            pccs: Pccs {
-                url: &s.pccs_url,
-                extra_roots: &extra_roots,
-            },
-            kds_url: &s.kds_url,
-            state_dir: &state_dir,
-            allow_unattested: false,
-        },
+        c.tee().map_err(|e| e.to_string())?,
+        c.verification(&s.proxy_policy, &state_dir, &extra_roots),
         s.pow_max_difficulty,
     )?;
     let (engine, model_id, tokenizer) = engine(&s).await?;
-    let chain = s.ton(false).chain(&extra_roots)?;
-    let payout_sink: Option<Arc<dyn PayoutSink>> = if s.wallet_key_file.is_empty() {
-        None
-    } else {
-        let key = cocoon_ton::keys::SigningKey::from_file(Path::new(&s.wallet_key_file))
-            .map_err(|e| format!("wallet_key_file: {e}"))?;
-        let version = s
-            .wallet_version
-            .parse::<cocoon_ton::wallet::WalletVersion>()
-            .map_err(|e| e.to_string())?;
-        let wallet = cocoon_ton::wallet::Wallet::new(version, key.public_key());
-        let sender = cocoon_ton::wallet::WalletSender::new(chain.clone(), wallet, key)
-            .map_err(|e| e.to_string())?;
-        let sink = Arc::new(crate::chain_sink::ChainPayoutSink::new(
-            sender,
-            crate::chain_sink::DEFAULT_ATTACH_NANOTON,
-        ));
-        sink.spawn_ticker(Duration::from_secs(5));
-        Some(sink)
+    let chain = c.ton(false).chain(&extra_roots)?;
+    let payout_sink: Option<Arc<dyn PayoutSink>> = match c.wallet()? {
+        None => None,
+        Some((wallet, key)) => {
+            let sender = cocoon_ton::wallet::WalletSender::new(chain.clone(), wallet, key)
+                .map_err(|e| e.to_string())?;
+            let sink = Arc::new(crate::chain_sink::ChainPayoutSink::new(
+                sender,
+                crate::chain_sink::DEFAULT_ATTACH_NANOTON,
+            ));
+            sink.spawn_ticker(Duration::from_secs(5));
+            Some(sink)
+        }
     };
-    let admin = if s.admin_listen.is_empty() {
-        None
-    } else {
-        let token_file = process::admin_token_file(&s.admin_token_file, &state_dir)?;
-        Some(AdminConfig {
-            bind: s.admin_listen.parse().map_err(|_| "admin_listen")?,
-            token_file: Some(token_file),
-            allowed_origins: s.admin_allowed_origins.clone(),
-            allowed_hosts: s.admin_allowed_hosts.clone(),
-        })
-    };
+    let admin = s.admin.config(&state_dir)?;
     let min_payout = cocoon_ton::parse_ton(&s.min_payout_ton).map_err(|e| e.to_string())?;
-    let root = if s.root_address.is_empty() {
+    let root = if c.root_address.is_empty() {
         None
     } else {
-        Some(cocoon_ton::parse_address(&s.root_address).map_err(|e| e.to_string())?)
+        Some(cocoon_ton::parse_address(&c.root_address).map_err(|e| e.to_string())?)
     };
     // With a root, its configuration is read first: proxies, prices and params come from it.
     let first_root = match &root {
@@ -199,11 +173,11 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
     };
     let cfg = WorkerConfig {
         proxies: s.proxies.clone(),
-        owner_address: s.owner_address.clone(),
+        owner_address: c.owner_address.clone(),
         model: model_id.clone(),
         coefficient: s.coefficient,
         max_active_requests: s.max_active_requests,
-        is_test: s.is_test,
+        is_test: c.is_test,
         prices,
         min_payout_nanoton: u128::from(min_payout),
         state_dir: state_dir.clone(),
@@ -222,7 +196,7 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
     eprintln!(
         "worker: model {model_id} (root model hash {}), tee {}, state {}",
         hex::encode(cocoon_ton::root::model_hash(&model_id).0),
-        cocoon_service::tee::name(tee),
+        tee.name(),
         state_dir.display()
     );
     if let Some(a) = handle.admin_addr() {
@@ -240,7 +214,7 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
         let watcher = RootWatcher::new(
             chain.clone(),
             r.clone(),
-            Duration::from_secs(s.root_poll_seconds),
+            Duration::from_secs(c.root_poll_seconds),
             first.version,
         );
         watcher.run(root_hooks(&handle, &s.proxies), || {}).await;

@@ -3,8 +3,7 @@
 
 use cocoon_engine::BackendKind;
 use cocoon_service::SettingError;
-use cocoon_service::chain::TonSettings;
-use cocoon_service::identity::TeeChoice;
+use cocoon_service::setting::{AdminSettings, Common, check_proxy_hashes};
 use serde::Deserialize;
 
 /// The documented defaults: every key the worker knows.
@@ -14,6 +13,12 @@ pub const DEFAULTS: &str = include_str!("defaults.toml");
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
+    /// The keys every role has (root, chain, TEE, wallet, state directory).
+    #[serde(flatten)]
+    pub common: Common,
+    /// The admin server's keys.
+    #[serde(flatten)]
+    pub admin: AdminSettings,
     pub model: String,
     pub backend_url: String,
     pub backend_kind: String,
@@ -24,35 +29,14 @@ pub struct Settings {
     pub threads: u32,
     pub gpu_layers: u32,
     pub proxies: Vec<String>,
-    pub root_address: String,
-    pub ton_url: String,
-    pub ton_urls: Vec<String>,
-    pub ton_api_key_file: String,
-    pub ton_api_key_files: Vec<String>,
-    pub ton_quorum: u32,
-    pub extra_ca_file: String,
-    pub extra_ca_in_tee: bool,
-    pub root_poll_seconds: u64,
-    pub owner_address: String,
     pub coefficient: u32,
     pub max_active_requests: u32,
-    pub is_test: bool,
-    pub tee: String,
     pub proxy_policy: String,
     pub check_proxy_hashes: bool,
-    pub pccs_url: String,
-    pub kds_url: String,
     pub pow_max_difficulty: u32,
-    pub state_dir: String,
-    pub admin_listen: String,
-    pub admin_token_file: String,
-    pub admin_allowed_origins: Vec<String>,
-    pub admin_allowed_hosts: Vec<String>,
     pub price_per_token: u64,
     pub worker_fee_per_token: u64,
     pub min_payout_ton: String,
-    pub wallet_key_file: String,
-    pub wallet_version: String,
     pub log: String,
 }
 
@@ -61,45 +45,21 @@ fn invalid(key: &str, reason: impl std::fmt::Display) -> SettingError {
 }
 
 impl Settings {
-    /// The chain endpoint settings; `ton_url_given` says whether `ton_url` was set.
-    pub fn ton(&self, ton_url_given: bool) -> TonSettings<'_> {
-        TonSettings {
-            url: &self.ton_url,
-            url_given: ton_url_given,
-            urls: &self.ton_urls,
-            key_file: &self.ton_api_key_file,
-            key_files: &self.ton_api_key_files,
-            quorum: self.ton_quorum,
-        }
-    }
-
-    /// The `tee` setting.
-    pub fn tee(&self) -> Result<TeeChoice, SettingError> {
-        self.tee.parse().map_err(|e| invalid("tee", e))
-    }
-
     /// Checks what the types alone cannot, naming the key; `given(key)` says whether a key
     /// was set by the operator rather than left at its default.
     pub fn check(&self, given: impl Fn(&str) -> bool) -> Result<(), SettingError> {
-        self.ton(given("ton_url")).check()?;
-        let tee = self.tee()?;
-        cocoon_service::chain::check_extra_ca(&self.extra_ca_file, self.extra_ca_in_tee, tee)?;
-        if tee == TeeChoice::Fixed(cocoon_attest::Backend::Unattested) {
-            return Err(invalid(
-                "tee",
-                "a worker must be attested (auto, tdx, sev-snp, sim)",
-            ));
-        }
-        if self.owner_address.is_empty() {
+        let c = &self.common;
+        let tee = c.check_chain_and_tee(given)?;
+        Common::check_attested(tee, "worker")?;
+        if c.owner_address.is_empty() {
             return Err(invalid(
                 "owner_address",
                 "required: the TON address that owns this worker's earnings",
             ));
         }
-        cocoon_ton::parse_address(&self.owner_address).map_err(|e| invalid("owner_address", e))?;
-        if !self.root_address.is_empty() {
-            cocoon_ton::parse_address(&self.root_address)
-                .map_err(|e| invalid("root_address", e))?;
+        cocoon_ton::parse_address(&c.owner_address).map_err(|e| invalid("owner_address", e))?;
+        if !c.root_address.is_empty() {
+            cocoon_ton::parse_address(&c.root_address).map_err(|e| invalid("root_address", e))?;
         }
         if !self.backend_url.is_empty() {
             if !(self.backend_url.starts_with("http://")
@@ -123,31 +83,17 @@ impl Settings {
                 ));
             }
         }
-        if self.root_address.is_empty() && self.proxies.is_empty() {
+        if c.root_address.is_empty() && self.proxies.is_empty() {
             return Err(invalid(
                 "proxies",
                 "no proxy to connect to: give --proxy host:port or --root ADDRESS",
             ));
         }
-        if !self.admin_listen.is_empty()
-            && self.admin_listen.parse::<std::net::SocketAddr>().is_err()
-        {
-            return Err(invalid("admin_listen", "expected ip:port"));
-        }
-        cocoon_service::setting::check_allowlist(
-            &self.admin_allowed_origins,
-            &self.admin_allowed_hosts,
-            "admin_",
-        )?;
-        if self.root_poll_seconds == 0 {
+        self.admin.check()?;
+        if c.root_poll_seconds == 0 {
             return Err(invalid("root_poll_seconds", "must be positive"));
         }
-        if !self.is_test && !self.check_proxy_hashes {
-            return Err(invalid(
-                "check_proxy_hashes",
-                "may be turned off on test networks only",
-            ));
-        }
+        check_proxy_hashes(c.is_test, self.check_proxy_hashes)?;
         if self.worker_fee_per_token > self.price_per_token {
             return Err(invalid(
                 "worker_fee_per_token",
@@ -155,13 +101,7 @@ impl Settings {
             ));
         }
         cocoon_ton::parse_ton(&self.min_payout_ton).map_err(|e| invalid("min_payout_ton", e))?;
-        if self
-            .wallet_version
-            .parse::<cocoon_ton::wallet::WalletVersion>()
-            .is_err()
-        {
-            return Err(invalid("wallet_version", "v4r2 or v5r1"));
-        }
+        c.check_wallet_version()?;
         Ok(())
     }
 }

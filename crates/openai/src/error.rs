@@ -147,18 +147,17 @@ mod tests {
 
     #[test]
     fn statuses_are_distinct_per_kind() {
-        use ErrorKind::*;
         let kinds = [
-            InvalidRequest,
-            Authentication,
-            InsufficientFunds,
-            NotFound,
-            PayloadTooLarge,
-            NoCapacity,
-            Internal,
-            Upstream,
-            Unavailable,
-            Timeout,
+            ErrorKind::InvalidRequest,
+            ErrorKind::Authentication,
+            ErrorKind::InsufficientFunds,
+            ErrorKind::NotFound,
+            ErrorKind::PayloadTooLarge,
+            ErrorKind::NoCapacity,
+            ErrorKind::Internal,
+            ErrorKind::Upstream,
+            ErrorKind::Unavailable,
+            ErrorKind::Timeout,
         ];
         let mut s: Vec<u16> = kinds.iter().map(|k| k.status()).collect();
         s.sort();

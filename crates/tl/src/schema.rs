@@ -169,15 +169,12 @@ impl Declaration {
 
     /// Namespace (`client` for `client.runQueryEx`, empty for `tokensUsed`).
     pub fn namespace(&self) -> &str {
-        self.name.rsplit_once('.').map(|(ns, _)| ns).unwrap_or("")
+        namespace_of(&self.name)
     }
 
     /// Name without namespace.
     pub fn short_name(&self) -> &str {
-        self.name
-            .rsplit_once('.')
-            .map(|(_, n)| n)
-            .unwrap_or(&self.name)
+        short_name_of(&self.name)
     }
 }
 
@@ -462,16 +459,23 @@ pub struct MessageSet {
 impl MessageSet {
     /// Namespace (`client` for `client.ToProxy`).
     pub fn namespace(&self) -> &str {
-        self.name.rsplit_once('.').map(|(ns, _)| ns).unwrap_or("")
+        namespace_of(&self.name)
     }
 
     /// Name without namespace.
     pub fn short_name(&self) -> &str {
-        self.name
-            .rsplit_once('.')
-            .map(|(_, n)| n)
-            .unwrap_or(&self.name)
+        short_name_of(&self.name)
     }
+}
+
+/// The namespace of a full name (`client` for `client.ToProxy`, empty without one).
+fn namespace_of(name: &str) -> &str {
+    name.rsplit_once('.').map(|(ns, _)| ns).unwrap_or("")
+}
+
+/// A full name without its namespace.
+fn short_name_of(name: &str) -> &str {
+    name.rsplit_once('.').map(|(_, n)| n).unwrap_or(name)
 }
 
 /// Parse a message-set file: `ns.Name = member member ...;` statements, `//` comments.

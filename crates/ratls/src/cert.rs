@@ -61,16 +61,25 @@ const RESERVED_PREFIX: &[u8; 4] = b"CCN-";
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CertError {
+    /// rcgen could not build the certificate.
     #[error("certificate generation: {0}")]
     Rcgen(#[from] rcgen::Error),
+    /// Evidence could not be produced.
     #[error("evidence: {0}")]
     Evidence(#[from] AttestError),
+    /// The evidence source failed.
     #[error("evidence source: {0}")]
     Source(String),
+    /// Evidence larger than a certificate may carry.
     #[error("evidence is {len} bytes, limit is {MAX_EVIDENCE_LEN}")]
-    EvidenceTooLarge { len: usize },
+    EvidenceTooLarge {
+        /// Its length.
+        len: usize,
+    },
+    /// A validity time that does not fit a certificate.
     #[error("time {0} is out of range")]
     BadTime(u64),
+    /// rustls does not accept the key.
     #[error("rustls rejected the key: {0}")]
     Key(#[from] rustls::Error),
 }
@@ -78,12 +87,18 @@ pub enum CertError {
 /// Evidence as carried in the certificate, decoded from the envelope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EvidenceEnvelope<'a> {
+    /// A TDX quote.
     Tdx(&'a [u8]),
+    /// An SEV-SNP report with its VCEK and chain.
     SevSnp {
+        /// The attestation report.
         report: &'a [u8],
+        /// The VCEK certificate, DER.
         vcek_der: &'a [u8],
+        /// The ASK and ARK, PEM.
         chain_pem: &'a [u8],
     },
+    /// Simulated evidence.
     Sim(&'a [u8]),
 }
 
@@ -174,6 +189,7 @@ impl<'a> EvidenceEnvelope<'a> {
 
 /// Produces evidence binding a 64-byte report data, already wrapped in the envelope.
 pub trait EvidenceSource: Send + Sync {
+    /// Evidence whose report data is `report_data`, in its envelope.
     fn evidence(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, CertError>;
     /// Whether this source produces no evidence at all ([`Unattested`]).
     fn is_unattested(&self) -> bool {
@@ -434,6 +450,7 @@ impl Identity {
         })
     }
 
+    /// The certificate, DER.
     pub fn cert_der(&self) -> &CertificateDer<'static> {
         &self.cert_der
     }
@@ -446,9 +463,11 @@ impl Identity {
         &self.evidence
     }
 
+    /// Start of validity, Unix seconds.
     pub fn not_before(&self) -> u64 {
         self.not_before
     }
+    /// End of validity, Unix seconds.
     pub fn not_after(&self) -> u64 {
         self.not_after
     }

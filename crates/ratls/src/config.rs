@@ -39,6 +39,7 @@ impl std::fmt::Debug for CertResolver {
 }
 
 impl CertResolver {
+    /// A resolver that always presents `identity`'s certificate.
     pub fn new(identity: &Identity) -> Result<Arc<Self>, CertError> {
         Ok(Self::from_certified_key(identity.certified_key()?))
     }

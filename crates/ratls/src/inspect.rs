@@ -18,8 +18,11 @@ use crate::verifier::{RatlsVerifier, VerifierConfig, fixed_clock};
 #[derive(Debug, thiserror::Error)]
 #[error("cannot {action} {}: {source}", path.display())]
 pub struct FileError {
+    /// What was being done (`create`, `write`, ...).
     pub action: &'static str,
+    /// The file or directory.
     pub path: PathBuf,
+    /// The I/O error.
     #[source]
     pub source: std::io::Error,
 }
@@ -33,7 +36,9 @@ pub fn pem(label: &str, der: &[u8]) -> String {
 /// Where [`write_identity`] put the certificate and the key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdentityFiles {
+    /// The certificate file.
     pub cert: PathBuf,
+    /// The private key file.
     pub key: PathBuf,
 }
 

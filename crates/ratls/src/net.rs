@@ -26,18 +26,24 @@ const SERVER_NAME: &str = "localhost";
 /// Which phase of the pipeline failed or timed out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
+    /// Opening the TCP connection.
     TcpConnect,
+    /// The proof-of-work exchange.
     Pow,
+    /// The TLS handshake.
     Tls,
+    /// Opening the framed session.
     Session,
 }
 
 /// Per-phase time limits.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
+    /// Opening the TCP connection.
     pub tcp_connect: Duration,
     /// Covers sending/solving/checking the challenge.
     pub pow: Duration,
+    /// The TLS handshake.
     pub tls: Duration,
 }
 
@@ -55,22 +61,29 @@ impl Default for Timeouts {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RatlsError {
+    /// A phase took longer than its limit.
     #[error("{0:?} timed out")]
     Timeout(Phase),
+    /// A socket error.
     #[error("tcp: {0}")]
     Io(#[from] io::Error),
+    /// The proof of work failed.
     #[error("proof of work: {0}")]
     Pow(#[from] PowError),
     /// The TLS handshake failed; [`RatlsError::verify_error`] tells whether our verifier
     /// rejected the peer's certificate, and why.
     #[error("tls handshake: {0}")]
     Tls(#[source] io::Error),
+    /// The peer sent no certificate.
     #[error("peer presented no certificate")]
     NoPeerCertificate,
+    /// The peer's certificate was refused.
     #[error("peer certificate: {0}")]
     Verify(#[from] VerifyError),
+    /// The session over TLS could not be opened.
     #[error("session: {0}")]
     Session(#[from] ConnectError),
+    /// The TLS configuration could not be built.
     #[error("configuration: {0}")]
     Config(#[from] rustls::Error),
 }
@@ -162,6 +175,7 @@ where
 /// `verifier()` and `verdict_deadline(peer)`, alike on both sides.
 macro_rules! verifier_accessors {
     ($side:literal) => {
+        /// The verifier that checks the peer's certificate.
         pub fn verifier(&self) -> &Arc<RatlsVerifier> {
             &self.verifier
         }
@@ -181,11 +195,14 @@ pub struct RatlsConnector {
     verifier: Arc<RatlsVerifier>,
     /// Highest PoW difficulty we agree to solve (usually [`pow::CLIENT_MAX_DIFFICULTY`]).
     pub pow_max_difficulty: u32,
+    /// Per-phase time limits.
     pub timeouts: Timeouts,
+    /// Settings of the framed session.
     pub net: cocoon_net::Config,
 }
 
 impl RatlsConnector {
+    /// A connector presenting `certs` and checking the peer with `verifier`.
     pub fn new(
         certs: Arc<CertResolver>,
         verifier: Arc<RatlsVerifier>,
@@ -301,9 +318,13 @@ pub fn verdict_deadline(verifier: &RatlsVerifier, peer: &VerifiedPeer) -> tokio:
 
 /// A session accepted by [`RatlsAcceptor::spawn_listener`].
 pub struct Accepted {
+    /// The session.
     pub handle: SessionHandle,
+    /// Queries and messages from the peer.
     pub incoming: mpsc::Receiver<Incoming>,
+    /// What the peer's attestation established.
     pub peer: VerifiedPeer,
+    /// The peer's address.
     pub addr: SocketAddr,
     /// When the session must end because `peer`'s verdict expires ([`verdict_deadline`]).
     pub verdict_deadline: tokio::time::Instant,
@@ -316,11 +337,14 @@ pub struct RatlsAcceptor {
     verifier: Arc<RatlsVerifier>,
     /// PoW difficulty demanded from clients (usually [`pow::DEFAULT_DIFFICULTY`]).
     pub pow_difficulty: u32,
+    /// Per-phase time limits.
     pub timeouts: Timeouts,
+    /// Settings of the framed session.
     pub net: cocoon_net::Config,
 }
 
 impl RatlsAcceptor {
+    /// An acceptor presenting `certs` and checking the peer with `verifier`.
     pub fn new(
         certs: Arc<CertResolver>,
         verifier: Arc<RatlsVerifier>,

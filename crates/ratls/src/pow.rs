@@ -60,15 +60,28 @@ pub const SOLVE_SLICE: u64 = 100_000;
 pub enum PowError {
     /// A message did not start with the expected magic.
     #[error("bad pow magic: expected {expected:#010x}, got {got:#010x}")]
-    BadMagic { expected: u32, got: u32 },
+    BadMagic {
+        /// The magic expected.
+        expected: u32,
+        /// The magic received.
+        got: u32,
+    },
     /// The server asked for more work than the client is willing to do.
     #[error(
         "pow difficulty too high: server requested {requested} bits, client maximum is {max} bits"
     )]
-    DifficultyTooHigh { requested: u32, max: u32 },
+    DifficultyTooHigh {
+        /// Bits the server asked for.
+        requested: u32,
+        /// Bits the client accepts.
+        max: u32,
+    },
     /// The difficulty is outside `0..=64`.
     #[error("invalid pow difficulty {difficulty}: must be between 0 and 64 bits")]
-    InvalidDifficulty { difficulty: i64 },
+    InvalidDifficulty {
+        /// The difficulty received.
+        difficulty: i64,
+    },
     /// The client's nonce does not meet the difficulty.
     #[error("pow verification failed: nonce does not have enough leading zero bits")]
     VerificationFailed,

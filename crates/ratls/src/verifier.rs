@@ -63,36 +63,71 @@ pub fn fixed_clock(t: u64) -> Clock {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum VerifyError {
+    /// A certificate chain instead of a single self-signed certificate.
     #[error("certificate chains are not accepted ({intermediates} intermediates)")]
-    ChainNotAllowed { intermediates: usize },
+    ChainNotAllowed {
+        /// How many intermediates were sent.
+        intermediates: usize,
+    },
+    /// A certificate above the size limit.
     #[error("certificate is {len} bytes, limit {MAX_CERT_LEN}")]
-    CertTooLarge { len: usize },
+    CertTooLarge {
+        /// Its length.
+        len: usize,
+    },
+    /// A certificate that does not parse.
     #[error("certificate does not parse: {0}")]
     Parse(String),
+    /// A certificate past its validity.
     #[error("certificate expired: not after {not_after}, now {now}")]
-    Expired { not_after: i64, now: u64 },
+    Expired {
+        /// End of validity, Unix seconds.
+        not_after: i64,
+        /// The verification time, Unix seconds.
+        now: u64,
+    },
+    /// A certificate whose validity has not started.
     #[error("certificate not yet valid: not before {not_before}, now {now}")]
-    NotYetValid { not_before: i64, now: u64 },
+    NotYetValid {
+        /// Start of validity, Unix seconds.
+        not_before: i64,
+        /// The verification time, Unix seconds.
+        now: u64,
+    },
+    /// A key or signature that is not Ed25519.
     #[error("certificate key or signature is not Ed25519")]
     NotEd25519,
+    /// A self-signature that does not verify.
     #[error("certificate self-signature is invalid")]
     BadSelfSignature,
+    /// A CA certificate.
     #[error("CA certificates are not accepted")]
     IsCa,
+    /// A critical extension this verifier does not know.
     #[error("unknown critical extension {0}")]
     UnknownCriticalExtension(String),
+    /// An extension present twice.
     #[error("extension {0} appears more than once")]
     DuplicateExtension(String),
+    /// No evidence extension.
     #[error("missing evidence extension {OID_EVIDENCE_STR}")]
     MissingEvidence,
+    /// No claims extension.
     #[error("missing claims extension {OID_CLAIMS_STR}")]
     MissingClaims,
+    /// Evidence above the size limit.
     #[error("evidence is {len} bytes, limit {MAX_EVIDENCE_LEN}")]
-    EvidenceTooLarge { len: usize },
+    EvidenceTooLarge {
+        /// Its length.
+        len: usize,
+    },
+    /// An evidence envelope that does not decode.
     #[error("malformed evidence envelope: {0}")]
     Envelope(String),
+    /// Claims that are not the certificate's key.
     #[error("claims are not the certificate's public key")]
     ClaimsKeyMismatch,
+    /// The attestation policy refused the evidence.
     #[error("attestation rejected: {0}")]
     Attest(#[from] AttestError),
 }
@@ -143,8 +178,11 @@ pub use cocoon_attest::{CollateralSource, NoCollateral};
 /// Verifier settings.
 #[derive(Clone)]
 pub struct VerifierConfig {
+    /// What evidence is accepted.
     pub policy: Policy,
+    /// Where TDX collateral comes from.
     pub collateral: Arc<dyn CollateralSource>,
+    /// The time verification runs at.
     pub clock: Clock,
     /// Verdict cache TTL in seconds (0 disables the cache).
     pub cache_ttl_secs: u64,
@@ -213,6 +251,7 @@ impl std::fmt::Debug for RatlsVerifier {
 }
 
 impl RatlsVerifier {
+    /// A verifier for `cfg` (with a verdict cache unless disabled).
     pub fn new(cfg: VerifierConfig) -> Arc<Self> {
         let cache = (cfg.cache_ttl_secs > 0 && cfg.cache_capacity > 0)
             .then(|| VerificationCache::new(&cfg.policy, cfg.cache_ttl_secs, cfg.cache_capacity));
@@ -235,6 +274,7 @@ impl RatlsVerifier {
         self.attest_runs.load(Ordering::Relaxed)
     }
 
+    /// The attestation policy.
     pub fn policy(&self) -> &Policy {
         &self.cfg.policy
     }

@@ -1,4 +1,5 @@
 //! RA-TLS over real loopback TCP: PoW → TLS 1.3 with attested certificates → session.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

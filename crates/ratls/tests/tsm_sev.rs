@@ -1,5 +1,6 @@
 //! `TsmSevSource`: SEV-SNP evidence through configfs-tsm, against a fake kernel that
 //! answers with the real Milan report and an `auxblob` certificate table.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

@@ -4,7 +4,7 @@ use cocoon_attest::Policy;
 use cocoon_attest::sev::SevReportInfo;
 
 /// The SEV policy, relaxed only where the public Milan sample guest `info` needs it.
-pub fn sample_sev_policy(info: &SevReportInfo) -> Policy {
+pub(crate) fn sample_sev_policy(info: &SevReportInfo) -> Policy {
     let mut policy = Policy::sev_default();
     // The 2022 sample is below AMD's current TCB floors and no AMD CRL is available
     // offline (both are tested in cocoon-attest): drop them explicitly for this sample.

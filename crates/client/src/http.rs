@@ -36,7 +36,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use cocoon_openai::{ApiError, Endpoint, ErrorKind};
-use cocoon_service::admin::{Prometheus, constant_time_eq, esc, label};
+use cocoon_service::admin::{Prometheus, StatsPages, constant_time_eq, esc, label, stats_routes};
 use cocoon_service::browser::{Allowlist, Guard, Refusal};
 use cocoon_tl::enums;
 use cocoon_tl::functions::client as fclient;
@@ -80,9 +80,7 @@ pub(crate) async fn serve(
         )
         .route("/v1/models", get(models))
         .route("/v1/models/{*id}", get(model))
-        .route("/stats", get(stats_html))
-        .route("/jsonstats", get(stats_json))
-        .route("/metrics", get(metrics))
+        .merge(stats_routes::<Shared, Arc<Shared>>())
         .route("/control/{action}", post(control))
         .route("/request/debuglogentry", get(debug_entry))
         .fallback(fallback)
@@ -415,15 +413,25 @@ pub(crate) fn json_stats(shared: &Shared) -> ClientStats {
     }
 }
 
-async fn stats_json(State(shared): St) -> Response {
-    axum::Json(json_stats(&shared)).into_response()
+impl StatsPages for Shared {
+    fn json(&self) -> Response {
+        axum::Json(json_stats(self)).into_response()
+    }
+
+    fn page(&self) -> Response {
+        stats_html(self)
+    }
+
+    fn metrics(&self) -> Prometheus {
+        metrics(self)
+    }
 }
 
 fn ton(nano: u64) -> String {
     cocoon_ton::format_ton(u128::from(nano))
 }
 
-async fn stats_html(State(shared): St) -> Response {
+fn stats_html(shared: &Shared) -> Response {
     let s = shared.stats.snapshot();
     let mut h = String::from(
         "<!doctype html><html><head><meta charset=utf-8><title>Cocoon client</title>\
@@ -500,7 +508,7 @@ async fn stats_html(State(shared): St) -> Response {
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], h).into_response()
 }
 
-async fn metrics(State(shared): St) -> Response {
+fn metrics(shared: &Shared) -> Prometheus {
     let s = shared.stats.snapshot();
     let mut m = Prometheus::new();
     m.metric(
@@ -565,7 +573,7 @@ async fn metrics(State(shared): St) -> Response {
         "The payment channel's balance per proxy, nanoTON.",
         &per_proxy(&|_, i| i.channel.as_ref().map(|c| c.balance.to_string())),
     );
-    m.into_response()
+    m
 }
 
 /// The stored outcome of the request that named `request_guid` (`{}` if none).

@@ -178,7 +178,7 @@ pub fn check_extra_ca(
             format!(
                 "refused inside a TEE ({}): the host controls the disk, so an extra CA lets it \
                  impersonate any server; set extra_ca_in_tee = true to trust it anyway",
-                crate::tee::name(b)
+                b.name()
             ),
         ));
     }

@@ -106,11 +106,6 @@ impl TeeInfo {
     }
 }
 
-/// The settings' name of a backend (`tdx`, `sev-snp`, `sim`, `none`): [`Backend::name`].
-pub fn name(b: Backend) -> &'static str {
-    b.name()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,7 +128,7 @@ mod tests {
         let info = detect_at(&tsm, &dev);
         assert_eq!(info.backend, Some(Backend::SevSnp));
         assert_eq!(info.providers, vec!["sev_guest".to_owned()]);
-        assert_eq!(name(Backend::SevSnp), "sev-snp");
+        assert_eq!(Backend::SevSnp.name(), "sev-snp");
         assert_eq!(info.to_json()["tee"], "sev-snp");
         assert_eq!(info.lines()[0], "TEE:            sev-snp");
     }

@@ -1,13 +1,12 @@
 //! `cocoon tl decode|encode|ids`.
 
 use clap::Subcommand;
-use cocoon_tl::frame::{self, FRAME_HEADER_LEN, FrameDecoder};
-use cocoon_tl::json;
-use serde_json::{Value, json};
+use cocoon_tl::capture::{decode, encode, parse_hex};
+use serde_json::Value;
 use std::io::Read;
 
 #[derive(Subcommand)]
-pub enum TlCommand {
+pub(crate) enum TlCommand {
     /// Decode hex: one or more frames (`len ‖ seqno ‖ payload`) or one boxed object, as JSON.
     Decode {
         /// Hex bytes (whitespace and a `0x` prefix are allowed); `-` or nothing reads stdin.
@@ -22,12 +21,12 @@ pub enum TlCommand {
     Ids,
 }
 
-pub fn run(command: TlCommand) -> Result<(), String> {
+pub(crate) fn run(command: TlCommand) -> Result<(), String> {
     match command {
         TlCommand::Decode { input } => {
             let text = read_input(input)?;
-            let bytes = parse_hex(&text)?;
-            let value = decode(&bytes)?;
+            let bytes = parse_hex(&text).map_err(|e| e.to_string())?;
+            let value = decode(&bytes).map_err(|e| e.to_string())?;
             println!(
                 "{}",
                 serde_json::to_string_pretty(&value).map_err(|e| e.to_string())?
@@ -38,7 +37,8 @@ pub fn run(command: TlCommand) -> Result<(), String> {
             let text = read_input(input)?;
             let value: Value =
                 serde_json::from_str(&text).map_err(|e| format!("input is not JSON: {e}"))?;
-            println!("{}", hex::encode(encode(&value)?));
+            let bytes = encode(&value).map_err(|e| e.to_string())?;
+            println!("{}", hex::encode(bytes));
             Ok(())
         }
         TlCommand::Ids => {
@@ -64,173 +64,5 @@ fn read_input(arg: Option<String>) -> Result<String, String> {
             Ok(text)
         }
         Some(text) => Ok(text.to_string()),
-    }
-}
-
-fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
-    let text = text.trim();
-    let text = text.strip_prefix("0x").unwrap_or(text);
-    let digits: String = text.chars().filter(|c| !c.is_whitespace()).collect();
-    if digits.is_empty() {
-        return Err("empty input".into());
-    }
-    if let Some(pos) = digits.find(|c: char| !c.is_ascii_hexdigit()) {
-        return Err(format!(
-            "input is not hex: character {:?} at hex digit {pos}",
-            &digits[pos..=pos]
-        ));
-    }
-    if !digits.len().is_multiple_of(2) {
-        return Err(format!(
-            "input is not hex: odd number of hex digits ({})",
-            digits.len()
-        ));
-    }
-    hex::decode(&digits).map_err(|e| format!("input is not hex: {e}"))
-}
-
-/// Does `bytes` start with something that can only be a frame header?
-fn looks_like_frames(bytes: &[u8]) -> bool {
-    let Some((len, _)) = frame::parse_frame_header(bytes) else {
-        return false;
-    };
-    let first_word_is_constructor = cocoon_tl::constructor_by_id(len).is_some();
-    let payload_is_constructor = bytes
-        .get(FRAME_HEADER_LEN..)
-        .and_then(cocoon_tl::peek_constructor)
-        .is_some_and(|id| cocoon_tl::constructor_by_id(id).is_some());
-    let fits_exactly = FRAME_HEADER_LEN + len as usize == bytes.len();
-    !first_word_is_constructor
-        && frame::check_frame_len(len as usize).is_ok()
-        && (payload_is_constructor || fits_exactly)
-}
-
-fn decode(bytes: &[u8]) -> Result<Value, String> {
-    if !looks_like_frames(bytes) {
-        return json::decode_boxed(bytes).map_err(|e| locate(&e, 0));
-    }
-    // A capture may start at any seqno; after the first, each must follow by exactly one.
-    let first_seqno = frame::parse_frame_header(bytes)
-        .map(|(_, s)| s)
-        .unwrap_or(0);
-    let mut decoder = FrameDecoder::with_seqno(first_seqno);
-    let mut input = bytes;
-    let mut frames = Vec::new();
-    while !input.is_empty() {
-        let start = bytes.len() - input.len();
-        let decoded = decoder
-            .decode(&mut input)
-            .map_err(|e| format!("at offset {start}: {e}"))?;
-        let Some(f) = decoded else {
-            return Err(format!(
-                "at offset {start}: frame is truncated ({} bytes left, header says {})",
-                bytes.len() - start,
-                frame::parse_frame_header(&bytes[start..])
-                    .map(|(len, _)| format!("{} bytes", len as usize + FRAME_HEADER_LEN))
-                    .unwrap_or_else(|| "more".into())
-            ));
-        };
-        let payload =
-            json::decode_boxed(&f.payload).map_err(|e| locate(&e, start + FRAME_HEADER_LEN))?;
-        frames.push(json!({
-            "frame": { "len": f.payload.len(), "seqno": f.seqno },
-            "payload": payload,
-        }));
-    }
-    Ok(if frames.len() == 1 {
-        frames.remove(0)
-    } else {
-        Value::Array(frames)
-    })
-}
-
-/// One line: where in the whole input, and what.
-fn locate(e: &cocoon_tl::Error, base: usize) -> String {
-    let path = e.path();
-    if path.is_empty() {
-        format!("at offset {}: {}", base + e.offset, e.kind)
-    } else {
-        format!("at offset {}: {path}: {}", base + e.offset, e.kind)
-    }
-}
-
-fn encode(value: &Value) -> Result<Vec<u8>, String> {
-    match value {
-        Value::Array(items) => {
-            let mut out = Vec::new();
-            for (i, item) in items.iter().enumerate() {
-                out.extend(encode_frame(item).map_err(|e| format!("frame {i}: {e}"))?);
-            }
-            Ok(out)
-        }
-        Value::Object(obj) if obj.contains_key("frame") => encode_frame(value),
-        _ => json::encode_boxed(value).map_err(|e| e.to_string()),
-    }
-}
-
-fn encode_frame(value: &Value) -> Result<Vec<u8>, String> {
-    let seqno = value
-        .pointer("/frame/seqno")
-        .and_then(Value::as_i64)
-        .and_then(|s| i32::try_from(s).ok())
-        .ok_or("$.frame.seqno: expected a 32-bit integer")?;
-    let payload = value.get("payload").ok_or("$.payload: missing")?;
-    let payload =
-        json::encode_boxed(payload).map_err(|e| e.to_string().replacen('$', "$.payload", 1))?;
-    frame::encode_frame(seqno, &payload).map_err(|e| e.to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hex_errors_are_precise() {
-        assert_eq!(parse_hex("0x0a0B 0c").unwrap(), [10, 11, 12]);
-        assert_eq!(
-            parse_hex("abz1").unwrap_err(),
-            "input is not hex: character \"z\" at hex digit 2"
-        );
-        assert_eq!(
-            parse_hex("abc").unwrap_err(),
-            "input is not hex: odd number of hex digits (3)"
-        );
-        assert_eq!(parse_hex("  ").unwrap_err(), "empty input");
-    }
-
-    #[test]
-    fn frame_and_object_round_trip() {
-        // tcp.ping id=1 as a frame with seqno 3, built by hand.
-        let hex_frame = "0c00000003000000" /* len 12, seqno 3 */.to_string()
-            + "7c62e9bb" /* tcp.ping */
-            + "0100000000000000";
-        let bytes = parse_hex(&hex_frame).unwrap();
-        let value = decode(&bytes).unwrap();
-        assert_eq!(
-            value,
-            json!({"frame": {"len": 12, "seqno": 3}, "payload": {"@type": "tcp.ping", "id": 1}})
-        );
-        assert_eq!(hex::encode(encode(&value).unwrap()), hex_frame);
-        // The same payload without a header decodes as an object.
-        let value = decode(&bytes[8..]).unwrap();
-        assert_eq!(value, json!({"@type": "tcp.ping", "id": 1}));
-    }
-
-    #[test]
-    fn errors_point_into_the_whole_input() {
-        // Two frames, the second with a wrong seqno.
-        let ping = "0c000000000000007c62e9bb0100000000000000";
-        let bad = "0c000000050000007c62e9bb0100000000000000";
-        let err = decode(&parse_hex(&format!("{ping}{bad}")).unwrap()).unwrap_err();
-        assert!(err.starts_with("at offset 20: "), "{err}");
-        assert!(err.contains("seqno"), "{err}");
-        // Truncated payload inside a frame: offset counts the header.
-        let err =
-            decode(&parse_hex("0c000000000000007c62e9bb01000000000000").unwrap()).unwrap_err();
-        assert!(err.contains("truncated"), "{err}");
-        // Payload with trailing garbage inside an exact frame.
-        let err = decode(&parse_hex("10000000000000007c62e9bb0100000000000000ffffffff").unwrap())
-            .unwrap_err();
-        assert_eq!(err, "at offset 20: 4 trailing bytes after value");
     }
 }

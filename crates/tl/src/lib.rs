@@ -7,10 +7,12 @@
 //! - [`messages`]: message sets (`schema/messages.tl`), what one peer may send another; every
 //!   enum here and in `enums`/`functions` has a `decode` with a typed [`DispatchError`];
 //! - [`frame`]: the `len ‖ seqno ‖ payload` framing of a session;
-//! - [`json`]: schema-driven decoding to JSON and back, for tools and tests.
+//! - [`json`]: schema-driven decoding to JSON and back, for tools and tests;
+//! - [`capture`]: hex captures (frames or one object) to JSON and back, for tools.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, clippy::unwrap_used)]
 
+pub mod capture;
 pub mod codec;
 pub mod codes;
 mod dispatch;

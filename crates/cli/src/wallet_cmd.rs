@@ -11,29 +11,27 @@ use clap::{Args, Subcommand};
 use cocoon_ton::keys::SigningKey;
 use cocoon_ton::ops::{self, WalletOps};
 use cocoon_ton::toncenter::{Toncenter, ToncenterConfig};
-use cocoon_ton::wallet::{
-    MAINNET_GLOBAL_ID, SenderEvent, TESTNET_GLOBAL_ID, Wallet, WalletVersion,
-};
+use cocoon_ton::wallet::{SenderEvent, Wallet, WalletVersion};
 use cocoon_ton::{StdAddr, format_ton, friendly_address, parse_address, parse_ton};
 
 /// Where the chain is and which wallet to use.
 #[derive(Debug, Clone, Args)]
-pub struct ChainOpts {
+pub(crate) struct ChainOpts {
     /// toncenter v2 base URL (the devnet by default).
     #[arg(long = "ton", default_value = "http://127.0.0.1:8081", global = true)]
-    pub ton: String,
+    pub(crate) ton: String,
     /// File holding the toncenter API key (sent as X-API-Key).
     #[arg(long, global = true)]
-    pub api_key_file: Option<PathBuf>,
+    pub(crate) api_key_file: Option<PathBuf>,
     /// PEM bundle of CA certificates to trust besides the WebPKI roots (SSL_CERT_FILE is not
     /// read).
     #[arg(long, global = true)]
-    pub extra_ca_file: Option<PathBuf>,
+    pub(crate) extra_ca_file: Option<PathBuf>,
 }
 
 impl ChainOpts {
     /// A client for `--ton`.
-    pub fn client(&self) -> Result<Toncenter, String> {
+    pub(crate) fn client(&self) -> Result<Toncenter, String> {
         let mut cfg = ToncenterConfig::new(self.ton.clone());
         if let Some(p) = &self.api_key_file {
             let k = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
@@ -48,21 +46,21 @@ impl ChainOpts {
 
 /// Which wallet contract a key controls.
 #[derive(Debug, Clone, Args)]
-pub struct WalletOpts {
+pub(crate) struct WalletOpts {
     /// Ed25519 seed file (32 raw bytes or 64 hex digits, mode 0600).
     #[arg(long)]
-    pub key: PathBuf,
+    pub(crate) key: PathBuf,
     /// Wallet contract: v4r2 or v5r1.
     #[arg(long = "wallet-version", default_value = "v4r2")]
-    pub version: WalletVersion,
+    pub(crate) version: WalletVersion,
     /// Testnet ids and address flags.
     #[arg(long)]
-    pub testnet: bool,
+    pub(crate) testnet: bool,
 }
 
 impl WalletOpts {
     /// Loads the key and the wallet it controls.
-    pub fn load(&self) -> Result<(SigningKey, Wallet), String> {
+    pub(crate) fn load(&self) -> Result<(SigningKey, Wallet), String> {
         let key = SigningKey::from_file(&self.key).map_err(|e| e.to_string())?;
         let wallet = self.wallet(key.public_key());
         Ok((key, wallet))
@@ -70,7 +68,7 @@ impl WalletOpts {
 
     /// The wallet sending through `chain`, waiting at most `wait` seconds for each message to
     /// be accepted; what it sends is reported on stderr.
-    pub fn ops(&self, chain: Toncenter, wait: u64) -> Result<WalletOps<Toncenter>, String> {
+    pub(crate) fn ops(&self, chain: Toncenter, wait: u64) -> Result<WalletOps<Toncenter>, String> {
         let (key, wallet) = self.load()?;
         let mut ops = WalletOps::new(chain, wallet, key).map_err(|e| e.to_string())?;
         ops.confirm_timeout = Duration::from_secs(wait);
@@ -85,25 +83,13 @@ impl WalletOpts {
     }
 
     fn wallet(&self, pk: [u8; 32]) -> Wallet {
-        match self.version {
-            WalletVersion::V4R2 => Wallet::v4r2(pk, 0),
-            WalletVersion::V5R1 => Wallet::v5r1(
-                pk,
-                0,
-                if self.testnet {
-                    TESTNET_GLOBAL_ID
-                } else {
-                    MAINNET_GLOBAL_ID
-                },
-                0,
-            ),
-        }
+        Wallet::on_network(self.version, pk, self.testnet)
     }
 }
 
 /// `cocoon wallet` subcommands.
 #[derive(Debug, Subcommand)]
-pub enum WalletCommand {
+pub(crate) enum WalletCommand {
     /// Create a new key file (mode 0600) and print the wallet address.
     New {
         #[command(flatten)]
@@ -156,7 +142,7 @@ pub enum WalletCommand {
 }
 
 /// A single-threaded tokio runtime for one command.
-pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -173,7 +159,7 @@ fn print_address(label: &str, a: &StdAddr, testnet: bool) {
 }
 
 /// Runs a `cocoon wallet` subcommand.
-pub fn run(cmd: WalletCommand) -> Result<(), String> {
+pub(crate) fn run(cmd: WalletCommand) -> Result<(), String> {
     let err = |e: ops::OpsError| e.to_string();
     match cmd {
         WalletCommand::New { wallet } => {

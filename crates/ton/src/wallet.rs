@@ -261,9 +261,22 @@ impl Wallet {
 
     /// A default wallet of `version` on workchain 0, mainnet ids.
     pub fn new(version: WalletVersion, public_key: [u8; 32]) -> Self {
+        Self::on_network(version, public_key, false)
+    }
+
+    /// A default wallet of `version` on workchain 0; a v5r1 wallet id carries the testnet's
+    /// global id when `testnet` (v4r2 ids do not depend on the network).
+    pub fn on_network(version: WalletVersion, public_key: [u8; 32], testnet: bool) -> Self {
         match version {
             WalletVersion::V4R2 => Self::v4r2(public_key, 0),
-            WalletVersion::V5R1 => Self::v5r1(public_key, 0, MAINNET_GLOBAL_ID, 0),
+            WalletVersion::V5R1 => {
+                let global_id = if testnet {
+                    TESTNET_GLOBAL_ID
+                } else {
+                    MAINNET_GLOBAL_ID
+                };
+                Self::v5r1(public_key, 0, global_id, 0)
+            }
         }
     }
 
@@ -426,6 +439,21 @@ mod tests {
         assert_ne!(
             Wallet::v5r1([0; 32], 0, TESTNET_GLOBAL_ID, 0).wallet_id,
             Wallet::v5r1([0; 32], 0, MAINNET_GLOBAL_ID, 0).wallet_id
+        );
+        // The network only changes a v5r1 wallet's id.
+        let v5 = WalletVersion::V5R1;
+        assert_eq!(
+            Wallet::on_network(v5, [0; 32], true),
+            Wallet::v5r1([0; 32], 0, TESTNET_GLOBAL_ID, 0)
+        );
+        assert_eq!(
+            Wallet::on_network(v5, [0; 32], false),
+            Wallet::new(v5, [0; 32])
+        );
+        let v4 = WalletVersion::V4R2;
+        assert_eq!(
+            Wallet::on_network(v4, [0; 32], true),
+            Wallet::v4r2([0; 32], 0)
         );
     }
 

@@ -9,15 +9,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use cocoon_client::Settings;
 use serde_json::Value;
 
-use crate::config::{ConfigError, Layers};
 use crate::role;
 
 #[derive(Args)]
 #[command(args_conflicts_with_subcommands = true)]
-pub struct ClientArgs {
+pub(crate) struct ClientArgs {
     #[command(subcommand)]
     action: Option<ClientAction>,
     #[command(flatten)]
@@ -25,7 +23,7 @@ pub struct ClientArgs {
 }
 
 #[derive(Args)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     #[command(flatten)]
     common: role::CommonArgs,
     /// Where the OpenAI-compatible API listens (ip:port).
@@ -34,12 +32,6 @@ pub struct RunArgs {
     /// A proxy's client address (host:port); repeatable. Default: the root's proxies.
     #[arg(long = "proxy")]
     proxies: Vec<String>,
-    /// Root contract address.
-    #[arg(long)]
-    root: Option<String>,
-    /// toncenter v2 API URL.
-    #[arg(long)]
-    ton: Option<String>,
     /// Owner of the client contracts (default: the wallet's address).
     #[arg(long)]
     owner: Option<String>,
@@ -90,21 +82,9 @@ struct CtlArgs {
     proxy: Option<String>,
 }
 
-/// Defaults, file, `COCOON_CLIENT_*`, then flags.
-pub fn layers(args: &RunArgs, env: Vec<(String, String)>) -> Result<Layers, ConfigError> {
-    let proxies = (!args.proxies.is_empty()).then(|| args.proxies.join(","));
-    let flags = vec![
-        ("api_listen", args.listen.clone(), "--listen"),
-        ("proxies", proxies, "--proxy"),
-        ("root_address", args.root.clone(), "--root"),
-        ("ton_url", args.ton.clone(), "--ton"),
-        ("owner_address", args.owner.clone(), "--owner"),
-    ];
-    args.common
-        .layers("client", cocoon_client::settings::DEFAULTS, env, flags)
-}
-
-pub fn main(args: ClientArgs) -> ExitCode {
+/// Defaults, file, `COCOON_CLIENT_*`, then flags; then `cocoon_client::run`. A subcommand
+/// operates a running client instead.
+pub(crate) fn main(args: ClientArgs) -> ExitCode {
     if let Some(action) = args.action {
         return match act(action) {
             Ok(()) => ExitCode::SUCCESS,
@@ -114,15 +94,15 @@ pub fn main(args: ClientArgs) -> ExitCode {
             }
         };
     }
-    let layers = layers(&args.run, std::env::vars().collect());
-    role::main_with(
-        cocoon_client::settings::DEFAULTS,
-        args.run.common.print_defaults,
-        args.run.common.print_config,
-        layers,
-        |s: &Settings, l| role::checked(l, s.check(role::given(l))),
-        |s: &Settings| s.log.clone(),
-        |s| cocoon_client::run(s, cocoon_service::process::stop_signal()),
+    let run = args.run;
+    let proxies = (!run.proxies.is_empty()).then(|| run.proxies.join(","));
+    role::main::<cocoon_client::Settings>(
+        &run.common,
+        vec![
+            ("api_listen", run.listen, "--listen"),
+            ("proxies", proxies, "--proxy"),
+            ("owner_address", run.owner, "--owner"),
+        ],
     )
 }
 
@@ -131,11 +111,9 @@ fn act(action: ClientAction) -> Result<(), String> {
     if let ClientAction::Key { name, limit, file } = action {
         return new_key(&name, limit.as_deref(), &file);
     }
-    // reqwest is built without a default crypto provider: ring, as everywhere else.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     rt.block_on(async move {
-        let http = reqwest::Client::builder()
+        let http = cocoon_service::http::ClientBuilder::new()
             .timeout(Duration::from_secs(300))
             .build()
             .map_err(|e| e.to_string())?;
@@ -147,10 +125,9 @@ fn act(action: ClientAction) -> Result<(), String> {
             ClientAction::Close(c) => (c, "close", None),
             ClientAction::Key { .. } => unreachable!("handled above"),
         };
-        let token_file = ctl
-            .token_file
-            .clone()
-            .unwrap_or_else(|| role::default_state_dir("client").join("admin-token"));
+        let token_file = ctl.token_file.clone().unwrap_or_else(|| {
+            cocoon_service::process::default_state_dir("client").join("admin-token")
+        });
         let token = std::fs::read_to_string(&token_file)
             .map_err(|e| format!("admin token {}: {e}", token_file.display()))?;
         let mut q: Vec<(&str, String)> = Vec::new();
@@ -203,7 +180,7 @@ fn print_channel(st: &Value) {
     );
 }
 
-async fn status(http: &reqwest::Client, ctl: &CtlArgs) -> Result<(), String> {
+async fn status(http: &cocoon_service::http::reqwest::Client, ctl: &CtlArgs) -> Result<(), String> {
     let v: Value = http
         .get(format!("{}/jsonstats", ctl.api.trim_end_matches('/')))
         .send()
@@ -254,36 +231,11 @@ async fn status(http: &reqwest::Client, ctl: &CtlArgs) -> Result<(), String> {
 }
 
 fn new_key(name: &str, limit: Option<&str>, file: &Path) -> Result<(), String> {
-    use std::io::Write;
-    if name.is_empty() || name.contains('#') {
-        return Err("the key name must be non-empty and without '#'".into());
-    }
-    let limit_field = match limit {
-        Some(l) => {
-            let n = cocoon_ton::parse_ton(l).map_err(|e| format!("--limit: {e}"))?;
-            cocoon_ton::format_ton(u128::from(n))
-        }
-        None => "-".into(),
-    };
-    let mut bytes = [0u8; 24];
-    rand::fill(&mut bytes);
-    let key = format!("sk-cocoon-{}", hex::encode(bytes));
-    if file.exists() {
-        let existing =
-            std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
-        cocoon_client::keys::parse(&existing).map_err(|e| format!("{}: {e}", file.display()))?;
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(file)
-        .map_err(|e| format!("{}: {e}", file.display()))?;
-    writeln!(
-        f,
-        "{} {limit_field} {name}",
-        cocoon_client::keys::key_hash(&key)
-    )
-    .map_err(|e| format!("{}: {e}", file.display()))?;
+    let checked = cocoon_client::keys::KeyName::parse(name)?;
+    let limit = limit.map(cocoon_ton::parse_ton).transpose();
+    let limit = limit.map_err(|e| format!("--limit: {e}"))?;
+    let key = cocoon_client::keys::create(file, &checked, limit)?;
+    let limit_field = limit.map_or_else(|| "-".into(), |n| cocoon_ton::format_ton(u128::from(n)));
     println!("{key}");
     eprintln!(
         "key {name:?} (limit {limit_field} TON) added to {}; the client reads the file at start",

@@ -5,13 +5,11 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use cocoon_proxy::Settings;
 
-use crate::config::{ConfigError, Layers};
 use crate::role;
 
 #[derive(Args)]
-pub struct ProxyArgs {
+pub(crate) struct ProxyArgs {
     #[command(flatten)]
     common: role::CommonArgs,
     /// Where workers connect (ip:port).
@@ -20,47 +18,19 @@ pub struct ProxyArgs {
     /// Where clients connect (ip:port).
     #[arg(long)]
     client_listen: Option<String>,
-    /// Root contract address.
-    #[arg(long)]
-    root: Option<String>,
-    /// toncenter v2 API URL.
-    #[arg(long)]
-    ton: Option<String>,
     /// Owner address of the proxy (its contract and commission).
     #[arg(long)]
     owner: Option<String>,
 }
 
-/// Defaults, file, `COCOON_PROXY_*`, then flags.
-pub fn layers(args: &ProxyArgs, env: Vec<(String, String)>) -> Result<Layers, ConfigError> {
-    let flags = vec![
-        (
-            "worker_listen",
-            args.worker_listen.clone(),
-            "--worker-listen",
-        ),
-        (
-            "client_listen",
-            args.client_listen.clone(),
-            "--client-listen",
-        ),
-        ("root_address", args.root.clone(), "--root"),
-        ("ton_url", args.ton.clone(), "--ton"),
-        ("owner_address", args.owner.clone(), "--owner"),
-    ];
-    args.common
-        .layers("proxy", cocoon_proxy::settings::DEFAULTS, env, flags)
-}
-
-pub fn main(args: ProxyArgs) -> ExitCode {
-    let layers = layers(&args, std::env::vars().collect());
-    role::main_with(
-        cocoon_proxy::settings::DEFAULTS,
-        args.common.print_defaults,
-        args.common.print_config,
-        layers,
-        |s: &Settings, l| role::checked(l, s.check(role::given(l))),
-        |s: &Settings| s.log.clone(),
-        |s| cocoon_proxy::run(s, cocoon_service::process::stop_signal()),
+/// Defaults, file, `COCOON_PROXY_*`, then flags; then `cocoon_proxy::run`.
+pub(crate) fn main(args: ProxyArgs) -> ExitCode {
+    role::main::<cocoon_proxy::Settings>(
+        &args.common,
+        vec![
+            ("worker_listen", args.worker_listen, "--worker-listen"),
+            ("client_listen", args.client_listen, "--client-listen"),
+            ("owner_address", args.owner, "--owner"),
+        ],
     )
 }

@@ -2,62 +2,83 @@
 //! crate takes over: its common flags, its layered settings (exit 64 with one line on a bad
 //! one), logging, and a tokio runtime for the role's `run`.
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
-pub use cocoon_service::process::default_state_dir;
+use cocoon_service::SettingError;
+use cocoon_service::process::stop_signal;
 
-/// A role's setting check as a configuration error naming the key and where its value
-/// came from (exit 64).
-pub fn checked(
-    l: &crate::config::Layers,
-    r: Result<(), cocoon_service::SettingError>,
-) -> Result<(), crate::config::ConfigError> {
-    r.map_err(|e| l.invalid(&e.key, e.reason))
+use crate::config::{ConfigError, EXIT_CONFIG, Layers};
+
+/// A role crate's settings and process, as its command runs them.
+pub(crate) trait Role: serde::de::DeserializeOwned {
+    /// Its table in TOML files and its `COCOON_<ROLE>_` prefix.
+    const NAME: &'static str;
+    /// Its documented defaults file.
+    const DEFAULTS: &'static str;
+    /// The role's own checks; `given` says whether the operator set a key.
+    fn check_given(&self, given: &dyn Fn(&str) -> bool) -> Result<(), SettingError>;
+    /// The log filter.
+    fn log(&self) -> &str;
+    /// The role's process until SIGINT or SIGTERM.
+    fn run(self) -> impl Future<Output = Result<(), String>>;
 }
 
-/// Whether a key was set by the operator (file, environment, flag) rather than defaulted.
-pub fn given(l: &crate::config::Layers) -> impl Fn(&str) -> bool + '_ {
-    move |k| l.origin(k) != "default"
+/// The three roles: the same calls into each role crate.
+macro_rules! role {
+    ($settings:ty, $name:literal, $krate:ident) => {
+        impl Role for $settings {
+            const NAME: &'static str = $name;
+            const DEFAULTS: &'static str = $krate::settings::DEFAULTS;
+            fn check_given(&self, given: &dyn Fn(&str) -> bool) -> Result<(), SettingError> {
+                self.check(given)
+            }
+            fn log(&self) -> &str {
+                &self.log
+            }
+            fn run(self) -> impl Future<Output = Result<(), String>> {
+                $krate::run(self, stop_signal())
+            }
+        }
+    };
 }
+role!(cocoon_proxy::Settings, "proxy", cocoon_proxy);
+role!(cocoon_worker::Settings, "worker", cocoon_worker);
+role!(cocoon_client::Settings, "client", cocoon_client);
 
 /// The common life of a role command: print the defaults or the layered configuration if
 /// asked, build and check the settings (config errors exit 64 with one line), start
-/// logging, run `run` on a tokio runtime, and turn its error into exit code 1.
-pub fn main_with<S, F>(
-    defaults: &str,
-    print_defaults: bool,
-    print_config: bool,
-    layers: Result<crate::config::Layers, crate::config::ConfigError>,
-    check: impl FnOnce(&S, &crate::config::Layers) -> Result<(), crate::config::ConfigError>,
-    log: impl FnOnce(&S) -> String,
-    run: impl FnOnce(S) -> F,
-) -> std::process::ExitCode
-where
-    S: serde::de::DeserializeOwned,
-    F: std::future::Future<Output = Result<(), String>>,
-{
-    use std::process::ExitCode;
-    if print_defaults {
-        print!("{defaults}");
+/// logging, run the role on a tokio runtime, and turn its error into exit code 1. `flags`
+/// are the role's own (`(key, value, flag name)`, applied when given).
+pub(crate) fn main<S: Role>(
+    common: &CommonArgs,
+    flags: Vec<(&'static str, Option<String>, &'static str)>,
+) -> ExitCode {
+    if common.print_defaults {
+        print!("{}", S::DEFAULTS);
         return ExitCode::SUCCESS;
     }
-    let layered = layers.and_then(|l| {
-        let s: S = l.build()?;
-        check(&s, &l)?;
-        Ok((l, s))
-    });
+    let layered = common
+        .layers(S::NAME, S::DEFAULTS, std::env::vars(), flags)
+        .and_then(|l| {
+            let s: S = l.build()?;
+            s.check_given(&|k| l.origin(k) != "default")
+                .map_err(|e| l.invalid(&e.key, e.reason))?;
+            Ok((l, s))
+        });
     let (l, s) = match layered {
         Ok(v) => v,
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::from(crate::config::EXIT_CONFIG);
+            return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if print_config {
+    if common.print_config {
         print!("{}", l.render());
         return ExitCode::SUCCESS;
     }
-    cocoon_service::process::init_logging(&log(&s));
+    cocoon_service::process::init_logging(s.log());
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -65,7 +86,7 @@ where
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(run(s)) {
+    match rt.block_on(s.run()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -76,44 +97,49 @@ where
 
 /// Flags every role command takes.
 #[derive(clap::Args)]
-pub struct CommonArgs {
+pub(crate) struct CommonArgs {
     /// TOML configuration file (keys under the role's table, e.g. [worker]).
     #[arg(long)]
-    pub config: Option<PathBuf>,
+    config: Option<PathBuf>,
     /// Set any key: --set key=value (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub sets: Vec<String>,
+    sets: Vec<String>,
     /// auto, tdx, sev-snp or sim.
     #[arg(long)]
-    pub tee: Option<String>,
+    tee: Option<String>,
     /// Test network.
     #[arg(long)]
-    pub test: bool,
+    test: bool,
     /// State directory.
     #[arg(long)]
-    pub state_dir: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
     /// Admin HTTP listen address ("" for none).
     #[arg(long)]
-    pub admin: Option<String>,
+    admin: Option<String>,
+    /// Root contract address.
+    #[arg(long)]
+    root: Option<String>,
+    /// toncenter v2 API URL.
+    #[arg(long)]
+    ton: Option<String>,
     /// Print the effective configuration (with where each value came from) and exit.
     #[arg(long)]
-    pub print_config: bool,
+    print_config: bool,
     /// Print the documented defaults file and exit.
     #[arg(long)]
-    pub print_defaults: bool,
+    print_defaults: bool,
 }
 
 impl CommonArgs {
-    /// Defaults, the file, `COCOON_<ROLE>_*`, `--set`, the common flags, then `flags`
-    /// (`(key, value, flag name)`, applied when given).
-    pub fn layers(
+    /// Defaults, the file, `COCOON_<ROLE>_*`, `--set`, the common flags, then `flags`.
+    fn layers(
         &self,
         role: &'static str,
         defaults: &str,
-        env: Vec<(String, String)>,
+        env: impl IntoIterator<Item = (String, String)>,
         flags: Vec<(&'static str, Option<String>, &'static str)>,
-    ) -> Result<crate::config::Layers, crate::config::ConfigError> {
-        let mut l = crate::config::Layers::new(role, defaults);
+    ) -> Result<Layers, ConfigError> {
+        let mut l = Layers::new(role, defaults);
         if let Some(p) = &self.config {
             l.file(p)?;
         }
@@ -127,6 +153,8 @@ impl CommonArgs {
                 "--state-dir",
             ),
             ("admin_listen", self.admin.clone(), "--admin"),
+            ("root_address", self.root.clone(), "--root"),
+            ("ton_url", self.ton.clone(), "--ton"),
         ];
         for (key, v, flag) in common.into_iter().chain(flags) {
             if let Some(v) = v {

@@ -71,6 +71,42 @@ pub fn load(path: &Path) -> Result<Vec<KeySpec>, String> {
     parse(&text)
 }
 
+/// A key's label: non-empty and without `#` (which starts a comment in the keys file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyName(String);
+
+impl KeyName {
+    /// Checks a label.
+    pub fn parse(name: &str) -> Result<Self, String> {
+        if name.is_empty() || name.contains('#') {
+            return Err("the key name must be non-empty and without '#'".into());
+        }
+        Ok(Self(name.to_owned()))
+    }
+}
+
+/// Creates an API key: appends `<hash> <limit in TON or -> <name>` to the keys file `file`
+/// (created if missing; an existing one must parse first) and returns the key, which is
+/// kept nowhere else. `limit` is in nanoTON.
+pub fn create(file: &Path, name: &KeyName, limit: Option<u64>) -> Result<String, String> {
+    use std::io::Write;
+    let limit_field = limit.map_or_else(|| "-".into(), |n| cocoon_ton::format_ton(u128::from(n)));
+    let mut bytes = [0u8; 24];
+    rand::fill(&mut bytes);
+    let key = format!("sk-cocoon-{}", hex::encode(bytes));
+    let in_file = |e: &dyn std::fmt::Display| format!("{}: {e}", file.display());
+    if file.exists() {
+        parse(&std::fs::read_to_string(file).map_err(|e| in_file(&e))?).map_err(|e| in_file(&e))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+        .map_err(|e| in_file(&e))?;
+    writeln!(f, "{} {limit_field} {}", key_hash(&key), name.0).map_err(|e| in_file(&e))?;
+    Ok(key)
+}
+
 #[derive(Debug, Clone)]
 struct Account {
     spec: KeySpec,
@@ -235,6 +271,33 @@ mod tests {
         assert!(parse("abc 1").unwrap_err().contains("line 1"));
         assert!(parse(&format!("{h} lots")).unwrap_err().contains("limit"));
         assert!(parse(&format!("{h}\n{h}")).unwrap_err().contains("twice"));
+    }
+
+    #[test]
+    fn created_keys_are_appended_as_hashes() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("keys");
+        assert!(KeyName::parse("").is_err());
+        assert!(KeyName::parse("a#b").is_err());
+        let one = create(
+            &file,
+            &KeyName::parse("app one").unwrap(),
+            Some(2_500_000_000),
+        )
+        .unwrap();
+        let two = create(&file, &KeyName::parse("ops").unwrap(), None).unwrap();
+        assert!(one.starts_with("sk-cocoon-") && one != two);
+        let keys = load(&file).unwrap();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(
+            (keys[0].hash.as_str(), keys[0].limit),
+            (key_hash(&one).as_str(), Some(2_500_000_000))
+        );
+        assert_eq!((keys[1].name.as_str(), keys[1].limit), ("ops", None));
+        // A file that does not parse is not appended to.
+        std::fs::write(&file, "not a key\n").unwrap();
+        assert!(create(&file, &KeyName::parse("x").unwrap(), None).is_err());
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "not a key\n");
     }
 
     #[test]

@@ -14,11 +14,11 @@ use serde::de::DeserializeOwned;
 use toml::{Table, Value};
 
 /// Exit code for a configuration the operator must fix.
-pub const EXIT_CONFIG: u8 = 64;
+pub(crate) const EXIT_CONFIG: u8 = 64;
 
 /// A configuration error: one line naming the key and where its value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError(pub String);
+pub(crate) struct ConfigError(pub(crate) String);
 
 impl std::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -27,7 +27,7 @@ impl std::fmt::Display for ConfigError {
 }
 
 /// Layers of one role's configuration.
-pub struct Layers {
+pub(crate) struct Layers {
     role: &'static str,
     values: Table,
     /// Where each key's current value came from.
@@ -36,7 +36,7 @@ pub struct Layers {
 
 impl Layers {
     /// Starts from the embedded defaults of `role` (a TOML document with one `[role]` table).
-    pub fn new(role: &'static str, defaults: &str) -> Self {
+    pub(crate) fn new(role: &'static str, defaults: &str) -> Self {
         let doc: Table = defaults
             .parse()
             .unwrap_or_else(|e| panic!("embedded defaults for {role} do not parse: {e}"));
@@ -125,7 +125,7 @@ impl Layers {
     }
 
     /// Applies the `[role]` table of a TOML file; other roles' tables are left for them.
-    pub fn file(&mut self, path: &Path) -> Result<(), ConfigError> {
+    pub(crate) fn file(&mut self, path: &Path) -> Result<(), ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("config: cannot read {}: {e}", path.display())))?;
         let doc: Table = text.parse().map_err(|e: toml::de::Error| {
@@ -152,7 +152,7 @@ impl Layers {
     }
 
     /// Applies `COCOON_<ROLE>_<KEY>` variables from `vars`.
-    pub fn env(
+    pub(crate) fn env(
         &mut self,
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<(), ConfigError> {
@@ -169,13 +169,13 @@ impl Layers {
     }
 
     /// Applies `key=value` pairs (from `--set` and named flags; `from` names the flag).
-    pub fn set(&mut self, key: &str, raw: &str, from: &str) -> Result<(), ConfigError> {
+    pub(crate) fn set(&mut self, key: &str, raw: &str, from: &str) -> Result<(), ConfigError> {
         let v = self.typed(key, raw, from)?;
         self.set_value(key, v, from)
     }
 
     /// Applies `--set key=value` arguments.
-    pub fn sets(&mut self, pairs: &[String]) -> Result<(), ConfigError> {
+    pub(crate) fn sets(&mut self, pairs: &[String]) -> Result<(), ConfigError> {
         for p in pairs {
             let Some((k, v)) = p.split_once('=') else {
                 return Err(ConfigError(format!(
@@ -188,7 +188,7 @@ impl Layers {
     }
 
     /// The effective configuration as TOML, each key with where its value came from.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = format!("[{}]\n", self.role);
         for (k, v) in &self.values {
             let from = self.origin.get(k).map_or("default", String::as_str);
@@ -198,7 +198,7 @@ impl Layers {
     }
 
     /// The typed configuration.
-    pub fn build<T: DeserializeOwned>(&self) -> Result<T, ConfigError> {
+    pub(crate) fn build<T: DeserializeOwned>(&self) -> Result<T, ConfigError> {
         Value::Table(self.values.clone())
             .try_into()
             .map_err(|e: toml::de::Error| {
@@ -207,7 +207,7 @@ impl Layers {
     }
 
     /// Where `key`'s value came from (for error messages that name it).
-    pub fn origin(&self, key: &str) -> String {
+    pub(crate) fn origin(&self, key: &str) -> String {
         self.origin
             .get(key)
             .cloned()
@@ -215,7 +215,7 @@ impl Layers {
     }
 
     /// An error about `key`'s value, naming where it came from.
-    pub fn invalid(&self, key: &str, what: impl std::fmt::Display) -> ConfigError {
+    pub(crate) fn invalid(&self, key: &str, what: impl std::fmt::Display) -> ConfigError {
         self.err(key, &self.origin(key), what)
     }
 }

@@ -8,7 +8,7 @@ use cocoon_devnet::run::{RunOptions, run_until_ctrl_c};
 
 /// Options of `cocoon devnet`.
 #[derive(Debug, Args)]
-pub struct DevnetArgs {
+pub(crate) struct DevnetArgs {
     /// Address to serve the toncenter v2 API on.
     #[arg(long, default_value = "127.0.0.1:8081")]
     listen: SocketAddr,
@@ -26,7 +26,7 @@ pub struct DevnetArgs {
 }
 
 /// Runs the devnet until Ctrl-C.
-pub fn run(args: DevnetArgs) -> Result<(), String> {
+pub(crate) fn run(args: DevnetArgs) -> Result<(), String> {
     let opts = RunOptions {
         listen: args.listen,
         dir: args.dir,

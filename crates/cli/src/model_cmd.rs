@@ -5,7 +5,7 @@ use cocoon_engine::store::{self, ModelStore, default_dir, progress_printer};
 use std::path::PathBuf;
 
 #[derive(Args)]
-pub struct ModelArgs {
+pub(crate) struct ModelArgs {
     /// Store directory (default: $COCOON_MODELS_DIR, else $XDG_DATA_HOME/cocoon/models,
     /// else ~/.local/share/cocoon/models).
     #[arg(long, global = true)]
@@ -50,7 +50,7 @@ enum ModelCommand {
 }
 
 /// The default store directory.
-pub fn run(args: ModelArgs) -> Result<(), String> {
+pub(crate) fn run(args: ModelArgs) -> Result<(), String> {
     let dir = args.dir.unwrap_or_else(default_dir);
     let store = ModelStore::open(&dir).map_err(|e| e.to_string())?;
     match args.command {

@@ -20,7 +20,7 @@ use crate::wallet_cmd::{ChainOpts, WalletOpts, runtime};
 
 /// Which image whitelist.
 #[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum ImageKind {
+pub(crate) enum ImageKind {
     /// Worker image hashes.
     Worker,
     /// Proxy image hashes.
@@ -29,7 +29,7 @@ pub enum ImageKind {
 
 /// Options shared by owner operations.
 #[derive(Debug, Args)]
-pub struct OwnerOpts {
+pub(crate) struct OwnerOpts {
     #[command(flatten)]
     wallet: WalletOpts,
     /// Root contract address (default: the devnet's, from /_devnet/info).
@@ -47,7 +47,7 @@ pub struct OwnerOpts {
 
 /// `cocoon root deploy`'s options.
 #[derive(Debug, Args)]
-pub struct DeployArgs {
+pub(crate) struct DeployArgs {
     #[command(flatten)]
     wallet: WalletOpts,
     /// A production network (is_test = false: sim attestation is refused everywhere).
@@ -80,7 +80,7 @@ pub struct DeployArgs {
 
 /// `cocoon root` subcommands.
 #[derive(Debug, Subcommand)]
-pub enum RootCommand {
+pub(crate) enum RootCommand {
     /// Deploy a new root contract owned by this wallet, with Cocoon's contract code and the
     /// given prices (the devnet deploys its own root on start; use this for other chains).
     Deploy(DeployArgs),
@@ -312,7 +312,7 @@ fn deploy(a: DeployArgs) -> Result<(), String> {
 }
 
 /// Runs a `cocoon root` subcommand.
-pub fn run(cmd: RootCommand) -> Result<(), String> {
+pub(crate) fn run(cmd: RootCommand) -> Result<(), String> {
     match cmd {
         RootCommand::Deploy(args) => deploy(args),
         RootCommand::Show { root, json, chain } => {

@@ -413,16 +413,20 @@ pub(crate) fn json_stats(shared: &Shared) -> ClientStats {
     }
 }
 
+/// `/jsonstats` is [`ClientStats`]; the page and the metrics read the counters and the
+/// proxy sessions themselves.
 impl StatsPages for Shared {
-    fn json(&self) -> Response {
-        axum::Json(json_stats(self)).into_response()
+    type Stats = ClientStats;
+
+    fn stats(&self) -> ClientStats {
+        json_stats(self)
     }
 
-    fn page(&self) -> Response {
+    fn page(&self, _: &ClientStats) -> Response {
         stats_html(self)
     }
 
-    fn metrics(&self) -> Prometheus {
+    fn metrics(&self, _: &ClientStats) -> Prometheus {
         metrics(self)
     }
 }

@@ -9,40 +9,21 @@
 //! (`cocoon_service::browser`): a foreign `Host` or `Origin` is refused and a POST body must
 //! be JSON, so a web page the operator opens can neither read the pages nor use a control.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use axum::extract::State;
+use axum::Router;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use cocoon_service::admin::{self, Admin, Page, Prometheus, StatsPages, Switch, Token, label};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use cocoon_service::admin::{self, Admin, Page, Prometheus, StatsPages, Switch, label};
 
-use crate::Shared;
-use crate::config::AdminConfig;
+use crate::{ProxyStats, Shared};
 
-pub(crate) async fn spawn(
-    shared: Arc<Shared>,
-    cfg: &AdminConfig,
-    token: Token,
-    stop: watch::Receiver<bool>,
-) -> Result<(SocketAddr, JoinHandle<()>), String> {
-    let routes =
-        admin::router::<Shared>("/control").route("/control/{action}", post(settlement_control));
-    // Every page and control behind the browser guard (Host, Origin, JSON bodies).
-    admin::spawn(
-        routes,
-        Admin {
-            role: shared,
-            token,
-        },
-        cfg,
-        stop,
-    )
-    .await
+/// The admin server's routes: the service's stats pages and switch, and the settlement
+/// controls.
+pub(crate) fn routes() -> Router<Admin<Shared>> {
+    admin::router::<Shared>("/control").route("/control/{action}", post(settlement_control))
 }
 
 impl Switch for Shared {
@@ -55,7 +36,7 @@ impl Switch for Shared {
 
 async fn settlement_control(
     State(st): State<Admin<Shared>>,
-    axum::extract::Path(action): axum::extract::Path<String>,
+    Path(action): Path<String>,
     headers: HeaderMap,
 ) -> Response {
     if let Some(r) = st.token.refuse(&headers) {
@@ -71,21 +52,22 @@ async fn settlement_control(
 }
 
 impl StatsPages for Shared {
-    fn json(&self) -> Response {
-        axum::Json(self.stats()).into_response()
+    type Stats = ProxyStats;
+
+    fn stats(&self) -> ProxyStats {
+        Shared::stats(self)
     }
 
-    fn page(&self) -> Response {
-        stats_html(self)
+    fn page(&self, s: &ProxyStats) -> Response {
+        stats_html(self, s)
     }
 
-    fn metrics(&self) -> Prometheus {
-        metrics(self)
+    fn metrics(&self, s: &ProxyStats) -> Prometheus {
+        metrics(s)
     }
 }
 
-fn stats_html(shared: &Shared) -> Response {
-    let s = shared.stats();
+fn stats_html(shared: &Shared, s: &ProxyStats) -> Response {
     let c = &s.counters;
     let mut p = Page::new("cocoon proxy");
     p.row("enabled", s.enabled.to_string())
@@ -232,8 +214,7 @@ fn stats_html(shared: &Shared) -> Response {
     p.finish()
 }
 
-fn metrics(shared: &Shared) -> Prometheus {
-    let s = shared.stats();
+fn metrics(s: &ProxyStats) -> Prometheus {
     let c = &s.counters;
     let mut m = Prometheus::new();
     let mut metric = |name: &str, kind: &str, help: &str, lines: &[(String, String)]| {

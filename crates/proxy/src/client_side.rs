@@ -37,6 +37,7 @@ use crate::admission;
 use crate::forward::{self, CancelReason, ClientCtx};
 use crate::meter::Party;
 use crate::receipts::{clamp_i64, payment};
+use crate::registry::ModelWorkers;
 use crate::{ClientStat, Shared};
 
 #[derive(Debug, Clone)]
@@ -216,31 +217,21 @@ impl ClientSession {
     }
 
     async fn on_query(self: &Arc<Self>, data: &[u8], responder: Responder) -> bool {
-        let q = match ToProxyQuery::decode(data) {
+        let decoded = ToProxyQuery::decode(data);
+        let (q, responder) = match self
+            .shared
+            .decode_query(decoded, responder, "client", &self.peer)
+        {
             Ok(q) => q,
-            Err(DispatchError::Unknown { id, .. }) => {
-                let _ = responder.error(
-                    ErrorCode::ProtoViolation as i32,
-                    format!("unexpected query {id:08x} from a client"),
-                );
-                return true;
-            }
-            Err(e @ DispatchError::Malformed { .. }) => {
-                self.refuse(responder, ErrorCode::ProtoViolation, &e.to_string());
-                return false;
-            }
-            Err(_) => {
-                let _ = responder.error(ErrorCode::ProtoViolation as i32, "query too short");
-                return false;
-            }
+            Err(session_goes_on) => return session_goes_on,
         };
         match q {
             ToProxyQuery::ConnectToProxy(q) => self.on_connect(q, responder).await,
             ToProxyQuery::AuthorizeWithProxyShort(q) => self.on_authorize_short(q, responder).await,
             ToProxyQuery::AuthorizeWithProxyLong(_) => self.on_authorize_long(responder),
             ToProxyQuery::UpdatePaymentStatus(_) => self.on_payment_status(responder).await,
-            ToProxyQuery::GetWorkerTypesV2(_) => self.on_worker_types_v2(responder),
-            ToProxyQuery::GetWorkerTypes(_) => self.on_worker_types(responder),
+            ToProxyQuery::GetWorkerTypesV2(_) => self.on_worker_types(responder, true),
+            ToProxyQuery::GetWorkerTypes(_) => self.on_worker_types(responder, false),
         }
     }
 
@@ -508,50 +499,44 @@ impl ClientSession {
         true
     }
 
-    /// `client.getWorkerTypesV2`: every model with each worker's coefficient and load.
-    fn on_worker_types_v2(&self, responder: Responder) -> bool {
-        let types = self
-            .shared
-            .registry
-            .types()
-            .into_iter()
-            .map(|(name, ws)| tclient::WorkerTypeV2 {
-                name,
-                workers: ws
-                    .into_iter()
-                    .map(|(c, r, m)| tclient::WorkerInstanceV2 {
-                        coefficient: c,
-                        active_requests: i32::try_from(r).unwrap_or(i32::MAX),
-                        max_active_requests: i32::try_from(m).unwrap_or(i32::MAX),
-                    })
-                    .collect(),
-            })
-            .collect();
-        let _ = responder.answer_tl(&tclient::WorkerTypesV2 { types });
+    /// `client.getWorkerTypesV2` (`v2`: every model with each worker's coefficient and load)
+    /// or `client.getWorkerTypes` (every model with its worker count and coefficient spread).
+    fn on_worker_types(&self, responder: Responder, v2: bool) -> bool {
+        let models = self.shared.registry.types().into_iter();
+        let _ = if v2 {
+            let types = models.map(worker_type_v2).collect();
+            responder.answer_tl(&tclient::WorkerTypesV2 { types })
+        } else {
+            let types = models.map(worker_type).collect();
+            responder.answer_tl(&tclient::WorkerTypes { types })
+        };
         true
     }
+}
 
-    /// `client.getWorkerTypes`: every model with its worker count and coefficient spread.
-    fn on_worker_types(&self, responder: Responder) -> bool {
-        let types = self
-            .shared
-            .registry
-            .types()
+fn worker_type_v2((name, ws): ModelWorkers) -> tclient::WorkerTypeV2 {
+    tclient::WorkerTypeV2 {
+        name,
+        workers: ws
             .into_iter()
-            .map(|(name, ws)| {
-                let mut c: Vec<i32> = ws.iter().map(|w| w.0).collect();
-                c.sort_unstable();
-                tclient::WorkerType {
-                    name,
-                    active_workers: i32::try_from(c.len()).unwrap_or(i32::MAX),
-                    coefficient_min: c.first().copied().unwrap_or(0),
-                    coefficient_bucket50: c.get(c.len() / 2).copied().unwrap_or(0),
-                    coefficient_max: c.last().copied().unwrap_or(0),
-                }
+            .map(|(c, r, m)| tclient::WorkerInstanceV2 {
+                coefficient: c,
+                active_requests: i32::try_from(r).unwrap_or(i32::MAX),
+                max_active_requests: i32::try_from(m).unwrap_or(i32::MAX),
             })
-            .collect();
-        let _ = responder.answer_tl(&tclient::WorkerTypes { types });
-        true
+            .collect(),
+    }
+}
+
+fn worker_type((name, ws): ModelWorkers) -> tclient::WorkerType {
+    let mut c: Vec<i32> = ws.iter().map(|w| w.0).collect();
+    c.sort_unstable();
+    tclient::WorkerType {
+        name,
+        active_workers: i32::try_from(c.len()).unwrap_or(i32::MAX),
+        coefficient_min: c.first().copied().unwrap_or(0),
+        coefficient_bucket50: c.get(c.len() / 2).copied().unwrap_or(0),
+        coefficient_max: c.last().copied().unwrap_or(0),
     }
 }
 

@@ -232,6 +232,39 @@ impl Shared {
         });
     }
 
+    /// A query of a `kind` peer ("worker" or "client") decoded into its message set. One
+    /// that does not decode is answered here, and `Err` says whether the session goes on:
+    /// after an unknown query it does; after a malformed one (a refusal of the peer,
+    /// counted) or one too short it ends.
+    pub(crate) fn decode_query<Q>(
+        &self,
+        decoded: Result<Q, cocoon_tl::DispatchError>,
+        responder: cocoon_net::Responder,
+        kind: &'static str,
+        peer: &str,
+    ) -> Result<(Q, cocoon_net::Responder), bool> {
+        use cocoon_net::ErrorCode::ProtoViolation;
+        use cocoon_tl::DispatchError;
+        match decoded {
+            Ok(q) => Ok((q, responder)),
+            Err(DispatchError::Unknown { id, .. }) => {
+                let reason = format!("unexpected query {id:08x} from a {kind}");
+                let _ = responder.error(ProtoViolation as i32, reason);
+                Err(true)
+            }
+            Err(e @ DispatchError::Malformed { .. }) => {
+                let reason = e.to_string();
+                self.refused(kind, peer, &reason);
+                let _ = responder.error(ProtoViolation as i32, reason);
+                Err(false)
+            }
+            Err(_) => {
+                let _ = responder.error(ProtoViolation as i32, "query too short");
+                Err(false)
+            }
+        }
+    }
+
     /// Records an operator event (logged, counted, kept for the admin pages).
     pub fn event(&self, kind: &'static str, subject: &str, detail: &str) {
         tracing::warn!(kind, subject, detail, "operator event");
@@ -455,9 +488,11 @@ impl Proxy {
         }
         let mut admin_addr = None;
         if let Some(a) = &cfg.admin {
-            let (addr, task) = admin::spawn(Arc::clone(&shared), a, token, stop_rx.clone())
-                .await
-                .map_err(ProxyStartError::Admin)?;
+            let role = Arc::clone(&shared);
+            let (addr, task) =
+                cocoon_service::admin::spawn(admin::routes(), role, token, a, stop_rx.clone())
+                    .await
+                    .map_err(ProxyStartError::Admin)?;
             admin_addr = Some(addr);
             tasks.push(task);
         }

@@ -165,23 +165,14 @@ impl WorkerSession {
     }
 
     async fn on_query(&mut self, data: &[u8], responder: Responder) -> bool {
-        let q = match fworker::Any::decode(data) {
+        let (q, responder) = match self.shared.decode_query(
+            fworker::Any::decode(data),
+            responder,
+            "worker",
+            &self.peer,
+        ) {
             Ok(q) => q,
-            Err(DispatchError::Unknown { id, .. }) => {
-                let _ = responder.error(
-                    ErrorCode::ProtoViolation as i32,
-                    format!("unexpected query {id:08x} from a worker"),
-                );
-                return true;
-            }
-            Err(e @ DispatchError::Malformed { .. }) => {
-                self.refuse(responder, ErrorCode::ProtoViolation, &e.to_string());
-                return false;
-            }
-            Err(_) => {
-                let _ = responder.error(ErrorCode::ProtoViolation as i32, "query too short");
-                return false;
-            }
+            Err(session_goes_on) => return session_goes_on,
         };
         match q {
             fworker::Any::ConnectToProxy(q) => self.on_connect(q, responder),

@@ -222,14 +222,16 @@ impl Page {
 }
 
 /// What a role shows on `/stats`, `/jsonstats` and `/metrics` (counters and public
-/// identifiers only).
+/// identifiers only), each from one snapshot of its stats.
 pub trait StatsPages: Send + Sync + 'static {
-    /// `/jsonstats`: the role's stats as JSON.
-    fn json(&self) -> Response;
+    /// The snapshot; `/jsonstats` is its JSON.
+    type Stats: serde::Serialize;
+    /// Takes the snapshot.
+    fn stats(&self) -> Self::Stats;
     /// `/stats`: the stats page.
-    fn page(&self) -> Response;
+    fn page(&self, stats: &Self::Stats) -> Response;
     /// `/metrics`: the Prometheus text.
-    fn metrics(&self) -> Prometheus;
+    fn metrics(&self, stats: &Self::Stats) -> Prometheus;
 }
 
 /// A role whose admin server switches it off and on (`enable` and `disable` controls).
@@ -273,15 +275,15 @@ where
     Router::new()
         .route(
             "/stats",
-            get(|State(r): State<Arc<R>>| async move { r.page() }),
+            get(|State(r): State<Arc<R>>| async move { r.page(&r.stats()) }),
         )
         .route(
             "/jsonstats",
-            get(|State(r): State<Arc<R>>| async move { r.json() }),
+            get(|State(r): State<Arc<R>>| async move { axum::Json(r.stats()).into_response() }),
         )
         .route(
             "/metrics",
-            get(|State(r): State<Arc<R>>| async move { r.metrics().into_response() }),
+            get(|State(r): State<Arc<R>>| async move { r.metrics(&r.stats()).into_response() }),
         )
 }
 
@@ -310,16 +312,17 @@ fn switch<R: Switch>(a: &Admin<R>, headers: &HeaderMap, on: bool) -> Response {
     format!("{word}\n").into_response()
 }
 
-/// Serves an admin server's `routes` for `admin` as `cfg` says, until `stop` changes;
-/// returns the bound address.
+/// Serves an admin server's `routes` for `role` (controls behind `token`) as `cfg` says,
+/// until `stop` changes; returns the bound address.
 pub async fn spawn<R: Switch>(
     routes: Router<Admin<R>>,
-    admin: Admin<R>,
+    role: Arc<R>,
+    token: Token,
     cfg: &AdminConfig,
     stop: watch::Receiver<bool>,
 ) -> Result<(SocketAddr, JoinHandle<()>), String> {
     serve(
-        routes.with_state(admin),
+        routes.with_state(Admin { role, token }),
         cfg.bind,
         &cfg.allowed_origins,
         &cfg.allowed_hosts,
@@ -385,14 +388,19 @@ mod tests {
     struct Fake(std::sync::atomic::AtomicBool);
 
     impl StatsPages for Fake {
-        fn json(&self) -> Response {
-            "{}".into_response()
+        type Stats = bool;
+        fn stats(&self) -> bool {
+            self.0.load(std::sync::atomic::Ordering::SeqCst)
         }
-        fn page(&self) -> Response {
-            Page::new("fake").finish()
+        fn page(&self, on: &bool) -> Response {
+            let mut p = Page::new("fake");
+            p.row("enabled", on.to_string());
+            p.finish()
         }
-        fn metrics(&self) -> Prometheus {
-            Prometheus::new()
+        fn metrics(&self, on: &bool) -> Prometheus {
+            let mut m = Prometheus::new();
+            m.single("fake_enabled", "gauge", "1 while enabled.", u8::from(*on));
+            m
         }
     }
 

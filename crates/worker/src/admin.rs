@@ -10,39 +10,22 @@
 //! be JSON, so a web page the operator opens can neither read the pages nor use a control.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::Arc;
 
+use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use cocoon_service::admin::{self, Admin, Page, Prometheus, StatsPages, Switch, Token, label};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use cocoon_service::admin::{self, Admin, Page, Prometheus, StatsPages, Switch, label};
 
-use crate::Shared;
-use crate::config::AdminConfig;
+use crate::{Shared, WorkerStats};
 
-pub(crate) async fn spawn(
-    shared: Arc<Shared>,
-    cfg: &AdminConfig,
-    token: Token,
-    stop: watch::Receiver<bool>,
-) -> Result<(SocketAddr, JoinHandle<()>), String> {
-    let routes = admin::router::<Shared>("/request")
+/// The admin server's routes: the service's stats pages and switch, the coefficient and
+/// payout controls.
+pub(crate) fn routes() -> Router<Admin<Shared>> {
+    admin::router::<Shared>("/request")
         .route("/request/coefficient", post(coefficient))
-        .route("/request/payout", post(payout));
-    admin::spawn(
-        routes,
-        Admin {
-            role: shared,
-            token,
-        },
-        cfg,
-        stop,
-    )
-    .await
+        .route("/request/payout", post(payout))
 }
 
 impl Switch for Shared {
@@ -93,21 +76,22 @@ async fn payout(State(st): State<Admin<Shared>>, headers: HeaderMap) -> Response
 }
 
 impl StatsPages for Shared {
-    fn json(&self) -> Response {
-        axum::Json(self.stats()).into_response()
+    type Stats = WorkerStats;
+
+    fn stats(&self) -> WorkerStats {
+        Shared::stats(self)
     }
 
-    fn page(&self) -> Response {
-        stats_html(self)
+    fn page(&self, s: &WorkerStats) -> Response {
+        stats_html(s)
     }
 
-    fn metrics(&self) -> Prometheus {
-        metrics(self)
+    fn metrics(&self, s: &WorkerStats) -> Prometheus {
+        metrics(s)
     }
 }
 
-fn stats_html(shared: &Shared) -> Response {
-    let s = shared.stats();
+fn stats_html(s: &WorkerStats) -> Response {
     let c = &s.counters;
     let mut p = Page::new("cocoon worker");
     p.row("model", &s.model)
@@ -181,8 +165,7 @@ fn stats_html(shared: &Shared) -> Response {
     p.finish()
 }
 
-fn metrics(shared: &Shared) -> Prometheus {
-    let s = shared.stats();
+fn metrics(s: &WorkerStats) -> Prometheus {
     let c = &s.counters;
     let mut m = Prometheus::new();
     let n = |v: u64| v.to_string();

@@ -491,9 +491,11 @@ impl Worker {
         let mut tasks = Vec::new();
         let mut admin_addr = None;
         if let Some(a) = &config.admin {
-            let (addr, task) = admin::spawn(Arc::clone(&shared), a, token, stop_rx.clone())
-                .await
-                .map_err(WorkerError::Admin)?;
+            let role = Arc::clone(&shared);
+            let (addr, task) =
+                cocoon_service::admin::spawn(admin::routes(), role, token, a, stop_rx.clone())
+                    .await
+                    .map_err(WorkerError::Admin)?;
             admin_addr = Some(addr);
             tasks.push(task);
         }

@@ -107,14 +107,8 @@ fn tracked(tracker: &UsageTracker, prices: &PriceTable, coefficient: i32) -> Cha
     let Some(u) = tracker.usage() else {
         return Charge::default();
     };
-    let a = prices.adjust(&u, u64::try_from(coefficient).unwrap_or(0));
-    Charge {
-        prompt: a.categories.prompt,
-        cached: a.categories.cached,
-        completion: a.categories.completion,
-        reasoning: a.categories.reasoning,
-        total: a.total,
-    }
+    let coefficient = u64::try_from(coefficient).unwrap_or(0);
+    usage_audit::charge_of_adjusted(&u, coefficient, prices)
 }
 
 /// Most bytes of an unparsed JSON answer the usage tracker buffers per request.

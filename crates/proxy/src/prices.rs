@@ -1,22 +1,9 @@
 //! What the root's params say a request costs: the network price table and the
 //! reservation a request holds while it runs. Pure functions of `CocoonParams`.
 
-use cocoon_openai::{Multipliers, PriceTable};
 use cocoon_ton::root::CocoonParams;
 
-/// The network's price table (what the worker adjusts its usage with).
-pub(crate) fn price_table(p: &CocoonParams) -> PriceTable {
-    PriceTable {
-        price_per_token: p.price_per_token,
-        worker_fee_per_token: p.worker_fee_per_token,
-        multipliers: Multipliers {
-            prompt: p.prompt_tokens_price_multiplier,
-            cached: p.cached_tokens_price_multiplier,
-            completion: p.completion_tokens_price_multiplier,
-            reasoning: p.reasoning_tokens_price_multiplier,
-        },
-    }
-}
+pub(crate) use cocoon_service::chain::price_table;
 
 /// Adjusted tokens to reserve for a request.
 pub(crate) fn reservation(

@@ -60,7 +60,8 @@ fn tolerance(own_total: u64, coefficient: u64, prices: &PriceTable) -> u64 {
     own_total / 100 + 4 * adjust_tokens(2, coefficient, u64::from(max_mult))
 }
 
-fn charge_of_adjusted(u: &Usage, coefficient: u64, prices: &PriceTable) -> Charge {
+/// `u` adjusted at `coefficient` with `prices`, by category.
+pub(crate) fn charge_of_adjusted(u: &Usage, coefficient: u64, prices: &PriceTable) -> Charge {
     let a = prices.adjust(u, coefficient);
     Charge {
         prompt: a.categories.prompt,

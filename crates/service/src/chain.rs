@@ -12,10 +12,11 @@
 use std::path::Path;
 use std::time::Duration;
 
+use cocoon_openai::{Multipliers, PriceTable};
 use cocoon_ton::StdAddr;
 use cocoon_ton::chain::{Chain, ChainError, load_root_config};
 use cocoon_ton::quorum::{QuorumChain, QuorumConfig, QuorumConfigError, check_quorum};
-use cocoon_ton::root::RootConfig;
+use cocoon_ton::root::{CocoonParams, RootConfig};
 use cocoon_ton::toncenter::ToncenterConfig;
 use futures::future::BoxFuture;
 use rustls::pki_types::CertificateDer;
@@ -193,6 +194,21 @@ pub fn extra_roots(extra_ca_file: &str) -> Result<Vec<CertificateDer<'static>>, 
         return Ok(Vec::new());
     }
     load_ca_bundle(Path::new(extra_ca_file)).map_err(|e| format!("extra_ca_file {e}"))
+}
+
+/// The price table of the root's params: what workers adjust their usage with and what
+/// proxies charge by.
+pub fn price_table(p: &CocoonParams) -> PriceTable {
+    PriceTable {
+        price_per_token: p.price_per_token,
+        worker_fee_per_token: p.worker_fee_per_token,
+        multipliers: Multipliers {
+            prompt: p.prompt_tokens_price_multiplier,
+            cached: p.cached_tokens_price_multiplier,
+            completion: p.completion_tokens_price_multiplier,
+            reasoning: p.reasoning_tokens_price_multiplier,
+        },
+    }
 }
 
 /// Reads the root contract's configuration, retrying for up to `patience` while the chain

@@ -11,24 +11,11 @@
 
 use std::sync::atomic::Ordering;
 
-use cocoon_openai::{Multipliers, PriceTable};
-use cocoon_ton::root::{CocoonParams, RootConfig, model_hash};
+use cocoon_ton::root::{RootConfig, model_hash};
 
 use crate::{WorkerConfigError, WorkerHandle};
 
-/// Prices of a root configuration's params.
-pub fn price_table(p: &CocoonParams) -> PriceTable {
-    PriceTable {
-        price_per_token: p.price_per_token,
-        worker_fee_per_token: p.worker_fee_per_token,
-        multipliers: Multipliers {
-            prompt: p.prompt_tokens_price_multiplier,
-            cached: p.cached_tokens_price_multiplier,
-            completion: p.completion_tokens_price_multiplier,
-            reasoning: p.reasoning_tokens_price_multiplier,
-        },
-    }
-}
+pub use cocoon_service::chain::price_table;
 
 /// Worker-facing endpoints of the registered proxies, in seqno order. A registered endpoint
 /// is `"host:port"` (one port for everyone) or `"host_workers:port host_clients:port"`.
@@ -168,33 +155,32 @@ impl WorkerHandle {
 mod tests {
     use super::*;
     use cocoon_ton::messages::ProxyEndpoint;
-    use cocoon_ton::root::RegisteredProxy;
+    use cocoon_ton::root::{CocoonParams, RegisteredProxy};
 
     #[test]
     fn endpoints_take_the_worker_half_once() {
-        let mut cfg = RootConfig {
-            owner: cocoon_ton::parse_address(&format!("0:{}", "00".repeat(32))).unwrap(),
-            version: 1,
-            proxy_hashes: vec![],
-            registered_proxies: vec![],
-            last_proxy_seqno: 0,
-            worker_hashes: vec![],
-            model_hashes: vec![],
-            params: CocoonParams::default(),
-        };
-        for (i, e) in [
+        let registered_proxies = [
             "10.0.0.1:5000 10.0.0.1:6000",
             "10.0.0.2:5000",
             "10.0.0.1:5000",
         ]
         .iter()
         .enumerate()
-        {
-            cfg.registered_proxies.push(RegisteredProxy {
-                seqno: i as u32,
-                endpoint: ProxyEndpoint((*e).to_owned()),
-            });
-        }
+        .map(|(i, e)| RegisteredProxy {
+            seqno: i as u32,
+            endpoint: ProxyEndpoint((*e).to_owned()),
+        })
+        .collect();
+        let cfg = RootConfig {
+            owner: cocoon_ton::parse_address(&format!("0:{}", "00".repeat(32))).unwrap(),
+            version: 1,
+            registered_proxies,
+            proxy_hashes: vec![],
+            last_proxy_seqno: 0,
+            worker_hashes: vec![],
+            model_hashes: vec![],
+            params: CocoonParams::default(),
+        };
         assert_eq!(worker_endpoints(&cfg), ["10.0.0.1:5000", "10.0.0.2:5000"]);
         let p = price_table(&cfg.params);
         assert_eq!(p.price_per_token, 20);

@@ -542,3 +542,53 @@ fn argv(fixed: &str, pairs: &[(&str, &str)]) -> Vec<String> {
 fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_kept_while_free_and_never_shared() {
+        let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let busy = busy.local_addr().unwrap().port();
+        let free = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let mut taken = Vec::new();
+        assert_eq!(pick_port(free, busy, &mut taken).unwrap(), free);
+        // Taken by this run, or busy: another free port.
+        let other = pick_port(free, busy, &mut taken).unwrap();
+        assert!(other != free && other != busy);
+        assert_eq!(taken, [free, other]);
+    }
+
+    #[test]
+    fn the_state_file_round_trips_and_a_bad_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(Saved::load(dir.path()).unwrap().root_address.is_empty());
+        let saved = Saved {
+            root_address: "0:ab".into(),
+            worker_admin_ports: vec![12000, 12001],
+            ..Saved::default()
+        };
+        saved.save(dir.path()).unwrap();
+        let back = Saved::load(dir.path()).unwrap();
+        assert_eq!(back.root_address, "0:ab");
+        assert_eq!(back.worker_admin_ports, [12000, 12001]);
+        fs::write(dir.path().join("up.json"), "{").unwrap();
+        let Err(Fail::Error(e)) = Saved::load(dir.path()) else {
+            panic!("a broken up.json was read");
+        };
+        assert!(
+            e.to_string().contains("is not a `cocoon up` state file"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn command_lines_keep_values_whole() {
+        let a = argv("proxy --test", &[("--state-dir", "/a b/proxy")]);
+        assert_eq!(a, ["proxy", "--test", "--state-dir", "/a b/proxy"]);
+    }
+}

@@ -26,6 +26,7 @@ const STOP_GRACE: Duration = Duration::from_secs(20);
 const TAIL_LINES: usize = 20;
 
 /// Why start-up or supervision ended.
+#[derive(Debug)]
 pub(crate) enum Fail {
     /// A stop was requested.
     Stopped,
@@ -495,4 +496,30 @@ fn tail(path: &Path, n: usize) -> String {
         .map(|l| format!("  {l}"))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_tail_is_its_last_lines_indented() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("role.log");
+        assert_eq!(tail(&log, 2), "  (no log)");
+        fs::write(&log, "").unwrap();
+        assert_eq!(tail(&log, 2), "  (the log is empty)");
+        fs::write(&log, "a\nb\nc\n").unwrap();
+        assert_eq!(tail(&log, 2), "  b\n  c");
+    }
+
+    #[tokio::test]
+    async fn a_requested_stop_ends_a_wait() {
+        let stop = Stop::new();
+        let sup = Supervisor::new(PathBuf::from("/nonexistent"), PathBuf::new(), stop.clone());
+        let sup = sup.unwrap();
+        stop.request();
+        let never = std::future::pending::<()>();
+        assert!(matches!(sup.or_stop(never).await, Err(Fail::Stopped)));
+    }
 }

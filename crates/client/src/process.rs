@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cocoon_service::chain::{RootHook, RootWatcher, extra_roots, load_root_patiently};
-use cocoon_service::identity::{self, ProxyDialer};
+use cocoon_service::identity::ProxyDialer;
 use cocoon_service::process;
 use cocoon_ton::root::RootConfig;
 
@@ -43,9 +43,10 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
     let c = &s.common;
     let state_dir = process::state_dir(&c.state_dir, "client")?;
     let extra_roots = extra_roots(&c.extra_ca_file)?;
-    let ProxyDialer { connector, tee } = identity::proxy_dialer(
-        c.tee().map_err(|e| e.to_string())?,
-        c.verification(&s.proxy_policy, &state_dir, &extra_roots),
+    let ProxyDialer { connector, tee } = c.proxy_dialer(
+        &s.proxy_policy,
+        &state_dir,
+        &extra_roots,
         s.pow_max_difficulty,
     )?;
     let chain = c.ton(false).chain(&extra_roots)?;

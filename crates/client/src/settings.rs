@@ -13,7 +13,8 @@ pub const DEFAULTS: &str = include_str!("defaults.toml");
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// The keys every role has (root, chain, TEE, wallet, state directory).
+    /// Root, chain endpoints, TEE and verification services, the wallet funding the
+    /// channels, state directory.
     #[serde(flatten)]
     pub common: Common,
     pub api_listen: String,
@@ -35,34 +36,33 @@ pub struct Settings {
     pub log: String,
 }
 
-fn invalid(key: &str, reason: impl std::fmt::Display) -> SettingError {
-    SettingError::new(key, reason)
-}
-
 impl Settings {
-    /// Checks what the types alone cannot, naming the key; `given(key)` says whether a key
-    /// was set by the operator rather than left at its default.
+    /// Checks what the types alone cannot (root and owner, the API's exposure, proxies,
+    /// intervals, the wallet), naming the key; `given(key)` says whether a key was set by the
+    /// operator rather than left at its default.
     pub fn check(&self, given: impl Fn(&str) -> bool) -> Result<(), SettingError> {
         let c = &self.common;
         c.check_chain_and_tee(given)?;
         if c.root_address.is_empty() {
-            return Err(invalid("root_address", "required"));
+            return Err(SettingError::new("root_address", "required"));
         }
-        cocoon_ton::parse_address(&c.root_address).map_err(|e| invalid("root_address", e))?;
+        cocoon_ton::parse_address(&c.root_address)
+            .map_err(|e| SettingError::new("root_address", e))?;
         if !c.owner_address.is_empty() {
-            cocoon_ton::parse_address(&c.owner_address).map_err(|e| invalid("owner_address", e))?;
+            cocoon_ton::parse_address(&c.owner_address)
+                .map_err(|e| SettingError::new("owner_address", e))?;
         }
         if c.wallet_key_file.is_empty() && c.owner_address.is_empty() {
-            return Err(invalid(
+            return Err(SettingError::new(
                 "wallet_key_file",
                 "required unless owner_address names an owner whose contracts are funded elsewhere",
             ));
         }
         let Ok(listen) = self.api_listen.parse::<std::net::SocketAddr>() else {
-            return Err(invalid("api_listen", "expected ip:port"));
+            return Err(SettingError::new("api_listen", "expected ip:port"));
         };
         if self.api_keys_file.is_empty() && beyond_loopback(&listen) {
-            return Err(invalid(
+            return Err(SettingError::new(
                 "api_listen",
                 format!(
                     "{listen} is reachable beyond this machine but api_keys_file is empty, so \
@@ -76,11 +76,14 @@ impl Settings {
             if p.rsplit_once(':')
                 .is_none_or(|(_, port)| port.parse::<u16>().is_err())
             {
-                return Err(invalid("proxies", format!("{p:?} is not host:port")));
+                return Err(SettingError::new(
+                    "proxies",
+                    format!("{p:?} is not host:port"),
+                ));
             }
         }
         if self.connections == 0 {
-            return Err(invalid("connections", "must be positive"));
+            return Err(SettingError::new("connections", "must be positive"));
         }
         for (key, v) in [
             ("root_poll_seconds", c.root_poll_seconds),
@@ -88,11 +91,12 @@ impl Settings {
             ("request_timeout_seconds", self.request_timeout_seconds),
         ] {
             if v == 0 {
-                return Err(invalid(key, "must be positive"));
+                return Err(SettingError::new(key, "must be positive"));
             }
         }
         if !self.top_up_ton.is_empty() {
-            cocoon_ton::parse_ton(&self.top_up_ton).map_err(|e| invalid("top_up_ton", e))?;
+            cocoon_ton::parse_ton(&self.top_up_ton)
+                .map_err(|e| SettingError::new("top_up_ton", e))?;
         }
         c.check_wallet_version()?;
         check_proxy_hashes(c.is_test, self.check_proxy_hashes)?;

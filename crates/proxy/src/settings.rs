@@ -12,10 +12,11 @@ pub const DEFAULTS: &str = include_str!("defaults.toml");
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// The keys every role has (root, chain, TEE, wallet, state directory).
+    /// Root, chain endpoints, TEE and verification services, the operator's wallet (stake,
+    /// checkpoints, charges, payouts), state directory.
     #[serde(flatten)]
     pub common: Common,
-    /// The admin server's keys.
+    /// The admin server (stats, the switch, settlement controls).
     #[serde(flatten)]
     pub admin: AdminSettings,
     pub worker_listen: String,
@@ -34,13 +35,10 @@ pub struct Settings {
     pub log: String,
 }
 
-fn invalid(key: &str, reason: impl std::fmt::Display) -> SettingError {
-    SettingError::new(key, reason)
-}
-
 impl Settings {
-    /// Checks what the types alone cannot, naming the key; `given(key)` says whether a key
-    /// was set by the operator rather than left at its default.
+    /// Checks what the types alone cannot (addresses, listeners, intervals, attestation,
+    /// amounts, the wallet), naming the key; `given(key)` says whether a key was set by the
+    /// operator rather than left at its default.
     pub fn check(&self, given: impl Fn(&str) -> bool) -> Result<(), SettingError> {
         let c = &self.common;
         let tee = c.check_chain_and_tee(given)?;
@@ -49,16 +47,16 @@ impl Settings {
             ("root_address", &c.root_address),
         ] {
             if v.is_empty() {
-                return Err(invalid(key, "required"));
+                return Err(SettingError::new(key, "required"));
             }
-            cocoon_ton::parse_address(v).map_err(|e| invalid(key, e))?;
+            cocoon_ton::parse_address(v).map_err(|e| SettingError::new(key, e))?;
         }
         for (key, v) in [
             ("worker_listen", &self.worker_listen),
             ("client_listen", &self.client_listen),
         ] {
             if v.parse::<std::net::SocketAddr>().is_err() {
-                return Err(invalid(key, "expected ip:port"));
+                return Err(SettingError::new(key, "expected ip:port"));
             }
         }
         self.admin.check()?;
@@ -72,23 +70,23 @@ impl Settings {
             ),
         ] {
             if v == 0 {
-                return Err(invalid(key, "must be positive"));
+                return Err(SettingError::new(key, "must be positive"));
             }
         }
         Common::check_attested(tee, "proxy")?;
         if self.pow_difficulty > 40 {
-            return Err(invalid("pow_difficulty", "at most 40 bits"));
+            return Err(SettingError::new("pow_difficulty", "at most 40 bits"));
         }
         for (key, v) in [
             ("stake_ton", &self.stake_ton),
             ("min_client_charge_ton", &self.min_client_charge_ton),
             ("min_worker_payout_ton", &self.min_worker_payout_ton),
         ] {
-            cocoon_ton::parse_ton(v).map_err(|e| invalid(key, e))?;
+            cocoon_ton::parse_ton(v).map_err(|e| SettingError::new(key, e))?;
         }
         c.check_wallet_version()?;
         if c.wallet_key_file.is_empty() && !c.is_test {
-            return Err(invalid(
+            return Err(SettingError::new(
                 "wallet_key_file",
                 "required outside test networks: checkpoints, charges and payouts are sent from it",
             ));

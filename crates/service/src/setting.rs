@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use crate::admin::AdminConfig;
 use crate::chain::{TonSettings, check_extra_ca};
-use crate::identity::{Pccs, PeerVerification, TeeChoice};
+use crate::identity::{Pccs, PeerVerification, ProxyDialer, TeeChoice, proxy_dialer};
 use crate::process::admin_token_file;
 
 /// A setting's key and why its value is refused.
@@ -148,6 +148,20 @@ impl Common {
             state_dir,
             allow_unattested: false,
         }
+    }
+
+    /// The TEE identity and RA-TLS connector of a role that dials proxies, which it verifies
+    /// under `policy`.
+    pub fn proxy_dialer(
+        &self,
+        policy: &str,
+        state_dir: &Path,
+        extra_roots: &[CertificateDer<'static>],
+        pow_max_difficulty: u32,
+    ) -> Result<ProxyDialer, String> {
+        let tee = self.tee().map_err(|e| e.to_string())?;
+        let verification = self.verification(policy, state_dir, extra_roots);
+        proxy_dialer(tee, verification, pow_max_difficulty)
     }
 
     /// The wallet of `wallet_key_file` (none when it is empty) and its key.

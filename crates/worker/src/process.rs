@@ -12,7 +12,7 @@ use std::time::Duration;
 use cocoon_engine::{BackendKind, Engine, HttpEngine, HttpEngineConfig, Tokenizer};
 use cocoon_openai::{Multipliers, PriceTable};
 use cocoon_service::chain::{RootHook, RootWatcher, extra_roots, load_root_patiently};
-use cocoon_service::identity::{self, ProxyDialer};
+use cocoon_service::identity::ProxyDialer;
 use cocoon_service::process;
 use cocoon_ton::root::RootConfig;
 
@@ -131,9 +131,10 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
     let c = &s.common;
     let state_dir = process::state_dir(&c.state_dir, "worker")?;
     let extra_roots = extra_roots(&c.extra_ca_file)?;
-    let ProxyDialer { connector, tee } = identity::proxy_dialer(
-        c.tee().map_err(|e| e.to_string())?,
-        c.verification(&s.proxy_policy, &state_dir, &extra_roots),
+    let ProxyDialer { connector, tee } = c.proxy_dialer(
+        &s.proxy_policy,
+        &state_dir,
+        &extra_roots,
         s.pow_max_difficulty,
     )?;
     let (engine, model_id, tokenizer) = engine(&s).await?;

@@ -13,10 +13,11 @@ pub const DEFAULTS: &str = include_str!("defaults.toml");
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// The keys every role has (root, chain, TEE, wallet, state directory).
+    /// Root, chain endpoints, TEE and verification services, the payout wallet, state
+    /// directory.
     #[serde(flatten)]
     pub common: Common,
-    /// The admin server's keys.
+    /// The admin server (stats, the switch, coefficient and payout controls).
     #[serde(flatten)]
     pub admin: AdminSettings,
     pub model: String,
@@ -40,67 +41,67 @@ pub struct Settings {
     pub log: String,
 }
 
-fn invalid(key: &str, reason: impl std::fmt::Display) -> SettingError {
-    SettingError::new(key, reason)
-}
-
 impl Settings {
-    /// Checks what the types alone cannot, naming the key; `given(key)` says whether a key
-    /// was set by the operator rather than left at its default.
+    /// Checks what the types alone cannot (attestation, owner, engine, proxies, prices, the
+    /// wallet), naming the key; `given(key)` says whether a key was set by the operator
+    /// rather than left at its default.
     pub fn check(&self, given: impl Fn(&str) -> bool) -> Result<(), SettingError> {
         let c = &self.common;
         let tee = c.check_chain_and_tee(given)?;
         Common::check_attested(tee, "worker")?;
         if c.owner_address.is_empty() {
-            return Err(invalid(
+            return Err(SettingError::new(
                 "owner_address",
                 "required: the TON address that owns this worker's earnings",
             ));
         }
-        cocoon_ton::parse_address(&c.owner_address).map_err(|e| invalid("owner_address", e))?;
+        cocoon_ton::parse_address(&c.owner_address)
+            .map_err(|e| SettingError::new("owner_address", e))?;
         if !c.root_address.is_empty() {
-            cocoon_ton::parse_address(&c.root_address).map_err(|e| invalid("root_address", e))?;
+            cocoon_ton::parse_address(&c.root_address)
+                .map_err(|e| SettingError::new("root_address", e))?;
         }
         if !self.backend_url.is_empty() {
             if !(self.backend_url.starts_with("http://")
                 || self.backend_url.starts_with("https://"))
             {
-                return Err(invalid(
+                return Err(SettingError::new(
                     "backend_url",
                     "expected an http:// or https:// URL",
                 ));
             }
             if BackendKind::parse(&self.backend_kind).is_none() {
-                return Err(invalid(
+                return Err(SettingError::new(
                     "backend_kind",
                     "one of vllm, sglang, llama-server, ollama, openai",
                 ));
             }
             if crate::config::model_base_name(&self.model).is_none() {
-                return Err(invalid(
+                return Err(SettingError::new(
                     "model",
                     "expected the full model id Name@revision:sha256",
                 ));
             }
         }
         if c.root_address.is_empty() && self.proxies.is_empty() {
-            return Err(invalid(
+            return Err(SettingError::new(
                 "proxies",
                 "no proxy to connect to: give --proxy host:port or --root ADDRESS",
             ));
         }
         self.admin.check()?;
         if c.root_poll_seconds == 0 {
-            return Err(invalid("root_poll_seconds", "must be positive"));
+            return Err(SettingError::new("root_poll_seconds", "must be positive"));
         }
         check_proxy_hashes(c.is_test, self.check_proxy_hashes)?;
         if self.worker_fee_per_token > self.price_per_token {
-            return Err(invalid(
+            return Err(SettingError::new(
                 "worker_fee_per_token",
                 "must not exceed price_per_token",
             ));
         }
-        cocoon_ton::parse_ton(&self.min_payout_ton).map_err(|e| invalid("min_payout_ton", e))?;
+        cocoon_ton::parse_ton(&self.min_payout_ton)
+            .map_err(|e| SettingError::new("min_payout_ton", e))?;
         c.check_wallet_version()?;
         Ok(())
     }

@@ -1,5 +1,6 @@
 //! The chain core through its real path: a standard wallet v3r2 deployed and driven by
 //! signed external messages in the tycho TVM under the mainnet config.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 
@@ -29,6 +30,16 @@ fn funded_wallet(chain: &mut Devnet) -> Wallet {
     assert_eq!(info.status, AccountStatus::Uninitialized);
     assert_eq!(info.balance, 10 * TON);
     w
+}
+
+/// Deploys `w` with its first transfer: 1 TON to `addr(0xb0)`, seqno 0.
+fn deploy_wallet(chain: &mut Devnet, w: &Wallet) {
+    chain
+        .send_external(&w.transfer(
+            &w.key,
+            Transfer::new(0, T0 + 600, &addr(0xb0), TON).with_init(),
+        ))
+        .unwrap();
 }
 
 #[test]

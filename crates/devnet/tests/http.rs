@@ -1,4 +1,5 @@
 //! The toncenter v2 API over real loopback TCP, against a devnet with the root deployed.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

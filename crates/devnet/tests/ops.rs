@@ -3,6 +3,7 @@
 //! refusals come back as the chain's (before sending, or the root's failed transaction),
 //! transfers, faucet top-ups and a worker contract deployment land, and a dead endpoint is a
 //! transport error.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::time::Duration;
 

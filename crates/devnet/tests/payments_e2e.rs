@@ -7,6 +7,7 @@
 //! nanoton: the contracts' own accounting (getters), the exact payout messages each owner
 //! receives, and conservation of value over every transaction of every account:
 //! `minted = Σ Δbalance + Σ fees + Σ forwarding fees of internal messages`.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use cocoon_devnet::TxRecord;
 use cocoon_testkit::devnet::{PAYOUT_OP, Party, T0, TON, devnet};

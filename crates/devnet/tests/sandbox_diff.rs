@@ -2,6 +2,7 @@
 //! executed in `data/gen-sandbox-vectors.cjs` are replayed through the devnet, and every
 //! transaction's exit code, gas, fees, abort flag, logical time and hash, plus every
 //! balance after every step, must match.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

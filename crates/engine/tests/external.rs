@@ -13,6 +13,7 @@
 //! than one piece; prompt tokens agree between the two (the same prompt), and the usage
 //! comes from the server (or is counted locally only where the server omits it, which the
 //! test prints).
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use cocoon_engine::{BackendKind, BodyEvent, Engine, EngineRequest, HttpEngine, HttpEngineConfig};
 use cocoon_openai::{Endpoint, Usage};

@@ -4,6 +4,7 @@
 //! OpenAI server emits with `stream_options.include_usage` (role chunk, content chunks,
 //! finish chunk, a usage chunk with empty `choices`, `[DONE]`), cut into chunks at adversarial
 //! places: every byte, inside the UTF-8 of "ç" and "—", and at random offsets.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use axum::Router;
 use axum::body::Body;

@@ -1,4 +1,5 @@
 //! `pull_known` and `add_url` over real HTTP (a loopback server) with real zip archives.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use axum::Router;
 use axum::routing::get;

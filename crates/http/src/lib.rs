@@ -11,6 +11,7 @@
 //! trusted to bound their answers). `reqwest` is re-exported so that users name the same
 //! version.
 #![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub, clippy::unwrap_used)]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -150,7 +151,9 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 /// A successful GET answer read in full.
 #[derive(Debug)]
 pub struct Fetched {
+    /// The response headers.
     pub headers: reqwest::header::HeaderMap,
+    /// The whole body.
     pub body: Vec<u8>,
 }
 

@@ -4,6 +4,7 @@
 //! workspace depends on it except the binary. See [`engine`] for the scheduler, [`template`] for
 //! chat templates and [`output`] for the OpenAI answer format.
 #![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub, clippy::unwrap_used)]
 
 pub mod engine;
 pub mod output;

@@ -3,6 +3,7 @@
 //! The model comes from the project's own store: `scripts/test` runs
 //! `cocoon model pull smollm2-135m` (cached between runs) and exports `COCOON_TEST_MODEL`.
 //! Outside CI, without the model, the tests say so and return; under `CI` they fail.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use cocoon_engine::{BodyEvent, Engine, EngineError, EngineRequest};
 use cocoon_llama::{LlamaConfig, LlamaEngine};

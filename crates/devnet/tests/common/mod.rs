@@ -1,6 +1,7 @@
 //! Test helpers: the standard wallet v3r2 (code from `@ton/ton`, recorded in the sandbox
 //! vectors), signed with `ring` Ed25519, and the sandbox reference vectors.
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde_json::Value;
@@ -11,20 +12,20 @@ use tycho_types::num::Tokens;
 use tycho_types::prelude::*;
 
 /// The sandbox reference run (see `data/gen-sandbox-vectors.cjs`).
-pub fn vectors() -> Value {
+pub(crate) fn vectors() -> Value {
     serde_json::from_str(include_str!("../data/sandbox-wallet-vectors.json")).unwrap()
 }
 
 /// Wallet v3r2 code, as `@ton/ton` 16.3.0 ships it.
-pub fn wallet_v3r2_code() -> Cell {
+pub(crate) fn wallet_v3r2_code() -> Cell {
     let v = vectors();
     Boc::decode_base64(v["wallet_code_boc"].as_str().unwrap()).unwrap()
 }
 
-pub const SUBWALLET: u32 = 698_983_191;
+pub(crate) const SUBWALLET: u32 = 698_983_191;
 
 /// One wallet request. Every field is its own so tests can corrupt each one.
-pub struct Transfer<'a> {
+pub(crate) struct Transfer<'a> {
     pub seqno: u32,
     pub valid_until: u32,
     pub to: &'a StdAddr,
@@ -37,7 +38,7 @@ pub struct Transfer<'a> {
 impl<'a> Transfer<'a> {
     /// `value` to `to` as the wallet's message `seqno`, valid until `valid_until`; not
     /// bounceable, without the state init.
-    pub fn new(seqno: u32, valid_until: u32, to: &'a StdAddr, value: u128) -> Self {
+    pub(crate) fn new(seqno: u32, valid_until: u32, to: &'a StdAddr, value: u128) -> Self {
         Transfer {
             seqno,
             valid_until,
@@ -49,7 +50,7 @@ impl<'a> Transfer<'a> {
     }
 
     /// Bounceable.
-    pub fn bounce(self) -> Self {
+    pub(crate) fn bounce(self) -> Self {
         Transfer {
             bounce: true,
             ..self
@@ -57,7 +58,7 @@ impl<'a> Transfer<'a> {
     }
 
     /// With the wallet's state init.
-    pub fn with_init(self) -> Self {
+    pub(crate) fn with_init(self) -> Self {
         Transfer {
             with_init: true,
             ..self
@@ -65,14 +66,14 @@ impl<'a> Transfer<'a> {
     }
 }
 
-pub struct Wallet {
+pub(crate) struct Wallet {
     pub key: Ed25519KeyPair,
     pub init: StateInit,
     pub address: StdAddr,
 }
 
 impl Wallet {
-    pub fn from_seed(seed: u8) -> Self {
+    pub(crate) fn from_seed(seed: u8) -> Self {
         let key = Ed25519KeyPair::from_seed_unchecked(&[seed; 32]).unwrap();
         let mut data = CellBuilder::new();
         data.store_u32(0).unwrap();
@@ -95,7 +96,7 @@ impl Wallet {
 
     /// A signed external message carrying one internal transfer (send mode 3), signed by
     /// `signer` (tests pass a stranger's key too).
-    pub fn transfer(&self, signer: &Ed25519KeyPair, t: Transfer<'_>) -> Vec<u8> {
+    pub(crate) fn transfer(&self, signer: &Ed25519KeyPair, t: Transfer<'_>) -> Vec<u8> {
         let Transfer {
             seqno,
             valid_until,
@@ -179,8 +180,8 @@ fn with_addr_none_src(msg: OwnedMessage) -> Cell {
     b.build().unwrap()
 }
 
-pub fn addr(hex_byte: u8) -> StdAddr {
+pub(crate) fn addr(hex_byte: u8) -> StdAddr {
     StdAddr::new(0, HashBytes([hex_byte; 32]))
 }
 
-pub const TON: u128 = 1_000_000_000;
+pub(crate) const TON: u128 = 1_000_000_000;

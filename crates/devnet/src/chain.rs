@@ -672,6 +672,28 @@ impl Devnet {
         self.run_batch(cell)
     }
 
+    /// A non-bounceable internal message from [`faucet_address`] to `addr` carrying `value`
+    /// nanoton (and `init`, when deploying) with an empty body, created now.
+    fn faucet_message(&self, addr: &StdAddr, value: u128, init: Option<StateInit>) -> OwnedMessage {
+        OwnedMessage {
+            info: MsgInfo::Int(IntMsgInfo {
+                ihr_disabled: true,
+                bounce: false,
+                bounced: false,
+                src: faucet_address().into(),
+                dst: addr.clone().into(),
+                value: CurrencyCollection::new(value),
+                extra_flags: Default::default(),
+                fwd_fee: Tokens::ZERO,
+                created_lt: self.lt,
+                created_at: self.now,
+            }),
+            init,
+            body: Cell::empty_cell().into(),
+            layout: None,
+        }
+    }
+
     /// Credits `amount` nanoton to `addr` with a non-bounceable internal message from
     /// [`faucet_address`]. A missing account becomes an uninitialised one holding the value.
     pub fn faucet(&mut self, addr: &StdAddr, amount: u128) -> Result<Vec<TxRecord>, DevnetError> {
@@ -679,23 +701,7 @@ impl Devnet {
             return Err(DevnetError::BadAmount(amount));
         }
         self.check_destination(addr)?;
-        let msg = OwnedMessage {
-            info: MsgInfo::Int(IntMsgInfo {
-                ihr_disabled: true,
-                bounce: false,
-                bounced: false,
-                src: faucet_address().into(),
-                dst: addr.clone().into(),
-                value: CurrencyCollection::new(amount),
-                extra_flags: Default::default(),
-                fwd_fee: Tokens::ZERO,
-                created_lt: self.lt,
-                created_at: self.now,
-            }),
-            init: None,
-            body: Cell::empty_cell().into(),
-            layout: None,
-        };
+        let msg = self.faucet_message(addr, amount, None);
         let cell = CellBuilder::build_from(msg).map_err(DevnetError::internal)?;
         self.run_batch(cell)
     }
@@ -723,23 +729,7 @@ impl Devnet {
             .map_err(DevnetError::internal)?
             .repr_hash();
         let addr = StdAddr::new(0, hash);
-        let msg = OwnedMessage {
-            info: MsgInfo::Int(IntMsgInfo {
-                ihr_disabled: true,
-                bounce: false,
-                bounced: false,
-                src: faucet_address().into(),
-                dst: addr.clone().into(),
-                value: CurrencyCollection::new(value),
-                extra_flags: Default::default(),
-                fwd_fee: Tokens::ZERO,
-                created_lt: self.lt,
-                created_at: self.now,
-            }),
-            init: Some(init),
-            body: Cell::empty_cell().into(),
-            layout: None,
-        };
+        let msg = self.faucet_message(&addr, value, Some(init));
         let cell = CellBuilder::build_from(msg).map_err(DevnetError::internal)?;
         let txs = self.run_batch(cell)?;
         Ok((addr, txs))

@@ -100,12 +100,7 @@ fn wallet_deploys_and_pays_to_the_nanoton() {
 fn bounceable_value_to_nobody_bounces_back() {
     let mut chain = Devnet::new(T0).unwrap();
     let w = funded_wallet(&mut chain);
-    chain
-        .send_external(&w.transfer(
-            &w.key,
-            Transfer::new(0, T0 + 600, &addr(0xb0), TON).with_init(),
-        ))
-        .unwrap();
+    deploy_wallet(&mut chain, &w);
     let before = chain.account(&w.address).unwrap().balance;
     let carol = addr(0xca);
     let txs = chain
@@ -136,12 +131,7 @@ fn bounceable_value_to_nobody_bounces_back() {
 fn rejected_externals_leave_no_trace() {
     let mut chain = Devnet::new(T0).unwrap();
     let w = funded_wallet(&mut chain);
-    chain
-        .send_external(&w.transfer(
-            &w.key,
-            Transfer::new(0, T0 + 600, &addr(0xb0), TON).with_init(),
-        ))
-        .unwrap();
+    deploy_wallet(&mut chain, &w);
     let (lt, count, bal) = (
         chain.lt(),
         chain.tx_count(),
@@ -188,12 +178,7 @@ fn rejected_externals_leave_no_trace() {
 fn time_only_moves_forward_and_storage_is_charged() {
     let mut chain = Devnet::new(T0).unwrap();
     let w = funded_wallet(&mut chain);
-    chain
-        .send_external(&w.transfer(
-            &w.key,
-            Transfer::new(0, T0 + 600, &addr(0xb0), TON).with_init(),
-        ))
-        .unwrap();
+    deploy_wallet(&mut chain, &w);
     assert!(matches!(
         chain.set_now(u64::from(T0) - 1),
         Err(DevnetError::TimeBackwards { .. })
@@ -224,12 +209,7 @@ fn getters_report_exit_codes_and_reject_missing_code() {
         chain.run_get_method(&w.address, &GetMethodId::Name("seqno".into()), vec![]),
         Err(DevnetError::NotActive(_))
     ));
-    chain
-        .send_external(&w.transfer(
-            &w.key,
-            Transfer::new(0, T0 + 600, &addr(0xb0), TON).with_init(),
-        ))
-        .unwrap();
+    deploy_wallet(&mut chain, &w);
     let out = chain
         .run_get_method(
             &w.address,
@@ -276,12 +256,7 @@ fn persistence_round_trip() {
     let (hashes, lt, balance, now) = {
         let mut chain = Devnet::open(dir.path(), T0).unwrap();
         chain.faucet(&w.address, 10 * TON).unwrap();
-        chain
-            .send_external(&w.transfer(
-                &w.key,
-                Transfer::new(0, T0 + 600, &addr(0xb0), TON).with_init(),
-            ))
-            .unwrap();
+        deploy_wallet(&mut chain, &w);
         chain.advance(100).unwrap();
         let hashes: Vec<_> = chain
             .transactions(&w.address, None, 0, 10)

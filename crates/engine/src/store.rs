@@ -292,14 +292,7 @@ impl ModelStore {
         })?;
         self.finish(
             tmp,
-            ModelRecord {
-                name: name.into(),
-                rev: rev.into(),
-                sha256: sha,
-                size,
-                source: format!("file:{}", path.display()),
-                alias: None,
-            },
+            added(name, rev, sha, size, format!("file:{}", path.display())),
             expected_sha256,
         )
     }
@@ -352,14 +345,7 @@ impl ModelStore {
         let size = fs::metadata(&tmp).map_err(io_err(&tmp))?.len();
         self.finish(
             tmp,
-            ModelRecord {
-                name: name.into(),
-                rev: rev.into(),
-                sha256: sha,
-                size,
-                source: url.to_owned(),
-                alias: None,
-            },
+            added(name, rev, sha, size, url.to_owned()),
             expected_sha256,
         )
     }
@@ -411,6 +397,18 @@ impl ModelStore {
         .await;
         let _ = fs::remove_file(&archive);
         result
+    }
+}
+
+/// The record of a file added by hand as `name@rev` (no alias).
+fn added(name: &str, rev: &str, sha256: String, size: u64, source: String) -> ModelRecord {
+    ModelRecord {
+        name: name.into(),
+        rev: rev.into(),
+        sha256,
+        size,
+        source,
+        alias: None,
     }
 }
 

@@ -37,7 +37,7 @@ use cocoon_bench_proxy::{
     CHUNK_BYTES, CHUNKS, Kid, Lat, Node, SECRET, arg, connector, fake_engine, http_streams, owner,
     pct, root, spawn_self, start_worker, wait_ready,
 };
-use cocoon_client::{AutoPay, Client, ClientConfig, Timings};
+use cocoon_client::{Client, ClientConfig};
 use cocoon_ton::HashBytes;
 
 const LITELLM_SETUP: &str = "bench/network/setup-litellm";
@@ -62,32 +62,16 @@ fn main() {
 /// a client the proxy node funded); prints `url http://...` once ready, serves until killed.
 fn gateway(proxy: &str) {
     cocoon_bench_proxy::exit_with_parent();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = cocoon_bench_proxy::runtime();
     rt.block_on(async {
         let mut root = root();
         root.proxy_hashes = vec![HashBytes(cocoon_attest::sim::sim_image_hash())];
         let cfg = ClientConfig {
             api_listen: Some("127.0.0.1:0".parse().expect("addr")),
-            allowed_origins: vec![],
-            allowed_hosts: vec![],
             proxies: vec![proxy.to_owned()],
             connections: 1,
-            root,
-            root_address: None,
-            owner_address: owner(0),
-            secret: SECRET.to_vec(),
             is_test: true,
-            connector: connector(),
-            check_proxy_hashes: true,
-            state_path: None,
-            api_keys_file: None,
-            admin_token_file: None,
-            channels: None,
-            auto_pay: AutoPay::default(),
-            timings: Timings::default(),
+            ..ClientConfig::new(root, owner(0), SECRET.to_vec(), connector())
         };
         let c = Client::start(cfg).await.expect("gateway");
         assert!(
@@ -386,10 +370,7 @@ fn run(args: &[String]) {
         "workload: a fake engine streams {CHUNKS} chunks x {CHUNK_BYTES} B (+ usage, [DONE]) per answer; streamed chat completions, {} concurrent, {} per path after {} to warm up; then {} one at a time",
         plan.streams, plan.requests, plan.warmup, plan.single
     );
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = cocoon_bench_proxy::runtime();
     let me = std::process::id();
     rt.block_on(async {
         let engine = fake_engine(Duration::ZERO).await;

@@ -15,7 +15,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use cocoon_attest::{Policy, SimKey};
-use cocoon_client::{Client, ClientConfig, Request, Timings};
+use cocoon_client::{Client, ClientConfig, Request};
 use cocoon_ratls::cert::{Identity, SimSource};
 use cocoon_ratls::config::CertResolver;
 use cocoon_ratls::net::RatlsConnector;
@@ -53,25 +53,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         cocoon_net::Config::default(),
     )?;
 
+    let owner = cocoon_ton::parse_address(&owner)?;
     let handle = Client::start(ClientConfig {
-        api_listen: None,
-        allowed_origins: vec![],
-        allowed_hosts: vec![],
-        proxies: vec![],
-        connections: 2,
-        root,
         root_address: Some(root_address),
-        owner_address: cocoon_ton::parse_address(&owner)?,
-        secret: secret.into_bytes(),
         is_test: true,
-        connector,
-        check_proxy_hashes: true,
-        state_path: None,
-        api_keys_file: None,
-        admin_token_file: None,
-        channels: None,
-        auto_pay: Default::default(),
-        timings: Timings::default(),
+        ..ClientConfig::new(root, owner, secret.into_bytes(), connector)
     })
     .await?;
     if !handle.wait_ready(Duration::from_secs(30)).await {

@@ -62,6 +62,40 @@ pub struct ClientConfig {
     pub timings: Timings,
 }
 
+impl ClientConfig {
+    /// A gateway of `owner_address` with `secret` and `connector` under `root`, the rest as
+    /// the defaults file has it: library use (no HTTP API), the root's proxies, two
+    /// connections, main network, proxy image hashes checked, state in memory, no API keys,
+    /// no controls, no channels, default payments and timings.
+    pub fn new(
+        root: RootConfig,
+        owner_address: StdAddr,
+        secret: Vec<u8>,
+        connector: RatlsConnector,
+    ) -> Self {
+        ClientConfig {
+            api_listen: None,
+            allowed_origins: vec![],
+            allowed_hosts: vec![],
+            proxies: vec![],
+            connections: 2,
+            root,
+            root_address: None,
+            owner_address,
+            secret,
+            is_test: false,
+            connector,
+            check_proxy_hashes: true,
+            state_path: None,
+            api_keys_file: None,
+            admin_token_file: None,
+            channels: None,
+            auto_pay: AutoPay::default(),
+            timings: Timings::default(),
+        }
+    }
+}
+
 /// Limits and intervals.
 #[derive(Debug, Clone)]
 pub struct Timings {

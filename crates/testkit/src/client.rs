@@ -232,23 +232,10 @@ pub fn gateway_config(proxies: Vec<String>, root: RootConfig) -> ClientConfig {
     timings.backoff.max = Duration::from_millis(300);
     ClientConfig {
         api_listen: Some("127.0.0.1:0".parse().unwrap()),
-        allowed_origins: vec![],
-        allowed_hosts: vec![],
         proxies,
-        connections: 2,
-        root,
-        root_address: None,
-        owner_address: addr(0x42),
-        secret: SECRET.to_vec(),
         is_test: true,
-        connector: connector(),
-        check_proxy_hashes: true,
-        state_path: None,
-        api_keys_file: None,
-        admin_token_file: None,
-        channels: None,
-        auto_pay: Default::default(),
         timings,
+        ..ClientConfig::new(root, addr(0x42), SECRET.to_vec(), connector())
     }
 }
 

@@ -175,12 +175,20 @@ struct Timed {
     token_times: Vec<Duration>,
 }
 
-async fn one(engine: &LlamaEngine, t0: Instant) -> Result<Timed, String> {
+/// Submits the bench request (streamed or not); the answer's body events.
+async fn answer(
+    engine: &LlamaEngine,
+    stream: bool,
+) -> Result<tokio::sync::mpsc::Receiver<BodyEvent>, String> {
     let resp = engine
-        .submit(request(true))
+        .submit(request(stream))
         .await
         .map_err(|e| e.to_string())?;
-    let mut rx = resp.body;
+    Ok(resp.body)
+}
+
+async fn one(engine: &LlamaEngine, t0: Instant) -> Result<Timed, String> {
+    let mut rx = answer(engine, true).await?;
     let mut data_times = Vec::new();
     while let Some(ev) = rx.recv().await {
         match ev {
@@ -214,6 +222,12 @@ fn check_len(t: &Timed) -> Result<(), String> {
     Ok(())
 }
 
+/// [`load`] with the peak RSS reset first, so that it then measures this engine.
+fn load_measured(model: &Path, slots: u32, threads: u32) -> Result<LlamaEngine, String> {
+    reset_hwm();
+    load(model, slots, threads)
+}
+
 fn load(model: &Path, slots: u32, threads: u32) -> Result<LlamaEngine, String> {
     let mut cfg = LlamaConfig::new(model, "bench");
     cfg.slots = slots;
@@ -237,8 +251,7 @@ fn engine_single(
     model: &Path,
     f: &mut Figures,
 ) -> Result<(), String> {
-    reset_hwm();
-    let engine = load(model, 1, o.threads)?;
+    let engine = load_measured(model, 1, o.threads)?;
     rt.block_on(async {
         let warm = one(&engine, Instant::now()).await?;
         check_len(&warm)?;
@@ -263,9 +276,8 @@ fn engine_concurrent(
     model: &Path,
     f: &mut Figures,
 ) -> Result<(), String> {
-    reset_hwm();
     let n = o.concurrency;
-    let engine = load(model, n, o.threads)?;
+    let engine = load_measured(model, n, o.threads)?;
     rt.block_on(async {
         for run in 0..=o.conc_runs {
             let t0 = Instant::now();
@@ -472,11 +484,7 @@ pub fn run(args: &[String]) {
     );
     if o.check {
         let answer = rt.block_on(async {
-            let resp = probe
-                .submit(request(false))
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut rx = resp.body;
+            let mut rx = answer(&probe, false).await?;
             let mut bytes = Vec::new();
             while let Some(ev) = rx.recv().await {
                 match ev {

@@ -211,11 +211,16 @@ fn codec() {
     }
 }
 
-fn session() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+/// The multi-threaded tokio runtime the network benches run on.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .expect("runtime");
+        .expect("runtime")
+}
+
+fn session() {
+    let rt = runtime();
     rt.block_on(async {
         println!(
             "session (two sessions over loopback TCP, {} tokio workers)",
@@ -447,10 +452,7 @@ fn ratls() {
     use cocoon_ratls::net::{RatlsAcceptor, RatlsConnector};
     use cocoon_ratls::verifier::{RatlsVerifier, VerifierConfig};
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     println!(
         "ratls (sequential connections over loopback: TCP + PoW + mutual TLS 1.3 + session + \
          1 query; sim evidence; {} tokio workers)",

@@ -139,10 +139,7 @@ pub fn child_main(args: &[String]) -> bool {
         }
         Some("engine") => {
             let ms: u64 = args.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
+            let rt = runtime();
             rt.block_on(async {
                 println!("url {}", fake_engine(Duration::from_millis(ms)).await);
                 std::future::pending::<()>().await;
@@ -151,6 +148,14 @@ pub fn child_main(args: &[String]) -> bool {
         }
         _ => false,
     }
+}
+
+/// The multi-threaded tokio runtime every bench process runs on.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 /// For a child started by [`spawn_self`]: exits when stdin ends, which is when the parent
@@ -167,10 +172,7 @@ pub fn exit_with_parent() {
 /// `node DIR`: the proxy on a SQLite ledger in DIR, clients funded in memory; prints
 /// `ports <worker> <client>` and serves until killed.
 fn node(dir: &Path) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     rt.block_on(async {
         let root = root();
         let key = Arc::new(SigningKey::from_seed(&PROXY_SEED).expect("key"));

@@ -48,10 +48,7 @@ fn run(args: &[String]) {
     let idle: usize = arg(args, "--idle-workers", 1000);
     let open: usize = arg(args, "--open-streams", 10_000);
     let tmp = std::env::temp_dir().join(format!("cocoon-bench-proxy-{}", std::process::id()));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = cocoon_bench_proxy::runtime();
     rt.block_on(async {
         println!(
             "proxy (fake engine: {CHUNKS} chunks x {CHUNK_BYTES} B per answer; {streams} concurrent streams; {requests} requests each way)"

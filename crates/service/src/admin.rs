@@ -24,6 +24,7 @@ use crate::browser::{Allowlist, Guard, plain_text};
 /// An admin server's settings.
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
+    /// Address to listen on.
     pub bind: SocketAddr,
     /// File holding the bearer token for POST controls; without one controls are refused.
     pub token_file: Option<PathBuf>,
@@ -103,6 +104,7 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 pub struct Prometheus(String);
 
 impl Prometheus {
+    /// An empty exposition.
     pub fn new() -> Self {
         Self::default()
     }

@@ -36,7 +36,9 @@ use axum::response::{IntoResponse, Response};
 /// A host: an IP address or a lower-case DNS name without its trailing dot.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum HostName {
+    /// An IP address.
     Ip(IpAddr),
+    /// A DNS name.
     Name(String),
 }
 
@@ -174,10 +176,22 @@ impl fmt::Display for WebOrigin {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum AllowlistError {
+    /// A bad `allowed_origins` entry.
     #[error("{value:?} is not an origin: {why}")]
-    Origin { value: String, why: &'static str },
+    Origin {
+        /// The entry.
+        value: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// A bad `allowed_hosts` entry.
     #[error("{value:?} is not a host name or address: {why}")]
-    Host { value: String, why: &'static str },
+    Host {
+        /// The entry.
+        value: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
 }
 
 /// What a server accepts beyond loopback requests without `Origin`: the `allowed_origins`
@@ -232,6 +246,7 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// The rule for a server bound to `bound`, allowing what `allow` lists.
     pub fn new(allow: Allowlist, bound: SocketAddr) -> Policy {
         Policy { allow, bound }
     }
@@ -247,11 +262,13 @@ impl Policy {
 /// What the rule looks at in a request.
 #[derive(Debug, Clone, Copy)]
 pub struct Facts<'a> {
+    /// The request method.
     pub method: &'a Method,
     /// The `Host` header (or the HTTP/2 authority); `None`: absent.
     pub host: Option<&'a str>,
     /// The `Origin` header; an unreadable one as `Some("")`.
     pub origin: Option<&'a str>,
+    /// The `Content-Type` header, if any.
     pub content_type: Option<&'a str>,
     /// Whether the request may carry body bytes (a non-zero or unknown length).
     pub has_body: bool,
@@ -261,9 +278,15 @@ pub struct Facts<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// Serve it; `grant`: the allowed foreign origin to echo in the CORS headers.
-    Serve { grant: Option<String> },
+    Serve {
+        /// The foreign origin to echo, if any.
+        grant: Option<String>,
+    },
     /// Answer the preflight (OPTIONS) here: 204, with the CORS grant if there is one.
-    Preflight { grant: Option<String> },
+    Preflight {
+        /// The foreign origin to echo, if any.
+        grant: Option<String>,
+    },
     /// Refuse it, without any CORS header.
     Refuse(Refusal),
 }
@@ -271,15 +294,19 @@ pub enum Verdict {
 /// Why a request was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
+    /// No `Host` header.
     #[error("the request has no Host header")]
     NoHost,
+    /// A `Host` that is neither loopback, the bound address nor allowed.
     #[error(
         "Host {0:?} is not a loopback name, the address this server is bound to or an allowed \
          host (refused against DNS rebinding; see allowed_hosts)"
     )]
     ForeignHost(String),
+    /// An `Origin` not in the allowlist.
     #[error("cross-origin request from {0:?} refused: the origin is not in allowed_origins")]
     ForeignOrigin(String),
+    /// A body that is not JSON.
     #[error("request bodies must be Content-Type: application/json, not {0:?}")]
     NotJson(String),
 }

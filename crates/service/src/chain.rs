@@ -277,7 +277,12 @@ pub enum Polled {
     /// Nothing newer (or the read failed, or the endpoints disagreed).
     Unchanged,
     /// A hook refused the newer version; it is tried again at the next poll.
-    Refused { version: u32, error: String },
+    Refused {
+        /// The refused version.
+        version: u32,
+        /// The hook's reason.
+        error: String,
+    },
     /// The endpoints did not agree: the last agreed configuration stays.
     NoQuorum,
 }

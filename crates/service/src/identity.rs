@@ -63,8 +63,11 @@ impl TeeChoice {
 /// A role's RA-TLS identity: the certificate resolver, where fresh evidence comes from, and
 /// which TEE that is.
 pub struct RoleIdentity {
+    /// Presents the current certificate.
     pub resolver: Arc<CertResolver>,
+    /// Produces fresh evidence.
     pub source: Arc<dyn EvidenceSource>,
+    /// The TEE the evidence comes from.
     pub tee: Backend,
 }
 
@@ -159,7 +162,9 @@ pub fn peer_policy(spec: &str, allow_sim: bool) -> Result<Policy, String> {
 /// Intel's pinned root either way).
 #[derive(Clone, Copy)]
 pub struct Pccs<'a> {
+    /// Base URL.
     pub url: &'a str,
+    /// CA certificates trusted besides the WebPKI roots.
     pub extra_roots: &'a [CertificateDer<'static>],
 }
 
@@ -169,7 +174,9 @@ pub struct PeerVerification<'a> {
     /// `any`, `tdx`, `sev-snp`, `sim` or a JSON policy file; on a test network sim peers are
     /// accepted too.
     pub policy: &'a str,
+    /// Whether this is a test network.
     pub is_test: bool,
+    /// Where TDX collateral comes from.
     pub pccs: Pccs<'a>,
     /// AMD KDS base URL (empty: only `<state_dir>/kds`).
     pub kds_url: &'a str,
@@ -231,7 +238,9 @@ fn sev_collateral(kds_url: &str, dir: &Path) -> Result<SevCollateral, String> {
 /// (which TEE that resolved to), refreshed hourly in the background, and proxies verified as
 /// `verification` says.
 pub struct ProxyDialer {
+    /// Dials proxies with the role's identity.
     pub connector: RatlsConnector,
+    /// The TEE the identity's evidence comes from.
     pub tee: Backend,
 }
 

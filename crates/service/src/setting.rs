@@ -59,22 +59,39 @@ pub fn check_allowlist(
 /// `#[serde(flatten)]`, so the keys stay flat in the role's defaults file.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Common {
+    /// Root contract address (`root_address`).
     pub root_address: String,
+    /// toncenter v2 endpoint (`ton_url`).
     pub ton_url: String,
+    /// Several endpoints read with a quorum (`ton_urls`).
     pub ton_urls: Vec<String>,
+    /// File with a toncenter API key (`ton_api_key_file`).
     pub ton_api_key_file: String,
+    /// One API key file per `ton_urls` entry (`ton_api_key_files`).
     pub ton_api_key_files: Vec<String>,
+    /// How many endpoints must agree (`ton_quorum`).
     pub ton_quorum: u32,
+    /// PEM bundle of extra CA certificates (`extra_ca_file`).
     pub extra_ca_file: String,
+    /// Whether `extra_ca_file` is accepted inside a TEE (`extra_ca_in_tee`).
     pub extra_ca_in_tee: bool,
+    /// Seconds between root contract reads (`root_poll_seconds`).
     pub root_poll_seconds: u64,
+    /// Owner of the role's contracts (`owner_address`).
     pub owner_address: String,
+    /// Wallet seed file (`wallet_key_file`).
     pub wallet_key_file: String,
+    /// `v4r2` or `v5r1` (`wallet_version`).
     pub wallet_version: String,
+    /// Test network (`is_test`).
     pub is_test: bool,
+    /// Attestation of this machine (`tee`).
     pub tee: String,
+    /// PCCS or Intel PCS base URL (`pccs_url`).
     pub pccs_url: String,
+    /// AMD KDS base URL (`kds_url`).
     pub kds_url: String,
+    /// State directory (`state_dir`).
     pub state_dir: String,
 }
 
@@ -184,8 +201,11 @@ impl Common {
 pub struct AdminSettings {
     /// `ip:port`, or empty for no admin server.
     pub admin_listen: String,
+    /// File holding the bearer token for POST controls (`admin_token_file`).
     pub admin_token_file: String,
+    /// Web origins allowed to call the admin server (`admin_allowed_origins`).
     pub admin_allowed_origins: Vec<String>,
+    /// Host names besides loopback the admin server answers to (`admin_allowed_hosts`).
     pub admin_allowed_hosts: Vec<String>,
 }
 

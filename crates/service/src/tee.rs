@@ -15,10 +15,13 @@ use cocoon_attest::Backend;
 pub struct TeeInfo {
     /// The configfs-tsm report directory.
     pub tsm_root: PathBuf,
+    /// Whether the configfs-tsm directory exists.
     pub tsm_present: bool,
     /// Providers of report entries that already exist (none is created to ask).
     pub providers: Vec<String>,
+    /// Whether `/dev/tdx_guest` exists.
     pub tdx_device: bool,
+    /// Whether `/dev/sev-guest` exists.
     pub sev_device: bool,
     /// The TEE found, if any.
     pub backend: Option<Backend>,

@@ -1,5 +1,6 @@
 //! The guard as middleware of a real axum server on 127.0.0.1, spoken to over raw TCP so that
 //! every header (Host included) is exactly what a browser or an attacker would send.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::net::SocketAddr;
 

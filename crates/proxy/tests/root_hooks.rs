@@ -3,64 +3,15 @@
 //! contracts' accounts) before the network side applies them, and when the ledger refuses,
 //! the network keeps the old configuration and the version is tried again.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use cocoon_ledger::SqliteStore;
 use cocoon_proxy::{LedgerMeter, MemoryChain, root_hooks};
 use cocoon_service::chain::{Polled, RootWatcher};
 use cocoon_testkit::prelude::*;
-use cocoon_ton::StdAddr;
-use cocoon_ton::chain::{
-    AccountState, AccountStatus, Chain, ChainError, GetMethodResult, StackValue, Transaction, TxId,
-};
+use cocoon_ton::chain::fake::FakeChain;
 use cocoon_ton::keys::SigningKey;
-use cocoon_ton::root::RootConfig;
-
-/// A chain whose root contract holds the configuration the test put there.
-#[derive(Clone, Default)]
-struct Root(Arc<Mutex<Option<RootConfig>>>);
-
-impl Chain for Root {
-    async fn send_boc(&self, _: &[u8]) -> Result<(), ChainError> {
-        Ok(())
-    }
-    async fn run_get_method(
-        &self,
-        _: &StdAddr,
-        _: &str,
-        _: &[StackValue],
-    ) -> Result<GetMethodResult, ChainError> {
-        Err(ChainError::Decode("none".into()))
-    }
-    async fn account_state(&self, _: &StdAddr) -> Result<AccountState, ChainError> {
-        let c = self
-            .0
-            .lock()
-            .unwrap()
-            .clone()
-            .expect("a root configuration");
-        Ok(AccountState {
-            balance: 1,
-            status: AccountStatus::Active,
-            code: None,
-            data: Some(c.to_storage_cell().unwrap()),
-            last_tx: None,
-            sync_utime: None,
-        })
-    }
-    async fn transactions_since(
-        &self,
-        _: &StdAddr,
-        _: Option<&TxId>,
-        _: usize,
-    ) -> Result<Vec<Transaction>, ChainError> {
-        Ok(Vec::new())
-    }
-    async fn masterchain_seqno(&self) -> Result<u32, ChainError> {
-        Ok(1)
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ledger_moves_to_new_params_before_the_network_and_a_refusal_holds_both() {
@@ -74,12 +25,13 @@ async fn the_ledger_moves_to_new_params_before_the_network_and_a_refusal_holds_b
         .unwrap();
     let m = meter.clone();
     let net = start_proxy_with(start.clone(), move |c| c.meter = m).await;
-    let chain = Root::default();
+    // A chain whose root contract holds the configuration the test puts there.
+    let chain = FakeChain::default();
     let mut w = RootWatcher::new(chain.clone(), addr(0x01), Duration::from_secs(1), 1);
     let mut hooks = root_hooks(&meter, &net.proxy);
 
     // A newer version with the same params: both steps run.
-    *chain.0.lock().unwrap() = Some(root(2, true, true));
+    chain.set_root(&root(2, true, true)).unwrap();
     assert_eq!(w.poll_once(&mut hooks).await, Polled::Applied(2));
     assert_eq!(net.proxy.stats().root_version, 2);
     assert_eq!(meter.stats().params_version, 1);
@@ -87,7 +39,7 @@ async fn the_ledger_moves_to_new_params_before_the_network_and_a_refusal_holds_b
     // New params: the ledger is on them before the network side is.
     let mut next = root(3, true, true);
     next.params.params_version = 2;
-    *chain.0.lock().unwrap() = Some(next.clone());
+    chain.set_root(&next).unwrap();
     assert_eq!(w.poll_once(&mut hooks).await, Polled::Applied(3));
     assert_eq!(meter.stats().params_version, 2);
     assert_eq!(net.proxy.stats().root_version, 3);
@@ -97,7 +49,7 @@ async fn the_ledger_moves_to_new_params_before_the_network_and_a_refusal_holds_b
     let mut bad = root(4, true, true);
     bad.params.params_version = 2;
     bad.params.is_test = false;
-    *chain.0.lock().unwrap() = Some(bad);
+    chain.set_root(&bad).unwrap();
     assert!(matches!(
         w.poll_once(&mut hooks).await,
         Polled::Refused { version: 4, .. }
@@ -118,7 +70,7 @@ async fn the_ledger_moves_to_new_params_before_the_network_and_a_refusal_holds_b
     assert!(meter.stats().halted.is_some());
     let mut next = root(5, true, true);
     next.params.params_version = 3;
-    *chain.0.lock().unwrap() = Some(next);
+    chain.set_root(&next).unwrap();
     assert!(matches!(
         w.poll_once(&mut hooks).await,
         Polled::Refused { version: 5, .. }

@@ -351,58 +351,9 @@ impl<C: Chain> RootWatcher<C> {
 mod tests {
     use std::sync::{Arc, Mutex};
 
-    use cocoon_ton::chain::{
-        AccountState, AccountStatus, GetMethodResult, StackValue, Transaction, TxId,
-    };
+    use cocoon_ton::chain::fake::FakeChain;
 
     use super::*;
-
-    /// A chain whose root contract holds whatever configuration the test put there (or none:
-    /// the endpoints disagree).
-    #[derive(Clone, Default)]
-    struct FakeRoot(Arc<Mutex<Option<RootConfig>>>);
-
-    impl Chain for FakeRoot {
-        async fn send_boc(&self, _: &[u8]) -> Result<(), ChainError> {
-            Ok(())
-        }
-        async fn run_get_method(
-            &self,
-            _: &StdAddr,
-            _: &str,
-            _: &[StackValue],
-        ) -> Result<GetMethodResult, ChainError> {
-            Err(ChainError::Decode("no get-methods here".into()))
-        }
-        async fn account_state(&self, _: &StdAddr) -> Result<AccountState, ChainError> {
-            let Some(c) = self.0.lock().unwrap().clone() else {
-                return Err(ChainError::NoQuorum {
-                    what: "root".into(),
-                    quorum: 2,
-                    answers: Vec::new(),
-                });
-            };
-            Ok(AccountState {
-                balance: 1,
-                status: AccountStatus::Active,
-                code: None,
-                data: Some(c.to_storage_cell().unwrap()),
-                last_tx: None,
-                sync_utime: None,
-            })
-        }
-        async fn transactions_since(
-            &self,
-            _: &StdAddr,
-            _: Option<&TxId>,
-            _: usize,
-        ) -> Result<Vec<Transaction>, ChainError> {
-            Ok(Vec::new())
-        }
-        async fn masterchain_seqno(&self) -> Result<u32, ChainError> {
-            Ok(1)
-        }
-    }
 
     fn config(version: u32) -> RootConfig {
         let owner = StdAddr::new(0, cocoon_ton::HashBytes([1; 32]));
@@ -420,7 +371,8 @@ mod tests {
 
     #[tokio::test]
     async fn hooks_run_in_order_once_per_newer_version_and_a_refusal_is_retried() {
-        let chain = FakeRoot::default();
+        let chain = FakeChain::default();
+        chain.set_disagreeing(true);
         let root = StdAddr::new(0, cocoon_ton::HashBytes([2; 32]));
         let mut w = RootWatcher::new(chain.clone(), root, Duration::from_secs(1), 1);
         let log = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -448,10 +400,11 @@ mod tests {
         // The endpoints disagree: nothing runs, the caller is told.
         assert_eq!(w.poll_once(&mut hooks).await, Polled::NoQuorum);
         // Not newer than what the role started with.
-        *chain.0.lock().unwrap() = Some(config(1));
+        chain.set_disagreeing(false);
+        chain.set_root(&config(1)).unwrap();
         assert_eq!(w.poll_once(&mut hooks).await, Polled::Unchanged);
         // Newer, but the first hook refuses: the second never runs, the version stays.
-        *chain.0.lock().unwrap() = Some(config(2));
+        chain.set_root(&config(2)).unwrap();
         assert!(matches!(
             w.poll_once(&mut hooks).await,
             Polled::Refused { version: 2, .. }

@@ -1,57 +1,13 @@
 //! `ChainPayoutSink`: a receipt becomes a wallet message to the worker contract.
 
-use std::sync::{Arc, Mutex};
-
-use cocoon_ton::chain::{
-    AccountState, AccountStatus, Chain, ChainError, GetMethodResult, StackValue, Transaction, TxId,
-};
+use cocoon_ton::chain::AccountStatus;
+use cocoon_ton::chain::fake::{FakeChain, account};
 use cocoon_ton::keys::SigningKey;
 use cocoon_ton::payments::{PaymentPayload, SignedOp, SignedPayment};
 use cocoon_ton::wallet::{OutMsg, Wallet, WalletSender};
-use cocoon_ton::{Cell, HashBytes, StdAddr};
+use cocoon_ton::{Cell, HashBytes};
 use cocoon_worker::PayoutSink;
 use cocoon_worker::chain_sink::{ChainPayoutSink, DEFAULT_ATTACH_NANOTON};
-
-#[derive(Clone, Default)]
-struct FakeChain {
-    sent: Arc<Mutex<Vec<Vec<u8>>>>,
-}
-
-impl Chain for FakeChain {
-    async fn send_boc(&self, boc: &[u8]) -> Result<(), ChainError> {
-        self.sent.lock().unwrap().push(boc.to_vec());
-        Ok(())
-    }
-    async fn run_get_method(
-        &self,
-        _address: &StdAddr,
-        _method: &str,
-        _stack: &[StackValue],
-    ) -> Result<GetMethodResult, ChainError> {
-        Err(ChainError::Transport("not supported by the fake".into()))
-    }
-    async fn account_state(&self, _address: &StdAddr) -> Result<AccountState, ChainError> {
-        Ok(AccountState {
-            balance: 10_000_000_000,
-            status: AccountStatus::Uninit,
-            code: None,
-            data: None,
-            last_tx: None,
-            sync_utime: None,
-        })
-    }
-    async fn transactions_since(
-        &self,
-        _address: &StdAddr,
-        _after: Option<&TxId>,
-        _limit: usize,
-    ) -> Result<Vec<Transaction>, ChainError> {
-        Ok(Vec::new())
-    }
-    async fn masterchain_seqno(&self) -> Result<u32, ChainError> {
-        Ok(1)
-    }
-}
 
 fn contains(c: &Cell, h: &HashBytes) -> bool {
     c.repr_hash() == h
@@ -60,7 +16,9 @@ fn contains(c: &Cell, h: &HashBytes) -> bool {
 
 #[tokio::test]
 async fn receipt_is_repacked_and_sent_to_the_worker_contract() {
+    // Every account, the wallet's included, is uninitialised and holds 10 TON.
     let chain = FakeChain::default();
+    chain.set_others(account(AccountStatus::Uninit, 10_000_000_000, None));
     let wallet_key = SigningKey::from_seed(&[3; 32]).unwrap();
     let wallet = Wallet::v4r2(wallet_key.public_key(), 0);
     let sender = WalletSender::new(chain.clone(), wallet, wallet_key).unwrap();
@@ -82,7 +40,7 @@ async fn receipt_is_repacked_and_sent_to_the_worker_contract() {
         .await
         .unwrap();
 
-    let sent = chain.sent.lock().unwrap().clone();
+    let sent = chain.sent();
     assert_eq!(sent.len(), 1, "one external message");
     let ext = cocoon_ton::codec::decode_boc(&sent[0]).unwrap();
     // The internal message: to the worker contract, 0.5 TON, body = the receipt with our
@@ -110,5 +68,5 @@ async fn receipt_is_repacked_and_sent_to_the_worker_contract() {
 
     // A malformed receipt is an error, nothing is sent.
     assert!(sink.submit("0:11", vec![1, 2, 3], 5).await.is_err());
-    assert_eq!(chain.sent.lock().unwrap().len(), 1);
+    assert_eq!(chain.sent().len(), 1);
 }

@@ -175,7 +175,7 @@ impl<C: Chain> WalletSender<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chain::mock::MockChain;
+    use crate::chain::fake::FakeChain;
     use tycho_types::cell::{Cell, CellBuilder, HashBytes};
 
     use crate::wallet::WalletVersion;
@@ -203,7 +203,7 @@ mod tests {
     async fn sender_resends_same_boc_until_seqno_advances() {
         let k = key();
         let w = Wallet::v4r2(k.public_key(), 0);
-        let chain = MockChain::default();
+        let chain = FakeChain::default();
         let mut s = WalletSender::new(chain.clone(), w.clone(), k).unwrap();
         s.resend_every = Duration::ZERO;
         let to = StdAddr::new(0, HashBytes([9; 32]));
@@ -264,7 +264,7 @@ mod tests {
     async fn sender_keeps_messages_when_send_fails() {
         let k = key();
         let w = Wallet::v4r2(k.public_key(), 0);
-        let chain = MockChain::default();
+        let chain = FakeChain::default();
         chain.fail_sends(true);
         let mut s = WalletSender::new(chain.clone(), w, k).unwrap();
         s.enqueue(OutMsg::new(StdAddr::ZERO, 1, None));

@@ -37,6 +37,29 @@ fn ident_with(source: &dyn EvidenceSource, opts: CertOptions) -> Identity {
     Identity::generate_with(source, NOW - 60, &opts).unwrap()
 }
 
+/// A certificate whose evidence (a valid sim signature) binds another identity's key.
+fn bound_to_another_key() -> Identity {
+    let other = ident(NOW - 60);
+    let key = SimKey::generate().unwrap();
+    let ev = EvidenceEnvelope::Sim(&key.evidence(&cocoon_attest::report_data_for_public_key(
+        other.public_key(),
+    )))
+    .encode();
+    ident_with(&FixedSource(ev), CertOptions::default())
+}
+
+/// A TLS 1.3 client that verifies the server but presents no certificate.
+fn certless_connector() -> RatlsConnector {
+    let cv = verifier();
+    let cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(cv.clone())
+        .with_no_client_auth();
+    RatlsConnector::from_client_config(Arc::new(cfg), cv, POW, cocoon_net::Config::default())
+}
+
 fn verifier_at(policy: Policy, now: u64) -> Arc<RatlsVerifier> {
     let mut cfg = VerifierConfig::new(policy);
     cfg.clock = fixed_clock(now);
@@ -198,16 +221,7 @@ async fn tls_parameters_are_cocoon_ones() {
 #[tokio::test]
 async fn no_client_certificate_is_rejected() {
     let sid = ident(NOW - 60);
-    let cv = verifier();
-    let cfg = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(cv.clone())
-        .with_no_client_auth();
-    let client =
-        RatlsConnector::from_client_config(Arc::new(cfg), cv, POW, cocoon_net::Config::default());
-    let (c, s) = run(client, acceptor(&sid, verifier())).await;
+    let (c, s) = run(certless_connector(), acceptor(&sid, verifier())).await;
     assert!(c.is_err());
     match s {
         Err(RatlsError::Tls(e)) => {
@@ -335,13 +349,7 @@ async fn claims_of_another_key_are_rejected() {
 /// Evidence (a valid sim signature) whose report data is SHA-512 of another key.
 #[tokio::test]
 async fn evidence_bound_to_another_key_is_rejected() {
-    let other = ident(NOW - 60);
-    let key = SimKey::generate().unwrap();
-    let ev = EvidenceEnvelope::Sim(&key.evidence(&cocoon_attest::report_data_for_public_key(
-        other.public_key(),
-    )))
-    .encode();
-    let bad = ident_with(&FixedSource(ev), CertOptions::default());
+    let bad = bound_to_another_key();
     let r = server_rejects(&bad, Policy::sim_test(), NOW).await;
     assert!(r.contains("ReportDataMismatch"), "{r:?}");
 }
@@ -640,29 +648,14 @@ async fn pow_difficulty_above_client_maximum_fails_fast() {
 async fn faults_name_the_peer_or_us() {
     use cocoon_attest::Fault;
     // Evidence bound to another key: the client refuses the server.
-    let other = ident(NOW - 60);
-    let key = SimKey::generate().unwrap();
-    let ev = EvidenceEnvelope::Sim(&key.evidence(&cocoon_attest::report_data_for_public_key(
-        other.public_key(),
-    )))
-    .encode();
-    let bad = ident_with(&FixedSource(ev), CertOptions::default());
+    let bad = bound_to_another_key();
     let c = client_against(&bad, verifier()).await;
     assert_eq!(c.as_ref().unwrap_err().fault(), Fault::Peer, "{c:?}");
 
     // A client without a certificate: the server blames it; the client, refused by alert,
     // blames nobody but itself.
     let sid = ident(NOW - 60);
-    let cv = verifier();
-    let cfg = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(cv.clone())
-        .with_no_client_auth();
-    let client =
-        RatlsConnector::from_client_config(Arc::new(cfg), cv, POW, cocoon_net::Config::default());
-    let (c, s) = run(client, acceptor(&sid, verifier())).await;
+    let (c, s) = run(certless_connector(), acceptor(&sid, verifier())).await;
     assert_eq!(s.as_ref().unwrap_err().fault(), Fault::Peer, "{s:?}");
     assert_eq!(c.as_ref().unwrap_err().fault(), Fault::Local, "{c:?}");
 

@@ -199,13 +199,11 @@ impl Policy {
         let mut p = Self::tdx_default();
         p.allowed_backends.clear();
         for b in &f.backends {
-            let backend = match b.as_str() {
-                "tdx" => Backend::Tdx,
-                "sev-snp" => Backend::SevSnp,
-                "sim" => Backend::Sim,
-                other => {
+            let backend = match b.parse::<Backend>() {
+                Ok(backend @ (Backend::Tdx | Backend::SevSnp | Backend::Sim)) => backend,
+                _ => {
                     return Err(AttestError::InvalidPolicy(format!(
-                        "backends: unknown backend {other:?} (one of: tdx, sev-snp, sim)"
+                        "backends: unknown backend {b:?} (one of: tdx, sev-snp, sim)"
                     )));
                 }
             };

@@ -125,6 +125,8 @@ fn bad_policy_files_are_refused() {
         (&br#"{}"#[..], "backends"),
         (br#"{"backends":[]}"#, "empty"),
         (br#"{"backends":["sgx"]}"#, "sgx"),
+        // An unattested peer is a verifier's setting, not a policy backend.
+        (br#"{"backends":["none"]}"#, "unknown backend \"none\""),
         (br#"{"backends":["sim"]}"#, "test_network"),
         (
             br#"{"backends":["tdx"],"image_hashes":["abcd"]}"#,

@@ -469,7 +469,7 @@ fn stats_html(shared: &Shared) -> Response {
              <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&i.address),
             esc(&i.state),
-            esc(i.tee.as_deref().unwrap_or("")),
+            esc(&i.tee.map(|b| format!("{b:?}")).unwrap_or_default()),
             esc(&i
                 .image_hash
                 .as_deref()

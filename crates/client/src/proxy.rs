@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use cocoon_attest::Backend;
 use cocoon_net::{Backoff, ErrorCode, Incoming, SessionHandle};
 use cocoon_tl::functions::client as fclient;
 use cocoon_tl::messages::proxy::ToClient;
@@ -139,7 +140,7 @@ pub struct ProxyInfo {
     pub state: String,
     pub last_error: Option<String>,
     /// Attestation facts of the current (or last) session.
-    pub tee: Option<String>,
+    pub tee: Option<Backend>,
     pub image_hash: Option<String>,
     pub tcb_status: Option<String>,
     pub proxy_sc: Option<String>,
@@ -410,7 +411,7 @@ async fn session(
     let verdict_deadline = shared.connector.verdict_deadline(&peer);
     let valid_until = peer.valid_until();
     slot.update(|i| {
-        i.tee = Some(format!("{:?}", peer.backend()));
+        i.tee = Some(peer.backend());
         i.image_hash = Some(hex::encode(image));
         i.tcb_status = Some(format!("{:?}", peer.tcb_status()));
         i.valid_until = Some(valid_until);

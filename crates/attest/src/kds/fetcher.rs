@@ -73,6 +73,19 @@ struct State {
     vceks: HashMap<VcekKey, Slot<Vcek>>,
 }
 
+/// Records an attempt at `key` in `slots` (wanted from now on) and passes `result` on.
+fn record_in<K: Eq + std::hash::Hash, T>(
+    slots: &mut HashMap<K, Slot<T>>,
+    key: K,
+    now: u64,
+    result: Result<Arc<T>, AttestError>,
+) -> Result<Arc<T>, AttestError> {
+    let slot = slots.entry(key).or_default();
+    slot.wanted = true;
+    slot.record(now, &result);
+    result
+}
+
 /// What a background pass may fetch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KdsItem {
@@ -341,11 +354,7 @@ impl KdsFetcher {
             Ok(Arc::new(c))
         }
         .await;
-        let mut st = self.lock();
-        let slot = st.chains.entry(product).or_default();
-        slot.wanted = true;
-        slot.record(now, &result);
-        result
+        record_in(&mut self.lock().chains, product, now, result)
     }
 
     /// Fetch the CRL of `product` now. A verified CRL replaces the cached one unless it is
@@ -390,11 +399,7 @@ impl KdsFetcher {
             Ok(Arc::new(crl))
         }
         .await;
-        let mut st = self.lock();
-        let slot = st.crls.entry(product).or_default();
-        slot.wanted = true;
-        slot.record(now, &result);
-        result
+        record_in(&mut self.lock().crls, product, now, result)
     }
 
     /// Fetch the VCEK `key` now (and its product's chain, if not cached); verified, it is
@@ -416,11 +421,7 @@ impl KdsFetcher {
             Ok(Arc::new(v))
         }
         .await;
-        let mut st = self.lock();
-        let slot = st.vceks.entry(key.clone()).or_default();
-        slot.wanted = true;
-        slot.record(now, &result);
-        result
+        record_in(&mut self.lock().vceks, key.clone(), now, result)
     }
 
     /// Fetch every item that is [`Self::due`] at `now`.

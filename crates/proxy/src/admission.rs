@@ -11,15 +11,15 @@ use cocoon_ton::HashBytes;
 use cocoon_ton::root::{RootConfig, model_hash};
 
 /// Protocol versions the proxy speaks (1 = Ex messages, 2 = timings, 3 = Cocoon's additions).
-pub const MIN_PROTO_VERSION: i32 = 1;
-pub const MAX_PROTO_VERSION: i32 = 3;
+pub(crate) const MIN_PROTO_VERSION: i32 = 1;
+pub(crate) const MAX_PROTO_VERSION: i32 = 3;
 
 /// Largest coefficient accepted (coefficients are in `[0, 1e9)`).
-pub const MAX_COEFFICIENT: i32 = 999_999_999;
+pub(crate) const MAX_COEFFICIENT: i32 = 999_999_999;
 
 /// Why a peer was refused; the message goes back to the peer and to the admin page.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     #[error("too old {0}: parameters without flag bit 0")]
     TooOld(&'static str),
     #[error("test mode mismatch: peer is_test={peer}, proxy is_test={proxy}")]
@@ -48,14 +48,14 @@ pub enum Refusal {
 
 /// What admission needs to know about the attested peer.
 #[derive(Debug, Clone, Copy)]
-pub struct PeerFacts {
+pub(crate) struct PeerFacts {
     pub backend: Backend,
     pub image_hash: [u8; 32],
 }
 
 /// A worker's `worker.params`, unpacked.
 #[derive(Debug, Clone)]
-pub struct WorkerParams {
+pub(crate) struct WorkerParams {
     pub model: String,
     pub coefficient: i32,
     pub is_test: Option<bool>,
@@ -67,7 +67,7 @@ pub struct WorkerParams {
 
 /// A worker that passed admission.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Admitted {
+pub(crate) struct Admitted {
     /// Negotiated protocol version.
     pub proto: i32,
     /// Per-connection limit: `ceil(max_active_requests / proxy_cnt)`.
@@ -77,7 +77,7 @@ pub struct Admitted {
 }
 
 /// The negotiated version, or why none exists. Peers without version fields speak 0..=0.
-pub fn negotiate(min: Option<i32>, max: Option<i32>) -> Result<i32, Refusal> {
+pub(crate) fn negotiate(min: Option<i32>, max: Option<i32>) -> Result<i32, Refusal> {
     let (min, max) = (min.unwrap_or(0), max.unwrap_or(0));
     let proto = max.min(MAX_PROTO_VERSION);
     if min > max || proto < MIN_PROTO_VERSION || proto < min {
@@ -87,7 +87,7 @@ pub fn negotiate(min: Option<i32>, max: Option<i32>) -> Result<i32, Refusal> {
 }
 
 /// Whether the attestation backend and image are acceptable under `root`.
-pub fn check_image(
+pub(crate) fn check_image(
     root: &RootConfig,
     proxy_is_test: bool,
     peer: &PeerFacts,
@@ -103,22 +103,22 @@ pub fn check_image(
 }
 
 /// Whether the worker's image hash is whitelisted (not relying on sorted vectors).
-pub fn worker_image_allowed(root: &RootConfig, h: &HashBytes) -> bool {
+pub(crate) fn worker_image_allowed(root: &RootConfig, h: &HashBytes) -> bool {
     root.worker_hashes.contains(h)
 }
 
 /// Whether a model is whitelisted (SHA-256 of the full model id).
-pub fn model_allowed(root: &RootConfig, model: &str) -> bool {
+pub(crate) fn model_allowed(root: &RootConfig, model: &str) -> bool {
     root.model_hashes.contains(&model_hash(model))
 }
 
 /// The routing key of a model id: the text before `@`.
-pub fn model_base(model: &str) -> &str {
+pub(crate) fn model_base(model: &str) -> &str {
     model.split('@').next().unwrap_or(model)
 }
 
 /// Checks a worker's handshake parameters and attestation.
-pub fn admit_worker(
+pub(crate) fn admit_worker(
     root: &RootConfig,
     proxy_is_test: bool,
     peer: &PeerFacts,
@@ -161,7 +161,7 @@ pub fn admit_worker(
 }
 
 /// Re-checks a connected worker after a root configuration change.
-pub fn still_allowed(
+pub(crate) fn still_allowed(
     root: &RootConfig,
     proxy_is_test: bool,
     peer: &PeerFacts,

@@ -48,9 +48,11 @@ impl ClientContractState {
     }
 }
 
+/// Why a chain operation of the proxy failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProxyChainError {
+    /// The chain could not be read or written.
     #[error("chain unavailable: {0}")]
     Unavailable(String),
 }
@@ -130,6 +132,7 @@ impl Default for MemoryChain {
 }
 
 impl MemoryChain {
+    /// An empty chain.
     pub fn new() -> Self {
         Self::default()
     }

@@ -116,7 +116,7 @@ pub(crate) struct Lookups {
 const MAX_ENTRIES: usize = 10_000;
 
 impl Lookups {
-    pub fn new(ttl: Duration, per_minute: u32, burst: u32) -> Self {
+    pub(crate) fn new(ttl: Duration, per_minute: u32, burst: u32) -> Self {
         Lookups {
             ttl,
             per_minute: f64::from(per_minute.max(1)),
@@ -157,7 +157,7 @@ impl Lookups {
 
     /// The client contract's state for a handshake from `peer`: from the cache when read
     /// less than `ttl` ago, else from the chain if `peer` still has lookups left.
-    pub async fn client_state(
+    pub(crate) async fn client_state(
         &self,
         chain: &dyn ClientChain,
         peer: IpAddr,

@@ -39,6 +39,7 @@ pub struct Timings {
     pub lookup_ttl: Duration,
     /// Contract reads one peer address may cause by handshakes, per minute and at once.
     pub lookups_per_minute: u32,
+    /// Contract reads one peer address may cause at once.
     pub lookup_burst: u32,
 }
 
@@ -93,26 +94,41 @@ pub struct ProxyConfig {
     pub chain: Arc<dyn ClientChain>,
     /// Admin HTTP server, if any.
     pub admin: Option<AdminConfig>,
+    /// Worker selection.
     pub router: RouterConfig,
+    /// Time limits.
     pub timings: Timings,
+    /// Settings of the framed sessions.
     pub net: cocoon_net::Config,
 }
 
+/// Why a proxy could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProxyStartError {
+    /// A verifier accepts sim attestation on a production network.
     #[error(
         "the {0} verifier accepts simulated attestation but the proxy is not on a test network"
     )]
     SimOnProduction(&'static str),
+    /// The root's network kind differs from the proxy's.
     #[error("the root configuration is for a test network but the proxy is not (or the reverse)")]
     TestMismatch,
+    /// The root lacks a contract code.
     #[error("the root configuration has no {0} code: contract addresses cannot be derived")]
     MissingCode(&'static str),
+    /// A listener could not bind.
     #[error("bind {addr}: {reason}")]
-    Bind { addr: SocketAddr, reason: String },
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why binding failed.
+        reason: String,
+    },
+    /// The admin server could not start.
     #[error("admin: {0}")]
     Admin(String),
+    /// The TLS configuration could not be built.
     #[error("tls: {0}")]
     Tls(String),
 }

@@ -28,23 +28,24 @@
 //!
 //! Not here: protocol version 0 peers.
 #![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub, clippy::unwrap_used)]
 
-pub mod admin;
-pub mod admission;
-pub mod chain;
+mod admin;
+mod admission;
+mod chain;
 mod client_side;
 mod client_watch;
-pub mod config;
+mod config;
 mod forward;
-pub mod ledger_meter;
-pub mod meter;
+mod ledger_meter;
+mod meter;
 mod prices;
-pub mod process;
+mod process;
 mod receipts;
-pub mod registry;
-pub mod router;
-pub mod settings;
-pub mod ton_chain;
+mod registry;
+mod router;
+mod settings;
+mod ton_chain;
 mod usage_audit;
 mod worker_side;
 
@@ -91,7 +92,7 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
-    pub fn inc(c: &AtomicU64) {
+    pub(crate) fn inc(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -99,15 +100,25 @@ impl Counters {
 /// Counter snapshot.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct CounterStats {
+    /// Queries received from clients.
     pub requests_received: u64,
+    /// Requests answered in full.
     pub requests_success: u64,
+    /// Requests that failed.
     pub requests_failed: u64,
+    /// Requests refused before forwarding.
     pub requests_rejected: u64,
+    /// Requests cancelled by the client or a deadline.
     pub requests_cancelled: u64,
+    /// Attempts on another worker before the first byte.
     pub retries: u64,
+    /// Adjusted tokens billed.
     pub adjusted_tokens_total: u64,
+    /// Worker handshakes refused.
     pub workers_refused: u64,
+    /// Client handshakes refused.
     pub clients_refused: u64,
+    /// Client contract reads of the watcher that failed.
     pub watch_errors: u64,
     /// Client contract reads caused by (unauthenticated) handshakes.
     pub handshake_lookups: u64,
@@ -122,7 +133,9 @@ pub struct RefusalStat {
     pub at: u64,
     /// `worker` or `client`.
     pub kind: &'static str,
+    /// The peer's address.
     pub peer: String,
+    /// Why it was refused.
     pub reason: String,
 }
 
@@ -136,30 +149,45 @@ pub struct OperatorEvent {
     pub kind: &'static str,
     /// Whom it concerns (a worker contract, a client contract).
     pub subject: String,
+    /// What happened.
     pub detail: String,
 }
 
 /// A connected client session.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ClientStat {
+    /// Session id.
     pub session: u64,
+    /// Owner of the client contract.
     pub owner: String,
+    /// The client contract.
     pub client_sc: String,
+    /// Whether the client has authorised.
     pub authorized: bool,
+    /// Requests running.
     pub running: u32,
+    /// The client's token totals.
     pub totals: Totals,
 }
 
 /// Everything the admin pages show.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ProxyStats {
+    /// Whether new requests are accepted (the operator switch).
     pub enabled: bool,
+    /// Test network.
     pub is_test: bool,
+    /// The proxy contract.
     pub proxy_sc: String,
+    /// Version of the root configuration in use.
     pub root_version: u32,
+    /// Request counters.
     pub counters: CounterStats,
+    /// Connected workers.
     pub workers: Vec<WorkerStat>,
+    /// Connected clients.
     pub clients: Vec<ClientStat>,
+    /// Recent refused handshakes.
     pub refusals: Vec<RefusalStat>,
     /// Operator events, newest last.
     pub events: Vec<OperatorEvent>,
@@ -204,15 +232,15 @@ pub(crate) fn now_unix() -> f64 {
 }
 
 impl Shared {
-    pub fn next_id(&self) -> u64 {
+    pub(crate) fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    pub fn root(&self) -> RootConfig {
+    pub(crate) fn root(&self) -> RootConfig {
         self.root.borrow().clone()
     }
 
-    pub fn refused(&self, kind: &'static str, peer: &str, reason: &str) {
+    pub(crate) fn refused(&self, kind: &'static str, peer: &str, reason: &str) {
         tracing::warn!(kind, peer, reason, "handshake refused");
         let c = if kind == "worker" {
             &self.counters.workers_refused
@@ -266,7 +294,7 @@ impl Shared {
     }
 
     /// Records an operator event (logged, counted, kept for the admin pages).
-    pub fn event(&self, kind: &'static str, subject: &str, detail: &str) {
+    pub(crate) fn event(&self, kind: &'static str, subject: &str, detail: &str) {
         tracing::warn!(kind, subject, detail, "operator event");
         let mut e = self.events.lock().unwrap_or_else(|p| p.into_inner());
         if e.0.len() >= MAX_EVENTS {
@@ -281,7 +309,7 @@ impl Shared {
         *e.1.entry(kind).or_default() += 1;
     }
 
-    pub fn update_client(&self, id: u64, f: impl FnOnce(&mut ClientStat)) {
+    pub(crate) fn update_client(&self, id: u64, f: impl FnOnce(&mut ClientStat)) {
         if let Some(c) = self
             .clients
             .lock()
@@ -292,7 +320,7 @@ impl Shared {
         }
     }
 
-    pub fn stats(&self) -> ProxyStats {
+    pub(crate) fn stats(&self) -> ProxyStats {
         let c = &self.counters;
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let mut clients: Vec<ClientStat> = self
@@ -364,8 +392,15 @@ pub struct ProxyHandle {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RootUpdateError {
+    /// A version not newer than the one in use.
     #[error("root configuration version {got} is not newer than {have}")]
-    NotNewer { got: u32, have: u32 },
+    NotNewer {
+        /// The version offered.
+        got: u32,
+        /// The version in use.
+        have: u32,
+    },
+    /// A configuration whose `is_test` differs from the proxy's.
     #[error("root configuration switches is_test")]
     TestMismatch,
 }
@@ -529,6 +564,7 @@ impl ProxyHandle {
         self.shared.public_key
     }
 
+    /// What the admin pages show.
     pub fn stats(&self) -> ProxyStats {
         self.shared.stats()
     }

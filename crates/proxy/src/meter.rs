@@ -18,7 +18,7 @@ use futures::future::BoxFuture;
 use crate::chain::{ClientContractState, ProxyChainError};
 
 /// A request's id as the proxy knows it (the client's `request_id`).
-pub type RequestId = [u8; 32];
+pub(crate) type RequestId = [u8; 32];
 
 /// The three counters for one client or worker, in adjusted tokens.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -34,10 +34,15 @@ pub struct Totals {
 /// Usage of one request by category (adjusted tokens, as the worker reports them).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Charge {
+    /// Prompt tokens.
     pub prompt: u64,
+    /// Cached prompt tokens.
     pub cached: u64,
+    /// Completion tokens.
     pub completion: u64,
+    /// Reasoning tokens.
     pub reasoning: u64,
+    /// All of them, adjusted.
     pub total: u64,
 }
 
@@ -61,25 +66,45 @@ pub struct Settled {
     pub worker: Totals,
 }
 
+/// Why the books refused an operation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum MeterError {
+    /// The client cannot pay for the request.
     #[error("client balance is too low: {available} tokens available, {needed} needed")]
-    OutOfFunds { available: u64, needed: u64 },
+    OutOfFunds {
+        /// Tokens the client can still pay for.
+        available: u64,
+        /// Tokens the request needs.
+        needed: u64,
+    },
+    /// Usage beyond the request's reservation.
     #[error("reserved_tokens depleted: {used} used of {reserved} reserved")]
-    ReservationExceeded { used: u64, reserved: u64 },
+    ReservationExceeded {
+        /// Tokens used.
+        used: u64,
+        /// Tokens reserved.
+        reserved: u64,
+    },
+    /// A client the books do not know.
     #[error("unknown client {0}")]
     UnknownClient(String),
+    /// A request the books do not know.
     #[error("unknown request")]
     UnknownRequest,
+    /// A request id already in use.
     #[error("duplicate request id")]
     DuplicateRequest,
+    /// The account is frozen.
     #[error("account {0} is frozen")]
     Frozen(String),
+    /// The client contract is closing.
     #[error("client is closing")]
     Closing,
+    /// The store failed.
     #[error("storage: {0}")]
     Storage(String),
+    /// Refused for the reason given.
     #[error("{0}")]
     Refused(String),
 }
@@ -87,7 +112,9 @@ pub enum MeterError {
 /// Which side of a request an account belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Party {
+    /// The paying side.
     Client,
+    /// The earning side.
     Worker,
 }
 
@@ -273,18 +300,31 @@ pub enum ControlError {
 /// What the admin pages show about the ledger.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct LedgerStats {
+    /// Version of the root params the accounts use.
     pub params_version: u32,
+    /// Last update committed to the database.
     pub committed_seq: u64,
+    /// Last update made.
     pub last_seq: u64,
+    /// Commits that failed.
     pub commit_failures: u64,
+    /// The last commit error, if any.
     pub last_commit_error: String,
+    /// Last checkpoint confirmed on chain.
     pub confirmed_checkpoint: Option<u32>,
+    /// Checkpoints sent and not confirmed yet.
     pub pending_checkpoints: Vec<u32>,
+    /// The proxy's commission earned, nanoTON.
     pub commission_nanoton: u128,
+    /// Open reservations.
     pub reservations: usize,
+    /// Why the ledger halted, if it did.
     pub halted: Option<String>,
+    /// Frozen accounts and why.
     pub frozen: Vec<(String, String)>,
+    /// Client charges submitted.
     pub charges_submitted: u64,
+    /// Worker payouts submitted.
     pub payouts_submitted: u64,
 }
 
@@ -318,6 +358,7 @@ pub struct ClientView {
 }
 
 impl MemoryMeter {
+    /// Empty books.
     pub fn new() -> Self {
         Self::default()
     }

@@ -140,22 +140,39 @@ pub(crate) struct Registry {
 /// A worker as shown on the admin pages.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct WorkerStat {
+    /// Connection id.
     pub id: u64,
+    /// The model served.
     pub model: String,
+    /// Owner of the worker contract.
     pub owner: String,
+    /// The worker contract.
     pub worker_sc: String,
+    /// Negotiated protocol version.
     pub proto: i32,
+    /// Price coefficient, thousandths.
     pub coefficient: i32,
+    /// Requests running.
     pub running: u32,
+    /// Most requests at once.
     pub max_active: u32,
+    /// Whether it receives requests.
     pub enabled: bool,
+    /// Average latency, milliseconds.
     pub avg_latency_ms: u64,
+    /// Reputation score used in routing.
     pub reputation: f64,
+    /// Successful attempts in the reputation window.
     pub window_successes: usize,
+    /// Attempts in the reputation window.
     pub window_attempts: usize,
+    /// Requests served.
     pub served: u64,
+    /// Requests failed.
     pub failed: u64,
+    /// Usage reports refused or lowered.
     pub bad_reports: u64,
+    /// The worker's image hash, hex.
     pub image_hash: String,
 }
 
@@ -195,7 +212,7 @@ pub(crate) enum AttemptOutcome {
 
 impl Registry {
     /// A registry whose requests buffer at most `bytes` of answer each.
-    pub fn with_buffer(bytes: usize) -> Self {
+    pub(crate) fn with_buffer(bytes: usize) -> Self {
         let r = Registry::default();
         r.buffer_bytes
             .store(bytes, std::sync::atomic::Ordering::Relaxed);
@@ -213,23 +230,23 @@ impl Registry {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn insert(&self, e: WorkerEntry) {
+    pub(crate) fn insert(&self, e: WorkerEntry) {
         self.lock().insert(e.id, e);
     }
 
     /// Removes a worker; its running requests see their answer channel close.
-    pub fn remove(&self, id: u64) {
+    pub(crate) fn remove(&self, id: u64) {
         self.lock().remove(&id);
     }
 
-    pub fn update(&self, id: u64, f: impl FnOnce(&mut WorkerEntry)) {
+    pub(crate) fn update(&self, id: u64, f: impl FnOnce(&mut WorkerEntry)) {
         if let Some(e) = self.lock().get_mut(&id) {
             f(e);
         }
     }
 
     /// Delivers an answer message to the request it belongs to; `false` when unknown.
-    pub fn deliver(&self, worker: u64, request_id: &[u8; 32], ev: WorkerEvent) -> bool {
+    pub(crate) fn deliver(&self, worker: u64, request_id: &[u8; 32], ev: WorkerEvent) -> bool {
         let g = self.lock();
         match g.get(&worker).and_then(|e| e.pending.get(request_id)) {
             Some(inbox) => inbox.deliver(ev),
@@ -238,7 +255,7 @@ impl Registry {
     }
 
     /// Picks a worker for the request and takes a slot on it.
-    pub fn lease(
+    pub(crate) fn lease(
         self: &Arc<Self>,
         cfg: &RouterConfig,
         req: &LeaseRequest<'_>,
@@ -297,7 +314,7 @@ impl Registry {
         })
     }
 
-    pub fn stats(&self, cfg: &RouterConfig, now: Instant) -> Vec<WorkerStat> {
+    pub(crate) fn stats(&self, cfg: &RouterConfig, now: Instant) -> Vec<WorkerStat> {
         let g = self.lock();
         let mut v: Vec<WorkerStat> = g
             .values()
@@ -329,7 +346,7 @@ impl Registry {
     }
 
     /// Enabled workers per model base.
-    pub fn types(&self) -> Vec<ModelWorkers> {
+    pub(crate) fn types(&self) -> Vec<ModelWorkers> {
         let g = self.lock();
         let mut by: HashMap<String, Vec<(i32, u32, u32)>> = HashMap::new();
         for e in g.values().filter(|e| !e.disabled) {
@@ -345,14 +362,14 @@ impl Registry {
     }
 
     /// Every worker's session (for shutdown and root-config re-checks).
-    pub fn ids(&self) -> Vec<u64> {
+    pub(crate) fn ids(&self) -> Vec<u64> {
         self.lock().keys().copied().collect()
     }
 }
 
 impl Lease {
     /// The next answer message for this request; `None` when the worker's session ended.
-    pub async fn recv(&mut self) -> Option<WorkerEvent> {
+    pub(crate) async fn recv(&mut self) -> Option<WorkerEvent> {
         let ev = self.events.recv().await?;
         self.queued
             .fetch_sub(ev.size(), std::sync::atomic::Ordering::SeqCst);
@@ -360,7 +377,7 @@ impl Lease {
     }
 
     /// Frees the slot and records the outcome in the worker's health.
-    pub fn finish(mut self, cfg: &RouterConfig, now: Instant, outcome: AttemptOutcome) {
+    pub(crate) fn finish(mut self, cfg: &RouterConfig, now: Instant, outcome: AttemptOutcome) {
         self.release(Some((cfg, now, outcome)));
     }
 

@@ -57,7 +57,7 @@ struct Outcome {
 
 /// What the proxy learned about one worker connection.
 #[derive(Debug, Clone, Default)]
-pub struct Health {
+pub(crate) struct Health {
     /// Decayed average latency (seconds) and the time of its last update.
     latency: Option<(f64, Instant)>,
     outcomes: VecDeque<Outcome>,
@@ -65,7 +65,13 @@ pub struct Health {
 
 impl Health {
     /// Records a successful request: total latency and time to first byte.
-    pub fn success(&mut self, cfg: &RouterConfig, now: Instant, latency: Duration, ttft: Duration) {
+    pub(crate) fn success(
+        &mut self,
+        cfg: &RouterConfig,
+        now: Instant,
+        latency: Duration,
+        ttft: Duration,
+    ) {
         let x = latency.as_secs_f64();
         self.latency = Some(match self.latency {
             None => (x, now),
@@ -88,7 +94,7 @@ impl Health {
     }
 
     /// Records a failure or timeout (with its time to first byte, if any byte came).
-    pub fn failure(&mut self, cfg: &RouterConfig, now: Instant, ttft: Option<Duration>) {
+    pub(crate) fn failure(&mut self, cfg: &RouterConfig, now: Instant, ttft: Option<Duration>) {
         self.push(
             cfg,
             Outcome {
@@ -116,13 +122,13 @@ impl Health {
     }
 
     /// Average latency in seconds (the prior without history).
-    pub fn avg_latency(&self, cfg: &RouterConfig) -> f64 {
+    pub(crate) fn avg_latency(&self, cfg: &RouterConfig) -> f64 {
         self.latency
             .map_or(cfg.latency_prior.as_secs_f64(), |(avg, _)| avg)
     }
 
     /// Outcomes in the window at `now`: (successes, total).
-    pub fn counts(&self, cfg: &RouterConfig, now: Instant) -> (usize, usize) {
+    pub(crate) fn counts(&self, cfg: &RouterConfig, now: Instant) -> (usize, usize) {
         let live = self
             .outcomes
             .iter()
@@ -131,7 +137,7 @@ impl Health {
     }
 
     /// Reputation in (0, 1]: smoothed success rate × time-to-first-token factor.
-    pub fn reputation(&self, cfg: &RouterConfig, now: Instant) -> f64 {
+    pub(crate) fn reputation(&self, cfg: &RouterConfig, now: Instant) -> f64 {
         let live: Vec<&Outcome> = self
             .outcomes
             .iter()
@@ -159,7 +165,7 @@ impl Health {
 
 /// A worker as the router sees it at one instant.
 #[derive(Debug, Clone)]
-pub struct Candidate {
+pub(crate) struct Candidate {
     pub id: u64,
     pub enabled: bool,
     pub coefficient: i32,
@@ -173,7 +179,7 @@ pub struct Candidate {
 /// Why nobody was picked.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
-pub enum RouteError {
+pub(crate) enum RouteError {
     #[error("no workers for model")]
     NoWorkers,
     #[error("can run this query with coefficient={0}")]
@@ -184,7 +190,7 @@ pub enum RouteError {
 
 /// The pick and whether it was a probe of a worker under the threshold.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Pick {
+pub(crate) struct Pick {
     pub id: u64,
     pub probe: bool,
 }
@@ -199,7 +205,7 @@ fn best<'a>(it: impl Iterator<Item = &'a Candidate>) -> Option<&'a Candidate> {
 
 /// Picks a worker among `candidates` (one model), skipping `exclude`. `roll` is a uniform
 /// random number in [0, 1) deciding whether a probe is sent.
-pub fn choose(
+pub(crate) fn choose(
     cfg: &RouterConfig,
     candidates: &[Candidate],
     max_coefficient: i32,

@@ -19,19 +19,33 @@ pub struct Settings {
     /// The admin server (stats, the switch, settlement controls).
     #[serde(flatten)]
     pub admin: AdminSettings,
+    /// Where workers connect (`worker_listen`).
     pub worker_listen: String,
+    /// Where clients connect (`client_listen`).
     pub client_listen: String,
+    /// The proxy's Ed25519 key file (`proxy_key_file`).
     pub proxy_key_file: String,
+    /// Stake sent when the proxy contract is deployed, TON (`stake_ton`).
     pub stake_ton: String,
+    /// Which workers to admit (`worker_policy`).
     pub worker_policy: String,
+    /// Which attested clients to accept (`client_policy`).
     pub client_policy: String,
+    /// Also accept clients without evidence (`allow_unattested_clients`).
     pub allow_unattested_clients: bool,
+    /// Proof-of-work difficulty, bits (`pow_difficulty`).
     pub pow_difficulty: u32,
+    /// Seconds between settlement passes (`checkpoint_seconds`).
     pub checkpoint_seconds: u64,
+    /// Seconds between client contract reads (`client_watch_seconds`).
     pub client_watch_seconds: u64,
+    /// Most requests running per client connection (`max_requests_per_session`).
     pub max_requests_per_session: usize,
+    /// Charge a client at this many TON (`min_client_charge_ton`).
     pub min_client_charge_ton: String,
+    /// Pay a worker out at this many TON (`min_worker_payout_ton`).
     pub min_worker_payout_ton: String,
+    /// Log filter (`log`).
     pub log: String,
 }
 

@@ -224,9 +224,9 @@ impl<C: Chain + 'static> ClientChain for TonClientChain<C> {
 
 /// Value sent with a `save_state` (the contract ignores the message and the transaction is
 /// the record).
-pub const SAVE_STATE_NANOTON: u64 = 1;
+pub(crate) const SAVE_STATE_NANOTON: u64 = 1;
 /// Value attached to a submitted charge or payout (the excess returns to the sender).
-pub const RECEIPT_ATTACH_NANOTON: u64 = 50_000_000;
+pub(crate) const RECEIPT_ATTACH_NANOTON: u64 = 50_000_000;
 
 struct CheckpointScan {
     cursor: Option<TxId>,
@@ -368,7 +368,7 @@ impl<C: Chain + 'static> CheckpointChain for TonCheckpointChain<C> {
 }
 
 /// Value sent with a commission withdrawal request (the excess returns).
-pub const WITHDRAW_ATTACH_NANOTON: u64 = 50_000_000;
+pub(crate) const WITHDRAW_ATTACH_NANOTON: u64 = 50_000_000;
 
 /// The checkpoint a transaction records, if it is a `save_state` from `ours`.
 fn save_state(tx: &cocoon_ton::chain::Transaction, ours: &StdAddr) -> Option<ChainCheckpoint> {

@@ -14,6 +14,7 @@
 //! The child process is this test binary again, running `crash_child` (which does nothing
 //! unless `COCOON_CRASH_DIR` is set). The "chain" of checkpoints is an append-only file, so
 //! it survives the kills as a blockchain would.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

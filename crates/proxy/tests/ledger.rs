@@ -1,5 +1,6 @@
 //! The proxy on its durable ledger: settlements in SQLite, checkpoints on chain, signed
 //! receipts only for checkpointed usage, restart with nothing lost, rollback refused.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::path::Path;
 use std::sync::Arc;

@@ -10,6 +10,7 @@
 //!
 //! The scripted worker speaks the worker protocol by hand (`worker.connectToProxy` ... and
 //! `proxy.queryAnswer*Ex` frames), so it can lie the way a modified worker would.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::time::Duration;
 

@@ -1,6 +1,7 @@
 //! The proxy through its real paths: real `cocoon-worker` instances with fake engines dial
 //! the proxy over RA-TLS (sim attestation, proof-of-work), a test client speaks TL over
 //! RA-TLS to the client listener, and requests flow end to end on loopback.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::sync::atomic::Ordering;
 

@@ -10,6 +10,7 @@
 //!   not the honest endpoint's newer one either), counts the disagreement, and refuses a
 //!   client it never had an agreed state for;
 //! - liars honest again: the real, newer balance is read.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::time::Duration;
 

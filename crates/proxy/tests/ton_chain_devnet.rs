@@ -4,6 +4,7 @@
 //! `owner_client_register{nonce}` reaches the proxy contract, which is what completes a
 //! long authorisation. The second test runs the proxy itself on this chain and authorises
 //! one client each way over RA-TLS.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -44,7 +44,7 @@ mod process;
 mod receipts;
 mod registry;
 mod router;
-mod settings;
+pub mod settings;
 mod ton_chain;
 mod usage_audit;
 mod worker_side;
@@ -61,15 +61,15 @@ use cocoon_ton::root::RootConfig;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use chain::{CheckpointChain, ClientChain, ClientContractState, MemoryChain};
+pub use chain::{CheckpointChain, ClientChain, ClientContractState, MemoryChain, ProxyChainError};
 pub use config::{AdminConfig, ProxyConfig, ProxyStartError, Timings};
 pub use ledger_meter::{LedgerMeter, LedgerStats, SettlementConfig};
-pub use meter::{MemoryMeter, Meter, MeterError, Party};
+pub use meter::{Charge, MemoryMeter, Meter, MeterError, Party, Settlement};
 pub use process::{root_hooks, run};
 pub use registry::REQUEST_BUFFER_BYTES;
 pub use registry::WorkerStat;
 pub use router::RouterConfig;
-pub use settings::Settings;
+pub use settings::{DEFAULTS, Settings};
 pub use ton_chain::{TonCheckpointChain, TonClientChain};
 
 use crate::meter::Totals;

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use cocoon_ledger::{ChainCheckpoint, SqliteStore};
 use cocoon_net::Incoming;
-use cocoon_proxy::chain::ProxyChainError;
+use cocoon_proxy::ProxyChainError;
 use cocoon_proxy::{CheckpointChain, LedgerMeter, Meter, SettlementConfig};
 use cocoon_testkit::prelude::*;
 use cocoon_tl::enums;

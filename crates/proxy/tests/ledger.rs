@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use cocoon_ledger::{OpenError, SqliteStore};
-use cocoon_proxy::meter::{Charge, Settlement};
+use cocoon_proxy::{Charge, Settlement};
 use cocoon_proxy::{
     ClientContractState, LedgerMeter, MemoryChain, Meter, MeterError, SettlementConfig,
 };

@@ -412,7 +412,7 @@ impl cocoon_proxy::ClientChain for Counting {
         client_sc: &'a cocoon_ton::StdAddr,
     ) -> futures::future::BoxFuture<
         'a,
-        Result<Option<cocoon_proxy::ClientContractState>, cocoon_proxy::chain::ProxyChainError>,
+        Result<Option<cocoon_proxy::ClientContractState>, cocoon_proxy::ProxyChainError>,
     > {
         self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.inner.client_state(client_sc)
@@ -422,7 +422,7 @@ impl cocoon_proxy::ClientChain for Counting {
         &'a self,
         client_sc: &'a cocoon_ton::StdAddr,
         nonce: u64,
-    ) -> futures::future::BoxFuture<'a, Result<(), cocoon_proxy::chain::ProxyChainError>> {
+    ) -> futures::future::BoxFuture<'a, Result<(), cocoon_proxy::ProxyChainError>> {
         self.inner.wait_register(client_sc, nonce)
     }
 }

@@ -164,7 +164,7 @@ async fn proxy_authorises_clients_through_the_devnet_contracts() {
 /// `tokens_used` then equals what the ledger booked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoints_and_client_charges_settle_on_the_devnet() {
-    use cocoon_proxy::meter::{Charge, Settlement};
+    use cocoon_proxy::{Charge, Settlement};
     use cocoon_proxy::{CheckpointChain, LedgerMeter, Meter, SettlementConfig};
 
     let net_chain = chainnet().await;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cocoon_service::chain::{RootHook, RootWatcher, extra_roots, load_root_patiently};
+use cocoon_service::chain::{RootHook, RootWatcher, load_root_patiently};
 use cocoon_service::identity::ProxyDialer;
 use cocoon_service::process;
 use cocoon_ton::root::RootConfig;
@@ -41,15 +41,11 @@ pub fn root_hooks(handle: &ClientHandle) -> Vec<RootHook<'_>> {
 /// Runs a client until `shutdown` resolves.
 pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), String> {
     let c = &s.common;
-    let state_dir = process::state_dir(&c.state_dir, "client")?;
-    let extra_roots = extra_roots(&c.extra_ca_file)?;
-    let ProxyDialer { connector, tee } = c.proxy_dialer(
-        &s.proxy_policy,
-        &state_dir,
-        &extra_roots,
-        s.pow_max_difficulty,
-    )?;
-    let chain = c.ton(false).chain(&extra_roots)?;
+    let start = c.start("client")?;
+    let state_dir = &start.state_dir;
+    let ProxyDialer { connector, tee } =
+        c.proxy_dialer(&s.proxy_policy, s.pow_max_difficulty, &start)?;
+    let chain = c.chain(&start)?;
     let root_addr = cocoon_ton::parse_address(&c.root_address).map_err(|e| e.to_string())?;
     let root = load_root_patiently(&chain, &root_addr, Duration::from_secs(30)).await?;
 
@@ -94,13 +90,13 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
         root,
         root_address: Some(root_addr.clone()),
         owner_address: owner.clone(),
-        secret: secret(&s.secret_file, &state_dir)?,
+        secret: secret(&s.secret_file, state_dir)?,
         is_test: c.is_test,
         connector,
         check_proxy_hashes: s.check_proxy_hashes,
         state_path: Some(state_dir.join("client.sqlite")),
         api_keys_file: (!s.api_keys_file.is_empty()).then(|| PathBuf::from(&s.api_keys_file)),
-        admin_token_file: Some(process::admin_token_file(&s.admin_token_file, &state_dir)?),
+        admin_token_file: Some(process::admin_token_file(&s.admin_token_file, state_dir)?),
         channels,
         auto_pay: AutoPay {
             top_up: s.auto_top_up,

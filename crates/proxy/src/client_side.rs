@@ -356,6 +356,13 @@ impl ClientSession {
         true
     }
 
+    /// Refuses an authorisation that no handshake asked for; the session ends.
+    fn refuse_unpending(&self, responder: Responder) -> bool {
+        let reason = "authorisation without a pending handshake";
+        self.refuse(responder, ErrorCode::ProtoViolation, reason);
+        false
+    }
+
     /// `client.authorizeWithProxyShort(secret)`: succeeds when SHA-256 of the secret is the
     /// contract's secret hash.
     async fn on_authorize_short(
@@ -371,12 +378,7 @@ impl ClientSession {
             ..
         } = self.auth()
         else {
-            self.refuse(
-                responder,
-                ErrorCode::ProtoViolation,
-                "authorisation without a pending handshake",
-            );
-            return false;
+            return self.refuse_unpending(responder);
         };
         match secret_hash {
             Some(h) if h == sha256(&q.data) => {
@@ -412,12 +414,7 @@ impl ClientSession {
             ..
         } = self.auth()
         else {
-            self.refuse(
-                responder,
-                ErrorCode::ProtoViolation,
-                "authorisation without a pending handshake",
-            );
-            return false;
+            return self.refuse_unpending(responder);
         };
         let sess = Arc::clone(self);
         tokio::spawn(async move {

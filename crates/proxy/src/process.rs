@@ -10,9 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cocoon_ledger::{OpenError, SqliteStore};
-use cocoon_service::chain::{RootHook, RootWatcher, Ton, extra_roots, load_root_patiently};
+use cocoon_service::chain::{RootHook, RootWatcher, Ton, load_root_patiently};
 use cocoon_service::identity::{self, PeerVerification, RoleIdentity};
-use cocoon_service::process;
 use cocoon_ton::keys::SigningKey;
 use cocoon_ton::root::RootConfig;
 use cocoon_ton::wallet::{OutMsg, WalletSender};
@@ -46,20 +45,24 @@ fn now_unix() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Whether the proxy contract at `a` is active.
+async fn is_active(chain: &Ton, a: &StdAddr) -> Result<bool, String> {
+    use cocoon_ton::chain::{AccountStatus, Chain};
+    let st = chain
+        .account_state(a)
+        .await
+        .map_err(|e| format!("proxy contract: {e}"))?;
+    Ok(st.status == AccountStatus::Active)
+}
+
 /// Deploys the proxy contract with its stake when it is not active yet.
 async fn ensure_deployed(
     stake_ton: &str,
     sender: &mut WalletSender<Ton>,
     contract: &cocoon_ton::contracts::Deployable,
 ) -> Result<(), String> {
-    use cocoon_ton::chain::{AccountStatus, Chain};
     use cocoon_ton::codec::{Coins, Layout};
-    let st = sender
-        .chain()
-        .account_state(&contract.address)
-        .await
-        .map_err(|e| format!("proxy contract: {e}"))?;
-    if st.status == AccountStatus::Active {
+    if is_active(sender.chain(), &contract.address).await? {
         return Ok(());
     }
     let stake = cocoon_ton::parse_ton(stake_ton).map_err(|e| e.to_string())?;
@@ -87,12 +90,7 @@ async fn ensure_deployed(
             .tick(now_unix())
             .await
             .map_err(|e| format!("deploying the proxy contract: {e}"))?;
-        let st = sender
-            .chain()
-            .account_state(&contract.address)
-            .await
-            .map_err(|e| format!("proxy contract: {e}"))?;
-        if st.status == AccountStatus::Active {
+        if is_active(sender.chain(), &contract.address).await? {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -124,15 +122,15 @@ pub fn root_hooks<'a>(meter: &'a LedgerMeter, handle: &'a ProxyHandle) -> Vec<Ro
 /// Runs a proxy until `shutdown` resolves.
 pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), String> {
     let c = &s.common;
-    let state_dir = process::state_dir(&c.state_dir, "proxy")?;
-    let extra_roots = extra_roots(&c.extra_ca_file)?;
+    let start = c.start("proxy")?;
+    let state_dir = &start.state_dir;
     let RoleIdentity {
         resolver,
         source,
         tee,
-    } = identity::identity(c.tee().map_err(|e| e.to_string())?, c.is_test, &state_dir)?;
+    } = identity::identity(c.tee().map_err(|e| e.to_string())?, c.is_test, state_dir)?;
     let _refresh = identity::spawn_identity_refresh(&resolver, source);
-    let workers = c.verification(&s.worker_policy, &state_dir, &extra_roots);
+    let workers = c.verification(&s.worker_policy, &start);
     let worker_verifier = identity::peer_verifier(workers)?;
     let client_verifier = identity::peer_verifier(PeerVerification {
         policy: &s.client_policy,
@@ -140,11 +138,11 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
         ..workers
     })?;
     // The endpoints were checked with the settings; here only their clients are built.
-    let chain = c.ton(false).chain(&extra_roots)?;
+    let chain = c.chain(&start)?;
     let root_addr = cocoon_ton::parse_address(&c.root_address).map_err(|e| e.to_string())?;
     let owner = cocoon_ton::parse_address(&c.owner_address).map_err(|e| e.to_string())?;
     let root = load_root_patiently(&chain, &root_addr, Duration::from_secs(30)).await?;
-    let key = Arc::new(proxy_key(&s.proxy_key_file, &state_dir)?);
+    let key = Arc::new(proxy_key(&s.proxy_key_file, state_dir)?);
     let contract = cocoon_ton::contracts::proxy_contract(
         &root.params,
         &owner,
@@ -191,7 +189,7 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
             .await
             .map_err(|e| e.to_string())?,
     );
-    let admin = s.admin.config(&state_dir)?;
+    let admin = s.admin.config(state_dir)?;
     let cfg = ProxyConfig {
         worker_listen: s.worker_listen.parse().map_err(|_| "worker_listen")?,
         client_listen: s.client_listen.parse().map_err(|_| "client_listen")?,

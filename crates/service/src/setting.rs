@@ -3,7 +3,7 @@
 //! role shares ([`Common`]) or every admin server has ([`AdminSettings`]), with their checks.
 
 use std::fmt::Display;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use cocoon_ton::keys::SigningKey;
 use cocoon_ton::wallet::{Wallet, WalletVersion};
@@ -11,9 +11,9 @@ use rustls::pki_types::CertificateDer;
 use serde::Deserialize;
 
 use crate::admin::AdminConfig;
-use crate::chain::{TonSettings, check_extra_ca};
+use crate::chain::{Ton, TonSettings, check_extra_ca, extra_roots};
 use crate::identity::{Pccs, PeerVerification, ProxyDialer, TeeChoice, proxy_dialer};
-use crate::process::admin_token_file;
+use crate::process::{admin_token_file, state_dir};
 
 /// A setting's key and why its value is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -147,22 +147,31 @@ impl Common {
         Ok(())
     }
 
+    /// The role's state directory (`state_dir`, or the role's default; created if missing)
+    /// and the CA roots of `extra_ca_file`.
+    pub fn start(&self, role: &str) -> Result<Start, String> {
+        Ok(Start {
+            state_dir: state_dir(&self.state_dir, role)?,
+            extra_roots: extra_roots(&self.extra_ca_file)?,
+        })
+    }
+
+    /// The chain client of the endpoints (checked with the settings).
+    pub fn chain(&self, start: &Start) -> Result<Ton, String> {
+        self.ton(false).chain(&start.extra_roots)
+    }
+
     /// How peers are verified under `policy` (their attestation; never unattested ones).
-    pub fn verification<'a>(
-        &'a self,
-        policy: &'a str,
-        state_dir: &'a Path,
-        extra_roots: &'a [CertificateDer<'static>],
-    ) -> PeerVerification<'a> {
+    pub fn verification<'a>(&'a self, policy: &'a str, start: &'a Start) -> PeerVerification<'a> {
         PeerVerification {
             policy,
             is_test: self.is_test,
             pccs: Pccs {
                 url: &self.pccs_url,
-                extra_roots,
+                extra_roots: &start.extra_roots,
             },
             kds_url: &self.kds_url,
-            state_dir,
+            state_dir: &start.state_dir,
             allow_unattested: false,
         }
     }
@@ -172,13 +181,11 @@ impl Common {
     pub fn proxy_dialer(
         &self,
         policy: &str,
-        state_dir: &Path,
-        extra_roots: &[CertificateDer<'static>],
         pow_max_difficulty: u32,
+        start: &Start,
     ) -> Result<ProxyDialer, String> {
         let tee = self.tee().map_err(|e| e.to_string())?;
-        let verification = self.verification(policy, state_dir, extra_roots);
-        proxy_dialer(tee, verification, pow_max_difficulty)
+        proxy_dialer(tee, self.verification(policy, start), pow_max_difficulty)
     }
 
     /// The wallet of `wallet_key_file` (none when it is empty) and its key.
@@ -194,6 +201,15 @@ impl Common {
             .map_err(|e| e.to_string())?;
         Ok(Some((Wallet::new(version, key.public_key()), key)))
     }
+}
+
+/// Where a role's process starts from: [`Common::start`].
+#[derive(Debug)]
+pub struct Start {
+    /// The state directory (keys, stores, caches).
+    pub state_dir: PathBuf,
+    /// The CA roots HTTPS clients trust beyond WebPKI.
+    pub extra_roots: Vec<CertificateDer<'static>>,
 }
 
 /// The keys of an admin server (proxy, worker), flattened into the role's `Settings`.

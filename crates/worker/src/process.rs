@@ -13,7 +13,6 @@ use cocoon_engine::{BackendKind, Engine, HttpEngine, HttpEngineConfig, Tokenizer
 use cocoon_openai::{Multipliers, PriceTable};
 use cocoon_service::chain::{RootHook, RootWatcher, extra_roots, load_root_patiently};
 use cocoon_service::identity::ProxyDialer;
-use cocoon_service::process;
 use cocoon_ton::root::RootConfig;
 
 use crate::settings::Settings;
@@ -129,16 +128,12 @@ pub fn root_hooks<'a>(handle: &'a WorkerHandle, proxies: &'a [String]) -> Vec<Ro
 /// Runs a worker until `shutdown` resolves.
 pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), String> {
     let c = &s.common;
-    let state_dir = process::state_dir(&c.state_dir, "worker")?;
-    let extra_roots = extra_roots(&c.extra_ca_file)?;
-    let ProxyDialer { connector, tee } = c.proxy_dialer(
-        &s.proxy_policy,
-        &state_dir,
-        &extra_roots,
-        s.pow_max_difficulty,
-    )?;
+    let start = c.start("worker")?;
+    let state_dir = &start.state_dir;
+    let ProxyDialer { connector, tee } =
+        c.proxy_dialer(&s.proxy_policy, s.pow_max_difficulty, &start)?;
     let (engine, model_id, tokenizer) = engine(&s).await?;
-    let chain = c.ton(false).chain(&extra_roots)?;
+    let chain = c.chain(&start)?;
     let payout_sink: Option<Arc<dyn PayoutSink>> = match c.wallet()? {
         None => None,
         Some((wallet, key)) => {
@@ -152,7 +147,7 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
             Some(sink)
         }
     };
-    let admin = s.admin.config(&state_dir)?;
+    let admin = s.admin.config(state_dir)?;
     let min_payout = cocoon_ton::parse_ton(&s.min_payout_ton).map_err(|e| e.to_string())?;
     let root = if c.root_address.is_empty() {
         None

@@ -223,11 +223,7 @@ impl PaymentStore {
     /// Returns the record as now held.
     pub fn apply(&self, proxy_sc: &str, obs: &Observed) -> Result<ProxyRecord, PaymentStoreError> {
         let mut st = self.lock();
-        let cur = st
-            .proxies
-            .get(proxy_sc)
-            .cloned()
-            .ok_or(PaymentStoreError::UnknownProxy)?;
+        let cur = held(&st, proxy_sc)?;
         let mut next = cur.clone();
         if let Some((tokens, boc)) = &obs.signed {
             if *tokens < cur.signed_tokens {
@@ -264,11 +260,7 @@ impl PaymentStore {
         }
         next.max_tokens = next.max_tokens.max(next.db_tokens).max(next.signed_tokens);
         if next != cur {
-            st.proxies.insert(proxy_sc.to_owned(), next.clone());
-            if let Err(e) = self.persist(&st) {
-                st.proxies.insert(proxy_sc.to_owned(), cur);
-                return Err(e);
-            }
+            self.replace(&mut st, proxy_sc, cur, next.clone())?;
         }
         Ok(next)
     }
@@ -276,23 +268,38 @@ impl PaymentStore {
     /// Records that signed tokens up to `tokens` were paid out.
     pub fn mark_paid(&self, proxy_sc: &str, tokens: u64) -> Result<(), PaymentStoreError> {
         let mut st = self.lock();
-        let cur = st
-            .proxies
-            .get(proxy_sc)
-            .cloned()
-            .ok_or(PaymentStoreError::UnknownProxy)?;
+        let cur = held(&st, proxy_sc)?;
         if tokens <= cur.paid_out_tokens {
             return Ok(());
         }
         let mut next = cur.clone();
         next.paid_out_tokens = tokens.min(cur.signed_tokens);
+        self.replace(&mut st, proxy_sc, cur, next)
+    }
+
+    /// Holds `next` for `proxy_sc` once persisted; on failure `cur` stays held.
+    fn replace(
+        &self,
+        st: &mut StateFile,
+        proxy_sc: &str,
+        cur: ProxyRecord,
+        next: ProxyRecord,
+    ) -> Result<(), PaymentStoreError> {
         st.proxies.insert(proxy_sc.to_owned(), next);
-        if let Err(e) = self.persist(&st) {
+        if let Err(e) = self.persist(st) {
             st.proxies.insert(proxy_sc.to_owned(), cur);
             return Err(e);
         }
         Ok(())
     }
+}
+
+/// The record held for `proxy_sc`.
+fn held(st: &StateFile, proxy_sc: &str) -> Result<ProxyRecord, PaymentStoreError> {
+    st.proxies
+        .get(proxy_sc)
+        .cloned()
+        .ok_or(PaymentStoreError::UnknownProxy)
 }
 
 #[cfg(test)]

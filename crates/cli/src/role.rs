@@ -27,10 +27,10 @@ pub(crate) trait Role: serde::de::DeserializeOwned {
 
 /// The three roles: the same calls into each role crate.
 macro_rules! role {
-    ($settings:ty, $name:literal, $krate:ident) => {
+    ($settings:ty, $name:literal, $defaults:expr, $run:path) => {
         impl Role for $settings {
             const NAME: &'static str = $name;
-            const DEFAULTS: &'static str = $krate::settings::DEFAULTS;
+            const DEFAULTS: &'static str = $defaults;
             fn check_given(&self, given: &dyn Fn(&str) -> bool) -> Result<(), SettingError> {
                 self.check(given)
             }
@@ -38,14 +38,29 @@ macro_rules! role {
                 &self.log
             }
             fn run(self) -> impl Future<Output = Result<(), String>> {
-                $krate::run(self, stop_signal())
+                $run(self, stop_signal())
             }
         }
     };
 }
-role!(cocoon_proxy::Settings, "proxy", cocoon_proxy);
-role!(cocoon_worker::Settings, "worker", cocoon_worker);
-role!(cocoon_client::Settings, "client", cocoon_client);
+role!(
+    cocoon_proxy::Settings,
+    "proxy",
+    cocoon_proxy::DEFAULTS,
+    cocoon_proxy::run
+);
+role!(
+    cocoon_worker::Settings,
+    "worker",
+    cocoon_worker::settings::DEFAULTS,
+    cocoon_worker::run
+);
+role!(
+    cocoon_client::Settings,
+    "client",
+    cocoon_client::settings::DEFAULTS,
+    cocoon_client::run
+);
 
 /// The common life of a role command: print the defaults or the layered configuration if
 /// asked, build and check the settings (config errors exit 64 with one line), start

@@ -2,12 +2,15 @@
 //! parses arguments and layered settings) and the role crates (which own their processes):
 //!
 //! - [`browser`]: the browser guard every local HTTP server puts in front of its routes;
-//! - [`admin`]: admin servers' bearer token, Prometheus writer, stats pages and serving;
+//! - [`admin`]: admin servers' bearer token, Prometheus writer, stats pages and their
+//!   routes ([`admin::StatsPages`]), the operator switch ([`admin::Switch`]) and serving;
 //! - [`identity`]: a role's RA-TLS identity from this machine's TEE and its peer verifiers;
 //! - [`tee`]: which TEE this machine offers (one detection for every command);
-//! - [`chain`]: the chain endpoints and trust settings, and the [`chain::RootWatcher`];
+//! - [`chain`]: the chain endpoints and trust settings, the [`chain::RootWatcher`] and the
+//!   root params' price table;
 //! - [`process`]: state directories, token files, logging, the stop signal;
-//! - [`setting`]: a refused setting, named by its key;
+//! - [`setting`]: the keys every role has ([`setting::Common`]) and every admin server has
+//!   ([`setting::AdminSettings`]), their checks, and a refused setting named by its key;
 //! - [`http`]: the one outbound HTTP client builder (`cocoon-http`, re-exported; it sits
 //!   below `cocoon-ton` and `cocoon-attest`, which build their clients with it too).
 #![forbid(unsafe_code)]

@@ -413,19 +413,14 @@ impl<C: Chain + 'static> TonChannels<C> {
             if waiting.is_empty() {
                 return Ok(());
             }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(ChannelError::Timeout(format!(
-                    "wallet {} did not confirm its message within {:?}{}; it is still being \
+            poll_until(deadline, self.poll, last_error.as_deref(), |last| {
+                format!(
+                    "wallet {} did not confirm its message within {:?}{last}; it is still being \
                      delivered",
-                    self.owner,
-                    self.confirm_timeout,
-                    last_error
-                        .map(|e| format!(" (last chain error: {e})"))
-                        .unwrap_or_default()
-                )));
-            }
-            tokio::time::sleep(self.poll.min(deadline - now)).await;
+                    self.owner, self.confirm_timeout,
+                )
+            })
+            .await?;
         }
     }
 
@@ -590,20 +585,34 @@ impl Scan {
                     last_error = Some(e.to_string());
                 }
             }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(ChannelError::Timeout(format!(
-                    "the wallet sent the {what}, but {} showed no transaction for it within {:?}{}",
-                    self.address,
-                    ch.confirm_timeout,
-                    last_error
-                        .map(|e| format!(" (last chain error: {e})"))
-                        .unwrap_or_default()
-                )));
-            }
-            tokio::time::sleep(ch.poll.min(deadline - now)).await;
+            poll_until(deadline, ch.poll, last_error.as_deref(), |last| {
+                format!(
+                    "the wallet sent the {what}, but {} showed no transaction for it within {:?}{last}",
+                    self.address, ch.confirm_timeout,
+                )
+            })
+            .await?;
         }
     }
+}
+
+/// Waits for the next poll (`poll`, at most until `deadline`); once `deadline` has passed, a
+/// timeout saying `timed_out(" (last chain error: …)" when there was one)`.
+async fn poll_until(
+    deadline: Instant,
+    poll: Duration,
+    last_error: Option<&str>,
+    timed_out: impl FnOnce(String) -> String,
+) -> Result<(), ChannelError> {
+    let now = Instant::now();
+    if now >= deadline {
+        let last = last_error
+            .map(|e| format!(" (last chain error: {e})"))
+            .unwrap_or_default();
+        return Err(ChannelError::Timeout(timed_out(last)));
+    }
+    tokio::time::sleep(poll.min(deadline - now)).await;
+    Ok(())
 }
 
 /// nanoTON charged between two states (`tokens_used` grew by the proxy's charges).

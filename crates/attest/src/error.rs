@@ -2,23 +2,11 @@
 //! [`AttestError::fault`] tells whose fault it is: the peer's evidence, or something on our
 //! side (as rustls tells a peer's misbehaviour from local failures).
 
-use crate::model::{Backend, TcbStatus};
+use crate::model::{Backend, Fault, TcbStatus};
 
 /// Hex helper for error messages.
 fn h(bytes: &[u8]) -> String {
     hex::encode(bytes)
-}
-
-/// Whose fault a refusal is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Fault {
-    /// The peer's evidence is malformed, forged or not allowed by the policy: the same
-    /// evidence is refused again, whatever we fix on our side.
-    Peer,
-    /// Something on our side: collateral or CRLs missing, expired or not fetchable, a bad
-    /// policy or setting, I/O. The same evidence may verify once that is fixed.
-    Local,
 }
 
 /// Why evidence was not accepted (or could not be produced).

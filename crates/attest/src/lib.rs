@@ -29,11 +29,11 @@ pub mod tdx;
 pub mod tsm;
 
 pub use cache::{CacheStats, VerificationCache};
-pub use error::{AttestError, Fault};
+pub use error::AttestError;
 #[cfg(feature = "fetch")]
 pub use kds::{KdsClient, KdsFetcher};
 pub use kds::{SevCollateral, VcekStore};
-pub use model::{Backend, Measurements, TcbStatus, TdxMeasurements, VerifiedPeer};
+pub use model::{Backend, Fault, Measurements, TcbStatus, TdxMeasurements, VerifiedPeer};
 pub use pccs::Clock;
 #[cfg(feature = "fetch")]
 pub use pccs::{CollateralFetcher, PccsClient};

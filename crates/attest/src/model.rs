@@ -264,3 +264,15 @@ mod tests {
         assert!(TcbStatus::ALL.windows(2).all(|w| w[0] < w[1]));
     }
 }
+
+/// Whose fault a refusal is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Fault {
+    /// The peer's evidence is malformed, forged or not allowed by the policy: the same
+    /// evidence is refused again, whatever we fix on our side.
+    Peer,
+    /// Something on our side: collateral or CRLs missing, expired or not fetchable, a bad
+    /// policy or setting, I/O. The same evidence may verify once that is fixed.
+    Local,
+}

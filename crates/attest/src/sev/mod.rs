@@ -49,7 +49,7 @@ pub use report::{
 };
 pub use verify::{SevVerified, verify_report_at, verify_report_full_at};
 
-use crate::error::Fault;
+use crate::model::Fault;
 
 /// A TCB version (security version numbers of the firmware components).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]

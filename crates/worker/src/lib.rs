@@ -1,4 +1,5 @@
 #![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub, clippy::unwrap_used)]
 //! `cocoon-worker`: the worker role.
 //!
 //! A worker owns an inference engine and sells its tokens through proxies. It dials each
@@ -76,7 +77,7 @@ pub(crate) struct Control {
 
 impl Control {
     /// What the proxies see: disabled unless every switch allows work.
-    pub fn disabled(&self) -> bool {
+    pub(crate) fn disabled(&self) -> bool {
         self.force_disabled || !self.uplink_ok || self.draining || self.model_not_listed
     }
 }
@@ -169,22 +170,22 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub fn control(&self) -> Control {
+    pub(crate) fn control(&self) -> Control {
         *self.control.borrow()
     }
 
-    pub fn prices(&self) -> PriceTable {
+    pub(crate) fn prices(&self) -> PriceTable {
         *self.prices.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn contract_params(&self) -> Option<cocoon_ton::root::CocoonParams> {
+    pub(crate) fn contract_params(&self) -> Option<cocoon_ton::root::CocoonParams> {
         self.contract_params
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
 
-    pub fn update_conn(&self, id: u64, f: impl FnOnce(&mut ConnStatus)) {
+    pub(crate) fn update_conn(&self, id: u64, f: impl FnOnce(&mut ConnStatus)) {
         let mut c = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = c.iter_mut().find(|s| s.id == id) {
             f(s);
@@ -239,7 +240,7 @@ impl Shared {
 
     /// Makes the set of proxy connections equal `addrs`: new addresses are dialled, removed
     /// ones finish their running requests (up to the drain timeout) and close.
-    pub fn set_proxies(self: &Arc<Self>, addrs: &[String]) -> Vec<JoinHandle<()>> {
+    pub(crate) fn set_proxies(self: &Arc<Self>, addrs: &[String]) -> Vec<JoinHandle<()>> {
         let removed: Vec<ProxyTask> = {
             let mut tasks = self.proxy_tasks.lock().unwrap_or_else(|p| p.into_inner());
             let gone: Vec<String> = tasks
@@ -270,7 +271,7 @@ impl Shared {
 
     /// Starts a payout for `proxy_sc` if one is due (or `force`d) and none is running.
     /// Returns whether one was started.
-    pub fn maybe_payout(self: &Arc<Self>, proxy_sc: &str, force: bool) -> bool {
+    pub(crate) fn maybe_payout(self: &Arc<Self>, proxy_sc: &str, force: bool) -> bool {
         let Some(sink) = self.payout_sink.clone() else {
             return false;
         };
@@ -324,7 +325,7 @@ impl Shared {
         true
     }
 
-    pub fn stats(&self) -> WorkerStats {
+    pub(crate) fn stats(&self) -> WorkerStats {
         let c = self.control();
         let payments = self
             .store

@@ -25,7 +25,7 @@ pub(crate) struct ProxyFacts {
 
 /// Why a root configuration does not allow a proxy.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ProxyRefusal {
+pub(crate) enum ProxyRefusal {
     /// The attested image is not one the root lists for proxies.
     #[error(
         "the proxy's image hash {image} is not in the root configuration's proxy_hashes ({allowed} allowed)"

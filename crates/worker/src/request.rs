@@ -46,7 +46,7 @@ pub(crate) struct ActiveGuard(Arc<Shared>);
 
 impl ActiveGuard {
     /// Takes a slot, or `None` when all are in use.
-    pub fn try_new(shared: &Arc<Shared>) -> Option<Self> {
+    pub(crate) fn try_new(shared: &Arc<Shared>) -> Option<Self> {
         let max = shared.max_active as usize;
         let mut cur = shared.active.load(Ordering::SeqCst);
         loop {

@@ -20,24 +20,43 @@ pub struct Settings {
     /// The admin server (stats, the switch, coefficient and payout controls).
     #[serde(flatten)]
     pub admin: AdminSettings,
+    /// The model to serve (`model`).
     pub model: String,
+    /// An OpenAI-compatible server instead of the embedded engine (`backend_url`).
     pub backend_url: String,
+    /// What kind of server `backend_url` is (`backend_kind`).
     pub backend_kind: String,
+    /// The model name the backend serves (`backend_model`).
     pub backend_model: String,
+    /// Model store directory (`models_dir`).
     pub models_dir: String,
+    /// Embedded engine: requests decoded together (`slots`).
     pub slots: u32,
+    /// Embedded engine: context per request (`ctx_per_slot`).
     pub ctx_per_slot: u32,
+    /// Embedded engine: CPU threads, 0 for all cores (`threads`).
     pub threads: u32,
+    /// Embedded engine: layers on the GPU (`gpu_layers`).
     pub gpu_layers: u32,
+    /// Proxies to connect to besides the root's (`proxies`).
     pub proxies: Vec<String>,
+    /// Price coefficient, thousandths (`coefficient`).
     pub coefficient: u32,
+    /// Requests served at once over all proxies (`max_active_requests`).
     pub max_active_requests: u32,
+    /// Which proxies to trust (`proxy_policy`).
     pub proxy_policy: String,
+    /// Refuse proxies whose image hash the root does not list (`check_proxy_hashes`).
     pub check_proxy_hashes: bool,
+    /// Highest proof-of-work difficulty solved (`pow_max_difficulty`).
     pub pow_max_difficulty: u32,
+    /// Client price per token until the root is read, nanoTON (`price_per_token`).
     pub price_per_token: u64,
+    /// Worker fee per token until the root is read, nanoTON (`worker_fee_per_token`).
     pub worker_fee_per_token: u64,
+    /// Submit a payout at this many TON (`min_payout_ton`).
     pub min_payout_ton: String,
+    /// Log filter (`log`).
     pub log: String,
 }
 

@@ -1,4 +1,5 @@
 //! `ChainPayoutSink`: a receipt becomes a wallet message to the worker contract.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use cocoon_ton::chain::AccountStatus;
 use cocoon_ton::chain::fake::{FakeChain, account};

@@ -1,6 +1,7 @@
 //! What a request may cost, enforced by the worker: the completion-token limit the proxy wrote
 //! into the body is a hard stop even for an engine that ignores it, and the request is billed
 //! at the coefficient the proxy quoted when it routed it (not at one changed afterwards).
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -3,6 +3,7 @@
 //! and dropped when a root update removes it; a proxy naming a contract its owner and key do
 //! not give under the root is refused; a session ends when the proxy's attestation verdict
 //! expires, and the redial attests the proxy again.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

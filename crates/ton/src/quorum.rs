@@ -1043,6 +1043,20 @@ mod tests {
         fn calls(&self) -> usize {
             self.0.lock().unwrap().calls
         }
+        /// Answers only after `by`.
+        fn delayed(self, by: Duration) -> Self {
+            self.0.lock().unwrap().delay = by;
+            self
+        }
+    }
+
+    /// The account state 2 of `nodes` agree on, which must be decided within 5 s (`why`).
+    async fn read_within_5s(nodes: &[FakeNode], why: &str) -> AccountState {
+        let q = quorum(nodes, 2);
+        tokio::time::timeout(Duration::from_secs(5), q.account_state(&addr(9)))
+            .await
+            .expect(why)
+            .unwrap()
     }
 
     impl Chain for FakeNode {
@@ -1292,35 +1306,23 @@ mod tests {
 
     #[tokio::test]
     async fn a_slow_node_does_not_delay_a_decided_read() {
-        let slow = FakeNode::with_state(state(5, 10));
-        slow.0.lock().unwrap().delay = Duration::from_secs(30);
         let nodes = [
             FakeNode::with_state(state(1, 10)),
             FakeNode::with_state(state(1, 10)),
-            slow,
+            FakeNode::with_state(state(5, 10)).delayed(Duration::from_secs(30)),
         ];
-        let q = quorum(&nodes, 2);
-        let got = tokio::time::timeout(Duration::from_secs(5), q.account_state(&addr(9)))
-            .await
-            .expect("decided by the first two")
-            .unwrap();
+        let got = read_within_5s(&nodes, "decided by the first two").await;
         assert_eq!(got.data, Some(cell(1)));
     }
 
     #[tokio::test]
     async fn a_dead_node_does_not_stall_a_round_in_which_the_others_differ() {
-        let dead = FakeNode::with_state(state(1, 10));
-        dead.0.lock().unwrap().delay = Duration::from_secs(60);
         let nodes = [
             FakeNode::answering(vec![Ok(state(1, 10)), Ok(state(2, 11))]),
             FakeNode::with_state(state(2, 11)),
-            dead,
+            FakeNode::with_state(state(1, 10)).delayed(Duration::from_secs(60)),
         ];
-        let q = quorum(&nodes, 2);
-        let got = tokio::time::timeout(Duration::from_secs(5), q.account_state(&addr(9)))
-            .await
-            .expect("the second round decides without the dead node")
-            .unwrap();
+        let got = read_within_5s(&nodes, "the second round decides without the dead node").await;
         assert_eq!(got.data, Some(cell(2)));
     }
 

@@ -385,105 +385,39 @@ fn save_state(tx: &cocoon_ton::chain::Transaction, ours: &StdAddr) -> Option<Cha
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
     use std::sync::Arc;
 
     use cocoon_ton::HashBytes;
-    use cocoon_ton::chain::{AccountState, GetMethodResult, StackValue, Transaction, TxMessage};
+    use cocoon_ton::chain::fake::{FakeChain, account};
+    use cocoon_ton::chain::{Transaction, TxMessage};
     use cocoon_ton::codec::{Coins, State2};
     use cocoon_ton::messages::ClientStateData;
     use cocoon_ton::root::CocoonParams;
 
     use super::*;
 
-    #[derive(Default)]
-    struct Inner {
-        accounts: HashMap<StdAddr, AccountState>,
-        txs: Vec<Transaction>,
-        fail: bool,
-    }
-
-    /// A node holding accounts and the proxy contract's transactions.
-    #[derive(Clone, Default)]
-    struct FakeNode(Arc<std::sync::Mutex<Inner>>);
-
-    impl Chain for FakeNode {
-        async fn send_boc(&self, _boc: &[u8]) -> Result<(), cocoon_ton::chain::ChainError> {
-            Ok(())
-        }
-        async fn run_get_method(
-            &self,
-            _a: &StdAddr,
-            _m: &str,
-            _s: &[StackValue],
-        ) -> Result<GetMethodResult, cocoon_ton::chain::ChainError> {
-            Err(cocoon_ton::chain::ChainError::Decode("unused".into()))
-        }
-        async fn account_state(
-            &self,
-            a: &StdAddr,
-        ) -> Result<AccountState, cocoon_ton::chain::ChainError> {
-            let g = self.0.lock().unwrap();
-            if g.fail {
-                return Err(cocoon_ton::chain::ChainError::Transport("down".into()));
-            }
-            Ok(g.accounts.get(a).cloned().unwrap_or(AccountState {
-                balance: 0,
-                status: AccountStatus::Nonexist,
-                code: None,
-                data: None,
-                last_tx: g.txs.last().map(|t| t.id.clone()),
-                sync_utime: None,
-            }))
-        }
-        async fn transactions_since(
-            &self,
-            _a: &StdAddr,
-            after: Option<&TxId>,
-            limit: usize,
-        ) -> Result<Vec<Transaction>, cocoon_ton::chain::ChainError> {
-            let g = self.0.lock().unwrap();
-            if g.fail {
-                return Err(cocoon_ton::chain::ChainError::Transport("down".into()));
-            }
-            let from = after.map_or(0, |a| a.lt);
-            Ok(g.txs
-                .iter()
-                .filter(|t| t.id.lt > from)
-                .take(limit)
-                .cloned()
-                .collect())
-        }
-        async fn masterchain_seqno(&self) -> Result<u32, cocoon_ton::chain::ChainError> {
-            Ok(1)
-        }
-    }
-
     fn a(n: u8) -> StdAddr {
         StdAddr::new(0, HashBytes([n; 32]))
     }
 
-    impl FakeNode {
-        fn push_tx(&self, from: StdAddr, body: cocoon_ton::Cell) {
-            let mut g = self.0.lock().unwrap();
-            let lt = g.txs.len() as u64 + 1;
-            g.txs.push(Transaction {
-                id: TxId {
-                    lt,
-                    hash: [lt as u8; 32],
-                },
-                utime: 0,
-                fee: 0,
-                in_msg: Some(TxMessage {
-                    source: Some(from),
-                    destination: Some(a(0x11)),
-                    value: 1,
-                    body: Some(body),
-                }),
-                out_msgs: vec![],
-                raw: None,
-            });
-        }
+    /// Pushes the proxy contract's `lt`-th transaction: `body` from `from`.
+    fn push_tx(node: &FakeChain, lt: u64, from: StdAddr, body: cocoon_ton::Cell) {
+        node.push_tx(Transaction {
+            id: TxId {
+                lt,
+                hash: [lt as u8; 32],
+            },
+            utime: 0,
+            fee: 0,
+            in_msg: Some(TxMessage {
+                source: Some(from),
+                destination: Some(a(0x11)),
+                value: 1,
+                body: Some(body),
+            }),
+            out_msgs: vec![],
+            raw: None,
+        });
     }
 
     fn register_body(nonce: Option<u64>) -> cocoon_ton::Cell {
@@ -505,7 +439,7 @@ mod tests {
 
     #[tokio::test]
     async fn reads_client_storage() {
-        let node = FakeNode::default();
+        let node = FakeChain::default();
         let params = CocoonParams::default();
         let data = cocoon_ton::contracts::client_init_data(
             &params,
@@ -519,16 +453,9 @@ mod tests {
         s.stake = Coins(400);
         s.tokens_used = 3;
         s.secret_hash = HashBytes([9; 32]);
-        node.0.lock().unwrap().accounts.insert(
-            a(0x61),
-            AccountState {
-                balance: 1,
-                status: AccountStatus::Active,
-                code: None,
-                data: Some(s.to_cell().unwrap()),
-                last_tx: None,
-                sync_utime: None,
-            },
+        node.set_account(
+            &a(0x61),
+            account(AccountStatus::Active, 1, Some(s.to_cell().unwrap())),
         );
         let c = TonClientChain::new(node.clone(), a(0x11), Duration::from_millis(5))
             .await
@@ -550,19 +477,19 @@ mod tests {
 
     #[tokio::test]
     async fn finds_registrations_before_and_after_the_wait() {
-        let node = FakeNode::default();
+        let node = FakeChain::default();
         // History before the proxy started is not scanned.
-        node.push_tx(a(0x61), register_body(Some(1)));
+        push_tx(&node, 1, a(0x61), register_body(Some(1)));
         let c = Arc::new(
             TonClientChain::new(node.clone(), a(0x11), Duration::from_millis(5))
                 .await
                 .unwrap(),
         );
         // Landed before the client asked.
-        node.push_tx(a(0x61), register_body(Some(2)));
+        push_tx(&node, 2, a(0x61), register_body(Some(2)));
         // Not registrations: no payload, another sender's nonce.
-        node.push_tx(a(0x61), register_body(None));
-        node.push_tx(a(0x62), register_body(Some(3)));
+        push_tx(&node, 3, a(0x61), register_body(None));
+        push_tx(&node, 4, a(0x62), register_body(Some(3)));
         c.wait_register(&a(0x61), 2).await.unwrap();
         let c2 = c.clone();
         let waiting = tokio::spawn(async move { c2.wait_register(&a(0x61), 3).await });
@@ -573,13 +500,13 @@ mod tests {
             "registrations older than the proxy are ignored"
         );
         // A node failure is counted and polling goes on.
-        node.0.lock().unwrap().fail = true;
+        node.fail_reads(true);
         let down =
             tokio::time::timeout(Duration::from_millis(50), c.wait_register(&a(0x61), 9)).await;
         assert!(down.is_err());
         assert!(c.poll_errors() > 0);
-        node.0.lock().unwrap().fail = false;
-        node.push_tx(a(0x61), register_body(Some(3)));
+        node.fail_reads(false);
+        push_tx(&node, 5, a(0x61), register_body(Some(3)));
         waiting.await.unwrap().unwrap();
     }
 }

@@ -1,6 +1,7 @@
 //! An in-memory [`Chain`] for tests of code that drives one (this crate's unit tests, and
 //! other crates' tests through the `testing` feature): it records the BOCs sent and answers
-//! the account states the test sets. Get-methods always fail (exit code 11).
+//! the account states and transactions the test sets. Get-methods always fail (exit code
+//! 11).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -21,7 +22,10 @@ struct State {
     disagreeing: bool,
     /// The chain's time reported with every account state.
     utime: Option<u64>,
+    /// Transactions in the order pushed (any address).
+    txs: Vec<Transaction>,
     fail_sends: bool,
+    fail_reads: bool,
 }
 
 /// An in-memory chain whose accounts the test sets; clones share it.
@@ -86,6 +90,17 @@ impl FakeChain {
     pub fn fail_sends(&self, v: bool) {
         self.state().fail_sends = v;
     }
+
+    /// Account and transaction reads fail (a transport error: the node is down) while `v`.
+    pub fn fail_reads(&self, v: bool) {
+        self.state().fail_reads = v;
+    }
+
+    /// Appends a transaction (listed for every address; it is every account's `last_tx`
+    /// unless the test set one).
+    pub fn push_tx(&self, tx: Transaction) {
+        self.state().txs.push(tx);
+    }
 }
 
 impl Chain for FakeChain {
@@ -112,6 +127,9 @@ impl Chain for FakeChain {
 
     async fn account_state(&self, a: &StdAddr) -> Result<AccountState, ChainError> {
         let g = self.state();
+        if g.fail_reads {
+            return Err(ChainError::Transport("fake node down".into()));
+        }
         if g.disagreeing {
             return Err(ChainError::NoQuorum {
                 what: format!("account {a}"),
@@ -124,19 +142,98 @@ impl Chain for FakeChain {
             (None, None) => account(AccountStatus::Nonexist, 0, None),
         };
         st.sync_utime = g.utime;
+        if st.last_tx.is_none() {
+            st.last_tx = g.txs.last().map(|t| t.id.clone());
+        }
         Ok(st)
     }
 
     async fn transactions_since(
         &self,
         _: &StdAddr,
-        _: Option<&TxId>,
-        _: usize,
+        after: Option<&TxId>,
+        limit: usize,
     ) -> Result<Vec<Transaction>, ChainError> {
-        Ok(Vec::new())
+        let g = self.state();
+        if g.fail_reads {
+            return Err(ChainError::Transport("fake node down".into()));
+        }
+        // Newer than `after`, oldest first; without `after`, the newest `limit`.
+        let newer: Vec<&Transaction> = g
+            .txs
+            .iter()
+            .filter(|t| after.is_none_or(|a| t.id.lt > a.lt))
+            .collect();
+        let skip = match after {
+            None => newer.len().saturating_sub(limit),
+            Some(_) => 0,
+        };
+        Ok(newer.into_iter().skip(skip).take(limit).cloned().collect())
     }
 
     async fn masterchain_seqno(&self) -> Result<u32, ChainError> {
         Ok(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tx(lt: u64) -> Transaction {
+        Transaction {
+            id: TxId {
+                lt,
+                hash: [lt as u8; 32],
+            },
+            utime: 0,
+            fee: 0,
+            in_msg: None,
+            out_msgs: vec![],
+            raw: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_what_the_test_set() {
+        let chain = FakeChain::default();
+        let (a, b) = (StdAddr::ZERO, StdAddr::new(0, crate::HashBytes([1; 32])));
+        assert_eq!(
+            chain.account_state(&a).await.unwrap().status,
+            AccountStatus::Nonexist
+        );
+        chain.set_account(&a, account(AccountStatus::Active, 5, None));
+        chain.set_others(account(AccountStatus::Uninit, 7, None));
+        assert_eq!(chain.account_state(&a).await.unwrap().balance, 5);
+        assert_eq!(chain.account_state(&b).await.unwrap().balance, 7);
+        for lt in 1..=3 {
+            chain.push_tx(tx(lt));
+        }
+        let lts = |v: Vec<Transaction>| v.iter().map(|t| t.id.lt).collect::<Vec<_>>();
+        assert_eq!(
+            lts(chain.transactions_since(&a, None, 2).await.unwrap()),
+            [2, 3]
+        );
+        let first = tx(1).id;
+        assert_eq!(
+            lts(chain.transactions_since(&a, Some(&first), 1).await.unwrap()),
+            [2]
+        );
+        assert_eq!(
+            chain.account_state(&b).await.unwrap().last_tx,
+            Some(tx(3).id)
+        );
+        chain.fail_reads(true);
+        assert!(chain.account_state(&a).await.is_err());
+        chain.fail_reads(false);
+        chain.set_disagreeing(true);
+        assert!(matches!(
+            chain.account_state(&a).await,
+            Err(ChainError::NoQuorum { .. })
+        ));
+        chain.send_boc(&[1]).await.unwrap();
+        chain.fail_sends(true);
+        assert!(chain.send_boc(&[2]).await.is_err());
+        assert_eq!(chain.sent(), vec![vec![1]]);
     }
 }

@@ -13,9 +13,9 @@ use cocoon_ton::root::RootConfig;
 use crate::payments::{AutoPay, ChannelOps};
 
 /// Highest protocol version this client speaks (3 adds cancel).
-pub const MAX_PROTO_VERSION: i32 = 3;
+pub(crate) const MAX_PROTO_VERSION: i32 = 3;
 /// Lowest protocol version this client speaks.
-pub const MIN_PROTO_VERSION: i32 = 1;
+pub(crate) const MIN_PROTO_VERSION: i32 = 1;
 
 /// Everything [`crate::Client::start`] needs.
 pub struct ClientConfig {
@@ -139,25 +139,58 @@ impl Default for Timings {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StartError {
+    /// Neither the settings nor the root name a proxy.
     #[error("no proxies: none configured and the root contract registers none")]
     NoProxies,
+    /// The state database could not be opened.
     #[error("state database {path}: {error}")]
-    State { path: String, error: String },
+    State {
+        /// The database file.
+        path: String,
+        /// Why it failed.
+        error: String,
+    },
+    /// The API keys file could not be read.
     #[error("API keys file {path}: {error}")]
-    Keys { path: String, error: String },
+    Keys {
+        /// The keys file.
+        path: String,
+        /// Why it failed.
+        error: String,
+    },
+    /// The admin token file could not be read or created.
     #[error("admin token file {path}: {error}")]
-    Token { path: String, error: String },
+    Token {
+        /// The token file.
+        path: String,
+        /// Why it failed.
+        error: String,
+    },
+    /// The HTTP API could not listen.
     #[error("HTTP API on {addr}: {error}")]
-    Listen { addr: SocketAddr, error: String },
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why binding failed.
+        error: String,
+    },
+    /// The API would listen beyond this machine without API keys.
     #[error(
         "the API would listen on {0}, beyond this machine, without API keys: anyone who reaches \
          it could spend the channel; set api_keys_file or listen on 127.0.0.1"
     )]
     Exposed(SocketAddr),
+    /// A bad browser allowlist entry.
     #[error("browser allowlist: {0}")]
     Browser(#[from] cocoon_service::browser::AllowlistError),
+    /// The root's network kind differs from the client's.
     #[error(
         "test mode mismatch: the root contract says is_test = {root}, this client is configured with is_test = {ours}"
     )]
-    TestMismatch { root: bool, ours: bool },
+    TestMismatch {
+        /// The root's `is_test`.
+        root: bool,
+        /// The client's `is_test`.
+        ours: bool,
+    },
 }

@@ -48,7 +48,7 @@ use crate::Shared;
 use crate::request::{MAX_ANSWER_BYTES, Request};
 
 /// Reads the control token (first line, trimmed); an empty file is an error.
-pub fn read_token(path: &Path) -> Result<String, String> {
+pub(crate) fn read_token(path: &Path) -> Result<String, String> {
     cocoon_service::admin::read_token(path)
 }
 
@@ -346,34 +346,48 @@ async fn model(State(shared): St, UrlPath(id): UrlPath<String>) -> Response {
 pub struct ClientStats {
     /// `ok` with at least one ready proxy, else `no proxy`.
     pub status: &'static str,
+    /// Seconds since start.
     pub uptime_seconds: u64,
+    /// Owner of the client contracts.
     pub owner_address: String,
+    /// Test network.
     pub is_test: bool,
     /// A wallet funds the channels.
     pub wallet: bool,
+    /// The root configuration in use.
     pub root: RootView,
+    /// Proxies with a ready session.
     pub proxies_ready: usize,
+    /// Every proxy slot.
     pub proxies: Vec<ProxyView>,
+    /// Request counters.
     pub stats: crate::stats::Snapshot,
     /// Durable totals (requests, tokens, spent nanoTON...).
     pub totals: BTreeMap<String, u64>,
+    /// Per-key figures, when API keys are configured.
     pub keys: Option<Vec<crate::keys::KeyStat>>,
 }
 
 /// The root configuration in use.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RootView {
+    /// Root configuration version.
     pub version: u32,
+    /// Version of the params (prices, codes) the contracts use.
     pub params_version: u32,
+    /// Network price per token, nanoTON.
     pub price_per_token: u64,
+    /// Proxies the root registers.
     pub registered_proxies: usize,
 }
 
 /// A proxy slot and the requests in flight on it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ProxyView {
+    /// The proxy's state.
     #[serde(flatten)]
     pub info: crate::ProxyInfo,
+    /// Requests in flight on it.
     pub running: u64,
 }
 

@@ -120,18 +120,26 @@ struct Account {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ApiKeyError {
+    /// No API key in the request.
     #[error("missing API key (send Authorization: Bearer <key>)")]
     Missing,
+    /// A key not in the keys file.
     #[error("unknown API key")]
     Unknown,
+    /// The request could exceed the key's spending limit.
     #[error(
         "API key {name:?} spending limit reached: {spent} of {limit} nanoTON spent, {reserved} reserved by running requests, this request may cost up to {needed}"
     )]
     Limit {
+        /// The key's name.
         name: String,
+        /// Its limit, nanoTON.
         limit: u64,
+        /// Spent so far, nanoTON.
         spent: u64,
+        /// Reserved by running requests, nanoTON.
         reserved: u64,
+        /// What this request may cost at most, nanoTON.
         needed: u64,
     },
 }
@@ -158,12 +166,19 @@ impl Reservation {
 /// A key's figures for stats.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct KeyStat {
+    /// The key's name.
     pub name: String,
+    /// First characters of the key's hash.
     pub hash_prefix: String,
+    /// Spending limit, nanoTON (none: unlimited).
     pub limit_nanoton: Option<u64>,
+    /// Spent, nanoTON.
     pub spent_nanoton: u64,
+    /// Reserved by running requests, nanoTON.
     pub reserved_nanoton: u64,
+    /// Requests served.
     pub requests: u64,
+    /// Requests refused.
     pub refused: u64,
 }
 

@@ -14,17 +14,18 @@
 //! [`ClientHandle::request`] runs a [`Request`] without HTTP (see `examples/library.rs`);
 //! with `api_listen` set the same requests are served over HTTP ([`http`]).
 #![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub, clippy::unwrap_used)]
 
-pub mod config;
-pub mod http;
+mod config;
+mod http;
 pub mod keys;
-pub mod payments;
-pub mod process;
+mod payments;
+mod process;
 mod proxy;
-pub mod request;
+mod request;
 pub mod settings;
-pub mod stats;
-pub mod store;
+mod stats;
+mod store;
 mod ton_channels;
 
 use std::net::SocketAddr;
@@ -41,8 +42,9 @@ pub use http::{ClientStats, ProxyView, RootView};
 pub use payments::{AutoPay, ChannelError, ChannelOps, ChannelState};
 pub use process::run;
 pub use proxy::ProxyInfo;
-pub use request::{Answer, Collected, Request, Usage};
-pub use settings::Settings;
+pub use request::{Answer, Collected, DEFAULT_MAX_COEFFICIENT, Request, Usage, worst_case_cost};
+pub use settings::{DEFAULTS, Settings};
+pub use stats::Snapshot;
 pub use ton_channels::{Fees, TonChannels};
 
 use keys::Keys;

@@ -19,7 +19,7 @@ use cocoon_ton::payments::SignedPayment;
 use futures::future::BoxFuture;
 
 /// nanoTON in one TON.
-pub const TON: u64 = 1_000_000_000;
+pub(crate) const TON: u64 = 1_000_000_000;
 
 /// A client contract's storage as the chain shows it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -47,7 +47,12 @@ pub enum ChannelError {
     Unavailable(String),
     /// The wallet cannot pay for the operation.
     #[error("wallet balance too low: has {have} nanoTON, needs {need}")]
-    WalletTooLow { have: u64, need: u64 },
+    WalletTooLow {
+        /// The wallet's balance, nanoTON.
+        have: u64,
+        /// What the operation needs, nanoTON.
+        need: u64,
+    },
     /// The operation was sent but the contract did not change as expected.
     #[error("{0}")]
     Rejected(String),
@@ -133,7 +138,7 @@ impl Default for AutoPay {
 
 /// What [`plan`] decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     /// Nothing is due.
     Idle,
     /// Top up by this many nanoTON.
@@ -147,7 +152,7 @@ pub enum Step {
 /// remain above what the proxy reported using (`max_tokens`), and charge when the proxy's
 /// reported usage runs ahead of the chain by more than half the stake and a receipt beyond
 /// the chain's `tokens_used` is held. A closing contract gets neither.
-pub fn plan(
+pub(crate) fn plan(
     st: &ChannelState,
     price: u64,
     max_tokens: u64,

@@ -29,7 +29,7 @@ fn secret(configured: &str, state_dir: &Path) -> Result<Vec<u8>, String> {
 }
 
 /// The client's step on a newer root configuration (proxies, images, prices, params).
-pub fn root_hooks(handle: &ClientHandle) -> Vec<RootHook<'_>> {
+pub(crate) fn root_hooks(handle: &ClientHandle) -> Vec<RootHook<'_>> {
     vec![Box::new(move |c: RootConfig| {
         Box::pin(async move {
             handle.update_root(c);

@@ -92,7 +92,7 @@ impl Link {
     }
 
     /// Registers a request; `None` when the session already ended.
-    pub fn register(&self, id: [u8; 32]) -> Option<mpsc::Receiver<Event>> {
+    pub(crate) fn register(&self, id: [u8; 32]) -> Option<mpsc::Receiver<Event>> {
         let mut p = self.pending();
         if self.closed.load(Ordering::SeqCst) {
             return None;
@@ -103,7 +103,7 @@ impl Link {
     }
 
     /// Forgets a request (it ended or its caller left).
-    pub fn forget(&self, id: &[u8; 32]) {
+    pub(crate) fn forget(&self, id: &[u8; 32]) {
         self.pending().remove(id);
     }
 
@@ -138,13 +138,19 @@ pub struct ProxyInfo {
     pub address: String,
     /// connecting | ready | failed | stopped.
     pub state: String,
+    /// The last error, if any.
     pub last_error: Option<String>,
     /// Attestation facts of the current (or last) session.
     pub tee: Option<Backend>,
+    /// The proxy's image hash, hex.
     pub image_hash: Option<String>,
+    /// The proxy platform's TCB status.
     pub tcb_status: Option<String>,
+    /// The proxy contract.
     pub proxy_sc: Option<String>,
+    /// Our client contract with this proxy.
     pub client_sc: Option<String>,
+    /// Negotiated protocol version.
     pub proto: Option<i32>,
     /// Unix time until which the proxy's attestation verdict holds (current or last
     /// session); the session is closed then and redialled, which attests again.
@@ -157,12 +163,17 @@ pub struct ProxyInfo {
     pub receipt_tokens: u64,
     /// Tokens the proxy has committed to its database / knows about.
     pub db_tokens: u64,
+    /// Tokens the proxy knows about (the highest `max_tokens` it reported).
     pub max_tokens: u64,
     /// Client contract on chain, when a wallet is configured.
     pub channel: Option<crate::payments::ChannelState>,
+    /// Sessions opened.
     pub sessions: u64,
+    /// Sessions that failed.
     pub failures: u64,
+    /// Requests sent.
     pub requests: u64,
+    /// Receipts that failed verification.
     pub bad_receipts: u64,
     /// Unix seconds the session became ready.
     pub ready_since: Option<u64>,
@@ -180,7 +191,7 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
-    pub fn new(address: String) -> Arc<Slot> {
+    pub(crate) fn new(address: String) -> Arc<Slot> {
         Arc::new(Slot {
             info: Mutex::new(ProxyInfo {
                 address: address.clone(),
@@ -195,16 +206,16 @@ impl Slot {
         })
     }
 
-    pub fn info(&self) -> ProxyInfo {
+    pub(crate) fn info(&self) -> ProxyInfo {
         self.info.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    pub fn update(&self, f: impl FnOnce(&mut ProxyInfo)) {
+    pub(crate) fn update(&self, f: impl FnOnce(&mut ProxyInfo)) {
         f(&mut self.info.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
     /// The ready link.
-    pub fn ready(&self) -> Option<Arc<Link>> {
+    pub(crate) fn ready(&self) -> Option<Arc<Link>> {
         self.link
             .borrow()
             .as_ref()
@@ -212,7 +223,7 @@ impl Slot {
             .cloned()
     }
 
-    pub fn not_ready_for(&self) -> Duration {
+    pub(crate) fn not_ready_for(&self) -> Duration {
         if self.ready().is_some() {
             *self.last_ready.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
             return Duration::ZERO;

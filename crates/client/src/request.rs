@@ -26,10 +26,10 @@ use crate::keys::{ApiKeyError, Reservation};
 use crate::proxy::{Event, Link, Slot};
 
 /// The completion limit of a request that names none.
-pub const DEFAULT_MAX_TOKENS: u64 = 1000;
+pub(crate) const DEFAULT_MAX_TOKENS: u64 = 1000;
 /// The largest answer buffered for a request that is not streamed (HTTP or
 /// [`Answer::collect`]); past it the request fails with 502 and is cancelled.
-pub const MAX_ANSWER_BYTES: usize = 64 << 20;
+pub(crate) const MAX_ANSWER_BYTES: usize = 64 << 20;
 /// Highest worker coefficient accepted when the request names none (1000 = 1.0).
 pub const DEFAULT_MAX_COEFFICIENT: u64 = 4000;
 
@@ -74,9 +74,13 @@ impl Request {
 /// What a finished request used and cost.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct Usage {
+    /// Prompt tokens.
     pub prompt_tokens: u64,
+    /// Cached prompt tokens.
     pub cached_tokens: u64,
+    /// Completion tokens.
     pub completion_tokens: u64,
+    /// Reasoning tokens.
     pub reasoning_tokens: u64,
     /// Billed (adjusted) tokens.
     pub total_tokens: u64,
@@ -84,8 +88,11 @@ pub struct Usage {
     pub cost_nanoton: u64,
     /// Time the proxy and the worker held the request (protocol 2+), seconds.
     pub proxy_seconds: Option<f64>,
+    /// Time the worker held the request, seconds.
     pub worker_seconds: Option<f64>,
+    /// The worker's debug text, if it sent one.
     pub worker_debug: Option<String>,
+    /// The proxy's debug text, if it sent one.
     pub proxy_debug: Option<String>,
 }
 
@@ -710,10 +717,15 @@ impl Answer {
 /// A whole answer.
 #[derive(Debug, Clone)]
 pub struct Collected {
+    /// HTTP status.
     pub status: u16,
+    /// HTTP headers.
     pub headers: Vec<(String, String)>,
+    /// The proxy that served it.
     pub proxy: String,
+    /// The body.
     pub body: Vec<u8>,
+    /// Usage and cost.
     pub usage: Usage,
 }
 

@@ -17,22 +17,39 @@ pub struct Settings {
     /// channels, state directory.
     #[serde(flatten)]
     pub common: Common,
+    /// The OpenAI-compatible API's address (`api_listen`).
     pub api_listen: String,
+    /// Web origins allowed to call the API (`allowed_origins`).
     pub allowed_origins: Vec<String>,
+    /// Host names the API answers to besides loopback (`allowed_hosts`).
     pub allowed_hosts: Vec<String>,
+    /// Proxies' client addresses; empty: the root's (`proxies`).
     pub proxies: Vec<String>,
+    /// Proxies to keep sessions with (`connections`).
     pub connections: usize,
+    /// File with the short-authorisation secret (`secret_file`).
     pub secret_file: String,
+    /// Which proxies to trust (`proxy_policy`).
     pub proxy_policy: String,
+    /// Refuse proxies whose image hash the root does not list (`check_proxy_hashes`).
     pub check_proxy_hashes: bool,
+    /// Highest proof-of-work difficulty solved (`pow_max_difficulty`).
     pub pow_max_difficulty: u32,
+    /// TON a contract is funded with and each top-up adds (`top_up_ton`).
     pub top_up_ton: String,
+    /// Keep channel balances topped up (`auto_top_up`).
     pub auto_top_up: bool,
+    /// Submit the proxy's charges automatically (`auto_charge`).
     pub auto_charge: bool,
+    /// Seconds between payment-status queries (`payment_status_seconds`).
     pub payment_status_seconds: u64,
+    /// Deadline of a request that names none, seconds (`request_timeout_seconds`).
     pub request_timeout_seconds: u64,
+    /// API keys file; empty: no key needed (`api_keys_file`).
     pub api_keys_file: String,
+    /// File holding the admin bearer token (`admin_token_file`).
     pub admin_token_file: String,
+    /// Log filter (`log`).
     pub log: String,
 }
 

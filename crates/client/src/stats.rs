@@ -9,7 +9,7 @@ use crate::request::Usage;
 
 /// Counters, all monotonic.
 #[derive(Debug, Default)]
-pub struct Stats {
+pub(crate) struct Stats {
     pub received: AtomicU64,
     /// Refused before reaching a proxy (bad request, key, no proxy).
     pub refused: AtomicU64,
@@ -23,17 +23,26 @@ pub struct Stats {
     pub spent_nanoton: AtomicU64,
 }
 
-/// A snapshot.
+/// The request counters at one moment.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Snapshot {
+    /// Requests received.
     pub received: u64,
+    /// Refused before reaching a proxy (bad request, key, no proxy).
     pub refused: u64,
+    /// Requests answered.
     pub succeeded: u64,
+    /// Requests that failed.
     pub failed: u64,
+    /// Request body bytes.
     pub request_bytes: u64,
+    /// Answer body bytes.
     pub answer_bytes: u64,
+    /// Mean request duration, seconds.
     pub mean_seconds: f64,
+    /// Billed tokens.
     pub tokens: u64,
+    /// Spent, nanoTON.
     pub spent_nanoton: u64,
 }
 
@@ -66,7 +75,7 @@ impl Stats {
         }
     }
 
-    pub fn snapshot(&self) -> Snapshot {
+    pub(crate) fn snapshot(&self) -> Snapshot {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let done = l(&self.succeeded) + l(&self.failed);
         Snapshot {
@@ -96,7 +105,7 @@ impl Stats {
 /// a note of its size, and entries are kept as JSON text, so what a proxy or worker sends
 /// cannot make the gateway hold more than that.
 #[derive(Default)]
-pub struct DebugLog {
+pub(crate) struct DebugLog {
     inner: Mutex<DebugEntries>,
 }
 
@@ -125,11 +134,11 @@ fn debug_json(d: Option<&str>) -> serde_json::Value {
 
 impl DebugLog {
     /// Entries kept.
-    pub const CAPACITY: usize = 1024;
+    pub(crate) const CAPACITY: usize = 1024;
     /// Bytes of JSON text kept, all entries together.
-    pub const MAX_BYTES: usize = 8 << 20;
+    pub(crate) const MAX_BYTES: usize = 8 << 20;
     /// Largest debug JSON kept from the worker or the proxy, each.
-    pub const MAX_DEBUG_BYTES: usize = 64 << 10;
+    pub(crate) const MAX_DEBUG_BYTES: usize = 64 << 10;
 
     pub(crate) fn record(&self, guid: [u8; 32], ok: bool, usage: Option<&Usage>, proxy: &str) {
         // The usage's figures; its debug texts are shown once, parsed, beside it.
@@ -163,14 +172,15 @@ impl DebugLog {
     }
 
     /// The entry for SHA-256 `guid`.
-    pub fn get(&self, guid: &[u8; 32]) -> Option<serde_json::Value> {
+    pub(crate) fn get(&self, guid: &[u8; 32]) -> Option<serde_json::Value> {
         let e = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let (_, text) = e.entries.iter().find(|(g, _)| g == guid)?;
         serde_json::from_str(text).ok()
     }
 
     /// Entries kept, and the bytes of JSON text they hold.
-    pub fn size(&self) -> (usize, usize) {
+    #[cfg(test)]
+    pub(crate) fn size(&self) -> (usize, usize) {
         let e = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         (e.entries.len(), e.bytes)
     }

@@ -15,7 +15,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 /// A receipt as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredReceipt {
+pub(crate) struct StoredReceipt {
     pub client_sc: String,
     pub proxy_sc: String,
     pub tokens: u64,
@@ -23,7 +23,7 @@ pub struct StoredReceipt {
 }
 
 /// The state database.
-pub struct Store {
+pub(crate) struct Store {
     conn: Mutex<Connection>,
 }
 
@@ -38,7 +38,7 @@ fn err(e: rusqlite::Error) -> String {
 
 impl Store {
     /// Opens (creating) the database at `path`, or an in-memory one.
-    pub fn open(path: Option<&Path>) -> Result<Store, String> {
+    pub(crate) fn open(path: Option<&Path>) -> Result<Store, String> {
         let conn = match path {
             Some(p) => {
                 if let Some(dir) = p.parent()
@@ -78,7 +78,7 @@ impl Store {
     }
 
     /// Keeps `r` if it is better than the one held; returns whether it was.
-    pub fn save_receipt(&self, r: &StoredReceipt) -> Result<bool, String> {
+    pub(crate) fn save_receipt(&self, r: &StoredReceipt) -> Result<bool, String> {
         let n = self
             .conn()
             .execute(
@@ -93,7 +93,7 @@ impl Store {
     }
 
     /// The best receipt held for `client_sc`.
-    pub fn receipt(&self, client_sc: &str) -> Result<Option<StoredReceipt>, String> {
+    pub(crate) fn receipt(&self, client_sc: &str) -> Result<Option<StoredReceipt>, String> {
         self.conn()
             .query_row(
                 "SELECT client_sc, proxy_sc, tokens, boc FROM receipts WHERE client_sc = ?1",
@@ -112,7 +112,7 @@ impl Store {
     }
 
     /// Adds one request costing `nanoton` to a key.
-    pub fn add_key_spend(&self, key_hash: &str, nanoton: u64) -> Result<(), String> {
+    pub(crate) fn add_key_spend(&self, key_hash: &str, nanoton: u64) -> Result<(), String> {
         self.conn()
             .execute(
                 "INSERT INTO key_spend (key_hash, spent, requests) VALUES (?1, ?2, 1)
@@ -125,7 +125,7 @@ impl Store {
     }
 
     /// Every key's `(hash, spent nanoTON, requests)`.
-    pub fn key_spends(&self) -> Result<Vec<(String, u64, u64)>, String> {
+    pub(crate) fn key_spends(&self) -> Result<Vec<(String, u64, u64)>, String> {
         let conn = self.conn();
         let mut st = conn
             .prepare("SELECT key_hash, spent, requests FROM key_spend")
@@ -143,7 +143,7 @@ impl Store {
     }
 
     /// Adds to named counters in one transaction.
-    pub fn add_totals(&self, adds: &[(&str, u64)]) -> Result<(), String> {
+    pub(crate) fn add_totals(&self, adds: &[(&str, u64)]) -> Result<(), String> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(err)?;
         for (name, v) in adds {
@@ -158,7 +158,7 @@ impl Store {
     }
 
     /// Every counter.
-    pub fn totals(&self) -> Result<Vec<(String, u64)>, String> {
+    pub(crate) fn totals(&self) -> Result<Vec<(String, u64)>, String> {
         let conn = self.conn();
         let mut st = conn
             .prepare("SELECT name, value FROM totals ORDER BY name")

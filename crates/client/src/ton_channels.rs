@@ -61,7 +61,7 @@ const CLOSED: u8 = 2;
 
 /// The reserve a client contract keeps for itself (`CHILD_MIN_BALANCE`); a deploying top-up
 /// leaves it on the new contract, so a deploy attaches it on top of the top-up's fee.
-pub const CHILD_MIN_BALANCE: u64 = TON / 20;
+pub(crate) const CHILD_MIN_BALANCE: u64 = TON / 20;
 
 /// Transactions read per page when looking for ours.
 const PAGE: usize = 100;

@@ -3,6 +3,7 @@
 //! a real headless Chromium opening a page from another origin that tries to spend the
 //! channel and read the answers, the stats and the debug log. A page from an origin in
 //! `allowed_origins` is the positive control: it can, so the attack test can fail.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

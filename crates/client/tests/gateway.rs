@@ -1,6 +1,7 @@
 //! The gateway over real sessions: a real proxy (or two) with real workers whose engines are
 //! fake OpenAI servers on loopback, RA-TLS with sim attestation, and the client's HTTP API
 //! called with reqwest like any OpenAI SDK would.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -418,11 +419,11 @@ async fn api_key_limits_hold_under_50_concurrent_requests() {
     )
     .unwrap()
     .body_bytes();
-    let worst = cocoon_client::request::worst_case_cost(
+    let worst = cocoon_client::worst_case_cost(
         &net.root.params,
         50,
         forwarded.len() as u64,
-        cocoon_client::request::DEFAULT_MAX_COEFFICIENT,
+        cocoon_client::DEFAULT_MAX_COEFFICIENT,
     );
     // Room for exactly three requests at their worst case.
     let limit = 3 * worst + worst / 2;

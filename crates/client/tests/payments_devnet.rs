@@ -8,6 +8,7 @@
 //! amount it moves, so its deltas are asserted within [`FEE_BOUND`] per operation (what the
 //! devnet measured is printed by `--nocapture`). Refusals that `TonChannels` can see coming
 //! must send nothing: the wallet's last transaction stays the same.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::time::Duration;
 

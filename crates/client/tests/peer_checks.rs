@@ -8,6 +8,7 @@
 //!   proxy again;
 //! - `is_test`: a gateway refuses to start on a root of the other network, and a root
 //!   update that switches it drops every session.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::time::Duration;
 

@@ -12,7 +12,6 @@
 //!   CA is only in `SSL_CERT_FILE`, accepted with `--extra-ca-file`.
 
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 
 use cocoon_devnet::fake::FakeEndpoint;
 use cocoon_devnet::run::{RunOptions, start};
@@ -300,67 +299,20 @@ fn reqwest_get(url: &str) -> String {
 /// An HTTPS server with a certificate from a private CA that answers every request with a
 /// toncenter `getAddressInformation` result (an empty account).
 fn https_toncenter(rt: &tokio::runtime::Runtime) -> (String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
-    let issuer = Issuer::new(ca, ca_key);
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()])
-        .unwrap()
-        .signed_by(&leaf_key, &issuer)
-        .unwrap();
-    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![CertificateDer::from(leaf.der().to_vec())],
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
-    )
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    let l = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = l.local_addr().unwrap();
-    rt.spawn(async move {
-        while let Ok((tcp, _)) = l.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let mut req = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 16 * 1024 {
-                    match tls.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => req.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let body = serde_json::json!({ "ok": true, "result": {
-                    "@type": "raw.fullAccountState", "balance": "123000000000", "code": "",
-                    "data": "", "last_transaction_id": { "@type": "internal.transactionId",
-                    "lt": "0", "hash": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=" },
-                    "sync_utime": 1, "state": "uninitialized"
-                }})
-                .to_string();
-                let resp = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = tls.write_all(resp.as_bytes()).await;
-                let _ = tls.shutdown().await;
-            });
-        }
-    });
-    (format!("https://{addr}"), ca_pem)
+    let p = cocoon_testkit::tls::pki();
+    let body = serde_json::json!({ "ok": true, "result": {
+        "@type": "raw.fullAccountState", "balance": "123000000000", "code": "",
+        "data": "", "last_transaction_id": { "@type": "internal.transactionId",
+        "lt": "0", "hash": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=" },
+        "sync_utime": 1, "state": "uninitialized"
+    }})
+    .to_string();
+    let url = rt.block_on(cocoon_testkit::tls::serve_https_json(
+        &p.leaf_der,
+        &p.leaf_key,
+        body,
+    ));
+    (url, p.ca_pem)
 }
 
 #[test]

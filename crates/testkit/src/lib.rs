@@ -1,6 +1,7 @@
 //! Fixtures for Cocoon's integration tests (`tests/*.rs` of the role crates; never their unit
 //! tests): a fake OpenAI engine, sim identities, real proxies and workers on loopback, a TL
-//! test client, a fake proxy for workers, devnet parties, waiting and answer decoding.
+//! test client, a fake proxy for workers, devnet parties, an HTTPS fake with a private CA,
+//! waiting and answer decoding.
 #![forbid(unsafe_code)]
 
 pub mod client;
@@ -12,6 +13,7 @@ pub mod fixtures;
 pub mod http;
 pub mod identity;
 pub mod proxy;
+pub mod tls;
 pub mod wait;
 pub mod worker;
 

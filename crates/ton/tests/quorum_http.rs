@@ -17,13 +17,13 @@ use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::routing::get;
+use cocoon_testkit::tls::{pki, serve_https_json};
 use cocoon_ton::chain::Chain;
 use cocoon_ton::codec::encode_boc_base64;
 use cocoon_ton::quorum::{QuorumChain, QuorumConfig};
 use cocoon_ton::toncenter::{Toncenter, ToncenterConfig};
 use cocoon_ton::{CellBuilder, HashBytes, StdAddr};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// What one fake endpoint serves: the account data it claims, and the keys it was sent.
 #[derive(Default)]
@@ -130,84 +130,14 @@ async fn a_lying_endpoint_is_outvoted_over_http() {
     assert_eq!(q.quorum_disagreements(), 1);
 }
 
-/// A private CA and a certificate for 127.0.0.1 it issued.
-struct Pki {
-    ca_pem: String,
-    ca_der: rustls::pki_types::CertificateDer<'static>,
-    leaf_der: rustls::pki_types::CertificateDer<'static>,
-    leaf_key: Vec<u8>,
-}
-
-fn pki() -> Pki {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()])
-        .unwrap()
-        .signed_by(&leaf_key, &issuer)
-        .unwrap();
-    Pki {
-        ca_pem: ca_cert.pem(),
-        ca_der: ca_cert.der().clone(),
-        leaf_der: leaf.der().clone(),
-        leaf_key: leaf_key.serialize_der(),
-    }
-}
-
 /// An HTTPS server answering every request with a toncenter `getMasterchainInfo` result.
 async fn spawn_https(leaf_der: &[u8], leaf_key: &[u8]) -> String {
-    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![rustls::pki_types::CertificateDer::from(leaf_der.to_vec())],
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.to_vec())),
-    )
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = l.accept().await else {
-                return;
-            };
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let mut req = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 16 * 1024 {
-                    match tls.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => req.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let body = json!({ "ok": true, "result": {
-                    "@type": "blocks.masterchainInfo",
-                    "last": { "@type": "ton.blockIdExt", "workchain": -1, "seqno": 4242 }
-                }})
-                .to_string();
-                let resp = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = tls.write_all(resp.as_bytes()).await;
-                let _ = tls.shutdown().await;
-            });
-        }
-    });
-    format!("https://{addr}")
+    let body = json!({ "ok": true, "result": {
+        "@type": "blocks.masterchainInfo",
+        "last": { "@type": "ton.blockIdExt", "workchain": -1, "seqno": 4242 }
+    }})
+    .to_string();
+    serve_https_json(leaf_der, leaf_key, body).await
 }
 
 fn https_client(url: &str, extra: Vec<rustls::pki_types::CertificateDer<'static>>) -> Toncenter {

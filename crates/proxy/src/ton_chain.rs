@@ -388,8 +388,8 @@ mod tests {
     use std::sync::Arc;
 
     use cocoon_ton::HashBytes;
-    use cocoon_ton::chain::fake::{FakeChain, account};
-    use cocoon_ton::chain::{Transaction, TxMessage};
+    use cocoon_ton::chain::TxMessage;
+    use cocoon_ton::chain::fake::{FakeChain, account, transaction};
     use cocoon_ton::codec::{Coins, State2};
     use cocoon_ton::messages::ClientStateData;
     use cocoon_ton::root::CocoonParams;
@@ -402,22 +402,13 @@ mod tests {
 
     /// Pushes the proxy contract's `lt`-th transaction: `body` from `from`.
     fn push_tx(node: &FakeChain, lt: u64, from: StdAddr, body: cocoon_ton::Cell) {
-        node.push_tx(Transaction {
-            id: TxId {
-                lt,
-                hash: [lt as u8; 32],
-            },
-            utime: 0,
-            fee: 0,
-            in_msg: Some(TxMessage {
-                source: Some(from),
-                destination: Some(a(0x11)),
-                value: 1,
-                body: Some(body),
-            }),
-            out_msgs: vec![],
-            raw: None,
-        });
+        let m = TxMessage {
+            source: Some(from),
+            destination: Some(a(0x11)),
+            value: 1,
+            body: Some(body),
+        };
+        node.push_tx(transaction(lt, Some(m)));
     }
 
     fn register_body(nonce: Option<u64>) -> cocoon_ton::Cell {

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{
     AccountState, AccountStatus, Chain, ChainError, GetMethodResult, StackValue, Transaction, TxId,
+    TxMessage,
 };
 use crate::root::RootConfig;
 use crate::{Cell, StdAddr};
@@ -22,7 +23,7 @@ struct State {
     disagreeing: bool,
     /// The chain's time reported with every account state.
     utime: Option<u64>,
-    /// Transactions in the order pushed (any address).
+    /// Transactions in the order pushed.
     txs: Vec<Transaction>,
     fail_sends: bool,
     fail_reads: bool,
@@ -31,6 +32,21 @@ struct State {
 /// An in-memory chain whose accounts the test sets; clones share it.
 #[derive(Clone, Default)]
 pub struct FakeChain(Arc<Mutex<State>>);
+
+/// Transaction `lt` (hash `[lt; 32]`, no fee) carrying `in_msg`.
+pub fn transaction(lt: u64, in_msg: Option<TxMessage>) -> Transaction {
+    Transaction {
+        id: TxId {
+            lt,
+            hash: [lt as u8; 32],
+        },
+        utime: 0,
+        fee: 0,
+        in_msg,
+        out_msgs: Vec::new(),
+        raw: None,
+    }
+}
 
 /// An account in `status` with `balance` nanoTON and `data` as its storage.
 pub fn account(status: AccountStatus, balance: u128, data: Option<Cell>) -> AccountState {
@@ -96,10 +112,18 @@ impl FakeChain {
         self.state().fail_reads = v;
     }
 
-    /// Appends a transaction (listed for every address; it is every account's `last_tx`
-    /// unless the test set one).
+    /// Appends a transaction of the account its inbound message goes to (its `last_tx`
+    /// from now on, unless the test set one).
     pub fn push_tx(&self, tx: Transaction) {
         self.state().txs.push(tx);
+    }
+}
+
+impl State {
+    fn txs_of<'a>(&'a self, a: &'a StdAddr) -> impl Iterator<Item = &'a Transaction> {
+        self.txs
+            .iter()
+            .filter(move |t| t.in_msg.as_ref().and_then(|m| m.destination.as_ref()) == Some(a))
     }
 }
 
@@ -143,28 +167,27 @@ impl Chain for FakeChain {
         };
         st.sync_utime = g.utime;
         if st.last_tx.is_none() {
-            st.last_tx = g.txs.last().map(|t| t.id.clone());
+            st.last_tx = g.txs_of(a).last().map(|t| t.id.clone());
         }
         Ok(st)
     }
 
     async fn transactions_since(
         &self,
-        _: &StdAddr,
-        after: Option<&TxId>,
+        account: &StdAddr,
+        cursor: Option<&TxId>,
         limit: usize,
     ) -> Result<Vec<Transaction>, ChainError> {
         let g = self.state();
         if g.fail_reads {
             return Err(ChainError::Transport("fake node down".into()));
         }
-        // Newer than `after`, oldest first; without `after`, the newest `limit`.
+        // Newer than `cursor`, oldest first; without one, the newest `limit`.
         let newer: Vec<&Transaction> = g
-            .txs
-            .iter()
-            .filter(|t| after.is_none_or(|a| t.id.lt > a.lt))
+            .txs_of(account)
+            .filter(|t| cursor.is_none_or(|c| t.id.lt > c.lt))
             .collect();
-        let skip = match after {
+        let skip = match cursor {
             None => newer.len().saturating_sub(limit),
             Some(_) => 0,
         };
@@ -180,18 +203,14 @@ impl Chain for FakeChain {
 mod tests {
     use super::*;
 
-    fn tx(lt: u64) -> Transaction {
-        Transaction {
-            id: TxId {
-                lt,
-                hash: [lt as u8; 32],
-            },
-            utime: 0,
-            fee: 0,
-            in_msg: None,
-            out_msgs: vec![],
-            raw: None,
-        }
+    fn tx(lt: u64, to: &StdAddr) -> Transaction {
+        let m = TxMessage {
+            source: None,
+            destination: Some(to.clone()),
+            value: 0,
+            body: None,
+        };
+        transaction(lt, Some(m))
     }
 
     #[tokio::test]
@@ -207,22 +226,25 @@ mod tests {
         assert_eq!(chain.account_state(&a).await.unwrap().balance, 5);
         assert_eq!(chain.account_state(&b).await.unwrap().balance, 7);
         for lt in 1..=3 {
-            chain.push_tx(tx(lt));
+            chain.push_tx(tx(lt, &b));
         }
+        chain.push_tx(tx(4, &a));
         let lts = |v: Vec<Transaction>| v.iter().map(|t| t.id.lt).collect::<Vec<_>>();
-        assert_eq!(
-            lts(chain.transactions_since(&a, None, 2).await.unwrap()),
-            [2, 3]
-        );
-        let first = tx(1).id;
-        assert_eq!(
-            lts(chain.transactions_since(&a, Some(&first), 1).await.unwrap()),
-            [2]
-        );
-        assert_eq!(
-            chain.account_state(&b).await.unwrap().last_tx,
-            Some(tx(3).id)
-        );
+        let since = |a: &StdAddr, after: Option<TxId>, limit: usize| {
+            let chain = chain.clone();
+            let a = a.clone();
+            async move {
+                lts(chain
+                    .transactions_since(&a, after.as_ref(), limit)
+                    .await
+                    .unwrap())
+            }
+        };
+        assert_eq!(since(&b, None, 2).await, [2, 3]);
+        assert_eq!(since(&b, Some(tx(1, &b).id), 1).await, [2]);
+        assert_eq!(since(&a, None, 9).await, [4]);
+        let last = chain.account_state(&b).await.unwrap().last_tx;
+        assert_eq!(last, Some(tx(3, &b).id));
         chain.fail_reads(true);
         assert!(chain.account_state(&a).await.is_err());
         chain.fail_reads(false);

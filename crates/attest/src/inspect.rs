@@ -353,13 +353,7 @@ pub fn allow_statuses(policy: &mut Policy, allow: &[TcbStatus]) {
 mod tests {
     use super::*;
 
-    fn vector(name: &str) -> Vec<u8> {
-        let path = format!(
-            "{}/../../testvectors/attest/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-    }
+    use crate::test_vectors::vector;
 
     const COCOON_NOW: u64 = 1_772_707_833;
     const COCOON_IMAGE_HASH: &str =

@@ -18,17 +18,13 @@ use cocoon_attest::{
     AttestError, CollateralStore, Evidence, PckCa, Policy, TcbStatus, TdxCollateral,
 };
 
+#[path = "../src/test_vectors.rs"]
+mod test_vectors;
+use test_vectors::vector;
+
 /// Inside the COCOON collateral's window (2026-03-05).
 const NOW: u64 = 1_772_707_833;
 const FMSPC: [u8; 6] = [0x90, 0xc0, 0x6f, 0, 0, 0];
-
-fn vector(name: &str) -> Vec<u8> {
-    let path = format!(
-        "{}/../../testvectors/attest/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
 
 /// What the fake PCCS does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,15 +3,11 @@
 
 use cocoon_attest::{AttestError, Backend, Evidence, Policy, TcbStatus, TdxCollateral};
 
-const NOW: u64 = 1_772_707_833;
+#[path = "../src/test_vectors.rs"]
+mod test_vectors;
+use test_vectors::vector;
 
-fn vector(name: &str) -> Vec<u8> {
-    let path = format!(
-        "{}/../../testvectors/attest/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
+const NOW: u64 = 1_772_707_833;
 
 fn eval(policy: &Policy) -> Result<cocoon_attest::VerifiedPeer, AttestError> {
     let quote = vector("cocoon_quote.dat");

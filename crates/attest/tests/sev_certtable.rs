@@ -5,12 +5,12 @@ use cocoon_attest::sev::{
     self, GUID_ARK, GUID_ASK, GUID_VCEK, GUID_VLEK, SevError, build_cert_table, parse_cert_table,
 };
 
+#[path = "../src/test_vectors.rs"]
+mod test_vectors;
+
+/// The bytes of `testvectors/attest/sev/{name}`.
 fn vector(name: &str) -> Vec<u8> {
-    let path = format!(
-        "{}/../../testvectors/attest/sev/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    test_vectors::vector(&format!("sev/{name}"))
 }
 
 /// (ASK DER, ARK DER) from the PEM chain (ASK first, as AMD KDS serves it).

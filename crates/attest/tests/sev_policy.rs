@@ -3,12 +3,12 @@
 use cocoon_attest::sev;
 use cocoon_attest::{AttestError, Backend, Evidence, Measurements, Policy, SimKey};
 
+#[path = "../src/test_vectors.rs"]
+mod test_vectors;
+
+/// The bytes of `testvectors/attest/sev/{name}`.
 fn vector(name: &str) -> Vec<u8> {
-    let path = format!(
-        "{}/../../testvectors/attest/sev/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    test_vectors::vector(&format!("sev/{name}"))
 }
 
 const NOW: u64 = 1_772_707_833;

@@ -6,13 +6,9 @@ use cocoon_attest::{
     AttestError, Backend, CollateralStore, Evidence, Measurements, Policy, TcbStatus, TdxCollateral,
 };
 
-fn vector(name: &str) -> Vec<u8> {
-    let path = format!(
-        "{}/../../testvectors/attest/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
+#[path = "../src/test_vectors.rs"]
+mod test_vectors;
+use test_vectors::vector;
 
 /// 2025-07-04T12:00:00Z, inside the dcap-qvl sample collateral window.
 const NOW_2025: u64 = 1_751_630_400;

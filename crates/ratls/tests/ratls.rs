@@ -17,6 +17,8 @@ use cocoon_ratls::net::{RatlsAcceptor, RatlsConnector, RatlsError};
 use cocoon_ratls::verifier::{RatlsVerifier, VerifierConfig, VerifyError, fixed_clock};
 use tokio::net::TcpListener;
 
+use common::vector;
+
 /// Fixed "now" for every test: inside the validity window of the COCOON quote's collateral.
 const NOW: u64 = 1_772_707_833;
 const POW: u32 = 4;
@@ -517,14 +519,6 @@ async fn oversized_evidence_is_rejected() {
     let mut ev = b"CCN-SIM1".to_vec();
     ev.resize(70_000, 0);
     assert!(Identity::generate(&FixedSource(ev), NOW).is_err());
-}
-
-fn vector(name: &str) -> Vec<u8> {
-    let path = format!(
-        "{}/../../testvectors/attest/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 /// COCOON's real TDX quote in a fresh certificate: the quote verifies (DCAP, collateral

@@ -16,12 +16,9 @@ use cocoon_ratls::verifier::{RatlsVerifier, VerifierConfig, VerifyError, fixed_c
 
 const NOW: u64 = 1_772_707_833;
 
+/// The bytes of `testvectors/attest/sev/{name}`.
 fn vector(name: &str) -> Vec<u8> {
-    let path = format!(
-        "{}/../../testvectors/attest/sev/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    common::vector(&format!("sev/{name}"))
 }
 
 /// Plays the `sev_guest` provider in a temporary directory.

@@ -28,12 +28,9 @@ const DAY: u64 = 86_400;
 /// Serial of AMD's Milan ASK (`SEV-Milan`); every AMD VCEK has serial 0.
 const MILAN_ASK_SERIAL: [u8; 3] = [0x01, 0x00, 0x01];
 
+/// The bytes of `testvectors/attest/sev/{name}`.
 fn vector(name: &str) -> Vec<u8> {
-    let path = format!(
-        "{}/../../testvectors/attest/sev/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    crate::test_vectors::vector(&format!("sev/{name}"))
 }
 
 fn milan_report() -> Vec<u8> {

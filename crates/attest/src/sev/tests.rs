@@ -6,12 +6,9 @@ use super::verify::*;
 use super::*;
 use sha2::{Digest, Sha256};
 
+/// The bytes of `testvectors/attest/sev/{name}`.
 fn vector(name: &str) -> Vec<u8> {
-    let path = format!(
-        "{}/../../testvectors/attest/sev/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    std::fs::read(&path).unwrap_or_else(|e| panic!("read {path}: {e}"))
+    crate::test_vectors::vector(&format!("sev/{name}"))
 }
 
 /// 2026-01-01T00:00:00Z: all test certificates are valid then.

@@ -1,4 +1,5 @@
-//! What the RA-TLS test binaries share: the policy for AMD's public SEV-SNP sample.
+//! What the RA-TLS test binaries share: the test vectors and the policy for AMD's public
+//! SEV-SNP sample.
 
 use cocoon_attest::Policy;
 use cocoon_attest::sev::SevReportInfo;
@@ -14,4 +15,13 @@ pub(crate) fn sample_sev_policy(info: &SevReportInfo) -> Policy {
     policy.sev.allow_migration_agent = info.migrate_ma_allowed;
     policy.sev.require_vmpl0 = info.vmpl == 0;
     policy
+}
+
+/// The bytes of `testvectors/attest/{path}`.
+pub(crate) fn vector(path: &str) -> Vec<u8> {
+    let path = format!(
+        "{}/../../testvectors/attest/{path}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }

@@ -65,6 +65,15 @@ impl Applied {
             });
         }
     }
+
+    /// Freezes `a` when the chain shows more tokens than the ledger booked, saying
+    /// `why(on_chain_tokens, tokens)`.
+    fn freeze_if_chain_ahead(&mut self, a: &mut Account, why: impl FnOnce(u64, u64) -> String) {
+        if a.on_chain_tokens > a.tokens {
+            let reason = why(a.on_chain_tokens, a.tokens);
+            self.freeze(a, reason);
+        }
+    }
 }
 
 impl State {
@@ -101,13 +110,9 @@ impl State {
                 a.funds = Some(*funds);
                 a.on_chain_tokens = a.on_chain_tokens.max(*charged);
                 a.status = observed_status(a.status, *status, current);
-                if a.on_chain_tokens > a.tokens {
-                    let msg = format!(
-                        "chain says {} tokens charged, ledger knows only {}",
-                        a.on_chain_tokens, a.tokens
-                    );
-                    out.freeze(a, msg);
-                }
+                out.freeze_if_chain_ahead(a, |chain, ledger| {
+                    format!("chain says {chain} tokens charged, ledger knows only {ledger}")
+                });
                 out.touched.push(key.clone());
             }
             UpdateKind::ObserveWorker { key, paid } => {
@@ -116,13 +121,9 @@ impl State {
                 }
                 let a = self.account(key);
                 a.on_chain_tokens = a.on_chain_tokens.max(*paid);
-                if a.on_chain_tokens > a.tokens {
-                    let msg = format!(
-                        "chain says {} tokens paid out, ledger knows only {} earned",
-                        a.on_chain_tokens, a.tokens
-                    );
-                    out.freeze(a, msg);
-                }
+                out.freeze_if_chain_ahead(a, |chain, ledger| {
+                    format!("chain says {chain} tokens paid out, ledger knows only {ledger} earned")
+                });
                 out.touched.push(key.clone());
             }
             UpdateKind::Charge {

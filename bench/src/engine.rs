@@ -452,7 +452,7 @@ fn num(x: f64) -> String {
 }
 
 /// Entry point of `cocoon-bench engine`.
-pub fn run(args: &[String]) {
+pub(crate) fn run(args: &[String]) {
     let o = parse(args);
     let model = match o.model.clone().map(Ok).unwrap_or_else(default_model) {
         Ok(m) => m,

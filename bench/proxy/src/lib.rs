@@ -324,13 +324,17 @@ pub fn cpu_secs(pid: u32) -> f64 {
 
 /// The proxy in its own process (`node DIR`), killed when dropped.
 pub struct Node {
+    /// The child process.
     pub kid: Kid,
+    /// Where workers connect.
     pub worker_addr: String,
+    /// Where clients connect.
     pub client_addr: String,
     _dir: PathBuf,
 }
 
 impl Node {
+    /// Starts the proxy with its state in `dir` and waits for its addresses.
     pub fn start(dir: PathBuf) -> Node {
         std::fs::create_dir_all(&dir).expect("dir");
         let (child, line) = spawn_self(&["node", &dir.display().to_string()]);
@@ -519,6 +523,7 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client session to the proxy at `addr`, as client number `id`.
     pub async fn connect(addr: &str, id: u8) -> Client {
         let (handle, mut incoming, _) = connector().connect(addr).await.expect("connect");
         let _: tclient::ConnectedToProxy = handle
@@ -654,7 +659,9 @@ pub struct Lat {
     pub ttfb: Vec<f64>,
     /// Time to the end of the answer, ms.
     pub total: Vec<f64>,
+    /// Requests that failed.
     pub errors: usize,
+    /// The first failure's reason.
     pub first_error: Option<String>,
 }
 

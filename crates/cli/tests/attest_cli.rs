@@ -1,4 +1,5 @@
 //! Runs the real `cocoon attest` on the evidence in `testvectors/attest/`.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use serde_json::Value;
 use std::process::{Command, Output};

@@ -10,6 +10,7 @@
 //!   endpoint (the old configuration) takes the forged configuration.
 //! - `cocoon wallet balance` against an HTTPS toncenter with a private CA: refused when the
 //!   CA is only in `SSL_CERT_FILE`, accepted with `--extra-ca-file`.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::process::{Command, Stdio};
 

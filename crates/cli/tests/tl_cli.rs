@@ -1,4 +1,5 @@
 //! Runs the real `cocoon` binary on hand-encoded frames and on the golden vectors.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};

@@ -3,6 +3,7 @@
 //! client) and answers a streamed chat completion on the port it was given; SIGINT stops it
 //! with exit 0; a second run on the same directory resumes the same root with the client's
 //! receipts kept, answers again, and stops on SIGTERM.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -1,5 +1,6 @@
 //! `cocoon wallet` and `cocoon root` driven end to end against an in-process devnet (the real
 //! compiled contracts and wallet codes on the pure-Rust TVM, over the toncenter v2 API).
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::path::Path;
 

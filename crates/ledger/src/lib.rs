@@ -69,7 +69,6 @@
 //! assert_eq!(r.tokens, 150);
 //! ```
 #![forbid(unsafe_code)]
-#![warn(missing_docs, unreachable_pub, clippy::unwrap_used)]
 
 mod account;
 mod audit;

@@ -4,7 +4,6 @@
 //! workspace depends on it except the binary. See [`engine`] for the scheduler, [`template`] for
 //! chat templates and [`output`] for the OpenAI answer format.
 #![forbid(unsafe_code)]
-#![warn(missing_docs, unreachable_pub, clippy::unwrap_used)]
 
 pub mod engine;
 pub mod output;

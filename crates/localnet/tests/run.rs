@@ -1,6 +1,7 @@
 //! `run` without the `cocoon` binary: a role that cannot start is reported with its exit
 //! status and the end of its log, and a stop requested before the network is up ends the
 //! run cleanly; either way `<dir>/pids` is removed.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::path::{Path, PathBuf};
 

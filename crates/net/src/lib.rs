@@ -1,5 +1,4 @@
 #![forbid(unsafe_code)]
-#![warn(missing_docs, unreachable_pub, clippy::unwrap_used)]
 //! Session layer: the `tcp.*` packet protocol over a framed byte stream.
 //!
 //! * [`session`]: sans-I/O state machine ([`Session`]): framing, `tcp.connect` opening, pings,

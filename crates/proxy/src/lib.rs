@@ -28,7 +28,6 @@
 //!
 //! Not here: protocol version 0 peers.
 #![forbid(unsafe_code)]
-#![warn(missing_docs, unreachable_pub, clippy::unwrap_used)]
 
 mod admin;
 mod admission;

@@ -1,5 +1,4 @@
 #![forbid(unsafe_code)]
-#![warn(missing_docs, unreachable_pub, clippy::unwrap_used)]
 //! RA-TLS (COCOON-compatible, see docs/cocoon-compat.md).
 //!
 //! * [`pow`]: the pre-TLS proof-of-work exchange.

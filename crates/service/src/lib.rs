@@ -14,7 +14,6 @@
 //! - [`http`]: the one outbound HTTP client builder (`cocoon-http`, re-exported; it sits
 //!   below `cocoon-ton` and `cocoon-attest`, which build their clients with it too).
 #![forbid(unsafe_code)]
-#![warn(missing_docs, unreachable_pub, clippy::unwrap_used)]
 
 pub mod admin;
 pub mod browser;

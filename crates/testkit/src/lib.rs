@@ -3,6 +3,9 @@
 //! test client, a fake proxy for workers, devnet parties, an HTTPS fake with a private CA,
 //! waiting and answer decoding.
 #![forbid(unsafe_code)]
+// Test fixtures, not an API: missing docs are allowed, and a failed unwrap fails the test
+// that called it.
+#![allow(missing_docs, clippy::unwrap_used)]
 
 pub mod client;
 pub mod decode;

@@ -1,5 +1,4 @@
 #![forbid(unsafe_code)]
-#![warn(missing_docs, unreachable_pub, clippy::unwrap_used)]
 //! `cocoon-worker`: the worker role.
 //!
 //! A worker owns an inference engine and sells its tokens through proxies. It dials each

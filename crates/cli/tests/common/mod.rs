@@ -1,5 +1,6 @@
 //! Running the `cocoon` binary from integration tests.
 #![allow(dead_code)] // each test file uses its own part
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -8,12 +9,12 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// Runs `cocoon ARGS`: exit code, stdout, stderr.
-pub fn cocoon(args: &[&str]) -> (i32, String, String) {
+pub(crate) fn cocoon(args: &[&str]) -> (i32, String, String) {
     cocoon_env(args, &[])
 }
 
 /// Runs `cocoon ARGS` with `envs` set: exit code, stdout, stderr.
-pub fn cocoon_env(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
+pub(crate) fn cocoon_env(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_cocoon"))
         .args(args)
         .envs(envs.iter().copied())
@@ -27,7 +28,7 @@ pub fn cocoon_env(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String)
 }
 
 /// Runs `cocoon ARGS`, asserts success and returns stdout.
-pub fn ok(args: &[&str]) -> String {
+pub(crate) fn ok(args: &[&str]) -> String {
     let (rc, out, err) = cocoon(args);
     assert_eq!(rc, 0, "cocoon {args:?} failed: {err}{out}");
     out
@@ -35,7 +36,7 @@ pub fn ok(args: &[&str]) -> String {
 
 /// Starts `cocoon devnet` and returns the child, its base URL, its stdout lines so far and
 /// the channel with the rest.
-pub fn start_devnet(dir: &Path) -> (Child, String, Vec<String>, mpsc::Receiver<String>) {
+pub(crate) fn start_devnet(dir: &Path) -> (Child, String, Vec<String>, mpsc::Receiver<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cocoon"))
         .args([
             "devnet",
@@ -81,7 +82,7 @@ pub fn start_devnet(dir: &Path) -> (Child, String, Vec<String>, mpsc::Receiver<S
     (child, url, lines, rx)
 }
 
-pub fn stop_devnet(child: Child, rx: mpsc::Receiver<String>) {
+pub(crate) fn stop_devnet(child: Child, rx: mpsc::Receiver<String>) {
     let status = sigterm(child);
     assert!(status.success(), "devnet exit status {status}");
     let rest: Vec<String> = rx.iter().collect();
@@ -92,7 +93,7 @@ pub fn stop_devnet(child: Child, rx: mpsc::Receiver<String>) {
 }
 
 /// Sends SIGTERM and waits for the exit.
-pub fn sigterm(mut child: Child) -> std::process::ExitStatus {
+pub(crate) fn sigterm(mut child: Child) -> std::process::ExitStatus {
     let pid = child.id().to_string();
     assert!(
         Command::new("kill")
@@ -105,15 +106,15 @@ pub fn sigterm(mut child: Child) -> std::process::ExitStatus {
 }
 
 /// A child process killed (SIGKILL) when dropped, so a failing test leaves nothing behind.
-pub struct Killed(pub Option<Child>);
+pub(crate) struct Killed(pub Option<Child>);
 
 impl Killed {
-    pub fn new(c: Child) -> Self {
+    pub(crate) fn new(c: Child) -> Self {
         Killed(Some(c))
     }
 
     /// Takes the child out (to stop it gracefully).
-    pub fn take(&mut self) -> Child {
+    pub(crate) fn take(&mut self) -> Child {
         self.0.take().unwrap()
     }
 }
@@ -128,7 +129,7 @@ impl Drop for Killed {
 }
 
 /// GET `url` (http only) as JSON; `None` while the server is not up or answers garbage.
-pub fn get_json(url: &str) -> Option<serde_json::Value> {
+pub(crate) fn get_json(url: &str) -> Option<serde_json::Value> {
     use std::io::{Read, Write};
     let rest = url.strip_prefix("http://")?;
     let (host, path) = rest.split_once('/')?;
@@ -140,7 +141,7 @@ pub fn get_json(url: &str) -> Option<serde_json::Value> {
 }
 
 /// Polls `f` every 200 ms until it holds; panics after 90 s.
-pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     let end = Instant::now() + Duration::from_secs(90);
     while !f() {
         assert!(Instant::now() < end, "timed out waiting for: {what}");
@@ -149,7 +150,7 @@ pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 /// A loopback port free right now.
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -158,7 +159,7 @@ pub fn free_port() -> u16 {
 }
 
 /// A new wallet key file at `key`; returns the wallet's raw address.
-pub fn new_wallet(key: &Path) -> String {
+pub(crate) fn new_wallet(key: &Path) -> String {
     let key_s = key.to_str().unwrap();
     ok(&["wallet", "new", "--key", key_s]);
     ok(&["wallet", "show", "--key", key_s])
@@ -168,7 +169,7 @@ pub fn new_wallet(key: &Path) -> String {
 }
 
 /// Gives the wallet at `raw` `nanoton` from the faucet of the devnet at `url`.
-pub fn faucet(url: &str, raw: &str, nanoton: u64) {
+pub(crate) fn faucet(url: &str, raw: &str, nanoton: u64) {
     use cocoon_ton::toncenter::{Devnet, Toncenter, ToncenterConfig};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -184,7 +185,7 @@ pub fn faucet(url: &str, raw: &str, nanoton: u64) {
 
 /// A devnet wallet funded with `nanoton` that deployed its own root contract: (key file,
 /// raw wallet address, root address).
-pub fn own_root(dir: &Path, url: &str, unique_id: &str, nanoton: u64) -> (String, String, String) {
+pub(crate) fn own_root(dir: &Path, url: &str, unique_id: &str, nanoton: u64) -> (String, String, String) {
     let key = dir.join("owner.key");
     let key_s = key.to_str().unwrap().to_owned();
     let raw = new_wallet(&key);
@@ -208,7 +209,7 @@ pub fn own_root(dir: &Path, url: &str, unique_id: &str, nanoton: u64) -> (String
 
 /// A root of its own on the devnet at `url` (50 TON to its owner's wallet) listing the sim
 /// image for workers and proxies and one proxy, whose worker and client ports are free now.
-pub struct SimRoot {
+pub(crate) struct SimRoot {
     pub url: String,
     /// The owner's key file.
     pub key: String,
@@ -222,7 +223,7 @@ pub struct SimRoot {
 }
 
 impl SimRoot {
-    pub fn deploy(dir: &Path, url: &str, unique_id: &str) -> Self {
+    pub(crate) fn deploy(dir: &Path, url: &str, unique_id: &str) -> Self {
         let (key, raw, root) = own_root(dir, url, unique_id, 50_000_000_000);
         let (pw, pc) = (
             format!("127.0.0.1:{}", free_port()),
@@ -245,13 +246,13 @@ impl SimRoot {
     }
 
     /// Runs `cocoon root OP...` as the owner.
-    pub fn op(&self, op: &[&str]) {
+    pub(crate) fn op(&self, op: &[&str]) {
         root_op(op, &self.key, &self.url, &self.root);
     }
 
     /// `cocoon proxy` (test network, sim TEE) at the registered ports, its wallet the owner's,
     /// checkpointing every second; admin server at `admin`, state in `state`.
-    pub fn proxy(&self, admin: &str, state: &Path) -> Child {
+    pub(crate) fn proxy(&self, admin: &str, state: &Path) -> Child {
         let wallet = format!("wallet_key_file={}", self.key);
         spawn_role(
             &[
@@ -285,11 +286,11 @@ impl SimRoot {
 }
 
 /// The owner address of the test workers.
-pub const WORKER_OWNER: &str = "0:4444444444444444444444444444444444444444444444444444444444444444";
+pub(crate) const WORKER_OWNER: &str = "0:4444444444444444444444444444444444444444444444444444444444444444";
 
 /// `cocoon worker` (test network, sim TEE) with the embedded default model in `slots` slots,
 /// following `root` on the devnet at `url`; admin server at `admin`, state in `state`.
-pub fn worker_process(root: &str, url: &str, admin: &str, slots: &str, state: &Path) -> Child {
+pub(crate) fn worker_process(root: &str, url: &str, admin: &str, slots: &str, state: &Path) -> Child {
     let slots = format!("slots={slots}");
     spawn_role(
         &[
@@ -319,7 +320,7 @@ pub fn worker_process(root: &str, url: &str, admin: &str, slots: &str, state: &P
 
 /// Starts `cocoon ROLE --test --tee sim ARGS... --state-dir STATE` (stdout dropped, stderr
 /// shown).
-pub fn spawn_role(args: &[&str], state: &Path) -> Child {
+pub(crate) fn spawn_role(args: &[&str], state: &Path) -> Child {
     let (role, rest) = args.split_first().unwrap();
     Command::new(env!("CARGO_BIN_EXE_cocoon"))
         .args([*role, "--test", "--tee", "sim"])
@@ -333,7 +334,7 @@ pub fn spawn_role(args: &[&str], state: &Path) -> Child {
 }
 
 /// The models the OpenAI API at `api` lists (`GET /v1/models`).
-pub async fn models(api: &str) -> serde_json::Value {
+pub(crate) async fn models(api: &str) -> serde_json::Value {
     reqwest::get(format!("{api}/v1/models"))
         .await
         .unwrap()
@@ -343,7 +344,7 @@ pub async fn models(api: &str) -> serde_json::Value {
 }
 
 /// A chat answer read off the wire.
-pub struct Chat {
+pub(crate) struct Chat {
     pub status: u16,
     /// The body's non-empty chunks as they came.
     pub chunks: Vec<Vec<u8>>,
@@ -354,13 +355,13 @@ pub struct Chat {
 
 impl Chat {
     /// The whole body as text.
-    pub fn body(&self) -> String {
+    pub(crate) fn body(&self) -> String {
         String::from_utf8(self.chunks.concat()).unwrap()
     }
 }
 
 /// POSTs a chat request for `model` to the OpenAI API at `api` and reads the answer.
-pub async fn chat(api: &str, model: &str, stream: bool) -> Chat {
+pub(crate) async fn chat(api: &str, model: &str, stream: bool) -> Chat {
     use futures::StreamExt;
     let started = Instant::now();
     let r = reqwest::Client::new()
@@ -394,7 +395,7 @@ pub async fn chat(api: &str, model: &str, stream: bool) -> Chat {
 }
 
 /// Runs `cocoon root OP... --key K --ton URL --root R` as the root's owner.
-pub fn root_op(op: &[&str], key: &str, url: &str, root: &str) {
+pub(crate) fn root_op(op: &[&str], key: &str, url: &str, root: &str) {
     let mut a: Vec<&str> = vec!["root"];
     a.extend_from_slice(op);
     a.extend_from_slice(&["--key", key, "--ton", url, "--root", root]);
@@ -402,7 +403,7 @@ pub fn root_op(op: &[&str], key: &str, url: &str, root: &str) {
 }
 
 /// Whether the default model is available (`COCOON_TEST_MODEL`); in CI it must be.
-pub fn have_test_model() -> bool {
+pub(crate) fn have_test_model() -> bool {
     if std::env::var_os("COCOON_TEST_MODEL").is_some() {
         return true;
     }

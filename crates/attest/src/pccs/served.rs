@@ -82,24 +82,32 @@ pub(super) fn verify_signatures(
             })
     };
 
-    let (key, _) = chain_key("TCB info", &c.tcb_info_issuer_chain)?;
-    UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &key)
-        .verify(c.tcb_info.as_bytes(), &c.tcb_info_signature)
-        .map_err(|_| {
-            (
-                "TCB info",
-                "signature does not verify with its issuer chain".to_string(),
-            )
-        })?;
-    let (key, _) = chain_key("QE identity", &c.qe_identity_issuer_chain)?;
-    UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &key)
-        .verify(c.qe_identity.as_bytes(), &c.qe_identity_signature)
-        .map_err(|_| {
-            (
-                "QE identity",
-                "signature does not verify with its issuer chain".to_string(),
-            )
-        })?;
+    // A signed JSON body: its signature checks with the leaf key of its issuer chain.
+    let verify_signed =
+        |item: &'static str, chain: &str, body: &str, sig: &[u8]| -> Result<(), SigError> {
+            let (key, _) = chain_key(item, chain)?;
+            UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &key)
+                .verify(body.as_bytes(), sig)
+                .map_err(|_| {
+                    (
+                        item,
+                        "signature does not verify with its issuer chain".to_string(),
+                    )
+                })
+        };
+
+    verify_signed(
+        "TCB info",
+        &c.tcb_info_issuer_chain,
+        &c.tcb_info,
+        &c.tcb_info_signature,
+    )?;
+    verify_signed(
+        "QE identity",
+        &c.qe_identity_issuer_chain,
+        &c.qe_identity,
+        &c.qe_identity_signature,
+    )?;
     let (key, root_key) = chain_key("PCK CRL", &c.pck_crl_issuer_chain)?;
     verify_crl("PCK CRL", &c.pck_crl, &key)?;
     verify_crl("root CA CRL", &c.root_ca_crl, &root_key)?;

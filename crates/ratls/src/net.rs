@@ -116,7 +116,12 @@ impl RatlsError {
                 .and_then(|inner| inner.downcast_ref::<rustls::Error>())
                 .map_or(Fault::Local, tls_fault),
             RatlsError::Session(ConnectError::Closed(CloseReason::ProtocolError(_))) => Fault::Peer,
-            _ => Fault::Local,
+            // Checked above: a refused certificate or evidence is as VerifyError::fault says.
+            RatlsError::Verify(e) => e.fault(),
+            RatlsError::Timeout(_)
+            | RatlsError::Io(_)
+            | RatlsError::Session(_)
+            | RatlsError::Config(_) => Fault::Local,
         }
     }
 }

@@ -164,7 +164,21 @@ impl VerifyError {
     pub fn fault(&self) -> Fault {
         match self {
             VerifyError::Attest(e) => e.fault(),
-            _ => Fault::Peer,
+            VerifyError::ChainNotAllowed { .. }
+            | VerifyError::CertTooLarge { .. }
+            | VerifyError::Parse(_)
+            | VerifyError::Expired { .. }
+            | VerifyError::NotYetValid { .. }
+            | VerifyError::NotEd25519
+            | VerifyError::BadSelfSignature
+            | VerifyError::IsCa
+            | VerifyError::UnknownCriticalExtension(_)
+            | VerifyError::DuplicateExtension(_)
+            | VerifyError::MissingEvidence
+            | VerifyError::MissingClaims
+            | VerifyError::EvidenceTooLarge { .. }
+            | VerifyError::Envelope(_)
+            | VerifyError::ClaimsKeyMismatch => Fault::Peer,
         }
     }
 }

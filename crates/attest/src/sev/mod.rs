@@ -342,7 +342,31 @@ impl SevError {
             | SevError::CrlNotYetValid { .. }
             | SevError::CrlProductMismatch { .. }
             | SevError::CrlIssuerMismatch { .. } => Fault::Local,
-            _ => Fault::Peer,
+            SevError::ReportLength { .. }
+            | SevError::CertTable { .. }
+            | SevError::ReportHex { .. }
+            | SevError::UnsupportedVersion { .. }
+            | SevError::UnsupportedSignatureAlgorithm { .. }
+            | SevError::SigningKeyNotVcek { .. }
+            | SevError::ChipIdMasked
+            | SevError::SignatureEncoding { .. }
+            | SevError::ReportSignature
+            | SevError::ChainPem { .. }
+            | SevError::ChainCertCount { .. }
+            | SevError::ChainNoArk
+            | SevError::CertParse { .. }
+            | SevError::UnknownArk
+            | SevError::CertSignature { .. }
+            | SevError::CertNotValidAt { .. }
+            | SevError::VcekKey { .. }
+            | SevError::VcekExtension { .. }
+            | SevError::TcbMismatch { .. }
+            | SevError::ChipIdMismatch { .. }
+            | SevError::DebugAllowed
+            | SevError::MigrationAgentAllowed
+            | SevError::VmplNotZero { .. }
+            | SevError::TcbTooLow { .. }
+            | SevError::Revoked { .. } => Fault::Peer,
         }
     }
 }

@@ -52,13 +52,13 @@ role!(
 role!(
     cocoon_worker::Settings,
     "worker",
-    cocoon_worker::settings::DEFAULTS,
+    cocoon_worker::DEFAULTS,
     cocoon_worker::run
 );
 role!(
     cocoon_client::Settings,
     "client",
-    cocoon_client::settings::DEFAULTS,
+    cocoon_client::DEFAULTS,
     cocoon_client::run
 );
 

@@ -22,7 +22,7 @@ mod payments;
 mod process;
 mod proxy;
 mod request;
-pub mod settings;
+mod settings;
 mod stats;
 mod store;
 mod ton_channels;

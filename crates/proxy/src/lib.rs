@@ -43,7 +43,7 @@ mod process;
 mod receipts;
 mod registry;
 mod router;
-pub mod settings;
+mod settings;
 mod ton_chain;
 mod usage_audit;
 mod worker_side;

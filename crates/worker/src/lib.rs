@@ -55,7 +55,7 @@ pub use config::{AdminConfig, Timings, WorkerConfig, WorkerConfigError};
 pub use payout::PayoutSink;
 pub use process::run;
 pub use root::RootUpdate;
-pub use settings::Settings;
+pub use settings::{DEFAULTS, Settings};
 pub use stats::CountersSnapshot;
 pub use store::{PaymentStore, PaymentStoreError, ProxyRecord};
 

@@ -428,7 +428,7 @@ pub(crate) fn json_stats(shared: &Shared) -> ClientStats {
 }
 
 /// `/jsonstats` is [`ClientStats`]; the page and the metrics read the counters and the
-/// proxy sessions themselves.
+/// proxy sessions themselves, so they skip the snapshot (and its store query).
 impl StatsPages for Shared {
     type Stats = ClientStats;
 
@@ -441,6 +441,14 @@ impl StatsPages for Shared {
     }
 
     fn metrics(&self, _: &ClientStats) -> Prometheus {
+        metrics(self)
+    }
+
+    fn stats_page(&self) -> Response {
+        stats_html(self)
+    }
+
+    fn metrics_text(&self) -> Prometheus {
         metrics(self)
     }
 }

@@ -234,6 +234,16 @@ pub trait StatsPages: Send + Sync + 'static {
     fn page(&self, stats: &Self::Stats) -> Response;
     /// `/metrics`: the Prometheus text.
     fn metrics(&self, stats: &Self::Stats) -> Prometheus;
+    /// What `/stats` serves: the page of a fresh snapshot. A role whose page reads its
+    /// counters itself overrides this so the page does not pay for the whole snapshot.
+    fn stats_page(&self) -> Response {
+        self.page(&self.stats())
+    }
+    /// What `/metrics` serves: the metrics of a fresh snapshot (overridable as
+    /// [`StatsPages::stats_page`] is).
+    fn metrics_text(&self) -> Prometheus {
+        self.metrics(&self.stats())
+    }
 }
 
 /// A role whose admin server switches it off and on (`enable` and `disable` controls).
@@ -277,7 +287,7 @@ where
     Router::new()
         .route(
             "/stats",
-            get(|State(r): State<Arc<R>>| async move { r.page(&r.stats()) }),
+            get(|State(r): State<Arc<R>>| async move { r.stats_page() }),
         )
         .route(
             "/jsonstats",
@@ -285,7 +295,7 @@ where
         )
         .route(
             "/metrics",
-            get(|State(r): State<Arc<R>>| async move { r.metrics(&r.stats()).into_response() }),
+            get(|State(r): State<Arc<R>>| async move { r.metrics_text().into_response() }),
         )
 }
 

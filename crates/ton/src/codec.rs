@@ -170,23 +170,23 @@ pub trait Field: Sized {
     fn load(s: &mut CellSlice<'_>) -> Result<Self>;
 }
 
-impl Field for u64 {
-    fn store(&self, b: &mut CellBuilder) -> Result<()> {
-        Ok(b.store_u64(*self)?)
-    }
-    fn load(s: &mut CellSlice<'_>) -> Result<Self> {
-        Ok(s.load_u64()?)
-    }
+/// `Field` for a type the cell API stores and loads as is, with `$store` and `$load`.
+macro_rules! plain_field {
+    ($t:ty, $store:ident, $load:ident) => {
+        impl Field for $t {
+            fn store(&self, b: &mut CellBuilder) -> Result<()> {
+                Ok(b.$store(*self)?)
+            }
+            fn load(s: &mut CellSlice<'_>) -> Result<Self> {
+                Ok(s.$load()?)
+            }
+        }
+    };
 }
 
-impl Field for u32 {
-    fn store(&self, b: &mut CellBuilder) -> Result<()> {
-        Ok(b.store_u32(*self)?)
-    }
-    fn load(s: &mut CellSlice<'_>) -> Result<Self> {
-        Ok(s.load_u32()?)
-    }
-}
+plain_field!(u64, store_u64, load_u64);
+plain_field!(u32, store_u32, load_u32);
+plain_field!(bool, store_bit, load_bit);
 
 impl Field for i32 {
     fn store(&self, b: &mut CellBuilder) -> Result<()> {
@@ -194,15 +194,6 @@ impl Field for i32 {
     }
     fn load(s: &mut CellSlice<'_>) -> Result<Self> {
         Ok(s.load_u32()? as i32)
-    }
-}
-
-impl Field for bool {
-    fn store(&self, b: &mut CellBuilder) -> Result<()> {
-        Ok(b.store_bit(*self)?)
-    }
-    fn load(s: &mut CellSlice<'_>) -> Result<Self> {
-        Ok(s.load_bit()?)
     }
 }
 

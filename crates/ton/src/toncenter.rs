@@ -355,21 +355,25 @@ fn parse_stack_entry(v: &Value) -> Result<StackValue, ChainError> {
         "cell" | "tvm.Cell" => Ok(StackValue::Cell(bytes(val)?)),
         "slice" | "tvm.Slice" => Ok(StackValue::Slice(bytes(val)?)),
         "null" => Ok(StackValue::Null),
-        "tuple" | "list" => {
-            let els = val
-                .and_then(|x| x.get("elements"))
-                .and_then(Value::as_array)
-                .ok_or_else(|| dec("stack tuple elements"))?;
-            Ok(StackValue::Tuple(
-                els.iter()
-                    .map(parse_tuple_element)
-                    .collect::<Result<_, _>>()?,
-            ))
-        }
+        "tuple" | "list" => tuple_of(val, "stack tuple elements"),
         other => Err(ChainError::Decode(format!(
             "unknown stack entry type {other:?}"
         ))),
     }
+}
+
+/// The tuple whose `elements` `holder` carries (each a tonlib typed element); `what` names a
+/// missing list in the error.
+fn tuple_of(holder: Option<&Value>, what: &str) -> Result<StackValue, ChainError> {
+    let els = holder
+        .and_then(|x| x.get("elements"))
+        .and_then(Value::as_array)
+        .ok_or_else(|| dec(what))?;
+    Ok(StackValue::Tuple(
+        els.iter()
+            .map(parse_tuple_element)
+            .collect::<Result<_, _>>()?,
+    ))
 }
 
 /// Tuple elements use tonlib's typed objects: `{"@type": "tvm.stackEntryNumber", "number":
@@ -407,16 +411,7 @@ fn parse_tuple_element(v: &Value) -> Result<StackValue, ChainError> {
             } else {
                 "list"
             };
-            let els = v
-                .get(key)
-                .and_then(|x| x.get("elements"))
-                .and_then(Value::as_array)
-                .ok_or_else(|| dec("tuple elements"))?;
-            Ok(StackValue::Tuple(
-                els.iter()
-                    .map(parse_tuple_element)
-                    .collect::<Result<_, _>>()?,
-            ))
+            tuple_of(v.get(key), "tuple elements")
         }
         "tvm.stackEntryUnsupported" | "tvm.stackEntryNull" => Ok(StackValue::Null),
         other => Err(ChainError::Decode(format!(

@@ -185,7 +185,12 @@ pub(crate) fn faucet(url: &str, raw: &str, nanoton: u64) {
 
 /// A devnet wallet funded with `nanoton` that deployed its own root contract: (key file,
 /// raw wallet address, root address).
-pub(crate) fn own_root(dir: &Path, url: &str, unique_id: &str, nanoton: u64) -> (String, String, String) {
+pub(crate) fn own_root(
+    dir: &Path,
+    url: &str,
+    unique_id: &str,
+    nanoton: u64,
+) -> (String, String, String) {
     let key = dir.join("owner.key");
     let key_s = key.to_str().unwrap().to_owned();
     let raw = new_wallet(&key);
@@ -286,11 +291,18 @@ impl SimRoot {
 }
 
 /// The owner address of the test workers.
-pub(crate) const WORKER_OWNER: &str = "0:4444444444444444444444444444444444444444444444444444444444444444";
+pub(crate) const WORKER_OWNER: &str =
+    "0:4444444444444444444444444444444444444444444444444444444444444444";
 
 /// `cocoon worker` (test network, sim TEE) with the embedded default model in `slots` slots,
 /// following `root` on the devnet at `url`; admin server at `admin`, state in `state`.
-pub(crate) fn worker_process(root: &str, url: &str, admin: &str, slots: &str, state: &Path) -> Child {
+pub(crate) fn worker_process(
+    root: &str,
+    url: &str,
+    admin: &str,
+    slots: &str,
+    state: &Path,
+) -> Child {
     let slots = format!("slots={slots}");
     spawn_role(
         &[

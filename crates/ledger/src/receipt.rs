@@ -99,17 +99,13 @@ impl Ledger {
         if tokens == 0 {
             return Ok(None);
         }
-        if tokens < last {
-            return Err(self.freeze_regressed(key, tokens, last));
-        }
         let op = match key.kind {
             Kind::Client => SignedOp::ClientCharge,
             Kind::Worker => SignedOp::WorkerPayout,
         };
-        let r = sign(key, op, tokens, query_id, send_excesses_to, signer)?;
-        if let Some(a) = self.state.accounts.get_mut(key) {
-            a.last_receipt = tokens;
-        }
+        let r = self.sign_receipt(key, (tokens, last), |tokens| {
+            sign(key, op, tokens, query_id, send_excesses_to, signer)
+        })?;
         Ok(Some(r))
     }
 
@@ -149,14 +145,27 @@ impl Ledger {
             return Err(LedgerError::NotDurable);
         }
         let (tokens, last) = (a.tokens, a.last_receipt);
-        if tokens < last {
-            return Err(self.freeze_regressed(key, tokens, last));
-        }
         let op = match key.kind {
             Kind::Client => SignedOp::ClientGrantRefund,
             Kind::Worker => SignedOp::WorkerLastPayout,
         };
-        let r = sign(key, op, tokens, query_id, send_excesses_to, signer)?;
+        self.sign_receipt(key, (tokens, last), |tokens| {
+            sign(key, op, tokens, query_id, send_excesses_to, signer)
+        })
+    }
+
+    /// Signs the receipt for `tokens` with `sign_for` and records it as `key`'s last; fewer
+    /// tokens than its last receipt (`last`) freeze the account instead.
+    fn sign_receipt(
+        &mut self,
+        key: &AccountKey,
+        (tokens, last): (u64, u64),
+        sign_for: impl FnOnce(u64) -> Result<Receipt, LedgerError>,
+    ) -> Result<Receipt, LedgerError> {
+        if tokens < last {
+            return Err(self.freeze_regressed(key, tokens, last));
+        }
+        let r = sign_for(tokens)?;
         if let Some(a) = self.state.accounts.get_mut(key) {
             a.last_receipt = tokens;
         }

@@ -73,6 +73,22 @@ struct State {
     vceks: HashMap<VcekKey, Slot<Vcek>>,
 }
 
+/// The keys in `slots` that are wanted, not tried within `retry` seconds of `now`, and
+/// `stale` (missing, expiring or too old).
+fn due_keys<K: Clone, T>(
+    slots: &HashMap<K, Slot<T>>,
+    now: u64,
+    retry: u64,
+    stale: impl Fn(&Slot<T>) -> bool,
+) -> Vec<K> {
+    slots
+        .iter()
+        .filter(|(_, s)| s.wanted && s.retry_ok(now, retry))
+        .filter(|(_, s)| stale(s))
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
 /// Records an attempt at `key` in `slots` (wanted from now on) and passes `result` on.
 fn record_in<K: Eq + std::hash::Hash, T>(
     slots: &mut HashMap<K, Slot<T>>,
@@ -303,33 +319,19 @@ impl KdsFetcher {
     pub fn due(&self, now: u64) -> Vec<KdsItem> {
         let st = self.lock();
         let near = |t: u64| now.saturating_add(self.margin) >= t;
-        let mut chains: Vec<_> = st
-            .chains
-            .iter()
-            .filter(|(_, s)| s.wanted && s.retry_ok(now, self.retry))
-            .filter(|(_, s)| s.current.as_ref().is_none_or(|c| near(c.not_after)))
-            .map(|(p, _)| *p)
-            .collect();
+        let mut chains = due_keys(&st.chains, now, self.retry, |s| {
+            s.current.as_ref().is_none_or(|c| near(c.not_after))
+        });
         chains.sort_unstable();
-        let mut crls: Vec<_> = st
-            .crls
-            .iter()
-            .filter(|(_, s)| s.wanted && s.retry_ok(now, self.retry))
-            .filter(|(_, s)| {
-                s.current.as_ref().is_none_or(|c| near(c.next_update))
-                    || s.fetched_at
-                        .is_none_or(|f| now >= f.saturating_add(self.crl_max_age))
-            })
-            .map(|(p, _)| *p)
-            .collect();
+        let mut crls = due_keys(&st.crls, now, self.retry, |s| {
+            s.current.as_ref().is_none_or(|c| near(c.next_update))
+                || s.fetched_at
+                    .is_none_or(|f| now >= f.saturating_add(self.crl_max_age))
+        });
         crls.sort_unstable();
-        let mut vceks: Vec<_> = st
-            .vceks
-            .iter()
-            .filter(|(_, s)| s.wanted && s.retry_ok(now, self.retry))
-            .filter(|(_, s)| s.current.as_ref().is_none_or(|v| near(v.not_after)))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let mut vceks = due_keys(&st.vceks, now, self.retry, |s| {
+            s.current.as_ref().is_none_or(|v| near(v.not_after))
+        });
         vceks.sort_by(|a, b| (a.product, &a.hwid).cmp(&(b.product, &b.hwid)));
         chains
             .into_iter()

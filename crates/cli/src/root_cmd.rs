@@ -11,10 +11,10 @@ use cocoon_ton::chain::load_root_config;
 use cocoon_ton::messages::ProxyEndpoint;
 use cocoon_ton::ops::{self, RootOp};
 use cocoon_ton::root::{CocoonParams, RootConfig, model_hash};
-use cocoon_ton::toncenter::{Devnet, Toncenter};
 use cocoon_ton::{
     Cell, HashBytes, StdAddr, format_ton, friendly_address, parse_address, parse_ton,
 };
+use cocoon_ton::{Toncenter, chain::Devnet};
 
 use crate::wallet_cmd::{ChainOpts, WalletOpts, runtime};
 

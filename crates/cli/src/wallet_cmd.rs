@@ -10,9 +10,9 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use cocoon_ton::keys::SigningKey;
 use cocoon_ton::ops::{self, WalletOps};
-use cocoon_ton::toncenter::{Toncenter, ToncenterConfig};
 use cocoon_ton::wallet::{SenderEvent, Wallet, WalletVersion};
 use cocoon_ton::{StdAddr, format_ton, friendly_address, parse_address, parse_ton};
+use cocoon_ton::{Toncenter, ToncenterConfig};
 
 /// Where the chain is and which wallet to use.
 #[derive(Debug, Clone, Args)]

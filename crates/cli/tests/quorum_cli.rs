@@ -202,7 +202,7 @@ fn proxy_keeps_the_last_agreed_root_when_its_endpoints_disagree() {
         )
     };
     let version = || {
-        let chain = cocoon_ton::toncenter::Toncenter::with_url(honest).unwrap();
+        let chain = cocoon_ton::Toncenter::with_url(honest).unwrap();
         net.rt
             .block_on(cocoon_ton::chain::load_root_config(&chain, &root_addr))
             .unwrap()

@@ -467,7 +467,7 @@ fn up_with_an_external_backend_and_two_workers() {
 /// Chain figures the test follows: (client contract balance, tokens charged), the proxy
 /// contract's commission balance, the workers' owner's account balance.
 async fn money(
-    tc: &cocoon_ton::toncenter::Toncenter,
+    tc: &cocoon_ton::Toncenter,
     client_sc: &cocoon_ton::StdAddr,
     proxy_sc: &cocoon_ton::StdAddr,
     worker_owner: &cocoon_ton::StdAddr,
@@ -514,11 +514,8 @@ fn usage_earnings_commission_and_chain_balances_agree() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("up.json")).unwrap()).unwrap();
     let padmin = format!("http://127.0.0.1:{}", saved["proxy_admin_port"]);
     let wadmin = format!("http://127.0.0.1:{}", saved["worker_admin_ports"][0]);
-    let tc = cocoon_ton::toncenter::Toncenter::with_url(&format!(
-        "http://127.0.0.1:{}",
-        saved["devnet_port"]
-    ))
-    .unwrap();
+    let tc = cocoon_ton::Toncenter::with_url(&format!("http://127.0.0.1:{}", saved["devnet_port"]))
+        .unwrap();
     let addr = |v: &serde_json::Value| cocoon_ton::parse_address(v.as_str().unwrap()).unwrap();
     let root = rt
         .block_on(cocoon_ton::chain::load_root_config(

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use cocoon_devnet::run::{RunOptions, start};
 use cocoon_ton::chain::Chain;
-use cocoon_ton::toncenter::{Devnet, Toncenter};
+use cocoon_ton::{Toncenter, chain::Devnet};
 
 mod common;
 use common::{cocoon, ok};

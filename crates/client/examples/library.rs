@@ -38,7 +38,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let secret = std::env::var("COCOON_CLIENT_SECRET")
         .map_err(|_| "set COCOON_CLIENT_SECRET to the client secret")?;
 
-    let chain = cocoon_ton::toncenter::Toncenter::with_url(&url)?;
+    let chain = cocoon_ton::Toncenter::with_url(&url)?;
     let root = cocoon_ton::chain::load_root_config(&chain, &root_address).await?;
 
     // A sim RA-TLS identity; on TEE hardware use cocoon_ratls::cert::TsmTdxSource instead.

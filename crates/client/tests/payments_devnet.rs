@@ -19,9 +19,9 @@ use cocoon_ton::chain::{Chain, TxId};
 use cocoon_ton::contracts::{Deployable, client_contract};
 use cocoon_ton::keys::SigningKey;
 use cocoon_ton::payments::{PaymentPayload, SignedOp, SignedPayment};
-use cocoon_ton::toncenter::{Devnet as _, Toncenter};
 use cocoon_ton::wallet::Wallet;
 use cocoon_ton::{HashBytes, StdAddr};
+use cocoon_ton::{Toncenter, chain::Devnet as _};
 
 const TON: u64 = 1_000_000_000;
 

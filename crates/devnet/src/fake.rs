@@ -1,7 +1,7 @@
 //! [`FakeEndpoint`]: one more toncenter v2 endpoint over the same devnet chain, whose answers
 //! a test can rewrite on the fly — a lying node, for tests of reads confirmed by a quorum of
-//! endpoints (`cocoon_ton::quorum`). It is fault injection for tests; `cocoon devnet` never
-//! starts one.
+//! endpoints (`cocoon_ton::QuorumChain`). It is fault injection for tests; `cocoon devnet`
+//! never starts one.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -14,9 +14,9 @@ use cocoon_ton::keys::SigningKey;
 use cocoon_ton::messages::ProxyEndpoint;
 use cocoon_ton::ops::{self, OpsError, RootOp, WalletOps};
 use cocoon_ton::root::{CocoonParams, model_hash};
-use cocoon_ton::toncenter::{Devnet as _, Toncenter};
 use cocoon_ton::wallet::{SenderEvent, Wallet};
 use cocoon_ton::{HashBytes, StdAddr};
+use cocoon_ton::{Toncenter, chain::Devnet as _};
 
 const TON: u64 = 1_000_000_000;
 

@@ -17,7 +17,7 @@ use cocoon_ton::contracts::{client_contract, proxy_contract, worker_contract};
 use cocoon_ton::keys::SigningKey;
 use cocoon_ton::messages::{ExtClientTopUp, ExtProxyIncreaseStake, OwnerClientRequestRefund};
 use cocoon_ton::payments::{PaymentPayload, SignedOp};
-use cocoon_ton::toncenter::{Devnet as _, Toncenter};
+use cocoon_ton::{Toncenter, chain::Devnet as _};
 use tycho_types::models::StdAddr;
 use tycho_types::prelude::*;
 

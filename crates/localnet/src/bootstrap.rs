@@ -8,12 +8,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use cocoon_engine::store::{self, ModelStore};
+use cocoon_ton::Toncenter;
 use cocoon_ton::chain::load_root_config;
 use cocoon_ton::keys::SigningKey;
 use cocoon_ton::messages::ProxyEndpoint;
 use cocoon_ton::ops::{self, OpsError, RootOp, WalletOps};
 use cocoon_ton::root::{CocoonParams, model_hash};
-use cocoon_ton::toncenter::Toncenter;
 use cocoon_ton::wallet::Wallet;
 use cocoon_ton::{HashBytes, StdAddr, format_ton, parse_address};
 use serde::{Deserialize, Serialize};

@@ -74,7 +74,7 @@ pub trait ClientChain: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), ProxyChainError>>;
 
     /// Chain reads refused so far because the configured TON endpoints disagreed (see
-    /// `cocoon_ton::quorum`); shown to the operator.
+    /// `cocoon_ton::QuorumChain`); shown to the operator.
     fn ton_disagreements(&self) -> u64 {
         0
     }

@@ -21,8 +21,8 @@ use cocoon_ton::StdAddr;
 use cocoon_ton::chain::Chain;
 use cocoon_ton::codec::{Coins, Layout, decode_boc_base64, encode_boc_base64};
 use cocoon_ton::contracts::ClientStorage;
-use cocoon_ton::quorum::{QuorumChain, QuorumConfig};
-use cocoon_ton::toncenter::{Toncenter, ToncenterConfig};
+use cocoon_ton::{QuorumChain, QuorumConfig};
+use cocoon_ton::{Toncenter, ToncenterConfig};
 
 /// Makes `e` answer `getAddressInformation` for `account` with its storage's balance set to
 /// `balance` (everything else as on chain).

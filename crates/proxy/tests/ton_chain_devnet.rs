@@ -17,8 +17,8 @@ use cocoon_ton::chain::Chain;
 use cocoon_ton::codec::Layout;
 use cocoon_ton::contracts::client_contract;
 use cocoon_ton::messages::{OwnerClientChangeSecretHash, OwnerClientRegister};
-use cocoon_ton::toncenter::{Devnet as _, Toncenter};
 use cocoon_ton::{HashBytes, StdAddr};
+use cocoon_ton::{Toncenter, chain::Devnet as _};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_contract_state_and_registration_on_the_devnet() {

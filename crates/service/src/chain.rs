@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use cocoon_openai::{Multipliers, PriceTable};
 use cocoon_ton::StdAddr;
+use cocoon_ton::ToncenterConfig;
 use cocoon_ton::chain::{Chain, ChainError, load_root_config};
-use cocoon_ton::quorum::{QuorumChain, QuorumConfig, QuorumConfigError, check_quorum};
 use cocoon_ton::root::{CocoonParams, RootConfig};
-use cocoon_ton::toncenter::ToncenterConfig;
+use cocoon_ton::{QuorumChain, QuorumConfig, QuorumConfigError, check_quorum};
 use futures::future::BoxFuture;
 use rustls::pki_types::CertificateDer;
 

@@ -15,9 +15,9 @@ use cocoon_ton::contracts::{Deployable, client_contract, proxy_contract};
 use cocoon_ton::keys::SigningKey;
 use cocoon_ton::messages::{ExtClientTopUp, ExtProxyIncreaseStake, OwnerClientChangeSecretHash};
 use cocoon_ton::root::CocoonParams;
-use cocoon_ton::toncenter::{Devnet as _, Toncenter};
 use cocoon_ton::wallet::{OutMsg, Wallet, WalletSender};
 use cocoon_ton::{Cell, HashBytes, StdAddr};
+use cocoon_ton::{Toncenter, chain::Devnet as _};
 
 /// The devnet clock at start.
 pub const T0: u32 = 1_750_000_000;

@@ -1,7 +1,7 @@
 //! The `Chain` trait: everything Cocoon needs from a TON node.
 //!
 //! Services never talk to a node directly; they hold a `Chain`. Production uses the
-//! toncenter-v2 HTTP client ([`crate::toncenter::Toncenter`]); tests point the same client at
+//! toncenter-v2 HTTP client ([`crate::Toncenter`]); tests point the same client at
 //! the devnet, which serves the same API. The trait is deliberately small: send a BOC, run a
 //! get-method, read an account, list new transactions.
 
@@ -396,7 +396,7 @@ pub trait Chain: Send + Sync {
     fn masterchain_seqno(&self) -> impl Future<Output = Result<u32, ChainError>> + Send;
 
     /// Reads refused so far because the configured endpoints gave different answers
-    /// ([`crate::quorum::QuorumChain`] counts them; a single backend has none). Roles show it
+    /// ([`crate::QuorumChain`] counts them; a single backend has none). Roles show it
     /// to the operator.
     fn quorum_disagreements(&self) -> u64 {
         0

@@ -13,9 +13,9 @@
 //! - [`keys`]: Ed25519 keys from files;
 //! - [`wallet`]: standard wallets v4r2/v5r1 and (feature `wallet-sender`) a resending sender;
 //! - [`chain`]: the `Chain` trait (and the devnet's faucet/clock extension);
-//! - `toncenter` (feature `toncenter`): the toncenter-v2 HTTP client;
-//! - `quorum` (feature `toncenter`): a `Chain` over several endpoints whose reads need a
-//!   quorum;
+//! - [`Toncenter`] (feature `toncenter`): the toncenter-v2 HTTP client;
+//! - [`QuorumChain`] (feature `toncenter`): a `Chain` over several endpoints whose reads need
+//!   a quorum;
 //! - `ops` (feature `wallet-sender`): root and wallet operations (deploy, owner operations,
 //!   transfers, funding) sent through a wallet and checked against the contracts' own
 //!   transactions.
@@ -36,13 +36,20 @@ pub mod opcodes;
 pub mod ops;
 pub mod payments;
 #[cfg(feature = "toncenter")]
-pub mod quorum;
+mod quorum;
 pub mod root;
 #[cfg(feature = "toncenter")]
-pub mod toncenter;
+mod toncenter;
 pub mod vectors;
 pub mod wallet;
 
+#[cfg(feature = "toncenter")]
+pub use quorum::{
+    EndpointStats, QuorumChain, QuorumConfig, QuorumConfigError, QuorumStats, check_quorum,
+    endpoint_label,
+};
+#[cfg(feature = "toncenter")]
+pub use toncenter::{Toncenter, ToncenterConfig};
 pub use tycho_types::cell::{Cell, CellBuilder, CellSlice, HashBytes};
 pub use tycho_types::models::StdAddr;
 

@@ -37,7 +37,7 @@ use crate::chain::{
     AccountState, AccountStatus, Chain, ChainError, EndpointAnswer, GetMethodResult, StackValue,
     Transaction, TxId, TxMessage,
 };
-use crate::toncenter::{Toncenter, ToncenterConfig};
+use crate::{Toncenter, ToncenterConfig};
 
 /// How reads are confirmed.
 #[derive(Debug, Clone)]

@@ -24,7 +24,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
 use tycho_types::models::StdAddr;
 
-pub use crate::chain::Devnet;
+use crate::chain::Devnet;
 use crate::chain::{
     AccountState, AccountStatus, Chain, ChainError, GetMethodResult, StackValue, Transaction,
     TvmInt, TxId, TxMessage,

@@ -20,9 +20,9 @@ use axum::routing::get;
 use cocoon_testkit::tls::{pki, serve_https_json};
 use cocoon_ton::chain::Chain;
 use cocoon_ton::codec::encode_boc_base64;
-use cocoon_ton::quorum::{QuorumChain, QuorumConfig};
-use cocoon_ton::toncenter::{Toncenter, ToncenterConfig};
 use cocoon_ton::{CellBuilder, HashBytes, StdAddr};
+use cocoon_ton::{QuorumChain, QuorumConfig};
+use cocoon_ton::{Toncenter, ToncenterConfig};
 use serde_json::{Value, json};
 
 /// What one fake endpoint serves: the account data it claims, and the keys it was sent.

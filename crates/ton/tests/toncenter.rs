@@ -22,8 +22,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 use cocoon_ton::chain::{AccountStatus, Chain, ChainError, StackValue, TvmInt, TxId};
 use cocoon_ton::codec::{Layout, encode_boc_base64};
 use cocoon_ton::messages::Excesses;
-use cocoon_ton::toncenter::{Devnet, Toncenter, ToncenterConfig};
 use cocoon_ton::{HashBytes, StdAddr};
+use cocoon_ton::{Toncenter, ToncenterConfig, chain::Devnet};
 use serde_json::{Value, json};
 
 #[derive(Default)]

@@ -170,7 +170,7 @@ pub(crate) fn new_wallet(key: &Path) -> String {
 
 /// Gives the wallet at `raw` `nanoton` from the faucet of the devnet at `url`.
 pub(crate) fn faucet(url: &str, raw: &str, nanoton: u64) {
-    use cocoon_ton::toncenter::{Devnet, Toncenter, ToncenterConfig};
+    use cocoon_ton::{Toncenter, ToncenterConfig, chain::Devnet};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

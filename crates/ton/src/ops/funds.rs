@@ -3,10 +3,10 @@
 use tycho_types::models::StdAddr;
 
 use super::{OpsError, WalletOps};
+#[cfg(feature = "toncenter")]
+use crate::chain::Devnet;
 use crate::chain::{AccountStatus, Chain};
 use crate::contracts::Deployable;
-#[cfg(feature = "toncenter")]
-use crate::toncenter::Devnet;
 use crate::wallet::{OutMsg, Wallet, text_comment};
 
 /// An account's balance and status, with the seqno when it is an active wallet.

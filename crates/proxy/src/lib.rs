@@ -438,10 +438,8 @@ impl Proxy {
         if cfg.root.params.client_code.is_none() {
             return Err(ProxyStartError::MissingCode("client"));
         }
-        let token = cocoon_service::admin::Token::from_file(
-            cfg.admin.as_ref().and_then(|a| a.token_file.as_deref()),
-        )
-        .map_err(ProxyStartError::Admin)?;
+        let token =
+            cocoon_service::admin::Token::of(cfg.admin.as_ref()).map_err(ProxyStartError::Admin)?;
         let wl = bind(cfg.worker_listen).await?;
         let cl = bind(cfg.client_listen).await?;
         let worker_addr = wl.local_addr().map_err(|e| ProxyStartError::Bind {
@@ -520,16 +518,16 @@ impl Proxy {
                 stop_rx.clone(),
             )));
         }
-        let mut admin_addr = None;
-        if let Some(a) = &cfg.admin {
-            let role = Arc::clone(&shared);
-            let (addr, task) =
-                cocoon_service::admin::spawn(admin::routes(), role, token, a, stop_rx.clone())
-                    .await
-                    .map_err(ProxyStartError::Admin)?;
-            admin_addr = Some(addr);
-            tasks.push(task);
-        }
+        let role = Arc::clone(&shared);
+        let admin_addr = cocoon_service::admin::spawn_configured(
+            cfg.admin.as_ref(),
+            admin::routes(),
+            cocoon_service::admin::Admin { role, token },
+            stop_rx.clone(),
+            &mut tasks,
+        )
+        .await
+        .map_err(ProxyStartError::Admin)?;
         tracing::info!(%worker_addr, %client_addr, "proxy listening");
         Ok(ProxyHandle {
             shared,

@@ -63,6 +63,11 @@ impl Token {
         }
     }
 
+    /// The token of an admin server's token file (none without a server or a file).
+    pub fn of(admin: Option<&AdminConfig>) -> Result<Token, String> {
+        Token::from_file(admin.and_then(|a| a.token_file.as_deref()))
+    }
+
     /// `None` when the request carries the right `Authorization: Bearer` token; otherwise
     /// the refusal to send (403 without a token configured, 401 for a missing or wrong one).
     pub fn refuse(&self, headers: &HeaderMap) -> Option<Response> {
@@ -341,6 +346,23 @@ pub async fn spawn<R: Switch>(
         stop,
     )
     .await
+}
+
+/// [`spawn`] when `cfg` configures an admin server: returns its address and adds its task
+/// to `tasks`; without one, nothing.
+pub async fn spawn_configured<R: Switch>(
+    cfg: Option<&AdminConfig>,
+    routes: Router<Admin<R>>,
+    admin: Admin<R>,
+    stop: watch::Receiver<bool>,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Result<Option<SocketAddr>, String> {
+    let Some(cfg) = cfg else {
+        return Ok(None);
+    };
+    let (addr, task) = spawn(routes, admin.role, admin.token, cfg, stop).await?;
+    tasks.push(task);
+    Ok(Some(addr))
 }
 
 /// Serves `app` on `bind` behind the browser guard (foreign Host or Origin refused, bodies

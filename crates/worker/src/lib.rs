@@ -439,10 +439,8 @@ impl Worker {
     pub async fn start(config: WorkerConfig) -> Result<WorkerHandle, WorkerError> {
         config.validate()?;
         let store = PaymentStore::open(&config.state_dir)?;
-        let token = cocoon_service::admin::Token::from_file(
-            config.admin.as_ref().and_then(|a| a.token_file.as_deref()),
-        )
-        .map_err(WorkerError::Admin)?;
+        let token =
+            cocoon_service::admin::Token::of(config.admin.as_ref()).map_err(WorkerError::Admin)?;
         let probe = tokio::time::timeout(Duration::from_secs(10), config.engine.health()).await;
         let uplink_ok = matches!(probe, Ok(h) if h.up);
         let (control, _) = watch::channel(Control {
@@ -489,16 +487,16 @@ impl Worker {
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
-        let mut admin_addr = None;
-        if let Some(a) = &config.admin {
-            let role = Arc::clone(&shared);
-            let (addr, task) =
-                cocoon_service::admin::spawn(admin::routes(), role, token, a, stop_rx.clone())
-                    .await
-                    .map_err(WorkerError::Admin)?;
-            admin_addr = Some(addr);
-            tasks.push(task);
-        }
+        let role = Arc::clone(&shared);
+        let admin_addr = cocoon_service::admin::spawn_configured(
+            config.admin.as_ref(),
+            admin::routes(),
+            cocoon_service::admin::Admin { role, token },
+            stop_rx.clone(),
+            &mut tasks,
+        )
+        .await
+        .map_err(WorkerError::Admin)?;
         tasks.push(tokio::spawn(health_monitor(
             Arc::clone(&shared),
             stop_rx.clone(),

@@ -178,15 +178,7 @@ impl Driver {
                 }
                 Some(resp) = self.resp_rx.recv(), if below_hwm => {
                     self.apply_response(resp);
-                    for _ in 1..BATCH {
-                        if !self.below_hwm() {
-                            break;
-                        }
-                        match self.resp_rx.try_recv() {
-                            Ok(resp) => self.apply_response(resp),
-                            Err(_) => break,
-                        }
-                    }
+                    self.apply_queued(|d| d.resp_rx.try_recv().ok(), Self::apply_response);
                     Step::Continue
                 }
                 permit = reserve(&incoming_tx), if has_pending_in => {
@@ -205,16 +197,7 @@ impl Driver {
                     match cmd {
                         Some(cmd) => {
                             self.apply_command(cmd);
-                            // Take what else is queued in the same wake-up.
-                            for _ in 1..BATCH {
-                                if !self.below_hwm() {
-                                    break;
-                                }
-                                match self.cmd_rx.try_recv() {
-                                    Ok(cmd) => self.apply_command(cmd),
-                                    Err(_) => break,
-                                }
-                            }
+                            self.apply_queued(|d| d.cmd_rx.try_recv().ok(), Self::apply_command);
                         }
                         None => {
                             tracing::debug!("all session handles dropped");
@@ -300,6 +283,20 @@ impl Driver {
         }
         self.publish_stats();
         tracing::debug!(%reason, "session driver finished");
+    }
+
+    /// Takes what else is queued (`next`) in the same wake-up: up to a batch in all, while
+    /// below the high-water mark.
+    fn apply_queued<T>(&mut self, next: fn(&mut Self) -> Option<T>, apply: fn(&mut Self, T)) {
+        for _ in 1..BATCH {
+            if !self.below_hwm() {
+                break;
+            }
+            match next(self) {
+                Some(item) => apply(self, item),
+                None => break,
+            }
+        }
     }
 
     fn below_hwm(&self) -> bool {

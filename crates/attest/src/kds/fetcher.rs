@@ -73,6 +73,17 @@ struct State {
     vceks: HashMap<VcekKey, Slot<Vcek>>,
 }
 
+/// Marks `key` wanted in `slots`; its current value, and the suffix naming its last fetch
+/// error for a "missing" message.
+fn want<K: Eq + std::hash::Hash, T>(
+    slots: &mut HashMap<K, Slot<T>>,
+    key: K,
+) -> (Option<Arc<T>>, String) {
+    let slot = slots.entry(key).or_default();
+    slot.wanted = true;
+    (slot.current.clone(), slot.last_error_suffix())
+}
+
 /// The keys in `slots` that are wanted, not tried within `retry` seconds of `now`, and
 /// `stale` (missing, expiring or too old).
 fn due_keys<K: Clone, T>(
@@ -252,19 +263,14 @@ impl KdsFetcher {
     /// missing one is requested from the background refresher; one within `margin` of its
     /// `nextUpdate` wakes it. Never touches the network.
     pub fn crl(&self, product: SevGeneration, now: u64) -> Result<Arc<SevCrl>, AttestError> {
-        let mut st = self.lock();
-        let slot = st.crls.entry(product).or_default();
-        slot.wanted = true;
-        let Some(crl) = slot.current.clone() else {
-            let last = slot.last_error_suffix();
-            drop(st);
+        let (current, last) = want(&mut self.lock().crls, product);
+        let Some(crl) = current else {
             return Err(self.missing(
                 format!("AMD {product} CRL"),
                 self.store.crl_path(product),
                 last,
             ));
         };
-        drop(st);
         if now.saturating_add(self.margin) >= crl.next_update {
             self.wake.notify_one();
         }
@@ -277,20 +283,14 @@ impl KdsFetcher {
         product: SevGeneration,
         now: u64,
     ) -> Result<Arc<SevCertChain>, AttestError> {
-        let mut st = self.lock();
-        let slot = st.chains.entry(product).or_default();
-        slot.wanted = true;
-        match slot.current.clone() {
+        let (current, last) = want(&mut self.lock().chains, product);
+        match current {
             Some(c) if now <= c.not_after => Ok(c),
-            _ => {
-                let last = slot.last_error_suffix();
-                drop(st);
-                Err(self.missing(
-                    format!("AMD {product} cert_chain"),
-                    self.store.chain_path(product),
-                    last,
-                ))
-            }
+            _ => Err(self.missing(
+                format!("AMD {product} cert_chain"),
+                self.store.chain_path(product),
+                last,
+            )),
         }
     }
 
@@ -302,15 +302,11 @@ impl KdsFetcher {
             .map_err(|r| AttestError::KdsConfig(format!("{key}: {r}")))?;
         let mut st = self.lock();
         st.chains.entry(key.product).or_default().wanted = true;
-        let slot = st.vceks.entry(key.clone()).or_default();
-        slot.wanted = true;
-        match slot.current.clone() {
+        let (current, last) = want(&mut st.vceks, key.clone());
+        drop(st);
+        match current {
             Some(v) if now <= v.not_after => Ok(v),
-            _ => {
-                let last = slot.last_error_suffix();
-                drop(st);
-                Err(self.missing(key.to_string(), self.store.vcek_path(key), last))
-            }
+            _ => Err(self.missing(key.to_string(), self.store.vcek_path(key), last)),
         }
     }
 

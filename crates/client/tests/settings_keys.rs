@@ -3,31 +3,19 @@
 //! by name even though the common keys are flattened in from cocoon-service.
 
 use cocoon_client::{DEFAULTS, Settings};
-
-fn table() -> toml::Table {
-    let file: toml::Table = toml::from_str(DEFAULTS).expect("the defaults file is TOML");
-    file["client"].as_table().expect("a [client] table").clone()
-}
+use cocoon_testkit::settings;
 
 #[test]
 fn the_defaults_deserialize() {
-    let settings: Result<Settings, _> = toml::Value::Table(table()).try_into();
-    assert!(settings.is_ok(), "{:?}", settings.err());
+    settings::defaults_deserialize::<Settings>(DEFAULTS, "client");
 }
 
 #[test]
 fn an_undeclared_key_is_refused_by_name() {
-    let mut t = table();
-    t.insert("no_such_key".into(), toml::Value::Boolean(true));
-    let err = toml::Value::Table(t)
-        .try_into::<Settings>()
-        .expect_err("an unknown key was accepted");
-    assert!(err.to_string().contains("no_such_key"), "{err}");
+    settings::undeclared_key_refused::<Settings>(DEFAULTS, "client");
 }
 
 #[test]
 fn a_common_key_of_the_wrong_type_is_refused() {
-    let mut t = table();
-    t.insert("ton_quorum".into(), toml::Value::String("three".into()));
-    assert!(toml::Value::Table(t).try_into::<Settings>().is_err());
+    settings::common_key_of_wrong_type_refused::<Settings>(DEFAULTS, "client");
 }

@@ -1,7 +1,7 @@
 //! Fixtures for Cocoon's integration tests (`tests/*.rs` of the role crates; never their unit
 //! tests): a fake OpenAI engine, sim identities, real proxies and workers on loopback, a TL
 //! test client, a fake proxy for workers, devnet parties, an HTTPS fake with a private CA,
-//! waiting and answer decoding.
+//! waiting and answer decoding, and the checks of a role's settings against its defaults.
 #![forbid(unsafe_code)]
 // Test fixtures, not an API: missing docs are allowed, and a failed unwrap fails the test
 // that called it.
@@ -16,6 +16,7 @@ pub mod fixtures;
 pub mod http;
 pub mod identity;
 pub mod proxy;
+pub mod settings;
 pub mod tls;
 pub mod wait;
 pub mod worker;

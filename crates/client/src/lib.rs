@@ -5,14 +5,14 @@
 //! or image hash does not pass (saying which check failed for which proxy), authorises with
 //! each through our client contract (short with our secret, long through an on-chain
 //! registration), sends each request to the least loaded ready proxy and, if that proxy
-//! fails before the first byte, to the next ([`request`]); it verifies every signed receipt
-//! and keeps the best one durably ([`store`]), and keeps the payment channels funded and
-//! charged ([`payments`], [`TonChannels`]). Optional API keys carry spending limits that hold
+//! fails before the first byte, to the next (`request`); it verifies every signed receipt
+//! and keeps the best one durably (`store`), and keeps the payment channels funded and
+//! charged (`payments`, [`TonChannels`]). Optional API keys carry spending limits that hold
 //! under concurrency ([`keys`]).
 //!
 //! As a library: [`Client::start`] with a [`ClientConfig`] gives a [`ClientHandle`] whose
 //! [`ClientHandle::request`] runs a [`Request`] without HTTP (see `examples/library.rs`);
-//! with `api_listen` set the same requests are served over HTTP ([`http`]).
+//! with `api_listen` set the same requests are served over HTTP (`http`).
 #![forbid(unsafe_code)]
 
 mod config;

@@ -80,7 +80,7 @@ pub struct Fees {
     /// Default 0.7 TON; the contracts accept anything from 0.05 TON plus gas.
     pub op_value: u64,
     /// Added to a top-up's amount for gas (the contracts require amount + 0.05 TON; a deploy
-    /// adds [`CHILD_MIN_BALANCE`] on top).
+    /// adds the child contract's minimum balance, 0.05 TON, on top).
     pub top_up_fee: u64,
     /// Kept back when checking the wallet's balance: the wallet's own gas and the forwarding
     /// fees it pays for its messages.

@@ -1,13 +1,13 @@
 //! `cocoon-proxy`: the network side of the proxy role.
 //!
 //! Two RA-TLS listeners (proof-of-work before TLS): workers connect to one, clients to the
-//! other. Workers are admitted against the root configuration ([`admission`]) and kept in a
-//! registry with their load and health ([`registry`], [`router`]); clients authorise through
-//! their client contract ([`chain`], [`ton_chain`]) and send `client.runQueryEx` messages,
-//! which are reserved against the client's credit ([`meter`]), routed to a worker, relayed
+//! other. Workers are admitted against the root configuration (`admission`) and kept in a
+//! registry with their load and health (`registry`, `router`); clients authorise through
+//! their client contract (`chain`, `ton_chain`) and send `client.runQueryEx` messages,
+//! which are reserved against the client's credit (`meter`), routed to a worker, relayed
 //! back part by part as they arrive, retried once on another worker if the first failed
 //! before any byte reached the client, and settled once (`forward`). An HTTP admin server
-//! shows workers and clients and takes POST controls with a bearer token ([`admin`]).
+//! shows workers and clients and takes POST controls with a bearer token (`admin`).
 //!
 //! Start one with [`Proxy::start`] and a [`ProxyConfig`]; the [`ProxyHandle`] gives the bound
 //! addresses, stats, root configuration updates (`update_root`, versions only increase; a

@@ -571,7 +571,16 @@ fn usage_earnings_commission_and_chain_balances_agree() {
         u128::from(c["totals"]["spent_nanoton"].as_u64().unwrap()),
         billed128 * price
     );
-    let w = get_json(&format!("{wadmin}/jsonstats")).unwrap();
+    // The proxy's payment for the last answer reaches the worker after the client has the
+    // answer: wait for it (bounded) instead of racing it.
+    let end = Instant::now() + Duration::from_secs(30);
+    let w = loop {
+        let w = get_json(&format!("{wadmin}/jsonstats")).unwrap();
+        if w["payments"][0]["db_tokens"].as_u64() == Some(billed) || Instant::now() > end {
+            break w;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert_eq!(w["payments"][0]["db_tokens"].as_u64(), Some(billed), "{w}");
     let p = get_json(&format!("{padmin}/jsonstats")).unwrap();
     assert_eq!(

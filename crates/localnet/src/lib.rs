@@ -212,7 +212,7 @@ impl Settings {
             if model.is_empty() {
                 return Err(SettingsError::BackendNeedsModel);
             }
-            if !model.contains('@') || cocoon_worker::config::model_base_name(&model).is_none() {
+            if !model.contains('@') || cocoon_worker::model_base_name(&model).is_none() {
                 return Err(SettingsError::NotFullModelId(model));
             }
         } else if self.backend_model.is_some() {
@@ -364,7 +364,7 @@ async fn start(sup: &mut Supervisor, plan: &Plan, started: Instant) -> Result<Re
         },
     )
     .await?;
-    let base = cocoon_worker::config::model_base_name(&model)
+    let base = cocoon_worker::model_base_name(&model)
         .unwrap_or(&model)
         .to_owned();
     let what = match &plan.backend {

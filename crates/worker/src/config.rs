@@ -17,11 +17,11 @@ use cocoon_ratls::net::RatlsConnector;
 use crate::payout::PayoutSink;
 
 /// Lowest protocol version the worker speaks.
-pub const MIN_PROTO_VERSION: i32 = 1;
+pub(crate) const MIN_PROTO_VERSION: i32 = 1;
 /// Highest protocol version the worker speaks: version 2 plus our version 3 additions.
-pub const MAX_PROTO_VERSION: i32 = 3;
+pub(crate) const MAX_PROTO_VERSION: i32 = 3;
 /// Largest coefficient the proxies accept (`0 ≤ coefficient < 1e9`).
-pub const MAX_COEFFICIENT: u32 = 999_999_999;
+pub(crate) const MAX_COEFFICIENT: u32 = 999_999_999;
 
 /// Everything the worker needs to run.
 pub struct WorkerConfig {

@@ -24,14 +24,14 @@
 //!
 //! Start with [`Worker::start`]; stop with [`WorkerHandle::shutdown`].
 
-pub mod chain_sink;
-pub mod config;
-pub mod payout;
-pub mod process;
-pub mod root;
-pub mod settings;
-pub mod stats;
-pub mod store;
+mod chain_sink;
+mod config;
+mod payout;
+mod process;
+mod root;
+mod settings;
+mod stats;
+mod store;
 
 mod admin;
 mod proxy;
@@ -51,7 +51,8 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use config::{AdminConfig, Timings, WorkerConfig, WorkerConfigError};
+pub use chain_sink::{ChainPayoutSink, DEFAULT_ATTACH_NANOTON};
+pub use config::{AdminConfig, Timings, WorkerConfig, WorkerConfigError, model_base_name};
 pub use payout::PayoutSink;
 pub use process::run;
 pub use root::RootUpdate;

@@ -23,12 +23,16 @@ pub trait PayoutSink: Send + Sync {
 }
 
 /// nanoTON earned by `ready_tokens` adjusted tokens at `worker_fee_per_token`.
-pub fn ready_nanoton(ready_tokens: u64, worker_fee_per_token: u64) -> u128 {
+pub(crate) fn ready_nanoton(ready_tokens: u64, worker_fee_per_token: u64) -> u128 {
     u128::from(ready_tokens) * u128::from(worker_fee_per_token)
 }
 
 /// Whether a payout of `ready_tokens` is due under `threshold_nanoton`.
-pub fn payout_due(ready_tokens: u64, worker_fee_per_token: u64, threshold_nanoton: u128) -> bool {
+pub(crate) fn payout_due(
+    ready_tokens: u64,
+    worker_fee_per_token: u64,
+    threshold_nanoton: u128,
+) -> bool {
     ready_tokens > 0 && ready_nanoton(ready_tokens, worker_fee_per_token) >= threshold_nanoton
 }
 

@@ -20,12 +20,12 @@ use crate::{PayoutSink, Timings, Worker, WorkerConfig, WorkerHandle};
 
 /// An engine ready to serve: the engine, the model id announced to proxies, and a tokenizer
 /// for answers cut short (embedded engine only).
-pub type LoadedEngine = (Arc<dyn Engine>, String, Option<Arc<dyn Tokenizer>>);
+pub(crate) type LoadedEngine = (Arc<dyn Engine>, String, Option<Arc<dyn Tokenizer>>);
 
 /// The engine the settings name: `backend_url` (an OpenAI-compatible server), else the
 /// embedded llama.cpp with `model` from the store (pulled first when it is a known alias that
 /// is missing) or a GGUF file (added to the store).
-pub async fn engine(s: &Settings) -> Result<LoadedEngine, String> {
+pub(crate) async fn engine(s: &Settings) -> Result<LoadedEngine, String> {
     if !s.backend_url.is_empty() {
         let kind = BackendKind::parse(&s.backend_kind).unwrap_or(BackendKind::OpenAi);
         let name = if s.backend_model.is_empty() {
@@ -114,7 +114,7 @@ async fn embedded(s: &Settings) -> Result<LoadedEngine, String> {
 
 /// The worker's step on a newer root configuration: proxies, prices, params and the model
 /// whitelist follow it (see [`WorkerHandle::update_root`]).
-pub fn root_hooks<'a>(handle: &'a WorkerHandle, proxies: &'a [String]) -> Vec<RootHook<'a>> {
+pub(crate) fn root_hooks<'a>(handle: &'a WorkerHandle, proxies: &'a [String]) -> Vec<RootHook<'a>> {
     vec![Box::new(move |c: RootConfig| {
         Box::pin(async move {
             handle

@@ -15,11 +15,11 @@ use cocoon_ton::root::{RootConfig, model_hash};
 
 use crate::{WorkerConfigError, WorkerHandle};
 
-pub use cocoon_service::chain::price_table;
+pub(crate) use cocoon_service::chain::price_table;
 
 /// Worker-facing endpoints of the registered proxies, in seqno order. A registered endpoint
 /// is `"host:port"` (one port for everyone) or `"host_workers:port host_clients:port"`.
-pub fn worker_endpoints(cfg: &RootConfig) -> Vec<String> {
+pub(crate) fn worker_endpoints(cfg: &RootConfig) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for p in &cfg.registered_proxies {
         if let Some(e) = p.endpoint.0.split_whitespace().next()

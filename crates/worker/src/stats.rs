@@ -8,7 +8,7 @@ use serde::Serialize;
 
 /// Monotonic counters, updated lock-free by request tasks.
 #[derive(Debug, Default)]
-pub struct Counters {
+pub(crate) struct Counters {
     /// `proxy.runQuery(Ex)` received.
     pub requests_received: AtomicU64,
     /// Answered to the end.
@@ -74,12 +74,12 @@ pub struct CountersSnapshot {
 
 impl Counters {
     /// Adds `n` to a counter.
-    pub fn add(c: &AtomicU64, n: u64) {
+    pub(crate) fn add(c: &AtomicU64, n: u64) {
         c.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Copies all counters.
-    pub fn snapshot(&self) -> CountersSnapshot {
+    pub(crate) fn snapshot(&self) -> CountersSnapshot {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         CountersSnapshot {
             requests_received: g(&self.requests_received),

@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 /// File name inside the state directory.
-pub const STATE_FILE: &str = "payments.json";
+pub(crate) const STATE_FILE: &str = "payments.json";
 const FORMAT_VERSION: u32 = 1;
 
 /// What the worker holds for one proxy contract.

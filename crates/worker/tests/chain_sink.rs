@@ -8,7 +8,7 @@ use cocoon_ton::payments::{PaymentPayload, SignedOp, SignedPayment};
 use cocoon_ton::wallet::{OutMsg, Wallet, WalletSender};
 use cocoon_ton::{Cell, HashBytes};
 use cocoon_worker::PayoutSink;
-use cocoon_worker::chain_sink::{ChainPayoutSink, DEFAULT_ATTACH_NANOTON};
+use cocoon_worker::{ChainPayoutSink, DEFAULT_ATTACH_NANOTON};
 
 fn contains(c: &Cell, h: &HashBytes) -> bool {
     c.repr_hash() == h

@@ -2,7 +2,6 @@
 //! the roles (`worker`, `proxy`, `client`, `devnet`) and the tools (`tl`, `attest`, `model`,
 //! `wallet`, `root`).
 #![forbid(unsafe_code)]
-#![warn(unreachable_pub)]
 
 mod attest_cmd;
 mod client_cmd;

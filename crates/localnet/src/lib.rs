@@ -23,7 +23,6 @@
 //! on the same directory is refused, and children left behind by a run that was killed are
 //! stopped before the next start.
 #![forbid(unsafe_code)]
-#![warn(missing_docs, unreachable_pub, clippy::unwrap_used)]
 
 mod bootstrap;
 mod supervise;

@@ -22,7 +22,7 @@ use futures::future::BoxFuture;
 use rustls::pki_types::CertificateDer;
 
 use crate::identity::TeeChoice;
-use crate::setting::SettingError;
+use crate::refused::SettingError;
 
 /// The chain client of a role: one endpoint (quorum 1) behaves as a plain toncenter client.
 pub type Ton = QuorumChain;

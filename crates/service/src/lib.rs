@@ -20,8 +20,9 @@ pub mod browser;
 pub mod chain;
 pub mod identity;
 pub mod process;
+mod refused;
 pub mod setting;
 pub mod tee;
 
 pub use cocoon_http as http;
-pub use setting::SettingError;
+pub use refused::SettingError;

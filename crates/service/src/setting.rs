@@ -2,7 +2,6 @@
 //! with one line saying which key and where its value came from), and the settings every
 //! role shares ([`Common`]) or every admin server has ([`AdminSettings`]), with their checks.
 
-use std::fmt::Display;
 use std::path::{Path, PathBuf};
 
 use cocoon_ton::keys::SigningKey;
@@ -15,25 +14,7 @@ use crate::chain::{Ton, TonSettings, check_extra_ca, extra_roots};
 use crate::identity::{Pccs, PeerVerification, ProxyDialer, TeeChoice, proxy_dialer};
 use crate::process::{admin_token_file, state_dir};
 
-/// A setting's key and why its value is refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{key}: {reason}")]
-pub struct SettingError {
-    /// The setting's key, as the role's defaults file names it.
-    pub key: String,
-    /// What is wrong with its value.
-    pub reason: String,
-}
-
-impl SettingError {
-    /// `key` is refused because of `reason`.
-    pub fn new(key: impl Into<String>, reason: impl Display) -> Self {
-        SettingError {
-            key: key.into(),
-            reason: reason.to_string(),
-        }
-    }
-}
+pub use crate::refused::SettingError;
 
 /// Checks a browser guard's allowlists, naming the key at fault (`<prefix>allowed_origins`
 /// or `<prefix>allowed_hosts`).

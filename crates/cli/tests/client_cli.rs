@@ -222,18 +222,19 @@ fn client_process_streams_the_default_model_through_proxy_and_worker_on_devnet()
     assert_eq!(s["stats"]["succeeded"], 2, "{s}");
     assert!(s["totals"]["spent_nanoton"].as_u64().unwrap() > 0, "{s}");
 
-    // Operated from the command line.
-    let api_s = api.as_str();
-    let (rc, out, err) = client_cmd(&["status", "--api", api_s]);
-    assert_eq!(rc, 0, "{err}");
-    assert!(out.contains("1 of 1 proxies ready"), "{out}");
-    assert!(out.contains("channel open"), "{out}");
+    // Operated from the command line, once the gateway has read the channel (it does when the
+    // session is ready, beside serving).
     let balance = || {
         stats().unwrap()["proxies"][0]["channel"]["balance"]
             .as_u64()
             .unwrap_or(0)
     };
     wait_for("the channel read", || balance() > 0);
+    let api_s = api.as_str();
+    let (rc, out, err) = client_cmd(&["status", "--api", api_s]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(out.contains("1 of 1 proxies ready"), "{out}");
+    assert!(out.contains("channel open"), "{out}");
     let before = balance();
     let token = cstate.join("admin-token");
     let (rc, out, err) = client_cmd(&[

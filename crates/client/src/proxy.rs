@@ -607,8 +607,9 @@ async fn session(
     // Serve.
     let mut root_rx = shared.root_tx.subscribe();
     let params_version = root.params.params_version;
+    // The first tick fires at once: the channel's state and the proxy's receipt are known as
+    // soon as the session is ready, not one interval later.
     let mut status_tick = tokio::time::interval(t.payment_status_interval);
-    status_tick.tick().await;
     let (pay_tx, _pay_rx) = mpsc::channel::<()>(1);
     let result = loop {
         tokio::select! {

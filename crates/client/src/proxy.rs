@@ -10,7 +10,9 @@
 //! the proxy's nonce on chain, then `authorizeWithProxyLong`). With a wallet, a client
 //! contract that does not exist yet is deployed first.
 //!
-//! While the session serves, answers (`client.queryAnswer*Ex`) go to the request they name,
+//! While the session serves, answers (`client.queryAnswer*Ex`, and the version 0 forms
+//! `client.queryAnswer*` that COCOON's proxy sends for rejections and its own failures) go
+//! to the request they name,
 //! payment reports (`proxy.clientRequestPayment`) and the periodic
 //! `client.updatePaymentStatus` answer are verified (a receipt must be signed by the proxy
 //! key for our client contract) and the best receipt is kept durably. When the session ends
@@ -731,28 +733,32 @@ fn on_message(
         Err(_) => return Err(SessionError::Protocol("message too short".into())),
     };
     match m {
-        ToClient::QueryAnswerEx(a) => on_answer_head(link, a),
+        ToClient::QueryAnswerEx(a) => on_answer_head(link, &a.request_id, &a.answer, a.final_info),
         ToClient::QueryAnswerPartEx(a) => {
-            let last = a.final_info.is_some();
-            link.route(
-                &a.request_id,
-                Event::Part {
-                    body: Bytes::from(a.answer),
-                    done: a.final_info,
-                },
-                last,
-            );
+            on_answer_part(link, &a.request_id, a.answer, a.final_info)
         }
         ToClient::QueryAnswerErrorEx(a) => {
-            link.route(
-                &a.request_id,
-                Event::Error {
-                    code: a.error_code,
-                    message: a.error,
-                    done: a.final_info,
-                },
-                true,
-            );
+            on_answer_error(link, &a.request_id, a.error_code, a.error, a.final_info);
+        }
+        // The version 0 forms: COCOON's proxy answers a version 0 client with them, and any
+        // client with `queryAnswerError` (a request it refuses or that fails at the proxy
+        // before its head: no worker, balance too low, timeout) or `queryAnswerPartError`
+        // (one that fails there after its head). Their token count is the request's usage.
+        ToClient::QueryAnswer(a) => {
+            let done = a.is_completed.then(|| legacy_final(a.request_tokens_used));
+            on_answer_head(link, &a.request_id, &a.answer, done);
+        }
+        ToClient::QueryAnswerPart(a) => {
+            let done = a.is_completed.then(|| legacy_final(a.request_tokens_used));
+            on_answer_part(link, &a.request_id, a.answer, done);
+        }
+        ToClient::QueryAnswerError(a) => {
+            let done = Some(legacy_final(a.request_tokens_used));
+            on_answer_error(link, &a.request_id, a.error_code, a.error, done);
+        }
+        ToClient::QueryAnswerPartError(a) => {
+            let done = Some(legacy_final(a.request_tokens_used));
+            on_answer_error(link, &a.request_id, a.error_code, a.error, done);
         }
         ToClient::ClientRequestPayment(p) => {
             take_receipt(shared, slot, link, &p.signed_payment)?;
@@ -761,28 +767,89 @@ fn on_message(
                 i.max_tokens = i.max_tokens.max(p.max_tokens.max(0) as u64);
             });
         }
+        // A receipt on its own (COCOON's client takes it; COCOON's proxy sends none).
+        ToClient::SignedPayment(p) => {
+            take_receipt(
+                shared,
+                slot,
+                link,
+                &enums::proxy::SignedPayment::SignedPayment(p),
+            )?;
+        }
+        ToClient::SignedPaymentEmpty(_) => {}
     }
     Ok(())
 }
 
-/// `client.queryAnswerEx`: the HTTP head of an answer (the whole answer when final); a head
-/// that is no HTTP response fails the request.
-fn on_answer_head(link: &Link, a: tclient::QueryAnswerEx) {
-    let last = a.final_info.is_some();
-    let ev = match cocoon_tl::types::http::Response::from_bytes(&a.answer) {
+/// The final info of a version 0 answer: its token count, no debug, no timings.
+fn legacy_final(tokens_used: cocoon_tl::types::TokensUsed) -> tclient::QueryFinalInfo {
+    tclient::QueryFinalInfo {
+        tokens_used,
+        worker_debug: None,
+        proxy_debug: None,
+        proxy_start_time: None,
+        proxy_end_time: None,
+        worker_start_time: None,
+        worker_end_time: None,
+    }
+}
+
+/// An answer's head (`client.queryAnswerEx`, `client.queryAnswer`): the HTTP head and the
+/// first bytes (the whole answer when final); a head that is no HTTP response fails the
+/// request.
+fn on_answer_head(
+    link: &Link,
+    id: &[u8; 32],
+    answer: &[u8],
+    done: Option<tclient::QueryFinalInfo>,
+) {
+    let last = done.is_some();
+    let ev = match cocoon_tl::types::http::Response::from_bytes(answer) {
         Ok(r) => Event::Head {
             status: u16::try_from(r.status_code).unwrap_or(502),
             headers: r.headers.into_iter().map(|h| (h.name, h.value)).collect(),
             body: Bytes::from(r.payload),
-            done: a.final_info,
+            done,
         },
         Err(e) => Event::Error {
             code: ErrorCode::ProtoViolation as i32,
             message: format!("malformed HTTP answer from the proxy: {e}"),
-            done: a.final_info,
+            done,
         },
     };
-    link.route(&a.request_id, ev, last);
+    link.route(id, ev, last);
+}
+
+/// More bytes of an answer (`client.queryAnswerPartEx`, `client.queryAnswerPart`).
+fn on_answer_part(
+    link: &Link,
+    id: &[u8; 32],
+    answer: Vec<u8>,
+    done: Option<tclient::QueryFinalInfo>,
+) {
+    let last = done.is_some();
+    let ev = Event::Part {
+        body: Bytes::from(answer),
+        done,
+    };
+    link.route(id, ev, last);
+}
+
+/// A request's end in failure (`client.queryAnswerErrorEx`, `client.queryAnswerError`,
+/// `client.queryAnswerPartError`), before or after its head.
+fn on_answer_error(
+    link: &Link,
+    id: &[u8; 32],
+    code: i32,
+    message: String,
+    done: Option<tclient::QueryFinalInfo>,
+) {
+    let ev = Event::Error {
+        code,
+        message,
+        done,
+    };
+    link.route(id, ev, true);
 }
 
 /// `client.updatePaymentStatus`, then the automatic top-up or charge if one is due.

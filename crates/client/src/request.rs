@@ -249,11 +249,17 @@ pub(crate) fn classify(code: i32, msg: &str) -> (ErrorKind, bool) {
             (ErrorKind::NotFound, true)
         }
         _ if m.contains("no worker")
+            || m.contains("no ready workers")
             || m.contains("too many active")
             || m.contains("coefficient")
             || m.contains("capacity") =>
         {
             (ErrorKind::NoCapacity, true)
+        }
+        // COCOON's proxy: its root configuration is older than ours, or the connection to
+        // the worker it chose died before the request left; another proxy may serve it.
+        _ if m.contains("active config version is too low") || m.contains("connection is dead") => {
+            (ErrorKind::Upstream, true)
         }
         Some(ErrorCode::NotReady | ErrorCode::Failure) => (ErrorKind::Upstream, true),
         _ => (ErrorKind::Upstream, false),
@@ -771,6 +777,60 @@ mod tests {
             (ErrorKind::Upstream, false)
         );
         assert_eq!(c(ErrorCode::Cancelled, "x"), (ErrorKind::Upstream, false));
+        // COCOON's proxy's own rejections (`client.queryAnswerError`), as it words them.
+        assert_eq!(
+            c(
+                ErrorCode::Error,
+                "client balance is too low: max_tokens=1000 tokens_payed=0 tokens_used=0 tokens_reserved=0 tokens_stake=0"
+            ),
+            (ErrorKind::InsufficientFunds, true)
+        );
+        assert_eq!(
+            c(ErrorCode::NotReady, "balance is too low"),
+            (ErrorKind::InsufficientFunds, true)
+        );
+        assert_eq!(
+            c(ErrorCode::ProtoViolation, "unknown model Smol"),
+            (ErrorKind::NotFound, true)
+        );
+        assert_eq!(
+            c(ErrorCode::NotReady, "no ready workers for modelSmol"),
+            (ErrorKind::NoCapacity, true)
+        );
+        assert_eq!(
+            c(
+                ErrorCode::NotReady,
+                "can run this query with coefficient=5000"
+            ),
+            (ErrorKind::NoCapacity, true)
+        );
+        assert_eq!(
+            c(ErrorCode::Error, "active config version is too low"),
+            (ErrorKind::Upstream, true)
+        );
+        assert_eq!(
+            c(ErrorCode::Error, "connection is dead"),
+            (ErrorKind::Upstream, true)
+        );
+        assert_eq!(
+            c(ErrorCode::NotReady, "client is closing"),
+            (ErrorKind::Upstream, true)
+        );
+        assert_eq!(
+            c(ErrorCode::NotReady, "proxy is disabled"),
+            (ErrorKind::Upstream, true)
+        );
+        assert_eq!(
+            c(ErrorCode::Timeout, "timeout in proxy"),
+            (ErrorKind::Timeout, false)
+        );
+        assert_eq!(
+            c(
+                ErrorCode::Error,
+                "reserved_tokens depleted: reserved_tokens=10 used=5+9"
+            ),
+            (ErrorKind::Upstream, false)
+        );
     }
 
     #[test]

@@ -1,0 +1,972 @@
+//! COCOON interoperability, client side (issue 18 §1): every message a COCOON proxy sends a
+//! client, played by a scripted proxy over a real RA-TLS session (sim attestation), as the
+//! OpenAI API user of the gateway sees it.
+//!
+//! The proxy's answers are encoded by hand from the schema (module `hand`: constructor ids
+//! as published by COCOON, fields written byte by byte), not by our encoder, so the client
+//! is checked against the wire format rather than against itself. The handshake answers use
+//! our types: they are not what is under test here.
+//!
+//! COCOON's proxy (`runners/proxy/ProxyRunningRequest.cpp`, `ProxyRunner.cpp`) answers
+//! clients of protocol 1 and 2 with the `Ex` forms, but refuses a request with the version 0
+//! `client.queryAnswerError` (balance too low, no workers, unknown model, config too old,
+//! client closing, proxy disabled) and reports its own failures (timeout in proxy, reserved
+//! tokens depleted, out-of-order parts) with `client.queryAnswerError` before the answer's
+//! head and `client.queryAnswerPartError` after it, whatever version was negotiated. The
+//! tests check each arrives as the OpenAI error at once (not a 504 at the deadline) and
+//! that a refusal fails over to another proxy.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::time::{Duration, Instant};
+
+use cocoon_client::{ClientConfig, ClientHandle};
+use cocoon_net::{Incoming, SessionHandle};
+use cocoon_testkit::client::{gateway_config, start_gateway};
+use cocoon_testkit::fixtures::root_with_proxy_image;
+use cocoon_testkit::identity::acceptor;
+use cocoon_testkit::prelude::*;
+use cocoon_tl::functions::client as fclient;
+use cocoon_tl::types::{client as tclient, proxy as tproxy};
+use cocoon_tl::{Identifiable, TlRead, enums, peek_constructor};
+use cocoon_ton::keys::SigningKey;
+use cocoon_ton::payments::{PaymentPayload, SignedOp};
+use cocoon_ton::root::RootConfig;
+use cocoon_ton::{HashBytes, StdAddr};
+use serde_json::{Value, json};
+use sha2::Digest;
+use tokio::sync::mpsc;
+
+/// The request's deadline (the body's `timeout`); every answer here must come well before.
+const DEADLINE_SECS: u64 = 60;
+
+/// Byte-by-byte TL encoding of what a COCOON proxy sends, from `cocoon_api.tl`.
+mod hand {
+    /// `client.queryAnswer answer:bytes is_completed:Bool request_id:int256
+    /// request_tokens_used:tokensUsed = client.QueryAnswer`
+    const QUERY_ANSWER: u32 = 0x9b94_3922;
+    /// `client.queryAnswerError error_code:int error:string request_id:int256
+    /// request_tokens_used:tokensUsed = client.QueryAnswer`
+    const QUERY_ANSWER_ERROR: u32 = 0x6d60_569a;
+    /// `client.queryAnswerPart answer:bytes is_completed:Bool request_id:int256
+    /// request_tokens_used:tokensUsed = client.QueryAnswerPart`
+    const QUERY_ANSWER_PART: u32 = 0xb765_de4c;
+    /// `client.queryAnswerPartError error_code:int error:string request_id:int256
+    /// request_tokens_used:tokensUsed = client.QueryAnswerPart`
+    const QUERY_ANSWER_PART_ERROR: u32 = 0xd790_a022;
+    /// `client.queryAnswerEx request_id:int256 answer:bytes flags:#
+    /// final_info:flags.0?client.queryFinalInfo = client.QueryAnswerEx`
+    const QUERY_ANSWER_EX: u32 = 0xcd52_4720;
+    /// `client.queryAnswerPartEx request_id:int256 answer:bytes flags:#
+    /// final_info:flags.0?client.queryFinalInfo = client.QueryAnswerEx`
+    const QUERY_ANSWER_PART_EX: u32 = 0xc07b_faec;
+    /// `client.queryAnswerErrorEx request_id:int256 error_code:int error:string flags:#
+    /// final_info:flags.0?client.queryFinalInfo = client.QueryAnswerEx`
+    const QUERY_ANSWER_ERROR_EX: u32 = 0x0725_62a8;
+    /// `proxy.clientRequestPayment request_id:int256 signed_payment:proxy.SignedPayment
+    /// db_tokens:long max_tokens:long request_tokens:long = proxy.WorkerRequestPayment`
+    const CLIENT_REQUEST_PAYMENT: u32 = 0xc6bc_f127;
+    /// `proxy.signedPayment data:bytes = proxy.SignedPayment`
+    const SIGNED_PAYMENT: u32 = 0x0299_8182;
+    /// `proxy.signedPaymentEmpty = proxy.SignedPayment`
+    const SIGNED_PAYMENT_EMPTY: u32 = 0xb347_ce64;
+    /// `http.response http_version:string status_code:int reason:string
+    /// headers:(vector http.header) payload:bytes = http.Response`
+    const HTTP_RESPONSE: u32 = 0x1cd0_c42b;
+    const BOOL_TRUE: u32 = 0x9972_75b5;
+    const BOOL_FALSE: u32 = 0xbc79_9737;
+
+    /// The final info of a `*Ex` answer (`client.queryFinalInfo`, bare).
+    pub(super) struct Final {
+        pub(super) tokens: [i64; 5],
+        /// `(worker_debug, proxy_debug)`: flag bit 0.
+        pub(super) debug: Option<(&'static str, &'static str)>,
+        /// `(proxy_start, proxy_end, worker_start, worker_end)`: flag bit 1 (version 2).
+        pub(super) times: Option<[f64; 4]>,
+    }
+
+    #[derive(Default)]
+    struct W(Vec<u8>);
+
+    impl W {
+        fn u32(mut self, v: u32) -> Self {
+            self.0.extend_from_slice(&v.to_le_bytes());
+            self
+        }
+        fn int(self, v: i32) -> Self {
+            self.u32(v as u32)
+        }
+        fn long(mut self, v: i64) -> Self {
+            self.0.extend_from_slice(&v.to_le_bytes());
+            self
+        }
+        fn double(mut self, v: f64) -> Self {
+            self.0.extend_from_slice(&v.to_le_bytes());
+            self
+        }
+        fn int256(mut self, v: &[u8; 32]) -> Self {
+            self.0.extend_from_slice(v);
+            self
+        }
+        fn boolean(self, v: bool) -> Self {
+            self.u32(if v { BOOL_TRUE } else { BOOL_FALSE })
+        }
+        /// Length in one byte below 254, else `0xFE` and three bytes; zero padding to a
+        /// multiple of 4, the length prefix included.
+        fn bytes(mut self, v: &[u8]) -> Self {
+            let start = self.0.len();
+            if v.len() < 254 {
+                self.0.push(v.len() as u8);
+            } else {
+                self.0.push(0xFE);
+                self.0
+                    .extend_from_slice(&(v.len() as u32).to_le_bytes()[..3]);
+            }
+            self.0.extend_from_slice(v);
+            while !(self.0.len() - start).is_multiple_of(4) {
+                self.0.push(0);
+            }
+            self
+        }
+        fn string(self, v: &str) -> Self {
+            self.bytes(v.as_bytes())
+        }
+        /// `tokensUsed`, bare: five longs.
+        fn tokens(self, t: [i64; 5]) -> Self {
+            t.into_iter().fold(self, W::long)
+        }
+        /// `client.queryFinalInfo`, bare: its own `flags:#`, then the fields.
+        fn final_info(self, f: &Final) -> Self {
+            let flags = i32::from(f.debug.is_some()) | (i32::from(f.times.is_some()) << 1);
+            let mut w = self.int(flags).tokens(f.tokens);
+            if let Some((wd, pd)) = f.debug {
+                w = w.string(wd).string(pd);
+            }
+            if let Some(t) = f.times {
+                w = t.into_iter().fold(w, W::double);
+            }
+            w
+        }
+    }
+
+    /// A boxed `http.response`, HTTP/1.1.
+    pub(super) fn http_response(status: i32, headers: &[(&str, &str)], payload: &[u8]) -> Vec<u8> {
+        let mut w = W::default()
+            .u32(HTTP_RESPONSE)
+            .string("HTTP/1.1")
+            .int(status)
+            .string(if status == 200 { "OK" } else { "Error" })
+            .int(headers.len() as i32);
+        for (n, v) in headers {
+            w = w.string(n).string(v);
+        }
+        w.bytes(payload).0
+    }
+
+    pub(super) fn query_answer(
+        id: &[u8; 32],
+        answer: &[u8],
+        completed: bool,
+        t: [i64; 5],
+    ) -> Vec<u8> {
+        W::default()
+            .u32(QUERY_ANSWER)
+            .bytes(answer)
+            .boolean(completed)
+            .int256(id)
+            .tokens(t)
+            .0
+    }
+
+    pub(super) fn query_answer_part(
+        id: &[u8; 32],
+        part: &[u8],
+        completed: bool,
+        t: [i64; 5],
+    ) -> Vec<u8> {
+        W::default()
+            .u32(QUERY_ANSWER_PART)
+            .bytes(part)
+            .boolean(completed)
+            .int256(id)
+            .tokens(t)
+            .0
+    }
+
+    pub(super) fn query_answer_error(
+        id: &[u8; 32],
+        code: i32,
+        error: &str,
+        t: [i64; 5],
+    ) -> Vec<u8> {
+        W::default()
+            .u32(QUERY_ANSWER_ERROR)
+            .int(code)
+            .string(error)
+            .int256(id)
+            .tokens(t)
+            .0
+    }
+
+    pub(super) fn query_answer_part_error(
+        id: &[u8; 32],
+        code: i32,
+        error: &str,
+        t: [i64; 5],
+    ) -> Vec<u8> {
+        W::default()
+            .u32(QUERY_ANSWER_PART_ERROR)
+            .int(code)
+            .string(error)
+            .int256(id)
+            .tokens(t)
+            .0
+    }
+
+    /// `client.queryAnswerEx`; `flags` bit 0 and the bare final info when `f` is given.
+    pub(super) fn query_answer_ex(id: &[u8; 32], answer: &[u8], f: Option<&Final>) -> Vec<u8> {
+        let w = W::default().u32(QUERY_ANSWER_EX).int256(id).bytes(answer);
+        with_final(w, f)
+    }
+
+    pub(super) fn query_answer_part_ex(id: &[u8; 32], part: &[u8], f: Option<&Final>) -> Vec<u8> {
+        let w = W::default()
+            .u32(QUERY_ANSWER_PART_EX)
+            .int256(id)
+            .bytes(part);
+        with_final(w, f)
+    }
+
+    pub(super) fn query_answer_error_ex(
+        id: &[u8; 32],
+        code: i32,
+        error: &str,
+        f: Option<&Final>,
+    ) -> Vec<u8> {
+        let w = W::default()
+            .u32(QUERY_ANSWER_ERROR_EX)
+            .int256(id)
+            .int(code)
+            .string(error);
+        with_final(w, f)
+    }
+
+    /// `flags:#` then, with bit 0, the bare `client.queryFinalInfo`.
+    fn with_final(w: W, f: Option<&Final>) -> Vec<u8> {
+        match f {
+            None => w.int(0).0,
+            Some(f) => w.int(1).final_info(f).0,
+        }
+    }
+
+    /// `proxy.clientRequestPayment`; `receipt` is a signed payment BOC (or none).
+    pub(super) fn client_request_payment(
+        id: &[u8; 32],
+        receipt: Option<&[u8]>,
+        db_tokens: i64,
+        max_tokens: i64,
+        request_tokens: i64,
+    ) -> Vec<u8> {
+        let w = W::default().u32(CLIENT_REQUEST_PAYMENT).int256(id);
+        let w = match receipt {
+            Some(b) => w.u32(SIGNED_PAYMENT).bytes(b),
+            None => w.u32(SIGNED_PAYMENT_EMPTY),
+        };
+        w.long(db_tokens).long(max_tokens).long(request_tokens).0
+    }
+
+    /// `proxy.signedPayment` as a message of its own.
+    pub(super) fn signed_payment(receipt: &[u8]) -> Vec<u8> {
+        W::default().u32(SIGNED_PAYMENT).bytes(receipt).0
+    }
+
+    /// `proxy.signedPaymentEmpty` as a message of its own.
+    pub(super) fn signed_payment_empty() -> Vec<u8> {
+        W::default().u32(SIGNED_PAYMENT_EMPTY).0
+    }
+}
+
+// ---------------------------------------------------------------- the scripted proxy
+
+/// The proxy's contract (its owner is `addr(0x33)`, its key `PROXY_SEED`'s).
+fn proxy_sc() -> StdAddr {
+    addr(0x11)
+}
+
+fn test_root() -> RootConfig {
+    root_with_proxy_image(1, true)
+}
+
+/// Our client contract with the scripted proxy, as the client derives it.
+fn client_sc() -> StdAddr {
+    let key = SigningKey::from_seed(&PROXY_SEED).unwrap().public_key();
+    cocoon_ton::contracts::client_contract(
+        &test_root().params,
+        &addr(0x42),
+        &proxy_sc(),
+        &HashBytes(key),
+    )
+    .unwrap()
+    .address
+}
+
+/// A client charge receipt for `tokens`, signed by the proxy key for our client contract.
+fn receipt(tokens: u64) -> Vec<u8> {
+    let key = SigningKey::from_seed(&PROXY_SEED).unwrap();
+    PaymentPayload {
+        op: SignedOp::ClientCharge,
+        query_id: tokens,
+        tokens: Some(tokens),
+        contract: client_sc(),
+    }
+    .sign(&key, &client_sc())
+    .unwrap()
+    .to_boc()
+    .unwrap()
+}
+
+/// A `client.runQueryEx` the scripted proxy received, with the session to answer on.
+struct Run {
+    handle: SessionHandle,
+    query: fclient::RunQueryEx,
+}
+
+impl Run {
+    async fn send(&self, msg: Vec<u8>) {
+        self.handle.send_message(msg).await.unwrap();
+    }
+}
+
+/// A proxy that completes the handshake as COCOON's does (protocol `proto`, short
+/// authorisation with our secret) and hands every request to the test.
+struct Scripted {
+    addr: String,
+    runs: mpsc::UnboundedReceiver<Run>,
+}
+
+impl Scripted {
+    async fn start(proto: i32) -> Scripted {
+        let acceptor = acceptor();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (tx, runs) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    if let Ok((handle, incoming, _peer)) = acceptor.accept(tcp).await {
+                        serve(handle, incoming, proto, tx).await;
+                    }
+                });
+            }
+        });
+        Scripted { addr, runs }
+    }
+
+    /// The next request the client sent.
+    async fn next(&mut self) -> Run {
+        tokio::time::timeout(LIMIT, self.runs.recv())
+            .await
+            .expect("a request in time")
+            .expect("proxy alive")
+    }
+}
+
+fn empty() -> enums::proxy::SignedPayment {
+    enums::proxy::SignedPayment::SignedPaymentEmpty(tproxy::SignedPaymentEmpty {})
+}
+
+async fn serve(
+    handle: SessionHandle,
+    mut incoming: mpsc::Receiver<Incoming>,
+    proto: i32,
+    runs: mpsc::UnboundedSender<Run>,
+) {
+    let key = SigningKey::from_seed(&PROXY_SEED).unwrap().public_key();
+    while let Some(inc) = incoming.recv().await {
+        match inc {
+            Incoming::Query { data, responder } => match peek_constructor(&data).unwrap_or(0) {
+                fclient::ConnectToProxy::CONSTRUCTOR_ID => {
+                    let _ = responder.answer_tl(&tclient::ConnectedToProxy {
+                        params: tproxy::Params {
+                            proxy_public_key: key,
+                            proxy_owner_address: addr(0x33).to_string(),
+                            proxy_sc_address: proxy_sc().to_string(),
+                            is_test: Some(true),
+                            proto_version: Some(proto),
+                        },
+                        client_sc_address: client_sc().to_string(),
+                        auth: enums::client::ProxyConnectionAuth::ProxyConnectionAuthShort(
+                            tclient::ProxyConnectionAuthShort {
+                                secret_hash: sha2::Sha256::digest(SECRET).into(),
+                                nonce: 0,
+                            },
+                        ),
+                        signed_payment: empty(),
+                    });
+                }
+                fclient::AuthorizeWithProxyShort::CONSTRUCTOR_ID => {
+                    let q = fclient::AuthorizeWithProxyShort::from_bytes(&data).unwrap();
+                    assert_eq!(q.data, SECRET);
+                    let _ = responder.answer_tl(
+                        &enums::client::AuthorizationWithProxy::AuthorizationWithProxySuccess(
+                            tclient::AuthorizationWithProxySuccess {
+                                signed_payment: empty(),
+                                tokens_committed_to_db: 0,
+                                max_tokens: 0,
+                            },
+                        ),
+                    );
+                }
+                fclient::UpdatePaymentStatus::CONSTRUCTOR_ID => {
+                    let _ = responder.answer_tl(&enums::client::PaymentStatus::PaymentStatus(
+                        tclient::PaymentStatus {
+                            signed_payment: empty(),
+                            db_tokens: 0,
+                            max_tokens: 0,
+                        },
+                    ));
+                }
+                _ => {
+                    let _ = responder.error(621, "unexpected query");
+                }
+            },
+            Incoming::Message { data } => {
+                if peek_constructor(&data) == Some(fclient::RunQueryEx::CONSTRUCTOR_ID) {
+                    let query = fclient::RunQueryEx::from_bytes(&data).unwrap();
+                    let _ = runs.send(Run {
+                        handle: handle.clone(),
+                        query,
+                    });
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- the gateway and its user
+
+fn config(proxies: Vec<String>) -> ClientConfig {
+    let mut cfg = gateway_config(proxies, test_root());
+    cfg.connections = 2;
+    cfg
+}
+
+/// A gateway in front of `proxies` scripted proxies, all ready.
+async fn gateway(proxies: &[&Scripted]) -> (ClientHandle, String) {
+    // reqwest (the API user here) finds rustls' provider process-wide.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cfg = config(proxies.iter().map(|p| p.addr.clone()).collect());
+    start_gateway(cfg, proxies.len()).await
+}
+
+/// What the API user got, and how long it took.
+struct Got {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: String,
+    took: Duration,
+}
+
+impl Got {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or_default()
+    }
+
+    /// An OpenAI error body of `status` and `type`, whose message names `text`, well
+    /// before the request's deadline.
+    fn assert_error(&self, status: u16, kind: &str, text: &str) {
+        assert_eq!(self.status, status, "{}", self.body);
+        let e = self.json();
+        assert_eq!(e["error"]["type"], kind, "{e}");
+        let m = e["error"]["message"].as_str().unwrap();
+        assert!(m.contains(text), "{m}");
+        self.assert_prompt();
+    }
+
+    fn assert_prompt(&self) {
+        assert!(
+            self.took < Duration::from_secs(DEADLINE_SECS / 3),
+            "took {:?} of a {DEADLINE_SECS} s deadline",
+            self.took
+        );
+    }
+}
+
+/// Starts a chat completion through the gateway; the answer is read by the task.
+fn post(base: &str, stream: bool) -> tokio::task::JoinHandle<Got> {
+    let url = format!("{base}/v1/chat/completions");
+    tokio::spawn(async move {
+        let start = Instant::now();
+        let r = reqwest::Client::new()
+            .post(url)
+            .json(&json!({
+                "model": "Smol",
+                "messages": [{"role": "user", "content": "hello"}],
+                "stream": stream,
+                "max_tokens": 50,
+                "timeout": DEADLINE_SECS,
+            }))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let body = r.text().await.unwrap();
+        Got {
+            status,
+            headers,
+            body,
+            took: start.elapsed(),
+        }
+    })
+}
+
+async fn got(t: tokio::task::JoinHandle<Got>) -> Got {
+    tokio::time::timeout(LIMIT, t)
+        .await
+        .expect("the API user gets an answer in time")
+        .unwrap()
+}
+
+const JSON: (&str, &str) = ("Content-Type", "application/json");
+const SSE: (&str, &str) = ("Content-Type", "text/event-stream");
+const COMPLETION: &str = r#"{"id":"c1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hi there"},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}"#;
+const CHUNK_1: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\n";
+const CHUNK_2: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\" there\"}}]}\n\n";
+const DONE: &str = "data: [DONE]\n\n";
+const TOKENS: [i64; 5] = [5, 0, 2, 0, 7];
+const NONE: [i64; 5] = [0; 5];
+
+// ---------------------------------------------------------------- the tests
+
+/// `client.queryAnswerError` (a refusal, or a failure at the proxy before the answer's
+/// head), under both versions a COCOON proxy negotiates: the OpenAI error at once, each
+/// of COCOON's refusals with its status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_answer_error_is_the_openai_error_at_once() {
+    let cases: [(i32, &str, u16, &str); 8] = [
+        (
+            602,
+            "client balance is too low: max_tokens=50 tokens_payed=0 tokens_used=0 tokens_reserved=0 tokens_stake=0",
+            402,
+            "insufficient_funds",
+        ),
+        (651, "balance is too low", 402, "insufficient_funds"),
+        (651, "no workers for model Smol", 404, "not_found_error"),
+        (621, "unknown model Smol", 404, "not_found_error"),
+        (
+            651,
+            "can run this query with coefficient=9000",
+            429,
+            "rate_limit_error",
+        ),
+        (
+            651,
+            "no ready workers for modelSmol",
+            429,
+            "rate_limit_error",
+        ),
+        (652, "timeout in proxy", 504, "upstream_error"),
+        (
+            602,
+            "active config version is too low",
+            502,
+            "upstream_error",
+        ),
+    ];
+    for proto in [1, 2] {
+        let mut p = Scripted::start(proto).await;
+        let (c, base) = gateway(&[&p]).await;
+        assert_eq!(c.proxies()[0].proto, Some(proto));
+        for (code, text, status, kind) in cases {
+            let t = post(&base, false);
+            let run = p.next().await;
+            run.send(hand::query_answer_error(
+                &run.query.request_id,
+                code,
+                text,
+                NONE,
+            ))
+            .await;
+            got(t).await.assert_error(status, kind, text);
+        }
+        // The same refusal of a streamed request: no stream starts, the error is the answer.
+        let t = post(&base, true);
+        let run = p.next().await;
+        run.send(hand::query_answer_error(
+            &run.query.request_id,
+            651,
+            "client is closing",
+            NONE,
+        ))
+        .await;
+        got(t)
+            .await
+            .assert_error(502, "upstream_error", "client is closing");
+        // The session stays: a later request is served.
+        let t = post(&base, false);
+        let run = p.next().await;
+        let head = hand::http_response(200, &[JSON], COMPLETION.as_bytes());
+        run.send(hand::query_answer_ex(
+            &run.query.request_id,
+            &head,
+            Some(&hand::Final {
+                tokens: TOKENS,
+                debug: None,
+                times: None,
+            }),
+        ))
+        .await;
+        let g = got(t).await;
+        assert_eq!(g.status, 200, "{}", g.body);
+        assert_eq!(g.body, COMPLETION);
+        assert_eq!(c.proxies()[0].sessions, 1, "one session throughout");
+        c.shutdown().await;
+    }
+}
+
+/// `client.queryAnswerPartError` after an answer's head (COCOON: reserved tokens depleted,
+/// timeout in proxy): a whole answer becomes the error; a stream ends with the error as its
+/// last SSE event, at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_answer_part_error_ends_the_answer_at_once() {
+    let mut p = Scripted::start(2).await;
+    let (c, base) = gateway(&[&p]).await;
+
+    let t = post(&base, false);
+    let run = p.next().await;
+    let id = run.query.request_id;
+    let head = hand::http_response(200, &[JSON], b"{\"id\":");
+    run.send(hand::query_answer_ex(&id, &head, None)).await;
+    let depleted = "reserved_tokens depleted: reserved_tokens=60 used=5+61";
+    run.send(hand::query_answer_part_error(
+        &id,
+        602,
+        depleted,
+        [5, 0, 61, 0, 66],
+    ))
+    .await;
+    got(t)
+        .await
+        .assert_error(502, "upstream_error", "reserved_tokens depleted");
+
+    let t = post(&base, true);
+    let run = p.next().await;
+    let id = run.query.request_id;
+    let head = hand::http_response(200, &[SSE], CHUNK_1.as_bytes());
+    run.send(hand::query_answer_ex(&id, &head, None)).await;
+    run.send(hand::query_answer_part_ex(&id, CHUNK_2.as_bytes(), None))
+        .await;
+    run.send(hand::query_answer_part_error(
+        &id,
+        652,
+        "timeout in proxy",
+        TOKENS,
+    ))
+    .await;
+    let g = got(t).await;
+    assert_eq!(g.status, 200);
+    g.assert_prompt();
+    let (relayed, last) = g.body.rsplit_once("data: ").unwrap();
+    assert_eq!(relayed, format!("{CHUNK_1}{CHUNK_2}"));
+    let e: Value = serde_json::from_str(last.trim()).unwrap();
+    assert_eq!(e["error"]["type"], "upstream_error", "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("timeout in proxy")
+    );
+    assert_eq!(c.proxies()[0].sessions, 1);
+    c.shutdown().await;
+}
+
+/// `client.queryAnswer` and `client.queryAnswerPart` (protocol 0; COCOON sends them to a
+/// version 0 client only, which ours never is, but a proxy may): the answer delivered
+/// whole and streamed, with the usage of its token count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_0_answers_are_delivered_whole_and_streamed() {
+    let mut p = Scripted::start(2).await;
+    let (c, base) = gateway(&[&p]).await;
+
+    // Whole: one `client.queryAnswer` with is_completed.
+    let t = post(&base, false);
+    let run = p.next().await;
+    let head = hand::http_response(200, &[JSON], COMPLETION.as_bytes());
+    run.send(hand::query_answer(
+        &run.query.request_id,
+        &head,
+        true,
+        TOKENS,
+    ))
+    .await;
+    let g = got(t).await;
+    assert_eq!(g.status, 200, "{}", g.body);
+    assert_eq!(g.body, COMPLETION);
+    assert_eq!(g.header("x-cocoon-tokens"), "7");
+    g.assert_prompt();
+
+    // Whole in pieces: head, then parts, the last completed.
+    let t = post(&base, false);
+    let run = p.next().await;
+    let id = run.query.request_id;
+    let (a, b) = COMPLETION.split_at(40);
+    let head = hand::http_response(200, &[JSON], a.as_bytes());
+    run.send(hand::query_answer(&id, &head, false, NONE)).await;
+    run.send(hand::query_answer_part(&id, b.as_bytes(), true, TOKENS))
+        .await;
+    let g = got(t).await;
+    assert_eq!(g.status, 200, "{}", g.body);
+    assert_eq!(g.body, COMPLETION);
+    assert_eq!(g.header("x-cocoon-tokens"), "7");
+
+    // Streamed.
+    let t = post(&base, true);
+    let run = p.next().await;
+    let id = run.query.request_id;
+    let head = hand::http_response(200, &[SSE], CHUNK_1.as_bytes());
+    run.send(hand::query_answer(&id, &head, false, NONE)).await;
+    run.send(hand::query_answer_part(
+        &id,
+        CHUNK_2.as_bytes(),
+        false,
+        NONE,
+    ))
+    .await;
+    run.send(hand::query_answer_part(&id, DONE.as_bytes(), true, TOKENS))
+        .await;
+    let g = got(t).await;
+    assert_eq!(g.status, 200);
+    assert_eq!(g.body, format!("{CHUNK_1}{CHUNK_2}{DONE}"));
+    g.assert_prompt();
+    eventually("the usage is booked", || c.stats().stats.tokens == 21).await;
+    c.shutdown().await;
+}
+
+/// The `Ex` forms under protocols 1 and 2: whole (with the timings of version 2 and the
+/// debug texts), streamed, and `client.queryAnswerErrorEx` before and after the head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ex_answers_under_versions_1_and_2() {
+    for proto in [1, 2] {
+        let mut p = Scripted::start(proto).await;
+        let (c, base) = gateway(&[&p]).await;
+        let times = (proto >= 2).then_some([100.0, 103.5, 101.0, 103.0]);
+
+        let t = post(&base, false);
+        let run = p.next().await;
+        let head = hand::http_response(200, &[JSON], COMPLETION.as_bytes());
+        let f = hand::Final {
+            tokens: TOKENS,
+            debug: Some(("{\"w\":1}", "{\"p\":1}")),
+            times,
+        };
+        run.send(hand::query_answer_ex(
+            &run.query.request_id,
+            &head,
+            Some(&f),
+        ))
+        .await;
+        let g = got(t).await;
+        assert_eq!(g.status, 200, "{}", g.body);
+        assert_eq!(g.body, COMPLETION);
+        assert_eq!(g.header("x-cocoon-tokens"), "7");
+        if proto >= 2 {
+            assert_eq!(g.header("x-cocoon-proxy-seconds"), "3.500");
+            assert_eq!(g.header("x-cocoon-worker-seconds"), "2.000");
+        } else {
+            assert_eq!(g.header("x-cocoon-proxy-seconds"), "");
+        }
+
+        let t = post(&base, true);
+        let run = p.next().await;
+        let id = run.query.request_id;
+        let head = hand::http_response(200, &[SSE], CHUNK_1.as_bytes());
+        run.send(hand::query_answer_ex(&id, &head, None)).await;
+        run.send(hand::query_answer_part_ex(&id, CHUNK_2.as_bytes(), None))
+            .await;
+        let f = hand::Final {
+            tokens: TOKENS,
+            debug: None,
+            times,
+        };
+        run.send(hand::query_answer_part_ex(&id, DONE.as_bytes(), Some(&f)))
+            .await;
+        let g = got(t).await;
+        assert_eq!(g.status, 200);
+        assert_eq!(g.body, format!("{CHUNK_1}{CHUNK_2}{DONE}"));
+
+        // An error from the worker before the head, with its final info.
+        let t = post(&base, false);
+        let run = p.next().await;
+        let f = hand::Final {
+            tokens: NONE,
+            debug: None,
+            times,
+        };
+        run.send(hand::query_answer_error_ex(
+            &run.query.request_id,
+            652,
+            "worker: timeout",
+            Some(&f),
+        ))
+        .await;
+        got(t)
+            .await
+            .assert_error(504, "upstream_error", "worker: timeout");
+
+        // After the head, without final info.
+        let t = post(&base, false);
+        let run = p.next().await;
+        let id = run.query.request_id;
+        let head = hand::http_response(200, &[JSON], b"{");
+        run.send(hand::query_answer_ex(&id, &head, None)).await;
+        run.send(hand::query_answer_error_ex(
+            &id,
+            601,
+            "worker: engine failed",
+            None,
+        ))
+        .await;
+        got(t)
+            .await
+            .assert_error(502, "upstream_error", "engine failed");
+        c.shutdown().await;
+    }
+}
+
+/// `proxy.clientRequestPayment` (with and without a receipt) and a bare
+/// `proxy.signedPayment` / `proxy.signedPaymentEmpty`: the receipt is verified and kept,
+/// the proxy's counts recorded, the session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payment_reports_and_receipts_are_taken() {
+    let mut p = Scripted::start(2).await;
+    let (c, base) = gateway(&[&p]).await;
+
+    let t = post(&base, false);
+    let run = p.next().await;
+    let id = run.query.request_id;
+    let head = hand::http_response(200, &[JSON], COMPLETION.as_bytes());
+    run.send(hand::query_answer(&id, &head, true, TOKENS)).await;
+    assert_eq!(got(t).await.status, 200);
+    run.send(hand::client_request_payment(&id, None, 3, 7, 7))
+        .await;
+    eventually("the proxy's counts", || {
+        let i = &c.proxies()[0];
+        i.db_tokens == 3 && i.max_tokens == 7
+    })
+    .await;
+    run.send(hand::client_request_payment(
+        &id,
+        Some(&receipt(5)),
+        5,
+        9,
+        0,
+    ))
+    .await;
+    eventually("the receipt", || c.proxies()[0].receipt_tokens == 5).await;
+    run.send(hand::signed_payment_empty()).await;
+    run.send(hand::signed_payment(&receipt(8))).await;
+    eventually("the bare receipt", || c.proxies()[0].receipt_tokens == 8).await;
+    let i = &c.proxies()[0];
+    assert_eq!((i.db_tokens, i.max_tokens, i.bad_receipts), (5, 9, 0));
+    assert_eq!((i.sessions, i.state.as_str()), (1, "ready"));
+    c.shutdown().await;
+}
+
+/// A refusal by `client.queryAnswerError` before the answer's head fails over to the next
+/// proxy, which serves the request; when every proxy refuses, the user gets the last
+/// refusal at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_answer_error_fails_over_to_another_proxy() {
+    let mut a = Scripted::start(2).await;
+    let mut b = Scripted::start(2).await;
+    let (c, base) = gateway(&[&a, &b]).await;
+
+    for (refusal, code) in [
+        ("no workers for model Smol", 651),
+        ("balance is too low", 651),
+    ] {
+        let t = post(&base, false);
+        // Whichever proxy the client picked first refuses; the other one answers.
+        let (first, second) = tokio::select! {
+            r = a.next() => (r, &mut b),
+            r = b.next() => (r, &mut a),
+        };
+        first
+            .send(hand::query_answer_error(
+                &first.query.request_id,
+                code,
+                refusal,
+                NONE,
+            ))
+            .await;
+        let run = second.next().await;
+        assert_ne!(run.query.request_id, first.query.request_id);
+        let head = hand::http_response(200, &[JSON], COMPLETION.as_bytes());
+        run.send(hand::query_answer(
+            &run.query.request_id,
+            &head,
+            true,
+            TOKENS,
+        ))
+        .await;
+        let g = got(t).await;
+        assert_eq!(g.status, 200, "{}", g.body);
+        assert_eq!(g.body, COMPLETION);
+        assert_eq!(g.header("x-cocoon-attempts"), "2");
+        g.assert_prompt();
+    }
+
+    // Both refuse: the last refusal, at once.
+    let t = post(&base, false);
+    let (first, second) = tokio::select! {
+        r = a.next() => (r, &mut b),
+        r = b.next() => (r, &mut a),
+    };
+    first
+        .send(hand::query_answer_error(
+            &first.query.request_id,
+            651,
+            "no workers for model Smol",
+            NONE,
+        ))
+        .await;
+    let run = second.next().await;
+    run.send(hand::query_answer_error(
+        &run.query.request_id,
+        602,
+        "client balance is too low: max_tokens=50 tokens_payed=0 tokens_used=0 tokens_reserved=0 tokens_stake=0",
+        NONE,
+    ))
+    .await;
+    got(t)
+        .await
+        .assert_error(402, "insufficient_funds", "balance is too low");
+
+    // A refusal that carries usage (the request ran and was billed) is not repeated.
+    let t = post(&base, false);
+    let (first, _) = tokio::select! {
+        r = a.next() => (r, &mut b),
+        r = b.next() => (r, &mut a),
+    };
+    first
+        .send(hand::query_answer_error(
+            &first.query.request_id,
+            651,
+            "no workers for model Smol",
+            TOKENS,
+        ))
+        .await;
+    got(t)
+        .await
+        .assert_error(404, "not_found_error", "no workers");
+    assert!(a.runs.is_empty() && b.runs.is_empty(), "not sent again");
+    c.shutdown().await;
+}

@@ -26,8 +26,7 @@ use cocoon_testkit::fixtures::root_with_proxy_image;
 use cocoon_testkit::identity::acceptor;
 use cocoon_testkit::prelude::*;
 use cocoon_tl::functions::client as fclient;
-use cocoon_tl::types::{client as tclient, proxy as tproxy};
-use cocoon_tl::{Identifiable, TlRead, enums, peek_constructor};
+use cocoon_tl::{Identifiable, TlRead, peek_constructor};
 use cocoon_ton::keys::SigningKey;
 use cocoon_ton::payments::{PaymentPayload, SignedOp};
 use cocoon_ton::root::RootConfig;
@@ -72,6 +71,24 @@ mod hand {
     /// `http.response http_version:string status_code:int reason:string
     /// headers:(vector http.header) payload:bytes = http.Response`
     const HTTP_RESPONSE: u32 = 0x1cd0_c42b;
+    /// `client.connectedToProxy params:proxy.params client_sc_address:string
+    /// auth:client.ProxyConnectionAuth signed_payment:proxy.SignedPayment =
+    /// client.ConnectedToProxy`
+    const CONNECTED_TO_PROXY: u32 = 0x9531_7ad1;
+    /// `client.proxyConnectionAuthShort secret_hash:int256 nonce:long =
+    /// client.ProxyConnectionAuth`
+    const AUTH_SHORT: u32 = 0xd6ff_c5af;
+    /// `client.authorizationWithProxySuccess signed_payment:proxy.SignedPayment
+    /// tokens_committed_to_db:long max_tokens:long = client.AuthorizationWithProxy`
+    const AUTHORIZATION_SUCCESS: u32 = 0x75d5_ac34;
+    /// `client.authorizationWithProxyFailed error_code:int error:string =
+    /// client.AuthorizationWithProxy`
+    const AUTHORIZATION_FAILED: u32 = 0x6055_1c96;
+    /// `client.paymentStatus signed_payment:proxy.SignedPayment db_tokens:long
+    /// max_tokens:long = client.PaymentStatus`
+    const PAYMENT_STATUS: u32 = 0xaa8a_0ecc;
+    /// `client.workerTypesV2 types:(vector client.workerTypeV2) = client.WorkerTypesV2`
+    const WORKER_TYPES_V2: u32 = 0x0cf0_dc67;
     const BOOL_TRUE: u32 = 0x9972_75b5;
     const BOOL_FALSE: u32 = 0xbc79_9737;
 
@@ -279,6 +296,75 @@ mod hand {
         W::default().u32(SIGNED_PAYMENT).bytes(receipt).0
     }
 
+    /// `client.connectedToProxy` with a bare `proxy.params` (flags 3: is_test, protocol
+    /// `proto`), the short authorisation for `secret_hash`, no receipt.
+    pub(super) fn connected_to_proxy(
+        key: &[u8; 32],
+        owner: &str,
+        proxy_sc: &str,
+        proto: i32,
+        client_sc: &str,
+        secret_hash: &[u8; 32],
+    ) -> Vec<u8> {
+        W::default()
+            .u32(CONNECTED_TO_PROXY)
+            .int(3)
+            .int256(key)
+            .string(owner)
+            .string(proxy_sc)
+            .boolean(true)
+            .int(proto)
+            .string(client_sc)
+            .u32(AUTH_SHORT)
+            .int256(secret_hash)
+            .long(0)
+            .u32(SIGNED_PAYMENT_EMPTY)
+            .0
+    }
+
+    /// `client.authorizationWithProxySuccess` without a receipt.
+    pub(super) fn authorization_success(db_tokens: i64, max_tokens: i64) -> Vec<u8> {
+        W::default()
+            .u32(AUTHORIZATION_SUCCESS)
+            .u32(SIGNED_PAYMENT_EMPTY)
+            .long(db_tokens)
+            .long(max_tokens)
+            .0
+    }
+
+    /// `client.authorizationWithProxyFailed`.
+    pub(super) fn authorization_failed(code: i32, error: &str) -> Vec<u8> {
+        W::default()
+            .u32(AUTHORIZATION_FAILED)
+            .int(code)
+            .string(error)
+            .0
+    }
+
+    /// `client.paymentStatus` without a receipt.
+    pub(super) fn payment_status(db_tokens: i64, max_tokens: i64) -> Vec<u8> {
+        W::default()
+            .u32(PAYMENT_STATUS)
+            .u32(SIGNED_PAYMENT_EMPTY)
+            .long(db_tokens)
+            .long(max_tokens)
+            .0
+    }
+
+    /// `client.workerTypesV2` of one model whose workers are `(coefficient, active, max)`
+    /// (bare `client.workerTypeV2` and `client.workerInstanceV2` elements).
+    pub(super) fn worker_types_v2(model: &str, workers: &[(i32, i32, i32)]) -> Vec<u8> {
+        let mut w = W::default()
+            .u32(WORKER_TYPES_V2)
+            .int(1)
+            .string(model)
+            .int(workers.len() as i32);
+        for (c, a, m) in workers {
+            w = w.int(0).int(*c).int(*a).int(*m);
+        }
+        w.0
+    }
+
     /// `proxy.signedPaymentEmpty` as a message of its own.
     pub(super) fn signed_payment_empty() -> Vec<u8> {
         W::default().u32(SIGNED_PAYMENT_EMPTY).0
@@ -343,8 +429,23 @@ struct Scripted {
     runs: mpsc::UnboundedReceiver<Run>,
 }
 
+/// How the scripted proxy answers the handshake.
+#[derive(Clone, Copy)]
+enum Handshake {
+    /// As COCOON's proxy does for a known client: short authorisation, success.
+    Accept,
+    /// `client.connectToProxy` answered by `tcp.queryError` (COCOON: no common version).
+    RefuseConnect(i32, &'static str),
+    /// `client.authorizationWithProxyFailed`.
+    RefuseAuth(i32, &'static str),
+}
+
 impl Scripted {
     async fn start(proto: i32) -> Scripted {
+        Self::start_with(proto, Handshake::Accept).await
+    }
+
+    async fn start_with(proto: i32, handshake: Handshake) -> Scripted {
         let acceptor = acceptor();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
@@ -354,7 +455,7 @@ impl Scripted {
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
                     if let Ok((handle, incoming, _peer)) = acceptor.accept(tcp).await {
-                        serve(handle, incoming, proto, tx).await;
+                        serve(handle, incoming, proto, handshake, tx).await;
                     }
                 });
             }
@@ -371,14 +472,11 @@ impl Scripted {
     }
 }
 
-fn empty() -> enums::proxy::SignedPayment {
-    enums::proxy::SignedPayment::SignedPaymentEmpty(tproxy::SignedPaymentEmpty {})
-}
-
 async fn serve(
     handle: SessionHandle,
     mut incoming: mpsc::Receiver<Incoming>,
     proto: i32,
+    handshake: Handshake,
     runs: mpsc::UnboundedSender<Run>,
 ) {
     let key = SigningKey::from_seed(&PROXY_SEED).unwrap().public_key();
@@ -386,45 +484,32 @@ async fn serve(
         match inc {
             Incoming::Query { data, responder } => match peek_constructor(&data).unwrap_or(0) {
                 fclient::ConnectToProxy::CONSTRUCTOR_ID => {
-                    let _ = responder.answer_tl(&tclient::ConnectedToProxy {
-                        params: tproxy::Params {
-                            proxy_public_key: key,
-                            proxy_owner_address: addr(0x33).to_string(),
-                            proxy_sc_address: proxy_sc().to_string(),
-                            is_test: Some(true),
-                            proto_version: Some(proto),
-                        },
-                        client_sc_address: client_sc().to_string(),
-                        auth: enums::client::ProxyConnectionAuth::ProxyConnectionAuthShort(
-                            tclient::ProxyConnectionAuthShort {
-                                secret_hash: sha2::Sha256::digest(SECRET).into(),
-                                nonce: 0,
-                            },
-                        ),
-                        signed_payment: empty(),
-                    });
+                    let _ = match handshake {
+                        Handshake::RefuseConnect(code, text) => responder.error(code, text),
+                        _ => responder.answer(hand::connected_to_proxy(
+                            &key,
+                            &addr(0x33).to_string(),
+                            &proxy_sc().to_string(),
+                            proto,
+                            &client_sc().to_string(),
+                            &sha2::Sha256::digest(SECRET).into(),
+                        )),
+                    };
                 }
                 fclient::AuthorizeWithProxyShort::CONSTRUCTOR_ID => {
                     let q = fclient::AuthorizeWithProxyShort::from_bytes(&data).unwrap();
                     assert_eq!(q.data, SECRET);
-                    let _ = responder.answer_tl(
-                        &enums::client::AuthorizationWithProxy::AuthorizationWithProxySuccess(
-                            tclient::AuthorizationWithProxySuccess {
-                                signed_payment: empty(),
-                                tokens_committed_to_db: 0,
-                                max_tokens: 0,
-                            },
-                        ),
-                    );
+                    let _ = responder.answer(match handshake {
+                        Handshake::RefuseAuth(code, text) => hand::authorization_failed(code, text),
+                        _ => hand::authorization_success(0, 0),
+                    });
                 }
                 fclient::UpdatePaymentStatus::CONSTRUCTOR_ID => {
-                    let _ = responder.answer_tl(&enums::client::PaymentStatus::PaymentStatus(
-                        tclient::PaymentStatus {
-                            signed_payment: empty(),
-                            db_tokens: 0,
-                            max_tokens: 0,
-                        },
-                    ));
+                    let _ = responder.answer(hand::payment_status(0, 0));
+                }
+                fclient::GetWorkerTypesV2::CONSTRUCTOR_ID => {
+                    let _ = responder
+                        .answer(hand::worker_types_v2("Smol", &[(1500, 1, 4), (1000, 0, 2)]));
                 }
                 _ => {
                     let _ = responder.error(621, "unexpected query");
@@ -969,4 +1054,70 @@ async fn query_answer_error_fails_over_to_another_proxy() {
         .assert_error(404, "not_found_error", "no workers");
     assert!(a.runs.is_empty() && b.runs.is_empty(), "not sent again");
     c.shutdown().await;
+}
+
+/// The handshake as COCOON's proxy answers it (`client.connectedToProxy`,
+/// `client.authorizationWithProxySuccess`, `client.paymentStatus`, hand-encoded) and
+/// `client.getWorkerTypesV2` → `client.workerTypesV2` behind `/v1/models`; a refusal of
+/// `client.connectToProxy` (`tcp.queryError`) or of the authorisation
+/// (`client.authorizationWithProxyFailed`) leaves the proxy unused, named in the error the
+/// API user gets at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_and_model_list_as_cocoon_answers_them() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let p = Scripted::start(2).await;
+    let (c, base) = gateway(&[&p]).await;
+    let i = &c.proxies()[0];
+    assert_eq!((i.proto, i.auth.as_deref()), (Some(2), Some("short")));
+    assert_eq!(
+        i.client_sc.as_deref(),
+        Some(client_sc().to_string().as_str())
+    );
+    let models: Value = reqwest::get(format!("{base}/v1/models"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let m = &models["data"][0];
+    assert_eq!(m["id"], "Smol", "{models}");
+    let coefficients: Vec<i64> = m["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["coefficient"].as_i64().unwrap())
+        .collect();
+    assert_eq!(coefficients, [1000, 1500]);
+    assert_eq!(m["workers"][1]["running_requests"], 1);
+    assert_eq!(m["workers"][1]["max_running_requests"], 4);
+    c.shutdown().await;
+
+    for (handshake, text) in [
+        (
+            Handshake::RefuseConnect(621, "cannot choose common protocol version"),
+            "cannot choose common protocol version",
+        ),
+        (
+            Handshake::RefuseAuth(651, "proxy is not participating in this iteration"),
+            "refused by the proxy (651): proxy is not participating",
+        ),
+    ] {
+        let p = Scripted::start_with(2, handshake).await;
+        let c = cocoon_client::Client::start(config(vec![p.addr.clone()]))
+            .await
+            .unwrap();
+        eventually("the refusal is recorded", || {
+            c.proxies()[0]
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains(text))
+        })
+        .await;
+        assert_eq!(c.ready_proxies(), 0);
+        let base = format!("http://{}", c.api_addr().unwrap());
+        let g = got(post(&base, false)).await;
+        assert_eq!(g.status, 503, "{}", g.body);
+        assert!(g.body.contains(text), "{}", g.body);
+        c.shutdown().await;
+    }
 }

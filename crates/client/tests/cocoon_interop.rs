@@ -436,7 +436,11 @@ enum Handshake {
     Accept,
     /// `client.connectToProxy` answered by `tcp.queryError` (COCOON: no common version).
     RefuseConnect(i32, &'static str),
-    /// `client.authorizationWithProxyFailed`.
+    /// `client.authorizeWithProxyShort` answered by `tcp.queryError` (COCOON: `sha256
+    /// mismatch`, `client is closing`).
+    RefuseAuthQuery(i32, &'static str),
+    /// `client.authorizationWithProxyFailed` (declared; COCOON's proxy has the code but
+    /// calls it nowhere).
     RefuseAuth(i32, &'static str),
 }
 
@@ -499,10 +503,13 @@ async fn serve(
                 fclient::AuthorizeWithProxyShort::CONSTRUCTOR_ID => {
                     let q = fclient::AuthorizeWithProxyShort::from_bytes(&data).unwrap();
                     assert_eq!(q.data, SECRET);
-                    let _ = responder.answer(match handshake {
-                        Handshake::RefuseAuth(code, text) => hand::authorization_failed(code, text),
-                        _ => hand::authorization_success(0, 0),
-                    });
+                    let _ = match handshake {
+                        Handshake::RefuseAuthQuery(code, text) => responder.error(code, text),
+                        Handshake::RefuseAuth(code, text) => {
+                            responder.answer(hand::authorization_failed(code, text))
+                        }
+                        _ => responder.answer(hand::authorization_success(0, 0)),
+                    };
                 }
                 fclient::UpdatePaymentStatus::CONSTRUCTOR_ID => {
                     let _ = responder.answer(hand::payment_status(0, 0));
@@ -928,7 +935,8 @@ async fn ex_answers_under_versions_1_and_2() {
 
 /// `proxy.clientRequestPayment` (with and without a receipt) and a bare
 /// `proxy.signedPayment` / `proxy.signedPaymentEmpty`: the receipt is verified and kept,
-/// the proxy's counts recorded, the session goes on.
+/// the proxy's counts recorded, the session goes on (also past a message it does not
+/// know).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payment_reports_and_receipts_are_taken() {
     let mut p = Scripted::start(2).await;
@@ -957,6 +965,8 @@ async fn payment_reports_and_receipts_are_taken() {
     .await;
     eventually("the receipt", || c.proxies()[0].receipt_tokens == 5).await;
     run.send(hand::signed_payment_empty()).await;
+    // A constructor outside the set (id 04030201) is ignored; the session goes on.
+    run.send(vec![1, 2, 3, 4]).await;
     run.send(hand::signed_payment(&receipt(8))).await;
     eventually("the bare receipt", || c.proxies()[0].receipt_tokens == 8).await;
     let i = &c.proxies()[0];
@@ -1059,9 +1069,9 @@ async fn query_answer_error_fails_over_to_another_proxy() {
 /// The handshake as COCOON's proxy answers it (`client.connectedToProxy`,
 /// `client.authorizationWithProxySuccess`, `client.paymentStatus`, hand-encoded) and
 /// `client.getWorkerTypesV2` → `client.workerTypesV2` behind `/v1/models`; a refusal of
-/// `client.connectToProxy` (`tcp.queryError`) or of the authorisation
-/// (`client.authorizationWithProxyFailed`) leaves the proxy unused, named in the error the
-/// API user gets at once.
+/// `client.connectToProxy` or of the authorisation (`tcp.queryError`, as COCOON refuses
+/// them, or `client.authorizationWithProxyFailed`) leaves the proxy unused, named in the
+/// error the API user gets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshake_and_model_list_as_cocoon_answers_them() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -1098,14 +1108,23 @@ async fn handshake_and_model_list_as_cocoon_answers_them() {
             "cannot choose common protocol version",
         ),
         (
-            Handshake::RefuseAuth(651, "proxy is not participating in this iteration"),
-            "refused by the proxy (651): proxy is not participating",
+            Handshake::RefuseConnect(651, "proxy is not participating in this iteration"),
+            "proxy is not participating in this iteration",
+        ),
+        (
+            Handshake::RefuseAuthQuery(602, "sha256 mismatch"),
+            "authorisation: sha256 mismatch",
+        ),
+        (
+            Handshake::RefuseAuth(602, "client is closing"),
+            "refused by the proxy (602): client is closing",
         ),
     ] {
         let p = Scripted::start_with(2, handshake).await;
-        let c = cocoon_client::Client::start(config(vec![p.addr.clone()]))
-            .await
-            .unwrap();
+        let mut cfg = config(vec![p.addr.clone()]);
+        // A request waits this long for a proxy to become ready.
+        cfg.timings.connect_timeout = Duration::from_secs(1);
+        let c = cocoon_client::Client::start(cfg).await.unwrap();
         eventually("the refusal is recorded", || {
             c.proxies()[0]
                 .last_error

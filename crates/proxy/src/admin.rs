@@ -23,7 +23,7 @@ use crate::{ProxyStats, Shared};
 /// The admin server's routes: the service's stats pages and switch, and the settlement
 /// controls.
 pub(crate) fn routes() -> Router<Admin<Shared>> {
-    admin::router::<Shared>("/control").route("/control/{action}", post(settlement_control))
+    admin::router::<Shared>(&["/control"]).route("/control/{action}", post(settlement_control))
 }
 
 impl Switch for Shared {

@@ -304,19 +304,25 @@ where
         )
 }
 
-/// An admin server's routes: the stats pages and the POST switches `{controls}/enable` and
-/// `{controls}/disable` behind the token. The role adds its other controls, whose handlers
-/// check [`Admin::token`] first.
-pub fn router<R: Switch>(controls: &str) -> Router<Admin<R>> {
-    stats_routes::<R, Admin<R>>()
-        .route(
-            &format!("{controls}/enable"),
-            post(|State(a): State<Admin<R>>, h: HeaderMap| async move { switch(&a, &h, true) }),
-        )
-        .route(
-            &format!("{controls}/disable"),
-            post(|State(a): State<Admin<R>>, h: HeaderMap| async move { switch(&a, &h, false) }),
-        )
+/// An admin server's routes: the stats pages and the POST switches `{prefix}/enable` and
+/// `{prefix}/disable` behind the token, for each of `prefixes` (every role serves
+/// `/control`; a role keeps an older prefix as an alias). The role adds its other controls,
+/// whose handlers check [`Admin::token`] first.
+pub fn router<R: Switch>(prefixes: &[&str]) -> Router<Admin<R>> {
+    prefixes
+        .iter()
+        .fold(stats_routes::<R, Admin<R>>(), |r, prefix| {
+            r.route(
+                &format!("{prefix}/enable"),
+                post(|State(a): State<Admin<R>>, h: HeaderMap| async move { switch(&a, &h, true) }),
+            )
+            .route(
+                &format!("{prefix}/disable"),
+                post(
+                    |State(a): State<Admin<R>>, h: HeaderMap| async move { switch(&a, &h, false) },
+                ),
+            )
+        })
 }
 
 fn switch<R: Switch>(a: &Admin<R>, headers: &HeaderMap, on: bool) -> Response {
@@ -464,7 +470,7 @@ mod tests {
         switch(&a, &h, true);
         assert!(on(&a));
         // The routes build (paths are valid and distinct).
-        let _: Router = router::<Fake>("/control").with_state(a);
+        let _: Router = router::<Fake>(&["/control"]).with_state(a);
     }
 
     #[test]

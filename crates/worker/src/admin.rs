@@ -1,6 +1,8 @@
 //! HTTP admin server on its own port: `/stats` (HTML), `/jsonstats`, `/metrics`
-//! (Prometheus text) and POST controls `/request/enable`, `/request/disable`,
-//! `/request/coefficient?value=N`, `/request/payout` behind a bearer token read from a file.
+//! (Prometheus text) and POST controls `/control/enable`, `/control/disable`,
+//! `/control/coefficient?value=N`, `/control/payout` behind a bearer token read from a file.
+//! The same controls answer under `/request/...` too, the paths this worker served before
+//! the roles agreed on `/control` (and the prefix COCOON's runners use).
 //!
 //! Controls are POST only and need the token, since anyone who can reach the port (the
 //! host, by design) could otherwise change the price or switch the worker off; without a
@@ -21,9 +23,11 @@ use cocoon_service::admin::{self, Admin, Page, Prometheus, StatsPages, Switch, l
 use crate::{Shared, WorkerStats};
 
 /// The admin server's routes: the service's stats pages and switch, the coefficient and
-/// payout controls.
+/// payout controls, under `/control` and under the older `/request` alike.
 pub(crate) fn routes() -> Router<Admin<Shared>> {
-    admin::router::<Shared>("/request")
+    admin::router::<Shared>(&["/control", "/request"])
+        .route("/control/coefficient", post(coefficient))
+        .route("/control/payout", post(payout))
         .route("/request/coefficient", post(coefficient))
         .route("/request/payout", post(payout))
 }

@@ -28,9 +28,11 @@ async fn admin_pages_and_controls_refuse_foreign_hosts_origins_and_bodies() {
     let http = cocoon_engine::http_client(Duration::from_secs(5), &[]).unwrap();
     let coefficient = w.stats().coefficient;
     let controls = [
+        "/control/disable",
+        "/control/coefficient?value=1",
+        "/control/payout",
         "/request/disable",
         "/request/coefficient?value=1",
-        "/request/payout",
     ];
     let target = AdminTarget::new(&http, &admin, port, TOKEN, &controls);
 
@@ -54,7 +56,7 @@ async fn admin_pages_and_controls_refuse_foreign_hosts_origins_and_bodies() {
     assert_eq!(
         post_status(
             &http,
-            &format!("http://localhost:{port}/request/disable"),
+            &format!("http://localhost:{port}/control/disable"),
             Some(TOKEN)
         )
         .await,

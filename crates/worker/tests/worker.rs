@@ -469,10 +469,10 @@ async fn uplink_and_admin_controls() {
         post_status(&http, &format!("{admin}{path}"), token).await
     };
     let operator = Some("s3cret-token");
-    assert_eq!(post("/request/disable", None).await, 401);
-    assert_eq!(post("/request/disable", Some("wrong")).await, 401);
+    assert_eq!(post("/control/disable", None).await, 401);
+    assert_eq!(post("/control/disable", Some("wrong")).await, 401);
     assert_eq!(
-        http.get(format!("{admin}/request/disable"))
+        http.get(format!("{admin}/control/disable"))
             .send()
             .await
             .unwrap()
@@ -481,17 +481,27 @@ async fn uplink_and_admin_controls() {
         "GET does not change anything"
     );
     assert!(w.stats().enabled);
+    assert_eq!(post("/control/disable", operator).await, 200);
+    assert!(matches!(c.next().await, FromWorker::EnabledDisabled(1)));
+    assert_eq!(post("/control/enable", operator).await, 200);
+    assert!(matches!(c.next().await, FromWorker::EnabledDisabled(0)));
+    assert_eq!(post("/control/coefficient?value=2000", operator).await, 200);
+    assert!(matches!(c.next().await, FromWorker::NewCoefficient(2000)));
+    assert_eq!(post("/control/coefficient?value=abc", operator).await, 400);
+    assert_eq!(
+        post("/control/coefficient?value=2000000000", operator).await,
+        400
+    );
+    // The older `/request/...` paths are aliases of the same controls.
+    assert_eq!(post("/request/disable", None).await, 401);
     assert_eq!(post("/request/disable", operator).await, 200);
     assert!(matches!(c.next().await, FromWorker::EnabledDisabled(1)));
     assert_eq!(post("/request/enable", operator).await, 200);
     assert!(matches!(c.next().await, FromWorker::EnabledDisabled(0)));
-    assert_eq!(post("/request/coefficient?value=2000", operator).await, 200);
+    assert_eq!(post("/request/coefficient?value=3000", operator).await, 200);
+    assert!(matches!(c.next().await, FromWorker::NewCoefficient(3000)));
+    assert_eq!(post("/control/coefficient?value=2000", operator).await, 200);
     assert!(matches!(c.next().await, FromWorker::NewCoefficient(2000)));
-    assert_eq!(post("/request/coefficient?value=abc", operator).await, 400);
-    assert_eq!(
-        post("/request/coefficient?value=2000000000", operator).await,
-        400
-    );
     // The new coefficient applies to requests the proxy routes at it (a request is billed at
     // the coefficient the proxy quoted).
     c.run_quoted(1, http_request(CHAT, &chat_body("json", false)), 2000)
@@ -508,8 +518,8 @@ async fn uplink_and_admin_controls() {
         w.stats().payments.first().map(|p| p.signed_tokens) == Some(7)
     })
     .await;
-    assert_eq!(post("/request/payout", None).await, 401);
-    assert_eq!(post("/request/payout", operator).await, 200);
+    assert_eq!(post("/control/payout", None).await, 401);
+    assert_eq!(post("/control/payout", operator).await, 200);
     eventually("forced payout", || {
         sink.submitted.lock().unwrap().len() == 1
     })
@@ -544,7 +554,7 @@ async fn controls_refused_without_token_file_and_handshake_mismatch() {
     let w = Worker::start(cfg).await.unwrap();
     let admin = format!("http://{}", w.admin_addr().unwrap());
     let r = reqwest::Client::new()
-        .post(format!("{admin}/request/disable"))
+        .post(format!("{admin}/control/disable"))
         .bearer_auth("anything")
         .send()
         .await

@@ -1,6 +1,7 @@
-//! `cocoon attest verify|show|gen-cert|verify-cert`: check TDX quotes and SEV-SNP reports
-//! offline against the default policies of `cocoon-attest`, report which TEE this machine
-//! offers, and generate / verify RA-TLS certificates (`cocoon-ratls`).
+//! `cocoon attest verify|show|gen-cert|verify-cert|probe`: check TDX quotes and SEV-SNP
+//! reports offline against the default policies of `cocoon-attest`, report which TEE this
+//! machine offers, generate / verify RA-TLS certificates (`cocoon-ratls`), and probe a live
+//! peer's RA-TLS handshake (`probe`).
 //!
 //! The evidence's own `report_data` is taken as the expected value (the CLI has no key to
 //! bind it to), so "valid" means: signatures, certificate chains, collateral, TCB status,
@@ -25,6 +26,8 @@ use cocoon_ratls::inspect as cert_inspect;
 use cocoon_ratls::verifier::{RatlsVerifier, VerifierConfig, fixed_clock};
 use serde_json::Value;
 
+mod probe;
+
 #[derive(Subcommand)]
 pub(crate) enum AttestCommand {
     /// Verify a TDX quote (`--quote`) or an SEV-SNP report (`--sev-report`, `--vcek`, `--chain`).
@@ -33,6 +36,10 @@ pub(crate) enum AttestCommand {
     GenCert(GenCertArgs),
     /// Verify an RA-TLS certificate (PEM) as the RA-TLS verifier does.
     VerifyCert(VerifyCertArgs),
+    /// Dial a live proxy (or with `--as-proxy` accept one worker), do the proof-of-work and
+    /// the RA-TLS handshake, and print the peer's verified evidence and whether the root
+    /// allows it.
+    Probe(Box<probe::ProbeArgs>),
     /// Show which TEE interfaces this machine offers.
     Show {
         /// Print JSON instead of text.
@@ -162,6 +169,7 @@ pub(crate) fn run(command: AttestCommand) -> Result<(), String> {
         AttestCommand::Show { json } => show(json),
         AttestCommand::GenCert(args) => gen_cert(args),
         AttestCommand::VerifyCert(args) => verify_cert(args),
+        AttestCommand::Probe(args) => probe::run(*args),
     }
 }
 
@@ -243,6 +251,20 @@ fn verify(args: VerifyArgs) -> Result<(), String> {
     }
 }
 
+/// Runs `f` to completion on `rt` from a thread of its own, so that it works from inside a
+/// handshake that `probe` drives on another runtime (a runtime cannot block inside one).
+fn block_on<F>(rt: &tokio::runtime::Runtime, f: F) -> F::Output
+where
+    F: Future + Send,
+    F::Output: Send,
+{
+    std::thread::scope(|s| {
+        s.spawn(|| rt.block_on(f))
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
 /// `--collateral-dir` / `--pccs`: the directory's collateral while valid, else fetched now.
 struct CliCollateral {
     store: Option<CollateralStore>,
@@ -271,12 +293,10 @@ impl CollateralSource for CliCollateral {
             });
         }
         let client = self.pccs.as_deref().map(PccsClient::new).transpose()?;
-        self.rt.block_on(collateral_cached_or_fetched(
-            quote,
-            self.store.as_ref(),
-            client.as_ref(),
-            now,
-        ))
+        block_on(
+            &self.rt,
+            collateral_cached_or_fetched(quote, self.store.as_ref(), client.as_ref(), now),
+        )
     }
 }
 
@@ -291,12 +311,10 @@ struct CliKds {
 
 impl SevCollateralSource for CliKds {
     fn crl(&self, product: SevGeneration, now: u64) -> Result<Arc<SevCrl>, AttestError> {
-        self.rt.block_on(crl_cached_or_fetched(
-            product,
-            self.store.as_ref(),
-            self.client.as_ref(),
-            now,
-        ))
+        block_on(
+            &self.rt,
+            crl_cached_or_fetched(product, self.store.as_ref(), self.client.as_ref(), now),
+        )
     }
 
     fn describe(&self) -> String {

@@ -7,9 +7,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use cocoon_attest::inspect::{Inspection, utc};
-use cocoon_attest::{Backend, Policy, VerifiedPeer};
+use cocoon_attest::{Backend, Measurements, Policy, VerifiedPeer};
 use rustls::pki_types::CertificateDer;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::cert::{EvidenceEnvelope, Identity};
 use crate::verifier::{RatlsVerifier, VerifierConfig, fixed_clock};
@@ -134,6 +134,83 @@ pub fn generated_lines(
             utc(id.not_after())
         ),
     ]
+}
+
+/// A verified peer's facts (what a handshake established) as JSON and as text lines:
+/// backend, image hash, TCB status and advisories, measurements, the certificate key and
+/// how long the verdict holds.
+pub fn describe_peer(peer: &VerifiedPeer) -> (Value, Vec<String>) {
+    let measurements = match peer.measurements() {
+        Measurements::Tdx(m) => json!({
+            "mrtd": hex::encode(m.mrtd),
+            "rtmr": m.rtmr.iter().map(hex::encode).collect::<Vec<_>>(),
+            "mr_config_id": hex::encode(m.mr_config_id),
+            "mr_owner": hex::encode(m.mr_owner),
+            "mr_owner_config": hex::encode(m.mr_owner_config),
+            "td_attributes": hex::encode(m.td_attributes),
+            "xfam": hex::encode(m.xfam),
+        }),
+        Measurements::SevSnp {
+            measurement,
+            host_data,
+        } => json!({
+            "measurement": hex::encode(measurement),
+            "host_data": hex::encode(host_data),
+        }),
+        Measurements::Sim { measurement } => json!({ "measurement": hex::encode(measurement) }),
+        Measurements::Unattested => json!({}),
+    };
+    let advisories = if peer.advisory_ids().is_empty() {
+        "none".to_owned()
+    } else {
+        peer.advisory_ids().join(", ")
+    };
+    let key = peer.public_key().map_or("none".into(), hex::encode);
+    let mut t = vec![
+        format!("backend:        {}", peer.backend()),
+        format!("image hash:     {}", hex::encode(peer.image_hash())),
+        format!("tcb status:     {:?}", peer.tcb_status()),
+        format!("advisories:     {advisories}"),
+    ];
+    match peer.measurements() {
+        Measurements::Tdx(m) => {
+            t.push(format!("mrtd:           {}", hex::encode(m.mrtd)));
+            for (i, r) in m.rtmr.iter().enumerate() {
+                t.push(format!("rtmr{i}:          {}", hex::encode(r)));
+            }
+            t.push(format!("td attributes:  {}", hex::encode(m.td_attributes)));
+        }
+        Measurements::SevSnp {
+            measurement,
+            host_data,
+        } => {
+            t.push(format!("measurement:    {}", hex::encode(measurement)));
+            t.push(format!("host data:      {}", hex::encode(host_data)));
+        }
+        Measurements::Sim { measurement } => {
+            t.push(format!(
+                "measurement:    {} (sim)",
+                hex::encode(measurement)
+            ));
+        }
+        Measurements::Unattested => t.push("measurements:   none (no evidence)".into()),
+    }
+    t.push(format!("public key:     {key}"));
+    t.push(format!(
+        "valid until:    {} ({})",
+        peer.valid_until(),
+        utc(peer.valid_until())
+    ));
+    let json = json!({
+        "backend": peer.backend().name(),
+        "image_hash": hex::encode(peer.image_hash()),
+        "tcb_status": format!("{:?}", peer.tcb_status()),
+        "advisory_ids": peer.advisory_ids(),
+        "measurements": measurements,
+        "public_key": peer.public_key().map(hex::encode),
+        "valid_until": peer.valid_until(),
+    });
+    (json, t)
 }
 
 /// A certificate from a file's bytes: PEM when it starts like PEM, else DER.
@@ -272,6 +349,58 @@ mod tests {
         );
         let id = Identity::generate(&FixedSource(b"junk".to_vec()), NOW).unwrap();
         assert!(image_hash_line(&id, NOW).starts_with("unknown ("));
+    }
+
+    #[test]
+    fn verified_peers_are_described_with_their_measurements() {
+        let tv = |name: &str| {
+            std::fs::read(format!(
+                "{}/../../testvectors/attest/{name}",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap()
+        };
+        let collateral =
+            cocoon_attest::TdxCollateral::from_json(&tv("cocoon_quote_collateral_90c06f.json"))
+                .unwrap();
+        let mut policy = Policy::tdx_default();
+        cocoon_attest::inspect::allow_statuses(&mut policy, &[cocoon_attest::TcbStatus::Revoked]);
+        let peer = cocoon_attest::inspect::inspect_tdx_quote(
+            &tv("cocoon_quote.dat"),
+            Ok(collateral),
+            &policy,
+            NOW,
+        )
+        .result
+        .unwrap();
+        let (json, lines) = describe_peer(&peer);
+        assert_eq!(json["backend"], "tdx");
+        assert_eq!(
+            json["image_hash"],
+            "04b3afd931d28680af91a15b09d672c40ad6b141f7f9089a8d67d595220f7436"
+        );
+        let Measurements::Tdx(m) = peer.measurements() else {
+            panic!("tdx measurements")
+        };
+        assert_eq!(json["measurements"]["mrtd"], hex::encode(m.mrtd));
+        assert_eq!(json["measurements"]["rtmr"][3], hex::encode(m.rtmr[3]));
+        assert_eq!(lines[0], "backend:        tdx");
+        assert!(lines.contains(&format!("mrtd:           {}", hex::encode(m.mrtd))));
+        assert!(lines.contains(&format!("rtmr2:          {}", hex::encode(m.rtmr[2]))));
+        assert!(lines.last().unwrap().starts_with("valid until:"));
+
+        let sim = SimSource(SimKey::generate().unwrap());
+        let id = Identity::generate(&sim, NOW).unwrap();
+        let mut policy = Policy::sim_test();
+        policy.allowed_backends = vec![Backend::Sim];
+        let mut cfg = VerifierConfig::new(policy);
+        cfg.clock = fixed_clock(NOW);
+        let peer = RatlsVerifier::new(cfg)
+            .verify_cert(id.cert_der(), &[])
+            .unwrap();
+        let (json, lines) = describe_peer(&peer);
+        assert_eq!(json["public_key"], hex::encode(id.public_key()));
+        assert!(lines.contains(&format!("measurement:    {} (sim)", "ff".repeat(48))));
     }
 
     #[test]

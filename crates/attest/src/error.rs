@@ -24,6 +24,13 @@ pub enum AttestError {
         "simulated evidence is only accepted by a policy that allows Sim on a network marked as test"
     )]
     SimNotAllowed,
+    /// COCOON's test-mode TDX evidence (`fake_tdx`) where the network is not a test network
+    /// (or the policy does not list `fake-tdx`).
+    #[error(
+        "COCOON fake_tdx evidence (report data without a quote) is only accepted by a policy that \
+         allows fake-tdx on a network marked as test"
+    )]
+    FakeTdxNotAllowed,
     /// Evidence that does not parse.
     #[error("malformed evidence: {0}")]
     Malformed(String),
@@ -197,6 +204,7 @@ impl AttestError {
         match self {
             E::BackendNotAllowed { .. }
             | E::SimNotAllowed
+            | E::FakeTdxNotAllowed
             | E::Malformed(_)
             | E::NotATdQuote
             | E::DebugTd { .. }

@@ -11,18 +11,22 @@ pub enum Backend {
     SevSnp,
     /// Software-simulated evidence for development and test networks only.
     Sim,
+    /// COCOON's test-mode TDX evidence (`fake_tdx`): the 64 bytes of report data in place
+    /// of a quote, nothing signed or measured. Test networks only.
+    FakeTdx,
     /// No evidence at all: a plain self-signed certificate, accepted only where a verifier
     /// is told to (a proxy's clients, whose trust rests on their payment channel).
     Unattested,
 }
 
 impl Backend {
-    /// The settings' name: `tdx`, `sev-snp`, `sim`, `none` (unattested).
+    /// The settings' name: `tdx`, `sev-snp`, `sim`, `fake-tdx`, `none` (unattested).
     pub fn name(self) -> &'static str {
         match self {
             Backend::Tdx => "tdx",
             Backend::SevSnp => "sev-snp",
             Backend::Sim => "sim",
+            Backend::FakeTdx => "fake-tdx",
             Backend::Unattested => "none",
         }
     }
@@ -43,11 +47,12 @@ impl std::str::FromStr for Backend {
             Backend::Tdx,
             Backend::SevSnp,
             Backend::Sim,
+            Backend::FakeTdx,
             Backend::Unattested,
         ]
         .into_iter()
         .find(|b| b.name() == s)
-        .ok_or_else(|| format!("unknown TEE {s:?} (one of: tdx, sev-snp, sim, none)"))
+        .ok_or_else(|| format!("unknown TEE {s:?} (one of: tdx, sev-snp, sim, fake-tdx, none)"))
     }
 }
 

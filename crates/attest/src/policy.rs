@@ -31,6 +31,9 @@ pub enum Evidence<'a> {
     },
     /// Simulated evidence produced by [`crate::SimKey::evidence`].
     Sim(&'a [u8]),
+    /// COCOON's test-mode TDX evidence (`fake_tdx`): exactly
+    /// [`crate::tdx::FAKE_TDX_LEN`] bytes, the report data itself.
+    FakeTdx(&'a [u8]),
 }
 
 impl Evidence<'_> {
@@ -40,6 +43,7 @@ impl Evidence<'_> {
             Evidence::Tdx { .. } => Backend::Tdx,
             Evidence::SevSnp { .. } => Backend::SevSnp,
             Evidence::Sim(_) => Backend::Sim,
+            Evidence::FakeTdx(_) => Backend::FakeTdx,
         }
     }
 }
@@ -200,10 +204,12 @@ impl Policy {
         p.allowed_backends.clear();
         for b in &f.backends {
             let backend = match b.parse::<Backend>() {
-                Ok(backend @ (Backend::Tdx | Backend::SevSnp | Backend::Sim)) => backend,
+                Ok(
+                    backend @ (Backend::Tdx | Backend::SevSnp | Backend::Sim | Backend::FakeTdx),
+                ) => backend,
                 _ => {
                     return Err(AttestError::InvalidPolicy(format!(
-                        "backends: unknown backend {b:?} (one of: tdx, sev-snp, sim)"
+                        "backends: unknown backend {b:?} (one of: tdx, sev-snp, sim, fake-tdx)"
                     )));
                 }
             };
@@ -214,10 +220,12 @@ impl Policy {
         if p.allowed_backends.is_empty() {
             return Err(AttestError::InvalidPolicy("backends: empty".into()));
         }
-        if p.allowed_backends.contains(&Backend::Sim) && !f.test_network {
-            return Err(AttestError::InvalidPolicy(
-                "backends: \"sim\" requires \"test_network\": true".into(),
-            ));
+        for test_only in [Backend::Sim, Backend::FakeTdx] {
+            if p.allowed_backends.contains(&test_only) && !f.test_network {
+                return Err(AttestError::InvalidPolicy(format!(
+                    "backends: \"{test_only}\" requires \"test_network\": true"
+                )));
+            }
         }
         p.allowed_image_hashes = hex_list("image_hashes", &f.image_hashes)?;
         p.allowed_mrtds = hex_list("mrtds", &f.mrtds)?;
@@ -311,10 +319,11 @@ impl Policy {
         }
     }
 
-    /// Test-network policy that accepts simulated evidence (and TDX as `tdx_default`).
+    /// Test-network policy that accepts simulated evidence, COCOON's test-mode TDX
+    /// evidence (`fake_tdx`), and TDX as `tdx_default`.
     pub fn sim_test() -> Self {
         Self {
-            allowed_backends: vec![Backend::Sim, Backend::Tdx],
+            allowed_backends: vec![Backend::Sim, Backend::FakeTdx, Backend::Tdx],
             is_test_network: true,
             ..Self::tdx_default()
         }
@@ -329,10 +338,10 @@ impl Policy {
     ) -> Result<VerifiedPeer, AttestError> {
         let backend = evidence.backend();
         if !self.allowed_backends.contains(&backend) {
-            return Err(if backend == Backend::Sim {
-                AttestError::SimNotAllowed
-            } else {
-                AttestError::BackendNotAllowed { backend }
+            return Err(match backend {
+                Backend::Sim => AttestError::SimNotAllowed,
+                Backend::FakeTdx => AttestError::FakeTdxNotAllowed,
+                backend => AttestError::BackendNotAllowed { backend },
             });
         }
         let peer = match evidence {
@@ -343,6 +352,7 @@ impl Policy {
                 chain_pem,
             } => self.evaluate_sev(report, vcek_der, chain_pem, now)?,
             Evidence::Sim(ev) => self.evaluate_sim(ev, now)?,
+            Evidence::FakeTdx(ev) => self.evaluate_fake_tdx(ev, now)?,
         };
         if &peer.report_data != report_data_expected {
             return Err(AttestError::ReportDataMismatch);
@@ -493,6 +503,42 @@ impl Policy {
             valid_until: certs_expire
                 .min(crl_fresh_until.unwrap_or(u64::MAX))
                 .min(now.saturating_add(self.max_validity_secs)),
+        })
+    }
+
+    /// COCOON's `fake_tdx`: the evidence is the report data itself (64 bytes), with every
+    /// register zero, as COCOON's fake TDX interface reads it; so the image hash is
+    /// [`tdx::fake_tdx_image_hash`]. Nothing is signed: accepted only on a test network, and
+    /// the MRTD/RTMR allowlists apply to the zero registers as COCOON applies them.
+    fn evaluate_fake_tdx(&self, evidence: &[u8], now: u64) -> Result<VerifiedPeer, AttestError> {
+        if !self.is_test_network {
+            return Err(AttestError::FakeTdxNotAllowed);
+        }
+        let report_data: [u8; 64] = evidence.try_into().map_err(|_| {
+            AttestError::Malformed(format!(
+                "fake_tdx evidence is {} bytes, expected {}",
+                evidence.len(),
+                tdx::FAKE_TDX_LEN
+            ))
+        })?;
+        let m = tdx::fake_tdx_measurements();
+        if !self.allowed_mrtds.is_empty() && !self.allowed_mrtds.contains(&m.mrtd) {
+            return Err(AttestError::MrtdNotAllowed { mrtd: m.mrtd });
+        }
+        if !self.allowed_rtmrs.is_empty() && !self.allowed_rtmrs.contains(&m.rtmr) {
+            return Err(AttestError::RtmrsNotAllowed {
+                rtmrs: Box::new(m.rtmr),
+            });
+        }
+        Ok(VerifiedPeer {
+            backend: Backend::FakeTdx,
+            image_hash: tdx::image_hash(&m),
+            measurements: Measurements::Tdx(Box::new(m)),
+            tcb_status: TcbStatus::UpToDate,
+            advisory_ids: Vec::new(),
+            report_data,
+            public_key: None,
+            valid_until: now.saturating_add(self.max_validity_secs),
         })
     }
 

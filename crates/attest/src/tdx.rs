@@ -35,6 +35,28 @@ pub fn image_hash(m: &TdxMeasurements) -> [u8; 32] {
     )
 }
 
+/// The length of COCOON's test-mode TDX evidence (`fake_tdx`): the 64 bytes of report data
+/// stand where a quote would, and no quote is that short.
+pub const FAKE_TDX_LEN: usize = 64;
+
+/// The registers COCOON's fake TDX interface reports: all zero.
+pub fn fake_tdx_measurements() -> TdxMeasurements {
+    TdxMeasurements {
+        mrtd: [0; 48],
+        rtmr: [[0; 48]; 4],
+        mr_config_id: [0; 48],
+        mr_owner: [0; 48],
+        mr_owner_config: [0; 48],
+        td_attributes: [0; 8],
+        xfam: [0; 8],
+    }
+}
+
+/// The image hash of `fake_tdx` evidence: [`image_hash`] of the zero registers.
+pub fn fake_tdx_image_hash() -> [u8; 32] {
+    image_hash(&fake_tdx_measurements())
+}
+
 pub(crate) fn image_hash_of(
     mrtd: &[u8; 48],
     mr_config_id: &[u8; 48],

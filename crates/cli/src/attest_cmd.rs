@@ -115,7 +115,8 @@ pub(crate) struct VerifyArgs {
 
 #[derive(Args)]
 pub(crate) struct GenCertArgs {
-    /// Evidence source: `sim`, `tdx` (configfs-tsm) or `sev-snp`.
+    /// Evidence source: `sim`, `fake-tdx` (COCOON's test mode), `tdx` (configfs-tsm) or
+    /// `sev-snp`.
     #[arg(long, value_name = "TEE")]
     tee: String,
     /// Output directory (created if missing).
@@ -354,14 +355,16 @@ fn show(as_json: bool) -> Result<(), String> {
 fn gen_cert(args: GenCertArgs) -> Result<(), String> {
     let now = now_or(args.now)?;
     let tee = match args.tee.parse::<Backend>() {
-        Ok(b @ (Backend::Sim | Backend::Tdx | Backend::SevSnp)) => b,
+        Ok(b @ (Backend::Sim | Backend::FakeTdx | Backend::Tdx | Backend::SevSnp)) => b,
         _ => {
             let other = &args.tee;
-            return Err(format!("unknown TEE {other:?} (one of: sim, tdx, sev-snp)"));
+            return Err(format!(
+                "unknown TEE {other:?} (one of: sim, fake-tdx, tdx, sev-snp)"
+            ));
         }
     };
-    if tee == Backend::Sim {
-        // The default key lives in the output directory.
+    if matches!(tee, Backend::Sim | Backend::FakeTdx) {
+        // The default sim key lives in the output directory.
         std::fs::create_dir_all(&args.out)
             .map_err(|e| format!("cannot create {}: {e}", args.out.display()))?;
     } else if !Path::new(cocoon_attest::tsm::DEFAULT_ROOT).is_dir() {

@@ -617,3 +617,41 @@ fn gen_cert_tdx_and_sev_fail_cleanly_without_tee() {
     ]);
     one_line_error(&o);
 }
+
+/// COCOON's test-mode certificate (`gen-cert --tdx fake_tdx` there): accepted on a test
+/// network, refused by the production policy with the typed reason.
+#[test]
+fn gen_cert_fake_tdx_is_accepted_only_on_a_test_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let o = cocoon(&["attest", "gen-cert", "--tee", "fake-tdx", "--out", out]);
+    assert!(o.status.success(), "stderr: {}", stderr(&o));
+    assert!(
+        stdout(&o).contains("evidence:       fake-tdx"),
+        "{}",
+        stdout(&o)
+    );
+    let cert = format!("{out}/cert.pem");
+    let fake_image = hex::encode(cocoon_attest::tdx::fake_tdx_image_hash());
+    let o = cocoon(&[
+        "attest",
+        "verify-cert",
+        &cert,
+        "--policy",
+        "any",
+        "--allow-sim",
+        "--json",
+    ]);
+    assert!(o.status.success(), "stderr: {}", stderr(&o));
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["backend"], "fake-tdx");
+    assert_eq!(v["image_hash"], fake_image);
+    let o = cocoon(&["attest", "verify-cert", &cert, "--policy", "tdx"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o)
+            .contains("COCOON fake_tdx evidence (report data without a quote) is only accepted"),
+        "{}",
+        stdout(&o)
+    );
+}

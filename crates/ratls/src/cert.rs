@@ -18,9 +18,11 @@
 //! TDX:      quote                                           (raw)
 //! SEV-SNP:  "CCN-SEV1" ‖ u32le len ‖ report ‖ u32le len ‖ vcek_der ‖ u32le len ‖ chain_pem
 //! Sim:      "CCN-SIM1" ‖ sim evidence (cocoon_attest::sim format)
+//! FakeTdx:  report_data (exactly 64 bytes; COCOON's test-mode `fake_tdx`)
 //! ```
 //!
-//! Any other content starting with `"CCN-"` is rejected. Parsing is bounded: the whole
+//! Any other content starting with `"CCN-"` is rejected. No TDX quote is 64 bytes long (its
+//! header alone is 48, its body 584), so 64 bytes are COCOON's fake evidence. Parsing is bounded: the whole
 //! extension is capped at [`MAX_EVIDENCE_LEN`], lengths are checked before slicing, and
 //! trailing bytes are an error.
 
@@ -100,13 +102,15 @@ pub enum EvidenceEnvelope<'a> {
     },
     /// Simulated evidence.
     Sim(&'a [u8]),
+    /// COCOON's test-mode TDX evidence (`fake_tdx`): the report data in place of a quote.
+    FakeTdx(&'a [u8]),
 }
 
 impl<'a> EvidenceEnvelope<'a> {
     /// Encode into the extension bytes.
     pub fn encode(&self) -> Vec<u8> {
         match self {
-            EvidenceEnvelope::Tdx(q) => q.to_vec(),
+            EvidenceEnvelope::Tdx(q) | EvidenceEnvelope::FakeTdx(q) => q.to_vec(),
             EvidenceEnvelope::Sim(s) => [SIM_MAGIC.as_slice(), s].concat(),
             EvidenceEnvelope::SevSnp {
                 report,
@@ -138,6 +142,7 @@ impl<'a> EvidenceEnvelope<'a> {
                 Ok(sev::image_hash(&sev::parse_report(report)?))
             }
             EvidenceEnvelope::Sim(_) => Ok(cocoon_attest::sim::sim_image_hash()),
+            EvidenceEnvelope::FakeTdx(_) => Ok(cocoon_attest::tdx::fake_tdx_image_hash()),
         }
     }
 
@@ -183,6 +188,9 @@ impl<'a> EvidenceEnvelope<'a> {
         if bytes.starts_with(RESERVED_PREFIX) {
             return Err("unknown evidence envelope magic".into());
         }
+        if bytes.len() == cocoon_attest::tdx::FAKE_TDX_LEN {
+            return Ok(EvidenceEnvelope::FakeTdx(bytes));
+        }
         Ok(EvidenceEnvelope::Tdx(bytes))
     }
 }
@@ -219,6 +227,17 @@ pub struct SimSource(pub SimKey);
 impl EvidenceSource for SimSource {
     fn evidence(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, CertError> {
         Ok(EvidenceEnvelope::Sim(&self.0.evidence(report_data)).encode())
+    }
+}
+
+/// COCOON's test-mode TDX evidence (`fake_tdx`): the report data itself, as COCOON's
+/// `gen-cert --tdx fake_tdx` and its runners in fake mode write it (test networks only).
+#[derive(Debug, Clone, Copy)]
+pub struct FakeTdxSource;
+
+impl EvidenceSource for FakeTdxSource {
+    fn evidence(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, CertError> {
+        Ok(EvidenceEnvelope::FakeTdx(report_data).encode())
     }
 }
 

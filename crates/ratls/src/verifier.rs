@@ -399,6 +399,9 @@ impl RatlsVerifier {
             EvidenceEnvelope::Sim(sim) => {
                 policy.evaluate_bound(&Evidence::Sim(sim), public_key, now)
             }
+            EvidenceEnvelope::FakeTdx(fake) => {
+                policy.evaluate_bound(&Evidence::FakeTdx(fake), public_key, now)
+            }
         }
     }
 

@@ -9,8 +9,8 @@ use std::time::Duration;
 use cocoon_attest::{AttestError, Backend, Policy, SimKey, TdxCollateral, VerifiedPeer};
 use cocoon_net::Incoming;
 use cocoon_ratls::cert::{
-    CertOptions, EvidenceEnvelope, EvidenceSource, FixedSource, Identity, MAX_EVIDENCE_LEN,
-    SimSource, Unattested,
+    CertOptions, EvidenceEnvelope, EvidenceSource, FakeTdxSource, FixedSource, Identity,
+    MAX_EVIDENCE_LEN, SimSource, Unattested,
 };
 use cocoon_ratls::config::{CertResolver, client_config, provider};
 use cocoon_ratls::net::{RatlsAcceptor, RatlsConnector, RatlsError};
@@ -383,6 +383,50 @@ async fn sim_evidence_under_tdx_policy_is_rejected() {
         rejected_by(&c),
         VerifyError::Attest(AttestError::SimNotAllowed)
     ));
+}
+
+/// COCOON's test-mode evidence (`gen-cert --tdx fake_tdx`): the extension holds the 64
+/// bytes of `SHA-512(public key)`. A test network accepts it over a real session.
+#[tokio::test]
+async fn cocoon_fake_tdx_session_on_a_test_network() {
+    let sid = Identity::generate(&FakeTdxSource, NOW - 60).unwrap();
+    assert_eq!(
+        sid.evidence(),
+        cocoon_attest::report_data_for_public_key(sid.public_key())
+    );
+    assert_eq!(
+        EvidenceEnvelope::decode(sid.evidence()).unwrap(),
+        EvidenceEnvelope::FakeTdx(sid.evidence())
+    );
+    let (c, s) = run(
+        connector(&ident(NOW - 60), verifier()),
+        acceptor(&sid, verifier()),
+    )
+    .await;
+    let proxy = c.unwrap();
+    assert_eq!(proxy.backend(), Backend::FakeTdx);
+    assert_eq!(proxy.public_key(), Some(sid.public_key()));
+    assert_eq!(
+        proxy.image_hash(),
+        &cocoon_attest::tdx::fake_tdx_image_hash()
+    );
+    assert_eq!(s.unwrap().backend(), Backend::Sim);
+}
+
+#[tokio::test]
+async fn cocoon_fake_tdx_under_a_production_policy_is_refused() {
+    let sid = Identity::generate(&FakeTdxSource, NOW - 60).unwrap();
+    let (c, _s) = run(
+        connector(&ident(NOW - 60), verifier_at(Policy::tdx_default(), NOW)),
+        acceptor(&sid, verifier()),
+    )
+    .await;
+    let e = rejected_by(&c);
+    assert!(
+        matches!(e, VerifyError::Attest(AttestError::FakeTdxNotAllowed)),
+        "{e:?}"
+    );
+    assert_eq!(e.fault(), cocoon_attest::Fault::Peer);
 }
 
 #[tokio::test]

@@ -10,7 +10,9 @@ use cocoon_attest::{
     AttestError, Backend, CollateralFetcher, CollateralStore, KdsClient, KdsFetcher, PccsClient,
     Policy, SevCollateral, SimKey, VcekStore,
 };
-use cocoon_ratls::cert::{EvidenceSource, Identity, SimSource, TsmSevSource, TsmTdxSource};
+use cocoon_ratls::cert::{
+    EvidenceSource, FakeTdxSource, Identity, SimSource, TsmSevSource, TsmTdxSource,
+};
 use cocoon_ratls::config::CertResolver;
 use cocoon_ratls::net::RatlsConnector;
 use cocoon_ratls::verifier::{RatlsVerifier, VerifierConfig, system_clock};
@@ -31,10 +33,9 @@ impl std::str::FromStr for TeeChoice {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "auto" => Ok(TeeChoice::Auto),
-            other => other
-                .parse()
-                .map(TeeChoice::Fixed)
-                .map_err(|_| format!("unknown tee {other:?} (auto, tdx, sev-snp, sim, none)")),
+            other => other.parse().map(TeeChoice::Fixed).map_err(|_| {
+                format!("unknown tee {other:?} (auto, tdx, sev-snp, sim, fake-tdx, none)")
+            }),
         }
     }
 }
@@ -71,12 +72,14 @@ pub struct RoleIdentity {
     pub tee: Backend,
 }
 
-/// Our RA-TLS identity from `tee`. Sim evidence is refused unless the network is a test
-/// network; its key is kept in `<state_dir>/sim-key.pk8`.
+/// Our RA-TLS identity from `tee`. Sim and fake-tdx evidence are refused unless the network
+/// is a test network; the sim key is kept in `<state_dir>/sim-key.pk8`.
 pub fn identity(tee: TeeChoice, is_test: bool, state_dir: &Path) -> Result<RoleIdentity, String> {
     let tee = tee.resolve()?;
-    if tee == Backend::Sim && !is_test {
-        return Err("sim attestation is for test networks only (is_test = true)".into());
+    if matches!(tee, Backend::Sim | Backend::FakeTdx) && !is_test {
+        return Err(format!(
+            "{tee} attestation is for test networks only (is_test = true)"
+        ));
     }
     let source = evidence_source(tee, &state_dir.join("sim-key.pk8"))
         .map_err(|e| format!("sim key: {e}"))?;
@@ -100,6 +103,7 @@ pub fn evidence_source(
 ) -> Result<Arc<dyn EvidenceSource>, AttestError> {
     Ok(match tee {
         Backend::Sim => Arc::new(SimSource(SimKey::load_or_create(sim_key)?)),
+        Backend::FakeTdx => Arc::new(FakeTdxSource),
         Backend::Unattested => Arc::new(cocoon_ratls::cert::Unattested),
         Backend::Tdx => Arc::new(TsmTdxSource::system()),
         Backend::SevSnp => Arc::new(TsmSevSource::system()),
@@ -120,7 +124,8 @@ pub fn spawn_identity_refresh(
 }
 
 /// A peer policy by name (`any`, `tdx`, `sev-snp`, `sim`) or from a JSON policy file; with
-/// `allow_sim`, sim evidence is accepted too and the policy is for a test network.
+/// `allow_sim`, sim evidence and COCOON's test-mode TDX evidence (`fake_tdx`) are accepted
+/// too and the policy is for a test network.
 pub fn peer_policy(spec: &str, allow_sim: bool) -> Result<Policy, String> {
     let mut p = match spec {
         "sim" => {
@@ -149,8 +154,10 @@ pub fn peer_policy(spec: &str, allow_sim: bool) -> Result<Policy, String> {
         }
     };
     if allow_sim {
-        if !p.allowed_backends.contains(&Backend::Sim) {
-            p.allowed_backends.push(Backend::Sim);
+        for test_only in [Backend::Sim, Backend::FakeTdx] {
+            if !p.allowed_backends.contains(&test_only) {
+                p.allowed_backends.push(test_only);
+            }
         }
         p.is_test_network = true;
     }
@@ -193,8 +200,12 @@ pub struct PeerVerification<'a> {
 /// handshakes never wait on either.
 pub fn peer_verifier(v: PeerVerification<'_>) -> Result<Arc<RatlsVerifier>, String> {
     let mut p = peer_policy(v.policy, v.is_test)?;
-    if !v.is_test && p.allowed_backends.contains(&Backend::Sim) {
-        return Err("a sim peer policy needs a test network (is_test = true)".into());
+    if !v.is_test
+        && (p.allowed_backends)
+            .iter()
+            .any(|b| matches!(b, Backend::Sim | Backend::FakeTdx))
+    {
+        return Err("a sim or fake-tdx peer policy needs a test network (is_test = true)".into());
     }
     p.is_test_network = v.is_test;
     if p.allowed_backends.contains(&Backend::SevSnp) {
@@ -288,6 +299,13 @@ mod tests {
         assert_eq!(any.allowed_backends, vec![Backend::Tdx, Backend::SevSnp]);
         let test = peer_policy("tdx", true).unwrap();
         assert!(test.allowed_backends.contains(&Backend::Sim) && test.is_test_network);
+        assert!(test.allowed_backends.contains(&Backend::FakeTdx));
+        assert!(
+            !peer_policy("any", false)
+                .unwrap()
+                .allowed_backends
+                .contains(&Backend::FakeTdx)
+        );
         assert!(
             peer_policy("/nonexistent", false)
                 .unwrap_err()
@@ -300,6 +318,12 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let sim = TeeChoice::Fixed(Backend::Sim);
         assert!(identity(sim, false, d.path()).is_err());
+        let fake = TeeChoice::Fixed(Backend::FakeTdx);
+        assert!(identity(fake, false, d.path()).is_err());
+        assert_eq!(
+            identity(fake, true, d.path()).unwrap().tee,
+            Backend::FakeTdx
+        );
         let id = identity(sim, true, d.path()).unwrap();
         assert_eq!(id.tee, Backend::Sim);
         let v = PeerVerification {

@@ -114,7 +114,7 @@ impl Common {
         if tee == TeeChoice::Fixed(cocoon_attest::Backend::Unattested) {
             return Err(SettingError::new(
                 "tee",
-                format!("a {role} must be attested (auto, tdx, sev-snp, sim)"),
+                format!("a {role} must be attested (auto, tdx, sev-snp, sim, fake-tdx)"),
             ));
         }
         Ok(())
@@ -320,7 +320,7 @@ own = 7
             )
             .unwrap_err()
             .reason,
-            "a proxy must be attested (auto, tdx, sev-snp, sim)"
+            "a proxy must be attested (auto, tdx, sev-snp, sim, fake-tdx)"
         );
         assert!(
             check_proxy_hashes(false, false).is_err() && check_proxy_hashes(true, false).is_ok()

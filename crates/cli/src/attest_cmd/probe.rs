@@ -42,7 +42,8 @@ pub(crate) struct ProbeArgs {
     #[arg(long)]
     test: bool,
     /// The evidence we present: `none` (no evidence; a proxy's client port accepts it),
-    /// `sim` (test networks), `tdx` or `sev-snp` (this machine's TEE). A worker refuses a
+    /// `sim` or `fake-tdx` (COCOON's test mode; test networks), `tdx` or `sev-snp` (this
+    /// machine's TEE). A worker refuses a
     /// proxy without evidence, so `--as-proxy` needs one.
     #[arg(long, value_name = "TEE", default_value = "none")]
     tee: String,
@@ -155,9 +156,9 @@ fn our_source(args: &ProbeArgs) -> Result<Arc<dyn EvidenceSource>, String> {
         .parse::<Backend>()
         .map_err(|e| format!("--tee: {e}"))?;
     match tee {
-        Backend::Sim if !args.test => {
-            Err("--tee sim is for test networks only (add --test)".into())
-        }
+        Backend::Sim | Backend::FakeTdx if !args.test => Err(format!(
+            "--tee {tee} is for test networks only (add --test)"
+        )),
         Backend::Sim => {
             let key = match &args.sim_key {
                 Some(path) => SimKey::load_or_create(path),

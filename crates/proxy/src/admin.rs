@@ -163,6 +163,7 @@ fn stats_html(shared: &Shared, s: &ProxyStats) -> Response {
                 "charges / payouts submitted",
                 format!("{} / {}", l.charges_submitted, l.payouts_submitted),
             )
+            .row("automatic withdrawals", l.auto_withdrawals.to_string())
             .row("halted", l.halted.clone().unwrap_or_else(|| "no".into()))
             .row("frozen accounts", l.frozen.len().to_string());
         p.table(

@@ -102,6 +102,12 @@ pub trait CheckpointChain: Send + Sync + 'static {
 
     /// Asks the proxy contract to pay the accumulated commission to its owner.
     fn withdraw(&self) -> BoxFuture<'_, Result<(), ProxyChainError>>;
+
+    /// The commission the proxy contract holds for its owner now (its storage `balance`),
+    /// nanoTON; `None` when this chain cannot tell (then nothing is withdrawn automatically).
+    fn commission(&self) -> BoxFuture<'_, Result<Option<u128>, ProxyChainError>> {
+        Box::pin(async { Ok(None) })
+    }
 }
 
 /// Contracts, registrations, checkpoints and submitted receipts held in memory.
@@ -113,6 +119,7 @@ pub struct MemoryChain {
     checkpoints: Mutex<Vec<ChainCheckpoint>>,
     receipts: Mutex<Vec<(StdAddr, Vec<u8>)>>,
     withdrawals: std::sync::atomic::AtomicU64,
+    commission: Mutex<Option<u128>>,
     /// While set, checkpoints sent are dropped (a chain that does not include them).
     drop_checkpoints: AtomicBool,
 }
@@ -126,6 +133,7 @@ impl Default for MemoryChain {
             checkpoints: Mutex::default(),
             receipts: Mutex::default(),
             withdrawals: std::sync::atomic::AtomicU64::new(0),
+            commission: Mutex::new(None),
             drop_checkpoints: AtomicBool::new(false),
         }
     }
@@ -177,6 +185,12 @@ impl MemoryChain {
     /// Commission withdrawals requested so far.
     pub fn withdrawals(&self) -> u64 {
         self.withdrawals.load(Ordering::Relaxed)
+    }
+
+    /// Sets the commission the proxy contract reports (`None`: unknown, the default). A
+    /// withdrawal does not change it: a test sets it to what the contract would show.
+    pub fn set_commission(&self, nanoton: Option<u128>) {
+        *lock(&self.commission) = nanoton;
     }
 
     /// Receipts submitted so far: `(contract, BoC)`.
@@ -261,6 +275,11 @@ impl CheckpointChain for MemoryChain {
     fn withdraw(&self) -> BoxFuture<'_, Result<(), ProxyChainError>> {
         self.withdrawals.fetch_add(1, Ordering::Relaxed);
         Box::pin(async { Ok(()) })
+    }
+
+    fn commission(&self) -> BoxFuture<'_, Result<Option<u128>, ProxyChainError>> {
+        let c = *lock(&self.commission);
+        Box::pin(async move { Ok(c) })
     }
 }
 

@@ -63,6 +63,11 @@ pub struct SettlementConfig {
     /// How often to run while a closing client still owes usage (its refund completes after
     /// `client_delay_before_close`; the charge must land first).
     pub urgent_interval: Duration,
+    /// Withdraw the proxy contract's commission to its owner once it exceeds this many
+    /// nanoTON (0: never automatically, the default; the operator's `withdraw` control works
+    /// either way). A withdrawal sent is not repeated until the contract shows it landed
+    /// (its commission dropped below the amount sent) or `receipt_resend_after` passed.
+    pub auto_withdraw_above: u128,
 }
 
 impl Default for SettlementConfig {
@@ -74,6 +79,7 @@ impl Default for SettlementConfig {
             min_worker_payout: 10_000_000_000,
             receipt_resend_after: Duration::from_secs(3600),
             urgent_interval: Duration::from_secs(2),
+            auto_withdraw_above: 0,
         }
     }
 }
@@ -101,6 +107,10 @@ pub struct LedgerMeter {
     last_sent: tokio::sync::Mutex<Option<(u32, u64, std::time::Instant)>>,
     /// The chain and thresholds of the running settlement loop (for operator controls).
     settlement: std::sync::OnceLock<(Arc<dyn CheckpointChain>, SettlementConfig)>,
+    /// The automatic withdrawal in flight: the commission it was sent for, and when.
+    withdrawal: Mutex<Option<(u128, std::time::Instant)>>,
+    /// Automatic withdrawals sent so far.
+    auto_withdrawals: Mutex<u64>,
 }
 
 impl std::fmt::Debug for LedgerMeter {
@@ -200,6 +210,8 @@ impl LedgerMeter {
             kick: tokio::sync::Notify::new(),
             last_sent: tokio::sync::Mutex::new(None),
             settlement: std::sync::OnceLock::new(),
+            withdrawal: Mutex::new(None),
+            auto_withdrawals: Mutex::new(0),
         }))
     }
 
@@ -308,6 +320,7 @@ impl LedgerMeter {
                 .collect(),
             charges_submitted: charges,
             payouts_submitted: payouts,
+            auto_withdrawals: *lock(&self.auto_withdrawals),
         }
     }
 
@@ -479,6 +492,49 @@ impl LedgerMeter {
         for e in self.ledger().take_events() {
             report(&e);
         }
+        // 4. The commission, when it exceeds the threshold.
+        if cfg.auto_withdraw_above > 0 {
+            self.auto_withdraw(chain, cfg).await?;
+        }
+        Ok(())
+    }
+
+    /// Withdraws the proxy contract's commission when it exceeds `cfg.auto_withdraw_above`,
+    /// once: while a withdrawal sent is not seen landed (the contract's commission below the
+    /// amount it was sent for), none is sent again before `cfg.receipt_resend_after`.
+    async fn auto_withdraw(
+        &self,
+        chain: &dyn CheckpointChain,
+        cfg: &SettlementConfig,
+    ) -> Result<(), ProxyChainError> {
+        let Some(commission) = chain.commission().await? else {
+            return Ok(());
+        };
+        {
+            let mut w = lock(&self.withdrawal);
+            if let Some((sent_for, at)) = *w {
+                if commission < sent_for {
+                    tracing::info!(
+                        withdrawn_nanoton = %sent_for,
+                        "commission withdrawal landed"
+                    );
+                    *w = None;
+                } else if at.elapsed() < cfg.receipt_resend_after {
+                    return Ok(());
+                }
+            }
+        }
+        if commission <= cfg.auto_withdraw_above {
+            return Ok(());
+        }
+        chain.withdraw().await?;
+        *lock(&self.withdrawal) = Some((commission, std::time::Instant::now()));
+        *lock(&self.auto_withdrawals) += 1;
+        tracing::info!(
+            commission_nanoton = %commission,
+            threshold_nanoton = %cfg.auto_withdraw_above,
+            "commission above the threshold: withdrawal to the owner sent"
+        );
         Ok(())
     }
 

@@ -326,6 +326,8 @@ pub struct LedgerStats {
     pub charges_submitted: u64,
     /// Worker payouts submitted.
     pub payouts_submitted: u64,
+    /// Commission withdrawals sent automatically (`auto_withdraw_ton`).
+    pub auto_withdrawals: u64,
 }
 
 #[derive(Debug, Default, Clone, serde::Serialize)]

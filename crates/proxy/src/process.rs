@@ -235,6 +235,9 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
             min_worker_payout: u128::from(
                 cocoon_ton::parse_ton(&s.min_worker_payout_ton).map_err(|e| e.to_string())?,
             ),
+            auto_withdraw_above: u128::from(
+                cocoon_ton::parse_ton(&s.auto_withdraw_ton).map_err(|e| e.to_string())?,
+            ),
             ..SettlementConfig::default()
         };
         let c2 = Arc::clone(c);

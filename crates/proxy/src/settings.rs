@@ -45,6 +45,8 @@ pub struct Settings {
     pub min_client_charge_ton: String,
     /// Pay a worker out at this many TON (`min_worker_payout_ton`).
     pub min_worker_payout_ton: String,
+    /// Withdraw the commission above this many TON, "0" never (`auto_withdraw_ton`).
+    pub auto_withdraw_ton: String,
     /// Log filter (`log`).
     pub log: String,
 }
@@ -95,6 +97,7 @@ impl Settings {
             ("stake_ton", &self.stake_ton),
             ("min_client_charge_ton", &self.min_client_charge_ton),
             ("min_worker_payout_ton", &self.min_worker_payout_ton),
+            ("auto_withdraw_ton", &self.auto_withdraw_ton),
         ] {
             cocoon_ton::parse_ton(v).map_err(|e| SettingError::new(key, e))?;
         }

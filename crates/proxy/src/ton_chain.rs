@@ -365,6 +365,27 @@ impl<C: Chain + 'static> CheckpointChain for TonCheckpointChain<C> {
             .await
         })
     }
+
+    fn commission(&self) -> BoxFuture<'_, Result<Option<u128>, ProxyChainError>> {
+        Box::pin(async move {
+            let st = {
+                let s = self.sender.lock().await;
+                s.chain()
+                    .account_state(&self.proxy_sc)
+                    .await
+                    .map_err(unavailable)?
+            };
+            if st.status != AccountStatus::Active {
+                return Ok(Some(0));
+            }
+            let Some(data) = st.data else {
+                return Ok(Some(0));
+            };
+            let s = cocoon_ton::contracts::ProxyStorage::from_cell(&data)
+                .map_err(|e| unavailable(format!("proxy contract storage: {e}")))?;
+            Ok(Some(u128::from(s.balance.0)))
+        })
+    }
 }
 
 /// Value sent with a commission withdrawal request (the excess returns).

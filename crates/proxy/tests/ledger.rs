@@ -362,3 +362,57 @@ async fn receipts_are_submitted_once_across_restarts_and_old_accounts_get_final_
     assert_eq!(chain.receipts().len(), n, "each final receipt is sent once");
     assert!(m.audit().is_empty());
 }
+
+/// Automatic commission withdrawal, against the proxy contract's commission as the chain
+/// reports it: nothing at or below the threshold (or while the chain cannot tell), one
+/// withdrawal above it, none again until the contract shows it landed, and again once the
+/// commission exceeds the threshold anew; a withdrawal that never lands is resent after
+/// `receipt_resend_after`. Off (0), nothing is withdrawn whatever the contract holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commission_is_withdrawn_once_it_exceeds_the_threshold() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = MemoryChain::new();
+    let meter = open(&dir.path().join("ledger.sqlite"), &chain)
+        .await
+        .unwrap();
+    let cfg = SettlementConfig {
+        auto_withdraw_above: 1_000,
+        ..SettlementConfig::default()
+    };
+    // Unknown commission, then at the threshold: nothing.
+    meter.settle_once(&chain, &cfg).await.unwrap();
+    chain.set_commission(Some(1_000));
+    meter.settle_once(&chain, &cfg).await.unwrap();
+    assert_eq!(chain.withdrawals(), 0);
+    // Above it: one withdrawal, not repeated while the contract still shows the commission.
+    chain.set_commission(Some(1_001));
+    for _ in 0..3 {
+        meter.settle_once(&chain, &cfg).await.unwrap();
+    }
+    assert_eq!(chain.withdrawals(), 1);
+    assert_eq!(meter.stats().auto_withdrawals, 1);
+    chain.set_commission(Some(5_000));
+    meter.settle_once(&chain, &cfg).await.unwrap();
+    assert_eq!(chain.withdrawals(), 1, "the first one has not landed yet");
+    // Landed (commission back to zero), then earned again: below, then above.
+    chain.set_commission(Some(0));
+    meter.settle_once(&chain, &cfg).await.unwrap();
+    chain.set_commission(Some(999));
+    meter.settle_once(&chain, &cfg).await.unwrap();
+    assert_eq!(chain.withdrawals(), 1);
+    chain.set_commission(Some(2_000));
+    meter.settle_once(&chain, &cfg).await.unwrap();
+    assert_eq!(chain.withdrawals(), 2);
+    // One that never lands is sent again after `receipt_resend_after`.
+    let quick = SettlementConfig {
+        receipt_resend_after: std::time::Duration::ZERO,
+        ..cfg.clone()
+    };
+    meter.settle_once(&chain, &quick).await.unwrap();
+    assert_eq!(chain.withdrawals(), 3);
+    // Off: nothing, whatever the contract holds; the manual control is not affected.
+    let off = SettlementConfig::default();
+    chain.set_commission(Some(u128::from(u64::MAX)));
+    meter.settle_once(&chain, &off).await.unwrap();
+    assert_eq!(chain.withdrawals(), 3);
+}

@@ -441,3 +441,186 @@ async fn a_client_cannot_use_the_proxy_and_take_its_whole_deposit_back() {
         "the proxy's stake is untouched"
     );
 }
+
+/// The proxy contract's commission (`ProxyStorage.balance`), nanoTON.
+async fn contract_commission(tc: &Toncenter, proxy: &StdAddr) -> u64 {
+    let data = tc.account_state(proxy).await.unwrap().data.unwrap();
+    cocoon_ton::contracts::ProxyStorage::from_cell(&data)
+        .unwrap()
+        .balance
+        .0
+}
+
+/// Tokens the worker contract has been paid for (`WorkerStorage.tokens`).
+async fn worker_tokens(tc: &Toncenter, worker: &StdAddr) -> u64 {
+    let st = tc.account_state(worker).await.unwrap();
+    st.data.map_or(0, |d| {
+        cocoon_ton::contracts::WorkerStorage::from_cell(&d)
+            .unwrap()
+            .tokens
+    })
+}
+
+/// Commission withdrawal requests (`ext_proxy_payout_request`) the proxy contract processed.
+async fn withdrawal_requests(tc: &Toncenter, proxy: &StdAddr) -> usize {
+    tc.transactions_since(proxy, None, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|t| t.in_msg)
+        .filter(|m| {
+            m.body
+                .as_ref()
+                .and_then(|b| b.as_slice().ok().and_then(|mut s| s.load_u32().ok()))
+                == Some(cocoon_ton::opcodes::EXT_PROXY_PAYOUT_REQUEST)
+        })
+        .count()
+}
+
+/// Issue 18 §2, automatic commission withdrawal on the devnet: traffic through the proxy
+/// pays the worker through its real contract, which credits the proxy contract's
+/// commission; at the threshold nothing is withdrawn, above it exactly one withdrawal goes
+/// out, and the owner receives exactly what the contract held (tokens paid × (price −
+/// worker fee), to the nanoton; the contract pays the message's fees from the attached
+/// value), leaving the contract's commission at zero and its stake untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commission_above_the_threshold_is_withdrawn_once_to_the_owner() {
+    use cocoon_proxy::{CheckpointChain, LedgerMeter, SettlementConfig};
+    let net_chain = chainnet().await;
+    let tc = net_chain.tc.clone();
+    let mut root_cfg = cocoon_ton::chain::load_root_config(&tc, &net_chain.root)
+        .await
+        .unwrap();
+    root_cfg.worker_hashes = vec![HashBytes(cocoon_attest::sim::sim_image_hash())];
+    root_cfg.model_hashes = vec![cocoon_ton::root::model_hash(MODEL)];
+    let proxy_sc = net_chain.proxy.address.clone();
+    // The worker's contract exists (its owner deployed it); payouts are paid through it.
+    let worker_owner = addr(0x41);
+    let wsc = cocoon_ton::contracts::worker_contract(
+        &net_chain.params,
+        &worker_owner,
+        &proxy_sc,
+        &proxy_pk(),
+    )
+    .unwrap();
+    let mut funder = Party::new(9);
+    tc.faucet(&funder.address, 10 * TON).await.unwrap();
+    let init = wsc.state_init().unwrap();
+    funder
+        .send(
+            &tc,
+            &wsc.address,
+            TON / 5,
+            cocoon_ton::codec::empty_cell(),
+            Some(init),
+        )
+        .await;
+
+    let hash = secret_hash();
+    let (alice, _alice_sc) = net_chain.client(2, Some(hash)).await;
+    let clients = Arc::new(net_chain.client_chain().await);
+    let checkpoints = net_chain.checkpoint_chain();
+    let dir = tempfile::tempdir().unwrap();
+    let store = cocoon_ledger::SqliteStore::open(&dir.path().join("ledger.sqlite")).unwrap();
+    let key = Arc::new(net_chain.proxy_key());
+    let proxy_owner = net_chain.proxy_owner.address.clone();
+    let meter = LedgerMeter::open_for_root(
+        store,
+        key.clone(),
+        proxy_owner.clone(),
+        &root_cfg,
+        &checkpoints,
+    )
+    .await
+    .unwrap();
+    let m = meter.clone();
+    let (ps, po) = (proxy_sc.clone(), proxy_owner.clone());
+    let net = start_proxy_with(root_cfg, |c| {
+        c.chain = clients.clone();
+        c.meter = m;
+        c.signing_key = key.clone();
+        c.proxy_sc = ps;
+        c.owner_address = po;
+    })
+    .await;
+    let _worker = start_worker(&net, 0x41).await;
+    net.wait_workers(1).await;
+    assert_eq!(net.worker_sc(&worker_owner), wsc.address);
+    let stake = proxy_stake(&tc, &proxy_sc).await;
+    let per_token = net_chain.params.price_per_token - net_chain.params.worker_fee_per_token;
+    // Every checkpointed token is charged and paid out at once; withdrawal per `auto`.
+    let cfg = |auto: u128| SettlementConfig {
+        min_client_charge: 1,
+        min_worker_payout: 1,
+        auto_withdraw_above: auto,
+        ..SettlementConfig::default()
+    };
+    // Settlement passes (with wallet ticks) until `done` holds; false if it never does.
+    let passes = |cfg: SettlementConfig, n: usize| {
+        let (meter, cp, tc, wsc) = (meter.clone(), &checkpoints, tc.clone(), wsc.address.clone());
+        async move {
+            let mut seen = Vec::new();
+            for _ in 0..n {
+                meter.settle_once(cp, &cfg).await.unwrap();
+                cp.tick().await.unwrap();
+                seen.push(worker_tokens(&tc, &wsc).await);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            seen
+        }
+    };
+    let mut c = TestClient::authorized(&net, &alice.address).await;
+    async fn request(c: &mut TestClient, id: u8) {
+        c.run(id, "json", 100, 30.0).await;
+        let r = c.collect().await;
+        assert!(r.error.is_none(), "{:?}", r.error);
+    }
+
+    // 1. Traffic, settled with automatic withdrawal off: the commission accrues.
+    request(&mut c, 1).await;
+    let mut c1 = 0;
+    for _ in 0..10 {
+        passes(cfg(0), 5).await;
+        let t = worker_tokens(&tc, &wsc.address).await;
+        c1 = contract_commission(&tc, &proxy_sc).await;
+        if t > 0 && u128::from(c1) == u128::from(t) * u128::from(per_token) {
+            break;
+        }
+    }
+    assert!(c1 > 0, "the worker's payout credited the commission");
+    // 2. At the threshold (not above it): nothing is withdrawn.
+    passes(cfg(u128::from(c1)), 5).await;
+    assert_eq!(withdrawal_requests(&tc, &proxy_sc).await, 0);
+    assert_eq!(contract_commission(&tc, &proxy_sc).await, c1);
+    assert!(payouts(&tc, &proxy_owner, &proxy_sc).await.is_empty());
+    assert_eq!(meter.stats().auto_withdrawals, 0);
+    assert_eq!(
+        checkpoints.commission().await.unwrap(),
+        Some(u128::from(c1))
+    );
+
+    // 3. More traffic: the commission passes the threshold and is withdrawn once.
+    request(&mut c, 2).await;
+    request(&mut c, 3).await;
+    for _ in 0..20 {
+        passes(cfg(u128::from(c1)), 5).await;
+        if !payouts(&tc, &proxy_owner, &proxy_sc).await.is_empty() {
+            break;
+        }
+    }
+    // A few more passes: the landed withdrawal is not repeated.
+    passes(cfg(u128::from(c1)), 5).await;
+    let tokens = worker_tokens(&tc, &wsc.address).await;
+    let expected = u128::from(tokens) * u128::from(per_token);
+    assert!(expected > u128::from(c1));
+    assert_eq!(
+        payouts(&tc, &proxy_owner, &proxy_sc).await,
+        vec![expected],
+        "the owner got the whole commission, to the nanoton, once"
+    );
+    assert_eq!(withdrawal_requests(&tc, &proxy_sc).await, 1);
+    assert_eq!(meter.stats().auto_withdrawals, 1);
+    assert_eq!(contract_commission(&tc, &proxy_sc).await, 0);
+    assert_eq!(proxy_stake(&tc, &proxy_sc).await, stake, "the stake stays");
+    net.proxy.shutdown().await;
+}

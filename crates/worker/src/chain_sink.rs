@@ -8,27 +8,45 @@
 //! wallet's seqno moves; call [`ChainPayoutSink::tick`] periodically (or use
 //! [`ChainPayoutSink::spawn_ticker`]) so that unconfirmed messages are resent.
 //!
-//! The worker contract must exist: this sink does not deploy it.
+//! The worker contract must exist before the first payout reaches it:
+//! [`PayoutSink::ensure_contract`] (called at every proxy handshake) deploys it from the
+//! same wallet when it is missing, after checking that the wallet can pay for it, and the
+//! wallet's seqno order makes the deployment land before any payout sent after it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use cocoon_ton::chain::Chain;
+use cocoon_ton::chain::{AccountStatus, Chain};
+use cocoon_ton::contracts::Deployable;
 use cocoon_ton::payments::{PaymentPayload, SignedPayment};
 use cocoon_ton::wallet::{OutMsg, SenderEvent, WalletSender};
 use futures::future::BoxFuture;
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
-use crate::payout::PayoutSink;
+use crate::payout::{ContractError, ContractStatus, PayoutSink};
 
 /// nanoTON attached to a payout message by default.
 pub const DEFAULT_ATTACH_NANOTON: u64 = 500_000_000;
+
+/// nanoTON a missing worker contract is deployed with by default (it stays there as the
+/// contract's gas reserve; the contracts keep at least 0.05 TON).
+pub const DEFAULT_DEPLOY_NANOTON: u64 = 300_000_000;
+
+/// What the wallet must hold beyond the deployment's value: its own gas and forwarding fees.
+const WALLET_MARGIN_NANOTON: u64 = 50_000_000;
+
+/// A deployment sent is not sent again for this long while the contract is not active yet.
+const REDEPLOY_AFTER: Duration = Duration::from_secs(120);
 
 /// Submits payouts from a wallet through a [`Chain`].
 pub struct ChainPayoutSink<C: Chain> {
     sender: Mutex<WalletSender<C>>,
     attach_nanoton: u64,
+    deploy_nanoton: u64,
+    /// Deployments sent and not seen active yet: contract → when.
+    deploying: std::sync::Mutex<HashMap<cocoon_ton::StdAddr, Instant>>,
 }
 
 impl<C: Chain> std::fmt::Debug for ChainPayoutSink<C> {
@@ -52,7 +70,76 @@ impl<C: Chain + 'static> ChainPayoutSink<C> {
         ChainPayoutSink {
             sender: Mutex::new(sender),
             attach_nanoton,
+            deploy_nanoton: DEFAULT_DEPLOY_NANOTON,
+            deploying: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Deploys missing worker contracts with `nanoton` instead of [`DEFAULT_DEPLOY_NANOTON`].
+    pub fn with_deploy_value(mut self, nanoton: u64) -> Self {
+        self.deploy_nanoton = nanoton;
+        self
+    }
+
+    async fn ensure_inner(&self, contract: &Deployable) -> Result<ContractStatus, ContractError> {
+        let address = &contract.address;
+        let fail = |reason: String| ContractError::Chain {
+            contract: address.to_string(),
+            reason,
+        };
+        let mut sender = self.sender.lock().await;
+        let st = sender
+            .chain()
+            .account_state(address)
+            .await
+            .map_err(|e| fail(format!("cannot read it: {e}")))?;
+        {
+            let mut deploying = self.deploying.lock().unwrap_or_else(|p| p.into_inner());
+            if st.status == AccountStatus::Active {
+                deploying.remove(address);
+                return Ok(ContractStatus::Active);
+            }
+            if deploying
+                .get(address)
+                .is_some_and(|at| at.elapsed() < REDEPLOY_AFTER)
+            {
+                return Ok(ContractStatus::DeployPending);
+            }
+        }
+        let wallet = sender.address().clone();
+        let have = sender
+            .chain()
+            .account_state(&wallet)
+            .await
+            .map_err(|e| fail(format!("cannot read wallet {wallet}: {e}")))?
+            .balance;
+        let need = u128::from(self.deploy_nanoton) + u128::from(WALLET_MARGIN_NANOTON);
+        if have < need {
+            return Err(ContractError::WalletTooPoor {
+                contract: address.to_string(),
+                wallet: wallet.to_string(),
+                have,
+                need,
+            });
+        }
+        let init = contract
+            .state_init()
+            .map_err(|e| fail(format!("state init: {e}")))?;
+        sender.enqueue(OutMsg::deploy(
+            address.clone(),
+            self.deploy_nanoton,
+            init,
+            None,
+        ));
+        self.deploying
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(address.clone(), Instant::now());
+        sender
+            .tick(now_unix())
+            .await
+            .map_err(|e| fail(format!("deployment not sent: {e}")))?;
+        Ok(ContractStatus::DeploySent)
     }
 
     /// Settles the in-flight wallet message and sends queued ones (see `WalletSender::tick`).
@@ -104,6 +191,13 @@ impl<C: Chain + 'static> ChainPayoutSink<C> {
 }
 
 impl<C: Chain + 'static> PayoutSink for ChainPayoutSink<C> {
+    fn ensure_contract<'a>(
+        &'a self,
+        contract: &'a Deployable,
+    ) -> BoxFuture<'a, Result<ContractStatus, ContractError>> {
+        Box::pin(self.ensure_inner(contract))
+    }
+
     fn submit(
         &self,
         _proxy_sc: &str,

@@ -51,9 +51,9 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use chain_sink::{ChainPayoutSink, DEFAULT_ATTACH_NANOTON};
+pub use chain_sink::{ChainPayoutSink, DEFAULT_ATTACH_NANOTON, DEFAULT_DEPLOY_NANOTON};
 pub use config::{AdminConfig, Timings, WorkerConfig, WorkerConfigError, model_base_name};
-pub use payout::PayoutSink;
+pub use payout::{ContractError, ContractStatus, PayoutSink};
 pub use process::run;
 pub use root::RootUpdate;
 pub use settings::{DEFAULTS, Settings};

@@ -8,10 +8,68 @@
 //! The submission itself goes through a [`PayoutSink`]: the component that owns the wallet
 //! and the chain client. The worker decides *when* and *what*; the sink decides *how*.
 
+use cocoon_ton::contracts::Deployable;
 use futures::future::BoxFuture;
+
+/// Why the worker contract a proxy's receipts name could not be made to exist.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ContractError {
+    /// The contract is missing and the wallet cannot pay for its deployment: nothing was
+    /// sent. The operator's to fix (fund the wallet); the session with that proxy is refused
+    /// until then, since its receipts could not be cashed.
+    #[error(
+        "worker contract {contract} is not deployed and wallet {wallet} holds {} TON; deploying it needs {} TON (contract_deploy_ton + 0.05 TON of fees): fund the wallet",
+        cocoon_ton::format_ton(*have),
+        cocoon_ton::format_ton(*need)
+    )]
+    WalletTooPoor {
+        /// The worker contract.
+        contract: String,
+        /// The wallet of `wallet_key_file`.
+        wallet: String,
+        /// Its balance, nanoTON.
+        have: u128,
+        /// What the deployment needs, nanoTON.
+        need: u128,
+    },
+    /// The chain could not be read or the message not sent (the next connection retries).
+    #[error("worker contract {contract}: {reason}")]
+    Chain {
+        /// The worker contract.
+        contract: String,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// Whether [`PayoutSink::ensure_contract`] found the contract or sent its deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContractStatus {
+    /// The contract is active.
+    Active,
+    /// Its deployment was sent from the wallet now.
+    DeploySent,
+    /// Its deployment was sent earlier and has not shown yet.
+    DeployPending,
+    /// This sink cannot deploy contracts (nothing checked).
+    Unchecked,
+}
 
 /// Submits a proxy-signed payout (BOC of the outer cell) for one proxy contract.
 pub trait PayoutSink: Send + Sync {
+    /// Makes sure `contract` (the worker contract a proxy's receipts name) exists: when it is
+    /// not active, deploys it from the wallet, or fails with
+    /// [`ContractError::WalletTooPoor`] without sending anything when the wallet cannot pay.
+    /// The default (a sink without a wallet) checks nothing.
+    fn ensure_contract<'a>(
+        &'a self,
+        contract: &'a Deployable,
+    ) -> BoxFuture<'a, Result<ContractStatus, ContractError>> {
+        let _ = contract;
+        Box::pin(async { Ok(ContractStatus::Unchecked) })
+    }
+
     /// Submits `signed_payment_boc`, which covers `tokens` cumulative tokens. `Ok` means the
     /// message was accepted for sending; the worker then counts those tokens as paid.
     fn submit(

@@ -139,10 +139,15 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
         Some((wallet, key)) => {
             let sender = cocoon_ton::wallet::WalletSender::new(chain.clone(), wallet, key)
                 .map_err(|e| e.to_string())?;
-            let sink = Arc::new(crate::chain_sink::ChainPayoutSink::new(
-                sender,
-                crate::chain_sink::DEFAULT_ATTACH_NANOTON,
-            ));
+            let deploy =
+                cocoon_ton::parse_ton(&s.contract_deploy_ton).map_err(|e| e.to_string())?;
+            let sink = Arc::new(
+                crate::chain_sink::ChainPayoutSink::new(
+                    sender,
+                    crate::chain_sink::DEFAULT_ATTACH_NANOTON,
+                )
+                .with_deploy_value(deploy),
+            );
             sink.spawn_ticker(Duration::from_secs(5));
             Some(sink)
         }

@@ -63,6 +63,8 @@ pub(crate) enum SessionError {
     VerdictExpired { valid_until: u64 },
     #[error("handshake: {0}")]
     Handshake(String),
+    #[error("{0}")]
+    Contract(crate::payout::ContractError),
     #[error("payment inconsistency: {0}")]
     Payment(String),
     #[error("protocol violation: {0}")]
@@ -158,6 +160,8 @@ pub(crate) async fn run(
             let expired = matches!(e, SessionError::VerdictExpired { .. });
             if expired {
                 tracing::info!(proxy = %addr, reason = %e, "proxy session ended");
+            } else if matches!(e, SessionError::Contract(_)) {
+                tracing::error!(proxy = %addr, error = %e, "proxy session refused");
             } else {
                 tracing::warn!(proxy = %addr, error = %e, "proxy session ended");
             }
@@ -183,6 +187,34 @@ pub(crate) async fn run(
         c.state = ConnState::Stopped;
         c.proto_version = None;
     });
+}
+
+/// With a payout wallet, the worker contract must exist before the proxy's receipts can be
+/// cashed: it is deployed when missing. A wallet too poor to deploy it refuses the session
+/// (the receipts would be worthless until it is funded; the redial checks again); a chain
+/// that cannot be read only warns, and serving goes on.
+async fn ensure_contract(
+    shared: &Shared,
+    contract: &cocoon_ton::contracts::Deployable,
+) -> Result<(), SessionError> {
+    use crate::payout::{ContractError, ContractStatus};
+    let Some(sink) = &shared.payout_sink else {
+        return Ok(());
+    };
+    match sink.ensure_contract(contract).await {
+        Ok(ContractStatus::DeploySent) => {
+            tracing::info!(contract = %contract.address, "worker contract missing: deployment sent from the payout wallet");
+            Ok(())
+        }
+        Ok(ContractStatus::Active | ContractStatus::DeployPending | ContractStatus::Unchecked) => {
+            Ok(())
+        }
+        Err(e @ ContractError::WalletTooPoor { .. }) => Err(SessionError::Contract(e)),
+        Err(e) => {
+            tracing::warn!(error = %e, "worker contract not checked; serving, the next connection checks again");
+            Ok(())
+        }
+    }
 }
 
 fn hs_err(what: &str) -> impl FnOnce(cocoon_net::QueryError) -> SessionError + '_ {
@@ -260,19 +292,20 @@ async fn handshake(
         )?;
     }
     if let Some(params) = &shared.contract_params() {
-        let derived = cocoon_ton::contracts::worker_contract(
+        let contract = cocoon_ton::contracts::worker_contract(
             params,
             &shared.owner,
             &proxy_sc_addr,
             &cocoon_ton::HashBytes(p.proxy_public_key),
         )
-        .map_err(|e| SessionError::Handshake(format!("cannot derive worker contract: {e}")))?
-        .address;
-        if derived != worker_sc {
+        .map_err(|e| SessionError::Handshake(format!("cannot derive worker contract: {e}")))?;
+        let derived = &contract.address;
+        if *derived != worker_sc {
             return Err(SessionError::Handshake(format!(
                 "worker contract address is unexpected: proxy says {worker_sc}, derived {derived}"
             )));
         }
+        ensure_contract(shared, &contract).await?;
     }
     let proxy_sc = proxy_sc_addr.to_string();
     let rec = shared

@@ -56,6 +56,8 @@ pub struct Settings {
     pub worker_fee_per_token: u64,
     /// Submit a payout at this many TON (`min_payout_ton`).
     pub min_payout_ton: String,
+    /// What a missing worker contract is deployed with, TON (`contract_deploy_ton`).
+    pub contract_deploy_ton: String,
     /// Log filter (`log`).
     pub log: String,
 }
@@ -121,6 +123,14 @@ impl Settings {
         }
         cocoon_ton::parse_ton(&self.min_payout_ton)
             .map_err(|e| SettingError::new("min_payout_ton", e))?;
+        let deploy = cocoon_ton::parse_ton(&self.contract_deploy_ton)
+            .map_err(|e| SettingError::new("contract_deploy_ton", e))?;
+        if deploy < 50_000_000 {
+            return Err(SettingError::new(
+                "contract_deploy_ton",
+                "at least 0.05 TON (the worker contract's minimum balance)",
+            ));
+        }
         c.check_wallet_version()?;
         Ok(())
     }

@@ -1,0 +1,160 @@
+//! Issue 18 §2: a worker on a real network deploys its worker contract itself. On the
+//! devnet (the real contract code), a worker with a payout wallet whose contract with the
+//! proxy is missing deploys it from that wallet at the handshake and serves; a wallet too
+//! poor to pay for the deployment sends nothing and the session is refused with one line
+//! that says so.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cocoon_testkit::devnet::{Chainnet, Party, TON, chainnet};
+use cocoon_testkit::prelude::*;
+use cocoon_ton::chain::{AccountStatus, Chain, Devnet as _};
+use cocoon_ton::wallet::WalletSender;
+use cocoon_ton::{HashBytes, StdAddr, Toncenter};
+use cocoon_worker::{ChainPayoutSink, DEFAULT_ATTACH_NANOTON, DEFAULT_DEPLOY_NANOTON};
+
+/// A proxy on `chain`'s proxy contract (its key and owner), admitting the sim worker.
+async fn proxy(chain: &Chainnet) -> Net {
+    let mut root_cfg = cocoon_ton::chain::load_root_config(&chain.tc, &chain.root)
+        .await
+        .unwrap();
+    root_cfg.worker_hashes = vec![HashBytes(cocoon_attest::sim::sim_image_hash())];
+    root_cfg.model_hashes = vec![cocoon_ton::root::model_hash(MODEL)];
+    let key = Arc::new(chain.proxy_key());
+    let (sc, owner) = (
+        chain.proxy.address.clone(),
+        chain.proxy_owner.address.clone(),
+    );
+    start_proxy_with(root_cfg, |c| {
+        c.signing_key = key;
+        c.proxy_sc = sc;
+        c.owner_address = owner;
+    })
+    .await
+}
+
+/// A worker owned by `owner`'s wallet, which pays its payouts and deploys its contract.
+async fn worker(net: &Net, tc: &Toncenter, owner: &Party) -> TestWorker {
+    let sender = WalletSender::new(tc.clone(), owner.wallet.clone(), owner.key.clone()).unwrap();
+    let sink = Arc::new(ChainPayoutSink::new(sender, DEFAULT_ATTACH_NANOTON));
+    sink.spawn_ticker(Duration::from_millis(100));
+    let address = owner.address.to_string();
+    start_worker_with(net, 0x71, move |c| {
+        c.owner_address = address;
+        c.payout_sink = Some(sink);
+    })
+    .await
+}
+
+async fn status(tc: &Toncenter, a: &StdAddr) -> (AccountStatus, u128) {
+    let st = tc.account_state(a).await.unwrap();
+    (st.status, st.balance)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_deploys_its_missing_contract_and_serves() {
+    let chain = chainnet().await;
+    let tc = chain.tc.clone();
+    let net = proxy(&chain).await;
+    let owner = Party::new(0x71);
+    tc.faucet(&owner.address, 2 * TON).await.unwrap();
+    let contract = net.worker_sc(&owner.address);
+    assert_eq!(status(&tc, &contract).await.0, AccountStatus::Nonexist);
+
+    let w = worker(&net, &tc, &owner).await;
+    net.wait_workers(1).await;
+    let mut active = false;
+    for _ in 0..100 {
+        if status(&tc, &contract).await.0 == AccountStatus::Active {
+            active = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(active, "the worker contract was deployed");
+    let (_, held) = status(&tc, &contract).await;
+    let txs = tc.transactions_since(&contract, None, 10).await.unwrap();
+    assert_eq!(txs.len(), 1, "one deployment");
+    assert_eq!(
+        txs[0].in_msg.as_ref().unwrap().source.as_ref(),
+        Some(&owner.address)
+    );
+    assert_eq!(
+        held + txs[0].fee,
+        u128::from(DEFAULT_DEPLOY_NANOTON),
+        "deployed with contract_deploy_ton, which it keeps as its reserve (less its gas)"
+    );
+    let (_, left) = status(&tc, &owner.address).await;
+    let spent = 2 * TON - left;
+    assert!(
+        spent >= u128::from(DEFAULT_DEPLOY_NANOTON)
+            && spent < u128::from(DEFAULT_DEPLOY_NANOTON) + TON / 20,
+        "the wallet paid the deployment and its fees: {spent}"
+    );
+
+    // It serves.
+    let client = addr(0x51);
+    net.fund_client(&client, 100_000_000, true);
+    let mut c = TestClient::authorized(&net, &client).await;
+    c.run(1, "json", 100, 30.0).await;
+    let r = c.collect().await;
+    assert!(r.error.is_none(), "{:?}", r.error);
+
+    // A redial finds it active and deploys nothing again.
+    w.handle.reconnect_all();
+    eventually("handshake again", || {
+        w.handle.stats().proxies.iter().any(|p| p.handshakes >= 2)
+    })
+    .await;
+    net.wait_workers(1).await;
+    assert_eq!(status(&tc, &owner.address).await.1, left);
+    w.handle.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wallet_too_poor_to_deploy_the_contract_is_refused_with_one_line() {
+    let chain = chainnet().await;
+    let tc = chain.tc.clone();
+    let net = proxy(&chain).await;
+    let owner = Party::new(0x72);
+    // Less than the 0.3 TON deployment plus 0.05 TON of fees.
+    let funded = TON / 3;
+    tc.faucet(&owner.address, funded).await.unwrap();
+    let contract = net.worker_sc(&owner.address);
+
+    let w = worker(&net, &tc, &owner).await;
+    let mut error = None;
+    for _ in 0..100 {
+        error = w
+            .handle
+            .stats()
+            .proxies
+            .iter()
+            .find_map(|p| p.last_error.clone());
+        if error.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let error = error.expect("the session was refused");
+    assert_eq!(
+        error,
+        format!(
+            "worker contract {contract} is not deployed and wallet {} holds 0.333333333 TON; \
+             deploying it needs 0.35 TON (contract_deploy_ton + 0.05 TON of fees): fund the wallet",
+            owner.address
+        )
+    );
+    assert!(!error.contains('\n'));
+    // Nothing was sent: the wallet is untouched, the contract absent, no worker serves.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        status(&tc, &owner.address).await,
+        (AccountStatus::Uninit, funded)
+    );
+    assert_eq!(status(&tc, &contract).await.0, AccountStatus::Nonexist);
+    assert_eq!(net.proxy.ready_workers(), 0);
+    w.handle.shutdown().await;
+}

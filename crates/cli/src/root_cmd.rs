@@ -1,5 +1,5 @@
 //! `cocoon root`: read the network configuration from the root contract and, as its owner,
-//! change it (image and model whitelists, registered proxies, prices).
+//! change it (image and model whitelists, registered proxies, prices, params, owner).
 //!
 //! Owner operations are `cocoon_ton::ops` functions: the body goes out through the owner's
 //! wallet, the root's transaction for it is checked, and the root is read again to report
@@ -155,6 +155,149 @@ pub(crate) enum RootCommand {
         #[command(flatten)]
         owner: OwnerOpts,
     },
+    /// Change the root's params: only the values given, the others stay (one set-params
+    /// message for prices, delays and stakes, one set-multipliers for multipliers; nothing
+    /// is sent when every value is already current). Each message bumps params_version, so
+    /// every proxy, client and worker contract address changes: proxies move their accounts
+    /// to new contracts (docs/operations.md).
+    ChangeParams {
+        #[command(flatten)]
+        change: ParamsArgs,
+        #[command(flatten)]
+        owner: OwnerOpts,
+    },
+    /// Hand the root to a new owner (a wallet address). From then on only that wallet can
+    /// change the root; this wallet cannot undo it.
+    ChangeOwner {
+        /// The new owner's address.
+        #[arg(long)]
+        new_owner: String,
+        #[command(flatten)]
+        owner: OwnerOpts,
+    },
+}
+
+/// `cocoon root change-params`' values; each one left out keeps the root's.
+#[derive(Debug, Args)]
+pub(crate) struct ParamsArgs {
+    /// Client price per adjusted token, nanoTON.
+    #[arg(long)]
+    price: Option<u64>,
+    /// Worker fee per adjusted token, nanoTON (at most the price).
+    #[arg(long)]
+    worker_fee: Option<u64>,
+    /// Seconds a proxy contract waits between its close request and its close.
+    #[arg(long)]
+    proxy_delay: Option<u32>,
+    /// Seconds a client contract waits between its refund request and the forced refund.
+    #[arg(long)]
+    client_delay: Option<u32>,
+    /// Minimum proxy stake, TON.
+    #[arg(long)]
+    min_proxy_stake: Option<String>,
+    /// Minimum client stake, TON.
+    #[arg(long)]
+    min_client_stake: Option<String>,
+    /// Prompt tokens' price multiplier, ten-thousandths (10000 = x1).
+    #[arg(long)]
+    prompt_multiplier: Option<u32>,
+    /// Cached prompt tokens' price multiplier, ten-thousandths.
+    #[arg(long)]
+    cached_multiplier: Option<u32>,
+    /// Completion tokens' price multiplier, ten-thousandths.
+    #[arg(long)]
+    completion_multiplier: Option<u32>,
+    /// Reasoning tokens' price multiplier, ten-thousandths.
+    #[arg(long)]
+    reasoning_multiplier: Option<u32>,
+}
+
+impl ParamsArgs {
+    fn change(&self) -> Result<ops::ParamsChange, String> {
+        let ton = |v: &Option<String>, flag: &str| {
+            v.as_deref()
+                .map(|t| parse_ton(t).map_err(|e| format!("--{flag}: {e}")))
+                .transpose()
+        };
+        let c = ops::ParamsChange {
+            price_per_token: self.price,
+            worker_fee_per_token: self.worker_fee,
+            proxy_delay_before_close: self.proxy_delay,
+            client_delay_before_close: self.client_delay,
+            min_proxy_stake: ton(&self.min_proxy_stake, "min-proxy-stake")?,
+            min_client_stake: ton(&self.min_client_stake, "min-client-stake")?,
+            prompt_multiplier: self.prompt_multiplier,
+            cached_multiplier: self.cached_multiplier,
+            completion_multiplier: self.completion_multiplier,
+            reasoning_multiplier: self.reasoning_multiplier,
+        };
+        if c == ops::ParamsChange::default() {
+            return Err("nothing to change: give at least one of --price, --worker-fee, --proxy-delay, --client-delay, --min-proxy-stake, --min-client-stake, --*-multiplier".into());
+        }
+        Ok(c)
+    }
+}
+
+fn change_params(change: &ParamsArgs, owner: OwnerOpts) -> Result<(), String> {
+    let change = change.change()?;
+    let value = parse_ton(&owner.value).map_err(|e| e.to_string())?;
+    let c = owner.chain.client()?;
+    let mut wallet = owner.wallet.ops(c.clone(), owner.wait)?;
+    runtime()?.block_on(async move {
+        let root = root_address(&c, owner.root.as_deref()).await?;
+        let done = ops::change_params(&mut wallet, &root, &change, value)
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some(last) = done.last() else {
+            println!("root params unchanged: every value given is already the current one");
+            return Ok(());
+        };
+        for d in &done {
+            println!("root version {} -> {}", d.version_before, d.config.version);
+        }
+        let p = &last.config.params;
+        println!("params_version: {}", p.params_version);
+        println!(
+            "price_per_token: {} nanoTON  worker_fee_per_token: {} nanoTON",
+            p.price_per_token, p.worker_fee_per_token
+        );
+        println!(
+            "close delays: proxy {} s, client {} s",
+            p.proxy_delay_before_close, p.client_delay_before_close
+        );
+        println!(
+            "min stakes: proxy {} TON, client {} TON",
+            format_ton(u128::from(p.min_proxy_stake)),
+            format_ton(u128::from(p.min_client_stake))
+        );
+        println!(
+            "multipliers (x/10000): prompt {} cached {} completion {} reasoning {}",
+            p.prompt_tokens_price_multiplier,
+            p.cached_tokens_price_multiplier,
+            p.completion_tokens_price_multiplier,
+            p.reasoning_tokens_price_multiplier
+        );
+        Ok(())
+    })
+}
+
+fn change_owner(new_owner: &str, owner: OwnerOpts) -> Result<(), String> {
+    let new_owner = parse_address(new_owner).map_err(|e| format!("--new-owner: {e}"))?;
+    let value = parse_ton(&owner.value).map_err(|e| e.to_string())?;
+    let c = owner.chain.client()?;
+    let mut wallet = owner.wallet.ops(c.clone(), owner.wait)?;
+    runtime()?.block_on(async move {
+        let root = root_address(&c, owner.root.as_deref()).await?;
+        let change = ops::change_owner(&mut wallet, &root, &new_owner, value)
+            .await
+            .map_err(|e| e.to_string())?;
+        println!(
+            "root version {} -> {}",
+            change.version_before, change.config.version
+        );
+        println!("owner: {}", change.config.owner);
+        Ok(())
+    })
 }
 
 fn parse_hash(s: &str) -> Result<HashBytes, String> {
@@ -374,5 +517,7 @@ pub(crate) fn run(cmd: RootCommand) -> Result<(), String> {
                 worker_fee_per_token: worker_fee,
             },
         ),
+        RootCommand::ChangeParams { change, owner } => change_params(&change, owner),
+        RootCommand::ChangeOwner { new_owner, owner } => change_owner(&new_owner, owner),
     }
 }

@@ -207,4 +207,75 @@ fn wallet_and_root_commands_against_devnet() {
         assert!(err.contains("chmod 600"), "{err}");
     }
     assert!(Path::new(&owner_key).exists());
+
+    // change-params: only the values given change; the getters show them.
+    let before = show();
+    let out = root(&[
+        "change-params",
+        "--client-delay",
+        "900",
+        "--min-proxy-stake",
+        "2.5",
+        "--completion-multiplier",
+        "25000",
+    ]);
+    assert!(out.contains("close delays: proxy"), "{out}");
+    let after = show();
+    assert_eq!(after["client_delay_before_close"], 900);
+    assert_eq!(after["min_proxy_stake"], 2_500_000_000u64);
+    assert_eq!(after["completion_tokens_price_multiplier"], 25000);
+    for same in [
+        "price_per_token",
+        "worker_fee_per_token",
+        "proxy_delay_before_close",
+        "min_client_stake",
+        "prompt_tokens_price_multiplier",
+        "owner",
+    ] {
+        assert_eq!(after[same], before[same], "{same}");
+    }
+    assert_eq!(
+        after["params_version"].as_u64().unwrap(),
+        before["params_version"].as_u64().unwrap() + 2,
+        "one set-params and one set-multipliers"
+    );
+    let out = root(&["change-params", "--client-delay", "900"]);
+    assert!(out.contains("unchanged"), "{out}");
+    assert_eq!(show()["version"], after["version"]);
+    let (rc, _, err) = cocoon(&["root", "change-params", "--key", owner, ton[0], ton[1]]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("nothing to change"), "{err}");
+    let (rc, _, err) = cocoon(&[
+        "root",
+        "change-params",
+        "--worker-fee",
+        "1000",
+        "--key",
+        owner,
+        ton[0],
+        ton[1],
+    ]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("exceeds price"), "{err}");
+
+    // change-owner: the v5r1 wallet owns the root; the old owner is refused.
+    let out = root(&["change-owner", "--new-owner", &me]);
+    assert!(out.contains(&format!("owner: {me}")), "{out}");
+    assert_eq!(show()["owner"], me);
+    let (rc, _, err) = cocoon(&["root", "add-model", "y", "--key", owner, ton[0], ton[1]]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("not the root owner"), "{err}");
+    ok(&[
+        "root",
+        "change-params",
+        "--price",
+        "40",
+        "--key",
+        key_s,
+        "--wallet-version",
+        "v5r1",
+        ton[0],
+        ton[1],
+    ]);
+    assert_eq!(show()["price_per_token"], 40);
 }

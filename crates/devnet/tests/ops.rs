@@ -325,3 +325,130 @@ async fn a_dead_endpoint_is_a_transport_error() {
     assert!(matches!(e, OpsError::Chain(_)), "{e:?}");
     assert!(!e.is_refusal());
 }
+
+/// Issue 18 §2, the root owner's tools: `change_params` changes only the values given (one
+/// `set-params` for prices, delays and stakes, one `set-multipliers` for the multipliers,
+/// nothing at all when every value is already current), checks before sending, and the
+/// root's getters show the result; `change_owner` hands the root over, after which the old
+/// owner is refused and the new one is obeyed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_params_and_owner_change() {
+    use cocoon_ton::ops::ParamsChange;
+    let net = devnet().await;
+    let mut me = funded(&net.tc, SigningKey::from_seed(&[0x31; 32]).unwrap()).await;
+    let root = ops::deploy_root(&mut me, CocoonParams::default(), TON)
+        .await
+        .unwrap();
+    let r = &root.address;
+    let p0 = root.config.params.clone();
+
+    // Prices and one stake: one operation; everything not given stays.
+    let change = ParamsChange {
+        price_per_token: Some(p0.price_per_token + 10),
+        min_client_stake: Some(3 * TON),
+        ..ParamsChange::default()
+    };
+    let done = ops::change_params(&mut me, r, &change, TON / 10)
+        .await
+        .unwrap();
+    assert_eq!(done.len(), 1);
+    let c = cocoon_ton::chain::load_root_config(&net.tc, r)
+        .await
+        .unwrap();
+    assert_eq!(c.params.price_per_token, p0.price_per_token + 10);
+    assert_eq!(c.params.min_client_stake, 3 * TON);
+    assert_eq!(c.params.worker_fee_per_token, p0.worker_fee_per_token);
+    assert_eq!(c.params.min_proxy_stake, p0.min_proxy_stake);
+    assert_eq!(
+        c.params.proxy_delay_before_close,
+        p0.proxy_delay_before_close
+    );
+    assert_eq!(
+        c.params.completion_tokens_price_multiplier,
+        p0.completion_tokens_price_multiplier
+    );
+    assert_eq!(c.params.params_version, p0.params_version + 1);
+
+    // Delays and a multiplier: two operations.
+    let change = ParamsChange {
+        proxy_delay_before_close: Some(7_200),
+        client_delay_before_close: Some(600),
+        completion_multiplier: Some(30_000),
+        ..ParamsChange::default()
+    };
+    assert_eq!(
+        ops::change_params(&mut me, r, &change, TON / 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    let c = cocoon_ton::chain::load_root_config(&net.tc, r)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            c.params.proxy_delay_before_close,
+            c.params.client_delay_before_close
+        ),
+        (7_200, 600)
+    );
+    assert_eq!(c.params.completion_tokens_price_multiplier, 30_000);
+    assert_eq!(
+        c.params.prompt_tokens_price_multiplier,
+        p0.prompt_tokens_price_multiplier
+    );
+    assert_eq!(c.params.price_per_token, p0.price_per_token + 10);
+    assert_eq!(c.params.params_version, p0.params_version + 3);
+
+    // The same values again: nothing is sent, params_version stays.
+    assert!(
+        ops::change_params(&mut me, r, &change, TON / 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A fee above the (unchanged) price is refused before anything is sent.
+    let bad = ParamsChange {
+        worker_fee_per_token: Some(c.params.price_per_token + 1),
+        ..ParamsChange::default()
+    };
+    let e = ops::change_params(&mut me, r, &bad, TON / 10)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, OpsError::FeeAbovePrice { .. }), "{e}");
+    let after = cocoon_ton::chain::load_root_config(&net.tc, r)
+        .await
+        .unwrap();
+    assert_eq!(after.version, c.version);
+
+    // A new owner: the old one is refused from then on, the new one obeyed.
+    let mut heir = funded(&net.tc, SigningKey::from_seed(&[0x32; 32]).unwrap()).await;
+    let heir_addr = heir.address().clone();
+    let change = ops::change_owner(&mut me, r, &heir_addr, TON / 10)
+        .await
+        .unwrap();
+    assert_eq!(change.config.owner, heir_addr);
+    assert_eq!(change.config.params.params_version, c.params.params_version);
+    let e = ops::change_params(&mut me, r, &bad, TON / 10)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, OpsError::NotOwner { .. }), "{e}");
+    let mine = me.address().clone();
+    let e = ops::change_owner(&mut me, r, &mine, TON / 10)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, OpsError::NotOwner { .. }), "{e}");
+    let done = ops::change_params(
+        &mut heir,
+        r,
+        &ParamsChange {
+            min_proxy_stake: Some(5 * TON),
+            ..ParamsChange::default()
+        },
+        TON / 10,
+    )
+    .await
+    .unwrap();
+    assert_eq!(done[0].config.params.min_proxy_stake, 5 * TON);
+}

@@ -15,7 +15,7 @@
 //! ([`ChainError::is_retryable`] tells more).
 //!
 //! - [`root`](self::root): deploy a root, owner operations (image and model hashes, proxies,
-//!   prices and params);
+//!   prices and params, [`change_params`] from a partial [`ParamsChange`], [`change_owner`]);
 //! - [`funds`]: balances, transfers, devnet faucet top-ups (with feature `toncenter`),
 //!   contract deployments.
 
@@ -37,7 +37,10 @@ use crate::wallet::{OutMsg, SenderEvent, Wallet, WalletError, WalletSender};
 #[cfg(feature = "toncenter")]
 pub use funds::faucet_top_up;
 pub use funds::{Balance, balance, deploy_contract, transfer};
-pub use root::{DeployedRoot, RootChange, RootOp, deploy_root, root_op};
+pub use root::{
+    DeployedRoot, ParamsChange, RootChange, RootOp, change_owner, change_params, deploy_root,
+    root_op,
+};
 
 /// Transactions read per page while looking for ours.
 const PAGE: usize = 100;

@@ -13,9 +13,9 @@ use crate::chain::{AccountStatus, Chain, load_root_config};
 use crate::code;
 use crate::codec::{Coins, Layout, LayoutError};
 use crate::messages::{
-    AddModelType, AddProxyType, AddWorkerType, ChangeMultipliers, ChangeParams, ChangePrice,
-    DelModelType, DelProxyType, DelWorkerType, ProxyEndpoint, RegisterProxy, UnregisterProxy,
-    UpdateProxy,
+    AddModelType, AddProxyType, AddWorkerType, ChangeMultipliers, ChangeOwner, ChangeParams,
+    ChangePrice, DelModelType, DelProxyType, DelWorkerType, ProxyEndpoint, RegisterProxy,
+    UnregisterProxy, UpdateProxy,
 };
 use crate::root::{CocoonParams, RootConfig};
 use crate::wallet::OutMsg;
@@ -80,6 +80,9 @@ pub enum RootOp {
         /// Reasoning tokens.
         reasoning: u32,
     },
+    /// Hand the root to another owner (the root's `version` moves, `params_version` does
+    /// not); from then on only the new owner's wallet may change it.
+    ChangeOwner(StdAddr),
 }
 
 impl RootOp {
@@ -96,6 +99,7 @@ impl RootOp {
             RootOp::SetPrice { .. } => "set-price",
             RootOp::SetParams { .. } => "set-params",
             RootOp::SetMultipliers { .. } => "set-multipliers",
+            RootOp::ChangeOwner(_) => "change-owner",
         }
     }
 
@@ -184,8 +188,153 @@ impl RootOp {
                 reasoning,
             }
             .to_cell(),
+            RootOp::ChangeOwner(new_owner) => ChangeOwner {
+                query_id,
+                new_owner,
+            }
+            .to_cell(),
         }
     }
+}
+
+/// A change of the root's params for [`change_params`]: every field left `None` keeps the
+/// root's current value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParamsChange {
+    /// Client price per adjusted token, nanoTON.
+    pub price_per_token: Option<u64>,
+    /// Worker fee per adjusted token, nanoTON (at most the price).
+    pub worker_fee_per_token: Option<u64>,
+    /// Seconds a proxy contract waits between its close request and its close.
+    pub proxy_delay_before_close: Option<u32>,
+    /// Seconds a client contract waits between its refund request and the forced refund.
+    pub client_delay_before_close: Option<u32>,
+    /// Minimum proxy stake, nanoTON.
+    pub min_proxy_stake: Option<u64>,
+    /// Minimum client stake, nanoTON.
+    pub min_client_stake: Option<u64>,
+    /// Prompt tokens' price multiplier, ten-thousandths.
+    pub prompt_multiplier: Option<u32>,
+    /// Cached prompt tokens' multiplier.
+    pub cached_multiplier: Option<u32>,
+    /// Completion tokens' multiplier.
+    pub completion_multiplier: Option<u32>,
+    /// Reasoning tokens' multiplier.
+    pub reasoning_multiplier: Option<u32>,
+}
+
+impl ParamsChange {
+    /// The owner operations that take `current` to the changed params: `set-params` when a
+    /// price, delay or stake differs, `set-multipliers` when a multiplier does; none when
+    /// every value given is already the current one (each operation bumps
+    /// `params_version`, which moves every proxy, client and worker contract, so nothing is
+    /// sent for nothing).
+    pub fn ops(&self, current: &CocoonParams) -> Vec<RootOp> {
+        let c = current;
+        let params = RootOp::SetParams {
+            price_per_token: self.price_per_token.unwrap_or(c.price_per_token),
+            worker_fee_per_token: self.worker_fee_per_token.unwrap_or(c.worker_fee_per_token),
+            proxy_delay_before_close: self
+                .proxy_delay_before_close
+                .unwrap_or(c.proxy_delay_before_close),
+            client_delay_before_close: self
+                .client_delay_before_close
+                .unwrap_or(c.client_delay_before_close),
+            min_proxy_stake: self.min_proxy_stake.unwrap_or(c.min_proxy_stake),
+            min_client_stake: self.min_client_stake.unwrap_or(c.min_client_stake),
+        };
+        let unchanged = RootOp::SetParams {
+            price_per_token: c.price_per_token,
+            worker_fee_per_token: c.worker_fee_per_token,
+            proxy_delay_before_close: c.proxy_delay_before_close,
+            client_delay_before_close: c.client_delay_before_close,
+            min_proxy_stake: c.min_proxy_stake,
+            min_client_stake: c.min_client_stake,
+        };
+        let mults = RootOp::SetMultipliers {
+            prompt: self
+                .prompt_multiplier
+                .unwrap_or(c.prompt_tokens_price_multiplier),
+            cached: self
+                .cached_multiplier
+                .unwrap_or(c.cached_tokens_price_multiplier),
+            completion: self
+                .completion_multiplier
+                .unwrap_or(c.completion_tokens_price_multiplier),
+            reasoning: self
+                .reasoning_multiplier
+                .unwrap_or(c.reasoning_tokens_price_multiplier),
+        };
+        let same_mults = RootOp::SetMultipliers {
+            prompt: c.prompt_tokens_price_multiplier,
+            cached: c.cached_tokens_price_multiplier,
+            completion: c.completion_tokens_price_multiplier,
+            reasoning: c.reasoning_tokens_price_multiplier,
+        };
+        let mut out = Vec::new();
+        if params != unchanged {
+            out.push(params);
+        }
+        if mults != same_mults {
+            out.push(mults);
+        }
+        out
+    }
+}
+
+/// Changes the root's params as `change` says (see [`ParamsChange::ops`]) from `ops`'s
+/// wallet, the root's owner, attaching `value` nanoTON per operation; returns each
+/// operation's change, none when nothing differs. Everything is checked before the first
+/// message goes out (owner, fee above price), and the params read back at the end must be
+/// the ones asked for ([`OpsError::NotApplied`] otherwise).
+pub async fn change_params<C: Chain>(
+    ops: &mut WalletOps<C>,
+    root: &StdAddr,
+    change: &ParamsChange,
+    value: u64,
+) -> Result<Vec<RootChange>, OpsError> {
+    let before = load_root_config(ops.chain(), root).await?;
+    if before.owner != *ops.address() {
+        return Err(OpsError::NotOwner {
+            wallet: ops.address().clone(),
+            owner: before.owner,
+        });
+    }
+    let todo = change.ops(&before.params);
+    for op in &todo {
+        op.check()?;
+    }
+    let mut done = Vec::new();
+    for op in &todo {
+        done.push(root_op(ops, root, op, value).await?);
+    }
+    if let Some(last) = done.last()
+        && !change.ops(&last.config.params).is_empty()
+    {
+        return Err(OpsError::NotApplied(format!(
+            "the root accepted the change but its params differ from the ones asked for (params_version {})",
+            last.config.params.params_version
+        )));
+    }
+    Ok(done)
+}
+
+/// Hands `root` to `new_owner` from `ops`'s wallet, its current owner, and checks that the
+/// root names the new owner afterwards.
+pub async fn change_owner<C: Chain>(
+    ops: &mut WalletOps<C>,
+    root: &StdAddr,
+    new_owner: &StdAddr,
+    value: u64,
+) -> Result<RootChange, OpsError> {
+    let change = root_op(ops, root, &RootOp::ChangeOwner(new_owner.clone()), value).await?;
+    if change.config.owner != *new_owner {
+        return Err(OpsError::NotApplied(format!(
+            "the root accepted the change of owner but names {} instead of {new_owner}",
+            change.config.owner
+        )));
+    }
+    Ok(change)
 }
 
 /// A root that [`deploy_root`] put on the chain.

@@ -189,6 +189,9 @@ pub(crate) async fn run(
     });
 }
 
+/// How long the worker contract check of a handshake may take.
+const CONTRACT_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// With a payout wallet, the worker contract must exist before the proxy's receipts can be
 /// cashed: it is deployed when missing. A wallet too poor to deploy it refuses the session
 /// (the receipts would be worthless until it is funded; the redial checks again); a chain
@@ -201,7 +204,16 @@ async fn ensure_contract(
     let Some(sink) = &shared.payout_sink else {
         return Ok(());
     };
-    match sink.ensure_contract(contract).await {
+    // Bounded: a slow chain must not hold the handshake (the proxy waits for it).
+    let checked = tokio::time::timeout(CONTRACT_CHECK_TIMEOUT, sink.ensure_contract(contract))
+        .await
+        .unwrap_or_else(|_| {
+            Err(ContractError::Chain {
+                contract: contract.address.to_string(),
+                reason: format!("no answer within {CONTRACT_CHECK_TIMEOUT:?}"),
+            })
+        });
+    match checked {
         Ok(ContractStatus::DeploySent) => {
             tracing::info!(contract = %contract.address, "worker contract missing: deployment sent from the payout wallet");
             Ok(())

@@ -334,6 +334,12 @@ fn metrics(s: &ProxyStats) -> Prometheus {
             &[(String::new(), l.commission_nanoton.to_string())],
         );
         metric(
+            "cocoon_proxy_auto_withdrawals_total",
+            "counter",
+            "Commission withdrawals sent because the contract's commission exceeded auto_withdraw_ton.",
+            &[(String::new(), n(l.auto_withdrawals))],
+        );
+        metric(
             "cocoon_proxy_ledger_frozen_accounts",
             "gauge",
             "Accounts frozen for the operator to look at.",

@@ -622,5 +622,10 @@ async fn commission_above_the_threshold_is_withdrawn_once_to_the_owner() {
     assert_eq!(meter.stats().auto_withdrawals, 1);
     assert_eq!(contract_commission(&tc, &proxy_sc).await, 0);
     assert_eq!(proxy_stake(&tc, &proxy_sc).await, stake, "the stake stays");
+    let metrics = get_text(&reqwest::Client::new(), &format!("{}/metrics", net.admin())).await;
+    assert!(
+        metrics.contains("cocoon_proxy_auto_withdrawals_total 1\n"),
+        "{metrics}"
+    );
     net.proxy.shutdown().await;
 }

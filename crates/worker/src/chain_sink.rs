@@ -37,8 +37,10 @@ pub const DEFAULT_DEPLOY_NANOTON: u64 = 300_000_000;
 /// What the wallet must hold beyond the deployment's value: its own gas and forwarding fees.
 const WALLET_MARGIN_NANOTON: u64 = 50_000_000;
 
-/// A deployment sent is not sent again for this long while the contract is not active yet.
-const REDEPLOY_AFTER: Duration = Duration::from_secs(120);
+/// A deployment sent is not sent again for this long while the contract is not active yet:
+/// longer than a wallet message stays valid (3600 s), so one still queued in the wallet is
+/// never doubled.
+const REDEPLOY_AFTER: Duration = Duration::from_secs(65 * 60);
 
 /// Submits payouts from a wallet through a [`Chain`].
 pub struct ChainPayoutSink<C: Chain> {

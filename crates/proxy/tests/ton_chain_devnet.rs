@@ -482,7 +482,8 @@ async fn withdrawal_requests(tc: &Toncenter, proxy: &StdAddr) -> usize {
 /// commission; at the threshold nothing is withdrawn, above it exactly one withdrawal goes
 /// out, and the owner receives exactly what the contract held (tokens paid × (price −
 /// worker fee), to the nanoton; the contract pays the message's fees from the attached
-/// value), leaving the contract's commission at zero and its stake untouched.
+/// value), leaving the contract's commission at zero and its stake untouched; the
+/// operator's `POST /control/withdraw` still withdraws by hand, below the threshold too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commission_above_the_threshold_is_withdrawn_once_to_the_owner() {
     use cocoon_proxy::{CheckpointChain, LedgerMeter, SettlementConfig};
@@ -519,7 +520,7 @@ async fn commission_above_the_threshold_is_withdrawn_once_to_the_owner() {
     let hash = secret_hash();
     let (alice, _alice_sc) = net_chain.client(2, Some(hash)).await;
     let clients = Arc::new(net_chain.client_chain().await);
-    let checkpoints = net_chain.checkpoint_chain();
+    let checkpoints = Arc::new(net_chain.checkpoint_chain());
     let dir = tempfile::tempdir().unwrap();
     let store = cocoon_ledger::SqliteStore::open(&dir.path().join("ledger.sqlite")).unwrap();
     let key = Arc::new(net_chain.proxy_key());
@@ -529,7 +530,7 @@ async fn commission_above_the_threshold_is_withdrawn_once_to_the_owner() {
         key.clone(),
         proxy_owner.clone(),
         &root_cfg,
-        &checkpoints,
+        &*checkpoints,
     )
     .await
     .unwrap();
@@ -561,7 +562,7 @@ async fn commission_above_the_threshold_is_withdrawn_once_to_the_owner() {
         async move {
             let mut seen = Vec::new();
             for _ in 0..n {
-                meter.settle_once(cp, &cfg).await.unwrap();
+                meter.settle_once(&**cp, &cfg).await.unwrap();
                 cp.tick().await.unwrap();
                 seen.push(worker_tokens(&tc, &wsc).await);
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -622,7 +623,55 @@ async fn commission_above_the_threshold_is_withdrawn_once_to_the_owner() {
     assert_eq!(meter.stats().auto_withdrawals, 1);
     assert_eq!(contract_commission(&tc, &proxy_sc).await, 0);
     assert_eq!(proxy_stake(&tc, &proxy_sc).await, stake, "the stake stays");
-    let metrics = get_text(&reqwest::Client::new(), &format!("{}/metrics", net.admin())).await;
+
+    // 4. The operator's control withdraws by hand, whatever the threshold.
+    request(&mut c, 4).await;
+    let mut c3 = 0;
+    for _ in 0..10 {
+        passes(cfg(0), 5).await;
+        let t = worker_tokens(&tc, &wsc.address).await;
+        c3 = contract_commission(&tc, &proxy_sc).await;
+        if t > tokens && u128::from(c3) == u128::from(t - tokens) * u128::from(per_token) {
+            break;
+        }
+    }
+    assert!(c3 > 0 && u128::from(c3) < expected);
+    let cp: Arc<dyn CheckpointChain> = checkpoints.clone();
+    let settle = tokio::spawn(meter.clone().run_settlement(
+        cp,
+        SettlementConfig {
+            interval: Duration::from_secs(3600),
+            ..cfg(0)
+        },
+    ));
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{}/control/withdraw", net.admin()))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for _ in 0..50 {
+        checkpoints.tick().await.unwrap();
+        if payouts(&tc, &proxy_owner, &proxy_sc).await.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    settle.abort();
+    assert_eq!(
+        payouts(&tc, &proxy_owner, &proxy_sc).await,
+        vec![expected, u128::from(c3)]
+    );
+    assert_eq!(withdrawal_requests(&tc, &proxy_sc).await, 2);
+    assert_eq!(contract_commission(&tc, &proxy_sc).await, 0);
+    assert_eq!(
+        meter.stats().auto_withdrawals,
+        1,
+        "that one was the operator's"
+    );
+    let metrics = get_text(&http, &format!("{}/metrics", net.admin())).await;
     assert!(
         metrics.contains("cocoon_proxy_auto_withdrawals_total 1\n"),
         "{metrics}"

@@ -18,6 +18,7 @@
 //! - [`types`]: response and chunk types for engines that produce answers themselves.
 #![forbid(unsafe_code)]
 
+pub mod cost;
 pub mod error;
 pub mod limit;
 pub mod sse;
@@ -25,6 +26,7 @@ pub mod types;
 pub mod usage;
 pub mod validate;
 
+pub use cost::{CostInjector, cost_fields};
 pub use error::{ApiError, ErrorKind};
 pub use limit::{CompletionLimit, cap_completion_tokens, completion_limit};
 pub use usage::{Multipliers, PriceTable, TokenCategories, Usage, UsageTracker};

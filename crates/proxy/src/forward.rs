@@ -123,13 +123,18 @@ fn retryable(code: i32, msg: &str) -> bool {
     }
 }
 
-/// Adds the proxy's timing header to the worker's HTTP head.
+/// Adds the proxy's timing headers to the worker's HTTP head (COCOON's: when the proxy took
+/// the request and when it relayed the head, Unix seconds with 6 decimals).
 fn with_proxy_header(answer: Vec<u8>, start: SystemTime) -> Vec<u8> {
     match thttp::Response::from_bytes(&answer) {
         Ok(mut r) => {
             r.headers.push(thttp::Header {
                 name: "X-Cocoon-Proxy-Start".into(),
                 value: format!("{:.6}", unix_secs(start)),
+            });
+            r.headers.push(thttp::Header {
+                name: "X-Cocoon-Proxy-End".into(),
+                value: format!("{:.6}", unix_secs(SystemTime::now())),
             });
             r.to_bytes()
         }
@@ -235,6 +240,7 @@ pub(crate) async fn run(
         plan,
         start,
         cancel,
+        answer_at: std::sync::OnceLock::new(),
     };
     f.forward().await;
 }
@@ -250,6 +256,8 @@ struct Forwarding {
     start: SystemTime,
     /// The client's cancel (`client.cancelQuery`, its session ending, shutdown).
     cancel: watch::Receiver<Option<CancelReason>>,
+    /// When the worker's answer head arrived (the proxy's debug output).
+    answer_at: std::sync::OnceLock<SystemTime>,
 }
 
 /// One attempt on one worker: the lease, what was quoted, and what the relay saw so far.
@@ -483,6 +491,7 @@ impl Forwarding {
         }
         let ttft = r.sent.elapsed();
         r.first_byte.get_or_insert(ttft);
+        let _ = self.answer_at.set(SystemTime::now());
         if let Ok(resp) = thttp::Response::from_bytes(&a.answer) {
             r.tracker.push(&resp.payload);
         }

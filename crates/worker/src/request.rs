@@ -5,7 +5,9 @@
 //! per body chunk, and a final empty part carrying `proxy.queryFinalInfo` with the usage
 //! split into the four categories and adjusted by the worker's coefficient and the root
 //! multipliers. The usage comes from the engine's final event, so streamed answers are
-//! billed exactly. A failure after the head ends the answer with
+//! billed exactly. Every `usage` object in the body (the JSON answer's, the final SSE
+//! chunk's) gets COCOON's cost fields, `prompt_total_cost`, `completion_total_cost` and
+//! `total_cost` in nanoTON, priced as the request is billed. A failure after the head ends the answer with
 //! `proxy.queryAnswerErrorEx` carrying the usage delivered so far — one final message per
 //! request, so nothing is billed twice. Cancellation (a `proxy.cancelQuery`, or the session
 //! going away) drops the engine's body channel, which stops generation.
@@ -19,7 +21,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use cocoon_engine::{BodyEvent, EngineError, EngineRequest};
 use cocoon_net::{ErrorCode, SessionHandle};
 use cocoon_openai::validate::ValidateOptions;
-use cocoon_openai::{Endpoint, PriceTable, Usage, UsageTracker, prompt_text, validate_request};
+use cocoon_openai::{
+    CostInjector, Endpoint, PriceTable, Usage, UsageTracker, prompt_text, validate_request,
+};
 use cocoon_tl::TlRead;
 use cocoon_tl::TlWrite;
 use cocoon_tl::types::{TokensUsed, http as thttp, proxy as tproxy};
@@ -27,6 +31,10 @@ use tokio::sync::{mpsc, watch};
 
 use crate::Shared;
 use crate::stats::Counters;
+
+/// Most bytes of one unfinished SSE event or JSON value held to add the cost fields; a
+/// longer one passes unchanged.
+const COST_BUFFER_BYTES: usize = 1 << 20;
 
 /// Longest time a request may be given, whatever the proxy asks.
 const MAX_TIMEOUT_SECS: f64 = 3600.0;
@@ -216,6 +224,8 @@ struct Ctx<'a> {
     head_sent: bool,
     /// Completion tokens (all sequences) the request's body allows, once read.
     limit: Option<u64>,
+    /// When the engine's answer head arrived (Unix seconds), for the debug output.
+    answer_at: Option<f64>,
 }
 
 /// `usage` with its generated tokens cut to `limit`: a request is never billed for more
@@ -237,10 +247,13 @@ fn within_limit(usage: Usage, limit: Option<u64>) -> Usage {
 impl Ctx<'_> {
     fn debug(&self) -> Option<String> {
         self.req.enable_debug.then(|| {
+            // COCOON's fields: when the request arrived, when the engine's answer began
+            // (null when it never did) and when it ended.
             serde_json::json!({
                 "type": "worker_stats",
                 "start_time": self.start,
-                "end_time": now_unix(),
+                "answer_receive_start_at": self.answer_at,
+                "answer_receive_end_at": now_unix(),
             })
             .to_string()
         })
@@ -261,6 +274,17 @@ impl Ctx<'_> {
 
     async fn send(&self, bytes: Vec<u8>) -> bool {
         self.s.send_message(bytes).await.is_ok()
+    }
+
+    /// Sends one non-final part of the body.
+    async fn send_part(&self, answer: Vec<u8>) -> bool {
+        Counters::add(&self.shared.counters.answer_bytes, answer.len() as u64);
+        let part = tproxy::QueryAnswerPartEx {
+            request_id: self.req.request_id,
+            answer,
+            final_info: None,
+        };
+        self.send(part.to_bytes()).await
     }
 }
 
@@ -329,6 +353,7 @@ async fn run(cx: &mut Ctx<'_>, cancel: &mut watch::Receiver<bool>) -> Outcome {
         Ok(Err(e)) => return fail(engine_error_code(&e), format!("worker: engine: {e}")),
         Ok(Ok(r)) => r,
     };
+    cx.answer_at = Some(now_unix());
     let reason = axum::http::StatusCode::from_u16(resp.status)
         .ok()
         .and_then(|s| s.canonical_reason())
@@ -366,6 +391,14 @@ async fn run(cx: &mut Ctx<'_>, cancel: &mut watch::Receiver<bool>) -> Outcome {
         UsageTracker::new()
     };
     let cut = |t: &UsageTracker| cut_short_usage(shared, t, prompt.as_deref());
+    // COCOON's cost fields in every usage the answer carries, priced as this request is
+    // billed (the quoted coefficient, the root's multipliers and price, the body's limit).
+    let mut costs = {
+        let (prices, coefficient, limit) = (cx.prices, u64::from(cx.coefficient), cx.limit);
+        CostInjector::new(COST_BUFFER_BYTES, prices.price_per_token, move |u| {
+            prices.adjust(&within_limit(*u, limit), coefficient)
+        })
+    };
     loop {
         let ev = tokio::select! {
             ev = body.recv() => ev,
@@ -403,19 +436,27 @@ async fn run(cx: &mut Ctx<'_>, cancel: &mut watch::Receiver<bool>) -> Outcome {
                         usage,
                     };
                 }
-                Counters::add(&shared.counters.answer_bytes, d.len() as u64);
-                let part = tproxy::QueryAnswerPartEx {
-                    request_id: cx.req.request_id,
-                    answer: d,
-                    final_info: None,
-                };
-                if !cx.send(part.to_bytes()).await {
+                let d = costs.push(&d);
+                if d.is_empty() {
+                    continue;
+                }
+                if !cx.send_part(d).await {
                     drop(body);
                     return Outcome::SessionGone(cut(&tracker));
                 }
             }
-            Some(BodyEvent::End { usage, .. }) => return Outcome::Success(usage),
+            Some(BodyEvent::End { usage, .. }) => {
+                let rest = costs.finish();
+                if !rest.is_empty() && !cx.send_part(rest).await {
+                    return Outcome::SessionGone(usage);
+                }
+                return Outcome::Success(usage);
+            }
             Some(BodyEvent::Failed { error, usage }) => {
+                let rest = costs.finish();
+                if !rest.is_empty() && !cx.send_part(rest).await {
+                    return Outcome::SessionGone(usage);
+                }
                 return Outcome::Failed {
                     code: engine_error_code(&error),
                     message: format!("worker: engine: {error}"),
@@ -469,6 +510,7 @@ pub(crate) async fn serve(
         prices: shared.prices(),
         head_sent: false,
         limit: None,
+        answer_at: None,
     };
     let outcome = run(&mut cx, &mut cancel).await;
     let c = &shared.counters;

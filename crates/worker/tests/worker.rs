@@ -83,15 +83,46 @@ async fn handshake_streaming_relay_and_exact_final_tokens() {
             other => panic!("unexpected {other:?}"),
         }
     };
-    assert_eq!(body, chunks.concat().into_bytes(), "body relayed unchanged");
     // usage 31 prompt (16 cached) + 9 completion, coefficient 1.5, multipliers 1/0.5/2/1:
     // prompt 15×1.5=22, cached 16×1.5×0.5=12, completion 9×1.5×2=27.
     assert_eq!(final_tokens(&info), [22, 12, 27, 0, 61]);
+    // The body is relayed unchanged, but for COCOON's cost fields (nanoTON at 20 a token) in
+    // the usage chunk: exactly what the final info bills.
+    let text = String::from_utf8(body).unwrap();
+    let usage_at = chunks[..3].concat().len();
+    assert_eq!(text[..usage_at], chunks[..3].concat());
+    // Keys keep their order; the costs follow the engine's counters.
+    let (usage_prefix, _) = chunks[3].split_once("\"usage\"").unwrap();
+    assert!(text[usage_at..].starts_with(usage_prefix));
+    assert!(text.ends_with("\n\ndata: [DONE]\n\n"));
+    let usage_event = &text[usage_at..text.len() - "data: [DONE]\n\n".len()];
+    let v: serde_json::Value =
+        serde_json::from_str(usage_event.trim_end().strip_prefix("data: ").unwrap()).unwrap();
+    let u = &v["usage"];
+    assert_eq!(u["prompt_tokens"], 31);
+    assert_eq!(u["prompt_tokens_details"]["cached_tokens"], 16);
+    assert_eq!(
+        (
+            &u["prompt_total_cost"],
+            &u["completion_total_cost"],
+            &u["total_cost"]
+        ),
+        (
+            &serde_json::json!((22 + 12) * 20),
+            &serde_json::json!(27 * 20),
+            &serde_json::json!(61 * 20)
+        )
+    );
+    assert_eq!(v["id"], "c1");
     let info = info.unwrap();
     assert!(info.worker_start_time.is_some() && info.worker_end_time.is_some());
     let debug: serde_json::Value =
         serde_json::from_str(info.worker_debug.as_deref().unwrap()).unwrap();
     assert_eq!(debug["type"], "worker_stats");
+    // COCOON's debug fields: request arrival, engine answer start and end.
+    let at = |k: &str| debug[k].as_f64().unwrap();
+    assert!(at("start_time") <= at("answer_receive_start_at"));
+    assert!(at("answer_receive_start_at") <= at("answer_receive_end_at"));
     // The engine got the validated body with usage forced on.
     let sent = eng.bodies.lock().unwrap()[0].clone();
     assert_eq!(sent["stream_options"]["include_usage"], true);
@@ -118,6 +149,10 @@ async fn handshake_streaming_relay_and_exact_final_tokens() {
     let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
     assert_eq!(v["choices"][0]["message"]["content"], "Hi");
     assert_eq!(final_tokens(&info), [18, 0, 12, 0, 30]);
+    assert_eq!(v["usage"]["prompt_total_cost"], 18 * 20);
+    assert_eq!(v["usage"]["completion_total_cost"], 12 * 20);
+    assert_eq!(v["usage"]["total_cost"], 30 * 20);
+    assert_eq!(v["usage"]["total_tokens"], 16);
     let st = w.stats();
     assert_eq!(st.counters.requests_success, 2);
     assert_eq!(st.counters.total_tokens, 91);

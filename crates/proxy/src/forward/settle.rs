@@ -54,7 +54,14 @@ pub(crate) fn reject(
         request_id,
         error_code: code as i32,
         error: msg.to_owned(),
-        final_info: Some(client_final(proto, &Charge::default(), None, None, None)),
+        final_info: Some(client_final(
+            proto,
+            &Charge::default(),
+            None,
+            None,
+            None,
+            None,
+        )),
     };
     send_detached(h, m.to_bytes());
 }
@@ -67,10 +74,12 @@ pub(super) fn client_final(
     worker: Option<&tproxy::QueryFinalInfo>,
     proxy_start: Option<SystemTime>,
     debug: Option<bool>,
+    answer_at: Option<SystemTime>,
 ) -> tclient::QueryFinalInfo {
     let timed = proto >= 2;
     let with_debug = debug.unwrap_or(false);
     let start = proxy_start.map(unix_secs);
+    let now = unix_secs(SystemTime::now());
     tclient::QueryFinalInfo {
         tokens_used: tokens(usage),
         worker_debug: with_debug.then(|| {
@@ -79,10 +88,13 @@ pub(super) fn client_final(
                 .unwrap_or_default()
         }),
         proxy_debug: with_debug.then(|| {
+            // COCOON's fields: when the proxy took the request, when the worker's answer
+            // began to arrive (null when none did), and when it ended.
             serde_json::json!({
                 "type": "proxy_stats",
                 "start_time": start,
-                "end_time": unix_secs(SystemTime::now()),
+                "answer_receive_start_at": answer_at.map(unix_secs),
+                "answer_receive_end_at": now,
             })
             .to_string()
         }),
@@ -146,6 +158,7 @@ impl Forwarding {
             worker,
             Some(self.start),
             self.q.enable_debug,
+            self.answer_at.get().copied(),
         )
     }
 
@@ -394,18 +407,28 @@ mod tests {
     #[test]
     fn final_info_times_are_unix_seconds() {
         let start = UNIX_EPOCH + Duration::from_millis(1_500);
-        let fi = client_final(2, &Charge::default(), None, Some(start), Some(true));
+        let fi = client_final(
+            2,
+            &Charge::default(),
+            None,
+            Some(start),
+            Some(true),
+            Some(start),
+        );
         assert_eq!(fi.proxy_start_time, Some(1.5));
         assert!(fi.proxy_end_time.unwrap() > 1.5);
         let debug: serde_json::Value = serde_json::from_str(&fi.proxy_debug.unwrap()).unwrap();
         assert_eq!(debug["start_time"], 1.5);
+        assert_eq!(debug["answer_receive_start_at"], 1.5);
+        assert!(debug["answer_receive_end_at"].as_f64().unwrap() > 1.5);
         // Refused before it ran: no start in the debug, the start time is now.
-        let fi = client_final(2, &Charge::default(), None, None, Some(true));
+        let fi = client_final(2, &Charge::default(), None, None, Some(true), None);
         let debug: serde_json::Value = serde_json::from_str(&fi.proxy_debug.unwrap()).unwrap();
         assert!(debug["start_time"].is_null());
+        assert!(debug["answer_receive_start_at"].is_null());
         assert!(fi.proxy_start_time.unwrap() > 1.5);
         // Protocol 1: no timings.
-        let fi = client_final(1, &Charge::default(), None, Some(start), None);
+        let fi = client_final(1, &Charge::default(), None, Some(start), None, None);
         assert_eq!(fi.proxy_start_time, None);
         assert_eq!(fi.worker_end_time, None);
     }

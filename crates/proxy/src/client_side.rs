@@ -8,7 +8,8 @@
 //! chain shows the client contract registering the nonce. Then the client's credit (what
 //! its contract's balance and stake cover) is opened in the meter.
 //!
-//! Requests are messages: `client.runQueryEx` (one task each, see `forward`),
+//! Requests are messages: `client.runQueryEx` (one task each, see `forward`; the protocol 0
+//! `client.runQuery` is taken as a `client.runQueryEx` without debug),
 //! `client.cancelQuery` (v3). Queries: `client.updatePaymentStatus`,
 //! `client.getWorkerTypes(V2)`. When the session ends, every request of it is cancelled.
 //!
@@ -556,14 +557,17 @@ impl ClientSession {
         };
         match m {
             ToProxy::RunQueryEx(q) => self.on_run_query(q),
-            ToProxy::RunQuery(q) => forward::reject(
-                &self.shared,
-                &self.handle,
-                1,
-                q.request_id,
-                ErrorCode::ProtoViolation,
-                "client.runQuery (protocol 0) is not supported; use client.runQueryEx",
-            ),
+            // The protocol 0 form, taken as COCOON's proxy takes it: a request without debug.
+            ToProxy::RunQuery(q) => self.on_run_query(fclient::RunQueryEx {
+                model_name: q.model_name,
+                query: q.query,
+                max_coefficient: q.max_coefficient,
+                max_tokens: q.max_tokens,
+                timeout: q.timeout,
+                request_id: q.request_id,
+                min_config_version: q.min_config_version,
+                enable_debug: None,
+            }),
             ToProxy::CancelQuery(m) => {
                 if let Some(tx) = self.running().get(&m.request_id) {
                     let _ = tx.send(Some(CancelReason::ClientCancel));

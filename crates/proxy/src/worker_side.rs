@@ -11,7 +11,8 @@
 //!    (COCOON-compatible, see docs/cocoon-compat.md);
 //! 4. `worker.proxyHandshakeComplete(is_disabled)` → registered for routing.
 //!
-//! Afterwards: `proxy.queryAnswer{,Part,Error}Ex` go to the request they answer,
+//! Afterwards: `proxy.queryAnswer{,Part,Error}Ex` go to the request they answer (the
+//! protocol 0 forms `proxy.queryAnswer{,Part,Error,PartError}` too, as their `Ex` equivalents),
 //! `worker.enabledDisabled` / `worker.newCoefficient` update the registry, and
 //! `worker.updatePaymentStatus` is answered with our totals.
 //!
@@ -26,7 +27,7 @@ use cocoon_ratls::net::Accepted;
 use cocoon_tl::DispatchError;
 use cocoon_tl::functions::worker as fworker;
 use cocoon_tl::messages::worker::ToProxy;
-use cocoon_tl::types::{proxy as tproxy, worker as tworker};
+use cocoon_tl::types::{TokensUsed, proxy as tproxy, worker as tworker};
 use cocoon_ton::HashBytes;
 use tokio::sync::watch;
 
@@ -35,6 +36,31 @@ use crate::admission::{self, MAX_COEFFICIENT, PeerFacts, Refusal, WorkerParams};
 use crate::meter::Party;
 use crate::receipts::{clamp_i64, payment};
 use crate::registry::{WorkerEntry, WorkerEvent};
+
+/// The final info of a protocol 0 answer: its usage, no debug, no timings.
+fn legacy_final(tokens_used: TokensUsed) -> tproxy::QueryFinalInfo {
+    tproxy::QueryFinalInfo {
+        tokens_used,
+        worker_debug: None,
+        worker_start_time: None,
+        worker_end_time: None,
+    }
+}
+
+/// `proxy.queryAnswerError` / `proxy.queryAnswerPartError` as the `Ex` error they stand for.
+fn legacy_error(
+    request_id: [u8; 32],
+    error_code: i32,
+    error: String,
+    tokens_used: TokensUsed,
+) -> tproxy::QueryAnswerErrorEx {
+    tproxy::QueryAnswerErrorEx {
+        request_id,
+        error_code,
+        error,
+        final_info: Some(legacy_final(tokens_used)),
+    }
+}
 
 /// What the handshake learned before the worker is registered.
 struct Pending {
@@ -420,6 +446,32 @@ impl WorkerSession {
             }
             ToProxy::QueryAnswerErrorEx(m) => {
                 self.deliver(m.request_id, WorkerEvent::Error(m), "answer error")
+            }
+            // The protocol 0 forms, taken on any session as COCOON's proxy does: the usage
+            // they carry becomes the final info of the last one.
+            ToProxy::QueryAnswer(m) => {
+                let ex = tproxy::QueryAnswerEx {
+                    request_id: m.request_id,
+                    answer: m.answer,
+                    final_info: m.is_completed.then(|| legacy_final(m.tokens_used)),
+                };
+                self.deliver(ex.request_id, WorkerEvent::Head(ex), "legacy answer")
+            }
+            ToProxy::QueryAnswerPart(m) => {
+                let ex = tproxy::QueryAnswerPartEx {
+                    request_id: m.request_id,
+                    answer: m.answer,
+                    final_info: m.is_completed.then(|| legacy_final(m.tokens_used)),
+                };
+                self.deliver(ex.request_id, WorkerEvent::Part(ex), "legacy answer part")
+            }
+            ToProxy::QueryAnswerError(m) => {
+                let ex = legacy_error(m.request_id, m.error_code, m.error, m.tokens_used);
+                self.deliver(ex.request_id, WorkerEvent::Error(ex), "legacy answer error")
+            }
+            ToProxy::QueryAnswerPartError(m) => {
+                let ex = legacy_error(m.request_id, m.error_code, m.error, m.tokens_used);
+                self.deliver(ex.request_id, WorkerEvent::Error(ex), "legacy answer error")
             }
             ToProxy::EnabledDisabled(m) => self.on_enabled_disabled(&m),
             ToProxy::NewCoefficient(m) => return self.on_new_coefficient(&m),

@@ -13,6 +13,7 @@ pub mod devnet;
 pub mod engine;
 pub mod fake_proxy;
 pub mod fixtures;
+pub mod handmade;
 pub mod http;
 pub mod identity;
 pub mod proxy;

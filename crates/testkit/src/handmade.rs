@@ -1,0 +1,308 @@
+//! COCOON messages encoded by hand, byte by byte, from the layout rules of the scheme (as
+//! `testvectors/tl/handmade.py` does): constructor ids are literals from COCOON's
+//! `cocoon_api.tlo` (listed in docs/protocol.md's interop table), fields are written with the
+//! TL rules (little-endian `int`/`long`/`double`, raw `int256`, padded `bytes`/`string`, boxed
+//! `Bool`, bare `vector` of bare `http.header`, bare `tokensUsed`). Nothing here uses
+//! `cocoon-tl`'s encoder, so a test that plays these frames at a role checks our decoder and
+//! handlers against the scheme, not against themselves.
+
+/// `boolTrue`.
+pub const BOOL_TRUE: u32 = 0x997275b5;
+/// `boolFalse`.
+pub const BOOL_FALSE: u32 = 0xbc799737;
+
+/// A TL object under construction.
+#[derive(Default)]
+pub struct Tl(pub Vec<u8>);
+
+impl Tl {
+    /// A boxed object: its constructor id first.
+    pub fn boxed(id: u32) -> Tl {
+        Tl(id.to_le_bytes().to_vec())
+    }
+
+    pub fn int(mut self, v: i32) -> Tl {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+
+    pub fn long(mut self, v: i64) -> Tl {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+
+    pub fn double(mut self, v: f64) -> Tl {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+
+    pub fn int256(mut self, v: [u8; 32]) -> Tl {
+        self.0.extend_from_slice(&v);
+        self
+    }
+
+    pub fn bool(self, v: bool) -> Tl {
+        self.int(if v { BOOL_TRUE } else { BOOL_FALSE } as i32)
+    }
+
+    /// `bytes`/`string`: a 1-byte length up to 253, else `0xfe` and 3 bytes; zero padding
+    /// to a multiple of 4, the length prefix included.
+    pub fn bytes(mut self, v: &[u8]) -> Tl {
+        let head = if v.len() <= 253 {
+            self.0.push(v.len() as u8);
+            1
+        } else {
+            self.0.push(0xfe);
+            self.0
+                .extend_from_slice(&(v.len() as u32).to_le_bytes()[..3]);
+            4
+        };
+        self.0.extend_from_slice(v);
+        let pad = (4 - (head + v.len()) % 4) % 4;
+        self.0.extend(std::iter::repeat_n(0, pad));
+        self
+    }
+
+    pub fn string(self, v: &str) -> Tl {
+        self.bytes(v.as_bytes())
+    }
+
+    /// Raw bytes of an object written elsewhere (a boxed field).
+    pub fn raw(mut self, v: &[u8]) -> Tl {
+        self.0.extend_from_slice(v);
+        self
+    }
+
+    /// Bare `(vector http.header)`.
+    pub fn headers(self, h: &[(&str, &str)]) -> Tl {
+        let mut t = self.int(h.len() as i32);
+        for (n, v) in h {
+            t = t.string(n).string(v);
+        }
+        t
+    }
+
+    /// Bare `tokensUsed prompt cached completion reasoning total`.
+    pub fn tokens(self, t: [i64; 5]) -> Tl {
+        t.iter().fold(self, |acc, v| acc.long(*v))
+    }
+
+    pub fn done(self) -> Vec<u8> {
+        self.0
+    }
+}
+
+/// `http.request#47492de5 method url http_version headers payload`.
+pub fn http_request(url: &str, body: &[u8]) -> Vec<u8> {
+    Tl::boxed(0x47492de5)
+        .string("POST")
+        .string(url)
+        .string("HTTP/1.1")
+        .headers(&[("Content-Type", "application/json")])
+        .bytes(body)
+        .done()
+}
+
+/// `http.response#1cd0c42b http_version status_code reason headers payload`.
+pub fn http_response(status: i32, headers: &[(&str, &str)], payload: &[u8]) -> Vec<u8> {
+    Tl::boxed(0x1cd0c42b)
+        .string("HTTP/1.1")
+        .int(status)
+        .string("OK")
+        .headers(headers)
+        .bytes(payload)
+        .done()
+}
+
+/// Worker → proxy, protocol 0: `proxy.queryAnswer#37e5f725 answer:bytes is_completed:Bool
+/// request_id:int256 tokens_used:tokensUsed`.
+pub fn proxy_query_answer(answer: &[u8], completed: bool, id: [u8; 32], t: [i64; 5]) -> Vec<u8> {
+    Tl::boxed(0x37e5f725)
+        .bytes(answer)
+        .bool(completed)
+        .int256(id)
+        .tokens(t)
+        .done()
+}
+
+/// Worker → proxy, protocol 0: `proxy.queryAnswerPart#72eb00ee answer:bytes
+/// is_completed:Bool request_id:int256 tokens_used:tokensUsed`.
+pub fn proxy_query_answer_part(
+    answer: &[u8],
+    completed: bool,
+    id: [u8; 32],
+    t: [i64; 5],
+) -> Vec<u8> {
+    Tl::boxed(0x72eb00ee)
+        .bytes(answer)
+        .bool(completed)
+        .int256(id)
+        .tokens(t)
+        .done()
+}
+
+/// Worker → proxy, protocol 0: `proxy.queryAnswerError#669d014e error_code:int error:string
+/// request_id:int256 tokens_used:tokensUsed`.
+pub fn proxy_query_answer_error(code: i32, error: &str, id: [u8; 32], t: [i64; 5]) -> Vec<u8> {
+    Tl::boxed(0x669d014e)
+        .int(code)
+        .string(error)
+        .int256(id)
+        .tokens(t)
+        .done()
+}
+
+/// Worker → proxy, protocol 0: `proxy.queryAnswerPartError#940e1168 error_code:int
+/// error:string request_id:int256 tokens_used:tokensUsed`.
+pub fn proxy_query_answer_part_error(code: i32, error: &str, id: [u8; 32], t: [i64; 5]) -> Vec<u8> {
+    Tl::boxed(0x940e1168)
+        .int(code)
+        .string(error)
+        .int256(id)
+        .tokens(t)
+        .done()
+}
+
+/// Worker → proxy: `proxy.queryAnswerErrorEx#8f7fb0a7 request_id error_code error flags=1
+/// final_info:proxy.queryFinalInfo` (bare, flags 0: usage only).
+pub fn proxy_query_answer_error_ex(id: [u8; 32], code: i32, error: &str, t: [i64; 5]) -> Vec<u8> {
+    Tl::boxed(0x8f7fb0a7)
+        .int256(id)
+        .int(code)
+        .string(error)
+        .int(1)
+        .int(0)
+        .tokens(t)
+        .done()
+}
+
+/// Worker → proxy: `worker.enabledDisabled#b3b71039 disabled:int`.
+pub fn worker_enabled_disabled(disabled: bool) -> Vec<u8> {
+    Tl::boxed(0xb3b71039).int(i32::from(disabled)).done()
+}
+
+/// Worker → proxy: `worker.newCoefficient#6af092b0 new_coefficient:int`.
+pub fn worker_new_coefficient(c: i32) -> Vec<u8> {
+    Tl::boxed(0x6af092b0).int(c).done()
+}
+
+/// Client → proxy, protocol 0: `client.runQuery#bc748f32 model_name query:bytes
+/// max_coefficient:int max_tokens:int timeout:double request_id:int256
+/// min_config_version:int`.
+pub fn client_run_query(
+    model: &str,
+    query: &[u8],
+    max_coefficient: i32,
+    max_tokens: i32,
+    timeout: f64,
+    id: [u8; 32],
+) -> Vec<u8> {
+    Tl::boxed(0xbc748f32)
+        .string(model)
+        .bytes(query)
+        .int(max_coefficient)
+        .int(max_tokens)
+        .double(timeout)
+        .int256(id)
+        .int(0)
+        .done()
+}
+
+/// Client → proxy, protocol 1+: `client.runQueryEx#f54cb74b model_name query max_coefficient
+/// max_tokens timeout request_id min_config_version flags enable_debug:flags.0?Bool`.
+pub fn client_run_query_ex(
+    model: &str,
+    query: &[u8],
+    max_tokens: i32,
+    timeout: f64,
+    id: [u8; 32],
+    debug: bool,
+) -> Vec<u8> {
+    let t = Tl::boxed(0xf54cb74b)
+        .string(model)
+        .bytes(query)
+        .int(4000)
+        .int(max_tokens)
+        .double(timeout)
+        .int256(id)
+        .int(0);
+    if debug {
+        t.int(1).bool(true).done()
+    } else {
+        t.int(0).done()
+    }
+}
+
+/// Client → proxy query, declared but served by no COCOON proxy: `client.requestRefund#238d863d`
+/// (no fields; id = crc32 of `client.requestRefund = client.Refund`).
+pub fn client_request_refund() -> Vec<u8> {
+    Tl::boxed(0x238d863d).done()
+}
+
+/// `proxy.signedPaymentEmpty#b347ce64`.
+pub fn signed_payment_empty() -> Vec<u8> {
+    Tl::boxed(0xb347ce64).done()
+}
+
+/// Proxy → worker, protocol 0: `proxy.runQuery#47182416 query:bytes
+/// signed_payment:proxy.SignedPayment coefficient:long timeout:double request_id:int256`.
+pub fn proxy_run_query(query: &[u8], coefficient: i64, timeout: f64, id: [u8; 32]) -> Vec<u8> {
+    Tl::boxed(0x47182416)
+        .bytes(query)
+        .raw(&signed_payment_empty())
+        .long(coefficient)
+        .double(timeout)
+        .int256(id)
+        .done()
+}
+
+/// Proxy → worker: `proxy.runQueryEx#c805e7e2 query signed_payment coefficient timeout
+/// request_id flags enable_debug:flags.0?Bool` (COCOON's proxy always sets flags = 1).
+pub fn proxy_run_query_ex(
+    query: &[u8],
+    coefficient: i64,
+    timeout: f64,
+    id: [u8; 32],
+    debug: bool,
+) -> Vec<u8> {
+    Tl::boxed(0xc805e7e2)
+        .bytes(query)
+        .raw(&signed_payment_empty())
+        .long(coefficient)
+        .double(timeout)
+        .int256(id)
+        .int(1)
+        .bool(debug)
+        .done()
+}
+
+/// Proxy → worker: `proxy.workerRequestPayment#1436c0d5 request_id
+/// signed_payment:proxy.SignedPayment db_tokens max_tokens request_tokens
+/// request_client_owner:string`, with the signed payout `boc` (`proxy.signedPayment#02998182
+/// data:bytes`) or none.
+pub fn proxy_worker_request_payment(
+    id: [u8; 32],
+    boc: Option<&[u8]>,
+    db: i64,
+    max: i64,
+    request: i64,
+    client_owner: &str,
+) -> Vec<u8> {
+    let payment = match boc {
+        Some(b) => Tl::boxed(0x02998182).bytes(b).done(),
+        None => signed_payment_empty(),
+    };
+    Tl::boxed(0x1436c0d5)
+        .int256(id)
+        .raw(&payment)
+        .long(db)
+        .long(max)
+        .long(request)
+        .string(client_owner)
+        .done()
+}
+
+/// Proxy → worker: `proxy.signedPayment#02998182 data:bytes`.
+pub fn proxy_signed_payment(boc: &[u8]) -> Vec<u8> {
+    Tl::boxed(0x02998182).bytes(boc).done()
+}

@@ -8,10 +8,46 @@ use cocoon_net::{ErrorCode, Incoming, SessionHandle};
 use cocoon_testkit::client::collect;
 use cocoon_testkit::handmade as hm;
 use cocoon_testkit::prelude::*;
-use cocoon_testkit::proxy::{finish_handshake, raw_worker};
 use cocoon_tl::TlRead;
+use cocoon_tl::enums;
 use cocoon_tl::functions::proxy as fproxy;
+use cocoon_tl::types::{client as tclient, worker as tworker};
+use cocoon_ton::StdAddr;
 use tokio::sync::mpsc;
+
+/// A scripted COCOON worker (owner `addr(0x49)`, coefficient 1.0, 4 slots, versions 1..=2)
+/// through its handshake, every query by hand; it claims 500 tokens the proxy never saw.
+async fn cocoon_worker(net: &Net) -> (SessionHandle, mpsc::Receiver<Incoming>) {
+    let (h, incoming, _peer) = connector()
+        .connect(&net.proxy.worker_addr().to_string())
+        .await
+        .unwrap();
+    let q = |bytes: Vec<u8>| {
+        let h = h.clone();
+        async move { h.query(bytes, LIMIT).await.unwrap() }
+    };
+    let owner = addr(0x49).to_string();
+    let a = q(hm::worker_connect_to_proxy(&owner, MODEL, 1000, 4, (1, 2))).await;
+    let connected = tworker::ConnectedToProxy::from_bytes(&a).unwrap();
+    // The proxy picks 2, names the derived worker contract and its own key.
+    assert_eq!(connected.params.proto_version, Some(2));
+    assert_eq!(connected.params.proxy_public_key, net.proxy.public_key());
+    assert_eq!(
+        connected.worker_sc_address,
+        net.worker_sc(&addr(0x49)).to_string()
+    );
+    // More than the proxy knows: `error_code = 1`, reported, not fatal; the extended
+    // comparison answers 0 (as COCOON's proxy does).
+    let a = q(hm::worker_compare_balance(0, 0, 500)).await;
+    let cmp = tworker::CompareBalanceWithProxyResult::from_bytes(&a).unwrap();
+    assert_eq!((cmp.error_code, cmp.max_tokens), (1, 0));
+    let a = q(hm::worker_extended_compare(0)).await;
+    let ext = tworker::ExtendedCompareBalanceWithProxyResult::from_bytes(&a).unwrap();
+    assert_eq!(ext.error_code, 0);
+    let a = q(hm::worker_handshake_complete(false)).await;
+    tworker::ProxyHandshakeCompleted::from_bytes(&a).unwrap();
+    (h, incoming)
+}
 
 /// The next `proxy.runQueryEx` the scripted worker receives.
 async fn next_run(incoming: &mut mpsc::Receiver<Incoming>) -> fproxy::RunQueryEx {
@@ -40,10 +76,7 @@ const JSON_ANSWER: &[u8] = br#"{"id":"x","choices":[{"index":0,"message":{"role"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protocol_0_answers_and_state_messages_of_a_cocoon_worker() {
     let net = start_proxy(root(1, true, true)).await;
-    // A COCOON worker speaks 1..=2: the proxy picks 2.
-    let (h, mut incoming, connected) = raw_worker(&net, 1000, 4, 2).await;
-    assert_eq!(connected.params.proto_version, Some(2));
-    finish_handshake(&h, 0).await;
+    let (h, mut incoming) = cocoon_worker(&net).await;
     net.wait_workers(1).await;
     let owner = addr(0x51);
     let sc = net.fund_client(&owner, 1_000_000_000, true);
@@ -141,6 +174,14 @@ async fn protocol_0_answers_and_state_messages_of_a_cocoon_worker() {
     assert_eq!(net.meter.client(&sc.to_string()).unwrap().used, 45);
     assert_eq!(net.meter.open_reservations(), 0);
 
+    // `worker.updatePaymentStatus`: what the proxy holds for this worker (all it booked).
+    let a = h
+        .query(hm::worker_update_payment_status(), LIMIT)
+        .await
+        .unwrap();
+    let st = tworker::PaymentStatus::from_bytes(&a).unwrap();
+    assert_eq!(st.max_tokens, 45);
+
     // 5. Answers for requests the proxy does not know are dropped; the session goes on.
     send(
         &h,
@@ -187,35 +228,116 @@ async fn protocol_0_answers_and_state_messages_of_a_cocoon_worker() {
     );
 }
 
+/// A scripted COCOON client (versions 1..=2) connected by hand: its session and the
+/// proxy's `client.connectedToProxy`.
+async fn cocoon_client(
+    net: &Net,
+    owner: &StdAddr,
+) -> (
+    SessionHandle,
+    mpsc::Receiver<Incoming>,
+    tclient::ConnectedToProxy,
+) {
+    let (h, incoming, _peer) = connector()
+        .connect(&net.proxy.client_addr().to_string())
+        .await
+        .unwrap();
+    let a = h
+        .query(
+            hm::client_connect_to_proxy(&owner.to_string(), (1, 2)),
+            LIMIT,
+        )
+        .await
+        .unwrap();
+    let connected = tclient::ConnectedToProxy::from_bytes(&a).unwrap();
+    assert_eq!(connected.params.proto_version, Some(2));
+    assert_eq!(
+        connected.client_sc_address,
+        net.client_sc(owner).to_string()
+    );
+    (h, incoming, connected)
+}
+
+fn authorized(a: &[u8]) -> bool {
+    matches!(
+        enums::client::AuthorizationWithProxy::from_bytes(a).unwrap(),
+        enums::client::AuthorizationWithProxy::AuthorizationWithProxySuccess(_)
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queries_and_messages_a_cocoon_client_may_send() {
     let (net, _w) = proxy_with_worker(0x41).await;
+    // Short authorisation: the contract holds SHA-256 of the secret.
     let owner = addr(0x52);
-    net.fund_client(&owner, 1_000_000_000, true);
-    let mut c = TestClient::authorized(&net, &owner).await;
+    let sc = net.fund_client(&owner, 1_000_000_000, true);
+    let (h, incoming, connected) = cocoon_client(&net, &owner).await;
+    assert!(matches!(
+        connected.auth,
+        enums::client::ProxyConnectionAuth::ProxyConnectionAuthShort(_)
+    ));
+    let q = |bytes: Vec<u8>| {
+        let h = h.clone();
+        async move { h.query(bytes, LIMIT).await }
+    };
+    assert!(authorized(
+        &q(hm::client_authorize_short(SECRET)).await.unwrap()
+    ));
+    // Worker types, both forms: the one model with its worker.
+    let types =
+        tclient::WorkerTypes::from_bytes(&q(hm::client_get_worker_types()).await.unwrap()).unwrap();
+    assert_eq!(types.types.len(), 1);
+    assert_eq!(
+        (types.types[0].name.as_str(), types.types[0].active_workers),
+        ("Smol", 1)
+    );
+    let v2 =
+        tclient::WorkerTypesV2::from_bytes(&q(hm::client_get_worker_types_v2()).await.unwrap())
+            .unwrap();
+    assert_eq!(v2.types[0].workers[0].coefficient, 1500);
     // `client.requestRefund` is declared in the scheme but served by no COCOON proxy: a
     // typed error at once, and the session goes on.
-    let e = c
-        .handle
-        .query(hm::client_request_refund(), LIMIT)
-        .await
-        .unwrap_err();
+    let e = q(hm::client_request_refund()).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::ProtoViolation as i32);
     assert!(e.message.contains("238d863d"), "{}", e.message);
-    // `client.runQueryEx` by hand, with debug, to a real worker: served, with COCOON's
-    // answer extensions (checked in detail below).
-    let q = hm::client_run_query_ex(
+    // `client.runQueryEx` by hand, with debug, to a real worker: served (COCOON's answer
+    // extensions are checked in detail below).
+    let mut c = TestClient {
+        handle: h.clone(),
+        incoming,
+        connected,
+    };
+    let body = chat_body("json", false);
+    let run = hm::client_run_query_ex(
         "Smol",
-        &hm::http_request(CHAT, &chat_body("json", false)),
+        &hm::http_request(CHAT, &body),
         100,
         30.0,
         [7; 32],
         true,
     );
-    send(&c.handle, q).await;
+    send(&c.handle, run).await;
     let r = collect(&mut c, &[7], true).await;
     assert_eq!(r[&7].status, Some(200));
-    assert!(r[&7].tokens.unwrap()[4] > 0);
+    assert_eq!(r[&7].tokens, Some([18, 0, 12, 0, 30]));
+    // `client.updatePaymentStatus`: the totals include the request.
+    let st =
+        tclient::PaymentStatus::from_bytes(&q(hm::client_update_payment_status()).await.unwrap())
+            .unwrap();
+    assert_eq!(st.max_tokens, 30);
+    assert_eq!(net.meter.client(&sc.to_string()).unwrap().used, 30);
+
+    // Long authorisation: no secret on the contract; answered once the chain shows the
+    // contract registering the nonce.
+    let owner = addr(0x53);
+    let sc = net.fund_client(&owner, 1_000_000_000, false);
+    let (h, _incoming, connected) = cocoon_client(&net, &owner).await;
+    let enums::client::ProxyConnectionAuth::ProxyConnectionAuthLong(long) = connected.auth else {
+        panic!("long authorisation expected")
+    };
+    let pending = tokio::spawn(async move { h.query(hm::client_authorize_long(), LIMIT).await });
+    net.chain.register(sc, long.nonce as u64);
+    assert!(authorized(&pending.await.unwrap().unwrap()));
 }
 
 /// The usage the client sees in a JSON body or the final SSE chunk.

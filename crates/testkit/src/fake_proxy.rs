@@ -36,6 +36,9 @@ pub struct Behavior {
     pub is_test: bool,
     /// `worker.updatePaymentStatus` queries answered so far.
     pub status_answers: u64,
+    /// Answer the worker's queries with frames encoded by hand (`crate::handmade`), as a
+    /// COCOON proxy would write them, instead of with `cocoon-tl`'s encoder.
+    pub handmade: bool,
 }
 
 impl Default for Behavior {
@@ -48,6 +51,7 @@ impl Default for Behavior {
             compare_error: 0,
             proto: 3,
             is_test: true,
+            handmade: false,
         }
     }
 }
@@ -195,6 +199,11 @@ struct ProxyCtx {
 }
 
 impl ProxyCtx {
+    /// The signed payout for `tokens` as a BOC (none for 0).
+    fn boc(&self, tokens: u64) -> Option<Vec<u8>> {
+        (tokens > 0).then(|| sign_payment(&self.key, &self.worker_sc, tokens))
+    }
+
     fn signed(&self, tokens: u64) -> enums::proxy::SignedPayment {
         if tokens == 0 {
             enums::proxy::SignedPayment::SignedPaymentEmpty(tproxy::SignedPaymentEmpty {})
@@ -236,42 +245,84 @@ async fn proxy_session(
     }
 }
 
+/// The hand-encoded answer to one of the worker's queries, or `None` to answer as usual.
+fn handmade_answer(ctx: &ProxyCtx, b: &Behavior, data: &[u8]) -> Option<Vec<u8>> {
+    use crate::handmade as hm;
+    Some(match peek_constructor(data).unwrap_or(0) {
+        fworker::ConnectToProxy::CONSTRUCTOR_ID => hm::worker_connected_to_proxy(
+            ctx.pubkey,
+            &addr(0x33).to_string(),
+            &ctx.proxy_sc.to_string(),
+            b.proto,
+            &ctx.worker_sc.to_string(),
+        ),
+        fworker::CompareBalanceWithProxy::CONSTRUCTOR_ID => {
+            hm::worker_compare_result(ctx.boc(b.signed).as_deref(), b.db, b.max, b.compare_error)
+        }
+        fworker::ExtendedCompareBalanceWithProxy::CONSTRUCTOR_ID => {
+            hm::worker_extended_compare_result(0)
+        }
+        fworker::ProxyHandshakeComplete::CONSTRUCTOR_ID => hm::worker_handshake_completed(),
+        fworker::UpdatePaymentStatus::CONSTRUCTOR_ID => {
+            hm::worker_payment_status(ctx.boc(b.signed).as_deref(), b.db, b.max)
+        }
+        _ => return None,
+    })
+}
+
 /// Answers one of the worker's queries as the behaviour says.
 fn answer(ctx: &ProxyCtx, s: &mut Session, data: &[u8], responder: Responder) {
     let b = ctx.behavior.lock().unwrap().clone();
+    // Hand-encoded bytes when asked for; the session state and events as usual either way.
+    let reply = |responder: Responder, tl: &dyn Fn() -> Vec<u8>| {
+        let bytes = match b.handmade.then(|| handmade_answer(ctx, &b, data)).flatten() {
+            Some(h) => h,
+            None => tl(),
+        };
+        let _ = responder.answer(bytes);
+    };
     match peek_constructor(data).unwrap_or(0) {
         fworker::ConnectToProxy::CONSTRUCTOR_ID => {
             let q = fworker::ConnectToProxy::from_bytes(data).unwrap();
             s.params = Some(q.params);
-            let _ = responder.answer_tl(&tworker::ConnectedToProxy {
-                params: tproxy::Params {
-                    proxy_public_key: ctx.pubkey,
-                    proxy_owner_address: addr(0x33).to_string(),
-                    proxy_sc_address: ctx.proxy_sc.to_string(),
-                    is_test: Some(b.is_test),
-                    proto_version: Some(b.proto),
-                },
-                worker_sc_address: ctx.worker_sc.to_string(),
+            reply(responder, &|| {
+                tworker::ConnectedToProxy {
+                    params: tproxy::Params {
+                        proxy_public_key: ctx.pubkey,
+                        proxy_owner_address: addr(0x33).to_string(),
+                        proxy_sc_address: ctx.proxy_sc.to_string(),
+                        is_test: Some(b.is_test),
+                        proto_version: Some(b.proto),
+                    },
+                    worker_sc_address: ctx.worker_sc.to_string(),
+                }
+                .to_bytes()
             });
         }
         fworker::CompareBalanceWithProxy::CONSTRUCTOR_ID => {
             let q = fworker::CompareBalanceWithProxy::from_bytes(data).unwrap();
             let _ = ctx.ev_tx.send(HandshakeEvent::Compare(q.clone()));
             s.compare = Some(q);
-            let _ = responder.answer_tl(&tworker::CompareBalanceWithProxyResult {
-                signed_payment: ctx.signed(b.signed),
-                tokens_committed_to_db: b.db,
-                max_tokens: b.max,
-                error_code: b.compare_error,
+            reply(responder, &|| {
+                tworker::CompareBalanceWithProxyResult {
+                    signed_payment: ctx.signed(b.signed),
+                    tokens_committed_to_db: b.db,
+                    max_tokens: b.max,
+                    error_code: b.compare_error,
+                }
+                .to_bytes()
             });
         }
         fworker::ExtendedCompareBalanceWithProxy::CONSTRUCTOR_ID => {
-            let _ = responder
-                .answer_tl(&tworker::ExtendedCompareBalanceWithProxyResult { error_code: 0 });
+            reply(responder, &|| {
+                tworker::ExtendedCompareBalanceWithProxyResult { error_code: 0 }.to_bytes()
+            });
         }
         fworker::ProxyHandshakeComplete::CONSTRUCTOR_ID => {
             let q = fworker::ProxyHandshakeComplete::from_bytes(data).unwrap();
-            let _ = responder.answer_tl(&tworker::ProxyHandshakeCompleted {});
+            reply(responder, &|| {
+                tworker::ProxyHandshakeCompleted {}.to_bytes()
+            });
             let _ = ctx.ev_tx.send(HandshakeEvent::Completed);
             if let (Some(p), Some(c), Some(rx)) =
                 (s.params.clone(), s.compare.clone(), s.messages.take())
@@ -286,10 +337,13 @@ fn answer(ctx: &ProxyCtx, s: &mut Session, data: &[u8], responder: Responder) {
             }
         }
         fworker::UpdatePaymentStatus::CONSTRUCTOR_ID => {
-            let _ = responder.answer_tl(&tworker::PaymentStatus {
-                signed_payment: ctx.signed(b.signed),
-                db_tokens: b.db,
-                max_tokens: b.max,
+            reply(responder, &|| {
+                tworker::PaymentStatus {
+                    signed_payment: ctx.signed(b.signed),
+                    db_tokens: b.db,
+                    max_tokens: b.max,
+                }
+                .to_bytes()
             });
             ctx.behavior.lock().unwrap().status_answers += 1;
         }

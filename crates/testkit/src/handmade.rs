@@ -306,3 +306,151 @@ pub fn proxy_worker_request_payment(
 pub fn proxy_signed_payment(boc: &[u8]) -> Vec<u8> {
     Tl::boxed(0x02998182).bytes(boc).done()
 }
+
+/// Worker → proxy query: `worker.connectToProxy#cc484c5d params:worker.params` with the bare
+/// `worker.params flags=3 owner model coefficient is_test proxy_cnt max_active_requests
+/// min_proto max_proto` a COCOON worker sends.
+pub fn worker_connect_to_proxy(
+    owner: &str,
+    model: &str,
+    coefficient: i32,
+    max_active: i32,
+    protos: (i32, i32),
+) -> Vec<u8> {
+    Tl::boxed(0xcc484c5d)
+        .int(3)
+        .string(owner)
+        .string(model)
+        .int(coefficient)
+        .bool(true)
+        .int(1)
+        .int(max_active)
+        .int(protos.0)
+        .int(protos.1)
+        .done()
+}
+
+/// Worker → proxy query: `worker.compareBalanceWithProxy#db386501
+/// tokens_committed_to_blockchain tokens_committed_to_db max_tokens`.
+pub fn worker_compare_balance(blockchain: i64, db: i64, max: i64) -> Vec<u8> {
+    Tl::boxed(0xdb386501)
+        .long(blockchain)
+        .long(db)
+        .long(max)
+        .done()
+}
+
+/// Worker → proxy query: `worker.extendedCompareBalanceWithProxy#f8dd9914
+/// tokens_committed_to_db other:bytes`.
+pub fn worker_extended_compare(db: i64) -> Vec<u8> {
+    Tl::boxed(0xf8dd9914).long(db).bytes(&[]).done()
+}
+
+/// Worker → proxy query: `worker.proxyHandshakeComplete#f843b066 is_disabled:Bool`.
+pub fn worker_handshake_complete(disabled: bool) -> Vec<u8> {
+    Tl::boxed(0xf843b066).bool(disabled).done()
+}
+
+/// Worker → proxy query: `worker.updatePaymentStatus#dc70a524`.
+pub fn worker_update_payment_status() -> Vec<u8> {
+    Tl::boxed(0xdc70a524).done()
+}
+
+/// A boxed `proxy.SignedPayment`: `proxy.signedPayment#02998182 data` or
+/// `proxy.signedPaymentEmpty#b347ce64`.
+pub fn signed_payment(boc: Option<&[u8]>) -> Vec<u8> {
+    match boc {
+        Some(b) => proxy_signed_payment(b),
+        None => signed_payment_empty(),
+    }
+}
+
+/// Proxy → worker answer: `worker.connectedToProxy#66bc82ee params:proxy.params
+/// worker_sc_address` with the bare `proxy.params flags=3 key owner proxy_sc is_test proto`.
+pub fn worker_connected_to_proxy(
+    key: [u8; 32],
+    owner: &str,
+    proxy_sc: &str,
+    proto: i32,
+    worker_sc: &str,
+) -> Vec<u8> {
+    Tl::boxed(0x66bc82ee)
+        .int(3)
+        .int256(key)
+        .string(owner)
+        .string(proxy_sc)
+        .bool(true)
+        .int(proto)
+        .string(worker_sc)
+        .done()
+}
+
+/// Proxy → worker answer: `worker.compareBalanceWithProxyResult#9054c411 signed_payment
+/// tokens_committed_to_db max_tokens error_code`.
+pub fn worker_compare_result(boc: Option<&[u8]>, db: i64, max: i64, error: i32) -> Vec<u8> {
+    Tl::boxed(0x9054c411)
+        .raw(&signed_payment(boc))
+        .long(db)
+        .long(max)
+        .int(error)
+        .done()
+}
+
+/// Proxy → worker answer: `worker.extendedCompareBalanceWithProxyResult#0c10973e error_code`.
+pub fn worker_extended_compare_result(error: i32) -> Vec<u8> {
+    Tl::boxed(0x0c10973e).int(error).done()
+}
+
+/// Proxy → worker answer: `worker.proxyHandshakeCompleted#3ad9b886`.
+pub fn worker_handshake_completed() -> Vec<u8> {
+    Tl::boxed(0x3ad9b886).done()
+}
+
+/// Proxy → worker answer: `worker.paymentStatus#a88bd701 signed_payment db_tokens
+/// max_tokens`.
+pub fn worker_payment_status(boc: Option<&[u8]>, db: i64, max: i64) -> Vec<u8> {
+    Tl::boxed(0xa88bd701)
+        .raw(&signed_payment(boc))
+        .long(db)
+        .long(max)
+        .done()
+}
+
+/// Client → proxy query: `client.connectToProxy#ff5fa0f4 params:client.params
+/// min_config_version:int` with the bare `client.params flags=3 owner is_test min_proto
+/// max_proto` a COCOON client sends.
+pub fn client_connect_to_proxy(owner: &str, protos: (i32, i32)) -> Vec<u8> {
+    Tl::boxed(0xff5fa0f4)
+        .int(3)
+        .string(owner)
+        .bool(true)
+        .int(protos.0)
+        .int(protos.1)
+        .int(0)
+        .done()
+}
+
+/// Client → proxy query: `client.authorizeWithProxyShort#6c276723 data:bytes`.
+pub fn client_authorize_short(secret: &[u8]) -> Vec<u8> {
+    Tl::boxed(0x6c276723).bytes(secret).done()
+}
+
+/// Client → proxy query: `client.authorizeWithProxyLong#d3474303`.
+pub fn client_authorize_long() -> Vec<u8> {
+    Tl::boxed(0xd3474303).done()
+}
+
+/// Client → proxy query: `client.updatePaymentStatus#9ed1c697`.
+pub fn client_update_payment_status() -> Vec<u8> {
+    Tl::boxed(0x9ed1c697).done()
+}
+
+/// Client → proxy query: `client.getWorkerTypes#7f062bdb`.
+pub fn client_get_worker_types() -> Vec<u8> {
+    Tl::boxed(0x7f062bdb).done()
+}
+
+/// Client → proxy query: `client.getWorkerTypesV2#b2133d72`.
+pub fn client_get_worker_types_v2() -> Vec<u8> {
+    Tl::boxed(0xb2133d72).done()
+}

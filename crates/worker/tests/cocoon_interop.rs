@@ -9,9 +9,17 @@ use cocoon_testkit::prelude::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_message_a_cocoon_proxy_sends_a_worker() {
     let (base, _eng, mut proxy, dir) = worker_rig().await;
-    // COCOON's proxy speaks 0..=2 and picks min(2, ours).
-    proxy.set(|b| b.proto = 2);
-    let w = start_worker_at(&proxy, &base, dir.path(), |_| {}).await;
+    // COCOON's proxy speaks 0..=2 and picks min(2, ours); its answers to the worker's
+    // handshake and payment-status queries are encoded by hand.
+    proxy.set(|b| {
+        b.proto = 2;
+        b.handmade = true;
+    });
+    let w = start_worker_at(&proxy, &base, dir.path(), |c| {
+        let t = std::time::Duration::from_millis(100);
+        c.timings.payment_status_interval = (t, t);
+    })
+    .await;
     let mut c = proxy.next_conn().await;
     let handle = c.handle.clone();
     let send = |bytes: Vec<u8>| {
@@ -104,14 +112,22 @@ async fn every_message_a_cocoon_proxy_sends_a_worker() {
     assert_eq!(w.ready_proxies(), 1, "the session lives on");
     assert_eq!(w.stats().payments[0].signed_tokens, 80);
 
+    // `worker.paymentStatus` (answers to the periodic `worker.updatePaymentStatus`) raises
+    // what is held.
+    proxy.set_totals(100);
+    eventually("payment status applied", || {
+        w.stats().payments.first().map(|p| p.signed_tokens) == Some(100)
+    })
+    .await;
+
     // A request that breaks the scheme (truncated `proxy.runQueryEx`) ends the session; the
-    // worker redials (to a proxy that still knows the 80 tokens).
-    proxy.set_totals(80);
+    // worker redials and compares again.
     let mut bad = hm::proxy_run_query_ex(&query, 1500, 30.0, [5; 32], false);
     bad.truncate(bad.len() - 6);
     send(bad).await;
     c.closed().await;
     let c = proxy.next_conn().await;
-    assert_eq!(c.compare.tokens_committed_to_blockchain, 80);
+    assert_eq!(c.compare.tokens_committed_to_blockchain, 100);
+    eventually("serving again", || w.ready_proxies() == 1).await;
     w.shutdown().await;
 }

@@ -39,6 +39,8 @@ pub struct Behavior {
     /// Answer the worker's queries with frames encoded by hand (`crate::handmade`), as a
     /// COCOON proxy would write them, instead of with `cocoon-tl`'s encoder.
     pub handmade: bool,
+    /// Refuse `worker.connectToProxy` with this `tcp.queryError` (code, message).
+    pub refuse_connect: Option<(i32, String)>,
 }
 
 impl Default for Behavior {
@@ -52,6 +54,7 @@ impl Default for Behavior {
             proto: 3,
             is_test: true,
             handmade: false,
+            refuse_connect: None,
         }
     }
 }
@@ -283,6 +286,10 @@ fn answer(ctx: &ProxyCtx, s: &mut Session, data: &[u8], responder: Responder) {
     };
     match peek_constructor(data).unwrap_or(0) {
         fworker::ConnectToProxy::CONSTRUCTOR_ID => {
+            if let Some((code, msg)) = b.refuse_connect.clone() {
+                let _ = responder.error(code, msg);
+                return;
+            }
             let q = fworker::ConnectToProxy::from_bytes(data).unwrap();
             s.params = Some(q.params);
             reply(responder, &|| {

@@ -11,15 +11,31 @@ async fn every_message_a_cocoon_proxy_sends_a_worker() {
     let (base, _eng, mut proxy, dir) = worker_rig().await;
     // COCOON's proxy speaks 0..=2 and picks min(2, ours); its answers to the worker's
     // handshake and payment-status queries are encoded by hand.
+    // First it refuses the handshake, as COCOON's proxy does an image it does not allow.
+    let refusal = "invalid worker image hash 00ff";
     proxy.set(|b| {
         b.proto = 2;
         b.handmade = true;
+        b.refuse_connect = Some((621, refusal.into()));
+        // A worker that claims more than the proxy knows gets error_code 1 and then the
+        // extended comparison.
+        b.compare_error = 1;
     });
     let w = start_worker_at(&proxy, &base, dir.path(), |c| {
         let t = std::time::Duration::from_millis(100);
         c.timings.payment_status_interval = (t, t);
     })
     .await;
+    eventually("refusal reported", || {
+        w.stats()
+            .proxies
+            .first()
+            .and_then(|p| p.last_error.clone())
+            .is_some_and(|e| e.contains(refusal) && e.contains("621"))
+    })
+    .await;
+    assert_eq!(w.ready_proxies(), 0);
+    proxy.set(|b| b.refuse_connect = None);
     let mut c = proxy.next_conn().await;
     let handle = c.handle.clone();
     let send = |bytes: Vec<u8>| {

@@ -194,6 +194,23 @@ async fn protocol_0_answers_and_state_messages_of_a_cocoon_worker() {
     )
     .await;
 
+    // Outside what a worker sends: a message is ignored, a query gets 621; the session goes
+    // on (the status query below is answered).
+    send(&h, hm::client_update_payment_status()).await;
+    let e = h
+        .query(hm::client_update_payment_status(), LIMIT)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::ProtoViolation as i32);
+    let a = h
+        .query(hm::worker_update_payment_status(), LIMIT)
+        .await
+        .unwrap();
+    assert_eq!(
+        tworker::PaymentStatus::from_bytes(&a).unwrap().max_tokens,
+        45
+    );
+
     // 6. `worker.newCoefficient` and `worker.enabledDisabled` update routing.
     send(&h, hm::worker_new_coefficient(1200)).await;
     eventually("coefficient applied", || {

@@ -27,7 +27,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use cocoon_net::{ErrorCode, SessionHandle};
-use cocoon_openai::{Endpoint, PriceTable, Usage, UsageTracker};
+use cocoon_openai::{CostInjector, Endpoint, PriceTable, Usage, UsageTracker};
 use cocoon_tl::functions::{client as fclient, proxy as fproxy};
 use cocoon_tl::types::{TokensUsed, client as tclient, http as thttp, proxy as tproxy};
 use cocoon_tl::{TlRead, TlWrite};
@@ -123,24 +123,62 @@ fn retryable(code: i32, msg: &str) -> bool {
     }
 }
 
-/// Adds the proxy's timing headers to the worker's HTTP head (COCOON's: when the proxy took
-/// the request and when it relayed the head, Unix seconds with 6 decimals).
-fn with_proxy_header(answer: Vec<u8>, start: SystemTime) -> Vec<u8> {
-    match thttp::Response::from_bytes(&answer) {
-        Ok(mut r) => {
-            r.headers.push(thttp::Header {
-                name: "X-Cocoon-Proxy-Start".into(),
-                value: format!("{:.6}", unix_secs(start)),
-            });
-            r.headers.push(thttp::Header {
-                name: "X-Cocoon-Proxy-End".into(),
-                value: format!("{:.6}", unix_secs(SystemTime::now())),
-            });
-            r.to_bytes()
-        }
-        Err(_) => answer,
-    }
+/// The worker's HTTP head as the client gets it: the proxy's timing headers added (COCOON's:
+/// when the proxy took the request and when it relayed the head, Unix seconds with 6
+/// decimals), and the payload it carries fed to the usage tracker and priced (the whole
+/// answer when `last`).
+fn relayed_head(r: &mut Relay, answer: Vec<u8>, start: SystemTime, last: bool) -> Vec<u8> {
+    let Ok(mut resp) = thttp::Response::from_bytes(&answer) else {
+        return answer;
+    };
+    r.tracker.push(&resp.payload);
+    resp.payload = r.priced(&resp.payload, last);
+    resp.headers.push(thttp::Header {
+        name: "X-Cocoon-Proxy-Start".into(),
+        value: format!("{:.6}", unix_secs(start)),
+    });
+    resp.headers.push(thttp::Header {
+        name: "X-Cocoon-Proxy-End".into(),
+        value: format!("{:.6}", unix_secs(SystemTime::now())),
+    });
+    resp.to_bytes()
 }
+
+/// COCOON's cost fields, priced from the usage in the answer as the proxy's audit counts it:
+/// adjusted at the quoted coefficient and the root's multipliers, the completion tokens cut
+/// to the body's limit, the total capped at the reservation, times `price_per_token`. An
+/// honest worker's report is booked at exactly this (and our worker adds the same fields), and
+/// a report the audit lowers is booked at the answer's usage: the client sees the costs of
+/// what it pays, never a worker's claim.
+fn cost_injector(quote: &Quote) -> CostInjector {
+    let (prices, reserved, limit) = (quote.prices, quote.reserved, quote.completion_limit);
+    let coefficient = u64::try_from(quote.coefficient).unwrap_or(0);
+    CostInjector::new(COST_BUFFER_BYTES, prices.price_per_token, move |u| {
+        let mut u = *u;
+        if u.completion_tokens > limit {
+            u.completion_tokens = limit;
+            if let Some(d) = u.completion_tokens_details.as_mut() {
+                d.reasoning_tokens = d.reasoning_tokens.min(limit);
+            }
+        }
+        let (c, _) = usage_audit::cap(
+            usage_audit::charge_of_adjusted(&u, coefficient, &prices),
+            reserved,
+        );
+        cocoon_openai::usage::AdjustedTokens {
+            categories: cocoon_openai::TokenCategories {
+                prompt: c.prompt,
+                cached: c.cached,
+                completion: c.completion,
+                reasoning: c.reasoning,
+            },
+            total: c.total,
+        }
+    })
+}
+
+/// Most bytes of one unfinished SSE event or JSON value the proxy holds to price it.
+const COST_BUFFER_BYTES: usize = 1 << 20;
 
 /// How one attempt ended.
 enum Attempt {
@@ -278,12 +316,15 @@ struct Relay {
     grace: tokio::time::Instant,
     /// Set when the client fell a whole answer buffer behind.
     overflow: watch::Receiver<bool>,
+    /// Prices the usage objects of the body as they go by.
+    costs: CostInjector,
 }
 
 impl Relay {
     fn new(lease: Lease, quote: Quote, can_retry: bool) -> Relay {
         Relay {
             overflow: lease.overflow.clone(),
+            costs: cost_injector(&quote),
             lease,
             quote,
             can_retry,
@@ -293,6 +334,15 @@ impl Relay {
             stopped: None,
             grace: tokio::time::Instant::now(),
         }
+    }
+
+    /// `chunk` of the body with its usage objects priced; `last` flushes what is held.
+    fn priced(&mut self, chunk: &[u8], last: bool) -> Vec<u8> {
+        let mut out = self.costs.push(chunk);
+        if last {
+            out.extend(self.costs.finish());
+        }
+        out
     }
 
     /// Usage the proxy counted itself (from the answer), bounded by the reservation.
@@ -492,10 +542,7 @@ impl Forwarding {
         let ttft = r.sent.elapsed();
         r.first_byte.get_or_insert(ttft);
         let _ = self.answer_at.set(SystemTime::now());
-        if let Ok(resp) = thttp::Response::from_bytes(&a.answer) {
-            r.tracker.push(&resp.payload);
-        }
-        let answer = with_proxy_header(a.answer, self.start);
+        let answer = relayed_head(r, a.answer, self.start, a.final_info.is_some());
         if let Some(fi) = a.final_info {
             // A complete answer in one message.
             let (usage, honest) = self.booked(r, &fi.tokens_used, r.tracker.usage());
@@ -524,8 +571,9 @@ impl Forwarding {
             r.tracker.push(&p.answer);
             let (usage, honest) = self.booked(r, &fi.tokens_used, r.tracker.usage());
             let ttft = *r.first_byte.get_or_insert(r.sent.elapsed());
+            let answer = r.priced(&p.answer, true);
             let (out, ok) = self
-                .finish_success(&r.lease, Last::Part(p.answer), usage, fi)
+                .finish_success(&r.lease, Last::Part(answer), usage, fi)
                 .await;
             let outcome = judged_outcome(ok, honest, r.sent, ttft);
             return Some((Attempt::Done(Box::new(out)), outcome));
@@ -546,9 +594,14 @@ impl Forwarding {
                 return None;
             }
         }
+        let answer = r.priced(&p.answer, false);
+        if answer.is_empty() {
+            // All of it held: the rest of an event or value comes with the next part.
+            return None;
+        }
         let m = tclient::QueryAnswerPartEx {
             request_id: self.q.request_id,
-            answer: p.answer,
+            answer,
             final_info: None,
         };
         self.send_until(m.to_bytes(), &mut r.overflow).await;

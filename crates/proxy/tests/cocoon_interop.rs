@@ -71,6 +71,23 @@ async fn send(h: &SessionHandle, bytes: Vec<u8>) {
     h.send_message(bytes).await.unwrap();
 }
 
+/// A JSON answer without its cost fields, and those fields.
+fn priced_json(body: &[u8]) -> (serde_json::Value, [i64; 3]) {
+    let mut v: serde_json::Value = serde_json::from_slice(body).unwrap();
+    let u = v["usage"].as_object_mut().unwrap();
+    let mut cost = |k: &str| u.remove(k).and_then(|c| c.as_i64()).unwrap_or(-1);
+    let costs = [
+        cost("prompt_total_cost"),
+        cost("completion_total_cost"),
+        cost("total_cost"),
+    ];
+    (v, costs)
+}
+
+fn plain_json(body: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(body).unwrap()
+}
+
 const JSON_ANSWER: &[u8] = br#"{"id":"x","choices":[{"index":0,"message":{"role":"assistant","content":"Hi"}}],"usage":{"prompt_tokens":12,"completion_tokens":4,"total_tokens":16}}"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,7 +129,12 @@ async fn protocol_0_answers_and_state_messages_of_a_cocoon_worker() {
     .await;
     let r = collect(&mut c, &[1], true).await;
     assert_eq!(r[&1].status, Some(200));
-    assert_eq!(r[&1].body, JSON_ANSWER);
+    // The answer as the worker sent it, with COCOON's cost fields priced as booked (20
+    // nanoTON a token): prompt 12, completion 8, total 20.
+    assert_eq!(
+        priced_json(&r[&1].body),
+        (plain_json(JSON_ANSWER), [240, 160, 400])
+    );
     assert_eq!(r[&1].tokens, Some(tokens));
     assert!(header(&r[&1].headers, "X-Cocoon-Proxy-Start").is_some());
     assert!(header(&r[&1].headers, "X-Cocoon-Proxy-End").is_some());
@@ -128,9 +150,10 @@ async fn protocol_0_answers_and_state_messages_of_a_cocoon_worker() {
     )
     .await;
     let r = collect(&mut c, &[2], true).await;
+    assert_eq!(r[&2].tokens, Some(tokens));
     assert_eq!(
-        (r[&2].body.as_slice(), r[&2].tokens),
-        (JSON_ANSWER, Some(tokens))
+        priced_json(&r[&2].body),
+        (plain_json(JSON_ANSWER), [240, 160, 400])
     );
     assert_eq!(net.meter.client(&sc.to_string()).unwrap().used, 40);
 
@@ -235,6 +258,27 @@ async fn protocol_0_answers_and_state_messages_of_a_cocoon_worker() {
         net.proxy.stats().workers.first().is_some_and(|w| w.enabled)
     })
     .await;
+
+    // A worker that reports (and prices, as a COCOON worker does) far more than its answer
+    // carried is booked at the answer's usage (at its new coefficient 1.2: prompt 14,
+    // completion 9), and the client sees the costs of what it pays, not the worker's claim.
+    c.run(6, "json", 100, 30.0).await;
+    let run = next_run(&mut incoming).await;
+    let inflated = br#"{"id":"x","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":4,"total_tokens":16,"prompt_total_cost":9000,"completion_total_cost":9000,"total_cost":18000}}"#;
+    let whole = hm::http_response(200, &[("Content-Type", "application/json")], inflated);
+    send(
+        &h,
+        hm::proxy_query_answer(&whole, true, run.request_id, [300, 0, 150, 0, 450]),
+    )
+    .await;
+    let r = collect(&mut c, &[6], true).await;
+    assert_eq!(
+        r[&6].tokens,
+        Some([14, 0, 9, 0, 23]),
+        "booked at the answer's usage"
+    );
+    assert_eq!(priced_json(&r[&6].body).1, [14 * 20, 9 * 20, 23 * 20]);
+    assert_eq!(net.meter.client(&sc.to_string()).unwrap().used, 68);
 
     // 7. A negative coefficient is a protocol violation: that worker's session ends.
     send(&h, hm::worker_new_coefficient(-1)).await;

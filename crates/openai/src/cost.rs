@@ -6,7 +6,8 @@
 //! `total_cost` (their sum). [`CostInjector`] does the same to a body as it streams by: SSE
 //! events and JSON values that carry a `usage` object are re-serialised with the fields added,
 //! everything else passes unchanged. It buffers at most one unfinished event or value, up to a
-//! limit; past it the rest of the body passes through unchanged.
+//! limit: an event or value longer than that, and everything after it, passes unchanged,
+//! however the body is cut into chunks.
 
 use serde_json::Value;
 
@@ -80,6 +81,9 @@ impl CostInjector {
         self.buf.extend_from_slice(chunk);
         if self.shape == Shape::Unknown {
             let Some(first) = self.buf.iter().find(|b| !b.is_ascii_whitespace()) else {
+                if self.buf.len() > self.limit {
+                    return self.give_up(Vec::new());
+                }
                 return Vec::new();
             };
             self.shape = if matches!(first, b'{' | b'[') {
@@ -130,6 +134,11 @@ impl CostInjector {
     fn drain_sse(&mut self) -> Vec<u8> {
         let mut out = Vec::new();
         while let Some((end, term)) = event_end(&self.buf) {
+            if end + term > self.limit {
+                // Longer than the limit: it and the rest pass unchanged, as they would have
+                // had it arrived in pieces.
+                return self.give_up(out);
+            }
             let event: Vec<u8> = self.buf.drain(..end + term).collect();
             out.extend_from_slice(&self.sse_event(&event, term));
         }
@@ -166,12 +175,17 @@ impl CostInjector {
         let mut out = Vec::new();
         let mut consumed = 0;
         let mut broken = false;
+        let limit = self.limit;
         {
             let mut stream = serde_json::Deserializer::from_slice(&self.buf).into_iter::<Value>();
             loop {
                 let start = consumed;
                 match stream.next() {
                     Some(Ok(mut v)) => {
+                        if stream.byte_offset() - start > limit {
+                            broken = true;
+                            break;
+                        }
                         consumed = stream.byte_offset();
                         let raw = &self.buf[start..consumed];
                         if self.priced(&mut v) {
@@ -221,6 +235,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 mod tests {
     use super::*;
     use crate::usage::{Multipliers, PriceTable};
+    use proptest::prelude::*;
 
     fn injector(limit: usize) -> CostInjector {
         let prices = PriceTable {
@@ -268,6 +283,64 @@ mod tests {
             assert_eq!(u["completion_total_cost"], 12 * 20);
             assert_eq!(u["total_cost"], 25 * 20);
             assert_eq!(u["prompt_tokens"], 10);
+        }
+    }
+
+    /// Feeds `body` in chunks cut at `cuts` (offsets, any order).
+    fn fed(limit: usize, body: &[u8], cuts: &[usize]) -> Vec<u8> {
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (body.len() + 1)).collect();
+        cuts.sort_unstable();
+        let mut inj = injector(limit);
+        let (mut out, mut at) = (Vec::new(), 0);
+        for c in cuts.into_iter().chain([body.len()]) {
+            out.extend(inj.push(&body[at..c]));
+            at = c;
+        }
+        out.extend(inj.finish());
+        out
+    }
+
+    proptest! {
+        /// Whatever the chunking, the same output; bytes without a usage object pass
+        /// unchanged; the usage a tracker reads is the same before and after.
+        #[test]
+        fn chunking_never_matters_and_only_usage_changes(
+            events in proptest::collection::vec(
+                proptest::prop_oneof![
+                    "[a-z :{}\"]{0,12}".prop_map(|t| format!("data: {t}\n\n")),
+                    (0u32..500, 0u32..500).prop_map(|(p, c)| format!(
+                        "data: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":{p},\"completion_tokens\":{c}}}}}\n\n"
+                    )),
+                    proptest::strategy::Just("data: [DONE]\n\n".to_owned()),
+                    proptest::strategy::Just(": comment\r\n\r\n".to_owned()),
+                ],
+                0..6,
+            ),
+            json in proptest::bool::ANY,
+            cuts in proptest::collection::vec(0usize..400, 0..6),
+            limit in proptest::prop_oneof![proptest::strategy::Just(1usize << 20), 8usize..64],
+        ) {
+            let body: Vec<u8> = if json {
+                events
+                    .iter()
+                    .filter_map(|e| e.strip_prefix("data: "))
+                    .filter(|e| e.starts_with('{'))
+                    .collect::<String>()
+                    .into_bytes()
+            } else {
+                events.concat().into_bytes()
+            };
+            let whole = fed(limit, &body, &[]);
+            prop_assert_eq!(&fed(limit, &body, &cuts), &whole);
+            let has_usage = events.iter().any(|e| e.contains("usage"));
+            if !has_usage {
+                prop_assert_eq!(&whole, &body);
+            }
+            let mut before = crate::UsageTracker::new();
+            before.push(&body);
+            let mut after = crate::UsageTracker::new();
+            after.push(&whole);
+            prop_assert_eq!(before.usage(), after.usage());
         }
     }
 

@@ -272,7 +272,7 @@ impl ClientSession {
                 return true;
             }
         };
-        let root = shared.root();
+        let (root, proxy_sc) = shared.root_and_contract();
         if i64::from(q.min_config_version) > i64::from(root.version) {
             self.refuse(
                 responder,
@@ -295,7 +295,7 @@ impl ClientSession {
         let client_sc = match cocoon_ton::contracts::client_contract(
             &root.params,
             &owner,
-            &shared.proxy_sc,
+            &proxy_sc,
             &HashBytes(shared.public_key),
         ) {
             Ok(d) => d.address,
@@ -345,7 +345,7 @@ impl ClientSession {
             params: tproxy::Params {
                 proxy_public_key: shared.public_key,
                 proxy_owner_address: shared.owner_address.to_string(),
-                proxy_sc_address: shared.proxy_sc.to_string(),
+                proxy_sc_address: proxy_sc.to_string(),
                 is_test: Some(shared.is_test),
                 proto_version: Some(proto),
             },

@@ -342,6 +342,13 @@ impl LedgerMeter {
         self.durable(p).await
     }
 
+    /// Records that `key`'s contract shows closed on chain (its final receipt landed): no
+    /// receipt is sent for it any more. Durable when it returns.
+    pub async fn mark_closed(&self, key: &AccountKey) -> Result<(), MeterError> {
+        let p = self.ledger().mark_closed(key).map_err(meter_error)?;
+        self.durable(p).await
+    }
+
     /// Freezes an account (operator action); durable when it returns.
     pub async fn freeze(&self, kind: Party, address: &str, reason: &str) -> Result<(), MeterError> {
         let a = addr(address)?;

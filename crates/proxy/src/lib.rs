@@ -35,6 +35,7 @@ mod chain;
 mod client_side;
 mod client_watch;
 mod config;
+mod contract_switch;
 mod forward;
 mod ledger_meter;
 mod meter;
@@ -62,9 +63,13 @@ use tokio::task::JoinHandle;
 
 pub use chain::{CheckpointChain, ClientChain, ClientContractState, MemoryChain, ProxyChainError};
 pub use config::{AdminConfig, ProxyConfig, ProxyStartError, Timings};
+pub use contract_switch::{
+    BookError, ChildOnChain, ContractBook, ContractIdentity, ContractRecord, OldProxyOnChain,
+    RetireFacts, RetireStep, SwitchError, SwitchPlan, account_settled, plan, retire_step,
+};
 pub use ledger_meter::{LedgerMeter, LedgerStats, SettlementConfig};
 pub use meter::{Charge, MemoryMeter, Meter, MeterError, Party, Settlement};
-pub use process::{root_hooks, run};
+pub use process::{ContractSwitch, root_hooks, run, switching_root_hooks};
 pub use registry::REQUEST_BUFFER_BYTES;
 pub use registry::WorkerStat;
 pub use router::RouterConfig;
@@ -202,7 +207,10 @@ const MAX_EVENTS: usize = 100;
 /// State shared by every task of one proxy.
 pub(crate) struct Shared {
     pub is_test: bool,
-    pub proxy_sc: StdAddr,
+    /// The proxy contract in use. It changes with `root`'s `params_version` (see
+    /// [`ProxyHandle::switch_contract`]), always while `root`'s write lock is held: read it
+    /// with [`Shared::root_and_contract`] or [`Shared::proxy_sc`].
+    proxy_sc: std::sync::RwLock<StdAddr>,
     pub owner_address: StdAddr,
     pub public_key: [u8; 32],
     pub router: RouterConfig,
@@ -237,6 +245,23 @@ impl Shared {
 
     pub(crate) fn root(&self) -> RootConfig {
         self.root.borrow().clone()
+    }
+
+    /// The root configuration and the proxy contract derived from its params, read
+    /// together (a switch changes both under `root`'s lock).
+    pub(crate) fn root_and_contract(&self) -> (RootConfig, StdAddr) {
+        let root = self.root.borrow();
+        let sc = self
+            .proxy_sc
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        (root.clone(), sc)
+    }
+
+    /// The proxy contract in use.
+    pub(crate) fn proxy_sc(&self) -> StdAddr {
+        self.root_and_contract().1
     }
 
     pub(crate) fn refused(&self, kind: &'static str, peer: &str, reason: &str) {
@@ -342,7 +367,7 @@ impl Shared {
         ProxyStats {
             enabled: self.enabled.load(Ordering::SeqCst),
             is_test: self.is_test,
-            proxy_sc: self.proxy_sc.to_string(),
+            proxy_sc: self.proxy_sc().to_string(),
             root_version: self.root.borrow().version,
             counters: CounterStats {
                 requests_received: l(&c.requests_received),
@@ -466,7 +491,7 @@ impl Proxy {
         .map_err(|e| ProxyStartError::Tls(e.to_string()))?;
         let shared = Arc::new(Shared {
             is_test: cfg.is_test,
-            proxy_sc: cfg.proxy_sc,
+            proxy_sc: std::sync::RwLock::new(cfg.proxy_sc),
             owner_address: cfg.owner_address,
             public_key: cfg.signing_key.public_key(),
             router: cfg.router,
@@ -572,8 +597,33 @@ impl ProxyHandle {
     }
 
     /// Applies a newer root configuration. Connected workers whose image or model is no
-    /// longer allowed are disconnected.
+    /// longer allowed are disconnected. A `params_version` change needs the proxy contract
+    /// of the new params too: use [`Self::switch_contract`] for it.
     pub fn update_root(&self, cfg: RootConfig) -> Result<(), RootUpdateError> {
+        self.apply_root(cfg, None)
+    }
+
+    /// Applies a newer root configuration and, in the same step, the proxy contract derived
+    /// from its params: sessions opened afterwards advertise `proxy_sc` and derive client
+    /// and worker contracts from it; sessions of the old params end (their peers come back).
+    pub fn switch_contract(
+        &self,
+        cfg: RootConfig,
+        proxy_sc: StdAddr,
+    ) -> Result<(), RootUpdateError> {
+        self.apply_root(cfg, Some(proxy_sc))
+    }
+
+    /// The proxy contract in use.
+    pub fn proxy_sc(&self) -> StdAddr {
+        self.shared.proxy_sc()
+    }
+
+    fn apply_root(
+        &self,
+        cfg: RootConfig,
+        proxy_sc: Option<StdAddr>,
+    ) -> Result<(), RootUpdateError> {
         if cfg.params.is_test != self.shared.is_test {
             return Err(RootUpdateError::TestMismatch);
         }
@@ -585,6 +635,15 @@ impl ProxyHandle {
                     have: cur.version,
                 });
                 return false;
+            }
+            if let Some(sc) = proxy_sc {
+                // Under the root's write lock: no reader sees the new contract with the
+                // old params or the other way round.
+                *self
+                    .shared
+                    .proxy_sc
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner()) = sc;
             }
             *cur = cfg;
             true

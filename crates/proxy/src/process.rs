@@ -12,11 +12,16 @@ use std::time::Duration;
 use cocoon_ledger::{OpenError, SqliteStore};
 use cocoon_service::chain::{RootHook, RootWatcher, Ton, load_root_patiently};
 use cocoon_service::identity::{self, PeerVerification, RoleIdentity};
+use cocoon_ton::chain::Chain;
 use cocoon_ton::keys::SigningKey;
 use cocoon_ton::root::RootConfig;
 use cocoon_ton::wallet::{OutMsg, WalletSender};
 use cocoon_ton::{HashBytes, StdAddr};
 
+use crate::contract_switch::{
+    ChildOnChain, ContractBook, ContractIdentity, ContractRecord, OldProxyOnChain, RetireFacts,
+    RetireStep, SwitchPlan, account_settled, plan, retire_step,
+};
 use crate::settings::Settings;
 use crate::{
     CheckpointChain, LedgerMeter, MemoryChain, Proxy, ProxyConfig, ProxyHandle, RouterConfig,
@@ -46,8 +51,8 @@ fn now_unix() -> u64 {
 }
 
 /// Whether the proxy contract at `a` is active.
-async fn is_active(chain: &Ton, a: &StdAddr) -> Result<bool, String> {
-    use cocoon_ton::chain::{AccountStatus, Chain};
+async fn is_active<C: Chain>(chain: &C, a: &StdAddr) -> Result<bool, String> {
+    use cocoon_ton::chain::AccountStatus;
     let st = chain
         .account_state(a)
         .await
@@ -56,9 +61,9 @@ async fn is_active(chain: &Ton, a: &StdAddr) -> Result<bool, String> {
 }
 
 /// Deploys the proxy contract with its stake when it is not active yet.
-async fn ensure_deployed(
+async fn ensure_deployed<C: Chain>(
     stake_ton: &str,
-    sender: &mut WalletSender<Ton>,
+    sender: &mut WalletSender<C>,
     contract: &cocoon_ton::contracts::Deployable,
 ) -> Result<(), String> {
     use cocoon_ton::codec::{Coins, Layout};
@@ -96,6 +101,326 @@ async fn ensure_deployed(
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     Err("the proxy contract did not become active within 60 s".into())
+}
+
+/// How long a close request or close-complete that the chain does not show yet waits
+/// before it is sent again.
+const RETIRE_RESEND: Duration = Duration::from_secs(60);
+
+struct SwitchState {
+    current: ContractRecord,
+    book: ContractBook,
+    /// The last close message sent per retiring contract, and when.
+    sent: std::collections::HashMap<StdAddr, (RetireStep, std::time::Instant)>,
+}
+
+/// The proxy contract across `params_version` changes: the I/O around the decisions of
+/// [`crate::contract_switch`]. [`Self::prepare`] deploys the contract of new params,
+/// [`Self::apply`] switches to it (what sessions advertise, where registrations are looked
+/// for, where checkpoints go), [`Self::retire_once`] moves each old contract towards closed.
+pub struct ContractSwitch<C: Chain> {
+    chain: C,
+    id: ContractIdentity,
+    key: Arc<SigningKey>,
+    stake_ton: String,
+    wallet: Option<Arc<TonCheckpointChain<C>>>,
+    clients: Arc<TonClientChain<C>>,
+    book_path: PathBuf,
+    state: tokio::sync::Mutex<SwitchState>,
+}
+
+fn load_book(path: &Path) -> Result<ContractBook, String> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => ContractBook::parse(&t).map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ContractBook::default()),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// Writes the book (a new file renamed over the old one).
+fn save_book(path: &Path, book: &ContractBook) -> Result<(), String> {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, book.render())
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// A client or worker contract's state as [`ChildOnChain`].
+fn child_on_chain(
+    kind: cocoon_ledger::Kind,
+    st: &cocoon_ton::chain::AccountState,
+) -> Result<ChildOnChain, String> {
+    use cocoon_ton::chain::AccountStatus;
+    use cocoon_ton::codec::Layout;
+    let (true, Some(data)) = (st.status == AccountStatus::Active, st.data.as_ref()) else {
+        return Ok(ChildOnChain::Missing);
+    };
+    let state = match kind {
+        cocoon_ledger::Kind::Client => {
+            cocoon_ton::contracts::ClientStorage::from_cell(data)
+                .map_err(|e| e.to_string())?
+                .state
+                .0
+        }
+        cocoon_ledger::Kind::Worker => {
+            cocoon_ton::contracts::WorkerStorage::from_cell(data)
+                .map_err(|e| e.to_string())?
+                .state
+                .0
+        }
+    };
+    Ok(if state >= 2 {
+        ChildOnChain::Closed
+    } else {
+        ChildOnChain::Open
+    })
+}
+
+/// A proxy contract's state as [`OldProxyOnChain`].
+fn proxy_on_chain(st: &cocoon_ton::chain::AccountState) -> Result<OldProxyOnChain, String> {
+    use cocoon_ton::chain::AccountStatus;
+    use cocoon_ton::codec::Layout;
+    let (true, Some(data)) = (st.status == AccountStatus::Active, st.data.as_ref()) else {
+        return Ok(OldProxyOnChain::Missing);
+    };
+    let ps = cocoon_ton::contracts::ProxyStorage::from_cell(data).map_err(|e| e.to_string())?;
+    Ok(match ps.state.0 {
+        0 => OldProxyOnChain::Normal,
+        1 => OldProxyOnChain::Closing {
+            unlock_ts: ps.unlock_ts,
+        },
+        _ => OldProxyOnChain::Closed,
+    })
+}
+
+impl<C: Chain + Clone + 'static> ContractSwitch<C> {
+    /// Uses `current` (recorded in the book at `book_path`, which lists the older
+    /// contracts still to retire). Without `wallet` nothing is deployed or sent (test
+    /// networks without checkpoints): the switch only changes addresses.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        chain: C,
+        id: ContractIdentity,
+        key: Arc<SigningKey>,
+        stake_ton: &str,
+        wallet: Option<Arc<TonCheckpointChain<C>>>,
+        clients: Arc<TonClientChain<C>>,
+        book_path: PathBuf,
+        current: ContractRecord,
+    ) -> Result<Self, String> {
+        let mut book = load_book(&book_path)?;
+        if book.record(&current) {
+            save_book(&book_path, &book)?;
+        }
+        Ok(ContractSwitch {
+            chain,
+            id,
+            key,
+            stake_ton: stake_ton.to_owned(),
+            wallet,
+            clients,
+            book_path,
+            state: tokio::sync::Mutex::new(SwitchState {
+                current,
+                book,
+                sent: Default::default(),
+            }),
+        })
+    }
+
+    /// The contract in use.
+    pub async fn current(&self) -> ContractRecord {
+        self.state.lock().await.current.clone()
+    }
+
+    /// Older contracts not closed yet.
+    pub async fn retiring(&self) -> Vec<ContractRecord> {
+        let s = self.state.lock().await;
+        s.book.retiring(s.current.params_version)
+    }
+
+    /// Before the ledger moves: with new params, deploys their contract with the stake
+    /// (nothing changes while this runs; the old contract keeps serving). An error leaves
+    /// everything as it was and the watcher tries again.
+    pub async fn prepare(&self, root: &RootConfig) -> Result<(), String> {
+        let current = self.current().await;
+        let SwitchPlan::Switch { to, .. } =
+            plan(&current, root, &self.id).map_err(|e| e.to_string())?
+        else {
+            return Ok(());
+        };
+        let Some(wallet) = &self.wallet else {
+            return Ok(());
+        };
+        let contract = self.id.contract(root).map_err(|e| e.to_string())?;
+        eprintln!(
+            "proxy: params_version {} -> {}: new proxy contract {}",
+            current.params_version, to.params_version, to.address
+        );
+        let mut sender = wallet.wallet().await;
+        ensure_deployed(&self.stake_ton, &mut sender, &contract).await
+    }
+
+    /// After the ledger moved: applies `root` to the network side and, with new params,
+    /// switches to their contract in the same step (sessions of the old params end; new
+    /// ones advertise the new contract), then points the registration scan and the
+    /// checkpoints at it. The contract is in the book before anything uses it.
+    pub async fn apply(&self, root: RootConfig, handle: &ProxyHandle) -> Result<(), String> {
+        let mut s = self.state.lock().await;
+        match plan(&s.current, &root, &self.id).map_err(|e| e.to_string())? {
+            SwitchPlan::Keep => handle.update_root(root).map_err(|e| e.to_string()),
+            SwitchPlan::Switch { from, to } => {
+                if s.book.record(&to) {
+                    save_book(&self.book_path, &s.book)?;
+                }
+                handle
+                    .switch_contract(root, to.address.clone())
+                    .map_err(|e| e.to_string())?;
+                self.clients.switch_contract(to.address.clone()).await;
+                if let Some(w) = &self.wallet {
+                    w.switch_contract(to.address.clone()).await;
+                }
+                handle.operator_event(
+                    "proxy_contract_switched",
+                    &to.address.to_string(),
+                    &format!(
+                        "params_version {} -> {}: serving on the new contract; the old one {} closes once its final receipts landed",
+                        from.params_version, to.params_version, from.address
+                    ),
+                );
+                s.current = to;
+                Ok(())
+            }
+        }
+    }
+
+    /// One pass over the contracts to retire: old accounts whose contract shows closed are
+    /// marked closed in the ledger; a contract whose accounts are all settled gets its
+    /// signed close request, and after `proxy_delay_before_close` (chain time) its
+    /// close-complete; a closed one leaves the book. Returns each contract's step.
+    pub async fn retire_once(
+        &self,
+        meter: &LedgerMeter,
+    ) -> Result<Vec<(ContractRecord, RetireStep)>, String> {
+        let retiring = self.retiring().await;
+        let mut out = Vec::new();
+        for r in retiring {
+            let mut open = 0;
+            let mut frozen = 0;
+            for a in meter.accounts() {
+                if a.key.params_version != r.params_version
+                    || a.status == cocoon_ledger::Status::Closed
+                {
+                    continue;
+                }
+                let st = self
+                    .chain
+                    .account_state(&a.key.address)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let on_chain = child_on_chain(a.key.kind, &st)?;
+                let is_worker = a.key.kind == cocoon_ledger::Kind::Worker;
+                if account_settled(is_worker, a.tokens, on_chain) {
+                    meter.mark_closed(&a.key).await.map_err(|e| e.to_string())?;
+                } else {
+                    open += 1;
+                    frozen += usize::from(a.frozen.is_some());
+                }
+            }
+            let st = self
+                .chain
+                .account_state(&r.address)
+                .await
+                .map_err(|e| e.to_string())?;
+            let facts = RetireFacts {
+                open_accounts: open,
+                frozen_accounts: frozen,
+                proxy: proxy_on_chain(&st)?,
+                chain_now: st.sync_utime.unwrap_or_else(now_unix),
+            };
+            let step = retire_step(&facts);
+            match step {
+                RetireStep::RequestClose | RetireStep::CompleteClose => {
+                    self.send_close(&r, step).await?;
+                }
+                RetireStep::Done => {
+                    let mut s = self.state.lock().await;
+                    if s.book.mark_closed(&r.address) {
+                        save_book(&self.book_path, &s.book)?;
+                        eprintln!("proxy: old proxy contract {} closed", r.address);
+                    }
+                    s.sent.remove(&r.address);
+                }
+                RetireStep::WaitAccounts { .. } | RetireStep::WaitUnlock { .. } => {}
+            }
+            out.push((r, step));
+        }
+        Ok(out)
+    }
+
+    /// Sends the signed close request or close-complete for `r` (once a minute at most).
+    async fn send_close(&self, r: &ContractRecord, step: RetireStep) -> Result<(), String> {
+        use cocoon_ton::payments::{PaymentPayload, SignedOp};
+        let Some(wallet) = &self.wallet else {
+            return Ok(());
+        };
+        {
+            let s = self.state.lock().await;
+            if let Some((last, at)) = s.sent.get(&r.address)
+                && *last == step
+                && at.elapsed() < RETIRE_RESEND
+            {
+                return Ok(());
+            }
+        }
+        let op = if step == RetireStep::RequestClose {
+            SignedOp::ProxyCloseRequest
+        } else {
+            SignedOp::ProxyCloseComplete
+        };
+        let me = wallet.wallet().await.address().clone();
+        let boc = PaymentPayload {
+            op,
+            query_id: now_unix(),
+            tokens: None,
+            contract: r.address.clone(),
+        }
+        .sign(&self.key, &me)
+        .and_then(|p| p.to_boc())
+        .map_err(|e| e.to_string())?;
+        CheckpointChain::submit_receipt(&**wallet, &r.address, boc)
+            .await
+            .map_err(|e| e.to_string())?;
+        eprintln!("proxy: old proxy contract {}: {op:?} sent", r.address);
+        self.state
+            .lock()
+            .await
+            .sent
+            .insert(r.address.clone(), (step, std::time::Instant::now()));
+        Ok(())
+    }
+}
+
+/// [`root_hooks`] for a proxy whose contract follows the params: the contract of new
+/// params is deployed first (the old one serves meanwhile), then the ledger moves, then
+/// the network side and the contract switch in one step ([`ContractSwitch::apply`]).
+pub fn switching_root_hooks<'a, C: Chain + Clone + 'static>(
+    meter: &'a LedgerMeter,
+    handle: &'a ProxyHandle,
+    switch: &'a ContractSwitch<C>,
+) -> Vec<RootHook<'a>> {
+    vec![
+        Box::new(move |c: RootConfig| Box::pin(async move { switch.prepare(&c).await })),
+        Box::new(move |c: RootConfig| {
+            Box::pin(async move {
+                meter
+                    .change_params(&c)
+                    .await
+                    .map_err(|e| format!("ledger refused the new params: {e}"))
+            })
+        }),
+        Box::new(move |c: RootConfig| Box::pin(async move { switch.apply(c, handle).await })),
+    ]
 }
 
 /// The proxy's steps on a newer root configuration, in order: the ledger moves to the new
@@ -143,13 +468,12 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
     let owner = cocoon_ton::parse_address(&c.owner_address).map_err(|e| e.to_string())?;
     let root = load_root_patiently(&chain, &root_addr, Duration::from_secs(30)).await?;
     let key = Arc::new(proxy_key(&s.proxy_key_file, state_dir)?);
-    let contract = cocoon_ton::contracts::proxy_contract(
-        &root.params,
-        &owner,
-        &HashBytes(key.public_key()),
-        &root_addr,
-    )
-    .map_err(|e| format!("proxy contract: {e}"))?;
+    let id = ContractIdentity {
+        owner: owner.clone(),
+        public_key: HashBytes(key.public_key()),
+        root: root_addr.clone(),
+    };
+    let contract = id.contract(&root).map_err(|e| e.to_string())?;
     let proxy_sc: StdAddr = contract.address.clone();
 
     // Settlement chain: the operator's wallet, or none (test networks only).
@@ -189,6 +513,19 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
             .await
             .map_err(|e| e.to_string())?,
     );
+    let switch = Arc::new(ContractSwitch::new(
+        chain.clone(),
+        id,
+        key.clone(),
+        &s.stake_ton,
+        checkpoints.clone(),
+        clients.clone(),
+        state_dir.join("proxy-contracts"),
+        ContractRecord {
+            params_version: root.params.params_version,
+            address: proxy_sc.clone(),
+        },
+    )?);
     let admin = s.admin.config(state_dir)?;
     let cfg = ProxyConfig {
         worker_listen: s.worker_listen.parse().map_err(|_| "worker_listen")?,
@@ -203,7 +540,7 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
         owner_address: owner,
         proxy_sc: proxy_sc.clone(),
         meter: meter.clone(),
-        chain: clients,
+        chain: clients.clone(),
         admin,
         router: RouterConfig::default(),
         timings: Timings {
@@ -249,8 +586,24 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
                 }
             }
         }));
+        let every = cfg.interval;
         let chain: Arc<dyn CheckpointChain> = c.clone();
         tasks.push(tokio::spawn(meter.clone().run_settlement(chain, cfg)));
+        // Old proxy contracts (params changes): closed once their final receipts landed.
+        let (sw, m) = (Arc::clone(&switch), meter.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                match sw.retire_once(&m).await {
+                    Ok(steps) => {
+                        for (r, step) in steps {
+                            tracing::info!(contract = %r.address, params_version = r.params_version, ?step, "retiring old proxy contract");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "retiring old proxy contracts failed; retrying"),
+                }
+                tokio::time::sleep(every).await;
+            }
+        }));
     }
     let watcher = RootWatcher::new(
         chain.clone(),
@@ -259,7 +612,7 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
         root.version,
     );
     let root_name = root_addr.to_string();
-    let watch = watcher.run(root_hooks(&meter, &handle), || {
+    let watch = watcher.run(switching_root_hooks(&meter, &handle, &*switch), || {
         handle.operator_event(
             "ton_no_quorum",
             &root_name,

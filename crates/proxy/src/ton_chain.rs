@@ -40,7 +40,8 @@ const MAX_AGREED: usize = 10_000;
 /// Client contract reads and registration polling through a TON node.
 pub struct TonClientChain<C> {
     chain: C,
-    proxy_sc: StdAddr,
+    /// The proxy contract whose transactions are scanned (changes with `switch_contract`).
+    proxy_sc: Mutex<StdAddr>,
     poll: Duration,
     scan: tokio::sync::Mutex<Scan>,
     errors: Mutex<u64>,
@@ -58,7 +59,7 @@ impl<C: Chain + 'static> TonClientChain<C> {
         let st = chain.account_state(&proxy_sc).await.map_err(unavailable)?;
         Ok(TonClientChain {
             chain,
-            proxy_sc,
+            proxy_sc: Mutex::new(proxy_sc),
             poll,
             scan: tokio::sync::Mutex::new(Scan {
                 cursor: st.last_tx,
@@ -67,6 +68,26 @@ impl<C: Chain + 'static> TonClientChain<C> {
             errors: Mutex::new(0),
             agreed: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Registrations are looked for on `proxy_sc` from now on (a `params_version` change
+    /// gave the proxy a new contract). Its transactions are read from its first one: the
+    /// contract is new, and a client of the new params may have registered already.
+    pub async fn switch_contract(&self, proxy_sc: StdAddr) {
+        let mut s = self.scan.lock().await;
+        let mut cur = self.proxy_sc.lock().unwrap_or_else(|p| p.into_inner());
+        if *cur != proxy_sc {
+            *cur = proxy_sc;
+            s.cursor = None;
+        }
+    }
+
+    /// The proxy contract registrations are looked for on.
+    pub fn proxy_sc(&self) -> StdAddr {
+        self.proxy_sc
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Poll failures so far (shown to the operator; polling goes on).
@@ -120,10 +141,11 @@ impl<C: Chain + 'static> TonClientChain<C> {
     /// Reads new proxy-contract transactions and records the registrations among them.
     async fn scan_once(&self) -> Result<(), ProxyChainError> {
         let mut s = self.scan.lock().await;
+        let proxy_sc = self.proxy_sc();
         loop {
             let txs = self
                 .chain
-                .transactions_since(&self.proxy_sc, s.cursor.as_ref(), PAGE)
+                .transactions_since(&proxy_sc, s.cursor.as_ref(), PAGE)
                 .await
                 .map_err(unavailable)?;
             let n = txs.len();
@@ -239,7 +261,8 @@ struct CheckpointScan {
 /// sent to their contract with the excess returned to the wallet.
 pub struct TonCheckpointChain<C: Chain> {
     sender: tokio::sync::Mutex<WalletSender<C>>,
-    proxy_sc: StdAddr,
+    /// Where checkpoints and commission withdrawals go (changes with `switch_contract`).
+    proxy_sc: Mutex<StdAddr>,
     scan: tokio::sync::Mutex<CheckpointScan>,
 }
 
@@ -248,12 +271,39 @@ impl<C: Chain + 'static> TonCheckpointChain<C> {
     pub fn new(sender: WalletSender<C>, proxy_sc: StdAddr) -> Self {
         TonCheckpointChain {
             sender: tokio::sync::Mutex::new(sender),
-            proxy_sc,
+            proxy_sc: Mutex::new(proxy_sc),
             scan: tokio::sync::Mutex::new(CheckpointScan {
                 cursor: None,
                 seen: Vec::new(),
             }),
         }
+    }
+
+    /// Checkpoints and commission withdrawals go to `proxy_sc` from now on (a
+    /// `params_version` change gave the proxy a new contract); the checkpoints are read
+    /// back from its transactions, from its first one. Seqnos keep growing across the
+    /// switch, so the ledger's cursor stays valid.
+    pub async fn switch_contract(&self, proxy_sc: StdAddr) {
+        let mut scan = self.scan.lock().await;
+        let mut cur = self.proxy_sc.lock().unwrap_or_else(|p| p.into_inner());
+        if *cur != proxy_sc {
+            *cur = proxy_sc;
+            scan.cursor = None;
+            scan.seen.clear();
+        }
+    }
+
+    /// Where checkpoints go now.
+    pub fn proxy_sc(&self) -> StdAddr {
+        self.proxy_sc
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The operator's wallet, held while the guard lives (deployments queue behind it).
+    pub async fn wallet(&self) -> tokio::sync::MutexGuard<'_, WalletSender<C>> {
+        self.sender.lock().await
     }
 
     /// Sends queued wallet messages (and settles the one in flight); call periodically.
@@ -285,12 +335,8 @@ impl<C: Chain + 'static> CheckpointChain for TonCheckpointChain<C> {
             let body = SaveState::new(u64::from(c.seqno), seqno, cocoon_ton::HashBytes(c.hash))
                 .to_cell()
                 .map_err(unavailable)?;
-            self.enqueue(OutMsg::new(
-                self.proxy_sc.clone(),
-                SAVE_STATE_NANOTON,
-                Some(body),
-            ))
-            .await
+            self.enqueue(OutMsg::new(self.proxy_sc(), SAVE_STATE_NANOTON, Some(body)))
+                .await
         })
     }
 
@@ -303,10 +349,11 @@ impl<C: Chain + 'static> CheckpointChain for TonCheckpointChain<C> {
             let found = {
                 let s = self.sender.lock().await;
                 let mut scan = self.scan.lock().await;
+                let proxy_sc = self.proxy_sc();
                 loop {
                     let txs = s
                         .chain()
-                        .transactions_since(&self.proxy_sc, scan.cursor.as_ref(), PAGE)
+                        .transactions_since(&proxy_sc, scan.cursor.as_ref(), PAGE)
                         .await
                         .map_err(unavailable)?;
                     let n = txs.len();
@@ -358,7 +405,7 @@ impl<C: Chain + 'static> CheckpointChain for TonCheckpointChain<C> {
             .to_cell()
             .map_err(unavailable)?;
             self.enqueue(OutMsg::new(
-                self.proxy_sc.clone(),
+                self.proxy_sc(),
                 WITHDRAW_ATTACH_NANOTON,
                 Some(body),
             ))

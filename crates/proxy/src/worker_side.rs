@@ -28,7 +28,7 @@ use cocoon_tl::DispatchError;
 use cocoon_tl::functions::worker as fworker;
 use cocoon_tl::messages::worker::ToProxy;
 use cocoon_tl::types::{TokensUsed, proxy as tproxy, worker as tworker};
-use cocoon_ton::HashBytes;
+use cocoon_ton::{HashBytes, StdAddr};
 use tokio::sync::watch;
 
 use crate::Shared;
@@ -69,11 +69,11 @@ struct Pending {
     worker_sc: String,
 }
 
-fn proxy_params(shared: &Shared, proto: i32) -> tproxy::Params {
+fn proxy_params(shared: &Shared, proxy_sc: &StdAddr, proto: i32) -> tproxy::Params {
     tproxy::Params {
         proxy_public_key: shared.public_key,
         proxy_owner_address: shared.owner_address.to_string(),
-        proxy_sc_address: shared.proxy_sc.to_string(),
+        proxy_sc_address: proxy_sc.to_string(),
         is_test: Some(shared.is_test),
         proto_version: Some(proto),
     }
@@ -239,7 +239,7 @@ impl WorkerSession {
             min_proto: p.min_proto_version,
             max_proto: p.max_proto_version,
         };
-        let root = shared.root();
+        let (root, proxy_sc) = shared.root_and_contract();
         let admitted = match admission::admit_worker(&root, shared.is_test, &self.facts, &wp) {
             Ok(a) => a,
             Err(e) => {
@@ -261,7 +261,7 @@ impl WorkerSession {
         let worker_sc = match cocoon_ton::contracts::worker_contract(
             &root.params,
             &owner,
-            &shared.proxy_sc,
+            &proxy_sc,
             &HashBytes(shared.public_key),
         ) {
             Ok(d) => d.address.to_string(),
@@ -275,7 +275,7 @@ impl WorkerSession {
             }
         };
         let ans = tworker::ConnectedToProxy {
-            params: proxy_params(shared, admitted.proto),
+            params: proxy_params(shared, &proxy_sc, admitted.proto),
             worker_sc_address: worker_sc.clone(),
         };
         let _ = responder.answer_tl(&ans);

@@ -816,6 +816,14 @@ mod tests {
             c(ErrorCode::NotReady, "client is closing"),
             (ErrorKind::Upstream, true)
         );
+        // Our proxy between its ledger's move to new params and its contract switch.
+        assert_eq!(
+            c(
+                ErrorCode::NotReady,
+                "proxy is switching to params_version 2; retry after reconnecting"
+            ),
+            (ErrorKind::Upstream, true)
+        );
         assert_eq!(
             c(ErrorCode::NotReady, "proxy is disabled"),
             (ErrorKind::Upstream, true)

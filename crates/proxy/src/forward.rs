@@ -222,6 +222,16 @@ async fn prepare(
             "active config version is too low".into(),
         ));
     }
+    // Between the ledger's move to new params and the contract switch (milliseconds) the
+    // old accounts take no new requests: a retryable refusal; the session ends right after
+    // and the client comes back under the new contracts.
+    let switching = shared.switching_to.load(Ordering::SeqCst);
+    if switching > root.params.params_version {
+        return Err((
+            ErrorCode::NotReady,
+            format!("proxy is switching to params_version {switching}; retry after reconnecting"),
+        ));
+    }
     if !(q.timeout.is_finite() && q.timeout > 0.0) {
         return Err((ErrorCode::Error, "invalid timeout".into()));
     }

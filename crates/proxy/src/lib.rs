@@ -51,7 +51,7 @@ mod worker_side;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -228,6 +228,9 @@ pub(crate) struct Shared {
     )>,
     pub counters: Counters,
     pub enabled: AtomicBool,
+    /// The `params_version` a contract switch is under way to (0: none): requests of the
+    /// older params are refused, retryably, until the switch ends the sessions.
+    pub switching_to: AtomicU32,
     next_id: AtomicU64,
 }
 
@@ -510,6 +513,7 @@ impl Proxy {
             events: Mutex::default(),
             counters: Counters::default(),
             enabled: AtomicBool::new(true),
+            switching_to: AtomicU32::new(0),
             next_id: AtomicU64::new(0),
         });
         let (stop, stop_rx) = watch::channel(false);
@@ -614,6 +618,20 @@ impl ProxyHandle {
         self.apply_root(cfg, Some(proxy_sc))
     }
 
+    /// A switch to `params_version` starts (the ledger moves next): requests under older
+    /// params are refused with a retryable error (`NotReady`, "proxy is switching …") until
+    /// [`Self::switch_contract`] applies it or [`Self::abort_params_switch`] is called.
+    pub fn begin_params_switch(&self, params_version: u32) {
+        self.shared
+            .switching_to
+            .store(params_version, Ordering::SeqCst);
+    }
+
+    /// The switch did not happen (the ledger refused): requests are taken again.
+    pub fn abort_params_switch(&self) {
+        self.shared.switching_to.store(0, Ordering::SeqCst);
+    }
+
     /// The proxy contract in use.
     pub fn proxy_sc(&self) -> StdAddr {
         self.shared.proxy_sc()
@@ -644,6 +662,7 @@ impl ProxyHandle {
                     .proxy_sc
                     .write()
                     .unwrap_or_else(|p| p.into_inner()) = sc;
+                self.shared.switching_to.store(0, Ordering::SeqCst);
             }
             *cur = cfg;
             true

@@ -270,12 +270,21 @@ impl<C: Chain + Clone + 'static> ContractSwitch<C> {
         match plan(&s.current, &root, &self.id).map_err(|e| e.to_string())? {
             SwitchPlan::Keep => handle.update_root(root).map_err(|e| e.to_string()),
             SwitchPlan::Switch { from, to } => {
-                if s.book.record(&to) {
-                    save_book(&self.book_path, &s.book)?;
+                let switched = if s.book.record(&to) {
+                    save_book(&self.book_path, &s.book)
+                } else {
+                    Ok(())
                 }
-                handle
-                    .switch_contract(root, to.address.clone())
-                    .map_err(|e| e.to_string())?;
+                .and_then(|()| {
+                    handle
+                        .switch_contract(root, to.address.clone())
+                        .map_err(|e| e.to_string())
+                });
+                if let Err(e) = switched {
+                    // Sessions keep the old contract; the watcher tries the version again.
+                    handle.abort_params_switch();
+                    return Err(e);
+                }
                 self.clients.switch_contract(to.address.clone()).await;
                 if let Some(w) = &self.wallet {
                     w.switch_contract(to.address.clone()).await;
@@ -413,10 +422,18 @@ pub fn switching_root_hooks<'a, C: Chain + Clone + 'static>(
         Box::new(move |c: RootConfig| Box::pin(async move { switch.prepare(&c).await })),
         Box::new(move |c: RootConfig| {
             Box::pin(async move {
-                meter
+                let switching = c.params.params_version > switch.current().await.params_version;
+                if switching {
+                    handle.begin_params_switch(c.params.params_version);
+                }
+                let r = meter
                     .change_params(&c)
                     .await
-                    .map_err(|e| format!("ledger refused the new params: {e}"))
+                    .map_err(|e| format!("ledger refused the new params: {e}"));
+                if r.is_err() && switching {
+                    handle.abort_params_switch();
+                }
+                r
             })
         }),
         Box::new(move |c: RootConfig| Box::pin(async move { switch.apply(c, handle).await })),

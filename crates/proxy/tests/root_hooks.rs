@@ -265,3 +265,46 @@ async fn a_params_change_switches_the_proxy_contract_live_and_retires_the_old_on
     .unwrap();
     assert!(again.retiring().await.is_empty());
 }
+
+/// Between the ledger's move to new params and the contract switch, requests under the old
+/// params are refused with a retryable error (`NotReady`, which clients fail over on or
+/// retry after reconnecting), never lost in a queue; an aborted switch takes them again,
+/// and the switch itself ends the old sessions and lifts the refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_during_a_params_switch_are_refused_retryably_until_it_ends() {
+    use cocoon_testkit::client::TestClient;
+    use cocoon_testkit::worker::start_worker;
+    let net = start_proxy(root(1, true, true)).await;
+    let _w = start_worker(&net, 0x41).await;
+    net.wait_workers(1).await;
+    let owner = addr(0x51);
+    net.fund_client(&owner, 100_000_000, true);
+    let mut c = TestClient::authorized(&net, &owner).await;
+
+    net.proxy.begin_params_switch(2);
+    c.run(1, "json", 100, 30.0).await;
+    let r = c.collect().await;
+    let (code, msg) = r.error.expect("refused during the switch");
+    assert_eq!(code, cocoon_net::ErrorCode::NotReady as i32);
+    assert!(msg.contains("switching to params_version 2"), "{msg}");
+
+    // The ledger refused: nothing switched, requests are served again.
+    net.proxy.abort_params_switch();
+    c.run(2, "json", 100, 30.0).await;
+    let r = c.collect().await;
+    assert!(r.error.is_none(), "{:?}", r.error);
+
+    // The switch lifts the refusal in the same step and ends the old session (the client
+    // comes back under the new contracts).
+    net.proxy.begin_params_switch(2);
+    let mut next = root(2, true, true);
+    next.params.params_version = 2;
+    net.proxy.switch_contract(next, addr(0x12)).unwrap();
+    assert_eq!(net.proxy.proxy_sc(), addr(0x12));
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while c.incoming.recv().await.is_some() {}
+    })
+    .await
+    .expect("the old session ends");
+    assert_eq!(net.proxy.stats().proxy_sc, addr(0x12).to_string());
+}

@@ -11,8 +11,10 @@
 //!
 //! Start one with [`Proxy::start`] and a [`ProxyConfig`]; the [`ProxyHandle`] gives the bound
 //! addresses, stats, root configuration updates (`update_root`, versions only increase; a
-//! `params_version` change closes every session so peers re-derive their contracts) and
-//! shutdown.
+//! `params_version` change goes through `switch_contract` with the proxy contract of the new
+//! params and closes every session so peers re-derive their contracts) and shutdown.
+//! `contract_switch` decides what a params change means for the proxy's own contract;
+//! [`ContractSwitch`] (in `process`) deploys the new one and retires the old ones.
 //!
 //! Where the rest plugs in:
 //! - the durable ledger implements [`Meter`] (`settle` must be durable when it returns: the

@@ -115,7 +115,7 @@ struct SwitchState {
 }
 
 /// The proxy contract across `params_version` changes: the I/O around the decisions of
-/// [`crate::contract_switch`]. [`Self::prepare`] deploys the contract of new params,
+/// `contract_switch` ([`plan`], [`retire_step`]). [`Self::prepare`] deploys the contract of new params,
 /// [`Self::apply`] switches to it (what sessions advertise, where registrations are looked
 /// for, where checkpoints go), [`Self::retire_once`] moves each old contract towards closed.
 pub struct ContractSwitch<C: Chain> {

@@ -415,10 +415,12 @@ impl<C: Chain + 'static> CheckpointChain for TonCheckpointChain<C> {
 
     fn commission(&self) -> BoxFuture<'_, Result<Option<u128>, ProxyChainError>> {
         Box::pin(async move {
+            // The current contract: an old one's commission goes to the owner when it closes.
+            let proxy_sc = self.proxy_sc();
             let st = {
                 let s = self.sender.lock().await;
                 s.chain()
-                    .account_state(&self.proxy_sc)
+                    .account_state(&proxy_sc)
                     .await
                     .map_err(unavailable)?
             };

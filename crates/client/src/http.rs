@@ -4,7 +4,11 @@
 //!   (SSE streamed as it arrives, usage in the final chunk), with `X-Cocoon-Proxy`,
 //!   `X-Cocoon-Attempts` and `X-Cocoon-Time-To-Head-Ms` headers; a non-streamed answer also
 //!   carries `X-Cocoon-Tokens`, `X-Cocoon-Cost-Nanoton`, `X-Cocoon-Proxy-Seconds` and
-//!   `X-Cocoon-Worker-Seconds`. Errors are OpenAI error bodies: 400 bad request, 401 bad
+//!   `X-Cocoon-Worker-Seconds`. As COCOON's client does, every answer's head carries
+//!   `X-Cocoon-Client-Start/End` (beside the proxy's and the worker's), its usage COCOON's
+//!   `*_total_cost` fields at the figure booked, and with `enable_debug` the debug object
+//!   (see [`crate::extras`]). Errors are OpenAI error bodies (with `enable_debug`, a
+//!   `debug` member beside `error` once an answer had begun): 400 bad request, 401 bad
 //!   key, 402 out of funds (channel or key limit), 404 unknown model, 413 body too large,
 //!   429 no capacity, 502 upstream failure, 503 no proxy, 504 deadline.
 //! - `GET /v1/models`, `GET /v1/models/{id}`: the models the proxies' workers serve, OpenAI's
@@ -57,7 +61,9 @@ type St = State<Arc<Shared>>;
 /// Response headers an allowed origin's page may read.
 const EXPOSED: &str = "x-cocoon-proxy, x-cocoon-attempts, x-cocoon-time-to-head-ms, \
                        x-cocoon-tokens, x-cocoon-cost-nanoton, x-cocoon-proxy-seconds, \
-                       x-cocoon-worker-seconds";
+                       x-cocoon-worker-seconds, x-cocoon-client-start, x-cocoon-client-end, \
+                       x-cocoon-proxy-start, x-cocoon-proxy-end, x-cocoon-worker-start, \
+                       x-cocoon-worker-end";
 
 pub(crate) async fn serve(
     shared: Arc<Shared>,
@@ -137,6 +143,24 @@ fn error(e: ApiError) -> Response {
         status,
         [(header::CONTENT_TYPE, "application/json")],
         e.to_body(),
+    )
+        .into_response()
+}
+
+/// An error ending an answer; with `enable_debug`, COCOON's debug object beside it.
+fn error_with_debug(e: ApiError, debug: Option<Value>) -> Response {
+    let Some(d) = debug else {
+        return error(e);
+    };
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut body = e.to_json();
+    if let Some(o) = body.as_object_mut() {
+        o.insert("debug".into(), d);
+    }
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
     )
         .into_response()
 }
@@ -244,9 +268,10 @@ async fn complete(
                 ));
             }
             Ok(b) => body.extend_from_slice(&b),
-            Err(e) => return error(e),
+            Err(e) => return error_with_debug(e, answer.debug_object()),
         }
     }
+    let body = answer.finish_whole(body);
     if let Some(u) = answer.usage() {
         set(&mut h, "x-cocoon-tokens", u.total_tokens);
         set(&mut h, "x-cocoon-cost-nanoton", u.cost_nanoton);

@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod extras;
 mod http;
 pub mod keys;
 mod payments;

@@ -9,7 +9,7 @@
 //! request at the proxy (protocol 3) and answering 504.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use cocoon_net::ErrorCode;
@@ -22,6 +22,7 @@ use sha2::Digest;
 use tokio::sync::mpsc;
 
 use crate::Shared;
+use crate::extras::{self, Extras};
 use crate::keys::{ApiKeyError, Reservation};
 use crate::proxy::{Event, Link, Slot};
 
@@ -118,6 +119,10 @@ pub struct Answer {
     tracker: Tracker,
     finished: bool,
     usage: Option<Usage>,
+    /// COCOON's client additions (cost fields, debug output).
+    extras: Extras,
+    /// An error to give after the held bytes that precede it.
+    failed: Option<ApiError>,
 }
 
 /// The request's bookkeeping: the proxy slot's in-flight count, the key reservation, the
@@ -352,6 +357,7 @@ impl Shared {
     /// Runs a request up to its answer's head.
     pub(crate) async fn start_request(self: &Arc<Self>, req: Request) -> Result<Answer, ApiError> {
         let started = Instant::now();
+        let started_at = SystemTime::now();
         self.stats.received(req.body.len() as u64);
         let fail = |e: ApiError| {
             self.stats.refused();
@@ -524,9 +530,12 @@ impl Shared {
                                 && v.contains("text/event-stream")
                         });
                     tracker.answer_bytes += body.len() as u64;
+                    let head_at = SystemTime::now();
+                    let mut headers = strip_hop_by_hop(headers);
+                    headers.extend(extras::timing_headers(started_at, head_at));
                     let mut a = Answer {
                         status,
-                        headers: strip_hop_by_hop(headers),
+                        headers,
                         proxy: slot.address.clone(),
                         attempts: tried.len() as u32,
                         time_to_head: started.elapsed(),
@@ -538,9 +547,15 @@ impl Shared {
                         tracker,
                         finished: false,
                         usage: None,
+                        extras: Extras::new(ext.enable_debug, started_at, head_at),
+                        failed: None,
                     };
+                    if a.stream {
+                        a.first = a.first.take().map(|b| Bytes::from(a.extras.push(&b)));
+                    }
                     if let Some(f) = done {
                         a.complete(&f, status < 400);
+                        a.append_final();
                     }
                     return Ok(a);
                 }
@@ -616,10 +631,16 @@ impl Answer {
     }
 
     /// The next body bytes; `None` at the end. An error ends the body early (the proxy
-    /// connection closed, the worker failed, or the deadline passed).
+    /// connection closed, the worker failed, or the deadline passed); bytes held back for
+    /// pricing come before it.
     pub async fn next_chunk(&mut self) -> Option<Result<Bytes, ApiError>> {
-        if let Some(b) = self.first.take() {
+        if let Some(b) = self.first.take()
+            && !b.is_empty()
+        {
             return Some(Ok(b));
+        }
+        if let Some(e) = self.failed.take() {
+            return Some(Err(e));
         }
         if self.finished {
             return None;
@@ -629,13 +650,14 @@ impl Answer {
                 self.finished = true;
                 self.tracker.cancel();
                 self.tracker.finish(None, false);
-                return Some(Err(ApiError::new(
+                let e = ApiError::new(
                     ErrorKind::Timeout,
                     format!(
                         "the answer did not end within the request's deadline of {:.1} s",
                         self.timeout.as_secs_f64()
                     ),
-                )));
+                );
+                return self.fail(e);
             }
             Ok(None) => Event::Closed("proxy connection closed".into()),
             Ok(Some(ev)) => ev,
@@ -643,12 +665,18 @@ impl Answer {
         match ev {
             Event::Part { body, done } => {
                 self.tracker.answer_bytes += body.len() as u64;
+                let body = if self.stream {
+                    Bytes::from(self.extras.push(&body))
+                } else {
+                    body
+                };
                 if let Some(f) = done {
                     let ok = self.status < 400;
                     self.complete(&f, ok);
-                }
-                if body.is_empty() {
-                    if self.finished {
+                    self.first = Some(body);
+                    self.append_final();
+                    let body = self.first.take().unwrap_or_default();
+                    if body.is_empty() {
                         return None;
                     }
                     return Some(Ok(body));
@@ -668,28 +696,72 @@ impl Answer {
                     }
                 }
                 let (kind, _) = classify(code, &message);
-                Some(Err(ApiError::new(
-                    kind,
-                    format!("proxy {}: {message}", self.proxy),
-                )))
+                let e = ApiError::new(kind, format!("proxy {}: {message}", self.proxy));
+                self.fail(e)
             }
             Event::Closed(why) => {
                 self.finished = true;
                 self.tracker.finish(None, false);
-                Some(Err(ApiError::new(
-                    ErrorKind::Upstream,
-                    format!("proxy {}: {why}", self.proxy),
-                )))
+                let e = ApiError::new(ErrorKind::Upstream, format!("proxy {}: {why}", self.proxy));
+                self.fail(e)
             }
             Event::Head { .. } => {
                 self.finished = true;
                 self.tracker.finish(None, false);
-                Some(Err(ApiError::new(
+                let e = ApiError::new(
                     ErrorKind::Upstream,
                     format!("proxy {}: a second answer head", self.proxy),
-                )))
+                );
+                self.fail(e)
             }
         }
+    }
+
+    /// Ends the body with `e`: a stream's held bytes go first, unchanged.
+    fn fail(&mut self, e: ApiError) -> Option<Result<Bytes, ApiError>> {
+        let held = if self.stream {
+            self.extras.flush()
+        } else {
+            Vec::new()
+        };
+        if held.is_empty() {
+            return Some(Err(e));
+        }
+        self.failed = Some(e);
+        Some(Ok(Bytes::from(held)))
+    }
+
+    /// A stream's final info arrived: the held usage priced at what was booked, and the
+    /// debug line, after the bytes in `first`.
+    fn append_final(&mut self) {
+        let Some(u) = self.usage.clone().filter(|_| self.stream) else {
+            return;
+        };
+        let tail = self.extras.finish_stream(&u, self.price_per_token());
+        if !tail.is_empty() {
+            let mut b = self.first.take().map(|b| b.to_vec()).unwrap_or_default();
+            b.extend_from_slice(&tail);
+            self.first = Some(Bytes::from(b));
+        }
+    }
+
+    fn price_per_token(&self) -> u64 {
+        self.tracker.shared.root().params.price_per_token
+    }
+
+    /// A whole (not streamed) answer's body as the app gets it: its usage carries the cost
+    /// fields at the booked figure, and with `enable_debug` COCOON's debug object.
+    pub(crate) fn finish_whole(&self, body: Vec<u8>) -> Vec<u8> {
+        self.extras
+            .finish_whole(body, self.usage.as_ref(), self.price_per_token())
+    }
+
+    /// COCOON's debug object when the request asked for it (`enable_debug`).
+    pub(crate) fn debug_object(&self) -> Option<serde_json::Value> {
+        self.extras.debug().then(|| {
+            self.extras
+                .debug_object(self.usage.as_ref(), SystemTime::now())
+        })
     }
 
     /// What the request used; known once the body ended.
@@ -710,6 +782,11 @@ impl Answer {
             }
             body.extend_from_slice(&c);
         }
+        let body = if self.stream {
+            body
+        } else {
+            self.finish_whole(body)
+        };
         Ok(Collected {
             status: self.status,
             headers: std::mem::take(&mut self.headers),

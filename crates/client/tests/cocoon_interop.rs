@@ -593,18 +593,27 @@ impl Got {
 
 /// Starts a chat completion through the gateway; the answer is read by the task.
 fn post(base: &str, stream: bool) -> tokio::task::JoinHandle<Got> {
+    post_with(base, stream, false)
+}
+
+/// As [`post`], with COCOON's `enable_debug` when `debug`.
+fn post_with(base: &str, stream: bool, debug: bool) -> tokio::task::JoinHandle<Got> {
     let url = format!("{base}/v1/chat/completions");
+    let mut body = json!({
+        "model": "Smol",
+        "messages": [{"role": "user", "content": "hello"}],
+        "stream": stream,
+        "max_tokens": 50,
+        "timeout": DEADLINE_SECS,
+    });
+    if debug {
+        body["enable_debug"] = json!(true);
+    }
     tokio::spawn(async move {
         let start = Instant::now();
         let r = reqwest::Client::new()
             .post(url)
-            .json(&json!({
-                "model": "Smol",
-                "messages": [{"role": "user", "content": "hello"}],
-                "stream": stream,
-                "max_tokens": 50,
-                "timeout": DEADLINE_SECS,
-            }))
+            .json(&body)
             .send()
             .await
             .unwrap();
@@ -630,6 +639,9 @@ async fn got(t: tokio::task::JoinHandle<Got>) -> Got {
 const JSON: (&str, &str) = ("Content-Type", "application/json");
 const SSE: (&str, &str) = ("Content-Type", "text/event-stream");
 const COMPLETION: &str = r#"{"id":"c1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hi there"},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}"#;
+/// [`COMPLETION`] as the app gets it: the client adds COCOON's cost fields at what it books
+/// ([`TOKENS`] × 20 nanoTON).
+const PRICED: &str = r#"{"id":"c1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hi there"},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7,"prompt_total_cost":100,"completion_total_cost":40,"total_cost":140}}"#;
 const CHUNK_1: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\n";
 const CHUNK_2: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\" there\"}}]}\n\n";
 const DONE: &str = "data: [DONE]\n\n";
@@ -718,7 +730,7 @@ async fn query_answer_error_is_the_openai_error_at_once() {
         .await;
         let g = got(t).await;
         assert_eq!(g.status, 200, "{}", g.body);
-        assert_eq!(g.body, COMPLETION);
+        assert_eq!(g.body, PRICED);
         assert_eq!(c.proxies()[0].sessions, 1, "one session throughout");
         c.shutdown().await;
     }
@@ -801,7 +813,7 @@ async fn version_0_answers_are_delivered_whole_and_streamed() {
     .await;
     let g = got(t).await;
     assert_eq!(g.status, 200, "{}", g.body);
-    assert_eq!(g.body, COMPLETION);
+    assert_eq!(g.body, PRICED);
     assert_eq!(g.header("x-cocoon-tokens"), "7");
     g.assert_prompt();
 
@@ -816,7 +828,7 @@ async fn version_0_answers_are_delivered_whole_and_streamed() {
         .await;
     let g = got(t).await;
     assert_eq!(g.status, 200, "{}", g.body);
-    assert_eq!(g.body, COMPLETION);
+    assert_eq!(g.body, PRICED);
     assert_eq!(g.header("x-cocoon-tokens"), "7");
 
     // Streamed.
@@ -867,7 +879,7 @@ async fn ex_answers_under_versions_1_and_2() {
         .await;
         let g = got(t).await;
         assert_eq!(g.status, 200, "{}", g.body);
-        assert_eq!(g.body, COMPLETION);
+        assert_eq!(g.body, PRICED);
         assert_eq!(g.header("x-cocoon-tokens"), "7");
         if proto >= 2 {
             assert_eq!(g.header("x-cocoon-proxy-seconds"), "3.500");
@@ -931,6 +943,129 @@ async fn ex_answers_under_versions_1_and_2() {
             .assert_error(502, "upstream_error", "engine failed");
         c.shutdown().await;
     }
+}
+
+/// What COCOON's client adds to an answer, for an answer from a COCOON proxy (version 2):
+/// `X-Cocoon-Client-Start/End` on the head; every usage object priced at what the client
+/// books from the final info (here a worker's body claims other costs); with
+/// `enable_debug` the proxy's, the worker's and the client's debug objects as the whole
+/// answer's `debug` member or a stream's last line; without it, nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cost_fields_client_timing_headers_and_debug_in_answers() {
+    let mut p = Scripted::start(2).await;
+    let (c, base) = gateway(&[&p]).await;
+    let claimed = r#"{"id":"c1","object":"chat.completion","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7,"prompt_total_cost":9000,"completion_total_cost":9000,"total_cost":18000}}"#;
+    let usage_event = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2,\"total_tokens\":7,\"total_cost\":18000}}\n\n";
+    let f = hand::Final {
+        tokens: TOKENS,
+        debug: Some((
+            "{\"type\":\"worker_stats\",\"w\":1}",
+            "{\"type\":\"proxy_stats\",\"p\":1}",
+        )),
+        times: Some([100.0, 103.5, 101.0, 103.0]),
+    };
+    let booked = |v: &Value| {
+        assert_eq!(v["prompt_total_cost"], 100, "{v}");
+        assert_eq!(v["completion_total_cost"], 40, "{v}");
+        assert_eq!(v["total_cost"], 140, "{v}");
+    };
+    let unix = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    let timed = |g: &Got, before: f64, after: f64| {
+        let start: f64 = g.header("x-cocoon-client-start").parse().unwrap();
+        let end: f64 = g.header("x-cocoon-client-end").parse().unwrap();
+        assert!(
+            before <= start && start <= end && end <= after,
+            "{start} {end}"
+        );
+        assert_eq!(
+            g.header("x-cocoon-client-start")
+                .split('.')
+                .nth(1)
+                .unwrap()
+                .len(),
+            6
+        );
+    };
+
+    for debug in [false, true] {
+        // Whole.
+        let before = unix();
+        let t = post_with(&base, false, debug);
+        let run = p.next().await;
+        assert_eq!(run.query.enable_debug, debug.then_some(true));
+        let head = hand::http_response(200, &[JSON], claimed.as_bytes());
+        run.send(hand::query_answer_ex(
+            &run.query.request_id,
+            &head,
+            Some(&f),
+        ))
+        .await;
+        let g = got(t).await;
+        timed(&g, before, unix());
+        assert_eq!(g.status, 200, "{}", g.body);
+        assert_eq!(g.header("x-cocoon-cost-nanoton"), "140");
+        let v = g.json();
+        booked(&v["usage"]);
+        if debug {
+            let d = &v["debug"];
+            assert_eq!(d["worker"], json!({"type": "worker_stats", "w": 1}), "{d}");
+            assert_eq!(d["proxy"], json!({"type": "proxy_stats", "p": 1}), "{d}");
+            assert_eq!(d["client"]["type"], "client_stats", "{d}");
+            let t = |k: &str| d["client"][k].as_f64().unwrap();
+            assert!(before <= t("start_time"));
+            assert!(t("start_time") <= t("answer_receive_start_at"));
+            assert!(t("answer_receive_start_at") <= t("answer_receive_end_at"));
+        } else {
+            assert!(v.get("debug").is_none(), "{v}");
+        }
+
+        // Streamed: the usage event in one part, `[DONE]` and the final info in the next.
+        let before = unix();
+        let t = post_with(&base, true, debug);
+        let run = p.next().await;
+        let id = run.query.request_id;
+        let head = hand::http_response(200, &[SSE], CHUNK_1.as_bytes());
+        run.send(hand::query_answer_ex(&id, &head, None)).await;
+        run.send(hand::query_answer_part_ex(
+            &id,
+            usage_event.as_bytes(),
+            None,
+        ))
+        .await;
+        run.send(hand::query_answer_part_ex(&id, DONE.as_bytes(), Some(&f)))
+            .await;
+        let g = got(t).await;
+        timed(&g, before, unix());
+        assert_eq!(g.status, 200);
+        let (events, tail) = g.body.split_at(g.body.rfind(DONE).unwrap() + DONE.len());
+        assert!(events.starts_with(CHUNK_1), "{}", g.body);
+        let usage: Value = serde_json::from_str(
+            events[CHUNK_1.len()..]
+                .strip_prefix("data: ")
+                .unwrap()
+                .split("\n\n")
+                .next()
+                .unwrap(),
+        )
+        .unwrap();
+        booked(&usage["usage"]);
+        if debug {
+            let line: Value = serde_json::from_str(tail.strip_suffix('\n').unwrap()).unwrap();
+            assert_eq!(line["debug"]["worker"]["w"], 1, "{line}");
+            assert_eq!(line["debug"]["proxy"]["p"], 1, "{line}");
+            assert_eq!(line["debug"]["client"]["type"], "client_stats", "{line}");
+        } else {
+            assert_eq!(tail, "", "nothing after [DONE]");
+        }
+    }
+    eventually("the usage is booked", || c.stats().stats.tokens == 28).await;
+    assert_eq!(c.stats().stats.spent_nanoton, 4 * 140);
+    c.shutdown().await;
 }
 
 /// `proxy.clientRequestPayment` (with and without a receipt) and a bare
@@ -1014,7 +1149,7 @@ async fn query_answer_error_fails_over_to_another_proxy() {
         .await;
         let g = got(t).await;
         assert_eq!(g.status, 200, "{}", g.body);
-        assert_eq!(g.body, COMPLETION);
+        assert_eq!(g.body, PRICED);
         assert_eq!(g.header("x-cocoon-attempts"), "2");
         g.assert_prompt();
     }

@@ -591,3 +591,128 @@ async fn the_engine_gets_the_completion_limit_that_was_reserved() {
     assert_eq!(bodies[1]["max_completion_tokens"], json!(7));
     c.shutdown().await;
 }
+
+/// COCOON's answer extensions as an app sees them through client, proxy and worker: the
+/// client's, the proxy's and the worker's timing headers in order; COCOON's cost fields in a
+/// whole answer's usage and a stream's usage event, equal to what the client booked for the
+/// request (its stats and the API key's spending); with `enable_debug` the worker's, the
+/// proxy's and the client's debug objects (the whole answer's `debug` member, a stream's
+/// last line), without it nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cost_fields_timing_headers_and_debug_reach_the_app() {
+    let (net, _w) = network(test_root()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(
+        &keys,
+        format!("{} - app\n", cocoon_client::keys::key_hash("sk-app")),
+    )
+    .unwrap();
+    let mut cfg = gateway_config(vec![net.proxy.client_addr().to_string()], test_root());
+    cfg.api_keys_file = Some(keys);
+    let (c, base) = start_gateway(cfg, 1).await;
+    let http = reqwest::Client::new();
+    let mut total = 0;
+    for debug in [false, true] {
+        for stream in [false, true] {
+            let mut body = chat(if stream { "stream" } else { "json" }, stream);
+            if debug {
+                body["enable_debug"] = json!(true);
+            }
+            let spent_before = c.stats().stats.spent_nanoton;
+            let r = http
+                .post(format!("{base}/v1/chat/completions"))
+                .bearer_auth("sk-app")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let at = |n: &str| -> f64 {
+                let v = r.headers()[n].to_str().unwrap();
+                assert_eq!(v.split('.').nth(1).unwrap().len(), 6, "{n}: {v}");
+                v.parse().unwrap()
+            };
+            let times = [
+                at("x-cocoon-client-start"),
+                at("x-cocoon-proxy-start"),
+                at("x-cocoon-worker-start"),
+                at("x-cocoon-worker-end"),
+                at("x-cocoon-proxy-end"),
+                at("x-cocoon-client-end"),
+            ];
+            assert!(times.is_sorted(), "{times:?}");
+            let text = r.text().await.unwrap();
+            let (usage, dbg) = if stream {
+                let (events, tail) = text.split_at(text.rfind("data: [DONE]\n\n").unwrap() + 14);
+                let usage = events
+                    .split("\n\n")
+                    .filter_map(|e| e.strip_prefix("data: "))
+                    .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+                    .find(|v| v["usage"].is_object())
+                    .unwrap()["usage"]
+                    .clone();
+                let dbg = (!tail.is_empty()).then(|| {
+                    let line: Value =
+                        serde_json::from_str(tail.strip_suffix('\n').unwrap()).unwrap();
+                    line["debug"].clone()
+                });
+                (usage, dbg)
+            } else {
+                let v: Value = serde_json::from_str(&text).unwrap();
+                (v["usage"].clone(), v.get("debug").cloned())
+            };
+            let booked = c.stats().stats.spent_nanoton - spent_before;
+            assert!(booked > 0);
+            assert_eq!(usage["total_cost"], booked, "{usage}");
+            assert_eq!(
+                usage["prompt_total_cost"].as_u64().unwrap()
+                    + usage["completion_total_cost"].as_u64().unwrap(),
+                booked,
+                "{usage}"
+            );
+            total += booked;
+            match dbg {
+                Some(d) => {
+                    assert!(debug, "debug output only when asked for: {d}");
+                    assert_eq!(d["worker"]["type"], "worker_stats", "{d}");
+                    assert_eq!(d["proxy"]["type"], "proxy_stats", "{d}");
+                    assert_eq!(d["client"]["type"], "client_stats", "{d}");
+                    let t = |k: &str| d["client"][k].as_f64().unwrap();
+                    // The headers carry the same instants to the microsecond.
+                    assert!((t("start_time") - times[0]).abs() < 1e-6, "{d}");
+                    assert!(
+                        (t("answer_receive_start_at") - times[5]).abs() < 1e-6,
+                        "{d}"
+                    );
+                    assert!(t("answer_receive_end_at") >= t("answer_receive_start_at"));
+                }
+                None => assert!(!debug, "debug asked for, none in {text}"),
+            }
+        }
+    }
+    let s: Value = get_json(&http, &format!("{base}/jsonstats")).await;
+    let app = s["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "app")
+        .unwrap()
+        .clone();
+    assert_eq!(app["spent_nanoton"], total, "{app}");
+
+    // The library's whole answers carry them too.
+    let got = c
+        .request(Request::chat(&chat("json", false)).with_key("sk-app"))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        got.json().unwrap()["usage"]["total_cost"],
+        got.usage.cost_nanoton
+    );
+    assert!(got.headers.iter().any(|(n, _)| n == "X-Cocoon-Client-End"));
+    c.shutdown().await;
+}

@@ -2,8 +2,9 @@
 //! client, played by a scripted proxy over a real RA-TLS session (sim attestation), as the
 //! OpenAI API user of the gateway sees it.
 //!
-//! The proxy's answers are encoded by hand from the schema (module `hand`: constructor ids
-//! as published by COCOON, fields written byte by byte), not by our encoder, so the client
+//! The proxy's answers are encoded by hand from the schema (`cocoon_testkit::handmade`, as
+//! `hand`: constructor ids as published by COCOON, fields written byte by byte, shared with
+//! the proxy's and the worker's interop tests), not by our encoder, so the client
 //! is checked against the wire format rather than against itself. The handshake answers use
 //! our types: they are not what is under test here.
 //!
@@ -35,341 +36,10 @@ use serde_json::{Value, json};
 use sha2::Digest;
 use tokio::sync::mpsc;
 
+use cocoon_testkit::handmade as hand;
+
 /// The request's deadline (the body's `timeout`); every answer here must come well before.
 const DEADLINE_SECS: u64 = 60;
-
-/// Byte-by-byte TL encoding of what a COCOON proxy sends, from `cocoon_api.tl`.
-mod hand {
-    /// `client.queryAnswer answer:bytes is_completed:Bool request_id:int256
-    /// request_tokens_used:tokensUsed = client.QueryAnswer`
-    const QUERY_ANSWER: u32 = 0x9b94_3922;
-    /// `client.queryAnswerError error_code:int error:string request_id:int256
-    /// request_tokens_used:tokensUsed = client.QueryAnswer`
-    const QUERY_ANSWER_ERROR: u32 = 0x6d60_569a;
-    /// `client.queryAnswerPart answer:bytes is_completed:Bool request_id:int256
-    /// request_tokens_used:tokensUsed = client.QueryAnswerPart`
-    const QUERY_ANSWER_PART: u32 = 0xb765_de4c;
-    /// `client.queryAnswerPartError error_code:int error:string request_id:int256
-    /// request_tokens_used:tokensUsed = client.QueryAnswerPart`
-    const QUERY_ANSWER_PART_ERROR: u32 = 0xd790_a022;
-    /// `client.queryAnswerEx request_id:int256 answer:bytes flags:#
-    /// final_info:flags.0?client.queryFinalInfo = client.QueryAnswerEx`
-    const QUERY_ANSWER_EX: u32 = 0xcd52_4720;
-    /// `client.queryAnswerPartEx request_id:int256 answer:bytes flags:#
-    /// final_info:flags.0?client.queryFinalInfo = client.QueryAnswerEx`
-    const QUERY_ANSWER_PART_EX: u32 = 0xc07b_faec;
-    /// `client.queryAnswerErrorEx request_id:int256 error_code:int error:string flags:#
-    /// final_info:flags.0?client.queryFinalInfo = client.QueryAnswerEx`
-    const QUERY_ANSWER_ERROR_EX: u32 = 0x0725_62a8;
-    /// `proxy.clientRequestPayment request_id:int256 signed_payment:proxy.SignedPayment
-    /// db_tokens:long max_tokens:long request_tokens:long = proxy.WorkerRequestPayment`
-    const CLIENT_REQUEST_PAYMENT: u32 = 0xc6bc_f127;
-    /// `proxy.signedPayment data:bytes = proxy.SignedPayment`
-    const SIGNED_PAYMENT: u32 = 0x0299_8182;
-    /// `proxy.signedPaymentEmpty = proxy.SignedPayment`
-    const SIGNED_PAYMENT_EMPTY: u32 = 0xb347_ce64;
-    /// `http.response http_version:string status_code:int reason:string
-    /// headers:(vector http.header) payload:bytes = http.Response`
-    const HTTP_RESPONSE: u32 = 0x1cd0_c42b;
-    /// `client.connectedToProxy params:proxy.params client_sc_address:string
-    /// auth:client.ProxyConnectionAuth signed_payment:proxy.SignedPayment =
-    /// client.ConnectedToProxy`
-    const CONNECTED_TO_PROXY: u32 = 0x9531_7ad1;
-    /// `client.proxyConnectionAuthShort secret_hash:int256 nonce:long =
-    /// client.ProxyConnectionAuth`
-    const AUTH_SHORT: u32 = 0xd6ff_c5af;
-    /// `client.authorizationWithProxySuccess signed_payment:proxy.SignedPayment
-    /// tokens_committed_to_db:long max_tokens:long = client.AuthorizationWithProxy`
-    const AUTHORIZATION_SUCCESS: u32 = 0x75d5_ac34;
-    /// `client.authorizationWithProxyFailed error_code:int error:string =
-    /// client.AuthorizationWithProxy`
-    const AUTHORIZATION_FAILED: u32 = 0x6055_1c96;
-    /// `client.paymentStatus signed_payment:proxy.SignedPayment db_tokens:long
-    /// max_tokens:long = client.PaymentStatus`
-    const PAYMENT_STATUS: u32 = 0xaa8a_0ecc;
-    /// `client.workerTypesV2 types:(vector client.workerTypeV2) = client.WorkerTypesV2`
-    const WORKER_TYPES_V2: u32 = 0x0cf0_dc67;
-    const BOOL_TRUE: u32 = 0x9972_75b5;
-    const BOOL_FALSE: u32 = 0xbc79_9737;
-
-    /// The final info of a `*Ex` answer (`client.queryFinalInfo`, bare).
-    pub(super) struct Final {
-        pub(super) tokens: [i64; 5],
-        /// `(worker_debug, proxy_debug)`: flag bit 0.
-        pub(super) debug: Option<(&'static str, &'static str)>,
-        /// `(proxy_start, proxy_end, worker_start, worker_end)`: flag bit 1 (version 2).
-        pub(super) times: Option<[f64; 4]>,
-    }
-
-    #[derive(Default)]
-    struct W(Vec<u8>);
-
-    impl W {
-        fn u32(mut self, v: u32) -> Self {
-            self.0.extend_from_slice(&v.to_le_bytes());
-            self
-        }
-        fn int(self, v: i32) -> Self {
-            self.u32(v as u32)
-        }
-        fn long(mut self, v: i64) -> Self {
-            self.0.extend_from_slice(&v.to_le_bytes());
-            self
-        }
-        fn double(mut self, v: f64) -> Self {
-            self.0.extend_from_slice(&v.to_le_bytes());
-            self
-        }
-        fn int256(mut self, v: &[u8; 32]) -> Self {
-            self.0.extend_from_slice(v);
-            self
-        }
-        fn boolean(self, v: bool) -> Self {
-            self.u32(if v { BOOL_TRUE } else { BOOL_FALSE })
-        }
-        /// Length in one byte below 254, else `0xFE` and three bytes; zero padding to a
-        /// multiple of 4, the length prefix included.
-        fn bytes(mut self, v: &[u8]) -> Self {
-            let start = self.0.len();
-            if v.len() < 254 {
-                self.0.push(v.len() as u8);
-            } else {
-                self.0.push(0xFE);
-                self.0
-                    .extend_from_slice(&(v.len() as u32).to_le_bytes()[..3]);
-            }
-            self.0.extend_from_slice(v);
-            while !(self.0.len() - start).is_multiple_of(4) {
-                self.0.push(0);
-            }
-            self
-        }
-        fn string(self, v: &str) -> Self {
-            self.bytes(v.as_bytes())
-        }
-        /// `tokensUsed`, bare: five longs.
-        fn tokens(self, t: [i64; 5]) -> Self {
-            t.into_iter().fold(self, W::long)
-        }
-        /// `client.queryFinalInfo`, bare: its own `flags:#`, then the fields.
-        fn final_info(self, f: &Final) -> Self {
-            let flags = i32::from(f.debug.is_some()) | (i32::from(f.times.is_some()) << 1);
-            let mut w = self.int(flags).tokens(f.tokens);
-            if let Some((wd, pd)) = f.debug {
-                w = w.string(wd).string(pd);
-            }
-            if let Some(t) = f.times {
-                w = t.into_iter().fold(w, W::double);
-            }
-            w
-        }
-    }
-
-    /// A boxed `http.response`, HTTP/1.1.
-    pub(super) fn http_response(status: i32, headers: &[(&str, &str)], payload: &[u8]) -> Vec<u8> {
-        let mut w = W::default()
-            .u32(HTTP_RESPONSE)
-            .string("HTTP/1.1")
-            .int(status)
-            .string(if status == 200 { "OK" } else { "Error" })
-            .int(headers.len() as i32);
-        for (n, v) in headers {
-            w = w.string(n).string(v);
-        }
-        w.bytes(payload).0
-    }
-
-    pub(super) fn query_answer(
-        id: &[u8; 32],
-        answer: &[u8],
-        completed: bool,
-        t: [i64; 5],
-    ) -> Vec<u8> {
-        W::default()
-            .u32(QUERY_ANSWER)
-            .bytes(answer)
-            .boolean(completed)
-            .int256(id)
-            .tokens(t)
-            .0
-    }
-
-    pub(super) fn query_answer_part(
-        id: &[u8; 32],
-        part: &[u8],
-        completed: bool,
-        t: [i64; 5],
-    ) -> Vec<u8> {
-        W::default()
-            .u32(QUERY_ANSWER_PART)
-            .bytes(part)
-            .boolean(completed)
-            .int256(id)
-            .tokens(t)
-            .0
-    }
-
-    pub(super) fn query_answer_error(
-        id: &[u8; 32],
-        code: i32,
-        error: &str,
-        t: [i64; 5],
-    ) -> Vec<u8> {
-        W::default()
-            .u32(QUERY_ANSWER_ERROR)
-            .int(code)
-            .string(error)
-            .int256(id)
-            .tokens(t)
-            .0
-    }
-
-    pub(super) fn query_answer_part_error(
-        id: &[u8; 32],
-        code: i32,
-        error: &str,
-        t: [i64; 5],
-    ) -> Vec<u8> {
-        W::default()
-            .u32(QUERY_ANSWER_PART_ERROR)
-            .int(code)
-            .string(error)
-            .int256(id)
-            .tokens(t)
-            .0
-    }
-
-    /// `client.queryAnswerEx`; `flags` bit 0 and the bare final info when `f` is given.
-    pub(super) fn query_answer_ex(id: &[u8; 32], answer: &[u8], f: Option<&Final>) -> Vec<u8> {
-        let w = W::default().u32(QUERY_ANSWER_EX).int256(id).bytes(answer);
-        with_final(w, f)
-    }
-
-    pub(super) fn query_answer_part_ex(id: &[u8; 32], part: &[u8], f: Option<&Final>) -> Vec<u8> {
-        let w = W::default()
-            .u32(QUERY_ANSWER_PART_EX)
-            .int256(id)
-            .bytes(part);
-        with_final(w, f)
-    }
-
-    pub(super) fn query_answer_error_ex(
-        id: &[u8; 32],
-        code: i32,
-        error: &str,
-        f: Option<&Final>,
-    ) -> Vec<u8> {
-        let w = W::default()
-            .u32(QUERY_ANSWER_ERROR_EX)
-            .int256(id)
-            .int(code)
-            .string(error);
-        with_final(w, f)
-    }
-
-    /// `flags:#` then, with bit 0, the bare `client.queryFinalInfo`.
-    fn with_final(w: W, f: Option<&Final>) -> Vec<u8> {
-        match f {
-            None => w.int(0).0,
-            Some(f) => w.int(1).final_info(f).0,
-        }
-    }
-
-    /// `proxy.clientRequestPayment`; `receipt` is a signed payment BOC (or none).
-    pub(super) fn client_request_payment(
-        id: &[u8; 32],
-        receipt: Option<&[u8]>,
-        db_tokens: i64,
-        max_tokens: i64,
-        request_tokens: i64,
-    ) -> Vec<u8> {
-        let w = W::default().u32(CLIENT_REQUEST_PAYMENT).int256(id);
-        let w = match receipt {
-            Some(b) => w.u32(SIGNED_PAYMENT).bytes(b),
-            None => w.u32(SIGNED_PAYMENT_EMPTY),
-        };
-        w.long(db_tokens).long(max_tokens).long(request_tokens).0
-    }
-
-    /// `proxy.signedPayment` as a message of its own.
-    pub(super) fn signed_payment(receipt: &[u8]) -> Vec<u8> {
-        W::default().u32(SIGNED_PAYMENT).bytes(receipt).0
-    }
-
-    /// `client.connectedToProxy` with a bare `proxy.params` (flags 3: is_test, protocol
-    /// `proto`), the short authorisation for `secret_hash`, no receipt.
-    pub(super) fn connected_to_proxy(
-        key: &[u8; 32],
-        owner: &str,
-        proxy_sc: &str,
-        proto: i32,
-        client_sc: &str,
-        secret_hash: &[u8; 32],
-    ) -> Vec<u8> {
-        W::default()
-            .u32(CONNECTED_TO_PROXY)
-            .int(3)
-            .int256(key)
-            .string(owner)
-            .string(proxy_sc)
-            .boolean(true)
-            .int(proto)
-            .string(client_sc)
-            .u32(AUTH_SHORT)
-            .int256(secret_hash)
-            .long(0)
-            .u32(SIGNED_PAYMENT_EMPTY)
-            .0
-    }
-
-    /// `client.authorizationWithProxySuccess` without a receipt.
-    pub(super) fn authorization_success(db_tokens: i64, max_tokens: i64) -> Vec<u8> {
-        W::default()
-            .u32(AUTHORIZATION_SUCCESS)
-            .u32(SIGNED_PAYMENT_EMPTY)
-            .long(db_tokens)
-            .long(max_tokens)
-            .0
-    }
-
-    /// `client.authorizationWithProxyFailed`.
-    pub(super) fn authorization_failed(code: i32, error: &str) -> Vec<u8> {
-        W::default()
-            .u32(AUTHORIZATION_FAILED)
-            .int(code)
-            .string(error)
-            .0
-    }
-
-    /// `client.paymentStatus` without a receipt.
-    pub(super) fn payment_status(db_tokens: i64, max_tokens: i64) -> Vec<u8> {
-        W::default()
-            .u32(PAYMENT_STATUS)
-            .u32(SIGNED_PAYMENT_EMPTY)
-            .long(db_tokens)
-            .long(max_tokens)
-            .0
-    }
-
-    /// `client.workerTypesV2` of one model whose workers are `(coefficient, active, max)`
-    /// (bare `client.workerTypeV2` and `client.workerInstanceV2` elements).
-    pub(super) fn worker_types_v2(model: &str, workers: &[(i32, i32, i32)]) -> Vec<u8> {
-        let mut w = W::default()
-            .u32(WORKER_TYPES_V2)
-            .int(1)
-            .string(model)
-            .int(workers.len() as i32);
-        for (c, a, m) in workers {
-            w = w.int(0).int(*c).int(*a).int(*m);
-        }
-        w.0
-    }
-
-    /// `proxy.signedPaymentEmpty` as a message of its own.
-    pub(super) fn signed_payment_empty() -> Vec<u8> {
-        W::default().u32(SIGNED_PAYMENT_EMPTY).0
-    }
-}
 
 // ---------------------------------------------------------------- the scripted proxy
 
@@ -490,13 +160,13 @@ async fn serve(
                 fclient::ConnectToProxy::CONSTRUCTOR_ID => {
                     let _ = match handshake {
                         Handshake::RefuseConnect(code, text) => responder.error(code, text),
-                        _ => responder.answer(hand::connected_to_proxy(
-                            &key,
+                        _ => responder.answer(hand::client_connected_to_proxy(
+                            key,
                             &addr(0x33).to_string(),
                             &proxy_sc().to_string(),
                             proto,
                             &client_sc().to_string(),
-                            &sha2::Sha256::digest(SECRET).into(),
+                            sha2::Sha256::digest(SECRET).into(),
                         )),
                     };
                 }
@@ -506,17 +176,19 @@ async fn serve(
                     let _ = match handshake {
                         Handshake::RefuseAuthQuery(code, text) => responder.error(code, text),
                         Handshake::RefuseAuth(code, text) => {
-                            responder.answer(hand::authorization_failed(code, text))
+                            responder.answer(hand::client_authorization_failed(code, text))
                         }
-                        _ => responder.answer(hand::authorization_success(0, 0)),
+                        _ => responder.answer(hand::client_authorization_success(None, 0, 0)),
                     };
                 }
                 fclient::UpdatePaymentStatus::CONSTRUCTOR_ID => {
-                    let _ = responder.answer(hand::payment_status(0, 0));
+                    let _ = responder.answer(hand::client_payment_status(None, 0, 0));
                 }
                 fclient::GetWorkerTypesV2::CONSTRUCTOR_ID => {
-                    let _ = responder
-                        .answer(hand::worker_types_v2("Smol", &[(1500, 1, 4), (1000, 0, 2)]));
+                    let _ = responder.answer(hand::client_worker_types_v2(
+                        "Smol",
+                        &[(1500, 1, 4), (1000, 0, 2)],
+                    ));
                 }
                 _ => {
                     let _ = responder.error(621, "unexpected query");
@@ -692,10 +364,10 @@ async fn query_answer_error_is_the_openai_error_at_once() {
         for (code, text, status, kind) in cases {
             let t = post(&base, false);
             let run = p.next().await;
-            run.send(hand::query_answer_error(
-                &run.query.request_id,
+            run.send(hand::client_query_answer_error(
                 code,
                 text,
+                run.query.request_id,
                 NONE,
             ))
             .await;
@@ -704,10 +376,10 @@ async fn query_answer_error_is_the_openai_error_at_once() {
         // The same refusal of a streamed request: no stream starts, the error is the answer.
         let t = post(&base, true);
         let run = p.next().await;
-        run.send(hand::query_answer_error(
-            &run.query.request_id,
+        run.send(hand::client_query_answer_error(
             651,
             "client is closing",
+            run.query.request_id,
             NONE,
         ))
         .await;
@@ -718,10 +390,10 @@ async fn query_answer_error_is_the_openai_error_at_once() {
         let t = post(&base, false);
         let run = p.next().await;
         let head = hand::http_response(200, &[JSON], COMPLETION.as_bytes());
-        run.send(hand::query_answer_ex(
-            &run.query.request_id,
+        run.send(hand::client_query_answer_ex(
+            run.query.request_id,
             &head,
-            Some(&hand::Final {
+            Some(&hand::ClientFinal {
                 tokens: TOKENS,
                 debug: None,
                 times: None,
@@ -748,12 +420,13 @@ async fn query_answer_part_error_ends_the_answer_at_once() {
     let run = p.next().await;
     let id = run.query.request_id;
     let head = hand::http_response(200, &[JSON], b"{\"id\":");
-    run.send(hand::query_answer_ex(&id, &head, None)).await;
+    run.send(hand::client_query_answer_ex(id, &head, None))
+        .await;
     let depleted = "reserved_tokens depleted: reserved_tokens=60 used=5+61";
-    run.send(hand::query_answer_part_error(
-        &id,
+    run.send(hand::client_query_answer_part_error(
         602,
         depleted,
+        id,
         [5, 0, 61, 0, 66],
     ))
     .await;
@@ -765,13 +438,18 @@ async fn query_answer_part_error_ends_the_answer_at_once() {
     let run = p.next().await;
     let id = run.query.request_id;
     let head = hand::http_response(200, &[SSE], CHUNK_1.as_bytes());
-    run.send(hand::query_answer_ex(&id, &head, None)).await;
-    run.send(hand::query_answer_part_ex(&id, CHUNK_2.as_bytes(), None))
+    run.send(hand::client_query_answer_ex(id, &head, None))
         .await;
-    run.send(hand::query_answer_part_error(
-        &id,
+    run.send(hand::client_query_answer_part_ex(
+        id,
+        CHUNK_2.as_bytes(),
+        None,
+    ))
+    .await;
+    run.send(hand::client_query_answer_part_error(
         652,
         "timeout in proxy",
+        id,
         TOKENS,
     ))
     .await;
@@ -804,10 +482,10 @@ async fn version_0_answers_are_delivered_whole_and_streamed() {
     let t = post(&base, false);
     let run = p.next().await;
     let head = hand::http_response(200, &[JSON], COMPLETION.as_bytes());
-    run.send(hand::query_answer(
-        &run.query.request_id,
+    run.send(hand::client_query_answer(
         &head,
         true,
+        run.query.request_id,
         TOKENS,
     ))
     .await;
@@ -823,9 +501,15 @@ async fn version_0_answers_are_delivered_whole_and_streamed() {
     let id = run.query.request_id;
     let (a, b) = COMPLETION.split_at(40);
     let head = hand::http_response(200, &[JSON], a.as_bytes());
-    run.send(hand::query_answer(&id, &head, false, NONE)).await;
-    run.send(hand::query_answer_part(&id, b.as_bytes(), true, TOKENS))
+    run.send(hand::client_query_answer(&head, false, id, NONE))
         .await;
+    run.send(hand::client_query_answer_part(
+        b.as_bytes(),
+        true,
+        id,
+        TOKENS,
+    ))
+    .await;
     let g = got(t).await;
     assert_eq!(g.status, 200, "{}", g.body);
     assert_eq!(g.body, PRICED);
@@ -836,16 +520,22 @@ async fn version_0_answers_are_delivered_whole_and_streamed() {
     let run = p.next().await;
     let id = run.query.request_id;
     let head = hand::http_response(200, &[SSE], CHUNK_1.as_bytes());
-    run.send(hand::query_answer(&id, &head, false, NONE)).await;
-    run.send(hand::query_answer_part(
-        &id,
+    run.send(hand::client_query_answer(&head, false, id, NONE))
+        .await;
+    run.send(hand::client_query_answer_part(
         CHUNK_2.as_bytes(),
         false,
+        id,
         NONE,
     ))
     .await;
-    run.send(hand::query_answer_part(&id, DONE.as_bytes(), true, TOKENS))
-        .await;
+    run.send(hand::client_query_answer_part(
+        DONE.as_bytes(),
+        true,
+        id,
+        TOKENS,
+    ))
+    .await;
     let g = got(t).await;
     assert_eq!(g.status, 200);
     assert_eq!(g.body, format!("{CHUNK_1}{CHUNK_2}{DONE}"));
@@ -866,13 +556,13 @@ async fn ex_answers_under_versions_1_and_2() {
         let t = post(&base, false);
         let run = p.next().await;
         let head = hand::http_response(200, &[JSON], COMPLETION.as_bytes());
-        let f = hand::Final {
+        let f = hand::ClientFinal {
             tokens: TOKENS,
             debug: Some(("{\"w\":1}", "{\"p\":1}")),
             times,
         };
-        run.send(hand::query_answer_ex(
-            &run.query.request_id,
+        run.send(hand::client_query_answer_ex(
+            run.query.request_id,
             &head,
             Some(&f),
         ))
@@ -892,16 +582,25 @@ async fn ex_answers_under_versions_1_and_2() {
         let run = p.next().await;
         let id = run.query.request_id;
         let head = hand::http_response(200, &[SSE], CHUNK_1.as_bytes());
-        run.send(hand::query_answer_ex(&id, &head, None)).await;
-        run.send(hand::query_answer_part_ex(&id, CHUNK_2.as_bytes(), None))
+        run.send(hand::client_query_answer_ex(id, &head, None))
             .await;
-        let f = hand::Final {
+        run.send(hand::client_query_answer_part_ex(
+            id,
+            CHUNK_2.as_bytes(),
+            None,
+        ))
+        .await;
+        let f = hand::ClientFinal {
             tokens: TOKENS,
             debug: None,
             times,
         };
-        run.send(hand::query_answer_part_ex(&id, DONE.as_bytes(), Some(&f)))
-            .await;
+        run.send(hand::client_query_answer_part_ex(
+            id,
+            DONE.as_bytes(),
+            Some(&f),
+        ))
+        .await;
         let g = got(t).await;
         assert_eq!(g.status, 200);
         assert_eq!(g.body, format!("{CHUNK_1}{CHUNK_2}{DONE}"));
@@ -909,13 +608,13 @@ async fn ex_answers_under_versions_1_and_2() {
         // An error from the worker before the head, with its final info.
         let t = post(&base, false);
         let run = p.next().await;
-        let f = hand::Final {
+        let f = hand::ClientFinal {
             tokens: NONE,
             debug: None,
             times,
         };
-        run.send(hand::query_answer_error_ex(
-            &run.query.request_id,
+        run.send(hand::client_query_answer_error_ex(
+            run.query.request_id,
             652,
             "worker: timeout",
             Some(&f),
@@ -930,9 +629,10 @@ async fn ex_answers_under_versions_1_and_2() {
         let run = p.next().await;
         let id = run.query.request_id;
         let head = hand::http_response(200, &[JSON], b"{");
-        run.send(hand::query_answer_ex(&id, &head, None)).await;
-        run.send(hand::query_answer_error_ex(
-            &id,
+        run.send(hand::client_query_answer_ex(id, &head, None))
+            .await;
+        run.send(hand::client_query_answer_error_ex(
+            id,
             601,
             "worker: engine failed",
             None,
@@ -949,14 +649,15 @@ async fn ex_answers_under_versions_1_and_2() {
 /// `X-Cocoon-Client-Start/End` on the head; every usage object priced at what the client
 /// books from the final info (here a worker's body claims other costs); with
 /// `enable_debug` the proxy's, the worker's and the client's debug objects as the whole
-/// answer's `debug` member or a stream's last line; without it, nothing more.
+/// answer's `debug` member, a stream's last line, or beside the error that ends an answer;
+/// without it, nothing more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cost_fields_client_timing_headers_and_debug_in_answers() {
     let mut p = Scripted::start(2).await;
     let (c, base) = gateway(&[&p]).await;
     let claimed = r#"{"id":"c1","object":"chat.completion","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7,"prompt_total_cost":9000,"completion_total_cost":9000,"total_cost":18000}}"#;
     let usage_event = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2,\"total_tokens\":7,\"total_cost\":18000}}\n\n";
-    let f = hand::Final {
+    let f = hand::ClientFinal {
         tokens: TOKENS,
         debug: Some((
             "{\"type\":\"worker_stats\",\"w\":1}",
@@ -999,8 +700,8 @@ async fn cost_fields_client_timing_headers_and_debug_in_answers() {
         let run = p.next().await;
         assert_eq!(run.query.enable_debug, debug.then_some(true));
         let head = hand::http_response(200, &[JSON], claimed.as_bytes());
-        run.send(hand::query_answer_ex(
-            &run.query.request_id,
+        run.send(hand::client_query_answer_ex(
+            run.query.request_id,
             &head,
             Some(&f),
         ))
@@ -1030,15 +731,20 @@ async fn cost_fields_client_timing_headers_and_debug_in_answers() {
         let run = p.next().await;
         let id = run.query.request_id;
         let head = hand::http_response(200, &[SSE], CHUNK_1.as_bytes());
-        run.send(hand::query_answer_ex(&id, &head, None)).await;
-        run.send(hand::query_answer_part_ex(
-            &id,
+        run.send(hand::client_query_answer_ex(id, &head, None))
+            .await;
+        run.send(hand::client_query_answer_part_ex(
+            id,
             usage_event.as_bytes(),
             None,
         ))
         .await;
-        run.send(hand::query_answer_part_ex(&id, DONE.as_bytes(), Some(&f)))
-            .await;
+        run.send(hand::client_query_answer_part_ex(
+            id,
+            DONE.as_bytes(),
+            Some(&f),
+        ))
+        .await;
         let g = got(t).await;
         timed(&g, before, unix());
         assert_eq!(g.status, 200);
@@ -1062,9 +768,33 @@ async fn cost_fields_client_timing_headers_and_debug_in_answers() {
         } else {
             assert_eq!(tail, "", "nothing after [DONE]");
         }
+
+        // A whole answer that fails after its head: the OpenAI error, with debug beside it.
+        let t = post_with(&base, false, debug);
+        let run = p.next().await;
+        let id = run.query.request_id;
+        let head = hand::http_response(200, &[JSON], b"{");
+        run.send(hand::client_query_answer_ex(id, &head, None))
+            .await;
+        run.send(hand::client_query_answer_error_ex(
+            id,
+            601,
+            "worker: engine failed",
+            Some(&f),
+        ))
+        .await;
+        let g = got(t).await;
+        g.assert_error(502, "upstream_error", "engine failed");
+        let v = g.json();
+        if debug {
+            assert_eq!(v["debug"]["worker"]["w"], 1, "{v}");
+            assert_eq!(v["debug"]["client"]["type"], "client_stats", "{v}");
+        } else {
+            assert!(v.get("debug").is_none(), "{v}");
+        }
     }
-    eventually("the usage is booked", || c.stats().stats.tokens == 28).await;
-    assert_eq!(c.stats().stats.spent_nanoton, 4 * 140);
+    eventually("the usage is booked", || c.stats().stats.tokens == 42).await;
+    assert_eq!(c.stats().stats.spent_nanoton, 6 * 140);
     c.shutdown().await;
 }
 
@@ -1081,17 +811,18 @@ async fn payment_reports_and_receipts_are_taken() {
     let run = p.next().await;
     let id = run.query.request_id;
     let head = hand::http_response(200, &[JSON], COMPLETION.as_bytes());
-    run.send(hand::query_answer(&id, &head, true, TOKENS)).await;
+    run.send(hand::client_query_answer(&head, true, id, TOKENS))
+        .await;
     assert_eq!(got(t).await.status, 200);
-    run.send(hand::client_request_payment(&id, None, 3, 7, 7))
+    run.send(hand::proxy_client_request_payment(id, None, 3, 7, 7))
         .await;
     eventually("the proxy's counts", || {
         let i = &c.proxies()[0];
         i.db_tokens == 3 && i.max_tokens == 7
     })
     .await;
-    run.send(hand::client_request_payment(
-        &id,
+    run.send(hand::proxy_client_request_payment(
+        id,
         Some(&receipt(5)),
         5,
         9,
@@ -1102,7 +833,7 @@ async fn payment_reports_and_receipts_are_taken() {
     run.send(hand::signed_payment_empty()).await;
     // A constructor outside the set (id 04030201) is ignored; the session goes on.
     run.send(vec![1, 2, 3, 4]).await;
-    run.send(hand::signed_payment(&receipt(8))).await;
+    run.send(hand::proxy_signed_payment(&receipt(8))).await;
     eventually("the bare receipt", || c.proxies()[0].receipt_tokens == 8).await;
     let i = &c.proxies()[0];
     assert_eq!((i.db_tokens, i.max_tokens, i.bad_receipts), (5, 9, 0));
@@ -1130,20 +861,20 @@ async fn query_answer_error_fails_over_to_another_proxy() {
             r = b.next() => (r, &mut a),
         };
         first
-            .send(hand::query_answer_error(
-                &first.query.request_id,
+            .send(hand::client_query_answer_error(
                 code,
                 refusal,
+                first.query.request_id,
                 NONE,
             ))
             .await;
         let run = second.next().await;
         assert_ne!(run.query.request_id, first.query.request_id);
         let head = hand::http_response(200, &[JSON], COMPLETION.as_bytes());
-        run.send(hand::query_answer(
-            &run.query.request_id,
+        run.send(hand::client_query_answer(
             &head,
             true,
+            run.query.request_id,
             TOKENS,
         ))
         .await;
@@ -1161,20 +892,15 @@ async fn query_answer_error_fails_over_to_another_proxy() {
         r = b.next() => (r, &mut a),
     };
     first
-        .send(hand::query_answer_error(
-            &first.query.request_id,
+        .send(hand::client_query_answer_error(
             651,
             "no workers for model Smol",
+            first.query.request_id,
             NONE,
         ))
         .await;
     let run = second.next().await;
-    run.send(hand::query_answer_error(
-        &run.query.request_id,
-        602,
-        "client balance is too low: max_tokens=50 tokens_payed=0 tokens_used=0 tokens_reserved=0 tokens_stake=0",
-        NONE,
-    ))
+    run.send(hand::client_query_answer_error(602, "client balance is too low: max_tokens=50 tokens_payed=0 tokens_used=0 tokens_reserved=0 tokens_stake=0", run.query.request_id, NONE))
     .await;
     got(t)
         .await
@@ -1187,10 +913,10 @@ async fn query_answer_error_fails_over_to_another_proxy() {
         r = b.next() => (r, &mut a),
     };
     first
-        .send(hand::query_answer_error(
-            &first.query.request_id,
+        .send(hand::client_query_answer_error(
             651,
             "no workers for model Smol",
+            first.query.request_id,
             TOKENS,
         ))
         .await;

@@ -454,3 +454,214 @@ pub fn client_get_worker_types() -> Vec<u8> {
 pub fn client_get_worker_types_v2() -> Vec<u8> {
     Tl::boxed(0xb2133d72).done()
 }
+
+// ------------------------------------------------------------------ proxy → client
+
+/// A `client.queryFinalInfo` (bare, with its own `flags:#`): the usage, the worker's and the
+/// proxy's debug texts (flag bit 0) and the timings (flag bit 1, protocol 2).
+pub struct ClientFinal {
+    /// `tokensUsed`: prompt, cached, completion, reasoning, total.
+    pub tokens: [i64; 5],
+    /// `(worker_debug, proxy_debug)`: flag bit 0.
+    pub debug: Option<(&'static str, &'static str)>,
+    /// `(proxy_start, proxy_end, worker_start, worker_end)`: flag bit 1.
+    pub times: Option<[f64; 4]>,
+}
+
+impl Tl {
+    /// `flags:#` of a `client.*Ex` answer and, when `f` is given (bit 0), the bare
+    /// `client.queryFinalInfo flags tokens_used worker_debug:flags.0?string
+    /// proxy_debug:flags.0?string proxy_start_time:flags.1?double proxy_end_time:flags.1?double
+    /// worker_start_time:flags.1?double worker_end_time:flags.1?double`.
+    pub fn client_final(self, f: Option<&ClientFinal>) -> Tl {
+        let Some(f) = f else {
+            return self.int(0);
+        };
+        let flags = i32::from(f.debug.is_some()) | (i32::from(f.times.is_some()) << 1);
+        let mut t = self.int(1).int(flags).tokens(f.tokens);
+        if let Some((wd, pd)) = f.debug {
+            t = t.string(wd).string(pd);
+        }
+        if let Some(times) = f.times {
+            t = times.into_iter().fold(t, Tl::double);
+        }
+        t
+    }
+}
+
+/// Proxy → client, protocol 0: `client.queryAnswer#9b943922 answer:bytes is_completed:Bool
+/// request_id:int256 request_tokens_used:tokensUsed`.
+pub fn client_query_answer(answer: &[u8], completed: bool, id: [u8; 32], t: [i64; 5]) -> Vec<u8> {
+    Tl::boxed(0x9b943922)
+        .bytes(answer)
+        .bool(completed)
+        .int256(id)
+        .tokens(t)
+        .done()
+}
+
+/// Proxy → client, protocol 0: `client.queryAnswerPart#b765de4c answer:bytes
+/// is_completed:Bool request_id:int256 request_tokens_used:tokensUsed`.
+pub fn client_query_answer_part(
+    answer: &[u8],
+    completed: bool,
+    id: [u8; 32],
+    t: [i64; 5],
+) -> Vec<u8> {
+    Tl::boxed(0xb765de4c)
+        .bytes(answer)
+        .bool(completed)
+        .int256(id)
+        .tokens(t)
+        .done()
+}
+
+/// Proxy → client, any protocol (COCOON's proxy's refusals): `client.queryAnswerError#6d60569a
+/// error_code:int error:string request_id:int256 request_tokens_used:tokensUsed`.
+pub fn client_query_answer_error(code: i32, error: &str, id: [u8; 32], t: [i64; 5]) -> Vec<u8> {
+    Tl::boxed(0x6d60569a)
+        .int(code)
+        .string(error)
+        .int256(id)
+        .tokens(t)
+        .done()
+}
+
+/// Proxy → client, any protocol: `client.queryAnswerPartError#d790a022 error_code:int
+/// error:string request_id:int256 request_tokens_used:tokensUsed`.
+pub fn client_query_answer_part_error(
+    code: i32,
+    error: &str,
+    id: [u8; 32],
+    t: [i64; 5],
+) -> Vec<u8> {
+    Tl::boxed(0xd790a022)
+        .int(code)
+        .string(error)
+        .int256(id)
+        .tokens(t)
+        .done()
+}
+
+/// Proxy → client, protocol 1+: `client.queryAnswerEx#cd524720 request_id answer:bytes
+/// flags final_info:flags.0?client.queryFinalInfo`.
+pub fn client_query_answer_ex(id: [u8; 32], answer: &[u8], f: Option<&ClientFinal>) -> Vec<u8> {
+    Tl::boxed(0xcd524720)
+        .int256(id)
+        .bytes(answer)
+        .client_final(f)
+        .done()
+}
+
+/// Proxy → client, protocol 1+: `client.queryAnswerPartEx#c07bfaec request_id answer:bytes
+/// flags final_info:flags.0?client.queryFinalInfo`.
+pub fn client_query_answer_part_ex(
+    id: [u8; 32],
+    answer: &[u8],
+    f: Option<&ClientFinal>,
+) -> Vec<u8> {
+    Tl::boxed(0xc07bfaec)
+        .int256(id)
+        .bytes(answer)
+        .client_final(f)
+        .done()
+}
+
+/// Proxy → client, protocol 1+: `client.queryAnswerErrorEx#072562a8 request_id error_code
+/// error flags final_info:flags.0?client.queryFinalInfo`.
+pub fn client_query_answer_error_ex(
+    id: [u8; 32],
+    code: i32,
+    error: &str,
+    f: Option<&ClientFinal>,
+) -> Vec<u8> {
+    Tl::boxed(0x072562a8)
+        .int256(id)
+        .int(code)
+        .string(error)
+        .client_final(f)
+        .done()
+}
+
+/// Proxy → client: `proxy.clientRequestPayment#c6bcf127 request_id
+/// signed_payment:proxy.SignedPayment db_tokens max_tokens request_tokens`.
+pub fn proxy_client_request_payment(
+    id: [u8; 32],
+    boc: Option<&[u8]>,
+    db: i64,
+    max: i64,
+    request: i64,
+) -> Vec<u8> {
+    Tl::boxed(0xc6bcf127)
+        .int256(id)
+        .raw(&signed_payment(boc))
+        .long(db)
+        .long(max)
+        .long(request)
+        .done()
+}
+
+/// Proxy → client answer: `client.connectedToProxy#95317ad1 params:proxy.params
+/// client_sc_address auth:client.ProxyConnectionAuth signed_payment`, with the bare
+/// `proxy.params flags=3 key owner proxy_sc is_test proto`, the short authorisation
+/// `client.proxyConnectionAuthShort#d6ffc5af secret_hash nonce=0` and no receipt.
+pub fn client_connected_to_proxy(
+    key: [u8; 32],
+    owner: &str,
+    proxy_sc: &str,
+    proto: i32,
+    client_sc: &str,
+    secret_hash: [u8; 32],
+) -> Vec<u8> {
+    Tl::boxed(0x95317ad1)
+        .int(3)
+        .int256(key)
+        .string(owner)
+        .string(proxy_sc)
+        .bool(true)
+        .int(proto)
+        .string(client_sc)
+        .raw(&Tl::boxed(0xd6ffc5af).int256(secret_hash).long(0).done())
+        .raw(&signed_payment_empty())
+        .done()
+}
+
+/// Proxy → client answer: `client.authorizationWithProxySuccess#75d5ac34 signed_payment
+/// tokens_committed_to_db max_tokens`.
+pub fn client_authorization_success(boc: Option<&[u8]>, db: i64, max: i64) -> Vec<u8> {
+    Tl::boxed(0x75d5ac34)
+        .raw(&signed_payment(boc))
+        .long(db)
+        .long(max)
+        .done()
+}
+
+/// Proxy → client answer: `client.authorizationWithProxyFailed#60551c96 error_code error`.
+pub fn client_authorization_failed(code: i32, error: &str) -> Vec<u8> {
+    Tl::boxed(0x60551c96).int(code).string(error).done()
+}
+
+/// Proxy → client answer: `client.paymentStatus#aa8a0ecc signed_payment db_tokens
+/// max_tokens`.
+pub fn client_payment_status(boc: Option<&[u8]>, db: i64, max: i64) -> Vec<u8> {
+    Tl::boxed(0xaa8a0ecc)
+        .raw(&signed_payment(boc))
+        .long(db)
+        .long(max)
+        .done()
+}
+
+/// Proxy → client answer: `client.workerTypesV2#0cf0dc67 types:(vector client.workerTypeV2)`
+/// of one model whose workers are `(coefficient, active, max)`: bare `client.workerTypeV2
+/// name workers:(vector client.workerInstanceV2)`, bare `client.workerInstanceV2 flags=0
+/// coefficient active_requests max_active_requests`.
+pub fn client_worker_types_v2(model: &str, workers: &[(i32, i32, i32)]) -> Vec<u8> {
+    let mut t = Tl::boxed(0x0cf0dc67)
+        .int(1)
+        .string(model)
+        .int(workers.len() as i32);
+    for (c, a, m) in workers {
+        t = t.int(0).int(*c).int(*a).int(*m);
+    }
+    t.done()
+}

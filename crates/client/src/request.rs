@@ -632,7 +632,9 @@ impl Answer {
 
     /// The next body bytes; `None` at the end. An error ends the body early (the proxy
     /// connection closed, the worker failed, or the deadline passed); bytes held back for
-    /// pricing come before it.
+    /// pricing come before it. A stream's usage event carries the cost fields at the booked
+    /// figure (and its end the debug line); a whole answer read this way is as the proxy
+    /// sent it, [`Answer::collect`] adds both.
     pub async fn next_chunk(&mut self) -> Option<Result<Bytes, ApiError>> {
         if let Some(b) = self.first.take()
             && !b.is_empty()

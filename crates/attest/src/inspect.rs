@@ -5,7 +5,7 @@
 
 use serde_json::{Value, json};
 
-use crate::model::{Backend, Measurements, TcbStatus, VerifiedPeer};
+use crate::model::{Backend, Measurements, TcbStatus, TdxMeasurements, VerifiedPeer};
 use crate::policy::{Evidence, Policy};
 use crate::sev::{self, SevReportInfo};
 use crate::tdx::{self, ParsedTdQuote, TdxCollateral};
@@ -214,10 +214,21 @@ fn tdx_measurements(t: &mut Vec<String>, mrtd: &[u8; 48], rtmr: &[[u8; 48]; 4], 
 }
 
 fn tdx_quote_json(p: &ParsedTdQuote) -> Value {
-    let m = &p.measurements;
-    json!({
+    let mut v = json!({
         "version": p.version,
         "fmspc": p.fmspc.map(hex::encode),
+    });
+    if let (Value::Object(o), Value::Object(m)) = (&mut v, tdx_measurements_json(&p.measurements)) {
+        o.extend(m);
+        o.insert("report_data".into(), hex::encode(p.report_data).into());
+    }
+    v
+}
+
+/// A TD's registers as JSON (hex): `mrtd`, `rtmr`, `mr_config_id`, `mr_owner`,
+/// `mr_owner_config`, `td_attributes`, `xfam`.
+pub fn tdx_measurements_json(m: &TdxMeasurements) -> Value {
+    json!({
         "mrtd": hex::encode(m.mrtd),
         "rtmr": m.rtmr.iter().map(hex::encode).collect::<Vec<_>>(),
         "mr_config_id": hex::encode(m.mr_config_id),
@@ -225,7 +236,6 @@ fn tdx_quote_json(p: &ParsedTdQuote) -> Value {
         "mr_owner_config": hex::encode(m.mr_owner_config),
         "td_attributes": hex::encode(m.td_attributes),
         "xfam": hex::encode(m.xfam),
-        "report_data": hex::encode(p.report_data),
     })
 }
 

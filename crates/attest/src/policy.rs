@@ -5,7 +5,7 @@ use sha2::{Digest, Sha512};
 
 use crate::error::AttestError;
 use crate::kds::{self, SevCollateral};
-use crate::model::{Backend, Measurements, TcbStatus, VerifiedPeer};
+use crate::model::{Backend, Measurements, TcbStatus, TdxMeasurements, VerifiedPeer};
 use crate::sev::{self, SevPolicy};
 use crate::sim;
 use crate::tdx::{self, TdxCollateral};
@@ -194,6 +194,19 @@ fn hex_list<const N: usize>(field: &str, v: &[String]) -> Result<Vec<[u8; N]>, A
 }
 
 impl Policy {
+    /// The TD's MRTD and RTMRs against the allowlists (empty: any).
+    fn check_td_registers(&self, m: &TdxMeasurements) -> Result<(), AttestError> {
+        if !self.allowed_mrtds.is_empty() && !self.allowed_mrtds.contains(&m.mrtd) {
+            return Err(AttestError::MrtdNotAllowed { mrtd: m.mrtd });
+        }
+        if !self.allowed_rtmrs.is_empty() && !self.allowed_rtmrs.contains(&m.rtmr) {
+            return Err(AttestError::RtmrsNotAllowed {
+                rtmrs: Box::new(m.rtmr),
+            });
+        }
+        Ok(())
+    }
+
     /// Parse a JSON policy file (format in docs/ra-tls.md). Unknown fields are errors;
     /// omitted fields take the values of [`Policy::tdx_default`]. `sim` in `backends`
     /// requires `"test_network": true`.
@@ -434,14 +447,7 @@ impl Policy {
             }
         }
         let m = out.measurements;
-        if !self.allowed_mrtds.is_empty() && !self.allowed_mrtds.contains(&m.mrtd) {
-            return Err(AttestError::MrtdNotAllowed { mrtd: m.mrtd });
-        }
-        if !self.allowed_rtmrs.is_empty() && !self.allowed_rtmrs.contains(&m.rtmr) {
-            return Err(AttestError::RtmrsNotAllowed {
-                rtmrs: Box::new(m.rtmr),
-            });
-        }
+        self.check_td_registers(&m)?;
         Ok(VerifiedPeer {
             backend: Backend::Tdx,
             image_hash: tdx::image_hash(&m),
@@ -522,14 +528,7 @@ impl Policy {
             ))
         })?;
         let m = tdx::fake_tdx_measurements();
-        if !self.allowed_mrtds.is_empty() && !self.allowed_mrtds.contains(&m.mrtd) {
-            return Err(AttestError::MrtdNotAllowed { mrtd: m.mrtd });
-        }
-        if !self.allowed_rtmrs.is_empty() && !self.allowed_rtmrs.contains(&m.rtmr) {
-            return Err(AttestError::RtmrsNotAllowed {
-                rtmrs: Box::new(m.rtmr),
-            });
-        }
+        self.check_td_registers(&m)?;
         Ok(VerifiedPeer {
             backend: Backend::FakeTdx,
             image_hash: tdx::image_hash(&m),

@@ -142,26 +142,55 @@ pub(crate) struct VerifyCertArgs {
     /// Also accept simulated evidence (test networks only).
     #[arg(long)]
     allow_sim: bool,
-    /// DCAP collateral directory (`<fmspc>.json`) for TDX quotes.
-    #[arg(long, value_name = "DIR")]
-    collateral_dir: Option<PathBuf>,
-    /// Fetch missing or expired TDX collateral from this PCCS / Intel PCS base URL (into
-    /// `--collateral-dir` when given).
-    #[arg(long, value_name = "URL")]
-    pccs: Option<String>,
-    /// Fetch AMD's CRLs for SEV-SNP evidence from this AMD KDS base URL (into `--kds-dir`
-    /// when given).
-    #[arg(long, value_name = "URL")]
-    kds: Option<String>,
-    /// AMD KDS cache directory for SEV-SNP evidence (`<Product>/crl.der`, …).
-    #[arg(long, value_name = "DIR")]
-    kds_dir: Option<PathBuf>,
+    #[command(flatten)]
+    sources: PeerSources,
     /// Verification time (Unix seconds); defaults to now.
     #[arg(long, value_name = "UNIX")]
     now: Option<u64>,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+}
+
+/// Where a peer's collateral and CRLs come from (`verify-cert`, `probe`).
+#[derive(Args)]
+pub(crate) struct PeerSources {
+    /// DCAP collateral directory (`<fmspc>.json`) for a TDX peer.
+    #[arg(long, value_name = "DIR")]
+    collateral_dir: Option<PathBuf>,
+    /// Fetch missing or expired TDX collateral from this PCCS / Intel PCS base URL (into
+    /// `--collateral-dir` when given).
+    #[arg(long, value_name = "URL")]
+    pccs: Option<String>,
+    /// Fetch AMD's CRLs for an SEV-SNP peer from this AMD KDS base URL (into `--kds-dir`
+    /// when given).
+    #[arg(long, value_name = "URL")]
+    kds: Option<String>,
+    /// AMD KDS cache directory for an SEV-SNP peer (`<Product>/crl.der`, …).
+    #[arg(long, value_name = "DIR")]
+    kds_dir: Option<PathBuf>,
+}
+
+impl PeerSources {
+    /// A verifier for `policy` with these sources and `clock`, without a cache (every run
+    /// verifies afresh).
+    fn verifier(
+        &self,
+        mut policy: cocoon_attest::Policy,
+        clock: cocoon_ratls::verifier::Clock,
+    ) -> Result<Arc<RatlsVerifier>, String> {
+        policy.sev_collateral = kds_source(self.kds.as_deref(), self.kds_dir.as_deref())?;
+        let mut cfg = VerifierConfig::new(policy);
+        cfg.clock = clock;
+        cfg.cache_ttl_secs = 0;
+        if self.pccs.is_some() {
+            let source = CliCollateral::new(self.pccs.as_deref(), self.collateral_dir.as_deref())?;
+            cfg.collateral = Arc::new(source);
+        } else if let Some(dir) = &self.collateral_dir {
+            cfg.collateral = Arc::new(CollateralStore::new(dir.clone()));
+        }
+        Ok(RatlsVerifier::new(cfg))
+    }
 }
 
 pub(crate) fn run(command: AttestCommand) -> Result<(), String> {
@@ -384,20 +413,10 @@ fn gen_cert(args: GenCertArgs) -> Result<(), String> {
 
 fn verify_cert(args: VerifyCertArgs) -> Result<(), String> {
     let now = now_or(args.now)?;
-    let mut policy = cocoon_service::identity::peer_policy(&args.policy, args.allow_sim)?;
-    policy.sev_collateral = kds_source(args.kds.as_deref(), args.kds_dir.as_deref())?;
+    let policy = cocoon_service::identity::peer_policy(&args.policy, args.allow_sim)?;
     let der = cert_inspect::cert_from_pem_or_der(read_file(&args.cert)?)
         .map_err(|e| format!("{}: no PEM certificate: {e:?}", args.cert.display()))?;
-    let mut cfg = VerifierConfig::new(policy);
-    cfg.clock = fixed_clock(now);
-    cfg.cache_ttl_secs = 0;
-    if args.pccs.is_some() {
-        let source = CliCollateral::new(args.pccs.as_deref(), args.collateral_dir.as_deref())?;
-        cfg.collateral = Arc::new(source);
-    } else if let Some(dir) = &args.collateral_dir {
-        cfg.collateral = Arc::new(CollateralStore::new(dir.clone()));
-    }
-    let verifier = RatlsVerifier::new(cfg);
+    let verifier = args.sources.verifier(policy, fixed_clock(now))?;
     print(
         cert_inspect::inspect_cert(&der, &verifier, &args.policy, now),
         args.json,

@@ -17,9 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cocoon_devnet::TxRecord;
-use cocoon_ledger::SqliteStore;
 use cocoon_proxy::{
-    ContractIdentity, ContractRecord, ContractSwitch, LedgerMeter, RetireStep, SettlementConfig,
+    ContractIdentity, ContractRecord, ContractSwitch, RetireStep, SettlementConfig,
     switching_root_hooks,
 };
 use cocoon_service::chain::{Polled, RootWatcher};
@@ -162,17 +161,8 @@ async fn a_params_change_under_live_traffic_conserves_money_to_the_nanoton() {
     // the final one), the contract switch, a real proxy on the old contract.
     let clients = Arc::new(net_chain.client_chain().await);
     let checkpoints = Arc::new(net_chain.checkpoint_chain());
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("ledger.sqlite")).unwrap();
-    let meter = LedgerMeter::open_for_root(
-        store,
-        key.clone(),
-        proxy_owner.clone(),
-        &old_root,
-        &*checkpoints,
-    )
-    .await
-    .unwrap();
+    let (dir, meter) =
+        ledger_meter(key.clone(), proxy_owner.clone(), &old_root, &*checkpoints).await;
     let cfg = SettlementConfig {
         interval: Duration::from_millis(200),
         urgent_interval: Duration::from_millis(100),

@@ -6,8 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cocoon_ledger::SqliteStore;
-use cocoon_proxy::{LedgerMeter, MemoryChain, root_hooks};
+use cocoon_proxy::{MemoryChain, root_hooks};
 use cocoon_service::chain::{Polled, RootWatcher};
 use cocoon_testkit::prelude::*;
 use cocoon_testkit::proxy::raw_worker;
@@ -16,14 +15,10 @@ use cocoon_ton::keys::SigningKey;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ledger_moves_to_new_params_before_the_network_and_a_refusal_holds_both() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("ledger.sqlite")).unwrap();
     let key = Arc::new(SigningKey::from_seed(&PROXY_SEED).unwrap());
     let start = root(1, true, true);
     let checkpoints = MemoryChain::new();
-    let meter = LedgerMeter::open_for_root(store, key, addr(0x33), &start, &checkpoints)
-        .await
-        .unwrap();
+    let (_dir, meter) = ledger_meter(key, addr(0x33), &start, &checkpoints).await;
     let m = meter.clone();
     let net = start_proxy_with(start.clone(), move |c| c.meter = m).await;
     // A chain whose root contract holds the configuration the test puts there.
@@ -100,14 +95,10 @@ async fn a_params_change_switches_the_proxy_contract_live_and_retires_the_old_on
     use cocoon_ton::codec::{Coins, Layout, State2};
     use cocoon_ton::contracts::ProxyStorage;
 
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("ledger.sqlite")).unwrap();
     let key = Arc::new(SigningKey::from_seed(&PROXY_SEED).unwrap());
     let start = root(1, true, true);
     let checkpoints = MemoryChain::new();
-    let meter = LedgerMeter::open_for_root(store, key.clone(), addr(0x33), &start, &checkpoints)
-        .await
-        .unwrap();
+    let (dir, meter) = ledger_meter(key.clone(), addr(0x33), &start, &checkpoints).await;
     let chain = FakeChain::default();
     chain.set_root(&start).unwrap();
     chain.set_utime(1_000);

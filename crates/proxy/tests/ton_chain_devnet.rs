@@ -165,7 +165,7 @@ async fn proxy_authorises_clients_through_the_devnet_contracts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoints_and_client_charges_settle_on_the_devnet() {
     use cocoon_proxy::{Charge, Settlement};
-    use cocoon_proxy::{CheckpointChain, LedgerMeter, Meter, SettlementConfig};
+    use cocoon_proxy::{CheckpointChain, Meter, SettlementConfig};
 
     let net_chain = chainnet().await;
     let tc = net_chain.tc.clone();
@@ -177,13 +177,9 @@ async fn checkpoints_and_client_charges_settle_on_the_devnet() {
     // The operator's wallet (already deployed by the stake top-up) sends the checkpoints.
     let chain = net_chain.checkpoint_chain();
 
-    let dir = tempfile::tempdir().unwrap();
-    let store = cocoon_ledger::SqliteStore::open(&dir.path().join("ledger.sqlite")).unwrap();
     let key = Arc::new(net_chain.proxy_key());
     let owner = net_chain.proxy_owner.address.clone();
-    let meter = LedgerMeter::open_for_root(store, key.clone(), owner.clone(), &root_cfg, &chain)
-        .await
-        .unwrap();
+    let (_dir, meter) = ledger_meter(key.clone(), owner.clone(), &root_cfg, &chain).await;
     let price = root_cfg.params.price_per_token;
     let state = clients.client_state(&alice_sc).await.unwrap().unwrap();
     let client = alice_sc.to_string();
@@ -297,7 +293,7 @@ struct RefundOutcome {
 /// rest out of the proxy's stake. `watch` runs the proxy with its client watcher on or off
 /// (off: the contract is read at authorisation only).
 async fn refund_attack(watch: bool) -> RefundOutcome {
-    use cocoon_proxy::{LedgerMeter, SettlementConfig};
+    use cocoon_proxy::SettlementConfig;
     use cocoon_ton::messages::OwnerClientRequestRefund;
     let net_chain = chainnet().await;
     let tc = net_chain.tc.clone();
@@ -311,19 +307,10 @@ async fn refund_attack(watch: bool) -> RefundOutcome {
     let (mut alice, alice_sc) = net_chain.client(2, Some(hash)).await;
     let clients = Arc::new(net_chain.client_chain().await);
     let checkpoints = Arc::new(net_chain.checkpoint_chain());
-    let dir = tempfile::tempdir().unwrap();
-    let store = cocoon_ledger::SqliteStore::open(&dir.path().join("ledger.sqlite")).unwrap();
     let key = Arc::new(net_chain.proxy_key());
     let proxy_owner = net_chain.proxy_owner.address.clone();
-    let meter = LedgerMeter::open_for_root(
-        store,
-        key.clone(),
-        proxy_owner.clone(),
-        &root_cfg,
-        &*checkpoints,
-    )
-    .await
-    .unwrap();
+    let (_dir, meter) =
+        ledger_meter(key.clone(), proxy_owner.clone(), &root_cfg, &*checkpoints).await;
     // The default thresholds: nothing under 1 TON is charged in the normal course.
     let cfg = SettlementConfig {
         interval: Duration::from_millis(200),
@@ -486,7 +473,7 @@ async fn withdrawal_requests(tc: &Toncenter, proxy: &StdAddr) -> usize {
 /// operator's `POST /control/withdraw` still withdraws by hand, below the threshold too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commission_above_the_threshold_is_withdrawn_once_to_the_owner() {
-    use cocoon_proxy::{CheckpointChain, LedgerMeter, SettlementConfig};
+    use cocoon_proxy::{CheckpointChain, SettlementConfig};
     let net_chain = chainnet().await;
     let tc = net_chain.tc.clone();
     let mut root_cfg = cocoon_ton::chain::load_root_config(&tc, &net_chain.root)
@@ -521,19 +508,10 @@ async fn commission_above_the_threshold_is_withdrawn_once_to_the_owner() {
     let (alice, _alice_sc) = net_chain.client(2, Some(hash)).await;
     let clients = Arc::new(net_chain.client_chain().await);
     let checkpoints = Arc::new(net_chain.checkpoint_chain());
-    let dir = tempfile::tempdir().unwrap();
-    let store = cocoon_ledger::SqliteStore::open(&dir.path().join("ledger.sqlite")).unwrap();
     let key = Arc::new(net_chain.proxy_key());
     let proxy_owner = net_chain.proxy_owner.address.clone();
-    let meter = LedgerMeter::open_for_root(
-        store,
-        key.clone(),
-        proxy_owner.clone(),
-        &root_cfg,
-        &*checkpoints,
-    )
-    .await
-    .unwrap();
+    let (_dir, meter) =
+        ledger_meter(key.clone(), proxy_owner.clone(), &root_cfg, &*checkpoints).await;
     let m = meter.clone();
     let (ps, po) = (proxy_sc.clone(), proxy_owner.clone());
     let net = start_proxy_with(root_cfg, |c| {

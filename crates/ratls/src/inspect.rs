@@ -141,15 +141,7 @@ pub fn generated_lines(
 /// how long the verdict holds.
 pub fn describe_peer(peer: &VerifiedPeer) -> (Value, Vec<String>) {
     let measurements = match peer.measurements() {
-        Measurements::Tdx(m) => json!({
-            "mrtd": hex::encode(m.mrtd),
-            "rtmr": m.rtmr.iter().map(hex::encode).collect::<Vec<_>>(),
-            "mr_config_id": hex::encode(m.mr_config_id),
-            "mr_owner": hex::encode(m.mr_owner),
-            "mr_owner_config": hex::encode(m.mr_owner_config),
-            "td_attributes": hex::encode(m.td_attributes),
-            "xfam": hex::encode(m.xfam),
-        }),
+        Measurements::Tdx(m) => cocoon_attest::inspect::tdx_measurements_json(m),
         Measurements::SevSnp {
             measurement,
             host_data,

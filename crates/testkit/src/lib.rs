@@ -38,7 +38,9 @@ pub mod prelude {
     };
     pub use crate::http::{get_json, get_text, post_status};
     pub use crate::identity::{connector, sim_identity, sim_verifier};
-    pub use crate::proxy::{Net, start_err, start_proxy, start_proxy_result, start_proxy_with};
+    pub use crate::proxy::{
+        Net, ledger_meter, start_err, start_proxy, start_proxy_result, start_proxy_with,
+    };
     pub use crate::wait::eventually;
     pub use crate::worker::{
         RecordingSink, TestWorker, admin_config, proxy_with_worker, start_worker, start_worker_at,

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use cocoon_net::{Incoming, SessionHandle};
 use cocoon_proxy::{
-    AdminConfig, ClientContractState, MemoryChain, MemoryMeter, Proxy, ProxyConfig, ProxyHandle,
-    ProxyStartError, RouterConfig, Timings,
+    AdminConfig, CheckpointChain, ClientContractState, LedgerMeter, MemoryChain, MemoryMeter,
+    Proxy, ProxyConfig, ProxyHandle, ProxyStartError, RouterConfig, Timings,
 };
 use cocoon_ratls::config::CertResolver;
 use cocoon_tl::functions::worker as fworker;
@@ -103,6 +103,22 @@ pub async fn start_err(root: RootConfig, tweak: impl FnOnce(&mut ProxyConfig)) -
         Ok(_) => panic!("the proxy started with an unsafe configuration"),
         Err(e) => e,
     }
+}
+
+/// A ledger meter on a fresh SQLite file for `root`, reading its checkpoints from `chain`;
+/// the directory lives as long as the returned guard.
+pub async fn ledger_meter(
+    key: Arc<SigningKey>,
+    excess_to: StdAddr,
+    root: &RootConfig,
+    chain: &dyn CheckpointChain,
+) -> (tempfile::TempDir, Arc<LedgerMeter>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = cocoon_ledger::SqliteStore::open(&dir.path().join("ledger.sqlite")).unwrap();
+    let meter = LedgerMeter::open_for_root(store, key, excess_to, root, chain)
+        .await
+        .unwrap();
+    (dir, meter)
 }
 
 /// SHA-256 of [`SECRET`], as a client contract stores it.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{ArgGroup, Args};
-use cocoon_attest::{Backend, CollateralStore, SimKey, VerifiedPeer};
+use cocoon_attest::{Backend, SimKey, VerifiedPeer};
 use cocoon_ratls::cert::{EvidenceSource, Identity, SimSource};
 use cocoon_ratls::config::CertResolver;
 use cocoon_ratls::inspect as cert_inspect;
@@ -19,7 +19,7 @@ use cocoon_ratls::verifier::{RatlsVerifier, VerifierConfig, system_clock};
 use cocoon_ton::root::RootConfig;
 use serde_json::{Value, json};
 
-use super::{CliCollateral, kds_source, print_json, runtime};
+use super::{PeerSources, print_json, runtime};
 
 #[derive(Args)]
 #[command(group(ArgGroup::new("side").required(true).args(["addr", "as_proxy"])))]
@@ -50,19 +50,8 @@ pub(crate) struct ProbeArgs {
     /// Simulated-TEE signing key (PKCS#8), created if missing; default: a fresh key.
     #[arg(long, value_name = "FILE")]
     sim_key: Option<PathBuf>,
-    /// DCAP collateral directory (`<fmspc>.json`) for a TDX peer.
-    #[arg(long, value_name = "DIR")]
-    collateral_dir: Option<PathBuf>,
-    /// Fetch the TDX peer's collateral from this PCCS / Intel PCS base URL (into
-    /// `--collateral-dir` when given).
-    #[arg(long, value_name = "URL")]
-    pccs: Option<String>,
-    /// Fetch AMD's CRLs for an SEV-SNP peer from this AMD KDS base URL.
-    #[arg(long, value_name = "URL")]
-    kds: Option<String>,
-    /// AMD KDS cache directory for an SEV-SNP peer.
-    #[arg(long, value_name = "DIR")]
-    kds_dir: Option<PathBuf>,
+    #[command(flatten)]
+    sources: PeerSources,
     /// The root contract whose allowlists to check the peer's image against
     /// (`proxy_hashes` for a proxy, `worker_hashes` for a worker).
     #[arg(long, value_name = "ADDR", requires = "ton")]
@@ -180,17 +169,7 @@ fn verifier(args: &ProbeArgs) -> Result<Arc<RatlsVerifier>, String> {
         return Err("a sim peer policy needs a test network (add --test)".into());
     }
     policy.is_test_network = args.test;
-    policy.sev_collateral = kds_source(args.kds.as_deref(), args.kds_dir.as_deref())?;
-    let mut cfg = VerifierConfig::new(policy);
-    cfg.clock = system_clock();
-    cfg.cache_ttl_secs = 0;
-    if args.pccs.is_some() {
-        let source = CliCollateral::new(args.pccs.as_deref(), args.collateral_dir.as_deref())?;
-        cfg.collateral = Arc::new(source);
-    } else if let Some(dir) = &args.collateral_dir {
-        cfg.collateral = Arc::new(CollateralStore::new(dir.clone()));
-    }
-    Ok(RatlsVerifier::new(cfg))
+    args.sources.verifier(policy, system_clock())
 }
 
 /// A refused or failed handshake in one line: what failed, and whose fault it is.

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cocoon_service::chain::{RootHook, RootWatcher, load_root_patiently};
+use cocoon_service::chain::{ChainTime, RootHook, RootWatcher, load_root_patiently};
 use cocoon_service::identity::ProxyDialer;
 use cocoon_service::process;
 use cocoon_ton::root::RootConfig;
@@ -112,15 +112,17 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
         tee.name(),
         state_dir.display()
     );
+    // The watcher logs a local clock that leaves the chain's as a warning (`clock_drift`).
     let watcher = RootWatcher::new(
         chain.clone(),
         root_addr,
         Duration::from_secs(c.root_poll_seconds),
         version,
-    );
+    )
+    .with_time(ChainTime::new(c.clock_drift_max_seconds));
     tokio::select! {
         _ = shutdown => {}
-        _ = watcher.run(root_hooks(&handle), || {}) => {}
+        _ = watcher.run(root_hooks(&handle), |_| {}) => {}
     }
     eprintln!("client: stopping");
     handle.shutdown().await;

@@ -403,11 +403,12 @@ pub(crate) async fn resolve_model(sup: &Supervisor, plan: &Plan) -> Result<Strin
 }
 
 /// `cocoon proxy`'s command line: test network, sim TEE, the owner wallet for its stake
-/// and checkpoints (root operations are done by now), fast polling for a local network.
+/// and checkpoints (root operations are done by now), fast polling for a local network, no
+/// clock drift check (the devnet's clock moves only when asked, so it falls behind).
 pub(crate) fn proxy_args(net: &Network, saved: &Saved, dir: &Path) -> Vec<String> {
     argv(
         "proxy --test --tee sim --set stake_ton=1 --set checkpoint_seconds=2 \
-         --set root_poll_seconds=2 --set pow_difficulty=4",
+         --set root_poll_seconds=2 --set pow_difficulty=4 --set clock_drift_max_seconds=0",
         &[
             ("--owner", &net.owner.to_string()),
             ("--root", &net.root.to_string()),
@@ -442,7 +443,7 @@ pub(crate) fn worker_args(
     dir: &Path,
 ) -> Vec<String> {
     let mut a = argv(
-        "worker --test --tee sim --set root_poll_seconds=2",
+        "worker --test --tee sim --set root_poll_seconds=2 --set clock_drift_max_seconds=0",
         &[
             ("--owner", &net.worker_owner.to_string()),
             ("--root", &net.root.to_string()),
@@ -471,7 +472,7 @@ pub(crate) fn worker_args(
 pub(crate) fn client_args(net: &Network, listen: &str, dir: &Path) -> Vec<String> {
     argv(
         "client --test --tee sim --set top_up_ton=5 --set payment_status_seconds=2 \
-         --set root_poll_seconds=2",
+         --set root_poll_seconds=2 --set clock_drift_max_seconds=0",
         &[
             ("--root", &net.root.to_string()),
             ("--ton", &net.url),

@@ -74,6 +74,14 @@ fn stats_html(shared: &Shared, s: &ProxyStats) -> Response {
         .row("test network", s.is_test.to_string())
         .row("proxy contract", &s.proxy_sc)
         .row("root config version", s.root_version.to_string())
+        .row(
+            "local clock − chain (s)",
+            match s.clock_offset_secs {
+                Some(o) if s.clock_drifted => format!("{o} (clock_drift)"),
+                Some(o) => o.to_string(),
+                None => "unknown".to_owned(),
+            },
+        )
         .row("requests received", c.requests_received.to_string())
         .row("requests success", c.requests_success.to_string())
         .row("requests failed", c.requests_failed.to_string())
@@ -264,11 +272,25 @@ fn metrics(s: &ProxyStats) -> Prometheus {
     metric(
         "cocoon_proxy_operator_events_total",
         "counter",
-        "Operator events by kind (usage_violation, usage_mismatch, usage_capped, client_closing, verdict_expired, ton_no_quorum, ...).",
+        "Operator events by kind (usage_violation, usage_mismatch, usage_capped, client_closing, verdict_expired, ton_no_quorum, clock_drift, clock_agrees, ...).",
         &s.event_counts
             .iter()
             .map(|(k, v)| (format!("{{kind=\"{}\"}}", label(k)), n(*v)))
             .collect::<Vec<_>>(),
+    );
+    if let Some(o) = s.clock_offset_secs {
+        metric(
+            "cocoon_proxy_clock_offset_seconds",
+            "gauge",
+            "Seconds the local clock is ahead of the chain's last block time (negative: behind).",
+            &[(String::new(), o.to_string())],
+        );
+    }
+    metric(
+        "cocoon_proxy_clock_drift",
+        "gauge",
+        "1 while the local clock is further from the chain's than clock_drift_max_seconds.",
+        &[(String::new(), n(u64::from(s.clock_drifted)))],
     );
     metric(
         "cocoon_proxy_enabled",

@@ -71,7 +71,7 @@ pub use contract_switch::{
 };
 pub use ledger_meter::{LedgerMeter, LedgerStats, SettlementConfig};
 pub use meter::{Charge, MemoryMeter, Meter, MeterError, Party, Settlement};
-pub use process::{ContractSwitch, root_hooks, run, switching_root_hooks};
+pub use process::{ContractSwitch, root_hooks, run, switching_root_hooks, watch_events};
 pub use registry::REQUEST_BUFFER_BYTES;
 pub use registry::WorkerStat;
 pub use router::RouterConfig;
@@ -201,6 +201,11 @@ pub struct ProxyStats {
     pub event_counts: std::collections::BTreeMap<&'static str, u64>,
     /// The durable ledger, when the meter has one.
     pub ledger: Option<LedgerStats>,
+    /// Seconds the local clock is ahead of the chain's (negative: behind), once a root read
+    /// reported the chain's time.
+    pub clock_offset_secs: Option<i64>,
+    /// Whether that is beyond `clock_drift_max_seconds` (the `clock_drift` event is on).
+    pub clock_drifted: bool,
 }
 
 const MAX_REFUSALS: usize = 50;
@@ -233,6 +238,7 @@ pub(crate) struct Shared {
     /// The `params_version` a contract switch is under way to (0: none): requests of the
     /// older params are refused, retryably, until the switch ends the sessions.
     pub switching_to: AtomicU32,
+    pub chain_time: Mutex<Option<cocoon_service::chain::ChainTime>>,
     next_id: AtomicU64,
 }
 
@@ -369,6 +375,11 @@ impl Shared {
             let e = self.events.lock().unwrap_or_else(|p| p.into_inner());
             (e.0.iter().cloned().collect(), e.1.clone())
         };
+        let time = self
+            .chain_time
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         ProxyStats {
             enabled: self.enabled.load(Ordering::SeqCst),
             is_test: self.is_test,
@@ -400,6 +411,8 @@ impl Shared {
             events,
             event_counts,
             ledger: self.meter.ledger_stats(),
+            clock_offset_secs: time.as_ref().and_then(|t| t.offset()),
+            clock_drifted: time.as_ref().is_some_and(|t| t.drifted()),
         }
     }
 }
@@ -514,6 +527,7 @@ impl Proxy {
             refusals: Mutex::default(),
             events: Mutex::default(),
             counters: Counters::default(),
+            chain_time: Mutex::default(),
             enabled: AtomicBool::new(true),
             switching_to: AtomicU32::new(0),
             next_id: AtomicU64::new(0),
@@ -675,6 +689,16 @@ impl ProxyHandle {
     /// Records an operator event (shown on the admin pages, counted on `/metrics`).
     pub fn operator_event(&self, kind: &'static str, subject: &str, detail: &str) {
         self.shared.event(kind, subject, detail);
+    }
+
+    /// Shows the local clock's offset from the chain's, as `time` estimates it, on the
+    /// admin pages and `/metrics` (the root watcher feeds it).
+    pub fn follow_chain_time(&self, time: cocoon_service::chain::ChainTime) {
+        *self
+            .shared
+            .chain_time
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(time);
     }
 
     /// Takes part in routing (or stops: new requests and registrations are refused).

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cocoon_ledger::{OpenError, SqliteStore};
-use cocoon_service::chain::{RootHook, RootWatcher, Ton, load_root_patiently};
+use cocoon_service::chain::{
+    ChainTime, RootHook, RootWatcher, Ton, WatchEvent, drift_event, load_root_patiently,
+};
 use cocoon_service::identity::{self, PeerVerification, RoleIdentity};
 use cocoon_ton::chain::Chain;
 use cocoon_ton::keys::SigningKey;
@@ -440,6 +442,30 @@ pub fn switching_root_hooks<'a, C: Chain + Clone + 'static>(
     ]
 }
 
+/// What the proxy makes of its root watcher's events: operator events `ton_no_quorum` (the
+/// subject is the root contract `root`), `clock_drift` and `clock_agrees` (judged with
+/// `time`'s tolerance).
+pub fn watch_events<'a>(
+    handle: &'a ProxyHandle,
+    root: &'a str,
+    time: &ChainTime,
+) -> impl FnMut(WatchEvent) + 'a {
+    let max = time.max_drift_secs();
+    move |e| {
+        match e {
+        WatchEvent::NoQuorum => handle.operator_event(
+            "ton_no_quorum",
+            root,
+            "the chain endpoints do not agree on the root configuration; keeping the last agreed one",
+        ),
+        WatchEvent::Clock(d) => {
+            let (kind, detail) = drift_event(d, max);
+            handle.operator_event(kind, "local clock", &detail);
+        }
+    }
+    }
+}
+
 /// The proxy's steps on a newer root configuration, in order: the ledger moves to the new
 /// params first (the accounts of the old contracts close, durably), and only then does the
 /// network side apply it (a `params_version` change ends the sessions, whose peers come
@@ -622,20 +648,20 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
             }
         }));
     }
+    let time = ChainTime::new(c.clock_drift_max_seconds);
+    handle.follow_chain_time(time.clone());
     let watcher = RootWatcher::new(
         chain.clone(),
         root_addr.clone(),
         Duration::from_secs(c.root_poll_seconds),
         root.version,
-    );
+    )
+    .with_time(time.clone());
     let root_name = root_addr.to_string();
-    let watch = watcher.run(switching_root_hooks(&meter, &handle, &*switch), || {
-        handle.operator_event(
-            "ton_no_quorum",
-            &root_name,
-            "the chain endpoints do not agree on the root configuration; keeping the last agreed one",
-        );
-    });
+    let watch = watcher.run(
+        switching_root_hooks(&meter, &handle, &*switch),
+        watch_events(&handle, &root_name, &time),
+    );
     tokio::select! {
         _ = shutdown => {}
         _ = watch => {}

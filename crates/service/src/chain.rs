@@ -10,13 +10,15 @@
 //! reads go through [`QuorumChain`].
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cocoon_openai::{Multipliers, PriceTable};
 use cocoon_ton::StdAddr;
 use cocoon_ton::ToncenterConfig;
-use cocoon_ton::chain::{Chain, ChainError, load_root_config};
+use cocoon_ton::chain::{Chain, ChainError, load_root_config, load_root_config_timed};
 use cocoon_ton::root::{CocoonParams, RootConfig};
+use cocoon_ton::{ChainClock, Drift, DriftCheck};
 use cocoon_ton::{QuorumChain, QuorumConfig, QuorumConfigError, check_quorum};
 use futures::future::BoxFuture;
 use rustls::pki_types::CertificateDer;
@@ -236,8 +238,9 @@ pub async fn load_root_patiently<C: Chain>(
 /// One periodic read of the root configuration.
 #[derive(Debug)]
 pub enum RootRead {
-    /// The endpoints agreed on this configuration.
-    Agreed(Box<RootConfig>),
+    /// The endpoints agreed on this configuration, read from the chain's state at this time
+    /// (`sync_utime`, when the endpoints report it).
+    Agreed(Box<RootConfig>, Option<u64>),
     /// They did not: the caller keeps its last agreed configuration. Logged as the operator
     /// event `ton_no_quorum` (with endpoints and answer hashes, never payloads).
     NoQuorum,
@@ -247,8 +250,8 @@ pub enum RootRead {
 
 /// Reads the root configuration for a role's poll; see [`RootRead`].
 pub async fn poll_root<C: Chain>(chain: &C, root: &StdAddr) -> RootRead {
-    match load_root_config(chain, root).await {
-        Ok(c) => RootRead::Agreed(Box::new(c)),
+    match load_root_config_timed(chain, root).await {
+        Ok((c, utime)) => RootRead::Agreed(Box::new(c), utime),
         Err(e @ ChainError::NoQuorum { .. }) => {
             tracing::error!(
                 root = %root,
@@ -262,6 +265,101 @@ pub async fn poll_root<C: Chain>(chain: &C, root: &StdAddr) -> RootRead {
             tracing::warn!(error = %e, "cannot read the root contract; keeping the last one");
             RootRead::Failed
         }
+    }
+}
+
+/// The local Unix time.
+pub fn local_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The chain's clock as a role sees it: a [`ChainClock`] fed with the block times of the
+/// root watcher's reads and a [`DriftCheck`] with the role's `clock_drift_max_seconds`.
+/// Cloned into whatever shows it (admin pages, `/metrics`) or needs the chain's time.
+#[derive(Debug, Clone)]
+pub struct ChainTime(Arc<Mutex<(ChainClock, DriftCheck)>>);
+
+impl ChainTime {
+    /// No observation yet; a local clock more than `max_drift_secs` off is reported (0: off).
+    pub fn new(max_drift_secs: u64) -> Self {
+        ChainTime(Arc::new(Mutex::new((
+            ChainClock::new(),
+            DriftCheck::new(max_drift_secs),
+        ))))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (ChainClock, DriftCheck)> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a block time seen at `local_now`; says when the local clock crossed the
+    /// tolerance.
+    pub fn observe(&self, sync_utime: u64, local_now: u64) -> Option<Drift> {
+        let mut g = self.lock();
+        let (clock, check) = &mut *g;
+        clock.observe(sync_utime, local_now);
+        check.check(clock)
+    }
+
+    /// Seconds the local clock is ahead of the chain's (negative: behind), once observed.
+    pub fn offset(&self) -> Option<i64> {
+        self.lock().0.offset()
+    }
+
+    /// Whether the local clock is outside the tolerance.
+    pub fn drifted(&self) -> bool {
+        self.lock().1.drifted()
+    }
+
+    /// The tolerance in seconds (0: the check is off).
+    pub fn max_drift_secs(&self) -> u64 {
+        self.lock().1.max_secs()
+    }
+
+    /// The chain's time at local time `local_now`, by the estimate (`local_now` until a
+    /// block time was observed).
+    pub fn chain_now(&self, local_now: u64) -> u64 {
+        self.lock().0.chain_now(local_now)
+    }
+}
+
+/// What a [`RootWatcher`] tells its role besides applying configurations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// The endpoints did not agree on the root configuration.
+    NoQuorum,
+    /// The local clock left (or came back within) the tolerance around the chain's.
+    Clock(Drift),
+}
+
+/// The operator event's text for a clock change: (`clock_drift` or `clock_agrees`, detail).
+pub fn drift_event(d: Drift, max_secs: u64) -> (&'static str, String) {
+    let side = |o: i64| {
+        if o >= 0 {
+            format!("{o} s ahead of")
+        } else {
+            format!("{} s behind", o.unsigned_abs())
+        }
+    };
+    match d {
+        Drift::Drifted { offset } => (
+            "clock_drift",
+            format!(
+                "the local clock is {} the chain's (last block time; tolerance {max_secs} s): \
+                 fix the host's time (NTP); contracts judge delays and expiries by the chain's",
+                side(offset)
+            ),
+        ),
+        Drift::Agrees { offset } => (
+            "clock_agrees",
+            format!(
+                "the local clock is back within {max_secs} s of the chain's ({})",
+                side(offset)
+            ),
+        ),
     }
 }
 
@@ -296,6 +394,8 @@ pub struct RootWatcher<C> {
     root: StdAddr,
     every: Duration,
     applied: u32,
+    time: ChainTime,
+    events: Vec<WatchEvent>,
 }
 
 impl<C: Chain> RootWatcher<C> {
@@ -306,7 +406,27 @@ impl<C: Chain> RootWatcher<C> {
             root,
             every,
             applied,
+            time: ChainTime::new(0),
+            events: Vec::new(),
         }
+    }
+
+    /// Feeds `time` with the block time of each read (by default a clock of its own with the
+    /// drift check off).
+    pub fn with_time(mut self, time: ChainTime) -> Self {
+        self.time = time;
+        self
+    }
+
+    /// The chain's time as this watcher's reads see it.
+    pub fn time(&self) -> &ChainTime {
+        &self.time
+    }
+
+    /// The events of the polls so far that nobody took yet (what [`RootWatcher::run`] hands
+    /// to its role).
+    pub fn take_events(&mut self) -> Vec<WatchEvent> {
+        std::mem::take(&mut self.events)
     }
 
     /// The last version every hook applied.
@@ -316,8 +436,19 @@ impl<C: Chain> RootWatcher<C> {
 
     /// One read and, if newer, the hooks.
     pub async fn poll_once(&mut self, hooks: &mut [RootHook<'_>]) -> Polled {
-        match poll_root(&self.chain, &self.root).await {
-            RootRead::Agreed(c) if c.version > self.applied => {
+        let read = poll_root(&self.chain, &self.root).await;
+        if let RootRead::Agreed(_, Some(utime)) = &read
+            && let Some(d) = self.time.observe(*utime, local_now())
+        {
+            let (kind, detail) = drift_event(d, self.time.max_drift_secs());
+            match d {
+                Drift::Drifted { offset } => tracing::warn!(offset, "{kind}: {detail}"),
+                Drift::Agrees { offset } => tracing::info!(offset, "{kind}: {detail}"),
+            }
+            self.events.push(WatchEvent::Clock(d));
+        }
+        match read {
+            RootRead::Agreed(c, _) if c.version > self.applied => {
                 for h in hooks.iter_mut() {
                     if let Err(error) = h(c.as_ref().clone()).await {
                         tracing::error!(version = c.version, %error, "root configuration refused");
@@ -330,18 +461,23 @@ impl<C: Chain> RootWatcher<C> {
                 self.applied = c.version;
                 Polled::Applied(c.version)
             }
-            RootRead::NoQuorum => Polled::NoQuorum,
-            RootRead::Agreed(_) | RootRead::Failed => Polled::Unchanged,
+            RootRead::NoQuorum => {
+                self.events.push(WatchEvent::NoQuorum);
+                Polled::NoQuorum
+            }
+            RootRead::Agreed(..) | RootRead::Failed => Polled::Unchanged,
         }
     }
 
-    /// Polls forever (until the future is dropped); `on_no_quorum` is called each time the
-    /// endpoints disagree (the proxy records an operator event).
-    pub async fn run(mut self, mut hooks: Vec<RootHook<'_>>, mut on_no_quorum: impl FnMut()) {
+    /// Polls forever (until the future is dropped); `on_event` hears each time the endpoints
+    /// disagree and each time the local clock leaves or rejoins the chain's (the proxy and
+    /// the worker record operator events; the watcher itself logs the clock's changes).
+    pub async fn run(mut self, mut hooks: Vec<RootHook<'_>>, mut on_event: impl FnMut(WatchEvent)) {
         loop {
             tokio::time::sleep(self.every).await;
-            if self.poll_once(&mut hooks).await == Polled::NoQuorum {
-                on_no_quorum();
+            self.poll_once(&mut hooks).await;
+            for e in self.take_events() {
+                on_event(e);
             }
         }
     }

@@ -58,6 +58,9 @@ pub struct Common {
     pub extra_ca_in_tee: bool,
     /// Seconds between root contract reads (`root_poll_seconds`).
     pub root_poll_seconds: u64,
+    /// How far the local clock may be from the chain's before `clock_drift` is reported
+    /// (`clock_drift_max_seconds`; 0: never).
+    pub clock_drift_max_seconds: u64,
     /// Owner of the role's contracts (`owner_address`).
     pub owner_address: String,
     /// Wallet seed file (`wallet_key_file`).
@@ -272,6 +275,7 @@ ton_quorum = 1
 extra_ca_file = ""
 extra_ca_in_tee = false
 root_poll_seconds = 5
+clock_drift_max_seconds = 120
 owner_address = ""
 wallet_key_file = ""
 wallet_version = "v4r2"

@@ -409,7 +409,17 @@ pub async fn load_root_config<C: Chain>(
     chain: &C,
     root: &StdAddr,
 ) -> Result<crate::root::RootConfig, ChainError> {
+    Ok(load_root_config_timed(chain, root).await?.0)
+}
+
+/// [`load_root_config`], with the time of the state it was read from (`sync_utime`: the
+/// chain's clock, when the node reports it).
+pub async fn load_root_config_timed<C: Chain>(
+    chain: &C,
+    root: &StdAddr,
+) -> Result<(crate::root::RootConfig, Option<u64>), ChainError> {
     let st = chain.account_state(root).await?;
+    let utime = st.sync_utime;
     let data = match (st.status, st.data) {
         (AccountStatus::Active, Some(d)) => d,
         (status, _) => {
@@ -418,7 +428,7 @@ pub async fn load_root_config<C: Chain>(
             )));
         }
     };
-    Ok(crate::root::RootConfig::from_storage_cell(&data)?)
+    Ok((crate::root::RootConfig::from_storage_cell(&data)?, utime))
 }
 
 /// The devnet's test controls (`cocoon devnet` only; a real toncenter answers 404).

@@ -13,6 +13,8 @@
 //! - [`keys`]: Ed25519 keys from files;
 //! - [`wallet`]: standard wallets v4r2/v5r1 and (feature `wallet-sender`) a resending sender;
 //! - [`chain`]: the `Chain` trait (and the devnet's faucet/clock extension);
+//! - [`ChainClock`], [`DriftCheck`]: the chain's time estimated from observed block times,
+//!   and a local clock that drifts from it;
 //! - [`Toncenter`] (feature `toncenter`): the toncenter-v2 HTTP client;
 //! - [`QuorumChain`] (feature `toncenter`): a `Chain` over several endpoints whose reads need
 //!   a quorum;
@@ -26,6 +28,7 @@
 #![forbid(unsafe_code)]
 
 pub mod chain;
+mod clock;
 pub mod code;
 pub mod codec;
 pub mod contracts;
@@ -43,6 +46,7 @@ mod toncenter;
 pub mod vectors;
 pub mod wallet;
 
+pub use clock::{ChainClock, Drift, DriftCheck};
 #[cfg(feature = "toncenter")]
 pub use quorum::{
     EndpointStats, QuorumChain, QuorumConfig, QuorumConfigError, QuorumStats, check_quorum,

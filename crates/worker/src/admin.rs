@@ -105,6 +105,14 @@ fn stats_html(s: &WorkerStats) -> Response {
         .row("engine up", s.uplink_ok.to_string())
         .row("coefficient", s.coefficient.to_string())
         .row(
+            "local clock − chain (s)",
+            match s.clock_offset_secs {
+                Some(o) if s.clock_drifted => format!("{o} (clock_drift)"),
+                Some(o) => o.to_string(),
+                None => "unknown".to_owned(),
+            },
+        )
+        .row(
             "active requests",
             format!("{}/{}", s.active_requests, s.max_active_requests),
         )
@@ -166,6 +174,10 @@ fn stats_html(s: &WorkerStats) -> Response {
             format!("{} ({})", x.ready_tokens, x.ready_nanoton),
         ]);
     }
+    p.table("operator events", &["at", "kind", "detail"]);
+    for e in s.events.iter().rev() {
+        p.cells(&[e.at.to_string(), e.kind.to_owned(), e.detail.clone()]);
+    }
     p.finish()
 }
 
@@ -223,6 +235,31 @@ fn metrics(s: &WorkerStats) -> Prometheus {
         "gauge",
         "1 when proxies may route requests here.",
         u64::from(s.enabled),
+    );
+    let events: Vec<(String, String)> = s
+        .event_counts
+        .iter()
+        .map(|(k, v)| (format!("{{kind=\"{}\"}}", label(k)), n(*v)))
+        .collect();
+    m.metric(
+        "cocoon_worker_operator_events_total",
+        "counter",
+        "Operator events by kind (clock_drift, clock_agrees).",
+        &events,
+    );
+    if let Some(o) = s.clock_offset_secs {
+        m.metric(
+            "cocoon_worker_clock_offset_seconds",
+            "gauge",
+            "Seconds the local clock is ahead of the chain's last block time (negative: behind).",
+            &[(String::new(), o.to_string())],
+        );
+    }
+    m.single(
+        "cocoon_worker_clock_drift",
+        "gauge",
+        "1 while the local clock is further from the chain's than clock_drift_max_seconds.",
+        u64::from(s.clock_drifted),
     );
     m.single(
         "cocoon_worker_coefficient",

@@ -54,7 +54,7 @@ use tokio::task::JoinHandle;
 pub use chain_sink::{ChainPayoutSink, DEFAULT_ATTACH_NANOTON, DEFAULT_DEPLOY_NANOTON};
 pub use config::{AdminConfig, Timings, WorkerConfig, WorkerConfigError, model_base_name};
 pub use payout::{ContractError, ContractStatus, PayoutSink};
-pub use process::run;
+pub use process::{run, watch_events};
 pub use root::RootUpdate;
 pub use settings::{DEFAULTS, Settings};
 pub use stats::CountersSnapshot;
@@ -167,6 +167,27 @@ pub(crate) struct Shared {
     pub root_version: Mutex<Option<u32>>,
     pub payout_sink: Option<Arc<dyn PayoutSink>>,
     pub payouts_in_flight: Mutex<HashSet<String>>,
+    /// Recent operator events (newest last) and the count of each kind since start.
+    pub events: Mutex<(
+        std::collections::VecDeque<OperatorEvent>,
+        std::collections::BTreeMap<&'static str, u64>,
+    )>,
+    /// The chain's time as the root watcher sees it.
+    pub chain_time: Mutex<Option<cocoon_service::chain::ChainTime>>,
+}
+
+/// Operator events kept for the admin page.
+const MAX_EVENTS: usize = 50;
+
+/// Something the operator should look at (logged as a warning too).
+#[derive(Debug, Clone, Serialize)]
+pub struct OperatorEvent {
+    /// Unix seconds.
+    pub at: u64,
+    /// A stable name: `clock_drift`, `clock_agrees`.
+    pub kind: &'static str,
+    /// What happened.
+    pub detail: String,
 }
 
 impl Shared {
@@ -325,8 +346,35 @@ impl Shared {
         true
     }
 
+    pub(crate) fn event(&self, kind: &'static str, detail: &str) {
+        tracing::warn!(kind, detail, "operator event");
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut g = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        if g.0.len() == MAX_EVENTS {
+            g.0.pop_front();
+        }
+        g.0.push_back(OperatorEvent {
+            at,
+            kind,
+            detail: detail.to_owned(),
+        });
+        *g.1.entry(kind).or_default() += 1;
+    }
+
     pub(crate) fn stats(&self) -> WorkerStats {
         let c = self.control();
+        let (events, event_counts) = {
+            let e = self.events.lock().unwrap_or_else(|p| p.into_inner());
+            (e.0.iter().cloned().collect(), e.1.clone())
+        };
+        let time = self
+            .chain_time
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let payments = self
             .store
             .snapshot()
@@ -360,6 +408,10 @@ impl Shared {
             counters: self.counters.snapshot(),
             proxies: self.conns.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             payments,
+            events,
+            event_counts,
+            clock_offset_secs: time.as_ref().and_then(|t| t.offset()),
+            clock_drifted: time.as_ref().is_some_and(|t| t.drifted()),
         }
     }
 }
@@ -414,6 +466,15 @@ pub struct WorkerStats {
     pub proxies: Vec<ConnStatus>,
     /// Earnings per proxy.
     pub payments: Vec<PaymentView>,
+    /// Operator events, newest last.
+    pub events: Vec<OperatorEvent>,
+    /// Operator events since start, by kind.
+    pub event_counts: std::collections::BTreeMap<&'static str, u64>,
+    /// Seconds the local clock is ahead of the chain's (negative: behind), once a root read
+    /// reported the chain's time.
+    pub clock_offset_secs: Option<i64>,
+    /// Whether that is beyond `clock_drift_max_seconds` (the `clock_drift` event is on).
+    pub clock_drifted: bool,
 }
 
 /// Why the worker could not start.
@@ -480,6 +541,8 @@ impl Worker {
             active: AtomicUsize::new(0),
             control,
             conns: Mutex::new(Vec::new()),
+            events: Mutex::default(),
+            chain_time: Mutex::default(),
             proxy_tasks: Mutex::new(HashMap::new()),
             next_conn_id: AtomicU64::new(0),
             root_version: Mutex::new(None),
@@ -535,6 +598,21 @@ impl WorkerHandle {
     /// Everything `/jsonstats` shows.
     pub fn stats(&self) -> WorkerStats {
         self.shared.stats()
+    }
+
+    /// Records an operator event (admin page, `/metrics`, a warning in the log).
+    pub fn operator_event(&self, kind: &'static str, detail: &str) {
+        self.shared.event(kind, detail);
+    }
+
+    /// Shows the local clock's offset from the chain's, as `time` estimates it, on the
+    /// admin pages and `/metrics` (the root watcher feeds it).
+    pub fn follow_chain_time(&self, time: cocoon_service::chain::ChainTime) {
+        *self
+            .shared
+            .chain_time
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(time);
     }
 
     /// Proxy connections that completed the handshake and serve requests.

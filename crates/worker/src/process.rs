@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use cocoon_engine::{BackendKind, Engine, HttpEngine, HttpEngineConfig, Tokenizer};
 use cocoon_openai::{Multipliers, PriceTable};
-use cocoon_service::chain::{RootHook, RootWatcher, extra_roots, load_root_patiently};
+use cocoon_service::chain::{
+    ChainTime, RootHook, RootWatcher, WatchEvent, drift_event, extra_roots, load_root_patiently,
+};
 use cocoon_service::identity::ProxyDialer;
 use cocoon_ton::root::RootConfig;
 
@@ -110,6 +112,18 @@ async fn embedded(s: &Settings) -> Result<LoadedEngine, String> {
          backend_url",
         s.model
     ))
+}
+
+/// What the worker makes of its root watcher's events: operator events `clock_drift` and
+/// `clock_agrees` (judged with `time`'s tolerance).
+pub fn watch_events<'a>(handle: &'a WorkerHandle, time: &ChainTime) -> impl FnMut(WatchEvent) + 'a {
+    let max = time.max_drift_secs();
+    move |e| {
+        if let WatchEvent::Clock(d) = e {
+            let (kind, detail) = drift_event(d, max);
+            handle.operator_event(kind, &detail);
+        }
+    }
 }
 
 /// The worker's step on a newer root configuration: proxies, prices, params and the model
@@ -212,13 +226,21 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
         let (Some(r), Some(first)) = (&root, &first_root) else {
             return std::future::pending::<()>().await;
         };
+        let time = ChainTime::new(c.clock_drift_max_seconds);
+        handle.follow_chain_time(time.clone());
         let watcher = RootWatcher::new(
             chain.clone(),
             r.clone(),
             Duration::from_secs(c.root_poll_seconds),
             first.version,
-        );
-        watcher.run(root_hooks(&handle, &s.proxies), || {}).await;
+        )
+        .with_time(time.clone());
+        watcher
+            .run(
+                root_hooks(&handle, &s.proxies),
+                watch_events(&handle, &time),
+            )
+            .await;
     };
     tokio::select! {
         _ = shutdown => {}

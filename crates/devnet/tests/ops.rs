@@ -1,21 +1,22 @@
 //! `cocoon_ton::ops` against the devnet: the real root, worker and wallet contracts in the
 //! TVM, reached through the toncenter client. A root is deployed and changed by its owner,
-//! refusals come back as the chain's (before sending, or the root's failed transaction),
-//! transfers, faucet top-ups and a worker contract deployment land, and a dead endpoint is a
-//! transport error.
+//! refusals come back as the chain's (before sending, or the root's failed transaction), the
+//! root's code and its children's are upgraded (a stranger's attempt refused by the root
+//! itself), transfers, faucet top-ups and a worker contract deployment land, and a dead
+//! endpoint is a transport error.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::time::Duration;
 
 use cocoon_devnet::api;
 use cocoon_devnet::run::{RunOptions, start};
-use cocoon_ton::chain::{AccountStatus, Chain};
+use cocoon_ton::chain::{AccountStatus, Chain, GetMethodResult, StackValue, load_root_config};
 use cocoon_ton::keys::SigningKey;
 use cocoon_ton::messages::ProxyEndpoint;
-use cocoon_ton::ops::{self, OpsError, RootOp, WalletOps};
+use cocoon_ton::ops::{self, CodeUpgrade, OpsError, RootOp, WalletOps};
 use cocoon_ton::root::{CocoonParams, model_hash};
-use cocoon_ton::wallet::{SenderEvent, Wallet};
-use cocoon_ton::{HashBytes, StdAddr};
+use cocoon_ton::wallet::{OutMsg, SenderEvent, Wallet};
+use cocoon_ton::{Cell, HashBytes, StdAddr};
 use cocoon_ton::{Toncenter, chain::Devnet as _};
 
 const TON: u64 = 1_000_000_000;
@@ -247,6 +248,150 @@ async fn root_deploy_and_owner_operations() {
     ops::root_op(&mut owner, &net.root, &RootOp::AddModel(model), TON / 10)
         .await
         .unwrap();
+}
+
+/// `code` with a TVM `NOP` (0x00) in front: a different cell (and hash) that runs the same.
+fn with_nop(code: &Cell) -> Cell {
+    use tycho_types::cell::CellBuilder;
+    let mut b = CellBuilder::new();
+    b.store_u8(0x00).unwrap();
+    b.store_slice(code.as_slice().unwrap()).unwrap();
+    b.build().unwrap()
+}
+
+/// A u256 on a get-method stack as a hash.
+fn hash_at(r: &GetMethodResult, i: usize) -> HashBytes {
+    match &r.stack[i] {
+        StackValue::Int(v) => HashBytes(v.to_u256().unwrap()),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Issue 18 §2, `upgrade`: new child codes (params_version moves, the getter shows their
+/// hashes), new root code (the account runs it and still obeys its owner), nothing sent when
+/// every code given is already the root's, and a stranger's upgrade refused by the root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_code_upgrades_and_a_stranger_refused_by_the_root() {
+    let net = devnet().await;
+    let mut me = funded(&net.tc, SigningKey::from_seed(&[0x31; 32]).unwrap()).await;
+    let mut stranger = funded(&net.tc, SigningKey::from_seed(&[0x32; 32]).unwrap()).await;
+    let root = ops::deploy_root(&mut me, CocoonParams::default(), TON)
+        .await
+        .unwrap();
+    let r = &root.address;
+    let code_hashes = || async {
+        let g = net
+            .tc
+            .run_get_method(r, "get_code_hashes", &[])
+            .await
+            .unwrap();
+        assert_eq!(g.exit_code, 0);
+        [0, 1, 2].map(|i| hash_at(&g, i))
+    };
+    let root_code = || async { net.tc.account_state(r).await.unwrap().code.unwrap() };
+
+    // This build's code is what the root was deployed with: nothing to send.
+    let embedded = CodeUpgrade::embedded().unwrap();
+    assert!(
+        ops::upgrade(&mut me, r, &embedded, TON / 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // A new worker code only: one upgrade-contracts keeping the other two.
+    let code = |tag: u32| {
+        let mut b = tycho_types::cell::CellBuilder::new();
+        b.store_u32(tag).unwrap();
+        b.build().unwrap()
+    };
+    let before = code_hashes().await;
+    let w = code(0xC0DE_0002);
+    let done = ops::upgrade(
+        &mut me,
+        r,
+        &CodeUpgrade {
+            worker: Some(w.clone()),
+            ..CodeUpgrade::default()
+        },
+        TON / 10,
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.len(), 1);
+    assert_eq!(
+        done[0].config.params.params_version,
+        root.config.params.params_version + 1
+    );
+    assert_eq!(code_hashes().await, [before[0], *w.repr_hash(), before[2]]);
+
+    // New root code (the same program behind a NOP) and new proxy code at once: the
+    // children first, then the root; the account runs the new code and still obeys.
+    let old_code = root_code().await;
+    let new_code = with_nop(&old_code);
+    assert_ne!(new_code.repr_hash(), old_code.repr_hash());
+    let p = code(0xC0DE_0001);
+    let done = ops::upgrade(
+        &mut me,
+        r,
+        &CodeUpgrade {
+            root: Some(new_code.clone()),
+            proxy: Some(p.clone()),
+            ..CodeUpgrade::default()
+        },
+        TON / 10,
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.len(), 2);
+    assert_eq!(root_code().await.repr_hash(), new_code.repr_hash());
+    assert_eq!(
+        code_hashes().await,
+        [*p.repr_hash(), *w.repr_hash(), before[2]]
+    );
+    ops::root_op(&mut me, r, &RootOp::AddModel(HashBytes([7; 32])), TON / 10)
+        .await
+        .unwrap();
+
+    // A stranger: refused before sending by the library, and by the root itself (exit
+    // 1001) when the message is sent by hand; nothing changes.
+    let e = ops::upgrade(&mut stranger, r, &embedded, TON / 10)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, OpsError::NotOwner { .. }), "{e}");
+    for op in [
+        RootOp::UpgradeRoot(old_code.clone()),
+        RootOp::UpgradeContracts {
+            proxy_code: w.clone(),
+            worker_code: w.clone(),
+            client_code: w.clone(),
+        },
+    ] {
+        let before = load_root_config(&net.tc, r).await.unwrap();
+        let body = op.body(stranger.query_id()).unwrap();
+        let e = stranger
+            .send_checked(OutMsg::new(r.clone(), TON / 10, Some(body)), op.name())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                OpsError::Refused {
+                    exit_code: Some(1001),
+                    ..
+                }
+            ),
+            "{}: {e}",
+            op.name()
+        );
+        let after = load_root_config(&net.tc, r).await.unwrap();
+        assert_eq!(after.version, before.version);
+    }
+    assert_eq!(root_code().await.repr_hash(), new_code.repr_hash());
+    assert_eq!(
+        code_hashes().await,
+        [*p.repr_hash(), *w.repr_hash(), before[2]]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

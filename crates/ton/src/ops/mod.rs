@@ -15,7 +15,8 @@
 //! ([`ChainError::is_retryable`] tells more).
 //!
 //! - [`root`](self::root): deploy a root, owner operations (image and model hashes, proxies,
-//!   prices and params, [`change_params`] from a partial [`ParamsChange`], [`change_owner`]);
+//!   prices and params, [`change_params`] from a partial [`ParamsChange`], [`change_owner`],
+//!   [`upgrade`]: new code for the root and its child contracts);
 //! - [`funds`]: balances, transfers, devnet faucet top-ups (with feature `toncenter`),
 //!   contract deployments.
 
@@ -38,8 +39,8 @@ use crate::wallet::{OutMsg, SenderEvent, Wallet, WalletError, WalletSender};
 pub use funds::faucet_top_up;
 pub use funds::{Balance, balance, deploy_contract, transfer};
 pub use root::{
-    DeployedRoot, ParamsChange, RootChange, RootOp, change_owner, change_params, deploy_root,
-    root_op,
+    CodeUpgrade, DeployedRoot, ParamsChange, RootChange, RootOp, change_owner, change_params,
+    deploy_root, root_op, upgrade,
 };
 
 /// Transactions read per page while looking for ours.
@@ -86,6 +87,10 @@ pub enum OpsError {
         /// Worker fee per token, nanoTON.
         worker_fee: u64,
     },
+    /// Refused before sending: an upgrade of the child codes would leave this one out (the
+    /// root carries none and none was given).
+    #[error("the root carries no {0} contract code; give all three child codes")]
+    NoChildCode(&'static str),
     /// Refused before sending: not a proxy endpoint the runners can parse.
     #[error("{0:?} is not \"ip:port\" or \"ip:port ip:port\" (IPv4, as COCOON's runners parse it)")]
     BadEndpoint(String),
@@ -150,6 +155,7 @@ impl OpsError {
                 | OpsError::AlreadyDeployed(_)
                 | OpsError::FeeAbovePrice { .. }
                 | OpsError::BadEndpoint(_)
+                | OpsError::NoChildCode(_)
         )
     }
 }

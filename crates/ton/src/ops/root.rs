@@ -15,7 +15,7 @@ use crate::codec::{Coins, Layout, LayoutError};
 use crate::messages::{
     AddModelType, AddProxyType, AddWorkerType, ChangeMultipliers, ChangeOwner, ChangeParams,
     ChangePrice, DelModelType, DelProxyType, DelWorkerType, ProxyEndpoint, RegisterProxy,
-    UnregisterProxy, UpdateProxy,
+    UnregisterProxy, UpdateProxy, UpgradeContracts, UpgradeRoot,
 };
 use crate::root::{CocoonParams, RootConfig};
 use crate::wallet::OutMsg;
@@ -83,6 +83,19 @@ pub enum RootOp {
     /// Hand the root to another owner (the root's `version` moves, `params_version` does
     /// not); from then on only the new owner's wallet may change it.
     ChangeOwner(StdAddr),
+    /// Replace the code of the child contracts deployed from now on (bumps
+    /// `params_version`, so every proxy, client and worker contract address changes; the
+    /// contracts already deployed keep their code).
+    UpgradeContracts {
+        /// Proxy contract code.
+        proxy_code: Cell,
+        /// Worker contract code.
+        worker_code: Cell,
+        /// Client contract code.
+        client_code: Cell,
+    },
+    /// Replace the root's own code (it runs from the next message on; the storage stays).
+    UpgradeRoot(Cell),
 }
 
 impl RootOp {
@@ -100,6 +113,8 @@ impl RootOp {
             RootOp::SetParams { .. } => "set-params",
             RootOp::SetMultipliers { .. } => "set-multipliers",
             RootOp::ChangeOwner(_) => "change-owner",
+            RootOp::UpgradeContracts { .. } => "upgrade-contracts",
+            RootOp::UpgradeRoot(_) => "upgrade-root",
         }
     }
 
@@ -193,6 +208,47 @@ impl RootOp {
                 new_owner,
             }
             .to_cell(),
+            RootOp::UpgradeContracts {
+                proxy_code,
+                worker_code,
+                client_code,
+            } => UpgradeContracts {
+                query_id,
+                proxy_code,
+                worker_code,
+                client_code,
+            }
+            .to_cell(),
+            RootOp::UpgradeRoot(new_code) => UpgradeRoot { query_id, new_code }.to_cell(),
+        }
+    }
+
+    /// Whether `after` (and the root's code hash `code_hash`, read with it) shows this
+    /// operation's effect beyond the version bump every accepted operation makes, for the
+    /// upgrades; says what is missing otherwise.
+    fn applied(&self, after: &RootConfig, code_hash: Option<HashBytes>) -> Result<(), String> {
+        let hash = |c: &Option<Cell>| c.as_ref().map(|c| *c.repr_hash());
+        match self {
+            RootOp::UpgradeContracts {
+                proxy_code,
+                worker_code,
+                client_code,
+            } => {
+                let p = &after.params;
+                let want = [proxy_code, worker_code, client_code].map(|c| Some(*c.repr_hash()));
+                let got = [
+                    hash(&p.proxy_code),
+                    hash(&p.worker_code),
+                    hash(&p.client_code),
+                ];
+                (got == want)
+                    .then_some(())
+                    .ok_or_else(|| "the root's child code hashes are not the new ones".to_owned())
+            }
+            RootOp::UpgradeRoot(code) => (code_hash == Some(*code.repr_hash()))
+                .then_some(())
+                .ok_or_else(|| "the root's code hash is not the new code's".to_owned()),
+            _ => Ok(()),
         }
     }
 }
@@ -337,6 +393,102 @@ pub async fn change_owner<C: Chain>(
     Ok(change)
 }
 
+/// New code for [`upgrade`]: every field left `None` keeps what the root has now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CodeUpgrade {
+    /// The root's own code.
+    pub root: Option<Cell>,
+    /// Proxy contract code.
+    pub proxy: Option<Cell>,
+    /// Worker contract code.
+    pub worker: Option<Cell>,
+    /// Client contract code.
+    pub client: Option<Cell>,
+}
+
+impl CodeUpgrade {
+    /// This build's compiled code for all four contracts (`contracts/build/`).
+    pub fn embedded() -> Result<Self, LayoutError> {
+        let children = code::with_child_codes(CocoonParams::default())?;
+        Ok(CodeUpgrade {
+            root: Some(code::root_code()?),
+            proxy: children.proxy_code,
+            worker: children.worker_code,
+            client: children.client_code,
+        })
+    }
+
+    /// The owner operations that take a root with child codes from `current` and its own
+    /// code hash `root_code` there: `upgrade-contracts` (all three codes, the ones not given
+    /// kept) when a child code differs, then `upgrade-root` when the root code differs; none
+    /// when nothing does (`upgrade-contracts` bumps `params_version`, which moves every
+    /// proxy, client and worker contract, so nothing is sent for nothing).
+    pub fn ops(
+        &self,
+        current: &CocoonParams,
+        root_code: Option<HashBytes>,
+    ) -> Result<Vec<RootOp>, OpsError> {
+        let hash = |c: &Option<Cell>| c.as_ref().map(|c| *c.repr_hash());
+        let mut out = Vec::new();
+        let pick = |new: &Option<Cell>, old: &Option<Cell>, what: &'static str| {
+            new.clone()
+                .or_else(|| old.clone())
+                .ok_or(OpsError::NoChildCode(what))
+        };
+        let children = [
+            (&self.proxy, &current.proxy_code),
+            (&self.worker, &current.worker_code),
+            (&self.client, &current.client_code),
+        ];
+        if children
+            .iter()
+            .any(|(new, old)| new.is_some() && hash(new) != hash(old))
+        {
+            out.push(RootOp::UpgradeContracts {
+                proxy_code: pick(&self.proxy, &current.proxy_code, "proxy")?,
+                worker_code: pick(&self.worker, &current.worker_code, "worker")?,
+                client_code: pick(&self.client, &current.client_code, "client")?,
+            });
+        }
+        if let Some(c) = &self.root
+            && Some(*c.repr_hash()) != root_code
+        {
+            out.push(RootOp::UpgradeRoot(c.clone()));
+        }
+        Ok(out)
+    }
+}
+
+/// Upgrades `root`'s code as `change` says (see [`CodeUpgrade::ops`]) from `ops`'s wallet,
+/// the root's owner, attaching `value` nanoTON per operation; returns each operation's
+/// change (none when every code given is already the root's). Child codes go first: a new
+/// root code could read the next message differently.
+pub async fn upgrade<C: Chain>(
+    ops: &mut WalletOps<C>,
+    root: &StdAddr,
+    change: &CodeUpgrade,
+    value: u64,
+) -> Result<Vec<RootChange>, OpsError> {
+    let before = load_root_config(ops.chain(), root).await?;
+    if before.owner != *ops.address() {
+        return Err(OpsError::NotOwner {
+            wallet: ops.address().clone(),
+            owner: before.owner,
+        });
+    }
+    let code = ops
+        .chain()
+        .account_state(root)
+        .await?
+        .code
+        .map(|c| *c.repr_hash());
+    let mut done = Vec::new();
+    for op in change.ops(&before.params, code)? {
+        done.push(root_op(ops, root, &op, value).await?);
+    }
+    Ok(done)
+}
+
 /// A root that [`deploy_root`] put on the chain.
 #[derive(Debug, Clone)]
 pub struct DeployedRoot {
@@ -420,13 +572,30 @@ pub async fn root_op<C: Chain>(
             Ok((c.version > before.version).then_some(c))
         })
         .await?;
-    match after {
-        Some(config) => Ok(RootChange {
-            version_before: before.version,
-            config,
-        }),
-        None => Err(OpsError::NotApplied(
+    let Some(config) = after else {
+        return Err(OpsError::NotApplied(
             "the root did not accept the operation (version unchanged)".into(),
-        )),
-    }
+        ));
+    };
+    let code_hash = match op {
+        RootOp::UpgradeRoot(_) => ops
+            .chain()
+            .account_state(root)
+            .await?
+            .code
+            .map(|c| *c.repr_hash()),
+        _ => None,
+    };
+    op.applied(&config, code_hash).map_err(|e| {
+        OpsError::NotApplied(format!(
+            "the root took the {} (version {} -> {}) but {e}",
+            op.name(),
+            before.version,
+            config.version
+        ))
+    })?;
+    Ok(RootChange {
+        version_before: before.version,
+        config,
+    })
 }

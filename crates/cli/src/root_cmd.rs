@@ -175,6 +175,127 @@ pub(crate) enum RootCommand {
         #[command(flatten)]
         owner: OwnerOpts,
     },
+    /// Replace contract code, as the root allows: the code of the proxy, worker and client
+    /// contracts deployed from now on (one upgrade-contracts message; a code not given keeps
+    /// the root's; it bumps params_version, so every contract address changes and proxies
+    /// move their accounts, as for change-params) and the root's own code (one upgrade-root
+    /// message, sent after the children's; its storage stays). Each option takes a BOC file
+    /// of the code cell or `embedded`, the code compiled into this binary
+    /// (contracts/build/). A code the root already has is not sent again.
+    Upgrade {
+        #[command(flatten)]
+        codes: UpgradeArgs,
+        #[command(flatten)]
+        owner: OwnerOpts,
+    },
+}
+
+/// `cocoon root upgrade`'s codes; each one left out stays.
+#[derive(Debug, Args)]
+pub(crate) struct UpgradeArgs {
+    /// The root's own code: a BOC file, or `embedded`.
+    #[arg(long)]
+    root_code: Option<String>,
+    /// Proxy contract code: a BOC file, or `embedded`.
+    #[arg(long)]
+    proxy_code: Option<String>,
+    /// Worker contract code: a BOC file, or `embedded`.
+    #[arg(long)]
+    worker_code: Option<String>,
+    /// Client contract code: a BOC file, or `embedded`.
+    #[arg(long)]
+    client_code: Option<String>,
+    /// All four codes compiled into this binary (what the other options may override).
+    #[arg(long)]
+    embedded: bool,
+}
+
+impl UpgradeArgs {
+    fn upgrade(&self) -> Result<ops::CodeUpgrade, String> {
+        let base = if self.embedded {
+            ops::CodeUpgrade::embedded().map_err(|e| e.to_string())?
+        } else {
+            ops::CodeUpgrade::default()
+        };
+        let load = |v: &Option<String>, flag: &str, embedded: &[u8], base: Option<Cell>| match v
+            .as_deref()
+        {
+            None => Ok(base),
+            Some("embedded") => cocoon_ton::codec::decode_boc(embedded)
+                .map(Some)
+                .map_err(|e| format!("--{flag}: {e}")),
+            Some(path) => {
+                let bytes = std::fs::read(path).map_err(|e| format!("--{flag} {path}: {e}"))?;
+                cocoon_ton::codec::decode_boc(&bytes)
+                    .map(Some)
+                    .map_err(|e| format!("--{flag} {path}: not a BOC ({e})"))
+            }
+        };
+        use cocoon_ton::code;
+        let u = ops::CodeUpgrade {
+            root: load(&self.root_code, "root-code", code::ROOT_CODE, base.root)?,
+            proxy: load(&self.proxy_code, "proxy-code", code::PROXY_CODE, base.proxy)?,
+            worker: load(
+                &self.worker_code,
+                "worker-code",
+                code::WORKER_CODE,
+                base.worker,
+            )?,
+            client: load(
+                &self.client_code,
+                "client-code",
+                code::CLIENT_CODE,
+                base.client,
+            )?,
+        };
+        if u == ops::CodeUpgrade::default() {
+            return Err("nothing to upgrade: give --embedded or at least one of --root-code, --proxy-code, --worker-code, --client-code".into());
+        }
+        Ok(u)
+    }
+}
+
+fn upgrade(codes: &UpgradeArgs, owner: OwnerOpts) -> Result<(), String> {
+    let upgrade = codes.upgrade()?;
+    let value = parse_ton(&owner.value).map_err(|e| e.to_string())?;
+    let c = owner.chain.client()?;
+    let mut wallet = owner.wallet.ops(c.clone(), owner.wait)?;
+    runtime()?.block_on(async move {
+        let root = root_address(&c, owner.root.as_deref()).await?;
+        let done = ops::upgrade(&mut wallet, &root, &upgrade, value)
+            .await
+            .map_err(|e| e.to_string())?;
+        if done.is_empty() {
+            println!("root code unchanged: every code given is already the root's");
+            return Ok(());
+        }
+        for d in &done {
+            println!("root version {} -> {}", d.version_before, d.config.version);
+        }
+        let code_hash = root_code_hash(&c, &root).await?;
+        let p = &done[done.len() - 1].config.params;
+        let h = |c: &Option<Cell>| {
+            c.as_ref()
+                .map(|c| c.repr_hash().to_string())
+                .unwrap_or_else(|| "none".into())
+        };
+        println!("params_version: {}", p.params_version);
+        println!(
+            "root code hash: {}",
+            code_hash.unwrap_or_else(|| "none".into())
+        );
+        println!("proxy code hash: {}", h(&p.proxy_code));
+        println!("worker code hash: {}", h(&p.worker_code));
+        println!("client code hash: {}", h(&p.client_code));
+        Ok(())
+    })
+}
+
+/// The hash of the root account's code, as hex.
+async fn root_code_hash(c: &Toncenter, root: &StdAddr) -> Result<Option<String>, String> {
+    use cocoon_ton::chain::Chain as _;
+    let st = c.account_state(root).await.map_err(|e| e.to_string())?;
+    Ok(st.code.map(|c| c.repr_hash().to_string()))
 }
 
 /// `cocoon root change-params`' values; each one left out keeps the root's.
@@ -460,21 +581,27 @@ pub(crate) fn run(cmd: RootCommand) -> Result<(), String> {
         RootCommand::Deploy(args) => deploy(args),
         RootCommand::Show { root, json, chain } => {
             let c = chain.client()?;
-            let (addr, cfg) = runtime()?.block_on(async {
+            let (addr, cfg, code_hash) = runtime()?.block_on(async {
                 let addr = root_address(&c, root.as_deref()).await?;
                 let cfg = load_root_config(&c, &addr)
                     .await
                     .map_err(|e| e.to_string())?;
-                Ok::<_, String>((addr, cfg))
+                let code_hash = root_code_hash(&c, &addr).await?;
+                Ok::<_, String>((addr, cfg, code_hash))
             })?;
             if json {
+                let mut j = config_json(&addr, &cfg);
+                j["root_code_hash"] = serde_json::json!(code_hash);
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&config_json(&addr, &cfg))
-                        .map_err(|e| e.to_string())?
+                    serde_json::to_string_pretty(&j).map_err(|e| e.to_string())?
                 );
             } else {
                 print_config(&addr, &cfg);
+                println!(
+                    "root code hash: {}",
+                    code_hash.unwrap_or_else(|| "none".into())
+                );
             }
             Ok(())
         }
@@ -519,5 +646,6 @@ pub(crate) fn run(cmd: RootCommand) -> Result<(), String> {
         ),
         RootCommand::ChangeParams { change, owner } => change_params(&change, owner),
         RootCommand::ChangeOwner { new_owner, owner } => change_owner(&new_owner, owner),
+        RootCommand::Upgrade { codes, owner } => upgrade(&codes, owner),
     }
 }

@@ -258,11 +258,89 @@ fn wallet_and_root_commands_against_devnet() {
     assert_eq!(rc, 1);
     assert!(err.contains("exceeds price"), "{err}");
 
+    // upgrade: this build's codes are the devnet root's (nothing sent); a new worker code
+    // from a BOC file moves params_version and keeps the other codes; a new root code (the
+    // same program behind a TVM NOP) runs and still obeys the owner.
+    let before = show();
+    let out = root(&["upgrade", "--embedded"]);
+    assert!(out.contains("unchanged"), "{out}");
+    assert_eq!(show()["version"], before["version"]);
+    let boc = |name: &str, cell: &cocoon_ton::Cell| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, cocoon_ton::codec::encode_boc(cell)).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let mut b = cocoon_ton::CellBuilder::new();
+    b.store_u32(0xC0DE_0002).unwrap();
+    let worker_code = b.build().unwrap();
+    let out = root(&["upgrade", "--worker-code", &boc("worker.boc", &worker_code)]);
+    assert!(out.contains("worker code hash: "), "{out}");
+    let after = show();
+    assert_eq!(
+        after["worker_code_hash"],
+        worker_code.repr_hash().to_string()
+    );
+    assert_eq!(
+        after["params_version"].as_u64().unwrap(),
+        before["params_version"].as_u64().unwrap() + 1
+    );
+    for same in ["proxy_code_hash", "client_code_hash", "root_code_hash"] {
+        assert_eq!(after[same], before[same], "{same}");
+    }
+    let old_root = cocoon_ton::codec::decode_boc(cocoon_ton::code::ROOT_CODE).unwrap();
+    assert_eq!(before["root_code_hash"], old_root.repr_hash().to_string());
+    let mut b = cocoon_ton::CellBuilder::new();
+    b.store_u8(0x00).unwrap();
+    b.store_slice(old_root.as_slice().unwrap()).unwrap();
+    let new_root = b.build().unwrap();
+    let out = root(&[
+        "upgrade",
+        "--root-code",
+        &boc("root.boc", &new_root),
+        "--proxy-code",
+        "embedded",
+    ]);
+    assert_eq!(
+        out.matches("root version").count(),
+        1,
+        "proxy code unchanged: {out}"
+    );
+    let upgraded = show();
+    assert_eq!(upgraded["root_code_hash"], new_root.repr_hash().to_string());
+    assert_eq!(upgraded["params_version"], after["params_version"]);
+    root(&["add-model", "after-upgrade"]);
+    let (rc, _, err) = cocoon(&["root", "upgrade", "--key", owner, ton[0], ton[1]]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("nothing to upgrade"), "{err}");
+    let (rc, _, err) = cocoon(&[
+        "root",
+        "upgrade",
+        "--client-code",
+        key_s,
+        "--key",
+        owner,
+        ton[0],
+        ton[1],
+    ]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("not a BOC"), "{err}");
+
     // change-owner: the v5r1 wallet owns the root; the old owner is refused.
     let out = root(&["change-owner", "--new-owner", &me]);
     assert!(out.contains(&format!("owner: {me}")), "{out}");
     assert_eq!(show()["owner"], me);
     let (rc, _, err) = cocoon(&["root", "add-model", "y", "--key", owner, ton[0], ton[1]]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("not the root owner"), "{err}");
+    let (rc, _, err) = cocoon(&[
+        "root",
+        "upgrade",
+        "--embedded",
+        "--key",
+        owner,
+        ton[0],
+        ton[1],
+    ]);
     assert_eq!(rc, 1);
     assert!(err.contains("not the root owner"), "{err}");
     ok(&[

@@ -469,16 +469,18 @@ impl<C: Chain> RootWatcher<C> {
         }
     }
 
-    /// Polls forever (until the future is dropped); `on_event` hears each time the endpoints
-    /// disagree and each time the local clock leaves or rejoins the chain's (the proxy and
-    /// the worker record operator events; the watcher itself logs the clock's changes).
+    /// Polls at once and then every `every`, forever (until the future is dropped), so a
+    /// local clock far from the chain's is reported as the role starts; `on_event` hears
+    /// each time the endpoints disagree and each time the local clock leaves or rejoins the
+    /// chain's (the proxy and the worker record operator events; the watcher itself logs
+    /// the clock's changes).
     pub async fn run(mut self, mut hooks: Vec<RootHook<'_>>, mut on_event: impl FnMut(WatchEvent)) {
         loop {
-            tokio::time::sleep(self.every).await;
             self.poll_once(&mut hooks).await;
             for e in self.take_events() {
                 on_event(e);
             }
+            tokio::time::sleep(self.every).await;
         }
     }
 }
@@ -550,6 +552,49 @@ mod tests {
         assert_eq!(w.poll_once(&mut hooks).await, Polled::Applied(2));
         assert_eq!(w.poll_once(&mut hooks).await, Polled::Unchanged);
         assert_eq!(*log.lock().unwrap(), vec!["first 2", "first 2", "second 2"]);
+    }
+
+    #[tokio::test]
+    async fn run_reports_a_far_clock_at_start_not_one_interval_later() {
+        let chain = FakeChain::default();
+        chain.set_root(&config(1)).unwrap();
+        chain.set_utime(local_now() + 7_200);
+        let root = StdAddr::new(0, cocoon_ton::HashBytes([2; 32]));
+        let time = ChainTime::new(120);
+        let w =
+            RootWatcher::new(chain, root, Duration::from_secs(3_600), 1).with_time(time.clone());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        let run = w.run(Vec::new(), move |e| s2.lock().unwrap().push(e));
+        tokio::pin!(run);
+        // The first poll runs before the first hour-long sleep.
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
+        while seen.lock().unwrap().is_empty() && tokio::time::Instant::now() < give_up {
+            tokio::select! {
+                _ = &mut run => unreachable!("run returned"),
+                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+            }
+        }
+        let seen = seen.lock().unwrap().clone();
+        assert!(
+            matches!(
+                seen[..],
+                [WatchEvent::Clock(Drift::Drifted {
+                    offset: -7_201..=-7_199
+                })]
+            ),
+            "{seen:?}"
+        );
+        assert!(time.drifted());
+        let (kind, detail) = drift_event(Drift::Drifted { offset: -7_200 }, 120);
+        assert_eq!(kind, "clock_drift");
+        assert!(detail.contains("7200 s behind the chain's"), "{detail}");
+        let (kind, detail) = drift_event(Drift::Agrees { offset: 3 }, 120);
+        assert_eq!(kind, "clock_agrees");
+        assert!(
+            detail.contains("within 120 s") && detail.contains("3 s ahead of"),
+            "{detail}"
+        );
     }
 
     #[test]

@@ -61,6 +61,11 @@ async fn a_local_clock_an_hour_behind_the_chain_is_reported_once_and_its_recover
         m.contains("cocoon_proxy_operator_events_total{kind=\"clock_drift\"} 1"),
         "{m}"
     );
+    let j = get_json(&http, &format!("{}/jsonstats", net.admin())).await;
+    assert_eq!(
+        (&j["clock_offset_secs"], &j["clock_drifted"]),
+        (&serde_json::json!(offset), &serde_json::json!(true))
+    );
     let page = get_text(&http, &format!("{}/stats", net.admin())).await;
     assert!(page.contains(&format!("{offset} (clock_drift)")), "{page}");
 

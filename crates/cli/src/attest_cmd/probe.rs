@@ -15,7 +15,7 @@ use cocoon_ratls::config::CertResolver;
 use cocoon_ratls::inspect as cert_inspect;
 use cocoon_ratls::net::{RatlsAcceptor, RatlsConnector, RatlsError};
 use cocoon_ratls::pow;
-use cocoon_ratls::verifier::{RatlsVerifier, VerifierConfig, system_clock};
+use cocoon_ratls::verifier::{RatlsVerifier, system_clock};
 use cocoon_ton::root::RootConfig;
 use serde_json::{Value, json};
 
@@ -337,7 +337,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cocoon_ratls::verifier::fixed_clock;
+    use cocoon_ratls::verifier::{VerifierConfig, fixed_clock};
     use cocoon_ton::HashBytes;
     use cocoon_ton::root::CocoonParams;
 

@@ -117,12 +117,7 @@ pub fn http_response(status: i32, headers: &[(&str, &str)], payload: &[u8]) -> V
 /// Worker → proxy, protocol 0: `proxy.queryAnswer#37e5f725 answer:bytes is_completed:Bool
 /// request_id:int256 tokens_used:tokensUsed`.
 pub fn proxy_query_answer(answer: &[u8], completed: bool, id: [u8; 32], t: [i64; 5]) -> Vec<u8> {
-    Tl::boxed(0x37e5f725)
-        .bytes(answer)
-        .bool(completed)
-        .int256(id)
-        .tokens(t)
-        .done()
+    answer_v0(0x37e5f725, answer, completed, id, t)
 }
 
 /// Worker → proxy, protocol 0: `proxy.queryAnswerPart#72eb00ee answer:bytes
@@ -133,34 +128,19 @@ pub fn proxy_query_answer_part(
     id: [u8; 32],
     t: [i64; 5],
 ) -> Vec<u8> {
-    Tl::boxed(0x72eb00ee)
-        .bytes(answer)
-        .bool(completed)
-        .int256(id)
-        .tokens(t)
-        .done()
+    answer_v0(0x72eb00ee, answer, completed, id, t)
 }
 
 /// Worker → proxy, protocol 0: `proxy.queryAnswerError#669d014e error_code:int error:string
 /// request_id:int256 tokens_used:tokensUsed`.
 pub fn proxy_query_answer_error(code: i32, error: &str, id: [u8; 32], t: [i64; 5]) -> Vec<u8> {
-    Tl::boxed(0x669d014e)
-        .int(code)
-        .string(error)
-        .int256(id)
-        .tokens(t)
-        .done()
+    error_v0(0x669d014e, code, error, id, t)
 }
 
 /// Worker → proxy, protocol 0: `proxy.queryAnswerPartError#940e1168 error_code:int
 /// error:string request_id:int256 tokens_used:tokensUsed`.
 pub fn proxy_query_answer_part_error(code: i32, error: &str, id: [u8; 32], t: [i64; 5]) -> Vec<u8> {
-    Tl::boxed(0x940e1168)
-        .int(code)
-        .string(error)
-        .int256(id)
-        .tokens(t)
-        .done()
+    error_v0(0x940e1168, code, error, id, t)
 }
 
 /// Worker → proxy: `proxy.queryAnswerErrorEx#8f7fb0a7 request_id error_code error flags=1
@@ -198,13 +178,7 @@ pub fn client_run_query(
     id: [u8; 32],
 ) -> Vec<u8> {
     Tl::boxed(0xbc748f32)
-        .string(model)
-        .bytes(query)
-        .int(max_coefficient)
-        .int(max_tokens)
-        .double(timeout)
-        .int256(id)
-        .int(0)
+        .client_query(model, query, max_coefficient, max_tokens, timeout, id)
         .done()
 }
 
@@ -218,14 +192,7 @@ pub fn client_run_query_ex(
     id: [u8; 32],
     debug: bool,
 ) -> Vec<u8> {
-    let t = Tl::boxed(0xf54cb74b)
-        .string(model)
-        .bytes(query)
-        .int(4000)
-        .int(max_tokens)
-        .double(timeout)
-        .int256(id)
-        .int(0);
+    let t = Tl::boxed(0xf54cb74b).client_query(model, query, 4000, max_tokens, timeout, id);
     if debug {
         t.int(1).bool(true).done()
     } else {
@@ -248,11 +215,7 @@ pub fn signed_payment_empty() -> Vec<u8> {
 /// signed_payment:proxy.SignedPayment coefficient:long timeout:double request_id:int256`.
 pub fn proxy_run_query(query: &[u8], coefficient: i64, timeout: f64, id: [u8; 32]) -> Vec<u8> {
     Tl::boxed(0x47182416)
-        .bytes(query)
-        .raw(&signed_payment_empty())
-        .long(coefficient)
-        .double(timeout)
-        .int256(id)
+        .proxy_query(query, coefficient, timeout, id)
         .done()
 }
 
@@ -266,11 +229,7 @@ pub fn proxy_run_query_ex(
     debug: bool,
 ) -> Vec<u8> {
     Tl::boxed(0xc805e7e2)
-        .bytes(query)
-        .raw(&signed_payment_empty())
-        .long(coefficient)
-        .double(timeout)
-        .int256(id)
+        .proxy_query(query, coefficient, timeout, id)
         .int(1)
         .bool(debug)
         .done()
@@ -288,13 +247,9 @@ pub fn proxy_worker_request_payment(
     request: i64,
     client_owner: &str,
 ) -> Vec<u8> {
-    let payment = match boc {
-        Some(b) => Tl::boxed(0x02998182).bytes(b).done(),
-        None => signed_payment_empty(),
-    };
     Tl::boxed(0x1436c0d5)
         .int256(id)
-        .raw(&payment)
+        .raw(&signed_payment(boc))
         .long(db)
         .long(max)
         .long(request)
@@ -375,12 +330,7 @@ pub fn worker_connected_to_proxy(
     worker_sc: &str,
 ) -> Vec<u8> {
     Tl::boxed(0x66bc82ee)
-        .int(3)
-        .int256(key)
-        .string(owner)
-        .string(proxy_sc)
-        .bool(true)
-        .int(proto)
+        .proxy_params(key, owner, proxy_sc, proto)
         .string(worker_sc)
         .done()
 }
@@ -409,11 +359,7 @@ pub fn worker_handshake_completed() -> Vec<u8> {
 /// Proxy → worker answer: `worker.paymentStatus#a88bd701 signed_payment db_tokens
 /// max_tokens`.
 pub fn worker_payment_status(boc: Option<&[u8]>, db: i64, max: i64) -> Vec<u8> {
-    Tl::boxed(0xa88bd701)
-        .raw(&signed_payment(boc))
-        .long(db)
-        .long(max)
-        .done()
+    payment_status(0xa88bd701, boc, db, max)
 }
 
 /// Client → proxy query: `client.connectToProxy#ff5fa0f4 params:client.params
@@ -492,12 +438,7 @@ impl Tl {
 /// Proxy → client, protocol 0: `client.queryAnswer#9b943922 answer:bytes is_completed:Bool
 /// request_id:int256 request_tokens_used:tokensUsed`.
 pub fn client_query_answer(answer: &[u8], completed: bool, id: [u8; 32], t: [i64; 5]) -> Vec<u8> {
-    Tl::boxed(0x9b943922)
-        .bytes(answer)
-        .bool(completed)
-        .int256(id)
-        .tokens(t)
-        .done()
+    answer_v0(0x9b943922, answer, completed, id, t)
 }
 
 /// Proxy → client, protocol 0: `client.queryAnswerPart#b765de4c answer:bytes
@@ -508,23 +449,13 @@ pub fn client_query_answer_part(
     id: [u8; 32],
     t: [i64; 5],
 ) -> Vec<u8> {
-    Tl::boxed(0xb765de4c)
-        .bytes(answer)
-        .bool(completed)
-        .int256(id)
-        .tokens(t)
-        .done()
+    answer_v0(0xb765de4c, answer, completed, id, t)
 }
 
 /// Proxy → client, any protocol (COCOON's proxy's refusals): `client.queryAnswerError#6d60569a
 /// error_code:int error:string request_id:int256 request_tokens_used:tokensUsed`.
 pub fn client_query_answer_error(code: i32, error: &str, id: [u8; 32], t: [i64; 5]) -> Vec<u8> {
-    Tl::boxed(0x6d60569a)
-        .int(code)
-        .string(error)
-        .int256(id)
-        .tokens(t)
-        .done()
+    error_v0(0x6d60569a, code, error, id, t)
 }
 
 /// Proxy → client, any protocol: `client.queryAnswerPartError#d790a022 error_code:int
@@ -535,22 +466,13 @@ pub fn client_query_answer_part_error(
     id: [u8; 32],
     t: [i64; 5],
 ) -> Vec<u8> {
-    Tl::boxed(0xd790a022)
-        .int(code)
-        .string(error)
-        .int256(id)
-        .tokens(t)
-        .done()
+    error_v0(0xd790a022, code, error, id, t)
 }
 
 /// Proxy → client, protocol 1+: `client.queryAnswerEx#cd524720 request_id answer:bytes
 /// flags final_info:flags.0?client.queryFinalInfo`.
 pub fn client_query_answer_ex(id: [u8; 32], answer: &[u8], f: Option<&ClientFinal>) -> Vec<u8> {
-    Tl::boxed(0xcd524720)
-        .int256(id)
-        .bytes(answer)
-        .client_final(f)
-        .done()
+    answer_ex(0xcd524720, id, answer, f)
 }
 
 /// Proxy → client, protocol 1+: `client.queryAnswerPartEx#c07bfaec request_id answer:bytes
@@ -560,11 +482,7 @@ pub fn client_query_answer_part_ex(
     answer: &[u8],
     f: Option<&ClientFinal>,
 ) -> Vec<u8> {
-    Tl::boxed(0xc07bfaec)
-        .int256(id)
-        .bytes(answer)
-        .client_final(f)
-        .done()
+    answer_ex(0xc07bfaec, id, answer, f)
 }
 
 /// Proxy → client, protocol 1+: `client.queryAnswerErrorEx#072562a8 request_id error_code
@@ -614,12 +532,7 @@ pub fn client_connected_to_proxy(
     secret_hash: [u8; 32],
 ) -> Vec<u8> {
     Tl::boxed(0x95317ad1)
-        .int(3)
-        .int256(key)
-        .string(owner)
-        .string(proxy_sc)
-        .bool(true)
-        .int(proto)
+        .proxy_params(key, owner, proxy_sc, proto)
         .string(client_sc)
         .raw(&Tl::boxed(0xd6ffc5af).int256(secret_hash).long(0).done())
         .raw(&signed_payment_empty())
@@ -629,11 +542,7 @@ pub fn client_connected_to_proxy(
 /// Proxy → client answer: `client.authorizationWithProxySuccess#75d5ac34 signed_payment
 /// tokens_committed_to_db max_tokens`.
 pub fn client_authorization_success(boc: Option<&[u8]>, db: i64, max: i64) -> Vec<u8> {
-    Tl::boxed(0x75d5ac34)
-        .raw(&signed_payment(boc))
-        .long(db)
-        .long(max)
-        .done()
+    payment_status(0x75d5ac34, boc, db, max)
 }
 
 /// Proxy → client answer: `client.authorizationWithProxyFailed#60551c96 error_code error`.
@@ -644,11 +553,7 @@ pub fn client_authorization_failed(code: i32, error: &str) -> Vec<u8> {
 /// Proxy → client answer: `client.paymentStatus#aa8a0ecc signed_payment db_tokens
 /// max_tokens`.
 pub fn client_payment_status(boc: Option<&[u8]>, db: i64, max: i64) -> Vec<u8> {
-    Tl::boxed(0xaa8a0ecc)
-        .raw(&signed_payment(boc))
-        .long(db)
-        .long(max)
-        .done()
+    payment_status(0xaa8a0ecc, boc, db, max)
 }
 
 /// Proxy → client answer: `client.workerTypesV2#0cf0dc67 types:(vector client.workerTypeV2)`
@@ -664,4 +569,94 @@ pub fn client_worker_types_v2(model: &str, workers: &[(i32, i32, i32)]) -> Vec<u
         t = t.int(0).int(*c).int(*a).int(*m);
     }
     t.done()
+}
+
+// ------------------------------------------------------------------ shapes shared by several messages
+
+/// A version 0 answer or part (`proxy.queryAnswer`, `client.queryAnswerPart`, ...):
+/// `answer:bytes is_completed:Bool request_id:int256 tokens_used:tokensUsed`.
+fn answer_v0(ctor: u32, answer: &[u8], completed: bool, id: [u8; 32], t: [i64; 5]) -> Vec<u8> {
+    Tl::boxed(ctor)
+        .bytes(answer)
+        .bool(completed)
+        .int256(id)
+        .tokens(t)
+        .done()
+}
+
+/// A version 0 error (`proxy.queryAnswerError`, `client.queryAnswerPartError`, ...):
+/// `error_code:int error:string request_id:int256 tokens_used:tokensUsed`.
+fn error_v0(ctor: u32, code: i32, error: &str, id: [u8; 32], t: [i64; 5]) -> Vec<u8> {
+    Tl::boxed(ctor)
+        .int(code)
+        .string(error)
+        .int256(id)
+        .tokens(t)
+        .done()
+}
+
+/// A `client.queryAnswerEx` or `client.queryAnswerPartEx`: `request_id answer:bytes flags
+/// final_info:flags.0?client.queryFinalInfo`.
+fn answer_ex(ctor: u32, id: [u8; 32], answer: &[u8], f: Option<&ClientFinal>) -> Vec<u8> {
+    Tl::boxed(ctor)
+        .int256(id)
+        .bytes(answer)
+        .client_final(f)
+        .done()
+}
+
+/// A payment status (`worker.paymentStatus`, `client.paymentStatus`,
+/// `client.authorizationWithProxySuccess`): `signed_payment:proxy.SignedPayment
+/// db_tokens:long max_tokens:long`.
+fn payment_status(ctor: u32, boc: Option<&[u8]>, db: i64, max: i64) -> Vec<u8> {
+    Tl::boxed(ctor)
+        .raw(&signed_payment(boc))
+        .long(db)
+        .long(max)
+        .done()
+}
+
+impl Tl {
+    /// The fields `client.runQuery` and `client.runQueryEx` start with: `model_name:string
+    /// query:bytes max_coefficient:int max_tokens:int timeout:double request_id:int256
+    /// min_config_version=0`.
+    fn client_query(
+        self,
+        model: &str,
+        query: &[u8],
+        max_coefficient: i32,
+        max_tokens: i32,
+        timeout: f64,
+        id: [u8; 32],
+    ) -> Tl {
+        self.string(model)
+            .bytes(query)
+            .int(max_coefficient)
+            .int(max_tokens)
+            .double(timeout)
+            .int256(id)
+            .int(0)
+    }
+
+    /// The bare `proxy.params flags=3 key owner proxy_sc is_test=true proto` a proxy
+    /// answers a connecting worker or client with.
+    fn proxy_params(self, key: [u8; 32], owner: &str, proxy_sc: &str, proto: i32) -> Tl {
+        self.int(3)
+            .int256(key)
+            .string(owner)
+            .string(proxy_sc)
+            .bool(true)
+            .int(proto)
+    }
+
+    /// The fields `proxy.runQuery` and `proxy.runQueryEx` start with: `query:bytes
+    /// signed_payment=proxy.signedPaymentEmpty coefficient:long timeout:double
+    /// request_id:int256`.
+    fn proxy_query(self, query: &[u8], coefficient: i64, timeout: f64, id: [u8; 32]) -> Tl {
+        self.bytes(query)
+            .raw(&signed_payment_empty())
+            .long(coefficient)
+            .double(timeout)
+            .int256(id)
+    }
 }

@@ -90,6 +90,69 @@ impl Run {
     async fn send(&self, msg: Vec<u8>) {
         self.handle.send_message(msg).await.unwrap();
     }
+
+    fn id(&self) -> [u8; 32] {
+        self.query.request_id
+    }
+
+    /// `client.queryAnswerError` (a refusal, or a failure before the head) with `tokens`.
+    async fn refuse(&self, code: i32, text: &str, tokens: [i64; 5]) {
+        self.send(hand::client_query_answer_error(
+            code,
+            text,
+            self.id(),
+            tokens,
+        ))
+        .await;
+    }
+
+    /// `client.queryAnswerPartError` (a failure after the head) with `tokens`.
+    async fn part_error(&self, code: i32, text: &str, tokens: [i64; 5]) {
+        self.send(hand::client_query_answer_part_error(
+            code,
+            text,
+            self.id(),
+            tokens,
+        ))
+        .await;
+    }
+
+    /// The head as `client.queryAnswer` (version 0): HTTP 200 of `kind` with `body`.
+    async fn head_v0(&self, kind: (&str, &str), body: &[u8], done: bool, tokens: [i64; 5]) {
+        let head = hand::http_response(200, &[kind], body);
+        self.send(hand::client_query_answer(&head, done, self.id(), tokens))
+            .await;
+    }
+
+    /// A `client.queryAnswerPart` (version 0).
+    async fn part_v0(&self, body: &[u8], done: bool, tokens: [i64; 5]) {
+        self.send(hand::client_query_answer_part(
+            body,
+            done,
+            self.id(),
+            tokens,
+        ))
+        .await;
+    }
+
+    /// The head as `client.queryAnswerEx`: HTTP 200 of `kind` with `body`, final when `f`.
+    async fn head_ex(&self, kind: (&str, &str), body: &[u8], f: Option<&hand::ClientFinal>) {
+        let head = hand::http_response(200, &[kind], body);
+        self.send(hand::client_query_answer_ex(self.id(), &head, f))
+            .await;
+    }
+
+    /// A `client.queryAnswerPartEx`, final when `f`.
+    async fn part_ex(&self, body: &[u8], f: Option<&hand::ClientFinal>) {
+        self.send(hand::client_query_answer_part_ex(self.id(), body, f))
+            .await;
+    }
+
+    /// A `client.queryAnswerErrorEx`, with final info when `f`.
+    async fn error_ex(&self, code: i32, text: &str, f: Option<&hand::ClientFinal>) {
+        self.send(hand::client_query_answer_error_ex(self.id(), code, text, f))
+            .await;
+    }
 }
 
 /// A proxy that completes the handshake as COCOON's does (protocol `proto`, short
@@ -135,6 +198,13 @@ impl Scripted {
             }
         });
         Scripted { addr, runs }
+    }
+
+    /// A chat completion posted through the gateway at `base` (see [`post_with`]), and
+    /// that request as this proxy received it.
+    async fn ask(&mut self, base: &str, stream: bool, debug: bool) -> (Task, Run) {
+        let t = post_with(base, stream, debug);
+        (t, self.next().await)
     }
 
     /// The next request the client sent.
@@ -207,6 +277,14 @@ async fn serve(
     }
 }
 
+/// The request the client sent to whichever of `a` and `b` it picked first, and the other.
+async fn first_of<'a>(a: &'a mut Scripted, b: &'a mut Scripted) -> (Run, &'a mut Scripted) {
+    tokio::select! {
+        r = a.next() => (r, b),
+        r = b.next() => (r, a),
+    }
+}
+
 // ---------------------------------------------------------------- the gateway and its user
 
 fn config(proxies: Vec<String>) -> ClientConfig {
@@ -254,6 +332,12 @@ impl Got {
         self.assert_prompt();
     }
 
+    /// A 200 whose body is [`COMPLETION`] priced ([`PRICED`]).
+    fn assert_priced(&self) {
+        assert_eq!(self.status, 200, "{}", self.body);
+        assert_eq!(self.body, PRICED);
+    }
+
     fn assert_prompt(&self) {
         assert!(
             self.took < Duration::from_secs(DEADLINE_SECS / 3),
@@ -263,13 +347,16 @@ impl Got {
     }
 }
 
+/// The API user's request under way; [`got`] reads its answer.
+type Task = tokio::task::JoinHandle<Got>;
+
 /// Starts a chat completion through the gateway; the answer is read by the task.
-fn post(base: &str, stream: bool) -> tokio::task::JoinHandle<Got> {
+fn post(base: &str, stream: bool) -> Task {
     post_with(base, stream, false)
 }
 
 /// As [`post`], with COCOON's `enable_debug` when `debug`.
-fn post_with(base: &str, stream: bool, debug: bool) -> tokio::task::JoinHandle<Got> {
+fn post_with(base: &str, stream: bool, debug: bool) -> Task {
     let url = format!("{base}/v1/chat/completions");
     let mut body = json!({
         "model": "Smol",
@@ -301,7 +388,7 @@ fn post_with(base: &str, stream: bool, debug: bool) -> tokio::task::JoinHandle<G
     })
 }
 
-async fn got(t: tokio::task::JoinHandle<Got>) -> Got {
+async fn got(t: Task) -> Got {
     tokio::time::timeout(LIMIT, t)
         .await
         .expect("the API user gets an answer in time")
@@ -362,47 +449,25 @@ async fn query_answer_error_is_the_openai_error_at_once() {
         let (c, base) = gateway(&[&p]).await;
         assert_eq!(c.proxies()[0].proto, Some(proto));
         for (code, text, status, kind) in cases {
-            let t = post(&base, false);
-            let run = p.next().await;
-            run.send(hand::client_query_answer_error(
-                code,
-                text,
-                run.query.request_id,
-                NONE,
-            ))
-            .await;
+            let (t, run) = p.ask(&base, false, false).await;
+            run.refuse(code, text, NONE).await;
             got(t).await.assert_error(status, kind, text);
         }
         // The same refusal of a streamed request: no stream starts, the error is the answer.
-        let t = post(&base, true);
-        let run = p.next().await;
-        run.send(hand::client_query_answer_error(
-            651,
-            "client is closing",
-            run.query.request_id,
-            NONE,
-        ))
-        .await;
+        let (t, run) = p.ask(&base, true, false).await;
+        run.refuse(651, "client is closing", NONE).await;
         got(t)
             .await
             .assert_error(502, "upstream_error", "client is closing");
         // The session stays: a later request is served.
-        let t = post(&base, false);
-        let run = p.next().await;
-        let head = hand::http_response(200, &[JSON], COMPLETION.as_bytes());
-        run.send(hand::client_query_answer_ex(
-            run.query.request_id,
-            &head,
-            Some(&hand::ClientFinal {
-                tokens: TOKENS,
-                debug: None,
-                times: None,
-            }),
-        ))
-        .await;
-        let g = got(t).await;
-        assert_eq!(g.status, 200, "{}", g.body);
-        assert_eq!(g.body, PRICED);
+        let (t, run) = p.ask(&base, false, false).await;
+        let f = hand::ClientFinal {
+            tokens: TOKENS,
+            debug: None,
+            times: None,
+        };
+        run.head_ex(JSON, COMPLETION.as_bytes(), Some(&f)).await;
+        got(t).await.assert_priced();
         assert_eq!(c.proxies()[0].sessions, 1, "one session throughout");
         c.shutdown().await;
     }
@@ -416,43 +481,18 @@ async fn query_answer_part_error_ends_the_answer_at_once() {
     let mut p = Scripted::start(2).await;
     let (c, base) = gateway(&[&p]).await;
 
-    let t = post(&base, false);
-    let run = p.next().await;
-    let id = run.query.request_id;
-    let head = hand::http_response(200, &[JSON], b"{\"id\":");
-    run.send(hand::client_query_answer_ex(id, &head, None))
-        .await;
+    let (t, run) = p.ask(&base, false, false).await;
+    run.head_ex(JSON, b"{\"id\":", None).await;
     let depleted = "reserved_tokens depleted: reserved_tokens=60 used=5+61";
-    run.send(hand::client_query_answer_part_error(
-        602,
-        depleted,
-        id,
-        [5, 0, 61, 0, 66],
-    ))
-    .await;
+    run.part_error(602, depleted, [5, 0, 61, 0, 66]).await;
     got(t)
         .await
         .assert_error(502, "upstream_error", "reserved_tokens depleted");
 
-    let t = post(&base, true);
-    let run = p.next().await;
-    let id = run.query.request_id;
-    let head = hand::http_response(200, &[SSE], CHUNK_1.as_bytes());
-    run.send(hand::client_query_answer_ex(id, &head, None))
-        .await;
-    run.send(hand::client_query_answer_part_ex(
-        id,
-        CHUNK_2.as_bytes(),
-        None,
-    ))
-    .await;
-    run.send(hand::client_query_answer_part_error(
-        652,
-        "timeout in proxy",
-        id,
-        TOKENS,
-    ))
-    .await;
+    let (t, run) = p.ask(&base, true, false).await;
+    run.head_ex(SSE, CHUNK_1.as_bytes(), None).await;
+    run.part_ex(CHUNK_2.as_bytes(), None).await;
+    run.part_error(652, "timeout in proxy", TOKENS).await;
     let g = got(t).await;
     assert_eq!(g.status, 200);
     g.assert_prompt();
@@ -479,63 +519,27 @@ async fn version_0_answers_are_delivered_whole_and_streamed() {
     let (c, base) = gateway(&[&p]).await;
 
     // Whole: one `client.queryAnswer` with is_completed.
-    let t = post(&base, false);
-    let run = p.next().await;
-    let head = hand::http_response(200, &[JSON], COMPLETION.as_bytes());
-    run.send(hand::client_query_answer(
-        &head,
-        true,
-        run.query.request_id,
-        TOKENS,
-    ))
-    .await;
+    let (t, run) = p.ask(&base, false, false).await;
+    run.head_v0(JSON, COMPLETION.as_bytes(), true, TOKENS).await;
     let g = got(t).await;
-    assert_eq!(g.status, 200, "{}", g.body);
-    assert_eq!(g.body, PRICED);
+    g.assert_priced();
     assert_eq!(g.header("x-cocoon-tokens"), "7");
     g.assert_prompt();
 
     // Whole in pieces: head, then parts, the last completed.
-    let t = post(&base, false);
-    let run = p.next().await;
-    let id = run.query.request_id;
+    let (t, run) = p.ask(&base, false, false).await;
     let (a, b) = COMPLETION.split_at(40);
-    let head = hand::http_response(200, &[JSON], a.as_bytes());
-    run.send(hand::client_query_answer(&head, false, id, NONE))
-        .await;
-    run.send(hand::client_query_answer_part(
-        b.as_bytes(),
-        true,
-        id,
-        TOKENS,
-    ))
-    .await;
+    run.head_v0(JSON, a.as_bytes(), false, NONE).await;
+    run.part_v0(b.as_bytes(), true, TOKENS).await;
     let g = got(t).await;
-    assert_eq!(g.status, 200, "{}", g.body);
-    assert_eq!(g.body, PRICED);
+    g.assert_priced();
     assert_eq!(g.header("x-cocoon-tokens"), "7");
 
     // Streamed.
-    let t = post(&base, true);
-    let run = p.next().await;
-    let id = run.query.request_id;
-    let head = hand::http_response(200, &[SSE], CHUNK_1.as_bytes());
-    run.send(hand::client_query_answer(&head, false, id, NONE))
-        .await;
-    run.send(hand::client_query_answer_part(
-        CHUNK_2.as_bytes(),
-        false,
-        id,
-        NONE,
-    ))
-    .await;
-    run.send(hand::client_query_answer_part(
-        DONE.as_bytes(),
-        true,
-        id,
-        TOKENS,
-    ))
-    .await;
+    let (t, run) = p.ask(&base, true, false).await;
+    run.head_v0(SSE, CHUNK_1.as_bytes(), false, NONE).await;
+    run.part_v0(CHUNK_2.as_bytes(), false, NONE).await;
+    run.part_v0(DONE.as_bytes(), true, TOKENS).await;
     let g = got(t).await;
     assert_eq!(g.status, 200);
     assert_eq!(g.body, format!("{CHUNK_1}{CHUNK_2}{DONE}"));
@@ -553,23 +557,15 @@ async fn ex_answers_under_versions_1_and_2() {
         let (c, base) = gateway(&[&p]).await;
         let times = (proto >= 2).then_some([100.0, 103.5, 101.0, 103.0]);
 
-        let t = post(&base, false);
-        let run = p.next().await;
-        let head = hand::http_response(200, &[JSON], COMPLETION.as_bytes());
+        let (t, run) = p.ask(&base, false, false).await;
         let f = hand::ClientFinal {
             tokens: TOKENS,
             debug: Some(("{\"w\":1}", "{\"p\":1}")),
             times,
         };
-        run.send(hand::client_query_answer_ex(
-            run.query.request_id,
-            &head,
-            Some(&f),
-        ))
-        .await;
+        run.head_ex(JSON, COMPLETION.as_bytes(), Some(&f)).await;
         let g = got(t).await;
-        assert_eq!(g.status, 200, "{}", g.body);
-        assert_eq!(g.body, PRICED);
+        g.assert_priced();
         assert_eq!(g.header("x-cocoon-tokens"), "7");
         if proto >= 2 {
             assert_eq!(g.header("x-cocoon-proxy-seconds"), "3.500");
@@ -578,66 +574,35 @@ async fn ex_answers_under_versions_1_and_2() {
             assert_eq!(g.header("x-cocoon-proxy-seconds"), "");
         }
 
-        let t = post(&base, true);
-        let run = p.next().await;
-        let id = run.query.request_id;
-        let head = hand::http_response(200, &[SSE], CHUNK_1.as_bytes());
-        run.send(hand::client_query_answer_ex(id, &head, None))
-            .await;
-        run.send(hand::client_query_answer_part_ex(
-            id,
-            CHUNK_2.as_bytes(),
-            None,
-        ))
-        .await;
+        let (t, run) = p.ask(&base, true, false).await;
+        run.head_ex(SSE, CHUNK_1.as_bytes(), None).await;
+        run.part_ex(CHUNK_2.as_bytes(), None).await;
         let f = hand::ClientFinal {
             tokens: TOKENS,
             debug: None,
             times,
         };
-        run.send(hand::client_query_answer_part_ex(
-            id,
-            DONE.as_bytes(),
-            Some(&f),
-        ))
-        .await;
+        run.part_ex(DONE.as_bytes(), Some(&f)).await;
         let g = got(t).await;
         assert_eq!(g.status, 200);
         assert_eq!(g.body, format!("{CHUNK_1}{CHUNK_2}{DONE}"));
 
         // An error from the worker before the head, with its final info.
-        let t = post(&base, false);
-        let run = p.next().await;
+        let (t, run) = p.ask(&base, false, false).await;
         let f = hand::ClientFinal {
             tokens: NONE,
             debug: None,
             times,
         };
-        run.send(hand::client_query_answer_error_ex(
-            run.query.request_id,
-            652,
-            "worker: timeout",
-            Some(&f),
-        ))
-        .await;
+        run.error_ex(652, "worker: timeout", Some(&f)).await;
         got(t)
             .await
             .assert_error(504, "upstream_error", "worker: timeout");
 
         // After the head, without final info.
-        let t = post(&base, false);
-        let run = p.next().await;
-        let id = run.query.request_id;
-        let head = hand::http_response(200, &[JSON], b"{");
-        run.send(hand::client_query_answer_ex(id, &head, None))
-            .await;
-        run.send(hand::client_query_answer_error_ex(
-            id,
-            601,
-            "worker: engine failed",
-            None,
-        ))
-        .await;
+        let (t, run) = p.ask(&base, false, false).await;
+        run.head_ex(JSON, b"{", None).await;
+        run.error_ex(601, "worker: engine failed", None).await;
         got(t)
             .await
             .assert_error(502, "upstream_error", "engine failed");
@@ -696,16 +661,9 @@ async fn cost_fields_client_timing_headers_and_debug_in_answers() {
     for debug in [false, true] {
         // Whole.
         let before = unix();
-        let t = post_with(&base, false, debug);
-        let run = p.next().await;
+        let (t, run) = p.ask(&base, false, debug).await;
         assert_eq!(run.query.enable_debug, debug.then_some(true));
-        let head = hand::http_response(200, &[JSON], claimed.as_bytes());
-        run.send(hand::client_query_answer_ex(
-            run.query.request_id,
-            &head,
-            Some(&f),
-        ))
-        .await;
+        run.head_ex(JSON, claimed.as_bytes(), Some(&f)).await;
         let g = got(t).await;
         timed(&g, before, unix());
         assert_eq!(g.status, 200, "{}", g.body);
@@ -727,24 +685,10 @@ async fn cost_fields_client_timing_headers_and_debug_in_answers() {
 
         // Streamed: the usage event in one part, `[DONE]` and the final info in the next.
         let before = unix();
-        let t = post_with(&base, true, debug);
-        let run = p.next().await;
-        let id = run.query.request_id;
-        let head = hand::http_response(200, &[SSE], CHUNK_1.as_bytes());
-        run.send(hand::client_query_answer_ex(id, &head, None))
-            .await;
-        run.send(hand::client_query_answer_part_ex(
-            id,
-            usage_event.as_bytes(),
-            None,
-        ))
-        .await;
-        run.send(hand::client_query_answer_part_ex(
-            id,
-            DONE.as_bytes(),
-            Some(&f),
-        ))
-        .await;
+        let (t, run) = p.ask(&base, true, debug).await;
+        run.head_ex(SSE, CHUNK_1.as_bytes(), None).await;
+        run.part_ex(usage_event.as_bytes(), None).await;
+        run.part_ex(DONE.as_bytes(), Some(&f)).await;
         let g = got(t).await;
         timed(&g, before, unix());
         assert_eq!(g.status, 200);
@@ -770,19 +714,9 @@ async fn cost_fields_client_timing_headers_and_debug_in_answers() {
         }
 
         // A whole answer that fails after its head: the OpenAI error, with debug beside it.
-        let t = post_with(&base, false, debug);
-        let run = p.next().await;
-        let id = run.query.request_id;
-        let head = hand::http_response(200, &[JSON], b"{");
-        run.send(hand::client_query_answer_ex(id, &head, None))
-            .await;
-        run.send(hand::client_query_answer_error_ex(
-            id,
-            601,
-            "worker: engine failed",
-            Some(&f),
-        ))
-        .await;
+        let (t, run) = p.ask(&base, false, debug).await;
+        run.head_ex(JSON, b"{", None).await;
+        run.error_ex(601, "worker: engine failed", Some(&f)).await;
         let g = got(t).await;
         g.assert_error(502, "upstream_error", "engine failed");
         let v = g.json();
@@ -807,12 +741,9 @@ async fn payment_reports_and_receipts_are_taken() {
     let mut p = Scripted::start(2).await;
     let (c, base) = gateway(&[&p]).await;
 
-    let t = post(&base, false);
-    let run = p.next().await;
-    let id = run.query.request_id;
-    let head = hand::http_response(200, &[JSON], COMPLETION.as_bytes());
-    run.send(hand::client_query_answer(&head, true, id, TOKENS))
-        .await;
+    let (t, run) = p.ask(&base, false, false).await;
+    let id = run.id();
+    run.head_v0(JSON, COMPLETION.as_bytes(), true, TOKENS).await;
     assert_eq!(got(t).await.status, 200);
     run.send(hand::proxy_client_request_payment(id, None, 3, 7, 7))
         .await;
@@ -856,70 +787,32 @@ async fn query_answer_error_fails_over_to_another_proxy() {
     ] {
         let t = post(&base, false);
         // Whichever proxy the client picked first refuses; the other one answers.
-        let (first, second) = tokio::select! {
-            r = a.next() => (r, &mut b),
-            r = b.next() => (r, &mut a),
-        };
-        first
-            .send(hand::client_query_answer_error(
-                code,
-                refusal,
-                first.query.request_id,
-                NONE,
-            ))
-            .await;
+        let (first, second) = first_of(&mut a, &mut b).await;
+        first.refuse(code, refusal, NONE).await;
         let run = second.next().await;
-        assert_ne!(run.query.request_id, first.query.request_id);
-        let head = hand::http_response(200, &[JSON], COMPLETION.as_bytes());
-        run.send(hand::client_query_answer(
-            &head,
-            true,
-            run.query.request_id,
-            TOKENS,
-        ))
-        .await;
+        assert_ne!(run.id(), first.id());
+        run.head_v0(JSON, COMPLETION.as_bytes(), true, TOKENS).await;
         let g = got(t).await;
-        assert_eq!(g.status, 200, "{}", g.body);
-        assert_eq!(g.body, PRICED);
+        g.assert_priced();
         assert_eq!(g.header("x-cocoon-attempts"), "2");
         g.assert_prompt();
     }
 
     // Both refuse: the last refusal, at once.
     let t = post(&base, false);
-    let (first, second) = tokio::select! {
-        r = a.next() => (r, &mut b),
-        r = b.next() => (r, &mut a),
-    };
-    first
-        .send(hand::client_query_answer_error(
-            651,
-            "no workers for model Smol",
-            first.query.request_id,
-            NONE,
-        ))
-        .await;
+    let (first, second) = first_of(&mut a, &mut b).await;
+    first.refuse(651, "no workers for model Smol", NONE).await;
     let run = second.next().await;
-    run.send(hand::client_query_answer_error(602, "client balance is too low: max_tokens=50 tokens_payed=0 tokens_used=0 tokens_reserved=0 tokens_stake=0", run.query.request_id, NONE))
-    .await;
+    run.refuse(602, "client balance is too low: max_tokens=50 tokens_payed=0 tokens_used=0 tokens_reserved=0 tokens_stake=0", NONE)
+        .await;
     got(t)
         .await
         .assert_error(402, "insufficient_funds", "balance is too low");
 
     // A refusal that carries usage (the request ran and was billed) is not repeated.
     let t = post(&base, false);
-    let (first, _) = tokio::select! {
-        r = a.next() => (r, &mut b),
-        r = b.next() => (r, &mut a),
-    };
-    first
-        .send(hand::client_query_answer_error(
-            651,
-            "no workers for model Smol",
-            first.query.request_id,
-            TOKENS,
-        ))
-        .await;
+    let (first, _) = first_of(&mut a, &mut b).await;
+    first.refuse(651, "no workers for model Smol", TOKENS).await;
     got(t)
         .await
         .assert_error(404, "not_found_error", "no workers");

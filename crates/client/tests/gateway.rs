@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cocoon_attest::Policy;
-use cocoon_client::{Client, Request};
+use cocoon_client::{Client, ClientHandle, Request};
 use cocoon_ratls::verifier::{RatlsVerifier, VerifierConfig};
 use cocoon_testkit::client::{gateway_config, start_gateway};
 use cocoon_testkit::fixtures::root_with_proxy_image;
@@ -34,14 +34,45 @@ fn chat(mode: &str, stream: bool) -> Value {
 }
 
 async fn post_with(http: &reqwest::Client, base: &str, key: &str) -> u16 {
+    post_as(http, base, key, &chat("json", false))
+        .await
+        .status()
+        .as_u16()
+}
+
+/// A chat completion `body` with the API key `key`.
+async fn post_as(http: &reqwest::Client, base: &str, key: &str, body: &Value) -> reqwest::Response {
     http.post(format!("{base}/v1/chat/completions"))
         .bearer_auth(key)
-        .json(&chat("json", false))
+        .json(body)
         .send()
         .await
         .unwrap()
-        .status()
-        .as_u16()
+}
+
+/// A gateway in front of `net`'s proxy with the API keys file `keys` (and its state at
+/// `state`, when given), ready.
+async fn keyed_gateway(
+    net: &Net,
+    keys: &std::path::Path,
+    state: Option<&std::path::Path>,
+) -> (ClientHandle, String) {
+    let mut cfg = gateway_config(vec![net.proxy.client_addr().to_string()], test_root());
+    cfg.api_keys_file = Some(keys.to_path_buf());
+    cfg.state_path = state.map(std::path::Path::to_path_buf);
+    start_gateway(cfg, 1).await
+}
+
+/// The `/jsonstats` entry of the API key named `name`.
+async fn key_stats(http: &reqwest::Client, base: &str, name: &str) -> Value {
+    let s: Value = get_json(http, &format!("{base}/jsonstats")).await;
+    s["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == name)
+        .unwrap()
+        .clone()
 }
 
 async fn post(base: &str, body: &Value) -> reqwest::Response {
@@ -437,10 +468,7 @@ async fn api_key_limits_hold_under_50_concurrent_requests() {
         ),
     )
     .unwrap();
-    let mut cfg = gateway_config(vec![net.proxy.client_addr().to_string()], test_root());
-    cfg.api_keys_file = Some(keys.clone());
-    cfg.state_path = Some(state.clone());
-    let (c, base) = start_gateway(cfg, 1).await;
+    let (c, base) = keyed_gateway(&net, &keys, Some(&state)).await;
     let http = reqwest::Client::new();
     let send = |key: Option<&'static str>| {
         let (http, base, body) = (http.clone(), base.clone(), body.clone());
@@ -469,20 +497,15 @@ async fn api_key_limits_hold_under_50_concurrent_requests() {
     );
     assert_eq!(refused, 47);
     w.engine.gate.add_permits(3);
-    let mut spent = 0u64;
     for (_, r) in all.into_iter().filter(|(s, _)| *s == 200) {
         let text = r.text().await.unwrap();
         assert!(text.contains("Bonjour"));
     }
-    let s: Value = get_json(&http, &format!("{base}/jsonstats")).await;
-    for k in s["keys"].as_array().unwrap() {
-        if k["name"] == "app" {
-            spent = k["spent_nanoton"].as_u64().unwrap();
-            assert_eq!(k["requests"], 3);
-            assert_eq!(k["reserved_nanoton"], 0);
-            assert_eq!(k["refused"], 47);
-        }
-    }
+    let app = key_stats(&http, &base, "app").await;
+    let spent = app["spent_nanoton"].as_u64().unwrap();
+    assert_eq!(app["requests"], 3);
+    assert_eq!(app["reserved_nanoton"], 0);
+    assert_eq!(app["refused"], 47);
     assert!(spent > 0 && spent <= limit, "spent {spent} of {limit}");
     // The other key has no limit; absurd extensions are clamped, not overflowed (the
     // proxy then finds the channel cannot cover such a reservation: 402), twice at once.
@@ -490,31 +513,14 @@ async fn api_key_limits_hold_under_50_concurrent_requests() {
     for _ in 0..2 {
         let mut huge = chat("json", false);
         huge["max_coefficient"] = json!(u64::MAX);
-        let r = http
-            .post(format!("{base}/v1/chat/completions"))
-            .bearer_auth("sk-ops")
-            .json(&huge)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 402);
+        assert_eq!(post_as(&http, &base, "sk-ops", &huge).await.status(), 402);
     }
     assert_eq!(post_with(&http, &base, "sk-ops").await, 200);
     c.shutdown().await;
 
     // Spending survives a restart.
-    let mut cfg = gateway_config(vec![net.proxy.client_addr().to_string()], test_root());
-    cfg.api_keys_file = Some(keys);
-    cfg.state_path = Some(state);
-    let (c, base) = start_gateway(cfg, 1).await;
-    let s: Value = get_json(&http, &format!("{base}/jsonstats")).await;
-    let app = s["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["name"] == "app")
-        .unwrap()
-        .clone();
+    let (c, base) = keyed_gateway(&net, &keys, Some(&state)).await;
+    let app = key_stats(&http, &base, "app").await;
     assert_eq!(app["spent_nanoton"].as_u64().unwrap(), spent);
     c.shutdown().await;
     let _ = Arc::new(w);
@@ -608,9 +614,7 @@ async fn cost_fields_timing_headers_and_debug_reach_the_app() {
         format!("{} - app\n", cocoon_client::keys::key_hash("sk-app")),
     )
     .unwrap();
-    let mut cfg = gateway_config(vec![net.proxy.client_addr().to_string()], test_root());
-    cfg.api_keys_file = Some(keys);
-    let (c, base) = start_gateway(cfg, 1).await;
+    let (c, base) = keyed_gateway(&net, &keys, None).await;
     let http = reqwest::Client::new();
     let mut total = 0;
     for debug in [false, true] {
@@ -620,13 +624,7 @@ async fn cost_fields_timing_headers_and_debug_reach_the_app() {
                 body["enable_debug"] = json!(true);
             }
             let spent_before = c.stats().stats.spent_nanoton;
-            let r = http
-                .post(format!("{base}/v1/chat/completions"))
-                .bearer_auth("sk-app")
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
+            let r = post_as(&http, &base, "sk-app", &body).await;
             assert_eq!(r.status(), 200);
             let at = |n: &str| -> f64 {
                 let v = r.headers()[n].to_str().unwrap();
@@ -691,14 +689,7 @@ async fn cost_fields_timing_headers_and_debug_reach_the_app() {
             }
         }
     }
-    let s: Value = get_json(&http, &format!("{base}/jsonstats")).await;
-    let app = s["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["name"] == "app")
-        .unwrap()
-        .clone();
+    let app = key_stats(&http, &base, "app").await;
     assert_eq!(app["spent_nanoton"], total, "{app}");
 
     // The library's whole answers carry them too.

@@ -104,9 +104,7 @@ async fn proxy_authorises_clients_through_the_devnet_contracts() {
     use cocoon_tl::functions::client as fclient;
     let net_chain = chainnet().await;
     let chain = Arc::new(net_chain.client_chain().await);
-    let root_cfg = cocoon_ton::chain::load_root_config(&net_chain.tc, &net_chain.root)
-        .await
-        .unwrap();
+    let root_cfg = net_chain.root_config().await;
     let proxy_sc = net_chain.proxy.address.clone();
     let owner_addr = net_chain.proxy_owner.address.clone();
     let key = net_chain.proxy_key();
@@ -168,18 +166,11 @@ async fn checkpoints_and_client_charges_settle_on_the_devnet() {
     use cocoon_proxy::{CheckpointChain, Meter, SettlementConfig};
 
     let net_chain = chainnet().await;
-    let tc = net_chain.tc.clone();
-    let root_cfg = cocoon_ton::chain::load_root_config(&tc, &net_chain.root)
-        .await
-        .unwrap();
+    let root_cfg = net_chain.root_config().await;
     let (_alice, alice_sc) = net_chain.client(2, None).await;
-    let clients = net_chain.client_chain().await;
     // The operator's wallet (already deployed by the stake top-up) sends the checkpoints.
-    let chain = net_chain.checkpoint_chain();
-
-    let key = Arc::new(net_chain.proxy_key());
-    let owner = net_chain.proxy_owner.address.clone();
-    let (_dir, meter) = ledger_meter(key.clone(), owner.clone(), &root_cfg, &chain).await;
+    let side = net_chain.chain_proxy(&root_cfg).await;
+    let (clients, chain, meter) = (&side.clients, &*side.checkpoints, &side.meter);
     let price = root_cfg.params.price_per_token;
     let state = clients.client_state(&alice_sc).await.unwrap().unwrap();
     let client = alice_sc.to_string();
@@ -207,10 +198,10 @@ async fn checkpoints_and_client_charges_settle_on_the_devnet() {
         min_worker_payout: u128::MAX,
         ..SettlementConfig::default()
     };
-    meter.settle_once(&chain, &cfg).await.unwrap();
+    meter.settle_once(chain, &cfg).await.unwrap();
     let on_chain = chain.checkpoints_since(0).await.unwrap();
     assert_eq!(on_chain.len(), 1, "the save_state is on the proxy contract");
-    meter.settle_once(&chain, &cfg).await.unwrap();
+    meter.settle_once(chain, &cfg).await.unwrap();
     assert_eq!(meter.stats().confirmed_checkpoint, Some(on_chain[0].seqno));
     assert_eq!(meter.stats().charges_submitted, 1);
     // The wallet may need a tick or two to get the charge out; then the contract has it.
@@ -233,7 +224,7 @@ async fn checkpoints_and_client_charges_settle_on_the_devnet() {
         "the client contract accepted the signed charge"
     );
     // The next pass does not send the same charge again.
-    meter.settle_once(&chain, &cfg).await.unwrap();
+    meter.settle_once(chain, &cfg).await.unwrap();
     assert_eq!(meter.stats().charges_submitted, 1);
     // The ledger learns it from the chain: nothing is due any more.
     let state = clients.client_state(&alice_sc).await.unwrap().unwrap();
@@ -297,42 +288,21 @@ async fn refund_attack(watch: bool) -> RefundOutcome {
     use cocoon_ton::messages::OwnerClientRequestRefund;
     let net_chain = chainnet().await;
     let tc = net_chain.tc.clone();
-    let mut root_cfg = cocoon_ton::chain::load_root_config(&tc, &net_chain.root)
-        .await
-        .unwrap();
-    // Admit the sim worker and the test model (the devnet root lists none).
-    root_cfg.worker_hashes = vec![HashBytes(cocoon_attest::sim::sim_image_hash())];
-    root_cfg.model_hashes = vec![cocoon_ton::root::model_hash(MODEL)];
+    let root_cfg = net_chain.serving_root().await;
     let hash = secret_hash();
     let (mut alice, alice_sc) = net_chain.client(2, Some(hash)).await;
-    let clients = Arc::new(net_chain.client_chain().await);
-    let checkpoints = Arc::new(net_chain.checkpoint_chain());
-    let key = Arc::new(net_chain.proxy_key());
-    let proxy_owner = net_chain.proxy_owner.address.clone();
-    let (_dir, meter) =
-        ledger_meter(key.clone(), proxy_owner.clone(), &root_cfg, &*checkpoints).await;
+    let side = net_chain.chain_proxy(&root_cfg).await;
+    let meter = &side.meter;
     // The default thresholds: nothing under 1 TON is charged in the normal course.
     let cfg = SettlementConfig {
         interval: Duration::from_millis(200),
         urgent_interval: Duration::from_millis(100),
         ..SettlementConfig::default()
     };
-    let settle = tokio::spawn(meter.clone().run_settlement(checkpoints.clone(), cfg));
-    let c2 = checkpoints.clone();
-    let ticker = tokio::spawn(async move {
-        loop {
-            let _ = c2.tick().await;
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    });
-    let proxy_sc = net_chain.proxy.address.clone();
-    let m = meter.clone();
+    let settle = tokio::spawn(meter.clone().run_settlement(side.checkpoints.clone(), cfg));
+    let ticker = side.spawn_ticker();
     let net = start_proxy_with(root_cfg, |c| {
-        c.chain = clients.clone();
-        c.meter = m;
-        c.signing_key = key.clone();
-        c.proxy_sc = proxy_sc;
-        c.owner_address = proxy_owner;
+        side.configure(c);
         c.timings.client_watch_interval = watch.then_some(Duration::from_millis(200));
     })
     .await;
@@ -476,11 +446,7 @@ async fn commission_above_the_threshold_is_withdrawn_once_to_the_owner() {
     use cocoon_proxy::{CheckpointChain, SettlementConfig};
     let net_chain = chainnet().await;
     let tc = net_chain.tc.clone();
-    let mut root_cfg = cocoon_ton::chain::load_root_config(&tc, &net_chain.root)
-        .await
-        .unwrap();
-    root_cfg.worker_hashes = vec![HashBytes(cocoon_attest::sim::sim_image_hash())];
-    root_cfg.model_hashes = vec![cocoon_ton::root::model_hash(MODEL)];
+    let root_cfg = net_chain.serving_root().await;
     let proxy_sc = net_chain.proxy.address.clone();
     // The worker's contract exists (its owner deployed it); payouts are paid through it.
     let worker_owner = addr(0x41);
@@ -506,22 +472,10 @@ async fn commission_above_the_threshold_is_withdrawn_once_to_the_owner() {
 
     let hash = secret_hash();
     let (alice, _alice_sc) = net_chain.client(2, Some(hash)).await;
-    let clients = Arc::new(net_chain.client_chain().await);
-    let checkpoints = Arc::new(net_chain.checkpoint_chain());
-    let key = Arc::new(net_chain.proxy_key());
-    let proxy_owner = net_chain.proxy_owner.address.clone();
-    let (_dir, meter) =
-        ledger_meter(key.clone(), proxy_owner.clone(), &root_cfg, &*checkpoints).await;
-    let m = meter.clone();
-    let (ps, po) = (proxy_sc.clone(), proxy_owner.clone());
-    let net = start_proxy_with(root_cfg, |c| {
-        c.chain = clients.clone();
-        c.meter = m;
-        c.signing_key = key.clone();
-        c.proxy_sc = ps;
-        c.owner_address = po;
-    })
-    .await;
+    let side = net_chain.chain_proxy(&root_cfg).await;
+    let (checkpoints, meter) = (&side.checkpoints, &side.meter);
+    let proxy_owner = side.owner.clone();
+    let net = start_proxy_with(root_cfg, |c| side.configure(c)).await;
     let _worker = start_worker(&net, 0x41).await;
     net.wait_workers(1).await;
     assert_eq!(net.worker_sc(&worker_owner), wsc.address);
@@ -536,7 +490,7 @@ async fn commission_above_the_threshold_is_withdrawn_once_to_the_owner() {
     };
     // Settlement passes (with wallet ticks) until `done` holds; false if it never does.
     let passes = |cfg: SettlementConfig, n: usize| {
-        let (meter, cp, tc, wsc) = (meter.clone(), &checkpoints, tc.clone(), wsc.address.clone());
+        let (meter, cp, tc, wsc) = (meter.clone(), checkpoints, tc.clone(), wsc.address.clone());
         async move {
             let mut seen = Vec::new();
             for _ in 0..n {

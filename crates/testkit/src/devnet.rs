@@ -3,21 +3,25 @@
 //! by its owner ([`Chainnet`]).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cocoon_devnet::api;
 use cocoon_devnet::root::RootDeployment;
 use cocoon_devnet::run::{RunOptions, Started, start};
-use cocoon_proxy::{TonCheckpointChain, TonClientChain};
+use cocoon_proxy::{LedgerMeter, ProxyConfig, TonCheckpointChain, TonClientChain};
 use cocoon_ton::chain::Chain;
 use cocoon_ton::codec::{Coins, Layout, encode_boc};
 use cocoon_ton::contracts::{Deployable, client_contract, proxy_contract};
 use cocoon_ton::keys::SigningKey;
 use cocoon_ton::messages::{ExtClientTopUp, ExtProxyIncreaseStake, OwnerClientChangeSecretHash};
-use cocoon_ton::root::CocoonParams;
+use cocoon_ton::root::{CocoonParams, RootConfig};
 use cocoon_ton::wallet::{OutMsg, Wallet, WalletSender};
 use cocoon_ton::{Cell, HashBytes, StdAddr};
 use cocoon_ton::{Toncenter, chain::Devnet as _};
+
+use crate::fixtures::MODEL;
+use crate::proxy::ledger_meter;
 
 /// The devnet clock at start.
 pub const T0: u32 = 1_750_000_000;
@@ -226,6 +230,42 @@ impl Chainnet {
         TonCheckpointChain::new(sender, self.proxy.address.clone())
     }
 
+    /// The root configuration as deployed.
+    pub async fn root_config(&self) -> RootConfig {
+        cocoon_ton::chain::load_root_config(&self.tc, &self.root)
+            .await
+            .unwrap()
+    }
+
+    /// [`Chainnet::root_config`] admitting the sim worker image and the test model (the
+    /// devnet root lists none), for a proxy that serves requests.
+    pub async fn serving_root(&self) -> RootConfig {
+        let mut root = self.root_config().await;
+        root.worker_hashes = vec![HashBytes(cocoon_attest::sim::sim_image_hash())];
+        root.model_hashes = vec![cocoon_ton::root::model_hash(MODEL)];
+        root
+    }
+
+    /// The proxy's side of this chain under `root`: its reads of client contracts, its
+    /// checkpoints, its key and a ledger on them ([`ledger_meter`]). Made after the clients
+    /// it should see are deployed, as [`Chainnet::client_chain`] is.
+    pub async fn chain_proxy(&self, root: &RootConfig) -> ChainProxy {
+        let clients = Arc::new(self.client_chain().await);
+        let checkpoints = Arc::new(self.checkpoint_chain());
+        let key = Arc::new(self.proxy_key());
+        let owner = self.proxy_owner.address.clone();
+        let (dir, meter) = ledger_meter(key.clone(), owner.clone(), root, &*checkpoints).await;
+        ChainProxy {
+            clients,
+            checkpoints,
+            key,
+            owner,
+            proxy_sc: self.proxy.address.clone(),
+            meter,
+            _dir: dir,
+        }
+    }
+
     /// The proxy's signing key.
     pub fn proxy_key(&self) -> SigningKey {
         SigningKey::from_seed(&PROXY_KEY_SEED).unwrap()
@@ -246,5 +286,45 @@ impl Chainnet {
             owner.send(&self.tc, &client, TON / 2, body, None).await;
         }
         (owner, client)
+    }
+}
+
+/// A proxy's side of a [`Chainnet`] ([`Chainnet::chain_proxy`]).
+pub struct ChainProxy {
+    /// Its reads of client contracts.
+    pub clients: Arc<TonClientChain<Toncenter>>,
+    /// Its checkpoints, sent from its owner's wallet.
+    pub checkpoints: Arc<TonCheckpointChain<Toncenter>>,
+    /// Its signing key.
+    pub key: Arc<SigningKey>,
+    /// Its owner's address.
+    pub owner: StdAddr,
+    /// Its contract.
+    pub proxy_sc: StdAddr,
+    /// Its ledger, on [`ChainProxy::checkpoints`].
+    pub meter: Arc<LedgerMeter>,
+    _dir: tempfile::TempDir,
+}
+
+impl ChainProxy {
+    /// Points a proxy's configuration at this side: chain, ledger, key, contract, owner.
+    pub fn configure(&self, c: &mut ProxyConfig) {
+        c.chain = self.clients.clone();
+        c.meter = self.meter.clone();
+        c.signing_key = self.key.clone();
+        c.proxy_sc = self.proxy_sc.clone();
+        c.owner_address = self.owner.clone();
+    }
+
+    /// Ticks the owner's wallet (what gets queued checkpoints and charges out) every 50 ms
+    /// until aborted.
+    pub fn spawn_ticker(&self) -> tokio::task::JoinHandle<()> {
+        let checkpoints = self.checkpoints.clone();
+        tokio::spawn(async move {
+            loop {
+                let _ = checkpoints.tick().await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
     }
 }

@@ -13,7 +13,7 @@ use cocoon_proxy::ClientChain;
 use cocoon_testkit::devnet::{PAYOUT_OP, Party, TON, chainnet, proxy_pk};
 use cocoon_testkit::prelude::*;
 use cocoon_testkit::proxy::secret_hash;
-use cocoon_ton::chain::Chain;
+use cocoon_ton::chain::{Chain, TxMessage};
 use cocoon_ton::codec::Layout;
 use cocoon_ton::contracts::client_contract;
 use cocoon_ton::messages::{OwnerClientChangeSecretHash, OwnerClientRegister};
@@ -239,30 +239,40 @@ async fn checkpoints_and_client_charges_settle_on_the_devnet() {
     assert!(meter.audit().is_empty());
 }
 
-/// Payouts (`payout` op) `to` received from `from`, in chain order, to the nanoton.
-async fn payouts(tc: &Toncenter, to: &StdAddr, from: &StdAddr) -> Vec<u128> {
+/// The messages `to` received whose body starts with `op`, in chain order.
+async fn received(tc: &Toncenter, to: &StdAddr, op: u32) -> Vec<TxMessage> {
     tc.transactions_since(to, None, 1000)
         .await
         .unwrap()
         .into_iter()
         .filter_map(|t| t.in_msg)
-        .filter(|m| m.source.as_ref() == Some(from))
         .filter(|m| {
             m.body
                 .as_ref()
                 .and_then(|b| b.as_slice().ok().and_then(|mut s| s.load_u32().ok()))
-                == Some(PAYOUT_OP)
+                == Some(op)
         })
+        .collect()
+}
+
+/// Payouts (`payout` op) `to` received from `from`, in chain order, to the nanoton.
+async fn payouts(tc: &Toncenter, to: &StdAddr, from: &StdAddr) -> Vec<u128> {
+    received(tc, to, PAYOUT_OP)
+        .await
+        .into_iter()
+        .filter(|m| m.source.as_ref() == Some(from))
         .map(|m| m.value)
         .collect()
 }
 
-async fn proxy_stake(tc: &Toncenter, proxy: &StdAddr) -> u64 {
+/// The proxy contract's storage.
+async fn proxy_storage(tc: &Toncenter, proxy: &StdAddr) -> cocoon_ton::contracts::ProxyStorage {
     let data = tc.account_state(proxy).await.unwrap().data.unwrap();
-    cocoon_ton::contracts::ProxyStorage::from_cell(&data)
-        .unwrap()
-        .stake
-        .0
+    cocoon_ton::contracts::ProxyStorage::from_cell(&data).unwrap()
+}
+
+async fn proxy_stake(tc: &Toncenter, proxy: &StdAddr) -> u64 {
+    proxy_storage(tc, proxy).await.stake.0
 }
 
 /// What the refund attack left behind.
@@ -401,11 +411,7 @@ async fn a_client_cannot_use_the_proxy_and_take_its_whole_deposit_back() {
 
 /// The proxy contract's commission (`ProxyStorage.balance`), nanoTON.
 async fn contract_commission(tc: &Toncenter, proxy: &StdAddr) -> u64 {
-    let data = tc.account_state(proxy).await.unwrap().data.unwrap();
-    cocoon_ton::contracts::ProxyStorage::from_cell(&data)
-        .unwrap()
-        .balance
-        .0
+    proxy_storage(tc, proxy).await.balance.0
 }
 
 /// Tokens the worker contract has been paid for (`WorkerStorage.tokens`).
@@ -420,18 +426,9 @@ async fn worker_tokens(tc: &Toncenter, worker: &StdAddr) -> u64 {
 
 /// Commission withdrawal requests (`ext_proxy_payout_request`) the proxy contract processed.
 async fn withdrawal_requests(tc: &Toncenter, proxy: &StdAddr) -> usize {
-    tc.transactions_since(proxy, None, 1000)
+    received(tc, proxy, cocoon_ton::opcodes::EXT_PROXY_PAYOUT_REQUEST)
         .await
-        .unwrap()
-        .into_iter()
-        .filter_map(|t| t.in_msg)
-        .filter(|m| {
-            m.body
-                .as_ref()
-                .and_then(|b| b.as_slice().ok().and_then(|mut s| s.load_u32().ok()))
-                == Some(cocoon_ton::opcodes::EXT_PROXY_PAYOUT_REQUEST)
-        })
-        .count()
+        .len()
 }
 
 /// Issue 18 §2, automatic commission withdrawal on the devnet: traffic through the proxy
@@ -509,17 +506,29 @@ async fn commission_above_the_threshold_is_withdrawn_once_to_the_owner() {
         assert!(r.error.is_none(), "{:?}", r.error);
     }
 
+    // Passes with automatic withdrawal off until the contract's commission is what the
+    // worker was paid for beyond `paid` tokens; that commission.
+    let accrue = |paid: u64| {
+        let (passes, tc, wsc, proxy_sc) = (&passes, &tc, &wsc.address, &proxy_sc);
+        async move {
+            let mut commission = 0;
+            for _ in 0..10 {
+                passes(cfg(0), 5).await;
+                let t = worker_tokens(tc, wsc).await;
+                commission = contract_commission(tc, proxy_sc).await;
+                if t > paid
+                    && u128::from(commission) == u128::from(t - paid) * u128::from(per_token)
+                {
+                    break;
+                }
+            }
+            commission
+        }
+    };
+
     // 1. Traffic, settled with automatic withdrawal off: the commission accrues.
     request(&mut c, 1).await;
-    let mut c1 = 0;
-    for _ in 0..10 {
-        passes(cfg(0), 5).await;
-        let t = worker_tokens(&tc, &wsc.address).await;
-        c1 = contract_commission(&tc, &proxy_sc).await;
-        if t > 0 && u128::from(c1) == u128::from(t) * u128::from(per_token) {
-            break;
-        }
-    }
+    let c1 = accrue(0).await;
     assert!(c1 > 0, "the worker's payout credited the commission");
     // 2. At the threshold (not above it): nothing is withdrawn.
     passes(cfg(u128::from(c1)), 5).await;
@@ -558,15 +567,7 @@ async fn commission_above_the_threshold_is_withdrawn_once_to_the_owner() {
 
     // 4. The operator's control withdraws by hand, whatever the threshold.
     request(&mut c, 4).await;
-    let mut c3 = 0;
-    for _ in 0..10 {
-        passes(cfg(0), 5).await;
-        let t = worker_tokens(&tc, &wsc.address).await;
-        c3 = contract_commission(&tc, &proxy_sc).await;
-        if t > tokens && u128::from(c3) == u128::from(t - tokens) * u128::from(per_token) {
-            break;
-        }
-    }
+    let c3 = accrue(tokens).await;
     assert!(c3 > 0 && u128::from(c3) < expected);
     let cp: Arc<dyn CheckpointChain> = checkpoints.clone();
     let settle = tokio::spawn(meter.clone().run_settlement(

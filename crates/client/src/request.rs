@@ -827,97 +827,75 @@ mod tests {
 
     #[test]
     fn errors_map_to_http_kinds_and_retry() {
-        let c = |code: ErrorCode, m: &str| classify(code as i32, m);
-        assert_eq!(
-            c(ErrorCode::Timeout, "timeout in proxy"),
-            (ErrorKind::Timeout, false)
-        );
-        assert_eq!(
-            c(
-                ErrorCode::NotReady,
-                "client balance is too low: 3 tokens available, 9 needed"
+        use ErrorCode as C;
+        use ErrorKind as K;
+        // (code, message, kind, whether another proxy may serve the request)
+        let cases: [(C, &str, K, bool); 19] = [
+            (C::Timeout, "timeout in proxy", K::Timeout, false),
+            (
+                C::NotReady,
+                "client balance is too low: 3 tokens available, 9 needed",
+                K::InsufficientFunds,
+                true,
             ),
-            (ErrorKind::InsufficientFunds, true)
-        );
-        assert_eq!(
-            c(ErrorCode::NotReady, "no workers for model X"),
-            (ErrorKind::NotFound, true)
-        );
-        assert_eq!(
-            c(ErrorCode::Error, "too many active queries"),
-            (ErrorKind::NoCapacity, true)
-        );
-        assert_eq!(
-            c(ErrorCode::NotReady, "worker connection lost"),
-            (ErrorKind::Upstream, true)
-        );
-        assert_eq!(
-            c(ErrorCode::Error, "invalid timeout"),
-            (ErrorKind::Upstream, false)
-        );
-        assert_eq!(c(ErrorCode::Cancelled, "x"), (ErrorKind::Upstream, false));
-        // COCOON's proxy's own rejections (`client.queryAnswerError`), as it words them.
-        assert_eq!(
-            c(
-                ErrorCode::Error,
-                "client balance is too low: max_tokens=1000 tokens_payed=0 tokens_used=0 tokens_reserved=0 tokens_stake=0"
+            (C::NotReady, "no workers for model X", K::NotFound, true),
+            (C::Error, "too many active queries", K::NoCapacity, true),
+            (C::NotReady, "worker connection lost", K::Upstream, true),
+            (C::Error, "invalid timeout", K::Upstream, false),
+            (C::Cancelled, "x", K::Upstream, false),
+            // COCOON's proxy's own rejections (`client.queryAnswerError`), as it words them.
+            (
+                C::Error,
+                "client balance is too low: max_tokens=1000 tokens_payed=0 tokens_used=0 tokens_reserved=0 tokens_stake=0",
+                K::InsufficientFunds,
+                true,
             ),
-            (ErrorKind::InsufficientFunds, true)
-        );
-        assert_eq!(
-            c(ErrorCode::NotReady, "balance is too low"),
-            (ErrorKind::InsufficientFunds, true)
-        );
-        assert_eq!(
-            c(ErrorCode::ProtoViolation, "unknown model Smol"),
-            (ErrorKind::NotFound, true)
-        );
-        assert_eq!(
-            c(ErrorCode::NotReady, "no ready workers for modelSmol"),
-            (ErrorKind::NoCapacity, true)
-        );
-        assert_eq!(
-            c(
-                ErrorCode::NotReady,
-                "can run this query with coefficient=5000"
+            (
+                C::NotReady,
+                "balance is too low",
+                K::InsufficientFunds,
+                true,
             ),
-            (ErrorKind::NoCapacity, true)
-        );
-        assert_eq!(
-            c(ErrorCode::Error, "active config version is too low"),
-            (ErrorKind::Upstream, true)
-        );
-        assert_eq!(
-            c(ErrorCode::Error, "connection is dead"),
-            (ErrorKind::Upstream, true)
-        );
-        assert_eq!(
-            c(ErrorCode::NotReady, "client is closing"),
-            (ErrorKind::Upstream, true)
-        );
-        // Our proxy between its ledger's move to new params and its contract switch.
-        assert_eq!(
-            c(
-                ErrorCode::NotReady,
-                "proxy is switching to params_version 2; retry after reconnecting"
+            (C::ProtoViolation, "unknown model Smol", K::NotFound, true),
+            (
+                C::NotReady,
+                "no ready workers for modelSmol",
+                K::NoCapacity,
+                true,
             ),
-            (ErrorKind::Upstream, true)
-        );
-        assert_eq!(
-            c(ErrorCode::NotReady, "proxy is disabled"),
-            (ErrorKind::Upstream, true)
-        );
-        assert_eq!(
-            c(ErrorCode::Timeout, "timeout in proxy"),
-            (ErrorKind::Timeout, false)
-        );
-        assert_eq!(
-            c(
-                ErrorCode::Error,
-                "reserved_tokens depleted: reserved_tokens=10 used=5+9"
+            (
+                C::NotReady,
+                "can run this query with coefficient=5000",
+                K::NoCapacity,
+                true,
             ),
-            (ErrorKind::Upstream, false)
-        );
+            (
+                C::Error,
+                "active config version is too low",
+                K::Upstream,
+                true,
+            ),
+            (C::Error, "connection is dead", K::Upstream, true),
+            (C::NotReady, "client is closing", K::Upstream, true),
+            // Our proxy between its ledger's move to new params and its contract switch.
+            (
+                C::NotReady,
+                "proxy is switching to params_version 2; retry after reconnecting",
+                K::Upstream,
+                true,
+            ),
+            (C::NotReady, "proxy is disabled", K::Upstream, true),
+            (C::Timeout, "timeout in proxy", K::Timeout, false),
+            (
+                C::Error,
+                "reserved_tokens depleted: reserved_tokens=10 used=5+9",
+                K::Upstream,
+                false,
+            ),
+        ];
+        for (code, m, kind, retry) in cases {
+            assert_eq!(classify(code as i32, m), (kind, retry), "{code:?}: {m}");
+        }
     }
 
     #[test]

@@ -50,6 +50,21 @@ async fn post_as(http: &reqwest::Client, base: &str, key: &str, body: &Value) ->
         .unwrap()
 }
 
+/// An API keys file in `dir`: a line per `(key, spending limit in nanoTON, name)`, `-` for
+/// no limit.
+fn keys_file(dir: &std::path::Path, keys: &[(&str, Option<u64>, &str)]) -> std::path::PathBuf {
+    let path = dir.join("keys");
+    let text: String = keys
+        .iter()
+        .map(|(key, limit, name)| {
+            let limit = limit.map_or("-".to_string(), |l| cocoon_ton::format_ton(u128::from(l)));
+            format!("{} {limit} {name}\n", cocoon_client::keys::key_hash(key))
+        })
+        .collect();
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 /// A gateway in front of `net`'s proxy with the API keys file `keys` (and its state at
 /// `state`, when given), ready.
 async fn keyed_gateway(
@@ -438,7 +453,6 @@ async fn proxies_failing_attestation_or_image_checks_are_refused_with_the_reason
 async fn api_key_limits_hold_under_50_concurrent_requests() {
     let (net, w) = network(test_root()).await;
     let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("keys");
     let state = dir.path().join("client.sqlite");
     let body = chat("gated", true);
     // What the gateway reserves for this body (it strips nothing here and adds
@@ -458,16 +472,10 @@ async fn api_key_limits_hold_under_50_concurrent_requests() {
     );
     // Room for exactly three requests at their worst case.
     let limit = 3 * worst + worst / 2;
-    std::fs::write(
-        &keys,
-        format!(
-            "{} {} app\n{} - ops\n",
-            cocoon_client::keys::key_hash("sk-app"),
-            cocoon_ton::format_ton(u128::from(limit)),
-            cocoon_client::keys::key_hash("sk-ops"),
-        ),
-    )
-    .unwrap();
+    let keys = keys_file(
+        dir.path(),
+        &[("sk-app", Some(limit), "app"), ("sk-ops", None, "ops")],
+    );
     let (c, base) = keyed_gateway(&net, &keys, Some(&state)).await;
     let http = reqwest::Client::new();
     let send = |key: Option<&'static str>| {
@@ -608,12 +616,7 @@ async fn the_engine_gets_the_completion_limit_that_was_reserved() {
 async fn cost_fields_timing_headers_and_debug_reach_the_app() {
     let (net, _w) = network(test_root()).await;
     let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("keys");
-    std::fs::write(
-        &keys,
-        format!("{} - app\n", cocoon_client::keys::key_hash("sk-app")),
-    )
-    .unwrap();
+    let keys = keys_file(dir.path(), &[("sk-app", None, "app")]);
     let (c, base) = keyed_gateway(&net, &keys, None).await;
     let http = reqwest::Client::new();
     let mut total = 0;

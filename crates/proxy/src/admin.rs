@@ -17,6 +17,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use cocoon_service::admin::{self, Admin, Page, Prometheus, StatsPages, Switch, label};
+use cocoon_service::events;
 
 use crate::{ProxyStats, Shared};
 
@@ -76,11 +77,7 @@ fn stats_html(shared: &Shared, s: &ProxyStats) -> Response {
         .row("root config version", s.root_version.to_string())
         .row(
             "local clock − chain (s)",
-            match s.clock_offset_secs {
-                Some(o) if s.clock_drifted => format!("{o} (clock_drift)"),
-                Some(o) => o.to_string(),
-                None => "unknown".to_owned(),
-            },
+            events::clock_cell(s.clock_offset_secs, s.clock_drifted),
         )
         .row("requests received", c.requests_received.to_string())
         .row("requests success", c.requests_success.to_string())
@@ -202,15 +199,7 @@ fn stats_html(shared: &Shared, s: &ProxyStats) -> Response {
             ]);
         }
     }
-    p.table("operator events", &["at", "kind", "subject", "detail"]);
-    for e in s.events.iter().rev() {
-        p.cells(&[
-            e.at.to_string(),
-            e.kind.to_owned(),
-            e.subject.clone(),
-            e.detail.clone(),
-        ]);
-    }
+    events::events_table(&mut p, &s.events);
     p.table("refused handshakes", &["at", "kind", "peer", "reason"]);
     for r in s.refusals.iter().rev() {
         p.cells(&[
@@ -268,29 +257,6 @@ fn metrics(s: &ProxyStats) -> Prometheus {
         "counter",
         "Chain reads refused because the configured TON endpoints disagreed.",
         &[(String::new(), n(c.ton_disagreements))],
-    );
-    metric(
-        "cocoon_proxy_operator_events_total",
-        "counter",
-        "Operator events by kind (usage_violation, usage_mismatch, usage_capped, client_closing, verdict_expired, ton_no_quorum, clock_drift, clock_agrees, ...).",
-        &s.event_counts
-            .iter()
-            .map(|(k, v)| (format!("{{kind=\"{}\"}}", label(k)), n(*v)))
-            .collect::<Vec<_>>(),
-    );
-    if let Some(o) = s.clock_offset_secs {
-        metric(
-            "cocoon_proxy_clock_offset_seconds",
-            "gauge",
-            "Seconds the local clock is ahead of the chain's last block time (negative: behind).",
-            &[(String::new(), o.to_string())],
-        );
-    }
-    metric(
-        "cocoon_proxy_clock_drift",
-        "gauge",
-        "1 while the local clock is further from the chain's than clock_drift_max_seconds.",
-        &[(String::new(), n(u64::from(s.clock_drifted)))],
     );
     metric(
         "cocoon_proxy_enabled",
@@ -380,5 +346,14 @@ fn metrics(s: &ProxyStats) -> Prometheus {
         "Connected client sessions.",
         &[(String::new(), s.clients.len().to_string())],
     );
+    events::metrics(
+        &mut m,
+        "cocoon_proxy",
+        "usage_violation, usage_mismatch, usage_capped, client_closing, verdict_expired, ton_no_quorum, clock_drift, clock_agrees, ...",
+        &s.event_counts,
+        s.clock_offset_secs,
+        s.clock_drifted,
+    );
+
     m
 }

@@ -147,17 +147,7 @@ pub struct RefusalStat {
 
 /// Something the operator should look at (a worker's usage report refused or lowered, a
 /// client contract starting to close, ...), kept for the admin pages.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct OperatorEvent {
-    /// Unix seconds.
-    pub at: u64,
-    /// A stable name: `usage_violation`, `usage_mismatch`, `usage_capped`, ...
-    pub kind: &'static str,
-    /// Whom it concerns (a worker contract, a client contract).
-    pub subject: String,
-    /// What happened.
-    pub detail: String,
-}
+pub use cocoon_service::events::OperatorEvent;
 
 /// A connected client session.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -229,16 +219,13 @@ pub(crate) struct Shared {
     pub registry: Arc<Registry>,
     pub clients: Mutex<HashMap<u64, ClientStat>>,
     pub refusals: Mutex<VecDeque<RefusalStat>>,
-    pub events: Mutex<(
-        VecDeque<OperatorEvent>,
-        std::collections::BTreeMap<&'static str, u64>,
-    )>,
+    /// Operator events and the chain clock, for the admin pages.
+    pub operator: cocoon_service::events::OperatorLog,
     pub counters: Counters,
     pub enabled: AtomicBool,
     /// The `params_version` a contract switch is under way to (0: none): requests of the
     /// older params are refused, retryably, until the switch ends the sessions.
     pub switching_to: AtomicU32,
-    pub chain_time: Mutex<Option<cocoon_service::chain::ChainTime>>,
     next_id: AtomicU64,
 }
 
@@ -330,18 +317,8 @@ impl Shared {
 
     /// Records an operator event (logged, counted, kept for the admin pages).
     pub(crate) fn event(&self, kind: &'static str, subject: &str, detail: &str) {
-        tracing::warn!(kind, subject, detail, "operator event");
-        let mut e = self.events.lock().unwrap_or_else(|p| p.into_inner());
-        if e.0.len() >= MAX_EVENTS {
-            e.0.pop_front();
-        }
-        e.0.push_back(OperatorEvent {
-            at: now_unix() as u64,
-            kind,
-            subject: subject.to_owned(),
-            detail: detail.to_owned(),
-        });
-        *e.1.entry(kind).or_default() += 1;
+        self.operator
+            .record(now_unix() as u64, kind, subject, detail);
     }
 
     pub(crate) fn update_client(&self, id: u64, f: impl FnOnce(&mut ClientStat)) {
@@ -371,15 +348,7 @@ impl Shared {
                 cl.totals = self.meter.client_totals(&cl.client_sc);
             }
         }
-        let (events, event_counts) = {
-            let e = self.events.lock().unwrap_or_else(|p| p.into_inner());
-            (e.0.iter().cloned().collect(), e.1.clone())
-        };
-        let time = self
-            .chain_time
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let op = self.operator.snapshot();
         ProxyStats {
             enabled: self.enabled.load(Ordering::SeqCst),
             is_test: self.is_test,
@@ -408,11 +377,11 @@ impl Shared {
                 .iter()
                 .cloned()
                 .collect(),
-            events,
-            event_counts,
+            events: op.events,
+            event_counts: op.event_counts,
             ledger: self.meter.ledger_stats(),
-            clock_offset_secs: time.as_ref().and_then(|t| t.offset()),
-            clock_drifted: time.as_ref().is_some_and(|t| t.drifted()),
+            clock_offset_secs: op.clock_offset_secs,
+            clock_drifted: op.clock_drifted,
         }
     }
 }
@@ -525,9 +494,8 @@ impl Proxy {
             registry: Arc::new(Registry::with_buffer(cfg.timings.request_buffer_bytes)),
             clients: Mutex::default(),
             refusals: Mutex::default(),
-            events: Mutex::default(),
+            operator: cocoon_service::events::OperatorLog::new(MAX_EVENTS),
             counters: Counters::default(),
-            chain_time: Mutex::default(),
             enabled: AtomicBool::new(true),
             switching_to: AtomicU32::new(0),
             next_id: AtomicU64::new(0),
@@ -694,11 +662,7 @@ impl ProxyHandle {
     /// Shows the local clock's offset from the chain's, as `time` estimates it, on the
     /// admin pages and `/metrics` (the root watcher feeds it).
     pub fn follow_chain_time(&self, time: cocoon_service::chain::ChainTime) {
-        *self
-            .shared
-            .chain_time
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(time);
+        self.shared.operator.follow_chain_time(time);
     }
 
     /// Takes part in routing (or stops: new requests and registrations are refused).

@@ -4,6 +4,8 @@
 //! - [`browser`]: the browser guard every local HTTP server puts in front of its routes;
 //! - [`admin`]: admin servers' bearer token, Prometheus writer, stats pages and their
 //!   routes ([`admin::StatsPages`]), the operator switch ([`admin::Switch`]) and serving;
+//! - [`events`]: operator events and the chain clock on the proxy's and worker's admin
+//!   pages and `/metrics`;
 //! - [`identity`]: a role's RA-TLS identity from this machine's TEE and its peer verifiers;
 //! - [`tee`]: which TEE this machine offers (one detection for every command);
 //! - [`chain`]: the chain endpoints and trust settings, the [`chain::RootWatcher`] and the
@@ -18,6 +20,7 @@
 pub mod admin;
 pub mod browser;
 pub mod chain;
+pub mod events;
 pub mod identity;
 pub mod process;
 mod refused;

@@ -19,6 +19,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use cocoon_service::admin::{self, Admin, Page, Prometheus, StatsPages, Switch, label};
+use cocoon_service::events;
 
 use crate::{Shared, WorkerStats};
 
@@ -106,11 +107,7 @@ fn stats_html(s: &WorkerStats) -> Response {
         .row("coefficient", s.coefficient.to_string())
         .row(
             "local clock − chain (s)",
-            match s.clock_offset_secs {
-                Some(o) if s.clock_drifted => format!("{o} (clock_drift)"),
-                Some(o) => o.to_string(),
-                None => "unknown".to_owned(),
-            },
+            events::clock_cell(s.clock_offset_secs, s.clock_drifted),
         )
         .row(
             "active requests",
@@ -174,10 +171,7 @@ fn stats_html(s: &WorkerStats) -> Response {
             format!("{} ({})", x.ready_tokens, x.ready_nanoton),
         ]);
     }
-    p.table("operator events", &["at", "kind", "detail"]);
-    for e in s.events.iter().rev() {
-        p.cells(&[e.at.to_string(), e.kind.to_owned(), e.detail.clone()]);
-    }
+    events::events_table(&mut p, &s.events);
     p.finish()
 }
 
@@ -236,30 +230,13 @@ fn metrics(s: &WorkerStats) -> Prometheus {
         "1 when proxies may route requests here.",
         u64::from(s.enabled),
     );
-    let events: Vec<(String, String)> = s
-        .event_counts
-        .iter()
-        .map(|(k, v)| (format!("{{kind=\"{}\"}}", label(k)), n(*v)))
-        .collect();
-    m.metric(
-        "cocoon_worker_operator_events_total",
-        "counter",
-        "Operator events by kind (clock_drift, clock_agrees).",
-        &events,
-    );
-    if let Some(o) = s.clock_offset_secs {
-        m.metric(
-            "cocoon_worker_clock_offset_seconds",
-            "gauge",
-            "Seconds the local clock is ahead of the chain's last block time (negative: behind).",
-            &[(String::new(), o.to_string())],
-        );
-    }
-    m.single(
-        "cocoon_worker_clock_drift",
-        "gauge",
-        "1 while the local clock is further from the chain's than clock_drift_max_seconds.",
-        u64::from(s.clock_drifted),
+    events::metrics(
+        &mut m,
+        "cocoon_worker",
+        "clock_drift, clock_agrees",
+        &s.event_counts,
+        s.clock_offset_secs,
+        s.clock_drifted,
     );
     m.single(
         "cocoon_worker_coefficient",

@@ -167,28 +167,15 @@ pub(crate) struct Shared {
     pub root_version: Mutex<Option<u32>>,
     pub payout_sink: Option<Arc<dyn PayoutSink>>,
     pub payouts_in_flight: Mutex<HashSet<String>>,
-    /// Recent operator events (newest last) and the count of each kind since start.
-    pub events: Mutex<(
-        std::collections::VecDeque<OperatorEvent>,
-        std::collections::BTreeMap<&'static str, u64>,
-    )>,
-    /// The chain's time as the root watcher sees it.
-    pub chain_time: Mutex<Option<cocoon_service::chain::ChainTime>>,
+    /// Recent operator events and the chain's time as the root watcher sees it.
+    pub operator: cocoon_service::events::OperatorLog,
 }
 
 /// Operator events kept for the admin page.
 const MAX_EVENTS: usize = 50;
 
 /// Something the operator should look at (logged as a warning too).
-#[derive(Debug, Clone, Serialize)]
-pub struct OperatorEvent {
-    /// Unix seconds.
-    pub at: u64,
-    /// A stable name: `clock_drift`, `clock_agrees`.
-    pub kind: &'static str,
-    /// What happened.
-    pub detail: String,
-}
+pub use cocoon_service::events::OperatorEvent;
 
 impl Shared {
     pub(crate) fn control(&self) -> Control {
@@ -347,34 +334,16 @@ impl Shared {
     }
 
     pub(crate) fn event(&self, kind: &'static str, detail: &str) {
-        tracing::warn!(kind, detail, "operator event");
         let at = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let mut g = self.events.lock().unwrap_or_else(|p| p.into_inner());
-        if g.0.len() == MAX_EVENTS {
-            g.0.pop_front();
-        }
-        g.0.push_back(OperatorEvent {
-            at,
-            kind,
-            detail: detail.to_owned(),
-        });
-        *g.1.entry(kind).or_default() += 1;
+        self.operator.record(at, kind, "", detail);
     }
 
     pub(crate) fn stats(&self) -> WorkerStats {
         let c = self.control();
-        let (events, event_counts) = {
-            let e = self.events.lock().unwrap_or_else(|p| p.into_inner());
-            (e.0.iter().cloned().collect(), e.1.clone())
-        };
-        let time = self
-            .chain_time
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let op = self.operator.snapshot();
         let payments = self
             .store
             .snapshot()
@@ -408,10 +377,10 @@ impl Shared {
             counters: self.counters.snapshot(),
             proxies: self.conns.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             payments,
-            events,
-            event_counts,
-            clock_offset_secs: time.as_ref().and_then(|t| t.offset()),
-            clock_drifted: time.as_ref().is_some_and(|t| t.drifted()),
+            events: op.events,
+            event_counts: op.event_counts,
+            clock_offset_secs: op.clock_offset_secs,
+            clock_drifted: op.clock_drifted,
         }
     }
 }
@@ -541,8 +510,7 @@ impl Worker {
             active: AtomicUsize::new(0),
             control,
             conns: Mutex::new(Vec::new()),
-            events: Mutex::default(),
-            chain_time: Mutex::default(),
+            operator: cocoon_service::events::OperatorLog::new(MAX_EVENTS),
             proxy_tasks: Mutex::new(HashMap::new()),
             next_conn_id: AtomicU64::new(0),
             root_version: Mutex::new(None),
@@ -608,11 +576,7 @@ impl WorkerHandle {
     /// Shows the local clock's offset from the chain's, as `time` estimates it, on the
     /// admin pages and `/metrics` (the root watcher feeds it).
     pub fn follow_chain_time(&self, time: cocoon_service::chain::ChainTime) {
-        *self
-            .shared
-            .chain_time
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(time);
+        self.shared.operator.follow_chain_time(time);
     }
 
     /// Proxy connections that completed the handshake and serve requests.

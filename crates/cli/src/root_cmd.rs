@@ -9,7 +9,7 @@
 use clap::{Args, Subcommand, ValueEnum};
 use cocoon_ton::chain::load_root_config;
 use cocoon_ton::messages::ProxyEndpoint;
-use cocoon_ton::ops::{self, RootOp};
+use cocoon_ton::ops::{self, RootOp, WalletOps};
 use cocoon_ton::root::{CocoonParams, RootConfig, model_hash};
 use cocoon_ton::{
     Cell, HashBytes, StdAddr, format_ton, friendly_address, parse_address, parse_ton,
@@ -257,12 +257,8 @@ impl UpgradeArgs {
 
 fn upgrade(codes: &UpgradeArgs, owner: OwnerOpts) -> Result<(), String> {
     let upgrade = codes.upgrade()?;
-    let value = parse_ton(&owner.value).map_err(|e| e.to_string())?;
-    let c = owner.chain.client()?;
-    let mut wallet = owner.wallet.ops(c.clone(), owner.wait)?;
-    runtime()?.block_on(async move {
-        let root = root_address(&c, owner.root.as_deref()).await?;
-        let done = ops::upgrade(&mut wallet, &root, &upgrade, value)
+    with_owner(owner, async |wallet, root, value, c| {
+        let done = ops::upgrade(wallet, &root, &upgrade, value)
             .await
             .map_err(|e| e.to_string())?;
         if done.is_empty() {
@@ -361,12 +357,8 @@ impl ParamsArgs {
 
 fn change_params(change: &ParamsArgs, owner: OwnerOpts) -> Result<(), String> {
     let change = change.change()?;
-    let value = parse_ton(&owner.value).map_err(|e| e.to_string())?;
-    let c = owner.chain.client()?;
-    let mut wallet = owner.wallet.ops(c.clone(), owner.wait)?;
-    runtime()?.block_on(async move {
-        let root = root_address(&c, owner.root.as_deref()).await?;
-        let done = ops::change_params(&mut wallet, &root, &change, value)
+    with_owner(owner, async |wallet, root, value, _| {
+        let done = ops::change_params(wallet, &root, &change, value)
             .await
             .map_err(|e| e.to_string())?;
         let Some(last) = done.last() else {
@@ -404,12 +396,8 @@ fn change_params(change: &ParamsArgs, owner: OwnerOpts) -> Result<(), String> {
 
 fn change_owner(new_owner: &str, owner: OwnerOpts) -> Result<(), String> {
     let new_owner = parse_address(new_owner).map_err(|e| format!("--new-owner: {e}"))?;
-    let value = parse_ton(&owner.value).map_err(|e| e.to_string())?;
-    let c = owner.chain.client()?;
-    let mut wallet = owner.wallet.ops(c.clone(), owner.wait)?;
-    runtime()?.block_on(async move {
-        let root = root_address(&c, owner.root.as_deref()).await?;
-        let change = ops::change_owner(&mut wallet, &root, &new_owner, value)
+    with_owner(owner, async |wallet, root, value, _| {
+        let change = ops::change_owner(wallet, &root, &new_owner, value)
             .await
             .map_err(|e| e.to_string())?;
         println!(
@@ -528,14 +516,26 @@ fn print_config(root: &StdAddr, c: &RootConfig) {
     }
 }
 
-fn owner_op(owner: OwnerOpts, op: RootOp) -> Result<(), String> {
-    op.check().map_err(|e| e.to_string())?;
+/// Runs one operation of the root's owner: the owner's wallet (the operations check that it
+/// owns the root), the root (given, or the devnet's), the TON attached to each message, and
+/// the chain client.
+fn with_owner(
+    owner: OwnerOpts,
+    op: impl AsyncFnOnce(&mut WalletOps<Toncenter>, StdAddr, u64, Toncenter) -> Result<(), String>,
+) -> Result<(), String> {
     let value = parse_ton(&owner.value).map_err(|e| e.to_string())?;
     let c = owner.chain.client()?;
     let mut wallet = owner.wallet.ops(c.clone(), owner.wait)?;
     runtime()?.block_on(async move {
         let root = root_address(&c, owner.root.as_deref()).await?;
-        let change = ops::root_op(&mut wallet, &root, &op, value)
+        op(&mut wallet, root, value, c).await
+    })
+}
+
+fn owner_op(owner: OwnerOpts, op: RootOp) -> Result<(), String> {
+    op.check().map_err(|e| e.to_string())?;
+    with_owner(owner, async |wallet, root, value, _| {
+        let change = ops::root_op(wallet, &root, &op, value)
             .await
             .map_err(|e| e.to_string())?;
         println!(

@@ -349,13 +349,7 @@ pub async fn change_params<C: Chain>(
     change: &ParamsChange,
     value: u64,
 ) -> Result<Vec<RootChange>, OpsError> {
-    let before = load_root_config(ops.chain(), root).await?;
-    if before.owner != *ops.address() {
-        return Err(OpsError::NotOwner {
-            wallet: ops.address().clone(),
-            owner: before.owner,
-        });
-    }
+    let before = owned_root(ops, root).await?;
     let todo = change.ops(&before.params);
     for op in &todo {
         op.check()?;
@@ -469,13 +463,7 @@ pub async fn upgrade<C: Chain>(
     change: &CodeUpgrade,
     value: u64,
 ) -> Result<Vec<RootChange>, OpsError> {
-    let before = load_root_config(ops.chain(), root).await?;
-    if before.owner != *ops.address() {
-        return Err(OpsError::NotOwner {
-            wallet: ops.address().clone(),
-            owner: before.owner,
-        });
-    }
+    let before = owned_root(ops, root).await?;
     let code = ops
         .chain()
         .account_state(root)
@@ -547,6 +535,18 @@ pub async fn deploy_root<C: Chain>(
     }
 }
 
+/// `root`'s configuration, when `ops`'s wallet owns it ([`OpsError::NotOwner`] otherwise).
+async fn owned_root<C: Chain>(ops: &WalletOps<C>, root: &StdAddr) -> Result<RootConfig, OpsError> {
+    let c = load_root_config(ops.chain(), root).await?;
+    if c.owner != *ops.address() {
+        return Err(OpsError::NotOwner {
+            wallet: ops.address().clone(),
+            owner: c.owner,
+        });
+    }
+    Ok(c)
+}
+
 /// Sends the owner operation `op` to `root` from `ops`'s wallet with `value` nanoTON for
 /// gas (the excess comes back) and waits until the root's version moved.
 pub async fn root_op<C: Chain>(
@@ -556,13 +556,7 @@ pub async fn root_op<C: Chain>(
     value: u64,
 ) -> Result<RootChange, OpsError> {
     op.check()?;
-    let before = load_root_config(ops.chain(), root).await?;
-    if before.owner != *ops.address() {
-        return Err(OpsError::NotOwner {
-            wallet: ops.address().clone(),
-            owner: before.owner,
-        });
-    }
+    let before = owned_root(ops, root).await?;
     let body = op.body(ops.query_id())?;
     ops.send_checked(OutMsg::new(root.clone(), value, Some(body)), op.name())
         .await?;

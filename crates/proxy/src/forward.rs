@@ -394,6 +394,18 @@ impl Forwarding {
                 Err(e) => {
                     if last.is_none() {
                         let msg = match e {
+                            // Its workers just left (a params switch ends their sessions,
+                            // a worker redials): the client asks again after a pause.
+                            crate::router::RouteError::NoWorkers
+                                if shared
+                                    .registry
+                                    .reconnecting(&self.plan.model_base, Instant::now()) =>
+                            {
+                                format!(
+                                    "workers for model {} are reconnecting; retry after reconnecting",
+                                    self.plan.model_base
+                                )
+                            }
                             crate::router::RouteError::NoWorkers => {
                                 format!("no workers for model {}", self.plan.model_base)
                             }

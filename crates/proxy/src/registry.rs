@@ -135,6 +135,27 @@ pub(crate) struct Registry {
     inner: Mutex<HashMap<u64, WorkerEntry>>,
     /// Per-request answer buffer in bytes; 0 means [`REQUEST_BUFFER_BYTES`].
     buffer_bytes: std::sync::atomic::AtomicUsize,
+    /// When each model's last worker left (bounded: one entry per model a worker served,
+    /// dropped once older than [`RECONNECT_GRACE`] or when a worker of it is back).
+    left: Mutex<HashMap<String, Instant>>,
+}
+
+/// How long after a model's last worker left a request for it is refused as "reconnecting"
+/// (retryable) rather than "no workers": a worker whose session ended comes back after its
+/// redial or, after a `params_version` change, after its own root read (`root_poll_seconds`,
+/// 30 s by default).
+pub(crate) const RECONNECT_GRACE: Duration = Duration::from_secs(60);
+
+/// Records that `model_base`'s last worker left at `now`; entries past the grace go.
+fn note_left(left: &mut HashMap<String, Instant>, model_base: String, now: Instant) {
+    left.retain(|_, at| now.saturating_duration_since(*at) < RECONNECT_GRACE);
+    left.insert(model_base, now);
+}
+
+/// Whether `model_base`'s last worker left less than [`RECONNECT_GRACE`] before `now`.
+fn left_recently(left: &HashMap<String, Instant>, model_base: &str, now: Instant) -> bool {
+    left.get(model_base)
+        .is_some_and(|at| now.saturating_duration_since(*at) < RECONNECT_GRACE)
 }
 
 /// A worker as shown on the admin pages.
@@ -230,13 +251,33 @@ impl Registry {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn left_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.left.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub(crate) fn insert(&self, e: WorkerEntry) {
+        self.left_lock().remove(&e.model_base);
         self.lock().insert(e.id, e);
     }
 
-    /// Removes a worker; its running requests see their answer channel close.
+    /// Removes a worker; its running requests see their answer channel close. When it was
+    /// its model's last, the time is kept ([`Self::reconnecting`]).
     pub(crate) fn remove(&self, id: u64) {
-        self.lock().remove(&id);
+        self.remove_at(id, Instant::now());
+    }
+
+    fn remove_at(&self, id: u64, now: Instant) {
+        let mut g = self.lock();
+        let Some(e) = g.remove(&id) else { return };
+        if !g.values().any(|o| o.model_base == e.model_base) {
+            note_left(&mut self.left_lock(), e.model_base, now);
+        }
+    }
+
+    /// Whether `model_base` had a worker less than [`RECONNECT_GRACE`] before `now` (none
+    /// has it now): its workers are expected back.
+    pub(crate) fn reconnecting(&self, model_base: &str, now: Instant) -> bool {
+        left_recently(&self.left_lock(), model_base, now)
     }
 
     pub(crate) fn update(&self, id: u64, f: impl FnOnce(&mut WorkerEntry)) {
@@ -408,5 +449,29 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         self.release(None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_model_whose_workers_just_left_is_reconnecting_for_the_grace_only() {
+        let t0 = Instant::now();
+        let mut left = HashMap::new();
+        assert!(!left_recently(&left, "M", t0), "never served");
+        note_left(&mut left, "M".into(), t0);
+        assert!(left_recently(&left, "M", t0));
+        assert!(left_recently(
+            &left,
+            "M",
+            t0 + RECONNECT_GRACE - Duration::from_millis(1)
+        ));
+        assert!(!left_recently(&left, "M", t0 + RECONNECT_GRACE));
+        assert!(!left_recently(&left, "N", t0), "another model");
+        // Old entries go when another model's worker leaves: the map stays bounded.
+        note_left(&mut left, "N".into(), t0 + RECONNECT_GRACE);
+        assert_eq!(left.keys().collect::<Vec<_>>(), ["N"]);
     }
 }

@@ -748,3 +748,36 @@ async fn concurrent_requests_get_payment_reports_that_never_decrease() {
     .await;
     assert_eq!(w.handle.stats().proxies[0].handshakes, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_whose_worker_just_left_is_refused_retryably_until_one_is_back() {
+    let (net, w1) = proxy_with_worker(0x41).await;
+    let owner = addr(0x51);
+    net.fund_client(&owner, 100_000_000, true);
+    let mut c = TestClient::authorized(&net, &owner).await;
+    c.run(1, "json", 100, 30.0).await;
+    assert_eq!(
+        collect(&mut c, &[1], true).await[&1].tokens,
+        Some(JSON_TOKENS)
+    );
+    // Its only worker leaves (as at a params switch, or a worker redialling): the model is
+    // reconnecting, not unknown, so the client asks again instead of giving up with 404.
+    w1.handle.shutdown().await;
+    eventually("worker gone", || net.proxy.ready_workers() == 0).await;
+    c.run(2, "json", 100, 30.0).await;
+    let r = collect(&mut c, &[2], false).await;
+    let (code, msg) = r[&2].error.clone().expect("refused");
+    assert_eq!(code, cocoon_net::ErrorCode::NotReady as i32, "{msg}");
+    assert!(
+        msg.contains("are reconnecting; retry after reconnecting"),
+        "{msg}"
+    );
+    // A worker is back: served again.
+    let _w2 = start_worker(&net, 0x42).await;
+    net.wait_workers(1).await;
+    c.run(3, "json", 100, 30.0).await;
+    assert_eq!(
+        collect(&mut c, &[3], true).await[&3].tokens,
+        Some(JSON_TOKENS)
+    );
+}

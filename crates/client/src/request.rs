@@ -271,6 +271,31 @@ pub(crate) fn classify(code: i32, msg: &str) -> (ErrorKind, bool) {
     }
 }
 
+/// How often one request asks the same proxy again after "retry after reconnecting".
+const RECONNECT_RETRIES: u32 = 40;
+
+/// A refusal the proxy says ends once its peers reconnected (it is switching to new params,
+/// or the workers of the model are coming back after the switch): the pause before asking
+/// the same proxy again for the `n`th time (100 ms doubling up to 1 s), or `None` (another
+/// failure, or asked often enough).
+pub(crate) fn reconnect_retry(message: &str, n: u32) -> Option<std::time::Duration> {
+    if n >= RECONNECT_RETRIES || !message.contains("retry after reconnecting") {
+        return None;
+    }
+    let ms = 100u64 << n.min(4);
+    Some(std::time::Duration::from_millis(ms.min(1000)))
+}
+
+/// Sleeps `pause` unless that passes `deadline`; whether it slept (a retry still fits).
+async fn pause_before_retry(pause: std::time::Duration, deadline: tokio::time::Instant) -> bool {
+    let until = tokio::time::Instant::now() + pause;
+    if until >= deadline {
+        return false;
+    }
+    tokio::time::sleep_until(until).await;
+    true
+}
+
 fn strip_hop_by_hop(headers: Vec<(String, String)>) -> Vec<(String, String)> {
     headers
         .into_iter()
@@ -426,6 +451,8 @@ impl Shared {
         .to_bytes();
         let mut tried: Vec<String> = Vec::new();
         let mut last: Option<ApiError> = None;
+        // Times a proxy was asked again after its peers reconnected.
+        let mut again = 0u32;
         loop {
             let picked = match self.pick(&tried) {
                 Some(p) => Some(p),
@@ -496,6 +523,13 @@ impl Shared {
                     ErrorKind::Upstream,
                     format!("proxy {}: connection closed", slot.address),
                 ));
+                // Nothing reached the proxy: ask it again once it reconnected.
+                if let Some(pause) = reconnect_retry("retry after reconnecting", again) {
+                    again += 1;
+                    if pause_before_retry(pause, deadline).await {
+                        tried.retain(|a| a != &slot.address);
+                    }
+                }
                 continue;
             }
             let first = match tokio::time::timeout_at(deadline, rx.recv()).await {
@@ -572,8 +606,18 @@ impl Shared {
                     if !retry || paid {
                         return Err(err);
                     }
-                    tracing::info!(proxy = %slot.address, code, "request failed before its answer; trying another proxy");
                     last = Some(err);
+                    // A refusal that ends once the proxy's peers reconnected (a params
+                    // switch): the same proxy is asked again after a pause.
+                    if let Some(pause) = reconnect_retry(&message, again) {
+                        again += 1;
+                        tracing::info!(proxy = %slot.address, code, "request refused while the proxy's peers reconnect; asking again");
+                        if pause_before_retry(pause, deadline).await {
+                            tried.retain(|a| a != &slot.address);
+                        }
+                    } else {
+                        tracing::info!(proxy = %slot.address, code, "request failed before its answer; trying another proxy");
+                    }
                 }
                 Event::Closed(why) => {
                     tracker.finish(Some(&Usage::default()), false);
@@ -826,11 +870,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn refusals_until_reconnected_ask_the_same_proxy_again_with_growing_pauses() {
+        let ms = |m: &str, n| reconnect_retry(m, n).map(|d| d.as_millis());
+        let switching = "proxy is switching to params_version 2; retry after reconnecting";
+        let back = "workers for model M are reconnecting; retry after reconnecting";
+        assert_eq!(ms(switching, 0), Some(100));
+        assert_eq!(ms(back, 1), Some(200));
+        assert_eq!(ms(back, 3), Some(800));
+        assert_eq!(ms(back, 4), Some(1000));
+        assert_eq!(ms(back, RECONNECT_RETRIES - 1), Some(1000));
+        assert_eq!(ms(back, RECONNECT_RETRIES), None, "bounded");
+        for other in [
+            "no workers for model M",
+            "proxy is disabled",
+            "worker connection lost",
+        ] {
+            assert_eq!(ms(other, 0), None, "{other}");
+        }
+    }
+
+    #[test]
     fn errors_map_to_http_kinds_and_retry() {
         use ErrorCode as C;
         use ErrorKind as K;
         // (code, message, kind, whether another proxy may serve the request)
-        let cases: [(C, &str, K, bool); 19] = [
+        let cases: [(C, &str, K, bool); 20] = [
             (C::Timeout, "timeout in proxy", K::Timeout, false),
             (
                 C::NotReady,
@@ -881,6 +945,13 @@ mod tests {
             (
                 C::NotReady,
                 "proxy is switching to params_version 2; retry after reconnecting",
+                K::Upstream,
+                true,
+            ),
+            // Our proxy after the switch, while the model's workers come back.
+            (
+                C::NotReady,
+                "workers for model Smol are reconnecting; retry after reconnecting",
                 K::Upstream,
                 true,
             ),

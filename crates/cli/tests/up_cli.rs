@@ -2,7 +2,9 @@
 //! the whole network (devnet, root, proxy, a worker with the embedded default model, the
 //! client) and answers a streamed chat completion on the port it was given; SIGINT stops it
 //! with exit 0; a second run on the same directory resumes the same root with the client's
-//! receipts kept, answers again, and stops on SIGTERM.
+//! receipts kept, answers again, and stops on SIGTERM. A root params change under live
+//! traffic (`cocoon root change-params`) moves every role to its new contracts by itself,
+//! retires the old ones and conserves money to the nanoton.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::io::{BufRead, BufReader};
@@ -638,4 +640,397 @@ fn usage_earnings_commission_and_chain_balances_agree() {
     );
     let (code, _) = up.stop("INT", Duration::from_secs(30));
     assert_eq!(code, 0);
+}
+
+/// A consistent view of `accounts` on the devnet: (balance, last transaction) each, read
+/// twice until nothing moved in between (every batch is atomic, so two equal passes mean no
+/// message was in flight between two of them).
+async fn snapshot(
+    tc: &cocoon_ton::Toncenter,
+    accounts: &[cocoon_ton::StdAddr],
+) -> Vec<(u128, Option<cocoon_ton::chain::TxId>)> {
+    use cocoon_ton::chain::Chain;
+    let pass = || async {
+        let mut v = Vec::new();
+        for a in accounts {
+            let st = tc.account_state(a).await.unwrap();
+            v.push((st.balance, st.last_tx));
+        }
+        v
+    };
+    let mut last = pass().await;
+    for _ in 0..50 {
+        let again = pass().await;
+        if again == last {
+            return last;
+        }
+        last = again;
+    }
+    panic!("the accounts never stood still");
+}
+
+/// `a`'s transactions after `from` up to and including `to`, decoded.
+async fn txs_between(
+    tc: &cocoon_ton::Toncenter,
+    a: &cocoon_ton::StdAddr,
+    from: Option<&cocoon_ton::chain::TxId>,
+    to: Option<&cocoon_ton::chain::TxId>,
+) -> Vec<cocoon_devnet::TxRecord> {
+    use cocoon_ton::chain::Chain;
+    let Some(to) = to else { return Vec::new() };
+    tc.transactions_since(a, from, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| cocoon_devnet::TxRecord::from_cell(a.workchain, t.raw.expect("data BOC")).unwrap())
+        .filter(|t| t.lt <= to.lt)
+        .collect()
+}
+
+/// One request of the background traffic: when it was sent and ended, its status and body.
+#[derive(Debug, Clone)]
+struct Sent {
+    at: Instant,
+    done: Instant,
+    status: u16,
+    body: String,
+}
+
+/// Issue 18 §2 with the real processes: `cocoon up` serves a stream of requests while the
+/// root owner runs `cocoon root change-params --price` with the CLI. The proxy deploys its
+/// contract for the new params and switches, the client deploys its new client contract
+/// and the worker reconnects, by themselves; requests go on being served. The old proxy
+/// contract gets its final receipts (the client's refund, the worker's last payout) and
+/// closes after `proxy_delay_before_close` (the devnet's clock is advanced), and the value
+/// of every account involved is conserved over every transaction, to the nanoton.
+#[test]
+fn a_params_change_under_traffic_moves_every_role_and_conserves_money() {
+    use cocoon_ton::chain::{Chain, Devnet as _};
+    use cocoon_ton::codec::Layout;
+    use cocoon_ton::contracts::{
+        ClientStorage, ProxyStorage, WorkerStorage, client_contract, proxy_contract,
+        worker_contract,
+    };
+    if !have_test_model() {
+        return;
+    }
+    let started = Instant::now();
+    let (_one, tmp, port, rt) = up_test();
+    let dir = tmp.path().join("up");
+    let api = format!("http://127.0.0.1:{port}");
+    let (mut up, _) = Up::start(&dir, port);
+    eprintln!("cocoon up ready in {:?}", started.elapsed());
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("up.json")).unwrap()).unwrap();
+    let padmin = format!("http://127.0.0.1:{}", saved["proxy_admin_port"]);
+    let wadmin = format!("http://127.0.0.1:{}", saved["worker_admin_ports"][0]);
+    let url = format!("http://127.0.0.1:{}", saved["devnet_port"]);
+    let tc = cocoon_ton::Toncenter::with_url(&url).unwrap();
+    let addr = |v: &serde_json::Value| cocoon_ton::parse_address(v.as_str().unwrap()).unwrap();
+    let root = addr(&saved["root_address"]);
+    let owner = addr(&saved["owner_address"]);
+    let client = addr(&saved["client_address"]);
+    let worker_owner = addr(&saved["worker_owner_address"]);
+    let old_root = rt
+        .block_on(cocoon_ton::chain::load_root_config(&tc, &root))
+        .unwrap();
+    let p0 = old_root.params.clone();
+    let pk = cocoon_ton::HashBytes(
+        cocoon_ton::keys::SigningKey::from_file(&dir.join("proxy/proxy-key"))
+            .unwrap()
+            .public_key(),
+    );
+    let old_proxy = proxy_contract(&p0, &owner, &pk, &root).unwrap().address;
+    let pstats = get_json(&format!("{padmin}/jsonstats")).unwrap();
+    assert_eq!(addr(&pstats["proxy_sc"]), old_proxy, "{pstats}");
+    let old_client_sc = client_contract(&p0, &client, &old_proxy, &pk)
+        .unwrap()
+        .address;
+    let cstats = get_json(&format!("{api}/jsonstats")).unwrap();
+    assert_eq!(
+        addr(&cstats["proxies"][0]["client_sc"]),
+        old_client_sc,
+        "{cstats}"
+    );
+    let old_worker = worker_contract(&p0, &worker_owner, &old_proxy, &pk)
+        .unwrap()
+        .address;
+    let old_accounts = vec![
+        owner.clone(),
+        client.clone(),
+        worker_owner.clone(),
+        root.clone(),
+        old_proxy.clone(),
+        old_client_sc.clone(),
+        old_worker.clone(),
+    ];
+    let before = rt.block_on(snapshot(&tc, &old_accounts));
+    let storage = |a: &cocoon_ton::StdAddr| {
+        rt.block_on(tc.account_state(a))
+            .unwrap()
+            .data
+            .expect("an active contract")
+    };
+    let client_before = ClientStorage::from_cell(&storage(&old_client_sc)).unwrap();
+    let worker_before = WorkerStorage::from_cell(&storage(&old_worker)).unwrap();
+
+    // Traffic: one request after another until told to stop.
+    let model = rt.block_on(listed_model(&api));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Sent>::new()));
+    let traffic = {
+        let (stop, sent, api, model) = (stop.clone(), sent.clone(), api.clone(), model.clone());
+        rt.spawn(async move {
+            let http = reqwest::Client::new();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                i += 1;
+                let at = Instant::now();
+                let r = http
+                    .post(format!("{api}/v1/chat/completions"))
+                    .json(&serde_json::json!({
+                        "model": model, "max_tokens": 8, "stream": i % 2 == 0,
+                        "messages": [{"role": "user", "content": format!("Count to {i}.")}],
+                    }))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status().as_u16();
+                let body = r
+                    .text()
+                    .await
+                    .unwrap_or_else(|e| format!("<body cut: {e}>"));
+                sent.lock().unwrap().push(Sent {
+                    at,
+                    done: Instant::now(),
+                    status,
+                    body,
+                });
+            }
+        })
+    };
+    let served_since = |t: Instant| {
+        sent.lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.at >= t && s.status == 200)
+            .count()
+    };
+    let t0 = Instant::now();
+    wait_until("two answers before the change", 60, || {
+        served_since(t0) >= 2
+    });
+
+    // The root owner changes the price with the CLI.
+    let t_change = Instant::now();
+    let (p1_price, p1_fee) = (p0.price_per_token + 10, p0.worker_fee_per_token + 5);
+    let out = common::ok(&[
+        "root",
+        "change-params",
+        "--price",
+        &p1_price.to_string(),
+        "--worker-fee",
+        &p1_fee.to_string(),
+        "--key",
+        dir.join("owner.key").to_str().unwrap(),
+        "--ton",
+        &url,
+        "--root",
+        &root.to_string(),
+    ]);
+    eprintln!("change-params took {:?}: {out}", t_change.elapsed());
+    let new_root = rt
+        .block_on(cocoon_ton::chain::load_root_config(&tc, &root))
+        .unwrap();
+    let p1 = new_root.params.clone();
+    assert_eq!(p1.params_version, p0.params_version + 1, "{out}");
+    assert_eq!(
+        (p1.price_per_token, p1.worker_fee_per_token),
+        (p1_price, p1_fee)
+    );
+    let new_proxy = proxy_contract(&p1, &owner, &pk, &root).unwrap().address;
+    let new_client_sc = client_contract(&p1, &client, &new_proxy, &pk)
+        .unwrap()
+        .address;
+    let new_worker = worker_contract(&p1, &worker_owner, &new_proxy, &pk)
+        .unwrap()
+        .address;
+
+    // Every role follows by itself: the proxy switches, the client comes back on a new
+    // client contract, the worker under the new params; answers go on.
+    wait_until("the proxy on its new contract", 60, || {
+        get_json(&format!("{padmin}/jsonstats"))
+            .is_some_and(|p| p["proxy_sc"].as_str() == Some(&new_proxy.to_string()))
+    });
+    let t_switched = Instant::now();
+    eprintln!(
+        "proxy switched {:?} after the change",
+        t_switched - t_change
+    );
+    wait_until("the client on its new client contract", 60, || {
+        get_json(&format!("{api}/jsonstats")).is_some_and(|c| {
+            c["proxies"][0]["client_sc"].as_str() == Some(&new_client_sc.to_string())
+        })
+    });
+    let t_back = Instant::now();
+    wait_until("three answers on the new contracts", 60, || {
+        served_since(t_back) >= 3
+    });
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    rt.block_on(traffic).unwrap();
+    let sent = sent.lock().unwrap().clone();
+    eprintln!(
+        "traffic: {} requests; the client was back {:?} after the change",
+        sent.len(),
+        t_back - t_change
+    );
+    let bad = |s: &&Sent| s.status != 200 || s.body.contains("\"error\"");
+    for s in sent.iter().filter(bad).take(5) {
+        eprintln!(
+            "request at {:?} after the start of traffic, {:?}: {} {}",
+            s.at - t0,
+            s.done - s.at,
+            s.status,
+            s.body
+        );
+    }
+    // No request is lost: each is served, except one that was running when the old
+    // session ended (it had started; it ends with an error).
+    let failed: Vec<&Sent> = sent.iter().filter(bad).collect();
+    assert!(failed.len() <= 1, "requests failed: {failed:?}");
+    for f in &failed {
+        assert!(
+            f.at < t_switched && f.done > t_change,
+            "a request that failed was not running at the switch: {f:?}"
+        );
+    }
+    // Every request reached the worker once: those served, and the one that was running
+    // when its session ended (none was refused or lost on the way).
+    let w = get_json(&format!("{wadmin}/jsonstats")).unwrap();
+    assert_eq!(
+        w["counters"]["requests_received"].as_u64(),
+        Some(sent.len() as u64),
+        "{w}"
+    );
+    // The roles' own pages show the new contracts.
+    assert_eq!(
+        w["proxies"][0]["proxy_sc_address"].as_str(),
+        Some(new_proxy.to_string().as_str()),
+        "{w}"
+    );
+    let p = get_json(&format!("{padmin}/jsonstats")).unwrap();
+    assert_eq!(p["event_counts"]["proxy_contract_switched"], 1, "{p}");
+    assert_eq!(p["ledger"]["params_version"], p1.params_version, "{p}");
+    let c = get_json(&format!("{api}/jsonstats")).unwrap();
+    assert_eq!(c["root"]["params_version"], p1.params_version, "{c}");
+    assert_eq!(c["root"]["price_per_token"], p1_price, "{c}");
+
+    // The old proxy contract retires: the client's refund and the worker's last payout
+    // land, then its close request; the devnet's clock is moved past the close delay.
+    let state = |a: &cocoon_ton::StdAddr| ProxyStorage::from_cell(&storage(a)).unwrap().state.0;
+    let mut advanced = false;
+    let end = Instant::now() + Duration::from_secs(120);
+    while state(&old_proxy) != 2 {
+        assert!(Instant::now() < end, "old proxy contract not closed");
+        if state(&old_proxy) == 1 && !advanced {
+            let secs = u64::from(p0.proxy_delay_before_close) + 1;
+            rt.block_on(tc.advance_clock(secs)).unwrap();
+            advanced = true;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(advanced, "closed without waiting for its close delay");
+    eprintln!(
+        "old proxy contract closed {:?} after the change",
+        t_change.elapsed()
+    );
+
+    // Let the network settle, then the books: a consistent snapshot of every account.
+    let all: Vec<cocoon_ton::StdAddr> = old_accounts
+        .iter()
+        .cloned()
+        .chain([new_proxy.clone(), new_client_sc.clone(), new_worker.clone()])
+        .collect();
+    let after = rt.block_on(snapshot(&tc, &all));
+    let cs = ClientStorage::from_cell(&storage(&old_client_sc)).unwrap();
+    let ws = WorkerStorage::from_cell(&storage(&old_worker)).unwrap();
+    assert_eq!(cs.state.0, 2, "old client contract closed");
+    assert_eq!(ws.state.0, 2, "old worker contract closed");
+    let used = u128::from(cs.tokens_used - client_before.tokens_used);
+    let earned = u128::from(ws.tokens - worker_before.tokens);
+    assert!(used > 0 && earned > 0, "used {used}, earned {earned}");
+    let (pr0, fe0) = (
+        u128::from(p0.price_per_token),
+        u128::from(p0.worker_fee_per_token),
+    );
+
+    let mut delta: i128 = 0;
+    let mut fees: u128 = 0;
+    let mut count = 0;
+    let mut refunds = Vec::new();
+    let mut worker_payouts = Vec::new();
+    let mut owner_payouts = Vec::new();
+    let before_all: Vec<_> = before
+        .iter()
+        .cloned()
+        .chain(std::iter::repeat_n((0, None), 3))
+        .collect();
+    for (a, ((b0, tx0), (b1, tx1))) in all.iter().zip(before_all.iter().zip(&after)) {
+        delta += *b1 as i128 - *b0 as i128;
+        for t in rt.block_on(txs_between(&tc, a, tx0.as_ref(), tx1.as_ref())) {
+            count += 1;
+            fees += t.total_fees;
+            fees += t
+                .out_msgs
+                .iter()
+                .filter(|m| !m.external_out)
+                .map(|m| m.fwd_fee)
+                .sum::<u128>();
+            let Some(m) = &t.in_msg else { continue };
+            let Some(src) = &m.src else { continue };
+            assert!(all.contains(src), "value from outside the accounts: {t:?}");
+            let payout = m.body.as_slice().ok().and_then(|mut s| s.load_u32().ok())
+                == Some(cocoon_testkit::devnet::PAYOUT_OP);
+            if payout && src == &old_proxy {
+                if a == &client {
+                    refunds.push(m.value);
+                } else if a == &worker_owner {
+                    worker_payouts.push(m.value);
+                } else if a == &owner {
+                    owner_payouts.push(m.value);
+                }
+            }
+        }
+    }
+    eprintln!(
+        "params change under traffic: old client used {used} tokens, old worker earned {earned}; refund {refunds:?}, worker payouts {worker_payouts:?}, owner got {owner_payouts:?}; {count} transactions, fees {fees} nanoTON, Δbalances {delta}; whole test {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        refunds,
+        vec![u128::from(client_before.balance.0) - used * pr0],
+        "the client's balance less its use came back"
+    );
+    assert_eq!(
+        worker_payouts.iter().sum::<u128>(),
+        earned * fe0,
+        "the worker got tokens × fee"
+    );
+    assert_eq!(owner_payouts.len(), 1, "{owner_payouts:?}");
+    assert_eq!(
+        rt.block_on(tc.account_state(&old_proxy)).unwrap().balance,
+        0
+    );
+    assert_eq!(delta + fees as i128, 0, "value conserved to the nanoton");
+    let (code, _) = up.stop("INT", Duration::from_secs(30));
+    assert_eq!(code, 0);
+}
+
+/// Waits (at most `secs`) for `f`, panicking with `what` when it never holds.
+fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < end, "{what}: not within {secs} s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -331,6 +331,10 @@ impl LedgerMeter {
         root: &cocoon_ton::root::RootConfig,
     ) -> Result<(), MeterError> {
         let version = root.params.params_version;
+        // Not in the middle of a settlement pass: the move forgets the old contract's
+        // pending checkpoints, and a pass that read one back from the chain before the move
+        // would take it for one this ledger never prepared (and halt).
+        let _pass = self.last_sent.lock().await;
         let p = {
             let mut l = self.ledger();
             if version <= l.params_version() {

@@ -416,3 +416,96 @@ async fn commission_is_withdrawn_once_it_exceeds_the_threshold() {
     meter.settle_once(&chain, &off).await.unwrap();
     assert_eq!(chain.withdrawals(), 3);
 }
+
+/// A [`MemoryChain`] whose checkpoint reads stop at a gate once their answer is taken.
+struct HeldChain {
+    inner: MemoryChain,
+    read: tokio::sync::Notify,
+    gate: tokio::sync::Semaphore,
+}
+
+impl cocoon_proxy::CheckpointChain for HeldChain {
+    fn send_checkpoint(
+        &self,
+        c: cocoon_ledger::ChainCheckpoint,
+    ) -> futures::future::BoxFuture<'_, Result<(), cocoon_proxy::ProxyChainError>> {
+        self.inner.send_checkpoint(c)
+    }
+
+    fn checkpoints_since(
+        &self,
+        after: u32,
+    ) -> futures::future::BoxFuture<
+        '_,
+        Result<Vec<cocoon_ledger::ChainCheckpoint>, cocoon_proxy::ProxyChainError>,
+    > {
+        Box::pin(async move {
+            let v = self.inner.checkpoints_since(after).await?;
+            self.read.notify_one();
+            self.gate.acquire().await.unwrap().forget();
+            Ok(v)
+        })
+    }
+
+    fn submit_receipt<'a>(
+        &'a self,
+        contract: &'a cocoon_ton::StdAddr,
+        boc: Vec<u8>,
+    ) -> futures::future::BoxFuture<'a, Result<(), cocoon_proxy::ProxyChainError>> {
+        self.inner.submit_receipt(contract, boc)
+    }
+
+    fn withdraw(
+        &self,
+    ) -> futures::future::BoxFuture<'_, Result<(), cocoon_proxy::ProxyChainError>> {
+        self.inner.withdraw()
+    }
+}
+
+/// A params change while a settlement pass is reading the old contract's checkpoints back
+/// (seen by the real processes: the proxy halted its ledger at the switch with "unknown
+/// checkpoint 1 on chain"): the move waits for the pass, which confirms the checkpoint it
+/// read, and the ledger stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_params_change_during_a_settlement_pass_does_not_halt_the_ledger() {
+    use cocoon_proxy::CheckpointChain as _;
+    let dir = tempfile::tempdir().unwrap();
+    let chain = Arc::new(HeldChain {
+        inner: MemoryChain::new(),
+        read: tokio::sync::Notify::new(),
+        gate: tokio::sync::Semaphore::new(0),
+    });
+    let cfg = SettlementConfig::default();
+    let (client, worker, funded) = parties();
+    let m = open(&dir.path().join("ledger.sqlite"), &chain.inner)
+        .await
+        .unwrap();
+    m.open_client(&client, &funded, 20).await.unwrap();
+    book(&m, &client, &worker, 1, 2, 40).await;
+    m.settle_once(&chain.inner, &cfg).await.unwrap(); // checkpoint 1 prepared and sent
+    assert_eq!(chain.inner.checkpoints_since(0).await.unwrap().len(), 1);
+    // A pass reads checkpoint 1 back; the params change comes in before it confirms it.
+    let pass = {
+        let (m, chain, cfg) = (m.clone(), chain.clone(), cfg.clone());
+        tokio::spawn(async move { m.settle_once(&*chain, &cfg).await })
+    };
+    chain.read.notified().await;
+    let mut change = {
+        let m = m.clone();
+        tokio::spawn(async move {
+            let mut next = root(2, true, true);
+            next.params.params_version = 2;
+            m.change_params(&next).await
+        })
+    };
+    let early = tokio::time::timeout(std::time::Duration::from_millis(300), &mut change).await;
+    assert!(early.is_err(), "the move waits for the pass");
+    chain.gate.add_permits(100);
+    pass.await.unwrap().unwrap();
+    change.await.unwrap().unwrap();
+    assert_eq!(m.stats().halted, None, "{:?}", m.audit());
+    assert_eq!(m.stats().params_version, 2);
+    // And settlement goes on.
+    m.settle_once(&*chain, &cfg).await.unwrap();
+    assert_eq!(m.stats().halted, None, "{:?}", m.audit());
+}

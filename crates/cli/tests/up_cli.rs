@@ -876,6 +876,13 @@ fn a_params_change_under_traffic_moves_every_role_and_conserves_money() {
     wait_until("three answers on the new contracts", 60, || {
         served_since(t_back) >= 3
     });
+    // The worker deployed its new worker contract itself, from its owner's wallet.
+    wait_until("the new worker contract deployed", 60, || {
+        rt.block_on(tc.account_state(&new_worker))
+            .unwrap()
+            .data
+            .is_some()
+    });
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     rt.block_on(traffic).unwrap();
     let sent = sent.lock().unwrap().clone();

@@ -50,7 +50,8 @@ pub(crate) struct Saved {
     owner_address: String,
     client_key_file: String,
     client_address: String,
-    /// Where the workers' earnings go (a wallet key made for it; never needs funds).
+    /// Where the workers' earnings go (a wallet key made for it; the workers deploy their
+    /// contracts from it).
     worker_owner_key_file: String,
     worker_owner_address: String,
     model: String,
@@ -432,7 +433,9 @@ pub(crate) fn proxy_args(net: &Network, saved: &Saved, dir: &Path) -> Vec<String
 }
 
 /// `cocoon worker`'s command line for worker `n` (from 1) with its admin on `admin`;
-/// `threads` splits the CPU between embedded workers (0: the worker's default).
+/// `threads` splits the CPU between embedded workers (0: the worker's default). The
+/// workers' owner wallet is the worker's payout wallet too: a worker contract missing at a
+/// handshake (after a root params change every address is new) is deployed from it.
 pub(crate) fn worker_args(
     net: &Network,
     plan: &Plan,
@@ -451,6 +454,10 @@ pub(crate) fn worker_args(
             ("--model", model),
             ("--admin", admin),
             ("--state-dir", &path_str(&dir.join(format!("worker-{n}")))),
+            (
+                "--set",
+                &format!("wallet_key_file={}", path_str(&net.worker_owner_key)),
+            ),
         ],
     );
     if let Some(b) = &plan.backend {

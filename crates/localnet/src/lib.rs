@@ -1,7 +1,8 @@
 //! `cocoon-localnet`: the whole Cocoon network on one machine, as `cocoon up` runs it.
 //!
 //! [`run`] starts `cocoon devnet` (chain state in `<dir>/devnet`), makes an owner wallet, a
-//! wallet key for the workers' earnings (`worker-owner.key`, never needs funds) and a client
+//! wallet key for the workers' earnings (`worker-owner.key`, also the workers' payout wallet:
+//! it deploys a worker contract that a params change made new) and a client
 //! wallet and funds them from the devnet faucet, deploys a test root contract that allows the
 //! simulated TEE image for workers and proxies, registers the proxy and the model, then runs
 //! `cocoon proxy`, [`Settings::workers`] × `cocoon worker` (the embedded engine with the

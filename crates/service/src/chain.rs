@@ -396,7 +396,11 @@ pub struct RootWatcher<C> {
     applied: u32,
     time: ChainTime,
     events: Vec<WatchEvent>,
+    wake: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
+
+/// The least time between two reads of the root when a role wakes its watcher early.
+pub const ROOT_WAKE_FLOOR: Duration = Duration::from_secs(1);
 
 impl<C: Chain> RootWatcher<C> {
     /// Watches `root` on `chain`; `applied` is the version the role started with.
@@ -408,6 +412,7 @@ impl<C: Chain> RootWatcher<C> {
             applied,
             time: ChainTime::new(0),
             events: Vec::new(),
+            wake: None,
         }
     }
 
@@ -427,6 +432,14 @@ impl<C: Chain> RootWatcher<C> {
     /// to its role).
     pub fn take_events(&mut self) -> Vec<WatchEvent> {
         std::mem::take(&mut self.events)
+    }
+
+    /// Reads the root early (at most once per [`ROOT_WAKE_FLOOR`]) when `wake` is notified:
+    /// a role that learns from a peer that the root may have changed (a proxy naming a
+    /// contract the known params do not give) need not wait for the next poll.
+    pub fn with_wake(mut self, wake: std::sync::Arc<tokio::sync::Notify>) -> Self {
+        self.wake = Some(wake);
+        self
     }
 
     /// The last version every hook applied.
@@ -480,7 +493,18 @@ impl<C: Chain> RootWatcher<C> {
             for e in self.take_events() {
                 on_event(e);
             }
-            tokio::time::sleep(self.every).await;
+            match self.wake.clone() {
+                Some(w) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.every) => {}
+                        _ = w.notified() => {
+                            tracing::debug!("root read early: a peer suggests a newer configuration");
+                            tokio::time::sleep(ROOT_WAKE_FLOOR.min(self.every)).await;
+                        }
+                    }
+                }
+                None => tokio::time::sleep(self.every).await,
+            }
         }
     }
 }
@@ -595,6 +619,43 @@ mod tests {
             detail.contains("within 120 s") && detail.contains("3 s ahead of"),
             "{detail}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_woken_watcher_reads_the_root_early_but_not_more_than_once_a_second() {
+        let chain = FakeChain::default();
+        chain.set_root(&config(1)).unwrap();
+        let root = StdAddr::new(0, cocoon_ton::HashBytes([2; 32]));
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let w = RootWatcher::new(chain.clone(), root, Duration::from_secs(3600), 1)
+            .with_wake(wake.clone());
+        let seen = Arc::new(Mutex::new(Vec::<u32>::new()));
+        let s2 = seen.clone();
+        let hooks: Vec<RootHook<'static>> = vec![Box::new(move |c: RootConfig| {
+            let s = s2.clone();
+            Box::pin(async move {
+                s.lock().unwrap().push(c.version);
+                Ok(())
+            })
+        })];
+        let task = tokio::spawn(w.run(hooks, |_| {}));
+        // The read at start finds version 1, already applied; version 2 comes after it.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        chain.set_root(&config(2)).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(seen.lock().unwrap().is_empty(), "no read before the hour");
+        let t0 = tokio::time::Instant::now();
+        wake.notify_one();
+        while seen.lock().unwrap().is_empty() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "not read when woken"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(t0.elapsed() >= ROOT_WAKE_FLOOR, "{:?}", t0.elapsed());
+        assert_eq!(*seen.lock().unwrap(), vec![2]);
+        task.abort();
     }
 
     #[test]

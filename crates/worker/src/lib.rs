@@ -165,6 +165,9 @@ pub(crate) struct Shared {
     pub next_conn_id: AtomicU64,
     /// Highest root config version applied (`update_root` ignores older ones).
     pub root_version: Mutex<Option<u32>>,
+    /// Notified when a proxy names a contract the known params do not give (the root may
+    /// have changed): the root watcher reads it early.
+    pub root_wake: Arc<tokio::sync::Notify>,
     pub payout_sink: Option<Arc<dyn PayoutSink>>,
     pub payouts_in_flight: Mutex<HashSet<String>>,
     /// Recent operator events and the chain's time as the root watcher sees it.
@@ -514,6 +517,7 @@ impl Worker {
             proxy_tasks: Mutex::new(HashMap::new()),
             next_conn_id: AtomicU64::new(0),
             root_version: Mutex::new(None),
+            root_wake: Arc::new(tokio::sync::Notify::new()),
             payout_sink: config.payout_sink.clone(),
             payouts_in_flight: Mutex::new(HashSet::new()),
         });
@@ -634,6 +638,12 @@ impl WorkerHandle {
             self.reconnect_all();
         }
         Ok(())
+    }
+
+    /// Notified when a proxy's handshake names a contract the known params do not give:
+    /// pass it to the root watcher (`RootWatcher::with_wake`) to read the root early.
+    pub fn root_wake(&self) -> Arc<tokio::sync::Notify> {
+        self.shared.root_wake.clone()
     }
 
     /// Closes every proxy session; each is redialled at once and handshakes again.

@@ -234,7 +234,8 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
             Duration::from_secs(c.root_poll_seconds),
             first.version,
         )
-        .with_time(time.clone());
+        .with_time(time.clone())
+        .with_wake(handle.root_wake());
         watcher
             .run(
                 root_hooks(&handle, &s.proxies),

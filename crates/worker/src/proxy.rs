@@ -296,12 +296,18 @@ async fn handshake(
     // The proxy contract is derived, not taken from the proxy (with a root to derive it
     // from); the worker contract below is derived from it.
     if let Some(root) = root {
-        proxy_check::allowed(
+        let checked = proxy_check::allowed(
             root,
             shared.root_address.as_ref(),
             shared.check_proxy_hashes,
             &facts,
-        )?;
+        );
+        if let Err(ProxyRefusal::ContractMismatch { .. }) = &checked {
+            // The proxy may already follow newer params (a root change): read the root
+            // now rather than at the next poll, so the redial after it can pass.
+            shared.root_wake.notify_one();
+        }
+        checked?;
     }
     if let Some(params) = &shared.contract_params() {
         let contract = cocoon_ton::contracts::worker_contract(

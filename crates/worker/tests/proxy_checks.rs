@@ -193,6 +193,11 @@ async fn a_proxy_naming_a_contract_the_root_does_not_give_is_refused() {
     .await;
     assert_eq!(w.ready_proxies(), 0);
     assert_eq!(w.stats().proxies[0].handshakes, 0);
+    // The root may have changed under the worker (a params change the proxy followed
+    // first): its root watcher is woken to read it now.
+    tokio::time::timeout(Duration::from_secs(5), w.root_wake().notified())
+        .await
+        .expect("root watcher woken");
     w.shutdown().await;
 
     // Honest use: the proxy names the derived contracts and is served.
@@ -209,6 +214,12 @@ async fn a_proxy_naming_a_contract_the_root_does_not_give_is_refused() {
     assert_eq!(
         w.stats().proxies[0].proxy_sc_address.as_deref(),
         Some(proxy_sc.to_string().as_str())
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), w.root_wake().notified())
+            .await
+            .is_err(),
+        "no early root read for an honest proxy"
     );
     w.shutdown().await;
 }

@@ -74,6 +74,9 @@ pub(crate) struct Shared {
     stats: Stats,
     debug_log: stats::DebugLog,
     started: std::time::Instant,
+    /// Notified when a proxy's handshake names a contract the known params do not give (the
+    /// root may have changed): the root watcher reads it early.
+    root_wake: Arc<Notify>,
 }
 
 impl Shared {
@@ -191,6 +194,7 @@ impl Client {
             stats: Stats::default(),
             debug_log: Default::default(),
             started: std::time::Instant::now(),
+            root_wake: Arc::new(Notify::new()),
         });
         let mut candidates = shared.candidates();
         if candidates.is_empty() {
@@ -276,6 +280,12 @@ async fn supervise(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 }
 
 impl ClientHandle {
+    /// Notified when a proxy's handshake names a contract the known params do not give:
+    /// pass it to the root watcher (`RootWatcher::with_wake`) to read the root early.
+    pub fn root_wake(&self) -> Arc<Notify> {
+        self.shared.root_wake.clone()
+    }
+
     /// Where the HTTP API listens.
     pub fn api_addr(&self) -> Option<SocketAddr> {
         self.api_addr

@@ -119,7 +119,8 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
         Duration::from_secs(c.root_poll_seconds),
         version,
     )
-    .with_time(ChainTime::new(c.clock_drift_max_seconds));
+    .with_time(ChainTime::new(c.clock_drift_max_seconds))
+    .with_wake(handle.root_wake());
     tokio::select! {
         _ = shutdown => {}
         _ = watcher.run(root_hooks(&handle), |_| {}) => {}

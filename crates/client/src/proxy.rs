@@ -471,7 +471,12 @@ async fn session(
         key: proxy_key,
         proxy_sc: proxy_sc.clone(),
     };
-    contract_derived(shared, &root, &facts)?;
+    if let Err(e) = contract_derived(shared, &root, &facts) {
+        // The proxy may already follow newer params (a root change): read the root now
+        // rather than at the next poll, so the redial after it can pass.
+        shared.root_wake.notify_one();
+        return Err(e);
+    }
     let client = cocoon_ton::contracts::client_contract(
         &root.params,
         &shared.owner_address,

@@ -221,3 +221,31 @@ async fn the_client_follows_the_roots_is_test() {
     assert_eq!(post(&base, "json", false).await.status(), 200);
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_naming_a_contract_our_params_do_not_give_wakes_the_root_watcher() {
+    // The proxy names a contract the client's root does not give, as one does after a
+    // params change it followed before the client: refused, and the root is read now.
+    let net = start_proxy_with(test_root(1, true), |cfg| cfg.proxy_sc = addr(0x11)).await;
+    net.fund_client(&addr(0x42), 10_000_000_000, true);
+    let c = Client::start(config(&net, test_root(1, true)))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), c.root_wake().notified())
+        .await
+        .expect("root watcher woken");
+    assert_eq!(c.ready_proxies(), 0);
+    c.shutdown().await;
+
+    // The derived contract: served, no early read.
+    let (net, _w) = network().await;
+    let (c, base) = start_gateway(config(&net, test_root(1, true)), 1).await;
+    assert_eq!(post(&base, "json", false).await.status(), 200);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), c.root_wake().notified())
+            .await
+            .is_err(),
+        "no early root read for an honest proxy"
+    );
+    c.shutdown().await;
+}

@@ -925,6 +925,20 @@ fn a_params_change_under_traffic_moves_every_role_and_conserves_money() {
         Some(new_proxy.to_string().as_str()),
         "{w}"
     );
+    // Each contract's unpaid earnings are priced at its own params' fee.
+    for (sc, fee) in [
+        (&old_proxy, p0.worker_fee_per_token),
+        (&new_proxy, p1.worker_fee_per_token),
+    ] {
+        let e = w["payments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["proxy_sc_address"].as_str() == Some(sc.to_string().as_str()))
+            .unwrap_or_else(|| panic!("no payments row for {sc}: {w}"));
+        let ready: u64 = e["ready_nanoton"].as_str().unwrap().parse().unwrap();
+        assert_eq!(ready, e["ready_tokens"].as_u64().unwrap() * fee, "{e}");
+    }
     let p = get_json(&format!("{padmin}/jsonstats")).unwrap();
     assert_eq!(p["event_counts"]["proxy_contract_switched"], 1, "{p}");
     assert_eq!(p["ledger"]["params_version"], p1.params_version, "{p}");

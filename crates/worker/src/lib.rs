@@ -290,11 +290,7 @@ impl Shared {
             return false;
         };
         let ready = rec.ready_tokens();
-        let due = payout::payout_due(
-            ready,
-            self.prices().worker_fee_per_token,
-            self.min_payout_nanoton,
-        );
+        let due = payout::payout_due(ready, self.fee_of(&rec), self.min_payout_nanoton);
         if ready == 0 || !(due || force) {
             return false;
         }
@@ -344,6 +340,13 @@ impl Shared {
         self.operator.record(at, kind, "", detail);
     }
 
+    /// The worker fee per token of `rec`'s contract: the one of the params it was derived
+    /// under (an old contract keeps its own after a params change), else the current one.
+    fn fee_of(&self, rec: &store::ProxyRecord) -> u64 {
+        rec.worker_fee_per_token
+            .unwrap_or(self.prices().worker_fee_per_token)
+    }
+
     pub(crate) fn stats(&self) -> WorkerStats {
         let c = self.control();
         let op = self.operator.snapshot();
@@ -353,11 +356,7 @@ impl Shared {
             .into_iter()
             .map(|(proxy_sc, r)| PaymentView {
                 ready_tokens: r.ready_tokens(),
-                ready_nanoton: payout::ready_nanoton(
-                    r.ready_tokens(),
-                    self.prices().worker_fee_per_token,
-                )
-                .to_string(),
+                ready_nanoton: payout::ready_nanoton(r.ready_tokens(), self.fee_of(&r)).to_string(),
                 proxy_sc_address: proxy_sc,
                 signed_tokens: r.signed_tokens,
                 db_tokens: r.db_tokens,

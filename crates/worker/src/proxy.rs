@@ -328,7 +328,12 @@ async fn handshake(
     let proxy_sc = proxy_sc_addr.to_string();
     let rec = shared
         .store
-        .register(&proxy_sc, &p.proxy_public_key, &worker_sc.to_string())
+        .register(
+            &proxy_sc,
+            &p.proxy_public_key,
+            &worker_sc.to_string(),
+            shared.contract_params().map(|c| c.worker_fee_per_token),
+        )
         .map_err(|e| SessionError::Handshake(format!("cannot register proxy: {e}")))?;
     let mut link = Link {
         proxy_sc,

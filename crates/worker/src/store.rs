@@ -38,6 +38,11 @@ pub struct ProxyRecord {
     pub max_tokens: u64,
     /// Tokens already paid out through the worker contract.
     pub paid_out_tokens: u64,
+    /// The worker fee per token of the params this contract was derived under (a fee change
+    /// bumps `params_version`, so it is fixed per contract); `None` when the worker had no
+    /// params at first contact (the current fee is used then).
+    #[serde(default)]
+    pub worker_fee_per_token: Option<u64>,
 }
 
 impl ProxyRecord {
@@ -189,6 +194,7 @@ impl PaymentStore {
         proxy_sc: &str,
         proxy_public_key: &[u8; 32],
         worker_sc: &str,
+        worker_fee_per_token: Option<u64>,
     ) -> Result<ProxyRecord, PaymentStoreError> {
         let key = hex::encode(proxy_public_key);
         let mut st = self.lock();
@@ -208,6 +214,7 @@ impl PaymentStore {
         let rec = ProxyRecord {
             proxy_public_key: key,
             worker_sc_address: worker_sc.to_owned(),
+            worker_fee_per_token,
             ..ProxyRecord::default()
         };
         st.proxies.insert(proxy_sc.to_owned(), rec.clone());
@@ -321,7 +328,7 @@ mod tests {
             s.apply("p", &signed(1)),
             Err(PaymentStoreError::UnknownProxy)
         ));
-        s.register("p", &[1; 32], "0:aa").unwrap();
+        s.register("p", &[1; 32], "0:aa", Some(16)).unwrap();
         assert_eq!(s.apply("p", &signed(10)).unwrap().signed_tokens, 10);
         assert!(matches!(
             s.apply("p", &signed(9)),
@@ -358,11 +365,11 @@ mod tests {
         assert_eq!(s.apply("p", &lax_max).unwrap().max_tokens, 25);
         s.mark_paid("p", 10).unwrap();
         assert!(matches!(
-            s.register("p", &[2; 32], "0:aa"),
+            s.register("p", &[2; 32], "0:aa", None),
             Err(PaymentStoreError::IdentityChanged { .. })
         ));
         assert!(matches!(
-            s.register("p", &[1; 32], "0:bb"),
+            s.register("p", &[1; 32], "0:bb", None),
             Err(PaymentStoreError::IdentityChanged { .. })
         ));
         drop(s);
@@ -379,6 +386,17 @@ mod tests {
         );
         assert_eq!(r.signed_payment_boc.as_deref(), Some("0a"));
         assert_eq!(r.ready_tokens(), 0);
+        assert_eq!(
+            r.worker_fee_per_token,
+            Some(16),
+            "the contract's own fee is kept"
+        );
+        // A state file written before the fee was recorded reads as unknown.
+        let old = r#"{"version":1,"proxies":{"q":{"proxy_public_key":"01","worker_sc_address":"0:cc","signed_tokens":0,"signed_payment_boc":null,"db_tokens":0,"max_tokens":0,"paid_out_tokens":0}}}"#;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(STATE_FILE), old).unwrap();
+        let s = PaymentStore::open(dir.path()).unwrap();
+        assert_eq!(s.get("q").unwrap().worker_fee_per_token, None);
     }
 
     #[test]

@@ -961,6 +961,16 @@ fn a_params_change_under_traffic_moves_every_role_and_conserves_money() {
         std::thread::sleep(Duration::from_millis(300));
     }
     assert!(advanced, "closed without waiting for its close delay");
+    // The proxy's book of contracts sees it closed (its next retirement pass).
+    let book = dir.join("proxy/proxy-contracts");
+    let want = [
+        format!("{} {old_proxy} closed", p0.params_version),
+        format!("{} {new_proxy} open", p1.params_version),
+    ];
+    wait_until("the proxy's book shows the old contract closed", 30, || {
+        let text = std::fs::read_to_string(&book).unwrap_or_default();
+        want.iter().all(|w| text.lines().any(|l| l == w))
+    });
     eprintln!(
         "old proxy contract closed {:?} after the change",
         t_change.elapsed()

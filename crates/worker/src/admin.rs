@@ -159,6 +159,7 @@ fn stats_html(s: &WorkerStats) -> Response {
             "max",
             "paid out",
             "ready (nanoTON)",
+            "contract",
         ],
     );
     for x in &s.payments {
@@ -169,6 +170,7 @@ fn stats_html(s: &WorkerStats) -> Response {
             x.max_tokens.to_string(),
             x.paid_out_tokens.to_string(),
             format!("{} ({})", x.ready_tokens, x.ready_nanoton),
+            if x.closed { "closed, paid" } else { "open" }.to_owned(),
         ]);
     }
     events::events_table(&mut p, &s.events);

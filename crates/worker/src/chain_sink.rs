@@ -17,15 +17,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use cocoon_ton::chain::{AccountStatus, Chain};
+use cocoon_ton::chain::{AccountState, AccountStatus, Chain};
 use cocoon_ton::contracts::Deployable;
+use cocoon_ton::contracts::WorkerStorage;
 use cocoon_ton::payments::{PaymentPayload, SignedPayment};
 use cocoon_ton::wallet::{OutMsg, SenderEvent, WalletSender};
 use futures::future::BoxFuture;
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
-use crate::payout::{ContractError, ContractStatus, PayoutSink};
+use crate::payout::{ContractError, ContractStatus, PayoutSink, WorkerOnChain};
 
 /// nanoTON attached to a payout message by default.
 pub const DEFAULT_ATTACH_NANOTON: u64 = 500_000_000;
@@ -57,6 +58,22 @@ impl<C: Chain> std::fmt::Debug for ChainPayoutSink<C> {
             .field("attach_nanoton", &self.attach_nanoton)
             .finish_non_exhaustive()
     }
+}
+
+/// A worker contract's account state as [`WorkerOnChain`]: not active is missing; its
+/// storage's `state` 2 or more is closed.
+pub(crate) fn worker_on_chain(st: &AccountState) -> Result<WorkerOnChain, String> {
+    use cocoon_ton::codec::Layout;
+    let (AccountStatus::Active, Some(data)) = (st.status, st.data.as_ref()) else {
+        return Ok(WorkerOnChain::Missing);
+    };
+    let ws = WorkerStorage::from_cell(data).map_err(|e| format!("worker contract storage: {e}"))?;
+    let paid_tokens = ws.tokens;
+    Ok(if ws.state.0 >= 2 {
+        WorkerOnChain::Closed { paid_tokens }
+    } else {
+        WorkerOnChain::Open { paid_tokens }
+    })
 }
 
 fn now_unix() -> u64 {
@@ -198,6 +215,25 @@ impl<C: Chain + 'static> PayoutSink for ChainPayoutSink<C> {
         contract: &'a Deployable,
     ) -> BoxFuture<'a, Result<ContractStatus, ContractError>> {
         Box::pin(self.ensure_inner(contract))
+    }
+
+    fn worker_contract<'a>(
+        &'a self,
+        address: &'a str,
+    ) -> BoxFuture<'a, Result<WorkerOnChain, String>> {
+        Box::pin(async move {
+            let addr = cocoon_ton::parse_address(address)
+                .map_err(|e| format!("worker contract {address}: {e}"))?;
+            let st = self
+                .sender
+                .lock()
+                .await
+                .chain()
+                .account_state(&addr)
+                .await
+                .map_err(|e| format!("worker contract {address}: cannot read it: {e}"))?;
+            worker_on_chain(&st)
+        })
     }
 
     fn submit(

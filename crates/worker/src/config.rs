@@ -112,6 +112,9 @@ pub struct Timings {
     pub backoff: BackoffConfig,
     /// On shutdown, how long running requests may finish before their sessions close.
     pub drain_timeout: Duration,
+    /// With a payout wallet, how often the worker contracts holding unpaid tokens are read
+    /// to find those their proxy paid and closed (default 60 s).
+    pub contract_check_interval: Duration,
 }
 
 impl Default for Timings {
@@ -123,6 +126,7 @@ impl Default for Timings {
             payment_status_timeout: Duration::from_secs(60),
             backoff: BackoffConfig::default(),
             drain_timeout: Duration::from_secs(30),
+            contract_check_interval: Duration::from_secs(60),
         }
     }
 }

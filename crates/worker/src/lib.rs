@@ -53,7 +53,8 @@ use tokio::task::JoinHandle;
 
 pub use chain_sink::{ChainPayoutSink, DEFAULT_ATTACH_NANOTON, DEFAULT_DEPLOY_NANOTON};
 pub use config::{AdminConfig, Timings, WorkerConfig, WorkerConfigError, model_base_name};
-pub use payout::{ContractError, ContractStatus, PayoutSink};
+use payout::PayoutDecision;
+pub use payout::{ContractError, ContractStatus, PayoutSink, WorkerOnChain};
 pub use process::{run, watch_events};
 pub use root::RootUpdate;
 pub use settings::{DEFAULTS, Settings};
@@ -289,6 +290,9 @@ impl Shared {
         let Some(rec) = self.store.get(proxy_sc) else {
             return false;
         };
+        if rec.closed {
+            return false;
+        }
         let ready = rec.ready_tokens();
         let due = payout::payout_due(ready, self.fee_of(&rec), self.min_payout_nanoton);
         if ready == 0 || !(due || force) {
@@ -314,15 +318,20 @@ impl Shared {
         let proxy_sc = proxy_sc.to_owned();
         let tokens = rec.signed_tokens;
         tokio::spawn(async move {
-            match sink.submit(&proxy_sc, boc, tokens).await {
-                Ok(()) => {
-                    if let Err(e) = this.store.mark_paid(&proxy_sc, tokens) {
-                        tracing::error!(proxy = %proxy_sc, error = %e, "cannot record payout");
-                    } else {
-                        tracing::info!(proxy = %proxy_sc, tokens, "payout submitted");
+            // A contract its proxy already paid and closed (after a params change) would
+            // bounce the payout and keep the gas: read it first.
+            if this.settle_from_chain(&sink, &proxy_sc, &rec).await == Some(PayoutDecision::Submit)
+            {
+                match sink.submit(&proxy_sc, boc, tokens).await {
+                    Ok(()) => {
+                        if let Err(e) = this.store.mark_paid(&proxy_sc, tokens) {
+                            tracing::error!(proxy = %proxy_sc, error = %e, "cannot record payout");
+                        } else {
+                            tracing::info!(proxy = %proxy_sc, tokens, "payout submitted");
+                        }
                     }
+                    Err(e) => tracing::warn!(proxy = %proxy_sc, error = %e, "payout failed"),
                 }
-                Err(e) => tracing::warn!(proxy = %proxy_sc, error = %e, "payout failed"),
             }
             this.payouts_in_flight
                 .lock()
@@ -330,6 +339,59 @@ impl Shared {
                 .remove(&proxy_sc);
         });
         true
+    }
+
+    /// Reads `rec`'s worker contract and records what it shows: closed (settled, nothing
+    /// ready any more) or already paid. Returns the decision, `None` when the chain could
+    /// not be read (nothing is sent then; the next pass reads again).
+    async fn settle_from_chain(
+        &self,
+        sink: &Arc<dyn PayoutSink>,
+        proxy_sc: &str,
+        rec: &store::ProxyRecord,
+    ) -> Option<PayoutDecision> {
+        let on_chain = match sink.worker_contract(&rec.worker_sc_address).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(proxy = %proxy_sc, error = %e, "cannot read the worker contract");
+                return None;
+            }
+        };
+        let decision = payout::decide_payout(rec, on_chain);
+        let recorded = match decision {
+            PayoutDecision::Submit => return Some(decision),
+            PayoutDecision::AlreadyPaid(t) => self.store.mark_paid(proxy_sc, t),
+            PayoutDecision::Closed(t) => {
+                let r = self.store.mark_closed(proxy_sc, t);
+                if r.is_ok() {
+                    self.event(
+                        "contract_closed",
+                        &format!(
+                            "worker contract {} of proxy contract {proxy_sc} closed after paying {t} tokens",
+                            rec.worker_sc_address
+                        ),
+                    );
+                }
+                r
+            }
+        };
+        if let Err(e) = recorded {
+            tracing::error!(proxy = %proxy_sc, error = %e, "cannot record the worker contract's state");
+        }
+        Some(decision)
+    }
+
+    /// Reads the worker contract of every open record holding unpaid tokens, so that one its
+    /// proxy paid and closed shows as settled even while no payout is due.
+    async fn check_contracts(&self) {
+        let Some(sink) = self.payout_sink.clone() else {
+            return;
+        };
+        for (proxy_sc, rec) in self.store.snapshot() {
+            if rec.ready_tokens() > 0 {
+                self.settle_from_chain(&sink, &proxy_sc, &rec).await;
+            }
+        }
     }
 
     pub(crate) fn event(&self, kind: &'static str, detail: &str) {
@@ -362,6 +424,7 @@ impl Shared {
                 db_tokens: r.db_tokens,
                 max_tokens: r.max_tokens,
                 paid_out_tokens: r.paid_out_tokens,
+                closed: r.closed,
             })
             .collect();
         WorkerStats {
@@ -404,6 +467,9 @@ pub struct PaymentView {
     pub ready_tokens: u64,
     /// Their worth in nanoTON (decimal string: it may exceed 2^53).
     pub ready_nanoton: String,
+    /// The worker contract is closed on chain: its proxy paid it its last payout (after a
+    /// params change); nothing is ready.
+    pub closed: bool,
 }
 
 /// Everything `/jsonstats` shows.
@@ -536,6 +602,12 @@ impl Worker {
             Arc::clone(&shared),
             stop_rx.clone(),
         )));
+        if shared.payout_sink.is_some() {
+            tasks.push(tokio::spawn(contract_monitor(
+                Arc::clone(&shared),
+                stop_rx.clone(),
+            )));
+        }
         shared.set_proxies(&config.proxies);
         tracing::info!(
             model = %shared.model,
@@ -697,6 +769,20 @@ pub(crate) fn payout_all(shared: &Arc<Shared>) -> usize {
         .into_iter()
         .filter(|(sc, _)| shared.maybe_payout(sc, true))
         .count()
+}
+
+/// Reads the worker contracts holding unpaid tokens every `contract_check_interval`.
+async fn contract_monitor(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(shared.timings.contract_check_interval) => {}
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = shared.check_contracts() => {}
+        }
+    }
 }
 
 /// Probes the engine every `health_interval`; a change flips `uplink_ok`, which every proxy

@@ -11,6 +11,8 @@
 use cocoon_ton::contracts::Deployable;
 use futures::future::BoxFuture;
 
+use crate::store::ProxyRecord;
+
 /// Why the worker contract a proxy's receipts name could not be made to exist.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -70,6 +72,17 @@ pub trait PayoutSink: Send + Sync {
         Box::pin(async { Ok(ContractStatus::Unchecked) })
     }
 
+    /// Reads the worker contract at `address` (raw form), to tell whether a payout to it
+    /// can still land. The default (a sink without a chain) reads nothing:
+    /// [`WorkerOnChain::Unknown`].
+    fn worker_contract<'a>(
+        &'a self,
+        address: &'a str,
+    ) -> BoxFuture<'a, Result<WorkerOnChain, String>> {
+        let _ = address;
+        Box::pin(async { Ok(WorkerOnChain::Unknown) })
+    }
+
     /// Submits `signed_payment_boc`, which covers `tokens` cumulative tokens. `Ok` means the
     /// message was accepted for sending; the worker then counts those tokens as paid.
     fn submit(
@@ -78,6 +91,52 @@ pub trait PayoutSink: Send + Sync {
         signed_payment_boc: Vec<u8>,
         tokens: u64,
     ) -> BoxFuture<'_, Result<(), String>>;
+}
+
+/// A worker contract as the chain shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerOnChain {
+    /// Not read (a sink without a chain).
+    Unknown,
+    /// Not deployed (or not active).
+    Missing,
+    /// Active and open; `paid_tokens` is the token total it has paid out so far.
+    Open {
+        /// Tokens paid so far (`WorkerStorage.tokens`).
+        paid_tokens: u64,
+    },
+    /// Closed: its proxy paid it its final payout (after a params change, or a proxy
+    /// closing); it accepts no payout any more.
+    Closed {
+        /// Tokens paid in all.
+        paid_tokens: u64,
+    },
+}
+
+/// What to do with a due payout once the worker contract was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PayoutDecision {
+    /// Send the signed payout.
+    Submit,
+    /// The contract already paid at least the signed tokens: record them as paid, send
+    /// nothing.
+    AlreadyPaid(u64),
+    /// The contract is closed: record the proxy contract as settled, send nothing (a payout
+    /// would bounce and cost gas).
+    Closed(u64),
+}
+
+/// The decision for `rec` given its worker contract's state `on_chain`.
+pub(crate) fn decide_payout(rec: &ProxyRecord, on_chain: WorkerOnChain) -> PayoutDecision {
+    match on_chain {
+        WorkerOnChain::Closed { paid_tokens } => PayoutDecision::Closed(paid_tokens),
+        WorkerOnChain::Open { paid_tokens } if paid_tokens >= rec.signed_tokens => {
+            PayoutDecision::AlreadyPaid(paid_tokens)
+        }
+        WorkerOnChain::Open { .. } | WorkerOnChain::Missing | WorkerOnChain::Unknown => {
+            PayoutDecision::Submit
+        }
+    }
 }
 
 /// nanoTON earned by `ready_tokens` adjusted tokens at `worker_fee_per_token`.
@@ -97,6 +156,43 @@ pub(crate) fn payout_due(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record(signed: u64, paid: u64) -> ProxyRecord {
+        ProxyRecord {
+            signed_tokens: signed,
+            paid_out_tokens: paid,
+            ..ProxyRecord::default()
+        }
+    }
+
+    #[test]
+    fn a_closed_contract_gets_no_payout() {
+        use PayoutDecision::*;
+        let rec = record(120, 0);
+        // Closed after the proxy's final payout: settled, whatever the totals.
+        for paid_tokens in [0, 100, 120, 500] {
+            assert_eq!(
+                decide_payout(&rec, WorkerOnChain::Closed { paid_tokens }),
+                Closed(paid_tokens)
+            );
+        }
+        // Open: only what it has not paid yet is sent.
+        assert_eq!(
+            decide_payout(&rec, WorkerOnChain::Open { paid_tokens: 100 }),
+            Submit
+        );
+        assert_eq!(
+            decide_payout(&rec, WorkerOnChain::Open { paid_tokens: 120 }),
+            AlreadyPaid(120)
+        );
+        assert_eq!(
+            decide_payout(&rec, WorkerOnChain::Open { paid_tokens: 130 }),
+            AlreadyPaid(130)
+        );
+        // Not deployed yet (its deployment goes first from the same wallet) or not read.
+        assert_eq!(decide_payout(&rec, WorkerOnChain::Missing), Submit);
+        assert_eq!(decide_payout(&rec, WorkerOnChain::Unknown), Submit);
+    }
 
     #[test]
     fn threshold_is_in_nanoton_not_tokens() {

@@ -43,11 +43,19 @@ pub struct ProxyRecord {
     /// params at first contact (the current fee is used then).
     #[serde(default)]
     pub worker_fee_per_token: Option<u64>,
+    /// The worker contract was seen closed on chain: its proxy paid it its last payout (after
+    /// a params change); nothing is ready and no payout is sent to it any more. Read as
+    /// `false` from older files.
+    #[serde(default)]
+    pub closed: bool,
 }
 
 impl ProxyRecord {
     /// Signed tokens not yet paid out.
     pub fn ready_tokens(&self) -> u64 {
+        if self.closed {
+            return 0;
+        }
         self.signed_tokens.saturating_sub(self.paid_out_tokens)
     }
 }
@@ -284,6 +292,20 @@ impl PaymentStore {
         self.replace(&mut st, proxy_sc, cur, next)
     }
 
+    /// Records that the worker contract of `proxy_sc` is closed on chain after paying
+    /// `paid_tokens` in all (the proxy's final payout): the record is settled.
+    pub fn mark_closed(&self, proxy_sc: &str, paid_tokens: u64) -> Result<(), PaymentStoreError> {
+        let mut st = self.lock();
+        let cur = held(&st, proxy_sc)?;
+        let mut next = cur.clone();
+        next.closed = true;
+        next.paid_out_tokens = cur.paid_out_tokens.max(paid_tokens.min(cur.signed_tokens));
+        if next == cur {
+            return Ok(());
+        }
+        self.replace(&mut st, proxy_sc, cur, next)
+    }
+
     /// Holds `next` for `proxy_sc` once persisted; on failure `cur` stays held.
     fn replace(
         &self,
@@ -397,6 +419,27 @@ mod tests {
         std::fs::write(dir.path().join(STATE_FILE), old).unwrap();
         let s = PaymentStore::open(dir.path()).unwrap();
         assert_eq!(s.get("q").unwrap().worker_fee_per_token, None);
+        assert!(!s.get("q").unwrap().closed, "older files read as open");
+    }
+
+    #[test]
+    fn a_closed_contract_is_settled_durably() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = PaymentStore::open(dir.path()).unwrap();
+        s.register("p", &[1; 32], "0:aa", Some(16)).unwrap();
+        s.apply("p", &signed(43)).unwrap();
+        assert_eq!(s.get("p").unwrap().ready_tokens(), 43);
+        // The proxy's final payout covered more than the worker holds signed.
+        s.mark_closed("p", 50).unwrap();
+        drop(s);
+        let s = PaymentStore::open(dir.path()).unwrap();
+        let r = s.get("p").unwrap();
+        assert!(r.closed);
+        assert_eq!((r.paid_out_tokens, r.ready_tokens()), (43, 0));
+        assert!(matches!(
+            s.mark_closed("q", 1),
+            Err(PaymentStoreError::UnknownProxy)
+        ));
     }
 
     #[test]

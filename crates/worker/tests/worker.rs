@@ -910,3 +910,108 @@ async fn root_config_sets_proxies_prices_and_model_whitelist() {
     assert_eq!(w.stats().root_version, Some(8));
     w.shutdown().await;
 }
+
+/// After a params change the proxy pays each old worker contract its last payout itself and
+/// the contract closes. The worker, which still holds that contract's signed tokens as
+/// unpaid, reads the contract from the chain (a fake one here) before cashing them: a closed
+/// contract gets no payout (nothing leaves the wallet, even when forced), and the record is
+/// settled on disk and shown closed with nothing ready on `/jsonstats` and `/stats`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_contract_its_proxy_closed_gets_no_payout_and_shows_settled() {
+    use cocoon_ton::chain::AccountStatus;
+    use cocoon_ton::chain::fake::{FakeChain, account};
+    use cocoon_ton::codec::{Layout, State2};
+    use cocoon_ton::contracts::WorkerStorage;
+    use cocoon_ton::keys::SigningKey;
+    use cocoon_ton::wallet::{Wallet, WalletSender};
+    use cocoon_worker::{ChainPayoutSink, DEFAULT_ATTACH_NANOTON};
+
+    let (base, _eng, mut proxy, dir) = worker_rig().await;
+    let chain = FakeChain::default();
+    chain.set_others(account(AccountStatus::Uninit, 10_000_000_000, None));
+    let proxy_sc = proxy.proxy_sc.clone();
+    let storage = |state: u8, tokens: u64| {
+        WorkerStorage {
+            owner: addr(0x44),
+            proxy_sc: proxy_sc.clone(),
+            proxy_public_key: cocoon_ton::HashBytes([5; 32]),
+            state: State2(state),
+            tokens,
+            params: cocoon_ton::CellBuilder::new().build().unwrap(),
+        }
+        .to_cell()
+        .unwrap()
+    };
+    // Open, nothing paid yet, while the worker earns.
+    chain.set_account(
+        &proxy.worker_sc,
+        account(AccountStatus::Active, 1_000_000_000, Some(storage(0, 0))),
+    );
+    let wallet_key = SigningKey::from_seed(&[3; 32]).unwrap();
+    let sender = WalletSender::new(
+        chain.clone(),
+        Wallet::v4r2(wallet_key.public_key(), 0),
+        wallet_key,
+    )
+    .unwrap();
+    let sink = Arc::new(ChainPayoutSink::new(sender, DEFAULT_ATTACH_NANOTON));
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    let mut cfg = worker_config(&proxy.addr, &base, &dir.path().join("state"));
+    cfg.admin = Some(admin_config(Some(token_file)));
+    cfg.payout_sink = Some(sink);
+    cfg.min_payout_nanoton = u128::MAX; // nothing due: only the contract check reads it
+    cfg.timings.contract_check_interval = Duration::from_millis(100);
+    let w = Worker::start(cfg).await.unwrap();
+    let c = proxy.next_conn().await;
+    c.send(&tproxy::SignedPayment {
+        data: proxy.payment(43),
+    })
+    .await;
+    eventually("43 held", || {
+        w.stats().payments.first().map(|p| p.signed_tokens) == Some(43)
+    })
+    .await;
+    // The contract is open: the checks leave the tokens ready.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let p = w.stats().payments[0].clone();
+    assert_eq!((p.ready_tokens, p.closed), (43, false));
+
+    // The params change: the proxy's final payout (50 tokens) closes the contract.
+    chain.set_account(
+        &proxy.worker_sc,
+        account(AccountStatus::Active, 1_000_000_000, Some(storage(2, 50))),
+    );
+    eventually("seen closed", || w.stats().payments[0].closed).await;
+    let p = w.stats().payments[0].clone();
+    assert_eq!((p.ready_tokens, p.ready_nanoton.as_str()), (0, "0"));
+    assert_eq!(p.paid_out_tokens, 43);
+
+    // A forced payout sends nothing to the closed contract.
+    let admin = format!("http://{}", w.admin_addr().unwrap());
+    let http = reqwest::Client::new();
+    assert_eq!(
+        post_status(
+            &http,
+            &format!("{admin}/control/payout"),
+            Some("s3cret-token")
+        )
+        .await,
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(chain.sent().is_empty(), "no payout to a closed contract");
+    let json: serde_json::Value = get_json(&http, &format!("{admin}/jsonstats")).await;
+    assert_eq!(json["payments"][0]["closed"], true);
+    assert_eq!(json["payments"][0]["ready_tokens"], 0);
+    let html = get_text(&http, &format!("{admin}/stats")).await;
+    assert!(html.contains("closed, paid"), "{html}");
+    drop(c);
+    w.shutdown().await;
+
+    // Durable: the restarted worker holds it settled.
+    let store = cocoon_worker::PaymentStore::open(&dir.path().join("state")).unwrap();
+    let r = store.get(&proxy.proxy_sc.to_string()).unwrap();
+    assert!(r.closed);
+    assert_eq!(r.ready_tokens(), 0);
+}

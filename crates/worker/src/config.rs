@@ -112,8 +112,8 @@ pub struct Timings {
     pub backoff: BackoffConfig,
     /// On shutdown, how long running requests may finish before their sessions close.
     pub drain_timeout: Duration,
-    /// With a payout wallet, how often the worker contracts holding unpaid tokens are read
-    /// to find those their proxy paid and closed (default 60 s).
+    /// With a payout wallet, how often the worker contracts not yet seen closed are read to
+    /// find those their proxy paid and closed (default 60 s).
     pub contract_check_interval: Duration,
 }
 

@@ -381,14 +381,14 @@ impl Shared {
         Some(decision)
     }
 
-    /// Reads the worker contract of every open record holding unpaid tokens, so that one its
-    /// proxy paid and closed shows as settled even while no payout is due.
+    /// Reads the worker contract of every record not yet seen closed, so that one its proxy
+    /// paid and closed shows as settled even while no payout is due.
     async fn check_contracts(&self) {
         let Some(sink) = self.payout_sink.clone() else {
             return;
         };
         for (proxy_sc, rec) in self.store.snapshot() {
-            if rec.ready_tokens() > 0 {
+            if !rec.closed {
                 self.settle_from_chain(&sink, &proxy_sc, &rec).await;
             }
         }
@@ -771,7 +771,7 @@ pub(crate) fn payout_all(shared: &Arc<Shared>) -> usize {
         .count()
 }
 
-/// Reads the worker contracts holding unpaid tokens every `contract_check_interval`.
+/// Reads the worker contracts not yet seen closed every `contract_check_interval`.
 async fn contract_monitor(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {

@@ -2,7 +2,8 @@
 //! devnet (the real contract code), a worker with a payout wallet whose contract with the
 //! proxy is missing deploys it from that wallet at the handshake and serves; a wallet too
 //! poor to pay for the deployment sends nothing and the session is refused with one line
-//! that says so.
+//! that says so; a worker contract its proxy's last payout closed is shown closed and gets
+//! no payout from the wallet.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::sync::Arc;
@@ -156,5 +157,99 @@ async fn a_wallet_too_poor_to_deploy_the_contract_is_refused_with_one_line() {
     );
     assert_eq!(status(&tc, &contract).await.0, AccountStatus::Nonexist);
     assert_eq!(net.proxy.ready_workers(), 0);
+    w.handle.shutdown().await;
+}
+
+/// After a params change the proxy pays the old worker contract its last payout and the
+/// contract closes. On the devnet (the real contract code): the proxy key's last payout
+/// closes the worker contract; the worker reads it, shows it closed with nothing ready, and
+/// a forced payout sends nothing from its wallet (it would bounce and cost gas).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_contract_its_proxy_closed_gets_no_payout_from_the_wallet() {
+    use cocoon_ton::codec::Layout;
+    use cocoon_ton::contracts::WorkerStorage;
+    use cocoon_ton::payments::{PaymentPayload, SignedOp};
+    let chain = chainnet().await;
+    let tc = chain.tc.clone();
+    let net = proxy(&chain).await;
+    let owner = Party::new(0x73);
+    tc.faucet(&owner.address, 2 * TON).await.unwrap();
+    let contract = net.worker_sc(&owner.address);
+    let sender = WalletSender::new(tc.clone(), owner.wallet.clone(), owner.key.clone()).unwrap();
+    let sink = Arc::new(ChainPayoutSink::new(sender, DEFAULT_ATTACH_NANOTON));
+    sink.spawn_ticker(Duration::from_millis(100));
+    let address = owner.address.to_string();
+    let w = start_worker_with(&net, 0x73, move |c| {
+        c.owner_address = address;
+        c.payout_sink = Some(sink);
+        c.min_payout_nanoton = u128::MAX; // only forced payouts
+        c.timings.contract_check_interval = Duration::from_millis(200);
+    })
+    .await;
+    net.wait_workers(1).await;
+    let mut active = false;
+    for _ in 0..100 {
+        if status(&tc, &contract).await.0 == AccountStatus::Active {
+            active = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(active, "the worker contract was deployed");
+    // Open: read and shown open.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!w.handle.stats().payments[0].closed);
+
+    // The proxy's last payout (as its settlement sends it after a params change).
+    let last = PaymentPayload {
+        op: SignedOp::WorkerLastPayout,
+        query_id: 7,
+        tokens: Some(10),
+        contract: contract.clone(),
+    }
+    .sign(&chain.proxy_key(), &owner.address)
+    .unwrap();
+    let mut sender = Party::new(0x74);
+    tc.faucet(&sender.address, 2 * TON).await.unwrap();
+    sender
+        .send(&tc, &contract, 7 * TON / 10, last.to_cell().unwrap(), None)
+        .await;
+    let mut closed = false;
+    for _ in 0..100 {
+        let st = tc.account_state(&contract).await.unwrap();
+        if st
+            .data
+            .is_some_and(|d| WorkerStorage::from_cell(&d).unwrap().state.0 == 2)
+        {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        closed,
+        "the last payout closed the worker contract on chain"
+    );
+    eventually("the worker shows it closed", || {
+        w.handle.stats().payments[0].closed
+    })
+    .await;
+    let p = w.handle.stats().payments[0].clone();
+    assert_eq!((p.ready_tokens, p.ready_nanoton.as_str()), (0, "0"));
+    assert!(
+        w.handle
+            .stats()
+            .event_counts
+            .get("contract_closed")
+            .is_some_and(|n| *n == 1),
+        "{:?}",
+        w.handle.stats().event_counts
+    );
+
+    // A forced payout sends nothing: the wallet's balance does not move.
+    let before = status(&tc, &owner.address).await.1;
+    assert_eq!(w.handle.payout_now(), 0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(status(&tc, &owner.address).await.1, before);
     w.handle.shutdown().await;
 }

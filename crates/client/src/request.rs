@@ -625,6 +625,16 @@ impl Shared {
                         ErrorKind::Upstream,
                         format!("proxy {}: {why}", slot.address),
                     ));
+                    // The session ended before any answer (a proxy switching to new params
+                    // ends every session): the request is asked again, of another proxy or
+                    // of this one once it reconnected, as when it could not be sent.
+                    if let Some(pause) = reconnect_retry("retry after reconnecting", again) {
+                        again += 1;
+                        tracing::info!(proxy = %slot.address, "session closed before the answer; asking again");
+                        if pause_before_retry(pause, deadline).await {
+                            tried.retain(|a| a != &slot.address);
+                        }
+                    }
                 }
                 Event::Part { .. } => {
                     tracker.finish(None, false);

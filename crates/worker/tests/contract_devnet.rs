@@ -230,8 +230,10 @@ async fn a_worker_contract_its_proxy_closed_gets_no_payout_from_the_wallet() {
         closed,
         "the last payout closed the worker contract on chain"
     );
+    // The record is marked first (durably), the operator event follows it.
     eventually("the worker shows it closed", || {
-        w.handle.stats().payments[0].closed
+        let s = w.handle.stats();
+        s.payments[0].closed && s.event_counts.contains_key("contract_closed")
     })
     .await;
     let p = w.handle.stats().payments[0].clone();

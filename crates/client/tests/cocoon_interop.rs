@@ -548,6 +548,27 @@ async fn version_0_answers_are_delivered_whole_and_streamed() {
     c.shutdown().await;
 }
 
+/// The proxy ends its session after the request reached it and before any answer (as a
+/// proxy switching to new params ends every session): the client asks again once it
+/// reconnected, and the app gets the answer, not a 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_session_closed_before_any_answer_is_asked_again() {
+    let mut p = Scripted::start(2).await;
+    let (c, base) = gateway(&[&p]).await;
+    let (t, first) = p.ask(&base, false, false).await;
+    first.handle.close();
+    let again = p.next().await;
+    // On a new session: the first one is closed.
+    assert_eq!(again.query.model_name, first.query.model_name);
+    again
+        .head_v0(JSON, COMPLETION.as_bytes(), true, TOKENS)
+        .await;
+    let g = got(t).await;
+    g.assert_priced();
+    g.assert_prompt();
+    c.shutdown().await;
+}
+
 /// The `Ex` forms under protocols 1 and 2: whole (with the timings of version 2 and the
 /// debug texts), streamed, and `client.queryAnswerErrorEx` before and after the head.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -676,15 +676,10 @@ async fn txs_between(
     from: Option<&cocoon_ton::chain::TxId>,
     to: Option<&cocoon_ton::chain::TxId>,
 ) -> Vec<cocoon_devnet::TxRecord> {
-    use cocoon_ton::chain::Chain;
     let Some(to) = to else { return Vec::new() };
-    tc.transactions_since(a, from, 1000)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|t| cocoon_devnet::TxRecord::from_cell(a.workchain, t.raw.expect("data BOC")).unwrap())
-        .filter(|t| t.lt <= to.lt)
-        .collect()
+    let mut txs = cocoon_testkit::devnet::txs_after(tc, a, from).await;
+    txs.retain(|t| t.lt <= to.lt);
+    txs
 }
 
 /// One request of the background traffic: when it was sent and ended, its status and body.
@@ -1010,13 +1005,7 @@ fn a_params_change_under_traffic_moves_every_role_and_conserves_money() {
         delta += *b1 as i128 - *b0 as i128;
         for t in rt.block_on(txs_between(&tc, a, tx0.as_ref(), tx1.as_ref())) {
             count += 1;
-            fees += t.total_fees;
-            fees += t
-                .out_msgs
-                .iter()
-                .filter(|m| !m.external_out)
-                .map(|m| m.fwd_fee)
-                .sum::<u128>();
+            fees += t.fees_paid();
             let Some(m) = &t.in_msg else { continue };
             let Some(src) = &m.src else { continue };
             assert!(all.contains(src), "value from outside the accounts: {t:?}");

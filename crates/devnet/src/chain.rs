@@ -263,6 +263,19 @@ pub struct TxRecord {
 }
 
 impl TxRecord {
+    /// Everything the transaction cost its account and the chain: its total fees plus the
+    /// forwarding fees of the internal messages it sent (what a balance sheet over accounts
+    /// must add back).
+    pub fn fees_paid(&self) -> u128 {
+        self.total_fees
+            + self
+                .out_msgs
+                .iter()
+                .filter(|m| !m.external_out)
+                .map(|m| m.fwd_fee)
+                .sum::<u128>()
+    }
+
     /// Decodes a transaction cell.
     pub fn from_cell(workchain: i8, cell: Cell) -> Result<Self, DevnetError> {
         let tx = cell

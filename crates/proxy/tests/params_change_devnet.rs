@@ -16,18 +16,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cocoon_devnet::TxRecord;
 use cocoon_proxy::{
     ContractIdentity, ContractRecord, ContractSwitch, RetireStep, SettlementConfig,
     switching_root_hooks,
 };
 use cocoon_service::chain::{Polled, RootWatcher};
 use cocoon_testkit::client::TestClient;
-use cocoon_testkit::devnet::{PAYOUT_OP, Party, TON, chainnet, proxy_pk, top_up};
+use cocoon_testkit::devnet::{PAYOUT_OP, Party, TON, chainnet, proxy_pk, top_up, txs_after};
 use cocoon_testkit::prelude::*;
 use cocoon_testkit::proxy::secret_hash;
 use cocoon_testkit::worker::start_worker;
-use cocoon_ton::chain::{Chain, Devnet as _, TxId};
+use cocoon_ton::chain::{Chain, Devnet as _};
 use cocoon_ton::codec::Layout;
 use cocoon_ton::contracts::{
     ClientStorage, ProxyStorage, WorkerStorage, client_contract, worker_contract,
@@ -37,16 +36,6 @@ use cocoon_ton::messages::OwnerClientChangeSecretHash;
 use cocoon_ton::ops::{self, RootOp, WalletOps};
 use cocoon_ton::wallet::Wallet;
 use cocoon_ton::{HashBytes, StdAddr, Toncenter};
-
-/// Every transaction of `a` after `after`, decoded (fees, messages).
-async fn txs_after(tc: &Toncenter, a: &StdAddr, after: Option<&TxId>) -> Vec<TxRecord> {
-    tc.transactions_since(a, after, 1000)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|t| TxRecord::from_cell(a.workchain, t.raw.expect("data BOC")).unwrap())
-        .collect()
-}
 
 /// Payouts (`payout` op) `to` received from `from`, to the nanoton.
 async fn payouts(tc: &Toncenter, to: &StdAddr, from: &StdAddr) -> Vec<u128> {
@@ -419,13 +408,7 @@ async fn a_params_change_under_live_traffic_conserves_money_to_the_nanoton() {
         delta += now as i128 - *bal as i128;
         for t in txs_after(&tc, a, last_tx.as_ref()).await {
             count += 1;
-            fees += t.total_fees;
-            fees += t
-                .out_msgs
-                .iter()
-                .filter(|m| !m.external_out)
-                .map(|m| m.fwd_fee)
-                .sum::<u128>();
+            fees += t.fees_paid();
             if let Some(m) = &t.in_msg
                 && m.src.is_some()
             {

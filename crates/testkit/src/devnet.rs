@@ -6,11 +6,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cocoon_devnet::TxRecord;
 use cocoon_devnet::api;
 use cocoon_devnet::root::RootDeployment;
 use cocoon_devnet::run::{RunOptions, Started, start};
 use cocoon_proxy::{LedgerMeter, ProxyConfig, TonCheckpointChain, TonClientChain};
-use cocoon_ton::chain::Chain;
+use cocoon_ton::chain::{Chain, TxId};
 use cocoon_ton::codec::{Coins, Layout, encode_boc};
 use cocoon_ton::contracts::{Deployable, client_contract, proxy_contract};
 use cocoon_ton::keys::SigningKey;
@@ -22,6 +23,16 @@ use cocoon_ton::{Toncenter, chain::Devnet as _};
 
 use crate::fixtures::MODEL;
 use crate::proxy::ledger_meter;
+
+/// Every transaction of `a` after `after` (all with `None`), oldest first, decoded.
+pub async fn txs_after(tc: &Toncenter, a: &StdAddr, after: Option<&TxId>) -> Vec<TxRecord> {
+    tc.transactions_since(a, after, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| TxRecord::from_cell(a.workchain, t.raw.expect("data BOC")).unwrap())
+        .collect()
+}
 
 /// The devnet clock at start.
 pub const T0: u32 = 1_750_000_000;

@@ -1050,7 +1050,9 @@ mod tests {
         }
     }
 
-    /// The account state 2 of `nodes` agree on, which must be decided within 5 s (`why`).
+    /// The account state 2 of `nodes` agree on, which must be decided within 5 s (`why`);
+    /// the tests that call it run on paused (virtual) time, so the bound does not depend
+    /// on the machine's load.
     async fn read_within_5s(nodes: &[FakeNode], why: &str) -> AccountState {
         let q = quorum(nodes, 2);
         tokio::time::timeout(Duration::from_secs(5), q.account_state(&addr(9)))
@@ -1304,7 +1306,7 @@ mod tests {
         quorum(&nodes, 2).account_state(&addr(9)).await.unwrap();
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_slow_node_does_not_delay_a_decided_read() {
         let nodes = [
             FakeNode::with_state(state(1, 10)),
@@ -1315,7 +1317,7 @@ mod tests {
         assert_eq!(got.data, Some(cell(1)));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_dead_node_does_not_stall_a_round_in_which_the_others_differ() {
         let nodes = [
             FakeNode::answering(vec![Ok(state(1, 10)), Ok(state(2, 11))]),

@@ -359,7 +359,7 @@ impl Shared {
         };
         let decision = payout::decide_payout(rec, on_chain);
         let recorded = match decision {
-            PayoutDecision::Submit => return Some(decision),
+            PayoutDecision::Submit | PayoutDecision::Wait => return Some(decision),
             PayoutDecision::AlreadyPaid(t) => self.store.mark_paid(proxy_sc, t),
             PayoutDecision::Closed(t) => {
                 let r = self.store.mark_closed(proxy_sc, t);

@@ -124,6 +124,10 @@ pub(crate) enum PayoutDecision {
     /// The contract is closed: record the proxy contract as settled, send nothing (a payout
     /// would bounce and cost gas).
     Closed(u64),
+    /// The contract is not deployed (yet): send nothing and keep the receipt ready (a
+    /// payout would bounce, and counting it as paid would lose the receipt); a later pass
+    /// pays once its deployment landed.
+    Wait,
 }
 
 /// The decision for `rec` given its worker contract's state `on_chain`.
@@ -133,9 +137,8 @@ pub(crate) fn decide_payout(rec: &ProxyRecord, on_chain: WorkerOnChain) -> Payou
         WorkerOnChain::Open { paid_tokens } if paid_tokens >= rec.signed_tokens => {
             PayoutDecision::AlreadyPaid(paid_tokens)
         }
-        WorkerOnChain::Open { .. } | WorkerOnChain::Missing | WorkerOnChain::Unknown => {
-            PayoutDecision::Submit
-        }
+        WorkerOnChain::Missing => PayoutDecision::Wait,
+        WorkerOnChain::Open { .. } | WorkerOnChain::Unknown => PayoutDecision::Submit,
     }
 }
 
@@ -189,8 +192,9 @@ mod tests {
             decide_payout(&rec, WorkerOnChain::Open { paid_tokens: 130 }),
             AlreadyPaid(130)
         );
-        // Not deployed yet (its deployment goes first from the same wallet) or not read.
-        assert_eq!(decide_payout(&rec, WorkerOnChain::Missing), Submit);
+        // Not deployed (yet): nothing sent, the receipt stays ready. Not read (a sink with
+        // no chain): sent as before.
+        assert_eq!(decide_payout(&rec, WorkerOnChain::Missing), Wait);
         assert_eq!(decide_payout(&rec, WorkerOnChain::Unknown), Submit);
     }
 

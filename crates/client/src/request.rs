@@ -279,7 +279,16 @@ const RECONNECT_RETRIES: u32 = 40;
 /// the same proxy again for the `n`th time (100 ms doubling up to 1 s), or `None` (another
 /// failure, or asked often enough).
 pub(crate) fn reconnect_retry(message: &str, n: u32) -> Option<std::time::Duration> {
-    if n >= RECONNECT_RETRIES || !message.contains("retry after reconnecting") {
+    if !message.contains("retry after reconnecting") {
+        return None;
+    }
+    reconnect_pause(n)
+}
+
+/// The pause before asking a proxy again for the `n`th time after its session or its peers
+/// went away (100 ms doubling up to 1 s), or `None` once asked often enough.
+fn reconnect_pause(n: u32) -> Option<std::time::Duration> {
+    if n >= RECONNECT_RETRIES {
         return None;
     }
     let ms = 100u64 << n.min(4);
@@ -453,6 +462,8 @@ impl Shared {
         let mut last: Option<ApiError> = None;
         // Times a proxy was asked again after its peers reconnected.
         let mut again = 0u32;
+        // Times a request was asked again after its session closed before any answer.
+        let mut closed_again = 0u32;
         loop {
             let picked = match self.pick(&tried) {
                 Some(p) => Some(p),
@@ -524,7 +535,7 @@ impl Shared {
                     format!("proxy {}: connection closed", slot.address),
                 ));
                 // Nothing reached the proxy: ask it again once it reconnected.
-                if let Some(pause) = reconnect_retry("retry after reconnecting", again) {
+                if let Some(pause) = reconnect_pause(again) {
                     again += 1;
                     if pause_before_retry(pause, deadline).await {
                         tried.retain(|a| a != &slot.address);
@@ -626,9 +637,14 @@ impl Shared {
                         format!("proxy {}: {why}", slot.address),
                     ));
                     // The session ended before any answer (a proxy switching to new params
-                    // ends every session): the request is asked again, of another proxy or
-                    // of this one once it reconnected, as when it could not be sent.
-                    if let Some(pause) = reconnect_retry("retry after reconnecting", again) {
+                    // ends every session): the request is asked again once, of another proxy
+                    // or of this one once it reconnected. Only once: it may have reached a
+                    // worker, whose tokens the proxy bills, and a proxy that closes every
+                    // session must not multiply that.
+                    if closed_again == 0
+                        && let Some(pause) = reconnect_pause(again)
+                    {
+                        closed_again += 1;
                         again += 1;
                         tracing::info!(proxy = %slot.address, "session closed before the answer; asking again");
                         if pause_before_retry(pause, deadline).await {

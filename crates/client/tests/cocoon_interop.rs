@@ -558,14 +558,36 @@ async fn a_request_whose_session_closed_before_any_answer_is_asked_again() {
     let (t, first) = p.ask(&base, false, false).await;
     first.handle.close();
     let again = p.next().await;
-    // On a new session: the first one is closed.
     assert_eq!(again.query.model_name, first.query.model_name);
+    // On a new session: the first one is closed.
+    assert_eq!(c.proxies()[0].sessions, 2);
     again
         .head_v0(JSON, COMPLETION.as_bytes(), true, TOKENS)
         .await;
     let g = got(t).await;
     g.assert_priced();
     g.assert_prompt();
+    c.shutdown().await;
+}
+
+/// A proxy that closes every session once a request reached it (it may have run it and
+/// billed its tokens) gets the request once more, not over and over: the app gets the
+/// error after the second closed session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_closing_every_session_gets_a_request_only_twice() {
+    let mut p = Scripted::start(2).await;
+    let (c, base) = gateway(&[&p]).await;
+    let (t, first) = p.ask(&base, false, false).await;
+    first.handle.close();
+    let second = p.next().await;
+    second.handle.close();
+    let g = got(t).await;
+    g.assert_error(502, "upstream_error", "connection closed");
+    assert!(
+        p.runs.try_recv().is_err(),
+        "no third attempt reached the proxy"
+    );
+    assert_eq!(c.stats().stats.tokens, 0, "nothing booked");
     c.shutdown().await;
 }
 

@@ -510,11 +510,17 @@ async fn session(
 
     // With a wallet: make sure the contract exists before authorising.
     let mut deployed_now = false;
+    // Whether the channel's state read here is the one to show (not deployed just now).
+    let mut channel_read = false;
     if let Some(ch) = &shared.channels {
         let st = ch
             .state(&client_sc)
             .await
             .map_err(|e| SessionError::Auth(format!("reading our client contract: {e}")))?;
+        if let Some(cs) = &st {
+            slot.update(|i| i.channel = Some(cs.clone()));
+            channel_read = true;
+        }
         if st.is_none() {
             let amount = if shared.auto_pay.top_up_amount > 0 {
                 shared.auto_pay.top_up_amount
@@ -614,9 +620,13 @@ async fn session(
     // Serve.
     let mut root_rx = shared.root_tx.subscribe();
     let params_version = root.params.params_version;
-    // The first tick fires at once: the channel's state and the proxy's receipt are known as
-    // soon as the session is ready, not one interval later.
+    // The first tick fires at once only when the channel was not read above (deployed just
+    // now): its state is then known as soon as the session is ready, not one interval later,
+    // and an existing channel is not read twice.
     let mut status_tick = tokio::time::interval(t.payment_status_interval);
+    if channel_read {
+        status_tick.tick().await;
+    }
     let (pay_tx, _pay_rx) = mpsc::channel::<()>(1);
     let result = loop {
         tokio::select! {

@@ -72,6 +72,11 @@ async fn ensure_deployed<C: Chain>(
     if is_active(sender.chain(), &contract.address).await? {
         return Ok(());
     }
+    // A deployment still on its way (an earlier try timed out waiting for it) is waited
+    // for, not sent again: a second one would add a second stake.
+    if sender.pending_to(&contract.address) {
+        return wait_active(sender, contract).await;
+    }
     let stake = cocoon_ton::parse_ton(stake_ton).map_err(|e| e.to_string())?;
     let body = cocoon_ton::messages::ExtProxyIncreaseStake {
         query_id: 1,
@@ -92,6 +97,14 @@ async fn ensure_deployed<C: Chain>(
         "proxy: deploying the proxy contract {} with {stake_ton} TON stake",
         contract.address
     );
+    wait_active(sender, contract).await
+}
+
+/// Sends what the wallet has queued until `contract` is active (60 s at most).
+async fn wait_active<C: Chain>(
+    sender: &mut WalletSender<C>,
+    contract: &cocoon_ton::contracts::Deployable,
+) -> Result<(), String> {
     for _ in 0..60 {
         sender
             .tick(now_unix())

@@ -104,6 +104,14 @@ impl<C: Chain> WalletSender<C> {
         self.queue.push_back(msg);
     }
 
+    /// Whether a message to `to` is waiting (queued or in flight).
+    pub fn pending_to(&self, to: &StdAddr) -> bool {
+        self.queue
+            .iter()
+            .chain(self.in_flight.iter().flat_map(|i| &i.msgs))
+            .any(|m| m.to == *to)
+    }
+
     /// Messages waiting (queued or in flight).
     pub fn pending(&self) -> usize {
         self.queue.len() + self.in_flight.as_ref().map_or(0, |i| i.msgs.len())
@@ -197,6 +205,26 @@ mod tests {
 
     fn key() -> SigningKey {
         SigningKey::from_seed(&[3u8; 32]).unwrap()
+    }
+
+    #[tokio::test]
+    async fn pending_to_sees_queued_and_in_flight_messages_until_confirmed() {
+        let k = key();
+        let w = Wallet::v4r2(k.public_key(), 0);
+        let chain = FakeChain::default();
+        let mut s = WalletSender::new(chain.clone(), w.clone(), k).unwrap();
+        let (to, other) = (
+            StdAddr::new(0, HashBytes([9; 32])),
+            StdAddr::new(0, HashBytes([8; 32])),
+        );
+        assert!(!s.pending_to(&to));
+        s.enqueue(OutMsg::new(to.clone(), 1, None));
+        assert!(s.pending_to(&to) && !s.pending_to(&other), "queued");
+        s.tick(1000).await.unwrap();
+        assert!(s.pending_to(&to), "in flight");
+        chain.set_wallet(&s.address().clone(), w.initial_data_with_seqno(1));
+        s.tick(1001).await.unwrap();
+        assert!(!s.pending_to(&to), "confirmed");
     }
 
     #[tokio::test]

@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use cocoon_ton::StdAddr;
 use cocoon_ton::chain::{AccountState, AccountStatus, Chain};
 use cocoon_ton::contracts::Deployable;
 use cocoon_ton::contracts::WorkerStorage;
@@ -100,7 +101,11 @@ impl<C: Chain + 'static> ChainPayoutSink<C> {
         self
     }
 
-    async fn ensure_inner(&self, contract: &Deployable) -> Result<ContractStatus, ContractError> {
+    async fn ensure_inner(
+        &self,
+        contract: &Deployable,
+        proxy_sc: &StdAddr,
+    ) -> Result<ContractStatus, ContractError> {
         let address = &contract.address;
         let fail = |reason: String| ContractError::Chain {
             contract: address.to_string(),
@@ -124,6 +129,14 @@ impl<C: Chain + 'static> ChainPayoutSink<C> {
             {
                 return Ok(ContractStatus::DeployPending);
             }
+        }
+        let proxy = sender
+            .chain()
+            .account_state(proxy_sc)
+            .await
+            .map_err(|e| fail(format!("cannot read proxy contract {proxy_sc}: {e}")))?;
+        if proxy.status != AccountStatus::Active {
+            return Ok(ContractStatus::ProxyNotActive);
         }
         let wallet = sender.address().clone();
         let have = sender
@@ -213,8 +226,9 @@ impl<C: Chain + 'static> PayoutSink for ChainPayoutSink<C> {
     fn ensure_contract<'a>(
         &'a self,
         contract: &'a Deployable,
+        proxy_sc: &'a StdAddr,
     ) -> BoxFuture<'a, Result<ContractStatus, ContractError>> {
-        Box::pin(self.ensure_inner(contract))
+        Box::pin(self.ensure_inner(contract, proxy_sc))
     }
 
     fn worker_contract<'a>(

@@ -8,6 +8,7 @@
 //! The submission itself goes through a [`PayoutSink`]: the component that owns the wallet
 //! and the chain client. The worker decides *when* and *what*; the sink decides *how*.
 
+use cocoon_ton::StdAddr;
 use cocoon_ton::contracts::Deployable;
 use futures::future::BoxFuture;
 
@@ -56,6 +57,10 @@ pub enum ContractStatus {
     DeployPending,
     /// This sink cannot deploy contracts (nothing checked).
     Unchecked,
+    /// The contract is missing, but the proxy contract it belongs to is not active on
+    /// chain: nothing is deployed (a proxy claiming a new owner at every handshake must not
+    /// make the worker spend a deployment each time; a real one has staked its contract).
+    ProxyNotActive,
 }
 
 /// Submits a proxy-signed payout (BOC of the outer cell) for one proxy contract.
@@ -67,8 +72,9 @@ pub trait PayoutSink: Send + Sync {
     fn ensure_contract<'a>(
         &'a self,
         contract: &'a Deployable,
+        proxy_sc: &'a StdAddr,
     ) -> BoxFuture<'a, Result<ContractStatus, ContractError>> {
-        let _ = contract;
+        let _ = (contract, proxy_sc);
         Box::pin(async { Ok(ContractStatus::Unchecked) })
     }
 

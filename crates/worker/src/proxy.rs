@@ -199,23 +199,31 @@ const CONTRACT_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 async fn ensure_contract(
     shared: &Shared,
     contract: &cocoon_ton::contracts::Deployable,
+    proxy_sc: &StdAddr,
 ) -> Result<(), SessionError> {
     use crate::payout::{ContractError, ContractStatus};
     let Some(sink) = &shared.payout_sink else {
         return Ok(());
     };
     // Bounded: a slow chain must not hold the handshake (the proxy waits for it).
-    let checked = tokio::time::timeout(CONTRACT_CHECK_TIMEOUT, sink.ensure_contract(contract))
-        .await
-        .unwrap_or_else(|_| {
-            Err(ContractError::Chain {
-                contract: contract.address.to_string(),
-                reason: format!("no answer within {CONTRACT_CHECK_TIMEOUT:?}"),
-            })
-        });
+    let checked = tokio::time::timeout(
+        CONTRACT_CHECK_TIMEOUT,
+        sink.ensure_contract(contract, proxy_sc),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(ContractError::Chain {
+            contract: contract.address.to_string(),
+            reason: format!("no answer within {CONTRACT_CHECK_TIMEOUT:?}"),
+        })
+    });
     match checked {
         Ok(ContractStatus::DeploySent) => {
             tracing::info!(contract = %contract.address, "worker contract missing: deployment sent from the payout wallet");
+            Ok(())
+        }
+        Ok(ContractStatus::ProxyNotActive) => {
+            tracing::warn!(contract = %contract.address, proxy = %proxy_sc, "worker contract missing, not deployed: the proxy contract is not active on chain");
             Ok(())
         }
         Ok(ContractStatus::Active | ContractStatus::DeployPending | ContractStatus::Unchecked) => {
@@ -323,7 +331,7 @@ async fn handshake(
                 "worker contract address is unexpected: proxy says {worker_sc}, derived {derived}"
             )));
         }
-        ensure_contract(shared, &contract).await?;
+        ensure_contract(shared, &contract, &proxy_sc_addr).await?;
     }
     let proxy_sc = proxy_sc_addr.to_string();
     let rec = shared

@@ -96,11 +96,23 @@ async fn missing_worker_contract_is_deployed_once_and_only_when_affordable() {
     // Active: nothing to do.
     chain.set_account(&contract.address, account(AccountStatus::Active, 1, None));
     assert_eq!(
-        sink.ensure_contract(&contract).await.unwrap(),
+        sink.ensure_contract(&contract, &proxy_sc).await.unwrap(),
         ContractStatus::Active
     );
-    // Missing, and the wallet holds 0.3 TON (needs 0.35): refused, nothing sent.
+    // Missing, but the proxy contract it belongs to is not on chain (a proxy naming an owner
+    // it never staked a contract for): nothing deployed, nothing sent.
     chain.set_account(&contract.address, account(AccountStatus::Nonexist, 0, None));
+    chain.set_account(
+        &wallet_addr,
+        account(AccountStatus::Uninit, 10_000_000_000, None),
+    );
+    assert_eq!(
+        sink.ensure_contract(&contract, &proxy_sc).await.unwrap(),
+        ContractStatus::ProxyNotActive
+    );
+    assert!(chain.sent().is_empty());
+    chain.set_account(&proxy_sc, account(AccountStatus::Active, 1, None));
+    // Missing, and the wallet holds 0.3 TON (needs 0.35): refused, nothing sent.
     chain.set_account(
         &wallet_addr,
         account(
@@ -109,7 +121,7 @@ async fn missing_worker_contract_is_deployed_once_and_only_when_affordable() {
             None,
         ),
     );
-    match sink.ensure_contract(&contract).await {
+    match sink.ensure_contract(&contract, &proxy_sc).await {
         Err(ContractError::WalletTooPoor { have, need, .. }) => {
             assert_eq!(have, u128::from(DEFAULT_DEPLOY_NANOTON));
             assert_eq!(need, u128::from(DEFAULT_DEPLOY_NANOTON) + 50_000_000);
@@ -123,7 +135,7 @@ async fn missing_worker_contract_is_deployed_once_and_only_when_affordable() {
         account(AccountStatus::Uninit, 10_000_000_000, None),
     );
     assert_eq!(
-        sink.ensure_contract(&contract).await.unwrap(),
+        sink.ensure_contract(&contract, &proxy_sc).await.unwrap(),
         ContractStatus::DeploySent
     );
     let sent = chain.sent();
@@ -132,14 +144,14 @@ async fn missing_worker_contract_is_deployed_once_and_only_when_affordable() {
     let init = contract.state_init().unwrap();
     assert!(contains(&ext, init.repr_hash()), "the state init is sent");
     assert_eq!(
-        sink.ensure_contract(&contract).await.unwrap(),
+        sink.ensure_contract(&contract, &proxy_sc).await.unwrap(),
         ContractStatus::DeployPending
     );
     assert_eq!(chain.sent().len(), 1, "not sent twice");
     // The chain cannot be read: an error of the chain, not a refusal.
     chain.fail_reads(true);
     assert!(matches!(
-        sink.ensure_contract(&contract).await,
+        sink.ensure_contract(&contract, &proxy_sc).await,
         Err(ContractError::Chain { .. })
     ));
 }

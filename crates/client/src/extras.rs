@@ -70,7 +70,7 @@ fn debug_value(text: Option<&str>) -> Option<Value> {
 /// Whether one SSE event is a `data:` line holding a JSON object with a `usage` object.
 fn has_usage(event: &[u8]) -> bool {
     // Cheap test first: most events of a stream carry no usage, or `"usage": null`.
-    if !event.windows(7).any(|w| w == b"\"usage\"") {
+    if !cocoon_openai::cost::may_hold_usage(event) {
         return false;
     }
     let Ok(text) = std::str::from_utf8(event) else {

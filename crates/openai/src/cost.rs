@@ -155,7 +155,7 @@ impl CostInjector {
         let Some(data) = text.strip_prefix("data:") else {
             return event.to_vec();
         };
-        if data.contains('\n') {
+        if data.contains('\n') || !may_hold_usage(data.as_bytes()) {
             return event.to_vec();
         }
         let Ok(mut v) = serde_json::from_str::<Value>(data.trim_start()) else {
@@ -231,9 +231,48 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+/// Whether `bytes` may hold a usage object: `"usage"`, then `:` and `{` (spaces between
+/// allowed). A cheap test before parsing: most events of a stream carry no usage, or
+/// `"usage":null`.
+pub fn may_hold_usage(bytes: &[u8]) -> bool {
+    let key = b"\"usage\"";
+    let mut rest = bytes;
+    while let Some(at) = rest.windows(key.len()).position(|w| w == key) {
+        rest = &rest[at + key.len()..];
+        let mut after = rest.iter().skip_while(|b| b.is_ascii_whitespace());
+        if after.next() != Some(&b':') {
+            continue;
+        }
+        if after.find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+            return true;
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn may_hold_usage_skips_events_without_a_usage_object() {
+        for yes in [
+            &br#"{"usage":{"total_tokens":1}}"#[..],
+            br#"{"a":1, "usage" :  {"x":1}}"#,
+            br#"{"usage":null,"x":{"usage":{}}}"#,
+        ] {
+            assert!(may_hold_usage(yes), "{}", String::from_utf8_lossy(yes));
+        }
+        for no in [
+            &br#"{"usage":null}"#[..],
+            br#"{"choices":[]}"#,
+            br#"{"content":"\"usage\": {"}"#,
+            br#"{"usage""#,
+            b"",
+        ] {
+            assert!(!may_hold_usage(no), "{}", String::from_utf8_lossy(no));
+        }
+    }
     use crate::usage::{Multipliers, PriceTable};
     use proptest::prelude::*;
 

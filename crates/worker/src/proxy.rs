@@ -317,7 +317,9 @@ async fn handshake(
         }
         checked?;
     }
-    if let Some(params) = &shared.contract_params() {
+    // One read of the params: the contract derived and the fee recorded belong together.
+    let params = shared.contract_params();
+    if let Some(params) = &params {
         let contract = cocoon_ton::contracts::worker_contract(
             params,
             &shared.owner,
@@ -340,7 +342,7 @@ async fn handshake(
             &proxy_sc,
             &p.proxy_public_key,
             &worker_sc.to_string(),
-            shared.contract_params().map(|c| c.worker_fee_per_token),
+            params.as_ref().map(|c| c.worker_fee_per_token),
         )
         .map_err(|e| SessionError::Handshake(format!("cannot register proxy: {e}")))?;
     let mut link = Link {

@@ -586,7 +586,13 @@ impl LedgerMeter {
             SettlementAction::Charge => cfg.min_client_charge = 1,
             SettlementAction::Payout => cfg.min_worker_payout = 1,
             SettlementAction::Withdraw => {
+                // Recorded like an automatic one, so the next settlement pass does not send
+                // another for the same commission before this one landed.
+                let commission = chain.commission().await.ok().flatten();
                 chain.withdraw().await?;
+                if let Some(c) = commission {
+                    *lock(&self.withdrawal) = Some((c, std::time::Instant::now()));
+                }
                 tracing::info!("commission withdrawal sent by operator");
                 return Ok(ControlOutcome::WithdrawalSent);
             }

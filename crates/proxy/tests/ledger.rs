@@ -417,6 +417,39 @@ async fn commission_is_withdrawn_once_it_exceeds_the_threshold() {
     assert_eq!(chain.withdrawals(), 3);
 }
 
+/// The operator's withdrawal counts as the one in flight: the automatic one does not send
+/// another for the same commission before it landed.
+#[tokio::test]
+async fn an_operator_withdrawal_is_not_followed_by_an_automatic_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = Arc::new(MemoryChain::new());
+    let meter = open(&dir.path().join("ledger.sqlite"), &chain)
+        .await
+        .unwrap();
+    let cfg = SettlementConfig {
+        interval: std::time::Duration::from_secs(3600),
+        auto_withdraw_above: 1_000,
+        ..SettlementConfig::default()
+    };
+    let loop_chain: Arc<dyn cocoon_proxy::CheckpointChain> = chain.clone();
+    let task = tokio::spawn(meter.clone().run_settlement(loop_chain, cfg.clone()));
+    chain.set_commission(Some(5_000));
+    eventually("the settlement loop runs", || chain.withdrawals() == 1).await;
+    // Landed; earned again above the threshold; the operator withdraws by hand.
+    chain.set_commission(Some(0));
+    meter.settle_once(&*chain, &cfg).await.unwrap();
+    chain.set_commission(Some(3_000));
+    meter
+        .control(cocoon_proxy::SettlementAction::Withdraw)
+        .await
+        .unwrap();
+    assert_eq!(chain.withdrawals(), 2);
+    // The contract still shows it: no automatic one on top.
+    meter.settle_once(&*chain, &cfg).await.unwrap();
+    assert_eq!(chain.withdrawals(), 2, "not sent twice");
+    task.abort();
+}
+
 /// A [`MemoryChain`] whose checkpoint reads stop at a gate once their answer is taken.
 struct HeldChain {
     inner: MemoryChain,

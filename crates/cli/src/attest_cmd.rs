@@ -298,15 +298,18 @@ where
 /// `--collateral-dir` / `--pccs`: the directory's collateral while valid, else fetched now.
 struct CliCollateral {
     store: Option<CollateralStore>,
-    pccs: Option<String>,
+    pccs: Option<PccsClient>,
     rt: Arc<tokio::runtime::Runtime>,
 }
 
 impl CliCollateral {
     fn new(pccs: Option<&str>, dir: Option<&Path>) -> Result<Self, String> {
-        let (store, pccs) = (dir.map(CollateralStore::new), pccs.map(str::to_owned));
+        let pccs = pccs
+            .map(PccsClient::new)
+            .transpose()
+            .map_err(|e| format!("--pccs: {e}"))?;
         Ok(Self {
-            store,
+            store: dir.map(CollateralStore::new),
             pccs,
             rt: runtime()?,
         })
@@ -322,10 +325,9 @@ impl CollateralSource for CliCollateral {
                     .into(),
             });
         }
-        let client = self.pccs.as_deref().map(PccsClient::new).transpose()?;
         block_on(
             &self.rt,
-            collateral_cached_or_fetched(quote, self.store.as_ref(), client.as_ref(), now),
+            collateral_cached_or_fetched(quote, self.store.as_ref(), self.pccs.as_ref(), now),
         )
     }
 }

@@ -114,12 +114,12 @@ fn root_verdict(
             root.params.is_test
         ));
     }
-    let list = match role {
-        PeerRole::Proxy => &root.proxy_hashes,
-        PeerRole::Worker => &root.worker_hashes,
+    let image = cocoon_ton::HashBytes(*peer.image_hash());
+    let (list, allowed) = match role {
+        PeerRole::Proxy => (&root.proxy_hashes, root.has_proxy_hash(&image)),
+        PeerRole::Worker => (&root.worker_hashes, root.has_worker_hash(&image)),
     };
-    let image = peer.image_hash();
-    if list.iter().any(|h| h.0 == *image) {
+    if allowed {
         Ok(format!(
             "allowed: image in {} ({} listed), root version {}",
             role.list(),

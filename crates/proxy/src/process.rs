@@ -295,11 +295,10 @@ impl<C: Chain + Clone + 'static> ContractSwitch<C> {
                         .switch_contract(root, to.address.clone())
                         .map_err(|e| e.to_string())
                 });
-                if let Err(e) = switched {
-                    // Sessions keep the old contract; the watcher tries the version again.
-                    handle.abort_params_switch();
-                    return Err(e);
-                }
+                // On an error sessions keep the old contract and the watcher tries the
+                // version again; the ledger has moved already, so requests of the old params
+                // stay refused retryably (at the ledger they would fail for good).
+                switched?;
                 self.clients.switch_contract(to.address.clone()).await;
                 if let Some(w) = &self.wallet {
                     w.switch_contract(to.address.clone()).await;

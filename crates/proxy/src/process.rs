@@ -341,13 +341,25 @@ impl<C: Chain + Clone + 'static> ContractSwitch<C> {
                     .account_state(&a.key.address)
                     .await
                     .map_err(|e| e.to_string())?;
-                let on_chain = child_on_chain(a.key.kind, &st)?;
+                // One account that cannot be read or recorded holds back only its own
+                // contract's retirement (as a frozen one: it needs the operator), not the
+                // pass over every other account and contract.
                 let is_worker = a.key.kind == cocoon_ledger::Kind::Worker;
-                if account_settled(is_worker, a.tokens, on_chain) {
-                    meter.mark_closed(&a.key).await.map_err(|e| e.to_string())?;
-                } else {
+                let settled = child_on_chain(a.key.kind, &st)
+                    .map(|on_chain| account_settled(is_worker, a.tokens, on_chain));
+                let recorded = match settled {
+                    Ok(true) => meter.mark_closed(&a.key).await.map_err(|e| e.to_string()),
+                    Ok(false) => {
+                        open += 1;
+                        frozen += usize::from(a.frozen.is_some());
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = recorded {
+                    tracing::error!(account = %a.key.address, error = %e, "old account not settled; its contract's retirement waits for the operator");
                     open += 1;
-                    frozen += usize::from(a.frozen.is_some());
+                    frozen += 1;
                 }
             }
             let st = self

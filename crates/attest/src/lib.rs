@@ -15,6 +15,7 @@
 mod cache;
 mod error;
 mod fs;
+pub mod measure;
 pub mod inspect;
 pub mod kds;
 mod model;

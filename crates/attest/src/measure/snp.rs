@@ -1,0 +1,1 @@
+//! SEV-SNP: the launch digest of firmware, kernel hashes table, and VMSAs.

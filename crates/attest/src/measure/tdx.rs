@@ -1,0 +1,1 @@
+//! TDX: MRTD from the TDVF metadata of the firmware, RTMR0–3 from the boot event log.

@@ -240,6 +240,7 @@ mod tests {
             backend: Backend::Sim,
             measurements: Measurements::Sim {
                 measurement: [0xFF; 48],
+                rtmr3: None,
             },
             image_hash: [1; 32],
             tcb_status: TcbStatus::UpToDate,

@@ -15,9 +15,9 @@
 mod cache;
 mod error;
 mod fs;
-pub mod measure;
 pub mod inspect;
 pub mod kds;
+pub mod measure;
 mod model;
 pub mod pccs;
 mod policy;

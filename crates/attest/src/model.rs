@@ -162,6 +162,8 @@ pub enum Measurements {
     Sim {
         /// Always the reserved value.
         measurement: [u8; 48],
+        /// The emulated RTMR3 (the measured role configuration), in version-2 evidence.
+        rtmr3: Option<[u8; 48]>,
     },
     /// No evidence, nothing measured.
     Unattested,

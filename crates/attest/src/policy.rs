@@ -553,8 +553,9 @@ impl Policy {
             backend: Backend::Sim,
             measurements: Measurements::Sim {
                 measurement: sim::SIM_MEASUREMENT,
+                rtmr3: v.rtmr3,
             },
-            image_hash: sim::sim_image_hash(),
+            image_hash: sim::sim_image_hash_for(v.rtmr3.as_ref()),
             tcb_status: TcbStatus::UpToDate,
             advisory_ids: Vec::new(),
             report_data: v.report_data,

@@ -20,7 +20,8 @@ fn sim_accepted_by_sim_test_policy() {
     assert_eq!(
         peer.measurements(),
         &Measurements::Sim {
-            measurement: SIM_MEASUREMENT
+            measurement: SIM_MEASUREMENT,
+            rtmr3: None,
         }
     );
     assert_eq!(peer.report_data(), &rd);
@@ -126,5 +127,46 @@ fn sim_key_persists_and_binds_public_key() {
     assert!(matches!(
         Policy::sim_test().evaluate_bound(&Evidence::Sim(&ev), &[6; 32], NOW),
         Err(AttestError::ReportDataMismatch)
+    ));
+}
+
+#[test]
+fn sim_v2_carries_rtmr3_into_the_image_hash_and_signs_it() {
+    use cocoon_attest::measure::rtmr3_for_config;
+    use cocoon_attest::sim::sim_image_hash_for;
+    let r3 = rtmr3_for_config(b"backend_url = \"http://a\"\n");
+    let key = SimKey::generate().unwrap().with_rtmr3(Some(r3));
+    let rd = [7; 64];
+    let ev = key.evidence(&rd);
+    assert_eq!(ev.len(), cocoon_attest::sim::SIM_EVIDENCE_V2_LEN);
+    let peer = Policy::sim_test()
+        .evaluate(&Evidence::Sim(&ev), &rd, NOW)
+        .expect("accepted");
+    assert_eq!(
+        peer.measurements(),
+        &Measurements::Sim {
+            measurement: SIM_MEASUREMENT,
+            rtmr3: Some(r3),
+        }
+    );
+    assert_eq!(peer.image_hash(), &sim_image_hash_for(Some(&r3)));
+    assert_eq!(peer.image_hash(), &key.image_hash());
+    assert_ne!(peer.image_hash(), &sim_image_hash());
+    // Another configuration, another image hash (a host pointing the worker elsewhere).
+    let other = rtmr3_for_config(b"backend_url = \"http://b\"\n");
+    assert_ne!(sim_image_hash_for(Some(&other)), key.image_hash());
+    // The register is signed: changing it breaks the signature.
+    let mut bad = ev.clone();
+    bad[12 + 64] ^= 1;
+    assert!(matches!(
+        Policy::sim_test().evaluate(&Evidence::Sim(&bad), &rd, NOW),
+        Err(AttestError::SimBadSignature)
+    ));
+    // A version-1 magic on version-2 bytes is malformed, not reinterpreted.
+    let mut wrong = ev.clone();
+    wrong[..12].copy_from_slice(cocoon_attest::sim::SIM_MAGIC);
+    assert!(matches!(
+        Policy::sim_test().evaluate(&Evidence::Sim(&wrong), &rd, NOW),
+        Err(AttestError::Malformed(_))
     ));
 }

@@ -7,6 +7,7 @@ mod attest_cmd;
 mod client_cmd;
 mod config;
 mod devnet_cmd;
+mod image_cmd;
 mod model_cmd;
 mod proxy_cmd;
 mod role;
@@ -40,6 +41,11 @@ enum Command {
     },
     /// Manage the worker's model store (pull, list, verify).
     Model(model_cmd::ModelArgs),
+    /// TEE guest images: measure a role's configuration at boot.
+    Image {
+        #[command(subcommand)]
+        command: image_cmd::ImageCmd,
+    },
     /// Run the embedded local TON chain (toncenter v2 API, Cocoon root deployed).
     Devnet(devnet_cmd::DevnetArgs),
     /// A standard TON wallet (v4r2/v5r1) from a key file: new, show, balance, send.
@@ -72,6 +78,7 @@ fn main() -> ExitCode {
         Command::Attest { command } => attest_cmd::run(command),
         Command::Devnet(args) => devnet_cmd::run(args),
         Command::Model(args) => model_cmd::run(args),
+        Command::Image { command } => image_cmd::run(command),
         Command::Wallet { command } => wallet_cmd::run(command),
         Command::Root { command } => root_cmd::run(command),
         Command::Worker(args) => return worker_cmd::main(*args),

@@ -21,16 +21,24 @@ pub(crate) trait Role: serde::de::DeserializeOwned {
     fn check_given(&self, given: &dyn Fn(&str) -> bool) -> Result<(), SettingError>;
     /// The log filter.
     fn log(&self) -> &str;
+    /// Whether the role runs in a TEE and so only with the configuration the TEE measured.
+    const MEASURED: bool;
+    /// The settings every role has.
+    fn common(&self) -> &cocoon_service::setting::Common;
     /// The role's process until SIGINT or SIGTERM.
     fn run(self) -> impl Future<Output = Result<(), String>>;
 }
 
 /// The three roles: the same calls into each role crate.
 macro_rules! role {
-    ($settings:ty, $name:literal, $defaults:expr, $run:path) => {
+    ($settings:ty, $name:literal, $defaults:expr, $run:path, $measured:literal) => {
         impl Role for $settings {
             const NAME: &'static str = $name;
             const DEFAULTS: &'static str = $defaults;
+            const MEASURED: bool = $measured;
+            fn common(&self) -> &cocoon_service::setting::Common {
+                &self.common
+            }
             fn check_given(&self, given: &dyn Fn(&str) -> bool) -> Result<(), SettingError> {
                 self.check(given)
             }
@@ -47,19 +55,22 @@ role!(
     cocoon_proxy::Settings,
     "proxy",
     cocoon_proxy::DEFAULTS,
-    cocoon_proxy::run
+    cocoon_proxy::run,
+    true
 );
 role!(
     cocoon_worker::Settings,
     "worker",
     cocoon_worker::DEFAULTS,
-    cocoon_worker::run
+    cocoon_worker::run,
+    true
 );
 role!(
     cocoon_client::Settings,
     "client",
     cocoon_client::DEFAULTS,
-    cocoon_client::run
+    cocoon_client::run,
+    false
 );
 
 /// The common life of a role command: print the defaults or the layered configuration if
@@ -94,6 +105,12 @@ pub(crate) fn main<S: Role>(
         return ExitCode::SUCCESS;
     }
     cocoon_service::process::init_logging(s.log());
+    if S::MEASURED
+        && let Err(e) = check_measured(common.config.as_deref(), s.common())
+    {
+        eprintln!("error: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -108,6 +125,28 @@ pub(crate) fn main<S: Role>(
             ExitCode::from(1)
         }
     }
+}
+
+/// Refuses a configuration other than the one this machine's TEE measured at boot
+/// (`cocoon_service::measured`): the bytes of `--config` against RTMR3 or the SNP host data.
+fn check_measured(
+    config: Option<&std::path::Path>,
+    common: &cocoon_service::setting::Common,
+) -> Result<(), String> {
+    use cocoon_service::measured::{Measured, SimRegisters, check, read_register};
+    let backend = common.tee().map_err(|e| e.to_string())?.resolve()?;
+    let bytes = match config {
+        Some(p) => std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?,
+        None => Vec::new(),
+    };
+    let register = read_register(backend, &SimRegisters::from_env()).map_err(|e| e.to_string())?;
+    match check(&register, &bytes).map_err(|e| e.to_string())? {
+        Measured::Matches(v) => {
+            eprintln!("the configuration is the one this TEE measured at boot ({v})")
+        }
+        Measured::NotMeasured => {}
+    }
+    Ok(())
 }
 
 /// Flags every role command takes.

@@ -181,3 +181,67 @@ fn worker_process_follows_the_root_on_devnet() {
     assert!(status.success(), "worker exit status {status}");
     stop_devnet(devnet.take(), rx);
 }
+
+/// A host that boots the approved image but hands the worker another configuration (here:
+/// another inference backend) is refused before the worker does anything; the measured
+/// configuration itself passes.
+#[test]
+fn a_configuration_other_than_the_measured_one_is_refused() {
+    use std::io::{BufRead, BufReader};
+    let tmp = tempfile::tempdir().unwrap();
+    let regs = tmp.path().join("registers");
+    let regs = regs.to_str().unwrap();
+    let config = |backend: &str| {
+        format!(
+            "[worker]\nowner_address = \"{OWNER}\"\nproxies = [\"127.0.0.1:1\"]\n\
+             backend_url = \"{backend}\"\nis_test = true\ntee = \"sim\"\nstate_dir = \"{}\"\n",
+            tmp.path().join("state").display()
+        )
+    };
+    let measured = tmp.path().join("measured.toml");
+    std::fs::write(&measured, config("http://127.0.0.1:8000")).unwrap();
+    let other = tmp.path().join("other.toml");
+    std::fs::write(&other, config("http://10.9.9.9:8000")).unwrap();
+    let env = [("COCOON_SIM_REGISTERS", regs)];
+
+    // Before the boot step measured anything, a sim machine is a development machine.
+    let (rc, out, err) = cocoon_env(
+        &[
+            "image",
+            "measure-config",
+            measured.to_str().unwrap(),
+            "--tee",
+            "sim",
+        ],
+        &env,
+    );
+    assert_eq!(rc, 0, "{err}");
+    let rtmr3 = out.strip_prefix("rtmr3 ").unwrap().trim().to_owned();
+    assert_eq!(rtmr3.len(), 96, "{out}");
+
+    let (rc, out, err) = worker_cmd(&["--config", other.to_str().unwrap()], &env);
+    assert_eq!(rc, 64, "{err}{out}");
+    assert!(
+        err.contains("not the one this TEE measured at boot"),
+        "{err}"
+    );
+    assert!(err.contains(&rtmr3), "the register is named: {err}");
+
+    // The measured file passes the check (the worker then goes on to dial its proxy).
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cocoon"))
+        .args(["worker", "--config", measured.to_str().unwrap()])
+        .envs(env)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let passed = stderr
+        .lines()
+        .map_while(Result::ok)
+        .take(50)
+        .any(|l| l.contains("the configuration is the one this TEE measured at boot"));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(passed, "the measured configuration was not accepted");
+}

@@ -149,7 +149,10 @@ pub fn describe_peer(peer: &VerifiedPeer) -> (Value, Vec<String>) {
             "measurement": hex::encode(measurement),
             "host_data": hex::encode(host_data),
         }),
-        Measurements::Sim { measurement } => json!({ "measurement": hex::encode(measurement) }),
+        Measurements::Sim { measurement, rtmr3 } => json!({
+            "measurement": hex::encode(measurement),
+            "rtmr3": rtmr3.map(hex::encode),
+        }),
         Measurements::Unattested => json!({}),
     };
     let advisories = if peer.advisory_ids().is_empty() {
@@ -179,11 +182,14 @@ pub fn describe_peer(peer: &VerifiedPeer) -> (Value, Vec<String>) {
             t.push(format!("measurement:    {}", hex::encode(measurement)));
             t.push(format!("host data:      {}", hex::encode(host_data)));
         }
-        Measurements::Sim { measurement } => {
+        Measurements::Sim { measurement, rtmr3 } => {
             t.push(format!(
                 "measurement:    {} (sim)",
                 hex::encode(measurement)
             ));
+            if let Some(r) = rtmr3 {
+                t.push(format!("rtmr3:          {} (sim)", hex::encode(r)));
+            }
         }
         Measurements::Unattested => t.push("measurements:   none (no evidence)".into()),
     }

@@ -102,7 +102,19 @@ pub fn evidence_source(
     sim_key: &Path,
 ) -> Result<Arc<dyn EvidenceSource>, AttestError> {
     Ok(match tee {
-        Backend::Sim => Arc::new(SimSource(SimKey::load_or_create(sim_key)?)),
+        Backend::Sim => {
+            // The emulated RTMR3 of this (simulated) machine, if its boot measured a
+            // configuration: it goes into the evidence and so into the image hash.
+            let rtmr3 = crate::measured::SimRegisters::from_env()
+                .rtmr3()
+                .map_err(|e| AttestError::SimKey {
+                    path: crate::measured::SIM_REGISTERS_ENV.into(),
+                    reason: e.to_string(),
+                })?;
+            Arc::new(SimSource(
+                SimKey::load_or_create(sim_key)?.with_rtmr3(rtmr3),
+            ))
+        }
         Backend::FakeTdx => Arc::new(FakeTdxSource),
         Backend::Unattested => Arc::new(cocoon_ratls::cert::Unattested),
         Backend::Tdx => Arc::new(TsmTdxSource::system()),

@@ -22,6 +22,7 @@ pub mod browser;
 pub mod chain;
 pub mod events;
 pub mod identity;
+pub mod measured;
 pub mod process;
 mod refused;
 pub mod setting;

@@ -51,6 +51,10 @@ pub struct LlamaConfig {
     pub gpu_layers: u32,
     /// Requests that may wait for a free slot before new ones are refused as busy.
     pub max_queue: usize,
+    /// The SHA-256 (hex) the model file must have: checked when loading, and the file is
+    /// then read into memory once rather than mapped, so what was hashed is what runs (a
+    /// mapped file is paged in later, from a disk the host may have rewritten meanwhile).
+    pub expected_sha256: Option<String>,
 }
 
 impl LlamaConfig {
@@ -65,6 +69,7 @@ impl LlamaConfig {
             threads: std::thread::available_parallelism().map_or(2, |n| n.get() as u32),
             gpu_layers: 0,
             max_queue: 64,
+            expected_sha256: None,
         }
     }
 }
@@ -93,6 +98,16 @@ pub enum LoadError {
     /// A setting is out of range.
     #[error("invalid engine setting: {0}")]
     Config(String),
+    /// The model file is not the pinned one.
+    #[error("{path}: SHA-256 is {actual}, the pinned model is {expected}: refusing to load it")]
+    ModelHash {
+        /// The file.
+        path: PathBuf,
+        /// The pinned hash.
+        expected: String,
+        /// The file's hash.
+        actual: String,
+    },
 }
 
 fn backend() -> Result<&'static LlamaBackend, LoadError> {
@@ -171,12 +186,27 @@ impl LlamaEngine {
             )));
         }
         let backend = backend()?;
-        let params = LlamaModelParams::default().with_n_gpu_layers(cfg.gpu_layers);
+        let mut params = LlamaModelParams::default().with_n_gpu_layers(cfg.gpu_layers);
         if !cfg.model_path.is_file() {
             return Err(LoadError::Model {
                 path: cfg.model_path.clone(),
                 message: "no such file".into(),
             });
+        }
+        if let Some(expected) = &cfg.expected_sha256 {
+            let actual =
+                cocoon_engine::store::hash_file(&cfg.model_path).map_err(|e| LoadError::Model {
+                    path: cfg.model_path.clone(),
+                    message: e.to_string(),
+                })?;
+            if !actual.eq_ignore_ascii_case(expected) {
+                return Err(LoadError::ModelHash {
+                    path: cfg.model_path.clone(),
+                    expected: expected.clone(),
+                    actual,
+                });
+            }
+            params = params.with_use_mmap(false);
         }
         let model = LlamaModel::load_from_file(backend, &cfg.model_path, &params).map_err(|e| {
             LoadError::Model {

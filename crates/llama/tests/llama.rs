@@ -258,3 +258,27 @@ async fn refusals_are_typed_errors() {
     let body: Value = serde_json::from_slice(&a.body).unwrap();
     assert_eq!(body["object"], "text_completion");
 }
+
+/// A model file that is not the pinned one is refused before llama.cpp reads it; the pinned
+/// file loads.
+#[test]
+fn a_model_file_with_another_hash_is_refused() {
+    let Some(path) = model_path() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI: default model missing"
+        );
+        return;
+    };
+    let mut cfg = LlamaConfig::new(&path, "SmolLM2-135M-Instruct");
+    cfg.slots = 1;
+    cfg.ctx_per_slot = 64;
+    cfg.expected_sha256 = Some("00".repeat(32));
+    let err = LlamaEngine::load(cfg.clone()).err().expect("refused");
+    assert!(
+        matches!(err, cocoon_llama::LoadError::ModelHash { ref actual, .. } if actual == SHA),
+        "{err}"
+    );
+    cfg.expected_sha256 = Some(SHA.to_uppercase());
+    LlamaEngine::load(cfg).expect("the pinned file loads");
+}

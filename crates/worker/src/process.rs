@@ -54,7 +54,7 @@ async fn embedded(s: &Settings) -> Result<LoadedEngine, String> {
         PathBuf::from(&s.models_dir)
     };
     let st = ModelStore::open(&dir).map_err(|e| e.to_string())?;
-    let (path, id, name) = if Path::new(&s.model).is_file() {
+    let (path, id, name, sha256) = if Path::new(&s.model).is_file() {
         let stem = Path::new(&s.model)
             .file_stem()
             .and_then(|x| x.to_str())
@@ -73,7 +73,7 @@ async fn embedded(s: &Settings) -> Result<LoadedEngine, String> {
                 .add_file(Path::new(&s.model), &stem, "local", None)
                 .map_err(|e| e.to_string())?,
         };
-        (st.path_of(&rec), rec.id(), rec.name)
+        (st.path_of(&rec), rec.id(), rec.name, rec.sha256)
     } else {
         let rec = match st.get(&s.model) {
             Ok(r) => r,
@@ -88,9 +88,12 @@ async fn embedded(s: &Settings) -> Result<LoadedEngine, String> {
                 None => return Err(e.to_string()),
             },
         };
-        (st.path_of(&rec), rec.id(), rec.name)
+        (st.path_of(&rec), rec.id(), rec.name, rec.sha256)
     };
     let mut cfg = cocoon_llama::LlamaConfig::new(&path, &name);
+    // The file must still be the one the model id names (its store blob may have been
+    // changed on disk since it was pulled); what loads is what the proxy admits.
+    cfg.expected_sha256 = Some(sha256);
     cfg.slots = s.slots.max(1);
     cfg.ctx_per_slot = s.ctx_per_slot;
     if s.threads > 0 {

@@ -457,6 +457,96 @@ fn pe_errors_are_typed() {
     assert_eq!(tdx::authenticode_sha384(&signed).unwrap(), base);
 }
 
+/// A minimal valid PE32+ image of 0x1000 bytes (headers 0x200, one section at 0x200),
+/// without a Linux setup header: how a UKI looks to QEMU.
+fn headerless_pe() -> Vec<u8> {
+    let mut pe = vec![0u8; 0x1000];
+    pe[0x3c] = 0x80;
+    pe[0x80..0x84].copy_from_slice(b"PE\0\0");
+    pe[0x86..0x88].copy_from_slice(&1u16.to_le_bytes());
+    pe[0x94..0x96].copy_from_slice(&0xf0u16.to_le_bytes());
+    let opt = 0x98;
+    pe[opt..opt + 2].copy_from_slice(&0x20bu16.to_le_bytes());
+    pe[opt + 60..opt + 64].copy_from_slice(&0x200u32.to_le_bytes());
+    pe[opt + 108..opt + 112].copy_from_slice(&16u32.to_le_bytes());
+    let sec = opt + 0xf0;
+    pe[sec + 16..sec + 20].copy_from_slice(&0xe00u32.to_le_bytes());
+    pe[sec + 20..sec + 24].copy_from_slice(&0x200u32.to_le_bytes());
+    for (i, b) in pe[0x200..].iter_mut().enumerate() {
+        *b = (i % 253) as u8;
+    }
+    pe
+}
+
+#[test]
+fn uki_boot_measures_the_uki_and_its_command_line_only() {
+    let firmware = build(&default_sections());
+    let uki = headerless_pe();
+    let stub_event = tdx::sha384(b"an event the UKI's stub measures");
+    let img = TdxImage {
+        firmware: &firmware,
+        kernel: &uki,
+        initrd: None,
+        cmdline: "",
+        kernel_load: KernelLoad::QemuPatched(QemuKernelParams {
+            patch_headerless: false,
+            ..QemuKernelParams::new(2 << 30)
+        }),
+        page_add_order: PageAddOrder::Interleaved,
+        initrd_arg: InitrdArg::Appended,
+        extra_rtmr2_events: &[stub_event],
+        rtmr0: None,
+    };
+    let p = tdx::predict(&img).unwrap();
+    // QEMU 9.2.1+ leaves a headerless image alone: the file's own Authenticode digest.
+    assert_eq!(p.kernel_digest, tdx::authenticode_sha384(&uki).unwrap());
+    assert_eq!(
+        p.events[1][1..],
+        tdx::rtmr1_events(&[0; 48])[1..],
+        "the fixed EFI actions follow the UKI"
+    );
+    assert_eq!(
+        p.events[2],
+        vec![tdx::sha384(&[0, 0]), stub_event],
+        "an empty command line (UTF-16 NUL), then the stub's events; no initrd event"
+    );
+    assert_eq!(p.rtmr2, tdx::rtmr_replay(&p.events[2]));
+    assert_eq!(
+        tdx::predict(&TdxImage {
+            kernel_load: KernelLoad::Unmodified,
+            ..img
+        })
+        .unwrap(),
+        p
+    );
+
+    // Older QEMU writes 0xa33f and the command-line offset into the DOS header first.
+    let old = tdx::predict(&TdxImage {
+        kernel_load: KernelLoad::QemuPatched(QemuKernelParams::new(2 << 30)),
+        ..img
+    })
+    .unwrap();
+    let mut patched = uki.clone();
+    patched[0x20..0x22].copy_from_slice(&0xa33fu16.to_le_bytes());
+    patched[0x22..0x24].copy_from_slice(&(0xa000u16 - 16).to_le_bytes());
+    assert_eq!(
+        old.kernel_digest,
+        tdx::authenticode_sha384(&patched).unwrap()
+    );
+    assert_ne!(old.rtmr1, p.rtmr1);
+    assert_eq!(old.rtmr2, p.rtmr2);
+
+    // A UKI cannot take -initrd.
+    assert_eq!(
+        tdx::predict(&TdxImage {
+            initrd: Some(b"initrd"),
+            kernel_load: KernelLoad::QemuPatched(QemuKernelParams::new(2 << 30)),
+            ..img
+        }),
+        Err(TdxMeasureError::Kernel(KernelError::NoInitrdSupport))
+    );
+}
+
 #[test]
 fn qemu_kernel_patch_refusals() {
     let p = QemuKernelParams::new(1 << 30);

@@ -863,15 +863,21 @@ pub enum KernelError {
 }
 
 /// How the VMM hands the kernel to OVMF, which decides what bytes OVMF measures.
+///
+/// The model assumes QEMU appends no random-seed `setup_data` to the kernel of a TD (as the
+/// reference calculators do; a per-boot seed in the measured blob would make RTMR1
+/// unpredictable).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KernelLoad {
-    /// QEMU before 10.0 patches the Linux setup header (loader type, heap end, command
-    /// line and initrd addresses) of the `-kernel` file before exposing it through fw_cfg,
-    /// so the patched image is measured. The patch depends on the memory size and the
-    /// ACPI data size (see [`QemuKernelParams`]).
+    /// QEMU patches the Linux setup header (loader type, heap end, command line and initrd
+    /// addresses) of the `-kernel` file before exposing it through fw_cfg, and OVMF
+    /// measures the patched image: QEMU before 10.0 with any OVMF, and later QEMU with an
+    /// OVMF that still loads the patched kernel (such as Debian bookworm's 2022.11). The
+    /// patch depends on the memory size and the ACPI data size ([`QemuKernelParams`]).
     QemuPatched(QemuKernelParams),
-    /// The file as it is: QEMU 10.0 and later (as dstack-mr models them), or a loader that
-    /// does not patch.
+    /// The file as it is: QEMU 10.0 and later exposing the unpatched kernel (fw_cfg
+    /// `etc/boot/kernel`) to an OVMF that loads it (as dstack-mr models QEMU ≥ 10), or a
+    /// loader that does not patch.
     Unmodified,
 }
 
@@ -883,17 +889,24 @@ pub struct QemuKernelParams {
     /// Size of the ACPI data QEMU reserves below 4 GiB: 0x28000 on q35 machine types
     /// since QEMU 2.x ([`QemuKernelParams::DEFAULT_ACPI_DATA_SIZE`]).
     pub acpi_data_size: u32,
+    /// Whether QEMU also patches an image without a Linux setup header (a UKI): QEMU
+    /// before 9.2.1 did, writing the old command-line magic into its DOS header; since
+    /// "x86/loader: only patch linux kernels" (9.2.1, 10.0) it leaves such images alone.
+    pub patch_headerless: bool,
 }
 
 impl QemuKernelParams {
     /// QEMU's `acpi_data_size` for current x86 machine types.
     pub const DEFAULT_ACPI_DATA_SIZE: u32 = 0x28000;
 
-    /// The parameters for `memory_size` bytes of RAM and the default ACPI data size.
+    /// The parameters for `memory_size` bytes of RAM, the default ACPI data size, and
+    /// headerless images patched (QEMU 8.x–9.2.0, the TDX QEMU of Ubuntu 24.04 and the
+    /// one tdx-measure models).
     pub fn new(memory_size: u64) -> Self {
         Self {
             memory_size,
             acpi_data_size: Self::DEFAULT_ACPI_DATA_SIZE,
+            patch_headerless: true,
         }
     }
 }
@@ -901,8 +914,9 @@ impl QemuKernelParams {
 /// The kernel image as QEMU (before 10.0) hands it to the firmware for `-kernel`, with
 /// `-initrd` of `initrd_size` bytes (None: no initrd) and `-append cmdline`: the Linux
 /// boot-protocol fields of its setup header filled in as `x86_load_linux` fills them. A
-/// PE image without a Linux setup header (a UKI) is protocol 0: QEMU still writes the old
-/// command-line magic at offset 0x20, inside the DOS header.
+/// PE image without a Linux setup header (a UKI) is protocol 0: it cannot take `-initrd`,
+/// and QEMU writes the old command-line magic at offset 0x20, inside its DOS header, only
+/// when [`QemuKernelParams::patch_headerless`] says so.
 pub fn qemu_patch_kernel(
     kernel: &[u8],
     initrd_size: Option<u64>,
@@ -1001,6 +1015,9 @@ pub fn qemu_patch_kernel(
     let setup_size = (setup_sectors + 1) * 512;
     if setup_size > kernel.len() {
         return Err(KernelError::TooShort(kernel.len()));
+    }
+    if protocol == 0 && !p.patch_headerless {
+        return Ok(kernel.to_vec());
     }
     // Only the header copy (the first 8 KiB, within the setup area) carries the patch.
     let patched = setup_size.min(HEADER_LEN);

@@ -455,6 +455,32 @@ fn pe_errors_are_typed() {
     signed[dir..dir + 4].copy_from_slice(&0x400u32.to_le_bytes());
     signed[dir + 4..dir + 8].copy_from_slice(&0x40u32.to_le_bytes());
     assert_eq!(tdx::authenticode_sha384(&signed).unwrap(), base);
+    // Data after the sections that is not the certificate table is hashed.
+    let mut trailing = signed.clone();
+    trailing.splice(0x400..0x400, [0x55u8; 8]);
+    trailing[dir..dir + 4].copy_from_slice(&0x408u32.to_le_bytes());
+    assert_ne!(tdx::authenticode_sha384(&trailing).unwrap(), base);
+    let mut h = Sha384::new();
+    h.update(&pe[..opt + 64]);
+    h.update(&pe[opt + 68..dir]);
+    h.update(&pe[dir + 8..0x200]);
+    h.update(&pe[0x200..0x400]);
+    h.update([0x55u8; 8]);
+    let d: [u8; 48] = h.finalize().into();
+    // (the header differs from pe's only in the excluded directory entry)
+    assert_eq!(tdx::authenticode_sha384(&trailing).unwrap(), d);
+    // Two sections over the same bytes: refused rather than hashed twice.
+    let mut twice = pe.clone();
+    twice[0x86..0x88].copy_from_slice(&2u16.to_le_bytes());
+    twice.copy_within(sec..sec + 40, sec + 40);
+    assert_eq!(
+        tdx::authenticode_sha384(&twice),
+        Err(PeError::SectionsOverlap)
+    );
+    // A certificate table larger than what follows the sections.
+    let mut bad = signed.clone();
+    bad[dir + 4..dir + 8].copy_from_slice(&0x80u32.to_le_bytes());
+    assert_eq!(tdx::authenticode_sha384(&bad), Err(PeError::BadCertTable));
 }
 
 /// A minimal valid PE32+ image of 0x1000 bytes (headers 0x200, one section at 0x200),

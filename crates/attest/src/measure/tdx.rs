@@ -760,6 +760,13 @@ pub enum PeError {
     /// A section's raw data lies outside the file.
     #[error("section {0} raw data lies outside the file")]
     SectionOutsideFile(usize),
+    /// The sections' raw data together is larger than the file: they overlap.
+    #[error("the sections' raw data overlaps (more than the file's length in all)")]
+    SectionsOverlap,
+    /// The certificate table is larger than what follows the sections (EDK2 refuses to
+    /// measure such an image).
+    #[error("the certificate table is larger than the data after the sections")]
+    BadCertTable,
 }
 
 /// The PE/COFF Authenticode SHA-384 of an image, as EDK2 computes it when it measures an
@@ -822,16 +829,24 @@ pub fn authenticode_sha384(pe: &[u8]) -> Result<Digest384, PeError> {
         raw.push((ptr, size, i));
     }
     raw.sort_by_key(|r| r.0);
-    let mut hashed = headers_end;
+    // Sections of a real image do not overlap in the file; hostile ones that do could make
+    // the hash cover the file thousands of times over.
+    let hashed = raw.iter().try_fold(headers_end, |sum, r| {
+        sum.checked_add(r.1).filter(|s| *s <= pe.len())
+    });
+    let hashed = hashed.ok_or(PeError::SectionsOverlap)?;
     for (ptr, size, _) in raw {
         h.update(&pe[ptr..ptr + size]);
-        hashed += size;
     }
-    if pe.len() > hashed + cert_size {
-        let extra = pe.len() - hashed - cert_size;
-        if let Some(tail) = pe.get(hashed..hashed + extra) {
-            h.update(tail);
+    if pe.len() > hashed {
+        let end = pe
+            .len()
+            .checked_sub(cert_size)
+            .ok_or(PeError::BadCertTable)?;
+        if end < hashed {
+            return Err(PeError::BadCertTable);
         }
+        h.update(&pe[hashed..end]);
     }
     Ok(h.finalize().into())
 }

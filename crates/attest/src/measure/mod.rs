@@ -8,14 +8,7 @@ pub mod tdx;
 
 use sha2::{Digest, Sha384};
 
-/// One TDX RTMR extension, as `TDG.MR.RTMR.EXTEND` performs it: the new value is
-/// SHA-384(old ‖ digest).
-pub fn rtmr_extend(old: &[u8; 48], digest: &[u8; 48]) -> [u8; 48] {
-    let mut h = Sha384::new();
-    h.update(old);
-    h.update(digest);
-    h.finalize().into()
-}
+pub use tdx::rtmr_extend;
 
 /// The digest a boot extends RTMR3 with for a role configuration: SHA-384 of the
 /// configuration file's bytes, exactly as the role reads them.

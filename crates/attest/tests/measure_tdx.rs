@@ -601,9 +601,12 @@ fn qemu_kernel_patch_refusals() {
 
 // --- recorded vectors of tinfoilsh/tdx-measure on Debian's files ---------------------------
 
-const OVMF_PATH: &str = "/usr/share/ovmf/OVMF.fd";
+/// Paths inside the measurement inputs directory (`COCOON_MEASURE_INPUTS`, default
+/// `~/.cache/cocoon/measure-inputs`), where `scripts/setup --measure` unpacks the exact
+/// Debian packages the vectors were recorded from (`apt-get download PKG=VERSION`).
+const OVMF_PATH: &str = "ovmf/usr/share/ovmf/OVMF.fd";
 const OVMF_SHA256: &str = "7b456907dd0786d415999e801a1ac4637b8ed4d7cf5378cfc6edbe5e574dd773";
-const KERNEL_PATH: &str = "/boot/vmlinuz-6.1.0-57-amd64";
+const KERNEL_PATH: &str = "linux/boot/vmlinuz-6.1.0-57-amd64";
 const KERNEL_SHA256: &str = "85667e6c72245133bd7e3e80bac7d16b26fda15c0a3c68faa4b713850ea526cd";
 
 fn vector_dir() -> String {
@@ -621,6 +624,14 @@ fn read_vector(name: &str) -> Vec<u8> {
 /// recorded with. `None` (with a message) when the package is not installed, unless
 /// `COCOON_REQUIRE_SYSTEM_VECTORS` is set; a different file always fails.
 fn system_file(path: &str, sha256: &str, package: &str) -> Option<Vec<u8>> {
+    let dir = std::env::var_os("COCOON_MEASURE_INPUTS").map_or_else(
+        || {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/cocoon/measure-inputs")
+        },
+        std::path::PathBuf::from,
+    );
+    let path = &dir.join(path).display().to_string();
     match std::fs::read(path) {
         Ok(b) => {
             assert_eq!(
@@ -633,8 +644,8 @@ fn system_file(path: &str, sha256: &str, package: &str) -> Option<Vec<u8>> {
         }
         Err(e) => {
             let msg = format!(
-                "SKIPPED: {path} is absent ({e}); install Debian's {package} to check the \
-                 recorded tdx-measure vectors"
+                "SKIPPED: {path} is absent ({e}); run scripts/setup --measure (Debian's {package}) \
+                 to check the recorded tdx-measure vectors"
             );
             assert!(
                 std::env::var_os("COCOON_REQUIRE_SYSTEM_VECTORS").is_none(),

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use cocoon_attest::measure::snp::{
     KernelHashes, LaunchDigest, Ovmf, PADDED_HASH_TABLE_LEN, SectionKind, SnpImage,
-    SnpMeasureError, VcpuType, Vmm, firmware_digest, host_data_for_config, vmsa_page,
+    SnpMeasureError, VcpuType, Vmm, firmware_digest, host_data_for_config, image_hash, vmsa_page,
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -748,4 +748,24 @@ fn host_data_is_the_config_sha256() {
         Sha256::digest(config).as_slice()
     );
     assert_ne!(host_data_for_config(b"a"), host_data_for_config(b"b"));
+}
+
+/// The image hash from a predicted digest is the one the verifier computes from the report.
+#[test]
+fn the_image_hash_is_the_verifiers() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../testvectors/attest/sev/report_milan.hex"
+    );
+    let text = std::fs::read(path).expect("report");
+    let info = cocoon_attest::sev::parse_report_hex(&text).expect("parse report");
+    assert_eq!(
+        image_hash(&info.measurement, &info.host_data),
+        cocoon_attest::sev::image_hash(&info)
+    );
+    let config = host_data_for_config(b"config");
+    assert_ne!(
+        image_hash(&info.measurement, &config),
+        image_hash(&info.measurement, &info.host_data)
+    );
 }

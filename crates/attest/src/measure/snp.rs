@@ -853,3 +853,14 @@ pub fn measure_sections(
 pub fn host_data_for_config(config: &[u8]) -> [u8; 32] {
     Sha256::digest(config).into()
 }
+
+/// The COCOON image hash of an SEV-SNP guest, as the verifier computes it from a report
+/// ([`crate::sev::image_hash`]): `SHA-256(launch digest ‖ host data)`. With
+/// [`host_data_for_config`] as host data, it names the image and the config together: the
+/// value for the root's allowlist.
+pub fn image_hash(launch_digest: &[u8; DIGEST_LEN], host_data: &[u8; 32]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(launch_digest);
+    h.update(host_data);
+    h.finalize().into()
+}

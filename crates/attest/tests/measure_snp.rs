@@ -1,6 +1,7 @@
 //! The SEV-SNP launch digest (`cocoon_attest::measure::snp`) against digests recorded from
 //! PyPI's `sev-snp-measure` 0.0.13 (`testvectors/measure/snp/`): synthetic OVMF images this
-//! test rebuilds deterministically, and Debian's OVMF builds when they are installed. With
+//! test rebuilds deterministically, the last page of a real AmdSev OVMF, and Debian's OVMF
+//! builds when they are installed. With
 //! `COCOON_SEV_SNP_MEASURE` naming the `sev-snp-measure` executable, the same cases (and more
 //! vCPU counts) are also run through it live.
 
@@ -129,12 +130,19 @@ impl Synth {
     }
 }
 
+const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testvectors/measure/snp");
+
 fn vectors() -> Value {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../testvectors/measure/snp/vectors.json"
-    );
+    let path = format!("{VECTORS}/vectors.json");
     serde_json::from_slice(&std::fs::read(path).expect("read vectors.json")).expect("vectors")
+}
+
+/// A case's firmware: a file of the vectors directory, or a synthetic image.
+fn firmware(v: &Value) -> Vec<u8> {
+    match v["file"].as_str() {
+        Some(file) => std::fs::read(format!("{VECTORS}/{file}")).expect("read firmware"),
+        None => Synth::from_json(v).build(),
+    }
 }
 
 fn blob(v: &Value) -> Option<Vec<u8>> {
@@ -168,7 +176,7 @@ impl Case {
     fn from_json(c: &Value) -> Self {
         Self {
             name: c["name"].as_str().expect("name").to_owned(),
-            firmware: Synth::from_json(&c["firmware"]).build(),
+            firmware: firmware(&c["firmware"]),
             kernel: blob(&c["kernel"]),
             initrd: blob(&c["initrd"]),
             cmdline: c["cmdline"].as_str().map(str::to_owned),
@@ -242,9 +250,9 @@ fn run_tool(mut cmd: Command) -> String {
 }
 
 #[test]
-fn synthetic_firmware_matches_recorded_sev_snp_measure_digests() {
+fn firmware_cases_match_recorded_sev_snp_measure_digests() {
     let v = vectors();
-    let cases = v["synthetic"].as_array().expect("synthetic");
+    let cases = v["cases"].as_array().expect("cases");
     assert!(cases.len() >= 8);
     for c in cases {
         let case = Case::from_json(c);
@@ -334,7 +342,7 @@ fn sev_snp_measure_agrees_live() {
     let v = vectors();
     let mut compared = 0;
     let mut unrecorded = Vec::new();
-    for c in v["synthetic"].as_array().expect("synthetic") {
+    for c in v["cases"].as_array().expect("cases") {
         let mut case = Case::from_json(c);
         let theirs = case.reference(&tool, dir.path());
         // The line the vectors file records for this case.
@@ -767,5 +775,82 @@ fn the_image_hash_is_the_verifiers() {
     assert_ne!(
         image_hash(&info.measurement, &config),
         image_hash(&info.measurement, &info.host_data)
+    );
+}
+
+/// The vectors virtee/sev 8.0.0 publishes with its own measurement code (the last page of an
+/// AmdSev and of an OvmfX64 build), as a second independent reference.
+#[test]
+fn virtee_sev_published_vectors_match() {
+    let doc: Value = serde_json::from_slice(
+        &std::fs::read(format!("{VECTORS}/virtee_sev.json")).expect("read virtee_sev.json"),
+    )
+    .expect("virtee_sev.json");
+    for (file, digest) in doc["firmware_digests"].as_object().expect("digests") {
+        let fw = std::fs::read(format!("{VECTORS}/{file}")).expect("firmware");
+        assert_eq!(
+            hex::encode(firmware_digest(&fw).expect("firmware digest")),
+            digest.as_str().expect("digest"),
+            "{file}"
+        );
+    }
+    let cases = doc["cases"].as_array().expect("cases");
+    assert_eq!(cases.len(), 10);
+    for c in cases {
+        let test = c["test"].as_str().expect("test");
+        let fw = std::fs::read(format!(
+            "{VECTORS}/{}",
+            c["firmware"].as_str().expect("file")
+        ))
+        .expect("firmware");
+        let empty: Option<&[u8]> = c["empty_kernel_and_initrd"]
+            .as_bool()
+            .expect("kernel")
+            .then_some(&[]);
+        let image = SnpImage {
+            firmware: &fw,
+            kernel: empty,
+            initrd: empty,
+            cmdline: c["cmdline"].as_str(),
+            vcpus: c["vcpus"].as_u64().expect("vcpus") as u32,
+            vcpu_type: c["vcpu_type"]
+                .as_str()
+                .expect("type")
+                .parse()
+                .expect("type"),
+            vmm: c["vmm"].as_str().expect("vmm").parse().expect("vmm"),
+            guest_features: u64::from_str_radix(
+                c["guest_features"]
+                    .as_str()
+                    .expect("features")
+                    .trim_start_matches("0x"),
+                16,
+            )
+            .expect("features"),
+        };
+        let ours = image.launch_digest().expect("digest");
+        assert_eq!(
+            hex::encode(ours),
+            c["digest"].as_str().expect("digest"),
+            "{test}"
+        );
+        let seed = firmware_digest(&fw).expect("firmware digest");
+        assert_eq!(image.launch_digest_from_firmware_digest(seed), Ok(ours));
+    }
+    // The OvmfX64 build has no SNP_KERNEL_HASHES section: a kernel cannot be measured.
+    let x64 = std::fs::read(format!("{VECTORS}/ovmf_OvmfX64_suffix.bin")).expect("firmware");
+    let with_kernel = SnpImage {
+        firmware: &x64,
+        kernel: Some(&[]),
+        initrd: Some(&[]),
+        cmdline: None,
+        vcpus: 1,
+        vcpu_type: VcpuType::Epyc,
+        vmm: Vmm::Qemu,
+        guest_features: 0x21,
+    };
+    assert_eq!(
+        with_kernel.launch_digest(),
+        Err(SnpMeasureError::NoKernelHashesSection)
     );
 }

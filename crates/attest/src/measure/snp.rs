@@ -29,6 +29,14 @@ use std::str::FromStr;
 
 use sha2::{Digest, Sha256, Sha384};
 
+/// The SNP host data for a role's configuration (SHA-256 of its bytes), defined beside the
+/// TDX RTMR3 value in [`super`]: the launcher passes it as `HOST_DATA` (QEMU
+/// `sev-snp-guest,host-data=`), the PSP copies it into every report, and the role refuses
+/// a configuration whose hash differs. It binds the config (root address, network,
+/// policies, backend URL and model) to the attested guest outside the launch digest, so
+/// one measured image serves every config while [`image_hash`] still differs per config.
+pub use super::host_data_for_config;
+
 /// Size of a guest page, the unit the launch digest measures.
 pub const PAGE_SIZE: usize = 4096;
 
@@ -842,16 +850,6 @@ pub fn measure_sections(
         }
     }
     Ok(())
-}
-
-/// The SNP host data for a role's configuration: SHA-256 of the config bytes. The launcher
-/// passes it as `HOST_DATA` (QEMU `sev-snp-guest,host-data=`), the PSP copies it into every
-/// attestation report, and the role compares it with the hash of the config it was started
-/// with: so the config (root address, network, policies, backend URL and model) is bound to
-/// the attested guest without being part of the launch digest, which stays the same for
-/// every config of one image.
-pub fn host_data_for_config(config: &[u8]) -> [u8; 32] {
-    Sha256::digest(config).into()
 }
 
 /// The COCOON image hash of an SEV-SNP guest, as the verifier computes it from a report

@@ -7,14 +7,15 @@
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand, ValueEnum};
-use cocoon_attest::measure::{self, tdx};
+use cocoon_attest::measure::{self, snp, tdx};
 use cocoon_service::identity::TeeChoice;
 use cocoon_service::measured::{Extended, SimRegisters, extend_config};
 
 #[derive(Subcommand)]
 pub(crate) enum ImageCmd {
     /// Predict the measurements a TEE will report for an image and the Cocoon image hash
-    /// that goes into the root's allowlist (TDX: MRTD, RTMR0–3; sim: the emulated RTMR3).
+    /// that goes into the root's allowlist (TDX: MRTD, RTMR0–3; SEV-SNP: the launch digest
+    /// and host data; sim: the emulated RTMR3).
     Measure(Box<MeasureArgs>),
     /// Measure a role's configuration file into this TEE (the guest's boot runs it once,
     /// before the role): extends RTMR3 on TDX and on the sim backend's emulated register;
@@ -34,6 +35,8 @@ pub(crate) enum ImageCmd {
 pub(crate) enum MeasureTee {
     /// Intel TDX through OVMF/TDVF.
     Tdx,
+    /// AMD SEV-SNP (the launch digest; the configuration goes in as host data).
+    SevSnp,
     /// The sim backend (test networks): only the configuration is measured.
     Sim,
 }
@@ -86,9 +89,31 @@ pub(crate) struct MeasureArgs {
     /// the image hash are not predicted.
     #[arg(long, value_name = "DIR")]
     rtmr0_dir: Option<PathBuf>,
+    /// SEV-SNP: vCPUs (`-smp`).
+    #[arg(long, default_value_t = 1)]
+    vcpus: u32,
+    /// SEV-SNP: the vCPU model (`-cpu`), e.g. EPYC-v4, EPYC-Milan, EPYC-Genoa.
+    #[arg(long, default_value = "EPYC-v4")]
+    vcpu_type: String,
+    /// SEV-SNP: the hypervisor (qemu, ec2, gce).
+    #[arg(long, default_value = "qemu")]
+    vmm: String,
+    /// SEV-SNP: the guest features in each VMSA (0x1 for a plain QEMU guest).
+    #[arg(long, default_value = "0x1")]
+    guest_features: String,
     /// Print JSON.
     #[arg(long)]
     json: bool,
+}
+
+fn cmdline_of(a: &MeasureArgs) -> Result<String, String> {
+    Ok(match &a.cmdline_file {
+        Some(p) => String::from_utf8(read(p)?)
+            .map_err(|_| format!("{}: not UTF-8", p.display()))?
+            .trim_end_matches('\n')
+            .to_owned(),
+        None => a.cmdline.clone(),
+    })
 }
 
 fn read(p: &Path) -> Result<Vec<u8>, String> {
@@ -109,9 +134,7 @@ struct Measured {
 
 fn measure_cmd(a: &MeasureArgs) -> Result<Measured, String> {
     let config = a.config.as_deref().map(read).transpose()?;
-    let rtmr3 = config
-        .as_deref()
-        .map_or([0; 48], measure::rtmr3_for_config);
+    let rtmr3 = config.as_deref().map_or([0; 48], measure::rtmr3_for_config);
     match a.tee {
         MeasureTee::Sim => {
             let Some(config) = &config else {
@@ -124,17 +147,45 @@ fn measure_cmd(a: &MeasureArgs) -> Result<Measured, String> {
                 note: None,
             })
         }
+        MeasureTee::SevSnp => {
+            let firmware = read(need(&a.firmware, "firmware")?)?;
+            let kernel = a.kernel.as_deref().map(read).transpose()?;
+            let initrd = a.initrd.as_deref().map(read).transpose()?;
+            let cmdline = cmdline_of(a)?;
+            let features = a.guest_features.trim_start_matches("0x");
+            let digest = snp::SnpImage {
+                firmware: &firmware,
+                kernel: kernel.as_deref(),
+                initrd: initrd.as_deref(),
+                cmdline: kernel.as_ref().map(|_| cmdline.as_str()),
+                vcpus: a.vcpus,
+                vcpu_type: a
+                    .vcpu_type
+                    .parse()
+                    .map_err(|e| format!("--vcpu-type: {e}"))?,
+                vmm: a.vmm.parse().map_err(|e| format!("--vmm: {e}"))?,
+                guest_features: u64::from_str_radix(features, 16)
+                    .map_err(|_| format!("--guest-features: not hex: {}", a.guest_features))?,
+            }
+            .launch_digest()
+            .map_err(|e| e.to_string())?;
+            let host_data = config
+                .as_deref()
+                .map_or([0; 32], measure::host_data_for_config);
+            Ok(Measured {
+                values: vec![
+                    ("measurement", hex::encode(digest)),
+                    ("host_data", hex::encode(host_data)),
+                ],
+                image_hash: Some(snp::image_hash(&digest, &host_data)),
+                note: None,
+            })
+        }
         MeasureTee::Tdx => {
             let firmware = read(need(&a.firmware, "firmware")?)?;
             let kernel = read(need(&a.kernel, "kernel")?)?;
             let initrd = a.initrd.as_deref().map(read).transpose()?;
-            let cmdline = match &a.cmdline_file {
-                Some(p) => String::from_utf8(read(p)?)
-                    .map_err(|_| format!("{}: not UTF-8", p.display()))?
-                    .trim_end_matches('\n')
-                    .to_owned(),
-                None => a.cmdline.clone(),
-            };
+            let cmdline = cmdline_of(a)?;
             let memory = a.memory_mib << 20;
             let meta = tdx::parse_tdvf(&firmware).map_err(|e| format!("firmware: {e}"))?;
             let r0 = a.rtmr0_dir.as_deref().map(rtmr0_files).transpose()?;

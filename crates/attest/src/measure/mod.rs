@@ -35,15 +35,6 @@ pub fn tdx_image_hash(mrtd: &[u8; 48], rtmr: &[[u8; 48]; 4]) -> [u8; 32] {
     crate::tdx::image_hash_of(mrtd, &[0; 48], &[0; 48], &[0; 48], rtmr)
 }
 
-/// The Cocoon image hash of an SEV-SNP guest with this launch digest and host data, as
-/// [`crate::sev::image_hash`] computes it from a report.
-pub fn snp_image_hash(measurement: &[u8; 48], host_data: &[u8; 32]) -> [u8; 32] {
-    let mut h = sha2::Sha256::new();
-    h.update(measurement);
-    h.update(host_data);
-    h.finalize().into()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

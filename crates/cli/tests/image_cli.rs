@@ -1,6 +1,7 @@
 //! The real `cocoon image measure` and `measure-config`: the same values as the independent
 //! calculators' recorded vectors (tinfoilsh/tdx-measure, sev-snp-measure) on the same Debian
 //! files, and the sim RTMR3 it predicts is the one the boot step produces.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 use common::cocoon_env;

@@ -41,6 +41,15 @@ pub(crate) enum MeasureTee {
     Sim,
 }
 
+/// Where a TD's configuration is measured.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum TdxConfigIn {
+    /// RTMR3, extended by the guest's boot.
+    Rtmr3,
+    /// MRCONFIGID, set by the launcher.
+    Mrconfigid,
+}
+
 /// QEMU's page-add order ([`tdx::PageAddOrder`]).
 #[derive(Clone, Copy, ValueEnum)]
 pub(crate) enum PageOrder {
@@ -89,6 +98,10 @@ pub(crate) struct MeasureArgs {
     /// the image hash are not predicted.
     #[arg(long, value_name = "DIR")]
     rtmr0_dir: Option<PathBuf>,
+    /// TDX: where the configuration is measured: `rtmr3` (the guest extends it at boot;
+    /// Linux 6.16+ guest kernels) or `mrconfigid` (the launcher sets it; any guest kernel).
+    #[arg(long, value_enum, default_value = "rtmr3")]
+    tdx_config_in: TdxConfigIn,
     /// SEV-SNP: vCPUs (`-smp`).
     #[arg(long, default_value_t = 1)]
     vcpus: u32,
@@ -134,7 +147,15 @@ struct Measured {
 
 fn measure_cmd(a: &MeasureArgs) -> Result<Measured, String> {
     let config = a.config.as_deref().map(read).transpose()?;
-    let rtmr3 = config.as_deref().map_or([0; 48], measure::rtmr3_for_config);
+    let in_mrconfigid = a.tdx_config_in == TdxConfigIn::Mrconfigid;
+    let rtmr3 = match &config {
+        Some(c) if !in_mrconfigid => measure::rtmr3_for_config(c),
+        _ => [0; 48],
+    };
+    let mr_config_id = match &config {
+        Some(c) if in_mrconfigid => measure::config_digest(c),
+        _ => [0; 48],
+    };
     match a.tee {
         MeasureTee::Sim => {
             let Some(config) = &config else {
@@ -238,10 +259,11 @@ fn measure_cmd(a: &MeasureArgs) -> Result<Measured, String> {
             values.push(("rtmr1", hex::encode(p.rtmr1)));
             values.push(("rtmr2", hex::encode(p.rtmr2)));
             values.push(("rtmr3", hex::encode(rtmr3)));
+            values.push(("mr_config_id", hex::encode(mr_config_id)));
             Ok(Measured {
-                image_hash: p
-                    .rtmr0
-                    .map(|r0| measure::tdx_image_hash(&p.mrtd, &[r0, p.rtmr1, p.rtmr2, rtmr3])),
+                image_hash: p.rtmr0.map(|r0| {
+                    measure::tdx_image_hash(&p.mrtd, &mr_config_id, &[r0, p.rtmr1, p.rtmr2, rtmr3])
+                }),
                 note: p.rtmr0.is_none().then(|| {
                     "RTMR0 (and so the image hash) needs --rtmr0-dir: the ACPI tables and boot \
                      variables captured from a TD on the target host"
@@ -315,6 +337,7 @@ pub(crate) fn run(cmd: ImageCmd) -> Result<(), String> {
             match extend_config(backend, &file, &SimRegisters::from_env())? {
                 Extended::Rtmr3(r) => println!("rtmr3 {}", hex::encode(r)),
                 Extended::HostData(d) => println!("host_data {}", hex::encode(d)),
+                Extended::MrConfigId(d) => println!("mr_config_id {}", hex::encode(d)),
             }
             Ok(())
         }

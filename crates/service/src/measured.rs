@@ -3,9 +3,11 @@
 //! A guest image takes its role configuration from the host (QEMU `fw_cfg`), so the host
 //! chooses it; what makes that safe is that the configuration is measured before the role
 //! runs and the measurement is part of the image hash the root allows. On TDX the image's
-//! init extends RTMR3 with SHA-384 of the file (`cocoon image measure-config`); on SEV-SNP
-//! the launcher passes SHA-256 of the file as host data; the sim backend keeps an emulated
-//! RTMR3 in a per-boot directory ([`SimRegisters`]). At start a proxy or worker compares the
+//! init extends RTMR3 with SHA-384 of the file (`cocoon image measure-config`, through
+//! Linux 6.16's RTMR interface), or, on guest kernels without that interface, the launcher
+//! sets MRCONFIGID to the same SHA-384 when it creates the TD; on SEV-SNP the launcher
+//! passes SHA-256 of the file as host data; the sim backend keeps an emulated RTMR3 in a
+//! per-boot directory ([`SimRegisters`]). At start a proxy or worker compares the
 //! file it reads with the register ([`check`]) and refuses to run on a mismatch, so a host
 //! cannot boot the approved image and then hand the role a different configuration.
 //!
@@ -87,6 +89,13 @@ pub enum Register {
     /// RTMR3 of a TDX guest or the sim backend's emulated one (`None`: the sim backend on a
     /// machine where nothing was measured).
     Rtmr3(Option<[u8; 48]>),
+    /// A TDX guest's RTMR3 and MRCONFIGID, from its quote.
+    Tdx {
+        /// RTMR3.
+        rtmr3: [u8; 48],
+        /// MRCONFIGID.
+        mr_config_id: [u8; 48],
+    },
     /// SEV-SNP host data.
     HostData([u8; 32]),
     /// A backend without such a register (COCOON's fake TDX, unattested).
@@ -143,6 +152,27 @@ pub fn check(register: &Register, config: &[u8]) -> Result<Measured, MeasuredErr
                 })
             }
         }
+        Register::Tdx {
+            rtmr3,
+            mr_config_id,
+        } => {
+            let in_rtmr3 = rtmr3_for_config(config);
+            if *rtmr3 == in_rtmr3 {
+                Ok(Measured::Matches(hex::encode(rtmr3)))
+            } else if *rtmr3 == [0; 48] && *mr_config_id == config_digest(config) {
+                Ok(Measured::Matches(hex::encode(mr_config_id)))
+            } else {
+                Err(MeasuredError::Mismatch {
+                    what: "RTMR3 (with MRCONFIGID)",
+                    found: format!("{} ({})", hex::encode(rtmr3), hex::encode(mr_config_id)),
+                    expected: format!(
+                        "{} (or RTMR3 zero and MRCONFIGID {})",
+                        hex::encode(in_rtmr3),
+                        hex::encode(config_digest(config))
+                    ),
+                })
+            }
+        }
         Register::HostData(d) => {
             let expected = host_data_for_config(config);
             if *d == expected {
@@ -168,18 +198,14 @@ pub fn read_register(backend: Backend, sim: &SimRegisters) -> Result<Register, M
             .map(Register::Rtmr3)
             .map_err(|e| read(e.to_string())),
         Backend::Tdx => {
-            if let Ok(raw) = std::fs::read(TDX_RTMR3_SYSFS) {
-                let r: [u8; 48] = raw
-                    .get(..48)
-                    .and_then(|b| b.try_into().ok())
-                    .ok_or_else(|| read(format!("{TDX_RTMR3_SYSFS}: short read")))?;
-                return Ok(Register::Rtmr3(Some(r)));
-            }
             let tsm = cocoon_attest::tsm::Tsm::new(cocoon_attest::tsm::TsmProvider::TdxGuest);
             let report = tsm.get_report(&[0; 64]).map_err(|e| read(e.to_string()))?;
             let q = cocoon_attest::tdx::parse_quote(&report.outblob)
                 .map_err(|e| read(e.to_string()))?;
-            Ok(Register::Rtmr3(Some(q.measurements.rtmr[3])))
+            Ok(Register::Tdx {
+                rtmr3: q.measurements.rtmr[3],
+                mr_config_id: q.measurements.mr_config_id,
+            })
         }
         Backend::SevSnp => {
             let tsm = cocoon_attest::tsm::Tsm::new(cocoon_attest::tsm::TsmProvider::SevGuest);
@@ -197,6 +223,9 @@ pub fn read_register(backend: Backend, sim: &SimRegisters) -> Result<Register, M
 pub enum Extended {
     /// RTMR3 (TDX or sim) now holds this value.
     Rtmr3([u8; 48]),
+    /// TDX without Linux's RTMR interface: the launcher put the configuration's digest in
+    /// MRCONFIGID, and the quote says so.
+    MrConfigId([u8; 48]),
     /// SEV-SNP: nothing to extend; the launcher must have passed this host data.
     HostData([u8; 32]),
 }
@@ -216,11 +245,25 @@ pub fn extend_config(
             .map(Extended::Rtmr3)
             .map_err(|e| format!("sim registers: {e}")),
         Backend::Tdx => {
-            std::fs::write(TDX_RTMR3_SYSFS, digest)
-                .map_err(|e| format!("extending RTMR3 through {TDX_RTMR3_SYSFS}: {e}"))?;
+            if Path::new(TDX_RTMR3_SYSFS).exists() {
+                std::fs::write(TDX_RTMR3_SYSFS, digest)
+                    .map_err(|e| format!("extending RTMR3 through {TDX_RTMR3_SYSFS}: {e}"))?;
+            }
             match read_register(Backend::Tdx, sim).map_err(|e| e.to_string())? {
-                Register::Rtmr3(Some(r)) => Ok(Extended::Rtmr3(r)),
-                other => Err(format!("RTMR3 unreadable after extending: {other:?}")),
+                Register::Tdx { rtmr3, .. } if rtmr3 == rtmr3_for_config(&config) => {
+                    Ok(Extended::Rtmr3(rtmr3))
+                }
+                Register::Tdx {
+                    rtmr3,
+                    mr_config_id,
+                } if rtmr3 == [0; 48] && mr_config_id == digest => {
+                    Ok(Extended::MrConfigId(mr_config_id))
+                }
+                other => Err(format!(
+                    "this TD measured neither the configuration in RTMR3 (no {TDX_RTMR3_SYSFS}: \
+                     the guest kernel predates Linux 6.16) nor in MRCONFIGID (set by \
+                     `cocoon image run --tee tdx --config`): {other:?}"
+                )),
             }
         }
         Backend::SevSnp => Ok(Extended::HostData(host_data_for_config(&config))),
@@ -247,6 +290,17 @@ mod tests {
         );
         // A TDX guest whose boot measured nothing has a zero RTMR3: refused.
         assert!(check(&Register::Rtmr3(Some([0; 48])), a).is_err());
+        // TDX: the configuration in RTMR3, or RTMR3 untouched and the digest in MRCONFIGID.
+        let tdx = |rtmr3, mr_config_id| Register::Tdx {
+            rtmr3,
+            mr_config_id,
+        };
+        assert!(check(&tdx(rtmr3_for_config(a), [0; 48]), a).is_ok());
+        assert!(check(&tdx([0; 48], config_digest(a)), a).is_ok());
+        assert!(check(&tdx([0; 48], config_digest(a)), b).is_err());
+        assert!(check(&tdx([0; 48], [0; 48]), a).is_err());
+        // Something else extended into RTMR3: MRCONFIGID no longer vouches.
+        assert!(check(&tdx([1; 48], config_digest(a)), a).is_err());
         let h = Register::HostData(host_data_for_config(a));
         assert!(check(&h, a).is_ok());
         assert!(check(&h, b).is_err());

@@ -29,10 +29,11 @@ pub fn host_data_for_config(config: &[u8]) -> [u8; 32] {
 }
 
 /// The Cocoon image hash (what the root's allowlists hold) of a TD with these registers, as
-/// [`crate::tdx::image_hash`] computes it from a quote; MRCONFIGID, MROWNER and
-/// MROWNERCONFIG are zero (our launcher sets none of them).
-pub fn tdx_image_hash(mrtd: &[u8; 48], rtmr: &[[u8; 48]; 4]) -> [u8; 32] {
-    crate::tdx::image_hash_of(mrtd, &[0; 48], &[0; 48], &[0; 48], rtmr)
+/// [`crate::tdx::image_hash`] computes it from a quote; MROWNER and MROWNERCONFIG are zero
+/// (our launcher sets neither), MRCONFIGID is the configuration's digest when the launcher
+/// put it there, else zero.
+pub fn tdx_image_hash(mrtd: &[u8; 48], mr_config_id: &[u8; 48], rtmr: &[[u8; 48]; 4]) -> [u8; 32] {
+    crate::tdx::image_hash_of(mrtd, mr_config_id, &[0; 48], &[0; 48], rtmr)
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! - [`events`]: operator events and the chain clock on the proxy's and worker's admin
 //!   pages and `/metrics`;
 //! - [`identity`]: a role's RA-TLS identity from this machine's TEE and its peer verifiers;
+//! - [`kms`]: the key-release exchange with a `cocoon kms` and its client side;
 //! - [`tee`]: which TEE this machine offers (one detection for every command);
 //! - [`chain`]: the chain endpoints and trust settings, the [`chain::RootWatcher`] and the
 //!   root params' price table;
@@ -22,6 +23,7 @@ pub mod browser;
 pub mod chain;
 pub mod events;
 pub mod identity;
+pub mod kms;
 pub mod measured;
 pub mod process;
 mod refused;

@@ -8,6 +8,7 @@ mod client_cmd;
 mod config;
 mod devnet_cmd;
 mod image_cmd;
+mod kms_cmd;
 mod model_cmd;
 mod proxy_cmd;
 mod role;
@@ -69,6 +70,11 @@ enum Command {
     /// The whole network on this machine: devnet, proxy, workers and the client's
     /// OpenAI-compatible API on 127.0.0.1:10000; Ctrl-C stops it, a rerun resumes it.
     Up(up_cmd::UpArgs),
+    /// Key release: `serve` (for attested proxies and workers the root allows), `fetch`.
+    Kms {
+        #[command(subcommand)]
+        command: kms_cmd::KmsCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -85,6 +91,7 @@ fn main() -> ExitCode {
         Command::Proxy(args) => return proxy_cmd::main(*args),
         Command::Client(args) => return client_cmd::main(*args),
         Command::Up(args) => return up_cmd::main(args),
+        Command::Kms { command } => return kms_cmd::main(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

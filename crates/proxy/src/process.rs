@@ -46,6 +46,37 @@ fn proxy_key(configured: &str, state_dir: &Path) -> Result<SigningKey, String> {
     SigningKey::from_file(&path).map_err(|e| format!("proxy_key_file {}: {e}", path.display()))
 }
 
+/// The proxy key and the wallet released by the KMS of `kms`, bound to `owner_address`;
+/// held in memory only.
+async fn kms_keys(
+    s: &Settings,
+    start: &cocoon_service::setting::Start,
+) -> Result<(SigningKey, Option<(cocoon_ton::wallet::Wallet, SigningKey)>), String> {
+    use cocoon_service::kms::{KmsRole, Purpose, role_keys};
+    let c = &s.common;
+    let keys = role_keys(
+        c,
+        start,
+        s.kms_client(),
+        KmsRole::Proxy,
+        &[Purpose::Signing, Purpose::Wallet],
+    )
+    .await?;
+    let [signing, wallet] = keys.as_slice() else {
+        return Err("the kms sent the wrong number of keys".into());
+    };
+    let signing = SigningKey::from_seed(&signing.0).map_err(|e| e.to_string())?;
+    let (wallet, wallet_key) =
+        c.wallet_of(SigningKey::from_seed(&wallet.0).map_err(|e| e.to_string())?)?;
+    let address = wallet.address().map_err(|e| e.to_string())?;
+    eprintln!(
+        "proxy: keys from kms {}: proxy key {}, wallet {address}",
+        s.kms,
+        hex::encode(signing.public_key())
+    );
+    Ok((signing, Some((wallet, wallet_key))))
+}
+
 fn now_unix() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -534,7 +565,12 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
     let root_addr = cocoon_ton::parse_address(&c.root_address).map_err(|e| e.to_string())?;
     let owner = cocoon_ton::parse_address(&c.owner_address).map_err(|e| e.to_string())?;
     let root = load_root_patiently(&chain, &root_addr, Duration::from_secs(30)).await?;
-    let key = Arc::new(proxy_key(&s.proxy_key_file, state_dir)?);
+    let (key, wallet) = if s.kms.is_empty() {
+        (proxy_key(&s.proxy_key_file, state_dir)?, c.wallet()?)
+    } else {
+        kms_keys(&s, &start).await?
+    };
+    let key = Arc::new(key);
     let id = ContractIdentity {
         owner: owner.clone(),
         public_key: HashBytes(key.public_key()),
@@ -544,7 +580,7 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
     let proxy_sc: StdAddr = contract.address.clone();
 
     // Settlement chain: the operator's wallet, or none (test networks only).
-    let checkpoints: Option<Arc<TonCheckpointChain<Ton>>> = match c.wallet()? {
+    let checkpoints: Option<Arc<TonCheckpointChain<Ton>>> = match wallet {
         None => {
             eprintln!(
                 "proxy: no wallet_key_file: no checkpoints, receipts stay empty (test network only)"

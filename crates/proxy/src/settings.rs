@@ -47,11 +47,26 @@ pub struct Settings {
     pub min_worker_payout_ton: String,
     /// Withdraw the commission above this many TON, "0" never (`auto_withdraw_ton`).
     pub auto_withdraw_ton: String,
+    /// A KMS to get the keys from instead of key files (`kms`, `host:port`; empty: files).
+    pub kms: String,
+    /// How the KMS's attestation is verified (`kms_policy`).
+    pub kms_policy: String,
+    /// The KMS images trusted (`kms_image_hashes`).
+    pub kms_image_hashes: Vec<String>,
     /// Log filter (`log`).
     pub log: String,
 }
 
 impl Settings {
+    /// Where the keys come from when `kms` is set.
+    pub fn kms_client(&self) -> cocoon_service::kms::KmsClientSettings<'_> {
+        cocoon_service::kms::KmsClientSettings {
+            addr: &self.kms,
+            policy: &self.kms_policy,
+            image_hashes: &self.kms_image_hashes,
+        }
+    }
+
     /// Checks what the types alone cannot (addresses, listeners, intervals, attestation,
     /// amounts, the wallet), naming the key; `given(key)` says whether a key was set by the
     /// operator rather than left at its default.
@@ -102,7 +117,20 @@ impl Settings {
             cocoon_ton::parse_ton(v).map_err(|e| SettingError::new(key, e))?;
         }
         c.check_wallet_version()?;
-        if c.wallet_key_file.is_empty() && !c.is_test {
+        self.kms_client().check()?;
+        if !self.kms.is_empty() {
+            for (key, v) in [
+                ("wallet_key_file", &c.wallet_key_file),
+                ("proxy_key_file", &self.proxy_key_file),
+            ] {
+                if !v.is_empty() {
+                    return Err(SettingError::new(
+                        key,
+                        "must be empty with kms (the proxy's keys come from the KMS)",
+                    ));
+                }
+            }
+        } else if c.wallet_key_file.is_empty() && !c.is_test {
             return Err(SettingError::new(
                 "wallet_key_file",
                 "required outside test networks: checkpoints, charges and payouts are sent from it",

@@ -179,11 +179,16 @@ impl Common {
         }
         let key = SigningKey::from_file(Path::new(&self.wallet_key_file))
             .map_err(|e| format!("wallet_key_file: {e}"))?;
+        self.wallet_of(key).map(Some)
+    }
+
+    /// The wallet (`wallet_version`) of `key`, e.g. a key released by a KMS.
+    pub fn wallet_of(&self, key: SigningKey) -> Result<(Wallet, SigningKey), String> {
         let version = self
             .wallet_version
             .parse::<WalletVersion>()
             .map_err(|e| e.to_string())?;
-        Ok(Some((Wallet::new(version, key.public_key()), key)))
+        Ok((Wallet::new(version, key.public_key()), key))
     }
 }
 

@@ -151,7 +151,26 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
         c.proxy_dialer(&s.proxy_policy, s.pow_max_difficulty, &start)?;
     let (engine, model_id, tokenizer) = engine(&s).await?;
     let chain = c.chain(&start)?;
-    let payout_sink: Option<Arc<dyn PayoutSink>> = match c.wallet()? {
+    let wallet = if s.kms.is_empty() {
+        c.wallet()?
+    } else {
+        use cocoon_service::kms::{KmsRole, Purpose, role_keys};
+        let keys = role_keys(
+            c,
+            &start,
+            s.kms_client(),
+            KmsRole::Worker,
+            &[Purpose::Wallet],
+        )
+        .await?;
+        let seed = keys.first().ok_or("the kms sent no key")?;
+        let key = cocoon_ton::keys::SigningKey::from_seed(&seed.0).map_err(|e| e.to_string())?;
+        let (wallet, key) = c.wallet_of(key)?;
+        let address = wallet.address().map_err(|e| e.to_string())?;
+        eprintln!("worker: wallet key from kms {}: wallet {address}", s.kms);
+        Some((wallet, key))
+    };
+    let payout_sink: Option<Arc<dyn PayoutSink>> = match wallet {
         None => None,
         Some((wallet, key)) => {
             let sender = cocoon_ton::wallet::WalletSender::new(chain.clone(), wallet, key)

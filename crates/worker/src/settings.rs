@@ -58,11 +58,26 @@ pub struct Settings {
     pub min_payout_ton: String,
     /// What a missing worker contract is deployed with, TON (`contract_deploy_ton`).
     pub contract_deploy_ton: String,
+    /// A KMS to get the keys from instead of key files (`kms`, `host:port`; empty: files).
+    pub kms: String,
+    /// How the KMS's attestation is verified (`kms_policy`).
+    pub kms_policy: String,
+    /// The KMS images trusted (`kms_image_hashes`).
+    pub kms_image_hashes: Vec<String>,
     /// Log filter (`log`).
     pub log: String,
 }
 
 impl Settings {
+    /// Where the keys come from when `kms` is set.
+    pub fn kms_client(&self) -> cocoon_service::kms::KmsClientSettings<'_> {
+        cocoon_service::kms::KmsClientSettings {
+            addr: &self.kms,
+            policy: &self.kms_policy,
+            image_hashes: &self.kms_image_hashes,
+        }
+    }
+
     /// Checks what the types alone cannot (attestation, owner, engine, proxies, prices, the
     /// wallet), naming the key; `given(key)` says whether a key was set by the operator
     /// rather than left at its default.
@@ -132,6 +147,13 @@ impl Settings {
             ));
         }
         c.check_wallet_version()?;
+        self.kms_client().check()?;
+        if !self.kms.is_empty() && !c.wallet_key_file.is_empty() {
+            return Err(SettingError::new(
+                "wallet_key_file",
+                "must be empty with kms (the wallet key comes from the KMS)",
+            ));
+        }
         Ok(())
     }
 }

@@ -134,7 +134,11 @@ impl KeyRequest {
             return Err(format!("1 to {MAX_PURPOSES} purposes"));
         }
         let is_kms = self.role == KmsRole::Kms;
-        if self.purposes.iter().any(|p| (*p == Purpose::Master) != is_kms) {
+        if self
+            .purposes
+            .iter()
+            .any(|p| (*p == Purpose::Master) != is_kms)
+        {
             return Err("only a kms asks for the master, and only for it".into());
         }
         Ok(())

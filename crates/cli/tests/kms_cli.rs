@@ -1,0 +1,380 @@
+//! `cocoon kms` as a real process: configuration errors, and on the devnet a KMS that hands a
+//! proxy its signing and wallet keys, `cocoon kms fetch` printing one of them, and a proxy
+//! that restarts with the same key (nothing of it on its disk) and keeps signing receipts
+//! that a real client accepts, through a real worker whose wallet key comes from the KMS too.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use common::{
+    Killed, SimRoot, cocoon, faucet, free_port, get_json, have_test_model, new_wallet, sigterm,
+    spawn_role, start_devnet, stop_devnet, wait_for,
+};
+
+const ROOT: &str = "0:5555555555555555555555555555555555555555555555555555555555555555";
+const OWNER: &str = "0:4444444444444444444444444444444444444444444444444444444444444444";
+
+#[test]
+fn bad_kms_configuration_is_one_line_and_exit_64() {
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["serve", "--test", "--tee", "sim"],
+            "error: config: kms.root_address (from default): required",
+        ),
+        (
+            vec![
+                "serve", "--test", "--tee", "sim", "--root", ROOT, "--peer", "x",
+            ],
+            "error: config: kms.peer (from --peer): expected host:port",
+        ),
+        (
+            vec![
+                "serve", "--test", "--tee", "sim", "--root", ROOT, "--peer", "h:1",
+            ],
+            "error: config: kms.kms_image_hashes (from default): required with peer",
+        ),
+        (
+            vec![
+                "fetch",
+                "--role",
+                "proxy",
+                "--purpose",
+                "disk",
+                "--owner",
+                OWNER,
+            ],
+            "error: config: proxy.kms (from default): required",
+        ),
+        (
+            vec![
+                "fetch",
+                "--role",
+                "proxy",
+                "--purpose",
+                "disk",
+                "--kms",
+                "h:1",
+                "--owner",
+                OWNER,
+            ],
+            "error: config: proxy.kms_image_hashes (from default): required with kms",
+        ),
+        (
+            vec!["fetch", "--role", "client", "--purpose", "disk"],
+            "error: unknown role \"client\"",
+        ),
+        (
+            vec!["fetch", "--role", "worker", "--purpose", "master"],
+            "error: unknown purpose \"master\"",
+        ),
+    ];
+    for (args, want) in cases {
+        let (rc, out, err) = cocoon(&[&["kms"], &args[..]].concat());
+        assert_eq!(rc, 64, "{args:?}: {err}{out}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(err.starts_with(want), "{args:?}: {err}");
+    }
+    let (rc, _, err) = cocoon(&[
+        "proxy",
+        "--test",
+        "--root",
+        ROOT,
+        "--owner",
+        OWNER,
+        "--set",
+        "kms=h:1",
+        "--set",
+        &format!("kms_image_hashes={}", "11".repeat(32)),
+        "--set",
+        "proxy_key_file=/tmp/k",
+    ]);
+    assert_eq!(rc, 64, "{err}");
+    assert!(err.contains("proxy.proxy_key_file") && err.contains("must be empty with kms"));
+}
+
+/// `cocoon kms serve --test --tee sim ARGS... --state-dir STATE`.
+fn kms_process(args: &[&str], state: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_cocoon"))
+        .args(["kms", "serve", "--test", "--tee", "sim"])
+        .args(args)
+        .arg("--state-dir")
+        .arg(state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+/// Every file below `dir`, read whole.
+fn files_below(dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            files_below(&p, out);
+        } else if let Ok(b) = std::fs::read(&p) {
+            out.push((p.display().to_string(), b));
+        }
+    }
+}
+
+#[test]
+fn a_proxy_keyed_by_the_kms_restarts_with_the_same_key_and_clients_accept_its_receipts() {
+    if !have_test_model() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (devnet, url, _lines, rx) = start_devnet(&tmp.path().join("devnet"));
+    let mut devnet = Killed::new(devnet);
+    let net = SimRoot::deploy(tmp.path(), &url, "11");
+    let root = net.root.clone();
+    let sim = hex::encode(cocoon_attest::sim::sim_image_hash());
+    let trust = format!("kms_image_hashes={sim}");
+
+    // The KMS, following the same root.
+    let kaddr = format!("127.0.0.1:{}", free_port());
+    let kstate = tmp.path().join("kms");
+    let kms = kms_process(
+        &[
+            "--root",
+            &root,
+            "--ton",
+            &url,
+            "--listen",
+            &kaddr,
+            "--set",
+            &trust,
+            "--set",
+            "pow_difficulty=4",
+        ],
+        &kstate,
+    );
+    let mut kms = Killed::new(kms);
+
+    // The proxy's wallet key, as an image's init would fetch it (retrying until the KMS is
+    // up); funded so that the proxy can deploy its contract.
+    let pstate = tmp.path().join("proxy");
+    let wstate = tmp.path().join("worker");
+    let fetch = |role: &str, owner: &str, state: &Path, purpose: &str| {
+        let (rc, out, err) = cocoon(&[
+            "kms",
+            "fetch",
+            "--kms",
+            &kaddr,
+            "--role",
+            role,
+            "--purpose",
+            purpose,
+            "--test",
+            "--tee",
+            "sim",
+            "--owner",
+            owner,
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--set",
+            &trust,
+        ]);
+        assert_eq!(rc, 0, "{err}");
+        let mut seed = [0u8; 32];
+        hex::decode_to_slice(out.trim(), &mut seed).unwrap();
+        seed
+    };
+    let fund = |seed: &[u8; 32]| {
+        let key = cocoon_ton::keys::SigningKey::from_seed(seed).unwrap();
+        let wallet = cocoon_ton::wallet::Wallet::new(
+            cocoon_ton::wallet::WalletVersion::V4R2,
+            key.public_key(),
+        );
+        faucet(&url, &wallet.address().unwrap().to_string(), 20_000_000_000);
+    };
+    let wallet_seed = fetch("proxy", &net.raw, &pstate, "wallet");
+    let signing_seed = fetch("proxy", &net.raw, &pstate, "signing");
+    assert_ne!(wallet_seed, signing_seed);
+    fund(&wallet_seed);
+    let worker_seed = fetch("worker", common::WORKER_OWNER, &wstate, "wallet");
+    assert_ne!(worker_seed, wallet_seed, "roles get different keys");
+    fund(&worker_seed);
+
+    // The proxy with no key files: both keys from the KMS.
+    let padmin = format!("127.0.0.1:{}", free_port());
+    let kms_set = format!("kms={kaddr}");
+    let start_proxy = || {
+        spawn_role(
+            &[
+                "proxy",
+                "--owner",
+                &net.raw,
+                "--root",
+                &root,
+                "--ton",
+                &url,
+                "--worker-listen",
+                &net.pw,
+                "--client-listen",
+                &net.pc,
+                "--admin",
+                &padmin,
+                "--set",
+                &kms_set,
+                "--set",
+                &trust,
+                "--set",
+                "stake_ton=1",
+                "--set",
+                "checkpoint_seconds=1",
+                "--set",
+                "root_poll_seconds=1",
+                "--set",
+                "pow_difficulty=4",
+            ],
+            &pstate,
+        )
+    };
+    let mut proxy = Killed::new(start_proxy());
+    let pstats = || get_json(&format!("http://{padmin}/jsonstats"));
+    wait_for("the proxy's first confirmed checkpoint", || {
+        pstats().is_some_and(|s| s["ledger"]["confirmed_checkpoint"].as_u64() >= Some(1))
+    });
+
+    let wadmin = format!("127.0.0.1:{}", free_port());
+    // The worker's payout wallet from the KMS too (its sim image is on the worker list).
+    let worker = spawn_role(
+        &[
+            "worker",
+            "--owner",
+            common::WORKER_OWNER,
+            "--root",
+            &root,
+            "--ton",
+            &url,
+            "--model",
+            "smollm2-135m",
+            "--admin",
+            &wadmin,
+            "--set",
+            "root_poll_seconds=1",
+            "--set",
+            "slots=1",
+            "--set",
+            "ctx_per_slot=512",
+            "--set",
+            "threads=1",
+            "--set",
+            &kms_set,
+            "--set",
+            &trust,
+        ],
+        &wstate,
+    );
+    let mut worker = Killed::new(worker);
+    wait_for("the worker's model id", || {
+        get_json(&format!("http://{wadmin}/jsonstats")).is_some()
+    });
+    let model = get_json(&format!("http://{wadmin}/jsonstats")).unwrap()["model"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    net.op(&["add-model", &model]);
+    wait_for("the worker admitted", || {
+        pstats().and_then(|s| s["workers"].as_array().map(|w| w.len() == 1)) == Some(true)
+    });
+
+    // A client with its own wallet and channel.
+    let ckey = tmp.path().join("client.key");
+    let craw = new_wallet(&ckey);
+    faucet(&url, &craw, 30_000_000_000);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let api = format!("http://{listen}");
+    let cwallet = format!("wallet_key_file={}", ckey.display());
+    let client = spawn_role(
+        &[
+            "client",
+            "--root",
+            &root,
+            "--ton",
+            &url,
+            "--listen",
+            &listen,
+            "--set",
+            &cwallet,
+            "--set",
+            "top_up_ton=5",
+            "--set",
+            "payment_status_seconds=1",
+            "--set",
+            "root_poll_seconds=1",
+        ],
+        &tmp.path().join("client"),
+    );
+    let mut client = Killed::new(client);
+    let cstats = || get_json(&format!("{api}/jsonstats"));
+    let proxy_view = || cstats().map(|s| s["proxies"][0].clone());
+    wait_for("the client's proxy session", || {
+        cstats().is_some_and(|s| s["proxies_ready"] == 1)
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let name = rt.block_on(async {
+        let m = common::models(&api).await;
+        m["data"][0]["id"].as_str().unwrap().to_owned()
+    });
+    let ask = || {
+        let c = rt.block_on(common::chat(&api, &name, false));
+        assert_eq!(c.status, 200, "{}", c.body());
+    };
+    ask();
+    wait_for("a receipt the client accepted", || {
+        proxy_view().is_some_and(|p| p["receipt_tokens"].as_u64() > Some(0))
+    });
+    let before = proxy_view().unwrap();
+    let proxy_sc = before["proxy_sc"].as_str().unwrap().to_owned();
+    let tokens = before["receipt_tokens"].as_u64().unwrap();
+
+    // Restarted, the proxy gets the same key from the KMS: the same contract, its ledger opens
+    // (its rows are keyed from the proxy key), and its new receipts verify for the client.
+    assert!(sigterm(proxy.take()).success());
+    let mut proxy = Killed::new(start_proxy());
+    wait_for("the client's session with the restarted proxy", || {
+        cstats().is_some_and(|s| s["proxies_ready"] == 1)
+            && pstats().is_some_and(|s| s["workers"].as_array().map(|w| w.len()) == Some(1))
+    });
+    ask();
+    wait_for("a newer receipt the client accepted", || {
+        proxy_view().is_some_and(|p| p["receipt_tokens"].as_u64() > Some(tokens))
+    });
+    let after = proxy_view().unwrap();
+    assert_eq!(
+        after["proxy_sc"].as_str(),
+        Some(proxy_sc.as_str()),
+        "{after}"
+    );
+    assert_eq!(after["bad_receipts"], 0, "{after}");
+
+    // No key is on the proxy's or the worker's disk, raw or as hex; the KMS's master is there only sealed.
+    let mut files = Vec::new();
+    files_below(&pstate, &mut files);
+    files_below(&kstate, &mut files);
+    assert!(files.iter().any(|(p, _)| p.ends_with("master.sealed")));
+    files_below(&wstate, &mut files);
+    for seed in [wallet_seed, signing_seed, worker_seed] {
+        let hex_seed = hex::encode(seed);
+        for (path, bytes) in &files {
+            assert!(!bytes.windows(32).any(|w| w == seed), "{path}");
+            assert!(
+                !String::from_utf8_lossy(bytes).contains(&hex_seed),
+                "{path}"
+            );
+        }
+    }
+
+    assert!(sigterm(client.take()).success());
+    assert!(sigterm(proxy.take()).success());
+    assert!(sigterm(worker.take()).success());
+    assert!(sigterm(kms.take()).success());
+    stop_devnet(devnet.take(), rx);
+}

@@ -1,5 +1,6 @@
 //! `cocoon kms` as a real process: configuration errors, and on the devnet a KMS that hands a
-//! proxy its signing and wallet keys, `cocoon kms fetch` printing one of them, and a proxy
+//! proxy its signing and wallet keys, `cocoon kms fetch` printing one of them, a second KMS
+//! that gets the master from the first, a refusal once the root drops an image, and a proxy
 //! that restarts with the same key (nothing of it on its disk) and keeps signing receipts
 //! that a real client accepts, through a real worker whose wallet key comes from the KMS too.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
@@ -147,6 +148,8 @@ fn a_proxy_keyed_by_the_kms_restarts_with_the_same_key_and_clients_accept_its_re
             &trust,
             "--set",
             "pow_difficulty=4",
+            "--set",
+            "root_cache_seconds=1",
         ],
         &kstate,
     );
@@ -156,12 +159,12 @@ fn a_proxy_keyed_by_the_kms_restarts_with_the_same_key_and_clients_accept_its_re
     // up); funded so that the proxy can deploy its contract.
     let pstate = tmp.path().join("proxy");
     let wstate = tmp.path().join("worker");
-    let fetch = |role: &str, owner: &str, state: &Path, purpose: &str| {
-        let (rc, out, err) = cocoon(&[
+    let fetch_from = |kms: &str, role: &str, owner: &str, state: &Path, purpose: &str| {
+        cocoon(&[
             "kms",
             "fetch",
             "--kms",
-            &kaddr,
+            kms,
             "--role",
             role,
             "--purpose",
@@ -175,7 +178,10 @@ fn a_proxy_keyed_by_the_kms_restarts_with_the_same_key_and_clients_accept_its_re
             state.to_str().unwrap(),
             "--set",
             &trust,
-        ]);
+        ])
+    };
+    let fetch = |role: &str, owner: &str, state: &Path, purpose: &str| {
+        let (rc, out, err) = fetch_from(&kaddr, role, owner, state, purpose);
         assert_eq!(rc, 0, "{err}");
         let mut seed = [0u8; 32];
         hex::decode_to_slice(out.trim(), &mut seed).unwrap();
@@ -371,6 +377,48 @@ fn a_proxy_keyed_by_the_kms_restarts_with_the_same_key_and_clients_accept_its_re
             );
         }
     }
+
+    // A second KMS gets the master from the first (both attest each other), seals it, and
+    // restarted alone hands out the same keys.
+    let k2addr = format!("127.0.0.1:{}", free_port());
+    let k2state = tmp.path().join("kms2");
+    let second = |peer: Option<&str>| {
+        let mut args = vec![
+            "--root",
+            &root,
+            "--ton",
+            &url,
+            "--listen",
+            &k2addr,
+            "--set",
+            &trust,
+            "--set",
+            "pow_difficulty=4",
+        ];
+        if let Some(p) = peer {
+            args.extend(["--peer", p]);
+        }
+        Killed::new(kms_process(&args, &k2state))
+    };
+    let same_signing_key = |kms: &str| {
+        let (rc, out, err) = fetch_from(kms, "proxy", &net.raw, &pstate, "signing");
+        assert_eq!(rc, 0, "{err}");
+        assert_eq!(out.trim(), hex::encode(signing_seed));
+    };
+    let mut kms2 = second(Some(&kaddr));
+    same_signing_key(&k2addr);
+    assert!(sigterm(kms2.take()).success());
+    assert!(k2state.join("master.sealed").exists());
+    let mut kms2 = second(None);
+    same_signing_key(&k2addr);
+    assert!(sigterm(kms2.take()).success());
+
+    // The root drops the worker image: the KMS refuses it (exit 1, the reason on stderr).
+    net.op(&["del-image", &sim]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let (rc, out, err) = fetch_from(&kaddr, "worker", common::WORKER_OWNER, &wstate, "wallet");
+    assert_eq!(rc, 1, "{out}{err}");
+    assert!(out.is_empty() && err.contains("image not allowed"), "{err}");
 
     assert!(sigterm(client.take()).success());
     assert!(sigterm(proxy.take()).success());

@@ -579,4 +579,39 @@ mod tests {
         assert!(!format!("{k:?}").contains("abab"));
         assert_eq!(format!("{:?}", Secret([7; 32])), "Secret(<redacted>)");
     }
+
+    proptest::proptest! {
+        /// Whatever a peer sends: no panic, nothing buffered past the limit, and what parses
+        /// is what re-encodes.
+        #[test]
+        fn any_bytes_parse_or_are_refused(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..6000), json in proptest::bool::ANY) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            rt.block_on(async {
+                let mut input = bytes.clone();
+                if json {
+                    // A well-framed body, so the JSON layer is reached too.
+                    let n = bytes.len().min(MAX_MESSAGE) as u32;
+                    input = n.to_be_bytes().to_vec();
+                    input.extend_from_slice(&bytes[..n as usize]);
+                }
+                let mut r: &[u8] = &input;
+                if let Ok(req) = read_message::<_, KeyRequest>(&mut r).await {
+                    let mut out = Vec::new();
+                    write_message(&mut out, &req).await.unwrap();
+                    let mut again: &[u8] = &out;
+                    assert_eq!(read_message::<_, KeyRequest>(&mut again).await.unwrap(), req);
+                    let _ = req.check();
+                }
+                let mut r: &[u8] = &input;
+                if let Ok(resp) = read_message::<_, KeyResponse>(&mut r).await {
+                    let mut out = Vec::new();
+                    write_message(&mut out, &resp).await.unwrap();
+                }
+                let mut r: &[u8] = &input;
+                if let Err(FrameError::TooLong(n)) = read_message::<_, KeyRequest>(&mut r).await {
+                    assert!(n > MAX_MESSAGE);
+                }
+            });
+        }
+    }
 }

@@ -2,6 +2,7 @@
 //! ([`DEFAULTS`]), and the checks the types alone cannot make, each naming its key.
 
 use cocoon_service::SettingError;
+use cocoon_service::identity::TeeChoice;
 use cocoon_service::kms::parse_image_hashes;
 use cocoon_service::setting::Common;
 use serde::Deserialize;
@@ -87,6 +88,17 @@ impl Settings {
         let c = self.common();
         let tee = c.check_chain_and_tee(given)?;
         Common::check_attested(tee, "kms")?;
+        if !self.is_test
+            && matches!(
+                tee,
+                TeeChoice::Fixed(cocoon_attest::Backend::Sim | cocoon_attest::Backend::FakeTdx)
+            )
+        {
+            return Err(SettingError::new(
+                "tee",
+                "sim and fake-tdx are for test networks only (is_test = true)",
+            ));
+        }
         if self.root_address.is_empty() {
             return Err(SettingError::new("root_address", "required"));
         }

@@ -102,6 +102,7 @@ struct FetchSettings {
     kms: String,
     kms_policy: String,
     kms_image_hashes: Vec<String>,
+    kms_instance: String,
 }
 
 fn layers(args: &FetchArgs, role: KmsRole) -> Result<FetchSettings, ConfigError> {
@@ -141,6 +142,7 @@ fn layers(args: &FetchArgs, role: KmsRole) -> Result<FetchSettings, ConfigError>
                 kms: s.kms,
                 kms_policy: s.kms_policy,
                 kms_image_hashes: s.kms_image_hashes,
+                kms_instance: s.kms_instance,
             }
         }
         _ => {
@@ -150,13 +152,14 @@ fn layers(args: &FetchArgs, role: KmsRole) -> Result<FetchSettings, ConfigError>
                 kms: s.kms,
                 kms_policy: s.kms_policy,
                 kms_image_hashes: s.kms_image_hashes,
+                kms_instance: s.kms_instance,
             }
         }
     };
     if s.kms.is_empty() {
         return Err(l.invalid("kms", "required (--kms host:port)"));
     }
-    cocoon_service::kms::identity_of(&s.common.owner_address)
+    cocoon_service::kms::identity_of(&s.common.owner_address, "")
         .map_err(|e| l.invalid("owner_address", e))?;
     client(&s)
         .check()
@@ -170,6 +173,7 @@ fn client(s: &FetchSettings) -> cocoon_service::kms::KmsClientSettings<'_> {
         addr: &s.kms,
         policy: &s.kms_policy,
         image_hashes: &s.kms_image_hashes,
+        instance: &s.kms_instance,
     }
 }
 

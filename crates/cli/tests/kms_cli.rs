@@ -160,6 +160,12 @@ fn a_proxy_keyed_by_the_kms_restarts_with_the_same_key_and_clients_accept_its_re
     let pstate = tmp.path().join("proxy");
     let wstate = tmp.path().join("worker");
     let fetch_from = |kms: &str, role: &str, owner: &str, state: &Path, purpose: &str| {
+        // A worker is one of its owner's instances, with keys of its own.
+        let instance = if role == "worker" {
+            "kms_instance=gpu-1"
+        } else {
+            "kms_instance="
+        };
         cocoon(&[
             "kms",
             "fetch",
@@ -178,6 +184,8 @@ fn a_proxy_keyed_by_the_kms_restarts_with_the_same_key_and_clients_accept_its_re
             state.to_str().unwrap(),
             "--set",
             &trust,
+            "--set",
+            instance,
         ])
     };
     let fetch = |role: &str, owner: &str, state: &Path, purpose: &str| {
@@ -271,6 +279,8 @@ fn a_proxy_keyed_by_the_kms_restarts_with_the_same_key_and_clients_accept_its_re
             &kms_set,
             "--set",
             &trust,
+            "--set",
+            "kms_instance=gpu-1",
         ],
         &wstate,
     );

@@ -139,6 +139,15 @@ async fn keys_go_only_to_images_the_root_allows_for_the_role_they_claim() {
         master.derive(KmsRole::Worker, OWNER, Purpose::Wallet)
     );
     assert_ne!(wk[0], keys[1], "roles get different keys");
+    // Another instance of the same owner gets keys of its own.
+    let mut second = request(KmsRole::Worker, &[Purpose::Wallet]);
+    second.identity = format!("{OWNER}/gpu-2");
+    let wk2 = ask(&worker, &kms, &second).await.unwrap();
+    assert_ne!(wk2[0], wk[0]);
+    assert_eq!(
+        wk2[0],
+        master.derive(KmsRole::Worker, &second.identity, Purpose::Wallet)
+    );
     // ...but not the proxy's: its image is not a proxy image.
     assert_eq!(
         refused(ask(&worker, &kms, &request(KmsRole::Proxy, &[Purpose::Signing])).await),

@@ -108,8 +108,8 @@ pub struct KeyRequest {
     pub version: u32,
     /// The role the peer claims.
     pub role: KmsRole,
-    /// What the role is on chain: its owner address in raw form (`0:<64 hex>`), see
-    /// [`identity_of`]; `kms` for a KMS.
+    /// What the role is on chain: its owner address in raw form (`0:<64 hex>`), with
+    /// `/<instance>` for one of several instances, see [`identity_of`]; `kms` for a KMS.
     pub identity: String,
     /// The keys wanted (1 to [`MAX_PURPOSES`]).
     pub purposes: Vec<Purpose>,
@@ -321,11 +321,29 @@ pub async fn read_message<S: AsyncRead + Unpin, T: for<'de> Deserialize<'de>>(
     Ok(serde_json::from_slice(&body)?)
 }
 
+/// Longest instance name.
+pub const MAX_INSTANCE: usize = 32;
+
 /// The identity a role's keys are bound to: its owner address in raw form
-/// (`<workchain>:<64 hex>`), whatever form the setting was written in.
-pub fn identity_of(owner_address: &str) -> Result<String, String> {
+/// (`<workchain>:<64 hex>`), whatever form the setting was written in, followed by
+/// `/<instance>` when an instance name is given (several workers of one owner, each with
+/// keys of its own: 1 to 32 of `A-Z a-z 0-9 . _ -`).
+pub fn identity_of(owner_address: &str, instance: &str) -> Result<String, String> {
     let a = cocoon_ton::parse_address(owner_address).map_err(|e| e.to_string())?;
-    Ok(format!("{}:{}", a.workchain, hex::encode(a.address.0)))
+    let owner = format!("{}:{}", a.workchain, hex::encode(a.address.0));
+    if instance.is_empty() {
+        return Ok(owner);
+    }
+    if instance.len() > MAX_INSTANCE
+        || !instance
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return Err(format!(
+            "{instance:?}: 1 to {MAX_INSTANCE} of A-Z a-z 0-9 . _ -"
+        ));
+    }
+    Ok(format!("{owner}/{instance}"))
 }
 
 /// Parses `kms_image_hashes`: 64 hex digits each.
@@ -435,6 +453,8 @@ pub struct KmsClientSettings<'a> {
     pub policy: &'a str,
     /// The KMS images trusted (`kms_image_hashes`, 64 hex digits each).
     pub image_hashes: &'a [String],
+    /// Which of the owner's instances this is (`kms_instance`; empty: the owner's only one).
+    pub instance: &'a str,
 }
 
 impl KmsClientSettings<'_> {
@@ -444,6 +464,13 @@ impl KmsClientSettings<'_> {
         use crate::SettingError;
         if self.addr.is_empty() {
             return Ok(());
+        }
+        if !self.instance.is_empty() {
+            identity_of(
+                "0:0000000000000000000000000000000000000000000000000000000000000000",
+                self.instance,
+            )
+            .map_err(|e| SettingError::new("kms_instance", e))?;
         }
         if !self.addr.contains(':') {
             return Err(SettingError::new("kms", "expected host:port"));
@@ -462,8 +489,8 @@ impl KmsClientSettings<'_> {
 
 /// Fetches `purposes` for `role` from the KMS of `kms`, presenting a fresh RA-TLS identity of
 /// this machine (`common.tee`) and verifying the KMS as `common` verifies peers under
-/// `kms.policy`; the keys are bound to the role's `owner_address`. Transient failures are
-/// retried for 30 seconds.
+/// `kms.policy`; the keys are bound to the role's `owner_address` (and `kms.instance`).
+/// Transient failures are retried for 30 seconds.
 pub async fn role_keys(
     common: &crate::setting::Common,
     start: &crate::setting::Start,
@@ -485,7 +512,7 @@ pub async fn role_keys(
     let req = KeyRequest {
         version: VERSION,
         role,
-        identity: identity_of(&common.owner_address)?,
+        identity: identity_of(&common.owner_address, kms.instance)?,
         purposes: purposes.to_vec(),
     };
     fetch_patiently(&connector, kms.addr, &images, &req, Duration::from_secs(30))
@@ -501,7 +528,7 @@ mod tests {
         KeyRequest {
             version: VERSION,
             role: KmsRole::Proxy,
-            identity: identity_of(&format!("0:{}", "44".repeat(32))).unwrap(),
+            identity: identity_of(&format!("0:{}", "44".repeat(32)), "").unwrap(),
             purposes: vec![Purpose::Signing, Purpose::Wallet],
         }
     }
@@ -534,8 +561,11 @@ mod tests {
     #[test]
     fn identities_are_raw_addresses() {
         let raw = format!("0:{}", "44".repeat(32));
-        assert_eq!(identity_of(&raw).unwrap(), raw);
-        assert!(identity_of("nowhere").is_err());
+        assert_eq!(identity_of(&raw, "").unwrap(), raw);
+        assert_eq!(identity_of(&raw, "gpu-1").unwrap(), format!("{raw}/gpu-1"));
+        assert!(identity_of(&raw, "a/b").is_err());
+        assert!(identity_of(&raw, &"x".repeat(MAX_INSTANCE + 1)).is_err());
+        assert!(identity_of("nowhere", "").is_err());
         assert!(parse_image_hashes(&["ab".into()]).is_err());
         assert_eq!(
             parse_image_hashes(&["11".repeat(32)]).unwrap(),

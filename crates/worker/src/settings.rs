@@ -64,6 +64,8 @@ pub struct Settings {
     pub kms_policy: String,
     /// The KMS images trusted (`kms_image_hashes`).
     pub kms_image_hashes: Vec<String>,
+    /// Which of the owner's instances this is, for its own keys (`kms_instance`).
+    pub kms_instance: String,
     /// Log filter (`log`).
     pub log: String,
 }
@@ -75,6 +77,7 @@ impl Settings {
             addr: &self.kms,
             policy: &self.kms_policy,
             image_hashes: &self.kms_image_hashes,
+            instance: &self.kms_instance,
         }
     }
 

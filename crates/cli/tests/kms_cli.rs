@@ -150,6 +150,8 @@ fn a_proxy_keyed_by_the_kms_restarts_with_the_same_key_and_clients_accept_its_re
             "pow_difficulty=4",
             "--set",
             "root_cache_seconds=1",
+            "--set",
+            "new_master=true",
         ],
         &kstate,
     );
@@ -422,6 +424,13 @@ fn a_proxy_keyed_by_the_kms_restarts_with_the_same_key_and_clients_accept_its_re
     let mut kms2 = second(None);
     same_signing_key(&k2addr);
     assert!(sigterm(kms2.take()).success());
+    // A KMS with no sealed master and no peer does not make a new one unasked.
+    let mut lost = Killed::new(kms_process(
+        &["--root", &root, "--ton", &url, "--listen", &k2addr],
+        &tmp.path().join("kms3"),
+    ));
+    let status = lost.0.as_mut().unwrap().wait().unwrap();
+    assert_eq!(status.code(), Some(1));
 
     // The root drops the worker image: the KMS refuses it (exit 1, the reason on stderr).
     net.op(&["del-image", &sim]);

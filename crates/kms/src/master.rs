@@ -35,13 +35,15 @@ pub enum MasterSource {
     Generated,
 }
 
-/// The master, from `sealed_path` (unsealed with `seal`), else from `peer`, else generated;
-/// sealed to `sealed_path` unless it came from there or `seal` is `None` (no sealing key in
-/// this TEE: the master stays in memory).
+/// The master, from `sealed_path` (unsealed with `seal`), else from `peer`, else generated
+/// when `new_master` allows it (else an error: a lost state directory or a restarted TDX KMS
+/// must not silently change every key); sealed to `sealed_path` unless it came from there or
+/// `seal` is `None` (no sealing key in this TEE: the master stays in memory).
 pub async fn load_master(
     sealed_path: &Path,
     seal: Option<&SealKey>,
     peer: Option<&PeerKms>,
+    new_master: bool,
 ) -> Result<(Master, MasterSource), String> {
     if let Some(key) = seal
         && sealed_path.exists()
@@ -71,10 +73,23 @@ pub async fn load_master(
             let m = keys.pop().ok_or("the peer kms sent no master")?;
             (Master::from_bytes(m.0), MasterSource::Peer)
         }
-        None => (
+        None if new_master => (
             Master::generate().map_err(|_| "random source failed")?,
             MasterSource::Generated,
         ),
+        None => {
+            return Err(format!(
+                "no master: {} does not exist{} and no peer is configured; give peer = \
+                 \"host:port\" of a KMS that has it, or new_master = true to create a new \
+                 one (every key derived from it changes)",
+                sealed_path.display(),
+                if seal.is_none() {
+                    " (this TEE cannot seal)"
+                } else {
+                    ""
+                }
+            ));
+        }
     };
     if let Some(key) = seal {
         let sealed = key.seal(&master.0).map_err(|e| e.to_string())?;

@@ -72,7 +72,7 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
         })
     };
     let sealed = state_dir.join(SEALED_MASTER);
-    let (master, from) = load_master(&sealed, seal.as_ref(), peer.as_ref()).await?;
+    let (master, from) = load_master(&sealed, seal.as_ref(), peer.as_ref(), s.new_master).await?;
 
     let chain = c.chain(&start)?;
     let root = cocoon_ton::parse_address(&s.root_address).map_err(|e| e.to_string())?;

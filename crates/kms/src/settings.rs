@@ -22,6 +22,9 @@ pub struct Settings {
     pub peer_policy: String,
     /// KMS images trusted with the master (`kms_image_hashes`).
     pub kms_image_hashes: Vec<String>,
+    /// Whether a new master may be made when none is sealed here and no peer is given
+    /// (`new_master`).
+    pub new_master: bool,
     /// Root cache lifetime (`root_cache_seconds`).
     pub root_cache_seconds: u64,
     /// Proof-of-work difficulty (`pow_difficulty`).
@@ -112,6 +115,12 @@ impl Settings {
         }
         let hashes = parse_image_hashes(&self.kms_image_hashes)
             .map_err(|e| SettingError::new("kms_image_hashes", e))?;
+        if !self.peer.is_empty() && self.new_master {
+            return Err(SettingError::new(
+                "new_master",
+                "not with peer (the master comes from the peer)",
+            ));
+        }
         if !self.peer.is_empty() && hashes.is_empty() {
             return Err(SettingError::new(
                 "kms_image_hashes",

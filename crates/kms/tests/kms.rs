@@ -238,35 +238,52 @@ async fn kms_instances_share_the_master_only_after_attesting_each_other() {
     // B, a sim KMS that trusts A's image, gets A's master and seals it to its disk.
     let path = dir.path().join("b.sealed");
     let b = peer(connector(&sim()), vec![sim_image_hash()]);
-    let (got, from) = load_master(&path, Some(&seal), Some(&b)).await.unwrap();
+    let (got, from) = load_master(&path, Some(&seal), Some(&b), false)
+        .await
+        .unwrap();
     assert_eq!((got, from), (master.clone(), MasterSource::Peer));
     let on_disk = std::fs::read(&path).unwrap();
     assert!(!on_disk.windows(32).any(|w| w == [9; 32]), "never in clear");
     // Restarted, B unseals it without asking anyone.
-    let (again, from) = load_master(&path, Some(&seal), None).await.unwrap();
+    let (again, from) = load_master(&path, Some(&seal), None, false).await.unwrap();
     assert_eq!((again, from), (master.clone(), MasterSource::Sealed));
 
     // A KMS whose image (fake-tdx) A does not trust gets nothing.
     let stranger = peer(connector(&FakeTdxSource), vec![sim_image_hash()]);
-    let e = load_master(&dir.path().join("c.sealed"), Some(&seal), Some(&stranger))
-        .await
-        .unwrap_err();
+    let e = load_master(
+        &dir.path().join("c.sealed"),
+        Some(&seal),
+        Some(&stranger),
+        false,
+    )
+    .await
+    .unwrap_err();
     assert!(e.contains("image not allowed"), "{e}");
     assert!(!dir.path().join("c.sealed").exists());
 
     // A KMS that does not list A's image does not take a master from it.
     let wary = peer(connector(&sim()), vec![fake_tdx_image_hash()]);
-    let e = load_master(&dir.path().join("d.sealed"), Some(&seal), Some(&wary))
-        .await
-        .unwrap_err();
+    let e = load_master(
+        &dir.path().join("d.sealed"),
+        Some(&seal),
+        Some(&wary),
+        false,
+    )
+    .await
+    .unwrap_err();
     assert!(e.contains("not in kms_image_hashes"), "{e}");
 
     // A peer without evidence does not get past the handshake.
     let bare = peer(connector(&Unattested), vec![sim_image_hash()]);
     assert!(
-        load_master(&dir.path().join("e.sealed"), Some(&seal), Some(&bare))
-            .await
-            .is_err()
+        load_master(
+            &dir.path().join("e.sealed"),
+            Some(&seal),
+            Some(&bare),
+            false
+        )
+        .await
+        .is_err()
     );
 }
 
@@ -276,17 +293,24 @@ async fn a_sealed_master_cannot_be_unsealed_by_another_image() {
     let path = dir.path().join(cocoon_kms::SEALED_MASTER);
     let sim_key = b"the sim key's pkcs8 bytes";
     let ours = SealKey::sim(sim_key, &sim_image_hash());
-    let (master, from) = load_master(&path, Some(&ours), None).await.unwrap();
+    // No sealed master, no peer: a new one only when asked for.
+    let e = load_master(&path, Some(&ours), None, false)
+        .await
+        .unwrap_err();
+    assert!(e.contains("new_master = true"), "{e}");
+    let (master, from) = load_master(&path, Some(&ours), None, true).await.unwrap();
     assert_eq!(from, MasterSource::Generated);
     // The same image unseals it; another image (same machine, same sim key) cannot, and the
     // KMS refuses to start rather than make a new master.
-    let (same, _) = load_master(&path, Some(&ours), None).await.unwrap();
+    let (same, _) = load_master(&path, Some(&ours), None, false).await.unwrap();
     assert_eq!(same, master);
     let other = SealKey::sim(sim_key, &fake_tdx_image_hash());
-    let e = load_master(&path, Some(&other), None).await.unwrap_err();
+    let e = load_master(&path, Some(&other), None, true)
+        .await
+        .unwrap_err();
     assert!(e.contains("cannot unseal"), "{e}");
     // Without a sealing key (TDX) nothing is written.
     let none = dir.path().join("none.sealed");
-    load_master(&none, None, None).await.unwrap();
+    load_master(&none, None, None, true).await.unwrap();
     assert!(!none.exists());
 }

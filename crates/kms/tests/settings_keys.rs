@@ -45,6 +45,13 @@ fn the_checks_name_the_key() {
             "kms_image_hashes",
         ),
         (|s| s.root_cache_seconds = 0, "root_cache_seconds"),
+        (
+            |s| {
+                s.peer = "h:1".into();
+                s.new_master = true;
+            },
+            "new_master",
+        ),
         (|s| s.tee = "none".into(), "tee"),
         (|s| s.is_test = false, "tee"),
     ] {

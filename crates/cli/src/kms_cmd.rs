@@ -19,6 +19,10 @@ use crate::role::{self, Role};
 impl Role for cocoon_kms::Settings {
     const NAME: &'static str = "kms";
     const DEFAULTS: &'static str = cocoon_kms::DEFAULTS;
+    const MEASURED: bool = true;
+    fn tee(&self) -> Result<cocoon_service::identity::TeeChoice, String> {
+        self.tee.parse()
+    }
     fn check_given(&self, given: &dyn Fn(&str) -> bool) -> Result<(), SettingError> {
         self.check(given)
     }

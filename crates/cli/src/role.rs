@@ -23,8 +23,8 @@ pub(crate) trait Role: serde::de::DeserializeOwned {
     fn log(&self) -> &str;
     /// Whether the role runs in a TEE and so only with the configuration the TEE measured.
     const MEASURED: bool;
-    /// The settings every role has.
-    fn common(&self) -> &cocoon_service::setting::Common;
+    /// The `tee` setting (which TEE the measured configuration is read from).
+    fn tee(&self) -> Result<cocoon_service::identity::TeeChoice, String>;
     /// The role's process until SIGINT or SIGTERM.
     fn run(self) -> impl Future<Output = Result<(), String>>;
 }
@@ -36,8 +36,8 @@ macro_rules! role {
             const NAME: &'static str = $name;
             const DEFAULTS: &'static str = $defaults;
             const MEASURED: bool = $measured;
-            fn common(&self) -> &cocoon_service::setting::Common {
-                &self.common
+            fn tee(&self) -> Result<cocoon_service::identity::TeeChoice, String> {
+                self.common.tee().map_err(|e| e.to_string())
             }
             fn check_given(&self, given: &dyn Fn(&str) -> bool) -> Result<(), SettingError> {
                 self.check(given)
@@ -106,7 +106,9 @@ pub(crate) fn main<S: Role>(
     }
     cocoon_service::process::init_logging(s.log());
     if S::MEASURED
-        && let Err(e) = check_measured(common.config.as_deref(), s.common())
+        && let Err(e) = s
+            .tee()
+            .and_then(|t| check_measured(common.config.as_deref(), t))
     {
         eprintln!("error: {e}");
         return ExitCode::from(EXIT_CONFIG);
@@ -131,10 +133,10 @@ pub(crate) fn main<S: Role>(
 /// (`cocoon_service::measured`): the bytes of `--config` against RTMR3 or the SNP host data.
 fn check_measured(
     config: Option<&std::path::Path>,
-    common: &cocoon_service::setting::Common,
+    tee: cocoon_service::identity::TeeChoice,
 ) -> Result<(), String> {
     use cocoon_service::measured::{Measured, SimRegisters, check, read_register};
-    let backend = common.tee().map_err(|e| e.to_string())?.resolve()?;
+    let backend = tee.resolve()?;
     let bytes = match config {
         Some(p) => std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?,
         None => Vec::new(),

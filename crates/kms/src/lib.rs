@@ -25,5 +25,5 @@ pub use process::{SEALED_MASTER, run};
 #[cfg(feature = "snp-seal")]
 pub use seal::snp_key_request;
 pub use seal::{SealBackend, SealError, SealKey};
-pub use server::KeyService;
+pub use server::{KeyService, bound_identity};
 pub use settings::{DEFAULTS, Settings};

@@ -66,6 +66,7 @@ pub async fn load_master(
                 role: KmsRole::Kms,
                 identity: "kms".into(),
                 purposes: vec![Purpose::Master],
+                config: None,
             };
             let mut keys = fetch_patiently(&p.connector, &p.addr, &p.kms_images, &req, p.patience)
                 .await

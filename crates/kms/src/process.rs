@@ -77,7 +77,7 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
     let chain = c.chain(&start)?;
     let root = cocoon_ton::parse_address(&s.root_address).map_err(|e| e.to_string())?;
     let allow = RootAllowlist::new(chain, root, Duration::from_secs(s.root_cache_seconds));
-    let service = Arc::new(KeyService::new(master, allow, kms_images));
+    let service = Arc::new(KeyService::new(master, allow, kms_images, !s.is_test));
     let acceptor = RatlsAcceptor::new(
         resolver,
         verifier,

@@ -27,16 +27,71 @@ pub struct KeyService<C> {
     master: Master,
     root: RootAllowlist<C>,
     kms_images: Vec<[u8; 32]>,
+    require_measured: bool,
+}
+
+/// The identity a proxy or worker may have keys for: the one in the configuration its TEE
+/// measured (`config`, checked against `peer`'s register), or, where `require_measured` is
+/// off (test networks) and the peer shows no configuration, the one it claims.
+pub fn bound_identity(
+    peer: &VerifiedPeer,
+    req: &KeyRequest,
+    require_measured: bool,
+) -> Result<(), String> {
+    use cocoon_service::measured::{Measured, check, register_of};
+    let register = register_of(peer.measurements());
+    let Some(config) = &req.config else {
+        // A test network may take the claim.
+        return match require_measured {
+            false => Ok(()),
+            true => Err("show the configuration this TEE measured (its identity is in it)".into()),
+        };
+    };
+    match check(&register, config.as_bytes()).map_err(|e| e.to_string())? {
+        Measured::Matches(_) => {}
+        Measured::NotMeasured if !require_measured => {}
+        Measured::NotMeasured => {
+            return Err("this peer's evidence commits to no configuration".into());
+        }
+    }
+    let table: toml::Table = toml::from_str(config).map_err(|e| format!("configuration: {e}"))?;
+    let role = table
+        .get(req.role.name())
+        .and_then(toml::Value::as_table)
+        .ok_or_else(|| {
+            format!(
+                "the measured configuration has no [{}] table",
+                req.role.name()
+            )
+        })?;
+    let text = |k: &str| role.get(k).and_then(toml::Value::as_str).unwrap_or("");
+    let measured = cocoon_service::kms::identity_of(text("owner_address"), text("kms_instance"))
+        .map_err(|e| format!("the measured configuration's owner_address: {e}"))?;
+    if measured != req.identity {
+        return Err(format!(
+            "identity {} is not the measured configuration's ({measured})",
+            req.identity
+        ));
+    }
+    Ok(())
 }
 
 impl<C: Chain> KeyService<C> {
-    /// Releases keys derived from `master` to proxies and workers the root allows, and
-    /// `master` itself to KMS instances running one of `kms_images`.
-    pub fn new(master: Master, root: RootAllowlist<C>, kms_images: Vec<[u8; 32]>) -> Self {
+    /// Releases keys derived from `master` to proxies and workers the root allows (for the
+    /// identity in their measured configuration; with `require_measured` off, on test
+    /// networks, for the identity a peer without one claims), and `master` itself to KMS
+    /// instances running one of `kms_images`.
+    pub fn new(
+        master: Master,
+        root: RootAllowlist<C>,
+        kms_images: Vec<[u8; 32]>,
+        require_measured: bool,
+    ) -> Self {
         KeyService {
             master,
             root,
             kms_images,
+            require_measured,
         }
     }
 
@@ -45,6 +100,11 @@ impl<C: Chain> KeyService<C> {
         let refuse = |reason: Refusal, detail: String| KeyResponse::Refused { reason, detail };
         if let Err(e) = req.check() {
             return refuse(Refusal::BadRequest, e);
+        }
+        if req.role != KmsRole::Kms
+            && let Err(e) = bound_identity(peer, req, self.require_measured)
+        {
+            return refuse(Refusal::IdentityNotMeasured, e);
         }
         let image = peer.image_hash();
         let allowed = match req.role {

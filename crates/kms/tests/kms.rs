@@ -74,7 +74,7 @@ async fn kms(
         net.root.address.clone(),
         Duration::from_secs(1),
     );
-    let service = Arc::new(KeyService::new(master, allow, kms_images));
+    let service = Arc::new(KeyService::new(master, allow, kms_images, false));
     let certs = CertResolver::new(&identity_from(source)).unwrap();
     let acceptor = RatlsAcceptor::new(certs, verifier(), 8, cocoon_net::Config::default()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -89,6 +89,7 @@ fn request(role: KmsRole, purposes: &[Purpose]) -> KeyRequest {
         role,
         identity: OWNER.into(),
         purposes: purposes.to_vec(),
+        config: None,
     }
 }
 
@@ -313,4 +314,73 @@ async fn a_sealed_master_cannot_be_unsealed_by_another_image() {
     let none = dir.path().join("none.sealed");
     load_master(&none, None, None, true).await.unwrap();
     assert!(!none.exists());
+}
+
+/// On a KMS that requires it, keys go to the identity in the configuration the peer's TEE
+/// measured, and to no other: an allowed proxy image cannot ask for another owner's keys,
+/// nor show a configuration its evidence does not commit to, nor show none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_bound_to_the_identity_in_the_measured_configuration() {
+    use cocoon_attest::measure::rtmr3_for_config;
+    use cocoon_attest::sim::sim_image_hash_for;
+    const OTHER: &str = "0:5555555555555555555555555555555555555555555555555555555555555555";
+    let mine = format!("[proxy]\nowner_address = \"{OWNER}\"\n");
+    let theirs = format!("[proxy]\nowner_address = \"{OTHER}\"\n");
+    let r3 = rtmr3_for_config(mine.as_bytes());
+    let net = network().await;
+    // The root allows the measured image (its hash includes the configuration).
+    let key = SigningKey::from_file(&net.root.owner_key_path).unwrap();
+    let mut ops = WalletOps::new(net.tc.clone(), Wallet::v4r2(key.public_key(), 0), key).unwrap();
+    let measured_hash = sim_image_hash_for(Some(&r3));
+    root_op(
+        &mut ops,
+        &net.root.address,
+        &RootOp::AddProxyImage(HashBytes(measured_hash)),
+        100_000_000,
+    )
+    .await
+    .unwrap();
+    let master = Master::from_bytes([9; 32]);
+    let allow = RootAllowlist::new(
+        net.tc.clone(),
+        net.root.address.clone(),
+        Duration::from_secs(1),
+    );
+    let service = Arc::new(KeyService::new(master.clone(), allow, vec![], true));
+    let certs = CertResolver::new(&identity_from(&sim())).unwrap();
+    let acceptor = RatlsAcceptor::new(certs, verifier(), 8, cocoon_net::Config::default()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let kms = listener.local_addr().unwrap().to_string();
+    tokio::spawn(service.serve(listener, acceptor));
+
+    let measured = connector(&SimSource(SimKey::generate().unwrap().with_rtmr3(Some(r3))));
+    let ask_as = |identity: &str, config: Option<&str>| KeyRequest {
+        version: VERSION,
+        role: KmsRole::Proxy,
+        identity: identity.into(),
+        purposes: vec![Purpose::Signing],
+        config: config.map(str::to_owned),
+    };
+    let got = ask(&measured, &kms, &ask_as(OWNER, Some(&mine)))
+        .await
+        .unwrap();
+    assert_eq!(got[0], master.derive(KmsRole::Proxy, OWNER, Purpose::Signing));
+    // Another owner's keys, with its own configuration or with the measured one: refused.
+    for req in [
+        ask_as(OTHER, Some(&mine)),
+        ask_as(OTHER, Some(&theirs)),
+        ask_as(OWNER, None),
+    ] {
+        assert_eq!(
+            refused(ask(&measured, &kms, &req).await),
+            Refusal::IdentityNotMeasured,
+            "{:?}",
+            req.identity
+        );
+    }
+    // A peer whose evidence commits to no configuration gets nothing here.
+    assert_eq!(
+        refused(ask(&connector(&sim()), &kms, &ask_as(OWNER, None)).await),
+        Refusal::IdentityNotMeasured
+    );
 }

@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Largest request or response, in bytes (the length prefix excluded).
-pub const MAX_MESSAGE: usize = 4096;
+pub const MAX_MESSAGE: usize = 65536;
+/// Longest measured configuration a request carries, in bytes.
+pub const MAX_CONFIG: usize = 60 * 1024;
 /// Time limit on one request and its answer, after the handshake.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Version of the request format.
@@ -113,6 +115,12 @@ pub struct KeyRequest {
     pub identity: String,
     /// The keys wanted (1 to [`MAX_PURPOSES`]).
     pub purposes: Vec<Purpose>,
+    /// The configuration the peer's TEE measured at boot (its RTMR3, MRCONFIGID or host
+    /// data commits to these bytes): the KMS takes the identity from it, so an allowed
+    /// image cannot ask for another owner's keys. Absent only where nothing was measured
+    /// (test networks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
 }
 
 impl KeyRequest {
@@ -132,6 +140,9 @@ impl KeyRequest {
         }
         if self.purposes.is_empty() || self.purposes.len() > MAX_PURPOSES {
             return Err(format!("1 to {MAX_PURPOSES} purposes"));
+        }
+        if self.config.as_ref().is_some_and(|c| c.len() > MAX_CONFIG) {
+            return Err(format!("configuration over {MAX_CONFIG} bytes"));
         }
         let is_kms = self.role == KmsRole::Kms;
         if self
@@ -157,6 +168,9 @@ pub enum Refusal {
     ImageNotAllowed,
     /// The KMS could not read the root contract; try again later.
     RootUnavailable,
+    /// The identity asked for is not the one in the configuration the peer's TEE measured
+    /// (or no measured configuration was shown where one is required).
+    IdentityNotMeasured,
 }
 
 impl std::fmt::Display for Refusal {
@@ -165,6 +179,7 @@ impl std::fmt::Display for Refusal {
             Refusal::BadRequest => "bad request",
             Refusal::ImageNotAllowed => "image not allowed",
             Refusal::RootUnavailable => "root contract unavailable",
+            Refusal::IdentityNotMeasured => "identity not in the measured configuration",
         })
     }
 }
@@ -509,11 +524,20 @@ pub async fn role_keys(
         cocoon_net::Config::default(),
     )
     .map_err(|e| e.to_string())?;
+    // The configuration this machine's boot measured, if any: the KMS checks it against our
+    // attestation and takes our identity from it.
+    let copy = crate::measured::config_copy(me.tee, &crate::measured::SimRegisters::from_env());
+    let config = match std::fs::read_to_string(&copy) {
+        Ok(c) => Some(c),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(format!("{}: {e}", copy.display())),
+    };
     let req = KeyRequest {
         version: VERSION,
         role,
         identity: identity_of(&common.owner_address, kms.instance)?,
         purposes: purposes.to_vec(),
+        config,
     };
     fetch_patiently(&connector, kms.addr, &images, &req, Duration::from_secs(30))
         .await
@@ -530,6 +554,7 @@ mod tests {
             role: KmsRole::Proxy,
             identity: identity_of(&format!("0:{}", "44".repeat(32)), "").unwrap(),
             purposes: vec![Purpose::Signing, Purpose::Wallet],
+            config: None,
         }
     }
 

@@ -24,6 +24,10 @@ use cocoon_attest::measure::{config_digest, host_data_for_config, rtmr_extend, r
 pub const SIM_REGISTERS_ENV: &str = "COCOON_SIM_REGISTERS";
 /// Where the sim backend keeps its emulated registers unless [`SIM_REGISTERS_ENV`] says.
 pub const SIM_REGISTERS_DEFAULT: &str = "/run/cocoon/sim-registers";
+/// Where the boot step leaves a copy of the configuration it measured (tmpfs), for a role
+/// to show a KMS which configuration its attestation commits to.
+pub const MEASURED_CONFIG_COPY: &str = "/run/cocoon/measured-config.toml";
+
 /// Linux's TDX RTMR3 interface (6.16+): reading gives the register, writing 48 bytes
 /// extends it.
 pub const TDX_RTMR3_SYSFS: &str = "/sys/class/misc/tdx_guest/measurements/rtmr3:sha384";
@@ -47,6 +51,11 @@ impl SimRegisters {
             std::env::var_os(SIM_REGISTERS_ENV)
                 .map_or_else(|| PathBuf::from(SIM_REGISTERS_DEFAULT), PathBuf::from),
         )
+    }
+
+    /// The copy of the measured configuration on a sim machine.
+    pub fn config_copy(&self) -> PathBuf {
+        self.dir.join("measured-config.toml")
     }
 
     fn rtmr3_path(&self) -> PathBuf {
@@ -218,6 +227,29 @@ pub fn read_register(backend: Backend, sim: &SimRegisters) -> Result<Register, M
     }
 }
 
+/// The copy of the measured configuration for `backend` on this machine.
+pub fn config_copy(backend: Backend, sim: &SimRegisters) -> PathBuf {
+    match backend {
+        Backend::Sim => sim.config_copy(),
+        _ => PathBuf::from(MEASURED_CONFIG_COPY),
+    }
+}
+
+/// The register a verified peer's evidence reports, for checking a configuration it shows
+/// (a KMS binding keys to the identity in the peer's measured configuration).
+pub fn register_of(m: &cocoon_attest::Measurements) -> Register {
+    use cocoon_attest::Measurements;
+    match m {
+        Measurements::Tdx(t) => Register::Tdx {
+            rtmr3: t.rtmr[3],
+            mr_config_id: t.mr_config_id,
+        },
+        Measurements::SevSnp { host_data, .. } => Register::HostData(*host_data),
+        Measurements::Sim { rtmr3, .. } => Register::Rtmr3(*rtmr3),
+        _ => Register::NotMeasured,
+    }
+}
+
 /// What `cocoon image measure-config` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Extended {
@@ -238,7 +270,17 @@ pub fn extend_config(
     sim: &SimRegisters,
 ) -> Result<Extended, String> {
     let config = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let digest = config_digest(&config);
+    let extended = extend(backend, &config, sim)?;
+    let copy = config_copy(backend, sim);
+    if let Some(dir) = copy.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    std::fs::write(&copy, &config).map_err(|e| format!("{}: {e}", copy.display()))?;
+    Ok(extended)
+}
+
+fn extend(backend: Backend, config: &[u8], sim: &SimRegisters) -> Result<Extended, String> {
+    let digest = config_digest(config);
     match backend {
         Backend::Sim => sim
             .extend(&digest)
@@ -250,7 +292,7 @@ pub fn extend_config(
                     .map_err(|e| format!("extending RTMR3 through {TDX_RTMR3_SYSFS}: {e}"))?;
             }
             match read_register(Backend::Tdx, sim).map_err(|e| e.to_string())? {
-                Register::Tdx { rtmr3, .. } if rtmr3 == rtmr3_for_config(&config) => {
+                Register::Tdx { rtmr3, .. } if rtmr3 == rtmr3_for_config(config) => {
                     Ok(Extended::Rtmr3(rtmr3))
                 }
                 Register::Tdx {
@@ -266,7 +308,7 @@ pub fn extend_config(
                 )),
             }
         }
-        Backend::SevSnp => Ok(Extended::HostData(host_data_for_config(&config))),
+        Backend::SevSnp => Ok(Extended::HostData(host_data_for_config(config))),
         Backend::FakeTdx | Backend::Unattested => Err(format!(
             "{backend} has no register to measure a configuration into"
         )),
@@ -318,6 +360,7 @@ mod tests {
         let e = extend_config(Backend::Sim, &cfg, &regs).unwrap();
         assert_eq!(e, Extended::Rtmr3(rtmr3_for_config(b"x = 1\n")));
         assert_eq!(regs.rtmr3().unwrap(), Some(rtmr3_for_config(b"x = 1\n")));
+        assert_eq!(std::fs::read(regs.config_copy()).unwrap(), b"x = 1\n");
         let reg = read_register(Backend::Sim, &regs).unwrap();
         assert!(check(&reg, b"x = 1\n").is_ok());
         // A second extension (a second config measured) no longer matches either alone.

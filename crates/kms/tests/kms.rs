@@ -364,7 +364,10 @@ async fn keys_are_bound_to_the_identity_in_the_measured_configuration() {
     let got = ask(&measured, &kms, &ask_as(OWNER, Some(&mine)))
         .await
         .unwrap();
-    assert_eq!(got[0], master.derive(KmsRole::Proxy, OWNER, Purpose::Signing));
+    assert_eq!(
+        got[0],
+        master.derive(KmsRole::Proxy, OWNER, Purpose::Signing)
+    );
     // Another owner's keys, with its own configuration or with the measured one: refused.
     for req in [
         ask_as(OTHER, Some(&mine)),

@@ -1,6 +1,6 @@
 //! `cocoon`: the one binary of the Cocoon network: `up` (the whole network on one machine),
 //! the roles (`worker`, `proxy`, `client`, `devnet`) and the tools (`tl`, `attest`, `model`,
-//! `wallet`, `root`).
+//! `wallet`, `root`, `image`).
 #![forbid(unsafe_code)]
 
 mod attest_cmd;
@@ -42,7 +42,8 @@ enum Command {
     },
     /// Manage the worker's model store (pull, list, verify).
     Model(model_cmd::ModelArgs),
-    /// TEE guest images: measure a role's configuration at boot.
+    /// TEE guest images: run one under QEMU, predict its measurements, measure a role's
+    /// configuration at boot.
     Image {
         #[command(subcommand)]
         command: image_cmd::ImageCmd,

@@ -457,7 +457,7 @@ pub(crate) struct RunArgs {
     firmware: Option<PathBuf>,
     /// TDX: where the guest's configuration is measured: `mrconfigid` (this launcher sets
     /// MRCONFIGID to SHA-384 of --config; guest kernels before Linux 6.16, as the images'
-    /// Debian 6.1) or `rtmr3` (the guest's boot extends RTMR3; MRCONFIGID stays zero).
+    /// Debian 6.12) or `rtmr3` (the guest's boot extends RTMR3; MRCONFIGID stays zero).
     #[arg(long, value_enum, default_value = "mrconfigid")]
     tdx_config_in: TdxConfigIn,
     /// SEV-SNP: the C-bit position.

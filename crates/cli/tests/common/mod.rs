@@ -149,13 +149,24 @@ pub(crate) fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// A loopback port free right now.
+/// A loopback port free right now, below Linux's ephemeral range (32768–60999): a port from
+/// that range (what binding port 0 gives) can be taken as the local port of any outgoing
+/// connection of a process started meanwhile — a proxy registered on it in the root then
+/// fails to bind ("Address already in use"), as a CI run once showed.
 pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    for _ in 0..1000 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(NEXT.fetch_add(1, Ordering::Relaxed));
+        h.write_u32(std::process::id());
+        let port = 20_000 + (h.finish() % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in 20000..32000")
 }
 
 /// A new wallet key file at `key`; returns the wallet's raw address.

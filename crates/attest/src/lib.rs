@@ -15,6 +15,7 @@
 mod cache;
 mod error;
 mod fs;
+pub mod gpu;
 pub mod inspect;
 pub mod kds;
 pub mod measure;

@@ -1,5 +1,5 @@
-//! `cocoon attest verify|show|gen-cert|verify-cert|probe`: check TDX quotes and SEV-SNP
-//! reports offline against the default policies of `cocoon-attest`, report which TEE this
+//! `cocoon attest verify|show|gen-cert|verify-cert|probe`: check TDX quotes, SEV-SNP
+//! reports and NVIDIA GPU evidence offline against the default policies of `cocoon-attest`, report which TEE this
 //! machine offers, generate / verify RA-TLS certificates (`cocoon-ratls`), and probe a live
 //! peer's RA-TLS handshake (`probe`).
 //!
@@ -30,8 +30,9 @@ mod probe;
 
 #[derive(Subcommand)]
 pub(crate) enum AttestCommand {
-    /// Verify a TDX quote (`--quote`) or an SEV-SNP report (`--sev-report`, `--vcek`, `--chain`).
-    Verify(VerifyArgs),
+    /// Verify a TDX quote (`--quote`), an SEV-SNP report (`--sev-report`, `--vcek`,
+    /// `--chain`) or NVIDIA GPU evidence (`--gpu-report`, `--gpu-chain`, `--rim`).
+    Verify(Box<VerifyArgs>),
     /// Generate an RA-TLS certificate and key (`DIR/cert.pem`, `DIR/key.pem`).
     GenCert(GenCertArgs),
     /// Verify an RA-TLS certificate (PEM) as the RA-TLS verifier does.
@@ -49,7 +50,7 @@ pub(crate) enum AttestCommand {
 }
 
 #[derive(Args)]
-#[command(group(ArgGroup::new("evidence").required(true).args(["quote", "sev_report"])))]
+#[command(group(ArgGroup::new("evidence").required(true).args(["quote", "sev_report", "gpu_report"])))]
 pub(crate) struct VerifyArgs {
     /// TDX quote, raw binary or hex text.
     #[arg(long, value_name = "FILE")]
@@ -105,6 +106,27 @@ pub(crate) struct VerifyArgs {
     /// `--now`, otherwise (with `--kds`) refreshed there.
     #[arg(long, value_name = "DIR", requires = "sev_report")]
     kds_dir: Option<PathBuf>,
+    /// NVIDIA GPU attestation report: hex text (as NVIDIA's tools write it) or raw binary,
+    /// the SPDM `GET_MEASUREMENTS` request followed by the signed response.
+    #[arg(long, value_name = "FILE", requires_all = ["gpu_chain", "rim"])]
+    gpu_report: Option<PathBuf>,
+    /// The GPU's certificate chain (PEM, leaf first, ending at NVIDIA's device root).
+    #[arg(long, value_name = "FILE", requires = "gpu_report")]
+    gpu_chain: Option<PathBuf>,
+    /// A reference manifest (SWID tag) for the GPU report: give the driver's and the VBIOS's.
+    #[arg(long, value_name = "FILE", requires = "gpu_report")]
+    rim: Vec<PathBuf>,
+    /// The nonce (64 hex digits) the GPU report must carry; without it the report's own
+    /// nonce is taken (and said so).
+    #[arg(long, value_name = "HEX", requires = "gpu_report")]
+    nonce: Option<String>,
+    /// Accept RIMs for another driver or VBIOS version than the report's (NVIDIA's verifier
+    /// only warns on this).
+    #[arg(long, requires = "gpu_report")]
+    allow_rim_version_mismatch: bool,
+    /// A revoked certificate serial (hex) from revocation data you hold; repeatable.
+    #[arg(long, value_name = "HEX", requires = "gpu_report")]
+    revoked_serial: Vec<String>,
     /// Verification time (Unix seconds); defaults to now.
     #[arg(long, value_name = "UNIX")]
     now: Option<u64>,
@@ -195,7 +217,7 @@ impl PeerSources {
 
 pub(crate) fn run(command: AttestCommand) -> Result<(), String> {
     match command {
-        AttestCommand::Verify(args) => verify(args),
+        AttestCommand::Verify(args) => verify(*args),
         AttestCommand::Show { json } => show(json),
         AttestCommand::GenCert(args) => gen_cert(args),
         AttestCommand::VerifyCert(args) => verify_cert(args),
@@ -276,9 +298,118 @@ fn verify(args: VerifyArgs) -> Result<(), String> {
             inspect::inspect_sev_report(&report, &vcek, &chain, &policy, now),
             args.json,
         )
+    } else if let (Some(report), Some(chain)) = (&args.gpu_report, &args.gpu_chain) {
+        verify_gpu(&args, report, chain, now)
     } else {
-        Err("give --quote FILE, or --sev-report FILE --vcek FILE --chain FILE".into())
+        Err(
+            "give --quote FILE, or --sev-report FILE --vcek FILE --chain FILE, or \
+             --gpu-report FILE --gpu-chain FILE --rim FILE --rim FILE"
+                .into(),
+        )
     }
+}
+
+/// `cocoon attest verify --gpu-report`: `cocoon_attest::gpu::verify`, described.
+fn verify_gpu(args: &VerifyArgs, report: &Path, chain: &Path, now: u64) -> Result<(), String> {
+    use cocoon_attest::gpu;
+    let report = inspect::binary_or_hex(read_file(report)?);
+    let chain = read_file(chain)?;
+    let rims = args
+        .rim
+        .iter()
+        .map(|p| read_file(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (nonce, nonce_source) = match &args.nonce {
+        Some(h) => {
+            let n: [u8; 32] = hex::decode(h.trim())
+                .ok()
+                .and_then(|v| v.try_into().ok())
+                .ok_or("--nonce: 64 hex digits")?;
+            (n, "given")
+        }
+        None => {
+            let n = gpu::report::parse(&report)
+                .map(|r| r.request_nonce)
+                .unwrap_or_default();
+            (n, "the report's own (no --nonce given)")
+        }
+    };
+    let policy = gpu::GpuPolicy {
+        revoked_serials: (args.revoked_serial.iter())
+            .map(|h| hex::decode(h.trim()).map_err(|e| format!("--revoked-serial {h}: {e}")))
+            .collect::<Result<Vec<_>, _>>()?,
+        require_rim_versions: !args.allow_rim_version_mismatch,
+        ..gpu::GpuPolicy::default()
+    };
+    let rim_refs: Vec<&[u8]> = rims.iter().map(Vec::as_slice).collect();
+    let evidence = gpu::GpuEvidence {
+        report: &report,
+        cert_chain_pem: &chain,
+        rims: &rim_refs,
+    };
+    let result = gpu::verify(&evidence, &nonce, &policy, now);
+    let mut json = serde_json::json!({
+        "backend": "nvidia-gpu",
+        "now": now,
+        "nonce": hex::encode(nonce),
+        "nonce_source": nonce_source,
+    });
+    let mut text = Vec::new();
+    match &result {
+        Ok(v) => {
+            json["status"] = "valid".into();
+            json["driver_version"] = v.driver_version.clone().into();
+            json["vbios_version"] = v.vbios_version.clone().into();
+            json["driver_rim_version"] = v.driver_rim_version.clone().into();
+            json["vbios_rim_version"] = v.vbios_rim_version.clone().into();
+            json["project"] = v.project.clone().into();
+            json["project_sku"] = v.project_sku.clone().into();
+            json["chip_sku"] = v.chip_sku.clone().into();
+            json["measurement_blocks"] = v.blocks.into();
+            json["measurements_checked"] = v.measurements_checked.into();
+            json["chain"] = v.chain_subjects.clone().into();
+            json["rim_signature"] = "not_checked".into();
+            text.push("status:         valid".to_owned());
+            text.push(format!(
+                "nonce:          {} ({nonce_source})",
+                hex::encode(nonce)
+            ));
+            text.push(format!(
+                "driver:         {} (RIM {})",
+                v.driver_version, v.driver_rim_version
+            ));
+            text.push(format!(
+                "vbios:          {} (RIM {})",
+                v.vbios_version, v.vbios_rim_version
+            ));
+            text.push(format!(
+                "project:        {} sku {} chip sku {}",
+                v.project.as_deref().unwrap_or("-"),
+                v.project_sku.as_deref().unwrap_or("-"),
+                v.chip_sku.as_deref().unwrap_or("-")
+            ));
+            text.push(format!(
+                "measurements:   {} checked, {} blocks",
+                v.measurements_checked, v.blocks
+            ));
+            for (i, s) in v.chain_subjects.iter().enumerate() {
+                text.push(format!("chain {i}:        {s}"));
+            }
+            text.push("rim signature:  not checked (RIMs trusted as given)".to_owned());
+        }
+        Err(e) => {
+            json["status"] = "refused".into();
+            json["error"] = e.to_string().into();
+            json["fault"] = format!("{:?}", e.fault()).to_lowercase().into();
+            text.push(format!("status:         refused: {e}"));
+        }
+    }
+    if args.json {
+        print_json(&json)?;
+    } else {
+        text.iter().for_each(|l| println!("{l}"));
+    }
+    result.map(|_| ()).map_err(|e| e.to_string())
 }
 
 /// Runs `f` to completion on `rt` from a thread of its own, so that it works from inside a

@@ -655,3 +655,128 @@ fn gen_cert_fake_tdx_is_accepted_only_on_a_test_network() {
         stdout(&o)
     );
 }
+
+const GPU_NONCE: &str = "931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb";
+const GPU_NOW: &str = "1735689600"; // 2025-01-01
+
+fn gpu_tv(name: &str) -> String {
+    format!(
+        "{}/../../testvectors/gpu/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+fn gpu(rims: [&str; 2], extra: &[&str]) -> Output {
+    let (r, c) = (
+        gpu_tv("hopperAttestationReport.txt"),
+        gpu_tv("hopperCertChain.txt"),
+    );
+    let mut args = vec![
+        "attest",
+        "verify",
+        "--gpu-report",
+        &r,
+        "--gpu-chain",
+        &c,
+        "--rim",
+        rims[0],
+        "--rim",
+        rims[1],
+        "--now",
+        GPU_NOW,
+    ];
+    args.extend_from_slice(extra);
+    cocoon(&args)
+}
+
+/// NVIDIA's test RIMs re-targeted at the sample report: every active measurement's first
+/// alternative that differs becomes the report's value (as in cocoon-attest's tests).
+fn retargeted_rims(dir: &std::path::Path) -> [String; 2] {
+    use cocoon_attest::gpu::{report, rim};
+    let bytes =
+        report::decode_hex(&std::fs::read(gpu_tv("hopperAttestationReport.txt")).unwrap()).unwrap();
+    let parsed = report::parse(&bytes).unwrap();
+    let mut out = Vec::new();
+    for name in [
+        "Driver_RIM_test_no_gpu.swidtag",
+        "1010_0200_882_96005E0001_test_no_gpu.swidtag",
+    ] {
+        let mut text = std::fs::read_to_string(gpu_tv(name)).unwrap();
+        let manifest = rim::parse(text.as_bytes()).unwrap();
+        for (index, m) in manifest.measurements.iter().filter(|(_, m)| m.active) {
+            let value = parsed.blocks[&u8::try_from(index + 1).unwrap()].value;
+            if m.alternatives.iter().any(|a| a.as_slice() == value) {
+                continue;
+            }
+            let tag = text.find(&format!(" index=\"{index}\" ")).unwrap();
+            let at = tag + text[tag..].find(":Hash0=\"").unwrap() + 8;
+            text.replace_range(at..at + 96, &hex::encode(value));
+        }
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        out.push(path.to_str().unwrap().to_owned());
+    }
+    [out[0].clone(), out[1].clone()]
+}
+
+#[test]
+fn gpu_sample_with_nvidia_test_rims_is_refused_where_nvidia_refuses() {
+    let (d, v) = (
+        gpu_tv("Driver_RIM_test_no_gpu.swidtag"),
+        gpu_tv("1010_0200_882_96005E0001_test_no_gpu.swidtag"),
+    );
+    let o = gpu(
+        [&d, &v],
+        &["--nonce", GPU_NONCE, "--allow-rim-version-mismatch"],
+    );
+    let err = one_line_error(&o);
+    assert!(
+        err.contains("1 (vbios), 2 (vbios), 3 (vbios), 7 (driver), 9 (vbios)"),
+        "{err}"
+    );
+    // Without --allow-rim-version-mismatch the versions are what is refused.
+    let err = one_line_error(&gpu([&d, &v], &["--nonce", GPU_NONCE]));
+    assert!(
+        err.contains("the driver RIM is for version \"545.00\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn gpu_sample_verifies_and_a_wrong_nonce_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let [d, v] = retargeted_rims(dir.path());
+    let o = gpu(
+        [&v, &d],
+        &[
+            "--nonce",
+            GPU_NONCE,
+            "--allow-rim-version-mismatch",
+            "--json",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let json: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(json["status"], "valid");
+    assert_eq!(json["nonce_source"], "given");
+    assert_eq!(json["driver_version"], "550.90.07");
+    assert_eq!(json["measurements_checked"], 32);
+    assert_eq!(json["rim_signature"], "not_checked");
+    // Text, with the report's own nonce.
+    let o = gpu([&d, &v], &["--allow-rim-version-mismatch"]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
+    assert!(out.contains("status:         valid"), "{out}");
+    assert!(
+        out.contains("(the report's own (no --nonce given))"),
+        "{out}"
+    );
+    assert!(out.contains("rim signature:  not checked"), "{out}");
+    let mut wrong = GPU_NONCE.to_owned();
+    wrong.replace_range(0..2, "00");
+    let err = one_line_error(&gpu(
+        [&d, &v],
+        &["--nonce", &wrong, "--allow-rim-version-mismatch"],
+    ));
+    assert!(err.contains("nonce is not the expected one"), "{err}");
+}

@@ -13,7 +13,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here"
 fuzz_cmd=(${CARGO_FUZZ:-cargo +nightly fuzz})
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
-targets=(frame_decoder tl_boxed session tdx_quote sev_report ratls_cert ledger openai_validate openai_usage)
+targets=(frame_decoder tl_boxed session tdx_quote sev_report ratls_cert ledger openai_validate openai_usage gpu_report)
 
 # Build once, then run the binaries directly, so that every target runs the same build.
 "${fuzz_cmd[@]}" build || { echo "smoke: build failed" >&2; exit 2; }

@@ -10,6 +10,7 @@
 //! (the PCCS client and [`CollateralFetcher`] in [`pccs`], the KDS client and
 //! [`KdsFetcher`] in [`kds`]) is behind the default `fetch` feature, the only part of the
 //! crate on tokio and reqwest. [`inspect`] describes verdicts for `cocoon attest`.
+//! [`gpu`] verifies NVIDIA GPU confidential-computing evidence (no role requires it yet).
 #![forbid(unsafe_code)]
 
 mod cache;

@@ -10,7 +10,10 @@ use cocoon_attest::gpu::{self, GpuEvidence, GpuPolicy, chain, report, rim};
 const NOW: u64 = 1_735_689_600;
 
 fn testvector(name: &str) -> Vec<u8> {
-    let path = format!("{}/../../testvectors/gpu/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/../../testvectors/gpu/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
@@ -43,7 +46,9 @@ fn retargeted(report_bytes: &[u8], rim_bytes: &[u8]) -> Vec<u8> {
     let manifest = rim::parse(rim_bytes).expect("sample RIM");
     let mut text = String::from_utf8(rim_bytes.to_vec()).expect("UTF-8 RIM");
     for (index, m) in manifest.measurements.iter().filter(|(_, m)| m.active) {
-        let block = u8::try_from(index + 1).ok().and_then(|i| parsed.blocks.get(&i));
+        let block = u8::try_from(index + 1)
+            .ok()
+            .and_then(|i| parsed.blocks.get(&i));
         let Some(value) = block.map(|b| b.value) else {
             continue;
         };
@@ -94,18 +99,21 @@ fn main() {
         black_box(report::parse(&bytes).map(|r| r.blocks.len())).expect("parse");
     });
     rate("report::parse (binary, 4117 B)", secs, || {
-        black_box(report::parse(black_box(&report_bytes)).map(|r| r.blocks.len()))
-            .expect("parse");
+        black_box(report::parse(black_box(&report_bytes)).map(|r| r.blocks.len())).expect("parse");
     });
-    rate("chain::verify (5 certificates, 5 ECDSA P-384)", secs, || {
-        black_box(chain::verify(
-            black_box(&chain_pem),
-            &gpu::NVIDIA_DEVICE_ROOT_SHA256,
-            &[],
-            NOW,
-        ))
-        .expect("chain");
-    });
+    rate(
+        "chain::verify (5 certificates, 5 ECDSA P-384)",
+        secs,
+        || {
+            black_box(chain::verify(
+                black_box(&chain_pem),
+                &gpu::NVIDIA_DEVICE_ROOT_SHA256,
+                &[],
+                NOW,
+            ))
+            .expect("chain");
+        },
+    );
     rate("rim::parse, driver + VBIOS (20 KiB each)", secs, || {
         black_box(rim::parse(black_box(&driver))).expect("driver");
         black_box(rim::parse(black_box(&vbios))).expect("vbios");

@@ -464,3 +464,35 @@ fn a_revoked_certificate_is_refused() {
         "{err:?}"
     );
 }
+
+#[test]
+fn the_rim_reader_refuses_every_truncation_and_survives_mutations() {
+    let good = nvidia_sample().driver;
+    let whole = rim::parse(&good).unwrap();
+    assert_eq!(whole.measurements.len(), 64);
+    // A truncated RIM is refused, never read as a shorter list of measurements.
+    let end = String::from_utf8_lossy(&good)
+        .find("</SoftwareIdentity>")
+        .unwrap()
+        + 19;
+    for len in 0..end {
+        assert!(rim::parse(&good[..len]).is_err(), "prefix {len}");
+    }
+    for at in (0..good.len()).step_by(3) {
+        for byte in [b'<', b'>', b'"', b'/', b'=', b' ', 0, 0xff] {
+            let mut t = good.clone();
+            t[at] = byte;
+            let _ = rim::parse(&t);
+        }
+    }
+    // Shapes the reader refuses outright.
+    for bad in [
+        &b"<!DOCTYPE x><SoftwareIdentity/>"[..],
+        b"<a b=c/>",
+        b"<a b=\"<\"/>",
+        b"<!-- unterminated",
+        b"",
+    ] {
+        assert!(rim::parse(bad).is_err());
+    }
+}

@@ -3,10 +3,11 @@
 //! the index is checked (`active`).
 //!
 //! This is a narrow reader for the shape NVIDIA's RIMs have, not a general XML parser: it
-//! reads start tags and their quoted attributes, skips comments, processing instructions
-//! and everything else, and resolves a `HashN` attribute's prefix through the `xmlns:`
-//! declarations of the document (flattened, not scoped). The RIM's XML signature is not
-//! checked here (see [`super::RimSignature`]).
+//! reads start and end tags and their quoted attributes, requires elements to nest and close
+//! under one root with exactly one `Payload`, skips comments, processing instructions and
+//! text, refuses DOCTYPE and CDATA, and resolves a `HashN` attribute's prefix through the
+//! `xmlns:` declarations of the document (flattened, not scoped). The RIM's XML signature is
+//! not checked here (see [`super::RimSignature`]).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -25,6 +26,10 @@ pub enum RimError {
     /// Malformed markup.
     #[error("malformed XML at byte {0}")]
     Xml(usize),
+    /// Elements do not nest and close under one root, or the `Payload` is missing or
+    /// repeated.
+    #[error("malformed RIM: {0}")]
+    Structure(&'static str),
     /// `Meta` or its `colloquialVersion` is missing.
     #[error("no colloquialVersion in Meta")]
     NoVersion,
@@ -202,14 +207,39 @@ pub fn parse(bytes: &[u8]) -> Result<Rim, RimError> {
     }
     let mut version = None;
     let mut in_payload = false;
+    let mut payload_closed = false;
     let mut measurements = BTreeMap::new();
+    // Elements must nest and close, under one root: a truncated or spliced RIM must not
+    // read as a shorter list of measurements.
+    let mut open: Vec<&str> = Vec::new();
+    let mut roots = 0usize;
     for tag in &tags {
+        if tag.closing {
+            if open.pop() != Some(tag.name) {
+                return Err(RimError::Structure("a closing tag does not match"));
+            }
+        } else {
+            if open.is_empty() {
+                roots += 1;
+            }
+            if !tag.self_closing {
+                open.push(tag.name);
+            }
+        }
         match (local(tag.name), tag.closing) {
             ("Meta", false) if version.is_none() => {
                 version = attr(tag, "colloquialVersion").map(str::to_owned);
             }
-            ("Payload", false) if !tag.self_closing => in_payload = true,
-            ("Payload", true) => in_payload = false,
+            ("Payload", false) if !tag.self_closing => {
+                if payload_closed || in_payload {
+                    return Err(RimError::Structure("more than one Payload"));
+                }
+                in_payload = true;
+            }
+            ("Payload", true) => {
+                in_payload = false;
+                payload_closed = true;
+            }
             ("Resource", false) if in_payload => {
                 let (index, m) = measurement(tag, &ns)?;
                 if measurements.insert(index, m).is_some() {
@@ -221,6 +251,12 @@ pub fn parse(bytes: &[u8]) -> Result<Rim, RimError> {
             }
             _ => {}
         }
+    }
+    if !open.is_empty() || roots != 1 {
+        return Err(RimError::Structure("elements not closed, or not one root"));
+    }
+    if !payload_closed {
+        return Err(RimError::Structure("no Payload"));
     }
     let version = version
         .filter(|v| !v.is_empty())

@@ -496,3 +496,29 @@ fn the_rim_reader_refuses_every_truncation_and_survives_mutations() {
         assert!(rim::parse(bad).is_err());
     }
 }
+
+#[test]
+fn mangled_pem_and_hex_are_refused_without_panicking() {
+    let good = sample();
+    for at in (0..good.chain.len()).step_by(5) {
+        for byte in [b'-', b'\n', b'A', b'=', 0, 0xff] {
+            let mut s = good.clone();
+            s.chain[at] = byte;
+            // Base64 padding or line changes may leave the DER intact; anything else fails.
+            if let Ok(v) = run(&s) {
+                assert_eq!(
+                    gpu::chain::pem_certs(&s.chain).unwrap(),
+                    gpu::chain::pem_certs(&good.chain).unwrap(),
+                    "byte {at} := {byte:#x}: {v:?}"
+                );
+            }
+        }
+    }
+    let hex = file("hopperAttestationReport.txt");
+    for at in (0..hex.len()).step_by(7) {
+        let mut t = hex.clone();
+        t[at] = b'g';
+        assert!(report::decode_hex(&t).is_err());
+    }
+    assert!(report::decode_hex(&hex[..hex.len() - 2]).is_ok_and(|b| report::parse(&b).is_err()));
+}

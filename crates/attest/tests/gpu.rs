@@ -393,6 +393,21 @@ fn alternatives_and_inactive_measurements_are_honoured() {
         GpuError::MeasurementMismatch(vec![(index, "driver")])
     };
     assert_eq!(run(&s).unwrap_err(), want);
+
+    // An index no report can have is refused, not overflowed.
+    let text = String::from_utf8(good.driver.clone()).unwrap();
+    let text = text.replacen(" index=\"0\" ", " index=\"4294967295\" ", 1);
+    let text = text.replacen(
+        " index=\"4294967295\" active=\"False\"",
+        " index=\"4294967295\" active=\"True\"",
+        1,
+    );
+    let mut s = good.clone();
+    s.driver = text.into_bytes();
+    assert_eq!(
+        run(&s).unwrap_err(),
+        GpuError::MeasurementMismatch(vec![(u32::MAX, "driver")])
+    );
 }
 
 #[test]

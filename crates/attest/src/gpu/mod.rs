@@ -130,12 +130,14 @@ pub enum GpuError {
 
 impl GpuError {
     /// Whose fault the refusal is. RIMs are collateral the verifier supplies: a RIM that
-    /// does not parse or is missing is ours; everything about the evidence is the peer's.
+    /// does not parse, is missing, is for another version or conflicts with the other is
+    /// ours; everything about the evidence (measurements included) is the peer's.
     pub fn fault(&self) -> Fault {
         match self {
-            GpuError::Rim { .. } | GpuError::RimMissing { .. } | GpuError::RimVersion { .. } => {
-                Fault::Local
-            }
+            GpuError::Rim { .. }
+            | GpuError::RimMissing { .. }
+            | GpuError::RimVersion { .. }
+            | GpuError::IndexConflict(_) => Fault::Local,
             _ => Fault::Peer,
         }
     }
@@ -279,8 +281,9 @@ pub fn verify(
         if index == NVDEC0_INDEX && report.nvdec0_disabled() {
             continue;
         }
-        let block = u8::try_from(index + 1)
-            .ok()
+        let block = index
+            .checked_add(1)
+            .and_then(|i| u8::try_from(i).ok())
             .and_then(|i| report.blocks.get(&i));
         let matched = block.is_some_and(|b| {
             b.value.len() == m.size && m.alternatives.iter().any(|alt| alt.as_slice() == b.value)

@@ -537,3 +537,24 @@ fn mangled_pem_and_hex_are_refused_without_panicking() {
     }
     assert!(report::decode_hex(&hex[..hex.len() - 2]).is_ok_and(|b| report::parse(&b).is_err()));
 }
+
+#[test]
+fn the_report_fwid_must_be_the_leaf_certificates() {
+    let good = sample();
+    let r = report::parse(&good.report).unwrap();
+    let fwid = r.opaque[&report::field::FWID].to_vec();
+    assert_eq!(fwid.len(), 48);
+    let chain = gpu::chain::verify(&good.chain, &gpu::NVIDIA_DEVICE_ROOT_SHA256, &[], NOW).unwrap();
+    assert_eq!(chain.leaf_fwid.as_deref(), Some(fwid.as_slice()));
+    // A byte of the report's FWID changed: refused before the signature is even checked.
+    let at = good
+        .report
+        .windows(48)
+        .position(|w| w == fwid.as_slice())
+        .unwrap();
+    for i in [0, 20, 47] {
+        let mut s = good.clone();
+        s.report[at + i] ^= 0x01;
+        assert_eq!(run(&s).unwrap_err(), GpuError::FwidMismatch);
+    }
+}

@@ -10,6 +10,8 @@ pub const MAX_CHAIN_LEN: usize = 64 * 1024;
 /// Most certificates accepted in a chain.
 pub const MAX_CHAIN_CERTS: usize = 8;
 const OID_ECDSA_SHA384: &str = "1.2.840.10045.4.3.3";
+const OIDS_DICE_FWID: [&str; 2] = ["2.23.133.5.4.1", "2.23.133.5.4.1.1"];
+const FWID_LEN: usize = 48;
 /// DER of the AlgorithmIdentifier ecdsa-with-SHA384 (no parameters).
 const ALGID_ECDSA_SHA384: [u8; 12] = [
     0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03,
@@ -24,6 +26,9 @@ pub struct VerifiedChain {
     pub subjects: Vec<String>,
     /// Each certificate's serial (big-endian bytes), leaf first.
     pub serials: Vec<Vec<u8>>,
+    /// The firmware id the leaf carries: the 48-byte digest that ends its TCG DICE
+    /// extension (`2.23.133.5.4.1` or `.1.1`), when it has one.
+    pub leaf_fwid: Option<Vec<u8>>,
 }
 
 /// Splits a PEM bundle into DER certificates.
@@ -158,10 +163,12 @@ pub fn verify(
         .first()
         .map(|c| c.public_key().subject_public_key.data.to_vec())
         .unwrap_or_default();
+    let leaf_fwid = certs.first().and_then(fwid);
     Ok(VerifiedChain {
         leaf_key,
         subjects,
         serials,
+        leaf_fwid,
     })
 }
 
@@ -176,6 +183,20 @@ fn outer_algid_exact(der: &[u8], cert: &X509Certificate<'_>) -> bool {
             && der.get(start + tbs.len()..start + tbs.len() + ALGID_ECDSA_SHA384.len())
                 == Some(&ALGID_ECDSA_SHA384[..])
     })
+}
+
+/// The digest ending the certificate's DICE extension: its value must end with an OCTET
+/// STRING of 48 bytes (the SHA-384 FWID, as NVIDIA's certificates have it).
+fn fwid(cert: &X509Certificate<'_>) -> Option<Vec<u8>> {
+    let ext = cert
+        .extensions()
+        .iter()
+        .find(|e| OIDS_DICE_FWID.contains(&e.oid.to_id_string().as_str()))?;
+    let v = ext.value;
+    let start = v.len().checked_sub(FWID_LEN + 2)?;
+    (v.get(start..start + 2) == Some(&[0x04, 0x30][..]))
+        .then(|| v.get(start + 2..).map(<[u8]>::to_vec))
+        .flatten()
 }
 
 /// A serial without leading zero bytes (DER adds one to keep it positive).

@@ -8,8 +8,10 @@
 //!    by its SHA-256 ([`NVIDIA_DEVICE_ROOT_SHA256`]), every link verifies (ECDSA
 //!    P-384/SHA-384), every issuer is a CA, every certificate is valid at `now` and none is
 //!    in the caller's revoked serials ([`chain`]);
-//! 3. the report's signature (ECDSA P-384/SHA-384, raw r‖s) over the request and the
-//!    response without the signature verifies with the leaf's key;
+//! 3. the report's firmware id (FWID), when it has one, is the one in the leaf
+//!    certificate's DICE extension (as NVIDIA's verifier checks), and the report's signature
+//!    (ECDSA P-384/SHA-384, raw r‖s) over the request and the response without the
+//!    signature verifies with the leaf's key;
 //! 4. the request's nonce is the one the caller expects;
 //! 5. the RIMs given ([`rim`]) are one driver RIM and one VBIOS RIM, for the report's driver
 //!    and VBIOS versions (unless [`GpuPolicy::require_rim_versions`] is off), they do not
@@ -86,6 +88,10 @@ pub enum GpuError {
         /// Its serial, hex.
         serial: String,
     },
+    /// The report carries a firmware id (FWID) and the leaf certificate a different one, or
+    /// none.
+    #[error("the report's FWID is not the one in the GPU's leaf certificate")]
+    FwidMismatch,
     /// The leaf's key is not a P-384 key or the report's signature does not verify.
     #[error("GPU report signature does not verify with the leaf certificate's key")]
     Signature,
@@ -229,6 +235,15 @@ pub fn verify(
         &policy.revoked_serials,
         now,
     )?;
+    // As NVIDIA's verifier: a report that carries an FWID must carry the leaf's.
+    if let Some(fwid) = report
+        .opaque
+        .get(&report::field::FWID)
+        .filter(|f| !f.is_empty())
+        && chain.leaf_fwid.as_deref() != Some(*fwid)
+    {
+        return Err(GpuError::FwidMismatch);
+    }
     let signed = report.signed_parts().concat();
     ring::signature::UnparsedPublicKey::new(
         &ring::signature::ECDSA_P384_SHA384_FIXED,

@@ -53,6 +53,8 @@ pub mod field {
     pub const PROJECT: u16 = 17;
     /// Project SKU.
     pub const PROJECT_SKU: u16 = 18;
+    /// Firmware id: the 48-byte digest the leaf certificate also carries.
+    pub const FWID: u16 = 20;
 }
 
 /// Why a report could not be parsed. Always the peer's fault: the bytes are what it sent.

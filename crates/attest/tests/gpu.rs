@@ -95,11 +95,21 @@ fn nonce() -> [u8; 32] {
     hex::decode(SAMPLE_NONCE).unwrap().try_into().unwrap()
 }
 
-/// The test RIMs are for other versions than the report's (NVIDIA's verifier only warns).
+/// The test RIMs are for other versions than the report's (NVIDIA's verifier only warns),
+/// and the re-targeted ones are no longer NVIDIA-signed.
 fn policy() -> GpuPolicy {
     GpuPolicy {
         require_rim_versions: false,
+        require_rim_signatures: false,
         ..GpuPolicy::default()
+    }
+}
+
+/// As [`policy`], with the RIMs' signatures checked (for NVIDIA's unmodified RIMs).
+fn signed_policy() -> GpuPolicy {
+    GpuPolicy {
+        require_rim_signatures: true,
+        ..policy()
     }
 }
 
@@ -128,7 +138,8 @@ fn run(s: &Sample) -> Result<gpu::GpuVerdict, GpuError> {
 
 #[test]
 fn nvidia_sample_with_its_test_rims_mismatches_where_nvidia_says() {
-    let err = run(&nvidia_sample()).unwrap_err();
+    // Signed RIMs: their signatures verify, then 20 measurements mismatch.
+    let err = run_with(&nvidia_sample(), &signed_policy(), &nonce(), NOW).unwrap_err();
     assert_eq!(
         err,
         GpuError::MeasurementMismatch(NVIDIA_MISMATCHES.to_vec())
@@ -152,6 +163,16 @@ fn sample_verifies() {
     assert!(report::parse(&sample().report).unwrap().nvdec0_disabled());
     assert_eq!(v.measurements_checked, 32);
     assert_eq!(v.rim_signature, RimSignature::NotChecked);
+    // With signatures required, the re-targeted RIMs are refused: changed after signing.
+    let err = run_with(&sample(), &signed_policy(), &nonce(), NOW).unwrap_err();
+    assert_eq!(
+        err,
+        GpuError::RimSignature {
+            component: "driver",
+            error: gpu::xmldsig::RimSignatureError::Digest
+        }
+    );
+    assert_eq!(err.fault(), Fault::Local);
 }
 
 #[test]
@@ -185,7 +206,7 @@ fn rim_order_does_not_matter_but_both_are_needed() {
 
 #[test]
 fn rim_versions_are_required_by_default() {
-    let err = run_with(&sample(), &GpuPolicy::default(), &nonce(), NOW).unwrap_err();
+    let err = run_with(&nvidia_sample(), &GpuPolicy::default(), &nonce(), NOW).unwrap_err();
     assert_eq!(
         err,
         GpuError::RimVersion {
@@ -556,5 +577,82 @@ fn the_report_fwid_must_be_the_leaf_certificates() {
         let mut s = good.clone();
         s.report[at + i] ^= 0x01;
         assert_eq!(run(&s).unwrap_err(), GpuError::FwidMismatch);
+    }
+}
+
+#[test]
+fn nvidia_rim_signatures_verify_up_to_the_pinned_rim_root() {
+    use gpu::xmldsig::{self, RimSignatureError};
+    let s = nvidia_sample();
+    for rim in [&s.driver, &s.vbios] {
+        xmldsig::verify(rim, &NVIDIA_RIM_ROOT_SHA256, NOW).unwrap();
+    }
+    // A re-targeted RIM (its measurements changed) no longer matches its signed digest.
+    let retargeted = sample();
+    assert_eq!(
+        xmldsig::verify(&retargeted.driver, &NVIDIA_RIM_ROOT_SHA256, NOW),
+        Err(RimSignatureError::Digest)
+    );
+    // Another root pinned, or after the signer's certificate expired (June 2025).
+    let err = xmldsig::verify(&s.vbios, &gpu::NVIDIA_DEVICE_ROOT_SHA256, NOW).unwrap_err();
+    assert!(matches!(err, RimSignatureError::Chain(_)), "{err:?}");
+    let err = xmldsig::verify(&s.vbios, &NVIDIA_RIM_ROOT_SHA256, 1_767_225_600).unwrap_err();
+    assert!(matches!(err, RimSignatureError::Chain(_)), "{err:?}");
+    // Content hidden in the (unsigned) Signature element, moved first so that its Meta would
+    // come first: the signature still verifies (the signed content is unchanged), and the
+    // RIM reader ignores what is inside the Signature.
+    let text = String::from_utf8(s.driver.clone()).unwrap();
+    let (a, b) = (
+        text.find("<ds:Signature").unwrap(),
+        text.find("</ds:Signature>").unwrap() + 15,
+    );
+    let signature = text[a..b].replacen(
+        "<ds:KeyInfo>",
+        "<ns0:Meta colloquialVersion=\"550.90.07\"/><ds:KeyInfo>",
+        1,
+    );
+    let body = format!("{}{}", &text[..a], &text[b..]);
+    let first = body.find("<ns0:Entity").unwrap();
+    let moved = format!("{}{}{}", &body[..first], signature, &body[first..]);
+    xmldsig::verify(moved.as_bytes(), &NVIDIA_RIM_ROOT_SHA256, NOW).unwrap();
+    assert_eq!(rim::parse(moved.as_bytes()).unwrap().version, "545.00");
+    // Another element after the signed root.
+    let mut extra = s.vbios.clone();
+    extra.extend_from_slice(b"<Payload/>");
+    assert_eq!(
+        xmldsig::verify(&extra, &NVIDIA_RIM_ROOT_SHA256, NOW),
+        Err(RimSignatureError::Shape("content outside the root element"))
+    );
+}
+
+#[test]
+fn rim_tampers_are_refused_by_the_signature() {
+    use gpu::xmldsig::{self, RimSignatureError};
+    let s = nvidia_sample();
+    for rim_bytes in [&s.driver, &s.vbios] {
+        // Every measurement digest, one hex digit changed: the signed digest no longer holds.
+        let text = String::from_utf8(rim_bytes.clone()).unwrap();
+        for (&index, m) in &rim::parse(rim_bytes).unwrap().measurements {
+            for alt in 0..m.alternatives.len() {
+                let at = hash_offset(&text, index, alt);
+                let mut t = rim_bytes.clone();
+                t[at + 11] = if t[at + 11] == b'a' { b'b' } else { b'a' };
+                assert_eq!(
+                    xmldsig::verify(&t, &NVIDIA_RIM_ROOT_SHA256, NOW),
+                    Err(RimSignatureError::Digest),
+                    "index {index} alternative {alt}"
+                );
+            }
+        }
+        // Any byte (a sample of them, every 5th): refused, whatever the reason.
+        for at in (0..rim_bytes.len()).step_by(5) {
+            let mut t = rim_bytes.clone();
+            t[at] ^= 0x01;
+            assert!(
+                xmldsig::verify(&t, &NVIDIA_RIM_ROOT_SHA256, NOW).is_err(),
+                "byte {at}: {:?}",
+                String::from_utf8_lossy(&rim_bytes[at.saturating_sub(20)..at + 20])
+            );
+        }
     }
 }

@@ -124,6 +124,9 @@ pub(crate) struct VerifyArgs {
     /// only warns on this).
     #[arg(long, requires = "gpu_report")]
     allow_rim_version_mismatch: bool,
+    /// Do not check the RIMs' XML signatures (trust the RIM files as given).
+    #[arg(long, requires = "gpu_report")]
+    allow_unsigned_rims: bool,
     /// A revoked certificate serial (hex) from revocation data you hold; repeatable.
     #[arg(long, value_name = "HEX", requires = "gpu_report")]
     revoked_serial: Vec<String>,
@@ -339,6 +342,7 @@ fn verify_gpu(args: &VerifyArgs, report: &Path, chain: &Path, now: u64) -> Resul
             .map(|h| hex::decode(h.trim()).map_err(|e| format!("--revoked-serial {h}: {e}")))
             .collect::<Result<Vec<_>, _>>()?,
         require_rim_versions: !args.allow_rim_version_mismatch,
+        require_rim_signatures: !args.allow_unsigned_rims,
         ..gpu::GpuPolicy::default()
     };
     let rim_refs: Vec<&[u8]> = rims.iter().map(Vec::as_slice).collect();
@@ -368,7 +372,8 @@ fn verify_gpu(args: &VerifyArgs, report: &Path, chain: &Path, now: u64) -> Resul
             json["measurement_blocks"] = v.blocks.into();
             json["measurements_checked"] = v.measurements_checked.into();
             json["chain"] = v.chain_subjects.clone().into();
-            json["rim_signature"] = "not_checked".into();
+            let signed = v.rim_signature == gpu::RimSignature::Verified;
+            json["rim_signature"] = if signed { "verified" } else { "not_checked" }.into();
             text.push("status:         valid".to_owned());
             text.push(format!(
                 "nonce:          {} ({nonce_source})",
@@ -395,7 +400,14 @@ fn verify_gpu(args: &VerifyArgs, report: &Path, chain: &Path, now: u64) -> Resul
             for (i, s) in v.chain_subjects.iter().enumerate() {
                 text.push(format!("chain {i}:        {s}"));
             }
-            text.push("rim signature:  not checked (RIMs trusted as given)".to_owned());
+            text.push(
+                if signed {
+                    "rim signature:  verified (up to NVIDIA's RIM root)"
+                } else {
+                    "rim signature:  not checked (RIMs trusted as given)"
+                }
+                .to_owned(),
+            );
         }
         Err(e) => {
             json["status"] = "refused".into();

@@ -746,12 +746,16 @@ fn gpu_sample_with_nvidia_test_rims_is_refused_where_nvidia_refuses() {
 fn gpu_sample_verifies_and_a_wrong_nonce_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let [d, v] = retargeted_rims(dir.path());
+    // Re-targeted RIMs are no longer NVIDIA-signed: refused unless unsigned RIMs are allowed.
+    let err = one_line_error(&gpu([&v, &d], &["--allow-rim-version-mismatch"]));
+    assert!(err.contains("RIM digest does not match"), "{err}");
     let o = gpu(
         [&v, &d],
         &[
             "--nonce",
             GPU_NONCE,
             "--allow-rim-version-mismatch",
+            "--allow-unsigned-rims",
             "--json",
         ],
     );
@@ -763,7 +767,10 @@ fn gpu_sample_verifies_and_a_wrong_nonce_is_refused() {
     assert_eq!(json["measurements_checked"], 32);
     assert_eq!(json["rim_signature"], "not_checked");
     // Text, with the report's own nonce.
-    let o = gpu([&d, &v], &["--allow-rim-version-mismatch"]);
+    let o = gpu(
+        [&d, &v],
+        &["--allow-rim-version-mismatch", "--allow-unsigned-rims"],
+    );
     let out = stdout(&o);
     assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
     assert!(out.contains("status:         valid"), "{out}");
@@ -776,7 +783,12 @@ fn gpu_sample_verifies_and_a_wrong_nonce_is_refused() {
     wrong.replace_range(0..2, "00");
     let err = one_line_error(&gpu(
         [&d, &v],
-        &["--nonce", &wrong, "--allow-rim-version-mismatch"],
+        &[
+            "--nonce",
+            &wrong,
+            "--allow-rim-version-mismatch",
+            "--allow-unsigned-rims",
+        ],
     ));
     assert!(err.contains("nonce is not the expected one"), "{err}");
 }

@@ -81,7 +81,22 @@ pub fn verify(
     revoked_serials: &[Vec<u8>],
     now: u64,
 ) -> Result<VerifiedChain, GpuError> {
-    let ders = pem_certs(pem)?;
+    verify_ders(&pem_certs(pem)?, root_sha256, revoked_serials, now)
+}
+
+/// [`verify`] on DER certificates, leaf first.
+pub fn verify_ders(
+    ders: &[Vec<u8>],
+    root_sha256: &[u8; 32],
+    revoked_serials: &[Vec<u8>],
+    now: u64,
+) -> Result<VerifiedChain, GpuError> {
+    if ders.is_empty() || ders.len() > MAX_CHAIN_CERTS {
+        return Err(GpuError::ChainParse(format!(
+            "{} certificates (1 to {MAX_CHAIN_CERTS})",
+            ders.len()
+        )));
+    }
     let root_der = ders
         .last()
         .ok_or_else(|| GpuError::ChainParse("empty".into()))?;

@@ -13,19 +13,23 @@
 //!    (ECDSA P-384/SHA-384, raw r‖s) over the request and the response without the
 //!    signature verifies with the leaf's key;
 //! 4. the request's nonce is the one the caller expects;
-//! 5. the RIMs given ([`rim`]) are one driver RIM and one VBIOS RIM, for the report's driver
-//!    and VBIOS versions (unless [`GpuPolicy::require_rim_versions`] is off), they do not
-//!    both claim an active index, and every active measurement
-//!    matches one of its alternatives (NVIDIA index `i` is SPDM block `i + 1`; index 35 is
-//!    skipped when the report says NVDEC0 is disabled, as NVIDIA's verifier does).
+//! 5. the RIMs given ([`rim`]) are one driver RIM and one VBIOS RIM, and each one's XML
+//!    signature ([`xmldsig`]) verifies with its signer chain up to NVIDIA's RIM root pinned
+//!    by [`NVIDIA_RIM_ROOT_SHA256`], valid at `now` (unless
+//!    [`GpuPolicy::require_rim_signatures`] is off; the verdict's `rim_signature` says which);
+//! 6. the RIMs are for the report's driver and VBIOS versions (unless
+//!    [`GpuPolicy::require_rim_versions`] is off), they do not both claim an active index,
+//!    and every active measurement matches one of its alternatives (NVIDIA index `i` is SPDM
+//!    block `i + 1`; index 35 is skipped when the report says NVDEC0 is disabled, as NVIDIA's
+//!    verifier does).
 //!
-//! Not done here: the RIMs' own XML signatures (the verdict says
-//! [`RimSignature::NotChecked`]: a RIM is trusted as the caller supplied it), and OCSP or
-//! CRL parsing (revocation is a list of serials the caller derived from its own cache).
+//! Not done here: OCSP or CRL parsing (revocation is a list of serials the caller derived
+//! from its own cache), and revocation of RIM signer certificates.
 
 pub mod chain;
 pub mod report;
 pub mod rim;
+pub mod xmldsig;
 
 use std::collections::BTreeMap;
 
@@ -39,8 +43,7 @@ pub const NVIDIA_DEVICE_ROOT_SHA256: [u8; 32] = [
 ];
 
 /// SHA-256 of the DER of NVIDIA's RIM signing root ("NVIDIA CoRIM signing Root CA",
-/// `verifier/certs/verifier_RIM_root.pem`). Pinned for when RIM signatures are checked;
-/// today nothing verifies against it.
+/// `verifier/certs/verifier_RIM_root.pem`): the root of every RIM signer chain.
 pub const NVIDIA_RIM_ROOT_SHA256: [u8; 32] = [
     0x12, 0x97, 0x7b, 0x51, 0x15, 0xac, 0xb0, 0x38, 0x11, 0x79, 0x27, 0x9f, 0xff, 0xeb, 0x5a, 0x8c,
     0x4d, 0x26, 0x49, 0x71, 0xeb, 0xb3, 0x22, 0x98, 0x02, 0x3a, 0x46, 0x5f, 0xa4, 0x1d, 0xf5, 0xd1,
@@ -125,6 +128,14 @@ pub enum GpuError {
         /// The version in the report.
         report: String,
     },
+    /// A RIM's XML signature or its signer chain does not hold.
+    #[error("{component} RIM: {error}")]
+    RimSignature {
+        /// `driver` or `vbios`.
+        component: &'static str,
+        /// What failed.
+        error: xmldsig::RimSignatureError,
+    },
     /// The driver and VBIOS RIMs both claim an active index.
     #[error("driver and VBIOS RIMs both claim index {0}")]
     IndexConflict(u32),
@@ -136,13 +147,15 @@ pub enum GpuError {
 
 impl GpuError {
     /// Whose fault the refusal is. RIMs are collateral the verifier supplies: a RIM that
-    /// does not parse, is missing, is for another version or conflicts with the other is
+    /// does not parse, is missing, is unsigned, is for another version or conflicts with the
+    /// other is
     /// ours; everything about the evidence (measurements included) is the peer's.
     pub fn fault(&self) -> Fault {
         match self {
             GpuError::Rim { .. }
             | GpuError::RimMissing { .. }
             | GpuError::RimVersion { .. }
+            | GpuError::RimSignature { .. }
             | GpuError::IndexConflict(_) => Fault::Local,
             _ => Fault::Peer,
         }
@@ -160,6 +173,11 @@ pub struct GpuPolicy {
     /// Refuse RIMs whose `colloquialVersion` is not the report's driver or VBIOS version.
     /// NVIDIA's verifier only warns on this; on by default here.
     pub require_rim_versions: bool,
+    /// SHA-256 of the DER of the only root accepted for RIM signers.
+    pub rim_root_sha256: [u8; 32],
+    /// Check each RIM's XML signature and signer chain ([`xmldsig`]); on by default. Off,
+    /// the RIMs are trusted as the caller supplies them and the verdict says so.
+    pub require_rim_signatures: bool,
 }
 
 impl Default for GpuPolicy {
@@ -168,6 +186,8 @@ impl Default for GpuPolicy {
             device_root_sha256: NVIDIA_DEVICE_ROOT_SHA256,
             revoked_serials: Vec::new(),
             require_rim_versions: true,
+            rim_root_sha256: NVIDIA_RIM_ROOT_SHA256,
+            require_rim_signatures: true,
         }
     }
 }
@@ -188,7 +208,10 @@ pub struct GpuEvidence<'a> {
 /// Whether the RIMs' XML signatures were checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RimSignature {
-    /// Not checked: the RIMs are trusted as supplied by the caller.
+    /// Both RIMs' signatures and signer chains verified up to the pinned RIM root.
+    Verified,
+    /// Not checked ([`GpuPolicy::require_rim_signatures`] off): the RIMs are trusted as
+    /// supplied by the caller.
     NotChecked,
 }
 
@@ -265,8 +288,18 @@ pub fn verify(
             rim::parse(bytes).map_err(|error| GpuError::Rim { position, error })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let driver = pick(&rims, "driver", false)?;
-    let vbios = pick(&rims, "vbios", true)?;
+    let (driver, driver_at) = pick(&rims, "driver", false)?;
+    let (vbios, vbios_at) = pick(&rims, "vbios", true)?;
+    let rim_signature = if policy.require_rim_signatures {
+        for (component, at) in [("driver", driver_at), ("vbios", vbios_at)] {
+            let bytes = evidence.rims.get(at).copied().unwrap_or_default();
+            xmldsig::verify(bytes, &policy.rim_root_sha256, now)
+                .map_err(|error| GpuError::RimSignature { component, error })?;
+        }
+        RimSignature::Verified
+    } else {
+        RimSignature::NotChecked
+    };
     if policy.require_rim_versions {
         for (component, r, v) in [
             ("driver", driver, &driver_version),
@@ -324,7 +357,7 @@ pub fn verify(
         blocks: report.blocks.len(),
         measurements_checked: checked,
         chain_subjects: chain.subjects,
-        rim_signature: RimSignature::NotChecked,
+        rim_signature,
     })
 }
 
@@ -349,13 +382,14 @@ fn pick<'r>(
     rims: &'r [rim::Rim],
     component: &'static str,
     vbios: bool,
-) -> Result<&'r rim::Rim, GpuError> {
-    let found: Vec<&rim::Rim> = rims
+) -> Result<(&'r rim::Rim, usize), GpuError> {
+    let found: Vec<(usize, &rim::Rim)> = rims
         .iter()
-        .filter(|r| is_vbios_version(&r.version) == vbios)
+        .enumerate()
+        .filter(|(_, r)| is_vbios_version(&r.version) == vbios)
         .collect();
     match found.as_slice() {
-        [one] => Ok(one),
+        [(at, one)] => Ok((one, *at)),
         _ => Err(GpuError::RimMissing {
             component,
             count: found.len(),

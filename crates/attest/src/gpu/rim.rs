@@ -7,7 +7,7 @@
 //! under one root with exactly one `Payload`, skips comments, processing instructions and
 //! text, refuses DOCTYPE and CDATA, and resolves a `HashN` attribute's prefix through the
 //! `xmlns:` declarations of the document (flattened, not scoped). The RIM's XML signature is
-//! not checked here (see [`super::RimSignature`]).
+//! checked by [`super::xmldsig`].
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -68,14 +68,14 @@ pub struct Rim {
     pub measurements: BTreeMap<u32, RimMeasurement>,
 }
 
-struct Tag<'a> {
-    name: &'a str,
-    closing: bool,
-    self_closing: bool,
-    attrs: Vec<(&'a str, &'a str)>,
+pub(super) struct Tag<'a> {
+    pub(super) name: &'a str,
+    pub(super) closing: bool,
+    pub(super) self_closing: bool,
+    pub(super) attrs: Vec<(&'a str, &'a str)>,
 }
 
-fn local(name: &str) -> &str {
+pub(super) fn local(name: &str) -> &str {
     name.rsplit(':').next().unwrap_or(name)
 }
 
@@ -108,7 +108,7 @@ fn tags(doc: &str) -> Result<Vec<Tag<'_>>, RimError> {
 }
 
 /// Parses one tag at the start of `s` (which begins with `<`); returns it and its length.
-fn parse_tag(s: &str) -> Option<(Tag<'_>, usize)> {
+pub(super) fn parse_tag(s: &str) -> Option<(Tag<'_>, usize)> {
     let b = s.as_bytes();
     let mut i = 1;
     let closing = b.get(i) == Some(&b'/');
@@ -225,6 +225,10 @@ pub fn parse(bytes: &[u8]) -> Result<Rim, RimError> {
             if !tag.self_closing {
                 open.push(tag.name);
             }
+        }
+        // Nothing inside the XML signature is signed: it never counts as the RIM's content.
+        if local(tag.name) == "Signature" || open.iter().any(|n| local(n) == "Signature") {
+            continue;
         }
         match (local(tag.name), tag.closing) {
             ("Meta", false) if version.is_none() => {

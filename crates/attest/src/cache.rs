@@ -248,6 +248,7 @@ mod tests {
             report_data: [2; 64],
             public_key: None,
             valid_until,
+            gpu: None,
         }
     }
 

@@ -185,6 +185,7 @@ pub struct VerifiedPeer {
     pub(crate) report_data: [u8; 64],
     pub(crate) public_key: Option<[u8; 32]>,
     pub(crate) valid_until: u64,
+    pub(crate) gpu: Option<crate::gpu::GpuAttestation>,
 }
 
 impl VerifiedPeer {
@@ -199,7 +200,19 @@ impl VerifiedPeer {
             report_data: [0; 64],
             public_key: Some(public_key),
             valid_until,
+            gpu: None,
         }
+    }
+
+    /// These facts with the verified GPU evidence the peer presented alongside (the RA-TLS
+    /// verifier adds it after checking the GPU claim; see `docs/ra-tls.md`).
+    pub fn with_gpu(mut self, gpu: crate::gpu::GpuAttestation) -> Self {
+        self.gpu = Some(gpu);
+        self
+    }
+    /// The peer's verified GPU evidence, when it presented some and the verifier checked it.
+    pub fn gpu(&self) -> Option<&crate::gpu::GpuAttestation> {
+        self.gpu.as_ref()
     }
 
     /// Which TEE produced the evidence.

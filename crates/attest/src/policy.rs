@@ -459,6 +459,7 @@ impl Policy {
             valid_until: out
                 .collateral_expires
                 .min(now.saturating_add(self.max_validity_secs)),
+            gpu: None,
         })
     }
 
@@ -509,6 +510,7 @@ impl Policy {
             valid_until: certs_expire
                 .min(crl_fresh_until.unwrap_or(u64::MAX))
                 .min(now.saturating_add(self.max_validity_secs)),
+            gpu: None,
         })
     }
 
@@ -538,6 +540,7 @@ impl Policy {
             report_data,
             public_key: None,
             valid_until: now.saturating_add(self.max_validity_secs),
+            gpu: None,
         })
     }
 
@@ -561,6 +564,7 @@ impl Policy {
             report_data: v.report_data,
             public_key: None,
             valid_until: now.saturating_add(self.max_validity_secs),
+            gpu: None,
         })
     }
 }

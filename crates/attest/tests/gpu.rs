@@ -656,3 +656,54 @@ fn rim_tampers_are_refused_by_the_signature() {
         }
     }
 }
+
+/// The files in `testvectors/gpu/retargeted/` are the sample's RIMs re-targeted at the sample
+/// report (as [`sample`] does) with their `colloquialVersion` set to the report's versions,
+/// so that they verify under the default policy: the roles' tests name them as RIM files
+/// (`gpu_rims`). Regenerate with `COCOON_WRITE_RETARGETED_RIMS=1`.
+#[test]
+fn retargeted_rim_files_are_the_sample_at_the_reports_versions() {
+    let s = sample();
+    let parts = [
+        (
+            "Driver_RIM_retargeted.swidtag",
+            &s.driver,
+            "545.00",
+            "550.90.07",
+        ),
+        (
+            "VBIOS_RIM_retargeted.swidtag",
+            &s.vbios,
+            "96.00.5E.00.01",
+            "96.00.9F.00.01",
+        ),
+    ];
+    let mut files = Vec::new();
+    for (name, rim, old, new) in parts {
+        let text = String::from_utf8(rim.clone()).unwrap();
+        let old = format!("colloquialVersion=\"{old}\"");
+        assert_eq!(text.matches(&old).count(), 1, "{name}");
+        let text = text.replace(&old, &format!("colloquialVersion=\"{new}\""));
+        let path = format!("{DIR}retargeted/{name}");
+        if std::env::var_os("COCOON_WRITE_RETARGETED_RIMS").is_some() {
+            std::fs::create_dir_all(format!("{DIR}retargeted")).unwrap();
+            std::fs::write(&path, &text).unwrap();
+        }
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text, "{path}");
+        files.push(text.into_bytes());
+    }
+    let rims: [&[u8]; 2] = [&files[0], &files[1]];
+    let v = gpu::verify(
+        &GpuEvidence {
+            report: &s.report,
+            cert_chain_pem: &s.chain,
+            rims: &rims,
+        },
+        &nonce(),
+        &GpuPolicy::default(),
+        NOW,
+    )
+    .unwrap();
+    assert_eq!(v.driver_rim_version, "550.90.07");
+    assert_eq!(v.measurements_checked, 32);
+}

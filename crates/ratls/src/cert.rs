@@ -21,6 +21,9 @@
 //! FakeTdx:  report_data (exactly 64 bytes; COCOON's test-mode `fake_tdx`)
 //! ```
 //!
+//! A third, **non-critical** extension may carry NVIDIA GPU evidence ([`OID_GPU`]
+//! `1.3.6.1.4.1.12345.3`, see [`GpuClaim`]): peers that do not know it (COCOON's) ignore it.
+//!
 //! Any other content starting with `"CCN-"` is rejected. No TDX quote is 64 bytes long (its
 //! header alone is 48, its body 584), so 64 bytes are COCOON's fake evidence. Parsing is bounded: the whole
 //! extension is capped at [`MAX_EVIDENCE_LEN`], lengths are checked before slicing, and
@@ -43,6 +46,16 @@ use rustls::sign::CertifiedKey;
 pub const OID_EVIDENCE: &[u64] = &[1, 3, 6, 1, 4, 1, 12345, 1];
 /// OID arcs of the claims extension (`1.3.6.1.4.1.12345.2`).
 pub const OID_CLAIMS: &[u64] = &[1, 3, 6, 1, 4, 1, 12345, 2];
+/// OID arcs of the GPU evidence extension (`1.3.6.1.4.1.12345.3`, non-critical).
+pub const OID_GPU: &[u64] = &[1, 3, 6, 1, 4, 1, 12345, 3];
+/// Dotted form of [`OID_GPU`].
+pub const OID_GPU_STR: &str = "1.3.6.1.4.1.12345.3";
+/// Largest GPU evidence extension accepted or produced. A Hopper report is about 4 KiB and
+/// its chain about 5 KiB; this keeps the certificate (with [`MAX_EVIDENCE_LEN`] of CPU
+/// evidence) within rustls' 64 KiB handshake message.
+pub const MAX_GPU_EVIDENCE_LEN: usize = 14 * 1024;
+/// Magic of the GPU evidence extension.
+pub const GPU_MAGIC: &[u8; 8] = b"CCN-GPU1";
 /// Dotted form of [`OID_EVIDENCE`].
 pub const OID_EVIDENCE_STR: &str = "1.3.6.1.4.1.12345.1";
 /// Dotted form of [`OID_CLAIMS`].
@@ -76,6 +89,12 @@ pub enum CertError {
     #[error("evidence is {len} bytes, limit is {MAX_EVIDENCE_LEN}")]
     EvidenceTooLarge {
         /// Its length.
+        len: usize,
+    },
+    /// GPU evidence larger than a certificate may carry.
+    #[error("GPU evidence is {len} bytes, limit is {MAX_GPU_EVIDENCE_LEN}")]
+    GpuEvidenceTooLarge {
+        /// Its encoded length.
         len: usize,
     },
     /// A validity time that does not fit a certificate.
@@ -195,6 +214,128 @@ impl<'a> EvidenceEnvelope<'a> {
     }
 }
 
+/// NVIDIA GPU evidence as carried in extension [`OID_GPU`]:
+///
+/// ```text
+/// "CCN-GPU1" ‖ u32le len ‖ report ‖ u32le len ‖ cert_chain_pem
+/// ```
+///
+/// `report` is the binary SPDM request ‖ signed response (`cocoon_attest::gpu::report`),
+/// `cert_chain_pem` the GPU's certificate chain, PEM, leaf first. The report's nonce is
+/// [`gpu_nonce_for_public_key`] of the certificate's key. The whole extension is at most
+/// [`MAX_GPU_EVIDENCE_LEN`] bytes; lengths are checked before slicing and trailing bytes are
+/// an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GpuClaim<'a> {
+    /// The SPDM report (request ‖ response), binary.
+    pub report: &'a [u8],
+    /// The certificate chain, PEM, leaf first.
+    pub cert_chain_pem: &'a [u8],
+}
+
+impl<'a> GpuClaim<'a> {
+    /// Encode into the extension bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = GPU_MAGIC.to_vec();
+        for part in [self.report, self.cert_chain_pem] {
+            // Parts above u32::MAX are refused by the size check before they are sent.
+            let len = u32::try_from(part.len()).unwrap_or(u32::MAX);
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(part);
+        }
+        out
+    }
+
+    /// Decode extension bytes. Bounded, never panics.
+    pub fn decode(bytes: &'a [u8]) -> Result<Self, String> {
+        if bytes.len() > MAX_GPU_EVIDENCE_LEN {
+            return Err(format!(
+                "GPU evidence is {} bytes, limit is {MAX_GPU_EVIDENCE_LEN}",
+                bytes.len()
+            ));
+        }
+        let mut rest = bytes
+            .strip_prefix(GPU_MAGIC.as_slice())
+            .ok_or("GPU evidence does not start with CCN-GPU1")?;
+        let mut take = || -> Result<&'a [u8], String> {
+            let (len, tail) = rest
+                .split_first_chunk::<4>()
+                .ok_or("GPU evidence truncated (length)")?;
+            let len = u32::from_le_bytes(*len) as usize;
+            if len > tail.len() {
+                return Err("GPU evidence truncated (part)".into());
+            }
+            let (part, tail) = tail.split_at(len);
+            rest = tail;
+            Ok(part)
+        };
+        let report = take()?;
+        let cert_chain_pem = take()?;
+        if !rest.is_empty() {
+            return Err("GPU evidence has trailing bytes".into());
+        }
+        Ok(GpuClaim {
+            report,
+            cert_chain_pem,
+        })
+    }
+}
+
+/// The nonce a GPU report in an RA-TLS certificate must carry: SHA-256 of the certificate's
+/// raw Ed25519 key (the key the CPU evidence binds through `SHA-512`).
+pub fn gpu_nonce_for_public_key(public_key: &[u8; 32]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(public_key).into()
+}
+
+/// GPU evidence owned by its producer (see [`GpuClaim`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuEvidenceBytes {
+    /// The SPDM report (request ‖ response), binary.
+    pub report: Vec<u8>,
+    /// The certificate chain, PEM, leaf first.
+    pub cert_chain_pem: Vec<u8>,
+}
+
+/// Produces NVIDIA GPU evidence for a 32-byte nonce.
+pub trait GpuEvidenceSource: Send + Sync {
+    /// Evidence whose report carries `nonce` (a source that cannot, such as recorded
+    /// evidence, returns its fixed report: verifiers then refuse it unless they accept
+    /// unbound nonces).
+    fn gpu_evidence(&self, nonce: &[u8; 32]) -> Result<GpuEvidenceBytes, CertError>;
+}
+
+/// Recorded GPU evidence, the same whatever the nonce (test networks only: the report is
+/// not bound to the certificate's key).
+#[derive(Debug, Clone)]
+pub struct RecordedGpuSource(pub GpuEvidenceBytes);
+
+impl GpuEvidenceSource for RecordedGpuSource {
+    fn gpu_evidence(&self, _nonce: &[u8; 32]) -> Result<GpuEvidenceBytes, CertError> {
+        Ok(self.0.clone())
+    }
+}
+
+/// A CPU evidence source with a GPU evidence source beside it: certificates carry both.
+pub struct WithGpu {
+    /// The CPU evidence.
+    pub cpu: Arc<dyn EvidenceSource>,
+    /// The GPU evidence.
+    pub gpu: Arc<dyn GpuEvidenceSource>,
+}
+
+impl EvidenceSource for WithGpu {
+    fn evidence(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, CertError> {
+        self.cpu.evidence(report_data)
+    }
+    fn is_unattested(&self) -> bool {
+        self.cpu.is_unattested()
+    }
+    fn gpu_evidence(&self, nonce: &[u8; 32]) -> Result<Option<GpuEvidenceBytes>, CertError> {
+        self.gpu.gpu_evidence(nonce).map(Some)
+    }
+}
+
 /// Produces evidence binding a 64-byte report data, already wrapped in the envelope.
 pub trait EvidenceSource: Send + Sync {
     /// Evidence whose report data is `report_data`, in its envelope.
@@ -202,6 +343,11 @@ pub trait EvidenceSource: Send + Sync {
     /// Whether this source produces no evidence at all ([`Unattested`]).
     fn is_unattested(&self) -> bool {
         false
+    }
+    /// GPU evidence for `nonce` ([`gpu_nonce_for_public_key`] of the certificate's key), to
+    /// carry in extension [`OID_GPU`]; `None` (the default): no GPU evidence.
+    fn gpu_evidence(&self, _nonce: &[u8; 32]) -> Result<Option<GpuEvidenceBytes>, CertError> {
+        Ok(None)
     }
 }
 
@@ -405,6 +551,20 @@ impl Identity {
                 len: evidence.len(),
             });
         }
+        let gpu = source
+            .gpu_evidence(&gpu_nonce_for_public_key(&public_key))?
+            .map(|g| {
+                GpuClaim {
+                    report: &g.report,
+                    cert_chain_pem: &g.cert_chain_pem,
+                }
+                .encode()
+            });
+        if let Some(g) = &gpu
+            && g.len() > MAX_GPU_EVIDENCE_LEN
+        {
+            return Err(CertError::GpuEvidenceTooLarge { len: g.len() });
+        }
 
         let validity = opts.validity_secs.unwrap_or(CERT_VALIDITY_SECS);
         let not_after = now.checked_add(validity).ok_or(CertError::BadTime(now))?;
@@ -452,6 +612,11 @@ impl Identity {
         let mut ext = CustomExtension::from_oid_content(OID_CLAIMS, claims);
         ext.set_criticality(true);
         params.custom_extensions.push(ext);
+        if let Some(gpu) = gpu {
+            let mut ext = CustomExtension::from_oid_content(OID_GPU, gpu);
+            ext.set_criticality(false);
+            params.custom_extensions.push(ext);
+        }
         if let Some((oid, critical, content)) = &opts.extra_extension {
             let mut ext = CustomExtension::from_oid_content(oid, content.clone());
             ext.set_criticality(*critical);
@@ -555,6 +720,95 @@ mod tests {
             Ok(EvidenceEnvelope::Tdx(&[4, 0, 2, 0]))
         );
         assert!(EvidenceEnvelope::decode(&vec![1u8; MAX_EVIDENCE_LEN + 1]).is_err());
+    }
+
+    #[test]
+    fn gpu_claim_roundtrip_bounds_and_tamper() {
+        let claim = GpuClaim {
+            report: b"report",
+            cert_chain_pem: b"-----BEGIN CERTIFICATE-----",
+        };
+        let enc = claim.encode();
+        assert_eq!(&enc[..8], GPU_MAGIC);
+        assert_eq!(GpuClaim::decode(&enc), Ok(claim));
+        for cut in 0..enc.len() {
+            assert!(GpuClaim::decode(&enc[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut trailing = enc.clone();
+        trailing.push(0);
+        assert!(GpuClaim::decode(&trailing).is_err());
+        // A length pointing past the end.
+        let mut long = enc.clone();
+        long[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(GpuClaim::decode(&long).is_err());
+        let mut magic = enc.clone();
+        magic[4] = b'X';
+        assert!(GpuClaim::decode(&magic).is_err());
+        // Every single-byte change of the framing changes the decoded parts or fails.
+        for i in 0..enc.len() {
+            let mut t = enc.clone();
+            t[i] ^= 0x01;
+            assert_ne!(GpuClaim::decode(&t), Ok(claim), "byte {i}");
+        }
+        let big = vec![0u8; MAX_GPU_EVIDENCE_LEN];
+        let over = GpuClaim {
+            report: &big,
+            cert_chain_pem: b"",
+        }
+        .encode();
+        assert!(GpuClaim::decode(&over).unwrap_err().contains("limit"));
+        let sim = SimSource(SimKey::generate().unwrap());
+        let too_big = WithGpu {
+            cpu: Arc::new(sim),
+            gpu: Arc::new(RecordedGpuSource(GpuEvidenceBytes {
+                report: big,
+                cert_chain_pem: Vec::new(),
+            })),
+        };
+        assert!(matches!(
+            Identity::generate(&too_big, 1_772_707_833),
+            Err(CertError::GpuEvidenceTooLarge { .. })
+        ));
+    }
+
+    /// Records the nonce it is asked for.
+    struct NonceEcho;
+
+    impl GpuEvidenceSource for NonceEcho {
+        fn gpu_evidence(&self, nonce: &[u8; 32]) -> Result<GpuEvidenceBytes, CertError> {
+            Ok(GpuEvidenceBytes {
+                report: nonce.to_vec(),
+                cert_chain_pem: b"chain".to_vec(),
+            })
+        }
+    }
+
+    #[test]
+    fn gpu_extension_is_non_critical_and_bound_to_the_key() {
+        let source = WithGpu {
+            cpu: Arc::new(SimSource(SimKey::generate().unwrap())),
+            gpu: Arc::new(NonceEcho),
+        };
+        let id = Identity::generate(&source, 1_772_707_833).unwrap();
+        let (_, cert) = x509_parser::certificate::X509Certificate::from_der(id.cert_der()).unwrap();
+        let ext = cert
+            .extensions()
+            .iter()
+            .find(|e| e.oid.to_id_string() == OID_GPU_STR)
+            .unwrap();
+        assert!(!ext.critical);
+        let claim = GpuClaim::decode(ext.value).unwrap();
+        assert_eq!(claim.report, gpu_nonce_for_public_key(id.public_key()));
+        assert_eq!(claim.cert_chain_pem, b"chain");
+        // Without a GPU source there is no such extension.
+        let plain = Identity::generate(&SimSource(SimKey::generate().unwrap()), 1).unwrap();
+        let (_, cert) =
+            x509_parser::certificate::X509Certificate::from_der(plain.cert_der()).unwrap();
+        assert!(
+            cert.extensions()
+                .iter()
+                .all(|e| e.oid.to_id_string() != OID_GPU_STR)
+        );
     }
 
     #[test]

@@ -24,7 +24,12 @@ use rustls::{
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 
-use crate::cert::{EvidenceEnvelope, MAX_EVIDENCE_LEN, OID_CLAIMS_STR, OID_EVIDENCE_STR};
+use cocoon_attest::gpu::{GpuAttestation, GpuError, GpuEvidence, GpuPolicy};
+
+use crate::cert::{
+    EvidenceEnvelope, GpuClaim, MAX_EVIDENCE_LEN, OID_CLAIMS_STR, OID_EVIDENCE_STR, OID_GPU_STR,
+    gpu_nonce_for_public_key,
+};
 
 /// Largest certificate accepted (rustls' handshake message cap).
 pub const MAX_CERT_LEN: usize = 64 * 1024;
@@ -130,6 +135,19 @@ pub enum VerifyError {
     /// The attestation policy refused the evidence.
     #[error("attestation rejected: {0}")]
     Attest(#[from] AttestError),
+    /// GPU evidence is required and the certificate carries none.
+    #[error("missing GPU evidence extension {OID_GPU_STR} (GPU confidential computing required)")]
+    MissingGpuEvidence,
+    /// The GPU evidence extension does not decode.
+    #[error("malformed GPU evidence: {0}")]
+    GpuEnvelope(String),
+    /// The GPU evidence does not verify.
+    #[error("GPU evidence rejected: {0}")]
+    Gpu(#[from] GpuError),
+    /// The GPU evidence verifies but the GPU requirement does not allow it (project, driver
+    /// or VBIOS version).
+    #[error("GPU not allowed: {0}")]
+    GpuNotAllowed(String),
 }
 
 impl VerifyError {
@@ -164,6 +182,7 @@ impl VerifyError {
     pub fn fault(&self) -> Fault {
         match self {
             VerifyError::Attest(e) => e.fault(),
+            VerifyError::Gpu(e) => e.fault(),
             VerifyError::ChainNotAllowed { .. }
             | VerifyError::CertTooLarge { .. }
             | VerifyError::Parse(_)
@@ -178,7 +197,10 @@ impl VerifyError {
             | VerifyError::MissingClaims
             | VerifyError::EvidenceTooLarge { .. }
             | VerifyError::Envelope(_)
-            | VerifyError::ClaimsKeyMismatch => Fault::Peer,
+            | VerifyError::ClaimsKeyMismatch
+            | VerifyError::MissingGpuEvidence
+            | VerifyError::GpuEnvelope(_)
+            | VerifyError::GpuNotAllowed(_) => Fault::Peer,
         }
     }
 }
@@ -188,6 +210,120 @@ fn to_rustls(e: VerifyError) -> rustls::Error {
 }
 
 pub use cocoon_attest::{CollateralSource, NoCollateral};
+
+/// What a verifier requires of a peer's GPU evidence (extension [`OID_GPU_STR`]).
+#[derive(Debug, Clone, Default)]
+pub struct GpuRequirement {
+    /// Refuse peers without valid GPU evidence. When off, GPU evidence that is present is
+    /// still verified and recorded in [`VerifiedPeer::gpu`] when valid (and ignored when
+    /// not).
+    pub required: bool,
+    /// The driver and VBIOS reference manifests (RIM files) to compare measurements with.
+    pub rims: Vec<Vec<u8>>,
+    /// The device root, revoked serials and whether RIM versions must be the report's.
+    pub policy: GpuPolicy,
+    /// Allowed GPUs: each entry is a project (`1010`) or a project and SKU (`1010-0200`),
+    /// as in the report's opaque data. Empty: any.
+    pub allowed_projects: Vec<String>,
+    /// Lowest driver version accepted (dotted decimal, `550.90.07`).
+    pub min_driver_version: Option<String>,
+    /// Lowest VBIOS version accepted (dotted hex pairs, `96.00.9f.00.01`).
+    pub min_vbios_version: Option<String>,
+    /// Accept a report whose nonce is not bound to the certificate's key (recorded
+    /// evidence; the verdict says `nonce_bound: false`). Test networks only: the roles
+    /// refuse the setting elsewhere.
+    pub allow_unbound_nonce: bool,
+}
+
+impl GpuRequirement {
+    /// Verifies `claim` (the extension's bytes) for a certificate with `public_key` at
+    /// `now`.
+    pub fn check(
+        &self,
+        claim: &[u8],
+        public_key: &[u8; 32],
+        now: u64,
+    ) -> Result<GpuAttestation, VerifyError> {
+        let claim = GpuClaim::decode(claim).map_err(VerifyError::GpuEnvelope)?;
+        let rims: Vec<&[u8]> = self.rims.iter().map(Vec::as_slice).collect();
+        let evidence = GpuEvidence {
+            report: claim.report,
+            cert_chain_pem: claim.cert_chain_pem,
+            rims: &rims,
+        };
+        let bound = gpu_nonce_for_public_key(public_key);
+        let (verdict, nonce_bound) =
+            match cocoon_attest::gpu::verify(&evidence, &bound, &self.policy, now) {
+                Ok(v) => (v, true),
+                Err(GpuError::NonceMismatch) if self.allow_unbound_nonce => {
+                    let own = cocoon_attest::gpu::report::parse(claim.report)
+                        .map_err(GpuError::from)?
+                        .request_nonce;
+                    (
+                        cocoon_attest::gpu::verify(&evidence, &own, &self.policy, now)?,
+                        false,
+                    )
+                }
+                Err(e) => return Err(e.into()),
+            };
+        if !self.allowed_projects.is_empty() {
+            let project = verdict.project.clone().unwrap_or_default();
+            let with_sku = format!(
+                "{project}-{}",
+                verdict.project_sku.clone().unwrap_or_default()
+            );
+            if !self
+                .allowed_projects
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(&project) || a.eq_ignore_ascii_case(&with_sku))
+            {
+                return Err(VerifyError::GpuNotAllowed(format!(
+                    "project {with_sku} is not among the allowed {:?}",
+                    self.allowed_projects
+                )));
+            }
+        }
+        for (what, min, have, radix) in [
+            (
+                "driver",
+                &self.min_driver_version,
+                &verdict.driver_version,
+                10,
+            ),
+            ("VBIOS", &self.min_vbios_version, &verdict.vbios_version, 16),
+        ] {
+            if let Some(min) = min
+                && !version_at_least(have, min, radix)
+            {
+                return Err(VerifyError::GpuNotAllowed(format!(
+                    "{what} version {have:?} is below the minimum {min:?}"
+                )));
+            }
+        }
+        Ok(GpuAttestation {
+            verdict,
+            nonce_bound,
+        })
+    }
+}
+
+/// Whether dotted version `have` is at least `min`, each part a number in `radix` (missing
+/// parts count as 0). A part that does not parse in `have` fails the comparison.
+pub fn version_at_least(have: &str, min: &str, radix: u32) -> bool {
+    let parse = |v: &str| -> Option<Vec<u64>> {
+        v.trim()
+            .split('.')
+            .map(|p| u64::from_str_radix(p, radix).ok())
+            .collect()
+    };
+    let (Some(mut have), Some(mut min)) = (parse(have), parse(min)) else {
+        return false;
+    };
+    let len = have.len().max(min.len());
+    have.resize(len, 0);
+    min.resize(len, 0);
+    have >= min
+}
 
 /// Verifier settings.
 #[derive(Clone)]
@@ -206,6 +342,8 @@ pub struct VerifierConfig {
     /// clients: their trust rests on their payment channel, not on their machine). A
     /// certificate that does carry evidence is still verified against the policy.
     pub allow_unattested: bool,
+    /// What is required of GPU evidence; `None`: the GPU extension is ignored.
+    pub gpu: Option<Arc<GpuRequirement>>,
 }
 
 impl VerifierConfig {
@@ -218,6 +356,7 @@ impl VerifierConfig {
             cache_ttl_secs: 3600,
             cache_capacity: 10_000,
             allow_unattested: false,
+            gpu: None,
         }
     }
 }
@@ -326,7 +465,21 @@ impl RatlsVerifier {
         let now = (self.cfg.clock)();
         let checked = check_certificate(end_entity, now)?;
         match &checked.evidence {
-            Some(evidence) => self.evaluate(evidence, &checked.public_key, now),
+            Some(evidence) => {
+                let peer = self.evaluate(evidence, &checked.public_key, now)?;
+                let Some(req) = &self.cfg.gpu else {
+                    return Ok(peer);
+                };
+                match (&checked.gpu, req.required) {
+                    (None, true) => Err(VerifyError::MissingGpuEvidence),
+                    (None, false) => Ok(peer),
+                    (Some(claim), required) => match req.check(claim, &checked.public_key, now) {
+                        Ok(gpu) => Ok(peer.with_gpu(gpu)),
+                        Err(e) if required => Err(e),
+                        Err(_) => Ok(peer),
+                    },
+                }
+            }
             None if self.cfg.allow_unattested => Ok(VerifiedPeer::unattested(
                 checked.public_key,
                 checked.not_after,
@@ -428,6 +581,8 @@ struct Checked {
     public_key: [u8; 32],
     /// `None`: the certificate carries no evidence extension.
     evidence: Option<Vec<u8>>,
+    /// The GPU evidence extension, when present.
+    gpu: Option<Vec<u8>>,
     not_after: u64,
 }
 
@@ -473,6 +628,7 @@ fn check_certificate(der: &CertificateDer<'_>, now: u64) -> Result<Checked, Veri
 
     let mut evidence = None;
     let mut claims = None;
+    let mut gpu = None;
     for ext in cert.extensions() {
         let oid = ext.oid.to_id_string();
         if ext.critical && !KNOWN_CRITICAL.contains(&oid.as_str()) {
@@ -482,6 +638,8 @@ fn check_certificate(der: &CertificateDer<'_>, now: u64) -> Result<Checked, Veri
             &mut evidence
         } else if oid == OID_CLAIMS_STR {
             &mut claims
+        } else if oid == OID_GPU_STR {
+            &mut gpu
         } else {
             continue;
         };
@@ -503,6 +661,7 @@ fn check_certificate(der: &CertificateDer<'_>, now: u64) -> Result<Checked, Veri
     Ok(Checked {
         public_key,
         evidence: evidence.map(<[u8]>::to_vec),
+        gpu: gpu.map(<[u8]>::to_vec),
         not_after: u64::try_from(na).unwrap_or(0),
     })
 }
@@ -616,6 +775,21 @@ mod tests {
             p.custom_extensions.push(e);
         }
         p.self_signed(key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn versions_compare_part_by_part() {
+        assert!(version_at_least("550.90.07", "550.90.07", 10));
+        assert!(version_at_least("550.90.07", "550.54", 10));
+        assert!(version_at_least("550.100", "550.90.07", 10));
+        assert!(!version_at_least("550.90.07", "550.100", 10));
+        assert!(!version_at_least("545.00", "550", 10));
+        assert!(version_at_least("550", "550.0.0", 10));
+        assert!(version_at_least("96.00.9f.00.01", "96.00.9F.00.01", 16));
+        assert!(version_at_least("96.00.9f.00.01", "96.00.5e.00.01", 16));
+        assert!(!version_at_least("96.00.9f.00.01", "96.00.a0", 16));
+        assert!(!version_at_least("garbage", "1", 10));
+        assert!(!version_at_least("1", "", 10));
     }
 
     #[test]

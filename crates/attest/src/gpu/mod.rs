@@ -244,6 +244,17 @@ pub struct GpuVerdict {
     pub rim_signature: RimSignature,
 }
 
+/// Verified GPU evidence as recorded for a peer (`VerifiedPeer::gpu`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuAttestation {
+    /// What the evidence says.
+    pub verdict: GpuVerdict,
+    /// Whether the report's nonce is the one the verifier expected (for RA-TLS: SHA-256 of
+    /// the certificate's key). `false` only where a test network accepted recorded evidence
+    /// bound to another nonce: then the report proves nothing about this peer.
+    pub nonce_bound: bool,
+}
+
 /// Verifies GPU evidence against `expected_nonce` at `now` (Unix seconds).
 pub fn verify(
     evidence: &GpuEvidence<'_>,

@@ -111,6 +111,12 @@ pub enum ProxyStartError {
         "the {0} verifier accepts simulated attestation but the proxy is not on a test network"
     )]
     SimOnProduction(&'static str),
+    /// The worker verifier accepts GPU evidence not bound to the worker's key on a
+    /// production network.
+    #[error(
+        "the worker verifier accepts GPU evidence not bound to the worker's key but the proxy is not on a test network"
+    )]
+    UnboundGpuNonceOnProduction,
     /// The root's network kind differs from the proxy's.
     #[error("the root configuration is for a test network but the proxy is not (or the reverse)")]
     TestMismatch,

@@ -441,6 +441,14 @@ impl Proxy {
         {
             return Err(ProxyStartError::SimOnProduction("worker"));
         }
+        if !cfg.is_test
+            && cfg
+                .worker_verifier
+                .gpu_requirement()
+                .is_some_and(|g| g.allow_unbound_nonce)
+        {
+            return Err(ProxyStartError::UnboundGpuNonceOnProduction);
+        }
         if cfg.root.params.is_test != cfg.is_test {
             return Err(ProxyStartError::TestMismatch);
         }
@@ -502,7 +510,20 @@ impl Proxy {
         });
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
-        let (wtask, mut wrx) = wacc.spawn_listener(wl, cfg.timings.max_handshakes);
+        // Workers refused by the certificate verifier (attestation, GPU evidence) are listed
+        // with the other refused handshakes.
+        let on_refused: cocoon_ratls::net::RefusalHook = {
+            let shared = Arc::clone(&shared);
+            Arc::new(move |addr, reason| {
+                shared.refused(
+                    "worker",
+                    &addr.to_string(),
+                    &format!("certificate: {reason}"),
+                );
+            })
+        };
+        let (wtask, mut wrx) =
+            wacc.spawn_listener_with(wl, cfg.timings.max_handshakes, Some(on_refused));
         let (ctask, mut crx) = cacc.spawn_listener(cl, cfg.timings.max_handshakes);
         tasks.push(wtask);
         tasks.push(ctask);

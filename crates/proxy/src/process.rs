@@ -554,7 +554,11 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
     } = identity::identity(c.tee().map_err(|e| e.to_string())?, c.is_test, state_dir)?;
     let _refresh = identity::spawn_identity_refresh(&resolver, source);
     let workers = c.verification(&s.worker_policy, &start);
-    let worker_verifier = identity::peer_verifier(workers)?;
+    let gpu = s.gpu_requirement().map_err(|e| e.to_string())?;
+    let worker_verifier = identity::peer_verifier(PeerVerification {
+        gpu: gpu.as_ref(),
+        ..workers
+    })?;
     let client_verifier = identity::peer_verifier(PeerVerification {
         policy: &s.client_policy,
         allow_unattested: s.allow_unattested_clients,

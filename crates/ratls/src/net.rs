@@ -321,6 +321,10 @@ pub fn verdict_deadline(verifier: &RatlsVerifier, peer: &VerifiedPeer) -> tokio:
     tokio::time::Instant::now() + verifier.verdict_remaining(peer)
 }
 
+/// Called with a peer's address and the verifier's reason when the certificate verifier
+/// refuses it (see [`RatlsAcceptor::spawn_listener_with`]).
+pub type RefusalHook = Arc<dyn Fn(SocketAddr, &VerifyError) + Send + Sync>;
+
 /// A session accepted by [`RatlsAcceptor::spawn_listener`].
 pub struct Accepted {
     /// The session.
@@ -405,6 +409,18 @@ impl RatlsAcceptor {
         listener: TcpListener,
         max_handshakes: usize,
     ) -> (JoinHandle<()>, mpsc::Receiver<Accepted>) {
+        self.spawn_listener_with(listener, max_handshakes, None)
+    }
+
+    /// [`Self::spawn_listener`], calling `on_refused` with the peer's address and the
+    /// verifier's reason each time the certificate verifier refuses a peer (a handshake that
+    /// fails for any other reason, a scan or a timeout, is only logged).
+    pub fn spawn_listener_with(
+        self,
+        listener: TcpListener,
+        max_handshakes: usize,
+        on_refused: Option<RefusalHook>,
+    ) -> (JoinHandle<()>, mpsc::Receiver<Accepted>) {
         let (tx, rx) = mpsc::channel(max_handshakes.max(1));
         let this = Arc::new(self);
         let permits = Arc::new(Semaphore::new(max_handshakes.max(1)));
@@ -423,6 +439,7 @@ impl RatlsAcceptor {
                 };
                 let this = Arc::clone(&this);
                 let sink = tx.clone();
+                let on_refused = on_refused.clone();
                 tokio::spawn(async move {
                     let res = this.accept(tcp).await;
                     drop(permit);
@@ -439,7 +456,12 @@ impl RatlsAcceptor {
                                 })
                                 .await;
                         }
-                        Err(e) => tracing::debug!(%addr, error = %e, "ra-tls accept failed"),
+                        Err(e) => {
+                            tracing::debug!(%addr, error = %e, "ra-tls accept failed");
+                            if let (Some(hook), Some(reason)) = (&on_refused, e.verify_error()) {
+                                hook(addr, reason);
+                            }
+                        }
                     }
                 });
                 if tx.is_closed() {

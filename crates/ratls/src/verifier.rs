@@ -432,6 +432,11 @@ impl RatlsVerifier {
         &self.cfg.policy
     }
 
+    /// What is required of GPU evidence, when anything is.
+    pub fn gpu_requirement(&self) -> Option<&GpuRequirement> {
+        self.cfg.gpu.as_deref()
+    }
+
     /// The verifier's clock (Unix seconds): the time verdicts are judged against.
     pub fn now(&self) -> u64 {
         (self.cfg.clock)()

@@ -15,7 +15,7 @@ use cocoon_ratls::cert::{
 };
 use cocoon_ratls::config::CertResolver;
 use cocoon_ratls::net::RatlsConnector;
-use cocoon_ratls::verifier::{RatlsVerifier, VerifierConfig, system_clock};
+use cocoon_ratls::verifier::{GpuRequirement, RatlsVerifier, VerifierConfig, system_clock};
 use rustls::pki_types::CertificateDer;
 
 /// Which evidence a role presents: the `tee` setting.
@@ -203,6 +203,8 @@ pub struct PeerVerification<'a> {
     pub state_dir: &'a Path,
     /// Also accept peers without evidence (a proxy's clients).
     pub allow_unattested: bool,
+    /// What is required of the peers' GPU evidence (`None`: it is ignored).
+    pub gpu: Option<&'a GpuRequirement>,
 }
 
 /// The verifier for peers. TDX collateral comes from `<state_dir>/collateral`, fetched from
@@ -220,11 +222,18 @@ pub fn peer_verifier(v: PeerVerification<'_>) -> Result<Arc<RatlsVerifier>, Stri
         return Err("a sim or fake-tdx peer policy needs a test network (is_test = true)".into());
     }
     p.is_test_network = v.is_test;
+    if !v.is_test && v.gpu.is_some_and(|g| g.allow_unbound_nonce) {
+        return Err(
+            "accepting GPU evidence not bound to the peer's key needs a test network (is_test = true)"
+                .into(),
+        );
+    }
     if p.allowed_backends.contains(&Backend::SevSnp) {
         p.sev_collateral = Some(sev_collateral(v.kds_url, &v.state_dir.join("kds"))?);
     }
     let mut cfg = VerifierConfig::new(p);
     cfg.allow_unattested = v.allow_unattested;
+    cfg.gpu = v.gpu.map(|g| Arc::new(g.clone()));
     let dir = v.state_dir.join("collateral");
     if v.pccs.url.is_empty() {
         cfg.collateral = Arc::new(CollateralStore::new(dir));
@@ -348,8 +357,21 @@ mod tests {
             kds_url: "",
             state_dir: d.path(),
             allow_unattested: false,
+            gpu: None,
         };
         assert!(peer_verifier(v).is_err(), "sim peers need a test network");
+        assert!(peer_verifier(PeerVerification { is_test: true, ..v }).is_ok());
+        let unbound = GpuRequirement {
+            allow_unbound_nonce: true,
+            ..GpuRequirement::default()
+        };
+        let v = PeerVerification {
+            policy: "any",
+            gpu: Some(&unbound),
+            ..v
+        };
+        let e = peer_verifier(v).err().unwrap();
+        assert!(e.contains("GPU evidence not bound"), "{e}");
         assert!(peer_verifier(PeerVerification { is_test: true, ..v }).is_ok());
     }
 }

@@ -157,6 +157,7 @@ impl Common {
             kds_url: &self.kds_url,
             state_dir: &start.state_dir,
             allow_unattested: false,
+            gpu: None,
         }
     }
 

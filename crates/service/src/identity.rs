@@ -11,7 +11,8 @@ use cocoon_attest::{
     Policy, SevCollateral, SimKey, VcekStore,
 };
 use cocoon_ratls::cert::{
-    EvidenceSource, FakeTdxSource, Identity, SimSource, TsmSevSource, TsmTdxSource,
+    EvidenceSource, FakeTdxSource, GpuEvidenceSource, Identity, SimSource, TsmSevSource,
+    TsmTdxSource, WithGpu,
 };
 use cocoon_ratls::config::CertResolver;
 use cocoon_ratls::net::RatlsConnector;
@@ -75,14 +76,28 @@ pub struct RoleIdentity {
 /// Our RA-TLS identity from `tee`. Sim and fake-tdx evidence are refused unless the network
 /// is a test network; the sim key is kept in `<state_dir>/sim-key.pk8`.
 pub fn identity(tee: TeeChoice, is_test: bool, state_dir: &Path) -> Result<RoleIdentity, String> {
+    identity_with_gpu(tee, is_test, state_dir, None)
+}
+
+/// [`identity`] whose certificates also carry GPU evidence from `gpu` (extension
+/// `1.3.6.1.4.1.12345.3`, bound to each certificate's key; see docs/ra-tls.md).
+pub fn identity_with_gpu(
+    tee: TeeChoice,
+    is_test: bool,
+    state_dir: &Path,
+    gpu: Option<Arc<dyn GpuEvidenceSource>>,
+) -> Result<RoleIdentity, String> {
     let tee = tee.resolve()?;
     if matches!(tee, Backend::Sim | Backend::FakeTdx) && !is_test {
         return Err(format!(
             "{tee} attestation is for test networks only (is_test = true)"
         ));
     }
-    let source = evidence_source(tee, &state_dir.join("sim-key.pk8"))
+    let mut source = evidence_source(tee, &state_dir.join("sim-key.pk8"))
         .map_err(|e| format!("sim key: {e}"))?;
+    if let Some(gpu) = gpu {
+        source = Arc::new(WithGpu { cpu: source, gpu });
+    }
     let now = (system_clock())();
     let id = Identity::generate(source.as_ref(), now)
         .map_err(|e| format!("cannot produce {tee} evidence for the RA-TLS certificate: {e}"))?;
@@ -281,12 +296,13 @@ pub fn proxy_dialer(
     tee: TeeChoice,
     verification: PeerVerification<'_>,
     pow_max_difficulty: u32,
+    gpu: Option<Arc<dyn GpuEvidenceSource>>,
 ) -> Result<ProxyDialer, String> {
     let RoleIdentity {
         resolver,
         source,
         tee,
-    } = identity(tee, verification.is_test, verification.state_dir)?;
+    } = identity_with_gpu(tee, verification.is_test, verification.state_dir, gpu)?;
     spawn_identity_refresh(&resolver, source);
     let verifier = peer_verifier(verification)?;
     let connector = RatlsConnector::new(

@@ -170,7 +170,29 @@ impl Common {
         start: &Start,
     ) -> Result<ProxyDialer, String> {
         let tee = self.tee().map_err(|e| e.to_string())?;
-        proxy_dialer(tee, self.verification(policy, start), pow_max_difficulty)
+        proxy_dialer(
+            tee,
+            self.verification(policy, start),
+            pow_max_difficulty,
+            None,
+        )
+    }
+
+    /// [`Self::proxy_dialer`] whose certificates also carry GPU evidence from `gpu`.
+    pub fn proxy_dialer_with_gpu(
+        &self,
+        policy: &str,
+        pow_max_difficulty: u32,
+        start: &Start,
+        gpu: Option<std::sync::Arc<dyn cocoon_ratls::cert::GpuEvidenceSource>>,
+    ) -> Result<ProxyDialer, String> {
+        let tee = self.tee().map_err(|e| e.to_string())?;
+        proxy_dialer(
+            tee,
+            self.verification(policy, start),
+            pow_max_difficulty,
+            gpu,
+        )
     }
 
     /// The wallet of `wallet_key_file` (none when it is empty) and its key.

@@ -147,8 +147,9 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
     let c = &s.common;
     let start = c.start("worker")?;
     let state_dir = &start.state_dir;
+    let gpu = s.gpu_source().map_err(|e| e.to_string())?;
     let ProxyDialer { connector, tee } =
-        c.proxy_dialer(&s.proxy_policy, s.pow_max_difficulty, &start)?;
+        c.proxy_dialer_with_gpu(&s.proxy_policy, s.pow_max_difficulty, &start, gpu)?;
     let (engine, model_id, tokenizer) = engine(&s).await?;
     let chain = c.chain(&start)?;
     let wallet = if s.kms.is_empty() {

@@ -1,7 +1,10 @@
 //! What `cocoon worker` is configured with: every key of the documented defaults file
 //! ([`DEFAULTS`]), and the checks the types alone cannot make, each naming its key.
 
+use std::sync::Arc;
+
 use cocoon_engine::BackendKind;
+use cocoon_ratls::cert::{GpuEvidenceBytes, GpuEvidenceSource, RecordedGpuSource};
 use cocoon_service::SettingError;
 use cocoon_service::setting::{AdminSettings, Common, check_proxy_hashes};
 use serde::Deserialize;
@@ -66,11 +69,58 @@ pub struct Settings {
     pub kms_image_hashes: Vec<String>,
     /// Which of the owner's instances this is, for its own keys (`kms_instance`).
     pub kms_instance: String,
+    /// Where the GPU evidence in the worker's certificate comes from (`gpu_evidence`:
+    /// `none` or `recorded`).
+    pub gpu_evidence: String,
+    /// Recorded GPU report, hex (`gpu_evidence_report`; with `gpu_evidence = "recorded"`).
+    pub gpu_evidence_report: String,
+    /// Recorded GPU certificate chain, PEM (`gpu_evidence_chain`).
+    pub gpu_evidence_chain: String,
     /// Log filter (`log`).
     pub log: String,
 }
 
 impl Settings {
+    /// The GPU evidence source `gpu_evidence` names (files read): `None` for `none`.
+    /// `recorded` (fixed files, whatever the nonce: the report is not bound to the
+    /// certificate's key) is for test networks only.
+    pub fn gpu_source(&self) -> Result<Option<Arc<dyn GpuEvidenceSource>>, SettingError> {
+        match self.gpu_evidence.as_str() {
+            "none" => Ok(None),
+            "recorded" => {
+                if !self.common.is_test {
+                    return Err(SettingError::new(
+                        "gpu_evidence",
+                        "recorded GPU evidence is for test networks only (is_test = true)",
+                    ));
+                }
+                let read = |key: &str, f: &str| {
+                    if f.is_empty() {
+                        return Err(SettingError::new(
+                            key,
+                            "required with gpu_evidence = \"recorded\"",
+                        ));
+                    }
+                    std::fs::read(f).map_err(|e| SettingError::new(key, format!("{f}: {e}")))
+                };
+                let hex = read("gpu_evidence_report", &self.gpu_evidence_report)?;
+                let report = cocoon_attest::gpu::report::decode_hex(&hex)
+                    .map_err(|e| SettingError::new("gpu_evidence_report", e))?;
+                let cert_chain_pem = read("gpu_evidence_chain", &self.gpu_evidence_chain)?;
+                Ok(Some(Arc::new(RecordedGpuSource(GpuEvidenceBytes {
+                    report,
+                    cert_chain_pem,
+                }))))
+            }
+            other => Err(SettingError::new(
+                "gpu_evidence",
+                format!(
+                    "{other:?}: expected none or recorded (collection through NVML is not implemented)"
+                ),
+            )),
+        }
+    }
+
     /// Where the keys come from when `kms` is set.
     pub fn kms_client(&self) -> cocoon_service::kms::KmsClientSettings<'_> {
         cocoon_service::kms::KmsClientSettings {
@@ -88,6 +138,7 @@ impl Settings {
         let c = &self.common;
         let tee = c.check_chain_and_tee(given)?;
         Common::check_attested(tee, "worker")?;
+        self.gpu_source()?;
         if c.owner_address.is_empty() {
             return Err(SettingError::new(
                 "owner_address",

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use cocoon_engine::BackendKind;
-use cocoon_ratls::cert::{GpuEvidenceBytes, GpuEvidenceSource, RecordedGpuSource};
+use cocoon_ratls::cert::{CertError, GpuEvidenceBytes, GpuEvidenceSource, RecordedGpuSource};
 use cocoon_service::SettingError;
 use cocoon_service::setting::{AdminSettings, Common, check_proxy_hashes};
 use serde::Deserialize;
@@ -70,14 +70,35 @@ pub struct Settings {
     /// Which of the owner's instances this is, for its own keys (`kms_instance`).
     pub kms_instance: String,
     /// Where the GPU evidence in the worker's certificate comes from (`gpu_evidence`:
-    /// `none` or `recorded`).
+    /// `none`, `recorded` or `nvml`).
     pub gpu_evidence: String,
+    /// The GPU NVML collects evidence from, by index (`gpu_nvml_device`).
+    pub gpu_nvml_device: u32,
     /// Recorded GPU report, hex (`gpu_evidence_report`; with `gpu_evidence = "recorded"`).
     pub gpu_evidence_report: String,
     /// Recorded GPU certificate chain, PEM (`gpu_evidence_chain`).
     pub gpu_evidence_chain: String,
     /// Log filter (`log`).
     pub log: String,
+}
+
+/// GPU evidence from the driver, through NVML (`gpu_evidence = "nvml"`): NVML is loaded for
+/// each certificate, and a failure fails the certificate (the worker does not start, or keeps
+/// its previous certificate on a refresh).
+#[derive(Debug, Clone, Copy)]
+struct NvmlSource {
+    device: u32,
+}
+
+impl GpuEvidenceSource for NvmlSource {
+    fn gpu_evidence(&self, nonce: &[u8; 32]) -> Result<GpuEvidenceBytes, CertError> {
+        let e = cocoon_nvml::collect(self.device, nonce)
+            .map_err(|e| CertError::Source(format!("GPU {}: {e}", self.device)))?;
+        Ok(GpuEvidenceBytes {
+            report: e.report,
+            cert_chain_pem: e.cert_chain_pem,
+        })
+    }
 }
 
 impl Settings {
@@ -112,11 +133,12 @@ impl Settings {
                     cert_chain_pem,
                 }))))
             }
+            "nvml" => Ok(Some(Arc::new(NvmlSource {
+                device: self.gpu_nvml_device,
+            }))),
             other => Err(SettingError::new(
                 "gpu_evidence",
-                format!(
-                    "{other:?}: expected none or recorded (collection through NVML is not implemented)"
-                ),
+                format!("{other:?}: expected none, recorded or nvml"),
             )),
         }
     }

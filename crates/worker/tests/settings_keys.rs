@@ -75,11 +75,30 @@ fn recorded_gpu_evidence_goes_into_the_certificate_on_test_networks_only() {
             "is_test = true\ngpu_evidence = \"recorded\"",
             "gpu_evidence_report",
         ),
-        ("gpu_evidence = \"nvml\"", "gpu_evidence"),
+        ("gpu_evidence = \"tpu\"", "gpu_evidence"),
     ] {
         assert_eq!(
             settings_with(overrides).gpu_source().err().unwrap().key,
             key
         );
     }
+}
+
+#[test]
+fn nvml_without_a_driver_fails_the_certificate_with_the_reason() {
+    let gpu = settings_with("gpu_evidence = \"nvml\"")
+        .gpu_source()
+        .unwrap()
+        .unwrap();
+    // No NVIDIA driver on test machines: the worker cannot make its certificate, and says
+    // why. (With the driver, NVML's own answer decides; not exercised here.)
+    if std::path::Path::new("/dev/nvidiactl").exists() {
+        return;
+    }
+    let source = WithGpu {
+        cpu: std::sync::Arc::new(SimSource(cocoon_attest::SimKey::generate().unwrap())),
+        gpu,
+    };
+    let e = Identity::generate(&source, 1_800_000_000).unwrap_err();
+    assert!(e.to_string().contains("libnvidia-ml.so.1"), "{e}");
 }

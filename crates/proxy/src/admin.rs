@@ -107,6 +107,7 @@ fn stats_html(shared: &Shared, s: &ProxyStats) -> Response {
             "served",
             "failed",
             "usage reports refused or lowered",
+            "GPU",
         ],
     );
     for w in &s.workers {
@@ -123,6 +124,7 @@ fn stats_html(shared: &Shared, s: &ProxyStats) -> Response {
             w.served.to_string(),
             w.failed.to_string(),
             w.bad_reports.to_string(),
+            w.gpu.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
     p.table(

@@ -110,6 +110,8 @@ pub(crate) struct WorkerEntry {
     /// Usage reports refused or lowered (see `usage_audit`).
     pub bad_reports: u64,
     pub image_hash: [u8; 32],
+    /// The worker's verified GPU evidence, summarised.
+    pub gpu: Option<String>,
 }
 
 /// Held while a payment report is read and queued, so reports to a peer never decrease.
@@ -195,6 +197,8 @@ pub struct WorkerStat {
     pub bad_reports: u64,
     /// The worker's image hash, hex.
     pub image_hash: String,
+    /// The worker's verified GPU evidence, summarised (`None`: no GPU verdict).
+    pub gpu: Option<String>,
 }
 
 /// Enabled workers of one model: `(coefficient, running, max_active)` each.
@@ -379,6 +383,7 @@ impl Registry {
                     failed: e.failed,
                     bad_reports: e.bad_reports,
                     image_hash: hex::encode(e.image_hash),
+                    gpu: e.gpu.clone(),
                 }
             })
             .collect();

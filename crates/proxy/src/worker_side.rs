@@ -86,6 +86,8 @@ struct WorkerSession {
     /// The worker's id in the registry.
     id: u64,
     facts: PeerFacts,
+    /// The peer's verified GPU evidence, summarised (admin pages).
+    gpu: Option<String>,
     /// The peer's address, for logs and refusals.
     peer: String,
     /// What the handshake learned, until `worker.proxyHandshakeComplete`.
@@ -111,6 +113,7 @@ pub(crate) async fn run(shared: Arc<Shared>, a: Accepted, mut stop: watch::Recei
             backend: peer.backend(),
             image_hash: *peer.image_hash(),
         },
+        gpu: peer.gpu().map(|g| g.summary()),
         peer: addr.to_string(),
         pending: None,
         registered: false,
@@ -381,6 +384,7 @@ impl WorkerSession {
             failed: 0,
             bad_reports: 0,
             image_hash: self.facts.image_hash,
+            gpu: self.gpu.clone(),
         });
         self.registered = true;
         let _ = responder.answer_tl(&tworker::ProxyHandshakeCompleted {});

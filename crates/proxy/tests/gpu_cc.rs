@@ -100,6 +100,14 @@ async fn a_sim_worker_with_the_recorded_sample_is_admitted() {
     let _w = worker(&net, 0x61, Some(sample())).await;
     net.wait_workers(1).await;
     assert!(net.proxy.stats().refusals.is_empty());
+    let gpu = net.proxy.stats().workers[0].gpu.clone().unwrap();
+    assert_eq!(
+        gpu,
+        "project 1010-0200, driver 550.90.07, VBIOS 96.00.9f.00.01, nonce NOT bound (recorded evidence)"
+    );
+    let http = cocoon_service::http::ClientBuilder::new().build().unwrap();
+    let page = get_text(&http, &format!("{}/stats", net.admin())).await;
+    assert!(page.contains("driver 550.90.07"), "{page}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -255,6 +255,25 @@ pub struct GpuAttestation {
     pub nonce_bound: bool,
 }
 
+impl GpuAttestation {
+    /// One line for admin pages: project-SKU, driver and VBIOS versions, nonce binding.
+    pub fn summary(&self) -> String {
+        let v = &self.verdict;
+        format!(
+            "project {}-{}, driver {}, VBIOS {}, nonce {}",
+            v.project.as_deref().unwrap_or("?"),
+            v.project_sku.as_deref().unwrap_or("?"),
+            v.driver_version,
+            v.vbios_version,
+            if self.nonce_bound {
+                "bound to the TLS key"
+            } else {
+                "NOT bound (recorded evidence)"
+            }
+        )
+    }
+}
+
 /// Verifies GPU evidence against `expected_nonce` at `now` (Unix seconds).
 pub fn verify(
     evidence: &GpuEvidence<'_>,

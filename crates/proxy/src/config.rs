@@ -114,7 +114,7 @@ pub enum ProxyStartError {
     /// The worker verifier accepts GPU evidence not bound to the worker's key on a
     /// production network.
     #[error(
-        "the worker verifier accepts GPU evidence not bound to the worker's key but the proxy is not on a test network"
+        "the worker verifier accepts GPU evidence not bound to the worker's key (or unsigned RIMs) but the proxy is not on a test network"
     )]
     UnboundGpuNonceOnProduction,
     /// The root's network kind differs from the proxy's.

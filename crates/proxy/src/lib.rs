@@ -445,7 +445,7 @@ impl Proxy {
             && cfg
                 .worker_verifier
                 .gpu_requirement()
-                .is_some_and(|g| g.allow_unbound_nonce)
+                .is_some_and(|g| g.allow_unbound_nonce || !g.policy.require_rim_signatures)
         {
             return Err(ProxyStartError::UnboundGpuNonceOnProduction);
         }

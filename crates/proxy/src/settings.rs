@@ -71,6 +71,9 @@ pub struct Settings {
     /// Accept recorded GPU evidence whose nonce is not bound to the worker's key
     /// (`gpu_allow_unbound_nonce`; test networks only).
     pub gpu_allow_unbound_nonce: bool,
+    /// Accept RIM files without a valid NVIDIA signature (`gpu_allow_unsigned_rims`; test
+    /// networks only: the re-targeted sample RIMs the tests use are edited copies).
+    pub gpu_allow_unsigned_rims: bool,
     /// Log filter (`log`).
     pub log: String,
 }
@@ -100,7 +103,10 @@ impl Settings {
         Ok(Some(GpuRequirement {
             required: self.require_gpu_cc,
             rims,
-            policy: cocoon_attest::gpu::GpuPolicy::default(),
+            policy: cocoon_attest::gpu::GpuPolicy {
+                require_rim_signatures: !self.gpu_allow_unsigned_rims,
+                ..cocoon_attest::gpu::GpuPolicy::default()
+            },
             allowed_projects: self.gpu_allowed_projects.clone(),
             min_driver_version: version(
                 "gpu_min_driver_version",
@@ -176,6 +182,12 @@ impl Settings {
             return Err(SettingError::new(
                 "gpu_allow_unbound_nonce",
                 "test networks only: recorded GPU evidence proves nothing about a worker",
+            ));
+        }
+        if self.gpu_allow_unsigned_rims && !c.is_test {
+            return Err(SettingError::new(
+                "gpu_allow_unsigned_rims",
+                "test networks only: an unsigned RIM is whatever its author wrote",
             ));
         }
         if self.require_gpu_cc && self.gpu_rims.is_empty() {

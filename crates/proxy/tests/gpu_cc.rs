@@ -38,7 +38,10 @@ fn requirement() -> GpuRequirement {
             file("retargeted/Driver_RIM_retargeted.swidtag"),
             file("retargeted/VBIOS_RIM_retargeted.swidtag"),
         ],
-        policy: GpuPolicy::default(),
+        policy: GpuPolicy {
+            require_rim_signatures: false,
+            ..GpuPolicy::default()
+        },
         allowed_projects: vec!["1010".into()],
         min_driver_version: Some("550.54".into()),
         min_vbios_version: None,

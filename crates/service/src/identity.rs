@@ -243,6 +243,9 @@ pub fn peer_verifier(v: PeerVerification<'_>) -> Result<Arc<RatlsVerifier>, Stri
                 .into(),
         );
     }
+    if !v.is_test && v.gpu.is_some_and(|g| !g.policy.require_rim_signatures) {
+        return Err("accepting unsigned GPU RIMs needs a test network (is_test = true)".into());
+    }
     if p.allowed_backends.contains(&Backend::SevSnp) {
         p.sev_collateral = Some(sev_collateral(v.kds_url, &v.state_dir.join("kds"))?);
     }

@@ -337,10 +337,15 @@ fn a_proxy_keyed_by_the_kms_restarts_with_the_same_key_and_clients_accept_its_re
         .enable_all()
         .build()
         .unwrap();
-    let name = rt.block_on(async {
-        let m = common::models(&api).await;
-        m["data"][0]["id"].as_str().unwrap().to_owned()
-    });
+    // The worker is admitted only once the root lists its model (root_poll_seconds): the
+    // client's model list may be empty for a moment after its session is ready.
+    let model = || {
+        rt.block_on(common::models(&api))["data"][0]["id"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    wait_for("a model on the client's list", || model().is_some());
+    let name = model().unwrap();
     let ask = || {
         let c = rt.block_on(common::chat(&api, &name, false));
         assert_eq!(c.status, 200, "{}", c.body());

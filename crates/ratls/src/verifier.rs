@@ -392,6 +392,11 @@ pub struct RatlsVerifier {
     cache: Option<VerificationCache>,
     invocations: AtomicU64,
     attest_runs: AtomicU64,
+    /// Successful GPU verdicts by SHA-256(public key ‖ GPU claim), with the time they were
+    /// reached: the handshake's check and the `VerifiedPeer` built after it run the GPU
+    /// verification once (16 ECDSA P-384 checks), as the verdict cache does for the CPU's.
+    gpu_verdicts: std::sync::Mutex<std::collections::HashMap<[u8; 32], (GpuAttestation, u64)>>,
+    gpu_runs: AtomicU64,
 }
 
 impl std::fmt::Debug for RatlsVerifier {
@@ -414,7 +419,57 @@ impl RatlsVerifier {
             cache,
             invocations: AtomicU64::new(0),
             attest_runs: AtomicU64::new(0),
+            gpu_verdicts: std::sync::Mutex::default(),
+            gpu_runs: AtomicU64::new(0),
         })
+    }
+
+    /// Times GPU evidence was actually verified (not taken from the GPU verdict cache).
+    pub fn gpu_runs(&self) -> u64 {
+        self.gpu_runs.load(Ordering::Relaxed)
+    }
+
+    /// `req.check` of `claim`, or its earlier success for the same key and claim within the
+    /// cache's lifetime (`cache_ttl_secs`; none when caching is off). Failures are not kept.
+    fn check_gpu(
+        &self,
+        req: &GpuRequirement,
+        claim: &[u8],
+        public_key: &[u8; 32],
+        now: u64,
+    ) -> Result<GpuAttestation, VerifyError> {
+        use sha2::Digest;
+        let ttl = self.cfg.cache_ttl_secs;
+        let key: [u8; 32] = sha2::Sha256::new()
+            .chain_update(public_key)
+            .chain_update(claim)
+            .finalize()
+            .into();
+        let lock = || {
+            self.gpu_verdicts
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if self.cache.is_some()
+            && let Some((gpu, at)) = lock().get(&key)
+            && now >= *at
+            && now - at < ttl
+        {
+            return Ok(gpu.clone());
+        }
+        self.gpu_runs.fetch_add(1, Ordering::Relaxed);
+        let gpu = req.check(claim, public_key, now)?;
+        if self.cache.is_some() {
+            let mut map = lock();
+            if map.len() >= self.cfg.cache_capacity {
+                map.retain(|_, (_, at)| now >= *at && now - *at < ttl);
+                if map.len() >= self.cfg.cache_capacity {
+                    map.clear();
+                }
+            }
+            map.insert(key, (gpu.clone(), now));
+        }
+        Ok(gpu)
     }
 
     /// Times rustls asked this verifier to check a certificate.
@@ -478,11 +533,13 @@ impl RatlsVerifier {
                 match (&checked.gpu, req.required) {
                     (None, true) => Err(VerifyError::MissingGpuEvidence),
                     (None, false) => Ok(peer),
-                    (Some(claim), required) => match req.check(claim, &checked.public_key, now) {
-                        Ok(gpu) => Ok(peer.with_gpu(gpu)),
-                        Err(e) if required => Err(e),
-                        Err(_) => Ok(peer),
-                    },
+                    (Some(claim), required) => {
+                        match self.check_gpu(req, claim, &checked.public_key, now) {
+                            Ok(gpu) => Ok(peer.with_gpu(gpu)),
+                            Err(e) if required => Err(e),
+                            Err(_) => Ok(peer),
+                        }
+                    }
                 }
             }
             None if self.cfg.allow_unattested => Ok(VerifiedPeer::unattested(

@@ -285,3 +285,33 @@ async fn a_second_gpu_extension_or_garbage_is_refused() {
     let s = proxy_sees(&garbage, Some(requirement())).await;
     assert!(matches!(refusal(&s), VerifyError::GpuEnvelope(_)), "{s:?}");
 }
+
+/// The handshake's check and the `VerifiedPeer` built after it verify the GPU evidence once
+/// (cached with the CPU verdicts' lifetime); with caching off, every call verifies again; a
+/// refused claim is not kept.
+#[test]
+fn gpu_evidence_is_verified_once_per_certificate() {
+    let id = ident(&with_gpu(sample()));
+    let v = verifier(Some(requirement()));
+    let first = v.verify_cert(id.cert_der(), &[]).unwrap();
+    let second = v.verify_cert(id.cert_der(), &[]).unwrap();
+    assert_eq!(v.gpu_runs(), 1);
+    assert_eq!(first.gpu(), second.gpu());
+    assert!(second.gpu().is_some());
+
+    let mut cfg = VerifierConfig::new(Policy::sim_test());
+    cfg.clock = fixed_clock(NOW);
+    cfg.gpu = Some(Arc::new(requirement()));
+    cfg.cache_ttl_secs = 0;
+    let uncached = RatlsVerifier::new(cfg);
+    uncached.verify_cert(id.cert_der(), &[]).unwrap();
+    uncached.verify_cert(id.cert_der(), &[]).unwrap();
+    assert_eq!(uncached.gpu_runs(), 2);
+
+    let mut strict = requirement();
+    strict.min_driver_version = Some("999".into());
+    let refusing = verifier(Some(strict));
+    assert!(refusing.verify_cert(id.cert_der(), &[]).is_err());
+    assert!(refusing.verify_cert(id.cert_der(), &[]).is_err());
+    assert_eq!(refusing.gpu_runs(), 2);
+}

@@ -22,4 +22,5 @@ pub mod inspect;
 #[cfg(feature = "net")]
 pub mod net;
 pub mod pow;
+pub mod sign;
 pub mod verifier;

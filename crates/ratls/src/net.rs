@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use cocoon_attest::{Fault, VerifiedPeer};
 use cocoon_net::{CloseReason, ConnectError, Incoming, SessionHandle};
-use rustls::pki_types::ServerName;
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio::sync::{Semaphore, mpsc};
@@ -18,6 +18,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::config::{CertResolver, client_config, server_config};
 use crate::pow::{self, PowError};
+use crate::sign::SessionKey;
 use crate::verifier::{RatlsVerifier, VerifyError};
 
 /// Name sent as SNI and ignored by the verifier (every RA-TLS certificate says localhost).
@@ -163,6 +164,48 @@ fn peer_of(
     Ok(verifier.verify_cert(ee, rest)?)
 }
 
+/// The peer's end-entity certificate on an established connection.
+fn peer_certificate(conn: &rustls::CommonState) -> Result<CertificateDer<'static>, RatlsError> {
+    conn.peer_certificates()
+        .and_then(<[CertificateDer<'_>]>::first)
+        .map(|c| c.clone().into_owned())
+        .ok_or(RatlsError::NoPeerCertificate)
+}
+
+/// The key this side presented in a handshake: the resolver's certificate before and after
+/// it, which must be the same one (a refresh in between, hourly at most, fails the
+/// connection, and the caller dials again).
+fn own_key(
+    certs: Option<&Arc<CertResolver>>,
+    before: Option<Arc<rustls::sign::CertifiedKey>>,
+) -> Result<SessionKey, RatlsError> {
+    let (Some(certs), Some(before)) = (certs, before) else {
+        return Err(RatlsError::Config(rustls::Error::General(
+            "no certificate resolver to sign with".into(),
+        )));
+    };
+    if !Arc::ptr_eq(&before, &certs.current()) {
+        return Err(RatlsError::Config(rustls::Error::General(
+            "the certificate was refreshed during the handshake; dial again".into(),
+        )));
+    }
+    Ok(SessionKey::new(before)?)
+}
+
+/// A session with what both sides presented on it (see [`RatlsConnector::connect_keyed`]).
+pub struct Keyed {
+    /// The session.
+    pub handle: SessionHandle,
+    /// Queries and messages from the peer.
+    pub incoming: mpsc::Receiver<Incoming>,
+    /// What the peer's attestation established.
+    pub peer: VerifiedPeer,
+    /// The peer's certificate (its evidence, for whoever must check it again).
+    pub peer_certificate: CertificateDer<'static>,
+    /// The certificate and key this side presented: what it signs receipts with.
+    pub own_key: SessionKey,
+}
+
 async fn timed<T, E>(
     phase: Phase,
     limit: Duration,
@@ -198,6 +241,8 @@ macro_rules! verifier_accessors {
 pub struct RatlsConnector {
     tls: TlsConnector,
     verifier: Arc<RatlsVerifier>,
+    /// The certificates presented (`None` with a caller-built configuration).
+    certs: Option<Arc<CertResolver>>,
     /// Highest PoW difficulty we agree to solve (usually [`pow::CLIENT_MAX_DIFFICULTY`]).
     pub pow_max_difficulty: u32,
     /// Per-phase time limits.
@@ -214,13 +259,10 @@ impl RatlsConnector {
         pow_max_difficulty: u32,
         net: cocoon_net::Config,
     ) -> Result<Self, rustls::Error> {
-        let cfg = client_config(certs, Arc::clone(&verifier))?;
-        Ok(Self::from_client_config(
-            Arc::new(cfg),
-            verifier,
-            pow_max_difficulty,
-            net,
-        ))
+        let cfg = client_config(Arc::clone(&certs), Arc::clone(&verifier))?;
+        let mut c = Self::from_client_config(Arc::new(cfg), verifier, pow_max_difficulty, net);
+        c.certs = Some(certs);
+        Ok(c)
     }
 
     /// With a caller-built rustls config (its verifier should be `verifier`).
@@ -233,6 +275,7 @@ impl RatlsConnector {
         RatlsConnector {
             tls: TlsConnector::from(cfg),
             verifier,
+            certs: None,
             pow_max_difficulty,
             timeouts: Timeouts::default(),
             net,
@@ -296,6 +339,28 @@ impl RatlsConnector {
             })?;
         Ok((handle, incoming, peer))
     }
+
+    /// [`Self::connect`], also returning the peer's certificate and the key this side
+    /// presented (a connector built by [`Self::new`] only).
+    pub async fn connect_keyed(&self, addr: impl ToSocketAddrs) -> Result<Keyed, RatlsError> {
+        let before = self.certs.as_ref().map(|c| c.current());
+        let (tls, peer) = self.connect_tls(addr).await?;
+        let own_key = own_key(self.certs.as_ref(), before)?;
+        let peer_certificate = peer_certificate(tls.get_ref().1)?;
+        let (handle, incoming) = cocoon_net::connect_stream(tls, &self.net)
+            .await
+            .map_err(|e| match e {
+                ConnectError::Timeout => RatlsError::Timeout(Phase::Session),
+                e => RatlsError::Session(e),
+            })?;
+        Ok(Keyed {
+            handle,
+            incoming,
+            peer,
+            peer_certificate,
+            own_key,
+        })
+    }
 }
 
 /// One-shot convenience: [`RatlsConnector::new`] + [`RatlsConnector::connect`].
@@ -337,6 +402,10 @@ pub struct Accepted {
     pub addr: SocketAddr,
     /// When the session must end because `peer`'s verdict expires ([`verdict_deadline`]).
     pub verdict_deadline: tokio::time::Instant,
+    /// The peer's certificate.
+    pub peer_certificate: CertificateDer<'static>,
+    /// The certificate and key this side presented (what it signs receipts with).
+    pub own_key: SessionKey,
 }
 
 /// The accepting side.
@@ -344,6 +413,7 @@ pub struct Accepted {
 pub struct RatlsAcceptor {
     tls: TlsAcceptor,
     verifier: Arc<RatlsVerifier>,
+    certs: Arc<CertResolver>,
     /// PoW difficulty demanded from clients (usually [`pow::DEFAULT_DIFFICULTY`]).
     pub pow_difficulty: u32,
     /// Per-phase time limits.
@@ -360,10 +430,11 @@ impl RatlsAcceptor {
         pow_difficulty: u32,
         net: cocoon_net::Config,
     ) -> Result<Self, rustls::Error> {
-        let cfg = server_config(certs, Arc::clone(&verifier))?;
+        let cfg = server_config(Arc::clone(&certs), Arc::clone(&verifier))?;
         Ok(RatlsAcceptor {
             tls: TlsAcceptor::from(Arc::new(cfg)),
             verifier,
+            certs,
             pow_difficulty,
             timeouts: Timeouts::default(),
             net,
@@ -399,6 +470,29 @@ impl RatlsAcceptor {
         let (tls, peer) = self.accept_tls(tcp).await?;
         let (handle, incoming) = cocoon_net::accept_stream(tls, &self.net);
         Ok((handle, incoming, peer))
+    }
+
+    /// [`Self::accept`], also returning the peer's certificate and the key this side
+    /// presented.
+    async fn accept_keyed(
+        &self,
+        tcp: TcpStream,
+    ) -> Result<
+        (
+            SessionHandle,
+            mpsc::Receiver<Incoming>,
+            VerifiedPeer,
+            CertificateDer<'static>,
+            SessionKey,
+        ),
+        RatlsError,
+    > {
+        let before = self.certs.current();
+        let (tls, peer) = self.accept_tls(tcp).await?;
+        let own = own_key(Some(&self.certs), Some(before))?;
+        let cert = peer_certificate(tls.get_ref().1)?;
+        let (handle, incoming) = cocoon_net::accept_stream(tls, &self.net);
+        Ok((handle, incoming, peer, cert, own))
     }
 
     /// Accept forever on `listener`, running at most `max_handshakes` handshakes at once;
@@ -441,10 +535,10 @@ impl RatlsAcceptor {
                 let sink = tx.clone();
                 let on_refused = on_refused.clone();
                 tokio::spawn(async move {
-                    let res = this.accept(tcp).await;
+                    let res = this.accept_keyed(tcp).await;
                     drop(permit);
                     match res {
-                        Ok((handle, incoming, peer)) => {
+                        Ok((handle, incoming, peer, peer_certificate, own_key)) => {
                             let verdict_deadline = this.verdict_deadline(&peer);
                             let _ = sink
                                 .send(Accepted {
@@ -453,6 +547,8 @@ impl RatlsAcceptor {
                                     peer,
                                     addr,
                                     verdict_deadline,
+                                    peer_certificate,
+                                    own_key,
                                 })
                                 .await;
                         }

@@ -648,6 +648,17 @@ struct Checked {
     not_after: u64,
 }
 
+/// Whether the certificate is a SEQUENCE ending with the one DER encoding of an Ed25519
+/// signature algorithm and signature (RFC 8410): these bytes lie outside what the signature
+/// covers, and the parser accepts variants of them (another tag class, another tag for the
+/// OID), so that without this check one certificate would have several encodings.
+fn canonical_signature_tail(der: &[u8]) -> bool {
+    const TAIL: [u8; 10] = [0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x41, 0x00];
+    der.first() == Some(&0x30)
+        && der.len() >= TAIL.len() + 64
+        && der[der.len() - 64 - TAIL.len()..der.len() - 64] == TAIL
+}
+
 /// Structural checks of an RA-TLS certificate (everything but the attestation).
 fn check_certificate(der: &CertificateDer<'_>, now: u64) -> Result<Checked, VerifyError> {
     if der.len() > MAX_CERT_LEN {
@@ -676,6 +687,7 @@ fn check_certificate(der: &CertificateDer<'_>, now: u64) -> Result<Checked, Veri
     let spki = cert.public_key();
     if spki.algorithm.algorithm.to_id_string() != OID_ED25519
         || cert.signature_algorithm.algorithm.to_id_string() != OID_ED25519
+        || !canonical_signature_tail(der.as_ref())
     {
         return Err(VerifyError::NotEd25519);
     }

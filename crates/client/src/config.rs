@@ -47,6 +47,11 @@ pub struct ClientConfig {
     pub connector: RatlsConnector,
     /// Refuse proxies whose image hash is not in the root's `proxy_hashes`.
     pub check_proxy_hashes: bool,
+    /// Use only proxies that speak protocol 3, whose every answer carries receipts the
+    /// client verifies (COCOON's proxies speak 2).
+    pub require_receipts: bool,
+    /// How long verified answer receipts are kept in the state database.
+    pub receipt_retention: std::time::Duration,
     /// SQLite file for receipts, key spending and totals; `None`: in memory.
     pub state_path: Option<PathBuf>,
     /// File of API keys (`sha256-hex limit-ton name` per line); `None`: no key needed.
@@ -86,6 +91,8 @@ impl ClientConfig {
             is_test: false,
             connector,
             check_proxy_hashes: true,
+            require_receipts: true,
+            receipt_retention: std::time::Duration::from_secs(30 * 86_400),
             state_path: None,
             api_keys_file: None,
             admin_token_file: None,

@@ -108,6 +108,16 @@ pub(crate) struct Extras {
     held: Vec<u8>,
     /// Over the limit: everything passes unchanged from now on.
     raw: bool,
+    /// Hold the stream's `data: [DONE]` too, until the answer's receipt is checked.
+    hold_done: bool,
+}
+
+/// Whether one SSE event (without its terminator) is the end marker `data: [DONE]`.
+fn is_done(event: &[u8]) -> bool {
+    std::str::from_utf8(event)
+        .ok()
+        .and_then(|t| t.trim().strip_prefix("data:"))
+        .is_some_and(|d| d.trim() == "[DONE]")
 }
 
 impl Extras {
@@ -119,7 +129,13 @@ impl Extras {
             pending: Vec::new(),
             held: Vec::new(),
             raw: false,
+            hold_done: false,
         }
+    }
+
+    /// Holds the stream's `[DONE]` (and what follows it) until the final info.
+    pub(crate) fn hold_done(&mut self) {
+        self.hold_done = true;
     }
 
     /// COCOON's debug object, `end` being when the answer's last bytes arrived.
@@ -157,7 +173,10 @@ impl Extras {
         let mut out = Vec::new();
         while let Some((end, term)) = event_end(&self.pending) {
             let event: Vec<u8> = self.pending.drain(..end + term).collect();
-            if !self.held.is_empty() || has_usage(&event[..end]) {
+            if !self.held.is_empty()
+                || has_usage(&event[..end])
+                || (self.hold_done && is_done(&event[..end]))
+            {
                 self.held.extend_from_slice(&event);
             } else {
                 out.extend_from_slice(&event);
@@ -176,6 +195,22 @@ impl Extras {
     pub(crate) fn flush(&mut self) -> Vec<u8> {
         let mut out = std::mem::take(&mut self.held);
         out.append(&mut self.pending);
+        out
+    }
+
+    /// The stream failed after its last event: what is held passes unchanged, except the
+    /// `[DONE]` marker (an error follows instead).
+    pub(crate) fn flush_without_done(&mut self) -> Vec<u8> {
+        let held = self.flush();
+        let mut out = Vec::new();
+        let mut rest = &held[..];
+        while let Some((end, term)) = event_end(rest) {
+            if !is_done(&rest[..end]) {
+                out.extend_from_slice(&rest[..end + term]);
+            }
+            rest = &rest[end + term..];
+        }
+        out.extend_from_slice(rest);
         out
     }
 
@@ -323,6 +358,24 @@ mod tests {
         assert_eq!(v["debug"]["client"]["type"], "client_stats");
         let text = x.finish_whole(b"plain".to_vec(), None, 20);
         assert!(text.starts_with(b"plain\n{\"debug\":"));
+    }
+
+    #[test]
+    fn done_is_held_for_the_receipt_and_dropped_when_it_fails() {
+        let mut x = Extras::new(false, SystemTime::now(), SystemTime::now());
+        x.hold_done();
+        let out = x.push(b"data: {\"a\":1}\n\ndata: [DONE]\n\n");
+        assert_eq!(out, b"data: {\"a\":1}\n\n");
+        assert!(x.flush_without_done().is_empty());
+        let mut x = Extras::new(false, SystemTime::now(), SystemTime::now());
+        x.hold_done();
+        let out = x.push(b"data: {\"a\":1}\n\ndata:[DONE]\r\n\r\n");
+        assert_eq!(out, b"data: {\"a\":1}\n\n");
+        assert_eq!(
+            x.finish_stream(&usage(), 10),
+            b"data:[DONE]\r\n\r\n",
+            "passes once the receipt holds"
+        );
     }
 
     #[test]

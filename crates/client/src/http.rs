@@ -63,7 +63,7 @@ const EXPOSED: &str = "x-cocoon-proxy, x-cocoon-attempts, x-cocoon-time-to-head-
                        x-cocoon-tokens, x-cocoon-cost-nanoton, x-cocoon-proxy-seconds, \
                        x-cocoon-worker-seconds, x-cocoon-client-start, x-cocoon-client-end, \
                        x-cocoon-proxy-start, x-cocoon-proxy-end, x-cocoon-worker-start, \
-                       x-cocoon-worker-end";
+                       x-cocoon-worker-end, x-cocoon-receipt";
 
 pub(crate) async fn serve(
     shared: Arc<Shared>,
@@ -86,6 +86,7 @@ pub(crate) async fn serve(
         )
         .route("/v1/models", get(models))
         .route("/v1/models/{*id}", get(model))
+        .route("/v1/receipts/{id}", get(receipt))
         .merge(stats_routes::<Shared, Arc<Shared>>())
         .route("/control/{action}", post(control))
         .route("/request/debuglogentry", get(debug_entry))
@@ -362,6 +363,51 @@ async fn model(State(shared): St, UrlPath(id): UrlPath<String>) -> Response {
             ErrorKind::NotFound,
             format!("model {id:?} is not served by any connected proxy"),
         )),
+    }
+}
+
+/// `GET /v1/receipts/{id}`: an answer's verified receipt (the `X-Cocoon-Receipt` header of
+/// its response names it). With API keys configured only the key that made the request
+/// reads it; another key, or an id not held (never issued, or past the retention), is 404.
+async fn receipt(State(shared): St, h: HeaderMap, UrlPath(id): UrlPath<String>) -> Response {
+    let caller = match (&shared.keys, bearer(&h)) {
+        (None, _) => None,
+        (Some(_), Some(k)) => Some(crate::keys::key_hash(&k)),
+        (Some(_), None) => {
+            return error(ApiError::new(
+                ErrorKind::Authentication,
+                "an API key is required",
+            ));
+        }
+    };
+    let not_found = || {
+        error(ApiError::new(
+            ErrorKind::NotFound,
+            format!("no receipt {id:?} (receipts are kept for receipt_retention_days)"),
+        ))
+    };
+    if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return not_found();
+    }
+    match shared.store.answer_receipt(&id.to_ascii_lowercase()) {
+        Ok(Some((owner, doc))) => {
+            if caller.is_some() && owner != caller {
+                return not_found();
+            }
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                doc,
+            )
+                .into_response()
+        }
+        Ok(None) => not_found(),
+        Err(e) => {
+            tracing::error!(error = %e, "could not read an answer receipt");
+            error(ApiError::new(
+                ErrorKind::Internal,
+                "could not read the receipt",
+            ))
+        }
     }
 }
 

@@ -61,6 +61,10 @@ pub(crate) struct Shared {
     is_test: bool,
     connector: RatlsConnector,
     check_proxy_hashes: bool,
+    /// Refuse proxy sessions below protocol 3 (no receipts).
+    require_receipts: bool,
+    /// How long answer receipts are kept.
+    receipt_retention: std::time::Duration,
     configured_proxies: Vec<String>,
     connections: usize,
     slots: Mutex<Vec<Arc<Slot>>>,
@@ -181,6 +185,8 @@ impl Client {
             is_test: cfg.is_test,
             connector: cfg.connector,
             check_proxy_hashes: cfg.check_proxy_hashes,
+            require_receipts: cfg.require_receipts,
+            receipt_retention: cfg.receipt_retention,
             configured_proxies: cfg.proxies,
             connections: cfg.connections.max(1),
             slots: Mutex::default(),

@@ -75,6 +75,8 @@ pub(crate) enum Event {
     },
     /// The session to the proxy ended.
     Closed(String),
+    /// The answer's receipts (protocol 3), right before its final part.
+    Receipt(Box<tclient::AnswerReceipt>),
 }
 
 /// A ready, authorised session.
@@ -84,8 +86,54 @@ pub(crate) struct Link {
     pub proxy_sc: StdAddr,
     pub client_sc: StdAddr,
     pub proxy_key: [u8; 32],
+    /// The proxy's RA-TLS certificate (what its receipts are checked against).
+    pub proxy_certificate: Vec<u8>,
+    /// Our own certificate key on this session (receipts name it).
+    pub own_key: [u8; 32],
+    /// Workers' certificates the proxy sent on this session (`client.workerEvidence`).
+    workers: Mutex<WorkerCerts>,
     pending: Mutex<HashMap<[u8; 32], mpsc::Sender<Event>>>,
     closed: AtomicBool,
+}
+
+/// Most worker certificates kept per session: twice what a proxy keeps track of having
+/// sent (`EVIDENCE_SENT_MAX` there), oldest dropped first.
+const WORKER_CERTS_MAX: usize = 2048;
+
+/// Worker certificates by key, oldest first.
+#[derive(Default)]
+struct WorkerCerts {
+    by_key: HashMap<[u8; 32], Arc<Vec<u8>>>,
+    order: std::collections::VecDeque<[u8; 32]>,
+}
+
+impl Link {
+    /// The certificate of the worker with certificate key `key`, if the proxy sent it.
+    pub(crate) fn worker_certificate(&self, key: &[u8; 32]) -> Option<Arc<Vec<u8>>> {
+        let w = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        w.by_key.get(key).cloned()
+    }
+
+    /// Keeps a worker's certificate; one whose key is not `key` is a protocol violation.
+    fn add_worker(&self, key: [u8; 32], cert: Vec<u8>) -> Result<(), SessionError> {
+        if cert.len() > cocoon_ratls::verifier::MAX_CERT_LEN
+            || cocoon_ratls::sign::certificate_public_key(&cert).ok() != Some(key)
+        {
+            return Err(SessionError::Protocol(
+                "client.workerEvidence: the certificate is not the named key's".into(),
+            ));
+        }
+        let mut w = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        if w.by_key.insert(key, Arc::new(cert)).is_none() {
+            w.order.push_back(key);
+        }
+        while w.order.len() > WORKER_CERTS_MAX {
+            if let Some(old) = w.order.pop_front() {
+                w.by_key.remove(&old);
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Link {
@@ -403,9 +451,8 @@ async fn session(
 ) -> Result<(), SessionError> {
     let root = shared.root();
     let t = &shared.timings;
-    let connect = shared.connector.connect(slot.address.as_str());
-    let (handle, mut incoming, peer) = match tokio::time::timeout(t.connect_timeout, connect).await
-    {
+    let connect = shared.connector.connect_keyed(slot.address.as_str());
+    let keyed = match tokio::time::timeout(t.connect_timeout, connect).await {
         Err(_) => return Err(SessionError::Connect("timed out".into())),
         Ok(Err(e)) => {
             return Err(match e.verify_error() {
@@ -420,6 +467,7 @@ async fn session(
         }
         Ok(Ok(x)) => x,
     };
+    let (handle, mut incoming, peer) = (keyed.handle, keyed.incoming, keyed.peer);
     let image = *peer.image_hash();
     let verdict_deadline = shared.connector.verdict_deadline(&peer);
     let valid_until = peer.valid_until();
@@ -458,6 +506,12 @@ async fn session(
     if !(MIN_PROTO_VERSION..=MAX_PROTO_VERSION).contains(&proto) {
         return Err(SessionError::Handshake(format!(
             "the proxy chose protocol version {proto}, we speak {MIN_PROTO_VERSION}..={MAX_PROTO_VERSION}"
+        )));
+    }
+    if shared.require_receipts && proto < 3 {
+        return Err(SessionError::Handshake(format!(
+            "the proxy speaks protocol version {proto}, whose answers carry no receipts \
+             (require_receipts is on)"
         )));
     }
     let proxy_key = p.proxy_public_key;
@@ -593,6 +647,9 @@ async fn session(
         proxy_sc: proxy_sc.clone(),
         client_sc: client_sc.clone(),
         proxy_key,
+        proxy_certificate: keyed.peer_certificate.to_vec(),
+        own_key: *keyed.own_key.public_key(),
+        workers: Mutex::default(),
         pending: Mutex::default(),
         closed: AtomicBool::new(false),
     });
@@ -792,6 +849,11 @@ fn on_message(
             )?;
         }
         ToClient::SignedPaymentEmpty(_) => {}
+        ToClient::WorkerEvidence(w) => link.add_worker(w.worker_key, w.certificate)?,
+        ToClient::AnswerReceipt(r) => {
+            let id = r.request_id;
+            link.route(&id, Event::Receipt(Box::new(r)), false);
+        }
     }
     Ok(())
 }

@@ -123,6 +123,23 @@ pub struct Answer {
     extras: Extras,
     /// An error to give after the held bytes that precede it.
     failed: Option<ApiError>,
+    /// What the answer's receipt is checked against (protocol 3 sessions).
+    receipt_check: Option<ReceiptCheck>,
+    /// The answer's verified receipt, once its final part arrived.
+    receipt: Option<cocoon_receipt::Receipt>,
+    /// Why the receipt did not verify (the request fails with it).
+    receipt_failed: Option<ApiError>,
+}
+
+/// What the client itself knows of a protocol 3 request, to check its receipt with.
+struct ReceiptCheck {
+    id: [u8; 32],
+    request_hash: [u8; 32],
+    model: String,
+    key_hash: Option<String>,
+    answer: cocoon_receipt::BodyHash,
+    got: Option<Box<tclient::AnswerReceipt>>,
+    link: Arc<Link>,
 }
 
 /// The request's bookkeeping: the proxy slot's in-flight count, the key reservation, the
@@ -350,6 +367,93 @@ fn key_error(e: ApiKeyError) -> ApiError {
 }
 
 impl Shared {
+    /// Verifies an answer's receipts (both signatures under certificates the client checks
+    /// itself, the worker's image and model in the root, the hashes of the body sent and the
+    /// answer received, the billing against the final info and the price) and stores the
+    /// receipt document.
+    fn check_receipt(
+        &self,
+        c: &ReceiptCheck,
+        f: &tclient::QueryFinalInfo,
+        proxy: &str,
+    ) -> Result<cocoon_receipt::Receipt, ApiError> {
+        use cocoon_receipt::{Expect, Parts, Trust};
+        let refused = |why: String| {
+            ApiError::new(
+                ErrorKind::Upstream,
+                format!("proxy {proxy}: the answer's receipt is refused: {why}"),
+            )
+        };
+        let Some(r) = &c.got else {
+            return Err(refused("the answer came without one".into()));
+        };
+        let worker_certificate = r
+            .worker_receipt
+            .as_deref()
+            .and_then(|w| {
+                <cocoon_tl::types::receipt::Worker as cocoon_tl::TlRead>::from_bytes(w).ok()
+            })
+            .and_then(|w| c.link.worker_certificate(&w.worker_key))
+            .map(|cert| cert.as_ref().clone());
+        let parts = Parts {
+            worker_receipt: r.worker_receipt.clone(),
+            worker_signature: r.worker_signature.clone().unwrap_or_default(),
+            worker_certificate,
+            proxy_receipt: r.proxy_receipt.clone(),
+            proxy_signature: r.proxy_signature.clone(),
+            proxy_certificate: c.link.proxy_certificate.clone(),
+        };
+        let root = self.root();
+        let hashes = |v: &[cocoon_ton::HashBytes]| v.iter().map(|h| h.0).collect::<Vec<_>>();
+        let (proxies, workers, models) = (
+            hashes(&root.proxy_hashes),
+            hashes(&root.worker_hashes),
+            hashes(&root.model_hashes),
+        );
+        let verifier = self.connector.verifier();
+        let trust = Trust {
+            proxy_verifier: verifier,
+            worker_verifier: verifier,
+            proxy_hashes: self.check_proxy_hashes.then_some(&proxies[..]),
+            worker_hashes: &workers,
+            model_hashes: &models,
+        };
+        let expect = Expect {
+            request_id: Some(c.id),
+            request_hash: Some(c.request_hash),
+            answer: Some(c.answer.digest()),
+            model: Some(c.model.split('@').next().unwrap_or(&c.model)),
+            billed: Some(f.tokens_used.clone()),
+            price_per_token: Some(root.params.price_per_token),
+            client_key: Some(c.link.own_key),
+        };
+        let v = cocoon_receipt::verify(&parts, &trust, &expect).map_err(|e| {
+            tracing::warn!(proxy, error = %e, "answer receipt refused");
+            refused(e.to_string())
+        })?;
+        let doc = cocoon_receipt::Receipt::of(&parts, &v);
+        let now = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let keep_after = now.saturating_sub(self.receipt_retention.as_secs());
+        match serde_json::to_string(&doc) {
+            Ok(json) => {
+                if let Err(e) = self.store.save_answer_receipt(
+                    &doc.id,
+                    c.key_hash.as_deref(),
+                    doc.created,
+                    &json,
+                    keep_after,
+                ) {
+                    tracing::error!(error = %e, "could not store an answer receipt");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "could not encode an answer receipt"),
+        }
+        Ok(doc)
+    }
+
     /// The ready proxy with the fewest requests in flight, not among `tried`.
     fn pick(&self, tried: &[String]) -> Option<(Arc<Slot>, Arc<Link>)> {
         let slots = self.slots();
@@ -445,6 +549,8 @@ impl Shared {
             ),
             None => None,
         };
+        let key_hash = reservation.as_ref().map(|r| r.key_hash().to_owned());
+        let request_hash = cocoon_receipt::sha256(&body);
         let mut reservation = reservation;
         let deadline = tokio::time::Instant::now() + timeout;
         let query = fhttp::Request {
@@ -578,6 +684,29 @@ impl Shared {
                     let head_at = SystemTime::now();
                     let mut headers = strip_hop_by_hop(headers);
                     headers.extend(extras::timing_headers(started_at, head_at));
+                    // Protocol 3: every answer has a receipt, checked when it ends.
+                    let receipt_check = (link.proto >= 3).then(|| {
+                        let mut answer = cocoon_receipt::BodyHash::default();
+                        answer.push(&body);
+                        ReceiptCheck {
+                            id,
+                            request_hash,
+                            model: v.model.clone(),
+                            key_hash: key_hash.clone(),
+                            answer,
+                            got: None,
+                            link: link.clone(),
+                        }
+                    });
+                    if receipt_check.is_some() {
+                        headers.push(("X-Cocoon-Receipt".into(), hex::encode(id)));
+                    }
+                    let mut extras = Extras::new(ext.enable_debug, started_at, head_at);
+                    if receipt_check.is_some() {
+                        // A stream's end waits for the receipt: a refused one ends it with an
+                        // error instead.
+                        extras.hold_done();
+                    }
                     let mut a = Answer {
                         status,
                         headers,
@@ -592,15 +721,23 @@ impl Shared {
                         tracker,
                         finished: false,
                         usage: None,
-                        extras: Extras::new(ext.enable_debug, started_at, head_at),
+                        extras,
                         failed: None,
+                        receipt_check,
+                        receipt: None,
+                        receipt_failed: None,
                     };
                     if a.stream {
                         a.first = a.first.take().map(|b| Bytes::from(a.extras.push(&b)));
                     }
                     if let Some(f) = done {
-                        a.complete(&f, status < 400);
-                        a.append_final();
+                        a.complete_answer(&f, status < 400);
+                        if let Some(e) = a.receipt_failed.take() {
+                            a.first = None;
+                            a.failed = Some(e);
+                        } else {
+                            a.append_final();
+                        }
                     }
                     return Ok(a);
                 }
@@ -652,7 +789,7 @@ impl Shared {
                         }
                     }
                 }
-                Event::Part { .. } => {
+                Event::Part { .. } | Event::Receipt(_) => {
                     tracker.finish(None, false);
                     return Err(ApiError::new(
                         ErrorKind::Upstream,
@@ -693,6 +830,27 @@ impl Tracker {
 }
 
 impl Answer {
+    /// The answer ended normally with final info `f`: its receipt (protocol 3) is checked
+    /// first, and a refused one makes it a failure (`receipt_failed`), still booked.
+    fn complete_answer(&mut self, f: &tclient::QueryFinalInfo, ok: bool) {
+        let mut ok = ok;
+        if let Some(c) = &self.receipt_check {
+            match self.tracker.shared.check_receipt(c, f, &self.proxy) {
+                Ok(doc) => self.receipt = Some(doc),
+                Err(e) => {
+                    ok = false;
+                    self.receipt_failed = Some(e);
+                }
+            }
+        }
+        self.complete(f, ok);
+    }
+
+    /// The answer's verified receipt (protocol 3), once the body ended.
+    pub fn receipt(&self) -> Option<&cocoon_receipt::Receipt> {
+        self.receipt.as_ref()
+    }
+
     fn complete(&mut self, f: &tclient::QueryFinalInfo, ok: bool) {
         let u = usage_of(&self.tracker.shared, f);
         self.tracker.finish(Some(&u), ok);
@@ -717,7 +875,17 @@ impl Answer {
         if self.finished {
             return None;
         }
-        let ev = match tokio::time::timeout_at(self.deadline, self.rx.recv()).await {
+        let ev = loop {
+            match tokio::time::timeout_at(self.deadline, self.rx.recv()).await {
+                Ok(Some(Event::Receipt(r))) => {
+                    if let Some(c) = self.receipt_check.as_mut() {
+                        c.got = Some(r);
+                    }
+                }
+                other => break other,
+            }
+        };
+        let ev = match ev {
             Err(_) => {
                 self.finished = true;
                 self.tracker.cancel();
@@ -737,6 +905,9 @@ impl Answer {
         match ev {
             Event::Part { body, done } => {
                 self.tracker.answer_bytes += body.len() as u64;
+                if let Some(c) = self.receipt_check.as_mut() {
+                    c.answer.push(&body);
+                }
                 let body = if self.stream {
                     Bytes::from(self.extras.push(&body))
                 } else {
@@ -744,7 +915,10 @@ impl Answer {
                 };
                 if let Some(f) = done {
                     let ok = self.status < 400;
-                    self.complete(&f, ok);
+                    self.complete_answer(&f, ok);
+                    if let Some(e) = self.receipt_failed.take() {
+                        return self.fail_unreceipted(body, e);
+                    }
                     self.first = Some(body);
                     self.append_final();
                     let body = self.first.take().unwrap_or_default();
@@ -777,7 +951,7 @@ impl Answer {
                 let e = ApiError::new(ErrorKind::Upstream, format!("proxy {}: {why}", self.proxy));
                 self.fail(e)
             }
-            Event::Head { .. } => {
+            Event::Head { .. } | Event::Receipt(_) => {
                 self.finished = true;
                 self.tracker.finish(None, false);
                 let e = ApiError::new(
@@ -787,6 +961,21 @@ impl Answer {
                 self.fail(e)
             }
         }
+    }
+
+    /// The answer ended but its receipt was refused: a stream gets what it still holds
+    /// except its `[DONE]`, then the error; a whole answer only the error.
+    fn fail_unreceipted(&mut self, last: Bytes, e: ApiError) -> Option<Result<Bytes, ApiError>> {
+        if !self.stream {
+            return Some(Err(e));
+        }
+        let mut held = last.to_vec();
+        held.extend(self.extras.flush_without_done());
+        if held.is_empty() {
+            return Some(Err(e));
+        }
+        self.failed = Some(e);
+        Some(Ok(Bytes::from(held)))
     }
 
     /// Ends the body with `e`: a stream's held bytes go first, unchanged.

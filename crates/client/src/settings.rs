@@ -33,6 +33,10 @@ pub struct Settings {
     pub proxy_policy: String,
     /// Refuse proxies whose image hash the root does not list (`check_proxy_hashes`).
     pub check_proxy_hashes: bool,
+    /// Use only proxies whose answers carry receipts (`require_receipts`).
+    pub require_receipts: bool,
+    /// Days verified answer receipts are kept (`receipt_retention_days`).
+    pub receipt_retention_days: u64,
     /// Highest proof-of-work difficulty solved (`pow_max_difficulty`).
     pub pow_max_difficulty: u32,
     /// TON a contract is funded with and each top-up adds (`top_up_ton`).

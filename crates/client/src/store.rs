@@ -3,7 +3,9 @@
 //! - `receipts`: the best proxy-signed charge held for each client contract (the highest
 //!   token count that verified), as the BOC that can be submitted on chain;
 //! - `key_spend`: nanoTON spent and requests made per API key (by its hash);
-//! - `totals`: request and token counters across restarts.
+//! - `totals`: request and token counters across restarts;
+//! - `answer_receipts`: each answer's verified receipt document (JSON), by request id, with
+//!   the hash of the API key that asked, kept for the retention period.
 //!
 //! Every write is one statement in autocommit mode, so a crash loses at most the write in
 //! progress; receipts only ever increase (`ON CONFLICT … WHERE excluded.tokens > tokens`).
@@ -65,7 +67,13 @@ impl Store {
                  requests INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS totals (
                  name TEXT PRIMARY KEY,
-                 value INTEGER NOT NULL);",
+                 value INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS answer_receipts (
+                 id TEXT PRIMARY KEY,
+                 key_hash TEXT,
+                 created INTEGER NOT NULL,
+                 doc TEXT NOT NULL);
+             CREATE INDEX IF NOT EXISTS answer_receipts_created ON answer_receipts (created);",
         )
         .map_err(err)?;
         Ok(Store {
@@ -106,6 +114,46 @@ impl Store {
                         boc: row.get(3)?,
                     })
                 },
+            )
+            .optional()
+            .map_err(err)
+    }
+
+    /// Keeps an answer's receipt document, and drops those created before `keep_after`
+    /// (Unix seconds).
+    pub(crate) fn save_answer_receipt(
+        &self,
+        id: &str,
+        key_hash: Option<&str>,
+        created: u64,
+        doc: &str,
+        keep_after: u64,
+    ) -> Result<(), String> {
+        let c = self.conn();
+        c.execute(
+            "INSERT OR REPLACE INTO answer_receipts (id, key_hash, created, doc)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![id, key_hash, clamp(created), doc],
+        )
+        .map_err(err)?;
+        c.execute(
+            "DELETE FROM answer_receipts WHERE created < ?1",
+            params![clamp(keep_after)],
+        )
+        .map_err(err)?;
+        Ok(())
+    }
+
+    /// An answer's receipt document and the hash of the API key that asked.
+    pub(crate) fn answer_receipt(
+        &self,
+        id: &str,
+    ) -> Result<Option<(Option<String>, String)>, String> {
+        self.conn()
+            .query_row(
+                "SELECT key_hash, doc FROM answer_receipts WHERE id = ?1",
+                params![id],
+                |row| Ok((row.get(0)?, row.get(1)?)),
             )
             .optional()
             .map_err(err)
@@ -208,5 +256,31 @@ mod tests {
             s.totals().unwrap(),
             vec![("requests".into(), 3), ("tokens".into(), 7)]
         );
+    }
+
+    #[test]
+    fn answer_receipts_are_kept_for_the_retention_period_across_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("client.sqlite");
+        let s = Store::open(Some(&path)).unwrap();
+        s.save_answer_receipt("a", Some("k1"), 100, "{\"a\":1}", 0)
+            .unwrap();
+        s.save_answer_receipt("b", None, 200, "{\"b\":1}", 50)
+            .unwrap();
+        drop(s);
+        let s = Store::open(Some(&path)).unwrap();
+        assert_eq!(
+            s.answer_receipt("a").unwrap(),
+            Some((Some("k1".into()), "{\"a\":1}".into()))
+        );
+        assert_eq!(
+            s.answer_receipt("b").unwrap(),
+            Some((None, "{\"b\":1}".into()))
+        );
+        // A later save past the first one's retention drops it.
+        s.save_answer_receipt("c", None, 300, "{}", 150).unwrap();
+        assert_eq!(s.answer_receipt("a").unwrap(), None);
+        assert!(s.answer_receipt("b").unwrap().is_some());
+        assert_eq!(s.answer_receipt("zz").unwrap(), None);
     }
 }

@@ -710,3 +710,59 @@ async fn cost_fields_timing_headers_and_debug_reach_the_app() {
     assert!(got.headers.iter().any(|(n, _)| n == "X-Cocoon-Client-End"));
     c.shutdown().await;
 }
+
+/// Issue 20 §3 through our own proxy and worker: every answer, whole and streamed, names its
+/// receipt, which the key that asked (and only it) reads back; the worker's and the proxy's
+/// signatures verify under their sim certificates, and the receipt's billing is what the
+/// answer's headers say.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_has_a_verified_receipt_its_api_key_can_read() {
+    let (net, _w) = network(test_root()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys_file(dir.path(), &[("key-a", None, "a"), ("key-b", None, "b")]);
+    let (_c, base) = keyed_gateway(&net, &keys, Some(&dir.path().join("state.sqlite"))).await;
+    let http = reqwest::Client::new();
+    for stream in [false, true] {
+        let r = post_as(&http, &base, "key-a", &chat("json", stream)).await;
+        assert_eq!(r.status(), 200);
+        let h = r.headers().clone();
+        let body = r.text().await.unwrap();
+        let id = h["x-cocoon-receipt"].to_str().unwrap().to_owned();
+        assert_eq!(id.len(), 64);
+        let get = |key: &'static str| {
+            let (http, url) = (http.clone(), format!("{base}/v1/receipts/{id}"));
+            async move {
+                let r = http.get(url).bearer_auth(key).send().await.unwrap();
+                (r.status().as_u16(), r.text().await.unwrap())
+            }
+        };
+        let (s, doc) = get("key-a").await;
+        assert_eq!(s, 200, "{doc}");
+        let doc: cocoon_receipt::Receipt = serde_json::from_str(&doc).unwrap();
+        assert_eq!(doc.id, id);
+        assert_eq!(doc.model, MODEL);
+        if !stream {
+            let tokens: i64 = h["x-cocoon-tokens"].to_str().unwrap().parse().unwrap();
+            let cost: i64 = h["x-cocoon-cost-nanoton"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert_eq!(doc.usage.billed_tokens, tokens, "{body}");
+            assert_eq!(doc.usage.cost_nanoton, cost);
+        }
+        assert!(doc.usage.prompt_tokens > 0 && doc.usage.completion_tokens > 0);
+        let w = doc.worker.evidence.as_ref().unwrap();
+        assert_eq!(w.backend, "sim");
+        assert_eq!(w.image_hash, hex::encode(test_root().worker_hashes[0].0));
+        assert_eq!(doc.proxy.evidence.as_ref().unwrap().backend, "sim");
+        // Another key cannot read it, and none at all is 401.
+        assert_eq!(get("key-b").await.0, 404);
+        let r = http
+            .get(format!("{base}/v1/receipts/{id}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+    }
+}

@@ -68,6 +68,8 @@ pub(crate) struct ClientSession {
     auth: Mutex<Auth>,
     pay_lock: crate::registry::PayLock,
     running: Mutex<HashMap<[u8; 32], watch::Sender<Option<CancelReason>>>>,
+    /// Signs this session's answer receipts (used at protocol 3).
+    receipts: Arc<forward::SessionReceipts>,
 }
 
 impl ClientSession {
@@ -93,7 +95,14 @@ pub(crate) async fn run(shared: Arc<Shared>, a: Accepted, mut stop: watch::Recei
         addr,
         peer: verified,
         verdict_deadline,
+        own_key,
+        ..
     } = a;
+    let receipts = Arc::new(forward::SessionReceipts {
+        key: own_key,
+        client_key: verified.public_key().copied().unwrap_or_default(),
+        evidence_sent: Default::default(),
+    });
     let peer = addr.to_string();
     let sess = Arc::new(ClientSession {
         shared: Arc::clone(&shared),
@@ -104,6 +113,7 @@ pub(crate) async fn run(shared: Arc<Shared>, a: Accepted, mut stop: watch::Recei
         auth: Mutex::new(Auth::None),
         pay_lock: Default::default(),
         running: Mutex::default(),
+        receipts,
     });
     shared
         .clients
@@ -635,6 +645,7 @@ impl ClientSession {
             proto,
             client_sc: client_sc.to_string(),
             owner,
+            receipts: (proto >= 3).then(|| Arc::clone(&self.receipts)),
         };
         let sess = Arc::clone(self);
         tokio::spawn(async move {

@@ -65,6 +65,41 @@ pub(crate) struct ClientCtx {
     pub client_sc: String,
     #[allow(dead_code)]
     pub owner: String,
+    /// Signs the receipts of this session's answers (protocol 3).
+    pub receipts: Option<Arc<SessionReceipts>>,
+}
+
+/// Most workers whose evidence a client session is known to hold; past it the set starts
+/// over (evidence is sent again, never missing).
+const EVIDENCE_SENT_MAX: usize = 1024;
+
+/// A client session's receipts (protocol 3): the proxy's certificate key, the client's, and
+/// the workers whose certificates the client already has.
+pub(crate) struct SessionReceipts {
+    pub key: cocoon_ratls::sign::SessionKey,
+    pub client_key: [u8; 32],
+    pub evidence_sent: std::sync::Mutex<std::collections::HashSet<[u8; 32]>>,
+}
+
+impl SessionReceipts {
+    /// `client.workerEvidence` for the leased worker, unless this session already had it.
+    fn evidence(&self, lease: &Lease) -> Option<Vec<u8>> {
+        let mut sent = self.evidence_sent.lock().unwrap_or_else(|p| p.into_inner());
+        if sent.contains(&lease.tls_key) {
+            return None;
+        }
+        if sent.len() >= EVIDENCE_SENT_MAX {
+            sent.clear();
+        }
+        sent.insert(lease.tls_key);
+        Some(
+            tclient::WorkerEvidence {
+                worker_key: lease.tls_key,
+                certificate: lease.certificate.as_ref().clone(),
+            }
+            .to_bytes(),
+        )
+    }
 }
 
 /// What stopped a request before the worker's final message.
@@ -326,15 +361,20 @@ struct Relay {
     grace: tokio::time::Instant,
     /// Set when the client fell a whole answer buffer behind.
     overflow: watch::Receiver<bool>,
-    /// Prices the usage objects of the body as they go by.
-    costs: CostInjector,
+    /// Prices the usage objects of the body as they go by (`None`: the body passes as the
+    /// worker sent it, which a protocol 3 client checks against the worker's receipt and
+    /// prices itself).
+    costs: Option<CostInjector>,
+    /// The worker's receipt for the answer (protocol 3), once it came.
+    receipt: Option<tproxy::AnswerReceipt>,
 }
 
 impl Relay {
-    fn new(lease: Lease, quote: Quote, can_retry: bool) -> Relay {
+    fn new(lease: Lease, quote: Quote, can_retry: bool, pricing: bool) -> Relay {
         Relay {
             overflow: lease.overflow.clone(),
-            costs: cost_injector(&quote),
+            costs: pricing.then(|| cost_injector(&quote)),
+            receipt: None,
             lease,
             quote,
             can_retry,
@@ -348,11 +388,36 @@ impl Relay {
 
     /// `chunk` of the body with its usage objects priced; `last` flushes what is held.
     fn priced(&mut self, chunk: &[u8], last: bool) -> Vec<u8> {
-        let mut out = self.costs.push(chunk);
+        let Some(costs) = self.costs.as_mut() else {
+            return chunk.to_vec();
+        };
+        let mut out = costs.push(chunk);
         if last {
-            out.extend(self.costs.finish());
+            out.extend(costs.finish());
         }
         out
+    }
+
+    /// Keeps the worker's receipt when it is the leased worker's signature over a receipt
+    /// for this attempt (a bad one is reported and dropped: the client then has none).
+    fn take_receipt(&mut self, shared: &Shared, m: tproxy::AnswerReceipt) {
+        let ok = cocoon_ratls::sign::verify_signature(
+            &self.lease.tls_key,
+            cocoon_receipt::WORKER_DOMAIN,
+            &m.receipt,
+            &m.signature,
+        ) && cocoon_tl::types::receipt::Worker::from_bytes(&m.receipt).is_ok_and(|w| {
+            w.request_id == self.lease.proxy_request_id && w.worker_key == self.lease.tls_key
+        });
+        if ok {
+            self.receipt = Some(m);
+        } else {
+            shared.event(
+                "receipt_invalid",
+                &self.lease.worker_sc,
+                "the worker's answer receipt does not verify",
+            );
+        }
     }
 
     /// Usage the proxy counted itself (from the answer), bounded by the reservation.
@@ -442,7 +507,8 @@ impl Forwarding {
                 reserved: self.plan.reserved,
                 completion_limit: self.plan.completion_limit,
             };
-            let mut relay = Relay::new(lease, quote, attempt == 0);
+            let pricing = self.ctx.receipts.is_none();
+            let mut relay = Relay::new(lease, quote, attempt == 0, pricing);
             let (ended, outcome) = self.relay(&mut relay).await;
             // Books, counters and the worker's health first; then the peers are told.
             relay.lease.finish(&shared.router, Instant::now(), outcome);
@@ -520,6 +586,10 @@ impl Forwarding {
                 Some(WorkerEvent::Head(a)) => self.on_head(r, a).await,
                 Some(WorkerEvent::Part(p)) => self.on_part(r, p).await,
                 Some(WorkerEvent::Error(e)) => self.on_error(r, e).await,
+                Some(WorkerEvent::Receipt(m)) => {
+                    r.take_receipt(&self.shared, m);
+                    None
+                }
             };
             if let Some(ended) = ended {
                 return ended;
@@ -565,12 +635,19 @@ impl Forwarding {
         r.first_byte.get_or_insert(ttft);
         let _ = self.answer_at.set(SystemTime::now());
         let answer = relayed_head(r, a.answer, self.start, a.final_info.is_some());
+        // Protocol 3: the worker's certificate goes ahead of its first answer on the session.
+        if let Some(ev) = self
+            .ctx
+            .receipts
+            .as_ref()
+            .and_then(|s| s.evidence(&r.lease))
+        {
+            self.send_until(ev, &mut r.overflow).await;
+        }
         if let Some(fi) = a.final_info {
             // A complete answer in one message.
             let (usage, honest) = self.booked(r, &fi.tokens_used, r.tracker.usage());
-            let (out, ok) = self
-                .finish_success(&r.lease, Last::Head(answer), usage, &fi)
-                .await;
+            let (out, ok) = self.finish_success(r, Last::Head(answer), usage, &fi).await;
             let outcome = judged_outcome(ok, honest, r.sent, ttft);
             return Some((Attempt::Done(Box::new(out)), outcome));
         }
@@ -594,9 +671,7 @@ impl Forwarding {
             let (usage, honest) = self.booked(r, &fi.tokens_used, r.tracker.usage());
             let ttft = *r.first_byte.get_or_insert(r.sent.elapsed());
             let answer = r.priced(&p.answer, true);
-            let (out, ok) = self
-                .finish_success(&r.lease, Last::Part(answer), usage, fi)
-                .await;
+            let (out, ok) = self.finish_success(r, Last::Part(answer), usage, fi).await;
             let outcome = judged_outcome(ok, honest, r.sent, ttft);
             return Some((Attempt::Done(Box::new(out)), outcome));
         }

@@ -22,6 +22,8 @@ pub(crate) enum WorkerEvent {
     Head(tproxy::QueryAnswerEx),
     Part(tproxy::QueryAnswerPartEx),
     Error(tproxy::QueryAnswerErrorEx),
+    /// The answer's receipt (protocol 3), before its final part.
+    Receipt(tproxy::AnswerReceipt),
 }
 
 impl WorkerEvent {
@@ -31,6 +33,7 @@ impl WorkerEvent {
             WorkerEvent::Head(h) => h.answer.len(),
             WorkerEvent::Part(p) => p.answer.len(),
             WorkerEvent::Error(e) => e.error.len(),
+            WorkerEvent::Receipt(r) => r.receipt.len() + r.signature.len(),
         }
     }
 
@@ -40,6 +43,7 @@ impl WorkerEvent {
             WorkerEvent::Head(h) => h.final_info.is_some(),
             WorkerEvent::Part(p) => p.final_info.is_some(),
             WorkerEvent::Error(_) => true,
+            WorkerEvent::Receipt(_) => false,
         }
     }
 }
@@ -112,6 +116,10 @@ pub(crate) struct WorkerEntry {
     pub image_hash: [u8; 32],
     /// The worker's verified GPU evidence, summarised.
     pub gpu: Option<String>,
+    /// The worker's RA-TLS certificate key: what its receipts are signed with.
+    pub tls_key: [u8; 32],
+    /// Its certificate (the evidence clients check receipts against).
+    pub certificate: Arc<Vec<u8>>,
 }
 
 /// Held while a payment report is read and queued, so reports to a peer never decrease.
@@ -215,6 +223,10 @@ pub(crate) struct Lease {
     pub worker_sc: String,
     pub pay_lock: PayLock,
     pub probe: bool,
+    /// The worker's RA-TLS certificate key.
+    pub tls_key: [u8; 32],
+    /// Its certificate.
+    pub certificate: Arc<Vec<u8>>,
     events: mpsc::UnboundedReceiver<WorkerEvent>,
     queued: Arc<std::sync::atomic::AtomicUsize>,
     /// Becomes true when the client fell more than [`REQUEST_BUFFER_BYTES`] behind.
@@ -352,6 +364,8 @@ impl Registry {
             worker_sc: e.worker_sc.clone(),
             pay_lock: Arc::clone(&e.pay_lock),
             probe,
+            tls_key: e.tls_key,
+            certificate: Arc::clone(&e.certificate),
             events: rx,
             queued,
             overflow: overflow_rx,

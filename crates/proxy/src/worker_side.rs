@@ -88,6 +88,9 @@ struct WorkerSession {
     facts: PeerFacts,
     /// The peer's verified GPU evidence, summarised (admin pages).
     gpu: Option<String>,
+    /// The peer's certificate key and certificate (receipts).
+    tls_key: [u8; 32],
+    certificate: Arc<Vec<u8>>,
     /// The peer's address, for logs and refusals.
     peer: String,
     /// What the handshake learned, until `worker.proxyHandshakeComplete`.
@@ -104,6 +107,8 @@ pub(crate) async fn run(shared: Arc<Shared>, a: Accepted, mut stop: watch::Recei
         peer,
         addr,
         verdict_deadline,
+        peer_certificate,
+        ..
     } = a;
     let mut sess = WorkerSession {
         shared: Arc::clone(&shared),
@@ -114,6 +119,8 @@ pub(crate) async fn run(shared: Arc<Shared>, a: Accepted, mut stop: watch::Recei
             image_hash: *peer.image_hash(),
         },
         gpu: peer.gpu().map(|g| g.summary()),
+        tls_key: peer.public_key().copied().unwrap_or_default(),
+        certificate: Arc::new(peer_certificate.to_vec()),
         peer: addr.to_string(),
         pending: None,
         registered: false,
@@ -385,6 +392,8 @@ impl WorkerSession {
             bad_reports: 0,
             image_hash: self.facts.image_hash,
             gpu: self.gpu.clone(),
+            tls_key: self.tls_key,
+            certificate: Arc::clone(&self.certificate),
         });
         self.registered = true;
         let _ = responder.answer_tl(&tworker::ProxyHandshakeCompleted {});
@@ -476,6 +485,9 @@ impl WorkerSession {
             ToProxy::QueryAnswerPartError(m) => {
                 let ex = legacy_error(m.request_id, m.error_code, m.error, m.tokens_used);
                 self.deliver(ex.request_id, WorkerEvent::Error(ex), "legacy answer error")
+            }
+            ToProxy::AnswerReceipt(m) => {
+                self.deliver(m.request_id, WorkerEvent::Receipt(m), "answer receipt")
             }
             ToProxy::EnabledDisabled(m) => self.on_enabled_disabled(&m),
             ToProxy::NewCoefficient(m) => return self.on_new_coefficient(&m),

@@ -97,7 +97,8 @@ async fn protocol_0_answers_and_state_messages_of_a_cocoon_worker() {
     net.wait_workers(1).await;
     let owner = addr(0x51);
     let sc = net.fund_client(&owner, 1_000_000_000, true);
-    let mut c = TestClient::authorized(&net, &owner).await;
+    // A client as COCOON's (protocol 2): the proxy prices the answers' usage for it.
+    let mut c = TestClient::authorized_as_cocoon(&net, &owner).await;
 
     // 1. `client.runQuery` (protocol 0 form, by hand) is served as a request; the worker
     // answers with `proxy.queryAnswer` (head, not completed) and `proxy.queryAnswerPart`
@@ -367,6 +368,8 @@ async fn queries_and_messages_a_cocoon_client_may_send() {
         handle: h.clone(),
         incoming,
         connected,
+        evidence: Vec::new(),
+        receipts: Vec::new(),
     };
     let body = chat_body("json", false);
     let run = hm::client_run_query_ex(
@@ -454,7 +457,7 @@ async fn cost_fields_timing_headers_and_debug_through_proxy_and_worker() {
                         break fi;
                     }
                 }
-                FromProxy::Payment(_) => {}
+                FromProxy::Payment(_) | FromProxy::Evidence(_) | FromProxy::Receipt(_) => {}
                 FromProxy::Error(e) => panic!("{e:?}"),
             }
         };

@@ -289,6 +289,7 @@ async fn load(
                 }
                 continue;
             }
+            FromProxy::Evidence(_) | FromProxy::Receipt(_) => continue,
         };
         let Some(fi) = fi else { continue };
         assert!(open.remove(&rid), "one final answer per request");

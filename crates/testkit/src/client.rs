@@ -23,16 +23,26 @@ pub struct TestClient {
     pub handle: SessionHandle,
     pub incoming: mpsc::Receiver<Incoming>,
     pub connected: tclient::ConnectedToProxy,
+    /// Workers' certificates the proxy sent (protocol 3), set aside by [`TestClient::next`].
+    pub evidence: Vec<tclient::WorkerEvidence>,
+    /// Answer receipts the proxy sent (protocol 3), set aside by [`TestClient::next`].
+    pub receipts: Vec<tclient::AnswerReceipt>,
 }
 
 /// `client.connectToProxy` for a test client owned by `owner` (protocol 1 to 3).
 pub fn connect_query(owner: &StdAddr) -> fclient::ConnectToProxy {
+    connect_query_up_to(owner, 3)
+}
+
+/// `client.connectToProxy` for a test client owned by `owner` speaking protocol 1 to `max`
+/// (2: as COCOON's client).
+pub fn connect_query_up_to(owner: &StdAddr, max: i32) -> fclient::ConnectToProxy {
     fclient::ConnectToProxy {
         params: tclient::Params {
             client_owner_address: owner.to_string(),
             is_test: Some(true),
             min_proto_version: Some(1),
-            max_proto_version: Some(3),
+            max_proto_version: Some(max),
         },
         min_config_version: 0,
     }
@@ -61,13 +71,31 @@ impl TestClient {
 
     /// Connects to the proxy's client port at `addr`.
     pub async fn connect_to(addr: &str, owner: &StdAddr) -> TestClient {
+        Self::connect_up_to(addr, owner, 3).await
+    }
+
+    /// Connects to `addr` speaking protocol 1 to `max`.
+    pub async fn connect_up_to(addr: &str, owner: &StdAddr, max: i32) -> TestClient {
         let (handle, incoming, _peer) = connector().connect(addr).await.unwrap();
-        let connected: tclient::ConnectedToProxy =
-            handle.query_tl(&connect_query(owner), LIMIT).await.unwrap();
+        let connected: tclient::ConnectedToProxy = handle
+            .query_tl(&connect_query_up_to(owner, max), LIMIT)
+            .await
+            .unwrap();
         TestClient {
             handle,
             incoming,
             connected,
+            evidence: Vec::new(),
+            receipts: Vec::new(),
+        }
+    }
+
+    /// Connects speaking protocol 1 to 2, as COCOON's client does, and authorises.
+    pub async fn authorized_as_cocoon(net: &Net, owner: &StdAddr) -> TestClient {
+        let c = Self::connect_up_to(&net.proxy.client_addr().to_string(), owner, 2).await;
+        match c.authorize_short().await {
+            enums::client::AuthorizationWithProxy::AuthorizationWithProxySuccess(_) => c,
+            other => panic!("authorisation failed: {other:?}"),
         }
     }
 
@@ -131,7 +159,11 @@ impl TestClient {
                 .expect("message in time")
                 .expect("session open");
             if let Incoming::Message { data } = m {
-                return from_proxy(&data);
+                match from_proxy(&data) {
+                    FromProxy::Evidence(e) => self.evidence.push(e),
+                    FromProxy::Receipt(r) => self.receipts.push(r),
+                    other => return other,
+                }
             }
         }
     }
@@ -178,6 +210,7 @@ impl Collected {
                 self.payments.push(p);
                 false
             }
+            FromProxy::Evidence(_) | FromProxy::Receipt(_) => false,
         }
     }
 
@@ -201,6 +234,8 @@ impl FromProxy {
             FromProxy::Part(p) => p.request_id[0],
             FromProxy::Error(e) => e.request_id[0],
             FromProxy::Payment(p) => p.request_id[0],
+            FromProxy::Evidence(e) => e.worker_key[0],
+            FromProxy::Receipt(r) => r.request_id[0],
         }
     }
 }

@@ -17,6 +17,10 @@ pub enum FromProxy {
     Part(tclient::QueryAnswerPartEx),
     Error(tclient::QueryAnswerErrorEx),
     Payment(tproxy::ClientRequestPayment),
+    /// A worker's certificate (protocol 3).
+    Evidence(tclient::WorkerEvidence),
+    /// An answer's receipts (protocol 3).
+    Receipt(tclient::AnswerReceipt),
 }
 
 /// Decodes a proxy's message to a client (panics on anything else).
@@ -36,6 +40,12 @@ pub fn from_proxy(data: &[u8]) -> FromProxy {
         tproxy::ClientRequestPayment::CONSTRUCTOR_ID => {
             FromProxy::Payment(tproxy::ClientRequestPayment::from_bytes(data).unwrap())
         }
+        tclient::WorkerEvidence::CONSTRUCTOR_ID => {
+            FromProxy::Evidence(tclient::WorkerEvidence::from_bytes(data).unwrap())
+        }
+        tclient::AnswerReceipt::CONSTRUCTOR_ID => {
+            FromProxy::Receipt(tclient::AnswerReceipt::from_bytes(data).unwrap())
+        }
         id => panic!("unexpected message {id:08x}"),
     }
 }
@@ -48,6 +58,8 @@ pub enum FromWorker {
     Error(tproxy::QueryAnswerErrorEx),
     EnabledDisabled(i32),
     NewCoefficient(i32),
+    /// An answer's receipt (protocol 3).
+    Receipt(tproxy::AnswerReceipt),
 }
 
 /// Decodes a worker's message to the proxy (panics on anything else).
@@ -72,6 +84,9 @@ pub fn from_worker(data: &[u8]) -> FromWorker {
                 .unwrap()
                 .new_coefficient,
         ),
+        tproxy::AnswerReceipt::CONSTRUCTOR_ID => {
+            FromWorker::Receipt(tproxy::AnswerReceipt::from_bytes(data).unwrap())
+        }
         id => panic!("unexpected message {id:08x}"),
     }
 }

@@ -66,6 +66,8 @@ pub struct ProxyConn {
     pub params: tworker::Params,
     pub compare: fworker::CompareBalanceWithProxy,
     pub is_disabled: bool,
+    /// Answer receipts the worker sent (protocol 3), set aside by [`ProxyConn::next`].
+    pub receipts: Vec<tproxy::AnswerReceipt>,
 }
 
 /// Handshake steps the proxy saw (including refused handshakes).
@@ -340,6 +342,7 @@ fn answer(ctx: &ProxyCtx, s: &mut Session, data: &[u8], responder: Responder) {
                     params: p,
                     compare: c,
                     is_disabled: q.is_disabled,
+                    receipts: Vec::new(),
                 });
             }
         }
@@ -363,18 +366,29 @@ fn answer(ctx: &ProxyCtx, s: &mut Session, data: &[u8], responder: Responder) {
 impl ProxyConn {
     /// The next message from the worker.
     pub async fn next(&mut self) -> FromWorker {
-        let m = tokio::time::timeout(LIMIT, self.messages.recv())
-            .await
-            .expect("message in time")
-            .expect("session open");
-        from_worker(&m)
+        loop {
+            let m = tokio::time::timeout(LIMIT, self.messages.recv())
+                .await
+                .expect("message in time")
+                .expect("session open");
+            match from_worker(&m) {
+                FromWorker::Receipt(r) => self.receipts.push(r),
+                other => return other,
+            }
+        }
     }
 
     /// The next message, or `None` if none arrives within `wait`.
     pub async fn next_within(&mut self, wait: Duration) -> Option<FromWorker> {
-        match tokio::time::timeout(wait, self.messages.recv()).await {
-            Ok(Some(m)) => Some(from_worker(&m)),
-            _ => None,
+        let end = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(end, self.messages.recv()).await {
+                Ok(Some(m)) => match from_worker(&m) {
+                    FromWorker::Receipt(r) => self.receipts.push(r),
+                    other => return Some(other),
+                },
+                _ => return None,
+            }
         }
     }
 

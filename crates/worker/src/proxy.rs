@@ -90,6 +90,8 @@ pub(crate) struct Link {
     /// What the proxy reported in this session's ordered messages (the handshake's balance
     /// comparison, then payment messages): each report must not go below it.
     pub floor: Floor,
+    /// Signs answer receipts (sessions at protocol 3).
+    pub signer: Option<Arc<request::Signer>>,
 }
 
 /// The highest values a proxy reported in a session's ordered messages.
@@ -353,6 +355,7 @@ async fn handshake(
         proto,
         told: control,
         floor: Floor::default(),
+        signer: None,
     };
 
     let cmp: tworker::CompareBalanceWithProxyResult = s
@@ -487,10 +490,19 @@ async fn session(
     // Subscribed before the root is read: no update between the checks and the session's
     // re-checks can be missed.
     let mut root_rx = shared.root.subscribe();
-    let (s, mut incoming, peer) = tokio::select! {
-        r = shared.connector.connect(addr) => r.map_err(|e| SessionError::Connect(e.to_string()))?,
+    let keyed = tokio::select! {
+        r = shared.connector.connect_keyed(addr) => r.map_err(|e| SessionError::Connect(e.to_string()))?,
         _ = stop.changed() => return Ok(()),
     };
+    let (s, mut incoming, peer) = (keyed.handle, keyed.incoming, keyed.peer);
+    // What this worker signs its answers' receipts with (protocol 3): the key of the
+    // certificate the proxy verified, naming the proxy's certificate key.
+    let signer = peer.public_key().map(|proxy_tls_key| {
+        Arc::new(request::Signer {
+            key: keyed.own_key,
+            proxy_tls_key: *proxy_tls_key,
+        })
+    });
     let verdict = Verdict {
         deadline: shared.connector.verdict_deadline(&peer),
         valid_until: peer.valid_until(),
@@ -513,13 +525,14 @@ async fn session(
         _ = tokio::time::sleep_until(verdict.deadline) => Err(verdict.expired()),
         _ = stop.changed() => { s.close(); return Ok(()); }
     };
-    let link = match link {
+    let mut link = match link {
         Ok(l) => l,
         Err(e) => {
             s.close();
             return Err(e);
         }
     };
+    link.signer = signer;
     shared.update_conn(idx, |c| {
         c.state = ConnState::Ready;
         c.proto_version = Some(link.proto);
@@ -826,6 +839,7 @@ async fn start_request(
         proxy_coefficient: q.coefficient,
         enable_debug: q.enable_debug.unwrap_or(false),
         proto: link.proto,
+        signer: link.signer.clone().filter(|_| link.proto >= 3),
     };
     tokio::spawn(request::serve(
         Arc::clone(shared),

@@ -47,6 +47,15 @@ pub(crate) struct RunRequest {
     pub proxy_coefficient: i64,
     pub enable_debug: bool,
     pub proto: i32,
+    /// Signs the answer's receipt (sessions at protocol 3).
+    pub signer: Option<Arc<Signer>>,
+}
+
+/// What a session signs receipts with: the key of the certificate this worker presented,
+/// and the certificate key of the proxy at the other end.
+pub(crate) struct Signer {
+    pub key: cocoon_ratls::sign::SessionKey,
+    pub proxy_tls_key: [u8; 32],
 }
 
 /// Counts a running request against `max_active_requests`.
@@ -226,6 +235,10 @@ struct Ctx<'a> {
     limit: Option<u64>,
     /// When the engine's answer head arrived (Unix seconds), for the debug output.
     answer_at: Option<f64>,
+    /// SHA-256 of the request's HTTP body as received.
+    request_hash: [u8; 32],
+    /// The answer's body bytes as sent.
+    answer_hash: cocoon_receipt::BodyHash,
 }
 
 /// `usage` with its generated tokens cut to `limit`: a request is never billed for more
@@ -272,13 +285,48 @@ impl Ctx<'_> {
         )
     }
 
+    /// The signed receipt of a successful answer that used `usage`, as the message that
+    /// carries it.
+    fn receipt(&self, signer: &Signer, usage: &Usage) -> Result<Vec<u8>, String> {
+        let u = within_limit(*usage, self.limit);
+        let (answer_hash, answer_bytes) = self.answer_hash.digest();
+        let ms = |secs: f64| (secs * 1000.0) as i64;
+        let r = cocoon_tl::types::receipt::Worker {
+            request_id: self.req.request_id,
+            worker_key: *signer.key.public_key(),
+            proxy_key: signer.proxy_tls_key,
+            model: self.shared.model.clone(),
+            request_hash: self.request_hash,
+            answer_hash,
+            answer_bytes: saturating_i64(answer_bytes),
+            prompt_tokens: saturating_i64(u.prompt_tokens),
+            cached_tokens: saturating_i64(u.cached_tokens()),
+            completion_tokens: saturating_i64(u.completion_tokens),
+            reasoning_tokens: saturating_i64(u.reasoning_tokens()),
+            coefficient: i32::try_from(self.coefficient).unwrap_or(i32::MAX),
+            price_per_token: saturating_i64(self.prices.price_per_token),
+            tokens_used: tokens_used(&self.prices, &u, self.coefficient),
+            started_at_ms: ms(self.start),
+            finished_at_ms: ms(now_unix()),
+        };
+        let (receipt, signature) =
+            cocoon_receipt::sign_worker(&r, &signer.key).map_err(|e| e.to_string())?;
+        Ok(tproxy::AnswerReceipt {
+            request_id: self.req.request_id,
+            receipt,
+            signature,
+        }
+        .to_bytes())
+    }
+
     async fn send(&self, bytes: Vec<u8>) -> bool {
         self.s.send_message(bytes).await.is_ok()
     }
 
     /// Sends one non-final part of the body.
-    async fn send_part(&self, answer: Vec<u8>) -> bool {
+    async fn send_part(&mut self, answer: Vec<u8>) -> bool {
         Counters::add(&self.shared.counters.answer_bytes, answer.len() as u64);
+        self.answer_hash.push(&answer);
         let part = tproxy::QueryAnswerPartEx {
             request_id: self.req.request_id,
             answer,
@@ -309,6 +357,7 @@ async fn run(cx: &mut Ctx<'_>, cancel: &mut watch::Receiver<bool>) -> Outcome {
         take_extensions: false,
         max_tokens_cap: None,
     };
+    cx.request_hash = cocoon_receipt::sha256(&http.payload);
     let v = match validate_request(endpoint, &http.payload, &opts) {
         Ok(v) => v,
         Err(e) => {
@@ -511,6 +560,8 @@ pub(crate) async fn serve(
         head_sent: false,
         limit: None,
         answer_at: None,
+        request_hash: [0; 32],
+        answer_hash: cocoon_receipt::BodyHash::default(),
     };
     let outcome = run(&mut cx, &mut cancel).await;
     let c = &shared.counters;
@@ -542,6 +593,15 @@ pub(crate) async fn serve(
         )),
         Outcome::SessionGone(_) => None,
     };
+    // Protocol 3: the receipt of a successful answer goes right before its final part.
+    if let (Outcome::Success(u), Some(signer)) = (&outcome, &req.signer) {
+        match cx.receipt(signer, u) {
+            Ok(m) => {
+                let _ = cx.send(m).await;
+            }
+            Err(e) => tracing::error!(error = %e, "could not sign a receipt"),
+        }
+    }
     // The slot is free once the final message is on its way: the proxy may reuse it at once.
     drop(guard);
     let delivered = match final_msg {

@@ -107,6 +107,8 @@ pub(super) fn client_final(
 
 /// What to tell the peers once the books and the worker's health have the outcome.
 pub(super) struct Outgoing {
+    /// The answer's receipts (protocol 3), right before the last message.
+    receipt: Option<Vec<u8>>,
     client: Vec<u8>,
     notify: Option<PendingNotify>,
 }
@@ -114,6 +116,9 @@ pub(super) struct Outgoing {
 impl Outgoing {
     pub(super) async fn send(self, shared: &Shared, ctx: &ClientCtx) {
         let limit = shared.timings.handshake_timeout;
+        if let Some(r) = self.receipt {
+            let _ = tokio::time::timeout(limit, ctx.handle.send_message(r)).await;
+        }
         let _ = tokio::time::timeout(limit, ctx.handle.send_message(self.client)).await;
         if let Some(n) = self.notify {
             n.send(&shared.meter, ctx);
@@ -174,6 +179,7 @@ impl Forwarding {
         let final_info = self.final_info(&usage, fi);
         match self.settle(lease, usage).await {
             Ok(n) => Ok(Outgoing {
+                receipt: None,
                 client: msg(final_info),
                 notify: Some(n),
             }),
@@ -188,6 +194,7 @@ impl Forwarding {
                         final_info: Some(final_info),
                     }
                     .to_bytes(),
+                    receipt: None,
                     notify: None,
                 })
             }
@@ -230,11 +237,12 @@ impl Forwarding {
     /// the final info. Returns whether the settlement succeeded.
     pub(super) async fn finish_success(
         &self,
-        lease: &Lease,
+        r: &Relay,
         last: Last,
         usage: Charge,
         fi: &tproxy::QueryFinalInfo,
     ) -> (Outgoing, bool) {
+        let lease = &r.lease;
         let rid = self.q.request_id;
         let build = |final_info| match last {
             Last::Head(answer) => tclient::QueryAnswerEx {
@@ -251,8 +259,9 @@ impl Forwarding {
             .to_bytes(),
         };
         match self.settle_then(lease, usage, build, Some(fi)).await {
-            Ok(out) => {
+            Ok(mut out) => {
                 Counters::inc(&self.shared.counters.requests_success);
+                out.receipt = self.receipt(r, &usage);
                 (out, true)
             }
             Err(out) => {
@@ -260,6 +269,55 @@ impl Forwarding {
                 (out, false)
             }
         }
+    }
+
+    /// `client.answerReceipt` for a settled answer (protocol 3 sessions): the worker's receipt
+    /// as it came (absent when the worker gave none) and the proxy's, signed, saying what it
+    /// billed.
+    fn receipt(&self, r: &Relay, usage: &Charge) -> Option<Vec<u8>> {
+        let signer = self.ctx.receipts.as_ref()?;
+        let lease = &r.lease;
+        let price = self.plan.prices.price_per_token;
+        let billed = tokens(usage);
+        let worker_receipt_hash = r
+            .receipt
+            .as_ref()
+            .map(|w| cocoon_receipt::sha256(&w.receipt))
+            .unwrap_or_default();
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let p = cocoon_tl::types::receipt::Proxy {
+            request_id: self.q.request_id,
+            proxy_key: *signer.key.public_key(),
+            client_key: signer.client_key,
+            client_sc: self.ctx.client_sc.clone(),
+            worker_request_id: lease.proxy_request_id,
+            worker_receipt_hash,
+            worker_key: lease.tls_key,
+            tokens_used: billed,
+            price_per_token: clamp_i64(price),
+            cost: clamp_i64(usage.total.saturating_mul(price)),
+            signed_at_ms: i64::try_from(now_ms).unwrap_or(i64::MAX),
+        };
+        let (proxy_receipt, proxy_signature) = match cocoon_receipt::sign_proxy(&p, &signer.key) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "could not sign a receipt");
+                return None;
+            }
+        };
+        Some(
+            tclient::AnswerReceipt {
+                request_id: self.q.request_id,
+                worker_receipt: r.receipt.as_ref().map(|w| w.receipt.clone()),
+                worker_signature: r.receipt.as_ref().map(|w| w.signature.clone()),
+                proxy_receipt,
+                proxy_signature,
+            }
+            .to_bytes(),
+        )
     }
 
     /// The worker failed (after the first byte, or in a way another worker would not fix):

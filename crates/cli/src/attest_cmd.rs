@@ -199,7 +199,7 @@ pub(crate) struct PeerSources {
 impl PeerSources {
     /// A verifier for `policy` with these sources and `clock`, without a cache (every run
     /// verifies afresh).
-    fn verifier(
+    pub(crate) fn verifier(
         &self,
         mut policy: cocoon_attest::Policy,
         clock: cocoon_ratls::verifier::Clock,

@@ -11,6 +11,7 @@ mod image_cmd;
 mod kms_cmd;
 mod model_cmd;
 mod proxy_cmd;
+mod receipt_cmd;
 mod role;
 mod root_cmd;
 mod tl_cmd;
@@ -76,6 +77,11 @@ enum Command {
         #[command(subcommand)]
         command: kms_cmd::KmsCommand,
     },
+    /// Answer receipts: `verify` a saved one offline.
+    Receipt {
+        #[command(subcommand)]
+        command: receipt_cmd::ReceiptCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -93,6 +99,7 @@ fn main() -> ExitCode {
         Command::Client(args) => return client_cmd::main(*args),
         Command::Up(args) => return up_cmd::main(args),
         Command::Kms { command } => return kms_cmd::main(command),
+        Command::Receipt { command } => receipt_cmd::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

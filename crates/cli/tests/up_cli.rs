@@ -297,6 +297,7 @@ fn up_runs_the_whole_network_and_resumes_it() {
         assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
         model
     });
+    receipts_through_the_sdk_verify_offline(&dir, &api, &model, &root);
     let spent = |s: serde_json::Value| s["totals"]["spent_nanoton"].as_u64().unwrap_or(0);
     let spent_first = spent(get_json(&format!("{api}/jsonstats")).unwrap());
     assert!(spent_first > 0, "nothing spent");
@@ -353,6 +354,104 @@ fn up_runs_the_whole_network_and_resumes_it() {
     assert!(err.len() > report + 5, "no log tail: {err:?}");
     for (role, pid) in &kids {
         assert!(!alive(*pid), "{role} (pid {pid}) still runs");
+    }
+}
+
+/// Issue 20 §3 on `cocoon up`: the official openai SDK (`COCOON_OPENAI_PYTHON`, a venv
+/// `scripts/setup --sdk` makes; required under `scripts/test`) reads each answer's receipt id
+/// from the raw response and fetches the receipt; `cocoon receipt verify` accepts it offline
+/// with the root's worker image and model hashes and the body the SDK received, and refuses
+/// it after one byte of the body or of a signature changes.
+fn receipts_through_the_sdk_verify_offline(dir: &Path, api: &str, model: &str, root: &str) {
+    let Some(python) = std::env::var_os("COCOON_OPENAI_PYTHON") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "COCOON_OPENAI_PYTHON must be set in CI (scripts/setup --sdk)"
+        );
+        eprintln!("openai SDK check skipped: COCOON_OPENAI_PYTHON is not set");
+        return;
+    };
+    let out = dir.join("sdk");
+    std::fs::create_dir_all(&out).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/receipts.py");
+    let run = Command::new(&python)
+        .arg(&script)
+        .args([api, model])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("up.json")).unwrap()).unwrap();
+    let ton = format!("http://127.0.0.1:{}", saved["devnet_port"]);
+    let shown: serde_json::Value = serde_json::from_str(&common::ok(&[
+        "root", "show", "--json", "--root", root, "--ton", &ton,
+    ]))
+    .unwrap();
+    let list = |k: &str| -> Vec<String> {
+        shown[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let mut args: Vec<String> = ["--policy", "sim", "--allow-sim"]
+        .map(String::from)
+        .to_vec();
+    for h in list("worker_hashes") {
+        args.extend(["--worker-hash".into(), h]);
+    }
+    for h in list("proxy_hashes") {
+        args.extend(["--proxy-hash".into(), h]);
+    }
+    for h in list("model_hashes") {
+        args.extend(["--model-hash".into(), h]);
+    }
+    let verify = |receipt: &Path, answer: &Path| {
+        let mut a: Vec<&str> = vec!["receipt", "verify"];
+        a.push(receipt.to_str().unwrap());
+        a.extend(["--answer", answer.to_str().unwrap()]);
+        a.extend(args.iter().map(String::as_str));
+        cocoon(&a)
+    };
+    for kind in ["whole", "stream"] {
+        let (receipt, answer) = (
+            out.join(format!("{kind}.json")),
+            out.join(format!("{kind}.bin")),
+        );
+        eprintln!("cocoon receipt verify: the {kind} answer's receipt");
+        let (rc, text, err) = verify(&receipt, &answer);
+        assert_eq!(rc, 0, "{kind}: {text}{err}");
+        assert!(
+            text.contains("valid") && text.contains("matches the file"),
+            "{text}"
+        );
+        // One byte of the answer changed.
+        let mut body = std::fs::read(&answer).unwrap();
+        let i = body.len() / 2;
+        body[i] ^= 0x01;
+        let bad = out.join(format!("{kind}-bad.bin"));
+        std::fs::write(&bad, &body).unwrap();
+        let (rc, text, _) = verify(&receipt, &bad);
+        assert_eq!(rc, 1, "{kind}: a changed answer verified: {text}");
+        assert!(text.contains("REFUSED"), "{text}");
+        // One byte of the worker's signature changed.
+        let mut doc: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&receipt).unwrap()).unwrap();
+        let sig = doc["worker"]["signature"].as_str().unwrap().to_owned();
+        let flipped = if sig.starts_with('A') { "B" } else { "A" };
+        doc["worker"]["signature"] = serde_json::json!(format!("{flipped}{}", &sig[1..]));
+        let bad = out.join(format!("{kind}-bad.json"));
+        std::fs::write(&bad, doc.to_string()).unwrap();
+        let (rc, text, _) = verify(&bad, &answer);
+        assert_eq!(rc, 1, "{kind}: a changed signature verified: {text}");
+        assert!(text.contains("bad receipt signature"), "{text}");
     }
 }
 

@@ -288,6 +288,19 @@ pub(crate) fn classify(code: i32, msg: &str) -> (ErrorKind, bool) {
     }
 }
 
+/// The app's error for a proxy's error text of `kind` ([`classify`]). The proxy's or the
+/// worker's refusal of the request as asked (`invalid request: …`) is its own message with
+/// the `param` and `code` it carries, as OpenAI words it; anything else names the proxy.
+pub(crate) fn proxy_error(kind: ErrorKind, proxy: &str, message: &str) -> ApiError {
+    if kind == ErrorKind::InvalidRequest {
+        let text = message.strip_prefix("worker: ").unwrap_or(message);
+        if let Some(rest) = text.strip_prefix("invalid request: ") {
+            return ApiError::from_wire(rest);
+        }
+    }
+    ApiError::new(kind, format!("proxy {proxy}: {message}"))
+}
+
 /// How often one request asks the same proxy again after "retry after reconnecting".
 const RECONNECT_RETRIES: u32 = 40;
 
@@ -750,7 +763,7 @@ impl Shared {
                     let (kind, retry) = classify(code, &message);
                     let paid = usage.as_ref().is_some_and(|u| u.total_tokens > 0);
                     tracker.finish(usage.as_ref().or(Some(&Usage::default())), false);
-                    let err = ApiError::new(kind, format!("proxy {}: {message}", slot.address));
+                    let err = proxy_error(kind, &slot.address, &message);
                     if !retry || paid {
                         return Err(err);
                     }
@@ -942,7 +955,7 @@ impl Answer {
                     }
                 }
                 let (kind, _) = classify(code, &message);
-                let e = ApiError::new(kind, format!("proxy {}: {message}", self.proxy));
+                let e = proxy_error(kind, &self.proxy, &message);
                 self.fail(e)
             }
             Event::Closed(why) => {
@@ -1182,6 +1195,36 @@ mod tests {
         for (code, m, kind, retry) in cases {
             assert_eq!(classify(code as i32, m), (kind, retry), "{code:?}: {m}");
         }
+    }
+
+    #[test]
+    fn refusals_of_the_request_keep_their_param_and_code() {
+        let e = proxy_error(
+            ErrorKind::InvalidRequest,
+            "127.0.0.1:1",
+            "worker: invalid request: Unsupported parameter: 'n' is not supported \
+             (param: n; code: unsupported_parameter)",
+        );
+        assert_eq!(e.status(), 400);
+        assert_eq!(e.message, "Unsupported parameter: 'n' is not supported");
+        assert_eq!(e.param.as_deref(), Some("n"));
+        assert_eq!(e.code, Some("unsupported_parameter"));
+        // The proxy's own refusal, and an old worker's text with the param in parentheses.
+        let e = proxy_error(ErrorKind::InvalidRequest, "p", "invalid request: no room");
+        assert_eq!((e.message.as_str(), e.param), ("no room", None));
+        let e = proxy_error(
+            ErrorKind::InvalidRequest,
+            "p",
+            "worker: invalid request: x must be a number (x)",
+        );
+        assert_eq!(
+            (e.message.as_str(), e.param),
+            ("x must be a number (x)", None)
+        );
+        // Other failures name the proxy.
+        let e = proxy_error(ErrorKind::Upstream, "p", "worker: engine: engine busy");
+        assert_eq!(e.message, "proxy p: worker: engine: engine busy");
+        assert_eq!(e.status(), 502);
     }
 
     #[test]

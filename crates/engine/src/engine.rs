@@ -86,6 +86,22 @@ pub enum EngineError {
     /// The request asked for something this engine cannot do.
     #[error("unsupported request: {0}")]
     Unsupported(String),
+    /// The engine refuses the request as it was asked (the caller's fault: a parameter it
+    /// does not support, a prompt over its context): an HTTP 400 for the app, with OpenAI's
+    /// `param` and `code`.
+    #[error("invalid request: {}", .0.message)]
+    Invalid(cocoon_openai::ApiError),
+}
+
+impl EngineError {
+    /// [`EngineError::Invalid`] about `param`, with OpenAI's `code`.
+    pub fn invalid(
+        param: impl Into<String>,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        EngineError::Invalid(cocoon_openai::ApiError::invalid(param, code, message))
+    }
 }
 
 /// Engine health.

@@ -185,11 +185,30 @@ impl HttpEngine {
             })
             .to_owned();
         if !resp.status().is_success() {
-            let message = read_error(resp, deadline).await;
-            return Err(if status == 429 || status == 503 {
-                EngineError::Busy(message)
-            } else {
-                EngineError::Status { status, message }
+            let (message, error) = read_error(resp, deadline).await;
+            return Err(match status {
+                429 | 503 => EngineError::Busy(message),
+                // The engine refuses the request as asked (a parameter it does not take, a
+                // prompt over its context): the app's fault, a 400 with the engine's param.
+                400 | 413 | 422 => {
+                    let mut e = cocoon_openai::ApiError::new(
+                        cocoon_openai::ErrorKind::InvalidRequest,
+                        message,
+                    );
+                    let field = |k: &str| error.as_ref().and_then(|e| e.get(k)?.as_str());
+                    let path_char = |c: char| c.is_ascii_alphanumeric() || "_.[]-".contains(c);
+                    e.param = field("param")
+                        .filter(|p| !p.is_empty() && p.len() <= 200 && p.chars().all(path_char))
+                        .map(str::to_owned);
+                    e.code = field("code").and_then(|c| {
+                        cocoon_openai::error::KNOWN_CODES
+                            .iter()
+                            .copied()
+                            .find(|k| *k == c)
+                    });
+                    EngineError::Invalid(e)
+                }
+                _ => EngineError::Status { status, message },
             });
         }
         let (tx, rx) = mpsc::channel(BODY_CHANNEL);
@@ -204,7 +223,9 @@ impl HttpEngine {
     }
 }
 
-async fn read_error(mut resp: reqwest::Response, deadline: Instant) -> String {
+/// The message of an engine's error body (at most 300 characters, no control characters),
+/// and its OpenAI `error` object when it has one.
+async fn read_error(mut resp: reqwest::Response, deadline: Instant) -> (String, Option<Value>) {
     let mut buf = Vec::new();
     while buf.len() < MAX_ERROR_BODY {
         match tokio::time::timeout_at(deadline, resp.chunk()).await {
@@ -212,8 +233,9 @@ async fn read_error(mut resp: reqwest::Response, deadline: Instant) -> String {
             _ => break,
         }
     }
-    let msg = serde_json::from_slice::<Value>(&buf)
-        .ok()
+    let body = serde_json::from_slice::<Value>(&buf).ok();
+    let msg = body
+        .as_ref()
         .and_then(|v| {
             v.get("error")
                 .and_then(|e| e.get("message").or(Some(e)))
@@ -226,7 +248,10 @@ async fn read_error(mut resp: reqwest::Response, deadline: Instant) -> String {
     if msg.is_empty() {
         msg = "no error message".into();
     }
-    msg
+    let error = body
+        .and_then(|mut v| v.get_mut("error").map(Value::take))
+        .filter(Value::is_object);
+    (msg, error)
 }
 
 async fn relay(

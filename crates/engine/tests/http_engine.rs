@@ -79,6 +79,17 @@ async fn chat(
             axum::Json(json!({"object":"error","message":"max_tokens is too large","type":"BadRequestError","code":400})),
         )
             .into_response(),
+        "param400" => (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": {"message": "logprobs are not supported", "type": "invalid_request_error", "param": "logprobs", "code": "unsupported_parameter"}})),
+        )
+            .into_response(),
+        "odd422" => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            axum::Json(json!({"error": {"message": "no", "param": "a b", "code": "free text"}})),
+        )
+            .into_response(),
+        "denied" => (StatusCode::UNAUTHORIZED, "bad key").into_response(),
         "busy" => (StatusCode::TOO_MANY_REQUESTS, "slow down").into_response(),
         "json" => axum::Json(json!({
             "id": "cmpl-1", "object": "chat.completion", "created": 1, "model": "m",
@@ -317,11 +328,47 @@ async fn error_statuses_timeouts_and_unreachable() {
         .submit(request(false, Duration::from_secs(5)))
         .await
         .unwrap_err();
+    // A refusal of the request as asked is the app's fault (a 400 for it), with the
+    // engine's OpenAI `param` and `code` when it gives them; other statuses are the engine's.
+    assert_eq!(
+        err,
+        EngineError::Invalid(cocoon_openai::ApiError::new(
+            cocoon_openai::ErrorKind::InvalidRequest,
+            "max_tokens is too large"
+        ))
+    );
+    let err = engine(&base, "param400")
+        .submit(request(false, Duration::from_secs(5)))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        EngineError::invalid(
+            "logprobs",
+            "unsupported_parameter",
+            "logprobs are not supported"
+        )
+    );
+    let err = engine(&base, "odd422")
+        .submit(request(false, Duration::from_secs(5)))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        EngineError::Invalid(cocoon_openai::ApiError::new(
+            cocoon_openai::ErrorKind::InvalidRequest,
+            "no"
+        ))
+    );
+    let err = engine(&base, "denied")
+        .submit(request(false, Duration::from_secs(5)))
+        .await
+        .unwrap_err();
     assert_eq!(
         err,
         EngineError::Status {
-            status: 400,
-            message: "max_tokens is too large".into()
+            status: 401,
+            message: "bad key".into()
         }
     );
     let err = engine(&base, "busy")

@@ -345,38 +345,54 @@ fn prepare(
         ),
     ] {
         if unsupported {
-            return Err(EngineError::Unsupported(format!(
-                "'{field}' is not supported by the embedded engine; use an external engine"
-            )));
+            return Err(EngineError::invalid(
+                field,
+                "unsupported_parameter",
+                format!(
+                    "Unsupported parameter: '{field}' is not supported by the model {model_name} \
+                     (embedded engine)."
+                ),
+            ));
         }
+    }
+    if req.endpoint == Endpoint::ChatCompletions {
+        text_only(body, &model_name)?;
     }
     let prompt_text = render(shared, req.endpoint, body)?;
     let prompt = tokenize_prompt(&shared.model, &prompt_text);
-    let ctx = context_length.unwrap_or(u32::MAX) as usize;
+    let (what, param) = match req.endpoint {
+        Endpoint::ChatCompletions => ("messages", "messages"),
+        Endpoint::Completions => ("prompt", "prompt"),
+    };
     if prompt.is_empty() {
-        return Err(EngineError::Unsupported("the prompt is empty".into()));
+        return Err(EngineError::invalid(
+            param,
+            "invalid_value",
+            format!("The {what} render to an empty prompt."),
+        ));
     }
-    if prompt.len() >= ctx {
-        return Err(EngineError::Unsupported(format!(
-            "the prompt is {} tokens; this engine's context is {ctx} tokens",
-            prompt.len()
-        )));
-    }
-    let room = (ctx - prompt.len()) as u64;
     let asked = body
         .get("max_completion_tokens")
         .or_else(|| body.get("max_tokens"))
         .and_then(Value::as_u64);
-    let max_tokens = match asked {
-        Some(n) if n > room => {
-            return Err(EngineError::Unsupported(format!(
-                "prompt ({} tokens) + max_tokens ({n}) exceeds the context of {ctx} tokens",
-                prompt.len()
-            )));
-        }
-        Some(n) => n,
-        None => room,
-    } as u32;
+    // Decided before the request reaches the decoding thread: nothing generated, nothing
+    // billed. As OpenAI, the prompt and the completion limit together must fit.
+    let ctx = u64::from(context_length.unwrap_or(u32::MAX));
+    let used = prompt.len() as u64;
+    let completion = asked.unwrap_or(0);
+    if used >= ctx || used.saturating_add(completion) > ctx {
+        return Err(EngineError::invalid(
+            param,
+            "context_length_exceeded",
+            format!(
+                "This model's maximum context length is {ctx} tokens. However, you requested \
+                 {} tokens ({used} in the {what}, {completion} in the completion). Please \
+                 reduce the length of the {what} or completion.",
+                used.saturating_add(completion)
+            ),
+        ));
+    }
+    let max_tokens = asked.unwrap_or(ctx - used) as u32;
     let stops = match body.get("stop") {
         Some(Value::String(s)) => vec![s.clone()],
         Some(Value::Array(a)) => a
@@ -424,6 +440,33 @@ fn prepare(
     Ok((job, rx))
 }
 
+/// Refuses content parts other than text (images, audio, files): the embedded engine serves
+/// text-only models, and a part dropped silently would answer a question not asked.
+fn text_only(body: &serde_json::Map<String, Value>, model: &str) -> Result<(), EngineError> {
+    let messages = body.get("messages").and_then(Value::as_array);
+    for (i, m) in messages.into_iter().flatten().enumerate() {
+        let Some(parts) = m.get("content").and_then(Value::as_array) else {
+            continue;
+        };
+        for (j, p) in parts.iter().enumerate() {
+            let kind = p.get("type").and_then(Value::as_str);
+            if kind == Some("text") && p.get("text").is_some_and(Value::is_string) {
+                continue;
+            }
+            let param = format!("messages[{i}].content[{j}]");
+            let message = match kind {
+                Some(k @ ("image_url" | "input_audio" | "file")) => format!(
+                    "Invalid content type at {param}: {k} is not supported by the model \
+                     {model}, which takes text only."
+                ),
+                _ => format!("{param} must be a text part: {{\"type\": \"text\", \"text\": …}}."),
+            };
+            return Err(EngineError::invalid(param, "unsupported_value", message));
+        }
+    }
+    Ok(())
+}
+
 fn tokenize_prompt(model: &LlamaModel, prompt: &str) -> Vec<LlamaToken> {
     // As llama-server does for a rendered template: special tokens in the text are parsed,
     // and BOS is added when the vocabulary asks for it.
@@ -448,8 +491,10 @@ fn render(
             Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
                 Ok(a[0].as_str().unwrap_or_default().to_owned())
             }
-            _ => Err(EngineError::Unsupported(
-                "the embedded engine takes one prompt string per request".into(),
+            _ => Err(EngineError::invalid(
+                "prompt",
+                "unsupported_value",
+                "The embedded engine takes one prompt string per request.",
             )),
         },
     }

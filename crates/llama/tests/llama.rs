@@ -223,29 +223,70 @@ async fn stop_strings_limits_and_cancellation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_are_typed_errors() {
     let Some(e) = engine() else { return };
-    let err = e
-        .submit(chat("x", json!({"max_tokens": 5000})))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, EngineError::Unsupported(ref m) if m.contains("exceeds the context")),
-        "{err}"
+    let invalid = |err: EngineError| match err {
+        EngineError::Invalid(a) => a,
+        other => panic!("not an invalid request: {other:?}"),
+    };
+    // Prompt + max_tokens over the context: OpenAI's error, with the counts.
+    let a = invalid(
+        e.submit(chat("x", json!({"max_tokens": 5000})))
+            .await
+            .unwrap_err(),
     );
-    let tools = json!({"tools": [{"type": "function", "function": {"name": "f"}}]});
-    let err = e.submit(chat("x", tools)).await.unwrap_err();
+    assert_eq!(a.param.as_deref(), Some("messages"));
+    assert_eq!(a.code, Some("context_length_exceeded"));
     assert!(
-        matches!(err, EngineError::Unsupported(ref m) if m.contains("tools")),
-        "{err}"
+        a.message.starts_with(
+            "This model's maximum context length is 1024 tokens. However, you requested 50"
+        ),
+        "{a}"
+    );
+    assert!(
+        a.message
+            .contains("in the messages, 5000 in the completion"),
+        "{a}"
     );
     let long = "word ".repeat(3000);
-    let err = e
-        .submit(chat(&long, json!({"max_tokens": 1})))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, EngineError::Unsupported(ref m) if m.contains("context")),
-        "{err}"
+    let a = invalid(
+        e.submit(chat(&long, json!({"max_tokens": 1})))
+            .await
+            .unwrap_err(),
     );
+    assert_eq!(a.code, Some("context_length_exceeded"));
+    assert!(a.message.contains(", 1 in the completion"), "{a}");
+    // Parameters the embedded engine does not take name the parameter.
+    for (field, v) in [
+        (
+            "tools",
+            json!([{"type": "function", "function": {"name": "f"}}]),
+        ),
+        ("n", json!(2)),
+        ("logprobs", json!(true)),
+        ("response_format", json!({"type": "json_object"})),
+    ] {
+        let a = invalid(e.submit(chat("x", json!({field: v}))).await.unwrap_err());
+        assert_eq!(a.param.as_deref(), Some(field), "{a}");
+        assert_eq!(a.code, Some("unsupported_parameter"), "{a}");
+    }
+    // The model takes text only: an image or audio part is refused, not dropped.
+    for part in [
+        json!({"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}),
+        json!({"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}),
+    ] {
+        let mut req = chat("x", json!({}));
+        req.body["messages"] = json!([
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "What is this?"}, part]},
+        ]);
+        let a = invalid(e.submit(req).await.unwrap_err());
+        assert_eq!(a.param.as_deref(), Some("messages[1].content[1]"), "{a}");
+        assert_eq!(a.code, Some("unsupported_value"), "{a}");
+        assert!(a.message.contains("text only"), "{a}");
+    }
+    let mut req = chat("x", json!({}));
+    req.body["messages"] =
+        json!([{"role": "user", "content": [{"type": "text", "text": "Say hi."}]}]);
+    assert!(run(e, req).await.usage.completion_tokens > 0);
 
     let mut req = chat("x", json!({}));
     req.endpoint = Endpoint::Completions;

@@ -122,7 +122,68 @@ impl ApiError {
     pub fn to_body(&self) -> Vec<u8> {
         serde_json::to_vec(&self.to_json()).unwrap_or_default()
     }
+
+    /// An invalid request as COCOON error text travels (`queryAnswerErrorEx.error`): the
+    /// message, then `(param: P; code: C)` for what is known, so that a client reading it
+    /// back ([`ApiError::from_wire`]) gives the app the same `param` and `code`.
+    pub fn to_wire(&self) -> String {
+        let mut tags = Vec::new();
+        if let Some(p) = &self.param {
+            tags.push(format!("param: {p}"));
+        }
+        if let Some(c) = self.code {
+            tags.push(format!("code: {c}"));
+        }
+        if tags.is_empty() {
+            self.message.clone()
+        } else {
+            format!("{} ({})", self.message, tags.join("; "))
+        }
+    }
+
+    /// Reads an invalid request back from [`ApiError::to_wire`]'s text (after its
+    /// `invalid request: ` prefix): a 400 with the message, the `param` (a field path, at
+    /// most 200 characters) and the `code` when it is one of [`KNOWN_CODES`]. Text without
+    /// the tags is the message as it is.
+    pub fn from_wire(text: &str) -> ApiError {
+        let mut e = ApiError::new(ErrorKind::InvalidRequest, text);
+        let Some(inner) = text.strip_suffix(')') else {
+            return e;
+        };
+        let Some(open) = inner.rfind(" (") else {
+            return e;
+        };
+        let (mut param, mut code) = (None, None);
+        for tag in inner[open + 2..].split("; ") {
+            if let Some(p) = tag.strip_prefix("param: ") {
+                param = Some(p);
+            } else if let Some(c) = tag.strip_prefix("code: ") {
+                code = Some(c);
+            } else {
+                return e; // parentheses of the message itself
+            }
+        }
+        let path_char = |c: char| c.is_ascii_alphanumeric() || "_.[]-".contains(c);
+        e.message = inner[..open].to_owned();
+        e.param = param
+            .filter(|p| !p.is_empty() && p.len() <= 200 && p.chars().all(path_char))
+            .map(str::to_owned);
+        e.code = code.and_then(|c| KNOWN_CODES.iter().copied().find(|k| *k == c));
+        e
+    }
 }
+
+/// The `error.code` values Cocoon gives apps for invalid requests; a code read from a peer
+/// outside this list is dropped (it never reaches the app as free text).
+pub const KNOWN_CODES: &[&str] = &[
+    "context_length_exceeded",
+    "unsupported_parameter",
+    "unsupported_value",
+    "invalid_value",
+    "invalid_type",
+    "missing_field",
+    "unknown_field",
+];
 
 #[cfg(test)]
 mod tests {
@@ -143,6 +204,41 @@ mod tests {
         let e = ApiError::new(ErrorKind::InsufficientFunds, "balance too low");
         assert_eq!(e.status(), 402);
         assert_eq!(e.to_json()["error"]["param"], Value::Null);
+    }
+
+    #[test]
+    fn invalid_requests_travel_as_text_and_come_back_with_param_and_code() {
+        let e = ApiError::invalid(
+            "messages[0].content",
+            "invalid_type",
+            "messages[0].content must be a string or an array of parts",
+        );
+        let text = e.to_wire();
+        assert_eq!(
+            text,
+            "messages[0].content must be a string or an array of parts \
+             (param: messages[0].content; code: invalid_type)"
+        );
+        assert_eq!(ApiError::from_wire(&text), e);
+        let p = ApiError {
+            code: None,
+            ..e.clone()
+        };
+        assert_eq!(ApiError::from_wire(&p.to_wire()), p);
+        let c = ApiError {
+            param: None,
+            code: Some("context_length_exceeded"),
+            ..e.clone()
+        };
+        assert_eq!(ApiError::from_wire(&c.to_wire()), c);
+        // Text without tags, parentheses of the message, unknown codes, odd params.
+        for plain in ["no room (max_tokens)", "x (a: b)", "plain", "a ()", ")"] {
+            let r = ApiError::from_wire(plain);
+            assert_eq!((r.message.as_str(), r.param, r.code), (plain, None, None));
+        }
+        let r = ApiError::from_wire("m (param: a b; code: made_up)");
+        assert_eq!(r.status(), 400);
+        assert_eq!((r.message.as_str(), r.param, r.code), ("m", None, None));
     }
 
     #[test]

@@ -422,13 +422,31 @@ fn messages(v: &Value) -> Result<(), ApiError> {
                 ));
             }
         }
+        let content = format!("{field}.content");
         match o.get("content") {
-            None | Some(Value::Null | Value::String(_) | Value::Array(_)) => {}
+            Some(Value::String(_) | Value::Array(_)) => {}
+            // As OpenAI: only an assistant message that calls tools (or the deprecated
+            // function role) may come without content.
+            None | Some(Value::Null) => {
+                let role = o.get("role").and_then(Value::as_str);
+                let calls = |k: &str| o.get(k).is_some_and(|v| !v.is_null());
+                let may_be_empty = role == Some("function")
+                    || (role == Some("assistant")
+                        && (calls("tool_calls") || calls("function_call")));
+                if !may_be_empty {
+                    return Err(ApiError::invalid(
+                        &content,
+                        if o.contains_key("content") {
+                            "invalid_type"
+                        } else {
+                            "missing_field"
+                        },
+                        format!("{content} must be a string or an array of parts, not null"),
+                    ));
+                }
+            }
             Some(_) => {
-                return Err(bad_type(
-                    &format!("{field}.content"),
-                    "a string or an array of parts",
-                ));
+                return Err(bad_type(&content, "a string or an array of parts"));
             }
         }
     }
@@ -763,6 +781,72 @@ mod tests {
             assert_eq!(e.status(), 400, "{body}");
             assert_eq!(e.param.as_deref(), Some(param), "{body}: {e}");
             assert_eq!(e.code, Some(code), "{body}: {e}");
+        }
+    }
+
+    #[test]
+    fn messages_need_content_unless_an_assistant_calls_tools() {
+        let msgs = |m: Value| with("messages", m);
+        let refused = [
+            (
+                json!([{"role": "user", "content": null}]),
+                "messages[0].content",
+                "invalid_type",
+            ),
+            (
+                json!([{"role": "user"}]),
+                "messages[0].content",
+                "missing_field",
+            ),
+            (
+                json!([{"role": "user", "content": "x"}, {"role": "system", "content": null}]),
+                "messages[1].content",
+                "invalid_type",
+            ),
+            (
+                json!([{"role": "user", "content": "x"}, {"role": "assistant", "content": null}]),
+                "messages[1].content",
+                "invalid_type",
+            ),
+            (
+                json!([{"role": "assistant", "content": null, "tool_calls": null}]),
+                "messages[0].content",
+                "invalid_type",
+            ),
+            (
+                json!([{"role": "tool", "tool_call_id": "c"}]),
+                "messages[0].content",
+                "missing_field",
+            ),
+            (
+                json!([{"role": "developer", "content": null}]),
+                "messages[0].content",
+                "invalid_type",
+            ),
+            (
+                json!([{"role": "user", "content": 5}]),
+                "messages[0].content",
+                "invalid_type",
+            ),
+        ];
+        for (m, param, code) in refused {
+            let e = chat(msgs(m.clone())).unwrap_err();
+            assert_eq!(e.status(), 400, "{m}");
+            assert_eq!(e.param.as_deref(), Some(param), "{m}");
+            assert_eq!(e.code, Some(code), "{m}");
+            assert!(e.message.contains(param), "{e}");
+        }
+        let call =
+            json!([{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]);
+        for m in [
+            json!([{"role": "user", "content": "x"}, {"role": "assistant", "content": null, "tool_calls": call}]),
+            json!([{"role": "user", "content": "x"}, {"role": "assistant", "tool_calls": call}]),
+            json!([{"role": "assistant", "function_call": {"name": "f", "arguments": "{}"}}]),
+            json!([{"role": "function", "name": "f", "content": null}]),
+            json!([{"role": "user", "content": ""}]),
+            json!([{"role": "user", "content": [{"type": "text", "text": "x"}]}]),
+        ] {
+            chat(msgs(m.clone())).unwrap_or_else(|e| panic!("{m}: {e}"));
         }
     }
 

@@ -190,6 +190,22 @@ fn engine_error_code(e: &EngineError) -> ErrorCode {
     }
 }
 
+/// The engine failed before its answer began. A refusal of the request as it was asked
+/// goes out as COCOON's `worker: invalid request: …` text with the `param` and `code`
+/// (the app's 400, billed nothing); anything else is the engine's failure.
+fn engine_refused(e: EngineError) -> Outcome {
+    match e {
+        EngineError::Invalid(a) => fail(
+            ErrorCode::Error,
+            format!("worker: invalid request: {}", a.to_wire()),
+        ),
+        EngineError::Unsupported(m) => {
+            fail(ErrorCode::Error, format!("worker: invalid request: {m}"))
+        }
+        e => fail(engine_error_code(&e), format!("worker: engine: {e}")),
+    }
+}
+
 fn fail(code: ErrorCode, message: impl Into<String>) -> Outcome {
     Outcome::Failed {
         code,
@@ -361,14 +377,9 @@ async fn run(cx: &mut Ctx<'_>, cancel: &mut watch::Receiver<bool>) -> Outcome {
     let v = match validate_request(endpoint, &http.payload, &opts) {
         Ok(v) => v,
         Err(e) => {
-            let field = e
-                .param
-                .as_deref()
-                .map(|p| format!(" ({p})"))
-                .unwrap_or_default();
             return fail(
                 ErrorCode::Error,
-                format!("worker: invalid request: {}{field}", e.message),
+                format!("worker: invalid request: {}", e.to_wire()),
             );
         }
     };
@@ -399,7 +410,7 @@ async fn run(cx: &mut Ctx<'_>, cancel: &mut watch::Receiver<bool>) -> Outcome {
     };
     let resp = match submitted {
         Err(_) => return fail(ErrorCode::Timeout, "worker: timeout"),
-        Ok(Err(e)) => return fail(engine_error_code(&e), format!("worker: engine: {e}")),
+        Ok(Err(e)) => return engine_refused(e),
         Ok(Ok(r)) => r,
     };
     cx.answer_at = Some(now_unix());

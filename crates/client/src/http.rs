@@ -12,7 +12,8 @@
 //!   key, 402 out of funds (channel or key limit), 404 unknown model, 413 body too large,
 //!   429 no capacity, 502 upstream failure, 503 no proxy, 504 deadline.
 //! - `GET /v1/models`, `GET /v1/models/{id}`: the models the proxies' workers serve, OpenAI's
-//!   list shape plus a per-worker `workers` array and the proxies offering each.
+//!   list shape plus a per-worker `workers` array, the proxies offering each and its
+//!   `context_length` (the smallest its workers announced over version 3; null when unknown).
 //! - `GET /stats` (HTML), `/jsonstats`, `/metrics` (Prometheus text): proxies with their
 //!   attestation facts, channels, receipts, requests and spending; never request contents.
 //! - `POST /control/{topup,charge,withdraw,close}?proxy=<address>[&amount=<TON>]`: channel
@@ -300,13 +301,35 @@ pub(crate) async fn model_list(shared: &Shared) -> Vec<Value> {
                 .handle
                 .query_tl(&fclient::GetWorkerTypesV2 {}, timeout)
                 .await;
-            (s.address.clone(), r)
+            // Version 3 (ours): the context lengths the model's workers announced.
+            let info = if link.proto >= 3 {
+                let i: Result<enums::client::ModelInfos, _> = link
+                    .handle
+                    .query_tl(&fclient::GetModelInfo {}, timeout)
+                    .await;
+                i.ok()
+            } else {
+                None
+            };
+            (s.address.clone(), r, info)
         })
     });
-    for (addr, r) in futures::future::join_all(queries).await {
+    let mut context: BTreeMap<String, u32> = BTreeMap::new();
+    for (addr, r, info) in futures::future::join_all(queries).await {
         let Ok(enums::client::WorkerTypesV2::WorkerTypesV2(t)) = r else {
             continue;
         };
+        if let Some(enums::client::ModelInfos::ModelInfos(i)) = info {
+            for m in i.models {
+                let Ok(n) = u32::try_from(m.context_length) else {
+                    continue;
+                };
+                if n > 0 {
+                    let c = context.entry(m.name).or_insert(n);
+                    *c = (*c).min(n);
+                }
+            }
+        }
         for ty in t.types {
             let e = by_name.entry(ty.name).or_default();
             for w in ty.workers {
@@ -325,6 +348,7 @@ pub(crate) async fn model_list(shared: &Shared) -> Vec<Value> {
         .map(|(id, (mut workers, proxies))| {
             workers.sort_by_key(|w| w["coefficient"].as_i64().unwrap_or(0));
             json!({
+                "context_length": context.get(&id),
                 "id": id,
                 "object": "model",
                 "created": 0,

@@ -223,6 +223,12 @@ async fn openai_requests_through_client_proxy_and_worker() {
     assert_eq!(m["data"][0]["id"], "Smol");
     assert_eq!(m["data"][0]["workers"].as_array().unwrap().len(), 1);
     assert_eq!(m["data"][0]["workers"][0]["coefficient"], 1500);
+    // The context length the worker announced to the proxy (version 3).
+    assert_eq!(
+        m["data"][0]["context_length"],
+        cocoon_testkit::engine::FAKE_CONTEXT_LENGTH,
+        "{m}"
+    );
     let one = http
         .get(format!("{base}/v1/models/Smol"))
         .send()

@@ -243,6 +243,16 @@ impl ClientSession {
             ToProxyQuery::UpdatePaymentStatus(_) => self.on_payment_status(responder).await,
             ToProxyQuery::GetWorkerTypesV2(_) => self.on_worker_types(responder, true),
             ToProxyQuery::GetWorkerTypes(_) => self.on_worker_types(responder, false),
+            ToProxyQuery::GetModelInfo(_) => {
+                let models = (self.shared.registry.context_lengths().into_iter())
+                    .map(|(name, n)| tclient::ModelInfo {
+                        name,
+                        context_length: i32::try_from(n).unwrap_or(i32::MAX),
+                    })
+                    .collect();
+                let _ = responder.answer_tl(&tclient::ModelInfos { models });
+                true
+            }
         }
     }
 

@@ -120,6 +120,9 @@ pub(crate) struct WorkerEntry {
     pub tls_key: [u8; 32],
     /// Its certificate (the evidence clients check receipts against).
     pub certificate: Arc<Vec<u8>>,
+    /// The model's context length in tokens, as the worker announced it (`worker.modelInfo`,
+    /// version 3); 0 until then.
+    pub context_length: u32,
 }
 
 /// Held while a payment report is read and queued, so reports to a peer never decrease.
@@ -418,6 +421,22 @@ impl Registry {
         }
         let mut v: Vec<_> = by.into_iter().collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Per model base of the enabled workers, the smallest context length they announced
+    /// (0 when none did): a request may be routed to any of them.
+    pub(crate) fn context_lengths(&self) -> Vec<(String, u32)> {
+        let g = self.lock();
+        let mut by: HashMap<String, u32> = HashMap::new();
+        for e in g.values().filter(|e| !e.disabled) {
+            let c = by.entry(e.model_base.clone()).or_default();
+            if e.context_length > 0 && (*c == 0 || e.context_length < *c) {
+                *c = e.context_length;
+            }
+        }
+        let mut v: Vec<_> = by.into_iter().collect();
+        v.sort();
         v
     }
 

@@ -394,6 +394,7 @@ impl WorkerSession {
             gpu: self.gpu.clone(),
             tls_key: self.tls_key,
             certificate: Arc::clone(&self.certificate),
+            context_length: 0,
         });
         self.registered = true;
         let _ = responder.answer_tl(&tworker::ProxyHandshakeCompleted {});
@@ -491,6 +492,13 @@ impl WorkerSession {
             }
             ToProxy::EnabledDisabled(m) => self.on_enabled_disabled(&m),
             ToProxy::NewCoefficient(m) => return self.on_new_coefficient(&m),
+            ToProxy::ModelInfo(m) => {
+                // A negative length is no length; the last announcement holds.
+                let n = u32::try_from(m.context_length).unwrap_or(0);
+                self.shared
+                    .registry
+                    .update(self.id, |e| e.context_length = n);
+            }
         }
         Ok(())
     }

@@ -60,6 +60,8 @@ pub enum FromWorker {
     NewCoefficient(i32),
     /// An answer's receipt (protocol 3).
     Receipt(tproxy::AnswerReceipt),
+    /// `worker.modelInfo` (version 3): the context length.
+    ModelInfo(i32),
 }
 
 /// Decodes a worker's message to the proxy (panics on anything else).
@@ -86,6 +88,9 @@ pub fn from_worker(data: &[u8]) -> FromWorker {
         ),
         tproxy::AnswerReceipt::CONSTRUCTOR_ID => {
             FromWorker::Receipt(tproxy::AnswerReceipt::from_bytes(data).unwrap())
+        }
+        tworker::ModelInfo::CONSTRUCTOR_ID => {
+            FromWorker::ModelInfo(tworker::ModelInfo::from_bytes(data).unwrap().context_length)
         }
         id => panic!("unexpected message {id:08x}"),
     }

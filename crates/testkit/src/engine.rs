@@ -236,9 +236,14 @@ impl Tokenizer for Words {
     }
 }
 
-/// An OpenAI-HTTP engine (vLLM flavour) for the fake engine at `base`, counting [`Words`].
+/// The context length the fake engines' workers announce.
+pub const FAKE_CONTEXT_LENGTH: u32 = 2048;
+
+/// An OpenAI-HTTP engine (vLLM flavour) for the fake engine at `base`, counting [`Words`],
+/// configured with a context of [`FAKE_CONTEXT_LENGTH`] tokens.
 pub fn engine(base: &str) -> Arc<HttpEngine> {
-    let cfg = HttpEngineConfig::new(base, BackendKind::Vllm, "Smol");
+    let mut cfg = HttpEngineConfig::new(base, BackendKind::Vllm, "Smol");
+    cfg.context_length = Some(FAKE_CONTEXT_LENGTH);
     Arc::new(
         HttpEngine::new(cfg)
             .unwrap()

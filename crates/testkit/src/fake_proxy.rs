@@ -68,6 +68,9 @@ pub struct ProxyConn {
     pub is_disabled: bool,
     /// Answer receipts the worker sent (protocol 3), set aside by [`ProxyConn::next`].
     pub receipts: Vec<tproxy::AnswerReceipt>,
+    /// The context length of the worker's last `worker.modelInfo` (version 3), which
+    /// [`ProxyConn::next`] takes in passing.
+    pub context_length: Option<i32>,
 }
 
 /// Handshake steps the proxy saw (including refused handshakes).
@@ -343,6 +346,7 @@ fn answer(ctx: &ProxyCtx, s: &mut Session, data: &[u8], responder: Responder) {
                     compare: c,
                     is_disabled: q.is_disabled,
                     receipts: Vec::new(),
+                    context_length: None,
                 });
             }
         }
@@ -373,6 +377,7 @@ impl ProxyConn {
                 .expect("session open");
             match from_worker(&m) {
                 FromWorker::Receipt(r) => self.receipts.push(r),
+                FromWorker::ModelInfo(n) => self.context_length = Some(n),
                 other => return other,
             }
         }
@@ -385,6 +390,7 @@ impl ProxyConn {
             match tokio::time::timeout_at(end, self.messages.recv()).await {
                 Ok(Some(m)) => match from_worker(&m) {
                     FromWorker::Receipt(r) => self.receipts.push(r),
+                    FromWorker::ModelInfo(n) => self.context_length = Some(n),
                     other => return Some(other),
                 },
                 _ => return None,

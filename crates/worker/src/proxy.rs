@@ -413,6 +413,18 @@ async fn handshake(
         )
         .await
         .map_err(hs_err("proxyHandshakeComplete"))?;
+    // Version 3: the model's context length, which worker.params cannot carry, for the
+    // clients' /v1/models.
+    if link.proto >= 3
+        && let Some(n) = shared.engine.model_info().context_length
+    {
+        let m = tworker::ModelInfo {
+            context_length: i32::try_from(n).unwrap_or(i32::MAX),
+        };
+        s.send_message(m.to_bytes())
+            .await
+            .map_err(|_| SessionError::Closed)?;
+    }
     shared.maybe_payout(&link.proxy_sc, false);
     Ok(link)
 }

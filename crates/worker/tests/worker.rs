@@ -45,6 +45,11 @@ async fn handshake_streaming_relay_and_exact_final_tokens() {
         panic!("head first")
     };
     assert_eq!(h.request_id, [1; 32]);
+    // Version 3: the engine's context length went to the proxy after the handshake.
+    assert_eq!(
+        c.context_length,
+        Some(cocoon_testkit::engine::FAKE_CONTEXT_LENGTH as i32)
+    );
     assert!(h.final_info.is_none());
     assert_eq!(resp.status_code, 200);
     assert_eq!(

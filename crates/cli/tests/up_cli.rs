@@ -8,6 +8,8 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::io::{BufRead, BufReader};
+
+use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -1152,4 +1154,118 @@ fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
         assert!(Instant::now() < end, "{what}: not within {secs} s");
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// POSTs `body` to the chat endpoint; (status, JSON body).
+async fn post_chat(api: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{api}/v1/chat/completions"))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    (status, v)
+}
+
+/// Errors as OpenAI gives them, through the real client, proxy and worker with the embedded
+/// default model: a parameter the engine does not take, a prompt or completion over the
+/// context, null content and an image part to the text-only model are 400
+/// `invalid_request_error` with `param` (and `code`), streamed or not, and none is billed;
+/// `/v1/models` shows the worker's context length.
+#[test]
+fn openai_errors_are_400s_with_param_and_billed_nothing() {
+    if !have_test_model() {
+        return;
+    }
+    let (_one, tmp, port, rt) = up_test();
+    let api = format!("http://127.0.0.1:{port}");
+    let (mut up, _) = Up::start(&tmp.path().join("up"), port);
+    let totals = || {
+        let s = get_json(&format!("{api}/jsonstats")).unwrap();
+        let t = &s["totals"];
+        (
+            t["spent_nanoton"].as_u64().unwrap_or(0),
+            t["tokens"].as_u64().unwrap_or(0),
+        )
+    };
+    rt.block_on(async {
+        let model = listed_model(&api).await;
+        let m = common::models(&api).await;
+        // The worker's default context per request (worker defaults: ctx_per_slot).
+        let ctx = m["data"][0]["context_length"].as_u64().unwrap_or(0);
+        assert_eq!(ctx, 4096, "{m}");
+        let before = totals();
+        let user = |text: &str| json!([{"role": "user", "content": text}]);
+        let long = "word ".repeat(5000);
+        let image = json!([{"role": "user", "content": [
+            {"type": "text", "text": "What is in this picture?"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+        ]}]);
+        let audio = json!([
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": [
+                {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
+            ]},
+        ]);
+        // (extra fields, messages, param, code)
+        let cases: Vec<(serde_json::Value, serde_json::Value, &str, Option<&str>)> = vec![
+            (json!({"n": 2}), user("Hi"), "n", Some("unsupported_parameter")),
+            (json!({"logprobs": true}), user("Hi"), "logprobs", Some("unsupported_parameter")),
+            (
+                json!({"response_format": {"type": "json_object"}}),
+                user("Hi"),
+                "response_format",
+                Some("unsupported_parameter"),
+            ),
+            (
+                json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}),
+                user("Hi"),
+                "tools",
+                Some("unsupported_parameter"),
+            ),
+            (json!({"max_tokens": 4096}), user("Hi"), "messages", Some("context_length_exceeded")),
+            (json!({"max_tokens": 16}), user(&long), "messages", Some("context_length_exceeded")),
+            (
+                json!({}),
+                json!([{"role": "user", "content": null}]),
+                "messages[0].content",
+                Some("invalid_type"),
+            ),
+            (json!({}), json!([{"role": "user"}]), "messages[0].content", Some("missing_field")),
+            (json!({}), image, "messages[0].content[1]", Some("unsupported_value")),
+            (json!({}), audio, "messages[1].content[0]", Some("unsupported_value")),
+        ];
+        for (extra, messages, param, code) in cases {
+            for stream in [false, true] {
+                let mut body = json!({"model": model, "messages": messages, "max_tokens": 16, "stream": stream});
+                for (k, v) in extra.as_object().unwrap() {
+                    body[k] = v.clone();
+                }
+                let (status, e) = post_chat(&api, &body).await;
+                let what = format!("{param} {extra} stream={stream}: {e}");
+                assert_eq!(status, 400, "{what}");
+                assert_eq!(e["error"]["type"], "invalid_request_error", "{what}");
+                assert_eq!(e["error"]["param"], param, "{what}");
+                assert_eq!(e["error"]["code"].as_str(), code, "{what}");
+                let msg = e["error"]["message"].as_str().unwrap();
+                assert!(!msg.contains("proxy "), "{what}");
+                if code == Some("context_length_exceeded") {
+                    assert!(
+                        msg.starts_with("This model's maximum context length is 4096 tokens. However, you requested "),
+                        "{what}"
+                    );
+                }
+            }
+        }
+        assert_eq!(totals(), before, "an error was billed");
+        // The same client still answers, and that is billed (the check above can fail).
+        let c = common::chat(&api, &model, false).await;
+        assert_eq!(c.status, 200, "{}", c.body());
+        assert!(totals().0 > before.0);
+    });
+    let (rc, rest) = up.stop("TERM", Duration::from_secs(60));
+    assert_eq!(rc, 0, "{rest:?}");
 }

@@ -540,6 +540,68 @@ async fn api_key_limits_hold_under_50_concurrent_requests() {
     let _ = Arc::new(w);
 }
 
+/// An engine's refusal of a parameter (an HTTP engine's OpenAI 400), a null content and a
+/// missing one reach the app as 400 `invalid_request_error` with `param` and `code`, streamed
+/// or not; neither the client's totals nor the API key's spending move, and the key's
+/// reservation is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_openai_400s_with_param_and_billed_nothing() {
+    let (net, w) = network(test_root()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys_file(dir.path(), &[("sk-app", None, "app")]);
+    let (c, base) = keyed_gateway(&net, &keys, None).await;
+    let http = reqwest::Client::new();
+    let spent = || c.stats().stats.spent_nanoton;
+    let before = spent();
+    let cases = [
+        (json!("refuse"), "logprobs", "unsupported_parameter", true),
+        (Value::Null, "messages[0].content", "invalid_type", false),
+    ];
+    for (content, param, code, reaches_engine) in cases {
+        for stream in [false, true] {
+            let asked = w.engine.requests();
+            let body = json!({
+                "model": "Smol",
+                "messages": [{"role": "user", "content": content}],
+                "stream": stream,
+                "max_tokens": 50,
+            });
+            let r = post_as(&http, &base, "sk-app", &body).await;
+            assert_eq!(r.status(), 400, "{param}");
+            let e: Value = r.json().await.unwrap();
+            assert_eq!(e["error"]["type"], "invalid_request_error", "{e}");
+            assert_eq!(e["error"]["param"], param, "{e}");
+            assert_eq!(e["error"]["code"], code, "{e}");
+            assert_eq!(
+                w.engine.requests() - asked,
+                usize::from(reaches_engine),
+                "{e}"
+            );
+        }
+    }
+    let r = post_as(
+        &http,
+        &base,
+        "sk-app",
+        &json!({"model": "Smol", "messages": [{"role": "system", "content": "x"}, {"role": "user"}]}),
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["param"], "messages[1].content", "{e}");
+    assert_eq!(e["error"]["code"], "missing_field", "{e}");
+    assert_eq!(spent(), before, "a refusal was billed");
+    let app = key_stats(&http, &base, "app").await;
+    assert_eq!(app["spent_nanoton"], 0, "{app}");
+    assert_eq!(app["reserved_nanoton"], 0, "{app}");
+    // A request the engine serves is billed to the key (the checks above can fail).
+    assert_eq!(post_with(&http, &base, "sk-app").await, 200);
+    let app = key_stats(&http, &base, "app").await;
+    assert!(app["spent_nanoton"].as_u64().unwrap() > 0, "{app}");
+    assert!(spent() > before);
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_without_a_tee_is_served_where_proxies_allow_it() {
     let plain = || connector_as(&cocoon_ratls::cert::Unattested, Policy::sim_test());

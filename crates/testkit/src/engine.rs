@@ -194,6 +194,17 @@ async fn chat(State(st): State<EngineState>, body: axum::Json<Value>) -> Respons
         "fail" => fail(),
         "endless" => endless(&st),
         "metered" => metered(&st),
+        // An engine refusing a parameter, as OpenAI words it.
+        "refuse" => (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": {
+                "message": "logprobs are not supported by this model",
+                "type": "invalid_request_error",
+                "param": "logprobs",
+                "code": "unsupported_parameter",
+            }})),
+        )
+            .into_response(),
         _ => (StatusCode::BAD_REQUEST, "unknown mode").into_response(),
     }
 }

@@ -283,6 +283,20 @@ async fn refusals_are_typed_errors() {
         assert_eq!(a.code, Some("unsupported_value"), "{a}");
         assert!(a.message.contains("text only"), "{a}");
     }
+    // The legacy endpoint names its prompt.
+    let mut req = chat("x", json!({}));
+    req.endpoint = Endpoint::Completions;
+    req.body = json!({"model": "SmolLM2-135M-Instruct", "prompt": "Once", "max_tokens": 1024})
+        .as_object()
+        .unwrap()
+        .clone();
+    let a = invalid(e.submit(req).await.unwrap_err());
+    assert_eq!(a.param.as_deref(), Some("prompt"));
+    assert_eq!(a.code, Some("context_length_exceeded"));
+    assert!(
+        a.message.contains("in the prompt, 1024 in the completion"),
+        "{a}"
+    );
     let mut req = chat("x", json!({}));
     req.body["messages"] =
         json!([{"role": "user", "content": [{"type": "text", "text": "Say hi."}]}]);

@@ -52,6 +52,9 @@ pub struct ClientConfig {
     pub require_receipts: bool,
     /// How long verified answer receipts are kept in the state database.
     pub receipt_retention: std::time::Duration,
+    /// Verifies the certificates of the workers behind receipts (with GPU requirements);
+    /// `None`: the connector's proxy verifier.
+    pub worker_verifier: Option<Arc<cocoon_ratls::verifier::RatlsVerifier>>,
     /// SQLite file for receipts, key spending and totals; `None`: in memory.
     pub state_path: Option<PathBuf>,
     /// File of API keys (`sha256-hex limit-ton name` per line); `None`: no key needed.
@@ -93,6 +96,7 @@ impl ClientConfig {
             check_proxy_hashes: true,
             require_receipts: true,
             receipt_retention: std::time::Duration::from_secs(30 * 86_400),
+            worker_verifier: None,
             state_path: None,
             api_keys_file: None,
             admin_token_file: None,

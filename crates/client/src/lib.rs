@@ -65,6 +65,8 @@ pub(crate) struct Shared {
     require_receipts: bool,
     /// How long answer receipts are kept.
     receipt_retention: std::time::Duration,
+    /// Verifies the workers behind receipts.
+    worker_verifier: Arc<cocoon_ratls::verifier::RatlsVerifier>,
     configured_proxies: Vec<String>,
     connections: usize,
     slots: Mutex<Vec<Arc<Slot>>>,
@@ -177,6 +179,10 @@ impl Client {
                 error,
             })?;
         }
+        let worker_verifier = cfg
+            .worker_verifier
+            .clone()
+            .unwrap_or_else(|| Arc::clone(cfg.connector.verifier()));
         let shared = Arc::new(Shared {
             root_tx: watch::channel(cfg.root).0,
             root_address: cfg.root_address,
@@ -187,6 +193,7 @@ impl Client {
             check_proxy_hashes: cfg.check_proxy_hashes,
             require_receipts: cfg.require_receipts,
             receipt_retention: cfg.receipt_retention,
+            worker_verifier,
             configured_proxies: cfg.proxies,
             connections: cfg.connections.max(1),
             slots: Mutex::default(),

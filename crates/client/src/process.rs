@@ -45,6 +45,18 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
     let state_dir = &start.state_dir;
     let ProxyDialer { connector, tee } =
         c.proxy_dialer(&s.proxy_policy, s.pow_max_difficulty, &start)?;
+    // Workers (their certificates arrive with receipts) are verified under the same policy,
+    // with the GPU requirement when one is set.
+    let gpu = s.gpu.requirement().map_err(|e| e.to_string())?;
+    let worker_verifier = match &gpu {
+        None => None,
+        Some(g) => Some(cocoon_service::identity::peer_verifier(
+            cocoon_service::identity::PeerVerification {
+                gpu: Some(g),
+                ..c.verification(&s.proxy_policy, &start)
+            },
+        )?),
+    };
     let chain = c.chain(&start)?;
     let root_addr = cocoon_ton::parse_address(&c.root_address).map_err(|e| e.to_string())?;
     let root = load_root_patiently(&chain, &root_addr, Duration::from_secs(30)).await?;
@@ -95,6 +107,7 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
         connector,
         check_proxy_hashes: s.check_proxy_hashes,
         require_receipts: s.require_receipts,
+        worker_verifier,
         receipt_retention: std::time::Duration::from_secs(
             s.receipt_retention_days.saturating_mul(86_400),
         ),

@@ -423,10 +423,9 @@ impl Shared {
             hashes(&root.worker_hashes),
             hashes(&root.model_hashes),
         );
-        let verifier = self.connector.verifier();
         let trust = Trust {
-            proxy_verifier: verifier,
-            worker_verifier: verifier,
+            proxy_verifier: self.connector.verifier(),
+            worker_verifier: &self.worker_verifier,
             proxy_hashes: self.check_proxy_hashes.then_some(&proxies[..]),
             worker_hashes: &workers,
             model_hashes: &models,

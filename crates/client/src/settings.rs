@@ -37,6 +37,10 @@ pub struct Settings {
     pub require_receipts: bool,
     /// Days verified answer receipts are kept (`receipt_retention_days`).
     pub receipt_retention_days: u64,
+    /// What the GPU evidence of the workers behind receipts must satisfy
+    /// (`require_gpu_cc`, `gpu_*`).
+    #[serde(flatten)]
+    pub gpu: cocoon_service::setting::GpuSettings,
     /// Highest proof-of-work difficulty solved (`pow_max_difficulty`).
     pub pow_max_difficulty: u32,
     /// TON a contract is funded with and each top-up adds (`top_up_ton`).
@@ -121,6 +125,7 @@ impl Settings {
         }
         c.check_wallet_version()?;
         check_proxy_hashes(c.is_test, self.check_proxy_hashes)?;
+        self.gpu.check(c.is_test)?;
         Ok(())
     }
 }

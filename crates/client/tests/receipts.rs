@@ -7,6 +7,8 @@
 //! and is never served as a receipt.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
+use std::sync::Arc;
+
 use cocoon_client::ClientHandle;
 use cocoon_net::{Incoming, SessionHandle};
 use cocoon_ratls::net::Accepted;
@@ -444,4 +446,74 @@ async fn an_altered_answer_or_receipt_fails_its_request() {
     // Every refused answer counts as failed; what the proxy billed is still booked.
     let stats = c.stats().stats;
     assert_eq!(stats.failed, (cases.len() * 2) as u64, "{stats:?}");
+}
+
+/// The client checks the worker's GPU evidence itself (`require_gpu_cc` on the client): a
+/// worker whose certificate carries NVIDIA's recorded Hopper sample (admitted only with the
+/// test-network allowances, as in `crates/proxy/tests/gpu_cc.rs`) has its GPU in the
+/// receipt's evidence; one without GPU evidence fails the request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_requiring_gpu_evidence_checks_each_worker_itself() {
+    use cocoon_attest::gpu::GpuPolicy;
+    use cocoon_attest::{Policy, SimKey};
+    use cocoon_ratls::cert::{GpuEvidenceBytes, Identity, RecordedGpuSource, SimSource, WithGpu};
+    use cocoon_ratls::verifier::{GpuRequirement, RatlsVerifier, VerifierConfig};
+
+    const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testvectors/gpu/");
+    let file = |name: &str| std::fs::read(format!("{DIR}{name}")).unwrap();
+    let sample = GpuEvidenceBytes {
+        report: cocoon_attest::gpu::report::decode_hex(&file("hopperAttestationReport.txt"))
+            .unwrap(),
+        cert_chain_pem: file("hopperCertChain.txt"),
+    };
+    let mut v = VerifierConfig::new(Policy::sim_test());
+    v.gpu = Some(Arc::new(GpuRequirement {
+        required: true,
+        rims: vec![
+            file("retargeted/Driver_RIM_retargeted.swidtag"),
+            file("retargeted/VBIOS_RIM_retargeted.swidtag"),
+        ],
+        policy: GpuPolicy {
+            require_rim_signatures: false,
+            ..GpuPolicy::default()
+        },
+        allowed_projects: vec!["1010".into()],
+        min_driver_version: None,
+        min_vbios_version: None,
+        allow_unbound_nonce: true,
+    }));
+    let mut p = Scripted::start().await;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut cfg = gateway_config(vec![p.addr.clone()], test_root());
+    cfg.worker_verifier = Some(RatlsVerifier::new(v));
+    let (_c, base) = start_gateway(cfg, 1).await;
+
+    let with_gpu = Identity::generate(
+        &WithGpu {
+            cpu: Arc::new(SimSource(SimKey::generate().unwrap())),
+            gpu: Arc::new(RecordedGpuSource(sample)),
+        },
+        now() - 60,
+    )
+    .unwrap();
+    let worker = SessionKey::new(with_gpu.certified_key().unwrap()).unwrap();
+    let t = post(&base, false);
+    p.next().await.answer(&worker, Play::Honest, false).await;
+    let (status, h, body) = t.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let (s, doc) = get(&base, h["x-cocoon-receipt"].to_str().unwrap()).await;
+    assert_eq!(s, 200, "{doc}");
+    let doc: Receipt = serde_json::from_str(&doc).unwrap();
+    let gpu = doc.worker.evidence.unwrap().gpu.unwrap();
+    assert!(
+        gpu.contains("project 1010") && gpu.contains("NOT bound"),
+        "{gpu}"
+    );
+
+    let plain = SessionKey::new(sim_identity().certified_key().unwrap()).unwrap();
+    let t = post(&base, false);
+    p.next().await.answer(&plain, Play::Honest, false).await;
+    let (status, _, body) = t.await.unwrap();
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("worker: certificate refused"), "{body}");
 }

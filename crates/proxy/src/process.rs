@@ -554,7 +554,7 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
     } = identity::identity(c.tee().map_err(|e| e.to_string())?, c.is_test, state_dir)?;
     let _refresh = identity::spawn_identity_refresh(&resolver, source);
     let workers = c.verification(&s.worker_policy, &start);
-    let gpu = s.gpu_requirement().map_err(|e| e.to_string())?;
+    let gpu = s.gpu.requirement().map_err(|e| e.to_string())?;
     let worker_verifier = identity::peer_verifier(PeerVerification {
         gpu: gpu.as_ref(),
         ..workers

@@ -1,7 +1,6 @@
 //! What `cocoon proxy` is configured with: every key of the documented defaults file
 //! ([`DEFAULTS`]), and the checks the types alone cannot make, each naming its key.
 
-use cocoon_ratls::verifier::GpuRequirement;
 use cocoon_service::SettingError;
 use cocoon_service::setting::{AdminSettings, Common};
 use serde::Deserialize;
@@ -56,68 +55,14 @@ pub struct Settings {
     pub kms_image_hashes: Vec<String>,
     /// Which of the owner's instances this is, for its own keys (`kms_instance`).
     pub kms_instance: String,
-    /// Refuse workers without valid NVIDIA GPU evidence in their certificate
-    /// (`require_gpu_cc`).
-    pub require_gpu_cc: bool,
-    /// The driver and VBIOS reference manifests (RIM files) GPU measurements are compared
-    /// with (`gpu_rims`).
-    pub gpu_rims: Vec<String>,
-    /// Allowed GPU projects or `project-sku`s (`gpu_allowed_projects`; empty: any).
-    pub gpu_allowed_projects: Vec<String>,
-    /// Lowest GPU driver version admitted (`gpu_min_driver_version`; empty: any).
-    pub gpu_min_driver_version: String,
-    /// Lowest VBIOS version admitted (`gpu_min_vbios_version`; empty: any).
-    pub gpu_min_vbios_version: String,
-    /// Accept recorded GPU evidence whose nonce is not bound to the worker's key
-    /// (`gpu_allow_unbound_nonce`; test networks only).
-    pub gpu_allow_unbound_nonce: bool,
-    /// Accept RIM files without a valid NVIDIA signature (`gpu_allow_unsigned_rims`; test
-    /// networks only: the re-targeted sample RIMs the tests use are edited copies).
-    pub gpu_allow_unsigned_rims: bool,
+    /// What workers' NVIDIA GPU evidence must satisfy (`require_gpu_cc`, `gpu_*`).
+    #[serde(flatten)]
+    pub gpu: cocoon_service::setting::GpuSettings,
     /// Log filter (`log`).
     pub log: String,
 }
 
 impl Settings {
-    /// What workers' GPU evidence must satisfy, RIM files read: `None` when GPU evidence is
-    /// neither required nor given RIMs to check against (it is then ignored).
-    pub fn gpu_requirement(&self) -> Result<Option<GpuRequirement>, SettingError> {
-        if !self.require_gpu_cc && self.gpu_rims.is_empty() {
-            return Ok(None);
-        }
-        let mut rims = Vec::new();
-        for f in &self.gpu_rims {
-            rims.push(
-                std::fs::read(f).map_err(|e| SettingError::new("gpu_rims", format!("{f}: {e}")))?,
-            );
-        }
-        let version = |key: &str, v: &str, radix: u32| -> Result<Option<String>, SettingError> {
-            if v.is_empty() {
-                return Ok(None);
-            }
-            if !cocoon_ratls::verifier::version_at_least(v, "0", radix) {
-                return Err(SettingError::new(key, "expected a dotted version"));
-            }
-            Ok(Some(v.to_owned()))
-        };
-        Ok(Some(GpuRequirement {
-            required: self.require_gpu_cc,
-            rims,
-            policy: cocoon_attest::gpu::GpuPolicy {
-                require_rim_signatures: !self.gpu_allow_unsigned_rims,
-                ..cocoon_attest::gpu::GpuPolicy::default()
-            },
-            allowed_projects: self.gpu_allowed_projects.clone(),
-            min_driver_version: version(
-                "gpu_min_driver_version",
-                &self.gpu_min_driver_version,
-                10,
-            )?,
-            min_vbios_version: version("gpu_min_vbios_version", &self.gpu_min_vbios_version, 16)?,
-            allow_unbound_nonce: self.gpu_allow_unbound_nonce,
-        }))
-    }
-
     /// Where the keys come from when `kms` is set.
     pub fn kms_client(&self) -> cocoon_service::kms::KmsClientSettings<'_> {
         cocoon_service::kms::KmsClientSettings {
@@ -178,25 +123,7 @@ impl Settings {
             cocoon_ton::parse_ton(v).map_err(|e| SettingError::new(key, e))?;
         }
         c.check_wallet_version()?;
-        if self.gpu_allow_unbound_nonce && !c.is_test {
-            return Err(SettingError::new(
-                "gpu_allow_unbound_nonce",
-                "test networks only: recorded GPU evidence proves nothing about a worker",
-            ));
-        }
-        if self.gpu_allow_unsigned_rims && !c.is_test {
-            return Err(SettingError::new(
-                "gpu_allow_unsigned_rims",
-                "test networks only: an unsigned RIM is whatever its author wrote",
-            ));
-        }
-        if self.require_gpu_cc && self.gpu_rims.is_empty() {
-            return Err(SettingError::new(
-                "gpu_rims",
-                "required with require_gpu_cc (the driver and VBIOS RIM files)",
-            ));
-        }
-        self.gpu_requirement()?;
+        self.gpu.check(c.is_test)?;
         self.kms_client().check()?;
         if !self.kms.is_empty() {
             for (key, v) in [

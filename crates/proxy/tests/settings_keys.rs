@@ -32,7 +32,7 @@ fn settings_with(overrides: &str) -> Settings {
 
 #[test]
 fn gpu_settings_build_the_worker_verifiers_gpu_requirement() {
-    assert!(settings_with("").gpu_requirement().unwrap().is_none());
+    assert!(settings_with("").gpu.requirement().unwrap().is_none());
     let dir = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../testvectors/gpu/retargeted/"
@@ -44,7 +44,8 @@ fn gpu_settings_build_the_worker_verifiers_gpu_requirement() {
         "require_gpu_cc = true\n{rims}\ngpu_allowed_projects = [\"1010\"]\n\
          gpu_min_driver_version = \"550.54\"\ngpu_min_vbios_version = \"96.00.9f.00.01\""
     ))
-    .gpu_requirement()
+    .gpu
+    .requirement()
     .unwrap()
     .unwrap();
     assert!(req.required && !req.allow_unbound_nonce);
@@ -55,17 +56,20 @@ fn gpu_settings_build_the_worker_verifiers_gpu_requirement() {
     // RIMs without require_gpu_cc: evidence is checked and recorded, not required.
     assert!(
         !settings_with(&rims)
-            .gpu_requirement()
+            .gpu
+            .requirement()
             .unwrap()
             .unwrap()
             .required
     );
     let e = settings_with("require_gpu_cc = true\ngpu_rims = [\"/nonexistent.swidtag\"]")
-        .gpu_requirement()
+        .gpu
+        .requirement()
         .unwrap_err();
     assert_eq!(e.key, "gpu_rims");
     let e = settings_with(&format!("{rims}\ngpu_min_driver_version = \"new\""))
-        .gpu_requirement()
+        .gpu
+        .requirement()
         .unwrap_err();
     assert_eq!(e.key, "gpu_min_driver_version");
 }

@@ -278,6 +278,98 @@ pub fn check_proxy_hashes(is_test: bool, check: bool) -> Result<(), SettingError
     Ok(())
 }
 
+/// What peers' NVIDIA GPU evidence must satisfy: a proxy's workers, a client's receipts'
+/// workers. Each role's `Settings` embeds it with `#[serde(flatten)]` (keys `require_gpu_cc`,
+/// `gpu_*`, flat in the role's defaults file).
+#[derive(Debug, Clone, Deserialize)]
+pub struct GpuSettings {
+    /// Refuse peers without valid NVIDIA GPU evidence in their certificate
+    /// (`require_gpu_cc`).
+    pub require_gpu_cc: bool,
+    /// The driver and VBIOS reference manifests (RIM files) GPU measurements are compared
+    /// with (`gpu_rims`).
+    pub gpu_rims: Vec<String>,
+    /// Allowed GPU projects or `project-sku`s (`gpu_allowed_projects`; empty: any).
+    pub gpu_allowed_projects: Vec<String>,
+    /// Lowest GPU driver version admitted (`gpu_min_driver_version`; empty: any).
+    pub gpu_min_driver_version: String,
+    /// Lowest VBIOS version admitted (`gpu_min_vbios_version`; empty: any).
+    pub gpu_min_vbios_version: String,
+    /// Accept recorded GPU evidence whose nonce is not bound to the peer's key
+    /// (`gpu_allow_unbound_nonce`; test networks only).
+    pub gpu_allow_unbound_nonce: bool,
+    /// Accept RIM files without a valid NVIDIA signature (`gpu_allow_unsigned_rims`; test
+    /// networks only: the re-targeted sample RIMs the tests use are edited copies).
+    pub gpu_allow_unsigned_rims: bool,
+}
+
+impl GpuSettings {
+    /// What peers' GPU evidence must satisfy, RIM files read: `None` when GPU evidence is
+    /// neither required nor given RIMs to check against (it is then ignored).
+    pub fn requirement(
+        &self,
+    ) -> Result<Option<cocoon_ratls::verifier::GpuRequirement>, SettingError> {
+        if !self.require_gpu_cc && self.gpu_rims.is_empty() {
+            return Ok(None);
+        }
+        let mut rims = Vec::new();
+        for f in &self.gpu_rims {
+            rims.push(
+                std::fs::read(f).map_err(|e| SettingError::new("gpu_rims", format!("{f}: {e}")))?,
+            );
+        }
+        let version = |key: &str, v: &str, radix: u32| -> Result<Option<String>, SettingError> {
+            if v.is_empty() {
+                return Ok(None);
+            }
+            if !cocoon_ratls::verifier::version_at_least(v, "0", radix) {
+                return Err(SettingError::new(key, "expected a dotted version"));
+            }
+            Ok(Some(v.to_owned()))
+        };
+        Ok(Some(cocoon_ratls::verifier::GpuRequirement {
+            required: self.require_gpu_cc,
+            rims,
+            policy: cocoon_attest::gpu::GpuPolicy {
+                require_rim_signatures: !self.gpu_allow_unsigned_rims,
+                ..cocoon_attest::gpu::GpuPolicy::default()
+            },
+            allowed_projects: self.gpu_allowed_projects.clone(),
+            min_driver_version: version(
+                "gpu_min_driver_version",
+                &self.gpu_min_driver_version,
+                10,
+            )?,
+            min_vbios_version: version("gpu_min_vbios_version", &self.gpu_min_vbios_version, 16)?,
+            allow_unbound_nonce: self.gpu_allow_unbound_nonce,
+        }))
+    }
+
+    /// The checks of the keys: test-network allowances on a test network only, RIMs with
+    /// `require_gpu_cc`, the RIM files readable and the versions well formed.
+    pub fn check(&self, is_test: bool) -> Result<(), SettingError> {
+        if self.gpu_allow_unbound_nonce && !is_test {
+            return Err(SettingError::new(
+                "gpu_allow_unbound_nonce",
+                "test networks only: recorded GPU evidence proves nothing about a peer",
+            ));
+        }
+        if self.gpu_allow_unsigned_rims && !is_test {
+            return Err(SettingError::new(
+                "gpu_allow_unsigned_rims",
+                "test networks only: an unsigned RIM is whatever its author wrote",
+            ));
+        }
+        if self.require_gpu_cc && self.gpu_rims.is_empty() {
+            return Err(SettingError::new(
+                "gpu_rims",
+                "required with require_gpu_cc (the driver and VBIOS RIM files)",
+            ));
+        }
+        self.requirement().map(|_| ())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

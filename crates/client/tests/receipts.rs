@@ -481,6 +481,7 @@ async fn a_client_requiring_gpu_evidence_checks_each_worker_itself() {
         min_driver_version: None,
         min_vbios_version: None,
         allow_unbound_nonce: true,
+        crl_dir: None,
     }));
     let mut p = Scripted::start().await;
     let _ = rustls::crypto::ring::default_provider().install_default();

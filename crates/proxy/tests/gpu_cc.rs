@@ -46,6 +46,7 @@ fn requirement() -> GpuRequirement {
         min_driver_version: Some("550.54".into()),
         min_vbios_version: None,
         allow_unbound_nonce: true,
+        crl_dir: None,
     }
 }
 
@@ -156,6 +157,7 @@ async fn a_tampered_report_is_refused() {
 async fn the_recorded_sample_is_refused_without_the_unbound_nonce_allowance() {
     let net = proxy_requiring(GpuRequirement {
         allow_unbound_nonce: false,
+        crl_dir: None,
         ..requirement()
     })
     .await;

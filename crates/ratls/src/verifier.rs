@@ -233,6 +233,52 @@ pub struct GpuRequirement {
     /// evidence; the verdict says `nonce_bound: false`). Test networks only: the roles
     /// refuse the setting elsewhere.
     pub allow_unbound_nonce: bool,
+    /// A directory of revocation lists for NVIDIA's GPU certificates (DER or PEM, kept
+    /// current by the operator or a job; read at each check, never fetched here): see
+    /// [`cocoon_attest::gpu::chain::check_crls`]. `None`: no revocation data.
+    pub crl_dir: Option<std::path::PathBuf>,
+}
+
+/// The revocation lists in `dir` (at most [`cocoon_attest::gpu::chain::MAX_CRLS`] files,
+/// each at most `MAX_CRL_LEN` bytes; names starting with `.` skipped), in name order.
+fn read_crls(dir: &std::path::Path) -> Result<Vec<Vec<u8>>, VerifyError> {
+    use cocoon_attest::gpu::chain::{MAX_CRL_LEN, MAX_CRLS};
+    let local = |e: String| {
+        VerifyError::Attest(AttestError::MissingCollateral {
+            what: format!("GPU revocation lists in {}: {e}", dir.display()),
+        })
+    };
+    let mut names: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| local(e.to_string()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_file()
+                && !p
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with('.'))
+        })
+        .collect();
+    names.sort();
+    if names.len() > MAX_CRLS {
+        return Err(local(format!("more than {MAX_CRLS} files")));
+    }
+    names
+        .iter()
+        .map(|p| {
+            let len = std::fs::metadata(p)
+                .map_err(|e| local(e.to_string()))?
+                .len();
+            if len > MAX_CRL_LEN as u64 {
+                return Err(local(format!(
+                    "{} is over {MAX_CRL_LEN} bytes",
+                    p.display()
+                )));
+            }
+            std::fs::read(p).map_err(|e| local(format!("{}: {e}", p.display())))
+        })
+        .collect()
 }
 
 impl GpuRequirement {
@@ -252,15 +298,25 @@ impl GpuRequirement {
             rims: &rims,
         };
         let bound = gpu_nonce_for_public_key(public_key);
+        let with_crls;
+        let policy = match &self.crl_dir {
+            Some(dir) => {
+                let mut p = self.policy.clone();
+                p.crls.extend(read_crls(dir)?);
+                with_crls = p;
+                &with_crls
+            }
+            None => &self.policy,
+        };
         let (verdict, nonce_bound) =
-            match cocoon_attest::gpu::verify(&evidence, &bound, &self.policy, now) {
+            match cocoon_attest::gpu::verify(&evidence, &bound, policy, now) {
                 Ok(v) => (v, true),
                 Err(GpuError::NonceMismatch) if self.allow_unbound_nonce => {
                     let own = cocoon_attest::gpu::report::parse(claim.report)
                         .map_err(GpuError::from)?
                         .request_nonce;
                     (
-                        cocoon_attest::gpu::verify(&evidence, &own, &self.policy, now)?,
+                        cocoon_attest::gpu::verify(&evidence, &own, policy, now)?,
                         false,
                     )
                 }

@@ -74,6 +74,7 @@ fn requirement() -> GpuRequirement {
         min_driver_version: Some("550.54".into()),
         min_vbios_version: Some("96.00.74.00.01".into()),
         allow_unbound_nonce: true,
+        crl_dir: None,
     }
 }
 
@@ -314,4 +315,50 @@ fn gpu_evidence_is_verified_once_per_certificate() {
     assert!(refusing.verify_cert(id.cert_der(), &[]).is_err());
     assert!(refusing.verify_cert(id.cert_der(), &[]).is_err());
     assert_eq!(refusing.gpu_runs(), 2);
+}
+
+/// `GpuRequirement::crl_dir`: the revocation lists there are read at each check. A list of
+/// an issuer outside the GPU's chain is ignored; a file that is no list refuses the peer (as
+/// our fault: the operator's cache is broken), and so does a missing directory. (The lists'
+/// own checks, with a chain whose keys we hold, are in `crates/attest/tests/gpu_crl.rs`.)
+#[tokio::test]
+async fn revocation_lists_are_read_from_the_directory_at_each_check() {
+    use cocoon_attest::Fault;
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+    let mut ca = rcgen::CertificateParams::default();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let issuer = rcgen::Issuer::new(ca, key);
+    let crl = rcgen::CertificateRevocationListParams {
+        this_update: time::OffsetDateTime::from_unix_timestamp(NOW as i64 - 60).unwrap(),
+        next_update: time::OffsetDateTime::from_unix_timestamp(NOW as i64 + 86_400).unwrap(),
+        crl_number: rcgen::SerialNumber::from(vec![1]),
+        issuing_distribution_point: None,
+        revoked_certs: vec![],
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&issuer)
+    .unwrap();
+    std::fs::write(dir.path().join("other.crl"), crl.der()).unwrap();
+    let worker = ident(&with_gpu(sample()));
+    let mut req = requirement();
+    req.crl_dir = Some(dir.path().to_path_buf());
+    assert!(
+        proxy_sees(&worker, Some(req.clone()))
+            .await
+            .unwrap()
+            .gpu()
+            .is_some()
+    );
+    std::fs::write(dir.path().join("broken.crl"), b"not a list").unwrap();
+    let s = proxy_sees(&worker, Some(req.clone())).await;
+    let e = refusal(&s);
+    assert!(
+        matches!(e, VerifyError::Gpu(GpuError::CrlInvalid { .. })),
+        "{e:?}"
+    );
+    assert_eq!(e.fault(), Fault::Local);
+    req.crl_dir = Some(dir.path().join("missing"));
+    let s = proxy_sees(&worker, Some(req)).await;
+    assert_eq!(refusal(&s).fault(), Fault::Local, "{s:?}");
 }

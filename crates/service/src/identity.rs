@@ -382,6 +382,7 @@ mod tests {
         assert!(peer_verifier(PeerVerification { is_test: true, ..v }).is_ok());
         let unbound = GpuRequirement {
             allow_unbound_nonce: true,
+            crl_dir: None,
             ..GpuRequirement::default()
         };
         let v = PeerVerification {

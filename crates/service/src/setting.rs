@@ -301,6 +301,9 @@ pub struct GpuSettings {
     /// Accept RIM files without a valid NVIDIA signature (`gpu_allow_unsigned_rims`; test
     /// networks only: the re-targeted sample RIMs the tests use are edited copies).
     pub gpu_allow_unsigned_rims: bool,
+    /// A directory of revocation lists for GPU certificates, read at each check
+    /// (`gpu_crl_dir`; empty: none).
+    pub gpu_crl_dir: String,
 }
 
 impl GpuSettings {
@@ -342,6 +345,7 @@ impl GpuSettings {
             )?,
             min_vbios_version: version("gpu_min_vbios_version", &self.gpu_min_vbios_version, 16)?,
             allow_unbound_nonce: self.gpu_allow_unbound_nonce,
+            crl_dir: (!self.gpu_crl_dir.is_empty()).then(|| PathBuf::from(&self.gpu_crl_dir)),
         }))
     }
 
@@ -365,6 +369,9 @@ impl GpuSettings {
                 "gpu_rims",
                 "required with require_gpu_cc (the driver and VBIOS RIM files)",
             ));
+        }
+        if !self.gpu_crl_dir.is_empty() && !Path::new(&self.gpu_crl_dir).is_dir() {
+            return Err(SettingError::new("gpu_crl_dir", "not a directory"));
         }
         self.requirement().map(|_| ())
     }

@@ -62,6 +62,7 @@ fn recorded_gpu_evidence_goes_into_the_certificate_on_test_networks_only() {
             std::fs::read(format!("{GPU}retargeted/VBIOS_RIM_retargeted.swidtag")).unwrap(),
         ],
         allow_unbound_nonce: true,
+        crl_dir: None,
         // The re-targeted RIMs are edited copies of NVIDIA's: unsigned.
         policy: cocoon_attest::gpu::GpuPolicy {
             require_rim_signatures: false,

@@ -187,6 +187,89 @@ pub fn verify_ders(
     })
 }
 
+/// Most revocation lists and bytes per list taken.
+pub const MAX_CRLS: usize = 64;
+/// Largest revocation list accepted.
+pub const MAX_CRL_LEN: usize = 4 << 20;
+
+/// Checks a (verified) chain, DER leaf first, against revocation lists the caller holds
+/// (DER or PEM `X509 CRL`): a list whose issuer is a certificate of the chain must be
+/// signed by that certificate's key (ECDSA P-384/SHA-384) and current at `now`
+/// (`thisUpdate` ≤ now ≤ `nextUpdate`), and no certificate that issuer issued may be on it.
+/// Lists of other issuers are ignored.
+pub fn check_crls(ders: &[Vec<u8>], crls: &[Vec<u8>], now: u64) -> Result<(), GpuError> {
+    use x509_parser::revocation_list::CertificateRevocationList;
+    if crls.len() > MAX_CRLS {
+        return Err(GpuError::CrlInvalid {
+            position: MAX_CRLS,
+            reason: format!("more than {MAX_CRLS} lists"),
+        });
+    }
+    let certs = ders
+        .iter()
+        .enumerate()
+        .map(|(i, d)| parse(i, d))
+        .collect::<Result<Vec<_>, _>>()?;
+    let now_i = i64::try_from(now).unwrap_or(i64::MAX);
+    for (position, raw) in crls.iter().enumerate() {
+        let bad = |reason: String| GpuError::CrlInvalid { position, reason };
+        if raw.len() > MAX_CRL_LEN {
+            return Err(bad(format!("larger than {MAX_CRL_LEN} bytes")));
+        }
+        let der = match x509_parser::pem::parse_x509_pem(raw) {
+            Ok((_, pem)) if pem.label == "X509 CRL" => pem.contents,
+            Ok((_, pem)) => return Err(bad(format!("unexpected PEM block {:?}", pem.label))),
+            Err(_) => raw.clone(),
+        };
+        let crl = match CertificateRevocationList::from_der(&der) {
+            Ok(([], crl)) => crl,
+            Ok(_) => return Err(bad("trailing bytes".into())),
+            Err(e) => return Err(bad(e.to_string())),
+        };
+        let tbs = &crl.tbs_cert_list;
+        let Some(issuer) = certs
+            .iter()
+            .find(|c| c.subject().as_raw() == tbs.issuer.as_raw())
+        else {
+            continue;
+        };
+        if crl.signature_algorithm.algorithm.to_id_string() != OID_ECDSA_SHA384
+            || tbs.signature.algorithm.to_id_string() != OID_ECDSA_SHA384
+            || crl.signature_value.unused_bits != 0
+        {
+            return Err(bad("signature is not ecdsa-with-SHA384".into()));
+        }
+        let key = &issuer.public_key().subject_public_key.data;
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P384_SHA384_ASN1, key)
+            .verify(tbs.as_ref(), &crl.signature_value.data)
+            .map_err(|_| bad("signature does not verify with its issuer's key".into()))?;
+        let current = tbs.this_update.timestamp() <= now_i
+            && tbs.next_update.is_some_and(|n| now_i <= n.timestamp());
+        if !current {
+            return Err(GpuError::CrlStale {
+                issuer: tbs.issuer.to_string(),
+            });
+        }
+        for (i, cert) in certs.iter().enumerate() {
+            if cert.issuer().as_raw() != tbs.issuer.as_raw() {
+                continue;
+            }
+            let serial = cert.raw_serial();
+            if tbs
+                .revoked_certificates
+                .iter()
+                .any(|r| strip(r.raw_serial()) == strip(serial))
+            {
+                return Err(GpuError::CertRevoked {
+                    position: i,
+                    serial: hex::encode(serial),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Whether the bytes right after the TBS certificate are exactly the DER of
 /// ecdsa-with-SHA384: the parser is lenient about the outer AlgorithmIdentifier's tags,
 /// which the signature does not cover.

@@ -23,8 +23,10 @@
 //!    block `i + 1`; index 35 is skipped when the report says NVDEC0 is disabled, as NVIDIA's
 //!    verifier does).
 //!
-//! Not done here: OCSP or CRL parsing (revocation is a list of serials the caller derived
-//! from its own cache), and revocation of RIM signer certificates.
+//! Revocation: serials the caller lists, and revocation lists (CRLs) the caller holds
+//! ([`chain::check_crls`]; never fetched here). Not done here: OCSP responses (a caller
+//! with an OCSP cache passes the revoked serials), and revocation of RIM signer
+//! certificates.
 
 pub mod chain;
 pub mod report;
@@ -91,6 +93,22 @@ pub enum GpuError {
         /// Its serial, hex.
         serial: String,
     },
+    /// A revocation list for this chain's issuers does not parse or is not signed by the
+    /// issuer it names.
+    #[error("GPU revocation list {position}: {reason}")]
+    CrlInvalid {
+        /// Position among the revocation lists given.
+        position: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The revocation list held for an issuer of the chain is out of date (past its
+    /// `nextUpdate`) or not yet valid: the certificates it covers cannot be judged.
+    #[error("GPU revocation list of {issuer} is out of date")]
+    CrlStale {
+        /// The issuer the list is for.
+        issuer: String,
+    },
     /// The report carries a firmware id (FWID) and the leaf certificate a different one, or
     /// none.
     #[error("the report's FWID is not the one in the GPU's leaf certificate")]
@@ -156,7 +174,9 @@ impl GpuError {
             | GpuError::RimMissing { .. }
             | GpuError::RimVersion { .. }
             | GpuError::RimSignature { .. }
-            | GpuError::IndexConflict(_) => Fault::Local,
+            | GpuError::IndexConflict(_)
+            | GpuError::CrlInvalid { .. }
+            | GpuError::CrlStale { .. } => Fault::Local,
             _ => Fault::Peer,
         }
     }
@@ -170,6 +190,10 @@ pub struct GpuPolicy {
     /// Certificate serials (big-endian bytes, leading zeros ignored) to refuse, taken by
     /// the caller from OCSP/CRL data it holds. Empty: no revocation data.
     pub revoked_serials: Vec<Vec<u8>>,
+    /// Certificate revocation lists (DER or PEM) the caller holds, never fetched here; a
+    /// list naming an issuer of the chain must be signed by it and current, and a serial
+    /// it lists is refused ([`chain::check_crls`]). Lists of other issuers are ignored.
+    pub crls: Vec<Vec<u8>>,
     /// Refuse RIMs whose `colloquialVersion` is not the report's driver or VBIOS version.
     /// NVIDIA's verifier only warns on this; on by default here.
     pub require_rim_versions: bool,
@@ -185,6 +209,7 @@ impl Default for GpuPolicy {
         GpuPolicy {
             device_root_sha256: NVIDIA_DEVICE_ROOT_SHA256,
             revoked_serials: Vec::new(),
+            crls: Vec::new(),
             require_rim_versions: true,
             rim_root_sha256: NVIDIA_RIM_ROOT_SHA256,
             require_rim_signatures: true,
@@ -288,6 +313,13 @@ pub fn verify(
         &policy.revoked_serials,
         now,
     )?;
+    if !policy.crls.is_empty() {
+        chain::check_crls(
+            &chain::pem_certs(evidence.cert_chain_pem)?,
+            &policy.crls,
+            now,
+        )?;
+    }
     // As NVIDIA's verifier: a report that carries an FWID must carry the leaf's.
     if let Some(fwid) = report
         .opaque

@@ -127,6 +127,22 @@ fn stats_html(shared: &Shared, s: &ProxyStats) -> Response {
             w.gpu.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
+    let q = &s.queue;
+    let waits = if q.served == 0 {
+        "-".to_owned()
+    } else {
+        format!("{:.3}", q.wait_seconds_sum / q.served as f64)
+    };
+    p.section("queue")
+        .row("most waiting per model", q.max_per_model.to_string())
+        .row("served after waiting", q.served.to_string())
+        .row("average wait (s)", waits)
+        .row("refused: queue full", q.rejected.to_string())
+        .row("expired while waiting", q.expired.to_string());
+    p.table("waiting", &["model", "requests"]);
+    for (model, n) in &q.waiting {
+        p.cells(&[model.clone(), n.to_string()]);
+    }
     p.table(
         "clients",
         &[
@@ -265,6 +281,43 @@ fn metrics(s: &ProxyStats) -> Prometheus {
         "gauge",
         "1 while the proxy takes requests.",
         &[(String::new(), n(u64::from(s.enabled)))],
+    );
+    let q = &s.queue;
+    metric(
+        "cocoon_proxy_queue_length",
+        "gauge",
+        "Requests waiting for a worker slot, per model.",
+        &q.waiting
+            .iter()
+            .map(|(m, n)| (format!("{{model=\"{}\"}}", label(m)), n.to_string()))
+            .collect::<Vec<_>>(),
+    );
+    let mut waits: Vec<(String, String)> = q
+        .wait_bucket_bounds
+        .iter()
+        .zip(&q.wait_buckets)
+        .map(|(b, n)| (format!("_bucket{{le=\"{b}\"}}"), n.to_string()))
+        .collect();
+    waits.push(("_bucket{le=\"+Inf\"}".into(), n(q.served)));
+    waits.push(("_sum".into(), format!("{:.6}", q.wait_seconds_sum)));
+    waits.push(("_count".into(), n(q.served)));
+    metric(
+        "cocoon_proxy_queue_wait_seconds",
+        "histogram",
+        "How long queued requests waited for a worker slot.",
+        &waits,
+    );
+    metric(
+        "cocoon_proxy_queue_rejected_total",
+        "counter",
+        "Requests refused because their model's queue was full.",
+        &[(String::new(), n(q.rejected))],
+    );
+    metric(
+        "cocoon_proxy_queue_expired_total",
+        "counter",
+        "Requests whose deadline or queue_max_wait_secs passed while they waited.",
+        &[(String::new(), n(q.expired))],
     );
     let per_worker = |f: &dyn Fn(&crate::WorkerStat) -> String| -> Vec<(String, String)> {
         s.workers

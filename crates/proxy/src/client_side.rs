@@ -656,6 +656,7 @@ impl ClientSession {
             client_sc: client_sc.to_string(),
             owner,
             receipts: (proto >= 3).then(|| Arc::clone(&self.receipts)),
+            session: self.id,
         };
         let sess = Arc::clone(self);
         tokio::spawn(async move {

@@ -32,6 +32,11 @@ pub struct Timings {
     pub max_session_requests: usize,
     /// Answer bytes one request may have waiting for a slow client before it is stopped.
     pub request_buffer_bytes: usize,
+    /// Most requests waiting per model while every worker of it is busy; more are refused
+    /// (our client answers 429 with `Retry-After`). 0: none wait.
+    pub queue_max_per_model: usize,
+    /// Longest a request waits in the queue (its own deadline may end the wait sooner).
+    pub queue_max_wait: Duration,
     /// How often the contracts of authorised clients and of clients with unsettled usage are
     /// read again (credit, closing); `None` never (read at authorisation only).
     pub client_watch_interval: Option<Duration>,
@@ -53,6 +58,8 @@ impl Default for Timings {
             max_handshakes: 64,
             max_session_requests: 256,
             request_buffer_bytes: crate::registry::REQUEST_BUFFER_BYTES,
+            queue_max_per_model: 256,
+            queue_max_wait: Duration::from_secs(300),
             client_watch_interval: Some(Duration::from_secs(30)),
             lookup_ttl: Duration::from_secs(10),
             lookups_per_minute: 30,

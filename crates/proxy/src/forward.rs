@@ -41,9 +41,10 @@ use self::settle::{Last, Outgoing, unix_secs};
 use crate::meter::{Charge, Party};
 use crate::prices::{price_table, reservation};
 use crate::receipts::payment;
-use crate::registry::{AttemptOutcome, Lease, LeaseRequest, PayLock, WorkerEvent};
+use crate::registry::{AcquireError, AttemptOutcome, Lease, LeaseRequest, PayLock, WorkerEvent};
+use crate::router::RouteError;
 use crate::usage_audit::{self, Quote};
-use crate::{Counters, Shared, admission};
+use crate::{Counters, Shared, admission, queue};
 
 /// Why a running request is being stopped from the client side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +68,8 @@ pub(crate) struct ClientCtx {
     pub owner: String,
     /// Signs the receipts of this session's answers (protocol 3).
     pub receipts: Option<Arc<SessionReceipts>>,
+    /// The client session (the queue is fair across sessions).
+    pub session: u64,
 }
 
 /// Most workers whose evidence a client session is known to hold; past it the set starts
@@ -451,32 +454,11 @@ impl Forwarding {
                 roll: rand::rng().random(),
                 proxy_request_id: rand::rng().random(),
             };
-            let lease = match shared
-                .registry
-                .lease(&shared.router, &request, Instant::now())
-            {
+            let lease = match self.acquire(&request).await {
                 Ok(l) => l,
                 Err(e) => {
                     if last.is_none() {
-                        let msg = match e {
-                            // Its workers just left (a params switch ends their sessions,
-                            // a worker redials): the client asks again after a pause.
-                            crate::router::RouteError::NoWorkers
-                                if shared
-                                    .registry
-                                    .reconnecting(&self.plan.model_base, Instant::now()) =>
-                            {
-                                format!(
-                                    "workers for model {} are reconnecting; retry after reconnecting",
-                                    self.plan.model_base
-                                )
-                            }
-                            crate::router::RouteError::NoWorkers => {
-                                format!("no workers for model {}", self.plan.model_base)
-                            }
-                            other => other.to_string(),
-                        };
-                        last = Some((ErrorCode::NotReady as i32, msg));
+                        last = Some(self.refusal(e));
                     }
                     break;
                 }
@@ -529,6 +511,57 @@ impl Forwarding {
             }
         }
         self.fail(last).await;
+    }
+
+    /// A worker for this attempt, waiting in the model's queue while all are busy (until
+    /// the request's deadline, at most `queue_max_wait`, or the client's cancel).
+    async fn acquire(&self, request: &LeaseRequest<'_>) -> Result<Lease, AcquireError> {
+        let timings = &self.shared.timings;
+        let until = Instant::now()
+            + self
+                .plan
+                .deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                .min(timings.queue_max_wait);
+        let mut cancel = self.cancel.clone();
+        let stop = async move {
+            let _ = cancel.wait_for(Option::is_some).await;
+        };
+        let registry = &self.shared.registry;
+        registry
+            .acquire(&self.shared.router, request, self.ctx.session, until, stop)
+            .await
+    }
+
+    /// What the client is told when no worker was found for the request.
+    fn refusal(&self, e: AcquireError) -> (i32, String) {
+        let shared = &self.shared;
+        let model = &self.plan.model_base;
+        let msg = match e {
+            // Its workers just left (a params switch ends their sessions, a worker
+            // redials): the client asks again after a pause.
+            AcquireError::Route(RouteError::NoWorkers)
+                if shared.registry.reconnecting(model, Instant::now()) =>
+            {
+                format!("workers for model {model} are reconnecting; retry after reconnecting")
+            }
+            AcquireError::Route(RouteError::NoWorkers) => format!("no workers for model {model}"),
+            AcquireError::Route(other) => other.to_string(),
+            AcquireError::Full(waiting) => queue::queue_full_message(model, waiting),
+            AcquireError::Expired if tokio::time::Instant::now() >= self.plan.deadline => {
+                return (ErrorCode::Timeout as i32, "timeout in proxy".into());
+            }
+            AcquireError::Expired => {
+                queue::queue_wait_message(model, shared.timings.queue_max_wait)
+            }
+            AcquireError::Stopped => {
+                return (
+                    ErrorCode::Cancelled as i32,
+                    "cancelled by the client".into(),
+                );
+            }
+        };
+        (ErrorCode::NotReady as i32, msg)
     }
 
     /// Sends `proxy.runQueryEx` to the leased worker; `false` when its session is gone.

@@ -43,6 +43,7 @@ mod ledger_meter;
 mod meter;
 mod prices;
 mod process;
+mod queue;
 mod receipts;
 mod registry;
 mod router;
@@ -72,6 +73,7 @@ pub use contract_switch::{
 pub use ledger_meter::{LedgerMeter, LedgerStats, SettlementConfig};
 pub use meter::{Charge, MemoryMeter, Meter, MeterError, Party, Settlement, SettlementAction};
 pub use process::{ContractSwitch, root_hooks, run, switching_root_hooks, watch_events};
+pub use queue::QueueStats;
 pub use registry::REQUEST_BUFFER_BYTES;
 pub use registry::WorkerStat;
 pub use router::RouterConfig;
@@ -181,6 +183,8 @@ pub struct ProxyStats {
     pub counters: CounterStats,
     /// Connected workers.
     pub workers: Vec<WorkerStat>,
+    /// Requests waiting for a worker slot, and how long they waited.
+    pub queue: QueueStats,
     /// Connected clients.
     pub clients: Vec<ClientStat>,
     /// Recent refused handshakes.
@@ -369,6 +373,7 @@ impl Shared {
                 ton_disagreements: self.chain.ton_disagreements(),
             },
             workers: self.registry.stats(&self.router, Instant::now()),
+            queue: self.registry.queue_stats(),
             clients,
             refusals: self
                 .refusals
@@ -499,7 +504,10 @@ impl Proxy {
                 cfg.timings.lookups_per_minute,
                 cfg.timings.lookup_burst,
             ),
-            registry: Arc::new(Registry::with_buffer(cfg.timings.request_buffer_bytes)),
+            registry: Arc::new(Registry::new(
+                cfg.timings.request_buffer_bytes,
+                cfg.timings.queue_max_per_model,
+            )),
             clients: Mutex::default(),
             refusals: Mutex::default(),
             operator: cocoon_service::events::OperatorLog::new(MAX_EVENTS),

@@ -653,6 +653,8 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
         timings: Timings {
             client_watch_interval: Some(Duration::from_secs(s.client_watch_seconds)),
             max_session_requests: s.max_requests_per_session,
+            queue_max_per_model: s.queue_max_per_model,
+            queue_max_wait: Duration::from_secs(s.queue_max_wait_secs),
             ..Timings::default()
         },
         net: cocoon_net::Config::default(),

@@ -14,6 +14,7 @@ use cocoon_net::SessionHandle;
 use cocoon_tl::types::proxy as tproxy;
 use tokio::sync::{mpsc, watch};
 
+use crate::queue::{End, Need, QueueStats, Waiters};
 use crate::router::{self, Candidate, Health, Pick, RouteError, RouterConfig};
 
 /// An answer message from a worker for one request.
@@ -151,6 +152,51 @@ pub(crate) struct Registry {
     /// When each model's last worker left (bounded: one entry per model a worker served,
     /// dropped once older than [`RECONNECT_GRACE`] or when a worker of it is back).
     left: Mutex<HashMap<String, Instant>>,
+    /// Requests waiting for a slot, per model. Locked after `inner`, never before.
+    queue: Mutex<Waiters>,
+    /// Most requests waiting per model.
+    queue_max: usize,
+}
+
+/// Why a request got no worker.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum AcquireError {
+    /// No worker can serve it (none for the model, or all too expensive).
+    Route(RouteError),
+    /// Every worker is busy and the model's queue is full (this many waiting).
+    Full(usize),
+    /// It waited in the queue until its limit.
+    Expired,
+    /// The caller gave up while it waited.
+    Stopped,
+}
+
+/// A request's place in its model's queue; dropped, it leaves the queue and passes on a
+/// wake-up it was given.
+struct Ticket<'a> {
+    registry: &'a Registry,
+    id: u64,
+    model_base: &'a str,
+    done: bool,
+}
+
+impl Ticket<'_> {
+    /// Forgets the ticket (the locks are held by the caller).
+    fn end(&mut self, g: &HashMap<u64, WorkerEntry>, ws: &mut Waiters, end: End, now: Instant) {
+        self.done = true;
+        ws.finish(self.id, end);
+        self.registry.dispatch(g, ws, self.model_base, now);
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let g = self.registry.lock();
+            let mut ws = self.registry.queue_lock();
+            self.end(&g, &mut ws, End::Gone, Instant::now());
+        }
+    }
 }
 
 /// How long after a model's last worker left a request for it is refused as "reconnecting"
@@ -251,12 +297,151 @@ pub(crate) enum AttemptOutcome {
 }
 
 impl Registry {
-    /// A registry whose requests buffer at most `bytes` of answer each.
-    pub(crate) fn with_buffer(bytes: usize) -> Self {
-        let r = Registry::default();
+    /// A registry whose requests buffer at most `bytes` of answer each and whose models
+    /// queue at most `queue_max` requests each.
+    pub(crate) fn new(bytes: usize, queue_max: usize) -> Self {
+        let r = Registry {
+            queue_max,
+            ..Registry::default()
+        };
         r.buffer_bytes
             .store(bytes, std::sync::atomic::Ordering::Relaxed);
         r
+    }
+
+    fn queue_lock(&self) -> std::sync::MutexGuard<'_, Waiters> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wakes as many of `model_base`'s waiting requests as its workers have free slots
+    /// (less those already woken), each only for a slot it can use.
+    fn dispatch(
+        &self,
+        g: &HashMap<u64, WorkerEntry>,
+        ws: &mut Waiters,
+        model_base: &str,
+        now: Instant,
+    ) {
+        ws.expire(model_base, now);
+        if ws.len(model_base) == 0 {
+            return;
+        }
+        // (worker, coefficient, free slots)
+        let mut free: Vec<(u64, i32, u32)> = g
+            .values()
+            .filter(|e| e.model_base == model_base && !e.disabled && e.running < e.max_active)
+            .map(|e| (e.id, e.coefficient, e.max_active - e.running))
+            .collect();
+        let total: usize = free.iter().map(|f| f.2 as usize).sum();
+        let mut room = total.saturating_sub(ws.granted(model_base));
+        let fits = |n: &Need, f: &(u64, i32, u32)| {
+            f.2 > 0 && f.1 <= n.max_coefficient && !n.exclude.contains(&f.0)
+        };
+        while room > 0 {
+            let Some(n) = ws.grant(model_base, |n| free.iter().any(|f| fits(n, f))) else {
+                break;
+            };
+            if let Some(f) = free.iter_mut().find(|f| fits(n, f)) {
+                f.2 -= 1;
+            }
+            room -= 1;
+        }
+    }
+
+    /// A worker for the request, waiting in its model's queue while every worker is busy:
+    /// until a slot frees for it, `until` passes ([`AcquireError::Expired`]) or `stop`
+    /// resolves ([`AcquireError::Stopped`]). A new request queues behind those already
+    /// waiting; a full queue refuses it ([`AcquireError::Full`]).
+    pub(crate) async fn acquire(
+        self: &Arc<Self>,
+        cfg: &RouterConfig,
+        req: &LeaseRequest<'_>,
+        session: u64,
+        until: Instant,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<Lease, AcquireError> {
+        let model_base = req.model_base;
+        let (mut ticket, wake) = {
+            let mut g = self.lock();
+            let mut ws = self.queue_lock();
+            let now = Instant::now();
+            let waiting = ws.busy(model_base);
+            match self.lease_locked(&mut g, cfg, req, now, !waiting) {
+                Ok(Some(l)) => return Ok(l),
+                Ok(None) | Err(RouteError::AllBusy) => {}
+                Err(e) => return Err(AcquireError::Route(e)),
+            }
+            let wake = Arc::new(tokio::sync::Notify::new());
+            let id = ws.ticket(Need {
+                session,
+                model_base: model_base.to_owned(),
+                max_coefficient: req.max_coefficient,
+                exclude: req.exclude.to_vec(),
+                deadline: until,
+                wake: Arc::clone(&wake),
+                granted: false,
+                expired: false,
+                since: now,
+            });
+            if ws.push(id, self.queue_max).is_err() {
+                return Err(AcquireError::Full(ws.len(model_base)));
+            }
+            let ticket = Ticket {
+                registry: self,
+                id,
+                model_base,
+                done: false,
+            };
+            // Slots may be free for it (the requests ahead were woken and not yet served).
+            self.dispatch(&g, &mut ws, model_base, now);
+            (ticket, wake)
+        };
+        let mut stop = std::pin::pin!(stop);
+        let deadline = tokio::time::Instant::from_std(until);
+        loop {
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    let g = self.lock();
+                    let mut ws = self.queue_lock();
+                    ticket.end(&g, &mut ws, End::Expired, Instant::now());
+                    return Err(AcquireError::Expired);
+                }
+                _ = &mut stop => return Err(AcquireError::Stopped),
+            }
+            let mut g = self.lock();
+            let mut ws = self.queue_lock();
+            let now = Instant::now();
+            let Some((expired, granted)) =
+                ws.tickets.get(&ticket.id).map(|n| (n.expired, n.granted))
+            else {
+                ticket.done = true;
+                return Err(AcquireError::Expired);
+            };
+            if expired {
+                ticket.end(&g, &mut ws, End::Expired, now);
+                return Err(AcquireError::Expired);
+            }
+            if !granted {
+                continue;
+            }
+            match self.lease_locked(&mut g, cfg, req, now, true) {
+                Ok(Some(l)) => {
+                    ticket.end(&g, &mut ws, End::Served(now), now);
+                    return Ok(l);
+                }
+                Ok(None) | Err(RouteError::AllBusy) => ws.push_front(ticket.id),
+                Err(e) => {
+                    ticket.end(&g, &mut ws, End::Gone, now);
+                    return Err(AcquireError::Route(e));
+                }
+            }
+        }
+    }
+
+    /// The queues as the admin pages show them.
+    pub(crate) fn queue_stats(&self) -> QueueStats {
+        self.queue_lock().stats(self.queue_max)
     }
 
     fn buffer_limit(&self) -> usize {
@@ -274,9 +459,13 @@ impl Registry {
         self.left.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Adds a worker; requests waiting for its model are woken for its slots.
     pub(crate) fn insert(&self, e: WorkerEntry) {
         self.left_lock().remove(&e.model_base);
-        self.lock().insert(e.id, e);
+        let model_base = e.model_base.clone();
+        let mut g = self.lock();
+        g.insert(e.id, e);
+        self.dispatch(&g, &mut self.queue_lock(), &model_base, Instant::now());
     }
 
     /// Removes a worker; its running requests see their answer channel close. When it was
@@ -289,6 +478,8 @@ impl Registry {
         let mut g = self.lock();
         let Some(e) = g.remove(&id) else { return };
         if !g.values().any(|o| o.model_base == e.model_base) {
+            // Its waiting requests learn at once that no worker is left.
+            self.queue_lock().wake_all(&e.model_base);
             note_left(&mut self.left_lock(), e.model_base, now);
         }
     }
@@ -299,9 +490,16 @@ impl Registry {
         left_recently(&self.left_lock(), model_base, now)
     }
 
+    /// Changes a worker's entry; a slot it frees (a request ended, the worker was enabled)
+    /// wakes a request waiting for its model.
     pub(crate) fn update(&self, id: u64, f: impl FnOnce(&mut WorkerEntry)) {
-        if let Some(e) = self.lock().get_mut(&id) {
-            f(e);
+        let mut g = self.lock();
+        let Some(e) = g.get_mut(&id) else { return };
+        f(e);
+        let model_base = e.model_base.clone();
+        let mut ws = self.queue_lock();
+        if ws.len(&model_base) > 0 {
+            self.dispatch(&g, &mut ws, &model_base, Instant::now());
         }
     }
 
@@ -314,13 +512,16 @@ impl Registry {
         }
     }
 
-    /// Picks a worker for the request and takes a slot on it.
-    pub(crate) fn lease(
+    /// Picks a worker for the request and takes a slot on it; `Ok(None)` when one is free
+    /// but `take` is false (others wait ahead of this request).
+    fn lease_locked(
         self: &Arc<Self>,
+        g: &mut HashMap<u64, WorkerEntry>,
         cfg: &RouterConfig,
         req: &LeaseRequest<'_>,
         now: Instant,
-    ) -> Result<Lease, RouteError> {
+        take: bool,
+    ) -> Result<Option<Lease>, RouteError> {
         let LeaseRequest {
             model_base,
             max_coefficient,
@@ -328,7 +529,6 @@ impl Registry {
             roll,
             proxy_request_id,
         } = *req;
-        let mut g = self.lock();
         let cands: Vec<Candidate> = g
             .values()
             .filter(|e| e.model_base == model_base)
@@ -343,6 +543,9 @@ impl Registry {
             })
             .collect();
         let Pick { id, probe } = router::choose(cfg, &cands, max_coefficient, exclude, roll)?;
+        if !take {
+            return Ok(None);
+        }
         let e = g.get_mut(&id).ok_or(RouteError::NoWorkers)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -357,7 +560,7 @@ impl Registry {
             },
         );
         e.running += 1;
-        Ok(Lease {
+        Ok(Some(Lease {
             registry: Arc::clone(self),
             worker: id,
             proxy_request_id,
@@ -373,7 +576,7 @@ impl Registry {
             queued,
             overflow: overflow_rx,
             released: false,
-        })
+        }))
     }
 
     pub(crate) fn stats(&self, cfg: &RouterConfig, now: Instant) -> Vec<WorkerStat> {

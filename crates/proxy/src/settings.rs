@@ -41,6 +41,10 @@ pub struct Settings {
     pub client_watch_seconds: u64,
     /// Most requests running per client connection (`max_requests_per_session`).
     pub max_requests_per_session: usize,
+    /// Most requests waiting per model while its workers are busy (`queue_max_per_model`).
+    pub queue_max_per_model: usize,
+    /// Longest wait in a model's queue, seconds (`queue_max_wait_secs`).
+    pub queue_max_wait_secs: u64,
     /// Charge a client at this many TON (`min_client_charge_ton`).
     pub min_client_charge_ton: String,
     /// Pay a worker out at this many TON (`min_worker_payout_ton`).
@@ -105,6 +109,7 @@ impl Settings {
                 "max_requests_per_session",
                 self.max_requests_per_session as u64,
             ),
+            ("queue_max_wait_secs", self.queue_max_wait_secs),
         ] {
             if v == 0 {
                 return Err(SettingError::new(key, "must be positive"));

@@ -10,7 +10,7 @@
 //!   (see [`crate::extras`]). Errors are OpenAI error bodies (with `enable_debug`, a
 //!   `debug` member beside `error` once an answer had begun): 400 bad request, 401 bad
 //!   key, 402 out of funds (channel or key limit), 404 unknown model, 413 body too large,
-//!   429 no capacity, 502 upstream failure, 503 no proxy, 504 deadline.
+//!   429 no capacity (with `Retry-After`), 502 upstream failure, 503 no proxy, 504 deadline.
 //! - `GET /v1/models`, `GET /v1/models/{id}`: the models the proxies' workers serve, OpenAI's
 //!   list shape plus a per-worker `workers` array, the proxies offering each and its
 //!   `context_length` (the smallest its workers announced over version 3; null when unknown).
@@ -64,7 +64,7 @@ const EXPOSED: &str = "x-cocoon-proxy, x-cocoon-attempts, x-cocoon-time-to-head-
                        x-cocoon-tokens, x-cocoon-cost-nanoton, x-cocoon-proxy-seconds, \
                        x-cocoon-worker-seconds, x-cocoon-client-start, x-cocoon-client-end, \
                        x-cocoon-proxy-start, x-cocoon-proxy-end, x-cocoon-worker-start, \
-                       x-cocoon-worker-end, x-cocoon-receipt";
+                       x-cocoon-worker-end, x-cocoon-receipt, retry-after";
 
 pub(crate) async fn serve(
     shared: Arc<Shared>,
@@ -141,12 +141,24 @@ async fn fallback() -> Response {
 
 fn error(e: ApiError) -> Response {
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (
+    let r = (
         status,
         [(header::CONTENT_TYPE, "application/json")],
         e.to_body(),
     )
-        .into_response()
+        .into_response();
+    with_retry_after(r, &e)
+}
+
+/// A 429 says when to ask again (`Retry-After`, seconds), as OpenAI's does: the official
+/// SDKs wait that long and retry on their own.
+fn with_retry_after(mut r: Response, e: &ApiError) -> Response {
+    if e.kind == ErrorKind::NoCapacity {
+        let secs = crate::request::retry_after_secs(&e.message);
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    r
 }
 
 /// An error ending an answer; with `enable_debug`, COCOON's debug object beside it.
@@ -159,12 +171,13 @@ fn error_with_debug(e: ApiError, debug: Option<Value>) -> Response {
     if let Some(o) = body.as_object_mut() {
         o.insert("debug".into(), d);
     }
-    (
+    let r = (
         status,
         [(header::CONTENT_TYPE, "application/json")],
         body.to_string(),
     )
-        .into_response()
+        .into_response();
+    with_retry_after(r, &e)
 }
 
 fn bearer(h: &HeaderMap) -> Option<String> {

@@ -270,7 +270,11 @@ pub(crate) fn classify(code: i32, msg: &str) -> (ErrorKind, bool) {
         _ if m.contains("unknown model") || m.contains("no workers for model") => {
             (ErrorKind::NotFound, true)
         }
-        _ if m.contains("no worker")
+        // Our proxy: every worker of the model is busy and its queue is full (or the request
+        // waited in it as long as the proxy allows): 429 with `Retry-After`, and another
+        // proxy may have room.
+        _ if m.contains("are busy and its queue")
+            || m.contains("no worker")
             || m.contains("no ready workers")
             || m.contains("too many active")
             || m.contains("coefficient")
@@ -299,6 +303,16 @@ pub(crate) fn proxy_error(kind: ErrorKind, proxy: &str, message: &str) -> ApiErr
         }
     }
     ApiError::new(kind, format!("proxy {proxy}: {message}"))
+}
+
+/// Seconds an app should wait before asking again after a 429 (`Retry-After`): what the
+/// proxy's refusal says (`retry after N s`, at most a minute), else 1.
+pub(crate) fn retry_after_secs(message: &str) -> u64 {
+    let m = message.to_ascii_lowercase();
+    m.rsplit_once("retry after ")
+        .and_then(|(_, rest)| rest.split_once(" s"))
+        .and_then(|(n, _)| n.trim().parse::<u64>().ok())
+        .map_or(1, |n| n.clamp(1, 60))
 }
 
 /// How often one request asks the same proxy again after "retry after reconnecting".
@@ -1121,7 +1135,20 @@ mod tests {
         use ErrorCode as C;
         use ErrorKind as K;
         // (code, message, kind, whether another proxy may serve the request)
-        let cases: [(C, &str, K, bool); 20] = [
+        let cases: [(C, &str, K, bool); 22] = [
+            // Our proxy's refusals when a model's queue is full or the wait passed its limit.
+            (
+                C::NotReady,
+                "all workers for model Smol are busy and its queue is full (2 waiting); retry after 1 s",
+                K::NoCapacity,
+                true,
+            ),
+            (
+                C::NotReady,
+                "all workers for model Smol are busy and its queue wait limit (300 s) passed; retry after 1 s",
+                K::NoCapacity,
+                true,
+            ),
             (C::Timeout, "timeout in proxy", K::Timeout, false),
             (
                 C::NotReady,
@@ -1224,6 +1251,16 @@ mod tests {
         let e = proxy_error(ErrorKind::Upstream, "p", "worker: engine: engine busy");
         assert_eq!(e.message, "proxy p: worker: engine: engine busy");
         assert_eq!(e.status(), 502);
+    }
+
+    #[test]
+    fn retry_after_comes_from_the_refusal() {
+        let full = "proxy 127.0.0.1:1: all workers for model M are busy and its queue is full (2 waiting); retry after 3 s";
+        assert_eq!(retry_after_secs(full), 3);
+        assert_eq!(retry_after_secs("too many active queries"), 1);
+        assert_eq!(retry_after_secs("retry after reconnecting"), 1);
+        assert_eq!(retry_after_secs("retry after 0 s"), 1);
+        assert_eq!(retry_after_secs("retry after 99999 s"), 60);
     }
 
     #[test]

@@ -34,7 +34,8 @@ pub struct WorkerConfig {
     pub model: String,
     /// Price coefficient in thousandths (1000 = 1.0×).
     pub coefficient: u32,
-    /// Requests served at once, over all proxies.
+    /// Requests served at once, over all proxies; 0: as many as the engine serves at once
+    /// (`ModelInfo::max_concurrency`: the embedded engine's slots).
     pub max_active_requests: u32,
     /// Test network (must match the proxy's and the root contract's flag).
     pub is_test: bool,
@@ -175,10 +176,10 @@ impl WorkerConfig {
                 format!("must be at most {MAX_COEFFICIENT}"),
             ));
         }
-        if self.max_active_requests == 0 || self.max_active_requests > i32::MAX as u32 {
+        if self.max_active_requests > i32::MAX as u32 {
             return Err(invalid(
                 "max_active_requests",
-                "must be between 1 and 2^31-1",
+                "must be between 0 (the engine's) and 2^31-1",
             ));
         }
         let (lo, hi) = self.timings.payment_status_interval;

@@ -564,7 +564,14 @@ impl Worker {
             check_proxy_hashes: config.check_proxy_hashes,
             root: watch::channel(None).0,
             is_test: config.is_test,
-            max_active: config.max_active_requests,
+            max_active: match config.max_active_requests {
+                0 => config
+                    .engine
+                    .model_info()
+                    .max_concurrency
+                    .clamp(1, i32::MAX as u32),
+                n => n,
+            },
             proxy_cnt: AtomicU32::new(0),
             prices: std::sync::RwLock::new(config.prices),
             generation: watch::channel(0).0,

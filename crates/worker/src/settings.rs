@@ -45,7 +45,7 @@ pub struct Settings {
     pub proxies: Vec<String>,
     /// Price coefficient, thousandths (`coefficient`).
     pub coefficient: u32,
-    /// Requests served at once over all proxies (`max_active_requests`).
+    /// Requests served at once over all proxies, 0: the engine's (`max_active_requests`).
     pub max_active_requests: u32,
     /// Which proxies to trust (`proxy_policy`).
     pub proxy_policy: String,

@@ -209,6 +209,20 @@ async fn invalid_requests_get_errors_with_zero_tokens() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_defaults_to_what_the_engine_serves_at_once() {
+    let (base, _eng, mut proxy, dir) = worker_rig().await;
+    let mut cfg = worker_config(&proxy.addr, &base, dir.path());
+    cfg.max_active_requests = 0;
+    let concurrency = cfg.engine.model_info().max_concurrency;
+    assert!(concurrency > 1);
+    let w = Worker::start(cfg).await.unwrap();
+    let c = proxy.next_conn().await;
+    assert_eq!(c.params.max_active_requests, Some(concurrency as i32));
+    assert_eq!(w.stats().max_active_requests, concurrency);
+    w.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_many_active_queries() {
     let (base, eng, mut proxy, dir) = worker_rig().await;
     let mut cfg = worker_config(&proxy.addr, &base, dir.path());

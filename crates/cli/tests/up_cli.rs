@@ -457,6 +457,52 @@ fn receipts_through_the_sdk_verify_offline(dir: &Path, api: &str, model: &str, r
     }
 }
 
+#[test]
+fn up_serves_a_burst_of_64_requests_on_one_worker() {
+    if !have_test_model() {
+        return;
+    }
+    let (_one, tmp, port, rt) = up_test();
+    let dir = tmp.path().join("up");
+    let api = format!("http://127.0.0.1:{port}");
+    let (mut up, _) = Up::start(&dir, port);
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("up.json")).unwrap()).unwrap();
+    let padmin = format!("http://127.0.0.1:{}", saved["proxy_admin_port"]);
+    let wadmin = format!("http://127.0.0.1:{}", saved["worker_admin_ports"][0]);
+    // The worker serves as many at once as the embedded engine decodes together (its slots).
+    let w = get_json(&format!("{wadmin}/jsonstats")).unwrap();
+    assert_eq!(w["max_active_requests"], 4, "{w}");
+    let model = rt.block_on(listed_model(&api));
+    let started = Instant::now();
+    let all = rt.block_on(futures::future::join_all((0..64).map(|i| {
+        let (api, model) = (api.clone(), model.clone());
+        async move { common::chat(&api, &model, i % 2 == 0).await }
+    })));
+    eprintln!("64 concurrent requests answered in {:?}", started.elapsed());
+    for c in &all {
+        let body: String = c
+            .chunks
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect();
+        assert_eq!(c.status, 200, "{body}");
+    }
+    // The other 60 waited in the proxy's queue; none was refused.
+    let p = get_json(&format!("{padmin}/jsonstats")).unwrap();
+    let q = &p["queue"];
+    assert!(q["served"].as_u64().unwrap() > 0, "{q}");
+    assert_eq!(
+        (&q["rejected"], &q["expired"]),
+        (&0.into(), &0.into()),
+        "{q}"
+    );
+    assert_eq!(p["counters"]["requests_success"], 64, "{}", p["counters"]);
+    assert_eq!(p["counters"]["requests_failed"], 0, "{}", p["counters"]);
+    let (rc, rest) = up.stop("TERM", Duration::from_secs(60));
+    assert_eq!(rc, 0, "{rest:?}");
+}
+
 /// A minimal OpenAI-compatible server: `GET /v1/models` lists `mockmodel`, a chat
 /// completion answers "red, green, blue" (streamed in three chunks when asked) with usage.
 fn mock_backend() -> String {

@@ -488,10 +488,119 @@ mod tests {
         q.push(1, w(2, far), 10).unwrap();
         q.push(2, w(20, far), 10).unwrap();
         // Only even tickets fit (say, the free worker's price is over the others' limit).
-        assert_eq!(q.pop(|t| t % 2 == 0), Some(2));
+        assert_eq!(q.pop(|t| t.is_multiple_of(2)), Some(2));
         assert_eq!(q.pop(|t| t == 99), None);
         assert_eq!(q.len(), 2);
         assert_eq!(drain(&mut q), [20, 1]);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Push {
+            session: u64,
+            secs: u64,
+        },
+        /// Pop the next request (only even tickets fit when `even`); put it back when `back`.
+        Pop {
+            even: bool,
+            back: bool,
+        },
+        Remove(usize),
+        Expire(u64),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (0u64..4, 1u64..20).prop_map(|(session, secs)| Op::Push { session, secs }),
+            3 => (any::<bool>(), any::<bool>()).prop_map(|(even, back)| Op::Pop { even, back }),
+            1 => (0usize..64).prop_map(Op::Remove),
+            1 => (0u64..20).prop_map(Op::Expire),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Against a plain model: the length is what was queued less what left, never over the
+        /// bound; a pop takes the oldest fitting request of its session; nothing is lost.
+        #[test]
+        fn any_sequence_keeps_the_bound_order_and_every_request(
+            ops in proptest::collection::vec(op(), 0..200),
+            max in 0usize..12,
+        ) {
+            let t0 = Instant::now();
+            let mut q = FairQueue::default();
+            // session -> its waiting requests (ticket, deadline), oldest first
+            let mut model: HashMap<u64, Vec<(u64, Instant)>> = HashMap::new();
+            let mut next = 0u64;
+            for op in ops {
+                match op {
+                    Op::Push { session, secs } => {
+                        next += 1;
+                        let deadline = t0 + Duration::from_secs(secs);
+                        let len: usize = model.values().map(Vec::len).sum();
+                        let r = q.push(session, w(next, deadline), max);
+                        proptest::prop_assert_eq!(r.is_ok(), len < max);
+                        if r.is_ok() {
+                            model.entry(session).or_default().push((next, deadline));
+                        }
+                    }
+                    Op::Pop { even, back } => {
+                        let fits = |t: u64| !even || t.is_multiple_of(2);
+                        match q.pop(fits) {
+                            None => proptest::prop_assert!(model.values().flatten().all(|(t, _)| !fits(*t))),
+                            Some(t) => {
+                                let (session, list) = model
+                                    .iter_mut()
+                                    .find(|(_, l)| l.iter().any(|(x, _)| *x == t))
+                                    .expect("a popped request was waiting");
+                                let first = list.iter().position(|(x, _)| fits(*x));
+                                proptest::prop_assert_eq!(first.map(|i| list[i].0), Some(t));
+                                let session = *session;
+                                let i = first.unwrap_or(0);
+                                let entry = list.remove(i);
+                                if back {
+                                    q.push_front(session, w(entry.0, entry.1));
+                                    list.insert(0, entry);
+                                }
+                            }
+                        }
+                    }
+                    Op::Remove(i) => {
+                        let all: Vec<u64> = model.values().flatten().map(|(t, _)| *t).collect();
+                        if let Some(t) = all.get(i % all.len().max(1)) {
+                            proptest::prop_assert!(q.remove(*t));
+                            for l in model.values_mut() {
+                                l.retain(|(x, _)| x != t);
+                            }
+                        }
+                    }
+                    Op::Expire(secs) => {
+                        let now = t0 + Duration::from_secs(secs);
+                        let mut gone = q.expire(now);
+                        gone.sort();
+                        let mut want: Vec<u64> = model
+                            .values()
+                            .flatten()
+                            .filter(|(_, d)| *d <= now)
+                            .map(|(t, _)| *t)
+                            .collect();
+                        want.sort();
+                        proptest::prop_assert_eq!(gone, want);
+                        for l in model.values_mut() {
+                            l.retain(|(_, d)| *d > now);
+                        }
+                    }
+                }
+                model.retain(|_, l| !l.is_empty());
+                proptest::prop_assert_eq!(q.len(), model.values().map(Vec::len).sum::<usize>());
+            }
+            let mut left = drain(&mut q);
+            left.sort();
+            let mut want: Vec<u64> = model.values().flatten().map(|(t, _)| *t).collect();
+            want.sort();
+            proptest::prop_assert_eq!(left, want);
+            proptest::prop_assert_eq!(q.len(), 0);
+        }
     }
 
     fn need(session: u64, model: &str, deadline: Instant) -> Need {

@@ -474,19 +474,29 @@ fn up_serves_a_burst_of_64_requests_on_one_worker() {
     let w = get_json(&format!("{wadmin}/jsonstats")).unwrap();
     assert_eq!(w["max_active_requests"], 4, "{w}");
     let model = rt.block_on(listed_model(&api));
+    // Short answers and a long deadline: the test is about the queue, not the model's speed
+    // on a busy machine (64 requests took 28 to 75 s on the shared 2-core dev machine).
+    let http = reqwest::Client::new();
     let started = Instant::now();
     let all = rt.block_on(futures::future::join_all((0..64).map(|i| {
-        let (api, model) = (api.clone(), model.clone());
-        async move { common::chat(&api, &model, i % 2 == 0).await }
+        let r = http
+            .post(format!("{api}/v1/chat/completions"))
+            .json(&serde_json::json!({
+                "model": model,
+                "messages": [{"role": "user", "content": "Say hi."}],
+                "max_tokens": 4,
+                "stream": i % 2 == 0,
+                "timeout": 600,
+            }))
+            .send();
+        async move {
+            let r = r.await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
     })));
     eprintln!("64 concurrent requests answered in {:?}", started.elapsed());
-    for c in &all {
-        let body: String = c
-            .chunks
-            .iter()
-            .map(|b| String::from_utf8_lossy(b).into_owned())
-            .collect();
-        assert_eq!(c.status, 200, "{body}");
+    for (status, body) in &all {
+        assert_eq!(*status, 200, "{body}");
     }
     // The other 60 waited in the proxy's queue; none was refused.
     let p = get_json(&format!("{padmin}/jsonstats")).unwrap();

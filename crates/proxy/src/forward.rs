@@ -547,12 +547,16 @@ impl Forwarding {
             }
             AcquireError::Route(RouteError::NoWorkers) => format!("no workers for model {model}"),
             AcquireError::Route(other) => other.to_string(),
-            AcquireError::Full(waiting) => queue::queue_full_message(model, waiting),
+            AcquireError::Full {
+                waiting,
+                retry_after,
+            } => queue::queue_full_message(model, waiting, retry_after),
             AcquireError::Expired if tokio::time::Instant::now() >= self.plan.deadline => {
                 return (ErrorCode::Timeout as i32, "timeout in proxy".into());
             }
             AcquireError::Expired => {
-                queue::queue_wait_message(model, shared.timings.queue_max_wait)
+                let retry_after = shared.registry.retry_after_now(&shared.router, model);
+                queue::queue_wait_message(model, shared.timings.queue_max_wait, retry_after)
             }
             AcquireError::Stopped => {
                 return (

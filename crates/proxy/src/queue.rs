@@ -25,22 +25,32 @@ use tokio::sync::Notify;
 /// them to 429 `rate_limit_error` with `Retry-After` (the `retry after N s` they end with).
 pub(crate) const BUSY_MARK: &str = "are busy and its queue";
 
-/// Seconds the refusal tells the client to wait before asking again.
-pub(crate) const RETRY_AFTER_SECS: u64 = 1;
+/// Seconds a refusal tells the client to wait before asking again: about the time the
+/// model's workers take to serve the requests waiting (`waiting` × their average latency
+/// over their `slots`), at least 1 and at most 60 (the official SDKs ignore a longer
+/// `Retry-After` and do not retry).
+pub(crate) fn retry_after_secs(waiting: usize, slots: u32, avg_latency_secs: f64) -> u64 {
+    let secs = waiting as f64 * avg_latency_secs.max(0.0) / f64::from(slots.max(1));
+    if secs.is_finite() {
+        (secs.ceil() as u64).clamp(1, 60)
+    } else {
+        60
+    }
+}
 
 /// The refusal sent to the client when `model`'s workers are busy and its queue is full.
-pub(crate) fn queue_full_message(model: &str, waiting: usize) -> String {
+pub(crate) fn queue_full_message(model: &str, waiting: usize, retry_after: u64) -> String {
     format!(
         "all workers for model {model} {BUSY_MARK} is full ({waiting} waiting); \
-         retry after {RETRY_AFTER_SECS} s"
+         retry after {retry_after} s"
     )
 }
 
 /// The refusal sent when a request waited `waited` in `model`'s queue, its longest wait.
-pub(crate) fn queue_wait_message(model: &str, waited: Duration) -> String {
+pub(crate) fn queue_wait_message(model: &str, waited: Duration, retry_after: u64) -> String {
     format!(
         "all workers for model {model} {BUSY_MARK} wait limit ({} s) passed; \
-         retry after {RETRY_AFTER_SECS} s",
+         retry after {retry_after} s",
         waited.as_secs()
     )
 }
@@ -601,6 +611,17 @@ mod tests {
             proptest::prop_assert_eq!(left, want);
             proptest::prop_assert_eq!(q.len(), 0);
         }
+    }
+
+    #[test]
+    fn retry_after_is_the_time_to_serve_the_queue_within_1_to_60_s() {
+        assert_eq!(retry_after_secs(0, 4, 2.0), 1);
+        assert_eq!(retry_after_secs(2, 4, 1.0), 1);
+        assert_eq!(retry_after_secs(256, 4, 0.1), 7);
+        assert_eq!(retry_after_secs(256, 8, 2.0), 60);
+        assert_eq!(retry_after_secs(10, 0, 3.0), 30);
+        assert_eq!(retry_after_secs(10, 4, f64::INFINITY), 60);
+        assert_eq!(retry_after_secs(10, 4, f64::NAN), 1);
     }
 
     fn need(session: u64, model: &str, deadline: Instant) -> Need {

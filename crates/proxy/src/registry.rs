@@ -163,8 +163,13 @@ pub(crate) struct Registry {
 pub(crate) enum AcquireError {
     /// No worker can serve it (none for the model, or all too expensive).
     Route(RouteError),
-    /// Every worker is busy and the model's queue is full (this many waiting).
-    Full(usize),
+    /// Every worker is busy and the model's queue is full.
+    Full {
+        /// Requests waiting.
+        waiting: usize,
+        /// Seconds the client should wait before asking again.
+        retry_after: u64,
+    },
     /// It waited in the queue until its limit.
     Expired,
     /// The caller gave up while it waited.
@@ -384,7 +389,12 @@ impl Registry {
                 since: now,
             });
             if ws.push(id, self.queue_max).is_err() {
-                return Err(AcquireError::Full(ws.len(model_base)));
+                let waiting = ws.len(model_base);
+                let retry_after = self.retry_after(&g, cfg, model_base, waiting);
+                return Err(AcquireError::Full {
+                    waiting,
+                    retry_after,
+                });
             }
             let ticket = Ticket {
                 registry: self,
@@ -437,6 +447,35 @@ impl Registry {
                 }
             }
         }
+    }
+
+    /// Seconds a refused client should wait: about the time `model_base`'s enabled workers
+    /// take to serve `waiting` requests.
+    fn retry_after(
+        &self,
+        g: &HashMap<u64, WorkerEntry>,
+        cfg: &RouterConfig,
+        model_base: &str,
+        waiting: usize,
+    ) -> u64 {
+        let live = g
+            .values()
+            .filter(|e| e.model_base == model_base && !e.disabled);
+        let (slots, latency, n) = live.fold((0u32, 0.0, 0u32), |(s, l, n), e| {
+            (
+                s.saturating_add(e.max_active),
+                l + e.health.avg_latency(cfg),
+                n + 1,
+            )
+        });
+        crate::queue::retry_after_secs(waiting, slots, latency / f64::from(n.max(1)))
+    }
+
+    /// [`Self::retry_after`] for the requests waiting for `model_base` now.
+    pub(crate) fn retry_after_now(&self, cfg: &RouterConfig, model_base: &str) -> u64 {
+        let g = self.lock();
+        let waiting = self.queue_lock().len(model_base);
+        self.retry_after(&g, cfg, model_base, waiting)
     }
 
     /// The queues as the admin pages show them.

@@ -99,12 +99,16 @@ pub(crate) struct Link {
 /// Most worker certificates kept per session: twice what a proxy keeps track of having
 /// sent (`EVIDENCE_SENT_MAX` there), oldest dropped first.
 const WORKER_CERTS_MAX: usize = 2048;
+/// Most bytes of worker certificates kept per session (a real one with TDX and GPU evidence
+/// is about 20 KB), oldest dropped first.
+const WORKER_CERTS_BYTES: usize = 16 << 20;
 
 /// Worker certificates by key, oldest first.
 #[derive(Default)]
 struct WorkerCerts {
     by_key: HashMap<[u8; 32], Arc<Vec<u8>>>,
     order: std::collections::VecDeque<[u8; 32]>,
+    bytes: usize,
 }
 
 impl Link {
@@ -124,15 +128,58 @@ impl Link {
             ));
         }
         let mut w = self.workers.lock().unwrap_or_else(|p| p.into_inner());
-        if w.by_key.insert(key, Arc::new(cert)).is_none() {
-            w.order.push_back(key);
+        w.insert(key, cert);
+        Ok(())
+    }
+}
+
+impl WorkerCerts {
+    /// Keeps `cert` under `key`, dropping the oldest past the count or byte bound.
+    fn insert(&mut self, key: [u8; 32], cert: Vec<u8>) {
+        self.bytes += cert.len();
+        match self.by_key.insert(key, Arc::new(cert)) {
+            Some(old) => self.bytes -= old.len(),
+            None => self.order.push_back(key),
         }
-        while w.order.len() > WORKER_CERTS_MAX {
-            if let Some(old) = w.order.pop_front() {
-                w.by_key.remove(&old);
+        while self.order.len() > WORKER_CERTS_MAX || self.bytes > WORKER_CERTS_BYTES {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(c) = self.by_key.remove(&old) {
+                self.bytes -= c.len();
             }
         }
-        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_certificates_are_bounded_in_count_and_bytes_oldest_first() {
+        let key = |i: usize| {
+            let mut k = [0u8; 32];
+            k[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            k
+        };
+        let mut w = WorkerCerts::default();
+        for i in 0..WORKER_CERTS_MAX + 10 {
+            w.insert(key(i), vec![1; 100]);
+        }
+        assert_eq!(w.by_key.len(), WORKER_CERTS_MAX);
+        assert!(!w.by_key.contains_key(&key(9)) && w.by_key.contains_key(&key(10)));
+        // The same key again replaces, not duplicates.
+        w.insert(key(10), vec![2; 50]);
+        assert_eq!(w.by_key.len(), WORKER_CERTS_MAX);
+        assert_eq!(w.bytes, (WORKER_CERTS_MAX - 1) * 100 + 50);
+        let mut w = WorkerCerts::default();
+        for i in 0..20 {
+            w.insert(key(i), vec![0; 1 << 20]);
+        }
+        assert!(w.bytes <= WORKER_CERTS_BYTES, "{}", w.bytes);
+        assert_eq!(w.by_key.len(), WORKER_CERTS_BYTES >> 20);
+        assert!(w.by_key.contains_key(&key(19)) && !w.by_key.contains_key(&key(0)));
     }
 }
 

@@ -403,7 +403,7 @@ impl Shared {
         c: &ReceiptCheck,
         f: &tclient::QueryFinalInfo,
         proxy: &str,
-    ) -> Result<cocoon_receipt::Receipt, ApiError> {
+    ) -> Result<Option<cocoon_receipt::Receipt>, ApiError> {
         use cocoon_receipt::{Expect, Parts, Trust};
         let refused = |why: String| {
             ApiError::new(
@@ -411,9 +411,17 @@ impl Shared {
                 format!("proxy {proxy}: the answer's receipt is refused: {why}"),
             )
         };
+        // Without `require_receipts` an answer may come without receipts, or with the
+        // proxy's alone (a COCOON worker gives none); whatever does come must hold.
         let Some(r) = &c.got else {
+            if !self.require_receipts {
+                return Ok(None);
+            }
             return Err(refused("the answer came without one".into()));
         };
+        if r.worker_receipt.is_none() && !self.require_receipts {
+            return Ok(None);
+        }
         let worker_certificate = r
             .worker_receipt
             .as_deref()
@@ -477,7 +485,7 @@ impl Shared {
             }
             Err(e) => tracing::error!(error = %e, "could not encode an answer receipt"),
         }
-        Ok(doc)
+        Ok(Some(doc))
     }
 
     /// The ready proxy with the fewest requests in flight, not among `tried`.
@@ -862,7 +870,7 @@ impl Answer {
         let mut ok = ok;
         if let Some(c) = &self.receipt_check {
             match self.tracker.shared.check_receipt(c, f, &self.proxy) {
-                Ok(doc) => self.receipt = Some(doc),
+                Ok(doc) => self.receipt = doc,
                 Err(e) => {
                     ok = false;
                     self.receipt_failed = Some(e);

@@ -518,3 +518,30 @@ async fn a_client_requiring_gpu_evidence_checks_each_worker_itself() {
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("worker: certificate refused"), "{body}");
 }
+
+/// `require_receipts = false` (to use COCOON's proxies and workers, which give none): an
+/// answer without receipts, or with the proxy's part alone, is served; one whose receipt
+/// does come must still verify.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_require_receipts_a_missing_receipt_passes_and_a_bad_one_does_not() {
+    let mut p = Scripted::start().await;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut cfg = gateway_config(vec![p.addr.clone()], test_root());
+    cfg.require_receipts = false;
+    let (_c, base) = start_gateway(cfg, 1).await;
+    let worker = SessionKey::new(sim_identity().certified_key().unwrap()).unwrap();
+    let t = post(&base, false);
+    p.next().await.answer(&worker, Play::NoReceipt, false).await;
+    let (status, h, body) = t.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let (s, _) = get(&base, h["x-cocoon-receipt"].to_str().unwrap()).await;
+    assert_eq!(s, 404, "no receipt was given, none is served");
+    let t = post(&base, false);
+    p.next()
+        .await
+        .answer(&worker, Play::AlteredAnswer, false)
+        .await;
+    let (status, _, body) = t.await.unwrap();
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("differs"), "{body}");
+}

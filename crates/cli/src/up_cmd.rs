@@ -1,8 +1,9 @@
 //! `cocoon up`: the whole network on one machine in one command. The network is
 //! `cocoon_localnet::run` (devnet, wallets and root set-up, the roles as children of this
 //! binary); this command turns its flags into settings and prints where everything is.
-//! SIGINT, SIGTERM or SIGHUP stops it (exit 0); a role that exits on its own is reported
-//! with the end of its log (exit 1).
+//! SIGINT, SIGTERM or SIGHUP stops it (exit 0). Once the network is up, a role that exits
+//! on its own is reported with the end of its log and restarted with backoff; exit 1 when
+//! the start fails or when a role the network cannot serve without keeps exiting.
 
 use std::io::Write;
 use std::path::PathBuf;

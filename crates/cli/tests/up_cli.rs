@@ -333,30 +333,29 @@ fn up_runs_the_whole_network_and_resumes_it() {
     assert_eq!(rc, 0, "{rest:?}");
     drop(up);
 
-    // Third run: a role that dies is reported with its log, the others stopped, exit 1.
+    // Third run: a role that dies is reported with its log and restarted under the same
+    // identity; the network keeps running and answers again.
     let (mut up, _) = Up::start(&dir, port);
     assert_eq!(root_address(&dir), root);
     let kids = children(&dir);
-    let worker = kids.iter().find(|(r, _)| r == "worker-1").unwrap().1;
-    assert!(
-        Command::new("kill")
-            .args(["-KILL", &worker.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let (rc, _) = up.wait_exit(Duration::from_secs(60));
-    assert_eq!(rc, 1);
-    let err: Vec<String> = up.err.try_iter().collect();
-    let report = err
-        .iter()
-        .position(|l| l.starts_with("error: the worker-1 exited on its own (signal 9)"))
-        .unwrap_or_else(|| panic!("no report: {err:?}"));
-    assert!(err[report].contains("logs/worker-1.log"), "{err:?}");
-    assert!(err.len() > report + 5, "no log tail: {err:?}");
-    for (role, pid) in &kids {
-        assert!(!alive(*pid), "{role} (pid {pid}) still runs");
+    let worker = role_pid(&dir, "worker-1").unwrap();
+    sigkill(worker);
+    let back = wait_restarted(&dir, "worker-1", worker);
+    let mut err = Vec::new();
+    let prefix = "cocoon up: the worker-1 exited on its own (signal 9)";
+    let report = wait_err(&up, &mut err, prefix, 5);
+    if err.len() == report + 1 {
+        err.push(up.err.recv_timeout(Duration::from_secs(5)).unwrap());
     }
+    assert!(err[report].contains("logs/worker-1.log"), "{err:?}");
+    assert!(err[report + 1].starts_with("  "), "no log tail: {err:?}");
+    rt.block_on(answers_again(&api, &model));
+    for (role, pid) in &kids {
+        assert!(alive(*pid) || *pid == worker, "{role} (pid {pid}) stopped");
+    }
+    let (rc, rest) = up.stop("TERM", Duration::from_secs(60));
+    assert_eq!(rc, 0, "{rest:?}");
+    assert!(!alive(back));
 }
 
 /// Issue 20 §3 on `cocoon up`: the official openai SDK (`COCOON_OPENAI_PYTHON`, a venv
@@ -1324,4 +1323,315 @@ fn openai_errors_are_400s_with_param_and_billed_nothing() {
     });
     let (rc, rest) = up.stop("TERM", Duration::from_secs(60));
     assert_eq!(rc, 0, "{rest:?}");
+}
+
+/// The pid `<dir>/pids` names for `role`, if it runs.
+fn role_pid(dir: &Path, role: &str) -> Option<u32> {
+    children(dir)
+        .into_iter()
+        .find_map(|(r, pid)| (r == role).then_some(pid))
+}
+
+fn sigkill(pid: u32) {
+    assert!(
+        Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+/// Waits until `role` runs again under a pid other than `old`; returns the new pid.
+fn wait_restarted(dir: &Path, role: &str, old: u32) -> u32 {
+    let mut new = None;
+    wait_until(&format!("{role} restarted"), 60, || {
+        new = role_pid(dir, role).filter(|p| *p != old && alive(*p));
+        new.is_some()
+    });
+    new.unwrap()
+}
+
+/// Reads `cocoon up`'s stderr into `seen` until a line starts with `prefix` (at most
+/// `secs`); returns that line's index.
+fn wait_err(up: &Up, seen: &mut Vec<String>, prefix: &str, secs: u64) -> usize {
+    let end = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(i) = seen.iter().position(|l| l.starts_with(prefix)) {
+            return i;
+        }
+        let left = end.saturating_duration_since(Instant::now());
+        match up.err.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(e) => panic!("no line {prefix:?} ({e}): {seen:?}"),
+        }
+    }
+}
+
+/// A role's entry in `<dir>/status.json`.
+fn status_of(dir: &Path, role: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("status.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["roles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["role"] == role)
+        .unwrap_or_else(|| panic!("no {role} in {v}"))
+        .clone()
+}
+
+/// POSTs a short chat request; `None` while the API cannot be reached.
+async fn try_chat(api: &str, model: &str) -> Option<(u16, String)> {
+    let r = reqwest::Client::new()
+        .post(format!("{api}/v1/chat/completions"))
+        .timeout(Duration::from_secs(60))
+        .json(&json!({
+            "model": model,
+            "messages": [{"role": "user", "content": "Name three colours."}],
+            "max_tokens": 8,
+        }))
+        .send()
+        .await
+        .ok()?;
+    let status = r.status().as_u16();
+    Some((status, r.text().await.ok()?))
+}
+
+/// Retries a short request until it is answered with completion tokens (at most 60 s).
+async fn answers_again(api: &str, model: &str) {
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let last = match try_chat(api, model).await {
+            Some((200, body)) => {
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                assert!(v["usage"]["completion_tokens"].as_u64().unwrap() > 0, "{v}");
+                return;
+            }
+            other => other,
+        };
+        assert!(Instant::now() < end, "no answer within 60 s: {last:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A short request that must be answered at once.
+async fn answered(api: &str, model: &str) {
+    let (status, body) = try_chat(api, model)
+        .await
+        .expect("the API is not reachable");
+    assert_eq!(status, 200, "{body}");
+}
+
+/// Each worker's admin address (from `up.json`).
+fn worker_admins(dir: &Path) -> Vec<String> {
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("up.json")).unwrap()).unwrap();
+    v["worker_admin_ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect()
+}
+
+/// A worker's (active requests, requests received); `None` while it is not up.
+fn worker_load(admin: &str) -> Option<(u64, u64)> {
+    let s = get_json(&format!("{admin}/jsonstats"))?;
+    Some((
+        s["active_requests"].as_u64()?,
+        s["counters"]["requests_received"].as_u64()?,
+    ))
+}
+
+/// Issue 22 §2: `cocoon up --workers 2` is a supervisor. The worker serving a stream is
+/// killed: the stream ends with an error event, the next requests are answered by the other
+/// worker, the killed one is reported, restarted (new pid) and serves again — alone, once
+/// the other is killed in turn, which comes back too. A worker that keeps dying (its state
+/// directory replaced by a file) is restarted with backoff, then reported as failed while
+/// the other keeps serving.
+#[test]
+fn up_restarts_a_killed_worker_and_gives_up_one_that_keeps_dying() {
+    if !have_test_model() {
+        return;
+    }
+    let (_one, tmp, port, rt) = up_test();
+    let dir = tmp.path().join("up");
+    let api = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    let (mut up, _) = Up::start_with(&dir, port, &["--workers", "2"]);
+    let admins = worker_admins(&dir);
+    let mut err = Vec::new();
+    rt.block_on(async {
+        let model = listed_model(&api).await;
+        // A long stream; once its first chunk is here, the worker serving it is killed.
+        let r = reqwest::Client::new()
+            .post(format!("{api}/v1/chat/completions"))
+            .json(&json!({
+                "model": model, "stream": true, "max_tokens": 2000,
+                "messages": [{"role": "user", "content": "Write a long story about a dragon."}],
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let mut body = r.bytes_stream();
+        use futures::StreamExt;
+        let mut text = String::from_utf8(body.next().await.unwrap().unwrap().to_vec()).unwrap();
+        let mut serving = None;
+        wait_until("a worker with the stream", 30, || {
+            serving = (0..2).find(|i| worker_load(&admins[*i]).is_some_and(|(a, _)| a > 0));
+            serving.is_some()
+        });
+        let (k, other) = match serving.unwrap() {
+            0 => ("worker-1", 1),
+            _ => ("worker-2", 0),
+        };
+        let killed = role_pid(&dir, k).unwrap();
+        sigkill(killed);
+        while let Some(c) = body.next().await {
+            text.push_str(&String::from_utf8_lossy(&c.unwrap()));
+        }
+        let last = text
+            .trim_end()
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(last.starts_with("data: {\"error\":"), "{last}");
+        assert!(!text.contains("[DONE]"), "{text}");
+        // The other worker answers meanwhile.
+        let (_, before) = worker_load(&admins[other]).unwrap();
+        for _ in 0..3 {
+            answered(&api, &model).await;
+        }
+        let (_, after) = worker_load(&admins[other]).unwrap();
+        assert!(after > before, "the other worker served nothing");
+        // The killed worker is reported and comes back under a new pid, then serves alone.
+        let back = wait_restarted(&dir, k, killed);
+        let i = wait_err(
+            &up,
+            &mut err,
+            &format!("cocoon up: the {k} exited on its own (signal 9)"),
+            5,
+        );
+        assert!(err[i].contains(&format!("logs/{k}.log")), "{err:?}");
+        assert!(err[i].contains("restarting it in 0.5 s"), "{err:?}");
+        let o = if k == "worker-1" {
+            "worker-2"
+        } else {
+            "worker-1"
+        };
+        wait_until(&format!("{k} connected to the proxy"), 60, || {
+            get_json(&format!("{}/jsonstats", admins[1 - other])).is_some_and(|s| {
+                s["proxies"]
+                    .as_array()
+                    .is_some_and(|p| p.iter().any(|x| x["state"] == "ready"))
+            })
+        });
+        let other_pid = role_pid(&dir, o).unwrap();
+        sigkill(other_pid);
+        answered(&api, &model).await;
+        let (_, served) = worker_load(&admins[1 - other]).unwrap();
+        assert!(served > 0, "the restarted {k} served nothing");
+        assert!(alive(back));
+        wait_restarted(&dir, o, other_pid);
+        answers_again(&api, &model).await;
+        assert_eq!(status_of(&dir, k)["restarts"], 1);
+        assert_eq!(status_of(&dir, k)["state"], "running");
+
+        // worker-2 keeps dying: its state directory is a file now.
+        let state = dir.join("worker-2");
+        std::fs::rename(&state, dir.join("worker-2.away")).unwrap();
+        std::fs::write(&state, "not a directory").unwrap();
+        sigkill(role_pid(&dir, "worker-2").unwrap());
+        let i = wait_err(
+            &up,
+            &mut err,
+            "cocoon up: the worker-2 failed: it exited 6 times within 60 s",
+            90,
+        );
+        assert!(err[i].contains("logs/worker-2.log"), "{err:?}");
+        let restarts = err
+            .iter()
+            .filter(|l| l.starts_with("cocoon up: worker-2 restarted"))
+            .count();
+        assert!(restarts >= 5, "{err:?}");
+        wait_err(
+            &up,
+            &mut err,
+            "cocoon up: the others keep serving without the worker-2",
+            5,
+        );
+        assert_eq!(status_of(&dir, "worker-2")["state"], "failed");
+        assert!(role_pid(&dir, "worker-2").is_none());
+        for _ in 0..3 {
+            answered(&api, &model).await;
+        }
+    });
+    assert!(
+        up.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "cocoon up stopped"
+    );
+    let (rc, rest) = up.stop("TERM", Duration::from_secs(60));
+    assert_eq!(rc, 0, "{rest:?}");
+    assert!(!dir.join("status.json").exists());
+    eprintln!("worker restarts tested in {:?}", started.elapsed());
+}
+
+/// Issue 22 §2 for the other roles: the proxy, the client and the devnet killed in turn are
+/// each reported and restarted with their state; the client redials the restarted proxy,
+/// the restarted client serves the API on the same port with its spending kept, and the
+/// restarted devnet still holds the root.
+#[test]
+fn up_restarts_the_proxy_the_client_and_the_devnet() {
+    if !have_test_model() {
+        return;
+    }
+    let (_one, tmp, port, rt) = up_test();
+    let dir = tmp.path().join("up");
+    let api = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    let (mut up, _) = Up::start(&dir, port);
+    let root = root_address(&dir);
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("up.json")).unwrap()).unwrap();
+    let ton = format!("http://127.0.0.1:{}", saved["devnet_port"]);
+    let show = || common::ok(&["root", "show", "--json", "--root", &root, "--ton", &ton]);
+    let spent = || {
+        get_json(&format!("{api}/jsonstats")).unwrap()["totals"]["spent_nanoton"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let mut err = Vec::new();
+    rt.block_on(async {
+        let model = listed_model(&api).await;
+        answered(&api, &model).await;
+        for role in ["proxy", "client", "devnet"] {
+            let chain = show();
+            let before = spent();
+            let pid = role_pid(&dir, role).unwrap();
+            sigkill(pid);
+            let back = wait_restarted(&dir, role, pid);
+            let i = wait_err(
+                &up,
+                &mut err,
+                &format!("cocoon up: the {role} exited on its own (signal 9)"),
+                5,
+            );
+            assert!(err[i].contains(&format!("logs/{role}.log")), "{err:?}");
+            answers_again(&api, &model).await;
+            assert!(spent() > before, "{role}: spending lost or not billed");
+            assert_eq!(show(), chain, "{role}: the root changed");
+            assert!(alive(back));
+            assert_eq!(status_of(&dir, role)["pid"], back);
+            assert_eq!(status_of(&dir, role)["last_exit"], "signal 9");
+        }
+    });
+    let (rc, rest) = up.stop("TERM", Duration::from_secs(60));
+    assert_eq!(rc, 0, "{rest:?}");
+    eprintln!(
+        "proxy, client and devnet restarts tested in {:?}",
+        started.elapsed()
+    );
 }

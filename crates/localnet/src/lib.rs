@@ -9,14 +9,22 @@
 //! default model, or [`Settings::backend`]) and `cocoon client` on `127.0.0.1:<port>` — each a
 //! child process of the `cocoon` binary ([`Settings::exe`]) in its own process group, logging
 //! to `<dir>/logs/<role>.log`. It waits until the client has a ready proxy session and lists
-//! the model, hands the caller the [`Ready`] summary, then watches: a [`Stop`] request stops
-//! the children in reverse order (client first, devnet last) and `run` returns `Ok`; a child
-//! that exits on its own is reported with the end of its log ([`UpError::RoleExited`]) after
-//! the others are stopped.
+//! the model, hands the caller the [`Ready`] summary, then supervises: a child that exits on
+//! its own is reported (role, exit status, log and the end of the log) and started again with
+//! the same command line — same state directory, identity, ports and settings, so it rejoins
+//! — after a backoff of 0.5 s doubling to 10 s (back to 0.5 s after a run of 30 s or more).
+//! A role that exits more than 5 times within 60 s is given up (`failed`): a worker is left
+//! out while another one serves; the devnet (its chain state persists after every batch, so
+//! a restart keeps it), the proxy, the client or the last worker given up stops the network
+//! with [`UpError::RoleFailed`]. A [`Stop`] request stops the children in reverse order
+//! (client first, devnet last) and `run` returns `Ok`. While the network is still starting,
+//! a child that exits is not restarted: the start fails with [`UpError::RoleExited`].
 //!
 //! `bootstrap` sets up the chain side (in this process, with `cocoon_ton::ops`; what it did
 //! goes to `logs/setup.log`) and the roles' command lines; `supervise` runs and watches the
-//! children. Progress is reported on stderr as `cocoon up: ...` lines.
+//! children, `restart` decides when one is started again. Progress is reported on stderr as
+//! `cocoon up: ...` lines; `<dir>/status.json` holds each role's state (`running`,
+//! `restarting`, `failed`), pid, restart count, last exit and log while the network runs.
 //!
 //! What it created is saved in `<dir>/up.json` (root address, wallets, ports, model), so a
 //! second run reuses the chain, the root, the balances, the proxy's ledger and the client's
@@ -26,6 +34,7 @@
 #![forbid(unsafe_code)]
 
 mod bootstrap;
+mod restart;
 mod supervise;
 
 use std::path::PathBuf;
@@ -150,7 +159,7 @@ pub enum UpError {
         /// The logs directory.
         logs: String,
     },
-    /// A role exited on its own.
+    /// A role exited on its own while the network was starting.
     #[error("the {role} exited on its own ({status}); the last lines of {log}:\n{tail}")]
     RoleExited {
         /// The role (`proxy`, `worker-1`, ...).
@@ -161,6 +170,24 @@ pub enum UpError {
         log: String,
         /// The end of its log, indented.
         tail: String,
+    },
+    /// A role kept exiting after the network was up, was given up, and the network cannot
+    /// serve without it (the devnet, the proxy, the client, or the last worker).
+    #[error(
+        "the {role} kept exiting ({exits} times within {secs} s, the last with {status}) and \
+         the network cannot serve without it; see {log}"
+    )]
+    RoleFailed {
+        /// The role.
+        role: String,
+        /// How often it exited within the window.
+        exits: usize,
+        /// The window, in seconds.
+        secs: u64,
+        /// Its last exit code or signal, in words.
+        status: String,
+        /// Its log file.
+        log: String,
     },
 }
 
@@ -261,8 +288,9 @@ pub struct Ready {
 }
 
 /// Runs the network until `stop` is requested (then `Ok`, everything stopped) or something
-/// fails (every child stopped first). `on_ready` is called once, when the client lists the
-/// model.
+/// fails (every child stopped first): the start, or a role given up that the network cannot
+/// serve without; a role that exits once it is up is restarted. `on_ready` is called once,
+/// when the client lists the model.
 pub async fn run(
     settings: Settings,
     stop: Stop,

@@ -1,7 +1,8 @@
 //! Process supervision: the children (each `cocoon <role>` in its own process
-//! group, logging to `logs/<role>.log`), `<dir>/pids`, waiting for readiness while watching
-//! for a stop and the children, reporting a child that exits with the end of its log, and the clean
-//! stop in reverse start order.
+//! group, logging to `logs/<role>.log`), `<dir>/pids` and `<dir>/status.json`, waiting for
+//! readiness while watching for a stop and the children, then restarting a child that exits
+//! on its own (reported with the end of its log; backoff and limit in `restart`), and the
+//! clean stop in reverse start order.
 
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Write};
@@ -17,6 +18,7 @@ use cocoon_service::http::reqwest;
 use serde_json::Value;
 
 use crate::UpError;
+use crate::restart::{POLICY, Restarts, Verdict};
 
 /// How long start-up may take once the roles run (an embedded model loads in that time).
 const READY_TIMEOUT: Duration = Duration::from_secs(600);
@@ -125,11 +127,66 @@ impl Stop {
     }
 }
 
-/// A running child role.
+/// Where a role stands.
+#[derive(Debug)]
+enum RoleState {
+    /// Its process runs.
+    Running(Child),
+    /// It exited on its own; it is started again at `at`.
+    Waiting {
+        /// When.
+        at: Instant,
+    },
+    /// It exited too often and is not started again.
+    Failed,
+}
+
+impl RoleState {
+    fn name(&self) -> &'static str {
+        match self {
+            RoleState::Running(_) => "running",
+            RoleState::Waiting { .. } => "restarting",
+            RoleState::Failed => "failed",
+        }
+    }
+}
+
+/// A child role: how it is started, and where it stands.
 struct Proc {
     role: String,
-    child: Child,
+    /// `cocoon ARGS`: the same on every start (same state directory, ports and settings).
+    args: Vec<String>,
     log: PathBuf,
+    state: RoleState,
+    /// When its process was last started.
+    started: Instant,
+    /// The same in unix seconds, for `status.json`.
+    started_unix: u64,
+    restarts: Restarts,
+    /// How it last exited, in words.
+    last_exit: Option<String>,
+}
+
+impl Proc {
+    fn new(role: &str, args: Vec<String>, log: PathBuf, child: Child) -> Self {
+        Proc {
+            role: role.to_owned(),
+            args,
+            log,
+            state: RoleState::Running(child),
+            started: Instant::now(),
+            started_unix: unix_now(),
+            restarts: Restarts::default(),
+            last_exit: None,
+        }
+    }
+
+    fn pid(&self) -> Option<u32> {
+        match &self.state {
+            RoleState::Running(c) => Some(c.id()),
+            _ => None,
+        }
+    }
 }
 
 /// The children of one run and the state directory they share.
@@ -232,12 +289,48 @@ impl Supervisor {
         self.write_pids()
     }
 
+    /// `<dir>/pids`: this process and each running child.
     fn write_pids(&self) -> Result<(), Fail> {
         let mut text = format!("up {}\n", std::process::id());
         for p in &self.procs {
-            text.push_str(&format!("{} {}\n", p.role, p.child.id()));
+            if let Some(pid) = p.pid() {
+                text.push_str(&format!("{} {pid}\n", p.role));
+            }
         }
         write_atomic(&self.dir.join("pids"), text.as_bytes()).map_err(Fail::from)
+    }
+
+    /// `<dir>/status.json`: each role's state, pid, restarts, last exit and log.
+    fn write_status(&self) {
+        let roles: Vec<Value> = self
+            .procs
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "role": p.role,
+                    "state": p.state.name(),
+                    "pid": p.pid(),
+                    "since": p.started_unix,
+                    "restarts": p.restarts.total(),
+                    "last_exit": p.last_exit,
+                    "log": p.log.display().to_string(),
+                })
+            })
+            .collect();
+        let v = serde_json::json!({ "up_pid": std::process::id(), "roles": roles });
+        let _ = write_atomic(&self.dir.join("status.json"), format!("{v:#}\n").as_bytes());
+    }
+
+    /// `cocoon ARGS` in its own process group, stdin closed.
+    fn launch(&self, args: &[String], stdout: Stdio, stderr: File) -> std::io::Result<Child> {
+        Command::new(&self.exe)
+            .args(args)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(Stdio::from(stderr))
+            .process_group(0)
+            .spawn()
     }
 
     /// Starts `cocoon devnet` with its state in `<dir>/devnet`; returns its base URL.
@@ -247,29 +340,22 @@ impl Supervisor {
         let err = file
             .try_clone()
             .map_err(|e| format!("{}: {e}", log.display()))?;
-        let child = Command::new(&self.exe)
-            .args(["devnet", "--no-root", "--listen"])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--dir")
-            .arg(self.dir.join("devnet"))
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(err))
-            .process_group(0)
-            .spawn()
+        let args: Vec<String> = vec![
+            "devnet".into(),
+            "--no-root".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--dir".into(),
+            self.dir.join("devnet").to_string_lossy().into_owned(),
+        ];
+        let mut child = self
+            .launch(&args, Stdio::piped(), err)
             .map_err(|e| format!("cannot start `cocoon devnet`: {e}"))?;
-        self.procs.push(Proc {
-            role: "devnet".into(),
-            child,
-            log: log.clone(),
-        });
+        let stdout = child.stdout.take();
+        self.procs.push(Proc::new("devnet", args, log, child));
         self.write_pids()?;
-        let stdout = self
-            .procs
-            .last_mut()
-            .and_then(|p| p.child.stdout.take())
-            .ok_or("the devnet's output is not readable")?;
+        self.write_status();
+        let stdout = stdout.ok_or("the devnet's output is not readable")?;
         let (tx, rx) = mpsc::channel();
         let mut file = file;
         std::thread::spawn(move || {
@@ -304,21 +390,12 @@ impl Supervisor {
         let err = file
             .try_clone()
             .map_err(|e| format!("{}: {e}", log.display()))?;
-        let child = Command::new(&self.exe)
-            .args(args)
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(file))
-            .stderr(Stdio::from(err))
-            .process_group(0)
-            .spawn()
+        let child = self
+            .launch(args, Stdio::from(file), err)
             .map_err(|e| format!("cannot start `cocoon {}`: {e}", args[0]))?;
         say(&format!("{role} started (logs/{role}.log)"));
-        self.procs.push(Proc {
-            role: role.into(),
-            child,
-            log,
-        });
+        self.procs.push(Proc::new(role, args.to_vec(), log, child));
+        self.write_status();
         self.write_pids()
     }
 
@@ -374,10 +451,13 @@ impl Supervisor {
         r.json::<Value>().await.ok()
     }
 
-    /// An error naming the first child that has exited, with the end of its log.
+    /// While starting: an error naming the first child that has exited, with the end of
+    /// its log (a start that fails is not retried).
     fn check_children(&mut self) -> Result<(), Fail> {
         for p in &mut self.procs {
-            if let Ok(Some(status)) = p.child.try_wait() {
+            if let RoleState::Running(child) = &mut p.state
+                && let Ok(Some(status)) = child.try_wait()
+            {
                 return Err(UpError::RoleExited {
                     role: p.role.clone(),
                     status: describe(status),
@@ -390,42 +470,151 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Watches the children until a stop request (`Stopped`) or one of them exits (`Error`).
+    /// Once the network is up: restarts each child that exits on its own (with backoff,
+    /// [`restart::POLICY`]) until a stop request (`Stopped`) or until the network cannot
+    /// serve any more (`Error`: the devnet, the proxy, the client or every worker failed).
     pub(crate) async fn supervise(&mut self) -> Fail {
+        self.write_status();
         loop {
             if self.stop.stopping() {
                 return Fail::Stopped;
             }
-            if let Err(f) = self.check_children() {
+            if let Err(f) = self.tend(Instant::now()) {
                 return f;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
-    /// SIGTERM to each child, newest first (client, workers, proxy, devnet), waiting for
-    /// each; a child still running after the grace period, or after a second signal, is
+    /// Notices the children that exited and starts those whose wait is over.
+    fn tend(&mut self, now: Instant) -> Result<(), Fail> {
+        let mut changed = false;
+        for i in 0..self.procs.len() {
+            // Some(exit status) to handle, or Some(None) to start again.
+            let due = match &mut self.procs[i].state {
+                RoleState::Running(child) => match child.try_wait() {
+                    Ok(Some(status)) => Some(Some(describe(status))),
+                    _ => None,
+                },
+                RoleState::Waiting { at } if now >= *at => Some(None),
+                _ => None,
+            };
+            match due {
+                Some(Some(status)) => self.exited(i, status, now)?,
+                Some(None) => self.restart(i, now)?,
+                None => continue,
+            }
+            changed = true;
+        }
+        if changed {
+            self.write_pids()?;
+            self.write_status();
+        }
+        Ok(())
+    }
+
+    /// Child `i` exited (`status`, in words) at `now`: its restart is scheduled, or it is
+    /// given up; an error when the network cannot serve without it.
+    fn exited(&mut self, i: usize, status: String, now: Instant) -> Result<(), Fail> {
+        let p = &mut self.procs[i];
+        let log = p.log.display().to_string();
+        let verdict = p.restarts.on_exit(&POLICY, p.started, now);
+        p.last_exit = Some(status.clone());
+        let role = p.role.clone();
+        match verdict {
+            Verdict::Restart { delay, nth } => {
+                p.state = RoleState::Waiting { at: now + delay };
+                say(&format!(
+                    "the {role} exited on its own ({status}); restarting it in {:.1} s \
+                     (restart {nth} of at most {} within {} s); the last lines of {log}:\n{}",
+                    delay.as_secs_f64(),
+                    POLICY.limit,
+                    POLICY.window.as_secs(),
+                    tail(&p.log, TAIL_LINES)
+                ));
+                Ok(())
+            }
+            Verdict::GiveUp { exits } => {
+                p.state = RoleState::Failed;
+                let secs = POLICY.window.as_secs();
+                say(&format!(
+                    "the {role} failed: it exited {exits} times within {secs} s, the last \
+                     with {status}; it is not restarted; the last lines of {log}:\n{}",
+                    tail(&p.log, TAIL_LINES)
+                ));
+                let is_worker = |r: &str| r.starts_with("worker-");
+                let workers_left = self
+                    .procs
+                    .iter()
+                    .any(|q| is_worker(&q.role) && !matches!(q.state, RoleState::Failed));
+                if is_worker(&role) && workers_left {
+                    say(&format!("the others keep serving without the {role}"));
+                    return Ok(());
+                }
+                Err(UpError::RoleFailed {
+                    role,
+                    exits,
+                    secs,
+                    status,
+                    log,
+                }
+                .into())
+            }
+        }
+    }
+
+    /// Starts child `i` again with the same command line, appending to its log.
+    fn restart(&mut self, i: usize, now: Instant) -> Result<(), Fail> {
+        let p = &self.procs[i];
+        let started = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p.log)
+            .and_then(|mut out| {
+                writeln!(out, "--- cocoon up: restarting the {} ---", p.role)?;
+                let err = out.try_clone()?;
+                self.launch(&p.args, Stdio::from(out), err)
+            });
+        match started {
+            Ok(child) => {
+                let p = &mut self.procs[i];
+                say(&format!("{} restarted (pid {})", p.role, child.id()));
+                p.state = RoleState::Running(child);
+                p.started = now;
+                p.started_unix = unix_now();
+                Ok(())
+            }
+            Err(e) => self.exited(i, format!("cannot be started: {e}"), now),
+        }
+    }
+
+    /// SIGTERM to each running child, newest first (client, workers, proxy, devnet), waiting
+    /// for each; a child still running after the grace period, or after a second signal, is
     /// killed.
     pub(crate) async fn stop_all(&mut self) {
         let signals_at_start = self.stop.count();
-        while let Some(mut p) = self.procs.pop() {
-            if let Ok(Some(_)) = p.child.try_wait() {
+        while let Some(p) = self.procs.pop() {
+            let Proc { role, state, .. } = p;
+            let RoleState::Running(mut child) = state else {
+                continue;
+            };
+            if let Ok(Some(_)) = child.try_wait() {
                 continue;
             }
-            say(&format!("stopping the {}", p.role));
-            kill(p.child.id(), "TERM");
+            say(&format!("stopping the {role}"));
+            kill(child.id(), "TERM");
             let end = Instant::now() + STOP_GRACE;
             let status = loop {
-                match p.child.try_wait() {
+                match child.try_wait() {
                     Ok(Some(s)) => break Some(s),
                     Ok(None) => {}
                     Err(_) => break None,
                 }
                 let again = self.stop.count() > signals_at_start;
                 if Instant::now() >= end || again {
-                    say(&format!("killing the {}", p.role));
-                    let _ = p.child.kill();
-                    break p.child.wait().ok();
+                    say(&format!("killing the {role}"));
+                    let _ = child.kill();
+                    break child.wait().ok();
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             };
@@ -433,14 +622,21 @@ impl Supervisor {
                 && !s.success()
                 && s.code().is_some()
             {
-                say(&format!("the {} stopped with {}", p.role, describe(s)));
+                say(&format!("the {role} stopped with {}", describe(s)));
             }
             let _ = self.write_pids();
         }
         if self.locked {
             let _ = fs::remove_file(self.dir.join("pids"));
+            let _ = fs::remove_file(self.dir.join("status.json"));
         }
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {

@@ -1449,7 +1449,8 @@ fn worker_load(admin: &str) -> Option<(u64, u64)> {
 /// worker, the killed one is reported, restarted (new pid) and serves again — alone, once
 /// the other is killed in turn, which comes back too. A worker that keeps dying (its state
 /// directory replaced by a file) is restarted with backoff, then reported as failed while
-/// the other keeps serving.
+/// the other keeps serving; when the last worker is given up too, `cocoon up` stops
+/// everything and exits 1 naming it.
 #[test]
 fn up_restarts_a_killed_worker_and_gives_up_one_that_keeps_dying() {
     if !have_test_model() {
@@ -1548,7 +1549,8 @@ fn up_restarts_a_killed_worker_and_gives_up_one_that_keeps_dying() {
         let i = wait_err(
             &up,
             &mut err,
-            "cocoon up: the worker-2 failed: it exited 6 times within 60 s",
+            "cocoon up: the worker-2 failed: it exited 6 times within 60 s, the last with exit \
+             code 1; it is not restarted and the others keep serving without the worker-2",
             90,
         );
         assert!(err[i].contains("logs/worker-2.log"), "{err:?}");
@@ -1557,12 +1559,6 @@ fn up_restarts_a_killed_worker_and_gives_up_one_that_keeps_dying() {
             .filter(|l| l.starts_with("cocoon up: worker-2 restarted"))
             .count();
         assert!(restarts >= 5, "{err:?}");
-        wait_err(
-            &up,
-            &mut err,
-            "cocoon up: the others keep serving without the worker-2",
-            5,
-        );
         assert_eq!(status_of(&dir, "worker-2")["state"], "failed");
         assert!(role_pid(&dir, "worker-2").is_none());
         for _ in 0..3 {
@@ -1573,8 +1569,22 @@ fn up_restarts_a_killed_worker_and_gives_up_one_that_keeps_dying() {
         up.child.as_mut().unwrap().try_wait().unwrap().is_none(),
         "cocoon up stopped"
     );
-    let (rc, rest) = up.stop("TERM", Duration::from_secs(60));
-    assert_eq!(rc, 0, "{rest:?}");
+    // The last worker given up too: nothing can serve, so everything is stopped, exit 1.
+    let kids = children(&dir);
+    let state = dir.join("worker-1");
+    std::fs::rename(&state, dir.join("worker-1.away")).unwrap();
+    std::fs::write(&state, "not a directory").unwrap();
+    sigkill(role_pid(&dir, "worker-1").unwrap());
+    let (rc, _) = up.wait_exit(Duration::from_secs(90));
+    assert_eq!(rc, 1);
+    err.extend(up.err.try_iter());
+    let want = "error: the worker-1 kept exiting (6 times within 60 s, the last with exit code \
+                1) and the network cannot serve without it; see ";
+    assert!(err.iter().any(|l| l.starts_with(want)), "{err:?}");
+    for (role, pid) in &kids {
+        assert!(!alive(*pid), "{role} (pid {pid}) still runs");
+    }
+    assert!(!dir.join("pids").exists());
     assert!(!dir.join("status.json").exists());
     eprintln!("worker restarts tested in {:?}", started.elapsed());
 }

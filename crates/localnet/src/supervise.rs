@@ -488,7 +488,6 @@ impl Supervisor {
 
     /// Notices the children that exited and starts those whose wait is over.
     fn tend(&mut self, now: Instant) -> Result<(), Fail> {
-        let mut changed = false;
         for i in 0..self.procs.len() {
             // Some(exit status) to handle, or Some(None) to start again.
             let due = match &mut self.procs[i].state {
@@ -502,14 +501,18 @@ impl Supervisor {
             match due {
                 Some(Some(status)) => self.exited(i, status, now)?,
                 Some(None) => self.restart(i, now)?,
-                None => continue,
+                None => {}
             }
-            changed = true;
         }
-        if changed {
-            self.write_pids()?;
-            self.write_status();
-        }
+        Ok(())
+    }
+
+    /// Writes `pids` and `status.json` after a change, then reports it: whoever reads the
+    /// line finds the files up to date.
+    fn changed(&self, report: &str) -> Result<(), Fail> {
+        self.write_status();
+        self.write_pids()?;
+        say(report);
         Ok(())
     }
 
@@ -521,34 +524,37 @@ impl Supervisor {
         let verdict = p.restarts.on_exit(&POLICY, p.started, now);
         p.last_exit = Some(status.clone());
         let role = p.role.clone();
+        let tail = tail(&p.log, TAIL_LINES);
         match verdict {
             Verdict::Restart { delay, nth } => {
                 p.state = RoleState::Waiting { at: now + delay };
-                say(&format!(
+                self.changed(&format!(
                     "the {role} exited on its own ({status}); restarting it in {:.1} s \
-                     (restart {nth} of at most {} within {} s); the last lines of {log}:\n{}",
+                     (restart {nth} of at most {} within {} s); the last lines of {log}:\n{tail}",
                     delay.as_secs_f64(),
                     POLICY.limit,
                     POLICY.window.as_secs(),
-                    tail(&p.log, TAIL_LINES)
-                ));
-                Ok(())
+                ))
             }
             Verdict::GiveUp { exits } => {
                 p.state = RoleState::Failed;
                 let secs = POLICY.window.as_secs();
-                say(&format!(
-                    "the {role} failed: it exited {exits} times within {secs} s, the last \
-                     with {status}; it is not restarted; the last lines of {log}:\n{}",
-                    tail(&p.log, TAIL_LINES)
-                ));
                 let is_worker = |r: &str| r.starts_with("worker-");
                 let workers_left = self
                     .procs
                     .iter()
                     .any(|q| is_worker(&q.role) && !matches!(q.state, RoleState::Failed));
+                let then = if is_worker(&role) && workers_left {
+                    format!("the others keep serving without the {role}")
+                } else {
+                    "the network cannot serve without it: stopping everything".to_owned()
+                };
+                self.changed(&format!(
+                    "the {role} failed: it exited {exits} times within {secs} s, the last \
+                     with {status}; it is not restarted and {then}; the last lines of \
+                     {log}:\n{tail}"
+                ))?;
                 if is_worker(&role) && workers_left {
-                    say(&format!("the others keep serving without the {role}"));
                     return Ok(());
                 }
                 Err(UpError::RoleFailed {
@@ -578,11 +584,11 @@ impl Supervisor {
         match started {
             Ok(child) => {
                 let p = &mut self.procs[i];
-                say(&format!("{} restarted (pid {})", p.role, child.id()));
+                let report = format!("{} restarted (pid {})", p.role, child.id());
                 p.state = RoleState::Running(child);
                 p.started = now;
                 p.started_unix = unix_now();
-                Ok(())
+                self.changed(&report)
             }
             Err(e) => self.exited(i, format!("cannot be started: {e}"), now),
         }

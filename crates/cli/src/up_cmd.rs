@@ -133,6 +133,10 @@ fn print_ready(r: &Ready) {
         r.dir.join("logs").display()
     ));
     o.push_str(&format!(
+        "  status       {}   (each role: running, restarting or failed)\n",
+        r.dir.join("status.json").display()
+    ));
+    o.push_str(&format!(
         "  operate      cocoon client status --api {}   (topup: add --token-file {})\n\n",
         r.api,
         r.client_token.display()

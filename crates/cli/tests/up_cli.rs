@@ -1460,7 +1460,16 @@ fn up_restarts_a_killed_worker_and_gives_up_one_that_keeps_dying() {
     let dir = tmp.path().join("up");
     let api = format!("http://127.0.0.1:{port}");
     let started = Instant::now();
-    let (mut up, _) = Up::start_with(&dir, port, &["--workers", "2"]);
+    let (mut up, lines) = Up::start_with(&dir, port, &["--workers", "2"]);
+    let status = dir.join("status.json");
+    let shown = format!("  status       {}", status.display());
+    assert!(lines.iter().any(|l| l.starts_with(&shown)), "{lines:?}");
+    for role in ["devnet", "proxy", "worker-1", "worker-2", "client"] {
+        let s = status_of(&dir, role);
+        assert_eq!(s["state"], "running", "{s}");
+        assert_eq!(s["pid"], role_pid(&dir, role).unwrap(), "{s}");
+        assert_eq!(s["restarts"], 0, "{s}");
+    }
     let admins = worker_admins(&dir);
     let mut err = Vec::new();
     rt.block_on(async {

@@ -590,7 +590,11 @@ impl Supervisor {
                 p.started_unix = unix_now();
                 self.changed(&report)
             }
-            Err(e) => self.exited(i, format!("cannot be started: {e}"), now),
+            Err(e) => {
+                // A quick exit: the backoff grows.
+                self.procs[i].started = now;
+                self.exited(i, format!("cannot be started: {e}"), now)
+            }
         }
     }
 

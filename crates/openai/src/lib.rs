@@ -14,6 +14,8 @@
 //!   chunking of the byte stream.
 //! - [`usage`]: OpenAI usage objects, a tracker that finds usage in JSON or SSE bodies (so
 //!   streamed answers are billed too), and the price formula in integer arithmetic.
+//! - [`responses`]: OpenAI's Responses API (stateless) mapped onto chat completions and back,
+//!   whole and streamed.
 //! - [`error`]: OpenAI error bodies with the HTTP status each kind maps to.
 //! - [`types`]: response and chunk types for engines that produce answers themselves.
 #![forbid(unsafe_code)]
@@ -21,6 +23,7 @@
 pub mod cost;
 pub mod error;
 pub mod limit;
+pub mod responses;
 pub mod sse;
 pub mod types;
 pub mod usage;

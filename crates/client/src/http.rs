@@ -11,6 +11,11 @@
 //!   `debug` member beside `error` once an answer had begun): 400 bad request, 401 bad
 //!   key, 402 out of funds (channel or key limit), 404 unknown model, 413 body too large,
 //!   429 no capacity (with `Retry-After`), 502 upstream failure, 503 no proxy, 504 deadline.
+//! - `POST /v1/responses`: OpenAI's Responses API, the stateless subset (see
+//!   [`cocoon_openai::responses`]), served as a chat completion (same keys, billing,
+//!   receipts, failover and headers) and mapped back: a `response` object, or Responses
+//!   events mapped from the chat stream chunk by chunk. `store: true` and
+//!   `previous_response_id` are 400s.
 //! - `GET /v1/models`, `GET /v1/models/{id}`: the models the proxies' workers serve, OpenAI's
 //!   list shape plus a per-worker `workers` array, the proxies offering each and its
 //!   `context_length` (the smallest its workers announced over version 3; null when unknown).
@@ -40,7 +45,7 @@ use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use cocoon_openai::{ApiError, Endpoint, ErrorKind};
+use cocoon_openai::{ApiError, Endpoint, ErrorKind, responses};
 use cocoon_service::admin::{Prometheus, StatsPages, constant_time_eq, esc, label, stats_routes};
 use cocoon_service::browser::{Allowlist, Guard, Refusal};
 use cocoon_tl::enums;
@@ -85,6 +90,7 @@ pub(crate) async fn serve(
             "/v1/completions",
             post(|st: St, h: HeaderMap, b: Body| complete(st, h, b, Endpoint::Completions)),
         )
+        .route("/v1/responses", post(responses))
         .route("/v1/models", get(models))
         .route("/v1/models/{*id}", get(model))
         .route("/v1/receipts/{id}", get(receipt))
@@ -206,24 +212,9 @@ async fn complete(
     body: Body,
     endpoint: Endpoint,
 ) -> Response {
-    let limit = shared.timings.max_body_bytes;
-    let bytes = match axum::body::to_bytes(body, limit).await {
+    let bytes = match read_body(&shared, body).await {
         Ok(b) => b,
-        Err(e) => {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            return error(if too_large {
-                ApiError::new(
-                    ErrorKind::PayloadTooLarge,
-                    format!("request body over {limit} bytes"),
-                )
-            } else {
-                ApiError::new(
-                    ErrorKind::InvalidRequest,
-                    format!("unreadable request body: {e}"),
-                )
-            });
-        }
+        Err(r) => return r,
     };
     let req = Request {
         endpoint,
@@ -234,24 +225,7 @@ async fn complete(
         Ok(a) => a,
         Err(e) => return error(e),
     };
-    let mut h = HeaderMap::new();
-    for (n, v) in &answer.headers {
-        if let (Ok(n), Ok(v)) = (HeaderName::try_from(n.as_str()), HeaderValue::from_str(v)) {
-            h.append(n, v);
-        }
-    }
-    set(&mut h, "x-cocoon-proxy", &answer.proxy);
-    set(&mut h, "x-cocoon-attempts", answer.attempts);
-    set(
-        &mut h,
-        "x-cocoon-time-to-head-ms",
-        answer.time_to_head.as_millis(),
-    );
-    // A final answer is 2xx–5xx; anything else from upstream is a bad gateway.
-    let status = StatusCode::from_u16(answer.status)
-        .ok()
-        .filter(|s| (200..=599).contains(&s.as_u16()))
-        .unwrap_or(StatusCode::BAD_GATEWAY);
+    let (status, mut h) = answer_head(&answer);
     if answer.stream {
         let stream = futures::stream::unfold((answer, false), |(mut a, ended)| async move {
             if ended {
@@ -287,17 +261,197 @@ async fn complete(
         }
     }
     let body = answer.finish_whole(body);
-    if let Some(u) = answer.usage() {
-        set(&mut h, "x-cocoon-tokens", u.total_tokens);
-        set(&mut h, "x-cocoon-cost-nanoton", u.cost_nanoton);
-        if let Some(s) = u.proxy_seconds {
-            set(&mut h, "x-cocoon-proxy-seconds", format!("{s:.3}"));
-        }
-        if let Some(s) = u.worker_seconds {
-            set(&mut h, "x-cocoon-worker-seconds", format!("{s:.3}"));
+    usage_headers(&answer, &mut h);
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = status;
+    *r.headers_mut() = h;
+    r
+}
+
+/// Reads a request body up to `max_body_bytes` (413 past it).
+async fn read_body(shared: &Shared, body: Body) -> Result<bytes::Bytes, Response> {
+    let limit = shared.timings.max_body_bytes;
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        error(if too_large {
+            ApiError::new(
+                ErrorKind::PayloadTooLarge,
+                format!("request body over {limit} bytes"),
+            )
+        } else {
+            ApiError::new(
+                ErrorKind::InvalidRequest,
+                format!("unreadable request body: {e}"),
+            )
+        })
+    })
+}
+
+/// The status and headers of an answer's head: the engine's headers (with the receipt's
+/// and the timings), and which proxy served it after how many attempts.
+fn answer_head(answer: &crate::request::Answer) -> (StatusCode, HeaderMap) {
+    let mut h = HeaderMap::new();
+    for (n, v) in &answer.headers {
+        if let (Ok(n), Ok(v)) = (HeaderName::try_from(n.as_str()), HeaderValue::from_str(v)) {
+            h.append(n, v);
         }
     }
-    let mut r = Response::new(Body::from(body));
+    set(&mut h, "x-cocoon-proxy", &answer.proxy);
+    set(&mut h, "x-cocoon-attempts", answer.attempts);
+    set(
+        &mut h,
+        "x-cocoon-time-to-head-ms",
+        answer.time_to_head.as_millis(),
+    );
+    // A final answer is 2xx–5xx; anything else from upstream is a bad gateway.
+    let status = StatusCode::from_u16(answer.status)
+        .ok()
+        .filter(|s| (200..=599).contains(&s.as_u16()))
+        .unwrap_or(StatusCode::BAD_GATEWAY);
+    (status, h)
+}
+
+/// The billing headers of a whole answer, once its body ended.
+fn usage_headers(answer: &crate::request::Answer, h: &mut HeaderMap) {
+    if let Some(u) = answer.usage() {
+        set(h, "x-cocoon-tokens", u.total_tokens);
+        set(h, "x-cocoon-cost-nanoton", u.cost_nanoton);
+        if let Some(s) = u.proxy_seconds {
+            set(h, "x-cocoon-proxy-seconds", format!("{s:.3}"));
+        }
+        if let Some(s) = u.worker_seconds {
+            set(h, "x-cocoon-worker-seconds", format!("{s:.3}"));
+        }
+    }
+}
+
+/// A chat-side refusal in the Responses request's terms (`max_tokens` is
+/// `max_output_tokens`, `messages…` is `input`).
+fn responses_error(mut e: ApiError) -> Response {
+    if let Some(p) = &e.param {
+        e.param = Some(responses::rename_param(p));
+    }
+    error(e)
+}
+
+/// `POST /v1/responses`: OpenAI's Responses API, the stateless subset, served as a chat
+/// completion through the same path (keys, billing, receipts, failover) and its answer
+/// mapped back (see [`cocoon_openai::responses`]); streamed answers are mapped chunk by
+/// chunk.
+async fn responses(State(shared): St, headers: HeaderMap, body: Body) -> Response {
+    let bytes = match read_body(&shared, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let parsed = match cocoon_openai::validate::parse_strict(&bytes) {
+        Ok(v) => v,
+        Err(e) => return error(e),
+    };
+    let chat = match responses::to_chat(&parsed) {
+        Ok(c) => c,
+        Err(e) => return error(e),
+    };
+    let ids = responses::Ids {
+        id: hex::encode(rand::random::<[u8; 16]>()),
+        created_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    };
+    let model = chat.body["model"].clone();
+    let req = Request {
+        endpoint: Endpoint::ChatCompletions,
+        body: serde_json::to_vec(&chat.body).unwrap_or_default(),
+        api_key: bearer(&headers),
+    };
+    let mut answer = match shared.start_request(req).await {
+        Ok(a) => a,
+        Err(e) => return responses_error(e),
+    };
+    let (status, mut h) = answer_head(&answer);
+    // The body is ours now: the engine's framing headers do not describe it.
+    for n in [header::CONTENT_LENGTH, header::CONTENT_TYPE] {
+        h.remove(n);
+    }
+    if !status.is_success() {
+        // An engine's own error body (OpenAI's shape) goes back as it came.
+        let mut body = Vec::new();
+        while let Some(Ok(c)) = answer.next_chunk().await {
+            if body.len() + c.len() > MAX_ANSWER_BYTES {
+                break;
+            }
+            body.extend_from_slice(&c);
+        }
+        if let Ok(mut v) = serde_json::from_slice::<Value>(&body)
+            && let Some(p) = v["error"]["param"].as_str()
+        {
+            v["error"]["param"] = json!(responses::rename_param(p));
+            body = v.to_string().into_bytes();
+        }
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let mut r = Response::new(Body::from(body));
+        *r.status_mut() = status;
+        *r.headers_mut() = h;
+        return r;
+    }
+    if answer.stream {
+        let mapper = responses::StreamMapper::new(ids, chat.echo, model, MAX_ANSWER_BYTES);
+        let stream = futures::stream::unfold((answer, mapper), |(mut a, mut m)| async move {
+            loop {
+                if m.ended() {
+                    return None;
+                }
+                let out = match a.next_chunk().await {
+                    Some(Ok(b)) => m.push(&b),
+                    // The head is gone; the error travels as a last event.
+                    Some(Err(e)) => m.fail(&e),
+                    None => m.finish(),
+                };
+                if !out.is_empty() {
+                    return Some((Ok::<_, std::io::Error>(bytes::Bytes::from(out)), (a, m)));
+                }
+            }
+        });
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        let mut r = Response::new(Body::from_stream(stream));
+        *r.status_mut() = status;
+        *r.headers_mut() = h;
+        return r;
+    }
+    let mut body = Vec::new();
+    while let Some(c) = answer.next_chunk().await {
+        match c {
+            Ok(b) if body.len() + b.len() > MAX_ANSWER_BYTES => {
+                return error(ApiError::new(
+                    ErrorKind::Upstream,
+                    format!("the answer is over {MAX_ANSWER_BYTES} bytes; ask for a stream"),
+                ));
+            }
+            Ok(b) => body.extend_from_slice(&b),
+            Err(e) => return error_with_debug(e, answer.debug_object()),
+        }
+    }
+    let body = answer.finish_whole(body);
+    usage_headers(&answer, &mut h);
+    let mapped = serde_json::from_slice::<Value>(&body)
+        .map_err(|e| ApiError::new(ErrorKind::Upstream, format!("the engine's answer: {e}")))
+        .and_then(|v| responses::from_chat(&v, &chat.echo, &ids));
+    let v = match mapped {
+        Ok(v) => v,
+        Err(e) => return error(e),
+    };
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let mut r = Response::new(Body::from(v.to_string()));
     *r.status_mut() = status;
     *r.headers_mut() = h;
     r

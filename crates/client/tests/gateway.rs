@@ -834,3 +834,174 @@ async fn every_answer_has_a_verified_receipt_its_api_key_can_read() {
         assert_eq!(r.status(), 401);
     }
 }
+
+/// The Responses API event types of a streamed answer, and the events, from its SSE body.
+fn response_events(body: &[u8]) -> Vec<(String, Value)> {
+    let mut p = cocoon_openai::sse::SseParser::new();
+    p.push(body)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.event.unwrap(), serde_json::from_str(&e.data).unwrap()))
+        .collect()
+}
+
+/// `POST /v1/responses` through client, proxy and worker: served as a chat completion (the
+/// engine gets chat messages; keys, billing and receipts as for chat) and mapped back, whole
+/// and streamed; stored state and bad input are 400s naming the field, billed nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_responses_api_through_client_proxy_and_worker() {
+    let (net, w) = network(test_root()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys_file(dir.path(), &[("sk-app", None, "app")]);
+    let (c, base) = keyed_gateway(&net, &keys, None).await;
+    let http = reqwest::Client::new();
+    let post = |body: Value| {
+        http.post(format!("{base}/v1/responses"))
+            .bearer_auth("sk-app")
+            .json(&body)
+            .send()
+    };
+
+    // Whole: a response object with the engine's text and usage, and the chat headers.
+    let r = post(
+        json!({"model": "Smol", "input": "json", "max_output_tokens": 50,
+                        "metadata": {"app": "t"}, "store": false}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let h = r.headers().clone();
+    assert_eq!(h["content-type"], "application/json");
+    assert_eq!(h["x-cocoon-attempts"], "1");
+    let tokens: u64 = h["x-cocoon-tokens"].to_str().unwrap().parse().unwrap();
+    assert!(tokens > 0);
+    assert_eq!(h["x-cocoon-receipt"].to_str().unwrap().len(), 64);
+    let v: Value = r.json().await.unwrap();
+    assert!(v["id"].as_str().unwrap().starts_with("resp_"), "{v}");
+    assert_eq!(v["object"], "response");
+    assert_eq!(v["status"], "completed");
+    assert_eq!(v["model"], "Smol");
+    assert_eq!(v["metadata"], json!({"app": "t"}));
+    assert_eq!(v["output"][0]["type"], "message");
+    assert_eq!(v["output"][0]["content"][0]["type"], "output_text");
+    assert_eq!(v["output"][0]["content"][0]["text"], "Hi");
+    assert_eq!(v["usage"]["input_tokens"], 12);
+    assert_eq!(v["usage"]["output_tokens"], 4);
+    assert_eq!(v["usage"]["total_tokens"], 16);
+    assert_eq!(v["usage"]["input_tokens_details"]["cached_tokens"], 0);
+    // The engine got a chat completion request.
+    let sent = w.engine.bodies.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(
+        sent["messages"],
+        json!([{"role": "user", "content": "json"}])
+    );
+    assert!(sent["max_tokens"].as_u64().unwrap() <= 50, "{sent}");
+    assert!(sent.get("metadata").is_none() && sent.get("store").is_none());
+    // Its receipt is the API key's to read.
+    let id = h["x-cocoon-receipt"].to_str().unwrap();
+    let r = http
+        .get(format!("{base}/v1/receipts/{id}"))
+        .bearer_auth("sk-app")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Streamed: the Responses events, mapped chunk by chunk.
+    let started = Instant::now();
+    let r = post(
+        json!({"model": "Smol", "input": [{"type": "message", "role": "user",
+                        "content": "stream"}], "stream": true}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    assert!(r.headers().get("x-cocoon-receipt").is_some());
+    let mut body = r.bytes_stream();
+    let mut first = None;
+    let mut all = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.unwrap();
+        if first.is_none() && chunk.windows(6).any(|w| w == b".delta") {
+            first = Some(started.elapsed());
+        }
+        all.extend_from_slice(&chunk);
+    }
+    let (first, total) = (first.unwrap(), started.elapsed());
+    assert!(
+        first * 2 < total,
+        "first delta after {first:?}, all after {total:?}"
+    );
+    let ev = response_events(&all);
+    let types: Vec<&str> = ev.iter().map(|(t, _)| t.as_str()).collect();
+    let mut want = vec![
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ];
+    want.extend(std::iter::repeat_n("response.output_text.delta", 20));
+    want.extend([
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]);
+    assert_eq!(types, want);
+    for (n, (_, v)) in ev.iter().enumerate() {
+        assert_eq!(v["sequence_number"], n);
+    }
+    let text: String = ev.iter().filter_map(|(_, v)| v["delta"].as_str()).collect();
+    assert_eq!(text, (0..20).map(|n| format!("w{n} ")).collect::<String>());
+    let done = &ev.last().unwrap().1["response"];
+    assert_eq!(done["status"], "completed");
+    assert_eq!(done["output"][0]["content"][0]["text"], text.as_str());
+    assert_eq!(done["usage"]["input_tokens"], 12);
+    assert_eq!(done["usage"]["output_tokens"], 20);
+    assert_eq!(done["usage"]["total_tokens"], 32);
+    // The total_cost COCOON adds to the usage travels too.
+    assert!(done["usage"]["total_cost"].as_u64().unwrap() > 0, "{done}");
+
+    // Stored state and bad input: 400 naming the field, nothing reaches the engine; an
+    // engine's refusal comes back in the Responses request's terms.
+    let spent = key_stats(&http, &base, "app").await["spent_nanoton"].clone();
+    let asked = w.engine.requests();
+    for (body, param) in [
+        (
+            json!({"model": "Smol", "input": "json", "store": true}),
+            "store",
+        ),
+        (
+            json!({"model": "Smol", "input": "json", "previous_response_id": "resp_1"}),
+            "previous_response_id",
+        ),
+        (
+            json!({"model": "Smol", "input": [{"role": "user"}]}),
+            "input[0].content",
+        ),
+        (
+            json!({"model": "Smol", "input": "json", "temperature": 9}),
+            "temperature",
+        ),
+    ] {
+        let r = post(body).await.unwrap();
+        assert_eq!(r.status(), 400, "{param}");
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["error"]["type"], "invalid_request_error", "{e}");
+        assert_eq!(e["error"]["param"], param, "{e}");
+    }
+    assert_eq!(w.engine.requests(), asked);
+    let r = post(json!({"model": "Smol", "input": "refuse"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["param"], "top_logprobs", "{e}");
+    let r = post(json!({"model": "Big", "input": "json"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(key_stats(&http, &base, "app").await["spent_nanoton"], spent);
+    c.shutdown().await;
+}

@@ -18,7 +18,10 @@
 //!   `previous_response_id` are 400s.
 //! - `GET /v1/models`, `GET /v1/models/{id}`: the models the proxies' workers serve, OpenAI's
 //!   list shape plus a per-worker `workers` array, the proxies offering each and its
-//!   `context_length` (the smallest its workers announced over version 3; null when unknown).
+//!   `context_length` (the smallest its workers announced over version 3; null when unknown)
+//!   and `capabilities` (`chat`, `completions`, `embeddings`, `tools`, `json_schema`,
+//!   `vision`, `logprobs`: true or false where every worker's engine knows, null where one
+//!   does not or the proxy does not speak version 3; see [`cocoon_openai::Capabilities`]).
 //! - `GET /stats` (HTML), `/jsonstats`, `/metrics` (Prometheus text): proxies with their
 //!   attestation facts, channels, receipts, requests and spending; never request contents.
 //! - `POST /control/{topup,charge,withdraw,close}?proxy=<address>[&amount=<TON>]`: channel
@@ -482,22 +485,30 @@ pub(crate) async fn model_list(shared: &Shared) -> Vec<Value> {
         })
     });
     let mut context: BTreeMap<String, u32> = BTreeMap::new();
+    let mut caps: BTreeMap<String, cocoon_openai::Capabilities> = BTreeMap::new();
     for (addr, r, info) in futures::future::join_all(queries).await {
         let Ok(enums::client::WorkerTypesV2::WorkerTypesV2(t)) = r else {
             continue;
         };
+        // What this proxy's workers of each model support (unknown for a proxy that does not
+        // speak version 3): a request may go to any of them.
+        let mut here: BTreeMap<String, cocoon_openai::Capabilities> = BTreeMap::new();
         if let Some(enums::client::ModelInfos::ModelInfos(i)) = info {
             for m in i.models {
-                let Ok(n) = u32::try_from(m.context_length) else {
-                    continue;
-                };
-                if n > 0 {
+                let k =
+                    cocoon_openai::Capabilities::from_bits(m.capabilities_known, m.capabilities);
+                here.insert(m.name.clone(), k);
+                if let Ok(n @ 1..) = u32::try_from(m.context_length) {
                     let c = context.entry(m.name).or_insert(n);
                     *c = (*c).min(n);
                 }
             }
         }
         for ty in t.types {
+            let k = here.get(&ty.name).copied().unwrap_or_default();
+            caps.entry(ty.name.clone())
+                .and_modify(|c| *c = c.common(k))
+                .or_insert(k);
             let e = by_name.entry(ty.name).or_default();
             for w in ty.workers {
                 e.0.push(json!({
@@ -516,6 +527,7 @@ pub(crate) async fn model_list(shared: &Shared) -> Vec<Value> {
             workers.sort_by_key(|w| w["coefficient"].as_i64().unwrap_or(0));
             json!({
                 "context_length": context.get(&id),
+                "capabilities": caps.get(&id).copied().unwrap_or_default().to_json(),
                 "id": id,
                 "object": "model",
                 "created": 0,

@@ -229,6 +229,13 @@ async fn openai_requests_through_client_proxy_and_worker() {
         cocoon_testkit::engine::FAKE_CONTEXT_LENGTH,
         "{m}"
     );
+    // What the model supports, as the worker's HTTP engine knows it: chat, the rest unknown.
+    assert_eq!(
+        m["data"][0]["capabilities"],
+        json!({"chat": true, "completions": null, "embeddings": null, "tools": null,
+               "json_schema": null, "vision": null, "logprobs": null}),
+        "{m}"
+    );
     let one = http
         .get(format!("{base}/v1/models/Smol"))
         .send()

@@ -124,6 +124,8 @@ pub struct ModelInfo {
     pub context_length: Option<u32>,
     /// Requests the engine runs at once.
     pub max_concurrency: u32,
+    /// What it supports, where known (`/v1/models` shows it).
+    pub capabilities: cocoon_openai::Capabilities,
 }
 
 /// Counts tokens the way the served model does. Used when an engine omits usage.

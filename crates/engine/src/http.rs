@@ -361,6 +361,12 @@ impl Engine for HttpEngine {
             engine: self.cfg.kind.label().into(),
             context_length: self.cfg.context_length,
             max_concurrency: self.cfg.max_concurrency,
+            // The backend is someone else's server: chat completions is what the worker relays
+            // and checks it serves; the rest it cannot know.
+            capabilities: cocoon_openai::Capabilities {
+                chat: Some(true),
+                ..Default::default()
+            },
         }
     }
 }

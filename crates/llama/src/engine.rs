@@ -575,6 +575,16 @@ impl Engine for LlamaEngine {
             engine: "llama.cpp (embedded)".into(),
             context_length: self.context_length,
             max_concurrency: self.cfg.slots,
+            // What the engine serves; requests using the rest are 400s (engine validation).
+            capabilities: cocoon_openai::Capabilities {
+                chat: Some(true),
+                completions: Some(true),
+                embeddings: Some(false),
+                tools: Some(false),
+                json_schema: Some(false),
+                vision: Some(false),
+                logprobs: Some(false),
+            },
         }
     }
 }

@@ -14,12 +14,14 @@
 //!   chunking of the byte stream.
 //! - [`usage`]: OpenAI usage objects, a tracker that finds usage in JSON or SSE bodies (so
 //!   streamed answers are billed too), and the price formula in integer arithmetic.
+//! - [`capabilities`]: what a served model supports, as `/v1/models` shows it.
 //! - [`responses`]: OpenAI's Responses API (stateless) mapped onto chat completions and back,
 //!   whole and streamed.
 //! - [`error`]: OpenAI error bodies with the HTTP status each kind maps to.
 //! - [`types`]: response and chunk types for engines that produce answers themselves.
 #![forbid(unsafe_code)]
 
+pub mod capabilities;
 pub mod cost;
 pub mod error;
 pub mod limit;
@@ -29,6 +31,7 @@ pub mod types;
 pub mod usage;
 pub mod validate;
 
+pub use capabilities::Capabilities;
 pub use cost::{CostInjector, cost_fields};
 pub use error::{ApiError, ErrorKind};
 pub use limit::{CompletionLimit, cap_completion_tokens, completion_limit};

@@ -244,10 +244,15 @@ impl ClientSession {
             ToProxyQuery::GetWorkerTypesV2(_) => self.on_worker_types(responder, true),
             ToProxyQuery::GetWorkerTypes(_) => self.on_worker_types(responder, false),
             ToProxyQuery::GetModelInfo(_) => {
-                let models = (self.shared.registry.context_lengths().into_iter())
-                    .map(|(name, n)| tclient::ModelInfo {
-                        name,
-                        context_length: i32::try_from(n).unwrap_or(i32::MAX),
+                let models = (self.shared.registry.model_infos().into_iter())
+                    .map(|(name, n, caps)| {
+                        let (capabilities_known, capabilities) = caps.to_bits();
+                        tclient::ModelInfo {
+                            name,
+                            context_length: i32::try_from(n).unwrap_or(i32::MAX),
+                            capabilities_known,
+                            capabilities,
+                        }
                     })
                     .collect();
                 let _ = responder.answer_tl(&tclient::ModelInfos { models });

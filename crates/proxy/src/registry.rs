@@ -124,6 +124,8 @@ pub(crate) struct WorkerEntry {
     /// The model's context length in tokens, as the worker announced it (`worker.modelInfo`,
     /// version 3); 0 until then.
     pub context_length: u32,
+    /// What its engine supports, as it announced (`worker.modelInfo`); unknown until then.
+    pub capabilities: cocoon_openai::Capabilities,
 }
 
 /// Held while a payment report is read and queued, so reports to a peer never decrease.
@@ -667,18 +669,23 @@ impl Registry {
     }
 
     /// Per model base of the enabled workers, the smallest context length they announced
-    /// (0 when none did): a request may be routed to any of them.
-    pub(crate) fn context_lengths(&self) -> Vec<(String, u32)> {
+    /// (0 when none did) and the capabilities they have in common: a request may be routed
+    /// to any of them.
+    pub(crate) fn model_infos(&self) -> Vec<(String, u32, cocoon_openai::Capabilities)> {
         let g = self.lock();
-        let mut by: HashMap<String, u32> = HashMap::new();
+        let mut by: HashMap<String, (u32, Option<cocoon_openai::Capabilities>)> = HashMap::new();
         for e in g.values().filter(|e| !e.disabled) {
-            let c = by.entry(e.model_base.clone()).or_default();
+            let (c, caps) = by.entry(e.model_base.clone()).or_default();
             if e.context_length > 0 && (*c == 0 || e.context_length < *c) {
                 *c = e.context_length;
             }
+            *caps = Some(caps.map_or(e.capabilities, |k| k.common(e.capabilities)));
         }
-        let mut v: Vec<_> = by.into_iter().collect();
-        v.sort();
+        let mut v: Vec<_> = by
+            .into_iter()
+            .map(|(m, (c, caps))| (m, c, caps.unwrap_or_default()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }
 

@@ -395,6 +395,7 @@ impl WorkerSession {
             tls_key: self.tls_key,
             certificate: Arc::clone(&self.certificate),
             context_length: 0,
+            capabilities: Default::default(),
         });
         self.registered = true;
         let _ = responder.answer_tl(&tworker::ProxyHandshakeCompleted {});
@@ -495,9 +496,12 @@ impl WorkerSession {
             ToProxy::ModelInfo(m) => {
                 // A negative length is no length; the last announcement holds.
                 let n = u32::try_from(m.context_length).unwrap_or(0);
-                self.shared
-                    .registry
-                    .update(self.id, |e| e.context_length = n);
+                let caps =
+                    cocoon_openai::Capabilities::from_bits(m.capabilities_known, m.capabilities);
+                self.shared.registry.update(self.id, |e| {
+                    e.context_length = n;
+                    e.capabilities = caps;
+                });
             }
         }
         Ok(())

@@ -413,13 +413,17 @@ async fn handshake(
         )
         .await
         .map_err(hs_err("proxyHandshakeComplete"))?;
-    // Version 3: the model's context length, which worker.params cannot carry, for the
-    // clients' /v1/models.
-    if link.proto >= 3
-        && let Some(n) = shared.engine.model_info().context_length
-    {
+    // Version 3: the model's context length (0: unknown), which worker.params cannot carry,
+    // and what the engine supports, for the clients' /v1/models.
+    if link.proto >= 3 {
+        let info = shared.engine.model_info();
+        let (capabilities_known, capabilities) = info.capabilities.to_bits();
         let m = tworker::ModelInfo {
-            context_length: i32::try_from(n).unwrap_or(i32::MAX),
+            context_length: info
+                .context_length
+                .map_or(0, |n| i32::try_from(n).unwrap_or(i32::MAX)),
+            capabilities_known,
+            capabilities,
         };
         s.send_message(m.to_bytes())
             .await

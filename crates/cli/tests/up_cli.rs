@@ -300,6 +300,7 @@ fn up_runs_the_whole_network_and_resumes_it() {
         model
     });
     receipts_through_the_sdk_verify_offline(&dir, &api, &model, &root);
+    responses_through_the_sdk(&api, &model);
     let spent = |s: serde_json::Value| s["totals"]["spent_nanoton"].as_u64().unwrap_or(0);
     let spent_first = spent(get_json(&format!("{api}/jsonstats")).unwrap());
     assert!(spent_first > 0, "nothing spent");
@@ -356,6 +357,39 @@ fn up_runs_the_whole_network_and_resumes_it() {
     let (rc, rest) = up.stop("TERM", Duration::from_secs(60));
     assert_eq!(rc, 0, "{rest:?}");
     assert!(!alive(back));
+}
+
+/// Issue 21 §4 on `cocoon up`: the official openai SDK (`COCOON_OPENAI_PYTHON`) calls
+/// `client.responses.create` whole and streamed and its stream helper, is refused a stored
+/// response with a 400 naming `store`, and reads the model's `capabilities` (the embedded
+/// engine's: chat and completions, none of the rest).
+fn responses_through_the_sdk(api: &str, model: &str) {
+    let Some(python) = std::env::var_os("COCOON_OPENAI_PYTHON") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "COCOON_OPENAI_PYTHON must be set in CI (scripts/setup --sdk)"
+        );
+        eprintln!("openai SDK Responses check skipped: COCOON_OPENAI_PYTHON is not set");
+        return;
+    };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/responses.py");
+    let t = Instant::now();
+    let run = Command::new(&python)
+        .arg(&script)
+        .args([api, model])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    eprintln!(
+        "openai SDK Responses check in {:?}: {}",
+        t.elapsed(),
+        String::from_utf8_lossy(&run.stdout).trim()
+    );
 }
 
 /// Issue 20 §3 on `cocoon up`: the official openai SDK (`COCOON_OPENAI_PYTHON`, a venv

@@ -443,10 +443,28 @@ async fn responses(State(shared): St, headers: HeaderMap, body: Body) -> Respons
     }
     let body = answer.finish_whole(body);
     usage_headers(&answer, &mut h);
-    let mapped = serde_json::from_slice::<Value>(&body)
-        .map_err(|e| ApiError::new(ErrorKind::Upstream, format!("the engine's answer: {e}")))
-        .and_then(|v| responses::from_chat(&v, &chat.echo, &ids));
-    let v = match mapped {
+    let whole = match serde_json::from_slice::<Value>(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return error(ApiError::new(
+                ErrorKind::Upstream,
+                format!("the engine's answer: {e}"),
+            ));
+        }
+    };
+    if chat.stream {
+        // A stream was asked of an engine that answered whole: its events all at once.
+        let mut m = responses::StreamMapper::new(ids, chat.echo, model, MAX_ANSWER_BYTES);
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        let mut r = Response::new(Body::from(m.push_whole(&whole)));
+        *r.status_mut() = status;
+        *r.headers_mut() = h;
+        return r;
+    }
+    let v = match responses::from_chat(&whole, &chat.echo, &ids) {
         Ok(v) => v,
         Err(e) => return error(e),
     };

@@ -899,8 +899,12 @@ async fn handshake_and_model_list_as_cocoon_answers_them() {
     assert_eq!(coefficients, [1000, 1500]);
     assert_eq!(m["workers"][1]["running_requests"], 1);
     assert_eq!(m["workers"][1]["max_running_requests"], 4);
-    // Version 2: the context length is not asked of a COCOON proxy, so it is unknown.
+    // Version 2: the context length and capabilities are not asked of a COCOON proxy, so
+    // they are unknown.
     assert_eq!(m["context_length"], Value::Null, "{models}");
+    let caps = m["capabilities"].as_object().unwrap();
+    assert_eq!(caps.len(), 7, "{models}");
+    assert!(caps.values().all(Value::is_null), "{models}");
     c.shutdown().await;
 
     for (handshake, text) in [

@@ -969,6 +969,18 @@ async fn the_responses_api_through_client_proxy_and_worker() {
     assert_eq!(done["usage"]["total_tokens"], 32);
     // The total_cost COCOON adds to the usage travels too.
     assert!(done["usage"]["total_cost"].as_u64().unwrap() > 0, "{done}");
+    // A stream asked of an engine that answers whole (the fake's `json`): every event at
+    // once, still a stream.
+    let r = post(json!({"model": "Smol", "input": "json", "stream": true}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let ev = response_events(&r.bytes().await.unwrap());
+    let (last, done) = ev.last().unwrap();
+    assert_eq!(last, "response.completed");
+    assert_eq!(done["response"]["output"][0]["content"][0]["text"], "Hi");
+    assert_eq!(ev.len(), 9, "{ev:?}");
 
     // Stored state and bad input: 400 naming the field, nothing reaches the engine; an
     // engine's refusal comes back in the Responses request's terms.

@@ -796,6 +796,37 @@ impl StreamMapper {
         out
     }
 
+    /// Every event of a whole chat completion (its JSON), for a stream asked of an engine
+    /// that answered whole.
+    pub fn push_whole(&mut self, chat: &Value) -> String {
+        let mut out = self.start();
+        if self.ended {
+            return out;
+        }
+        let choice = &chat["choices"][0];
+        let msg = &choice["message"];
+        let mut delta = Map::new();
+        if let Some(t) = msg.get("content").filter(|t| t.is_string()) {
+            delta.insert("content".into(), t.clone());
+        }
+        if let Some(calls) = msg["tool_calls"].as_array() {
+            let indexed = calls.iter().enumerate().map(|(i, c)| {
+                let mut c = c.clone();
+                c["index"] = json!(i);
+                c
+            });
+            delta.insert("tool_calls".into(), Value::Array(indexed.collect()));
+        }
+        let chunk = json!({
+            "model": chat["model"],
+            "choices": [{"index": 0, "delta": delta, "finish_reason": choice["finish_reason"]}],
+            "usage": chat["usage"],
+        });
+        self.chunk(&chunk, &mut out);
+        out.push_str(&self.finish());
+        out
+    }
+
     fn hold(&mut self, n: usize) -> bool {
         self.held = self.held.saturating_add(n);
         self.held <= self.limit
@@ -1368,6 +1399,38 @@ mod tests {
         assert_eq!(r["status"], "incomplete");
         assert_eq!(r["incomplete_details"]["reason"], "max_output_tokens");
         assert_eq!(r["output"][0]["arguments"], "{\"a\":1}");
+    }
+
+    #[test]
+    fn a_whole_chat_answer_to_a_stream_request_is_every_event_at_once() {
+        let chat = json!({
+            "model": "Smol",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": "Hi"}}],
+            "usage": {"prompt_tokens": 12, "completion_tokens": 4, "total_tokens": 16},
+        });
+        let mut m = mapper();
+        let out = m.push_whole(&chat);
+        assert!(m.ended());
+        let ev = events(&out);
+        let types: Vec<&str> = ev.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(
+            types,
+            [
+                "response.created",
+                "response.in_progress",
+                "response.output_item.added",
+                "response.content_part.added",
+                "response.output_text.delta",
+                "response.output_text.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "response.completed",
+            ]
+        );
+        // The same response object as the whole answer's, but for its id.
+        let whole = from_chat(&chat, &echo(), &ids()).unwrap();
+        assert_eq!(ev[8].1["response"], whole);
     }
 
     #[test]

@@ -870,9 +870,11 @@ async fn the_responses_api_through_client_proxy_and_worker() {
     };
 
     // Whole: a response object with the engine's text and usage, and the chat headers.
+    let tool = json!({"type": "function", "name": "f", "parameters": {"type": "object"}});
     let r = post(
         json!({"model": "Smol", "input": "json", "max_output_tokens": 50,
-                        "metadata": {"app": "t"}, "store": false}),
+                        "metadata": {"app": "t"}, "store": false, "tools": [tool],
+                        "text": {"format": {"type": "json_object"}}}),
     )
     .await
     .unwrap();
@@ -904,6 +906,12 @@ async fn the_responses_api_through_client_proxy_and_worker() {
     );
     assert!(sent["max_tokens"].as_u64().unwrap() <= 50, "{sent}");
     assert!(sent.get("metadata").is_none() && sent.get("store").is_none());
+    assert_eq!(
+        sent["tools"],
+        json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}])
+    );
+    assert_eq!(sent["response_format"], json!({"type": "json_object"}));
+    assert_eq!(v["tools"], json!([tool]), "{v}");
     // Its receipt is the API key's to read.
     let id = h["x-cocoon-receipt"].to_str().unwrap();
     let r = http

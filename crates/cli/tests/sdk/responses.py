@@ -77,6 +77,19 @@ try:
 except openai.BadRequestError as e:
     assert e.status_code == 400 and e.body["param"] == "store", e.body
 
+# What the embedded engine does not serve is refused before any work, in the Responses
+# request's terms.
+refusals = [
+    ("tools", dict(tools=[{"type": "function", "name": "f", "parameters": {"type": "object"}}])),
+    ("text.format", dict(text={"format": {"type": "json_object"}})),
+]
+for param, extra in refusals:
+    try:
+        client.responses.create(**ask, **extra)
+        raise AssertionError(f"{param} was accepted")
+    except openai.BadRequestError as e:
+        assert e.body["param"] == param, (param, e.body)
+
 # What the model supports.
 m = client.models.retrieve(model).to_dict()
 caps = m["capabilities"]

@@ -651,7 +651,7 @@ pub fn from_chat(chat: &Value, echo: &Echo, ids: &Ids) -> Result<Value, ApiError
         output.push(message_item(ids, "completed", Some("")));
     }
     let (status, incomplete) = status_of(choice["finish_reason"].as_str());
-    Ok(response_object(
+    let mut r = response_object(
         ids,
         echo,
         &chat["model"],
@@ -659,7 +659,12 @@ pub fn from_chat(chat: &Value, echo: &Echo, ids: &Ids) -> Result<Value, ApiError
         incomplete,
         output,
         usage(&chat["usage"]),
-    ))
+    );
+    // COCOON's debug object (`enable_debug`) stays beside the answer.
+    if let (Some(d), Some(o)) = (chat.get("debug"), r.as_object_mut()) {
+        o.insert("debug".into(), d.clone());
+    }
+    Ok(r)
 }
 
 /// A tool call being streamed.
@@ -1288,6 +1293,11 @@ mod tests {
                 .status(),
             502
         );
+        // COCOON's debug object (enable_debug) stays beside the answer.
+        let mut debugged = chat.clone();
+        debugged["debug"] = json!({"proxy": 1});
+        let r = from_chat(&debugged, &echo(), &ids()).unwrap();
+        assert_eq!(r["debug"], json!({"proxy": 1}));
     }
 
     /// A recorded chat stream (the embedded engine's shape: role first, usage in its own

@@ -648,7 +648,9 @@ fn system_file(path: &str, sha256: &str, package: &str) -> Option<Vec<u8>> {
                  to check the recorded tdx-measure vectors"
             );
             assert!(
-                std::env::var_os("COCOON_REQUIRE_SYSTEM_VECTORS").is_none(),
+                std::env::var_os("COCOON_REQUIRE_SYSTEM_VECTORS").is_none()
+                    && std::env::var_os("COCOON_REQUIRE_PREREQS").is_none()
+                    && std::env::var_os("CI").is_none(),
                 "{msg}"
             );
             eprintln!("{msg}");

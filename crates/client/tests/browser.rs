@@ -326,8 +326,8 @@ async fn binding_beyond_loopback_without_api_keys_or_a_bad_allowlist_refuses_to_
 // ---------------------------------------------------------------- a real browser
 
 /// Chromium's binary: `COCOON_CHROMIUM`, else `chromium` or `chromium-browser` on PATH.
-/// Absent: the test is skipped, except in CI (`CI` set), where `scripts/setup --browser`
-/// installs it and a missing browser is a failure.
+/// Absent: the test is skipped, except under `scripts/test` (`COCOON_REQUIRE_PREREQS`) or in
+/// CI (`CI`), where `scripts/setup --browser` installs it and a missing browser is a failure.
 fn chromium() -> Option<PathBuf> {
     let found = std::env::var_os("COCOON_CHROMIUM")
         .map(PathBuf::from)
@@ -339,8 +339,8 @@ fn chromium() -> Option<PathBuf> {
         });
     if found.is_none() {
         assert!(
-            std::env::var_os("CI").is_none(),
-            "chromium must be installed in CI (scripts/test runs scripts/setup --browser)"
+            !cocoon_testkit::fixtures::prereqs_required(),
+            "chromium must be installed under scripts/test (it runs scripts/setup --browser)"
         );
         eprintln!(
             "skipped: chromium is not installed (apt-get install chromium, or scripts/setup \

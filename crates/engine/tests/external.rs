@@ -1,11 +1,13 @@
-//! `HttpEngine` against a real OpenAI-compatible server — skipped unless one is named:
+//! `HttpEngine` against a real OpenAI-compatible server. Ignored by default (no such server
+//! runs under `scripts/test`, so `cargo test` reports it as ignored rather than passed); run
+//! it by naming one (without `COCOON_TEST_OPENAI_URL` it fails):
 //!
 //! ```sh
 //! COCOON_TEST_OPENAI_URL=http://127.0.0.1:8000 \
 //! COCOON_TEST_OPENAI_MODEL=Qwen/Qwen2.5-0.5B-Instruct \
 //! COCOON_TEST_OPENAI_KIND=vllm \            # vllm | sglang | llama-server | ollama | openai
 //! COCOON_TEST_OPENAI_KEY_FILE=key.txt \     # optional
-//! cargo test -p cocoon-engine --test external -- --nocapture
+//! cargo test -p cocoon-engine --test external -- --ignored --nocapture
 //! ```
 //!
 //! Checks what the worker relies on: the server is healthy; a streamed and a non-streamed
@@ -75,11 +77,9 @@ async fn run(e: &HttpEngine, stream: bool) -> (u16, usize, Vec<u8>, Usage, bool)
 }
 
 #[tokio::test]
+#[ignore = "needs a real OpenAI-compatible server: set COCOON_TEST_OPENAI_URL and run with --ignored"]
 async fn real_server_streams_and_reports_usage() {
-    let Some(e) = server() else {
-        eprintln!("skipped: COCOON_TEST_OPENAI_URL is not set");
-        return;
-    };
+    let e = server().expect("COCOON_TEST_OPENAI_URL names the server to test");
     let h = e.health().await;
     assert!(h.up, "server unhealthy: {:?}", h.reason);
 

@@ -200,12 +200,14 @@ fn client_process_streams_the_default_model_through_proxy_and_worker_on_devnet()
         let name = m["data"][0]["id"].as_str().unwrap().to_owned();
         assert!(model.starts_with(&name), "{name} for {model}");
         let c = chat(&api, &name, true).await;
-        let (status, body, first, total) = (c.status, c.body(), c.first, c.total);
+        let (status, body) = (c.status, c.body());
         assert_eq!(status, 200, "{body}");
         assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
         assert!(body.contains("\"usage\""), "{body}");
         assert!(body.matches("data: ").count() > 5, "{body}");
-        assert!(first < total, "first byte {first:?}, all {total:?}");
+        // That chunks are passed on before the answer is whole is checked by event order
+        // (the fake engine holding its stream) in crates/client/tests/gateway.rs; here, with
+        // a real model, only the stream's shape is.
         let c = chat(&api, &name, false).await;
         let (status, body) = (c.status, c.body());
         assert_eq!(status, 200, "{body}");

@@ -133,9 +133,12 @@ async fn openai_requests_through_client_proxy_and_worker() {
     assert_eq!(v["choices"][0]["message"]["content"], "Hi");
     assert_eq!(v["usage"]["total_tokens"], 16);
 
-    // Streamed: chunks arrive as the engine produces them (20 chunks, 5 ms apart).
-    let started = Instant::now();
-    let r = post(&base, &chat("stream", true)).await;
+    // Streamed: chunks arrive as the engine produces them. Event order, not time: the
+    // `gated` engine holds its stream after "Bonjour" until it gets a permit, so "Bonjour"
+    // reaches the app only if the gateway, proxy and worker pass chunks on before the answer
+    // is whole (a buffering hop would deliver nothing until the permit, and the timeout
+    // fails the test instead of hanging).
+    let r = post(&base, &chat("gated", true)).await;
     assert_eq!(r.status(), 200);
     assert!(
         r.headers()["content-type"]
@@ -144,21 +147,32 @@ async fn openai_requests_through_client_proxy_and_worker() {
             .contains("text/event-stream")
     );
     let mut body = r.bytes_stream();
-    let mut first = None;
+    let mut seen = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !String::from_utf8_lossy(&seen).contains("Bonjour") {
+            let chunk = body.next().await.expect("the stream ended early").unwrap();
+            seen.extend_from_slice(&chunk);
+        }
+    })
+    .await
+    .expect("the first chunk arrives while the engine holds the rest of the answer");
+    assert!(!String::from_utf8_lossy(&seen).contains("le monde"));
+    w.engine.gate.add_permits(1);
+    while let Some(chunk) = body.next().await {
+        seen.extend_from_slice(&chunk.unwrap());
+    }
+    let text = String::from_utf8(seen).unwrap();
+    assert!(text.contains(" le monde"), "{text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+
+    // A longer stream (20 chunks) arrives whole.
+    let r = post(&base, &chat("stream", true)).await;
+    assert_eq!(r.status(), 200);
+    let mut body = r.bytes_stream();
     let mut all = Vec::new();
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.unwrap();
-        if first.is_none() && !chunk.is_empty() {
-            first = Some(started.elapsed());
-        }
-        all.extend_from_slice(&chunk);
+        all.extend_from_slice(&chunk.unwrap());
     }
-    let total = started.elapsed();
-    let first = first.unwrap();
-    assert!(
-        first * 2 < total,
-        "first chunk after {first:?}, whole answer after {total:?}"
-    );
     let text = String::from_utf8(all).unwrap();
     assert!(text.contains("w0 ") && text.contains("w19 "));
     assert!(text.contains("\"usage\""), "usage in the final chunk");
@@ -292,13 +306,13 @@ async fn openai_requests_through_client_proxy_and_worker() {
     assert_eq!(p["tee"], "Sim");
     assert_eq!(p["auth"], "short");
     assert_eq!(p["proto"], 3);
-    assert_eq!(s["stats"]["succeeded"], 4);
-    assert_eq!(s["totals"]["requests"], 6);
+    assert_eq!(s["stats"]["succeeded"], 5);
+    assert_eq!(s["totals"]["requests"], 7);
     let html = get_text(&http, &format!("{base}/stats")).await;
     assert!(html.contains("Sim") && html.contains("ready"));
     assert!(!html.contains("Bonjour") && !html.contains("json"));
     let metrics = get_text(&http, &format!("{base}/metrics")).await;
-    assert!(metrics.contains("cocoon_client_requests_total{outcome=\"succeeded\"} 4"));
+    assert!(metrics.contains("cocoon_client_requests_total{outcome=\"succeeded\"} 5"));
     c.shutdown().await;
 }
 
@@ -343,17 +357,17 @@ async fn a_request_fails_over_before_its_first_byte_and_never_hangs_on_a_dead_pr
     }
     assert_ne!(held[0].0, held[1].0, "one stream per proxy");
     let a_addr = a.proxy.client_addr().to_string();
-    let killed = Instant::now();
     a.proxy.shutdown().await;
     for (via, r) in held {
         if via == a_addr {
-            // The stream through A ends at once with an error event, not at its deadline.
-            let text = tokio::time::timeout(Duration::from_secs(5), r.text())
+            // The stream through A ends with an error event, not at its deadline (the
+            // default 120 s; the engine holds the stream until a permit that never comes).
+            // 30 s leaves room for a loaded machine and still tells the two apart.
+            let text = tokio::time::timeout(Duration::from_secs(30), r.text())
                 .await
-                .expect("the stream through the dead proxy ended")
+                .expect("the stream through the dead proxy ended before its deadline")
                 .unwrap_or_default();
             assert!(text.contains("error"), "{text}");
-            assert!(killed.elapsed() < Duration::from_secs(5));
         } else {
             wb.engine.gate.add_permits(1);
             let text = r.text().await.unwrap();
@@ -387,8 +401,10 @@ async fn the_deadline_answers_504_and_cancels_the_request() {
     let r = post(&base, &body).await;
     let took = started.elapsed();
     assert_eq!(r.status(), 504);
+    // Not before the 1 s asked for; the upper bound only tells it from the default deadline
+    // (120 s) with room for a loaded machine.
     assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        took >= Duration::from_millis(900) && took < Duration::from_secs(30),
         "{took:?}"
     );
     let e: Value = r.json().await.unwrap();

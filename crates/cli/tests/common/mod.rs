@@ -128,12 +128,19 @@ impl Drop for Killed {
     }
 }
 
-/// GET `url` (http only) as JSON; `None` while the server is not up or answers garbage.
+/// GET `url` (http only) as JSON; `None` while the server is not up, answers garbage or
+/// does not answer within 10 s (a stopped process's socket still accepts: without the
+/// timeouts a waiter polling it would hang instead of failing).
 pub(crate) fn get_json(url: &str) -> Option<serde_json::Value> {
     use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
     let rest = url.strip_prefix("http://")?;
     let (host, path) = rest.split_once('/')?;
-    let mut s = std::net::TcpStream::connect(host).ok()?;
+    let addr = host.to_socket_addrs().ok()?.next()?;
+    let wait = Duration::from_secs(10);
+    let mut s = std::net::TcpStream::connect_timeout(&addr, wait).ok()?;
+    s.set_read_timeout(Some(wait)).ok()?;
+    s.set_write_timeout(Some(wait)).ok()?;
     write!(s, "GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").ok()?;
     let mut body = String::new();
     s.read_to_string(&mut body).ok()?;
@@ -153,16 +160,27 @@ pub(crate) fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 /// that range (what binding port 0 gives) can be taken as the local port of any outgoing
 /// connection of a process started meanwhile — a proxy registered on it in the root then
 /// fails to bind ("Address already in use"), as a CI run once showed.
+///
+/// The port is probed and released, then bound later by a child: a port handed out once is
+/// never handed out again by this test binary, so two tests running in parallel threads
+/// cannot both be given it in that window (cargo runs test binaries one at a time, and no
+/// outgoing connection takes a port below the ephemeral range).
 pub(crate) fn free_port() -> u16 {
     use std::hash::{BuildHasher, Hasher};
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     for _ in 0..1000 {
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_u64(NEXT.fetch_add(1, Ordering::Relaxed));
         h.write_u32(std::process::id());
         let port = 20_000 + (h.finish() % 12_000) as u16;
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if given.contains(&port) {
+            continue;
+        }
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
             return port;
         }
     }
@@ -371,9 +389,6 @@ pub(crate) struct Chat {
     pub status: u16,
     /// The body's non-empty chunks as they came.
     pub chunks: Vec<Vec<u8>>,
-    /// Time to the first body byte.
-    pub first: Duration,
-    pub total: Duration,
 }
 
 impl Chat {
@@ -386,7 +401,6 @@ impl Chat {
 /// POSTs a chat request for `model` to the OpenAI API at `api` and reads the answer.
 pub(crate) async fn chat(api: &str, model: &str, stream: bool) -> Chat {
     use futures::StreamExt;
-    let started = Instant::now();
     let r = reqwest::Client::new()
         .post(format!("{api}/v1/chat/completions"))
         .json(&serde_json::json!({
@@ -399,22 +413,15 @@ pub(crate) async fn chat(api: &str, model: &str, stream: bool) -> Chat {
         .await
         .unwrap();
     let status = r.status().as_u16();
-    let mut first = None;
     let mut chunks = Vec::new();
     let mut s = r.bytes_stream();
     while let Some(c) = s.next().await {
         let c = c.unwrap();
         if !c.is_empty() {
-            first.get_or_insert_with(|| started.elapsed());
             chunks.push(c.to_vec());
         }
     }
-    Chat {
-        status,
-        chunks,
-        first: first.unwrap_or_default(),
-        total: started.elapsed(),
-    }
+    Chat { status, chunks }
 }
 
 /// Runs `cocoon root OP... --key K --ton URL --root R` as the root's owner.
@@ -425,14 +432,15 @@ pub(crate) fn root_op(op: &[&str], key: &str, url: &str, root: &str) {
     ok(&a);
 }
 
-/// Whether the default model is available (`COCOON_TEST_MODEL`); in CI it must be.
+/// Whether the default model is available (`COCOON_TEST_MODEL`); under `scripts/test`
+/// (`COCOON_REQUIRE_PREREQS`) and in CI it must be.
 pub(crate) fn have_test_model() -> bool {
     if std::env::var_os("COCOON_TEST_MODEL").is_some() {
         return true;
     }
     assert!(
-        std::env::var_os("CI").is_none(),
-        "COCOON_TEST_MODEL must be set in CI (scripts/test pulls the default model)"
+        !cocoon_testkit::fixtures::prereqs_required(),
+        "COCOON_TEST_MODEL must be set under scripts/test (it pulls the default model)"
     );
     eprintln!("skipped: COCOON_TEST_MODEL is not set");
     false

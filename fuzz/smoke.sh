@@ -1,24 +1,48 @@
 #!/usr/bin/env bash
 # Builds and runs every fuzz target for SECONDS (default 30) each, one after the other, and
 # prints the number of executions per target. Exits non-zero if a target crashes (the
-# crashing input is left in fuzz/artifacts/<target>/).
+# crashing input is left in fuzz/artifacts/<target>/) or does not build.
 #
-#   fuzz/smoke.sh [SECONDS]
+#   fuzz/smoke.sh [--stable] [SECONDS]
 #
-# Needs the nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz --locked`).
-# Override the command with CARGO_FUZZ (default: "cargo +nightly fuzz").
+# By default: the nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz --locked`),
+# with AddressSanitizer; override the command with CARGO_FUZZ (default: "cargo +nightly fuzz").
+#
+# --stable (what scripts/test runs in CI, where only the pinned stable toolchain exists): no
+# cargo-fuzz and no sanitizer. The stable `cargo build` of this crate with the flags cargo-fuzz
+# gives rustc for coverage (SanitizerCoverage: 8-bit counters, PC table, comparison tracing),
+# `--cfg fuzzing`, debug assertions and overflow checks; the same libFuzzer (libfuzzer-sys)
+# drives it. Panics, failed assertions, overflows, timeouts and out-of-memory are caught;
+# memory errors in C or unsafe code only by the sanitizer build.
 set -uo pipefail
+stable=0
+if [ "${1:-}" = --stable ]; then
+    stable=1
+    shift
+fi
 secs="${1:-30}"
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here"
-fuzz_cmd=(${CARGO_FUZZ:-cargo +nightly fuzz})
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 targets=(frame_decoder tl_boxed session tdx_quote sev_report ratls_cert ledger openai_validate openai_usage gpu_report)
 
 # Build once, then run the binaries directly, so that every target runs the same build.
-"${fuzz_cmd[@]}" build || { echo "smoke: build failed" >&2; exit 2; }
-triple="$(rustc +nightly -vV 2>/dev/null | sed -n 's/^host: //p')"
-bin_dir="target/${triple:-x86_64-unknown-linux-gnu}/release"
+target_dir="${CARGO_TARGET_DIR:-target}"
+if [ "$stable" = 1 ]; then
+    triple="$(rustc -vV | sed -n 's/^host: //p')"
+    # --target keeps these flags off build scripts and proc macros (as cargo-fuzz does).
+    RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
+-Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
+-Cllvm-args=-sanitizer-coverage-trace-compares -Cdebug-assertions -Coverflow-checks" \
+        cargo build --locked --profile smoke --target "$triple" --bins ||
+        { echo "smoke: build failed" >&2; exit 2; }
+else
+    fuzz_cmd=(${CARGO_FUZZ:-cargo +nightly fuzz})
+    "${fuzz_cmd[@]}" build || { echo "smoke: build failed" >&2; exit 2; }
+    triple="$(rustc +nightly -vV 2>/dev/null | sed -n 's/^host: //p')"
+fi
+profile_dir="$([ "$stable" = 1 ] && echo smoke || echo release)"
+bin_dir="$target_dir/${triple:-x86_64-unknown-linux-gnu}/$profile_dir"
 [ -d corpus ] || ./seed.sh
 
 mkdir -p target/smoke
@@ -45,6 +69,7 @@ for t in "${targets[@]}"; do
     fi
 done
 echo
-echo "== smoke summary ($(date -u +%Y-%m-%dT%H:%MZ), ${secs}s per target)"
+build="$([ "$stable" = 1 ] && echo "stable, no sanitizer" || echo "cargo-fuzz, ASan")"
+echo "== smoke summary ($(date -u +%Y-%m-%dT%H:%MZ), ${secs}s per target, $build)"
 printf '%s\n' "${summary[@]}"
 exit "$status"

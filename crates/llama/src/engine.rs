@@ -24,6 +24,7 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::token::logit_bias::LlamaLogitBias;
 use serde_json::Value;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
@@ -143,6 +144,11 @@ struct Sampling {
     top_p: f32,
     frequency_penalty: f32,
     presence_penalty: f32,
+    /// Tokens the penalties look back over (the answer's limit: OpenAI counts the whole
+    /// answer so far).
+    penalty_window: i32,
+    /// Added to the token's logit; `-inf` bans it (OpenAI's -100).
+    logit_bias: Vec<(LlamaToken, f32)>,
     seed: u32,
 }
 
@@ -297,6 +303,18 @@ impl LlamaEngine {
         render(&self.shared, endpoint, body)
     }
 
+    /// The token ids of a text as the model's vocabulary spells it (no BOS, special tokens
+    /// taken as text): what `logit_bias` keys name.
+    pub fn token_ids(&self, text: &str) -> Vec<u32> {
+        self.shared
+            .model
+            .vocab()
+            .tokenize(text.as_bytes(), false, false)
+            .into_iter()
+            .map(|t| t.0.max(0) as u32)
+            .collect()
+    }
+
     /// Tokens of a rendered prompt, as the engine feeds them.
     pub fn prompt_tokens(&self, prompt: &str) -> usize {
         tokenize_prompt(&self.shared.model, prompt).len()
@@ -402,11 +420,14 @@ fn prepare(
             .collect(),
         _ => Vec::new(),
     };
+    let logit_bias = logit_bias(body, shared.model.n_vocab())?;
     let sampling = Sampling {
         temperature: f32_field(body, "temperature", 1.0),
         top_p: f32_field(body, "top_p", 1.0),
         frequency_penalty: f32_field(body, "frequency_penalty", 0.0),
         presence_penalty: f32_field(body, "presence_penalty", 0.0),
+        penalty_window: max_tokens.min(i32::MAX as u32) as i32,
+        logit_bias,
         seed: body
             .get("seed")
             .and_then(Value::as_i64)
@@ -438,6 +459,43 @@ fn prepare(
         out: tx,
     };
     Ok((job, rx))
+}
+
+/// `logit_bias` (already checked for shape and range by the client): token ids the model's
+/// vocabulary has, each bias added to its logit; -100 bans the token outright and 100 makes
+/// the biased tokens the only candidates, as OpenAI describes them.
+fn logit_bias(
+    body: &serde_json::Map<String, Value>,
+    n_vocab: i32,
+) -> Result<Vec<(LlamaToken, f32)>, EngineError> {
+    let Some(map) = body.get("logit_bias").and_then(Value::as_object) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::with_capacity(map.len());
+    for (k, v) in map {
+        let token = k.parse::<i32>().ok().filter(|t| (0..n_vocab).contains(t));
+        let bias = v.as_f64().filter(|b| (-100.0..=100.0).contains(b));
+        let (Some(token), Some(bias)) = (token, bias) else {
+            return Err(EngineError::invalid(
+                "logit_bias",
+                "invalid_value",
+                format!(
+                    "logit_bias maps token ids below {n_vocab} (this model's vocabulary) to \
+                     numbers between -100 and 100; {k:?} is not one."
+                ),
+            ));
+        };
+        let bias = if bias <= -100.0 {
+            f32::NEG_INFINITY
+        } else if bias >= 100.0 {
+            // Far above any logit, still finite so a softmax over it stays a number.
+            1.0e9
+        } else {
+            bias as f32
+        };
+        out.push((LlamaToken(token), bias));
+    }
+    Ok(out)
 }
 
 /// Refuses content parts other than text (images, audio, files): the embedded engine serves
@@ -664,11 +722,19 @@ impl<'m> Scheduler<'m> {
         if s.frequency_penalty != 0.0 || s.presence_penalty != 0.0 {
             chain.push(LlamaSampler::penalties(
                 self.model.n_vocab(),
-                64,
+                s.penalty_window.max(1),
                 1.0,
                 s.frequency_penalty,
                 s.presence_penalty,
             ));
+        }
+        if !s.logit_bias.is_empty() {
+            let biases: Vec<LlamaLogitBias> = s
+                .logit_bias
+                .iter()
+                .map(|&(t, b)| LlamaLogitBias::new(t, b))
+                .collect();
+            chain.push(LlamaSampler::logit_bias(self.model.n_vocab(), &biases));
         }
         if s.temperature <= 0.0 {
             chain.push(LlamaSampler::greedy());

@@ -315,6 +315,66 @@ async fn refusals_are_typed_errors() {
     assert_eq!(body["object"], "text_completion");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logit_bias_and_penalties_change_the_answer_deterministically() {
+    let Some(e) = engine() else { return };
+    let q = "What is the capital of France? Answer in one sentence.";
+    let plain = run(e, chat(q, json!({}))).await;
+    let first = e.token_ids(&plain.text)[0];
+    // Banning the greedy first token changes the first token, the same way every time,
+    // streamed or whole.
+    let ban = json!({"logit_bias": {first.to_string(): -100}});
+    let banned = run(e, chat(q, ban.clone())).await;
+    assert_ne!(e.token_ids(&banned.text)[0], first, "{:?}", banned.text);
+    let mut s = ban.clone();
+    s["stream"] = json!(true);
+    let streamed = run(e, chat(q, s)).await;
+    assert_eq!(streamed.text, banned.text);
+    assert_eq!(streamed.usage, banned.usage);
+    // 100 makes the biased token the only candidate.
+    let paris = e.token_ids(" Paris");
+    assert_eq!(paris.len(), 1, "{paris:?}");
+    let only = run(
+        e,
+        chat(
+            q,
+            json!({"logit_bias": {paris[0].to_string(): 100}, "max_tokens": 4, "temperature": 0.9, "seed": 7}),
+        ),
+    )
+    .await;
+    assert_eq!(only.text, " Paris".repeat(4));
+    assert_eq!(only.usage.completion_tokens, 4);
+    // A token outside the vocabulary names the parameter.
+    let a = match e
+        .submit(chat(q, json!({"logit_bias": {"4000000": 5}})))
+        .await
+    {
+        Err(EngineError::Invalid(a)) => a,
+        other => panic!("not refused: {:?}", other.err()),
+    };
+    assert_eq!(a.param.as_deref(), Some("logit_bias"));
+    assert_eq!(a.code, Some("invalid_value"));
+
+    // Penalties: a counting answer repeats ", " and digits; penalising repeats changes it,
+    // deterministically for a seed.
+    let count = "Count from 1 to 30, separated by commas.";
+    let base = run(e, chat(count, json!({"max_tokens": 40}))).await;
+    for p in [
+        json!({"frequency_penalty": 2.0}),
+        json!({"presence_penalty": 2.0}),
+    ] {
+        let mut x = p.clone();
+        x["max_tokens"] = json!(40);
+        let a = run(e, chat(count, x.clone())).await;
+        assert_ne!(a.text, base.text, "{p}");
+        x["temperature"] = json!(0.7);
+        x["seed"] = json!(11);
+        let b = run(e, chat(count, x.clone())).await;
+        let c = run(e, chat(count, x)).await;
+        assert_eq!(b.text, c.text, "{p}");
+    }
+}
+
 /// A model file that is not the pinned one is refused before llama.cpp reads it; the pinned
 /// file loads.
 #[test]

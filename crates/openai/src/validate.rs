@@ -497,6 +497,37 @@ fn response_format(v: &Value) -> Result<(), ApiError> {
     }
 }
 
+/// Most entries a `logit_bias` map may have (as OpenAI: 300).
+const MAX_LOGIT_BIAS: usize = 300;
+
+/// `logit_bias`: token ids (decimal strings) to biases between -100 and 100.
+fn logit_bias(v: &Value) -> Result<(), ApiError> {
+    let o = match v {
+        Value::Null => return Ok(()),
+        Value::Object(o) => o,
+        _ => return Err(bad_type("logit_bias", "an object of token ids to numbers")),
+    };
+    if o.len() > MAX_LOGIT_BIAS {
+        return Err(bad_value(
+            "logit_bias",
+            &format!("a map of at most {MAX_LOGIT_BIAS} tokens"),
+        ));
+    }
+    for (k, x) in o {
+        if k.parse::<u32>().is_err() {
+            return Err(bad_value(
+                "logit_bias",
+                "keyed by token ids (decimal integers)",
+            ));
+        }
+        number_in("logit_bias", x, -100.0, 100.0)?;
+        if x.is_null() {
+            return Err(bad_type("logit_bias", "an object of token ids to numbers"));
+        }
+    }
+    Ok(())
+}
+
 fn prompt(v: &Value) -> Result<(), ApiError> {
     let ok = match v {
         Value::String(_) => true,
@@ -540,6 +571,7 @@ fn check_field(endpoint: Endpoint, key: &str, v: &Value) -> Result<(), ApiError>
     match (endpoint, key) {
         (_, "model") => string(key, v),
         (_, "frequency_penalty" | "presence_penalty") => number_in(key, v, -2.0, 2.0),
+        (_, "logit_bias") => logit_bias(v),
         (_, "max_tokens") => uint_in(key, v, 1, u32::MAX.into()),
         (_, "n") => uint_in(key, v, 1, 128),
         (_, "seed") => match v {
@@ -722,6 +754,7 @@ mod tests {
                 json!([{"type": "function", "function": {"name": "f", "parameters": {}}}]),
             ),
             ("tool_choice", json!("auto")),
+            ("logit_bias", json!({"50256": -100, "15": 2.5})),
             ("max_completion_tokens", json!(64)),
             ("chat_template_kwargs", json!({"enable_thinking": false})),
         ] {
@@ -734,7 +767,22 @@ mod tests {
     #[test]
     fn unknown_and_ill_typed_fields_name_the_field() {
         let cases = [
-            (with("logit_bias", json!({})), "logit_bias", "unknown_field"),
+            (
+                with("logit_bias_", json!({})),
+                "logit_bias_",
+                "unknown_field",
+            ),
+            (
+                with("logit_bias", json!({"x": 1})),
+                "logit_bias",
+                "invalid_value",
+            ),
+            (
+                with("logit_bias", json!({"1": 101})),
+                "logit_bias",
+                "invalid_value",
+            ),
+            (with("logit_bias", json!([1])), "logit_bias", "invalid_type"),
             (
                 with("temperature", json!("hot")),
                 "temperature",

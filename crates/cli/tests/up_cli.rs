@@ -362,7 +362,7 @@ fn up_runs_the_whole_network_and_resumes_it() {
 /// Issue 21 §4 on `cocoon up`: the official openai SDK (`COCOON_OPENAI_PYTHON`) calls
 /// `client.responses.create` whole and streamed and its stream helper, is refused a stored
 /// response with a 400 naming `store`, and reads the model's `capabilities` (the embedded
-/// engine's: chat and completions, none of the rest).
+/// engine's: chat, completions and logprobs, none of the rest).
 fn responses_through_the_sdk(api: &str, model: &str) {
     let Some(python) = std::env::var_os("COCOON_OPENAI_PYTHON") else {
         assert!(
@@ -1302,7 +1302,12 @@ fn openai_errors_are_400s_with_param_and_billed_nothing() {
         // (extra fields, messages, param, code)
         let cases: Vec<(serde_json::Value, serde_json::Value, &str, Option<&str>)> = vec![
             (json!({"n": 2}), user("Hi"), "n", Some("unsupported_parameter")),
-            (json!({"logprobs": true}), user("Hi"), "logprobs", Some("unsupported_parameter")),
+            (
+                json!({"logit_bias": {"4000000": 1}}),
+                user("Hi"),
+                "logit_bias",
+                Some("invalid_value"),
+            ),
             (
                 json!({"response_format": {"type": "json_object"}}),
                 user("Hi"),

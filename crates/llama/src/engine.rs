@@ -9,7 +9,7 @@
 //!
 //! A request whose receiver is dropped is cancelled at the next step and its KV cells freed.
 
-use crate::output::{AnswerWriter, StopScanner, Utf8Buf};
+use crate::output::{AnswerWriter, StopScanner, TokenLogprob, Utf8Buf};
 use crate::template::{ChatTemplate, messages_from_json};
 use cocoon_engine::{
     BodyEvent, Engine, EngineError, EngineRequest, EngineResponse, Health, ModelInfo, Tokenizer,
@@ -24,6 +24,7 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use llama_cpp_2::token::logit_bias::LlamaLogitBias;
 use serde_json::Value;
 use std::num::NonZeroU32;
@@ -150,6 +151,8 @@ struct Sampling {
     /// Added to the token's logit; `-inf` bans it (OpenAI's -100).
     logit_bias: Vec<(LlamaToken, f32)>,
     seed: u32,
+    /// Report each token's log-probability and this many alternatives.
+    logprobs: Option<usize>,
 }
 
 struct Job {
@@ -340,11 +343,6 @@ fn prepare(
                 .is_some_and(|v| !v.is_null() && v != "none" && v != "auto"),
         ),
         (
-            "logprobs",
-            body.get("logprobs")
-                .is_some_and(|v| v == &Value::Bool(true) || v.as_u64().is_some_and(|n| n > 0)),
-        ),
-        (
             "n",
             body.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1),
         ),
@@ -428,6 +426,7 @@ fn prepare(
         presence_penalty: f32_field(body, "presence_penalty", 0.0),
         penalty_window: max_tokens.min(i32::MAX as u32) as i32,
         logit_bias,
+        logprobs: logprobs(req.endpoint, body),
         seed: body
             .get("seed")
             .and_then(Value::as_i64)
@@ -459,6 +458,20 @@ fn prepare(
         out: tx,
     };
     Ok((job, rx))
+}
+
+/// Whether the answer carries logprobs, and how many alternatives per token: chat's
+/// `logprobs: true` with `top_logprobs` (0..=20), the legacy integer `logprobs` (0..=5).
+fn logprobs(endpoint: Endpoint, body: &serde_json::Map<String, Value>) -> Option<usize> {
+    let v = body.get("logprobs")?;
+    match endpoint {
+        Endpoint::ChatCompletions => (v == &Value::Bool(true)).then(|| {
+            body.get("top_logprobs")
+                .and_then(Value::as_u64)
+                .map_or(0, |k| k.min(20) as usize)
+        }),
+        Endpoint::Completions => v.as_u64().map(|k| k.min(5) as usize),
+    }
 }
 
 /// `logit_bias` (already checked for shape and range by the client): token ids the model's
@@ -641,7 +654,7 @@ impl Engine for LlamaEngine {
                 tools: Some(false),
                 json_schema: Some(false),
                 vision: Some(false),
-                logprobs: Some(false),
+                logprobs: Some(true),
             },
         }
     }
@@ -652,6 +665,9 @@ struct Slot {
     seq: i32,
     job: Job,
     sampler: LlamaSampler,
+    /// With logprobs: the penalties and bias alone, to see the distribution the sampler
+    /// sees (it tracks the same accepted tokens).
+    shaping: Option<LlamaSampler>,
     fed: usize,
     pos: i32,
     next_input: Option<LlamaToken>,
@@ -718,6 +734,21 @@ impl<'m> Scheduler<'m> {
     }
 
     fn sampler(&self, s: &Sampling) -> LlamaSampler {
+        let mut chain = self.shaping(s);
+        if s.temperature <= 0.0 {
+            chain.push(LlamaSampler::greedy());
+        } else {
+            if s.top_p < 1.0 {
+                chain.push(LlamaSampler::top_p(s.top_p, 1));
+            }
+            chain.push(LlamaSampler::temp(s.temperature));
+            chain.push(LlamaSampler::dist(s.seed));
+        }
+        LlamaSampler::chain_simple(chain)
+    }
+
+    /// What changes the logits before the choice: penalties, then `logit_bias`.
+    fn shaping(&self, s: &Sampling) -> Vec<LlamaSampler> {
         let mut chain = Vec::new();
         if s.frequency_penalty != 0.0 || s.presence_penalty != 0.0 {
             chain.push(LlamaSampler::penalties(
@@ -736,16 +767,51 @@ impl<'m> Scheduler<'m> {
                 .collect();
             chain.push(LlamaSampler::logit_bias(self.model.n_vocab(), &biases));
         }
-        if s.temperature <= 0.0 {
-            chain.push(LlamaSampler::greedy());
+        chain
+    }
+
+    /// The log-probabilities of the token chosen at `idx` and of the likeliest `top`: a
+    /// log-softmax over the logits after penalties and bias (before temperature and top_p,
+    /// as OpenAI reports them).
+    fn logprobs(
+        model: &LlamaModel,
+        ctx: &LlamaContext<'_>,
+        idx: i32,
+        shaping: &mut LlamaSampler,
+        top: usize,
+        chosen: LlamaToken,
+    ) -> TokenLogprob {
+        let mut arr = LlamaTokenDataArray::from_iter(ctx.candidates_ith(idx), false);
+        arr.apply_sampler(shaping);
+        let logits: Vec<(LlamaToken, f32)> = arr.data.iter().map(|d| (d.id(), d.logit())).collect();
+        let max = logits
+            .iter()
+            .map(|&(_, l)| l)
+            .fold(f32::NEG_INFINITY, f32::max);
+        let sum: f64 = logits.iter().map(|&(_, l)| f64::from(l - max).exp()).sum();
+        let norm = max + sum.ln() as f32;
+        let piece = |t: LlamaToken| model.vocab().token_to_piece(t, false, None);
+        let logprob = logits
+            .iter()
+            .find(|&&(t, _)| t == chosen)
+            .map_or(f32::NEG_INFINITY, |&(_, l)| l - norm);
+        let mut best = logits;
+        let k = top.min(best.len());
+        if k > 0 {
+            best.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
+            best.truncate(k);
+            best.sort_by(|a, b| b.1.total_cmp(&a.1));
         } else {
-            if s.top_p < 1.0 {
-                chain.push(LlamaSampler::top_p(s.top_p, 1));
-            }
-            chain.push(LlamaSampler::temp(s.temperature));
-            chain.push(LlamaSampler::dist(s.seed));
+            best.clear();
         }
-        LlamaSampler::chain_simple(chain)
+        TokenLogprob {
+            bytes: piece(chosen),
+            logprob: logprob.min(0.0),
+            top: best
+                .into_iter()
+                .map(|(t, l)| (piece(t), (l - norm).min(0.0)))
+                .collect(),
+        }
     }
 
     fn place(&mut self, job: Job) {
@@ -753,13 +819,18 @@ impl<'m> Scheduler<'m> {
             return;
         };
         let sampler = self.sampler(&job.sampling);
+        let shaping = job
+            .sampling
+            .logprobs
+            .map(|_| LlamaSampler::chain_simple(self.shaping(&job.sampling)));
         let writer = AnswerWriter::new(
             job.endpoint,
             job.stream,
             job.id.clone(),
             job.created,
             job.model.clone(),
-        );
+        )
+        .with_logprobs(job.sampling.logprobs.is_some());
         let seq = i as i32;
         let _ = self.ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
         self.slots[i] = Some(Slot {
@@ -767,6 +838,7 @@ impl<'m> Scheduler<'m> {
             stop: StopScanner::new(job.stops.clone()),
             job,
             sampler,
+            shaping,
             fed: 0,
             pos: 0,
             next_input: None,
@@ -857,7 +929,16 @@ impl<'m> Scheduler<'m> {
                 Some(s) => match s.batch_idx {
                     Some(idx) => {
                         let tok = s.sampler.sample(&self.ctx, idx);
-                        Self::accept(self.model, s, tok)
+                        let entry = match (&mut s.shaping, s.job.sampling.logprobs) {
+                            (Some(shaping), Some(top)) => {
+                                let e =
+                                    Self::logprobs(self.model, &self.ctx, idx, shaping, top, tok);
+                                shaping.accept(tok);
+                                Some(e)
+                            }
+                            _ => None,
+                        };
+                        Self::accept(self.model, s, tok, entry)
                     }
                     None => Outcome::Continue,
                 },
@@ -896,12 +977,20 @@ impl<'m> Scheduler<'m> {
         }
     }
 
-    fn accept(model: &LlamaModel, s: &mut Slot, tok: LlamaToken) -> Outcome {
+    fn accept(
+        model: &LlamaModel,
+        s: &mut Slot,
+        tok: LlamaToken,
+        logprob: Option<TokenLogprob>,
+    ) -> Outcome {
         let vocab = model.vocab();
         if vocab.is_eog(tok) {
             return Outcome::Finished("stop");
         }
         s.generated += 1;
+        if let Some(e) = logprob {
+            s.writer.logprob(e);
+        }
         let piece = vocab.token_to_piece(tok, false, None);
         let text = s.utf8.push(&piece);
         let (emit, stopped) = s.stop.push(&text);

@@ -4,9 +4,40 @@
 use cocoon_openai::Endpoint;
 use cocoon_openai::types::{
     AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChunkChoice, Completion,
-    CompletionChoice, Delta, SSE_DONE, sse_event,
+    CompletionChoice, Delta, SSE_DONE,
 };
 use cocoon_openai::usage::Usage;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+/// OpenAI reports a token the sampler cannot pick (a banned one) at this log-probability
+/// rather than `-inf`, which JSON cannot carry.
+pub const MIN_LOGPROB: f32 = -9999.0;
+
+/// Log-probabilities of one generated token and of the likeliest alternatives, from the
+/// distribution the sampler saw (after penalties and `logit_bias`, before temperature).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    /// The token's bytes (a piece may be part of a UTF-8 character).
+    pub bytes: Vec<u8>,
+    /// Its log-probability (≤ 0).
+    pub logprob: f32,
+    /// The likeliest tokens, likeliest first: bytes and log-probability.
+    pub top: Vec<(Vec<u8>, f32)>,
+}
+
+fn token_text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A finite log-probability, as JSON can carry it.
+fn lp(x: f32) -> f64 {
+    f64::from(if x.is_nan() {
+        MIN_LOGPROB
+    } else {
+        x.max(MIN_LOGPROB)
+    })
+}
 
 /// Reassembles UTF-8 from token pieces, which may split a character.
 #[derive(Debug, Default)]
@@ -107,6 +138,10 @@ pub struct AnswerWriter {
     model: String,
     text: String,
     started: bool,
+    logprobs: bool,
+    pending: Vec<TokenLogprob>,
+    /// Characters of the answer so far that logprob entries covered (legacy `text_offset`).
+    offset: usize,
 }
 
 impl AnswerWriter {
@@ -120,29 +155,127 @@ impl AnswerWriter {
             model,
             text: String::new(),
             started: false,
+            logprobs: false,
+            pending: Vec::new(),
+            offset: 0,
         }
     }
 
-    fn chat_chunk(&self, choices: Vec<ChunkChoice>, usage: Option<Usage>) -> Vec<u8> {
-        sse_event(&ChatCompletionChunk {
+    /// Answers carry `logprobs` (chat's or the legacy shape, by endpoint) for the tokens
+    /// given to [`AnswerWriter::logprob`].
+    pub fn with_logprobs(mut self, on: bool) -> Self {
+        self.logprobs = on;
+        self
+    }
+
+    /// Records one generated token's log-probabilities: sent with the next chunk when
+    /// streaming, in the answer at the end otherwise.
+    pub fn logprob(&mut self, entry: TokenLogprob) {
+        if self.logprobs {
+            self.pending.push(entry);
+        }
+    }
+
+    /// The `logprobs` object for the pending entries (drained), in the endpoint's shape.
+    fn take_logprobs(&mut self) -> Option<Value> {
+        if !self.logprobs {
+            return None;
+        }
+        let entries = std::mem::take(&mut self.pending);
+        Some(match self.endpoint {
+            Endpoint::ChatCompletions => {
+                let item = |bytes: &[u8], logprob: f32| json!({"token": token_text(bytes), "logprob": lp(logprob), "bytes": bytes});
+                let content: Vec<Value> = entries
+                    .iter()
+                    .map(|e| {
+                        let mut v = item(&e.bytes, e.logprob);
+                        v["top_logprobs"] = e
+                            .top
+                            .iter()
+                            .map(|(b, l)| item(b, *l))
+                            .collect::<Vec<_>>()
+                            .into();
+                        v
+                    })
+                    .collect();
+                json!({"content": content, "refusal": null})
+            }
+            Endpoint::Completions => {
+                let mut offsets = Vec::with_capacity(entries.len());
+                for e in &entries {
+                    offsets.push(self.offset);
+                    self.offset += token_text(&e.bytes).chars().count();
+                }
+                json!({
+                    "tokens": entries.iter().map(|e| token_text(&e.bytes)).collect::<Vec<_>>(),
+                    "token_logprobs": entries.iter().map(|e| lp(e.logprob)).collect::<Vec<_>>(),
+                    "top_logprobs": entries
+                        .iter()
+                        .map(|e| {
+                            e.top
+                                .iter()
+                                .map(|(b, l)| (token_text(b), Value::from(lp(*l))))
+                                .collect::<serde_json::Map<_, _>>()
+                        })
+                        .collect::<Vec<_>>(),
+                    "text_offset": offsets,
+                })
+            }
+        })
+    }
+
+    /// An answer or chunk as JSON bytes, with `logprobs` set on its first choice when given
+    /// (without them, the struct's own field order).
+    fn encode<T: Serialize>(value: &T, logprobs: Option<Value>) -> Vec<u8> {
+        let Some(lp) = logprobs else {
+            return serde_json::to_vec(value).unwrap_or_default();
+        };
+        let mut v = serde_json::to_value(value).unwrap_or_default();
+        if let Some(choice) = v.get_mut("choices").and_then(|c| c.get_mut(0)) {
+            choice["logprobs"] = lp;
+        }
+        serde_json::to_vec(&v).unwrap_or_default()
+    }
+
+    fn sse(json: Vec<u8>) -> Vec<u8> {
+        let mut out = b"data: ".to_vec();
+        out.extend(json);
+        out.extend_from_slice(b"\n\n");
+        out
+    }
+
+    fn chat_chunk(
+        &self,
+        choices: Vec<ChunkChoice>,
+        usage: Option<Usage>,
+        logprobs: Option<Value>,
+    ) -> Vec<u8> {
+        let chunk = ChatCompletionChunk {
             id: self.id.clone(),
             object: "chat.completion.chunk".into(),
             created: self.created,
             model: self.model.clone(),
             choices,
             usage,
-        })
+        };
+        Self::sse(Self::encode(&chunk, logprobs))
     }
 
-    fn text_chunk(&self, choices: Vec<CompletionChoice>, usage: Option<Usage>) -> Vec<u8> {
-        sse_event(&Completion {
+    fn text_chunk(
+        &self,
+        choices: Vec<CompletionChoice>,
+        usage: Option<Usage>,
+        logprobs: Option<Value>,
+    ) -> Vec<u8> {
+        let chunk = Completion {
             id: self.id.clone(),
             object: "text_completion".into(),
             created: self.created,
             model: self.model.clone(),
             choices,
             usage,
-        })
+        };
+        Self::sse(Self::encode(&chunk, logprobs))
     }
 
     /// Bytes to send for new text (nothing when not streaming: text is kept for the end).
@@ -163,10 +296,12 @@ impl AnswerWriter {
                     finish_reason: None,
                 }],
                 None,
+                None,
             ));
         }
         self.started = true;
-        if !text.is_empty() {
+        if !text.is_empty() || !self.pending.is_empty() {
+            let logprobs = self.take_logprobs();
             out.extend(match self.endpoint {
                 Endpoint::ChatCompletions => self.chat_chunk(
                     vec![ChunkChoice {
@@ -178,6 +313,7 @@ impl AnswerWriter {
                         finish_reason: None,
                     }],
                     None,
+                    logprobs,
                 ),
                 Endpoint::Completions => self.text_chunk(
                     vec![CompletionChoice {
@@ -186,6 +322,7 @@ impl AnswerWriter {
                         finish_reason: None,
                     }],
                     None,
+                    logprobs,
                 ),
             });
         }
@@ -196,36 +333,43 @@ impl AnswerWriter {
     pub fn finish(&mut self, finish_reason: &str, usage: Usage) -> Vec<u8> {
         let reason = Some(finish_reason.to_owned());
         if !self.stream {
+            let logprobs = self.take_logprobs();
             let v = match self.endpoint {
-                Endpoint::ChatCompletions => serde_json::to_vec(&ChatCompletion {
-                    id: self.id.clone(),
-                    object: "chat.completion".into(),
-                    created: self.created,
-                    model: self.model.clone(),
-                    choices: vec![ChatChoice {
-                        index: 0,
-                        message: AssistantMessage {
-                            role: "assistant".into(),
-                            content: std::mem::take(&mut self.text),
-                        },
-                        finish_reason: reason,
-                    }],
-                    usage,
-                }),
-                Endpoint::Completions => serde_json::to_vec(&Completion {
-                    id: self.id.clone(),
-                    object: "text_completion".into(),
-                    created: self.created,
-                    model: self.model.clone(),
-                    choices: vec![CompletionChoice {
-                        index: 0,
-                        text: std::mem::take(&mut self.text),
-                        finish_reason: reason,
-                    }],
-                    usage: Some(usage),
-                }),
+                Endpoint::ChatCompletions => Self::encode(
+                    &ChatCompletion {
+                        id: self.id.clone(),
+                        object: "chat.completion".into(),
+                        created: self.created,
+                        model: self.model.clone(),
+                        choices: vec![ChatChoice {
+                            index: 0,
+                            message: AssistantMessage {
+                                role: "assistant".into(),
+                                content: std::mem::take(&mut self.text),
+                            },
+                            finish_reason: reason,
+                        }],
+                        usage,
+                    },
+                    logprobs,
+                ),
+                Endpoint::Completions => Self::encode(
+                    &Completion {
+                        id: self.id.clone(),
+                        object: "text_completion".into(),
+                        created: self.created,
+                        model: self.model.clone(),
+                        choices: vec![CompletionChoice {
+                            index: 0,
+                            text: std::mem::take(&mut self.text),
+                            finish_reason: reason,
+                        }],
+                        usage: Some(usage),
+                    },
+                    logprobs,
+                ),
             };
-            return v.unwrap_or_default();
+            return v;
         }
         let mut out = self.delta("").unwrap_or_default();
         match self.endpoint {
@@ -237,8 +381,9 @@ impl AnswerWriter {
                         finish_reason: reason,
                     }],
                     None,
+                    None,
                 ));
-                out.extend(self.chat_chunk(vec![], Some(usage)));
+                out.extend(self.chat_chunk(vec![], Some(usage), None));
             }
             Endpoint::Completions => {
                 out.extend(self.text_chunk(
@@ -248,8 +393,9 @@ impl AnswerWriter {
                         finish_reason: reason,
                     }],
                     None,
+                    None,
                 ));
-                out.extend(self.text_chunk(vec![], Some(usage)));
+                out.extend(self.text_chunk(vec![], Some(usage), None));
             }
         }
         out.extend_from_slice(SSE_DONE);
@@ -323,5 +469,51 @@ mod tests {
         let mut w = AnswerWriter::new(Endpoint::ChatCompletions, true, "c".into(), 1, "m".into());
         let s = String::from_utf8(w.finish("stop", Usage::new(1, 0))).unwrap();
         assert_eq!(s.matches("data: ").count(), 4);
+    }
+
+    #[test]
+    fn logprobs_go_with_the_chunk_that_carries_their_text() {
+        let e = |t: &str, l: f32| TokenLogprob {
+            bytes: t.as_bytes().to_vec(),
+            logprob: l,
+            top: vec![
+                (t.as_bytes().to_vec(), l),
+                (b"x".to_vec(), f32::NEG_INFINITY),
+            ],
+        };
+        let mut w = AnswerWriter::new(Endpoint::ChatCompletions, true, "c".into(), 1, "m".into())
+            .with_logprobs(true);
+        w.logprob(e("Hel", -0.5));
+        let first = String::from_utf8(w.delta("Hel").unwrap()).unwrap();
+        assert!(first.contains("\"logprobs\":{\"content\":[{"), "{first}");
+        // A token whose text is held back (a stop-string prefix) goes with the last chunk.
+        w.logprob(e("lo", -0.25));
+        let rest = String::from_utf8(w.finish("stop", Usage::new(1, 2))).unwrap();
+        assert!(rest.contains("\"token\":\"lo\""), "{rest}");
+        assert!(
+            rest.contains("-9999"),
+            "a banned alternative is finite: {rest}"
+        );
+
+        let mut w = AnswerWriter::new(Endpoint::Completions, false, "c".into(), 1, "m".into())
+            .with_logprobs(true);
+        for (t, l) in [("ab", -1.0), ("é", -2.0)] {
+            w.logprob(e(t, l));
+            w.delta(t);
+        }
+        let v: serde_json::Value =
+            serde_json::from_slice(&w.finish("length", Usage::new(1, 2))).unwrap();
+        let lp = &v["choices"][0]["logprobs"];
+        assert_eq!(lp["tokens"], json!(["ab", "é"]));
+        assert_eq!(lp["token_logprobs"], json!([-1.0, -2.0]));
+        assert_eq!(lp["text_offset"], json!([0, 2]));
+        assert_eq!(lp["top_logprobs"][1]["é"], json!(-2.0));
+        // Without logprobs asked, none is recorded or written.
+        let mut w = AnswerWriter::new(Endpoint::ChatCompletions, false, "c".into(), 1, "m".into());
+        w.logprob(e("a", -1.0));
+        w.delta("a");
+        let v: serde_json::Value =
+            serde_json::from_slice(&w.finish("stop", Usage::new(1, 1))).unwrap();
+        assert!(v["choices"][0].get("logprobs").is_none());
     }
 }

@@ -262,7 +262,6 @@ async fn refusals_are_typed_errors() {
             json!([{"type": "function", "function": {"name": "f"}}]),
         ),
         ("n", json!(2)),
-        ("logprobs", json!(true)),
         ("response_format", json!({"type": "json_object"})),
     ] {
         let a = invalid(e.submit(chat("x", json!({field: v}))).await.unwrap_err());
@@ -372,6 +371,160 @@ async fn logit_bias_and_penalties_change_the_answer_deterministically() {
         let b = run(e, chat(count, x.clone())).await;
         let c = run(e, chat(count, x)).await;
         assert_eq!(b.text, c.text, "{p}");
+    }
+}
+
+/// The `logprobs` objects of an answer's first choice: one for a whole answer, one per
+/// chunk that has one for a stream.
+fn logprob_objects(body: &[u8]) -> Vec<Value> {
+    let text = std::str::from_utf8(body).unwrap();
+    let values: Vec<Value> = if text.starts_with("data: ") {
+        text.split("\n\n")
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter(|l| *l != "[DONE]")
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    } else {
+        vec![serde_json::from_str(text).unwrap()]
+    };
+    values
+        .iter()
+        .filter_map(|v| v["choices"].get(0).map(|c| c["logprobs"].clone()))
+        .filter(|l| !l.is_null())
+        .collect()
+}
+
+/// Checks one list of alternatives: sorted, each ≤ 0, probabilities summing to at most 1.
+fn check_top(top: &[f64], k: usize) {
+    assert_eq!(top.len(), k, "{top:?}");
+    assert!(top.windows(2).all(|w| w[0] >= w[1]), "sorted: {top:?}");
+    assert!(top.iter().all(|&l| l <= 0.0), "{top:?}");
+    let mass: f64 = top.iter().map(|l| l.exp()).sum();
+    assert!(mass <= 1.0 + 1e-4, "{top:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logprobs_chat_and_legacy_streamed_and_whole() {
+    let Some(e) = engine() else { return };
+    let q = "What is the capital of France? Answer in one sentence.";
+    let extra = json!({"logprobs": true, "top_logprobs": 5});
+    let whole = run(e, chat(q, extra.clone())).await;
+    let objs = logprob_objects(&whole.body);
+    assert_eq!(objs.len(), 1);
+    assert_eq!(objs[0]["refusal"], Value::Null);
+    let content = objs[0]["content"].as_array().unwrap().clone();
+    assert_eq!(content.len() as u64, whole.usage.completion_tokens);
+    let mut joined = String::new();
+    for c in &content {
+        let lp = c["logprob"].as_f64().unwrap();
+        assert!(lp <= 0.0);
+        let top: Vec<f64> = c["top_logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["logprob"].as_f64().unwrap())
+            .collect();
+        check_top(&top, 5);
+        // Greedy: the chosen token is the likeliest one.
+        assert_eq!(c["top_logprobs"][0]["token"], c["token"]);
+        assert!((top[0] - lp).abs() < 1e-6);
+        let bytes: Vec<u8> = c["bytes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b.as_u64().unwrap() as u8)
+            .collect();
+        assert_eq!(bytes, c["token"].as_str().unwrap().as_bytes());
+        joined.push_str(c["token"].as_str().unwrap());
+    }
+    assert_eq!(joined, whole.text);
+
+    // Streamed: the same entries, spread over the chunks that carry their tokens.
+    let mut s = extra.clone();
+    s["stream"] = json!(true);
+    let streamed = run(e, chat(q, s)).await;
+    assert_eq!(streamed.text, whole.text);
+    let chunks = logprob_objects(&streamed.body);
+    assert!(chunks.len() > 1);
+    let streamed_content: Vec<Value> = chunks
+        .iter()
+        .flat_map(|c| c["content"].as_array().unwrap().clone())
+        .collect();
+    assert_eq!(streamed_content, content);
+
+    // The distribution is the one after logit_bias: a banned token is never an alternative.
+    let first = content[0]["token"].as_str().unwrap();
+    let id = e.token_ids(first)[0];
+    let mut b = extra.clone();
+    b["logit_bias"] = json!({id.to_string(): -100});
+    let banned = run(e, chat(q, b)).await;
+    let c0 = &logprob_objects(&banned.body)[0]["content"][0];
+    assert_ne!(c0["token"].as_str().unwrap(), first);
+    assert!(
+        c0["top_logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["token"] != first),
+        "{c0}"
+    );
+
+    // Without logprobs, none.
+    let plain = run(e, chat(q, json!({}))).await;
+    assert!(logprob_objects(&plain.body).is_empty());
+
+    // Legacy completions: tokens, token_logprobs, top_logprobs (maps), text_offset.
+    for stream in [false, true] {
+        let mut req = chat("x", json!({}));
+        req.endpoint = Endpoint::Completions;
+        req.stream = stream;
+        req.body = json!({"model": "SmolLM2-135M-Instruct", "prompt": "The capital of France is",
+            "max_tokens": 6, "temperature": 0, "logprobs": 3, "stream": stream})
+        .as_object()
+        .unwrap()
+        .clone();
+        let a = run(e, req).await;
+        let objs = logprob_objects(&a.body);
+        let tokens: Vec<String> = objs
+            .iter()
+            .flat_map(|o| o["tokens"].as_array().unwrap().clone())
+            .map(|t| t.as_str().unwrap().to_owned())
+            .collect();
+        let lps: Vec<f64> = objs
+            .iter()
+            .flat_map(|o| o["token_logprobs"].as_array().unwrap().clone())
+            .map(|t| t.as_f64().unwrap())
+            .collect();
+        let offsets: Vec<u64> = objs
+            .iter()
+            .flat_map(|o| o["text_offset"].as_array().unwrap().clone())
+            .map(|t| t.as_u64().unwrap())
+            .collect();
+        assert_eq!(tokens.len() as u64, a.usage.completion_tokens);
+        assert_eq!(tokens.concat(), a.text);
+        assert_eq!(lps.len(), tokens.len());
+        assert!(lps.iter().all(|&l| l <= 0.0));
+        assert_eq!(offsets[0], 0);
+        for (i, t) in tokens.iter().enumerate().skip(1) {
+            assert_eq!(
+                offsets[i],
+                offsets[i - 1] + tokens[i - 1].chars().count() as u64,
+                "{t:?}"
+            );
+        }
+        for o in &objs {
+            for m in o["top_logprobs"].as_array().unwrap() {
+                let mut top: Vec<f64> = m
+                    .as_object()
+                    .unwrap()
+                    .values()
+                    .map(|v| v.as_f64().unwrap())
+                    .collect();
+                top.sort_by(|a, b| b.total_cmp(a));
+                assert!(!top.is_empty() && top.len() <= 3);
+                check_top(&top, top.len());
+            }
+        }
     }
 }
 

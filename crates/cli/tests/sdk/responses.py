@@ -94,6 +94,7 @@ for param, extra in refusals:
 m = client.models.retrieve(model).to_dict()
 caps = m["capabilities"]
 assert caps["chat"] is True and caps["completions"] is True, m
-for k in ("embeddings", "tools", "json_schema", "vision", "logprobs"):
+assert caps["logprobs"] is True, m
+for k in ("embeddings", "tools", "json_schema", "vision"):
     assert caps[k] is False, (k, m)
 print("responses", r.status, final.status, helper[-1], len(deltas), "deltas")

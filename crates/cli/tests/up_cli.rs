@@ -362,7 +362,7 @@ fn up_runs_the_whole_network_and_resumes_it() {
 /// Issue 21 §4 on `cocoon up`: the official openai SDK (`COCOON_OPENAI_PYTHON`) calls
 /// `client.responses.create` whole and streamed and its stream helper, is refused a stored
 /// response with a 400 naming `store`, and reads the model's `capabilities` (the embedded
-/// engine's: chat, completions and logprobs, none of the rest).
+/// engine's: chat, completions, logprobs and json_schema, none of the rest).
 fn responses_through_the_sdk(api: &str, model: &str) {
     let Some(python) = std::env::var_os("COCOON_OPENAI_PYTHON") else {
         assert!(
@@ -1309,10 +1309,11 @@ fn openai_errors_are_400s_with_param_and_billed_nothing() {
                 Some("invalid_value"),
             ),
             (
-                json!({"response_format": {"type": "json_object"}}),
+                json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x",
+                    "schema": {"type": "string", "format": "email"}}}}),
                 user("Hi"),
                 "response_format",
-                Some("unsupported_parameter"),
+                Some("unsupported_value"),
             ),
             (
                 json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}),

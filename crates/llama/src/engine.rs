@@ -9,6 +9,7 @@
 //!
 //! A request whose receiver is dropped is cancelled at the next step and its KV cells freed.
 
+use crate::grammar::{self, Format};
 use crate::output::{AnswerWriter, StopScanner, TokenLogprob, Utf8Buf};
 use crate::template::{ChatTemplate, messages_from_json};
 use cocoon_engine::{
@@ -153,6 +154,8 @@ struct Sampling {
     seed: u32,
     /// Report each token's log-probability and this many alternatives.
     logprobs: Option<usize>,
+    /// The grammar the answer follows (`response_format`), root rule `root`.
+    grammar: Option<String>,
 }
 
 struct Job {
@@ -353,12 +356,6 @@ fn prepare(
                 .is_some_and(|n| n > 1),
         ),
         ("echo", body.get("echo") == Some(&Value::Bool(true))),
-        (
-            "response_format",
-            body.get("response_format")
-                .and_then(|r| r.get("type"))
-                .is_some_and(|t| t != "text"),
-        ),
     ] {
         if unsupported {
             return Err(EngineError::invalid(
@@ -419,6 +416,25 @@ fn prepare(
         _ => Vec::new(),
     };
     let logit_bias = logit_bias(body, shared.model.n_vocab())?;
+    let refuse_format = |why: String| {
+        EngineError::invalid(
+            "response_format",
+            "unsupported_value",
+            format!("Invalid response_format for the model {model_name}: {why}."),
+        )
+    };
+    let grammar = match grammar::response_format(body.get("response_format")) {
+        Ok(Format::Text) => None,
+        Ok(Format::Grammar(g)) => {
+            // Compiled here once so that a grammar llama.cpp refuses is the caller's 400, not
+            // a failure on the decoding thread.
+            LlamaSampler::grammar(&shared.model, &g, "root").map_err(|e| {
+                refuse_format(format!("the schema's grammar does not compile ({e})"))
+            })?;
+            Some(g)
+        }
+        Err(why) => return Err(refuse_format(why)),
+    };
     let sampling = Sampling {
         temperature: f32_field(body, "temperature", 1.0),
         top_p: f32_field(body, "top_p", 1.0),
@@ -427,6 +443,7 @@ fn prepare(
         penalty_window: max_tokens.min(i32::MAX as u32) as i32,
         logit_bias,
         logprobs: logprobs(req.endpoint, body),
+        grammar,
         seed: body
             .get("seed")
             .and_then(Value::as_i64)
@@ -652,7 +669,7 @@ impl Engine for LlamaEngine {
                 completions: Some(true),
                 embeddings: Some(false),
                 tools: Some(false),
-                json_schema: Some(false),
+                json_schema: Some(true),
                 vision: Some(false),
                 logprobs: Some(true),
             },
@@ -733,8 +750,13 @@ impl<'m> Scheduler<'m> {
         }
     }
 
-    fn sampler(&self, s: &Sampling) -> LlamaSampler {
-        let mut chain = self.shaping(s);
+    fn sampler(&self, s: &Sampling) -> Result<LlamaSampler, String> {
+        let mut chain = Vec::new();
+        if let Some(g) = &s.grammar {
+            // First, so that nothing after it can lift a token the grammar excludes.
+            chain.push(LlamaSampler::grammar(self.model, g, "root").map_err(|e| e.to_string())?);
+        }
+        chain.extend(self.shaping(s));
         if s.temperature <= 0.0 {
             chain.push(LlamaSampler::greedy());
         } else {
@@ -744,7 +766,7 @@ impl<'m> Scheduler<'m> {
             chain.push(LlamaSampler::temp(s.temperature));
             chain.push(LlamaSampler::dist(s.seed));
         }
-        LlamaSampler::chain_simple(chain)
+        Ok(LlamaSampler::chain_simple(chain))
     }
 
     /// What changes the logits before the choice: penalties, then `logit_bias`.
@@ -818,7 +840,17 @@ impl<'m> Scheduler<'m> {
         let Some(i) = self.slots.iter().position(Option::is_none) else {
             return;
         };
-        let sampler = self.sampler(&job.sampling);
+        let sampler = match self.sampler(&job.sampling) {
+            Ok(s) => s,
+            Err(e) => {
+                let usage = Usage::new(job.prompt.len() as u64, 0);
+                let _ = job.out.try_send(BodyEvent::Failed {
+                    error: EngineError::Unsupported(format!("grammar: {e}")),
+                    usage,
+                });
+                return;
+            }
+        };
         let shaping = job
             .sampling
             .logprobs

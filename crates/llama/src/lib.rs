@@ -2,10 +2,12 @@
 //!
 //! It lives in its own crate because llama.cpp takes minutes to compile; nothing else in the
 //! workspace depends on it except the binary. See [`engine`] for the scheduler, [`template`] for
-//! chat templates and [`output`] for the OpenAI answer format.
+//! chat templates, [`output`] for the OpenAI answer format and [`grammar`] for
+//! `response_format`.
 #![forbid(unsafe_code)]
 
 pub mod engine;
+pub mod grammar;
 pub mod output;
 pub mod template;
 

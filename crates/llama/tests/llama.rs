@@ -262,7 +262,6 @@ async fn refusals_are_typed_errors() {
             json!([{"type": "function", "function": {"name": "f"}}]),
         ),
         ("n", json!(2)),
-        ("response_format", json!({"type": "json_object"})),
     ] {
         let a = invalid(e.submit(chat("x", json!({field: v}))).await.unwrap_err());
         assert_eq!(a.param.as_deref(), Some(field), "{a}");
@@ -372,6 +371,86 @@ async fn logit_bias_and_penalties_change_the_answer_deterministically() {
         let c = run(e, chat(count, x)).await;
         assert_eq!(b.text, c.text, "{p}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_format_constrains_the_answer_to_json_and_the_schema() {
+    let Some(e) = engine() else { return };
+    let q = "Describe a cat as JSON: its name, its age, whether it lives indoors, its colors.";
+    let body_of = |a: &Answer| -> Value {
+        let text = a.text.trim();
+        serde_json::from_str(text).unwrap_or_else(|err| panic!("{err}: {text:?}"))
+    };
+    let finish = |a: &Answer| -> Value {
+        let v: Value = serde_json::from_slice(&a.body).unwrap();
+        v["choices"][0]["finish_reason"].clone()
+    };
+    // The small model rambles inside free-form JSON; a short, directive question ends.
+    let a = run(
+        e,
+        chat(
+            "What is the capital of France? Reply as JSON with the key \"capital\".",
+            json!({"response_format": {"type": "json_object"}, "max_tokens": 200}),
+        ),
+    )
+    .await;
+    assert!(body_of(&a).is_object(), "{:?}", a.text);
+    assert_eq!(finish(&a), "stop");
+
+    let schema = json!({"type": "object", "properties": {
+        "name": {"type": "string", "maxLength": 20},
+        "age": {"type": "integer"},
+        "indoor": {"type": "boolean"},
+        "colors": {"type": "array", "items": {"type": "string", "enum": ["black", "white", "orange"]},
+            "minItems": 1, "maxItems": 3},
+        "owner": {"type": ["string", "null"]},
+    }, "required": ["name", "age", "indoor", "colors", "owner"], "additionalProperties": false});
+    let rf = json!({"response_format": {"type": "json_schema",
+        "json_schema": {"name": "cat", "strict": true, "schema": schema}}, "max_tokens": 200});
+    let whole = run(e, chat(q, rf.clone())).await;
+    let v = body_of(&whole);
+    assert_eq!(finish(&whole), "stop", "{:?}", whole.text);
+    let o = v.as_object().unwrap();
+    let keys: Vec<&str> = o.keys().map(String::as_str).collect();
+    let mut want = vec!["name", "age", "indoor", "colors", "owner"];
+    want.sort_unstable();
+    let mut got = keys.clone();
+    got.sort_unstable();
+    assert_eq!(got, want, "{v}");
+    assert!(v["name"].is_string(), "{v}");
+    assert!(v["age"].is_i64() || v["age"].is_u64(), "{v}");
+    assert!(v["indoor"].is_boolean(), "{v}");
+    assert!(v["owner"].is_string() || v["owner"].is_null(), "{v}");
+    let colors = v["colors"].as_array().unwrap();
+    assert!((1..=3).contains(&colors.len()), "{v}");
+    assert!(v["name"].as_str().unwrap().chars().count() <= 20, "{v}");
+    for c in colors {
+        assert!(
+            ["black", "white", "orange"].contains(&c.as_str().unwrap()),
+            "{v}"
+        );
+    }
+    let mut s = rf.clone();
+    s["stream"] = json!(true);
+    let streamed = run(e, chat(q, s)).await;
+    assert_eq!(streamed.text, whole.text);
+    assert_eq!(streamed.usage, whole.usage);
+
+    // Schema features that are not converted are refused by name, before any work.
+    let a = match e
+        .submit(chat(
+            q,
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x",
+                "schema": {"type": "string", "pattern": "^a+$"}}}}),
+        ))
+        .await
+    {
+        Err(EngineError::Invalid(a)) => a,
+        other => panic!("not refused: {:?}", other.err()),
+    };
+    assert_eq!(a.param.as_deref(), Some("response_format"));
+    assert_eq!(a.code, Some("unsupported_value"));
+    assert!(a.message.contains("\"pattern\""), "{a}");
 }
 
 /// The `logprobs` objects of an answer's first choice: one for a whole answer, one per

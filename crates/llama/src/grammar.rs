@@ -10,6 +10,10 @@ use std::fmt::Write as _;
 
 /// Deepest schema nesting converted.
 const MAX_DEPTH: usize = 32;
+/// Most alternatives (`anyOf` branches, listed types) multiplied along one path: llama.cpp
+/// follows every branch that still matches at once, so overlapping alternatives nested deep
+/// would multiply its work per token.
+const MAX_FANOUT: usize = 64;
 /// Most grammar rules one schema may produce.
 const MAX_RULES: usize = 4096;
 
@@ -91,7 +95,10 @@ pub fn response_format(v: Option<&Value>) -> Result<Format, String> {
 
 /// The grammar of a schema's instances.
 pub fn schema_grammar(schema: &Value) -> Result<String, String> {
-    let mut c = Converter { rules: Vec::new() };
+    let mut c = Converter {
+        rules: Vec::new(),
+        fanout: 1,
+    };
     let root = c.expr(schema, 0, "root")?;
     let mut out = format!("root ::= {root}\n");
     for (name, body) in &c.rules {
@@ -103,6 +110,8 @@ pub fn schema_grammar(schema: &Value) -> Result<String, String> {
 
 struct Converter {
     rules: Vec<(String, String)>,
+    /// The product of the alternatives on the path being converted.
+    fanout: usize,
 }
 
 /// A JSON literal as a GBNF string literal.
@@ -124,6 +133,18 @@ fn literal(v: &Value) -> String {
 }
 
 impl Converter {
+    /// Enters `n` alternatives; returns the fanout to restore after them.
+    fn branch(&mut self, n: usize) -> Result<usize, String> {
+        let before = self.fanout;
+        self.fanout = before.saturating_mul(n);
+        if self.fanout > MAX_FANOUT {
+            return Err(format!(
+                "the schema nests more than {MAX_FANOUT} alternatives (anyOf, lists of types)"
+            ));
+        }
+        Ok(before)
+    }
+
     fn rule(&mut self, hint: &str, body: String) -> Result<String, String> {
         if self.rules.len() >= MAX_RULES {
             return Err(format!("the schema is too large (over {MAX_RULES} rules)"));
@@ -182,10 +203,12 @@ impl Converter {
             let Some(items) = any.as_array().filter(|a| !a.is_empty()) else {
                 return Err("anyOf must be a non-empty array".into());
             };
+            let before = self.branch(items.len())?;
             let mut alts = Vec::new();
             for (i, sub) in items.iter().enumerate() {
                 alts.push(self.expr(sub, depth + 1, &format!("{hint}-{i}"))?);
             }
+            self.fanout = before;
             return Ok(format!("({})", alts.join(" | ")));
         }
         match s.get("type") {
@@ -200,11 +223,13 @@ impl Converter {
             }
             Some(Value::String(t)) => self.typed(t, s, depth, hint),
             Some(Value::Array(ts)) if !ts.is_empty() => {
+                let before = self.branch(ts.len())?;
                 let mut alts = Vec::new();
                 for t in ts {
                     let t = t.as_str().ok_or("type must be a string or strings")?;
                     alts.push(self.typed(t, s, depth, hint)?);
                 }
+                self.fanout = before;
                 Ok(format!("({})", alts.join(" | ")))
             }
             Some(_) => Err("type must be a string or a non-empty array of strings".into()),
@@ -393,5 +418,10 @@ mod tests {
             deep = json!({"type": "array", "items": deep});
         }
         assert!(schema_grammar(&deep).unwrap_err().contains("deeper"));
+        let mut wide = json!({"type": "string"});
+        for _ in 0..7 {
+            wide = json!({"anyOf": [{"type": "array", "items": wide}, {"type": "array", "items": wide}]});
+        }
+        assert!(schema_grammar(&wide).unwrap_err().contains("alternatives"));
     }
 }

@@ -295,7 +295,8 @@ impl Converter {
         self.rule(hint, format!("\"[\" ws {body} \"]\""))
     }
 
-    /// The declared properties, in the schema's order; required ones always, optional ones
+    /// The declared properties, in the order the map holds them (alphabetical: the request
+    /// body is parsed without key order); required ones always, optional ones
     /// maybe. Keys the schema does not declare are not generated (a valid instance whether
     /// or not `additionalProperties` allows more).
     fn object(

@@ -1301,7 +1301,7 @@ fn openai_errors_are_400s_with_param_and_billed_nothing() {
         ]);
         // (extra fields, messages, param, code)
         let cases: Vec<(serde_json::Value, serde_json::Value, &str, Option<&str>)> = vec![
-            (json!({"n": 2}), user("Hi"), "n", Some("unsupported_parameter")),
+            (json!({"n": 100}), user("Hi"), "n", Some("invalid_value")),
             (
                 json!({"logit_bias": {"4000000": 1}}),
                 user("Hi"),

@@ -7,6 +7,11 @@
 //! long prompt), then as much prompt prefill as the batch has room for. One `decode` serves all
 //! sequences; each sequence samples from its own logits with its own sampler and seed.
 //!
+//! A request for `n` choices takes `n` sequences at once (it waits, and holds back later
+//! requests, until that many are free): the first prefills the prompt, and when its last
+//! prompt token is decoded the others copy its KV cells and sample from the same logits, each
+//! with its own seed, so the prompt is decoded and counted once.
+//!
 //! A request whose receiver is dropped is cancelled at the next step and its KV cells freed.
 
 use crate::grammar::{self, Format};
@@ -28,8 +33,10 @@ use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use llama_cpp_2::token::logit_bias::LlamaLogitBias;
 use serde_json::Value;
+use std::cell::RefCell;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, mpsc as std_mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -158,7 +165,10 @@ struct Sampling {
     grammar: Option<String>,
 }
 
+#[derive(Clone)]
 struct Job {
+    /// Choices (`n`): sequences that share the prompt's KV cells.
+    n: u32,
     endpoint: Endpoint,
     stream: bool,
     id: String,
@@ -331,9 +341,22 @@ fn prepare(
     shared: &Shared,
     model_name: String,
     context_length: Option<u32>,
+    slots: u32,
     req: EngineRequest,
 ) -> Result<(Job, mpsc::Receiver<BodyEvent>), EngineError> {
     let body = &req.body;
+    let n = body.get("n").and_then(Value::as_u64).unwrap_or(1).max(1);
+    if n > u64::from(slots) {
+        return Err(EngineError::invalid(
+            "n",
+            "invalid_value",
+            format!(
+                "n is {n}; the model {model_name} serves at most {slots} choices per request \
+                 (the sequences its engine decodes together)."
+            ),
+        ));
+    }
+    let n = n as u32;
     for (field, unsupported) in [
         (
             "tools",
@@ -344,10 +367,6 @@ fn prepare(
             "tool_choice",
             body.get("tool_choice")
                 .is_some_and(|v| !v.is_null() && v != "none" && v != "auto"),
-        ),
-        (
-            "n",
-            body.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1),
         ),
         (
             "best_of",
@@ -456,8 +475,11 @@ fn prepare(
         Endpoint::ChatCompletions => "chatcmpl",
         Endpoint::Completions => "cmpl",
     };
-    let (tx, rx) = mpsc::channel(max_tokens as usize + 8);
+    // Every token of every choice may be its own chunk, and each choice has a role and a
+    // finish chunk.
+    let (tx, rx) = mpsc::channel((max_tokens as usize + 4).saturating_mul(n as usize) + 8);
     let job = Job {
+        n,
         endpoint: req.endpoint,
         stream: req.stream,
         id: format!(
@@ -611,14 +633,16 @@ impl Engine for LlamaEngine {
             }
             let stream = req.stream;
             // Rendering and tokenizing a long prompt takes milliseconds: keep it off the runtime.
-            let (shared, name, ctx) = (
+            let (shared, name, ctx, slots) = (
                 self.shared.clone(),
                 self.cfg.model_name.clone(),
                 self.context_length,
+                self.cfg.slots,
             );
-            let (job, rx) = tokio::task::spawn_blocking(move || prepare(&shared, name, ctx, req))
-                .await
-                .map_err(|e| EngineError::Unreachable(format!("prepare task: {e}")))??;
+            let (job, rx) =
+                tokio::task::spawn_blocking(move || prepare(&shared, name, ctx, slots, req))
+                    .await
+                    .map_err(|e| EngineError::Unreachable(format!("prepare task: {e}")))??;
             self.jobs.try_send(job).map_err(|e| match e {
                 std_mpsc::TrySendError::Full(_) => EngineError::Busy(format!(
                     "{} requests are already waiting for a free slot",
@@ -692,14 +716,34 @@ struct Slot {
     generated: u32,
     utf8: Utf8Buf,
     stop: StopScanner,
+    /// Which choice of its request this sequence answers.
+    choice: usize,
+    /// The prompt's last token is in this step's batch.
+    prompt_done: bool,
+    /// A choice after the first: waits for the first one's prompt, then copies its cells.
+    follows: Option<i32>,
+    group: Rc<RefCell<Group>>,
+}
+
+/// What the choices of one request share: the answer being written and the usage.
+struct Group {
     writer: AnswerWriter,
+    /// Choices still generating.
+    live: u32,
+    /// Completion tokens over all choices.
+    generated: u64,
+    prompt: u64,
+    /// An error was sent: nothing more goes out.
+    failed: bool,
+}
+
+impl Group {
+    fn usage(&self) -> Usage {
+        Usage::new(self.prompt, self.generated)
+    }
 }
 
 impl Slot {
-    fn usage(&self) -> Usage {
-        Usage::new(self.job.prompt.len() as u64, u64::from(self.generated))
-    }
-
     /// Sends an event; false when the caller went away.
     fn send(&self, ev: BodyEvent) -> bool {
         self.job.out.try_send(ev).is_ok()
@@ -712,6 +756,8 @@ struct Scheduler<'m> {
     slots: Vec<Option<Slot>>,
     batch: LlamaBatch<'static>,
     batch_tokens: usize,
+    /// A request with more choices than free slots: placed first once they free up.
+    waiting: Option<Job>,
 }
 
 enum Outcome {
@@ -728,22 +774,39 @@ impl<'m> Scheduler<'m> {
             slots: (0..cfg.slots).map(|_| None).collect(),
             batch: LlamaBatch::new(cfg.batch_tokens as usize, cfg.slots as i32),
             batch_tokens: cfg.batch_tokens as usize,
+            waiting: None,
         }
+    }
+
+    fn free_slots(&self) -> usize {
+        self.slots.iter().filter(|s| s.is_none()).count()
     }
 
     fn run(mut self, jobs: std_mpsc::Receiver<Job>) {
         loop {
-            if self.slots.iter().all(Option::is_none) {
+            if self.waiting.is_none() && self.slots.iter().all(Option::is_none) {
                 match jobs.recv() {
-                    Ok(job) => self.place(job),
+                    Ok(job) => self.waiting = Some(job),
                     Err(_) => return,
                 }
             }
-            while self.slots.iter().any(Option::is_none) {
-                match jobs.try_recv() {
-                    Ok(job) => self.place(job),
-                    Err(_) => break,
+            // In arrival order: a request waiting for several slots holds back later ones.
+            loop {
+                let job = match self.waiting.take() {
+                    Some(job) => job,
+                    None => match jobs.try_recv() {
+                        Ok(job) => job,
+                        Err(_) => break,
+                    },
+                };
+                if job.out.is_closed() {
+                    continue;
                 }
+                if (job.n as usize) > self.free_slots() {
+                    self.waiting = Some(job);
+                    break;
+                }
+                self.place(job);
             }
             self.housekeeping();
             self.step();
@@ -836,25 +899,8 @@ impl<'m> Scheduler<'m> {
         }
     }
 
+    /// Puts a request's choices into free slots (the caller checked there are enough).
     fn place(&mut self, job: Job) {
-        let Some(i) = self.slots.iter().position(Option::is_none) else {
-            return;
-        };
-        let sampler = match self.sampler(&job.sampling) {
-            Ok(s) => s,
-            Err(e) => {
-                let usage = Usage::new(job.prompt.len() as u64, 0);
-                let _ = job.out.try_send(BodyEvent::Failed {
-                    error: EngineError::Unsupported(format!("grammar: {e}")),
-                    usage,
-                });
-                return;
-            }
-        };
-        let shaping = job
-            .sampling
-            .logprobs
-            .map(|_| LlamaSampler::chain_simple(self.shaping(&job.sampling)));
         let writer = AnswerWriter::new(
             job.endpoint,
             job.stream,
@@ -862,23 +908,75 @@ impl<'m> Scheduler<'m> {
             job.created,
             job.model.clone(),
         )
+        .with_choices(job.n as usize)
         .with_logprobs(job.sampling.logprobs.is_some());
-        let seq = i as i32;
-        let _ = self.ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
-        self.slots[i] = Some(Slot {
-            seq,
-            stop: StopScanner::new(job.stops.clone()),
-            job,
-            sampler,
-            shaping,
-            fed: 0,
-            pos: 0,
-            next_input: None,
-            batch_idx: None,
-            generated: 0,
-            utf8: Utf8Buf::default(),
+        let group = Rc::new(RefCell::new(Group {
             writer,
-        });
+            live: job.n,
+            generated: 0,
+            prompt: job.prompt.len() as u64,
+            failed: false,
+        }));
+        let mut first_seq = None;
+        for choice in 0..job.n {
+            let Some(i) = self.slots.iter().position(Option::is_none) else {
+                return;
+            };
+            let mut sampling = job.sampling.clone();
+            // Each choice draws its own tokens; a seed still makes the whole answer
+            // reproducible.
+            sampling.seed = sampling.seed.wrapping_add(choice);
+            let sampler = match self.sampler(&sampling) {
+                Ok(s) => s,
+                Err(e) => {
+                    let usage = Usage::new(job.prompt.len() as u64, 0);
+                    let _ = job.out.try_send(BodyEvent::Failed {
+                        error: EngineError::Unsupported(format!("grammar: {e}")),
+                        usage,
+                    });
+                    for k in 0..self.slots.len() {
+                        if self.slots[k]
+                            .as_ref()
+                            .is_some_and(|s| Rc::ptr_eq(&s.group, &group))
+                        {
+                            self.free(k);
+                        }
+                    }
+                    return;
+                }
+            };
+            let shaping = sampling
+                .logprobs
+                .map(|_| LlamaSampler::chain_simple(self.shaping(&sampling)));
+            let seq = i as i32;
+            let _ = self.ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
+            let follows = first_seq;
+            first_seq.get_or_insert(seq);
+            let mut job = job.clone();
+            job.sampling = sampling;
+            self.slots[i] = Some(Slot {
+                seq,
+                stop: StopScanner::new(job.stops.clone()),
+                // A later choice feeds no prompt of its own: it copies the first one's cells.
+                fed: if follows.is_some() {
+                    job.prompt.len()
+                } else {
+                    0
+                },
+                job,
+                sampler,
+                shaping,
+                pos: 0,
+                next_input: None,
+                batch_idx: None,
+                generated: 0,
+                utf8: Utf8Buf::default(),
+                choice: choice as usize,
+                prompt_done: false,
+                follows,
+                group: group.clone(),
+            });
+        }
     }
 
     fn free(&mut self, i: usize) {
@@ -887,10 +985,16 @@ impl<'m> Scheduler<'m> {
         }
     }
 
+    /// Fails a request (once, whichever of its choices failed) and frees this choice's slot;
+    /// the other choices are freed as they come up (their group has failed).
     fn fail(&mut self, i: usize, error: EngineError) {
         if let Some(s) = &self.slots[i] {
-            let usage = s.usage();
-            s.send(BodyEvent::Failed { error, usage });
+            let mut g = s.group.borrow_mut();
+            if !g.failed {
+                g.failed = true;
+                let usage = g.usage();
+                s.send(BodyEvent::Failed { error, usage });
+            }
         }
         self.free(i);
     }
@@ -899,7 +1003,9 @@ impl<'m> Scheduler<'m> {
         let now = Instant::now();
         for i in 0..self.slots.len() {
             let Some(s) = &self.slots[i] else { continue };
-            if s.job.out.is_closed() {
+            if s.group.borrow().failed {
+                self.free(i);
+            } else if s.job.out.is_closed() {
                 tracing::debug!(seq = s.seq, "request cancelled by the caller");
                 self.free(i);
             } else if now >= s.job.deadline {
@@ -915,6 +1021,7 @@ impl<'m> Scheduler<'m> {
         // Generating sequences first: one token each.
         for s in self.slots.iter_mut().flatten() {
             s.batch_idx = None;
+            s.prompt_done = false;
             if let Some(t) = s.next_input.take() {
                 if budget == 0 || self.batch.add(t, s.pos, &[s.seq], true).is_err() {
                     s.next_input = Some(t);
@@ -938,6 +1045,7 @@ impl<'m> Scheduler<'m> {
                 }
                 if last {
                     s.batch_idx = Some(self.batch.n_tokens() - 1);
+                    s.prompt_done = true;
                 }
                 s.fed += 1;
                 s.pos += 1;
@@ -955,6 +1063,33 @@ impl<'m> Scheduler<'m> {
                 }
             }
             return;
+        }
+        // Prompts just finished: their later choices copy the cells and sample from the
+        // same logits.
+        let done: Vec<(i32, i32, i32)> = self
+            .slots
+            .iter()
+            .flatten()
+            .filter(|s| s.prompt_done && s.follows.is_none())
+            .filter_map(|s| s.batch_idx.map(|idx| (s.seq, idx, s.pos)))
+            .collect();
+        for (first, idx, pos) in done {
+            for k in 0..self.slots.len() {
+                let Some(s) = &self.slots[k] else { continue };
+                if s.follows != Some(first) {
+                    continue;
+                }
+                let seq = s.seq;
+                if let Err(e) = self.ctx.copy_kv_cache_seq(first, seq, None, None) {
+                    self.fail(k, EngineError::Busy(format!("KV cache copy failed: {e}")));
+                    continue;
+                }
+                if let Some(s) = &mut self.slots[k] {
+                    s.follows = None;
+                    s.pos = pos;
+                    s.batch_idx = Some(idx);
+                }
+            }
         }
         for i in 0..self.slots.len() {
             let outcome = match &mut self.slots[i] {
@@ -985,23 +1120,31 @@ impl<'m> Scheduler<'m> {
                         if reason != "stop_string" {
                             tail = s.stop.push(&tail).0 + &s.stop.finish();
                         }
+                        let mut g = s.group.borrow_mut();
                         if !tail.is_empty()
-                            && let Some(b) = s.writer.delta(&tail)
+                            && let Some(b) = g.writer.delta_at(s.choice, &tail)
                         {
                             s.send(BodyEvent::Data(b));
                         }
-                        let usage = s.usage();
                         let r = if reason == "stop_string" {
                             "stop"
                         } else {
                             reason
                         };
-                        let bytes = s.writer.finish(r, usage);
-                        s.send(BodyEvent::Data(bytes));
-                        s.send(BodyEvent::End {
-                            usage,
-                            counted_locally: false,
-                        });
+                        let bytes = g.writer.finish_choice(s.choice, r);
+                        if !bytes.is_empty() {
+                            s.send(BodyEvent::Data(bytes));
+                        }
+                        g.live = g.live.saturating_sub(1);
+                        if g.live == 0 {
+                            let usage = g.usage();
+                            let bytes = g.writer.done(usage);
+                            s.send(BodyEvent::Data(bytes));
+                            s.send(BodyEvent::End {
+                                usage,
+                                counted_locally: false,
+                            });
+                        }
                     }
                     self.free(i);
                 }
@@ -1020,18 +1163,21 @@ impl<'m> Scheduler<'m> {
             return Outcome::Finished("stop");
         }
         s.generated += 1;
+        let mut g = s.group.borrow_mut();
+        g.generated += 1;
         if let Some(e) = logprob {
-            s.writer.logprob(e);
+            g.writer.logprob_at(s.choice, e);
         }
         let piece = vocab.token_to_piece(tok, false, None);
         let text = s.utf8.push(&piece);
         let (emit, stopped) = s.stop.push(&text);
         if !emit.is_empty()
-            && let Some(b) = s.writer.delta(&emit)
+            && let Some(b) = g.writer.delta_at(s.choice, &emit)
             && !s.send(BodyEvent::Data(b))
         {
             return Outcome::Gone;
         }
+        drop(g);
         if stopped {
             return Outcome::Finished("stop_string");
         }

@@ -128,7 +128,18 @@ impl StopScanner {
     }
 }
 
-/// Produces the answer body for one request.
+/// One choice's state in an answer.
+#[derive(Debug, Default)]
+struct ChoiceState {
+    text: String,
+    started: bool,
+    pending: Vec<TokenLogprob>,
+    /// Characters that logprob entries covered so far (legacy `text_offset`).
+    offset: usize,
+    finish: Option<String>,
+}
+
+/// Produces the answer body for one request (one or `n` choices).
 #[derive(Debug)]
 pub struct AnswerWriter {
     endpoint: Endpoint,
@@ -136,16 +147,12 @@ pub struct AnswerWriter {
     id: String,
     created: u64,
     model: String,
-    text: String,
-    started: bool,
     logprobs: bool,
-    pending: Vec<TokenLogprob>,
-    /// Characters of the answer so far that logprob entries covered (legacy `text_offset`).
-    offset: usize,
+    choices: Vec<ChoiceState>,
 }
 
 impl AnswerWriter {
-    /// A writer for one answer.
+    /// A writer for one answer with one choice.
     pub fn new(endpoint: Endpoint, stream: bool, id: String, created: u64, model: String) -> Self {
         AnswerWriter {
             endpoint,
@@ -153,12 +160,15 @@ impl AnswerWriter {
             id,
             created,
             model,
-            text: String::new(),
-            started: false,
             logprobs: false,
-            pending: Vec::new(),
-            offset: 0,
+            choices: vec![ChoiceState::default()],
         }
+    }
+
+    /// The answer has `n` choices (at least one), indexed from 0.
+    pub fn with_choices(mut self, n: usize) -> Self {
+        self.choices.resize_with(n.max(1), ChoiceState::default);
+        self
     }
 
     /// Answers carry `logprobs` (chat's or the legacy shape, by endpoint) for the tokens
@@ -168,21 +178,31 @@ impl AnswerWriter {
         self
     }
 
-    /// Records one generated token's log-probabilities: sent with the next chunk when
-    /// streaming, in the answer at the end otherwise.
+    /// Records one generated token's log-probabilities for choice 0.
     pub fn logprob(&mut self, entry: TokenLogprob) {
-        if self.logprobs {
-            self.pending.push(entry);
+        self.logprob_at(0, entry);
+    }
+
+    /// Records one generated token's log-probabilities for a choice: sent with that choice's
+    /// next chunk when streaming, in the answer at the end otherwise.
+    pub fn logprob_at(&mut self, choice: usize, entry: TokenLogprob) {
+        if self.logprobs
+            && let Some(c) = self.choices.get_mut(choice)
+        {
+            c.pending.push(entry);
         }
     }
 
-    /// The `logprobs` object for the pending entries (drained), in the endpoint's shape.
-    fn take_logprobs(&mut self) -> Option<Value> {
+    /// The `logprobs` object for a choice's pending entries (drained), in the endpoint's
+    /// shape.
+    fn take_logprobs(&mut self, choice: usize) -> Option<Value> {
         if !self.logprobs {
             return None;
         }
-        let entries = std::mem::take(&mut self.pending);
-        Some(match self.endpoint {
+        let endpoint = self.endpoint;
+        let c = self.choices.get_mut(choice)?;
+        let entries = std::mem::take(&mut c.pending);
+        Some(match endpoint {
             Endpoint::ChatCompletions => {
                 let item = |bytes: &[u8], logprob: f32| json!({"token": token_text(bytes), "logprob": lp(logprob), "bytes": bytes});
                 let content: Vec<Value> = entries
@@ -203,8 +223,8 @@ impl AnswerWriter {
             Endpoint::Completions => {
                 let mut offsets = Vec::with_capacity(entries.len());
                 for e in &entries {
-                    offsets.push(self.offset);
-                    self.offset += token_text(&e.bytes).chars().count();
+                    offsets.push(c.offset);
+                    c.offset += token_text(&e.bytes).chars().count();
                 }
                 json!({
                     "tokens": entries.iter().map(|e| token_text(&e.bytes)).collect::<Vec<_>>(),
@@ -224,15 +244,19 @@ impl AnswerWriter {
         })
     }
 
-    /// An answer or chunk as JSON bytes, with `logprobs` set on its first choice when given
-    /// (without them, the struct's own field order).
-    fn encode<T: Serialize>(value: &T, logprobs: Option<Value>) -> Vec<u8> {
-        let Some(lp) = logprobs else {
+    /// An answer or chunk as JSON bytes, with `logprobs` set on its choices where given
+    /// (without any, the struct's own field order).
+    fn encode<T: Serialize>(value: &T, logprobs: Vec<Option<Value>>) -> Vec<u8> {
+        if logprobs.iter().all(Option::is_none) {
             return serde_json::to_vec(value).unwrap_or_default();
-        };
+        }
         let mut v = serde_json::to_value(value).unwrap_or_default();
-        if let Some(choice) = v.get_mut("choices").and_then(|c| c.get_mut(0)) {
-            choice["logprobs"] = lp;
+        for (i, lp) in logprobs.into_iter().enumerate() {
+            if let Some(lp) = lp
+                && let Some(choice) = v.get_mut("choices").and_then(|c| c.get_mut(i))
+            {
+                choice["logprobs"] = lp;
+            }
         }
         serde_json::to_vec(&v).unwrap_or_default()
     }
@@ -258,7 +282,7 @@ impl AnswerWriter {
             choices,
             usage,
         };
-        Self::sse(Self::encode(&chunk, logprobs))
+        Self::sse(Self::encode(&chunk, vec![logprobs]))
     }
 
     fn text_chunk(
@@ -275,20 +299,31 @@ impl AnswerWriter {
             choices,
             usage,
         };
-        Self::sse(Self::encode(&chunk, logprobs))
+        Self::sse(Self::encode(&chunk, vec![logprobs]))
     }
 
-    /// Bytes to send for new text (nothing when not streaming: text is kept for the end).
+    /// Bytes to send for new text of choice 0.
     pub fn delta(&mut self, text: &str) -> Option<Vec<u8>> {
+        self.delta_at(0, text)
+    }
+
+    /// Bytes to send for new text of a choice (nothing when not streaming: text is kept for
+    /// the end).
+    pub fn delta_at(&mut self, choice: usize, text: &str) -> Option<Vec<u8>> {
+        let index = choice as u32;
+        let c = self.choices.get_mut(choice)?;
         if !self.stream {
-            self.text.push_str(text);
+            c.text.push_str(text);
             return None;
         }
+        let first = !c.started;
+        c.started = true;
+        let has_pending = !c.pending.is_empty();
         let mut out = Vec::new();
-        if !self.started && self.endpoint == Endpoint::ChatCompletions {
+        if first && self.endpoint == Endpoint::ChatCompletions {
             out.extend(self.chat_chunk(
                 vec![ChunkChoice {
-                    index: 0,
+                    index,
                     delta: Delta {
                         role: Some("assistant".into()),
                         content: Some(String::new()),
@@ -299,13 +334,12 @@ impl AnswerWriter {
                 None,
             ));
         }
-        self.started = true;
-        if !text.is_empty() || !self.pending.is_empty() {
-            let logprobs = self.take_logprobs();
+        if !text.is_empty() || has_pending {
+            let logprobs = self.take_logprobs(choice);
             out.extend(match self.endpoint {
                 Endpoint::ChatCompletions => self.chat_chunk(
                     vec![ChunkChoice {
-                        index: 0,
+                        index,
                         delta: Delta {
                             role: None,
                             content: Some(text.to_owned()),
@@ -317,7 +351,7 @@ impl AnswerWriter {
                 ),
                 Endpoint::Completions => self.text_chunk(
                     vec![CompletionChoice {
-                        index: 0,
+                        index,
                         text: text.to_owned(),
                         finish_reason: None,
                     }],
@@ -329,76 +363,109 @@ impl AnswerWriter {
         (!out.is_empty()).then_some(out)
     }
 
-    /// The closing bytes: finish chunk, usage chunk and `[DONE]`, or the whole JSON answer.
-    pub fn finish(&mut self, finish_reason: &str, usage: Usage) -> Vec<u8> {
-        let reason = Some(finish_reason.to_owned());
+    /// A choice ended: when streaming, its remaining logprobs and its finish chunk.
+    pub fn finish_choice(&mut self, choice: usize, finish_reason: &str) -> Vec<u8> {
+        let Some(c) = self.choices.get_mut(choice) else {
+            return Vec::new();
+        };
+        c.finish = Some(finish_reason.to_owned());
         if !self.stream {
-            let logprobs = self.take_logprobs();
-            let v = match self.endpoint {
-                Endpoint::ChatCompletions => Self::encode(
-                    &ChatCompletion {
-                        id: self.id.clone(),
-                        object: "chat.completion".into(),
-                        created: self.created,
-                        model: self.model.clone(),
-                        choices: vec![ChatChoice {
-                            index: 0,
+            return Vec::new();
+        }
+        let index = choice as u32;
+        let reason = Some(finish_reason.to_owned());
+        let mut out = self.delta_at(choice, "").unwrap_or_default();
+        out.extend(match self.endpoint {
+            Endpoint::ChatCompletions => self.chat_chunk(
+                vec![ChunkChoice {
+                    index,
+                    delta: Delta::default(),
+                    finish_reason: reason,
+                }],
+                None,
+                None,
+            ),
+            Endpoint::Completions => self.text_chunk(
+                vec![CompletionChoice {
+                    index,
+                    text: String::new(),
+                    finish_reason: reason,
+                }],
+                None,
+                None,
+            ),
+        });
+        out
+    }
+
+    /// The closing bytes once every choice ended: the usage chunk and `[DONE]`, or the
+    /// whole JSON answer.
+    pub fn done(&mut self, usage: Usage) -> Vec<u8> {
+        if self.stream {
+            let mut out = match self.endpoint {
+                Endpoint::ChatCompletions => self.chat_chunk(vec![], Some(usage), None),
+                Endpoint::Completions => self.text_chunk(vec![], Some(usage), None),
+            };
+            out.extend_from_slice(SSE_DONE);
+            return out;
+        }
+        let logprobs: Vec<Option<Value>> = (0..self.choices.len())
+            .map(|i| self.take_logprobs(i))
+            .collect();
+        let texts: Vec<(String, Option<String>)> = self
+            .choices
+            .iter_mut()
+            .map(|c| (std::mem::take(&mut c.text), c.finish.take()))
+            .collect();
+        match self.endpoint {
+            Endpoint::ChatCompletions => Self::encode(
+                &ChatCompletion {
+                    id: self.id.clone(),
+                    object: "chat.completion".into(),
+                    created: self.created,
+                    model: self.model.clone(),
+                    choices: texts
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, (content, finish_reason))| ChatChoice {
+                            index: i as u32,
                             message: AssistantMessage {
                                 role: "assistant".into(),
-                                content: std::mem::take(&mut self.text),
+                                content,
                             },
-                            finish_reason: reason,
-                        }],
-                        usage,
-                    },
-                    logprobs,
-                ),
-                Endpoint::Completions => Self::encode(
-                    &Completion {
-                        id: self.id.clone(),
-                        object: "text_completion".into(),
-                        created: self.created,
-                        model: self.model.clone(),
-                        choices: vec![CompletionChoice {
-                            index: 0,
-                            text: std::mem::take(&mut self.text),
-                            finish_reason: reason,
-                        }],
-                        usage: Some(usage),
-                    },
-                    logprobs,
-                ),
-            };
-            return v;
+                            finish_reason,
+                        })
+                        .collect(),
+                    usage,
+                },
+                logprobs,
+            ),
+            Endpoint::Completions => Self::encode(
+                &Completion {
+                    id: self.id.clone(),
+                    object: "text_completion".into(),
+                    created: self.created,
+                    model: self.model.clone(),
+                    choices: texts
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, (text, finish_reason))| CompletionChoice {
+                            index: i as u32,
+                            text,
+                            finish_reason,
+                        })
+                        .collect(),
+                    usage: Some(usage),
+                },
+                logprobs,
+            ),
         }
-        let mut out = self.delta("").unwrap_or_default();
-        match self.endpoint {
-            Endpoint::ChatCompletions => {
-                out.extend(self.chat_chunk(
-                    vec![ChunkChoice {
-                        index: 0,
-                        delta: Delta::default(),
-                        finish_reason: reason,
-                    }],
-                    None,
-                    None,
-                ));
-                out.extend(self.chat_chunk(vec![], Some(usage), None));
-            }
-            Endpoint::Completions => {
-                out.extend(self.text_chunk(
-                    vec![CompletionChoice {
-                        index: 0,
-                        text: String::new(),
-                        finish_reason: reason,
-                    }],
-                    None,
-                    None,
-                ));
-                out.extend(self.text_chunk(vec![], Some(usage), None));
-            }
-        }
-        out.extend_from_slice(SSE_DONE);
+    }
+
+    /// The closing bytes of a one-choice answer: choice 0's end, then [`AnswerWriter::done`].
+    pub fn finish(&mut self, finish_reason: &str, usage: Usage) -> Vec<u8> {
+        let mut out = self.finish_choice(0, finish_reason);
+        out.extend(self.done(usage));
         out
     }
 }

@@ -256,13 +256,10 @@ async fn refusals_are_typed_errors() {
     assert_eq!(a.code, Some("context_length_exceeded"));
     assert!(a.message.contains(", 1 in the completion"), "{a}");
     // Parameters the embedded engine does not take name the parameter.
-    for (field, v) in [
-        (
-            "tools",
-            json!([{"type": "function", "function": {"name": "f"}}]),
-        ),
-        ("n", json!(2)),
-    ] {
+    for (field, v) in [(
+        "tools",
+        json!([{"type": "function", "function": {"name": "f"}}]),
+    )] {
         let a = invalid(e.submit(chat("x", json!({field: v}))).await.unwrap_err());
         assert_eq!(a.param.as_deref(), Some(field), "{a}");
         assert_eq!(a.code, Some("unsupported_parameter"), "{a}");
@@ -451,6 +448,87 @@ async fn response_format_constrains_the_answer_to_json_and_the_schema() {
     assert_eq!(a.param.as_deref(), Some("response_format"));
     assert_eq!(a.code, Some("unsupported_value"));
     assert!(a.message.contains("\"pattern\""), "{a}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n_choices_share_the_prompt_and_count_it_once() {
+    let Some(e) = engine() else { return };
+    let q = "Write a haiku about the sea.";
+    let one = run(e, chat(q, json!({"max_tokens": 12}))).await;
+    let extra = json!({"n": 3, "temperature": 0.9, "seed": 5, "max_tokens": 12});
+    let whole = run(e, chat(q, extra.clone())).await;
+    let v: Value = serde_json::from_slice(&whole.body).unwrap();
+    let choices = v["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3);
+    let texts: Vec<String> = choices
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            assert_eq!(c["index"], i);
+            assert!(c["finish_reason"].is_string(), "{c}");
+            c["message"]["content"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert!(texts.iter().all(|t| !t.is_empty()), "{texts:?}");
+    assert!(
+        texts[0] != texts[1] || texts[1] != texts[2],
+        "each choice samples its own tokens: {texts:?}"
+    );
+    // The prompt once, every choice's tokens.
+    assert_eq!(whole.usage.prompt_tokens, one.usage.prompt_tokens);
+    let counted: u64 = texts.iter().map(|t| e.token_ids(t).len() as u64).sum();
+    assert!(whole.usage.completion_tokens >= 3, "{:?}", whole.usage);
+    assert!(whole.usage.completion_tokens <= 36, "{:?}", whole.usage);
+    assert!(
+        counted.abs_diff(whole.usage.completion_tokens) <= 6,
+        "{counted} {:?}",
+        whole.usage
+    );
+
+    // Streamed: chunks per index that reassemble into the same choices (same seed).
+    let mut s = extra.clone();
+    s["stream"] = json!(true);
+    let streamed = run(e, chat(q, s)).await;
+    assert_eq!(streamed.usage, whole.usage);
+    let body = String::from_utf8(streamed.body).unwrap();
+    let mut parts = vec![String::new(); 3];
+    let mut finished = [false; 3];
+    for line in body.split("\n\n").filter_map(|l| l.strip_prefix("data: ")) {
+        if line == "[DONE]" {
+            continue;
+        }
+        let chunk: Value = serde_json::from_str(line).unwrap();
+        for c in chunk["choices"].as_array().unwrap() {
+            let i = c["index"].as_u64().unwrap() as usize;
+            if let Some(t) = c["delta"]["content"].as_str() {
+                parts[i].push_str(t);
+            }
+            if c["finish_reason"].is_string() {
+                finished[i] = true;
+            }
+        }
+    }
+    assert_eq!(parts, texts);
+    assert_eq!(finished, [true; 3]);
+
+    // Greedy choices are all the single answer; more choices than slots is a 400 naming n.
+    let g = run(e, chat(q, json!({"n": 2, "max_tokens": 12}))).await;
+    let v: Value = serde_json::from_slice(&g.body).unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], one.text.as_str());
+    assert_eq!(v["choices"][1]["message"]["content"], one.text.as_str());
+    assert_eq!(g.usage.completion_tokens, 2 * one.usage.completion_tokens);
+    let a = match e.submit(chat(q, json!({"n": 5}))).await {
+        Err(EngineError::Invalid(a)) => a,
+        other => panic!("not refused: {:?}", other.err()),
+    };
+    assert_eq!(a.param.as_deref(), Some("n"));
+    assert_eq!(a.code, Some("invalid_value"));
+    // Other requests keep being served while an n request waits for slots.
+    let futs = (0..3).map(|_| run(e, chat(q, json!({"n": 3, "max_tokens": 6}))));
+    for a in futures::future::join_all(futs).await {
+        let v: Value = serde_json::from_slice(&a.body).unwrap();
+        assert_eq!(v["choices"].as_array().unwrap().len(), 3);
+    }
 }
 
 /// The `logprobs` objects of an answer's first choice: one for a whole answer, one per

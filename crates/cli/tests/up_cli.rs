@@ -1263,7 +1263,8 @@ async fn post_chat(api: &str, body: &serde_json::Value) -> (u16, serde_json::Val
 /// default model: a parameter the engine does not take, a prompt or completion over the
 /// context, null content and an image part to the text-only model are 400
 /// `invalid_request_error` with `param` (and `code`), streamed or not, and none is billed;
-/// `/v1/models` shows the worker's context length.
+/// `/v1/models` shows the worker's context length; `n` choices with logprobs under a JSON
+/// `response_format` are answered through the whole path.
 #[test]
 fn openai_errors_are_400s_with_param_and_billed_nothing() {
     if !have_test_model() {
@@ -1360,6 +1361,26 @@ fn openai_errors_are_400s_with_param_and_billed_nothing() {
         let c = common::chat(&api, &model, false).await;
         assert_eq!(c.status, 200, "{}", c.body());
         assert!(totals().0 > before.0);
+        // Issue 21 §1 through the whole path: n choices with logprobs, JSON-constrained,
+        // within the limit the client reserved for n × max_tokens.
+        let body = json!({"model": model, "messages": user("Describe a cat as JSON."), "n": 2,
+            "max_tokens": 24, "logprobs": true, "top_logprobs": 2, "seed": 3, "temperature": 0.8,
+            "response_format": {"type": "json_object"}});
+        let (status, v) = post_chat(&api, &body).await;
+        assert_eq!(status, 200, "{v}");
+        let choices = v["choices"].as_array().unwrap();
+        assert_eq!(choices.len(), 2, "{v}");
+        let mut counted = 0;
+        for (i, c) in choices.iter().enumerate() {
+            assert_eq!(c["index"], i, "{v}");
+            assert!(c["message"]["content"].as_str().unwrap().starts_with('{'), "{v}");
+            let lps = c["logprobs"]["content"].as_array().unwrap();
+            assert!(lps.iter().all(|l| l["logprob"].as_f64().unwrap() <= 0.0), "{v}");
+            counted += lps.len() as u64;
+        }
+        let completion = v["usage"]["completion_tokens"].as_u64().unwrap();
+        assert_eq!(completion, counted, "{v}");
+        assert!(completion <= 48, "{v}");
     });
     let (rc, rest) = up.stop("TERM", Duration::from_secs(60));
     assert_eq!(rc, 0, "{rest:?}");

@@ -331,6 +331,15 @@ impl LlamaEngine {
             .collect()
     }
 
+    /// The bytes of a token id of the model's vocabulary (`None` outside it).
+    pub fn token_bytes(&self, id: u32) -> Option<Vec<u8>> {
+        let vocab = self.shared.model.vocab();
+        let id = i32::try_from(id)
+            .ok()
+            .filter(|&i| i < self.shared.model.n_vocab())?;
+        Some(vocab.token_to_piece(LlamaToken(id), false, None))
+    }
+
     /// Tokens of a rendered prompt, as the engine feeds them.
     pub fn prompt_tokens(&self, prompt: &str) -> usize {
         tokenize_prompt(&self.shared.model, prompt).len()
@@ -454,6 +463,18 @@ fn prepare(
         }
         Err(why) => return Err(refuse_format(why)),
     };
+    let mut logit_bias = logit_bias;
+    if grammar.is_some() {
+        // A grammar sets every token it does not allow to -inf; were bans -inf too, a request
+        // could ban every token the grammar allows, llama.cpp would pick one it does not, and
+        // its grammar would abort the process. Far below any logit but finite, a ban yields
+        // only where nothing else is allowed.
+        for (_, b) in &mut logit_bias {
+            if *b == f32::NEG_INFINITY {
+                *b = -1.0e9;
+            }
+        }
+    }
     let sampling = Sampling {
         temperature: f32_field(body, "temperature", 1.0),
         top_p: f32_field(body, "top_p", 1.0),

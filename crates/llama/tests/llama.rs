@@ -433,6 +433,30 @@ async fn response_format_constrains_the_answer_to_json_and_the_schema() {
     assert_eq!(streamed.text, whole.text);
     assert_eq!(streamed.usage, whole.usage);
 
+    // logit_bias cannot leave the grammar without a token: ban (up to 300) tokens that
+    // start an object; the answer still is one (a ban yields where nothing else is allowed).
+    let opening: Vec<u32> = (0..60_000)
+        .filter(|&id| {
+            e.token_bytes(id)
+                .is_some_and(|b| b.trim_ascii_start().starts_with(b"{"))
+        })
+        .take(300)
+        .collect();
+    assert!(!opening.is_empty());
+    let bias: serde_json::Map<String, Value> = opening
+        .iter()
+        .map(|id| (id.to_string(), json!(-100)))
+        .collect();
+    let a = run(
+        e,
+        chat(
+            "What is the capital of France? Reply as JSON with the key \"capital\".",
+            json!({"response_format": {"type": "json_object"}, "max_tokens": 200, "logit_bias": bias}),
+        ),
+    )
+    .await;
+    assert!(a.text.trim_start().starts_with('{'), "{:?}", a.text);
+
     // Schema features that are not converted are refused by name, before any work.
     let a = match e
         .submit(chat(

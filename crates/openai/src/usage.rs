@@ -455,8 +455,9 @@ impl UsageTracker {
 
     /// Streamed pieces of generated output seen: one per choice per SSE event that carries
     /// text, reasoning or a tool-call fragment. Engines send every generated token at most
-    /// once, so this never exceeds the completion tokens generated: more pieces than a
-    /// request's limit prove the engine went past it.
+    /// once, and may end a choice with one more piece (text held back until the end: a
+    /// stop-string prefix, an unfinished UTF-8 sequence), so more pieces than a request's
+    /// limit plus its choices prove the engine went past it.
     pub fn generated_pieces(&self) -> u64 {
         self.generated
     }

@@ -249,6 +249,8 @@ struct Ctx<'a> {
     head_sent: bool,
     /// Completion tokens (all sequences) the request's body allows, once read.
     limit: Option<u64>,
+    /// Sequences (choices) the body asks for, once read.
+    sequences: u64,
     /// When the engine's answer head arrived (Unix seconds), for the debug output.
     answer_at: Option<f64>,
     /// SHA-256 of the request's HTTP body as received.
@@ -388,6 +390,7 @@ async fn run(cx: &mut Ctx<'_>, cancel: &mut watch::Receiver<bool>) -> Outcome {
     }
     // The limit the proxy reserved for and wrote into the body (a proxy may send none).
     cx.limit = cocoon_openai::completion_limit(endpoint, &v.body).total();
+    cx.sequences = cocoon_openai::limit::sequences(endpoint, &v.body);
     let t = cx.req.timeout;
     if !(t.is_finite() && t > 0.0) {
         return fail(ErrorCode::Error, "worker: invalid timeout");
@@ -479,9 +482,11 @@ async fn run(cx: &mut Ctx<'_>, cancel: &mut watch::Receiver<bool>) -> Outcome {
             Some(BodyEvent::Data(d)) => {
                 tracker.push(&d);
                 // A hard stop: an engine that streams past the request's limit (more generated
-                // pieces than allowed tokens, or usage saying so) is cut off here.
+                // pieces than allowed tokens, or usage saying so) is cut off here. Each choice
+                // may end with one more piece than it had tokens: text an engine held back (a
+                // stop-string prefix, an unfinished UTF-8 sequence) is released at the end.
                 if let Some(limit) = cx.limit
-                    && (tracker.generated_pieces() > limit
+                    && (tracker.generated_pieces() > limit.saturating_add(cx.sequences)
                         || tracker.usage().is_some_and(|u| u.completion_tokens > limit))
                 {
                     drop(body);
@@ -570,6 +575,7 @@ pub(crate) async fn serve(
         prices: shared.prices(),
         head_sent: false,
         limit: None,
+        sequences: 1,
         answer_at: None,
         request_hash: [0; 32],
         answer_hash: cocoon_receipt::BodyHash::default(),

@@ -249,21 +249,10 @@ async fn complete(
         *r.headers_mut() = h;
         return r;
     }
-    let mut body = Vec::new();
-    while let Some(c) = answer.next_chunk().await {
-        match c {
-            Ok(b) if body.len() + b.len() > MAX_ANSWER_BYTES => {
-                // Dropping the answer cancels the request at the proxy.
-                return error(ApiError::new(
-                    ErrorKind::Upstream,
-                    format!("the answer is over {MAX_ANSWER_BYTES} bytes; ask for a stream"),
-                ));
-            }
-            Ok(b) => body.extend_from_slice(&b),
-            Err(e) => return error_with_debug(e, answer.debug_object()),
-        }
-    }
-    let body = answer.finish_whole(body);
+    let body = match whole_body(&mut answer).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
     usage_headers(&answer, &mut h);
     let mut r = Response::new(Body::from(body));
     *r.status_mut() = status;
@@ -428,20 +417,10 @@ async fn responses(State(shared): St, headers: HeaderMap, body: Body) -> Respons
         *r.headers_mut() = h;
         return r;
     }
-    let mut body = Vec::new();
-    while let Some(c) = answer.next_chunk().await {
-        match c {
-            Ok(b) if body.len() + b.len() > MAX_ANSWER_BYTES => {
-                return error(ApiError::new(
-                    ErrorKind::Upstream,
-                    format!("the answer is over {MAX_ANSWER_BYTES} bytes; ask for a stream"),
-                ));
-            }
-            Ok(b) => body.extend_from_slice(&b),
-            Err(e) => return error_with_debug(e, answer.debug_object()),
-        }
-    }
-    let body = answer.finish_whole(body);
+    let body = match whole_body(&mut answer).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
     usage_headers(&answer, &mut h);
     let whole = match serde_json::from_slice::<Value>(&body) {
         Ok(v) => v,
@@ -585,6 +564,26 @@ async fn model(State(shared): St, UrlPath(id): UrlPath<String>) -> Response {
             format!("model {id:?} is not served by any connected proxy"),
         )),
     }
+}
+
+/// A whole (not streamed) answer's body as the app gets it (`Answer::finish_whole`), or
+/// the error response: the answer failed, or it is over [`MAX_ANSWER_BYTES`] (dropping the
+/// answer then cancels the request at the proxy).
+async fn whole_body(answer: &mut crate::request::Answer) -> Result<Vec<u8>, Response> {
+    let mut body = Vec::new();
+    while let Some(c) = answer.next_chunk().await {
+        match c {
+            Ok(b) if body.len() + b.len() > MAX_ANSWER_BYTES => {
+                return Err(error(ApiError::new(
+                    ErrorKind::Upstream,
+                    format!("the answer is over {MAX_ANSWER_BYTES} bytes; ask for a stream"),
+                )));
+            }
+            Ok(b) => body.extend_from_slice(&b),
+            Err(e) => return Err(error_with_debug(e, answer.debug_object())),
+        }
+    }
+    Ok(answer.finish_whole(body))
 }
 
 /// `GET /v1/receipts/{id}`: an answer's verified receipt (the `X-Cocoon-Receipt` header of

@@ -37,7 +37,6 @@
 //! can neither spend the channel nor read an answer, the stats or the debug log.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -51,6 +50,10 @@ use axum::routing::{get, post};
 use cocoon_openai::{ApiError, Endpoint, ErrorKind, responses};
 use cocoon_service::admin::{Prometheus, StatsPages, constant_time_eq, esc, label, stats_routes};
 use cocoon_service::browser::{Allowlist, Guard, Refusal};
+use cocoon_service::webui::chart::{self, ChartOpts, Series};
+use cocoon_service::webui::fmt;
+use cocoon_service::webui::html::{Card, Cell, Control, Page, Table, Tone};
+use cocoon_service::webui::series::{self, History, Mode, Span};
 use cocoon_tl::enums;
 use cocoon_tl::functions::client as fclient;
 use serde_json::{Value, json};
@@ -84,6 +87,7 @@ pub(crate) async fn serve(
         .await
         .map_err(|e| e.to_string())?;
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    let shared_for_sampler = Arc::clone(&shared);
     let routes = Router::new()
         .route(
             "/v1/chat/completions",
@@ -111,6 +115,7 @@ pub(crate) async fn serve(
     let listener = axum::serve::ListenerExt::tap_io(listener, |s| {
         let _ = s.set_nodelay(true);
     });
+    let sampler = cocoon_service::admin::spawn_sampler(shared_for_sampler, stop.clone());
     let task = tokio::spawn(async move {
         let r = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
@@ -120,6 +125,7 @@ pub(crate) async fn serve(
         if let Err(e) = r {
             tracing::error!(error = %e, "HTTP API stopped");
         }
+        let _ = sampler.await;
     });
     Ok((bound, task))
 }
@@ -657,6 +663,10 @@ pub struct ClientStats {
     pub totals: BTreeMap<String, u64>,
     /// Per-key figures, when API keys are configured.
     pub keys: Option<Vec<crate::keys::KeyStat>>,
+    /// The last requests (newest last): model, outcome, tokens, cost, latency, receipt id.
+    pub recent: Vec<crate::stats::RecentRequest>,
+    /// Requests, tokens and spend per answered model since start.
+    pub models: BTreeMap<String, crate::stats::ModelSpend>,
 }
 
 /// The root configuration in use.
@@ -693,6 +703,7 @@ pub(crate) fn json_stats(shared: &Shared) -> ClientStats {
         })
         .collect();
     let ready = slots.iter().filter(|s| s.ready().is_some()).count();
+    let (recent, models) = shared.recent.snapshot();
     ClientStats {
         status: if ready > 0 { "ok" } else { "no proxy" },
         uptime_seconds: shared.started.elapsed().as_secs(),
@@ -715,6 +726,8 @@ pub(crate) fn json_stats(shared: &Shared) -> ClientStats {
             .into_iter()
             .collect(),
         keys: shared.keys.as_ref().map(|k| k.stats()),
+        recent,
+        models,
     }
 }
 
@@ -742,87 +755,379 @@ impl StatsPages for Shared {
     fn metrics_text(&self) -> Prometheus {
         metrics(self)
     }
-}
 
-fn ton(nano: u64) -> String {
-    cocoon_ton::format_ton(u128::from(nano))
-}
-
-fn stats_html(shared: &Shared) -> Response {
-    let s = shared.stats.snapshot();
-    let mut h = String::from(
-        "<!doctype html><html><head><meta charset=utf-8><title>Cocoon client</title>\
-         <style>body{font-family:sans-serif}td,th{padding:2px 8px;text-align:left}\
-         .ok{color:#070}.bad{color:#a00}</style></head><body><h1>Cocoon client</h1>",
-    );
-    let _ = write!(
-        h,
-        "<p>owner {} · uptime {} s · requests {} received, {} succeeded, {} failed, {} refused · \
-         {} tokens · {} TON spent</p>",
-        esc(&shared.owner_address.to_string()),
-        shared.started.elapsed().as_secs(),
-        s.received,
-        s.succeeded,
-        s.failed,
-        s.refused,
-        s.tokens,
-        ton(s.spent_nanoton)
-    );
-    h.push_str(
-        "<h2>Proxies</h2><table><tr><th>address</th><th>state</th><th>TEE</th><th>image</th>\
-         <th>TCB</th><th>proxy contract</th><th>auth</th><th>requests</th><th>receipt tokens</th>\
-         <th>channel balance</th><th>stake</th><th>last error</th></tr>",
-    );
-    for slot in shared.slots() {
-        let i = slot.info();
-        let class = if i.state == "ready" { "ok" } else { "bad" };
-        let _ = write!(
-            h,
-            "<tr><td>{}</td><td class={class}>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
-             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&i.address),
-            esc(&i.state),
-            esc(&i.tee.map(|b| format!("{b:?}")).unwrap_or_default()),
-            esc(&i
-                .image_hash
-                .as_deref()
-                .unwrap_or("")
-                .chars()
-                .take(16)
-                .collect::<String>()),
-            esc(i.tcb_status.as_deref().unwrap_or("")),
-            esc(i.proxy_sc.as_deref().unwrap_or("")),
-            esc(i.auth.as_deref().unwrap_or("")),
-            i.requests,
-            i.receipt_tokens,
-            i.channel
-                .as_ref()
-                .map(|c| ton(c.balance))
-                .unwrap_or_default(),
-            i.channel.as_ref().map(|c| ton(c.stake)).unwrap_or_default(),
-            esc(i.last_error.as_deref().unwrap_or("")),
-        );
+    fn sample(&self, now: u64) {
+        let s = self.stats.snapshot();
+        let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        h.counter(H_REQUESTS, now, s.received);
+        h.counter(H_FAILED, now, s.failed + s.refused);
+        h.counter(H_TOKENS, now, s.tokens);
+        h.counter(H_SPENT, now, s.spent_nanoton);
     }
-    h.push_str("</table>");
-    if let Some(k) = &shared.keys {
-        h.push_str("<h2>API keys</h2><table><tr><th>name</th><th>hash</th><th>limit</th><th>spent</th><th>reserved</th><th>requests</th><th>refused</th></tr>");
-        for k in k.stats() {
-            let _ = write!(
-                h,
-                "<tr><td>{}</td><td>{}…</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                esc(&k.name),
-                k.hash_prefix,
-                k.limit_nanoton.map(ton).unwrap_or_else(|| "none".into()),
-                ton(k.spent_nanoton),
-                ton(k.reserved_nanoton),
-                k.requests,
-                k.refused
+}
+
+/// The client's dashboard: traffic and spend figures and charts, spend per API key and per
+/// model, each proxy with its verified attestation and payment channel, the last requests
+/// with their cost, latency and receipt, and the channel controls.
+fn stats_html(shared: &Shared) -> Response {
+    let now = cocoon_service::admin::unix_now();
+    let s = shared.stats.snapshot();
+    let (recent, models) = shared.recent.snapshot();
+    let slots: Vec<(crate::ProxyInfo, u64, bool)> = shared
+        .slots()
+        .iter()
+        .map(|slot| {
+            (
+                slot.info(),
+                slot.inflight.load(std::sync::atomic::Ordering::Relaxed),
+                slot.ready().is_some(),
+            )
+        })
+        .collect();
+    let keys = shared.keys.as_ref().map(|k| k.stats());
+    let h = shared.history.lock().unwrap_or_else(|p| p.into_inner());
+    let page = dashboard(&DashboardData {
+        shared,
+        s: &s,
+        recent: &recent,
+        models: &models,
+        slots: &slots,
+        keys: keys.as_deref(),
+        h: &h,
+        now,
+    });
+    cocoon_service::admin::html_page(&page)
+}
+
+struct DashboardData<'a> {
+    shared: &'a Shared,
+    s: &'a crate::stats::Snapshot,
+    recent: &'a [crate::stats::RecentRequest],
+    models: &'a BTreeMap<String, crate::stats::ModelSpend>,
+    slots: &'a [(crate::ProxyInfo, u64, bool)],
+    keys: Option<&'a [crate::keys::KeyStat]>,
+    h: &'a History,
+    now: u64,
+}
+
+const H_REQUESTS: &str = "requests";
+const H_FAILED: &str = "failed";
+const H_TOKENS: &str = "tokens";
+const H_SPENT: &str = "spent_nanoton";
+
+fn channel_word(state: u8) -> (&'static str, Tone) {
+    match state {
+        0 => ("open", Tone::Good),
+        1 => ("closing", Tone::Warn),
+        2 => ("closed", Tone::Neutral),
+        _ => ("unknown", Tone::Bad),
+    }
+}
+
+fn dashboard(d: &DashboardData<'_>) -> Page {
+    let (s, now, h) = (d.s, d.now, d.h);
+    let root = d.shared.root();
+    let ready = d.slots.iter().filter(|x| x.2).count();
+    let mut p = Page::new("Cocoon client");
+    p.subtitle(&format!(
+        "owner {} · root config v{} · params v{}{}",
+        d.shared.owner_address,
+        root.version,
+        root.params.params_version,
+        if d.shared.is_test {
+            " · test network"
+        } else {
+            ""
+        }
+    ))
+    .footer(&format!(
+        "{} · up {}",
+        fmt::utc(now),
+        fmt::secs(d.shared.started.elapsed().as_secs())
+    ));
+    if d.shared.channels.is_some() {
+        let mut controls = Vec::new();
+        for (i, _, _) in d.slots {
+            let q = format!("?proxy={}", i.address);
+            controls.push(
+                Control::new(
+                    &format!("Top up {} (TON)", i.address),
+                    &format!("/control/topup{q}"),
+                )
+                .param("amount", "TON, e.g. 1.5"),
+            );
+            controls.push(Control::new(
+                &format!("Charge {}", i.address),
+                &format!("/control/charge{q}"),
+            ));
+            controls.push(Control::new(
+                &format!("Withdraw {}", i.address),
+                &format!("/control/withdraw{q}"),
+            ));
+            controls.push(
+                Control::new(
+                    &format!("Close {}", i.address),
+                    &format!("/control/close{q}"),
+                )
+                .tone(Tone::Bad),
             );
         }
-        h.push_str("</table>");
+        p.controls(controls);
     }
-    h.push_str("</body></html>");
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], h).into_response()
+    let balance: u64 = d
+        .slots
+        .iter()
+        .filter_map(|x| x.0.channel.as_ref())
+        .map(|c| c.balance)
+        .sum();
+    let stake: u64 = d
+        .slots
+        .iter()
+        .filter_map(|x| x.0.channel.as_ref())
+        .map(|c| c.stake)
+        .sum();
+    let verified = d.slots.iter().filter(|x| x.0.tee.is_some()).count();
+    let bad_receipts: u64 = d.slots.iter().map(|x| x.0.bad_receipts).sum();
+    let mut cards = vec![
+        Card::new("Proxies ready", format!("{ready} / {}", d.slots.len()))
+            .tone(Tone::of(ready > 0, Tone::Bad))
+            .note(format!("{verified} attested"))
+            .id("proxies_ready"),
+        Card::new("Requests", fmt::thousands(s.received))
+            .note(format!(
+                "{} ok · {} failed · {} refused",
+                fmt::thousands(s.succeeded),
+                fmt::thousands(s.failed),
+                fmt::thousands(s.refused)
+            ))
+            .id("received"),
+        Card::new("Tokens", fmt::tokens(s.tokens)).id("tokens"),
+        Card::new("Spent", fmt::ton(u128::from(s.spent_nanoton))).id("spent"),
+        Card::new(
+            "Mean request",
+            fmt::millis((s.mean_seconds * 1000.0) as u64),
+        ),
+        Card::new("Receipts refused", fmt::thousands(bad_receipts)).tone(if bad_receipts == 0 {
+            Tone::Good
+        } else {
+            Tone::Bad
+        }),
+    ];
+    if d.shared.channels.is_some() {
+        cards.push(
+            Card::new("Channel balance", fmt::ton(u128::from(balance)))
+                .note("prepaid, all proxies"),
+        );
+        cards.push(Card::new("Stake", fmt::ton(u128::from(stake))));
+    }
+    p.cards(&cards);
+    let opts = ChartOpts::new(now);
+    let day = |name: &str| series::downsample(&h.points(name, Span::Minutes, now), 288, Mode::Sum);
+    let by_model: Vec<(String, f64)> = d
+        .models
+        .iter()
+        .map(|(m, v)| (m.clone(), v.spent_nanoton as f64))
+        .collect();
+    let by_key: Vec<(String, f64)> = d
+        .keys
+        .unwrap_or_default()
+        .iter()
+        .map(|k| (k.name.clone(), k.spent_nanoton as f64))
+        .collect();
+    let mut panels = vec![
+        (
+            "Requests, last 5 min (per second)",
+            chart::line_chart(
+                &[
+                    Series::new("requests", h.points(H_REQUESTS, Span::Seconds, now)),
+                    Series::new("failed", h.points(H_FAILED, Span::Seconds, now)),
+                ],
+                &opts,
+            ),
+        ),
+        (
+            "Tokens, last 5 min (per second)",
+            chart::line_chart(
+                &[Series::new(
+                    "tokens",
+                    h.points(H_TOKENS, Span::Seconds, now),
+                )],
+                &opts,
+            ),
+        ),
+        (
+            "Spend, last 24 h (TON per 5 min)",
+            chart::line_chart(
+                &[Series::new("spent", day(H_SPENT))],
+                &opts.format(chart::compact_ton),
+            ),
+        ),
+        (
+            "Spend per model (TON)",
+            chart::bar_chart(&by_model, &opts.format(chart::compact_ton)),
+        ),
+    ];
+    if d.keys.is_some() {
+        panels.push((
+            "Spend per API key (TON)",
+            chart::bar_chart(&by_key, &opts.format(chart::compact_ton)),
+        ));
+    }
+    p.panels(&panels);
+    let mut t = Table::new(
+        "Proxies and their attestation",
+        &[
+            "address",
+            "state",
+            "TEE",
+            "image",
+            "TCB",
+            "verdict valid",
+            "protocol",
+            "auth",
+            "proxy contract",
+            "running",
+            "requests",
+            "receipts refused",
+            "last error",
+        ],
+    )
+    .empty("no proxies configured")
+    .id("proxies");
+    for (i, running, _) in d.slots {
+        t.row(vec![
+            Cell::Long(i.address.clone()),
+            Cell::Badge(Tone::of(i.state == "ready", Tone::Warn), i.state.clone()),
+            match i.tee {
+                Some(b) => Cell::Badge(Tone::Good, b.to_string()),
+                None => Cell::Text("–".into()),
+            },
+            Cell::Hash(i.image_hash.clone().unwrap_or_default()),
+            Cell::Text(i.tcb_status.clone().unwrap_or_else(|| "–".into())),
+            Cell::Text(fmt::or_dash(i.valid_until, |t| fmt::ago(now, t))),
+            Cell::Num(fmt::or_dash(i.proto, |v| v.to_string())),
+            Cell::Text(i.auth.clone().unwrap_or_else(|| "–".into())),
+            Cell::Hash(i.proxy_sc.clone().unwrap_or_default()),
+            Cell::Num(running.to_string()),
+            Cell::Num(fmt::thousands(i.requests)),
+            Cell::Num(fmt::thousands(i.bad_receipts)),
+            Cell::Long(i.last_error.clone().unwrap_or_else(|| "–".into())),
+        ]);
+    }
+    p.table(&t);
+    let mut t = Table::new(
+        "Payment channels",
+        &[
+            "proxy",
+            "our contract",
+            "channel",
+            "balance",
+            "stake",
+            "tokens charged",
+            "latest signed receipt (tokens)",
+            "proxy db / known tokens",
+        ],
+    )
+    .empty("no channels")
+    .id("channels");
+    for (i, _, _) in d.slots {
+        let ch = i.channel.as_ref();
+        t.row(vec![
+            Cell::Long(i.address.clone()),
+            Cell::Hash(i.client_sc.clone().unwrap_or_default()),
+            match ch {
+                Some(c) => {
+                    let (w, tone) = channel_word(c.state);
+                    Cell::Badge(tone, w.into())
+                }
+                None => Cell::Text(
+                    if d.shared.channels.is_some() {
+                        "not read yet"
+                    } else {
+                        "no wallet"
+                    }
+                    .into(),
+                ),
+            },
+            Cell::Num(fmt::or_dash(ch, |c| fmt::ton(u128::from(c.balance)))),
+            Cell::Num(fmt::or_dash(ch, |c| fmt::ton(u128::from(c.stake)))),
+            Cell::Num(fmt::or_dash(ch, |c| fmt::tokens(c.tokens_used))),
+            Cell::Num(fmt::tokens(i.receipt_tokens)),
+            Cell::Num(format!(
+                "{} / {}",
+                fmt::tokens(i.db_tokens),
+                fmt::tokens(i.max_tokens)
+            )),
+        ]);
+    }
+    p.table(&t);
+    if let Some(keys) = d.keys {
+        let mut t = Table::new(
+            "API keys",
+            &[
+                "name", "hash", "limit", "spent", "reserved", "requests", "refused",
+            ],
+        )
+        .id("keys");
+        for k in keys {
+            t.row(vec![
+                Cell::Text(k.name.clone()),
+                Cell::Hash(format!("{}…", k.hash_prefix)),
+                Cell::Num(fmt::or_dash(k.limit_nanoton, |v| fmt::ton(u128::from(v)))),
+                Cell::Num(fmt::ton(u128::from(k.spent_nanoton))),
+                Cell::Num(fmt::ton(u128::from(k.reserved_nanoton))),
+                Cell::Num(fmt::thousands(k.requests)),
+                Cell::Num(fmt::thousands(k.refused)),
+            ]);
+        }
+        p.table(&t);
+    }
+    let mut t = Table::new("Spend per model", &["model", "requests", "tokens", "spent"])
+        .empty("no answers yet")
+        .id("models");
+    for (m, v) in d.models {
+        t.row(vec![
+            Cell::Text(m.clone()),
+            Cell::Num(fmt::thousands(v.requests)),
+            Cell::Num(fmt::tokens(v.tokens)),
+            Cell::Num(fmt::ton(u128::from(v.spent_nanoton))),
+        ]);
+    }
+    p.table(&t);
+    let mut t = Table::new(
+        "Recent requests",
+        &[
+            "when", "model", "outcome", "tokens", "cost", "latency", "proxy", "receipt", "key",
+        ],
+    )
+    .empty("no requests yet")
+    .id("recent");
+    for r in d.recent.iter().rev() {
+        t.row(vec![
+            Cell::Text(fmt::ago(now, r.at)),
+            Cell::Text(r.model.clone()),
+            Cell::Badge(
+                Tone::of(r.ok, Tone::Bad),
+                if r.ok { "ok" } else { "failed" }.into(),
+            ),
+            Cell::Num(fmt::tokens(r.tokens)),
+            Cell::Num(fmt::ton(u128::from(r.cost_nanoton))),
+            Cell::Num(fmt::millis(r.latency_ms)),
+            Cell::Long(r.proxy.clone()),
+            match &r.receipt_id {
+                Some(id) => Cell::Markup(format!(
+                    "<a class=\"hash\" href=\"/v1/receipts/{}\" title=\"{}\">{}</a>",
+                    esc(id),
+                    esc(id),
+                    esc(&fmt::short(id, 6))
+                )),
+                None => Cell::Text("–".into()),
+            },
+            Cell::Text(r.key.clone().unwrap_or_else(|| "–".into())),
+        ]);
+    }
+    p.table(&t);
+    p
 }
 
 fn metrics(shared: &Shared) -> Prometheus {
@@ -889,6 +1194,31 @@ fn metrics(shared: &Shared) -> Prometheus {
         "gauge",
         "The payment channel's balance per proxy, nanoTON.",
         &per_proxy(&|_, i| i.channel.as_ref().map(|c| c.balance.to_string())),
+    );
+    m.metric(
+        "cocoon_client_channel_stake_nanoton",
+        "gauge",
+        "The payment channel's stake per proxy, nanoTON.",
+        &per_proxy(&|_, i| i.channel.as_ref().map(|c| c.stake.to_string())),
+    );
+    let (_, models) = shared.recent.snapshot();
+    let per_model = |f: &dyn Fn(&crate::stats::ModelSpend) -> u64| -> Vec<(String, String)> {
+        models
+            .iter()
+            .map(|(k, v)| (format!("{{model=\"{}\"}}", label(k)), f(v).to_string()))
+            .collect()
+    };
+    m.metric(
+        "cocoon_client_model_spent_nanoton_total",
+        "counter",
+        "nanoTON spent per answered model since start.",
+        &per_model(&|v| v.spent_nanoton),
+    );
+    m.metric(
+        "cocoon_client_model_tokens_total",
+        "counter",
+        "Adjusted tokens billed per answered model since start.",
+        &per_model(&|v| v.tokens),
     );
     m
 }

@@ -79,6 +79,10 @@ pub(crate) struct Shared {
     timings: Timings,
     stats: Stats,
     debug_log: stats::DebugLog,
+    /// The last requests and spend per model, for the stats page (bounded).
+    recent: stats::Recent,
+    /// The stats page's time series (fixed memory), sampled once a second.
+    history: std::sync::Mutex<cocoon_service::webui::series::History>,
     started: std::time::Instant,
     /// Notified when a proxy's handshake names a contract the known params do not give (the
     /// root may have changed): the root watcher reads it early.
@@ -206,6 +210,8 @@ impl Client {
             timings: cfg.timings,
             stats: Stats::default(),
             debug_log: Default::default(),
+            recent: Default::default(),
+            history: Default::default(),
             started: std::time::Instant::now(),
             root_wake: Arc::new(Notify::new()),
         });

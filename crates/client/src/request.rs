@@ -156,6 +156,10 @@ struct Tracker {
     answer_bytes: u64,
     /// SHA-256 of the request's `request_guid`, when it named one.
     guid: Option<[u8; 32]>,
+    /// The model asked for (the stats page's recent requests).
+    model: String,
+    /// The answer's receipt id, once verified.
+    receipt_id: Option<String>,
     done: bool,
 }
 
@@ -179,6 +183,23 @@ impl Tracker {
             .map(|u| u.cost_nanoton)
             .unwrap_or(self.worst_case)
             .min(self.worst_case);
+        self.shared.recent.record(crate::stats::RecentRequest {
+            at: SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            model: self.model.clone(),
+            ok,
+            tokens: usage.map(|u| u.total_tokens).unwrap_or(0),
+            cost_nanoton: usage.map(|u| u.cost_nanoton).unwrap_or(0),
+            latency_ms: self.started.elapsed().as_millis() as u64,
+            proxy: self.slot.address.clone(),
+            receipt_id: self.receipt_id.take(),
+            key: self
+                .reservation
+                .as_ref()
+                .map(|r| r.key_hash().chars().take(8).collect()),
+        });
         if let (Some(keys), Some(r)) = (&self.shared.keys, self.reservation.take()) {
             let hash = r.key_hash().to_owned();
             keys.settle(r, cost);
@@ -651,6 +672,8 @@ impl Shared {
                     .request_guid
                     .as_ref()
                     .map(|g| sha2::Sha256::digest(g.as_bytes()).into()),
+                model: v.model.clone(),
+                receipt_id: None,
                 done: false,
             };
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -887,6 +910,7 @@ impl Answer {
 
     fn complete(&mut self, f: &tclient::QueryFinalInfo, ok: bool) {
         let u = usage_of(&self.tracker.shared, f);
+        self.tracker.receipt_id = self.receipt.as_ref().map(|d| d.id.clone());
         self.tracker.finish(Some(&u), ok);
         self.usage = Some(u);
         self.finished = true;

@@ -46,6 +46,82 @@ pub struct Snapshot {
     pub spent_nanoton: u64,
 }
 
+/// One finished request as the stats page lists it (no content: counts, cost, ids).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RecentRequest {
+    /// Unix seconds it finished.
+    pub at: u64,
+    /// The model asked for.
+    pub model: String,
+    /// Answered in full.
+    pub ok: bool,
+    /// Adjusted tokens billed.
+    pub tokens: u64,
+    /// Its cost, nanoTON.
+    pub cost_nanoton: u64,
+    /// From receipt of the request to its end, milliseconds.
+    pub latency_ms: u64,
+    /// The proxy that answered.
+    pub proxy: String,
+    /// The answer's receipt id (`GET /v1/receipts/{id}`), when it had one.
+    pub receipt_id: Option<String>,
+    /// The first 8 hex digits of the API key's hash, when keys are configured.
+    pub key: Option<String>,
+}
+
+/// Requests, tokens and spend of one model since start.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ModelSpend {
+    /// Requests answered.
+    pub requests: u64,
+    /// Adjusted tokens billed.
+    pub tokens: u64,
+    /// nanoTON spent.
+    pub spent_nanoton: u64,
+}
+
+/// Requests kept for the stats page.
+pub(crate) const RECENT: usize = 50;
+/// Models whose spend is kept (answered models only, so the root's list bounds them; this
+/// is a second bound).
+const MODELS: usize = 256;
+
+/// The last [`RECENT`] requests and the spend per answered model.
+#[derive(Debug, Default)]
+pub(crate) struct Recent {
+    inner: Mutex<(
+        VecDeque<RecentRequest>,
+        std::collections::BTreeMap<String, ModelSpend>,
+    )>,
+}
+
+impl Recent {
+    pub(crate) fn record(&self, r: RecentRequest) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if r.ok && (g.1.len() < MODELS || g.1.contains_key(&r.model)) {
+            let m = g.1.entry(r.model.clone()).or_default();
+            m.requests += 1;
+            m.tokens += r.tokens;
+            m.spent_nanoton += r.cost_nanoton;
+        }
+        if g.0.len() >= RECENT {
+            g.0.pop_front();
+        }
+        g.0.push_back(r);
+    }
+
+    /// The requests, newest last, and the spend per model.
+    pub(crate) fn snapshot(
+        &self,
+    ) -> (
+        Vec<RecentRequest>,
+        std::collections::BTreeMap<String, ModelSpend>,
+    ) {
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        (g.0.iter().cloned().collect(), g.1.clone())
+    }
+}
+
 impl Stats {
     pub(crate) fn received(&self, bytes: u64) {
         self.received.fetch_add(1, Ordering::Relaxed);

@@ -309,7 +309,10 @@ async fn openai_requests_through_client_proxy_and_worker() {
     assert_eq!(s["stats"]["succeeded"], 5);
     assert_eq!(s["totals"]["requests"], 7);
     let html = get_text(&http, &format!("{base}/stats")).await;
-    assert!(html.contains("Sim") && html.contains("ready"));
+    assert!(html.contains(">sim<") && html.contains("ready"), "{html}");
+    cocoon_testkit::http::assert_no_debug_values("the client's /stats", &html);
+    let received = format!("data-figure=\"received\">{}<", s["stats"]["received"]);
+    assert!(html.contains(&received), "{received} not in {html}");
     assert!(!html.contains("Bonjour") && !html.contains("json"));
     let metrics = get_text(&http, &format!("{base}/metrics")).await;
     assert!(metrics.contains("cocoon_client_requests_total{outcome=\"succeeded\"} 5"));

@@ -16,8 +16,12 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use cocoon_service::admin::{self, Admin, Page, Prometheus, StatsPages, Switch, label};
+use cocoon_service::admin::{self, Admin, Prometheus, StatsPages, Switch, label};
 use cocoon_service::events;
+use cocoon_service::webui::chart::{self, ChartOpts, Series};
+use cocoon_service::webui::fmt;
+use cocoon_service::webui::html::{self, Card, Cell, Control, Page, Table, Tone};
+use cocoon_service::webui::series::{self, History, Mode, Span};
 
 use crate::{ProxyStats, Shared};
 
@@ -60,174 +64,454 @@ impl StatsPages for Shared {
     }
 
     fn page(&self, s: &ProxyStats) -> Response {
-        stats_html(self, s)
+        let now = admin::unix_now();
+        let accounts = self.meter.accounts();
+        let history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        admin::html_page(&dashboard(s, &accounts, &history, now))
     }
 
     fn metrics(&self, s: &ProxyStats) -> Prometheus {
         metrics(s)
     }
+
+    fn sample(&self, now: u64) {
+        let c = &self.counters;
+        let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let waiting: usize = self
+            .registry
+            .queue_stats()
+            .waiting
+            .iter()
+            .map(|w| w.1)
+            .sum();
+        let latency = self.registry.latency();
+        let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        h.counter(RECEIVED, now, l(&c.requests_received));
+        h.counter(SUCCEEDED, now, l(&c.requests_success));
+        h.counter(FAILED, now, l(&c.requests_failed));
+        h.counter(REFUSED, now, l(&c.requests_rejected));
+        h.counter(TOKENS, now, l(&c.tokens_total));
+        h.gauge(WAITING, now, waiting as f64);
+        if let Some(q) = latency {
+            h.gauge(P50, now, q.p50 * 1000.0);
+            h.gauge(P99, now, q.p99 * 1000.0);
+            h.gauge(TTFT50, now, q.ttft_p50 * 1000.0);
+        }
+    }
 }
 
-fn stats_html(shared: &Shared, s: &ProxyStats) -> Response {
+const RECEIVED: &str = "received";
+const SUCCEEDED: &str = "succeeded";
+const FAILED: &str = "failed";
+const REFUSED: &str = "refused";
+const TOKENS: &str = "tokens";
+const WAITING: &str = "waiting";
+const P50: &str = "latency_p50_ms";
+const P99: &str = "latency_p99_ms";
+const TTFT50: &str = "ttft_p50_ms";
+
+fn ms(secs: f64) -> String {
+    fmt::millis((secs * 1000.0).round() as u64)
+}
+
+fn ratio(part: u64, all: u64) -> String {
+    if all == 0 {
+        "–".into()
+    } else {
+        fmt::percent(part as f64 / all as f64)
+    }
+}
+
+/// The proxy's dashboard: traffic, errors and latency figures and charts, workers with
+/// their reputation and why, the queue, clients, the ledger, refused handshakes, operator
+/// events, and the controls.
+fn dashboard(
+    s: &ProxyStats,
+    accounts: &[cocoon_ledger::AccountView],
+    h: &History,
+    now: u64,
+) -> Page {
     let c = &s.counters;
-    let mut p = Page::new("cocoon proxy");
-    p.row("enabled", s.enabled.to_string())
-        .row("test network", s.is_test.to_string())
-        .row("proxy contract", &s.proxy_sc)
-        .row("root config version", s.root_version.to_string())
-        .row(
-            "local clock − chain (s)",
-            events::clock_cell(s.clock_offset_secs, s.clock_drifted),
+    let q = &s.queue;
+    let waiting: usize = q.waiting.iter().map(|w| w.1).sum();
+    let mut p = Page::new("Cocoon proxy");
+    p.subtitle(&format!(
+        "contract {} · root config v{}{}",
+        s.proxy_sc,
+        s.root_version,
+        if s.is_test { " · test network" } else { "" }
+    ))
+    .footer(&format!("updated {}", fmt::utc(now)))
+    .controls(vec![
+        Control::new("Disable", "/control/disable").tone(Tone::Bad),
+        Control::new("Enable", "/control/enable").tone(Tone::Good),
+        Control::new("Checkpoint", "/control/checkpoint"),
+        Control::new("Charge clients", "/control/charge"),
+        Control::new("Pay workers", "/control/payout"),
+        Control::new("Withdraw commission", "/control/withdraw"),
+    ]);
+    let done = c.requests_success + c.requests_failed;
+    let ready = s.workers.iter().filter(|w| w.enabled).count();
+    let mut cards = vec![
+        Card::new("Status", if s.enabled { "enabled" } else { "disabled" })
+            .tone(Tone::of(s.enabled, Tone::Warn))
+            .id("enabled"),
+        Card::new("Requests", fmt::thousands(c.requests_received))
+            .note(format!(
+                "{} ok · {} failed · {} refused",
+                fmt::thousands(c.requests_success),
+                fmt::thousands(c.requests_failed),
+                fmt::thousands(c.requests_rejected)
+            ))
+            .id("requests_received"),
+        Card::new("Error rate", ratio(c.requests_failed, done))
+            .note("failed / finished")
+            .tone(if c.requests_failed == 0 {
+                Tone::Neutral
+            } else {
+                Tone::Warn
+            }),
+        Card::new(
+            "Latency p50 / p99",
+            s.latency
+                .map_or("–".into(), |l| format!("{} / {}", ms(l.p50), ms(l.p99))),
         )
-        .row("requests received", c.requests_received.to_string())
-        .row("requests success", c.requests_success.to_string())
-        .row("requests failed", c.requests_failed.to_string())
-        .row("requests rejected", c.requests_rejected.to_string())
-        .row("requests cancelled", c.requests_cancelled.to_string())
-        .row("retries", c.retries.to_string())
-        .row("adjusted tokens", c.adjusted_tokens_total.to_string())
-        .row("workers refused", c.workers_refused.to_string())
-        .row("clients refused", c.clients_refused.to_string())
-        .row(
-            "TON endpoint disagreements",
-            c.ton_disagreements.to_string(),
-        );
-    p.table(
-        "workers",
+        .note(s.latency.map_or("no answers yet".into(), |l| {
+            format!("TTFT p50 {} · last {} answers", ms(l.ttft_p50), l.samples)
+        })),
+        Card::new("Workers", format!("{ready} / {}", s.workers.len()))
+            .note("enabled / connected")
+            .id("workers"),
+        Card::new("Queue", fmt::thousands(waiting as u64))
+            .note(format!("at most {} per model", q.max_per_model))
+            .id("queue"),
+        Card::new("Tokens", fmt::tokens(c.adjusted_tokens_total))
+            .note("adjusted, billed")
+            .id("tokens"),
+    ];
+    if let Some(l) = &s.ledger {
+        cards.push(Card::new("Commission", fmt::ton(l.commission_nanoton)).id("commission"));
+    }
+    p.cards(&cards);
+    let opts = ChartOpts::new(now);
+    let day = |name: &str| series::downsample(&h.points(name, Span::Minutes, now), 288, Mode::Sum);
+    let reputation: Vec<(String, f64)> = s
+        .workers
+        .iter()
+        .map(|w| (format!("#{} {}", w.id, w.model), w.reputation))
+        .collect();
+    p.panels(&[
+        (
+            "Traffic, last 5 min (requests per second)",
+            chart::line_chart(
+                &[
+                    Series::new("received", h.points(RECEIVED, Span::Seconds, now)),
+                    Series::new("succeeded", h.points(SUCCEEDED, Span::Seconds, now)),
+                ],
+                &opts,
+            ),
+        ),
+        (
+            "Errors, last 5 min (per second)",
+            chart::line_chart(
+                &[
+                    Series::new("failed", h.points(FAILED, Span::Seconds, now)),
+                    Series::new("refused", h.points(REFUSED, Span::Seconds, now)),
+                ],
+                &opts,
+            ),
+        ),
+        (
+            "Latency percentiles, last 5 min (ms, last 512 answers)",
+            chart::line_chart(
+                &[
+                    Series::new("p50", h.points(P50, Span::Seconds, now)),
+                    Series::new("p99", h.points(P99, Span::Seconds, now)),
+                    Series::new("TTFT p50", h.points(TTFT50, Span::Seconds, now)),
+                ],
+                &opts,
+            ),
+        ),
+        (
+            "Traffic, last 24 h (requests per 5 min)",
+            chart::line_chart(
+                &[
+                    Series::new("received", day(RECEIVED)),
+                    Series::new("failed", day(FAILED)),
+                    Series::new("refused", day(REFUSED)),
+                ],
+                &opts,
+            ),
+        ),
+        (
+            "Queue length, last 5 min",
+            chart::line_chart(
+                &[Series::new(
+                    "waiting",
+                    h.points(WAITING, Span::Seconds, now),
+                )],
+                &opts,
+            ),
+        ),
+        (
+            "Reputation per worker (0–1)",
+            chart::bar_chart(&reputation, &opts.format(|v| fmt::decimal(v, 3))),
+        ),
+    ]);
+    let mut t = Table::new(
+        "Workers and their reputation",
         &[
             "id",
             "model",
-            "owner",
-            "coefficient",
-            "load",
             "enabled",
-            "avg latency (ms)",
+            "load",
             "reputation",
-            "window ok/all",
+            "success (window)",
+            "mean TTFT",
+            "avg latency",
             "served",
             "failed",
-            "usage reports refused or lowered",
+            "usage reports refused",
+            "coefficient",
+            "owner",
+            "worker contract",
+            "image",
             "GPU",
         ],
-    );
+    )
+    .empty("no workers connected")
+    .id("workers-table");
     for w in &s.workers {
-        p.cells(&[
-            w.id.to_string(),
-            w.model.clone(),
-            w.owner.clone(),
-            w.coefficient.to_string(),
-            format!("{}/{}", w.running, w.max_active),
-            w.enabled.to_string(),
-            w.avg_latency_ms.to_string(),
-            format!("{:.3}", w.reputation),
-            format!("{}/{}", w.window_successes, w.window_attempts),
-            w.served.to_string(),
-            w.failed.to_string(),
-            w.bad_reports.to_string(),
-            w.gpu.clone().unwrap_or_else(|| "-".into()),
+        t.row(vec![
+            Cell::Num(w.id.to_string()),
+            Cell::Text(w.model.clone()),
+            Cell::Markup(html::flag(w.enabled, Tone::Warn)),
+            Cell::Num(format!("{} / {}", w.running, w.max_active)),
+            Cell::Num(fmt::decimal(w.reputation, 3)),
+            Cell::Num(format!(
+                "{} / {} ({})",
+                w.window_successes,
+                w.window_attempts,
+                ratio(w.window_successes as u64, w.window_attempts as u64)
+            )),
+            Cell::Num(fmt::or_dash(w.avg_ttft_ms, fmt::millis)),
+            Cell::Num(fmt::millis(w.avg_latency_ms)),
+            Cell::Num(fmt::thousands(w.served)),
+            Cell::Num(fmt::thousands(w.failed)),
+            Cell::Num(fmt::thousands(w.bad_reports)),
+            Cell::Num(fmt::decimal(f64::from(w.coefficient) / 1000.0, 3)),
+            Cell::Hash(w.owner.clone()),
+            Cell::Hash(w.worker_sc.clone()),
+            Cell::Hash(w.image_hash.clone()),
+            Cell::Text(w.gpu.clone().unwrap_or_else(|| "–".into())),
         ]);
     }
-    let q = &s.queue;
+    p.table(&t);
     let waits = if q.served == 0 {
-        "-".to_owned()
+        "–".to_owned()
     } else {
-        format!("{:.3}", q.wait_seconds_sum / q.served as f64)
+        ms(q.wait_seconds_sum / q.served as f64)
     };
-    p.section("queue")
-        .row("most waiting per model", q.max_per_model.to_string())
-        .row("served after waiting", q.served.to_string())
-        .row("average wait (s)", waits)
-        .row("refused: queue full", q.rejected.to_string())
-        .row("expired while waiting", q.expired.to_string());
-    p.table("waiting", &["model", "requests"]);
+    let mut facts = vec![
+        ("waiting now", Cell::Num(fmt::thousands(waiting as u64))),
+        (
+            "most waiting per model",
+            Cell::Num(fmt::thousands(q.max_per_model as u64)),
+        ),
+        ("served after waiting", Cell::Num(fmt::thousands(q.served))),
+        ("average wait", Cell::Text(waits)),
+        ("refused: queue full", Cell::Num(fmt::thousands(q.rejected))),
+        (
+            "expired while waiting",
+            Cell::Num(fmt::thousands(q.expired)),
+        ),
+    ];
     for (model, n) in &q.waiting {
-        p.cells(&[model.clone(), n.to_string()]);
+        facts.push(("waiting for", Cell::Text(format!("{model}: {n}"))));
     }
-    p.table(
-        "clients",
+    p.facts("Queue", &facts);
+    p.facts(
+        "Traffic and admission",
+        &[
+            (
+                "requests cancelled",
+                Cell::Num(fmt::thousands(c.requests_cancelled)),
+            ),
+            ("retries", Cell::Num(fmt::thousands(c.retries))),
+            (
+                "workers refused",
+                Cell::Num(fmt::thousands(c.workers_refused)),
+            ),
+            (
+                "clients refused",
+                Cell::Num(fmt::thousands(c.clients_refused)),
+            ),
+            (
+                "handshake lookups",
+                Cell::Num(fmt::thousands(c.handshake_lookups)),
+            ),
+            (
+                "client watch errors",
+                Cell::Num(fmt::thousands(c.watch_errors)),
+            ),
+            (
+                "TON endpoint disagreements",
+                Cell::Num(fmt::thousands(c.ton_disagreements)),
+            ),
+            (
+                "local clock − chain (s)",
+                Cell::Text(events::clock_cell(s.clock_offset_secs, s.clock_drifted)),
+            ),
+        ],
+    );
+    let mut t = Table::new(
+        "Clients",
         &[
             "session",
             "owner",
             "contract",
             "authorised",
             "running",
-            "tokens (db/max)",
+            "tokens in db",
+            "tokens known",
+            "tokens on chain",
         ],
-    );
+    )
+    .empty("no clients connected")
+    .id("clients");
     for cl in &s.clients {
-        p.cells(&[
-            cl.session.to_string(),
-            cl.owner.clone(),
-            cl.client_sc.clone(),
-            cl.authorized.to_string(),
-            cl.running.to_string(),
-            format!("{}/{}", cl.totals.committed_to_db, cl.totals.max),
+        t.row(vec![
+            Cell::Num(cl.session.to_string()),
+            Cell::Hash(cl.owner.clone()),
+            Cell::Hash(cl.client_sc.clone()),
+            Cell::Markup(html::flag(cl.authorized, Tone::Warn)),
+            Cell::Num(cl.running.to_string()),
+            Cell::Num(fmt::tokens(cl.totals.committed_to_db)),
+            Cell::Num(fmt::tokens(cl.totals.max)),
+            Cell::Num(fmt::tokens(cl.totals.committed_to_blockchain)),
         ]);
     }
+    p.table(&t);
     if let Some(l) = &s.ledger {
-        p.section("ledger")
-            .row("params version", l.params_version.to_string())
-            .row(
-                "committed / last update",
-                format!("{} / {}", l.committed_seq, l.last_seq),
-            )
-            .row("commit failures", l.commit_failures.to_string())
-            .row(
-                "confirmed checkpoint",
-                format!("{:?}", l.confirmed_checkpoint),
-            )
-            .row(
-                "pending checkpoints",
-                format!("{:?}", l.pending_checkpoints),
-            )
-            .row("commission (nanoTON)", l.commission_nanoton.to_string())
-            .row("reservations", l.reservations.to_string())
-            .row(
-                "charges / payouts submitted",
-                format!("{} / {}", l.charges_submitted, l.payouts_submitted),
-            )
-            .row("automatic withdrawals", l.auto_withdrawals.to_string())
-            .row("halted", l.halted.clone().unwrap_or_else(|| "no".into()))
-            .row("frozen accounts", l.frozen.len().to_string());
-        p.table(
-            "accounts",
+        let pending = if l.pending_checkpoints.is_empty() {
+            "none".to_owned()
+        } else {
+            l.pending_checkpoints
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        p.facts(
+            "Ledger",
             &[
-                "account",
-                "tokens",
-                "in db",
-                "checkpointed",
-                "settled on chain",
-                "reserved",
-                "nanoTON",
-                "status",
-                "frozen",
+                ("params version", Cell::Num(l.params_version.to_string())),
+                (
+                    "committed / last update",
+                    Cell::Num(format!("{} / {}", l.committed_seq, l.last_seq)),
+                ),
+                (
+                    "commit failures",
+                    Cell::Num(fmt::thousands(l.commit_failures)),
+                ),
+                (
+                    "confirmed checkpoint",
+                    Cell::Num(fmt::or_dash(l.confirmed_checkpoint, |v| v.to_string())),
+                ),
+                ("pending checkpoints", Cell::Text(pending)),
+                ("commission", Cell::Num(fmt::ton(l.commission_nanoton))),
+                (
+                    "reservations",
+                    Cell::Num(fmt::thousands(l.reservations as u64)),
+                ),
+                (
+                    "charges submitted",
+                    Cell::Num(fmt::thousands(l.charges_submitted)),
+                ),
+                (
+                    "payouts submitted",
+                    Cell::Num(fmt::thousands(l.payouts_submitted)),
+                ),
+                (
+                    "automatic withdrawals",
+                    Cell::Num(fmt::thousands(l.auto_withdrawals)),
+                ),
+                (
+                    "halted",
+                    match &l.halted {
+                        Some(why) => Cell::Badge(Tone::Bad, why.clone()),
+                        None => Cell::Text("no".into()),
+                    },
+                ),
+                ("frozen accounts", Cell::Num(l.frozen.len().to_string())),
             ],
         );
-        for a in shared.meter.accounts() {
-            p.cells(&[
-                a.key.to_string(),
-                a.tokens.to_string(),
-                a.db_tokens.to_string(),
-                a.chain_tokens.to_string(),
-                a.on_chain_tokens.to_string(),
-                a.reserved.to_string(),
-                a.nanoton.to_string(),
-                format!("{:?}", a.status),
-                a.frozen.clone().unwrap_or_default(),
-            ]);
+        let mut t = Table::new("Frozen accounts", &["account", "why"])
+            .empty("no frozen accounts")
+            .id("frozen");
+        for (a, why) in &l.frozen {
+            t.row(vec![Cell::Long(a.clone()), Cell::Long(why.clone())]);
         }
+        p.table(&t);
     }
-    events::events_table(&mut p, &s.events);
-    p.table("refused handshakes", &["at", "kind", "peer", "reason"]);
-    for r in s.refusals.iter().rev() {
-        p.cells(&[
-            r.at.to_string(),
-            r.kind.to_owned(),
-            r.peer.clone(),
-            r.reason.clone(),
+    let mut t = Table::new(
+        "Accounts (ledger)",
+        &[
+            "account",
+            "status",
+            "tokens",
+            "in db",
+            "checkpointed",
+            "settled on chain",
+            "reserved",
+            "worth",
+            "last receipt",
+            "frozen",
+        ],
+    )
+    .empty("no accounts")
+    .id("accounts");
+    for a in accounts {
+        t.row(vec![
+            Cell::Long(a.key.to_string()),
+            Cell::Badge(
+                match a.status {
+                    cocoon_ledger::Status::Open => Tone::Good,
+                    cocoon_ledger::Status::Closing => Tone::Warn,
+                    cocoon_ledger::Status::Closed => Tone::Neutral,
+                },
+                match a.status {
+                    cocoon_ledger::Status::Open => "open",
+                    cocoon_ledger::Status::Closing => "closing",
+                    cocoon_ledger::Status::Closed => "closed",
+                }
+                .into(),
+            ),
+            Cell::Num(fmt::tokens(a.tokens)),
+            Cell::Num(fmt::tokens(a.db_tokens)),
+            Cell::Num(fmt::tokens(a.chain_tokens)),
+            Cell::Num(fmt::tokens(a.on_chain_tokens)),
+            Cell::Num(fmt::tokens(a.reserved)),
+            Cell::Num(fmt::ton(a.nanoton)),
+            Cell::Num(fmt::tokens(a.last_receipt)),
+            Cell::Text(a.frozen.clone().unwrap_or_else(|| "–".into())),
         ]);
     }
-    p.finish()
+    p.table(&t);
+    let mut t = Table::new("Refused handshakes", &["when", "kind", "peer", "reason"])
+        .empty("no refused handshakes")
+        .id("refusals");
+    for r in s.refusals.iter().rev() {
+        t.row(vec![
+            Cell::Text(fmt::ago(now, r.at)),
+            Cell::Text(r.kind.to_owned()),
+            Cell::Long(r.peer.clone()),
+            Cell::Long(r.reason.clone()),
+        ]);
+    }
+    p.table(&t);
+    p.table(&events::events_table(&s.events, now));
+    p
 }
 
 fn metrics(s: &ProxyStats) -> Prometheus {
@@ -319,6 +603,25 @@ fn metrics(s: &ProxyStats) -> Prometheus {
         "Requests whose deadline or queue_max_wait_secs passed while they waited.",
         &[(String::new(), n(q.expired))],
     );
+    if let Some(l) = &s.latency {
+        let q = |v: &[(&str, f64)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(k, x)| (format!("{{quantile=\"{k}\"}}"), format!("{x:.6}")))
+                .collect()
+        };
+        metric(
+            "cocoon_proxy_latency_seconds",
+            "gauge",
+            "Latency percentiles of the last 512 successful attempts (whole answer).",
+            &q(&[("0.5", l.p50), ("0.9", l.p90), ("0.99", l.p99)]),
+        );
+        metric(
+            "cocoon_proxy_ttft_seconds",
+            "gauge",
+            "Time-to-first-byte percentiles of the last 512 successful attempts.",
+            &q(&[("0.5", l.ttft_p50), ("0.99", l.ttft_p99)]),
+        );
+    }
     let per_worker = |f: &dyn Fn(&crate::WorkerStat) -> String| -> Vec<(String, String)> {
         s.workers
             .iter()

@@ -75,7 +75,7 @@ pub use meter::{Charge, MemoryMeter, Meter, MeterError, Party, Settlement, Settl
 pub use process::{ContractSwitch, root_hooks, run, switching_root_hooks, watch_events};
 pub use queue::QueueStats;
 pub use registry::REQUEST_BUFFER_BYTES;
-pub use registry::WorkerStat;
+pub use registry::{LatencyStats, WorkerStat};
 pub use router::RouterConfig;
 pub use settings::{DEFAULTS, Settings};
 pub use ton_chain::{TonCheckpointChain, TonClientChain};
@@ -195,6 +195,8 @@ pub struct ProxyStats {
     pub event_counts: std::collections::BTreeMap<&'static str, u64>,
     /// The durable ledger, when the meter has one.
     pub ledger: Option<LedgerStats>,
+    /// Percentiles of the last successful attempts' latencies (none yet: `None`).
+    pub latency: Option<registry::LatencyStats>,
     /// Seconds the local clock is ahead of the chain's (negative: behind), once a root read
     /// reported the chain's time.
     pub clock_offset_secs: Option<i64>,
@@ -225,6 +227,8 @@ pub(crate) struct Shared {
     pub refusals: Mutex<VecDeque<RefusalStat>>,
     /// Operator events and the chain clock, for the admin pages.
     pub operator: cocoon_service::events::OperatorLog,
+    /// The admin page's time series (fixed memory), sampled once a second.
+    pub history: Mutex<cocoon_service::webui::series::History>,
     pub counters: Counters,
     pub enabled: AtomicBool,
     /// The `params_version` a contract switch is under way to (0: none): requests of the
@@ -385,6 +389,7 @@ impl Shared {
             events: op.events,
             event_counts: op.event_counts,
             ledger: self.meter.ledger_stats(),
+            latency: self.registry.latency(),
             clock_offset_secs: op.clock_offset_secs,
             clock_drifted: op.clock_drifted,
         }
@@ -511,6 +516,7 @@ impl Proxy {
             clients: Mutex::default(),
             refusals: Mutex::default(),
             operator: cocoon_service::events::OperatorLog::new(MAX_EVENTS),
+            history: Mutex::new(cocoon_service::webui::series::History::new()),
             counters: Counters::default(),
             enabled: AtomicBool::new(true),
             switching_to: AtomicU32::new(0),

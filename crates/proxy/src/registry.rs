@@ -158,6 +158,58 @@ pub(crate) struct Registry {
     queue: Mutex<Waiters>,
     /// Most requests waiting per model.
     queue_max: usize,
+    /// The last [`RECENT_LATENCIES`] successful attempts' latency and time to first byte,
+    /// in seconds: the admin page's percentiles.
+    recent: Mutex<std::collections::VecDeque<(f64, f64)>>,
+}
+
+/// Successful attempts whose latencies the percentiles are taken over.
+pub(crate) const RECENT_LATENCIES: usize = 512;
+
+/// Latency percentiles of the last successful attempts (seconds).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct LatencyStats {
+    /// Attempts they are taken over (at most 512).
+    pub samples: usize,
+    /// Median latency, whole answer.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Median time to first byte.
+    pub ttft_p50: f64,
+    /// 99th percentile time to first byte.
+    pub ttft_p99: f64,
+}
+
+/// The `q` quantile (0..=1) of `sorted` (ascending, not empty), nearest rank.
+pub(crate) fn quantile(sorted: &[f64], q: f64) -> f64 {
+    let n = sorted.len();
+    let rank = ((q * n as f64).ceil() as usize).clamp(1, n.max(1));
+    sorted.get(rank - 1).copied().unwrap_or(0.0)
+}
+
+/// [`LatencyStats`] of `(latency, ttft)` samples; `None` without any.
+pub(crate) fn latency_stats(samples: &[(f64, f64)]) -> Option<LatencyStats> {
+    if samples.is_empty() {
+        return None;
+    }
+    let sorted = |f: fn(&(f64, f64)) -> f64| {
+        let mut v: Vec<f64> = samples.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    let l = sorted(|s| s.0);
+    let t = sorted(|s| s.1);
+    Some(LatencyStats {
+        samples: samples.len(),
+        p50: quantile(&l, 0.5),
+        p90: quantile(&l, 0.9),
+        p99: quantile(&l, 0.99),
+        ttft_p50: quantile(&t, 0.5),
+        ttft_p99: quantile(&t, 0.99),
+    })
 }
 
 /// Why a request got no worker.
@@ -247,6 +299,9 @@ pub struct WorkerStat {
     pub enabled: bool,
     /// Average latency, milliseconds.
     pub avg_latency_ms: u64,
+    /// Mean time to first byte in the reputation window, milliseconds (`None`: no attempt
+    /// in the window had a first byte).
+    pub avg_ttft_ms: Option<u64>,
     /// Reputation score used in routing.
     pub reputation: f64,
     /// Successful attempts in the reputation window.
@@ -314,6 +369,20 @@ impl Registry {
         r.buffer_bytes
             .store(bytes, std::sync::atomic::Ordering::Relaxed);
         r
+    }
+
+    /// Percentiles of the last successful attempts' latencies.
+    pub(crate) fn latency(&self) -> Option<LatencyStats> {
+        let g = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        latency_stats(&g.iter().copied().collect::<Vec<_>>())
+    }
+
+    fn record_latency(&self, latency: Duration, ttft: Duration) {
+        let mut g = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if g.len() >= RECENT_LATENCIES {
+            g.pop_front();
+        }
+        g.push_back((latency.as_secs_f64(), ttft.as_secs_f64()));
     }
 
     fn queue_lock(&self) -> std::sync::MutexGuard<'_, Waiters> {
@@ -637,6 +706,7 @@ impl Registry {
                     max_active: e.max_active,
                     enabled: !e.disabled,
                     avg_latency_ms: (e.health.avg_latency(cfg) * 1000.0) as u64,
+                    avg_ttft_ms: e.health.mean_ttft(cfg, now).map(|t| (t * 1000.0) as u64),
                     reputation: e.health.reputation(cfg, now),
                     window_successes: s,
                     window_attempts: n,
@@ -715,6 +785,9 @@ impl Lease {
         }
         self.released = true;
         let id = self.proxy_request_id;
+        if let Some((_, _, AttemptOutcome::Success { latency, ttft })) = &outcome {
+            self.registry.record_latency(*latency, *ttft);
+        }
         self.registry.update(self.worker, |e| {
             e.running = e.running.saturating_sub(1);
             e.pending.remove(&id);
@@ -742,6 +815,24 @@ impl Drop for Lease {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latency_percentiles_are_nearest_rank_over_the_last_attempts() {
+        assert_eq!(latency_stats(&[]), None);
+        let samples: Vec<(f64, f64)> = (1..=100).rev().map(|i| (f64::from(i), 0.5)).collect();
+        let l = latency_stats(&samples).unwrap();
+        assert_eq!((l.samples, l.p50, l.p90, l.p99), (100, 50.0, 90.0, 99.0));
+        assert_eq!((l.ttft_p50, l.ttft_p99), (0.5, 0.5));
+        assert_eq!(quantile(&[7.0], 0.99), 7.0);
+        let r = Registry::new(0, 1);
+        for i in 0..(RECENT_LATENCIES + 10) {
+            r.record_latency(Duration::from_millis(i as u64), Duration::ZERO);
+        }
+        let l = r.latency().unwrap();
+        assert_eq!(l.samples, RECENT_LATENCIES);
+        // The oldest ten fell out.
+        assert!(l.p50 >= 0.010 + 0.25, "{l:?}");
+    }
 
     #[test]
     fn a_model_whose_workers_just_left_is_reconnecting_for_the_grace_only() {

@@ -127,6 +127,18 @@ impl Health {
             .map_or(cfg.latency_prior.as_secs_f64(), |(avg, _)| avg)
     }
 
+    /// Mean time to first byte in seconds of the outcomes in the window at `now` that had
+    /// one (`None`: none had).
+    pub(crate) fn mean_ttft(&self, cfg: &RouterConfig, now: Instant) -> Option<f64> {
+        let t: Vec<f64> = self
+            .outcomes
+            .iter()
+            .filter(|o| now.saturating_duration_since(o.at) <= cfg.window)
+            .filter_map(|o| o.ttft.map(|t| t.as_secs_f64()))
+            .collect();
+        (!t.is_empty()).then(|| t.iter().sum::<f64>() / t.len() as f64)
+    }
+
     /// Outcomes in the window at `now`: (successes, total).
     pub(crate) fn counts(&self, cfg: &RouterConfig, now: Instant) -> (usize, usize) {
         let live = self

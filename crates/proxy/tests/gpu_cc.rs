@@ -94,7 +94,8 @@ async fn refused_for(net: &Net, why: &str) {
     assert_eq!(net.proxy.ready_workers(), 0);
     let http = cocoon_service::http::ClientBuilder::new().build().unwrap();
     let page = get_text(&http, &format!("{}/stats", net.admin())).await;
-    assert!(page.contains("refused handshakes"), "{page}");
+    assert!(page.contains("Refused handshakes"), "{page}");
+    cocoon_testkit::http::assert_no_debug_values("the proxy's /stats", &page);
     assert!(page.contains(why), "{why} not on the admin page");
 }
 

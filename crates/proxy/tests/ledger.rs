@@ -170,7 +170,7 @@ async fn settlements_are_durable_and_receipts_follow_confirmed_checkpoints() {
     assert_eq!(post("teleport", TOKEN).await.unwrap().status(), 404);
     let html = get_text(&reqwest::Client::new(), &format!("{}/stats", net.admin())).await;
     assert!(
-        html.contains("<h2>accounts</h2>") && html.contains(&worker_sc[2..]),
+        html.contains("<h2>Accounts (ledger)</h2>") && html.contains(&worker_sc[2..]),
         "{html}"
     );
     let metrics = get_text(&reqwest::Client::new(), &format!("{}/metrics", net.admin())).await;

@@ -133,6 +133,12 @@ async fn streams_end_to_end_with_exact_usage_least_loaded_routing_and_admin() {
     assert_eq!(js["counters"]["requests_success"], 2);
     let html = get_text(&http, &format!("{}/stats", net.admin())).await;
     assert!(html.contains(MODEL) && html.contains("reputation"));
+    cocoon_testkit::http::assert_no_debug_values("the proxy's /stats", &html);
+    let received = format!(
+        "data-figure=\"requests_received\">{}<",
+        js["counters"]["requests_received"]
+    );
+    assert!(html.contains(&received), "{received} not in {html}");
     let metrics = get_text(&http, &format!("{}/metrics", net.admin())).await;
     assert!(
         metrics.contains("cocoon_proxy_requests_total{outcome=\"success\"} 2"),

@@ -156,76 +156,75 @@ pub fn label(v: &str) -> String {
 
 /// HTML-escapes `s` for text and attribute values.
 pub fn esc(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '&' => o.push_str("&amp;"),
-            '"' => o.push_str("&quot;"),
-            '\'' => o.push_str("&#39;"),
-            c => o.push(c),
-        }
-    }
-    o
+    cocoon_webui::html::esc(s)
 }
 
-/// A plain stats page: a title, a key/value table, then titled tables. Every value is
-/// escaped here.
-#[derive(Debug)]
-pub struct Page(String);
+/// A page built with [`cocoon_webui::html::Page`] as an HTML response, under the
+/// Content-Security-Policy the pages are written for (nothing but their own stylesheet and
+/// script, requests to their own origin, no framing).
+pub fn html_page(page: &cocoon_webui::html::Page) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_SECURITY_POLICY, cocoon_webui::CSP),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        page.render(),
+    )
+        .into_response()
+}
 
-impl Page {
-    /// Starts the page and its first (key/value) table.
-    pub fn new(title: &str) -> Self {
-        let t = esc(title);
-        Page(format!(
-            "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t}</title></head><body>\n<h1>{t}</h1>\n<table>\n"
-        ))
+/// The pages' stylesheet and script ([`cocoon_webui::CSS_PATH`], [`cocoon_webui::JS_PATH`]),
+/// embedded in the binary.
+pub fn asset_routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    fn asset(kind: &'static str, body: &'static str) -> Response {
+        (
+            [
+                (header::CONTENT_TYPE, kind),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                (header::CACHE_CONTROL, "max-age=300"),
+            ],
+            body,
+        )
+            .into_response()
     }
+    Router::new()
+        .route(
+            cocoon_webui::CSS_PATH,
+            get(|| async { asset("text/css; charset=utf-8", cocoon_webui::CSS) }),
+        )
+        .route(
+            cocoon_webui::JS_PATH,
+            get(|| async { asset("text/javascript; charset=utf-8", cocoon_webui::JS) }),
+        )
+}
 
-    /// A key/value row.
-    pub fn row(&mut self, key: &str, value: impl AsRef<str>) -> &mut Self {
-        let _ = writeln!(
-            self.0,
-            "<tr><td>{}</td><td>{}</td></tr>",
-            esc(key),
-            esc(value.as_ref())
-        );
-        self
-    }
+/// Unix seconds now (0 before 1970).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
 
-    /// Ends the current table and starts a key/value one titled `title`.
-    pub fn section(&mut self, title: &str) -> &mut Self {
-        let _ = write!(self.0, "</table>\n<h2>{}</h2>\n<table>\n", esc(title));
-        self
-    }
-
-    /// Ends the current table and starts one titled `title` with these column headers.
-    pub fn table(&mut self, title: &str, headers: &[&str]) -> &mut Self {
-        let _ = write!(self.0, "</table>\n<h2>{}</h2>\n<table>\n<tr>", esc(title));
-        for h in headers {
-            let _ = write!(self.0, "<th>{}</th>", esc(h));
+/// Calls [`StatsPages::sample`] of `role` once a second until `stop` changes: the time
+/// series behind the pages' charts.
+pub fn spawn_sampler<R: StatsPages>(
+    role: Arc<R>,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => role.sample(unix_now()),
+                _ = stop.changed() => return,
+            }
         }
-        self.0.push_str("</tr>\n");
-        self
-    }
-
-    /// A row of cells.
-    pub fn cells<S: AsRef<str>>(&mut self, cells: &[S]) -> &mut Self {
-        self.0.push_str("<tr>");
-        for c in cells {
-            let _ = write!(self.0, "<td>{}</td>", esc(c.as_ref()));
-        }
-        self.0.push_str("</tr>\n");
-        self
-    }
-
-    /// The finished page as an HTML response.
-    pub fn finish(mut self) -> Response {
-        self.0.push_str("</table>\n</body></html>\n");
-        ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], self.0).into_response()
-    }
+    })
 }
 
 /// What a role shows on `/stats`, `/jsonstats` and `/metrics` (counters and public
@@ -248,6 +247,11 @@ pub trait StatsPages: Send + Sync + 'static {
     /// [`StatsPages::stats_page`] is).
     fn metrics_text(&self) -> Prometheus {
         self.metrics(&self.stats())
+    }
+    /// Records the role's time series at `now` (Unix seconds); called once a second by
+    /// [`spawn_sampler`] (which [`spawn`] starts). Nothing by default.
+    fn sample(&self, now: u64) {
+        let _ = now;
     }
 }
 
@@ -282,14 +286,14 @@ impl<R> FromRef<Admin<R>> for Arc<R> {
     }
 }
 
-/// `/stats`, `/jsonstats` and `/metrics` of `R`, for any router whose state holds an
-/// `Arc<R>`.
+/// `/stats`, `/jsonstats` and `/metrics` of `R` and the pages' assets ([`asset_routes`]),
+/// for any router whose state holds an `Arc<R>`.
 pub fn stats_routes<R: StatsPages, S>() -> Router<S>
 where
     Arc<R>: FromRef<S>,
     S: Clone + Send + Sync + 'static,
 {
-    Router::new()
+    asset_routes()
         .route(
             "/stats",
             get(|State(r): State<Arc<R>>| async move { r.stats_page() }),
@@ -336,7 +340,8 @@ fn switch<R: Switch>(a: &Admin<R>, headers: &HeaderMap, on: bool) -> Response {
 }
 
 /// Serves an admin server's `routes` for `role` (controls behind `token`) as `cfg` says,
-/// until `stop` changes; returns the bound address.
+/// and samples its time series ([`spawn_sampler`]), until `stop` changes; returns the
+/// bound address.
 pub async fn spawn<R: Switch>(
     routes: Router<Admin<R>>,
     role: Arc<R>,
@@ -344,7 +349,8 @@ pub async fn spawn<R: Switch>(
     cfg: &AdminConfig,
     stop: watch::Receiver<bool>,
 ) -> Result<(SocketAddr, JoinHandle<()>), String> {
-    serve(
+    let sampler = spawn_sampler(Arc::clone(&role), stop.clone());
+    let (addr, task) = serve(
         routes.with_state(Admin { role, token }),
         cfg.bind,
         &cfg.allowed_origins,
@@ -352,6 +358,12 @@ pub async fn spawn<R: Switch>(
         stop,
     )
     .await
+    .inspect_err(|_| sampler.abort())?;
+    let task = tokio::spawn(async move {
+        let _ = task.await;
+        let _ = sampler.await;
+    });
+    Ok((addr, task))
 }
 
 /// [`spawn`] when `cfg` configures an admin server: returns its address and adds its task
@@ -433,9 +445,12 @@ mod tests {
             self.0.load(std::sync::atomic::Ordering::SeqCst)
         }
         fn page(&self, on: &bool) -> Response {
-            let mut p = Page::new("fake");
-            p.row("enabled", on.to_string());
-            p.finish()
+            let mut p = cocoon_webui::html::Page::new("fake");
+            p.cards(&[cocoon_webui::html::Card::new(
+                "enabled",
+                cocoon_webui::fmt::yes_no(*on),
+            )]);
+            html_page(&p)
         }
         fn metrics(&self, on: &bool) -> Prometheus {
             let mut m = Prometheus::new();
@@ -474,13 +489,13 @@ mod tests {
     }
 
     #[test]
-    fn pages_and_metrics_escape_what_they_show() {
-        let mut p = Page::new("cocoon <x>");
-        p.row("k", "<script>")
-            .table("t", &["a", "b"])
-            .cells(&["1", "\"2\""]);
-        let html = format!("{:?}", p);
-        assert!(html.contains("&lt;script&gt;") && html.contains("&quot;2&quot;"));
+    fn pages_carry_the_csp_and_metrics_escape_what_they_show() {
+        let r = Fake(std::sync::atomic::AtomicBool::new(true)).stats_page();
+        assert_eq!(
+            r.headers()[header::CONTENT_SECURITY_POLICY],
+            cocoon_webui::CSP
+        );
+        assert!(cocoon_webui::CSP.contains("script-src 'self'"));
         let mut m = Prometheus::new();
         m.single("x_total", "counter", "X.", 3);
         m.metric(

@@ -7,8 +7,10 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
-use crate::admin::{Page, Prometheus, label};
+use crate::admin::{Prometheus, label};
 use crate::chain::ChainTime;
+use cocoon_webui::fmt;
+use cocoon_webui::html::{Cell, Table};
 
 /// Something the operator should look at (logged as a warning too).
 #[derive(Debug, Clone, Serialize)]
@@ -105,17 +107,21 @@ pub fn clock_cell(offset: Option<i64>, drifted: bool) -> String {
     }
 }
 
-/// The stats page's "operator events" table, newest first.
-pub fn events_table(p: &mut Page, events: &[OperatorEvent]) {
-    p.table("operator events", &["at", "kind", "subject", "detail"]);
+/// The stats page's "operator events" table, newest first, times relative to `now` (Unix
+/// seconds).
+pub fn events_table(events: &[OperatorEvent], now: u64) -> Table {
+    let mut t = Table::new("Operator events", &["when", "kind", "subject", "detail"])
+        .empty("no operator events")
+        .id("events");
     for e in events.iter().rev() {
-        p.cells(&[
-            e.at.to_string(),
-            e.kind.to_owned(),
-            e.subject.clone(),
-            e.detail.clone(),
+        t.row(vec![
+            Cell::Text(fmt::ago(now, e.at)),
+            Cell::Text(e.kind.to_owned()),
+            Cell::Long(e.subject.clone()),
+            Cell::Long(e.detail.clone()),
         ]);
     }
+    t
 }
 
 /// `<prefix>_operator_events_total` by kind (`kinds` names them in the help text), and

@@ -14,9 +14,13 @@
 //! - [`process`]: state directories, token files, logging, the stop signal;
 //! - [`setting`]: the keys every role has ([`setting::Common`]) and every admin server has
 //!   ([`setting::AdminSettings`]), their checks, and a refused setting named by its key;
+//! - [`webui`]: `cocoon-webui`, the pages' shell, charts, formatting and time series
+//!   (re-exported: every role's page is built with it);
 //! - [`http`]: the one outbound HTTP client builder (`cocoon-http`, re-exported; it sits
 //!   below `cocoon-ton` and `cocoon-attest`, which build their clients with it too).
 #![forbid(unsafe_code)]
+
+pub use cocoon_webui as webui;
 
 pub mod admin;
 pub mod browser;

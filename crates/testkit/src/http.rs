@@ -240,3 +240,87 @@ impl<'a> AdminTarget<'a> {
         assert_eq!(r.headers()["vary"], "Origin");
     }
 }
+
+/// Where `html` shows a Rust `Debug` value (`Some(3)`, `None`, `[1, 2]`, `{ field: 1 }`,
+/// `Ready`-style unit variants are not checked): the first such text, or `None`.
+pub fn debug_value(html: &str) -> Option<String> {
+    // Text only: markup (tags, attributes, SVG coordinates) is skipped.
+    let mut text = String::with_capacity(html.len());
+    let mut in_tag = false;
+    for c in html.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' => {
+                in_tag = false;
+                text.push(' ');
+            }
+            c if !in_tag => text.push(c),
+            _ => {}
+        }
+    }
+    let words = ["Some(", "None", "Ok(", "Err("];
+    if let Some(w) = words.iter().find(|w| text.contains(*w)) {
+        let at = text.find(w).unwrap_or(0);
+        return Some(text[at.saturating_sub(40)..(at + 40).min(text.len())].to_owned());
+    }
+    let b = text.as_bytes();
+    for i in 0..b.len() {
+        // `[1, 2]` or `[184]`: a bracket, digits, then `,` or `]`.
+        if b[i] == b'[' {
+            let j = b[i + 1..]
+                .iter()
+                .position(|c| !c.is_ascii_digit())
+                .map(|p| i + 1 + p);
+            if let Some(j) = j
+                && j > i + 1
+                && (b[j] == b']' || b[j] == b',')
+            {
+                return Some(String::from_utf8_lossy(&b[i..(j + 1).min(b.len())]).into_owned());
+            }
+        }
+        // `{ field:` (a struct's Debug).
+        if b[i] == b'{' && b.get(i + 1) == Some(&b' ') {
+            let rest = &b[i + 2..];
+            let n = rest
+                .iter()
+                .take_while(|c| c.is_ascii_alphanumeric() || **c == b'_')
+                .count();
+            if n > 0 && rest.get(n) == Some(&b':') {
+                return Some(String::from_utf8_lossy(&b[i..(i + 2 + n + 1)]).into_owned());
+            }
+        }
+    }
+    None
+}
+
+/// Panics with the offending text when `html` shows a Rust `Debug` value ([`debug_value`]).
+pub fn assert_no_debug_values(what: &str, html: &str) {
+    if let Some(bad) = debug_value(html) {
+        panic!("{what} shows a Debug value: {bad:?}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn debug_values_are_found_in_text_not_in_markup() {
+        use super::debug_value;
+        for bad in [
+            "<td>Some(183)</td>",
+            "<p>[184]</p>",
+            "a [1, 2] b",
+            "x { field: 1 }",
+            "None",
+        ] {
+            assert!(debug_value(bad).is_some(), "{bad}");
+        }
+        for good in [
+            "<svg viewBox=\"0 0 10 10\"><polyline points=\"1,2 3,4\"/></svg>",
+            "<td>1\u{202f}234 TON</td><td>–</td>",
+            "<a title=\"[1]\">x</a>",
+            "none of it",
+        ] {
+            assert_eq!(debug_value(good), None, "{good}");
+        }
+    }
+}

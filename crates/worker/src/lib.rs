@@ -97,6 +97,18 @@ pub enum ConnState {
     Stopped,
 }
 
+impl ConnState {
+    /// The state as `/jsonstats` names it.
+    pub fn word(&self) -> &'static str {
+        match self {
+            ConnState::Connecting => "connecting",
+            ConnState::Handshaking => "handshaking",
+            ConnState::Ready => "ready",
+            ConnState::Stopped => "stopped",
+        }
+    }
+}
+
 /// What the admin pages show about one proxy connection.
 #[derive(Clone, Debug, Serialize)]
 pub struct ConnStatus {
@@ -173,6 +185,8 @@ pub(crate) struct Shared {
     pub payouts_in_flight: Mutex<HashSet<String>>,
     /// Recent operator events and the chain's time as the root watcher sees it.
     pub operator: cocoon_service::events::OperatorLog,
+    /// The admin page's time series (fixed memory), sampled once a second.
+    pub history: Mutex<cocoon_service::webui::series::History>,
 }
 
 /// Operator events kept for the admin page.
@@ -419,6 +433,9 @@ impl Shared {
             .map(|(proxy_sc, r)| PaymentView {
                 ready_tokens: r.ready_tokens(),
                 ready_nanoton: payout::ready_nanoton(r.ready_tokens(), self.fee_of(&r)).to_string(),
+                signed_nanoton: payout::ready_nanoton(r.signed_tokens, self.fee_of(&r)).to_string(),
+                paid_out_nanoton: payout::ready_nanoton(r.paid_out_tokens, self.fee_of(&r))
+                    .to_string(),
                 proxy_sc_address: proxy_sc,
                 signed_tokens: r.signed_tokens,
                 db_tokens: r.db_tokens,
@@ -467,6 +484,10 @@ pub struct PaymentView {
     pub ready_tokens: u64,
     /// Their worth in nanoTON (decimal string: it may exceed 2^53).
     pub ready_nanoton: String,
+    /// The signed tokens' worth in nanoTON (decimal string): what this contract earned.
+    pub signed_nanoton: String,
+    /// The paid-out tokens' worth in nanoTON (decimal string).
+    pub paid_out_nanoton: String,
     /// The worker contract is closed on chain: its proxy paid it its last payout (after a
     /// params change); nothing is ready.
     pub closed: bool,
@@ -586,6 +607,7 @@ impl Worker {
             control,
             conns: Mutex::new(Vec::new()),
             operator: cocoon_service::events::OperatorLog::new(MAX_EVENTS),
+            history: Mutex::new(cocoon_service::webui::series::History::new()),
             proxy_tasks: Mutex::new(HashMap::new()),
             next_conn_id: AtomicU64::new(0),
             root_version: Mutex::new(None),

@@ -581,8 +581,20 @@ async fn uplink_and_admin_controls() {
 
     // Read-only pages: counters and public identifiers, never bodies.
     let html = get_text(&http, &format!("{admin}/stats")).await;
-    assert!(html.contains("cocoon worker") && html.contains(MODEL));
+    assert!(
+        html.contains("Cocoon worker") && html.contains(MODEL),
+        "{html}"
+    );
+    cocoon_testkit::http::assert_no_debug_values("the worker's /stats", &html);
+    // The dashboard's figures are /jsonstats' (requests, tokens), and the page carries the
+    // controls without the token.
+    assert!(html.contains("data-post=\"/control/disable\""));
     let json: serde_json::Value = get_json(&http, &format!("{admin}/jsonstats")).await;
+    let received = format!(
+        "data-figure=\"requests_received\">{}<",
+        json["counters"]["requests_received"]
+    );
+    assert!(html.contains(&received), "{received} not in {html}");
     assert_eq!(json["coefficient"], 2000);
     assert_eq!(json["counters"]["requests_success"], 1);
     assert_eq!(json["enabled"], true);

@@ -14,9 +14,10 @@
 //!
 //! A request whose receiver is dropped is cancelled at the next step and its KV cells freed.
 
-use crate::grammar::{self, Format};
-use crate::output::{AnswerWriter, StopScanner, TokenLogprob, Utf8Buf};
+use crate::grammar::{self, CallMode, Format};
+use crate::output::{AnswerWriter, CallPart, StopScanner, TokenLogprob, Utf8Buf};
 use crate::template::{ChatTemplate, messages_from_json};
+use crate::tools::{self, CallParser, ToolEvent, ToolPlan};
 use cocoon_engine::{
     BodyEvent, Engine, EngineError, EngineRequest, EngineResponse, Health, ModelInfo, Tokenizer,
 };
@@ -178,6 +179,8 @@ struct Job {
     max_tokens: u32,
     stops: Vec<String>,
     sampling: Sampling,
+    /// The answer may call functions (`tools`): how its output is read.
+    calls: Option<CallMode>,
     deadline: Instant,
     timeout: Duration,
     out: mpsc::Sender<BodyEvent>,
@@ -187,6 +190,16 @@ fn f32_field(body: &serde_json::Map<String, Value>, key: &str, default: f32) -> 
     body.get(key)
         .and_then(Value::as_f64)
         .map_or(default, |v| v as f32)
+}
+
+/// A tool call's id: `call_` and 24 random hex digits.
+fn call_id() -> String {
+    format!(
+        "call_{:08x}{:08x}{:08x}",
+        next_seed(),
+        next_seed(),
+        next_seed()
+    )
 }
 
 fn next_seed() -> u32 {
@@ -368,16 +381,6 @@ fn prepare(
     let n = n as u32;
     for (field, unsupported) in [
         (
-            "tools",
-            body.get("tools")
-                .is_some_and(|v| v.as_array().is_some_and(|a| !a.is_empty())),
-        ),
-        (
-            "tool_choice",
-            body.get("tool_choice")
-                .is_some_and(|v| !v.is_null() && v != "none" && v != "auto"),
-        ),
-        (
             "best_of",
             body.get("best_of")
                 .and_then(Value::as_u64)
@@ -396,10 +399,20 @@ fn prepare(
             ));
         }
     }
-    if req.endpoint == Endpoint::ChatCompletions {
+    let plan = if req.endpoint == Endpoint::ChatCompletions {
         text_only(body, &model_name)?;
-    }
-    let prompt_text = render(shared, req.endpoint, body)?;
+        tools::plan(body).map_err(|r| {
+            let code = if r.param.ends_with(".parameters") {
+                "unsupported_value"
+            } else {
+                "invalid_value"
+            };
+            EngineError::invalid(r.param, code, r.message)
+        })?
+    } else {
+        None
+    };
+    let prompt_text = render_with(shared, req.endpoint, body, plan.as_ref())?;
     let prompt = tokenize_prompt(&shared.model, &prompt_text);
     let (what, param) = match req.endpoint {
         Endpoint::ChatCompletions => ("messages", "messages"),
@@ -451,7 +464,18 @@ fn prepare(
             format!("Invalid response_format for the model {model_name}: {why}."),
         )
     };
-    let grammar = match grammar::response_format(body.get("response_format")) {
+    let format = match (grammar::response_format(body.get("response_format")), &plan) {
+        (Ok(Format::Grammar(_)), Some(_)) => {
+            return Err(refuse_format(
+                "a JSON response_format cannot be combined with tool calls on this engine \
+                 (tool_choice none allows it)"
+                    .into(),
+            ));
+        }
+        (Ok(Format::Text), Some(p)) => Ok(Format::Grammar(p.grammar.clone())),
+        (other, _) => other,
+    };
+    let grammar = match format {
         Ok(Format::Text) => None,
         Ok(Format::Grammar(g)) => {
             // Compiled here once so that a grammar llama.cpp refuses is the caller's 400, not
@@ -513,6 +537,7 @@ fn prepare(
         max_tokens,
         stops,
         sampling,
+        calls: plan.map(|p| p.mode),
         deadline: Instant::now() + req.timeout,
         timeout: req.timeout,
         out: tx,
@@ -609,9 +634,26 @@ fn render(
     endpoint: Endpoint,
     body: &serde_json::Map<String, Value>,
 ) -> Result<String, EngineError> {
+    let plan = match endpoint {
+        Endpoint::ChatCompletions => tools::plan(body).ok().flatten(),
+        Endpoint::Completions => None,
+    };
+    render_with(shared, endpoint, body, plan.as_ref())
+}
+
+/// The prompt: with tools, the functions listed in a system block and earlier calls and
+/// results written in the call format (see [`tools::messages`]).
+fn render_with(
+    shared: &Shared,
+    endpoint: Endpoint,
+    body: &serde_json::Map<String, Value>,
+    plan: Option<&ToolPlan>,
+) -> Result<String, EngineError> {
     match endpoint {
         Endpoint::ChatCompletions => {
-            let msgs = messages_from_json(body.get("messages").unwrap_or(&Value::Null));
+            let raw = body.get("messages").unwrap_or(&Value::Null);
+            let block = plan.map(|p| tools::system_block(&p.listed));
+            let msgs = tools::messages(messages_from_json(raw), raw, block.as_deref());
             shared
                 .template
                 .render(&msgs)
@@ -713,7 +755,7 @@ impl Engine for LlamaEngine {
                 chat: Some(true),
                 completions: Some(true),
                 embeddings: Some(false),
-                tools: Some(false),
+                tools: Some(true),
                 json_schema: Some(true),
                 vision: Some(false),
                 logprobs: Some(true),
@@ -739,6 +781,8 @@ struct Slot {
     stop: StopScanner,
     /// Which choice of its request this sequence answers.
     choice: usize,
+    /// Reads tool calls out of the answer (a request with tools).
+    calls: Option<CallParser>,
     /// The prompt's last token is in this step's batch.
     prompt_done: bool,
     /// A choice after the first: waits for the first one's prompt, then copies its cells.
@@ -975,6 +1019,7 @@ impl<'m> Scheduler<'m> {
             first_seq.get_or_insert(seq);
             let mut job = job.clone();
             job.sampling = sampling;
+            let parser = job.calls.map(CallParser::new);
             self.slots[i] = Some(Slot {
                 seq,
                 stop: StopScanner::new(job.stops.clone()),
@@ -993,6 +1038,7 @@ impl<'m> Scheduler<'m> {
                 generated: 0,
                 utf8: Utf8Buf::default(),
                 choice: choice as usize,
+                calls: parser,
                 prompt_done: false,
                 follows,
                 group: group.clone(),
@@ -1142,8 +1188,8 @@ impl<'m> Scheduler<'m> {
                             tail = s.stop.push(&tail).0 + &s.stop.finish();
                         }
                         let mut g = s.group.borrow_mut();
-                        if !tail.is_empty()
-                            && let Some(b) = g.writer.delta_at(s.choice, &tail)
+                        if let Some(b) =
+                            Self::write(&mut g.writer, &mut s.calls, s.choice, &tail, true)
                         {
                             s.send(BodyEvent::Data(b));
                         }
@@ -1173,6 +1219,42 @@ impl<'m> Scheduler<'m> {
         }
     }
 
+    /// Writes a piece of a choice's answer (through the tool-call parser when the request
+    /// has tools): the bytes to send, if any. `last`: the answer ends here.
+    fn write(
+        writer: &mut AnswerWriter,
+        calls: &mut Option<CallParser>,
+        choice: usize,
+        text: &str,
+        last: bool,
+    ) -> Option<Vec<u8>> {
+        let Some(parser) = calls else {
+            return (!text.is_empty())
+                .then(|| writer.delta_at(choice, text))
+                .flatten();
+        };
+        let mut events = parser.push(text);
+        if last {
+            events.extend(parser.finish());
+        }
+        if events.is_empty() {
+            return None;
+        }
+        let mut content = String::new();
+        let mut parts = Vec::new();
+        for e in events {
+            match e {
+                ToolEvent::Text(t) => content.push_str(&t),
+                ToolEvent::Start(name) => parts.push(CallPart::Start {
+                    id: call_id(),
+                    name,
+                }),
+                ToolEvent::Args(a) => parts.push(CallPart::Args(a)),
+            }
+        }
+        writer.parts_at(choice, &content, &parts)
+    }
+
     fn accept(
         model: &LlamaModel,
         s: &mut Slot,
@@ -1192,8 +1274,7 @@ impl<'m> Scheduler<'m> {
         let piece = vocab.token_to_piece(tok, false, None);
         let text = s.utf8.push(&piece);
         let (emit, stopped) = s.stop.push(&text);
-        if !emit.is_empty()
-            && let Some(b) = g.writer.delta_at(s.choice, &emit)
+        if let Some(b) = Self::write(&mut g.writer, &mut s.calls, s.choice, &emit, false)
             && !s.send(BodyEvent::Data(b))
         {
             return Outcome::Gone;

@@ -108,17 +108,93 @@ pub fn schema_grammar(schema: &Value) -> Result<String, String> {
     Ok(out)
 }
 
-struct Converter {
-    rules: Vec<(String, String)>,
-    /// The product of the alternatives on the path being converted.
-    fanout: usize,
+/// The opening and closing markers of a tool call in the model's output.
+pub const CALL_OPEN: &str = "<tool_call>";
+/// See [`CALL_OPEN`].
+pub const CALL_CLOSE: &str = "</tool_call>";
+/// Most calls one answer may make when parallel tool calls are allowed.
+pub const MAX_PARALLEL_CALLS: usize = 16;
+
+/// What the tool-call grammar lets the model answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallMode {
+    /// One call or more (`required`, or a named function).
+    Required,
+    /// Plain text (not starting with `<`) or calls (`auto`).
+    Auto,
 }
 
-/// A JSON literal as a GBNF string literal.
-fn literal(v: &Value) -> String {
-    let json = v.to_string();
+/// The grammar of an answer that calls the given functions (name and `parameters` schema;
+/// `None`: no parameters, `{}`), each call written as
+/// `<tool_call>\n{"name": "NAME", "arguments": ARGS}\n</tool_call>`, calls separated by one
+/// newline, at most [`MAX_PARALLEL_CALLS`] (one without `parallel`). `Err` gives the index of
+/// the function whose schema is not converted (or does not describe an object) and why.
+pub fn tools_grammar(
+    functions: &[(&str, Option<&Value>)],
+    parallel: bool,
+    mode: CallMode,
+) -> Result<String, (usize, String)> {
+    let mut c = Converter {
+        rules: Vec::new(),
+        fanout: 1,
+    };
+    let mut calls = Vec::new();
+    for (i, (name, params)) in functions.iter().enumerate() {
+        let args = match params {
+            None => "\"{\" ws \"}\"".to_owned(),
+            Some(p) => {
+                let o = p
+                    .as_object()
+                    .ok_or((i, "parameters must be a JSON schema object".to_owned()))?;
+                match o.get("type") {
+                    Some(Value::String(t)) if t == "object" => {}
+                    None if !o.contains_key("anyOf")
+                        && !o.contains_key("enum")
+                        && !o.contains_key("const")
+                        && !o.contains_key("items") => {}
+                    _ => {
+                        return Err((
+                            i,
+                            "parameters must describe an object (type \"object\")".into(),
+                        ));
+                    }
+                }
+                let mut o = o.clone();
+                o.insert("type".into(), Value::String("object".into()));
+                c.expr(&Value::Object(o), 0, &format!("args-{name}"))
+                    .map_err(|e| (i, e))?
+            }
+        };
+        let head = literal_text(&format!(
+            "{CALL_OPEN}\n{{\"name\": \"{name}\", \"arguments\": "
+        ));
+        let tail = literal_text(&format!("}}\n{CALL_CLOSE}"));
+        let rule = c
+            .rule(&format!("call-{name}"), format!("{head} {args} {tail}"))
+            .map_err(|e| (i, e))?;
+        calls.push(rule);
+    }
+    let mut out = format!("call ::= {}\n", calls.join(" | "));
+    let calls_expr = if parallel {
+        format!("call (\"\\n\" call){{0,{}}}", MAX_PARALLEL_CALLS - 1)
+    } else {
+        "call".to_owned()
+    };
+    out = match mode {
+        CallMode::Required => format!("root ::= {calls_expr}\n{out}"),
+        CallMode::Auto => format!("root ::= {calls_expr} | text\ntext ::= [^<] .*\n{out}"),
+    };
+    for (name, body) in &c.rules {
+        let _ = writeln!(out, "{name} ::= {body}");
+    }
+    out.push_str(BASE);
+    Ok(out)
+}
+
+/// Text as a GBNF string literal.
+fn literal_text(s: &str) -> String {
     let mut out = String::from("\"");
-    for ch in json.chars() {
+    for ch in s.chars() {
         match ch {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
@@ -130,6 +206,17 @@ fn literal(v: &Value) -> String {
     }
     out.push('"');
     out
+}
+
+struct Converter {
+    rules: Vec<(String, String)>,
+    /// The product of the alternatives on the path being converted.
+    fanout: usize,
+}
+
+/// A JSON literal as a GBNF string literal.
+fn literal(v: &Value) -> String {
+    literal_text(&v.to_string())
 }
 
 impl Converter {

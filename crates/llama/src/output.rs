@@ -128,6 +128,29 @@ impl StopScanner {
     }
 }
 
+/// Part of a tool call in a piece of a chat answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CallPart {
+    /// A call begins: its id (`call_…`) and function name.
+    Start {
+        /// The call's id.
+        id: String,
+        /// The function called.
+        name: String,
+    },
+    /// More of the current call's arguments (JSON text).
+    Args(String),
+}
+
+/// One tool call of a choice.
+#[derive(Debug, Default)]
+struct Call {
+    id: String,
+    name: String,
+    /// The arguments so far (kept only for a whole answer).
+    args: String,
+}
+
 /// One choice's state in an answer.
 #[derive(Debug, Default)]
 struct ChoiceState {
@@ -137,6 +160,8 @@ struct ChoiceState {
     /// Characters that logprob entries covered so far (legacy `text_offset`).
     offset: usize,
     finish: Option<String>,
+    /// Tool calls made (streaming: ids and names only, the arguments went out).
+    calls: Vec<Call>,
 }
 
 /// Produces the answer body for one request (one or `n` choices).
@@ -363,10 +388,99 @@ impl AnswerWriter {
         (!out.is_empty()).then_some(out)
     }
 
-    /// A choice ended: when streaming, its remaining logprobs and its finish chunk.
+    /// Bytes to send for a piece of a chat choice that may carry tool-call parts, all in one
+    /// chunk (one piece per generated token, as the worker counts them): a call's first part
+    /// carries `index`, `id`, `type` and the name with empty `arguments`, later ones `index`
+    /// and an `arguments` fragment, as OpenAI streams them. Not streaming: kept for the end.
+    pub fn parts_at(&mut self, choice: usize, text: &str, parts: &[CallPart]) -> Option<Vec<u8>> {
+        if parts.is_empty() || self.endpoint != Endpoint::ChatCompletions {
+            return self.delta_at(choice, text);
+        }
+        let stream = self.stream;
+        let c = self.choices.get_mut(choice)?;
+        let mut items = Vec::new();
+        for p in parts {
+            match p {
+                CallPart::Start { id, name } => {
+                    c.calls.push(Call {
+                        id: id.clone(),
+                        name: name.clone(),
+                        args: String::new(),
+                    });
+                    items.push(
+                        json!({"index": c.calls.len() - 1, "id": id, "type": "function",
+                        "function": {"name": name, "arguments": ""}}),
+                    );
+                }
+                CallPart::Args(a) => {
+                    let Some(index) = c.calls.len().checked_sub(1) else {
+                        continue;
+                    };
+                    if stream {
+                        items.push(json!({"index": index, "function": {"arguments": a}}));
+                    } else if let Some(call) = c.calls.last_mut() {
+                        call.args.push_str(a);
+                    }
+                }
+            }
+        }
+        if !stream {
+            c.text.push_str(text);
+            return None;
+        }
+        let first = !c.started;
+        c.started = true;
+        let index = choice as u32;
+        let mut out = Vec::new();
+        if first {
+            let delta = if text.is_empty() {
+                json!({"role": "assistant", "content": null})
+            } else {
+                json!({"role": "assistant", "content": ""})
+            };
+            out.extend(self.chat_chunk_value(index, delta, None));
+        }
+        let mut delta = serde_json::Map::new();
+        if !text.is_empty() {
+            delta.insert("content".into(), Value::from(text));
+        }
+        delta.insert("tool_calls".into(), Value::Array(items));
+        let logprobs = self.take_logprobs(choice);
+        out.extend(self.chat_chunk_value(index, Value::Object(delta), logprobs));
+        Some(out)
+    }
+
+    /// A chat chunk with one choice whose delta is given as JSON.
+    fn chat_chunk_value(&self, index: u32, delta: Value, logprobs: Option<Value>) -> Vec<u8> {
+        let mut choice = json!({"index": index, "delta": delta, "finish_reason": null});
+        if let Some(lp) = logprobs {
+            choice["logprobs"] = lp;
+        }
+        let chunk = json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [choice],
+        });
+        Self::sse(serde_json::to_vec(&chunk).unwrap_or_default())
+    }
+
+    /// Tool calls made by a choice so far.
+    pub fn calls_at(&self, choice: usize) -> usize {
+        self.choices.get(choice).map_or(0, |c| c.calls.len())
+    }
+
+    /// A choice ended: when streaming, its remaining logprobs and its finish chunk. A choice
+    /// that called tools and stopped by itself finishes with `tool_calls`.
     pub fn finish_choice(&mut self, choice: usize, finish_reason: &str) -> Vec<u8> {
         let Some(c) = self.choices.get_mut(choice) else {
             return Vec::new();
+        };
+        let finish_reason = if finish_reason == "stop" && !c.calls.is_empty() {
+            "tool_calls"
+        } else {
+            finish_reason
         };
         c.finish = Some(finish_reason.to_owned());
         if !self.stream {
@@ -417,6 +531,60 @@ impl AnswerWriter {
             .iter_mut()
             .map(|c| (std::mem::take(&mut c.text), c.finish.take()))
             .collect();
+        let calls: Vec<Vec<Call>> = self
+            .choices
+            .iter_mut()
+            .map(|c| std::mem::take(&mut c.calls))
+            .collect();
+        if calls.iter().any(|c| !c.is_empty()) {
+            let body = Self::encode(
+                &ChatCompletion {
+                    id: self.id.clone(),
+                    object: "chat.completion".into(),
+                    created: self.created,
+                    model: self.model.clone(),
+                    choices: texts
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, (content, finish_reason))| ChatChoice {
+                            index: i as u32,
+                            message: AssistantMessage {
+                                role: "assistant".into(),
+                                content,
+                            },
+                            finish_reason,
+                        })
+                        .collect(),
+                    usage,
+                },
+                logprobs,
+            );
+            let mut v: Value = serde_json::from_slice(&body).unwrap_or_default();
+            for (i, calls) in calls.into_iter().enumerate() {
+                let Some(m) = v
+                    .get_mut("choices")
+                    .and_then(|c| c.get_mut(i))
+                    .and_then(|c| c.get_mut("message"))
+                else {
+                    continue;
+                };
+                if calls.is_empty() {
+                    continue;
+                }
+                if m["content"] == "" {
+                    m["content"] = Value::Null;
+                }
+                m["tool_calls"] = calls
+                    .into_iter()
+                    .map(|c| {
+                        json!({"id": c.id, "type": "function",
+                        "function": {"name": c.name, "arguments": c.args}})
+                    })
+                    .collect::<Vec<_>>()
+                    .into();
+            }
+            return serde_json::to_vec(&v).unwrap_or_default();
+        }
         match self.endpoint {
             Endpoint::ChatCompletions => Self::encode(
                 &ChatCompletion {
@@ -582,5 +750,90 @@ mod tests {
         let v: serde_json::Value =
             serde_json::from_slice(&w.finish("stop", Usage::new(1, 1))).unwrap();
         assert!(v["choices"][0].get("logprobs").is_none());
+    }
+
+    #[test]
+    fn tool_calls_streamed_as_openai_streams_them_and_whole() {
+        let start = |id: &str, name: &str| CallPart::Start {
+            id: id.into(),
+            name: name.into(),
+        };
+        let args = |a: &str| CallPart::Args(a.into());
+        let mut w = AnswerWriter::new(Endpoint::ChatCompletions, true, "c".into(), 1, "m".into());
+        let mut body = w
+            .parts_at(0, "", &[start("call_a", "f"), args("{\"x\": ")])
+            .unwrap();
+        body.extend(w.parts_at(0, "", &[args("1}")]).unwrap());
+        body.extend(
+            w.parts_at(0, "", &[start("call_b", "g"), args("{}")])
+                .unwrap(),
+        );
+        assert_eq!(w.calls_at(0), 2);
+        body.extend(w.finish("stop", Usage::new(5, 4)));
+        let text = String::from_utf8(body.clone()).unwrap();
+        let chunks: Vec<Value> = text
+            .split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .filter(|e| *e != "[DONE]")
+            .map(|e| serde_json::from_str(e).unwrap())
+            .collect();
+        let deltas: Vec<Value> = chunks
+            .iter()
+            .filter_map(|c| c["choices"].get(0).map(|c| c["delta"].clone()))
+            .collect();
+        assert_eq!(
+            deltas,
+            vec![
+                json!({"role": "assistant", "content": null}),
+                json!({"tool_calls": [
+                    {"index": 0, "id": "call_a", "type": "function", "function": {"name": "f", "arguments": ""}},
+                    {"index": 0, "function": {"arguments": "{\"x\": "}}]}),
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}),
+                json!({"tool_calls": [
+                    {"index": 1, "id": "call_b", "type": "function", "function": {"name": "g", "arguments": ""}},
+                    {"index": 1, "function": {"arguments": "{}"}}]}),
+                json!({}),
+            ]
+        );
+        assert_eq!(chunks[4]["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(chunks[5]["usage"]["completion_tokens"], 4);
+        assert!(text.ends_with("data: [DONE]\n\n"));
+        let mut t = UsageTracker::new();
+        t.push(&body);
+        assert_eq!(t.usage(), Some(Usage::new(5, 4)));
+        // One generated piece per chunk that carries a call part.
+        assert_eq!(t.generated_pieces(), 3);
+
+        let mut w = AnswerWriter::new(Endpoint::ChatCompletions, false, "c".into(), 1, "m".into())
+            .with_choices(2);
+        assert!(
+            w.parts_at(0, "", &[start("call_a", "f"), args("{\"x\"")])
+                .is_none()
+        );
+        assert!(w.parts_at(0, "", &[args(": 1}")]).is_none());
+        assert!(w.delta_at(1, "plain").is_none());
+        w.finish_choice(0, "stop");
+        w.finish_choice(1, "stop");
+        let v: Value = serde_json::from_slice(&w.done(Usage::new(3, 2))).unwrap();
+        assert_eq!(
+            v["choices"][0]["message"],
+            json!({"role": "assistant", "content": null, "tool_calls": [{"id": "call_a",
+                "type": "function", "function": {"name": "f", "arguments": "{\"x\": 1}"}}]})
+        );
+        assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(
+            v["choices"][1]["message"],
+            json!({"role": "assistant", "content": "plain"})
+        );
+        assert_eq!(v["choices"][1]["finish_reason"], "stop");
+        // Cut by the limit: the reason stays `length`.
+        let mut w = AnswerWriter::new(Endpoint::ChatCompletions, false, "c".into(), 1, "m".into());
+        w.parts_at(0, "", &[start("call_a", "f"), args("{\"x")]);
+        let v: Value = serde_json::from_slice(&w.finish("length", Usage::new(3, 2))).unwrap();
+        assert_eq!(v["choices"][0]["finish_reason"], "length");
+        assert_eq!(
+            v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"],
+            "{\"x"
+        );
     }
 }

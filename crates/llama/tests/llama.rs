@@ -256,10 +256,7 @@ async fn refusals_are_typed_errors() {
     assert_eq!(a.code, Some("context_length_exceeded"));
     assert!(a.message.contains(", 1 in the completion"), "{a}");
     // Parameters the embedded engine does not take name the parameter.
-    for (field, v) in [(
-        "tools",
-        json!([{"type": "function", "function": {"name": "f"}}]),
-    )] {
+    for (field, v) in [("best_of", json!(2))] {
         let a = invalid(e.submit(chat("x", json!({field: v}))).await.unwrap_err());
         assert_eq!(a.param.as_deref(), Some(field), "{a}");
         assert_eq!(a.code, Some("unsupported_parameter"), "{a}");
@@ -732,4 +729,244 @@ fn a_model_file_with_another_hash_is_refused() {
     );
     cfg.expected_sha256 = Some(SHA.to_uppercase());
     LlamaEngine::load(cfg).expect("the pinned file loads");
+}
+
+fn weather_tools() -> Value {
+    json!([
+        {"type": "function", "function": {"name": "get_weather", "description": "The weather in a city now",
+            "parameters": {"type": "object", "properties": {
+                "city": {"type": "string", "maxLength": 40},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+                "required": ["city", "unit"], "additionalProperties": false}}},
+        {"type": "function", "function": {"name": "get_time", "description": "The local time in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40}},
+                "required": ["city"]}}},
+    ])
+}
+
+/// The tool calls of choice 0 of an answer, whole or streamed (assembled from the deltas as
+/// SDK users do), with its finish reason.
+fn calls_of(a: &Answer) -> (Vec<(String, String, String)>, Value, Value) {
+    let text = String::from_utf8(a.body.clone()).unwrap();
+    if !text.starts_with("data: ") {
+        let v: Value = serde_json::from_str(&text).unwrap();
+        let c = &v["choices"][0];
+        let calls = c["message"]["tool_calls"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|t| {
+                assert_eq!(t["type"], "function");
+                (
+                    t["id"].as_str().unwrap().to_owned(),
+                    t["function"]["name"].as_str().unwrap().to_owned(),
+                    t["function"]["arguments"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        return (
+            calls,
+            c["finish_reason"].clone(),
+            c["message"]["content"].clone(),
+        );
+    }
+    let mut calls: Vec<(String, String, String)> = Vec::new();
+    let mut finish = Value::Null;
+    let mut content: Option<String> = None;
+    for e in text.split("\n\n").filter_map(|e| e.strip_prefix("data: ")) {
+        if e == "[DONE]" {
+            continue;
+        }
+        let v: Value = serde_json::from_str(e).unwrap();
+        let Some(c) = v["choices"].get(0) else {
+            continue;
+        };
+        if !c["finish_reason"].is_null() {
+            finish = c["finish_reason"].clone();
+        }
+        if let Some(t) = c["delta"]["content"].as_str() {
+            content.get_or_insert_default().push_str(t);
+        }
+        for t in c["delta"]["tool_calls"].as_array().into_iter().flatten() {
+            let i = t["index"].as_u64().unwrap() as usize;
+            if let Some(id) = t["id"].as_str() {
+                assert_eq!(i, calls.len(), "a call's first delta has the next index");
+                assert_eq!(t["type"], "function");
+                assert_eq!(
+                    t["function"]["arguments"], "",
+                    "the first delta has empty arguments"
+                );
+                calls.push((
+                    id.to_owned(),
+                    t["function"]["name"].as_str().unwrap().to_owned(),
+                    String::new(),
+                ));
+            } else {
+                assert!(
+                    t.get("type").is_none() && t["function"].get("name").is_none(),
+                    "{t}"
+                );
+                calls[i]
+                    .2
+                    .push_str(t["function"]["arguments"].as_str().unwrap());
+            }
+        }
+    }
+    let content = content
+        .filter(|c| !c.is_empty())
+        .map_or(Value::Null, Value::String);
+    (calls, finish, content)
+}
+
+/// Checks a call against `weather_tools`: a listed function, arguments that are JSON with
+/// the schema's keys and types.
+fn check_call((id, name, args): &(String, String, String)) {
+    assert!(id.starts_with("call_") && id.len() > 10, "{id}");
+    let v: Value = serde_json::from_str(args).unwrap_or_else(|e| panic!("{e}: {args:?}"));
+    let o = v.as_object().unwrap();
+    assert!(o["city"].is_string(), "{v}");
+    match name.as_str() {
+        "get_weather" => {
+            assert!(
+                ["celsius", "fahrenheit"].contains(&o["unit"].as_str().unwrap()),
+                "{v}"
+            );
+            assert_eq!(o.len(), 2, "{v}");
+        }
+        "get_time" => assert_eq!(o.len(), 1, "{v}"),
+        other => panic!("not a listed function: {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tools_give_calls_that_match_the_schema_streamed_and_whole() {
+    let Some(e) = engine() else { return };
+    let q = "What is the weather in Paris and what time is it in Tokyo?";
+    let req = json!({"tools": weather_tools(), "tool_choice": "required", "max_tokens": 120});
+    let whole = run(e, chat(q, req.clone())).await;
+    let (calls, finish, content) = calls_of(&whole);
+    assert!(calls.len() > 1, "{}", String::from_utf8_lossy(&whole.body));
+    // Parallel calls: the small model keeps calling until the limit cuts the last call.
+    let complete = if finish == "length" {
+        &calls[..calls.len() - 1]
+    } else {
+        assert_eq!(finish, "tool_calls");
+        &calls[..]
+    };
+    assert!(!complete.is_empty());
+    complete.iter().for_each(check_call);
+    assert_eq!(content, Value::Null);
+    // The prompt counted is the prompt with the functions listed.
+    let rendered = e
+        .render_prompt(Endpoint::ChatCompletions, &chat(q, req.clone()).body)
+        .unwrap();
+    assert!(rendered.contains("\"name\":\"get_weather\""), "{rendered}");
+    assert_eq!(whole.usage.prompt_tokens, e.prompt_tokens(&rendered) as u64);
+    let mut s = req.clone();
+    s["stream"] = json!(true);
+    let streamed = run(e, chat(q, s)).await;
+    let (scalls, sfinish, _) = calls_of(&streamed);
+    assert_eq!(sfinish, finish);
+    let strip = |c: &[(String, String, String)]| -> Vec<(String, String)> {
+        c.iter().map(|(_, n, a)| (n.clone(), a.clone())).collect()
+    };
+    assert_eq!(
+        strip(&scalls),
+        strip(&calls),
+        "the same greedy answer either way"
+    );
+    assert_eq!(streamed.usage, whole.usage);
+
+    // A named function, one call only.
+    let named = json!({"tools": weather_tools(), "max_tokens": 120, "parallel_tool_calls": false,
+        "tool_choice": {"type": "function", "function": {"name": "get_time"}}});
+    for stream in [false, true] {
+        let mut r = named.clone();
+        r["stream"] = json!(stream);
+        let a = run(e, chat(q, r)).await;
+        let (calls, finish, _) = calls_of(&a);
+        assert_eq!(calls.len(), 1, "{}", String::from_utf8_lossy(&a.body));
+        assert_eq!(calls[0].1, "get_time");
+        check_call(&calls[0]);
+        assert_eq!(finish, "tool_calls");
+    }
+    let mut r = req.clone();
+    r["parallel_tool_calls"] = json!(false);
+    let (calls, _, _) = calls_of(&run(e, chat(q, r)).await);
+    assert_eq!(calls.len(), 1);
+    check_call(&calls[0]);
+
+    // n > 1: every choice calls.
+    let mut r = req.clone();
+    r["n"] = json!(2);
+    r["parallel_tool_calls"] = json!(false);
+    r["temperature"] = json!(0.8);
+    r["seed"] = json!(7);
+    let a = run(e, chat(q, r)).await;
+    let v: Value = serde_json::from_slice(&a.body).unwrap();
+    for i in 0..2 {
+        let c = &v["choices"][i];
+        assert_eq!(c["finish_reason"], "tool_calls", "{v}");
+        assert_eq!(
+            c["message"]["tool_calls"].as_array().unwrap().len(),
+            1,
+            "{v}"
+        );
+    }
+
+    // The second turn: the call and its result in the conversation, a text answer.
+    let mut second = chat(q, json!({"tools": weather_tools(), "max_tokens": 40}));
+    second.body["messages"] = json!([
+        {"role": "user", "content": "What is the weather in Paris?"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\", \"unit\": \"celsius\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18 degrees, sunny"},
+    ]);
+    for choice in [json!("none"), json!("auto")] {
+        let mut r = second.clone();
+        r.body.insert("tool_choice".into(), choice.clone());
+        let a = run(e, r).await;
+        let (calls, finish, content) = calls_of(&a);
+        assert!(
+            calls.is_empty(),
+            "{choice}: {}",
+            String::from_utf8_lossy(&a.body)
+        );
+        assert!(
+            content.as_str().is_some_and(|t| !t.trim().is_empty()),
+            "{choice}: {content}"
+        );
+        assert_ne!(finish, "tool_calls");
+    }
+
+    // Bad tools are the caller's 400, naming the parameter, before any work.
+    for (tools, choice, param) in [
+        (
+            json!([{"type": "function", "function": {"description": "no name"}}]),
+            json!("auto"),
+            "tools[0].function.name",
+        ),
+        (
+            json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object",
+            "properties": {"x": {"type": "string", "format": "date"}}}}}]),
+            json!("required"),
+            "tools[0].function.parameters",
+        ),
+        (
+            weather_tools(),
+            json!({"type": "function", "function": {"name": "get_stock"}}),
+            "tool_choice",
+        ),
+    ] {
+        let err = e
+            .submit(chat(q, json!({"tools": tools, "tool_choice": choice})))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{param}: not refused"));
+        let EngineError::Invalid(a) = err else {
+            panic!("{param}: {err:?}")
+        };
+        assert_eq!(a.param.as_deref(), Some(param), "{a}");
+    }
 }

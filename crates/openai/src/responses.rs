@@ -507,6 +507,8 @@ pub fn rename_param(param: &str) -> String {
         "response_format" => "text.format".into(),
         "messages" => "input".into(),
         "logprobs" => "top_logprobs".into(),
+        // Responses' function tools are flat: `tools[i].name`, not `tools[i].function.name`.
+        "tools" => param.replacen(".function.", ".", 1),
         _ => param.into(),
     }
 }
@@ -1227,6 +1229,11 @@ mod tests {
         assert_eq!(rename_param("messages[1].content"), "input");
         assert_eq!(rename_param("response_format"), "text.format");
         assert_eq!(rename_param("temperature"), "temperature");
+        assert_eq!(
+            rename_param("tools[2].function.parameters"),
+            "tools[2].parameters"
+        );
+        assert_eq!(rename_param("tool_choice"), "tool_choice");
     }
 
     fn echo() -> Echo {

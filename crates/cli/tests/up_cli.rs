@@ -301,6 +301,7 @@ fn up_runs_the_whole_network_and_resumes_it() {
     });
     receipts_through_the_sdk_verify_offline(&dir, &api, &model, &root);
     responses_through_the_sdk(&api, &model);
+    tools_through_the_sdk(&api, &model);
     let spent = |s: serde_json::Value| s["totals"]["spent_nanoton"].as_u64().unwrap_or(0);
     let spent_first = spent(get_json(&format!("{api}/jsonstats")).unwrap());
     assert!(spent_first > 0, "nothing spent");
@@ -361,8 +362,9 @@ fn up_runs_the_whole_network_and_resumes_it() {
 
 /// Issue 21 §4 on `cocoon up`: the official openai SDK (`COCOON_OPENAI_PYTHON`) calls
 /// `client.responses.create` whole and streamed and its stream helper, is refused a stored
-/// response with a 400 naming `store`, and reads the model's `capabilities` (the embedded
-/// engine's: chat, completions, logprobs and json_schema, none of the rest).
+/// response with a 400 naming `store` (and a tool schema it does not convert with one naming
+/// `tools[0].parameters`), and reads the model's `capabilities` (the embedded engine's: chat,
+/// completions, logprobs, json_schema and tools, none of the rest).
 fn responses_through_the_sdk(api: &str, model: &str) {
     let Some(python) = std::env::var_os("COCOON_OPENAI_PYTHON") else {
         assert!(
@@ -387,6 +389,40 @@ fn responses_through_the_sdk(api: &str, model: &str) {
     );
     eprintln!(
         "openai SDK Responses check in {:?}: {}",
+        t.elapsed(),
+        String::from_utf8_lossy(&run.stdout).trim()
+    );
+}
+
+/// Issue 21 §1 on `cocoon up`: the official openai SDK (`COCOON_OPENAI_PYTHON`) asks for a
+/// required tool call whole and streamed (assembling the streamed call from its deltas), with
+/// its stream helper, answers the call's result in a second turn, and gets a `function_call`
+/// item from `client.responses.create(tools=…)`; each call's arguments parse and match the
+/// function's schema.
+fn tools_through_the_sdk(api: &str, model: &str) {
+    let Some(python) = std::env::var_os("COCOON_OPENAI_PYTHON") else {
+        assert!(
+            !cocoon_testkit::fixtures::prereqs_required(),
+            "COCOON_OPENAI_PYTHON must be set under scripts/test (scripts/setup --sdk)"
+        );
+        eprintln!("openai SDK tools check skipped: COCOON_OPENAI_PYTHON is not set");
+        return;
+    };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/tools.py");
+    let t = Instant::now();
+    let run = Command::new(&python)
+        .arg(&script)
+        .args([api, model])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    eprintln!(
+        "openai SDK tools check in {:?}: {}",
         t.elapsed(),
         String::from_utf8_lossy(&run.stdout).trim()
     );
@@ -1319,10 +1355,11 @@ fn openai_errors_are_400s_with_param_and_billed_nothing() {
                 Some("unsupported_value"),
             ),
             (
-                json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}),
+                json!({"tools": [{"type": "function", "function": {"name": "f", "parameters":
+                    {"type": "object", "properties": {"d": {"type": "string", "format": "date"}}}}}]}),
                 user("Hi"),
-                "tools",
-                Some("unsupported_parameter"),
+                "tools[0].function.parameters",
+                Some("unsupported_value"),
             ),
             (json!({"max_tokens": 4096}), user("Hi"), "messages", Some("context_length_exceeded")),
             (json!({"max_tokens": 16}), user(&long), "messages", Some("context_length_exceeded")),

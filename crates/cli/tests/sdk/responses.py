@@ -77,10 +77,15 @@ try:
 except openai.BadRequestError as e:
     assert e.status_code == 400 and e.body["param"] == "store", e.body
 
-# What the embedded engine does not serve (tools, a schema keyword it does not convert) is
-# refused before any work, in the Responses request's terms.
+# What the embedded engine does not serve (a schema keyword it does not convert, in a format
+# or a tool) is refused before any work, in the Responses request's terms.
 refusals = [
-    ("tools", dict(tools=[{"type": "function", "name": "f", "parameters": {"type": "object"}}])),
+    (
+        "tools[0].parameters",
+        dict(tools=[{"type": "function", "name": "f",
+                     "parameters": {"type": "object",
+                                    "properties": {"d": {"type": "string", "format": "date"}}}}]),
+    ),
     (
         "text.format",
         dict(text={"format": {"type": "json_schema", "name": "x",
@@ -99,6 +104,7 @@ m = client.models.retrieve(model).to_dict()
 caps = m["capabilities"]
 assert caps["chat"] is True and caps["completions"] is True, m
 assert caps["logprobs"] is True and caps["json_schema"] is True, m
-for k in ("embeddings", "tools", "vision"):
+assert caps["tools"] is True, m
+for k in ("embeddings", "vision"):
     assert caps[k] is False, (k, m)
 print("responses", r.status, final.status, helper[-1], len(deltas), "deltas")

@@ -480,8 +480,15 @@ fn prepare(
         Ok(Format::Grammar(g)) => {
             // Compiled here once so that a grammar llama.cpp refuses is the caller's 400, not
             // a failure on the decoding thread.
-            LlamaSampler::grammar(&shared.model, &g, "root").map_err(|e| {
-                refuse_format(format!("the schema's grammar does not compile ({e})"))
+            LlamaSampler::grammar(&shared.model, &g, "root").map_err(|e| match &plan {
+                Some(_) => EngineError::invalid(
+                    "tools",
+                    "unsupported_value",
+                    format!(
+                        "The tools' grammar does not compile for the model {model_name} ({e})."
+                    ),
+                ),
+                None => refuse_format(format!("the schema's grammar does not compile ({e})")),
             })?;
             Some(g)
         }

@@ -14,6 +14,8 @@ use serde_json::{Map, Value, json};
 
 /// Longest function name (OpenAI's limit).
 const MAX_NAME: usize = 64;
+/// Most functions one request may list (OpenAI's limit).
+const MAX_TOOLS: usize = 128;
 
 /// A request's tools refused: the parameter to name and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,6 +53,15 @@ pub fn plan(body: &Map<String, Value>) -> Result<Option<ToolPlan>, ToolsRefused>
         Some(Value::Array(a)) => a,
         Some(_) => return Err(refuse("tools", "tools must be an array of function tools.")),
     };
+    if tools.len() > MAX_TOOLS {
+        return Err(refuse(
+            "tools",
+            format!(
+                "At most {MAX_TOOLS} tools may be listed; the request lists {}.",
+                tools.len()
+            ),
+        ));
+    }
     let mut functions: Vec<(&str, Option<&Value>)> = Vec::new();
     let mut listed = Vec::new();
     for (i, t) in tools.iter().enumerate() {
@@ -536,6 +547,10 @@ mod tests {
             json!({"tools": [weather()], "tool_choice": {"type": "function", "function": {"name": "nope"}}}),
         );
         assert_eq!(r.param, "tool_choice");
+        let many: Vec<Value> = (0..129)
+            .map(|i| json!({"type": "function", "function": {"name": format!("f{i}")}}))
+            .collect();
+        assert_eq!(refused(json!({"tools": many})).param, "tools");
         let r = refused(json!({"tool_choice": "required"}));
         assert_eq!(r.param, "tool_choice");
         let r = refused(json!({"tools": [weather()], "tool_choice": "always"}));

@@ -842,9 +842,14 @@ fn check_call((id, name, args): &(String, String, String)) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tools_give_calls_that_match_the_schema_streamed_and_whole() {
     let Some(e) = engine() else { return };
+    // Long-running under a loaded machine (every test shares the engine's slots).
+    let tchat = |q: &str, extra: Value| EngineRequest {
+        timeout: Duration::from_secs(900),
+        ..chat(q, extra)
+    };
     let q = "What is the weather in Paris and what time is it in Tokyo?";
-    let req = json!({"tools": weather_tools(), "tool_choice": "required", "max_tokens": 120});
-    let whole = run(e, chat(q, req.clone())).await;
+    let req = json!({"tools": weather_tools(), "tool_choice": "required", "max_tokens": 80});
+    let whole = run(e, tchat(q, req.clone())).await;
     let (calls, finish, content) = calls_of(&whole);
     assert!(calls.len() > 1, "{}", String::from_utf8_lossy(&whole.body));
     // Parallel calls: the small model keeps calling until the limit cuts the last call.
@@ -859,13 +864,13 @@ async fn tools_give_calls_that_match_the_schema_streamed_and_whole() {
     assert_eq!(content, Value::Null);
     // The prompt counted is the prompt with the functions listed.
     let rendered = e
-        .render_prompt(Endpoint::ChatCompletions, &chat(q, req.clone()).body)
+        .render_prompt(Endpoint::ChatCompletions, &tchat(q, req.clone()).body)
         .unwrap();
     assert!(rendered.contains("\"name\":\"get_weather\""), "{rendered}");
     assert_eq!(whole.usage.prompt_tokens, e.prompt_tokens(&rendered) as u64);
     let mut s = req.clone();
     s["stream"] = json!(true);
-    let streamed = run(e, chat(q, s)).await;
+    let streamed = run(e, tchat(q, s)).await;
     let (scalls, sfinish, _) = calls_of(&streamed);
     assert_eq!(sfinish, finish);
     let strip = |c: &[(String, String, String)]| -> Vec<(String, String)> {
@@ -884,7 +889,7 @@ async fn tools_give_calls_that_match_the_schema_streamed_and_whole() {
     for stream in [false, true] {
         let mut r = named.clone();
         r["stream"] = json!(stream);
-        let a = run(e, chat(q, r)).await;
+        let a = run(e, tchat(q, r)).await;
         let (calls, finish, _) = calls_of(&a);
         assert_eq!(calls.len(), 1, "{}", String::from_utf8_lossy(&a.body));
         assert_eq!(calls[0].1, "get_time");
@@ -893,7 +898,7 @@ async fn tools_give_calls_that_match_the_schema_streamed_and_whole() {
     }
     let mut r = req.clone();
     r["parallel_tool_calls"] = json!(false);
-    let (calls, _, _) = calls_of(&run(e, chat(q, r)).await);
+    let (calls, _, _) = calls_of(&run(e, tchat(q, r)).await);
     assert_eq!(calls.len(), 1);
     check_call(&calls[0]);
 
@@ -903,7 +908,7 @@ async fn tools_give_calls_that_match_the_schema_streamed_and_whole() {
     r["parallel_tool_calls"] = json!(false);
     r["temperature"] = json!(0.8);
     r["seed"] = json!(7);
-    let a = run(e, chat(q, r)).await;
+    let a = run(e, tchat(q, r)).await;
     let v: Value = serde_json::from_slice(&a.body).unwrap();
     for i in 0..2 {
         let c = &v["choices"][i];
@@ -916,7 +921,7 @@ async fn tools_give_calls_that_match_the_schema_streamed_and_whole() {
     }
 
     // The second turn: the call and its result in the conversation, a text answer.
-    let mut second = chat(q, json!({"tools": weather_tools(), "max_tokens": 40}));
+    let mut second = tchat(q, json!({"tools": weather_tools(), "max_tokens": 40}));
     second.body["messages"] = json!([
         {"role": "user", "content": "What is the weather in Paris?"},
         {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
@@ -960,7 +965,7 @@ async fn tools_give_calls_that_match_the_schema_streamed_and_whole() {
         ),
     ] {
         let err = e
-            .submit(chat(q, json!({"tools": tools, "tool_choice": choice})))
+            .submit(tchat(q, json!({"tools": tools, "tool_choice": choice})))
             .await
             .err()
             .unwrap_or_else(|| panic!("{param}: not refused"));

@@ -14,6 +14,7 @@
 //!
 //! A request whose receiver is dropped is cancelled at the next step and its KV cells freed.
 
+use crate::embed::{self, EmbedJob, EmbedLimits};
 use crate::grammar::{self, CallMode, Format};
 use crate::output::{AnswerWriter, CallPart, StopScanner, TokenLogprob, Utf8Buf};
 use crate::template::{ChatTemplate, messages_from_json};
@@ -24,7 +25,7 @@ use cocoon_engine::{
 use cocoon_openai::{Endpoint, Usage};
 use futures::future::BoxFuture;
 use llama_cpp_2::context::LlamaContext;
-use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::params::{LlamaContextParams, LlamaPoolingType};
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
@@ -66,6 +67,33 @@ pub struct LlamaConfig {
     /// then read into memory once rather than mapped, so what was hashed is what runs (a
     /// mapped file is paged in later, from a disk the host may have rewritten meanwhile).
     pub expected_sha256: Option<String>,
+    /// What the engine serves: generation, embeddings or both.
+    pub serve: Serve,
+}
+
+/// What an embedded engine serves. A model whose GGUF states a pooling type (an embedding
+/// model) serves embeddings only, whatever is asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Serve {
+    /// `/v1/chat/completions` and `/v1/completions`.
+    #[default]
+    Generate,
+    /// Both, embeddings with a second context (pooled by the mean for a generative model).
+    GenerateAndEmbed,
+    /// `/v1/embeddings` only.
+    Embed,
+}
+
+impl Serve {
+    /// Whether chat and text completions are served.
+    pub fn generates(self) -> bool {
+        self != Serve::Embed
+    }
+
+    /// Whether embeddings are served.
+    pub fn embeds(self) -> bool {
+        self != Serve::Generate
+    }
 }
 
 impl LlamaConfig {
@@ -81,6 +109,7 @@ impl LlamaConfig {
             gpu_layers: 0,
             max_queue: 64,
             expected_sha256: None,
+            serve: Serve::Generate,
         }
     }
 }
@@ -143,6 +172,8 @@ pub struct LlamaEngine {
     cfg: LlamaConfig,
     shared: Arc<Shared>,
     jobs: std_mpsc::SyncSender<Job>,
+    /// The embeddings thread's queue, when the engine serves embeddings.
+    embed_jobs: Option<(std_mpsc::SyncSender<EmbedJob>, EmbedLimits)>,
     alive: Arc<AtomicBool>,
     context_length: Option<u32>,
 }
@@ -262,11 +293,35 @@ impl LlamaEngine {
         } else {
             cfg.ctx_per_slot
         };
+        // An embedding model states its pooling in its GGUF (`<arch>.pooling_type`).
+        let pooling = model
+            .meta_val_str("general.architecture")
+            .ok()
+            .and_then(|arch| model.meta_val_str(&format!("{arch}.pooling_type")).ok())
+            .and_then(|p| p.trim().parse::<i32>().ok())
+            .filter(|p| *p > 0);
+        let mut cfg = cfg;
+        if pooling.is_some() && cfg.serve != Serve::Embed {
+            tracing::info!(model = %cfg.model_name, "an embedding model: serving embeddings only");
+            cfg.serve = Serve::Embed;
+        }
         let shared = Arc::new(Shared { model, template });
+        let alive = Arc::new(AtomicBool::new(true));
+        let embed_jobs = if cfg.serve.embeds() {
+            Some(start_embeddings(
+                backend,
+                &shared,
+                &cfg,
+                ctx_per_slot,
+                pooling.is_none(),
+                &alive,
+            )?)
+        } else {
+            None
+        };
 
         let (jobs_tx, jobs_rx) = std_mpsc::sync_channel::<Job>(cfg.max_queue);
         let (ready_tx, ready_rx) = std_mpsc::channel::<Result<(), String>>();
-        let alive = Arc::new(AtomicBool::new(true));
         let thread_shared = shared.clone();
         let thread_alive = alive.clone();
         let thread_cfg = LlamaConfig {
@@ -313,9 +368,15 @@ impl LlamaEngine {
             cfg,
             shared,
             jobs: jobs_tx,
+            embed_jobs,
             alive,
             context_length: Some(ctx_per_slot),
         })
+    }
+
+    /// What this engine serves (an embedding model's GGUF makes it [`Serve::Embed`]).
+    pub fn serves(&self) -> Serve {
+        self.cfg.serve
     }
 
     /// A tokenizer that counts exactly as this model does.
@@ -357,6 +418,77 @@ impl LlamaEngine {
     pub fn prompt_tokens(&self, prompt: &str) -> usize {
         tokenize_prompt(&self.shared.model, prompt).len()
     }
+}
+
+/// Starts the embeddings thread with its own context: one input per sequence, each input
+/// within one micro-batch (an encoder attends to all of its tokens at once).
+fn start_embeddings(
+    backend: &'static LlamaBackend,
+    shared: &Arc<Shared>,
+    cfg: &LlamaConfig,
+    ctx_tokens: u32,
+    mean_pooling: bool,
+    alive: &Arc<AtomicBool>,
+) -> Result<(std_mpsc::SyncSender<EmbedJob>, EmbedLimits), LoadError> {
+    let limits = EmbedLimits {
+        per_input: ctx_tokens,
+        total: u64::from(ctx_tokens).saturating_mul(u64::from(embed::EMBED_SEQS)),
+        dims: usize::try_from(shared.model.n_embd()).unwrap_or(0),
+        n_vocab: shared.model.n_vocab(),
+    };
+    let (tx, rx) = std_mpsc::sync_channel::<EmbedJob>(cfg.max_queue);
+    let (ready_tx, ready_rx) = std_mpsc::channel::<Result<(), String>>();
+    let (thread_shared, thread_alive) = (shared.clone(), alive.clone());
+    let threads = cfg.threads as i32;
+    std::thread::Builder::new()
+        .name("cocoon-llama-embed".into())
+        .spawn(move || {
+            let model = &thread_shared.model;
+            let mut cparams = LlamaContextParams::default()
+                .with_n_ctx(NonZeroU32::new(ctx_tokens))
+                .with_n_batch(ctx_tokens)
+                .with_n_ubatch(ctx_tokens)
+                .with_n_seq_max(embed::EMBED_SEQS)
+                .with_n_threads(threads)
+                .with_n_threads_batch(threads)
+                // One KV buffer for all sequences: split per sequence, each would get only
+                // n_ctx / n_seq_max cells (and batched vectors differed from single ones).
+                .with_kv_unified(true)
+                .with_embeddings(true);
+            if mean_pooling {
+                cparams = cparams.with_pooling_type(LlamaPoolingType::Mean);
+            }
+            match model.new_context(backend, cparams) {
+                Ok(ctx) => {
+                    let _ = ready_tx.send(Ok(()));
+                    embed::run(model, ctx, rx);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                }
+            }
+            thread_alive.store(false, Ordering::SeqCst);
+        })
+        .map_err(|e| LoadError::Context(e.to_string()))?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok((tx, limits)),
+        Ok(Err(e)) => Err(LoadError::Context(format!("embeddings context: {e}"))),
+        Err(_) => Err(LoadError::Context("embeddings thread exited".into())),
+    }
+}
+
+/// The 400 for a request this engine does not serve.
+fn not_served(model: &str, endpoint: Endpoint) -> EngineError {
+    let message = if endpoint == Endpoint::Embeddings {
+        format!("The model {model} does not support embeddings.")
+    } else {
+        format!(
+            "The model {model} is an embeddings model: it does not serve {}; use \
+             /v1/embeddings.",
+            endpoint.path()
+        )
+    };
+    EngineError::invalid("model", "model_not_supported", message)
 }
 
 fn prepare(
@@ -416,7 +548,7 @@ fn prepare(
     let prompt = tokenize_prompt(&shared.model, &prompt_text);
     let (what, param) = match req.endpoint {
         Endpoint::ChatCompletions => ("messages", "messages"),
-        Endpoint::Completions => ("prompt", "prompt"),
+        Endpoint::Completions | Endpoint::Embeddings => ("prompt", "prompt"),
     };
     if prompt.is_empty() {
         return Err(EngineError::invalid(
@@ -525,7 +657,7 @@ fn prepare(
         .map_or(0, |d| d.as_secs());
     let prefix = match req.endpoint {
         Endpoint::ChatCompletions => "chatcmpl",
-        Endpoint::Completions => "cmpl",
+        Endpoint::Completions | Endpoint::Embeddings => "cmpl",
     };
     // Every token of every choice may be its own chunk, and each choice has a role and a
     // finish chunk.
@@ -562,7 +694,7 @@ fn logprobs(endpoint: Endpoint, body: &serde_json::Map<String, Value>) -> Option
                 .and_then(Value::as_u64)
                 .map_or(0, |k| k.min(20) as usize)
         }),
-        Endpoint::Completions => v.as_u64().map(|k| k.min(5) as usize),
+        Endpoint::Completions | Endpoint::Embeddings => v.as_u64().map(|k| k.min(5) as usize),
     }
 }
 
@@ -666,7 +798,7 @@ fn render_with(
                 .render(&msgs)
                 .map_err(|e| EngineError::Unsupported(format!("chat template: {e}")))
         }
-        Endpoint::Completions => match body.get("prompt") {
+        Endpoint::Completions | Endpoint::Embeddings => match body.get("prompt") {
             Some(Value::String(s)) => Ok(s.clone()),
             Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
                 Ok(a[0].as_str().unwrap_or_default().to_owned())
@@ -693,6 +825,42 @@ impl Tokenizer for LlamaTokenizer {
     }
 }
 
+impl LlamaEngine {
+    async fn submit_embeddings(&self, req: EngineRequest) -> Result<EngineResponse, EngineError> {
+        let Some((jobs, limits)) = self.embed_jobs.clone() else {
+            return Err(not_served(&self.cfg.model_name, req.endpoint));
+        };
+        let (shared, name) = (self.shared.clone(), self.cfg.model_name.clone());
+        let (inputs, base64) = tokio::task::spawn_blocking(move || {
+            embed::inputs(&shared.model, &name, &limits, &req.body)
+        })
+        .await
+        .map_err(|e| EngineError::Unreachable(format!("prepare task: {e}")))??;
+        let (tx, rx) = mpsc::channel(2);
+        let job = EmbedJob {
+            inputs,
+            base64,
+            model: self.cfg.model_name.clone(),
+            deadline: Instant::now() + req.timeout,
+            out: tx,
+        };
+        jobs.try_send(job).map_err(|e| match e {
+            std_mpsc::TrySendError::Full(_) => EngineError::Busy(format!(
+                "{} embeddings requests are already waiting",
+                self.cfg.max_queue
+            )),
+            std_mpsc::TrySendError::Disconnected(_) => {
+                EngineError::Unreachable("the embeddings thread has stopped".into())
+            }
+        })?;
+        Ok(EngineResponse {
+            status: 200,
+            content_type: "application/json".into(),
+            body: rx,
+        })
+    }
+}
+
 impl Engine for LlamaEngine {
     fn submit(&self, req: EngineRequest) -> BoxFuture<'_, Result<EngineResponse, EngineError>> {
         Box::pin(async move {
@@ -702,6 +870,17 @@ impl Engine for LlamaEngine {
                 ));
             }
             let stream = req.stream;
+            let served = if req.endpoint == Endpoint::Embeddings {
+                self.cfg.serve.embeds()
+            } else {
+                self.cfg.serve.generates()
+            };
+            if !served {
+                return Err(not_served(&self.cfg.model_name, req.endpoint));
+            }
+            if req.endpoint == Endpoint::Embeddings {
+                return self.submit_embeddings(req).await;
+            }
             // Rendering and tokenizing a long prompt takes milliseconds: keep it off the runtime.
             let (shared, name, ctx, slots) = (
                 self.shared.clone(),
@@ -752,6 +931,7 @@ impl Engine for LlamaEngine {
     }
 
     fn model_info(&self) -> ModelInfo {
+        let (generates, embeds) = (self.cfg.serve.generates(), self.cfg.serve.embeds());
         ModelInfo {
             name: self.cfg.model_name.clone(),
             engine: "llama.cpp (embedded)".into(),
@@ -759,13 +939,13 @@ impl Engine for LlamaEngine {
             max_concurrency: self.cfg.slots,
             // What the engine serves; requests using the rest are 400s (engine validation).
             capabilities: cocoon_openai::Capabilities {
-                chat: Some(true),
-                completions: Some(true),
-                embeddings: Some(false),
-                tools: Some(true),
-                json_schema: Some(true),
+                chat: Some(generates),
+                completions: Some(generates),
+                embeddings: Some(embeds),
+                tools: Some(generates),
+                json_schema: Some(generates),
                 vision: Some(false),
-                logprobs: Some(true),
+                logprobs: Some(generates),
             },
         }
     }

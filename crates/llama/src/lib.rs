@@ -6,10 +6,11 @@
 //! `response_format`, [`tools`] for function tools.
 #![forbid(unsafe_code)]
 
+pub mod embed;
 pub mod engine;
 pub mod grammar;
 pub mod output;
 pub mod template;
 pub mod tools;
 
-pub use engine::{LlamaConfig, LlamaEngine, LoadError};
+pub use engine::{LlamaConfig, LlamaEngine, LoadError, Serve};

@@ -245,7 +245,7 @@ impl AnswerWriter {
                     .collect();
                 json!({"content": content, "refusal": null})
             }
-            Endpoint::Completions => {
+            Endpoint::Completions | Endpoint::Embeddings => {
                 let mut offsets = Vec::with_capacity(entries.len());
                 for e in &entries {
                     offsets.push(c.offset);
@@ -374,7 +374,7 @@ impl AnswerWriter {
                     None,
                     logprobs,
                 ),
-                Endpoint::Completions => self.text_chunk(
+                Endpoint::Completions | Endpoint::Embeddings => self.text_chunk(
                     vec![CompletionChoice {
                         index,
                         text: text.to_owned(),
@@ -499,7 +499,7 @@ impl AnswerWriter {
                 None,
                 None,
             ),
-            Endpoint::Completions => self.text_chunk(
+            Endpoint::Completions | Endpoint::Embeddings => self.text_chunk(
                 vec![CompletionChoice {
                     index,
                     text: String::new(),
@@ -518,7 +518,9 @@ impl AnswerWriter {
         if self.stream {
             let mut out = match self.endpoint {
                 Endpoint::ChatCompletions => self.chat_chunk(vec![], Some(usage), None),
-                Endpoint::Completions => self.text_chunk(vec![], Some(usage), None),
+                Endpoint::Completions | Endpoint::Embeddings => {
+                    self.text_chunk(vec![], Some(usage), None)
+                }
             };
             out.extend_from_slice(SSE_DONE);
             return out;
@@ -608,7 +610,7 @@ impl AnswerWriter {
                 },
                 logprobs,
             ),
-            Endpoint::Completions => Self::encode(
+            Endpoint::Completions | Endpoint::Embeddings => Self::encode(
                 &Completion {
                     id: self.id.clone(),
                     object: "text_completion".into(),

@@ -46,7 +46,7 @@ pub fn sequences(endpoint: Endpoint, body: &Map<String, Value>) -> u64 {
     let n = uint(body, "n").unwrap_or(1);
     let best_of = match endpoint {
         Endpoint::Completions => uint(body, "best_of").unwrap_or(1),
-        Endpoint::ChatCompletions => 1,
+        Endpoint::ChatCompletions | Endpoint::Embeddings => 1,
     };
     n.max(best_of).max(1)
 }
@@ -58,6 +58,8 @@ pub fn completion_limit(endpoint: Endpoint, body: &Map<String, Value>) -> Comple
             uint(body, "max_completion_tokens").or_else(|| uint(body, "max_tokens"))
         }
         Endpoint::Completions => uint(body, "max_tokens"),
+        // Embeddings generate nothing: no completion token is ever billed.
+        Endpoint::Embeddings => Some(0),
     };
     CompletionLimit {
         per_choice,
@@ -71,12 +73,17 @@ pub fn completion_limit(endpoint: Endpoint, body: &Map<String, Value>) -> Comple
 /// as `max_completion_tokens` too when the body uses that field. Returns the limit written.
 ///
 /// Fails (a 400 naming the field) when `total` leaves no token for each sequence.
+///
+/// An embeddings body is left as it is: its limit is always 0.
 pub fn cap_completion_tokens(
     endpoint: Endpoint,
     body: &mut Map<String, Value>,
     total: u64,
 ) -> Result<CompletionLimit, ApiError> {
     let asked = completion_limit(endpoint, body);
+    if !endpoint.generates() {
+        return Ok(asked);
+    }
     let share = total / asked.sequences;
     if share == 0 {
         let field = if asked.sequences > 1 {
@@ -176,5 +183,17 @@ mod tests {
         let mut b = map(json!({"n": 8}));
         let e = cap_completion_tokens(chat, &mut b, 7).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("n"));
+    }
+
+    #[test]
+    fn embeddings_have_no_completion_tokens_and_keep_their_body() {
+        let e = Endpoint::Embeddings;
+        let mut b = map(json!({"model": "m", "input": ["a", "b"]}));
+        let before = b.clone();
+        let l = cap_completion_tokens(e, &mut b, 0).unwrap();
+        assert_eq!(l.total(), Some(0));
+        assert_eq!(b, before);
+        assert_eq!(completion_limit(e, &b).total(), Some(0));
+        assert_eq!(sequences(e, &b), 1);
     }
 }

@@ -23,6 +23,9 @@ pub enum Endpoint {
     ChatCompletions,
     /// `POST /v1/completions`.
     Completions,
+    /// `POST /v1/embeddings`: vectors for `input`, billed as prompt tokens only. Carried only
+    /// on protocol version 3 sessions (docs/protocol.md).
+    Embeddings,
 }
 
 impl Endpoint {
@@ -32,6 +35,7 @@ impl Endpoint {
         match path.trim_end_matches('/') {
             "/v1/chat/completions" => Some(Endpoint::ChatCompletions),
             "/v1/completions" => Some(Endpoint::Completions),
+            "/v1/embeddings" => Some(Endpoint::Embeddings),
             _ => None,
         }
     }
@@ -41,7 +45,13 @@ impl Endpoint {
         match self {
             Endpoint::ChatCompletions => "/v1/chat/completions",
             Endpoint::Completions => "/v1/completions",
+            Endpoint::Embeddings => "/v1/embeddings",
         }
+    }
+
+    /// Whether the endpoint generates text (and so has a completion-token limit).
+    pub fn generates(self) -> bool {
+        self != Endpoint::Embeddings
     }
 }
 
@@ -121,6 +131,9 @@ pub fn validate_request(
     for (key, v) in &map {
         check_field(endpoint, key, v)?;
     }
+    if endpoint == Endpoint::Embeddings {
+        embeddings_input(map.get("input"))?;
+    }
     let model = match map.get("model") {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         Some(Value::String(_)) => {
@@ -141,6 +154,7 @@ pub fn validate_request(
     let required = match endpoint {
         Endpoint::ChatCompletions => "messages",
         Endpoint::Completions => "prompt",
+        Endpoint::Embeddings => "input",
     };
     if !map.contains_key(required) {
         return Err(ApiError::invalid(
@@ -165,6 +179,7 @@ pub fn validate_request(
             .and_then(Value::as_u64)
             .or_else(|| map.get("max_tokens").and_then(Value::as_u64)),
         Endpoint::Completions => map.get("max_tokens").and_then(Value::as_u64),
+        Endpoint::Embeddings => None,
     };
     if let (Some(cap), Some(m)) = (opts.max_tokens_cap, max_tokens)
         && m > cap
@@ -246,8 +261,78 @@ pub fn prompt_text(endpoint: Endpoint, body: &Map<String, Value>) -> String {
             }
             _ => {}
         },
+        Endpoint::Embeddings => {
+            if let Some(Value::String(s)) = body.get("input") {
+                out.push_str(s);
+            } else {
+                for s in body
+                    .get("input")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                {
+                    out.push_str(s);
+                    out.push('\n');
+                }
+            }
+        }
     }
     out
+}
+
+/// Most inputs one embeddings request may carry (OpenAI's limit).
+pub const MAX_EMBEDDING_INPUTS: usize = 2048;
+
+/// The shape of an embeddings `input`: a string, a list of strings, a list of token ids or a
+/// list of token-id lists (OpenAI accepts all four), none empty, at most
+/// [`MAX_EMBEDDING_INPUTS`] of them.
+fn embeddings_input(v: Option<&Value>) -> Result<(), ApiError> {
+    let bad = |m: &str| ApiError::invalid("input", "invalid_value", m.to_owned());
+    let token = |t: &Value| t.as_u64().is_some_and(|n| n <= u64::from(u32::MAX));
+    match v {
+        None => Err(ApiError::invalid(
+            "input",
+            "missing_field",
+            "input is required",
+        )),
+        Some(Value::String(s)) if s.is_empty() => {
+            Err(bad("'$.input' is invalid: an input must not be empty"))
+        }
+        Some(Value::String(_)) => Ok(()),
+        Some(Value::Array(a)) if a.is_empty() => Err(bad(
+            "'$.input' is invalid: the list of inputs must not be empty",
+        )),
+        // A flat list of token ids is one input, however long.
+        Some(Value::Array(a)) if a.iter().all(token) => Ok(()),
+        Some(Value::Array(a)) if a.len() > MAX_EMBEDDING_INPUTS => Err(bad(&format!(
+            "'$.input' is invalid: at most {MAX_EMBEDDING_INPUTS} inputs per request, got {}",
+            a.len()
+        ))),
+        Some(Value::Array(a)) => {
+            let strings = a.iter().all(Value::is_string);
+            if strings && a.iter().any(|s| s.as_str() == Some("")) {
+                return Err(bad("'$.input' is invalid: an input must not be empty"));
+            }
+            let token_lists = || {
+                a.iter().all(|x| {
+                    x.as_array()
+                        .is_some_and(|t| !t.is_empty() && t.iter().all(token))
+                })
+            };
+            if strings || token_lists() {
+                Ok(())
+            } else {
+                Err(bad(
+                    "'$.input' is invalid: expected a string, a list of strings, a list of token \
+                     ids or a list of non-empty token-id lists",
+                ))
+            }
+        }
+        Some(_) => Err(bad(
+            "'$.input' is invalid: expected a string or a list of strings or token ids",
+        )),
+    }
 }
 
 fn take_extensions(map: &mut Map<String, Value>) -> Result<CocoonExtensions, ApiError> {
@@ -570,6 +655,22 @@ fn check_field(endpoint: Endpoint, key: &str, v: &Value) -> Result<(), ApiError>
     use Endpoint::*;
     match (endpoint, key) {
         (_, "model") => string(key, v),
+        (Embeddings, "input") => Ok(()),
+        (Embeddings, "encoding_format") => match v.as_str() {
+            Some("float" | "base64") => Ok(()),
+            _ => Err(ApiError::invalid(
+                key,
+                "invalid_value",
+                "encoding_format must be 'float' or 'base64'",
+            )),
+        },
+        (Embeddings, "dimensions") => uint_in(key, v, 1, 65_536),
+        (Embeddings, "user") => string(key, v),
+        (Embeddings, _) => Err(ApiError::invalid(
+            key,
+            "unknown_field",
+            format!("unknown or unsupported field '{key}' for /v1/embeddings"),
+        )),
         (_, "frequency_penalty" | "presence_penalty") => number_in(key, v, -2.0, 2.0),
         (_, "logit_bias") => logit_bias(v),
         (_, "max_tokens") => uint_in(key, v, 1, u32::MAX.into()),
@@ -1027,6 +1128,86 @@ mod tests {
             Endpoint::from_path("/v1/completions/"),
             Some(Endpoint::Completions)
         );
-        assert_eq!(Endpoint::from_path("/v1/embeddings"), None);
+        assert_eq!(
+            Endpoint::from_path("/v1/embeddings"),
+            Some(Endpoint::Embeddings)
+        );
+        assert_eq!(Endpoint::from_path("/v1/audio/speech"), None);
+    }
+
+    #[test]
+    fn embeddings_inputs_as_openai_takes_them() {
+        let opts = ValidateOptions::default();
+        let ok = |b: Value| validate_request(Endpoint::Embeddings, b.to_string().as_bytes(), &opts);
+        for input in [
+            json!("one"),
+            json!(["one", "two"]),
+            json!([1, 2, 3]),
+            json!([[1, 2], [3]]),
+        ] {
+            let v = ok(json!({"model": "m", "input": input})).unwrap();
+            assert!(!v.stream);
+            assert_eq!(v.max_tokens, None);
+        }
+        let v = ok(
+            json!({"model": "m", "input": "x", "encoding_format": "base64",
+            "dimensions": 8, "user": "u"}),
+        )
+        .unwrap();
+        assert_eq!(v.body["encoding_format"], "base64");
+        let refused = |b: Value| {
+            let e = ok(b).unwrap_err();
+            (
+                e.param.unwrap_or_default(),
+                e.code.unwrap_or_default().to_owned(),
+            )
+        };
+        let p = |s: &str, c: &str| (s.to_owned(), c.to_owned());
+        assert_eq!(refused(json!({"model": "m"})), p("input", "missing_field"));
+        for input in [
+            json!(""),
+            json!([]),
+            json!(["a", ""]),
+            json!([[]]),
+            json!([1, "a"]),
+            json!([-1]),
+            json!({"a": 1}),
+            json!(7),
+        ] {
+            assert_eq!(
+                refused(json!({"model": "m", "input": input})),
+                p("input", "invalid_value"),
+                "{input}"
+            );
+        }
+        let many = vec!["a"; MAX_EMBEDDING_INPUTS + 1];
+        assert_eq!(
+            refused(json!({"model": "m", "input": many})),
+            p("input", "invalid_value")
+        );
+        assert!(ok(json!({"model": "m", "input": vec!["a"; MAX_EMBEDDING_INPUTS]})).is_ok());
+        assert!(ok(json!({"model": "m", "input": vec![7; MAX_EMBEDDING_INPUTS + 1]})).is_ok());
+        assert_eq!(
+            refused(json!({"model": "m", "input": "x", "encoding_format": "hex"})),
+            p("encoding_format", "invalid_value")
+        );
+        for (k, v) in [
+            ("stream", json!(true)),
+            ("max_tokens", json!(3)),
+            ("messages", json!([])),
+        ] {
+            let mut b = json!({"model": "m", "input": "x"});
+            b[k] = v;
+            assert_eq!(refused(b), p(k, "unknown_field"));
+        }
+        assert_eq!(
+            refused(json!({"model": "m", "input": "x", "dimensions": 0})),
+            p("dimensions", "invalid_value")
+        );
+        let b = json!({"model": "m", "input": ["ab", "cd"]});
+        assert_eq!(
+            prompt_text(Endpoint::Embeddings, b.as_object().unwrap()),
+            "ab\ncd\n"
+        );
     }
 }

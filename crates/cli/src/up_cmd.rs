@@ -40,6 +40,10 @@ pub(crate) struct UpArgs {
     /// The model name the backend serves (default: the part of --model before `@`).
     #[arg(long)]
     backend_model: Option<String>,
+    /// The workers' embedded engine serves POST /v1/embeddings too (the model's vectors:
+    /// the mean of its hidden states for a chat model).
+    #[arg(long)]
+    embeddings: bool,
 }
 
 impl UpArgs {
@@ -53,6 +57,7 @@ impl UpArgs {
             backend: self.backend,
             backend_kind: self.backend_kind,
             backend_model: self.backend_model,
+            embeddings: self.embeddings,
         }
     }
 }

@@ -11,6 +11,9 @@
 //!   `debug` member beside `error` once an answer had begun): 400 bad request, 401 bad
 //!   key, 402 out of funds (channel or key limit), 404 unknown model, 413 body too large,
 //!   429 no capacity (with `Retry-After`), 502 upstream failure, 503 no proxy, 504 deadline.
+//! - `POST /v1/embeddings`: as the completions, one JSON answer (never streamed), billed as
+//!   prompt tokens only; sent only to proxies that agreed on protocol version 3, which route
+//!   it only to workers that embed (docs/protocol.md).
 //! - `POST /v1/responses`: OpenAI's Responses API, the stateless subset (see
 //!   [`cocoon_openai::responses`]), served as a chat completion (same keys, billing,
 //!   receipts, failover and headers) and mapped back: a `response` object, or Responses
@@ -96,6 +99,10 @@ pub(crate) async fn serve(
         .route(
             "/v1/completions",
             post(|st: St, h: HeaderMap, b: Body| complete(st, h, b, Endpoint::Completions)),
+        )
+        .route(
+            "/v1/embeddings",
+            post(|st: St, h: HeaderMap, b: Body| complete(st, h, b, Endpoint::Embeddings)),
         )
         .route("/v1/responses", post(responses))
         .route("/v1/models", get(models))

@@ -510,7 +510,7 @@ impl Shared {
     }
 
     /// The ready proxy with the fewest requests in flight, not among `tried`.
-    fn pick(&self, tried: &[String]) -> Option<(Arc<Slot>, Arc<Link>)> {
+    fn pick(&self, tried: &[String], min_proto: i32) -> Option<(Arc<Slot>, Arc<Link>)> {
         let slots = self.slots();
         let mut best: Option<(u64, Arc<Slot>, Arc<Link>)> = None;
         for s in slots {
@@ -518,6 +518,9 @@ impl Shared {
                 continue;
             }
             let Some(l) = s.ready() else { continue };
+            if l.proto < min_proto {
+                continue;
+            }
             let load = s.inflight.load(std::sync::atomic::Ordering::Relaxed);
             if best.as_ref().is_none_or(|(b, _, _)| load < *b) {
                 best = Some((load, s, l));
@@ -586,11 +589,16 @@ impl Shared {
         // body the engine reads (written now, so that an engine never runs past what was
         // reserved when the caller named no limit).
         let sequences = cocoon_openai::limit::sequences(req.endpoint, &v.body);
-        let max_tokens = v
-            .max_tokens
-            .unwrap_or(DEFAULT_MAX_TOKENS)
-            .saturating_mul(sequences)
-            .min(i32::MAX as u64);
+        // Embeddings complete nothing: only their prompt (bounded by the body's bytes) is
+        // reserved.
+        let max_tokens = if req.endpoint.generates() {
+            v.max_tokens
+                .unwrap_or(DEFAULT_MAX_TOKENS)
+                .saturating_mul(sequences)
+                .min(i32::MAX as u64)
+        } else {
+            0
+        };
         cocoon_openai::cap_completion_tokens(req.endpoint, &mut v.body, max_tokens)
             .map_err(fail)?;
         let body = v.body_bytes();
@@ -626,17 +634,30 @@ impl Shared {
         // Times a request was asked again after its session closed before any answer.
         let mut closed_again = 0u32;
         loop {
-            let picked = match self.pick(&tried) {
+            // Embeddings travel only on protocol 3 sessions (a COCOON proxy never gets one).
+            let min_proto = if req.endpoint.generates() { 0 } else { 3 };
+            let picked = match self.pick(&tried, min_proto) {
                 Some(p) => Some(p),
                 None if tried.is_empty() => {
                     // Starting up or reconnecting: wait a little for a proxy.
                     let wait =
                         deadline.min(tokio::time::Instant::now() + self.timings.connect_timeout);
                     self.wait_ready(wait).await;
-                    self.pick(&tried)
+                    self.pick(&tried, min_proto)
                 }
                 None => None,
             };
+            if picked.is_none() && tried.is_empty() && self.pick(&[], 0).is_some() {
+                return Err(fail(ApiError::invalid(
+                    "model",
+                    "model_not_supported",
+                    format!(
+                        "The model {} does not support embeddings here: no connected proxy \
+                         speaks protocol version 3.",
+                        v.model
+                    ),
+                )));
+            }
             let Some((slot, link)) = picked else {
                 if tried.is_empty() && tokio::time::Instant::now() >= deadline {
                     last = Some(ApiError::new(

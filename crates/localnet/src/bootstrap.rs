@@ -469,8 +469,13 @@ pub(crate) fn worker_args(
         if let Some(m) = &plan.backend_model {
             a.extend(["--set".into(), format!("backend_model={m}")]);
         }
-    } else if threads > 0 {
-        a.extend(["--set".into(), format!("threads={threads}")]);
+    } else {
+        if threads > 0 {
+            a.extend(["--set".into(), format!("threads={threads}")]);
+        }
+        if plan.embeddings {
+            a.extend(["--set".into(), "embeddings=on".into()]);
+        }
     }
     a
 }

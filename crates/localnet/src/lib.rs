@@ -70,6 +70,8 @@ pub struct Settings {
     pub backend_kind: String,
     /// The model name the backend serves (default: the part of the model id before `@`).
     pub backend_model: Option<String>,
+    /// The embedded engine serves `POST /v1/embeddings` too (the workers' `embeddings = on`).
+    pub embeddings: bool,
 }
 
 /// A setting that cannot work; one line naming the flag.
@@ -201,6 +203,7 @@ struct Plan {
     backend: Option<String>,
     backend_kind: String,
     backend_model: Option<String>,
+    embeddings: bool,
 }
 
 impl Settings {
@@ -259,6 +262,7 @@ impl Settings {
             backend: self.backend.clone(),
             backend_kind: self.backend_kind.clone(),
             backend_model: self.backend_model.clone(),
+            embeddings: self.embeddings,
         })
     }
 }
@@ -438,6 +442,7 @@ mod tests {
             backend: None,
             backend_kind: "openai".into(),
             backend_model: None,
+            embeddings: false,
         }
     }
 

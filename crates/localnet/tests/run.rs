@@ -23,6 +23,7 @@ fn settings(exe: &str, dir: &Path) -> Settings {
         backend: Some("http://127.0.0.1:1".into()),
         backend_kind: "openai".into(),
         backend_model: None,
+        embeddings: false,
     }
 }
 

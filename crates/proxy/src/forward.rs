@@ -120,7 +120,7 @@ enum Stop {
 /// together; see `cocoon_openai::limit`), and the limit written into it. The client's body is
 /// otherwise passed on as it came; one with duplicate keys, or that is not a JSON object for a
 /// known endpoint, is refused here (an engine could read it differently from us).
-pub(crate) fn cap_query(query: &[u8], max_tokens: u64) -> Result<(Vec<u8>, u64), String> {
+pub(crate) fn cap_query(query: &[u8], max_tokens: u64) -> Result<(Vec<u8>, u64, Endpoint), String> {
     let mut http = cocoon_tl::functions::http::Request::from_bytes(query)
         .map_err(|e| format!("invalid http request: {e}"))?;
     let path = http.url.split(['?', '#']).next().unwrap_or("");
@@ -137,7 +137,11 @@ pub(crate) fn cap_query(query: &[u8], max_tokens: u64) -> Result<(Vec<u8>, u64),
     // The body's length changed: a length header from the client would now be wrong.
     http.headers
         .retain(|h| !h.name.eq_ignore_ascii_case("content-length"));
-    Ok((http.to_bytes(), limit.total().unwrap_or(max_tokens)))
+    Ok((
+        http.to_bytes(),
+        limit.total().unwrap_or(max_tokens),
+        endpoint,
+    ))
 }
 
 /// The adjusted usage seen in the stream so far (zero when the engine reported none).
@@ -241,6 +245,8 @@ struct Plan {
     reserved: u64,
     prices: PriceTable,
     model_base: String,
+    /// A `/v1/embeddings` request: only workers that embed (protocol 3) may serve it.
+    embeddings: bool,
 }
 
 /// The checks before a request runs, its body capped and its tokens reserved; the error is
@@ -286,9 +292,30 @@ async fn prepare(
     let deadline = tokio::time::Instant::now() + timeout;
     // The worker gets the body with the completion limit that is reserved now: a body asking
     // for more than the client's `max_tokens` is cut down to it.
-    let (query, completion_limit) =
+    let (query, completion_limit, endpoint) =
         cap_query(&q.query, u64::try_from(q.max_tokens).unwrap_or(0))
             .map_err(|e| (ErrorCode::Error, format!("invalid request: {e}")))?;
+    let model_base = admission::model_base(&q.model_name).to_owned();
+    let embeddings = endpoint == Endpoint::Embeddings;
+    // Embeddings are ours (protocol 3): a COCOON client or worker session never carries one,
+    // and a model none of whose protocol 3 workers embeds is refused as OpenAI refuses it.
+    if embeddings && ctx.proto < 3 {
+        return Err((
+            ErrorCode::Error,
+            "invalid request: /v1/embeddings needs protocol version 3".into(),
+        ));
+    }
+    if embeddings && !shared.registry.embeds(&model_base) {
+        let e = cocoon_openai::ApiError::invalid(
+            "model",
+            "model_not_supported",
+            format!("The model {model_base} does not support embeddings."),
+        );
+        return Err((
+            ErrorCode::Error,
+            format!("invalid request: {}", e.to_wire()),
+        ));
+    }
     let reserved = reservation(q.max_tokens, q.query.len(), q.max_coefficient, &root.params);
     shared
         .meter
@@ -301,7 +328,8 @@ async fn prepare(
         completion_limit,
         reserved,
         prices: price_table(&root.params),
-        model_base: admission::model_base(&q.model_name).to_owned(),
+        model_base,
+        embeddings,
     })
 }
 
@@ -453,6 +481,7 @@ impl Forwarding {
                 exclude: &tried,
                 roll: rand::rng().random(),
                 proxy_request_id: rand::rng().random(),
+                embeddings: self.plan.embeddings,
             };
             let lease = match self.acquire(&request).await {
                 Ok(l) => l,

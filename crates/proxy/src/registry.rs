@@ -128,6 +128,15 @@ pub(crate) struct WorkerEntry {
     pub capabilities: cocoon_openai::Capabilities,
 }
 
+impl WorkerEntry {
+    /// Whether an embeddings request may go to this worker: its session agreed on protocol
+    /// 3 (a COCOON worker never gets one) and its engine does not say it cannot (an HTTP
+    /// engine does not know; its server answers for itself).
+    pub(crate) fn embeds(&self) -> bool {
+        self.proto >= 3 && self.capabilities.embeddings != Some(false)
+    }
+}
+
 /// Held while a payment report is read and queued, so reports to a peer never decrease.
 pub(crate) type PayLock = Arc<tokio::sync::Mutex<()>>;
 
@@ -143,6 +152,8 @@ pub(crate) struct LeaseRequest<'a> {
     pub roll: f64,
     /// The id the worker sees for this request (its answers carry it).
     pub proxy_request_id: [u8; 32],
+    /// A `/v1/embeddings` request: only workers that [`WorkerEntry::embeds`] may serve it.
+    pub embeddings: bool,
 }
 
 /// All workers.
@@ -542,6 +553,18 @@ impl Registry {
         crate::queue::retry_after_secs(waiting, slots, latency / f64::from(n.max(1)))
     }
 
+    /// Whether an enabled worker of `model_base` may serve embeddings
+    /// ([`WorkerEntry::embeds`]); also when it has none at all (the request is then refused
+    /// as any other for a model without workers).
+    pub(crate) fn embeds(&self, model_base: &str) -> bool {
+        let g = self.lock();
+        let mut live = g
+            .values()
+            .filter(|e| e.model_base == model_base && !e.disabled)
+            .peekable();
+        live.peek().is_none() || live.any(WorkerEntry::embeds)
+    }
+
     /// [`Self::retry_after`] for the requests waiting for `model_base` now.
     pub(crate) fn retry_after_now(&self, cfg: &RouterConfig, model_base: &str) -> u64 {
         let g = self.lock();
@@ -638,10 +661,11 @@ impl Registry {
             exclude,
             roll,
             proxy_request_id,
+            embeddings,
         } = *req;
         let cands: Vec<Candidate> = g
             .values()
-            .filter(|e| e.model_base == model_base)
+            .filter(|e| e.model_base == model_base && (!embeddings || e.embeds()))
             .map(|e| Candidate {
                 id: e.id,
                 enabled: !e.disabled,

@@ -100,6 +100,11 @@ async fn embedded(s: &Settings) -> Result<LoadedEngine, String> {
         cfg.threads = s.threads;
     }
     cfg.gpu_layers = s.gpu_layers;
+    cfg.serve = match s.embeddings.as_str() {
+        "on" => cocoon_llama::Serve::GenerateAndEmbed,
+        "only" => cocoon_llama::Serve::Embed,
+        _ => cocoon_llama::Serve::Generate,
+    };
     let e = tokio::task::spawn_blocking(move || cocoon_llama::LlamaEngine::load(cfg))
         .await
         .map_err(|e| e.to_string())?

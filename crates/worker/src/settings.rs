@@ -41,6 +41,8 @@ pub struct Settings {
     pub threads: u32,
     /// Embedded engine: layers on the GPU (`gpu_layers`).
     pub gpu_layers: u32,
+    /// Embedded engine: `off`, `on` (chat and embeddings) or `only` (`embeddings`).
+    pub embeddings: String,
     /// Proxies to connect to besides the root's (`proxies`).
     pub proxies: Vec<String>,
     /// Price coefficient, thousandths (`coefficient`).
@@ -194,6 +196,9 @@ impl Settings {
                     "expected the full model id Name@revision:sha256",
                 ));
             }
+        }
+        if !matches!(self.embeddings.as_str(), "off" | "on" | "only") {
+            return Err(SettingError::new("embeddings", "one of off, on, only"));
         }
         if c.root_address.is_empty() && self.proxies.is_empty() {
             return Err(SettingError::new(

@@ -428,6 +428,71 @@ fn tools_through_the_sdk(api: &str, model: &str) {
     );
 }
 
+/// Issue 21 §4 on `cocoon up --embeddings`: the official openai SDK
+/// (`crates/cli/tests/sdk/embeddings.py`) embeds through client → proxy → worker → engine,
+/// floats and base64, and each answer is billed as its prompt tokens only; the client's
+/// stats counted exactly what the billing headers said.
+#[test]
+fn up_serves_embeddings_through_the_sdk() {
+    if !have_test_model() {
+        return;
+    }
+    let Some(python) = std::env::var_os("COCOON_OPENAI_PYTHON") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "COCOON_OPENAI_PYTHON must be set in CI (scripts/setup --sdk)"
+        );
+        eprintln!("openai SDK embeddings check skipped: COCOON_OPENAI_PYTHON is not set");
+        return;
+    };
+    let (_one, tmp, port, rt) = up_test();
+    let dir = tmp.path().join("up");
+    let api = format!("http://127.0.0.1:{port}");
+    let (mut up, _) = Up::start_with(&dir, port, &["--embeddings"]);
+    let model = rt.block_on(listed_model(&api));
+    let stats = || get_json(&format!("{api}/jsonstats")).unwrap()["stats"].clone();
+    let before = stats();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/embeddings.py");
+    let t = Instant::now();
+    let run = Command::new(&python)
+        .arg(&script)
+        .args([&api, &model])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(
+        run.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    eprintln!(
+        "openai SDK embeddings check in {:?}: {}",
+        t.elapsed(),
+        out.trim()
+    );
+    let billed: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let after = stats();
+    let delta = |k: &str| after[k].as_u64().unwrap() - before[k].as_u64().unwrap();
+    assert_eq!(
+        delta("succeeded"),
+        billed["requests"].as_u64().unwrap(),
+        "{after}"
+    );
+    assert_eq!(
+        delta("tokens"),
+        billed["tokens"].as_u64().unwrap(),
+        "{after}"
+    );
+    assert_eq!(
+        delta("spent_nanoton"),
+        billed["nanoton"].as_u64().unwrap(),
+        "{after}"
+    );
+    assert!(billed["prompt_tokens"].as_u64().unwrap() > 0);
+    let (rc, rest) = up.stop("TERM", Duration::from_secs(60));
+    assert_eq!(rc, 0, "{rest:?}");
+}
+
 /// Issue 20 §3 on `cocoon up`: the official openai SDK (`COCOON_OPENAI_PYTHON`, a venv
 /// `scripts/setup --sdk` makes; required under `scripts/test`) reads each answer's receipt id
 /// from the raw response and fetches the receipt; `cocoon receipt verify` accepts it offline

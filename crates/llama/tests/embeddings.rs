@@ -18,9 +18,7 @@ const SHA: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110d
 const NAME: &str = "SmolLM2-135M-Instruct";
 
 fn model_path() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("COCOON_TEST_EMBED_MODEL")
-        .or_else(|| std::env::var_os("COCOON_TEST_MODEL"))
-    {
+    if let Some(p) = std::env::var_os("COCOON_TEST_MODEL") {
         return Some(PathBuf::from(p));
     }
     let dir = std::env::var_os("COCOON_MODELS_DIR")

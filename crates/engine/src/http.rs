@@ -11,7 +11,7 @@
 use crate::engine::{
     BodyEvent, Engine, EngineError, EngineRequest, EngineResponse, Health, ModelInfo, Tokenizer,
 };
-use cocoon_openai::{Usage, UsageTracker, prompt_text};
+use cocoon_openai::{Endpoint, Usage, UsageTracker, prompt_text};
 use futures::future::BoxFuture;
 use serde_json::Value;
 use std::sync::Arc;
@@ -208,6 +208,16 @@ impl HttpEngine {
                     });
                     EngineError::Invalid(e)
                 }
+                // A server without embeddings (no such route, or not for this model).
+                404 | 405 | 501 if req.endpoint == Endpoint::Embeddings => EngineError::invalid(
+                    "model",
+                    "model_not_supported",
+                    format!(
+                        "The model {} does not support embeddings (its engine answered \
+                         HTTP {status}).",
+                        self.cfg.model
+                    ),
+                ),
                 _ => EngineError::Status { status, message },
             });
         }

@@ -153,10 +153,33 @@ fn async_stream(
     })
 }
 
+/// `/v1/embeddings`: a vector per input, with usage (mode `json`) or without (`nousage`);
+/// mode `none` has no embeddings (404, as a chat-only server answers).
+async fn embeddings(
+    Path(mode): Path<String>,
+    State(st): State<Shared>,
+    body: axum::Json<Value>,
+) -> Response {
+    if mode == "none" {
+        return (StatusCode::NOT_FOUND, "Not Found").into_response();
+    }
+    *st.last_model.lock().unwrap() = body["model"].as_str().unwrap_or_default().to_owned();
+    let n = body["input"].as_array().map_or(1, Vec::len);
+    let data: Vec<Value> = (0..n)
+        .map(|i| json!({"object": "embedding", "index": i, "embedding": [0.6, 0.8]}))
+        .collect();
+    let mut answer = json!({"object": "list", "data": data, "model": body["model"]});
+    if mode == "json" {
+        answer["usage"] = json!({"prompt_tokens": 5, "total_tokens": 5});
+    }
+    axum::Json(answer).into_response()
+}
+
 async fn server() -> (String, Shared) {
     let shared = Shared::default();
     let app = Router::new()
         .route("/{mode}/v1/chat/completions", post(chat))
+        .route("/{mode}/v1/embeddings", post(embeddings))
         .route(
             "/{mode}/v1/models",
             get(|Path(mode): Path<String>| async move {
@@ -444,4 +467,57 @@ async fn health_probe() {
             .contains("does not serve model 'other-model'")
     );
     assert_eq!(e.model_info().engine, "ollama");
+}
+
+fn embeddings_request() -> EngineRequest {
+    let body = json!({"model": "SmolLM2-135M-Instruct", "input": ["one two", "three"]});
+    EngineRequest {
+        endpoint: Endpoint::Embeddings,
+        body: body.as_object().unwrap().clone(),
+        stream: false,
+        timeout: Duration::from_secs(10),
+    }
+}
+
+#[tokio::test]
+async fn embeddings_pass_through_billed_as_prompt_tokens() {
+    let (base, shared) = server().await;
+    let resp = engine(&base, "json")
+        .submit(embeddings_request())
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 200);
+    let (body, end) = collect(resp.body).await;
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["data"].as_array().unwrap().len(), 2);
+    assert_eq!(*shared.last_model.lock().unwrap(), "smol-served");
+    assert_eq!(
+        end,
+        BodyEvent::End {
+            usage: Usage::new(5, 0),
+            counted_locally: false
+        }
+    );
+    // No usage from the server: the inputs are counted with the model's tokenizer.
+    let e = engine(&base, "nousage").with_tokenizer(Arc::new(Words));
+    let (_, end) = collect(e.submit(embeddings_request()).await.unwrap().body).await;
+    assert_eq!(
+        end,
+        BodyEvent::End {
+            usage: Usage::new(3, 0),
+            counted_locally: true
+        }
+    );
+    // A server without embeddings: the app's 400, not a bad gateway.
+    match engine(&base, "none").submit(embeddings_request()).await {
+        Err(EngineError::Invalid(e)) => {
+            assert_eq!(e.param.as_deref(), Some("model"));
+            assert!(
+                e.message.contains("does not support embeddings"),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("expected a 400, got {:?}", other.map(|r| r.status)),
+    }
 }

@@ -93,6 +93,8 @@ fn check_validated(
     let required = match endpoint {
         Endpoint::ChatCompletions => "messages",
         Endpoint::Completions => "prompt",
+        // Not drawn by this target (the flags pick chat or completions).
+        Endpoint::Embeddings => "input",
     };
     assert!(v.body.contains_key(required), "{required} is required");
     if opts.take_extensions {

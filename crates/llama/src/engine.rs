@@ -13,6 +13,9 @@
 //! with its own seed, so the prompt is decoded and counted once.
 //!
 //! A request whose receiver is dropped is cancelled at the next step and its KV cells freed.
+//!
+//! `POST /v1/embeddings` runs on a second thread with its own context ([`crate::embed`]) when
+//! the engine serves embeddings ([`Serve`]).
 
 use crate::embed::{self, EmbedJob, EmbedLimits};
 use crate::grammar::{self, CallMode, Format};

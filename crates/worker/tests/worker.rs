@@ -176,9 +176,16 @@ async fn invalid_requests_get_errors_with_zero_tokens() {
         (1, http_request(CHAT, unknown), 602, "frobnicate"),
         (
             2,
-            http_request("/v1/embeddings", &chat_body("json", false)),
+            http_request("/v1/audio/speech", &chat_body("json", false)),
             602,
             "unsupported method",
+        ),
+        // An embeddings request is checked as one: a chat body is not.
+        (
+            6,
+            http_request("/v1/embeddings", &chat_body("json", false)),
+            602,
+            "unknown or unsupported field 'messages' for /v1/embeddings",
         ),
         (
             3,
@@ -204,7 +211,7 @@ async fn invalid_requests_get_errors_with_zero_tokens() {
         0,
         "nothing reached the engine"
     );
-    assert_eq!(w.stats().counters.requests_failed, 5);
+    assert_eq!(w.stats().counters.requests_failed, 6);
     w.shutdown().await;
 }
 

@@ -29,9 +29,13 @@ use tokio::sync::mpsc;
 /// Inputs decoded together at most (the embeddings context's sequences).
 pub const EMBED_SEQS: u32 = 16;
 
-/// Most vector components one answer may carry (inputs × dimensions): about 12 MiB of JSON at
-/// worst, under the 16 MiB a usage reader buffers for one JSON value.
-pub const MAX_ANSWER_FLOATS: usize = 1 << 20;
+/// Most vector components one answer may carry (inputs × dimensions): about 3 MiB of JSON at
+/// worst, within what a proxy buffers for one answer (4 MiB) and far under the 16 MiB a usage
+/// reader buffers for one JSON value.
+pub const MAX_ANSWER_FLOATS: usize = 1 << 18;
+
+/// The answer leaves in pieces of this many bytes (each its own `proxy.queryAnswerPartEx`).
+pub const ANSWER_PIECE: usize = 64 << 10;
 
 /// What bounds an embeddings request on this engine.
 #[derive(Clone, Copy, Debug)]
@@ -246,21 +250,26 @@ pub(crate) fn run(
         let events = match result {
             Ok(vectors) => {
                 let tokens: u64 = job.inputs.iter().map(|t| t.len() as u64).sum();
-                vec![
-                    BodyEvent::Data(answer(&job.model, &vectors, job.base64, tokens)),
-                    BodyEvent::End {
-                        usage: Usage::new(tokens, 0),
-                        counted_locally: false,
-                    },
-                ]
+                let body = answer(&job.model, &vectors, job.base64, tokens);
+                let mut events: Vec<BodyEvent> = body
+                    .chunks(ANSWER_PIECE)
+                    .map(|c| BodyEvent::Data(c.to_vec()))
+                    .collect();
+                events.push(BodyEvent::End {
+                    usage: Usage::new(tokens, 0),
+                    counted_locally: false,
+                });
+                events
             }
             Err(error) => vec![BodyEvent::Failed {
                 error,
                 usage: Usage::default(),
             }],
         };
+        // This thread is not the runtime's: waiting for room is fine, and ends when the
+        // caller drops its receiver.
         for ev in events {
-            if job.out.try_send(ev).is_err() {
+            if job.out.blocking_send(ev).is_err() {
                 break;
             }
         }

@@ -839,7 +839,7 @@ impl LlamaEngine {
         })
         .await
         .map_err(|e| EngineError::Unreachable(format!("prepare task: {e}")))??;
-        let (tx, rx) = mpsc::channel(2);
+        let (tx, rx) = mpsc::channel(8);
         let job = EmbedJob {
             inputs,
             base64,

@@ -71,14 +71,25 @@ fn embeddings(extra: Value) -> EngineRequest {
 }
 
 async fn run(e: &LlamaEngine, r: EngineRequest) -> (Value, Usage) {
+    let (v, u, _) = run_pieces(e, r).await;
+    (v, u)
+}
+
+/// The answer, its usage and how many pieces it came in.
+async fn run_pieces(e: &LlamaEngine, r: EngineRequest) -> (Value, Usage, usize) {
     let resp = e.submit(r).await.expect("submit");
     assert_eq!(resp.status, 200);
     assert_eq!(resp.content_type, "application/json");
     let mut rx = resp.body;
     let mut body = Vec::new();
+    let mut pieces = 0;
     while let Some(ev) = rx.recv().await {
         match ev {
-            BodyEvent::Data(d) => body.extend(d),
+            BodyEvent::Data(d) => {
+                assert!(d.len() <= cocoon_llama::embed::ANSWER_PIECE);
+                pieces += 1;
+                body.extend(d);
+            }
             BodyEvent::End {
                 usage,
                 counted_locally,
@@ -91,7 +102,7 @@ async fn run(e: &LlamaEngine, r: EngineRequest) -> (Value, Usage) {
                     Some(usage),
                     "the body's usage is the end event's"
                 );
-                return (serde_json::from_slice(&body).unwrap(), usage);
+                return (serde_json::from_slice(&body).unwrap(), usage, pieces);
             }
             BodyEvent::Failed { error, .. } => panic!("engine failed: {error}"),
         }
@@ -268,10 +279,17 @@ async fn refusals_are_400s_with_param() {
         refused(e.submit(embeddings(json!({"input": many}))).await),
         p("input", "max_tokens_per_request")
     );
-    // More inputs than one decode holds are still answered, in order.
+    // More inputs than one decode holds are still answered, in order, the answer in pieces.
     let inputs: Vec<String> = (0..40).map(|i| format!("sentence number {i}")).collect();
-    let (a, _) = run(e, embeddings(json!({"input": inputs}))).await;
+    let (a, _, pieces) = run_pieces(e, embeddings(json!({"input": inputs}))).await;
     assert_eq!(vectors(&a).len(), 40);
+    assert!(pieces > 1, "{pieces}");
+    // An answer over the size bound is refused before any work: 456 × 576 > 2^18.
+    let many: Vec<String> = (0..456).map(|i| format!("s{i}")).collect();
+    assert_eq!(
+        refused(e.submit(embeddings(json!({"input": many}))).await),
+        p("input", "invalid_value")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -189,6 +189,8 @@ pub(crate) struct Need {
     pub max_coefficient: i32,
     /// Workers the request already tried.
     pub exclude: Vec<u64>,
+    /// An embeddings request: only a slot on a worker that embeds serves it.
+    pub embeddings: bool,
     pub deadline: Instant,
     pub wake: Arc<Notify>,
     /// Woken to take a slot and not yet back in the queue or served.
@@ -630,6 +632,7 @@ mod tests {
             model_base: model.into(),
             max_coefficient: 1000,
             exclude: vec![],
+            embeddings: false,
             deadline,
             wake: Arc::new(Notify::new()),
             granted: false,

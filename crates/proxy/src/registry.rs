@@ -413,16 +413,20 @@ impl Registry {
         if ws.len(model_base) == 0 {
             return;
         }
-        // (worker, coefficient, free slots)
-        let mut free: Vec<(u64, i32, u32)> = g
+        // (worker, coefficient, free slots, embeds)
+        let mut free: Vec<(u64, i32, u32, bool)> = g
             .values()
             .filter(|e| e.model_base == model_base && !e.disabled && e.running < e.max_active)
-            .map(|e| (e.id, e.coefficient, e.max_active - e.running))
+            .map(|e| (e.id, e.coefficient, e.max_active - e.running, e.embeds()))
             .collect();
         let total: usize = free.iter().map(|f| f.2 as usize).sum();
         let mut room = total.saturating_sub(ws.granted(model_base));
-        let fits = |n: &Need, f: &(u64, i32, u32)| {
-            f.2 > 0 && f.1 <= n.max_coefficient && !n.exclude.contains(&f.0)
+        // An embeddings request is granted only a slot on a worker that embeds.
+        let fits = |n: &Need, f: &(u64, i32, u32, bool)| {
+            f.2 > 0
+                && f.1 <= n.max_coefficient
+                && !n.exclude.contains(&f.0)
+                && (!n.embeddings || f.3)
         };
         while room > 0 {
             let Some(n) = ws.grant(model_base, |n| free.iter().any(|f| fits(n, f))) else {
@@ -464,6 +468,7 @@ impl Registry {
                 model_base: model_base.to_owned(),
                 max_coefficient: req.max_coefficient,
                 exclude: req.exclude.to_vec(),
+                embeddings: req.embeddings,
                 deadline: until,
                 wake: Arc::clone(&wake),
                 granted: false,

@@ -246,3 +246,53 @@ async fn a_protocol_2_client_cannot_send_embeddings() {
     assert!(msg.contains("protocol version 3"), "{msg}");
     assert!(w.request_within(Duration::from_millis(300)).await.is_none());
 }
+
+/// The proxy's queue grants an embeddings request only a slot on a worker that embeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_embeddings_wait_for_a_worker_that_embeds() {
+    let net = start_proxy(root(1, true, true)).await;
+    let mut no = Scripted::start(&net, 3, Some(false)).await;
+    let owner = addr(0x53);
+    net.fund_client(&owner, 100_000_000, true);
+    let mut c = TestClient::authorized(&net, &owner).await;
+    net.wait_workers(1).await;
+    known_not_to_embed(&c).await;
+    let mut yes = Scripted::start(&net, 3, Some(true)).await;
+    net.wait_workers(2).await;
+    // Its four slots taken by embeddings it holds unanswered...
+    let mut held = Vec::new();
+    for id in 1..=4u8 {
+        c.handle.send_message(embed_query(id)).await.unwrap();
+        held.push(yes.request_within(LIMIT).await.expect("routed").request_id);
+    }
+    // ...a fifth waits in the queue, though the worker that cannot embed has free slots.
+    c.handle.send_message(embed_query(5)).await.unwrap();
+    assert!(
+        no.request_within(Duration::from_millis(500))
+            .await
+            .is_none()
+    );
+    assert!(
+        yes.request_within(Duration::from_millis(100))
+            .await
+            .is_none()
+    );
+    // A chat request meanwhile goes to the free worker at once.
+    let q = run_query([9; 32], &chat_body("ok", false), 100, 20.0);
+    c.handle.send_message(q).await.unwrap();
+    let chat = no.request_within(LIMIT).await.expect("chat routed");
+    assert!(url_of(&chat).ends_with("/chat/completions"));
+    // One slot frees: the fifth takes it.
+    let answer = json!({"object": "list", "data": [], "model": "Smol",
+        "usage": {"prompt_tokens": 6, "total_tokens": 6}});
+    yes.answer(held[0], &answer, prompt_only(6)).await;
+    let fifth = yes.request_within(LIMIT).await.expect("the queued request");
+    assert_eq!(url_of(&fifth), EMBED);
+    assert!(
+        no.request_within(Duration::from_millis(100))
+            .await
+            .is_none()
+    );
+    let r = c.collect().await;
+    assert_eq!(r.status, Some(200), "{:?}", r.error);
+}

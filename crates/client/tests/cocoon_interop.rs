@@ -945,3 +945,33 @@ async fn handshake_and_model_list_as_cocoon_answers_them() {
         c.shutdown().await;
     }
 }
+
+/// Embeddings are ours (protocol 3): a gateway whose only proxy is COCOON's (version 2)
+/// answers OpenAI's 400 naming `model` at once, and the proxy is never sent one; chat still
+/// goes to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embeddings_never_reach_a_protocol_2_proxy() {
+    let mut p = Scripted::start(2).await;
+    let (c, base) = gateway(&[&p]).await;
+    let start = Instant::now();
+    let r = reqwest::Client::new()
+        .post(format!("{base}/v1/embeddings"))
+        .json(&json!({"model": "Smol", "input": ["hello", "world"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["param"], "model", "{e}");
+    assert_eq!(e["error"]["code"], "model_not_supported", "{e}");
+    assert!(start.elapsed() < Duration::from_secs(5));
+    let (t, run) = p.ask(&base, false, false).await;
+    assert!(
+        run.query.query.windows(6).any(|w| w == b"/chat/"),
+        "the first request the proxy saw is the chat one"
+    );
+    run.head_v0(JSON, COMPLETION.as_bytes(), true, TOKENS).await;
+    got(t).await.assert_priced();
+    assert!(p.runs.try_recv().is_err(), "nothing else reached the proxy");
+    c.shutdown().await;
+}

@@ -778,7 +778,7 @@ fn render(
 ) -> Result<String, EngineError> {
     let plan = match endpoint {
         Endpoint::ChatCompletions => tools::plan(body).ok().flatten(),
-        Endpoint::Completions => None,
+        Endpoint::Completions | Endpoint::Embeddings => None,
     };
     render_with(shared, endpoint, body, plan.as_ref())
 }

@@ -6,7 +6,11 @@
 //! `usage` object of a JSON answer) by [`UsageTracker`], which understands SSE, so streamed
 //! answers are billed exactly. When an engine reports no usage at all,
 //! and a [`Tokenizer`] for the model is configured, prompt and completion are counted locally and
-//! the result is marked as such.
+//! the result is marked as such. Without one, a stream that ends without usage (llama-cpp-python's
+//! server ignores `stream_options`) is counted with the engine's help: the completion as the
+//! streamed pieces of generated output (llama.cpp-based servers send one per token), the prompt
+//! by asking the engine the same request whole with `max_tokens: 1` (its own chat template and
+//! tokenizer; the prompt is still in its cache) — marked as counted locally too.
 
 use crate::engine::{
     BodyEvent, Engine, EngineError, EngineRequest, EngineResponse, Health, ModelInfo, Tokenizer,
@@ -224,7 +228,18 @@ impl HttpEngine {
         let (tx, rx) = mpsc::channel(BODY_CHANNEL);
         let tokenizer = self.tokenizer.clone();
         let timeout = req.timeout;
-        tokio::spawn(relay(resp, tx, deadline, timeout, tokenizer, prompt_text));
+        // Only asked if the stream ends without usage and no tokenizer can count it.
+        let probe = (req.stream && tokenizer.is_none()).then(|| {
+            self.request(reqwest::Method::POST, req.endpoint.path())
+                .json(&prompt_probe(&body))
+        });
+        let counting = Counting {
+            tokenizer,
+            prompt_text,
+            probe,
+            stream: req.stream,
+        };
+        tokio::spawn(relay(resp, tx, deadline, timeout, counting));
         Ok(EngineResponse {
             status,
             content_type,
@@ -264,14 +279,114 @@ async fn read_error(mut resp: reqwest::Response, deadline: Instant) -> (String, 
     (msg, error)
 }
 
+/// The body that asks an engine for a request's prompt tokens: the same request whole, one
+/// choice, at most one generated token.
+fn prompt_probe(body: &serde_json::Map<String, Value>) -> serde_json::Map<String, Value> {
+    let mut probe = body.clone();
+    for k in [
+        "stream",
+        "stream_options",
+        "n",
+        "max_completion_tokens",
+        "logprobs",
+        "top_logprobs",
+    ] {
+        probe.remove(k);
+    }
+    probe.insert("max_tokens".into(), Value::from(1));
+    probe
+}
+
+/// The prompt tokens the engine reports for `probe` (see [`prompt_probe`]), if it answers
+/// with usage before `deadline`.
+async fn probe_prompt_tokens(probe: reqwest::RequestBuilder, deadline: Instant) -> Option<u64> {
+    let mut resp = tokio::time::timeout_at(deadline, probe.send())
+        .await
+        .ok()?
+        .ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    let mut buf = Vec::new();
+    while let Some(c) = tokio::time::timeout_at(deadline, resp.chunk())
+        .await
+        .ok()?
+        .ok()?
+    {
+        buf.extend_from_slice(&c);
+        if buf.len() > MAX_ERROR_BODY {
+            return None;
+        }
+    }
+    let v: Value = serde_json::from_slice(&buf).ok()?;
+    v.get("usage")?.get("prompt_tokens")?.as_u64()
+}
+
+/// How a relay counts usage the engine does not report.
+struct Counting {
+    tokenizer: Option<Arc<dyn Tokenizer>>,
+    prompt_text: Option<String>,
+    /// The prompt-count request ([`prompt_probe`]), for streams without a tokenizer.
+    probe: Option<reqwest::RequestBuilder>,
+    stream: bool,
+}
+
+/// Where `data: [DONE]` starts in `chunk`, if it does.
+fn done_at(chunk: &[u8]) -> Option<usize> {
+    const DONE: &[u8] = b"data: [DONE]";
+    chunk.windows(DONE.len()).position(|w| w == DONE)
+}
+
+/// `id`, `object`, `created` and `model` of the first complete `data:` event in `chunk`.
+fn event_head(chunk: &[u8]) -> Option<serde_json::Map<String, Value>> {
+    let line = chunk
+        .split(|b| *b == b'\n')
+        .find_map(|l| l.strip_prefix(b"data: {"))?;
+    let mut json = b"{".to_vec();
+    json.extend_from_slice(line);
+    let v: serde_json::Map<String, Value> = serde_json::from_slice(&json).ok()?;
+    Some(
+        ["id", "object", "created", "model"]
+            .into_iter()
+            .filter_map(|k| Some((k.to_owned(), v.get(k)?.clone())))
+            .collect(),
+    )
+}
+
+/// The SSE event that tells the app the usage counted here: OpenAI's usage chunk (no
+/// choices), with the stream's `id`, `object`, `created` and `model`.
+fn usage_event(head: Option<serde_json::Map<String, Value>>, usage: &Usage) -> Vec<u8> {
+    let mut v = head.unwrap_or_default();
+    v.insert("choices".into(), Value::Array(Vec::new()));
+    v.insert(
+        "usage".into(),
+        serde_json::json!({
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.prompt_tokens.saturating_add(usage.completion_tokens),
+        }),
+    );
+    format!("data: {}\n\n", Value::Object(v)).into_bytes()
+}
+
 async fn relay(
     mut resp: reqwest::Response,
     tx: mpsc::Sender<BodyEvent>,
     deadline: Instant,
     timeout: Duration,
-    tokenizer: Option<Arc<dyn Tokenizer>>,
-    prompt_text: Option<String>,
+    counting: Counting,
 ) {
+    let Counting {
+        tokenizer,
+        prompt_text,
+        probe,
+        stream,
+    } = counting;
+    // A stream whose usage is counted here ends with a usage event of ours, which must come
+    // before `[DONE]` (clients stop reading there): while the engine has reported no usage,
+    // `[DONE]` and what follows it are held until the end.
+    let mut held: Option<Vec<u8>> = None;
+    let mut head = None;
     let mut tracker = if tokenizer.is_some() {
         UsageTracker::new().collecting_text()
     } else {
@@ -294,7 +409,18 @@ async fn relay(
         let failure = match next {
             Ok(Ok(Some(chunk))) => {
                 tracker.push(&chunk);
-                if tx.send(BodyEvent::Data(chunk.to_vec())).await.is_err() {
+                let mut data = chunk.to_vec();
+                if let Some(h) = held.as_mut() {
+                    h.append(&mut data);
+                } else if stream && tracker.usage().is_none() {
+                    if head.is_none() {
+                        head = event_head(&data);
+                    }
+                    if let Some(at) = done_at(&data) {
+                        held = Some(data.split_off(at));
+                    }
+                }
+                if !data.is_empty() && tx.send(BodyEvent::Data(data)).await.is_err() {
                     return;
                 }
                 continue;
@@ -308,9 +434,25 @@ async fn relay(
             Some(u) => (u, false),
             None => match local(&tracker) {
                 Some(u) => (u, true),
-                None => (Usage::default(), false),
+                None => match probe {
+                    // A whole stream without usage: its pieces, and the prompt as the
+                    // engine counts it.
+                    Some(probe) if failure.is_none() && tracker.generated_pieces() > 0 => {
+                        let prompt = probe_prompt_tokens(probe, deadline).await.unwrap_or(0);
+                        (Usage::new(prompt, tracker.generated_pieces()), true)
+                    }
+                    _ => (Usage::default(), false),
+                },
             },
         };
+        if stream && counted_locally && failure.is_none() {
+            let _ = tx
+                .send(BodyEvent::Data(usage_event(head.take(), &usage)))
+                .await;
+        }
+        if let Some(h) = held.take() {
+            let _ = tx.send(BodyEvent::Data(h)).await;
+        }
         let ev = match failure {
             None => BodyEvent::End {
                 usage,

@@ -97,8 +97,20 @@ async fn chat(
             "usage": {"prompt_tokens": 12, "completion_tokens": 4, "total_tokens": 16}
         }))
         .into_response(),
+        // As llama-cpp-python's server: no usage in a stream although asked, usage in a
+        // whole answer (the prompt probe: one token at most).
+        "nousage" if body["stream"] != true => {
+            assert_eq!(body["max_tokens"], 1, "{}", body.0);
+            assert!(body.get("stream_options").is_none(), "{}", body.0);
+            axum::Json(json!({
+                "id": "cmpl-p", "object": "chat.completion", "created": 1, "model": "m",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "un"}, "finish_reason": "length"}],
+                "usage": {"prompt_tokens": 7, "completion_tokens": 1, "total_tokens": 8}
+            }))
+            .into_response()
+        }
         "nousage" => {
-            let s = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"one two\"}}]}\n\n\
+            let s = "data: {\"id\":\"c-1\",\"object\":\"chat.completion.chunk\",\"created\":5,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"one two\"}}]}\n\n\
                      data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\" three\"}}]}\n\ndata: [DONE]\n\n";
             ([("content-type", "text/event-stream")], s).into_response()
         }
@@ -316,14 +328,36 @@ async fn missing_usage_is_counted_with_the_tokenizer() {
             counted_locally: true
         }
     );
-    // Without a tokenizer the usage is honestly zero and not marked as counted.
-    let (_, end) = stream_through(&engine(&base, "nousage")).await;
+    // Without a tokenizer: the completion is the streamed pieces (2), the prompt what the
+    // server reports for the same request whole (7), and the app gets OpenAI's usage chunk
+    // before `[DONE]`.
+    let (s, shared) = server().await;
+    let (body, end) = stream_through(&engine(&s, "nousage")).await;
     assert_eq!(
         end,
         BodyEvent::End {
-            usage: Usage::default(),
-            counted_locally: false
+            usage: Usage::new(7, 2),
+            counted_locally: true
         }
+    );
+    assert_eq!(
+        shared.requests.load(Ordering::SeqCst),
+        2,
+        "one stream, one probe"
+    );
+    let text = String::from_utf8(body).unwrap();
+    let events: Vec<&str> = text
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .collect();
+    assert_eq!(events.len(), 4, "{text}");
+    assert_eq!(events[3], "[DONE]", "{text}");
+    let u: Value = serde_json::from_str(events[2]).unwrap();
+    assert_eq!(
+        u,
+        json!({"id": "c-1", "object": "chat.completion.chunk", "created": 5, "model": "m",
+            "choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}}),
+        "{text}"
     );
 }
 

@@ -171,7 +171,7 @@ impl HttpEngine {
             .request(reqwest::Method::POST, req.endpoint.path())
             .json(&body)
             .send();
-        let resp = match tokio::time::timeout_at(deadline, send).await {
+        let mut resp = match tokio::time::timeout_at(deadline, send).await {
             Err(_) => return Err(EngineError::Timeout(req.timeout)),
             Ok(Err(e)) if e.is_connect() => return Err(EngineError::Unreachable(e.to_string())),
             Ok(Err(e)) => return Err(EngineError::Protocol(e.to_string())),
@@ -189,41 +189,34 @@ impl HttpEngine {
             })
             .to_owned();
         if !resp.status().is_success() {
-            let (message, error) = read_error(resp, deadline).await;
-            return Err(match status {
-                429 | 503 => EngineError::Busy(message),
-                // The engine refuses the request as asked (a parameter it does not take, a
-                // prompt over its context): the app's fault, a 400 with the engine's param.
-                400 | 413 | 422 => {
-                    let mut e = cocoon_openai::ApiError::new(
-                        cocoon_openai::ErrorKind::InvalidRequest,
-                        message,
-                    );
-                    let field = |k: &str| error.as_ref().and_then(|e| e.get(k)?.as_str());
-                    let path_char = |c: char| c.is_ascii_alphanumeric() || "_.[]-".contains(c);
-                    e.param = field("param")
-                        .filter(|p| !p.is_empty() && p.len() <= 200 && p.chars().all(path_char))
-                        .map(str::to_owned);
-                    e.code = field("code").and_then(|c| {
-                        cocoon_openai::error::KNOWN_CODES
-                            .iter()
-                            .copied()
-                            .find(|k| *k == c)
+            return Err(refusal(status, resp, deadline, req.endpoint, &self.cfg.model).await);
+        }
+        // A stream is handed on once its first bytes arrive. One that ends before any
+        // (llama-cpp-python's server answers 200 and then drops a stream it refuses, e.g. a
+        // prompt over its context) is asked again whole, which it refuses with the reason.
+        let mut first = None;
+        if req.stream {
+            let mut resp_mut = resp;
+            match tokio::time::timeout_at(deadline, resp_mut.chunk()).await {
+                Err(_) => return Err(EngineError::Timeout(req.timeout)),
+                Ok(Ok(Some(c))) => first = Some(c.to_vec()),
+                Ok(Ok(None) | Err(_)) => {
+                    let mut whole = body.clone();
+                    whole.remove("stream");
+                    whole.remove("stream_options");
+                    let again = self
+                        .request(reqwest::Method::POST, req.endpoint.path())
+                        .json(&whole)
+                        .send();
+                    return Err(match tokio::time::timeout_at(deadline, again).await {
+                        Ok(Ok(r)) if !r.status().is_success() => {
+                            refusal(r.status().as_u16(), r, deadline, req.endpoint, &self.cfg.model).await
+                        }
+                        _ => EngineError::Protocol("the stream ended before its first byte".into()),
                     });
-                    EngineError::Invalid(e)
                 }
-                // A server without embeddings (no such route, or not for this model).
-                404 | 405 | 501 if req.endpoint == Endpoint::Embeddings => EngineError::invalid(
-                    "model",
-                    "model_not_supported",
-                    format!(
-                        "The model {} does not support embeddings (its engine answered \
-                         HTTP {status}).",
-                        self.cfg.model
-                    ),
-                ),
-                _ => EngineError::Status { status, message },
-            });
+            }
+            resp = resp_mut;
         }
         let (tx, rx) = mpsc::channel(BODY_CHANNEL);
         let tokenizer = self.tokenizer.clone();
@@ -239,12 +232,55 @@ impl HttpEngine {
             probe,
             stream: req.stream,
         };
-        tokio::spawn(relay(resp, tx, deadline, timeout, counting));
+        tokio::spawn(relay(resp, first, tx, deadline, timeout, counting));
         Ok(EngineResponse {
             status,
             content_type,
             body: rx,
         })
+    }
+}
+
+/// What an engine's error status means for the request: busy, the app's fault (a 400 with
+/// the engine's `param` and `code`), or another failure.
+async fn refusal(
+    status: u16,
+    resp: reqwest::Response,
+    deadline: Instant,
+    endpoint: Endpoint,
+    model: &str,
+) -> EngineError {
+    let (message, error) = read_error(resp, deadline).await;
+    match status {
+        429 | 503 => EngineError::Busy(message),
+        // The engine refuses the request as asked (a parameter it does not take, a
+        // prompt over its context): the app's fault, a 400 with the engine's param.
+        400 | 413 | 422 => {
+            let mut e =
+                cocoon_openai::ApiError::new(cocoon_openai::ErrorKind::InvalidRequest, message);
+            let field = |k: &str| error.as_ref().and_then(|e| e.get(k)?.as_str());
+            let path_char = |c: char| c.is_ascii_alphanumeric() || "_.[]-".contains(c);
+            e.param = field("param")
+                .filter(|p| !p.is_empty() && p.len() <= 200 && p.chars().all(path_char))
+                .map(str::to_owned);
+            e.code = field("code").and_then(|c| {
+                cocoon_openai::error::KNOWN_CODES
+                    .iter()
+                    .copied()
+                    .find(|k| *k == c)
+            });
+            EngineError::Invalid(e)
+        }
+        // A server without embeddings (no such route, or not for this model).
+        404 | 405 | 501 if endpoint == Endpoint::Embeddings => EngineError::invalid(
+            "model",
+            "model_not_supported",
+            format!(
+                "The model {model} does not support embeddings (its engine answered HTTP \
+                 {status})."
+            ),
+        ),
+        _ => EngineError::Status { status, message },
     }
 }
 
@@ -371,6 +407,7 @@ fn usage_event(head: Option<serde_json::Map<String, Value>>, usage: &Usage) -> V
 
 async fn relay(
     mut resp: reqwest::Response,
+    mut first: Option<Vec<u8>>,
     tx: mpsc::Sender<BodyEvent>,
     deadline: Instant,
     timeout: Duration,
@@ -399,17 +436,22 @@ async fn relay(
         Some(Usage::new(prompt, completion))
     };
     loop {
-        let next = tokio::select! {
-            r = tokio::time::timeout_at(deadline, resp.chunk()) => r,
-            () = tx.closed() => {
-                tracing::debug!("engine request cancelled by the caller");
-                return; // dropping `resp` closes the connection: the backend stops generating
-            }
+        let next = match first.take() {
+            Some(chunk) => Ok(Ok(Some(chunk))),
+            None => tokio::select! {
+                r = tokio::time::timeout_at(deadline, resp.chunk()) => {
+                    r.map(|r| r.map(|c| c.map(|c| c.to_vec())))
+                }
+                () = tx.closed() => {
+                    tracing::debug!("engine request cancelled by the caller");
+                    return; // dropping `resp` closes the connection: the backend stops generating
+                }
+            },
         };
         let failure = match next {
             Ok(Ok(Some(chunk))) => {
                 tracker.push(&chunk);
-                let mut data = chunk.to_vec();
+                let mut data = chunk;
                 if let Some(h) = held.as_mut() {
                     h.append(&mut data);
                 } else if stream && tracker.usage().is_none() {

@@ -771,6 +771,100 @@ fn up_with_an_external_backend_and_two_workers() {
     assert_eq!(rc, 0, "{rest:?}");
 }
 
+/// Issue 21 §5 end to end: `cocoon up --backend` in front of a real OpenAI-compatible server
+/// (llama-cpp-python's, serving the default GGUF; `scripts/setup --engine-server`): a chat
+/// completion whole and streamed through client, proxy and worker, each answered with the
+/// usage the server itself reports for the same request asked directly (each runs to
+/// `max_tokens`; llama-cpp-python streams no usage, so the streamed one is counted by the
+/// HTTP engine), and billed.
+#[test]
+fn up_with_a_real_external_engine() {
+    if !have_test_model() {
+        return;
+    }
+    let Some(python) = cocoon_testkit::engine_server::EngineServer::python() else {
+        return;
+    };
+    let gguf = PathBuf::from(std::env::var_os("COCOON_TEST_MODEL").unwrap());
+    let name = "SmolLM2-135M-Instruct";
+    let server = cocoon_testkit::engine_server::EngineServer::start(&python, &gguf, name, 2048);
+    let (_one, tmp, port, rt) = up_test();
+    let api = format!("http://127.0.0.1:{port}");
+    // The model id the workers announce: the GGUF's SHA-256 is its store file name.
+    let sha = gguf.file_stem().unwrap().to_str().unwrap();
+    let id = format!("{name}@llama-cpp-python:{sha}");
+    let flags = ["--backend", server.url.as_str(), "--model", &id];
+    let (mut up, _) = Up::start_with(&tmp.path().join("up"), port, &flags);
+    let ask = |stream: bool| {
+        json!({"model": name, "stream": stream, "max_tokens": 24, "temperature": 0,
+            "messages": [{"role": "user", "content": "Name three colours."}]})
+    };
+    let usage = |u: &serde_json::Value| {
+        (
+            u["prompt_tokens"].as_u64().unwrap(),
+            u["completion_tokens"].as_u64().unwrap(),
+            u["total_tokens"].as_u64().unwrap(),
+        )
+    };
+    let spent = || {
+        get_json(&format!("{api}/jsonstats")).unwrap()["totals"]["spent_nanoton"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    rt.block_on(async {
+        assert_eq!(listed_model(&api).await, name);
+        // The server's own count for this answer.
+        let (status, direct) = post_chat(&server.url, &ask(false)).await;
+        assert_eq!(status, 200, "{direct}");
+        let want = usage(&direct["usage"]);
+        assert_eq!(direct["choices"][0]["finish_reason"], "length", "{direct}");
+
+        let before = spent();
+        let (status, whole) = post_chat(&api, &ask(false)).await;
+        assert_eq!(status, 200, "{whole}");
+        // Not the same text: the server's prompt cache may tip a greedy choice.
+        assert!(
+            whole["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .len()
+                > 1
+        );
+        assert_eq!(whole["choices"][0]["finish_reason"], "length", "{whole}");
+        assert_eq!(usage(&whole["usage"]), want, "{whole} vs {direct}");
+        let after_whole = spent();
+        assert!(after_whole > before, "the whole answer was not billed");
+
+        let r = reqwest::Client::new()
+            .post(format!("{api}/v1/chat/completions"))
+            .json(&ask(true))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let body = r.text().await.unwrap();
+        assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+        let events: Vec<serde_json::Value> = body
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect();
+        let text: String = events
+            .iter()
+            .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        assert!(text.len() > 1, "{body}");
+        let last = events.iter().rev().find(|e| e["usage"].is_object());
+        let last = last.unwrap_or_else(|| panic!("no usage in the stream: {body}"));
+        assert_eq!(usage(&last["usage"]), want, "{body}");
+        assert!(spent() > after_whole, "the streamed answer was not billed");
+    });
+    let (rc, rest) = up.stop("TERM", Duration::from_secs(60));
+    assert_eq!(rc, 0, "{rest:?}");
+    drop(server);
+}
+
 /// Chain figures the test follows: (client contract balance, tokens charged), the proxy
 /// contract's commission balance, the workers' owner's account balance.
 async fn money(

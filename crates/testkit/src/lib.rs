@@ -11,6 +11,7 @@ pub mod client;
 pub mod decode;
 pub mod devnet;
 pub mod engine;
+pub mod engine_server;
 pub mod fake_proxy;
 pub mod fixtures;
 pub mod handmade;

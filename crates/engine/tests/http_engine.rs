@@ -97,6 +97,20 @@ async fn chat(
             "usage": {"prompt_tokens": 12, "completion_tokens": 4, "total_tokens": 16}
         }))
         .into_response(),
+        // As llama-cpp-python's server with a prompt over its context: a stream is a 200
+        // that breaks before its first byte, the whole request says why.
+        "dropfirst" if body["stream"] == true => {
+            let stream = futures::stream::once(async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Err::<Vec<u8>, _>(std::io::Error::other("Requested tokens exceed context window"))
+            });
+            ([("content-type", "text/event-stream")], Body::from_stream(stream)).into_response()
+        }
+        "dropfirst" => (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": {"message": "This model's maximum context length is 2048 tokens. However, you requested 2131 tokens (2115 in the messages, 16 in the completion).", "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}})),
+        )
+            .into_response(),
         // As llama-cpp-python's server: no usage in a stream although asked, usage in a
         // whole answer (the prompt probe: one token at most).
         "nousage" if body["stream"] != true => {
@@ -554,4 +568,28 @@ async fn embeddings_pass_through_billed_as_prompt_tokens() {
         }
         other => panic!("expected a 400, got {:?}", other.map(|r| r.status)),
     }
+}
+
+#[tokio::test]
+async fn a_stream_dropped_before_its_first_byte_is_refused_with_the_servers_reason() {
+    let (base, shared) = server().await;
+    let err = engine(&base, "dropfirst")
+        .submit(request(true, Duration::from_secs(10)))
+        .await
+        .unwrap_err();
+    let EngineError::Invalid(e) = &err else {
+        panic!("expected the app's 400, got {err:?}");
+    };
+    assert_eq!(e.param.as_deref(), Some("messages"), "{e:?}");
+    assert_eq!(e.code, Some("context_length_exceeded"), "{e:?}");
+    assert!(
+        e.message
+            .starts_with("This model's maximum context length is 2048"),
+        "{e:?}"
+    );
+    assert_eq!(
+        shared.requests.load(Ordering::SeqCst),
+        2,
+        "the stream, then whole"
+    );
 }

@@ -1454,6 +1454,20 @@ fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// POSTs `body` to the chat endpoint; (status, JSON body).
+async fn post_chat(api: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{api}/v1/chat/completions"))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    (status, v)
+}
+
 /// The pid `<dir>/pids` names for `role`, if it runs.
 fn role_pid(dir: &Path, role: &str) -> Option<u32> {
     children(dir)

@@ -210,7 +210,14 @@ impl HttpEngine {
                         .send();
                     return Err(match tokio::time::timeout_at(deadline, again).await {
                         Ok(Ok(r)) if !r.status().is_success() => {
-                            refusal(r.status().as_u16(), r, deadline, req.endpoint, &self.cfg.model).await
+                            refusal(
+                                r.status().as_u16(),
+                                r,
+                                deadline,
+                                req.endpoint,
+                                &self.cfg.model,
+                            )
+                            .await
                         }
                         _ => EngineError::Protocol("the stream ended before its first byte".into()),
                     });

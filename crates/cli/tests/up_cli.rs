@@ -16,7 +16,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{cocoon, free_port, get_json, have_test_model};
+use common::{cocoon, free_port, get_json, get_text, have_test_model};
 
 /// A running `cocoon up`; dropped while running it is killed together with its children
 /// (named in `<dir>/pids`), so a failing test leaves nothing behind.
@@ -318,6 +318,8 @@ fn up_runs_the_whole_network_and_resumes_it() {
     let gguf = std::env::var("COCOON_TEST_MODEL").unwrap();
     sdk_script("features.py", &[&api, &model, &gguf]);
     sdk_script("errors.py", &[&api, &model]);
+    grafana_dashboard_queries_real_metrics(&dir, &api);
+    dashboards_in_chromium(&dir, &api);
     let spent = |s: serde_json::Value| s["totals"]["spent_nanoton"].as_u64().unwrap_or(0);
     let spent_first = spent(get_json(&format!("{api}/jsonstats")).unwrap());
     assert!(spent_first > 0, "nothing spent");
@@ -374,6 +376,177 @@ fn up_runs_the_whole_network_and_resumes_it() {
     let (rc, rest) = up.stop("TERM", Duration::from_secs(60));
     assert_eq!(rc, 0, "{rest:?}");
     assert!(!alive(back));
+}
+
+/// Issue 23 §1: every metric `docs/grafana/cocoon.json` queries is one the running roles
+/// export on `/metrics` (a histogram's `_bucket`, `_sum` and `_count` included), and every
+/// role has panels.
+fn grafana_dashboard_queries_real_metrics(dir: &Path, api: &str) {
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("up.json")).unwrap()).unwrap();
+    let mut exported = std::collections::BTreeSet::new();
+    let admins = [
+        api.to_owned(),
+        format!("http://127.0.0.1:{}", saved["proxy_admin_port"]),
+        worker_admins(dir).remove(0),
+    ];
+    for base in &admins {
+        let text = get_text(&format!("{base}/metrics")).unwrap();
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("# TYPE ") else {
+                continue;
+            };
+            let (name, kind) = rest.split_once(' ').unwrap();
+            exported.insert(name.to_owned());
+            if kind == "histogram" {
+                for s in ["_bucket", "_sum", "_count"] {
+                    exported.insert(format!("{name}{s}"));
+                }
+            }
+        }
+    }
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/grafana/cocoon.json");
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let mut used = std::collections::BTreeSet::new();
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            let expr = t["expr"].as_str().unwrap();
+            let mut rest = expr;
+            while let Some(at) = rest.find("cocoon_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[at + name.len()..];
+                used.insert(name);
+            }
+        }
+    }
+    let unknown: Vec<&String> = used.difference(&exported).collect();
+    assert!(
+        unknown.is_empty(),
+        "the Grafana dashboard queries metrics no role exports: {unknown:?}"
+    );
+    for role in ["cocoon_client_", "cocoon_proxy_", "cocoon_worker_"] {
+        assert!(used.iter().any(|m| m.starts_with(role)), "no {role}* panel");
+    }
+    eprintln!(
+        "the Grafana dashboard queries {} metrics, all exported",
+        used.len()
+    );
+}
+
+/// Issue 23 on `cocoon up`: each role's dashboard in a real headless Chromium (DevTools
+/// protocol): its figures are what its `/jsonstats` says, it shows no Rust `Debug` value, it
+/// does not overflow horizontally at 1280 or 390 px, and the worker's controls work from the
+/// page with the token typed in (disable, then enable). Screenshots go to
+/// `target/dashboards/` (artifacts, not committed).
+fn dashboards_in_chromium(dir: &Path, api: &str) {
+    let Some(chromium) = common::cdp::chromium() else {
+        return;
+    };
+    let t = Instant::now();
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("up.json")).unwrap()).unwrap();
+    let proxy = format!("http://127.0.0.1:{}", saved["proxy_admin_port"]);
+    let worker = worker_admins(dir).remove(0);
+    let shots = Path::new(env!("CARGO_BIN_EXE_cocoon"))
+        .ancestors()
+        .nth(2)
+        .unwrap()
+        .join("dashboards");
+    let mut b = common::cdp::Browser::start(&chromium);
+    // (role, admin URL, the figure checked, its /jsonstats pointer)
+    let pages = [
+        ("client", api.to_owned(), "received", "/stats/received"),
+        (
+            "proxy",
+            proxy,
+            "requests_received",
+            "/counters/requests_received",
+        ),
+        (
+            "worker",
+            worker.clone(),
+            "requests_received",
+            "/counters/requests_received",
+        ),
+    ];
+    for (role, base, figure, pointer) in &pages {
+        for width in [1280, 390] {
+            b.open(&format!("{base}/stats"), width);
+            let html = b.dom();
+            let stats = get_json(&format!("{base}/jsonstats")).unwrap();
+            let want = stats.pointer(pointer).and_then(|v| v.as_u64()).unwrap();
+            assert!(want > 0, "{role}: {pointer} is 0: {stats}");
+            let shown = b.eval(&format!(
+                "document.querySelector('[data-figure=\"{figure}\"]').textContent"
+            ));
+            // Thousands are grouped with a narrow no-break space.
+            let shown = shown.as_str().unwrap().replace('\u{202f}', "");
+            assert_eq!(shown, want.to_string(), "{role}'s {figure} on the page");
+            cocoon_testkit::http::assert_no_debug_values(&format!("{role}'s dashboard"), &html);
+            assert!(html.contains("<svg class=\"chart\""), "{role}: no chart");
+            let (scroll, inner) = (
+                b.eval("document.documentElement.scrollWidth"),
+                b.eval("window.innerWidth"),
+            );
+            assert!(
+                scroll.as_u64().unwrap() <= inner.as_u64().unwrap(),
+                "{role} at {width} px overflows: scrollWidth {scroll} > innerWidth {inner}"
+            );
+            b.screenshot(&shots.join(format!("{role}-{width}.png")));
+        }
+    }
+    // The worker's switch from its page: the token typed in, Disable, then Enable.
+    let token = std::fs::read_to_string(dir.join("worker-1/admin-token")).unwrap();
+    b.open(&format!("{worker}/stats"), 1280);
+    let enabled = || get_json(&format!("{worker}/jsonstats")).unwrap()["enabled"].clone();
+    assert_eq!(enabled(), true);
+    for (button, want, word) in [("disable", false, "disabled"), ("enable", true, "enabled")] {
+        b.eval(&format!(
+            "document.getElementById('ops').open = true; \
+             document.getElementById('token').value = {}; \
+             document.querySelector('button[data-post=\"/control/{button}\"]').click(); true",
+            serde_json::json!(token.trim())
+        ));
+        b.wait_for(
+            &format!("the {button} control's answer"),
+            &format!("document.getElementById('ctl-out').textContent === '200 {word}'"),
+        );
+        assert_eq!(enabled(), want, "after {button} from the page");
+        // The page refreshed itself after the control.
+        let status = if want {
+            "serving"
+        } else {
+            "disabled by operator"
+        };
+        b.wait_for(
+            &format!("the status after {button}"),
+            &format!(
+                "document.querySelector('[data-figure=\"status\"]').textContent === '{status}'"
+            ),
+        );
+        if !want {
+            b.screenshot(&shots.join("worker-disabled.png"));
+        }
+    }
+    // Without the token the control is refused (401) and nothing changes.
+    b.eval(
+        "document.getElementById('token').value = 'wrong'; \
+         document.querySelector('button[data-post=\"/control/disable\"]').click(); true",
+    );
+    b.wait_for(
+        "the refusal",
+        "document.getElementById('ctl-out').textContent.startsWith('401')",
+    );
+    assert_eq!(enabled(), true);
+    eprintln!(
+        "dashboards checked in chromium in {:?}; screenshots in {}",
+        t.elapsed(),
+        shots.display()
+    );
 }
 
 /// Issue 21 §4 on `cocoon up`: the official openai SDK (`COCOON_OPENAI_PYTHON`) calls

@@ -284,7 +284,7 @@ fn dashboard(
     for w in &s.workers {
         t.row(vec![
             Cell::Num(w.id.to_string()),
-            Cell::Text(w.model.clone()),
+            Cell::Long(w.model.clone()),
             Cell::Markup(html::flag(w.enabled, Tone::Warn)),
             Cell::Num(format!("{} / {}", w.running, w.max_active)),
             Cell::Num(fmt::decimal(w.reputation, 3)),

@@ -57,9 +57,19 @@ impl ChartOpts {
     }
 }
 
-/// A value with a metric suffix: `950`, `1.2k`, `3.4M`, `0.25`.
+/// A value with a metric suffix, short enough for an axis: `950`, `1.2k`, `3.4M`, `0.25`,
+/// `2.1m`, `2.1µ`, `3n`.
 pub fn compact(v: f64) -> String {
     let a = v.abs();
+    if a > 0.0 && a < 0.01 {
+        return if a >= 1e-3 {
+            format!("{}m", fmt::decimal(v * 1e3, 1))
+        } else if a >= 1e-6 {
+            format!("{}µ", fmt::decimal(v * 1e6, 1))
+        } else {
+            format!("{}n", fmt::decimal(v * 1e9, 1))
+        };
+    }
     if a >= 1e9 {
         format!("{}G", fmt::decimal(v / 1e9, 1))
     } else if a >= 1e6 {
@@ -150,7 +160,8 @@ pub fn line_chart(series: &[Series], opts: &ChartOpts) -> String {
     }
     for (i, t) in [t0, t0 + (t1 - t0) / 2, t1].into_iter().enumerate() {
         let anchor = ["start", "middle", "end"][i];
-        let label = if t >= opts.now {
+        // The charts end now: the last bucket is the one in progress.
+        let label = if i == 2 || t >= opts.now {
             "now".to_owned()
         } else {
             format!("−{}", fmt::secs(opts.now - t))
@@ -196,7 +207,7 @@ pub fn bar_chart(bars: &[(String, f64)], opts: &ChartOpts) -> String {
     if bars.is_empty() {
         return "<p class=\"empty\">nothing yet</p>".into();
     }
-    let row = 24.0;
+    let row = 28.0;
     let h = row * bars.len() as f64 + 4.0;
     let label_w = (w * 0.3).min(180.0);
     let value_w = 110.0;
@@ -214,7 +225,7 @@ pub fn bar_chart(bars: &[(String, f64)], opts: &ChartOpts) -> String {
             .collect::<Vec<_>>()
             .join(", "))
     );
-    let chars = (label_w / 7.5) as usize;
+    let chars = (label_w / 10.0) as usize;
     for (i, (label, v)) in bars.iter().enumerate() {
         let y0 = 2.0 + row * i as f64;
         let len = if max > 0.0 && v.is_finite() {
@@ -235,13 +246,13 @@ pub fn bar_chart(bars: &[(String, f64)], opts: &ChartOpts) -> String {
             esc(label),
             esc(&(opts.format)(*v)),
             label_w - 8.0,
-            y0 + 16.0,
+            y0 + 19.0,
             esc(&shown),
             i % 6,
             y0 + 3.0,
             row - 6.0,
             label_w + len + 6.0,
-            y0 + 16.0,
+            y0 + 19.0,
             esc(&(opts.format)(*v))
         );
     }
@@ -266,6 +277,9 @@ mod tests {
         assert_eq!(compact(3_400_000.0), "3.4M");
         assert_eq!(compact(0.25), "0.25");
         assert_eq!(compact_ton(1.5e9), "1.5");
+        assert_eq!(compact(0.0025), "2.5m");
+        assert_eq!(compact_ton(2112.0), "2.1µ");
+        assert_eq!(compact(3e-9), "3n");
     }
 
     #[test]

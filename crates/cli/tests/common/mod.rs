@@ -2,6 +2,8 @@
 #![allow(dead_code)] // each test file uses its own part
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
+pub(crate) mod cdp;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -132,6 +134,11 @@ impl Drop for Killed {
 /// does not answer within 10 s (a stopped process's socket still accepts: without the
 /// timeouts a waiter polling it would hang instead of failing).
 pub(crate) fn get_json(url: &str) -> Option<serde_json::Value> {
+    serde_json::from_str(&get_text(url)?).ok()
+}
+
+/// GETs `url` (plain HTTP/1.0) and returns the body, `None` on any failure.
+pub(crate) fn get_text(url: &str) -> Option<String> {
     use std::io::{Read, Write};
     use std::net::ToSocketAddrs;
     let rest = url.strip_prefix("http://")?;
@@ -144,7 +151,7 @@ pub(crate) fn get_json(url: &str) -> Option<serde_json::Value> {
     write!(s, "GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").ok()?;
     let mut body = String::new();
     s.read_to_string(&mut body).ok()?;
-    serde_json::from_str(body.split_once("\r\n\r\n")?.1).ok()
+    Some(body.split_once("\r\n\r\n")?.1.to_owned())
 }
 
 /// Polls `f` every 200 ms until it holds; panics after 90 s.

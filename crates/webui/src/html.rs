@@ -344,9 +344,15 @@ impl Page {
             } else {
                 format!(" data-figure=\"{}\"", esc(&c.id))
             };
+            // A long figure (a TON amount to the nanoTON) is set smaller, on one line.
+            let long = if c.value.chars().count() > 11 {
+                " long"
+            } else {
+                ""
+            };
             let _ = write!(
                 self.main,
-                "<div class=\"card {}\"><div class=\"label\">{}</div><div class=\"figure\"{id}>{}</div>",
+                "<div class=\"card {}{long}\"><div class=\"label\">{}</div><div class=\"figure\"{id}>{}</div>",
                 c.tone.class(),
                 esc(&c.label),
                 esc(&c.value)

@@ -343,6 +343,7 @@ fn dashboard(s: &WorkerStats, h: &History, now: u64) -> Page {
             "paid out",
             "ready tokens",
             "ready",
+            "last payout",
             "contract",
         ],
     )
@@ -356,6 +357,23 @@ fn dashboard(s: &WorkerStats, h: &History, now: u64) -> Page {
             Cell::Num(fmt::ton(nano(&x.paid_out_nanoton))),
             Cell::Num(fmt::tokens(x.ready_tokens)),
             Cell::Num(fmt::ton(nano(&x.ready_nanoton))),
+            if x.payout_in_flight {
+                Cell::Badge(Tone::Warn, "submitting".into())
+            } else {
+                match &x.last_payout {
+                    None => Cell::Text("–".into()),
+                    Some(crate::LastPayout::Submitted { at, tokens }) => Cell::Text(format!(
+                        "sent {}, {} tokens",
+                        fmt::ago(now, *at),
+                        fmt::tokens(*tokens)
+                    )),
+                    Some(crate::LastPayout::Failed { at, error }) => Cell::Markup(format!(
+                        "{} {}",
+                        html::badge(Tone::Bad, "failed"),
+                        html::esc(&format!("{}: {error}", fmt::ago(now, *at)))
+                    )),
+                }
+            },
             if x.closed {
                 Cell::Badge(Tone::Neutral, "closed, paid".into())
             } else {

@@ -183,6 +183,8 @@ pub(crate) struct Shared {
     pub root_wake: Arc<tokio::sync::Notify>,
     pub payout_sink: Option<Arc<dyn PayoutSink>>,
     pub payouts_in_flight: Mutex<HashSet<String>>,
+    /// The last payout this process tried per proxy contract (one entry per contract).
+    pub last_payouts: Mutex<HashMap<String, LastPayout>>,
     /// Recent operator events and the chain's time as the root watcher sees it.
     pub operator: cocoon_service::events::OperatorLog,
     /// The admin page's time series (fixed memory), sampled once a second.
@@ -338,13 +340,36 @@ impl Shared {
             {
                 match sink.submit(&proxy_sc, boc, tokens).await {
                     Ok(()) => {
+                        // Recorded for the admin page before the paid-out tokens move.
+                        this.last_payouts
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(
+                                proxy_sc.clone(),
+                                LastPayout::Submitted {
+                                    at: unix_now(),
+                                    tokens,
+                                },
+                            );
                         if let Err(e) = this.store.mark_paid(&proxy_sc, tokens) {
                             tracing::error!(proxy = %proxy_sc, error = %e, "cannot record payout");
                         } else {
                             tracing::info!(proxy = %proxy_sc, tokens, "payout submitted");
                         }
                     }
-                    Err(e) => tracing::warn!(proxy = %proxy_sc, error = %e, "payout failed"),
+                    Err(e) => {
+                        tracing::warn!(proxy = %proxy_sc, error = %e, "payout failed");
+                        this.last_payouts
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(
+                                proxy_sc.clone(),
+                                LastPayout::Failed {
+                                    at: unix_now(),
+                                    error: e.to_string(),
+                                },
+                            );
+                    }
                 }
             }
             this.payouts_in_flight
@@ -425,12 +450,24 @@ impl Shared {
 
     pub(crate) fn stats(&self) -> WorkerStats {
         let c = self.control();
+        let in_flight = self
+            .payouts_in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let last = self
+            .last_payouts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let op = self.operator.snapshot();
         let payments = self
             .store
             .snapshot()
             .into_iter()
             .map(|(proxy_sc, r)| PaymentView {
+                payout_in_flight: in_flight.contains(&proxy_sc),
+                last_payout: last.get(&proxy_sc).cloned(),
                 ready_tokens: r.ready_tokens(),
                 ready_nanoton: payout::ready_nanoton(r.ready_tokens(), self.fee_of(&r)).to_string(),
                 signed_nanoton: payout::ready_nanoton(r.signed_tokens, self.fee_of(&r)).to_string(),
@@ -467,6 +504,33 @@ impl Shared {
     }
 }
 
+/// The last payout a worker tried for one proxy contract.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", tag = "outcome")]
+pub enum LastPayout {
+    /// The wallet sent it (Unix seconds), covering `tokens` cumulative tokens.
+    Submitted {
+        /// When.
+        at: u64,
+        /// Cumulative tokens it covers.
+        tokens: u64,
+    },
+    /// The wallet could not send it.
+    Failed {
+        /// When.
+        at: u64,
+        /// Why.
+        error: String,
+    },
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// Earnings held for one proxy contract.
 #[derive(Clone, Debug, Serialize)]
 pub struct PaymentView {
@@ -488,6 +552,10 @@ pub struct PaymentView {
     pub signed_nanoton: String,
     /// The paid-out tokens' worth in nanoTON (decimal string).
     pub paid_out_nanoton: String,
+    /// A payout to this contract is being submitted now.
+    pub payout_in_flight: bool,
+    /// The last payout this process tried for it, since start (`None`: none yet).
+    pub last_payout: Option<LastPayout>,
     /// The worker contract is closed on chain: its proxy paid it its last payout (after a
     /// params change); nothing is ready.
     pub closed: bool,
@@ -614,6 +682,7 @@ impl Worker {
             root_wake: Arc::new(tokio::sync::Notify::new()),
             payout_sink: config.payout_sink.clone(),
             payouts_in_flight: Mutex::new(HashSet::new()),
+            last_payouts: Mutex::new(HashMap::new()),
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();

@@ -401,6 +401,19 @@ async fn payments_are_verified_kept_durably_and_compared_on_reconnect() {
         w.stats().payments[0].paid_out_tokens == 120
     })
     .await;
+    // The admin figures say it was sent, and for how many tokens (the payouts table).
+    let p = w.stats().payments[0].clone();
+    assert!(
+        matches!(
+            p.last_payout,
+            Some(cocoon_worker::LastPayout::Submitted { tokens: 120, .. })
+        ),
+        "{p:?}"
+    );
+    eventually("the payout no longer in flight", || {
+        !w.stats().payments[0].payout_in_flight
+    })
+    .await;
 
     // A lower signed payment closes the session; the worker comes back and compares.
     c.send(&tproxy::SignedPayment {

@@ -1,4 +1,5 @@
-//! HTTP admin server: `/stats` (HTML), `/jsonstats`, `/metrics` (Prometheus text) and POST
+//! HTTP admin server: `/stats` (HTML), `/jsonstats`, `/metrics` (Prometheus text),
+//! `/public.json` (what the network explorer reads: [`crate::PublicStats`]) and POST
 //! controls behind a bearer token read from a file: `/control/disable`, `/control/enable`,
 //! and on the ledger's settlement `/control/checkpoint`, `/control/charge`,
 //! `/control/payout`, `/control/withdraw`.
@@ -15,7 +16,7 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use cocoon_service::admin::{self, Admin, Prometheus, StatsPages, Switch, label};
 use cocoon_service::events;
 use cocoon_service::webui::chart::{self, ChartOpts, Series};
@@ -28,7 +29,14 @@ use crate::{ProxyStats, Shared};
 /// The admin server's routes: the service's stats pages and switch, and the settlement
 /// controls.
 pub(crate) fn routes() -> Router<Admin<Shared>> {
-    admin::router::<Shared>(&["/control"]).route("/control/{action}", post(settlement_control))
+    admin::router::<Shared>(&["/control"])
+        .route("/control/{action}", post(settlement_control))
+        .route(
+            "/public.json",
+            get(|State(st): State<Admin<Shared>>| async move {
+                axum::Json(st.role.public()).into_response()
+            }),
+        )
 }
 
 impl Switch for Shared {

@@ -204,6 +204,49 @@ pub struct ProxyStats {
     pub clock_drifted: bool,
 }
 
+/// What the admin server's `GET /public.json` says to anyone (the network explorer): the
+/// proxy's contract, its own TEE and image hash, its totals and, per model, the enabled
+/// workers and their capacity. Public identifiers and counts only; bounded by the workers
+/// connected.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PublicStats {
+    /// The proxy contract.
+    pub proxy_sc: String,
+    /// Test network.
+    pub is_test: bool,
+    /// Whether new requests are accepted.
+    pub enabled: bool,
+    /// Version of the root configuration in use.
+    pub root_version: u32,
+    /// The TEE of the proxy's certificate (`tdx`, `sev-snp`, `sim`, ...; empty: none).
+    pub tee: String,
+    /// The image hash its evidence claims, hex (empty: none).
+    pub image_hash: String,
+    /// Requests answered in full.
+    pub requests_success: u64,
+    /// Adjusted tokens billed.
+    pub adjusted_tokens_total: u64,
+    /// Per model (full id), sorted.
+    pub models: Vec<PublicModel>,
+}
+
+/// One model's supply at a proxy.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PublicModel {
+    /// The full model id the workers announce.
+    pub model: String,
+    /// Enabled workers.
+    pub workers: u32,
+    /// Requests they take at once, together.
+    pub capacity: u64,
+    /// Requests running on them.
+    pub running: u64,
+    /// Their smallest price coefficient, thousandths.
+    pub coefficient_min: i32,
+    /// Their largest price coefficient, thousandths.
+    pub coefficient_max: i32,
+}
+
 const MAX_REFUSALS: usize = 50;
 const MAX_EVENTS: usize = 100;
 
@@ -230,6 +273,8 @@ pub(crate) struct Shared {
     /// The admin page's time series (fixed memory), sampled once a second.
     pub history: Mutex<cocoon_service::webui::series::History>,
     pub counters: Counters,
+    /// The TEE and image hash of our own certificate, as `/public.json` publishes them.
+    pub attestation: Option<(&'static str, [u8; 32])>,
     pub enabled: AtomicBool,
     /// The `params_version` a contract switch is under way to (0: none): requests of the
     /// older params are refused, retryably, until the switch ends the sessions.
@@ -337,6 +382,44 @@ impl Shared {
             .get_mut(&id)
         {
             f(c);
+        }
+    }
+
+    pub(crate) fn public(&self) -> PublicStats {
+        let c = &self.counters;
+        let mut models: std::collections::BTreeMap<String, PublicModel> = Default::default();
+        for w in self.registry.stats(&self.router, Instant::now()) {
+            if !w.enabled {
+                continue;
+            }
+            let m = models.entry(w.model.clone()).or_insert(PublicModel {
+                model: w.model.clone(),
+                workers: 0,
+                capacity: 0,
+                running: 0,
+                coefficient_min: w.coefficient,
+                coefficient_max: w.coefficient,
+            });
+            m.workers += 1;
+            m.capacity += u64::from(w.max_active);
+            m.running += u64::from(w.running);
+            m.coefficient_min = m.coefficient_min.min(w.coefficient);
+            m.coefficient_max = m.coefficient_max.max(w.coefficient);
+        }
+        let (tee, image_hash) = match self.attestation {
+            Some((t, h)) => (t.to_owned(), hex::encode(h)),
+            None => (String::new(), String::new()),
+        };
+        PublicStats {
+            proxy_sc: self.proxy_sc().to_string(),
+            is_test: self.is_test,
+            enabled: self.enabled.load(Ordering::SeqCst),
+            root_version: self.root.borrow().version,
+            tee,
+            image_hash,
+            requests_success: c.requests_success.load(Ordering::Relaxed),
+            adjusted_tokens_total: c.tokens_total.load(Ordering::Relaxed),
+            models: models.into_values().collect(),
         }
     }
 
@@ -518,6 +601,10 @@ impl Proxy {
             operator: cocoon_service::events::OperatorLog::new(MAX_EVENTS),
             history: Mutex::new(cocoon_service::webui::series::History::new()),
             counters: Counters::default(),
+            attestation: cocoon_ratls::inspect::own_attestation(
+                &cfg.certs.current().cert[0],
+                now_unix() as u64,
+            ),
             enabled: AtomicBool::new(true),
             switching_to: AtomicU32::new(0),
             next_id: AtomicU64::new(0),

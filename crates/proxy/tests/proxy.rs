@@ -145,6 +145,31 @@ async fn streams_end_to_end_with_exact_usage_least_loaded_routing_and_admin() {
         "{metrics}"
     );
     assert!(metrics.contains("cocoon_proxy_adjusted_tokens_total 122"));
+    // The public summary the explorer reads: the same figures, no client or owner in it.
+    let public: serde_json::Value = get_json(&http, &format!("{}/public.json", net.admin())).await;
+    assert_eq!(public["proxy_sc"], js["proxy_sc"]);
+    assert_eq!(public["tee"], "sim");
+    assert_eq!(
+        public["image_hash"],
+        hex::encode(cocoon_attest::sim::sim_image_hash())
+    );
+    assert_eq!(public["requests_success"], 2);
+    assert_eq!(public["adjusted_tokens_total"], 122);
+    let models = public["models"].as_array().unwrap();
+    assert_eq!(models.len(), 1, "{public}");
+    assert_eq!(models[0]["workers"], 2);
+    let capacity: u64 = js["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["max_active"].as_u64().unwrap())
+        .sum();
+    assert_eq!(models[0]["capacity"], capacity);
+    let text = public.to_string();
+    assert!(
+        !text.contains("owner") && !text.contains("client"),
+        "{text}"
+    );
     assert_eq!(
         post_status(&http, &format!("{}/control/disable", net.admin()), None).await,
         401

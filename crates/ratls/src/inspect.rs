@@ -115,6 +115,36 @@ pub fn image_hash_line(id: &Identity, now: u64) -> String {
     }
 }
 
+/// A role's own attestation as it publishes it: the TEE of its certificate's evidence and
+/// the image hash (sim: as the verifier reports it; TDX and SEV-SNP: computed from the
+/// evidence, whose verification is the peers' business). `None` for a certificate without
+/// evidence or with evidence that does not decode.
+pub fn own_attestation(der: &CertificateDer<'_>, now: u64) -> Option<(&'static str, [u8; 32])> {
+    use x509_parser::prelude::FromDer;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der.as_ref()).ok()?;
+    let ext = cert
+        .extensions()
+        .iter()
+        .find(|e| e.oid.to_id_string() == crate::cert::OID_EVIDENCE_STR)?;
+    let env = EvidenceEnvelope::decode(ext.value).ok()?;
+    let backend = match env {
+        EvidenceEnvelope::Tdx(_) => Backend::Tdx,
+        EvidenceEnvelope::SevSnp { .. } => Backend::SevSnp,
+        EvidenceEnvelope::Sim(_) => Backend::Sim,
+        EvidenceEnvelope::FakeTdx(_) => Backend::FakeTdx,
+    };
+    if backend == Backend::Sim {
+        let mut policy = Policy::sim_test();
+        policy.allowed_backends = vec![Backend::Sim];
+        let mut cfg = VerifierConfig::new(policy);
+        cfg.clock = fixed_clock(now);
+        cfg.cache_ttl_secs = 0;
+        let peer = RatlsVerifier::new(cfg).verify_cert(der, &[]).ok()?;
+        return Some((backend.name(), *peer.image_hash()));
+    }
+    Some((backend.name(), env.unverified_image_hash().ok()?))
+}
+
 /// The lines describing an identity with `tee` evidence just written to `files`.
 pub fn generated_lines(
     id: &Identity,
@@ -347,6 +377,34 @@ mod tests {
         );
         let id = Identity::generate(&FixedSource(b"junk".to_vec()), NOW).unwrap();
         assert!(image_hash_line(&id, NOW).starts_with("unknown ("));
+    }
+
+    #[test]
+    fn own_attestation_names_the_tee_and_image_of_a_certificate() {
+        let sim = SimSource(SimKey::generate().unwrap());
+        let id = Identity::generate(&sim, NOW).unwrap();
+        assert_eq!(
+            own_attestation(id.cert_der(), NOW),
+            Some(("sim", cocoon_attest::sim::sim_image_hash()))
+        );
+        let quote = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../testvectors/attest/cocoon_quote.dat"
+        ))
+        .unwrap();
+        let id = Identity::generate(&FixedSource(quote), NOW).unwrap();
+        let (tee, hash) = own_attestation(id.cert_der(), NOW).unwrap();
+        assert_eq!(tee, "tdx");
+        assert_eq!(
+            hex::encode(hash),
+            "04b3afd931d28680af91a15b09d672c40ad6b141f7f9089a8d67d595220f7436"
+        );
+        let id = Identity::generate(&FixedSource(b"junk".to_vec()), NOW).unwrap();
+        assert_eq!(own_attestation(id.cert_der(), NOW), None);
+        assert_eq!(
+            own_attestation(&CertificateDer::from(vec![1, 2, 3]), NOW),
+            None
+        );
     }
 
     #[test]

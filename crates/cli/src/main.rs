@@ -1,12 +1,13 @@
 //! `cocoon`: the one binary of the Cocoon network: `up` (the whole network on one machine),
 //! the roles (`worker`, `proxy`, `client`, `devnet`) and the tools (`tl`, `attest`, `model`,
-//! `wallet`, `root`, `image`).
+//! `wallet`, `root`, `image`, `explorer`).
 #![forbid(unsafe_code)]
 
 mod attest_cmd;
 mod client_cmd;
 mod config;
 mod devnet_cmd;
+mod explorer_cmd;
 mod image_cmd;
 mod kms_cmd;
 mod model_cmd;
@@ -77,6 +78,9 @@ enum Command {
         #[command(subcommand)]
         command: kms_cmd::KmsCommand,
     },
+    /// The network explorer (read-only web pages and JSON): models and prices, their
+    /// history, proxies, workers and payouts, from a TON endpoint and the proxies' stats.
+    Explorer(explorer_cmd::ExplorerArgs),
     /// Answer receipts: `verify` a saved one offline.
     Receipt {
         #[command(subcommand)]
@@ -100,6 +104,7 @@ fn main() -> ExitCode {
         Command::Up(args) => return up_cmd::main(args),
         Command::Kms { command } => return kms_cmd::main(command),
         Command::Receipt { command } => receipt_cmd::run(command),
+        Command::Explorer(args) => explorer_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -130,6 +130,10 @@ fn print_ready(r: &Ready) {
         o.push_str(&format!("               {label:<9} http://{w}/stats\n"));
     }
     o.push_str(&format!(
+        "  explorer     {}/   (models, prices, proxies; JSON at /api/network)\n",
+        r.explorer
+    ));
+    o.push_str(&format!(
         "  chain        devnet    {}/api/v2/   root {}\n",
         r.devnet, r.root
     ));

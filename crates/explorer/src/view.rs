@@ -446,7 +446,7 @@ impl Snapshot {
 
         // Models and their prices per 1M tokens.
         let mut t = Table::new(
-            "Models and prices per 1M tokens",
+            "Models and prices per 1M tokens (at their workers' lowest coefficient)",
             &[
                 "Model",
                 "Allowed",

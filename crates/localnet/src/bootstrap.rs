@@ -27,6 +27,7 @@ const PROXY_WORKER_PORT: u16 = 9101;
 const PROXY_CLIENT_PORT: u16 = 9102;
 const PROXY_ADMIN_PORT: u16 = 12100;
 const WORKER_ADMIN_PORT: u16 = 12000;
+const EXPLORER_PORT: u16 = 12300;
 /// Faucet top-ups: a wallet below `LOW` nanoTON gets `GRANT` more.
 const OWNER_LOW: u128 = 20_000_000_000;
 const OWNER_GRANT: u128 = 100_000_000_000;
@@ -61,6 +62,8 @@ pub(crate) struct Saved {
     pub(crate) proxy_admin_port: u16,
     pub(crate) worker_admin_ports: Vec<u16>,
     api_port: u16,
+    /// Where the network explorer serves its pages.
+    pub(crate) explorer_port: u16,
 }
 
 impl Saved {
@@ -98,6 +101,7 @@ impl Saved {
             worker_ports.push(pick_port(prev, default, &mut taken)?);
         }
         self.worker_admin_ports = worker_ports;
+        self.explorer_port = pick_port(self.explorer_port, EXPLORER_PORT, &mut taken)?;
         self.api_port = api_port;
         Ok(())
     }
@@ -554,6 +558,23 @@ fn argv(fixed: &str, pairs: &[(&str, &str)]) -> Vec<String> {
 
 fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()
+}
+
+/// `cocoon explorer` over the devnet, the root and the proxy's public stats.
+pub(crate) fn explorer_args(net: &Network, saved: &Saved) -> Vec<String> {
+    vec![
+        "explorer".into(),
+        "--root".into(),
+        net.root.to_string(),
+        "--chain".into(),
+        net.url.clone(),
+        "--bind".into(),
+        format!("127.0.0.1:{}", saved.explorer_port),
+        "--proxy-stats".into(),
+        format!("http://127.0.0.1:{}/public.json", saved.proxy_admin_port),
+        "--poll-secs".into(),
+        "2".into(),
+    ]
 }
 
 #[cfg(test)]

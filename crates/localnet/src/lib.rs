@@ -6,7 +6,8 @@
 //! wallet and funds them from the devnet faucet, deploys a test root contract that allows the
 //! simulated TEE image for workers and proxies, registers the proxy and the model, then runs
 //! `cocoon proxy`, [`Settings::workers`] × `cocoon worker` (the embedded engine with the
-//! default model, or [`Settings::backend`]) and `cocoon client` on `127.0.0.1:<port>` — each a
+//! default model, or [`Settings::backend`]), `cocoon client` on `127.0.0.1:<port>` and
+//! `cocoon explorer` (the network explorer, [`Ready::explorer`]) — each a
 //! child process of the `cocoon` binary ([`Settings::exe`]) in its own process group, logging
 //! to `<dir>/logs/<role>.log`. It waits until the client has a ready proxy session and lists
 //! the model, hands the caller the [`Ready`] summary, then supervises: a child that exits on
@@ -14,7 +15,7 @@
 //! the same command line — same state directory, identity, ports and settings, so it rejoins
 //! — after a backoff of 0.5 s doubling to 10 s (back to 0.5 s after a run of 30 s or more).
 //! A role that exits more than 5 times within 60 s is given up (`failed`): a worker is left
-//! out while another one serves; the devnet (its chain state persists after every batch, so
+//! out while another one serves, and so is the explorer; the devnet (its chain state persists after every batch, so
 //! a restart keeps it), the proxy, the client or the last worker given up stops the network
 //! with [`UpError::RoleFailed`]. A [`Stop`] request stops the children in reverse order
 //! (client first, devnet last) and `run` returns `Ok`. While the network is still starting,
@@ -289,6 +290,8 @@ pub struct Ready {
     pub root: String,
     /// The client's admin token file.
     pub client_token: PathBuf,
+    /// The network explorer's base URL (`http://127.0.0.1:<port>`).
+    pub explorer: String,
 }
 
 /// Runs the network until `stop` is requested (then `Ok`, everything stopped) or something
@@ -415,6 +418,14 @@ async fn start(sup: &mut Supervisor, plan: &Plan, started: Instant) -> Result<Re
                 .map(str::to_owned)
         })
         .await?;
+    let explorer = format!("http://127.0.0.1:{}", saved.explorer_port);
+    sup.spawn("explorer", &bootstrap::explorer_args(&net, &saved))?;
+    let explorer_api = format!("{explorer}/api/network");
+    sup.wait_until("the explorer's first read", async |s: &Supervisor| {
+        let j = s.get_json(&explorer_api).await?;
+        (j["status"] == "live").then_some(())
+    })
+    .await?;
     Ok(Ready {
         dir: dir.clone(),
         took: started.elapsed(),
@@ -425,6 +436,7 @@ async fn start(sup: &mut Supervisor, plan: &Plan, started: Instant) -> Result<Re
         devnet: net.url.clone(),
         root: net.root.to_string(),
         client_token: dir.join("client").join("admin-token"),
+        explorer,
     })
 }
 

@@ -544,7 +544,11 @@ impl Supervisor {
                     .procs
                     .iter()
                     .any(|q| is_worker(&q.role) && !matches!(q.state, RoleState::Failed));
-                let then = if is_worker(&role) && workers_left {
+                // The explorer only reads: the network serves without it.
+                let optional = role == "explorer" || (is_worker(&role) && workers_left);
+                let then = if role == "explorer" {
+                    "the network keeps serving without it".to_owned()
+                } else if optional {
                     format!("the others keep serving without the {role}")
                 } else {
                     "the network cannot serve without it: stopping everything".to_owned()
@@ -554,7 +558,7 @@ impl Supervisor {
                      with {status}; it is not restarted and {then}; the last lines of \
                      {log}:\n{tail}"
                 ))?;
-                if is_worker(&role) && workers_left {
+                if optional {
                     return Ok(());
                 }
                 Err(UpError::RoleFailed {

@@ -1,0 +1,129 @@
+//! `cocoon explorer`: the read-only network explorer (see `cocoon-explorer`): the root
+//! contract's models, prices and their history, the proxies and their workers, from any
+//! toncenter-v2 endpoint (the devnet of `cocoon up` or toncenter) and the proxies' public
+//! stats (`/public.json` on their admin servers).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use cocoon_service::chain::TonSettings;
+
+/// Options of `cocoon explorer`.
+#[derive(Debug, Args)]
+pub(crate) struct ExplorerArgs {
+    /// The root contract's address.
+    #[arg(long)]
+    root: String,
+    /// A toncenter-v2 endpoint (the devnet's URL or https://toncenter.com/api/v2); repeat
+    /// it for independently operated endpoints that must agree (--quorum).
+    #[arg(long = "chain", required = true)]
+    chain: Vec<String>,
+    /// A file holding the API key of every --chain endpoint.
+    #[arg(long)]
+    chain_key_file: Option<String>,
+    /// How many --chain endpoints must give the same answer.
+    #[arg(long, default_value_t = 1)]
+    quorum: u32,
+    /// Where to serve the pages.
+    #[arg(long, default_value = "127.0.0.1:9300")]
+    bind: SocketAddr,
+    /// A proxy's public stats URL (http://ADMIN/public.json); repeat it for each proxy
+    /// followed (at most 32).
+    #[arg(long = "proxy-stats")]
+    proxy_stats: Vec<String>,
+    /// Seconds between reads.
+    #[arg(long, default_value_t = 10)]
+    poll_secs: u64,
+    /// Longest a single read may take, in seconds.
+    #[arg(long, default_value_t = 8)]
+    timeout_secs: u64,
+    /// A host name the pages answer to besides loopback ones and the bound address
+    /// (repeatable), for an explorer behind a reverse proxy.
+    #[arg(long = "allowed-host")]
+    allowed_hosts: Vec<String>,
+}
+
+/// Most proxies followed.
+const MAX_PROXIES: usize = 32;
+
+/// An endpoint as shown on the page: scheme, host and path, no credentials or query.
+fn shown(url: &str) -> String {
+    let no_query = url.split(['?', '#']).next().unwrap_or_default();
+    match no_query.split_once("://") {
+        Some((scheme, rest)) => {
+            let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+            format!("{scheme}://{rest}")
+        }
+        None => no_query.to_owned(),
+    }
+}
+
+/// Serves the explorer until Ctrl-C or SIGTERM.
+pub(crate) fn run(args: ExplorerArgs) -> Result<(), String> {
+    if args.proxy_stats.len() > MAX_PROXIES {
+        return Err(format!("--proxy-stats: at most {MAX_PROXIES}"));
+    }
+    for u in &args.proxy_stats {
+        if !(u.starts_with("http://") || u.starts_with("https://")) {
+            return Err(format!("--proxy-stats {u:?} is not an http(s):// URL"));
+        }
+    }
+    if args.poll_secs == 0 || args.timeout_secs == 0 {
+        return Err("--poll-secs and --timeout-secs must be at least 1".into());
+    }
+    let root = cocoon_ton::parse_address(&args.root).map_err(|e| format!("--root: {e}"))?;
+    let (url, urls): (&str, &[String]) = if args.chain.len() == 1 {
+        (&args.chain[0], &[])
+    } else {
+        ("", &args.chain)
+    };
+    let ton = TonSettings {
+        url,
+        url_given: args.chain.len() == 1,
+        urls,
+        key_file: args.chain_key_file.as_deref().unwrap_or(""),
+        key_files: &[],
+        quorum: args.quorum,
+    };
+    ton.check()
+        .map_err(|e| e.to_string().replace("ton_url", "--chain"))?;
+    let chain = ton.chain(&[])?;
+    cocoon_service::process::init_logging("info");
+    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    let endpoints = args.chain.iter().map(|u| shown(u)).collect();
+    rt.block_on(async move {
+        let chain = Arc::new(chain);
+        let cfg = cocoon_explorer::ExplorerConfig {
+            root,
+            bind: args.bind,
+            proxy_stats: args.proxy_stats,
+            endpoints,
+            poll: Duration::from_secs(args.poll_secs),
+            timeout: Duration::from_secs(args.timeout_secs),
+            allowed_hosts: args.allowed_hosts,
+        };
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let (addr, task) = cocoon_explorer::spawn(cfg, chain, stop_rx).await?;
+        eprintln!("cocoon explorer: serving http://{addr}/ (JSON: http://{addr}/api/network)");
+        cocoon_service::process::stop_signal().await;
+        let _ = stop.send(true);
+        let _ = task.await;
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_shown_without_credentials() {
+        assert_eq!(
+            shown("https://user:key@toncenter.com/api/v2?api_key=k#x"),
+            "https://toncenter.com/api/v2"
+        );
+        assert_eq!(shown("http://127.0.0.1:8081"), "http://127.0.0.1:8081");
+    }
+}

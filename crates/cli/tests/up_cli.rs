@@ -1970,3 +1970,180 @@ fn up_restarts_the_proxy_the_client_and_the_devnet() {
         started.elapsed()
     );
 }
+
+/// Issue 23 §2 on `cocoon up`: the network explorer it starts and prints, in a real
+/// headless Chromium. Its page shows the model `/v1/models` lists with the root's prices per
+/// 1M tokens (what `cocoon root show` reads from the chain, at the worker's coefficient),
+/// the proxy with the image hash the root allows, the worker count the proxy reports, no
+/// Rust `Debug` value, and no horizontal overflow at 1280 or 390 px. Screenshots go to
+/// `target/explorer/`.
+#[test]
+fn the_explorer_of_a_live_up_in_chromium() {
+    if !have_test_model() {
+        return;
+    }
+    let (_one, tmp, port, rt) = up_test();
+    let dir = tmp.path();
+    let (mut up, lines) = Up::start(dir, port);
+    let explorer = lines
+        .iter()
+        .find_map(|l| l.trim_start().strip_prefix("explorer"))
+        .and_then(|r| r.split_whitespace().next())
+        .map(|u| u.trim_end_matches('/').to_owned())
+        .unwrap_or_else(|| panic!("no explorer URL printed: {lines:?}"));
+    let api = format!("http://127.0.0.1:{port}");
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("up.json")).unwrap()).unwrap();
+    let ton = format!("http://127.0.0.1:{}", saved["devnet_port"]);
+    let proxy = format!("http://127.0.0.1:{}", saved["proxy_admin_port"]);
+    let root = root_address(dir);
+    let shown: serde_json::Value = serde_json::from_str(&common::ok(&[
+        "root", "show", "--json", "--root", &root, "--ton", &ton,
+    ]))
+    .unwrap();
+    // One answer, so tokens are served.
+    let model_name = get_json(&format!("{api}/v1/models")).unwrap()["data"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let status = rt.block_on(async {
+        reqwest::Client::new()
+            .post(format!("{api}/v1/chat/completions"))
+            .json(&json!({"model": model_name, "max_tokens": 8,
+                "messages": [{"role": "user", "content": "Hello"}]}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(status, 200);
+    let pstats = get_json(&format!("{proxy}/jsonstats")).unwrap();
+    let served = pstats["counters"]["adjusted_tokens_total"]
+        .as_u64()
+        .unwrap();
+    assert!(served > 0, "{pstats}");
+    common::wait_for("the explorer to see the tokens served", || {
+        get_json(&format!("{explorer}/api/network")).is_some_and(|n| n["tokens_served"] == served)
+    });
+    let net = get_json(&format!("{explorer}/api/network")).unwrap();
+    assert_eq!(net["status"], "live", "{net:#}");
+    assert_eq!(net["root_version"], shown["version"]);
+
+    // The JSON's figures are the chain's and the proxy's.
+    let price = shown["price_per_token"].as_u64().unwrap();
+    let models = net["models"].as_array().unwrap();
+    assert_eq!(models.len(), 1, "{net:#}");
+    let m = &models[0];
+    let coefficient = m["coefficient_min"].as_u64().unwrap();
+    let per_million = |mult: &str| {
+        let mult = shown[mult].as_u64().unwrap();
+        (1_000_000u128 * u128::from(coefficient) * u128::from(mult) / 10_000_000)
+            * u128::from(price)
+    };
+    let workers = pstats["workers"].as_array().unwrap();
+    assert_eq!(m["workers"], workers.len());
+    assert_eq!(m["allowed"], true);
+    let proxy_row = &net["proxies"][0];
+    assert_eq!(proxy_row["status"], "live");
+    assert_eq!(proxy_row["proxy_sc"], pstats["proxy_sc"]);
+    let image = proxy_row["image_hash"].as_str().unwrap().to_owned();
+    assert!(
+        shown["proxy_hashes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h.as_str().unwrap().eq_ignore_ascii_case(&image)),
+        "{image} not allowed by the root: {shown}"
+    );
+    assert_eq!(proxy_row["image_allowed"], true);
+    assert!(
+        proxy_row["stake"]
+            .as_str()
+            .unwrap()
+            .parse::<u128>()
+            .unwrap()
+            > 0
+    );
+
+    let Some(chromium) = common::cdp::chromium() else {
+        return;
+    };
+    let shots = Path::new(env!("CARGO_BIN_EXE_cocoon"))
+        .ancestors()
+        .nth(2)
+        .unwrap()
+        .join("explorer");
+    let mut b = common::cdp::Browser::start(&chromium);
+    for width in [1280, 390] {
+        b.open(&format!("{explorer}/"), width);
+        let html = b.dom();
+        cocoon_testkit::http::assert_no_debug_values("the explorer", &html);
+        // The model row: its name and its four prices, as the page formats TON.
+        let row = b.eval(
+            "Array.from(document.querySelectorAll('#models tbody tr td')).map(td => td.textContent)",
+        );
+        let cells: Vec<String> = row
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap().replace('\u{202f}', ""))
+            .collect();
+        assert!(
+            cells[0].contains(&model_name),
+            "{model_name} not in the models row {cells:?}"
+        );
+        for (i, mult) in [
+            "prompt_tokens_price_multiplier",
+            "cached_tokens_price_multiplier",
+            "completion_tokens_price_multiplier",
+            "reasoning_tokens_price_multiplier",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let want = cocoon_webui_ton(per_million(mult));
+            assert_eq!(cells[4 + i], want, "{mult} per 1M on the page");
+        }
+        assert_eq!(cells[2], workers.len().to_string(), "workers on the page");
+        // The proxy with its full image hash (in the tooltip) and its worker count.
+        let proxy_cells = b.eval(
+            "Array.from(document.querySelectorAll('#proxy-table tbody tr td')).map(td => td.textContent)",
+        );
+        let titles =
+            b.eval("Array.from(document.querySelectorAll('#proxy-table .hash')).map(h => h.title)");
+        assert!(
+            titles
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t.as_str() == Some(image.as_str())),
+            "{image} not on the page: {titles}"
+        );
+        assert_eq!(
+            proxy_cells[8].as_str().unwrap(),
+            workers.len().to_string(),
+            "{proxy_cells}"
+        );
+        assert!(proxy_cells[1].as_str().unwrap().starts_with("live"));
+        let (scroll, inner) = (
+            b.eval("document.documentElement.scrollWidth"),
+            b.eval("window.innerWidth"),
+        );
+        assert!(
+            scroll.as_u64().unwrap() <= inner.as_u64().unwrap(),
+            "the explorer at {width} px overflows: scrollWidth {scroll} > innerWidth {inner}"
+        );
+        b.screenshot(&shots.join(format!("explorer-{width}.png")));
+    }
+    eprintln!(
+        "explorer checked in chromium; screenshots in {}",
+        shots.display()
+    );
+    let (rc, _) = up.stop("INT", Duration::from_secs(60));
+    assert_eq!(rc, 0);
+}
+
+/// nanoTON as the pages show it (`cocoon_webui::fmt::ton`, thousands without separators).
+fn cocoon_webui_ton(nano: u128) -> String {
+    cocoon_webui::fmt::ton(nano).replace('\u{202f}', "")
+}

@@ -435,7 +435,7 @@ impl Snapshot {
                 .id("proxies"),
             Card::new("Tokens served", fmt::tokens(tokens)).id("tokens_served"),
             Card::new("TON paid out", fmt::ton(paid))
-                .note("by the proxy contracts")
+                .note("sent by the proxy contracts")
                 .id("paid_out"),
             Card::new(
                 "Root version",
@@ -474,7 +474,7 @@ impl Snapshot {
                 })
             };
             t.row(vec![
-                Cell::Text(m.clone()),
+                Cell::Long(m.clone()),
                 match allowed {
                     Some(true) => Cell::Badge(Tone::Good, "allowed".into()),
                     Some(false) => Cell::Badge(Tone::Bad, "not allowed".into()),
@@ -605,7 +605,7 @@ impl Snapshot {
         page.table(&t);
 
         // Activity over time.
-        let tokens_series = Series::new(TOKENS, self.tokens.points(TOKENS, Span::Hours, now));
+        let tokens_series = Series::new(TOKENS, self.tokens.points(TOKENS, Span::Minutes, now));
         let paid_series: Vec<Series> = self
             .proxies
             .iter()
@@ -625,7 +625,7 @@ impl Snapshot {
                 chart::line_chart(&[tokens_series], &ChartOpts::new(now)),
             ),
             (
-                "TON paid out by proxy contracts",
+                "TON sent by the proxy contracts (payouts, refunds)",
                 chart::line_chart(
                     &paid_series,
                     &ChartOpts::new(now).format(chart::compact_ton),

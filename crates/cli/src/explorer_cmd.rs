@@ -87,8 +87,15 @@ pub(crate) fn run(args: ExplorerArgs) -> Result<(), String> {
         key_files: &[],
         quorum: args.quorum,
     };
-    ton.check()
-        .map_err(|e| e.to_string().replace("ton_url", "--chain"))?;
+    ton.check().map_err(|e| {
+        // The setting names of the roles, as this command's flags.
+        e.to_string()
+            .replace("ton_api_key_file", "--chain-key-file")
+            .replace("ton_quorum", "--quorum")
+            .replace("ton_urls", "--chain")
+            .replace("ton_url", "--chain")
+            .replace("--chain/--chain", "--chain")
+    })?;
     let chain = ton.chain(&[])?;
     cocoon_service::process::init_logging("info");
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;

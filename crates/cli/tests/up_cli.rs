@@ -293,13 +293,14 @@ fn up_runs_the_whole_network_and_resumes_it() {
         "logs/proxy.log",
         "logs/worker-1.log",
         "logs/client.log",
+        "logs/explorer.log",
     ] {
         assert!(dir.join(f).exists(), "{f}");
     }
     let root = root_address(&dir);
     let kids = children(&dir);
     let roles: Vec<&str> = kids.iter().map(|(r, _)| r.as_str()).collect();
-    assert_eq!(roles, ["devnet", "proxy", "worker-1", "client"]);
+    assert_eq!(roles, ["devnet", "proxy", "worker-1", "client", "explorer"]);
     let model = rt.block_on(async {
         let model = listed_model(&api).await;
         assert!(text.contains(&format!("\"model\":\"{model}\"")), "{text}");
@@ -917,7 +918,8 @@ fn up_with_an_external_backend_and_two_workers() {
     let id = format!("mockmodel@v1:{}", "ab".repeat(32));
     let flags = ["--workers", "2", "--backend", &backend, "--model", &id];
     let (mut up, lines) = Up::start_with(tmp.path(), port, &flags);
-    assert_eq!(children(tmp.path()).len(), 5);
+    // devnet, proxy, two workers, client, explorer
+    assert_eq!(children(tmp.path()).len(), 6);
     let text = lines.join("\n");
     assert!(text.contains("worker-2"), "{text}");
     assert!(text.contains("\"model\":\"mockmodel\""), "{text}");

@@ -1,7 +1,7 @@
 //! The explorer on the devnet (the real root contract in a TVM, read through the toncenter
 //! client): the owner allows the sim images and a model and changes the price and the
-//! multipliers; a real proxy with a sim worker publishes its `/public.json`; a second stats
-//! URL never answers. The explorer's JSON and page show the root's prices per 1M tokens,
+//! multipliers; a real proxy with a sim worker publishes its `/public.json`; other stats
+//! URLs refuse connections, accept and never answer, or answer 1 MiB. The explorer's JSON and page show the root's prices per 1M tokens,
 //! the price history with old and new values since the deployment, the proxy with its TEE,
 //! image, workers and capacity, the unreachable one as such, and the allowlisted hashes with
 //! what each is.
@@ -60,6 +60,18 @@ async fn the_explorer_shows_the_devnet_root_its_history_and_a_live_proxy() {
     let _w = start_worker(&net, 0x41).await;
     net.wait_workers(1).await;
 
+    // Hostile stats: one accepts connections and never answers, one answers 1 MiB.
+    let stall = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stall_addr = stall.local_addr().unwrap();
+    let big = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let big_addr = big.local_addr().unwrap();
+    tokio::spawn(async move {
+        let app = axum::Router::new().route(
+            "/public.json",
+            axum::routing::get(|| async { format!("{{\"tee\":\"{}\"}}", "x".repeat(1 << 20)) }),
+        );
+        axum::serve(big, app).await.unwrap();
+    });
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let (addr, task) = cocoon_explorer::spawn(
         ExplorerConfig {
@@ -68,6 +80,8 @@ async fn the_explorer_shows_the_devnet_root_its_history_and_a_live_proxy() {
             proxy_stats: vec![
                 format!("{}/public.json", net.admin()),
                 "http://127.0.0.1:1/public.json".into(),
+                format!("http://{stall_addr}/public.json"),
+                format!("http://{big_addr}/public.json"),
             ],
             endpoints: vec![format!("http://{}", dn.addr)],
             poll: Duration::from_secs(1),
@@ -87,6 +101,7 @@ async fn the_explorer_shows_the_devnet_root_its_history_and_a_live_proxy() {
         if j["status"] == "live"
             && j["proxies"][0]["status"] == "live"
             && j["proxies"][0]["stake"].is_string()
+            && j["proxies"][2]["error"].is_string()
         {
             break;
         }
@@ -140,6 +155,21 @@ async fn the_explorer_shows_the_devnet_root_its_history_and_a_live_proxy() {
     assert_eq!(proxy["workers"], 1);
     assert_eq!(proxy["proxy_sc"], net.proxy_sc.to_string());
     assert_eq!(j["proxies"][1]["status"], "unreachable");
+    // (The HTTP client's timeout or ours, whichever ends the wait first.)
+    for (i, why) in [(2, "timed out"), (3, "larger than 65536 bytes")] {
+        let p = &j["proxies"][i];
+        assert_eq!(p["status"], "unreachable", "{p}");
+        let e = p["error"].as_str().unwrap();
+        assert!(
+            e.contains(why) || (i == 2 && e.contains("no answer within")),
+            "{p}"
+        );
+    }
+    // The stalled source holds no page.
+    let t = std::time::Instant::now();
+    get_json(&http, &api).await;
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    drop(stall);
     let models = j["models"].as_array().unwrap();
     assert_eq!(models.len(), 1);
     assert_eq!(models[0]["model"], MODEL);

@@ -87,6 +87,9 @@ pub struct RootHistory {
     /// The newest transaction read: where the next read starts.
     #[serde(skip)]
     pub cursor: Option<TxId>,
+    /// Reads whose page of newest transactions did not reach back to the cursor (more
+    /// changes than a page between two reads): changes may be missing there.
+    pub gaps: u64,
 }
 
 /// The params in a deployment's state init, when `tx` deployed the root.
@@ -221,6 +224,8 @@ pub struct Payouts {
     /// The newest transaction read.
     #[serde(skip)]
     pub cursor: Option<TxId>,
+    /// Reads that did not reach back to the cursor: payouts may be missing there.
+    pub gaps: u64,
 }
 
 impl Payouts {

@@ -14,7 +14,7 @@ use axum::routing::get;
 use cocoon_service::admin::{asset_routes, html_page, unix_now};
 use cocoon_service::http::{get_limited, reqwest};
 use cocoon_ton::StdAddr;
-use cocoon_ton::chain::{Chain, ChainError, load_root_config_timed};
+use cocoon_ton::chain::{Chain, ChainError, Transaction, TxId, load_root_config_timed};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -23,9 +23,9 @@ use crate::view::{ProxyPublic, RootRead, Snapshot, TOKENS};
 
 /// Largest proxy stats answer read.
 pub const MAX_STATS_BYTES: usize = 64 * 1024;
-/// Most root transactions read at once (the first read: the newest this many).
+/// Root transactions read at each poll (the newest this many).
 pub const ROOT_TX_PAGE: usize = 256;
-/// Most transactions of a proxy contract read at once.
+/// Transactions of a proxy contract read at each poll (the newest this many).
 pub const PROXY_TX_PAGE: usize = 64;
 
 /// What the explorer reads and where it serves.
@@ -76,14 +76,21 @@ async fn poll_once<C: Chain>(
         Ok((config, chain_time)) => {
             let owner = config.owner.clone();
             lock(state).root.ok(RootRead { config, chain_time }, now);
-            let cursor = lock(state).history.cursor.clone();
+            // Always the newest page (never "everything since the cursor", which a lying
+            // endpoint could make endless); what is older than the cursor is skipped.
             match timed(
                 cfg.timeout,
-                chain.transactions_since(&cfg.root, cursor.as_ref(), ROOT_TX_PAGE),
+                chain.transactions_since(&cfg.root, None, ROOT_TX_PAGE),
             )
             .await
             {
-                Ok(txs) => lock(state).history.apply(&txs, &owner),
+                Ok(txs) => {
+                    let mut st = lock(state);
+                    if gap(st.history.cursor.as_ref(), &txs, ROOT_TX_PAGE) {
+                        st.history.gaps += 1;
+                    }
+                    st.history.apply(&txs, &owner);
+                }
                 Err(e) => tracing::warn!(error = %e, "root transactions not read"),
             }
         }
@@ -135,13 +142,9 @@ async fn poll_once<C: Chain>(
             continue;
         };
         let balance = timed(cfg.timeout, chain.account_state(&addr)).await;
-        let cursor = lock(state)
-            .proxies
-            .get(i)
-            .and_then(|p| p.payouts.cursor.clone());
         let txs = timed(
             cfg.timeout,
-            chain.transactions_since(&addr, cursor.as_ref(), PROXY_TX_PAGE),
+            chain.transactions_since(&addr, None, PROXY_TX_PAGE),
         )
         .await;
         let mut st = lock(state);
@@ -153,6 +156,9 @@ async fn poll_once<C: Chain>(
             Err(e) => p.balance.failed(e),
         }
         if let Ok(txs) = txs {
+            if gap(p.payouts.cursor.as_ref(), &txs, PROXY_TX_PAGE) {
+                p.payouts.gaps += 1;
+            }
             p.payouts.apply(&txs);
         }
     }
@@ -165,6 +171,15 @@ async fn poll_once<C: Chain>(
         .sum();
     if !st.proxies.is_empty() {
         st.tokens.counter(TOKENS, now, tokens);
+    }
+}
+
+/// Whether a full page of the newest transactions starts after `cursor`: then some between
+/// the two were not read.
+fn gap(cursor: Option<&TxId>, newest: &[Transaction], page: usize) -> bool {
+    match (cursor, newest.first()) {
+        (Some(c), Some(oldest)) => newest.len() >= page && oldest.id.lt > c.lt,
+        _ => false,
     }
 }
 
@@ -230,4 +245,34 @@ pub async fn spawn<C: Chain + 'static>(
         poller.abort();
     });
     Ok((addr, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tx(lt: u64) -> Transaction {
+        Transaction {
+            id: TxId { lt, hash: [0; 32] },
+            utime: lt,
+            fee: 0,
+            in_msg: None,
+            out_msgs: vec![],
+            raw: None,
+        }
+    }
+
+    #[test]
+    fn a_full_page_past_the_cursor_is_a_gap() {
+        let at = |lt| TxId { lt, hash: [0; 32] };
+        let page: Vec<_> = (10..14).map(tx).collect();
+        assert!(gap(Some(&at(5)), &page, 4));
+        assert!(!gap(Some(&at(10)), &page, 4), "the page reaches the cursor");
+        assert!(
+            !gap(Some(&at(5)), &page[..3], 4),
+            "not a full page: all new ones"
+        );
+        assert!(!gap(None, &page, 4), "the first read");
+        assert!(!gap(Some(&at(5)), &[], 4));
+    }
 }

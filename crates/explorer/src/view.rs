@@ -387,6 +387,7 @@ impl Snapshot {
             "price_history": self.history.changes,
             "history_from_deployment": self.history.deployed_at.is_some(),
             "deployed_at": self.history.deployed_at,
+            "history_gaps": self.history.gaps,
             "tokens_served": self.proxies.iter().filter_map(|p| p.stats.data.as_ref()).map(|s| s.adjusted_tokens_total).sum::<u64>(),
             "paid_out": self.proxies.iter().map(|p| p.payouts.total).sum::<u128>().to_string(),
         })
@@ -700,8 +701,16 @@ impl Snapshot {
                 self.history.transactions
             ),
         };
+        let gaps = self.history.gaps + self.proxies.iter().map(|p| p.payouts.gaps).sum::<u64>();
+        let gaps_note = if gaps > 0 {
+            format!(
+                " {gaps} read(s) found more new transactions than a page: some changes or payouts between reads are missing."
+            )
+        } else {
+            String::new()
+        };
         page.footer(&format!(
-            "Read from {} every {}; {history_note}.",
+            "Read from {} every {}; {history_note}.{gaps_note}",
             self.endpoints.join(", "),
             fmt::secs(self.poll_secs),
         ));

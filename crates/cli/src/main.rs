@@ -70,8 +70,9 @@ enum Command {
     /// The local OpenAI-compatible gateway (verifies proxies, fails over, pays per token);
     /// `status|topup|withdraw|charge|close` operate a running one, `key` creates API keys.
     Client(Box<client_cmd::ClientArgs>),
-    /// The whole network on this machine: devnet, proxy, workers and the client's
-    /// OpenAI-compatible API on 127.0.0.1:10000; Ctrl-C stops it, a rerun resumes it.
+    /// The whole network on this machine: devnet, proxy, workers, the client's
+    /// OpenAI-compatible API on 127.0.0.1:10000 and the network explorer; Ctrl-C stops it,
+    /// a rerun resumes it.
     Up(up_cmd::UpArgs),
     /// Key release: `serve` (for attested proxies and workers the root allows), `fetch`.
     Kms {

@@ -58,6 +58,7 @@ impl UpArgs {
             backend_kind: self.backend_kind,
             backend_model: self.backend_model,
             embeddings: self.embeddings,
+            hosts: None,
         }
     }
 }

@@ -118,6 +118,8 @@ pub(crate) struct Network {
     client_key: PathBuf,
     worker_owner: StdAddr,
     worker_owner_key: PathBuf,
+    /// The address the proxy binds and is registered at.
+    proxy_addr: String,
 }
 
 /// Starts the devnet, makes and funds the wallets, deploys (or finds) the root and
@@ -158,8 +160,9 @@ pub(crate) async fn network(
     let root = ensure_root(sup, &mut ops, saved).await?;
     saved.root_address = root.to_string();
     saved.save(&dir)?;
+    let proxy_addr = sup.addr("proxy");
     let endpoint = format!(
-        "127.0.0.1:{} 127.0.0.1:{}",
+        "{proxy_addr}:{} {proxy_addr}:{}",
         saved.proxy_worker_port, saved.proxy_client_port
     );
     configure_root(sup, &mut ops, &root, &endpoint, model).await?;
@@ -172,6 +175,7 @@ pub(crate) async fn network(
         client_key,
         worker_owner,
         worker_owner_key,
+        proxy_addr,
     })
 }
 
@@ -420,13 +424,16 @@ pub(crate) fn proxy_args(net: &Network, saved: &Saved, dir: &Path) -> Vec<String
             ("--ton", &net.url),
             (
                 "--worker-listen",
-                &format!("127.0.0.1:{}", saved.proxy_worker_port),
+                &format!("{}:{}", net.proxy_addr, saved.proxy_worker_port),
             ),
             (
                 "--client-listen",
-                &format!("127.0.0.1:{}", saved.proxy_client_port),
+                &format!("{}:{}", net.proxy_addr, saved.proxy_client_port),
             ),
-            ("--admin", &format!("127.0.0.1:{}", saved.proxy_admin_port)),
+            (
+                "--admin",
+                &format!("{}:{}", net.proxy_addr, saved.proxy_admin_port),
+            ),
             ("--state-dir", &path_str(&dir.join("proxy"))),
             (
                 "--set",

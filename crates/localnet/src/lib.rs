@@ -21,6 +21,10 @@
 //! (client first, devnet last) and `run` returns `Ok`. While the network is still starting,
 //! a child that exits is not restarted: the start fails with [`UpError::RoleExited`].
 //!
+//! With [`Settings::hosts`] each role runs on a host of its own (the fault lab's network
+//! namespaces, `crates/cli/tests/lab_cli.rs`): started through that host's launcher, bound
+//! to its address (the proxy registered at it), with its extra arguments.
+//!
 //! `bootstrap` sets up the chain side (in this process, with `cocoon_ton::ops`; what it did
 //! goes to `logs/setup.log`) and the roles' command lines; `supervise` runs and watches the
 //! children, `restart` decides when one is started again. Progress is reported on stderr as
@@ -57,7 +61,8 @@ pub struct Settings {
     /// State directory: chain, wallets, the roles' state, logs/ and up.json (default:
     /// `~/.local/share/cocoon/up`). A second run on it reuses everything.
     pub dir: Option<PathBuf>,
-    /// Port of the OpenAI-compatible API (and the client's /stats) on 127.0.0.1.
+    /// Port of the OpenAI-compatible API (and the client's /stats) on 127.0.0.1 (or the
+    /// client's [`Host`]).
     pub port: u16,
     /// How many workers to run (1 to 64).
     pub workers: u32,
@@ -73,6 +78,39 @@ pub struct Settings {
     pub backend_model: Option<String>,
     /// The embedded engine serves `POST /v1/embeddings` too (the workers' `embeddings = on`).
     pub embeddings: bool,
+    /// Where the roles run when not all on this host's loopback (the fault lab's network
+    /// namespaces); `None`: every role on 127.0.0.1, started directly.
+    pub hosts: Option<Hosts>,
+}
+
+/// One host of a multi-host network: how a role is started there and its address.
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// Words put before `cocoon ARGS`, for example `ip netns exec NAME`; the launcher must
+    /// exec the command (so the child's pid is the role's). Empty: started directly.
+    pub launcher: Vec<String>,
+    /// The address the role binds (its listeners) and is reached and advertised at.
+    pub addr: std::net::IpAddr,
+    /// Words appended to the role's command line, for example `--set api_keys_file=FILE`
+    /// for a client whose API is reachable beyond its host (it refuses to start without
+    /// API keys there).
+    pub args: Vec<String>,
+}
+
+/// Each role's [`Host`]: the roles bind their hosts' addresses instead of 127.0.0.1, the
+/// proxy is registered in the root at its host's address, and the API check of a busy port
+/// is left to the client. This process (the bootstrap's chain operations and the readiness
+/// checks) must reach every address.
+#[derive(Debug, Clone)]
+pub struct Hosts {
+    /// The devnet's host.
+    pub devnet: Host,
+    /// The proxy's host.
+    pub proxy: Host,
+    /// The client's host (the API listens there on [`Settings::port`]).
+    pub client: Host,
+    /// One host per worker, in order; as many as [`Settings::workers`].
+    pub workers: Vec<Host>,
 }
 
 /// A setting that cannot work; one line naming the flag.
@@ -111,6 +149,14 @@ pub enum SettingsError {
     /// A backend's model that is not `Name@revision:sha256`.
     #[error("--model {0:?} is not a full model id (Name@revision:sha256 of the weights)")]
     NotFullModelId(String),
+    /// A worker host list that does not match the number of workers.
+    #[error("{hosts} worker hosts for {workers} workers")]
+    Hosts {
+        /// Worker hosts given.
+        hosts: usize,
+        /// Workers asked for.
+        workers: u32,
+    },
     /// A backend model name without a backend.
     #[error("--backend-model needs --backend")]
     BackendModelNeedsBackend,
@@ -205,6 +251,7 @@ struct Plan {
     backend_kind: String,
     backend_model: Option<String>,
     embeddings: bool,
+    hosts: Option<Hosts>,
 }
 
 impl Settings {
@@ -219,6 +266,14 @@ impl Settings {
         }
         if self.port == 0 {
             return Err(SettingsError::Port);
+        }
+        if let Some(h) = &self.hosts
+            && h.workers.len() != self.workers as usize
+        {
+            return Err(SettingsError::Hosts {
+                hosts: h.workers.len(),
+                workers: self.workers,
+            });
         }
         let dir = match &self.dir {
             Some(d) if d.as_os_str().is_empty() => return Err(SettingsError::EmptyDir),
@@ -264,6 +319,7 @@ impl Settings {
             backend_kind: self.backend_kind.clone(),
             backend_model: self.backend_model.clone(),
             embeddings: self.embeddings,
+            hosts: self.hosts.clone(),
         })
     }
 }
@@ -326,8 +382,9 @@ async fn start(sup: &mut Supervisor, plan: &Plan, started: Instant) -> Result<Re
     sup.prepare()?;
     sup.lock().await?;
     // The API port is the user's choice: a busy one is an error, not a surprise.
-    let api_listen = format!("127.0.0.1:{}", plan.port);
-    if std::net::TcpListener::bind(&api_listen).is_err() {
+    sup.hosts = plan.hosts.clone();
+    let api_listen = format!("{}:{}", sup.addr("client"), plan.port);
+    if plan.hosts.is_none() && std::net::TcpListener::bind(&api_listen).is_err() {
         return Err(UpError::PortInUse { listen: api_listen }.into());
     }
     let dir = sup.dir.clone();
@@ -348,7 +405,7 @@ async fn start(sup: &mut Supervisor, plan: &Plan, started: Instant) -> Result<Re
     let net = bootstrap::network(sup, &mut saved, &model).await?;
 
     // The roles. Root operations are done: from here on the proxy owns the owner wallet.
-    let padmin = format!("127.0.0.1:{}", saved.proxy_admin_port);
+    let padmin = format!("{}:{}", sup.addr("proxy"), saved.proxy_admin_port);
     sup.spawn("proxy", &bootstrap::proxy_args(&net, &saved, &dir))?;
     let proxy_stats = format!("http://{padmin}/jsonstats");
     sup.wait_until("the proxy's admin API", async |s: &Supervisor| {
@@ -363,7 +420,7 @@ async fn start(sup: &mut Supervisor, plan: &Plan, started: Instant) -> Result<Re
     };
     let mut worker_admins = Vec::new();
     for (i, port) in saved.worker_admin_ports.iter().enumerate() {
-        let wadmin = format!("127.0.0.1:{port}");
+        let wadmin = format!("{}:{port}", sup.addr(&format!("worker-{}", i + 1)));
         let args = bootstrap::worker_args(&net, plan, &model, i + 1, &wadmin, threads, &dir);
         sup.spawn(&format!("worker-{}", i + 1), &args)?;
         worker_admins.push(wadmin);
@@ -455,6 +512,7 @@ mod tests {
             backend_kind: "openai".into(),
             backend_model: None,
             embeddings: false,
+            hosts: None,
         }
     }
 
@@ -487,6 +545,27 @@ mod tests {
                 s.backend_kind = "tgi".into();
             }),
             SettingsError::BackendKind("tgi".into())
+        );
+        fn host() -> Host {
+            Host {
+                launcher: vec!["ip".into(), "netns".into(), "exec".into(), "a".into()],
+                addr: std::net::Ipv4Addr::new(10, 0, 0, 2).into(),
+                args: Vec::new(),
+            }
+        }
+        assert_eq!(
+            bad(|s| {
+                s.hosts = Some(Hosts {
+                    devnet: host(),
+                    proxy: host(),
+                    client: host(),
+                    workers: vec![host(), host()],
+                })
+            }),
+            SettingsError::Hosts {
+                hosts: 2,
+                workers: 1
+            }
         );
         let id = format!("Smol@v1:{}", "ab".repeat(32));
         let mut s = settings();

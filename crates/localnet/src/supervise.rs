@@ -199,6 +199,8 @@ pub(crate) struct Supervisor {
     http: reqwest::Client,
     /// Whether `<dir>/pids` is ours (removed when we are done).
     locked: bool,
+    /// Where each role runs, when not all on this host's loopback.
+    pub(crate) hosts: Option<crate::Hosts>,
 }
 
 impl Supervisor {
@@ -213,6 +215,7 @@ impl Supervisor {
             procs: Vec::new(),
             http,
             locked: false,
+            hosts: None,
         })
     }
 
@@ -321,10 +324,45 @@ impl Supervisor {
         let _ = write_atomic(&self.dir.join("status.json"), format!("{v:#}\n").as_bytes());
     }
 
-    /// `cocoon ARGS` in its own process group, stdin closed.
-    fn launch(&self, args: &[String], stdout: Stdio, stderr: File) -> std::io::Result<Child> {
-        Command::new(&self.exe)
-            .args(args)
+    /// The role's host: its launcher and address ([`crate::Hosts`]), `None` on loopback.
+    fn host(&self, role: &str) -> Option<&crate::Host> {
+        let h = self.hosts.as_ref()?;
+        match role {
+            "devnet" => Some(&h.devnet),
+            "proxy" => Some(&h.proxy),
+            "client" => Some(&h.client),
+            w => {
+                let n: usize = w.strip_prefix("worker-")?.parse().ok()?;
+                h.workers.get(n.checked_sub(1)?)
+            }
+        }
+    }
+
+    /// The address `role` binds and is reached at: its host's, or 127.0.0.1.
+    pub(crate) fn addr(&self, role: &str) -> String {
+        self.host(role)
+            .map_or_else(|| "127.0.0.1".to_owned(), |h| h.addr.to_string())
+    }
+
+    /// `cocoon ARGS` as `role` in its own process group, stdin closed; through the role's
+    /// launcher when it has a host (the launcher execs `cocoon`, so the pid is the role's).
+    fn launch(
+        &self,
+        role: &str,
+        args: &[String],
+        stdout: Stdio,
+        stderr: File,
+    ) -> std::io::Result<Child> {
+        let mut cmd = match self.host(role).and_then(|h| h.launcher.split_first()) {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(&self.exe);
+                c
+            }
+            None => Command::new(&self.exe),
+        };
+        cmd.args(args)
+            .args(self.host(role).map_or(&[][..], |h| &h.args[..]))
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(stdout)
@@ -344,12 +382,12 @@ impl Supervisor {
             "devnet".into(),
             "--no-root".into(),
             "--listen".into(),
-            format!("127.0.0.1:{port}"),
+            format!("{}:{port}", self.addr("devnet")),
             "--dir".into(),
             self.dir.join("devnet").to_string_lossy().into_owned(),
         ];
         let mut child = self
-            .launch(&args, Stdio::piped(), err)
+            .launch("devnet", &args, Stdio::piped(), err)
             .map_err(|e| format!("cannot start `cocoon devnet`: {e}"))?;
         let stdout = child.stdout.take();
         self.procs.push(Proc::new("devnet", args, log, child));
@@ -391,7 +429,7 @@ impl Supervisor {
             .try_clone()
             .map_err(|e| format!("{}: {e}", log.display()))?;
         let child = self
-            .launch(args, Stdio::from(file), err)
+            .launch(role, args, Stdio::from(file), err)
             .map_err(|e| format!("cannot start `cocoon {}`: {e}", args[0]))?;
         say(&format!("{role} started (logs/{role}.log)"));
         self.procs.push(Proc::new(role, args.to_vec(), log, child));
@@ -583,7 +621,7 @@ impl Supervisor {
             .and_then(|mut out| {
                 writeln!(out, "--- cocoon up: restarting the {} ---", p.role)?;
                 let err = out.try_clone()?;
-                self.launch(&p.args, Stdio::from(out), err)
+                self.launch(&p.role, &p.args, Stdio::from(out), err)
             });
         match started {
             Ok(child) => {

@@ -24,6 +24,7 @@ fn settings(exe: &str, dir: &Path) -> Settings {
         backend_kind: "openai".into(),
         backend_model: None,
         embeddings: false,
+        hosts: None,
     }
 }
 

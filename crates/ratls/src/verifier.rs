@@ -2,7 +2,8 @@
 //! [`ServerCertVerifier`] and [`ClientCertVerifier`].
 //!
 //! Checks, in order: no intermediates; size limits; X.509 parse with no trailing bytes;
-//! validity at the injected clock's `now`; Ed25519 key and signature algorithm; valid
+//! validity at the injected clock's `now` (a start of validity up to [`NOT_BEFORE_SKEW_SECS`]
+//! ahead of it is allowed: the issuer's clock may run ahead of ours); Ed25519 key and signature algorithm; valid
 //! self-signature; not a CA; every critical extension known, the two RA-TLS extensions
 //! present exactly once; claims == certificate key; then
 //! [`Policy::evaluate_bound`] on the evidence. Successful verdicts are cached by
@@ -10,6 +11,15 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// How far a peer certificate's start of validity may be ahead of our clock. A peer issues
+/// its certificate with its own clock's `now` as the start; without this allowance a peer
+/// whose clock is ahead of ours by any amount — a fraction of a second across a second
+/// boundary is enough — is refused until our clock passes that moment (the fault lab: a
+/// worker, a client 300 s ahead or a proxy 300 s behind had its handshakes refused;
+/// docs/reliability.md).
+/// The end of validity is judged without allowance.
+pub const NOT_BEFORE_SKEW_SECS: u64 = 60;
 
 use cocoon_attest::VerificationCache;
 use cocoon_attest::{AttestError, Evidence, Fault, Policy, VerifiedPeer};
@@ -731,7 +741,7 @@ fn check_certificate(der: &CertificateDer<'_>, now: u64) -> Result<Checked, Veri
     let nb = validity.not_before.timestamp();
     let na = validity.not_after.timestamp();
     let now_i = i64::try_from(now).unwrap_or(i64::MAX);
-    if now_i < nb {
+    if now_i.saturating_add(NOT_BEFORE_SKEW_SECS as i64) < nb {
         return Err(VerifyError::NotYetValid {
             not_before: nb,
             now,

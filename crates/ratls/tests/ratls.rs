@@ -462,6 +462,19 @@ async fn expired_and_not_yet_valid_certificates_are_rejected() {
     let future = ident(NOW + 100);
     let r = server_rejects(&future, Policy::sim_test(), NOW).await;
     assert!(r.contains("NotYetValid"), "{r:?}");
+    // A peer whose clock is ahead of ours by less than the allowance is admitted (issue 22
+    // §1: a worker 30 s ahead was refused until our clock caught up).
+    let ahead = ident(NOW + cocoon_ratls::verifier::NOT_BEFORE_SKEW_SECS);
+    let (c, s) = run(
+        connector(&ahead, verifier()),
+        acceptor(&ident(NOW - 60), verifier()),
+    )
+    .await;
+    c.unwrap();
+    s.unwrap();
+    let beyond = ident(NOW + cocoon_ratls::verifier::NOT_BEFORE_SKEW_SECS + 1);
+    let r = server_rejects(&beyond, Policy::sim_test(), NOW).await;
+    assert!(r.contains("NotYetValid"), "{r:?}");
     // The same certificates verify at a time inside their window.
     let (c, _s) = run(
         connector(

@@ -426,11 +426,19 @@ impl Net {
         let s = self
             .get(&format!("http://{}/jsonstats", self.ready.proxy_admin))
             .expect("the proxy's /jsonstats");
-        let (mut max, mut db) = (0, 0);
+        // One entry per client session, each with its account's totals: a client that
+        // reconnected is listed twice with the same account.
+        let mut accounts = std::collections::BTreeMap::<String, (u64, u64)>::new();
         for c in s["clients"].as_array().into_iter().flatten() {
-            max += c["totals"]["max"].as_u64().unwrap_or(0);
-            db += c["totals"]["committed_to_db"].as_u64().unwrap_or(0);
+            let e = accounts
+                .entry(c["client_sc"].as_str().unwrap_or("").to_owned())
+                .or_default();
+            e.0 = e.0.max(c["totals"]["max"].as_u64().unwrap_or(0));
+            e.1 =
+                e.1.max(c["totals"]["committed_to_db"].as_u64().unwrap_or(0));
         }
+        let max = accounts.values().map(|a| a.0).sum();
+        let db = accounts.values().map(|a| a.1).sum();
         let l = &s["ledger"];
         let mut bad = String::new();
         if !l["halted"].is_null() {
@@ -511,7 +519,14 @@ impl Net {
                     .lines()
                     .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("error"))
                     .collect();
-                return Err(tail[tail.len().saturating_sub(2)..].join(" / "));
+                // The cause, without the time stamp and the log target.
+                let cause = |l: &&str| -> String {
+                    l.find("error=")
+                        .or_else(|| l.find("reason="))
+                        .map_or(*l, |i| &l[i..])
+                        .to_owned()
+                };
+                return Err(tail.last().map(cause).unwrap_or_default());
             }
             std::thread::sleep(Duration::from_millis(250));
         }
@@ -794,7 +809,12 @@ fn scenario(
     if hung > 0 {
         let _ = write!(sees, "; **{hung} HUNG past the deadline**");
     }
-    let (billed, billed_ok) = billing(delivered, probe, after - before, lc1 - lc0);
+    let (billed, billed_ok) = billing(
+        delivered,
+        probe,
+        after.saturating_sub(before),
+        lc1.saturating_sub(lc0),
+    );
     let (lost, lost_ok) = losses(lc0 + delivered, lc1, lw1, &bad);
     let max = outcomes.iter().map(|o| o.secs).fold(0.0, f64::max);
     let first = outcomes
@@ -905,7 +925,12 @@ fn freeze_row(lab: &Lab, net: &Net, secs: u64) -> Row {
     let after = net.client_tokens();
     let (lc1, lw1, bad) = net.ledger();
     let delivered = o.tokens + probe;
-    let (billed, billed_ok) = billing(delivered, probe, after - before, lc1 - lc0);
+    let (billed, billed_ok) = billing(
+        delivered,
+        probe,
+        after.saturating_sub(before),
+        lc1.saturating_sub(lc0),
+    );
     let (lost, lost_ok) = losses(lc0 + delivered, lc1, lw1, &bad);
     Row {
         fault: "worker freezes mid-stream".into(),

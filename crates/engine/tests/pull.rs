@@ -3,7 +3,7 @@
 
 use axum::Router;
 use axum::routing::get;
-use cocoon_engine::store::{KnownModel, ModelStore, ModelStoreError, Progress};
+use cocoon_engine::store::{KnownModel, ModelStore, ModelStoreError, Packaging, Progress};
 use sha2::{Digest, Sha256};
 use std::io::Write;
 
@@ -64,6 +64,7 @@ async fn pull_verifies_both_pins_and_is_idempotent() {
         member: "tiny.gguf",
         sha256: leak(hex_sha(&weights)),
         size: weights.len() as u64,
+        packaging: Packaging::Gguf,
     };
     let d = tempfile::tempdir().unwrap();
     let store = ModelStore::open(d.path()).unwrap();

@@ -284,8 +284,15 @@ impl LlamaEngine {
             }
         })?;
         let source = model.meta_val_str("tokenizer.chat_template").ok();
+        // A vocabulary without BOS or EOS (an embedding model's may have no EOS) states -1:
+        // llama.cpp throws, uncatchably, on a piece of a token outside the vocabulary.
+        let n_vocab = model.vocab().n_tokens();
         let piece = |t: LlamaToken| {
-            String::from_utf8_lossy(&model.vocab().token_to_piece(t, true, None)).into_owned()
+            if (0..n_vocab).contains(&t.0) {
+                String::from_utf8_lossy(&model.vocab().token_to_piece(t, true, None)).into_owned()
+            } else {
+                String::new()
+            }
         };
         let (bos, eos) = (piece(model.vocab().bos()), piece(model.vocab().eos()));
         let template = ChatTemplate::new(source.as_deref(), &bos, &eos)

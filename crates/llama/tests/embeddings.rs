@@ -1,9 +1,11 @@
-//! `POST /v1/embeddings` on the embedded engine, with the real default model
-//! (SmolLM2-135M-Instruct, mean-pooled: no registry package ships an embedding model in GGUF,
-//! see docs/operations.md). The tests check shapes, not the quality of the vectors.
+//! `POST /v1/embeddings` on the embedded engine with real models: the default chat model
+//! (SmolLM2-135M-Instruct, mean-pooled; these tests check shapes, not the quality of its
+//! vectors) and the default embedding model (all-MiniLM-L6-v2, converted to GGUF on pull; its
+//! vectors are checked against the reference values).
 //!
-//! The model comes from `COCOON_TEST_MODEL` (scripts/test pulls it); without it the tests say
-//! so and return, and under `CI` or `COCOON_REQUIRE_PREREQS` they fail.
+//! The models come from `COCOON_TEST_MODEL` and `COCOON_TEST_EMBED_MODEL` (scripts/test pulls
+//! them) or the model store; without one the tests that need it say so and return, and under
+//! `CI` or `COCOON_REQUIRE_PREREQS` they fail.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use cocoon_engine::{BodyEvent, Engine, EngineError, EngineRequest};
@@ -322,4 +324,100 @@ async fn each_engine_refuses_what_it_does_not_serve() {
     }
     let (a, _) = run(&embed_only, embeddings(json!({"input": "still embeds"}))).await;
     assert_eq!(vectors(&a).len(), 1);
+}
+
+/// The default embedding model, all-MiniLM-L6-v2 converted to GGUF on pull (`cocoon model pull
+/// all-minilm-l6-v2`), from `COCOON_TEST_EMBED_MODEL` or the model store.
+const MINILM: &str = "all-MiniLM-L6-v2";
+const MINILM_SHA: &str = "158a983bee0ad870f221fc36e5144ca37ad6dc21c0f8636a2b447e2e2afed8ca";
+
+fn minilm() -> Option<&'static LlamaEngine> {
+    static E: OnceLock<Option<LlamaEngine>> = OnceLock::new();
+    E.get_or_init(|| {
+        let path = std::env::var_os("COCOON_TEST_EMBED_MODEL")
+            .map(PathBuf::from)
+            .or_else(|| {
+                let dir = std::env::var_os("COCOON_MODELS_DIR")
+                    .map(PathBuf::from)
+                    .or_else(|| {
+                        std::env::var_os("HOME")
+                            .map(|h| PathBuf::from(h).join(".local/share/cocoon/models"))
+                    })?;
+                let p = dir.join("blobs").join(format!("{MINILM_SHA}.gguf"));
+                p.is_file().then_some(p)
+            });
+        let Some(path) = path else {
+            assert!(
+                std::env::var_os("CI").is_none()
+                    && std::env::var_os("COCOON_REQUIRE_PREREQS").is_none(),
+                "CI: the embedding model is missing; scripts/test pulls it with `cocoon model pull all-minilm-l6-v2`"
+            );
+            eprintln!("skipping: embedding model not pulled (cocoon model pull all-minilm-l6-v2)");
+            return None;
+        };
+        let mut cfg = LlamaConfig::new(path, MINILM);
+        cfg.slots = 2;
+        cfg.ctx_per_slot = 512;
+        cfg.threads = 2;
+        // Asked for both: the GGUF's pooling type makes it an embeddings-only engine.
+        cfg.serve = Serve::GenerateAndEmbed;
+        Some(LlamaEngine::load(cfg).expect("load all-MiniLM-L6-v2"))
+    })
+    .as_ref()
+}
+
+fn minilm_req(input: Value) -> EngineRequest {
+    req(
+        Endpoint::Embeddings,
+        json!({"model": MINILM, "input": input}),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minilm_embeds_like_a_sentence_embedding_model() {
+    let Some(e) = minilm() else { return };
+    assert_eq!(e.serves(), Serve::Embed);
+    let caps = e.model_info().capabilities;
+    assert_eq!((caps.chat, caps.embeddings), (Some(false), Some(true)));
+    let texts = [
+        "A man is eating food.",
+        "A man is eating a piece of bread.",
+        "The girl is carrying a baby.",
+    ];
+    // WordPiece as the reference tokenizer cuts it: a man is eating food . (the embeddings
+    // path adds [CLS] and [SEP], counted in usage).
+    assert_eq!(e.token_ids(texts[0]), [1037, 2158, 2003, 5983, 2833, 1012]);
+    let (a, usage) = run(e, minilm_req(json!(texts))).await;
+    assert_eq!(a["model"], MINILM);
+    assert_eq!(usage.prompt_tokens, 8 + 11 + 9);
+    let v = vectors(&a);
+    for x in &v {
+        assert_eq!(x.len(), 384);
+        let norm = cosine(x, x).sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "unit length, got {norm}");
+    }
+    let (again, _) = run(e, minilm_req(json!(texts[1]))).await;
+    assert!(cosine(&vectors(&again)[0], &v[1]) > 0.9999);
+    let (again2, _) = run(e, minilm_req(json!(texts[1]))).await;
+    assert_eq!(
+        vectors(&again)[0],
+        vectors(&again2)[0],
+        "same input, same vector"
+    );
+    // The reference (sentence-transformers) gives about 0.755 for the first pair and about
+    // 0.1 in magnitude for the unrelated one; this GGUF measured 0.7553 and -0.1050. A chat
+    // model mean-pooled puts every pair of sentences close together.
+    let (near, far) = (cosine(&v[0], &v[1]), cosine(&v[0], &v[2]));
+    eprintln!("cosine near {near:.4} far {far:.4}");
+    assert!((near - 0.755).abs() < 0.03, "{near}");
+    assert!(far.abs() < 0.15, "{far}");
+    // Chat to an embedding model is a 400 naming the model.
+    let chat = req(
+        Endpoint::ChatCompletions,
+        json!({"model": MINILM, "messages": [{"role": "user", "content": "hi"}]}),
+    );
+    match e.submit(chat).await {
+        Err(EngineError::Invalid(err)) => assert_eq!(err.param.as_deref(), Some("model")),
+        _ => panic!("chat on an embedding model must be a 400"),
+    }
 }

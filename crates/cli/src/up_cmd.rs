@@ -40,8 +40,8 @@ pub(crate) struct UpArgs {
     /// The model name the backend serves (default: the part of --model before `@`).
     #[arg(long)]
     backend_model: Option<String>,
-    /// The workers' embedded engine serves POST /v1/embeddings too (the model's vectors:
-    /// the mean of its hidden states for a chat model).
+    /// One more worker serves POST /v1/embeddings with the embedding model all-MiniLM-L6-v2
+    /// (its own model in /v1/models; pulled if missing); not with --backend.
     #[arg(long)]
     embeddings: bool,
 }
@@ -117,13 +117,19 @@ fn print_ready(r: &Ready) {
         "  OpenAI API   {}/v1   (model {})\n",
         r.api, r.model_name
     ));
+    if let Some(m) = &r.embed_model_name {
+        o.push_str(&format!("               embeddings: model {m}\n"));
+    }
     o.push_str(&format!("  dashboards   client    {}/stats\n", r.api));
     o.push_str(&format!(
         "               proxy     http://{}/stats\n",
         r.proxy_admin
     ));
+    let chat_workers = r.worker_admins.len() - usize::from(r.embed_model_name.is_some());
     for (i, w) in r.worker_admins.iter().enumerate() {
-        let label = if r.worker_admins.len() == 1 {
+        let label = if i >= chat_workers {
+            "embed".to_owned()
+        } else if chat_workers == 1 {
             "worker".to_owned()
         } else {
             format!("worker-{}", i + 1)

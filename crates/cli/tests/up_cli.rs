@@ -616,10 +616,11 @@ fn sdk_script(script: &str, args: &[&str]) -> bool {
     true
 }
 
-/// Issue 21 §4 on `cocoon up --embeddings`: the official openai SDK
-/// (`crates/cli/tests/sdk/embeddings.py`) embeds through client → proxy → worker → engine,
-/// floats and base64, and each answer is billed as its prompt tokens only; the client's
-/// stats counted exactly what the billing headers said.
+/// Issue 21 §4 on `cocoon up --embeddings`: a second worker serves the embedding model
+/// all-MiniLM-L6-v2 (listed beside the chat model); the official openai SDK
+/// (`crates/cli/tests/sdk/embeddings.py`) embeds with it (384 dimensions) through client →
+/// proxy → worker → engine, floats and base64, and each answer is billed as its prompt tokens
+/// only; the client's stats counted exactly what the billing headers said.
 #[test]
 fn up_serves_embeddings_through_the_sdk() {
     if !have_test_model() {
@@ -637,14 +638,27 @@ fn up_serves_embeddings_through_the_sdk() {
     let dir = tmp.path().join("up");
     let api = format!("http://127.0.0.1:{port}");
     let (mut up, _) = Up::start_with(&dir, port, &["--embeddings"]);
-    let model = rt.block_on(listed_model(&api));
+    let listed = rt.block_on(common::models(&api));
+    let ids: Vec<&str> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    let model = "all-MiniLM-L6-v2".to_owned();
+    assert!(ids.contains(&model.as_str()), "{listed}");
+    let chat_model = ids
+        .iter()
+        .find(|id| **id != model)
+        .unwrap_or_else(|| panic!("no chat model listed: {listed}"))
+        .to_string();
     let stats = || get_json(&format!("{api}/jsonstats")).unwrap()["stats"].clone();
     let before = stats();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/embeddings.py");
     let t = Instant::now();
     let run = Command::new(&python)
         .arg(&script)
-        .args([&api, &model])
+        .args([&api, &model, &chat_model, "384"])
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&run.stdout).into_owned();

@@ -123,14 +123,15 @@ pub(crate) struct Network {
 }
 
 /// Starts the devnet, makes and funds the wallets, deploys (or finds) the root and
-/// configures it for `model` and this proxy; `saved` is updated and written.
+/// configures it for `models` (the chat model first) and this proxy; `saved` is updated and
+/// written.
 pub(crate) async fn network(
     sup: &mut Supervisor,
     saved: &mut Saved,
-    model: &str,
+    models: &[&str],
 ) -> Result<Network, Fail> {
     let dir = sup.dir.clone();
-    saved.model = model.to_owned();
+    saved.model = models.first().copied().unwrap_or_default().to_owned();
     let url = sup.start_devnet(saved.devnet_port).await?;
     let chain = Toncenter::with_url(&url).map_err(|e| chain_fail(format!("devnet client: {e}")))?;
 
@@ -165,7 +166,7 @@ pub(crate) async fn network(
         "{proxy_addr}:{} {proxy_addr}:{}",
         saved.proxy_worker_port, saved.proxy_client_port
     );
-    configure_root(sup, &mut ops, &root, &endpoint, model).await?;
+    configure_root(sup, &mut ops, &root, &endpoint, models).await?;
     Ok(Network {
         url,
         chain,
@@ -265,14 +266,14 @@ async fn ensure_root(
     }
 }
 
-/// Makes the root allow the sim image for workers and proxies, list `model`, and register
+/// Makes the root allow the sim image for workers and proxies, list `models`, and register
 /// exactly this proxy.
 async fn configure_root(
     sup: &Supervisor,
     ops: &mut WalletOps<Toncenter>,
     root: &StdAddr,
     endpoint: &str,
-    model: &str,
+    models: &[&str],
 ) -> Result<(), Fail> {
     let cfg = sup
         .or_stop(load_root_config(ops.chain(), root))
@@ -286,9 +287,14 @@ async fn configure_root(
     if !cfg.proxy_hashes.contains(&sim) {
         todo.push(RootOp::AddProxyImage(sim));
     }
-    if !cfg.model_hashes.contains(&model_hash(model)) {
-        todo.push(RootOp::AddModel(model_hash(model)));
+    let mut listed = Vec::new();
+    for model in models {
+        if !cfg.model_hashes.contains(&model_hash(model)) {
+            todo.push(RootOp::AddModel(model_hash(model)));
+            listed.push(*model);
+        }
     }
+    let mut listed = listed.into_iter();
     for r in &cfg.registered_proxies {
         if r.endpoint.0 != endpoint {
             todo.push(RootOp::UnregisterProxy(r.seqno));
@@ -311,7 +317,10 @@ async fn configure_root(
             change.version_before, change.config.version
         ));
         match op {
-            RootOp::AddModel(_) => say(&format!("model {model} listed in the root")),
+            RootOp::AddModel(_) => {
+                let model = listed.next().unwrap_or_default();
+                say(&format!("model {model} listed in the root"))
+            }
             RootOp::RegisterProxy(_) => say(&format!("proxy {endpoint} registered in the root")),
             _ => {}
         }
@@ -354,20 +363,24 @@ pub(crate) async fn deploy_worker_contract(sup: &Supervisor, net: &Network) -> R
     Ok(())
 }
 
-/// The full model id the workers will announce; an embedded model missing from the store is
-/// pulled here, with its progress on the terminal.
-pub(crate) async fn resolve_model(sup: &Supervisor, plan: &Plan) -> Result<String, Fail> {
+/// The full model id of `model` (the plan's, or the embedding model) the workers will
+/// announce; an embedded model missing from the store is pulled here, with its progress on
+/// the terminal.
+pub(crate) async fn resolve_model(
+    sup: &Supervisor,
+    plan: &Plan,
+    model: &str,
+) -> Result<String, Fail> {
     if plan.backend.is_some() {
-        return Ok(plan.model.clone());
+        return Ok(model.to_owned());
     }
     let dir = store::default_dir();
     let st = ModelStore::open(&dir)
         .map_err(|e| model_fail(format!("model store {}: {e}", dir.display())))?;
-    let path = Path::new(&plan.model);
+    let path = Path::new(model);
     if path.is_file() {
         // A GGUF file: into the store (as the worker would), then named by its id.
-        let given =
-            fs::canonicalize(path).map_err(|e| model_fail(format!("{}: {e}", plan.model)))?;
+        let given = fs::canonicalize(path).map_err(|e| model_fail(format!("{}: {e}", model)))?;
         let list = st.list().map_err(|e| e.to_string())?;
         if let Some(r) = list
             .iter()
@@ -380,34 +393,30 @@ pub(crate) async fn resolve_model(sup: &Supervisor, plan: &Plan) -> Result<Strin
             .and_then(|x| x.to_str())
             .unwrap_or("model")
             .to_owned();
-        say(&format!("adding {} to the model store", plan.model));
-        let rec = st.add_file(path, &stem, "local", None).map_err(|e| {
-            model_fail(format!("cannot add {} to the model store: {e}", plan.model))
-        })?;
+        say(&format!("adding {} to the model store", model));
+        let rec = st
+            .add_file(path, &stem, "local", None)
+            .map_err(|e| model_fail(format!("cannot add {} to the model store: {e}", model)))?;
         return Ok(rec.id());
     }
-    if let Ok(r) = st.get(&plan.model) {
+    if let Ok(r) = st.get(model) {
         return Ok(r.id());
     }
-    let Some(known) = store::known(&plan.model) else {
+    let Some(known) = store::known(model) else {
         let aliases: Vec<&str> = store::KNOWN_MODELS.iter().map(|m| m.alias).collect();
         return Err(model_fail(format!(
             "model {:?} is not in the model store {} and is not a known model ({}) or a file",
-            plan.model,
+            model,
             dir.display(),
             aliases.join(", ")
         )));
     };
-    say(&format!(
-        "pulling {} into {} (once)",
-        plan.model,
-        dir.display()
-    ));
+    say(&format!("pulling {} into {} (once)", model, dir.display()));
     let mut progress = store::progress_printer(false);
     let rec = sup
         .or_stop(st.pull_known(known, None, &mut progress))
         .await?
-        .map_err(|e| model_fail(format!("cannot pull {}: {e}", plan.model)))?;
+        .map_err(|e| model_fail(format!("cannot pull {}: {e}", model)))?;
     Ok(rec.id())
 }
 
@@ -484,9 +493,37 @@ pub(crate) fn worker_args(
         if threads > 0 {
             a.extend(["--set".into(), format!("threads={threads}")]);
         }
-        if plan.embeddings {
-            a.extend(["--set".into(), "embeddings=on".into()]);
-        }
+    }
+    a
+}
+
+/// `cocoon worker`'s command line for the embeddings worker (`--embeddings`): the embedded
+/// engine with the embedding model, embeddings only.
+pub(crate) fn embed_worker_args(
+    net: &Network,
+    model: &str,
+    admin: &str,
+    threads: usize,
+    dir: &Path,
+) -> Vec<String> {
+    let mut a = argv(
+        "worker --test --tee sim --set root_poll_seconds=2 --set clock_drift_max_seconds=0 \
+         --set embeddings=only",
+        &[
+            ("--owner", &net.worker_owner.to_string()),
+            ("--root", &net.root.to_string()),
+            ("--ton", &net.url),
+            ("--model", model),
+            ("--admin", admin),
+            ("--state-dir", &path_str(&dir.join("worker-embed"))),
+            (
+                "--set",
+                &format!("wallet_key_file={}", path_str(&net.worker_owner_key)),
+            ),
+        ],
+    );
+    if threads > 0 {
+        a.extend(["--set".into(), format!("threads={threads}")]);
     }
     a
 }

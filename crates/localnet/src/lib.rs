@@ -53,6 +53,10 @@ pub use supervise::Stop;
 /// The model a worker serves when none is named.
 pub const DEFAULT_MODEL: &str = "smollm2-135m";
 
+/// The model the embeddings worker serves (`--embeddings`): all-MiniLM-L6-v2, converted to GGUF
+/// from its PyPI wheel on pull.
+pub const EMBED_MODEL: &str = "all-minilm-l6-v2";
+
 /// What to run; [`run`] checks it first ([`Settings::check`]).
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -76,7 +80,8 @@ pub struct Settings {
     pub backend_kind: String,
     /// The model name the backend serves (default: the part of the model id before `@`).
     pub backend_model: Option<String>,
-    /// The embedded engine serves `POST /v1/embeddings` too (the workers' `embeddings = on`).
+    /// One more worker, on the embedded engine, serves [`EMBED_MODEL`] for `POST
+    /// /v1/embeddings` (its own model, embeddings only; not with a backend).
     pub embeddings: bool,
     /// Where the roles run when not all on this host's loopback (the fault lab's network
     /// namespaces); `None`: every role on 127.0.0.1, started directly.
@@ -336,6 +341,8 @@ pub struct Ready {
     pub api: String,
     /// The model's name in `/v1/models`.
     pub model_name: String,
+    /// The embedding model's name in `/v1/models` (with `--embeddings`).
+    pub embed_model_name: Option<String>,
     /// The proxy's admin address.
     pub proxy_admin: String,
     /// Each worker's admin address.
@@ -400,9 +407,18 @@ async fn start(sup: &mut Supervisor, plan: &Plan, started: Instant) -> Result<Re
     ));
 
     // The model first: a pull shows its progress before anything else starts.
-    let model = bootstrap::resolve_model(sup, plan).await?;
-    saved.pick_ports(plan.port, plan.workers)?;
-    let net = bootstrap::network(sup, &mut saved, &model).await?;
+    let model = bootstrap::resolve_model(sup, plan, &plan.model).await?;
+    // The embeddings worker's model, listed in the root beside the chat model.
+    let embed_model = match plan.embeddings && plan.backend.is_none() {
+        true => Some(bootstrap::resolve_model(sup, plan, EMBED_MODEL).await?),
+        false => None,
+    };
+    let extra = u32::from(embed_model.is_some());
+    saved.pick_ports(plan.port, plan.workers + extra)?;
+    let models: Vec<&str> = std::iter::once(model.as_str())
+        .chain(embed_model.as_deref())
+        .collect();
+    let net = bootstrap::network(sup, &mut saved, &models).await?;
 
     // The roles. Root operations are done: from here on the proxy owns the owner wallet.
     let padmin = format!("{}:{}", sup.addr("proxy"), saved.proxy_admin_port);
@@ -412,28 +428,39 @@ async fn start(sup: &mut Supervisor, plan: &Plan, started: Instant) -> Result<Re
         s.get_json(&proxy_stats).await
     })
     .await?;
-    let threads = if plan.workers > 1 {
+    let threads = if plan.workers + extra > 1 {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        (cores / plan.workers as usize).max(1)
+        (cores / (plan.workers + extra) as usize).max(1)
     } else {
         0
     };
     let mut worker_admins = Vec::new();
+    let mut worker_names = Vec::new();
     for (i, port) in saved.worker_admin_ports.iter().enumerate() {
-        let wadmin = format!("{}:{port}", sup.addr(&format!("worker-{}", i + 1)));
-        let args = bootstrap::worker_args(&net, plan, &model, i + 1, &wadmin, threads, &dir);
-        sup.spawn(&format!("worker-{}", i + 1), &args)?;
+        let name = match &embed_model {
+            Some(_) if i == plan.workers as usize => "worker-embed".to_owned(),
+            _ => format!("worker-{}", i + 1),
+        };
+        let wadmin = format!("{}:{port}", sup.addr(&name));
+        let args = match &embed_model {
+            Some(m) if i == plan.workers as usize => {
+                bootstrap::embed_worker_args(&net, m, &wadmin, threads, &dir)
+            }
+            _ => bootstrap::worker_args(&net, plan, &model, i + 1, &wadmin, threads, &dir),
+        };
+        sup.spawn(&name, &args)?;
         worker_admins.push(wadmin);
+        worker_names.push(name);
     }
     let api = format!("http://{api_listen}");
     sup.spawn("client", &bootstrap::client_args(&net, &api_listen, &dir))?;
 
     // Ready: the workers admitted, a proxy session, and the model listed.
-    let n = plan.workers as usize;
-    for (i, w) in worker_admins.iter().enumerate() {
+    let n = worker_admins.len();
+    for (w, name) in worker_admins.iter().zip(&worker_names) {
         let url = format!("http://{w}/jsonstats");
         sup.wait_until(
-            &format!("worker-{} to load the model", i + 1),
+            &format!("{name} to load the model"),
             async |s: &Supervisor| s.get_json(&url).await,
         )
         .await?;
@@ -483,11 +510,33 @@ async fn start(sup: &mut Supervisor, plan: &Plan, started: Instant) -> Result<Re
         (j["status"] == "live").then_some(())
     })
     .await?;
+    let embed_model_name = match &embed_model {
+        Some(m) => {
+            let base = cocoon_worker::model_base_name(m).unwrap_or(m).to_owned();
+            let name = sup
+                .wait_until(
+                    "the embedding model in the client's /v1/models",
+                    async |s: &Supervisor| {
+                        let m = s.get_json(&models).await?;
+                        m["data"]
+                            .as_array()?
+                            .iter()
+                            .filter_map(|e| e["id"].as_str())
+                            .find(|id| *id == base)
+                            .map(str::to_owned)
+                    },
+                )
+                .await?;
+            Some(name)
+        }
+        None => None,
+    };
     Ok(Ready {
         dir: dir.clone(),
         took: started.elapsed(),
         api,
         model_name,
+        embed_model_name,
         proxy_admin: padmin,
         worker_admins,
         devnet: net.url.clone(),

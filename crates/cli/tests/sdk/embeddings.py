@@ -4,10 +4,12 @@
 for by default and decodes itself), the same vectors both ways, L2-normalised, in input
 order; token-id input; usage as OpenAI reports it (prompt tokens only) and billed so (the
 cost fields carry no completion cost, and the billing headers agree with them); the 400s
-for an empty input and unsupported `dimensions`; the model's capabilities in /v1/models.
-Prints one JSON line: the requests made and the tokens and nanoTON they were billed.
+for an empty input and unsupported `dimensions`; the model's capabilities in /v1/models
+(an embedding model: embeddings, no chat); chat to it and embeddings of the chat model are
+400s naming `model`. Prints one JSON line: the requests made and the tokens and nanoTON they
+were billed.
 
-usage: embeddings.py BASE_URL MODEL
+usage: embeddings.py BASE_URL MODEL CHAT_MODEL DIMENSIONS
 """
 
 import base64
@@ -19,7 +21,7 @@ import sys
 import openai
 from openai import OpenAI
 
-base, model = sys.argv[1], sys.argv[2]
+base, model, chat_model, dims = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 client = OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
 texts = ["The cat sat on the mat.", "A cat was sitting on a rug.", "Tax filings are due in April."]
 billed = {"requests": 0, "tokens": 0, "nanoton": 0, "prompt_tokens": 0}
@@ -47,6 +49,7 @@ def check(r, n):
     assert [d.index for d in r.data] == list(range(n)), r.data
     for d in r.data:
         assert d.object == "embedding"
+        assert len(d.embedding) == dims, len(d.embedding)
         norm = math.sqrt(sum(x * x for x in d.embedding))
         assert abs(norm - 1) < 1e-4, norm
     return [d.embedding for d in r.data]
@@ -69,7 +72,7 @@ def cos(a, b):
     return sum(x * y for x, y in zip(a, b))
 
 
-assert cos(floats[0], floats[1]) > cos(floats[0], floats[2]), "similar closer than unrelated"
+assert cos(floats[0], floats[1]) > cos(floats[0], floats[2]) + 0.3, "similar closer than unrelated"
 assert cos(floats[0], floats[1]) < 0.999
 # One string, and token ids.
 one = check(create(input=texts[2], encoding_format="float"), 1)[0]
@@ -97,5 +100,17 @@ for kw, param in [
 
 m = client.models.retrieve(model).to_dict()
 caps = m["capabilities"]
-assert caps["embeddings"] is True and caps["chat"] is True, m
+assert caps["embeddings"] is True and caps["chat"] is False, m
+# Each model does only what it serves: a 400 naming the model, billed nothing.
+for call in [
+    lambda: client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=4
+    ),
+    lambda: client.embeddings.create(model=chat_model, input="x"),
+]:
+    try:
+        call()
+        raise AssertionError("accepted")
+    except openai.BadRequestError as e:
+        assert e.status_code == 400 and e.body.get("param") == "model", e.body
 print(json.dumps(billed))

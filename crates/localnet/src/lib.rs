@@ -409,9 +409,10 @@ async fn start(sup: &mut Supervisor, plan: &Plan, started: Instant) -> Result<Re
     // The model first: a pull shows its progress before anything else starts.
     let model = bootstrap::resolve_model(sup, plan, &plan.model).await?;
     // The embeddings worker's model, listed in the root beside the chat model.
-    let embed_model = match plan.embeddings && plan.backend.is_none() {
-        true => Some(bootstrap::resolve_model(sup, plan, EMBED_MODEL).await?),
-        false => None,
+    let embed_model = if plan.embeddings && plan.backend.is_none() {
+        Some(bootstrap::resolve_model(sup, plan, EMBED_MODEL).await?)
+    } else {
+        None
     };
     let extra = u32::from(embed_model.is_some());
     saved.pick_ports(plan.port, plan.workers + extra)?;

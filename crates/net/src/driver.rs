@@ -72,6 +72,10 @@ pub struct Config {
     pub initiator_idle_timeout: Duration,
     /// Idle timeout of the accepting side (default 60 s).
     pub acceptor_idle_timeout: Duration,
+    /// The accepting side pings after this long of receive silence, and again every this
+    /// long while it lasts (default `None`: an acceptor does not ping, as in COCOON). See
+    /// [`SessionConfig::ping_every`].
+    pub acceptor_ping_every: Option<Duration>,
     /// Time allowed for the TCP connect (in [`crate::connect_tcp`]) and, separately, for the
     /// `tcp.connect`/`tcp.connected` exchange.
     pub handshake_timeout: Duration,
@@ -104,6 +108,7 @@ impl Default for Config {
         Config {
             initiator_idle_timeout: INITIATOR_IDLE_TIMEOUT,
             acceptor_idle_timeout: ACCEPTOR_IDLE_TIMEOUT,
+            acceptor_ping_every: None,
             handshake_timeout: Duration::from_secs(10),
             incoming_capacity: 256,
             max_incoming_queries: 256,
@@ -125,6 +130,12 @@ impl Config {
             Role::Initiator => self.initiator_idle_timeout,
             Role::Acceptor => self.acceptor_idle_timeout,
         };
+        if role == Role::Acceptor
+            && let Some(every) = self.acceptor_ping_every
+        {
+            cfg.ping = true;
+            cfg.ping_every = Some(every);
+        }
         cfg.handshake_timeout = Some(self.handshake_timeout);
         cfg
     }

@@ -40,6 +40,9 @@ pub const INITIATOR_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Default idle timeout of the accepting side.
 pub const ACCEPTOR_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Shortest interval [`SessionConfig::ping_every`] is taken as.
+pub const MIN_PING_EVERY: Duration = Duration::from_millis(100);
+
 /// Which side of the connection this session is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -58,6 +61,12 @@ pub struct SessionConfig {
     /// Send a `tcp.ping` after `idle_timeout / 2` of receive silence (once, until something is
     /// received). On by default on the initiator only.
     pub ping: bool,
+    /// With `ping`: send a `tcp.ping` after this long of receive silence and again every
+    /// this long while the silence lasts, instead of once after `idle_timeout / 2`. The
+    /// proxy's worker sessions use it (`worker_ping_seconds`) to notice a silent worker long
+    /// before the idle timeout; any peer answers `tcp.ping` with `tcp.pong`. At least
+    /// [`MIN_PING_EVERY`].
+    pub ping_every: Option<Duration>,
     /// Fail with [`CloseReason::HandshakeTimeout`] if not ready this long after creation.
     /// `None`: only the idle timeout applies.
     pub handshake_timeout: Option<Duration>,
@@ -71,11 +80,13 @@ impl SessionConfig {
             Role::Initiator => SessionConfig {
                 idle_timeout: INITIATOR_IDLE_TIMEOUT,
                 ping: true,
+                ping_every: None,
                 handshake_timeout: None,
             },
             Role::Acceptor => SessionConfig {
                 idle_timeout: ACCEPTOR_IDLE_TIMEOUT,
                 ping: false,
+                ping_every: None,
                 handshake_timeout: None,
             },
         }
@@ -266,6 +277,8 @@ pub struct Session {
     /// The caller stopped reading for local reasons: no idle timeout, no pings.
     idle_paused: bool,
     ping_sent: bool,
+    /// When the last ping was sent (repeated pings, [`SessionConfig::ping_every`]).
+    last_ping: Instant,
     next_ping_id: i64,
     next_query_id: QueryId,
     encoder: FrameEncoder,
@@ -322,6 +335,7 @@ impl Session {
             last_recv: now,
             idle_paused: false,
             ping_sent: false,
+            last_ping: now,
             next_ping_id: 1,
             next_query_id: 1,
             encoder: FrameEncoder::new(),
@@ -441,10 +455,16 @@ impl Session {
     }
 
     fn ping_deadline(&self) -> Option<Instant> {
-        if self.config.ping && self.state == State::Ready && !self.ping_sent && !self.idle_paused {
-            self.last_recv.checked_add(self.config.idle_timeout / 2)
-        } else {
-            None
+        if !self.config.ping || self.state != State::Ready || self.idle_paused {
+            return None;
+        }
+        // A zero interval would ping on every wake-up.
+        let ping_every = self.config.ping_every.map(|d| d.max(MIN_PING_EVERY));
+        match ping_every {
+            Some(every) if self.ping_sent => self.last_ping.checked_add(every),
+            Some(every) => self.last_recv.checked_add(every),
+            None if self.ping_sent => None,
+            None => self.last_recv.checked_add(self.config.idle_timeout / 2),
         }
     }
 
@@ -478,6 +498,7 @@ impl Session {
             let id = self.next_ping_id;
             self.next_ping_id = self.next_ping_id.wrapping_add(1);
             self.ping_sent = true;
+            self.last_ping = now;
             tracing::trace!(ping_id = id, "sending ping");
             self.transmit_control(&Packet::Ping(t::Ping { id }));
         }

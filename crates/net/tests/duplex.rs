@@ -609,6 +609,7 @@ async fn extreme_config_values_do_not_panic() {
     let config = Config {
         initiator_idle_timeout: Duration::MAX,
         acceptor_idle_timeout: Duration::MAX,
+        acceptor_ping_every: Some(Duration::MAX),
         handshake_timeout: Duration::MAX,
         shutdown_timeout: Duration::MAX,
         incoming_capacity: usize::MAX,

@@ -37,6 +37,10 @@ pub struct Timings {
     pub queue_max_per_model: usize,
     /// Longest a request waits in the queue (its own deadline may end the wait sooner).
     pub queue_max_wait: Duration,
+    /// The proxy pings a worker after this long of silence from it, and again every this
+    /// long; a worker silent for two of these is suspect (no new requests; a request it has
+    /// not started answering is tried on another worker). `None`: no pings, no suspicion.
+    pub worker_ping: Option<Duration>,
     /// How often the contracts of authorised clients and of clients with unsettled usage are
     /// read again (credit, closing); `None` never (read at authorisation only).
     pub client_watch_interval: Option<Duration>,
@@ -60,6 +64,7 @@ impl Default for Timings {
             request_buffer_bytes: crate::registry::REQUEST_BUFFER_BYTES,
             queue_max_per_model: 256,
             queue_max_wait: Duration::from_secs(300),
+            worker_ping: Some(Duration::from_secs(5)),
             client_watch_interval: Some(Duration::from_secs(30)),
             lookup_ttl: Duration::from_secs(10),
             lookups_per_minute: 30,

@@ -392,6 +392,8 @@ struct Relay {
     grace: tokio::time::Instant,
     /// Set when the client fell a whole answer buffer behind.
     overflow: watch::Receiver<bool>,
+    /// The worker's suspicion (silent for two ping intervals, see `worker_side`).
+    suspect: watch::Receiver<bool>,
     /// Prices the usage objects of the body as they go by (`None`: the body passes as the
     /// worker sent it, which a protocol 3 client checks against the worker's receipt and
     /// prices itself).
@@ -404,6 +406,7 @@ impl Relay {
     fn new(lease: Lease, quote: Quote, can_retry: bool, pricing: bool) -> Relay {
         Relay {
             overflow: lease.overflow.clone(),
+            suspect: lease.suspect.clone(),
             costs: pricing.then(|| cost_injector(&quote)),
             receipt: None,
             lease,
@@ -637,6 +640,11 @@ impl Forwarding {
                     self.stop(r, Stop::ClientSlow, "client not reading").await;
                     continue;
                 }
+                // A worker gone silent (no pong, no answer for two ping intervals) before it
+                // answered anything: cancelled there and tried on another worker.
+                _ = went_quiet(&mut r.suspect), if r.stopped.is_none() && r.first_byte.is_none() && r.can_retry => {
+                    return self.on_worker_quiet(r).await;
+                }
                 _ = tokio::time::sleep_until(self.plan.deadline), if r.stopped.is_none() => {
                     self.stop(r, Stop::Deadline, "deadline").await;
                     continue;
@@ -668,6 +676,24 @@ impl Forwarding {
     async fn stop(&self, r: &mut Relay, stop: Stop, reason: &str) {
         r.stopped = Some(stop);
         r.grace = cancel_worker(&self.shared, &r.lease, reason).await;
+    }
+
+    /// The worker went silent before its first byte (its session neither answers pings nor
+    /// sends anything): it is told to cancel (a v3 worker) and nothing is billed for it
+    /// (the request's reservation carries over to the next attempt).
+    async fn on_worker_quiet(&self, r: &Relay) -> Ended {
+        let msg = "worker not answering";
+        tracing::info!(
+            request = %hex::encode(&self.q.request_id[..8]),
+            worker = r.lease.worker,
+            "worker silent before its first byte; cancelling it there"
+        );
+        cancel_worker(&self.shared, &r.lease, msg).await;
+        let retry = Attempt::Retry {
+            code: ErrorCode::Timeout as i32,
+            msg: msg.into(),
+        };
+        (retry, AttemptOutcome::Failure { ttft: None })
     }
 
     /// The worker's session ended under the request.
@@ -857,6 +883,14 @@ impl Forwarding {
 }
 
 /// Resolves once the request's answer buffer overflowed (never, if its inbox is gone).
+/// Resolves when the worker is suspect; never when its session task is gone (the relay
+/// then learns of the end from the worker's events).
+async fn went_quiet(rx: &mut watch::Receiver<bool>) {
+    if rx.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 async fn overflowed(rx: &mut watch::Receiver<bool>) {
     if rx.wait_for(|o| *o).await.is_err() {
         std::future::pending::<()>().await;

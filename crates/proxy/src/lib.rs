@@ -567,7 +567,10 @@ impl Proxy {
             Arc::clone(&cfg.certs),
             Arc::clone(&cfg.worker_verifier),
             cfg.pow_difficulty,
-            cfg.net.clone(),
+            cocoon_net::Config {
+                acceptor_ping_every: cfg.timings.worker_ping,
+                ..cfg.net.clone()
+            },
         )
         .map_err(|e| ProxyStartError::Tls(e.to_string()))?;
         let cacc = RatlsAcceptor::new(

@@ -655,6 +655,8 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
             max_session_requests: s.max_requests_per_session,
             queue_max_per_model: s.queue_max_per_model,
             queue_max_wait: Duration::from_secs(s.queue_max_wait_secs),
+            worker_ping: (s.worker_ping_seconds > 0)
+                .then(|| Duration::from_secs(s.worker_ping_seconds)),
             ..Timings::default()
         },
         net: cocoon_net::Config::default(),

@@ -106,6 +106,9 @@ pub(crate) struct WorkerEntry {
     pub max_active: u32,
     pub running: u32,
     pub disabled: bool,
+    /// True while the worker's session has been silent for two ping intervals (see
+    /// `worker_ping_seconds`): no new requests go to it.
+    pub suspect: watch::Receiver<bool>,
     pub health: Health,
     pub pending: HashMap<[u8; 32], Inbox>,
     /// Orders payment reports to this worker session (totals must never go down).
@@ -308,6 +311,9 @@ pub struct WorkerStat {
     pub max_active: u32,
     /// Whether it receives requests.
     pub enabled: bool,
+    /// Silent for two ping intervals (`worker_ping_seconds`): no new requests until it is
+    /// heard again.
+    pub suspect: bool,
     /// Average latency, milliseconds.
     pub avg_latency_ms: u64,
     /// Mean time to first byte in the reputation window, milliseconds (`None`: no attempt
@@ -349,6 +355,8 @@ pub(crate) struct Lease {
     pub tls_key: [u8; 32],
     /// Its certificate.
     pub certificate: Arc<Vec<u8>>,
+    /// The worker's suspicion (silent for two ping intervals), as the registry's entry.
+    pub suspect: watch::Receiver<bool>,
     events: mpsc::UnboundedReceiver<WorkerEvent>,
     queued: Arc<std::sync::atomic::AtomicUsize>,
     /// Becomes true when the client fell more than [`REQUEST_BUFFER_BYTES`] behind.
@@ -416,7 +424,12 @@ impl Registry {
         // (worker, coefficient, free slots, embeds)
         let mut free: Vec<(u64, i32, u32, bool)> = g
             .values()
-            .filter(|e| e.model_base == model_base && !e.disabled && e.running < e.max_active)
+            .filter(|e| {
+                e.model_base == model_base
+                    && !e.disabled
+                    && !*e.suspect.borrow()
+                    && e.running < e.max_active
+            })
             .map(|e| (e.id, e.coefficient, e.max_active - e.running, e.embeds()))
             .collect();
         let total: usize = free.iter().map(|f| f.2 as usize).sum();
@@ -673,7 +686,7 @@ impl Registry {
             .filter(|e| e.model_base == model_base && (!embeddings || e.embeds()))
             .map(|e| Candidate {
                 id: e.id,
-                enabled: !e.disabled,
+                enabled: !e.disabled && !*e.suspect.borrow(),
                 coefficient: e.coefficient,
                 running: e.running,
                 max_active: e.max_active,
@@ -711,6 +724,7 @@ impl Registry {
             probe,
             tls_key: e.tls_key,
             certificate: Arc::clone(&e.certificate),
+            suspect: e.suspect.clone(),
             events: rx,
             queued,
             overflow: overflow_rx,
@@ -734,6 +748,7 @@ impl Registry {
                     running: e.running,
                     max_active: e.max_active,
                     enabled: !e.disabled,
+                    suspect: *e.suspect.borrow(),
                     avg_latency_ms: (e.health.avg_latency(cfg) * 1000.0) as u64,
                     avg_ttft_ms: e.health.mean_ttft(cfg, now).map(|t| (t * 1000.0) as u64),
                     reputation: e.health.reputation(cfg, now),

@@ -45,6 +45,9 @@ pub struct Settings {
     pub queue_max_per_model: usize,
     /// Longest wait in a model's queue, seconds (`queue_max_wait_secs`).
     pub queue_max_wait_secs: u64,
+    /// Seconds of worker silence before a ping; two of them make the worker suspect
+    /// (`worker_ping_seconds`, 0: off).
+    pub worker_ping_seconds: u64,
     /// Charge a client at this many TON (`min_client_charge_ton`).
     pub min_client_charge_ton: String,
     /// Pay a worker out at this many TON (`min_worker_payout_ton`).

@@ -16,6 +16,12 @@
 //! `worker.enabledDisabled` / `worker.newCoefficient` update the registry, and
 //! `worker.updatePaymentStatus` is answered with our totals.
 //!
+//! Liveness (`worker_ping_seconds`): the session pings the worker after that long of silence
+//! and again every that long; a worker from which nothing at all (no pong, no answer) came
+//! for two intervals is *suspect*: the registry routes no new request to it and a request it
+//! has not started answering is tried on another worker (`forward`). Anything it sends
+//! clears the suspicion.
+//!
 //! The session ends when the worker's attestation verdict expires (`VerifiedPeer::
 //! valid_until`, operator event `verdict_expired`) and when a root update no longer allows
 //! its image or model; the worker then redials and is verified and admitted again.
@@ -98,6 +104,39 @@ struct WorkerSession {
     /// In the registry (the handshake completed).
     registered: bool,
     model: String,
+    /// Whether the worker is suspect (silent for two ping intervals); the registry's entry
+    /// and the leases of its requests watch it.
+    suspect: watch::Sender<bool>,
+}
+
+/// Receive silence of a worker session, from its frame counter sampled by the session task.
+struct Liveness {
+    frames_in: u64,
+    last_heard: tokio::time::Instant,
+    /// Silence after which the worker is suspect (two ping intervals).
+    suspect_after: std::time::Duration,
+    /// How often the counter is sampled.
+    every: std::time::Duration,
+}
+
+impl Liveness {
+    fn new(ping: std::time::Duration, now: tokio::time::Instant) -> Liveness {
+        Liveness {
+            frames_in: 0,
+            last_heard: now,
+            suspect_after: ping.saturating_mul(2),
+            every: (ping / 4).max(std::time::Duration::from_millis(100)),
+        }
+    }
+
+    /// Takes a sample of the frame counter; returns whether the worker is suspect now.
+    fn sample(&mut self, frames_in: u64, now: tokio::time::Instant) -> bool {
+        if frames_in != self.frames_in {
+            self.frames_in = frames_in;
+            self.last_heard = now;
+        }
+        now.saturating_duration_since(self.last_heard) >= self.suspect_after
+    }
 }
 
 pub(crate) async fn run(shared: Arc<Shared>, a: Accepted, mut stop: watch::Receiver<bool>) {
@@ -125,7 +164,13 @@ pub(crate) async fn run(shared: Arc<Shared>, a: Accepted, mut stop: watch::Recei
         pending: None,
         registered: false,
         model: String::new(),
+        suspect: watch::channel(false).0,
     };
+    let mut liveness = shared
+        .timings
+        .worker_ping
+        .map(|ping| Liveness::new(ping, tokio::time::Instant::now()));
+    let mut next_sample = tokio::time::Instant::now();
     let peer_name = sess.peer.clone();
     let mut root_rx = shared.root.subscribe();
     // Contract addresses depend on the params: a params change ends the session so that
@@ -151,6 +196,14 @@ pub(crate) async fn run(shared: Arc<Shared>, a: Accepted, mut stop: watch::Recei
                     ),
                 );
                 break;
+            }
+            _ = tokio::time::sleep_until(next_sample), if liveness.is_some() => {
+                if let Some(l) = liveness.as_mut() {
+                    let now = tokio::time::Instant::now();
+                    next_sample = now + l.every;
+                    let suspect = l.sample(handle.stats().frames_in, now);
+                    sess.set_suspect(suspect, now.saturating_duration_since(l.last_heard));
+                }
             }
             r = root_rx.changed() => {
                 if r.is_err() { break; }
@@ -194,6 +247,24 @@ pub(crate) async fn run(shared: Arc<Shared>, a: Accepted, mut stop: watch::Recei
 /// Queries (the handshake and payment status): each handler answers through the responder
 /// and returns `false` to end the session.
 impl WorkerSession {
+    /// Records whether the worker is suspect; a change is logged, and a worker heard again
+    /// may take waiting requests.
+    fn set_suspect(&self, suspect: bool, silent: std::time::Duration) {
+        if !self
+            .suspect
+            .send_if_modified(|s| std::mem::replace(s, suspect) != suspect)
+        {
+            return;
+        }
+        if suspect {
+            tracing::warn!(peer = %self.peer, worker = self.id, silent_ms = silent.as_millis() as u64, "worker silent (no pong, no answer); no new requests until it is heard again");
+        } else {
+            tracing::info!(peer = %self.peer, worker = self.id, "worker heard again; routing to it resumes");
+        }
+        // Wakes requests waiting in the model's queue for a slot it now offers.
+        self.shared.registry.update(self.id, |_| {});
+    }
+
     /// Refuses a query, counted as a refusal of this worker.
     fn refuse(&self, responder: Responder, code: ErrorCode, reason: &str) {
         self.shared.refused("worker", &self.peer, reason);
@@ -384,6 +455,7 @@ impl WorkerSession {
             max_active: p.admitted.max_active,
             running: 0,
             disabled: q.is_disabled,
+            suspect: self.suspect.subscribe(),
             health: Default::default(),
             pending: Default::default(),
             pay_lock: Default::default(),

@@ -1119,3 +1119,32 @@ proptest! {
         prop_assert!(a.buffered_inbound_bytes() == 0 && b.buffered_inbound_bytes() == 0);
     }
 }
+
+#[test]
+fn acceptor_with_ping_every_pings_repeatedly_while_silent() {
+    let t0 = Instant::now();
+    let mut cfg = SessionConfig::for_role(Role::Acceptor);
+    cfg.ping = true;
+    cfg.ping_every = Some(5 * S);
+    let mut s = Session::new(Role::Acceptor, t0, 0, cfg);
+    let mut p = RawPeer::new();
+    p.send(&mut s, t0, Packet::Connect(t::Connect { id: 7 }));
+    assert_eq!(p.recv(&mut s), [Packet::Connected(t::Connected { id: 7 })]);
+    assert_eq!(events(&mut s), [Event::Ready]);
+    s.handle_timeout(t0 + 4 * S);
+    assert!(p.recv(&mut s).is_empty(), "no ping before 5 s of silence");
+    // One ping per interval of silence, not only the first.
+    for k in 1..=3u32 {
+        assert_eq!(s.poll_timeout(), Some(t0 + 5 * k * S));
+        s.handle_timeout(t0 + 5 * k * S);
+        assert!(matches!(p.recv(&mut s)[..], [Packet::Ping(_)]), "ping {k}");
+    }
+    // A pong restarts the interval from its arrival.
+    p.send(&mut s, t0 + 16 * S, Packet::Pong(t::Pong { id: 3 }));
+    assert_eq!(s.poll_timeout(), Some(t0 + 21 * S));
+    s.handle_timeout(t0 + 20 * S);
+    assert!(p.recv(&mut s).is_empty());
+    // The idle timeout still closes the session.
+    s.handle_timeout(t0 + 76 * S);
+    assert_eq!(s.close_reason(), Some(&CloseReason::IdleTimeout));
+}

@@ -240,6 +240,9 @@ pub struct SessionStats {
     pub bytes_in: u64,
     /// Raw bytes produced for transmission (headers included).
     pub bytes_out: u64,
+    /// `tcp.ping` frames received (counted in `frames_in` too). A peer's own pings show
+    /// that it sends, not that it hears us: the proxy's liveness check leaves them out.
+    pub pings_in: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -609,6 +612,7 @@ impl Session {
     fn handle_ready_packet(&mut self, packet: Packet) {
         match packet {
             Packet::Ping(p) => {
+                self.stats.pings_in += 1;
                 // At most one pong waits in the transmit queue: a peer flooding pings without
                 // reading cannot make us queue pongs.
                 if self.last_pong.is_some_and(|n| n >= self.frames_taken) {

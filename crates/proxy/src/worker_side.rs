@@ -18,7 +18,7 @@
 //!
 //! Liveness (`worker_ping_seconds`): the session pings the worker after that long of silence
 //! and again every that long; a worker from which nothing at all (no pong, no answer) came
-//! for two intervals is *suspect*: the registry routes no new request to it and a request it
+//! for two intervals (its own pings do not count) is *suspect*: the registry routes no new request to it and a request it
 //! has not started answering is tried on another worker (`forward`). Anything it sends
 //! clears the suspicion.
 //!
@@ -109,7 +109,8 @@ struct WorkerSession {
     suspect: watch::Sender<bool>,
 }
 
-/// Receive silence of a worker session, from its frame counter sampled by the session task.
+/// Receive silence of a worker session, from its frame counter (less the worker's own pings)
+/// sampled by the session task.
 struct Liveness {
     frames_in: u64,
     last_heard: tokio::time::Instant,
@@ -201,7 +202,11 @@ pub(crate) async fn run(shared: Arc<Shared>, a: Accepted, mut stop: watch::Recei
                 if let Some(l) = liveness.as_mut() {
                     let now = tokio::time::Instant::now();
                     next_sample = now + l.every;
-                    let suspect = l.sample(handle.stats().frames_in, now);
+                    // The worker's own pings do not count: across a partition of the
+                    // proxy's direction they still arrive (every 10 s, COCOON's initiator
+                    // timing) while nothing of ours reaches the worker.
+                    let st = handle.stats();
+                    let suspect = l.sample(st.frames_in.saturating_sub(st.pings_in), now);
                     sess.set_suspect(suspect, now.saturating_duration_since(l.last_heard));
                 }
             }

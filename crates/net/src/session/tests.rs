@@ -1141,6 +1141,10 @@ fn acceptor_with_ping_every_pings_repeatedly_while_silent() {
     }
     // A pong restarts the interval from its arrival.
     p.send(&mut s, t0 + 16 * S, Packet::Pong(t::Pong { id: 3 }));
+    assert_eq!(s.stats().pings_in, 0);
+    p.send(&mut s, t0 + 16 * S, Packet::Ping(t::Ping { id: 9 }));
+    assert_eq!(p.recv(&mut s), [Packet::Pong(t::Pong { id: 9 })]);
+    assert_eq!(s.stats().pings_in, 1);
     assert_eq!(s.poll_timeout(), Some(t0 + 21 * S));
     s.handle_timeout(t0 + 20 * S);
     assert!(p.recv(&mut s).is_empty());

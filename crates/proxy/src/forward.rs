@@ -222,6 +222,9 @@ fn cost_injector(quote: &Quote) -> CostInjector {
 /// Most bytes of one unfinished SSE event or JSON value the proxy holds to price it.
 const COST_BUFFER_BYTES: usize = 1 << 20;
 
+/// Longest the cancel of a silent worker's attempt may wait for room in its session.
+const QUIET_CANCEL_WAIT: Duration = Duration::from_secs(1);
+
 /// How one attempt ended.
 enum Attempt {
     /// Failed before the first byte; another worker may be tried.
@@ -688,7 +691,9 @@ impl Forwarding {
             worker = r.lease.worker,
             "worker silent before its first byte; cancelling it there"
         );
-        cancel_worker(&self.shared, &r.lease, msg).await;
+        // Its session may be stuck with a full send queue: the cancel is not waited for long.
+        let cancel = cancel_worker(&self.shared, &r.lease, msg);
+        let _ = tokio::time::timeout(QUIET_CANCEL_WAIT, cancel).await;
         let retry = Attempt::Retry {
             code: ErrorCode::Timeout as i32,
             msg: msg.into(),

@@ -11,7 +11,7 @@
 //! at the end the proxy's ledger database is audited offline, clients' tokens = workers').
 //!
 //! `lab_ci_subset` (CI): 50 ms latency with 2 % loss, a partition of one worker with
-//! failover to the other, a worker frozen by SIGSTOP mid-stream. `lab_fault_table`
+//! failover to the other (every request answered), a worker frozen by SIGSTOP mid-stream. `lab_fault_table`
 //! (`scripts/lab run`, ignored in CI): the whole table of docs/reliability.md, printed as
 //! Markdown rows (and written to `$COCOON_LAB_REPORT` when set).
 //!
@@ -1011,12 +1011,10 @@ fn lab_ci_subset() {
         2,
         || lab.set(&[("worker-1", "both", json!({"drop": true}))]),
     );
-    let answered = outs.iter().filter(|o| o.complete).count();
-    // The proxy notices a silent worker only after its 60 s idle timeout: until then the
-    // requests it gave that worker end at their deadline with a 504 (docs/reliability.md).
-    let refused_clearly = outs
-        .iter()
-        .all(|o| o.complete || (o.status == 504 && o.error.is_some()));
+    // The proxy's pings find worker-1 silent within two intervals (`worker_ping_seconds`):
+    // the requests it had been given are cancelled there and answered by worker-2, well
+    // within their deadline, and no new one goes to it (docs/reliability.md).
+    let failed_over = outs.iter().all(|o| o.complete);
     rows.push(row);
     rows.push(freeze_row(&lab, &net, 8));
     let (audit, totals) = net.finish();
@@ -1028,8 +1026,10 @@ fn lab_ci_subset() {
     for r in &rows {
         assert!(r.ok, "{table}");
     }
-    assert!(answered > 0, "no request answered by worker-2:\n{table}");
-    assert!(refused_clearly, "{table}");
+    assert!(
+        failed_over,
+        "a request was not failed over to worker-2:\n{table}"
+    );
     assert!(audit.is_empty(), "{audit:?}");
     assert_eq!(totals.client_tokens, totals.worker_tokens);
     assert!(totals.client_tokens > 0);

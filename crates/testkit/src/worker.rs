@@ -72,12 +72,12 @@ impl PayoutSink for RecordingSink {
         proxy_sc: &str,
         boc: Vec<u8>,
         tokens: u64,
-    ) -> BoxFuture<'_, Result<(), String>> {
+    ) -> BoxFuture<'_, Result<Option<cocoon_worker::SentPayout>, String>> {
         self.submitted
             .lock()
             .unwrap()
             .push((proxy_sc.to_owned(), boc, tokens));
-        Box::pin(async { Ok(()) })
+        Box::pin(async { Ok(None) })
     }
 }
 

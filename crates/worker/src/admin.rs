@@ -382,6 +382,43 @@ fn dashboard(s: &WorkerStats, h: &History, now: u64) -> Page {
         ]);
     }
     p.table(&t);
+    let mut t = Table::new(
+        "Payouts sent",
+        &[
+            "sent",
+            "proxy contract",
+            "tokens",
+            "amount",
+            "status",
+            "transaction",
+            "lt",
+        ],
+    )
+    .empty("no payout sent yet")
+    .id("payouts-sent");
+    for x in s.payouts.iter().rev() {
+        let status = match (x.status, &x.reason) {
+            (crate::PayoutStatus::Pending, _) => Cell::Badge(Tone::Warn, "pending".into()),
+            (crate::PayoutStatus::Paid, _) => Cell::Badge(Tone::Good, "paid".into()),
+            (crate::PayoutStatus::Failed, reason) => Cell::Markup(format!(
+                "{} {}",
+                html::badge(Tone::Bad, "failed"),
+                html::esc(reason.as_deref().unwrap_or(""))
+            )),
+        };
+        t.row(vec![
+            Cell::Text(fmt::ago(now, x.at)),
+            Cell::Hash(x.proxy_sc.clone()),
+            Cell::Num(fmt::tokens(x.new_tokens)),
+            Cell::Num(fmt::ton(nano(&x.amount_nanoton))),
+            status,
+            Cell::Hash(x.tx.as_ref().map(|t| t.hash.clone()).unwrap_or_default()),
+            Cell::Num(fmt::or_dash(x.tx.as_ref().map(|t| t.lt), |lt| {
+                lt.to_string()
+            })),
+        ]);
+    }
+    p.table(&t);
     p.table(&events::events_table(&s.events, now));
     p
 }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cocoon_ton::StdAddr;
-use cocoon_ton::chain::{AccountState, AccountStatus, Chain};
+use cocoon_ton::chain::{AccountState, AccountStatus, Chain, Transaction, TxId};
 use cocoon_ton::contracts::Deployable;
 use cocoon_ton::contracts::WorkerStorage;
 use cocoon_ton::payments::{PaymentPayload, SignedPayment};
@@ -27,7 +27,9 @@ use futures::future::BoxFuture;
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
-use crate::payout::{ContractError, ContractStatus, PayoutSink, WorkerOnChain};
+use crate::payout::{
+    ContractError, ContractStatus, PayoutSink, PayoutTx, SentPayout, WorkerOnChain,
+};
 
 /// nanoTON attached to a payout message by default.
 pub const DEFAULT_ATTACH_NANOTON: u64 = 500_000_000;
@@ -200,7 +202,7 @@ impl<C: Chain + 'static> ChainPayoutSink<C> {
         })
     }
 
-    async fn submit_inner(&self, boc: Vec<u8>) -> Result<(), String> {
+    async fn submit_inner(&self, boc: Vec<u8>) -> Result<Option<SentPayout>, String> {
         let sp = SignedPayment::from_boc(&boc).map_err(|e| format!("payout receipt: {e}"))?;
         let payload =
             PaymentPayload::from_cell(&sp.payload).map_err(|e| format!("payout receipt: {e}"))?;
@@ -209,6 +211,21 @@ impl<C: Chain + 'static> ChainPayoutSink<C> {
             .repack(sender.address())
             .to_cell()
             .map_err(|e| format!("payout body: {e}"))?;
+        // Where the contract stood before: its payout transaction comes after this one. Not
+        // readable: the search starts from its first transaction.
+        let after = match sender.chain().account_state(&payload.contract).await {
+            Ok(st) => st.last_tx,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the worker contract before a payout");
+                None
+            }
+        };
+        let sent = SentPayout {
+            worker_sc: payload.contract.to_string(),
+            body_hash: hex::encode(body.repr_hash().0),
+            after_lt: after.as_ref().map(|t| t.lt),
+            after_hash: after.as_ref().map(|t| hex::encode(t.hash)),
+        };
         sender.enqueue(OutMsg::new(
             payload.contract,
             self.attach_nanoton,
@@ -218,8 +235,69 @@ impl<C: Chain + 'static> ChainPayoutSink<C> {
             .tick(now_unix())
             .await
             .map_err(|e| format!("payout wallet: {e}"))?;
-        Ok(())
+        Ok(Some(sent))
     }
+
+    async fn payout_tx_inner(&self, sent: &SentPayout) -> Result<Option<PayoutTx>, String> {
+        let contract = cocoon_ton::parse_address(&sent.worker_sc)
+            .map_err(|e| format!("worker contract {}: {e}", sent.worker_sc))?;
+        let after = match (sent.after_lt, sent.after_hash.as_deref()) {
+            (Some(lt), Some(h)) => {
+                let mut hash = [0u8; 32];
+                hex::decode_to_slice(h, &mut hash)
+                    .map_err(|e| format!("recorded transaction hash: {e}"))?;
+                Some(TxId { lt, hash })
+            }
+            _ => None,
+        };
+        let wallet = self.sender.lock().await.address().clone();
+        let txs = self
+            .sender
+            .lock()
+            .await
+            .chain()
+            .transactions_since(&contract, after.as_ref(), PAYOUT_TX_SCAN)
+            .await
+            .map_err(|e| format!("worker contract {}: {e}", sent.worker_sc))?;
+        Ok(find_payout_tx(&txs, &wallet, &sent.body_hash))
+    }
+}
+
+/// How many of the worker contract's transactions after the recorded one are searched.
+const PAYOUT_TX_SCAN: usize = 64;
+
+/// The transaction among `txs` whose inbound message came from `wallet` with a body of hash
+/// `body_hash` (hex), with why it failed when it did.
+pub(crate) fn find_payout_tx(
+    txs: &[Transaction],
+    wallet: &StdAddr,
+    body_hash: &str,
+) -> Option<PayoutTx> {
+    let tx = txs.iter().find(|t| {
+        t.in_msg.as_ref().is_some_and(|m| {
+            m.source.as_ref() == Some(wallet)
+                && m.body
+                    .as_ref()
+                    .is_some_and(|b| hex::encode(b.repr_hash().0) == body_hash)
+        })
+    })?;
+    let failed = match tx.outcome() {
+        Ok(Some(o)) if o.failed() => Some(format!(
+            "the worker contract refused it (exit code {})",
+            o.exit_code.unwrap_or_default()
+        )),
+        Ok(Some(o)) if o.action_result_code.is_some_and(|c| c != 0) => Some(format!(
+            "the worker contract could not send its messages (action result code {})",
+            o.action_result_code.unwrap_or_default()
+        )),
+        _ => None,
+    };
+    Some(PayoutTx {
+        hash: hex::encode(tx.id.hash),
+        lt: tx.id.lt,
+        utime: tx.utime,
+        failed,
+    })
 }
 
 impl<C: Chain + 'static> PayoutSink for ChainPayoutSink<C> {
@@ -255,7 +333,14 @@ impl<C: Chain + 'static> PayoutSink for ChainPayoutSink<C> {
         _proxy_sc: &str,
         signed_payment_boc: Vec<u8>,
         _tokens: u64,
-    ) -> BoxFuture<'_, Result<(), String>> {
+    ) -> BoxFuture<'_, Result<Option<SentPayout>, String>> {
         Box::pin(self.submit_inner(signed_payment_boc))
+    }
+
+    fn payout_tx<'a>(
+        &'a self,
+        sent: &'a SentPayout,
+    ) -> BoxFuture<'a, Result<Option<PayoutTx>, String>> {
+        Box::pin(self.payout_tx_inner(sent))
     }
 }

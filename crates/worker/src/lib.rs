@@ -54,12 +54,12 @@ use tokio::task::JoinHandle;
 pub use chain_sink::{ChainPayoutSink, DEFAULT_ATTACH_NANOTON, DEFAULT_DEPLOY_NANOTON};
 pub use config::{AdminConfig, Timings, WorkerConfig, WorkerConfigError, model_base_name};
 use payout::PayoutDecision;
-pub use payout::{ContractError, ContractStatus, PayoutSink, WorkerOnChain};
+pub use payout::{ContractError, ContractStatus, PayoutSink, PayoutTx, SentPayout, WorkerOnChain};
 pub use process::{run, watch_events};
 pub use root::RootUpdate;
 pub use settings::{DEFAULTS, Settings};
 pub use stats::CountersSnapshot;
-pub use store::{PaymentStore, PaymentStoreError, ProxyRecord};
+pub use store::{PaymentStore, PaymentStoreError, PayoutEntry, PayoutStatus, ProxyRecord};
 
 /// Switches the proxies are told about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -333,13 +333,38 @@ impl Shared {
         let this = Arc::clone(self);
         let proxy_sc = proxy_sc.to_owned();
         let tokens = rec.signed_tokens;
+        let new_tokens = rec.ready_tokens();
+        let amount = payout::ready_nanoton(new_tokens, self.fee_of(&rec)).to_string();
         tokio::spawn(async move {
             // A contract its proxy already paid and closed (after a params change) would
             // bounce the payout and keep the gas: read it first.
             if this.settle_from_chain(&sink, &proxy_sc, &rec).await == Some(PayoutDecision::Submit)
             {
-                match sink.submit(&proxy_sc, boc, tokens).await {
-                    Ok(()) => {
+                let submitted = sink.submit(&proxy_sc, boc, tokens).await;
+                let entry = store::PayoutEntry {
+                    proxy_sc: proxy_sc.clone(),
+                    at: unix_now(),
+                    tokens,
+                    new_tokens,
+                    amount_nanoton: amount,
+                    status: match &submitted {
+                        Ok(_) => store::PayoutStatus::Pending,
+                        Err(_) => store::PayoutStatus::Failed,
+                    },
+                    reason: submitted.as_ref().err().cloned(),
+                    sent: submitted.as_ref().ok().cloned().flatten(),
+                    tx: None,
+                };
+                let follow = entry.sent.clone();
+                if let Err(e) = this.store.record_payout(entry) {
+                    tracing::error!(proxy = %proxy_sc, error = %e, "cannot record the payout sent");
+                }
+                if let Some(sent) = follow {
+                    let (this, sink) = (Arc::clone(&this), Arc::clone(&sink));
+                    tokio::spawn(async move { this.follow_payout(&sink, &sent).await });
+                }
+                match submitted {
+                    Ok(_) => {
                         // Recorded for the admin page before the paid-out tokens move.
                         this.last_payouts
                             .lock()
@@ -420,6 +445,34 @@ impl Shared {
         Some(decision)
     }
 
+    /// Looks for the transaction of the payout `sent` every second until it shows (or
+    /// [`PAYOUT_FOLLOW_TRIES`] passed; the contract check looks again every pass).
+    async fn follow_payout(&self, sink: &Arc<dyn PayoutSink>, sent: &SentPayout) {
+        for _ in 0..PAYOUT_FOLLOW_TRIES {
+            if self.payout_tx_once(sink, sent).await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Looks once for the transaction of `sent`; records it and answers `true` when found.
+    async fn payout_tx_once(&self, sink: &Arc<dyn PayoutSink>, sent: &SentPayout) -> bool {
+        match sink.payout_tx(sent).await {
+            Ok(Some(tx)) => {
+                if let Err(e) = self.store.payout_seen(&sent.body_hash, tx) {
+                    tracing::error!(error = %e, "cannot record the payout's transaction");
+                }
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the payout's transaction");
+                false
+            }
+        }
+    }
+
     /// Reads the worker contract of every record not yet seen closed, so that one its proxy
     /// paid and closed shows as settled even while no payout is due.
     async fn check_contracts(&self) {
@@ -429,6 +482,12 @@ impl Shared {
         for (proxy_sc, rec) in self.store.snapshot() {
             if !rec.closed {
                 self.settle_from_chain(&sink, &proxy_sc, &rec).await;
+            }
+        }
+        // Payouts still pending (a restart, or a transaction slower than the follower).
+        for e in self.store.payouts() {
+            if let (store::PayoutStatus::Pending, Some(sent)) = (e.status, &e.sent) {
+                self.payout_tx_once(&sink, sent).await;
             }
         }
     }
@@ -496,6 +555,7 @@ impl Shared {
             counters: self.counters.snapshot(),
             proxies: self.conns.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             payments,
+            payouts: self.store.payouts(),
             events: op.events,
             event_counts: op.event_counts,
             clock_offset_secs: op.clock_offset_secs,
@@ -523,6 +583,10 @@ pub enum LastPayout {
         error: String,
     },
 }
+
+/// How many times (a second apart) a payout's transaction is looked for right after it was
+/// sent.
+const PAYOUT_FOLLOW_TRIES: u32 = 120;
 
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
@@ -592,6 +656,9 @@ pub struct WorkerStats {
     pub proxies: Vec<ConnStatus>,
     /// Earnings per proxy.
     pub payments: Vec<PaymentView>,
+    /// The latest payouts sent (at most 64, oldest first): pending until their transaction
+    /// on the worker contract shows, then paid or failed.
+    pub payouts: Vec<PayoutEntry>,
     /// Operator events, newest last.
     pub events: Vec<OperatorEvent>,
     /// Operator events since start, by kind.

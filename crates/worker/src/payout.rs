@@ -11,6 +11,7 @@
 use cocoon_ton::StdAddr;
 use cocoon_ton::contracts::Deployable;
 use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
 
 use crate::store::ProxyRecord;
 
@@ -90,13 +91,52 @@ pub trait PayoutSink: Send + Sync {
     }
 
     /// Submits `signed_payment_boc`, which covers `tokens` cumulative tokens. `Ok` means the
-    /// message was accepted for sending; the worker then counts those tokens as paid.
+    /// message was accepted for sending; the worker then counts those tokens as paid. A sink
+    /// on a chain answers how to find the payout's transaction ([`SentPayout`]); one without
+    /// a chain answers `None`.
     fn submit(
         &self,
         proxy_sc: &str,
         signed_payment_boc: Vec<u8>,
         tokens: u64,
-    ) -> BoxFuture<'_, Result<(), String>>;
+    ) -> BoxFuture<'_, Result<Option<SentPayout>, String>>;
+
+    /// Looks for the transaction of the worker contract `sent` names that received the
+    /// payout: `None` while none shows. The default (a sink without a chain) finds none.
+    fn payout_tx<'a>(
+        &'a self,
+        sent: &'a SentPayout,
+    ) -> BoxFuture<'a, Result<Option<PayoutTx>, String>> {
+        let _ = sent;
+        Box::pin(async { Ok(None) })
+    }
+}
+
+/// How to find a payout's transaction on chain: the worker contract, the hash of the
+/// message body the wallet sent it, and the contract's last transaction before it was sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentPayout {
+    /// The worker contract (raw form).
+    pub worker_sc: String,
+    /// Hash of the internal message's body (hex).
+    pub body_hash: String,
+    /// Logical time of the contract's last transaction before the payout (`None`: none).
+    pub after_lt: Option<u64>,
+    /// Hash of that transaction (hex).
+    pub after_hash: Option<String>,
+}
+
+/// The worker contract's transaction that received a payout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PayoutTx {
+    /// Transaction hash (hex).
+    pub hash: String,
+    /// Logical time.
+    pub lt: u64,
+    /// Unix time.
+    pub utime: u64,
+    /// Why it failed on chain (`None`: it went through).
+    pub failed: Option<String>,
 }
 
 /// A worker contract as the chain shows it.

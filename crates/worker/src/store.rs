@@ -10,12 +10,14 @@
 //! total or a lower maximum than the worker holds has lost or rolled back state; the caller
 //! closes the connection so that the next handshake compares balances again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
+
+use crate::payout::{PayoutTx, SentPayout};
 
 /// File name inside the state directory.
 pub(crate) const STATE_FILE: &str = "payments.json";
@@ -64,6 +66,47 @@ impl ProxyRecord {
 struct StateFile {
     version: u32,
     proxies: BTreeMap<String, ProxyRecord>,
+    /// The latest payouts sent, oldest first, at most [`MAX_PAYOUTS`] (none in older files).
+    #[serde(default)]
+    payouts: VecDeque<PayoutEntry>,
+}
+
+/// How many payouts the state file keeps.
+pub(crate) const MAX_PAYOUTS: usize = 64;
+
+/// Where a payout stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PayoutStatus {
+    /// Sent from the wallet; its transaction on the worker contract has not shown yet.
+    Pending,
+    /// The worker contract's transaction received it and went through.
+    Paid,
+    /// Not sent, or refused on chain (see `reason`).
+    Failed,
+}
+
+/// One payout the worker sent (or tried to).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PayoutEntry {
+    /// The proxy contract whose receipt it cashes.
+    pub proxy_sc: String,
+    /// When it was sent (Unix seconds).
+    pub at: u64,
+    /// Cumulative tokens the receipt covers.
+    pub tokens: u64,
+    /// Tokens it pays beyond those already paid.
+    pub new_tokens: u64,
+    /// Their worth, nanoTON (decimal string).
+    pub amount_nanoton: String,
+    /// Where it stands.
+    pub status: PayoutStatus,
+    /// Why it failed.
+    pub reason: Option<String>,
+    /// How to find its transaction (`None`: a sink without a chain, or not sent).
+    pub sent: Option<SentPayout>,
+    /// The worker contract's transaction that received it, once seen.
+    pub tx: Option<PayoutTx>,
 }
 
 /// Why an update was refused.
@@ -146,6 +189,7 @@ impl PaymentStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => StateFile {
                 version: FORMAT_VERSION,
                 proxies: BTreeMap::new(),
+                payouts: VecDeque::new(),
             },
             Err(e) => return Err(io_err(&path, e)),
         };
@@ -306,6 +350,41 @@ impl PaymentStore {
         self.replace(&mut st, proxy_sc, cur, next)
     }
 
+    /// The payouts kept, oldest first.
+    pub fn payouts(&self) -> Vec<PayoutEntry> {
+        self.lock().payouts.iter().cloned().collect()
+    }
+
+    /// Records a payout, dropping the oldest beyond [`MAX_PAYOUTS`].
+    pub fn record_payout(&self, entry: PayoutEntry) -> Result<(), PaymentStoreError> {
+        let mut st = self.lock();
+        st.payouts.push_back(entry);
+        while st.payouts.len() > MAX_PAYOUTS {
+            st.payouts.pop_front();
+        }
+        self.persist(&st)
+    }
+
+    /// Records the transaction of the pending payout whose message body has hash
+    /// `body_hash`: paid, or failed with the chain's reason.
+    pub fn payout_seen(&self, body_hash: &str, tx: PayoutTx) -> Result<(), PaymentStoreError> {
+        let mut st = self.lock();
+        let Some(e) = st.payouts.iter_mut().find(|e| {
+            e.status == PayoutStatus::Pending
+                && e.sent.as_ref().is_some_and(|s| s.body_hash == body_hash)
+        }) else {
+            return Ok(());
+        };
+        e.status = if tx.failed.is_some() {
+            PayoutStatus::Failed
+        } else {
+            PayoutStatus::Paid
+        };
+        e.reason.clone_from(&tx.failed);
+        e.tx = Some(tx);
+        self.persist(&st)
+    }
+
     /// Holds `next` for `proxy_sc` once persisted; on failure `cur` stays held.
     fn replace(
         &self,
@@ -340,6 +419,58 @@ mod tests {
             signed: Some((t, vec![t as u8])),
             ..Observed::default()
         }
+    }
+
+    fn sent(i: usize) -> PayoutEntry {
+        PayoutEntry {
+            proxy_sc: "0:11".into(),
+            at: i as u64,
+            tokens: i as u64,
+            new_tokens: 1,
+            amount_nanoton: "10".into(),
+            status: PayoutStatus::Pending,
+            reason: None,
+            sent: Some(SentPayout {
+                worker_sc: "0:22".into(),
+                body_hash: format!("{i:064x}"),
+                after_lt: None,
+                after_hash: None,
+            }),
+            tx: None,
+        }
+    }
+
+    #[test]
+    fn payouts_are_bounded_durable_and_settled_by_their_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = PaymentStore::open(dir.path()).unwrap();
+        for i in 0..MAX_PAYOUTS + 3 {
+            s.record_payout(sent(i)).unwrap();
+        }
+        let kept = s.payouts();
+        assert_eq!(kept.len(), MAX_PAYOUTS);
+        assert_eq!(kept[0].at, 3, "the oldest went first");
+        let tx = |failed: Option<&str>| PayoutTx {
+            hash: "ab".repeat(32),
+            lt: 7,
+            utime: 9,
+            failed: failed.map(str::to_owned),
+        };
+        s.payout_seen(&format!("{:064x}", 10), tx(None)).unwrap();
+        s.payout_seen(&format!("{:064x}", 11), tx(Some("exit code 1001")))
+            .unwrap();
+        // Unknown or already settled: nothing changes.
+        s.payout_seen(&format!("{:064x}", 1), tx(None)).unwrap();
+        s.payout_seen(&format!("{:064x}", 11), tx(None)).unwrap();
+        drop(s);
+        let s = PaymentStore::open(dir.path()).unwrap();
+        let p = s.payouts();
+        let find = |i: u64| p.iter().find(|e| e.at == i).unwrap();
+        assert_eq!(find(10).status, PayoutStatus::Paid);
+        assert_eq!(find(10).tx.as_ref().unwrap().lt, 7);
+        assert_eq!(find(11).status, PayoutStatus::Failed);
+        assert_eq!(find(11).reason.as_deref(), Some("exit code 1001"));
+        assert_eq!(find(12).status, PayoutStatus::Pending);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! proxy is missing deploys it from that wallet at the handshake and serves; a wallet too
 //! poor to pay for the deployment sends nothing and the session is refused with one line
 //! that says so; a worker contract its proxy's last payout closed is shown closed and gets
-//! no payout from the wallet.
+//! no payout from the wallet; a payout's transaction on the worker contract is found and
+//! shown with it (pending, then paid) on `/jsonstats` and `/stats`.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::sync::Arc;
@@ -14,7 +15,9 @@ use cocoon_testkit::prelude::*;
 use cocoon_ton::chain::{AccountStatus, Chain, Devnet as _};
 use cocoon_ton::wallet::WalletSender;
 use cocoon_ton::{HashBytes, StdAddr, Toncenter};
-use cocoon_worker::{ChainPayoutSink, DEFAULT_ATTACH_NANOTON, DEFAULT_DEPLOY_NANOTON};
+use cocoon_worker::{
+    ChainPayoutSink, DEFAULT_ATTACH_NANOTON, DEFAULT_DEPLOY_NANOTON, PayoutStatus,
+};
 
 /// A proxy on `chain`'s proxy contract (its key and owner), admitting the sim worker.
 async fn proxy(chain: &Chainnet) -> Net {
@@ -112,6 +115,137 @@ async fn a_worker_deploys_its_missing_contract_and_serves() {
     net.wait_workers(1).await;
     assert_eq!(status(&tc, &owner.address).await.1, left);
     w.handle.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payout_shows_the_transaction_of_the_worker_contract_that_received_it() {
+    // A proxy with a ledger whose checkpoints land on the chain, so that it signs receipts.
+    let chain = chainnet().await;
+    let tc = chain.tc.clone();
+    let mut root_cfg = cocoon_ton::chain::load_root_config(&chain.tc, &chain.root)
+        .await
+        .unwrap();
+    root_cfg.worker_hashes = vec![HashBytes(cocoon_attest::sim::sim_image_hash())];
+    root_cfg.model_hashes = vec![cocoon_ton::root::model_hash(MODEL)];
+    let key = Arc::new(chain.proxy_key());
+    let checkpoints = Arc::new(chain.checkpoint_chain());
+    let (_ledger_dir, meter) = ledger_meter(
+        key.clone(),
+        chain.proxy_owner.address.clone(),
+        &root_cfg,
+        &*checkpoints,
+    )
+    .await;
+    let settle_cfg = cocoon_proxy::SettlementConfig {
+        interval: Duration::from_millis(200),
+        urgent_interval: Duration::from_millis(100),
+        min_worker_payout: u128::MAX,
+        ..cocoon_proxy::SettlementConfig::default()
+    };
+    let settle = tokio::spawn(
+        meter
+            .clone()
+            .run_settlement(checkpoints.clone(), settle_cfg),
+    );
+    let c2 = checkpoints.clone();
+    let ticker = tokio::spawn(async move {
+        loop {
+            let _ = c2.tick().await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let (sc, owner_sc) = (
+        chain.proxy.address.clone(),
+        chain.proxy_owner.address.clone(),
+    );
+    let net = start_proxy_with(root_cfg, move |c| {
+        c.signing_key = key;
+        c.proxy_sc = sc;
+        c.owner_address = owner_sc;
+        c.meter = meter;
+    })
+    .await;
+
+    let owner = Party::new(0x75);
+    tc.faucet(&owner.address, 2 * TON).await.unwrap();
+    let contract = net.worker_sc(&owner.address);
+    let sender = WalletSender::new(tc.clone(), owner.wallet.clone(), owner.key.clone()).unwrap();
+    let sink = Arc::new(ChainPayoutSink::new(sender, DEFAULT_ATTACH_NANOTON));
+    sink.spawn_ticker(Duration::from_millis(100));
+    let address = owner.address.to_string();
+    let w = start_worker_with(&net, 0x75, move |c| {
+        c.owner_address = address;
+        c.payout_sink = Some(sink);
+        c.min_payout_nanoton = u128::MAX; // only forced payouts
+        c.admin = Some(admin_config(None));
+    })
+    .await;
+    net.wait_workers(1).await;
+    let client = addr(0x55);
+    net.fund_client(&client, 100_000_000, true);
+    let mut c = TestClient::authorized(&net, &client).await;
+    // Requests until one carries a receipt the checkpoints made signable.
+    let mut signed = false;
+    for _ in 0..40 {
+        c.run(1, "json", 50, 30.0).await;
+        if w.handle
+            .stats()
+            .payments
+            .first()
+            .is_some_and(|p| p.ready_tokens > 0)
+        {
+            signed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(signed, "the worker holds a signed receipt");
+    let r = c.collect().await;
+    assert!(r.error.is_none(), "{:?}", r.error);
+    let ready = w.handle.stats().payments[0].clone();
+    assert_eq!(w.handle.payout_now(), 1);
+
+    eventually("the payout seen on chain", || {
+        w.handle
+            .stats()
+            .payouts
+            .iter()
+            .any(|p| p.status != PayoutStatus::Pending)
+    })
+    .await;
+    let p = w.handle.stats().payouts[0].clone();
+    assert_eq!(p.status, PayoutStatus::Paid, "{p:?}");
+    assert_eq!(
+        (p.new_tokens, p.amount_nanoton.as_str()),
+        (ready.ready_tokens, ready.ready_nanoton.as_str())
+    );
+    let tx = p.tx.clone().unwrap();
+    // The hash shown is the hash of the worker contract's transaction whose inbound
+    // message came from the wallet.
+    let txs = tc.transactions_since(&contract, None, 64).await.unwrap();
+    let on_chain = txs
+        .iter()
+        .find(|t| hex::encode(t.id.hash) == tx.hash)
+        .expect("the transaction shown is one of the worker contract's");
+    assert_eq!(on_chain.id.lt, tx.lt);
+    assert_eq!(
+        on_chain.in_msg.as_ref().unwrap().source.as_ref(),
+        Some(&owner.address)
+    );
+    assert!(!on_chain.outcome().unwrap().unwrap().failed());
+
+    // The same on /jsonstats and the dashboard (the full hash in the title).
+    let admin = format!("http://{}", w.handle.admin_addr().unwrap());
+    let http = reqwest::Client::new();
+    let json: serde_json::Value = get_json(&http, &format!("{admin}/jsonstats")).await;
+    assert_eq!(json["payouts"][0]["status"], "paid");
+    assert_eq!(json["payouts"][0]["tx"]["hash"], tx.hash.as_str());
+    let html = get_text(&http, &format!("{admin}/stats")).await;
+    assert!(html.contains(&format!("title=\"{}\"", tx.hash)), "{html}");
+    cocoon_testkit::http::assert_no_debug_values("the worker's /stats", &html);
+    w.handle.shutdown().await;
+    settle.abort();
+    ticker.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -158,14 +158,8 @@ pub fn line_chart(series: &[Series], opts: &ChartOpts) -> String {
             esc(&(opts.format)(v))
         );
     }
-    for (i, t) in [t0, t0 + (t1 - t0) / 2, t1].into_iter().enumerate() {
+    for (i, t, label) in x_ticks(t0, t1, opts.now) {
         let anchor = ["start", "middle", "end"][i];
-        // The charts end now: the last bucket is the one in progress.
-        let label = if i == 2 || t >= opts.now {
-            "now".to_owned()
-        } else {
-            format!("−{}", fmt::secs(opts.now - t))
-        };
         let _ = write!(
             o,
             "<text class=\"axis\" x=\"{:.1}\" y=\"{}\" text-anchor=\"{anchor}\">{}</text>",
@@ -198,6 +192,34 @@ pub fn line_chart(series: &[Series], opts: &ChartOpts) -> String {
         o.push_str("</p>");
     }
     o
+}
+
+/// The x axis's labels over `[t0, t1]`: (position 0 start, 1 middle, 2 end; time; text).
+/// Three when they read apart; one point (all three would sit on it) or a span too short
+/// for a middle of its own gets only distinct labels, so none overlap or repeat.
+fn x_ticks(t0: u64, t1: u64, now: u64) -> Vec<(usize, u64, String)> {
+    // The charts end now: the last bucket is the one in progress.
+    let label = |i: usize, t: u64| {
+        if i == 2 || t >= now {
+            "now".to_owned()
+        } else {
+            format!("−{}", fmt::secs(now - t))
+        }
+    };
+    if t0 == t1 {
+        return vec![(0, t0, label(if t0 >= now { 2 } else { 0 }, t0))];
+    }
+    let mut ticks = vec![(0, t0, label(0, t0))];
+    let mid = t0 + (t1 - t0) / 2;
+    let (first, last) = (label(0, t0), label(2, t1));
+    let middle = label(1, mid);
+    if mid > t0 && middle != first && middle != last {
+        ticks.push((1, mid, middle));
+    }
+    if last != first {
+        ticks.push((2, t1, last));
+    }
+    ticks
 }
 
 /// A horizontal bar chart: one labelled bar per `(label, value)`, the value written after
@@ -312,6 +334,49 @@ mod tests {
             let (x, y): (f64, f64) = (x.parse().unwrap(), y.parse().unwrap());
             assert!((LEFT..=640.0 - RIGHT).contains(&x) && (TOP..=200.0 - BOTTOM).contains(&y));
         }
+    }
+
+    /// The x axis's labels as (x, text).
+    fn x_labels(svg: &str) -> Vec<(f64, String)> {
+        svg.split("<text class=\"axis\" x=\"")
+            .skip(1)
+            .filter(|t| t.contains(" y=\"192\""))
+            .map(|t| {
+                let x = t.split('"').next().unwrap().parse().unwrap();
+                let text = t.split('>').nth(1).unwrap().split('<').next().unwrap();
+                (x, text.to_owned())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn few_points_get_x_labels_that_do_not_overlap() {
+        let now = 1000;
+        // One point: one label (three would sit on one spot).
+        let one = line_chart(&[Series::new("a", vec![(1000, 1.0)])], &ChartOpts::new(now));
+        assert_eq!(x_labels(&one), vec![(LEFT, "now".to_owned())]);
+        let old = line_chart(&[Series::new("a", vec![(940, 1.0)])], &ChartOpts::new(now));
+        assert_eq!(x_labels(&old), vec![(LEFT, "−1 min".to_owned())]);
+        // Two points a second apart: two labels at the two ends, no middle repeating one.
+        let two = line_chart(
+            &[Series::new("a", vec![(999, 1.0), (1000, 2.0)])],
+            &ChartOpts::new(now),
+        );
+        let l = x_labels(&two);
+        assert_eq!(l.len(), 2, "{l:?}");
+        assert_eq!((l[0].1.as_str(), l[1].1.as_str()), ("−1 s", "now"));
+        assert!(l[1].0 - l[0].0 > 100.0, "{l:?}");
+        // Three points: three distinct labels, apart.
+        let three = line_chart(
+            &[Series::new("a", vec![(998, 1.0), (999, 1.0), (1000, 2.0)])],
+            &ChartOpts::new(now),
+        );
+        let l = x_labels(&three);
+        assert_eq!(
+            l.iter().map(|x| x.1.as_str()).collect::<Vec<_>>(),
+            ["−2 s", "−1 s", "now"]
+        );
+        assert!(l.windows(2).all(|w| w[1].0 - w[0].0 > 100.0), "{l:?}");
     }
 
     #[test]

@@ -211,14 +211,37 @@ impl RootHistory {
     }
 }
 
+/// To whom a proxy contract sent value, told by the message that made it send: a `payout`
+/// on a worker contract's request pays a worker, one on a client contract's request
+/// refunds a client; everything else (commission to the owner, closing, excesses) is other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PaidTo {
+    /// A worker's payout (inbound `worker_proxy_request`, outbound `payout`).
+    Workers,
+    /// A client's refund (inbound `client_proxy_request`, outbound `payout`).
+    Clients,
+    /// Anything else.
+    Other,
+}
+
+/// The opcode a message body starts with.
+fn opcode(body: Option<&Cell>) -> Option<u32> {
+    body?.as_slice().ok()?.load_u32().ok()
+}
+
 /// What a contract paid out (the value of its outgoing messages), over time.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Payouts {
-    /// `(unix time, nanoTON)` per transaction that sent value, oldest first (at most
-    /// [`MAX_PAYOUTS`]).
-    pub events: Vec<(u64, u128)>,
+    /// `(unix time, nanoTON, to whom)` per transaction and kind that sent value, oldest
+    /// first (at most [`MAX_PAYOUTS`]).
+    pub events: Vec<(u64, u128, PaidTo)>,
     /// Everything paid out in the transactions read.
     pub total: u128,
+    /// Of which payouts to workers.
+    pub to_workers: u128,
+    /// Of which refunds to clients.
+    pub to_clients: u128,
     /// Transactions read.
     pub transactions: u64,
     /// The newest transaction read.
@@ -240,18 +263,39 @@ impl Payouts {
             if matches!(tx.outcome(), Ok(Some(o)) if o.aborted) {
                 continue;
             }
-            let paid = tx
-                .out_msgs
-                .iter()
-                .fold(0u128, |a, m| a.saturating_add(m.value));
-            if paid == 0 {
-                continue;
+            let asked_by = match opcode(tx.in_msg.as_ref().and_then(|m| m.body.as_ref())) {
+                Some(op::WORKER_PROXY_REQUEST) => PaidTo::Workers,
+                Some(op::CLIENT_PROXY_REQUEST) => PaidTo::Clients,
+                _ => PaidTo::Other,
+            };
+            let mut by_kind = [0u128; 3];
+            for m in &tx.out_msgs {
+                let to = if opcode(m.body.as_ref()) == Some(op::PAYOUT) {
+                    asked_by
+                } else {
+                    PaidTo::Other
+                };
+                let i = to as usize;
+                by_kind[i] = by_kind[i].saturating_add(m.value);
             }
-            self.total = self.total.saturating_add(paid);
-            if self.events.len() >= MAX_PAYOUTS {
-                self.events.remove(0);
+            for (to, paid) in [PaidTo::Workers, PaidTo::Clients, PaidTo::Other]
+                .into_iter()
+                .zip(by_kind)
+            {
+                if paid == 0 {
+                    continue;
+                }
+                self.total = self.total.saturating_add(paid);
+                match to {
+                    PaidTo::Workers => self.to_workers = self.to_workers.saturating_add(paid),
+                    PaidTo::Clients => self.to_clients = self.to_clients.saturating_add(paid),
+                    PaidTo::Other => {}
+                }
+                if self.events.len() >= MAX_PAYOUTS {
+                    self.events.remove(0);
+                }
+                self.events.push((tx.utime, paid, to));
             }
-            self.events.push((tx.utime, paid));
         }
     }
 
@@ -263,11 +307,19 @@ impl Payouts {
         let mut sum = before;
         self.events
             .iter()
-            .map(|(t, v)| {
+            .map(|(t, v, _)| {
                 sum = sum.saturating_add(*v);
                 (*t, sum as f64)
             })
             .collect()
+    }
+
+    /// The events sent to `to`, `(unix time, nanoTON)`, oldest first.
+    pub fn of(&self, to: PaidTo) -> impl Iterator<Item = (u64, u128)> + '_ {
+        self.events
+            .iter()
+            .filter(move |e| e.2 == to)
+            .map(|e| (e.0, e.1))
     }
 }
 
@@ -410,5 +462,49 @@ mod tests {
         let cum = p.cumulative();
         assert_eq!(cum.first().unwrap().1, 15.0);
         assert_eq!(cum.last().unwrap().1, p.total as f64);
+    }
+
+    #[test]
+    fn payouts_to_workers_and_refunds_to_clients_are_told_apart() {
+        let body = |opcode: u32| {
+            let mut b = cocoon_ton::CellBuilder::new();
+            b.store_u32(opcode).unwrap();
+            b.store_u64(1).unwrap();
+            Some(b.build().unwrap())
+        };
+        let out = |value: u128, opcode: u32| TxMessage {
+            source: None,
+            destination: None,
+            value,
+            body: body(opcode),
+        };
+        let with = |lt: u64, inbound: u32, outs: Vec<TxMessage>| {
+            let mut t = tx(lt, owner(), body(inbound), &[]);
+            t.out_msgs = outs;
+            t
+        };
+        let mut p = Payouts::default();
+        p.apply(&[
+            // A worker's payout, with the excess back to its contract.
+            with(
+                1,
+                op::WORKER_PROXY_REQUEST,
+                vec![out(700, op::PAYOUT), out(5, op::EXCESSES)],
+            ),
+            // A client's refund.
+            with(2, op::CLIENT_PROXY_REQUEST, vec![out(300, op::PAYOUT)]),
+            // The owner's commission.
+            with(3, op::EXT_PROXY_PAYOUT_REQUEST, vec![out(40, op::PAYOUT)]),
+        ]);
+        assert_eq!((p.to_workers, p.to_clients, p.total), (700, 300, 1045));
+        assert_eq!(
+            p.of(PaidTo::Workers).collect::<Vec<_>>(),
+            [(1_700_000_001, 700)]
+        );
+        assert_eq!(
+            p.of(PaidTo::Clients).collect::<Vec<_>>(),
+            [(1_700_000_002, 300)]
+        );
+        assert_eq!(p.of(PaidTo::Other).map(|e| e.1).sum::<u128>(), 45);
     }
 }

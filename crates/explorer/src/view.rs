@@ -16,7 +16,7 @@ use cocoon_webui::series::{History, Span};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::history::{Payouts, RootHistory};
+use crate::history::{PaidTo, Payouts, RootHistory};
 
 /// Longest text kept from a proxy's stats.
 pub const MAX_TEXT: usize = 200;
@@ -213,6 +213,38 @@ struct ModelRow {
 }
 
 impl Snapshot {
+    /// The running total of the value the followed proxy contracts sent to `to` (all of it
+    /// when `None`), after each event in time order, for a chart; what fell out of the kept
+    /// events counts from the start.
+    fn paid_over_time(&self, to: Option<PaidTo>) -> Vec<(u64, f64)> {
+        let mut events: Vec<(u64, u128)> = Vec::new();
+        let mut sum = 0u128;
+        for p in &self.proxies {
+            let q = &p.payouts;
+            let (total, kept): (u128, Vec<(u64, u128)>) = match to {
+                Some(k) => (
+                    match k {
+                        PaidTo::Workers => q.to_workers,
+                        PaidTo::Clients => q.to_clients,
+                        PaidTo::Other => q.total - q.to_workers - q.to_clients,
+                    },
+                    q.of(k).collect(),
+                ),
+                None => (q.total, q.events.iter().map(|e| (e.0, e.1)).collect()),
+            };
+            sum = sum.saturating_add(total.saturating_sub(kept.iter().map(|e| e.1).sum()));
+            events.extend(kept);
+        }
+        events.sort_by_key(|e| e.0);
+        events
+            .into_iter()
+            .map(|(t, v)| {
+                sum = sum.saturating_add(v);
+                (t, sum as f64)
+            })
+            .collect()
+    }
+
     /// An empty snapshot of `root_address` read every `poll_secs` from `endpoints`, following
     /// the proxies whose public stats are at `proxy_urls`.
     pub fn new(
@@ -350,6 +382,8 @@ impl Snapshot {
                     "workers": s.map(|s| s.models.iter().map(|m| u64::from(m.workers)).sum::<u64>()),
                     "adjusted_tokens_total": s.map(|s| s.adjusted_tokens_total),
                     "paid_out": p.payouts.total.to_string(),
+                    "paid_to_workers": p.payouts.to_workers.to_string(),
+                    "refunded_to_clients": p.payouts.to_clients.to_string(),
                 })
             })
             .collect();
@@ -390,6 +424,8 @@ impl Snapshot {
             "history_gaps": self.history.gaps,
             "tokens_served": self.proxies.iter().filter_map(|p| p.stats.data.as_ref()).map(|s| s.adjusted_tokens_total).sum::<u64>(),
             "paid_out": self.proxies.iter().map(|p| p.payouts.total).sum::<u128>().to_string(),
+            "paid_to_workers": self.proxies.iter().map(|p| p.payouts.to_workers).sum::<u128>().to_string(),
+            "refunded_to_clients": self.proxies.iter().map(|p| p.payouts.to_clients).sum::<u128>().to_string(),
         })
     }
 
@@ -417,6 +453,8 @@ impl Snapshot {
             .map(|s| s.adjusted_tokens_total)
             .sum();
         let paid: u128 = self.proxies.iter().map(|p| p.payouts.total).sum();
+        let to_workers: u128 = self.proxies.iter().map(|p| p.payouts.to_workers).sum();
+        let to_clients: u128 = self.proxies.iter().map(|p| p.payouts.to_clients).sum();
         let chain_note = match (&self.root.error, self.root.at) {
             (_, 0) => "never read".to_owned(),
             (Some(e), at) => format!("last read {} ago; then: {e}", fmt::ago(now, at)),
@@ -438,6 +476,12 @@ impl Snapshot {
             Card::new("TON paid out", fmt::ton(paid))
                 .note("sent by the proxy contracts")
                 .id("paid_out"),
+            Card::new("Paid to workers", fmt::ton(to_workers))
+                .note("payouts of worker contracts' requests")
+                .id("paid_to_workers"),
+            Card::new("Refunded to clients", fmt::ton(to_clients))
+                .note("refunds of client contracts' requests")
+                .id("refunded_to_clients"),
             Card::new(
                 "Root version",
                 fmt::or_dash(cfg.map(|c| c.version), |v| v.to_string()),
@@ -607,26 +651,22 @@ impl Snapshot {
 
         // Activity over time.
         let tokens_series = Series::new(TOKENS, self.tokens.points(TOKENS, Span::Minutes, now));
-        let paid_series: Vec<Series> = self
-            .proxies
-            .iter()
-            .filter(|p| !p.payouts.events.is_empty())
-            .map(|p| {
-                let name = p
-                    .stats
-                    .data
-                    .as_ref()
-                    .map_or_else(|| p.url.clone(), |s| fmt::short(&s.proxy_sc, 12));
-                Series::new(&name, p.payouts.cumulative())
-            })
-            .collect();
+        let paid_series: Vec<Series> = [
+            ("payouts to workers", Some(PaidTo::Workers)),
+            ("refunds to clients", Some(PaidTo::Clients)),
+            ("all value sent", None),
+        ]
+        .into_iter()
+        .map(|(name, to)| Series::new(name, self.paid_over_time(to)))
+        .filter(|s| !s.points.is_empty())
+        .collect();
         page.panels(&[
             (
                 "Tokens served (all followed proxies)",
                 chart::line_chart(&[tokens_series], &ChartOpts::new(now)),
             ),
             (
-                "TON sent by the proxy contracts (payouts, refunds)",
+                "TON sent by the proxy contracts: payouts to workers, refunds to clients",
                 chart::line_chart(
                     &paid_series,
                     &ChartOpts::new(now).format(chart::compact_ton),

@@ -1032,6 +1032,7 @@ fn dashboard(d: &DashboardData<'_>) -> Page {
             "stake",
             "tokens charged",
             "latest signed receipt (tokens)",
+            "receipts",
             "proxy db / known tokens",
         ],
     )
@@ -1060,6 +1061,7 @@ fn dashboard(d: &DashboardData<'_>) -> Page {
             Cell::Num(fmt::or_dash(ch, |c| fmt::ton(u128::from(c.stake)))),
             Cell::Num(fmt::or_dash(ch, |c| fmt::tokens(c.tokens_used))),
             Cell::Num(fmt::tokens(i.receipt_tokens)),
+            receipts_cell(i.receipt_tokens, i.bad_receipts),
             Cell::Num(format!(
                 "{} / {}",
                 fmt::tokens(i.db_tokens),
@@ -1135,6 +1137,16 @@ fn dashboard(d: &DashboardData<'_>) -> Page {
     }
     p.table(&t);
     p
+}
+
+/// Whether a proxy's receipts checked out: every one verified (against its key, our
+/// contract and the totals), how many were refused, or none held yet.
+fn receipts_cell(receipt_tokens: u64, bad_receipts: u64) -> Cell {
+    match (bad_receipts, receipt_tokens) {
+        (0, 0) => Cell::Text("none yet".into()),
+        (0, _) => Cell::Badge(Tone::Good, "verified".into()),
+        (n, _) => Cell::Badge(Tone::Bad, format!("{} refused", fmt::thousands(n))),
+    }
 }
 
 fn metrics(shared: &Shared) -> Prometheus {

@@ -500,6 +500,8 @@ fn dashboards_in_chromium(dir: &Path, api: &str) {
             b.screenshot(&shots.join(format!("{role}-{width}.png")));
         }
     }
+    client_channel_and_requests_in_chromium(&mut b, api);
+    proxy_ledger_in_chromium(&mut b, &pages[1].1);
     // The worker's switch from its page: the token typed in, Disable, then Enable.
     let token = std::fs::read_to_string(dir.join("worker-1/admin-token")).unwrap();
     b.open(&format!("{worker}/stats"), 1280);
@@ -548,6 +550,91 @@ fn dashboards_in_chromium(dir: &Path, api: &str) {
         t.elapsed(),
         shots.display()
     );
+}
+
+/// The client's page shows its payment channel with each proxy (balance, stake, the latest
+/// signed receipt and whether its receipts verified) and its recent requests (cost,
+/// latency, receipt) as `/jsonstats` reports them. Read after the traffic, so the figures
+/// hold still.
+fn client_channel_and_requests_in_chromium(b: &mut common::cdp::Browser, api: &str) {
+    use cocoon_webui::fmt;
+    b.open(&format!("{api}/stats"), 1280);
+    let stats = get_json(&format!("{api}/jsonstats")).unwrap();
+    let cell = |b: &mut common::cdp::Browser, table: &str, row: usize, col: usize| {
+        b.eval(&format!(
+            "document.querySelector('#{table} tbody tr:nth-child({row}) td:nth-child({col})').textContent"
+        ))
+        .as_str()
+        .unwrap()
+        .to_owned()
+    };
+    let p = &stats["proxies"][0];
+    let dash = || "–".to_owned();
+    let nano = |v: &serde_json::Value| u128::from(v.as_u64().unwrap());
+    let ch = &p["channel"];
+    let (balance, stake) = if ch.is_null() {
+        (dash(), dash())
+    } else {
+        (fmt::ton(nano(&ch["balance"])), fmt::ton(nano(&ch["stake"])))
+    };
+    assert_eq!(cell(b, "channels", 1, 4), balance, "channel balance: {p}");
+    assert_eq!(cell(b, "channels", 1, 5), stake, "channel stake: {p}");
+    // The latest signed receipt (none until the proxy's first checkpoint lands) and that
+    // none was refused.
+    let receipt = p["receipt_tokens"].as_u64().unwrap();
+    assert_eq!(cell(b, "channels", 1, 7), fmt::tokens(receipt));
+    assert_eq!(p["bad_receipts"], 0, "{p}");
+    let verdict = if receipt == 0 { "none yet" } else { "verified" };
+    assert_eq!(cell(b, "channels", 1, 8), verdict);
+    // The newest request is the first row.
+    let recent = stats["recent"].as_array().unwrap();
+    let r = recent.last().expect("recent requests");
+    assert_eq!(
+        cell(b, "recent", 1, 5),
+        fmt::ton(nano(&r["cost_nanoton"])),
+        "{r}"
+    );
+    assert_eq!(
+        cell(b, "recent", 1, 6),
+        fmt::millis(r["latency_ms"].as_u64().unwrap())
+    );
+    let receipt_id = r["receipt_id"].as_str().map(str::to_owned);
+    let shown = b.eval(
+        "(document.querySelector('#recent tbody tr:nth-child(1) td:nth-child(8) a') || {}).title || ''",
+    );
+    assert_eq!(
+        shown.as_str(),
+        Some(receipt_id.unwrap_or_default().as_str()),
+        "{r}"
+    );
+}
+
+/// The proxy's page shows its ledger (commission, checkpoints, frozen accounts, each
+/// account's last receipt) and its refused handshakes as `/jsonstats` reports them.
+fn proxy_ledger_in_chromium(b: &mut common::cdp::Browser, proxy: &str) {
+    use cocoon_webui::fmt;
+    b.open(&format!("{proxy}/stats"), 1280);
+    let stats = get_json(&format!("{proxy}/jsonstats")).unwrap();
+    let l = &stats["ledger"];
+    assert!(l.is_object(), "cocoon up's proxy keeps a ledger: {stats}");
+    let shown = b.eval("document.querySelector('[data-figure=\"commission\"]').textContent");
+    assert_eq!(
+        shown.as_str(),
+        Some(fmt::ton(u128::from(l["commission_nanoton"].as_u64().unwrap())).as_str())
+    );
+    let rows = |b: &mut common::cdp::Browser, id: &str| {
+        b.eval(&format!(
+            "document.querySelectorAll('#{id} tbody tr').length"
+        ))
+        .as_u64()
+        .unwrap()
+    };
+    let frozen = l["frozen"].as_array().unwrap().len() as u64;
+    // An empty table shows a line saying so, no rows.
+    assert_eq!(rows(b, "frozen"), frozen);
+    assert!(rows(b, "accounts") >= 1, "the ledger's accounts are listed");
+    let refusals = stats["refusals"].as_array().unwrap().len() as u64;
+    assert_eq!(rows(b, "refusals"), refusals);
 }
 
 /// Issue 21 §4 on `cocoon up`: the official openai SDK (`COCOON_OPENAI_PYTHON`) calls
@@ -2141,6 +2228,20 @@ fn the_explorer_of_a_live_up_in_chromium() {
             "{proxy_cells}"
         );
         assert!(proxy_cells[1].as_str().unwrap().starts_with("live"));
+        // TON sent by the proxy contracts, split into workers' payouts and clients' refunds,
+        // as /api/network reads them from the chain (read again: the chain moves on).
+        let net = get_json(&format!("{explorer}/api/network")).unwrap();
+        for figure in ["paid_out", "paid_to_workers", "refunded_to_clients"] {
+            let want: u128 = net[figure].as_str().unwrap().parse().unwrap();
+            let shown = b.eval(&format!(
+                "document.querySelector('[data-figure=\"{figure}\"]').textContent"
+            ));
+            assert_eq!(
+                shown.as_str().unwrap().replace('\u{202f}', ""),
+                cocoon_webui_ton(want),
+                "{figure} on the page"
+            );
+        }
         let (scroll, inner) = (
             b.eval("document.documentElement.scrollWidth"),
             b.eval("window.innerWidth"),

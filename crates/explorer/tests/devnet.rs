@@ -4,7 +4,7 @@
 //! URLs refuse connections, accept and never answer, or answer 1 MiB. The explorer's JSON and page show the root's prices per 1M tokens,
 //! the price history with old and new values since the deployment, the proxy with its TEE,
 //! image, workers and capacity, the unreachable one as such, and the allowlisted hashes with
-//! what each is.
+//! what each is; a worker's payout the proxy contract sent counts as paid to workers.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::sync::Arc;
@@ -226,4 +226,88 @@ async fn the_explorer_shows_the_devnet_root_its_history_and_a_live_proxy() {
         .await
         .unwrap()
         .unwrap();
+}
+
+/// The split of what a proxy contract sent, on the real contracts: a worker contract of the
+/// chain's proxy is deployed with a proxy-signed payout in the same message, the worker
+/// contract asks the proxy contract to pay, and the explorer's reading of the proxy
+/// contract's transactions counts that payout as paid to workers, to the nanoton of the
+/// `payout` the worker's owner received, and nothing as refunded to clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workers_payout_from_the_proxy_contract_counts_as_paid_to_workers() {
+    use cocoon_explorer::history::{PaidTo, Payouts};
+    use cocoon_testkit::devnet::{PAYOUT_OP, Party, chainnet};
+    use cocoon_ton::chain::{Chain, Devnet as _};
+    use cocoon_ton::payments::{PaymentPayload, SignedOp};
+    let chain = chainnet().await;
+    let tc = chain.tc.clone();
+    let root_cfg = cocoon_ton::chain::load_root_config(&tc, &chain.root)
+        .await
+        .unwrap();
+    let owner = Party::new(0x76);
+    let contract = cocoon_ton::contracts::worker_contract(
+        &root_cfg.params,
+        &owner.address,
+        &chain.proxy.address,
+        &HashBytes(chain.proxy_key().public_key()),
+    )
+    .unwrap();
+    let before = tc
+        .account_state(&chain.proxy.address)
+        .await
+        .unwrap()
+        .last_tx;
+    let payout = PaymentPayload {
+        op: SignedOp::WorkerPayout,
+        query_id: 1,
+        tokens: Some(1_000),
+        contract: contract.address.clone(),
+    }
+    .sign(&chain.proxy_key(), &owner.address)
+    .unwrap();
+    let mut sender = Party::new(0x77);
+    tc.faucet(&sender.address, 2 * TON).await.unwrap();
+    sender
+        .send(
+            &tc,
+            &contract.address,
+            7 * TON / 10,
+            payout.to_cell().unwrap(),
+            Some(contract.state_init().unwrap()),
+        )
+        .await;
+    // The owner's payout from the proxy contract.
+    let mut received = 0u128;
+    for _ in 0..100 {
+        let txs = tc
+            .transactions_since(&owner.address, None, 16)
+            .await
+            .unwrap_or_default();
+        received = txs
+            .iter()
+            .filter_map(|t| t.in_msg.as_ref())
+            .filter(|m| m.source.as_ref() == Some(&chain.proxy.address))
+            .filter(|m| {
+                m.body
+                    .as_ref()
+                    .and_then(|b| b.as_slice().ok()?.load_u32().ok())
+                    == Some(PAYOUT_OP)
+            })
+            .map(|m| m.value)
+            .sum();
+        if received > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(received > 0, "the proxy contract paid the worker's owner");
+    let txs = tc
+        .transactions_since(&chain.proxy.address, before.as_ref(), 64)
+        .await
+        .unwrap();
+    let mut p = Payouts::default();
+    p.apply(&txs);
+    assert_eq!(p.to_workers, received, "{:?}", p.events);
+    assert_eq!(p.to_clients, 0);
+    assert!(p.of(PaidTo::Workers).count() == 1, "{:?}", p.events);
 }

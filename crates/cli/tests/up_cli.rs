@@ -920,7 +920,7 @@ fn up_serves_a_burst_of_64_requests_on_one_worker() {
 
     // The same network again with a proxy queue of 4: of 16 at once, the 4 slots and the 4
     // places serve 8, the rest get 429 with Retry-After (and nothing fails otherwise); with
-    // the SDK's default retries all 16 succeed.
+    // the SDK's own retries (max_retries 6) all 16 succeed.
     let queue = [("COCOON_PROXY_QUEUE_MAX_PER_MODEL", "4")];
     let (mut up, _) = Up::start_with_env(&dir, port, &[], &queue);
     let saved: serde_json::Value =

@@ -3,19 +3,22 @@
 //! ```sh
 //! bench/network/setup-litellm          # once, for path (c): target/litellm-venv
 //! cargo run --release -p cocoon-bench-network -- [--streams 30] [--requests 3000] \
-//!     [--warmup 200] [--single 200] [--litellm-venv DIR] [--litellm-workers CPUS] [--serve]
+//!     [--warmup 200] [--single 200] [--rounds 5] [--litellm-venv DIR] [--litellm-workers CPUS] \
+//!     [--serve]
 //! ```
 //!
 //! A fake OpenAI engine streams 50 SSE chunks of 128 bytes (then the usage and `[DONE]`).
 //! 30 concurrent clients send streamed chat completions (`"stream": true`), `--requests` per
-//! path, one path after the other:
+//! path; the paths take turns, `--rounds` rounds of `--requests`/rounds each (so that a change
+//! in a shared machine's load falls on all paths alike):
 //! (a) straight to the engine over HTTP;
 //! (b) over HTTP to a `cocoon-client` gateway (its own process) → the proxy (its own
-//!     process, SQLite ledger) → a `cocoon-worker` → the same engine;
+//!     process, SQLite ledger) → a `cocoon-worker` (its own process) → the same engine;
 //! (c) over HTTP to LiteLLM's proxy (its own processes: one uvicorn worker per CPU unless
 //!     `--litellm-workers`; one model `openai/Bench` whose `api_base` is the engine), if its
 //!     venv exists; otherwise it says how to make one and skips (c).
-//! Then `--single` requests per path one at a time (latency without queueing). Each
+//! In each round, after its concurrent requests, a path gets its share of `--single`
+//! requests one at a time (latency without queueing). Each
 //! answer's content chunks are counted; fewer than 50, or no `[DONE]`, is an error.
 //! Printed per path: requests/s, time to the first content chunk and to the end of the
 //! answer (p50, p99), errors; then what (b) and (c) add over (a), and each process's CPU time
@@ -24,8 +27,9 @@
 //! `--serve` starts the three paths, prints their URLs and waits (for other load tools or
 //! curl) instead of measuring.
 //!
-//! The child roles are this executable: `node DIR` (the proxy, from `cocoon-bench-proxy`)
-//! and `gateway PROXY` (the client gateway); each prints its address and serves until killed.
+//! The child roles are this executable: `node DIR` (the proxy, from `cocoon-bench-proxy`),
+//! `gateway PROXY` (the client gateway) and `worker PROXY ENGINE DIR`; each prints its
+//! address (the worker: `ready`) and serves until killed.
 
 #![forbid(unsafe_code)]
 
@@ -50,6 +54,14 @@ fn main() {
     }
     if args.first().map(String::as_str) == Some("gateway") {
         gateway(args.get(1).expect("gateway PROXY_CLIENT_ADDR"));
+        return;
+    }
+    if args.first().map(String::as_str) == Some("worker") {
+        worker(
+            args.get(1).expect("worker PROXY_WORKER_ADDR ENGINE DIR"),
+            args.get(2).expect("worker PROXY_WORKER_ADDR ENGINE DIR"),
+            Path::new(args.get(3).expect("worker PROXY_WORKER_ADDR ENGINE DIR")),
+        );
         return;
     }
     run(&args);
@@ -80,6 +92,22 @@ fn gateway(proxy: &str) {
             c.proxies()
         );
         println!("url http://{}", c.api_addr().expect("api addr"));
+        std::future::pending::<()>().await;
+    });
+}
+
+// ------------------------------------------------------------------ the worker (child)
+
+/// `worker PROXY ENGINE DIR`: a `cocoon-worker` (HTTP engine backend at ENGINE, state in
+/// DIR) connected to the proxy's worker port PROXY; prints `ready` once its session is
+/// ready, serves until killed. Its own process, so that its CPU time is its own.
+fn worker(proxy: &str, engine: &str, dir: &Path) {
+    cocoon_bench_proxy::exit_with_parent();
+    let rt = cocoon_bench_proxy::runtime();
+    rt.block_on(async {
+        let w = start_worker(proxy, engine, 64, dir).await;
+        wait_ready(&w).await;
+        println!("ready");
         std::future::pending::<()>().await;
     });
 }
@@ -230,54 +258,73 @@ fn loadavg() -> String {
 
 // ------------------------------------------------------------------ the run
 
-/// What one path measured.
+/// What one path measured, summed over the rounds.
 struct Measured {
     name: &'static str,
-    /// The concurrent run: latencies and wall time, s.
+    url: String,
+    /// The processes whose CPU time is sampled during the concurrent runs.
+    procs: Vec<Proc>,
+    /// The concurrent runs: latencies and wall time, s.
     lat: Lat,
     wall: f64,
-    /// CPU seconds of each watched process during the concurrent run.
+    /// CPU seconds of each watched process during the concurrent runs.
     cpu: Vec<(&'static str, f64)>,
-    /// The same one request at a time, if asked for.
-    single: Option<(Lat, f64)>,
+    /// The same one request at a time: latencies and wall time, s.
+    single: Lat,
+    single_wall: f64,
 }
 
 /// A process to watch: its label, its id, and whether its descendants count.
 type Proc = (&'static str, u32, bool);
 
-/// Sizes of one path's runs.
+/// Sizes of the runs.
 #[derive(Clone, Copy)]
 struct Plan {
     streams: usize,
     warmup: usize,
     requests: usize,
     single: usize,
+    rounds: usize,
 }
 
-/// `plan.warmup` requests, then `plan.requests` from `plan.streams` concurrent clients
-/// (sampling the CPU time of `procs`), then `plan.single` one at a time.
-async fn measure(name: &'static str, url: &str, plan: Plan, procs: &[Proc]) -> Measured {
-    if plan.warmup > 0 {
-        let _ = http_streams(url, plan.streams, plan.warmup).await;
+fn merge(into: &mut Lat, l: Lat) {
+    into.ttfb.extend(l.ttfb);
+    into.total.extend(l.total);
+    into.errors += l.errors;
+    if into.first_error.is_none() {
+        into.first_error = l.first_error;
     }
-    let before: Vec<f64> = procs.iter().map(|&(_, p, c)| usage(p, c).0).collect();
-    let (lat, wall) = http_streams(url, plan.streams, plan.requests).await;
-    let cpu = procs
-        .iter()
-        .zip(before)
-        .map(|(&(n, p, c), b)| (n, usage(p, c).0 - b))
-        .collect();
-    let single = if plan.single > 0 {
-        Some(http_streams(url, 1, plan.single).await)
-    } else {
-        None
-    };
-    Measured {
-        name,
-        lat,
-        wall,
-        cpu,
-        single,
+}
+
+impl Measured {
+    fn new(name: &'static str, url: String, procs: Vec<Proc>) -> Measured {
+        Measured {
+            name,
+            url,
+            cpu: procs.iter().map(|&(n, _, _)| (n, 0.0)).collect(),
+            procs,
+            lat: Lat::default(),
+            wall: 0.0,
+            single: Lat::default(),
+            single_wall: 0.0,
+        }
+    }
+
+    /// One round: `n` requests from `streams` concurrent clients (sampling the CPU time of
+    /// the watched processes), then `single` one at a time.
+    async fn round(&mut self, streams: usize, n: usize, single: usize) {
+        let before: Vec<f64> = self.procs.iter().map(|&(_, p, c)| usage(p, c).0).collect();
+        let (lat, wall) = http_streams(&self.url, streams, n).await;
+        for ((&(_, p, c), b), acc) in self.procs.iter().zip(before).zip(self.cpu.iter_mut()) {
+            acc.1 += usage(p, c).0 - b;
+        }
+        merge(&mut self.lat, lat);
+        self.wall += wall;
+        if single > 0 {
+            let (lat, wall) = http_streams(&self.url, 1, single).await;
+            merge(&mut self.single, lat);
+            self.single_wall += wall;
+        }
     }
 }
 
@@ -349,6 +396,7 @@ fn run(args: &[String]) {
         requests: arg(args, "--requests", 3000),
         warmup: arg(args, "--warmup", 200),
         single: arg(args, "--single", 200),
+        rounds: arg(args, "--rounds", 5usize).max(1),
     };
     let litellm_workers: usize = arg(args, "--litellm-workers", cpus);
     let venv: PathBuf = arg(
@@ -367,16 +415,23 @@ fn run(args: &[String]) {
         loadavg(),
     );
     println!(
-        "workload: a fake engine streams {CHUNKS} chunks x {CHUNK_BYTES} B (+ usage, [DONE]) per answer; streamed chat completions, {} concurrent, {} per path after {} to warm up; then {} one at a time",
-        plan.streams, plan.requests, plan.warmup, plan.single
+        "workload: a fake engine streams {CHUNKS} chunks x {CHUNK_BYTES} B (+ usage, [DONE]) per answer; streamed chat completions, {} concurrent, {} per path after {} to warm up, and {} one at a time; the paths take turns in {} rounds",
+        plan.streams, plan.requests, plan.warmup, plan.single, plan.rounds
     );
     let rt = cocoon_bench_proxy::runtime();
     let me = std::process::id();
     rt.block_on(async {
         let engine = fake_engine(Duration::ZERO).await;
         let node = Node::start(tmp.join("node"));
-        let w = start_worker(&node.worker_addr, &engine, 64, &tmp.join("worker")).await;
-        wait_ready(&w).await;
+        let worker_dir = tmp.join("worker");
+        let (wk, line) = spawn_self(&[
+            "worker",
+            &node.worker_addr,
+            &engine,
+            &worker_dir.display().to_string(),
+        ]);
+        let wk = Kid(wk);
+        assert_eq!(line.trim(), "ready", "worker did not start: {line:?}");
         let (gw, line) = spawn_self(&["gateway", &node.client_addr]);
         let gw = Kid(gw);
         let gateway = line
@@ -416,35 +471,42 @@ fn run(args: &[String]) {
         }
 
         let mut paths = vec![
-            measure(
+            Measured::new(
                 "(a) direct to the engine",
-                &format!("{engine}/v1/chat/completions"),
-                plan,
-                &[("bench", me, false)],
-            )
-            .await,
-            measure(
+                format!("{engine}/v1/chat/completions"),
+                vec![("bench", me, false)],
+            ),
+            Measured::new(
                 "(b) gateway→proxy→worker",
-                &format!("{gateway}/v1/chat/completions"),
-                plan,
-                &[
+                format!("{gateway}/v1/chat/completions"),
+                vec![
                     ("bench", me, false),
                     ("gateway", gw.0.id(), false),
                     ("proxy", node.kid.0.id(), false),
+                    ("worker", wk.0.id(), false),
                 ],
-            )
-            .await,
+            ),
         ];
         if let Some(l) = &litellm {
-            paths.push(
-                measure(
-                    "(c) LiteLLM proxy",
-                    &format!("{}/v1/chat/completions", l.url),
-                    plan,
-                    &[("bench", me, false), ("LiteLLM", l.kid.0.id(), true)],
-                )
-                .await,
-            );
+            paths.push(Measured::new(
+                "(c) LiteLLM proxy",
+                format!("{}/v1/chat/completions", l.url),
+                vec![("bench", me, false), ("LiteLLM", l.kid.0.id(), true)],
+            ));
+        }
+        for p in &paths {
+            if plan.warmup > 0 {
+                let _ = http_streams(&p.url, plan.streams, plan.warmup).await;
+            }
+        }
+        // The paths take turns, round after round, so that a change in the machine's load
+        // (other work on the shared cores) falls on all of them alike.
+        for r in 0..plan.rounds {
+            let n = plan.requests / plan.rounds + usize::from(r < plan.requests % plan.rounds);
+            let s = plan.single / plan.rounds + usize::from(r < plan.single % plan.rounds);
+            for p in paths.iter_mut() {
+                p.round(plan.streams, n, s).await;
+            }
         }
 
         let mut rows: Vec<(&str, &mut Lat, f64)> = paths
@@ -458,10 +520,7 @@ fn run(args: &[String]) {
         if plan.single > 0 {
             let mut rows: Vec<(&str, &mut Lat, f64)> = paths
                 .iter_mut()
-                .filter_map(|p| {
-                    let name = p.name;
-                    p.single.as_mut().map(|(l, w)| (name, l, *w))
-                })
+                .map(|p| (p.name, &mut p.single, p.single_wall))
                 .collect();
             print_table(
                 &format!("one request at a time, {} requests:", plan.single),
@@ -470,7 +529,7 @@ fn run(args: &[String]) {
         }
         println!();
         println!(
-            "CPU time per request during the concurrent run, ms (bench = load generator + engine + the worker for (b)):"
+            "CPU time per request during the concurrent runs, ms (bench = load generator + engine; the worker in its own process):"
         );
         for p in &paths {
             let parts: Vec<String> = p
@@ -484,6 +543,7 @@ fn run(args: &[String]) {
             ("bench", usage(me, false).1),
             ("gateway", usage(gw.0.id(), false).1),
             ("proxy", usage(node.kid.0.id(), false).1),
+            ("worker", usage(wk.0.id(), false).1),
         ];
         if let Some(l) = &litellm {
             rss.push(("LiteLLM", usage(l.kid.0.id(), true).1));
@@ -499,12 +559,9 @@ fn run(args: &[String]) {
             .map(|(n, k)| format!("{n} {:.1}", *k as f64 / 1024.0))
             .collect();
         println!("  {}", parts.join(", "));
-        if let Some(e) = w.stats().proxies.iter().find_map(|p| p.last_error.clone()) {
-            println!("  worker's last session error: {e}");
-        }
         println!("load average {} at the end", loadavg());
-        w.shutdown().await;
         drop(litellm);
+        drop(wk);
         drop(gw);
         drop(node);
     });

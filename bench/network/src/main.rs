@@ -390,6 +390,10 @@ impl Drop for LiteLlm {
 }
 
 fn run(args: &[String]) {
+    // The load generator's reqwest clients need rustls' process-wide provider (the worker,
+    // which installed it when it ran in this process, now runs in its own).
+    let _ =
+        rustls::crypto::CryptoProvider::install_default(rustls::crypto::ring::default_provider());
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let plan = Plan {
         streams: arg(args, "--streams", 30),

@@ -304,8 +304,26 @@ where
         )
         .route(
             "/metrics",
-            get(|State(r): State<Arc<R>>| async move { r.metrics_text().into_response() }),
+            get(|State(r): State<Arc<R>>| async move {
+                let mut m = r.metrics_text();
+                runtime_metrics(&mut m);
+                m.into_response()
+            }),
         )
+}
+
+/// The process's runtime figures every role's `/metrics` ends with: `cocoon_tasks`, the
+/// tokio tasks alive in the runtime serving the request (what a leak of spawned tasks
+/// shows in; the soak in `bench/soak` samples it).
+fn runtime_metrics(m: &mut Prometheus) {
+    if let Ok(h) = tokio::runtime::Handle::try_current() {
+        m.single(
+            "cocoon_tasks",
+            "gauge",
+            "Tokio tasks alive in this process's runtime.",
+            h.metrics().num_alive_tasks(),
+        );
+    }
 }
 
 /// An admin server's routes: the stats pages and the POST switches `{prefix}/enable` and
@@ -508,5 +526,34 @@ mod tests {
             m.text(),
             "# HELP x_total X.\n# TYPE x_total counter\nx_total 3\n# HELP y Y.\n# TYPE y gauge\ny{m=\"a\\\"b\\\\c\"} 1\n"
         );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn metrics_count_the_tasks_alive() {
+        let tasks = || {
+            let mut m = Prometheus::new();
+            runtime_metrics(&mut m);
+            let line = m
+                .text()
+                .lines()
+                .find(|l| l.starts_with("cocoon_tasks "))
+                .map(str::to_owned);
+            line.and_then(|l| l["cocoon_tasks ".len()..].parse::<usize>().ok())
+                .expect("a cocoon_tasks sample")
+        };
+        let before = tasks();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let held = tokio::spawn(async move {
+            let _ = rx.await;
+        });
+        assert_eq!(tasks(), before + 1);
+        drop(tx);
+        held.await.unwrap();
+        assert_eq!(tasks(), before);
+        // Outside a runtime there is nothing to count, and nothing is written.
+        let mut m = Prometheus::new();
+        std::thread::spawn(move || runtime_metrics(&mut m))
+            .join()
+            .unwrap();
     }
 }

@@ -34,7 +34,15 @@ use cocoon_ton::payments::{SignedOp, SignedPayment};
 use futures::future::BoxFuture;
 use rand::{Rng, SeedableRng};
 
-const CYCLES: usize = 50;
+/// Kills per run: `COCOON_CRASH_KILLS`, 50 when unset (the CI size; a long run outside CI
+/// sets 1000).
+fn kills() -> usize {
+    std::env::var("COCOON_CRASH_KILLS")
+        .ok()
+        .and_then(|k| k.parse().ok())
+        .filter(|k| *k > 0)
+        .unwrap_or(50)
+}
 const STREAMS: usize = 4;
 
 /// `save_state` records in an append-only file, fsynced: the chain outlives the process.
@@ -338,8 +346,9 @@ fn sigkill_at_random_points_loses_and_doubles_nothing() {
     .address;
     let mut told = Told::default();
     let mut next_id = 0u64;
+    let cycles = kills();
     let started = Instant::now();
-    for cycle in 0..CYCLES {
+    for cycle in 0..cycles {
         let mut child = spawn_child(&dir, cycle);
         let addr = wait_ready(&dir, &mut child, cycle);
         let kill_after = Duration::from_millis(rng.random_range(20..400));
@@ -383,7 +392,7 @@ fn sigkill_at_random_points_loses_and_doubles_nothing() {
         println!("first refusal: {e:?}");
     }
     println!(
-        "{CYCLES} kills in {elapsed:?}: {answered} answered, {} refused, {} cut, {} kills mid-stream, ledger {} tokens ({per} per request), {} receipts up to {:?}",
+        "{cycles} kills in {elapsed:?}: {answered} answered, {} refused, {} cut, {} kills mid-stream, ledger {} tokens ({per} per request), {} receipts up to {:?}",
         told.errors.len(),
         told.cut,
         told.cycles_mid_stream,
@@ -414,7 +423,7 @@ fn sigkill_at_random_points_loses_and_doubles_nothing() {
         "checkpoints were confirmed during the run"
     );
     assert!(
-        told.cycles_mid_stream >= CYCLES / 2,
+        told.cycles_mid_stream >= cycles / 2,
         "most kills hit running streams"
     );
     assert!(meter.audit().is_empty(), "{:?}", meter.audit());

@@ -431,3 +431,262 @@ fn sigkill_at_random_points_loses_and_doubles_nothing() {
     let t = meter.totals();
     assert_eq!(t.client_tokens, t.worker_tokens);
 }
+
+/// The worker child: a worker (owner `addr(0x41)`) with its own fake engine, dialling the
+/// proxy at `COCOON_CRASH_WORKER_OF`, until killed. Does nothing when that is unset.
+#[test]
+fn crash_worker_child() {
+    let Ok(proxy) = std::env::var("COCOON_CRASH_WORKER_OF") else {
+        return;
+    };
+    let dir = PathBuf::from(std::env::var("COCOON_CRASH_WORKER_DIR").unwrap());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .with_writer(std::io::stderr)
+        .try_init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let (base, _engine) = fake_engine().await;
+        let mut cfg = worker_config(&proxy, &base, &dir);
+        cfg.owner_address = addr(0x41).to_string();
+        cfg.contract_params = Some(root(1, true, true).params);
+        cfg.tokenizer = Some(Arc::new(Words));
+        let _worker = cocoon_worker::Worker::start(cfg).await.unwrap();
+        futures::future::pending::<()>().await;
+    });
+}
+
+/// A child process killed (and reaped) when dropped, also when the test fails.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Content chunks of the fake engine's `stream` mode in `bytes` (one word each).
+fn words_in(bytes: &[u8]) -> u64 {
+    let needle = b"\"content\":\"w";
+    bytes.windows(needle.len()).filter(|w| w == needle).count() as u64
+}
+
+/// One request as the client saw it: words received, and the final usage (total,
+/// completion) with the error if it ended in one.
+#[derive(Default)]
+struct Seen {
+    words: u64,
+    usage: Option<(u64, u64)>,
+    error: Option<(i32, String)>,
+}
+
+/// The proxy (in this process, on its SQLite ledger) serves a client (in this process)
+/// while its only worker, a child process, is killed with SIGKILL at a random moment of the
+/// client's streams and started again, `COCOON_CRASH_KILLS` times (8 when unset). Each
+/// stream the kill cuts ends for the client with an error carrying usage, billed at most
+/// what reached the client (the tokens the worker reported up to the cut); the ledger holds
+/// exactly what the client was told, the worker is credited exactly what clients were
+/// charged, receipts verify and never decrease, and no account is frozen.
+#[test]
+fn worker_killed_mid_stream_bills_at_most_what_reached_the_client() {
+    if std::env::var("COCOON_CRASH_DIR").is_ok() || std::env::var("COCOON_CRASH_WORKER_OF").is_ok()
+    {
+        return;
+    }
+    let cycles = std::env::var("COCOON_CRASH_KILLS")
+        .ok()
+        .and_then(|k| k.parse().ok())
+        .filter(|k: &usize| *k > 0)
+        .unwrap_or(8);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_owned();
+    let seed: u64 = std::env::var("COCOON_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("seed {seed} (COCOON_CRASH_SEED reproduces the kill times)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    rt.block_on(async move {
+        let chain = Arc::new(FileChain(dir.join("chain.txt")));
+        let meter = open_meter(&dir, &chain).await;
+        let cfg = SettlementConfig {
+            interval: Duration::from_millis(25),
+            resend_after: Duration::from_millis(200),
+            min_client_charge: u128::MAX,
+            min_worker_payout: u128::MAX,
+            ..SettlementConfig::default()
+        };
+        tokio::spawn(meter.clone().run_settlement(chain, cfg));
+        let m = meter.clone();
+        let net = start_proxy_with(root(1, true, true), move |c| c.meter = m).await;
+        let sc = net.fund_client(&addr(0x51), 1_000_000_000_000, true);
+        let (mut c, _auth) =
+            TestClient::authorized_at(&net.proxy.client_addr().to_string(), &addr(0x51)).await;
+        let worker_of = net.proxy.worker_addr().to_string();
+        let mut seen: std::collections::HashMap<[u8; 32], Seen> = Default::default();
+        let mut receipts: Vec<u64> = Vec::new();
+        let mut max_db = 0u64;
+        let mut next_id = 0u64;
+        let mut mid_stream = 0usize;
+        for cycle in 0..cycles {
+            let log = std::fs::File::create(dir.join(format!("worker-{cycle}.log"))).unwrap();
+            let mut child = KillOnDrop(
+                Command::new(std::env::current_exe().unwrap())
+                .args(["crash_worker_child", "--exact", "--nocapture", "--test-threads=1"])
+                .env("COCOON_CRASH_WORKER_OF", &worker_of)
+                .env("COCOON_CRASH_WORKER_DIR", dir.join("worker"))
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+            );
+            net.wait_workers(1).await;
+            let mut open = std::collections::HashSet::new();
+            let start = |open: &mut std::collections::HashSet<[u8; 32]>, next_id: &mut u64| {
+                *next_id += 1;
+                let mut rid = [0u8; 32];
+                rid[..8].copy_from_slice(&next_id.to_be_bytes());
+                open.insert(rid);
+                rid
+            };
+            for _ in 0..STREAMS {
+                let rid = start(&mut open, &mut next_id);
+                c.run_id(rid, "stream", 200, 30.0).await;
+            }
+            let deadline =
+                tokio::time::Instant::now() + Duration::from_millis(rng.random_range(20..400));
+            let mut killed = false;
+            while !open.is_empty() || !killed {
+                let m = if killed {
+                    tokio::time::timeout(LIMIT, c.incoming.recv())
+                        .await
+                        .expect("every stream the kill cut ends for the client")
+                } else {
+                    match tokio::time::timeout_at(deadline, c.incoming.recv()).await {
+                        Ok(m) => m,
+                        Err(_) => {
+                            if !open.is_empty() {
+                                mid_stream += 1;
+                            }
+                            child.0.kill().unwrap();
+                            assert!(!child.0.wait().unwrap().success());
+                            killed = true;
+                            continue;
+                        }
+                    }
+                };
+                let Some(Incoming::Message { data }) = m else {
+                    assert!(m.is_some(), "the client's session with the proxy survives");
+                    continue;
+                };
+                let (rid, bytes, fi, error) = match from_proxy(&data) {
+                    FromProxy::Head(h, r) => (h.request_id, r.payload, h.final_info, None),
+                    FromProxy::Part(p) => (p.request_id, p.answer, p.final_info, None),
+                    FromProxy::Error(e) => (
+                        e.request_id,
+                        Vec::new(),
+                        e.final_info,
+                        Some((e.error_code, e.error)),
+                    ),
+                    FromProxy::Payment(p) => {
+                        let db = u64::try_from(p.db_tokens).unwrap();
+                        assert!(db >= max_db, "db_tokens went down: {db} < {max_db}");
+                        max_db = db;
+                        if let Some(r) = receipt(&p.signed_payment, &sc) {
+                            receipts.push(r);
+                        }
+                        continue;
+                    }
+                    FromProxy::Evidence(_) | FromProxy::Receipt(_) => continue,
+                };
+                let s = seen.entry(rid).or_default();
+                assert!(s.usage.is_none(), "nothing after a request's final answer");
+                s.words += words_in(&bytes);
+                if error.is_some() {
+                    assert!(fi.is_some(), "errors carry usage: {error:?}");
+                    s.error = error;
+                }
+                let Some(fi) = fi else { continue };
+                let t = &fi.tokens_used;
+                s.usage = Some((
+                    u64::try_from(t.total_tokens_used).unwrap(),
+                    u64::try_from(t.completion_tokens_used).unwrap(),
+                ));
+                assert!(open.remove(&rid), "one final answer per request");
+                if !killed {
+                    let rid = start(&mut open, &mut next_id);
+                    c.run_id(rid, "stream", 200, 30.0).await;
+                }
+            }
+            net.wait_workers(0).await;
+        }
+        let elapsed = started.elapsed();
+        // A whole answer: 20 words; its usage sets the price of one word.
+        let whole: Vec<&Seen> = seen
+            .values()
+            .filter(|s| s.error.is_none() && s.words == 20)
+            .collect();
+        assert!(!whole.is_empty(), "some answers were whole");
+        let (per, completion) = whole[0].usage.unwrap();
+        assert!(
+            whole.iter().all(|s| s.usage == Some((per, completion))),
+            "whole answers are billed alike"
+        );
+        let cut: Vec<&Seen> = seen.values().filter(|s| s.error.is_some()).collect();
+        for s in &cut {
+            let (total, comp) = s.usage.unwrap();
+            assert!(total <= per, "a cut request billed {total} > a whole one {per}");
+            assert!(
+                comp * 20 <= completion * s.words,
+                "billed {comp} completion tokens for {} words received (a whole answer: {completion} for 20)",
+                s.words
+            );
+        }
+        let told: u64 = seen.values().map(|s| s.usage.unwrap().0).sum();
+        let billed_cut: u64 = cut.iter().map(|s| s.usage.unwrap().0).sum();
+        // Settlement confirms checkpoints in the background: wait for it to cover the end.
+        let sc_s = sc.to_string();
+        eventually("the ledger covers every answer", || {
+            meter.client_totals(&sc_s).max == told
+        })
+        .await;
+        let worker_sc = net.worker_sc(&addr(0x41)).to_string();
+        let ledger = meter.client_totals(&sc_s);
+        let earned = meter.worker_totals(&worker_sc);
+        println!(
+            "{cycles} worker kills in {elapsed:?}: {} whole, {} cut ({billed_cut} tokens billed for them, {} words received), {mid_stream} kills mid-stream, ledger {} tokens, worker credited {}, {} receipts up to {:?}",
+            whole.len(),
+            cut.len(),
+            cut.iter().map(|s| s.words).sum::<u64>(),
+            ledger.max,
+            earned.max,
+            receipts.len(),
+            receipts.last()
+        );
+        assert_eq!(ledger.max, told, "the ledger holds what the client was told");
+        assert_eq!(earned.max, ledger.max, "the worker is credited what the client pays");
+        assert!(max_db <= ledger.max);
+        assert!(
+            receipts.windows(2).all(|w| w[0] <= w[1]),
+            "receipts went down: {receipts:?}"
+        );
+        assert!(receipts.last().copied().unwrap_or(0) <= ledger.committed_to_blockchain);
+        assert!(mid_stream >= cycles / 2, "most kills hit running streams");
+        assert!(!cut.is_empty(), "some kills cut a stream");
+        assert!(meter.audit().is_empty(), "{:?}", meter.audit());
+        assert!(meter.stats().frozen.is_empty());
+        let t = meter.totals();
+        assert_eq!(t.client_tokens, t.worker_tokens);
+    });
+}

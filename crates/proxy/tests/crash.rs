@@ -690,3 +690,251 @@ fn worker_killed_mid_stream_bills_at_most_what_reached_the_client() {
         assert_eq!(t.client_tokens, t.worker_tokens);
     });
 }
+
+/// The client child: a `cocoon-client` gateway (owner `addr(0x42)`, state in
+/// `COCOON_CRASH_CLIENT_DIR/client.sqlite`) on the proxy at `COCOON_CRASH_CLIENT_OF`; writes
+/// its API's base URL to `ready` and serves until killed. Does nothing when unset.
+#[test]
+fn crash_client_child() {
+    let Ok(proxy) = std::env::var("COCOON_CRASH_CLIENT_OF") else {
+        return;
+    };
+    let dir = PathBuf::from(std::env::var("COCOON_CRASH_CLIENT_DIR").unwrap());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            std::env::var("COCOON_CRASH_LOG").unwrap_or_else(|_| "warn".into()),
+        ))
+        .with_writer(std::io::stderr)
+        .try_init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let mut cfg = cocoon_testkit::client::gateway_config(
+            vec![proxy],
+            cocoon_testkit::fixtures::root_with_proxy_image(1, true),
+        );
+        cfg.state_path = Some(dir.join("client.sqlite"));
+        let client = cocoon_client::Client::start(cfg).await.unwrap();
+        while client.ready_proxies() < 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let base = format!("http://{}", client.api_addr().unwrap());
+        let tmp = dir.join("ready.tmp");
+        std::fs::write(&tmp, base).unwrap();
+        std::fs::rename(&tmp, dir.join("ready")).unwrap();
+        futures::future::pending::<()>().await;
+    });
+}
+
+/// The receipt the client's SQLite holds for `sc`: its tokens, checked to be the tokens of
+/// the proxy-signed BOC stored beside them, which must verify.
+fn stored_receipt(db: &Path, sc: &StdAddr) -> Option<u64> {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .ok()?;
+    let row: Option<(i64, Vec<u8>)> = conn
+        .query_row(
+            "SELECT tokens, boc FROM receipts WHERE client_sc = ?1",
+            [sc.to_string()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .ok();
+    let (tokens, boc) = row?;
+    let signed = SignedPayment::from_boc(&boc)
+        .expect("the stored receipt parses")
+        .verify(SignedOp::ClientCharge, sc, &proxy_key().public_key())
+        .expect("the stored receipt verifies")
+        .tokens
+        .unwrap();
+    assert_eq!(
+        u64::try_from(tokens).unwrap(),
+        signed,
+        "stored tokens are the receipt's"
+    );
+    Some(signed)
+}
+
+/// The client process (a real `cocoon-client` gateway with its SQLite state) is killed with
+/// SIGKILL while its OpenAI API streams answers, and started again on the same files,
+/// `COCOON_CRASH_KILLS` times (6 when unset); the proxy (with its worker, in this process)
+/// keeps serving. Every answer that reached the caller whole is booked by the proxy, at
+/// most the cut ones on top; the receipt in the client's SQLite verifies, never decreases
+/// across restarts and never exceeds a confirmed checkpoint; after the last restart it
+/// reaches the proxy's latest signed receipt; clients and workers balance, nothing frozen.
+#[test]
+fn client_killed_mid_stream_keeps_receipts_that_agree_with_the_proxy() {
+    if std::env::var("COCOON_CRASH_DIR").is_ok()
+        || std::env::var("COCOON_CRASH_WORKER_OF").is_ok()
+        || std::env::var("COCOON_CRASH_CLIENT_OF").is_ok()
+    {
+        return;
+    }
+    let cycles = std::env::var("COCOON_CRASH_KILLS")
+        .ok()
+        .and_then(|k| k.parse().ok())
+        .filter(|k: &usize| *k > 0)
+        .unwrap_or(6);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = match std::env::var("COCOON_CRASH_KEEP") {
+        Ok(d) => PathBuf::from(d),
+        Err(_) => tmp.path().to_owned(),
+    };
+    std::fs::create_dir_all(&dir).unwrap();
+    let seed: u64 = std::env::var("COCOON_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("seed {seed} (COCOON_CRASH_SEED reproduces the kill times)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    rt.block_on(async move {
+        let chain = Arc::new(FileChain(dir.join("chain.txt")));
+        let meter = open_meter(&dir, &chain).await;
+        let cfg = SettlementConfig {
+            interval: Duration::from_millis(25),
+            resend_after: Duration::from_millis(200),
+            min_client_charge: u128::MAX,
+            min_worker_payout: u128::MAX,
+            ..SettlementConfig::default()
+        };
+        tokio::spawn(meter.clone().run_settlement(chain, cfg));
+        let m = meter.clone();
+        let root = cocoon_testkit::fixtures::root_with_proxy_image(1, true);
+        let net = start_proxy_with(root, move |c| c.meter = m).await;
+        let sc = net.fund_client(&addr(0x42), 1_000_000_000_000, true);
+        let sc_s = sc.to_string();
+        let _worker = start_worker(&net, 0x41).await;
+        net.wait_workers(1).await;
+        let proxy = net.proxy.client_addr().to_string();
+        let db = dir.join("client.sqlite");
+        let http = reqwest::Client::new();
+        let body = serde_json::json!({"model": "Smol", "stream": true, "max_tokens": 50,
+            "messages": [{"role": "user", "content": "stream"}]});
+        let spawn = |cycle: usize| {
+            let log = std::fs::File::create(dir.join(format!("child-{cycle}.log"))).unwrap();
+            KillOnDrop(
+                Command::new(std::env::current_exe().unwrap())
+                    .args(["crash_client_child", "--exact", "--nocapture", "--test-threads=1"])
+                    .env("COCOON_CRASH_CLIENT_OF", &proxy)
+                    .env("COCOON_CRASH_CLIENT_DIR", &dir)
+                    .stdout(Stdio::null())
+                    .stderr(log)
+                    .spawn()
+                    .unwrap(),
+            )
+        };
+        // One whole answer first: what a request costs in the ledger.
+        let mut child = spawn(0);
+        let mut base = wait_ready(&dir, &mut child.0, 0);
+        let r = http
+            .post(format!("{base}/v1/chat/completions"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.text().await.unwrap().trim_end().ends_with("data: [DONE]"));
+        eventually("the first answer is booked", || {
+            meter.client_totals(&sc_s).max > 0
+        })
+        .await;
+        let per = meter.client_totals(&sc_s).max;
+        let (mut answered, mut cut) = (1u64, 0u64);
+        let mut stored: Vec<u64> = Vec::new();
+        for cycle in 1..=cycles {
+            if cycle > 1 {
+                child = spawn(cycle);
+                base = wait_ready(&dir, &mut child.0, cycle);
+            }
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<bool>();
+            let mut streams = Vec::new();
+            for _ in 0..STREAMS {
+                let (http, body, base, tx) = (http.clone(), body.clone(), base.clone(), tx.clone());
+                // Each loop streams answers one after another until the kill; sends true
+                // for an answer read whole, false for one cut.
+                streams.push(tokio::spawn(async move {
+                    loop {
+                        let whole = async {
+                            let mut r = http
+                                .post(format!("{base}/v1/chat/completions"))
+                                .json(&body)
+                                .send()
+                                .await
+                                .ok()?;
+                            let mut all = Vec::new();
+                            while let Some(c) = r.chunk().await.ok()? {
+                                all.extend_from_slice(&c);
+                            }
+                            Some(String::from_utf8_lossy(&all).trim_end().ends_with("data: [DONE]"))
+                        }
+                        .await
+                        .unwrap_or(false);
+                        if tx.send(whole).is_err() || !whole {
+                            return;
+                        }
+                    }
+                }));
+            }
+            drop(tx);
+            tokio::time::sleep(Duration::from_millis(rng.random_range(50..600))).await;
+            // Mid-stream: an answer takes about 100 ms and four are always running (the
+            // cut count below says how many streams each kill cut).
+            child.0.kill().unwrap();
+            assert!(!child.0.wait().unwrap().success());
+            for s in streams {
+                tokio::time::timeout(LIMIT, s).await.unwrap().unwrap();
+            }
+            while let Some(whole) = rx.recv().await {
+                if whole {
+                    answered += 1;
+                } else {
+                    cut += 1;
+                }
+            }
+            if let Some(t) = stored_receipt(&db, &sc) {
+                stored.push(t);
+            }
+        }
+        // Restart once more: the client learns the proxy's latest receipt and stores it.
+        eventually("the proxy's bookings are confirmed", || {
+            let t = meter.client_totals(&sc_s);
+            t.committed_to_blockchain == t.max
+        })
+        .await;
+        let mut child = spawn(cycles + 1);
+        let _ = wait_ready(&dir, &mut child.0, cycles + 1);
+        let ledger = meter.client_totals(&sc_s);
+        eventually("the client's SQLite holds the proxy's latest receipt", || {
+            stored_receipt(&db, &sc) == Some(ledger.committed_to_blockchain)
+        })
+        .await;
+        stored.push(ledger.committed_to_blockchain);
+        drop(child);
+        let elapsed = started.elapsed();
+        println!(
+            "{cycles} client kills in {elapsed:?}: {answered} answered whole, {cut} streams cut, ledger {} tokens ({per} per request), client's stored receipt after each restart {stored:?}",
+            ledger.max
+        );
+        assert!(ledger.max >= answered * per, "an answer the caller got is not booked");
+        assert!(
+            ledger.max <= (answered + cut) * per,
+            "booked more than was answered and cut"
+        );
+        assert!(cut > 0, "the kills cut streams");
+        assert!(
+            stored.windows(2).all(|w| w[0] <= w[1]),
+            "the client's stored receipt went down: {stored:?}"
+        );
+        assert!(meter.audit().is_empty(), "{:?}", meter.audit());
+        assert!(meter.stats().frozen.is_empty());
+        let t = meter.totals();
+        assert_eq!(t.client_tokens, t.worker_tokens);
+    });
+}

@@ -177,6 +177,28 @@ for name, body in answers:
     for head in (b"\x21\x00", b"\x20\x01\x00", b"\x31\x03\x01\x10\x3f", b"\x07\x02\x05\x00"):
         write("openai_usage", f"{name}-{head.hex()}", head + body)
 
+# grammar: the committed schemas as they are.
+for name, body in seeds("grammar"):
+    write("grammar", name, body)
+
+# tools: request bodies after flags 0; model outputs after flags 1 (auto) and 3 (required),
+# whole and in chunks of 1, 5 and 17 characters.
+for name, body in seeds("tools"):
+    if name.endswith(".json"):
+        write("tools", name, b"\x00" + body)
+    else:
+        for head in (b"\x01", b"\x03", b"\x01\x03\x00\x04\x10", b"\x03\x01\x00"):
+            write("tools", f"{name}-{head.hex()}", head + body)
+
+# responses: request bodies and whole chat answers after flags 0; chat streams after flags 1
+# (limit 1 MiB), 3 (16 B) and 7 (4 KiB), whole and in chunks of 1, 5 and 17 bytes.
+for name, body in seeds("responses"):
+    if name.endswith(".json"):
+        write("responses", name, b"\x00" + body)
+    else:
+        for head in (b"\x01", b"\x03\x01\x00", b"\x07\x03\x00\x04\x10"):
+            write("responses", f"{name}-{head.hex()}", head + body)
+
 for t in sorted(counts):
     print(f"{t}: {counts[t]} seeds in fuzz/corpus/{t}/")
 PY

@@ -24,7 +24,7 @@ secs="${1:-30}"
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here"
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
-targets=(frame_decoder tl_boxed session tdx_quote sev_report ratls_cert ledger openai_validate openai_usage gpu_report)
+targets=(frame_decoder tl_boxed session tdx_quote sev_report ratls_cert ledger openai_validate openai_usage gpu_report grammar tools responses)
 
 # Build once, then run the binaries directly, so that every target runs the same build.
 target_dir="${CARGO_TARGET_DIR:-target}"

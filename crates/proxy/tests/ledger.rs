@@ -227,7 +227,13 @@ fn copy_db(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
         let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        // SQLite may remove its -wal/-shm/-journal file between the listing and the copy
+        // (a checkpoint): what is gone is in the main file already.
+        match std::fs::copy(e.path(), to.join(e.file_name())) {
+            Ok(_) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => panic!("copying {}: {err}", e.path().display()),
+        }
     }
 }
 

@@ -268,10 +268,12 @@ fuzz_target!(|data: &[u8]| {
         let idle = Duration::from_millis(u64::from(inp.byte()) * 250);
         let ping = inp.byte() & 1 != 0;
         let hs = inp.byte();
+        let every = inp.byte();
         SessionConfig {
             idle_timeout: idle,
             ping,
             handshake_timeout: (hs != 0).then(|| Duration::from_millis(u64::from(hs) * 100)),
+            ping_every: (every != 0).then(|| Duration::from_millis(u64::from(every) * 100)),
         }
     } else {
         SessionConfig::for_role(role)

@@ -4,7 +4,7 @@
 use cocoon_openai::Endpoint;
 use cocoon_openai::types::{
     AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChunkChoice, Completion,
-    CompletionChoice, Delta, SSE_DONE,
+    CompletionChoice, Delta, FunctionCall, SSE_DONE, ToolCall,
 };
 use cocoon_openai::usage::Usage;
 use serde::Serialize;
@@ -538,55 +538,6 @@ impl AnswerWriter {
             .iter_mut()
             .map(|c| std::mem::take(&mut c.calls))
             .collect();
-        if calls.iter().any(|c| !c.is_empty()) {
-            let body = Self::encode(
-                &ChatCompletion {
-                    id: self.id.clone(),
-                    object: "chat.completion".into(),
-                    created: self.created,
-                    model: self.model.clone(),
-                    choices: texts
-                        .into_iter()
-                        .enumerate()
-                        .map(|(i, (content, finish_reason))| ChatChoice {
-                            index: i as u32,
-                            message: AssistantMessage {
-                                role: "assistant".into(),
-                                content,
-                            },
-                            finish_reason,
-                        })
-                        .collect(),
-                    usage,
-                },
-                logprobs,
-            );
-            let mut v: Value = serde_json::from_slice(&body).unwrap_or_default();
-            for (i, calls) in calls.into_iter().enumerate() {
-                let Some(m) = v
-                    .get_mut("choices")
-                    .and_then(|c| c.get_mut(i))
-                    .and_then(|c| c.get_mut("message"))
-                else {
-                    continue;
-                };
-                if calls.is_empty() {
-                    continue;
-                }
-                if m["content"] == "" {
-                    m["content"] = Value::Null;
-                }
-                m["tool_calls"] = calls
-                    .into_iter()
-                    .map(|c| {
-                        json!({"id": c.id, "type": "function",
-                        "function": {"name": c.name, "arguments": c.args}})
-                    })
-                    .collect::<Vec<_>>()
-                    .into();
-            }
-            return serde_json::to_vec(&v).unwrap_or_default();
-        }
         match self.endpoint {
             Endpoint::ChatCompletions => Self::encode(
                 &ChatCompletion {
@@ -596,13 +547,11 @@ impl AnswerWriter {
                     model: self.model.clone(),
                     choices: texts
                         .into_iter()
+                        .zip(calls)
                         .enumerate()
-                        .map(|(i, (content, finish_reason))| ChatChoice {
+                        .map(|(i, ((content, finish_reason), calls))| ChatChoice {
                             index: i as u32,
-                            message: AssistantMessage {
-                                role: "assistant".into(),
-                                content,
-                            },
+                            message: Self::message(content, calls),
                             finish_reason,
                         })
                         .collect(),
@@ -628,6 +577,35 @@ impl AnswerWriter {
                     usage: Some(usage),
                 },
                 logprobs,
+            ),
+        }
+    }
+
+    /// A whole answer's message: its text, and the tools it called (a message that calls
+    /// tools and says nothing has `content: null`, as OpenAI sends it).
+    fn message(content: String, calls: Vec<Call>) -> AssistantMessage {
+        if calls.is_empty() {
+            return AssistantMessage {
+                role: "assistant".into(),
+                content: Some(content),
+                tool_calls: None,
+            };
+        }
+        AssistantMessage {
+            role: "assistant".into(),
+            content: (!content.is_empty()).then_some(content),
+            tool_calls: Some(
+                calls
+                    .into_iter()
+                    .map(|c| ToolCall {
+                        id: c.id,
+                        kind: "function".into(),
+                        function: FunctionCall {
+                            name: c.name,
+                            arguments: c.args,
+                        },
+                    })
+                    .collect(),
             ),
         }
     }
@@ -837,5 +815,97 @@ mod tests {
             v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"],
             "{\"x"
         );
+    }
+
+    #[test]
+    fn whole_answer_with_tool_calls_is_the_typed_chat_completion() {
+        // A whole answer that calls tools is the crate's own `ChatCompletion`, read back
+        // field for field (a message with only calls has `content: null`; one that also says
+        // something keeps its text), with logprobs beside the calls.
+        let mut w = AnswerWriter::new(Endpoint::ChatCompletions, false, "c".into(), 7, "m".into())
+            .with_choices(2)
+            .with_logprobs(true);
+        w.logprob_at(
+            0,
+            TokenLogprob {
+                bytes: b"{".to_vec(),
+                logprob: -0.5,
+                top: vec![],
+            },
+        );
+        assert!(w.delta_at(0, "Let me look. ").is_none());
+        assert!(
+            w.parts_at(
+                0,
+                "",
+                &[
+                    CallPart::Start {
+                        id: "call_a".into(),
+                        name: "f".into()
+                    },
+                    CallPart::Args("{}".into())
+                ]
+            )
+            .is_none()
+        );
+        assert!(
+            w.parts_at(
+                1,
+                "",
+                &[
+                    CallPart::Start {
+                        id: "call_b".into(),
+                        name: "g".into()
+                    },
+                    CallPart::Args("[1]".into())
+                ]
+            )
+            .is_none()
+        );
+        w.finish_choice(0, "stop");
+        w.finish_choice(1, "stop");
+        let body = w.done(Usage::new(3, 2));
+        let typed: ChatCompletion = serde_json::from_slice(&body).unwrap();
+        let call = |id: &str, name: &str, arguments: &str| ToolCall {
+            id: id.into(),
+            kind: "function".into(),
+            function: FunctionCall {
+                name: name.into(),
+                arguments: arguments.into(),
+            },
+        };
+        assert_eq!(
+            typed,
+            ChatCompletion {
+                id: "c".into(),
+                object: "chat.completion".into(),
+                created: 7,
+                model: "m".into(),
+                choices: vec![
+                    ChatChoice {
+                        index: 0,
+                        message: AssistantMessage {
+                            role: "assistant".into(),
+                            content: Some("Let me look. ".into()),
+                            tool_calls: Some(vec![call("call_a", "f", "{}")]),
+                        },
+                        finish_reason: Some("tool_calls".into()),
+                    },
+                    ChatChoice {
+                        index: 1,
+                        message: AssistantMessage {
+                            role: "assistant".into(),
+                            content: None,
+                            tool_calls: Some(vec![call("call_b", "g", "[1]")]),
+                        },
+                        finish_reason: Some("tool_calls".into()),
+                    },
+                ],
+                usage: Usage::new(3, 2),
+            }
+        );
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["choices"][0]["logprobs"]["content"][0]["token"], "{");
+        assert_eq!(v["choices"][1]["logprobs"]["content"], json!([]));
     }
 }

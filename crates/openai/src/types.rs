@@ -9,8 +9,32 @@ use serde::{Deserialize, Serialize};
 pub struct AssistantMessage {
     /// Always `assistant`.
     pub role: String,
-    /// The generated text.
-    pub content: String,
+    /// The generated text; `null` when the message only calls tools.
+    pub content: Option<String>,
+    /// The tools the message calls, when it calls any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
+}
+
+/// One tool call of a whole chat answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ToolCall {
+    /// The call's id (`call_…`).
+    pub id: String,
+    /// Always `function`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The function called.
+    pub function: FunctionCall,
+}
+
+/// The function a [`ToolCall`] calls.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FunctionCall {
+    /// The function's name.
+    pub name: String,
+    /// Its arguments, JSON text.
+    pub arguments: String,
 }
 
 /// One choice of a non-streamed chat completion.

@@ -38,8 +38,9 @@ pub struct Timings {
     /// Longest a request waits in the queue (its own deadline may end the wait sooner).
     pub queue_max_wait: Duration,
     /// The proxy pings a worker after this long of silence from it, and again every this
-    /// long; a worker silent for two of these is suspect (no new requests; a request it has
-    /// not started answering is tried on another worker). `None`: no pings, no suspicion.
+    /// long; a worker silent for two of these is suspect (no new requests, waited for as a
+    /// busy one; a request it has not started answering is tried on another worker).
+    /// `None`: no pings, no suspicion.
     pub worker_ping: Option<Duration>,
     /// How often the contracts of authorised clients and of clients with unsettled usage are
     /// read again (credit, closing); `None` never (read at authorisation only).

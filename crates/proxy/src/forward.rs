@@ -227,8 +227,9 @@ const QUIET_CANCEL_WAIT: Duration = Duration::from_secs(1);
 
 /// How one attempt ended.
 enum Attempt {
-    /// Failed before the first byte; another worker may be tried.
-    Retry { code: i32, msg: String },
+    /// Failed before the first byte; another worker may be tried. `quiet`: the worker went
+    /// silent (not a failure it reported or a session that ended).
+    Retry { code: i32, msg: String, quiet: bool },
     /// The request is over (answered, failed or cancelled; settled); what to tell.
     Done(Box<Outgoing>),
 }
@@ -383,6 +384,8 @@ struct Relay {
     quote: Quote,
     /// Another worker may be tried if this one fails before the first byte.
     can_retry: bool,
+    /// Another worker may be tried if this one goes silent before the first byte.
+    can_retry_quiet: bool,
     /// When the request went to the worker.
     sent: Instant,
     /// The usage the answer carries (the proxy's own count). Usage the engine reports
@@ -406,7 +409,7 @@ struct Relay {
 }
 
 impl Relay {
-    fn new(lease: Lease, quote: Quote, can_retry: bool, pricing: bool) -> Relay {
+    fn new(lease: Lease, quote: Quote, retry: Retries, pricing: bool) -> Relay {
         Relay {
             overflow: lease.overflow.clone(),
             suspect: lease.suspect.clone(),
@@ -414,7 +417,8 @@ impl Relay {
             receipt: None,
             lease,
             quote,
-            can_retry,
+            can_retry: retry.failed,
+            can_retry_quiet: retry.quiet,
             sent: Instant::now(),
             tracker: UsageTracker::with_limit(TRACKER_LIMIT),
             first_byte: None,
@@ -465,15 +469,32 @@ impl Relay {
     }
 }
 
+/// Which failures before the first byte let the request go on to another worker.
+#[derive(Clone, Copy)]
+struct Retries {
+    /// A failure the worker reported or its session ending.
+    failed: bool,
+    /// The worker going silent.
+    quiet: bool,
+}
+
 impl Forwarding {
-    /// Routes the request, at most twice (the second try only when the first worker failed
-    /// before the first byte), and tells the client how it ended.
+    /// Routes the request and tells the client how it ended. A worker that fails before
+    /// the first byte is tried once more elsewhere; a worker that goes silent before it
+    /// (see `worker_ping_seconds`) gives way to the next one, each worker of the model
+    /// tried at most once, while the deadline allows.
     async fn forward(&mut self) {
         let shared = Arc::clone(&self.shared);
         let rid = self.q.request_id;
         let mut tried: Vec<u64> = Vec::new();
         let mut last: Option<(i32, String)> = None;
-        for attempt in 0..2 {
+        let limit = shared.registry.workers_of(&self.plan.model_base).max(2);
+        let mut last_quiet = false;
+        for attempt in 0..limit {
+            // Past the second try only after silent workers.
+            if attempt >= 2 && !last_quiet {
+                break;
+            }
             if self.cancel.borrow().is_some() {
                 last = Some((
                     ErrorCode::Cancelled as i32,
@@ -516,6 +537,7 @@ impl Forwarding {
                     AttemptOutcome::Failure { ttft: None },
                 );
                 last = Some((ErrorCode::NotReady as i32, "worker connection lost".into()));
+                last_quiet = false;
                 continue;
             }
             let quote = Quote {
@@ -525,7 +547,11 @@ impl Forwarding {
                 completion_limit: self.plan.completion_limit,
             };
             let pricing = self.ctx.receipts.is_none();
-            let mut relay = Relay::new(lease, quote, attempt == 0, pricing);
+            let retry = Retries {
+                failed: attempt == 0,
+                quiet: attempt + 1 < limit,
+            };
+            let mut relay = Relay::new(lease, quote, retry, pricing);
             let (ended, outcome) = self.relay(&mut relay).await;
             // Books, counters and the worker's health first; then the peers are told.
             relay.lease.finish(&shared.router, Instant::now(), outcome);
@@ -534,7 +560,8 @@ impl Forwarding {
                     out.send(&shared, &self.ctx).await;
                     return;
                 }
-                Attempt::Retry { code, msg } => {
+                Attempt::Retry { code, msg, quiet } => {
+                    last_quiet = quiet;
                     tracing::info!(
                         request = %hex::encode(&rid[..8]),
                         code,
@@ -645,7 +672,7 @@ impl Forwarding {
                 }
                 // A worker gone silent (no pong, no answer for two ping intervals) before it
                 // answered anything: cancelled there and tried on another worker.
-                _ = went_quiet(&mut r.suspect), if r.stopped.is_none() && r.first_byte.is_none() && r.can_retry => {
+                _ = went_quiet(&mut r.suspect), if r.stopped.is_none() && r.first_byte.is_none() && r.can_retry_quiet => {
                     return self.on_worker_quiet(r).await;
                 }
                 _ = tokio::time::sleep_until(self.plan.deadline), if r.stopped.is_none() => {
@@ -697,6 +724,7 @@ impl Forwarding {
         let retry = Attempt::Retry {
             code: ErrorCode::Timeout as i32,
             msg: msg.into(),
+            quiet: true,
         };
         (retry, AttemptOutcome::Failure { ttft: None })
     }
@@ -712,6 +740,7 @@ impl Forwarding {
             let retry = Attempt::Retry {
                 code: ErrorCode::NotReady as i32,
                 msg: msg.into(),
+                quiet: false,
             };
             return (retry, outcome);
         }
@@ -823,6 +852,7 @@ impl Forwarding {
             let retry = Attempt::Retry {
                 code: e.error_code,
                 msg: e.error,
+                quiet: false,
             };
             return Some((retry, outcome));
         }

@@ -583,6 +583,14 @@ impl Registry {
         live.peek().is_none() || live.any(WorkerEntry::embeds)
     }
 
+    /// How many enabled workers serve `model_base` (suspect ones included).
+    pub(crate) fn workers_of(&self, model_base: &str) -> usize {
+        self.lock()
+            .values()
+            .filter(|e| e.model_base == model_base && !e.disabled)
+            .count()
+    }
+
     /// [`Self::retry_after`] for the requests waiting for `model_base` now.
     pub(crate) fn retry_after_now(&self, cfg: &RouterConfig, model_base: &str) -> u64 {
         let g = self.lock();
@@ -686,7 +694,8 @@ impl Registry {
             .filter(|e| e.model_base == model_base && (!embeddings || e.embeds()))
             .map(|e| Candidate {
                 id: e.id,
-                enabled: !e.disabled && !*e.suspect.borrow(),
+                enabled: !e.disabled,
+                suspect: *e.suspect.borrow(),
                 coefficient: e.coefficient,
                 running: e.running,
                 max_active: e.max_active,

@@ -180,6 +180,9 @@ impl Health {
 pub(crate) struct Candidate {
     pub id: u64,
     pub enabled: bool,
+    /// Silent for two ping intervals: not picked, but waited for as a busy worker is (it
+    /// may be heard again before the request's deadline).
+    pub suspect: bool,
     pub coefficient: i32,
     pub running: u32,
     pub max_active: u32,
@@ -242,7 +245,7 @@ pub(crate) fn choose(
     }
     let free: Vec<&Candidate> = priced
         .into_iter()
-        .filter(|c| c.running < c.max_active)
+        .filter(|c| c.running < c.max_active && !c.suspect)
         .collect();
     let healthy = best(
         free.iter()
@@ -282,6 +285,7 @@ mod tests {
         Candidate {
             id,
             enabled: true,
+            suspect: false,
             coefficient: 1000,
             running,
             max_active: 4,
@@ -360,6 +364,27 @@ mod tests {
         assert_eq!(
             choose(&cfg, &[], 4000, &[], 0.9),
             Err(RouteError::NoWorkers)
+        );
+    }
+
+    #[test]
+    fn suspect_workers_are_waited_for_as_busy_ones() {
+        // Every worker silent: the request waits in the queue (all busy), not refused as
+        // if the model had no workers.
+        let mut quiet = cand(1, 0, 0.1, 1.0);
+        quiet.suspect = true;
+        let cfg = RouterConfig::default();
+        assert_eq!(
+            choose(&cfg, std::slice::from_ref(&quiet), 4000, &[], 0.9),
+            Err(RouteError::AllBusy)
+        );
+        // A healthy one beside it takes the request, even when busier and slower.
+        let c = [quiet.clone(), cand(2, 3, 5.0, 1.0)];
+        assert_eq!(pick(&c), Ok(2));
+        // A suspect worker's price still counts: too dear is refused at once.
+        assert_eq!(
+            choose(&cfg, &[quiet], 500, &[], 0.9),
+            Err(RouteError::CoefficientTooLow(1000))
         );
     }
 

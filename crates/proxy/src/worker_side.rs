@@ -19,8 +19,9 @@
 //! Liveness (`worker_ping_seconds`): the session pings the worker after that long of silence
 //! and again every that long; a worker from which nothing at all (no pong, no answer) came
 //! for two intervals (its own pings do not count) is *suspect*: the registry routes no new request to it and a request it
-//! has not started answering is tried on another worker (`forward`). Anything it sends
-//! clears the suspicion.
+//! has not started answering is tried on another worker (`forward`); with every worker of
+//! a model suspect, requests wait in its queue as when all are busy. Anything it sends
+//! clears the suspicion (and wakes the queue).
 //!
 //! The session ends when the worker's attestation verdict expires (`VerifiedPeer::
 //! valid_until`, operator event `verdict_expired`) and when a root update no longer allows

@@ -183,6 +183,11 @@ pub(crate) struct Shared {
     pub root_wake: Arc<tokio::sync::Notify>,
     pub payout_sink: Option<Arc<dyn PayoutSink>>,
     pub payouts_in_flight: Mutex<HashSet<String>>,
+    /// Payouts being sent and followed on chain; shutdown waits for them (bounded) and
+    /// the followers stop at `stopping`. Finished ones are reaped as new ones start.
+    pub payout_tasks: Mutex<tokio::task::JoinSet<()>>,
+    /// Set when the worker shuts down: no new payout starts, followers stop looking.
+    pub stopping: watch::Receiver<bool>,
     /// The last payout this process tried per proxy contract (one entry per contract).
     pub last_payouts: Mutex<HashMap<String, LastPayout>>,
     /// Recent operator events and the chain's time as the root watcher sees it.
@@ -303,6 +308,9 @@ impl Shared {
         let Some(sink) = self.payout_sink.clone() else {
             return false;
         };
+        if *self.stopping.borrow() {
+            return false;
+        }
         let Some(rec) = self.store.get(proxy_sc) else {
             return false;
         };
@@ -335,7 +343,7 @@ impl Shared {
         let tokens = rec.signed_tokens;
         let new_tokens = rec.ready_tokens();
         let amount = payout::ready_nanoton(new_tokens, self.fee_of(&rec)).to_string();
-        tokio::spawn(async move {
+        self.spawn_payout_task(async move {
             // A contract its proxy already paid and closed (after a params change) would
             // bounce the payout and keep the gas: read it first.
             if this.settle_from_chain(&sink, &proxy_sc, &rec).await == Some(PayoutDecision::Submit)
@@ -360,8 +368,8 @@ impl Shared {
                     tracing::error!(proxy = %proxy_sc, error = %e, "cannot record the payout sent");
                 }
                 if let Some(sent) = follow {
-                    let (this, sink) = (Arc::clone(&this), Arc::clone(&sink));
-                    tokio::spawn(async move { this.follow_payout(&sink, &sent).await });
+                    let (that, sink) = (Arc::clone(&this), Arc::clone(&sink));
+                    this.spawn_payout_task(async move { that.follow_payout(&sink, &sent).await });
                 }
                 match submitted {
                     Ok(_) => {
@@ -403,6 +411,13 @@ impl Shared {
                 .remove(&proxy_sc);
         });
         true
+    }
+
+    /// Runs a payout task where shutdown finds it, reaping those that ended.
+    fn spawn_payout_task(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut set = self.payout_tasks.lock().unwrap_or_else(|p| p.into_inner());
+        while set.try_join_next().is_some() {}
+        set.spawn(task);
     }
 
     /// Reads `rec`'s worker contract and records what it shows: closed (settled, nothing
@@ -447,12 +462,20 @@ impl Shared {
 
     /// Looks for the transaction of the payout `sent` every second until it shows (or
     /// [`PAYOUT_FOLLOW_TRIES`] passed; the contract check looks again every pass).
+    /// Stops when the worker shuts down (the next start's contract check finds it).
     async fn follow_payout(&self, sink: &Arc<dyn PayoutSink>, sent: &SentPayout) {
-        for _ in 0..PAYOUT_FOLLOW_TRIES {
-            if self.payout_tx_once(sink, sent).await {
-                return;
+        let mut stopping = self.stopping.clone();
+        let look = async {
+            for _ in 0..PAYOUT_FOLLOW_TRIES {
+                if self.payout_tx_once(sink, sent).await {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+        };
+        tokio::select! {
+            _ = look => {}
+            _ = stopping.wait_for(|s| *s) => {}
         }
     }
 
@@ -705,6 +728,7 @@ impl Worker {
             draining: false,
             model_not_listed: false,
         });
+        let (stop_tx, stop_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             model_base: config.model_base_name().to_owned(),
             model: config.model.clone(),
@@ -749,9 +773,10 @@ impl Worker {
             root_wake: Arc::new(tokio::sync::Notify::new()),
             payout_sink: config.payout_sink.clone(),
             payouts_in_flight: Mutex::new(HashSet::new()),
+            payout_tasks: Mutex::new(tokio::task::JoinSet::new()),
+            stopping: stop_rx.clone(),
             last_payouts: Mutex::new(HashMap::new()),
         });
-        let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         let role = Arc::clone(&shared);
         let admin_addr = cocoon_service::admin::spawn_configured(
@@ -912,6 +937,22 @@ impl WorkerHandle {
             if tokio::time::timeout(limit, t).await.is_err() {
                 abort.abort();
             }
+        }
+        // Payouts being sent finish (their record is written); followers of sent ones stop.
+        let mut payouts = std::mem::take(
+            &mut *self
+                .shared
+                .payout_tasks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        if tokio::time::timeout(limit, async {
+            while payouts.join_next().await.is_some() {}
+        })
+        .await
+        .is_err()
+        {
+            payouts.shutdown().await;
         }
     }
 }

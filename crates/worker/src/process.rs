@@ -176,6 +176,8 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
         eprintln!("worker: wallet key from kms {}: wallet {address}", s.kms);
         Some((wallet, key))
     };
+    // The wallet's resend ticker, stopped with the worker.
+    let mut ticker = None;
     let payout_sink: Option<Arc<dyn PayoutSink>> = match wallet {
         None => None,
         Some((wallet, key)) => {
@@ -190,7 +192,7 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
                 )
                 .with_deploy_value(deploy),
             );
-            sink.spawn_ticker(Duration::from_secs(5));
+            ticker = Some(sink.spawn_ticker(Duration::from_secs(5)));
             Some(sink)
         }
     };
@@ -277,5 +279,8 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
     }
     eprintln!("worker: stopping (running requests may finish)");
     handle.shutdown().await;
+    if let Some(t) = ticker {
+        t.abort();
+    }
     Ok(())
 }

@@ -351,6 +351,91 @@ async fn cancellation_reaches_the_engine() {
     w.shutdown().await;
 }
 
+/// A chain on which a sent payout's transaction never shows (fault injection: the message
+/// is lost, or the chain is slow): the worker keeps looking for it, counted here.
+#[derive(Default)]
+struct FakeUnseenPayoutSink {
+    submitted: std::sync::atomic::AtomicUsize,
+    looks: std::sync::atomic::AtomicUsize,
+}
+
+impl cocoon_worker::PayoutSink for FakeUnseenPayoutSink {
+    fn submit(
+        &self,
+        _proxy_sc: &str,
+        _boc: Vec<u8>,
+        _tokens: u64,
+    ) -> futures::future::BoxFuture<'_, Result<Option<cocoon_worker::SentPayout>, String>> {
+        self.submitted.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async {
+            Ok(Some(cocoon_worker::SentPayout {
+                worker_sc: addr(0x77).to_string(),
+                body_hash: "00".repeat(32),
+                after_lt: None,
+                after_hash: None,
+            }))
+        })
+    }
+
+    fn payout_tx<'a>(
+        &'a self,
+        _sent: &'a cocoon_worker::SentPayout,
+    ) -> futures::future::BoxFuture<'a, Result<Option<cocoon_worker::PayoutTx>, String>> {
+        self.looks.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async { Ok(None) })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_following_a_sent_payout_on_chain() {
+    let (base, _eng, mut proxy, dir) = worker_rig().await;
+    let sink = Arc::new(FakeUnseenPayoutSink::default());
+    let mut cfg = worker_config(&proxy.addr, &base, dir.path());
+    cfg.payout_sink = Some(sink.clone());
+    let w = Worker::start(cfg).await.unwrap();
+    let c = proxy.next_conn().await;
+    assert!(matches!(
+        proxy.next_event().await,
+        HandshakeEvent::Compare(_)
+    ));
+    assert!(matches!(
+        proxy.next_event().await,
+        HandshakeEvent::Completed
+    ));
+    // 120 tokens at 10 nanoTON: over the 1000 nanoTON threshold, a payout is sent.
+    proxy.set_totals(120);
+    c.send(&tproxy::WorkerRequestPayment {
+        request_id: [9; 32],
+        signed_payment: enums::proxy::SignedPayment::SignedPayment(tproxy::SignedPayment {
+            data: proxy.payment(120),
+        }),
+        db_tokens: 120,
+        max_tokens: 120,
+        request_tokens: 5,
+        request_client_owner: String::new(),
+    })
+    .await;
+    eventually("the payout sent and looked for on chain twice", || {
+        sink.looks.load(Ordering::SeqCst) >= 2
+    })
+    .await;
+    assert_eq!(sink.submitted.load(Ordering::SeqCst), 1);
+
+    // Shut down: the follower stops with it (it looked every second for two minutes).
+    tokio::time::timeout(Duration::from_secs(10), w.shutdown())
+        .await
+        .expect("shutdown returns");
+    let looks = sink.looks.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        sink.looks.load(Ordering::SeqCst),
+        looks,
+        "no chain call after shutdown"
+    );
+    // The sink is the follower's last reference holder besides the test: none is left.
+    assert_eq!(Arc::strong_count(&sink), 1, "the follower task ended");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payments_are_verified_kept_durably_and_compared_on_reconnect() {
     let (base, _eng, mut proxy, dir) = worker_rig().await;

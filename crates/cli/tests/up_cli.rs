@@ -2166,6 +2166,11 @@ fn the_explorer_of_a_live_up_in_chromium() {
         "{image} not allowed by the root: {shown}"
     );
     assert_eq!(proxy_row["image_allowed"], true);
+    // Self-reported: said so, not passed off as verified.
+    assert_eq!(
+        proxy_row["attestation"], "reported by the proxy, not verified",
+        "{proxy_row}"
+    );
     assert!(
         proxy_row["stake"]
             .as_str()
@@ -2235,6 +2240,29 @@ fn the_explorer_of_a_live_up_in_chromium() {
             "{proxy_cells}"
         );
         assert!(proxy_cells[1].as_str().unwrap().starts_with("live"));
+        // The TEE and image are the proxy's own report: the table says so, and the reported
+        // image is checked against the root's list.
+        assert_eq!(proxy_cells[3].as_str().unwrap(), "sim", "{proxy_cells}");
+        assert_eq!(
+            proxy_cells[5].as_str().unwrap(),
+            "allowed (not verified)",
+            "{proxy_cells}"
+        );
+        let heading = b.eval(
+            "(() => { const t = document.querySelector('#proxy-table'); const s = t.closest('section') || t.parentElement; return s.textContent; })()",
+        );
+        assert!(
+            heading
+                .as_str()
+                .unwrap()
+                .contains("TEE and image as each proxy reports them, not verified"),
+            "{heading}"
+        );
+        let headers = b.eval(
+            "Array.from(document.querySelectorAll('#proxy-table thead th')).map(th => th.textContent)",
+        );
+        assert_eq!(headers[3], "TEE (reported)", "{headers}");
+        assert_eq!(headers[5], "Reported image allowed", "{headers}");
         // TON sent by the proxy contracts, split into workers' payouts and clients' refunds,
         // as /api/network reads them from the chain (read again: the chain moves on).
         let net = get_json(&format!("{explorer}/api/network")).unwrap();

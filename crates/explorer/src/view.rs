@@ -79,6 +79,23 @@ impl<T> Fetched<T> {
     }
 }
 
+/// What the explorer can say of a proxy's TEE and image: it shows what the proxy reports
+/// in its `/public.json` (unauthenticated), checked only against the root's allowed list.
+/// A client's RA-TLS handshake is what verifies them.
+pub const ATTESTATION_NOTE: &str = "reported by the proxy, not verified";
+
+/// Whether the image hash `s` reports is in the root's `proxy_hashes`: `None` without a
+/// root read or without a reported hash; a reported value that is no 32-byte hex hash is
+/// not allowed.
+fn reported_image_allowed(s: &ProxyPublic, cfg: Option<&RootConfig>) -> Option<bool> {
+    let cfg = cfg?;
+    if s.image_hash.is_empty() {
+        return None;
+    }
+    let mut h = [0u8; 32];
+    Some(hex::decode_to_slice(&s.image_hash, &mut h).is_ok() && cfg.has_proxy_hash(&HashBytes(h)))
+}
+
 /// A proxy's `/public.json` (see the proxy's `PublicStats`), as the explorer reads it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -364,11 +381,7 @@ impl Snapshot {
             .map(|p| {
                 let (status, _) = p.stats.status(now, max_age);
                 let s = p.stats.data.as_ref();
-                let image_allowed = s.and_then(|s| {
-                    let mut h = [0u8; 32];
-                    hex::decode_to_slice(&s.image_hash, &mut h).ok()?;
-                    cfg.map(|c| c.has_proxy_hash(&HashBytes(h)))
-                });
+                let image_allowed = s.and_then(|s| reported_image_allowed(s, cfg));
                 json!({
                     "url": p.url,
                     "status": status,
@@ -378,6 +391,7 @@ impl Snapshot {
                     "tee": s.map(|s| &s.tee),
                     "image_hash": s.map(|s| &s.image_hash),
                     "image_allowed": image_allowed,
+                    "attestation": ATTESTATION_NOTE,
                     "stake": p.balance.data.map(|b| b.to_string()),
                     "workers": s.map(|s| s.models.iter().map(|m| u64::from(m.workers)).sum::<u64>()),
                     "adjusted_tokens_total": s.map(|s| s.adjusted_tokens_total),
@@ -586,14 +600,14 @@ impl Snapshot {
 
         // Proxies.
         let mut t = Table::new(
-            "Proxies",
+            "Proxies (TEE and image as each proxy reports them, not verified)",
             &[
                 "Stats",
                 "Status",
                 "Contract",
-                "TEE",
-                "Image",
-                "Image allowed",
+                "TEE (reported)",
+                "Image (reported)",
+                "Reported image allowed",
                 "Stake",
                 "Commission / 1M",
                 "Workers",
@@ -610,11 +624,7 @@ impl Snapshot {
                 (_, at) => format!("{status}, {} old", fmt::secs(now.saturating_sub(at))),
             };
             let s = p.stats.data.as_ref();
-            let allowed = s.and_then(|s| {
-                let mut h = [0u8; 32];
-                hex::decode_to_slice(&s.image_hash, &mut h).ok()?;
-                cfg.map(|c| c.has_proxy_hash(&HashBytes(h)))
-            });
+            let allowed = s.and_then(|s| reported_image_allowed(s, cfg));
             let commission = cfg.map_or("–".into(), |c| {
                 let per = c
                     .params
@@ -635,7 +645,7 @@ impl Snapshot {
                 })),
                 Cell::Hash(s.map(|s| s.image_hash.clone()).unwrap_or_default()),
                 match allowed {
-                    Some(true) => Cell::Badge(Tone::Good, "allowed".into()),
+                    Some(true) => Cell::Badge(Tone::Good, "allowed (not verified)".into()),
                     Some(false) => Cell::Badge(Tone::Bad, "not allowed".into()),
                     None => Cell::Text("–".into()),
                 },
@@ -880,6 +890,40 @@ mod tests {
         assert!(h[0]["meaning"].as_str().unwrap().contains("simulated"));
         assert_eq!(h[2]["meaning"], format!("model {MODEL}"));
         assert_eq!(j["tokens_served"], 1234 * 2);
+    }
+
+    #[test]
+    fn a_proxys_tee_and_image_are_shown_as_reported_and_checked_against_the_root() {
+        let mut s = snapshot();
+        // Proxy 1 reports an image the root does not allow, proxy 2 a hash that is none.
+        let mut other = stats("Other@x:y");
+        other.image_hash = hex::encode([7u8; 32]);
+        s.proxies[1].stats.ok(other, NOW - 2);
+        let mut garbage = stats("Other@x:y");
+        garbage.image_hash = "sim image, trust me".into();
+        s.proxies[2].stats.ok(garbage, NOW - 2);
+        let j = s.json(NOW);
+        let p = j["proxies"].as_array().unwrap();
+        assert_eq!(p[0]["image_allowed"], true);
+        assert_eq!(p[1]["image_allowed"], false);
+        assert_eq!(p[2]["image_allowed"], false);
+        for row in p {
+            assert_eq!(row["attestation"], ATTESTATION_NOTE);
+        }
+        let html = s.page(NOW).render();
+        assert!(
+            html.contains("TEE and image as each proxy reports them, not verified"),
+            "no note on the proxies table"
+        );
+        assert!(html.contains("TEE (reported)") && html.contains("Reported image allowed"));
+        let table = html.split("id=\"proxy-table\"").nth(1).unwrap();
+        let table = table.split("</table>").next().unwrap();
+        assert_eq!(
+            table.matches(">allowed (not verified)<").count(),
+            1,
+            "{table}"
+        );
+        assert_eq!(table.matches(">not allowed<").count(), 2, "{table}");
     }
 
     #[test]

@@ -622,7 +622,11 @@ async fn receipt(State(shared): St, h: HeaderMap, UrlPath(id): UrlPath<String>) 
     if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return not_found();
     }
-    match shared.store.answer_receipt(&id.to_ascii_lowercase()) {
+    let id = id.to_ascii_lowercase();
+    // An answer that just ended may have its receipt still on the way (it follows the
+    // proxy's commit): wait for its check, as long as the check itself may wait.
+    shared.late_receipts.wait(&id).await;
+    match shared.store.answer_receipt(&id) {
         Ok(Some((owner, doc))) => {
             if caller.is_some() && owner != caller {
                 return not_found();

@@ -81,6 +81,9 @@ pub(crate) struct Shared {
     debug_log: stats::DebugLog,
     /// The last requests and spend per model, for the stats page (bounded).
     recent: stats::Recent,
+    /// Receipts still on their way after their answer ended (`request::RECEIPT_WAIT` at
+    /// most each): `GET /v1/receipts/{id}` waits for the check.
+    late_receipts: request::LateReceipts,
     /// The stats page's time series (fixed memory), sampled once a second.
     history: std::sync::Mutex<cocoon_service::webui::series::History>,
     started: std::time::Instant,
@@ -211,6 +214,7 @@ impl Client {
             stats: Stats::default(),
             debug_log: Default::default(),
             recent: Default::default(),
+            late_receipts: Default::default(),
             history: Default::default(),
             started: std::time::Instant::now(),
             root_wake: Arc::new(Notify::new()),

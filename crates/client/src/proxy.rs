@@ -75,7 +75,8 @@ pub(crate) enum Event {
     },
     /// The session to the proxy ended.
     Closed(String),
-    /// The answer's receipts (protocol 3), right before its final part.
+    /// The answer's receipts (protocol 3): after its final part from our proxy (once its
+    /// settlement is committed), before it from older ones.
     Receipt(Box<tclient::AnswerReceipt>),
 }
 
@@ -941,7 +942,9 @@ fn on_answer_head(
             done,
         },
     };
-    link.route(id, ev, last);
+    // Version 3: the answer's receipt follows its final info (once the proxy's settlement is
+    // committed); the request's reader forgets the route once it has it.
+    link.route(id, ev, last && link.proto < 3);
 }
 
 /// More bytes of an answer (`client.queryAnswerPartEx`, `client.queryAnswerPart`).
@@ -956,7 +959,9 @@ fn on_answer_part(
         body: Bytes::from(answer),
         done,
     };
-    link.route(id, ev, last);
+    // Version 3: the answer's receipt follows its final info (once the proxy's settlement is
+    // committed); the request's reader forgets the route once it has it.
+    link.route(id, ev, last && link.proto < 3);
 }
 
 /// A request's end in failure (`client.queryAnswerErrorEx`, `client.queryAnswerError`,

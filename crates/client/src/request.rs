@@ -33,6 +33,50 @@ pub(crate) const DEFAULT_MAX_TOKENS: u64 = 1000;
 pub(crate) const MAX_ANSWER_BYTES: usize = 64 << 20;
 /// Highest worker coefficient accepted when the request names none (1000 = 1.0).
 pub const DEFAULT_MAX_COEFFICIENT: u64 = 4000;
+/// Longest an answer's receipt is awaited after its final info: our proxy sends it once
+/// its settlement is committed (milliseconds later). Past it the request counts as failed.
+pub(crate) const RECEIPT_WAIT: Duration = Duration::from_secs(5);
+
+/// Receipts still on their way after their answer ended, by receipt id; each entry lives
+/// until its check is done ([`RECEIPT_WAIT`] at most).
+#[derive(Debug, Default)]
+pub(crate) struct LateReceipts(
+    std::sync::Mutex<std::collections::HashMap<String, tokio::sync::watch::Receiver<()>>>,
+);
+
+impl LateReceipts {
+    fn map(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::HashMap<String, tokio::sync::watch::Receiver<()>>,
+    > {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A check begins; it ends when the returned sender is given to [`Self::end`].
+    fn begin(&self, id: &str) -> tokio::sync::watch::Sender<()> {
+        let (tx, rx) = tokio::sync::watch::channel(());
+        self.map().insert(id.to_owned(), rx);
+        tx
+    }
+
+    /// The check of `id` is done (its document stored, or not): waiters read the store.
+    fn end(&self, id: &str, done: tokio::sync::watch::Sender<()>) {
+        self.map().remove(id);
+        drop(done);
+    }
+
+    /// Waits while the receipt `id` is being awaited or checked.
+    pub(crate) async fn wait(&self, id: &str) {
+        let rx = self.map().get(id).cloned();
+        if let Some(mut rx) = rx {
+            // Resolves (with an error) when the check drops its sender; the check itself
+            // gives up on the receipt after `RECEIPT_WAIT`.
+            let _ = tokio::time::timeout(2 * RECEIPT_WAIT, rx.changed()).await;
+        }
+    }
+}
 
 /// A request as the library takes it (the HTTP API builds the same).
 #[derive(Debug, Clone)]
@@ -158,8 +202,11 @@ struct Tracker {
     guid: Option<[u8; 32]>,
     /// The model asked for (the stats page's recent requests).
     model: String,
-    /// The answer's receipt id, once verified.
+    /// The answer's receipt id, once verified (or expected: see [`Answer::check_later`]).
     receipt_id: Option<String>,
+    /// The route for this request's messages stays open after it is booked (its receipt
+    /// is still to come).
+    forget_later: bool,
     done: bool,
 }
 
@@ -173,7 +220,9 @@ impl Tracker {
             return;
         }
         self.done = true;
-        self.link.forget(&self.id);
+        if !self.forget_later {
+            self.link.forget(&self.id);
+        }
         self.slot
             .inflight
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -695,6 +744,7 @@ impl Shared {
                     .map(|g| sha2::Sha256::digest(g.as_bytes()).into()),
                 model: v.model.clone(),
                 receipt_id: None,
+                forget_later: false,
                 done: false,
             };
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -909,9 +959,14 @@ impl Tracker {
 
 impl Answer {
     /// The answer ended normally with final info `f`: its receipt (protocol 3) is checked
-    /// first, and a refused one makes it a failure (`receipt_failed`), still booked.
+    /// first, and a refused one makes it a failure (`receipt_failed`), still booked. A
+    /// receipt not there yet follows the final info (our proxy sends it once the settlement
+    /// is committed): the answer ends now and the receipt is checked when it comes.
     fn complete_answer(&mut self, f: &tclient::QueryFinalInfo, ok: bool) {
         let mut ok = ok;
+        if self.receipt_check.as_ref().is_some_and(|c| c.got.is_none()) {
+            return self.check_later(f, ok);
+        }
         if let Some(c) = &self.receipt_check {
             match self.tracker.shared.check_receipt(c, f, &self.proxy) {
                 Ok(doc) => self.receipt = doc,
@@ -924,14 +979,72 @@ impl Answer {
         self.complete(f, ok);
     }
 
-    /// The answer's verified receipt (protocol 3), once the body ended.
+    /// Books the answer now and checks its receipt when it arrives, in the background
+    /// ([`RECEIPT_WAIT`] at most): the request is recorded as answered, with its receipt id;
+    /// a receipt refused, or none in time, makes it count as failed (stats, the recent
+    /// requests, `receipts_refused` in the stored totals) and `GET /v1/receipts/{id}` never
+    /// serves it. The key is booked at the final info either way, as for any answer.
+    fn check_later(&mut self, f: &tclient::QueryFinalInfo, ok: bool) {
+        let Some(mut c) = self.receipt_check.take() else {
+            return self.complete(f, ok);
+        };
+        let id = hex::encode(c.id);
+        let shared = self.tracker.shared.clone();
+        let done = shared.late_receipts.begin(&id);
+        self.tracker.forget_later = true;
+        self.tracker.receipt_id = Some(id.clone());
+        self.complete(f, ok);
+        let (link, rid, proxy, f) = (
+            self.tracker.link.clone(),
+            self.tracker.id,
+            self.proxy.clone(),
+            f.clone(),
+        );
+        let (_, closed) = mpsc::channel(1);
+        let mut rx = std::mem::replace(&mut self.rx, closed);
+        tokio::spawn(async move {
+            let until = tokio::time::Instant::now() + RECEIPT_WAIT;
+            while let Ok(Some(ev)) = tokio::time::timeout_at(until, rx.recv()).await {
+                if let Event::Receipt(r) = ev {
+                    c.got = Some(r);
+                    break;
+                }
+            }
+            link.forget(&rid);
+            let failed = match shared.check_receipt(&c, &f, &proxy) {
+                Ok(Some(_)) => None,
+                Ok(None) => Some(false),
+                Err(e) => {
+                    tracing::warn!(proxy, error = %e.message,
+                        "an answer's receipt was refused after the answer ended; the request counts as failed");
+                    Some(ok)
+                }
+            };
+            if let Some(failed) = failed {
+                shared.recent.receipt_gone(&id, failed);
+                if failed {
+                    shared.stats.receipt_refused();
+                    if let Err(e) = shared.store.add_totals(&[("receipts_refused", 1)]) {
+                        tracing::error!(error = %e, "could not store totals");
+                    }
+                }
+            }
+            shared.late_receipts.end(&id, done);
+        });
+    }
+
+    /// The answer's verified receipt (protocol 3), once the body ended and the receipt
+    /// came before the final info (`None` while it is still on its way: `GET
+    /// /v1/receipts/{id}` waits for it).
     pub fn receipt(&self) -> Option<&cocoon_receipt::Receipt> {
         self.receipt.as_ref()
     }
 
     fn complete(&mut self, f: &tclient::QueryFinalInfo, ok: bool) {
         let u = usage_of(&self.tracker.shared, f);
-        self.tracker.receipt_id = self.receipt.as_ref().map(|d| d.id.clone());
+        if let Some(d) = &self.receipt {
+            self.tracker.receipt_id = Some(d.id.clone());
+        }
         self.tracker.finish(Some(&u), ok);
         self.usage = Some(u);
         self.finished = true;

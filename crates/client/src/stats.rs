@@ -110,6 +110,30 @@ impl Recent {
         g.0.push_back(r);
     }
 
+    /// A request recorded with the receipt `receipt_id` that then had none to serve: the
+    /// link goes; when `failed` (the receipt was refused, or none came where one is
+    /// required) it is listed as failed and its spend leaves its model's.
+    pub(crate) fn receipt_gone(&self, receipt_id: &str, failed: bool) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(r) =
+            g.0.iter_mut()
+                .find(|r| r.receipt_id.as_deref() == Some(receipt_id))
+        else {
+            return;
+        };
+        r.receipt_id = None;
+        if !(failed && r.ok) {
+            return;
+        }
+        r.ok = false;
+        let (model, tokens, cost) = (r.model.clone(), r.tokens, r.cost_nanoton);
+        if let Some(m) = g.1.get_mut(&model) {
+            m.requests = m.requests.saturating_sub(1);
+            m.tokens = m.tokens.saturating_sub(tokens);
+            m.spent_nanoton = m.spent_nanoton.saturating_sub(cost);
+        }
+    }
+
     /// The requests, newest last, and the spend per model.
     pub(crate) fn snapshot(
         &self,
@@ -130,6 +154,14 @@ impl Stats {
 
     pub(crate) fn refused(&self) {
         self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request counted as succeeded whose receipt was then refused: it counts as failed.
+    pub(crate) fn receipt_refused(&self) {
+        let _ = self
+            .succeeded
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        self.failed.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn finish(

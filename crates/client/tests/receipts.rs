@@ -4,7 +4,9 @@
 //! with `X-Cocoon-Receipt`, and `GET /v1/receipts/{id}` serves a document that verifies on
 //! its own; every alteration (answer bytes, request, signatures, billing, missing parts, a
 //! worker image or model the root does not allow) fails the request, whole and streamed,
-//! and is never served as a receipt.
+//! and is never served as a receipt. A receipt that follows the final info (as our proxy
+//! sends it, once its settlement is committed) is checked when it comes: the answer is
+//! already the app's, and a refused or missing receipt flags the request as failed.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::sync::Arc;
@@ -178,8 +180,15 @@ impl Run {
         self.handle.send_message(m.to_bytes()).await.unwrap();
     }
 
-    /// Answers with `body` (as a stream when `stream`) the way `play` says.
+    /// Answers with `body` (as a stream when `stream`) the way `play` says, the receipt
+    /// before the final part.
     async fn answer(&self, worker: &SessionKey, play: Play, stream: bool) {
+        self.answer_with(worker, play, stream, false).await;
+    }
+
+    /// [`Run::answer`], with the receipt after the final part when `late` (our proxy's order:
+    /// the receipt once the settlement is committed).
+    async fn answer_with(&self, worker: &SessionKey, play: Play, stream: bool, late: bool) {
         let body: &[u8] = if stream {
             STREAM.as_bytes()
         } else {
@@ -289,15 +298,15 @@ impl Run {
             let n = proxy_receipt.len();
             proxy_receipt[n - 12] ^= 1;
         }
-        if play != Play::NoReceipt {
-            self.send(&tclient::AnswerReceipt {
-                request_id: self.query.request_id,
-                worker_receipt: Some(worker_receipt),
-                worker_signature: Some(worker_signature),
-                proxy_receipt,
-                proxy_signature,
-            })
-            .await;
+        let receipt = (play != Play::NoReceipt).then_some(tclient::AnswerReceipt {
+            request_id: self.query.request_id,
+            worker_receipt: Some(worker_receipt),
+            worker_signature: Some(worker_signature),
+            proxy_receipt,
+            proxy_signature,
+        });
+        if !late && let Some(r) = &receipt {
+            self.send(r).await;
         }
         self.send(&tclient::QueryAnswerPartEx {
             request_id: self.query.request_id,
@@ -308,6 +317,9 @@ impl Run {
             }),
         })
         .await;
+        if late && let Some(r) = &receipt {
+            self.send(r).await;
+        }
     }
 }
 
@@ -406,7 +418,6 @@ async fn an_altered_answer_or_receipt_fails_its_request() {
         (Play::BadWorkerSignature, "worker: bad receipt signature"),
         (Play::BadProxyReceipt, "proxy"),
         (Play::Overbilled, "the worker reported"),
-        (Play::NoReceipt, "came without one"),
         (Play::NoEvidence, "no evidence for worker"),
         (Play::UnlistedModel, "not allowed by the root"),
     ];
@@ -544,4 +555,52 @@ async fn without_require_receipts_a_missing_receipt_passes_and_a_bad_one_does_no
     let (status, _, body) = t.await.unwrap();
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("differs"), "{body}");
+}
+
+/// The receipt after the final info, as our proxy sends it (once its settlement is
+/// committed): the app gets the whole answer at once (a stream's `[DONE]`, a whole answer's
+/// JSON), and the receipt is checked when it comes. An honest one is served at
+/// `GET /v1/receipts/{id}` (asked right away, that waits for the check); one billing more
+/// than the worker reported, or none at all, flags the request as failed (stats, the recent
+/// requests) and is never served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipt_after_the_answer_is_checked_when_it_comes() {
+    let mut p = Scripted::start().await;
+    let (c, base) = gateway(&p).await;
+    let worker = SessionKey::new(sim_identity().certified_key().unwrap()).unwrap();
+    let mut failed = 0;
+    for (play, served) in [
+        (Play::Honest, true),
+        (Play::Overbilled, false),
+        (Play::NoReceipt, false),
+    ] {
+        for stream in [false, true] {
+            let t = post(&base, stream);
+            let run = p.next().await;
+            run.answer_with(&worker, play, stream, true).await;
+            let (status, h, body) = t.await.unwrap();
+            assert_eq!(status, 200, "{play:?}: {body}");
+            if stream {
+                assert!(body.contains("[DONE]"), "{play:?}: {body}");
+            } else {
+                let v: Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(v["choices"][0]["message"]["content"], "Hi");
+            }
+            let id = h["x-cocoon-receipt"].to_str().unwrap().to_owned();
+            let (s, doc) = get(&base, &id).await;
+            if served {
+                assert_eq!(s, 200, "{play:?}: {doc}");
+                let doc: Receipt = serde_json::from_str(&doc).unwrap();
+                assert_eq!(doc.usage.billed_tokens, 14);
+            } else {
+                assert_eq!(s, 404, "{play:?}: a refused receipt is not served");
+                failed += 1;
+            }
+            let stats = c.stats();
+            assert_eq!(stats.stats.failed, failed, "{play:?}: {:?}", stats.stats);
+            let last = stats.recent.last().unwrap();
+            assert_eq!(last.ok, served, "{play:?}");
+            assert_eq!(last.receipt_id.is_some(), served, "{play:?}");
+        }
+    }
 }

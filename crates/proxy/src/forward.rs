@@ -13,8 +13,9 @@
 //! 4. Client cancel (`client.cancelQuery`), client disconnect and the client's deadline
 //!    send `proxy.cancelQuery` to the worker (v3), wait a little for its final usage, and
 //!    bill that.
-//! 5. `Meter::settle` completes before the client sees the final info and before either
-//!    side gets its payment message.
+//! 5. The settlement is booked (`Meter::book`) before the client sees the final info; its
+//!    commit completes before a protocol 1–2 client sees it, and before the answer's receipt
+//!    (protocol 3) and either side's payment message are sent (see `settle`).
 //!
 //! A request is one `Forwarding` (its context: shared state, the client, the query, what was
 //! reserved, the start time, the cancel signal) and each attempt one `Relay` (the lease, the
@@ -557,7 +558,7 @@ impl Forwarding {
             relay.lease.finish(&shared.router, Instant::now(), outcome);
             match ended {
                 Attempt::Done(out) => {
-                    out.send(&shared, &self.ctx).await;
+                    out.send(&shared, &self.ctx, &rid).await;
                     return;
                 }
                 Attempt::Retry { code, msg, quiet } => {

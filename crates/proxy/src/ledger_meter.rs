@@ -32,8 +32,8 @@ use tokio::sync::watch;
 use crate::chain::{CheckpointChain, ClientContractState, ProxyChainError};
 pub use crate::meter::LedgerStats;
 use crate::meter::{
-    ControlError, ControlOutcome, Meter, MeterError, Party, RequestId, Settled, Settlement,
-    SettlementAction, Totals,
+    ControlError, ControlOutcome, Durable, Meter, MeterError, Party, RequestId, Settled,
+    Settlement, SettlementAction, Totals,
 };
 use crate::prices::price_table;
 
@@ -242,33 +242,24 @@ impl LedgerMeter {
     }
 
     /// Waits until `p` is committed, then opens it.
-    async fn durable<T>(&self, p: Pending<T>) -> Result<T, MeterError> {
+    async fn durable<T: Send + 'static>(&self, p: Pending<T>) -> Result<T, MeterError> {
+        self.durable_later(p).await
+    }
+
+    /// The wait of [`Self::durable`], owning what it needs: the committer is woken now, and
+    /// commit failures are counted from now.
+    fn durable_later<T: Send + 'static>(
+        &self,
+        p: Pending<T>,
+    ) -> impl std::future::Future<Output = Result<T, MeterError>> + Send + 'static {
         let seq = p.seq();
         let mut rx = self.commits.subscribe();
         let failures = rx.borrow().failures;
         if rx.borrow().committed < seq {
             let _ = lock(&self.wake).send(());
         }
-        loop {
-            {
-                let s = rx.borrow_and_update();
-                if s.committed >= seq {
-                    break;
-                }
-                if s.failures > failures {
-                    return Err(MeterError::Storage(s.last_error.clone()));
-                }
-                if s.stopped {
-                    return Err(MeterError::Storage("the ledger committer stopped".into()));
-                }
-            }
-            if rx.changed().await.is_err() {
-                return Err(MeterError::Storage("the ledger committer stopped".into()));
-            }
-        }
-        self.ledger()
-            .take_committed(p)
-            .map_err(|_| MeterError::Storage("commit order violated".into()))
+        let ledger = Arc::clone(&self.ledger);
+        async move { committed(&mut rx, failures, seq, &ledger, p).await }
     }
 
     /// A snapshot of one account.
@@ -624,6 +615,37 @@ impl LedgerMeter {
     }
 }
 
+/// Waits on `rx` until update `seq` is committed (an error when a commit failed after
+/// `failures` were counted, or the committer stopped), then opens `p`.
+async fn committed<T>(
+    rx: &mut watch::Receiver<CommitState>,
+    failures: u64,
+    seq: u64,
+    ledger: &Mutex<Ledger>,
+    p: Pending<T>,
+) -> Result<T, MeterError> {
+    loop {
+        {
+            let s = rx.borrow_and_update();
+            if s.committed >= seq {
+                break;
+            }
+            if s.failures > failures {
+                return Err(MeterError::Storage(s.last_error.clone()));
+            }
+            if s.stopped {
+                return Err(MeterError::Storage("the ledger committer stopped".into()));
+            }
+        }
+        if rx.changed().await.is_err() {
+            return Err(MeterError::Storage("the ledger committer stopped".into()));
+        }
+    }
+    lock(ledger)
+        .take_committed(p)
+        .map_err(|_| MeterError::Storage("commit order violated".into()))
+}
+
 fn report(e: &LedgerEvent) {
     match e {
         LedgerEvent::Frozen { key, reason } => {
@@ -757,23 +779,24 @@ impl Meter for LedgerMeter {
             .map_err(meter_error)
     }
 
-    fn settle<'a>(
-        &'a self,
-        request_id: RequestId,
-        s: Settlement,
-    ) -> BoxFuture<'a, Result<Settled, MeterError>> {
-        Box::pin(async move {
-            let worker = addr(&s.worker)?;
-            let p = self
-                .ledger()
-                .settle_tokens(LedgerRequestId(request_id), &worker, s.usage.total)
-                .map_err(meter_error)?;
-            self.durable(p).await?;
+    fn book(&self, request_id: RequestId, s: Settlement) -> Result<Durable, MeterError> {
+        let worker = addr(&s.worker)?;
+        let client = cocoon_ton::parse_address(&s.client).ok();
+        let p = self
+            .ledger()
+            .settle_tokens(LedgerRequestId(request_id), &worker, s.usage.total)
+            .map_err(meter_error)?;
+        let wait = self.durable_later(p);
+        let ledger = Arc::clone(&self.ledger);
+        Ok(Box::pin(async move {
+            wait.await?;
+            let l = lock(&ledger);
+            let client = client.and_then(|c| l.account(&l.client_key(&c)));
             Ok(Settled {
-                client: self.client_totals(&s.client),
-                worker: self.worker_totals(&s.worker),
+                client: totals(client),
+                worker: totals(l.account(&l.worker_key(&worker))),
             })
-        })
+        }))
     }
 
     fn cancel<'a>(&'a self, request_id: RequestId) -> BoxFuture<'a, Result<(), MeterError>> {

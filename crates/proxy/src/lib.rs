@@ -71,7 +71,9 @@ pub use contract_switch::{
     RetireFacts, RetireStep, SwitchError, SwitchPlan, account_settled, plan, retire_step,
 };
 pub use ledger_meter::{LedgerMeter, LedgerStats, SettlementConfig};
-pub use meter::{Charge, MemoryMeter, Meter, MeterError, Party, Settlement, SettlementAction};
+pub use meter::{
+    Charge, Durable, MemoryMeter, Meter, MeterError, Party, Settled, Settlement, SettlementAction,
+};
 pub use process::{ContractSwitch, root_hooks, run, switching_root_hooks, watch_events};
 pub use queue::QueueStats;
 pub use registry::REQUEST_BUFFER_BYTES;

@@ -6,9 +6,11 @@
 //! *adjusted tokens* (tokens × coefficient × category multiplier, as the worker
 //! reports them in `tokensUsed.total_tokens_used`); money is `price_per_token` × tokens.
 //!
-//! `settle` must be durable before it returns: the proxy tells the client and the worker
-//! about the new totals only afterwards. [`MemoryMeter`] keeps everything in memory (tests
-//! and development); the SQLite ledger plugs in behind the same trait.
+//! `book` decides a request's settlement in memory and hands back the wait for it to be
+//! durable (`settle` is both in one): the proxy sends the figures it decided (the final
+//! info) to a protocol 3 client at once, but signed receipts and payment reports to either
+//! peer only after that wait (ARCHITECTURE.md D8). [`MemoryMeter`] keeps everything in
+//! memory (tests and development); the SQLite ledger plugs in behind the same trait.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -62,9 +64,15 @@ pub struct Settlement {
 /// Totals after a settlement.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Settled {
+    /// The client's totals.
     pub client: Totals,
+    /// The worker's totals.
     pub worker: Totals,
 }
+
+/// A settlement decided in memory: resolves once it is durable (an error when the store
+/// failed; the ledger retries the commit, the settlement itself stands).
+pub type Durable = BoxFuture<'static, Result<Settled, MeterError>>;
 
 /// Why the books refused an operation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -158,12 +166,21 @@ pub trait Meter: Send + Sync + 'static {
     /// Checks a usage report against the reservation (hot path: synchronous, no I/O).
     fn check_part(&self, request_id: &RequestId, used_so_far: u64) -> Result<(), MeterError>;
 
-    /// Books the request's usage and releases its reservation; durable before it returns.
+    /// Books the request's usage and releases its reservation in memory, now: once this
+    /// returns `Ok` the figures are decided (later requests see them). The returned
+    /// [`Durable`] resolves once the booking is committed; nothing that a peer could hold the
+    /// proxy to (a signed receipt, a payment report) may be sent before it did.
+    fn book(&self, request_id: RequestId, settlement: Settlement) -> Result<Durable, MeterError>;
+
+    /// [`Meter::book`] and its wait: durable when it returns.
     fn settle<'a>(
         &'a self,
         request_id: RequestId,
         settlement: Settlement,
-    ) -> BoxFuture<'a, Result<Settled, MeterError>>;
+    ) -> BoxFuture<'a, Result<Settled, MeterError>> {
+        let booked = self.book(request_id, settlement);
+        Box::pin(async move { booked?.await })
+    }
 
     /// Releases a reservation without booking anything (the request never ran).
     fn cancel<'a>(&'a self, request_id: RequestId) -> BoxFuture<'a, Result<(), MeterError>>;
@@ -478,11 +495,7 @@ impl Meter for MemoryMeter {
         Ok(())
     }
 
-    fn settle<'a>(
-        &'a self,
-        request_id: RequestId,
-        s: Settlement,
-    ) -> BoxFuture<'a, Result<Settled, MeterError>> {
+    fn book(&self, request_id: RequestId, s: Settlement) -> Result<Durable, MeterError> {
         let r = (|| {
             let mut b = self.lock();
             let (client, reserved) = b
@@ -500,7 +513,8 @@ impl Meter for MemoryMeter {
                 worker: Self::totals(*w),
             })
         })();
-        Box::pin(async move { r })
+        let settled = r?;
+        Ok(Box::pin(async move { Ok(settled) }))
     }
 
     fn cancel<'a>(&'a self, request_id: RequestId) -> BoxFuture<'a, Result<(), MeterError>> {

@@ -60,16 +60,21 @@ async fn settlements_are_durable_and_receipts_follow_confirmed_checkpoints() {
         assert_eq!(got.error, None);
         assert_eq!(got.tokens.unwrap()[4], 30);
     }
+    // A payment report follows its request's commit (the next request may be booked in
+    // memory by then: `max_tokens` runs ahead, `db_tokens` is what the disk holds); the
+    // last request's covers all three.
     let p = loop {
-        if let FromProxy::Payment(p) = c.next().await
-            && p.max_tokens == 90
-        {
-            break p;
+        if let FromProxy::Payment(p) = c.next().await {
+            assert!(p.db_tokens >= 30 && p.db_tokens <= p.max_tokens, "{p:?}");
+            assert_eq!(p.db_tokens % 30, 0, "whole requests committed: {p:?}");
+            if p.db_tokens == 90 {
+                break p;
+            }
         }
     };
     assert_eq!(
-        p.db_tokens, 90,
-        "settled tokens are committed before the client hears"
+        p.max_tokens, 90,
+        "settled tokens are committed before the client hears of its totals"
     );
     assert_eq!(receipt_tokens(&p.signed_payment, &sc), 0);
 
@@ -103,11 +108,13 @@ async fn settlements_are_durable_and_receipts_follow_confirmed_checkpoints() {
     let got = c.collect().await;
     assert_eq!(got.tokens.unwrap()[4], 30);
     let p = loop {
-        if let FromProxy::Payment(p) = c.next().await {
+        if let FromProxy::Payment(p) = c.next().await
+            && p.db_tokens == 120
+        {
             break p;
         }
     };
-    assert_eq!((p.db_tokens, p.max_tokens), (120, 120));
+    assert_eq!(p.max_tokens, 120);
     assert_eq!(receipt_tokens(&p.signed_payment, &sc), 90);
 
     // Conservation: the client paid what the worker earned plus the commission.
@@ -547,4 +554,139 @@ async fn a_params_change_during_a_settlement_pass_does_not_halt_the_ledger() {
     // And settlement goes on.
     m.settle_once(&*chain, &cfg).await.unwrap();
     assert_eq!(m.stats().halted, None, "{:?}", m.audit());
+}
+
+/// Whether a [`Held`] store's commits go through, and how many wait.
+#[derive(Clone, Default)]
+struct Gate(Arc<(std::sync::Mutex<(bool, u64)>, std::sync::Condvar)>);
+
+impl Gate {
+    fn set(&self, open: bool) {
+        self.0.0.lock().unwrap().0 = open;
+        self.0.1.notify_all();
+    }
+
+    fn waiting(&self) -> u64 {
+        self.0.0.lock().unwrap().1
+    }
+}
+
+/// The SQLite store with its commits held at a [`Gate`]: the proxy's fsync, slowed at will.
+struct Held {
+    inner: SqliteStore,
+    gate: Gate,
+}
+
+impl cocoon_ledger::Store for Held {
+    fn load(&mut self) -> Result<Vec<(String, Vec<u8>)>, cocoon_ledger::StoreError> {
+        self.inner.load()
+    }
+
+    fn commit(&mut self, batch: &cocoon_ledger::Batch) -> Result<(), cocoon_ledger::StoreError> {
+        let (m, cv) = &*self.gate.0;
+        let mut g = m.lock().unwrap();
+        g.1 += 1;
+        while !g.0 {
+            g = cv.wait(g).unwrap();
+        }
+        g.1 -= 1;
+        drop(g);
+        self.inner.commit(batch)
+    }
+}
+
+/// Issue 22 §5: a protocol 3 answer reaches the app whole (a stream's `[DONE]`, a whole
+/// answer's JSON) while the proxy's commit of its settlement is held; the settlement is
+/// decided in memory by then, and the answer's receipt follows the commit: fetched at once,
+/// it comes when the commit completes and bills what the answer showed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_answer_ends_before_its_settlement_commits_and_its_receipt_follows_the_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Gate::default();
+    gate.set(true);
+    let store = Held {
+        inner: SqliteStore::open(&dir.path().join("ledger.sqlite")).unwrap(),
+        gate: gate.clone(),
+    };
+    let root = cocoon_testkit::fixtures::root_with_proxy_image(1, true);
+    let meter = LedgerMeter::open_for_root(store, key(), addr(0x33), &root, &MemoryChain::new())
+        .await
+        .unwrap();
+    let m = meter.clone();
+    let net = start_proxy_with(root.clone(), move |cfg| cfg.meter = m).await;
+    let _w = start_worker(&net, 0x61).await;
+    net.wait_workers(1).await;
+    let sc = net
+        .fund_client(&addr(0x42), 10_000_000_000, true)
+        .to_string();
+    let (_c, base) = cocoon_testkit::client::start_gateway(
+        cocoon_testkit::client::gateway_config(vec![net.proxy.client_addr().to_string()], root),
+        1,
+    )
+    .await;
+    let http = reqwest::Client::new();
+    for stream in [true, false] {
+        let before = meter.client_totals(&sc);
+        gate.set(false);
+        let mode = if stream { "stream" } else { "json" };
+        let body = serde_json::json!({"model": "Smol", "stream": stream, "max_tokens": 50,
+            "messages": [{"role": "user", "content": mode}]});
+        let answer = async {
+            let r = http
+                .post(format!("{base}/v1/chat/completions"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let id = r.headers()["x-cocoon-receipt"].to_str().unwrap().to_owned();
+            (r.status().as_u16(), id, r.text().await.unwrap())
+        };
+        let (status, id, text) = tokio::time::timeout(LIMIT, answer)
+            .await
+            .expect("the whole answer reaches the app while the proxy's commit is held");
+        assert_eq!(status, 200, "{text}");
+        if stream {
+            assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+        } else {
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(v["choices"][0]["message"]["content"], "Hi", "{text}");
+        }
+        // Decided in memory, not durable: the commit still waits at the gate.
+        let t = meter.client_totals(&sc);
+        assert!(
+            t.max > before.max,
+            "booked in memory: {t:?} after {before:?}"
+        );
+        assert_eq!(
+            t.committed_to_db, before.committed_to_db,
+            "not committed yet"
+        );
+        assert!(gate.waiting() >= 1, "a commit waits at the gate");
+        // The app asks for the receipt at once: it comes once the commit is through.
+        let url = format!("{base}/v1/receipts/{id}");
+        let fetch = tokio::spawn(async move {
+            let r = reqwest::get(url).await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(!fetch.is_finished(), "no receipt before the commit");
+        assert_eq!(
+            meter.client_totals(&sc).committed_to_db,
+            before.committed_to_db
+        );
+        gate.set(true);
+        let (s, doc) = tokio::time::timeout(LIMIT, fetch).await.unwrap().unwrap();
+        assert_eq!(s, 200, "{doc}");
+        let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
+        assert_eq!(
+            doc["usage"]["billed_tokens"].as_u64(),
+            Some(t.max - before.max),
+            "the receipt bills what was booked: {doc}"
+        );
+        eventually("the settlement is durable", || {
+            meter.client_totals(&sc).committed_to_db == t.max
+        })
+        .await;
+    }
+    assert!(meter.audit().is_empty(), "{:?}", meter.audit());
 }

@@ -1,5 +1,11 @@
-//! How a request ends: the usage is settled (durably) before the client gets its last
-//! message with the final info, and the payment reports to both peers follow.
+//! How a request ends: the usage is settled, the client gets its last message with the
+//! final info, and the payment reports to both peers follow.
+//!
+//! The settlement is decided in memory first ([`crate::meter::Meter::book`]), then committed. A protocol
+//! 3 client gets its final info as soon as the settlement is decided, and the answer's
+//! signed receipt once it is durable; a protocol 1–2 client (COCOON's) gets the final info
+//! only once it is durable, as before. Payment reports (signed payments, totals) go to
+//! either peer only after the commit (ARCHITECTURE.md D8).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -10,7 +16,7 @@ use cocoon_tl::TlWrite;
 use cocoon_tl::types::{TokensUsed, client as tclient, proxy as tproxy};
 
 use super::{Attempt, ClientCtx, Ended, Forwarding, Relay, Stop, stop_outcome};
-use crate::meter::{Charge, Party, Settlement};
+use crate::meter::{Charge, Durable, Party, Settlement};
 use crate::receipts::{clamp_i64, payment};
 use crate::registry::{Lease, PayLock};
 use crate::{Counters, Shared};
@@ -107,19 +113,40 @@ pub(super) fn client_final(
 
 /// What to tell the peers once the books and the worker's health have the outcome.
 pub(super) struct Outgoing {
-    /// The answer's receipts (protocol 3), right before the last message.
+    /// The answer's receipts (protocol 3).
     receipt: Option<Vec<u8>>,
     client: Vec<u8>,
     notify: Option<PendingNotify>,
+    /// The settlement's commit when it is still to come (protocol 3): the client's message
+    /// goes first, the receipt and the payment reports once it completed.
+    durable: Option<Durable>,
 }
 
 impl Outgoing {
-    pub(super) async fn send(self, shared: &Shared, ctx: &ClientCtx) {
+    pub(super) async fn send(self, shared: &Shared, ctx: &ClientCtx, request_id: &[u8; 32]) {
         let limit = shared.timings.handshake_timeout;
+        let Some(durable) = self.durable else {
+            // Already durable: the receipt right before the last message.
+            if let Some(r) = self.receipt {
+                let _ = tokio::time::timeout(limit, ctx.handle.send_message(r)).await;
+            }
+            let _ = tokio::time::timeout(limit, ctx.handle.send_message(self.client)).await;
+            if let Some(n) = self.notify {
+                n.send(&shared.meter, ctx);
+            }
+            return;
+        };
+        let _ = tokio::time::timeout(limit, ctx.handle.send_message(self.client)).await;
+        if let Err(e) = durable.await {
+            // The settlement stands in memory and the ledger retries its commit; nothing the
+            // proxy could be held to is signed for it meanwhile.
+            tracing::error!(request = %hex::encode(&request_id[..8]), error = %e,
+                "settlement not committed; its receipt and payment reports are not sent");
+            return;
+        }
         if let Some(r) = self.receipt {
             let _ = tokio::time::timeout(limit, ctx.handle.send_message(r)).await;
         }
-        let _ = tokio::time::timeout(limit, ctx.handle.send_message(self.client)).await;
         if let Some(n) = self.notify {
             n.send(&shared.meter, ctx);
         }
@@ -169,6 +196,9 @@ impl Forwarding {
 
     /// Settles and prepares the client's final message built by `msg` and the payment
     /// messages; on a settlement failure the client gets an error (with the usage) instead.
+    /// A protocol 3 client's message is prepared once the settlement is decided in memory
+    /// (the commit is awaited by [`Outgoing::send`] after sending it); any other client's
+    /// once it is durable.
     async fn settle_then(
         &self,
         lease: &Lease,
@@ -177,11 +207,17 @@ impl Forwarding {
         fi: Option<&tproxy::QueryFinalInfo>,
     ) -> Result<Outgoing, Outgoing> {
         let final_info = self.final_info(&usage, fi);
-        match self.settle(lease, usage).await {
-            Ok(n) => Ok(Outgoing {
+        let booked = match self.book(lease, usage) {
+            Ok((durable, n)) if self.ctx.proto >= 3 => Ok((Some(durable), n)),
+            Ok((durable, n)) => durable.await.map(|_| (None, n)).map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        match booked {
+            Ok((durable, n)) => Ok(Outgoing {
                 receipt: None,
                 client: msg(final_info),
                 notify: Some(n),
+                durable,
             }),
             Err(e) => {
                 let rid = self.q.request_id;
@@ -196,17 +232,19 @@ impl Forwarding {
                     .to_bytes(),
                     receipt: None,
                     notify: None,
+                    durable: None,
                 })
             }
         }
     }
 
-    /// Books the usage (durably, `Meter::settle`); the payment reports it owes follow.
-    async fn settle(&self, lease: &Lease, usage: Charge) -> Result<PendingNotify, String> {
+    /// Books the usage in memory (`Meter::book`); returns the wait for its commit and the
+    /// payment reports it owes.
+    fn book(&self, lease: &Lease, usage: Charge) -> Result<(Durable, PendingNotify), String> {
         let shared = &self.shared;
-        shared
+        let durable = shared
             .meter
-            .settle(
+            .book(
                 self.q.request_id,
                 Settlement {
                     client: self.ctx.client_sc.clone(),
@@ -215,13 +253,12 @@ impl Forwarding {
                     coefficient: lease.coefficient,
                 },
             )
-            .await
             .map_err(|e| e.to_string())?;
         shared
             .counters
             .tokens_total
             .fetch_add(usage.total, Ordering::Relaxed);
-        Ok(PendingNotify {
+        let notify = PendingNotify {
             request_id: self.q.request_id,
             worker_request_id: lease.proxy_request_id,
             request_tokens: usage.total,
@@ -230,11 +267,12 @@ impl Forwarding {
             client_lock: Arc::clone(&self.ctx.pay_lock),
             worker_lock: Arc::clone(&lease.pay_lock),
             worker_handle: lease.handle.clone(),
-        })
+        };
+        Ok((durable, notify))
     }
 
     /// The worker's final message arrived: settle, then the client gets the last bytes with
-    /// the final info. Returns whether the settlement succeeded.
+    /// the final info. Returns whether the settlement was booked.
     pub(super) async fn finish_success(
         &self,
         r: &Relay,

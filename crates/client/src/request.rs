@@ -831,8 +831,9 @@ impl Shared {
                     }
                     let mut extras = Extras::new(ext.enable_debug, started_at, head_at);
                     if receipt_check.is_some() {
-                        // A stream's end waits for the receipt: a refused one ends it with an
-                        // error instead.
+                        // A stream's end waits for the final info, and for the check of a
+                        // receipt that came before it: a refused one ends it with an error
+                        // instead (one that follows is checked after the end).
                         extras.hold_done();
                     }
                     let mut a = Answer {

@@ -860,6 +860,7 @@ impl Shared {
                         a.first = a.first.take().map(|b| Bytes::from(a.extras.push(&b)));
                     }
                     if let Some(f) = done {
+                        a.await_receipt().await;
                         a.complete_answer(&f, status < 400);
                         if let Some(e) = a.receipt_failed.take() {
                             a.first = None;
@@ -965,7 +966,7 @@ impl Answer {
     /// is committed): the answer ends now and the receipt is checked when it comes.
     fn complete_answer(&mut self, f: &tclient::QueryFinalInfo, ok: bool) {
         let mut ok = ok;
-        if self.receipt_check.as_ref().is_some_and(|c| c.got.is_none()) {
+        if self.stream && self.receipt_check.as_ref().is_some_and(|c| c.got.is_none()) {
             return self.check_later(f, ok);
         }
         if let Some(c) = &self.receipt_check {
@@ -978,6 +979,28 @@ impl Answer {
             }
         }
         self.complete(f, ok);
+    }
+
+    /// A whole (not streamed) answer is released only with its receipt checked (D15):
+    /// the receipt follows the final info by the proxy's commit, so it is awaited here,
+    /// until [`RECEIPT_WAIT`] or the request's deadline; one that does not come makes the
+    /// answer fail as an unreceipted one. A stream's content reached the app as it came,
+    /// so only its end could wait, and it does not ([`Answer::check_later`]).
+    async fn await_receipt(&mut self) {
+        if self.stream || self.receipt_check.as_ref().is_none_or(|c| c.got.is_some()) {
+            return;
+        }
+        let until = self
+            .deadline
+            .min(tokio::time::Instant::now() + RECEIPT_WAIT);
+        while let Ok(Some(ev)) = tokio::time::timeout_at(until, self.rx.recv()).await {
+            if let Event::Receipt(r) = ev {
+                if let Some(c) = self.receipt_check.as_mut() {
+                    c.got = Some(r);
+                }
+                return;
+            }
+        }
     }
 
     /// Books the answer now and checks its receipt when it arrives, in the background
@@ -1108,6 +1131,7 @@ impl Answer {
                 };
                 if let Some(f) = done {
                     let ok = self.status < 400;
+                    self.await_receipt().await;
                     self.complete_answer(&f, ok);
                     if let Some(e) = self.receipt_failed.take() {
                         return self.fail_unreceipted(body, e);

@@ -558,10 +558,11 @@ async fn without_require_receipts_a_missing_receipt_passes_and_a_bad_one_does_no
 }
 
 /// The receipt after the final info, as our proxy sends it (once its settlement is
-/// committed): the app gets the whole answer at once (a stream's `[DONE]`, a whole answer's
-/// JSON), and the receipt is checked when it comes. An honest one is served at
+/// committed): a stream ends at once (its `[DONE]`) and its receipt is checked when it
+/// comes; a whole answer waits for its receipt and is released only if it checks out
+/// (ARCHITECTURE.md D15), otherwise it is a 502. An honest receipt is served at
 /// `GET /v1/receipts/{id}` (asked right away, that waits for the check); one billing more
-/// than the worker reported, or none at all, flags the request as failed (stats, the recent
+/// than the worker reported, or none at all, fails the request (stats, the recent
 /// requests) and is never served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receipt_after_the_answer_is_checked_when_it_comes() {
@@ -579,6 +580,17 @@ async fn a_receipt_after_the_answer_is_checked_when_it_comes() {
             let run = p.next().await;
             run.answer_with(&worker, play, stream, true).await;
             let (status, h, body) = t.await.unwrap();
+            if !stream && !served {
+                assert_eq!(
+                    status, 502,
+                    "{play:?}: a whole answer waits for its receipt: {body}"
+                );
+                failed += 1;
+                let stats = c.stats();
+                assert_eq!(stats.stats.failed, failed, "{play:?}: {:?}", stats.stats);
+                assert!(!stats.recent.last().unwrap().ok, "{play:?}");
+                continue;
+            }
             assert_eq!(status, 200, "{play:?}: {body}");
             if stream {
                 assert!(body.contains("[DONE]"), "{play:?}: {body}");

@@ -595,12 +595,13 @@ impl cocoon_ledger::Store for Held {
     }
 }
 
-/// Issue 22 §5: a protocol 3 answer reaches the app whole (a stream's `[DONE]`, a whole
-/// answer's JSON) while the proxy's commit of its settlement is held; the settlement is
-/// decided in memory by then, and the answer's receipt follows the commit: fetched at once,
-/// it comes when the commit completes and bills what the answer showed.
+/// Issue 22 §5: a protocol 3 stream reaches the app whole (its `[DONE]`) while the proxy's
+/// commit of its settlement is held; the settlement is decided in memory by then, and the
+/// answer's receipt follows the commit: fetched at once, it comes when the commit completes
+/// and bills what the answer showed. A whole (not streamed) answer is released only with its
+/// receipt checked (ARCHITECTURE.md D15), so it waits for the commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_answer_ends_before_its_settlement_commits_and_its_receipt_follows_the_commit() {
+async fn a_stream_ends_before_its_settlement_commits_and_its_receipt_follows_the_commit() {
     let dir = tempfile::tempdir().unwrap();
     let gate = Gate::default();
     gate.set(true);
@@ -631,19 +632,33 @@ async fn the_answer_ends_before_its_settlement_commits_and_its_receipt_follows_t
         let mode = if stream { "stream" } else { "json" };
         let body = serde_json::json!({"model": "Smol", "stream": stream, "max_tokens": 50,
             "messages": [{"role": "user", "content": mode}]});
-        let answer = async {
-            let r = http
-                .post(format!("{base}/v1/chat/completions"))
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
+        let (h, url) = (http.clone(), format!("{base}/v1/chat/completions"));
+        let answer = tokio::spawn(async move {
+            let r = h.post(url).json(&body).send().await.unwrap();
             let id = r.headers()["x-cocoon-receipt"].to_str().unwrap().to_owned();
             (r.status().as_u16(), id, r.text().await.unwrap())
-        };
+        });
+        if !stream {
+            eventually("the whole answer's settlement is booked in memory", || {
+                meter.client_totals(&sc).max > before.max
+            })
+            .await;
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            assert!(
+                !answer.is_finished(),
+                "a whole answer is not released before its receipt, which follows the commit"
+            );
+            assert_eq!(
+                meter.client_totals(&sc).committed_to_db,
+                before.committed_to_db,
+                "not committed yet"
+            );
+            gate.set(true);
+        }
         let (status, id, text) = tokio::time::timeout(LIMIT, answer)
             .await
-            .expect("the whole answer reaches the app while the proxy's commit is held");
+            .expect("the answer reaches the app (a stream while the proxy's commit is held)")
+            .unwrap();
         assert_eq!(status, 200, "{text}");
         if stream {
             assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
@@ -651,30 +666,32 @@ async fn the_answer_ends_before_its_settlement_commits_and_its_receipt_follows_t
             let v: serde_json::Value = serde_json::from_str(&text).unwrap();
             assert_eq!(v["choices"][0]["message"]["content"], "Hi", "{text}");
         }
-        // Decided in memory, not durable: the commit still waits at the gate.
         let t = meter.client_totals(&sc);
         assert!(
             t.max > before.max,
             "booked in memory: {t:?} after {before:?}"
         );
-        assert_eq!(
-            t.committed_to_db, before.committed_to_db,
-            "not committed yet"
-        );
-        assert!(gate.waiting() >= 1, "a commit waits at the gate");
-        // The app asks for the receipt at once: it comes once the commit is through.
         let url = format!("{base}/v1/receipts/{id}");
         let fetch = tokio::spawn(async move {
             let r = reqwest::get(url).await.unwrap();
             (r.status().as_u16(), r.text().await.unwrap())
         });
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        assert!(!fetch.is_finished(), "no receipt before the commit");
-        assert_eq!(
-            meter.client_totals(&sc).committed_to_db,
-            before.committed_to_db
-        );
-        gate.set(true);
+        if stream {
+            // Decided in memory, not durable: the commit still waits at the gate.
+            assert_eq!(
+                t.committed_to_db, before.committed_to_db,
+                "not committed yet"
+            );
+            assert!(gate.waiting() >= 1, "a commit waits at the gate");
+            // The app asks for the receipt at once: it comes once the commit is through.
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            assert!(!fetch.is_finished(), "no receipt before the commit");
+            assert_eq!(
+                meter.client_totals(&sc).committed_to_db,
+                before.committed_to_db
+            );
+            gate.set(true);
+        }
         let (s, doc) = tokio::time::timeout(LIMIT, fetch).await.unwrap().unwrap();
         assert_eq!(s, 200, "{doc}");
         let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();

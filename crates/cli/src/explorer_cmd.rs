@@ -43,6 +43,10 @@ pub(crate) struct ExplorerArgs {
     /// (repeatable), for an explorer behind a reverse proxy.
     #[arg(long = "allowed-host")]
     allowed_hosts: Vec<String>,
+    /// Once serving, write {"bind": "<address bound>"} to this file (atomically; removed at
+    /// start): with --bind 127.0.0.1:0, the port the system chose.
+    #[arg(long)]
+    ready_file: Option<String>,
 }
 
 /// Most proxies followed.
@@ -97,6 +101,8 @@ pub(crate) fn run(args: ExplorerArgs) -> Result<(), String> {
             .replace("--chain/--chain", "--chain")
     })?;
     let chain = ton.chain(&[])?;
+    let ready_file = args.ready_file.unwrap_or_default();
+    cocoon_service::process::clear_ready_file(&ready_file)?;
     cocoon_service::process::init_logging("info");
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     let endpoints = args.chain.iter().map(|u| shown(u)).collect();
@@ -114,6 +120,7 @@ pub(crate) fn run(args: ExplorerArgs) -> Result<(), String> {
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let (addr, task) = cocoon_explorer::spawn(cfg, chain, stop_rx).await?;
         eprintln!("cocoon explorer: serving http://{addr}/ (JSON: http://{addr}/api/network)");
+        cocoon_service::process::write_ready_file(&ready_file, &[("bind", addr)])?;
         cocoon_service::process::stop_signal().await;
         let _ = stop.send(true);
         let _ = task.await;

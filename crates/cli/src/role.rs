@@ -178,6 +178,9 @@ pub(crate) struct CommonArgs {
     /// toncenter v2 API URL.
     #[arg(long)]
     ton: Option<String>,
+    /// Write the bound listen addresses (JSON) to this file once serving.
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
     /// Print the effective configuration (with where each value came from) and exit.
     #[arg(long)]
     print_config: bool,
@@ -211,6 +214,11 @@ impl CommonArgs {
             ("admin_listen", self.admin.clone(), "--admin"),
             ("root_address", self.root.clone(), "--root"),
             ("ton_url", self.ton.clone(), "--ton"),
+            (
+                "ready_file",
+                self.ready_file.as_ref().map(|p| p.display().to_string()),
+                "--ready-file",
+            ),
         ];
         for (key, v, flag) in common.into_iter().chain(flags) {
             if let Some(v) = v {

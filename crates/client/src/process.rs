@@ -123,6 +123,12 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
         timings,
     };
     let handle = Client::start(cfg).await.map_err(|e| e.to_string())?;
+    let bound: Vec<_> = handle
+        .api_addr()
+        .map(|a| ("api_listen", a))
+        .into_iter()
+        .collect();
+    process::write_ready_file(&c.ready_file, &bound)?;
     let api = handle.api_addr().map(|a| a.to_string()).unwrap_or_default();
     eprintln!(
         "client: OpenAI API on http://{api}/v1, stats http://{api}/stats; owner {owner}, tee {}, state {}",

@@ -95,6 +95,7 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
         state_dir.display()
     );
     let task = tokio::spawn(service.serve(listener, acceptor));
+    cocoon_service::process::write_ready_file(&s.ready_file, &[("listen", addr)])?;
     shutdown.await;
     task.abort();
     Ok(())

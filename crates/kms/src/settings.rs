@@ -55,6 +55,8 @@ pub struct Settings {
     pub kds_url: String,
     /// State directory (`state_dir`).
     pub state_dir: String,
+    /// File the bound address is written to once the KMS serves (`ready_file`).
+    pub ready_file: String,
     /// Log filter (`log`).
     pub log: String,
 }
@@ -82,6 +84,7 @@ impl Settings {
             pccs_url: self.pccs_url.clone(),
             kds_url: self.kds_url.clone(),
             state_dir: self.state_dir.clone(),
+            ready_file: self.ready_file.clone(),
         }
     }
 

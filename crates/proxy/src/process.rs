@@ -672,6 +672,12 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
     if let Some(a) = handle.admin_addr() {
         eprintln!("proxy: admin http://{a}/stats");
     }
+    let mut bound = vec![
+        ("worker_listen", handle.worker_addr()),
+        ("client_listen", handle.client_addr()),
+    ];
+    bound.extend(handle.admin_addr().map(|a| ("admin_listen", a)));
+    cocoon_service::process::write_ready_file(&c.ready_file, &bound)?;
     let mut tasks = Vec::new();
     if let Some(c) = &checkpoints {
         let cfg = SettlementConfig {

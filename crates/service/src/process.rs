@@ -83,6 +83,37 @@ pub fn admin_token_file(configured: &str, state_dir: &Path) -> Result<PathBuf, S
     Ok(p)
 }
 
+/// Removes a ready file left by an earlier run (`ready_file`; empty: none), so that a reader
+/// never takes an old run's addresses for this one's.
+pub fn clear_ready_file(path: &str) -> Result<(), String> {
+    if path.is_empty() {
+        return Ok(());
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("ready_file {path}: {e}")),
+    }
+}
+
+/// Writes the ready file (`ready_file`; empty: none) once every listener is bound: a JSON
+/// object from each listen setting's key to the address bound (`"127.0.0.1:40123"`, the
+/// real port where the setting asked for port 0). Written to a temporary file beside it and
+/// renamed, so a reader sees the whole object or nothing.
+pub fn write_ready_file(path: &str, bound: &[(&str, std::net::SocketAddr)]) -> Result<(), String> {
+    if path.is_empty() {
+        return Ok(());
+    }
+    let map: serde_json::Map<String, serde_json::Value> = bound
+        .iter()
+        .map(|(k, a)| ((*k).to_owned(), serde_json::Value::String(a.to_string())))
+        .collect();
+    let text = serde_json::Value::Object(map).to_string();
+    let tmp = format!("{path}.tmp");
+    std::fs::write(&tmp, text + "\n").map_err(|e| format!("ready_file {tmp}: {e}"))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("ready_file {path}: {e}"))
+}
+
 /// The first line of a secret file, trimmed; an empty one is an error.
 pub fn read_first_line(path: &Path) -> Result<String, String> {
     let raw = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -96,6 +127,31 @@ pub fn read_first_line(path: &Path) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ready_file_holds_the_bound_addresses_and_a_new_run_clears_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ready.json");
+        let ps = p.to_str().unwrap();
+        // Nothing to clear yet; no path: nothing written.
+        clear_ready_file(ps).unwrap();
+        write_ready_file("", &[]).unwrap();
+        let a: std::net::SocketAddr = "127.0.0.1:40123".parse().unwrap();
+        let b: std::net::SocketAddr = "[::1]:9".parse().unwrap();
+        write_ready_file(ps, &[("api_listen", a), ("admin_listen", b)]).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"api_listen": "127.0.0.1:40123", "admin_listen": "[::1]:9"})
+        );
+        assert!(!dir.path().join("ready.json.tmp").exists());
+        clear_ready_file(ps).unwrap();
+        assert!(!p.exists());
+        // A directory in the way is named.
+        std::fs::create_dir(&p).unwrap();
+        assert!(clear_ready_file(ps).unwrap_err().starts_with("ready_file "));
+    }
 
     #[test]
     fn token_files_are_created_once_private_and_read_back() {

@@ -77,6 +77,9 @@ pub struct Common {
     pub kds_url: String,
     /// State directory (`state_dir`).
     pub state_dir: String,
+    /// File the bound listen addresses are written to once the role serves (`ready_file`;
+    /// empty: none); see [`crate::process::write_ready_file`].
+    pub ready_file: String,
 }
 
 impl Common {
@@ -132,8 +135,9 @@ impl Common {
     }
 
     /// The role's state directory (`state_dir`, or the role's default; created if missing)
-    /// and the CA roots of `extra_ca_file`.
+    /// and the CA roots of `extra_ca_file`; an earlier run's `ready_file` is removed.
     pub fn start(&self, role: &str) -> Result<Start, String> {
+        crate::process::clear_ready_file(&self.ready_file)?;
         Ok(Start {
             state_dir: state_dir(&self.state_dir, role)?,
             extra_roots: extra_roots(&self.extra_ca_file)?,
@@ -411,6 +415,7 @@ tee = "sim"
 pccs_url = ""
 kds_url = ""
 state_dir = ""
+ready_file = ""
 admin_listen = ""
 admin_token_file = ""
 admin_allowed_origins = []

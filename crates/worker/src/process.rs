@@ -252,6 +252,12 @@ pub async fn run(s: Settings, shutdown: impl Future<Output = ()>) -> Result<(), 
             .update_root(c, &s.proxies)
             .map_err(|e| e.to_string())?;
     }
+    let bound: Vec<_> = handle
+        .admin_addr()
+        .map(|a| ("admin_listen", a))
+        .into_iter()
+        .collect();
+    cocoon_service::process::write_ready_file(&c.ready_file, &bound)?;
     let watch = async {
         let (Some(r), Some(first)) = (&root, &first_root) else {
             return std::future::pending::<()>().await;

@@ -5,8 +5,8 @@
 
 mod common;
 use common::{
-    Killed, SimRoot, chat, cocoon, cocoon_env, faucet, free_port, get_json, have_test_model,
-    models, new_wallet, sigterm, spawn_role, start_devnet, stop_devnet, wait_for, worker_process,
+    Killed, SimRoot, chat, cocoon, cocoon_env, faucet, get_json, have_test_model, models,
+    new_wallet, sigterm, spawn_role, start_devnet, stop_devnet, wait_for, worker_process,
 };
 
 const ROOT: &str = "0:5555555555555555555555555555555555555555555555555555555555555555";
@@ -96,7 +96,8 @@ fn bad_client_configuration_is_one_line_and_exit_64() {
     let (rc, _, err) = client_cmd(&[
         "status",
         "--api",
-        &format!("http://127.0.0.1:{}", free_port()),
+        // Port 0: nothing can listen there.
+        "http://127.0.0.1:0",
     ]);
     assert_eq!(rc, 1);
     assert!(err.contains("is `cocoon client` running"), "{err}");
@@ -130,12 +131,10 @@ fn client_process_streams_the_default_model_through_proxy_and_worker_on_devnet()
     let mut devnet = Killed::new(devnet);
     let net = SimRoot::deploy(tmp.path(), &url, "9");
     let root = net.root.clone();
-    let padmin = format!("127.0.0.1:{}", free_port());
-    let proxy = net.proxy(&padmin, &tmp.path().join("proxy"));
-    let mut proxy = Killed::new(proxy);
-    let wadmin = format!("127.0.0.1:{}", free_port());
-    let worker = worker_process(&root, &url, &wadmin, "2", &tmp.path().join("worker"));
-    let mut worker = Killed::new(worker);
+    let (mut proxy, pbound) = net.proxy(&tmp.path().join("proxy"));
+    let padmin = pbound.get("admin_listen");
+    let (mut worker, wbound) = worker_process(&root, &url, "2", &tmp.path().join("worker"));
+    let wadmin = wbound.get("admin_listen");
     wait_for("the worker's model id", || {
         get_json(&format!("http://{wadmin}/jsonstats")).is_some()
     });
@@ -160,11 +159,9 @@ fn client_process_streams_the_default_model_through_proxy_and_worker_on_devnet()
         .enable_all()
         .build()
         .unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let api = format!("http://{listen}");
     let cstate = tmp.path().join("client");
     let wallet = format!("wallet_key_file={ckey_s}");
-    let client = spawn_role(
+    let (mut client, cbound) = spawn_role(
         &[
             "client",
             "--root",
@@ -172,7 +169,7 @@ fn client_process_streams_the_default_model_through_proxy_and_worker_on_devnet()
             "--ton",
             &url,
             "--listen",
-            &listen,
+            "127.0.0.1:0",
             "--set",
             &wallet,
             "--set",
@@ -184,7 +181,7 @@ fn client_process_streams_the_default_model_through_proxy_and_worker_on_devnet()
         ],
         &cstate,
     );
-    let mut client = Killed::new(client);
+    let api = format!("http://{}", cbound.get("api_listen"));
     let stats = || get_json(&format!("{api}/jsonstats"));
     // The wallet deploys the channel with 5 TON, registers on chain (long authorisation).
     wait_for("the client's proxy session", || {

@@ -16,7 +16,7 @@ use cocoon_ton::codec::{decode_boc_base64, encode_boc_base64};
 use cocoon_ton::root::RootConfig;
 
 mod common;
-use common::{Killed, cocoon, free_port, get_json, own_root, root_op, wait_for};
+use common::{cocoon, get_json, own_root, root_op, start_ready, wait_for};
 
 /// Makes `e` serve the root's storage with `price` as its price and its version raised by
 /// `bump` (a forged configuration).
@@ -119,7 +119,6 @@ fn the_explorer_outvotes_a_lying_endpoint_and_keeps_the_last_agreed_root() {
     let before = config();
     forge_price(&e[1], &root_addr, 999_999, 100);
 
-    let bind = format!("127.0.0.1:{}", free_port());
     let mut args = vec![
         "explorer".to_owned(),
         "--root".into(),
@@ -127,25 +126,26 @@ fn the_explorer_outvotes_a_lying_endpoint_and_keeps_the_last_agreed_root() {
         "--quorum".into(),
         "2".into(),
         "--bind".into(),
-        bind.clone(),
+        "127.0.0.1:0".into(),
         "--poll-secs".into(),
         "1".into(),
         "--timeout-secs".into(),
         "3".into(),
         "--proxy-stats".into(),
-        format!("http://127.0.0.1:{}/public.json", free_port()),
+        // Port 0: nobody can listen there.
+        "http://127.0.0.1:0/public.json".into(),
     ];
     for u in &urls {
         args.extend(["--chain".to_owned(), u.clone()]);
     }
-    let _explorer = Killed::new(
+    let (_explorer, bound) = start_ready(
         Command::new(env!("CARGO_BIN_EXE_cocoon"))
             .args(&args)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+            .stderr(Stdio::null()),
+        &dir.path().join("explorer.ready.json"),
     );
+    let bind = bound.get("bind");
     let api = format!("http://{bind}/api/network");
     let net = || get_json(&api).unwrap_or_default();
     wait_for("the explorer's first read", || net()["status"] == "live");

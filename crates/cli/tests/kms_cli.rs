@@ -7,11 +7,11 @@
 
 mod common;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use common::{
-    Killed, SimRoot, cocoon, faucet, free_port, get_json, have_test_model, new_wallet, sigterm,
-    spawn_role, start_devnet, stop_devnet, wait_for,
+    Killed, SimRoot, cocoon, faucet, get_json, have_test_model, new_wallet, ready_file, sigterm,
+    spawn_role, start_devnet, start_ready, stop_devnet, wait_for,
 };
 
 const ROOT: &str = "0:5555555555555555555555555555555555555555555555555555555555555555";
@@ -96,16 +96,21 @@ fn bad_kms_configuration_is_one_line_and_exit_64() {
 }
 
 /// `cocoon kms serve --test --tee sim ARGS... --state-dir STATE`.
-fn kms_process(args: &[&str], state: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_cocoon"))
-        .args(["kms", "serve", "--test", "--tee", "sim"])
+fn kms_command(args: &[&str], state: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cocoon"));
+    c.args(["kms", "serve", "--test", "--tee", "sim"])
         .args(args)
         .arg("--state-dir")
         .arg(state)
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap()
+        .stderr(Stdio::inherit());
+    c
+}
+
+/// `cocoon kms serve` (sim TEE) once it listens; its address (`listen`) with it.
+fn kms_process(args: &[&str], state: &Path) -> (Killed, String) {
+    let (k, bound) = start_ready(&mut kms_command(args, state), &ready_file(state));
+    (k, bound.get("listen"))
 }
 
 /// Every file below `dir`, read whole.
@@ -133,17 +138,16 @@ fn a_proxy_keyed_by_the_kms_restarts_with_the_same_key_and_clients_accept_its_re
     let sim = hex::encode(cocoon_attest::sim::sim_image_hash());
     let trust = format!("kms_image_hashes={sim}");
 
-    // The KMS, following the same root.
-    let kaddr = format!("127.0.0.1:{}", free_port());
+    // The KMS, following the same root, on a port it picks.
     let kstate = tmp.path().join("kms");
-    let kms = kms_process(
+    let (mut kms, kaddr) = kms_process(
         &[
             "--root",
             &root,
             "--ton",
             &url,
             "--listen",
-            &kaddr,
+            "127.0.0.1:0",
             "--set",
             &trust,
             "--set",
@@ -155,7 +159,6 @@ fn a_proxy_keyed_by_the_kms_restarts_with_the_same_key_and_clients_accept_its_re
         ],
         &kstate,
     );
-    let mut kms = Killed::new(kms);
 
     // The proxy's wallet key, as an image's init would fetch it (retrying until the KMS is
     // up); funded so that the proxy can deploy its contract.
@@ -213,10 +216,11 @@ fn a_proxy_keyed_by_the_kms_restarts_with_the_same_key_and_clients_accept_its_re
     assert_ne!(worker_seed, wallet_seed, "roles get different keys");
     fund(&worker_seed);
 
-    // The proxy with no key files: both keys from the KMS.
-    let padmin = format!("127.0.0.1:{}", free_port());
+    // The proxy with no key files: both keys from the KMS. First on ports it picks, then
+    // (restarted) at the addresses it reported, which the root lists and the client redials
+    // (free only between the first run's exit and the restart's bind).
     let kms_set = format!("kms={kaddr}");
-    let start_proxy = || {
+    let start_proxy = |worker: &str, client: &str, admin: &str| {
         spawn_role(
             &[
                 "proxy",
@@ -227,11 +231,11 @@ fn a_proxy_keyed_by_the_kms_restarts_with_the_same_key_and_clients_accept_its_re
                 "--ton",
                 &url,
                 "--worker-listen",
-                &net.pw,
+                worker,
                 "--client-listen",
-                &net.pc,
+                client,
                 "--admin",
-                &padmin,
+                admin,
                 "--set",
                 &kms_set,
                 "--set",
@@ -248,15 +252,21 @@ fn a_proxy_keyed_by_the_kms_restarts_with_the_same_key_and_clients_accept_its_re
             &pstate,
         )
     };
-    let mut proxy = Killed::new(start_proxy());
+    let any = "127.0.0.1:0";
+    let (mut proxy, pbound) = start_proxy(any, any, any);
+    let (pw, pc, padmin) = (
+        pbound.get("worker_listen"),
+        pbound.get("client_listen"),
+        pbound.get("admin_listen"),
+    );
+    net.register(&pw, &pc);
     let pstats = || get_json(&format!("http://{padmin}/jsonstats"));
     wait_for("the proxy's first confirmed checkpoint", || {
         pstats().is_some_and(|s| s["ledger"]["confirmed_checkpoint"].as_u64() >= Some(1))
     });
 
-    let wadmin = format!("127.0.0.1:{}", free_port());
     // The worker's payout wallet from the KMS too (its sim image is on the worker list).
-    let worker = spawn_role(
+    let (mut worker, wbound) = spawn_role(
         &[
             "worker",
             "--owner",
@@ -268,7 +278,7 @@ fn a_proxy_keyed_by_the_kms_restarts_with_the_same_key_and_clients_accept_its_re
             "--model",
             "smollm2-135m",
             "--admin",
-            &wadmin,
+            "127.0.0.1:0",
             "--set",
             "root_poll_seconds=1",
             "--set",
@@ -286,7 +296,7 @@ fn a_proxy_keyed_by_the_kms_restarts_with_the_same_key_and_clients_accept_its_re
         ],
         &wstate,
     );
-    let mut worker = Killed::new(worker);
+    let wadmin = wbound.get("admin_listen");
     wait_for("the worker's model id", || {
         get_json(&format!("http://{wadmin}/jsonstats")).is_some()
     });
@@ -303,10 +313,8 @@ fn a_proxy_keyed_by_the_kms_restarts_with_the_same_key_and_clients_accept_its_re
     let ckey = tmp.path().join("client.key");
     let craw = new_wallet(&ckey);
     faucet(&url, &craw, 30_000_000_000);
-    let listen = format!("127.0.0.1:{}", free_port());
-    let api = format!("http://{listen}");
     let cwallet = format!("wallet_key_file={}", ckey.display());
-    let client = spawn_role(
+    let (mut client, cbound) = spawn_role(
         &[
             "client",
             "--root",
@@ -314,7 +322,7 @@ fn a_proxy_keyed_by_the_kms_restarts_with_the_same_key_and_clients_accept_its_re
             "--ton",
             &url,
             "--listen",
-            &listen,
+            "127.0.0.1:0",
             "--set",
             &cwallet,
             "--set",
@@ -326,7 +334,7 @@ fn a_proxy_keyed_by_the_kms_restarts_with_the_same_key_and_clients_accept_its_re
         ],
         &tmp.path().join("client"),
     );
-    let mut client = Killed::new(client);
+    let api = format!("http://{}", cbound.get("api_listen"));
     let cstats = || get_json(&format!("{api}/jsonstats"));
     let proxy_view = || cstats().map(|s| s["proxies"][0].clone());
     wait_for("the client's proxy session", || {
@@ -361,7 +369,7 @@ fn a_proxy_keyed_by_the_kms_restarts_with_the_same_key_and_clients_accept_its_re
     // Restarted, the proxy gets the same key from the KMS: the same contract, its ledger opens
     // (its rows are keyed from the proxy key), and its new receipts verify for the client.
     assert!(sigterm(proxy.take()).success());
-    let mut proxy = Killed::new(start_proxy());
+    let (mut proxy, _) = start_proxy(&pw, &pc, &padmin);
     wait_for("the client's session with the restarted proxy", || {
         cstats().is_some_and(|s| s["proxies_ready"] == 1)
             && pstats().is_some_and(|s| s["workers"].as_array().map(|w| w.len()) == Some(1))
@@ -397,7 +405,7 @@ fn a_proxy_keyed_by_the_kms_restarts_with_the_same_key_and_clients_accept_its_re
 
     // A second KMS gets the master from the first (both attest each other), seals it, and
     // restarted alone hands out the same keys.
-    let k2addr = format!("127.0.0.1:{}", free_port());
+    // The second KMS picks its port each time it starts.
     let k2state = tmp.path().join("kms2");
     let second = |peer: Option<&str>| {
         let mut args = vec![
@@ -406,7 +414,7 @@ fn a_proxy_keyed_by_the_kms_restarts_with_the_same_key_and_clients_accept_its_re
             "--ton",
             &url,
             "--listen",
-            &k2addr,
+            "127.0.0.1:0",
             "--set",
             &trust,
             "--set",
@@ -415,25 +423,29 @@ fn a_proxy_keyed_by_the_kms_restarts_with_the_same_key_and_clients_accept_its_re
         if let Some(p) = peer {
             args.extend(["--peer", p]);
         }
-        Killed::new(kms_process(&args, &k2state))
+        kms_process(&args, &k2state)
     };
     let same_signing_key = |kms: &str| {
         let (rc, out, err) = fetch_from(kms, "proxy", &net.raw, &pstate, "signing");
         assert_eq!(rc, 0, "{err}");
         assert_eq!(out.trim(), hex::encode(signing_seed));
     };
-    let mut kms2 = second(Some(&kaddr));
+    let (mut kms2, k2addr) = second(Some(&kaddr));
     same_signing_key(&k2addr);
     assert!(sigterm(kms2.take()).success());
     assert!(k2state.join("master.sealed").exists());
-    let mut kms2 = second(None);
+    let (mut kms2, k2addr) = second(None);
     same_signing_key(&k2addr);
     assert!(sigterm(kms2.take()).success());
     // A KMS with no sealed master and no peer does not make a new one unasked.
-    let mut lost = Killed::new(kms_process(
-        &["--root", &root, "--ton", &url, "--listen", &k2addr],
-        &tmp.path().join("kms3"),
-    ));
+    let mut lost = Killed::new(
+        kms_command(
+            &["--root", &root, "--ton", &url, "--listen", "127.0.0.1:0"],
+            &tmp.path().join("kms3"),
+        )
+        .spawn()
+        .unwrap(),
+    );
     let status = lost.0.as_mut().unwrap().wait().unwrap();
     assert_eq!(status.code(), Some(1));
 

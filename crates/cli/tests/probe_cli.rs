@@ -10,8 +10,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 use common::{
-    Killed, SimRoot, cocoon, free_port, get_json, have_test_model, start_devnet, stop_devnet,
-    wait_for, worker_process,
+    Killed, SimRoot, cocoon, get_json, have_test_model, start_devnet, stop_devnet, wait_for,
+    worker_process,
 };
 
 fn sim_image() -> String {
@@ -32,13 +32,17 @@ fn probe_a_live_proxy_shows_its_evidence_and_the_roots_verdict() {
     let (devnet, url, _lines, rx) = start_devnet(&tmp.path().join("devnet"));
     let mut devnet = Killed::new(devnet);
     let net = SimRoot::deploy(tmp.path(), &url, "31");
-    let admin = format!("127.0.0.1:{}", free_port());
-    let _proxy = Killed::new(net.proxy(&admin, &tmp.path().join("proxy")));
+    let (_proxy, bound) = net.proxy(&tmp.path().join("proxy"));
+    let (admin, pw, pc) = (
+        bound.get("admin_listen"),
+        bound.get("worker_listen"),
+        bound.get("client_listen"),
+    );
     wait_for("the proxy's admin server", || {
         get_json(&format!("http://{admin}/jsonstats")).is_some()
     });
     let probe = |extra: &[&str]| {
-        let mut a = vec!["attest", "probe", net.pc.as_str()];
+        let mut a = vec!["attest", "probe", pc.as_str()];
         a.extend_from_slice(extra);
         cocoon(&a)
     };
@@ -53,7 +57,7 @@ fn probe_a_live_proxy_shows_its_evidence_and_the_roots_verdict() {
             .unwrap_or_else(|| panic!("no {key:?} in {out}"))
             .to_owned()
     };
-    assert_eq!(line("peer:"), format!("proxy at {}", net.pc));
+    assert_eq!(line("peer:"), format!("proxy at {pc}"));
     assert_eq!(line("status:"), "accepted (policy any, test network)");
     assert_eq!(line("backend:"), "sim");
     assert_eq!(line("image hash:"), sim_image());
@@ -87,7 +91,7 @@ fn probe_a_live_proxy_shows_its_evidence_and_the_roots_verdict() {
     );
     // A proxy's worker port refuses a worker without evidence: the proxy's evidence is
     // shown, then the proxy's refusal of ours.
-    let (rc, out, err) = cocoon(&["attest", "probe", &net.pw, "--test"]);
+    let (rc, out, err) = cocoon(&["attest", "probe", &pw, "--test"]);
     let e = one_line_error(rc, &out, &err);
     assert!(out.contains("backend:        sim"), "{out}");
     assert!(out.contains("session:        refused: "), "{out}");
@@ -187,18 +191,12 @@ fn probe_as_proxy_shows_a_workers_evidence() {
         "{e}"
     );
 
-    // A real worker, following the root that registers the probe's address as its proxy.
+    // A real worker, following the root that registers the probe's address as its proxy
+    // (nobody listens for clients at port 0).
     if have_test_model() {
-        let (child, addr, out) = as_proxy(&net.pw, &root_args);
-        assert_eq!(addr, net.pw);
-        let worker = worker_process(
-            &net.root,
-            &url,
-            &format!("127.0.0.1:{}", free_port()),
-            "1",
-            &tmp.path().join("worker"),
-        );
-        let _worker = Killed::new(worker);
+        let (child, addr, out) = as_proxy("127.0.0.1:0", &root_args);
+        net.register(&addr, "127.0.0.1:0");
+        let (_worker, _) = worker_process(&net.root, &url, "1", &tmp.path().join("worker"));
         let (rc, text, err) = finish(child, out);
         assert_eq!(rc, 0, "{text}{err}");
         assert!(

@@ -5,8 +5,8 @@
 
 mod common;
 use common::{
-    Killed, SimRoot, cocoon_env, free_port, get_json, have_test_model, sigterm, start_devnet,
-    stop_devnet, wait_for, worker_process,
+    Killed, SimRoot, cocoon_env, get_json, have_test_model, sigterm, start_devnet, stop_devnet,
+    wait_for, worker_process,
 };
 
 const OWNER: &str = "0:4444444444444444444444444444444444444444444444444444444444444444";
@@ -82,10 +82,9 @@ fn proxy_process_checkpoints_on_devnet_and_admits_a_worker_process() {
 
     // One wallet owns the root and operates the proxy.
     let net = SimRoot::deploy(tmp.path(), &url, "8");
-    let admin = format!("127.0.0.1:{}", free_port());
     let state = tmp.path().join("proxy");
-    let start_proxy = || net.proxy(&admin, &state);
-    let mut proxy = Killed::new(start_proxy());
+    let (mut proxy, bound) = net.proxy(&state);
+    let admin = bound.get("admin_listen");
     let stats_url = format!("http://{admin}/jsonstats");
     let stats = || get_json(&stats_url);
     // The contract is deployed with its stake, and the first checkpoint is confirmed.
@@ -97,15 +96,8 @@ fn proxy_process_checkpoints_on_devnet_and_admits_a_worker_process() {
     assert!(s["ledger"]["halted"].is_null(), "{s}");
 
     // A worker with the embedded default model, following the same root.
-    let worker_admin = format!("127.0.0.1:{}", free_port());
-    let worker = worker_process(
-        &net.root,
-        &url,
-        &worker_admin,
-        "1",
-        &tmp.path().join("worker"),
-    );
-    let mut worker = Killed::new(worker);
+    let (mut worker, wbound) = worker_process(&net.root, &url, "1", &tmp.path().join("worker"));
+    let worker_admin = wbound.get("admin_listen");
     let wstats = || get_json(&format!("http://{worker_admin}/jsonstats"));
     wait_for("the worker's model id", || wstats().is_some());
     let model = wstats().unwrap()["model"].as_str().unwrap().to_owned();
@@ -124,7 +116,10 @@ fn proxy_process_checkpoints_on_devnet_and_admits_a_worker_process() {
         .unwrap();
     let status = sigterm(proxy.take());
     assert!(status.success(), "proxy exit status {status}");
-    let mut proxy = Killed::new(start_proxy());
+    // On new ports, registered in the root again: nothing waits for the old ones to be free.
+    let (mut proxy, bound) = net.proxy(&state);
+    let stats_url = format!("http://{}/jsonstats", bound.get("admin_listen"));
+    let stats = || get_json(&stats_url);
     wait_for("the restarted proxy checkpoints again", || {
         stats().is_some_and(|s| s["ledger"]["confirmed_checkpoint"].as_u64() > Some(confirmed))
     });

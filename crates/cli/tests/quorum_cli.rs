@@ -21,7 +21,7 @@ use cocoon_ton::codec::{decode_boc_base64, encode_boc_base64};
 use cocoon_ton::root::RootConfig;
 
 mod common;
-use common::{Killed, cocoon, free_port, get_json, own_root, root_op, wait_for};
+use common::{Killed, cocoon, get_json, own_root, root_op, start_ready, wait_for};
 
 const OWNER: &str = "0:4444444444444444444444444444444444444444444444444444444444444444";
 const ROOT: &str = "0:5555555555555555555555555555555555555555555555555555555555555555";
@@ -138,8 +138,7 @@ fn start_proxy(
     owner: &str,
     root: &str,
     ton: &[&str],
-    admin: &str,
-) -> (Killed, std::path::PathBuf) {
+) -> (Killed, std::path::PathBuf, String) {
     let log = dir.join("proxy.log");
     let mut args: Vec<String> = [
         "proxy",
@@ -151,11 +150,11 @@ fn start_proxy(
         "--root",
         root,
         "--worker-listen",
-        &format!("127.0.0.1:{}", free_port()),
+        "127.0.0.1:0",
         "--client-listen",
-        &format!("127.0.0.1:{}", free_port()),
+        "127.0.0.1:0",
         "--admin",
-        admin,
+        "127.0.0.1:0",
         "--set",
         "root_poll_seconds=1",
         "--set",
@@ -173,15 +172,14 @@ fn start_proxy(
             "ton_quorum=2".to_owned(),
         ]);
     }
-    let child = Command::new(env!("CARGO_BIN_EXE_cocoon"))
-        .args(&args)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cocoon"));
+    cmd.args(&args)
         .arg("--state-dir")
         .arg(dir.join("state"))
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    (Killed::new(child), log)
+        .stderr(std::fs::File::create(&log).unwrap());
+    let (child, bound) = start_ready(&mut cmd, &dir.join("ready.json"));
+    (child, log, bound.get("admin_listen"))
 }
 
 #[test]
@@ -213,11 +211,10 @@ fn proxy_keeps_the_last_agreed_root_when_its_endpoints_disagree() {
     // One liar among three: the proxy starts on the agreed configuration and follows the
     // real change, never the forged version.
     forge_root(&e[1], &root_addr, 100);
-    let admin = format!("127.0.0.1:{}", free_port());
     let pdir = tmp.path().join("p1");
     std::fs::create_dir_all(&pdir).unwrap();
     let urls_ref: Vec<&str> = urls.iter().map(String::as_str).collect();
-    let (_proxy, log) = start_proxy(&pdir, &raw, &root, &urls_ref, &admin);
+    let (_proxy, log, admin) = start_proxy(&pdir, &raw, &root, &urls_ref);
     let stats = || get_json(&format!("http://{admin}/jsonstats"));
     let root_version = || stats().and_then(|s| s["root_version"].as_u64());
     wait_for("the proxy up", || root_version().is_some());
@@ -266,10 +263,9 @@ fn proxy_keeps_the_last_agreed_root_when_its_endpoints_disagree() {
 
     // The old configuration, one endpoint, and that endpoint lies: the forgery is taken.
     forge_root(&e[1], &root_addr, 100);
-    let admin2 = format!("127.0.0.1:{}", free_port());
     let pdir2 = tmp.path().join("p2");
     std::fs::create_dir_all(&pdir2).unwrap();
-    let (_alone, _) = start_proxy(&pdir2, &raw, &root, &[urls_ref[1]], &admin2);
+    let (_alone, _, admin2) = start_proxy(&pdir2, &raw, &root, &[urls_ref[1]]);
     wait_for("the single-endpoint proxy up", || {
         get_json(&format!("http://{admin2}/jsonstats")).is_some()
     });

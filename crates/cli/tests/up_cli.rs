@@ -16,7 +16,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{cocoon, free_port, get_json, get_text, have_test_model};
+use common::{cocoon, get_json, get_text, have_test_model};
 
 /// A running `cocoon up`; dropped while running it is killed together with its children
 /// (named in `<dir>/pids`), so a failing test leaves nothing behind.
@@ -247,6 +247,12 @@ fn bad_up_flags_are_one_line() {
 /// One `cocoon up` at a time: two starting together could pick the same free ports.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// The API port of every `cocoon up` here: its default, fixed like its other ports (below
+/// the ephemeral range, so no outgoing connection takes it), and kept across resumes and
+/// restarts as the tests check. A port picked at random and handed to `cocoon up` could be
+/// taken before its client binds it.
+const UP_PORT: u16 = 10000;
+
 /// What a `cocoon up` test holds: its turn, a temporary directory, the API port and a
 /// runtime for its HTTP calls.
 fn up_test() -> (
@@ -257,7 +263,7 @@ fn up_test() -> (
 ) {
     let one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = UP_PORT;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -1014,7 +1020,7 @@ fn up_with_an_external_backend_and_two_workers() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let backend = mock_backend();
     let tmp = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = UP_PORT;
     let api = format!("http://127.0.0.1:{port}");
     let id = format!("mockmodel@v1:{}", "ab".repeat(32));
     let flags = ["--workers", "2", "--backend", &backend, "--model", &id];

@@ -5,8 +5,8 @@
 
 mod common;
 use common::{
-    Killed, cocoon_env, free_port, get_json, have_test_model, own_root, root_op, sigterm,
-    start_devnet, stop_devnet, wait_for, worker_process,
+    Killed, cocoon_env, get_json, have_test_model, own_root, root_op, sigterm, start_devnet,
+    stop_devnet, wait_for, worker_process,
 };
 
 const OWNER: &str = "0:4444444444444444444444444444444444444444444444444444444444444444";
@@ -128,18 +128,19 @@ fn worker_process_follows_the_root_on_devnet() {
     let (devnet, url, _lines, rx) = start_devnet(&tmp.path().join("devnet"));
     let mut devnet = Killed::new(devnet);
 
-    // A root owned by a fresh wallet: one registered proxy, nobody listening there yet.
+    // A root owned by a fresh wallet: one registered proxy, bound by the test but never
+    // answering (nobody else can take the port while the listener lives).
     let (key_s, _raw, root) = own_root(tmp.path(), &url, "7", 5_000_000_000);
     let owner = |op: &[&str]| root_op(op, &key_s, &url, &root);
-    let p1 = format!("127.0.0.1:{}", free_port());
-    owner(&["add-proxy", &format!("{p1} 127.0.0.1:1")]);
+    let silent = || std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (l1, l2) = (silent(), silent());
+    let p1 = l1.local_addr().unwrap().to_string();
+    owner(&["add-proxy", &format!("{p1} 127.0.0.1:0")]);
 
     // The worker: embedded engine with the default model from the model store, sim TEE.
-    let admin = format!("127.0.0.1:{}", free_port());
     let state = tmp.path().join("worker");
-    let child = worker_process(&root, &url, &admin, "1", &state);
-    let mut child = Killed::new(child);
-    let stats_url = format!("http://{admin}/jsonstats");
+    let (mut child, bound) = worker_process(&root, &url, "1", &state);
+    let stats_url = format!("http://{}/jsonstats", bound.get("admin_listen"));
     let stats = || get_json(&stats_url);
     wait_for("the worker's admin server", || stats().is_some());
     let s = stats().unwrap();
@@ -165,7 +166,7 @@ fn worker_process_follows_the_root_on_devnet() {
     // The owner whitelists the model and registers a second proxy: both reach the worker
     // through its polling.
     owner(&["add-model", &model_id]);
-    let p2 = format!("127.0.0.1:{}", free_port());
+    let p2 = l2.local_addr().unwrap().to_string();
     owner(&["add-proxy", &p2]);
     wait_for("whitelist and second proxy applied", || {
         let s = stats().unwrap();

@@ -163,35 +163,67 @@ pub(crate) fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// A loopback port free right now, below Linux's ephemeral range (32768–60999): a port from
-/// that range (what binding port 0 gives) can be taken as the local port of any outgoing
-/// connection of a process started meanwhile — a proxy registered on it in the root then
-/// fails to bind ("Address already in use"), as a CI run once showed.
-///
-/// The port is probed and released, then bound later by a child: a port handed out once is
-/// never handed out again by this test binary, so two tests running in parallel threads
-/// cannot both be given it in that window (cargo runs test binaries one at a time, and no
-/// outgoing connection takes a port below the ephemeral range).
-pub(crate) fn free_port() -> u16 {
-    use std::hash::{BuildHasher, Hasher};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    for _ in 0..1000 {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(NEXT.fetch_add(1, Ordering::Relaxed));
-        h.write_u32(std::process::id());
-        let port = 20_000 + (h.finish() % 12_000) as u16;
-        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
-        if given.contains(&port) {
-            continue;
-        }
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            given.push(port);
-            return port;
-        }
+/// The addresses a role process bound, as it reported them in its ready file
+/// (`--ready-file`): each listen setting's key to `ip:port`. Tests let every child bind port 0
+/// and read the port here, never pick a port for a child to bind later (another process can
+/// take it in between).
+pub(crate) struct Bound(serde_json::Map<String, serde_json::Value>);
+
+impl Bound {
+    /// The address bound for `key` (`"admin_listen"`, `"client_listen"`, ...).
+    pub(crate) fn get(&self, key: &str) -> String {
+        self.0
+            .get(key)
+            .and_then(|v| v.as_str())
+            .unwrap_or_else(|| panic!("no {key} in the ready file: {:?}", self.0))
+            .to_owned()
     }
-    panic!("no free loopback port in 20000..32000")
+}
+
+/// The ready file of a role whose state directory is `state`.
+pub(crate) fn ready_file(state: &Path) -> std::path::PathBuf {
+    let mut name = state.file_name().unwrap().to_owned();
+    name.push(".ready.json");
+    state.with_file_name(name)
+}
+
+/// Waits until `child` has written its ready file `file` (every listener bound) and returns
+/// what it reports; panics if the child exits first or after 10 minutes (a worker may pull
+/// and load its model first).
+pub(crate) fn wait_ready(child: &mut Killed, file: &Path) -> Bound {
+    let end = Instant::now() + Duration::from_secs(600);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(file) {
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{}: {e}: {text:?}", file.display()));
+            return Bound(v.as_object().unwrap().clone());
+        }
+        if let Some(status) = child.0.as_mut().unwrap().try_wait().unwrap() {
+            panic!(
+                "the process exited ({status}) before writing {}",
+                file.display()
+            );
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out waiting for {}",
+            file.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Starts `cmd` (`cocoon ARGS... --ready-file F`, F removed first) and waits for its ready
+/// file.
+pub(crate) fn start_ready(cmd: &mut Command, file: &Path) -> (Killed, Bound) {
+    match std::fs::remove_file(file) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => panic!("{}: {e}", file.display()),
+    }
+    let mut child = Killed::new(cmd.arg("--ready-file").arg(file).spawn().unwrap());
+    let bound = wait_ready(&mut child, file);
+    (child, bound)
 }
 
 /// A new wallet key file at `key`; returns the wallet's raw address.
@@ -249,7 +281,7 @@ pub(crate) fn own_root(
 }
 
 /// A root of its own on the devnet at `url` (50 TON to its owner's wallet) listing the sim
-/// image for workers and proxies and one proxy, whose worker and client ports are free now.
+/// image for workers and proxies; [`SimRoot::proxy`] starts its proxy and registers it.
 pub(crate) struct SimRoot {
     pub url: String,
     /// The owner's key file.
@@ -257,32 +289,21 @@ pub(crate) struct SimRoot {
     /// The owner's raw address (it operates the proxy too).
     pub raw: String,
     pub root: String,
-    /// The proxy's worker port.
-    pub pw: String,
-    /// The proxy's client port.
-    pub pc: String,
 }
 
 impl SimRoot {
     pub(crate) fn deploy(dir: &Path, url: &str, unique_id: &str) -> Self {
         let (key, raw, root) = own_root(dir, url, unique_id, 50_000_000_000);
-        let (pw, pc) = (
-            format!("127.0.0.1:{}", free_port()),
-            format!("127.0.0.1:{}", free_port()),
-        );
         let r = SimRoot {
             url: url.to_owned(),
             key,
             raw,
             root,
-            pw,
-            pc,
         };
         let sim = hex::encode(cocoon_attest::sim::sim_image_hash());
         r.op(&["add-image", &sim]);
         // Workers serve only proxies whose image the root lists.
         r.op(&["add-image", "--kind", "proxy", &sim]);
-        r.op(&["add-proxy", &format!("{} {}", r.pw, r.pc)]);
         r
     }
 
@@ -291,9 +312,32 @@ impl SimRoot {
         root_op(op, &self.key, &self.url, &self.root);
     }
 
-    /// `cocoon proxy` (test network, sim TEE) at the registered ports, its wallet the owner's,
-    /// checkpointing every second; admin server at `admin`, state in `state`.
-    pub(crate) fn proxy(&self, admin: &str, state: &Path) -> Child {
+    /// Registers a proxy listening at `worker` (for workers) and `client` (for clients).
+    pub(crate) fn register(&self, worker: &str, client: &str) {
+        self.op(&["add-proxy", &format!("{worker} {client}")]);
+    }
+
+    /// [`SimRoot::proxy_at`] on ports the proxy picks (port 0), then registered in the root
+    /// at the addresses it reports.
+    pub(crate) fn proxy(&self, state: &Path) -> (Killed, Bound) {
+        let a = "127.0.0.1:0";
+        let (p, b) = self.proxy_at(a, a, a, state);
+        self.register(&b.get("worker_listen"), &b.get("client_listen"));
+        (p, b)
+    }
+
+    /// `cocoon proxy` (test network, sim TEE) listening at `worker` and `client`, its wallet
+    /// the owner's, checkpointing every second; admin server at `admin`, state in `state`;
+    /// returned once it serves. Explicit addresses are for a restart where the root lists the
+    /// proxy: the ones its previous run reported, free only between that run's exit and this
+    /// bind.
+    pub(crate) fn proxy_at(
+        &self,
+        worker: &str,
+        client: &str,
+        admin: &str,
+        state: &Path,
+    ) -> (Killed, Bound) {
         let wallet = format!("wallet_key_file={}", self.key);
         spawn_role(
             &[
@@ -305,9 +349,9 @@ impl SimRoot {
                 "--ton",
                 &self.url,
                 "--worker-listen",
-                &self.pw,
+                worker,
                 "--client-listen",
-                &self.pc,
+                client,
                 "--admin",
                 admin,
                 "--set",
@@ -331,14 +375,9 @@ pub(crate) const WORKER_OWNER: &str =
     "0:4444444444444444444444444444444444444444444444444444444444444444";
 
 /// `cocoon worker` (test network, sim TEE) with the embedded default model in `slots` slots,
-/// following `root` on the devnet at `url`; admin server at `admin`, state in `state`.
-pub(crate) fn worker_process(
-    root: &str,
-    url: &str,
-    admin: &str,
-    slots: &str,
-    state: &Path,
-) -> Child {
+/// following `root` on the devnet at `url`; its admin server on a port it picks
+/// (`admin_listen` in the returned addresses), state in `state`; returned once it serves.
+pub(crate) fn worker_process(root: &str, url: &str, slots: &str, state: &Path) -> (Killed, Bound) {
     let slots = format!("slots={slots}");
     spawn_role(
         &[
@@ -352,7 +391,7 @@ pub(crate) fn worker_process(
             "--model",
             "smollm2-135m",
             "--admin",
-            admin,
+            "127.0.0.1:0",
             "--set",
             "root_poll_seconds=1",
             "--set",
@@ -367,18 +406,18 @@ pub(crate) fn worker_process(
 }
 
 /// Starts `cocoon ROLE --test --tee sim ARGS... --state-dir STATE` (stdout dropped, stderr
-/// shown).
-pub(crate) fn spawn_role(args: &[&str], state: &Path) -> Child {
+/// shown) and waits until it serves (its ready file, [`ready_file`]); returns it with the
+/// addresses it bound.
+pub(crate) fn spawn_role(args: &[&str], state: &Path) -> (Killed, Bound) {
     let (role, rest) = args.split_first().unwrap();
-    Command::new(env!("CARGO_BIN_EXE_cocoon"))
-        .args([*role, "--test", "--tee", "sim"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cocoon"));
+    cmd.args([*role, "--test", "--tee", "sim"])
         .args(rest)
         .arg("--state-dir")
         .arg(state)
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap()
+        .stderr(Stdio::inherit());
+    start_ready(&mut cmd, &ready_file(state))
 }
 
 /// The models the OpenAI API at `api` lists (`GET /v1/models`).

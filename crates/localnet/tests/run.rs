@@ -9,11 +9,9 @@ use cocoon_localnet::{Settings, Stop, UpError, run};
 
 /// Settings that skip the model store (an external backend) and run the roles as `exe`.
 fn settings(exe: &str, dir: &Path) -> Settings {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // `cocoon up`'s default API port, fixed (below the ephemeral range, so no outgoing
+    // connection takes it): these runs end before a client would bind it.
+    let port = 10000;
     Settings {
         exe: PathBuf::from(exe),
         dir: Some(dir.to_owned()),

@@ -47,6 +47,26 @@ pub(crate) struct ExplorerArgs {
     /// start): with --bind 127.0.0.1:0, the port the system chose.
     #[arg(long)]
     ready_file: Option<String>,
+    /// Which registered proxies the explorer's RA-TLS handshake accepts, as the client's
+    /// `proxy_policy`: `any`, `tdx`, `sev-snp`, `sim` or a JSON policy file.
+    #[arg(long, default_value = "any")]
+    proxy_policy: String,
+    /// A test network (as the client's `is_test`): sim and fake-tdx proxies are accepted.
+    #[arg(long)]
+    test: bool,
+    /// PCCS base URL for TDX collateral (as the client's `pccs_url`; empty: only the
+    /// collateral cached in the state directory).
+    #[arg(long, default_value = "")]
+    pccs_url: String,
+    /// AMD KDS base URL for SEV-SNP CRLs (as the client's `kds_url`).
+    #[arg(long, default_value = "")]
+    kds_url: String,
+    /// Where collateral and CRLs are cached (default: the explorer's state directory).
+    #[arg(long, default_value = "")]
+    state_dir: String,
+    /// Do not dial the registered proxies (their TEE and image are then only as reported).
+    #[arg(long)]
+    no_verify: bool,
 }
 
 /// Most proxies followed.
@@ -62,6 +82,36 @@ fn shown(url: &str) -> String {
         }
         None => no_query.to_owned(),
     }
+}
+
+/// How the explorer dials the registered proxies: as a client without money does (an
+/// unattested certificate, which a proxy's client port accepts before any payment), with
+/// the client's proxy verification settings.
+fn proxy_check(args: &ExplorerArgs) -> Result<cocoon_explorer::verify::ProxyCheck, String> {
+    use cocoon_service::identity::{Pccs, PeerVerification, TeeChoice, proxy_dialer};
+    let state_dir = cocoon_service::process::state_dir(&args.state_dir, "explorer")?;
+    let dialer = proxy_dialer(
+        TeeChoice::Fixed(cocoon_attest::Backend::Unattested),
+        PeerVerification {
+            policy: &args.proxy_policy,
+            is_test: args.test,
+            pccs: Pccs {
+                url: &args.pccs_url,
+                extra_roots: &[],
+            },
+            kds_url: &args.kds_url,
+            state_dir: &state_dir,
+            allow_unattested: false,
+            gpu: None,
+        },
+        cocoon_ratls::pow::CLIENT_MAX_DIFFICULTY,
+        None,
+    )
+    .map_err(|e| format!("--proxy-policy: {e}"))?;
+    Ok(cocoon_explorer::verify::ProxyCheck {
+        connector: dialer.connector,
+        ttl: cocoon_explorer::verify::VERDICT_TTL,
+    })
 }
 
 /// Serves the explorer until Ctrl-C or SIGTERM.
@@ -108,6 +158,11 @@ pub(crate) fn run(args: ExplorerArgs) -> Result<(), String> {
     let endpoints = args.chain.iter().map(|u| shown(u)).collect();
     rt.block_on(async move {
         let chain = Arc::new(chain);
+        let check = if args.no_verify {
+            None
+        } else {
+            Some(proxy_check(&args)?)
+        };
         let cfg = cocoon_explorer::ExplorerConfig {
             root,
             bind: args.bind,
@@ -116,6 +171,7 @@ pub(crate) fn run(args: ExplorerArgs) -> Result<(), String> {
             poll: Duration::from_secs(args.poll_secs),
             timeout: Duration::from_secs(args.timeout_secs),
             allowed_hosts: args.allowed_hosts,
+            check,
         };
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let (addr, task) = cocoon_explorer::spawn(cfg, chain, stop_rx).await?;

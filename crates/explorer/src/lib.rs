@@ -8,12 +8,15 @@
 //!   stake and commission, workers and capacity per model, tokens served and TON paid over
 //!   time, the price history, the allowlisted hashes with what each is) and the JSON of
 //!   `/api/network` out;
+//! - [`verify`]: the explorer's own RA-TLS handshake with each registered proxy (as a
+//!   client without money does) and its verdict, bounded and cached;
 //! - [`server`]: the reads (each under a timeout; a source that fails keeps its last good
 //!   answer, shown as stale with its age) and the HTTP server behind the browser guard.
 #![forbid(unsafe_code)]
 
 pub mod history;
 pub mod server;
+pub mod verify;
 pub mod view;
 
 pub use server::{ExplorerConfig, spawn};

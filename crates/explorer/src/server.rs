@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::history::Payouts;
+use crate::verify::{self, ProxyCheck};
 use crate::view::{ProxyPublic, RootRead, Snapshot, TOKENS};
 
 /// Largest proxy stats answer read.
@@ -45,6 +46,8 @@ pub struct ExplorerConfig {
     pub timeout: Duration,
     /// Host names the server answers to besides loopback ones and its own address.
     pub allowed_hosts: Vec<String>,
+    /// How the registered proxies are dialled and verified (`None`: they are not).
+    pub check: Option<ProxyCheck>,
 }
 
 type Shared = Arc<Mutex<Snapshot>>;
@@ -97,6 +100,44 @@ async fn poll_once<C: Chain>(
         Err(e) => {
             tracing::warn!(error = %e, "root contract not read");
             lock(state).root.failed(e);
+        }
+    }
+    // The registered proxies' handshakes, together, each under the timeout; only those
+    // whose verdict is older than the TTL (the poller is alone, so one check at a time per
+    // endpoint).
+    if let Some(check) = &cfg.check {
+        let due = {
+            let mut st = lock(state);
+            let registered: Vec<String> = st
+                .root
+                .data
+                .as_ref()
+                .map(|r| {
+                    r.config
+                        .registered_proxies
+                        .iter()
+                        .map(|p| p.endpoint.0.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let regs = registered.iter().map(String::as_str);
+            verify::retain_registered(&mut st.verified, regs.clone());
+            verify::due(regs, &st.verified, now, check.ttl)
+        };
+        let checks = due.into_iter().map(|ep| async move {
+            let v = verify::check(&check.connector, &ep, cfg.timeout).await;
+            (ep, v)
+        });
+        let verdicts = futures::future::join_all(checks).await;
+        let at = unix_now();
+        let mut st = lock(state);
+        for (ep, verdict) in verdicts {
+            if let verify::Verdict::Refused { reason, .. }
+            | verify::Verdict::Unreachable { reason } = &verdict
+            {
+                tracing::info!(endpoint = %ep, %reason, "proxy not verified");
+            }
+            st.verified.insert(ep, verify::Checked { verdict, at });
         }
     }
     // The proxies, together: a slow one does not hold the others.
@@ -210,12 +251,14 @@ pub async fn spawn<C: Chain + 'static>(
     chain: Arc<C>,
     stop: watch::Receiver<bool>,
 ) -> Result<(SocketAddr, JoinHandle<()>), String> {
-    let state: Shared = Arc::new(Mutex::new(Snapshot::new(
+    let mut snapshot = Snapshot::new(
         &cfg.root.to_string(),
         cfg.endpoints.clone(),
         cfg.poll.as_secs(),
         &cfg.proxy_stats,
-    )));
+    );
+    snapshot.checking = cfg.check.is_some();
+    let state: Shared = Arc::new(Mutex::new(snapshot));
     let http = cocoon_service::http::ClientBuilder::new()
         .timeout(cfg.timeout)
         .connect_timeout(cfg.timeout)

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::history::{PaidTo, Payouts, RootHistory};
+use crate::verify::{Checked, Verdict, client_endpoint};
 
 /// Longest text kept from a proxy's stats.
 pub const MAX_TEXT: usize = 200;
@@ -79,10 +80,11 @@ impl<T> Fetched<T> {
     }
 }
 
-/// What the explorer can say of a proxy's TEE and image: it shows what the proxy reports
-/// in its `/public.json` (unauthenticated), checked only against the root's allowed list.
-/// A client's RA-TLS handshake is what verifies them.
-pub const ATTESTATION_NOTE: &str = "reported by the proxy, not verified";
+/// What a followed proxy's `/public.json` says of its TEE and image is its own report
+/// (unauthenticated); the explorer's RA-TLS handshake ([`crate::verify`]) is what verifies
+/// them.
+pub const ATTESTATION_NOTE: &str =
+    "reported by the proxy; the verified columns come from the explorer's RA-TLS handshake";
 
 /// Whether the image hash `s` reports is in the root's `proxy_hashes`: `None` without a
 /// root read or without a reported hash; a reported value that is no 32-byte hex hash is
@@ -92,8 +94,163 @@ fn reported_image_allowed(s: &ProxyPublic, cfg: Option<&RootConfig>) -> Option<b
     if s.image_hash.is_empty() {
         return None;
     }
+    Some(hash_allowed(&s.image_hash, cfg))
+}
+
+/// Whether `hex_hash` is a 32-byte hex hash in the root's `proxy_hashes`.
+fn hash_allowed(hex_hash: &str, cfg: &RootConfig) -> bool {
     let mut h = [0u8; 32];
-    Some(hex::decode_to_slice(&s.image_hash, &mut h).is_ok() && cfg.has_proxy_hash(&HashBytes(h)))
+    hex::decode_to_slice(hex_hash, &mut h).is_ok() && cfg.has_proxy_hash(&HashBytes(h))
+}
+
+/// A proxy as the explorer's own handshake found it, checked against the root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedView {
+    /// Whether the proxy is verified: attested under the policy, its certificate valid, its
+    /// measured image in the root's `proxy_hashes`.
+    pub verified: bool,
+    /// `verified`, or `not verified: <reason>`, or `not checked ...`.
+    pub label: String,
+    /// The TEE of the verified evidence.
+    pub tee: Option<String>,
+    /// The measured image hash, hex.
+    pub image_hash: Option<String>,
+    /// Whether the measured image is in the root's `proxy_hashes` (`None`: no attestation
+    /// or no root read).
+    pub image_allowed: Option<bool>,
+    /// The TCB status of the evidence.
+    pub tcb_status: Option<String>,
+    /// Until when its certificate is valid (unix seconds).
+    pub valid_until: Option<u64>,
+    /// When the handshake was (unix seconds).
+    pub checked_at: Option<u64>,
+}
+
+impl VerifiedView {
+    /// The view of the last check `c` (`None`: none yet; `checking`: whether the explorer
+    /// dials proxies at all) under the root `cfg` at `now`.
+    pub fn of(
+        c: Option<&Checked>,
+        cfg: Option<&RootConfig>,
+        now: u64,
+        checking: bool,
+    ) -> VerifiedView {
+        let mut v = VerifiedView {
+            verified: false,
+            label: String::new(),
+            tee: None,
+            image_hash: None,
+            image_allowed: None,
+            tcb_status: None,
+            valid_until: None,
+            checked_at: c.map(|c| c.at),
+        };
+        let Some(c) = c else {
+            v.label = if checking {
+                "not checked yet".into()
+            } else {
+                "not checked (the explorer dials no proxy)".into()
+            };
+            return v;
+        };
+        match &c.verdict {
+            Verdict::Attested {
+                tee,
+                image_hash,
+                tcb_status,
+                valid_until,
+            } => {
+                v.tee = Some(tee.clone());
+                v.image_hash = Some(image_hash.clone());
+                v.tcb_status = Some(tcb_status.clone());
+                v.valid_until = Some(*valid_until);
+                v.image_allowed = cfg.map(|cfg| hash_allowed(image_hash, cfg));
+                v.label = if *valid_until < now {
+                    format!(
+                        "not verified: its certificate expired at {}",
+                        fmt::utc(*valid_until)
+                    )
+                } else {
+                    match v.image_allowed {
+                        None => "not verified: attested, the root not read yet".into(),
+                        Some(false) => format!(
+                            "not verified: attested image {} is not in the root's proxy_hashes",
+                            short(image_hash)
+                        ),
+                        Some(true) => {
+                            v.verified = true;
+                            "verified".into()
+                        }
+                    }
+                };
+            }
+            Verdict::Refused { reason, .. } | Verdict::Unreachable { reason } => {
+                v.label = format!("not verified: {reason}");
+            }
+        }
+        v
+    }
+
+    /// Whether the proxy reports (in its `/public.json`) another image than the one its
+    /// handshake attested.
+    pub fn mismatch(&self, reported: Option<&ProxyPublic>) -> bool {
+        match (&self.image_hash, reported) {
+            (Some(attested), Some(r)) => !r.image_hash.eq_ignore_ascii_case(attested),
+            _ => false,
+        }
+    }
+
+    fn tone(&self) -> Tone {
+        if self.verified {
+            Tone::Good
+        } else if self.checked_at.is_none() {
+            Tone::Warn
+        } else {
+            Tone::Bad
+        }
+    }
+
+    fn json(&self, reported: Option<&ProxyPublic>) -> Value {
+        json!({
+            "verified": self.verified,
+            "status": self.label,
+            "tee": self.tee,
+            "image_hash": self.image_hash,
+            "image_allowed": self.image_allowed,
+            "tcb_status": self.tcb_status,
+            "valid_until": self.valid_until,
+            "checked_at": self.checked_at,
+            "image_mismatch": self.mismatch(reported),
+        })
+    }
+}
+
+/// The first 16 hex digits of a hash, for a label.
+fn short(h: &str) -> String {
+    let s: String = h.chars().take(16).collect();
+    if h.chars().count() > 16 {
+        format!("{s}…")
+    } else {
+        s
+    }
+}
+
+/// The host of an `http(s)://host[:port]/...` URL.
+fn url_host(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    Some(host_of(authority))
+}
+
+/// The host of `host[:port]` (an IPv6 host in brackets keeps them).
+fn host_of(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return authority
+            .split_once(']')
+            .map_or(authority, |(h, _)| &authority[..h.len() + 1]);
+    }
+    authority.rsplit_once(':').map_or(authority, |(h, _)| h)
 }
 
 /// A proxy's `/public.json` (see the proxy's `PublicStats`), as the explorer reads it.
@@ -194,6 +351,10 @@ pub struct Snapshot {
     pub proxies: Vec<ProxySource>,
     /// Tokens served by the proxies, sampled at each read.
     pub tokens: History,
+    /// Whether the explorer dials the registered proxies to verify them.
+    pub checking: bool,
+    /// The last verdict of each registered proxy's client endpoint (as registered).
+    pub verified: BTreeMap<String, Checked>,
 }
 
 /// The price per [`PER`] tokens of a category with `multiplier` at `coefficient`, nanoTON,
@@ -282,6 +443,38 @@ impl Snapshot {
                 })
                 .collect(),
             ..Snapshot::default()
+        }
+    }
+
+    /// The view of the registered endpoint `endpoint`.
+    fn registered_view(&self, endpoint: &str, now: u64) -> VerifiedView {
+        let cfg = self.root.data.as_ref().map(|r| &r.config);
+        VerifiedView::of(self.verified.get(endpoint), cfg, now, self.checking)
+    }
+
+    /// The registered endpoint a followed proxy's stats URL belongs to: the only one
+    /// checked whose client endpoint has the URL's host (`None` when none or several do).
+    fn endpoint_of(&self, stats_url: &str) -> Option<&str> {
+        let host = url_host(stats_url)?;
+        let mut found = self
+            .verified
+            .keys()
+            .filter(|ep| host_of(client_endpoint(ep)) == host);
+        let one = found.next()?;
+        found.next().is_none().then_some(one.as_str())
+    }
+
+    /// The view of the followed proxy at `stats_url`.
+    fn followed_view(&self, stats_url: &str, now: u64) -> VerifiedView {
+        match self.endpoint_of(stats_url) {
+            Some(ep) => self.registered_view(ep, now),
+            None => {
+                let mut v = VerifiedView::of(None, None, now, self.checking);
+                if self.checking {
+                    v.label = "not verified: no one registered endpoint on its host".into();
+                }
+                v
+            }
         }
     }
 
@@ -392,6 +585,8 @@ impl Snapshot {
                     "image_hash": s.map(|s| &s.image_hash),
                     "image_allowed": image_allowed,
                     "attestation": ATTESTATION_NOTE,
+                    "endpoint": self.endpoint_of(&p.url),
+                    "verified": self.followed_view(&p.url, now).json(s),
                     "stake": p.balance.data.map(|b| b.to_string()),
                     "workers": s.map(|s| s.models.iter().map(|m| u64::from(m.workers)).sum::<u64>()),
                     "adjusted_tokens_total": s.map(|s| s.adjusted_tokens_total),
@@ -430,6 +625,7 @@ impl Snapshot {
             "registered_proxies": cfg.map(|c| c.registered_proxies.iter().take(crate::MAX_LIST).map(|r| json!({
                 "seqno": r.seqno,
                 "endpoint": clip(&r.endpoint.0),
+                "verified": self.registered_view(&r.endpoint.0, now).json(None),
             })).collect::<Vec<_>>()),
             "hashes": hashes,
             "price_history": self.history.changes,
@@ -600,7 +796,7 @@ impl Snapshot {
 
         // Proxies.
         let mut t = Table::new(
-            "Proxies (TEE and image as each proxy reports them, not verified)",
+            "Proxies (TEE and image as each proxy reports them, and as the explorer's RA-TLS handshake verified them)",
             &[
                 "Stats",
                 "Status",
@@ -608,6 +804,9 @@ impl Snapshot {
                 "TEE (reported)",
                 "Image (reported)",
                 "Reported image allowed",
+                "Verified",
+                "TEE (verified)",
+                "Image (verified)",
                 "Stake",
                 "Commission / 1M",
                 "Workers",
@@ -625,6 +824,7 @@ impl Snapshot {
             };
             let s = p.stats.data.as_ref();
             let allowed = s.and_then(|s| reported_image_allowed(s, cfg));
+            let v = self.followed_view(&p.url, now);
             let commission = cfg.map_or("–".into(), |c| {
                 let per = c
                     .params
@@ -645,9 +845,23 @@ impl Snapshot {
                 })),
                 Cell::Hash(s.map(|s| s.image_hash.clone()).unwrap_or_default()),
                 match allowed {
-                    Some(true) => Cell::Badge(Tone::Good, "allowed (not verified)".into()),
+                    Some(true) => Cell::Badge(Tone::Good, "allowed (as reported)".into()),
                     Some(false) => Cell::Badge(Tone::Bad, "not allowed".into()),
                     None => Cell::Text("–".into()),
+                },
+                Cell::Badge(v.tone(), v.label.clone()),
+                Cell::Text(v.tee.clone().unwrap_or_else(|| "–".into())),
+                if v.mismatch(s) {
+                    Cell::Badge(
+                        Tone::Bad,
+                        format!(
+                            "mismatch: reports {}, attested {}",
+                            short(s.map_or("", |s| &s.image_hash)),
+                            short(v.image_hash.as_deref().unwrap_or_default())
+                        ),
+                    )
+                } else {
+                    Cell::Hash(v.image_hash.clone().unwrap_or_default())
                 },
                 Cell::Num(fmt::or_dash(p.balance.data, fmt::ton)),
                 Cell::Num(commission),
@@ -685,14 +899,39 @@ impl Snapshot {
         ]);
 
         // Registered proxies.
-        let mut t = Table::new("Proxies registered in the root", &["Seqno", "Endpoint"])
-            .id("registered")
-            .empty("none registered");
+        let mut t = Table::new(
+            "Proxies registered in the root, verified by the explorer's RA-TLS handshake",
+            &[
+                "Seqno",
+                "Endpoint",
+                "Verified",
+                "TEE",
+                "Image (attested)",
+                "Image allowed",
+                "TCB",
+                "Valid until",
+                "Checked",
+            ],
+        )
+        .id("registered")
+        .empty("none registered");
         if let Some(c) = cfg {
             for r in c.registered_proxies.iter().take(crate::MAX_LIST) {
+                let v = self.registered_view(&r.endpoint.0, now);
                 t.row(vec![
                     Cell::Num(r.seqno.to_string()),
                     Cell::Long(clip(&r.endpoint.0)),
+                    Cell::Badge(v.tone(), v.label.clone()),
+                    Cell::Text(v.tee.clone().unwrap_or_else(|| "–".into())),
+                    Cell::Hash(v.image_hash.clone().unwrap_or_default()),
+                    match v.image_allowed {
+                        Some(true) => Cell::Badge(Tone::Good, "allowed".into()),
+                        Some(false) => Cell::Badge(Tone::Bad, "not allowed".into()),
+                        None => Cell::Text("–".into()),
+                    },
+                    Cell::Text(v.tcb_status.clone().unwrap_or_else(|| "–".into())),
+                    Cell::Text(fmt::or_dash(v.valid_until, fmt::utc)),
+                    Cell::Text(fmt::or_dash(v.checked_at, |t| fmt::ago(now, t))),
                 ]);
             }
         }
@@ -912,15 +1151,22 @@ mod tests {
         }
         let html = s.page(NOW).render();
         assert!(
-            html.contains("TEE and image as each proxy reports them, not verified"),
+            html.contains("TEE and image as each proxy reports them, and as the explorer"),
             "no note on the proxies table"
         );
         assert!(html.contains("TEE (reported)") && html.contains("Reported image allowed"));
         let table = html.split("id=\"proxy-table\"").nth(1).unwrap();
         let table = table.split("</table>").next().unwrap();
         assert_eq!(
-            table.matches(">allowed (not verified)<").count(),
+            table.matches(">allowed (as reported)<").count(),
             1,
+            "{table}"
+        );
+        assert_eq!(
+            table
+                .matches("not checked (the explorer dials no proxy)")
+                .count(),
+            3,
             "{table}"
         );
         assert_eq!(table.matches(">not allowed<").count(), 2, "{table}");
@@ -953,5 +1199,133 @@ mod tests {
         // An empty snapshot renders too.
         let empty = Snapshot::new("0:00", vec![], 10, &[]).page(NOW).render();
         assert!(empty.contains("unreachable") && !empty.contains("None"));
+    }
+
+    fn attested(image: [u8; 32], valid_until: u64) -> Checked {
+        Checked {
+            verdict: Verdict::Attested {
+                tee: "sim".into(),
+                image_hash: hex::encode(image),
+                tcb_status: "UpToDate".into(),
+                valid_until,
+            },
+            at: NOW - 5,
+        }
+    }
+
+    /// Proxy 0 (127.0.0.1) and the registered 127.0.0.1:12000 of [`config`], checked.
+    fn checked(c: Checked) -> Snapshot {
+        let mut s = snapshot();
+        s.checking = true;
+        s.verified.insert("127.0.0.1:12000".into(), c);
+        s
+    }
+
+    #[test]
+    fn a_proxy_attested_with_an_allowed_image_is_verified() {
+        let sim = cocoon_attest::sim::sim_image_hash();
+        let s = checked(attested(sim, NOW + 3600));
+        let j = s.json(NOW);
+        let r = &j["registered_proxies"][0]["verified"];
+        assert_eq!(r["verified"], true, "{r}");
+        assert_eq!(r["status"], "verified");
+        assert_eq!(r["tee"], "sim");
+        assert_eq!(r["image_hash"], hex::encode(sim));
+        assert_eq!(r["image_allowed"], true);
+        assert_eq!(r["valid_until"], NOW + 3600);
+        // The followed proxy on the same host gets the verdict; the others (other hosts)
+        // have no registered endpoint.
+        let p = j["proxies"].as_array().unwrap();
+        assert_eq!(p[0]["endpoint"], "127.0.0.1:12000");
+        assert_eq!(p[0]["verified"]["verified"], true);
+        assert_eq!(p[0]["verified"]["image_mismatch"], false);
+        assert_eq!(p[1]["verified"]["verified"], false);
+        assert!(
+            p[1]["verified"]["status"]
+                .as_str()
+                .unwrap()
+                .starts_with("not verified: no one registered endpoint")
+        );
+        let html = s.page(NOW).render();
+        let reg = html.split("id=\"registered\"").nth(1).unwrap();
+        assert!(reg.contains(">verified<"), "{reg}");
+        // Expired: not verified.
+        let j = checked(attested(sim, NOW - 1)).json(NOW);
+        let r = &j["registered_proxies"][0]["verified"];
+        assert_eq!(r["verified"], false);
+        assert!(r["status"].as_str().unwrap().contains("expired"), "{r}");
+    }
+
+    #[test]
+    fn a_refused_or_unreachable_proxy_is_not_verified_with_the_reason() {
+        for verdict in [
+            Verdict::Refused {
+                reason: "attestation refused: backend sim not allowed".into(),
+                peer_fault: true,
+            },
+            Verdict::Unreachable {
+                reason: "no handshake: tcp: connection refused".into(),
+            },
+        ] {
+            let reason = match &verdict {
+                Verdict::Refused { reason, .. } | Verdict::Unreachable { reason } => reason.clone(),
+                Verdict::Attested { .. } => unreachable!(),
+            };
+            let s = checked(Checked {
+                verdict,
+                at: NOW - 1,
+            });
+            let j = s.json(NOW);
+            let r = &j["proxies"][0]["verified"];
+            assert_eq!(r["verified"], false);
+            assert_eq!(r["status"], format!("not verified: {reason}"));
+            assert!(r["image_hash"].is_null() && r["tee"].is_null());
+            // What it reports is still allowed by the root: only the handshake counts.
+            assert_eq!(j["proxies"][0]["image_allowed"], true);
+            let html = s.page(NOW).render();
+            assert!(html.contains(&format!("not verified: {reason}")), "{html}");
+        }
+    }
+
+    #[test]
+    fn a_proxy_reporting_another_image_than_it_attests_is_a_mismatch() {
+        // It reports the allowed sim image; its handshake attested another one.
+        let s = checked(attested([9; 32], NOW + 3600));
+        let j = s.json(NOW);
+        let r = &j["proxies"][0]["verified"];
+        assert_eq!(r["verified"], false);
+        assert_eq!(r["image_mismatch"], true);
+        assert_eq!(r["image_allowed"], false);
+        assert!(
+            r["status"]
+                .as_str()
+                .unwrap()
+                .contains("is not in the root's proxy_hashes"),
+            "{r}"
+        );
+        let html = s.page(NOW).render();
+        let table = html.split("id=\"proxy-table\"").nth(1).unwrap();
+        let table = table.split("</table>").next().unwrap();
+        assert!(table.contains("mismatch: reports "), "{table}");
+        // Two registered endpoints on the proxy's host: no guess.
+        let mut s = s;
+        s.verified
+            .insert("127.0.0.1:12001".into(), attested([9; 32], NOW + 3600));
+        let j = s.json(NOW);
+        assert!(j["proxies"][0]["endpoint"].is_null());
+        assert_eq!(j["proxies"][0]["verified"]["image_mismatch"], false);
+    }
+
+    #[test]
+    fn hosts_of_urls_and_endpoints() {
+        assert_eq!(
+            url_host("http://127.0.0.1:9101/public.json"),
+            Some("127.0.0.1")
+        );
+        assert_eq!(url_host("https://u:p@example.org/x"), Some("example.org"));
+        assert_eq!(url_host("http://[::1]:80/p"), Some("[::1]"));
+        assert_eq!(url_host("nope"), None);
+        assert_eq!(host_of("[::1]:12000"), "[::1]");
+        assert_eq!(host_of("10.0.0.1:12000"), "10.0.0.1");
     }
 }

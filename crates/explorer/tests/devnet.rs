@@ -87,6 +87,7 @@ async fn the_explorer_shows_the_devnet_root_its_history_and_a_live_proxy() {
             poll: Duration::from_secs(1),
             timeout: Duration::from_secs(3),
             allowed_hosts: vec![],
+            check: None,
         },
         Arc::new(dn.tc.clone()),
         stop_rx,
@@ -310,4 +311,196 @@ async fn a_workers_payout_from_the_proxy_contract_counts_as_paid_to_workers() {
     assert_eq!(p.to_workers, received, "{:?}", p.events);
     assert_eq!(p.to_clients, 0);
     assert!(p.of(PaidTo::Workers).count() == 1, "{:?}", p.events);
+}
+
+/// The explorer verifies the root's registered proxies itself, by an RA-TLS handshake as a
+/// client without money makes it (an unattested certificate, the sim test policy): the real
+/// proxy is verified (sim TEE, its measured image in the root's list); a second proxy
+/// whose attestation measures another image (a sim machine with another RTMR3) is shown
+/// "not verified" with the reason and a mismatch, although its `/public.json` (a forged
+/// one) claims the allowed sim image; an endpoint nobody listens on is not verified
+/// either, with the connection's failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_explorer_verifies_registered_proxies_by_their_handshake() {
+    use cocoon_attest::{Policy, SimKey};
+    use cocoon_explorer::verify::{ProxyCheck, VERDICT_TTL};
+    use cocoon_ratls::cert::{SimSource, Unattested};
+    use cocoon_ratls::config::CertResolver;
+    use cocoon_testkit::identity::{connector_as, identity_from, short_lived_verifier};
+    use cocoon_ton::messages::ProxyEndpoint;
+
+    let dn = devnet().await;
+    let root = dn.root.address.clone();
+    let owner_key = SigningKey::from_file(&dn.root.owner_key_path).unwrap();
+    let mut owner = WalletOps::new(
+        dn.tc.clone(),
+        Wallet::v4r2(owner_key.public_key(), 0),
+        owner_key,
+    )
+    .unwrap();
+    let sim = HashBytes(cocoon_attest::sim::sim_image_hash());
+    ops::root_op(
+        &mut owner,
+        &root,
+        &RootOp::AddProxyImage(sim),
+        TON as u64 / 10,
+    )
+    .await
+    .unwrap();
+    let cfg = cocoon_ton::chain::load_root_config(&dn.tc, &root)
+        .await
+        .unwrap();
+    // Both proxies take clients without evidence, as a proxy does by default.
+    let honest = cocoon_testkit::proxy::start_proxy_with(cfg.clone(), |c| {
+        c.client_verifier = short_lived_verifier(86_400, true);
+    })
+    .await;
+    let rogue_key = SimKey::generate().unwrap().with_rtmr3(Some([7; 48]));
+    let rogue = cocoon_testkit::proxy::start_proxy_with(cfg.clone(), |c| {
+        c.client_listen = "127.0.0.2:0".parse().unwrap();
+        c.worker_listen = "127.0.0.2:0".parse().unwrap();
+        c.certs = CertResolver::new(&identity_from(&SimSource(rogue_key))).unwrap();
+        c.client_verifier = short_lived_verifier(86_400, true);
+    })
+    .await;
+    // The rogue's stats claim the allowed sim image.
+    let forged = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let forged_addr = forged.local_addr().unwrap();
+    let claim = format!(
+        "{{\"tee\":\"sim\",\"image_hash\":\"{}\",\"proxy_sc\":\"{}\"}}",
+        hex::encode(sim.0),
+        rogue.proxy_sc
+    );
+    tokio::spawn(async move {
+        let app = axum::Router::new().route(
+            "/public.json",
+            axum::routing::get(move || {
+                let c = claim.clone();
+                async move { c }
+            }),
+        );
+        axum::serve(forged, app).await.unwrap();
+    });
+    let endpoints = [
+        honest.proxy.client_addr().to_string(),
+        rogue.proxy.client_addr().to_string(),
+        "127.0.0.3:1".to_owned(),
+    ];
+    for ep in &endpoints {
+        ops::root_op(
+            &mut owner,
+            &root,
+            &RootOp::RegisterProxy(ProxyEndpoint(ep.clone())),
+            TON as u64 / 10,
+        )
+        .await
+        .unwrap();
+    }
+
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let (addr, task) = cocoon_explorer::spawn(
+        ExplorerConfig {
+            root: root.clone(),
+            bind: "127.0.0.1:0".parse().unwrap(),
+            proxy_stats: vec![
+                format!("{}/public.json", honest.admin()),
+                format!("http://{forged_addr}/public.json"),
+            ],
+            endpoints: vec![format!("http://{}", dn.addr)],
+            poll: Duration::from_secs(1),
+            timeout: Duration::from_secs(3),
+            allowed_hosts: vec![],
+            check: Some(ProxyCheck {
+                connector: connector_as(&Unattested, Policy::sim_test()),
+                ttl: VERDICT_TTL,
+            }),
+        },
+        Arc::new(dn.tc.clone()),
+        stop_rx,
+    )
+    .await
+    .unwrap();
+    let http = reqwest::Client::new();
+    let api = format!("http://{addr}/api/network");
+    let mut j = Value::Null;
+    for _ in 0..150 {
+        j = get_json(&http, &api).await;
+        let regs = j["registered_proxies"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if regs.len() == 3
+            && regs.iter().all(|r| r["verified"]["checked_at"].is_u64())
+            && j["proxies"][1]["status"] == "live"
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let regs = j["registered_proxies"].as_array().unwrap();
+    assert_eq!(regs.len(), 3, "{j:#}");
+    let of = |ep: &str| {
+        regs.iter()
+            .find(|r| r["endpoint"] == ep)
+            .unwrap_or_else(|| panic!("{ep} not registered: {j:#}"))["verified"]
+            .clone()
+    };
+    // The honest proxy: verified by its handshake.
+    let h = of(&endpoints[0]);
+    assert_eq!(h["verified"], true, "{h:#}");
+    assert_eq!(h["status"], "verified");
+    assert_eq!(h["tee"], "sim");
+    assert_eq!(h["image_hash"], hex::encode(sim.0));
+    assert_eq!(h["image_allowed"], true);
+    assert!(h["valid_until"].as_u64().unwrap() > cocoon_service::admin::unix_now());
+    // The rogue: attested, but another image than the root allows.
+    let r = of(&endpoints[1]);
+    assert_eq!(r["verified"], false, "{r:#}");
+    assert_eq!(r["tee"], "sim");
+    assert_ne!(r["image_hash"], hex::encode(sim.0));
+    assert_eq!(r["image_allowed"], false);
+    assert!(
+        r["status"]
+            .as_str()
+            .unwrap()
+            .contains("is not in the root's proxy_hashes"),
+        "{r:#}"
+    );
+    // Nobody there.
+    let n = of(&endpoints[2]);
+    assert_eq!(n["verified"], false);
+    assert!(
+        n["status"]
+            .as_str()
+            .unwrap()
+            .starts_with("not verified: no handshake"),
+        "{n:#}"
+    );
+    // The followed proxies: the honest one verified; the rogue's report is allowed by the
+    // root, its handshake is not, and the two images differ.
+    let p = j["proxies"].as_array().unwrap();
+    assert_eq!(p[0]["endpoint"], endpoints[0].as_str());
+    assert_eq!(p[0]["verified"]["verified"], true, "{:#}", p[0]);
+    assert_eq!(p[0]["verified"]["image_mismatch"], false);
+    assert_eq!(p[1]["endpoint"], endpoints[1].as_str());
+    assert_eq!(p[1]["image_allowed"], true, "{:#}", p[1]);
+    assert_eq!(p[1]["verified"]["verified"], false);
+    assert_eq!(p[1]["verified"]["image_mismatch"], true);
+    // The page says so.
+    let html = cocoon_testkit::http::get_text(&http, &format!("http://{addr}/")).await;
+    cocoon_testkit::http::assert_no_debug_values("the explorer", &html);
+    let table = html.split("id=\"proxy-table\"").nth(1).unwrap();
+    let table = table.split("</table>").next().unwrap();
+    assert!(table.contains(">verified<"), "{table}");
+    assert!(table.contains("not verified: attested image"), "{table}");
+    assert!(table.contains("mismatch: reports "), "{table}");
+    let reg = html.split("id=\"registered\"").nth(1).unwrap();
+    let reg = reg.split("</table>").next().unwrap();
+    assert!(reg.contains("not verified: no handshake"), "{reg}");
+
+    let _ = stop.send(true);
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap();
 }

@@ -604,8 +604,9 @@ fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
-/// `cocoon explorer` over the devnet, the root and the proxy's public stats.
-pub(crate) fn explorer_args(net: &Network, saved: &Saved) -> Vec<String> {
+/// `cocoon explorer` over the devnet, the root and the proxy's public stats, verifying the
+/// registered proxy as the client does on this test network (its caches in `<dir>/explorer`).
+pub(crate) fn explorer_args(net: &Network, saved: &Saved, dir: &Path) -> Vec<String> {
     vec![
         "explorer".into(),
         "--root".into(),
@@ -618,6 +619,10 @@ pub(crate) fn explorer_args(net: &Network, saved: &Saved) -> Vec<String> {
         format!("http://127.0.0.1:{}/public.json", saved.proxy_admin_port),
         "--poll-secs".into(),
         "2".into(),
+        // The client's proxy verification on this test network (sim proxies accepted).
+        "--test".into(),
+        "--state-dir".into(),
+        path_str(&dir.join("explorer")),
     ]
 }
 

@@ -504,7 +504,7 @@ async fn start(sup: &mut Supervisor, plan: &Plan, started: Instant) -> Result<Re
         })
         .await?;
     let explorer = format!("http://127.0.0.1:{}", saved.explorer_port);
-    sup.spawn("explorer", &bootstrap::explorer_args(&net, &saved))?;
+    sup.spawn("explorer", &bootstrap::explorer_args(&net, &saved, &dir))?;
     let explorer_api = format!("{explorer}/api/network");
     sup.wait_until("the explorer's first read", async |s: &Supervisor| {
         let j = s.get_json(&explorer_api).await?;

@@ -42,7 +42,7 @@ fn forge_price(e: &FakeEndpoint, root: &StdAddr, price: u64, bump: u32) {
 
 #[test]
 fn bad_explorer_flags_are_one_line() {
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 5] = [
         (
             &["--root", "nope", "--chain", "http://127.0.0.1:1"],
             "error: --root:",
@@ -77,6 +77,20 @@ fn bad_explorer_flags_are_one_line() {
                 "file:///etc/passwd",
             ],
             "error: --proxy-stats \"file:///etc/passwd\" is not an http(s):// URL",
+        ),
+        (
+            // The client's rule: sim proxies only on a test network.
+            &[
+                "--root",
+                "0:5555555555555555555555555555555555555555555555555555555555555555",
+                "--chain",
+                "http://127.0.0.1:1",
+                "--proxy-policy",
+                "sim",
+                "--state-dir",
+                "/tmp",
+            ],
+            "error: --proxy-policy: a sim or fake-tdx peer policy needs a test network",
         ),
     ];
     for (args, want) in cases {
@@ -134,6 +148,8 @@ fn the_explorer_outvotes_a_lying_endpoint_and_keeps_the_last_agreed_root() {
         "--proxy-stats".into(),
         // Port 0: nobody can listen there.
         "http://127.0.0.1:0/public.json".into(),
+        "--state-dir".into(),
+        dir.path().join("explorer").to_string_lossy().into_owned(),
     ];
     for u in &urls {
         args.extend(["--chain".to_owned(), u.clone()]);

@@ -2090,7 +2090,8 @@ fn up_restarts_the_proxy_the_client_and_the_devnet() {
 /// Issue 23 §2 on `cocoon up`: the network explorer it starts and prints, in a real
 /// headless Chromium. Its page shows the model `/v1/models` lists with the root's prices per
 /// 1M tokens (what `cocoon root show` reads from the chain, at the worker's coefficient),
-/// the proxy with the image hash the root allows, the worker count the proxy reports, no
+/// the proxy with the image hash the root allows, verified by the explorer's own RA-TLS
+/// handshake (TEE, image), the worker count the proxy reports, no
 /// Rust `Debug` value, and no horizontal overflow at 1280 or 390 px. Screenshots go to
 /// `target/explorer/`.
 #[test]
@@ -2141,6 +2142,10 @@ fn the_explorer_of_a_live_up_in_chromium() {
     common::wait_for("the explorer to see the tokens served", || {
         get_json(&format!("{explorer}/api/network")).is_some_and(|n| n["tokens_served"] == served)
     });
+    common::wait_for("the explorer's handshake with the proxy", || {
+        get_json(&format!("{explorer}/api/network"))
+            .is_some_and(|n| n["proxies"][0]["verified"]["checked_at"].is_u64())
+    });
     let net = get_json(&format!("{explorer}/api/network")).unwrap();
     assert_eq!(net["status"], "live", "{net:#}");
     assert_eq!(net["root_version"], shown["version"]);
@@ -2172,10 +2177,24 @@ fn the_explorer_of_a_live_up_in_chromium() {
         "{image} not allowed by the root: {shown}"
     );
     assert_eq!(proxy_row["image_allowed"], true);
-    // Self-reported: said so, not passed off as verified.
-    assert_eq!(
-        proxy_row["attestation"], "reported by the proxy, not verified",
+    // Self-reported: said so; the verified fields are the explorer's own RA-TLS handshake
+    // with the proxy's registered client endpoint.
+    assert!(
+        proxy_row["attestation"]
+            .as_str()
+            .unwrap()
+            .starts_with("reported by the proxy"),
         "{proxy_row}"
+    );
+    let verified = &proxy_row["verified"];
+    assert_eq!(verified["verified"], true, "{proxy_row}");
+    assert_eq!(verified["tee"], "sim");
+    assert_eq!(verified["image_hash"], image.as_str());
+    assert_eq!(verified["image_allowed"], true);
+    assert_eq!(verified["image_mismatch"], false);
+    assert_eq!(
+        net["registered_proxies"][0]["verified"]["status"], "verified",
+        "{net:#}"
     );
     assert!(
         proxy_row["stake"]
@@ -2241,19 +2260,36 @@ fn the_explorer_of_a_live_up_in_chromium() {
             "{image} not on the page: {titles}"
         );
         assert_eq!(
-            proxy_cells[8].as_str().unwrap(),
+            proxy_cells[11].as_str().unwrap(),
             workers.len().to_string(),
             "{proxy_cells}"
         );
         assert!(proxy_cells[1].as_str().unwrap().starts_with("live"));
-        // The TEE and image are the proxy's own report: the table says so, and the reported
-        // image is checked against the root's list.
+        // The reported TEE and image (checked against the root's list), then what the
+        // explorer's handshake verified.
         assert_eq!(proxy_cells[3].as_str().unwrap(), "sim", "{proxy_cells}");
         assert_eq!(
             proxy_cells[5].as_str().unwrap(),
-            "allowed (not verified)",
+            "allowed (as reported)",
             "{proxy_cells}"
         );
+        assert_eq!(
+            proxy_cells[6].as_str().unwrap(),
+            "verified",
+            "{proxy_cells}"
+        );
+        assert_eq!(proxy_cells[7].as_str().unwrap(), "sim", "{proxy_cells}");
+        let verified_image =
+            b.eval("document.querySelector('#proxy-table tbody tr td:nth-child(9) .hash').title");
+        assert_eq!(
+            verified_image.as_str(),
+            Some(image.as_str()),
+            "{verified_image}"
+        );
+        let registered = b.eval(
+            "Array.from(document.querySelectorAll('#registered tbody tr td')).map(td => td.textContent)",
+        );
+        assert_eq!(registered[2].as_str().unwrap(), "verified", "{registered}");
         let heading = b.eval(
             "(() => { const t = document.querySelector('#proxy-table'); const s = t.closest('section') || t.parentElement; return s.textContent; })()",
         );
@@ -2261,7 +2297,7 @@ fn the_explorer_of_a_live_up_in_chromium() {
             heading
                 .as_str()
                 .unwrap()
-                .contains("TEE and image as each proxy reports them, not verified"),
+                .contains("TEE and image as each proxy reports them, and as the explorer's RA-TLS handshake verified them"),
             "{heading}"
         );
         let headers = b.eval(
@@ -2269,6 +2305,8 @@ fn the_explorer_of_a_live_up_in_chromium() {
         );
         assert_eq!(headers[3], "TEE (reported)", "{headers}");
         assert_eq!(headers[5], "Reported image allowed", "{headers}");
+        assert_eq!(headers[6], "Verified", "{headers}");
+        assert_eq!(headers[8], "Image (verified)", "{headers}");
         // TON sent by the proxy contracts, split into workers' payouts and clients' refunds,
         // as /api/network reads them from the chain (read again: the chain moves on).
         let net = get_json(&format!("{explorer}/api/network")).unwrap();

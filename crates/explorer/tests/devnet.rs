@@ -504,3 +504,50 @@ async fn the_explorer_verifies_registered_proxies_by_their_handshake() {
         .unwrap()
         .unwrap();
 }
+
+/// A proxy whose attestation the policy refuses: the explorer's check under a production
+/// policy (TDX or SEV-SNP only) of a real sim proxy ends "refused" with the verifier's
+/// reason, the proxy's fault, and no TEE or image; a stalled endpoint (accepts, never
+/// answers the proof of work) is unreachable within the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_whose_attestation_the_policy_refuses_is_not_verified() {
+    use cocoon_attest::{Backend, Policy};
+    use cocoon_explorer::verify::{Verdict, check};
+    use cocoon_ratls::cert::Unattested;
+    use cocoon_testkit::identity::{connector_as, short_lived_verifier};
+
+    let net = cocoon_testkit::proxy::start_proxy_with(
+        cocoon_testkit::fixtures::root_with_proxy_image(1, true),
+        |c| c.client_verifier = short_lived_verifier(86_400, true),
+    )
+    .await;
+    let ep = net.proxy.client_addr().to_string();
+    let limit = Duration::from_secs(5);
+    // The sim test policy accepts it.
+    let ok = check(&connector_as(&Unattested, Policy::sim_test()), &ep, limit).await;
+    assert!(
+        matches!(&ok, Verdict::Attested { tee, .. } if tee == "sim"),
+        "{ok:?}"
+    );
+    let mut production = Policy::tdx_default();
+    production.allowed_backends = vec![Backend::Tdx, Backend::SevSnp];
+    match check(&connector_as(&Unattested, production), &ep, limit).await {
+        Verdict::Refused { reason, peer_fault } => {
+            assert!(reason.starts_with("attestation refused: "), "{reason}");
+            assert!(peer_fault, "{reason}");
+        }
+        other => panic!("a sim proxy passed a production policy: {other:?}"),
+    }
+    let stall = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = stall.local_addr().unwrap().to_string();
+    let t = std::time::Instant::now();
+    let v = check(
+        &connector_as(&Unattested, Policy::sim_test()),
+        &at,
+        Duration::from_secs(1),
+    )
+    .await;
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    assert!(matches!(v, Verdict::Unreachable { .. }), "{v:?}");
+    drop(stall);
+}

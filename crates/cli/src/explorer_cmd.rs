@@ -151,7 +151,7 @@ pub(crate) fn run(args: ExplorerArgs) -> Result<(), String> {
             .replace("--chain/--chain", "--chain")
     })?;
     let chain = ton.chain(&[])?;
-    let ready_file = args.ready_file.unwrap_or_default();
+    let ready_file = args.ready_file.clone().unwrap_or_default();
     cocoon_service::process::clear_ready_file(&ready_file)?;
     cocoon_service::process::init_logging("info");
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;

@@ -8,6 +8,11 @@
 //! present exactly once; claims == certificate key; then
 //! [`Policy::evaluate_bound`] on the evidence. Successful verdicts are cached by
 //! SHA-256(public key ‖ evidence) until `min(now + cache TTL, VerifiedPeer::valid_until)`.
+//! While that cache is on, what the structural checks found in a certificate that passed
+//! them (its key, validity and where its extensions lie) is kept too, by SHA-256 of the
+//! exact DER bytes: the same certificate seen again (a receipt's signer, checked for every
+//! answer) is not parsed and its self-signature not verified again; only its validity is
+//! judged anew at `now`, and the attestation and GPU checks run as for a new one.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -463,6 +468,10 @@ pub struct RatlsVerifier {
     /// verification once (16 ECDSA P-384 checks), as the verdict cache does for the CPU's.
     gpu_verdicts: std::sync::Mutex<std::collections::HashMap<[u8; 32], (GpuAttestation, u64)>>,
     gpu_runs: AtomicU64,
+    /// What the structural checks found in certificates that passed them, by SHA-256 of
+    /// the exact DER bytes (kept while the verdict cache is on, at most `cache_capacity`).
+    structures: std::sync::Mutex<std::collections::HashMap<[u8; 32], Structure>>,
+    structure_runs: AtomicU64,
 }
 
 impl std::fmt::Debug for RatlsVerifier {
@@ -487,6 +496,8 @@ impl RatlsVerifier {
             attest_runs: AtomicU64::new(0),
             gpu_verdicts: std::sync::Mutex::default(),
             gpu_runs: AtomicU64::new(0),
+            structures: std::sync::Mutex::default(),
+            structure_runs: AtomicU64::new(0),
         })
     }
 
@@ -543,6 +554,12 @@ impl RatlsVerifier {
         self.invocations.load(Ordering::Relaxed)
     }
 
+    /// Times a certificate was parsed and its self-signature verified (not found among
+    /// the certificates already checked).
+    pub fn structure_runs(&self) -> u64 {
+        self.structure_runs.load(Ordering::Relaxed)
+    }
+
     /// Times the attestation policy actually ran (cache misses).
     pub fn attestation_runs(&self) -> u64 {
         self.attest_runs.load(Ordering::Relaxed)
@@ -589,7 +606,7 @@ impl RatlsVerifier {
             });
         }
         let now = (self.cfg.clock)();
-        let checked = check_certificate(end_entity, now)?;
+        let checked = self.check_structure(end_entity.as_ref(), now)?;
         match &checked.evidence {
             Some(evidence) => {
                 let peer = self.evaluate(evidence, &checked.public_key, now)?;
@@ -610,10 +627,41 @@ impl RatlsVerifier {
             }
             None if self.cfg.allow_unattested => Ok(VerifiedPeer::unattested(
                 checked.public_key,
-                checked.not_after,
+                u64::try_from(checked.not_after).unwrap_or(0),
             )),
             None => Err(VerifyError::MissingEvidence),
         }
+    }
+
+    /// [`check_certificate`], or what it found earlier in the same DER bytes (judging only
+    /// the validity again at `now`: nothing else it checks depends on more than the bytes).
+    fn check_structure<'a>(&self, der: &'a [u8], now: u64) -> Result<Checked<'a>, VerifyError> {
+        if self.cache.is_none() || der.len() > MAX_CERT_LEN {
+            self.structure_runs.fetch_add(1, Ordering::Relaxed);
+            return check_certificate(der, now);
+        }
+        use sha2::Digest;
+        let key: [u8; 32] = sha2::Sha256::digest(der).into();
+        let lock = || {
+            self.structures
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        let found = lock().get(&key).cloned();
+        if let Some(s) = found {
+            check_validity(s.not_before, s.not_after, now)?;
+            return Ok(s.checked(der));
+        }
+        self.structure_runs.fetch_add(1, Ordering::Relaxed);
+        let checked = check_certificate(der, now)?;
+        if let Some(s) = Structure::of(der, &checked) {
+            let mut map = lock();
+            if map.len() >= self.cfg.cache_capacity {
+                map.clear();
+            }
+            map.insert(key, s);
+        }
+        Ok(checked)
     }
 
     fn evaluate(
@@ -705,13 +753,69 @@ impl RatlsVerifier {
 }
 
 /// What [`check_certificate`] extracts.
-struct Checked {
+struct Checked<'a> {
     public_key: [u8; 32],
     /// `None`: the certificate carries no evidence extension.
-    evidence: Option<Vec<u8>>,
+    evidence: Option<&'a [u8]>,
     /// The GPU evidence extension, when present.
-    gpu: Option<Vec<u8>>,
-    not_after: u64,
+    gpu: Option<&'a [u8]>,
+    not_before: i64,
+    not_after: i64,
+}
+
+/// A [`Checked`] kept for the DER bytes it came from: the extensions as ranges of them.
+#[derive(Clone)]
+struct Structure {
+    public_key: [u8; 32],
+    evidence: Option<std::ops::Range<usize>>,
+    gpu: Option<std::ops::Range<usize>>,
+    not_before: i64,
+    not_after: i64,
+}
+
+impl Structure {
+    /// `checked` as ranges of `der` (`None` if an extension does not lie inside it).
+    fn of(der: &[u8], checked: &Checked<'_>) -> Option<Structure> {
+        let range = |part: Option<&[u8]>| -> Option<Option<std::ops::Range<usize>>> {
+            let Some(part) = part else {
+                return Some(None);
+            };
+            let start = (part.as_ptr() as usize).checked_sub(der.as_ptr() as usize)?;
+            let r = start..start.checked_add(part.len())?;
+            (der.get(r.clone()) == Some(part)).then_some(Some(r))
+        };
+        Some(Structure {
+            public_key: checked.public_key,
+            evidence: range(checked.evidence)?,
+            gpu: range(checked.gpu)?,
+            not_before: checked.not_before,
+            not_after: checked.not_after,
+        })
+    }
+
+    /// The [`Checked`] of `der` (the bytes this was made from).
+    fn checked<'a>(&self, der: &'a [u8]) -> Checked<'a> {
+        Checked {
+            public_key: self.public_key,
+            evidence: self.evidence.clone().and_then(|r| der.get(r)),
+            gpu: self.gpu.clone().and_then(|r| der.get(r)),
+            not_before: self.not_before,
+            not_after: self.not_after,
+        }
+    }
+}
+
+/// A certificate valid from `not_before` to `not_after` (Unix seconds) at `now`, with
+/// [`NOT_BEFORE_SKEW_SECS`] allowed at the start.
+fn check_validity(not_before: i64, not_after: i64, now: u64) -> Result<(), VerifyError> {
+    let now_i = i64::try_from(now).unwrap_or(i64::MAX);
+    if now_i.saturating_add(NOT_BEFORE_SKEW_SECS as i64) < not_before {
+        return Err(VerifyError::NotYetValid { not_before, now });
+    }
+    if now_i > not_after {
+        return Err(VerifyError::Expired { not_after, now });
+    }
+    Ok(())
 }
 
 /// Whether the certificate is a SEQUENCE ending with the one DER encoding of an Ed25519
@@ -726,12 +830,12 @@ fn canonical_signature_tail(der: &[u8]) -> bool {
 }
 
 /// Structural checks of an RA-TLS certificate (everything but the attestation).
-fn check_certificate(der: &CertificateDer<'_>, now: u64) -> Result<Checked, VerifyError> {
+fn check_certificate(der: &[u8], now: u64) -> Result<Checked<'_>, VerifyError> {
     if der.len() > MAX_CERT_LEN {
         return Err(VerifyError::CertTooLarge { len: der.len() });
     }
     let (rest, cert) =
-        X509Certificate::from_der(der.as_ref()).map_err(|e| VerifyError::Parse(e.to_string()))?;
+        X509Certificate::from_der(der).map_err(|e| VerifyError::Parse(e.to_string()))?;
     if !rest.is_empty() {
         return Err(VerifyError::Parse(
             "trailing bytes after certificate".into(),
@@ -740,20 +844,11 @@ fn check_certificate(der: &CertificateDer<'_>, now: u64) -> Result<Checked, Veri
     let validity = cert.validity();
     let nb = validity.not_before.timestamp();
     let na = validity.not_after.timestamp();
-    let now_i = i64::try_from(now).unwrap_or(i64::MAX);
-    if now_i.saturating_add(NOT_BEFORE_SKEW_SECS as i64) < nb {
-        return Err(VerifyError::NotYetValid {
-            not_before: nb,
-            now,
-        });
-    }
-    if now_i > na {
-        return Err(VerifyError::Expired { not_after: na, now });
-    }
+    check_validity(nb, na, now)?;
     let spki = cert.public_key();
     if spki.algorithm.algorithm.to_id_string() != OID_ED25519
         || cert.signature_algorithm.algorithm.to_id_string() != OID_ED25519
-        || !canonical_signature_tail(der.as_ref())
+        || !canonical_signature_tail(der)
     {
         return Err(VerifyError::NotEd25519);
     }
@@ -800,9 +895,10 @@ fn check_certificate(der: &CertificateDer<'_>, now: u64) -> Result<Checked, Veri
     }
     Ok(Checked {
         public_key,
-        evidence: evidence.map(<[u8]>::to_vec),
-        gpu: gpu.map(<[u8]>::to_vec),
-        not_after: u64::try_from(na).unwrap_or(0),
+        evidence,
+        gpu,
+        not_before: nb,
+        not_after: na,
     })
 }
 
@@ -1035,5 +1131,59 @@ mod tests {
             v.verify_cert(sim_identity().cert_der(), &[]).unwrap();
         }
         assert!(v.cache.as_ref().unwrap().len() <= 2);
+    }
+
+    /// A certificate seen again is not parsed again, but its validity is judged at each
+    /// `now`, its attestation goes through the verdict cache as before, and one changed
+    /// byte is another certificate (checked in full, and refused).
+    #[test]
+    fn structural_checks_are_kept_per_exact_certificate() {
+        let t = Arc::new(AtomicU64::new(NOW));
+        let t2 = Arc::clone(&t);
+        let mut cfg = VerifierConfig::new(Policy::sim_test());
+        cfg.clock = Arc::new(move || t2.load(Ordering::Relaxed));
+        cfg.cache_ttl_secs = 100;
+        let v = RatlsVerifier::new(cfg);
+        let id = sim_identity();
+        let first = v.verify_cert(id.cert_der(), &[]).unwrap();
+        let again = v.verify_cert(id.cert_der(), &[]).unwrap();
+        assert_eq!(v.structure_runs(), 1);
+        assert_eq!(first.public_key(), again.public_key());
+        assert_eq!(first.image_hash(), again.image_hash());
+        assert_eq!(v.attestation_runs(), 1);
+        // Past the verdict cache's TTL the attestation runs again; the structure is kept.
+        t.store(NOW + 101, Ordering::Relaxed);
+        v.verify_cert(id.cert_der(), &[]).unwrap();
+        assert_eq!((v.structure_runs(), v.attestation_runs()), (1, 2));
+        // Past the certificate's end: refused as expired, from the kept structure too.
+        t.store(id.not_after() + 1, Ordering::Relaxed);
+        assert!(matches!(
+            v.verify_cert(id.cert_der(), &[]),
+            Err(VerifyError::Expired { .. })
+        ));
+        // Before its start (beyond the allowed skew): not yet valid.
+        t.store(NOW - 10 - NOT_BEFORE_SKEW_SECS - 1, Ordering::Relaxed);
+        assert!(matches!(
+            v.verify_cert(id.cert_der(), &[]),
+            Err(VerifyError::NotYetValid { .. })
+        ));
+        assert_eq!(v.structure_runs(), 1);
+        t.store(NOW, Ordering::Relaxed);
+        let mut der = id.cert_der().to_vec();
+        let last = der.len() - 1;
+        der[last] ^= 1;
+        assert!(matches!(
+            v.verify_cert(&CertificateDer::from(der), &[]),
+            Err(VerifyError::BadSelfSignature)
+        ));
+        assert_eq!(v.structure_runs(), 2);
+        // Without the verdict cache nothing is kept.
+        let mut cfg = VerifierConfig::new(Policy::sim_test());
+        cfg.clock = fixed_clock(NOW);
+        cfg.cache_ttl_secs = 0;
+        let v = RatlsVerifier::new(cfg);
+        v.verify_cert(id.cert_der(), &[]).unwrap();
+        v.verify_cert(id.cert_der(), &[]).unwrap();
+        assert_eq!(v.structure_runs(), 2);
     }
 }

@@ -132,42 +132,44 @@ impl CostInjector {
 
     /// Complete SSE events (ended by a blank line) out of the buffer.
     fn drain_sse(&mut self) -> Vec<u8> {
-        let mut out = Vec::new();
-        while let Some((end, term)) = event_end(&self.buf) {
+        let mut out = Vec::with_capacity(self.buf.len());
+        let mut start = 0;
+        while let Some((end, term)) = event_end(&self.buf[start..]) {
             if end + term > self.limit {
                 // Longer than the limit: it and the rest pass unchanged, as they would have
                 // had it arrived in pieces.
+                self.buf.drain(..start);
                 return self.give_up(out);
             }
-            let event: Vec<u8> = self.buf.drain(..end + term).collect();
-            out.extend_from_slice(&self.sse_event(&event, term));
+            self.sse_event(&self.buf[start..start + end + term], term, &mut out);
+            start += end + term;
         }
+        self.buf.drain(..start);
         out
     }
 
-    /// One SSE event (with its terminator of `term` bytes), priced when it is a single
-    /// `data:` line holding a JSON object with a usage.
-    fn sse_event(&self, event: &[u8], term: usize) -> Vec<u8> {
-        let body = &event[..event.len() - term];
-        let Ok(text) = std::str::from_utf8(body) else {
-            return event.to_vec();
-        };
-        let Some(data) = text.strip_prefix("data:") else {
-            return event.to_vec();
-        };
-        if data.contains('\n') || !may_hold_usage(data.as_bytes()) {
-            return event.to_vec();
+    /// One SSE event (with its terminator of `term` bytes) onto `out`, priced when it is a
+    /// single `data:` line holding a JSON object with a usage.
+    fn sse_event(&self, event: &[u8], term: usize, out: &mut Vec<u8>) {
+        match self.priced_event(&event[..event.len() - term]) {
+            Some(json) => {
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(json.as_bytes());
+                out.extend_from_slice(&event[event.len() - term..]);
+            }
+            None => out.extend_from_slice(event),
         }
-        let Ok(mut v) = serde_json::from_str::<Value>(data.trim_start()) else {
-            return event.to_vec();
-        };
-        if !self.priced(&mut v) {
-            return event.to_vec();
+    }
+
+    /// The JSON of an event's body with the cost fields added, when it needs them.
+    fn priced_event(&self, body: &[u8]) -> Option<String> {
+        let data = body.strip_prefix(b"data:")?;
+        if data.contains(&b'\n') || !may_hold_usage(data) {
+            return None;
         }
-        let mut out = b"data: ".to_vec();
-        out.extend_from_slice(v.to_string().as_bytes());
-        out.extend_from_slice(&event[event.len() - term..]);
-        out
+        let text = std::str::from_utf8(data).ok()?;
+        let mut v = serde_json::from_str::<Value>(text.trim_start()).ok()?;
+        self.priced(&mut v).then(|| v.to_string())
     }
 
     /// Complete JSON values out of the buffer.
@@ -217,18 +219,21 @@ impl CostInjector {
     }
 }
 
-/// Where the first SSE event ends: the offset of its blank line and the terminator's length.
+/// Where the first SSE event ends: the offset of its blank line and the terminator's length
+/// (the earlier of `\n\n` and `\r\n\r\n`).
 fn event_end(buf: &[u8]) -> Option<(usize, usize)> {
-    let lf = find(buf, b"\n\n").map(|i| (i, 2));
-    let crlf = find(buf, b"\r\n\r\n").map(|i| (i, 4));
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-        (a, b) => a.or(b),
+    let mut from = 0;
+    while let Some(i) = buf[from..].iter().position(|&b| b == b'\n') {
+        let p = from + i;
+        match buf.get(p + 1) {
+            Some(b'\n') => return Some((p, 2)),
+            Some(b'\r') if p >= 1 && buf[p - 1] == b'\r' && buf.get(p + 2) == Some(&b'\n') => {
+                return Some((p - 1, 4));
+            }
+            _ => from = p + 1,
+        }
     }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    None
 }
 
 /// Whether `bytes` may hold a usage object: `"usage"`, then `:` and `{` (spaces between

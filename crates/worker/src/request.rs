@@ -462,6 +462,9 @@ async fn run(cx: &mut Ctx<'_>, cancel: &mut watch::Receiver<bool>) -> Outcome {
             prices.adjust(&within_limit(*u, limit), coefficient)
         })
     };
+    // One timer for the whole answer, not one registered and dropped for every piece.
+    let timeout = tokio::time::sleep_until(deadline + Duration::from_secs(1));
+    tokio::pin!(timeout);
     loop {
         let ev = tokio::select! {
             ev = body.recv() => ev,
@@ -469,7 +472,7 @@ async fn run(cx: &mut Ctx<'_>, cancel: &mut watch::Receiver<bool>) -> Outcome {
                 drop(body);
                 return Outcome::Cancelled(cut(&tracker));
             }
-            _ = tokio::time::sleep_until(deadline + Duration::from_secs(1)) => {
+            _ = &mut timeout => {
                 drop(body);
                 return Outcome::Failed {
                     code: ErrorCode::Timeout,

@@ -656,7 +656,16 @@ impl Forwarding {
     /// Relays one attempt until it ends.
     async fn relay(&mut self, r: &mut Relay) -> Ended {
         let rid = self.q.request_id;
+        // The two timers live for the whole attempt (one made, polled and dropped for every
+        // part cost a timer-wheel insertion and removal each); the grace one is set when
+        // the attempt is stopped.
+        let deadline = tokio::time::sleep_until(self.plan.deadline);
+        let grace = tokio::time::sleep_until(r.grace);
+        tokio::pin!(deadline, grace);
         loop {
+            if r.stopped.is_some() && grace.deadline() != r.grace {
+                grace.as_mut().reset(r.grace);
+            }
             let ev = tokio::select! {
                 ev = r.lease.recv() => ev,
                 c = self.cancel.changed(), if r.stopped.is_none() => {
@@ -676,11 +685,11 @@ impl Forwarding {
                 _ = went_quiet(&mut r.suspect), if r.stopped.is_none() && r.first_byte.is_none() && r.can_retry_quiet => {
                     return self.on_worker_quiet(r).await;
                 }
-                _ = tokio::time::sleep_until(self.plan.deadline), if r.stopped.is_none() => {
+                _ = &mut deadline, if r.stopped.is_none() => {
                     self.stop(r, Stop::Deadline, "deadline").await;
                     continue;
                 }
-                _ = tokio::time::sleep_until(r.grace), if r.stopped.is_some() => {
+                _ = &mut grace, if r.stopped.is_some() => {
                     tracing::warn!(request = %hex::encode(&rid[..8]), "worker sent no final usage after cancel; billing the usage seen in the stream");
                     let stop = r.stopped.unwrap_or(Stop::Deadline);
                     return self.stopped(r, stop, r.seen(), None).await;

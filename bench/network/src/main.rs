@@ -160,6 +160,10 @@ async fn start_litellm(
         .arg(&config)
         .args(["--host", "127.0.0.1", "--port", &port.to_string()])
         .args(["--num_workers", &workers.to_string()])
+        // uvicorn (0.3x on) kills a worker that does not answer its parent's health check
+        // within 5 s, and importing LiteLLM's proxy takes longer than that on a busy
+        // machine: every worker died and was restarted until the start timed out.
+        .args(["--timeout_worker_healthcheck", "180"])
         .args(["--telemetry", "False"])
         // The bundled model cost map, not one fetched from GitHub at start.
         .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")

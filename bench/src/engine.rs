@@ -325,6 +325,9 @@ fn run_tool(exe: &Path, args: &[String]) -> Result<(String, u64), String> {
     let out = std::fs::File::create(&out_path).map_err(|e| e.to_string())?;
     let mut child = Command::new(exe)
         .args(args)
+        // llama.cpp with its own defaults: not the wait policy the embedded engine's re-exec
+        // set in this process (`cocoon_llama::openmp`).
+        .env_remove("OMP_WAIT_POLICY")
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)

@@ -99,7 +99,14 @@ fn main() -> ExitCode {
         Command::Image { command } => image_cmd::run(command),
         Command::Wallet { command } => wallet_cmd::run(command),
         Command::Root { command } => root_cmd::run(command),
-        Command::Worker(args) => return worker_cmd::main(*args),
+        Command::Worker(args) => {
+            // Before any thread starts: llama.cpp's OpenMP threads sleep at a barrier instead
+            // of spinning (cocoon_llama::openmp); this returns only if nothing had to change.
+            if let Err(e) = cocoon_llama::openmp::ensure_passive_wait() {
+                eprintln!("warning: could not set OMP_WAIT_POLICY=passive: {e}");
+            }
+            return worker_cmd::main(*args);
+        }
         Command::Proxy(args) => return proxy_cmd::main(*args),
         Command::Client(args) => return client_cmd::main(*args),
         Command::Up(args) => return up_cmd::main(args),

@@ -560,12 +560,30 @@ fn dashboards_in_chromium(dir: &Path, api: &str) {
 
 /// The client's page shows its payment channel with each proxy (balance, stake, the latest
 /// signed receipt and whether its receipts verified) and its recent requests (cost,
-/// latency, receipt) as `/jsonstats` reports them. Read after the traffic, so the figures
-/// hold still.
+/// latency, receipt) as `/jsonstats` reports them. Read after the traffic; the channel's
+/// latest signed receipt still moves when a proxy checkpoint lands (and an answer's receipt
+/// follows its end), so the page is compared with `/jsonstats` read before and after it
+/// loaded, once both reads agree.
 fn client_channel_and_requests_in_chromium(b: &mut common::cdp::Browser, api: &str) {
     use cocoon_webui::fmt;
-    b.open(&format!("{api}/stats"), 1280);
-    let stats = get_json(&format!("{api}/jsonstats")).unwrap();
+    let stats = (0..40)
+        .find_map(|_| {
+            let before = get_json(&format!("{api}/jsonstats")).unwrap();
+            b.open(&format!("{api}/stats"), 1280);
+            let after = get_json(&format!("{api}/jsonstats")).unwrap();
+            let still = |v: &serde_json::Value| {
+                (
+                    v["proxies"][0]["receipt_tokens"].clone(),
+                    v["recent"].clone(),
+                )
+            };
+            if still(&before) == still(&after) {
+                return Some(after);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            None
+        })
+        .expect("the client's stats held still while its page loaded, within 20 s");
     let cell = |b: &mut common::cdp::Browser, table: &str, row: usize, col: usize| {
         b.eval(&format!(
             "document.querySelector('#{table} tbody tr:nth-child({row}) td:nth-child({col})').textContent"

@@ -140,6 +140,16 @@ fn worker_process_follows_the_root_on_devnet() {
     // The worker: embedded engine with the default model from the model store, sim TEE.
     let state = tmp.path().join("worker");
     let (mut child, bound) = worker_process(&root, &url, "1", &state);
+    // Started without OMP_WAIT_POLICY, the worker started itself again in place with
+    // llama.cpp's OpenMP threads waiting passively (cocoon_llama::openmp).
+    let pid = child.0.as_ref().unwrap().id();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    assert!(
+        environ
+            .split(|b| *b == 0)
+            .any(|v| v == b"OMP_WAIT_POLICY=passive"),
+        "the worker's environment has OMP_WAIT_POLICY=passive"
+    );
     let stats_url = format!("http://{}/jsonstats", bound.get("admin_listen"));
     let stats = || get_json(&stats_url);
     wait_for("the worker's admin server", || stats().is_some());

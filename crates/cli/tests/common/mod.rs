@@ -413,6 +413,9 @@ pub(crate) fn spawn_role(args: &[&str], state: &Path) -> (Killed, Bound) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cocoon"));
     cmd.args([*role, "--test", "--tee", "sim"])
         .args(rest)
+        // As an operator starts it: a worker sets llama.cpp's OpenMP wait policy itself (a
+        // re-exec), which scripts/test's own OMP_WAIT_POLICY would otherwise skip.
+        .env_remove("OMP_WAIT_POLICY")
         .arg("--state-dir")
         .arg(state)
         .stdout(Stdio::null())

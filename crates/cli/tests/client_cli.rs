@@ -7,6 +7,7 @@ mod common;
 use common::{
     Killed, SimRoot, chat, cocoon, cocoon_env, faucet, get_json, have_test_model, models,
     new_wallet, sigterm, spawn_role, start_devnet, stop_devnet, wait_for, worker_process,
+    workers_enabled,
 };
 
 const ROOT: &str = "0:5555555555555555555555555555555555555555555555555555555555555555";
@@ -143,10 +144,8 @@ fn client_process_streams_the_default_model_through_proxy_and_worker_on_devnet()
         .unwrap()
         .to_owned();
     net.op(&["add-model", &model]);
-    wait_for("the worker admitted", || {
-        get_json(&format!("http://{padmin}/jsonstats"))
-            .and_then(|s| s["workers"].as_array().map(|w| w.len() == 1))
-            == Some(true)
+    wait_for("the worker admitted and enabled", || {
+        workers_enabled(&padmin) == Some(1)
     });
 
     // The client's own wallet, funded from the faucet.
@@ -190,6 +189,11 @@ fn client_process_streams_the_default_model_through_proxy_and_worker_on_devnet()
     let s = stats().unwrap();
     assert_eq!(s["proxies"][0]["auth"], "long", "{s}");
     assert_eq!(s["proxies"][0]["tee"], "Sim", "{s}");
+    // The worker reaches the client's model list through the proxy session.
+    wait_for("the model listed with its worker", || {
+        get_json(&format!("{api}/v1/models"))
+            .is_some_and(|m| m["data"][0]["workers"].as_array().map(Vec::len) == Some(1))
+    });
 
     rt.block_on(async {
         let m = models(&api).await;

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 
 use common::{
     Killed, SimRoot, cocoon, faucet, get_json, have_test_model, new_wallet, ready_file, sigterm,
-    spawn_role, start_devnet, start_ready, stop_devnet, wait_for,
+    spawn_role, start_devnet, start_ready, stop_devnet, wait_for, workers_enabled,
 };
 
 const ROOT: &str = "0:5555555555555555555555555555555555555555555555555555555555555555";
@@ -305,8 +305,8 @@ fn a_proxy_keyed_by_the_kms_restarts_with_the_same_key_and_clients_accept_its_re
         .unwrap()
         .to_owned();
     net.op(&["add-model", &model]);
-    wait_for("the worker admitted", || {
-        pstats().and_then(|s| s["workers"].as_array().map(|w| w.len() == 1)) == Some(true)
+    wait_for("the worker admitted and enabled", || {
+        workers_enabled(&padmin) == Some(1)
     });
 
     // A client with its own wallet and channel.

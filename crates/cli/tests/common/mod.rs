@@ -137,6 +137,15 @@ pub(crate) fn get_json(url: &str) -> Option<serde_json::Value> {
     serde_json::from_str(&get_text(url)?).ok()
 }
 
+/// How many workers the proxy whose admin listener is `padmin` routes requests to: admitted
+/// and enabled (a worker is admitted disabled until its root configuration allows its
+/// model), `None` while the proxy does not answer.
+pub(crate) fn workers_enabled(padmin: &str) -> Option<usize> {
+    let s = get_json(&format!("http://{padmin}/jsonstats"))?;
+    let w = s["workers"].as_array()?;
+    Some(w.iter().filter(|w| w["enabled"] == true).count())
+}
+
 /// GETs `url` (plain HTTP/1.0) and returns the body, `None` on any failure.
 pub(crate) fn get_text(url: &str) -> Option<String> {
     use std::io::{Read, Write};

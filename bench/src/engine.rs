@@ -325,9 +325,10 @@ fn run_tool(exe: &Path, args: &[String]) -> Result<(String, u64), String> {
     let out = std::fs::File::create(&out_path).map_err(|e| e.to_string())?;
     let mut child = Command::new(exe)
         .args(args)
-        // llama.cpp with its own defaults: not the wait policy the embedded engine's re-exec
-        // set in this process (`cocoon_llama::openmp`).
-        .env_remove("OMP_WAIT_POLICY")
+        // llama.cpp with its own defaults: not the spin count the embedded engine's re-exec
+        // set in this process (`cocoon_llama::openmp`), nor a wait setting given for it.
+        .env_remove(cocoon_llama::openmp::WAIT_POLICY_VAR)
+        .env_remove(cocoon_llama::openmp::SPIN_COUNT_VAR)
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)

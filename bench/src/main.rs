@@ -28,10 +28,10 @@ use std::time::{Duration, Instant};
 fn main() {
     let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
     if what == "engine" {
-        // The embedded engine as the worker runs it: OpenMP threads that sleep at a barrier
-        // (cocoon_llama::openmp); llama.cpp's tools run with their own defaults.
-        if let Err(e) = cocoon_llama::openmp::ensure_passive_wait() {
-            eprintln!("engine: could not set OMP_WAIT_POLICY: {e}");
+        // The embedded engine as the worker runs it: OpenMP threads that spin only briefly
+        // at a barrier (cocoon_llama::openmp); llama.cpp's tools run with their own defaults.
+        if let Err(e) = cocoon_llama::openmp::ensure_short_spin() {
+            eprintln!("engine: could not set GOMP_SPINCOUNT: {e}");
         }
         println!(
             "cocoon-bench {} ({} cpus)",

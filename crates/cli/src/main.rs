@@ -100,10 +100,11 @@ fn main() -> ExitCode {
         Command::Wallet { command } => wallet_cmd::run(command),
         Command::Root { command } => root_cmd::run(command),
         Command::Worker(args) => {
-            // Before any thread starts: llama.cpp's OpenMP threads sleep at a barrier instead
-            // of spinning (cocoon_llama::openmp); this returns only if nothing had to change.
-            if let Err(e) = cocoon_llama::openmp::ensure_passive_wait() {
-                eprintln!("warning: could not set OMP_WAIT_POLICY=passive: {e}");
+            // Before any thread starts: llama.cpp's OpenMP threads spin only briefly at a
+            // barrier before they sleep (cocoon_llama::openmp); this returns only if nothing
+            // had to change.
+            if let Err(e) = cocoon_llama::openmp::ensure_short_spin() {
+                eprintln!("warning: could not set GOMP_SPINCOUNT: {e}");
             }
             return worker_cmd::main(*args);
         }

@@ -140,15 +140,18 @@ fn worker_process_follows_the_root_on_devnet() {
     // The worker: embedded engine with the default model from the model store, sim TEE.
     let state = tmp.path().join("worker");
     let (mut child, bound) = worker_process(&root, &url, "1", &state);
-    // Started without OMP_WAIT_POLICY, the worker started itself again in place with
-    // llama.cpp's OpenMP threads waiting passively (cocoon_llama::openmp).
+    // Started without OMP_WAIT_POLICY or GOMP_SPINCOUNT, the worker started itself again in
+    // place with llama.cpp's OpenMP threads spinning only briefly (cocoon_llama::openmp).
     let pid = child.0.as_ref().unwrap().id();
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let environ: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
     assert!(
-        environ
-            .split(|b| *b == 0)
-            .any(|v| v == b"OMP_WAIT_POLICY=passive"),
-        "the worker's environment has OMP_WAIT_POLICY=passive"
+        environ.contains(&&b"GOMP_SPINCOUNT=3000"[..]),
+        "the worker's environment has GOMP_SPINCOUNT=3000"
+    );
+    assert!(
+        !environ.iter().any(|v| v.starts_with(b"OMP_WAIT_POLICY=")),
+        "and no OMP_WAIT_POLICY"
     );
     let stats_url = format!("http://{}/jsonstats", bound.get("admin_listen"));
     let stats = || get_json(&stats_url);

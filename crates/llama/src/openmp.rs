@@ -1,42 +1,54 @@
 //! How llama.cpp's OpenMP threads wait.
 //!
 //! llama.cpp runs every operation of a decode on `threads` OpenMP threads with a barrier
-//! between operations (hundreds per decode). libgomp's default lets a thread that reaches a
-//! barrier spin for a long while before it sleeps. On a machine whose cores are shared (a
-//! build, the worker's own proxy sessions, the OS), the thread it waits for is often not
-//! running, and the spinning thread burns the slice that thread needed: `perf` of an 8-request
-//! run beside a build showed about 60 % of the engine's CPU time spinning inside libgomp, for
-//! the embedded engine and for `llama-batched-bench` alike. With `OMP_WAIT_POLICY=passive` a
-//! waiting thread sleeps at once and gives the core back (bench/README.md has the figures).
+//! between operations (hundreds per decode). How long a thread that reaches a barrier spins
+//! before it sleeps decides the engine's speed, and no single choice of libgomp's suits both
+//! kinds of machine (bench/README.md, "`cocoon-bench engine`", has the figures):
+//! - libgomp's default spins for about 3 ms (300,000 spins). On a machine whose cores are
+//!   shared (a build, the worker's own proxy sessions, the OS) the thread it waits for is
+//!   often not running, and the spinner burns the slice that thread needed: beside a build,
+//!   about 60 % of the engine's CPU time went to spinning inside libgomp, and generation
+//!   fell to a fraction of a quiet machine's.
+//! - `OMP_WAIT_POLICY=passive` sleeps at once. On a busy machine that is the fastest; on idle
+//!   cores every barrier then costs a futex wake, and one request generated at 36 % of
+//!   llama.cpp's speed.
+//! - A short spin, `GOMP_SPINCOUNT=3000` (some tens of microseconds), is within a few percent
+//!   of spinning on idle cores, where the other thread arrives that soon, and close to
+//!   passive on busy ones, where it does not and the thread sleeps after a short while.
 //!
 //! libgomp reads its environment once, when it is loaded (before `main`), and the workspace
 //! forbids the `unsafe` that `std::env::set_var` needs; so a binary that runs the engine
-//! calls [`ensure_passive_wait`] first, which starts the program again in place (`exec`, same
-//! process id, arguments and open files) with the variable set. An operator's own
-//! `OMP_WAIT_POLICY` is kept as it is.
+//! calls [`ensure_short_spin`] first, which starts the program again in place (`exec`, same
+//! process id, arguments and open files) with `GOMP_SPINCOUNT` set. An operator's own
+//! `OMP_WAIT_POLICY` or `GOMP_SPINCOUNT` is kept as it is.
 
 use std::ffi::OsStr;
 
-/// The variable libgomp reads.
+/// libgomp's wait policy (`active` or `passive`).
 pub const WAIT_POLICY_VAR: &str = "OMP_WAIT_POLICY";
 
-/// What [`ensure_passive_wait`] sets when the variable is absent.
-pub const PASSIVE: &str = "passive";
+/// libgomp's spin count before a waiting thread sleeps (it wins over the policy).
+pub const SPIN_COUNT_VAR: &str = "GOMP_SPINCOUNT";
 
-/// Whether the process must be started again to set the wait policy: only when the variable
-/// is absent (an empty or any other value is the operator's choice).
-pub fn needs_wait_policy(current: Option<&OsStr>) -> bool {
-    current.is_none()
+/// What [`ensure_short_spin`] sets when neither variable is present.
+pub const SHORT_SPIN: &str = "3000";
+
+/// Whether the process must be started again to set the spin count: only when neither
+/// variable is present (an empty or any other value is the operator's choice).
+pub fn needs_spin_count(policy: Option<&OsStr>, spin_count: Option<&OsStr>) -> bool {
+    policy.is_none() && spin_count.is_none()
 }
 
-/// Starts this program again with `OMP_WAIT_POLICY=passive` when the variable is not set.
-/// Returns only when nothing had to be done or the `exec` failed (the error is returned; the
-/// caller can go on with libgomp's default).
-pub fn ensure_passive_wait() -> std::io::Result<()> {
-    if !needs_wait_policy(std::env::var_os(WAIT_POLICY_VAR).as_deref()) {
+/// Starts this program again with `GOMP_SPINCOUNT=3000` when neither `OMP_WAIT_POLICY` nor
+/// `GOMP_SPINCOUNT` is set. Returns only when nothing had to be done or the `exec` failed (the
+/// error is returned; the caller can go on with libgomp's default).
+pub fn ensure_short_spin() -> std::io::Result<()> {
+    let policy = std::env::var_os(WAIT_POLICY_VAR);
+    let spin_count = std::env::var_os(SPIN_COUNT_VAR);
+    if !needs_spin_count(policy.as_deref(), spin_count.as_deref()) {
         return Ok(());
     }
-    reexec_with(WAIT_POLICY_VAR, PASSIVE)
+    reexec_with(SPIN_COUNT_VAR, SHORT_SPIN)
 }
 
 #[cfg(unix)]
@@ -63,10 +75,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_an_absent_variable_is_set() {
-        assert!(needs_wait_policy(None));
-        assert!(!needs_wait_policy(Some(OsStr::new("passive"))));
-        assert!(!needs_wait_policy(Some(OsStr::new("active"))));
-        assert!(!needs_wait_policy(Some(OsStr::new(""))));
+    fn only_when_neither_variable_is_present() {
+        let v = |s| Some(OsStr::new(s));
+        assert!(needs_spin_count(None, None));
+        assert!(!needs_spin_count(v("passive"), None));
+        assert!(!needs_spin_count(v("active"), None));
+        assert!(!needs_spin_count(v(""), None));
+        assert!(!needs_spin_count(None, v("300000")));
+        assert!(!needs_spin_count(None, v("")));
     }
 }

@@ -321,6 +321,20 @@ impl SimRoot {
         root_op(op, &self.key, &self.url, &self.root);
     }
 
+    /// Reads the model of the worker whose admin listener is `wadmin`, allows it in the root
+    /// and waits until the proxy whose admin listener is `padmin` routes to that worker
+    /// (admitted and enabled); returns the model id.
+    pub(crate) fn allow_model_of(&self, wadmin: &str, padmin: &str) -> String {
+        let wstats = || get_json(&format!("http://{wadmin}/jsonstats"));
+        wait_for("the worker's model id", || wstats().is_some());
+        let model = wstats().unwrap()["model"].as_str().unwrap().to_owned();
+        self.op(&["add-model", &model]);
+        wait_for("the worker admitted and enabled", || {
+            workers_enabled(padmin) == Some(1)
+        });
+        model
+    }
+
     /// Registers a proxy listening at `worker` (for workers) and `client` (for clients).
     pub(crate) fn register(&self, worker: &str, client: &str) {
         self.op(&["add-proxy", &format!("{worker} {client}")]);
@@ -422,9 +436,10 @@ pub(crate) fn spawn_role(args: &[&str], state: &Path) -> (Killed, Bound) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cocoon"));
     cmd.args([*role, "--test", "--tee", "sim"])
         .args(rest)
-        // As an operator starts it: a worker sets llama.cpp's OpenMP wait policy itself (a
+        // As an operator starts it: a worker sets llama.cpp's OpenMP spin count itself (a
         // re-exec), which scripts/test's own OMP_WAIT_POLICY would otherwise skip.
         .env_remove("OMP_WAIT_POLICY")
+        .env_remove("GOMP_SPINCOUNT")
         .arg("--state-dir")
         .arg(state)
         .stdout(Stdio::null())

@@ -67,7 +67,18 @@ pub(crate) struct ExplorerArgs {
     /// Do not dial the registered proxies (their TEE and image are then only as reported).
     #[arg(long)]
     no_verify: bool,
+    /// Most proof-of-work bits the explorer solves for a proxy's handshake: each check costs
+    /// up to 2^bits hashes of the explorer's CPU, once a minute per registered proxy, so it
+    /// pays less than a client with money at stake would (28); a proxy demanding more is
+    /// shown as unverified, with what it demanded. Proxies demand 20 by default.
+    #[arg(long, default_value_t = EXPLORER_POW_MAX_BITS,
+          value_parser = clap::value_parser!(u32).range(0..=cocoon_ratls::pow::CLIENT_MAX_DIFFICULTY as i64))]
+    pow_max_bits: u32,
 }
+
+/// The explorer's default for `--pow-max-bits`: a proxy's default demand (20) with room for
+/// two more bits.
+const EXPLORER_POW_MAX_BITS: u32 = 22;
 
 /// Most proxies followed.
 const MAX_PROXIES: usize = 32;
@@ -104,7 +115,7 @@ fn proxy_check(args: &ExplorerArgs) -> Result<cocoon_explorer::verify::ProxyChec
             allow_unattested: false,
             gpu: None,
         },
-        cocoon_ratls::pow::CLIENT_MAX_DIFFICULTY,
+        args.pow_max_bits,
         None,
     )
     .map_err(|e| format!("--proxy-policy: {e}"))?;

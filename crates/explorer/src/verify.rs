@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use cocoon_attest::{Fault, VerifiedPeer};
 use cocoon_ratls::net::{RatlsConnector, RatlsError};
+use cocoon_ratls::pow::PowError;
 use serde::Serialize;
 
 use crate::view::clip;
@@ -94,6 +95,17 @@ impl Verdict {
                     reason: "the proxy presented no certificate".into(),
                     peer_fault: true,
                 },
+                // Solving it would cost the explorer more than it pays to look (a proxy
+                // could make every check burn seconds of CPU): not verified, and why.
+                RatlsError::Pow(PowError::DifficultyTooHigh { requested, max }) => {
+                    Verdict::Refused {
+                        reason: format!(
+                            "the proxy demands {requested} bits of proof of work; the \
+                             explorer solves at most {max} (--pow-max-bits)"
+                        ),
+                        peer_fault: true,
+                    }
+                }
                 other => Verdict::Unreachable {
                     reason: clip(&format!("no handshake: {other}")),
                 },
@@ -191,6 +203,22 @@ mod tests {
         );
         retain_registered(&mut v, ["b:1"]);
         assert_eq!(v.keys().collect::<Vec<_>>(), vec!["b:1"]);
+    }
+
+    #[test]
+    fn a_proof_of_work_demand_over_the_limit_is_a_refusal_that_says_so() {
+        let e = RatlsError::Pow(PowError::DifficultyTooHigh {
+            requested: 28,
+            max: 22,
+        });
+        match Verdict::failed(&e) {
+            Verdict::Refused { reason, peer_fault } => {
+                assert!(peer_fault);
+                assert!(reason.contains("demands 28 bits"), "{reason}");
+                assert!(reason.contains("at most 22"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -7,7 +7,6 @@ mod common;
 use common::{
     Killed, SimRoot, chat, cocoon, cocoon_env, faucet, get_json, have_test_model, models,
     new_wallet, sigterm, spawn_role, start_devnet, stop_devnet, wait_for, worker_process,
-    workers_enabled,
 };
 
 const ROOT: &str = "0:5555555555555555555555555555555555555555555555555555555555555555";
@@ -136,17 +135,7 @@ fn client_process_streams_the_default_model_through_proxy_and_worker_on_devnet()
     let padmin = pbound.get("admin_listen");
     let (mut worker, wbound) = worker_process(&root, &url, "2", &tmp.path().join("worker"));
     let wadmin = wbound.get("admin_listen");
-    wait_for("the worker's model id", || {
-        get_json(&format!("http://{wadmin}/jsonstats")).is_some()
-    });
-    let model = get_json(&format!("http://{wadmin}/jsonstats")).unwrap()["model"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    net.op(&["add-model", &model]);
-    wait_for("the worker admitted and enabled", || {
-        workers_enabled(&padmin) == Some(1)
-    });
+    let model = net.allow_model_of(&wadmin, &padmin);
 
     // The client's own wallet, funded from the faucet.
     let ckey = tmp.path().join("client.key");

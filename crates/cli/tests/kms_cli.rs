@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 
 use common::{
     Killed, SimRoot, cocoon, faucet, get_json, have_test_model, new_wallet, ready_file, sigterm,
-    spawn_role, start_devnet, start_ready, stop_devnet, wait_for, workers_enabled,
+    spawn_role, start_devnet, start_ready, stop_devnet, wait_for,
 };
 
 const ROOT: &str = "0:5555555555555555555555555555555555555555555555555555555555555555";
@@ -297,17 +297,7 @@ fn a_proxy_keyed_by_the_kms_restarts_with_the_same_key_and_clients_accept_its_re
         &wstate,
     );
     let wadmin = wbound.get("admin_listen");
-    wait_for("the worker's model id", || {
-        get_json(&format!("http://{wadmin}/jsonstats")).is_some()
-    });
-    let model = get_json(&format!("http://{wadmin}/jsonstats")).unwrap()["model"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    net.op(&["add-model", &model]);
-    wait_for("the worker admitted and enabled", || {
-        workers_enabled(&padmin) == Some(1)
-    });
+    net.allow_model_of(&wadmin, &padmin);
 
     // A client with its own wallet and channel.
     let ckey = tmp.path().join("client.key");

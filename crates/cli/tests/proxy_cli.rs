@@ -98,17 +98,9 @@ fn proxy_process_checkpoints_on_devnet_and_admits_a_worker_process() {
     // A worker with the embedded default model, following the same root.
     let (mut worker, wbound) = worker_process(&net.root, &url, "1", &tmp.path().join("worker"));
     let worker_admin = wbound.get("admin_listen");
-    let wstats = || get_json(&format!("http://{worker_admin}/jsonstats"));
-    wait_for("the worker's model id", || wstats().is_some());
-    let model = wstats().unwrap()["model"].as_str().unwrap().to_owned();
-    net.op(&["add-model", &model]);
-    wait_for("the worker admitted by the proxy", || {
-        stats().is_some_and(|s| {
-            s["workers"]
-                .as_array()
-                .is_some_and(|w| w.len() == 1 && w[0]["model"].as_str() == Some(&model))
-        })
-    });
+    let model = net.allow_model_of(&worker_admin, &admin);
+    let s = stats().unwrap();
+    assert_eq!(s["workers"][0]["model"], model.as_str(), "{s}");
 
     // SIGTERM stops the proxy cleanly; it restarts on the same ledger (no rollback alarm).
     let confirmed = stats().unwrap()["ledger"]["confirmed_checkpoint"]

@@ -12,25 +12,39 @@ use std::time::Duration;
 
 use cocoon_explorer::ExplorerConfig;
 use cocoon_explorer::view::per_million;
-use cocoon_testkit::devnet::{TON, devnet};
+use cocoon_testkit::devnet::{Devnet, TON, devnet};
 use cocoon_testkit::prelude::*;
 use cocoon_ton::keys::SigningKey;
 use cocoon_ton::ops::{self, RootOp, WalletOps};
 use cocoon_ton::wallet::Wallet;
-use cocoon_ton::{HashBytes, root::model_hash};
+use cocoon_ton::{HashBytes, Toncenter, root::model_hash};
 use serde_json::Value;
+
+/// The root owner's wallet on `dn`.
+fn root_owner(dn: &Devnet) -> WalletOps<Toncenter> {
+    let owner_key = SigningKey::from_file(&dn.root.owner_key_path).unwrap();
+    WalletOps::new(
+        dn.tc.clone(),
+        Wallet::v4r2(owner_key.public_key(), 0),
+        owner_key,
+    )
+    .unwrap()
+}
+
+/// Stops the explorer `task` through `stop` and waits for it to end.
+async fn stop_explorer(stop: tokio::sync::watch::Sender<bool>, task: tokio::task::JoinHandle<()>) {
+    let _ = stop.send(true);
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap();
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_explorer_shows_the_devnet_root_its_history_and_a_live_proxy() {
     let dn = devnet().await;
     let root = dn.root.address.clone();
-    let owner_key = SigningKey::from_file(&dn.root.owner_key_path).unwrap();
-    let mut owner = WalletOps::new(
-        dn.tc.clone(),
-        Wallet::v4r2(owner_key.public_key(), 0),
-        owner_key,
-    )
-    .unwrap();
+    let mut owner = root_owner(&dn);
     let sim = HashBytes(cocoon_attest::sim::sim_image_hash());
     for op in [
         RootOp::AddWorkerImage(sim),
@@ -222,11 +236,7 @@ async fn the_explorer_shows_the_devnet_root_its_history_and_a_live_proxy() {
         .unwrap();
     assert_eq!(foreign.status(), 403);
 
-    let _ = stop.send(true);
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap();
+    stop_explorer(stop, task).await;
 }
 
 /// The split of what a proxy contract sent, on the real contracts: a worker contract of the
@@ -331,13 +341,7 @@ async fn the_explorer_verifies_registered_proxies_by_their_handshake() {
 
     let dn = devnet().await;
     let root = dn.root.address.clone();
-    let owner_key = SigningKey::from_file(&dn.root.owner_key_path).unwrap();
-    let mut owner = WalletOps::new(
-        dn.tc.clone(),
-        Wallet::v4r2(owner_key.public_key(), 0),
-        owner_key,
-    )
-    .unwrap();
+    let mut owner = root_owner(&dn);
     let sim = HashBytes(cocoon_attest::sim::sim_image_hash());
     ops::root_op(
         &mut owner,
@@ -498,17 +502,14 @@ async fn the_explorer_verifies_registered_proxies_by_their_handshake() {
     let reg = reg.split("</table>").next().unwrap();
     assert!(reg.contains("not verified: no handshake"), "{reg}");
 
-    let _ = stop.send(true);
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap();
+    stop_explorer(stop, task).await;
 }
 
 /// A proxy whose attestation the policy refuses: the explorer's check under a production
 /// policy (TDX or SEV-SNP only) of a real sim proxy ends "refused" with the verifier's
-/// reason, the proxy's fault, and no TEE or image; a stalled endpoint (accepts, never
-/// answers the proof of work) is unreachable within the timeout.
+/// reason, the proxy's fault, and no TEE or image; so does a proof-of-work demand above the
+/// explorer's limit; a stalled endpoint (accepts, never answers the proof of work) is
+/// unreachable within the timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_whose_attestation_the_policy_refuses_is_not_verified() {
     use cocoon_attest::{Backend, Policy};
@@ -537,6 +538,18 @@ async fn a_proxy_whose_attestation_the_policy_refuses_is_not_verified() {
             assert!(peer_fault, "{reason}");
         }
         other => panic!("a sim proxy passed a production policy: {other:?}"),
+    }
+    // A proxy demanding more proof of work than the explorer solves (`--pow-max-bits`):
+    // refused with what it demanded, nothing solved.
+    let mut frugal = connector_as(&Unattested, Policy::sim_test());
+    frugal.pow_max_difficulty = cocoon_testkit::fixtures::POW - 1;
+    match check(&frugal, &ep, limit).await {
+        Verdict::Refused { reason, peer_fault } => {
+            let want = format!("demands {} bits", cocoon_testkit::fixtures::POW);
+            assert!(reason.contains(&want), "{reason}");
+            assert!(peer_fault, "{reason}");
+        }
+        other => panic!("a proof-of-work demand over the limit: {other:?}"),
     }
     let stall = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let at = stall.local_addr().unwrap().to_string();

@@ -119,6 +119,41 @@ async fn open_meter(dir: &Path, chain: &FileChain) -> Arc<LedgerMeter> {
         .expect("the ledger reopens after a kill")
 }
 
+/// The tests' runtime: two worker threads, I/O and time.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The kill times' random source: seeded by `COCOON_CRASH_SEED` or at random, the seed printed.
+fn kill_rng() -> rand::rngs::StdRng {
+    let seed: u64 = std::env::var("COCOON_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("seed {seed} (COCOON_CRASH_SEED reproduces the kill times)");
+    rand::rngs::StdRng::seed_from_u64(seed)
+}
+
+/// The meter on `dir`'s ledger with its settlement loop running every 25 ms against the
+/// file chain (client charges and worker payouts never due).
+async fn settling_meter(dir: &Path) -> Arc<LedgerMeter> {
+    let chain = Arc::new(FileChain(dir.join("chain.txt")));
+    let meter = open_meter(dir, &chain).await;
+    let cfg = SettlementConfig {
+        interval: Duration::from_millis(25),
+        resend_after: Duration::from_millis(200),
+        min_client_charge: u128::MAX,
+        min_worker_payout: u128::MAX,
+        ..SettlementConfig::default()
+    };
+    tokio::spawn(meter.clone().run_settlement(chain, cfg));
+    meter
+}
+
 /// The child: proxy + worker + fake engine on the ledger in `COCOON_CRASH_DIR`, until killed.
 #[test]
 fn crash_child() {
@@ -131,22 +166,9 @@ fn crash_child() {
         .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
         .with_writer(std::io::stderr)
         .try_init();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async move {
-        let chain = Arc::new(FileChain(dir.join("chain.txt")));
-        let meter = open_meter(&dir, &chain).await;
-        let cfg = SettlementConfig {
-            interval: Duration::from_millis(25),
-            resend_after: Duration::from_millis(200),
-            min_client_charge: u128::MAX,
-            min_worker_payout: u128::MAX,
-            ..SettlementConfig::default()
-        };
-        tokio::spawn(meter.clone().run_settlement(chain, cfg));
+        let meter = settling_meter(&dir).await;
         let m = meter.clone();
         let net = start_proxy_with(root(1, true, true), move |c| c.meter = m).await;
         let _worker = start_worker(&net, 0x41).await;
@@ -347,17 +369,8 @@ fn sigkill_at_random_points_loses_and_doubles_nothing() {
         Err(_) => tmp.path().to_owned(),
     };
     std::fs::create_dir_all(&dir).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let seed: u64 = std::env::var("COCOON_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    println!("seed {seed} (COCOON_CRASH_SEED reproduces the kill times)");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let rt = runtime();
+    let mut rng = kill_rng();
     // The client contract the child's proxy (contract `addr(0x11)`) derives for our owner.
     let sc = cocoon_ton::contracts::client_contract(
         &root(1, true, true).params,
@@ -477,11 +490,7 @@ fn crash_worker_child() {
         .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
         .with_writer(std::io::stderr)
         .try_init();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async move {
         let (base, _engine) = fake_engine().await;
         let mut cfg = worker_config(&proxy, &base, &dir);
@@ -538,29 +547,11 @@ fn worker_killed_mid_stream_bills_at_most_what_reached_the_client() {
         .unwrap_or(8);
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_owned();
-    let seed: u64 = std::env::var("COCOON_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    println!("seed {seed} (COCOON_CRASH_SEED reproduces the kill times)");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let mut rng = kill_rng();
+    let rt = runtime();
     let started = Instant::now();
     rt.block_on(async move {
-        let chain = Arc::new(FileChain(dir.join("chain.txt")));
-        let meter = open_meter(&dir, &chain).await;
-        let cfg = SettlementConfig {
-            interval: Duration::from_millis(25),
-            resend_after: Duration::from_millis(200),
-            min_client_charge: u128::MAX,
-            min_worker_payout: u128::MAX,
-            ..SettlementConfig::default()
-        };
-        tokio::spawn(meter.clone().run_settlement(chain, cfg));
+        let meter = settling_meter(&dir).await;
         let m = meter.clone();
         let net = start_proxy_with(root(1, true, true), move |c| c.meter = m).await;
         let sc = net.fund_client(&addr(0x51), 1_000_000_000_000, true);
@@ -739,11 +730,7 @@ fn crash_client_child() {
         ))
         .with_writer(std::io::stderr)
         .try_init();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async move {
         let mut cfg = cocoon_testkit::client::gateway_config(
             vec![proxy],
@@ -816,29 +803,11 @@ fn client_killed_mid_stream_keeps_receipts_that_agree_with_the_proxy() {
         Err(_) => tmp.path().to_owned(),
     };
     std::fs::create_dir_all(&dir).unwrap();
-    let seed: u64 = std::env::var("COCOON_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    println!("seed {seed} (COCOON_CRASH_SEED reproduces the kill times)");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let mut rng = kill_rng();
+    let rt = runtime();
     let started = Instant::now();
     rt.block_on(async move {
-        let chain = Arc::new(FileChain(dir.join("chain.txt")));
-        let meter = open_meter(&dir, &chain).await;
-        let cfg = SettlementConfig {
-            interval: Duration::from_millis(25),
-            resend_after: Duration::from_millis(200),
-            min_client_charge: u128::MAX,
-            min_worker_payout: u128::MAX,
-            ..SettlementConfig::default()
-        };
-        tokio::spawn(meter.clone().run_settlement(chain, cfg));
+        let meter = settling_meter(&dir).await;
         let m = meter.clone();
         let root = cocoon_testkit::fixtures::root_with_proxy_image(1, true);
         let net = start_proxy_with(root, move |c| c.meter = m).await;

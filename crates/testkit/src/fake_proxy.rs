@@ -162,9 +162,35 @@ impl TestProxy {
             .expect("proxy alive")
     }
 
+    /// The next worker session, after checking its handshake went the first time's way:
+    /// the totals compared, then completed.
+    pub async fn next_first_conn(&mut self) -> ProxyConn {
+        let c = self.next_conn().await;
+        let compare = self.next_event().await;
+        assert!(matches!(compare, HandshakeEvent::Compare(_)), "{compare:?}");
+        let done = self.next_event().await;
+        assert!(matches!(done, HandshakeEvent::Completed), "{done:?}");
+        c
+    }
+
     /// A signed payout for `tokens` to the worker contract, signed by the proxy key.
     pub fn payment(&self, tokens: u64) -> Vec<u8> {
         sign_payment(&self.key, &self.worker_sc, tokens)
+    }
+
+    /// The proxy's payment message for `tokens` (signed payout, database total and maximum
+    /// all `tokens`), for request `[9; 32]` of 5 tokens.
+    pub fn payment_request(&self, tokens: u64) -> tproxy::WorkerRequestPayment {
+        tproxy::WorkerRequestPayment {
+            request_id: [9; 32],
+            signed_payment: enums::proxy::SignedPayment::SignedPayment(tproxy::SignedPayment {
+                data: self.payment(tokens),
+            }),
+            db_tokens: tokens as i64,
+            max_tokens: tokens as i64,
+            request_tokens: 5,
+            request_client_owner: String::new(),
+        }
     }
 
     /// Changes what the proxy answers from now on.

@@ -393,28 +393,10 @@ async fn shutdown_stops_following_a_sent_payout_on_chain() {
     let mut cfg = worker_config(&proxy.addr, &base, dir.path());
     cfg.payout_sink = Some(sink.clone());
     let w = Worker::start(cfg).await.unwrap();
-    let c = proxy.next_conn().await;
-    assert!(matches!(
-        proxy.next_event().await,
-        HandshakeEvent::Compare(_)
-    ));
-    assert!(matches!(
-        proxy.next_event().await,
-        HandshakeEvent::Completed
-    ));
+    let c = proxy.next_first_conn().await;
     // 120 tokens at 10 nanoTON: over the 1000 nanoTON threshold, a payout is sent.
     proxy.set_totals(120);
-    c.send(&tproxy::WorkerRequestPayment {
-        request_id: [9; 32],
-        signed_payment: enums::proxy::SignedPayment::SignedPayment(tproxy::SignedPayment {
-            data: proxy.payment(120),
-        }),
-        db_tokens: 120,
-        max_tokens: 120,
-        request_tokens: 5,
-        request_client_owner: String::new(),
-    })
-    .await;
+    c.send(&proxy.payment_request(120)).await;
     eventually("the payout sent and looked for on chain twice", || {
         sink.looks.load(Ordering::SeqCst) >= 2
     })
@@ -444,25 +426,8 @@ async fn payments_are_verified_kept_durably_and_compared_on_reconnect() {
     cfg.payout_sink = Some(sink.clone());
     // 10 nanoTON per token, threshold 1000 nanoTON = 100 tokens.
     let w = Worker::start(cfg).await.unwrap();
-    let c = proxy.next_conn().await;
-    assert!(matches!(
-        proxy.next_event().await,
-        HandshakeEvent::Compare(_)
-    ));
-    assert!(matches!(
-        proxy.next_event().await,
-        HandshakeEvent::Completed
-    ));
-    let pay = |tokens: u64| tproxy::WorkerRequestPayment {
-        request_id: [9; 32],
-        signed_payment: enums::proxy::SignedPayment::SignedPayment(tproxy::SignedPayment {
-            data: proxy.payment(tokens),
-        }),
-        db_tokens: tokens as i64,
-        max_tokens: tokens as i64,
-        request_tokens: 5,
-        request_client_owner: String::new(),
-    };
+    let c = proxy.next_first_conn().await;
+    let pay = |tokens: u64| proxy.payment_request(tokens);
     proxy.set_totals(60);
     c.send(&pay(60)).await;
     eventually("60 held", || {

@@ -456,7 +456,8 @@ async fn start(sup: &mut Supervisor, plan: &Plan, started: Instant) -> Result<Re
     let api = format!("http://{api_listen}");
     sup.spawn("client", &bootstrap::client_args(&net, &api_listen, &dir))?;
 
-    // Ready: the workers admitted, a proxy session, and the model listed.
+    // Ready: the workers admitted and enabled (a worker is admitted disabled until its first
+    // root configuration allows its model), a proxy session, and the model listed.
     let n = worker_admins.len();
     for (w, name) in worker_admins.iter().zip(&worker_names) {
         let url = format!("http://{w}/jsonstats");
@@ -467,10 +468,11 @@ async fn start(sup: &mut Supervisor, plan: &Plan, started: Instant) -> Result<Re
         .await?;
     }
     sup.wait_until(
-        &format!("the proxy to admit {n} worker(s)"),
+        &format!("the proxy to admit and enable {n} worker(s)"),
         async |s: &Supervisor| {
             let j = s.get_json(&proxy_stats).await?;
-            (j["workers"].as_array()?.len() >= n).then_some(())
+            let workers = j["workers"].as_array()?;
+            (workers.iter().filter(|w| w["enabled"] == true).count() >= n).then_some(())
         },
     )
     .await?;

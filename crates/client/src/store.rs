@@ -89,13 +89,13 @@ impl Store {
     pub(crate) fn save_receipt(&self, r: &StoredReceipt) -> Result<bool, String> {
         let n = self
             .conn()
-            .execute(
+            .prepare_cached(
                 "INSERT INTO receipts (client_sc, proxy_sc, tokens, boc) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT(client_sc) DO UPDATE SET proxy_sc = excluded.proxy_sc,
                      tokens = excluded.tokens, boc = excluded.boc
                  WHERE excluded.tokens > receipts.tokens",
-                params![r.client_sc, r.proxy_sc, clamp(r.tokens), r.boc],
             )
+            .and_then(|mut st| st.execute(params![r.client_sc, r.proxy_sc, clamp(r.tokens), r.boc]))
             .map_err(err)?;
         Ok(n > 0)
     }
@@ -130,17 +130,15 @@ impl Store {
         keep_after: u64,
     ) -> Result<(), String> {
         let c = self.conn();
-        c.execute(
+        c.prepare_cached(
             "INSERT OR REPLACE INTO answer_receipts (id, key_hash, created, doc)
              VALUES (?1, ?2, ?3, ?4)",
-            params![id, key_hash, clamp(created), doc],
         )
+        .and_then(|mut st| st.execute(params![id, key_hash, clamp(created), doc]))
         .map_err(err)?;
-        c.execute(
-            "DELETE FROM answer_receipts WHERE created < ?1",
-            params![clamp(keep_after)],
-        )
-        .map_err(err)?;
+        c.prepare_cached("DELETE FROM answer_receipts WHERE created < ?1")
+            .and_then(|mut st| st.execute(params![clamp(keep_after)]))
+            .map_err(err)?;
         Ok(())
     }
 
@@ -162,12 +160,12 @@ impl Store {
     /// Adds one request costing `nanoton` to a key.
     pub(crate) fn add_key_spend(&self, key_hash: &str, nanoton: u64) -> Result<(), String> {
         self.conn()
-            .execute(
+            .prepare_cached(
                 "INSERT INTO key_spend (key_hash, spent, requests) VALUES (?1, ?2, 1)
                  ON CONFLICT(key_hash) DO UPDATE SET spent = spent + excluded.spent,
                      requests = requests + 1",
-                params![key_hash, clamp(nanoton)],
             )
+            .and_then(|mut st| st.execute(params![key_hash, clamp(nanoton)]))
             .map_err(err)?;
         Ok(())
     }
@@ -194,13 +192,16 @@ impl Store {
     pub(crate) fn add_totals(&self, adds: &[(&str, u64)]) -> Result<(), String> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(err)?;
-        for (name, v) in adds {
-            tx.execute(
-                "INSERT INTO totals (name, value) VALUES (?1, ?2)
-                 ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
-                params![name, clamp(*v)],
-            )
-            .map_err(err)?;
+        {
+            let mut st = tx
+                .prepare_cached(
+                    "INSERT INTO totals (name, value) VALUES (?1, ?2)
+                     ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                )
+                .map_err(err)?;
+            for (name, v) in adds {
+                st.execute(params![name, clamp(*v)]).map_err(err)?;
+            }
         }
         tx.commit().map_err(err)
     }

@@ -41,7 +41,7 @@ use tokio::sync::{mpsc, watch};
 use crate::config::{MAX_PROTO_VERSION, MIN_PROTO_VERSION};
 use crate::proxy_check::{self, ProxyFacts, ProxyRefusal};
 use crate::request::{self, RunRequest};
-use crate::store::Observed;
+use crate::store::{Observed, Report};
 use crate::{ConnState, Control, Shared};
 
 /// Why a session ended.
@@ -460,38 +460,74 @@ fn verify_boc(link: &Link, boc: &[u8]) -> Result<(u64, Vec<u8>), SessionError> {
     Ok((tokens, boc.to_vec()))
 }
 
-/// Applies a payment report; any inconsistency ends the session. The state file is written
-/// (with fsync) on a blocking thread, and the session waits for it: nothing after this
-/// message is handled before the new value is durable.
-async fn apply_payment(
-    shared: &Arc<Shared>,
-    link: &Link,
-    obs: Observed,
-) -> Result<(), SessionError> {
-    let before = shared.store.get(&link.proxy_sc).map(|r| r.signed_tokens);
-    let sh = Arc::clone(shared);
-    let sc = link.proxy_sc.clone();
-    let rec = tokio::task::spawn_blocking(move || sh.store.apply(&sc, &obs))
-        .await
-        .map_err(|e| SessionError::Payment(format!("payment state task failed: {e}")))?
-        .map_err(|e| SessionError::Payment(e.to_string()))?;
-    if before != Some(rec.signed_tokens) {
-        tracing::debug!(proxy = %link.proxy_sc, tokens = rec.signed_tokens, "new signed payout held");
-        shared.maybe_payout(&link.proxy_sc, false);
-    }
-    Ok(())
+/// Most reports one state-file write takes.
+const PAYMENT_BATCH: usize = 256;
+/// Reports waiting for the writer before the session loop waits for it.
+const PAYMENT_QUEUE: usize = 1024;
+
+/// The session's payment reports on their way to the state file. A report is checked against
+/// the session's floor in the loop, then made durable by [`payment_writer`] in the order the
+/// reports came, off the loop: a request that arrives behind a report is not held up by the
+/// report's fsync, and the reports waiting together go to disk in one write. Nothing is
+/// acknowledged, compared or paid out before it is on disk (the writer asks for a payout only
+/// after its write).
+struct Payments {
+    tx: mpsc::Sender<Report>,
 }
 
-/// `obs` without the values below what is held: reports that arrive out of order (a
-/// status answer and the payment messages around it) raise what is held, never fail.
-fn raise_only(shared: &Shared, link: &Link, mut obs: Observed) -> Observed {
-    let Some(held) = shared.store.get(&link.proxy_sc) else {
-        return obs;
-    };
-    obs.signed = obs.signed.filter(|s| s.0 >= held.signed_tokens);
-    obs.db_tokens = obs.db_tokens.filter(|d| *d >= held.db_tokens);
-    obs.max_tokens = obs.max_tokens.filter(|m| *m >= held.max_tokens);
-    obs
+impl Payments {
+    /// Queues `obs`; `raise_only` for a report that may come out of the session's order.
+    async fn push(&self, obs: Observed, raise_only: bool) -> Result<(), SessionError> {
+        self.tx
+            .send(Report { obs, raise_only })
+            .await
+            .map_err(|_| SessionError::Payment("the payment state writer stopped".into()))
+    }
+}
+
+/// Makes the reports of `rx` durable, in order, as many at once as are waiting, until the
+/// session drops its sender; any inconsistency or write failure is sent on `failed` and ends
+/// the writer (and with it the session).
+async fn payment_writer(
+    shared: Arc<Shared>,
+    proxy_sc: String,
+    mut rx: mpsc::Receiver<Report>,
+    failed: tokio::sync::oneshot::Sender<SessionError>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < PAYMENT_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let sh = Arc::clone(&shared);
+        let sc = proxy_sc.clone();
+        // On a blocking thread: the store's lock is held across the write and its fsync.
+        let r = tokio::task::spawn_blocking(move || {
+            let before = sh.store.get(&sc).map(|r| r.signed_tokens);
+            sh.store.apply_all(&sc, &batch).map(|rec| (before, rec))
+        })
+        .await;
+        let (before, rec) = match r {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                let _ = failed.send(SessionError::Payment(e.to_string()));
+                return;
+            }
+            Err(e) => {
+                let _ = failed.send(SessionError::Payment(format!(
+                    "payment state task failed: {e}"
+                )));
+                return;
+            }
+        };
+        if before != Some(rec.signed_tokens) {
+            tracing::debug!(proxy = %proxy_sc, tokens = rec.signed_tokens, "new signed payout held");
+            shared.maybe_payout(&proxy_sc, false);
+        }
+    }
 }
 
 /// Status of the periodic payment query, reported back to the session loop.
@@ -596,7 +632,48 @@ async fn current_root(
     }
 }
 
+/// [`serve_loop`] with the session's payment writer beside it; the reports received are on
+/// disk before the session is over.
 async fn serve(
+    shared: &Arc<Shared>,
+    s: &SessionHandle,
+    incoming: &mut mpsc::Receiver<Incoming>,
+    link: &Link,
+    stop: &mut watch::Receiver<bool>,
+    root_rx: watch::Receiver<Option<Arc<RootConfig>>>,
+    verdict: Verdict,
+) -> Result<(), SessionError> {
+    let (tx, rx) = mpsc::channel(PAYMENT_QUEUE);
+    let (failed_tx, mut failed) = tokio::sync::oneshot::channel();
+    let writer = tokio::spawn(payment_writer(
+        Arc::clone(shared),
+        link.proxy_sc.clone(),
+        rx,
+        failed_tx,
+    ));
+    let payments = Payments { tx };
+    let res = serve_loop(
+        shared,
+        s,
+        incoming,
+        link,
+        stop,
+        root_rx,
+        verdict,
+        &payments,
+        &mut failed,
+    )
+    .await;
+    drop(payments);
+    let _ = writer.await;
+    match (res, failed.try_recv()) {
+        (Ok(()), Ok(e)) => Err(e),
+        (res, _) => res,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_loop(
     shared: &Arc<Shared>,
     s: &SessionHandle,
     incoming: &mut mpsc::Receiver<Incoming>,
@@ -604,6 +681,8 @@ async fn serve(
     stop: &mut watch::Receiver<bool>,
     mut root_rx: watch::Receiver<Option<Arc<RootConfig>>>,
     verdict: Verdict,
+    payments: &Payments,
+    failed: &mut tokio::sync::oneshot::Receiver<SessionError>,
 ) -> Result<(), SessionError> {
     let mut control_rx = shared.control.subscribe();
     let mut generation = shared.generation.subscribe();
@@ -639,7 +718,7 @@ async fn serve(
                         // shuts down (the proxy was told "disabled" then; the stop signal may
                         // not have reached this loop yet).
                         let draining = drain_deadline.is_some() || shared.control().draining;
-                        handle_message(shared, s, link, &data, &mut running, draining).await?;
+                        handle_message(shared, s, link, &data, &mut running, draining, payments).await?;
                     }
                     Incoming::Query { responder, .. } => {
                         let _ = responder.error(ErrorCode::ProtoViolation as i32, "worker answers no queries");
@@ -647,6 +726,11 @@ async fn serve(
                 }
             }
             Some(id) = done_rx.recv() => { running.cancels.remove(&id); }
+            r = &mut *failed => {
+                return Err(r.unwrap_or_else(|_| {
+                    SessionError::Payment("the payment state writer stopped".into())
+                }));
+            }
             _ = generation.changed() => return Err(SessionError::Reconnect),
             // Returning ends the session, which cancels every request still running on it.
             _ = tokio::time::sleep_until(verdict.deadline) => return Err(verdict.expired()),
@@ -703,8 +787,7 @@ async fn serve(
                             max_tokens: Some(non_negative("max_tokens", st.max_tokens)?),
                             strict_max: true,
                         };
-                        let obs = raise_only(shared, link, obs);
-                        apply_payment(shared, link, obs).await?;
+                        payments.push(obs, true).await?;
                     }
                     Err(e) => tracing::debug!(proxy = %link.proxy_sc, error = %e, "payment status query failed"),
                 }
@@ -736,6 +819,7 @@ async fn handle_message(
     data: &[u8],
     running: &mut Running,
     draining: bool,
+    payments: &Payments,
 ) -> Result<(), SessionError> {
     let m = match ToWorker::decode(data) {
         Ok(m) => m,
@@ -754,7 +838,9 @@ async fn handle_message(
         Err(e) => return Err(SessionError::Protocol(e.to_string())),
     };
     match m {
-        ToWorker::RunQueryEx(q) => start_request(shared, s, link, q, running, draining).await,
+        ToWorker::RunQueryEx(q) => {
+            start_request(shared, s, link, q, running, draining, payments).await
+        }
         ToWorker::RunQuery(q) => {
             let q = fproxy::RunQueryEx {
                 query: q.query,
@@ -764,10 +850,10 @@ async fn handle_message(
                 request_id: q.request_id,
                 enable_debug: None,
             };
-            start_request(shared, s, link, q, running, draining).await
+            start_request(shared, s, link, q, running, draining, payments).await
         }
-        ToWorker::WorkerRequestPayment(m) => on_request_payment(shared, link, &m).await,
-        ToWorker::SignedPayment(m) => on_signed_payment(shared, link, &m).await,
+        ToWorker::WorkerRequestPayment(m) => on_request_payment(link, &m, payments).await,
+        ToWorker::SignedPayment(m) => on_signed_payment(link, &m, payments).await,
         ToWorker::SignedPaymentEmpty(_) => Ok(()),
         ToWorker::CancelQuery(m) => {
             if let Some(tx) = running.cancels.get(&m.request_id) {
@@ -781,9 +867,9 @@ async fn handle_message(
 /// `proxy.workerRequestPayment`: the payment report after a request, an ordered message
 /// (checked against the session's floor).
 async fn on_request_payment(
-    shared: &Arc<Shared>,
     link: &Link,
     m: &tproxy::WorkerRequestPayment,
+    payments: &Payments,
 ) -> Result<(), SessionError> {
     let obs = Observed {
         signed: Some(verify_payment(link, &m.signed_payment)?),
@@ -792,21 +878,21 @@ async fn on_request_payment(
         strict_max: true,
     };
     link.floor.check(&obs)?;
-    apply_payment(shared, link, raise_only(shared, link, obs)).await
+    payments.push(obs, true).await
 }
 
 /// `proxy.signedPayment`: a receipt on its own, an ordered message.
 async fn on_signed_payment(
-    shared: &Arc<Shared>,
     link: &Link,
     m: &tproxy::SignedPayment,
+    payments: &Payments,
 ) -> Result<(), SessionError> {
     let obs = Observed {
         signed: Some(verify_boc(link, &m.data)?),
         ..Observed::default()
     };
     link.floor.check(&obs)?;
-    apply_payment(shared, link, raise_only(shared, link, obs)).await
+    payments.push(obs, true).await
 }
 
 /// `proxy.runQuery(Ex)`: one task per request, unless the worker is draining, the id is
@@ -818,6 +904,7 @@ async fn start_request(
     q: fproxy::RunQueryEx,
     running: &mut Running,
     draining: bool,
+    payments: &Payments,
 ) -> Result<(), SessionError> {
     use crate::stats::Counters;
     Counters::add(&shared.counters.requests_received, 1);
@@ -828,7 +915,7 @@ async fn start_request(
             signed: Some(verify_boc(link, &sp.data)?),
             ..Observed::default()
         };
-        apply_payment(shared, link, obs).await?;
+        payments.push(obs, false).await?;
     }
     let reject = |code: ErrorCode, msg: &str| {
         Counters::add(&shared.counters.requests_rejected, 1);

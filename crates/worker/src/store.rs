@@ -156,11 +156,23 @@ pub struct Observed {
     pub strict_max: bool,
 }
 
+/// One report for [`PaymentStore::apply_all`].
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// What the proxy reported.
+    pub obs: Observed,
+    /// Whether values below what is held are dropped rather than refused: reports that
+    /// travel outside the session's order (a payment status answer) only raise.
+    pub raise_only: bool,
+}
+
 /// The state file and its in-memory copy.
 #[derive(Debug)]
 pub struct PaymentStore {
     path: PathBuf,
     state: Mutex<StateFile>,
+    /// State-file writes since open.
+    writes: std::sync::atomic::AtomicU64,
 }
 
 fn io_err(path: &Path, e: impl std::fmt::Display) -> PaymentStoreError {
@@ -196,7 +208,13 @@ impl PaymentStore {
         Ok(PaymentStore {
             path,
             state: Mutex::new(state),
+            writes: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// How many times the state file was written since it was opened.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The state file's path.
@@ -222,6 +240,8 @@ impl PaymentStore {
             // Makes the rename itself durable; not supported everywhere, hence best effort.
             let _ = d.sync_all();
         }
+        self.writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
@@ -281,47 +301,49 @@ impl PaymentStore {
     /// the one held; otherwise raises the held values and persists them before returning.
     /// Returns the record as now held.
     pub fn apply(&self, proxy_sc: &str, obs: &Observed) -> Result<ProxyRecord, PaymentStoreError> {
+        self.apply_all(
+            proxy_sc,
+            &[Report {
+                obs: obs.clone(),
+                raise_only: false,
+            }],
+        )
+    }
+
+    /// Applies `reports` in order, as [`PaymentStore::apply`] would one after the other, and
+    /// persists the result once before returning it. At the first report that goes below
+    /// what the reports before it left, what those raised is persisted and the error
+    /// returned.
+    pub fn apply_all(
+        &self,
+        proxy_sc: &str,
+        reports: &[Report],
+    ) -> Result<ProxyRecord, PaymentStoreError> {
         let mut st = self.lock();
         let cur = held(&st, proxy_sc)?;
         let mut next = cur.clone();
-        if let Some((tokens, boc)) = &obs.signed {
-            if *tokens < cur.signed_tokens {
-                return Err(PaymentStoreError::Lower {
-                    what: "signed payment",
-                    got: *tokens,
-                    held: cur.signed_tokens,
-                });
-            }
-            if *tokens > cur.signed_tokens {
-                next.signed_tokens = *tokens;
-                next.signed_payment_boc = Some(hex::encode(boc));
+        let mut failed = None;
+        for r in reports {
+            let obs = if r.raise_only {
+                raised_only(&next, &r.obs)
+            } else {
+                r.obs.clone()
+            };
+            match raised(&next, &obs) {
+                Ok(n) => next = n,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
             }
         }
-        if let Some(db) = obs.db_tokens {
-            if db < cur.db_tokens {
-                return Err(PaymentStoreError::Lower {
-                    what: "tokens committed to the proxy database",
-                    got: db,
-                    held: cur.db_tokens,
-                });
-            }
-            next.db_tokens = db;
-        }
-        if let Some(max) = obs.max_tokens {
-            if obs.strict_max && max < cur.max_tokens {
-                return Err(PaymentStoreError::Lower {
-                    what: "maximum known tokens",
-                    got: max,
-                    held: cur.max_tokens,
-                });
-            }
-            next.max_tokens = next.max_tokens.max(max);
-        }
-        next.max_tokens = next.max_tokens.max(next.db_tokens).max(next.signed_tokens);
         if next != cur {
             self.replace(&mut st, proxy_sc, cur, next.clone())?;
         }
-        Ok(next)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(next),
+        }
     }
 
     /// Records that signed tokens up to `tokens` were paid out.
@@ -400,6 +422,56 @@ impl PaymentStore {
         }
         Ok(())
     }
+}
+
+/// `cur` raised by `obs`, or the counter `obs` lowers.
+fn raised(cur: &ProxyRecord, obs: &Observed) -> Result<ProxyRecord, PaymentStoreError> {
+    let mut next = cur.clone();
+    if let Some((tokens, boc)) = &obs.signed {
+        if *tokens < cur.signed_tokens {
+            return Err(PaymentStoreError::Lower {
+                what: "signed payment",
+                got: *tokens,
+                held: cur.signed_tokens,
+            });
+        }
+        if *tokens > cur.signed_tokens {
+            next.signed_tokens = *tokens;
+            next.signed_payment_boc = Some(hex::encode(boc));
+        }
+    }
+    if let Some(db) = obs.db_tokens {
+        if db < cur.db_tokens {
+            return Err(PaymentStoreError::Lower {
+                what: "tokens committed to the proxy database",
+                got: db,
+                held: cur.db_tokens,
+            });
+        }
+        next.db_tokens = db;
+    }
+    if let Some(max) = obs.max_tokens {
+        if obs.strict_max && max < cur.max_tokens {
+            return Err(PaymentStoreError::Lower {
+                what: "maximum known tokens",
+                got: max,
+                held: cur.max_tokens,
+            });
+        }
+        next.max_tokens = next.max_tokens.max(max);
+    }
+    next.max_tokens = next.max_tokens.max(next.db_tokens).max(next.signed_tokens);
+    Ok(next)
+}
+
+/// `obs` without the values below `held`'s (a report that may arrive out of order raises
+/// what is held, never fails).
+fn raised_only(held: &ProxyRecord, obs: &Observed) -> Observed {
+    let mut obs = obs.clone();
+    obs.signed = obs.signed.filter(|s| s.0 >= held.signed_tokens);
+    obs.db_tokens = obs.db_tokens.filter(|d| *d >= held.db_tokens);
+    obs.max_tokens = obs.max_tokens.filter(|m| *m >= held.max_tokens);
+    obs
 }
 
 /// The record held for `proxy_sc`.
@@ -551,6 +623,77 @@ mod tests {
         let s = PaymentStore::open(dir.path()).unwrap();
         assert_eq!(s.get("q").unwrap().worker_fee_per_token, None);
         assert!(!s.get("q").unwrap().closed, "older files read as open");
+    }
+
+    #[test]
+    fn reports_applied_together_are_checked_in_order_and_written_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = PaymentStore::open(dir.path()).unwrap();
+        s.register("p", &[1; 32], "0:aa", None).unwrap();
+        let w0 = s.writes();
+        let ordered = |obs| Report {
+            obs,
+            raise_only: false,
+        };
+        let db = |t| Observed {
+            db_tokens: Some(t),
+            ..Observed::default()
+        };
+        // Three raises and an out-of-order status answer below the second: one write.
+        let status = Report {
+            obs: Observed {
+                db_tokens: Some(15),
+                max_tokens: Some(40),
+                strict_max: true,
+                ..Observed::default()
+            },
+            raise_only: true,
+        };
+        let r = s
+            .apply_all(
+                "p",
+                &[
+                    ordered(signed(10)),
+                    ordered(db(20)),
+                    status,
+                    ordered(signed(30)),
+                ],
+            )
+            .unwrap();
+        assert_eq!((r.signed_tokens, r.db_tokens, r.max_tokens), (30, 20, 40));
+        assert_eq!(s.writes(), w0 + 1);
+        // A report below what the ones before it left: those are kept (and written), the
+        // error returned, and nothing after it applied.
+        let err = s
+            .apply_all(
+                "p",
+                &[
+                    ordered(signed(35)),
+                    ordered(signed(34)),
+                    ordered(signed(50)),
+                ],
+            )
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PaymentStoreError::Lower {
+                    got: 34,
+                    held: 35,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(s.writes(), w0 + 2);
+        drop(s);
+        let again = PaymentStore::open(dir.path()).unwrap();
+        assert_eq!(again.get("p").unwrap().signed_tokens, 35);
+        // Nothing raised, nothing written.
+        again
+            .apply_all("p", &[ordered(signed(35)), ordered(db(20))])
+            .unwrap();
+        assert_eq!(again.writes(), 0);
     }
 
     #[test]

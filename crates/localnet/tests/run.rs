@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 
 use cocoon_localnet::{Settings, Stop, UpError, run};
 
-/// Settings that skip the model store (an external backend) and run the roles as `exe`.
-fn settings(exe: &str, dir: &Path) -> Settings {
-    // `cocoon up`'s default API port, fixed (below the ephemeral range, so no outgoing
-    // connection takes it): these runs end before a client would bind it.
-    let port = 10000;
+/// Settings that skip the model store (an external backend) and run the roles as `exe`, with
+/// the API on `port`: fixed like `cocoon up`'s default (below the ephemeral range, so no
+/// outgoing connection takes it), and one per test, as each run checks its port is free by
+/// binding it while the other test runs beside it.
+fn settings(exe: &str, dir: &Path, port: u16) -> Settings {
     Settings {
         exe: PathBuf::from(exe),
         dir: Some(dir.to_owned()),
@@ -30,7 +30,7 @@ fn settings(exe: &str, dir: &Path) -> Settings {
 async fn a_role_that_exits_is_reported_with_its_log() {
     let dir = tempfile::tempdir().unwrap();
     // `sh devnet ...` fails: there is no script named `devnet`.
-    let end = run(settings("/bin/sh", dir.path()), Stop::new(), |_| {
+    let end = run(settings("/bin/sh", dir.path(), 10010), Stop::new(), |_| {
         panic!("ready without a devnet")
     })
     .await;
@@ -51,7 +51,7 @@ async fn a_stop_before_ready_ends_the_run() {
     let dir = tempfile::tempdir().unwrap();
     let stop = Stop::new();
     stop.request();
-    let end = run(settings("/bin/sleep", dir.path()), stop, |_| {
+    let end = run(settings("/bin/sleep", dir.path(), 10011), stop, |_| {
         panic!("ready after a stop")
     })
     .await;
